@@ -1,0 +1,56 @@
+# tcpwhy: two entry points for a fresh machine, `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP_DEMO := $(VENV)/.installed-demo
+STAMP_TEST := $(VENV)/.installed-test
+
+.PHONY: demo test lint typecheck unit sysdeps bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP_DEMO): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(STAMP_TEST): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(STAMP_DEMO)
+
+## demo: create .venv, install tcpwhy, run it on the capture shipped inside the package
+demo: $(STAMP_DEMO)
+	$(BIN)/tcpwhy demo
+
+## sysdeps: system packages the tests need (nftables, iproute2), installed only when missing and root
+sysdeps:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=""; \
+	  command -v nft >/dev/null 2>&1 || missing="$$missing nftables"; \
+	  command -v ip  >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  fi; \
+	fi
+
+lint: $(STAMP_TEST)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: $(STAMP_TEST)
+	$(BIN)/mypy
+
+unit: $(STAMP_TEST) sysdeps
+	$(BIN)/python -m pytest -n auto -q -rs
+
+## test: install test extras, lint, type-check, run the whole test suite
+test: lint typecheck unit
+
+## bench: build a 3-million-packet capture and compare tcpwhy with tshark
+bench: $(STAMP_DEMO)
+	$(BIN)/python benchmarks/run.py --packets 3000000
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from tcpwhy.cli import main
+
+raise SystemExit(main())

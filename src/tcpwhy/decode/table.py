@@ -1,0 +1,218 @@
+"""The packet table: one numpy array per field, one row per TCP packet.
+
+Every stage after decoding (connections, filters, diagnosis, reports) reads
+this table and nothing else of the capture, so its columns are the contract
+between them. Rows are in capture order. A table covers one chunk of the
+capture while streaming; `PacketTable.concat` joins chunks (copying only the
+captured payload bytes, so the joined table does not keep whole chunks).
+
+Addresses are 128-bit, stored as two big-endian halves (`*_hi`, `*_lo`);
+IPv4 addresses are IPv4-mapped (``::ffff:a.b.c.d``), so one comparison works
+for both families and sorting/grouping stays plain integer work.
+
+TCP flag bits (`flags`) use the header's own layout, as Wireshark's
+``tcp.flags``: FIN 0x001, SYN 0x002, RST 0x004, PSH 0x008, ACK 0x010,
+URG 0x020, ECE 0x040, CWR 0x080, AE (formerly NS) 0x100.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FIN, SYN, RST, PSH, ACK, URG, ECE, CWR, AE = (1 << i for i in range(9))
+FLAG_NAMES: tuple[tuple[int, str], ...] = (
+    (AE, "NS"),
+    (CWR, "CWR"),
+    (ECE, "ECE"),
+    (URG, "URG"),
+    (ACK, "ACK"),
+    (PSH, "PSH"),
+    (RST, "RST"),
+    (SYN, "SYN"),
+    (FIN, "FIN"),
+)
+"""Flag names in the order Wireshark lists them in the Info column."""
+
+# Tunnel kinds (column `tunnel`): the outermost encapsulation the TCP packet was found in.
+TUNNEL_NONE, TUNNEL_GRE, TUNNEL_VXLAN, TUNNEL_GENEVE, TUNNEL_IPIP, TUNNEL_TEREDO = range(6)
+TUNNEL_NAMES = ("", "GRE", "VXLAN", "Geneve", "IP-in-IP", "Teredo")
+
+SACK_MAX = 4
+
+# name -> (dtype, extra shape, meaning)
+COLUMNS: dict[str, tuple[str, tuple[int, ...], str]] = {
+    "frame": ("u8", (), "frame number as Wireshark counts it (1-based, every frame of the file)"),
+    "ts_ns": ("i8", (), "capture timestamp, nanoseconds since the Unix epoch"),
+    "frame_len": ("u4", (), "length on the wire (frame.len)"),
+    "cap_len": ("u4", (), "bytes captured of the frame (frame.cap_len)"),
+    "linktype": ("u2", (), "LINKTYPE_* of the interface"),
+    "iface": ("u2", (), "pcapng interface id (0 for classic pcap)"),
+    "eth_src": ("u8", (), "innermost Ethernet source MAC as a 48-bit integer, 0 if none"),
+    "eth_dst": ("u8", (), "innermost Ethernet destination MAC, 0 if none"),
+    "vlan": ("i4", (), "outermost 802.1Q/802.1ad VLAN id, -1 if untagged"),
+    "tunnel": ("u1", (), "TUNNEL_* kind the TCP packet was carried in"),
+    "outer_src_hi": ("u8", (), "outer (tunnel) source address, high half"),
+    "outer_src_lo": ("u8", (), "outer (tunnel) source address, low half"),
+    "outer_dst_hi": ("u8", (), "outer (tunnel) destination address, high half"),
+    "outer_dst_lo": ("u8", (), "outer (tunnel) destination address, low half"),
+    "ip_version": ("u1", (), "4 or 6"),
+    "ip_off": ("u4", (), "offset of the IP header in the frame"),
+    "ip_len": ("u4", (), "IP total length: IPv4 total length, IPv6 40 + payload length"),
+    "ip_ttl": ("u1", (), "IPv4 TTL or IPv6 hop limit"),
+    "ip_id": ("u4", (), "IPv4 identification (0 for IPv6)"),
+    "src_hi": ("u8", (), "source address, high 64 bits (0 for IPv4)"),
+    "src_lo": ("u8", (), "source address, low 64 bits (0xffff_xxxxxxxx for IPv4)"),
+    "dst_hi": ("u8", (), "destination address, high 64 bits"),
+    "dst_lo": ("u8", (), "destination address, low 64 bits"),
+    "sport": ("u2", (), "TCP source port"),
+    "dport": ("u2", (), "TCP destination port"),
+    "seq": ("u4", (), "raw sequence number"),
+    "ack": ("u4", (), "raw acknowledgment number (as sent, even without the ACK flag)"),
+    "doff": ("u1", (), "TCP header length in bytes"),
+    "flags": ("u2", (), "the nine TCP flag bits"),
+    "win": ("u2", (), "window field as sent (unscaled)"),
+    "urp": ("u2", (), "urgent pointer"),
+    "csum_ok": ("i1", (), "TCP checksum: 1 good, 0 bad, -1 not checkable (truncated)"),
+    "opt_mss": ("i4", (), "MSS option value, -1 absent"),
+    "opt_ws": ("i1", (), "window-scale shift, -1 absent"),
+    "opt_sack_perm": ("?", (), "SACK-permitted option present"),
+    "opt_ts": ("?", (), "timestamps option present"),
+    "opt_tsval": ("u4", (), "TSval"),
+    "opt_tsecr": ("u4", (), "TSecr"),
+    "sack_n": ("u1", (), "number of SACK blocks"),
+    "sack_le": ("u4", (SACK_MAX,), "SACK left edges (raw)"),
+    "sack_re": ("u4", (SACK_MAX,), "SACK right edges (raw)"),
+    "payload_len": ("u4", (), "TCP payload length from the IP length (counts truncated bytes)"),
+    "payload_cap": ("u4", (), "payload bytes actually captured"),
+    "payload_off": ("u8", (), "offset of the payload in `data`"),
+    "truncated": ("?", (), "snaplen cut the payload (payload_cap < payload_len)"),
+}
+
+
+def empty_columns(n: int) -> dict[str, npt.NDArray[Any]]:
+    return {name: np.zeros((n, *shape), dtype=dt) for name, (dt, shape, _) in COLUMNS.items()}
+
+
+@dataclass
+class PacketTable:
+    """Columns of TCP packets plus the byte buffer their payload offsets point into."""
+
+    cols: dict[str, npt.NDArray[Any]]
+    data: npt.NDArray[np.uint8] = field(default_factory=lambda: np.zeros(0, np.uint8))
+
+    def __len__(self) -> int:
+        return int(self.cols["frame"].shape[0])
+
+    def __getitem__(self, name: str) -> npt.NDArray[Any]:
+        return self.cols[name]
+
+    def __getattr__(self, name: str) -> npt.NDArray[Any]:
+        cols = self.__dict__.get("cols")
+        if cols is not None and name in cols:
+            return cols[name]  # type: ignore[no-any-return]
+        raise AttributeError(name)
+
+    def payload(self, row: int) -> bytes:
+        """The captured payload bytes of one row (attacker data: escape before printing)."""
+        off = int(self.cols["payload_off"][row])
+        return self.data[off : off + int(self.cols["payload_cap"][row])].tobytes()
+
+    def take(self, rows: npt.NDArray[Any]) -> PacketTable:
+        """A table of the selected rows (boolean mask or indices), sharing `data`."""
+        return PacketTable({k: v[rows] for k, v in self.cols.items()}, self.data)
+
+    @staticmethod
+    def empty() -> PacketTable:
+        return PacketTable(empty_columns(0))
+
+    @staticmethod
+    def concat(tables: Sequence[PacketTable]) -> PacketTable:
+        """Join chunk tables; payload bytes are compacted into one new buffer."""
+        tables = [t for t in tables if len(t)]
+        if not tables:
+            return PacketTable.empty()
+        if len(tables) == 1 and _is_compact(tables[0]):
+            return tables[0]
+        cols = {k: np.concatenate([t.cols[k] for t in tables]) for k in COLUMNS}
+        caps = cols["payload_cap"].astype(np.int64)
+        new_off = np.zeros(len(caps), np.int64)
+        np.cumsum(caps[:-1], out=new_off[1:])
+        data = np.empty(int(caps.sum()), np.uint8)
+        start = 0
+        for t in tables:
+            n = len(t)
+            _gather(t.data, t.cols["payload_off"], t.cols["payload_cap"], data, new_off[start : start + n])
+            start += n
+        cols["payload_off"] = new_off.astype(np.uint64)
+        return PacketTable(cols, data)
+
+    def iter_rows(self) -> Iterator[int]:
+        return iter(range(len(self)))
+
+
+def _is_compact(t: PacketTable) -> bool:
+    return int(t.cols["payload_cap"].astype(np.int64).sum()) == t.data.shape[0]
+
+
+def _gather(
+    src: npt.NDArray[np.uint8],
+    offs: npt.NDArray[Any],
+    caps: npt.NDArray[Any],
+    dst: npt.NDArray[np.uint8],
+    dst_offs: npt.NDArray[Any],
+) -> None:
+    from tcpwhy.decode.kernels import gather_bytes
+
+    gather_bytes(src, offs.astype(np.int64), caps.astype(np.int64), dst, dst_offs.astype(np.int64))
+
+
+@dataclass
+class CaptureStats:
+    """What the reader and decoder met besides TCP: reported on stderr after a view."""
+
+    frames: int = 0
+    tcp: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    linktypes: set[int] = field(default_factory=set)
+
+    def add_skipped(self, what: str, n: int) -> None:
+        if n:
+            self.skipped[what] = self.skipped.get(what, 0) + n
+
+    def skipped_line(self) -> str:
+        if not self.skipped:
+            return ""
+        parts = [f"{n} {what}" for what, n in sorted(self.skipped.items(), key=lambda kv: -kv[1])]
+        return "skipped: " + ", ".join(parts)
+
+
+def addr_is_v4(hi: int, lo: int) -> bool:
+    return hi == 0 and (lo >> 32) == 0xFFFF
+
+
+def format_addr(hi: int, lo: int) -> str:
+    """Text form of a stored address (IPv4 dotted quad or compressed IPv6)."""
+    import ipaddress
+
+    hi, lo = int(hi), int(lo)
+    if addr_is_v4(hi, lo):
+        v = lo & 0xFFFFFFFF
+        return f"{v >> 24}.{(v >> 16) & 255}.{(v >> 8) & 255}.{v & 255}"
+    return str(ipaddress.IPv6Address((hi << 64) | lo))
+
+
+def parse_addr(text: str) -> tuple[int, int]:
+    """(hi, lo) of an IPv4 or IPv6 address in the table's encoding."""
+    import ipaddress
+
+    a = ipaddress.ip_address(text)
+    if a.version == 4:
+        return 0, 0xFFFF00000000 | int(a)
+    v = int(a)
+    return v >> 64, v & 0xFFFFFFFFFFFFFFFF

@@ -1,0 +1,1 @@
+"""The lab: incidents reproduced on the real Linux TCP stack inside throw-away network namespaces."""
