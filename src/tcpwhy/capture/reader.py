@@ -1,0 +1,476 @@
+"""Streaming capture readers: classic pcap, pcapng, either gzip-compressed, files or stdin.
+
+The file is read in chunks; the compiled walkers find whole records in each
+chunk, the decoder turns them into a packet table, and the bytes of an
+incomplete last record are carried into the next read. Memory is bounded by
+the chunk size, whatever the file's length. Standard input is processed as it
+arrives (a short read is decoded at once), so `tcpdump -w - | tcpwhy packets -`
+prints packets live.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import sys
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tcpwhy.decode import kernels as K
+from tcpwhy.decode.table import COLUMNS, CaptureStats, PacketTable, empty_columns
+from tcpwhy.errors import CaptureError
+
+CHUNK_BYTES = 8 << 20
+MAX_ROWS_PER_TABLE = 1 << 16
+MAX_PCAP_CAPLEN = 262144
+MAX_BLOCK = 64 << 20
+
+PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": (True, False),  # little-endian, microseconds
+    b"\xa1\xb2\xc3\xd4": (False, False),
+    b"\x4d\x3c\xb2\xa1": (True, True),  # little-endian, nanoseconds
+    b"\xa1\xb2\x3c\x4d": (False, True),
+}
+PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+GZIP_MAGIC = b"\x1f\x8b"
+
+LINKTYPE_NAMES = {
+    6: "Token Ring",
+    10: "FDDI",
+    105: "IEEE 802.11",
+    119: "Prism",
+    127: "802.11 radiotap",
+    143: "DOCSIS",
+    147: "user-defined",
+    189: "USB",
+    195: "IEEE 802.15.4",
+    215: "IEEE 802.15.4 no FCS",
+    220: "USB Linux mmapped",
+    249: "NetAnalyzer",
+    253: "NFLOG",
+}
+
+
+def linktype_name(lt: int) -> str:
+    return K.SUPPORTED_LINKTYPES.get(lt) or LINKTYPE_NAMES.get(lt) or f"LINKTYPE {lt}"
+
+
+# ---- byte sources ------------------------------------------------------------------------
+
+
+class _Source:
+    """A byte stream that returns what is available (short reads on pipes), gzip undone."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._pipe = False
+        raw: IO[bytes]
+        try:
+            if name == "-":
+                raw = sys.stdin.buffer
+                self._pipe = True
+            else:
+                raw = open(name, "rb")
+        except FileNotFoundError:
+            raise CaptureError(name, "no such file") from None
+        except IsADirectoryError:
+            raise CaptureError(name, "is a directory") from None
+        except PermissionError:
+            raise CaptureError(name, "permission denied") from None
+        except OSError as exc:
+            raise CaptureError(name, exc.strerror or str(exc)) from None
+        self._raw = raw
+        self._pending = b""
+        self._stream: Any = raw
+        head = self._read_raw(2)
+        self._pending = head
+        if head == GZIP_MAGIC:
+            self._pending = b""
+            self._stream = gzip.GzipFile(fileobj=_Prefixed(head, raw), mode="rb")
+        self.compressed = head == GZIP_MAGIC
+
+    def _read_raw(self, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            more = self._raw_read(n - len(out))
+            if not more:
+                break
+            out += more
+        return out
+
+    def _raw_read(self, n: int) -> bytes:
+        if self._pipe:
+            return os.read(self._raw.fileno(), n)
+        return self._raw.read(n)
+
+    def read(self, n: int) -> bytes:
+        """Up to n bytes; fewer when that is all a pipe has now; b'' at the end."""
+        if self._pending:
+            out, self._pending = self._pending, b""
+            if len(out) >= n:
+                return out
+            return out + self.read(n - len(out))
+        try:
+            if self._stream is self._raw:
+                return self._raw_read(n)
+            return self._stream.read1(n) if self._pipe else self._stream.read(n)  # type: ignore[no-any-return]
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            raise _CompressedTruncated(str(exc)) from None
+        except OSError as exc:
+            raise CaptureError(self.name, exc.strerror or str(exc)) from None
+
+    def close(self) -> None:
+        if self._raw is not sys.stdin.buffer:
+            self._raw.close()
+
+
+class _CompressedTruncated(Exception):
+    pass
+
+
+class _Prefixed:
+    """A file object whose first bytes were already read for the magic check."""
+
+    def __init__(self, prefix: bytes, raw: IO[bytes]) -> None:
+        self._prefix = prefix
+        self._raw = raw
+        self._fd = raw.fileno() if raw is sys.stdin.buffer else -1
+
+    def read(self, n: int = -1) -> bytes:
+        if self._prefix:
+            out, self._prefix = self._prefix, b""
+            return out
+        if self._fd >= 0:
+            return os.read(self._fd, n if n and n > 0 else 1 << 16)
+        return self._raw.read(n)
+
+
+# ---- format parsers ----------------------------------------------------------------------
+
+
+@dataclass
+class _Records:
+    off: npt.NDArray[np.int64]
+    cap: npt.NDArray[np.int64]
+    wire: npt.NDArray[np.int64]
+    ts: npt.NDArray[np.int64]
+    iface: npt.NDArray[np.int64]
+
+    @staticmethod
+    def alloc(n: int) -> _Records:
+        return _Records(*(np.zeros(n, np.int64) for _ in range(5)))
+
+    def head(self, n: int) -> _Records:
+        return _Records(self.off[:n], self.cap[:n], self.wire[:n], self.ts[:n], self.iface[:n])
+
+
+# step results
+NEED_MORE, BOGUS, OK = 0, 1, 2
+
+
+@dataclass
+class _Interfaces:
+    link: list[int] = field(default_factory=list)
+    snap: list[int] = field(default_factory=list)
+    res_pow: list[int] = field(default_factory=list)
+    res_base2: list[bool] = field(default_factory=list)
+    offset_s: list[int] = field(default_factory=list)
+
+    def arrays(self) -> tuple[npt.NDArray[Any], ...]:
+        return (
+            np.array(self.link, np.int64),
+            np.array(self.snap, np.int64),
+            np.array(self.res_pow, np.int64),
+            np.array(self.res_base2, np.bool_),
+            np.array(self.offset_s, np.int64),
+        )
+
+
+class _PcapParser:
+    def __init__(self, name: str, header: bytes) -> None:
+        le, nanos = PCAP_MAGICS[header[:4]]
+        if len(header) < 24:
+            raise CaptureError(name, "truncated pcap file header")
+        e = "<" if le else ">"
+        major, _minor, _tz, _sig, snaplen, link = struct.unpack(e + "HHiIII", header[4:24])
+        if major != 2:
+            raise CaptureError(name, f"unsupported pcap version {major}")
+        link &= 0x0FFFFFFF  # upper bits carry FCS information
+        if link not in K.SUPPORTED_LINKTYPES:
+            raise CaptureError(name, f"unsupported link type {link} ({linktype_name(link)})")
+        self.header_len = 24
+        self.le, self.nanos = le, nanos
+        self.max_caplen = max(MAX_PCAP_CAPLEN, snaplen if snaplen <= MAX_BLOCK else 0)
+        self.if_link = np.array([link], np.int64)
+        self.linktypes = {link}
+        self.message = ""
+
+    def step(self, arr: npt.NDArray[np.uint8], pos: int, recs: _Records) -> tuple[int, int, int]:
+        n, newpos, st = K.walk_pcap(
+            arr,
+            pos,
+            arr.shape[0],
+            self.le,
+            self.nanos,
+            self.max_caplen,
+            recs.off,
+            recs.cap,
+            recs.wire,
+            recs.ts,
+        )
+        if st == 1:
+            self.message = f"bogus record length at byte {{off}}: stopped reading"
+            return n, newpos, BOGUS
+        if n == 0:
+            return 0, newpos, NEED_MORE
+        return n, newpos, OK
+
+
+class _PcapngParser:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.header_len = 0
+        self.le = True
+        self.ifs = _Interfaces()
+        self._arrays = self.ifs.arrays()
+        self.if_link = self._arrays[0]
+        self.linktypes: set[int] = set()
+        self.message = ""
+        self.seen_shb = False
+
+    def step(self, arr: npt.NDArray[np.uint8], pos: int, recs: _Records) -> tuple[int, int, int]:
+        end = arr.shape[0]
+        while True:
+            if not self.seen_shb:
+                nxt = self._control_block(arr, pos, end)
+                if nxt < 0:
+                    return 0, pos, NEED_MORE if nxt == -1 else BOGUS
+                pos = nxt
+                continue
+            n, newpos, st = K.walk_pcapng(
+                arr, pos, end, self.le, *self._arrays, recs.off, recs.cap, recs.wire, recs.ts, recs.iface
+            )
+            if n:
+                return n, newpos, OK
+            pos = newpos
+            if st == 0:
+                return 0, pos, NEED_MORE
+            if st == 1:
+                self.message = "bogus pcapng block at byte {off}: stopped reading"
+                return 0, pos, BOGUS
+            if st == 3:
+                self.message = "packet on an undeclared interface at byte {off}: stopped reading"
+                return 0, pos, BOGUS
+            nxt = self._control_block(arr, pos, end)
+            if nxt == -1:
+                return 0, pos, NEED_MORE
+            if nxt < 0:
+                return 0, pos, BOGUS
+            pos = nxt
+
+    def _control_block(self, arr: npt.NDArray[np.uint8], pos: int, end: int) -> int:
+        """Handle one non-packet block: the new position, -1 for "need more", -3 for bogus."""
+        if pos + 12 > end:
+            return -1
+        raw = arr[pos : pos + 12].tobytes()
+        if raw[:4] == PCAPNG_SHB:
+            bom = raw[8:12]
+            if bom == b"\x4d\x3c\x2b\x1a":
+                self.le = True
+            elif bom == b"\x1a\x2b\x3c\x4d":
+                self.le = False
+            else:
+                self.message = "bad pcapng byte-order magic at byte {off}: stopped reading"
+                if not self.seen_shb:
+                    raise CaptureError(self.name, "not a pcapng capture (bad byte-order magic)")
+                return -3
+            self.seen_shb = True
+            self.ifs = _Interfaces()
+            self._arrays = self.ifs.arrays()
+            self.if_link = self._arrays[0]
+        e = "<" if self.le else ">"
+        btype, blen = struct.unpack(e + "II", raw[:8])
+        if blen < 12 or blen % 4 or blen > MAX_BLOCK:
+            self.message = f"bogus pcapng block length {blen} at byte {{off}}: stopped reading"
+            if btype == 0x0A0D0D0A and self.header_len == 0 and not self.linktypes and pos == 0:
+                raise CaptureError(self.name, f"bogus pcapng section header length {blen}")
+            return -3
+        if pos + blen > end:
+            return -1
+        body = arr[pos + 8 : pos + blen - 4].tobytes()
+        if btype == 1:
+            self._interface(body, e)
+        return pos + blen
+
+    def _interface(self, body: bytes, e: str) -> None:
+        if len(body) < 8:
+            link, snap = 0xFFFF, 0
+        else:
+            link, _res, snap = struct.unpack(e + "HHI", body[:8])
+        res_pow, base2, offset = 6, False, 0
+        opts = body[8:]
+        i = 0
+        while i + 4 <= len(opts):
+            code, ln = struct.unpack(e + "HH", opts[i : i + 4])
+            val = opts[i + 4 : i + 4 + ln]
+            if code == 0:
+                break
+            if code == 9 and ln >= 1:
+                res_pow, base2 = val[0] & 0x7F, bool(val[0] & 0x80)
+                if (not base2 and res_pow > 18) or (base2 and res_pow > 63):
+                    res_pow, base2 = 6, False
+            elif code == 14 and ln >= 8:
+                offset = struct.unpack(e + "q", val[:8])[0]
+                if abs(offset) > 1 << 40:
+                    offset = 0
+            i += 4 + ln + (-ln % 4)
+        self.ifs.link.append(link)
+        self.ifs.snap.append(snap)
+        self.ifs.res_pow.append(res_pow)
+        self.ifs.res_base2.append(base2)
+        self.ifs.offset_s.append(offset)
+        self.linktypes.add(link)
+        self._arrays = self.ifs.arrays()
+        self.if_link = self._arrays[0]
+
+
+# ---- decoding ----------------------------------------------------------------------------
+
+
+def decode_chunk(
+    arr: npt.NDArray[np.uint8],
+    recs: _Records,
+    if_link: npt.NDArray[np.int64],
+    frame_base: int,
+    counts: npt.NDArray[np.int64],
+) -> PacketTable:
+    n = recs.off.shape[0]
+    cols = empty_columns(n)
+    j = K.decode_records(
+        arr,
+        recs.off,
+        recs.cap,
+        recs.wire,
+        recs.ts,
+        recs.iface,
+        if_link,
+        frame_base,
+        counts,
+        *(cols[name] for name in COLUMNS),
+    )
+    if j < n:
+        cols = {k: v[:j] for k, v in cols.items()}
+    return PacketTable(cols, arr)
+
+
+def iter_tables(
+    source: str, stats: CaptureStats | None = None, chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[PacketTable]:
+    """Packet tables of a capture, chunk by chunk, in capture order.
+
+    Raises CaptureError for files that are not captures we can read; problems
+    after the first packet (a cut or corrupt record) end the stream with a
+    warning in `stats.warnings` instead, so what was read is still shown.
+    """
+    stats = stats if stats is not None else CaptureStats()
+    src = _Source(source)
+    try:
+        yield from _iter(src, stats, chunk_bytes)
+    finally:
+        src.close()
+
+
+def _iter(src: _Source, stats: CaptureStats, chunk_bytes: int) -> Iterator[PacketTable]:
+    name = src.name
+    try:
+        head = src.read(24)
+        while 0 < len(head) < 24:
+            more = src.read(24 - len(head))
+            if not more:
+                break
+            head += more
+    except _CompressedTruncated as exc:
+        raise CaptureError(name, f"corrupt gzip stream ({exc})") from None
+    if not head:
+        raise CaptureError(name, "empty file, not a capture")
+    parser: _PcapParser | _PcapngParser
+    if head[:4] in PCAP_MAGICS:
+        parser = _PcapParser(name, head)
+        leftover = head[24:]
+    elif head[:4] == PCAPNG_SHB:
+        parser = _PcapngParser(name)
+        leftover = head
+    else:
+        what = "gzip-compressed data" if src.compressed else "data"
+        raise CaptureError(name, f"not a pcap or pcapng capture ({what} starting {head[:4].hex()})")
+    stats.linktypes |= parser.linktypes
+    counts = np.zeros(K.N_STATUS, np.int64)
+    consumed = parser.header_len if isinstance(parser, _PcapParser) else 0
+    frame_base = 0
+    eof = False
+    recs = _Records.alloc(MAX_ROWS_PER_TABLE)
+    try:
+        while True:
+            more = b""
+            if not eof:
+                try:
+                    more = src.read(chunk_bytes)
+                except _CompressedTruncated as exc:
+                    stats.warnings.append(f"compressed stream cut short ({exc})")
+                    eof = True
+                if not more:
+                    eof = True
+            data = leftover + more if leftover else more
+            if not data and eof:
+                break
+            arr = np.frombuffer(data, np.uint8)
+            pos = 0
+            stop = False
+            while True:
+                n, newpos, st = parser.step(arr, pos, recs)
+                if n:
+                    table = decode_chunk(arr, recs.head(n), parser.if_link, frame_base, counts)
+                    frame_base += n
+                    stats.frames += n
+                    stats.linktypes |= parser.linktypes
+                    if len(table):
+                        stats.tcp += len(table)
+                        yield table
+                pos = newpos
+                if st == BOGUS:
+                    stats.warnings.append(parser.message.format(off=consumed + pos))
+                    stop = True
+                    break
+                if st == NEED_MORE:
+                    break
+            consumed += pos
+            leftover = data[pos:]
+            if stop:
+                break
+            if eof:
+                if leftover:
+                    stats.warnings.append(
+                        f"file ends in the middle of a record ({len(leftover)} bytes after "
+                        f"frame {frame_base}): showing what was read"
+                    )
+                break
+    finally:
+        for code, what in enumerate(K.STATUS_NAMES):
+            if code != K.ST_TCP:
+                stats.add_skipped(what, int(counts[code]))
+    if isinstance(parser, _PcapngParser) and not parser.seen_shb:
+        raise CaptureError(name, "not a pcapng capture")
+    if stats.frames and stats.frames == stats.skipped.get("unsupported link type", 0):
+        lts = ", ".join(f"{lt} ({linktype_name(lt)})" for lt in sorted(stats.linktypes))
+        raise CaptureError(name, f"unsupported link type {lts}")
+
+
+def read_table(source: str, stats: CaptureStats | None = None) -> PacketTable:
+    """The whole capture as one table (payload bytes compacted)."""
+    return PacketTable.concat(list(iter_tables(source, stats)))

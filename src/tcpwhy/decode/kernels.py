@@ -1,0 +1,876 @@
+"""Compiled inner loops: walking capture records and decoding link/IP/TCP into columns.
+
+Walking records and peeling headers is inherently sequential per packet, so it
+runs as numba-compiled loops over the chunk's bytes; everything around them is
+numpy. One call handles a whole chunk; nothing here allocates per packet.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+# ---- status codes of a record (what the decoder found) ---------------------------------
+ST_TCP = 0
+ST_UDP = 1
+ST_ICMP = 2
+ST_ICMP6 = 3
+ST_ARP = 4
+ST_OTHER_IP = 5
+ST_OTHER_LINK = 6
+ST_FRAGMENT = 7
+ST_UNDECODABLE = 8
+ST_UNSUPPORTED_LINK = 9
+N_STATUS = 10
+STATUS_NAMES = (
+    "TCP",
+    "UDP",
+    "ICMP",
+    "ICMPv6",
+    "ARP",
+    "other IP",
+    "non-IP",
+    "IP fragments",
+    "undecodable",
+    "unsupported link type",
+)
+
+# ---- link types understood -------------------------------------------------------------
+LINKTYPE_NULL = 0
+LINKTYPE_ETHERNET = 1
+LINKTYPE_PPP = 9
+LINKTYPE_RAW_OLD1 = 12
+LINKTYPE_RAW_OLD2 = 14
+LINKTYPE_PPP_SERIAL = 50
+LINKTYPE_RAW = 101
+LINKTYPE_C_HDLC = 104
+LINKTYPE_LOOP = 108
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
+SUPPORTED_LINKTYPES = {
+    LINKTYPE_NULL: "BSD loopback",
+    LINKTYPE_ETHERNET: "Ethernet",
+    LINKTYPE_PPP: "PPP",
+    LINKTYPE_RAW_OLD1: "raw IP",
+    LINKTYPE_RAW_OLD2: "raw IP",
+    LINKTYPE_PPP_SERIAL: "PPP in HDLC framing",
+    LINKTYPE_RAW: "raw IP",
+    LINKTYPE_C_HDLC: "Cisco HDLC",
+    LINKTYPE_LOOP: "OpenBSD loopback",
+    LINKTYPE_LINUX_SLL: "Linux cooked v1",
+    LINKTYPE_IPV4: "raw IPv4",
+    LINKTYPE_IPV6: "raw IPv6",
+    LINKTYPE_LINUX_SLL2: "Linux cooked v2",
+}
+
+# decoder states
+_K_ETH = 0
+_K_ETYPE = 1
+_K_IP4 = 2
+_K_IP6 = 3
+_K_PPP = 4
+_K_IPVER = 5  # IP of either version: look at the version nibble
+_K_DONE = 6
+
+_MAX_LAYERS = 24
+
+
+@njit(cache=True, inline="always")
+def _be16(b: Any, p: int) -> int:
+    return (np.int64(b[p]) << 8) | np.int64(b[p + 1])
+
+
+@njit(cache=True, inline="always")
+def _be32(b: Any, p: int) -> int:
+    return (
+        (np.int64(b[p]) << 24)
+        | (np.int64(b[p + 1]) << 16)
+        | (np.int64(b[p + 2]) << 8)
+        | np.int64(b[p + 3])
+    )
+
+
+@njit(cache=True, inline="always")
+def _le32(b: Any, p: int) -> int:
+    return (
+        (np.int64(b[p + 3]) << 24)
+        | (np.int64(b[p + 2]) << 16)
+        | (np.int64(b[p + 1]) << 8)
+        | np.int64(b[p])
+    )
+
+
+@njit(cache=True, inline="always")
+def _rd32(b: Any, p: int, le: bool) -> int:
+    if le:
+        return _le32(b, p)
+    return _be32(b, p)
+
+
+@njit(cache=True, inline="always")
+def _rd16(b: Any, p: int, le: bool) -> int:
+    if le:
+        return (np.int64(b[p + 1]) << 8) | np.int64(b[p])
+    return _be16(b, p)
+
+
+@njit(cache=True, inline="always")
+def _be64(b: Any, p: int) -> np.uint64:
+    v = np.uint64(0)
+    for i in range(8):
+        v = (v << np.uint64(8)) | np.uint64(b[p + i])
+    return v
+
+
+@njit(cache=True, inline="always")
+def _be48(b: Any, p: int) -> np.uint64:
+    v = np.uint64(0)
+    for i in range(6):
+        v = (v << np.uint64(8)) | np.uint64(b[p + i])
+    return v
+
+
+# ---- record walkers ---------------------------------------------------------------------
+
+
+@njit(cache=True)
+def walk_pcap(
+    buf: Any,
+    start: int,
+    end: int,
+    le: bool,
+    nanos: bool,
+    max_caplen: int,
+    out_off: Any,
+    out_cap: Any,
+    out_wire: Any,
+    out_ts: Any,
+) -> tuple[int, int, int]:
+    """Find whole classic-pcap records in buf[start:end].
+
+    Returns (records found, position after the last whole record, status) where
+    status 0 means "need more bytes or done" and 1 means a bogus record header.
+    """
+    pos = start
+    n = 0
+    limit = out_off.shape[0]
+    while n < limit:
+        if pos + 16 > end:
+            break
+        sec = _rd32(buf, pos, le)
+        frac = _rd32(buf, pos + 4, le)
+        incl = _rd32(buf, pos + 8, le)
+        orig = _rd32(buf, pos + 12, le)
+        if incl > max_caplen:
+            return n, pos, 1
+        if pos + 16 + incl > end:
+            break
+        out_off[n] = pos + 16
+        out_cap[n] = incl
+        out_wire[n] = orig if orig >= incl else incl
+        if nanos:
+            out_ts[n] = sec * 1_000_000_000 + frac
+        else:
+            out_ts[n] = sec * 1_000_000_000 + frac * 1000
+        n += 1
+        pos += 16 + incl
+    return n, pos, 0
+
+
+@njit(cache=True)
+def _ticks_to_ns(ticks: np.uint64, res_pow: int, res_base2: bool) -> int:
+    if res_base2:
+        whole = ticks >> np.uint64(res_pow)
+        frac = ticks & ((np.uint64(1) << np.uint64(res_pow)) - np.uint64(1))
+        return np.int64(whole) * 1_000_000_000 + np.int64(
+            (frac * np.uint64(1_000_000_000)) >> np.uint64(res_pow)
+        )
+    if res_pow <= 9:
+        mul = 1
+        for _ in range(9 - res_pow):
+            mul *= 10
+        return np.int64(ticks) * mul
+    div = np.uint64(1)
+    for _ in range(res_pow - 9):
+        div *= np.uint64(10)
+    return np.int64(ticks // div)
+
+
+@njit(cache=True)
+def walk_pcapng(
+    buf: Any,
+    start: int,
+    end: int,
+    le: bool,
+    if_link: Any,
+    if_snap: Any,
+    if_res_pow: Any,
+    if_res_base2: Any,
+    if_offset_s: Any,
+    out_off: Any,
+    out_cap: Any,
+    out_wire: Any,
+    out_ts: Any,
+    out_if: Any,
+) -> tuple[int, int, int]:
+    """Walk packet blocks (EPB, SPB, obsolete PB) of one pcapng section.
+
+    Stops at any other block type (status 2: the caller handles it), at an
+    incomplete block (status 0), or at a bogus block (status 1), or at a
+    packet on an undeclared interface (status 3).
+    """
+    pos = start
+    n = 0
+    limit = out_off.shape[0]
+    n_if = if_link.shape[0]
+    while n < limit:
+        if pos + 12 > end:
+            return n, pos, 0
+        btype = _rd32(buf, pos, le)
+        blen = _rd32(buf, pos + 4, le)
+        if blen < 12 or (blen & 3) != 0:
+            return n, pos, 1
+        if btype != 6 and btype != 3 and btype != 2:
+            return n, pos, 2
+        if pos + blen > end:
+            return n, pos, 0
+        body = pos + 8
+        body_end = pos + blen - 4
+        if btype == 6 or btype == 2:
+            if body + 20 > body_end:
+                return n, pos, 1
+            if btype == 6:
+                ifid = _rd32(buf, body, le)
+            else:
+                ifid = _rd16(buf, body, le)
+            hi = np.uint64(_rd32(buf, body + 4, le))
+            lo = np.uint64(_rd32(buf, body + 8, le))
+            cap = _rd32(buf, body + 12, le)
+            wire = _rd32(buf, body + 16, le)
+            data = body + 20
+            if cap > body_end - data:
+                return n, pos, 1
+            if ifid >= n_if:
+                return n, pos, 3
+            ticks = (hi << np.uint64(32)) | lo
+            ts = _ticks_to_ns(ticks, if_res_pow[ifid], if_res_base2[ifid])
+            ts += if_offset_s[ifid] * 1_000_000_000
+        else:
+            if n_if == 0:
+                return n, pos, 3
+            ifid = 0
+            if body + 4 > body_end:
+                return n, pos, 1
+            wire = _rd32(buf, body, le)
+            data = body + 4
+            cap = body_end - data
+            if wire < cap:
+                cap = wire
+            snap = if_snap[0]
+            if snap > 0 and cap > snap:
+                cap = snap
+            ts = 0
+        out_off[n] = data
+        out_cap[n] = cap
+        out_wire[n] = wire if wire >= cap else cap
+        out_ts[n] = ts
+        out_if[n] = ifid
+        n += 1
+        pos += blen
+    return n, pos, 0
+
+
+# ---- the decoder ------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def decode_records(
+    buf: Any,
+    rec_off: Any,
+    rec_cap: Any,
+    rec_wire: Any,
+    rec_ts: Any,
+    rec_if: Any,
+    if_link: Any,
+    frame_base: int,
+    counts: Any,
+    # outputs, one row per TCP packet
+    o_frame: Any,
+    o_ts: Any,
+    o_frame_len: Any,
+    o_cap_len: Any,
+    o_linktype: Any,
+    o_iface: Any,
+    o_eth_src: Any,
+    o_eth_dst: Any,
+    o_vlan: Any,
+    o_tunnel: Any,
+    o_osrc_hi: Any,
+    o_osrc_lo: Any,
+    o_odst_hi: Any,
+    o_odst_lo: Any,
+    o_ipver: Any,
+    o_ipoff: Any,
+    o_iplen: Any,
+    o_ttl: Any,
+    o_ipid: Any,
+    o_src_hi: Any,
+    o_src_lo: Any,
+    o_dst_hi: Any,
+    o_dst_lo: Any,
+    o_sport: Any,
+    o_dport: Any,
+    o_seq: Any,
+    o_ack: Any,
+    o_doff: Any,
+    o_flags: Any,
+    o_win: Any,
+    o_urp: Any,
+    o_csum: Any,
+    o_mss: Any,
+    o_ws: Any,
+    o_sackp: Any,
+    o_hasts: Any,
+    o_tsval: Any,
+    o_tsecr: Any,
+    o_sackn: Any,
+    o_sackle: Any,
+    o_sackre: Any,
+    o_plen: Any,
+    o_pcap: Any,
+    o_poff: Any,
+    o_trunc: Any,
+) -> int:
+    """Decode each record down to TCP; TCP rows are written compactly, others counted."""
+    j = 0
+    ffff = np.uint64(0xFFFF00000000)
+    for i in range(rec_off.shape[0]):
+        p = np.int64(rec_off[i])
+        end = p + np.int64(rec_cap[i])
+        frame_start = p
+        link = if_link[rec_if[i]]
+        status = ST_UNDECODABLE
+        eth_src = np.uint64(0)
+        eth_dst = np.uint64(0)
+        vlan = -1
+        tunnel = 0
+        have_ip = False
+        ip_src_hi = np.uint64(0)
+        ip_src_lo = np.uint64(0)
+        ip_dst_hi = np.uint64(0)
+        ip_dst_lo = np.uint64(0)
+        osrc_hi = np.uint64(0)
+        osrc_lo = np.uint64(0)
+        odst_hi = np.uint64(0)
+        odst_lo = np.uint64(0)
+        et = 0
+        kind = _K_DONE
+        # ---- link layer
+        if link == LINKTYPE_ETHERNET:
+            kind = _K_ETH
+        elif link == LINKTYPE_NULL or link == LINKTYPE_LOOP:
+            if p + 4 <= end:
+                if link == LINKTYPE_LOOP:
+                    fam = _be32(buf, p)
+                else:
+                    fam = _le32(buf, p)
+                    if fam > 0xFFFF:
+                        fam = _be32(buf, p)
+                p += 4
+                if fam == 2:
+                    kind = _K_IP4
+                elif fam == 24 or fam == 28 or fam == 30 or fam == 10 or fam == 23:
+                    kind = _K_IP6
+                else:
+                    status = ST_OTHER_LINK
+        elif (
+            link == LINKTYPE_RAW
+            or link == LINKTYPE_RAW_OLD1
+            or link == LINKTYPE_RAW_OLD2
+            or link == LINKTYPE_IPV4
+            or link == LINKTYPE_IPV6
+        ):
+            kind = _K_IPVER
+        elif link == LINKTYPE_LINUX_SLL:
+            if p + 16 <= end:
+                et = _be16(buf, p + 14)
+                p += 16
+                kind = _K_ETYPE
+        elif link == LINKTYPE_LINUX_SLL2:
+            if p + 20 <= end:
+                et = _be16(buf, p)
+                p += 20
+                kind = _K_ETYPE
+        elif link == LINKTYPE_PPP or link == LINKTYPE_PPP_SERIAL:
+            kind = _K_PPP
+        elif link == LINKTYPE_C_HDLC:
+            if p + 4 <= end:
+                et = _be16(buf, p + 2)
+                p += 4
+                kind = _K_ETYPE
+        else:
+            status = ST_UNSUPPORTED_LINK
+        # ---- layers down to TCP
+        ip_off = 0
+        ip_len = 0
+        ip_ttl = 0
+        ip_id = 0
+        ipver = 0
+        l4_end = 0
+        proto = -1
+        layers = 0
+        while kind != _K_DONE and layers < _MAX_LAYERS:
+            layers += 1
+            if kind == _K_ETH:
+                if p + 14 > end:
+                    status = ST_UNDECODABLE
+                    break
+                eth_dst = _be48(buf, p)
+                eth_src = _be48(buf, p + 6)
+                et = _be16(buf, p + 12)
+                p += 14
+                kind = _K_ETYPE
+            elif kind == _K_ETYPE:
+                if et == 0x0800:
+                    kind = _K_IP4
+                elif et == 0x86DD:
+                    kind = _K_IP6
+                elif et == 0x8100 or et == 0x88A8 or et == 0x9100:
+                    if p + 4 > end:
+                        status = ST_UNDECODABLE
+                        break
+                    if vlan < 0:
+                        vlan = _be16(buf, p) & 0xFFF
+                    et = _be16(buf, p + 2)
+                    p += 4
+                elif et == 0x8847 or et == 0x8848:
+                    bos = False
+                    while p + 4 <= end:
+                        bos = (buf[p + 2] & 1) == 1
+                        p += 4
+                        if bos:
+                            break
+                    if not bos or p >= end:
+                        status = ST_UNDECODABLE
+                        break
+                    nib = buf[p] >> 4
+                    if nib == 4:
+                        kind = _K_IP4
+                    elif nib == 6:
+                        kind = _K_IP6
+                    elif nib == 0 and p + 4 + 14 <= end:
+                        p += 4  # pseudowire control word, then Ethernet
+                        kind = _K_ETH
+                    else:
+                        status = ST_OTHER_LINK
+                        break
+                elif et == 0x8864:
+                    if p + 6 > end:
+                        status = ST_UNDECODABLE
+                        break
+                    p += 6
+                    kind = _K_PPP
+                elif et == 0x88E7:  # 802.1ah PBB: I-TAG then the customer frame
+                    if p + 4 > end:
+                        status = ST_UNDECODABLE
+                        break
+                    p += 4
+                    kind = _K_ETH
+                elif et == 0x8926:  # VN-Tag
+                    if p + 6 > end:
+                        status = ST_UNDECODABLE
+                        break
+                    et = _be16(buf, p + 4)
+                    p += 6
+                elif et == 0x6558:  # transparent Ethernet bridging
+                    kind = _K_ETH
+                elif et == 0x0806:
+                    status = ST_ARP
+                    break
+                else:
+                    status = ST_OTHER_LINK
+                    break
+            elif kind == _K_PPP:
+                if p + 2 > end:
+                    status = ST_UNDECODABLE
+                    break
+                if buf[p] == 0xFF and buf[p + 1] == 0x03:
+                    p += 2
+                    if p + 2 > end:
+                        status = ST_UNDECODABLE
+                        break
+                if buf[p] & 1:  # protocol-field compression: one byte
+                    pp = np.int64(buf[p])
+                    p += 1
+                else:
+                    pp = _be16(buf, p)
+                    p += 2
+                if pp == 0x21:
+                    kind = _K_IP4
+                elif pp == 0x57:
+                    kind = _K_IP6
+                else:
+                    status = ST_OTHER_LINK
+                    break
+            elif kind == _K_IPVER:
+                if p >= end:
+                    status = ST_UNDECODABLE
+                    break
+                nib = buf[p] >> 4
+                if nib == 4:
+                    kind = _K_IP4
+                elif nib == 6:
+                    kind = _K_IP6
+                else:
+                    status = ST_OTHER_LINK
+                    break
+            elif kind == _K_IP4 or kind == _K_IP6:
+                # entering an IP header: if we already had one, the old one is a tunnel's outer
+                if have_ip and tunnel != 0 and osrc_lo == 0 and osrc_hi == 0:
+                    osrc_hi = ip_src_hi
+                    osrc_lo = ip_src_lo
+                    odst_hi = ip_dst_hi
+                    odst_lo = ip_dst_lo
+                if kind == _K_IP4:
+                    if p + 20 > end or (buf[p] >> 4) != 4:
+                        status = ST_UNDECODABLE
+                        break
+                    ihl = np.int64(buf[p] & 15) * 4
+                    tot = _be16(buf, p + 2)
+                    if tot == 0:  # TSO: the capture host had not filled the length yet
+                        tot = end - p
+                    if ihl < 20 or tot < ihl or p + ihl > end:
+                        status = ST_UNDECODABLE
+                        break
+                    frag = _be16(buf, p + 6)
+                    ip_off = p - frame_start
+                    ip_len = tot
+                    ip_ttl = buf[p + 8]
+                    ip_id = _be16(buf, p + 4)
+                    ipver = 4
+                    ip_src_hi = np.uint64(0)
+                    ip_src_lo = ffff | np.uint64(_be32(buf, p + 12))
+                    ip_dst_hi = np.uint64(0)
+                    ip_dst_lo = ffff | np.uint64(_be32(buf, p + 16))
+                    have_ip = True
+                    proto = buf[p + 9]
+                    l4_end = p + tot
+                    p += ihl
+                    if (frag & 0x3FFF) != 0:
+                        status = ST_FRAGMENT
+                        break
+                else:
+                    if p + 40 > end or (buf[p] >> 4) != 6:
+                        status = ST_UNDECODABLE
+                        break
+                    plen = _be16(buf, p + 4)
+                    if plen == 0:
+                        plen = end - p - 40
+                    ip_off = p - frame_start
+                    ip_len = 40 + plen
+                    ip_ttl = buf[p + 7]
+                    ip_id = 0
+                    ipver = 6
+                    ip_src_hi = _be64(buf, p + 8)
+                    ip_src_lo = _be64(buf, p + 16)
+                    ip_dst_hi = _be64(buf, p + 24)
+                    ip_dst_lo = _be64(buf, p + 32)
+                    have_ip = True
+                    nh = np.int64(buf[p + 6])
+                    l4_end = p + 40 + plen
+                    p += 40
+                    isfrag = False
+                    bad = False
+                    while True:
+                        if nh == 0 or nh == 43 or nh == 60:
+                            if p + 8 > end:
+                                bad = True
+                                break
+                            nxt = np.int64(buf[p])
+                            p += (np.int64(buf[p + 1]) + 1) * 8
+                            nh = nxt
+                        elif nh == 44:
+                            if p + 8 > end:
+                                bad = True
+                                break
+                            fo = _be16(buf, p + 2)
+                            nxt = np.int64(buf[p])
+                            p += 8
+                            nh = nxt
+                            if (fo & 0xFFF9) != 0:  # offset or more-fragments set
+                                isfrag = True
+                                break
+                        elif nh == 51:
+                            if p + 8 > end:
+                                bad = True
+                                break
+                            nxt = np.int64(buf[p])
+                            p += (np.int64(buf[p + 1]) + 2) * 4
+                            nh = nxt
+                        else:
+                            break
+                    if bad:
+                        status = ST_UNDECODABLE
+                        break
+                    if isfrag:
+                        status = ST_FRAGMENT
+                        break
+                    proto = nh
+                if proto == 6:
+                    kind = _K_DONE
+                    status = ST_TCP
+                elif proto == 4 or proto == 41:
+                    if tunnel == 0:
+                        tunnel = 4
+                    kind = _K_IP4 if proto == 4 else _K_IP6
+                elif proto == 47:  # GRE
+                    if p + 4 > end:
+                        status = ST_UNDECODABLE
+                        break
+                    gf = _be16(buf, p)
+                    et = _be16(buf, p + 2)
+                    ver = gf & 7
+                    q = p + 4
+                    if gf & 0x8000:
+                        q += 4
+                    if gf & 0x2000:
+                        q += 4
+                    if gf & 0x1000:
+                        q += 4
+                    if ver == 1 and (gf & 0x0080):
+                        q += 4
+                    p = q
+                    if tunnel == 0:
+                        tunnel = 1
+                    if et == 0x880B:
+                        kind = _K_PPP
+                    elif et == 0x88BE:  # ERSPAN type II
+                        p += 8
+                        kind = _K_ETH
+                    elif et == 0x22EB:  # ERSPAN type III
+                        p += 12
+                        kind = _K_ETH
+                    else:
+                        kind = _K_ETYPE
+                elif proto == 17:
+                    if p + 8 > end:
+                        status = ST_UDP
+                        break
+                    usp = _be16(buf, p)
+                    udp = _be16(buf, p + 2)
+                    u = p + 8
+                    if (udp == 4789 or usp == 4789) and u + 8 <= end:
+                        if tunnel == 0:
+                            tunnel = 2
+                        p = u + 8
+                        kind = _K_ETH
+                    elif (udp == 6081 or usp == 6081) and u + 8 <= end:
+                        optlen = np.int64(buf[u] & 0x3F) * 4
+                        et = _be16(buf, u + 2)
+                        if tunnel == 0:
+                            tunnel = 3
+                        p = u + 8 + optlen
+                        kind = _K_ETYPE
+                    elif (udp == 3544 or usp == 3544) and u + 40 <= end:
+                        q = u
+                        if buf[q] == 0 and buf[q + 1] == 1 and q + 4 <= end:  # authentication
+                            q += 13 + np.int64(buf[q + 2]) + np.int64(buf[q + 3])
+                        if q + 8 <= end and buf[q] == 0 and buf[q + 1] == 0:  # origin indication
+                            q += 8
+                        if q + 40 <= end and (buf[q] >> 4) == 6:
+                            if tunnel == 0:
+                                tunnel = 5
+                            p = q
+                            kind = _K_IP6
+                        else:
+                            status = ST_UDP
+                            break
+                    elif (udp == 2152 or usp == 2152) and u + 8 <= end and (buf[u] >> 5) == 1:
+                        gflags = buf[u]
+                        q = u + 8
+                        if buf[u + 1] != 0xFF:
+                            status = ST_UDP
+                            break
+                        if gflags & 0x07:
+                            q += 4
+                            if gflags & 0x04:
+                                # extension headers: length in 4-octet units, next type last
+                                nxt_t = buf[q - 1]
+                                while nxt_t != 0 and q < end:
+                                    ln = np.int64(buf[q]) * 4
+                                    if ln == 0 or q + ln > end:
+                                        break
+                                    nxt_t = buf[q + ln - 1]
+                                    q += ln
+                        if q < end and ((buf[q] >> 4) == 4 or (buf[q] >> 4) == 6):
+                            if tunnel == 0:
+                                tunnel = 1
+                            p = q
+                            kind = _K_IPVER
+                        else:
+                            status = ST_UDP
+                            break
+                    else:
+                        status = ST_UDP
+                        break
+                elif proto == 1:
+                    status = ST_ICMP
+                    break
+                elif proto == 58:
+                    status = ST_ICMP6
+                    break
+                else:
+                    status = ST_OTHER_IP
+                    break
+            else:
+                break
+        if status != ST_TCP:
+            counts[status] += 1
+            continue
+        # ---- TCP
+        if p + 20 > end:
+            counts[ST_UNDECODABLE] += 1
+            continue
+        doff = np.int64(buf[p + 12] >> 4) * 4
+        if doff < 20:
+            counts[ST_UNDECODABLE] += 1
+            continue
+        seg_len = l4_end - p  # TCP header + payload per the IP length
+        plen = seg_len - doff
+        if plen < 0:
+            plen = 0
+        opt_end = p + doff
+        if opt_end > end:
+            opt_end = end
+        o_frame[j] = frame_base + i + 1
+        o_ts[j] = rec_ts[i]
+        o_frame_len[j] = rec_wire[i]
+        o_cap_len[j] = rec_cap[i]
+        o_linktype[j] = link
+        o_iface[j] = rec_if[i]
+        o_eth_src[j] = eth_src
+        o_eth_dst[j] = eth_dst
+        o_vlan[j] = vlan
+        o_tunnel[j] = tunnel
+        o_osrc_hi[j] = osrc_hi
+        o_osrc_lo[j] = osrc_lo
+        o_odst_hi[j] = odst_hi
+        o_odst_lo[j] = odst_lo
+        o_ipver[j] = ipver
+        o_ipoff[j] = ip_off
+        o_iplen[j] = ip_len
+        o_ttl[j] = ip_ttl
+        o_ipid[j] = ip_id
+        o_src_hi[j] = ip_src_hi
+        o_src_lo[j] = ip_src_lo
+        o_dst_hi[j] = ip_dst_hi
+        o_dst_lo[j] = ip_dst_lo
+        o_sport[j] = _be16(buf, p)
+        o_dport[j] = _be16(buf, p + 2)
+        o_seq[j] = _be32(buf, p + 4)
+        o_ack[j] = _be32(buf, p + 8)
+        o_doff[j] = doff
+        o_flags[j] = ((np.int64(buf[p + 12]) & 1) << 8) | np.int64(buf[p + 13])
+        o_win[j] = _be16(buf, p + 14)
+        o_urp[j] = _be16(buf, p + 18)
+        # options
+        mss = -1
+        ws = -1
+        sackp = False
+        hasts = False
+        tsval = 0
+        tsecr = 0
+        nsack = 0
+        q = p + 20
+        while q < opt_end:
+            kindo = buf[q]
+            if kindo == 0:
+                break
+            if kindo == 1:
+                q += 1
+                continue
+            if q + 2 > opt_end:
+                break
+            ln = np.int64(buf[q + 1])
+            if ln < 2 or q + ln > opt_end:
+                break
+            if kindo == 2 and ln == 4:
+                mss = _be16(buf, q + 2)
+            elif kindo == 3 and ln == 3:
+                ws = np.int64(buf[q + 2])
+            elif kindo == 4 and ln == 2:
+                sackp = True
+            elif kindo == 8 and ln == 10:
+                hasts = True
+                tsval = _be32(buf, q + 2)
+                tsecr = _be32(buf, q + 6)
+            elif kindo == 5 and ln >= 10:
+                nb = (ln - 2) // 8
+                for k in range(nb):
+                    if nsack < 4:
+                        o_sackle[j, nsack] = _be32(buf, q + 2 + 8 * k)
+                        o_sackre[j, nsack] = _be32(buf, q + 6 + 8 * k)
+                        nsack += 1
+            q += ln
+        o_mss[j] = mss
+        o_ws[j] = ws if ws <= 255 else 255
+        o_sackp[j] = sackp
+        o_hasts[j] = hasts
+        o_tsval[j] = tsval
+        o_tsecr[j] = tsecr
+        o_sackn[j] = nsack
+        pstart = p + doff
+        cap = end - pstart
+        if cap > plen:
+            cap = plen
+        if cap < 0:
+            cap = 0
+        o_plen[j] = plen
+        o_pcap[j] = cap
+        o_poff[j] = pstart if cap > 0 else 0
+        o_trunc[j] = cap < plen
+        # checksum, when the whole segment was captured
+        if p + seg_len <= end and seg_len >= doff:
+            s = np.uint64(0)
+            if ipver == 4:
+                s += (ip_src_lo >> np.uint64(16)) & np.uint64(0xFFFF)
+                s += ip_src_lo & np.uint64(0xFFFF)
+                s += (ip_dst_lo >> np.uint64(16)) & np.uint64(0xFFFF)
+                s += ip_dst_lo & np.uint64(0xFFFF)
+            else:
+                for w in (ip_src_hi, ip_src_lo, ip_dst_hi, ip_dst_lo):
+                    s += (w >> np.uint64(48)) & np.uint64(0xFFFF)
+                    s += (w >> np.uint64(32)) & np.uint64(0xFFFF)
+                    s += (w >> np.uint64(16)) & np.uint64(0xFFFF)
+                    s += w & np.uint64(0xFFFF)
+            s += np.uint64(6) + np.uint64(seg_len)
+            k = p
+            last = p + seg_len
+            while k + 1 < last:
+                s += np.uint64((np.int64(buf[k]) << 8) | np.int64(buf[k + 1]))
+                k += 2
+            if k < last:
+                s += np.uint64(np.int64(buf[k]) << 8)
+            while s >> np.uint64(16):
+                s = (s & np.uint64(0xFFFF)) + (s >> np.uint64(16))
+            o_csum[j] = 1 if s == np.uint64(0xFFFF) else 0
+        else:
+            o_csum[j] = -1
+        counts[ST_TCP] += 1
+        j += 1
+    return j
+
+
+@njit(cache=True)
+def gather_bytes(src: Any, offs: Any, lens: Any, dst: Any, dst_offs: Any) -> None:
+    """Copy each row's payload bytes into a compact buffer."""
+    for i in range(offs.shape[0]):
+        n = lens[i]
+        s = offs[i]
+        d = dst_offs[i]
+        for k in range(n):
+            dst[d + k] = src[s + k]
