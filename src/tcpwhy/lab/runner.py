@@ -1,0 +1,106 @@
+"""Scenario registry and the run loop: build the lab, capture, play, check, tear down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tcpwhy.errors import ScenarioFailed
+from tcpwhy.lab import ns as nsmod
+from tcpwhy.lab.env import Event, Lab, Options, SockRow
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    summary: str
+    explain: str
+    play: Callable[[Lab], None]
+    relay: bool = False
+    patterns: tuple[str, ...] = ()
+
+
+SCENARIOS: dict[str, Scenario] = {}
+
+
+def scenario(
+    name: str, summary: str, explain: str, relay: bool = False, patterns: tuple[str, ...] = ()
+) -> Callable[[Callable[[Lab], None]], Callable[[Lab], None]]:
+    def deco(fn: Callable[[Lab], None]) -> Callable[[Lab], None]:
+        SCENARIOS[name] = Scenario(name, summary, " ".join(explain.split()), fn, relay, patterns)
+        return fn
+
+    return deco
+
+
+@dataclass
+class LabResult:
+    """What a run produced; `ok` is False with `reason` when the kernel did something else."""
+
+    name: str
+    ok: bool
+    reason: str
+    capture: str | None
+    packets: int
+    drops: int
+    events: list[Event] = field(default_factory=list)
+    states: list[tuple[str, SockRow]] = field(default_factory=list)
+    story: str = ""
+
+
+def get(name: str) -> Scenario:
+    # Import here so that the registry is filled on first use.
+    from tcpwhy.lab import scenarios as _  # noqa: F401
+
+    try:
+        return SCENARIOS[name]
+    except KeyError:
+        raise KeyError(name) from None
+
+
+def all_scenarios() -> list[Scenario]:
+    from tcpwhy.lab import scenarios as _  # noqa: F401
+
+    return list(SCENARIOS.values())
+
+
+def run_scenario(name: str, opts: Options | None = None, out: str | None = None) -> LabResult:
+    """Play one scenario on the real kernel; the capture is written to `out` when given.
+
+    Raises EnvironmentProblem without root/namespaces. A scenario that played
+    out differently returns ok=False (the capture, if any, is kept for study).
+    Everything the run created is removed before this returns, also on errors
+    and KeyboardInterrupt.
+    """
+    sc = get(name)
+    opts = opts or Options()
+    nsmod.check_root()
+    nsmod.remove_leftovers()
+    if out:
+        out = os.path.abspath(out)
+    lab = Lab(opts, relay=sc.relay, capture_path=out)
+    reason = ""
+    try:
+        lab.say("lab", f"scenario {name}: client {lab.client_ip}, server {lab.server_ip} port {opts.port}")
+        try:
+            sc.play(lab)
+        except ScenarioFailed as exc:
+            reason = exc.reason
+        lab.stop_capture()
+        if lab.capture is not None and lab.capture.drops and not reason:
+            reason = f"the capture lost {lab.capture.drops} packets in the kernel: not evidence"
+    finally:
+        lab.close()
+    cap = lab.capture
+    return LabResult(
+        name=name,
+        ok=not reason,
+        reason=reason,
+        capture=out,
+        packets=cap.written if cap else 0,
+        drops=cap.drops if cap else 0,
+        events=list(lab.story.events),
+        states=list(lab.states),
+        story=lab.story.render(),
+    )
