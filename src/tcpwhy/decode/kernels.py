@@ -75,6 +75,7 @@ _K_IP6 = 3
 _K_PPP = 4
 _K_IPVER = 5  # IP of either version: look at the version nibble
 _K_DONE = 6
+_K_GRE = 7
 
 _MAX_LAYERS = 24
 
@@ -352,6 +353,9 @@ def decode_records(
         p = np.int64(rec_off[i])
         end = p + np.int64(rec_cap[i])
         frame_start = p
+        # `lim`: where the innermost enclosing layer says its payload ends (reported, not
+        # captured length), as Wireshark bounds each layer by its parent's length
+        lim = p + np.int64(rec_wire[i])
         link = if_link[rec_if[i]]
         status = ST_UNDECODABLE
         eth_src = np.uint64(0)
@@ -472,6 +476,9 @@ def decode_records(
                     if p + 6 > end:
                         status = ST_UNDECODABLE
                         break
+                    plim = p + 6 + _be16(buf, p + 4)
+                    if plim < lim:
+                        lim = plim
                     p += 6
                     kind = _K_PPP
                 elif et == 0x88E7:  # 802.1ah PBB: I-TAG then the customer frame
@@ -542,7 +549,7 @@ def decode_records(
                     ihl = np.int64(buf[p] & 15) * 4
                     tot = _be16(buf, p + 2)
                     if tot == 0:  # TSO: the capture host had not filled the length yet
-                        tot = end - p
+                        tot = lim - p
                     if ihl < 20 or tot < ihl or p + ihl > end:
                         status = ST_UNDECODABLE
                         break
@@ -559,6 +566,9 @@ def decode_records(
                     have_ip = True
                     proto = buf[p + 9]
                     l4_end = p + tot
+                    if l4_end > lim:
+                        l4_end = lim
+                    lim = l4_end
                     p += ihl
                     if (frag & 0x3FFF) != 0:
                         status = ST_FRAGMENT
@@ -569,7 +579,7 @@ def decode_records(
                         break
                     plen = _be16(buf, p + 4)
                     if plen == 0:
-                        plen = end - p - 40
+                        plen = lim - p - 40
                     ip_off = p - frame_start
                     ip_len = 40 + plen
                     ip_ttl = buf[p + 7]
@@ -582,6 +592,9 @@ def decode_records(
                     have_ip = True
                     nh = np.int64(buf[p + 6])
                     l4_end = p + 40 + plen
+                    if l4_end > lim:
+                        l4_end = lim
+                    lim = l4_end
                     p += 40
                     isfrag = False
                     bad = False
@@ -627,47 +640,26 @@ def decode_records(
                     if tunnel == 0:
                         tunnel = 4
                     kind = _K_IP4 if proto == 4 else _K_IP6
-                elif proto == 47:  # GRE
-                    if p + 4 > end:
-                        status = ST_UNDECODABLE
-                        break
-                    gf = _be16(buf, p)
-                    et = _be16(buf, p + 2)
-                    ver = gf & 7
-                    q = p + 4
-                    if gf & 0x8000:
-                        q += 4
-                    if gf & 0x2000:
-                        q += 4
-                    if gf & 0x1000:
-                        q += 4
-                    if ver == 1 and (gf & 0x0080):
-                        q += 4
-                    p = q
-                    if tunnel == 0:
-                        tunnel = 1
-                    if et == 0x880B:
-                        kind = _K_PPP
-                    elif et == 0x88BE:  # ERSPAN type II
-                        p += 8
-                        kind = _K_ETH
-                    elif et == 0x22EB:  # ERSPAN type III
-                        p += 12
-                        kind = _K_ETH
-                    else:
-                        kind = _K_ETYPE
+                elif proto == 47:
+                    kind = _K_GRE
                 elif proto == 17:
                     if p + 8 > end:
                         status = ST_UDP
                         break
                     usp = _be16(buf, p)
                     udp = _be16(buf, p + 2)
+                    ulen = _be16(buf, p + 4)
+                    if ulen >= 8 and p + ulen < lim:
+                        lim = p + ulen
                     u = p + 8
                     if (udp == 4789 or usp == 4789) and u + 8 <= end:
                         if tunnel == 0:
                             tunnel = 2
                         p = u + 8
                         kind = _K_ETH
+                    elif udp == 4754 or usp == 4754:  # GRE-in-UDP
+                        p = u
+                        kind = _K_GRE
                     elif (udp == 6081 or usp == 6081) and u + 8 <= end:
                         optlen = np.int64(buf[u] & 0x3F) * 4
                         et = _be16(buf, u + 2)
@@ -726,6 +718,34 @@ def decode_records(
                 else:
                     status = ST_OTHER_IP
                     break
+            elif kind == _K_GRE:
+                if p + 4 > end:
+                    status = ST_UNDECODABLE
+                    break
+                gf = _be16(buf, p)
+                et = _be16(buf, p + 2)
+                q = p + 4
+                if gf & 0x8000:
+                    q += 4
+                if gf & 0x2000:
+                    q += 4
+                if gf & 0x1000:
+                    q += 4
+                if (gf & 7) == 1 and (gf & 0x0080):  # enhanced GRE (PPTP) acknowledgment
+                    q += 4
+                p = q
+                if tunnel == 0:
+                    tunnel = 1
+                if et == 0x880B:
+                    kind = _K_PPP
+                elif et == 0x88BE:  # ERSPAN type II
+                    p += 8
+                    kind = _K_ETH
+                elif et == 0x22EB:  # ERSPAN type III
+                    p += 12
+                    kind = _K_ETH
+                else:
+                    kind = _K_ETYPE
             else:
                 break
         if status != ST_TCP:
