@@ -1,0 +1,600 @@
+"""The TCP connection state machine (RFC 9293 §3.3.2) of both endpoints, rebuilt from a capture.
+
+The rules are the two tables below, read as "in STATE, on EVENT, go to NEW
+STATE". The same tables drive both endpoints: a segment the originator sent
+is a ``SEND_*`` event for the originator and the matching ``RECV_*`` event for
+the responder, and vice versa. Nothing here reads files or sockets; events go
+in, states and a timeline come out (sans-I/O, in the style of h11's
+``_state.py``), so the rules can be tested, drawn and reused without a
+capture.
+
+Events
+------
+Each segment carries up to six facts, taken in this order (the order in which
+RFC 9293 §3.10.7.4 processes a segment: SYN, then the ACK field, then the
+text, then FIN): SYN (or SYN-ACK), "acknowledges the peer's SYN",
+"acknowledges the peer's FIN", data, FIN. A RST is a fact of its own and the
+rest of that segment is ignored. "Acknowledges the peer's FIN" means: the ACK
+flag is set and ``ack >= fin_seq + 1`` in 32-bit sequence arithmetic; it is
+reported once per FIN transmission, so a re-ACK of a retransmitted FIN is an
+event and a plain later ACK is not (the same holds for the SYN).
+
+Where the capture point is
+--------------------------
+A capture sees each segment once, at one point on the path. For the endpoint
+on the far side of that point, "the peer's FIN reached me" is inferred from
+the time the FIN passed the capture point, so every inferred transition time
+is that of the capture point, off by up to the one-way delay between it and
+the endpoint (and wrong outright if the segment was lost after the capture
+point). When the capture is taken on one of the hosts, that host's
+transitions are exact. Segments that cross in flight are ordered by their
+ACK fields, not by capture order: a FIN that does not acknowledge the FIN the
+peer sent earlier (in capture order) was sent before that FIN arrived, which
+makes a simultaneous close (both endpoints pass through CLOSING) come out as
+such wherever the capture was taken.
+
+Choices
+-------
+* A capture that starts mid-connection (first segment is not a SYN): both
+  endpoints start in ESTABLISHED, flagged ``Endpoint.assumed``. A first
+  segment that is a SYN-ACK (its SYN was missed) starts the sender in
+  SYN_RECEIVED and the receiver in SYN_SENT, also assumed.
+* The first timeline entry is the state the endpoint was in when the capture
+  first saw the connection, dated at that first segment, not when it was
+  entered.
+* A responder whose first answer to a SYN is a RST starts in CLOSED (no
+  listener: RFC 9293 answers a segment in CLOSED with RST); otherwise it
+  starts in LISTEN.
+* Sending or receiving a RST closes the connection from every state except
+  LISTEN, which by RFC 9293 ignores a RST (the listening socket survives).
+* TIME_WAIT lasts 2 MSL, Linux's fixed 60 s (``TCP_TIMEWAIT_LEN``), measured
+  in capture time. A retransmitted FIN arriving in TIME_WAIT (which the
+  endpoint re-ACKs) restarts it, as RFC 9293 and Linux do; that re-entry is
+  recorded in the timeline.
+* Entering FIN_WAIT_2 and TIME_WAIT on one segment that both acknowledges my
+  FIN and carries the peer's FIN passes through FIN_WAIT_2 for zero time, as
+  Linux does, rather than taking RFC 9293's direct FIN_WAIT_1 → TIME_WAIT.
+* Events that fit no rule leave the state alone and are kept in
+  ``Endpoint.unexpected``: captures are messy, and the misfits are clues.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from tcpwhy.decode.table import ACK, FIN, RST, SYN
+
+if TYPE_CHECKING:
+    from tcpwhy.decode.table import PacketTable
+
+
+class State(IntEnum):
+    CLOSED = 0
+    LISTEN = 1
+    SYN_SENT = 2
+    SYN_RECEIVED = 3
+    ESTABLISHED = 4
+    FIN_WAIT_1 = 5
+    FIN_WAIT_2 = 6
+    CLOSE_WAIT = 7
+    CLOSING = 8
+    LAST_ACK = 9
+    TIME_WAIT = 10
+
+
+class Event(IntEnum):
+    """What one endpoint did or had happen to it; ``SEND_X`` and ``RECV_X`` come in pairs."""
+
+    SEND_SYN = 0
+    SEND_SYNACK = 1
+    SEND_ACK_OF_SYN = 2  # I acknowledged the peer's SYN (completes its handshake)
+    SEND_ACK_OF_FIN = 3  # I acknowledged the peer's FIN
+    SEND_DATA = 4
+    SEND_FIN = 5
+    SEND_RST = 6
+    RECV_SYN = 7
+    RECV_SYNACK = 8
+    RECV_ACK_OF_SYN = 9  # the peer acknowledged my SYN: my handshake completes
+    RECV_ACK_OF_FIN = 10  # the peer acknowledged my FIN
+    RECV_DATA = 11
+    RECV_FIN = 12
+    RECV_RST = 13
+    TIMEOUT_2MSL = 14  # the TIME_WAIT timer ran out (capture time)
+
+
+S, E = State, Event
+
+TRANSITIONS: dict[tuple[State, Event], State] = {
+    # --- opening ---------------------------------------------------------------------
+    (S.CLOSED, E.SEND_SYN): S.SYN_SENT,  # active open
+    (S.LISTEN, E.RECV_SYN): S.SYN_RECEIVED,  # passive open
+    (S.LISTEN, E.SEND_SYN): S.SYN_SENT,  # RFC 9293: SEND on a listening socket
+    (S.SYN_SENT, E.RECV_SYNACK): S.ESTABLISHED,
+    (S.SYN_SENT, E.RECV_SYN): S.SYN_RECEIVED,  # simultaneous open
+    (S.SYN_RECEIVED, E.RECV_ACK_OF_SYN): S.ESTABLISHED,
+    (S.SYN_RECEIVED, E.RECV_SYNACK): S.ESTABLISHED,  # simultaneous open
+    # --- closing ---------------------------------------------------------------------
+    (S.SYN_RECEIVED, E.SEND_FIN): S.FIN_WAIT_1,
+    (S.SYN_RECEIVED, E.RECV_FIN): S.CLOSE_WAIT,
+    (S.ESTABLISHED, E.SEND_FIN): S.FIN_WAIT_1,  # active close
+    (S.ESTABLISHED, E.RECV_FIN): S.CLOSE_WAIT,  # passive close
+    (S.FIN_WAIT_1, E.RECV_ACK_OF_FIN): S.FIN_WAIT_2,
+    (S.FIN_WAIT_1, E.RECV_FIN): S.CLOSING,  # simultaneous close
+    (S.FIN_WAIT_2, E.RECV_FIN): S.TIME_WAIT,
+    (S.CLOSING, E.RECV_ACK_OF_FIN): S.TIME_WAIT,
+    (S.CLOSE_WAIT, E.SEND_FIN): S.LAST_ACK,
+    (S.LAST_ACK, E.RECV_ACK_OF_FIN): S.CLOSED,
+    (S.TIME_WAIT, E.RECV_FIN): S.TIME_WAIT,  # retransmitted FIN: re-ACK, restart 2 MSL
+    (S.TIME_WAIT, E.TIMEOUT_2MSL): S.CLOSED,
+    # --- reset: from every state but CLOSED and LISTEN -------------------------------
+    **{
+        (state, ev): S.CLOSED
+        for state in State
+        if state not in (S.CLOSED, S.LISTEN)
+        for ev in (E.SEND_RST, E.RECV_RST)
+    },
+}
+"""(state, event) -> state entered. A self-loop re-enters the state (restarting its timer)."""
+
+STAYS: frozenset[tuple[State, Event]] = frozenset(
+    [
+        # retransmitted handshake segments
+        (S.SYN_SENT, E.SEND_SYN),
+        (S.SYN_RECEIVED, E.RECV_SYN),
+        (S.SYN_RECEIVED, E.SEND_SYNACK),  # the answer to the SYN, and its retransmissions
+        (S.SYN_RECEIVED, E.SEND_SYN),  # simultaneous open
+        (S.ESTABLISHED, E.RECV_SYNACK),  # our ACK of it was lost
+        (S.ESTABLISHED, E.SEND_ACK_OF_SYN),
+        # a SYN to a closed port, answered by RST; resets on both sides after a reset
+        (S.CLOSED, E.RECV_SYN),
+        (S.CLOSED, E.SEND_RST),
+        (S.CLOSED, E.RECV_RST),
+        (S.LISTEN, E.SEND_RST),
+        (S.LISTEN, E.RECV_RST),
+        # data: TCP Fast Open during the handshake, both ways while established,
+        # the open direction of a half-closed connection, and retransmissions of
+        # data sent before a FIN
+        (S.SYN_SENT, E.SEND_DATA),
+        (S.SYN_RECEIVED, E.SEND_DATA),
+        (S.SYN_RECEIVED, E.RECV_DATA),
+        (S.ESTABLISHED, E.SEND_DATA),
+        (S.ESTABLISHED, E.RECV_DATA),
+        (S.FIN_WAIT_1, E.SEND_DATA),
+        (S.FIN_WAIT_1, E.RECV_DATA),
+        (S.FIN_WAIT_2, E.RECV_DATA),
+        (S.CLOSE_WAIT, E.SEND_DATA),
+        (S.CLOSE_WAIT, E.RECV_DATA),
+        (S.CLOSING, E.SEND_DATA),
+        (S.CLOSING, E.RECV_DATA),
+        (S.LAST_ACK, E.SEND_DATA),
+        (S.LAST_ACK, E.RECV_DATA),
+        # FIN retransmissions and their (re-)ACKs
+        (S.FIN_WAIT_1, E.SEND_FIN),
+        (S.CLOSING, E.SEND_FIN),
+        (S.LAST_ACK, E.SEND_FIN),
+        (S.CLOSE_WAIT, E.RECV_FIN),
+        (S.CLOSING, E.RECV_FIN),
+        (S.LAST_ACK, E.RECV_FIN),
+        (S.CLOSE_WAIT, E.SEND_ACK_OF_FIN),
+        (S.CLOSING, E.SEND_ACK_OF_FIN),
+        (S.LAST_ACK, E.SEND_ACK_OF_FIN),
+        (S.TIME_WAIT, E.SEND_ACK_OF_FIN),
+        (S.FIN_WAIT_2, E.RECV_ACK_OF_FIN),
+        (S.TIME_WAIT, E.RECV_ACK_OF_FIN),
+    ]
+)
+"""(state, event) pairs that are expected and change nothing."""
+
+del S, E
+
+TIME_WAIT_NS = 60 * 1_000_000_000
+"""2 MSL as Linux implements it: TCP_TIMEWAIT_LEN, a fixed 60 s."""
+
+NO_FRAME = 0
+"""Frame number of a step no packet caused (a timer); Wireshark's frames start at 1."""
+
+
+class Step(NamedTuple):
+    """One entry of an endpoint's timeline: the state it entered, when, and why."""
+
+    state: State
+    ts_ns: int
+    frame: int
+    event: Event | None  # None for the starting state
+
+
+class Unexpected(NamedTuple):
+    state: State
+    event: Event
+    ts_ns: int
+    frame: int
+
+
+class Endpoint:
+    """One side of a connection, driven by events; keeps the timeline of states it entered."""
+
+    __slots__ = (
+        "assumed",
+        "state",
+        "time_wait_deadline_ns",
+        "time_wait_ns",
+        "timeline",
+        "unexpected",
+    )
+
+    def __init__(
+        self,
+        state: State = State.CLOSED,
+        ts_ns: int = 0,
+        frame: int = NO_FRAME,
+        *,
+        assumed: bool = False,
+        time_wait_ns: int = TIME_WAIT_NS,
+    ) -> None:
+        self.state = state
+        self.assumed = assumed  # the starting state is a guess (capture began mid-connection)
+        self.time_wait_ns = time_wait_ns
+        self.time_wait_deadline_ns: int | None = (
+            ts_ns + time_wait_ns if state is State.TIME_WAIT else None
+        )
+        self.timeline: list[Step] = [Step(state, ts_ns, frame, None)]
+        self.unexpected: list[Unexpected] = []
+
+    def advance(self, now_ns: int) -> State:
+        """Let capture time pass: fires the 2MSL timer, dated at its deadline, if it is due."""
+        deadline = self.time_wait_deadline_ns
+        if deadline is not None and now_ns >= deadline:
+            self._apply(Event.TIMEOUT_2MSL, deadline, NO_FRAME)
+        return self.state
+
+    def handle(self, event: Event, ts_ns: int, frame: int) -> State:
+        """Apply one event seen at capture time `ts_ns`; a timer due before it fires first."""
+        if event is not Event.TIMEOUT_2MSL:
+            self.advance(ts_ns)
+        self._apply(event, ts_ns, frame)
+        return self.state
+
+    def _apply(self, event: Event, ts_ns: int, frame: int) -> None:
+        key = (self.state, event)
+        new = TRANSITIONS.get(key)
+        if new is None:
+            if key not in STAYS:
+                self.unexpected.append(Unexpected(self.state, event, ts_ns, frame))
+            return
+        self.state = new
+        self.time_wait_deadline_ns = ts_ns + self.time_wait_ns if new is State.TIME_WAIT else None
+        self.timeline.append(Step(new, ts_ns, frame, event))
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.state.name}, {len(self.timeline)} steps, {len(self.unexpected)} unexpected)"
+
+
+# ---------------------------------------------------------------------------------------
+# From packets to events
+# ---------------------------------------------------------------------------------------
+
+ORIGINATOR, RESPONDER = 0, 1
+
+_U32 = 0xFFFFFFFF
+_HALF = 0x80000000
+_MAX_EVENTS_PER_SEGMENT = 11  # 5 facts x 2 endpoints + one deferred RECV_FIN
+
+
+def _seq_geq(a: int, b: int) -> bool:
+    """a >= b in 32-bit sequence space (RFC 1982 serial arithmetic)."""
+    return ((a - b) & _U32) < _HALF
+
+
+class EventStream(NamedTuple):
+    """Events of one connection in the order to apply them; `row` indexes the packet arrays."""
+
+    start: tuple[State, State]  # (originator, responder) before the first packet
+    assumed: bool  # starting states are guesses: the capture missed the SYN
+    who: npt.NDArray[np.uint8]  # ORIGINATOR or RESPONDER
+    event: npt.NDArray[np.uint8]  # Event values
+    row: npt.NDArray[np.int64]
+
+
+def derive_events(
+    direction: npt.ArrayLike,
+    flags: npt.ArrayLike,
+    seq: npt.ArrayLike,
+    ack: npt.ArrayLike,
+    payload_len: npt.ArrayLike,
+) -> EventStream:
+    """Turn one connection's packets (capture order) into events for both endpoints.
+
+    Kept apart from the state machine, over plain integer arrays, so it can be
+    compiled or vectorised without touching the rules.
+    """
+    d_ = _as_list(direction)
+    f_ = _as_list(flags)
+    s_ = _as_list(seq)
+    a_ = _as_list(ack)
+    p_ = _as_list(payload_len)
+    n = len(d_)
+    who = np.empty(n * _MAX_EVENTS_PER_SEGMENT, np.uint8)
+    evs = np.empty(n * _MAX_EVENTS_PER_SEGMENT, np.uint8)
+    rows = np.empty(n * _MAX_EVENTS_PER_SEGMENT, np.int64)
+    if n == 0:
+        return EventStream((State.CLOSED, State.CLOSED), False, who, evs, rows)
+
+    start, assumed = _start_states(d_, f_)
+
+    # per sender side (0, 1): its last SYN / FIN position and whether the peer still owes an ACK
+    syn_end = [0, 0]  # seq just past the SYN
+    syn_unacked = [False, False]
+    fin_end = [0, 0]  # seq just past the FIN
+    fin_unacked = [False, False]
+    fin_delivered = [False, False]  # the peer of side i has been given RECV_FIN for i's FIN
+    deferred_to = [-1, -1]  # row after which side i gets its deferred RECV_FIN
+    k = 0
+
+    def put(side: int, ev: Event, row: int) -> None:
+        nonlocal k
+        who[k] = side
+        evs[k] = ev
+        rows[k] = row
+        k += 1
+
+    for i in range(n):
+        s = 1 if d_[i] else 0
+        r = 1 - s
+        fl = f_[i]
+        sq = s_[i]
+        ak = a_[i]
+        plen = p_[i]
+        if fl & RST:
+            put(s, Event.SEND_RST, i)
+            put(r, Event.RECV_RST, i)
+            continue
+        has_ack = bool(fl & ACK)
+        if fl & SYN:
+            if has_ack:
+                put(s, Event.SEND_SYNACK, i)
+                put(r, Event.RECV_SYNACK, i)
+                if syn_unacked[r] and _seq_geq(ak, syn_end[r]):
+                    syn_unacked[r] = False  # the SYN-ACK itself acknowledges r's SYN
+            else:
+                put(s, Event.SEND_SYN, i)
+                put(r, Event.RECV_SYN, i)
+            syn_end[s] = (sq + 1) & _U32
+            syn_unacked[s] = True
+        elif has_ack and syn_unacked[r] and _seq_geq(ak, syn_end[r]):
+            syn_unacked[r] = False
+            put(s, Event.SEND_ACK_OF_SYN, i)
+            if not _resent_after(d_, f_, i, r, SYN):
+                put(r, Event.RECV_ACK_OF_SYN, i)
+        if has_ack and fin_unacked[r] and _seq_geq(ak, fin_end[r]):
+            fin_unacked[r] = False
+            put(s, Event.SEND_ACK_OF_FIN, i)
+            if not _resent_after(d_, f_, i, r, FIN):
+                put(r, Event.RECV_ACK_OF_FIN, i)
+        if plen:
+            put(s, Event.SEND_DATA, i)
+            put(r, Event.RECV_DATA, i)
+        if fl & FIN:
+            put(s, Event.SEND_FIN, i)
+            fin_end[s] = (sq + (1 if fl & SYN else 0) + plen + 1) & _U32
+            fin_unacked[s] = True
+            if fin_delivered[s]:
+                if deferred_to[s] < 0:
+                    put(r, Event.RECV_FIN, i)  # a retransmission reaching r again
+            else:
+                fin_delivered[s] = True
+                j = _crossing_fin(d_, f_, a_, i, r, fin_end[s])
+                if j < 0:
+                    put(r, Event.RECV_FIN, i)
+                else:
+                    deferred_to[s] = j
+        # a FIN the peer sent earlier in capture order, that reached s only after s sent this one
+        if deferred_to[r] == i:
+            deferred_to[r] = -1
+            put(s, Event.RECV_FIN, i)
+    return EventStream(start, assumed, who[:k], evs[:k], rows[:k])
+
+
+def _as_list(a: npt.ArrayLike) -> list[int]:
+    out: list[int] = np.asarray(a).astype(np.int64, copy=False).tolist()
+    return out
+
+
+def _start_states(d_: Sequence[int], f_: Sequence[int]) -> tuple[tuple[State, State], bool]:
+    """States before the first packet; see the module docstring for the choices."""
+    s = 1 if d_[0] else 0
+    fl = f_[0]
+    states = [State.ESTABLISHED, State.ESTABLISHED]
+    assumed = True
+    if fl & SYN and not fl & (RST | ACK):
+        assumed = False
+        states[s] = State.CLOSED
+        states[1 - s] = State.LISTEN
+        for i in range(1, len(d_)):
+            if (1 if d_[i] else 0) != s:
+                if f_[i] & RST:
+                    states[1 - s] = State.CLOSED  # nobody listening
+                break
+    elif fl & SYN and fl & ACK and not fl & RST:
+        states[s] = State.SYN_RECEIVED
+        states[1 - s] = State.SYN_SENT
+    return (states[0], states[1]), assumed
+
+
+def _resent_after(d_: Sequence[int], f_: Sequence[int], i: int, r: int, bit: int) -> bool:
+    """Whether r's next segment after row i resends its SYN or FIN.
+
+    Then the ACK at row i, though the capture saw it, was lost on its way to
+    r, and r never learned of it.
+    """
+    for j in range(i + 1, len(d_)):
+        if (1 if d_[j] else 0) == r:
+            return bool(f_[j] & bit) and not f_[j] & RST
+    return False
+
+
+def _crossing_fin(
+    d_: Sequence[int], f_: Sequence[int], a_: Sequence[int], i: int, r: int, fin_end: int
+) -> int:
+    """Row of r's FIN sent before the FIN at row i reached r, or -1.
+
+    The first later segment from r that is a FIN or acknowledges the FIN
+    decides: a FIN whose ACK field does not cover it was sent before it
+    arrived, whatever the capture order says.
+    """
+    for j in range(i + 1, len(d_)):
+        if (1 if d_[j] else 0) != r:
+            continue
+        fl = f_[j]
+        covers = bool(fl & ACK) and _seq_geq(a_[j], fin_end)
+        if covers or fl & RST:
+            return -1
+        if fl & FIN:
+            return j
+    return -1
+
+
+class ConnectionStates(NamedTuple):
+    originator: Endpoint
+    responder: Endpoint
+    events: EventStream
+
+
+def run_connection(
+    direction: npt.ArrayLike,
+    flags: npt.ArrayLike,
+    seq: npt.ArrayLike,
+    ack: npt.ArrayLike,
+    payload_len: npt.ArrayLike,
+    ts_ns: npt.ArrayLike,
+    frame: npt.ArrayLike,
+    *,
+    end_ns: int | None = None,
+    time_wait_ns: int = TIME_WAIT_NS,
+) -> ConnectionStates:
+    """Rebuild both endpoints' state timelines from one connection's packets (capture order).
+
+    `direction` is 0 for originator → responder, 1 for the reverse. `end_ns`
+    is when the capture ended: timers due by then fire (a TIME_WAIT that
+    began 60 s before it ends in CLOSED); without it, time stops at the
+    connection's last packet.
+    """
+    stream = derive_events(direction, flags, seq, ack, payload_len)
+    ts = _as_list(ts_ns)
+    fr = _as_list(frame)
+    t0, f0 = (ts[0], fr[0]) if ts else (0, NO_FRAME)
+    ends = [
+        Endpoint(st, t0, f0, assumed=stream.assumed, time_wait_ns=time_wait_ns)
+        for st in stream.start
+    ]
+    for side, ev, row in zip(
+        stream.who.tolist(), stream.event.tolist(), stream.row.tolist(), strict=True
+    ):
+        ends[side].handle(Event(ev), ts[row], fr[row])
+    if end_ns is not None:
+        for e in ends:
+            e.advance(end_ns)
+    return ConnectionStates(ends[0], ends[1], stream)
+
+
+def run_rows(
+    table: PacketTable,
+    rows: npt.ArrayLike,
+    direction: npt.ArrayLike,
+    *,
+    end_ns: int | None = None,
+    time_wait_ns: int = TIME_WAIT_NS,
+) -> ConnectionStates:
+    """`run_connection` on the rows of a packet table that make up one connection."""
+    idx = np.asarray(rows)
+    cols: dict[str, Any] = {
+        name: table[name][idx] for name in ("flags", "seq", "ack", "payload_len", "ts_ns", "frame")
+    }
+    return run_connection(
+        direction,
+        cols["flags"],
+        cols["seq"],
+        cols["ack"],
+        cols["payload_len"],
+        cols["ts_ns"],
+        cols["frame"],
+        end_ns=end_ns,
+        time_wait_ns=time_wait_ns,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Pictures of the rules
+# ---------------------------------------------------------------------------------------
+
+
+class Diagram(NamedTuple):
+    dot: str
+    mermaid: str
+
+
+def _label(ev: Event) -> str:
+    name = ev.name
+    words = name[5:].replace("SYNACK", "SYN-ACK").replace("_OF_", " of ")
+    if name.startswith("SEND_"):
+        return "snd " + words
+    if name.startswith("RECV_"):
+        return "rcv " + words
+    return name.replace("_", " ").lower().replace("2msl", "2MSL")
+
+
+def _edges() -> list[tuple[State, State, str]]:
+    """TRANSITIONS grouped by (from, to), labels in event order; RST edges merged."""
+    grouped: dict[tuple[State, State], list[Event]] = {}
+    for (src, ev), dst in TRANSITIONS.items():
+        grouped.setdefault((src, dst), []).append(ev)
+    out = []
+    for (src, dst), evs in sorted(grouped.items()):
+        evs.sort()
+        labels = [_label(e) for e in evs if e not in (Event.SEND_RST, Event.RECV_RST)]
+        if Event.SEND_RST in evs or Event.RECV_RST in evs:
+            labels.append("snd or rcv RST")
+        if src is State.TIME_WAIT and dst is State.TIME_WAIT:
+            labels = [lbl + " (restart 2MSL)" for lbl in labels]
+        out.append((src, dst, ", ".join(labels)))
+    return out
+
+
+def diagram() -> Diagram:
+    """Graphviz DOT and Mermaid stateDiagram-v2 text drawn from TRANSITIONS."""
+    edges = _edges()
+    dot = [
+        "digraph tcp_states {",
+        "  rankdir=TB;",
+        '  node [shape=box, style=rounded, fontname="monospace"];',
+    ]
+    dot += [f"  {st.name};" for st in State]
+    dot += [f'  {a.name} -> {b.name} [label="{lbl}"];' for a, b, lbl in edges]
+    dot.append("}")
+    mer = ["stateDiagram-v2", "    [*] --> CLOSED", "    [*] --> LISTEN"]
+    mer += [f"    {a.name} --> {b.name} : {lbl}" for a, b, lbl in edges]
+    return Diagram("\n".join(dot) + "\n", "\n".join(mer) + "\n")
+
+
+DOC_BEGIN = "<!-- BEGIN GENERATED by docs/gen_state_diagram.py: do not edit -->"
+DOC_END = "<!-- END GENERATED -->"
+
+
+def docs_block() -> str:
+    """The generated part of docs/state-machine.md: the diagram and both tables in full."""
+    lines = ["```mermaid", diagram().mermaid.rstrip("\n"), "```", ""]
+    lines += ["| state | event | next state |", "|---|---|---|"]
+    for (src, ev), dst in sorted(TRANSITIONS.items()):
+        lines.append(f"| {src.name} | {ev.name} | {dst.name} |")
+    lines += ["", "Expected events that leave the state unchanged:", ""]
+    lines += ["| state | events |", "|---|---|"]
+    by_state: dict[State, list[Event]] = {}
+    for src, ev in sorted(STAYS):
+        by_state.setdefault(src, []).append(ev)
+    for src, evs in by_state.items():
+        lines.append(f"| {src.name} | {', '.join(e.name for e in evs)} |")
+    return "\n".join(lines) + "\n"
