@@ -275,6 +275,29 @@ class Lab:
             self.say("kernel", f"{label}: {row}")
         return rows
 
+    def ss_summary(self, side: str, note: str = "", port: int | None = None) -> dict[str, int]:
+        """Counts per state (for scenarios with many sockets), with one sample row each."""
+        port = self.opts.port if port is None else port
+        out = nsmod.run(["ss", "-Htano"], self.ns_of(side))
+        counts: dict[str, int] = {}
+        sample: dict[str, SockRow] = {}
+        for line in out.splitlines():
+            p = line.split()
+            if len(p) < 5 or p[0] == "LISTEN":
+                continue
+            row = SockRow(p[0], int(p[1]), int(p[2]), p[3], p[4], " ".join(p[5:]))
+            if port not in (row.local_port, row.peer_port):
+                continue
+            counts[row.state] = counts.get(row.state, 0) + 1
+            sample.setdefault(row.state, row)
+            self.states.append((side, row))
+        label = f"ss on {side}" + (f" ({note})" if note else "")
+        if not counts:
+            self.say("kernel", f"{label}: no sockets")
+        for state, n in counts.items():
+            self.say("kernel", f"{label}: {n} × {state}, e.g. {sample[state]}")
+        return counts
+
     def listen_row(self, port: int | None = None) -> SockRow | None:
         """The LISTEN row: Recv-Q is the accept queue's length, Send-Q its limit."""
         port = self.opts.port if port is None else port

@@ -31,6 +31,8 @@ FIN, SYN, RST, PSH, ACK = 1, 2, 4, 8, 16
 PASS = "pass"
 DROP = "drop"
 HOLD = "hold"
+RELEASE = "release"  # hold this one too, then send everything held, in order
+PASS_RELEASE = "pass-release"  # send this one, then everything held
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class Seg:
         return f"{arrow} [{''.join(names)}] seq={self.seq} ack={self.ack} len={self.payload_len}"
 
 
-# A rule returns PASS, DROP, HOLD (until release()) or a delay in seconds.
+# A rule returns PASS, DROP, HOLD (until release()), RELEASE, PASS_RELEASE or a delay in seconds.
 Verdict = str | float
 Rule = Callable[[Seg], Verdict]
 
@@ -97,6 +99,7 @@ class Relay:
         self.client_addr = client_addr
         self.rule: Rule = lambda seg: PASS
         self.log = RelayLog()
+        self.error: Exception | None = None
         self._lock = threading.Lock()
         self._timers: list[tuple[float, int, bytes]] = []
         self._held: list[bytes] = []
@@ -143,15 +146,21 @@ class Relay:
             except OSError:
                 continue
             seg = parse(pkt, self.client_addr)
-            verdict: Verdict = PASS if seg is None else self.rule(seg)
+            try:
+                verdict: Verdict = PASS if seg is None else self.rule(seg)
+            except Exception as exc:  # a broken rule must fail the run, not hang it
+                self.error = exc
+                verdict = PASS
             if seg is not None:
                 label = verdict if isinstance(verdict, str) else f"delay {verdict:g}s"
                 self.log.entries.append((time.time(), seg, label))
-            if verdict == PASS:
+            if verdict in (PASS, PASS_RELEASE):
                 os.write(self._fd, pkt)
-            elif verdict == HOLD:
+            elif verdict in (HOLD, RELEASE):
                 with self._lock:
                     self._held.append(pkt)
+            if verdict in (RELEASE, PASS_RELEASE):
+                self.release()
             elif isinstance(verdict, float | int):
                 with self._lock:
                     self._n += 1

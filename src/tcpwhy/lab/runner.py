@@ -88,6 +88,8 @@ def run_scenario(name: str, opts: Options | None = None, out: str | None = None)
         except ScenarioFailed as exc:
             reason = exc.reason
         lab.stop_capture()
+        if lab.relay is not None and lab.relay.error is not None and not reason:
+            reason = f"relay rule failed: {lab.relay.error!r}"
         if lab.capture is not None and lab.capture.drops and not reason:
             reason = f"the capture lost {lab.capture.drops} packets in the kernel: not evidence"
     finally:
