@@ -435,6 +435,8 @@ def _iter(src: _Source, stats: CaptureStats, chunk_bytes: int) -> Iterator[Packe
             while True:
                 n, newpos, st = parser.step(arr, pos, recs)
                 if n:
+                    if stats.first_ts_ns is None:
+                        stats.first_ts_ns = int(recs.ts[0])
                     table = decode_chunk(arr, recs.head(n), parser.if_link, frame_base, counts)
                     frame_base += n
                     stats.frames += n

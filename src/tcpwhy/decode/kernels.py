@@ -338,6 +338,7 @@ def decode_records(
     o_hasts: Any,
     o_tsval: Any,
     o_tsecr: Any,
+    o_optord: Any,
     o_sackn: Any,
     o_sackle: Any,
     o_sackre: Any,
@@ -805,6 +806,8 @@ def decode_records(
         tsval = 0
         tsecr = 0
         nsack = 0
+        order = 0
+        nord = 0
         q = p + 20
         while q < opt_end:
             kindo = buf[q]
@@ -818,30 +821,40 @@ def decode_records(
             ln = np.int64(buf[q + 1])
             if ln < 2 or q + ln > opt_end:
                 break
+            code = 0
             if kindo == 2 and ln == 4:
                 mss = _be16(buf, q + 2)
+                code = 1
             elif kindo == 3 and ln == 3:
                 ws = np.int64(buf[q + 2])
+                code = 2
             elif kindo == 4 and ln == 2:
                 sackp = True
+                code = 3
             elif kindo == 8 and ln == 10:
                 hasts = True
                 tsval = _be32(buf, q + 2)
                 tsecr = _be32(buf, q + 6)
+                code = 4
             elif kindo == 5 and ln >= 10:
+                code = 5
                 nb = (ln - 2) // 8
                 for k in range(nb):
                     if nsack < 4:
                         o_sackle[j, nsack] = _be32(buf, q + 2 + 8 * k)
                         o_sackre[j, nsack] = _be32(buf, q + 6 + 8 * k)
                         nsack += 1
+            if code and nord < 10:
+                order |= code << (3 * nord)
+                nord += 1
             q += ln
         o_mss[j] = mss
-        o_ws[j] = ws if ws <= 255 else 255
+        o_ws[j] = ws if ws <= 127 else 127
         o_sackp[j] = sackp
         o_hasts[j] = hasts
         o_tsval[j] = tsval
         o_tsecr[j] = tsecr
+        o_optord[j] = order
         o_sackn[j] = nsack
         pstart = p + doff
         cap = end - pstart

@@ -26,15 +26,15 @@ import numpy.typing as npt
 
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR, AE = (1 << i for i in range(9))
 FLAG_NAMES: tuple[tuple[int, str], ...] = (
-    (AE, "NS"),
-    (CWR, "CWR"),
-    (ECE, "ECE"),
-    (URG, "URG"),
-    (ACK, "ACK"),
-    (PSH, "PSH"),
-    (RST, "RST"),
-    (SYN, "SYN"),
     (FIN, "FIN"),
+    (SYN, "SYN"),
+    (RST, "RST"),
+    (PSH, "PSH"),
+    (ACK, "ACK"),
+    (URG, "URG"),
+    (ECE, "ECE"),
+    (CWR, "CWR"),
+    (AE, "NS"),
 )
 """Flag names in the order Wireshark lists them in the Info column."""
 
@@ -43,6 +43,8 @@ TUNNEL_NONE, TUNNEL_GRE, TUNNEL_VXLAN, TUNNEL_GENEVE, TUNNEL_IPIP, TUNNEL_TEREDO
 TUNNEL_NAMES = ("", "GRE", "VXLAN", "Geneve", "IP-in-IP", "Teredo")
 
 SACK_MAX = 4
+# codes in `opt_order`: the order options appear in, as Wireshark lists them in Info
+OPT_MSS, OPT_WS, OPT_SACK_PERM, OPT_TS, OPT_SACK = 1, 2, 3, 4, 5
 
 # name -> (dtype, extra shape, meaning)
 COLUMNS: dict[str, tuple[str, tuple[int, ...], str]] = {
@@ -84,6 +86,7 @@ COLUMNS: dict[str, tuple[str, tuple[int, ...], str]] = {
     "opt_ts": ("?", (), "timestamps option present"),
     "opt_tsval": ("u4", (), "TSval"),
     "opt_tsecr": ("u4", (), "TSecr"),
+    "opt_order": ("u4", (), "known options in header order, 3 bits each from bit 0 (OPT_* codes)"),
     "sack_n": ("u1", (), "number of SACK blocks"),
     "sack_le": ("u4", (SACK_MAX,), "SACK left edges (raw)"),
     "sack_re": ("u4", (SACK_MAX,), "SACK right edges (raw)"),
@@ -177,6 +180,7 @@ class CaptureStats:
 
     frames: int = 0
     tcp: int = 0
+    first_ts_ns: int | None = None
     skipped: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     linktypes: set[int] = field(default_factory=set)

@@ -1,0 +1,73 @@
+"""Capture views on the command line: `packets`, `conns`, `flow`, `demo`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+
+from tcpwhy.decode.table import CaptureStats
+
+DEMO_CAPTURE = "demo-stale-keepalive.pcap"
+
+
+def demo_capture_path() -> str:
+    return str(resources.files("tcpwhy") / "data" / DEMO_CAPTURE)
+
+
+def report_stats(source: str, stats: CaptureStats) -> None:
+    """Warnings and the non-TCP summary go to stderr, after the view."""
+    name = "<stdin>" if source == "-" else source
+    for w in stats.warnings:
+        print(f"tcpwhy: {name}: warning: {w}", file=sys.stderr)
+    line = stats.skipped_line()
+    if line:
+        print(line, file=sys.stderr)
+
+
+def _positive(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return v
+
+
+def cmd_packets(args: argparse.Namespace) -> int:
+    from tcpwhy.report.packets import write_packets
+
+    stats = CaptureStats()
+    try:
+        write_packets(args.file, args.format, args.absolute, args.count, stats=stats)
+    finally:
+        sys.stdout.flush()
+    report_stats(args.file, stats)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tcpwhy.report.packets import write_packets
+
+    path = demo_capture_path()
+    print(f"# tcpwhy demo: {DEMO_CAPTURE} (a pooled keep-alive connection reused after the server")
+    print("# closed it: server FIN, client ACK, client request, server RST, retry on a new connection)")
+    print()
+    print("## packets")
+    stats = write_packets(path)
+    report_stats(path, stats)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "packets",
+        help="list TCP packets the way Wireshark's packet list shows them",
+        description="List the TCP packets of a capture (pcap, pcapng, gzip; - for stdin).",
+    )
+    p.add_argument("file", metavar="FILE", help="capture file, or - for standard input")
+    p.add_argument("--format", choices=("table", "csv", "jsonl"), default="table")
+    p.add_argument("--absolute", action="store_true", help="raw sequence numbers")
+    p.add_argument("-c", "--count", type=_positive, metavar="N", help="stop after N packets")
+    p.set_defaults(func=cmd_packets)
+
+    d = sub.add_parser("demo", help="run tcpwhy on the capture shipped inside the package")
+    d.set_defaults(func=cmd_demo)
