@@ -282,7 +282,7 @@ ORIGINATOR, RESPONDER = 0, 1
 
 _U32 = 0xFFFFFFFF
 _HALF = 0x80000000
-_MAX_EVENTS_PER_SEGMENT = 11  # 5 facts x 2 endpoints + one deferred RECV_FIN
+_MAX_EVENTS_PER_SEGMENT = 16
 
 
 def _seq_geq(a: int, b: int) -> bool:
@@ -300,6 +300,11 @@ class EventStream(NamedTuple):
     row: npt.NDArray[np.int64]
 
 
+# delivery of one side's FIN to its peer
+_FIN_NOT_DELIVERED, _FIN_PENDING, _FIN_DELIVERED = 0, 1, 2
+_NEVER = -2
+
+
 def derive_events(
     direction: npt.ArrayLike,
     flags: npt.ArrayLike,
@@ -310,7 +315,9 @@ def derive_events(
     """Turn one connection's packets (capture order) into events for both endpoints.
 
     Kept apart from the state machine, over plain integer arrays, so it can be
-    compiled or vectorised without touching the rules.
+    compiled or vectorised without touching the rules. Where the capture
+    order and the ACK fields disagree about what an endpoint had received,
+    the ACK fields win (see the module docstring).
     """
     d_ = _as_list(direction)
     f_ = _as_list(flags)
@@ -326,13 +333,15 @@ def derive_events(
 
     start, assumed = _start_states(d_, f_)
 
-    # per sender side (0, 1): its last SYN / FIN position and whether the peer still owes an ACK
+    # per side (0, 1), about that side's own SYN and FIN
+    syn_seen = [False, False]  # sent a SYN or a SYN-ACK
+    bare_syn = [False, False]  # sent a SYN without ACK
     syn_end = [0, 0]  # seq just past the SYN
-    syn_unacked = [False, False]
+    syn_unacked = [False, False]  # the peer has not acknowledged it yet
     fin_end = [0, 0]  # seq just past the FIN
-    fin_unacked = [False, False]
-    fin_delivered = [False, False]  # the peer of side i has been given RECV_FIN for i's FIN
-    deferred_to = [-1, -1]  # row after which side i gets its deferred RECV_FIN
+    fin_unacked = [False, False]  # the peer has not acknowledged this transmission yet
+    fin_delivery = [_FIN_NOT_DELIVERED, _FIN_NOT_DELIVERED]
+    fin_deliver_after = [-1, -1]  # row after which the peer gets the pending RECV_FIN
     k = 0
 
     def put(side: int, ev: Event, row: int) -> None:
@@ -354,15 +363,28 @@ def derive_events(
             put(r, Event.RECV_RST, i)
             continue
         has_ack = bool(fl & ACK)
+        if not fl & SYN and (
+            (bare_syn[s] and not syn_seen[r] and has_ack) or (bare_syn[r] and not syn_seen[s])
+        ):
+            # a SYN-ACK the capture missed: its receiver ACKs it, or its sender is talking
+            b = r if bare_syn[s] else s
+            put(b, Event.SEND_SYNACK, i)
+            put(1 - b, Event.RECV_SYNACK, i)
+            syn_seen[b] = True
+            syn_end[b] = sq if b == s else ak
+            syn_unacked[b] = True
         if fl & SYN:
             if has_ack:
                 put(s, Event.SEND_SYNACK, i)
-                put(r, Event.RECV_SYNACK, i)
+                if not _resent_after(d_, f_, i, r, SYN):
+                    put(r, Event.RECV_SYNACK, i)
                 if syn_unacked[r] and _seq_geq(ak, syn_end[r]):
                     syn_unacked[r] = False  # the SYN-ACK itself acknowledges r's SYN
             else:
                 put(s, Event.SEND_SYN, i)
                 put(r, Event.RECV_SYN, i)
+                bare_syn[s] = True
+            syn_seen[s] = True
             syn_end[s] = (sq + 1) & _U32
             syn_unacked[s] = True
         elif has_ack and syn_unacked[r] and _seq_geq(ak, syn_end[r]):
@@ -382,20 +404,19 @@ def derive_events(
             put(s, Event.SEND_FIN, i)
             fin_end[s] = (sq + (1 if fl & SYN else 0) + plen + 1) & _U32
             fin_unacked[s] = True
-            if fin_delivered[s]:
-                if deferred_to[s] < 0:
-                    put(r, Event.RECV_FIN, i)  # a retransmission reaching r again
-            else:
-                fin_delivered[s] = True
-                j = _crossing_fin(d_, f_, a_, i, r, fin_end[s])
-                if j < 0:
+            if fin_delivery[s] == _FIN_DELIVERED:
+                put(r, Event.RECV_FIN, i)  # a retransmission reaching r again
+            elif fin_delivery[s] == _FIN_NOT_DELIVERED:
+                j = _fin_arrival(d_, f_, a_, i, r, fin_end[s])
+                if j == i:
                     put(r, Event.RECV_FIN, i)
-                else:
-                    deferred_to[s] = j
-        # a FIN the peer sent earlier in capture order, that reached s only after s sent this one
-        if deferred_to[r] == i:
-            deferred_to[r] = -1
+                    fin_delivery[s] = _FIN_DELIVERED
+                elif j > i:
+                    fin_delivery[s] = _FIN_PENDING
+                    fin_deliver_after[s] = j
+        if fin_delivery[r] == _FIN_PENDING and fin_deliver_after[r] == i:
             put(s, Event.RECV_FIN, i)
+            fin_delivery[r] = _FIN_DELIVERED
     return EventStream(start, assumed, who[:k], evs[:k], rows[:k])
 
 
@@ -437,25 +458,26 @@ def _resent_after(d_: Sequence[int], f_: Sequence[int], i: int, r: int, bit: int
     return False
 
 
-def _crossing_fin(
+def _fin_arrival(
     d_: Sequence[int], f_: Sequence[int], a_: Sequence[int], i: int, r: int, fin_end: int
 ) -> int:
-    """Row of r's FIN sent before the FIN at row i reached r, or -1.
+    """Row after which the FIN sent at row i is taken to have reached r; _NEVER if it did not.
 
-    The first later segment from r that is a FIN or acknowledges the FIN
-    decides: a FIN whose ACK field does not cover it was sent before it
-    arrived, whatever the capture order says.
+    r's own segments bound it: the FIN arrived after the last of them that
+    does not acknowledge it and before the first that does. The arrival is
+    dated at the earlier bound, at the FIN itself when r sent nothing in
+    between. If r kept sending and never acknowledged it, it was lost after
+    the capture point. A crossing FIN (simultaneous close) is the case where
+    the segment in between is r's own FIN.
     """
+    last = i
     for j in range(i + 1, len(d_)):
-        if (1 if d_[j] else 0) != r:
+        if (1 if d_[j] else 0) != r or not f_[j] & ACK:
             continue
-        fl = f_[j]
-        covers = bool(fl & ACK) and _seq_geq(a_[j], fin_end)
-        if covers or fl & RST:
-            return -1
-        if fl & FIN:
-            return j
-    return -1
+        if _seq_geq(a_[j], fin_end):
+            return last
+        last = j
+    return i if last == i else _NEVER
 
 
 class ConnectionStates(NamedTuple):
