@@ -1,0 +1,122 @@
+"""Run a read-only probe inside another network namespace.
+
+/proc/net/*, /proc/sys/net/* and netlink sockets all answer for the namespace of
+the task that opens them, so the probe runs in a forked child that has entered
+the namespace with setns(); the parent's own namespace is never changed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import pickle
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from tcpwhy.errors import EnvironmentProblem, TcpwhyError
+
+T = TypeVar("T")
+
+NETNS_RUN_DIR = Path("/var/run/netns")
+CLONE_NEWNET = 0x40000000
+_WHERE = "--netns"
+
+
+def netns_path(name: str) -> Path:
+    """Resolve a name as `ip netns` does; an absolute path (e.g. /proc/PID/ns/net) also works."""
+    if not name:
+        raise TcpwhyError(_WHERE, "empty namespace name")
+    path = Path(name) if name.startswith("/") else NETNS_RUN_DIR / name
+    if "/" in name and not name.startswith("/"):
+        raise TcpwhyError(_WHERE, f"{name!r}: a namespace name cannot contain '/'")
+    if not path.exists():
+        raise TcpwhyError(
+            _WHERE,
+            f"no network namespace {name!r} (looked for {path}; `ip netns list` shows the named ones)",
+        )
+    return path
+
+
+def _setns(fd: int) -> None:
+    setns = getattr(os, "setns", None)
+    if setns is not None:  # Python >= 3.12
+        setns(fd, CLONE_NEWNET)
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _child(path: Path, fn: Callable[[], object], wfd: int) -> None:
+    try:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _setns(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.EACCES):
+                raise EnvironmentProblem(
+                    _WHERE,
+                    f"entering {path} needs root (CAP_SYS_ADMIN); run with sudo",
+                ) from None
+            raise TcpwhyError(_WHERE, f"cannot enter {path}: {exc.strerror}") from None
+        payload: tuple[str, object] = ("ok", fn())
+    except TcpwhyError as exc:
+        # Sent as plain fields: the error classes do not survive pickling.
+        payload = ("error", (isinstance(exc, EnvironmentProblem), exc.where, exc.reason))
+    except BaseException as exc:  # sent to the parent, which turns it into one line
+        payload = ("crash", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+    try:
+        data = pickle.dumps(payload)
+    except Exception as exc:
+        data = pickle.dumps(("crash", f"unpicklable result: {exc}"))
+    view = memoryview(data)
+    while view:
+        n = os.write(wfd, view)
+        view = view[n:]
+
+
+def run_in_netns(name: str | None, fn: Callable[[], T]) -> T:
+    """Call fn() in namespace `name` (or here when None) and return its picklable result."""
+    if name is None:
+        return fn()
+    path = netns_path(name)
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns into the caller's code
+        status = 0
+        try:
+            os.close(rfd)
+            _child(path, fn, wfd)
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(wfd)
+    chunks = []
+    try:
+        while True:
+            chunk = os.read(rfd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(rfd)
+        os.waitpid(pid, 0)
+    if not chunks:
+        raise EnvironmentProblem(_WHERE, f"the probe inside {name!r} died without an answer")
+    kind, value = pickle.loads(b"".join(chunks))
+    if kind == "ok":
+        return value
+    if kind == "error":
+        env, where, reason = value
+        raise (EnvironmentProblem if env else TcpwhyError)(where, reason)
+    first = str(value).splitlines()[0] if value else "unknown failure"
+    raise EnvironmentProblem(_WHERE, f"reading inside {name!r} failed: {first}")

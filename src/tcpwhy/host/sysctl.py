@@ -1,0 +1,288 @@
+"""TCP settings that decide connection lifecycles: value, kernel default, meaning, risk.
+
+Strictly read-only. Most of these are per network namespace (read inside
+it); a few (tcp_max_orphans) exist only in the initial namespace.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROC_SYS = Path("/proc/sys")
+
+
+def model_timeout(retries: int, rto_base: float, rto_max: float = 120.0) -> float:
+    """Seconds until `retries` exponential-backoff retransmissions give up (tcp_model_timeout)."""
+    thresh = int(math.log2(rto_max / rto_base))
+    if retries <= thresh:
+        return ((2 << retries) - 1) * rto_base
+    return ((2 << thresh) - 1) * rto_base + (retries - thresh) * rto_max
+
+
+def human(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+Values = dict[str, str | None]
+NoteFn = Callable[[int, Values], list[str]]
+
+
+def _int(values: Values, key: str) -> int | None:
+    v = values.get(key)
+    if v is None:
+        return None
+    try:
+        return int(v.split()[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def _somaxconn(v: int, values: Values) -> list[str]:
+    notes = []
+    if v < 1024:
+        notes.append(
+            f"server: every listen() backlog is capped at {v}; a burst of connections overflows the "
+            "accept queue (ListenOverflows) — 4096 is the default since Linux 5.4"
+        )
+    return notes
+
+
+def _syn_backlog(v: int, values: Values) -> list[str]:
+    cookies = _int(values, "net.ipv4.tcp_syncookies")
+    if cookies == 0 and v < 1024:
+        return [
+            f"server: SYN queue of {v} with syncookies off: a SYN burst drops handshakes (TCPReqQFullDrop)"
+        ]
+    return []
+
+
+def _abort_on_overflow(v: int, values: Values) -> list[str]:
+    if v:
+        return [
+            "server: a full accept queue answers with RST instead of letting the client retry: "
+            "overload shows up as 'connection reset by peer' on clients"
+        ]
+    return []
+
+
+def _syncookies(v: int, values: Values) -> list[str]:
+    if v == 0:
+        return [
+            "server: without syncookies a SYN flood or burst fills the SYN queue and handshakes are dropped"
+        ]
+    if v == 2:
+        return [
+            "cookies for every SYN even without overflow: options (window scale, SACK) survive only with timestamps"
+        ]
+    return []
+
+
+def _fin_timeout(v: int, values: Values) -> list[str]:
+    notes = ["does not shorten TIME_WAIT (always 60 s); it bounds FIN_WAIT_2 orphans only"]
+    if v > 60:
+        notes.append(f"FIN_WAIT_2 orphans whose peer never closes linger {v} s each")
+    return notes
+
+
+def _tw_reuse(v: int, values: Values) -> list[str]:
+    if v == 0:
+        return [
+            "client: connect() never reuses a TIME_WAIT 4-tuple; many short connections to one "
+            "server exhaust ip_local_port_range (EADDRNOTAVAIL)"
+        ]
+    if v == 2:
+        return ["TIME_WAIT reuse for loopback only; clients of remote servers do not benefit"]
+    return []
+
+
+def _tw_buckets(v: int, values: Values) -> list[str]:
+    rng = values.get("net.ipv4.ip_local_port_range")
+    ports = _port_count(rng)
+    if ports is not None and v < ports:
+        return [
+            f"below the {ports} ephemeral ports: a busy client hits TCPTimeWaitOverflow and "
+            "connections close without TIME_WAIT protection"
+        ]
+    return []
+
+
+def _port_count(rng: str | None) -> int | None:
+    if not rng:
+        return None
+    try:
+        lo, hi = (int(x) for x in rng.split()[:2])
+    except ValueError:
+        return None
+    return hi - lo + 1
+
+
+def _port_range(v: int, values: Values) -> list[str]:
+    text = values.get("net.ipv4.ip_local_port_range") or ""
+    ports = _port_count(text)
+    notes = []
+    if ports is not None:
+        notes.append(
+            f"client: {ports} ports per destination address:port; with TIME_WAIT holding each for 60 s "
+            f"that is about {ports // 60} new connections/s to one server before EADDRNOTAVAIL"
+        )
+        if ports < 16384:
+            notes.append("narrow range: connection-heavy clients run out of ports")
+    if v < 1024:
+        notes.append("starts below 1024: ephemeral ports collide with privileged services")
+    return notes
+
+
+def _keepalive_time(v: int, values: Values) -> list[str]:
+    intvl = _int(values, "net.ipv4.tcp_keepalive_intvl") or 0
+    probes = _int(values, "net.ipv4.tcp_keepalive_probes") or 0
+    notes = [
+        f"a dead idle peer is detected after {human(v + intvl * probes)} (only sockets with SO_KEEPALIVE)"
+    ]
+    if v >= 600:
+        notes.append(
+            "NAT, load balancers and firewalls often drop idle flows sooner (350 s – 1 h): idle pool "
+            "connections die silently; set TCP_KEEPIDLE below that timeout"
+        )
+    return notes
+
+
+def _syn_retries(v: int, values: Values) -> list[str]:
+    t = model_timeout(v, 1.0)
+    notes = [f"client: connect() to a silent address gives up after ~{human(t)}"]
+    if v >= 6:
+        notes.append("long: set an application connect timeout rather than waiting for the kernel")
+    if v < 3:
+        notes.append("short: a few lost SYNs fail the connection")
+    return notes
+
+
+def _synack_retries(v: int, values: Values) -> list[str]:
+    t = model_timeout(v, 1.0)
+    notes = [f"server: a half-open connection is kept ~{human(t)} waiting for the final ACK"]
+    if v < 2:
+        notes.append("short: clients whose final ACK is lost fail")
+    return notes
+
+
+def _retries2(v: int, values: Values) -> list[str]:
+    t = model_timeout(v, 0.2)
+    notes = [
+        f"a peer that stops ACKing data is declared dead after ~{human(t)} (TCPAbortOnTimeout)"
+    ]
+    if v >= 15:
+        notes.append(
+            "long: requests hang for many minutes on a dead peer; TCP_USER_TIMEOUT per socket helps"
+        )
+    if v < 8:
+        notes.append("below RFC 1122's 100 s: short outages kill established connections")
+    return notes
+
+
+def _orphan_retries(v: int, values: Values) -> list[str]:
+    n = v or 8
+    t = model_timeout(n, 0.2)
+    msg = f"closed sockets retransmit their FIN for ~{human(t)}"
+    return [f"0 means 8: {msg}" if v == 0 else msg]
+
+
+def _max_orphans(v: int, values: Values) -> list[str]:
+    return ["beyond this, closing sockets are reset at once (TCPAbortOnMemory)"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    default: str
+    meaning: str
+    notes: NoteFn | None = None
+
+    @property
+    def path(self) -> Path:
+        return PROC_SYS / self.key.replace(".", "/")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("net.core.somaxconn", "4096 (128 before 5.4)",
+            "upper bound on every listener's accept queue: the limit is min(listen() backlog, this)", _somaxconn),
+    Setting("net.ipv4.tcp_max_syn_backlog", "128…(memory-dependent)",
+            "how many half-open (SYN_RECV) connections a listener queues", _syn_backlog),
+    Setting("net.ipv4.tcp_abort_on_overflow", "0",
+            "1: answer a full accept queue with RST instead of dropping the handshake", _abort_on_overflow),
+    Setting("net.ipv4.tcp_syncookies", "1",
+            "answer SYNs with cookies when the SYN queue is full (2: always)", _syncookies),
+    Setting("net.ipv4.tcp_fin_timeout", "60",
+            "seconds an orphaned FIN_WAIT_2 socket waits for the peer's FIN", _fin_timeout),
+    Setting("net.ipv4.tcp_tw_reuse", "2",
+            "let connect() take over a TIME_WAIT 4-tuple (1: always, 2: loopback only)", _tw_reuse),
+    Setting("net.ipv4.tcp_max_tw_buckets", "(memory-dependent)",
+            "most TIME_WAIT sockets kept; beyond it connections close without TIME_WAIT", _tw_buckets),
+    Setting("net.ipv4.ip_local_port_range", "32768 60999",
+            "ephemeral ports connect() picks from", _port_range),
+    Setting("net.ipv4.tcp_keepalive_time", "7200",
+            "idle seconds before the first keepalive probe (SO_KEEPALIVE sockets)", _keepalive_time),
+    Setting("net.ipv4.tcp_keepalive_intvl", "75", "seconds between keepalive probes"),
+    Setting("net.ipv4.tcp_keepalive_probes", "9", "unanswered keepalive probes before the connection is dropped"),
+    Setting("net.ipv4.tcp_syn_retries", "6", "SYN retransmissions before connect() fails", _syn_retries),
+    Setting("net.ipv4.tcp_synack_retries", "5", "SYN-ACK retransmissions before a half-open connection is dropped",
+            _synack_retries),
+    Setting("net.ipv4.tcp_retries2", "15", "data retransmissions before an established connection is killed",
+            _retries2),
+    Setting("net.ipv4.tcp_orphan_retries", "0 (= 8)", "FIN retransmissions for sockets already closed by their process",
+            _orphan_retries),
+    Setting("net.ipv4.tcp_max_orphans", "(memory-dependent)",
+            "most sockets kept after close() (FIN_WAIT, LAST_ACK, CLOSING orphans)", _max_orphans),
+)  # fmt: skip
+
+
+@dataclass
+class SysctlRow:
+    key: str
+    value: str | None
+    default: str
+    meaning: str
+    notes: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "value": self.value,
+            "default": self.default,
+            "meaning": self.meaning,
+            "notes": self.notes,
+        }
+
+
+def read_values(root: Path = PROC_SYS) -> Values:
+    """Raw values as the caller's namespace sees them; None where the file is absent here."""
+    out: Values = {}
+    for s in SETTINGS:
+        try:
+            out[s.key] = " ".join((root / s.key.replace(".", "/")).read_text().split())
+        except OSError:
+            out[s.key] = None
+    return out
+
+
+def evaluate(values: Values) -> list[SysctlRow]:
+    rows = []
+    for s in SETTINGS:
+        value = values.get(s.key)
+        notes: list[str] = []
+        if value is None:
+            notes.append(
+                "not visible here (a setting of the initial network namespace only, or an older kernel)"
+            )
+        elif s.notes is not None:
+            n = _int(values, s.key)
+            if n is not None:
+                notes = s.notes(n, values)
+        rows.append(SysctlRow(s.key, value, s.default, s.meaning, notes))
+    return rows

@@ -1,0 +1,318 @@
+"""`tcpwhy host watch`: a live view whose alerts come from trends, not single readings.
+
+A CLOSE_WAIT count means little once; the same count growing sample after
+sample is a leak. The watcher keeps the history that a one-shot command lacks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from tcpwhy.host import counters as ctr
+from tcpwhy.host.explain import Listener, listeners, owner_label, state_counts
+from tcpwhy.host.snapshot import Snapshot, collect
+from tcpwhy.host.sockets import STATES
+
+HISTORY = 30
+SPARK = "▁▂▃▄▅▆▇█"
+RETRANS_MIN = 10  # retransmitted segments per sample before a ratio is meaningful
+RETRANS_RATIO = 0.02
+
+
+@dataclass
+class Alert:
+    kind: str
+    message: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"kind": self.kind, "message": self.message}
+
+
+@dataclass
+class Frame:
+    sample: int
+    elapsed: float
+    wall: str
+    counts: dict[str, int]
+    previous: dict[str, int] | None
+    first: dict[str, int]
+    history: dict[str, list[int]]
+    listeners: list[Listener]
+    seen_full: dict[str, str]
+    deltas: dict[str, int]
+    alerts: list[Alert]
+    notes: list[str]
+    netns: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "sample": self.sample,
+            "elapsed_s": round(self.elapsed, 3),
+            "time": self.wall,
+            "netns": self.netns,
+            "states": self.counts,
+            "change": {
+                s: self.counts[s] - (self.previous or self.counts).get(s, 0) for s in STATES
+            },
+            "listeners": [
+                {**lst.as_json(), "seen_full": self.seen_full.get(lst.sock.local)}
+                for lst in self.listeners
+            ],
+            "deltas": self.deltas,
+            "alerts": [a.as_json() for a in self.alerts],
+            "notes": self.notes,
+        }
+
+
+@dataclass
+class Watcher:
+    """Turns successive snapshots into frames; pure given the snapshots, so it is testable."""
+
+    start: float | None = None
+    samples: int = 0
+    first: dict[str, int] | None = None
+    previous: dict[str, int] | None = None
+    prev_counters: dict[str, int] | None = None
+    history: dict[str, deque[int]] = field(default_factory=dict)
+    seen_full: dict[str, str] = field(default_factory=dict)
+
+    def step(self, snap: Snapshot) -> Frame:
+        if self.start is None:
+            self.start = snap.time
+        self.samples += 1
+        counts = state_counts(snap.sockets)
+        for s in STATES:
+            self.history.setdefault(s, deque(maxlen=HISTORY)).append(counts[s])
+        if self.first is None:
+            self.first = counts
+        lsts = listeners(snap.sockets, snap.sysctls, snap.limits_known)
+        wall = datetime.now().strftime("%H:%M:%S")
+        for lst in lsts:
+            if lst.full:
+                self.seen_full.setdefault(lst.sock.local, wall)
+        deltas = (
+            ctr.deltas(self.prev_counters, snap.counters) if self.prev_counters is not None else {}
+        )
+        alerts = self._alerts(snap, counts, lsts, deltas)
+        frame = Frame(
+            sample=self.samples,
+            elapsed=snap.time - self.start,
+            wall=wall,
+            counts=counts,
+            previous=self.previous,
+            first=self.first,
+            history={s: list(v) for s, v in self.history.items()},
+            listeners=lsts,
+            seen_full=dict(self.seen_full),
+            deltas=deltas,
+            alerts=alerts,
+            notes=snap.notes,
+            netns=snap.netns,
+        )
+        self.previous = counts
+        self.prev_counters = snap.counters
+        return frame
+
+    def _alerts(
+        self, snap: Snapshot, counts: dict[str, int], lsts: list[Listener], deltas: dict[str, int]
+    ) -> list[Alert]:
+        alerts: list[Alert] = []
+        cw = list(self.history["CLOSE_WAIT"])
+        if (
+            len(cw) >= 2
+            and cw[-1] > cw[-2]
+            and cw[-1] > cw[0]
+            and (len(cw) < 3 or cw[-2] >= cw[-3])
+        ):
+            holders: dict[str, int] = {}
+            for s in snap.sockets:
+                if s.state == "CLOSE_WAIT":
+                    key = f"{owner_label(s)} → {s.remote_ip if s.local_port else s.remote}"
+                    holders[key] = holders.get(key, 0) + 1
+            top = max(holders.items(), key=lambda kv: kv[1]) if holders else ("?", 0)
+            alerts.append(
+                Alert(
+                    "close_wait_growing",
+                    f"CLOSE_WAIT keeps growing: {cw[0]} → {cw[-1]} in {self.samples} samples; most held by "
+                    f"{top[0]} ({top[1]}): peers closed, the process does not call close() — a leak",
+                )
+            )
+        for lst in lsts:
+            if lst.full:
+                alerts.append(
+                    Alert(
+                        "accept_queue_full",
+                        f"accept queue of {lst.sock.local} ({owner_label(lst.sock)}) full: "
+                        f"{lst.accept_queue}/{lst.accept_queue_max}; new handshakes are dropped",
+                    )
+                )
+            elif lst.sock.local in self.seen_full:
+                alerts.append(
+                    Alert(
+                        "accept_queue_was_full",
+                        f"accept queue of {lst.sock.local} was full at {self.seen_full[lst.sock.local]}, "
+                        f"now {lst.accept_queue}/{lst.accept_queue_max}",
+                    )
+                )
+        lo = deltas.get("TcpExtListenOverflows", 0)
+        if lo:
+            alerts.append(
+                Alert(
+                    "listen_overflows",
+                    f"ListenOverflows +{lo}: {ctr.explain('TcpExtListenOverflows')}",
+                )
+            )
+        rs, out = deltas.get("TcpRetransSegs", 0), deltas.get("TcpOutSegs", 0)
+        if rs >= RETRANS_MIN and out and rs / out >= RETRANS_RATIO:
+            alerts.append(
+                Alert(
+                    "retransmissions",
+                    f"retransmission spike: {rs} of {out} segments ({100 * rs / out:.1f}%) resent; "
+                    f"RTO timeouts +{deltas.get('TcpExtTCPTimeouts', 0)}",
+                )
+            )
+        syn = deltas.get("TcpExtTCPSynRetrans", 0)
+        if syn:
+            alerts.append(
+                Alert("syn_retrans", f"TCPSynRetrans +{syn}: {ctr.explain('TcpExtTCPSynRetrans')}")
+            )
+        return alerts
+
+
+def spark(values: list[int]) -> str:
+    if not values:
+        return ""
+    lo, hi = min(values), max(values)
+    if hi == lo:
+        return SPARK[0] * len(values) if hi == 0 else SPARK[3] * len(values)
+    return "".join(SPARK[(v - lo) * (len(SPARK) - 1) // (hi - lo)] for v in values)
+
+
+def _signed(n: int) -> Text:
+    if n > 0:
+        return Text(f"+{n}", style="red")
+    if n < 0:
+        return Text(str(n), style="green")
+    return Text("0", style="dim")
+
+
+def render(frame: Frame) -> RenderableType:
+    where = f"netns {frame.netns}" if frame.netns else "this namespace"
+    header = Text(
+        f"tcpwhy host watch — {where} — sample {frame.sample} at {frame.wall}", style="bold"
+    )
+    st = Table(title="TCP states", title_justify="left")
+    st.add_column("state")
+    st.add_column("count", justify="right")
+    st.add_column("Δ last", justify="right")
+    st.add_column("Δ start", justify="right")
+    st.add_column("trend")
+    for s in STATES:
+        n = frame.counts[s]
+        hist = frame.history.get(s, [])
+        if n == 0 and not any(hist):
+            continue
+        prev = (frame.previous or frame.counts)[s]
+        style = "bold red" if s == "CLOSE_WAIT" and n else ""
+        st.add_row(
+            Text(s, style=style),
+            str(n),
+            _signed(n - prev),
+            _signed(n - frame.first[s]),
+            spark(hist),
+        )
+    parts: list[RenderableType] = [header, st]
+    if frame.listeners:
+        lt = Table(title="listeners", title_justify="left")
+        for col in ("local", "process", "queue", "limit", "fill", "syn_recv", "seen full"):
+            lt.add_column(col, justify="right" if col in ("queue", "limit", "syn_recv") else "left")
+        for lst in frame.listeners:
+            m = lst.accept_queue_max
+            fill = ""
+            if m:
+                width = 10
+                k = min(width, round(width * lst.accept_queue / m))
+                fill = "█" * k + "·" * (width - k)
+            style = "bold red" if lst.full else ("yellow" if lst.at_limit else "")
+            lt.add_row(
+                lst.sock.local,
+                owner_label(lst.sock),
+                str(lst.accept_queue),
+                "?" if m is None else str(m),
+                Text(fill, style=style),
+                str(lst.syn_recv),
+                frame.seen_full.get(lst.sock.local, ""),
+            )
+        parts.append(lt)
+    if frame.sample > 1:
+        if frame.deltas:
+            ct = Table(title="counters moved since last sample", title_justify="left")
+            ct.add_column("counter")
+            ct.add_column("Δ", justify="right")
+            ct.add_column("meaning")
+            known = [n for n in frame.deltas if n in ctr.BY_NAME]
+            for name in sorted(known, key=lambda n: -frame.deltas[n]):
+                ct.add_row(name, f"+{frame.deltas[name]}", ctr.BY_NAME[name].meaning)
+            parts.append(ct)
+        else:
+            parts.append(Text("no lifecycle counter moved since the last sample", style="dim"))
+    if frame.alerts:
+        parts.append(Text("alerts", style="bold red"))
+        for a in frame.alerts:
+            parts.append(Text(f"  ! {a.message}", style="red"))
+    for note in frame.notes:
+        parts.append(Text(f"note: {note}", style="dim"))
+    return Group(*parts)
+
+
+def run(
+    netns: str | None,
+    interval: float,
+    count: int | None,
+    fmt: str,
+    console: Console,
+    out: Callable[[str], None] = print,
+) -> int:
+    """Sample until `count` frames were shown or Ctrl-C; returns the exit status."""
+    watcher = Watcher()
+    live_view = fmt == "table" and console.is_terminal and count != 1
+    shown = 0
+    try:
+        if live_view:
+            with Live(console=console, auto_refresh=False, transient=False) as live:
+                while True:
+                    t0 = time.monotonic()
+                    frame = watcher.step(collect(netns))
+                    live.update(render(frame), refresh=True)
+                    shown += 1
+                    if count is not None and shown >= count:
+                        break
+                    time.sleep(max(0.0, interval - (time.monotonic() - t0)))
+        else:
+            while True:
+                t0 = time.monotonic()
+                frame = watcher.step(collect(netns))
+                if fmt == "json":
+                    out(json.dumps(frame.as_json()))
+                else:
+                    if shown:
+                        console.rule()
+                    console.print(render(frame))
+                shown += 1
+                if count is not None and shown >= count:
+                    break
+                time.sleep(max(0.0, interval - (time.monotonic() - t0)))
+    except KeyboardInterrupt:
+        pass
+    return 0
