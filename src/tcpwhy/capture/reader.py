@@ -201,7 +201,7 @@ class _PcapParser:
         major, _minor, _tz, _sig, snaplen, link = struct.unpack(e + "HHiIII", header[4:24])
         if major != 2:
             raise CaptureError(name, f"unsupported pcap version {major}")
-        link &= 0x0FFFFFFF  # upper bits carry FCS information
+        link &= 0xFFFF  # the upper bits carry FCS information
         if link not in K.SUPPORTED_LINKTYPES:
             raise CaptureError(name, f"unsupported link type {link} ({linktype_name(link)})")
         self.header_len = 24

@@ -145,10 +145,11 @@ def write_packets(
     fmt: str = "table",
     absolute: bool = False,
     limit: int | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
     stats: CaptureStats | None = None,
 ) -> CaptureStats:
     """Print the packet list; a pipe on stdin is printed as packets arrive."""
+    out = out if out is not None else sys.stdout
     stats = stats if stats is not None else CaptureStats()
     live = source == "-"
     rows = iter_rows(source, stats, absolute, limit)

@@ -1,0 +1,47 @@
+"""Runs `tcpwhy packets` in-process over capture files given on the command line.
+
+Prints one JSON object per file: exit status, stderr lines, seconds, and any
+traceback. Used by test_corpus_bad_input.py in worker processes so that a
+hang is caught by a timeout and memory is measured per worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+
+from tcpwhy.cli import main
+
+
+def run(path: str) -> dict[str, object]:
+    err = io.StringIO()
+    out = open(os.devnull, "w")
+    t0 = time.monotonic()
+    tb = ""
+    status = -1
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = main(["packets", path, "--format", "jsonl"])
+    except BaseException:
+        tb = traceback.format_exc()
+    finally:
+        out.close()
+    return {
+        "file": path,
+        "status": status,
+        "stderr": err.getvalue().splitlines(),
+        "seconds": round(time.monotonic() - t0, 3),
+        "traceback": tb,
+        "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+
+
+if __name__ == "__main__":
+    for p in sys.argv[1:]:
+        print(json.dumps(run(p)), flush=True)

@@ -1,0 +1,98 @@
+"""Every capture of tcpdump's test suite (830 real and deliberately malformed files).
+
+Each must end without a traceback, hang or unbounded memory: either its TCP
+packets are listed (exit 0), or exactly one line `tcpwhy: FILE: reason` goes
+to stderr with exit status 2. The files run in two worker processes (one per
+core) under a timeout; each worker reports its peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+ERROR_LINE = re.compile(r"^tcpwhy: (?P<file>.+?): (?P<reason>.+)$")
+WARNING_LINE = re.compile(r"^tcpwhy: .+?: warning: .+$")
+SKIPPED_LINE = re.compile(r"^skipped: (\d+ [A-Za-z0-9 -]+)(, \d+ [A-Za-z0-9 -]+)*$")
+
+
+def _walk(files: list[Path]) -> list[dict[str, object]]:
+    half = (len(files) + 1) // 2
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "corpus_walk.py"), *map(str, part)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for part in (files[:half], files[half:])
+    ]
+    results: list[dict[str, object]] = []
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        assert p.returncode == 0
+        results += [json.loads(line) for line in out.splitlines()]
+    return results
+
+
+def test_whole_tcpdump_corpus(tcpdump_corpus: Path) -> None:
+    files = sorted(p for p in tcpdump_corpus.iterdir() if p.suffix in (".pcap", ".pcapng"))
+    assert len(files) >= 800
+    results = _walk(files)
+    assert len(results) == len(files)
+    listed = errors = 0
+    for r in results:
+        name = r["file"]
+        assert not r["traceback"], f"{name}: {r['traceback']}"
+        assert float(r["seconds"]) < 30, f"{name} took {r['seconds']} s"  # type: ignore[arg-type]
+        lines: list[str] = r["stderr"]  # type: ignore[assignment]
+        if r["status"] == 0:
+            listed += 1
+            for line in lines:
+                assert WARNING_LINE.match(line) or SKIPPED_LINE.match(line), f"{name}: {line!r}"
+        else:
+            errors += 1
+            assert r["status"] == 2, f"{name}: exit status {r['status']}"
+            assert len(lines) == 1, f"{name}: {lines}"
+            m = ERROR_LINE.match(lines[0])
+            assert m and m["file"] == name, lines[0]
+    peak_mb = max(int(r["maxrss_kb"]) for r in results) / 1024  # type: ignore[call-overload]
+    print(f"{listed} files listed, {errors} refused with one line; peak RSS {peak_mb:.0f} MB")
+    assert peak_mb < 400
+    assert listed > 500
+
+
+def test_cut_file_prints_what_was_read_and_warns(tmp_path: Path, zeek_corpus: Path) -> None:
+    src = (zeek_corpus / "ftp-gridftp.pcap").read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(src[: len(src) - 30])
+    r = subprocess.run(
+        [sys.executable, "-m", "tcpwhy", "packets", str(cut), "--format", "jsonl"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert len(rows) == 60  # the 61st record is cut
+    assert "warning: file ends in the middle of a record" in r.stderr
+
+
+def test_not_a_capture(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello, this is not a capture\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "tcpwhy", "packets", str(bad)], capture_output=True, text=True
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith(f"tcpwhy: {bad}: not a pcap or pcapng capture")
+    assert r.stdout == ""
+    missing = subprocess.run(
+        [sys.executable, "-m", "tcpwhy", "packets", str(tmp_path / "nope.pcap")],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == f"tcpwhy: {tmp_path / 'nope.pcap'}: no such file"
