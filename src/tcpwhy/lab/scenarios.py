@@ -9,6 +9,7 @@ the two.
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 import struct
 import threading
@@ -142,8 +143,8 @@ def recv_outcome(sock: socket.socket) -> tuple[str, BaseException | None]:
 def drop_rule(port: int, what: str, hook: str = "input", extra: str = "") -> str:
     """An nft ruleset in its own table (removed with `delete table`) with a counter."""
     return (
-        f"table inet tcpwhy_lab {{ chain {hook} {{ type filter hook {hook} priority -300; "
-        f"tcp {what} {port} {extra} counter drop; }} }}"
+        f"table inet tcpwhy_lab {{\n  chain {hook} {{\n    type filter hook {hook} priority -300;\n"
+        f"    tcp {what} {port} {extra} counter drop\n  }}\n}}\n"
     )
 
 
@@ -510,3 +511,465 @@ def lost_final_ack(lab: Lab) -> None:
     sv = lab.ss("server", "after the FIN retransmission")
     lab.ss("client", "after the FIN retransmission")
     lab.check(not sv, "the repeated ACK from TIME-WAIT ended the server's socket")
+
+
+@scenario(
+    "fin-wait-2",
+    "the passive side never closes: an orphaned FIN-WAIT-2 ends after tcp_fin_timeout, a half-closed one does not",
+    """
+    The client ends two connections while the server never closes either. A:
+    close() — the socket is orphaned (no process holds it) and waits in FIN-WAIT-2
+    only tcp_fin_timeout seconds (shortened here in the client's namespace), then
+    disappears without sending anything. B: shutdown(SHUT_WR) — the process
+    still owns the socket, so FIN-WAIT-2 has no timeout at all. When the server
+    finally closes A, its FIN meets no socket and is answered with RST; its FIN
+    on B is acknowledged normally and the client reads EOF. Many FIN-WAIT-2
+    sockets point at a peer that does not close (see close-wait-leak for the
+    other end); tcp_fin_timeout bounds only the orphans.
+    """,
+    patterns=("P11",),
+)
+def fin_wait_2(lab: Lab) -> None:
+    fin_timeout = max(1, round(lab.opts.timeout or 2))
+    lab.sysctl("client", {"net.ipv4.tcp_fin_timeout": fin_timeout})
+    listener = lab.listen()
+    a_c, a_s = pair(lab, listener)
+    exchange(lab, a_c, a_s)
+    b_c, b_s = pair(lab, listener)
+    exchange(lab, b_c, b_s)
+    a_port, b_port = a_c.getsockname()[1], b_c.getsockname()[1]
+    a_c.close()
+    lab.say("client", f"connection A (port {a_port}): close() — the socket is now an orphan")
+    b_c.shutdown(socket.SHUT_WR)
+    lab.say("client", f"connection B (port {b_port}): shutdown(SHUT_WR) — still held by the process")
+    for name, s in (("A", a_s), ("B", b_s)):
+        outcome, _ = recv_outcome(s)
+        lab.say("server", f"connection {name}: read → {outcome}; keeps the socket open")
+    lab.expect(len(lab.wait_state("client", "FIN-WAIT-2", count=2)) == 2, "client sockets not in FIN-WAIT-2")
+    rows = lab.ss("client", "both half-closed")
+    lab.check(len(rows) == 2 and all(r.state == "FIN-WAIT-2" for r in rows), "both client sockets in FIN-WAIT-2")
+    lab.say("lab", f"waiting {fin_timeout + 0.7:g}s (tcp_fin_timeout={fin_timeout})")
+    time.sleep(fin_timeout + 0.7)
+    rows = lab.ss("client", f"after tcp_fin_timeout={fin_timeout}s")
+    lab.check(
+        [r.local_port for r in rows] == [b_port] and rows[0].state == "FIN-WAIT-2",
+        "the orphan expired, the half-closed socket is still in FIN-WAIT-2",
+    )
+    rsts = lab.nstat("client", "TcpOutRsts").get("TcpOutRsts", 0)
+    a_s.close()
+    lab.say("server", "connection A: close() at last")
+    b_s.close()
+    lab.say("server", "connection B: close() at last")
+    outcome, _ = recv_outcome(b_c)
+    lab.say("client", f"connection B: read → {outcome}")
+    lab.check(outcome.startswith("EOF"), "the half-closed connection ended with EOF")
+    time.sleep(0.05)
+    rsts = lab.nstat("client", "TcpOutRsts").get("TcpOutRsts", 0) - rsts
+    lab.say("kernel", f"client TcpOutRsts +{rsts}")
+    lab.check(rsts == 1, "the server's late FIN on A was answered with RST")
+    rows = lab.ss("client", "after the server's FINs")
+    lab.check([r.state for r in rows] == ["TIME-WAIT"], "B ended in TIME-WAIT")
+
+
+@scenario(
+    "syn-timeout",
+    "SYNs silently dropped: retransmissions with exponential backoff, then connect() times out",
+    """
+    A firewall rule in the server's namespace drops every packet to the port
+    without answering (as a DROP rule, a security group or a dead host does).
+    The client's kernel retransmits the SYN after 1 s, then 2 s, 4 s … (doubling;
+    this namespace sets tcp_syn_linear_timeouts=0, newer kernels otherwise
+    retry once a second first) and gives up after tcp_syn_retries retransmissions
+    — here shortened from 6 (about 130 s) to 2 — with ETIMEDOUT. Unlike
+    "refused", nothing ever comes back.
+    """,
+    patterns=("P19",),
+)
+def syn_timeout(lab: Lab) -> None:
+    retries = lab.opts.count or 2
+    lab.sysctl("client", {"net.ipv4.tcp_syn_retries": retries, "net.ipv4.tcp_syn_linear_timeouts": 0})
+    lab.nft("server", drop_rule(lab.opts.port, "dport"), f"drop everything to port {lab.opts.port}")
+    lab.listen()
+    result: list[tuple[float, BaseException | None]] = []
+
+    def client() -> None:
+        c = lab.socket("client")
+        t0 = time.monotonic()
+        try:
+            c.connect(lab.server_addr())
+        except OSError as exc:
+            result.append((time.monotonic() - t0, exc))
+        else:
+            result.append((time.monotonic() - t0, None))
+
+    lab.say("client", "connect() (blocking, no timeout of its own)")
+    t = lab.spawn(client, "client")
+    time.sleep(1.5)
+    rows = lab.ss("client", "while connecting")
+    lab.check(rows and rows[0].state == "SYN-SENT", "client socket in SYN-SENT")
+    t.join(timeout=2 ** (retries + 1) + 5)
+    lab.expect(result, "connect() did not return")
+    elapsed, exc = result[0]
+    lab.say("client", f"connect() → {describe_exc(exc) if exc else 'connected'} after {elapsed:.2f}s")
+    lab.check(isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT, "connect() failed with ETIMEDOUT")
+    expected = 2 ** (retries + 1) - 1
+    lab.check(abs(elapsed - expected) < 1.0, f"gave up after ≈{expected}s (1 + 2 + … backoff)")
+    dropped = nft_dropped(lab, "server")
+    lab.say("kernel", f"server nft counter: {dropped} SYNs dropped")
+    lab.check(dropped == retries + 1, f"{retries + 1} SYNs sent (1 + {retries} retransmissions)")
+
+
+@scenario(
+    "accept-queue-overflow",
+    "tiny listen backlog, nobody accepts: SYNs and final ACKs dropped (abort_on_overflow=0) or RST (=1)",
+    """
+    A listener with backlog 1 that never calls accept(): the accept queue holds
+    limit+1 = 2 connections. Part 1 (tcp_abort_on_overflow=0, the default): two
+    handshakes are held briefly in flight by the relay so that their final ACKs
+    arrive together; the second finds the queue full and the server's kernel
+    drops it — its client thinks it is connected and sends a request, which is
+    dropped too, while the server retransmits the SYN-ACK (the request socket
+    sits in SYN-RECV). A further client's SYN is dropped outright (queue full, since
+    Linux 4.10): SYN retransmissions and a connect() timeout. Part 2
+    (tcp_abort_on_overflow=1, on port+1): the overflowing final ACK is answered
+    with RST, so that client's first request fails with "Connection reset by
+    peer". `ss -lnt` shows the queue: Recv-Q (current) above Send-Q (limit).
+    Counter: TcpExtListenOverflows. Fix: accept faster, raise somaxconn and the
+    application's backlog.
+    """,
+    relay=True,
+    patterns=("P16",),
+)
+def accept_queue_overflow(lab: Lab) -> None:
+    assert lab.relay is not None
+    relay = lab.relay
+    base = lab.opts.port
+    lab.sysctl("client", {"net.ipv4.tcp_syn_linear_timeouts": 0})
+    for abort, port in ((0, base), (1, base + 1)):
+        lab.sysctl("server", {"net.ipv4.tcp_abort_on_overflow": abort})
+        listener = lab.listen(backlog=1, port=port)
+        lab.say("server", f"listen(backlog=1) on port {port}; never calls accept()")
+        holding = threading.Event()
+        marked: set[int] = set()
+        held: list[Seg] = []
+        synacks: dict[int, int] = {}
+
+        def rule(
+            seg: Seg,
+            port: int = port,
+            holding: threading.Event = holding,
+            marked: set[int] = marked,
+            held: list[Seg] = held,
+            synacks: dict[int, int] = synacks,
+        ) -> str:
+            if seg.to_server and seg.dport == port:
+                if seg.flags & SYN and holding.is_set():
+                    marked.add(seg.sport)
+                elif seg.sport in marked and seg.pure_ack and not any(h.sport == seg.sport for h in held):
+                    held.append(seg)
+                    return HOLD
+            elif not seg.to_server and seg.sport == port and seg.flags & SYN:
+                synacks[seg.dport] = synacks.get(seg.dport, 0) + 1
+            return PASS
+
+        relay.rule = rule
+        clients = [connect(lab, port)]
+        holding.set()
+        clients += [connect(lab, port), connect(lab, port)]
+        holding.clear()
+        deadline = time.monotonic() + 2
+        while len(held) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        lab.expect(len(held) == 2, "the handshakes' final ACKs never came")
+        # Released only now, so that both connect() calls returned before any reply.
+        relay.release()
+        lab.say("relay", "held the last two handshakes' final ACKs, released them together")
+        time.sleep(0.05)
+        row = lab.listen_row(port)
+        lab.expect(row is not None, "listener vanished")
+        assert row is not None
+        lab.say("kernel", f"ss -lnt on server: LISTEN Recv-Q {row.recv_q} Send-Q {row.send_q}")
+        lab.check(row.recv_q == 2 and row.send_q == 1, "accept queue at limit+1 (Recv-Q 2, Send-Q 1)")
+        late = clients[-1]
+        late_port = late.getsockname()[1]
+        if abort == 0:
+            extra: list[tuple[float, BaseException | None]] = []
+
+            def client4(port: int = port, extra: list[tuple[float, BaseException | None]] = extra) -> None:
+                c = lab.socket("client")
+                c.settimeout(2.5)
+                t0 = time.monotonic()
+                try:
+                    c.connect(lab.server_addr(port))
+                    extra.append((time.monotonic() - t0, None))
+                except OSError as exc:
+                    extra.append((time.monotonic() - t0, exc))
+
+            lab.say("client", "a fourth client connects (timeout 2.5s)")
+            t = lab.spawn(client4, "client4")
+            for c in clients:
+                c.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            lab.say("client", "all three connected clients send a request (nobody will answer)")
+            time.sleep(1.3)
+            lab.ss("client", "clients think they are connected", port=port)
+            lab.ss("server", "queued connections and the dropped handshake", port=port)
+            t.join(timeout=4)
+            lab.expect(extra, "the fourth connect() did not return")
+            elapsed, exc = extra[0]
+            lab.say("client", f"fourth client: connect() → {describe_exc(exc) if exc else 'connected'} after {elapsed:.2f}s")
+            lab.check(exc is not None, "the fourth client's SYNs were dropped (connect timed out)")
+            lab.check(synacks.get(late_port, 0) >= 2, "the server retransmitted the SYN-ACK to the overflowing client")
+            states = {r.state for s, r in lab.states if s == "server" and r.peer_port == late_port}
+            lab.check(states == {"SYN-RECV"}, "the overflowing handshake sits in SYN-RECV on the server")
+        else:
+            time.sleep(0.05)
+            try:
+                late.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            except OSError as err:
+                outcome, exc = describe_exc(err), err
+                lab.say("client", f"last client ({late_port}): its request write → {outcome}")
+            else:
+                outcome, exc = recv_outcome(late)
+                lab.say("client", f"last client ({late_port}): request sent, read → {outcome}")
+            lab.check(isinstance(exc, ConnectionResetError), "the overflowing client got a reset")
+        overflows = lab.nstat("server", "TcpExtListenOverflows").get("TcpExtListenOverflows", 0)
+        lab.say("kernel", f"server TcpExtListenOverflows {overflows} (since the namespace was created)")
+        lab.check(overflows >= 1, "listen overflows counted")
+        listener.close()
+        lab.say("server", f"listener on {port} closed (queued connections are reset)")
+        for c in clients:
+            c.close()
+        time.sleep(0.1)
+
+
+# ------------------------------------------------------------------------------------------
+# Stalls and dead peers
+
+
+@scenario(
+    "zero-window",
+    "a receiver that stops reading: window shrinks to zero, zero-window probes, recovery when it reads",
+    """
+    The server's application stops reading (a stuck consumer, a full downstream).
+    Its receive buffer fills and its kernel advertises a shrinking window, then
+    zero. The client's kernel stops sending and its persist timer sends
+    zero-window probes with exponential backoff (on Linux a 0-byte segment with
+    seq = next-1, which Wireshark labels "TCP Keep-Alive"); each is answered
+    with window 0. The connection is healthy, only stalled: `ss` shows Recv-Q
+    full on the receiver and Send-Q with a persist timer on the sender. When the
+    application reads again, a window update restarts the transfer.
+    """,
+    patterns=("P9",),
+)
+def zero_window(lab: Lab) -> None:
+    total = (lab.opts.count or 64) * 1024
+    stall = lab.opts.delay if lab.opts.delay is not None else 2.0
+    listener = lab.socket("server")
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(lab.server_addr())
+    listener.listen(8)
+    c, s = pair(lab, listener)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # so that sendall() blocks
+    before = lab.nstat("client", "TcpExtTCPWinProbe").get("TcpExtTCPWinProbe", 0)
+    sent: list[int] = []
+
+    def client() -> None:
+        c.settimeout(stall + 10)
+        c.sendall(b"z" * total)
+        sent.append(total)
+
+    lab.say("server", "stops reading (SO_RCVBUF 4096)")
+    lab.say("client", "SO_SNDBUF 4096")
+    lab.say("client", f"sendall() of {total} bytes")
+    lab.spawn(client, "sender")
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        if any("persist" in r.extra for r in _ss_quiet(lab, "client")):
+            break
+        time.sleep(0.02)
+    time.sleep(stall)
+    cl = lab.ss("client", "sender stalled")
+    sv = lab.ss("server", "receiver not reading")
+    lab.check(cl and "persist" in cl[0].extra and cl[0].send_q > 0, "sender's persist timer running, data queued")
+    lab.check(sv and sv[0].recv_q > 0, "receiver's Recv-Q full")
+    probes = lab.nstat("client", "TcpExtTCPWinProbe").get("TcpExtTCPWinProbe", 0) - before
+    lab.say("kernel", f"client TcpExtTCPWinProbe +{probes}")
+    lab.check(probes >= 2, "zero-window probes sent")
+    lab.check(not sent, "sendall() still blocked")
+    got = 0
+    s.settimeout(10)
+    while got < total:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += len(chunk)
+    lab.say("server", f"reads again: {got} bytes")
+    deadline = time.monotonic() + 3
+    while not sent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    lab.check(sent and got == total, "transfer completed after the window reopened")
+    c.close()
+    outcome, _ = recv_outcome(s)
+    s.close()
+    lab.say("server", f"read → {outcome}; close()")
+    lab.wait_state("client", "TIME-WAIT", timeout=2)
+
+
+def _ss_quiet(lab: Lab, side: str) -> list:  # type: ignore[type-arg]
+    from tcpwhy.lab import ns as nsmod
+    from tcpwhy.lab.env import SockRow
+
+    rows = []
+    for line in nsmod.run(["ss", "-Htano"], lab.ns_of(side)).splitlines():
+        p = line.split()
+        if len(p) >= 5 and p[0] != "LISTEN":
+            rows.append(SockRow(p[0], int(p[1]), int(p[2]), p[3], p[4], " ".join(p[5:])))
+    return rows
+
+
+@scenario(
+    "half-open",
+    "the server lost the connection without the client knowing: the client's next segment draws RST",
+    """
+    The server's side of an idle connection disappears without a FIN or RST
+    reaching the client — a crash, reboot, failover, or a middlebox that dropped
+    its state. Here the server aborts the connection while an nft rule in its
+    namespace drops the RST it sends, so the client keeps an ESTABLISHED socket
+    to nothing. Nothing happens until the client sends: the server's kernel has
+    no socket for the segment and answers with RST, and the client's read fails
+    with "Connection reset by peer". An idle client would never notice without
+    TCP keepalive or an application ping.
+    """,
+    patterns=("P5",),
+)
+def half_open(lab: Lab) -> None:
+    port = lab.opts.port
+    listener = lab.listen()
+    c, s = pair(lab, listener)
+    exchange(lab, c, s)
+    lab.nft(
+        "server",
+        drop_rule(port, "sport", hook="output", extra="tcp flags & rst == rst"),
+        "drop outgoing RSTs (the server's reset never arrives)",
+    )
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    lab.say("server", "loses the connection (abortive close; its RST is lost)")
+    lab.check(nft_dropped(lab, "server") == 1, "the server's RST was dropped")
+    from tcpwhy.lab import ns as nsmod
+
+    nsmod.run(["nft", "delete", "table", "inet", "tcpwhy_lab"], lab.server_ns)
+    lab.say("lab", "server namespace nft: rule removed")
+    cl = lab.ss("client", "half-open")
+    sv = lab.ss("server", "half-open")
+    lab.check([r.state for r in cl] == ["ESTAB"] and not sv, "client ESTABLISHED, server has no socket")
+    c.sendall(b"next request\n")
+    lab.say("client", "sends the next request on the connection")
+    outcome, exc = recv_outcome(c)
+    lab.say("client", f"read → {outcome}")
+    lab.check(isinstance(exc, ConnectionResetError), "the client's segment was answered with RST")
+
+
+@scenario(
+    "keepalive-dead-peer",
+    "SO_KEEPALIVE with short timers while the peer has vanished: unanswered probes, then ETIMEDOUT",
+    """
+    The client enables SO_KEEPALIVE with short timers (TCP_KEEPIDLE,
+    TCP_KEEPINTVL, TCP_KEEPCNT; the system defaults are 2 h, 75 s and 9 probes)
+    and waits for data on an idle connection. Then the server host vanishes (an
+    nft rule in its namespace drops everything it receives). After the idle time
+    the client's kernel sends keepalive probes — 0-byte segments with seq =
+    next-1 — that nobody answers; after TCP_KEEPCNT of them it gives up, sends a
+    RST into the void and the blocked read fails with ETIMEDOUT ("Connection
+    timed out"). Without keepalive the read would wait forever.
+    """,
+    patterns=("P6",),
+)
+def keepalive_dead_peer(lab: Lab) -> None:
+    idle = max(1, round(lab.opts.idle or 1))
+    cnt = lab.opts.count or 3
+    intvl = 1
+    listener = lab.listen()
+    c, s = pair(lab, listener)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, intvl)
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, cnt)
+    lab.say("client", f"SO_KEEPALIVE, TCP_KEEPIDLE={idle}, TCP_KEEPINTVL={intvl}, TCP_KEEPCNT={cnt}")
+    exchange(lab, c, s)
+    lab.nft("server", drop_rule(lab.opts.port, "dport"), "drop everything arriving (the host vanished)")
+    result: list[tuple[float, BaseException | None]] = []
+
+    def reader() -> None:
+        c.settimeout(None)
+        t0 = time.monotonic()
+        _, exc = recv_outcome(c)
+        result.append((time.monotonic() - t0, exc))
+
+    lab.say("client", "waits for data (blocking read, no timeout of its own)")
+    t = lab.spawn(reader, "reader")
+    time.sleep(idle + intvl + 0.5)
+    rows = lab.ss("client", "probing")
+    lab.check(rows and "keepalive" in rows[0].extra, "keepalive timer running")
+    t.join(timeout=idle + intvl * cnt + 5)
+    lab.expect(result, "the read never returned")
+    elapsed, exc = result[0]
+    lab.say("client", f"read → {describe_exc(exc) if exc else 'data'} after {elapsed:.2f}s")
+    lab.check(isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT, "the read failed with ETIMEDOUT")
+    dropped = nft_dropped(lab, "server")
+    lab.say("kernel", f"server nft counter: {dropped} packets dropped")
+    lab.check(dropped >= cnt, f"{cnt} probes went unanswered")
+
+
+@scenario(
+    "retransmission-timeout",
+    "the path goes black mid-transfer: retransmissions with backoff until TCP_USER_TIMEOUT gives up",
+    """
+    After a normal request/response the path to the server goes black (an nft
+    rule in the server's namespace drops everything from now on). The client's
+    next request is never acknowledged: its kernel retransmits it with
+    exponential backoff (RTO at least 200 ms, doubling each time) — with the
+    defaults it would keep trying for about 15 minutes (tcp_retries2=15). Here
+    TCP_USER_TIMEOUT caps it; when it expires the socket is closed with
+    ETIMEDOUT and no RST is sent (TcpExtTCPAbortOnTimeout). Set TCP_USER_TIMEOUT (or
+    an application deadline) when a request must fail fast.
+    """,
+    patterns=("P7",),
+)
+def retransmission_timeout(lab: Lab) -> None:
+    ut = lab.opts.timeout or 3.0
+    listener = lab.listen()
+    c, s = pair(lab, listener)
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(ut * 1000))
+    lab.say("client", f"TCP_USER_TIMEOUT={int(ut * 1000)} ms")
+    exchange(lab, c, s)
+    lab.nft("server", drop_rule(lab.opts.port, "dport"), "drop everything arriving (the path went black)")
+    before = lab.nstat("client", "TcpExtTCPAbortOnTimeout", "TcpOutRsts")
+    result: list[tuple[float, BaseException | None]] = []
+
+    def client() -> None:
+        c.settimeout(None)
+        t0 = time.monotonic()
+        c.sendall(b"request after the path went black\n")
+        _, exc = recv_outcome(c)
+        result.append((time.monotonic() - t0, exc))
+
+    lab.say("client", "sends the next request, waits for the response")
+    t = lab.spawn(client, "client")
+    time.sleep(min(1.0, ut / 2))
+    rows = lab.ss("client", "retransmitting")
+    lab.check(rows and rows[0].send_q > 0 and "on," in rows[0].extra, "retransmission timer running, data unacknowledged")
+    t.join(timeout=ut + 5)
+    lab.expect(result, "the read never returned")
+    elapsed, exc = result[0]
+    lab.say("client", f"read → {describe_exc(exc) if exc else 'data'} after {elapsed:.2f}s")
+    lab.check(isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT, "the read failed with ETIMEDOUT")
+    lab.check(ut - 0.3 < elapsed < ut + 1.5, f"gave up after ≈{ut:g}s (TCP_USER_TIMEOUT)")
+    after = lab.nstat("client", "TcpExtTCPAbortOnTimeout", "TcpOutRsts")
+    aborts = after.get("TcpExtTCPAbortOnTimeout", 0) - before.get("TcpExtTCPAbortOnTimeout", 0)
+    rsts = after.get("TcpOutRsts", 0) - before.get("TcpOutRsts", 0)
+    lab.say("kernel", f"client TcpExtTCPAbortOnTimeout +{aborts}, TcpOutRsts +{rsts}")
+    lab.check(aborts == 1 and rsts == 0, "aborted on timeout without sending RST")
+    dropped = nft_dropped(lab, "server")
+    lab.say("kernel", f"server nft counter: {dropped} segments dropped")
