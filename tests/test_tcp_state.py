@@ -251,6 +251,22 @@ def test_simultaneous_close_passes_through_closing() -> None:
     ]
 
 
+def test_fin_lost_after_the_capture_point_is_not_delivered() -> None:
+    # the server keeps sending without ever acknowledging the client's FIN: it never got it
+    cap = Cap()
+    cap.handshake()
+    cfin = cap.seg(C, FIN | PSH | ACK, 31)
+    cap.seg(R, ACK, ack=cap.nxt[C] - 1)  # acks the data only
+    sfin = cap.seg(R, FIN | PSH | ACK, 31, ack=cap.nxt[C] - 1, dt=200 * SEC)
+    fin_seq = cap.rows[sfin - 1][2]
+    for _ in range(3):
+        cap.seg(R, FIN | PSH | ACK, 31, seq=fin_seq, ack=cap.nxt[C] - 1, dt=SEC)
+    res = cap.run()
+    clean(res)
+    assert steps(res.responder)[2:] == [(State.FIN_WAIT_1, sfin)]
+    assert steps(res.originator)[2:] == [(State.FIN_WAIT_1, cfin), (State.CLOSING, sfin)]
+
+
 def test_fin_that_acks_the_peers_fin() -> None:
     cap = Cap()
     cap.handshake()

@@ -27,11 +27,17 @@ the time the FIN passed the capture point, so every inferred transition time
 is that of the capture point, off by up to the one-way delay between it and
 the endpoint (and wrong outright if the segment was lost after the capture
 point). When the capture is taken on one of the hosts, that host's
-transitions are exact. Segments that cross in flight are ordered by their
-ACK fields, not by capture order: a FIN that does not acknowledge the FIN the
-peer sent earlier (in capture order) was sent before that FIN arrived, which
-makes a simultaneous close (both endpoints pass through CLOSING) come out as
-such wherever the capture was taken.
+transitions are exact. Where capture order and ACK fields disagree about
+what an endpoint had received, the ACK fields win:
+
+* a FIN reaches an endpoint after the last of its segments that does not
+  acknowledge it (so a FIN crossing the peer's FIN makes a simultaneous
+  close, both endpoints through CLOSING, wherever the capture was taken);
+  one it never acknowledges while it keeps sending was lost;
+* an ACK of a SYN or FIN followed by a resend of that SYN or FIN was lost
+  after the capture point, so its receiver never saw it;
+* a SYN-ACK the capture missed (one-way captures) is inferred when the SYN's
+  sender acknowledges it or the other side starts talking.
 
 Choices
 -------
