@@ -197,7 +197,8 @@ def cmd_states(args: argparse.Namespace) -> int:
         for g in groups:
             states = ", ".join(f"{k} {v}" for k, v in g["states"].items())
             why = "\n".join(
-                f"{'!' if f.severity == 'warning' else '·'} {f.why}" for f in g["findings"]
+                f"{'!' if f.severity == 'warning' else '·'} {f.title} ({f.count})"
+                for f in g["findings"]
             )
             t.add_row(g["group"], str(g["total"]), states, Text(why, style="red" if why else ""))
         con.print(t)

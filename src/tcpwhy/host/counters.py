@@ -104,10 +104,10 @@ CATALOG: tuple[CounterInfo, ...] = (
     _c("TcpExtTCPLossProbes", "retrans", "tail loss probes sent (early retransmit of the last segment)"),
     _c("TcpExtTCPSpuriousRTOs", "retrans", "RTOs later found unnecessary (the ACK was just late)", "delay spikes rather than loss"),
     # TIME_WAIT
-    _c("TcpExtTW", "timewait", "TIME_WAIT sockets that ran out their 60 s",
+    _c("TcpExtTW", "timewait", "connections that entered TIME_WAIT or an orphaned FIN_WAIT_2 (counted when the timer is set)",
        "its rate is the close rate of the side that closes first"),
     _c("TcpExtTWRecycled", "timewait", "TIME_WAIT 4-tuple taken over by a new connect() (tcp_tw_reuse)"),
-    _c("TcpExtTWKilled", "timewait", "TIME_WAIT ended early"),
+    _c("TcpExtTWKilled", "timewait", "TIME_WAIT/FIN_WAIT_2 timers set to 4 s or less (a very short tcp_fin_timeout)"),
     _c("TcpExtTCPTimeWaitOverflow", "timewait",
        "no TIME_WAIT socket created: tcp_max_tw_buckets reached, the connection vanished without TIME_WAIT protection",
        "raise tcp_max_tw_buckets or reuse connections (keep-alive pools)"),

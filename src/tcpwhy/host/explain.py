@@ -23,6 +23,23 @@ TW_PORTS_WARN = 0.5
 ORPHAN_PILE_MIN = 10
 
 
+TITLES = {
+    "close_wait": "CLOSE_WAIT: peer closed, the process has not called close()",
+    "close_wait_unaccepted": "CLOSE_WAIT before accept(): clients gave up waiting",
+    "stale_keepalive_pool": "CLOSE_WAIT in a client pool: server-closed keep-alive connections held",
+    "fin_wait2_orphans": "FIN_WAIT_2 orphans: the peer never closed (tcp_fin_timeout)",
+    "fin_wait2_half_closed": "FIN_WAIT_2 half-closed: shutdown(SHUT_WR), waiting for the peer",
+    "syn_recv_pileup": "SYN_RECV piling up",
+    "syn_sent_unanswered": "SYN_SENT unanswered",
+    "time_wait_buckets": "TIME_WAIT near tcp_max_tw_buckets",
+    "time_wait_ports": "TIME_WAIT near ephemeral-port exhaustion",
+    "fin_wait_1_orphans": "FIN_WAIT_1 orphans: our FIN not acknowledged",
+    "last_ack_orphans": "LAST_ACK orphans: the peer is gone",
+    "closing_orphans": "CLOSING orphans",
+    "accept_queue_full": "accept queue full",
+}
+
+
 @dataclass
 class Finding:
     severity: str  # "warning" | "info"
@@ -31,10 +48,15 @@ class Finding:
     count: int
     why: str  # the reading and what to do about it
 
+    @property
+    def title(self) -> str:
+        return TITLES.get(self.kind, self.kind.replace("_", " "))
+
     def as_json(self) -> dict[str, Any]:
         return {
             "severity": self.severity,
             "kind": self.kind,
+            "title": self.title,
             "subject": self.subject,
             "count": self.count,
             "why": self.why,

@@ -138,7 +138,7 @@ class Watcher:
             holders: dict[str, int] = {}
             for s in snap.sockets:
                 if s.state == "CLOSE_WAIT":
-                    key = f"{owner_label(s)} → {s.remote_ip if s.local_port else s.remote}"
+                    key = f"{owner_label(s)} → {s.remote}"
                     holders[key] = holders.get(key, 0) + 1
             top = max(holders.items(), key=lambda kv: kv[1]) if holders else ("?", 0)
             alerts.append(
