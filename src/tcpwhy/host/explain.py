@@ -362,7 +362,7 @@ def _syn_recv(
         _group([s for s in sockets if s.state == "SYN_RECV"], lambda s: s.local_port).items()
     ):
         retrans = max(s.retrans for s in group)
-        if len(group) < threshold and retrans < 2:
+        if len(group) < threshold and (retrans < 2 or len(group) < 2):
             continue
         if port in full_ports:
             cause = (

@@ -24,7 +24,7 @@ def model_timeout(retries: int, rto_base: float, rto_max: float = 120.0) -> floa
 
 
 def human(seconds: float) -> str:
-    if seconds < 120:
+    if seconds < 300:
         return f"{seconds:.0f} s"
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
