@@ -24,14 +24,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("scenario", nargs="?", help="scenario name (see --list)")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
-    p.add_argument("-w", "--write", metavar="FILE", help="capture file (default tcpwhy-lab-SCENARIO.pcap)")
+    p.add_argument(
+        "-w", "--write", metavar="FILE", help="capture file (default tcpwhy-lab-SCENARIO.pcap)"
+    )
     p.add_argument("--explain", action="store_true", help="explain what the scenario shows and why")
     p.add_argument("-6", dest="ipv6", action="store_true", help="use IPv6 addresses")
     p.add_argument("--port", type=int, default=8080, help="server port (default 8080)")
     p.add_argument("--count", type=int, help="connections/requests/clients, per scenario")
-    p.add_argument("--idle", type=float, help="idle time in seconds (server idle timeout, keepalive idle …)")
-    p.add_argument("--timeout", type=float, help="the scenario's timeout in seconds (user timeout, fin timeout …)")
-    p.add_argument("--delay", type=float, help="delay in seconds (relay delay, pause between writes …)")
+    p.add_argument(
+        "--idle", type=float, help="idle time in seconds (server idle timeout, keepalive idle …)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="the scenario's timeout in seconds (user timeout, fin timeout …)",
+    )
+    p.add_argument(
+        "--delay", type=float, help="delay in seconds (relay delay, pause between writes …)"
+    )
     p.set_defaults(func=run)
 
 
@@ -63,7 +73,12 @@ def run(args: argparse.Namespace) -> int:
         raise TcpwhyError("lab", f"no scenario {args.scenario!r} (see tcpwhy lab --list)") from None
     out = args.write or f"tcpwhy-lab-{sc.name}.pcap"
     opts = Options(
-        ipv6=args.ipv6, port=args.port, count=args.count, idle=args.idle, timeout=args.timeout, delay=args.delay
+        ipv6=args.ipv6,
+        port=args.port,
+        count=args.count,
+        idle=args.idle,
+        timeout=args.timeout,
+        delay=args.delay,
     )
     old = signal.signal(signal.SIGTERM, _on_term)
     try:
@@ -76,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(textwrap.fill(sc.explain, width=88))
     print()
-    print(f"capture: {result.capture} ({result.packets} packets, {result.drops} dropped by the kernel)")
+    print(
+        f"capture: {result.capture} ({result.packets} packets, {result.drops} dropped by the kernel)"
+    )
     if not result.ok:
         raise ScenarioFailed(sc.name, result.reason)
     return 0

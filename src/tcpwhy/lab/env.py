@@ -150,20 +150,59 @@ class Lab:
         v6 = ["-6"] if self.opts.ipv6 else []
         if m is None:
             nsmod.run(
-                ["ip", "link", "add", CLIENT_IF, "netns", c, "type", "veth"]
-                + ["peer", "name", SERVER_IF, "netns", s]
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    CLIENT_IF,
+                    "netns",
+                    c,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    SERVER_IF,
+                    "netns",
+                    s,
+                ]
             )
             self.client_ip, self.server_ip = self._addr(0, 1), self._addr(0, 2)
             self._add_addr(c, CLIENT_IF, self.client_ip)
             self._add_addr(s, SERVER_IF, self.server_ip)
         else:
             nsmod.run(
-                ["ip", "link", "add", CLIENT_IF, "netns", c, "type", "veth"]
-                + ["peer", "name", "m0", "netns", m]
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    CLIENT_IF,
+                    "netns",
+                    c,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "m0",
+                    "netns",
+                    m,
+                ]
             )
             nsmod.run(
-                ["ip", "link", "add", SERVER_IF, "netns", s, "type", "veth"]
-                + ["peer", "name", "m1", "netns", m]
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    SERVER_IF,
+                    "netns",
+                    s,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "m1",
+                    "netns",
+                    m,
+                ]
             )
             self.client_ip, self.server_ip = self._addr(1, 2), self._addr(2, 2)
             self._add_addr(c, CLIENT_IF, self.client_ip)
@@ -202,7 +241,10 @@ class Lab:
         """Permanent neighbour entries: no ARP/ND in the middle of a scenario, on any side."""
         c, s, m = self.client_ns, self.server_ns, self.middle_ns
         if m is None:
-            pairs = [(c, CLIENT_IF, self.server_ip, s, SERVER_IF), (s, SERVER_IF, self.client_ip, c, CLIENT_IF)]
+            pairs = [
+                (c, CLIENT_IF, self.server_ip, s, SERVER_IF),
+                (s, SERVER_IF, self.client_ip, c, CLIENT_IF),
+            ]
         else:
             pairs = [
                 (c, CLIENT_IF, self._addr(1, 1), m, "m0"),
@@ -212,14 +254,16 @@ class Lab:
             ]
         for ns, ifname, ip, peer_ns, peer_if in pairs:
             mac = _mac(peer_ns, peer_if)
-            nsmod.run(["ip", "neigh", "replace", ip, "lladdr", mac, "dev", ifname, "nud", "permanent"], ns)
+            nsmod.run(
+                ["ip", "neigh", "replace", ip, "lladdr", mac, "dev", ifname, "nud", "permanent"], ns
+            )
 
     # -- parties ----------------------------------------------------------------------------
 
     def ns_of(self, side: str) -> str:
         return {"client": self.client_ns, "server": self.server_ns}[side]
 
-    def socket(self, side: str, type: int = socket.SOCK_STREAM) -> socket.socket:
+    def sock(self, side: str, type: int = socket.SOCK_STREAM) -> socket.socket:
         s = nsmod.socket_in(self.ns_of(side), self.family, type)
         self._sockets.append(s)
         return s
@@ -228,7 +272,7 @@ class Lab:
         return (self.server_ip, self.opts.port if port is None else port)
 
     def listen(self, backlog: int = 128, port: int | None = None) -> socket.socket:
-        s = self.socket("server")
+        s = self.sock("server")
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(self.server_addr(port))
         s.listen(backlog)

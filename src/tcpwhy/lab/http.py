@@ -11,6 +11,7 @@ ones a Python service would log.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import socket
 import threading
@@ -45,7 +46,7 @@ class KeepAliveServer:
                 conn, peer = self.listener.accept()
             except OSError:
                 return
-            self.lab.spawn(lambda c=conn, p=peer: self._serve(c, p), "http-conn")
+            self.lab.spawn(functools.partial(self._serve, conn, peer), "http-conn")
 
     def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         conn.settimeout(self.idle)
@@ -86,7 +87,9 @@ class KeepAliveServer:
                 with self._lock:
                     self.served += 1
                 if close:
-                    self.lab.say("server", f"request with Connection: close from {_fmt(peer)} → close()")
+                    self.lab.say(
+                        "server", f"request with Connection: close from {_fmt(peer)} → close()"
+                    )
                     return
         except OSError as exc:
             self.lab.say("server", f"{_fmt(peer)}: {describe_exc(exc)}")
@@ -108,7 +111,7 @@ class LabConnection(http.client.HTTPConnection):
         self.lab = lab
 
     def connect(self) -> None:
-        self.sock = self.lab.socket("client")
+        self.sock = self.lab.sock("client")
         self.sock.settimeout(self.timeout)
         self.sock.connect(self.lab.server_addr())
 
@@ -155,7 +158,10 @@ class Pool:
         reused = bool(self.idle)
         conn = self.idle.pop() if reused else self._new()
         how = "reused pooled" if reused else "fresh"
-        self.lab.say("client", f"{'POST' if self.body_pause is not None else 'GET'} {path} on {how} connection {conn.local}")
+        self.lab.say(
+            "client",
+            f"{'POST' if self.body_pause is not None else 'GET'} {path} on {how} connection {conn.local}",
+        )
         try:
             status = self._send(conn, path, close)
         except STALE_ERRORS as exc:

@@ -82,7 +82,10 @@ def run_scenario(name: str, opts: Options | None = None, out: str | None = None)
     lab = Lab(opts, relay=sc.relay, capture_path=out)
     reason = ""
     try:
-        lab.say("lab", f"scenario {name}: client {lab.client_ip}, server {lab.server_ip} port {opts.port}")
+        lab.say(
+            "lab",
+            f"scenario {name}: client {lab.client_ip}, server {lab.server_ip} port {opts.port}",
+        )
         try:
             sc.play(lab)
         except ScenarioFailed as exc:

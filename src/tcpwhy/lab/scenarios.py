@@ -8,16 +8,15 @@ the two.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import socket
 import struct
 import threading
 import time
 
-from tcpwhy.lab.env import Lab, describe_exc
+from tcpwhy.lab.env import Lab, SockRow, describe_exc
 from tcpwhy.lab.http import STALE_ERRORS, KeepAliveServer, Pool
-from tcpwhy.lab.relay import DROP, FIN, HOLD, PASS, PASS_RELEASE, RELEASE, RST, SYN, Seg
+from tcpwhy.lab.relay import DROP, FIN, HOLD, PASS, PASS_RELEASE, RELEASE, SYN, Seg
 from tcpwhy.lab.runner import scenario
 
 # ------------------------------------------------------------------------------------------
@@ -49,7 +48,10 @@ def stale_keepalive(lab: Lab) -> None:
     pool = Pool(lab, body_pause=lab.opts.delay)
     lab.check(pool.request("/first") == 200, "first request answered")
     lab.say("client", f"connection back in the pool; idle for {idle + 0.4:g}s")
-    lab.expect(lab.wait_state("client", "CLOSE-WAIT", timeout=idle + 3), "client socket never reached CLOSE-WAIT")
+    lab.expect(
+        lab.wait_state("client", "CLOSE-WAIT", timeout=idle + 3),
+        "client socket never reached CLOSE-WAIT",
+    )
     time.sleep(0.2)
     lab.ss("client", "pooled socket after the server's idle close")
     lab.ss("server", "the closed connection")
@@ -87,7 +89,9 @@ def clean(lab: Lab) -> None:
     lab.check(pool.request("/short", close=True) == 200, "short request answered")
     for i in range(lab.opts.count or 3):
         lab.expect(pool.request(f"/keepalive/{i}") == 200, "keep-alive request failed")
-    lab.check(pool.connections == 2, "two connections, the second reused for every keep-alive request")
+    lab.check(
+        pool.connections == 2, "two connections, the second reused for every keep-alive request"
+    )
     pool.close()
     lab.expect(lab.wait_state("client", "TIME-WAIT", timeout=2), "client never reached TIME-WAIT")
     lab.expect(lab.wait_state("server", "TIME-WAIT", timeout=2), "server never reached TIME-WAIT")
@@ -108,14 +112,16 @@ def _peer(s: socket.socket) -> str:
 
 
 def connect(lab: Lab, port: int | None = None, timeout: float | None = 5.0) -> socket.socket:
-    c = lab.socket("client")
+    c = lab.sock("client")
     c.settimeout(timeout)
     c.connect(lab.server_addr(port))
     lab.say("client", f"connect() → established from {_peer(c)}")
     return c
 
 
-def pair(lab: Lab, listener: socket.socket, port: int | None = None) -> tuple[socket.socket, socket.socket]:
+def pair(
+    lab: Lab, listener: socket.socket, port: int | None = None
+) -> tuple[socket.socket, socket.socket]:
     """A connected (client, server) pair: the handshake completes before accept() returns."""
     c = connect(lab, port)
     s, _ = listener.accept()
@@ -189,8 +195,14 @@ def close_wait_leak(lab: Lab) -> None:
         outcome, _ = recv_outcome(s)
         lab.say("server", f"read → {outcome}; the handler returns without close()")
         leaked.append(s)
-    lab.expect(len(lab.wait_state("server", "CLOSE-WAIT", count=n)) == n, "server sockets not in CLOSE-WAIT")
-    lab.expect(len(lab.wait_state("client", "FIN-WAIT-2", count=n)) == n, "client sockets not in FIN-WAIT-2")
+    lab.expect(
+        len(lab.wait_state("server", "CLOSE-WAIT", count=n)) == n,
+        "server sockets not in CLOSE-WAIT",
+    )
+    lab.expect(
+        len(lab.wait_state("client", "FIN-WAIT-2", count=n)) == n,
+        "client sockets not in FIN-WAIT-2",
+    )
     time.sleep(0.1)
     lab.ss("server", "the leaked sockets")
     lab.ss("client", "the closed sockets")
@@ -221,7 +233,7 @@ def time_wait(lab: Lab) -> None:
     n = lab.opts.count or 20
     listener = lab.listen()
     for _ in range(n):
-        c = lab.socket("client")
+        c = lab.sock("client")
         c.settimeout(5)
         c.connect(lab.server_addr())
         s, _ = listener.accept()
@@ -230,14 +242,16 @@ def time_wait(lab: Lab) -> None:
         s.sendall(b"200\n")
         c.recv(100)
         c.close()
-        outcome, _ = recv_outcome(s)
+        recv_outcome(s)
         s.close()
     lab.say("client", f"{n} connections: request, response, client close(), server close()")
     rows = lab.wait_state("client", "TIME-WAIT", count=n)
     time.sleep(0.05)
     counts = lab.ss_summary("client", "after the burst")
     lab.ss_summary("server", "after the burst")
-    lab.check(len(rows) == n and counts.get("TIME-WAIT") == n, f"{n} TIME-WAIT sockets on the client")
+    lab.check(
+        len(rows) == n and counts.get("TIME-WAIT") == n, f"{n} TIME-WAIT sockets on the client"
+    )
     lab.check(
         not any(side == "server" and r.state == "TIME-WAIT" for side, r in lab.states),
         "no TIME-WAIT on the server (it closed second)",
@@ -259,13 +273,16 @@ def time_wait(lab: Lab) -> None:
 def refused(lab: Lab) -> None:
     n = lab.opts.count or 1
     for _ in range(n):
-        c = lab.socket("client")
+        c = lab.sock("client")
         c.settimeout(5)
         t0 = time.monotonic()
         try:
             c.connect(lab.server_addr())
         except ConnectionRefusedError as exc:
-            lab.say("client", f"connect() → {describe_exc(exc)} after {1000 * (time.monotonic() - t0):.1f} ms")
+            lab.say(
+                "client",
+                f"connect() → {describe_exc(exc)} after {1000 * (time.monotonic() - t0):.1f} ms",
+            )
         else:
             lab.expect(False, "connect() succeeded to a port nobody listens on")
         c.close()
@@ -306,7 +323,9 @@ def abortive_close(lab: Lab) -> None:
     lab.say("server", "close() without reading the request")
     outcome, exc = recv_outcome(c)
     lab.say("client", f"read → {outcome}")
-    lab.check(isinstance(exc, ConnectionResetError), "close() with unread data reset the connection")
+    lab.check(
+        isinstance(exc, ConnectionResetError), "close() with unread data reset the connection"
+    )
 
     c2, s2 = pair(lab, listener)
     exchange(lab, c2, s2)
@@ -381,7 +400,10 @@ def keepalive_race(lab: Lab) -> None:
     status = pool.request("/second")
     lab.expect(crossed, "the request never reached the relay")
     lab.say("relay", f"request passed the FIN: {crossed[0].describe()}; FIN released")
-    lab.check(crossed[0].ack == fin[0].seq, "the request does not acknowledge the server's FIN (they crossed)")
+    lab.check(
+        crossed[0].ack == fin[0].seq,
+        "the request does not acknowledge the server's FIN (they crossed)",
+    )
     lab.check(len(pool.errors) == 1, "the reused connection failed")
     lab.check(status == 200, "retry on a new connection answered")
     pool.close()
@@ -541,13 +563,21 @@ def fin_wait_2(lab: Lab) -> None:
     a_c.close()
     lab.say("client", f"connection A (port {a_port}): close() — the socket is now an orphan")
     b_c.shutdown(socket.SHUT_WR)
-    lab.say("client", f"connection B (port {b_port}): shutdown(SHUT_WR) — still held by the process")
+    lab.say(
+        "client", f"connection B (port {b_port}): shutdown(SHUT_WR) — still held by the process"
+    )
     for name, s in (("A", a_s), ("B", b_s)):
         outcome, _ = recv_outcome(s)
         lab.say("server", f"connection {name}: read → {outcome}; keeps the socket open")
-    lab.expect(len(lab.wait_state("client", "FIN-WAIT-2", count=2)) == 2, "client sockets not in FIN-WAIT-2")
+    lab.expect(
+        len(lab.wait_state("client", "FIN-WAIT-2", count=2)) == 2,
+        "client sockets not in FIN-WAIT-2",
+    )
     rows = lab.ss("client", "both half-closed")
-    lab.check(len(rows) == 2 and all(r.state == "FIN-WAIT-2" for r in rows), "both client sockets in FIN-WAIT-2")
+    lab.check(
+        len(rows) == 2 and all(r.state == "FIN-WAIT-2" for r in rows),
+        "both client sockets in FIN-WAIT-2",
+    )
     lab.say("lab", f"waiting {fin_timeout + 0.7:g}s (tcp_fin_timeout={fin_timeout})")
     time.sleep(fin_timeout + 0.7)
     rows = lab.ss("client", f"after tcp_fin_timeout={fin_timeout}s")
@@ -587,13 +617,15 @@ def fin_wait_2(lab: Lab) -> None:
 )
 def syn_timeout(lab: Lab) -> None:
     retries = lab.opts.count or 2
-    lab.sysctl("client", {"net.ipv4.tcp_syn_retries": retries, "net.ipv4.tcp_syn_linear_timeouts": 0})
+    lab.sysctl(
+        "client", {"net.ipv4.tcp_syn_retries": retries, "net.ipv4.tcp_syn_linear_timeouts": 0}
+    )
     lab.nft("server", drop_rule(lab.opts.port, "dport"), f"drop everything to port {lab.opts.port}")
     lab.listen()
     result: list[tuple[float, BaseException | None]] = []
 
     def client() -> None:
-        c = lab.socket("client")
+        c = lab.sock("client")
         t0 = time.monotonic()
         try:
             c.connect(lab.server_addr())
@@ -610,8 +642,12 @@ def syn_timeout(lab: Lab) -> None:
     t.join(timeout=2 ** (retries + 1) + 5)
     lab.expect(result, "connect() did not return")
     elapsed, exc = result[0]
-    lab.say("client", f"connect() → {describe_exc(exc) if exc else 'connected'} after {elapsed:.2f}s")
-    lab.check(isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT, "connect() failed with ETIMEDOUT")
+    lab.say(
+        "client", f"connect() → {describe_exc(exc) if exc else 'connected'} after {elapsed:.2f}s"
+    )
+    lab.check(
+        isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT, "connect() failed with ETIMEDOUT"
+    )
     expected = 2 ** (retries + 1) - 1
     lab.check(abs(elapsed - expected) < 1.0, f"gave up after ≈{expected}s (1 + 2 + … backoff)")
     dropped = nft_dropped(lab, "server")
@@ -665,7 +701,11 @@ def accept_queue_overflow(lab: Lab) -> None:
             if seg.to_server and seg.dport == port:
                 if seg.flags & SYN and holding.is_set():
                     marked.add(seg.sport)
-                elif seg.sport in marked and seg.pure_ack and not any(h.sport == seg.sport for h in held):
+                elif (
+                    seg.sport in marked
+                    and seg.pure_ack
+                    and not any(h.sport == seg.sport for h in held)
+                ):
                     held.append(seg)
                     return HOLD
             elif not seg.to_server and seg.sport == port and seg.flags & SYN:
@@ -689,21 +729,25 @@ def accept_queue_overflow(lab: Lab) -> None:
         lab.expect(row is not None, "listener vanished")
         assert row is not None
         lab.say("kernel", f"ss -lnt on server: LISTEN Recv-Q {row.recv_q} Send-Q {row.send_q}")
-        lab.check(row.recv_q == 2 and row.send_q == 1, "accept queue at limit+1 (Recv-Q 2, Send-Q 1)")
+        lab.check(
+            row.recv_q == 2 and row.send_q == 1, "accept queue at limit+1 (Recv-Q 2, Send-Q 1)"
+        )
         late = clients[-1]
         late_port = late.getsockname()[1]
         if abort == 0:
             extra: list[tuple[float, BaseException | None]] = []
 
-            def client4(port: int = port, extra: list[tuple[float, BaseException | None]] = extra) -> None:
-                c = lab.socket("client")
+            def client4(
+                port: int = port, extra: list[tuple[float, BaseException | None]] = extra
+            ) -> None:
+                c = lab.sock("client")
                 c.settimeout(2.5)
                 t0 = time.monotonic()
                 try:
                     c.connect(lab.server_addr(port))
                     extra.append((time.monotonic() - t0, None))
-                except OSError as exc:
-                    extra.append((time.monotonic() - t0, exc))
+                except OSError as err:
+                    extra.append((time.monotonic() - t0, err))
 
             lab.say("client", "a fourth client connects (timeout 2.5s)")
             t = lab.spawn(client4, "client4")
@@ -716,11 +760,19 @@ def accept_queue_overflow(lab: Lab) -> None:
             t.join(timeout=4)
             lab.expect(extra, "the fourth connect() did not return")
             elapsed, exc = extra[0]
-            lab.say("client", f"fourth client: connect() → {describe_exc(exc) if exc else 'connected'} after {elapsed:.2f}s")
+            lab.say(
+                "client",
+                f"fourth client: connect() → {describe_exc(exc) if exc else 'connected'} after {elapsed:.2f}s",
+            )
             lab.check(exc is not None, "the fourth client's SYNs were dropped (connect timed out)")
-            lab.check(synacks.get(late_port, 0) >= 2, "the server retransmitted the SYN-ACK to the overflowing client")
+            lab.check(
+                synacks.get(late_port, 0) >= 2,
+                "the server retransmitted the SYN-ACK to the overflowing client",
+            )
             states = {r.state for s, r in lab.states if s == "server" and r.peer_port == late_port}
-            lab.check(states == {"SYN-RECV"}, "the overflowing handshake sits in SYN-RECV on the server")
+            lab.check(
+                states == {"SYN-RECV"}, "the overflowing handshake sits in SYN-RECV on the server"
+            )
         else:
             time.sleep(0.05)
             try:
@@ -733,7 +785,9 @@ def accept_queue_overflow(lab: Lab) -> None:
                 lab.say("client", f"last client ({late_port}): request sent, read → {outcome}")
             lab.check(isinstance(exc, ConnectionResetError), "the overflowing client got a reset")
         overflows = lab.nstat("server", "TcpExtListenOverflows").get("TcpExtListenOverflows", 0)
-        lab.say("kernel", f"server TcpExtListenOverflows {overflows} (since the namespace was created)")
+        lab.say(
+            "kernel", f"server TcpExtListenOverflows {overflows} (since the namespace was created)"
+        )
         lab.check(overflows >= 1, "listen overflows counted")
         listener.close()
         lab.say("server", f"listener on {port} closed (queued connections are reset)")
@@ -764,7 +818,7 @@ def accept_queue_overflow(lab: Lab) -> None:
 def zero_window(lab: Lab) -> None:
     total = (lab.opts.count or 64) * 1024
     stall = lab.opts.delay if lab.opts.delay is not None else 2.0
-    listener = lab.socket("server")
+    listener = lab.sock("server")
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     listener.bind(lab.server_addr())
@@ -791,7 +845,10 @@ def zero_window(lab: Lab) -> None:
     time.sleep(stall)
     cl = lab.ss("client", "sender stalled")
     sv = lab.ss("server", "receiver not reading")
-    lab.check(cl and "persist" in cl[0].extra and cl[0].send_q > 0, "sender's persist timer running, data queued")
+    lab.check(
+        cl and "persist" in cl[0].extra and cl[0].send_q > 0,
+        "sender's persist timer running, data queued",
+    )
     lab.check(sv and sv[0].recv_q > 0, "receiver's Recv-Q full")
     probes = lab.nstat("client", "TcpExtTCPWinProbe").get("TcpExtTCPWinProbe", 0) - before
     lab.say("kernel", f"client TcpExtTCPWinProbe +{probes}")
@@ -816,9 +873,8 @@ def zero_window(lab: Lab) -> None:
     lab.wait_state("client", "TIME-WAIT", timeout=2)
 
 
-def _ss_quiet(lab: Lab, side: str) -> list:  # type: ignore[type-arg]
+def _ss_quiet(lab: Lab, side: str) -> list[SockRow]:
     from tcpwhy.lab import ns as nsmod
-    from tcpwhy.lab.env import SockRow
 
     rows = []
     for line in nsmod.run(["ss", "-Htano"], lab.ns_of(side)).splitlines():
@@ -863,7 +919,9 @@ def half_open(lab: Lab) -> None:
     lab.say("lab", "server namespace nft: rule removed")
     cl = lab.ss("client", "half-open")
     sv = lab.ss("server", "half-open")
-    lab.check([r.state for r in cl] == ["ESTAB"] and not sv, "client ESTABLISHED, server has no socket")
+    lab.check(
+        [r.state for r in cl] == ["ESTAB"] and not sv, "client ESTABLISHED, server has no socket"
+    )
     c.sendall(b"next request\n")
     lab.say("client", "sends the next request on the connection")
     outcome, exc = recv_outcome(c)
@@ -896,9 +954,13 @@ def keepalive_dead_peer(lab: Lab) -> None:
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, intvl)
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, cnt)
-    lab.say("client", f"SO_KEEPALIVE, TCP_KEEPIDLE={idle}, TCP_KEEPINTVL={intvl}, TCP_KEEPCNT={cnt}")
+    lab.say(
+        "client", f"SO_KEEPALIVE, TCP_KEEPIDLE={idle}, TCP_KEEPINTVL={intvl}, TCP_KEEPCNT={cnt}"
+    )
     exchange(lab, c, s)
-    lab.nft("server", drop_rule(lab.opts.port, "dport"), "drop everything arriving (the host vanished)")
+    lab.nft(
+        "server", drop_rule(lab.opts.port, "dport"), "drop everything arriving (the host vanished)"
+    )
     result: list[tuple[float, BaseException | None]] = []
 
     def reader() -> None:
@@ -916,7 +978,9 @@ def keepalive_dead_peer(lab: Lab) -> None:
     lab.expect(result, "the read never returned")
     elapsed, exc = result[0]
     lab.say("client", f"read → {describe_exc(exc) if exc else 'data'} after {elapsed:.2f}s")
-    lab.check(isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT, "the read failed with ETIMEDOUT")
+    lab.check(
+        isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT, "the read failed with ETIMEDOUT"
+    )
     dropped = nft_dropped(lab, "server")
     lab.say("kernel", f"server nft counter: {dropped} packets dropped")
     lab.check(dropped >= cnt, f"{cnt} probes went unanswered")
@@ -944,7 +1008,11 @@ def retransmission_timeout(lab: Lab) -> None:
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(ut * 1000))
     lab.say("client", f"TCP_USER_TIMEOUT={int(ut * 1000)} ms")
     exchange(lab, c, s)
-    lab.nft("server", drop_rule(lab.opts.port, "dport"), "drop everything arriving (the path went black)")
+    lab.nft(
+        "server",
+        drop_rule(lab.opts.port, "dport"),
+        "drop everything arriving (the path went black)",
+    )
     before = lab.nstat("client", "TcpExtTCPAbortOnTimeout", "TcpOutRsts")
     result: list[tuple[float, BaseException | None]] = []
 
@@ -959,12 +1027,17 @@ def retransmission_timeout(lab: Lab) -> None:
     t = lab.spawn(client, "client")
     time.sleep(min(1.0, ut / 2))
     rows = lab.ss("client", "retransmitting")
-    lab.check(rows and rows[0].send_q > 0 and "on," in rows[0].extra, "retransmission timer running, data unacknowledged")
+    lab.check(
+        rows and rows[0].send_q > 0 and "on," in rows[0].extra,
+        "retransmission timer running, data unacknowledged",
+    )
     t.join(timeout=ut + 5)
     lab.expect(result, "the read never returned")
     elapsed, exc = result[0]
     lab.say("client", f"read → {describe_exc(exc) if exc else 'data'} after {elapsed:.2f}s")
-    lab.check(isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT, "the read failed with ETIMEDOUT")
+    lab.check(
+        isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT, "the read failed with ETIMEDOUT"
+    )
     lab.check(ut - 0.3 < elapsed < ut + 1.5, f"gave up after ≈{ut:g}s (TCP_USER_TIMEOUT)")
     after = lab.nstat("client", "TcpExtTCPAbortOnTimeout", "TcpOutRsts")
     aborts = after.get("TcpExtTCPAbortOnTimeout", 0) - before.get("TcpExtTCPAbortOnTimeout", 0)

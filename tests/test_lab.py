@@ -1,0 +1,560 @@
+"""The lab on the real kernel, checked packet by packet.
+
+Each scenario runs in its own namespaces (root; skipped only without root or
+namespaces, required under CI=true) and its capture is checked with plain
+packet-level assertions on the packet table: which side sent SYN/FIN/RST/data
+in which order, with which sequence and acknowledgment numbers and timing. The
+same checks run, without root, on the captures shipped in tcpwhy/data/lab.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tcpwhy.capture import read_table
+from tcpwhy.lab import ns as nsmod
+from tcpwhy.lab.env import Options
+from tcpwhy.lab.record import DATA_DIR, options_for
+from tcpwhy.lab.runner import all_scenarios, run_scenario
+
+FIN, SYN, RST, PSH, ACK = 1, 2, 4, 8, 16
+PORT = 8080
+
+
+@dataclass(frozen=True)
+class P:
+    """One TCP packet of the capture, seen from the scenario's client/server roles."""
+
+    i: int
+    t: float
+    c2s: bool
+    flags: int
+    seq: int
+    ack: int
+    n: int
+    win: int
+    cport: int
+    sport: int
+
+    def has(self, f: int) -> bool:
+        return bool(self.flags & f)
+
+    @property
+    def pure_ack(self) -> bool:
+        return self.flags & (SYN | FIN | RST) == 0 and self.n == 0
+
+    @property
+    def tag(self) -> str:
+        s = "".join(c for f, c in ((SYN, "S"), (FIN, "F"), (RST, "R")) if self.flags & f)
+        s += "." if self.flags & ACK else ""
+        s += f"+{self.n}" if self.n else ""
+        return ("c:" if self.c2s else "s:") + s
+
+
+def packets(path: str | Path, port: int = PORT) -> list[P]:
+    t = read_table(str(path))
+    out = []
+    t0 = int(t.ts_ns[0]) if len(t) else 0
+    for i in range(len(t)):
+        sp, dp = int(t.sport[i]), int(t.dport[i])
+        if port not in (sp, dp):
+            continue
+        c2s = dp == port
+        out.append(
+            P(
+                i,
+                (int(t.ts_ns[i]) - t0) / 1e9,
+                c2s,
+                int(t.flags[i]),
+                int(t.seq[i]),
+                int(t.ack[i]),
+                int(t.payload_len[i]),
+                int(t.win[i]),
+                sp if c2s else dp,
+                sp,
+            )
+        )
+    return out
+
+
+def conns(pk: list[P]) -> list[list[P]]:
+    """Packets per client port, in order of the connections' first packet."""
+    by: dict[int, list[P]] = {}
+    for p in pk:
+        by.setdefault(p.cport, []).append(p)
+    return list(by.values())
+
+
+def flow(conn: list[P]) -> list[str]:
+    return [p.tag for p in conn]
+
+
+def first(conn: list[P], pred: Callable[[P], bool], after: int = -1) -> P:
+    for p in conn:
+        if p.i > after and pred(p):
+            return p
+    raise AssertionError(f"no such packet in {flow(conn)}")
+
+
+def handshake_ok(conn: list[P]) -> None:
+    assert flow(conn)[:3] == ["c:S", "s:S.", "c:."], flow(conn)
+
+
+def no_rst(conn: list[P]) -> None:
+    assert not any(p.has(RST) for p in conn), flow(conn)
+
+
+def clean_close(conn: list[P]) -> None:
+    """Both FINs, each acknowledged, no RST."""
+    no_rst(conn)
+    for c2s in (True, False):
+        fin = first(conn, lambda p, c2s=c2s: p.c2s == c2s and p.has(FIN))
+        first(
+            conn, lambda p, c2s=c2s, fin=fin: p.c2s != c2s and p.ack == (fin.seq + 1) % 2**32, fin.i
+        )
+
+
+# -- per-scenario checks --------------------------------------------------------------------
+
+
+def check_stale_keepalive(path: Path, o: Options) -> None:
+    pk = packets(path, o.port)
+    old, new = conns(pk)
+    handshake_ok(old)
+    fin = first(old, lambda p: not p.c2s and p.has(FIN))
+    last_resp = [p for p in old if not p.c2s and p.n and p.i < fin.i][-1]
+    idle = o.idle or 1.0
+    assert idle - 0.05 <= fin.t - last_resp.t <= idle + 0.5, "FIN after the server's idle timeout"
+    ack = first(old, lambda p: p.c2s, fin.i)
+    assert ack.pure_ack and ack.ack == fin.seq + 1, "client kernel ACKs the FIN"
+    req = first(old, lambda p: p.c2s and p.n > 0, fin.i)
+    assert req.ack == fin.seq + 1, "the reused request acknowledges the server's FIN"
+    assert not any(p.c2s and p.has(FIN) for p in old if p.i < req.i), (
+        "client never sent FIN before reuse"
+    )
+    rst = first(old, lambda p: not p.c2s and p.has(RST), req.i)
+    assert rst.seq == req.ack and not rst.has(ACK), "[R] with seq = the request's ACK (K5)"
+    handshake_ok(new)
+    assert new[0].i > rst.i, "retry on a new connection after the reset"
+    assert any(not p.c2s and p.n for p in new), "the retry got a response"
+    clean_close(new)
+
+
+def check_clean(path: Path, o: Options) -> None:
+    pk = packets(path, o.port)
+    cs = conns(pk)
+    assert len(cs) == 2
+    for conn in cs:
+        handshake_ok(conn)
+        clean_close(conn)
+    short, ka = cs
+    assert first(short, lambda p: p.has(FIN)).c2s is False, (
+        "server closes the Connection: close one"
+    )
+    assert first(ka, lambda p: p.has(FIN)).c2s is True, "client closes the keep-alive one"
+    assert sum(1 for p in ka if p.c2s and p.n) == (o.count or 3)
+
+
+def check_close_wait_leak(path: Path, o: Options) -> None:
+    pk = packets(path, o.port)
+    cs = conns(pk)
+    assert len(cs) == (o.count or 3)
+    for conn in cs:
+        handshake_ok(conn)
+        no_rst(conn)
+        cfin = first(conn, lambda p: p.c2s and p.has(FIN))
+        first(conn, lambda p, f=cfin: not p.c2s and p.ack == f.seq + 1, cfin.i)
+        assert not any(not p.c2s and p.has(FIN) for p in conn), "the server never sends FIN"
+
+
+def check_time_wait(path: Path, o: Options) -> None:
+    pk = packets(path, o.port)
+    cs = conns(pk)
+    assert len(cs) == (o.count or 20)
+    for conn in cs:
+        handshake_ok(conn)
+        clean_close(conn)
+        fins = [p for p in conn if p.has(FIN)]
+        assert fins[0].c2s, "client is the active closer (keeps TIME-WAIT)"
+        assert conn[-1].c2s and conn[-1].pure_ack, "client's final ACK ends the connection"
+
+
+def check_refused(path: Path, o: Options) -> None:
+    pk = packets(path, o.port)
+    cs = conns(pk)
+    assert len(cs) == (o.count or 1)
+    for conn in cs:
+        assert flow(conn) == ["c:S", "s:R."]
+        assert conn[1].ack == conn[0].seq + 1 and conn[1].seq == 0
+
+
+def check_abortive_close(path: Path, o: Options) -> None:
+    pk = packets(path, o.port)
+    unread, linger = conns(pk)
+    for conn in (unread, linger):
+        handshake_ok(conn)
+        assert not any(not p.c2s and p.has(FIN) for p in conn), "RST instead of FIN"
+        rst = first(conn, lambda p: not p.c2s and p.has(RST))
+        assert rst.has(ACK), "application abort is [R.] (K5)"
+        data = [p for p in conn if p.c2s and p.n]
+        assert data and data[0].i < rst.i
+    req = [p for p in unread if p.c2s and p.n]
+    assert sum(p.n for p in req) > 1000, "request body sent"
+    assert not any(not p.c2s and p.n for p in unread), "the server never answered (it did not read)"
+    rst = first(unread, lambda p: not p.c2s and p.has(RST))
+    assert rst.ack == req[-1].seq + req[-1].n, "RST acknowledges the unread bytes"
+    assert any(not p.c2s and p.n for p in linger), "linger-0: response, then RST"
+
+
+def check_keepalive_race(path: Path, o: Options) -> None:
+    pk = packets(path, o.port)
+    old, new = conns(pk)
+    handshake_ok(old)
+    fin = first(old, lambda p: not p.c2s and p.has(FIN))
+    req = [p for p in old if p.c2s and p.n][-1]
+    assert req.i < fin.i, "the request left before the FIN arrived"
+    assert req.ack == fin.seq, "the request does not acknowledge the FIN (crossed)"
+    rst = first(old, lambda p: not p.c2s and p.has(RST), req.i)
+    assert rst.seq == req.ack and not rst.has(ACK), "[R] with seq = the request's ACK (K5)"
+    handshake_ok(new)
+    assert any(not p.c2s and p.n for p in new)
+    clean_close(new)
+
+
+def check_simultaneous_close(path: Path, o: Options) -> None:
+    pk = packets(path, o.port)
+    (conn,) = conns(pk)
+    handshake_ok(conn)
+    no_rst(conn)
+    cfin = first(conn, lambda p: p.c2s and p.has(FIN))
+    sfin = first(conn, lambda p: not p.c2s and p.has(FIN))
+    assert cfin.ack == sfin.seq, "the client's FIN does not acknowledge the server's"
+    assert sfin.ack == cfin.seq, "the server's FIN does not acknowledge the client's"
+    after = max(cfin.i, sfin.i)
+    first(conn, lambda p: p.c2s and p.pure_ack and p.ack == sfin.seq + 1, after)
+    first(conn, lambda p: not p.c2s and p.pure_ack and p.ack == cfin.seq + 1, after)
+
+
+def check_lost_final_ack(path: Path, o: Options) -> None:
+    pk = packets(path, o.port)
+    (conn,) = conns(pk)
+    handshake_ok(conn)
+    no_rst(conn)
+    cfin = first(conn, lambda p: p.c2s and p.has(FIN))
+    sfins = [p for p in conn if not p.c2s and p.has(FIN)]
+    assert len(sfins) == 2 and sfins[0].seq == sfins[1].seq, "server FIN retransmitted once"
+    assert cfin.i < sfins[0].i
+    assert sfins[1].t - sfins[0].t >= 0.19, "after an RTO (min 200 ms)"
+    acks = [p for p in conn if p.c2s and p.pure_ack and p.ack == sfins[0].seq + 1]
+    assert len(acks) == 2, "the final ACK, then again from TIME-WAIT"
+    assert acks[0].i < sfins[1].i < acks[1].i
+
+
+def check_fin_wait_2(path: Path, o: Options) -> None:
+    pk = packets(path, o.port)
+    a, b = conns(pk)
+    fin_timeout = max(1, round(o.timeout or 2))
+    for conn in (a, b):
+        handshake_ok(conn)
+    afin = first(a, lambda p: p.c2s and p.has(FIN))
+    sfin_a = first(a, lambda p: not p.c2s and p.has(FIN))
+    assert sfin_a.t - afin.t >= fin_timeout, "server's FIN only after the orphan expired"
+    rst = first(a, lambda p: p.c2s and p.has(RST), sfin_a.i)
+    assert rst.seq == sfin_a.ack and not rst.has(ACK), "no socket left: [R] answers the late FIN"
+    no_rst(b)
+    bfin = first(b, lambda p: p.c2s and p.has(FIN))
+    sfin_b = first(b, lambda p: not p.c2s and p.has(FIN))
+    assert sfin_b.t - bfin.t >= fin_timeout, "half-closed FIN-WAIT-2 outlived tcp_fin_timeout"
+    assert b[-1].c2s and b[-1].pure_ack and b[-1].ack == sfin_b.seq + 1
+
+
+def check_syn_timeout(path: Path, o: Options) -> None:
+    pk = packets(path, o.port)
+    (conn,) = conns(pk)
+    retries = o.count or 2
+    assert flow(conn) == ["c:S"] * (retries + 1), "SYNs only, never an answer"
+    assert len({p.seq for p in conn}) == 1, "retransmissions of the same SYN"
+    gaps = [b.t - a.t for a, b in itertools.pairwise(conn)]
+    for k, g in enumerate(gaps):
+        assert abs(g - 2**k) < 0.3, f"exponential backoff: {gaps}"
+
+
+def check_accept_queue_overflow(path: Path, o: Options) -> None:
+    pk = packets(path, o.port)
+    part1 = conns(pk)
+    # abort_on_overflow=0, port 8080: 3 clients completed the handshake, one SYN-only client.
+    synacks = {id(c): [p for p in c if p.has(SYN) and not p.c2s] for c in part1}
+    retrans = [c for c in part1 if len(synacks[id(c)]) >= 2]
+    assert len(retrans) == 1, "SYN-ACK retransmitted to the overflowing client"
+    over = retrans[0]
+    s1, s2 = synacks[id(over)][:2]
+    assert s1.seq == s2.seq and s2.t - s1.t >= 0.9, "same SYN-ACK again after ~1 s"
+    assert not any(not p.c2s and p.n for p in over), "nothing ever answered"
+    assert sum(1 for p in over if p.c2s and p.n) >= 2, "its request was retransmitted (dropped)"
+    assert not any(p.has(RST) for p in over if p.t < s2.t), "no RST with abort_on_overflow=0"
+    syn_only = [c for c in part1 if not synacks[id(c)]]
+    assert len(syn_only) == 1 and len(syn_only[0]) >= 2, "a client whose SYNs were dropped"
+    assert all(p.tag == "c:S" for p in syn_only[0])
+    # abort_on_overflow=1, port 8081: the overflowing final ACK is answered with RST.
+    part2 = conns(packets(path, o.port + 1))
+    for c in part2:
+        handshake_ok(c)
+    # Closing the listener aborts the queued ones with [R.] (K13); the overflow reset is [R].
+    resets = [c for c in part2 if len(c) > 3 and c[3].tag == "s:R"]
+    assert len(resets) == 1, "exactly one client reset right after its handshake"
+    c = resets[0]
+    assert c[3].tag == "s:R" and c[3].seq == c[2].ack, "[R] answering the final ACK"
+
+
+def check_zero_window(path: Path, o: Options) -> None:
+    pk = packets(path, o.port)
+    (conn,) = conns(pk)
+    handshake_ok(conn)
+    no_rst(conn)
+    zero = first(conn, lambda p: not p.c2s and p.win == 0 and p.pure_ack)
+    probes = [p for p in conn if p.c2s and p.pure_ack and p.i > zero.i and p.seq == zero.ack - 1]
+    assert len(probes) >= 2, "zero-window probes with seq = next-1 (K12)"
+    gaps = [b.t - a.t for a, b in itertools.pairwise(probes)]
+    assert all(b > a * 1.5 for a, b in itertools.pairwise(gaps)), f"backoff {gaps}"
+    update = first(conn, lambda p: not p.c2s and p.win > 0, probes[-1].i)
+    more = first(conn, lambda p: p.c2s and p.n > 0, update.i)
+    assert more.seq == zero.ack, "transfer resumes where it stopped"
+    total = (o.count or 64) * 1024
+    delivered = max((p.seq + p.n) for p in conn if p.c2s and p.n) - conn[0].seq - 1
+    assert delivered == total
+    clean_close(conn)
+
+
+def check_half_open(path: Path, o: Options) -> None:
+    pk = packets(path, o.port)
+    (conn,) = conns(pk)
+    handshake_ok(conn)
+    reqs = [p for p in conn if p.c2s and p.n]
+    assert len(reqs) == 2
+    resp = [p for p in conn if not p.c2s and p.n]
+    assert len(resp) == 1 and resp[0].i < reqs[1].i
+    between = [p for p in conn if not p.c2s and resp[0].i < p.i < reqs[1].i and not p.pure_ack]
+    assert not between, "nothing from the server reached the client (its RST was lost)"
+    rst = first(conn, lambda p: not p.c2s and p.has(RST), reqs[1].i)
+    assert not rst.has(ACK) and rst.seq == reqs[1].ack, "[R] from a host without the socket"
+    assert not any(p.has(FIN) for p in conn)
+
+
+def check_keepalive_dead_peer(path: Path, o: Options) -> None:
+    pk = packets(path, o.port)
+    (conn,) = conns(pk)
+    handshake_ok(conn)
+    cnt = o.count or 3
+    last_data = [p for p in conn if p.n][-1]
+    nxt = last_data.ack if not last_data.c2s else last_data.seq + last_data.n
+    probes = [p for p in conn if p.c2s and p.pure_ack and p.i > last_data.i and p.seq == nxt - 1]
+    server_after = [p for p in conn if not p.c2s and p.i > last_data.i + 1]
+    assert len(probes) == cnt, f"{cnt} keepalive probes (seq = next-1): {flow(conn)}"
+    gaps = [b.t - a.t for a, b in itertools.pairwise(probes)]
+    assert all(0.8 < g < 1.3 for g in gaps), gaps
+    assert probes[0].t - last_data.t >= 0.9, "first probe after TCP_KEEPIDLE"
+    assert not [p for p in server_after if p.i > probes[0].i], "no answer from the vanished peer"
+    rst = conn[-1]
+    assert rst.c2s and rst.has(RST) and rst.t - probes[-1].t > 0.8, "RST when keepalive gives up"
+
+
+def check_retransmission_timeout(path: Path, o: Options) -> None:
+    pk = packets(path, o.port)
+    (conn,) = conns(pk)
+    handshake_ok(conn)
+    ut = o.timeout or 3.0
+    reqs = [p for p in conn if p.c2s and p.n]
+    first_req, lost = reqs[0], reqs[1:]
+    assert len(lost) >= 4 and len({p.seq for p in lost}) == 1, "one segment retransmitted"
+    gaps = [b.t - a.t for a, b in itertools.pairwise(lost)]
+    # The first retransmission may be a tail loss probe; the RTO backoff doubles after it.
+    assert gaps[0] >= 0.19 and all(b > 1.6 * a for a, b in itertools.pairwise(gaps[1:])), gaps
+    assert lost[-1].t - lost[0].t < ut + 0.5, "retransmissions stop at TCP_USER_TIMEOUT"
+    assert not any(not p.c2s and p.i > lost[0].i for p in conn), "no answer"
+    assert not any(p.has(RST) or p.has(FIN) for p in conn), "given up without RST"
+    assert first_req.i < lost[0].i
+
+
+CHECKS: dict[str, Callable[[Path, Options], None]] = {
+    "stale-keepalive": check_stale_keepalive,
+    "clean": check_clean,
+    "close-wait-leak": check_close_wait_leak,
+    "time-wait": check_time_wait,
+    "refused": check_refused,
+    "abortive-close": check_abortive_close,
+    "keepalive-race": check_keepalive_race,
+    "simultaneous-close": check_simultaneous_close,
+    "lost-final-ack": check_lost_final_ack,
+    "fin-wait-2": check_fin_wait_2,
+    "syn-timeout": check_syn_timeout,
+    "accept-queue-overflow": check_accept_queue_overflow,
+    "zero-window": check_zero_window,
+    "half-open": check_half_open,
+    "keepalive-dead-peer": check_keepalive_dead_peer,
+    "retransmission-timeout": check_retransmission_timeout,
+}
+
+IPV6 = ["stale-keepalive", "simultaneous-close", "refused", "half-open", "accept-queue-overflow"]
+
+
+def check_capture(name: str, path: Path, o: Options) -> None:
+    CHECKS[name](path, o)
+
+
+def orphans() -> list[str]:
+    """Lab namespaces whose process is gone (what a run must never leave)."""
+    out = []
+    for n in nsmod.list_lab_namespaces():
+        pid = int(n[len(nsmod.PREFIX) :].split("-")[0])
+        if not os.path.exists(f"/proc/{pid}"):
+            out.append(n)
+    return out
+
+
+def mine() -> list[str]:
+    return [n for n in nsmod.list_lab_namespaces() if n.startswith(f"{nsmod.PREFIX}{os.getpid()}-")]
+
+
+# -- tests ----------------------------------------------------------------------------------
+
+
+def test_every_scenario_has_a_check() -> None:
+    assert sorted(s.name for s in all_scenarios()) == sorted(CHECKS)
+
+
+def test_list_shows_every_scenario() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from tcpwhy.cli import main; sys.exit(main(['lab', '--list']))",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    for name in CHECKS:
+        assert any(line.split()[0] == name for line in out.stdout.splitlines() if line.strip())
+
+
+def test_not_root_is_an_environment_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tcpwhy.errors import EXIT_ENVIRONMENT, EnvironmentProblem
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(EnvironmentProblem) as info:
+        run_scenario("refused")
+    assert info.value.exit_status == EXIT_ENVIRONMENT and "root" in info.value.reason
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_shipped_capture(name: str) -> None:
+    """The captures in the package data show the expected sequence (no root needed)."""
+    path = DATA_DIR / f"{name}.pcap"
+    assert path.is_file(), f"missing {path}: run python -m tcpwhy.lab.record"
+    assert path.stat().st_size < 64 * 1024
+    check_capture(name, path, options_for(name))
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    "name,ipv6",
+    [(n, False) for n in sorted(CHECKS)] + [(n, True) for n in IPV6],
+)
+def test_scenario_on_the_kernel(netns_ok: None, tmp_path: Path, name: str, ipv6: bool) -> None:
+    o = Options(ipv6=ipv6)
+    out = tmp_path / f"{name}.pcap"
+    result = run_scenario(name, o, str(out))
+    assert result.ok, f"{result.reason}\n{result.story}"
+    assert result.drops == 0 and result.packets > 0
+    assert not mine(), "namespaces left behind"
+    check_capture(name, out, o)
+    assert all((p.sport == o.port) != p.c2s for p in packets(out, o.port))
+
+
+@pytest.mark.root
+def test_leftovers_of_a_killed_run_are_removed(netns_ok: None) -> None:
+    """A namespace named after a dead process is deleted by the next run."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    name = f"{nsmod.PREFIX}{dead.pid}-1c"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(
+        ["ip", "-n", name, "link", "add", "c0", "type", "veth", "peer", "name", "x0"], check=True
+    )
+    try:
+        assert name in nsmod.list_lab_namespaces()
+        result = run_scenario("refused")
+        assert result.ok
+        assert name not in nsmod.list_lab_namespaces()
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest.mark.root
+def test_cli_exit_status_and_explain(netns_ok: None, tmp_path: Path) -> None:
+    out = tmp_path / "r.pcap"
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from tcpwhy.cli import main; sys.exit(main(sys.argv[1:]))",
+            "lab",
+            "refused",
+            "--explain",
+            "-w",
+            str(out),
+            "--port",
+            "9099",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "ConnectionRefusedError" in p.stdout and "Connection refused" in p.stdout
+    assert str(out) in p.stdout and "0 dropped" in p.stdout
+    assert "RST" in p.stdout  # the --explain paragraph
+    check_refused(out, Options(port=9099))
+    tshark = subprocess.run(["tshark", "-r", str(out)], capture_output=True, text=True)
+    assert tshark.returncode == 0, tshark.stderr
+    assert "[SYN]" in tshark.stdout and "[RST, ACK]" in tshark.stdout
+
+
+BROKEN = """
+import sys
+from tcpwhy.cli import main
+from tcpwhy.lab.runner import scenario
+
+@scenario("expects-a-listener", "connects to a closed port and insists on success", "-")
+def play(lab):
+    c = lab.sock("client")
+    c.settimeout(2)
+    try:
+        c.connect(lab.server_addr())
+    except ConnectionRefusedError:
+        lab.expect(False, "connect() refused: nobody listens")
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.root
+def test_scenario_that_does_not_play_out_fails_with_exit_3(netns_ok: None, tmp_path: Path) -> None:
+    """The kernel contradicting a scenario's design ends with ScenarioFailed (exit 3), cleaned up."""
+    p = subprocess.run(
+        [sys.executable, "-c", BROKEN, "lab", "expects-a-listener", "-w", str(tmp_path / "b.pcap")],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 3, (p.returncode, p.stdout, p.stderr)
+    assert "tcpwhy: expects-a-listener: connect() refused: nobody listens" in p.stderr
+    assert "NOT AS DESIGNED" in p.stdout
+    assert not orphans(), "namespaces of a finished run left behind"
