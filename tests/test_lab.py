@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -479,23 +481,72 @@ def test_scenario_on_the_kernel(netns_ok: None, tmp_path: Path, name: str, ipv6:
     assert all((p.sport == o.port) != p.c2s for p in packets(out, o.port))
 
 
+CLI = "import sys; from tcpwhy.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def _wait_for_namespaces(pid: int, n: int, timeout: float = 10) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [x for x in nsmod.list_lab_namespaces() if x.startswith(f"{nsmod.PREFIX}{pid}-")]
+        if len(found) >= n:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"run {pid} never created its namespaces")
+
+
 @pytest.mark.root
-def test_leftovers_of_a_killed_run_are_removed(netns_ok: None) -> None:
-    """A namespace named after a dead process is deleted by the next run."""
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    name = f"{nsmod.PREFIX}{dead.pid}-1c"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    subprocess.run(
-        ["ip", "-n", name, "link", "add", "c0", "type", "veth", "peer", "name", "x0"], check=True
+def test_ctrl_c_removes_everything(netns_ok: None, tmp_path: Path) -> None:
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            CLI,
+            "lab",
+            "accept-queue-overflow",
+            "--port",
+            "9097",
+            "-w",
+            str(tmp_path / "i.pcap"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    try:
-        assert name in nsmod.list_lab_namespaces()
-        result = run_scenario("refused")
-        assert result.ok
-        assert name not in nsmod.list_lab_namespaces()
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    created = _wait_for_namespaces(p.pid, 3)
+    time.sleep(1.0)  # inside the scenario: relay, TUN, capture and clients all running
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=20)
+    assert p.returncode == 130, err
+    assert not set(created) & set(nsmod.list_lab_namespaces())
+
+
+@pytest.mark.root
+def test_leftovers_of_a_killed_run_are_removed(netns_ok: None, tmp_path: Path) -> None:
+    """SIGKILL leaves namespaces behind; the next run removes them (their owner is dead)."""
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            CLI,
+            "lab",
+            "keepalive-race",
+            "--port",
+            "9096",
+            "-w",
+            str(tmp_path / "k.pcap"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    created = _wait_for_namespaces(p.pid, 3)
+    time.sleep(0.5)
+    p.kill()
+    p.wait()
+    assert set(created) <= set(nsmod.list_lab_namespaces()), "SIGKILL cannot clean up"
+    result = run_scenario("refused", Options(port=9096))
+    assert result.ok
+    assert not set(created) & set(nsmod.list_lab_namespaces())
+    assert not orphans()
 
 
 @pytest.mark.root
