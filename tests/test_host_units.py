@@ -337,9 +337,15 @@ def test_grouping_and_counts() -> None:
     b = sock("TIME_WAIT", ("10.0.0.2", 80), ("10.0.0.9", 5001), inode=0)
     c = sock("LISTEN", ("0.0.0.0", 80), inode=55)
     assert group_key("port")(a) == "80" and group_key("remote")(c) == "(listening)"
+    out = sock("CLOSE_WAIT", ("10.0.0.2", 45000), ("10.0.0.5", 5432), pid=4)
+    assert group_key("port", [a, b, c, out])(out) == "outgoing → :5432"
+    assert (
+        group_key("port", [a, b, c, out], {"net.ipv4.ip_local_port_range": "50000 60000"})(out)
+        == "45000"
+    )
     assert [group_key("process")(x) for x in (a, b, c)] == [
         "pid 4 (app4)",
-        "no process (kernel-held)",
+        "no process (closed, kernel-held)",
         "owner not visible",
     ]
     counts = state_counts([a, b, c])

@@ -130,7 +130,7 @@ def cmd_states(args: argparse.Namespace) -> int:
     findings = analyze(socks, snap.sysctls, limits_known=snap.limits_known)
     groups: list[dict[str, Any]] = []
     if args.by:
-        key = group_key(args.by)
+        key = group_key(args.by, socks, snap.sysctls)
         buckets: dict[str, list[Any]] = {}
         for sock in socks:
             buckets.setdefault(key(sock), []).append(sock)
@@ -221,7 +221,9 @@ def _print_findings(con: Console, findings: list[Finding]) -> None:
     for f in findings:
         mark = "!" if f.severity == "warning" else "·"
         con.print(
-            Text(f"{mark} {f.subject}: ", style="bold red" if mark == "!" else "bold"), Text(f.why)
+            Text(f"{mark} {f.subject}: ", style="bold red" if mark == "!" else "bold"),
+            Text(f.why),
+            sep="",
         )
 
 
@@ -276,7 +278,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         )
     con.print(t)
     for lst in lsts:
-        con.print(Text(f"{lst.sock.local}: ", style="bold"), Text(lst.backlog_explained()))
+        con.print(Text(f"{lst.sock.local}: ", style="bold"), Text(lst.backlog_explained()), sep="")
         for w in lst.warnings:
             con.print(Text(f"  ! {w}", style="red"))
     if not lsts:

@@ -110,9 +110,10 @@ class Listener:
                 "kernel capped it; raising it needs both somaxconn and the application's backlog"
             )
         if m < self.somaxconn:
+            advice = "; raise it in the application" if self.full or self.at_limit else ""
             return (
-                f"limit {m} = the backlog the process passed to listen() (below somaxconn {self.somaxconn}); "
-                "raise it in the application"
+                f"limit {m} = the backlog the process passed to listen() "
+                f"(net.core.somaxconn {self.somaxconn} is higher){advice}"
             )
         return f"limit {m} is above today's somaxconn {self.somaxconn}: somaxconn was lowered after listen()"
 
@@ -146,7 +147,13 @@ def sysint(values: Values | None, key: str) -> int | None:
 def owner_label(s: Socket) -> str:
     if s.owners:
         return f"pid {s.pid} ({s.process})"
-    return "no process (kernel-held)" if s.inode == 0 else "owner not visible"
+    if s.inode:
+        return "owner not visible"
+    if s.state in ("ESTABLISHED", "CLOSE_WAIT"):
+        return "not accepted yet (in an accept queue)"
+    if s.state == "SYN_RECV":
+        return "half-open (handshake in progress)"
+    return "no process (closed, kernel-held)"
 
 
 def age(ms: int | None) -> str:
@@ -479,9 +486,27 @@ def _orphans(sockets: list[Socket]) -> list[Finding]:
     return out
 
 
-def group_key(by: str) -> Callable[[Socket], str]:
+def group_key(
+    by: str, sockets: list[Socket] | None = None, sysctls: Values | None = None
+) -> Callable[[Socket], str]:
+    """Group keys; for ports, outgoing connections go by the server port they reach.
+
+    One group per ephemeral port would split a pile-up of one client into
+    hundreds of single-socket groups and hide it.
+    """
     if by == "port":
-        return lambda s: str(s.local_port)
+        listening = {s.local_port for s in sockets or [] if s.state == "LISTEN"}
+
+        def port(s: Socket) -> str:
+            if (
+                s.local_port in listening
+                or not _in_range(s.local_port, sysctls)
+                or not s.remote_port
+            ):
+                return str(s.local_port)
+            return f"outgoing → :{s.remote_port}"
+
+        return port
     if by == "remote":
         return lambda s: "(listening)" if s.state == "LISTEN" else s.remote
     if by == "process":

@@ -69,6 +69,10 @@ def scan_owners(inodes: Iterable[int], proc: Path = Path("/proc")) -> OwnerScan:
 
 def attach_owners(sockets: list[Socket], proc: Path = Path("/proc")) -> OwnerScan:
     scan = scan_owners((s.inode for s in sockets), proc)
+    missing = {s.inode for s in sockets if s.inode and s.inode not in scan.owners}
+    if missing and not scan.unreadable:
+        # A socket just accept()ed has its inode before its fd is installed: look once more.
+        scan.owners.update(scan_owners(missing, proc).owners)
     for s in sockets:
         s.owners = sorted(scan.owners.get(s.inode, []), key=lambda o: (o.pid, o.fd))
     return scan
@@ -84,4 +88,4 @@ def visibility_note(sockets: list[Socket], scan: OwnerScan) -> str | None:
             f"{hidden} socket(s) have an owner we may not inspect: {scan.unreadable} processes of "
             "other users hide their file descriptors from a non-root user (run as root to see them)"
         )
-    return f"{hidden} socket(s) are held by no process we can see (another PID namespace, or in flight)"
+    return f"{hidden} socket(s) are held by no process we can see (another PID namespace, passed in flight, or closed while we looked)"
