@@ -21,17 +21,15 @@ from tcpwhy.cli import main
 
 def run(path: str) -> dict[str, object]:
     err = io.StringIO()
-    out = open(os.devnull, "w")
     t0 = time.monotonic()
     tb = ""
     status = -1
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            status = main(["packets", path, "--format", "jsonl"])
-    except BaseException:
-        tb = traceback.format_exc()
-    finally:
-        out.close()
+    with open(os.devnull, "w") as out:
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                status = main(["packets", path, "--format", "jsonl"])
+        except BaseException:
+            tb = traceback.format_exc()
     return {
         "file": path,
         "status": status,

@@ -32,7 +32,9 @@ def records(path: Path) -> tuple[int, list[tuple[int, bytes, int]]]:
     return link, out
 
 
-def write_pcap(path: Path, link: int, recs: list[tuple[int, bytes, int]], le: bool, ns: bool) -> None:
+def write_pcap(
+    path: Path, link: int, recs: list[tuple[int, bytes, int]], le: bool, ns: bool
+) -> None:
     e = "<" if le else ">"
     magic = 0xA1B23C4D if ns else 0xA1B2C3D4
     parts = [struct.pack(e + "IHHiIII", magic, 2, 4, 0, 0, 65535, link)]
@@ -62,7 +64,9 @@ def write_pcapng(path: Path, recs: list[tuple[int, bytes, int]], le: bool) -> No
     for section in (recs[:half], recs[half:]):
         out.append(_block(e, 0x0A0D0D0A, struct.pack(e + "IHHq", 0x1A2B3C4D, 1, 0, -1)))
         # if 0: Ethernet, nanoseconds; if 1: raw IP, 2^-20 s with a +10 s offset; if 2: Ethernet, us
-        out.append(_block(e, 1, struct.pack(e + "HHI", 1, 0, 0) + _opt(e, 9, b"\x09") + _opt(e, 0, b"")))
+        out.append(
+            _block(e, 1, struct.pack(e + "HHI", 1, 0, 0) + _opt(e, 9, b"\x09") + _opt(e, 0, b""))
+        )
         out.append(
             _block(
                 e,
@@ -78,18 +82,53 @@ def write_pcapng(path: Path, recs: list[tuple[int, bytes, int]], le: bool) -> No
         for k, (ts, data, orig) in enumerate(section):
             kind = k % 4
             if kind == 0:
-                out.append(_block(e, 6, struct.pack(e + "IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, len(data), orig) + data))
+                out.append(
+                    _block(
+                        e,
+                        6,
+                        struct.pack(e + "IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, len(data), orig)
+                        + data,
+                    )
+                )
             elif kind == 1:
                 ticks = ((ts - 10 * 10**9) << 20) // 10**9
                 ip = data[14:]
                 out.append(
-                    _block(e, 6, struct.pack(e + "IIIII", 1, ticks >> 32, ticks & 0xFFFFFFFF, len(ip), orig - 14) + ip)
+                    _block(
+                        e,
+                        6,
+                        struct.pack(
+                            e + "IIIII", 1, ticks >> 32, ticks & 0xFFFFFFFF, len(ip), orig - 14
+                        )
+                        + ip,
+                    )
                 )
             elif kind == 2:
                 us = ts // 1000
-                out.append(_block(e, 2, struct.pack(e + "HHIIII", 2, 0, us >> 32, us & 0xFFFFFFFF, len(data), orig) + data))
+                out.append(
+                    _block(
+                        e,
+                        2,
+                        struct.pack(e + "HHIIII", 2, 0, us >> 32, us & 0xFFFFFFFF, len(data), orig)
+                        + data,
+                    )
+                )
             else:
-                out.append(_block(e, 6, struct.pack(e + "IIIII", 2, (ts // 1000) >> 32, (ts // 1000) & 0xFFFFFFFF, len(data), orig) + data))
+                out.append(
+                    _block(
+                        e,
+                        6,
+                        struct.pack(
+                            e + "IIIII",
+                            2,
+                            (ts // 1000) >> 32,
+                            (ts // 1000) & 0xFFFFFFFF,
+                            len(data),
+                            orig,
+                        )
+                        + data,
+                    )
+                )
     path.write_bytes(b"".join(out))
 
 

@@ -76,7 +76,7 @@ class _Source:
                 raw = sys.stdin.buffer
                 self._pipe = True
             else:
-                raw = open(name, "rb")
+                raw = open(name, "rb")  # noqa: SIM115 -- closed by close()
         except FileNotFoundError:
             raise CaptureError(name, "no such file") from None
         except IsADirectoryError:
@@ -92,7 +92,7 @@ class _Source:
         self._pending = head
         if head == GZIP_MAGIC:
             self._pending = b""
-            self._stream = gzip.GzipFile(fileobj=_Prefixed(head, raw), mode="rb")
+            self._stream = gzip.GzipFile(fileobj=_Prefixed(head, raw), mode="rb")  # type: ignore[call-overload]
         self.compressed = head == GZIP_MAGIC
 
     def _read_raw(self, n: int) -> bytes:
@@ -119,11 +119,22 @@ class _Source:
         try:
             if self._stream is self._raw:
                 return self._raw_read(n)
-            return self._stream.read1(n) if self._pipe else self._stream.read(n)  # type: ignore[no-any-return]
+            return self._stream.read1(n) if self._pipe else self._stream.read(n)
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise _CompressedTruncated(str(exc)) from None
         except OSError as exc:
             raise CaptureError(self.name, exc.strerror or str(exc)) from None
+
+    def readinto(self, view: memoryview) -> int:
+        """Fill `view` (fewer bytes from a pipe or at the end); saves a copy on plain files."""
+        if self._stream is self._raw and not self._pipe and not self._pending:
+            try:
+                return self._raw.readinto(view)
+            except OSError as exc:
+                raise CaptureError(self.name, exc.strerror or str(exc)) from None
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
 
     def close(self) -> None:
         if self._raw is not sys.stdin.buffer:
@@ -225,7 +236,7 @@ class _PcapParser:
             recs.ts,
         )
         if st == 1:
-            self.message = f"bogus record length at byte {{off}}: stopped reading"
+            self.message = "bogus record length at byte {off}: stopped reading"
             return n, newpos, BOGUS
         if n == 0:
             return 0, newpos, NEED_MORE
@@ -254,7 +265,16 @@ class _PcapngParser:
                 pos = nxt
                 continue
             n, newpos, st = K.walk_pcapng(
-                arr, pos, end, self.le, *self._arrays, recs.off, recs.cap, recs.wire, recs.ts, recs.iface
+                arr,
+                pos,
+                end,
+                self.le,
+                *self._arrays,
+                recs.off,
+                recs.cap,
+                recs.wire,
+                recs.ts,
+                recs.iface,
             )
             if n:
                 return n, newpos, OK
@@ -349,9 +369,10 @@ def decode_chunk(
     if_link: npt.NDArray[np.int64],
     frame_base: int,
     counts: npt.NDArray[np.int64],
+    reuse: dict[str, npt.NDArray[Any]] | None = None,
 ) -> PacketTable:
     n = recs.off.shape[0]
-    cols = empty_columns(n)
+    cols = empty_columns(n) if reuse is None else {k: v[:n] for k, v in reuse.items()}
     j = K.decode_records(
         arr,
         recs.off,
@@ -370,9 +391,17 @@ def decode_chunk(
 
 
 def iter_tables(
-    source: str, stats: CaptureStats | None = None, chunk_bytes: int = CHUNK_BYTES
+    source: str,
+    stats: CaptureStats | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+    reuse: bool = False,
 ) -> Iterator[PacketTable]:
     """Packet tables of a capture, chunk by chunk, in capture order.
+
+    With `reuse`, every table shares the same column and byte buffers, which
+    the next chunk overwrites: for consumers that are done with a table before
+    asking for the next (views, the benchmark). It saves the page faults of
+    fresh buffers, a fifth of the decoding time.
 
     Raises CaptureError for files that are not captures we can read; problems
     after the first packet (a cut or corrupt record) end the stream with a
@@ -381,12 +410,14 @@ def iter_tables(
     stats = stats if stats is not None else CaptureStats()
     src = _Source(source)
     try:
-        yield from _iter(src, stats, chunk_bytes)
+        yield from _iter(src, stats, chunk_bytes, reuse)
     finally:
         src.close()
 
 
-def _iter(src: _Source, stats: CaptureStats, chunk_bytes: int) -> Iterator[PacketTable]:
+def _iter(
+    src: _Source, stats: CaptureStats, chunk_bytes: int, reuse: bool
+) -> Iterator[PacketTable]:
     name = src.name
     try:
         head = src.read(24)
@@ -415,21 +446,28 @@ def _iter(src: _Source, stats: CaptureStats, chunk_bytes: int) -> Iterator[Packe
     frame_base = 0
     eof = False
     recs = _Records.alloc(MAX_ROWS_PER_TABLE)
+    shared_cols = empty_columns(MAX_ROWS_PER_TABLE) if reuse else None
+    shared_buf = np.empty(0, np.uint8)
     try:
         while True:
-            more = b""
+            # a fresh buffer per chunk: earlier tables keep pointing into theirs
+            nleft = len(leftover)
+            if not reuse or shared_buf.shape[0] < nleft + chunk_bytes:
+                shared_buf = np.empty(nleft + chunk_bytes, np.uint8)
+            buf = shared_buf
+            buf[:nleft] = np.frombuffer(leftover, np.uint8)
+            got = 0
             if not eof:
                 try:
-                    more = src.read(chunk_bytes)
+                    got = src.readinto(memoryview(buf)[nleft:])  # type: ignore[arg-type]
                 except _CompressedTruncated as exc:
                     stats.warnings.append(f"compressed stream cut short ({exc})")
                     eof = True
-                if not more:
+                if not got:
                     eof = True
-            data = leftover + more if leftover else more
-            if not data and eof:
+            if not nleft + got and eof:
                 break
-            arr = np.frombuffer(data, np.uint8)
+            arr = buf[: nleft + got]
             pos = 0
             stop = False
             while True:
@@ -437,7 +475,9 @@ def _iter(src: _Source, stats: CaptureStats, chunk_bytes: int) -> Iterator[Packe
                 if n:
                     if stats.first_ts_ns is None:
                         stats.first_ts_ns = int(recs.ts[0])
-                    table = decode_chunk(arr, recs.head(n), parser.if_link, frame_base, counts)
+                    table = decode_chunk(
+                        arr, recs.head(n), parser.if_link, frame_base, counts, shared_cols
+                    )
                     frame_base += n
                     stats.frames += n
                     stats.linktypes |= parser.linktypes
@@ -452,7 +492,7 @@ def _iter(src: _Source, stats: CaptureStats, chunk_bytes: int) -> Iterator[Packe
                 if st == NEED_MORE:
                     break
             consumed += pos
-            leftover = data[pos:]
+            leftover = arr[pos:].tobytes()
             if stop:
                 break
             if eof:

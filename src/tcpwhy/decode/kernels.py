@@ -1,3 +1,5 @@
+# mypy: disable-error-code="assignment"
+# (numba infers integer widths itself; mypy would pin each local to its first assignment)
 """Compiled inner loops: walking capture records and decoding link/IP/TCP into columns.
 
 Walking records and peeling headers is inherently sequential per packet, so it
@@ -81,12 +83,12 @@ _MAX_LAYERS = 24
 
 
 @njit(cache=True, inline="always")
-def _be16(b: Any, p: int) -> int:
+def _be16(b: Any, p: Any) -> Any:
     return (np.int64(b[p]) << 8) | np.int64(b[p + 1])
 
 
 @njit(cache=True, inline="always")
-def _be32(b: Any, p: int) -> int:
+def _be32(b: Any, p: Any) -> Any:
     return (
         (np.int64(b[p]) << 24)
         | (np.int64(b[p + 1]) << 16)
@@ -96,7 +98,7 @@ def _be32(b: Any, p: int) -> int:
 
 
 @njit(cache=True, inline="always")
-def _le32(b: Any, p: int) -> int:
+def _le32(b: Any, p: Any) -> Any:
     return (
         (np.int64(b[p + 3]) << 24)
         | (np.int64(b[p + 2]) << 16)
@@ -106,21 +108,21 @@ def _le32(b: Any, p: int) -> int:
 
 
 @njit(cache=True, inline="always")
-def _rd32(b: Any, p: int, le: bool) -> int:
+def _rd32(b: Any, p: Any, le: Any) -> Any:
     if le:
         return _le32(b, p)
     return _be32(b, p)
 
 
 @njit(cache=True, inline="always")
-def _rd16(b: Any, p: int, le: bool) -> int:
+def _rd16(b: Any, p: Any, le: Any) -> Any:
     if le:
         return (np.int64(b[p + 1]) << 8) | np.int64(b[p])
     return _be16(b, p)
 
 
 @njit(cache=True, inline="always")
-def _be64(b: Any, p: int) -> np.uint64:
+def _be64(b: Any, p: Any) -> Any:
     v = np.uint64(0)
     for i in range(8):
         v = (v << np.uint64(8)) | np.uint64(b[p + i])
@@ -128,7 +130,7 @@ def _be64(b: Any, p: int) -> np.uint64:
 
 
 @njit(cache=True, inline="always")
-def _be48(b: Any, p: int) -> np.uint64:
+def _be48(b: Any, p: Any) -> Any:
     v = np.uint64(0)
     for i in range(6):
         v = (v << np.uint64(8)) | np.uint64(b[p + i])
@@ -141,16 +143,16 @@ def _be48(b: Any, p: int) -> np.uint64:
 @njit(cache=True)
 def walk_pcap(
     buf: Any,
-    start: int,
-    end: int,
-    le: bool,
-    nanos: bool,
-    max_caplen: int,
+    start: Any,
+    end: Any,
+    le: Any,
+    nanos: Any,
+    max_caplen: Any,
     out_off: Any,
     out_cap: Any,
     out_wire: Any,
     out_ts: Any,
-) -> tuple[int, int, int]:
+) -> Any:
     """Find whole classic-pcap records in buf[start:end].
 
     Returns (records found, position after the last whole record, status) where
@@ -183,7 +185,7 @@ def walk_pcap(
 
 
 @njit(cache=True)
-def _ticks_to_ns(ticks: np.uint64, res_pow: int, res_base2: bool) -> int:
+def _ticks_to_ns(ticks: Any, res_pow: Any, res_base2: Any) -> Any:
     if res_base2:
         whole = ticks >> np.uint64(res_pow)
         frac = ticks & ((np.uint64(1) << np.uint64(res_pow)) - np.uint64(1))
@@ -204,9 +206,9 @@ def _ticks_to_ns(ticks: np.uint64, res_pow: int, res_base2: bool) -> int:
 @njit(cache=True)
 def walk_pcapng(
     buf: Any,
-    start: int,
-    end: int,
-    le: bool,
+    start: Any,
+    end: Any,
+    le: Any,
     if_link: Any,
     if_snap: Any,
     if_res_pow: Any,
@@ -217,7 +219,7 @@ def walk_pcapng(
     out_wire: Any,
     out_ts: Any,
     out_if: Any,
-) -> tuple[int, int, int]:
+) -> Any:
     """Walk packet blocks (EPB, SPB, obsolete PB) of one pcapng section.
 
     Stops at any other block type (status 2: the caller handles it), at an
@@ -297,7 +299,7 @@ def decode_records(
     rec_ts: Any,
     rec_if: Any,
     if_link: Any,
-    frame_base: int,
+    frame_base: Any,
     counts: Any,
     # outputs, one row per TCP packet
     o_frame: Any,
@@ -346,7 +348,7 @@ def decode_records(
     o_pcap: Any,
     o_poff: Any,
     o_trunc: Any,
-) -> int:
+) -> Any:
     """Decode each record down to TCP; TCP rows are written compactly, others counted."""
     j = 0
     ffff = np.uint64(0xFFFF00000000)
@@ -899,7 +901,7 @@ def decode_records(
 
 
 @njit(cache=True)
-def gather_bytes(src: Any, offs: Any, lens: Any, dst: Any, dst_offs: Any) -> None:
+def gather_bytes(src: Any, offs: Any, lens: Any, dst: Any, dst_offs: Any) -> Any:
     """Copy each row's payload bytes into a compact buffer."""
     for i in range(offs.shape[0]):
         n = lens[i]

@@ -117,7 +117,7 @@ class PacketTable:
     def __getattr__(self, name: str) -> npt.NDArray[Any]:
         cols = self.__dict__.get("cols")
         if cols is not None and name in cols:
-            return cols[name]  # type: ignore[no-any-return]
+            return cols[name]
         raise AttributeError(name)
 
     def payload(self, row: int) -> bytes:
@@ -149,7 +149,13 @@ class PacketTable:
         start = 0
         for t in tables:
             n = len(t)
-            _gather(t.data, t.cols["payload_off"], t.cols["payload_cap"], data, new_off[start : start + n])
+            _gather(
+                t.data,
+                t.cols["payload_off"],
+                t.cols["payload_cap"],
+                data,
+                new_off[start : start + n],
+            )
             start += n
         cols["payload_off"] = new_off.astype(np.uint64)
         return PacketTable(cols, data)

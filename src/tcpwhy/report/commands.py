@@ -49,7 +49,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     path = demo_capture_path()
     print(f"# tcpwhy demo: {DEMO_CAPTURE} (a pooled keep-alive connection reused after the server")
-    print("# closed it: server FIN, client ACK, client request, server RST, retry on a new connection)")
+    print(
+        "# closed it: server FIN, client ACK, client request, server RST, retry on a new connection)"
+    )
     print()
     print("## packets")
     stats = write_packets(path)

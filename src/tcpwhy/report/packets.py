@@ -13,6 +13,7 @@ import numpy as np
 
 from tcpwhy.capture import iter_tables
 from tcpwhy.decode.table import (
+    ACK,
     FLAG_NAMES,
     OPT_MSS,
     OPT_SACK,
@@ -20,7 +21,6 @@ from tcpwhy.decode.table import (
     OPT_TS,
     OPT_WS,
     URG,
-    ACK,
     CaptureStats,
     PacketTable,
     format_addr,
@@ -108,14 +108,16 @@ def iter_rows(
 ) -> Iterator[PacketRow]:
     tracker = StreamTracker()
     shown = 0
-    for t in iter_tables(source, stats):
+    for t in iter_tables(source, stats, reuse=True):
         s = tracker.feed(t)
         t0 = stats.first_ts_ns or 0
         rel_t = (t["ts_ns"] - t0).astype(np.float64) / 1e9
         seqs = t["seq"] if absolute else s["rel_seq"]
         acks = t["ack"] if absolute else s["rel_ack"]
         # SACK edges are in the other direction's sequence space: base = raw ack - rel ack
-        sack_base = np.zeros(len(t), np.int64) if absolute else (t["ack"].astype(np.int64) - s["rel_ack"])
+        sack_base = (
+            np.zeros(len(t), np.int64) if absolute else (t["ack"].astype(np.int64) - s["rel_ack"])
+        )
         for i in range(len(t)):
             if limit is not None and shown >= limit:
                 return
@@ -163,7 +165,9 @@ def write_packets(
             w.writerow((r.frame, f"{r.time:.6f}", r.src, r.dst, r.length, r.info))
     else:
         for r in rows:
-            out.write(f"{r.frame:>7} {r.time:>12.6f} {r.src:>15} → {r.dst:<15} {r.length:>5} {r.info}\n")
+            out.write(
+                f"{r.frame:>7} {r.time:>12.6f} {r.src:>15} → {r.dst:<15} {r.length:>5} {r.info}\n"
+            )
             if live:
                 out.flush()
     return stats

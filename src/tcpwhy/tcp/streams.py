@@ -110,7 +110,7 @@ def _track(
                     st_ws[s, r] = -2
             out_win[i] = win[i]
         elif st_ws[s, d] >= 0:
-            out_win[i] = np.int64(win[i]) << min(np.int64(st_ws[s, d]), 14)
+            out_win[i] = np.int64(win[i]) << np.int64(min(st_ws[s, d], 14))
         else:
             out_win[i] = win[i]
         out_stream[i] = st_stream[s]
@@ -168,7 +168,7 @@ class StreamTracker:
             local[u] = s
         self._grow(len(slots))
         slot = local[inv.ravel()]
-        out = {
+        out: dict[str, npt.NDArray[Any]] = {
             "stream": np.empty(n, np.int64),
             "rel_seq": np.empty(n, np.uint32),
             "rel_ack": np.empty(n, np.uint32),

@@ -1,0 +1,100 @@
+"""Benchmark runner: tcpwhy against tshark on the same capture, in the same run.
+
+    python benchmarks/run.py --packets 3000000
+
+Builds (once, cached in benchmarks/out/) a capture of N packets by tiling real
+captures (make_capture.py), then times, each in its own process, on one core:
+  decode   tcpwhy: the whole file into the packet table (chunks discarded)
+  tshark   tshark -r FILE -T fields -e frame.number -e tcp.seq
+Each line reports packets/s, MB/s and the process's peak RSS; the last lines
+give the ratios. Peak RSS is also measured on half the file, to show that it
+stays flat as the file grows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DECODE = """
+import sys
+from tcpwhy.capture import iter_tables
+n = 0
+for t in iter_tables(sys.argv[1], reuse=True):
+    n += len(t)
+print(n)
+"""
+
+
+def timed(cmd: list[str], cores: str = "0") -> tuple[float, int, str]:
+    """(seconds, peak RSS in MB, stdout) of one child pinned to one core."""
+    if shutil.which("taskset"):
+        cmd = ["taskset", "-c", cores, *cmd]
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = p.stdout.read() if p.stdout else ""
+    _, status, ru = os.wait4(p.pid, 0)
+    dt = time.perf_counter() - t0
+    if status != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed with status {status}")
+    return dt, ru.ru_maxrss // 1024, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--packets", type=int, default=3_000_000)
+    ap.add_argument("--snaplen", type=int, default=256)
+    ap.add_argument("--no-tshark", action="store_true")
+    a = ap.parse_args()
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    cap = out / f"tiled-{a.packets}-s{a.snaplen}.pcap"
+    half = out / f"tiled-{a.packets // 2}-s{a.snaplen}.pcap"
+    for path, n in ((cap, a.packets), (half, a.packets // 2)):
+        if not path.exists():
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(HERE / "make_capture.py"),
+                    "--packets",
+                    str(n),
+                    "--snaplen",
+                    str(a.snaplen),
+                    "-o",
+                    str(path),
+                ],
+                check=True,
+            )
+    size_mb = cap.stat().st_size / 1e6
+    py = [sys.executable, "-c", DECODE]
+    timed([*py, str(half)])  # warm the compiled-code cache and the page cache
+    results = []
+    dt, rss, outp = timed([*py, str(cap)])
+    assert int(outp.strip()) == a.packets, outp
+    _, rss_half, _ = timed([*py, str(half)])
+    results.append(("tcpwhy decode", dt, rss))
+    tshark = shutil.which("tshark")
+    if tshark and not a.no_tshark:
+        dt_t, rss_t, _ = timed(
+            [tshark, "-n", "-r", str(cap), "-T", "fields", "-e", "frame.number", "-e", "tcp.seq"]
+        )
+        results.append(("tshark fields", dt_t, rss_t))
+    print(f"capture: {cap.name}: {a.packets:,} packets, {size_mb:.0f} MB, snaplen {a.snaplen}")
+    print(f"{'what':<16}{'seconds':>9}{'packets/s':>14}{'MB/s':>9}{'peak RSS MB':>13}")
+    for what, secs, mem in results:
+        print(f"{what:<16}{secs:>9.2f}{a.packets / secs:>14,.0f}{size_mb / secs:>9.0f}{mem:>13}")
+    print(f"tcpwhy decode peak RSS on half the file: {rss_half} MB (full file: {rss} MB)")
+    if len(results) > 1:
+        print(f"ratio tcpwhy decode / tshark: {results[1][1] / results[0][1]:.1f}x faster")
+
+
+if __name__ == "__main__":
+    main()
