@@ -174,6 +174,10 @@ class Pool:
             return self.request(path, close)
         self.lab.say("client", f"response {status}")
         if close:
+            # The server closes first after "Connection: close": wait for its FIN.
+            if conn.sock is not None:
+                with contextlib.suppress(OSError):
+                    conn.sock.recv(1)
             conn.close()
         else:
             self.idle.append(conn)

@@ -47,7 +47,7 @@ def stale_keepalive(lab: Lab) -> None:
     server = KeepAliveServer(lab, idle)
     pool = Pool(lab, body_pause=lab.opts.delay)
     lab.check(pool.request("/first") == 200, "first request answered")
-    lab.say("client", f"connection back in the pool; idle for {idle + 0.4:g}s")
+    lab.say("client", f"connection back in the pool, idle (server idle timeout {idle:g}s)")
     lab.expect(
         lab.wait_state("client", "CLOSE-WAIT", timeout=idle + 3),
         "client socket never reached CLOSE-WAIT",
