@@ -203,7 +203,10 @@ def test_sysctl_notes_flag_risky_values() -> None:
     assert "not visible" in _notes(missing, "net.ipv4.tcp_max_orphans")
 
 
-def test_sysctl_reads_this_namespace(capsys: pytest.CaptureFixture[str]) -> None:
+def test_sysctl_reads_this_namespace(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "300")  # table cells must not wrap the names checked below
     values = sc.read_values()
     assert set(values) == {s.key for s in sc.SETTINGS}
     assert values["net.core.somaxconn"] == str(SOMAXCONN)
@@ -407,8 +410,11 @@ def test_spark() -> None:
 
 
 def test_states_json_schema(
-    own_listener: tuple[socket.socket, socket.socket], capsys: pytest.CaptureFixture[str]
+    own_listener: tuple[socket.socket, socket.socket],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("COLUMNS", "300")
     ls, _ = own_listener
     assert main(["host", "states", "--format", "json", "--by", "port"]) == 0
     doc = json.loads(capsys.readouterr().out)
