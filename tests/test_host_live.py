@@ -341,6 +341,24 @@ def test_procfs_fallback_sees_the_same_sockets(scene: Netns) -> None:
     assert diag == proc and sum(diag.values()) > 0
 
 
+def test_fast_decoder_agrees_with_pyroute2(scene: Netns) -> None:
+    from tcpwhy.host.netns import run_in_netns
+    from tcpwhy.host.sockets import read_sock_diag, read_sock_diag_pyroute2
+
+    def key(s: Any) -> tuple[Any, ...]:
+        return (s.state, s.local, s.remote, s.recv_q, s.send_q, s.inode, s.uid, s.timer, s.retrans,
+                s.family, s.peer_silent_ms is None)  # fmt: skip
+
+    fast = Counter(key(s) for s in run_in_netns(scene.name, read_sock_diag))
+    ref = Counter(key(s) for s in run_in_netns(scene.name, read_sock_diag_pyroute2))
+    assert fast == ref and {k[0] for k in fast} >= {
+        "LISTEN",
+        "CLOSE_WAIT",
+        "FIN_WAIT_2",
+        "TIME_WAIT",
+    }
+
+
 def test_counters_interval_shows_listen_overflows(make_netns: Any) -> None:
     ns = make_netns()
     server, client = ns.holder(), ns.holder()
