@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import pty
 import re
 import select
 import shutil
@@ -426,47 +425,38 @@ def test_watch_once_and_live_terminal(make_netns: Any) -> None:
     once = tcpwhy("host", "watch", "--netns", ns.name, "--once").stdout
     assert len(re.findall(r"— sample \d+ at", once)) == 1 and "LISTEN" in once
     # under a terminal the view is a rich.Live display; Ctrl-C ends it cleanly
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execv(
-            sys.executable,
-            [
-                sys.executable,
-                "-m",
-                "tcpwhy",
-                "host",
-                "watch",
-                "--netns",
-                ns.name,
-                "--interval",
-                "0.3",
-            ],
-        )
+    primary, secondary = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tcpwhy", "host", "watch", "--netns", ns.name, "--interval", "0.3"],
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        start_new_session=True,
+    )
+    os.close(secondary)
     out = b""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and b"sample 3 at" not in out:
-        r, _, _ = select.select([fd], [], [], 0.5)
-        if r:
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and b"sample 3 at" not in out:
+            if select.select([primary], [], [], 0.5)[0]:
+                out += os.read(primary, 65536)
+        proc.send_signal(signal.SIGINT)
+        status = proc.wait(timeout=10)
+        while select.select([primary], [], [], 0.2)[0]:
             try:
-                out += os.read(fd, 65536)
-            except OSError:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO once the terminal's last writer is gone
                 break
-    os.kill(pid, signal.SIGINT)
-    while True:
-        r, _, _ = select.select([fd], [], [], 5)
-        if not r:
-            break
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(primary)
     text = out.decode(errors="replace")
-    assert os.waitstatus_to_exitcode(status) == 0, text[-2000:]
+    assert status == 0, text[-2000:]
     assert "Traceback" not in text and "CLOSE_WAIT" in text and "sample 3" in text
 
 

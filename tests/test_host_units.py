@@ -269,13 +269,14 @@ def test_close_wait_on_a_server_and_before_accept() -> None:
     socks = [
         sock("LISTEN", ("0.0.0.0", 8080), pid=5, send_q=128),
         sock("CLOSE_WAIT", ("10.0.0.2", 8080), ("10.0.0.9", 51000), pid=5, inode=9),
-        sock("CLOSE_WAIT", ("10.0.0.2", 8080), ("10.0.0.9", 51001), pid=5, inode=10),
+        sock("CLOSE_WAIT", ("10.0.0.2", 8080), ("10.0.0.8", 51001), pid=5, inode=10),
         sock("CLOSE_WAIT", ("10.0.0.2", 8080), ("10.0.0.9", 51002), inode=0),
     ]
     found = analyze(socks)
     k = kinds(found)
     assert "stale_keepalive_pool" not in k
-    assert "handler" in k["close_wait"].why and k["close_wait"].count == 1
+    assert "handler" in k["close_wait"].why and k["close_wait"].count == 2
+    assert k["close_wait"].subject == "pid 5 (app5) ← clients of :8080"
     assert k["close_wait_unaccepted"].count == 1 and "accept" in k["close_wait_unaccepted"].why
     few = [sock("CLOSE_WAIT", ("10.0.0.2", 40001), ("10.0.0.5", 80), pid=8)]
     assert "this client has not closed" in kinds(analyze(few))["close_wait"].why

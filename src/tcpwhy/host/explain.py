@@ -276,7 +276,15 @@ def _close_wait(sockets: list[Socket], listen_ports: set[int]) -> list[Finding]:
             )
     held = [s for s in cw if s.inode != 0]
     for (label, remote), group in sorted(
-        _group(held, lambda s: (owner_label(s), s.remote)).items(), key=lambda kv: -len(kv[1])
+        _group(
+            held,
+            # a server's CLOSE_WAITs come from many clients: one finding per served port
+            lambda s: (
+                owner_label(s),
+                f"clients of :{s.local_port}" if s.local_port in listen_ports else s.remote,
+            ),
+        ).items(),
+        key=lambda kv: -len(kv[1]),
     ):
         oldest = max(
             (s.peer_silent_ms for s in group if s.peer_silent_ms is not None), default=None
@@ -301,16 +309,17 @@ def _close_wait(sockets: list[Socket], listen_ports: set[int]) -> list[Finding]:
                 )
             )
             continue
+        server_side = remote.startswith("clients of ")
         side = (
             "the peer (client) closed, this server has not: a handler that returns without close(), or a leak"
-            if len(client_side) < len(group)
+            if server_side
             else "the server closed; this client has not closed its end"
         )
         out.append(
             Finding(
                 "warning",
                 "close_wait",
-                f"{label} → {remote}",
+                f"{label} ← {remote}" if server_side else f"{label} → {remote}",
                 len(group),
                 f"{len(group)} socket(s) in CLOSE_WAIT: this process received the peer's FIN and has not "
                 f"called close(); {side}{since}",
