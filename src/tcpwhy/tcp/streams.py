@@ -69,6 +69,7 @@ def _track(
     out_reused: Any,
     out_new: Any,
     out_win: Any,
+    out_rev_ws: Any,
 ) -> int:
     for i in range(slot.shape[0]):
         s = slot[i]
@@ -113,6 +114,7 @@ def _track(
             out_win[i] = np.int64(win[i]) << np.int64(min(st_ws[s, d], 14))
         else:
             out_win[i] = win[i]
+        out_rev_ws[i] = st_ws[s, r]
         out_stream[i] = st_stream[s]
         out_rseq[i] = np.uint32(seq[i] - st_base[s, d])
         if (f & ACK) == 0:
@@ -152,7 +154,8 @@ class StreamTracker:
 
     def feed(self, t: PacketTable) -> dict[str, npt.NDArray[Any]]:
         """Per-row `stream`, `dir` (0/1 canonical), `rel_seq`, `rel_ack`, `win_scaled`,
-        `reused`, `new` (first packet of a stream), `conv` (conversation slot)."""
+        `reused`, `new` (first packet of a stream), `conv` (conversation slot), `rev_ws`
+        (the other direction's window scale: -1 unknown, -2 none, else the shift)."""
         n = len(t)
         keys, pdir = endpoint_keys(t)
         uniq, first, inv = np.unique(keys, return_index=True, return_inverse=True)
@@ -175,6 +178,7 @@ class StreamTracker:
             "reused": np.zeros(n, np.bool_),
             "new": np.zeros(n, np.bool_),
             "win_scaled": np.empty(n, np.int64),
+            "rev_ws": np.empty(n, np.int8),
         }
         self.next_stream = _track(
             slot,
@@ -195,6 +199,7 @@ class StreamTracker:
             out["reused"],
             out["new"],
             out["win_scaled"],
+            out["rev_ws"],
         )
         out["dir"] = pdir
         out["conv"] = slot

@@ -1,0 +1,427 @@
+"""Wireshark's TCP sequence analysis flags, per packet, with the same meanings and names.
+
+Wireshark evaluates each packet once, in file order, against per-direction
+state: the next expected sequence number, the highest in-order sequence
+number still to be acknowledged, the last ACK number, window and time sent,
+and the list of unacknowledged segments (for the ACK RTT). The flags depend
+on that running state, so the evaluation is a sequential pass per direction;
+it runs as one compiled loop over the whole table in capture order, with the
+state held in arrays indexed by (stream, direction). The definitions follow
+Wireshark 4.0 (`tcp_analyze_sequence_number` in packet-tcp.c); documented
+differences are in the README.
+
+Flags superseding others, as in Wireshark: a keep-alive is never a
+retransmission; a zero-window probe skips the other window checks; a
+keep-alive ACK or zero-window-probe ACK is not also a duplicate ACK; an
+out-of-order segment is not a retransmission. A fast or spurious
+retransmission also carries `retransmission`, as `tcp.analysis.retransmission`
+matches them in Wireshark 4.0, while the Info column names only the kind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+from tcpwhy.decode.table import ACK, FIN, RST, SYN, PacketTable
+
+FLAGS = (
+    "retransmission",
+    "fast_retransmission",
+    "spurious_retransmission",
+    "out_of_order",
+    "lost_segment",
+    "ack_lost_segment",
+    "duplicate_ack",
+    "zero_window",
+    "zero_window_probe",
+    "zero_window_probe_ack",
+    "window_full",
+    "window_update",
+    "keep_alive",
+    "keep_alive_ack",
+    "reused_ports",
+)
+(
+    A_RETRANS,
+    A_FAST_RETRANS,
+    A_SPURIOUS,
+    A_OOO,
+    A_LOST,
+    A_ACK_LOST,
+    A_DUP_ACK,
+    A_ZERO_WIN,
+    A_ZWP,
+    A_ZWP_ACK,
+    A_WIN_FULL,
+    A_WIN_UPDATE,
+    A_KEEP_ALIVE,
+    A_KEEP_ALIVE_ACK,
+    A_REUSED,
+) = (1 << i for i in range(len(FLAGS)))
+
+# The Info column prefix Wireshark writes for each flag, in its order of precedence.
+INFO_PREFIX = (
+    (A_REUSED, "TCP Port numbers reused"),
+    (A_SPURIOUS, "TCP Spurious Retransmission"),
+    (A_FAST_RETRANS, "TCP Fast Retransmission"),
+    (A_RETRANS, "TCP Retransmission"),
+    (A_OOO, "TCP Out-Of-Order"),
+    (A_LOST, "TCP Previous segment not captured"),
+    (A_ACK_LOST, "TCP ACKed unseen segment"),
+    (A_KEEP_ALIVE, "TCP Keep-Alive"),
+    (A_KEEP_ALIVE_ACK, "TCP Keep-Alive ACK"),
+    (A_ZWP, "TCP ZeroWindowProbe"),
+    (A_ZWP_ACK, "TCP ZeroWindowProbeAck"),
+    (A_ZERO_WIN, "TCP ZeroWindow"),
+    (A_WIN_FULL, "TCP Window Full"),
+    (A_WIN_UPDATE, "TCP Window Update"),
+)
+
+MAX_UNACKED = 10000  # Wireshark's TCP_MAX_UNACKED_SEGMENTS per direction
+OOO_DEFAULT_NS = 3_000_000
+FAST_RETRANS_NS = 20_000_000
+
+
+@njit(cache=True, inline="always")
+def _gt(a: Any, b: Any) -> Any:
+    return np.int32(np.uint32(a) - np.uint32(b)) > 0
+
+
+@njit(cache=True, inline="always")
+def _lt(a: Any, b: Any) -> Any:
+    return np.int32(np.uint32(a) - np.uint32(b)) < 0
+
+
+@njit(cache=True, inline="always")
+def _le(a: Any, b: Any) -> Any:
+    return np.int32(np.uint32(a) - np.uint32(b)) <= 0
+
+
+@njit(cache=True)
+def _analyze(
+    stream: Any,
+    pdir: Any,
+    flags: Any,
+    seq: Any,
+    ack: Any,
+    plen: Any,
+    win: Any,
+    rev_ws: Any,
+    ts: Any,
+    frame: Any,
+    reused: Any,
+    nstreams: Any,
+    out_flags: Any,
+    out_dup: Any,
+    out_dupframe: Any,
+    out_rtt: Any,
+    out_acked: Any,
+    out_irtt: Any,
+    out_delta: Any,
+    out_tree: Any,
+) -> None:
+    nk = nstreams * 2
+    nextseq = np.zeros(nk, np.uint32)
+    nextseqtime = np.zeros(nk, np.int64)
+    maxseqtobeacked = np.zeros(nk, np.uint32)
+    lastack = np.zeros(nk, np.uint32)
+    lastacktime = np.zeros(nk, np.int64)
+    window = np.full(nk, 0xFFFFFFFF, np.int64)
+    dupacknum = np.zeros(nk, np.int64)
+    lastnondup = np.zeros(nk, np.int64)
+    lastflags = np.zeros(nk, np.int64)
+    valid_bif = np.ones(nk, np.bool_)
+    seg_head = np.full(nk, -1, np.int64)
+    seg_count = np.zeros(nk, np.int64)
+    mru_syn = np.zeros(nstreams, np.int64)
+    first_rtt = np.zeros(nstreams, np.int64)
+    last_ts = np.full(nstreams, -1, np.int64)
+    n = stream.shape[0]
+    # unacknowledged segments: a pool of singly linked lists, newest first
+    pool_seq = np.zeros(n, np.uint32)
+    pool_next = np.zeros(n, np.uint32)
+    pool_ts = np.zeros(n, np.int64)
+    pool_frame = np.zeros(n, np.int64)
+    pool_link = np.full(n, -1, np.int64)
+    free_head = -1
+    pool_used = 0
+    for i in range(n):
+        st = stream[i]
+        fw = st * 2 + pdir[i]
+        rv = st * 2 + 1 - pdir[i]
+        f = flags[i]
+        sq = np.uint32(seq[i])
+        ak = np.uint32(ack[i])
+        sl = np.uint32(plen[i])
+        w = win[i]
+        t = ts[i]
+        a = 0
+        if reused[i]:
+            # a new stream on the same 4-tuple starts with fresh state (Wireshark's new conversation)
+            a |= A_REUSED
+        out_rtt[i] = np.nan
+        out_acked[i] = 0
+        out_delta[i] = 0.0 if last_ts[st] < 0 else (t - last_ts[st]) / 1e9
+        last_ts[st] = t
+        # initial RTT: first segment with ACK and without SYN after a SYN
+        if (f & SYN) and not (f & ACK):
+            mru_syn[st] = t
+        if (f & (SYN | ACK)) == ACK and mru_syn[st] != 0 and first_rtt[st] == 0:
+            first_rtt[st] = t - mru_syn[st]
+            if first_rtt[st] == 0:
+                first_rtt[st] = 1
+        out_irtt[i] = first_rtt[st] / 1e9 if first_rtt[st] != 0 else np.nan
+        if f & ACK:
+            valid_bif[rv] = True
+        skip_fwd = False
+        # ZERO WINDOW PROBE
+        if sl == 1 and sq == nextseq[fw] and window[rv] == 0:
+            a |= A_ZWP
+            skip_fwd = True
+        if not skip_fwd:
+            if w == 0 and (f & (RST | FIN | SYN)) == 0:
+                a |= A_ZERO_WIN
+            if nextseq[fw] != 0 and _gt(sq, nextseq[fw]) and (f & RST) == 0:
+                a |= A_LOST
+                valid_bif[fw] = False
+            if (
+                (sl == 0 or sl == 1)
+                and sq == np.uint32(nextseq[fw] - np.uint32(1))
+                and (f & (SYN | FIN | RST)) == 0
+            ):
+                a |= A_KEEP_ALIVE
+            if (
+                sl == 0
+                and w != 0
+                and w != window[fw]
+                and sq == nextseq[fw]
+                and ak == lastack[fw]
+                and (f & (SYN | FIN | RST)) == 0
+            ):
+                a |= A_WIN_UPDATE
+            if (
+                sl > 0
+                and rev_ws[i] != -1
+                and np.uint32(sq + sl)
+                == np.uint32(
+                    lastack[rv] + np.uint32((window[rv] << max(rev_ws[i], 0)) & 0xFFFFFFFF)
+                )
+                and (f & (SYN | FIN | RST)) == 0
+            ):
+                a |= A_WIN_FULL
+            plain = (
+                sl == 0 and sq == nextseq[fw] and ak == lastack[fw] and (f & (SYN | FIN | RST)) == 0
+            )
+            if plain and w != 0 and w == window[fw] and (lastflags[rv] & A_KEEP_ALIVE):
+                a |= A_KEEP_ALIVE_ACK
+            elif (
+                sl == 0
+                and w == 0
+                and w == window[fw]
+                and sq == nextseq[fw]
+                and (ak == lastack[fw] or ak == np.uint32(lastack[fw] + np.uint32(1)))
+                and (lastflags[rv] & A_ZWP)
+                and (f & (SYN | FIN | RST)) == 0
+            ):
+                a |= A_ZWP_ACK
+            elif plain and w != 0 and w == window[fw]:
+                dupacknum[fw] += 1
+                a |= A_DUP_ACK
+                out_dup[i] = dupacknum[fw]
+                out_dupframe[i] = lastnondup[fw]
+        # finished_fwd
+        if ak != lastack[fw]:
+            dupacknum[fw] = 0
+            lastnondup[fw] = frame[i]
+        if maxseqtobeacked[rv] != 0 and _gt(ak, maxseqtobeacked[rv]) and (f & ACK):
+            # flag once per lost stretch, even while the other side only sends pure ACKs
+            if _lt(maxseqtobeacked[rv], nextseq[rv]):
+                maxseqtobeacked[rv] = nextseq[rv]
+                a |= A_ACK_LOST
+            else:
+                if dupacknum[rv] == 0:
+                    a |= A_ACK_LOST
+                dupacknum[rv] = -1
+        if sl > 0 or (f & (SYN | FIN)):
+            not_adv = nextseq[fw] != 0 and _lt(sq, nextseq[fw])
+            # more than one byte starting just below nextseq follows a zero-window probe
+            if sl > 1 and np.uint32(nextseq[fw] - np.uint32(1)) == sq:
+                not_adv = False
+            if (a & A_KEEP_ALIVE) == 0:
+                done = False
+                dt = t - lastacktime[rv]
+                if not_adv and dupacknum[rv] >= 2 and lastack[rv] == sq and dt < FAST_RETRANS_NS:
+                    a |= A_FAST_RETRANS | A_RETRANS
+                    done = True
+                # bytes the receiver had already acknowledged: spurious, whatever the timing
+                if (
+                    not done
+                    and sl > 0
+                    and lastack[rv] != 0
+                    and _le(np.uint32(sq + sl), lastack[rv])
+                ):
+                    a |= A_SPURIOUS | A_RETRANS
+                    done = True
+                if not done:
+                    dt = t - nextseqtime[fw]
+                    thres = first_rtt[st] if first_rtt[st] != 0 else OOO_DEFAULT_NS
+                    # a segment ending exactly at nextseq (SYN and FIN count one) is a resend
+                    end = np.uint32(sq + sl + (1 if f & (SYN | FIN) else 0))
+                    if not_adv and dt < thres and nextseq[fw] != end:
+                        a |= A_OOO
+                        done = True
+                if not done and not_adv:
+                    a |= A_RETRANS
+        if (f & (SYN | ACK)) == SYN:
+            # a (re)sent SYN restarts the handshake: earlier SYN-ACKs are not waiting for an ACK
+            k = seg_head[rv]
+            while k >= 0:
+                nk2 = pool_link[k]
+                pool_link[k] = free_head
+                free_head = k
+                k = nk2
+            seg_head[rv] = -1
+            seg_count[rv] = 0
+        nxt = np.uint32(sq + sl)
+        if (sl > 0 or (f & (SYN | FIN))) and seg_count[fw] < MAX_UNACKED:
+            if f & (SYN | FIN):
+                nxt = np.uint32(nxt + np.uint32(1))
+            if free_head >= 0:
+                k = free_head
+                free_head = pool_link[k]
+            else:
+                k = pool_used
+                pool_used += 1
+            pool_seq[k] = sq
+            pool_next[k] = nxt
+            pool_ts[k] = t
+            pool_frame[k] = frame[i]
+            pool_link[k] = seg_head[fw]
+            seg_head[fw] = k
+            seg_count[fw] += 1
+        if (_gt(nxt, nextseq[fw]) or nextseq[fw] == 0) and (a & A_ZWP) == 0:
+            nextseq[fw] = nxt
+            nextseqtime[fw] = t
+        if (sq == maxseqtobeacked[fw] or maxseqtobeacked[fw] == 0) and (a & A_ZWP) == 0:
+            maxseqtobeacked[fw] = nextseq[fw]
+        window[fw] = w
+        lastack[fw] = ak
+        lastacktime[fw] = t
+        lastflags[fw] = a
+        # remove the segments this ACK covers; an exact match gives the ACK RTT
+        if f & ACK:
+            prev = -1
+            k = seg_head[rv]
+            while k >= 0:
+                nk2 = pool_link[k]
+                if ak == pool_next[k]:
+                    # the oldest matching segment gives the RTT (the list is newest first);
+                    # Wireshark shows the RTT only when it is not zero
+                    out_rtt[i] = (t - pool_ts[k]) / 1e9 if t != pool_ts[k] else np.nan
+                    out_acked[i] = pool_frame[k]
+                elif _gt(ak, pool_seq[k]) and _le(ak, pool_next[k]):
+                    pool_seq[k] = ak
+                    prev = k
+                    k = nk2
+                    continue
+                elif _gt(pool_next[k], ak):
+                    prev = k
+                    k = nk2
+                    continue
+                # acknowledged: unlink and free
+                if prev < 0:
+                    seg_head[rv] = nk2
+                else:
+                    pool_link[prev] = nk2
+                pool_link[k] = free_head
+                free_head = k
+                seg_count[rv] -= 1
+                k = nk2
+        out_flags[i] = a
+        # Wireshark's per-packet analysis record exists (and with it the initial RTT field)
+        # when a flag is set, a segment is acknowledged, or bytes in flight were computed
+        out_tree[i] = (
+            a != 0 or out_acked[i] != 0 or (sl > 0 and valid_bif[fw] and seg_head[fw] >= 0)
+        )
+
+
+@dataclass
+class Analysis:
+    """Per-row analysis results; `flags` maps Wireshark's flag names to boolean arrays."""
+
+    bits: npt.NDArray[np.uint32]
+    dup_ack_num: npt.NDArray[np.int64]
+    dup_ack_frame: npt.NDArray[np.int64]
+    ack_rtt: npt.NDArray[np.float64]
+    frame_acked: npt.NDArray[np.int64]
+    initial_rtt: npt.NDArray[np.float64]
+    time_delta: npt.NDArray[np.float64]
+
+    @property
+    def flags(self) -> dict[str, npt.NDArray[np.bool_]]:
+        return {name: (self.bits & (1 << k)) != 0 for k, name in enumerate(FLAGS)}
+
+    def names(self, row: int) -> list[str]:
+        b = int(self.bits[row])
+        return [name for k, name in enumerate(FLAGS) if b & (1 << k)]
+
+    def info_prefix(self, row: int) -> str:
+        """Wireshark's bracketed Info prefix, e.g. ``[TCP Dup ACK 12#1] ``."""
+        b = int(self.bits[row])
+        if not b:
+            return ""
+        if b & (A_SPURIOUS | A_FAST_RETRANS):
+            b &= ~A_RETRANS  # the field is set, but Info names only the specific kind
+        parts = []
+        for bit, text in INFO_PREFIX:
+            if b & bit:
+                parts.append(f"[{text}] ")
+        if b & A_DUP_ACK:
+            parts.append(
+                f"[TCP Dup ACK {int(self.dup_ack_frame[row])}#{int(self.dup_ack_num[row])}] "
+            )
+        return "".join(parts)
+
+
+def analyze(table: PacketTable, streams: dict[str, npt.NDArray[Any]]) -> Analysis:
+    """Analysis flags of every row of a whole capture's table (rows in capture order)."""
+    n = len(table)
+    nstreams = int(streams["stream"].max()) + 1 if n else 0
+    bits = np.zeros(n, np.uint32)
+    dup = np.zeros(n, np.int64)
+    dupframe = np.zeros(n, np.int64)
+    rtt = np.empty(n, np.float64)
+    acked = np.zeros(n, np.int64)
+    irtt = np.empty(n, np.float64)
+    delta = np.empty(n, np.float64)
+    tree = np.zeros(n, np.bool_)
+    if n:
+        _analyze(
+            streams["stream"],
+            streams["dir"].astype(np.int64),
+            table["flags"].astype(np.int64),
+            table["seq"],
+            table["ack"],
+            table["payload_len"],
+            table["win"].astype(np.int64),
+            streams["rev_ws"],
+            table["ts_ns"],
+            table["frame"].astype(np.int64),
+            streams["reused"],
+            nstreams,
+            bits,
+            dup,
+            dupframe,
+            rtt,
+            acked,
+            irtt,
+            delta,
+            tree,
+        )
+        irtt[~tree] = np.nan
+    return Analysis(bits, dup, dupframe, rtt, acked, irtt, delta)

@@ -1,0 +1,117 @@
+"""Stream numbers, relative numbers and analysis flags against tshark 4.0, packet by packet.
+
+Over the Zeek corpus and the lab's recordings: stream numbers, relative
+seq/ack and the scaled window must agree everywhere; each analysis flag must
+reach at least 98% precision and recall. Differences with a known reason are
+listed in DOCUMENTED and counted, not hidden.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tcpwhy.capture import read_table
+from tcpwhy.tcp.analysis import FLAGS, analyze
+from tcpwhy.tcp.streams import StreamTracker
+from tests.tshark_ref import corpus_pairs, package_pairs, rows
+
+# trace -> reason: every disagreement in these traces is counted as documented
+DOCUMENTED = {
+    "tunnels-gtp-different-dl-and-ul.pcap": (
+        "the outer IP fragments of this GTP trace are reassembled by tshark, not by tcpwhy: "
+        "the 42 packets it decodes from them are missing here, so the sequence state differs"
+    ),
+}
+
+
+def _compare(
+    pairs: list[tuple[Path, Path]],
+) -> tuple[Counter[str], Counter[str], Counter[str], dict[str, list[str]]]:
+    tp: Counter[str] = Counter()
+    fp: Counter[str] = Counter()
+    fn: Counter[str] = Counter()
+    bad: dict[str, list[str]] = {}
+    for cap, tsv in pairs:
+        t = read_table(str(cap))
+        s = StreamTracker().feed(t)
+        a = analyze(t, s)
+        idx = {int(f): i for i, f in enumerate(t["frame"])}
+        for r in rows(tsv):
+            i = idx.get(int(r["frame.number"]))
+            if i is None:
+                continue
+            where = f"{cap.name} frame {r['frame.number']}"
+            key = "documented" if cap.name in DOCUMENTED else "fields"
+            for col, ours in (
+                ("tcp.stream", s["stream"][i]),
+                ("tcp.seq", s["rel_seq"][i]),
+                ("tcp.ack", s["rel_ack"][i]),
+                ("tcp.window_size", s["win_scaled"][i]),
+                ("tcp.analysis.duplicate_ack_num", a.dup_ack_num[i]),
+            ):
+                want = r[col]
+                if want and int(want) != int(ours):
+                    bad.setdefault(key, []).append(f"{where}: {col}={ours}, tshark {want}")
+            for col, val in (
+                ("tcp.analysis.ack_rtt", a.ack_rtt[i]),
+                ("tcp.analysis.initial_rtt", a.initial_rtt[i]),
+            ):
+                want = r[col]
+                if (want == "") != math.isnan(val) or (want and abs(float(want) - val) > 1e-6):
+                    bad.setdefault(key, []).append(f"{where}: {col}={val}, tshark {want!r}")
+            want_flags = {x for x in r["tcp.analysis"].split(",") if x}
+            got = set(a.names(i))
+            for f in FLAGS:
+                if f in want_flags and f in got:
+                    tp[f] += 1
+                elif f in got:
+                    fp[f if cap.name not in DOCUMENTED else "documented"] += 1
+                    bad.setdefault(key, []).append(f"{where}: {f} set, tshark not")
+                elif f in want_flags:
+                    fn[f if cap.name not in DOCUMENTED else "documented"] += 1
+                    bad.setdefault(key, []).append(f"{where}: {f} missing")
+    return tp, fp, fn, bad
+
+
+def _report(tp: Counter[str], fp: Counter[str], fn: Counter[str]) -> list[str]:
+    failing = []
+    for f in FLAGS:
+        n = tp[f] + fp[f] + fn[f]
+        if not n:
+            continue
+        p = tp[f] / (tp[f] + fp[f]) if tp[f] + fp[f] else 1.0
+        r = tp[f] / (tp[f] + fn[f]) if tp[f] + fn[f] else 1.0
+        print(
+            f"  {f:25} tshark {tp[f] + fn[f]:5}  tcpwhy {tp[f] + fp[f]:5}  precision {p:.3f}  recall {r:.3f}"
+        )
+        if p < 0.98 or r < 0.98:
+            failing.append(f)
+    return failing
+
+
+def test_corpus_agrees_with_tshark(zeek_corpus: Path) -> None:
+    tp, fp, fn, bad = _compare(list(corpus_pairs(zeek_corpus)))
+    print("Zeek corpus:")
+    assert not _report(tp, fp, fn)
+    assert bad.get("fields", []) == []
+    documented = len(bad.get("documented", []))
+    print(f"  documented differences: {documented} ({'; '.join(DOCUMENTED.values())})")
+    assert 0 < documented < 60  # the GTP trace's fragment gap, no more
+    assert sum(tp.values()) > 140
+
+
+def test_lab_recordings_agree_with_tshark() -> None:
+    pairs = list(package_pairs())
+    if not pairs:
+        pytest.fail("no committed tshark views under tests/data/tshark")
+    tp, fp, fn, bad = _compare(pairs)
+    print("lab recordings:")
+    assert not _report(tp, fp, fn)
+    assert bad == {}
+    # the recordings exercise the flags the corpus lacks
+    for f in ("keep_alive", "zero_window", "window_full", "retransmission", "duplicate_ack"):
+        assert tp[f] > 0, f
