@@ -1,1 +1,107 @@
-"""tcpwhy.filter"""
+"""Wireshark display filters (``-Y FILTER``) over the packet table, with Wireshark 4.0 semantics.
+
+API for the commands that take ``-Y``:
+
+    add_filter_argument(parser)          adds ``-Y/--display-filter FILTER`` (dest ``display_filter``)
+    filter_from_args(args)               -> DisplayFilter | None; raises FilterError (exit 2)
+    compile_filter(text)                 -> DisplayFilter; raises FilterError
+    FilterContext(table, streams=None, analysis=None, first_ts_ns=None)
+                                         per-packet state, computed lazily on first use
+    DisplayFilter.mask(table, ctx=None)  -> bool array, one per row
+    DisplayFilter.needs                  {"streams", "analysis", "http"}: state the filter uses
+    select_packets(table, flt, ctx=None) -> bool array (rows to show: `packets -Y`, `flow -Y`)
+    select_streams(table, flt, ctx=None) -> sorted int64 array of tcp.stream numbers with at
+                                            least one matching packet (`conns -Y`, `analyze -Y`,
+                                            like Wireshark's "Limit to display filter")
+
+A command that streams chunks passes each chunk's StreamTracker output as
+`streams=` (and `first_ts_ns=` from CaptureStats, so ``frame.time_relative``
+counts from the capture's first frame, not its first TCP packet). Analysis
+fields need the whole capture's table (the analysis is stateful); a command
+that uses them with a streamed capture should read the table whole.
+
+`FilterError.reason` is several lines: tshark's message, then the filter and a
+caret line under the offending part; the CLI prints ``tcpwhy: -Y: <reason>``.
+The supported fields and the differences from tshark are in docs/filters.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tcpwhy.decode.table import PacketTable
+from tcpwhy.filter.compiler import Compiler, Test
+from tcpwhy.filter.context import FilterContext
+from tcpwhy.filter.fields import FIELDS
+from tcpwhy.filter.syntax import FilterError, parse
+
+__all__ = [
+    "FIELDS",
+    "DisplayFilter",
+    "FilterContext",
+    "FilterError",
+    "add_filter_argument",
+    "compile_filter",
+    "filter_from_args",
+    "select_packets",
+    "select_streams",
+]
+
+
+@dataclass(frozen=True)
+class DisplayFilter:
+    """A compiled filter: a tree of vectorised tests, reusable across tables and chunks."""
+
+    text: str
+    test: Test
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return self.test.needs
+
+    def mask(self, table: PacketTable, ctx: FilterContext | None = None) -> npt.NDArray[np.bool_]:
+        if ctx is None:
+            ctx = FilterContext(table)
+        rows = np.arange(len(table), dtype=np.int64)
+        return np.asarray(self.test.run(ctx, rows), bool)
+
+
+def compile_filter(text: str) -> DisplayFilter:
+    """Parse and type-check once; raises FilterError pointing at the offending part."""
+    tree = parse(text, lambda name: name in FIELDS)
+    return DisplayFilter(text, Compiler(text).compile(tree))
+
+
+def select_packets(
+    table: PacketTable, flt: DisplayFilter, ctx: FilterContext | None = None
+) -> npt.NDArray[np.bool_]:
+    return flt.mask(table, ctx)
+
+
+def select_streams(
+    table: PacketTable, flt: DisplayFilter, ctx: FilterContext | None = None
+) -> npt.NDArray[np.int64]:
+    if ctx is None:
+        ctx = FilterContext(table)
+    m = flt.mask(table, ctx)
+    return np.unique(np.asarray(ctx.streams["stream"])[m]).astype(np.int64)
+
+
+def add_filter_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-Y",
+        "--display-filter",
+        dest="display_filter",
+        metavar="FILTER",
+        help="Wireshark display filter, e.g. 'tcp.port == 443 and tcp.analysis.retransmission'",
+    )
+
+
+def filter_from_args(args: Any) -> DisplayFilter | None:
+    text = getattr(args, "display_filter", None)
+    return None if text is None else compile_filter(text)

@@ -1,0 +1,390 @@
+"""The fields a filter can name: their Wireshark type and how to read them from the table.
+
+A field yields, for a set of candidate rows, a list of occurrences: each a
+presence mask and a value array over those rows. Multi-valued fields
+(``ip.addr``, ``tcp.port``) have several occurrences, which is how Wireshark
+4.0's "any"/"all" comparison semantics are evaluated. Values keep a type per
+field kind:
+
+  UINT, FRAMENUM  int64 arrays
+  BOOL            bool arrays
+  IPV4, ETHER     uint64 arrays (address as an integer)
+  IPV6            (n, 2) uint64 arrays (high, low halves)
+  RELTIME         int64 nanoseconds (exact, as Wireshark's nstime)
+  BYTES, STRING   `ByteValues`: payload-backed or Python bytes objects
+  NONE, PROTO     existence only
+
+Fields that need per-packet state (streams, analysis, HTTP) say so in `needs`,
+so the context computes that state only for filters that use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tcpwhy.decode.table import ACK, AE, CWR, ECE, FIN, PSH, RST, SYN, URG
+from tcpwhy.decode.table import TUNNEL_NONE as _NO_TUNNEL
+
+if TYPE_CHECKING:
+    from tcpwhy.filter.context import FilterContext
+
+Rows = npt.NDArray[np.int64]
+Mask = npt.NDArray[np.bool_]
+
+UINT, FRAMENUM, BOOL, IPV4, IPV6, ETHER, RELTIME, BYTES, STRING, NONE, PROTO = (
+    "uint",
+    "framenum",
+    "bool",
+    "ipv4",
+    "ipv6",
+    "ether",
+    "reltime",
+    "bytes",
+    "string",
+    "none",
+    "proto",
+)
+
+
+def type_name(ftype: str, bits: int = 32) -> str:
+    """Wireshark's name of a field type, as its error messages print it."""
+    if ftype == UINT:
+        n = bits // 8
+        return f"Unsigned integer ({n} byte{'s' if n > 1 else ''})"
+    return {
+        FRAMENUM: "Frame number",
+        BOOL: "Boolean",
+        IPV4: "IPv4 address",
+        IPV6: "IPv6 address",
+        ETHER: "Ethernet or other MAC address",
+        RELTIME: "Time offset",
+        BYTES: "Sequence of bytes",
+        STRING: "Character string",
+        NONE: "Label",
+        PROTO: "Protocol",
+    }[ftype]
+
+
+class ByteValues:
+    """Byte-string values of candidate rows; payload-backed ones are read from the table lazily.
+
+    Payload bytes are attacker data: they are only compared and searched, never decoded
+    as anything but bytes.
+    """
+
+    def __init__(
+        self,
+        objs: list[bytes] | None = None,
+        *,
+        data: npt.NDArray[np.uint8] | None = None,
+        off: npt.NDArray[np.int64] | None = None,
+        cap: npt.NDArray[np.int64] | None = None,
+    ) -> None:
+        self._objs = objs
+        self.data = data
+        self.off = off
+        self.cap = cap
+
+    @property
+    def backed(self) -> bool:
+        return self.data is not None
+
+    def __len__(self) -> int:
+        if self._objs is not None:
+            return len(self._objs)
+        assert self.off is not None
+        return int(self.off.shape[0])
+
+    def objs(self) -> list[bytes]:
+        if self._objs is None:
+            assert self.data is not None and self.off is not None and self.cap is not None
+            d = self.data
+            self._objs = [
+                d[o : o + c].tobytes()
+                for o, c in zip(self.off.tolist(), self.cap.tolist(), strict=True)
+            ]
+        return self._objs
+
+
+@dataclass
+class Occ:
+    present: Mask | None  # None: present on every candidate row
+    values: Any
+
+
+Extract = Callable[["FilterContext", Rows], list[Occ]]
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    ftype: str
+    extract: Extract
+    bits: int = 32
+    needs: frozenset[str] = frozenset()
+    cost: int = 1
+
+
+FIELDS: dict[str, Field] = {}
+
+
+def _add(
+    name: str, ftype: str, extract: Extract, bits: int = 32, needs: str = "", cost: int = 1
+) -> None:
+    FIELDS[name] = Field(name, ftype, extract, bits, frozenset(needs.split()), cost)
+
+
+def _col(col: str, dtype: Any = np.int64) -> Extract:
+    def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
+        return [Occ(None, ctx.table[col][rows].astype(dtype))]
+
+    return ex
+
+
+def _v4(hi: Any, lo: Any) -> tuple[Mask, npt.NDArray[np.uint64]]:
+    ok = (hi == 0) & ((lo >> np.uint64(32)) == np.uint64(0xFFFF))
+    return ok, lo & np.uint64(0xFFFFFFFF)
+
+
+def _ip_occs(ctx: FilterContext, rows: Rows, which: tuple[str, ...], v6: bool) -> list[Occ]:
+    """Outer (tunnel) address first, then the inner one, as Wireshark lists its IP layers."""
+    t = ctx.table
+    occs = []
+    tunneled = t["tunnel"][rows] != _NO_TUNNEL
+    for side in which:
+        for prefix, extra in (("outer_", tunneled), ("", None)):
+            hi = t[f"{prefix}{side}_hi"][rows]
+            lo = t[f"{prefix}{side}_lo"][rows]
+            is4, a4 = _v4(hi, lo)
+            if prefix == "":
+                is4 = t["ip_version"][rows] == 4
+            present = (~is4 if v6 else is4) if extra is None else (extra & (~is4 if v6 else is4))
+            if prefix == "outer_" and not present.any():
+                continue
+            if v6:
+                occs.append(Occ(present, np.stack([hi, lo], axis=1).astype(np.uint64)))
+            else:
+                occs.append(Occ(present, a4))
+    # Wireshark shows src then dst per layer; order does not change any/all results
+    return occs
+
+
+def _ip(which: tuple[str, ...], v6: bool) -> Extract:
+    return lambda ctx, rows: _ip_occs(ctx, rows, which, v6)
+
+
+def _ip_version(v: int) -> Extract:
+    def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
+        t = ctx.table
+        present = t["ip_version"][rows] == v
+        # a tunnel's outer IP layer (Teredo, IP-in-IP, GRE) is in the frame too
+        outer4, _ = _v4(t["outer_src_hi"][rows], t["outer_src_lo"][rows])
+        present |= (t["tunnel"][rows] != _NO_TUNNEL) & (outer4 if v == 4 else ~outer4)
+        return [Occ(present, None)]
+
+    return ex
+
+
+def _ttl(v: int) -> Extract:
+    def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
+        t = ctx.table
+        return [Occ(t["ip_version"][rows] == v, t["ip_ttl"][rows].astype(np.int64))]
+
+    return ex
+
+
+def _eth(which: tuple[str, ...]) -> Extract:
+    def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
+        t = ctx.table
+        has = (t["eth_src"][rows] != 0) | (t["eth_dst"][rows] != 0)
+        return [Occ(has, t[f"eth_{w}"][rows].astype(np.uint64)) for w in which]
+
+    return ex
+
+
+def _always(ctx: FilterContext, rows: Rows) -> list[Occ]:
+    return [Occ(None, None)]
+
+
+def _flag(bit: int) -> Extract:
+    def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
+        return [Occ(None, (ctx.table["flags"][rows] & bit) != 0)]
+
+    return ex
+
+
+def _stream_col(col: str) -> Extract:
+    def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
+        return [Occ(None, ctx.streams[col][rows].astype(np.int64))]
+
+    return ex
+
+
+def _optional(col: str) -> Extract:
+    def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
+        v = ctx.table[col][rows].astype(np.int64)
+        return [Occ(v >= 0, v)]
+
+    return ex
+
+
+def _payload(ctx: FilterContext, rows: Rows) -> list[Occ]:
+    t = ctx.table
+    cap = t["payload_cap"][rows].astype(np.int64)
+    vals = ByteValues(data=t.data, off=t["payload_off"][rows].astype(np.int64), cap=cap)
+    return [Occ(cap > 0, vals)]
+
+
+def _time_relative(ctx: FilterContext, rows: Rows) -> list[Occ]:
+    return [Occ(None, ctx.table["ts_ns"][rows].astype(np.int64) - ctx.first_ts_ns)]
+
+
+def _analysis_flag(name: str) -> Extract:
+    def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
+        return [Occ(np.asarray(ctx.analysis.flags[name])[rows].astype(bool), None)]
+
+    return ex
+
+
+def _analysis_any(ctx: FilterContext, rows: Rows) -> list[Occ]:
+    m = np.zeros(len(rows), bool)
+    for arr in ctx.analysis.flags.values():
+        m |= np.asarray(arr)[rows].astype(bool)
+    return [Occ(m, None)]
+
+
+def _analysis_time(attr: str) -> Extract:
+    def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
+        v = np.asarray(getattr(ctx.analysis, attr), np.float64)[rows]
+        ok = ~np.isnan(v)
+        ns = np.zeros(len(rows), np.int64)
+        ns[ok] = np.round(v[ok] * 1e9).astype(np.int64)
+        return [Occ(ok, ns)]
+
+    return ex
+
+
+def _dup_ack_num(ctx: FilterContext, rows: Rows) -> list[Occ]:
+    v = np.asarray(ctx.analysis.dup_ack_num)[rows].astype(np.int64)
+    return [Occ(v > 0, v)]
+
+
+def _http_attr(attr: str) -> Extract:
+    def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
+        present, values = ctx.http_field(attr, rows)
+        return [Occ(present, values)]
+
+    return ex
+
+
+def _http_proto(ctx: FilterContext, rows: Rows) -> list[Occ]:
+    return [Occ(ctx.http_rows()[rows], None)]
+
+
+# frame
+_add("frame", PROTO, _always)
+_add("frame.number", FRAMENUM, _col("frame"))
+_add("frame.len", UINT, _col("frame_len"))
+_add("frame.cap_len", UINT, _col("cap_len"))
+_add("frame.time_relative", RELTIME, _time_relative)
+# link
+_add("eth", PROTO, lambda ctx, rows: [_eth(("src",))(ctx, rows)[0]])
+_add("eth.src", ETHER, _eth(("src",)), 48)
+_add("eth.dst", ETHER, _eth(("dst",)), 48)
+_add("eth.addr", ETHER, _eth(("src", "dst")), 48)
+_add(
+    "vlan",
+    PROTO,
+    lambda ctx, rows: [Occ(ctx.table["vlan"][rows] >= 0, None)],
+)
+_add("vlan.id", UINT, _optional("vlan"), 16)
+# network
+_add("ip", PROTO, _ip_version(4))
+_add("ip.src", IPV4, _ip(("src",), False))
+_add("ip.dst", IPV4, _ip(("dst",), False))
+_add("ip.addr", IPV4, _ip(("src", "dst"), False))
+_add("ip.ttl", UINT, _ttl(4), 8)
+_add("ipv6", PROTO, _ip_version(6))
+_add("ipv6.src", IPV6, _ip(("src",), True))
+_add("ipv6.dst", IPV6, _ip(("dst",), True))
+_add("ipv6.addr", IPV6, _ip(("src", "dst"), True))
+_add("ipv6.hlim", UINT, _ttl(6), 8)
+# tcp
+_add("tcp", PROTO, _always)
+_add("tcp.srcport", UINT, _col("sport"), 16)
+_add("tcp.dstport", UINT, _col("dport"), 16)
+_add(
+    "tcp.port",
+    UINT,
+    lambda ctx, rows: [_col("sport")(ctx, rows)[0], _col("dport")(ctx, rows)[0]],
+    16,
+)
+_add("tcp.stream", UINT, _stream_col("stream"), 32, "streams", 3)
+_add("tcp.seq", UINT, _stream_col("rel_seq"), 32, "streams", 3)
+_add("tcp.ack", UINT, _stream_col("rel_ack"), 32, "streams", 3)
+_add("tcp.seq_raw", UINT, _col("seq"))
+_add("tcp.ack_raw", UINT, _col("ack"))
+_add("tcp.len", UINT, _col("payload_len"))
+_add("tcp.hdr_len", UINT, _col("doff"), 8)
+_add("tcp.window_size", UINT, _stream_col("win_scaled"), 32, "streams", 3)
+_add("tcp.window_size_value", UINT, _col("win"), 16)
+_add("tcp.urgent_pointer", UINT, _col("urp"), 16)
+_add("tcp.flags", UINT, _col("flags"), 16)
+for _name, _bit in (
+    ("fin", FIN),
+    ("syn", SYN),
+    ("reset", RST),
+    ("push", PSH),
+    ("ack", ACK),
+    ("urg", URG),
+    ("ece", ECE),
+    ("cwr", CWR),
+    ("ns", AE),
+):
+    _add(f"tcp.flags.{_name}", BOOL, _flag(_bit))
+_add("tcp.options.mss_val", UINT, _optional("opt_mss"), 16)
+_add("tcp.options.wscale.shift", UINT, _optional("opt_ws"), 8)
+_add("tcp.payload", BYTES, _payload, cost=10)
+_add("tcp.segment_data", BYTES, _payload, cost=10)
+# analysis
+ANALYSIS_FLAGS = (
+    "retransmission",
+    "fast_retransmission",
+    "spurious_retransmission",
+    "out_of_order",
+    "lost_segment",
+    "ack_lost_segment",
+    "duplicate_ack",
+    "zero_window",
+    "zero_window_probe",
+    "zero_window_probe_ack",
+    "window_full",
+    "window_update",
+    "keep_alive",
+    "keep_alive_ack",
+    "reused_ports",
+)
+for _flagname in ANALYSIS_FLAGS:
+    _add(f"tcp.analysis.{_flagname}", NONE, _analysis_flag(_flagname), 32, "streams analysis", 5)
+_add("tcp.analysis.flags", NONE, _analysis_any, 32, "streams analysis", 5)
+_add("tcp.analysis.duplicate_ack_num", UINT, _dup_ack_num, 32, "streams analysis", 5)
+_add("tcp.analysis.ack_rtt", RELTIME, _analysis_time("ack_rtt"), 32, "streams analysis", 5)
+_add("tcp.analysis.initial_rtt", RELTIME, _analysis_time("initial_rtt"), 32, "streams analysis", 5)
+_add("tcp.time_delta", RELTIME, _analysis_time("time_delta"), 32, "streams analysis", 5)
+# http (no reassembly: see tcpwhy.filter.http)
+_add("http", PROTO, _http_proto, 32, "streams http", 20)
+_add("http.request", NONE, _http_attr("request"), 32, "http", 20)
+_add("http.response", NONE, _http_attr("response"), 32, "http", 20)
+_add("http.request.method", STRING, _http_attr("method"), 32, "http", 20)
+_add("http.request.uri", STRING, _http_attr("uri"), 32, "http", 20)
+_add("http.request.version", STRING, _http_attr("version"), 32, "http", 20)
+_add("http.response.code", UINT, _http_attr("code"), 16, "http", 20)
+_add("http.response.phrase", STRING, _http_attr("phrase"), 32, "http", 20)
+_add("http.host", STRING, _http_attr("host"), 32, "http", 20)
+_add("http.connection", STRING, _http_attr("connection"), 32, "http", 20)
+_add("http.user_agent", STRING, _http_attr("user_agent"), 32, "http", 20)
