@@ -1,0 +1,610 @@
+"""Connections: the packets of a capture grouped into one record per connection.
+
+A connection is a Wireshark ``tcp.stream`` (the numbers come from
+`StreamTracker`), described the way Zeek's conn.log describes it
+(`tcpwhy.tcp.zeek`), plus the final RFC 9293 state of each endpoint
+(`tcpwhy.tcp.state`) and how it ended, in words.
+
+The builder is fed the capture chunk by chunk and keeps state only for
+connections still active: one integer row per connection and, for the
+RFC state machine, only the packets that can change a state (SYN, FIN, RST,
+the first packets of each side, the ACKs of a FIN). A connection is emitted
+and forgotten when it is over -- a new stream on its 4-tuple, Zeek's timers
+(``boundaries="zeek"``), a long idle time, the end of the capture -- or
+when the number of active connections reaches `max_active`, when the one
+idle longest is evicted with a warning.
+
+Two ways to draw boundaries:
+
+* ``"stream"`` (default): one record per tcp.stream. A stream is cut only if
+  it went idle past the idle timeouts (or was evicted) and then came back;
+  the continuation is a record of its own with ``continued`` set.
+* ``"zeek"``: Zeek's own session lifetime -- its close, reset, attempt,
+  partial-close, expire and inactivity timers and its 4-tuple reuse check
+  -- so one stream may give several records, as in Zeek's conn.log.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tcpwhy.decode.table import ACK, FIN, RST, SYN, CaptureStats, PacketTable, format_addr
+from tcpwhy.tcp import zeek as z
+from tcpwhy.tcp.state import TIME_WAIT_NS, State, run_connection
+from tcpwhy.tcp.streams import StreamTracker
+
+# Zeek's likely_server_ports with its default scripts loaded (the ports its analyzers
+# register; tcp only). Bare mode (-b) loads only what a script names: see `zeek_ports`.
+ZEEK_ANALYZER_PORTS: dict[str, tuple[int, ...]] = {
+    "ftp": (21, 2811),
+    "ssh": (22,),
+    "smtp": (25, 587),
+    "dns": (53, 5353, 5355),
+    "http": (80, 81, 631, 1080, 3128, 8000, 8080, 8888),
+    "krb": (88,),
+    "pop3": (110,),
+    "dce-rpc": (135,),
+    "netbios": (139,),
+    "ldap": (389, 3268),
+    "ssl": (443, 563, 585, 614, 636, 989, 990, 992, 993, 995, 5223),
+    "smb": (445,),
+    "modbus": (502,),
+    "syslog": (514,),
+    "mysql": (3306,),
+    "rdp": (3389,),
+    "postgresql": (5432,),
+    "xmpp": (5222, 5269),
+    "irc": (6666, 6667, 6668, 6669),
+    "redis": (6379,),
+    "dnp3": (20000,),
+    "socks": (1080,),
+    "sip": (5060,),
+    "imap": (143,),
+    "ntlm": (),
+    "radius": (),
+    "mqtt": (1883,),
+}
+DEFAULT_LIKELY_SERVER_PORTS: frozenset[int] = frozenset(
+    p for ports in ZEEK_ANALYZER_PORTS.values() for p in ports
+)
+
+DEFAULT_MAX_ACTIVE = 1_000_000
+IDLE_TIMEOUT_S = 3600.0
+"""Stream mode: a connection with no packet for this long is emitted (and forgotten)."""
+CLOSED_IDLE_S = 120.0
+"""Stream mode: a connection closed on both sides (or reset) is emitted after this much silence
+(2 x Linux's 60 s TIME_WAIT, so retransmitted FINs and their ACKs still land in it)."""
+
+SWEEP_EVERY_NS = 1_000_000_000
+
+
+def zeek_ports(scripts: Iterable[str]) -> frozenset[int]:
+    """Likely server ports for a bare-mode Zeek run that loaded `scripts` (``@load`` lines)."""
+    ports: set[int] = set()
+    for line in scripts:
+        for name, pp in ZEEK_ANALYZER_PORTS.items():
+            if f"protocols/{name}" in line:
+                ports.update(pp)
+    return frozenset(ports)
+
+
+@dataclass
+class ConnRecord:
+    """One connection. Addresses are text; times are seconds since the Unix epoch."""
+
+    uid: str
+    stream: int
+    orig_h: str
+    orig_p: int
+    resp_h: str
+    resp_p: int
+    orientation: str
+    start: float
+    duration: float
+    orig_pkts: int
+    resp_pkts: int
+    orig_bytes: int
+    resp_bytes: int
+    orig_payload: int
+    resp_payload: int
+    orig_ip_bytes: int
+    resp_ip_bytes: int
+    missed_bytes: int
+    irtt: float | None
+    retransmissions: int
+    zero_windows: int
+    orig_state: str
+    resp_state: str
+    end: str
+    conn_state: str
+    history: str
+    continued: bool
+    emitted: str
+    zeek_orig_state: str
+    zeek_resp_state: str
+    first_ns: int = field(repr=False, default=0)
+
+    def as_json(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "first_ns"}
+        d["start"] = round(self.start, 6)
+        d["duration"] = round(self.duration, 6)
+        if self.irtt is not None:
+            d["irtt"] = round(self.irtt, 6)
+        return d
+
+
+PacketFlags = Callable[
+    [PacketTable, dict[str, npt.NDArray[Any]]], dict[str, npt.NDArray[Any]] | None
+]
+
+
+def packet_flags(
+    table: PacketTable, streams: dict[str, npt.NDArray[Any]]
+) -> dict[str, npt.NDArray[Any]] | None:
+    """Per-packet `retransmission` and `zero_window` flags, or None to count them here.
+
+    The single switch point for the analysis module: once
+    ``tcpwhy.tcp.analysis.analyze(table, streams).flags`` exists, return it
+    (it is keyed by Wireshark's flag names). Returning None makes the builder
+    count Zeek-style: a payload packet that ends at or before the highest
+    sequence number already seen is a retransmission; a window of 0 on a
+    packet that is not a RST is a zero-window event.
+    """
+    return None
+
+
+_STATE_NAMES = [s.name for s in State]
+
+
+def _b62(v: int) -> str:
+    chars = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        v, r = divmod(v, 62)
+        out = chars[r] + out
+        if not v:
+            return out
+
+
+class ConnectionBuilder:
+    """Feed packet tables in capture order; get finished connections back as they end."""
+
+    def __init__(
+        self,
+        *,
+        boundaries: str = "stream",
+        likely_server_ports: Iterable[int] = DEFAULT_LIKELY_SERVER_PORTS,
+        check_checksums: bool = False,
+        max_active: int = DEFAULT_MAX_ACTIVE,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        closed_idle_s: float = CLOSED_IDLE_S,
+        rfc_states: bool = True,
+        packet_flags_fn: PacketFlags = packet_flags,
+        uid_prefix: str = "C",
+    ) -> None:
+        if boundaries not in ("stream", "zeek"):
+            raise ValueError("boundaries must be 'stream' or 'zeek'")
+        self.zeek_timers = boundaries == "zeek"
+        self.likely = np.zeros(65536, np.bool_)
+        for p in likely_server_ports:
+            self.likely[int(p)] = True
+        self.check_csum = check_checksums
+        self.max_active = max(1, int(max_active))
+        self.idle_ns = int(idle_timeout_s * 1e9)
+        self.closed_idle_ns = int(closed_idle_s * 1e9)
+        self.rfc_states = rfc_states
+        self.packet_flags_fn = packet_flags_fn
+        self.uid_prefix = uid_prefix
+        self.tracker = StreamTracker()
+        self.warnings: list[str] = []
+        self.evicted = 0
+        self._cap = 0
+        self.S = np.zeros((0, z.NFIELDS), np.int64)
+        self.H = np.zeros((0, z.HIST_MAX), np.uint8)
+        self.free = np.zeros(0, np.int64)
+        self.nfree = 0
+        self.conv_slot = np.full(1024, -1, np.int64)
+        self.next_uid = 0
+        self.now = 0
+        self._last_sweep = 0
+        # packets kept for the RFC state machine, per connection uid
+        self._kept: list[dict[str, npt.NDArray[Any]]] = []
+        self._kept_n = 0
+        self._memo: dict[bytes, tuple[int, int, int, int]] = {}
+
+    # -- capacity ------------------------------------------------------------------------
+    @property
+    def active(self) -> int:
+        return self._cap - self.nfree
+
+    def _ensure(self, need_free: int) -> None:
+        if self.nfree >= need_free:
+            return
+        cap = max(self._cap * 2, self._cap + need_free - self.nfree, 1024)
+        S = np.zeros((cap, z.NFIELDS), np.int64)
+        S[: self._cap] = self.S
+        H = np.zeros((cap, z.HIST_MAX), np.uint8)
+        H[: self._cap] = self.H
+        free = np.empty(cap, np.int64)
+        free[: self.nfree] = self.free[: self.nfree]
+        added = np.arange(cap - 1, self._cap - 1, -1, dtype=np.int64)
+        free[self.nfree : self.nfree + len(added)] = added
+        self.nfree += len(added)
+        self.S, self.H, self.free, self._cap = S, H, free, cap
+
+    # -- feeding -------------------------------------------------------------------------
+    def feed(
+        self, t: PacketTable, streams: dict[str, npt.NDArray[Any]] | None = None
+    ) -> list[ConnRecord]:
+        """Process one chunk (capture order); returns the connections it finished."""
+        n = len(t)
+        if n == 0:
+            return []
+        s = streams if streams is not None else self.tracker.feed(t)
+        out: list[ConnRecord] = []
+        # memory cap: make room for every row of the chunk being a new connection
+        room = self.max_active - self.active
+        if room < n:
+            out += self._evict(n - room)
+        self._ensure(n)
+        conv = s["conv"]
+        if conv.size and int(conv.max()) >= len(self.conv_slot):
+            grown = np.full(max(int(conv.max()) + 1, 2 * len(self.conv_slot)), -1, np.int64)
+            grown[: len(self.conv_slot)] = self.conv_slot
+            self.conv_slot = grown
+        ext = self.packet_flags_fn(t, s)
+        ext_retx = np.full(n, -1, np.int8)
+        ext_zwin = np.full(n, -1, np.int8)
+        if ext is not None:
+            if "retransmission" in ext:
+                ext_retx = np.asarray(ext["retransmission"], np.int8)
+            if "zero_window" in ext:
+                ext_zwin = np.asarray(ext["zero_window"], np.int8)
+        row_uid = np.empty(n, np.int64)
+        row_keep = np.zeros(n, np.bool_)
+        OUT = np.empty((2 * n + 1, z.NFIELDS), np.int64)
+        OH = np.empty((2 * n + 1, z.HIST_MAX), np.uint8)
+        self.nfree, self.next_uid, k = z.process_chunk(
+            self.S,
+            self.H,
+            self.free,
+            self.nfree,
+            self.conv_slot,
+            self.next_uid,
+            conv,
+            s["stream"],
+            s["new"],
+            s["dir"],
+            t["ts_ns"],
+            t["flags"],
+            t["seq"],
+            t["ack"],
+            t["win"],
+            t["payload_len"],
+            t["ip_len"],
+            t["sport"],
+            t["dport"],
+            t["src_hi"].view(np.int64),
+            t["src_lo"].view(np.int64),
+            t["dst_hi"].view(np.int64),
+            t["dst_lo"].view(np.int64),
+            t["csum_ok"],
+            ext_retx,
+            ext_zwin,
+            self.likely,
+            self.check_csum,
+            self.zeek_timers,
+            self.idle_ns,
+            self.closed_idle_ns,
+            row_uid,
+            row_keep,
+            OUT,
+            OH,
+        )
+        self.now = max(self.now, int(t["ts_ns"].max()))
+        if self.rfc_states and row_keep.any():
+            idx = np.flatnonzero(row_keep)
+            self._kept.append(
+                {
+                    "uid": row_uid[idx],
+                    "dir": s["dir"][idx].astype(np.int8),
+                    "flags": t["flags"][idx],
+                    "seq": t["seq"][idx],
+                    "ack": t["ack"][idx],
+                    "plen": t["payload_len"][idx],
+                    "ts": t["ts_ns"][idx],
+                    "frame": t["frame"][idx],
+                }
+            )
+            self._kept_n += len(idx)
+        if k:
+            out += self._records(OUT[:k], OH[:k])
+        if self.now - self._last_sweep >= SWEEP_EVERY_NS:
+            self._last_sweep = self.now
+            out += self._sweep(self.now, force=False, reason=-1)
+        return out
+
+    def finish(self) -> list[ConnRecord]:
+        """The connections still active at the end of the capture, in stream order."""
+        recs = self._sweep(self.now, force=True, reason=z.END_CAPTURE)
+        recs.sort(key=lambda r: (r.stream, r.first_ns))
+        return recs
+
+    def _active_slots(self) -> npt.NDArray[np.int64]:
+        return np.flatnonzero(self.S[:, z.F_ACTIVE]).astype(np.int64)
+
+    def _sweep(self, now: int, *, force: bool, reason: int) -> list[ConnRecord]:
+        slots = self._active_slots()
+        if not len(slots):
+            return []
+        return self._sweep_slots(slots, now, force=force, reason=reason)
+
+    def _sweep_slots(
+        self, slots: npt.NDArray[np.int64], now: int, *, force: bool, reason: int
+    ) -> list[ConnRecord]:
+        OUT = np.empty((len(slots), z.NFIELDS), np.int64)
+        OH = np.empty((len(slots), z.HIST_MAX), np.uint8)
+        self.nfree, k = z.sweep(
+            self.S,
+            self.H,
+            self.free,
+            self.nfree,
+            self.conv_slot,
+            slots,
+            now,
+            self.zeek_timers,
+            self.idle_ns,
+            self.closed_idle_ns,
+            force,
+            reason,
+            OUT,
+            OH,
+        )
+        return self._records(OUT[:k], OH[:k]) if k else []
+
+    def _evict(self, count: int) -> list[ConnRecord]:
+        """Drop the `count` connections idle longest, once with a warning."""
+        slots = self._active_slots()
+        if not len(slots):
+            return []
+        count = min(count, len(slots))
+        order = np.argsort(self.S[slots, z.F_SEEN_TS], kind="stable")[:count]
+        victims = slots[order]
+        if not self.evicted:
+            msg = (
+                f"more than {self.max_active} connections active at once: the ones idle "
+                "longest are written out early (end: 'evicted'); later packets of them "
+                "start a continued record"
+            )
+            self.warnings.append(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        self.evicted += len(victims)
+        return self._sweep_slots(victims, self.now, force=True, reason=z.END_EVICTED)
+
+    # -- records -------------------------------------------------------------------------
+    def _take_kept(self, uids: npt.NDArray[np.int64]) -> dict[int, dict[str, npt.NDArray[Any]]]:
+        if not self._kept:
+            return {}
+        cols = {k: np.concatenate([c[k] for c in self._kept]) for k in self._kept[0]}
+        mine = np.isin(cols["uid"], uids)
+        rest = {k: v[~mine] for k, v in cols.items()}
+        self._kept = [rest] if len(rest["uid"]) else []
+        self._kept_n = len(rest["uid"])
+        sel = {k: v[mine] for k, v in cols.items()}
+        if not len(sel["uid"]):
+            return {}
+        order = np.argsort(sel["uid"], kind="stable")
+        sel = {k: v[order] for k, v in sel.items()}
+        u, starts = np.unique(sel["uid"], return_index=True)
+        ends = np.append(starts[1:], len(sel["uid"]))
+        return {
+            int(uid): {k: v[a:b] for k, v in sel.items()}
+            for uid, a, b in zip(u.tolist(), starts.tolist(), ends.tolist(), strict=True)
+        }
+
+    def _rfc(self, rows: dict[str, npt.NDArray[Any]] | None, odir: int) -> tuple[str, str]:
+        """Final RFC 9293 states of (originator, responder) from the kept packets."""
+        if rows is None or not len(rows["dir"]):
+            return "CLOSED", "CLOSED"
+        direction = (rows["dir"].astype(np.int64) != odir).astype(np.int64)
+        seq = rows["seq"].astype(np.int64)
+        ack = rows["ack"].astype(np.int64)
+        base = [0, 0]
+        for d in (0, 1):
+            m = np.flatnonzero(direction == d)
+            if len(m):
+                base[d] = int(seq[m[0]])
+        other = np.where(direction == 0, base[1], base[0])
+        mine = np.where(direction == 0, base[0], base[1])
+        key = b"".join(
+            (
+                direction.astype(np.int8).tobytes(),
+                (rows["flags"] & 0x1F).astype(np.int16).tobytes(),
+                ((seq - mine) & 0xFFFFFFFF).astype(np.uint32).tobytes(),
+                ((ack - other) & 0xFFFFFFFF).astype(np.uint32).tobytes(),
+                rows["plen"].astype(np.uint32).tobytes(),
+            )
+        )
+        got = self._memo.get(key)
+        if got is None:
+            cs = run_connection(
+                direction, rows["flags"], seq, ack, rows["plen"], rows["ts"], rows["frame"]
+            )
+            res = []
+            for ep in (cs.originator, cs.responder):
+                last = ep.timeline[-1]
+                row = int(np.searchsorted(rows["frame"], last.frame)) if last.frame else -1
+                res.append((int(ep.state), row))
+            got = (res[0][0], res[1][0], res[0][1], res[1][1])
+            if len(self._memo) < 100_000:
+                self._memo[key] = got
+        names = []
+        for st, row in ((got[0], got[2]), (got[1], got[3])):
+            if st == State.TIME_WAIT and 0 <= row < len(rows["ts"]):
+                if self.now - int(rows["ts"][row]) >= TIME_WAIT_NS:
+                    st = State.CLOSED
+            names.append(_STATE_NAMES[st])
+        return names[0], names[1]
+
+    def _records(self, OUT: npt.NDArray[np.int64], OH: npt.NDArray[np.uint8]) -> list[ConnRecord]:
+        kept = self._take_kept(OUT[:, z.F_UID]) if self.rfc_states else {}
+        recs = []
+        for row, hist in zip(OUT.tolist(), OH, strict=True):
+            recs.append(self._record(row, bytes(hist[: row[z.F_HLEN]]).decode("ascii"), kept))
+        return recs
+
+    def _record(
+        self, r: list[int], history: str, kept: dict[int, dict[str, npt.NDArray[Any]]]
+    ) -> ConnRecord:
+        od = r[z.F_ODIR]
+        eo = z.EP0 + od * z.EPN
+        er = z.EP0 + (1 - od) * z.EPN
+
+        def ep(e: int, f: int) -> int:
+            return r[e + f]
+
+        a = 0 if od == 0 else 3
+        b = 3 - a
+        u64 = 0xFFFFFFFFFFFFFFFF
+        orig_h = format_addr(r[z.F_A0HI + a] & u64, r[z.F_A0HI + a + 1] & u64)
+        resp_h = format_addr(r[z.F_A0HI + b] & u64, r[z.F_A0HI + b + 1] & u64)
+        zo, zr = ep(eo, z.E_STATE), ep(er, z.E_STATE)
+        osize = z.zeek_size(
+            0, ep(eo, z.E_LAST), ep(eo, z.E_ACKR), ep(eo, z.E_FIN_CNT), zo, ep(eo, z.E_PREV), zr
+        )
+        rsize = z.zeek_size(
+            0, ep(er, z.E_LAST), ep(er, z.E_ACKR), ep(er, z.E_FIN_CNT), zr, ep(er, z.E_PREV), zo
+        )
+        conn_state = z.zeek_conn_state(zo, zr, osize, rsize, history)
+        if self.rfc_states:
+            o_rfc, r_rfc = self._rfc(kept.get(r[z.F_UID]), od)
+        else:
+            o_rfc = r_rfc = ""
+        irtt = None
+        if r[z.F_HSACK_TS] >= 0 and r[z.F_SYN_TS] >= 0:
+            irtt = (r[z.F_HSACK_TS] - r[z.F_SYN_TS]) / 1e9
+        reason = r[z.F_REASON]
+        rec = ConnRecord(
+            uid=f"{self.uid_prefix}{_b62(r[z.F_UID])}",
+            stream=r[z.F_STREAM],
+            orig_h=orig_h,
+            orig_p=r[z.F_A0HI + a + 2],
+            resp_h=resp_h,
+            resp_p=r[z.F_A0HI + b + 2],
+            orientation=z.ORIENT_WORDS[r[z.F_ORIENT]],
+            start=r[z.F_START_TS] / 1e9,
+            duration=(r[z.F_LAST_TS] - r[z.F_START_TS]) / 1e9,
+            orig_pkts=ep(eo, z.E_PKTS),
+            resp_pkts=ep(er, z.E_PKTS),
+            orig_bytes=osize,
+            resp_bytes=rsize,
+            orig_payload=ep(eo, z.E_PAYLOAD),
+            resp_payload=ep(er, z.E_PAYLOAD),
+            orig_ip_bytes=ep(eo, z.E_IPBYTES),
+            resp_ip_bytes=ep(er, z.E_IPBYTES),
+            missed_bytes=0,
+            irtt=irtt,
+            retransmissions=ep(eo, z.E_RETX) + ep(er, z.E_RETX),
+            zero_windows=ep(eo, z.E_ZWIN) + ep(er, z.E_ZWIN),
+            orig_state=o_rfc,
+            resp_state=r_rfc,
+            end="",
+            conn_state=conn_state,
+            history=history,
+            continued=bool(r[z.F_CONTINUED]),
+            emitted=z.END_WORDS[reason],
+            zeek_orig_state=z.ZEEK_STATE_NAMES[zo],
+            zeek_resp_state=z.ZEEK_STATE_NAMES[zr],
+            first_ns=r[z.F_START_TS],
+        )
+        rec.end = end_words(
+            [r[z.F_CLOSE1], r[z.F_CLOSE2], r[z.F_CLOSE3]],
+            od,
+            conn_state,
+            reason,
+            r[z.F_FIRST_FLAGS],
+            idle_s=(self.now - r[z.F_SEEN_TS]) / 1e9,
+        )
+        return rec
+
+
+def end_words(
+    closes: list[int], odir: int, conn_state: str, reason: int, first_flags: int, idle_s: float
+) -> str:
+    """How the connection ended, in words, from the order of its first FINs and RSTs."""
+    events = []
+    for c in closes:
+        if not c:
+            continue
+        d, kind = divmod(c - 1, 4)
+        events.append(("originator" if d == odir else "responder", "FIN" if kind == 0 else "RST"))
+    if conn_state == "REJ" and (first_flags & (SYN | ACK)) == SYN:
+        return "refused (RST to SYN)"
+    if conn_state in ("S0",) or (
+        conn_state == "OTH" and not events and first_flags & SYN and not first_flags & ACK
+    ):
+        return "no answer to SYN"
+    rst = next((i for i, e in enumerate(events) if e[1] == "RST"), None)
+    fins = [f"{who} FIN" for who, kind in events if kind == "FIN"]
+    if rst is not None:
+        who = events[rst][0]
+        before = [f"{w} FIN" for w, k in events[:rst] if k == "FIN"]
+        text = f"reset by {who}"
+        if before:
+            text += " after " + ", ".join(before)
+        return text
+    if len(fins) >= 2:
+        return "closed by " + ", ".join(fins)
+    tail = {
+        z.END_CAPTURE: "still open at end of capture",
+        z.END_EVICTED: "evicted while still open (too many active connections)",
+        z.END_IDLE: f"idle for {idle_s:.0f} s, no close seen",
+        z.END_INACTIVITY: "no close seen before Zeek's inactivity timeout",
+    }.get(reason, "no close seen")
+    if fins:
+        return f"half-closed by {fins[0]}; {tail}"
+    return tail
+
+
+def iter_connections(
+    source: str | Iterable[PacketTable],
+    stats: CaptureStats | None = None,
+    **options: Any,
+) -> Iterator[ConnRecord]:
+    """Connections of a capture (a path, "-", or tables), yielded as each one finishes."""
+    from tcpwhy.capture import iter_tables
+
+    b = ConnectionBuilder(**options)
+    tables = iter_tables(source, stats) if isinstance(source, str) else source
+    for t in tables:
+        yield from b.feed(t)
+    yield from b.finish()
+    if stats is not None:
+        stats.warnings.extend(b.warnings)
+
+
+def build_connections(table: PacketTable, **options: Any) -> list[ConnRecord]:
+    """All connections of one packet table, in stream order."""
+    recs = list(iter_connections([table], None, **options))
+    recs.sort(key=lambda r: (r.stream, r.first_ns))
+    return recs
+
+
+__all__ = [
+    "DEFAULT_LIKELY_SERVER_PORTS",
+    "ConnRecord",
+    "ConnectionBuilder",
+    "build_connections",
+    "end_words",
+    "iter_connections",
+    "packet_flags",
+    "zeek_ports",
+]
+
+_ = (FIN, RST)

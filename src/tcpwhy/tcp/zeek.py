@@ -1,0 +1,955 @@
+"""Zeek's view of a TCP connection: endpoint states, `conn_state`, `history`, counters.
+
+This is a port of the per-packet logic of Zeek's TCP session adapter
+(``TCPSessionAdapter::Process`` and its ``Update*State`` helpers), of its
+session timers, and of ``conn_state()`` in ``base/protocols/conn/main.zeek``,
+so that a record here reads like the conn.log line Zeek would have written.
+The per-packet pass is sequential (history letters depend on order), so it
+is compiled with numba and keeps its state in plain integer arrays, one row
+per active connection ("slot"), which carry over from chunk to chunk.
+
+Endpoints are indexed by the packet table's canonical direction (0/1), not
+by originator/responder; ``F_ODIR`` says which one originates. Flipping the
+roles (Zeek's ``^``) is then a single assignment.
+
+What is left out of Zeek: the stream reassembler (content gaps, history
+``G`` and ``missed_bytes``), application analyzers (``service``, ``X``) and
+weirds. See docs/conns.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+# --- Zeek endpoint states (TCP_ENDPOINT_*), in Zeek's own numbering -------------------
+INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
+ZEEK_STATE_NAMES = (
+    "INACTIVE",
+    "SYN_SENT",
+    "SYN_ACK_SENT",
+    "PARTIAL",
+    "ESTABLISHED",
+    "CLOSED",
+    "RESET",
+)
+
+# --- history bit masks (Zeek's HIST_*); the responder's are shifted left by 16 ----------
+H_SYN, H_FIN, H_RST, H_FIN_RST, H_DATA, H_ACK, H_MULTI = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x40
+
+# --- Zeek's default timer settings (init-bare.zeek), in nanoseconds ---------------------
+SEC = 1_000_000_000
+TCP_SYN_TIMEOUT = 5 * SEC
+TCP_SESSION_TIMER = 6 * SEC
+TCP_CONNECTION_LINGER = 5 * SEC
+TCP_ATTEMPT_DELAY = 5 * SEC
+TCP_CLOSE_DELAY = 5 * SEC
+TCP_PARTIAL_CLOSE_DELAY = 3 * SEC
+TCP_RESET_DELAY = 5 * SEC
+TCP_INACTIVITY_TIMEOUT = 300 * SEC
+UDP_INACTIVITY_TIMEOUT = 60 * SEC  # what Zeek arms for a TCP connection until its handshake ends
+NEVER = np.iinfo(np.int64).max
+
+TOO_LARGE_SEQ_DELTA = 1048576
+
+HIST_MAX = 48
+"""History letters kept per connection; longer histories end in '+' (Zeek's are unbounded)."""
+
+# --- slot layout: one int64 row per active connection -----------------------------------
+_conn_fields = (
+    "ACTIVE",
+    "UID",
+    "STREAM",
+    "CONV",
+    "ODIR",  # canonical direction of the originator
+    "ORIENT",  # ORIENT_* how the originator was chosen
+    "START_TS",
+    "LAST_TS",  # Zeek's LastTime: not advanced once both sides closed
+    "SEEN_TS",  # any packet, for idling and eviction
+    "HIST_SEEN",
+    "HLEN",
+    "IS_ACTIVE",  # Zeek's is_active (timers stop caring once it is 0)
+    "INACT",  # inactivity timeout in force
+    "T_ATTEMPT",
+    "T_DELETE",
+    "T_EXPIRE",
+    "T_PARTIAL",
+    "T_RESET",
+    "SYN_TS",
+    "SYNACK_TS",
+    "HSACK_TS",
+    "CONTINUED",
+    "FIRST_FLAGS",
+    "CLOSE1",  # first closing event: 1 + (dir*4 + kind), kind 0 FIN, 1 RST
+    "CLOSE2",
+    "CLOSE3",
+    "REASON",  # END_* why the record was emitted
+    "A0HI",  # address and port of the endpoint that sends direction 0
+    "A0LO",
+    "P0",
+    "A1HI",
+    "A1LO",
+    "P1",
+)
+_ep_fields = (
+    "STATE",
+    "PREV",
+    "START",  # raw 32-bit start sequence number
+    "LAST",  # last sequence number, relative to START, 64-bit
+    "ACKR",  # highest ack received from the peer, relative to START
+    "FIN_CNT",
+    "DID_CLOSE",
+    "HL_SYN",
+    "HL_FIN",
+    "HL_RST",
+    "RX_CNT",
+    "RX_TH",
+    "W0_CNT",
+    "W0_TH",
+    "CK_CNT",
+    "CK_TH",
+    "PKTS",
+    "IPBYTES",
+    "PAYLOAD",
+    "RETX",
+    "ZWIN",
+    "FIN_END",  # raw seq just past my last FIN, for picking the ACKs that matter to states
+    "FIN_ACKED",  # bit 1: an ACK of my FIN was kept; bit 2: a later non-acknowledging one
+    "FIRST_KEPT",  # non-control packets kept at the start (for the handshake's ACK)
+)
+F: dict[str, int] = {name: i for i, name in enumerate(_conn_fields)}
+EP0 = len(_conn_fields)
+EPN = len(_ep_fields)
+E: dict[str, int] = {name: i for i, name in enumerate(_ep_fields)}
+NFIELDS = EP0 + 2 * EPN
+
+(
+    F_ACTIVE,
+    F_UID,
+    F_STREAM,
+    F_CONV,
+    F_ODIR,
+    F_ORIENT,
+    F_START_TS,
+    F_LAST_TS,
+    F_SEEN_TS,
+    F_HIST_SEEN,
+    F_HLEN,
+    F_IS_ACTIVE,
+    F_INACT,
+    F_T_ATTEMPT,
+    F_T_DELETE,
+    F_T_EXPIRE,
+    F_T_PARTIAL,
+    F_T_RESET,
+    F_SYN_TS,
+    F_SYNACK_TS,
+    F_HSACK_TS,
+    F_CONTINUED,
+    F_FIRST_FLAGS,
+    F_CLOSE1,
+    F_CLOSE2,
+    F_CLOSE3,
+    F_REASON,
+    F_A0HI,
+    F_A0LO,
+    F_P0,
+    F_A1HI,
+    F_A1LO,
+    F_P1,
+) = range(len(_conn_fields))
+(
+    E_STATE,
+    E_PREV,
+    E_START,
+    E_LAST,
+    E_ACKR,
+    E_FIN_CNT,
+    E_DID_CLOSE,
+    E_HL_SYN,
+    E_HL_FIN,
+    E_HL_RST,
+    E_RX_CNT,
+    E_RX_TH,
+    E_W0_CNT,
+    E_W0_TH,
+    E_CK_CNT,
+    E_CK_TH,
+    E_PKTS,
+    E_IPBYTES,
+    E_PAYLOAD,
+    E_RETX,
+    E_ZWIN,
+    E_FIN_END,
+    E_FIN_ACKED,
+    E_FIRST_KEPT,
+) = range(EPN)
+
+# how the originator was chosen
+ORIENT_SYN, ORIENT_FIRST, ORIENT_PORT, ORIENT_SYNACK, ORIENT_REVERSAL = range(5)
+ORIENT_WORDS = (
+    "syn",
+    "heuristic: sender of the first packet (no SYN seen)",
+    "heuristic: likely server port",
+    "heuristic: a lone SYN-ACK came from the responder",
+    "heuristic: SYN and SYN-ACK seen in reverse order",
+)
+
+# why a record was emitted
+(
+    END_CAPTURE,
+    END_CLOSE_DELAY,
+    END_ATTEMPT,
+    END_EXPIRE,
+    END_PARTIAL_CLOSE,
+    END_RESET_DELAY,
+    END_INACTIVITY,
+    END_REUSE,
+    END_PORT_REUSE,
+    END_EVICTED,
+    END_IDLE,
+) = range(11)
+END_WORDS = (
+    "end of capture",
+    "closed (Zeek's close delay passed)",
+    "connection attempt timed out",
+    "expired",
+    "partial close timed out",
+    "reset (Zeek's reset delay passed)",
+    "inactivity timeout",
+    "Zeek saw the 4-tuple reused",
+    "port reused (new SYN)",
+    "evicted: too many active connections",
+    "idle",
+)
+
+FIN_, SYN_, RST_, PSH_, ACK_ = 1, 2, 4, 8, 16
+_M32 = np.int64(0xFFFFFFFF)
+
+
+@njit(cache=True, inline="always")
+def _sdelta(a: Any, b: Any) -> Any:
+    """a - b in 32-bit sequence space, as a signed value (Zeek's seq_delta)."""
+    d = (np.int64(a) - np.int64(b)) & _M32
+    if d >= 0x80000000:
+        d -= 0x100000000
+    return d
+
+
+@njit(cache=True, inline="always")
+def _ep(d: Any) -> Any:
+    return EP0 + d * EPN
+
+
+@njit(cache=True)
+def _add_hist(S: Any, H: Any, s: Any, code: Any) -> None:
+    n = S[s, F_HLEN]
+    if n < HIST_MAX - 1:
+        H[s, n] = code
+        S[s, F_HLEN] = n + 1
+    elif n == HIST_MAX - 1:
+        H[s, n] = 43  # '+'
+        S[s, F_HLEN] = n + 1
+
+
+@njit(cache=True)
+def _check_hist(S: Any, H: Any, s: Any, d: Any, mask: Any, code: Any) -> bool:
+    """Zeek's CheckHistory: add the letter the first time; True if it was seen before."""
+    if d != S[s, F_ODIR]:
+        mask = mask << 16
+        code = code + 32  # lower case
+    if S[s, F_HIST_SEEN] & mask:
+        return True
+    S[s, F_HIST_SEEN] |= mask
+    _add_hist(S, H, s, code)
+    return False
+
+
+@njit(cache=True)
+def _letter(S: Any, H: Any, s: Any, d: Any, code: Any) -> None:
+    if d != S[s, F_ODIR]:
+        code = code + 32
+    _add_hist(S, H, s, code)
+
+
+@njit(cache=True)
+def _scaled(S: Any, H: Any, s: Any, d: Any, cnt: Any, th: Any, code: Any) -> None:
+    """Zeek's ScaledHistoryEntry: a letter on the 1st, 10th, 100th ... occurrence."""
+    e = _ep(d)
+    S[s, e + cnt] += 1
+    if S[s, e + cnt] == S[s, e + th]:
+        _letter(S, H, s, d, code)
+        S[s, e + th] *= 10
+
+
+@njit(cache=True)
+def _is_handshake(st: Any) -> bool:
+    return st == INACTIVE or st == SYN_SENT or st == SYN_ACK_SENT
+
+
+@njit(cache=True)
+def _set_state(S: Any, s: Any, d: Any, new: Any) -> None:
+    e = _ep(d)
+    p = _ep(1 - d)
+    old = S[s, e + E_STATE]
+    if new != old:
+        if not _is_handshake(new) and _is_handshake(old) and _is_handshake(S[s, p + E_STATE]):
+            S[s, F_INACT] = TCP_INACTIVITY_TIMEOUT
+        S[s, e + E_PREV] = old
+        S[s, e + E_STATE] = new
+
+
+@njit(cache=True)
+def _init_seq(S: Any, s: Any, d: Any, start: Any, last: Any) -> None:
+    e = _ep(d)
+    S[s, e + E_START] = start & _M32
+    S[s, e + E_ACKR] = 0
+    S[s, e + E_LAST] = _sdelta(last, start)
+
+
+@njit(cache=True)
+def _raw(S: Any, s: Any, d: Any, rel: Any) -> Any:
+    return (S[s, _ep(d) + E_START] + rel) & _M32
+
+
+@njit(cache=True)
+def _flip(S: Any, H: Any, s: Any) -> None:
+    S[s, F_ODIR] = 1 - S[s, F_ODIR]
+    _add_hist(S, H, s, 94)  # '^'
+
+
+@njit(cache=True)
+def _close(S: Any, s: Any, d: Any) -> None:
+    """Zeek's ConnectionClosed for endpoint d: arms the timers that will remove the connection."""
+    e = _ep(d)
+    p = _ep(1 - d)
+    if S[s, e + E_DID_CLOSE]:
+        return
+    S[s, e + E_DID_CLOSE] = 1
+    complete = S[s, e + E_STATE] == RESET or S[s, p + E_DID_CLOSE] or S[s, p + E_STATE] == INACTIVE
+    if complete:
+        if S[s, e + E_PREV] != INACTIVE or S[s, p + E_STATE] != INACTIVE:
+            S[s, F_IS_ACTIVE] = 0  # ConnectionFinished
+        # CancelTimers(): the analyzer's timers go, the session's inactivity timer stays
+        S[s, F_T_ATTEMPT] = NEVER
+        S[s, F_T_EXPIRE] = NEVER
+        S[s, F_T_PARTIAL] = NEVER
+        S[s, F_T_RESET] = NEVER
+        S[s, F_T_DELETE] = min(S[s, F_T_DELETE], S[s, F_LAST_TS] + TCP_CLOSE_DELAY)
+    elif S[s, e + E_PREV] == INACTIVE:
+        S[s, F_T_PARTIAL] = min(S[s, F_T_PARTIAL], S[s, F_LAST_TS] + TCP_PARTIAL_CLOSE_DELAY)
+    else:
+        S[s, F_T_EXPIRE] = min(S[s, F_T_EXPIRE], S[s, F_LAST_TS] + TCP_SESSION_TIMER)
+
+
+@njit(cache=True)
+def _note_close(S: Any, s: Any, d: Any, kind: Any) -> None:
+    """Remember the order of the first FIN and RST of each side, for wording the end."""
+    code = 1 + d * 4 + kind
+    for f in (F_CLOSE1, F_CLOSE2, F_CLOSE3):
+        if S[s, f] == code:
+            return
+        if S[s, f] == 0:
+            S[s, f] = code
+            return
+
+
+@njit(cache=True)
+def _state_machine(
+    S: Any, H: Any, s: Any, d: Any, t: Any, base: Any, ackn: Any, plen: Any, dlast: Any, fl: Any
+) -> tuple[bool, bool]:
+    """Zeek's UpdateStateMachine for a packet from endpoint d; returns (do_close, gen_event)."""
+    e = _ep(d)
+    p = _ep(1 - d)
+    is_orig = d == S[s, F_ODIR]
+    syn = fl & SYN_
+    fin = fl & FIN_
+    rst = fl & RST_
+    ack = fl & ACK_
+    do_close = False
+    gen = False
+    st = S[s, e + E_STATE]
+    if st == INACTIVE:
+        if syn:
+            if is_orig:
+                if ack:
+                    _set_state(S, s, d, SYN_ACK_SENT)
+                else:
+                    _set_state(S, s, d, SYN_SENT)
+                S[s, F_T_ATTEMPT] = min(S[s, F_T_ATTEMPT], t + TCP_ATTEMPT_DELAY)
+            else:
+                if not ack:
+                    if S[s, p + E_STATE] == SYN_ACK_SENT and (base & _M32) == S[s, e + E_START]:
+                        # SYN and SYN-ACK seen in reverse order: flip and establish
+                        _flip(S, H, s)
+                        S[s, F_ORIENT] = ORIENT_REVERSAL
+                        _set_state(S, s, 1 - d, ESTABLISHED)
+                if S[s, p + E_STATE] == SYN_SENT:
+                    _set_state(S, s, 1 - d, ESTABLISHED)
+                _set_state(S, s, d, ESTABLISHED)
+        if fin:
+            _set_state(S, s, d, CLOSED)
+            do_close = True
+            gen = True
+        if rst:
+            _set_state(S, s, d, RESET)
+            reject = False
+            if is_orig:
+                if S[s, p + E_STATE] == ESTABLISHED:
+                    reject = True
+            elif S[s, p + E_STATE] == SYN_SENT or S[s, p + E_STATE] == SYN_ACK_SENT:
+                reject = True
+            do_close = True
+            gen = not reject
+            if reject:
+                S[s, F_IS_ACTIVE] = 0
+        if S[s, e + E_STATE] == INACTIVE:
+            if not is_orig and plen == 0 and S[s, _ep(S[s, F_ODIR]) + E_STATE] == SYN_SENT:
+                pass  # an ACK of the SYN before the SYN-ACK: not a partial connection
+            elif ack and S[s, p + E_STATE] == ESTABLISHED:
+                _set_state(S, s, d, ESTABLISHED)
+            else:
+                _set_state(S, s, d, PARTIAL)
+    elif st == SYN_SENT or st == SYN_ACK_SENT:
+        if fin:
+            _set_state(S, s, d, CLOSED)
+            do_close = True
+            gen = True
+        if rst:
+            _set_state(S, s, d, RESET)
+            S[s, F_IS_ACTIVE] = 0
+            do_close = True
+    elif st == ESTABLISHED or st == PARTIAL:
+        if syn:
+            if st == PARTIAL and S[s, p + E_STATE] == INACTIVE and not ack:
+                _set_state(S, s, d, SYN_SENT)
+        if fin and not rst:
+            _set_state(S, s, d, CLOSED)
+            if S[s, p + E_STATE] == RESET and S[s, p + E_PREV] == CLOSED:
+                # the peer's FIN then RST: a normal termination after all
+                _set_state(S, s, 1 - d, CLOSED)
+            do_close = True
+            gen = True
+        if rst:
+            _set_state(S, s, d, RESET)
+            do_close = True
+            if S[s, p + E_STATE] != RESET or S[s, p + E_PREV] != ESTABLISHED:
+                S[s, F_IS_ACTIVE] = 0
+    elif st == CLOSED:
+        if rst and S[s, p + E_STATE] != CLOSED:
+            _set_state(S, s, d, RESET)
+            if not S[s, e + E_DID_CLOSE]:
+                do_close = True
+            S[s, F_T_RESET] = min(S[s, F_T_RESET], t + TCP_RESET_DELAY)
+    return do_close, gen
+
+
+@njit(cache=True)
+def _new_conn(
+    S: Any,
+    H: Any,
+    s: Any,
+    uid: Any,
+    stream: Any,
+    conv: Any,
+    d: Any,
+    fl: Any,
+    sport: Any,
+    dport: Any,
+    likely: Any,
+    t: Any,
+    continued: Any,
+) -> None:
+    S[s, :] = 0
+    S[s, F_ACTIVE] = 1
+    S[s, F_UID] = uid
+    S[s, F_STREAM] = stream
+    S[s, F_CONV] = conv
+    S[s, F_ODIR] = d
+    S[s, F_ORIENT] = ORIENT_SYN if (fl & (SYN_ | ACK_)) == SYN_ else ORIENT_FIRST
+    S[s, F_START_TS] = t
+    S[s, F_LAST_TS] = t
+    S[s, F_SEEN_TS] = t
+    S[s, F_IS_ACTIVE] = 1
+    S[s, F_INACT] = UDP_INACTIVITY_TIMEOUT
+    S[s, F_T_ATTEMPT] = NEVER
+    S[s, F_T_DELETE] = NEVER
+    S[s, F_T_EXPIRE] = t + TCP_SYN_TIMEOUT
+    S[s, F_T_PARTIAL] = NEVER
+    S[s, F_T_RESET] = NEVER
+    S[s, F_SYN_TS] = -1
+    S[s, F_SYNACK_TS] = -1
+    S[s, F_HSACK_TS] = -1
+    S[s, F_CONTINUED] = continued
+    S[s, F_FIRST_FLAGS] = fl
+    for dd in range(2):
+        e = _ep(dd)
+        S[s, e + E_RX_TH] = 1
+        S[s, e + E_W0_TH] = 1
+        S[s, e + E_CK_TH] = 1
+    # WantConnection: without a plain SYN, guess the responder from likely server ports
+    if not ((fl & SYN_) and not (fl & ACK_)):
+        flip = False
+        if likely[sport]:
+            if likely[dport]:
+                flip = (fl & SYN_) == 0 and sport < dport
+            else:
+                flip = True
+        if flip:
+            _flip(S, H, s)
+            S[s, F_ORIENT] = ORIENT_PORT
+
+
+@njit(cache=True)
+def _timers_due(
+    S: Any, s: Any, now: Any, zeek_timers: bool, idle_ns: Any, closed_idle_ns: Any
+) -> Any:
+    """The reason the connection in slot s is gone by time `now`, or -1 if it is still there."""
+    if not zeek_timers:
+        seen = S[s, F_SEEN_TS]
+        e0 = _ep(0)
+        e1 = _ep(1)
+        finished = (S[s, e0 + E_DID_CLOSE] and S[s, e1 + E_DID_CLOSE]) or (
+            S[s, e0 + E_STATE] == RESET or S[s, e1 + E_STATE] == RESET
+        )
+        if finished and now - seen > closed_idle_ns:
+            return END_IDLE
+        if now - seen > idle_ns:
+            return END_IDLE
+        return -1
+    for _ in range(1_000_000):
+        # the earliest due timer fires first
+        tmin = NEVER
+        which = -1
+        for f in (F_T_DELETE, F_T_RESET, F_T_ATTEMPT, F_T_PARTIAL, F_T_EXPIRE):
+            if S[s, f] < tmin:
+                tmin = S[s, f]
+                which = f
+        inact_at = S[s, F_LAST_TS] + S[s, F_INACT]
+        if inact_at <= tmin and inact_at <= now:
+            return END_INACTIVITY
+        if tmin > now:
+            return -1
+        S[s, which] = NEVER
+        e_o = _ep(S[s, F_ODIR])
+        e_r = _ep(1 - S[s, F_ODIR])
+        os_ = S[s, e_o + E_STATE]
+        rs_ = S[s, e_r + E_STATE]
+        if which == F_T_DELETE:
+            return END_CLOSE_DELAY
+        if which == F_T_RESET:
+            if S[s, F_IS_ACTIVE]:
+                return END_RESET_DELAY
+            continue
+        if not S[s, F_IS_ACTIVE]:
+            continue
+        if which == F_T_ATTEMPT:
+            if (os_ == SYN_SENT or os_ == SYN_ACK_SENT) and rs_ == INACTIVE:
+                return END_ATTEMPT
+        elif which == F_T_PARTIAL:
+            if (
+                os_ != INACTIVE
+                and rs_ != INACTIVE
+                and not (S[s, e_o + E_DID_CLOSE] and S[s, e_r + E_DID_CLOSE])
+            ):
+                if os_ != RESET and rs_ != RESET:
+                    return END_PARTIAL_CLOSE
+        else:  # expire
+            if S[s, F_LAST_TS] + TCP_CONNECTION_LINGER < tmin:
+                oc = S[s, e_o + E_DID_CLOSE]
+                rc = S[s, e_r + E_DID_CLOSE]
+                if oc or rc:
+                    if (
+                        (oc and rc)
+                        or os_ == RESET
+                        or rs_ == RESET
+                        or os_ == INACTIVE
+                        or rs_ == INACTIVE
+                    ):
+                        return END_EXPIRE
+                if rs_ == INACTIVE and os_ == INACTIVE:
+                    return END_EXPIRE
+            S[s, F_T_EXPIRE] = min(S[s, F_T_EXPIRE], tmin + TCP_SESSION_TIMER)
+    return -1
+
+
+@njit(cache=True)
+def _is_reuse(S: Any, s: Any, d: Any, fl: Any, seq: Any) -> bool:
+    """Zeek's IsReuse: a SYN that starts a new connection on the same 4-tuple."""
+    if not (fl & SYN_):
+        return False
+    o = S[s, F_ODIR]
+    co = o
+    if fl & ACK_:
+        if S[s, _ep(o) + E_STATE] != INACTIVE:
+            return False
+        co = 1 - o
+    closed = S[s, _ep(0) + E_DID_CLOSE] or S[s, _ep(1) + E_DID_CLOSE]
+    if not closed:
+        if (seq & _M32) == S[s, _ep(co) + E_START]:
+            return False
+        r = 1 - o
+        if (
+            not (fl & ACK_)
+            and S[s, _ep(co) + E_STATE] == SYN_ACK_SENT
+            and S[s, _ep(r) + E_STATE] == INACTIVE
+            and (seq & _M32) == S[s, _ep(r) + E_START]
+        ):
+            return False
+    return True
+
+
+@njit(cache=True)
+def _emit(
+    S: Any, H: Any, s: Any, reason: Any, OUT: Any, OH: Any, k: Any, free: Any, nfree: Any
+) -> Any:
+    S[s, F_REASON] = reason
+    OUT[k, :] = S[s, :]
+    OH[k, :] = H[s, :]
+    S[s, F_ACTIVE] = 0
+    free[nfree] = s
+    return nfree + 1
+
+
+@njit(cache=True)
+def process_chunk(
+    S: Any,
+    H: Any,
+    free: Any,
+    nfree: int,
+    conv_slot: Any,
+    next_uid: int,
+    # per-row inputs
+    conv: Any,
+    stream: Any,
+    new: Any,
+    pdir: Any,
+    ts: Any,
+    flags: Any,
+    seq: Any,
+    ackn: Any,
+    win: Any,
+    plen: Any,
+    ip_len: Any,
+    sport: Any,
+    dport: Any,
+    src_hi: Any,
+    src_lo: Any,
+    dst_hi: Any,
+    dst_lo: Any,
+    csum_ok: Any,
+    ext_retx: Any,
+    ext_zwin: Any,
+    # settings
+    likely: Any,
+    check_csum: bool,
+    zeek_timers: bool,
+    idle_ns: int,
+    closed_idle_ns: int,
+    # outputs
+    row_uid: Any,
+    row_keep: Any,
+    OUT: Any,
+    OH: Any,
+) -> tuple[int, int, int]:
+    """Run every row of a chunk through its connection; returns (nfree, next_uid, emitted)."""
+    k = 0
+    for i in range(conv.shape[0]):
+        c = conv[i]
+        d = np.int64(pdir[i])
+        t = ts[i]
+        fl = np.int64(flags[i])
+        sq = np.int64(seq[i])
+        ak = np.int64(ackn[i])
+        ln = np.int64(plen[i])
+        s = conv_slot[c]
+        if s >= 0 and S[s, F_STREAM] != stream[i]:
+            # Wireshark started a new stream on this 4-tuple: the old one is over
+            nfree = _emit(S, H, s, END_PORT_REUSE, OUT, OH, k, free, nfree)
+            k += 1
+            conv_slot[c] = -1
+            s = -1
+        if s >= 0:
+            why = _timers_due(S, s, t, zeek_timers, idle_ns, closed_idle_ns)
+            if why < 0 and zeek_timers and _is_reuse(S, s, d, fl, sq):
+                why = END_REUSE
+            if why >= 0:
+                nfree = _emit(S, H, s, why, OUT, OH, k, free, nfree)
+                k += 1
+                conv_slot[c] = -1
+                s = -1
+                continued = 1
+            else:
+                continued = 0
+        else:
+            continued = 0 if new[i] else 1
+        if s < 0:
+            nfree -= 1
+            s = free[nfree]
+            conv_slot[c] = s
+            _new_conn(
+                S, H, s, next_uid, stream[i], c, d, fl, sport[i], dport[i], likely, t, continued
+            )
+            next_uid += 1
+            a = 0 if d == 0 else 3
+            b = 3 - a
+            S[s, F_A0HI + a] = src_hi[i]
+            S[s, F_A0HI + a + 1] = src_lo[i]
+            S[s, F_A0HI + a + 2] = sport[i]
+            S[s, F_A0HI + b] = dst_hi[i]
+            S[s, F_A0HI + b + 1] = dst_lo[i]
+            S[s, F_A0HI + b + 2] = dport[i]
+        row_uid[i] = S[s, F_UID]
+        S[s, F_SEEN_TS] = t
+        e = _ep(d)
+        p = _ep(1 - d)
+
+        # a lone SYN-ACK is flipped when the other side answers with an ACK or data
+        if (
+            S[s, F_HLEN] == 1
+            and H[s, 0] == 72  # 'H'
+            and d != S[s, F_ODIR]
+            and not (fl & (SYN_ | FIN_ | RST_))
+            and ((fl & ACK_) or ln > 0)
+        ):
+            S[s, F_ODIR] = d
+            H[s, 0] = 94  # '^'
+            H[s, 1] = 104  # 'h'
+            S[s, F_HLEN] = 2
+            S[s, F_ORIENT] = ORIENT_SYNACK
+            _set_state(S, s, 1 - d, ESTABLISHED)
+
+        # checksum: Zeek drops the packet after noting it (history C/c)
+        if check_csum and csum_ok[i] == 0:
+            _scaled(S, H, s, d, E_CK_CNT, E_CK_TH, 67)  # 'C'
+            row_keep[i] = False
+            continue
+
+        is_orig = d == S[s, F_ODIR]
+        syn = fl & SYN_
+        fin = fl & FIN_
+        rst = fl & RST_
+        seg = ln + (1 if syn else 0) + (1 if fin else 0)
+        if rst:
+            seg -= ln
+        end = (sq + seg) & _M32
+
+        # which rows the RFC state machine will need (see connections.py)
+        keep = (fl & (SYN_ | FIN_ | RST_)) != 0
+        if not keep and S[s, e + E_FIRST_KEPT] < 2:
+            keep = True
+            S[s, e + E_FIRST_KEPT] += 1
+        if not keep and (fl & ACK_) and S[s, p + E_FIN_CNT] > 0:
+            fa = S[s, p + E_FIN_ACKED]
+            if _sdelta(ak, S[s, p + E_FIN_END]) >= 0:
+                if not (fa & 1):
+                    keep = True
+                    S[s, p + E_FIN_ACKED] = fa | 1
+            elif not (fa & 3):
+                keep = True
+                S[s, p + E_FIN_ACKED] = fa | 2
+        row_keep[i] = keep
+
+        # init_endpoint
+        st = S[s, e + E_STATE]
+        if st == INACTIVE:
+            if syn:
+                _init_seq(S, s, d, sq, end)
+            else:
+                _init_seq(S, s, d, sq - 1, sq)
+        elif st == SYN_SENT or st == SYN_ACK_SENT:
+            if syn and (sq & _M32) != S[s, e + E_START]:
+                _init_seq(S, s, d, sq, end)
+        elif st == ESTABLISHED or st == PARTIAL:
+            if syn:
+                _init_seq(S, s, d, sq, end)
+        elif st == RESET:
+            if syn and S[s, e + E_PREV] == INACTIVE:
+                _init_seq(S, s, d, sq, end)
+
+        last_raw = _raw(S, s, d, S[s, e + E_LAST])
+        rel = S[s, e + E_LAST] + _sdelta(sq, last_raw)
+
+        # update_history
+        bits = (1 if syn else 0) + (1 if fin else 0) + (1 if rst else 0)
+        if bits > 1:
+            if fin and rst:
+                _check_hist(S, H, s, d, H_FIN_RST, 73)  # 'I'
+            else:
+                _check_hist(S, H, s, d, H_MULTI, 81)  # 'Q'
+        elif bits == 1:
+            if syn:
+                code = 72 if (fl & ACK_) else 83  # 'H' / 'S'
+                if _check_hist(S, H, s, d, H_SYN, code) and rel != S[s, e + E_HL_SYN]:
+                    _letter(S, H, s, d, code)
+                S[s, e + E_HL_SYN] = rel
+            if fin:
+                if _check_hist(S, H, s, d, H_FIN, 70) and rel + ln != S[s, e + E_HL_FIN]:
+                    _letter(S, H, s, d, 70)
+                S[s, e + E_HL_FIN] = rel + ln
+            if rst:
+                if _check_hist(S, H, s, d, H_RST, 82) and rel != S[s, e + E_HL_RST]:
+                    _letter(S, H, s, d, 82)
+                S[s, e + E_HL_RST] = rel
+        else:
+            if ln:
+                _check_hist(S, H, s, d, H_DATA, 68)  # 'D'
+            elif fl & ACK_:
+                _check_hist(S, H, s, d, H_ACK, 65)  # 'A'
+
+        # update_window: zero windows
+        if win[i] == 0 and not rst:
+            if ext_zwin[i] < 0:
+                S[s, e + E_ZWIN] += 1
+            if S[s, p + E_STATE] != CLOSED and S[s, e + E_STATE] != RESET:
+                _scaled(S, H, s, d, E_W0_CNT, E_W0_TH, 87)  # 'W'
+        if ext_zwin[i] > 0:
+            S[s, e + E_ZWIN] += 1
+
+        if not (S[s, e + E_DID_CLOSE] and S[s, p + E_DID_CLOSE]):
+            S[s, F_LAST_TS] = t
+
+        if fin:
+            S[s, e + E_FIN_CNT] += 1
+            S[s, e + E_FIN_END] = end
+            S[s, e + E_FIN_ACKED] = 0
+            _note_close(S, s, d, 0)
+        if rst:
+            _note_close(S, s, d, 1)
+
+        # handshake times, for the initial RTT
+        if syn and not (fl & ACK_) and is_orig and S[s, F_SYN_TS] < 0:
+            S[s, F_SYN_TS] = t
+        elif syn and (fl & ACK_) and not is_orig and S[s, F_SYN_TS] >= 0 and S[s, F_SYNACK_TS] < 0:
+            S[s, F_SYNACK_TS] = t
+        elif (
+            not syn and (fl & ACK_) and is_orig and S[s, F_SYNACK_TS] >= 0 and S[s, F_HSACK_TS] < 0
+        ):
+            S[s, F_HSACK_TS] = t
+
+        # the ACK field
+        if fl & ACK_:
+            if S[s, p + E_STATE] == INACTIVE:
+                _init_seq(S, s, 1 - d, ak - 1, ak - 1)
+            elif not rst:
+                pa_raw = _raw(S, s, 1 - d, S[s, p + E_ACKR])
+                da = _sdelta(ak, pa_raw)
+                prel = S[s, p + E_ACKR] + da
+                if prel >= 0 and not ((ak & _M32) == 0 and da > TOO_LARGE_SEQ_DELTA) and da > 0:
+                    S[s, p + E_ACKR] += da
+
+        # update_last_seq
+        dlast = _sdelta(end, last_raw)
+        if (syn or rst) and (dlast > TOO_LARGE_SEQ_DELTA or dlast < -TOO_LARGE_SEQ_DELTA):
+            pass
+        elif fin and S[s, e + E_LAST] == 1:
+            S[s, e + E_LAST] += dlast
+        elif S[s, e + E_STATE] == RESET:
+            pass
+        elif dlast > 0:
+            S[s, e + E_LAST] += dlast
+        elif ln > 0:
+            _scaled(S, H, s, d, E_RX_CNT, E_RX_TH, 84)  # 'T'
+            if ext_retx[i] < 0:
+                S[s, e + E_RETX] += 1
+        if ext_retx[i] > 0:
+            S[s, e + E_RETX] += 1
+
+        do_close, _gen = _state_machine(S, H, s, d, t, sq, ak, ln, dlast, fl)
+
+        # ConnSize: packets and IP bytes that got past the checksum
+        S[s, e + E_PKTS] += 1
+        S[s, e + E_IPBYTES] += ip_len[i]
+        S[s, e + E_PAYLOAD] += ln
+
+        if do_close:
+            _close(S, s, d)
+    return nfree, next_uid, k
+
+
+@njit(cache=True)
+def sweep(
+    S: Any,
+    H: Any,
+    free: Any,
+    nfree: int,
+    conv_slot: Any,
+    slots: Any,
+    now: int,
+    zeek_timers: bool,
+    idle_ns: int,
+    closed_idle_ns: int,
+    force: bool,
+    reason: int,
+    OUT: Any,
+    OH: Any,
+) -> tuple[int, int]:
+    """Emit the given active slots whose time is up by `now` (all of them if `force`)."""
+    k = 0
+    for j in range(slots.shape[0]):
+        s = slots[j]
+        if not S[s, F_ACTIVE]:
+            continue
+        why = reason if force else _timers_due(S, s, now, zeek_timers, idle_ns, closed_idle_ns)
+        if why >= 0:
+            conv_slot[S[s, F_CONV]] = -1
+            nfree = _emit(S, H, s, why, OUT, OH, k, free, nfree)
+            k += 1
+    return nfree, k
+
+
+def zeek_conn_state(
+    orig_state: int, resp_state: int, orig_size: int, resp_size: int, history: str
+) -> str:
+    """Zeek's conn_state() from base/protocols/conn/main.zeek."""
+    os_, rs = orig_state, resp_state
+    o_inactive = os_ in (INACTIVE, PARTIAL)
+    r_inactive = rs in (INACTIVE, PARTIAL)
+    if rs == RESET:
+        if os_ in (SYN_SENT, SYN_ACK_SENT) or (os_ == RESET and orig_size == 0 and resp_size == 0):
+            return "REJ"
+        return "RSTRH" if o_inactive else "RSTR"
+    if os_ == RESET:
+        if r_inactive:
+            return "RSTOS0" if _rstos0(history) else "OTH"
+        return "RSTO"
+    if rs == CLOSED and os_ == CLOSED:
+        return "SF"
+    if os_ == CLOSED:
+        return "SH" if r_inactive else "S2"
+    if rs == CLOSED:
+        return "SHR" if o_inactive else "S3"
+    if os_ == SYN_SENT and rs == INACTIVE:
+        return "S0"
+    if os_ == ESTABLISHED and rs == ESTABLISHED:
+        return "S1"
+    return "OTH"
+
+
+def _rstos0(history: str) -> bool:
+    """/^\\^?S[^HAFGIQ]*R.*/ (Zeek patterns match the whole string)."""
+    h = history[1:] if history.startswith("^") else history
+    if not h.startswith("S"):
+        return False
+    for ch in h[1:]:
+        if ch == "R":
+            return True
+        if ch in "HAFGIQ":
+            return False
+    return False
+
+
+def zeek_size(
+    start: int, last: int, ackr: int, fin_cnt: int, state: int, prev: int, peer_state: int
+) -> int:
+    """Zeek's TCP_Endpoint::Size(): payload bytes from sequence numbers."""
+    if prev == SYN_SENT and state == RESET and peer_state == INACTIVE and ackr not in (0, 1):
+        return 0
+    size = last if last > ackr else ackr
+    if size != 0:
+        size -= 1
+    if fin_cnt > 0 and size != 0:
+        size -= 1
+    return size & 0xFFFFFFFFFFFFFFFF
