@@ -115,3 +115,20 @@ def test_lab_recordings_agree_with_tshark() -> None:
     # the recordings exercise the flags the corpus lacks
     for f in ("keep_alive", "zero_window", "window_full", "retransmission", "duplicate_ack"):
         assert tp[f] > 0, f
+
+
+def test_chunked_analysis_equals_whole(zeek_corpus: Path) -> None:
+    """Streaming (stdin, large files) gives the same flags as analysing the whole table."""
+    import numpy as np
+
+    from tcpwhy.capture.reader import iter_tables
+    from tcpwhy.tcp.analysis import Analyzer
+
+    trace = str(zeek_corpus / "pppoe-over-qinq.pcap")
+    t = read_table(trace)
+    whole = analyze(t, StreamTracker().feed(t))
+    tracker, analyzer = StreamTracker(), Analyzer()
+    parts = [analyzer.feed(c, tracker.feed(c)) for c in iter_tables(trace, chunk_bytes=700)]
+    assert len(parts) > 5
+    assert np.array_equal(np.concatenate([p.bits for p in parts]), whole.bits)
+    assert np.allclose(np.concatenate([p.ack_rtt for p in parts]), whole.ack_rtt, equal_nan=True)

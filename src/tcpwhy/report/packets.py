@@ -25,6 +25,7 @@ from tcpwhy.decode.table import (
     PacketTable,
     format_addr,
 )
+from tcpwhy.tcp.analysis import Analyzer
 from tcpwhy.tcp.streams import StreamTracker
 
 COLUMNS = ("No.", "Time", "Source", "Destination", "Length", "Info")
@@ -82,6 +83,7 @@ class PacketRow:
     len: int
     win: int
     stream: int
+    analysis: list[str]
     info: str
 
     def as_json(self) -> dict[str, Any]:
@@ -99,6 +101,7 @@ class PacketRow:
             "len": self.len,
             "win": self.win,
             "stream": self.stream,
+            "analysis": self.analysis,
             "info": self.info,
         }
 
@@ -107,9 +110,11 @@ def iter_rows(
     source: str, stats: CaptureStats, absolute: bool = False, limit: int | None = None
 ) -> Iterator[PacketRow]:
     tracker = StreamTracker()
+    analyzer = Analyzer()
     shown = 0
     for t in iter_tables(source, stats, reuse=True):
         s = tracker.feed(t)
+        a = analyzer.feed(t, s)
         t0 = stats.first_ts_ns or 0
         rel_t = (t["ts_ns"] - t0).astype(np.float64) / 1e9
         seqs = t["seq"] if absolute else s["rel_seq"]
@@ -137,7 +142,9 @@ def iter_rows(
                 len=int(t["payload_len"][i]),
                 win=int(s["win_scaled"][i]),
                 stream=int(s["stream"][i]),
-                info=info_text(t, i, int(seqs[i]), ack, int(s["win_scaled"][i]), int(sack_base[i])),
+                analysis=a.names(i),
+                info=a.info_prefix(i)
+                + info_text(t, i, int(seqs[i]), ack, int(s["win_scaled"][i]), int(sack_base[i])),
             )
             shown += 1
 

@@ -64,22 +64,24 @@ FLAGS = (
     A_REUSED,
 ) = (1 << i for i in range(len(FLAGS)))
 
-# The Info column prefix Wireshark writes for each flag, in its order of precedence.
+# The Info column prefixes. Wireshark prepends one per flag as it prints them, so they
+# read in the reverse of its print order: the last printed comes first.
 INFO_PREFIX = (
-    (A_REUSED, "TCP Port numbers reused"),
+    (A_ZWP_ACK, "TCP ZeroWindowProbeAck"),
+    (A_ZERO_WIN, "TCP ZeroWindow"),
+    (A_ZWP, "TCP ZeroWindowProbe"),
+    (A_DUP_ACK, ""),  # "TCP Dup ACK <frame>#<n>", built per row
+    (A_KEEP_ALIVE_ACK, "TCP Keep-Alive ACK"),
+    (A_KEEP_ALIVE, "TCP Keep-Alive"),
+    (A_WIN_FULL, "TCP Window Full"),
+    (A_WIN_UPDATE, "TCP Window Update"),
+    (A_ACK_LOST, "TCP ACKed unseen segment"),
+    (A_LOST, "TCP Previous segment not captured"),
+    (A_OOO, "TCP Out-Of-Order"),
     (A_SPURIOUS, "TCP Spurious Retransmission"),
     (A_FAST_RETRANS, "TCP Fast Retransmission"),
     (A_RETRANS, "TCP Retransmission"),
-    (A_OOO, "TCP Out-Of-Order"),
-    (A_LOST, "TCP Previous segment not captured"),
-    (A_ACK_LOST, "TCP ACKed unseen segment"),
-    (A_KEEP_ALIVE, "TCP Keep-Alive"),
-    (A_KEEP_ALIVE_ACK, "TCP Keep-Alive ACK"),
-    (A_ZWP, "TCP ZeroWindowProbe"),
-    (A_ZWP_ACK, "TCP ZeroWindowProbeAck"),
-    (A_ZERO_WIN, "TCP ZeroWindow"),
-    (A_WIN_FULL, "TCP Window Full"),
-    (A_WIN_UPDATE, "TCP Window Update"),
+    (A_REUSED, "TCP Port numbers reused"),
 )
 
 MAX_UNACKED = 10000  # Wireshark's TCP_MAX_UNACKED_SEGMENTS per direction
@@ -115,7 +117,27 @@ def _analyze(
     ts: Any,
     frame: Any,
     reused: Any,
-    nstreams: Any,
+    nextseq: Any,
+    nextseqtime: Any,
+    maxseqtobeacked: Any,
+    lastack: Any,
+    lastacktime: Any,
+    window: Any,
+    dupacknum: Any,
+    lastnondup: Any,
+    lastflags: Any,
+    valid_bif: Any,
+    seg_head: Any,
+    seg_count: Any,
+    mru_syn: Any,
+    first_rtt: Any,
+    last_ts: Any,
+    pool_seq: Any,
+    pool_next: Any,
+    pool_ts: Any,
+    pool_frame: Any,
+    pool_link: Any,
+    pool_meta: Any,
     out_flags: Any,
     out_dup: Any,
     out_dupframe: Any,
@@ -125,31 +147,11 @@ def _analyze(
     out_delta: Any,
     out_tree: Any,
 ) -> None:
-    nk = nstreams * 2
-    nextseq = np.zeros(nk, np.uint32)
-    nextseqtime = np.zeros(nk, np.int64)
-    maxseqtobeacked = np.zeros(nk, np.uint32)
-    lastack = np.zeros(nk, np.uint32)
-    lastacktime = np.zeros(nk, np.int64)
-    window = np.full(nk, 0xFFFFFFFF, np.int64)
-    dupacknum = np.zeros(nk, np.int64)
-    lastnondup = np.zeros(nk, np.int64)
-    lastflags = np.zeros(nk, np.int64)
-    valid_bif = np.ones(nk, np.bool_)
-    seg_head = np.full(nk, -1, np.int64)
-    seg_count = np.zeros(nk, np.int64)
-    mru_syn = np.zeros(nstreams, np.int64)
-    first_rtt = np.zeros(nstreams, np.int64)
-    last_ts = np.full(nstreams, -1, np.int64)
     n = stream.shape[0]
-    # unacknowledged segments: a pool of singly linked lists, newest first
-    pool_seq = np.zeros(n, np.uint32)
-    pool_next = np.zeros(n, np.uint32)
-    pool_ts = np.zeros(n, np.int64)
-    pool_frame = np.zeros(n, np.int64)
-    pool_link = np.full(n, -1, np.int64)
-    free_head = -1
-    pool_used = 0
+    # unacknowledged segments: a pool of singly linked lists, newest first; the caller
+    # guarantees room for one new segment per row
+    free_head = pool_meta[0]
+    pool_used = pool_meta[1]
     for i in range(n):
         st = stream[i]
         fw = st * 2 + pdir[i]
@@ -343,6 +345,8 @@ def _analyze(
                 seg_count[rv] -= 1
                 k = nk2
         out_flags[i] = a
+        pool_meta[0] = free_head
+        pool_meta[1] = pool_used
         # Wireshark's per-packet analysis record exists (and with it the initial RTT field)
         # when a flag is set, a segment is acknowledged, or bytes in flight were computed
         out_tree[i] = (
@@ -380,18 +384,79 @@ class Analysis:
         parts = []
         for bit, text in INFO_PREFIX:
             if b & bit:
+                if bit == A_DUP_ACK:
+                    text = (
+                        f"TCP Dup ACK {int(self.dup_ack_frame[row])}#{int(self.dup_ack_num[row])}"
+                    )
                 parts.append(f"[{text}] ")
-        if b & A_DUP_ACK:
-            parts.append(
-                f"[TCP Dup ACK {int(self.dup_ack_frame[row])}#{int(self.dup_ack_num[row])}] "
-            )
         return "".join(parts)
+
+
+_DIR_STATE = {
+    # name: (dtype, initial value) of the per-(stream, direction) state
+    "nextseq": (np.uint32, 0),
+    "nextseqtime": (np.int64, 0),
+    "maxseqtobeacked": (np.uint32, 0),
+    "lastack": (np.uint32, 0),
+    "lastacktime": (np.int64, 0),
+    "window": (np.int64, 0xFFFFFFFF),
+    "dupacknum": (np.int64, 0),
+    "lastnondup": (np.int64, 0),
+    "lastflags": (np.int64, 0),
+    "valid_bif": (np.bool_, True),
+    "seg_head": (np.int64, -1),
+    "seg_count": (np.int64, 0),
+}
+_STREAM_STATE = {"mru_syn": (np.int64, 0), "first_rtt": (np.int64, 0), "last_ts": (np.int64, -1)}
+_POOL = {
+    "pool_seq": (np.uint32, 0),
+    "pool_next": (np.uint32, 0),
+    "pool_ts": (np.int64, 0),
+    "pool_frame": (np.int64, 0),
+    "pool_link": (np.int64, -1),
+}
+
+
+def _grown(arrs: dict[str, npt.NDArray[Any]], spec: dict[str, tuple[Any, int]], n: int) -> None:
+    for name, (dt, init) in spec.items():
+        old = arrs.get(name)
+        have = 0 if old is None else old.shape[0]
+        if have >= n:
+            continue
+        new = np.full(max(n, 2 * have, 1024), init, dt)
+        if old is not None:
+            new[:have] = old
+        arrs[name] = new
+
+
+class Analyzer:
+    """Runs the analysis over chunks fed in capture order, keeping the state between them."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, npt.NDArray[Any]] = {}
+        self.pool_meta = np.array([-1, 0], np.int64)
+
+    def feed(self, table: PacketTable, streams: dict[str, npt.NDArray[Any]]) -> Analysis:
+        n = len(table)
+        nstreams = int(streams["stream"].max()) + 1 if n else 0
+        _grown(self.state, _DIR_STATE, 2 * nstreams)
+        _grown(self.state, _STREAM_STATE, nstreams)
+        _grown(self.state, _POOL, int(self.pool_meta[1]) + n)
+        return _run(table, streams, self.state, self.pool_meta)
 
 
 def analyze(table: PacketTable, streams: dict[str, npt.NDArray[Any]]) -> Analysis:
     """Analysis flags of every row of a whole capture's table (rows in capture order)."""
+    return Analyzer().feed(table, streams)
+
+
+def _run(
+    table: PacketTable,
+    streams: dict[str, npt.NDArray[Any]],
+    state: dict[str, npt.NDArray[Any]],
+    pool_meta: npt.NDArray[np.int64],
+) -> Analysis:
     n = len(table)
-    nstreams = int(streams["stream"].max()) + 1 if n else 0
     bits = np.zeros(n, np.uint32)
     dup = np.zeros(n, np.int64)
     dupframe = np.zeros(n, np.int64)
@@ -413,7 +478,8 @@ def analyze(table: PacketTable, streams: dict[str, npt.NDArray[Any]]) -> Analysi
             table["ts_ns"],
             table["frame"].astype(np.int64),
             streams["reused"],
-            nstreams,
+            *(state[k] for k in (*_DIR_STATE, *_STREAM_STATE, *_POOL)),
+            pool_meta,
             bits,
             dup,
             dupframe,

@@ -27,4 +27,7 @@ for f in src/tcpwhy/data/*.pcap src/tcpwhy/data/lab/*.pcap; do
       { flags = ""; for (k = 1; k <= 15; k++) if ($(n + k) != "") flags = flags (flags == "" ? "" : ",") names[k];
         line = $1; for (k = 2; k <= n; k++) line = line OFS $k; print line, flags }'
   } > "$out"
+  # the Info column, with higher protocols off so that it shows TCP's own text
+  tshark -n -r "$f" -Y tcp --disable-protocol http -T fields -e frame.number -e _ws.col.Info \
+    2>/dev/null > "tests/data/tshark/$(basename "$f").info.tsv"
 done
