@@ -71,9 +71,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-c", "--count", type=_positive, metavar="N", help="stop after N packets")
     p.set_defaults(func=cmd_packets)
 
-    from tcpwhy.report import conns
+    from tcpwhy.report import conns, flow
 
     conns.register(sub)
+    flow.register(sub)
 
     d = sub.add_parser("demo", help="run tcpwhy on the capture shipped inside the package")
     d.set_defaults(func=cmd_demo)

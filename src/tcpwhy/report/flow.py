@@ -1,0 +1,237 @@
+"""`tcpwhy flow FILE STREAM`: the ladder diagram of one connection, with both endpoints' states.
+
+The picture engineers draw of the three-way and four-way handshakes: client
+on the left, server on the right, one arrow per segment with its flags,
+relative Seq/Ack, Len and analysis flags, and beside each arrow the state
+each endpoint enters there (from the state machine in tcpwhy.tcp.state).
+Runs of data segments in which no state changes and nothing is flagged fold
+into one line, so a long transfer does not hide the handshakes.
+
+States are inferred at the capture point: the endpoint on the far side of it
+enters its state when the segment passed the capture point, not when the
+segment reached it (see docs/state-machine.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import TextIO
+
+import numpy as np
+import numpy.typing as npt
+
+from tcpwhy.capture import read_table
+from tcpwhy.decode.table import ACK, FIN, RST, SYN, CaptureStats, PacketTable, format_addr
+from tcpwhy.errors import TcpwhyError
+from tcpwhy.report.packets import flag_names
+from tcpwhy.tcp.analysis import Analysis, analyze
+from tcpwhy.tcp.state import NO_FRAME, Endpoint, run_rows
+from tcpwhy.tcp.streams import StreamTracker
+
+ARROW = 58  # width of the arrow between the two lifelines
+
+
+@dataclass
+class Ladder:
+    """One connection's packets and both endpoints' state timelines."""
+
+    table: PacketTable
+    rows: npt.NDArray[np.int64]
+    direction: npt.NDArray[np.int8]  # 0: client -> server
+    rel_seq: npt.NDArray[np.uint32]
+    rel_ack: npt.NDArray[np.uint32]
+    analysis: Analysis
+    client: Endpoint
+    server: Endpoint
+    t0_ns: int
+    end_ns: int
+
+
+def originator_direction(flags: npt.NDArray[np.uint16], canon_dir: npt.NDArray[np.int8]) -> int:
+    """Canonical direction of the client: the first SYN's sender, else the receiver of the
+    first SYN-ACK, else the sender of the first packet."""
+    syn = np.nonzero((flags & (SYN | ACK)) == SYN)[0]
+    if syn.size:
+        return int(canon_dir[syn[0]])
+    synack = np.nonzero((flags & (SYN | ACK)) == (SYN | ACK))[0]
+    if synack.size:
+        return 1 - int(canon_dir[synack[0]])
+    return int(canon_dir[0])
+
+
+def build_ladder(source: str, stream: int, stats: CaptureStats | None = None) -> Ladder:
+    stats = stats if stats is not None else CaptureStats()
+    t = read_table(source, stats)
+    s = StreamTracker().feed(t)
+    a = analyze(t, s)
+    rows = np.nonzero(s["stream"] == stream)[0]
+    if rows.size == 0:
+        n = int(s["stream"].max()) + 1 if len(t) else 0
+        raise TcpwhyError(
+            source,
+            f"no TCP stream {stream} (the capture has streams 0 to {n - 1})"
+            if n
+            else "no TCP packets",
+        )
+    cdir = s["dir"][rows]
+    client = originator_direction(t["flags"][rows], cdir)
+    direction = (cdir != client).astype(np.int8)
+    end_ns = int(t["ts_ns"][-1])
+    states = run_rows(t, rows, direction, end_ns=end_ns)
+    t0 = stats.first_ts_ns if stats.first_ts_ns is not None else int(t["ts_ns"][0])
+    return Ladder(
+        t,
+        rows,
+        direction,
+        s["rel_seq"],
+        s["rel_ack"],
+        a,
+        states.originator,
+        states.responder,
+        t0,
+        end_ns,
+    )
+
+
+def _entered(ep: Endpoint) -> dict[int, list[str]]:
+    """Frame -> states entered at that frame (several when one segment moves it twice)."""
+    out: dict[int, list[str]] = {}
+    for step in ep.timeline[1:]:
+        if step.frame != NO_FRAME:
+            out.setdefault(step.frame, []).append(step.state.name)
+    return out
+
+
+def _label(lad: Ladder, i: int) -> str:
+    t = lad.table
+    f = int(t["flags"][i])
+    names = flag_names(f)
+    text = f"{', '.join(names) if names else '<None>'}  Seq={lad.rel_seq[i]}"
+    if f & ACK:
+        text += f" Ack={lad.rel_ack[i]}"
+    text += f" Len={t['payload_len'][i]}"
+    return text
+
+
+def _arrow(text: str, to_right: bool) -> str:
+    body = f" {text} "
+    room = ARROW - 2
+    if len(body) > room - 4:
+        body = body[: room - 5] + "… "
+    fill = room - len(body)
+    left, right = 2, fill - 2
+    if to_right:
+        return "|" + "─" * left + body + "─" * (right - 1) + "▶|"
+    return "|◀" + "─" * (left - 1) + body + "─" * right + "|"
+
+
+def render(lad: Ladder, out: TextIO, fold: int = 3) -> None:
+    t = lad.table
+    r0 = lad.rows[0]
+    cd = lad.direction[0]
+    # addresses of the client (sender when direction is 0)
+    if cd == 0:
+        c = (format_addr(t["src_hi"][r0], t["src_lo"][r0]), int(t["sport"][r0]))
+        s = (format_addr(t["dst_hi"][r0], t["dst_lo"][r0]), int(t["dport"][r0]))
+    else:
+        c = (format_addr(t["dst_hi"][r0], t["dst_lo"][r0]), int(t["dport"][r0]))
+        s = (format_addr(t["src_hi"][r0], t["src_lo"][r0]), int(t["sport"][r0]))
+    cname = f"client {c[0]}:{c[1]}"
+    sname = f"server {s[0]}:{s[1]}"
+    state_w = 25
+    out.write(f"{'time':>11} {'frame':>7}  {cname:<{state_w + ARROW // 2}}{sname:>{ARROW // 2}}\n")
+    c_ent, s_ent = _entered(lad.client), _entered(lad.server)
+    start_c = lad.client.timeline[0].state.name + (" (assumed)" if lad.client.assumed else "")
+    start_s = lad.server.timeline[0].state.name + (" (assumed)" if lad.server.assumed else "")
+    out.write(f"{'':>11} {'':>7}  {start_c:<{state_w}}|{' ' * (ARROW - 2)}|  {start_s}\n")
+
+    def quiet(i: int) -> bool:
+        frame = int(t["frame"][i])
+        f = int(t["flags"][i])
+        return (
+            frame not in c_ent
+            and frame not in s_ent
+            and not (f & (SYN | FIN | RST))
+            and lad.analysis.bits[i] == 0
+        )
+
+    rows = lad.rows.tolist()
+    k = 0
+    while k < len(rows):
+        i = rows[k]
+        if fold and quiet(i):
+            j = k
+            while j < len(rows) and quiet(rows[j]):
+                j += 1
+            if j - k >= fold:
+                seg = lad.rows[k:j]
+                data = t["payload_len"][seg] > 0
+                nbytes = int(t["payload_len"][seg].sum())
+                out.write(
+                    f"{'':>11} {'':>7}  {'':<{state_w}}|  … {int(data.sum()):,} data segments, "
+                    f"{_size(nbytes)}, {int((~data).sum()):,} pure ACKs, 0 flagged …\n"
+                )
+                k = j
+                continue
+        frame = int(t["frame"][i])
+        rel = (int(t["ts_ns"][i]) - lad.t0_ns) / 1e9
+        to_right = lad.direction[k] == 0
+        tags = lad.analysis.info_prefix(i).strip()
+        label = (tags + " " if tags else "") + _label(lad, i)
+        cst = " → ".join(c_ent.get(frame, []))
+        sst = " → ".join(s_ent.get(frame, []))
+        out.write(
+            f"{rel:>11.6f} {frame:>7}  {cst:<{state_w}}{_arrow(label, bool(to_right))}  {sst}\n"
+        )
+        k += 1
+    # timers after the last packet (TIME_WAIT ending) and the final states
+    for side, ep in (("client", lad.client), ("server", lad.server)):
+        for step in ep.timeline[1:]:
+            if step.frame == NO_FRAME:
+                rel = (step.ts_ns - lad.t0_ns) / 1e9
+                out.write(
+                    f"{rel:>11.6f} {'':>7}  {side} enters {step.state.name} (2MSL timer expired)\n"
+                )
+    out.write(
+        f"final states at end of capture: client {lad.client.state.name}, server {lad.server.state.name}\n"
+    )
+
+
+def _size(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f} MB"
+    if n >= 1_000:
+        return f"{n / 1e3:.1f} kB"
+    return f"{n} bytes"
+
+
+def cmd_flow(args: argparse.Namespace) -> int:
+    from tcpwhy.report.commands import report_stats
+
+    stats = CaptureStats()
+    lad = build_ladder(args.file, args.stream, stats)
+    render(lad, sys.stdout, fold=args.fold)
+    report_stats(args.file, stats)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "flow",
+        help="draw one connection as a ladder diagram with both endpoints' states",
+        description="Draw TCP stream STREAM (Wireshark's tcp.stream number) as a ladder diagram.",
+    )
+    p.add_argument("file", metavar="FILE")
+    p.add_argument(
+        "stream", metavar="STREAM", type=int, help="tcp.stream number (see `tcpwhy conns`)"
+    )
+    p.add_argument(
+        "--fold",
+        type=int,
+        default=3,
+        metavar="N",
+        help="fold runs of at least N uneventful segments into one line (0: never)",
+    )
+    p.set_defaults(func=cmd_flow)

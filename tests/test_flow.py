@@ -1,0 +1,74 @@
+"""`tcpwhy flow`: the ladder of one connection with both endpoints' states, on real captures."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tcpwhy.report.flow import build_ladder, render
+
+LAB = Path(__file__).resolve().parents[1] / "src" / "tcpwhy" / "data" / "lab"
+
+
+def _lines(path: Path, stream: int) -> list[str]:
+    buf = io.StringIO()
+    render(build_ladder(str(path), stream), buf)
+    return buf.getvalue().splitlines()
+
+
+def _row(lines: list[str], frame: int) -> str:
+    return next(line for line in lines if re.match(rf"\s+\d+\.\d+\s+{frame}\s", line))
+
+
+def _states(line: str) -> tuple[str, str]:
+    left, _, right = line.partition("|")
+    return left.split(None, 2)[-1].strip() if len(left.split()) > 2 else "", right.rsplit("|", 1)[
+        -1
+    ].strip()
+
+
+def test_four_way_close_of_a_corpus_trace(zeek_corpus: Path) -> None:
+    """ftp-gridftp stream 0: the client closes first (frames 59, 60, 61)."""
+    lines = _lines(zeek_corpus / "ftp-gridftp.pcap", 0)
+    assert _states(_row(lines, 1)) == ("SYN_SENT", "SYN_RECEIVED")
+    assert _states(_row(lines, 59)) == ("FIN_WAIT_1", "CLOSE_WAIT")
+    assert _states(_row(lines, 60)) == ("FIN_WAIT_2 → TIME_WAIT", "LAST_ACK")
+    assert _states(_row(lines, 61)) == ("", "CLOSED")
+    assert "FIN, ACK" in _row(lines, 59) and "▶|" in _row(lines, 59)
+    assert "|◀" in _row(lines, 60)
+    assert lines[-1] == "final states at end of capture: client TIME_WAIT, server CLOSED"
+    assert any("data segments" in line for line in lines)  # the transfer is folded
+
+
+def test_server_closes_first_and_passive_side_states(zeek_corpus: Path) -> None:
+    lines = _lines(zeek_corpus / "ftp-gridftp.pcap", 1)
+    assert _states(_row(lines, 54)) == ("CLOSE_WAIT", "FIN_WAIT_1")
+    assert _states(_row(lines, 56)) == ("LAST_ACK", "FIN_WAIT_2 → TIME_WAIT")
+    assert _states(_row(lines, 57))[0] == "CLOSED"
+
+
+def test_simultaneous_close_goes_through_closing() -> None:
+    lines = _lines(LAB / "simultaneous-close.pcap", 0)
+    text = "\n".join(lines)
+    assert text.count("CLOSING") == 2
+    assert lines[-1].endswith("client TIME_WAIT, server TIME_WAIT")
+
+
+def test_reset_after_fin_and_flagged_retransmission() -> None:
+    lines = _lines(LAB / "lost-final-ack.pcap", 0)
+    assert any("[TCP Retransmission] FIN, ACK" in line for line in lines)
+    stale = _lines(LAB / "stale-keepalive.pcap", 0)
+    assert "RST" in stale[-2] and _states(stale[-2]) == ("CLOSED", "CLOSED")
+
+
+def test_unknown_stream_is_one_line_and_status_2(zeek_corpus: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "tcpwhy", "flow", str(zeek_corpus / "ftp-gridftp.pcap"), "99"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip().endswith("no TCP stream 99 (the capture has streams 0 to 1)")
