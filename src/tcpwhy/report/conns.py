@@ -3,7 +3,245 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TextIO
+
+from tcpwhy.decode.table import CaptureStats
+from tcpwhy.tcp.connections import ConnRecord, iter_connections
+
+FORMATS = ("table", "jsonl", "csv", "zeek")
+
+CSV_FIELDS = (
+    "stream",
+    "orig_h",
+    "orig_p",
+    "resp_h",
+    "resp_p",
+    "start",
+    "duration",
+    "orig_pkts",
+    "resp_pkts",
+    "orig_bytes",
+    "resp_bytes",
+    "irtt",
+    "retransmissions",
+    "zero_windows",
+    "orig_state",
+    "resp_state",
+    "end",
+    "conn_state",
+    "history",
+    "orientation",
+)
+
+ZEEK_FIELDS = (
+    ("ts", "time"),
+    ("uid", "string"),
+    ("id.orig_h", "addr"),
+    ("id.orig_p", "port"),
+    ("id.resp_h", "addr"),
+    ("id.resp_p", "port"),
+    ("proto", "enum"),
+    ("service", "string"),
+    ("duration", "interval"),
+    ("orig_bytes", "count"),
+    ("resp_bytes", "count"),
+    ("conn_state", "string"),
+    ("missed_bytes", "count"),
+    ("history", "string"),
+    ("orig_pkts", "count"),
+    ("orig_ip_bytes", "count"),
+    ("resp_pkts", "count"),
+    ("resp_ip_bytes", "count"),
+    ("tunnel_parents", "set[string]"),
+    ("ip_proto", "count"),
+)
+
+RecordFilter = Callable[[ConnRecord], bool]
+"""Hook for a future ``-Y FILTER``: records for which it returns False are not shown."""
+
+
+def zeek_row(r: ConnRecord) -> list[str]:
+    """A conn.log line: duration and byte counts are unset when the duration is zero, as Zeek does."""
+    timed = r.duration > 0
+    return [
+        f"{r.start:.6f}",
+        r.uid,
+        r.orig_h,
+        str(r.orig_p),
+        r.resp_h,
+        str(r.resp_p),
+        "tcp",
+        "-",
+        f"{r.duration:.6f}" if timed else "-",
+        str(r.orig_bytes) if timed else "-",
+        str(r.resp_bytes) if timed else "-",
+        r.conn_state,
+        str(r.missed_bytes),
+        r.history or "-",
+        str(r.orig_pkts),
+        str(r.orig_ip_bytes),
+        str(r.resp_pkts),
+        str(r.resp_ip_bytes),
+        "-",
+        "6",
+    ]
+
+
+def _zeek_stamp(t: float) -> str:
+    return time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime(t))
+
+
+def write_zeek(records: Iterable[ConnRecord], out: TextIO, opened: float | None = None) -> int:
+    """Zeek's ASCII log format (TSV with its `#` headers), path `conn`."""
+    opened = time.time() if opened is None else opened
+    out.write("#separator \\x09\n")
+    out.write("#set_separator\t,\n")
+    out.write("#empty_field\t(empty)\n")
+    out.write("#unset_field\t-\n")
+    out.write("#path\tconn\n")
+    out.write(f"#open\t{_zeek_stamp(opened)}\n")
+    out.write("#fields\t" + "\t".join(f for f, _ in ZEEK_FIELDS) + "\n")
+    out.write("#types\t" + "\t".join(t for _, t in ZEEK_FIELDS) + "\n")
+    n = 0
+    for r in records:
+        out.write("\t".join(zeek_row(r)) + "\n")
+        n += 1
+    out.write(f"#close\t{_zeek_stamp(time.time())}\n")
+    return n
+
+
+def read_zeek(lines: Iterable[str]) -> list[dict[str, str]]:
+    """Rows of a Zeek ASCII log as dicts keyed by `#fields` (a reader for round trips)."""
+    fields: list[str] = []
+    rows = []
+    for line in lines:
+        line = line.rstrip("\n")
+        if line.startswith("#fields\t"):
+            fields = line.split("\t")[1:]
+        elif line.startswith("#") or not line:
+            continue
+        else:
+            rows.append(dict(zip(fields, line.split("\t"), strict=True)))
+    return rows
+
+
+def _fmt_opt(v: float | None, digits: int = 6) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def write_table(records: Iterable[ConnRecord], out: TextIO, live: bool = False) -> None:
+    out.write(
+        f"{'stream':>6}  {'originator':<28} {'responder':<28} {'duration':>10} "
+        f"{'pkts o/r':>11} {'bytes o/r':>17}  {'state':<6} {'history':<14} end\n"
+    )
+    for r in records:
+        o = f"{_hostport(r.orig_h, r.orig_p)}"
+        p = f"{_hostport(r.resp_h, r.resp_p)}"
+        pk = f"{r.orig_pkts}/{r.resp_pkts}"
+        by = f"{r.orig_bytes}/{r.resp_bytes}"
+        out.write(
+            f"{r.stream:>6}  {o:<28} {p:<28} {r.duration:>10.3f} {pk:>11} {by:>17}  "
+            f"{r.conn_state:<6} {r.history:<14} {r.end} "
+            f"[{r.orig_state}/{r.resp_state}]\n"
+        )
+        if live:
+            out.flush()
+
+
+def _hostport(h: str, p: int) -> str:
+    return f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+
+
+def write_conns(
+    source: str,
+    fmt: str = "table",
+    out: TextIO | None = None,
+    stats: CaptureStats | None = None,
+    record_filter: RecordFilter | None = None,
+    **options: Any,
+) -> CaptureStats:
+    """Write the connection records of a capture; `--format zeek` uses Zeek's boundaries."""
+    out = out if out is not None else sys.stdout
+    stats = stats if stats is not None else CaptureStats()
+    if fmt == "zeek":
+        options.setdefault("boundaries", "zeek")
+    recs: Iterator[ConnRecord] = iter_connections(source, stats, **options)
+    if record_filter is not None:
+        recs = (r for r in recs if record_filter(r))
+    if fmt == "jsonl":
+        for r in recs:
+            out.write(json.dumps(r.as_json(), ensure_ascii=False) + "\n")
+    elif fmt == "csv":
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(CSV_FIELDS)
+        for r in recs:
+            d = r.as_json()
+            w.writerow(["" if d[f] is None else d[f] for f in CSV_FIELDS])
+    elif fmt == "zeek":
+        write_zeek(recs, out)
+    else:
+        write_table(recs, out, live=source == "-")
+    return stats
+
+
+def cmd_conns(args: argparse.Namespace) -> int:
+    from tcpwhy.report.commands import report_stats
+
+    stats = CaptureStats()
+    options: dict[str, Any] = {"check_checksums": args.check_checksums}
+    if args.boundaries:
+        options["boundaries"] = args.boundaries
+    if args.max_active:
+        options["max_active"] = args.max_active
+    try:
+        write_conns(args.file, args.format, stats=stats, record_filter=None, **options)
+    finally:
+        sys.stdout.flush()
+    report_stats(args.file, stats)
+    return 0
+
+
+def _positive(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return v
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Registers `conns`; filled in by the connection-records work."""
+    """Registers `conns`."""
+    p = sub.add_parser(
+        "conns",
+        help="one record per TCP connection: states, how it ended, Zeek conn_state/history",
+        description=(
+            "One record per TCP connection (a Wireshark tcp.stream): endpoints, counters, "
+            "final RFC 9293 state of each side, how it ended, and Zeek's conn_state and "
+            "history. --format zeek writes a Zeek conn.log (and cuts connections where Zeek would)."
+        ),
+    )
+    p.add_argument("file", metavar="FILE", help="capture file, or - for standard input")
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument(
+        "--boundaries",
+        choices=("stream", "zeek"),
+        help="one record per tcp.stream (default), or cut where Zeek's timers would "
+        "(default for --format zeek)",
+    )
+    p.add_argument(
+        "--check-checksums",
+        action="store_true",
+        help="drop packets with bad TCP checksums, as Zeek does without -C",
+    )
+    p.add_argument(
+        "--max-active",
+        type=_positive,
+        metavar="N",
+        help="connections held in memory at once before the idlest are written out early "
+        "(default 1000000)",
+    )
+    p.set_defaults(func=cmd_conns)

@@ -26,6 +26,7 @@ Two ways to draw boundaries:
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -160,6 +161,7 @@ def packet_flags(
 
 
 _STATE_NAMES = [s.name for s in State]
+_addr_text = functools.lru_cache(maxsize=1 << 16)(format_addr)
 
 
 def _b62(v: int) -> str:
@@ -268,8 +270,10 @@ class ConnectionBuilder:
                 ext_zwin = np.asarray(ext["zero_window"], np.int8)
         row_uid = np.empty(n, np.int64)
         row_keep = np.zeros(n, np.bool_)
-        OUT = np.empty((2 * n + 1, z.NFIELDS), np.int64)
-        OH = np.empty((2 * n + 1, z.HIST_MAX), np.uint8)
+        # each row ends at most the previous connection of its 4-tuple
+        cap = min(2 * n, self.active + n) + 1
+        OUT = np.empty((cap, z.NFIELDS), np.int64)
+        OH = np.empty((cap, z.HIST_MAX), np.uint8)
         self.nfree, self.next_uid, k = z.process_chunk(
             self.S,
             self.H,
@@ -388,80 +392,88 @@ class ConnectionBuilder:
         return self._sweep_slots(victims, self.now, force=True, reason=z.END_EVICTED)
 
     # -- records -------------------------------------------------------------------------
-    def _take_kept(self, uids: npt.NDArray[np.int64]) -> dict[int, dict[str, npt.NDArray[Any]]]:
+    def _take_kept(self, OUT: npt.NDArray[np.int64]) -> list[tuple[str, str]]:
+        """Final RFC states of each emitted record, from its kept packets (then dropped)."""
+        n = len(OUT)
+        none = [("CLOSED", "CLOSED")] * n
         if not self._kept:
-            return {}
+            return none
         cols = {k: np.concatenate([c[k] for c in self._kept]) for k in self._kept[0]}
+        uids = OUT[:, z.F_UID]
         mine = np.isin(cols["uid"], uids)
         rest = {k: v[~mine] for k, v in cols.items()}
         self._kept = [rest] if len(rest["uid"]) else []
         self._kept_n = len(rest["uid"])
+        if not mine.any():
+            return none
         sel = {k: v[mine] for k, v in cols.items()}
-        if not len(sel["uid"]):
-            return {}
         order = np.argsort(sel["uid"], kind="stable")
         sel = {k: v[order] for k, v in sel.items()}
-        u, starts = np.unique(sel["uid"], return_index=True)
-        ends = np.append(starts[1:], len(sel["uid"]))
-        return {
-            int(uid): {k: v[a:b] for k, v in sel.items()}
-            for uid, a, b in zip(u.tolist(), starts.tolist(), ends.tolist(), strict=True)
-        }
-
-    def _rfc(self, rows: dict[str, npt.NDArray[Any]] | None, odir: int) -> tuple[str, str]:
-        """Final RFC 9293 states of (originator, responder) from the kept packets."""
-        if rows is None or not len(rows["dir"]):
-            return "CLOSED", "CLOSED"
-        direction = (rows["dir"].astype(np.int64) != odir).astype(np.int64)
-        seq = rows["seq"].astype(np.int64)
-        ack = rows["ack"].astype(np.int64)
-        base = [0, 0]
-        for d in (0, 1):
-            m = np.flatnonzero(direction == d)
-            if len(m):
-                base[d] = int(seq[m[0]])
-        other = np.where(direction == 0, base[1], base[0])
-        mine = np.where(direction == 0, base[0], base[1])
-        key = b"".join(
-            (
-                direction.astype(np.int8).tobytes(),
-                (rows["flags"] & 0x1F).astype(np.int16).tobytes(),
-                ((seq - mine) & 0xFFFFFFFF).astype(np.uint32).tobytes(),
-                ((ack - other) & 0xFFFFFFFF).astype(np.uint32).tobytes(),
-                rows["plen"].astype(np.uint32).tobytes(),
-            )
+        # record index of each row, and its direction relative to that record's originator
+        by_uid = np.argsort(uids, kind="stable")
+        rec = by_uid[np.searchsorted(uids, sel["uid"], sorter=by_uid)]
+        direction = (sel["dir"].astype(np.int64) != OUT[rec, z.F_ODIR]).astype(np.int64)
+        # sequence numbers relative to each side's first kept packet, so that
+        # connections of the same shape share one run of the state machine
+        seq = sel["seq"].astype(np.int64)
+        ack = sel["ack"].astype(np.int64)
+        grp = rec * 2 + direction
+        base = np.zeros(2 * n, np.int64)
+        g, first = np.unique(grp, return_index=True)
+        base[g] = seq[first]
+        packed = np.empty(
+            len(seq), dtype=[("d", "i1"), ("f", "<i2"), ("s", "<u4"), ("a", "<u4"), ("p", "<u4")]
         )
-        got = self._memo.get(key)
-        if got is None:
-            cs = run_connection(
-                direction, rows["flags"], seq, ack, rows["plen"], rows["ts"], rows["frame"]
-            )
-            res = []
-            for ep in (cs.originator, cs.responder):
-                last = ep.timeline[-1]
-                row = int(np.searchsorted(rows["frame"], last.frame)) if last.frame else -1
-                res.append((int(ep.state), row))
-            got = (res[0][0], res[1][0], res[0][1], res[1][1])
-            if len(self._memo) < 100_000:
-                self._memo[key] = got
-        names = []
-        for st, row in ((got[0], got[2]), (got[1], got[3])):
-            if st == State.TIME_WAIT and 0 <= row < len(rows["ts"]):
-                if self.now - int(rows["ts"][row]) >= TIME_WAIT_NS:
-                    st = State.CLOSED
-            names.append(_STATE_NAMES[st])
-        return names[0], names[1]
+        packed["d"] = direction
+        packed["f"] = sel["flags"] & 0x1F
+        packed["s"] = (seq - base[grp]) & 0xFFFFFFFF
+        packed["a"] = (ack - base[rec * 2 + 1 - direction]) & 0xFFFFFFFF
+        packed["p"] = sel["plen"]
+        raw = packed.view(np.uint8).reshape(len(seq), -1)
+        starts = np.flatnonzero(np.r_[True, rec[1:] != rec[:-1]])
+        ends = np.r_[starts[1:], len(rec)]
+        out = list(none)
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+            r = int(rec[a])
+            key = raw[a:b].tobytes()
+            got = self._memo.get(key)
+            if got is None:
+                fr = sel["frame"][a:b]
+                cs = run_connection(
+                    direction[a:b],
+                    sel["flags"][a:b],
+                    seq[a:b],
+                    ack[a:b],
+                    sel["plen"][a:b],
+                    sel["ts"][a:b],
+                    fr,
+                )
+                res = []
+                for ep in (cs.originator, cs.responder):
+                    last = ep.timeline[-1]
+                    row = int(np.searchsorted(fr, last.frame)) if last.frame else -1
+                    res.append((int(ep.state), row))
+                got = (res[0][0], res[1][0], res[0][1], res[1][1])
+                if len(self._memo) < 100_000:
+                    self._memo[key] = got
+            names = []
+            for st, row in ((got[0], got[2]), (got[1], got[3])):
+                if st == State.TIME_WAIT and 0 <= row < b - a:
+                    if self.now - int(sel["ts"][a + row]) >= TIME_WAIT_NS:
+                        st = State.CLOSED
+                names.append(_STATE_NAMES[st])
+            out[r] = (names[0], names[1])
+        return out
 
     def _records(self, OUT: npt.NDArray[np.int64], OH: npt.NDArray[np.uint8]) -> list[ConnRecord]:
-        kept = self._take_kept(OUT[:, z.F_UID]) if self.rfc_states else {}
-        recs = []
-        for row, hist in zip(OUT.tolist(), OH, strict=True):
-            recs.append(self._record(row, bytes(hist[: row[z.F_HLEN]]).decode("ascii"), kept))
-        return recs
+        rfc = self._take_kept(OUT) if self.rfc_states else [("", "")] * len(OUT)
+        hl = OUT[:, z.F_HLEN].tolist()
+        hist = [bytes(h[:n]).decode("ascii") for h, n in zip(OH, hl, strict=True)]
+        return [
+            self._record(row, h, st) for row, h, st in zip(OUT.tolist(), hist, rfc, strict=True)
+        ]
 
-    def _record(
-        self, r: list[int], history: str, kept: dict[int, dict[str, npt.NDArray[Any]]]
-    ) -> ConnRecord:
+    def _record(self, r: list[int], history: str, rfc: tuple[str, str]) -> ConnRecord:
         od = r[z.F_ODIR]
         eo = z.EP0 + od * z.EPN
         er = z.EP0 + (1 - od) * z.EPN
@@ -472,8 +484,8 @@ class ConnectionBuilder:
         a = 0 if od == 0 else 3
         b = 3 - a
         u64 = 0xFFFFFFFFFFFFFFFF
-        orig_h = format_addr(r[z.F_A0HI + a] & u64, r[z.F_A0HI + a + 1] & u64)
-        resp_h = format_addr(r[z.F_A0HI + b] & u64, r[z.F_A0HI + b + 1] & u64)
+        orig_h = _addr_text(r[z.F_A0HI + a] & u64, r[z.F_A0HI + a + 1] & u64)
+        resp_h = _addr_text(r[z.F_A0HI + b] & u64, r[z.F_A0HI + b + 1] & u64)
         zo, zr = ep(eo, z.E_STATE), ep(er, z.E_STATE)
         osize = z.zeek_size(
             0, ep(eo, z.E_LAST), ep(eo, z.E_ACKR), ep(eo, z.E_FIN_CNT), zo, ep(eo, z.E_PREV), zr
@@ -482,10 +494,7 @@ class ConnectionBuilder:
             0, ep(er, z.E_LAST), ep(er, z.E_ACKR), ep(er, z.E_FIN_CNT), zr, ep(er, z.E_PREV), zo
         )
         conn_state = z.zeek_conn_state(zo, zr, osize, rsize, history)
-        if self.rfc_states:
-            o_rfc, r_rfc = self._rfc(kept.get(r[z.F_UID]), od)
-        else:
-            o_rfc = r_rfc = ""
+        o_rfc, r_rfc = rfc
         irtt = None
         if r[z.F_HSACK_TS] >= 0 and r[z.F_SYN_TS] >= 0:
             irtt = (r[z.F_HSACK_TS] - r[z.F_SYN_TS]) / 1e9
