@@ -57,7 +57,10 @@ from tcpwhy.filter.syntax import (
     Token,
 )
 
-_SEARCH_CHUNK = 1 << 24  # payload bytes gathered per joined search
+_SEARCH_CHUNK = 1 << 24
+_MAX_OFFSET = (
+    1 << 31
+)  # slice bounds beyond any captured frame  # payload bytes gathered per joined search
 
 # ---------------------------------------------------------------- literals
 
@@ -251,6 +254,9 @@ def parse_slice(src: str, tok: Token) -> list[tuple[int, int | None]]:
             out.append((a, b - a + 1 if b >= a else 0))
             continue
         raise _err(src, ptok, f'"{p}" is not a valid range.')
+    for start, n in out:
+        if abs(start) > _MAX_OFFSET or (n or 0) > _MAX_OFFSET:
+            raise _err(src, tok, f'"{text}" is not a valid range.')
     return out
 
 

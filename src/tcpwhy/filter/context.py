@@ -70,11 +70,10 @@ class FilterContext:
 
     def head(self, row: int) -> http.Head | None:
         if row not in self._heads:
-            self._heads[row] = (
-                http.parse_head(self.table.payload(row)[: http.HEAD_LIMIT])
-                if self.table["payload_cap"][row]
-                else None
-            )
+            t = self.table
+            off = int(t["payload_off"][row])
+            cap = min(int(t["payload_cap"][row]), http.HEAD_LIMIT)
+            self._heads[row] = http.parse_head(t.data[off : off + cap].tobytes()) if cap else None
         return self._heads[row]
 
     def http_field(

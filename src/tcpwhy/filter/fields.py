@@ -297,11 +297,13 @@ _add("eth", PROTO, lambda ctx, rows: [_eth(("src",))(ctx, rows)[0]])
 _add("eth.src", ETHER, _eth(("src",)), 48)
 _add("eth.dst", ETHER, _eth(("dst",)), 48)
 _add("eth.addr", ETHER, _eth(("src", "dst")), 48)
-_add(
-    "vlan",
-    PROTO,
-    lambda ctx, rows: [Occ(ctx.table["vlan"][rows] >= 0, None)],
-)
+
+
+def _vlan(ctx: FilterContext, rows: Rows) -> list[Occ]:
+    return [Occ(ctx.table["vlan"][rows] >= 0, None)]
+
+
+_add("vlan", PROTO, _vlan)
 _add("vlan.id", UINT, _optional("vlan"), 16)
 # network
 _add("ip", PROTO, _ip_version(4))

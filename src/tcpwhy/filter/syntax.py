@@ -365,8 +365,8 @@ class Parser:
                     lhs.tok.pos,
                     lhs.tok.length,
                 )
-            node: Node = self.parse_set(lhs)
-            return Not(node) if negate else node
+            inset = self.parse_set(lhs)
+            return Not(inset) if negate else inset
         if negate:
             raise self.unexpected(t)
         if not lhs.is_field:
