@@ -1,0 +1,224 @@
+"""accept-queue-overflow: a listener whose accept queue is full drops handshakes (P16, K8, K13).
+
+Linux drops a SYN outright while the accept queue is full, so the commonest
+sign is SYNs retransmitted without answer while the same listener admits
+other clients. A queue that fills between SYN and final ACK drops that ACK
+instead: the server retransmits its SYN-ACK after the client's ACK and the
+client's first data goes unacknowledged. With tcp_abort_on_overflow=1 the
+final ACK draws a RST. Connections still queued when the listener closes are
+reset (K13); those RSTs belong to this story too.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from tcpwhy.decode.table import ACK, RST, SYN
+from tcpwhy.diagnose import knowledge
+from tcpwhy.diagnose.context import CLIENT, SERVER, Conn, fmt_s
+from tcpwhy.diagnose.handshake import admitted, ladder, syn_rows, unanswered_syn_streams
+from tcpwhy.diagnose.model import Finding, Severity
+from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
+
+KIND = "accept-queue-overflow"
+WINDOW_NS = 10_000_000_000
+
+
+def _synack_after_ack(c: Conn) -> tuple[int, int] | None:
+    """(client's handshake ACK, server's later SYN-ACK): the ACK was dropped by the listener."""
+    first_sa = None
+    ack = None
+    for i in range(c.n):
+        f = c.flags[i]
+        if f & RST:
+            continue
+        if c.side[i] == SERVER and (f & (SYN | ACK)) == (SYN | ACK):
+            if first_sa is None:
+                first_sa = i
+            elif ack is not None:
+                return ack, i
+        elif c.side[i] == CLIENT and first_sa is not None and ack is None and f & ACK:
+            if not f & SYN:
+                ack = i
+    return None
+
+
+def _reset_after_handshake(c: Conn) -> tuple[int, int] | None:
+    """(client's handshake ACK, server RST without ACK flag right after it, no server data)."""
+    if c.n_server_data() > 0:
+        return None
+    sa = next(
+        (i for i in range(c.n) if c.side[i] == SERVER and (c.flags[i] & (SYN | ACK)) == (SYN | ACK)),
+        None,
+    )
+    if sa is None:
+        return None
+    ack = next((i for i in range(sa + 1, c.n) if c.side[i] == CLIENT and c.flags[i] & ACK), None)
+    if ack is None:
+        return None
+    rtt = c.rtt or 0.001
+    for j in range(ack + 1, c.n):
+        if c.side[j] == SERVER:
+            if c.is_rst(j) and not c.flags[j] & ACK and c.dt(ack, j) <= max(0.05, 10 * rtt):
+                return ack, j
+            return None
+    return None
+
+
+@rule(KIND)
+def detect(diag: Diag) -> list[Finding]:
+    cap = diag.cap
+    if not cap.nstreams:
+        return []
+    adm = admitted(diag)
+    groups: dict[str, dict[str, list[Instance]]] = defaultdict(lambda: defaultdict(list))
+    # (a) SYNs dropped while the listener admits others
+    for sid in unanswered_syn_streams(diag):
+        c = cap.conn(sid)
+        syns = syn_rows(c)
+        if len(syns) < 2:
+            continue
+        lo, hi = c.ts[syns[0]] - WINDOW_NS, c.ts[syns[-1]] + WINDOW_NS
+        others = adm.near(c, lo, hi)
+        if others == 0:
+            continue
+        off = ladder(c, syns)
+        rows = [
+            (i, "SYN" if k == 0 else f"SYN retransmitted (+{off[k]:g} s), still no answer")
+            for k, i in enumerate(syns)
+        ]
+        groups[c.server]["syn"].append(Instance(c, rows, {"others": others, "ladder_s": off}))
+        diag.claim(sid, "syn")
+    # (b) the final ACK dropped: SYN-ACK retransmitted after it
+    cand = np.flatnonzero(cap.n_synack[:, SERVER] > 1)
+    for sid in cand:
+        c = cap.conn(int(sid))
+        got = _synack_after_ack(c)
+        if got is None:
+            continue
+        ack, sa2 = got
+        rows = [
+            (ack, "client completes the handshake (ACK): its connect() returns"),
+            (sa2, f"server retransmits its SYN-ACK {fmt_s(c.dt(ack, sa2))} later: "
+                  "it dropped that ACK, the accept queue was full"),
+        ]
+        data = next((i for i in range(ack + 1, c.n) if c.side[i] == CLIENT and c.plen[i]), None)
+        if data is not None:
+            rows.insert(1, (data, "client sends its request; the server does not acknowledge it"))
+        groups[c.server]["ack"].append(Instance(c, rows))
+        diag.claim(c.sid, "retrans")
+        diag.claim(c.sid)
+    # (c) tcp_abort_on_overflow=1: RST right after the handshake
+    cand = np.flatnonzero((cap.n_synack[:, SERVER] > 0) & (cap.n_rst[:, SERVER] > 0))
+    for sid in cand:
+        c = cap.conn(int(sid))
+        got2 = _reset_after_handshake(c)
+        if got2 is None:
+            continue
+        ack, rst = got2
+        rows = [
+            (ack, "client completes the handshake (ACK)"),
+            (rst, "server answers the ACK with RST: accept queue full, tcp_abort_on_overflow=1"),
+        ]
+        groups[c.server]["abort"].append(Instance(c, rows))
+        diag.claim(c.sid)
+    out = []
+    for server, parts in groups.items():
+        # K13: connections still queued when the listener closed are reset without data
+        for sid in np.flatnonzero((cap.n_rst[:, SERVER] > 0) & (cap.bytes[:, SERVER] == 0)):
+            c = cap.conn(int(sid))
+            if c.server != server or diag.is_claimed(c.sid):
+                continue
+            r = c.first_rst(SERVER)
+            if r is None or not c.flags[r] & ACK or c.n_synack_server() == 0:
+                continue
+            parts["closed"].append(
+                Instance(c, [(r, "server resets a connection it never accepted (listener closed)")])
+            )
+            diag.claim(c.sid)
+        out.append(_finding(diag, server, parts))
+    return out
+
+
+def _finding(diag: Diag, server: str, parts: dict[str, list[Instance]]) -> Finding:
+    allinst = [x for v in parts.values() for x in v]
+    main = parts.get("syn") or parts.get("ack") or parts.get("abort") or allinst
+    ex = min(main, key=lambda x: x.first_ns)
+    c = ex.conn
+    bits = []
+    if parts.get("syn"):
+        bits.append(f"{plural(len(parts['syn']), 'SYN')} dropped while other clients were admitted")
+    if parts.get("ack"):
+        bits.append(f"{plural(len(parts['ack']), 'handshake')} whose final ACK was dropped")
+    if parts.get("abort"):
+        bits.append(f"{plural(len(parts['abort']), 'handshake')} reset (tcp_abort_on_overflow)")
+    if parts.get("closed"):
+        bits.append(f"{plural(len(parts['closed']), 'queued connection')} reset when the listener closed")
+    summary = f"listener {server} overflowed its accept queue: " + "; ".join(bits)
+    paras = []
+    if parts.get("syn"):
+        x = min(parts["syn"], key=lambda x: x.first_ns)
+        paras.append(
+            f"Stream {x.conn.sid}: the client {x.conn.client} sent SYNs at +"
+            + ", +".join(f"{o:g}" for o in x.facts["ladder_s"])
+            + f" s and got no answer, while the same listener answered "
+            f"{plural(x.facts['others'], 'other connection')} around that time. A listener that "
+            "answers some handshakes and silently ignores others is not firewalled or down: "
+            "since Linux 4.10 the kernel drops a SYN when the listener's accept queue is full "
+            "(the application is not calling accept() fast enough)."
+        )
+    if parts.get("ack"):
+        x = min(parts["ack"], key=lambda x: x.first_ns)
+        ack_i, sa2 = x.rows[0][0], x.rows[-1][0]
+        paras.append(
+            f"Stream {x.conn.sid}: the handshake completed from the client's view (frame "
+            f"{x.conn.frame[ack_i]}), so its connect() returned and it sent its request, but "
+            f"the server retransmitted its SYN-ACK (frame {x.conn.frame[sa2]}): it had dropped "
+            "the final ACK because the accept queue was full, leaving the connection in "
+            "SYN_RECV. The client's data is not acknowledged and is retransmitted until a "
+            "queue slot frees (SYN-ACK retries at 1, 3, 7, 15, 31 s; tcp_synack_retries=5)."
+        )
+    if parts.get("abort"):
+        x = min(parts["abort"], key=lambda x: x.first_ns)
+        paras.append(
+            f"Stream {x.conn.sid}: the server answered the client's final ACK with a RST "
+            f"right away (frame {x.conn.frame[x.rows[-1][0]]}): with "
+            "net.ipv4.tcp_abort_on_overflow=1 an overflowing accept queue resets the "
+            "connection instead of dropping the ACK; the client's first read or write fails "
+            "with 'Connection reset by peer'."
+        )
+    if parts.get("closed"):
+        paras.append(
+            f"{plural(len(parts['closed']), 'connection')} that completed the handshake but "
+            "never received data from the server were reset by it with [R.] — what the "
+            "kernel does to connections still in the accept queue when the listening socket "
+            "is closed: the application never accepted them."
+        )
+    paras.append(
+        f"Confirm on the server: `ss -lnt 'sport = :{server.rsplit(':', 1)[1]}'` shows "
+        "Recv-Q (queued connections) at or above Send-Q (the queue limit), and "
+        "`nstat -az TcpExtListenOverflows TcpExtListenDrops` increases between two samples."
+    )
+    causes = [
+        "The application accepts connections more slowly than they arrive (a single "
+        "acceptor thread, a blocked event loop, GC pauses, a hand-off that blocks).",
+        "The accept queue is small: the listen() backlog is capped by net.core.somaxconn "
+        "(128 before Linux 5.4); frameworks often default to 50–511.",
+        "Bursts of reconnects (after a deploy or a network blip) arriving at once.",
+    ]
+    fixes = [
+        "Accept faster: more acceptor threads or processes (SO_REUSEPORT), never block in "
+        "the accept loop.",
+        "Raise net.core.somaxconn, then the application's backlog (nginx `listen … "
+        "backlog=N`, systemd `Backlog=`, Node server.listen({backlog}), Java ServerSocket "
+        "backlog), and re-create the listener.",
+        "Keep net.ipv4.tcp_abort_on_overflow=0 except to diagnose; clients should use "
+        "connect and read timeouts with retries.",
+    ]
+    errors = knowledge.TIMEOUT + (knowledge.RESET if parts.get("abort") or parts.get("closed") else [])
+    return make_finding(
+        diag, KIND, Severity.ERROR, summary, allinst, "\n\n".join(paras), causes, fixes, errors,
+        {"server": server, **{k: len(v) for k, v in parts.items()}},
+    )

@@ -1,0 +1,143 @@
+"""close-wait-leak: an endpoint got the peer's FIN, acknowledged it, and never closed (P10).
+
+CLOSE_WAIT has no kernel timer: only the application's close() ends it, so
+an endpoint that stays there until the capture ends (or for longer than the
+threshold) is an application that forgot the socket.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from tcpwhy.diagnose import knowledge
+from tcpwhy.diagnose.context import CLIENT, SERVER, WHO, fmt_s
+from tcpwhy.diagnose.model import Finding, Severity
+from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
+from tcpwhy.tcp.state import State
+
+KIND = "close-wait-leak"
+
+
+@rule(KIND)
+def detect(diag: Diag) -> list[Finding]:
+    cap = diag.cap
+    if not cap.nstreams:
+        return []
+    none = np.iinfo(np.int64).max
+    ff = cap.first_fin_ns
+    limit = int(diag.settings.close_wait_s * 1e9)
+    groups: dict[tuple[int, str], list[Instance]] = defaultdict(list)
+    for x in (SERVER, CLIENT):
+        peer = 1 - x
+        late = (ff[:, x] == none) | (ff[:, x] - ff[:, peer] > limit)
+        m = (ff[:, peer] < none) & (ff[:, peer] < ff[:, x]) & late & (cap.n_rst[:, x] == 0)
+        for sid in np.flatnonzero(m):
+            c = cap.conn(int(sid))
+            entered = c.entered(x, State.CLOSE_WAIT)
+            if not entered:
+                continue
+            k = entered[0]
+            final = c.final_state(x)
+            left = next(
+                (s for s in (c.states.originator if x == CLIENT else c.states.responder).timeline
+                 if s.frame - 1 > k and s.state is not State.CLOSE_WAIT),
+                None,
+            )
+            until_end = final is State.CLOSE_WAIT
+            dur = ((cap.end_ns if left is None else left.ts_ns) - c.ts[k]) / 1e9
+            if not until_end and dur < diag.settings.close_wait_s:
+                continue
+            pf = c.first_fin(peer)
+            rows = []
+            if pf is not None:
+                rows.append((pf, f"{WHO[peer]} closes (FIN)"))
+            ack = next(
+                (j for j in range(pf or 0, c.n) if c.side[j] == x and pf is not None
+                 and c.acks(j, c.fin_end(pf))),
+                None,
+            )
+            if ack is not None:
+                rows.append((ack, f"{WHO[x]} kernel ACKs the FIN: {WHO[x]} socket in CLOSE_WAIT"))
+            last = c.n - 1
+            if until_end and last not in [r for r, _ in rows]:
+                rows.append((last, "last packet of the connection; no FIN from the "
+                             f"{WHO[x]} until the capture ends"))
+            elif left is not None and left.frame:
+                rows.append((left.frame - 1, f"{WHO[x]} finally closes after {fmt_s(dur)}"))
+            owner = c.server if x == SERVER else c.client_ip
+            groups[(x, owner)].append(
+                Instance(c, rows, {"close_wait_s": round(dur, 3), "until_end": until_end})
+            )
+            diag.claim(c.sid, "close")
+    out = []
+    for (x, owner), inst in groups.items():
+        ex = min(inst, key=lambda i: i.first_ns)
+        c = ex.conn
+        n = len(inst)
+        durs = [i.facts["close_wait_s"] for i in inst]
+        ends = sum(1 for i in inst if i.facts["until_end"])
+        who, peer = WHO[x], WHO[1 - x]
+        where = f"{who} {owner}"
+        summary = (
+            f"{plural(n, 'connection')} left in CLOSE_WAIT by the {who} ({owner}): the {peer} "
+            f"closed, the {who} never did"
+            + (f" ({ends} still open when the capture ended)" if ends else "")
+        )
+        explanation = (
+            f"On stream {c.sid} ({c.client} → {c.server}) the {peer} closed its side (FIN) and "
+            f"the {who}'s kernel acknowledged it, moving the {who}'s socket to CLOSE_WAIT. From "
+            f"then on only the {who} application can end the connection, by calling close(); "
+            "CLOSE_WAIT has no timeout in the kernel. "
+            + (
+                f"It was still in CLOSE_WAIT {fmt_s(ex.facts['close_wait_s'])} later, when the "
+                "capture ended"
+                if ex.facts["until_end"]
+                else f"It stayed there {fmt_s(ex.facts['close_wait_s'])} before closing"
+            )
+            + f". Meanwhile the {peer}'s socket waits in FIN_WAIT_2 (for tcp_fin_timeout, 60 s, "
+            "if it was orphaned; forever if it only shut down its writing side)."
+        )
+        if n > 1:
+            explanation += (
+                f"\n\nThe {where} did this on {plural(n, 'connection')} "
+                f"(CLOSE_WAIT for {fmt_s(min(durs))} to {fmt_s(max(durs))} as seen here). "
+                "Each holds a file descriptor and memory: a growing count ends in 'Too many "
+                "open files' or a starved connection pool."
+            )
+        causes = [
+            f"The {who} application reads end-of-file (read() returns 0) and does not close the "
+            "socket — often on an error path, or a response body that is never closed (Go "
+            "resp.Body.Close(), OkHttp ResponseBody.close(), HttpClient EntityUtils.consume).",
+            f"The {who}'s event loop does not watch idle sockets for readability, so it never "
+            "sees the EOF; or its worker threads are blocked.",
+        ]
+        if x == CLIENT:
+            causes.append(
+                "A client connection pool holding connections the server closed (normal for a "
+                "short while; see stale-keepalive-reuse for what happens when they are reused)."
+            )
+        fixes = [
+            "Close the socket when read() returns 0 (EOF); always release response bodies and "
+            "streams, also on error paths.",
+            f"On the {who} host: `ss -tanp state close-wait` shows the owning process; its "
+            "count growing over time (and the process's fd count with it) confirms the leak. "
+            "There is no kernel knob for CLOSE_WAIT: only the application can fix it.",
+            "Pools: evict connections the server closed (validate or read idle sockets).",
+        ]
+        errors = [
+            f"{who} (eventually): 'Too many open files' (EMFILE), or pool exhaustion such as "
+            "'Timeout waiting for connection from pool'",
+            f"{peer}: usually nothing; its FIN_WAIT_2 socket expires silently",
+        ]
+        out.append(
+            make_finding(
+                diag, KIND, Severity.WARNING, summary, inst, explanation, causes, fixes, errors,
+                {"side": who, "endpoint": owner, "until_capture_end": ends},
+            )
+        )
+    return out
+
+
+_ = knowledge

@@ -1,0 +1,339 @@
+"""Per-connection facts the rules share, computed once per capture.
+
+Rows are grouped by stream (Wireshark's tcp.stream) with one stable argsort;
+per-stream counts are numpy reductions, so a rule can pre-select the few
+connections worth a closer look without touching every packet in Python.
+The `Conn` view of one stream (its rows, sides, states) is built lazily for
+the connections a rule selected. The originator ("client") is the side that
+sent the first SYN; without one, the side whose port looks ephemeral.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tcpwhy.decode.table import ACK, FIN, FLAG_NAMES, PSH, RST, SYN, PacketTable, format_addr
+from tcpwhy.diagnose.model import Step
+from tcpwhy.tcp.state import ConnectionStates, State, run_connection
+from tcpwhy.tcp.streams import StreamTracker
+
+CLIENT, SERVER = 0, 1
+WHO = ("client", "server")
+U32 = 0xFFFFFFFF
+HALF = 0x80000000
+
+
+def seq_geq(a: int, b: int) -> bool:
+    """a >= b in 32-bit sequence space."""
+    return ((a - b) & U32) < HALF
+
+
+def seq_gt(a: int, b: int) -> bool:
+    return a != b and seq_geq(a, b)
+
+
+def flag_text(f: int) -> str:
+    names = [n for bit, n in FLAG_NAMES if f & bit and bit != PSH]
+    return "[" + ", ".join(names) + "]" if names else "[]"
+
+
+def fmt_s(seconds: float) -> str:
+    """Durations as people read them: 340 µs, 12.5 ms, 1.24 s, 3 min 5 s."""
+    s = abs(seconds)
+    if s < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if s < 1:
+        return f"{seconds * 1e3:.1f} ms"
+    if s < 120:
+        return f"{seconds:.2f} s"
+    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+
+
+class Capture:
+    """One capture (or several rotated files joined in time order) with its streams."""
+
+    def __init__(self, table: PacketTable, file_of_row: npt.NDArray[Any], files: list[str]):
+        self.table = table
+        self.files = files
+        self.file_of_row = file_of_row
+        n = len(table)
+        st = StreamTracker().feed(table) if n else {}
+        self.stream: npt.NDArray[np.int64] = st.get("stream", np.zeros(0, np.int64))
+        self.reused: npt.NDArray[np.bool_] = st.get("reused", np.zeros(0, np.bool_))
+        self.conv: npt.NDArray[np.int64] = st.get("conv", np.zeros(0, np.int64))
+        self.win_scaled: npt.NDArray[np.int64] = st.get("win_scaled", np.zeros(0, np.int64))
+        self.rel_seq: npt.NDArray[np.uint32] = st.get("rel_seq", np.zeros(0, np.uint32))
+        self.rel_ack: npt.NDArray[np.uint32] = st.get("rel_ack", np.zeros(0, np.uint32))
+        pdir = st.get("dir", np.zeros(0, np.int8)).astype(np.int64)
+        self.nstreams = int(self.stream.max()) + 1 if n else 0
+        self.start_ns = int(table["ts_ns"].min()) if n else 0
+        self.end_ns = int(table["ts_ns"].max()) if n else 0
+        self.order = np.argsort(self.stream, kind="stable")
+        ss = self.stream[self.order]
+        ids = np.arange(self.nstreams)
+        self.starts = np.searchsorted(ss, ids, side="left")
+        self.ends = np.searchsorted(ss, ids, side="right")
+
+        flags = table["flags"].astype(np.int64)
+        kind = flags & (SYN | ACK | RST)
+        orig = np.full(self.nstreams, -1, np.int64)
+        idx = np.flatnonzero(kind == SYN)[::-1]
+        orig[self.stream[idx]] = pdir[idx]
+        tmp = np.full(self.nstreams, -1, np.int64)
+        idx = np.flatnonzero(kind == (SYN | ACK))[::-1]
+        tmp[self.stream[idx]] = 1 - pdir[idx]
+        orig = np.where(orig < 0, tmp, orig)
+        if self.nstreams:
+            first = self.order[self.starts]
+            sp = table["sport"][first].astype(np.int64)
+            dp = table["dport"][first].astype(np.int64)
+            # without a handshake: the sender of the first packet is the client unless its
+            # port is the lower, well-known-looking one
+            guess = np.where((sp < dp) & (sp < 32768), 1 - pdir[first], pdir[first])
+            orig = np.where(orig < 0, guess, orig)
+        self.orig_dir = orig
+        self.side = (pdir != orig[self.stream]).astype(np.int8) if n else np.zeros(0, np.int8)
+
+        key = self.stream * 2 + self.side
+        size = 2 * self.nstreams
+
+        def count(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+            return np.bincount(key[mask], minlength=size).reshape(-1, 2)
+
+        plen = table["payload_len"].astype(np.int64)
+        self.n_pkts = count(np.ones(n, np.bool_))
+        self.n_syn = count(kind == SYN)
+        self.n_synack = count(kind == (SYN | ACK))
+        self.n_fin = count((flags & (FIN | RST)) == FIN)
+        self.n_rst = count((flags & RST) != 0)
+        self.n_data = count((plen > 0) & ((flags & RST) == 0))
+        self.bytes = np.bincount(key, weights=plen, minlength=size).reshape(-1, 2)
+        ts = table["ts_ns"]
+        self.first_ns = ts[self.order[self.starts]] if self.nstreams else np.zeros(0, np.int64)
+        self.last_ns = ts[self.order[self.ends - 1]] if self.nstreams else np.zeros(0, np.int64)
+        # capture time of each side's first FIN, per stream (int64 max where none)
+        self.first_fin_ns = np.full((self.nstreams, 2), np.iinfo(np.int64).max, np.int64)
+        fm = (flags & (FIN | RST)) == FIN
+        np.minimum.at(self.first_fin_ns, (self.stream[fm], self.side[fm]), ts[fm])
+        self._conns: dict[int, Conn] = {}
+
+    def conn(self, sid: int) -> Conn:
+        c = self._conns.get(sid)
+        if c is None:
+            c = self._conns[sid] = Conn(self, sid)
+        return c
+
+    def ts_of(self, row: int) -> int:
+        return int(self.table["ts_ns"][row])
+
+    def file_name(self, row: int) -> str:
+        return self.files[int(self.file_of_row[row])] if self.files else ""
+
+    def endings(self) -> dict[str, int]:
+        """Connections by how they ended (vectorised over the per-stream counts)."""
+        if not self.nstreams:
+            return {}
+        syn_c = self.n_syn[:, CLIENT] > 0
+        answered = (self.n_synack[:, SERVER] > 0) | (self.n_pkts[:, SERVER] > 0)
+        rst = self.n_rst.sum(1) > 0
+        refused = syn_c & (self.n_synack[:, SERVER] == 0) & (self.n_rst[:, SERVER] > 0)
+        no_answer = syn_c & ~answered
+        fins = (self.n_fin > 0).sum(1)
+        cats = {
+            "refused": refused,
+            "unanswered SYN": no_answer & ~rst,
+            "reset": rst & ~refused,
+            "closed (FIN both ways)": ~rst & (fins == 2),
+            "half-closed (one FIN)": ~rst & (fins == 1),
+            "open at capture end": ~rst & (fins == 0) & ~no_answer,
+        }
+        return {k: int(v.sum()) for k, v in cats.items() if v.any()}
+
+
+class Conn:
+    """One connection's packets in capture order, seen from the client (originator) side."""
+
+    def __init__(self, cap: Capture, sid: int) -> None:
+        self.cap = cap
+        self.sid = sid
+        t = cap.table
+        r = cap.order[cap.starts[sid] : cap.ends[sid]]
+        self.rows = r
+        self.side: list[int] = cap.side[r].tolist()
+        self.ts: list[int] = t["ts_ns"][r].tolist()
+        self.flags: list[int] = t["flags"][r].tolist()
+        self.seq: list[int] = t["seq"][r].tolist()
+        self.ack: list[int] = t["ack"][r].tolist()
+        self.plen: list[int] = t["payload_len"][r].tolist()
+        self.win: list[int] = cap.win_scaled[r].tolist()
+        self.frame: list[int] = t["frame"][r].tolist()
+        self.ttl: list[int] = t["ip_ttl"][r].tolist()
+        self.rseq: list[int] = cap.rel_seq[r].tolist()
+        self.rack: list[int] = cap.rel_ack[r].tolist()
+        self.n = len(r)
+        self.cache: dict[str, Any] = {}
+        first = int(r[0])
+        c_is_src = cap.side[first] == CLIENT
+        src = f"{_addr(t, first, 'src')}:{int(t['sport'][first])}"
+        dst = f"{_addr(t, first, 'dst')}:{int(t['dport'][first])}"
+        self.client, self.server = (src, dst) if c_is_src else (dst, src)
+        self.server_ip = self.server.rsplit(":", 1)[0]
+        self.client_ip = self.client.rsplit(":", 1)[0]
+
+    # -- simple facts ---------------------------------------------------------------
+    def idx(self, who: int, mask: int = 0, data: bool = False) -> list[int]:
+        """Local indices of `who`'s packets carrying all `mask` bits (and data, if asked)."""
+        return [
+            i
+            for i in range(self.n)
+            if self.side[i] == who
+            and (self.flags[i] & mask) == mask
+            and (not data or (self.plen[i] > 0 and not self.flags[i] & RST))
+        ]
+
+    def n_server_data(self) -> int:
+        return sum(1 for i in range(self.n) if self.side[i] == SERVER and self.plen[i] > 0)
+
+    def n_synack_server(self) -> int:
+        return sum(
+            1
+            for i in range(self.n)
+            if self.side[i] == SERVER and (self.flags[i] & (SYN | ACK | RST)) == (SYN | ACK)
+        )
+
+    def is_rst(self, i: int) -> bool:
+        return bool(self.flags[i] & RST)
+
+    def is_fin(self, i: int) -> bool:
+        return bool(self.flags[i] & FIN) and not self.flags[i] & RST
+
+    def fin_end(self, i: int) -> int:
+        """Sequence number just past the FIN sent at i."""
+        return (self.seq[i] + self.plen[i] + (1 if self.flags[i] & SYN else 0) + 1) & U32
+
+    def acks(self, i: int, seq_end: int) -> bool:
+        return bool(self.flags[i] & ACK) and seq_geq(self.ack[i], seq_end)
+
+    def first_fin(self, who: int) -> int | None:
+        for i in range(self.n):
+            if self.side[i] == who and self.is_fin(i):
+                return i
+        return None
+
+    def first_rst(self, who: int | None = None) -> int | None:
+        for i in range(self.n):
+            if self.is_rst(i) and (who is None or self.side[i] == who):
+                return i
+        return None
+
+    def last_data_before(self, i: int, who: int | None = None) -> int | None:
+        for j in range(i - 1, -1, -1):
+            if self.plen[j] > 0 and not self.is_rst(j) and (who is None or self.side[j] == who):
+                return j
+        return None
+
+    def s(self, i: int) -> float:
+        """Seconds since the connection's first packet."""
+        return (self.ts[i] - self.ts[0]) / 1e9
+
+    def dt(self, i: int, j: int) -> float:
+        return (self.ts[j] - self.ts[i]) / 1e9
+
+    @cached_property
+    def rtt(self) -> float | None:
+        """Handshake round trip (SYN → the client's ACK of the SYN-ACK), seconds."""
+        syn = synack = None
+        for i in range(self.n):
+            f = self.flags[i]
+            if f & RST:
+                continue
+            if self.side[i] == CLIENT and (f & (SYN | ACK)) == SYN:
+                syn = i
+            elif self.side[i] == SERVER and (f & (SYN | ACK)) == (SYN | ACK):
+                synack = i
+            elif synack is not None and syn is not None and self.side[i] == CLIENT:
+                return max(self.dt(syn, i), 1e-6)
+        return None
+
+    @cached_property
+    def states(self) -> ConnectionStates:
+        n = self.n
+        return run_connection(
+            self.side,
+            self.flags,
+            self.seq,
+            self.ack,
+            self.plen,
+            self.ts,
+            np.arange(1, n + 1),  # local positions as "frames", so steps map back to rows
+            end_ns=self.cap.end_ns,
+        )
+
+    def state_after(self, who: int, i: int) -> State:
+        ep = self.states.originator if who == CLIENT else self.states.responder
+        st = ep.timeline[0].state
+        for step in ep.timeline:
+            if step.frame and step.frame - 1 > i:
+                break
+            if not step.frame and step.ts_ns > self.ts[i]:
+                break
+            st = step.state
+        return st
+
+    def final_state(self, who: int) -> State:
+        ep = self.states.originator if who == CLIENT else self.states.responder
+        return ep.state
+
+    def entered(self, who: int, state: State) -> list[int]:
+        """Local rows at which `who` entered `state`."""
+        ep = self.states.originator if who == CLIENT else self.states.responder
+        return [s.frame - 1 for s in ep.timeline if s.state is state and s.frame]
+
+    def describe(self, i: int) -> str:
+        f = self.flags[i]
+        txt = f"{flag_text(f)} seq={self.rseq[i]}"
+        if f & ACK:
+            txt += f" ack={self.rack[i]}"
+        txt += f" len={self.plen[i]}"
+        if not f & (SYN | RST) and self.win[i] == 0:
+            txt += " win=0"
+        return txt
+
+    def step(self, i: int, note: str) -> Step:
+        row = int(self.rows[i])
+        return Step(
+            ts_ns=self.ts[i],
+            rel_s=round(self.s(i), 6),
+            frame=self.frame[i],
+            file=self.cap.file_name(row),
+            stream=self.sid,
+            sender=WHO[self.side[i]],
+            packet=self.describe(i),
+            note=note,
+            client_state=self.state_after(CLIENT, i).name,
+            server_state=self.state_after(SERVER, i).name,
+        )
+
+    def payload(self, i: int, limit: int = 2048) -> bytes:
+        t = self.cap.table
+        row = int(self.rows[i])
+        off = int(t["payload_off"][row])
+        cap = min(int(t["payload_cap"][row]), limit)
+        return t.data[off : off + cap].tobytes()
+
+    def label(self) -> str:
+        return f"stream {self.sid} ({self.client} → {self.server})"
+
+
+def _addr(t: PacketTable, row: int, which: str) -> str:
+    a = format_addr(int(t[f"{which}_hi"][row]), int(t[f"{which}_lo"][row]))
+    return f"[{a}]" if ":" in a else a
+
+
+def streams_where(mask: npt.NDArray[np.bool_]) -> list[int]:
+    return [int(s) for s in np.flatnonzero(mask)]
+

@@ -1,0 +1,122 @@
+"""Read captures, build the per-connection context, run every rule, collect one report.
+
+Files whose time ranges follow one another (rotated captures) are joined into
+one timeline. Files that overlap in time were taken at different points of
+the path (the two ends of a connection): each is diagnosed on its own, since
+joining them would show every packet twice.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from tcpwhy.capture import read_table
+from tcpwhy.decode.table import CaptureStats, PacketTable
+from tcpwhy.diagnose.context import Capture
+from tcpwhy.diagnose.model import CaptureInfo, Finding, Report
+from tcpwhy.diagnose.registry import Diag, Settings, load
+
+Progress = Callable[[str], None]
+
+
+def diagnose_table(
+    table: PacketTable,
+    files: list[str],
+    file_of_row: np.ndarray | None = None,
+    settings: Settings | None = None,
+) -> tuple[list[Finding], Capture]:
+    if file_of_row is None:
+        file_of_row = np.zeros(len(table), np.int16)
+    cap = Capture(table, file_of_row, files)
+    diag = Diag(cap, settings or Settings())
+    for fn in load().values():
+        diag.findings.extend(fn(diag))
+    diag.findings.sort(key=lambda f: (-f.severity, f.first_ns))
+    return diag.findings, cap
+
+
+def diagnose_files(
+    paths: Sequence[str],
+    settings: Settings | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    tables: list[tuple[str, PacketTable]] = []
+    stats_all: list[CaptureStats] = []
+    for p in paths:
+        if progress:
+            progress(f"reading {os.path.basename(p)}")
+        st = CaptureStats()
+        tables.append((p, read_table(p, st)))
+        stats_all.append(st)
+    groups = _groups(tables)
+    findings: list[Finding] = []
+    endings: dict[str, int] = {}
+    nconn = 0
+    for g in groups:
+        if progress:
+            progress("diagnosing " + ", ".join(os.path.basename(tables[i][0]) for i in g))
+        parts = [tables[i][1] for i in g]
+        table = PacketTable.concat(parts)
+        file_of_row = np.concatenate(
+            [np.full(len(t), k, np.int16) for k, t in enumerate(parts)]
+        ) if parts else np.zeros(0, np.int16)
+        fs, cap = diagnose_table(table, [tables[i][0] for i in g], file_of_row, settings)
+        findings.extend(fs)
+        nconn += cap.nstreams
+        for k, v in cap.endings().items():
+            endings[k] = endings.get(k, 0) + v
+    findings.sort(key=lambda f: (-f.severity, f.first_ns))
+    packets = sum(len(t) for _, t in tables)
+    ts = [t["ts_ns"] for _, t in tables if len(t)]
+    undecoded: dict[str, int] = {}
+    warnings: list[str] = []
+    links: set[int] = set()
+    for p, st in zip(paths, stats_all, strict=True):
+        for k, v in st.skipped.items():
+            undecoded[k] = undecoded.get(k, 0) + v
+        warnings.extend(f"{p}: {w}" for w in st.warnings)
+        links |= st.linktypes
+    info = CaptureInfo(
+        files=list(paths),
+        packets=packets,
+        frames=sum(st.frames for st in stats_all),
+        connections=nconn,
+        first_ns=int(min(int(t.min()) for t in ts)) if ts else 0,
+        last_ns=int(max(int(t.max()) for t in ts)) if ts else 0,
+        link_types=sorted(links),
+        undecoded=undecoded,
+        warnings=warnings,
+    )
+    return Report(info, findings, endings)
+
+
+def _groups(tables: list[tuple[str, PacketTable]]) -> list[list[int]]:
+    """Indices of files to join: in time order, a file that starts before the previous one
+    ended opens a separate group (another capture point)."""
+    spans = []
+    for i, (_, t) in enumerate(tables):
+        if len(t):
+            spans.append((int(t["ts_ns"].min()), int(t["ts_ns"].max()), i))
+    spans.sort()
+    groups: list[list[int]] = []
+    ends: list[int] = []
+    for lo, hi, i in spans:
+        for g, end in enumerate(ends):
+            if lo >= end:
+                groups[g].append(i)
+                ends[g] = hi
+                break
+        else:
+            groups.append([i])
+            ends.append(hi)
+    if not groups and tables:
+        groups = [[0]]
+    return groups
+
+
+def eprint(msg: str) -> None:
+    print(msg, file=sys.stderr)

@@ -1,0 +1,85 @@
+"""Facts about opening handshakes shared by refused, syn-timeout and accept-queue-overflow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tcpwhy.decode.table import ACK, RST, SYN
+from tcpwhy.diagnose.context import CLIENT, SERVER, Conn
+from tcpwhy.diagnose.registry import Diag
+
+
+def unanswered_syn_streams(diag: Diag) -> list[int]:
+    """Streams whose client sent SYNs and the server sent nothing at all."""
+    cap = diag.cap
+    if not cap.nstreams:
+        return []
+    m = (cap.n_syn[:, CLIENT] > 0) & (cap.n_pkts[:, SERVER] == 0)
+    return [int(s) for s in np.flatnonzero(m)]
+
+
+def syn_rows(c: Conn) -> list[int]:
+    return [
+        i for i in range(c.n) if c.side[i] == CLIENT and (c.flags[i] & (SYN | ACK | RST)) == SYN
+    ]
+
+
+def ladder(c: Conn, rows: list[int]) -> list[float]:
+    """Seconds of each transmission after the first."""
+    return [round(c.dt(rows[0], i), 3) for i in rows]
+
+
+def ladder_text(offsets: list[float]) -> str:
+    gaps = [b - a for a, b in zip(offsets, offsets[1:], strict=False)]
+    if not gaps:
+        return "one SYN, no retransmission seen yet"
+    txt = "sent at +" + ", +".join(f"{o:g}" for o in offsets) + " s"
+    if len(gaps) >= 2 and all(g2 > 1.6 * g1 for g1, g2 in zip(gaps, gaps[1:], strict=False)):
+        txt += " (exponential backoff: each wait doubles, as Linux does with tcp_syn_retries)"
+    elif gaps and all(0.8 < g < 1.3 for g in gaps):
+        txt += " (one-second steps: Linux tcp_syn_linear_timeouts)"
+    return txt
+
+
+@dataclass
+class Admitted:
+    """Handshakes a listener answered (SYN-ACK rows), keyed by the listener's address and port."""
+
+    hi: np.ndarray
+    lo: np.ndarray
+    port: np.ndarray
+    ts: np.ndarray
+    stream: np.ndarray
+
+    def near(self, c: Conn, lo_ns: int, hi_ns: int) -> int:
+        """How many other connections this listener answered between lo_ns and hi_ns."""
+        t = c.cap.table
+        r = int(c.rows[0])
+        if c.side[0] == CLIENT:
+            h, l, p = int(t["dst_hi"][r]), int(t["dst_lo"][r]), int(t["dport"][r])
+        else:
+            h, l, p = int(t["src_hi"][r]), int(t["src_lo"][r]), int(t["sport"][r])
+        m = (
+            (self.hi == h)
+            & (self.lo == l)
+            & (self.port == p)
+            & (self.ts >= lo_ns)
+            & (self.ts <= hi_ns)
+            & (self.stream != c.sid)
+        )
+        return len(np.unique(self.stream[m]))
+
+
+def admitted(diag: Diag) -> Admitted:
+    got: Admitted | None = diag.cache.get("admitted")
+    if got is None:
+        t = diag.cap.table
+        f = t["flags"] if len(t) else np.zeros(0, np.uint16)
+        m = (f & (SYN | ACK | RST)) == (SYN | ACK)
+        got = Admitted(
+            t["src_hi"][m], t["src_lo"][m], t["sport"][m], t["ts_ns"][m], diag.cap.stream[m]
+        )
+        diag.cache["admitted"] = got
+    return got

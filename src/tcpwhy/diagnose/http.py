@@ -1,0 +1,150 @@
+"""Just enough HTTP/1.x to name requests: request and status lines, Connection and Keep-Alive.
+
+Payloads are attacker-controlled: everything taken from them is passed
+through `printable` before it reaches text, JSON or a terminal.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tcpwhy.diagnose.context import Conn
+
+METHODS = (
+    b"GET",
+    b"POST",
+    b"PUT",
+    b"DELETE",
+    b"HEAD",
+    b"OPTIONS",
+    b"PATCH",
+    b"CONNECT",
+    b"TRACE",
+)
+IDEMPOTENT = {"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"}
+_REQ = re.compile(rb"^([A-Z]{3,7}) (\S{1,2048}) HTTP/1\.([01])\r?$")
+_RESP = re.compile(rb"^HTTP/1\.([01]) (\d{3})(?: ([^\r\n]*))?\r?$")
+_KA_TIMEOUT = re.compile(rb"timeout\s*=\s*(\d{1,7})", re.I)
+
+
+def printable(data: bytes | str, limit: int = 80) -> str:
+    """ASCII with \\xNN escapes for anything else; cut at `limit` characters with an ellipsis."""
+    if isinstance(data, str):
+        data = data.encode("utf-8", "replace")
+    out = []
+    for b in data:
+        if 0x20 <= b < 0x7F and b != 0x5C:
+            out.append(chr(b))
+        elif b == 0x5C:
+            out.append("\\\\")
+        else:
+            out.append(f"\\x{b:02x}")
+    s = "".join(out)
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+@dataclass
+class Message:
+    i: int  # local row in the connection where the message starts
+    side: int
+    is_request: bool
+    method: str = ""
+    target: str = ""
+    status: int = 0
+    reason: str = ""
+    connection: str = ""  # Connection header value, lowercased
+    keep_alive_timeout: int | None = None
+    end: int = 0  # local row of the message's last segment before the next message
+
+    @property
+    def line(self) -> str:
+        if self.is_request:
+            return f"{self.method} {self.target}"
+        return f"{self.status} {self.reason}".strip()
+
+
+def parse_start(data: bytes) -> Message | None:
+    """A message whose first line starts the payload, or None (not HTTP/1.x, or mid-message)."""
+    if not data[:8].startswith(METHODS) and not data.startswith(b"HTTP/1."):
+        return None
+    head, _, _ = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\n")
+    first = lines[0]
+    m = _REQ.match(first)
+    if m:
+        msg = Message(
+            0, 0, True, method=printable(m.group(1), 10), target=printable(m.group(2), 120)
+        )
+    else:
+        r = _RESP.match(first)
+        if not r:
+            return None
+        msg = Message(
+            0, 0, False, status=int(r.group(2)), reason=printable(r.group(3) or b"", 40)
+        )
+    for raw in lines[1:64]:
+        name, sep, value = raw.partition(b":")
+        if not sep:
+            continue
+        key = name.strip().lower()
+        if key == b"connection":
+            msg.connection = printable(value.strip().lower(), 40)
+        elif key == b"keep-alive":
+            k = _KA_TIMEOUT.search(value)
+            if k:
+                msg.keep_alive_timeout = int(k.group(1))
+    return msg
+
+
+def messages(conn: Conn) -> list[Message]:
+    """HTTP/1.x messages of a connection in capture order (empty for other protocols)."""
+    cached: list[Message] | None = conn.cache.get("http")
+    if cached is not None:
+        return cached
+    out: list[Message] = []
+    seen_seq: set[tuple[int, int]] = set()
+    for i in range(conn.n):
+        if conn.plen[i] == 0 or conn.flags[i] & 0x004:
+            continue
+        key = (conn.side[i], conn.seq[i])
+        if key in seen_seq:  # a retransmission starts no new message
+            continue
+        seen_seq.add(key)
+        msg = parse_start(conn.payload(i))
+        if msg is not None:
+            msg.i = i
+            msg.side = conn.side[i]
+            msg.end = i
+            out.append(msg)
+        elif out and out[-1].side == conn.side[i]:
+            out[-1].end = i
+    conn.cache["http"] = out
+    return out
+
+
+def request_at(conn: Conn, i: int) -> Message | None:
+    """The request whose first segment is row i (or that row i continues)."""
+    best = None
+    for m in messages(conn):
+        if m.is_request and m.side == conn.side[i] and m.i <= i:
+            best = m
+    return best if best is not None and (best.i == i or best.end >= i) else None
+
+
+def last_response_before(conn: Conn, i: int) -> Message | None:
+    best = None
+    for m in messages(conn):
+        if not m.is_request and m.i < i:
+            best = m
+    return best
+
+
+def describe_request(conn: Conn, i: int) -> str:
+    """`GET /second` for HTTP, else `73 bytes`."""
+    m = request_at(conn, i)
+    if m is not None:
+        return f"{m.method} {m.target}"
+    return f"{conn.plen[i]} bytes"

@@ -1,0 +1,104 @@
+"""What a diagnosis produces: findings with evidence, explanation, fixes and likely errors."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum
+from typing import Any
+
+
+class Severity(IntEnum):
+    INFO = 0
+    WARNING = 1
+    ERROR = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass
+class Step:
+    """One decisive packet of a finding's timeline, with both endpoints' states after it."""
+
+    ts_ns: int
+    rel_s: float  # seconds since the connection's first packet
+    frame: int
+    file: str
+    stream: int
+    sender: str  # "client" or "server"
+    packet: str  # e.g. "[FIN, ACK] seq=68 ack=73 len=0"
+    note: str
+    client_state: str
+    server_state: str
+
+
+@dataclass
+class Finding:
+    kind: str
+    severity: Severity
+    summary: str
+    streams: list[int]
+    frames: list[int]
+    timeline: list[Step] = field(default_factory=list)
+    explanation: str = ""
+    causes: list[str] = field(default_factory=list)
+    fixes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    count: int = 1  # connections (or events) showing it
+    first_ns: int = 0
+    last_ns: int = 0
+    examples: list[int] = field(default_factory=list)  # a few stream numbers
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["severity"] = self.severity.label
+        return d
+
+
+@dataclass
+class CaptureInfo:
+    files: list[str]
+    packets: int
+    frames: int
+    connections: int
+    first_ns: int
+    last_ns: int
+    link_types: list[int]
+    undecoded: dict[str, int]
+    warnings: list[str]
+
+
+@dataclass
+class Report:
+    capture: CaptureInfo
+    findings: list[Finding]
+    endings: dict[str, int]  # connections by how they ended
+
+    @property
+    def worst(self) -> Severity | None:
+        return max((f.severity for f in self.findings), default=None)
+
+    def exit_status(self) -> int:
+        w = self.worst
+        return 1 if w is not None and w >= Severity.WARNING else 0
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.capture
+        return {
+            "capture": {
+                "files": c.files,
+                "packets": c.packets,
+                "frames": c.frames,
+                "connections": c.connections,
+                "first_ts": c.first_ns / 1e9 if c.packets else None,
+                "last_ts": c.last_ns / 1e9 if c.packets else None,
+                "duration_s": (c.last_ns - c.first_ns) / 1e9 if c.packets else 0.0,
+                "link_types": c.link_types,
+                "undecoded": c.undecoded,
+                "warnings": c.warnings,
+            },
+            "findings": [f.to_json() for f in self.findings],
+            "connections": self.endings,
+        }

@@ -1,0 +1,139 @@
+"""Rules register here, one per finding kind; they run in order and may claim connections.
+
+A rule that explains a connection (say, stale keep-alive reuse explains its
+RST) claims that stream's event so that generic rules that run later
+(abortive close, middlebox reset, data after FIN) do not report it again.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tcpwhy.diagnose.context import Capture, Conn
+from tcpwhy.diagnose.model import Finding, Severity
+
+RULE_MODULES = (
+    "stale_keepalive",
+    "keepalive_race",
+    "data_after_fin",
+    "accept_queue",
+    "refused",
+    "syn_timeout",
+    "time_wait",
+    "close_wait",
+    "fin_wait_2",
+    "simultaneous_close",
+    "lost_final_ack",
+    "keepalive_dead_peer",
+    "zero_window",
+    "retransmission_timeout",
+    "middlebox_reset",
+    "half_open",
+    "abortive_close",
+    "request_retried",
+)
+
+
+@dataclass
+class Settings:
+    close_wait_s: float = 10.0  # CLOSE_WAIT longer than this (or until the end) is a leak
+    fin_wait_2_s: float = 5.0  # FIN_WAIT_2 longer than this is a stall
+    zero_window_s: float = 1.0  # a zero window held longer than this is a stall
+    examples: int = 3
+
+
+@dataclass
+class Diag:
+    cap: Capture
+    settings: Settings = field(default_factory=Settings)
+    claimed: set[tuple[int, str]] = field(default_factory=set)  # (stream, what)
+    findings: list[Finding] = field(default_factory=list)
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def claim(self, sid: int, what: str = "rst") -> None:
+        self.claimed.add((sid, what))
+
+    def is_claimed(self, sid: int, what: str = "rst") -> bool:
+        return (sid, what) in self.claimed
+
+    def conns(self, sids: Iterable[int]) -> list[Conn]:
+        return [self.cap.conn(s) for s in sids]
+
+
+@dataclass
+class Instance:
+    """One connection showing a kind: its decisive rows (local indices) with what each means."""
+
+    conn: Conn
+    rows: list[tuple[int, str]]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def first_ns(self) -> int:
+        return min((self.conn.ts[i] for i, _ in self.rows), default=self.conn.ts[0])
+
+    @property
+    def last_ns(self) -> int:
+        return max((self.conn.ts[i] for i, _ in self.rows), default=self.conn.ts[-1])
+
+
+Rule = Callable[[Diag], list[Finding]]
+RULES: dict[str, Rule] = {}
+
+
+def rule(kind: str) -> Callable[[Rule], Rule]:
+    def deco(fn: Rule) -> Rule:
+        RULES[kind] = fn
+        return fn
+
+    return deco
+
+
+def load() -> dict[str, Rule]:
+    for m in RULE_MODULES:
+        importlib.import_module(f"tcpwhy.diagnose.{m}")
+    return RULES
+
+
+def make_finding(
+    diag: Diag,
+    kind: str,
+    severity: Severity,
+    summary: str,
+    inst: list[Instance],
+    explanation: str,
+    causes: list[str],
+    fixes: list[str],
+    errors: list[str],
+    facts: dict[str, Any] | None = None,
+) -> Finding:
+    """One finding for many connections: counts, time range, a few examples, one timeline."""
+    inst = sorted(inst, key=lambda x: x.first_ns)
+    ex = inst[0]
+    frames: list[int] = []
+    for x in inst[:20]:
+        frames.extend(x.conn.frame[i] for i, _ in x.rows)
+    return Finding(
+        kind=kind,
+        severity=severity,
+        summary=summary,
+        streams=sorted({x.conn.sid for x in inst}),
+        frames=frames,
+        timeline=[ex.conn.step(i, note) for i, note in sorted(ex.rows)],
+        explanation=explanation,
+        causes=causes,
+        fixes=fixes,
+        errors=errors,
+        count=len({x.conn.sid for x in inst}),
+        first_ns=min(x.first_ns for x in inst),
+        last_ns=max(x.last_ns for x in inst),
+        examples=[x.conn.sid for x in inst[: diag.settings.examples]],
+        facts=dict(facts or {}),
+    )
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (many or word + 's')}"

@@ -1,0 +1,124 @@
+"""request-retried: the same request again on a new connection right after a failed one.
+
+Matched on the first bytes of the client's first payload: the application
+(or its HTTP library) retried. Worth knowing whether a non-idempotent
+request was retried after the server's kernel had accepted the original.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from tcpwhy.diagnose import http
+from tcpwhy.diagnose.context import CLIENT, SERVER, fmt_s
+from tcpwhy.diagnose.model import Finding, Severity
+from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
+
+KIND = "request-retried"
+PREFIX = 64
+WINDOW_NS = 10_000_000_000
+
+
+@rule(KIND)
+def detect(diag: Diag) -> list[Finding]:
+    cap = diag.cap
+    if not cap.nstreams:
+        return []
+    failed = [s for s in np.flatnonzero(cap.n_rst.sum(1) > 0) if cap.n_data[s, CLIENT] > 0]
+    if not failed:
+        return []
+    fresh = np.flatnonzero((cap.n_syn[:, CLIENT] > 0) & (cap.n_data[:, CLIENT] > 0))
+    groups: dict[str, list[Instance]] = defaultdict(list)
+    for sid in failed:
+        c = cap.conn(int(sid))
+        r = c.first_rst()
+        assert r is not None
+        last = c.last_data_before(r + 1, CLIENT)
+        if last is None:
+            continue
+        # the start of the failed message: a parsed request, else the last client segment
+        m = http.request_at(c, last)
+        start = m.i if m is not None else last
+        if any(c.side[j] == SERVER and c.plen[j] > 0 for j in range(start, r)):
+            continue  # the request was answered: not a failed request
+        head = c.payload(start, PREFIX)
+        if len(head) < 4:
+            continue
+        t_fail = c.ts[r]
+        later = fresh[(cap.first_ns[fresh] >= c.ts[start]) & (cap.first_ns[fresh] <= t_fail + WINDOW_NS)]
+        for s2 in later:
+            if int(s2) == c.sid:
+                continue
+            c2 = cap.conn(int(s2))
+            if c2.server != c.server or c2.client_ip != c.client_ip:
+                continue
+            first = next((i for i in range(c2.n) if c2.side[i] == CLIENT and c2.plen[i] > 0), None)
+            if first is None or c2.payload(first, PREFIX)[: len(head)] != head:
+                continue
+            reply = next((i for i in range(first, c2.n) if c2.side[i] == SERVER and c2.plen[i] > 0), None)
+            resp = http.messages(c2)
+            status = next((x.line for x in resp if not x.is_request), None)
+            accepted = any(c.side[j] == SERVER and c.acks(j, (c.seq[start] + c.plen[start]) & 0xFFFFFFFF)
+                           for j in range(start, c.n) if not c.is_rst(j))
+            rows = [
+                (start, f"request {http.describe_request(c, start)} on the failing connection"),
+                (r, "connection reset"),
+            ]
+            inst = Instance(c, rows, {
+                "retry_stream": c2.sid,
+                "after_s": round((c2.ts[first] - t_fail) / 1e9, 6),
+                "request": http.describe_request(c, start),
+                "method": m.method if m else "",
+                "answered": status or (f"{c2.plen[reply]} bytes" if reply is not None else None),
+                "server_acked_original": accepted,
+            })
+            groups[c.server].append(inst)
+            break
+    out = []
+    for server, inst in groups.items():
+        ex = min(inst, key=lambda i: i.first_ns)
+        c = ex.conn
+        f = ex.facts
+        n = len(inst)
+        risky = [i for i in inst if i.facts["method"] and i.facts["method"] not in http.IDEMPOTENT
+                 and i.facts["server_acked_original"]]
+        summary = (
+            f"{plural(n, 'failed request')} to {server} retried on a new connection"
+            + (f" (answered: {f['answered']})" if f["answered"] else "")
+        )
+        explanation = (
+            f"{f['request']} failed on stream {c.sid} and the same request (its first "
+            f"{PREFIX} bytes match) left again {fmt_s(f['after_s'])} later on a new connection, "
+            f"stream {f['retry_stream']}"
+            + (f", which was answered ({f['answered']})" if f["answered"] else "")
+            + ". The client library or the application retried; the user may never have seen "
+            "the failure, only its latency."
+        )
+        if risky:
+            explanation += (
+                f" {plural(len(risky), 'retried request')} used a non-idempotent method whose "
+                "original the server's kernel had acknowledged: the server application may have "
+                "processed it twice."
+            )
+        elif f["method"] and not f["server_acked_original"]:
+            explanation += (
+                " The server never acknowledged the original, so it cannot have processed it: "
+                "the retry was safe."
+            )
+        fixes = [
+            "Keep retries limited to idempotent requests, or send an Idempotency-Key so the "
+            "server can drop duplicates.",
+            "Remove the cause of the first failure (see the other findings) rather than relying "
+            "on the retry.",
+        ]
+        out.append(
+            make_finding(
+                diag, KIND, Severity.WARNING if risky else Severity.INFO, summary, inst,
+                explanation, ["A failure on the first connection (see the other findings)."],
+                fixes, ["none, if the retry succeeded; a latency spike"],
+                {"server": server, "non_idempotent": len(risky)},
+            )
+        )
+    return out

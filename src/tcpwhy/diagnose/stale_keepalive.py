@@ -1,0 +1,228 @@
+"""stale-keepalive-reuse: a pooled connection reused after the server had closed it (P1).
+
+Signature: the server's FIN after an idle gap, the client's kernel ACK, then
+a request whose ACK field already covers that FIN, answered by the server's
+RST. The server's idle timeout is measured across all connections the server
+closed after idling, so the fix can name a number.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+
+from tcpwhy.diagnose import http, knowledge
+from tcpwhy.diagnose.closing import AfterFin, after_fin, recommend_below, server_idle_timeout
+from tcpwhy.diagnose.context import CLIENT, SERVER, fmt_s
+from tcpwhy.diagnose.model import Finding, Severity
+from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
+from tcpwhy.tcp.state import State
+
+KIND = "stale-keepalive-reuse"
+
+
+def is_stale(ev: AfterFin) -> bool:
+    return ev.closer == SERVER and ev.covers and ev.reused
+
+
+@rule(KIND)
+def detect(diag: Diag) -> list[Finding]:
+    groups: dict[str, list[AfterFin]] = defaultdict(list)
+    for ev in after_fin(diag):
+        if is_stale(ev):
+            groups[ev.conn.server].append(ev)
+            diag.claim(ev.conn.sid)
+    return [_finding(diag, server, evs) for server, evs in groups.items()]
+
+
+def _finding(diag: Diag, server: str, evs: list[AfterFin]) -> Finding:
+    inst = []
+    idles: list[float] = []
+    after_fins: list[float] = []
+    close_wait = 0
+    for ev in evs:
+        c = ev.conn
+        rows = []
+        if ev.last_reply is not None:
+            resp = http.last_response_before(c, ev.fin)
+            what = f"response {resp.line}" if resp else f"last data, {c.plen[ev.last_reply]} bytes"
+            rows.append((ev.last_reply, f"{what}; then the connection sits idle in the pool"))
+        rows.append((ev.fin, "server closes the idle connection (FIN)"))
+        ack = next(
+            (
+                j
+                for j in range(ev.fin + 1, ev.data + 1)
+                if c.side[j] == CLIENT and c.acks(j, c.fin_end(ev.fin))
+            ),
+            None,
+        )
+        if ack is not None and ack != ev.data:
+            rows.append((ack, "client kernel ACKs the FIN; the pool does not notice"))
+        rows.append(
+            (ev.data, f"client reuses the connection: {http.describe_request(c, ev.data)}")
+        )
+        rows.append((ev.rst, "server kernel answers with RST: the request is lost"))
+        if c.state_after(CLIENT, ev.rst - 1) is State.CLOSE_WAIT:
+            close_wait += 1
+        last = c.last_data_before(ev.data)
+        idle = c.dt(last, ev.data) if last is not None else None
+        if idle is not None:
+            idles.append(idle)
+        after_fins.append(c.dt(ev.fin, ev.data))
+        inst.append(
+            Instance(
+                c,
+                rows,
+                {"idle_before_reuse_s": idle, "request": http.describe_request(c, ev.data)},
+            )
+        )
+    ex = min(evs, key=lambda e: e.conn.ts[e.fin])
+    c = ex.conn
+    st = server_idle_timeout(diag, server)
+    n = len(evs)
+    req = http.describe_request(c, ex.data)
+    facts: dict[str, object] = {
+        "server": server,
+        "requests_lost": n,
+        "client_idle_before_reuse_s": _stats(idles),
+        "reuse_after_server_fin_s": _stats(after_fins),
+    }
+    if st is not None:
+        facts["server_idle_timeout_s"] = {
+            "min": round(st.min_s, 3),
+            "median": round(st.median_s, 3),
+            "max": round(st.max_s, 3),
+            "n": st.n,
+        }
+    if st is not None and st.announced is not None:
+        facts["keep_alive_header_timeout_s"] = st.announced
+
+    if n == 1:
+        summary = (
+            f"{req} was sent on a pooled connection to {server} "
+            f"{fmt_s(c.dt(ex.fin, ex.data))} after the server had closed it; the server reset it"
+        )
+    else:
+        summary = (
+            f"{n} requests to {server} were sent on pooled connections the server had already "
+            f"closed; the server reset each one"
+        )
+    if st is not None:
+        summary += f" (server idle timeout ≈ {st.median_s:.2f} s)"
+
+    # the story of the example connection
+    resp = http.last_response_before(c, ex.fin)
+    parts = [
+        f"Stream {c.sid} ({c.client} → {c.server}) is a keep-alive connection the client keeps "
+        "in a pool."
+    ]
+    if ex.last_reply is not None:
+        parts.append(
+            f"Its last exchange ended at {c.s(ex.last_reply):.3f} s "
+            + (f"with the response {resp.line} " if resp else "")
+            + f"(frame {c.frame[ex.last_reply]}); then nothing was sent for "
+            f"{fmt_s(c.dt(ex.last_reply, ex.fin))}."
+        )
+    parts.append(
+        f"At {c.s(ex.fin):.3f} s the server closed the connection (frame {c.frame[ex.fin]}, FIN): "
+        "it had been idle for longer than the server's idle timeout, so the server moved to "
+        "FIN_WAIT_1 and, once acknowledged, FIN_WAIT_2."
+    )
+    parts.append(
+        "The client's kernel acknowledged the FIN at once and its socket moved to CLOSE_WAIT — "
+        "but the application did not notice: an idle pooled socket is not being read, so "
+        "nobody saw the end-of-file."
+    )
+    parts.append(
+        f"{fmt_s(c.dt(ex.fin, ex.data))} later the pool handed the connection out again and the "
+        f"client sent {req} (frame {c.frame[ex.data]}). Its acknowledgment number covers the "
+        "server's FIN, so this is not a race: the client had been told the connection was "
+        "closing before it wrote."
+    )
+    parts.append(
+        f"The server's socket no longer existed for reading, so its kernel answered with RST "
+        f"(frame {c.frame[ex.rst]}, {fmt_s(c.dt(ex.data, ex.rst))} later) and the request was "
+        "never seen by the server application."
+    )
+    parts.append(
+        "Because the client socket was in CLOSE_WAIT, the application reads end-of-file before "
+        "any response (an EOF / 'server closed connection' error) or gets 'Broken pipe' on a "
+        "further write — not 'Connection reset by peer'."
+    )
+    explanation = " ".join(parts)
+    if n > 1:
+        explanation += (
+            f"\n\nThe same happened on {plural(n, 'connection')} to {server}"
+            + (
+                f"; the client had left them idle for {_range(idles)} before reusing them"
+                if idles
+                else ""
+            )
+            + "."
+        )
+    if st is not None:
+        explanation += (
+            f"\n\nMeasured across the connections the server closed after idling, {st.text()}."
+        )
+        if st.announced is not None:
+            explanation += f" The server announces Keep-Alive: timeout={st.announced}."
+    causes = []
+    t = st.median_s if st is not None else None
+    if t is not None:
+        causes.append(
+            f"The client's pool keeps idle connections longer than the server's idle timeout "
+            f"({t:.2f} s): here it reused one after {_range(idles)} idle."
+        )
+    else:
+        causes.append(
+            "The client's pool keeps idle connections longer than the server's idle timeout."
+        )
+    causes.append(
+        "The client does not check an idle connection before reusing it (a read would have "
+        "shown the end-of-file)."
+    )
+    fins = sorted(e.conn.ts[e.fin] for e in evs)
+    if len(fins) >= 3 and (fins[-1] - fins[0]) < 200_000_000:
+        causes.insert(
+            0,
+            f"{len(fins)} connections were closed by the server within "
+            f"{fmt_s((fins[-1] - fins[0]) / 1e9)}: a server restart, reload or graceful "
+            "shutdown closing all idle connections at once.",
+        )
+    else:
+        causes.append(
+            "A server restart, reload or graceful shutdown closing idle connections "
+            "(less likely when the FINs are spread out, as here)."
+        )
+    below = recommend_below(t) if t is not None else "the server's idle timeout"
+    fixes = [
+        f"Make the client's idle timeout shorter than the server's"
+        + (f" {t:.2f} s: at most {below}" if t is not None else "")
+        + f". {knowledge.CLIENT_IDLE_KNOBS}.",
+        f"Retry idempotent requests once when a reused connection fails: {knowledge.RETRY_KNOBS}.",
+        f"Or lengthen the server's idle timeout beyond the client's: {knowledge.SERVER_IDLE_KNOBS}; "
+        "honour Keep-Alive: timeout= in the client where the library supports it.",
+    ]
+    errors = knowledge.EOF_ON_REUSE + (knowledge.BROKEN_PIPE if close_wait else [])
+    sev = Severity.ERROR
+    return make_finding(
+        diag, KIND, sev, summary, inst, explanation, causes, fixes, errors, facts
+    )
+
+
+def _stats(v: list[float]) -> dict[str, float] | None:
+    if not v:
+        return None
+    return {
+        "min": round(min(v), 3),
+        "median": round(statistics.median(v), 3),
+        "max": round(max(v), 3),
+        "n": len(v),
+    }
+
+
+def _range(v: list[float]) -> str:
+    if not v:
+        return "an unknown time"
+    lo, hi = min(v), max(v)
+    return fmt_s(lo) if hi - lo < 0.01 else f"{fmt_s(lo)} to {fmt_s(hi)}"
