@@ -29,10 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-
-
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
