@@ -458,9 +458,12 @@ class ConnectionBuilder:
                     self._memo[key] = got
             names = []
             for st, row in ((got[0], got[2]), (got[1], got[3])):
-                if st == State.TIME_WAIT and 0 <= row < b - a:
-                    if self.now - int(sel["ts"][a + row]) >= TIME_WAIT_NS:
-                        st = State.CLOSED
+                if (
+                    st == State.TIME_WAIT
+                    and 0 <= row < b - a
+                    and self.now - int(sel["ts"][a + row]) >= TIME_WAIT_NS
+                ):
+                    st = State.CLOSED
                 names.append(_STATE_NAMES[st])
             out[r] = (names[0], names[1])
         return out

@@ -286,7 +286,7 @@ def _scaled(S: Any, H: Any, s: Any, d: Any, cnt: Any, th: Any, code: Any) -> Non
 
 @njit(cache=True)
 def _is_handshake(st: Any) -> bool:
-    return st == INACTIVE or st == SYN_SENT or st == SYN_ACK_SENT
+    return st in (INACTIVE, SYN_SENT, SYN_ACK_SENT)
 
 
 @njit(cache=True)
@@ -380,12 +380,15 @@ def _state_machine(
                     _set_state(S, s, d, SYN_SENT)
                 S[s, F_T_ATTEMPT] = min(S[s, F_T_ATTEMPT], t + TCP_ATTEMPT_DELAY)
             else:
-                if not ack:
-                    if S[s, p + E_STATE] == SYN_ACK_SENT and (base & _M32) == S[s, e + E_START]:
-                        # SYN and SYN-ACK seen in reverse order: flip and establish
-                        _flip(S, H, s)
-                        S[s, F_ORIENT] = ORIENT_REVERSAL
-                        _set_state(S, s, 1 - d, ESTABLISHED)
+                if (
+                    not ack
+                    and S[s, p + E_STATE] == SYN_ACK_SENT
+                    and (base & _M32) == S[s, e + E_START]
+                ):
+                    # SYN and SYN-ACK seen in reverse order: flip and establish
+                    _flip(S, H, s)
+                    S[s, F_ORIENT] = ORIENT_REVERSAL
+                    _set_state(S, s, 1 - d, ESTABLISHED)
                 if S[s, p + E_STATE] == SYN_SENT:
                     _set_state(S, s, 1 - d, ESTABLISHED)
                 _set_state(S, s, d, ESTABLISHED)
@@ -412,7 +415,7 @@ def _state_machine(
                 _set_state(S, s, d, ESTABLISHED)
             else:
                 _set_state(S, s, d, PARTIAL)
-    elif st == SYN_SENT or st == SYN_ACK_SENT:
+    elif st in (SYN_SENT, SYN_ACK_SENT):
         if fin:
             _set_state(S, s, d, CLOSED)
             do_close = True
@@ -421,10 +424,9 @@ def _state_machine(
             _set_state(S, s, d, RESET)
             S[s, F_IS_ACTIVE] = 0
             do_close = True
-    elif st == ESTABLISHED or st == PARTIAL:
-        if syn:
-            if st == PARTIAL and S[s, p + E_STATE] == INACTIVE and not ack:
-                _set_state(S, s, d, SYN_SENT)
+    elif st in (ESTABLISHED, PARTIAL):
+        if syn and st == PARTIAL and S[s, p + E_STATE] == INACTIVE and not ack:
+            _set_state(S, s, d, SYN_SENT)
         if fin and not rst:
             _set_state(S, s, d, CLOSED)
             if S[s, p + E_STATE] == RESET and S[s, p + E_PREV] == CLOSED:
@@ -437,12 +439,11 @@ def _state_machine(
             do_close = True
             if S[s, p + E_STATE] != RESET or S[s, p + E_PREV] != ESTABLISHED:
                 S[s, F_IS_ACTIVE] = 0
-    elif st == CLOSED:
-        if rst and S[s, p + E_STATE] != CLOSED:
-            _set_state(S, s, d, RESET)
-            if not S[s, e + E_DID_CLOSE]:
-                do_close = True
-            S[s, F_T_RESET] = min(S[s, F_T_RESET], t + TCP_RESET_DELAY)
+    elif st == CLOSED and rst and S[s, p + E_STATE] != CLOSED:
+        _set_state(S, s, d, RESET)
+        if not S[s, e + E_DID_CLOSE]:
+            do_close = True
+        S[s, F_T_RESET] = min(S[s, F_T_RESET], t + TCP_RESET_DELAY)
     return do_close, gen
 
 
@@ -546,29 +547,27 @@ def _timers_due(
         if not S[s, F_IS_ACTIVE]:
             continue
         if which == F_T_ATTEMPT:
-            if (os_ == SYN_SENT or os_ == SYN_ACK_SENT) and rs_ == INACTIVE:
+            if (os_ in (SYN_SENT, SYN_ACK_SENT)) and rs_ == INACTIVE:
                 return END_ATTEMPT
         elif which == F_T_PARTIAL:
             if (
-                os_ != INACTIVE
-                and rs_ != INACTIVE
-                and not (S[s, e_o + E_DID_CLOSE] and S[s, e_r + E_DID_CLOSE])
+                (
+                    os_ != INACTIVE
+                    and rs_ != INACTIVE
+                    and not (S[s, e_o + E_DID_CLOSE] and S[s, e_r + E_DID_CLOSE])
+                )
+                and os_ != RESET
+                and rs_ != RESET
             ):
-                if os_ != RESET and rs_ != RESET:
-                    return END_PARTIAL_CLOSE
+                return END_PARTIAL_CLOSE
         else:  # expire
             if S[s, F_LAST_TS] + TCP_CONNECTION_LINGER < tmin:
                 oc = S[s, e_o + E_DID_CLOSE]
                 rc = S[s, e_r + E_DID_CLOSE]
-                if oc or rc:
-                    if (
-                        (oc and rc)
-                        or os_ == RESET
-                        or rs_ == RESET
-                        or os_ == INACTIVE
-                        or rs_ == INACTIVE
-                    ):
-                        return END_EXPIRE
+                if (oc or rc) and (
+                    (oc and rc) or os_ in (RESET, INACTIVE) or rs_ in (RESET, INACTIVE)
+                ):
+                    return END_EXPIRE
                 if rs_ == INACTIVE and os_ == INACTIVE:
                     return END_EXPIRE
             S[s, F_T_EXPIRE] = min(S[s, F_T_EXPIRE], tmin + TCP_SESSION_TIMER)
@@ -738,6 +737,8 @@ def process_chunk(
 
         # which rows the RFC state machine will need (see connections.py)
         keep = (fl & (SYN_ | FIN_ | RST_)) != 0
+        if syn:
+            S[s, p + E_FIRST_KEPT] = 0  # the peer's answer to each (re)sent SYN matters
         if not keep and S[s, e + E_FIRST_KEPT] < 2:
             keep = True
             S[s, e + E_FIRST_KEPT] += 1
@@ -759,15 +760,14 @@ def process_chunk(
                 _init_seq(S, s, d, sq, end)
             else:
                 _init_seq(S, s, d, sq - 1, sq)
-        elif st == SYN_SENT or st == SYN_ACK_SENT:
+        elif st in (SYN_SENT, SYN_ACK_SENT):
             if syn and (sq & _M32) != S[s, e + E_START]:
                 _init_seq(S, s, d, sq, end)
-        elif st == ESTABLISHED or st == PARTIAL:
+        elif st in (ESTABLISHED, PARTIAL):
             if syn:
                 _init_seq(S, s, d, sq, end)
-        elif st == RESET:
-            if syn and S[s, e + E_PREV] == INACTIVE:
-                _init_seq(S, s, d, sq, end)
+        elif st == RESET and syn and S[s, e + E_PREV] == INACTIVE:
+            _init_seq(S, s, d, sq, end)
 
         last_raw = _raw(S, s, d, S[s, e + E_LAST])
         rel = S[s, e + E_LAST] + _sdelta(sq, last_raw)

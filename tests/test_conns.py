@@ -1,0 +1,191 @@
+"""Connection records on the shipped captures: demo, lab scenarios, formats, chunking, memory cap."""
+
+from __future__ import annotations
+
+import io
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tcpwhy.capture import read_table
+from tcpwhy.decode.table import PacketTable
+from tcpwhy.report.conns import read_zeek, write_conns
+from tcpwhy.tcp.connections import ConnectionBuilder, ConnRecord, build_connections
+from tcpwhy.tcp.state import run_rows
+from tcpwhy.tcp.streams import StreamTracker
+
+DATA = Path(str(resources.files("tcpwhy") / "data"))
+DEMO = DATA / "demo-stale-keepalive.pcap"
+LAB = DATA / "lab"
+
+
+def conns(path: Path, **kw: object) -> list[ConnRecord]:
+    return build_connections(read_table(str(path)), **kw)  # type: ignore[arg-type]
+
+
+def test_demo_capture() -> None:
+    first, second = conns(DEMO)
+    assert (first.stream, second.stream) == (0, 1)
+    # the server closed the pooled connection, then reset the client's late request
+    assert first.end == "reset by responder after responder FIN"
+    assert first.conn_state == "RSTR"
+    assert first.history.endswith("fr")
+    assert (first.orig_state, first.resp_state) == ("CLOSED", "CLOSED")
+    # the retry on a fresh connection closes cleanly, client first
+    assert second.conn_state == "SF"
+    assert second.end == "closed by originator FIN, responder FIN"
+    assert second.orig_state == "TIME_WAIT"
+    assert second.orientation == "syn"
+    assert first.irtt is not None and first.irtt >= 0
+
+
+@pytest.mark.parametrize(
+    ("scenario", "conn_state", "end_prefix", "orig_state", "resp_state"),
+    [
+        ("refused", "REJ", "refused (RST to SYN)", "CLOSED", "CLOSED"),
+        ("syn-timeout", "S0", "no answer to SYN", "SYN_SENT", None),
+        ("close-wait-leak", "S2", "half-closed by originator FIN", "FIN_WAIT_2", "CLOSE_WAIT"),
+        ("clean", "SF", "closed by", None, None),
+        ("time-wait", "SF", "closed by originator FIN", "TIME_WAIT", "CLOSED"),
+        ("simultaneous-close", "SF", "closed by", "TIME_WAIT", "TIME_WAIT"),
+        ("stale-keepalive", "RSTR", "reset by responder after responder FIN", "CLOSED", "CLOSED"),
+        ("abortive-close", "RSTR", "reset by responder", "CLOSED", "CLOSED"),
+        ("keepalive-dead-peer", "RSTO", "reset by originator", "CLOSED", "CLOSED"),
+    ],
+)
+def test_lab_scenarios(
+    scenario: str,
+    conn_state: str,
+    end_prefix: str,
+    orig_state: str | None,
+    resp_state: str | None,
+) -> None:
+    first = conns(LAB / f"{scenario}.pcap")[0]
+    assert first.conn_state == conn_state
+    assert first.end.startswith(end_prefix)
+    if orig_state:
+        assert first.orig_state == orig_state
+    if resp_state:
+        assert first.resp_state == resp_state
+
+
+def test_lab_counters() -> None:
+    (zw,) = conns(LAB / "zero-window.pcap")
+    assert zw.zero_windows > 0
+    (rto,) = conns(LAB / "retransmission-timeout.pcap")
+    assert rto.retransmissions > 0
+    assert rto.end == "still open at end of capture"
+
+
+def _all_lab_tables() -> list[tuple[str, PacketTable]]:
+    return [(p.name, read_table(str(p))) for p in sorted(LAB.glob("*.pcap"))] + [
+        (DEMO.name, read_table(str(DEMO)))
+    ]
+
+
+def test_rfc_states_from_kept_packets_match_full_run() -> None:
+    """The builder runs the state machine on a few packets per connection: same final states."""
+    _check_rfc_states(_all_lab_tables())
+
+
+def test_rfc_states_on_zeek_corpus(zeek_corpus: Path) -> None:
+    tables = [(p.name, read_table(str(p))) for p in sorted(zeek_corpus.glob("*.pcap*"))]
+    _check_rfc_states(tables)
+
+
+def _check_rfc_states(tables: list[tuple[str, PacketTable]]) -> None:
+    for name, t in tables:
+        if not len(t):
+            continue
+        s = StreamTracker().feed(t)
+        for r in build_connections(t):
+            rows = np.flatnonzero(s["stream"] == r.stream)
+            odir = s["dir"][rows[0]] if r.orientation == "syn" else None
+            if odir is None or r.continued:
+                continue
+            cs = run_rows(t, rows, (s["dir"][rows] != odir).astype(np.int64))
+            end_ns = int(t["ts_ns"].max())
+            for ep in (cs.originator, cs.responder):
+                ep.advance(end_ns)
+            assert (r.orig_state, r.resp_state) == (
+                cs.originator.state.name,
+                cs.responder.state.name,
+            ), name
+
+
+def test_chunked_feed_gives_the_same_records() -> None:
+    t = read_table(str(LAB / "accept-queue-overflow.pcap"))
+    whole = build_connections(t)
+    b = ConnectionBuilder()
+    got: list[ConnRecord] = []
+    for start in range(0, len(t), 3):
+        got += b.feed(t.take(np.arange(start, min(start + 3, len(t)))))
+    got += b.finish()
+    got.sort(key=lambda r: r.stream)
+    strip = [{k: v for k, v in r.as_json().items() if k != "uid"} for r in whole]
+    assert strip == [{k: v for k, v in r.as_json().items() if k != "uid"} for r in got]
+
+
+def test_memory_cap_evicts_with_a_warning() -> None:
+    t = read_table(str(LAB / "time-wait.pcap"))
+    b = ConnectionBuilder(max_active=2)
+    out: list[ConnRecord] = []
+    with pytest.warns(RuntimeWarning, match="connections active at once"):
+        for i in range(len(t)):
+            out += b.feed(t.take(np.array([i])))
+            assert b.active <= 2
+    out += b.finish()
+    assert b.evicted > 0 and b.warnings
+    assert any(r.emitted.startswith("evicted") for r in out)
+    assert len({r.stream for r in out}) == 5
+
+
+def test_zeek_format_round_trip() -> None:
+    buf = io.StringIO()
+    write_conns(str(DEMO), "zeek", out=buf)
+    text = buf.getvalue()
+    lines = text.splitlines()
+    assert lines[0] == "#separator \\x09"
+    for head in (
+        "#set_separator",
+        "#empty_field",
+        "#unset_field",
+        "#path",
+        "#open",
+        "#fields",
+        "#types",
+    ):
+        assert any(line.startswith(head + "\t") for line in lines), head
+    assert lines[-1].startswith("#close\t")
+    fields = next(line for line in lines if line.startswith("#fields")).split("\t")[1:]
+    types = next(line for line in lines if line.startswith("#types")).split("\t")[1:]
+    assert len(fields) == len(types)
+    rows = read_zeek(text.splitlines())
+    recs = conns(DEMO, boundaries="zeek")
+    assert len(rows) == len(recs)
+    for row, r in zip(rows, recs, strict=True):
+        assert row["id.orig_h"] == r.orig_h and int(row["id.orig_p"]) == r.orig_p
+        assert row["conn_state"] == r.conn_state and row["history"] == r.history
+        assert int(row["orig_pkts"]) == r.orig_pkts and int(row["resp_ip_bytes"]) == r.resp_ip_bytes
+        assert float(row["ts"]) == pytest.approx(r.start, abs=1e-6)
+        assert len(set(row)) == len(fields)
+    assert len({row["uid"] for row in rows}) == len(rows)
+
+
+def test_jsonl_and_csv_fields() -> None:
+    buf = io.StringIO()
+    write_conns(str(DEMO), "jsonl", out=buf)
+    objs = [json.loads(line) for line in buf.getvalue().splitlines()]
+    need = {
+        "stream", "orig_h", "orig_p", "resp_h", "resp_p", "start", "duration", "orig_pkts",
+        "resp_pkts", "orig_bytes", "resp_bytes", "conn_state", "history", "orig_state",
+        "resp_state", "end", "orig_ip_bytes", "resp_ip_bytes", "missed_bytes", "irtt",
+        "retransmissions", "zero_windows",
+    }  # fmt: skip
+    assert len(objs) == 2 and all(need <= o.keys() for o in objs)
+    buf = io.StringIO()
+    write_conns(str(DEMO), "csv", out=buf)
+    assert len(buf.getvalue().splitlines()) == 3
