@@ -44,7 +44,8 @@ def detect(diag: Diag) -> list[Finding]:
                 nxt = e if nxt is None or ((e - nxt) & U32) < 0x80000000 else nxt
         if nxt is None or c.seq[r] != nxt:
             continue
-        if c.first_fin(x) is not None and c.first_fin(x) < r:
+        xf = c.first_fin(x)
+        if xf is not None and xf < r:
             continue
         last_peer = c.last_data_before(r, 1 - x)
         last_own = c.last_data_before(r, x)
@@ -54,13 +55,23 @@ def detect(diag: Diag) -> list[Finding]:
         cause = "unread" if unread else "linger"
         rows = []
         if last_peer is not None:
-            what = http.describe_request(c, last_peer) if c.side[last_peer] == 0 else f"{c.plen[last_peer]} bytes"
-            rows.append((last_peer, f"{WHO[1 - x]} sends {what}"
-                         + (" — never answered" if unread else "")))
+            what = (
+                http.describe_request(c, last_peer)
+                if c.side[last_peer] == 0
+                else f"{c.plen[last_peer]} bytes"
+            )
+            rows.append(
+                (last_peer, f"{WHO[1 - x]} sends {what}" + (" — never answered" if unread else ""))
+            )
         if last_own is not None and not unread:
             rows.append((last_own, f"{WHO[x]} sends its last data"))
-        rows.append((r, f"{WHO[x]} aborts: RST instead of FIN"
-                     + (" (closed with unread data)" if unread else " (SO_LINGER 0 or abort)")))
+        rows.append(
+            (
+                r,
+                f"{WHO[x]} aborts: RST instead of FIN"
+                + (" (closed with unread data)" if unread else " (SO_LINGER 0 or abort)"),
+            )
+        )
         groups[(c.server, x, cause)].append(Instance(c, rows, {"cause": cause}))
         diag.claim(c.sid)
     out = []
@@ -127,8 +138,16 @@ def detect(diag: Diag) -> list[Finding]:
             ]
         out.append(
             make_finding(
-                diag, KIND, Severity.WARNING, summary, inst, explanation, causes, fixes,
-                knowledge.RESET, {"server": server, "side": who, "cause": cause},
+                diag,
+                KIND,
+                Severity.WARNING,
+                summary,
+                inst,
+                explanation,
+                causes,
+                fixes,
+                knowledge.RESET,
+                {"server": server, "side": who, "cause": cause},
             )
         )
     return out

@@ -39,9 +39,10 @@ def _synack_after_ack(c: Conn) -> tuple[int, int] | None:
                 first_sa = i
             elif ack is not None:
                 return ack, i
-        elif c.side[i] == CLIENT and first_sa is not None and ack is None and f & ACK:
-            if not f & SYN:
-                ack = i
+        elif (
+            c.side[i] == CLIENT and first_sa is not None and ack is None and f & ACK and not f & SYN
+        ):
+            ack = i
     return None
 
 
@@ -50,7 +51,11 @@ def _reset_after_handshake(c: Conn) -> tuple[int, int] | None:
     if c.n_server_data() > 0:
         return None
     sa = next(
-        (i for i in range(c.n) if c.side[i] == SERVER and (c.flags[i] & (SYN | ACK)) == (SYN | ACK)),
+        (
+            i
+            for i in range(c.n)
+            if c.side[i] == SERVER and (c.flags[i] & (SYN | ACK)) == (SYN | ACK)
+        ),
         None,
     )
     if sa is None:
@@ -93,16 +98,19 @@ def detect(diag: Diag) -> list[Finding]:
         diag.claim(sid, "syn")
     # (b) the final ACK dropped: SYN-ACK retransmitted after it
     cand = np.flatnonzero(cap.n_synack[:, SERVER] > 1)
-    for sid in cand:
-        c = cap.conn(int(sid))
+    for s2 in cand:
+        c = cap.conn(int(s2))
         got = _synack_after_ack(c)
         if got is None:
             continue
         ack, sa2 = got
         rows = [
             (ack, "client completes the handshake (ACK): its connect() returns"),
-            (sa2, f"server retransmits its SYN-ACK {fmt_s(c.dt(ack, sa2))} later: "
-                  "it dropped that ACK, the accept queue was full"),
+            (
+                sa2,
+                f"server retransmits its SYN-ACK {fmt_s(c.dt(ack, sa2))} later: "
+                "it dropped that ACK, the accept queue was full",
+            ),
         ]
         data = next((i for i in range(ack + 1, c.n) if c.side[i] == CLIENT and c.plen[i]), None)
         if data is not None:
@@ -112,8 +120,8 @@ def detect(diag: Diag) -> list[Finding]:
         diag.claim(c.sid)
     # (c) tcp_abort_on_overflow=1: RST right after the handshake
     cand = np.flatnonzero((cap.n_synack[:, SERVER] > 0) & (cap.n_rst[:, SERVER] > 0))
-    for sid in cand:
-        c = cap.conn(int(sid))
+    for s3 in cand:
+        c = cap.conn(int(s3))
         got2 = _reset_after_handshake(c)
         if got2 is None:
             continue
@@ -127,8 +135,8 @@ def detect(diag: Diag) -> list[Finding]:
     out = []
     for server, parts in groups.items():
         # K13: connections still queued when the listener closed are reset without data
-        for sid in np.flatnonzero((cap.n_rst[:, SERVER] > 0) & (cap.bytes[:, SERVER] == 0)):
-            c = cap.conn(int(sid))
+        for s4 in np.flatnonzero((cap.n_rst[:, SERVER] > 0) & (cap.bytes[:, SERVER] == 0)):
+            c = cap.conn(int(s4))
             if c.server != server or diag.is_claimed(c.sid):
                 continue
             r = c.first_rst(SERVER)
@@ -145,8 +153,7 @@ def detect(diag: Diag) -> list[Finding]:
 def _finding(diag: Diag, server: str, parts: dict[str, list[Instance]]) -> Finding:
     allinst = [x for v in parts.values() for x in v]
     main = parts.get("syn") or parts.get("ack") or parts.get("abort") or allinst
-    ex = min(main, key=lambda x: x.first_ns)
-    c = ex.conn
+    min(main, key=lambda x: x.first_ns)
     bits = []
     if parts.get("syn"):
         bits.append(f"{plural(len(parts['syn']), 'SYN')} dropped while other clients were admitted")
@@ -155,7 +162,9 @@ def _finding(diag: Diag, server: str, parts: dict[str, list[Instance]]) -> Findi
     if parts.get("abort"):
         bits.append(f"{plural(len(parts['abort']), 'handshake')} reset (tcp_abort_on_overflow)")
     if parts.get("closed"):
-        bits.append(f"{plural(len(parts['closed']), 'queued connection')} reset when the listener closed")
+        bits.append(
+            f"{plural(len(parts['closed']), 'queued connection')} reset when the listener closed"
+        )
     summary = f"listener {server} overflowed its accept queue: " + "; ".join(bits)
     paras = []
     if parts.get("syn"):
@@ -217,8 +226,18 @@ def _finding(diag: Diag, server: str, parts: dict[str, list[Instance]]) -> Findi
         "Keep net.ipv4.tcp_abort_on_overflow=0 except to diagnose; clients should use "
         "connect and read timeouts with retries.",
     ]
-    errors = knowledge.TIMEOUT + (knowledge.RESET if parts.get("abort") or parts.get("closed") else [])
+    errors = knowledge.TIMEOUT + (
+        knowledge.RESET if parts.get("abort") or parts.get("closed") else []
+    )
     return make_finding(
-        diag, KIND, Severity.ERROR, summary, allinst, "\n\n".join(paras), causes, fixes, errors,
+        diag,
+        KIND,
+        Severity.ERROR,
+        summary,
+        allinst,
+        "\n\n".join(paras),
+        causes,
+        fixes,
+        errors,
         {"server": server, **{k: len(v) for k, v in parts.items()}},
     )

@@ -41,8 +41,11 @@ def detect(diag: Diag) -> list[Finding]:
             k = entered[0]
             final = c.final_state(x)
             left = next(
-                (s for s in (c.states.originator if x == CLIENT else c.states.responder).timeline
-                 if s.frame - 1 > k and s.state is not State.CLOSE_WAIT),
+                (
+                    s
+                    for s in (c.states.originator if x == CLIENT else c.states.responder).timeline
+                    if s.frame - 1 > k and s.state is not State.CLOSE_WAIT
+                ),
                 None,
             )
             until_end = final is State.CLOSE_WAIT
@@ -54,16 +57,24 @@ def detect(diag: Diag) -> list[Finding]:
             if pf is not None:
                 rows.append((pf, f"{WHO[peer]} closes (FIN)"))
             ack = next(
-                (j for j in range(pf or 0, c.n) if c.side[j] == x and pf is not None
-                 and c.acks(j, c.fin_end(pf))),
+                (
+                    j
+                    for j in range(pf or 0, c.n)
+                    if c.side[j] == x and pf is not None and c.acks(j, c.fin_end(pf))
+                ),
                 None,
             )
             if ack is not None:
                 rows.append((ack, f"{WHO[x]} kernel ACKs the FIN: {WHO[x]} socket in CLOSE_WAIT"))
             last = c.n - 1
             if until_end and last not in [r for r, _ in rows]:
-                rows.append((last, "last packet of the connection; no FIN from the "
-                             f"{WHO[x]} until the capture ends"))
+                rows.append(
+                    (
+                        last,
+                        "last packet of the connection; no FIN from the "
+                        f"{WHO[x]} until the capture ends",
+                    )
+                )
             elif left is not None and left.frame:
                 rows.append((left.frame - 1, f"{WHO[x]} finally closes after {fmt_s(dur)}"))
             owner = c.server if x == SERVER else c.client_ip
@@ -78,15 +89,15 @@ def detect(diag: Diag) -> list[Finding]:
         n = len(inst)
         durs = [i.facts["close_wait_s"] for i in inst]
         ends = sum(1 for i in inst if i.facts["until_end"])
-        who, peer = WHO[x], WHO[1 - x]
+        who, peer_name = WHO[x], WHO[1 - x]
         where = f"{who} {owner}"
         summary = (
-            f"{plural(n, 'connection')} left in CLOSE_WAIT by the {who} ({owner}): the {peer} "
+            f"{plural(n, 'connection')} left in CLOSE_WAIT by the {who} ({owner}): the {peer_name} "
             f"closed, the {who} never did"
             + (f" ({ends} still open when the capture ended)" if ends else "")
         )
         explanation = (
-            f"On stream {c.sid} ({c.client} → {c.server}) the {peer} closed its side (FIN) and "
+            f"On stream {c.sid} ({c.client} → {c.server}) the {peer_name} closed its side (FIN) and "
             f"the {who}'s kernel acknowledged it, moving the {who}'s socket to CLOSE_WAIT. From "
             f"then on only the {who} application can end the connection, by calling close(); "
             "CLOSE_WAIT has no timeout in the kernel. "
@@ -96,7 +107,7 @@ def detect(diag: Diag) -> list[Finding]:
                 if ex.facts["until_end"]
                 else f"It stayed there {fmt_s(ex.facts['close_wait_s'])} before closing"
             )
-            + f". Meanwhile the {peer}'s socket waits in FIN_WAIT_2 (for tcp_fin_timeout, 60 s, "
+            + f". Meanwhile the {peer_name}'s socket waits in FIN_WAIT_2 (for tcp_fin_timeout, 60 s, "
             "if it was orphaned; forever if it only shut down its writing side)."
         )
         if n > 1:
@@ -129,11 +140,19 @@ def detect(diag: Diag) -> list[Finding]:
         errors = [
             f"{who} (eventually): 'Too many open files' (EMFILE), or pool exhaustion such as "
             "'Timeout waiting for connection from pool'",
-            f"{peer}: usually nothing; its FIN_WAIT_2 socket expires silently",
+            f"{peer_name}: usually nothing; its FIN_WAIT_2 socket expires silently",
         ]
         out.append(
             make_finding(
-                diag, KIND, Severity.WARNING, summary, inst, explanation, causes, fixes, errors,
+                diag,
+                KIND,
+                Severity.WARNING,
+                summary,
+                inst,
+                explanation,
+                causes,
+                fixes,
+                errors,
                 {"side": who, "endpoint": owner, "until_capture_end": ends},
             )
         )

@@ -81,9 +81,7 @@ def _find(c: Conn, closer: int) -> AfterFin | None:
     if r is None:
         return None
     covers = c.acks(d, fin_end)
-    earlier = any(
-        c.side[j] == writer and c.plen[j] > 0 and not c.flags[j] & RST for j in range(d)
-    )
+    earlier = any(c.side[j] == writer and c.plen[j] > 0 and not c.flags[j] & RST for j in range(d))
     return AfterFin(c, closer, f, d, r, covers, earlier, c.last_data_before(f, closer))
 
 
@@ -137,9 +135,7 @@ def server_idle_timeout(diag: Diag, server: str) -> IdleStats | None:
         if gap >= 0.05:
             gaps.append(gap)
     st = (
-        IdleStats(
-            len(gaps), min(gaps), statistics.median(gaps), max(gaps), announced
-        )
+        IdleStats(len(gaps), min(gaps), statistics.median(gaps), max(gaps), announced)
         if gaps
         else None
     )

@@ -336,4 +336,3 @@ def _addr(t: PacketTable, row: int, which: str) -> str:
 
 def streams_where(mask: npt.NDArray[np.bool_]) -> list[int]:
     return [int(s) for s in np.flatnonzero(mask)]
-

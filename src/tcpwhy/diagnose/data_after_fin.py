@@ -13,10 +13,10 @@ from collections import defaultdict
 from tcpwhy.diagnose import http, knowledge
 from tcpwhy.diagnose.closing import after_fin
 from tcpwhy.diagnose.context import CLIENT, WHO, fmt_s
+from tcpwhy.diagnose.keepalive_race import is_race
 from tcpwhy.diagnose.model import Finding, Severity
 from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
 from tcpwhy.diagnose.stale_keepalive import is_stale
-from tcpwhy.diagnose.keepalive_race import is_race
 
 KIND = "data-after-fin"
 
@@ -31,8 +31,11 @@ def detect(diag: Diag) -> list[Finding]:
         w = WHO[1 - ev.closer]
         rows = [
             (ev.fin, f"{WHO[ev.closer]} closes (FIN)"),
-            (ev.data, f"{w} still writes {c.plen[ev.data]} bytes"
-             + ("" if ev.covers else " (crossing the FIN)")),
+            (
+                ev.data,
+                f"{w} still writes {c.plen[ev.data]} bytes"
+                + ("" if ev.covers else " (crossing the FIN)"),
+            ),
             (ev.rst, f"{WHO[ev.closer]} kernel answers with RST"),
         ]
         groups[(c.server, ev.closer)].append(Instance(c, rows, {"covers": ev.covers}))
@@ -82,7 +85,15 @@ def detect(diag: Diag) -> list[Finding]:
         errors = knowledge.BROKEN_PIPE + knowledge.RESET
         out.append(
             make_finding(
-                diag, KIND, Severity.WARNING, summary, inst, explanation, causes, fixes, errors,
+                diag,
+                KIND,
+                Severity.WARNING,
+                summary,
+                inst,
+                explanation,
+                causes,
+                fixes,
+                errors,
                 {"server": server, "closer": closer_name},
             )
         )

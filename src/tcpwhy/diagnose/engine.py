@@ -61,9 +61,11 @@ def diagnose_files(
             progress("diagnosing " + ", ".join(os.path.basename(tables[i][0]) for i in g))
         parts = [tables[i][1] for i in g]
         table = PacketTable.concat(parts)
-        file_of_row = np.concatenate(
-            [np.full(len(t), k, np.int16) for k, t in enumerate(parts)]
-        ) if parts else np.zeros(0, np.int16)
+        file_of_row = (
+            np.concatenate([np.full(len(t), k, np.int16) for k, t in enumerate(parts)])
+            if parts
+            else np.zeros(0, np.int16)
+        )
         fs, cap = diagnose_table(table, [tables[i][0] for i in g], file_of_row, settings)
         findings.extend(fs)
         nconn += cap.nstreams

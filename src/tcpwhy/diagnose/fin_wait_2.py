@@ -65,25 +65,25 @@ def detect(diag: Diag) -> list[Finding]:
         c = ex.conn
         n = len(inst)
         resets = sum(1 for i in inst if i.facts["reset"])
-        who, peer = WHO[x], WHO[1 - x]
+        who, peer_name = WHO[x], WHO[1 - x]
         summary = (
             f"{plural(n, 'connection')} to {server}: the {who} closed and waited in FIN_WAIT_2 "
-            f"for the {peer}'s FIN"
+            f"for the {peer_name}'s FIN"
             + (f"; {resets} late FINs answered by RST (socket expired)" if resets else "")
         )
         wait = ex.facts["fin_wait_2_s"]
         explanation = (
-            f"On stream {c.sid} ({c.client} → {c.server}) the {who} closed first; the {peer} "
+            f"On stream {c.sid} ({c.client} → {c.server}) the {who} closed first; the {peer_name} "
             f"acknowledged the FIN, which put the {who} in FIN_WAIT_2 — waiting for the "
-            f"{peer} to close too. The {peer} sent its FIN only {fmt_s(wait)} later: its "
+            f"{peer_name} to close too. The {peer_name} sent its FIN only {fmt_s(wait)} later: its "
             "application kept the connection in CLOSE_WAIT all that time."
         )
         if ex.facts["reset"]:
             explanation += (
                 f" By then the {who}'s socket was gone: after close() an orphaned FIN_WAIT_2 "
                 "socket lives only net.ipv4.tcp_fin_timeout seconds (60 by default) and then "
-                f"disappears without sending anything, so the {peer}'s late FIN met no socket "
-                f"and the {who}'s kernel answered with RST. The {peer}'s application gets "
+                f"disappears without sending anything, so the {peer_name}'s late FIN met no socket "
+                f"and the {who}'s kernel answered with RST. The {peer_name}'s application gets "
                 "'Connection reset by peer' or EPIPE if it writes."
             )
         else:
@@ -92,20 +92,27 @@ def detect(diag: Diag) -> list[Finding]:
                 "timeout at all; an orphan (after close()) expires after tcp_fin_timeout."
             )
         causes = [
-            f"The {peer} application does not close after reading end-of-file (a CLOSE_WAIT "
+            f"The {peer_name} application does not close after reading end-of-file (a CLOSE_WAIT "
             "leak on the other end), or is blocked.",
-            f"The {peer} vanished after acknowledging the FIN.",
+            f"The {peer_name} vanished after acknowledging the FIN.",
             f"The {who} half-closes with shutdown(SHUT_WR) and never calls close().",
         ]
         fixes = [
-            f"Fix the {peer}: close on EOF (see close-wait-leak); check `ss -tanp state "
-            f"close-wait` on the {peer} host.",
+            f"Fix the {peer_name}: close on EOF (see close-wait-leak); check `ss -tanp state "
+            f"close-wait` on the {peer_name} host.",
             "net.ipv4.tcp_fin_timeout bounds orphaned FIN_WAIT_2 sockets only; TCP_LINGER2 per "
             "socket; after shutdown(SHUT_WR), read to EOF with a deadline and then close().",
         ]
         out.append(
             make_finding(
-                diag, KIND, Severity.WARNING, summary, inst, explanation, causes, fixes,
+                diag,
+                KIND,
+                Severity.WARNING,
+                summary,
+                inst,
+                explanation,
+                causes,
+                fixes,
                 knowledge.RESET if resets else knowledge.NONE_VISIBLE,
                 {"side": who, "server": server, "reset": resets},
             )

@@ -30,7 +30,8 @@ def detect(diag: Diag) -> list[Finding]:
         x = c.side[r]
         if c.flags[r] & 0x010:  # [R.]: an abort by the application, not an answer (K5)
             continue
-        if c.first_fin(x) is not None and c.first_fin(x) < r:
+        xf = c.first_fin(x)
+        if xf is not None and xf < r:
             continue
         trig = trigger(c, r)
         if trig is None:
@@ -39,9 +40,7 @@ def detect(diag: Diag) -> list[Finding]:
         if prev_x is None:
             continue
         idle = c.dt(prev_x, trig)
-        what = (
-            http.describe_request(c, trig) if c.plen[trig] > 0 else "a keep-alive probe or ACK"
-        )
+        what = http.describe_request(c, trig) if c.plen[trig] > 0 else "a keep-alive probe or ACK"
         rows = [
             (prev_x, f"last packet from the {WHO[x]}; the connection is idle"),
             (trig, f"{WHO[1 - x]} sends {what} {fmt_s(idle)} later"),
@@ -84,8 +83,16 @@ def detect(diag: Diag) -> list[Finding]:
         ]
         out.append(
             make_finding(
-                diag, KIND, Severity.ERROR, summary, inst, explanation, causes, fixes,
-                knowledge.RESET, {"server": server},
+                diag,
+                KIND,
+                Severity.ERROR,
+                summary,
+                inst,
+                explanation,
+                causes,
+                fixes,
+                knowledge.RESET,
+                {"server": server},
             )
         )
     return out

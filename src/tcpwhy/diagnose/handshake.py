@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,11 +33,11 @@ def ladder(c: Conn, rows: list[int]) -> list[float]:
 
 
 def ladder_text(offsets: list[float]) -> str:
-    gaps = [b - a for a, b in zip(offsets, offsets[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(offsets)]
     if not gaps:
         return "one SYN, no retransmission seen yet"
     txt = "sent at +" + ", +".join(f"{o:g}" for o in offsets) + " s"
-    if len(gaps) >= 2 and all(g2 > 1.6 * g1 for g1, g2 in zip(gaps, gaps[1:], strict=False)):
+    if len(gaps) >= 2 and all(g2 > 1.6 * g1 for g1, g2 in itertools.pairwise(gaps)):
         txt += " (exponential backoff: each wait doubles, as Linux does with tcp_syn_retries)"
     elif gaps and all(0.8 < g < 1.3 for g in gaps):
         txt += " (one-second steps: Linux tcp_syn_linear_timeouts)"
@@ -58,12 +59,12 @@ class Admitted:
         t = c.cap.table
         r = int(c.rows[0])
         if c.side[0] == CLIENT:
-            h, l, p = int(t["dst_hi"][r]), int(t["dst_lo"][r]), int(t["dport"][r])
+            h, lo_, p = int(t["dst_hi"][r]), int(t["dst_lo"][r]), int(t["dport"][r])
         else:
-            h, l, p = int(t["src_hi"][r]), int(t["src_lo"][r]), int(t["sport"][r])
+            h, lo_, p = int(t["src_hi"][r]), int(t["src_lo"][r]), int(t["sport"][r])
         m = (
             (self.hi == h)
-            & (self.lo == l)
+            & (self.lo == lo_)
             & (self.port == p)
             & (self.ts >= lo_ns)
             & (self.ts <= hi_ns)

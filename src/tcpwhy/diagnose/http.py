@@ -82,9 +82,7 @@ def parse_start(data: bytes) -> Message | None:
         r = _RESP.match(first)
         if not r:
             return None
-        msg = Message(
-            0, 0, False, status=int(r.group(2)), reason=printable(r.group(3) or b"", 40)
-        )
+        msg = Message(0, 0, False, status=int(r.group(2)), reason=printable(r.group(3) or b"", 40))
     for raw in lines[1:64]:
         name, sep, value = raw.partition(b":")
         if not sep:

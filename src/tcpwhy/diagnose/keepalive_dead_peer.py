@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections import defaultdict
 
@@ -28,17 +29,28 @@ def detect(diag: Diag) -> list[Finding]:
                 continue  # answered: the peer is alive (or reset: half-open)
             prev = next((j for j in range(ka[0] - 1, -1, -1)), None)
             idle = c.dt(prev, ka[0]) if prev is not None else None
-            gaps = [c.dt(a, b) for a, b in zip(ka, ka[1:], strict=False)]
+            gaps = [c.dt(a, b) for a, b in itertools.pairwise(ka)]
             rows = []
             if prev is not None:
                 rows.append((prev, "last packet before the connection went idle"))
             rows += [(i, f"keep-alive probe {k + 1}, unanswered") for k, i in enumerate(ka)]
             rst = next((j for j in range(ka[-1] + 1, c.n) if c.side[j] == x and c.is_rst(j)), None)
             if rst is not None:
-                rows.append((rst, f"{WHO[x]} gives up: RST into the void, the socket errors with ETIMEDOUT"))
+                rows.append(
+                    (rst, f"{WHO[x]} gives up: RST into the void, the socket errors with ETIMEDOUT")
+                )
             groups[c.server].append(
-                Instance(c, rows, {"prober": WHO[x], "idle_s": idle, "interval_s": statistics.median(gaps),
-                                   "probes": len(ka), "gave_up": rst is not None})
+                Instance(
+                    c,
+                    rows,
+                    {
+                        "prober": WHO[x],
+                        "idle_s": idle,
+                        "interval_s": statistics.median(gaps),
+                        "probes": len(ka),
+                        "gave_up": rst is not None,
+                    },
+                )
             )
             diag.claim(c.sid)
             diag.claim(c.sid, "retrans")
@@ -49,9 +61,8 @@ def detect(diag: Diag) -> list[Finding]:
         c = ex.conn
         f = ex.facts
         n = len(inst)
-        summary = (
-            f"{plural(n, 'idle connection')} to {server}: keep-alive probes unanswered"
-            + (", the prober gave up (ETIMEDOUT)" if f["gave_up"] else "")
+        summary = f"{plural(n, 'idle connection')} to {server}: keep-alive probes unanswered" + (
+            ", the prober gave up (ETIMEDOUT)" if f["gave_up"] else ""
         )
         explanation = (
             f"On stream {c.sid} ({c.client} → {c.server}) the {f['prober']} had TCP keep-alive "
@@ -85,8 +96,16 @@ def detect(diag: Diag) -> list[Finding]:
         ]
         out.append(
             make_finding(
-                diag, KIND, Severity.ERROR if f["gave_up"] else Severity.WARNING, summary, inst,
-                explanation, causes, fixes, knowledge.TIMEOUT, {"server": server, **f},
+                diag,
+                KIND,
+                Severity.ERROR if f["gave_up"] else Severity.WARNING,
+                summary,
+                inst,
+                explanation,
+                causes,
+                fixes,
+                knowledge.TIMEOUT,
+                {"server": server, **f},
             )
         )
     return out

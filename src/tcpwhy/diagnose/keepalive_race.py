@@ -85,7 +85,11 @@ def detect(diag: Diag) -> list[Finding]:
         ]
         fixes = [
             "Order the timeouts so that the client always closes first: client idle timeout "
-            + (f"at most {recommend_below(t)}" if t is not None else "a few seconds below the server's")
+            + (
+                f"at most {recommend_below(t)}"
+                if t is not None
+                else "a few seconds below the server's"
+            )
             + f". {knowledge.CLIENT_IDLE_KNOBS}.",
             f"Retry idempotent requests once on a reused connection: {knowledge.RETRY_KNOBS}.",
             "Server side: announce the idle timeout (Keep-Alive: timeout=N) or send "

@@ -27,28 +27,44 @@ def detect(diag: Diag) -> list[Finding]:
             fins = [i for i in range(c.n) if c.side[i] == x and c.is_fin(i)]
             first = fins[0]
             re = next(
-                (i for i in fins[1:] if c.seq[i] == c.seq[first]
-                 and c.state_after(x, i - 1) is State.LAST_ACK),
+                (
+                    i
+                    for i in fins[1:]
+                    if c.seq[i] == c.seq[first] and c.state_after(x, i - 1) is State.LAST_ACK
+                ),
                 None,
             )
             if re is None:
                 continue
             peer = 1 - x
             lost = next(
-                (j for j in range(first + 1, re) if c.side[j] == peer and c.acks(j, c.fin_end(first))),
+                (
+                    j
+                    for j in range(first + 1, re)
+                    if c.side[j] == peer and c.acks(j, c.fin_end(first))
+                ),
                 None,
             )
             answer = next((j for j in range(re + 1, c.n) if c.side[j] == peer), None)
             rows = [(first, f"{WHO[x]} closes (FIN) from LAST_ACK")]
             if lost is not None:
-                rows.append((lost, f"{WHO[peer]} ACKs it — this ACK is lost after the capture point"))
+                rows.append(
+                    (lost, f"{WHO[peer]} ACKs it — this ACK is lost after the capture point")
+                )
             rows.append((re, f"{WHO[x]} retransmits the FIN after {fmt_s(c.dt(first, re))} (RTO)"))
             reset = False
             if answer is not None:
                 reset = c.is_rst(answer)
                 rows.append(
-                    (answer, f"{WHO[peer]} " + ("answers with RST: its TIME_WAIT state was gone"
-                                               if reset else "re-ACKs it from TIME_WAIT"))
+                    (
+                        answer,
+                        f"{WHO[peer]} "
+                        + (
+                            "answers with RST: its TIME_WAIT state was gone"
+                            if reset
+                            else "re-ACKs it from TIME_WAIT"
+                        ),
+                    )
                 )
             groups[c.server].append(Instance(c, rows, {"reset": reset, "x": x}))
             if reset:
@@ -90,8 +106,14 @@ def detect(diag: Diag) -> list[Finding]:
         ]
         out.append(
             make_finding(
-                diag, KIND, Severity.WARNING if resets else Severity.INFO, summary, inst,
-                explanation, causes, fixes,
+                diag,
+                KIND,
+                Severity.WARNING if resets else Severity.INFO,
+                summary,
+                inst,
+                explanation,
+                causes,
+                fixes,
                 knowledge.RESET if resets else knowledge.NONE_VISIBLE,
                 {"server": server, "reset": resets},
             )

@@ -65,7 +65,9 @@ def detect(diag: Diag) -> list[Finding]:
         ex = min(inst, key=lambda i: i.first_ns)
         c = ex.conn
         n = len(inst)
-        summary = f"{plural(n, 'connection')} to {server} reset by something on the path, not by the peer"
+        summary = (
+            f"{plural(n, 'connection')} to {server} reset by something on the path, not by the peer"
+        )
         explanation = (
             f"On stream {c.sid} ({c.client} → {c.server}) a RST claims to come from the "
             f"{ex.facts['sender']}, but {ex.facts['why']}. A packet the peer sent would have "
@@ -87,8 +89,16 @@ def detect(diag: Diag) -> list[Finding]:
         ]
         out.append(
             make_finding(
-                diag, KIND, Severity.WARNING, summary, inst, explanation, causes, fixes,
-                knowledge.RESET, {"server": server},
+                diag,
+                KIND,
+                Severity.WARNING,
+                summary,
+                inst,
+                explanation,
+                causes,
+                fixes,
+                knowledge.RESET,
+                {"server": server},
             )
         )
     return out

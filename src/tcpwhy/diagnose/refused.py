@@ -87,8 +87,16 @@ def detect(diag: Diag) -> list[Finding]:
         ]
         out.append(
             make_finding(
-                diag, KIND, Severity.ERROR, summary, inst, explanation, causes, fixes,
-                knowledge.REFUSED, {"server": server},
+                diag,
+                KIND,
+                Severity.ERROR,
+                summary,
+                inst,
+                explanation,
+                causes,
+                fixes,
+                knowledge.REFUSED,
+                {"server": server},
             )
         )
     return out

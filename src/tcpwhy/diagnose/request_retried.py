@@ -47,7 +47,9 @@ def detect(diag: Diag) -> list[Finding]:
         if len(head) < 4:
             continue
         t_fail = c.ts[r]
-        later = fresh[(cap.first_ns[fresh] >= c.ts[start]) & (cap.first_ns[fresh] <= t_fail + WINDOW_NS)]
+        later = fresh[
+            (cap.first_ns[fresh] >= c.ts[start]) & (cap.first_ns[fresh] <= t_fail + WINDOW_NS)
+        ]
         for s2 in later:
             if int(s2) == c.sid:
                 continue
@@ -57,24 +59,34 @@ def detect(diag: Diag) -> list[Finding]:
             first = next((i for i in range(c2.n) if c2.side[i] == CLIENT and c2.plen[i] > 0), None)
             if first is None or c2.payload(first, PREFIX)[: len(head)] != head:
                 continue
-            reply = next((i for i in range(first, c2.n) if c2.side[i] == SERVER and c2.plen[i] > 0), None)
+            reply = next(
+                (i for i in range(first, c2.n) if c2.side[i] == SERVER and c2.plen[i] > 0), None
+            )
             resp = http.messages(c2)
             status = next((x.line for x in resp if not x.is_request), None)
-            accepted = any(c.side[j] == SERVER and c.acks(j, (c.seq[start] + c.plen[start]) & 0xFFFFFFFF)
-                           for j in range(start, c.n) if not c.is_rst(j))
+            accepted = any(
+                c.side[j] == SERVER and c.acks(j, (c.seq[start] + c.plen[start]) & 0xFFFFFFFF)
+                for j in range(start, c.n)
+                if not c.is_rst(j)
+            )
             rows = [
                 (start, f"request {http.describe_request(c, start)} on the failing connection"),
                 (r, "connection reset"),
             ]
-            inst = Instance(c, rows, {
-                "retry_stream": c2.sid,
-                "after_s": round((c2.ts[first] - t_fail) / 1e9, 6),
-                "request": http.describe_request(c, start),
-                "method": m.method if m else "",
-                "answered": status or (f"{c2.plen[reply]} bytes" if reply is not None else None),
-                "server_acked_original": accepted,
-            })
-            groups[c.server].append(inst)
+            one = Instance(
+                c,
+                rows,
+                {
+                    "retry_stream": c2.sid,
+                    "after_s": round((c2.ts[first] - t_fail) / 1e9, 6),
+                    "request": http.describe_request(c, start),
+                    "method": m.method if m else "",
+                    "answered": status
+                    or (f"{c2.plen[reply]} bytes" if reply is not None else None),
+                    "server_acked_original": accepted,
+                },
+            )
+            groups[c.server].append(one)
             break
     out = []
     for server, inst in groups.items():
@@ -82,11 +94,15 @@ def detect(diag: Diag) -> list[Finding]:
         c = ex.conn
         f = ex.facts
         n = len(inst)
-        risky = [i for i in inst if i.facts["method"] and i.facts["method"] not in http.IDEMPOTENT
-                 and i.facts["server_acked_original"]]
-        summary = (
-            f"{plural(n, 'failed request')} to {server} retried on a new connection"
-            + (f" (answered: {f['answered']})" if f["answered"] else "")
+        risky = [
+            i
+            for i in inst
+            if i.facts["method"]
+            and i.facts["method"] not in http.IDEMPOTENT
+            and i.facts["server_acked_original"]
+        ]
+        summary = f"{plural(n, 'failed request')} to {server} retried on a new connection" + (
+            f" (answered: {f['answered']})" if f["answered"] else ""
         )
         explanation = (
             f"{f['request']} failed on stream {c.sid} and the same request (its first "
@@ -115,9 +131,15 @@ def detect(diag: Diag) -> list[Finding]:
         ]
         out.append(
             make_finding(
-                diag, KIND, Severity.WARNING if risky else Severity.INFO, summary, inst,
-                explanation, ["A failure on the first connection (see the other findings)."],
-                fixes, ["none, if the retry succeeded; a latency spike"],
+                diag,
+                KIND,
+                Severity.WARNING if risky else Severity.INFO,
+                summary,
+                inst,
+                explanation,
+                ["A failure on the first connection (see the other findings)."],
+                fixes,
+                ["none, if the retry succeeded; a latency spike"],
                 {"server": server, "non_idempotent": len(risky)},
             )
         )

@@ -23,7 +23,9 @@ def trigger(c: Conn, r: int) -> int | None:
 
 
 def usual_ttl(c: Conn, who: int, skip: int) -> int | None:
-    ttls = Counter(c.ttl[i] for i in range(c.n) if c.side[i] == who and i != skip and not c.is_rst(i))
+    ttls = Counter(
+        c.ttl[i] for i in range(c.n) if c.side[i] == who and i != skip and not c.is_rst(i)
+    )
     if not ttls:
         return None
     ttl, n = ttls.most_common(1)[0]

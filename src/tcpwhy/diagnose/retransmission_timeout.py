@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 
 import numpy as np
@@ -39,25 +40,30 @@ def detect(diag: Diag) -> list[Finding]:
             for i in range(c.n):
                 if c.side[i] == x and c.plen[i] > 0 and not c.flags[i] & (SYN | RST):
                     by_seq[c.seq[i]].append(i)
-            for rows in by_seq.values():
-                if len(rows) > len(best):
-                    best = rows
+            for sends in by_seq.values():
+                if len(sends) > len(best):
+                    best = sends
         if len(best) < MIN_SENDS:
             continue
         x = c.side[best[0]]
         end = (c.seq[best[0]] + c.plen[best[0]]) & 0xFFFFFFFF
-        acked = next((j for j in range(best[-1] + 1, c.n) if c.side[j] != x and c.acks(j, end)), None)
-        gaps = [c.dt(a, b) for a, b in zip(best, best[1:], strict=False)]
+        acked = next(
+            (j for j in range(best[-1] + 1, c.n) if c.side[j] != x and c.acks(j, end)), None
+        )
+        gaps = [c.dt(a, b) for a, b in itertools.pairwise(best)]
         # RTO backoff: the waits never shrink and at least double overall (a tail-loss probe
         # may repeat the first wait)
-        backoff = all(g2 >= 0.9 * g1 for g1, g2 in zip(gaps, gaps[1:], strict=False)) and (
+        backoff = all(g2 >= 0.9 * g1 for g1, g2 in itertools.pairwise(gaps)) and (
             gaps[-1] >= 1.8 * gaps[0]
         )
         if not backoff:
             continue  # fast retransmits or a sender repeating itself: not an RTO ladder
         stall = c.dt(best[0], acked) if acked is not None else (cap.end_ns - c.ts[best[0]]) / 1e9
         rows = [(best[0], f"{WHO[x]} sends {c.plen[best[0]]} bytes")]
-        rows += [(i, f"retransmission {k + 1} (+{c.dt(best[0], i):.3f} s), no ACK") for k, i in enumerate(best[1:])]
+        rows += [
+            (i, f"retransmission {k + 1} (+{c.dt(best[0], i):.3f} s), no ACK")
+            for k, i in enumerate(best[1:])
+        ]
         rst = next((j for j in range(best[-1] + 1, c.n) if c.side[j] == x and c.is_rst(j)), None)
         if acked is not None:
             rows.append((acked, f"finally acknowledged after {fmt_s(stall)}"))
@@ -65,9 +71,17 @@ def detect(diag: Diag) -> list[Finding]:
             rows.append((rst, f"{WHO[x]} gives up: RST"))
             diag.claim(c.sid)
         groups[c.server].append(
-            Instance(c, rows, {"sender": WHO[x], "sends": len(best), "stall_s": round(stall, 3),
-                               "recovered": acked is not None,
-                               "ladder_s": [round(c.dt(best[0], i), 3) for i in best]})
+            Instance(
+                c,
+                rows,
+                {
+                    "sender": WHO[x],
+                    "sends": len(best),
+                    "stall_s": round(stall, 3),
+                    "recovered": acked is not None,
+                    "ladder_s": [round(c.dt(best[0], i), 3) for i in best],
+                },
+            )
         )
         _ = seq_geq
     out = []
@@ -114,8 +128,16 @@ def detect(diag: Diag) -> list[Finding]:
         ]
         out.append(
             make_finding(
-                diag, KIND, Severity.ERROR if lost else Severity.WARNING, summary, inst,
-                explanation, causes, fixes, knowledge.TIMEOUT, {"server": server, **f},
+                diag,
+                KIND,
+                Severity.ERROR if lost else Severity.WARNING,
+                summary,
+                inst,
+                explanation,
+                causes,
+                fixes,
+                knowledge.TIMEOUT,
+                {"server": server, **f},
             )
         )
     return out

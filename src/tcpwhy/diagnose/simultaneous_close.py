@@ -43,7 +43,9 @@ def detect(diag: Diag) -> list[Finding]:
         c = ex.conn
         cf, sf = ex.rows[0][0], ex.rows[1][0]
         n = len(inst)
-        summary = f"{plural(n, 'connection')} to {server} closed by both sides at once (FINs crossed)"
+        summary = (
+            f"{plural(n, 'connection')} to {server} closed by both sides at once (FINs crossed)"
+        )
         explanation = (
             f"On stream {c.sid} the client's FIN (frame {c.frame[cf]}, ack={c.rack[cf]}) and the "
             f"server's FIN (frame {c.frame[sf]}, ack={c.rack[sf]}) crossed: neither FIN "
@@ -64,8 +66,16 @@ def detect(diag: Diag) -> list[Finding]:
         ]
         out.append(
             make_finding(
-                diag, KIND, Severity.INFO, summary, inst, explanation, causes, fixes,
-                knowledge.NONE_VISIBLE, {"server": server},
+                diag,
+                KIND,
+                Severity.INFO,
+                summary,
+                inst,
+                explanation,
+                causes,
+                fixes,
+                knowledge.NONE_VISIBLE,
+                {"server": server},
             )
         )
     return out

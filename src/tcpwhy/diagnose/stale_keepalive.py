@@ -58,9 +58,7 @@ def _finding(diag: Diag, server: str, evs: list[AfterFin]) -> Finding:
         )
         if ack is not None and ack != ev.data:
             rows.append((ack, "client kernel ACKs the FIN; the pool does not notice"))
-        rows.append(
-            (ev.data, f"client reuses the connection: {http.describe_request(c, ev.data)}")
-        )
+        rows.append((ev.data, f"client reuses the connection: {http.describe_request(c, ev.data)}"))
         rows.append((ev.rst, "server kernel answers with RST: the request is lost"))
         if c.state_after(CLIENT, ev.rst - 1) is State.CLOSE_WAIT:
             close_wait += 1
@@ -196,7 +194,7 @@ def _finding(diag: Diag, server: str, evs: list[AfterFin]) -> Finding:
         )
     below = recommend_below(t) if t is not None else "the server's idle timeout"
     fixes = [
-        f"Make the client's idle timeout shorter than the server's"
+        "Make the client's idle timeout shorter than the server's"
         + (f" {t:.2f} s: at most {below}" if t is not None else "")
         + f". {knowledge.CLIENT_IDLE_KNOBS}.",
         f"Retry idempotent requests once when a reused connection fails: {knowledge.RETRY_KNOBS}.",
@@ -205,9 +203,7 @@ def _finding(diag: Diag, server: str, evs: list[AfterFin]) -> Finding:
     ]
     errors = knowledge.EOF_ON_REUSE + (knowledge.BROKEN_PIPE if close_wait else [])
     sev = Severity.ERROR
-    return make_finding(
-        diag, KIND, sev, summary, inst, explanation, causes, fixes, errors, facts
-    )
+    return make_finding(diag, KIND, sev, summary, inst, explanation, causes, fixes, errors, facts)
 
 
 def _stats(v: list[float]) -> dict[str, float] | None:

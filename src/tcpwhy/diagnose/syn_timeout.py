@@ -27,7 +27,10 @@ def detect(diag: Diag) -> list[Finding]:
         if len(syns) < 2 and waited < 3.0:
             continue  # one SYN at the very end of the capture: too early to tell
         off = ladder(c, syns)
-        rows = [(i, "SYN" if k == 0 else f"SYN retransmitted (+{off[k]:g} s)") for k, i in enumerate(syns)]
+        rows = [
+            (i, "SYN" if k == 0 else f"SYN retransmitted (+{off[k]:g} s)")
+            for k, i in enumerate(syns)
+        ]
         groups[c.server].append(Instance(c, rows, {"ladder_s": off, "waited_s": waited}))
         diag.claim(sid, "syn")
     out = []
@@ -71,8 +74,16 @@ def detect(diag: Diag) -> list[Finding]:
         ]
         out.append(
             make_finding(
-                diag, KIND, Severity.ERROR, summary, inst, explanation, causes, fixes,
-                knowledge.TIMEOUT, {"server": server, "retry_ladder_s": off},
+                diag,
+                KIND,
+                Severity.ERROR,
+                summary,
+                inst,
+                explanation,
+                causes,
+                fixes,
+                knowledge.TIMEOUT,
+                {"server": server, "retry_ladder_s": off},
             )
         )
     return out

@@ -42,7 +42,7 @@ def detect_reuse(diag: Diag) -> list[Finding]:
         if not len(prev):
             continue
         p = int(prev[-1])
-        gap_ns = int(cap.ts_of(row)) - int(cap.last_ns[p])
+        gap_ns = int(cap.ts_of(int(row))) - int(cap.last_ns[p])
         if gap_ns >= TIME_WAIT_NS or cap.n_fin[p].min() == 0:
             continue
         c = cap.conn(sid)
@@ -63,7 +63,12 @@ def detect_reuse(diag: Diag) -> list[Finding]:
         else:
             outcome = "other"
             note = "answer to the SYN"
-        rows = [(syns[0], f"new SYN on the same 4-tuple {fmt_s(gap_ns / 1e9)} after the last one closed")]
+        rows = [
+            (
+                syns[0],
+                f"new SYN on the same 4-tuple {fmt_s(gap_ns / 1e9)} after the last one closed",
+            )
+        ]
         if answer is not None:
             rows.append((answer, note))
         if outcome != "accepted":
@@ -105,7 +110,14 @@ def detect_reuse(diag: Diag) -> list[Finding]:
         ]
         out.append(
             make_finding(
-                diag, REUSE, sev, summary, inst, explanation, causes, fixes,
+                diag,
+                REUSE,
+                sev,
+                summary,
+                inst,
+                explanation,
+                causes,
+                fixes,
                 knowledge.TIMEOUT if nbad else knowledge.NONE_VISIBLE,
                 {"server": server, "not_accepted": nbad},
             )
@@ -149,7 +161,9 @@ def detect_pileup(diag: Diag) -> list[Finding]:
         span = (int(fins.max()) - int(fins.min())) / 1e9
         # the most TIME_WAIT sockets alive at once within any 60 s window
         srt = np.sort(fins)
-        alive = int((np.searchsorted(srt, srt + TIME_WAIT_NS, side="left") - np.arange(len(srt))).max())
+        alive = int(
+            (np.searchsorted(srt, srt + TIME_WAIT_NS, side="left") - np.arange(len(srt))).max()
+        )
         rate = len(members) / span if span > 0 else float(len(members))
         inst = []
         for sid in members[: diag.settings.examples]:
@@ -192,7 +206,14 @@ def detect_pileup(diag: Diag) -> list[Finding]:
         ]
         out.append(
             make_finding(
-                diag, PILEUP, sev, summary, inst, explanation, causes, fixes,
+                diag,
+                PILEUP,
+                sev,
+                summary,
+                inst,
+                explanation,
+                causes,
+                fixes,
                 knowledge.NO_PORT if sev >= Severity.WARNING else knowledge.NONE_VISIBLE,
                 {"connections": len(members), "rate_per_s": round(rate, 1), "max_time_wait": alive},
             )

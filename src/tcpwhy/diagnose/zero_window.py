@@ -27,13 +27,22 @@ def detect(diag: Diag) -> list[Finding]:
     for sid in np.unique(cap.stream[m]):
         c = cap.conn(int(sid))
         for r in (0, 1):  # the receiver that closed its window
-            z = [i for i in range(c.n) if c.side[i] == r and c.win[i] == 0
-                 and not c.flags[i] & (SYN | RST)]
+            z = [
+                i
+                for i in range(c.n)
+                if c.side[i] == r and c.win[i] == 0 and not c.flags[i] & (SYN | RST)
+            ]
             if not z:
                 continue
             z0 = z[0]
-            reopen = next((i for i in range(z0 + 1, c.n) if c.side[i] == r and c.win[i] > 0
-                           and not c.flags[i] & (SYN | RST)), None)
+            reopen = next(
+                (
+                    i
+                    for i in range(z0 + 1, c.n)
+                    if c.side[i] == r and c.win[i] > 0 and not c.flags[i] & (SYN | RST)
+                ),
+                None,
+            )
             end_i = reopen if reopen is not None else c.n - 1
             dur = c.dt(z0, end_i) if reopen is not None else (cap.end_ns - c.ts[z0]) / 1e9
             zwp = [p.i for p in probes(c, 1 - r) if p.zero_window and z0 < p.i <= end_i]
@@ -42,13 +51,18 @@ def detect(diag: Diag) -> list[Finding]:
             if reopen is None and dur < diag.settings.zero_window_s and not zwp:
                 continue
             rows = [(z0, f"{WHO[r]} advertises window 0: its application is not reading")]
-            rows += [(i, "zero-window probe from the sender (Linux: looks like a keep-alive)")
-                     for i in zwp[:4]]
+            rows += [
+                (i, "zero-window probe from the sender (Linux: looks like a keep-alive)")
+                for i in zwp[:4]
+            ]
             if reopen is not None:
                 rows.append((reopen, f"{WHO[r]} opens the window again after {fmt_s(dur)}"))
             groups[(c.server, r)].append(
-                Instance(c, rows, {"stall_s": round(dur, 3), "recovered": reopen is not None,
-                                   "probes": len(zwp)})
+                Instance(
+                    c,
+                    rows,
+                    {"stall_s": round(dur, 3), "recovered": reopen is not None, "probes": len(zwp)},
+                )
             )
             diag.claim(c.sid, "retrans")
     out = []
@@ -96,9 +110,18 @@ def detect(diag: Diag) -> list[Finding]:
         sev = Severity.WARNING
         out.append(
             make_finding(
-                diag, KIND, sev, summary, inst, explanation, causes, fixes,
-                [f"{snd}: write timeouts (SocketTimeoutException: Write timed out, "
-                 "context deadline exceeded, ETIMEDOUT) or nothing at all, just slowness"],
+                diag,
+                KIND,
+                sev,
+                summary,
+                inst,
+                explanation,
+                causes,
+                fixes,
+                [
+                    f"{snd}: write timeouts (SocketTimeoutException: Write timed out, "
+                    "context deadline exceeded, ETIMEDOUT) or nothing at all, just slowness"
+                ],
                 {"server": server, "receiver": who, "unrecovered": unrec},
             )
         )

@@ -1,0 +1,276 @@
+"""`tcpwhy explain MESSAGE`: from an application's error text back to the wire events behind it.
+
+Matching is by keywords and errno names, not whole strings: wording changes
+across versions (the catalogue's table "error text by runtime"). Several
+meanings can match one message ("socket hang up" is Node's EOF and reset).
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from dataclasses import asdict, dataclass
+from typing import IO
+
+CAPTURE = "tcpdump -ni any -s 256 -w why.pcap 'tcp port PORT'  # on the client, and on the server if you can"
+
+
+@dataclass(frozen=True)
+class Meaning:
+    name: str
+    keywords: tuple[str, ...]
+    wire: str  # what happened on the wire
+    kinds: tuple[tuple[str, str], ...]  # (finding kind, how to recognise it)
+    capture: str
+    host: tuple[str, ...]
+
+
+MEANINGS: tuple[Meaning, ...] = (
+    Meaning(
+        "write into a connection the peer had closed (EPIPE)",
+        ("broken pipe", "epipe", "write failed", "errno 32", "(32:", "send failure"),
+        "The application wrote on a socket that had already received the peer's FIN (it was "
+        "in CLOSE_WAIT) and then the peer's RST, or after its own shutdown. Linux reports a "
+        "RST that reaches a CLOSE_WAIT socket as EPIPE, not ECONNRESET.",
+        (
+            (
+                "stale-keepalive-reuse",
+                "a pooled connection idle for longer than the server's "
+                "idle timeout; the request acknowledges the server's FIN; RST answers it",
+            ),
+            (
+                "data-after-fin",
+                "any other writer that keeps writing after the peer's FIN, e.g. a "
+                "server writing a late response after the client timed out and closed",
+            ),
+            (
+                "close-wait-leak",
+                "the writer held the connection in CLOSE_WAIT for a long time before writing",
+            ),
+        ),
+        CAPTURE,
+        (
+            "ss -tanpo state close-wait  # many CLOSE-WAIT to one server port from the pool",
+            "nstat -az TcpOutRsts TcpExtTCPAbortOnData  # on the peer, sample twice",
+        ),
+    ),
+    Meaning(
+        "end-of-file on a reused connection before any response",
+        (
+            "remotedisconnected",
+            "remote end closed",
+            "nohttpresponse",
+            "failed to respond",
+            "eof",
+            "server closed idle connection",
+            "socket hang up",
+            "unexpected end of stream",
+            "empty reply",
+            "prematurely closed",
+            "other side closed",
+            "serverdisconnected",
+            "connection aborted",
+            "connection died",
+        ),
+        "The client read end-of-file (the server's FIN) where it expected a response: the "
+        "server had closed the pooled connection, usually because it was idle too long.",
+        (
+            (
+                "stale-keepalive-reuse",
+                "the request's ACK number covers the server's FIN: the "
+                "client had seen the close before it wrote (fix: shorter client idle timeout)",
+            ),
+            (
+                "keepalive-race",
+                "the request does not acknowledge the FIN: they crossed in "
+                "flight, at exactly the server's idle timeout (fix: timeout ordering, retries)",
+            ),
+            (
+                "data-after-fin",
+                "not a pool: a server that closed early (crash, limit reached, "
+                "keepalive_requests) while the client still sent",
+            ),
+        ),
+        CAPTURE,
+        (
+            "ss -tanpo state close-wait  # on the client: pooled sockets the server closed",
+            "server config: keepalive_timeout / KeepAliveTimeout / IdleTimeout vs the client's "
+            "pool idle timeout",
+        ),
+    ),
+    Meaning(
+        "RST on an established connection (ECONNRESET)",
+        (
+            "connection reset",
+            "econnreset",
+            "errno 104",
+            "(104:",
+            "recv failure",
+            "reset by peer",
+            "socket hang up",
+        ),
+        "A RST arrived while the socket was ESTABLISHED (it had not received a FIN): the peer "
+        "aborted, had no such connection any more, or a middlebox reset it.",
+        (
+            (
+                "keepalive-race",
+                "on a pooled connection right at the server's idle timeout: "
+                "request and FIN crossed",
+            ),
+            (
+                "half-open-reset",
+                "after an idle period the peer answers with a bare RST: it "
+                "restarted or lost the connection without a FIN",
+            ),
+            (
+                "abortive-close",
+                "[R.] from the peer with its own next sequence number: close() "
+                "with unread data or SO_LINGER 0",
+            ),
+            (
+                "middlebox-reset",
+                "the RST's TTL differs from the peer's packets, or it comes "
+                "faster than the peer's round trip",
+            ),
+            ("accept-queue-overflow", "right after the handshake, with tcp_abort_on_overflow=1"),
+            ("fin-wait-2-stall", "a late FIN or data after the peer's FIN_WAIT_2 socket expired"),
+        ),
+        CAPTURE,
+        (
+            "nstat -az TcpExtTCPAbortOnClose TcpExtTCPAbortOnData TcpOutRsts  # on the peer",
+            "dmesg / application logs on the peer for restarts at that time",
+        ),
+    ),
+    Meaning(
+        "SYN answered by RST (ECONNREFUSED)",
+        ("refused", "econnrefused", "errno 111", "(111:"),
+        "Nobody listened on the port (or a firewall REJECTed with a reset): the connect() "
+        "failed within one round trip.",
+        (("connection-refused", "SYN, then RST+ACK acknowledging ISN+1, no SYN-ACK"),),
+        CAPTURE,
+        ("ss -lnt 'sport = :PORT'  # on the server: is anything listening?",),
+    ),
+    Meaning(
+        "nothing came back in time (ETIMEDOUT, i/o timeout)",
+        (
+            "timed out",
+            "timeout",
+            "etimedout",
+            "errno 110",
+            "(110:",
+            "i/o timeout",
+            "deadline exceeded",
+        ),
+        "Either the handshake was never answered, or data (or keep-alive probes) went "
+        "unacknowledged until the kernel or the application gave up.",
+        (
+            ("syn-timeout", "SYNs retransmitted at 1, 3, 7 … s (or every second) with no answer"),
+            (
+                "accept-queue-overflow",
+                "same, but the listener answers other clients meanwhile; "
+                "or SYN-ACK retransmitted after the client's ACK",
+            ),
+            ("retransmission-timeout", "data retransmitted with doubling gaps, never acknowledged"),
+            ("keepalive-dead-peer", "an idle connection: keep-alive probes unanswered"),
+            (
+                "zero-window-stall",
+                "the peer advertised window 0 (a read/write timeout in the "
+                "application, not the kernel)",
+            ),
+        ),
+        CAPTURE,
+        (
+            "ss -tno state syn-sent  # retries in timer:(on,…,N)",
+            "nstat -az TcpExtListenOverflows TcpExtTCPTimeouts TcpExtTCPAbortOnTimeout",
+            "ss -lnt  # on the server: Recv-Q >= Send-Q on a LISTEN row is a full accept queue",
+        ),
+    ),
+    Meaning(
+        "no free local port (EADDRNOTAVAIL)",
+        ("cannot assign requested address", "eaddrnotavail", "errno 99"),
+        "Every ephemeral port to that destination is taken, usually by TIME_WAIT sockets of "
+        "short connections the client closed first.",
+        (
+            (
+                "time-wait-accumulation",
+                "many short connections to one server port, the client closing first",
+            ),
+            ("time-wait-reuse", "SYNs on a 4-tuple still in TIME_WAIT"),
+        ),
+        CAPTURE,
+        (
+            "ss -s; ss -tan state time-wait | wc -l",
+            "sysctl net.ipv4.ip_local_port_range net.ipv4.tcp_tw_reuse",
+        ),
+    ),
+    Meaning(
+        "file descriptors or pool slots exhausted",
+        (
+            "too many open files",
+            "emfile",
+            "timeout waiting for connection from pool",
+            "pool exhausted",
+            "connection pool",
+        ),
+        "Sockets are not closed: the peer closed them, the kernel acknowledged, the "
+        "application never called close().",
+        (("close-wait-leak", "peer's FIN acknowledged, no FIN from this side for a long time"),),
+        CAPTURE,
+        ("ss -tanp state close-wait  # count growing for one process", "ls /proc/PID/fd | wc -l"),
+    ),
+)
+
+
+def explain(message: str) -> list[Meaning]:
+    m = message.lower()
+    hits = [x for x in MEANINGS if any(k in m for k in x.keywords)]
+    # the bare word "timeout" also appears in pool messages: prefer the more specific match
+    if len(hits) > 1 and any(x.name.startswith("file descriptors") for x in hits):
+        hits = [x for x in hits if x.name.startswith("file descriptors")]
+    return hits
+
+
+def to_json(message: str, hits: list[Meaning]) -> str:
+    return json.dumps(
+        {
+            "message": message,
+            "meanings": [
+                {
+                    **{k: v for k, v in asdict(h).items() if k not in ("keywords", "kinds")},
+                    "kinds": [{"kind": k, "tell": t} for k, t in h.kinds],
+                }
+                for h in hits
+            ],
+        },
+        indent=2,
+        ensure_ascii=False,
+    )
+
+
+def write_text(message: str, hits: list[Meaning], file: IO[str]) -> None:
+    from tcpwhy.diagnose.http import printable
+
+    out = [f'tcpwhy explain "{printable(message, 200)}"', ""]
+    if not hits:
+        out.append(
+            "No known connection failure produces this message. Try the errno name "
+            "(ECONNRESET, EPIPE, ETIMEDOUT …) or a shorter part of it."
+        )
+    for h in hits:
+        out.append(f"== {h.name}")
+        out.append(textwrap.fill(h.wire, 88))
+        out.append("")
+        out.append("Patterns that produce it, and how to tell them apart in a capture:")
+        for kind, tell in h.kinds:
+            out.append(
+                textwrap.fill(
+                    f"{kind}: {tell}", 88, initial_indent="  - ", subsequent_indent="    "
+                )
+            )
+        out.append("")
+        out.append("What to capture (then run `tcpwhy analyze why.pcap`):")
+        out.append("  " + h.capture)
+        out.append("What to look at on the hosts:")
+        out.extend(f"  {x}" for x in h.host)
+        out.append("")
+    file.write("\n".join(out).rstrip() + "\n")

@@ -1,0 +1,160 @@
+"""Text and JSON output of a report.
+
+Text is built from rich `Text` objects, never from markup strings, so
+bytes taken from packets (already escaped by `http.printable`) cannot inject
+markup or terminal escapes; colour only when the stream is a terminal.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+from typing import IO
+
+from rich.console import Console, Group
+from rich.padding import Padding
+from rich.text import Text
+
+from tcpwhy.diagnose.context import fmt_s
+from tcpwhy.diagnose.model import Finding, Report, Severity
+
+STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "bold yellow", Severity.INFO: "cyan"}
+
+
+def to_json(report: Report) -> str:
+    return json.dumps(report.to_json(), indent=2, ensure_ascii=False)
+
+
+def console(file: IO[str], tty: bool) -> Console:
+    return Console(
+        file=file,
+        force_terminal=tty,
+        no_color=not tty or "NO_COLOR" in os.environ,
+        highlight=False,
+        markup=False,
+        emoji=False,
+        width=shutil.get_terminal_size((100, 24)).columns if tty else 100,
+        soft_wrap=False,
+    )
+
+
+def headline(report: Report) -> Text:
+    c = report.capture
+    names = ", ".join(os.path.basename(f) for f in c.files)
+    span = (c.last_ns - c.first_ns) / 1e9 if c.packets else 0.0
+    t = Text()
+    t.append("tcpwhy analyze ", style="bold")
+    t.append(f"{names}: {c.packets} TCP packets, {c.connections} connections, {fmt_s(span)}\n")
+    counts = {s: sum(1 for f in report.findings if f.severity is s) for s in Severity}
+    worst = report.worst
+    if worst is None or worst is Severity.INFO:
+        t.append("Verdict: no problem found", style="bold green")
+        if counts[Severity.INFO]:
+            t.append(f" ({counts[Severity.INFO]} informational note(s) below)")
+        t.append(".")
+        return t
+    top = report.findings[0]
+    parts = [
+        f"{counts[s]} {s.label}{'s' if counts[s] != 1 else ''}"
+        for s in reversed(Severity)
+        if counts[s]
+    ]
+    t.append("Verdict: ", style="bold")
+    t.append(top.kind, style=STYLE[top.severity])
+    t.append(f" — {top.summary}.")
+    t.append(f"\n({', '.join(parts)})")
+    return t
+
+
+def finding_block(f: Finding, index: int) -> Group:
+    head = Text()
+    head.append(f"{index}. ", style="bold")
+    head.append(f"{f.severity.label.upper()} ", style=STYLE[f.severity])
+    head.append(f.kind, style="bold")
+    scope = f"{f.count} connection{'s' if f.count != 1 else ''}"
+    if f.count > 1 and f.last_ns > f.first_ns:
+        scope += f" over {fmt_s((f.last_ns - f.first_ns) / 1e9)}"
+    ex = ", ".join(str(s) for s in f.examples)
+    head.append(f"  ({scope}; stream{'s' if len(f.examples) != 1 else ''} {ex})", style="dim")
+    parts: list[object] = [head, Padding(Text(f.summary, style="bold"), (0, 0, 0, 3), expand=False)]
+    parts.append(_section("What happened"))
+    for para in f.explanation.split("\n\n"):
+        parts.append(Padding(Text(para), (0, 0, 1, 3), expand=False))
+    if f.timeline:
+        parts.append(
+            _section(f"Evidence (stream {f.timeline[0].stream}, times from its first packet)")
+        )
+        parts.append(Padding(_timeline(f), (0, 0, 1, 3), expand=False))
+    if f.causes:
+        parts.append(_section("Likely causes, most likely first"))
+        for k, c in enumerate(f.causes, 1):
+            parts.append(Padding(Text(f"{k}. {c}"), (0, 0, 0, 3), expand=False))
+        parts.append(Text(""))
+    if f.fixes:
+        parts.append(_section("What to change"))
+        for fx in f.fixes:
+            parts.append(Padding(Text(f"- {fx}"), (0, 0, 0, 3), expand=False))
+        parts.append(Text(""))
+    if f.errors:
+        parts.append(_section("What the applications most likely logged"))
+        for e in f.errors:
+            parts.append(Padding(Text(f"- {e}"), (0, 0, 0, 3), expand=False))
+    return Group(*parts)  # type: ignore[arg-type]
+
+
+def _section(title: str) -> Padding:
+    return Padding(Text(title, style="underline"), (0, 0, 0, 3), expand=False)
+
+
+def _timeline(f: Finding) -> Text:
+    """Two lines per packet: what was on the wire with both states, then what it means."""
+    rows = [
+        (f"{st.rel_s:.6f}", f"#{st.frame}", st.sender, st.packet, st.client_state, st.server_state)
+        for st in f.timeline
+    ]
+    heads = ("time", "frame", "from", "packet", "client", "server")
+    widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(heads)]
+    out = Text()
+    line = "  ".join(
+        h.ljust(w) if k else h.rjust(w) for k, (h, w) in enumerate(zip(heads, widths, strict=True))
+    )
+    out.append(line.rstrip() + "\n", style="bold")
+    indent = " " * (widths[0] + widths[1] + 4)
+    for st, r in zip(f.timeline, rows, strict=True):
+        cells = [r[0].rjust(widths[0])] + [
+            c.ljust(w) for c, w in zip(r[1:], widths[1:], strict=True)
+        ]
+        out.append("  ".join(cells).rstrip() + "\n")
+        out.append(f"{indent}{st.note}\n", style="italic")
+    out.rstrip()
+    return out
+
+
+_TRAIL = re.compile(r"[ \t]+((?:\x1b\[[0-9;]*m)*)$", re.M)
+
+
+def write_text(report: Report, file: IO[str]) -> None:
+    tty = file.isatty()
+    buf = io.StringIO()
+    _render(report, console(buf, tty))
+    file.write(_TRAIL.sub(r"\1", buf.getvalue()))
+
+
+def _render(report: Report, con: Console) -> None:
+    con.print(headline(report))
+    for w in report.capture.warnings:
+        con.print(Text(f"warning: {w}", style="yellow"))
+    if report.capture.undecoded:
+        skipped = ", ".join(f"{n} {k}" for k, n in report.capture.undecoded.items())
+        con.print(Text(f"not analysed: {skipped}", style="dim"))
+    ordered = sorted(report.findings, key=lambda f: (-f.severity, f.first_ns))
+    for k, f in enumerate(ordered, 1):
+        con.print()
+        con.print(finding_block(f, k))
+    if report.endings:
+        con.print()
+        ends = ", ".join(f"{n} {k}" for k, n in report.endings.items())
+        con.print(Text(f"Connections by how they ended: {ends}.", style="dim"))
