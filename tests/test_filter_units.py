@@ -170,7 +170,7 @@ def test_missing_analysis_module_is_a_clear_error(
     table: PacketTable, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "tcpwhy.tcp.analysis", None)
-    with pytest.raises(FilterError, match="tcpwhy.tcp.analysis"):
+    with pytest.raises(FilterError, match=r"tcpwhy\.tcp\.analysis"):
         compile_filter("tcp.analysis.flags").mask(table, FilterContext(table))
 
 

@@ -34,12 +34,18 @@ ZEEK_CAPTURES = [
     "ftp-ipv6.pcap",
     "tunnels-teredo.pcap",
     "vlan-mpls.pcap",
-    "ssh-http-port-22.pcap",
     "pop3-redis.pcap",
-    "tunnels-gre.pcap",
 ]
 
-# Every filter runs on every capture. Grouped by what they exercise.
+LAB_CAPTURES = [
+    "zero-window.pcap",
+    "retransmission-timeout.pcap",
+    "keepalive-dead-peer.pcap",
+    "refused.pcap",
+    "abortive-close.pcap",
+]
+
+# Every filter tshark accepts runs on every capture (errors are found on the first). Grouped by what they exercise.
 FILTERS = [
     # the examples
     "tcp.port == 4542 or tcp.port == 4528",
@@ -59,27 +65,20 @@ FILTERS = [
     "not tcp.payload",
     # comparison operators and their word forms
     "tcp.srcport == 80",
-    "tcp.dstport eq 8080",
     "tcp.port != 80",
-    "tcp.port ne 22",
     "tcp.port ~= 80",
     "tcp.port any_ne 8080",
     "tcp.port === 80",
     "tcp.port all_eq 6379",
-    "tcp.port any_eq 21",
     "tcp.len > 1000",
     "tcp.len gt 0 and tcp.len lt 100",
-    "tcp.len >= 1448",
     "tcp.len ge 1 && tcp.len le 20",
     "tcp.window_size_value < 1000",
     "tcp.window_size <= 65535",
     "tcp.flags & 0x02",
-    "tcp.flags & 0x0004",
     # numeric literal forms
     "tcp.flags == 0x012",
-    "tcp.flags == 0x18",
     "tcp.len == 0100",
-    "tcp.flags == 2",
     # sets
     "tcp.port in {21, 22, 23}",
     "tcp.srcport in {49000..50000}",
@@ -89,16 +88,12 @@ FILTERS = [
     # logic and grouping
     "tcp.flags.syn == 1 and tcp.flags.ack == 0",
     "tcp.flags.syn or tcp.flags.fin == 1",
-    "tcp.flags.fin == 1 || tcp.flags.reset == 1",
     "!(tcp.flags.ack == 1)",
     "not (tcp.len == 0 or tcp.flags.push == 1)",
-    "tcp.flags.push == 1 && !(tcp.srcport == 80)",
     "(tcp.srcport == 80 or tcp.dstport == 80) and tcp.len > 0",
     "tcp.flags.syn == 1 or tcp.flags.fin == 1 and tcp.flags.ack == 1",
     # flags
     "tcp.flags.syn == True",
-    "tcp.flags.reset == 1",
-    "tcp.flags.push == 0",
     "tcp.flags.urg == 1 or tcp.flags.ece == 1 or tcp.flags.cwr == 1",
     # addresses
     "ip.src == 10.77.0.1",
@@ -106,40 +101,32 @@ FILTERS = [
     "ip.addr == 127.0.0.1",
     "ip.addr != 192.168.0.107",
     "ip.addr == 10.0.0.0/8",
-    "ip.dst == 192.168.0.0/16",
     "ip.src > 100.0.0.0",
     "ipv6.src == 2001:470:4867:99::21",
     "ipv6.addr == 2001:470:1f11::/48",
     "ipv6.dst != 2001:470:4867:99::21",
     "eth.src == 00:d0:03:3b:f4:00",
     "eth.addr == 50-eb-71-47-df-c4",
-    "eth.dst == 0030.9605.2838",
     "vlan.id == 4093",
     "ip.ttl < 64",
-    "ip.ttl == 64",
     # frame
     "frame.number <= 5",
     "frame.number in {1, 3, 5..7}",
     "frame.len > 1400",
     "frame.time_relative > 1.5",
-    "frame.time_relative <= 0.001",
     # tcp numbers and state
     "tcp.stream == 1",
     "tcp.stream in {0, 2}",
     "tcp.seq == 1",
-    "tcp.ack == 1 and tcp.seq == 1",
     "tcp.seq > 100000",
-    "tcp.seq_raw > 2147483648",
     "tcp.ack_raw == 0",
     "tcp.options.mss_val == 1460",
-    "tcp.options.mss_val < 1400",
     "tcp.window_size > 100000",
     "tcp.srcport == tcp.dstport",
     # payload bytes
     'tcp.payload contains "HTTP"',
     "tcp.payload contains 0d:0a:0d:0a",
     "tcp.payload contains 43",
-    'tcp.payload contains "\\x47ET"',
     'tcp.payload matches "^(GET|POST) "',
     'tcp.payload matches "connection: keep-alive"',
     'tcp.payload ~ "(?-i)^SSH-2\\.0"',
@@ -148,11 +135,9 @@ FILTERS = [
     "tcp.payload[0] == 0x2b",
     "tcp.payload[-2:] == 0d:0a",
     "tcp.payload[1-3] == 45:54:20",
-    "tcp.payload[:3] == 53:53:48",
     "tcp.payload[2:] contains 3a",
     "tcp.payload[0:2,4] == 48:54:2f",
     'tcp.segment_data contains "HTTP"',
-    "tcp.payload == 0d:0a",
     # http
     "http.request",
     "http.response",
@@ -163,9 +148,7 @@ FILTERS = [
     "http.response.code == 200",
     "http.response.code >= 300",
     'http.host == "5.2.136.90"',
-    'http.host contains "."',
     'http.connection == "Keep-Alive"',
-    'http.connection matches "^keep"',
     'http.request.method[0:3] == "CON"',
     # analysis
     "tcp.analysis.flags",
@@ -180,11 +163,9 @@ FILTERS = [
     "tcp.analysis.duplicate_ack_num >= 2",
     "tcp.analysis.zero_window",
     "tcp.analysis.zero_window_probe",
-    "tcp.analysis.zero_window_probe_ack",
     "tcp.analysis.window_full",
     "tcp.analysis.window_update",
     "tcp.analysis.keep_alive",
-    "tcp.analysis.keep_alive_ack",
     "tcp.analysis.reused_ports",
     "tcp.analysis.ack_rtt > 0.2",
     "tcp.analysis.initial_rtt",
@@ -233,8 +214,8 @@ def tshark(path: Path, flt: str) -> list[int] | str:
 def captures() -> dict[str, Path]:
     caps = {f"zeek/{name}": ZEEK / name for name in ZEEK_CAPTURES}
     caps["data/demo-stale-keepalive.pcap"] = DATA / "demo-stale-keepalive.pcap"
-    for p in sorted((DATA / "lab").glob("*.pcap")):
-        caps[f"data/lab/{p.name}"] = p
+    for name in LAB_CAPTURES:
+        caps[f"data/lab/{name}"] = DATA / "lab" / name
     return caps
 
 
@@ -245,8 +226,11 @@ def main() -> int:
     if missing:
         print("missing captures:", *missing, sep="\n  ", file=sys.stderr)
         return 1
-    jobs = [(flt, name) for flt in FILTERS for name in caps]
+    first = next(iter(caps))
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        probe = dict(zip(FILTERS, pool.map(lambda f: tshark(caps[first], f), FILTERS), strict=True))
+        jobs = [(f, first) for f in FILTERS if isinstance(probe[f], str)]
+        jobs += [(f, name) for f in FILTERS if not isinstance(probe[f], str) for name in caps]
         results = list(pool.map(lambda j: tshark(caps[j[1]], j[0]), jobs))
         tcp = dict(zip(caps, pool.map(lambda n: tshark(caps[n], "tcp"), caps), strict=True))
     out: dict[str, object] = {
