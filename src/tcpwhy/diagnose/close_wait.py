@@ -64,6 +64,8 @@ def detect(diag: Diag) -> list[Finding]:
                 ),
                 None,
             )
+            if ack is None:
+                continue  # the capture never saw this side acknowledge the FIN
             if ack is not None:
                 rows.append((ack, f"{WHO[x]} kernel ACKs the FIN: {WHO[x]} socket in CLOSE_WAIT"))
             last = c.n - 1

@@ -17,7 +17,9 @@ def unanswered_syn_streams(diag: Diag) -> list[int]:
     cap = diag.cap
     if not cap.nstreams:
         return []
+    # a client that sent anything but SYNs got an answer the capture missed (one-way capture)
     m = (cap.n_syn[:, CLIENT] > 0) & (cap.n_pkts[:, SERVER] == 0)
+    m &= cap.n_pkts[:, CLIENT] == cap.n_syn[:, CLIENT]
     return [int(s) for s in np.flatnonzero(m)]
 
 

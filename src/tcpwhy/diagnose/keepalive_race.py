@@ -20,7 +20,10 @@ KIND = "keepalive-race"
 
 
 def is_race(ev: AfterFin) -> bool:
-    return ev.closer == SERVER and not ev.covers and ev.reused
+    c = ev.conn
+    last = c.last_data_before(min(ev.fin, ev.data))
+    idle = last is not None and c.dt(last, min(ev.fin, ev.data)) >= max(0.05, 5 * (c.rtt or 0.0))
+    return ev.closer == SERVER and not ev.covers and ev.reused and idle
 
 
 @rule(KIND)

@@ -21,8 +21,15 @@ from tcpwhy.tcp.state import State
 KIND = "stale-keepalive-reuse"
 
 
+def idle_close(ev: AfterFin) -> bool:
+    """The server's FIN followed an idle gap (an idle timeout), not its last reply."""
+    c = ev.conn
+    last = c.last_data_before(ev.fin)
+    return last is not None and c.dt(last, ev.fin) >= max(0.05, 5 * (c.rtt or 0.0))
+
+
 def is_stale(ev: AfterFin) -> bool:
-    return ev.closer == SERVER and ev.covers and ev.reused
+    return ev.closer == SERVER and ev.covers and ev.reused and idle_close(ev)
 
 
 @rule(KIND)

@@ -1,0 +1,179 @@
+"""Diagnosis on the lab recordings shipped in the package, and the command's output contract."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from tcpwhy.diagnose import http
+from tcpwhy.diagnose.cli import register
+from tcpwhy.diagnose.engine import diagnose_files
+from tcpwhy.diagnose.model import Severity
+from tcpwhy.diagnose.render import write_text
+from tcpwhy.errors import TcpwhyError
+
+LAB = Path(str(resources.files("tcpwhy") / "data" / "lab"))
+
+# scenario -> the finding kind it must produce
+EXPECTED = {
+    "stale-keepalive": "stale-keepalive-reuse",
+    "keepalive-race": "keepalive-race",
+    "close-wait-leak": "close-wait-leak",
+    "fin-wait-2": "fin-wait-2-stall",
+    "simultaneous-close": "simultaneous-close",
+    "lost-final-ack": "lost-final-ack",
+    "abortive-close": "abortive-close",
+    "refused": "connection-refused",
+    "syn-timeout": "syn-timeout",
+    "accept-queue-overflow": "accept-queue-overflow",
+    "keepalive-dead-peer": "keepalive-dead-peer",
+    "zero-window": "zero-window-stall",
+    "retransmission-timeout": "retransmission-timeout",
+    "half-open": "half-open-reset",
+    "time-wait": "time-wait-accumulation",
+}
+
+
+def main(argv: list[str]) -> int:
+    """The analyze/explain commands as `tcpwhy` runs them (parser, exit status on errors)."""
+    parser = argparse.ArgumentParser(prog="tcpwhy")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except TcpwhyError as exc:
+        return exc.exit_status
+
+
+def kinds(path: Path | str) -> dict[str, Severity]:
+    return {f.kind: f.severity for f in diagnose_files([str(path)]).findings}
+
+
+def test_every_scenario_is_covered() -> None:
+    shipped = {p.stem for p in LAB.glob("*.pcap")}
+    assert shipped == set(EXPECTED) | {"clean"}
+
+
+@pytest.mark.parametrize("scenario", sorted(EXPECTED))
+def test_scenario_yields_its_kind(scenario: str) -> None:
+    assert EXPECTED[scenario] in kinds(LAB / f"{scenario}.pcap")
+
+
+def test_clean_traffic_has_nothing_above_info() -> None:
+    report = diagnose_files([str(LAB / "clean.pcap")])
+    assert all(f.severity is Severity.INFO for f in report.findings)
+    assert report.exit_status() == 0
+    assert report.endings == {"closed (FIN both ways)": 2}
+
+
+def test_stale_keepalive_measures_the_server_idle_timeout() -> None:
+    (f,) = [
+        f
+        for f in diagnose_files([str(LAB / "stale-keepalive.pcap")]).findings
+        if f.kind == "stale-keepalive-reuse"
+    ]
+    # the lab server's idle timeout is 1 s; the measured gap must be close to it
+    assert 0.95 <= f.facts["server_idle_timeout_s"]["median"] <= 1.1
+    assert "GET /second" in f.summary
+    assert [s.note for s in f.timeline][-1].startswith("server kernel answers with RST")
+    states = {(s.frame, s.client_state) for s in f.timeline}
+    assert (10, "CLOSE_WAIT") in states  # the client wrote from CLOSE_WAIT
+    assert any("Broken pipe" in e for e in f.errors)
+    assert any("IdleConnTimeout" in x for x in f.fixes)
+
+
+def test_race_and_stale_are_told_apart_by_ack_numbers() -> None:
+    race = kinds(LAB / "keepalive-race.pcap")
+    stale = kinds(LAB / "stale-keepalive.pcap")
+    assert "keepalive-race" in race and "stale-keepalive-reuse" not in race
+    assert "stale-keepalive-reuse" in stale and "keepalive-race" not in stale
+
+
+def test_retry_is_matched_by_payload() -> None:
+    f = next(
+        f
+        for f in diagnose_files([str(LAB / "stale-keepalive.pcap")]).findings
+        if f.kind == "request-retried"
+    )
+    assert f.facts["server"] == "10.77.0.2:8080"
+    assert "200 OK" in f.summary
+
+
+def test_abortive_close_tells_unread_data_from_linger() -> None:
+    fs = [f for f in diagnose_files([str(LAB / "abortive-close.pcap")]).findings]
+    assert sorted(f.facts["cause"] for f in fs if f.kind == "abortive-close") == [
+        "linger",
+        "unread",
+    ]
+
+
+def test_syn_timeout_reports_the_ladder() -> None:
+    f = next(f for f in diagnose_files([str(LAB / "syn-timeout.pcap")]).findings)
+    ladder = f.facts["retry_ladder_s"]
+    assert ladder[0] == 0 and 0.9 < ladder[1] < 1.2 and 2.8 < ladder[2] < 3.3
+
+
+def test_rotated_files_are_one_timeline(tmp_path: Path) -> None:
+    report = diagnose_files([str(LAB / "refused.pcap"), str(LAB / "syn-timeout.pcap")])
+    got = {f.kind for f in report.findings}
+    assert {"connection-refused", "syn-timeout"} <= got
+    assert len(report.capture.files) == 2
+
+
+def test_json_output_and_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["analyze", "--format", "json", str(LAB / "stale-keepalive.pcap")])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 1
+    assert doc["capture"]["packets"] == 21 and doc["capture"]["connections"] == 2
+    f = doc["findings"][0]
+    assert f["kind"] == "stale-keepalive-reuse" and f["severity"] == "error"
+    for key in (
+        "summary",
+        "streams",
+        "frames",
+        "timeline",
+        "explanation",
+        "causes",
+        "fixes",
+        "errors",
+    ):
+        assert f[key]
+    assert doc["connections"] == {"reset": 1, "closed (FIN both ways)": 1}
+
+
+def test_clean_exit_zero_and_bad_file_two(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["analyze", str(LAB / "clean.pcap")]) == 0
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(b"not a capture at all")
+    assert main(["analyze", str(bad)]) == 2
+
+
+def test_text_output_is_plain_when_not_a_terminal() -> None:
+    buf = io.StringIO()
+    write_text(diagnose_files([str(LAB / "stale-keepalive.pcap")]), buf)
+    text = buf.getvalue()
+    assert "\x1b[" not in text
+    assert text.splitlines()[1].startswith("Verdict: stale-keepalive-reuse")
+    assert "What to change" in text and "keepalive_timeout" in text
+    assert not any(line.endswith(" ") for line in text.splitlines())
+
+
+def test_payload_text_is_escaped() -> None:
+    assert http.printable(b"GET /\x1b[31mred\\ HTTP") == "GET /\\x1b[31mred\\\\ HTTP"
+    msg = http.parse_start(
+        b"POST /p\x1b HTTP/1.1\r\nConnection: close\r\nKeep-Alive: timeout=5\r\n\r\n"
+    )
+    assert msg is not None and msg.target == "/p\\x1b"  # control bytes come out escaped
+    assert msg.connection == "close"
+    msg = http.parse_start(
+        b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=5, max=100\r\n\r\n"
+    )
+    assert msg is not None and msg.status == 200 and msg.keep_alive_timeout == 5
+    assert msg.connection == "keep-alive"

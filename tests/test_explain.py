@@ -1,0 +1,60 @@
+"""`tcpwhy explain`: error messages map back to the wire events that produce them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from tcpwhy.diagnose.cli import register
+from tcpwhy.diagnose.explain import explain
+from tcpwhy.diagnose.registry import load
+from tcpwhy.errors import TcpwhyError
+
+
+def main(argv: list[str]) -> int:
+    """The analyze/explain commands as `tcpwhy` runs them (parser, exit status on errors)."""
+    parser = argparse.ArgumentParser(prog="tcpwhy")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except TcpwhyError as exc:
+        return exc.exit_status
+
+
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [
+        ("BrokenPipeError: [Errno 32] Broken pipe", "stale-keepalive-reuse"),
+        ("org.apache.http.NoHttpResponseException: api:443 failed to respond", "keepalive-race"),
+        ('Get "http://x/": EOF', "stale-keepalive-reuse"),
+        ("Error: socket hang up", "half-open-reset"),
+        ("java.net.SocketException: Connection reset", "abortive-close"),
+        ("dial tcp 10.0.0.1:80: connect: connection refused", "connection-refused"),
+        ("dial tcp 10.0.0.1:80: i/o timeout", "syn-timeout"),
+        ("connect EADDRNOTAVAIL", "time-wait-accumulation"),
+        ("accept: Too many open files", "close-wait-leak"),
+    ],
+)
+def test_message_lists_the_pattern(message: str, kind: str) -> None:
+    kinds = {k for m in explain(message) for k, _ in m.kinds}
+    assert kind in kinds
+
+
+def test_every_listed_kind_exists() -> None:
+    from tcpwhy.diagnose.explain import MEANINGS
+
+    known = set(load())
+    assert {k for m in MEANINGS for k, _ in m.kinds} <= known
+
+
+def test_cli_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", "Broken", "pipe"]) == 0
+    out = capsys.readouterr().out
+    assert "stale-keepalive-reuse" in out and "tcpdump" in out
+    assert main(["explain", "--format", "json", "ECONNRESET"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["meanings"][0]["kinds"]
+    assert main(["explain", "all good here"]) == 1
