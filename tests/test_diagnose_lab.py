@@ -1,0 +1,57 @@
+"""Scenarios recorded now, with other parameters than the shipped recordings (IPv6, other
+ports, other timeouts), must still yield their finding kind. Root and namespaces needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tcpwhy.diagnose.engine import diagnose_files
+from tcpwhy.diagnose.model import Severity
+from tcpwhy.lab.env import Options
+from tcpwhy.lab.runner import run_scenario
+
+pytestmark = pytest.mark.root
+
+CASES = [
+    ("stale-keepalive", Options(ipv6=True, port=9090, idle=0.5), "stale-keepalive-reuse"),
+    ("stale-keepalive", Options(port=18080, idle=2.0), "stale-keepalive-reuse"),
+    ("keepalive-race", Options(ipv6=True, port=8443), "keepalive-race"),
+    ("close-wait-leak", Options(ipv6=True, port=9191, count=5), "close-wait-leak"),
+    ("fin-wait-2", Options(ipv6=True, timeout=1.0), "fin-wait-2-stall"),
+    ("syn-timeout", Options(ipv6=True, port=7070), "syn-timeout"),
+    ("accept-queue-overflow", Options(ipv6=True, port=9300), "accept-queue-overflow"),
+    ("half-open", Options(ipv6=True, port=6060), "half-open-reset"),
+    ("retransmission-timeout", Options(ipv6=True, timeout=2.0), "retransmission-timeout"),
+    ("abortive-close", Options(ipv6=True, port=5050), "abortive-close"),
+    ("clean", Options(ipv6=True, port=8088), None),
+]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "opts", "kind"),
+    CASES,
+    ids=[f"{s}-{'v6' if o.ipv6 else 'v4'}-{o.port}" for s, o, _ in CASES],
+)
+def test_recorded_now(
+    netns_ok: None, tmp_path: Path, scenario: str, opts: Options, kind: str | None
+) -> None:
+    out = tmp_path / f"{scenario}.pcap"
+    res = run_scenario(scenario, opts, out=str(out))
+    assert res.ok, res.reason
+    report = diagnose_files([str(out)])
+    got = {f.kind for f in report.findings}
+    if kind is None:
+        assert all(f.severity is Severity.INFO for f in report.findings), got
+    else:
+        assert kind in got
+        f = next(f for f in report.findings if f.kind == kind)
+        assert f.facts.get("server", "").endswith(f":{opts.port}") or kind in (
+            "close-wait-leak",
+            "fin-wait-2-stall",
+        )
+    if scenario == "stale-keepalive" and opts.idle is not None:
+        f = next(f for f in report.findings if f.kind == "stale-keepalive-reuse")
+        median = f.facts["server_idle_timeout_s"]["median"]
+        assert abs(median - opts.idle) < 0.15, median
