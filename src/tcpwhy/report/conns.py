@@ -130,8 +130,12 @@ def read_zeek(lines: Iterable[str]) -> list[dict[str, str]]:
     return rows
 
 
-def _fmt_opt(v: float | None, digits: int = 6) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
+def _csv_value(v: object) -> object:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6f}"
+    return v
 
 
 def write_table(records: Iterable[ConnRecord], out: TextIO, live: bool = False) -> None:
@@ -181,7 +185,7 @@ def write_conns(
         w.writerow(CSV_FIELDS)
         for r in recs:
             d = r.as_json()
-            w.writerow(["" if d[f] is None else d[f] for f in CSV_FIELDS])
+            w.writerow([_csv_value(d[f]) for f in CSV_FIELDS])
     elif fmt == "zeek":
         write_zeek(recs, out)
     else:

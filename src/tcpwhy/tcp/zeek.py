@@ -243,7 +243,7 @@ def _ep(d: Any) -> Any:
     return EP0 + d * EPN
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _add_hist(S: Any, H: Any, s: Any, code: Any) -> None:
     n = S[s, F_HLEN]
     if n < HIST_MAX - 1:
@@ -254,7 +254,7 @@ def _add_hist(S: Any, H: Any, s: Any, code: Any) -> None:
         S[s, F_HLEN] = n + 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _check_hist(S: Any, H: Any, s: Any, d: Any, mask: Any, code: Any) -> bool:
     """Zeek's CheckHistory: add the letter the first time; True if it was seen before."""
     if d != S[s, F_ODIR]:
@@ -267,14 +267,14 @@ def _check_hist(S: Any, H: Any, s: Any, d: Any, mask: Any, code: Any) -> bool:
     return False
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _letter(S: Any, H: Any, s: Any, d: Any, code: Any) -> None:
     if d != S[s, F_ODIR]:
         code = code + 32
     _add_hist(S, H, s, code)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _scaled(S: Any, H: Any, s: Any, d: Any, cnt: Any, th: Any, code: Any) -> None:
     """Zeek's ScaledHistoryEntry: a letter on the 1st, 10th, 100th ... occurrence."""
     e = _ep(d)
@@ -284,12 +284,12 @@ def _scaled(S: Any, H: Any, s: Any, d: Any, cnt: Any, th: Any, code: Any) -> Non
         S[s, e + th] *= 10
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _is_handshake(st: Any) -> bool:
     return st in (INACTIVE, SYN_SENT, SYN_ACK_SENT)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _set_state(S: Any, s: Any, d: Any, new: Any) -> None:
     e = _ep(d)
     p = _ep(1 - d)
@@ -301,7 +301,7 @@ def _set_state(S: Any, s: Any, d: Any, new: Any) -> None:
         S[s, e + E_STATE] = new
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _init_seq(S: Any, s: Any, d: Any, start: Any, last: Any) -> None:
     e = _ep(d)
     S[s, e + E_START] = start & _M32
@@ -309,12 +309,12 @@ def _init_seq(S: Any, s: Any, d: Any, start: Any, last: Any) -> None:
     S[s, e + E_LAST] = _sdelta(last, start)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _raw(S: Any, s: Any, d: Any, rel: Any) -> Any:
     return (S[s, _ep(d) + E_START] + rel) & _M32
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _flip(S: Any, H: Any, s: Any) -> None:
     S[s, F_ODIR] = 1 - S[s, F_ODIR]
     _add_hist(S, H, s, 94)  # '^'
@@ -344,7 +344,7 @@ def _close(S: Any, s: Any, d: Any) -> None:
         S[s, F_T_EXPIRE] = min(S[s, F_T_EXPIRE], S[s, F_LAST_TS] + TCP_SESSION_TIMER)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _note_close(S: Any, s: Any, d: Any, kind: Any) -> None:
     """Remember the order of the first FIN and RST of each side, for wording the end."""
     code = 1 + d * 4 + kind
@@ -503,7 +503,7 @@ def _new_conn(
             S[s, F_ORIENT] = ORIENT_PORT
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _timers_due(
     S: Any, s: Any, now: Any, zeek_timers: bool, idle_ns: Any, closed_idle_ns: Any
 ) -> Any:
@@ -574,7 +574,7 @@ def _timers_due(
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _is_reuse(S: Any, s: Any, d: Any, fl: Any, seq: Any) -> bool:
     """Zeek's IsReuse: a SYN that starts a new connection on the same 4-tuple."""
     if not (fl & SYN_):
