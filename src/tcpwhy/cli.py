@@ -19,11 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tcpwhy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    from tcpwhy.diagnose import cli as diagnose_cli
     from tcpwhy.host import cli as host_cli
     from tcpwhy.lab import cli as lab_cli
     from tcpwhy.report import commands as report_commands
 
     report_commands.register(sub)
+    diagnose_cli.register(sub)
     lab_cli.register(sub)
     host_cli.register(sub)
     return parser

@@ -45,18 +45,10 @@ def cmd_packets(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from tcpwhy.report.packets import write_packets
+    """The seed incident end to end: recorded live when root, else the shipped recording."""
+    from tcpwhy.diagnose.demo import run_demo
 
-    path = demo_capture_path()
-    print(f"# tcpwhy demo: {DEMO_CAPTURE} (a pooled keep-alive connection reused after the server")
-    print(
-        "# closed it: server FIN, client ACK, client request, server RST, retry on a new connection)"
-    )
-    print()
-    print("## packets")
-    stats = write_packets(path)
-    report_stats(path, stats)
-    return 0
+    return run_demo()
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,5 +68,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     conns.register(sub)
     flow.register(sub)
 
-    d = sub.add_parser("demo", help="run tcpwhy on the capture shipped inside the package")
+    d = sub.add_parser(
+        "demo",
+        help="diagnose the stale keep-alive incident (recorded live as root, else the shipped capture)",
+    )
     d.set_defaults(func=cmd_demo)
