@@ -464,17 +464,11 @@ def decode_records(
                     if not bos or p >= end:
                         status = ST_UNDECODABLE
                         break
-                    nib = buf[p] >> 4
-                    if nib == 4:
-                        kind = _K_IP4
-                    elif nib == 6:
-                        kind = _K_IP6
-                    elif nib == 0 and p + 4 + 14 <= end:
+                    if (buf[p] >> 4) == 0 and p + 4 + 14 <= end:
                         p += 4  # pseudowire control word, then Ethernet
                         kind = _K_ETH
                     else:
-                        status = ST_OTHER_LINK
-                        break
+                        kind = _K_IPVER
                 elif et == 0x8864:
                     if p + 6 > end:
                         status = ST_UNDECODABLE
