@@ -469,81 +469,154 @@ class ConnectionBuilder:
         return out
 
     def _records(self, OUT: npt.NDArray[np.int64], OH: npt.NDArray[np.uint8]) -> list[ConnRecord]:
-        rfc = self._take_kept(OUT) if self.rfc_states else [("", "")] * len(OUT)
+        """Records from emitted slot rows; column work is vectorised, words are cached."""
+        n = len(OUT)
+        rfc = self._take_kept(OUT) if self.rfc_states else [("", "")] * n
         hl = OUT[:, z.F_HLEN].tolist()
-        hist = [bytes(h[:n]).decode("ascii") for h, n in zip(OH, hl, strict=True)]
-        return [
-            self._record(row, h, st) for row, h, st in zip(OUT.tolist(), hist, rfc, strict=True)
-        ]
-
-    def _record(self, r: list[int], history: str, rfc: tuple[str, str]) -> ConnRecord:
-        od = r[z.F_ODIR]
+        hist = [bytes(h[:k]).decode("ascii") for h, k in zip(OH, hl, strict=True)]
+        rows = np.arange(n)
+        od = OUT[:, z.F_ODIR]
         eo = z.EP0 + od * z.EPN
         er = z.EP0 + (1 - od) * z.EPN
 
-        def ep(e: int, f: int) -> int:
-            return r[e + f]
+        def col(base: npt.NDArray[np.int64], f: int) -> npt.NDArray[np.int64]:
+            return OUT[rows, base + f]
 
-        a = 0 if od == 0 else 3
-        b = 3 - a
+        zo, zr = col(eo, z.E_STATE), col(er, z.E_STATE)
+        osize = _sizes(OUT, rows, eo, zr)
+        rsize = _sizes(OUT, rows, er, zo)
+        a0 = z.F_A0HI + np.where(od == 0, 0, 3)
+        b0 = z.F_A0HI + np.where(od == 0, 3, 0)
         u64 = 0xFFFFFFFFFFFFFFFF
-        orig_h = _addr_text(r[z.F_A0HI + a] & u64, r[z.F_A0HI + a + 1] & u64)
-        resp_h = _addr_text(r[z.F_A0HI + b] & u64, r[z.F_A0HI + b + 1] & u64)
-        zo, zr = ep(eo, z.E_STATE), ep(er, z.E_STATE)
-        osize = z.zeek_size(
-            0, ep(eo, z.E_LAST), ep(eo, z.E_ACKR), ep(eo, z.E_FIN_CNT), zo, ep(eo, z.E_PREV), zr
+        hs = OUT[:, z.F_HSACK_TS]
+        sy = OUT[:, z.F_SYN_TS]
+        irtt = np.where((hs >= 0) & (sy >= 0), (hs - sy) / 1e9, np.nan).tolist()
+        cols = zip(
+            OUT[:, z.F_UID].tolist(),
+            OUT[:, z.F_STREAM].tolist(),
+            OUT[rows, a0].tolist(),
+            OUT[rows, a0 + 1].tolist(),
+            OUT[rows, a0 + 2].tolist(),
+            OUT[rows, b0].tolist(),
+            OUT[rows, b0 + 1].tolist(),
+            OUT[rows, b0 + 2].tolist(),
+            OUT[:, z.F_ORIENT].tolist(),
+            OUT[:, z.F_START_TS].tolist(),
+            (OUT[:, z.F_LAST_TS] - OUT[:, z.F_START_TS]).tolist(),
+            col(eo, z.E_PKTS).tolist(),
+            col(er, z.E_PKTS).tolist(),
+            osize.tolist(),
+            rsize.tolist(),
+            col(eo, z.E_PAYLOAD).tolist(),
+            col(er, z.E_PAYLOAD).tolist(),
+            col(eo, z.E_IPBYTES).tolist(),
+            col(er, z.E_IPBYTES).tolist(),
+            irtt,
+            (col(eo, z.E_RETX) + col(er, z.E_RETX)).tolist(),
+            (col(eo, z.E_ZWIN) + col(er, z.E_ZWIN)).tolist(),
+            rfc,
+            hist,
+            zo.tolist(),
+            zr.tolist(),
+            OUT[:, z.F_CONTINUED].tolist(),
+            OUT[:, z.F_REASON].tolist(),
+            OUT[:, z.F_CLOSE1].tolist(),
+            OUT[:, z.F_CLOSE2].tolist(),
+            OUT[:, z.F_CLOSE3].tolist(),
+            od.tolist(),
+            (OUT[:, z.F_FIRST_FLAGS] & (SYN | ACK)).tolist(),
+            ((self.now - OUT[:, z.F_SEEN_TS]) // 1_000_000_000).tolist(),
+            strict=True,
         )
-        rsize = z.zeek_size(
-            0, ep(er, z.E_LAST), ep(er, z.E_ACKR), ep(er, z.E_FIN_CNT), zr, ep(er, z.E_PREV), zo
-        )
-        conn_state = z.zeek_conn_state(zo, zr, osize, rsize, history)
-        o_rfc, r_rfc = rfc
-        irtt = None
-        if r[z.F_HSACK_TS] >= 0 and r[z.F_SYN_TS] >= 0:
-            irtt = (r[z.F_HSACK_TS] - r[z.F_SYN_TS]) / 1e9
-        reason = r[z.F_REASON]
-        rec = ConnRecord(
-            uid=f"{self.uid_prefix}{_b62(r[z.F_UID])}",
-            stream=r[z.F_STREAM],
-            orig_h=orig_h,
-            orig_p=r[z.F_A0HI + a + 2],
-            resp_h=resp_h,
-            resp_p=r[z.F_A0HI + b + 2],
-            orientation=z.ORIENT_WORDS[r[z.F_ORIENT]],
-            start=r[z.F_START_TS] / 1e9,
-            duration=(r[z.F_LAST_TS] - r[z.F_START_TS]) / 1e9,
-            orig_pkts=ep(eo, z.E_PKTS),
-            resp_pkts=ep(er, z.E_PKTS),
-            orig_bytes=osize,
-            resp_bytes=rsize,
-            orig_payload=ep(eo, z.E_PAYLOAD),
-            resp_payload=ep(er, z.E_PAYLOAD),
-            orig_ip_bytes=ep(eo, z.E_IPBYTES),
-            resp_ip_bytes=ep(er, z.E_IPBYTES),
-            missed_bytes=0,
-            irtt=irtt,
-            retransmissions=ep(eo, z.E_RETX) + ep(er, z.E_RETX),
-            zero_windows=ep(eo, z.E_ZWIN) + ep(er, z.E_ZWIN),
-            orig_state=o_rfc,
-            resp_state=r_rfc,
-            end="",
-            conn_state=conn_state,
-            history=history,
-            continued=bool(r[z.F_CONTINUED]),
-            emitted=z.END_WORDS[reason],
-            zeek_orig_state=z.ZEEK_STATE_NAMES[zo],
-            zeek_resp_state=z.ZEEK_STATE_NAMES[zr],
-            first_ns=r[z.F_START_TS],
-        )
-        rec.end = end_words(
-            [r[z.F_CLOSE1], r[z.F_CLOSE2], r[z.F_CLOSE3]],
-            od,
-            conn_state,
-            reason,
-            r[z.F_FIRST_FLAGS],
-            idle_s=(self.now - r[z.F_SEEN_TS]) / 1e9,
-        )
-        return rec
+        out = []
+        pre = self.uid_prefix
+        for (
+            uid, stream, ahi, alo, ap, bhi, blo, bp, orient, start, dur, opk, rpk, ob, rb,
+            opl, rpl, oip, rip, rtt, retx, zw, (o_rfc, r_rfc), h, zos, zrs, cont, reason,
+            c1, c2, c3, odir, ff, idle,
+        ) in cols:  # fmt: skip
+            cs = _conn_state(zos, zrs, ob == 0 and rb == 0, h)
+            out.append(
+                ConnRecord(
+                    uid=f"{pre}{_b62(uid)}",
+                    stream=stream,
+                    orig_h=_addr_text(ahi & u64, alo & u64),
+                    orig_p=ap,
+                    resp_h=_addr_text(bhi & u64, blo & u64),
+                    resp_p=bp,
+                    orientation=z.ORIENT_WORDS[orient],
+                    start=start / 1e9,
+                    duration=dur / 1e9,
+                    orig_pkts=opk,
+                    resp_pkts=rpk,
+                    orig_bytes=ob & u64,
+                    resp_bytes=rb & u64,
+                    orig_payload=opl,
+                    resp_payload=rpl,
+                    orig_ip_bytes=oip,
+                    resp_ip_bytes=rip,
+                    missed_bytes=0,
+                    irtt=None if rtt != rtt else rtt,
+                    retransmissions=retx,
+                    zero_windows=zw,
+                    orig_state=o_rfc,
+                    resp_state=r_rfc,
+                    end=_end_words(
+                        (c1, c2, c3),
+                        odir,
+                        cs,
+                        reason,
+                        ff,
+                        idle if reason == z.END_IDLE and cs in _OPEN else 0,
+                    ),
+                    conn_state=cs,
+                    history=h,
+                    continued=bool(cont),
+                    emitted=z.END_WORDS[reason],
+                    zeek_orig_state=z.ZEEK_STATE_NAMES[zos],
+                    zeek_resp_state=z.ZEEK_STATE_NAMES[zrs],
+                    first_ns=start,
+                )
+            )
+        return out
+
+
+def _sizes(
+    OUT: npt.NDArray[np.int64],
+    rows: npt.NDArray[Any],
+    e: npt.NDArray[np.int64],
+    peer_state: npt.NDArray[np.int64],
+) -> npt.NDArray[np.int64]:
+    """Zeek's TCP_Endpoint::Size() over many records (see `tcpwhy.tcp.zeek.zeek_size`)."""
+    last = OUT[rows, e + z.E_LAST]
+    ackr = OUT[rows, e + z.E_ACKR]
+    size = np.where(last > ackr, last, ackr)
+    size = np.where(size != 0, size - 1, size)
+    size = np.where((OUT[rows, e + z.E_FIN_CNT] > 0) & (size != 0), size - 1, size)
+    aborted = (
+        (OUT[rows, e + z.E_PREV] == z.SYN_SENT)
+        & (OUT[rows, e + z.E_STATE] == z.RESET)
+        & (peer_state == z.INACTIVE)
+        & (ackr != 0)
+        & (ackr != 1)
+    )
+    return np.where(aborted, 0, size)
+
+
+_OPEN = frozenset({"S1", "S2", "S3", "SH", "SHR", "OTH"})
+"""conn_state values whose end words may mention the idle time."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _conn_state(os_: int, rs: int, no_bytes: bool, history: str) -> str:
+    return z.zeek_conn_state(os_, rs, 0 if no_bytes else 1, 0 if no_bytes else 1, history)
+
+
+@functools.lru_cache(maxsize=4096)
+def _end_words(
+    closes: tuple[int, int, int], odir: int, conn_state: str, reason: int, ff: int, idle_s: int
+) -> str:
+    return end_words(list(closes), odir, conn_state, reason, ff, float(idle_s))
 
 
 def end_words(
