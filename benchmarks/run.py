@@ -6,8 +6,11 @@ Builds (once, cached in benchmarks/out/) a capture of N packets by tiling real
 captures (make_capture.py), then times, each in its own process, on one core:
   decode   tcpwhy: the whole file into the packet table (chunks discarded)
   tshark   tshark -r FILE -T fields -e frame.number -e tcp.seq
+  conns    tcpwhy conns --format jsonl > /dev/null   (connection records end to end)
+  tshark   tshark -q -z conv,tcp                       (tshark's connection table)
 Each line reports packets/s, MB/s and the process's peak RSS; the last lines
-give the ratios. Peak RSS is also measured on half the file, to show that it
+give the ratios. tcpwhy's decode rate is also measured inside the process
+(from the first byte read to the last table, without interpreter start-up). Peak RSS is also measured on half the file, to show that it
 stays flat as the file grows.
 """
 
@@ -23,12 +26,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DECODE = """
-import sys
+import sys, time
 from tcpwhy.capture import iter_tables
+t0 = time.perf_counter()
 n = 0
 for t in iter_tables(sys.argv[1], reuse=True):
     n += len(t)
-print(n)
+print(n, time.perf_counter() - t0)
 """
 
 
@@ -78,22 +82,41 @@ def main() -> None:
     timed([*py, str(half)])  # warm the compiled-code cache and the page cache
     results = []
     dt, rss, outp = timed([*py, str(cap)])
-    assert int(outp.strip()) == a.packets, outp
+    count, inner = outp.split()
+    assert int(count) == a.packets, outp
     _, rss_half, _ = timed([*py, str(half)])
     results.append(("tcpwhy decode", dt, rss))
+    tcpwhy = [sys.executable, "-m", "tcpwhy"]
+    timed([*tcpwhy, "conns", str(half), "--format", "jsonl"])  # warm
+    dt_c, rss_c, _ = timed([*tcpwhy, "conns", str(cap), "--format", "jsonl"])
+    _, rss_c_half, _ = timed([*tcpwhy, "conns", str(half), "--format", "jsonl"])
+    results.append(("tcpwhy conns", dt_c, rss_c))
     tshark = shutil.which("tshark")
     if tshark and not a.no_tshark:
-        dt_t, rss_t, _ = timed(
-            [tshark, "-n", "-r", str(cap), "-T", "fields", "-e", "frame.number", "-e", "tcp.seq"]
-        )
+        fields = ["-T", "fields", "-e", "frame.number", "-e", "tcp.seq"]
+        dt_t, rss_t, _ = timed([tshark, "-n", "-r", str(cap), *fields])
         results.append(("tshark fields", dt_t, rss_t))
+        dt_v, rss_v, _ = timed([tshark, "-n", "-q", "-r", str(cap), "-z", "conv,tcp"])
+        results.append(("tshark conv,tcp", dt_v, rss_v))
     print(f"capture: {cap.name}: {a.packets:,} packets, {size_mb:.0f} MB, snaplen {a.snaplen}")
     print(f"{'what':<16}{'seconds':>9}{'packets/s':>14}{'MB/s':>9}{'peak RSS MB':>13}")
     for what, secs, mem in results:
         print(f"{what:<16}{secs:>9.2f}{a.packets / secs:>14,.0f}{size_mb / secs:>9.0f}{mem:>13}")
-    print(f"tcpwhy decode peak RSS on half the file: {rss_half} MB (full file: {rss} MB)")
-    if len(results) > 1:
-        print(f"ratio tcpwhy decode / tshark: {results[1][1] / results[0][1]:.1f}x faster")
+    print(
+        f"tcpwhy decode inside the process: {float(inner):.2f} s, "
+        f"{a.packets / float(inner):,.0f} packets/s, {size_mb / float(inner):.0f} MB/s"
+    )
+    print(
+        f"peak RSS on half the file: decode {rss_half} MB, conns {rss_c_half} MB (full file: {rss} MB, {rss_c} MB)"
+    )
+    by = {what: secs for what, secs, _ in results}
+    if "tshark fields" in by:
+        print(
+            f"ratio decode vs tshark fields: {by['tshark fields'] / by['tcpwhy decode']:.1f}x faster"
+        )
+        print(
+            f"ratio conns vs tshark conv,tcp: {by['tshark conv,tcp'] / by['tcpwhy conns']:.1f}x faster"
+        )
 
 
 if __name__ == "__main__":
