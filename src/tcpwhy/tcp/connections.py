@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -95,7 +95,7 @@ def zeek_ports(scripts: Iterable[str]) -> frozenset[int]:
     return frozenset(ports)
 
 
-@dataclass
+@dataclass(slots=True)
 class ConnRecord:
     """One connection. Addresses are text; times are seconds since the Unix epoch."""
 
@@ -132,13 +132,15 @@ class ConnRecord:
     first_ns: int = field(repr=False, default=0)
 
     def as_json(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "first_ns"}
+        d = {k: getattr(self, k) for k in _JSON_FIELDS}
         d["start"] = round(self.start, 6)
         d["duration"] = round(self.duration, 6)
         if self.irtt is not None:
             d["irtt"] = round(self.irtt, 6)
         return d
 
+
+_JSON_FIELDS = tuple(f.name for f in fields(ConnRecord) if f.name != "first_ns")
 
 PacketFlags = Callable[
     [PacketTable, dict[str, npt.NDArray[Any]]], dict[str, npt.NDArray[Any]] | None
@@ -162,16 +164,6 @@ def packet_flags(
 
 _STATE_NAMES = [s.name for s in State]
 _addr_text = functools.lru_cache(maxsize=1 << 16)(format_addr)
-
-
-def _b62(v: int) -> str:
-    chars = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while True:
-        v, r = divmod(v, 62)
-        out = chars[r] + out
-        if not v:
-            return out
 
 
 class ConnectionBuilder:
@@ -400,7 +392,13 @@ class ConnectionBuilder:
             return none
         cols = {k: np.concatenate([c[k] for c in self._kept]) for k in self._kept[0]}
         uids = OUT[:, z.F_UID]
-        mine = np.isin(cols["uid"], uids)
+        lo = int(uids.min())
+        mark = np.zeros(int(uids.max()) - lo + 1, np.bool_)
+        mark[uids - lo] = True
+        rel = cols["uid"] - lo
+        inside = (rel >= 0) & (rel < len(mark))
+        mine = np.zeros(len(rel), np.bool_)
+        mine[inside] = mark[rel[inside]]
         rest = {k: v[~mine] for k, v in cols.items()}
         self._kept = [rest] if len(rest["uid"]) else []
         self._kept_n = len(rest["uid"])
@@ -538,7 +536,7 @@ class ConnectionBuilder:
             cs = _conn_state(zos, zrs, ob == 0 and rb == 0, h)
             out.append(
                 ConnRecord(
-                    uid=f"{pre}{_b62(uid)}",
+                    uid=f"{pre}{uid:x}",
                     stream=stream,
                     orig_h=_addr_text(ahi & u64, alo & u64),
                     orig_p=ap,
