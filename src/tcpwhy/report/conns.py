@@ -246,6 +246,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=_positive,
         metavar="N",
         help="connections held in memory at once before the idlest are written out early "
-        "(default 1000000)",
+        "(default 500000)",
     )
     p.set_defaults(func=cmd_conns)

@@ -75,7 +75,7 @@ DEFAULT_LIKELY_SERVER_PORTS: frozenset[int] = frozenset(
     p for ports in ZEEK_ANALYZER_PORTS.values() for p in ports
 )
 
-DEFAULT_MAX_ACTIVE = 1_000_000
+DEFAULT_MAX_ACTIVE = 500_000
 IDLE_TIMEOUT_S = 3600.0
 """Stream mode: a connection with no packet for this long is emitted (and forgotten)."""
 CLOSED_IDLE_S = 120.0
@@ -220,7 +220,9 @@ class ConnectionBuilder:
     def _ensure(self, need_free: int) -> None:
         if self.nfree >= need_free:
             return
-        cap = max(self._cap * 2, self._cap + need_free - self.nfree, 1024)
+        need = self._cap + need_free - self.nfree
+        # double, but never past what the memory cap can use
+        cap = max(min(max(self._cap * 2, 1024), self.max_active + need_free), need)
         S = np.zeros((cap, z.NFIELDS), np.int64)
         S[: self._cap] = self.S
         H = np.zeros((cap, z.HIST_MAX), np.uint8)
