@@ -129,3 +129,15 @@ def test_agreement_with_zeek(zeek_corpus: Path, capsys: pytest.CaptureFixture[st
     assert share["history"] >= 0.95
     assert share["pkts"] >= 0.95
     assert share["bytes"] >= 0.95
+
+
+def test_zeek_boundaries_split_a_stream_where_zeek_does(zeek_corpus: Path) -> None:
+    """A one-way capture: Zeek's attempt timer ends the SYN's record after 5 s, then starts anew."""
+    table = read_table(str(zeek_corpus / "ssh-half-duplex-client.pcap"))
+    stream_recs = [r for r in build_connections(table) if r.stream == 0]
+    zeek_recs = [r for r in build_connections(table, boundaries="zeek") if r.stream == 0]
+    assert len(stream_recs) == 1
+    assert [r.conn_state for r in zeek_recs] == ["S0", "SH"]
+    assert zeek_recs[0].emitted == "connection attempt timed out"
+    assert zeek_recs[1].continued
+    assert sum(r.orig_pkts for r in zeek_recs) == stream_recs[0].orig_pkts
