@@ -666,7 +666,8 @@ def iter_connections(
     from tcpwhy.capture import iter_tables
 
     b = ConnectionBuilder(**options)
-    tables = iter_tables(source, stats) if isinstance(source, str) else source
+    # the builder copies what it keeps, so the reader may reuse its buffers
+    tables = iter_tables(source, stats, reuse=True) if isinstance(source, str) else source
     for t in tables:
         yield from b.feed(t)
     yield from b.finish()
