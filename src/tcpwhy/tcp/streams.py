@@ -25,28 +25,109 @@ from numba import njit
 
 from tcpwhy.decode.table import ACK, SYN, PacketTable
 
+_EMPTY = -1
 
-def endpoint_keys(t: PacketTable) -> tuple[npt.NDArray[Any], npt.NDArray[np.int8]]:
-    """Canonical conversation key per row (bytes of a 5-word row) and the row's direction.
 
-    Direction 0 means the packet goes from the lower endpoint to the higher one.
+@njit(cache=True, inline="always")
+def _mix(h: Any, v: Any) -> Any:
+    h ^= v + np.uint64(0x9E3779B97F4A7C15) + (h << np.uint64(6)) + (h >> np.uint64(2))
+    h ^= h >> np.uint64(31)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    return h
+
+
+@njit(cache=True)
+def _lookup(
+    src_hi: Any,
+    src_lo: Any,
+    dst_hi: Any,
+    dst_lo: Any,
+    sport: Any,
+    dport: Any,
+    tab_keys: Any,
+    tab_val: Any,
+    slot_keys: Any,
+    free: Any,
+    meta: Any,
+    out_slot: Any,
+    out_dir: Any,
+) -> None:
+    """Conversation slot and direction of each row, through an open-addressing hash table.
+
+    The key is the unordered pair of endpoints, written lower endpoint first;
+    direction 0 means the packet goes from the lower endpoint to the higher.
+    `meta` holds [entries, next new slot, free slots]; the caller keeps the
+    table at most half full and the slot arrays large enough for every row.
     """
-    n = len(t)
-    a = np.empty((n, 3), np.uint64)
-    b = np.empty((n, 3), np.uint64)
-    a[:, 0], a[:, 1], a[:, 2] = t["src_hi"], t["src_lo"], t["sport"]
-    b[:, 0], b[:, 1], b[:, 2] = t["dst_hi"], t["dst_lo"], t["dport"]
-    # lexicographic a > b ?
-    gt = (a[:, 0] > b[:, 0]) | (
-        (a[:, 0] == b[:, 0]) & ((a[:, 1] > b[:, 1]) | ((a[:, 1] == b[:, 1]) & (a[:, 2] > b[:, 2])))
-    )
-    lo = np.where(gt[:, None], b, a)
-    hi = np.where(gt[:, None], a, b)
-    key = np.empty((n, 5), np.uint64)
-    key[:, 0], key[:, 1] = lo[:, 0], lo[:, 1]
-    key[:, 2], key[:, 3] = hi[:, 0], hi[:, 1]
-    key[:, 4] = (lo[:, 2] << np.uint64(16)) | hi[:, 2]
-    return np.ascontiguousarray(key).view(np.dtype((np.void, 40))).ravel(), gt.astype(np.int8)
+    mask = tab_val.shape[0] - 1
+    for i in range(src_hi.shape[0]):
+        a0, a1, a2 = src_hi[i], src_lo[i], np.uint64(sport[i])
+        b0, b1, b2 = dst_hi[i], dst_lo[i], np.uint64(dport[i])
+        gt = a0 > b0 or (a0 == b0 and (a1 > b1 or (a1 == b1 and a2 > b2)))
+        if gt:
+            k0, k1, k2, k3 = b0, b1, a0, a1
+            k4 = (b2 << np.uint64(16)) | a2
+        else:
+            k0, k1, k2, k3 = a0, a1, b0, b1
+            k4 = (a2 << np.uint64(16)) | b2
+        h = _mix(_mix(_mix(_mix(_mix(np.uint64(0), k0), k1), k2), k3), k4)
+        j = np.int64(h & np.uint64(mask))
+        while True:
+            v = tab_val[j]
+            if v == _EMPTY:
+                if meta[2] > 0:
+                    meta[2] -= 1
+                    s = free[meta[2]]
+                else:
+                    s = meta[1]
+                    meta[1] += 1
+                tab_val[j] = s
+                tab_keys[j, 0], tab_keys[j, 1], tab_keys[j, 2] = k0, k1, k2
+                tab_keys[j, 3], tab_keys[j, 4] = k3, k4
+                slot_keys[s] = j
+                meta[0] += 1
+                break
+            if (
+                v >= 0
+                and tab_keys[j, 0] == k0
+                and tab_keys[j, 1] == k1
+                and tab_keys[j, 2] == k2
+                and tab_keys[j, 3] == k3
+                and tab_keys[j, 4] == k4
+            ):
+                s = v
+                break
+            j = (j + 1) & mask
+        out_slot[i] = s
+        out_dir[i] = 1 if gt else 0
+
+
+@njit(cache=True)
+def _rehash(old_keys: Any, old_val: Any, tab_keys: Any, tab_val: Any, slot_keys: Any) -> int:
+    """Move live entries into a larger table; forgotten ones (tombstones) are dropped."""
+    mask = tab_val.shape[0] - 1
+    n = 0
+    for j in range(old_val.shape[0]):
+        s = old_val[j]
+        if s < 0:
+            continue
+        k0, k1, k2, k3, k4 = (
+            old_keys[j, 0],
+            old_keys[j, 1],
+            old_keys[j, 2],
+            old_keys[j, 3],
+            old_keys[j, 4],
+        )
+        h = _mix(_mix(_mix(_mix(_mix(np.uint64(0), k0), k1), k2), k3), k4)
+        q = np.int64(h & np.uint64(mask))
+        while tab_val[q] != _EMPTY:
+            q = (q + 1) & mask
+        tab_val[q] = s
+        for w in range(5):
+            tab_keys[q, w] = old_keys[j, w]
+        slot_keys[s] = q
+        n += 1
+    return n
 
 
 @njit(cache=True)
@@ -129,48 +210,92 @@ class StreamTracker:
     """Assigns stream numbers and relative seq/ack to chunks fed in capture order."""
 
     def __init__(self) -> None:
-        self._slots: dict[bytes, int] = {}
-        self._cap = 1024
-        self.st_stream = np.full(self._cap, -1, np.int64)
-        self.st_bset = np.zeros((self._cap, 2), np.bool_)
-        self.st_base = np.zeros((self._cap, 2), np.uint32)
-        self.st_ws = np.full((self._cap, 2), -1, np.int8)
+        self._tab_keys = np.zeros((1 << 12, 5), np.uint64)
+        self._tab_val = np.full(1 << 12, _EMPTY, np.int64)
+        self._meta = np.zeros(3, np.int64)  # entries (incl. forgotten), next new slot, free slots
+        self._cap = 0
+        self._slot_keys = np.zeros(0, np.int64)
+        self._free = np.zeros(0, np.int64)
+        self.st_stream = np.zeros(0, np.int64)
+        self.st_bset = np.zeros((0, 2), np.bool_)
+        self.st_base = np.zeros((0, 2), np.uint32)
+        self.st_ws = np.zeros((0, 2), np.int8)
         self.next_stream = 0
 
-    def _grow(self, need: int) -> None:
-        if need <= self._cap:
+    @property
+    def conversations(self) -> int:
+        """Conversations currently held (forgotten ones excluded)."""
+        return int(self._meta[1] - self._meta[2])
+
+    def _reserve(self, rows: int) -> None:
+        """Room for `rows` new conversations: slot arrays and a table at most half full."""
+        need = int(self._meta[1]) + rows
+        if need > self._cap:
+            cap = max(need, 2 * self._cap, 1024)
+
+            def grow(a: npt.NDArray[Any], fill: Any) -> npt.NDArray[Any]:
+                new = np.full((cap, *a.shape[1:]), fill, a.dtype)
+                new[: a.shape[0]] = a
+                return new
+
+            self.st_stream = grow(self.st_stream, -1)
+            self.st_bset = grow(self.st_bset, False)
+            self.st_base = grow(self.st_base, 0)
+            self.st_ws = grow(self.st_ws, -1)
+            self._slot_keys = grow(self._slot_keys, -1)
+            self._free = grow(self._free, 0)
+            self._cap = cap
+        size = self._tab_val.shape[0]
+        if 2 * (int(self._meta[0]) + rows) > size:
+            while 2 * (self.conversations + rows) > size:
+                size *= 2
+            keys, val = self._tab_keys, self._tab_val
+            self._tab_keys = np.zeros((size, 5), np.uint64)
+            self._tab_val = np.full(size, _EMPTY, np.int64)
+            self._meta[0] = _rehash(keys, val, self._tab_keys, self._tab_val, self._slot_keys)
+
+    def forget(self, conv: npt.NDArray[Any]) -> None:
+        """Drop finished conversations (their slots are reused): bounds memory on huge captures.
+
+        A later packet of a forgotten conversation starts a new stream.
+        """
+        conv = np.unique(np.asarray(conv, np.int64))
+        conv = conv[(conv >= 0) & (conv < self._meta[1])]
+        conv = conv[self._slot_keys[conv] >= 0]
+        if not conv.size:
             return
-        cap = max(need, self._cap * 2)
-        st = np.full(cap, -1, np.int64)
-        st[: self._cap] = self.st_stream
-        bs = np.zeros((cap, 2), np.bool_)
-        bs[: self._cap] = self.st_bset
-        ba = np.zeros((cap, 2), np.uint32)
-        ba[: self._cap] = self.st_base
-        ws = np.full((cap, 2), -1, np.int8)
-        ws[: self._cap] = self.st_ws
-        self.st_stream, self.st_bset, self.st_base, self.st_ws = st, bs, ba, ws
-        self._cap = cap
+        self._tab_val[self._slot_keys[conv]] = -2  # tombstone: probing goes on past it
+        self._slot_keys[conv] = -1
+        self.st_stream[conv] = -1
+        self.st_bset[conv] = False
+        self.st_ws[conv] = -1
+        nfree = int(self._meta[2])
+        self._free[nfree : nfree + conv.size] = conv
+        self._meta[2] = nfree + conv.size
 
     def feed(self, t: PacketTable) -> dict[str, npt.NDArray[Any]]:
         """Per-row `stream`, `dir` (0/1 canonical), `rel_seq`, `rel_ack`, `win_scaled`,
         `reused`, `new` (first packet of a stream), `conv` (conversation slot), `rev_ws`
         (the other direction's window scale: -1 unknown, -2 none, else the shift)."""
         n = len(t)
-        keys, pdir = endpoint_keys(t)
-        uniq, first, inv = np.unique(keys, return_index=True, return_inverse=True)
-        local = np.empty(len(uniq), np.int64)
-        slots = self._slots
-        # visit keys in order of first appearance so new slots follow capture order
-        for u in np.argsort(first, kind="stable"):
-            k = uniq[u].tobytes()
-            s = slots.get(k)
-            if s is None:
-                s = len(slots)
-                slots[k] = s
-            local[u] = s
-        self._grow(len(slots))
-        slot = local[inv.ravel()]
+        self._reserve(n)
+        slot = np.empty(n, np.int64)
+        pdir = np.empty(n, np.int8)
+        _lookup(
+            t["src_hi"],
+            t["src_lo"],
+            t["dst_hi"],
+            t["dst_lo"],
+            t["sport"],
+            t["dport"],
+            self._tab_keys,
+            self._tab_val,
+            self._slot_keys,
+            self._free,
+            self._meta,
+            slot,
+            pdir,
+        )
         out: dict[str, npt.NDArray[Any]] = {
             "stream": np.empty(n, np.int64),
             "rel_seq": np.empty(n, np.uint32),
