@@ -51,10 +51,73 @@ EXTENSIONS = {
 # Error messages worded differently from tshark's, with the reason.
 MESSAGE_DIFFERENCES: dict[str, str] = {}
 
-_TSHARK_REASSEMBLY = "tshark reassembles HTTP; tcpwhy reads each segment's own payload"
+_TSHARK_REASSEMBLY = (
+    "tshark reassembles HTTP and reports a split message on the segment completing it; "
+    "tcpwhy reads each segment's own payload start (docs/filters.md)"
+)
+_HTTP_PROTO = (
+    "tshark marks `http` only on segments its HTTP dissector got after reassembly; "
+    "tcpwhy marks every payload segment of an HTTP stream"
+)
+_SEGMENT_DATA = (
+    "tshark shows tcp.segment_data only on segments its reassembly collected; "
+    "tcpwhy treats every payload as segment data"
+)
+_INITIAL_RTT = (
+    "tcpwhy.tcp.analysis leaves initial_rtt off the SYN-ACK, where tshark shows it "
+    "(owned by the analysis module)"
+)
 
 # (filter, capture) -> (frames differing, reason). Counted exactly.
-DOCUMENTED: dict[tuple[str, str], tuple[int, str]] = {}
+DOCUMENTED: dict[tuple[str, str], tuple[int, str]] = {
+    ("http", "zeek/http-connect.pcap"): (2, _HTTP_PROTO),
+    ("http", "zeek/http-concurrent-range-requests.pcap"): (14, _HTTP_PROTO),
+    ("http", "zeek/http-no-crlf.pcap"): (1114, _HTTP_PROTO),
+    ("http", "zeek/tunnels-teredo.pcap"): (3, _HTTP_PROTO),
+    ("http", "zeek/vlan-mpls.pcap"): (6, _HTTP_PROTO),
+    ("http", "data/lab/zero-window.pcap"): (13, _HTTP_PROTO),
+    ("http", "data/lab/retransmission-timeout.pcap"): (8, _HTTP_PROTO),
+    ("http", "data/lab/keepalive-dead-peer.pcap"): (2, _HTTP_PROTO),
+    ("http", "data/lab/abortive-close.pcap"): (3, _HTTP_PROTO),
+    ('tcp.segment_data contains "HTTP"', "zeek/http-connect.pcap"): (2, _SEGMENT_DATA),
+    ('tcp.segment_data contains "HTTP"', "zeek/http-concurrent-range-requests.pcap"): (
+        3,
+        _SEGMENT_DATA,
+    ),
+    ('tcp.segment_data contains "HTTP"', "zeek/http-no-crlf.pcap"): (1, _SEGMENT_DATA),
+    ('tcp.segment_data contains "HTTP"', "zeek/tunnels-teredo.pcap"): (2, _SEGMENT_DATA),
+    ('tcp.segment_data contains "HTTP"', "zeek/vlan-mpls.pcap"): (2, _SEGMENT_DATA),
+    ('tcp.segment_data contains "HTTP"', "data/demo-stale-keepalive.pcap"): (5, _SEGMENT_DATA),
+    ("http.request", "zeek/http-no-crlf.pcap"): (10, _TSHARK_REASSEMBLY),
+    ("http.request", "zeek/tunnels-teredo.pcap"): (2, _TSHARK_REASSEMBLY),
+    ("http.request", "data/lab/abortive-close.pcap"): (1, _TSHARK_REASSEMBLY),
+    ("http.response", "zeek/http-concurrent-range-requests.pcap"): (5, _TSHARK_REASSEMBLY),
+    ("http.response", "zeek/http-no-crlf.pcap"): (8, _TSHARK_REASSEMBLY),
+    ("http.response", "zeek/tunnels-teredo.pcap"): (2, _TSHARK_REASSEMBLY),
+    ("http.response", "zeek/vlan-mpls.pcap"): (2, _TSHARK_REASSEMBLY),
+    ('http.request.method == "POST"', "zeek/http-no-crlf.pcap"): (10, _TSHARK_REASSEMBLY),
+    ('http.request.method == "POST"', "zeek/tunnels-teredo.pcap"): (2, _TSHARK_REASSEMBLY),
+    ('http.request.method == "POST"', "data/lab/abortive-close.pcap"): (1, _TSHARK_REASSEMBLY),
+    ("http.response.code == 200", "zeek/http-no-crlf.pcap"): (8, _TSHARK_REASSEMBLY),
+    ("http.response.code == 200", "zeek/tunnels-teredo.pcap"): (2, _TSHARK_REASSEMBLY),
+    ("http.response.code == 200", "zeek/vlan-mpls.pcap"): (2, _TSHARK_REASSEMBLY),
+    ('http.host == "5.2.136.90"', "zeek/http-no-crlf.pcap"): (10, _TSHARK_REASSEMBLY),
+    ('http.connection == "Keep-Alive"', "zeek/http-no-crlf.pcap"): (10, _TSHARK_REASSEMBLY),
+    ('http.connection == "Keep-Alive"', "zeek/tunnels-teredo.pcap"): (4, _TSHARK_REASSEMBLY),
+    ('http.connection == "Keep-Alive"', "zeek/vlan-mpls.pcap"): (2, _TSHARK_REASSEMBLY),
+    ("tcp.analysis.initial_rtt", "zeek/http-connect.pcap"): (1, _INITIAL_RTT),
+    ("tcp.analysis.initial_rtt", "zeek/http-concurrent-range-requests.pcap"): (3, _INITIAL_RTT),
+    ("tcp.analysis.initial_rtt", "zeek/http-no-crlf.pcap"): (1, _INITIAL_RTT),
+    ("tcp.analysis.initial_rtt", "zeek/ftp-ipv6.pcap"): (6, _INITIAL_RTT),
+    ("tcp.analysis.initial_rtt", "zeek/tunnels-teredo.pcap"): (2, _INITIAL_RTT),
+    ("tcp.analysis.initial_rtt", "zeek/vlan-mpls.pcap"): (2, _INITIAL_RTT),
+    ("tcp.analysis.initial_rtt", "zeek/pop3-redis.pcap"): (1, _INITIAL_RTT),
+    ("tcp.analysis.initial_rtt", "data/demo-stale-keepalive.pcap"): (2, _INITIAL_RTT),
+    ("tcp.analysis.initial_rtt", "data/lab/zero-window.pcap"): (1, _INITIAL_RTT),
+    ("tcp.analysis.initial_rtt", "data/lab/retransmission-timeout.pcap"): (1, _INITIAL_RTT),
+    ("tcp.analysis.initial_rtt", "data/lab/keepalive-dead-peer.pcap"): (1, _INITIAL_RTT),
+    ("tcp.analysis.initial_rtt", "data/lab/abortive-close.pcap"): (2, _INITIAL_RTT),
+}
 
 
 def _path(name: str, zeek: Path | None) -> Path:

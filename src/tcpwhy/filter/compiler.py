@@ -90,8 +90,8 @@ _HEX_SEP_RE = re.compile(r"[0-9A-Fa-f]{2}([:.\-][0-9A-Fa-f]{2})*")
 
 
 def parse_bytes(text: str) -> bytes | None:
-    if re.fullmatch(r"[0-9A-Fa-f]{1,2}", text):
-        return bytes([int(text, 16)])
+    if re.fullmatch(r"(0[xX])?[0-9A-Fa-f]{1,2}", text):
+        return bytes([int(text[-2:].removeprefix("x").removeprefix("X"), 16)])
     if _HEX_SEP_RE.fullmatch(text):
         return bytes.fromhex(re.sub(r"[:.\-]", "", text))
     return None

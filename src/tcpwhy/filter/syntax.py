@@ -145,7 +145,7 @@ def _decode_string(src: str, start: int, raw: bool) -> tuple[bytes, int]:
                 out.append(int(m.group(), 8) & 0xFF)
                 i += 1 + len(m.group())
             else:
-                raise FilterError(f"Invalid escape sequence \\{e}.", src, i, 2)
+                raise FilterError(f"\\{e} is not a valid character escape sequence", src, i, 2)
             continue
         out += c.encode()
         i += 1
