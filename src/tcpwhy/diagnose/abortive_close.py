@@ -8,41 +8,22 @@ unanswered, the likely cause is close() with unread bytes (K1, the early
 
 from __future__ import annotations
 
-from collections import defaultdict
-
-import numpy as np
-
 from tcpwhy.decode.table import ACK, FIN, SYN
 from tcpwhy.diagnose import http, knowledge
-from tcpwhy.diagnose.context import U32, WHO
-from tcpwhy.diagnose.model import Finding, Severity
-from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
+from tcpwhy.diagnose.common import Group, Hits, first_resets
+from tcpwhy.diagnose.context import HALF, U32, WHO, Conn
+from tcpwhy.diagnose.model import Finding, Severity, Story
+from tcpwhy.diagnose.registry import Diag, plural, rule
 
 KIND = "abortive-close"
 
 
 @rule(KIND)
 def detect(diag: Diag) -> list[Finding]:
-    cap = diag.cap
-    if not cap.nstreams:
-        return []
-    groups: dict[tuple[str, int, str], list[Instance]] = defaultdict(list)
-    for sid in np.flatnonzero(cap.n_rst.sum(1) > 0):
-        if diag.is_claimed(int(sid)):
-            continue
-        c = cap.conn(int(sid))
-        r = c.first_rst()
-        assert r is not None
+    hits = Hits()
+    for c, r in first_resets(diag):
         x = c.side[r]
-        if not c.flags[r] & ACK:
-            continue
-        # seq = the sender's next sequence number: nothing of its own outstanding
-        nxt = None
-        for i in range(r):
-            if c.side[i] == x:
-                e = (c.seq[i] + c.plen[i] + (1 if c.flags[i] & (SYN | FIN) else 0)) & U32
-                nxt = e if nxt is None or ((e - nxt) & U32) < 0x80000000 else nxt
-        if nxt is None or c.seq[r] != nxt:
+        if not c.flags[r] & ACK or c.seq[r] != _next_seq(c, x, r):
             continue
         xf = c.first_fin(x)
         if xf is not None and xf < r:
@@ -52,7 +33,6 @@ def detect(diag: Diag) -> list[Finding]:
         if last_peer is None and last_own is None:
             continue  # no data exchanged: not a "close instead of FIN" of a used connection
         unread = last_peer is not None and (last_own is None or last_own < last_peer)
-        cause = "unread" if unread else "linger"
         rows = []
         if last_peer is not None:
             what = (
@@ -72,82 +52,87 @@ def detect(diag: Diag) -> list[Finding]:
                 + (" (closed with unread data)" if unread else " (SO_LINGER 0 or abort)"),
             )
         )
-        groups[(c.server, x, cause)].append(Instance(c, rows, {"cause": cause}))
+        hits.add((c.server, x, "unread" if unread else "linger"), c, rows)
         diag.claim(c.sid)
-    out = []
-    for (server, x, cause), inst in groups.items():
-        ex = min(inst, key=lambda i: i.first_ns)
-        c = ex.conn
-        n = len(inst)
-        who, peer = WHO[x], WHO[1 - x]
-        r = ex.rows[-1][0]
-        if cause == "unread":
-            summary = (
-                f"{plural(n, 'connection')} to {server} reset by the {who} while data from the "
-                f"{peer} was still unread"
-            )
-            explanation = (
-                f"On stream {c.sid} ({c.client} → {c.server}) the {peer} sent data that the "
-                f"{who}'s kernel acknowledged, but the {who} sent no answer and ended the "
-                f"connection with a RST (frame {c.frame[r]}, [R.] with its own next sequence "
-                "number: an abort by the application, not a reply to a segment). Linux does "
-                "this when an application calls close() while received bytes are still unread "
-                "in the socket (RFC 2525 §2.17; counter TcpExtTCPAbortOnClose): the data is "
-                f"discarded and the {peer} gets 'Connection reset by peer' — even if the {who} "
-                "meant a normal close, and even if a response was already on its way. The "
-                "classic case: a server rejecting an upload early (413, 401) without reading "
-                "the body."
-            )
-            causes = [
-                f"The {who} closes without reading the whole request (early error response, "
-                "request body ignored).",
-                f"The {who} crashed or timed out mid-request and its socket was closed.",
-            ]
-            fixes = [
-                f"In the {who}: drain (read and discard) the rest of the request for a bounded "
-                "time before closing — nginx lingering_close / lingering_time / "
-                "lingering_timeout; send Connection: close with early responses; shut down "
-                "the writing side first (shutdown(SHUT_WR)), then read until EOF.",
-                f"In the {peer}: use Expect: 100-continue for large uploads so the server can "
-                "refuse before the body is sent.",
-            ]
-        else:
-            summary = (
-                f"{plural(n, 'connection')} to {server} ended by the {who} with RST instead of "
-                "FIN after the exchange had completed"
-            )
-            explanation = (
-                f"On stream {c.sid} ({c.client} → {c.server}) every request had its answer; "
-                f"then the {who} ended the connection with a RST (frame {c.frame[r]}, [R.] "
-                "with its own next sequence number, not in reply to anything) instead of the "
-                "FIN exchange. That is an abortive close: the application set SO_LINGER {on, "
-                "0} before close() (counted as TcpExtTCPAbortOnData), or aborted the "
-                f"connection on a timeout. No TIME_WAIT is left behind, but the {peer} sees "
-                "'Connection reset by peer' and anything still in flight is lost."
-            )
-            causes = [
-                f"The {who} (or a proxy in its place) enables SO_LINGER 0 to avoid TIME_WAIT "
-                "(HAProxy option nolinger, nginx reset_timedout_connection, some frameworks).",
-                f"The {who} aborts connections on its own timeout.",
-            ]
-            fixes = [
-                "Prefer connection reuse over linger-0 to keep TIME_WAIT down; reserve "
-                "abortive close for misbehaving peers.",
-                f"Make the {peer} tolerate a reset after a complete response (do not treat it "
-                "as a failed request).",
-            ]
-        out.append(
-            make_finding(
-                diag,
-                KIND,
-                Severity.WARNING,
-                summary,
-                inst,
-                explanation,
-                causes,
-                fixes,
-                knowledge.RESET,
-                {"server": server, "side": who, "cause": cause},
-            )
+    return hits.findings(diag, KIND, _tell)
+
+
+def _next_seq(c: Conn, x: int, r: int) -> int | None:
+    """`x`'s next sequence number before row r: a RST carrying it has nothing outstanding."""
+    nxt = None
+    for i in range(r):
+        if c.side[i] == x:
+            e = (c.seq[i] + c.plen[i] + (1 if c.flags[i] & (SYN | FIN) else 0)) & U32
+            nxt = e if nxt is None or ((e - nxt) & U32) < HALF else nxt
+    return nxt
+
+
+def _tell(g: Group) -> Story:
+    server, x, cause = g.key
+    c, n = g.c, g.n
+    who, peer = WHO[x], WHO[1 - x]
+    r = g.ex.rows[-1][0]
+    if cause == "unread":
+        summary = (
+            f"{plural(n, 'connection')} to {server} reset by the {who} while data from the "
+            f"{peer} was still unread"
         )
-    return out
+        explanation = (
+            f"On {c.label()} the {peer} sent data that the "
+            f"{who}'s kernel acknowledged, but the {who} sent no answer and ended the "
+            f"connection with a RST (frame {c.frame[r]}, [R.] with its own next sequence "
+            "number: an abort by the application, not a reply to a segment). Linux does "
+            "this when an application calls close() while received bytes are still unread "
+            "in the socket (RFC 2525 §2.17; counter TcpExtTCPAbortOnClose): the data is "
+            f"discarded and the {peer} gets 'Connection reset by peer' — even if the {who} "
+            "meant a normal close, and even if a response was already on its way. The "
+            "classic case: a server rejecting an upload early (413, 401) without reading "
+            "the body."
+        )
+        causes = [
+            f"The {who} closes without reading the whole request (early error response, "
+            "request body ignored).",
+            f"The {who} crashed or timed out mid-request and its socket was closed.",
+        ]
+        fixes = [
+            f"In the {who}: drain (read and discard) the rest of the request for a bounded "
+            "time before closing — nginx lingering_close / lingering_time / "
+            "lingering_timeout; send Connection: close with early responses; shut down "
+            "the writing side first (shutdown(SHUT_WR)), then read until EOF.",
+            f"In the {peer}: use Expect: 100-continue for large uploads so the server can "
+            "refuse before the body is sent.",
+        ]
+    else:
+        summary = (
+            f"{plural(n, 'connection')} to {server} ended by the {who} with RST instead of "
+            "FIN after the exchange had completed"
+        )
+        explanation = (
+            f"On {c.label()} every request had its answer; "
+            f"then the {who} ended the connection with a RST (frame {c.frame[r]}, [R.] "
+            "with its own next sequence number, not in reply to anything) instead of the "
+            "FIN exchange. That is an abortive close: the application set SO_LINGER {on, "
+            "0} before close() (counted as TcpExtTCPAbortOnData), or aborted the "
+            f"connection on a timeout. No TIME_WAIT is left behind, but the {peer} sees "
+            "'Connection reset by peer' and anything still in flight is lost."
+        )
+        causes = [
+            f"The {who} (or a proxy in its place) enables SO_LINGER 0 to avoid TIME_WAIT "
+            "(HAProxy option nolinger, nginx reset_timedout_connection, some frameworks).",
+            f"The {who} aborts connections on its own timeout.",
+        ]
+        fixes = [
+            "Prefer connection reuse over linger-0 to keep TIME_WAIT down; reserve "
+            "abortive close for misbehaving peers.",
+            f"Make the {peer} tolerate a reset after a complete response (do not treat it "
+            "as a failed request).",
+        ]
+    return Story(
+        Severity.WARNING,
+        summary,
+        explanation,
+        causes,
+        fixes,
+        knowledge.RESET,
+        {"server": server, "side": who, "cause": cause},
+    )

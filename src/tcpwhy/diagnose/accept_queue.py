@@ -19,7 +19,7 @@ from tcpwhy.decode.table import ACK, RST, SYN
 from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.context import CLIENT, SERVER, Conn, fmt_s
 from tcpwhy.diagnose.handshake import admitted, ladder, syn_rows, unanswered_syn_streams
-from tcpwhy.diagnose.model import Finding, Severity
+from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
 
 KIND = "accept-queue-overflow"
@@ -152,8 +152,6 @@ def detect(diag: Diag) -> list[Finding]:
 
 def _finding(diag: Diag, server: str, parts: dict[str, list[Instance]]) -> Finding:
     allinst = [x for v in parts.values() for x in v]
-    main = parts.get("syn") or parts.get("ack") or parts.get("abort") or allinst
-    min(main, key=lambda x: x.first_ns)
     bits = []
     if parts.get("syn"):
         bits.append(f"{plural(len(parts['syn']), 'SYN')} dropped while other clients were admitted")
@@ -229,15 +227,6 @@ def _finding(diag: Diag, server: str, parts: dict[str, list[Instance]]) -> Findi
     errors = knowledge.TIMEOUT + (
         knowledge.RESET if parts.get("abort") or parts.get("closed") else []
     )
-    return make_finding(
-        diag,
-        KIND,
-        Severity.ERROR,
-        summary,
-        allinst,
-        "\n\n".join(paras),
-        causes,
-        fixes,
-        errors,
-        {"server": server, **{k: len(v) for k, v in parts.items()}},
-    )
+    facts = {"server": server, **{k: len(v) for k, v in parts.items()}}
+    story = Story(Severity.ERROR, summary, "\n\n".join(paras), causes, fixes, errors, facts)
+    return make_finding(diag, KIND, allinst, story)

@@ -7,14 +7,10 @@ threshold) is an application that forgot the socket.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
-import numpy as np
-
-from tcpwhy.diagnose import knowledge
-from tcpwhy.diagnose.context import CLIENT, SERVER, WHO, fmt_s
-from tcpwhy.diagnose.model import Finding, Severity
-from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
+from tcpwhy.diagnose.common import Group, Hits
+from tcpwhy.diagnose.context import CLIENT, SERVER, WHO, Conn, fmt_s
+from tcpwhy.diagnose.model import Finding, Severity, Story
+from tcpwhy.diagnose.registry import Diag, plural, rule
 from tcpwhy.tcp.state import State
 
 KIND = "close-wait-leak"
@@ -23,142 +19,122 @@ KIND = "close-wait-leak"
 @rule(KIND)
 def detect(diag: Diag) -> list[Finding]:
     cap = diag.cap
-    if not cap.nstreams:
-        return []
-    none = np.iinfo(np.int64).max
-    ff = cap.first_fin_ns
-    limit = int(diag.settings.close_wait_s * 1e9)
-    groups: dict[tuple[int, str], list[Instance]] = defaultdict(list)
+    limit_s = diag.settings.close_wait_s
+    hits = Hits()
     for x in (SERVER, CLIENT):
         peer = 1 - x
-        late = (ff[:, x] == none) | (ff[:, x] - ff[:, peer] > limit)
-        m = (ff[:, peer] < none) & (ff[:, peer] < ff[:, x]) & late & (cap.n_rst[:, x] == 0)
-        for sid in np.flatnonzero(m):
-            c = cap.conn(int(sid))
-            entered = c.entered(x, State.CLOSE_WAIT)
-            if not entered:
+        # the peer closed first and x closed late or never, without a reset
+        m = cap.closes_first(peer) & (cap.fin_lag_ns(peer) > int(limit_s * 1e9))
+        for c in cap.conns_where(m & (cap.n_rst[:, x] == 0)):
+            got = _close_wait(c, x, cap.end_ns, limit_s)
+            if got is None:
                 continue
-            k = entered[0]
-            final = c.final_state(x)
-            left = next(
-                (
-                    s
-                    for s in (c.states.originator if x == CLIENT else c.states.responder).timeline
-                    if s.frame - 1 > k and s.state is not State.CLOSE_WAIT
-                ),
-                None,
-            )
-            until_end = final is State.CLOSE_WAIT
-            dur = ((cap.end_ns if left is None else left.ts_ns) - c.ts[k]) / 1e9
-            if not until_end and dur < diag.settings.close_wait_s:
-                continue
-            pf = c.first_fin(peer)
-            rows = []
-            if pf is not None:
-                rows.append((pf, f"{WHO[peer]} closes (FIN)"))
-            ack = next(
-                (
-                    j
-                    for j in range(pf or 0, c.n)
-                    if c.side[j] == x and pf is not None and c.acks(j, c.fin_end(pf))
-                ),
-                None,
-            )
-            if ack is None:
-                continue  # the capture never saw this side acknowledge the FIN
-            if ack is not None:
-                rows.append((ack, f"{WHO[x]} kernel ACKs the FIN: {WHO[x]} socket in CLOSE_WAIT"))
-            last = c.n - 1
-            if until_end and last not in [r for r, _ in rows]:
-                rows.append(
-                    (
-                        last,
-                        "last packet of the connection; no FIN from the "
-                        f"{WHO[x]} until the capture ends",
-                    )
-                )
-            elif left is not None and left.frame:
-                rows.append((left.frame - 1, f"{WHO[x]} finally closes after {fmt_s(dur)}"))
+            rows, facts = got
             owner = c.server if x == SERVER else c.client_ip
-            groups[(x, owner)].append(
-                Instance(c, rows, {"close_wait_s": round(dur, 3), "until_end": until_end})
-            )
+            hits.add((x, owner), c, rows, facts)
             diag.claim(c.sid, "close")
-    out = []
-    for (x, owner), inst in groups.items():
-        ex = min(inst, key=lambda i: i.first_ns)
-        c = ex.conn
-        n = len(inst)
-        durs = [i.facts["close_wait_s"] for i in inst]
-        ends = sum(1 for i in inst if i.facts["until_end"])
-        who, peer_name = WHO[x], WHO[1 - x]
-        where = f"{who} {owner}"
-        summary = (
-            f"{plural(n, 'connection')} left in CLOSE_WAIT by the {who} ({owner}): the {peer_name} "
-            f"closed, the {who} never did"
-            + (f" ({ends} still open when the capture ended)" if ends else "")
-        )
-        explanation = (
-            f"On stream {c.sid} ({c.client} → {c.server}) the {peer_name} closed its side (FIN) and "
-            f"the {who}'s kernel acknowledged it, moving the {who}'s socket to CLOSE_WAIT. From "
-            f"then on only the {who} application can end the connection, by calling close(); "
-            "CLOSE_WAIT has no timeout in the kernel. "
-            + (
-                f"It was still in CLOSE_WAIT {fmt_s(ex.facts['close_wait_s'])} later, when the "
-                "capture ended"
-                if ex.facts["until_end"]
-                else f"It stayed there {fmt_s(ex.facts['close_wait_s'])} before closing"
-            )
-            + f". Meanwhile the {peer_name}'s socket waits in FIN_WAIT_2 (for tcp_fin_timeout, 60 s, "
-            "if it was orphaned; forever if it only shut down its writing side)."
-        )
-        if n > 1:
-            explanation += (
-                f"\n\nThe {where} did this on {plural(n, 'connection')} "
-                f"(CLOSE_WAIT for {fmt_s(min(durs))} to {fmt_s(max(durs))} as seen here). "
-                "Each holds a file descriptor and memory: a growing count ends in 'Too many "
-                "open files' or a starved connection pool."
-            )
-        causes = [
-            f"The {who} application reads end-of-file (read() returns 0) and does not close the "
-            "socket — often on an error path, or a response body that is never closed (Go "
-            "resp.Body.Close(), OkHttp ResponseBody.close(), HttpClient EntityUtils.consume).",
-            f"The {who}'s event loop does not watch idle sockets for readability, so it never "
-            "sees the EOF; or its worker threads are blocked.",
-        ]
-        if x == CLIENT:
-            causes.append(
-                "A client connection pool holding connections the server closed (normal for a "
-                "short while; see stale-keepalive-reuse for what happens when they are reused)."
-            )
-        fixes = [
-            "Close the socket when read() returns 0 (EOF); always release response bodies and "
-            "streams, also on error paths.",
-            f"On the {who} host: `ss -tanp state close-wait` shows the owning process; its "
-            "count growing over time (and the process's fd count with it) confirms the leak. "
-            "There is no kernel knob for CLOSE_WAIT: only the application can fix it.",
-            "Pools: evict connections the server closed (validate or read idle sockets).",
-        ]
-        errors = [
-            f"{who} (eventually): 'Too many open files' (EMFILE), or pool exhaustion such as "
-            "'Timeout waiting for connection from pool'",
-            f"{peer_name}: usually nothing; its FIN_WAIT_2 socket expires silently",
-        ]
-        out.append(
-            make_finding(
-                diag,
-                KIND,
-                Severity.WARNING,
-                summary,
-                inst,
-                explanation,
-                causes,
-                fixes,
-                errors,
-                {"side": who, "endpoint": owner, "until_capture_end": ends},
-            )
-        )
-    return out
+    return hits.findings(diag, KIND, _tell)
 
 
-_ = knowledge
+def _close_wait(
+    c: Conn, x: int, end_ns: int, limit_s: float
+) -> tuple[list[tuple[int, str]], dict[str, object]] | None:
+    """The evidence that `x` sat in CLOSE_WAIT until the end or longer than limit_s."""
+    entered = c.entered(x, State.CLOSE_WAIT)
+    if not entered:
+        return None
+    k = entered[0]
+    timeline = (c.states.originator if x == CLIENT else c.states.responder).timeline
+    left = next((s for s in timeline if s.frame - 1 > k and s.state is not State.CLOSE_WAIT), None)
+    until_end = c.final_state(x) is State.CLOSE_WAIT
+    dur = ((end_ns if left is None else left.ts_ns) - c.ts[k]) / 1e9
+    if not until_end and dur < limit_s:
+        return None
+    peer = 1 - x
+    pf = c.first_fin(peer)
+    ack = c.fin_acked_by(x, pf) if pf is not None else None
+    if pf is None or ack is None:
+        return None  # the capture never saw this side acknowledge the FIN
+    rows = [
+        (pf, f"{WHO[peer]} closes (FIN)"),
+        (ack, f"{WHO[x]} kernel ACKs the FIN: {WHO[x]} socket in CLOSE_WAIT"),
+    ]
+    last = c.n - 1
+    if until_end and last not in (pf, ack):
+        rows.append(
+            (
+                last,
+                f"last packet of the connection; no FIN from the {WHO[x]} until the capture ends",
+            )
+        )
+    elif left is not None and left.frame:
+        rows.append((left.frame - 1, f"{WHO[x]} finally closes after {fmt_s(dur)}"))
+    return rows, {"close_wait_s": round(dur, 3), "until_end": until_end}
+
+
+def _tell(g: Group) -> Story:
+    (x, owner), ex, c, n = g.key, g.ex, g.c, g.n
+    durs = g.values("close_wait_s")
+    ends = g.count("until_end")
+    who, peer_name = WHO[x], WHO[1 - x]
+    where = f"{who} {owner}"
+    summary = (
+        f"{plural(n, 'connection')} left in CLOSE_WAIT by the {who} ({owner}): the {peer_name} "
+        f"closed, the {who} never did"
+        + (f" ({ends} still open when the capture ended)" if ends else "")
+    )
+    explanation = (
+        f"On {c.label()} the {peer_name} closed its side (FIN) and "
+        f"the {who}'s kernel acknowledged it, moving the {who}'s socket to CLOSE_WAIT. From "
+        f"then on only the {who} application can end the connection, by calling close(); "
+        "CLOSE_WAIT has no timeout in the kernel. "
+        + (
+            f"It was still in CLOSE_WAIT {fmt_s(ex.facts['close_wait_s'])} later, when the "
+            "capture ended"
+            if ex.facts["until_end"]
+            else f"It stayed there {fmt_s(ex.facts['close_wait_s'])} before closing"
+        )
+        + f". Meanwhile the {peer_name}'s socket waits in FIN_WAIT_2 (for tcp_fin_timeout, 60 s, "
+        "if it was orphaned; forever if it only shut down its writing side)."
+    )
+    if n > 1:
+        explanation += (
+            f"\n\nThe {where} did this on {plural(n, 'connection')} "
+            f"(CLOSE_WAIT for {fmt_s(min(durs))} to {fmt_s(max(durs))} as seen here). "
+            "Each holds a file descriptor and memory: a growing count ends in 'Too many "
+            "open files' or a starved connection pool."
+        )
+    causes = [
+        f"The {who} application reads end-of-file (read() returns 0) and does not close the "
+        "socket — often on an error path, or a response body that is never closed (Go "
+        "resp.Body.Close(), OkHttp ResponseBody.close(), HttpClient EntityUtils.consume).",
+        f"The {who}'s event loop does not watch idle sockets for readability, so it never "
+        "sees the EOF; or its worker threads are blocked.",
+    ]
+    if x == CLIENT:
+        causes.append(
+            "A client connection pool holding connections the server closed (normal for a "
+            "short while; see stale-keepalive-reuse for what happens when they are reused)."
+        )
+    fixes = [
+        "Close the socket when read() returns 0 (EOF); always release response bodies and "
+        "streams, also on error paths.",
+        f"On the {who} host: `ss -tanp state close-wait` shows the owning process; its "
+        "count growing over time (and the process's fd count with it) confirms the leak. "
+        "There is no kernel knob for CLOSE_WAIT: only the application can fix it.",
+        "Pools: evict connections the server closed (validate or read idle sockets).",
+    ]
+    errors = [
+        f"{who} (eventually): 'Too many open files' (EMFILE), or pool exhaustion such as "
+        "'Timeout waiting for connection from pool'",
+        f"{peer_name}: usually nothing; its FIN_WAIT_2 socket expires silently",
+    ]
+    return Story(
+        Severity.WARNING,
+        summary,
+        explanation,
+        causes,
+        fixes,
+        errors,
+        {"side": who, "endpoint": owner, "until_capture_end": ends},
+    )

@@ -4,12 +4,24 @@ Rows are grouped by stream (Wireshark's tcp.stream) with one stable argsort;
 per-stream counts are numpy reductions, so a rule can pre-select the few
 connections worth a closer look without touching every packet in Python.
 The `Conn` view of one stream (its rows, sides, states) is built lazily for
-the connections a rule selected. The originator ("client") is the side that
-sent the first SYN; without one, the side whose port looks ephemeral.
+the connections a rule selected. Wireshark's per-packet analysis flags
+(retransmission, keep-alive, zero window…) come from `tcpwhy.tcp.analysis`,
+computed once per capture the first time a rule asks for them.
+
+Orientation differs from `tcpwhy.tcp.connections` on purpose. There the
+originator follows Zeek (its likely-server-ports heuristics may flip a
+connection whose SYN went from a well-known port), so that records match
+conn.log. A diagnosis speaks of "the client" as the side that called
+connect(): the sender of the first SYN, else the receiver of a SYN-ACK, else
+the side whose port looks ephemeral. Likewise `Capture.endings()` is the
+report's own short tally from the per-stream counts (a few numpy reductions),
+not `ConnRecord.end`: building records would run the RFC state machine over
+every connection of the capture to say less than the report needs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cached_property
 from typing import Any
 
@@ -18,6 +30,7 @@ import numpy.typing as npt
 
 from tcpwhy.decode.table import ACK, FIN, FLAG_NAMES, PSH, RST, SYN, PacketTable, format_addr
 from tcpwhy.diagnose.model import Step
+from tcpwhy.tcp.analysis import Analysis, analyze
 from tcpwhy.tcp.state import ConnectionStates, State, run_connection
 from tcpwhy.tcp.streams import StreamTracker
 
@@ -25,6 +38,7 @@ CLIENT, SERVER = 0, 1
 WHO = ("client", "server")
 U32 = 0xFFFFFFFF
 HALF = 0x80000000
+NO_FIN = np.iinfo(np.int64).max  # Capture.first_fin_ns of a side that sent no FIN
 
 
 def seq_geq(a: int, b: int) -> bool:
@@ -62,6 +76,7 @@ class Capture:
         self.file_of_row = file_of_row
         n = len(table)
         st = StreamTracker().feed(table) if n else {}
+        self._streams = st
         self.stream: npt.NDArray[np.int64] = st.get("stream", np.zeros(0, np.int64))
         self.reused: npt.NDArray[np.bool_] = st.get("reused", np.zeros(0, np.bool_))
         self.conv: npt.NDArray[np.int64] = st.get("conv", np.zeros(0, np.int64))
@@ -116,16 +131,51 @@ class Capture:
         self.first_ns = ts[self.order[self.starts]] if self.nstreams else np.zeros(0, np.int64)
         self.last_ns = ts[self.order[self.ends - 1]] if self.nstreams else np.zeros(0, np.int64)
         # capture time of each side's first FIN, per stream (int64 max where none)
-        self.first_fin_ns = np.full((self.nstreams, 2), np.iinfo(np.int64).max, np.int64)
+        self.first_fin_ns = np.full((self.nstreams, 2), NO_FIN, np.int64)
         fm = (flags & (FIN | RST)) == FIN
         np.minimum.at(self.first_fin_ns, (self.stream[fm], self.side[fm]), ts[fm])
         self._conns: dict[int, Conn] = {}
+
+    @cached_property
+    def analysis(self) -> Analysis:
+        """Wireshark's TCP analysis of every row (flags, ACK RTT), computed on first use."""
+        return analyze(self.table, self._streams)
+
+    @cached_property
+    def _flags(self) -> dict[str, npt.NDArray[np.bool_]]:
+        return self.analysis.flags
+
+    def flag(self, name: str) -> npt.NDArray[np.bool_]:
+        """Per row: one of Wireshark's analysis flags (`tcpwhy.tcp.analysis.FLAGS`), e.g.
+        `keep_alive` (0/1-byte segments at next seq - 1, also how Linux sends zero-window
+        probes) or `zero_window`."""
+        if not len(self.table):
+            return np.zeros(0, np.bool_)
+        return self._flags[name]
 
     def conn(self, sid: int) -> Conn:
         c = self._conns.get(sid)
         if c is None:
             c = self._conns[sid] = Conn(self, sid)
         return c
+
+    def conns_where(self, mask: npt.NDArray[np.bool_]) -> Iterator[Conn]:
+        """The connections of the streams where `mask` (one value per stream) holds."""
+        for sid in np.flatnonzero(mask):
+            yield self.conn(int(sid))
+
+    @property
+    def has_rst(self) -> npt.NDArray[np.bool_]:
+        """Per stream: a RST from either side."""
+        return self.n_rst.sum(1) > 0
+
+    def closes_first(self, who: int) -> npt.NDArray[np.bool_]:
+        """Per stream: `who` sent a FIN before the peer did (or the peer sent none)."""
+        return self.first_fin_ns[:, who] < self.first_fin_ns[:, 1 - who]
+
+    def fin_lag_ns(self, who: int) -> npt.NDArray[np.int64]:
+        """Per stream: how long after `who`'s first FIN the peer's came (huge if it never did)."""
+        return self.first_fin_ns[:, 1 - who] - self.first_fin_ns[:, who]
 
     def ts_of(self, row: int) -> int:
         return int(self.table["ts_ns"][row])
@@ -224,6 +274,28 @@ class Conn:
                 return i
         return None
 
+    def next_from(self, who: int, start: int, stop: int | None = None) -> int | None:
+        """`who`'s first packet at or after local row `start` (and before `stop`)."""
+        for j in range(start, self.n if stop is None else stop):
+            if self.side[j] == who:
+                return j
+        return None
+
+    def next_rst(self, who: int, after: int) -> int | None:
+        """`who`'s first RST after local row `after`."""
+        for j in range(after + 1, self.n):
+            if self.side[j] == who and self.is_rst(j):
+                return j
+        return None
+
+    def fin_acked_by(self, who: int, fin: int, stop: int | None = None) -> int | None:
+        """`who`'s first packet after the FIN at `fin` (and before `stop`) acknowledging it."""
+        end = self.fin_end(fin)
+        for j in range(fin + 1, self.n if stop is None else stop):
+            if self.side[j] == who and self.acks(j, end):
+                return j
+        return None
+
     def first_rst(self, who: int | None = None) -> int | None:
         for i in range(self.n):
             if self.is_rst(i) and (who is None or self.side[i] == who):
@@ -317,6 +389,13 @@ class Conn:
             client_state=self.state_after(CLIENT, i).name,
             server_state=self.state_after(SERVER, i).name,
         )
+
+    def flag(self, name: str) -> list[bool]:
+        """Per local row: one of Wireshark's analysis flags (see `Capture.flag`)."""
+        got: list[bool] | None = self.cache.get(name)
+        if got is None:
+            got = self.cache[name] = self.cap.flag(name)[self.rows].tolist()
+        return got
 
     def payload(self, i: int, limit: int = 2048) -> bytes:
         t = self.cap.table

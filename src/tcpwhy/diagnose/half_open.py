@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-
-import numpy as np
-
+from tcpwhy.decode.table import ACK
 from tcpwhy.diagnose import http, knowledge
+from tcpwhy.diagnose.common import Group, Hits, first_resets
 from tcpwhy.diagnose.context import WHO, fmt_s
-from tcpwhy.diagnose.model import Finding, Severity
-from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
+from tcpwhy.diagnose.model import Finding, Severity, Story
+from tcpwhy.diagnose.registry import Diag, plural, rule
 from tcpwhy.diagnose.resets import trigger
 
 KIND = "half-open-reset"
@@ -17,18 +15,10 @@ KIND = "half-open-reset"
 
 @rule(KIND)
 def detect(diag: Diag) -> list[Finding]:
-    cap = diag.cap
-    if not cap.nstreams:
-        return []
-    groups: dict[str, list[Instance]] = defaultdict(list)
-    for sid in np.flatnonzero(cap.n_rst.sum(1) > 0):
-        if diag.is_claimed(int(sid)):
-            continue
-        c = cap.conn(int(sid))
-        r = c.first_rst()
-        assert r is not None
+    hits = Hits()
+    for c, r in first_resets(diag):
         x = c.side[r]
-        if c.flags[r] & 0x010:  # [R.]: an abort by the application, not an answer (K5)
+        if c.flags[r] & ACK:  # [R.]: an abort by the application, not an answer (K5)
             continue
         xf = c.first_fin(x)
         if xf is not None and xf < r:
@@ -46,53 +36,42 @@ def detect(diag: Diag) -> list[Finding]:
             (trig, f"{WHO[1 - x]} sends {what} {fmt_s(idle)} later"),
             (r, f"{WHO[x]} kernel has no such connection: bare RST"),
         ]
-        groups[c.server].append(Instance(c, rows, {"idle_s": round(idle, 3), "x": x}))
+        hits.add(c.server, c, rows, {"idle_s": round(idle, 3), "x": x})
         diag.claim(c.sid)
-    out = []
-    for server, inst in groups.items():
-        ex = min(inst, key=lambda i: i.first_ns)
-        c = ex.conn
-        x = ex.facts["x"]
-        gone, alive = WHO[x], WHO[1 - x]
-        n = len(inst)
-        summary = (
-            f"{plural(n, 'connection')} to {server} found dead on use: the {gone} had lost them "
+    return hits.findings(diag, KIND, _tell)
+
+
+def _tell(g: Group) -> Story:
+    c, x = g.c, g.facts["x"]
+    gone, alive = WHO[x], WHO[1 - x]
+    return Story(
+        Severity.ERROR,
+        summary=(
+            f"{plural(g.n, 'connection')} to {g.key} found dead on use: the {gone} had lost them "
             "without a FIN, the next segment drew a RST"
-        )
-        explanation = (
-            f"On stream {c.sid} ({c.client} → {c.server}) the {gone} sent nothing for "
-            f"{fmt_s(ex.facts['idle_s'])}; it never closed the connection (no FIN, no RST seen). "
+        ),
+        explanation=(
+            f"On {c.label()} the {gone} sent nothing for "
+            f"{fmt_s(g.facts['idle_s'])}; it never closed the connection (no FIN, no RST seen). "
             f"When the {alive} sent again, the {gone}'s kernel answered with a bare RST whose "
             "sequence number is exactly the acknowledgment the segment carried — the answer a "
             "kernel gives to a segment for a connection it does not know. The connection was "
             f"half-open: the {alive} still believed it ESTABLISHED. Its application now reads "
             "'Connection reset by peer'."
-        )
-        causes = [
+        ),
+        causes=[
             f"The {gone} process or host restarted (crash, reboot, failover, container "
             "rescheduled) and lost its sockets; its close was never seen on the wire.",
             f"The {gone}'s RST or FIN was dropped on the way (a firewall, a one-way outage).",
             "A NAT or load balancer in front of the peer forgot the connection and now maps "
             "it to another host.",
-        ]
-        fixes = [
+        ],
+        fixes=[
             "Detect dead connections before use: TCP keep-alive (TCP_KEEPIDLE below any "
             "middlebox idle timeout), application heartbeats, pool validation on borrow.",
             "Retry idempotent requests once on 'Connection reset by peer' from a reused "
             "connection.",
-        ]
-        out.append(
-            make_finding(
-                diag,
-                KIND,
-                Severity.ERROR,
-                summary,
-                inst,
-                explanation,
-                causes,
-                fixes,
-                knowledge.RESET,
-                {"server": server},
-            )
-        )
-    return out
+        ],
+        errors=knowledge.RESET,
+        facts={"server": g.key},
+    )

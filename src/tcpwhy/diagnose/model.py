@@ -34,6 +34,19 @@ class Step:
 
 
 @dataclass
+class Story:
+    """What a finding says about its connections; the evidence (timeline, counts) comes apart."""
+
+    severity: Severity
+    summary: str
+    explanation: str
+    causes: list[str]
+    fixes: list[str]
+    errors: list[str]  # what applications log (see `knowledge`)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Finding:
     kind: str
     severity: Severity

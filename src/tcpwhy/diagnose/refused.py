@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-
-import numpy as np
-
 from tcpwhy.decode.table import ACK
 from tcpwhy.diagnose import knowledge
+from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import CLIENT, SERVER, fmt_s
 from tcpwhy.diagnose.handshake import syn_rows
-from tcpwhy.diagnose.model import Finding, Severity
-from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
+from tcpwhy.diagnose.model import Finding, Severity, Story
+from tcpwhy.diagnose.registry import Diag, plural, rule
 
 KIND = "connection-refused"
 
@@ -19,84 +16,71 @@ KIND = "connection-refused"
 @rule(KIND)
 def detect(diag: Diag) -> list[Finding]:
     cap = diag.cap
-    if not cap.nstreams:
-        return []
     m = (cap.n_syn[:, CLIENT] > 0) & (cap.n_synack[:, SERVER] == 0) & (cap.n_rst[:, SERVER] > 0)
-    groups: dict[str, list[Instance]] = defaultdict(list)
-    for sid in np.flatnonzero(m):
-        c = cap.conn(int(sid))
+    hits = Hits()
+    for c in cap.conns_where(m):
         if diag.is_claimed(c.sid, "syn"):
             continue
         syns = syn_rows(c)
         rst = c.first_rst(SERVER)
         if not syns or rst is None or rst < syns[0]:
             continue
-        rows = [(syns[0], "client opens: SYN")]
-        rows.append((rst, "server answers with RST: no socket listens on this port"))
-        groups[c.server].append(Instance(c, rows, {"after_s": c.dt(syns[0], rst)}))
+        rows = [
+            (syns[0], "client opens: SYN"),
+            (rst, "server answers with RST: no socket listens on this port"),
+        ]
+        hits.add(c.server, c, rows)
         diag.claim(c.sid, "syn")
         diag.claim(c.sid)
-    out = []
-    for server, inst in groups.items():
-        ex = min(inst, key=lambda x: x.first_ns)
-        c = ex.conn
-        syn, rst = ex.rows[0][0], ex.rows[1][0]
-        n = len(inst)
-        acked = bool(c.flags[rst] & ACK) and c.rack[rst] == 1
-        span = (max(x.last_ns for x in inst) - min(x.first_ns for x in inst)) / 1e9
-        summary = f"{plural(n, 'connection')} to {server} refused (SYN answered by RST)"
-        if n > 1:
-            summary += f" over {fmt_s(span)}"
-        explanation = (
-            f"On stream {c.sid} the client {c.client} sent a SYN to {server} (frame "
-            f"{c.frame[syn]}) and got a RST back {fmt_s(c.dt(syn, rst))} later (frame "
-            f"{c.frame[rst]})"
-            + (
-                ", acknowledging exactly the SYN (ack = ISN+1) as a kernel does when no socket "
-                "listens on the port"
-                if acked
-                else ""
-            )
-            + ". The client's connect() fails at once with ECONNREFUSED; nothing reached an "
-            "application. An answer within one round trip means the host is up but the port "
-            "is closed (or a firewall REJECTs it); a dropped SYN would wait for the SYN "
-            "timeout instead."
+    return hits.findings(diag, KIND, _tell)
+
+
+def _tell(g: Group) -> Story:
+    server, c, n = g.key, g.c, g.n
+    syn, rst = g.ex.rows[0][0], g.ex.rows[1][0]
+    acked = bool(c.flags[rst] & ACK) and c.rack[rst] == 1
+    span = (g.last_ns - g.first_ns) / 1e9
+    summary = f"{plural(n, 'connection')} to {server} refused (SYN answered by RST)"
+    if n > 1:
+        summary += f" over {fmt_s(span)}"
+    explanation = (
+        f"On stream {c.sid} the client {c.client} sent a SYN to {server} (frame "
+        f"{c.frame[syn]}) and got a RST back {fmt_s(c.dt(syn, rst))} later (frame "
+        f"{c.frame[rst]})"
+        + (
+            ", acknowledging exactly the SYN (ack = ISN+1) as a kernel does when no socket "
+            "listens on the port"
+            if acked
+            else ""
         )
-        if n > 1:
-            explanation += (
-                f"\n\n{plural(n, 'connection')} were refused between "
-                f"{min(x.first_ns for x in inst) / 1e9:.3f} and "
-                f"{max(x.last_ns for x in inst) / 1e9:.3f} (capture time)."
-            )
-        causes = [
-            "The service is not listening on this port: not started yet, restarting or "
-            "crashed, or bound to another address (127.0.0.1 vs 0.0.0.0) or network namespace.",
-            "A deploy or restart window: clients connect before the new process listens, or "
-            "after the old one stopped.",
-            "The client uses the wrong port or address (configuration, DNS, service discovery).",
-            "A firewall rule that REJECTs with a TCP reset.",
-        ]
-        fixes = [
-            f"On the server host check `ss -lnt 'sport = :{server.rsplit(':', 1)[1]}'`: no "
-            "LISTEN row means nothing listens there.",
-            "Bind the listener before announcing readiness (health checks, service discovery); "
-            "stop accepting and drain before closing; overlap old and new processes with "
-            "SO_REUSEPORT (and net.ipv4.tcp_migrate_req) during restarts.",
-            "Let clients retry refused connects with backoff (they are safe to retry: nothing "
-            "was sent).",
-        ]
-        out.append(
-            make_finding(
-                diag,
-                KIND,
-                Severity.ERROR,
-                summary,
-                inst,
-                explanation,
-                causes,
-                fixes,
-                knowledge.REFUSED,
-                {"server": server},
-            )
+        + ". The client's connect() fails at once with ECONNREFUSED; nothing reached an "
+        "application. An answer within one round trip means the host is up but the port "
+        "is closed (or a firewall REJECTs it); a dropped SYN would wait for the SYN "
+        "timeout instead."
+    )
+    if n > 1:
+        explanation += (
+            f"\n\n{plural(n, 'connection')} were refused between "
+            f"{g.first_ns / 1e9:.3f} and "
+            f"{g.last_ns / 1e9:.3f} (capture time)."
         )
-    return out
+    causes = [
+        "The service is not listening on this port: not started yet, restarting or "
+        "crashed, or bound to another address (127.0.0.1 vs 0.0.0.0) or network namespace.",
+        "A deploy or restart window: clients connect before the new process listens, or "
+        "after the old one stopped.",
+        "The client uses the wrong port or address (configuration, DNS, service discovery).",
+        "A firewall rule that REJECTs with a TCP reset.",
+    ]
+    fixes = [
+        f"On the server host check `ss -lnt 'sport = :{server.rsplit(':', 1)[1]}'`: no "
+        "LISTEN row means nothing listens there.",
+        "Bind the listener before announcing readiness (health checks, service discovery); "
+        "stop accepting and drain before closing; overlap old and new processes with "
+        "SO_REUSEPORT (and net.ipv4.tcp_migrate_req) during restarts.",
+        "Let clients retry refused connects with backoff (they are safe to retry: nothing "
+        "was sent).",
+    ]
+    return Story(
+        Severity.ERROR, summary, explanation, causes, fixes, knowledge.REFUSED, {"server": server}
+    )

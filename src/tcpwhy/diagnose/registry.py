@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tcpwhy.diagnose.context import Capture, Conn
-from tcpwhy.diagnose.model import Finding, Severity
+from tcpwhy.diagnose.model import Finding, Step, Story
 
 RULE_MODULES = (
     "stale_keepalive",
@@ -79,6 +79,10 @@ class Instance:
     def last_ns(self) -> int:
         return max((self.conn.ts[i] for i, _ in self.rows), default=self.conn.ts[-1])
 
+    def timeline(self) -> list[Step]:
+        """The decisive packets in capture order, each with both endpoints' states after it."""
+        return [self.conn.step(i, note) for i, note in sorted(self.rows)]
+
 
 Rule = Callable[[Diag], list[Finding]]
 RULES: dict[str, Rule] = {}
@@ -98,40 +102,30 @@ def load() -> dict[str, Rule]:
     return RULES
 
 
-def make_finding(
-    diag: Diag,
-    kind: str,
-    severity: Severity,
-    summary: str,
-    inst: list[Instance],
-    explanation: str,
-    causes: list[str],
-    fixes: list[str],
-    errors: list[str],
-    facts: dict[str, Any] | None = None,
-) -> Finding:
-    """One finding for many connections: counts, time range, a few examples, one timeline."""
+def make_finding(diag: Diag, kind: str, inst: list[Instance], story: Story) -> Finding:
+    """One finding for many connections: counts, time range, a few examples, and the timeline
+    of the earliest one."""
     inst = sorted(inst, key=lambda x: x.first_ns)
-    ex = inst[0]
     frames: list[int] = []
     for x in inst[:20]:
         frames.extend(x.conn.frame[i] for i, _ in x.rows)
+    sids = [x.conn.sid for x in inst]
     return Finding(
         kind=kind,
-        severity=severity,
-        summary=summary,
-        streams=sorted({x.conn.sid for x in inst}),
+        severity=story.severity,
+        summary=story.summary,
+        streams=sorted(set(sids)),
         frames=frames,
-        timeline=[ex.conn.step(i, note) for i, note in sorted(ex.rows)],
-        explanation=explanation,
-        causes=causes,
-        fixes=fixes,
-        errors=errors,
-        count=len({x.conn.sid for x in inst}),
+        timeline=inst[0].timeline(),
+        explanation=story.explanation,
+        causes=story.causes,
+        fixes=story.fixes,
+        errors=story.errors,
+        count=len(set(sids)),
         first_ns=min(x.first_ns for x in inst),
         last_ns=max(x.last_ns for x in inst),
-        examples=[x.conn.sid for x in inst[: diag.settings.examples]],
-        facts=dict(facts or {}),
+        examples=sids[: diag.settings.examples],
+        facts=dict(story.facts),
     )
 
 

@@ -7,14 +7,13 @@ request was retried after the server's kernel had accepted the original.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 
 from tcpwhy.diagnose import http
+from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import CLIENT, SERVER, fmt_s
-from tcpwhy.diagnose.model import Finding, Severity
-from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
+from tcpwhy.diagnose.model import Finding, Severity, Story
+from tcpwhy.diagnose.registry import Diag, plural, rule
 
 KIND = "request-retried"
 PREFIX = 64
@@ -30,7 +29,7 @@ def detect(diag: Diag) -> list[Finding]:
     if not failed:
         return []
     fresh = np.flatnonzero((cap.n_syn[:, CLIENT] > 0) & (cap.n_data[:, CLIENT] > 0))
-    groups: dict[str, list[Instance]] = defaultdict(list)
+    hits = Hits()
     for sid in failed:
         c = cap.conn(int(sid))
         r = c.first_rst()
@@ -73,7 +72,8 @@ def detect(diag: Diag) -> list[Finding]:
                 (start, f"request {http.describe_request(c, start)} on the failing connection"),
                 (r, "connection reset"),
             ]
-            one = Instance(
+            hits.add(
+                c.server,
                 c,
                 rows,
                 {
@@ -86,61 +86,53 @@ def detect(diag: Diag) -> list[Finding]:
                     "server_acked_original": accepted,
                 },
             )
-            groups[c.server].append(one)
             break
-    out = []
-    for server, inst in groups.items():
-        ex = min(inst, key=lambda i: i.first_ns)
-        c = ex.conn
-        f = ex.facts
-        n = len(inst)
-        risky = [
-            i
-            for i in inst
-            if i.facts["method"]
-            and i.facts["method"] not in http.IDEMPOTENT
-            and i.facts["server_acked_original"]
-        ]
-        summary = f"{plural(n, 'failed request')} to {server} retried on a new connection" + (
-            f" (answered: {f['answered']})" if f["answered"] else ""
+    return hits.findings(diag, KIND, _tell)
+
+
+def _tell(g: Group) -> Story:
+    server, c, n, f = g.key, g.c, g.n, g.facts
+    risky = [
+        i
+        for i in g.inst
+        if i.facts["method"]
+        and i.facts["method"] not in http.IDEMPOTENT
+        and i.facts["server_acked_original"]
+    ]
+    summary = f"{plural(n, 'failed request')} to {server} retried on a new connection" + (
+        f" (answered: {f['answered']})" if f["answered"] else ""
+    )
+    explanation = (
+        f"{f['request']} failed on stream {c.sid} and the same request (its first "
+        f"{PREFIX} bytes match) left again {fmt_s(f['after_s'])} later on a new connection, "
+        f"stream {f['retry_stream']}"
+        + (f", which was answered ({f['answered']})" if f["answered"] else "")
+        + ". The client library or the application retried; the user may never have seen "
+        "the failure, only its latency."
+    )
+    if risky:
+        explanation += (
+            f" {plural(len(risky), 'retried request')} used a non-idempotent method whose "
+            "original the server's kernel had acknowledged: the server application may have "
+            "processed it twice."
         )
-        explanation = (
-            f"{f['request']} failed on stream {c.sid} and the same request (its first "
-            f"{PREFIX} bytes match) left again {fmt_s(f['after_s'])} later on a new connection, "
-            f"stream {f['retry_stream']}"
-            + (f", which was answered ({f['answered']})" if f["answered"] else "")
-            + ". The client library or the application retried; the user may never have seen "
-            "the failure, only its latency."
+    elif f["method"] and not f["server_acked_original"]:
+        explanation += (
+            " The server never acknowledged the original, so it cannot have processed it: "
+            "the retry was safe."
         )
-        if risky:
-            explanation += (
-                f" {plural(len(risky), 'retried request')} used a non-idempotent method whose "
-                "original the server's kernel had acknowledged: the server application may have "
-                "processed it twice."
-            )
-        elif f["method"] and not f["server_acked_original"]:
-            explanation += (
-                " The server never acknowledged the original, so it cannot have processed it: "
-                "the retry was safe."
-            )
-        fixes = [
-            "Keep retries limited to idempotent requests, or send an Idempotency-Key so the "
-            "server can drop duplicates.",
-            "Remove the cause of the first failure (see the other findings) rather than relying "
-            "on the retry.",
-        ]
-        out.append(
-            make_finding(
-                diag,
-                KIND,
-                Severity.WARNING if risky else Severity.INFO,
-                summary,
-                inst,
-                explanation,
-                ["A failure on the first connection (see the other findings)."],
-                fixes,
-                ["none, if the retry succeeded; a latency spike"],
-                {"server": server, "non_idempotent": len(risky)},
-            )
-        )
-    return out
+    fixes = [
+        "Keep retries limited to idempotent requests, or send an Idempotency-Key so the "
+        "server can drop duplicates.",
+        "Remove the cause of the first failure (see the other findings) rather than relying "
+        "on the retry.",
+    ]
+    return Story(
+        Severity.WARNING if risky else Severity.INFO,
+        summary,
+        explanation,
+        ["A failure on the first connection (see the other findings)."],
+        fixes,
+        ["none, if the retry succeeded; a latency spike"],
+        {"server": server, "non_idempotent": len(risky)},
+    )

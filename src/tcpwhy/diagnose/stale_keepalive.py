@@ -14,7 +14,7 @@ from collections import defaultdict
 from tcpwhy.diagnose import http, knowledge
 from tcpwhy.diagnose.closing import AfterFin, after_fin, recommend_below, server_idle_timeout
 from tcpwhy.diagnose.context import CLIENT, SERVER, fmt_s
-from tcpwhy.diagnose.model import Finding, Severity
+from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
 from tcpwhy.tcp.state import State
 
@@ -209,8 +209,8 @@ def _finding(diag: Diag, server: str, evs: list[AfterFin]) -> Finding:
         "honour Keep-Alive: timeout= in the client where the library supports it.",
     ]
     errors = knowledge.EOF_ON_REUSE + (knowledge.BROKEN_PIPE if close_wait else [])
-    sev = Severity.ERROR
-    return make_finding(diag, KIND, sev, summary, inst, explanation, causes, fixes, errors, facts)
+    story = Story(Severity.ERROR, summary, explanation, causes, fixes, errors, facts)
+    return make_finding(diag, KIND, inst, story)
 
 
 def _stats(v: list[float]) -> dict[str, float] | None:

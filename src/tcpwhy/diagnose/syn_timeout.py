@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 from tcpwhy.diagnose import knowledge
+from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import fmt_s
 from tcpwhy.diagnose.handshake import ladder, ladder_text, syn_rows, unanswered_syn_streams
-from tcpwhy.diagnose.model import Finding, Severity
-from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
+from tcpwhy.diagnose.model import Finding, Severity, Story
+from tcpwhy.diagnose.registry import Diag, plural, rule
 
 KIND = "syn-timeout"
 
 
 @rule(KIND)
 def detect(diag: Diag) -> list[Finding]:
-    groups: dict[str, list[Instance]] = defaultdict(list)
+    hits = Hits()
     for sid in unanswered_syn_streams(diag):
         if diag.is_claimed(sid, "syn"):
             continue
@@ -31,59 +30,51 @@ def detect(diag: Diag) -> list[Finding]:
             (i, "SYN" if k == 0 else f"SYN retransmitted (+{off[k]:g} s)")
             for k, i in enumerate(syns)
         ]
-        groups[c.server].append(Instance(c, rows, {"ladder_s": off, "waited_s": waited}))
+        hits.add(c.server, c, rows, {"ladder_s": off, "waited_s": waited})
         diag.claim(sid, "syn")
-    out = []
-    for server, inst in groups.items():
-        ex = min(inst, key=lambda x: x.first_ns)
-        c = ex.conn
-        off = ex.facts["ladder_s"]
-        n = len(inst)
-        summary = (
-            f"{plural(n, 'connection attempt')} to {server} never answered "
-            f"({plural(len(off), 'SYN')} on the first, no SYN-ACK, no RST)"
-        )
-        explanation = (
-            f"On stream {c.sid} the client {c.client} sent a SYN to {server} and retried: "
-            f"{ladder_text(off)}. Nothing came back — no SYN-ACK, no RST, no ICMP in the "
-            "capture — so the packets were dropped on the way, or the answer was lost on the "
-            f"way back. The client's socket stays in SYN_SENT until its retries run out "
-            "(Linux default tcp_syn_retries=6: about 127–130 s), then connect() fails with "
-            "ETIMEDOUT, unless the application's own connect timeout fires first. "
-            f"The capture followed this attempt for {fmt_s(ex.facts['waited_s'])}."
-        )
-        causes = [
-            "A firewall, security group or network ACL that DROPs the port (instead of "
-            "rejecting it).",
-            "The host is down or the address is wrong (no route, blackhole), or the return "
-            "path is broken (asymmetric routing, NAT).",
-            "The server's accept queue is full (Linux drops SYNs silently then) — see "
-            "accept-queue-overflow if other clients were admitted meanwhile.",
-            "conntrack table full on a middlebox or host ('nf_conntrack: table full, dropping "
-            "packet' in dmesg).",
-        ]
-        fixes = [
-            "Find where the SYN dies: capture on the server too (`tcpdump -ni any 'tcp port "
-            f"{server.rsplit(':', 1)[1]} and tcp[tcpflags] & tcp-syn != 0'`); check firewall "
-            "DROP counters and `nstat -az TcpExtListenOverflows` on the server.",
-            "Give clients a connect timeout far below 127 s (Go net.Dialer{Timeout}, Java "
-            "setConnectTimeout, Python requests timeout=(connect, read), Node socket.setTimeout) "
-            "and retry another address; net.ipv4.tcp_syn_retries lowers the kernel's own limit.",
-            "If conntrack is full: raise net.netfilter.nf_conntrack_max or stop tracking this "
-            "traffic.",
-        ]
-        out.append(
-            make_finding(
-                diag,
-                KIND,
-                Severity.ERROR,
-                summary,
-                inst,
-                explanation,
-                causes,
-                fixes,
-                knowledge.TIMEOUT,
-                {"server": server, "retry_ladder_s": off},
-            )
-        )
-    return out
+    return hits.findings(diag, KIND, _tell)
+
+
+def _tell(g: Group) -> Story:
+    server, ex, c, n = g.key, g.ex, g.c, g.n
+    off = ex.facts["ladder_s"]
+    summary = (
+        f"{plural(n, 'connection attempt')} to {server} never answered "
+        f"({plural(len(off), 'SYN')} on the first, no SYN-ACK, no RST)"
+    )
+    explanation = (
+        f"On stream {c.sid} the client {c.client} sent a SYN to {server} and retried: "
+        f"{ladder_text(off)}. Nothing came back — no SYN-ACK, no RST, no ICMP in the "
+        "capture — so the packets were dropped on the way, or the answer was lost on the "
+        f"way back. The client's socket stays in SYN_SENT until its retries run out "
+        "(Linux default tcp_syn_retries=6: about 127–130 s), then connect() fails with "
+        "ETIMEDOUT, unless the application's own connect timeout fires first. "
+        f"The capture followed this attempt for {fmt_s(ex.facts['waited_s'])}."
+    )
+    causes = [
+        "A firewall, security group or network ACL that DROPs the port (instead of rejecting it).",
+        "The host is down or the address is wrong (no route, blackhole), or the return "
+        "path is broken (asymmetric routing, NAT).",
+        "The server's accept queue is full (Linux drops SYNs silently then) — see "
+        "accept-queue-overflow if other clients were admitted meanwhile.",
+        "conntrack table full on a middlebox or host ('nf_conntrack: table full, dropping "
+        "packet' in dmesg).",
+    ]
+    fixes = [
+        "Find where the SYN dies: capture on the server too (`tcpdump -ni any 'tcp port "
+        f"{server.rsplit(':', 1)[1]} and tcp[tcpflags] & tcp-syn != 0'`); check firewall "
+        "DROP counters and `nstat -az TcpExtListenOverflows` on the server.",
+        "Give clients a connect timeout far below 127 s (Go net.Dialer{Timeout}, Java "
+        "setConnectTimeout, Python requests timeout=(connect, read), Node socket.setTimeout) "
+        "and retry another address; net.ipv4.tcp_syn_retries lowers the kernel's own limit.",
+        "If conntrack is full: raise net.netfilter.nf_conntrack_max or stop tracking this traffic.",
+    ]
+    return Story(
+        Severity.ERROR,
+        summary,
+        explanation,
+        causes,
+        fixes,
+        knowledge.TIMEOUT,
+        {"server": server, "retry_ladder_s": off},
+    )

@@ -10,15 +10,14 @@ ephemeral ports.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 
 from tcpwhy.decode.table import ACK, RST, SYN
 from tcpwhy.diagnose import knowledge
-from tcpwhy.diagnose.context import CLIENT, SERVER, fmt_s
+from tcpwhy.diagnose.common import Group, Hits
+from tcpwhy.diagnose.context import CLIENT, NO_FIN, SERVER, fmt_s
 from tcpwhy.diagnose.handshake import syn_rows
-from tcpwhy.diagnose.model import Finding, Severity
+from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
 from tcpwhy.tcp.state import TIME_WAIT_NS
 
@@ -34,8 +33,7 @@ def detect_reuse(diag: Diag) -> list[Finding]:
     if not cap.nstreams or not cap.reused.any():
         return []
     conv_of = cap.conv[cap.order[cap.starts]]
-    groups: dict[str, list[Instance]] = defaultdict(list)
-    bad = 0
+    hits = Hits()
     for row in np.flatnonzero(cap.reused):
         sid = int(cap.stream[row])
         prev = np.flatnonzero((conv_of == conv_of[sid]) & (np.arange(cap.nstreams) < sid))
@@ -46,11 +44,10 @@ def detect_reuse(diag: Diag) -> list[Finding]:
         if gap_ns >= TIME_WAIT_NS or cap.n_fin[p].min() == 0:
             continue
         c = cap.conn(sid)
-        pc = cap.conn(p)
         syns = syn_rows(c)
         if not syns:
             continue
-        answer = next((i for i in range(syns[0] + 1, c.n) if c.side[i] == SERVER), None)
+        answer = c.next_from(SERVER, syns[0] + 1)
         if answer is not None and (c.flags[answer] & (SYN | ACK)) == (SYN | ACK) and len(syns) == 1:
             outcome = "accepted"
             note = "server accepts the new connection (SYN-ACK)"
@@ -71,59 +68,48 @@ def detect_reuse(diag: Diag) -> list[Finding]:
         ]
         if answer is not None:
             rows.append((answer, note))
-        if outcome != "accepted":
-            bad += 1
-        groups[c.server].append(
-            Instance(c, rows, {"gap_s": gap_ns / 1e9, "outcome": outcome, "previous": pc.sid})
-        )
-    out = []
-    for server, inst in groups.items():
-        ex = min(inst, key=lambda x: x.first_ns)
-        n = len(inst)
-        nbad = sum(1 for x in inst if x.facts["outcome"] != "accepted")
-        sev = Severity.WARNING if nbad else Severity.INFO
-        summary = (
-            f"{plural(n, 'connection')} to {server} reused a 4-tuple still within 2 MSL (60 s) "
-            f"of its previous connection"
-            + (f"; {nbad} not accepted at once" if nbad else "; all accepted")
-        )
-        c = ex.conn
-        explanation = (
-            f"Stream {c.sid} opened with a SYN from {c.client} to {server} "
-            f"{fmt_s(ex.facts['gap_s'])} after stream {ex.facts['previous']} on the same "
-            "addresses and ports had ended. The side that closed that connection first keeps "
-            "the 4-tuple in TIME_WAIT for 60 s (Linux TCP_TIMEWAIT_LEN). Linux accepts a new "
-            "SYN in TIME_WAIT when its sequence number or timestamp is newer; otherwise the "
-            "old socket answers with a bare ACK, the client resets it and retries after about "
-            "a second — a one-second connect latency spike. A SYN silently dropped instead "
-            "points at PAWS/timestamp rejection or stale state on a NAT or firewall."
-        )
-        causes = [
-            "A client binding a fixed source port, or cycling through a small port range fast.",
-            "NAT mapping many clients onto few source ports.",
-            "tcp_tw_recycle on old kernels (removed in 4.12) or timestamps disabled.",
-        ]
-        fixes = [
-            "Do not bind fixed client source ports; widen net.ipv4.ip_local_port_range.",
-            "Keep TCP timestamps on (net.ipv4.tcp_timestamps=1) and use net.ipv4.tcp_tw_reuse=1 "
-            "on client hosts; reuse connections instead of opening one per request.",
-        ]
-        out.append(
-            make_finding(
-                diag,
-                REUSE,
-                sev,
-                summary,
-                inst,
-                explanation,
-                causes,
-                fixes,
-                knowledge.TIMEOUT if nbad else knowledge.NONE_VISIBLE,
-                {"server": server, "not_accepted": nbad},
-            )
-        )
-    _ = bad
-    return out
+        hits.add(c.server, c, rows, {"gap_s": gap_ns / 1e9, "outcome": outcome, "previous": p})
+    return hits.findings(diag, REUSE, _tell_reuse)
+
+
+def _tell_reuse(g: Group) -> Story:
+    server, ex, c, n = g.key, g.ex, g.c, g.n
+    nbad = sum(1 for v in g.values("outcome") if v != "accepted")
+    sev = Severity.WARNING if nbad else Severity.INFO
+    summary = (
+        f"{plural(n, 'connection')} to {server} reused a 4-tuple still within 2 MSL (60 s) "
+        f"of its previous connection"
+        + (f"; {nbad} not accepted at once" if nbad else "; all accepted")
+    )
+    explanation = (
+        f"Stream {c.sid} opened with a SYN from {c.client} to {server} "
+        f"{fmt_s(ex.facts['gap_s'])} after stream {ex.facts['previous']} on the same "
+        "addresses and ports had ended. The side that closed that connection first keeps "
+        "the 4-tuple in TIME_WAIT for 60 s (Linux TCP_TIMEWAIT_LEN). Linux accepts a new "
+        "SYN in TIME_WAIT when its sequence number or timestamp is newer; otherwise the "
+        "old socket answers with a bare ACK, the client resets it and retries after about "
+        "a second — a one-second connect latency spike. A SYN silently dropped instead "
+        "points at PAWS/timestamp rejection or stale state on a NAT or firewall."
+    )
+    causes = [
+        "A client binding a fixed source port, or cycling through a small port range fast.",
+        "NAT mapping many clients onto few source ports.",
+        "tcp_tw_recycle on old kernels (removed in 4.12) or timestamps disabled.",
+    ]
+    fixes = [
+        "Do not bind fixed client source ports; widen net.ipv4.ip_local_port_range.",
+        "Keep TCP timestamps on (net.ipv4.tcp_timestamps=1) and use net.ipv4.tcp_tw_reuse=1 "
+        "on client hosts; reuse connections instead of opening one per request.",
+    ]
+    return Story(
+        sev,
+        summary,
+        explanation,
+        causes,
+        fixes,
+        knowledge.TIMEOUT if nbad else knowledge.NONE_VISIBLE,
+        {"server": server, "not_accepted": nbad},
+    )
 
 
 @rule(PILEUP)
@@ -132,8 +118,7 @@ def detect_pileup(diag: Diag) -> list[Finding]:
     if not cap.nstreams:
         return []
     ff = cap.first_fin_ns
-    none = np.iinfo(np.int64).max
-    m = (ff[:, CLIENT] < none) & (ff[:, SERVER] < none) & (ff[:, CLIENT] <= ff[:, SERVER])
+    m = (ff[:, CLIENT] < NO_FIN) & (ff[:, SERVER] < NO_FIN) & (ff[:, CLIENT] <= ff[:, SERVER])
     m &= cap.n_rst.sum(1) == 0
     m &= cap.n_syn[:, CLIENT] > 0
     sids = np.flatnonzero(m)
@@ -204,20 +189,10 @@ def detect_pileup(diag: Diag) -> list[Finding]:
             "On client hosts: net.ipv4.tcp_tw_reuse=1 (needs TCP timestamps) and a wider "
             "net.ipv4.ip_local_port_range; never SO_LINGER 0 to avoid TIME_WAIT.",
         ]
-        out.append(
-            make_finding(
-                diag,
-                PILEUP,
-                sev,
-                summary,
-                inst,
-                explanation,
-                causes,
-                fixes,
-                knowledge.NO_PORT if sev >= Severity.WARNING else knowledge.NONE_VISIBLE,
-                {"connections": len(members), "rate_per_s": round(rate, 1), "max_time_wait": alive},
-            )
-        )
+        errors = knowledge.NO_PORT if sev >= Severity.WARNING else knowledge.NONE_VISIBLE
+        facts = {"connections": len(members), "rate_per_s": round(rate, 1), "max_time_wait": alive}
+        story = Story(sev, summary, explanation, causes, fixes, errors, facts)
+        out.append(make_finding(diag, PILEUP, inst, story))
         out[-1].count = len(members)
         out[-1].streams = [int(s) for s in members]
     return out

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 
 from tcpwhy.decode.table import RST, SYN
-from tcpwhy.diagnose import knowledge
+from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import WHO, fmt_s
-from tcpwhy.diagnose.model import Finding, Severity
+from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.probes import probes
-from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
+from tcpwhy.diagnose.registry import Diag, plural, rule
 
 KIND = "zero-window-stall"
 
@@ -19,19 +17,13 @@ KIND = "zero-window-stall"
 @rule(KIND)
 def detect(diag: Diag) -> list[Finding]:
     cap = diag.cap
-    t = cap.table
-    if not len(t):
-        return []
-    m = (cap.win_scaled == 0) & ((t["flags"] & (SYN | RST)) == 0)
-    groups: dict[tuple[str, int], list[Instance]] = defaultdict(list)
-    for sid in np.unique(cap.stream[m]):
+    limit_s = diag.settings.zero_window_s
+    hits = Hits()
+    for sid in np.unique(cap.stream[cap.flag("zero_window")]):
         c = cap.conn(int(sid))
+        zero = c.flag("zero_window")
         for r in (0, 1):  # the receiver that closed its window
-            z = [
-                i
-                for i in range(c.n)
-                if c.side[i] == r and c.win[i] == 0 and not c.flags[i] & (SYN | RST)
-            ]
+            z = [i for i in range(c.n) if c.side[i] == r and zero[i]]
             if not z:
                 continue
             z0 = z[0]
@@ -46,9 +38,7 @@ def detect(diag: Diag) -> list[Finding]:
             end_i = reopen if reopen is not None else c.n - 1
             dur = c.dt(z0, end_i) if reopen is not None else (cap.end_ns - c.ts[z0]) / 1e9
             zwp = [p.i for p in probes(c, 1 - r) if p.zero_window and z0 < p.i <= end_i]
-            if dur < diag.settings.zero_window_s and reopen is not None:
-                continue
-            if reopen is None and dur < diag.settings.zero_window_s and not zwp:
+            if dur < limit_s and (reopen is not None or not zwp):
                 continue
             rows = [(z0, f"{WHO[r]} advertises window 0: its application is not reading")]
             rows += [
@@ -57,73 +47,59 @@ def detect(diag: Diag) -> list[Finding]:
             ]
             if reopen is not None:
                 rows.append((reopen, f"{WHO[r]} opens the window again after {fmt_s(dur)}"))
-            groups[(c.server, r)].append(
-                Instance(
-                    c,
-                    rows,
-                    {"stall_s": round(dur, 3), "recovered": reopen is not None, "probes": len(zwp)},
-                )
-            )
+            facts = {"stall_s": round(dur, 3), "recovered": reopen is not None, "probes": len(zwp)}
+            hits.add((c.server, r), c, rows, facts)
             diag.claim(c.sid, "retrans")
-    out = []
-    for (server, r), inst in groups.items():
-        ex = max(inst, key=lambda i: i.facts["stall_s"])
-        c = ex.conn
-        f = ex.facts
-        n = len(inst)
-        who, snd = WHO[r], WHO[1 - r]
-        unrec = sum(1 for i in inst if not i.facts["recovered"])
-        summary = (
-            f"{plural(n, 'connection')} to {server} stalled: the {who} stopped reading and "
-            f"advertised a zero window (longest {fmt_s(max(i.facts['stall_s'] for i in inst))})"
+    # the text tells about the longest stall
+    return hits.findings(diag, KIND, _tell, lambda i: -i.facts["stall_s"])
+
+
+def _tell(g: Group) -> Story:
+    (server, r), ex, c, n, f = g.key, g.ex, g.c, g.n, g.facts
+    who, snd = WHO[r], WHO[1 - r]
+    unrec = g.n - g.count("recovered")
+    summary = (
+        f"{plural(n, 'connection')} to {server} stalled: the {who} stopped reading and "
+        f"advertised a zero window (longest {fmt_s(max(g.values('stall_s')))})"
+    )
+    explanation = (
+        f"On {c.label()} the {who}'s receive buffer filled up "
+        f"and its kernel advertised window 0 (frame {c.frame[ex.rows[0][0]]}): its "
+        f"application had stopped reading. The {snd} could not send more; its kernel "
+        f"probed the window with backoff ({plural(f['probes'], 'probe')} seen — Linux sends "
+        "them as empty segments one byte behind, which Wireshark labels 'TCP Keep-Alive') "
+        "and got window 0 back each time. "
+        + (
+            f"After {fmt_s(f['stall_s'])} the {who} read again and reopened the window; the "
+            "transfer resumed. Nothing was lost, only time."
+            if f["recovered"]
+            else f"The window was still closed {fmt_s(f['stall_s'])} later, when the capture ended."
         )
-        explanation = (
-            f"On stream {c.sid} ({c.client} → {c.server}) the {who}'s receive buffer filled up "
-            f"and its kernel advertised window 0 (frame {c.frame[ex.rows[0][0]]}): its "
-            f"application had stopped reading. The {snd} could not send more; its kernel "
-            f"probed the window with backoff ({plural(f['probes'], 'probe')} seen — Linux sends "
-            "them as empty segments one byte behind, which Wireshark labels 'TCP Keep-Alive') "
-            "and got window 0 back each time. "
-            + (
-                f"After {fmt_s(f['stall_s'])} the {who} read again and reopened the window; the "
-                "transfer resumed. Nothing was lost, only time."
-                if f["recovered"]
-                else f"The window was still closed {fmt_s(f['stall_s'])} later, when the capture "
-                "ended."
-            )
-            + f" The {snd}'s write() blocks meanwhile (or its buffer grows), until an "
-            "application timeout fires."
-        )
-        causes = [
-            f"The {who} application is slow or stuck: a blocked thread, a GC pause, a full "
-            "downstream queue, or a bug that stops reading.",
-            f"A small fixed receive buffer (SO_RCVBUF) on the {who}.",
-            "Both sides writing and neither reading (when both windows are zero).",
-        ]
-        fixes = [
-            f"Find why the {who} stops reading: `ss -tmi` shows Recv-Q full on the {who} and "
-            f"Send-Q with a persist timer on the {snd}; take a thread dump during the stall.",
-            "Let the kernel autotune buffers (net.ipv4.tcp_rmem) instead of small fixed "
-            "SO_RCVBUF; add application read/write timeouts and TCP_USER_TIMEOUT to bound the "
-            "wait.",
-        ]
-        sev = Severity.WARNING
-        out.append(
-            make_finding(
-                diag,
-                KIND,
-                sev,
-                summary,
-                inst,
-                explanation,
-                causes,
-                fixes,
-                [
-                    f"{snd}: write timeouts (SocketTimeoutException: Write timed out, "
-                    "context deadline exceeded, ETIMEDOUT) or nothing at all, just slowness"
-                ],
-                {"server": server, "receiver": who, "unrecovered": unrec},
-            )
-        )
-    _ = knowledge
-    return out
+        + f" The {snd}'s write() blocks meanwhile (or its buffer grows), until an "
+        "application timeout fires."
+    )
+    causes = [
+        f"The {who} application is slow or stuck: a blocked thread, a GC pause, a full "
+        "downstream queue, or a bug that stops reading.",
+        f"A small fixed receive buffer (SO_RCVBUF) on the {who}.",
+        "Both sides writing and neither reading (when both windows are zero).",
+    ]
+    fixes = [
+        f"Find why the {who} stops reading: `ss -tmi` shows Recv-Q full on the {who} and "
+        f"Send-Q with a persist timer on the {snd}; take a thread dump during the stall.",
+        "Let the kernel autotune buffers (net.ipv4.tcp_rmem) instead of small fixed "
+        "SO_RCVBUF; add application read/write timeouts and TCP_USER_TIMEOUT to bound the "
+        "wait.",
+    ]
+    return Story(
+        Severity.WARNING,
+        summary,
+        explanation,
+        causes,
+        fixes,
+        [
+            f"{snd}: write timeouts (SocketTimeoutException: Write timed out, "
+            "context deadline exceeded, ETIMEDOUT) or nothing at all, just slowness"
+        ],
+        {"server": server, "receiver": who, "unrecovered": unrec},
+    )

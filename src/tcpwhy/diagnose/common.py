@@ -1,0 +1,105 @@
+"""What the finding kinds share: collecting per-connection hits into findings, and RST walks.
+
+A rule finds connections showing its kind, one `Instance` each (the decisive
+rows with a note per row, and a few facts), and files them under a key (the
+server, the side, a cause). `Hits.findings` then writes one finding per key:
+the rule's `tell` function gets the `Group` (its connections and the example
+the text speaks of) and returns the `Story`; counts, time range, example
+streams and the timeline come from `registry.make_finding`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tcpwhy.diagnose.context import Conn
+from tcpwhy.diagnose.model import Finding, Story
+from tcpwhy.diagnose.registry import Diag, Instance, make_finding
+
+
+@dataclass
+class Group:
+    """The connections one finding reports together, and the one its text tells about."""
+
+    key: Any
+    inst: list[Instance]
+    ex: Instance
+
+    @property
+    def c(self) -> Conn:
+        return self.ex.conn
+
+    @property
+    def n(self) -> int:
+        return len(self.inst)
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        return self.ex.facts
+
+    @property
+    def first_ns(self) -> int:
+        return min(i.first_ns for i in self.inst)
+
+    @property
+    def last_ns(self) -> int:
+        return max(i.last_ns for i in self.inst)
+
+    def count(self, fact: str) -> int:
+        """How many of the connections have `fact` set."""
+        return sum(1 for i in self.inst if i.facts[fact])
+
+    def values(self, fact: str) -> list[Any]:
+        return [i.facts[fact] for i in self.inst]
+
+
+def earliest(i: Instance) -> Any:
+    return i.first_ns
+
+
+class Hits:
+    """Per-connection hits of one kind, filed by key; one finding per key."""
+
+    def __init__(self) -> None:
+        self.groups: dict[Hashable, list[Instance]] = defaultdict(list)
+
+    def add(
+        self,
+        key: Hashable,
+        conn: Conn,
+        rows: list[tuple[int, str]],
+        facts: dict[str, Any] | None = None,
+    ) -> None:
+        self.groups[key].append(Instance(conn, rows, facts or {}))
+
+    def findings(
+        self,
+        diag: Diag,
+        kind: str,
+        tell: Callable[[Group], Story],
+        example: Callable[[Instance], Any] = earliest,
+    ) -> list[Finding]:
+        """One finding per key; `example` ranks the connections (lowest first) to pick the
+        one the text tells about (by default the earliest)."""
+        out = []
+        for key, inst in self.groups.items():
+            story = tell(Group(key, inst, min(inst, key=example)))
+            out.append(make_finding(diag, kind, inst, story))
+        return out
+
+
+def first_resets(diag: Diag) -> Iterator[tuple[Conn, int]]:
+    """Connections with a RST that no earlier rule explained, each with its first RST's row."""
+    cap = diag.cap
+    for sid in np.flatnonzero(cap.has_rst):
+        if diag.is_claimed(int(sid)):
+            continue
+        c = cap.conn(int(sid))
+        r = c.first_rst()
+        assert r is not None
+        yield c, r
