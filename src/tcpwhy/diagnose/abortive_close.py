@@ -127,12 +127,6 @@ def _tell(g: Group) -> Story:
             f"Make the {peer} tolerate a reset after a complete response (do not treat it "
             "as a failed request).",
         ]
-    return Story(
-        Severity.WARNING,
-        summary,
-        explanation,
-        causes,
-        fixes,
-        knowledge.RESET,
-        {"server": server, "side": who, "cause": cause},
-    )
+    facts = {"server": server, "side": who, "cause": cause}
+    errors = knowledge.RESET
+    return Story(Severity.WARNING, summary, explanation, causes, fixes, errors, facts)

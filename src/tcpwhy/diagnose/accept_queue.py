@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import numpy as np
-
 from tcpwhy.decode.table import ACK, RST, SYN
 from tcpwhy.diagnose import knowledge
+from tcpwhy.diagnose.common import earliest
 from tcpwhy.diagnose.context import CLIENT, SERVER, Conn, fmt_s
 from tcpwhy.diagnose.handshake import admitted, ladder, syn_rows, unanswered_syn_streams
 from tcpwhy.diagnose.model import Finding, Severity, Story
@@ -24,6 +23,27 @@ from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
 
 KIND = "accept-queue-overflow"
 WINDOW_NS = 10_000_000_000
+
+
+def _final_ack_dropped(c: Conn) -> list[tuple[int, str]] | None:
+    """The client's handshake ACK, its request, and the server's SYN-ACK sent again after
+    them: the listener dropped that ACK."""
+    got = _synack_after_ack(c)
+    if got is None:
+        return None
+    ack, sa2 = got
+    rows = [
+        (ack, "client completes the handshake (ACK): its connect() returns"),
+        (
+            sa2,
+            f"server retransmits its SYN-ACK {fmt_s(c.dt(ack, sa2))} later: "
+            "it dropped that ACK, the accept queue was full",
+        ),
+    ]
+    data = next((i for i in range(ack + 1, c.n) if c.side[i] == CLIENT and c.plen[i]), None)
+    if data is not None:
+        rows.insert(1, (data, "client sends its request; the server does not acknowledge it"))
+    return rows
 
 
 def _synack_after_ack(c: Conn) -> tuple[int, int] | None:
@@ -46,8 +66,9 @@ def _synack_after_ack(c: Conn) -> tuple[int, int] | None:
     return None
 
 
-def _reset_after_handshake(c: Conn) -> tuple[int, int] | None:
-    """(client's handshake ACK, server RST without ACK flag right after it, no server data)."""
+def _reset_after_handshake(c: Conn) -> list[tuple[int, str]] | None:
+    """The client's handshake ACK and the server's RST (no ACK flag) right after it, with no
+    server data: tcp_abort_on_overflow=1."""
     if c.n_server_data() > 0:
         return None
     sa = next(
@@ -67,7 +88,13 @@ def _reset_after_handshake(c: Conn) -> tuple[int, int] | None:
     for j in range(ack + 1, c.n):
         if c.side[j] == SERVER:
             if c.is_rst(j) and not c.flags[j] & ACK and c.dt(ack, j) <= max(0.05, 10 * rtt):
-                return ack, j
+                return [
+                    (ack, "client completes the handshake (ACK)"),
+                    (
+                        j,
+                        "server answers the ACK with RST: accept queue full, tcp_abort_on_overflow=1",
+                    ),
+                ]
             return None
     return None
 
@@ -97,46 +124,22 @@ def detect(diag: Diag) -> list[Finding]:
         groups[c.server]["syn"].append(Instance(c, rows, {"others": others, "ladder_s": off}))
         diag.claim(sid, "syn")
     # (b) the final ACK dropped: SYN-ACK retransmitted after it
-    cand = np.flatnonzero(cap.n_synack[:, SERVER] > 1)
-    for s2 in cand:
-        c = cap.conn(int(s2))
-        got = _synack_after_ack(c)
-        if got is None:
-            continue
-        ack, sa2 = got
-        rows = [
-            (ack, "client completes the handshake (ACK): its connect() returns"),
-            (
-                sa2,
-                f"server retransmits its SYN-ACK {fmt_s(c.dt(ack, sa2))} later: "
-                "it dropped that ACK, the accept queue was full",
-            ),
-        ]
-        data = next((i for i in range(ack + 1, c.n) if c.side[i] == CLIENT and c.plen[i]), None)
-        if data is not None:
-            rows.insert(1, (data, "client sends its request; the server does not acknowledge it"))
-        groups[c.server]["ack"].append(Instance(c, rows))
-        diag.claim(c.sid, "retrans")
-        diag.claim(c.sid)
+    for c in cap.conns_where(cap.n_synack[:, SERVER] > 1):
+        dropped = _final_ack_dropped(c)
+        if dropped:
+            groups[c.server]["ack"].append(Instance(c, dropped))
+            diag.claim(c.sid, "retrans")
+            diag.claim(c.sid)
     # (c) tcp_abort_on_overflow=1: RST right after the handshake
-    cand = np.flatnonzero((cap.n_synack[:, SERVER] > 0) & (cap.n_rst[:, SERVER] > 0))
-    for s3 in cand:
-        c = cap.conn(int(s3))
-        got2 = _reset_after_handshake(c)
-        if got2 is None:
-            continue
-        ack, rst = got2
-        rows = [
-            (ack, "client completes the handshake (ACK)"),
-            (rst, "server answers the ACK with RST: accept queue full, tcp_abort_on_overflow=1"),
-        ]
-        groups[c.server]["abort"].append(Instance(c, rows))
-        diag.claim(c.sid)
+    for c in cap.conns_where((cap.n_synack[:, SERVER] > 0) & (cap.n_rst[:, SERVER] > 0)):
+        reset = _reset_after_handshake(c)
+        if reset:
+            groups[c.server]["abort"].append(Instance(c, reset))
+            diag.claim(c.sid)
     out = []
     for server, parts in groups.items():
         # K13: connections still queued when the listener closed are reset without data
-        for s4 in np.flatnonzero((cap.n_rst[:, SERVER] > 0) & (cap.bytes[:, SERVER] == 0)):
-            c = cap.conn(int(s4))
+        for c in cap.conns_where((cap.n_rst[:, SERVER] > 0) & (cap.bytes[:, SERVER] == 0)):
             if c.server != server or diag.is_claimed(c.sid):
                 continue
             r = c.first_rst(SERVER)
@@ -166,7 +169,7 @@ def _finding(diag: Diag, server: str, parts: dict[str, list[Instance]]) -> Findi
     summary = f"listener {server} overflowed its accept queue: " + "; ".join(bits)
     paras = []
     if parts.get("syn"):
-        x = min(parts["syn"], key=lambda x: x.first_ns)
+        x = min(parts["syn"], key=earliest)
         paras.append(
             f"Stream {x.conn.sid}: the client {x.conn.client} sent SYNs at +"
             + ", +".join(f"{o:g}" for o in x.facts["ladder_s"])
@@ -177,7 +180,7 @@ def _finding(diag: Diag, server: str, parts: dict[str, list[Instance]]) -> Findi
             "(the application is not calling accept() fast enough)."
         )
     if parts.get("ack"):
-        x = min(parts["ack"], key=lambda x: x.first_ns)
+        x = min(parts["ack"], key=earliest)
         ack_i, sa2 = x.rows[0][0], x.rows[-1][0]
         paras.append(
             f"Stream {x.conn.sid}: the handshake completed from the client's view (frame "
@@ -188,7 +191,7 @@ def _finding(diag: Diag, server: str, parts: dict[str, list[Instance]]) -> Findi
             "queue slot frees (SYN-ACK retries at 1, 3, 7, 15, 31 s; tcp_synack_retries=5)."
         )
     if parts.get("abort"):
-        x = min(parts["abort"], key=lambda x: x.first_ns)
+        x = min(parts["abort"], key=earliest)
         paras.append(
             f"Stream {x.conn.sid}: the server answered the client's final ACK with a RST "
             f"right away (frame {x.conn.frame[x.rows[-1][0]]}): with "

@@ -129,12 +129,5 @@ def _tell(g: Group) -> Story:
         "'Timeout waiting for connection from pool'",
         f"{peer_name}: usually nothing; its FIN_WAIT_2 socket expires silently",
     ]
-    return Story(
-        Severity.WARNING,
-        summary,
-        explanation,
-        causes,
-        fixes,
-        errors,
-        {"side": who, "endpoint": owner, "until_capture_end": ends},
-    )
+    facts = {"side": who, "endpoint": owner, "until_capture_end": ends}
+    return Story(Severity.WARNING, summary, explanation, causes, fixes, errors, facts)

@@ -79,12 +79,6 @@ def _tell(g: Group) -> Story:
         "budget) or propagate deadlines so the late side stops working; nginx "
         "proxy_ignore_client_abort decides whether upstream work continues.",
     ]
-    return Story(
-        Severity.WARNING,
-        summary,
-        explanation,
-        causes,
-        fixes,
-        knowledge.BROKEN_PIPE + knowledge.RESET,
-        {"server": server, "closer": closer_name},
-    )
+    facts = {"server": server, "closer": closer_name}
+    errors = knowledge.BROKEN_PIPE + knowledge.RESET
+    return Story(Severity.WARNING, summary, explanation, causes, fixes, errors, facts)

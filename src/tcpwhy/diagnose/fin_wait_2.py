@@ -94,12 +94,6 @@ def _tell(g: Group) -> Story:
         "net.ipv4.tcp_fin_timeout bounds orphaned FIN_WAIT_2 sockets only; TCP_LINGER2 per "
         "socket; after shutdown(SHUT_WR), read to EOF with a deadline and then close().",
     ]
-    return Story(
-        Severity.WARNING,
-        summary,
-        explanation,
-        causes,
-        fixes,
-        knowledge.RESET if resets else knowledge.NONE_VISIBLE,
-        {"side": who, "server": server, "reset": resets},
-    )
+    facts = {"side": who, "server": server, "reset": resets}
+    errors = knowledge.RESET if resets else knowledge.NONE_VISIBLE
+    return Story(Severity.WARNING, summary, explanation, causes, fixes, errors, facts)

@@ -85,12 +85,7 @@ def _tell(g: Group) -> Story:
         "Bound requests with data in flight with TCP_USER_TIMEOUT, and let the pool "
         "reconnect on ETIMEDOUT.",
     ]
-    return Story(
-        Severity.ERROR if f["gave_up"] else Severity.WARNING,
-        summary,
-        explanation,
-        causes,
-        fixes,
-        knowledge.TIMEOUT,
-        {"server": server, **f},
-    )
+    facts = {"server": server, **f}
+    errors = knowledge.TIMEOUT
+    sev = Severity.ERROR if f["gave_up"] else Severity.WARNING
+    return Story(sev, summary, explanation, causes, fixes, errors, facts)

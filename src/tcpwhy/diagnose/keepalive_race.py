@@ -95,12 +95,6 @@ def _tell(diag: Diag, g: Group) -> Story:
         "Connection: close on the last response before closing; "
         f"{knowledge.SERVER_IDLE_KNOBS}.",
     ]
-    return Story(
-        Severity.ERROR,
-        summary,
-        explanation,
-        causes,
-        fixes,
-        knowledge.EOF_ON_REUSE + knowledge.RESET,
-        {"server": server, "requests_lost": n},
-    )
+    facts = {"server": server, "requests_lost": n}
+    errors = knowledge.EOF_ON_REUSE + knowledge.RESET
+    return Story(Severity.ERROR, summary, explanation, causes, fixes, errors, facts)

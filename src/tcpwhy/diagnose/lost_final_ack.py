@@ -83,12 +83,7 @@ def _tell(g: Group) -> Story:
         "net.ipv4.tcp_max_tw_buckets too low makes the peer drop TIME_WAIT sockets "
         "(TcpExtTCPTimeWaitOverflow): raise it.",
     ]
-    return Story(
-        Severity.WARNING if resets else Severity.INFO,
-        summary,
-        explanation,
-        causes,
-        fixes,
-        knowledge.RESET if resets else knowledge.NONE_VISIBLE,
-        {"server": server, "reset": resets},
-    )
+    facts = {"server": server, "reset": resets}
+    errors = knowledge.RESET if resets else knowledge.NONE_VISIBLE
+    sev = Severity.WARNING if resets else Severity.INFO
+    return Story(sev, summary, explanation, causes, fixes, errors, facts)

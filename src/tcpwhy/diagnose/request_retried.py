@@ -127,12 +127,15 @@ def _tell(g: Group) -> Story:
         "Remove the cause of the first failure (see the other findings) rather than relying "
         "on the retry.",
     ]
+    facts = {"server": server, "non_idempotent": len(risky)}
+    errors = ["none, if the retry succeeded; a latency spike"]
+    sev = Severity.WARNING if risky else Severity.INFO
     return Story(
-        Severity.WARNING if risky else Severity.INFO,
+        sev,
         summary,
         explanation,
         ["A failure on the first connection (see the other findings)."],
         fixes,
-        ["none, if the retry succeeded; a latency spike"],
-        {"server": server, "non_idempotent": len(risky)},
+        errors,
+        facts,
     )

@@ -135,12 +135,7 @@ def _tell(g: Group) -> Story:
         "was lost in the path; check firewall/NAT idle timeouts and use keep-alive below "
         "them.",
     ]
-    return Story(
-        Severity.ERROR if lost else Severity.WARNING,
-        summary,
-        explanation,
-        causes,
-        fixes,
-        knowledge.TIMEOUT,
-        {"server": server, **f},
-    )
+    facts = {"server": server, **f}
+    errors = knowledge.TIMEOUT
+    sev = Severity.ERROR if lost else Severity.WARNING
+    return Story(sev, summary, explanation, causes, fixes, errors, facts)

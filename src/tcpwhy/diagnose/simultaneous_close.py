@@ -54,12 +54,6 @@ def _tell(g: Group) -> Story:
         "Usually none. Make the client's idle timeout clearly shorter than the server's so "
         f"the client always closes first; this also avoids keepalive-race. {knowledge.CLIENT_IDLE_KNOBS}."
     ]
-    return Story(
-        Severity.INFO,
-        summary,
-        explanation,
-        causes,
-        fixes,
-        knowledge.NONE_VISIBLE,
-        {"server": server},
-    )
+    facts = {"server": server}
+    errors = knowledge.NONE_VISIBLE
+    return Story(Severity.INFO, summary, explanation, causes, fixes, errors, facts)

@@ -69,12 +69,6 @@ def _tell(g: Group) -> Story:
         "and retry another address; net.ipv4.tcp_syn_retries lowers the kernel's own limit.",
         "If conntrack is full: raise net.netfilter.nf_conntrack_max or stop tracking this traffic.",
     ]
-    return Story(
-        Severity.ERROR,
-        summary,
-        explanation,
-        causes,
-        fixes,
-        knowledge.TIMEOUT,
-        {"server": server, "retry_ladder_s": off},
-    )
+    facts = {"server": server, "retry_ladder_s": off}
+    errors = knowledge.TIMEOUT
+    return Story(Severity.ERROR, summary, explanation, causes, fixes, errors, facts)

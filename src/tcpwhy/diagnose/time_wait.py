@@ -101,15 +101,9 @@ def _tell_reuse(g: Group) -> Story:
         "Keep TCP timestamps on (net.ipv4.tcp_timestamps=1) and use net.ipv4.tcp_tw_reuse=1 "
         "on client hosts; reuse connections instead of opening one per request.",
     ]
-    return Story(
-        sev,
-        summary,
-        explanation,
-        causes,
-        fixes,
-        knowledge.TIMEOUT if nbad else knowledge.NONE_VISIBLE,
-        {"server": server, "not_accepted": nbad},
-    )
+    facts = {"server": server, "not_accepted": nbad}
+    errors = knowledge.TIMEOUT if nbad else knowledge.NONE_VISIBLE
+    return Story(sev, summary, explanation, causes, fixes, errors, facts)
 
 
 @rule(PILEUP)
