@@ -7,6 +7,7 @@ import sys
 from importlib import resources
 
 from tcpwhy.decode.table import CaptureStats
+from tcpwhy.filter import add_filter_argument
 
 DEMO_CAPTURE = "demo-stale-keepalive.pcap"
 
@@ -33,11 +34,13 @@ def _positive(text: str) -> int:
 
 
 def cmd_packets(args: argparse.Namespace) -> int:
+    from tcpwhy.filter import filter_from_args
     from tcpwhy.report.packets import write_packets
 
+    flt = filter_from_args(args)
     stats = CaptureStats()
     try:
-        write_packets(args.file, args.format, args.absolute, args.count, stats=stats)
+        write_packets(args.file, args.format, args.absolute, args.count, stats=stats, flt=flt)
     finally:
         sys.stdout.flush()
     report_stats(args.file, stats)
@@ -61,6 +64,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--format", choices=("table", "csv", "jsonl"), default="table")
     p.add_argument("--absolute", action="store_true", help="raw sequence numbers")
     p.add_argument("-c", "--count", type=_positive, metavar="N", help="stop after N packets")
+    add_filter_argument(p)
     p.set_defaults(func=cmd_packets)
 
     from tcpwhy.report import conns, flow

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
 from tcpwhy.decode.table import CaptureStats
-from tcpwhy.tcp.connections import ConnRecord, iter_connections
+from tcpwhy.filter import DisplayFilter, FilterContext, add_filter_argument, select_streams
+from tcpwhy.tcp.connections import ConnectionBuilder, ConnRecord, iter_connections
 
 FORMATS = ("table", "jsonl", "csv", "zeek")
 
@@ -161,12 +162,34 @@ def _hostport(h: str, p: int) -> str:
     return f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
 
 
+def filtered_connections(
+    source: str, stats: CaptureStats, flt: DisplayFilter, **options: Any
+) -> Iterator[ConnRecord]:
+    """Connections with at least one packet the filter matches (Wireshark's Conversations
+    "limit to display filter"), each analysed whole."""
+    from tcpwhy.capture import iter_tables
+    from tcpwhy.tcp.analysis import Analyzer
+
+    b = ConnectionBuilder(**options)
+    analyzer = Analyzer() if "analysis" in flt.needs else None
+    matched: set[int] = set()
+    for t in iter_tables(source, stats):
+        s = b.tracker.feed(t)
+        a = analyzer.feed(t, s) if analyzer is not None else None
+        ctx = FilterContext(t, streams=s, analysis=a, first_ts_ns=stats.first_ts_ns)
+        matched.update(select_streams(t, flt, ctx).tolist())
+        yield from (r for r in b.feed(t, streams=s) if r.stream in matched)
+    yield from (r for r in b.finish() if r.stream in matched)
+    stats.warnings.extend(b.warnings)
+
+
 def write_conns(
     source: str,
     fmt: str = "table",
     out: TextIO | None = None,
     stats: CaptureStats | None = None,
     record_filter: RecordFilter | None = None,
+    flt: DisplayFilter | None = None,
     **options: Any,
 ) -> CaptureStats:
     """Write the connection records of a capture; `--format zeek` uses Zeek's boundaries."""
@@ -174,7 +197,11 @@ def write_conns(
     stats = stats if stats is not None else CaptureStats()
     if fmt == "zeek":
         options.setdefault("boundaries", "zeek")
-    recs: Iterator[ConnRecord] = iter_connections(source, stats, **options)
+    recs: Iterator[ConnRecord] = (
+        iter_connections(source, stats, **options)
+        if flt is None
+        else filtered_connections(source, stats, flt, **options)
+    )
     if record_filter is not None:
         recs = (r for r in recs if record_filter(r))
     if fmt == "jsonl":
@@ -194,6 +221,7 @@ def write_conns(
 
 
 def cmd_conns(args: argparse.Namespace) -> int:
+    from tcpwhy.filter import filter_from_args
     from tcpwhy.report.commands import report_stats
 
     stats = CaptureStats()
@@ -203,7 +231,7 @@ def cmd_conns(args: argparse.Namespace) -> int:
     if args.max_active:
         options["max_active"] = args.max_active
     try:
-        write_conns(args.file, args.format, stats=stats, record_filter=None, **options)
+        write_conns(args.file, args.format, stats=stats, flt=filter_from_args(args), **options)
     finally:
         sys.stdout.flush()
     report_stats(args.file, stats)
@@ -248,4 +276,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="connections held in memory at once before the idlest are written out early "
         "(default 500000)",
     )
+    add_filter_argument(p)
     p.set_defaults(func=cmd_conns)

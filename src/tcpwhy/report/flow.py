@@ -25,6 +25,7 @@ import numpy.typing as npt
 from tcpwhy.capture import read_table
 from tcpwhy.decode.table import ACK, FIN, RST, SYN, CaptureStats, PacketTable, format_addr
 from tcpwhy.errors import TcpwhyError
+from tcpwhy.filter import DisplayFilter, FilterContext, add_filter_argument, filter_from_args
 from tcpwhy.report.packets import flag_names
 from tcpwhy.tcp.analysis import Analysis, analyze
 from tcpwhy.tcp.state import NO_FRAME, Endpoint, run_rows
@@ -47,6 +48,7 @@ class Ladder:
     server: Endpoint
     t0_ns: int
     end_ns: int
+    shown: npt.NDArray[np.bool_] | None = None  # per table row: the display filter matched it
 
 
 def originator_direction(flags: npt.NDArray[np.uint16], canon_dir: npt.NDArray[np.int8]) -> int:
@@ -61,7 +63,12 @@ def originator_direction(flags: npt.NDArray[np.uint16], canon_dir: npt.NDArray[n
     return int(canon_dir[0])
 
 
-def build_ladder(source: str, stream: int, stats: CaptureStats | None = None) -> Ladder:
+def build_ladder(
+    source: str,
+    stream: int,
+    stats: CaptureStats | None = None,
+    flt: DisplayFilter | None = None,
+) -> Ladder:
     stats = stats if stats is not None else CaptureStats()
     t = read_table(source, stats)
     s = StreamTracker().feed(t)
@@ -81,6 +88,9 @@ def build_ladder(source: str, stream: int, stats: CaptureStats | None = None) ->
     end_ns = int(t["ts_ns"][-1])
     states = run_rows(t, rows, direction, end_ns=end_ns)
     t0 = stats.first_ts_ns if stats.first_ts_ns is not None else int(t["ts_ns"][0])
+    shown = None
+    if flt is not None:
+        shown = flt.mask(t, FilterContext(t, streams=s, analysis=a, first_ts_ns=t0))
     return Ladder(
         t,
         rows,
@@ -92,6 +102,7 @@ def build_ladder(source: str, stream: int, stats: CaptureStats | None = None) ->
         states.responder,
         t0,
         end_ns,
+        shown,
     )
 
 
@@ -161,6 +172,15 @@ def render(lad: Ladder, out: TextIO, fold: int = 3) -> None:
     k = 0
     while k < len(rows):
         i = rows[k]
+        if lad.shown is not None and not lad.shown[i]:
+            j = k
+            while j < len(rows) and not lad.shown[rows[j]]:
+                j += 1
+            out.write(
+                f"{'':>11} {'':>7}  {'':<{state_w}}|  … {j - k:,} packet{'s' if j - k > 1 else ''} not matching the filter …\n"
+            )
+            k = j
+            continue
         if fold and quiet(i):
             j = k
             while j < len(rows) and quiet(rows[j]):
@@ -211,7 +231,7 @@ def cmd_flow(args: argparse.Namespace) -> int:
     from tcpwhy.report.commands import report_stats
 
     stats = CaptureStats()
-    lad = build_ladder(args.file, args.stream, stats)
+    lad = build_ladder(args.file, args.stream, stats, filter_from_args(args))
     render(lad, sys.stdout, fold=args.fold)
     report_stats(args.file, stats)
     return 0
@@ -234,4 +254,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="N",
         help="fold runs of at least N uneventful segments into one line (0: never)",
     )
+    add_filter_argument(p)
     p.set_defaults(func=cmd_flow)

@@ -25,6 +25,7 @@ from tcpwhy.decode.table import (
     PacketTable,
     format_addr,
 )
+from tcpwhy.filter import DisplayFilter, FilterContext
 from tcpwhy.tcp.analysis import Analyzer
 from tcpwhy.tcp.streams import StreamTracker
 
@@ -107,14 +108,23 @@ class PacketRow:
 
 
 def iter_rows(
-    source: str, stats: CaptureStats, absolute: bool = False, limit: int | None = None
+    source: str,
+    stats: CaptureStats,
+    absolute: bool = False,
+    limit: int | None = None,
+    flt: DisplayFilter | None = None,
 ) -> Iterator[PacketRow]:
+    """The rows of the packet list; with a display filter, only the packets it matches."""
     tracker = StreamTracker()
     analyzer = Analyzer()
     shown = 0
     for t in iter_tables(source, stats, reuse=True):
         s = tracker.feed(t)
         a = analyzer.feed(t, s)
+        keep = None
+        if flt is not None:
+            ctx = FilterContext(t, streams=s, analysis=a, first_ts_ns=stats.first_ts_ns)
+            keep = flt.mask(t, ctx)
         t0 = stats.first_ts_ns or 0
         rel_t = (t["ts_ns"] - t0).astype(np.float64) / 1e9
         seqs = t["seq"] if absolute else s["rel_seq"]
@@ -126,6 +136,8 @@ def iter_rows(
         for i in range(len(t)):
             if limit is not None and shown >= limit:
                 return
+            if keep is not None and not keep[i]:
+                continue
             f = int(t["flags"][i])
             ack = int(acks[i]) if f & ACK else 0
             yield PacketRow(
@@ -156,12 +168,13 @@ def write_packets(
     limit: int | None = None,
     out: TextIO | None = None,
     stats: CaptureStats | None = None,
+    flt: DisplayFilter | None = None,
 ) -> CaptureStats:
     """Print the packet list; a pipe on stdin is printed as packets arrive."""
     out = out if out is not None else sys.stdout
     stats = stats if stats is not None else CaptureStats()
     live = source == "-"
-    rows = iter_rows(source, stats, absolute, limit)
+    rows = iter_rows(source, stats, absolute, limit, flt)
     if fmt == "jsonl":
         for r in rows:
             out.write(json.dumps(r.as_json(), ensure_ascii=False) + "\n")
