@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
+import numpy.typing as npt
+
+from tcpwhy.decode.table import ACK, FIN, RST, SYN
 from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.common import Group, Hits
-from tcpwhy.diagnose.context import CLIENT, SERVER
+from tcpwhy.diagnose.context import CLIENT, HALF, SERVER, U32, Capture
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 from tcpwhy.tcp.state import State
@@ -16,7 +20,7 @@ KIND = "simultaneous-close"
 def detect(diag: Diag) -> list[Finding]:
     cap = diag.cap
     hits = Hits()
-    for c in cap.conns_where((cap.n_fin[:, 0] > 0) & (cap.n_fin[:, 1] > 0)):
+    for c in cap.conns_where(crossed_fins(cap)):
         if not c.entered(CLIENT, State.CLOSING) or not c.entered(SERVER, State.CLOSING):
             continue
         cf, sf = c.first_fin(CLIENT), c.first_fin(SERVER)
@@ -30,6 +34,31 @@ def detect(diag: Diag) -> list[Finding]:
             rows.append((max(tw), "each side has acknowledged the other's FIN: both in TIME_WAIT"))
         hits.add(c.server, c, rows)
     return hits.findings(diag, KIND, _tell)
+
+
+def crossed_fins(cap: Capture) -> npt.NDArray[np.bool_]:
+    """Per stream: both sides sent a FIN and neither first FIN acknowledges the other's.
+
+    Without that no endpoint can pass through CLOSING (the state machine delivers a FIN
+    after the last segment that does not acknowledge it), so it picks the few
+    connections worth running the state machine on.
+    """
+    t = cap.table
+    fins = np.flatnonzero((t["flags"] & (FIN | RST)) == FIN)
+    first = np.full((cap.nstreams, 2), len(t), np.int64)
+    np.minimum.at(first, (cap.stream[fins], cap.side[fins]), fins)
+    both = np.flatnonzero((first < len(t)).all(1))
+    rows = first[both]
+    flags = t["flags"][rows].astype(np.int64)
+    ack = t["ack"][rows].astype(np.int64)
+    end = t["seq"][rows].astype(np.int64) + t["payload_len"][rows] + ((flags & SYN) > 0) + 1
+
+    def acks(a: int, b: int) -> npt.NDArray[np.bool_]:
+        return ((flags[:, a] & ACK) > 0) & (((ack[:, a] - end[:, b]) & U32) < HALF)
+
+    out = np.zeros(cap.nstreams, np.bool_)
+    out[both[~acks(0, 1) & ~acks(1, 0)]] = True
+    return out
 
 
 def _tell(g: Group) -> Story:
