@@ -67,13 +67,40 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_filter_argument(p)
     p.set_defaults(func=cmd_packets)
 
-    from tcpwhy.report import conns, flow
+    from tcpwhy.report import conns
 
     conns.register(sub)
-    flow.register(sub)
+    register_flow(sub)
 
     d = sub.add_parser(
         "demo",
         help="diagnose the stale keep-alive incident (recorded live as root, else the shipped capture)",
     )
     d.set_defaults(func=cmd_demo)
+
+
+def register_flow(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "flow",
+        help="draw one connection as a ladder diagram with both endpoints' states",
+        description="Draw TCP stream STREAM (Wireshark's tcp.stream number) as a ladder diagram.",
+    )
+    p.add_argument("file", metavar="FILE")
+    p.add_argument(
+        "stream", metavar="STREAM", type=int, help="tcp.stream number (see `tcpwhy conns`)"
+    )
+    p.add_argument(
+        "--fold",
+        type=int,
+        default=3,
+        metavar="N",
+        help="fold runs of at least N uneventful segments into one line (0: never)",
+    )
+    add_filter_argument(p)
+    p.set_defaults(func=cmd_flow)
+
+
+def cmd_flow(args: argparse.Namespace) -> int:
+    from tcpwhy.report import flow
+
+    return flow.cmd_flow(args)

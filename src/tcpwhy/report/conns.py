@@ -8,11 +8,13 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from tcpwhy.decode.table import CaptureStats
 from tcpwhy.filter import DisplayFilter, FilterContext, add_filter_argument, select_streams
-from tcpwhy.tcp.connections import ConnectionBuilder, ConnRecord, iter_connections
+
+if TYPE_CHECKING:  # the builder loads compiled code: imported where records are made
+    from tcpwhy.tcp.connections import ConnRecord
 
 FORMATS = ("table", "jsonl", "csv", "zeek")
 
@@ -62,7 +64,7 @@ ZEEK_FIELDS = (
     ("ip_proto", "count"),
 )
 
-RecordFilter = Callable[[ConnRecord], bool]
+RecordFilter = Callable[["ConnRecord"], bool]
 """Hook for a future ``-Y FILTER``: records for which it returns False are not shown."""
 
 
@@ -169,6 +171,7 @@ def filtered_connections(
     "limit to display filter"), each analysed whole."""
     from tcpwhy.capture import iter_tables
     from tcpwhy.tcp.analysis import Analyzer
+    from tcpwhy.tcp.connections import ConnectionBuilder
 
     b = ConnectionBuilder(**options)
     analyzer = Analyzer() if "analysis" in flt.needs else None
@@ -197,6 +200,8 @@ def write_conns(
     stats = stats if stats is not None else CaptureStats()
     if fmt == "zeek":
         options.setdefault("boundaries", "zeek")
+    from tcpwhy.tcp.connections import iter_connections
+
     recs: Iterator[ConnRecord] = (
         iter_connections(source, stats, **options)
         if flt is None

@@ -25,7 +25,7 @@ import numpy.typing as npt
 from tcpwhy.capture import read_table
 from tcpwhy.decode.table import ACK, FIN, RST, SYN, CaptureStats, PacketTable, format_addr
 from tcpwhy.errors import TcpwhyError
-from tcpwhy.filter import DisplayFilter, FilterContext, add_filter_argument, filter_from_args
+from tcpwhy.filter import DisplayFilter, FilterContext, filter_from_args
 from tcpwhy.report.packets import flag_names
 from tcpwhy.tcp.analysis import Analysis, analyze
 from tcpwhy.tcp.state import NO_FRAME, Endpoint, run_rows
@@ -235,24 +235,3 @@ def cmd_flow(args: argparse.Namespace) -> int:
     render(lad, sys.stdout, fold=args.fold)
     report_stats(args.file, stats)
     return 0
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "flow",
-        help="draw one connection as a ladder diagram with both endpoints' states",
-        description="Draw TCP stream STREAM (Wireshark's tcp.stream number) as a ladder diagram.",
-    )
-    p.add_argument("file", metavar="FILE")
-    p.add_argument(
-        "stream", metavar="STREAM", type=int, help="tcp.stream number (see `tcpwhy conns`)"
-    )
-    p.add_argument(
-        "--fold",
-        type=int,
-        default=3,
-        metavar="N",
-        help="fold runs of at least N uneventful segments into one line (0: never)",
-    )
-    add_filter_argument(p)
-    p.set_defaults(func=cmd_flow)
