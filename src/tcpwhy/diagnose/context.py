@@ -317,7 +317,11 @@ class Conn:
 
     @cached_property
     def rtt(self) -> float | None:
-        """Handshake round trip (SYN → the client's ACK of the SYN-ACK), seconds."""
+        """Handshake round trip (SYN → the client's ACK of the SYN-ACK), seconds.
+
+        Not Wireshark's `initial_rtt`: that one is also set without a SYN-ACK (a SYN
+        answered by RST, a one-way capture), where the rules want no round trip at all.
+        """
         syn = synack = None
         for i in range(self.n):
             f = self.flags[i]
