@@ -44,12 +44,10 @@ def records_for(entry: dict[str, Any], corpus: Path) -> list[ConnRecord]:
     ports = (
         zeek_ports(entry["zeek_scripts"]) if entry["flags"]["bare"] else DEFAULT_LIKELY_SERVER_PORTS
     )
-    table = read_table(str(corpus / entry["trace_file"]))
+    check = not entry["flags"]["ignore_checksums"]
+    table = read_table(str(corpus / entry["trace_file"]), checksums=check)
     return build_connections(
-        table,
-        boundaries="zeek",
-        likely_server_ports=ports,
-        check_checksums=not entry["flags"]["ignore_checksums"],
+        table, boundaries="zeek", likely_server_ports=ports, check_checksums=check
     )
 
 

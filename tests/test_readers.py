@@ -222,3 +222,23 @@ def test_memory_does_not_grow_with_the_file(tmp_path: Path, base) -> None:  # ty
     assert sum(sizes) == len(big)
     assert max(sizes) <= MAX_ROWS_PER_TABLE
     assert len(sizes) > 10
+
+
+def test_checksums_verified_only_when_asked(tmp_path: Path, base) -> None:  # type: ignore[no-untyped-def]
+    link, recs = base
+    ref = tmp_path / "ref.pcap"
+    write_pcap(ref, link, recs, True, False)
+    assert set(read_table(str(ref))["csum_ok"].tolist()) == {-1}
+    good = read_table(str(ref), checksums=True)
+    assert (good["csum_ok"] == 1).all()
+    # flip one payload byte of the first data packet: only that packet turns bad
+    i = int(np.flatnonzero(good["payload_len"] > 0)[0])
+    frame = int(good["frame"][i])
+    ts, data, orig = recs[frame - 1]
+    bad = bytearray(data)
+    bad[-1] ^= 0xFF
+    recs2 = [*recs[: frame - 1], (ts, bytes(bad), orig), *recs[frame:]]
+    p = tmp_path / "bad.pcap"
+    write_pcap(p, link, recs2, True, False)
+    t = read_table(str(p), checksums=True)
+    assert np.flatnonzero(t["csum_ok"] == 0).tolist() == [i]

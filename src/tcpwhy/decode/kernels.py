@@ -301,6 +301,7 @@ def decode_records(
     if_link: Any,
     frame_base: Any,
     counts: Any,
+    checksums: Any,
     # outputs, one row per TCP packet
     o_frame: Any,
     o_ts: Any,
@@ -862,8 +863,8 @@ def decode_records(
         o_pcap[j] = cap
         o_poff[j] = pstart if cap > 0 else 0
         o_trunc[j] = cap < plen
-        # checksum, when the whole segment was captured
-        if p + seg_len <= end and seg_len >= doff:
+        # checksum, when asked for and the whole segment was captured
+        if checksums and p + seg_len <= end and seg_len >= doff:
             s = np.uint64(0)
             if ipver == 4:
                 s += (ip_src_lo >> np.uint64(16)) & np.uint64(0xFFFF)

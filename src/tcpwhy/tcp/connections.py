@@ -667,7 +667,11 @@ def iter_connections(
 
     b = ConnectionBuilder(**options)
     # the builder copies what it keeps, so the reader may reuse its buffers
-    tables = iter_tables(source, stats, reuse=True) if isinstance(source, str) else source
+    tables = (
+        iter_tables(source, stats, reuse=True, checksums=b.check_csum)
+        if isinstance(source, str)
+        else source
+    )
     for t in tables:
         yield from b.feed(t)
     yield from b.finish()
