@@ -171,7 +171,7 @@ def _finding(diag: Diag, server: str, parts: dict[str, list[Instance]]) -> Findi
     if parts.get("syn"):
         x = min(parts["syn"], key=earliest)
         paras.append(
-            f"Stream {x.conn.sid}: the client {x.conn.client} sent SYNs at +"
+            f"Stream {x.conn.no}: the client {x.conn.client} sent SYNs at +"
             + ", +".join(f"{o:g}" for o in x.facts["ladder_s"])
             + f" s and got no answer, while the same listener answered "
             f"{plural(x.facts['others'], 'other connection')} around that time. A listener that "
@@ -183,7 +183,7 @@ def _finding(diag: Diag, server: str, parts: dict[str, list[Instance]]) -> Findi
         x = min(parts["ack"], key=earliest)
         ack_i, sa2 = x.rows[0][0], x.rows[-1][0]
         paras.append(
-            f"Stream {x.conn.sid}: the handshake completed from the client's view (frame "
+            f"Stream {x.conn.no}: the handshake completed from the client's view (frame "
             f"{x.conn.frame[ack_i]}), so its connect() returned and it sent its request, but "
             f"the server retransmitted its SYN-ACK (frame {x.conn.frame[sa2]}): it had dropped "
             "the final ACK because the accept queue was full, leaving the connection in "
@@ -193,7 +193,7 @@ def _finding(diag: Diag, server: str, parts: dict[str, list[Instance]]) -> Findi
     if parts.get("abort"):
         x = min(parts["abort"], key=earliest)
         paras.append(
-            f"Stream {x.conn.sid}: the server answered the client's final ACK with a RST "
+            f"Stream {x.conn.no}: the server answered the client's final ACK with a RST "
             f"right away (frame {x.conn.frame[x.rows[-1][0]]}): with "
             "net.ipv4.tcp_abort_on_overflow=1 an overflowing accept queue resets the "
             "connection instead of dropping the ACK; the client's first read or write fails "

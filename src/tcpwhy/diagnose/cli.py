@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from tcpwhy.filter import add_filter_argument
+
 
 def _positive_float(text: str) -> float:
     v = float(text)
@@ -32,10 +34,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from tcpwhy.diagnose.engine import diagnose_files
     from tcpwhy.diagnose.registry import Settings
     from tcpwhy.diagnose.render import to_json, write_text
+    from tcpwhy.filter import filter_from_args
 
     settings = Settings(close_wait_s=args.close_wait, fin_wait_2_s=args.fin_wait_2)
+    flt = filter_from_args(args)
     with _progress() as progress:
-        report = diagnose_files(args.files, settings, progress)
+        report = diagnose_files(args.files, settings, progress, flt)
     if args.format == "json":
         sys.stdout.write(to_json(report) + "\n")
     else:
@@ -68,6 +72,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     a.add_argument("files", nargs="+", metavar="FILE", help="capture files")
     a.add_argument("--format", choices=("text", "json"), default="text")
+    add_filter_argument(a)
     a.add_argument(
         "--close-wait",
         type=_positive_float,

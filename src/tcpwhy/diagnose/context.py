@@ -70,7 +70,15 @@ def fmt_s(seconds: float) -> str:
 class Capture:
     """One capture (or several rotated files joined in time order) with its streams."""
 
-    def __init__(self, table: PacketTable, file_of_row: npt.NDArray[Any], files: list[str]):
+    def __init__(
+        self,
+        table: PacketTable,
+        file_of_row: npt.NDArray[Any],
+        files: list[str],
+        stream_numbers: npt.NDArray[np.int64] | None = None,
+    ):
+        """`stream_numbers` maps this table's stream ids to the whole capture's `tcp.stream`
+        numbers, when the table holds only some streams (`analyze -Y`)."""
         self.table = table
         self.files = files
         self.file_of_row = file_of_row
@@ -85,6 +93,9 @@ class Capture:
         self.rel_ack: npt.NDArray[np.uint32] = st.get("rel_ack", np.zeros(0, np.uint32))
         pdir = st.get("dir", np.zeros(0, np.int8)).astype(np.int64)
         self.nstreams = int(self.stream.max()) + 1 if n else 0
+        self.stream_numbers = (
+            stream_numbers if stream_numbers is not None else np.arange(self.nstreams)
+        )
         self.start_ns = int(table["ts_ns"].min()) if n else 0
         self.end_ns = int(table["ts_ns"].max()) if n else 0
         self.order = np.argsort(self.stream, kind="stable")
@@ -210,6 +221,7 @@ class Conn:
     def __init__(self, cap: Capture, sid: int) -> None:
         self.cap = cap
         self.sid = sid
+        self.no = int(cap.stream_numbers[sid])  # the tcp.stream number shown to the user
         t = cap.table
         r = cap.order[cap.starts[sid] : cap.ends[sid]]
         self.rows = r
@@ -386,7 +398,7 @@ class Conn:
             rel_s=round(self.s(i), 6),
             frame=self.frame[i],
             file=self.cap.file_name(row),
-            stream=self.sid,
+            stream=self.no,
             sender=WHO[self.side[i]],
             packet=self.describe(i),
             note=note,
@@ -409,7 +421,7 @@ class Conn:
         return t.data[off : off + cap].tobytes()
 
     def label(self) -> str:
-        return f"stream {self.sid} ({self.client} → {self.server})"
+        return f"stream {self.no} ({self.client} → {self.server})"
 
 
 def _addr(t: PacketTable, row: int, which: str) -> str:

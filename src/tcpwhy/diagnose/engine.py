@@ -19,6 +19,7 @@ from tcpwhy.decode.table import CaptureStats, PacketTable
 from tcpwhy.diagnose.context import Capture
 from tcpwhy.diagnose.model import CaptureInfo, Finding, Report
 from tcpwhy.diagnose.registry import Diag, Settings, load
+from tcpwhy.filter import DisplayFilter
 
 Progress = Callable[[str], None]
 
@@ -28,10 +29,11 @@ def diagnose_table(
     files: list[str],
     file_of_row: np.ndarray | None = None,
     settings: Settings | None = None,
+    stream_numbers: np.ndarray | None = None,
 ) -> tuple[list[Finding], Capture]:
     if file_of_row is None:
         file_of_row = np.zeros(len(table), np.int16)
-    cap = Capture(table, file_of_row, files)
+    cap = Capture(table, file_of_row, files, stream_numbers)
     diag = Diag(cap, settings or Settings())
     for fn in load().values():
         diag.findings.extend(fn(diag))
@@ -43,7 +45,10 @@ def diagnose_files(
     paths: Sequence[str],
     settings: Settings | None = None,
     progress: Progress | None = None,
+    flt: DisplayFilter | None = None,
 ) -> Report:
+    """Diagnose captures; with a display filter, only the connections that have at least one
+    matching packet, each analysed whole (Wireshark's "limit to display filter")."""
     tables: list[tuple[str, PacketTable]] = []
     stats_all: list[CaptureStats] = []
     for p in paths:
@@ -66,7 +71,10 @@ def diagnose_files(
             if parts
             else np.zeros(0, np.int16)
         )
-        fs, cap = diagnose_table(table, [tables[i][0] for i in g], file_of_row, settings)
+        numbers = None
+        if flt is not None:
+            table, file_of_row, numbers = _limit_to_filter(table, file_of_row, flt)
+        fs, cap = diagnose_table(table, [tables[i][0] for i in g], file_of_row, settings, numbers)
         findings.extend(fs)
         nconn += cap.nstreams
         for k, v in cap.endings().items():
@@ -94,6 +102,24 @@ def diagnose_files(
         warnings=warnings,
     )
     return Report(info, findings, endings)
+
+
+def _limit_to_filter(
+    table: PacketTable, file_of_row: np.ndarray, flt: DisplayFilter
+) -> tuple[PacketTable, np.ndarray, np.ndarray]:
+    """The rows of the streams with a matching packet, and their tcp.stream numbers.
+
+    Whole streams are kept in capture order, so the kept streams are numbered
+    again in the same order: local stream k is the k-th matching stream.
+    """
+    from tcpwhy.filter import FilterContext, select_streams
+    from tcpwhy.tcp.streams import StreamTracker
+
+    streams = StreamTracker().feed(table)
+    first = int(table["ts_ns"][0]) if len(table) else None
+    matched = select_streams(table, flt, FilterContext(table, streams=streams, first_ts_ns=first))
+    keep = np.isin(streams["stream"], matched)
+    return table.take(keep), file_of_row[keep], matched
 
 
 def _groups(tables: list[tuple[str, PacketTable]]) -> list[list[int]]:

@@ -57,7 +57,7 @@ def _tell(g: Group) -> Story:
     resets = g.count("reset")
     summary = f"{plural(n, 'connection')} to {server}: the last ACK of the close was lost and the FIN retransmitted"
     explanation = (
-        f"On stream {c.sid} the {WHO[1 - x]} closed first; the {WHO[x]} then closed too and "
+        f"On stream {c.no} the {WHO[1 - x]} closed first; the {WHO[x]} then closed too and "
         f"waited in LAST_ACK for the acknowledgment of its FIN. That ACK "
         + ("appears in the capture but " if len(ex.rows) > 2 else "")
         + f"never reached the {WHO[x]}, whose retransmission timer (at least 200 ms) fired and "

@@ -44,7 +44,7 @@ def _tell(g: Group) -> Story:
     if n > 1:
         summary += f" over {fmt_s(span)}"
     explanation = (
-        f"On stream {c.sid} the client {c.client} sent a SYN to {server} (frame "
+        f"On stream {c.no} the client {c.client} sent a SYN to {server} (frame "
         f"{c.frame[syn]}) and got a RST back {fmt_s(c.dt(syn, rst))} later (frame "
         f"{c.frame[rst]})"
         + (

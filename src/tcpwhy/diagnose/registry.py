@@ -109,7 +109,7 @@ def make_finding(diag: Diag, kind: str, inst: list[Instance], story: Story) -> F
     frames: list[int] = []
     for x in inst[:20]:
         frames.extend(x.conn.frame[i] for i, _ in x.rows)
-    sids = [x.conn.sid for x in inst]
+    sids = [x.conn.no for x in inst]
     return Finding(
         kind=kind,
         severity=story.severity,

@@ -77,7 +77,7 @@ def detect(diag: Diag) -> list[Finding]:
                 c,
                 rows,
                 {
-                    "retry_stream": c2.sid,
+                    "retry_stream": c2.no,
                     "after_s": round((c2.ts[first] - t_fail) / 1e9, 6),
                     "request": http.describe_request(c, start),
                     "method": m.method if m else "",
@@ -103,7 +103,7 @@ def _tell(g: Group) -> Story:
         f" (answered: {f['answered']})" if f["answered"] else ""
     )
     explanation = (
-        f"{f['request']} failed on stream {c.sid} and the same request (its first "
+        f"{f['request']} failed on stream {c.no} and the same request (its first "
         f"{PREFIX} bytes match) left again {fmt_s(f['after_s'])} later on a new connection, "
         f"stream {f['retry_stream']}"
         + (f", which was answered ({f['answered']})" if f["answered"] else "")

@@ -66,7 +66,7 @@ def _tell(g: Group) -> Story:
     cf, sf = ex.rows[0][0], ex.rows[1][0]
     summary = f"{plural(n, 'connection')} to {server} closed by both sides at once (FINs crossed)"
     explanation = (
-        f"On stream {c.sid} the client's FIN (frame {c.frame[cf]}, ack={c.rack[cf]}) and the "
+        f"On stream {c.no} the client's FIN (frame {c.frame[cf]}, ack={c.rack[cf]}) and the "
         f"server's FIN (frame {c.frame[sf]}, ack={c.rack[sf]}) crossed: neither FIN "
         "acknowledges the other, so each side sent its FIN before it had seen the peer's. "
         "Each received the other's FIN in FIN_WAIT_1 and moved to CLOSING, then to "

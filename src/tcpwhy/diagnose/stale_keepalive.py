@@ -118,7 +118,7 @@ def _finding(diag: Diag, server: str, evs: list[AfterFin]) -> Finding:
     # the story of the example connection
     resp = http.last_response_before(c, ex.fin)
     parts = [
-        f"Stream {c.sid} ({c.client} → {c.server}) is a keep-alive connection the client keeps "
+        f"Stream {c.no} ({c.client} → {c.server}) is a keep-alive connection the client keeps "
         "in a pool."
     ]
     if ex.last_reply is not None:

@@ -82,7 +82,7 @@ def _tell_reuse(g: Group) -> Story:
         + (f"; {nbad} not accepted at once" if nbad else "; all accepted")
     )
     explanation = (
-        f"Stream {c.sid} opened with a SYN from {c.client} to {server} "
+        f"Stream {c.no} opened with a SYN from {c.client} to {server} "
         f"{fmt_s(ex.facts['gap_s'])} after stream {ex.facts['previous']} on the same "
         "addresses and ports had ended. The side that closed that connection first keeps "
         "the 4-tuple in TIME_WAIT for 60 s (Linux TCP_TIMEWAIT_LEN). Linux accepts a new "
