@@ -45,7 +45,7 @@ def records_for(entry: dict[str, Any], corpus: Path) -> list[ConnRecord]:
         zeek_ports(entry["zeek_scripts"]) if entry["flags"]["bare"] else DEFAULT_LIKELY_SERVER_PORTS
     )
     check = not entry["flags"]["ignore_checksums"]
-    table = read_table(str(corpus / entry["trace_file"]), checksums=check)
+    table = read_table(str(corpus / entry["trace_file"]), checksums=check, teredo_any_port=True)
     return build_connections(
         table, boundaries="zeek", likely_server_ports=ports, check_checksums=check
     )

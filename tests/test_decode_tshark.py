@@ -41,10 +41,6 @@ DOCUMENTED = {
         "the outer UDP datagrams of this GTP trace are IP fragments: tshark reassembles "
         "them, tcpwhy counts fragments and does not reassemble",
     ),
-    ("tunnels-gre-aruba-amsdu.pcap", "missing from the table"): (
-        1,
-        "Aruba's GRE protocol 0x8200 carries 802.11 frames, which tcpwhy does not decode",
-    ),
 }
 
 
@@ -148,3 +144,19 @@ def test_chunking_does_not_change_the_table(zeek_corpus: Path, name: str) -> Non
     for k in whole.cols:
         assert np.array_equal(whole[k], small[k]) or k == "payload_off", k
     assert whole.data.tobytes() == small.data.tobytes()
+
+
+def test_teredo_on_any_port_as_zeek_does(zeek_corpus: Path) -> None:
+    """tshark looks inside UDP port 3544 only; Zeek also decodes Teredo between a client and
+    its relay on other ports, which tcpwhy does when asked (conns --format zeek)."""
+    for name in ("tunnels-teredo.pcap", "tunnels-teredo-bubble-with-payload.pcap"):
+        plain = read_table(str(zeek_corpus / name))
+        zeekish = read_table(str(zeek_corpus / name), teredo_any_port=True)
+        extra = np.setdiff1d(zeekish["frame"], plain["frame"])
+        assert len(extra) == 22, name
+        inner = zeekish.take(np.isin(zeekish["frame"], extra))
+        assert set(inner["tunnel"].tolist()) == {5}  # TUNNEL_TEREDO
+        assert set(inner["ip_version"].tolist()) == {6}
+        assert {
+            format_addr(h, lo) for h, lo in zip(inner["src_hi"], inner["src_lo"], strict=True)
+        } >= {"2001:0:4137:9e50:8000:f12a:b9c8:2815"}

@@ -78,6 +78,7 @@ _K_PPP = 4
 _K_IPVER = 5  # IP of either version: look at the version nibble
 _K_DONE = 6
 _K_GRE = 7
+_K_WLAN = 8  # an IEEE 802.11 data frame (Aruba's GRE tunnels carry them)
 
 _MAX_LAYERS = 24
 
@@ -291,6 +292,28 @@ def walk_pcapng(
 
 
 @njit(cache=True)
+def _teredo(buf: Any, u: Any, lim: Any, end: Any, strict: Any) -> Any:
+    """Offset of the IPv6 header inside a Teredo datagram starting at u, or -1.
+
+    Skips the optional authentication and origin-indication headers. `strict`
+    (ports other than 3544) also asks that the IPv6 packet fill the datagram
+    exactly and carry a transport Teredo relays (TCP, UDP, ICMPv6, none).
+    """
+    q = u
+    if q + 4 <= end and buf[q] == 0 and buf[q + 1] == 1:  # authentication
+        q += 13 + np.int64(buf[q + 2]) + np.int64(buf[q + 3])
+    if q + 8 <= end and buf[q] == 0 and buf[q + 1] == 0:  # origin indication
+        q += 8
+    if q + 40 > end or (buf[q] >> 4) != 6:
+        return -1
+    if strict:
+        nh = buf[q + 6]
+        if q + 40 + _be16(buf, q + 4) != lim or not (nh == 6 or nh == 17 or nh == 58 or nh == 59):
+            return -1
+    return q
+
+
+@njit(cache=True)
 def decode_records(
     buf: Any,
     rec_off: Any,
@@ -302,6 +325,7 @@ def decode_records(
     frame_base: Any,
     counts: Any,
     checksums: Any,
+    teredo_any_port: Any,
     # outputs, one row per TCP packet
     o_frame: Any,
     o_ts: Any,
@@ -665,20 +689,15 @@ def decode_records(
                             tunnel = 3
                         p = u + 8 + optlen
                         kind = _K_ETYPE
-                    elif (udp == 3544 or usp == 3544) and u + 40 <= end:
-                        q = u
-                        if buf[q] == 0 and buf[q + 1] == 1 and q + 4 <= end:  # authentication
-                            q += 13 + np.int64(buf[q + 2]) + np.int64(buf[q + 3])
-                        if q + 8 <= end and buf[q] == 0 and buf[q + 1] == 0:  # origin indication
-                            q += 8
-                        if q + 40 <= end and (buf[q] >> 4) == 6:
-                            if tunnel == 0:
-                                tunnel = 5
-                            p = q
-                            kind = _K_IP6
-                        else:
+                    elif udp == 3544 or usp == 3544:
+                        q = _teredo(buf, u, lim, end, False)
+                        if q < 0:
                             status = ST_UDP
                             break
+                        if tunnel == 0:
+                            tunnel = 5
+                        p = q
+                        kind = _K_IP6
                     elif (udp == 2152 or usp == 2152) and u + 8 <= end and (buf[u] >> 5) == 1:
                         gflags = buf[u]
                         q = u + 8
@@ -705,8 +724,16 @@ def decode_records(
                             status = ST_UDP
                             break
                     else:
-                        status = ST_UDP
-                        break
+                        # Teredo between a client and a relay uses any ports: as Zeek does,
+                        # (when asked) take a datagram that is exactly one IPv6 packet for Teredo
+                        q = _teredo(buf, u, lim, end, True) if teredo_any_port else -1
+                        if q < 0:
+                            status = ST_UDP
+                            break
+                        if tunnel == 0:
+                            tunnel = 5
+                        p = q
+                        kind = _K_IP6
                 elif proto == 1:
                     status = ST_ICMP
                     break
@@ -742,8 +769,39 @@ def decode_records(
                 elif et == 0x22EB:  # ERSPAN type III
                     p += 12
                     kind = _K_ETH
+                elif 0x8200 <= et <= 0x82FF:  # Aruba WLAN: 802.11 frames
+                    kind = _K_WLAN
                 else:
                     kind = _K_ETYPE
+            elif kind == _K_WLAN:
+                if p + 24 > end:
+                    status = ST_UNDECODABLE
+                    break
+                fc0 = buf[p]
+                fc1 = buf[p + 1]
+                if ((fc0 >> 2) & 3) != 2 or (fc1 & 0x40):  # not data, or encrypted
+                    status = ST_OTHER_LINK
+                    break
+                q = p + 24
+                if (fc1 & 3) == 3:  # to and from the distribution system: a fourth address
+                    q += 6
+                amsdu = False
+                if fc0 & 0x80:  # QoS data
+                    if q + 2 > end:
+                        status = ST_UNDECODABLE
+                        break
+                    amsdu = (buf[q] & 0x80) != 0
+                    q += 2
+                    if fc1 & 0x80:  # +HTC
+                        q += 4
+                if amsdu:  # first A-MSDU subframe: DA, SA, length
+                    q += 14
+                if q + 8 > end or buf[q] != 0xAA or buf[q + 1] != 0xAA or buf[q + 2] != 3:
+                    status = ST_OTHER_LINK
+                    break
+                et = _be16(buf, q + 6)  # LLC/SNAP
+                p = q + 8
+                kind = _K_ETYPE
             else:
                 break
         if status != ST_TCP:

@@ -176,7 +176,9 @@ def filtered_connections(
     b = ConnectionBuilder(**options)
     analyzer = Analyzer() if "analysis" in flt.needs else None
     matched: set[int] = set()
-    for t in iter_tables(source, stats, reuse=True, checksums=b.check_csum):
+    for t in iter_tables(
+        source, stats, reuse=True, checksums=b.check_csum, teredo_any_port=b.zeek_timers
+    ):
         s = b.tracker.feed(t)
         a = analyzer.feed(t, s) if analyzer is not None else None
         ctx = FilterContext(t, streams=s, analysis=a, first_ts_ns=stats.first_ts_ns)

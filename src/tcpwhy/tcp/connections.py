@@ -668,7 +668,9 @@ def iter_connections(
     b = ConnectionBuilder(**options)
     # the builder copies what it keeps, so the reader may reuse its buffers
     tables = (
-        iter_tables(source, stats, reuse=True, checksums=b.check_csum)
+        iter_tables(
+            source, stats, reuse=True, checksums=b.check_csum, teredo_any_port=b.zeek_timers
+        )
         if isinstance(source, str)
         else source
     )
