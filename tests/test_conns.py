@@ -189,3 +189,31 @@ def test_jsonl_and_csv_fields() -> None:
     buf = io.StringIO()
     write_conns(str(DEMO), "csv", out=buf)
     assert len(buf.getvalue().splitlines()) == 3
+
+
+def test_syn_scan_memory_stays_bounded() -> None:
+    """A scan of 60,000 ports: each SYN is a connection; with a cap, the builder and the
+    stream tracker hold at most the cap plus one chunk's new connections, however many
+    connections go by."""
+    syn = read_table(str(LAB / "refused.pcap"))
+    first = syn.take(np.array([0]))  # the real SYN of the refused scenario
+    b = ConnectionBuilder(max_active=5_000)
+    seen = 0
+    with pytest.warns(RuntimeWarning, match="connections active at once"):
+        seen = _scan(b, first)
+    assert seen == 60_000
+    assert b.evicted > 40_000 and b.warnings
+
+
+def _scan(b: ConnectionBuilder, first: PacketTable) -> int:
+    seen = 0
+    for chunk in range(6):
+        rows = np.zeros(10_000, np.int64)
+        t = first.take(rows)
+        t.cols["sport"] = (np.arange(10_000) + chunk * 10_000).astype(np.uint16) + 1024
+        t.cols["dport"] = np.full(10_000, chunk + 1, np.uint16)
+        t.cols["ts_ns"] = t["ts_ns"] + np.arange(10_000) * 1000 + chunk * 10**7
+        seen += len(b.feed(t))
+        assert b.active <= 5_000 + 10_000
+        assert b.tracker.conversations <= 5_000 + 2 * 10_000
+    return seen + len(b.finish())

@@ -383,7 +383,12 @@ class ConnectionBuilder:
             self.warnings.append(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
         self.evicted += len(victims)
-        return self._sweep_slots(victims, self.now, force=True, reason=z.END_EVICTED)
+        convs = self.S[victims, z.F_CONV].copy()
+        out = self._sweep_slots(victims, self.now, force=True, reason=z.END_EVICTED)
+        # the stream tracker forgets them too, so its memory is bounded as well; a later
+        # packet of an evicted conversation starts a new stream number
+        self.tracker.forget(convs)
+        return out
 
     # -- records -------------------------------------------------------------------------
     def _take_kept(self, OUT: npt.NDArray[np.int64]) -> list[tuple[str, str]]:
