@@ -29,6 +29,7 @@ import numpy.typing as npt
 
 from tcpwhy.decode.table import ACK, AE, CWR, ECE, FIN, PSH, RST, SYN, URG
 from tcpwhy.decode.table import TUNNEL_NONE as _NO_TUNNEL
+from tcpwhy.tcp import ANALYSIS_FLAGS
 
 if TYPE_CHECKING:
     from tcpwhy.filter.context import FilterContext
@@ -354,23 +355,6 @@ _add("tcp.options.wscale.shift", UINT, _optional("opt_ws"), 8)
 _add("tcp.payload", BYTES, _payload, cost=10)
 _add("tcp.segment_data", BYTES, _payload, cost=10)
 # analysis
-ANALYSIS_FLAGS = (
-    "retransmission",
-    "fast_retransmission",
-    "spurious_retransmission",
-    "out_of_order",
-    "lost_segment",
-    "ack_lost_segment",
-    "duplicate_ack",
-    "zero_window",
-    "zero_window_probe",
-    "zero_window_probe_ack",
-    "window_full",
-    "window_update",
-    "keep_alive",
-    "keep_alive_ack",
-    "reused_ports",
-)
 for _flagname in ANALYSIS_FLAGS:
     _add(f"tcp.analysis.{_flagname}", NONE, _analysis_flag(_flagname), 32, "streams analysis", 5)
 _add("tcp.analysis.flags", NONE, _analysis_any, 32, "streams analysis", 5)

@@ -28,24 +28,9 @@ import numpy.typing as npt
 from numba import njit
 
 from tcpwhy.decode.table import ACK, FIN, RST, SYN, PacketTable
+from tcpwhy.tcp import ANALYSIS_FLAGS
 
-FLAGS = (
-    "retransmission",
-    "fast_retransmission",
-    "spurious_retransmission",
-    "out_of_order",
-    "lost_segment",
-    "ack_lost_segment",
-    "duplicate_ack",
-    "zero_window",
-    "zero_window_probe",
-    "zero_window_probe_ack",
-    "window_full",
-    "window_update",
-    "keep_alive",
-    "keep_alive_ack",
-    "reused_ports",
-)
+FLAGS = ANALYSIS_FLAGS
 (
     A_RETRANS,
     A_FAST_RETRANS,
