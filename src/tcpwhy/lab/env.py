@@ -261,6 +261,11 @@ class Lab:
     # -- parties ----------------------------------------------------------------------------
 
     def ns_of(self, side: str) -> str:
+        """The namespace of "client", "server" or (relay topology only) "middle"."""
+        if side == "middle":
+            if self.middle_ns is None:
+                raise KeyError("middle: this scenario has no middle namespace")
+            return self.middle_ns
         return {"client": self.client_ns, "server": self.server_ns}[side]
 
     def sock(self, side: str, type: int = socket.SOCK_STREAM) -> socket.socket:

@@ -1046,3 +1046,264 @@ def retransmission_timeout(lab: Lab) -> None:
     lab.check(aborts == 1 and rsts == 0, "aborted on timeout without sending RST")
     dropped = nft_dropped(lab, "server")
     lab.say("kernel", f"server nft counter: {dropped} segments dropped")
+
+
+# ------------------------------------------------------------------------------------------
+# Old state meets a new connection: TIME-WAIT reuse, a middlebox that forgot the flow
+
+
+def _bound_client(lab: Lab, port: int = 0) -> socket.socket:
+    """A client socket with SO_REUSEADDR, bound to `port` (0: the kernel picks one)."""
+    c = lab.sock("client")
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    c.settimeout(5)
+    c.bind((lab.client_ip, port))
+    return c
+
+
+def _rows_for(rows: list[SockRow], cport: int) -> list[str]:
+    return [r.state for r in rows if cport in (r.local_port, r.peer_port)]
+
+
+@scenario(
+    "time-wait-reuse",
+    "a client reconnects from the same source port within 60 s: the SYN meets TIME-WAIT and is accepted",
+    """
+    A client that binds a fixed source port (SO_REUSEADDR) reconnects to the same
+    server port: the new SYN uses the 4-tuple of a connection that ended less than
+    60 s ago, and the side that closed first still holds it in TIME-WAIT. A: the
+    server closed first, so the SYN reaches the server's TIME-WAIT socket. Linux
+    accepts it as a new connection because its sequence number (or timestamp) is
+    newer than anything the old connection used: the TIME-WAIT socket is dropped
+    and the SYN-ACK's ISN is the old connection's next sequence number + 65537, so
+    that delayed old segments cannot fall into the new window. B: the client closed
+    first and holds the TIME-WAIT itself; connect() from that port fails with
+    "Cannot assign requested address" (EADDRNOTAVAIL) until net.ipv4.tcp_tw_reuse=1
+    lets the kernel take over its own TIME-WAIT socket (with timestamps on, after
+    tcp_tw_reuse_delay, shortened here), again with ISN = old next sequence +
+    65537. Both reuses are harmless when the SYN is accepted; they hurt when it is
+    not — a SYN older than the TIME-WAIT's state draws a bare ACK (then RST and a
+    one-second retry), or is silently dropped by PAWS or a NAT.
+    """,
+    patterns=("P15",),
+)
+def time_wait_reuse(lab: Lab) -> None:
+    pause = lab.opts.delay if lab.opts.delay is not None else 0.3
+    lab.expect(pause < 55, "--delay must be well below the 60 s of TIME-WAIT")
+    listener = lab.listen()
+
+    # A: the server closes first and keeps the TIME-WAIT.
+    c1 = _bound_client(lab)
+    cport = c1.getsockname()[1]
+    c1.connect(lab.server_addr())
+    lab.say("client", f"bind(SO_REUSEADDR) + connect() → established from port {cport}")
+    s1, _ = listener.accept()
+    lab._sockets.append(s1)
+    exchange(lab, c1, s1)
+    s1.close()
+    lab.say("server", "close() first (like Connection: close)")
+    outcome, _ = recv_outcome(c1)
+    c1.close()
+    lab.say("client", f"read → {outcome}; close()")
+    lab.expect(lab.wait_state("server", "TIME-WAIT", timeout=2), "server never reached TIME-WAIT")
+    time.sleep(0.05)
+    sv = lab.ss("server", "before the second SYN")
+    cl = lab.ss("client", "before the second SYN")
+    lab.check(
+        _rows_for(sv, cport) == ["TIME-WAIT"] and not _rows_for(cl, cport),
+        f"the 4-tuple (client port {cport}) in TIME-WAIT on the server, gone on the client",
+    )
+    time.sleep(pause)
+    c2 = _bound_client(lab, cport)
+    c2.connect(lab.server_addr())
+    lab.say("client", f"{pause:g}s later: bind({cport}, SO_REUSEADDR) + connect() → established")
+    s2, peer = listener.accept()
+    lab._sockets.append(s2)
+    lab.check(peer[1] == cport, "the server accepted a new connection on the same 4-tuple")
+    sv = lab.ss("server", "after the SYN met its TIME-WAIT socket")
+    lab.check(
+        _rows_for(sv, cport) == ["ESTAB"], "the TIME-WAIT socket gave way to the new connection"
+    )
+    exchange(lab, c2, s2)
+
+    # B: the client closes first and keeps the TIME-WAIT itself.
+    c2.close()
+    lab.say("client", "close() first")
+    outcome, _ = recv_outcome(s2)
+    s2.close()
+    lab.say("server", f"read → {outcome}; close()")
+    lab.expect(lab.wait_state("client", "TIME-WAIT", timeout=2), "client never reached TIME-WAIT")
+    time.sleep(0.05)
+    cl = lab.ss("client", "after the client closed first")
+    lab.check(_rows_for(cl, cport) == ["TIME-WAIT"], "the client holds the TIME-WAIT now")
+    time.sleep(pause)
+    c3 = _bound_client(lab, cport)
+    c3.connect(lab.server_addr())
+    lab.say("client", f"bind({cport}, SO_REUSEADDR) + connect() → established")
+    s3, peer = listener.accept()
+    lab._sockets.append(s3)
+    lab.check(peer[1] == cport, "the client took over its own TIME-WAIT (explicit bind)")
+    exchange(lab, c3, s3)
+    c3.close()
+    recv_outcome(s3)
+    s3.close()
+    lab.say("client", "close() first again; the server closes too")
+    lab.expect(lab.wait_state("client", "TIME-WAIT", timeout=2), "client never reached TIME-WAIT")
+
+    # C: unbound connect()s whose only ephemeral port is in TIME-WAIT: tcp_tw_reuse. (A port
+    # bound by bind() is never shared with connect()'s port choice, so C has its own port.)
+    eport = cport + 1 if cport < 60000 else cport - 1
+    lab.sysctl(
+        "client",
+        {"net.ipv4.ip_local_port_range": f"{eport} {eport}", "net.ipv4.tcp_tw_reuse": 0},
+    )
+    c4 = lab.sock("client")
+    c4.settimeout(5)
+    c4.connect(lab.server_addr())
+    lab.say("client", f"connect() without bind → established from {_peer(c4)}")
+    s4, peer = listener.accept()
+    lab._sockets.append(s4)
+    lab.expect(peer[1] == eport, "connect() did not use the only ephemeral port")
+    exchange(lab, c4, s4)
+    c4.close()
+    recv_outcome(s4)
+    s4.close()
+    lab.say("client", "close() first; the server closes too")
+    lab.expect(
+        len(lab.wait_state("client", "TIME-WAIT", timeout=2, count=2)) == 2,
+        "client never reached TIME-WAIT on the ephemeral port",
+    )
+    blocked = lab.sock("client")
+    blocked.settimeout(5)
+    try:
+        blocked.connect(lab.server_addr())
+        lab._sockets.append(listener.accept()[0])
+    except OSError as exc:
+        lab.say("client", f"connect() without bind → {describe_exc(exc)}")
+        lab.check(
+            exc.errno == errno.EADDRNOTAVAIL,
+            "no ephemeral port: the only one is held by the client's TIME-WAIT",
+        )
+    else:
+        lab.expect(False, "connect() took a port in TIME-WAIT with tcp_tw_reuse=0")
+    blocked.close()
+    delay_ms = 200
+    lab.sysctl("client", {"net.ipv4.tcp_tw_reuse": 1, "net.ipv4.tcp_tw_reuse_delay": delay_ms})
+    time.sleep(delay_ms / 1000 + 0.1)
+    c5 = lab.sock("client")
+    c5.settimeout(5)
+    c5.connect(lab.server_addr())
+    lab.say("client", f"connect() without bind → established from {_peer(c5)}")
+    s5, peer = listener.accept()
+    lab._sockets.append(s5)
+    lab.check(peer[1] == eport, "tcp_tw_reuse let connect() take the port in TIME-WAIT")
+    exchange(lab, c5, s5)
+    c5.close()
+    recv_outcome(s5)
+    s5.close()
+    lab.say("client", "close(); the server closes too")
+    lab.wait_state("client", "TIME-WAIT", timeout=2)
+
+
+def _conntrack_firewall(port: int) -> str:
+    """A stateful firewall for the middle namespace: tracked flows pass, untracked
+    mid-stream segments to the port are answered with a forged RST.
+
+    Packets pass the forwarding path twice in the relay topology (veth → TUN, TUN →
+    veth); only the first pass is tracked and filtered.
+    """
+    return f"""table inet tcpwhy_lab {{
+  chain raw {{
+    type filter hook prerouting priority raw;
+    iifname "tun0" notrack
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    iifname "tun0" accept
+    ct state established,related counter accept
+    ct state new tcp flags & (syn | ack | fin | rst) == syn accept
+    tcp dport {port} ct state invalid counter reject with tcp reset
+  }}
+}}
+"""
+
+
+def _rejected(lab: Lab) -> int:
+    """Segments the middle namespace's firewall answered with a RST so far."""
+    from tcpwhy.lab import ns as nsmod
+
+    out = nsmod.run(["nft", "list", "chain", "inet", "tcpwhy_lab", "forward"], lab.ns_of("middle"))
+    line = next(line for line in out.splitlines() if "reject" in line)
+    return int(line.split("packets ")[1].split()[0])
+
+
+@scenario(
+    "middlebox-reset",
+    "a firewall on the path forgets an idle connection and resets it: RST with the server's address",
+    """
+    A stateful firewall between client and server (conntrack in the middle
+    namespace, with its established-flow timeout shortened from 5 days to a few
+    seconds, like the 350 s of an AWS NLB) lets tracked connections pass and
+    answers untracked mid-stream segments with a forged RST. The connection goes
+    idle longer than that timeout; the firewall silently drops its state. The
+    client's next request is not tracked any more: the firewall rejects it with a
+    RST that carries the server's address and a sequence number the client
+    accepts, and the client's read fails with "Connection reset by peer". The
+    server never saw the request nor any error: its socket is still ESTABLISHED.
+    On the client's wire the RST gives itself away: its IP TTL is 64 while every
+    packet the server sent arrives with a lower one (they crossed the router), and
+    it arrives faster than the server could answer. Fix: keepalives or pings more
+    often than the shortest idle timeout on the path; a pool idle timeout below it.
+    """,
+    relay=True,
+    patterns=("P4",),
+)
+def middlebox_reset(lab: Lab) -> None:
+    fw_timeout = max(1, round(lab.opts.timeout or 2))
+    idle = lab.opts.idle if lab.opts.idle is not None else fw_timeout + 1.0
+    lab.expect(idle > fw_timeout, "--idle must exceed the firewall's idle timeout (--timeout)")
+    lab.sysctl(
+        "middle",
+        {
+            "net.netfilter.nf_conntrack_tcp_timeout_established": fw_timeout,
+            "net.netfilter.nf_conntrack_tcp_loose": 0,
+        },
+    )
+    lab.nft(
+        "middle",
+        _conntrack_firewall(lab.opts.port),
+        "stateful firewall: tracked flows pass, untracked segments get a RST",
+    )
+    listener = lab.listen()
+    c, s = pair(lab, listener)
+    for i in range(lab.opts.count or 2):
+        exchange(lab, c, s, f"request {i + 1}")
+    server_read: list[str] = []
+
+    def server() -> None:
+        s.settimeout(idle + 10)
+        outcome, _ = recv_outcome(s)
+        server_read.append(outcome)
+
+    lab.spawn(server, "server")
+    lab.say("server", "waits for the next request (blocking read)")
+    lab.say("lab", f"connection idle for {idle:g}s (firewall idle timeout {fw_timeout}s)")
+    time.sleep(idle)
+    rejected = _rejected(lab)
+    c.sendall(b"request after the idle time\n")
+    lab.say("client", "sends the next request on the connection")
+    outcome, exc = recv_outcome(c)
+    lab.say("client", f"read → {outcome}")
+    lab.check(isinstance(exc, ConnectionResetError), "the client's request was answered with RST")
+    resets = _rejected(lab)
+    lab.say("kernel", f"middle nft: untracked segment rejected {resets}× (before: {rejected})")
+    lab.check(resets == 1 and rejected == 0, "the firewall sent the RST, after it forgot the flow")
+    time.sleep(0.2)
+    sv = lab.ss("server", "after the client's reset")
+    cl = lab.ss("client", "after the reset")
+    lab.check(
+        [r.state for r in sv] == ["ESTAB"] and not cl,
+        "the server's socket is still ESTABLISHED, the client's is gone",
+    )
+    lab.check(not server_read, "the server application saw nothing: no request, no error")
+    lab.stop_capture()  # the server's late FIN at teardown is not part of the story
