@@ -36,6 +36,8 @@ EXPECTED = {
     "retransmission-timeout": "retransmission-timeout",
     "half-open": "half-open-reset",
     "time-wait": "time-wait-accumulation",
+    "time-wait-reuse": "time-wait-reuse",
+    "middlebox-reset": "middlebox-reset",
 }
 
 
@@ -116,6 +118,32 @@ def test_syn_timeout_reports_the_ladder() -> None:
     f = next(f for f in diagnose_files([str(LAB / "syn-timeout.pcap")]).findings)
     ladder = f.facts["retry_ladder_s"]
     assert ladder[0] == 0 and 0.9 < ladder[1] < 1.2 and 2.8 < ladder[2] < 3.3
+
+
+def test_time_wait_reuse_accepted_is_only_a_note() -> None:
+    report = diagnose_files([str(LAB / "time-wait-reuse.pcap")])
+    (f,) = report.findings
+    assert f.kind == "time-wait-reuse" and f.severity is Severity.INFO
+    # server TIME-WAIT (bind), client TIME-WAIT (bind), client TIME-WAIT (tcp_tw_reuse)
+    assert f.count == 3 and f.streams == [1, 2, 4]
+    assert f.facts == {"server": "10.77.0.2:8080", "not_accepted": 0}
+    assert [s.note for s in f.timeline][-1] == "server accepts the new connection (SYN-ACK)"
+    assert report.exit_status() == 0
+    assert report.endings == {"closed (FIN both ways)": 5}
+
+
+def test_middlebox_reset_is_told_by_its_ttl() -> None:
+    report = diagnose_files([str(LAB / "middlebox-reset.pcap")])
+    assert [f.kind for f in report.findings] == ["middlebox-reset"]
+    (f,) = report.findings
+    assert f.severity is Severity.WARNING and f.facts["server"] == "10.77.2.2:8080"
+    # the firewall's RST left the middle namespace with TTL 64; the server's packets
+    # crossed the router (two forwarding passes in the relay topology)
+    assert "its IP TTL is 64, every other packet from the server has 62" in f.explanation
+    notes = [s.note for s in f.timeline]
+    assert notes[0] == "client segment the RST answers"
+    assert notes[-1].startswith("RST 'from the server'")
+    assert any("Connection reset by peer" in e for e in f.errors)
 
 
 def test_rotated_files_are_one_timeline(tmp_path: Path) -> None:

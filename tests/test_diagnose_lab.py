@@ -25,6 +25,9 @@ CASES = [
     ("half-open", Options(ipv6=True, port=6060), "half-open-reset"),
     ("retransmission-timeout", Options(ipv6=True, timeout=2.0), "retransmission-timeout"),
     ("abortive-close", Options(ipv6=True, port=5050), "abortive-close"),
+    ("time-wait-reuse", Options(ipv6=True, port=9443, delay=1.0), "time-wait-reuse"),
+    ("middlebox-reset", Options(ipv6=True, port=7443, timeout=1.0, idle=1.5), "middlebox-reset"),
+    ("middlebox-reset", Options(port=6443, count=4), "middlebox-reset"),
     ("clean", Options(ipv6=True, port=8088), None),
 ]
 
@@ -51,6 +54,12 @@ def test_recorded_now(
             "close-wait-leak",
             "fin-wait-2-stall",
         )
+    if scenario == "time-wait-reuse":
+        f = next(f for f in report.findings if f.kind == kind)
+        assert f.count == 3 and f.facts["not_accepted"] == 0 and f.severity is Severity.INFO
+    if scenario == "middlebox-reset":
+        f = next(f for f in report.findings if f.kind == kind)
+        assert "IP TTL is 64" in f.explanation
     if scenario == "stale-keepalive" and opts.idle is not None:
         f = next(f for f in report.findings if f.kind == "stale-keepalive-reuse")
         median = f.facts["server_idle_timeout_s"]["median"]

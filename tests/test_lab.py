@@ -45,6 +45,7 @@ class P:
     win: int
     cport: int
     sport: int
+    ttl: int = 0  # IPv4 TTL or IPv6 hop limit
 
     def has(self, f: int) -> bool:
         return bool(self.flags & f)
@@ -82,6 +83,7 @@ def packets(path: str | Path, port: int = PORT) -> list[P]:
                 int(t.win[i]),
                 sp if c2s else dp,
                 sp,
+                int(t.ip_ttl[i]),
             )
         )
     return out
@@ -93,6 +95,19 @@ def conns(pk: list[P]) -> list[list[P]]:
     for p in pk:
         by.setdefault(p.cport, []).append(p)
     return list(by.values())
+
+
+def incarnations(pk: list[P]) -> list[list[P]]:
+    """Like conns(), but a new client SYN on a 4-tuple starts a new connection."""
+    out: list[list[P]] = []
+    cur: dict[int, list[P]] = {}
+    for p in pk:
+        conn = cur.get(p.cport)
+        if conn is None or (p.c2s and p.has(SYN) and p.seq != conn[0].seq):
+            conn = cur[p.cport] = []
+            out.append(conn)
+        conn.append(p)
+    return out
 
 
 def flow(conn: list[P]) -> list[str]:
@@ -187,6 +202,62 @@ def check_time_wait(path: Path, o: Options) -> None:
         fins = [p for p in conn if p.has(FIN)]
         assert fins[0].c2s, "client is the active closer (keeps TIME-WAIT)"
         assert conn[-1].c2s and conn[-1].pure_ack, "client's final ACK ends the connection"
+
+
+def tw_isn(fin: P) -> int:
+    """The ISN Linux gives a connection that replaces a TIME-WAIT: old snd_nxt + 65535 + 2."""
+    return (fin.seq + 1 + 65537) % 2**32
+
+
+def check_time_wait_reuse(path: Path, o: Options) -> None:
+    pk = packets(path, o.port)
+    cs = incarnations(pk)
+    assert [c[0].cport for c in cs][:3] == [cs[0][0].cport] * 3, "three on one 4-tuple (bind)"
+    assert len(cs) == 5 and cs[3][0].cport == cs[4][0].cport != cs[0][0].cport
+    for conn in cs:
+        handshake_ok(conn)
+        clean_close(conn)
+    # A: the server closes first; the next SYN meets its TIME-WAIT and is accepted.
+    a, b, b2, c, c2 = cs
+    sfin = first(a, lambda p: p.has(FIN))
+    assert not sfin.c2s, "server closes first (keeps TIME-WAIT)"
+    assert b[0].t - a[-1].t < 60, "the second SYN within 2 MSL of the close"
+    assert b[1].seq == tw_isn(sfin), "SYN-ACK ISN = TIME-WAIT's snd_nxt + 65537"
+    # B: the client closes first and takes over its own TIME-WAIT (explicit bind).
+    cfin = first(b, lambda p: p.has(FIN))
+    assert cfin.c2s, "client closes first"
+    assert b2[0].t - b[-1].t < 60
+    assert b2[0].seq == tw_isn(cfin), "client's SYN ISN = its TIME-WAIT's snd_nxt + 65537"
+    # C: the same with an unbound connect() and tcp_tw_reuse=1, after tcp_tw_reuse_delay.
+    cfin = first(c, lambda p: p.has(FIN))
+    assert cfin.c2s
+    assert 0.2 <= c2[0].t - c[-1].t < 60
+    assert c2[0].seq == tw_isn(cfin)
+    for conn in cs:
+        assert sum(1 for p in conn if p.c2s and p.n) == 1
+        assert sum(1 for p in conn if not p.c2s and p.n) == 1
+
+
+def check_middlebox_reset(path: Path, o: Options) -> None:
+    pk = packets(path, o.port)
+    (conn,) = conns(pk)
+    handshake_ok(conn)
+    n = o.count or 2
+    reqs = [p for p in conn if p.c2s and p.n]
+    resps = [p for p in conn if not p.c2s and p.n]
+    assert len(reqs) == n + 1 and len(resps) == n, "data flowing, then one more request"
+    fw_timeout = max(1, round(o.timeout or 2))
+    req = reqs[-1]
+    before = [p for p in conn if p.i < req.i]
+    assert req.t - before[-1].t >= fw_timeout, "idle longer than the firewall's timeout"
+    rst = conn[-1]
+    assert rst.tag == "s:R" and rst.seq == req.ack, "[R] with seq = the request's ACK"
+    assert rst.t - req.t < 0.01
+    server_ttls = {p.ttl for p in conn if not p.c2s and p is not rst}
+    assert len(server_ttls) == 1 and rst.ttl not in server_ttls, (rst.ttl, server_ttls)
+    assert rst.ttl == 64 and server_ttls == {62}, "made in the middle, one router closer"
+    assert {p.ttl for p in conn if p.c2s} == {64}
+    assert not any(p.has(FIN) for p in conn), "the server never closed"
 
 
 def check_refused(path: Path, o: Options) -> None:
@@ -402,9 +473,19 @@ CHECKS: dict[str, Callable[[Path, Options], None]] = {
     "half-open": check_half_open,
     "keepalive-dead-peer": check_keepalive_dead_peer,
     "retransmission-timeout": check_retransmission_timeout,
+    "time-wait-reuse": check_time_wait_reuse,
+    "middlebox-reset": check_middlebox_reset,
 }
 
-IPV6 = ["stale-keepalive", "simultaneous-close", "refused", "half-open", "accept-queue-overflow"]
+IPV6 = [
+    "stale-keepalive",
+    "simultaneous-close",
+    "refused",
+    "half-open",
+    "accept-queue-overflow",
+    "time-wait-reuse",
+    "middlebox-reset",
+]
 
 
 def check_capture(name: str, path: Path, o: Options) -> None:
