@@ -1077,13 +1077,15 @@ def _rows_for(rows: list[SockRow], cport: int) -> list[str]:
     newer than anything the old connection used: the TIME-WAIT socket is dropped
     and the SYN-ACK's ISN is the old connection's next sequence number + 65537, so
     that delayed old segments cannot fall into the new window. B: the client closed
-    first and holds the TIME-WAIT itself; connect() from that port fails with
-    "Cannot assign requested address" (EADDRNOTAVAIL) until net.ipv4.tcp_tw_reuse=1
-    lets the kernel take over its own TIME-WAIT socket (with timestamps on, after
-    tcp_tw_reuse_delay, shortened here), again with ISN = old next sequence +
-    65537. Both reuses are harmless when the SYN is accepted; they hurt when it is
-    not — a SYN older than the TIME-WAIT's state draws a bare ACK (then RST and a
-    one-second retry), or is silently dropped by PAWS or a NAT.
+    first and holds the TIME-WAIT itself; a connect() from the bound port takes it
+    over at once (TCP timestamps on), its SYN again with ISN = old next sequence +
+    65537. C: an unbound connect() whose only free ephemeral port is held by the
+    client's TIME-WAIT fails with "Cannot assign requested address" (EADDRNOTAVAIL)
+    until net.ipv4.tcp_tw_reuse=1 lets it take that port (after
+    tcp_tw_reuse_delay, shortened here). Reuse is harmless when the SYN is
+    accepted; it hurts when it is not — a SYN older than the TIME-WAIT's state
+    draws a bare ACK (then RST and a one-second retry), or is silently dropped by
+    PAWS or a NAT.
     """,
     patterns=("P15",),
 )
