@@ -1154,7 +1154,7 @@ def time_wait_reuse(lab: Lab) -> None:
 
     # C: unbound connect()s whose only ephemeral port is in TIME-WAIT: tcp_tw_reuse. (A port
     # bound by bind() is never shared with connect()'s port choice, so C has its own port.)
-    eport = cport + 1 if cport < 60000 else cport - 1
+    eport = next(p for p in (cport + 1, cport - 1, cport + 2) if p != lab.opts.port and p < 65536)
     lab.sysctl(
         "client",
         {"net.ipv4.ip_local_port_range": f"{eport} {eport}", "net.ipv4.tcp_tw_reuse": 0},
