@@ -36,8 +36,21 @@ def run(path: str) -> dict[str, object]:
         "stderr": err.getvalue().splitlines(),
         "seconds": round(time.monotonic() - t0, 3),
         "traceback": tb,
-        "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "maxrss_kb": peak_rss_kb(),
     }
+
+
+def peak_rss_kb() -> int:
+    """This process's own peak RSS. ru_maxrss is not: Linux carries the parent's peak across
+    fork and exec, so a worker started by a big test process would report the parent's."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 if __name__ == "__main__":
