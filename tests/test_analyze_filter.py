@@ -34,3 +34,35 @@ def test_connection_is_analysed_whole() -> None:
 
 def test_no_match_no_finding() -> None:
     assert _kinds(LAB / "refused.pcap", "tcp.port == 1") == []
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal, stderr shows the bytes read as a bar; piped, stderr stays quiet."""
+    import os
+    import subprocess
+    import sys
+
+    cap = LAB / "time-wait.pcap"
+    cmd = [sys.executable, "-m", "tcpwhy", "analyze", str(cap), "--format", "json"]
+    piped = subprocess.run(cmd, capture_output=True, text=True)
+    assert piped.stderr == ""
+    master, slave = os.openpty()
+    try:
+        r = subprocess.run(
+            cmd, stdout=subprocess.DEVNULL, stderr=slave, env={**os.environ, "COLUMNS": "100"}
+        )
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert r.returncode in (0, 1)
+    assert "tcpwhy: reading time-wait.pcap" in shown or "tcpwhy: diagnosing" in shown

@@ -514,6 +514,7 @@ def _iter(
                 if st == NEED_MORE:
                     break
             consumed += pos
+            stats.bytes_read = consumed
             leftover = arr[pos:].tobytes()
             if stop:
                 break

@@ -187,6 +187,7 @@ class CaptureStats:
     frames: int = 0
     tcp: int = 0
     first_ts_ns: int | None = None
+    bytes_read: int = 0  # of the capture stream (decompressed), for progress reports
     skipped: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     linktypes: set[int] = field(default_factory=set)

@@ -18,16 +18,29 @@ def _positive_float(text: str) -> float:
 
 
 @contextmanager
-def _progress() -> Iterator[Callable[[str], None] | None]:
-    """A spinner with the current step on stderr, only when stderr is a terminal."""
+def _progress() -> Iterator[Callable[[str, int | None, int | None], None] | None]:
+    """A progress bar on stderr (bytes read of the captures, then the diagnosis step), only
+    when stderr is a terminal; it disappears when done."""
     if not sys.stderr.isatty():
         yield None
         return
     from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn
 
-    con = Console(stderr=True)
-    with con.status("tcpwhy: starting") as status:
-        yield lambda msg: status.update(f"tcpwhy: {msg}")
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("tcpwhy: {task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def update(step: str, done: int | None, total: int | None) -> None:
+            bar.update(task, description=step, completed=done or 0, total=total)
+
+        yield update
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

@@ -14,14 +14,15 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from tcpwhy.capture import read_table
+from tcpwhy.capture import iter_tables
 from tcpwhy.decode.table import CaptureStats, PacketTable
 from tcpwhy.diagnose.context import Capture
 from tcpwhy.diagnose.model import CaptureInfo, Finding, Report
 from tcpwhy.diagnose.registry import Diag, Settings, load
 from tcpwhy.filter import DisplayFilter
 
-Progress = Callable[[str], None]
+Progress = Callable[[str, int | None, int | None], None]
+"""progress(step, done, total): a step's text and, where known, how far it is (bytes)."""
 
 
 def diagnose_table(
@@ -51,19 +52,27 @@ def diagnose_files(
     matching packet, each analysed whole (Wireshark's "limit to display filter")."""
     tables: list[tuple[str, PacketTable]] = []
     stats_all: list[CaptureStats] = []
-    for p in paths:
-        if progress:
-            progress(f"reading {os.path.basename(p)}")
+    sizes = [_plain_size(p) for p in paths]
+    total = sum(sizes) if all(sizes) else None
+    done = 0
+    for p, size in zip(paths, sizes, strict=True):
         st = CaptureStats()
-        tables.append((p, read_table(p, st)))
+        parts = []
+        for t in iter_tables(p, st):
+            parts.append(t)
+            if progress:
+                progress(f"reading {os.path.basename(p)}", done + st.bytes_read, total)
+        tables.append((p, PacketTable.concat(parts)))
         stats_all.append(st)
+        done += size
     groups = _groups(tables)
     findings: list[Finding] = []
     endings: dict[str, int] = {}
     nconn = 0
     for g in groups:
         if progress:
-            progress("diagnosing " + ", ".join(os.path.basename(tables[i][0]) for i in g))
+            names = ", ".join(os.path.basename(tables[i][0]) for i in g)
+            progress(f"diagnosing {names}", None, None)
         parts = [tables[i][1] for i in g]
         table = PacketTable.concat(parts)
         file_of_row = (
@@ -102,6 +111,19 @@ def diagnose_files(
         warnings=warnings,
     )
     return Report(info, findings, endings)
+
+
+def _plain_size(path: str) -> int:
+    """Size of an uncompressed regular file (the reader's byte count matches it), else 0."""
+    try:
+        if path == "-" or not os.path.isfile(path):
+            return 0
+        with open(path, "rb") as f:
+            if f.read(2) == b"\x1f\x8b":
+                return 0
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _limit_to_filter(
