@@ -217,3 +217,20 @@ def _scan(b: ConnectionBuilder, first: PacketTable) -> int:
         assert b.active <= 5_000 + 10_000
         assert b.tracker.conversations <= 5_000 + 2 * 10_000
     return seen + len(b.finish())
+
+
+def test_retransmissions_and_zero_windows_count_wiresharks_flags() -> None:
+    """A record's counts are the packets `tcpwhy packets` marks, stream by stream."""
+    from tcpwhy.tcp.analysis import analyze
+
+    checked = 0
+    for name in ("retransmission-timeout", "lost-final-ack", "zero-window", "syn-timeout"):
+        t = read_table(str(LAB / f"{name}.pcap"))
+        s = StreamTracker().feed(t)
+        flags = analyze(t, s).flags
+        for r in build_connections(t):
+            rows = s["stream"] == r.stream
+            assert r.retransmissions == int(flags["retransmission"][rows].sum()), (name, r.stream)
+            assert r.zero_windows == int(flags["zero_window"][rows].sum()), (name, r.stream)
+            checked += r.retransmissions + r.zero_windows
+    assert checked > 10

@@ -91,7 +91,7 @@ def _le(a: Any, b: Any) -> Any:
 
 @njit(cache=True)
 def _analyze(
-    stream: Any,
+    slot: Any,
     pdir: Any,
     flags: Any,
     seq: Any,
@@ -102,6 +102,7 @@ def _analyze(
     ts: Any,
     frame: Any,
     reused: Any,
+    new: Any,
     nextseq: Any,
     nextseqtime: Any,
     maxseqtobeacked: Any,
@@ -132,15 +133,39 @@ def _analyze(
     out_delta: Any,
     out_tree: Any,
 ) -> None:
-    n = stream.shape[0]
+    n = slot.shape[0]
     # unacknowledged segments: a pool of singly linked lists, newest first; the caller
     # guarantees room for one new segment per row
     free_head = pool_meta[0]
     pool_used = pool_meta[1]
     for i in range(n):
-        st = stream[i]
+        # state lives per conversation slot; a new stream on the slot starts it afresh
+        st = slot[i]
         fw = st * 2 + pdir[i]
         rv = st * 2 + 1 - pdir[i]
+        if new[i]:
+            for k in (st * 2, st * 2 + 1):
+                nextseq[k] = 0
+                nextseqtime[k] = 0
+                maxseqtobeacked[k] = 0
+                lastack[k] = 0
+                lastacktime[k] = 0
+                window[k] = 0xFFFFFFFF
+                dupacknum[k] = 0
+                lastnondup[k] = 0
+                lastflags[k] = 0
+                valid_bif[k] = True
+                q = seg_head[k]
+                while q >= 0:
+                    nq = pool_link[q]
+                    pool_link[q] = free_head
+                    free_head = q
+                    q = nq
+                seg_head[k] = -1
+                seg_count[k] = 0
+            mru_syn[st] = 0
+            first_rtt[st] = 0
+            last_ts[st] = -1
         f = flags[i]
         sq = np.uint32(seq[i])
         ak = np.uint32(ack[i])
@@ -423,9 +448,11 @@ class Analyzer:
 
     def feed(self, table: PacketTable, streams: dict[str, npt.NDArray[Any]]) -> Analysis:
         n = len(table)
-        nstreams = int(streams["stream"].max()) + 1 if n else 0
-        _grown(self.state, _DIR_STATE, 2 * nstreams)
-        _grown(self.state, _STREAM_STATE, nstreams)
+        # state is kept per conversation slot of the stream tracker, which reuses the slots
+        # of conversations it forgot: memory follows the conversations held, not the file
+        nslots = int(streams["conv"].max()) + 1 if n else 0
+        _grown(self.state, _DIR_STATE, 2 * nslots)
+        _grown(self.state, _STREAM_STATE, nslots)
         _grown(self.state, _POOL, int(self.pool_meta[1]) + n)
         return _run(table, streams, self.state, self.pool_meta)
 
@@ -452,7 +479,7 @@ def _run(
     tree = np.zeros(n, np.bool_)
     if n:
         _analyze(
-            streams["stream"],
+            streams["conv"],
             streams["dir"].astype(np.int64),
             table["flags"].astype(np.int64),
             table["seq"],
@@ -463,6 +490,7 @@ def _run(
             table["ts_ns"],
             table["frame"].astype(np.int64),
             streams["reused"],
+            streams["new"],
             *(state[k] for k in (*_DIR_STATE, *_STREAM_STATE, *_POOL)),
             pool_meta,
             bits,

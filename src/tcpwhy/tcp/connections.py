@@ -147,18 +147,36 @@ PacketFlags = Callable[
 ]
 
 
-def packet_flags(
+class WiresharkFlags:
+    """Per-packet `retransmission` and `zero_window` flags as Wireshark sets them.
+
+    The counts in the records (`retransmissions`, `zero_windows`) then match
+    the packets `tcpwhy packets` marks `[TCP Retransmission]` and
+    `[TCP ZeroWindow]` (fast and spurious retransmissions included). The
+    analysis keeps its state per conversation slot of the stream tracker, so it
+    is bounded as the tracker is.
+    """
+
+    def __init__(self) -> None:
+        from tcpwhy.tcp.analysis import Analyzer
+
+        self.analyzer = Analyzer()
+
+    def __call__(
+        self, table: PacketTable, streams: dict[str, npt.NDArray[Any]]
+    ) -> dict[str, npt.NDArray[Any]]:
+        from tcpwhy.tcp.analysis import A_RETRANS, A_ZERO_WIN
+
+        bits = self.analyzer.feed(table, streams).bits
+        return {"retransmission": (bits & A_RETRANS) != 0, "zero_window": (bits & A_ZERO_WIN) != 0}
+
+
+def zeek_style_flags(
     table: PacketTable, streams: dict[str, npt.NDArray[Any]]
 ) -> dict[str, npt.NDArray[Any]] | None:
-    """Per-packet `retransmission` and `zero_window` flags, or None to count them here.
-
-    The single switch point for the analysis module: once
-    ``tcpwhy.tcp.analysis.analyze(table, streams).flags`` exists, return it
-    (it is keyed by Wireshark's flag names). Returning None makes the builder
-    count Zeek-style: a payload packet that ends at or before the highest
-    sequence number already seen is a retransmission; a window of 0 on a
-    packet that is not a RST is a zero-window event.
-    """
+    """No external flags: the builder counts Zeek-style instead (a payload packet that ends at
+    or before the highest sequence number already seen is a retransmission; a window of 0 on
+    a packet that is not a RST is a zero-window event)."""
     return None
 
 
@@ -179,7 +197,7 @@ class ConnectionBuilder:
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         closed_idle_s: float = CLOSED_IDLE_S,
         rfc_states: bool = True,
-        packet_flags_fn: PacketFlags = packet_flags,
+        packet_flags_fn: PacketFlags | None = None,
         uid_prefix: str = "C",
     ) -> None:
         if boundaries not in ("stream", "zeek"):
@@ -193,7 +211,9 @@ class ConnectionBuilder:
         self.idle_ns = int(idle_timeout_s * 1e9)
         self.closed_idle_ns = int(closed_idle_s * 1e9)
         self.rfc_states = rfc_states
-        self.packet_flags_fn = packet_flags_fn
+        self.packet_flags_fn: PacketFlags = (
+            packet_flags_fn if packet_flags_fn is not None else WiresharkFlags()
+        )
         self.uid_prefix = uid_prefix
         self.tracker = StreamTracker()
         self.warnings: list[str] = []
@@ -697,11 +717,12 @@ __all__ = [
     "DEFAULT_LIKELY_SERVER_PORTS",
     "ConnRecord",
     "ConnectionBuilder",
+    "WiresharkFlags",
     "build_connections",
     "end_words",
     "iter_connections",
-    "packet_flags",
     "zeek_ports",
+    "zeek_style_flags",
 ]
 
 _ = (FIN, RST)
