@@ -14,7 +14,9 @@ from the first byte read to the last table, once its compiled loops are
 loaded (interpreter start-up and loading numba's cache cost about a second,
 once per process, whatever the file's size). The per-packet rate without
 start-up is also given for both commands: the time the second half of the
-packets adds (full file minus half file). Peak RSS is also measured on half the file, to show that it
+packets adds (full file minus half file). Each tcpwhy figure is the fastest
+of --runs runs (default 3): on a shared machine the other runs measure the
+neighbours; tshark, which takes minutes, runs once. Peak RSS is also measured on half the file, to show that it
 stays flat as the file grows.
 """
 
@@ -43,7 +45,12 @@ print(n, time.perf_counter() - t0)
 """
 
 
-def timed(cmd: list[str], cores: str = "0") -> tuple[float, int, str]:
+CORE = str((os.cpu_count() or 1) - 1)
+"""The core every measured process is pinned to: the last one, which on this kind of
+machine takes fewer interrupts than core 0 (measured: decoding 0.39 s there, 0.7 s on 0)."""
+
+
+def timed(cmd: list[str], cores: str = CORE) -> tuple[float, int, str]:
     """(seconds, peak RSS in MB, stdout) of one child pinned to one core."""
     if shutil.which("taskset"):
         cmd = ["taskset", "-c", cores, *cmd]
@@ -57,6 +64,14 @@ def timed(cmd: list[str], cores: str = "0") -> tuple[float, int, str]:
     return dt, ru.ru_maxrss // 1024, out
 
 
+def best(cmd: list[str], runs: int) -> tuple[float, int, str]:
+    """The fastest of `runs` runs (the least disturbed by the rest of a shared machine), with
+    the highest peak RSS seen, and the fastest run's output."""
+    got = [timed(cmd) for _ in range(runs)]
+    fastest = min(got, key=lambda g: g[0])
+    return fastest[0], max(g[1] for g in got), fastest[2]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -64,6 +79,9 @@ def main() -> None:
     ap.add_argument("--packets", type=int, default=3_000_000)
     ap.add_argument("--snaplen", type=int, default=256)
     ap.add_argument("--no-tshark", action="store_true")
+    ap.add_argument(
+        "--runs", type=int, default=3, help="tcpwhy runs per measurement (fastest kept)"
+    )
     a = ap.parse_args()
     out = HERE / "out"
     out.mkdir(exist_ok=True)
@@ -88,15 +106,15 @@ def main() -> None:
     py = [sys.executable, "-c", DECODE]
     timed([*py, str(half)])  # warm the compiled-code cache and the page cache
     results = []
-    dt, rss, outp = timed([*py, str(cap)])
+    dt, rss, outp = best([*py, str(cap)], a.runs)
     count, inner = outp.split()
     assert int(count) == a.packets, outp
-    dt_half, rss_half, _ = timed([*py, str(half)])
+    dt_half, rss_half, _ = best([*py, str(half)], a.runs)
     results.append(("tcpwhy decode", dt, rss))
     tcpwhy = [sys.executable, "-m", "tcpwhy"]
     timed([*tcpwhy, "conns", str(half), "--format", "jsonl"])  # warm
-    dt_c, rss_c, _ = timed([*tcpwhy, "conns", str(cap), "--format", "jsonl"])
-    dt_c_half, rss_c_half, _ = timed([*tcpwhy, "conns", str(half), "--format", "jsonl"])
+    dt_c, rss_c, _ = best([*tcpwhy, "conns", str(cap), "--format", "jsonl"], a.runs)
+    dt_c_half, rss_c_half, _ = best([*tcpwhy, "conns", str(half), "--format", "jsonl"], a.runs)
     results.append(("tcpwhy conns", dt_c, rss_c))
     tshark = shutil.which("tshark")
     if tshark and not a.no_tshark:
