@@ -242,3 +242,11 @@ def test_checksums_verified_only_when_asked(tmp_path: Path, base) -> None:  # ty
     write_pcap(p, link, recs2, True, False)
     t = read_table(str(p), checksums=True)
     assert np.flatnonzero(t["csum_ok"] == 0).tolist() == [i]
+
+
+def test_stdin_errors_name_stdin() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "tcpwhy", "packets", "-"], input=b"", capture_output=True
+    )
+    assert r.returncode == 2
+    assert r.stderr.decode().strip() == "tcpwhy: <stdin>: empty file, not a capture"

@@ -68,7 +68,7 @@ class _Source:
     """A byte stream that returns what is available (short reads on pipes), gzip undone."""
 
     def __init__(self, name: str) -> None:
-        self.name = name
+        self.name = "<stdin>" if name == "-" else name
         self._pipe = False
         raw: IO[bytes]
         try:
