@@ -1,4 +1,5 @@
-"""Runs `tcpwhy packets` in-process over capture files given on the command line.
+"""Runs `tcpwhy packets` (or, with --analyze first, `tcpwhy analyze`) in-process over capture
+files given on the command line.
 
 Prints one JSON object per file: exit status, stderr lines, seconds, and any
 traceback. Used by test_corpus_bad_input.py in worker processes so that a
@@ -18,6 +19,8 @@ import traceback
 
 from tcpwhy.cli import main
 
+COMMAND = ["packets", "{}", "--format", "jsonl"]
+
 
 def run(path: str) -> dict[str, object]:
     err = io.StringIO()
@@ -27,7 +30,7 @@ def run(path: str) -> dict[str, object]:
     with open(os.devnull, "w") as out:
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                status = main(["packets", path, "--format", "jsonl"])
+                status = main([path if a == "{}" else a for a in COMMAND])
         except BaseException:
             tb = traceback.format_exc()
     return {
@@ -54,5 +57,9 @@ def peak_rss_kb() -> int:
 
 
 if __name__ == "__main__":
-    for p in sys.argv[1:]:
+    args = sys.argv[1:]
+    if args and args[0] == "--analyze":
+        COMMAND = ["analyze", "{}", "--format", "json"]
+        args = args[1:]
+    for p in args:
         print(json.dumps(run(p)), flush=True)

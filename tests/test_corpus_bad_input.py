@@ -20,12 +20,12 @@ WARNING_LINE = re.compile(r"^tcpwhy: .+?: warning: .+$")
 SKIPPED_LINE = re.compile(r"^skipped: (\d+ [A-Za-z0-9 -]+)(, \d+ [A-Za-z0-9 -]+)*$")
 
 
-def _walk(files: list[Path]) -> list[dict[str, object]]:
+def _walk(files: list[Path], *mode: str) -> list[dict[str, object]]:
     """Two worker processes (one per core) over the files, each under a timeout."""
     half = (len(files) + 1) // 2
     procs = [
         subprocess.Popen(
-            [sys.executable, str(HERE / "corpus_walk.py"), *map(str, part)],
+            [sys.executable, str(HERE / "corpus_walk.py"), *mode, *map(str, part)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -97,3 +97,21 @@ def test_not_a_capture(tmp_path: Path) -> None:
     )
     assert missing.returncode == 2
     assert missing.stderr.strip() == f"tcpwhy: {tmp_path / 'nope.pcap'}: no such file"
+
+
+def test_analyze_whole_tcpdump_corpus(tcpdump_corpus: Path) -> None:
+    """The diagnosis too gets through every capture: a report (exit 0 or 1) or one line (2)."""
+    files = sorted(p for p in tcpdump_corpus.iterdir() if p.suffix in (".pcap", ".pcapng"))
+    results = _walk(files, "--analyze")
+    assert len(results) == len(files)
+    reports = 0
+    for r in results:
+        name = r["file"]
+        assert not r["traceback"], f"{name}: {r['traceback']}"
+        assert r["status"] in (0, 1, 2), f"{name}: exit status {r['status']}"
+        if r["status"] == 2:
+            lines: list[str] = r["stderr"]  # type: ignore[assignment]
+            assert len(lines) == 1 and ERROR_LINE.match(lines[0]), f"{name}: {lines}"
+        else:
+            reports += 1
+    assert reports > 500
