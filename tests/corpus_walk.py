@@ -61,5 +61,8 @@ if __name__ == "__main__":
     if args and args[0] == "--analyze":
         COMMAND = ["analyze", "{}", "--format", "json"]
         args = args[1:]
+    elif args and args[0] == "--conns":
+        COMMAND = ["conns", "{}", "--format", "zeek"]
+        args = args[1:]
     for p in args:
         print(json.dumps(run(p)), flush=True)
