@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,14 +163,6 @@ def test_analysis_fields_map_to_the_analysis_arrays(table: PacketTable) -> None:
     assert sel("tcp.time_delta >= 2.5") == [int(fr[7])]
     for name in ANALYSIS_FLAGS:
         assert len(sel(f"tcp.analysis.{name}")) == int(fake.flags[name].sum())
-
-
-def test_missing_analysis_module_is_a_clear_error(
-    table: PacketTable, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(sys.modules, "tcpwhy.tcp.analysis", None)
-    with pytest.raises(FilterError, match=r"tcpwhy\.tcp\.analysis"):
-        compile_filter("tcp.analysis.flags").mask(table, FilterContext(table))
 
 
 def test_select_streams_lists_streams_with_a_match(demo: PacketTable) -> None:

@@ -18,7 +18,6 @@ import numpy.typing as npt
 from tcpwhy.decode.table import PacketTable
 from tcpwhy.filter import http
 from tcpwhy.filter.fields import ByteValues
-from tcpwhy.filter.syntax import FilterError
 
 
 class FilterContext:
@@ -53,13 +52,8 @@ class FilterContext:
     @property
     def analysis(self) -> Any:
         if self._analysis is None:
-            try:
-                from tcpwhy.tcp.analysis import analyze
-            except ImportError as exc:
-                raise FilterError(
-                    "tcp.analysis.* and tcp.time_delta need TCP sequence analysis "
-                    f"(tcpwhy.tcp.analysis), which is not available: {exc}"
-                ) from exc
+            from tcpwhy.tcp.analysis import analyze  # loads compiled code: only when used
+
             self._analysis = analyze(self.table, self.streams)
         return self._analysis
 
