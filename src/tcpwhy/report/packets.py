@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import sys
 from collections.abc import Iterator
@@ -30,43 +31,62 @@ from tcpwhy.tcp.analysis import Analyzer
 from tcpwhy.tcp.streams import StreamTracker
 
 COLUMNS = ("No.", "Time", "Source", "Destination", "Length", "Info")
+_addr = functools.lru_cache(maxsize=1 << 14)(format_addr)
 
 
-def flag_names(flags: int) -> list[str]:
-    names = [name for bit, name in FLAG_NAMES if flags & bit]
-    return names
+@functools.lru_cache(maxsize=512)
+def flag_names(flags: int) -> tuple[str, ...]:
+    """Flag names in Wireshark's order (cached: a capture uses a handful of combinations)."""
+    return tuple(name for bit, name in FLAG_NAMES if flags & bit)
 
 
-def info_text(t: PacketTable, i: int, seq: int, ack: int, win: int, sack_base: int) -> str:
-    """Wireshark's TCP Info column for row i (relative or absolute numbers already chosen)."""
-    f = int(t["flags"][i])
+_INFO_COLUMNS = (
+    "flags", "sport", "dport", "urp", "payload_len", "opt_order", "opt_mss", "opt_ws",
+    "opt_tsval", "opt_tsecr", "sack_n",
+)  # fmt: skip
+
+
+def info_text(c: dict[str, list[Any]], i: int, seq: int, ack: int, win: int, sack_base: int) -> str:
+    """Wireshark's TCP Info column for row i of a chunk's columns as Python lists
+    (`chunk_lists`), with relative or absolute numbers already chosen."""
+    f = c["flags"][i]
     names = flag_names(f)
-    parts = [f"{t['sport'][i]} → {t['dport'][i]} [{', '.join(names) if names else '<None>'}]"]
+    parts = [f"{c['sport'][i]} → {c['dport'][i]} [{', '.join(names) if names else '<None>'}]"]
     parts.append(f"Seq={seq}")
     if f & ACK:
         parts.append(f"Ack={ack}")
     parts.append(f"Win={win}")
     if f & URG:
-        parts.append(f"Urg={t['urp'][i]}")
-    parts.append(f"Len={t['payload_len'][i]}")
-    order = int(t["opt_order"][i])
+        parts.append(f"Urg={c['urp'][i]}")
+    parts.append(f"Len={c['payload_len'][i]}")
+    order = c["opt_order"][i]
     while order:
         code = order & 7
         order >>= 3
         if code == OPT_MSS:
-            parts.append(f"MSS={t['opt_mss'][i]}")
+            parts.append(f"MSS={c['opt_mss'][i]}")
         elif code == OPT_WS:
-            parts.append(f"WS={1 << min(int(t['opt_ws'][i]), 14)}")
+            parts.append(f"WS={1 << min(c['opt_ws'][i], 14)}")
         elif code == OPT_SACK_PERM:
             parts.append("SACK_PERM")
         elif code == OPT_TS:
-            parts.append(f"TSval={t['opt_tsval'][i]} TSecr={t['opt_tsecr'][i]}")
+            parts.append(f"TSval={c['opt_tsval'][i]} TSecr={c['opt_tsecr'][i]}")
         elif code == OPT_SACK:
-            for k in range(int(t["sack_n"][i])):
-                le = (int(t["sack_le"][i, k]) - sack_base) & 0xFFFFFFFF
-                re = (int(t["sack_re"][i, k]) - sack_base) & 0xFFFFFFFF
-                parts.append(f"SLE={le} SRE={re}")
+            for le, re in zip(c["sack_le"][i][: c["sack_n"][i]], c["sack_re"][i], strict=False):
+                parts.append(
+                    f"SLE={(le - sack_base) & 0xFFFFFFFF} SRE={(re - sack_base) & 0xFFFFFFFF}"
+                )
     return " ".join(parts)
+
+
+def chunk_lists(t: PacketTable, names: tuple[str, ...]) -> dict[str, list[Any]]:
+    """Columns as Python lists, converted once per chunk: per-row access to numpy scalars is
+    what made the view slow."""
+    out = {name: t[name].tolist() for name in names}
+    if any(t["sack_n"]):
+        out["sack_le"] = t["sack_le"].tolist()
+        out["sack_re"] = t["sack_re"].tolist()
+    return out
 
 
 @dataclass
@@ -78,7 +98,7 @@ class PacketRow:
     sport: int
     dport: int
     length: int
-    flags: list[str]
+    flags: tuple[str, ...]
     seq: int
     ack: int
     len: int
@@ -96,7 +116,7 @@ class PacketRow:
             "sport": self.sport,
             "dport": self.dport,
             "length": self.length,
-            "flags": self.flags,
+            "flags": list(self.flags),
             "seq": self.seq,
             "ack": self.ack,
             "len": self.len,
@@ -126,37 +146,43 @@ def iter_rows(
             ctx = FilterContext(t, streams=s, analysis=a, first_ts_ns=stats.first_ts_ns)
             keep = flt.mask(t, ctx)
         t0 = stats.first_ts_ns or 0
-        rel_t = (t["ts_ns"] - t0).astype(np.float64) / 1e9
-        seqs = t["seq"] if absolute else s["rel_seq"]
-        acks = t["ack"] if absolute else s["rel_ack"]
+        rel_t = ((t["ts_ns"] - t0).astype(np.float64) / 1e9).tolist()
+        seqs = (t["seq"] if absolute else s["rel_seq"]).tolist()
+        acks = (t["ack"] if absolute else s["rel_ack"]).tolist()
         # SACK edges are in the other direction's sequence space: base = raw ack - rel ack
         sack_base = (
-            np.zeros(len(t), np.int64) if absolute else (t["ack"].astype(np.int64) - s["rel_ack"])
+            [0] * len(t) if absolute else (t["ack"].astype(np.int64) - s["rel_ack"]).tolist()
         )
+        c = chunk_lists(
+            t, (*_INFO_COLUMNS, "frame", "frame_len", "src_hi", "src_lo", "dst_hi", "dst_lo")
+        )
+        win = s["win_scaled"].tolist()
+        stream = s["stream"].tolist()
+        flagged = a.bits.tolist()
         for i in range(len(t)):
             if limit is not None and shown >= limit:
                 return
             if keep is not None and not keep[i]:
                 continue
-            f = int(t["flags"][i])
-            ack = int(acks[i]) if f & ACK else 0
+            f = c["flags"][i]
+            ack = acks[i] if f & ACK else 0
+            info = info_text(c, i, seqs[i], ack, win[i], sack_base[i])
             yield PacketRow(
-                frame=int(t["frame"][i]),
-                time=float(rel_t[i]),
-                src=format_addr(t["src_hi"][i], t["src_lo"][i]),
-                dst=format_addr(t["dst_hi"][i], t["dst_lo"][i]),
-                sport=int(t["sport"][i]),
-                dport=int(t["dport"][i]),
-                length=int(t["frame_len"][i]),
+                frame=c["frame"][i],
+                time=rel_t[i],
+                src=_addr(c["src_hi"][i], c["src_lo"][i]),
+                dst=_addr(c["dst_hi"][i], c["dst_lo"][i]),
+                sport=c["sport"][i],
+                dport=c["dport"][i],
+                length=c["frame_len"][i],
                 flags=flag_names(f),
-                seq=int(seqs[i]),
+                seq=seqs[i],
                 ack=ack,
-                len=int(t["payload_len"][i]),
-                win=int(s["win_scaled"][i]),
-                stream=int(s["stream"][i]),
-                analysis=a.names(i),
-                info=a.info_prefix(i)
-                + info_text(t, i, int(seqs[i]), ack, int(s["win_scaled"][i]), int(sack_base[i])),
+                len=c["payload_len"][i],
+                win=win[i],
+                stream=stream[i],
+                analysis=a.names(i) if flagged[i] else [],
+                info=a.info_prefix(i) + info if flagged[i] else info,
             )
             shown += 1
 
