@@ -31,6 +31,27 @@ CLIENT_IF = "c0"
 SERVER_IF = "s0"
 
 
+def _veth(a_if: str, a_ns: str, b_if: str, b_ns: str) -> None:
+    """A veth pair whose ends are created straight in their namespaces."""
+    nsmod.run(
+        [
+            "ip",
+            "link",
+            "add",
+            a_if,
+            "netns",
+            a_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b_if,
+            "netns",
+            b_ns,
+        ]
+    )
+
+
 @dataclass
 class Options:
     """Knobs shared by all scenarios; None means the scenario's own default."""
@@ -149,61 +170,13 @@ class Lab:
         c, s, m = self.client_ns, self.server_ns, self.middle_ns
         v6 = ["-6"] if self.opts.ipv6 else []
         if m is None:
-            nsmod.run(
-                [
-                    "ip",
-                    "link",
-                    "add",
-                    CLIENT_IF,
-                    "netns",
-                    c,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    SERVER_IF,
-                    "netns",
-                    s,
-                ]
-            )
+            _veth(CLIENT_IF, c, SERVER_IF, s)
             self.client_ip, self.server_ip = self._addr(0, 1), self._addr(0, 2)
             self._add_addr(c, CLIENT_IF, self.client_ip)
             self._add_addr(s, SERVER_IF, self.server_ip)
         else:
-            nsmod.run(
-                [
-                    "ip",
-                    "link",
-                    "add",
-                    CLIENT_IF,
-                    "netns",
-                    c,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "m0",
-                    "netns",
-                    m,
-                ]
-            )
-            nsmod.run(
-                [
-                    "ip",
-                    "link",
-                    "add",
-                    SERVER_IF,
-                    "netns",
-                    s,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "m1",
-                    "netns",
-                    m,
-                ]
-            )
+            _veth(CLIENT_IF, c, "m0", m)
+            _veth(SERVER_IF, s, "m1", m)
             self.client_ip, self.server_ip = self._addr(1, 2), self._addr(2, 2)
             self._add_addr(c, CLIENT_IF, self.client_ip)
             self._add_addr(s, SERVER_IF, self.server_ip)

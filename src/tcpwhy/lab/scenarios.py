@@ -1159,17 +1159,8 @@ def time_wait_reuse(lab: Lab) -> None:
         "client",
         {"net.ipv4.ip_local_port_range": f"{eport} {eport}", "net.ipv4.tcp_tw_reuse": 0},
     )
-    c4 = lab.sock("client")
-    c4.settimeout(5)
-    c4.connect(lab.server_addr())
-    lab.say("client", f"connect() without bind → established from {_peer(c4)}")
-    s4, peer = listener.accept()
-    lab._sockets.append(s4)
-    lab.expect(peer[1] == eport, "connect() did not use the only ephemeral port")
-    exchange(lab, c4, s4)
-    c4.close()
-    recv_outcome(s4)
-    s4.close()
+    port = _unbound_connect_and_talk(lab, listener)
+    lab.expect(port == eport, "connect() did not use the only ephemeral port")
     lab.say("client", "close() first; the server closes too")
     lab.expect(
         len(lab.wait_state("client", "TIME-WAIT", timeout=2, count=2)) == 2,
@@ -1192,19 +1183,25 @@ def time_wait_reuse(lab: Lab) -> None:
     delay_ms = 200
     lab.sysctl("client", {"net.ipv4.tcp_tw_reuse": 1, "net.ipv4.tcp_tw_reuse_delay": delay_ms})
     time.sleep(delay_ms / 1000 + 0.1)
-    c5 = lab.sock("client")
-    c5.settimeout(5)
-    c5.connect(lab.server_addr())
-    lab.say("client", f"connect() without bind → established from {_peer(c5)}")
-    s5, peer = listener.accept()
-    lab._sockets.append(s5)
-    lab.check(peer[1] == eport, "tcp_tw_reuse let connect() take the port in TIME-WAIT")
-    exchange(lab, c5, s5)
-    c5.close()
-    recv_outcome(s5)
-    s5.close()
+    port = _unbound_connect_and_talk(lab, listener)
+    lab.check(port == eport, "tcp_tw_reuse let connect() take the port in TIME-WAIT")
     lab.say("client", "close(); the server closes too")
     lab.wait_state("client", "TIME-WAIT", timeout=2)
+
+
+def _unbound_connect_and_talk(lab: Lab, listener: socket.socket) -> int:
+    """connect() without bind(), one exchange, the client closes first: the port it got."""
+    c = lab.sock("client")
+    c.settimeout(5)
+    c.connect(lab.server_addr())
+    lab.say("client", f"connect() without bind → established from {_peer(c)}")
+    s, peer = listener.accept()
+    lab._sockets.append(s)
+    exchange(lab, c, s)
+    c.close()
+    recv_outcome(s)
+    s.close()
+    return int(peer[1])
 
 
 def _conntrack_firewall(port: int) -> str:
