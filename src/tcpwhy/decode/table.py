@@ -17,7 +17,7 @@ URG 0x020, ECE 0x040, CWR 0x080, AE (formerly NS) 0x100.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,10 +120,12 @@ class PacketTable:
             return cols[name]
         raise AttributeError(name)
 
-    def payload(self, row: int) -> bytes:
-        """The captured payload bytes of one row (attacker data: escape before printing)."""
+    def payload(self, row: int, limit: int | None = None) -> bytes:
+        """The captured payload bytes of one row, at most `limit` of them (attacker data:
+        escape before printing)."""
         off = int(self.cols["payload_off"][row])
-        return self.data[off : off + int(self.cols["payload_cap"][row])].tobytes()
+        cap = int(self.cols["payload_cap"][row])
+        return self.data[off : off + (cap if limit is None else min(cap, limit))].tobytes()
 
     def take(self, rows: npt.NDArray[Any]) -> PacketTable:
         """A table of the selected rows (boolean mask or indices), sharing `data`."""
@@ -159,9 +161,6 @@ class PacketTable:
             start += n
         cols["payload_off"] = new_off.astype(np.uint64)
         return PacketTable(cols, data)
-
-    def iter_rows(self) -> Iterator[int]:
-        return iter(range(len(self)))
 
 
 def _is_compact(t: PacketTable) -> bool:
@@ -216,14 +215,3 @@ def format_addr(hi: int, lo: int) -> str:
         v = lo & 0xFFFFFFFF
         return f"{v >> 24}.{(v >> 16) & 255}.{(v >> 8) & 255}.{v & 255}"
     return str(ipaddress.IPv6Address((hi << 64) | lo))
-
-
-def parse_addr(text: str) -> tuple[int, int]:
-    """(hi, lo) of an IPv4 or IPv6 address in the table's encoding."""
-    import ipaddress
-
-    a = ipaddress.ip_address(text)
-    if a.version == 4:
-        return 0, 0xFFFF00000000 | int(a)
-    v = int(a)
-    return v >> 64, v & 0xFFFFFFFFFFFFFFFF

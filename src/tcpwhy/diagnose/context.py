@@ -414,11 +414,7 @@ class Conn:
         return got
 
     def payload(self, i: int, limit: int = 2048) -> bytes:
-        t = self.cap.table
-        row = int(self.rows[i])
-        off = int(t["payload_off"][row])
-        cap = min(int(t["payload_cap"][row]), limit)
-        return t.data[off : off + cap].tobytes()
+        return self.cap.table.payload(int(self.rows[i]), limit)
 
     def label(self) -> str:
         return f"stream {self.no} ({self.client} → {self.server})"

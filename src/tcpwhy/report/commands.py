@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib import resources
 
 from tcpwhy.decode.table import CaptureStats
 from tcpwhy.filter import add_filter_argument
-
-DEMO_CAPTURE = "demo-stale-keepalive.pcap"
-
-
-def demo_capture_path() -> str:
-    return str(resources.files("tcpwhy") / "data" / DEMO_CAPTURE)
 
 
 def report_stats(source: str, stats: CaptureStats) -> None:

@@ -7,7 +7,7 @@ import csv
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
 from tcpwhy.decode.table import CaptureStats
@@ -64,7 +64,6 @@ ZEEK_FIELDS = (
     ("ip_proto", "count"),
 )
 
-RecordFilter = Callable[["ConnRecord"], bool]
 """Hook for a future ``-Y FILTER``: records for which it returns False are not shown."""
 
 
@@ -193,7 +192,6 @@ def write_conns(
     fmt: str = "table",
     out: TextIO | None = None,
     stats: CaptureStats | None = None,
-    record_filter: RecordFilter | None = None,
     flt: DisplayFilter | None = None,
     **options: Any,
 ) -> CaptureStats:
@@ -209,8 +207,6 @@ def write_conns(
         if flt is None
         else filtered_connections(source, stats, flt, **options)
     )
-    if record_filter is not None:
-        recs = (r for r in recs if record_filter(r))
     if fmt == "jsonl":
         for r in recs:
             out.write(json.dumps(r.as_json(), ensure_ascii=False) + "\n")

@@ -36,6 +36,11 @@ def _mix(h: Any, v: Any) -> Any:
     return h
 
 
+@njit(cache=True, inline="always")
+def _hash5(k0: Any, k1: Any, k2: Any, k3: Any, k4: Any) -> Any:
+    return _mix(_mix(_mix(_mix(_mix(np.uint64(0), k0), k1), k2), k3), k4)
+
+
 @njit(cache=True)
 def _lookup(
     src_hi: Any,
@@ -70,8 +75,7 @@ def _lookup(
         else:
             k0, k1, k2, k3 = a0, a1, b0, b1
             k4 = (a2 << np.uint64(16)) | b2
-        h = _mix(_mix(_mix(_mix(_mix(np.uint64(0), k0), k1), k2), k3), k4)
-        j = np.int64(h & np.uint64(mask))
+        j = np.int64(_hash5(k0, k1, k2, k3, k4) & np.uint64(mask))
         while True:
             v = tab_val[j]
             if v == _EMPTY:
@@ -111,14 +115,7 @@ def _rehash(old_keys: Any, old_val: Any, tab_keys: Any, tab_val: Any, slot_keys:
         s = old_val[j]
         if s < 0:
             continue
-        k0, k1, k2, k3, k4 = (
-            old_keys[j, 0],
-            old_keys[j, 1],
-            old_keys[j, 2],
-            old_keys[j, 3],
-            old_keys[j, 4],
-        )
-        h = _mix(_mix(_mix(_mix(_mix(np.uint64(0), k0), k1), k2), k3), k4)
+        h = _hash5(old_keys[j, 0], old_keys[j, 1], old_keys[j, 2], old_keys[j, 3], old_keys[j, 4])
         q = np.int64(h & np.uint64(mask))
         while tab_val[q] != _EMPTY:
             q = (q + 1) & mask
