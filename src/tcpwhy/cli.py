@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -10,29 +11,39 @@ from collections.abc import Sequence
 from tcpwhy import __version__
 from tcpwhy.errors import EXIT_BAD_INPUT, TcpwhyError
 
+GROUPS = {
+    "packets": "tcpwhy.report.commands",
+    "conns": "tcpwhy.report.commands",
+    "flow": "tcpwhy.report.commands",
+    "demo": "tcpwhy.report.commands",
+    "analyze": "tcpwhy.diagnose.cli",
+    "explain": "tcpwhy.diagnose.cli",
+    "lab": "tcpwhy.lab.cli",
+    "host": "tcpwhy.host.cli",
+}
+"""Which module registers each command. Only the one named on the command line is imported
+(the host and lab commands pull in rich, psutil and pyroute2: a tenth of a second of start-up
+that a capture command does not need); all of them for --help or an unknown command."""
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tcpwhy",
         description="Tells why TCP connections break: from captures and from a live Linux host.",
     )
     parser.add_argument("--version", action="version", version=f"tcpwhy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    from tcpwhy.diagnose import cli as diagnose_cli
-    from tcpwhy.host import cli as host_cli
-    from tcpwhy.lab import cli as lab_cli
-    from tcpwhy.report import commands as report_commands
-
-    report_commands.register(sub)
-    diagnose_cli.register(sub)
-    lab_cli.register(sub)
-    host_cli.register(sub)
+    command = next(iter(argv), None) if argv else None
+    wanted = GROUPS.get(command or "")
+    for module in dict.fromkeys(GROUPS.values()):
+        if wanted is None or module == wanted:
+            importlib.import_module(module).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed its message

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from numba import njit
+
+from tcpwhy.native import kernel, njit
 
 # ---- status codes of a record (what the decoder found) ---------------------------------
 ST_TCP = 0
@@ -141,7 +142,7 @@ def _be48(b: Any, p: Any) -> Any:
 # ---- record walkers ---------------------------------------------------------------------
 
 
-@njit(cache=True)
+@kernel("u1[:] i8 i8 b1 b1 i8 i8[:] i8[:] i8[:] i8[:] -> (i8, i8, i8)")
 def walk_pcap(
     buf: Any,
     start: Any,
@@ -204,7 +205,9 @@ def _ticks_to_ns(ticks: Any, res_pow: Any, res_base2: Any) -> Any:
     return np.int64(ticks // div)
 
 
-@njit(cache=True)
+@kernel(
+    "u1[:] i8 i8 b1 i8[:] i8[:] i8[:] b1[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8[:] -> (i8, i8, i8)"
+)
 def walk_pcapng(
     buf: Any,
     start: Any,
@@ -313,7 +316,9 @@ def _teredo(buf: Any, u: Any, lim: Any, end: Any, strict: Any) -> Any:
     return q
 
 
-@njit(cache=True)
+@kernel(
+    "u1[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8 i8[:] b1 b1 u8[:] i8[:] u4[:] u4[:] u2[:] u2[:] u8[:] u8[:] i4[:] u1[:] u8[:] u8[:] u8[:] u8[:] u1[:] u4[:] u4[:] u1[:] u4[:] u8[:] u8[:] u8[:] u8[:] u2[:] u2[:] u4[:] u4[:] u1[:] u2[:] u2[:] u2[:] i1[:] i4[:] i1[:] b1[:] b1[:] u4[:] u4[:] u4[:] u1[:] u4[:,:] u4[:,:] u4[:] u4[:] u8[:] b1[:] -> i8"
+)
 def decode_records(
     buf: Any,
     rec_off: Any,
@@ -953,7 +958,7 @@ def decode_records(
     return j
 
 
-@njit(cache=True)
+@kernel("u1[:] i8[:] i8[:] u1[:] i8[:] -> none")
 def gather_bytes(src: Any, offs: Any, lens: Any, dst: Any, dst_offs: Any) -> Any:
     """Copy each row's payload bytes into a compact buffer."""
     for i in range(offs.shape[0]):

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from numba import njit
 
 from tcpwhy.decode.table import ACK, FIN, RST, SYN, PacketTable
+from tcpwhy.native import kernel, njit
 from tcpwhy.tcp import ANALYSIS_FLAGS
 
 FLAGS = ANALYSIS_FLAGS
@@ -89,7 +89,9 @@ def _le(a: Any, b: Any) -> Any:
     return np.int32(np.uint32(a) - np.uint32(b)) <= 0
 
 
-@njit(cache=True)
+@kernel(
+    "i8[:] i8[:] i8[:] u4[:] u4[:] u4[:] i8[:] i1[:] i8[:] i8[:] b1[:] b1[:] u4[:] i8[:] u4[:] u4[:] i8[:] i8[:] i8[:] i8[:] i8[:] b1[:] i8[:] i8[:] i8[:] i8[:] i8[:] u4[:] u4[:] i8[:] i8[:] i8[:] i8[:] u4[:] i8[:] i8[:] f8[:] i8[:] f8[:] f8[:] b1[:] -> none"
+)
 def _analyze(
     slot: Any,
     pdir: Any,

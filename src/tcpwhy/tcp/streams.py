@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from numba import njit
 
 from tcpwhy.decode.table import ACK, SYN, PacketTable
+from tcpwhy.native import kernel, njit
 
 _EMPTY = -1
 
@@ -41,7 +41,7 @@ def _hash5(k0: Any, k1: Any, k2: Any, k3: Any, k4: Any) -> Any:
     return _mix(_mix(_mix(_mix(_mix(np.uint64(0), k0), k1), k2), k3), k4)
 
 
-@njit(cache=True)
+@kernel("u8[:] u8[:] u8[:] u8[:] u2[:] u2[:] u8[:,:] i8[:] i8[:] i8[:] i8[:] i8[:] i1[:] -> none")
 def _lookup(
     src_hi: Any,
     src_lo: Any,
@@ -106,7 +106,7 @@ def _lookup(
         out_dir[i] = 1 if gt else 0
 
 
-@njit(cache=True)
+@kernel("u8[:,:] i8[:] u8[:,:] i8[:] i8[:] -> i8")
 def _rehash(old_keys: Any, old_val: Any, tab_keys: Any, tab_val: Any, slot_keys: Any) -> int:
     """Move live entries into a larger table; forgotten ones (tombstones) are dropped."""
     mask = tab_val.shape[0] - 1
@@ -127,7 +127,9 @@ def _rehash(old_keys: Any, old_val: Any, tab_keys: Any, tab_val: Any, slot_keys:
     return n
 
 
-@njit(cache=True)
+@kernel(
+    "i8[:] i1[:] u2[:] u4[:] u4[:] i8[:] b1[:,:] u4[:,:] i1[:,:] i1[:] u2[:] i8 i8[:] u4[:] u4[:] b1[:] b1[:] i8[:] i1[:] -> i8"
+)
 def _track(
     slot: Any,
     pdir: Any,

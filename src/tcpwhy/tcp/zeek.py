@@ -22,7 +22,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from numba import njit
+
+from tcpwhy.native import kernel, njit
 
 # --- Zeek endpoint states (TCP_ENDPOINT_*), in Zeek's own numbering -------------------
 INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
@@ -612,7 +613,9 @@ def _emit(
     return nfree + 1
 
 
-@njit(cache=True)
+@kernel(
+    "i8[:,:] u1[:,:] i8[:] i8 i8[:] i8 i8[:] i8[:] b1[:] i1[:] i8[:] u2[:] u4[:] u4[:] u2[:] u4[:] u4[:] u2[:] u2[:] i8[:] i8[:] i8[:] i8[:] i1[:] i1[:] i1[:] b1[:] b1 b1 i8 i8 i8[:] b1[:] i8[:,:] u1[:,:] -> (i8, i8, i8)"
+)
 def process_chunk(
     S: Any,
     H: Any,
@@ -869,7 +872,7 @@ def process_chunk(
     return nfree, next_uid, k
 
 
-@njit(cache=True)
+@kernel("i8[:,:] u1[:,:] i8[:] i8 i8[:] i8[:] i8 b1 i8 i8 b1 i8 i8[:,:] u1[:,:] -> (i8, i8)")
 def sweep(
     S: Any,
     H: Any,

@@ -1,0 +1,343 @@
+"""Compiled loops: ahead-of-time extension modules when built, numba's JIT otherwise.
+
+tcpwhy's sequential loops (walking pcap records, decoding headers, per-flow
+state) are numba functions. Through numba's JIT they cost about a second at
+the start of every process -- importing numba and llvmlite, initialising its
+typing and target registries, loading each function from its on-disk cache --
+which is most of the run time of a short capture and a third of a
+3-million-packet one. ``python -m tcpwhy.native build`` (run by ``make``)
+compiles the entry points ahead of time into small extension modules with
+numba's own compiler (``numba.pycc``, the same code), one per entry point, in
+``tcpwhy/_native/``; they load in about a millisecond and do not import numba.
+
+The kernel modules write ``from tcpwhy.native import kernel, njit``:
+
+* ``@kernel("u1[:] i8 b1 -> (i8, i8)")`` marks an entry point called from
+  Python, with its exact signature (``u1[:]`` a C-contiguous writable uint8
+  array, ``i8[:,:]`` a 2-D int64 one, ``i8``/``b1``/``f8`` int, bool and
+  float scalars; ``-> none`` for no result);
+* ``@njit(...)`` marks a helper called only from compiled code.
+
+Which one runs is decided once per process, for all kernels together: the
+ahead-of-time modules if they were built from exactly these sources (a hash of
+the kernel files is kept in their manifest) and ``TCPWHY_NATIVE`` is not
+``0``; numba's JIT otherwise -- a stale or missing build is never used, it is
+only slower. Arguments of an ahead-of-time call are checked against the
+signature (dtype, dimensions, contiguity, writability) and a mismatch raises
+TypeError, where the JIT would have compiled another specialisation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+HERE = Path(__file__).resolve().parent
+OUT_DIR = HERE / "_native"
+KERNEL_FILES = ("decode/kernels.py", "tcp/streams.py", "tcp/analysis.py", "tcp/zeek.py")
+"""Every module that defines compiled code (their text is hashed into the build's manifest)."""
+ENV = "TCPWHY_NATIVE"
+
+_DTYPES = {
+    "u1": np.uint8,
+    "u2": np.uint16,
+    "u4": np.uint32,
+    "u8": np.uint64,
+    "i1": np.int8,
+    "i2": np.int16,
+    "i4": np.int32,
+    "i8": np.int64,
+    "b1": np.bool_,
+    "f8": np.float64,
+}
+
+
+def parse_signature(spec: str) -> tuple[list[tuple[str, int]], str]:
+    """(arguments as (type code, dimensions), result) of a kernel signature string."""
+    args_text, _, ret = spec.partition("->")
+    args = []
+    for tok in args_text.split():
+        code, _, dims = tok.partition("[")
+        if code not in _DTYPES:
+            raise ValueError(f"unknown type {code!r} in signature {spec!r}")
+        args.append((code, dims.count(":")))
+    return args, ret.strip() or "none"
+
+
+def source_hash() -> str:
+    """What a build was made from: the kernel modules and this file."""
+    h = hashlib.sha256()
+    for rel in (*KERNEL_FILES, "native.py"):
+        h.update(rel.encode() + b"\0" + (HERE / rel).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+class Kernel:
+    """A registered entry point: its Python source function and signature."""
+
+    def __init__(self, fn: Callable[..., Any], spec: str) -> None:
+        self.py_func = fn
+        self.spec = spec
+        self.module = fn.__module__
+        self.name = fn.__name__
+        self.args, self.ret = parse_signature(spec)
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.module}.{self.name}"
+
+    @property
+    def ext_name(self) -> str:
+        """The extension module's name: ``k_`` and the dotted path with underscores."""
+        return "k_" + self.qualname.removeprefix("tcpwhy.").replace(".", "_")
+
+
+REGISTRY: dict[str, Kernel] = {}
+
+
+class NativeKernel:
+    """An ahead-of-time compiled entry point, with its arguments checked before the call
+    (the extension's own unboxing checks only an array's item size)."""
+
+    __slots__ = ("checks", "fn", "qualname")
+
+    def __init__(self, k: Kernel, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.qualname = k.qualname
+        self.checks = tuple((np.dtype(_DTYPES[code]), ndim) for code, ndim in k.args)
+
+    def __call__(self, *args: Any) -> Any:
+        if len(args) != len(self.checks):
+            raise TypeError(f"{self.qualname}: {len(args)} arguments, expected {len(self.checks)}")
+        for i, (a, (dt, ndim)) in enumerate(zip(args, self.checks, strict=True)):
+            if ndim:
+                ok = (
+                    isinstance(a, np.ndarray)
+                    and a.dtype == dt
+                    and a.ndim == ndim
+                    and a.flags.c_contiguous
+                    and a.flags.writeable
+                )
+            elif dt.kind == "b":
+                ok = isinstance(a, bool | np.bool_)
+            elif dt.kind == "f":
+                ok = isinstance(a, float | np.floating)
+            else:
+                ok = isinstance(a, int | np.integer) and not isinstance(a, bool | np.bool_)
+            if not ok:
+                got = (
+                    f"{a.dtype}[{a.ndim}d{', not contiguous' if not a.flags.c_contiguous else ''}"
+                    f"{', read-only' if not a.flags.writeable else ''}]"
+                    if isinstance(a, np.ndarray)
+                    else type(a).__name__
+                )
+                want = f"{dt}[{ndim}d]" if ndim else str(dt)
+                raise TypeError(f"{self.qualname}: argument {i} is {got}, expected {want}")
+        return self.fn(*args)
+
+
+def _helper_stub(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def stub(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(
+            f"{fn.__module__}.{fn.__name__} is compiled into the kernels that call it; "
+            "run with TCPWHY_NATIVE=0 to call it from Python"
+        )
+
+    stub.__name__ = fn.__name__
+    stub.__doc__ = fn.__doc__
+    stub.py_func = fn  # type: ignore[attr-defined]
+    return stub
+
+
+_mode: str | None = None
+_manifest: dict[str, Any] | None = None
+
+
+def load_manifest(out_dir: Path = OUT_DIR) -> dict[str, Any] | None:
+    """The ahead-of-time build's manifest if it exists and matches these sources."""
+    try:
+        m = json.loads((out_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(m, dict) or m.get("hash") != source_hash():
+        return None
+    return m
+
+
+def mode() -> str:
+    """``"aot"`` (the ahead-of-time build) or ``"jit"`` (numba), fixed for the process."""
+    global _mode, _manifest
+    if _mode is None:
+        _manifest = None if os.environ.get(ENV) == "0" else load_manifest()
+        _mode = "aot" if _manifest is not None else "jit"
+    return _mode
+
+
+def _load_native(k: Kernel) -> NativeKernel:
+    assert _manifest is not None
+    if _manifest.get("kernels", {}).get(k.qualname) != k.spec:
+        raise ImportError(f"the ahead-of-time build has no {k.qualname} with signature {k.spec}")
+    mod = importlib.import_module(f"tcpwhy._native.{k.ext_name}")
+    return NativeKernel(k, getattr(mod, k.name))
+
+
+def kernel(spec: str) -> Callable[[F], F]:
+    """An entry point called from Python, with its signature (see the module docstring)."""
+
+    def deco(fn: F) -> F:
+        k = Kernel(fn, spec)
+        REGISTRY[k.qualname] = k
+        if mode() == "aot":
+            return _load_native(k)  # type: ignore[return-value]
+        from numba import njit as numba_njit
+
+        return numba_njit(cache=True)(fn)  # type: ignore[no-any-return]
+
+    return deco
+
+
+def njit(*args: Any, **kwargs: Any) -> Any:
+    """numba's njit for helpers that only compiled code calls."""
+    if mode() == "aot":
+        if args and callable(args[0]):
+            return _helper_stub(args[0])
+        return _helper_stub
+    from numba import njit as numba_njit
+
+    return numba_njit(*args, **kwargs)
+
+
+def kernel_modules() -> list[str]:
+    return ["tcpwhy." + f.removesuffix(".py").replace("/", ".") for f in KERNEL_FILES]
+
+
+# -- building ---------------------------------------------------------------------------------
+
+
+def _numba_signature(k: Kernel) -> Any:
+    from numba import from_dtype, types
+
+    def scalar(code: str) -> Any:
+        return from_dtype(np.dtype(_DTYPES[code]))
+
+    args = [types.Array(scalar(c), nd, "C") if nd else scalar(c) for c, nd in k.args]
+    ret = k.ret
+    if ret == "none":
+        rtype: Any = types.none
+    elif ret.startswith("("):
+        parts = [p.strip() for p in ret.strip("()").split(",") if p.strip()]
+        rtype = types.Tuple([scalar(p) for p in parts])
+    else:
+        rtype = scalar(ret)
+    return rtype(*args)
+
+
+def compile_one(qualname: str, out_dir: Path) -> None:
+    """Compile one entry point into its own extension module (one per process: numba's
+    inliner does not take two entry points sharing helpers in one pycc module)."""
+    os.environ[ENV] = "0"
+    module, _, _ = qualname.rpartition(".")
+    importlib.import_module(module)
+    k = REGISTRY[qualname]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from numba.pycc import CC
+
+        cc = CC(k.ext_name)
+        cc.output_dir = str(out_dir)
+        cc.target_cpu = "host"
+        cc.verbose = False
+        cc.export(k.name, _numba_signature(k))(k.py_func)
+        cc.compile()
+
+
+def build(out_dir: Path = OUT_DIR, jobs: int | None = None, force: bool = False) -> int:
+    """Compile every entry point; returns 0, or 1 if a compile failed (the JIT is then used)."""
+    os.environ[ENV] = "0"
+    want = source_hash()
+    if not force and load_manifest(out_dir) is not None:
+        print("tcpwhy: compiled kernels are up to date")
+        return 0
+    for m in kernel_modules():
+        importlib.import_module(m)
+    kernels = sorted(REGISTRY.values(), key=lambda k: k.qualname)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        _rmtree(tmp)
+    tmp.mkdir(parents=True)
+    (tmp / "__init__.py").write_text('"""Ahead-of-time compiled kernels (see tcpwhy.native)."""\n')
+    import subprocess
+
+    jobs = jobs or os.cpu_count() or 1
+    print(f"tcpwhy: compiling {len(kernels)} kernels ahead of time ({jobs} at a time) ...")
+    pending = [k.qualname for k in kernels]
+    running: list[tuple[str, subprocess.Popen[bytes]]] = []
+    failed = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            q = pending.pop(0)
+            cmd = [sys.executable, "-m", "tcpwhy.native", "compile-one", q, str(tmp)]
+            running.append(
+                (q, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+            )
+        q, p = running.pop(0)
+        out = p.communicate()[0]
+        if p.returncode != 0:
+            failed.append(q)
+            sys.stderr.write(out.decode(errors="replace")[-3000:])
+    if failed:
+        print(f"tcpwhy: could not compile {', '.join(failed)}; numba's JIT will be used")
+        _rmtree(tmp)
+        return 1
+    manifest = {"hash": want, "kernels": {k.qualname: k.spec for k in kernels}}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    if out_dir.exists():
+        _rmtree(out_dir)
+    tmp.rename(out_dir)
+    print(f"tcpwhy: compiled kernels written to {out_dir}")
+    return 0
+
+
+def _rmtree(p: Path) -> None:
+    import shutil
+
+    shutil.rmtree(p, ignore_errors=True)
+
+
+def _main(argv: list[str]) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m tcpwhy.native", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="compile the kernels ahead of time")
+    b.add_argument("--jobs", type=int)
+    b.add_argument("--force", action="store_true")
+    one = sub.add_parser("compile-one")
+    one.add_argument("qualname")
+    one.add_argument("out_dir", type=Path)
+    sub.add_parser("mode", help="print which kernels this process would use (aot or jit)")
+    a = ap.parse_args(argv)
+    import tcpwhy.native as nat  # the registry lives in the imported module, not __main__
+
+    if a.cmd == "build":
+        return nat.build(jobs=a.jobs, force=a.force)
+    if a.cmd == "compile-one":
+        nat.compile_one(a.qualname, a.out_dir)
+        return 0
+    print(nat.mode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,124 @@
+"""The ahead-of-time kernels: used when built and current, checked at the call, same results
+as numba's JIT."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tcpwhy import native
+
+CI = os.environ.get("CI") == "true"
+DATA = Path(native.__file__).parent / "data"
+
+
+def test_signatures_parse() -> None:
+    args, ret = native.parse_signature("u1[:] i8 b1 u4[:,:] -> (i8, i8)")
+    assert args == [("u1", 1), ("i8", 0), ("b1", 0), ("u4", 2)]
+    assert ret == "(i8, i8)"
+    assert native.parse_signature("f8[:]")[1] == "none"
+    with pytest.raises(ValueError, match="unknown type"):
+        native.parse_signature("x9[:]")
+
+
+def test_every_entry_point_has_a_signature_matching_its_arguments() -> None:
+    import inspect
+
+    for m in native.kernel_modules():
+        __import__(m)
+    assert len(native.REGISTRY) >= 10
+    for k in native.REGISTRY.values():
+        params = inspect.signature(k.py_func).parameters
+        assert len(params) == len(k.args), k.qualname
+
+
+def test_ci_runs_the_ahead_of_time_build() -> None:
+    """`make test` builds the kernels; under CI they must be the ones the tests ran."""
+    if not CI and native.mode() != "aot":
+        pytest.skip("kernels not compiled ahead of time here (python -m tcpwhy.native build)")
+    assert native.mode() == "aot"
+    m = native.load_manifest()
+    assert m is not None and set(m["kernels"]) == set(native.REGISTRY) | set(m["kernels"])
+
+
+def test_a_stale_build_is_not_used(tmp_path: Path) -> None:
+    if native.load_manifest() is None:
+        pytest.skip("no ahead-of-time build here")
+    out = tmp_path / "_native"
+    shutil.copytree(native.OUT_DIR, out)
+    assert native.load_manifest(out) is not None
+    m = json.loads((out / "manifest.json").read_text())
+    m["hash"] = "0" * 64  # as if a kernel's source had changed since the build
+    (out / "manifest.json").write_text(json.dumps(m))
+    assert native.load_manifest(out) is None
+    (out / "manifest.json").unlink()
+    assert native.load_manifest(out) is None
+
+
+@pytest.mark.skipif(native.mode() != "aot", reason="checks of the ahead-of-time calls")
+def test_arguments_are_checked_before_an_ahead_of_time_call() -> None:
+    from tcpwhy.decode import kernels as K
+    from tcpwhy.tcp import zeek
+
+    src = np.arange(16, dtype=np.uint8)
+    offs = np.array([0, 8], np.int64)
+    caps = np.array([4, 4], np.int64)
+    dst = np.zeros(8, np.uint8)
+    K.gather_bytes(src, offs, caps, dst, np.array([0, 4], np.int64))
+    assert dst.tolist() == [0, 1, 2, 3, 8, 9, 10, 11]
+    with pytest.raises(TypeError, match="argument 1 is int32"):
+        K.gather_bytes(src, offs.astype(np.int32), caps, dst, offs)
+    with pytest.raises(TypeError, match="read-only"):
+        ro = src.copy()
+        ro.flags.writeable = False
+        K.gather_bytes(ro, offs, caps, dst, offs)
+    with pytest.raises(TypeError, match="not contiguous"):
+        K.gather_bytes(np.zeros(32, np.uint8)[::2], offs, caps, dst, offs)
+    with pytest.raises(TypeError, match="4 arguments"):
+        K.gather_bytes(src, offs, caps, dst)
+    with pytest.raises(RuntimeError, match="compiled into the kernels"):
+        zeek._sdelta(1, 2)
+
+
+CAPTURES = [DATA / "lab" / n for n in ("keepalive-race.pcap", "zero-window.pcap", "time-wait.pcap")]
+
+
+@pytest.mark.skipif(native.mode() != "aot", reason="compares the ahead-of-time build with the JIT")
+def test_ahead_of_time_and_jit_give_the_same_output(zeek_corpus: Path) -> None:
+    """Every view, run once with the build and once with numba's JIT (TCPWHY_NATIVE=0), over
+    the lab recordings and the Zeek corpus (tunnels, IPv6, pcapng: the decoder's other paths)."""
+    caps = [str(p) for p in CAPTURES] + [str(p) for p in sorted(zeek_corpus.glob("*.pcap*"))]
+    script = (
+        "import io, sys, contextlib\n"
+        "from tcpwhy.cli import main\n"
+        "for f in sys.argv[1:]:\n"
+        "    for argv in (['packets', '--format', 'jsonl', f], ['conns', '--format', 'jsonl', f],\n"
+        "                 ['conns', '--format', 'zeek', f], ['analyze', '--format', 'json', f]):\n"
+        "        buf = io.StringIO()\n"
+        "        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):\n"
+        "            status = main(argv)\n"
+        "        lines = [x for x in buf.getvalue().splitlines() if not x.startswith(('#open', '#close'))]\n"
+        "        print(' '.join(argv[:-1]), f, status, len(lines))\n"
+        "        print('\\n'.join(lines))\n"
+    )
+    outs = {}
+    for setting in ("1", "0"):
+        env = {**os.environ, native.ENV: setting}
+        p = subprocess.run(
+            [sys.executable, "-c", script, *caps],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert p.returncode == 0, p.stderr[-2000:]
+        outs[setting] = p.stdout
+    assert outs["1"].count("\n") > 1000
+    assert outs["1"] == outs["0"]
