@@ -37,11 +37,9 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 HERE = Path(__file__).resolve().parent
 OUT_DIR = HERE / "_native"
@@ -75,10 +73,14 @@ def parse_signature(spec: str) -> tuple[list[tuple[str, int]], str]:
     return args, ret.strip() or "none"
 
 
+BUILD_FORMAT = 1
+"""Bump when the way kernels are compiled changes (signature mapping, compiler options)."""
+
+
 def source_hash() -> str:
-    """What a build was made from: the kernel modules and this file."""
-    h = hashlib.sha256()
-    for rel in (*KERNEL_FILES, "native.py"):
+    """What a build was made from: the kernel modules' text and the build format."""
+    h = hashlib.sha256(f"tcpwhy-native-{BUILD_FORMAT}".encode())
+    for rel in KERNEL_FILES:
         h.update(rel.encode() + b"\0" + (HERE / rel).read_bytes() + b"\0")
     return h.hexdigest()
 
@@ -192,17 +194,17 @@ def _load_native(k: Kernel) -> NativeKernel:
     return NativeKernel(k, getattr(mod, k.name))
 
 
-def kernel(spec: str) -> Callable[[F], F]:
+def kernel(spec: str) -> Callable[[Callable[..., Any]], Any]:
     """An entry point called from Python, with its signature (see the module docstring)."""
 
-    def deco(fn: F) -> F:
+    def deco(fn: Callable[..., Any]) -> Any:
         k = Kernel(fn, spec)
         REGISTRY[k.qualname] = k
         if mode() == "aot":
-            return _load_native(k)  # type: ignore[return-value]
+            return _load_native(k)
         from numba import njit as numba_njit
 
-        return numba_njit(cache=True)(fn)  # type: ignore[no-any-return]
+        return numba_njit(cache=True)(fn)
 
     return deco
 
