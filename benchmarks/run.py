@@ -9,10 +9,11 @@ captures (make_capture.py), then times, each in its own process, on one core:
   conns    tcpwhy conns --format jsonl > /dev/null   (connection records end to end)
   tshark   tshark -q -z conv,tcp                       (tshark's connection table)
 Each line reports packets/s, MB/s and the process's peak RSS; the last lines
-give the ratios. tcpwhy's decode rate is also measured inside the process,
-from the first byte read to the last table, once its compiled loops are
-loaded (interpreter start-up and loading numba's cache cost about a second,
-once per process, whatever the file's size). The per-packet rate without
+give the ratios. The kernels' mode is printed first: `aot` when `make native`
+(run by `make bench`) compiled them ahead of time, `jit` when numba compiles
+or loads them at start-up (about a second more per process). tcpwhy's decode
+rate is also measured inside the process, from the first byte read to the last
+table, once its compiled loops are loaded. The per-packet rate without
 start-up is also given for both commands: the time the second half of the
 packets adds (full file minus half file). Each tcpwhy figure is the fastest
 of --runs runs (default 3): on a shared machine the other runs measure the
@@ -103,6 +104,9 @@ def main() -> None:
                 check=True,
             )
     size_mb = cap.stat().st_size / 1e6
+    mode = subprocess.run(
+        [sys.executable, "-m", "tcpwhy.native", "mode"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     py = [sys.executable, "-c", DECODE]
     timed([*py, str(half)])  # warm the compiled-code cache and the page cache
     results = []
@@ -124,6 +128,8 @@ def main() -> None:
         dt_v, rss_v, _ = timed([tshark, "-n", "-q", "-r", str(cap), "-z", "conv,tcp"])
         results.append(("tshark conv,tcp", dt_v, rss_v))
     print(f"capture: {cap.name}: {a.packets:,} packets, {size_mb:.0f} MB, snaplen {a.snaplen}")
+    how = "compiled ahead of time" if mode == "aot" else "numba JIT (run `make native`)"
+    print(f"kernels: {mode}, {how}; pinned to core {CORE}, fastest of {a.runs} tcpwhy runs")
     print(f"{'what':<16}{'seconds':>9}{'packets/s':>14}{'MB/s':>9}{'peak RSS MB':>13}")
     for what, secs, mem in results:
         print(f"{what:<16}{secs:>9.2f}{a.packets / secs:>14,.0f}{size_mb / secs:>9.0f}{mem:>13}")
@@ -140,6 +146,11 @@ def main() -> None:
     print(
         "per-packet rate without start-up (full file minus half file): "
         f"decode {extra / (dt - dt_half):,.0f} packets/s, conns {extra / (dt_c - dt_c_half):,.0f} packets/s"
+    )
+    rate = a.packets / dt_c
+    print(
+        f"target conns >= 2,000,000 packets/s end to end, peak RSS < 500 MB: "
+        f"{'met' if rate >= 2e6 and rss_c < 500 else 'NOT met'} ({rate:,.0f} packets/s, {rss_c} MB)"
     )
     by = {what: secs for what, secs, _ in results}
     if "tshark fields" in by:

@@ -191,6 +191,20 @@ def test_jsonl_and_csv_fields() -> None:
     assert len(buf.getvalue().splitlines()) == 3
 
 
+def test_jsonl_lines_are_what_json_would_write(zeek_corpus: Path) -> None:
+    """The hand-written jsonl line is json.dumps of the record's dict, for every record of the
+    lab recordings and the Zeek corpus (None, floats, escapes, continued flags)."""
+    paths = sorted(LAB.glob("*.pcap")) + sorted(zeek_corpus.glob("*.pcap*"))
+    n = 0
+    for p in paths:
+        for r in build_connections(read_table(str(p))):
+            assert r.json_line() == json.dumps(r.as_json(), ensure_ascii=False), p.name
+            n += 1
+    assert n > 100
+    r.end = 'quote " back\\slash \u00e9 \x01'
+    assert json.loads(r.json_line())["end"] == r.end
+
+
 def test_syn_scan_memory_stays_bounded() -> None:
     """A scan of 60,000 ports: each SYN is a connection; with a cap, the builder and the
     stream tracker hold at most the cap plus one chunk's new connections, however many

@@ -268,6 +268,11 @@ def build(out_dir: Path = OUT_DIR, jobs: int | None = None, force: bool = False)
     """Compile every entry point; returns 0, or 1 if a compile failed (the JIT is then used)."""
     os.environ[ENV] = "0"
     want = source_hash()
+    # byte-compile the package too, as installing a wheel does: an editable install (or
+    # PYTHONDONTWRITEBYTECODE) otherwise recompiles every module from source at each start
+    import compileall
+
+    compileall.compile_dir(str(HERE), quiet=1)
     if not force and load_manifest(out_dir) is not None:
         print("tcpwhy: compiled kernels are up to date")
         return 0

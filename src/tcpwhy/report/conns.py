@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -209,7 +208,7 @@ def write_conns(
     )
     if fmt == "jsonl":
         for r in recs:
-            out.write(json.dumps(r.as_json(), ensure_ascii=False) + "\n")
+            out.write(r.json_line() + "\n")
     elif fmt == "csv":
         w = csv.writer(out, lineterminator="\n")
         w.writerow(CSV_FIELDS)

@@ -27,6 +27,7 @@ Two ways to draw boundaries:
 from __future__ import annotations
 
 import functools
+import json
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
@@ -139,8 +140,32 @@ class ConnRecord:
             d["irtt"] = round(self.irtt, 6)
         return d
 
+    def json_line(self) -> str:
+        """``json.dumps(self.as_json(), ensure_ascii=False)``, written out: a fifth of the time,
+        which counts on captures of many short connections."""
+        s = _json_str
+        irtt = "null" if self.irtt is None else repr(round(self.irtt, 6))
+        return (
+            f'{{"uid": {s(self.uid)}, "stream": {self.stream}, "orig_h": {s(self.orig_h)}, '
+            f'"orig_p": {self.orig_p}, "resp_h": {s(self.resp_h)}, "resp_p": {self.resp_p}, '
+            f'"orientation": {s(self.orientation)}, "start": {round(self.start, 6)!r}, '
+            f'"duration": {round(self.duration, 6)!r}, "orig_pkts": {self.orig_pkts}, '
+            f'"resp_pkts": {self.resp_pkts}, "orig_bytes": {self.orig_bytes}, '
+            f'"resp_bytes": {self.resp_bytes}, "orig_payload": {self.orig_payload}, '
+            f'"resp_payload": {self.resp_payload}, "orig_ip_bytes": {self.orig_ip_bytes}, '
+            f'"resp_ip_bytes": {self.resp_ip_bytes}, "missed_bytes": {self.missed_bytes}, '
+            f'"irtt": {irtt}, "retransmissions": {self.retransmissions}, '
+            f'"zero_windows": {self.zero_windows}, "orig_state": {s(self.orig_state)}, '
+            f'"resp_state": {s(self.resp_state)}, "end": {s(self.end)}, '
+            f'"conn_state": {s(self.conn_state)}, "history": {s(self.history)}, '
+            f'"continued": {"true" if self.continued else "false"}, '
+            f'"emitted": {s(self.emitted)}, "zeek_orig_state": {s(self.zeek_orig_state)}, '
+            f'"zeek_resp_state": {s(self.zeek_resp_state)}}}'
+        )
+
 
 _JSON_FIELDS = tuple(f.name for f in fields(ConnRecord) if f.name != "first_ns")
+_json_str = json.encoder.encode_basestring
 
 PacketFlags = Callable[
     [PacketTable, dict[str, npt.NDArray[Any]]], dict[str, npt.NDArray[Any]] | None
