@@ -145,6 +145,8 @@ def _analyze(
         st = slot[i]
         fw = st * 2 + pdir[i]
         rv = st * 2 + 1 - pdir[i]
+        # unsigned copies for indexing: numba then skips its negative-index wraparound
+        su, fu, ru = np.uint64(st), np.uint64(fw), np.uint64(rv)
         if new[i]:
             for k in (st * 2, st * 2 + 1):
                 nextseq[k] = 0
@@ -165,9 +167,9 @@ def _analyze(
                     q = nq
                 seg_head[k] = -1
                 seg_count[k] = 0
-            mru_syn[st] = 0
-            first_rtt[st] = 0
-            last_ts[st] = -1
+            mru_syn[su] = 0
+            first_rtt[su] = 0
+            last_ts[su] = -1
         f = flags[i]
         sq = np.uint32(seq[i])
         ak = np.uint32(ack[i])
@@ -178,43 +180,48 @@ def _analyze(
         if reused[i]:
             # a new stream on the same 4-tuple starts with fresh state (Wireshark's new conversation)
             a |= A_REUSED
-        out_rtt[i] = np.nan
-        out_acked[i] = 0
-        out_delta[i] = 0.0 if last_ts[st] < 0 else (t - last_ts[st]) / 1e9
-        last_ts[st] = t
+        # values used more than once are kept in locals: the compiler cannot tell the
+        # arrays apart, so it reloads them after every store
+        rtt = np.nan
+        acked = 0
+        prev_ts = last_ts[su]
+        out_delta[i] = 0.0 if prev_ts < 0 else (t - prev_ts) / 1e9
+        last_ts[su] = t
         # initial RTT: first segment with ACK and without SYN after a SYN
         if (f & SYN) and not (f & ACK):
-            mru_syn[st] = t
-        if (f & (SYN | ACK)) == ACK and mru_syn[st] != 0 and first_rtt[st] == 0:
-            first_rtt[st] = t - mru_syn[st]
-            if first_rtt[st] == 0:
-                first_rtt[st] = 1
-        out_irtt[i] = first_rtt[st] / 1e9 if first_rtt[st] != 0 else np.nan
+            mru_syn[su] = t
+        irtt = first_rtt[su]
+        if (f & (SYN | ACK)) == ACK and mru_syn[su] != 0 and irtt == 0:
+            irtt = t - mru_syn[su]
+            if irtt == 0:
+                irtt = 1
+            first_rtt[su] = irtt
+        out_irtt[i] = irtt / 1e9 if irtt != 0 else np.nan
         if f & ACK:
-            valid_bif[rv] = True
+            valid_bif[ru] = True
         skip_fwd = False
         # ZERO WINDOW PROBE
-        if sl == 1 and sq == nextseq[fw] and window[rv] == 0:
+        if sl == 1 and sq == nextseq[fu] and window[ru] == 0:
             a |= A_ZWP
             skip_fwd = True
         if not skip_fwd:
             if w == 0 and (f & (RST | FIN | SYN)) == 0:
                 a |= A_ZERO_WIN
-            if nextseq[fw] != 0 and _gt(sq, nextseq[fw]) and (f & RST) == 0:
+            if nextseq[fu] != 0 and _gt(sq, nextseq[fu]) and (f & RST) == 0:
                 a |= A_LOST
-                valid_bif[fw] = False
+                valid_bif[fu] = False
             if (
                 (sl == 0 or sl == 1)
-                and sq == np.uint32(nextseq[fw] - np.uint32(1))
+                and sq == np.uint32(nextseq[fu] - np.uint32(1))
                 and (f & (SYN | FIN | RST)) == 0
             ):
                 a |= A_KEEP_ALIVE
             if (
                 sl == 0
                 and w != 0
-                and w != window[fw]
-                and sq == nextseq[fw]
-                and ak == lastack[fw]
+                and w != window[fu]
+                and sq == nextseq[fu]
+                and ak == lastack[fu]
                 and (f & (SYN | FIN | RST)) == 0
             ):
                 a |= A_WIN_UPDATE
@@ -223,86 +230,86 @@ def _analyze(
                 and rev_ws[i] != -1
                 and np.uint32(sq + sl)
                 == np.uint32(
-                    lastack[rv] + np.uint32((window[rv] << max(rev_ws[i], 0)) & 0xFFFFFFFF)
+                    lastack[ru] + np.uint32((window[ru] << max(rev_ws[i], 0)) & 0xFFFFFFFF)
                 )
                 and (f & (SYN | FIN | RST)) == 0
             ):
                 a |= A_WIN_FULL
             plain = (
-                sl == 0 and sq == nextseq[fw] and ak == lastack[fw] and (f & (SYN | FIN | RST)) == 0
+                sl == 0 and sq == nextseq[fu] and ak == lastack[fu] and (f & (SYN | FIN | RST)) == 0
             )
-            if plain and w != 0 and w == window[fw] and (lastflags[rv] & A_KEEP_ALIVE):
+            if plain and w != 0 and w == window[fu] and (lastflags[ru] & A_KEEP_ALIVE):
                 a |= A_KEEP_ALIVE_ACK
             elif (
                 sl == 0
                 and w == 0
-                and w == window[fw]
-                and sq == nextseq[fw]
-                and (ak == lastack[fw] or ak == np.uint32(lastack[fw] + np.uint32(1)))
-                and (lastflags[rv] & A_ZWP)
+                and w == window[fu]
+                and sq == nextseq[fu]
+                and (ak == lastack[fu] or ak == np.uint32(lastack[fu] + np.uint32(1)))
+                and (lastflags[ru] & A_ZWP)
                 and (f & (SYN | FIN | RST)) == 0
             ):
                 a |= A_ZWP_ACK
-            elif plain and w != 0 and w == window[fw]:
-                dupacknum[fw] += 1
+            elif plain and w != 0 and w == window[fu]:
+                dupacknum[fu] += 1
                 a |= A_DUP_ACK
-                out_dup[i] = dupacknum[fw]
-                out_dupframe[i] = lastnondup[fw]
+                out_dup[i] = dupacknum[fu]
+                out_dupframe[i] = lastnondup[fu]
         # finished_fwd
-        if ak != lastack[fw]:
-            dupacknum[fw] = 0
-            lastnondup[fw] = frame[i]
-        if maxseqtobeacked[rv] != 0 and _gt(ak, maxseqtobeacked[rv]) and (f & ACK):
+        if ak != lastack[fu]:
+            dupacknum[fu] = 0
+            lastnondup[fu] = frame[i]
+        if maxseqtobeacked[ru] != 0 and _gt(ak, maxseqtobeacked[ru]) and (f & ACK):
             # flag once per lost stretch, even while the other side only sends pure ACKs
-            if _lt(maxseqtobeacked[rv], nextseq[rv]):
-                maxseqtobeacked[rv] = nextseq[rv]
+            if _lt(maxseqtobeacked[ru], nextseq[ru]):
+                maxseqtobeacked[ru] = nextseq[ru]
                 a |= A_ACK_LOST
             else:
-                if dupacknum[rv] == 0:
+                if dupacknum[ru] == 0:
                     a |= A_ACK_LOST
-                dupacknum[rv] = -1
+                dupacknum[ru] = -1
         if sl > 0 or (f & (SYN | FIN)):
-            not_adv = nextseq[fw] != 0 and _lt(sq, nextseq[fw])
+            not_adv = nextseq[fu] != 0 and _lt(sq, nextseq[fu])
             # more than one byte starting just below nextseq follows a zero-window probe
-            if sl > 1 and np.uint32(nextseq[fw] - np.uint32(1)) == sq:
+            if sl > 1 and np.uint32(nextseq[fu] - np.uint32(1)) == sq:
                 not_adv = False
             if (a & A_KEEP_ALIVE) == 0:
                 done = False
-                dt = t - lastacktime[rv]
-                if not_adv and dupacknum[rv] >= 2 and lastack[rv] == sq and dt < FAST_RETRANS_NS:
+                dt = t - lastacktime[ru]
+                if not_adv and dupacknum[ru] >= 2 and lastack[ru] == sq and dt < FAST_RETRANS_NS:
                     a |= A_FAST_RETRANS | A_RETRANS
                     done = True
                 # bytes the receiver had already acknowledged: spurious, whatever the timing
                 if (
                     not done
                     and sl > 0
-                    and lastack[rv] != 0
-                    and _le(np.uint32(sq + sl), lastack[rv])
+                    and lastack[ru] != 0
+                    and _le(np.uint32(sq + sl), lastack[ru])
                 ):
                     a |= A_SPURIOUS | A_RETRANS
                     done = True
                 if not done:
-                    dt = t - nextseqtime[fw]
-                    thres = first_rtt[st] if first_rtt[st] != 0 else OOO_DEFAULT_NS
+                    dt = t - nextseqtime[fu]
+                    thres = irtt if irtt != 0 else OOO_DEFAULT_NS
                     # a segment ending exactly at nextseq (SYN and FIN count one) is a resend
                     end = np.uint32(sq + sl + (1 if f & (SYN | FIN) else 0))
-                    if not_adv and dt < thres and nextseq[fw] != end:
+                    if not_adv and dt < thres and nextseq[fu] != end:
                         a |= A_OOO
                         done = True
                 if not done and not_adv:
                     a |= A_RETRANS
         if (f & (SYN | ACK)) == SYN:
             # a (re)sent SYN restarts the handshake: earlier SYN-ACKs are not waiting for an ACK
-            k = seg_head[rv]
+            k = seg_head[ru]
             while k >= 0:
                 nk2 = pool_link[k]
                 pool_link[k] = free_head
                 free_head = k
                 k = nk2
-            seg_head[rv] = -1
-            seg_count[rv] = 0
+            seg_head[ru] = -1
+            seg_count[ru] = 0
         nxt = np.uint32(sq + sl)
-        if (sl > 0 or (f & (SYN | FIN))) and seg_count[fw] < MAX_UNACKED:
+        if (sl > 0 or (f & (SYN | FIN))) and seg_count[fu] < MAX_UNACKED:
             if f & (SYN | FIN):
                 nxt = np.uint32(nxt + np.uint32(1))
             if free_head >= 0:
@@ -315,29 +322,29 @@ def _analyze(
             pool_next[k] = nxt
             pool_ts[k] = t
             pool_frame[k] = frame[i]
-            pool_link[k] = seg_head[fw]
-            seg_head[fw] = k
-            seg_count[fw] += 1
-        if (_gt(nxt, nextseq[fw]) or nextseq[fw] == 0) and (a & A_ZWP) == 0:
-            nextseq[fw] = nxt
-            nextseqtime[fw] = t
-        if (sq == maxseqtobeacked[fw] or maxseqtobeacked[fw] == 0) and (a & A_ZWP) == 0:
-            maxseqtobeacked[fw] = nextseq[fw]
-        window[fw] = w
-        lastack[fw] = ak
-        lastacktime[fw] = t
-        lastflags[fw] = a
+            pool_link[k] = seg_head[fu]
+            seg_head[fu] = k
+            seg_count[fu] += 1
+        if (_gt(nxt, nextseq[fu]) or nextseq[fu] == 0) and (a & A_ZWP) == 0:
+            nextseq[fu] = nxt
+            nextseqtime[fu] = t
+        if (sq == maxseqtobeacked[fu] or maxseqtobeacked[fu] == 0) and (a & A_ZWP) == 0:
+            maxseqtobeacked[fu] = nextseq[fu]
+        window[fu] = w
+        lastack[fu] = ak
+        lastacktime[fu] = t
+        lastflags[fu] = a
         # remove the segments this ACK covers; an exact match gives the ACK RTT
         if f & ACK:
             prev = -1
-            k = seg_head[rv]
+            k = seg_head[ru]
             while k >= 0:
                 nk2 = pool_link[k]
                 if ak == pool_next[k]:
                     # the oldest matching segment gives the RTT (the list is newest first);
                     # Wireshark shows the RTT only when it is not zero
-                    out_rtt[i] = (t - pool_ts[k]) / 1e9 if t != pool_ts[k] else np.nan
-                    out_acked[i] = pool_frame[k]
+                    rtt = (t - pool_ts[k]) / 1e9 if t != pool_ts[k] else np.nan
+                    acked = pool_frame[k]
                 elif _gt(ak, pool_seq[k]) and _le(ak, pool_next[k]):
                     pool_seq[k] = ak
                     prev = k
@@ -349,21 +356,21 @@ def _analyze(
                     continue
                 # acknowledged: unlink and free
                 if prev < 0:
-                    seg_head[rv] = nk2
+                    seg_head[ru] = nk2
                 else:
                     pool_link[prev] = nk2
                 pool_link[k] = free_head
                 free_head = k
-                seg_count[rv] -= 1
+                seg_count[ru] -= 1
                 k = nk2
         out_flags[i] = a
-        pool_meta[0] = free_head
-        pool_meta[1] = pool_used
+        out_rtt[i] = rtt
+        out_acked[i] = acked
         # Wireshark's per-packet analysis record exists (and with it the initial RTT field)
         # when a flag is set, a segment is acknowledged, or bytes in flight were computed
-        out_tree[i] = (
-            a != 0 or out_acked[i] != 0 or (sl > 0 and valid_bif[fw] and seg_head[fw] >= 0)
-        )
+        out_tree[i] = a != 0 or acked != 0 or (sl > 0 and valid_bif[fu] and seg_head[fu] >= 0)
+    pool_meta[0] = free_head
+    pool_meta[1] = pool_used
 
 
 @dataclass
