@@ -84,29 +84,28 @@ _K_WLAN = 8  # an IEEE 802.11 data frame (Aruba's GRE tunnels carry them)
 _MAX_LAYERS = 24
 
 
+# Byte offsets are never negative: indexing with them as unsigned spares numba's
+# negative-index wraparound on every byte read.
+
+
+@njit(cache=True, inline="always")
+def _u8(b: Any, p: Any) -> Any:
+    return np.int64(b[np.uint64(p)])
+
+
 @njit(cache=True, inline="always")
 def _be16(b: Any, p: Any) -> Any:
-    return (np.int64(b[p]) << 8) | np.int64(b[p + 1])
+    return (_u8(b, p) << 8) | _u8(b, p + 1)
 
 
 @njit(cache=True, inline="always")
 def _be32(b: Any, p: Any) -> Any:
-    return (
-        (np.int64(b[p]) << 24)
-        | (np.int64(b[p + 1]) << 16)
-        | (np.int64(b[p + 2]) << 8)
-        | np.int64(b[p + 3])
-    )
+    return (_u8(b, p) << 24) | (_u8(b, p + 1) << 16) | (_u8(b, p + 2) << 8) | _u8(b, p + 3)
 
 
 @njit(cache=True, inline="always")
 def _le32(b: Any, p: Any) -> Any:
-    return (
-        (np.int64(b[p + 3]) << 24)
-        | (np.int64(b[p + 2]) << 16)
-        | (np.int64(b[p + 1]) << 8)
-        | np.int64(b[p])
-    )
+    return (_u8(b, p + 3) << 24) | (_u8(b, p + 2) << 16) | (_u8(b, p + 1) << 8) | _u8(b, p)
 
 
 @njit(cache=True, inline="always")
@@ -119,7 +118,7 @@ def _rd32(b: Any, p: Any, le: Any) -> Any:
 @njit(cache=True, inline="always")
 def _rd16(b: Any, p: Any, le: Any) -> Any:
     if le:
-        return (np.int64(b[p + 1]) << 8) | np.int64(b[p])
+        return (_u8(b, p + 1) << 8) | _u8(b, p)
     return _be16(b, p)
 
 
@@ -127,7 +126,7 @@ def _rd16(b: Any, p: Any, le: Any) -> Any:
 def _be64(b: Any, p: Any) -> Any:
     v = np.uint64(0)
     for i in range(8):
-        v = (v << np.uint64(8)) | np.uint64(b[p + i])
+        v = (v << np.uint64(8)) | np.uint64(b[np.uint64(p + i)])
     return v
 
 
@@ -135,7 +134,7 @@ def _be64(b: Any, p: Any) -> Any:
 def _be48(b: Any, p: Any) -> Any:
     v = np.uint64(0)
     for i in range(6):
-        v = (v << np.uint64(8)) | np.uint64(b[p + i])
+        v = (v << np.uint64(8)) | np.uint64(b[np.uint64(p + i)])
     return v
 
 
@@ -487,14 +486,14 @@ def decode_records(
                 elif et == 0x8847 or et == 0x8848:
                     bos = False
                     while p + 4 <= end:
-                        bos = (buf[p + 2] & 1) == 1
+                        bos = (_u8(buf, p + 2) & 1) == 1
                         p += 4
                         if bos:
                             break
                     if not bos or p >= end:
                         status = ST_UNDECODABLE
                         break
-                    if (buf[p] >> 4) == 0 and p + 4 + 14 <= end:
+                    if (_u8(buf, p) >> 4) == 0 and p + 4 + 14 <= end:
                         p += 4  # pseudowire control word, then Ethernet
                         kind = _K_ETH
                     else:
@@ -532,13 +531,13 @@ def decode_records(
                 if p + 2 > end:
                     status = ST_UNDECODABLE
                     break
-                if buf[p] == 0xFF and buf[p + 1] == 0x03:
+                if _u8(buf, p) == 0xFF and _u8(buf, p + 1) == 0x03:
                     p += 2
                     if p + 2 > end:
                         status = ST_UNDECODABLE
                         break
-                if buf[p] & 1:  # protocol-field compression: one byte
-                    pp = np.int64(buf[p])
+                if _u8(buf, p) & 1:  # protocol-field compression: one byte
+                    pp = _u8(buf, p)
                     p += 1
                 else:
                     pp = _be16(buf, p)
@@ -554,7 +553,7 @@ def decode_records(
                 if p >= end:
                     status = ST_UNDECODABLE
                     break
-                nib = buf[p] >> 4
+                nib = _u8(buf, p) >> 4
                 if nib == 4:
                     kind = _K_IP4
                 elif nib == 6:
@@ -570,10 +569,10 @@ def decode_records(
                     odst_hi = ip_dst_hi
                     odst_lo = ip_dst_lo
                 if kind == _K_IP4:
-                    if p + 20 > end or (buf[p] >> 4) != 4:
+                    if p + 20 > end or (_u8(buf, p) >> 4) != 4:
                         status = ST_UNDECODABLE
                         break
-                    ihl = np.int64(buf[p] & 15) * 4
+                    ihl = (_u8(buf, p) & 15) * 4
                     tot = _be16(buf, p + 2)
                     if tot == 0:  # TSO: the capture host had not filled the length yet
                         tot = lim - p
@@ -583,7 +582,7 @@ def decode_records(
                     frag = _be16(buf, p + 6)
                     ip_off = p - frame_start
                     ip_len = tot
-                    ip_ttl = buf[p + 8]
+                    ip_ttl = _u8(buf, p + 8)
                     ip_id = _be16(buf, p + 4)
                     ipver = 4
                     ip_src_hi = np.uint64(0)
@@ -591,7 +590,7 @@ def decode_records(
                     ip_dst_hi = np.uint64(0)
                     ip_dst_lo = ffff | np.uint64(_be32(buf, p + 16))
                     have_ip = True
-                    proto = buf[p + 9]
+                    proto = _u8(buf, p + 9)
                     l4_end = p + tot
                     if l4_end > lim:
                         l4_end = lim
@@ -601,7 +600,7 @@ def decode_records(
                         status = ST_FRAGMENT
                         break
                 else:
-                    if p + 40 > end or (buf[p] >> 4) != 6:
+                    if p + 40 > end or (_u8(buf, p) >> 4) != 6:
                         status = ST_UNDECODABLE
                         break
                     plen = _be16(buf, p + 4)
@@ -609,7 +608,7 @@ def decode_records(
                         plen = lim - p - 40
                     ip_off = p - frame_start
                     ip_len = 40 + plen
-                    ip_ttl = buf[p + 7]
+                    ip_ttl = _u8(buf, p + 7)
                     ip_id = 0
                     ipver = 6
                     ip_src_hi = _be64(buf, p + 8)
@@ -617,7 +616,7 @@ def decode_records(
                     ip_dst_hi = _be64(buf, p + 24)
                     ip_dst_lo = _be64(buf, p + 32)
                     have_ip = True
-                    nh = np.int64(buf[p + 6])
+                    nh = _u8(buf, p + 6)
                     l4_end = p + 40 + plen
                     if l4_end > lim:
                         l4_end = lim
@@ -630,15 +629,15 @@ def decode_records(
                             if p + 8 > end:
                                 bad = True
                                 break
-                            nxt = np.int64(buf[p])
-                            p += (np.int64(buf[p + 1]) + 1) * 8
+                            nxt = _u8(buf, p)
+                            p += (_u8(buf, p + 1) + 1) * 8
                             nh = nxt
                         elif nh == 44:
                             if p + 8 > end:
                                 bad = True
                                 break
                             fo = _be16(buf, p + 2)
-                            nxt = np.int64(buf[p])
+                            nxt = _u8(buf, p)
                             p += 8
                             nh = nxt
                             if (fo & 0xFFF9) != 0:  # offset or more-fragments set
@@ -648,8 +647,8 @@ def decode_records(
                             if p + 8 > end:
                                 bad = True
                                 break
-                            nxt = np.int64(buf[p])
-                            p += (np.int64(buf[p + 1]) + 2) * 4
+                            nxt = _u8(buf, p)
+                            p += (_u8(buf, p + 1) + 2) * 4
                             nh = nxt
                         else:
                             break
@@ -688,7 +687,7 @@ def decode_records(
                         p = u
                         kind = _K_GRE
                     elif (udp == 6081 or usp == 6081) and u + 8 <= end:
-                        optlen = np.int64(buf[u] & 0x3F) * 4
+                        optlen = (_u8(buf, u) & 0x3F) * 4
                         et = _be16(buf, u + 2)
                         if tunnel == 0:
                             tunnel = 3
@@ -703,24 +702,24 @@ def decode_records(
                             tunnel = 5
                         p = q
                         kind = _K_IP6
-                    elif (udp == 2152 or usp == 2152) and u + 8 <= end and (buf[u] >> 5) == 1:
-                        gflags = buf[u]
+                    elif (udp == 2152 or usp == 2152) and u + 8 <= end and (_u8(buf, u) >> 5) == 1:
+                        gflags = _u8(buf, u)
                         q = u + 8
-                        if buf[u + 1] != 0xFF:
+                        if _u8(buf, u + 1) != 0xFF:
                             status = ST_UDP
                             break
                         if gflags & 0x07:
                             q += 4
                             if gflags & 0x04:
                                 # extension headers: length in 4-octet units, next type last
-                                nxt_t = buf[q - 1]
+                                nxt_t = _u8(buf, q - 1)
                                 while nxt_t != 0 and q < end:
-                                    ln = np.int64(buf[q]) * 4
+                                    ln = _u8(buf, q) * 4
                                     if ln == 0 or q + ln > end:
                                         break
-                                    nxt_t = buf[q + ln - 1]
+                                    nxt_t = _u8(buf, q + ln - 1)
                                     q += ln
-                        if q < end and ((buf[q] >> 4) == 4 or (buf[q] >> 4) == 6):
+                        if q < end and ((_u8(buf, q) >> 4) == 4 or (_u8(buf, q) >> 4) == 6):
                             if tunnel == 0:
                                 tunnel = 1
                             p = q
@@ -782,8 +781,8 @@ def decode_records(
                 if p + 24 > end:
                     status = ST_UNDECODABLE
                     break
-                fc0 = buf[p]
-                fc1 = buf[p + 1]
+                fc0 = _u8(buf, p)
+                fc1 = _u8(buf, p + 1)
                 if ((fc0 >> 2) & 3) != 2 or (fc1 & 0x40):  # not data, or encrypted
                     status = ST_OTHER_LINK
                     break
@@ -795,13 +794,18 @@ def decode_records(
                     if q + 2 > end:
                         status = ST_UNDECODABLE
                         break
-                    amsdu = (buf[q] & 0x80) != 0
+                    amsdu = (_u8(buf, q) & 0x80) != 0
                     q += 2
                     if fc1 & 0x80:  # +HTC
                         q += 4
                 if amsdu:  # first A-MSDU subframe: DA, SA, length
                     q += 14
-                if q + 8 > end or buf[q] != 0xAA or buf[q + 1] != 0xAA or buf[q + 2] != 3:
+                if (
+                    q + 8 > end
+                    or _u8(buf, q) != 0xAA
+                    or _u8(buf, q + 1) != 0xAA
+                    or _u8(buf, q + 2) != 3
+                ):
                     status = ST_OTHER_LINK
                     break
                 et = _be16(buf, q + 6)  # LLC/SNAP
@@ -816,7 +820,7 @@ def decode_records(
         if p + 20 > end:
             counts[ST_UNDECODABLE] += 1
             continue
-        doff = np.int64(buf[p + 12] >> 4) * 4
+        doff = (_u8(buf, p + 12) >> 4) * 4
         if doff < 20:
             counts[ST_UNDECODABLE] += 1
             continue
@@ -827,37 +831,38 @@ def decode_records(
         opt_end = p + doff
         if opt_end > end:
             opt_end = end
-        o_frame[j] = frame_base + i + 1
-        o_ts[j] = rec_ts[i]
-        o_frame_len[j] = rec_wire[i]
-        o_cap_len[j] = rec_cap[i]
-        o_linktype[j] = link
-        o_iface[j] = rec_if[i]
-        o_eth_src[j] = eth_src
-        o_eth_dst[j] = eth_dst
-        o_vlan[j] = vlan
-        o_tunnel[j] = tunnel
-        o_osrc_hi[j] = osrc_hi
-        o_osrc_lo[j] = osrc_lo
-        o_odst_hi[j] = odst_hi
-        o_odst_lo[j] = odst_lo
-        o_ipver[j] = ipver
-        o_ipoff[j] = ip_off
-        o_iplen[j] = ip_len
-        o_ttl[j] = ip_ttl
-        o_ipid[j] = ip_id
-        o_src_hi[j] = ip_src_hi
-        o_src_lo[j] = ip_src_lo
-        o_dst_hi[j] = ip_dst_hi
-        o_dst_lo[j] = ip_dst_lo
-        o_sport[j] = _be16(buf, p)
-        o_dport[j] = _be16(buf, p + 2)
-        o_seq[j] = _be32(buf, p + 4)
-        o_ack[j] = _be32(buf, p + 8)
-        o_doff[j] = doff
-        o_flags[j] = ((np.int64(buf[p + 12]) & 1) << 8) | np.int64(buf[p + 13])
-        o_win[j] = _be16(buf, p + 14)
-        o_urp[j] = _be16(buf, p + 18)
+        ju = np.uint64(j)  # unsigned: no wraparound on the ~45 column stores
+        o_frame[ju] = frame_base + i + 1
+        o_ts[ju] = rec_ts[i]
+        o_frame_len[ju] = rec_wire[i]
+        o_cap_len[ju] = rec_cap[i]
+        o_linktype[ju] = link
+        o_iface[ju] = rec_if[i]
+        o_eth_src[ju] = eth_src
+        o_eth_dst[ju] = eth_dst
+        o_vlan[ju] = vlan
+        o_tunnel[ju] = tunnel
+        o_osrc_hi[ju] = osrc_hi
+        o_osrc_lo[ju] = osrc_lo
+        o_odst_hi[ju] = odst_hi
+        o_odst_lo[ju] = odst_lo
+        o_ipver[ju] = ipver
+        o_ipoff[ju] = ip_off
+        o_iplen[ju] = ip_len
+        o_ttl[ju] = ip_ttl
+        o_ipid[ju] = ip_id
+        o_src_hi[ju] = ip_src_hi
+        o_src_lo[ju] = ip_src_lo
+        o_dst_hi[ju] = ip_dst_hi
+        o_dst_lo[ju] = ip_dst_lo
+        o_sport[ju] = _be16(buf, p)
+        o_dport[ju] = _be16(buf, p + 2)
+        o_seq[ju] = _be32(buf, p + 4)
+        o_ack[ju] = _be32(buf, p + 8)
+        o_doff[ju] = doff
+        o_flags[ju] = ((_u8(buf, p + 12) & 1) << 8) | _u8(buf, p + 13)
+        o_win[ju] = _be16(buf, p + 14)
+        o_urp[ju] = _be16(buf, p + 18)
         # options
         mss = -1
         ws = -1
@@ -870,7 +875,7 @@ def decode_records(
         nord = 0
         q = p + 20
         while q < opt_end:
-            kindo = buf[q]
+            kindo = _u8(buf, q)
             if kindo == 0:
                 break
             if kindo == 1:
@@ -878,7 +883,7 @@ def decode_records(
                 continue
             if q + 2 > opt_end:
                 break
-            ln = np.int64(buf[q + 1])
+            ln = _u8(buf, q + 1)
             if ln < 2 or q + ln > opt_end:
                 break
             code = 0
@@ -886,7 +891,7 @@ def decode_records(
                 mss = _be16(buf, q + 2)
                 code = 1
             elif kindo == 3 and ln == 3:
-                ws = np.int64(buf[q + 2])
+                ws = _u8(buf, q + 2)
                 code = 2
             elif kindo == 4 and ln == 2:
                 sackp = True
@@ -901,31 +906,31 @@ def decode_records(
                 nb = (ln - 2) // 8
                 for k in range(nb):
                     if nsack < 4:
-                        o_sackle[j, nsack] = _be32(buf, q + 2 + 8 * k)
-                        o_sackre[j, nsack] = _be32(buf, q + 6 + 8 * k)
+                        o_sackle[ju, nsack] = _be32(buf, q + 2 + 8 * k)
+                        o_sackre[ju, nsack] = _be32(buf, q + 6 + 8 * k)
                         nsack += 1
             if code and nord < 10:
                 order |= code << (3 * nord)
                 nord += 1
             q += ln
-        o_mss[j] = mss
-        o_ws[j] = ws if ws <= 127 else 127
-        o_sackp[j] = sackp
-        o_hasts[j] = hasts
-        o_tsval[j] = tsval
-        o_tsecr[j] = tsecr
-        o_optord[j] = order
-        o_sackn[j] = nsack
+        o_mss[ju] = mss
+        o_ws[ju] = ws if ws <= 127 else 127
+        o_sackp[ju] = sackp
+        o_hasts[ju] = hasts
+        o_tsval[ju] = tsval
+        o_tsecr[ju] = tsecr
+        o_optord[ju] = order
+        o_sackn[ju] = nsack
         pstart = p + doff
         cap = end - pstart
         if cap > plen:
             cap = plen
         if cap < 0:
             cap = 0
-        o_plen[j] = plen
-        o_pcap[j] = cap
-        o_poff[j] = pstart if cap > 0 else 0
-        o_trunc[j] = cap < plen
+        o_plen[ju] = plen
+        o_pcap[ju] = cap
+        o_poff[ju] = pstart if cap > 0 else 0
+        o_trunc[ju] = cap < plen
         # checksum, when asked for and the whole segment was captured
         if checksums and p + seg_len <= end and seg_len >= doff:
             s = np.uint64(0)
@@ -944,15 +949,15 @@ def decode_records(
             k = p
             last = p + seg_len
             while k + 1 < last:
-                s += np.uint64((np.int64(buf[k]) << 8) | np.int64(buf[k + 1]))
+                s += np.uint64((_u8(buf, k) << 8) | _u8(buf, k + 1))
                 k += 2
             if k < last:
-                s += np.uint64(np.int64(buf[k]) << 8)
+                s += np.uint64(_u8(buf, k) << 8)
             while s >> np.uint64(16):
                 s = (s & np.uint64(0xFFFF)) + (s >> np.uint64(16))
-            o_csum[j] = 1 if s == np.uint64(0xFFFF) else 0
+            o_csum[ju] = 1 if s == np.uint64(0xFFFF) else 0
         else:
-            o_csum[j] = -1
+            o_csum[ju] = -1
         counts[ST_TCP] += 1
         j += 1
     return j
