@@ -515,18 +515,31 @@ def _timers_due(
     S: Any, s: Any, now: Any, zeek_timers: bool, idle_ns: Any, closed_idle_ns: Any
 ) -> Any:
     """The reason the connection in slot s is gone by time `now`, or -1 if it is still there."""
-    if not zeek_timers:
-        seen = S[s, F_SEEN_TS]
-        e0 = _ep(0)
-        e1 = _ep(1)
-        finished = (S[s, e0 + E_DID_CLOSE] and S[s, e1 + E_DID_CLOSE]) or (
-            S[s, e0 + E_STATE] == RESET or S[s, e1 + E_STATE] == RESET
-        )
-        if finished and now - seen > closed_idle_ns:
-            return END_IDLE
-        if now - seen > idle_ns:
-            return END_IDLE
-        return -1
+    # kept small so that LLVM inlines it and the idle check into the per-packet loop
+    if zeek_timers:
+        return _zeek_timers_due(S, s, now)
+    return _idle_due(S, s, now, idle_ns, closed_idle_ns)
+
+
+@njit(cache=True, _nrt=False)
+def _idle_due(S: Any, s: Any, now: Any, idle_ns: Any, closed_idle_ns: Any) -> Any:
+    """Without Zeek's timers a connection goes when it has been idle long enough."""
+    seen = S[s, F_SEEN_TS]
+    e0 = _ep(0)
+    e1 = _ep(1)
+    finished = (S[s, e0 + E_DID_CLOSE] and S[s, e1 + E_DID_CLOSE]) or (
+        S[s, e0 + E_STATE] == RESET or S[s, e1 + E_STATE] == RESET
+    )
+    if finished and now - seen > closed_idle_ns:
+        return END_IDLE
+    if now - seen > idle_ns:
+        return END_IDLE
+    return -1
+
+
+@njit(cache=True, _nrt=False)
+def _zeek_timers_due(S: Any, s: Any, now: Any) -> Any:
+    """Fire Zeek's timers due by `now` in order; the reason the connection ends, or -1."""
     for _ in range(1_000_000):
         # the earliest due timer fires first
         tmin = NEVER
@@ -866,7 +879,10 @@ def process_chunk(
         if ext_retx[i] > 0:
             S[s, e + E_RETX] += 1
 
-        do_close, _gen = _state_machine(S, H, s, d, t, sq, ak, ln, dlast, fl)
+        # without SYN, FIN or RST only an INACTIVE endpoint changes state
+        do_close = False
+        if (fl & (SYN_ | FIN_ | RST_)) or S[s, e + E_STATE] == INACTIVE:
+            do_close, _gen = _state_machine(S, H, s, d, t, sq, ak, ln, dlast, fl)
 
         # ConnSize: packets and IP bytes that got past the checksum
         S[s, e + E_PKTS] += 1
