@@ -679,7 +679,7 @@ def process_chunk(
     k = 0
     for i in range(conv.shape[0]):
         c = conv[i]
-        d = np.int64(pdir[i])
+        d = np.int64(pdir[i]) & 1  # 0 or 1, and LLVM now knows it (see below)
         t = ts[i]
         fl = np.int64(flags[i])
         sq = np.int64(seq[i])
@@ -722,6 +722,10 @@ def process_chunk(
             S[s, F_A0HI + b] = dst_hi[i]
             S[s, F_A0HI + b + 1] = dst_lo[i]
             S[s, F_A0HI + b + 2] = dport[i]
+        if s < 0:
+            continue  # never: it tells LLVM that s >= 0 below
+        # With s >= 0 and d in (0, 1) known, LLVM drops numba's negative-index wraparound
+        # from the S[s, ...] accesses that follow, here and in the helpers it inlines.
         row_uid[i] = S[s, F_UID]
         S[s, F_SEEN_TS] = t
         e = _ep(d)
