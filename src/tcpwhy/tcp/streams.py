@@ -64,7 +64,8 @@ def _lookup(
     `meta` holds [entries, next new slot, free slots]; the caller keeps the
     table at most half full and the slot arrays large enough for every row.
     """
-    mask = tab_val.shape[0] - 1
+    # unsigned table positions: numba then skips its negative-index wraparound
+    mask = np.uint64(tab_val.shape[0] - 1)
     for i in range(src_hi.shape[0]):
         a0, a1, a2 = src_hi[i], src_lo[i], np.uint64(sport[i])
         b0, b1, b2 = dst_hi[i], dst_lo[i], np.uint64(dport[i])
@@ -75,7 +76,7 @@ def _lookup(
         else:
             k0, k1, k2, k3 = a0, a1, b0, b1
             k4 = (a2 << np.uint64(16)) | b2
-        j = np.int64(_hash5(k0, k1, k2, k3, k4) & np.uint64(mask))
+        j = _hash5(k0, k1, k2, k3, k4) & mask
         while True:
             v = tab_val[j]
             if v == _EMPTY:
@@ -101,7 +102,7 @@ def _lookup(
             ):
                 s = v
                 break
-            j = (j + 1) & mask
+            j = (j + np.uint64(1)) & mask
         out_slot[i] = s
         out_dir[i] = 1 if gt else 0
 
@@ -152,9 +153,10 @@ def _track(
     out_rev_ws: Any,
 ) -> int:
     for i in range(slot.shape[0]):
-        s = slot[i]
-        d = pdir[i]
-        r = 1 - d
+        # unsigned indices: numba then skips its negative-index wraparound
+        s = np.uint64(slot[i])
+        d = np.uint64(pdir[i])
+        r = np.uint64(1 - pdir[i])
         f = flags[i]
         reused = False
         if st_stream[s] < 0:
