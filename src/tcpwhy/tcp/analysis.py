@@ -318,11 +318,12 @@ def _analyze(
             else:
                 k = pool_used
                 pool_used += 1
-            pool_seq[k] = sq
-            pool_next[k] = nxt
-            pool_ts[k] = t
-            pool_frame[k] = frame[i]
-            pool_link[k] = seg_head[fu]
+            ku = np.uint64(k)  # unsigned, as su, fu and ru above
+            pool_seq[ku] = sq
+            pool_next[ku] = nxt
+            pool_ts[ku] = t
+            pool_frame[ku] = frame[i]
+            pool_link[ku] = seg_head[fu]
             seg_head[fu] = k
             seg_count[fu] += 1
         if (_gt(nxt, nextseq[fu]) or nextseq[fu] == 0) and (a & A_ZWP) == 0:
