@@ -97,8 +97,46 @@ COLUMNS: dict[str, tuple[str, tuple[int, ...], str]] = {
 }
 
 
-def empty_columns(n: int) -> dict[str, npt.NDArray[Any]]:
-    return {name: np.zeros((n, *shape), dtype=dt) for name, (dt, shape, _) in COLUMNS.items()}
+STAGGER = 5 * 64
+"""Bytes added between the arrays of `staggered_zeros` (five cache lines)."""
+
+
+def staggered_zeros(specs: Sequence[tuple[Any, tuple[int, ...]]]) -> list[npt.NDArray[Any]]:
+    """Zeroed arrays (dtype, shape) carved from one allocation, each starting a few cache
+    lines further on than a power-of-two size would put it.
+
+    A compiled loop that touches row i of many columns at once is slowed down by where the
+    columns start: arrays allocated one by one (or packed back to back, with sizes that are
+    powers of two) all start at the same offset of a page, so row i of every column maps to
+    the same cache set and they keep evicting each other. Measured on the decoder (3M
+    packets, 65,536-row chunks, 57 columns): separate arrays 0.31-0.57 s, packed 0.69-0.76 s,
+    staggered 0.27-0.28 s.
+    """
+    sizes = [
+        (
+            np.dtype(dt),
+            shape,
+            -(-int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize // 64) * 64,
+        )
+        for dt, shape in specs
+    ]
+    buf = np.zeros(sum(sz + STAGGER for *_, sz in sizes), np.uint8)
+    out = []
+    at = 0
+    for dt, shape, sz in sizes:
+        count = int(np.prod(shape, dtype=np.int64))
+        out.append(buf[at : at + count * dt.itemsize].view(dt).reshape(shape))
+        at += sz + STAGGER
+    return out
+
+
+def empty_columns(n: int, block: bool = False) -> dict[str, npt.NDArray[Any]]:
+    """Zeroed columns for n rows; with `block`, laid out by `staggered_zeros` (the reader's
+    reused buffers, which the decoder fills a row of all columns at a time)."""
+    if not block:
+        return {name: np.zeros((n, *shape), dtype=dt) for name, (dt, shape, _) in COLUMNS.items()}
+    arrays = staggered_zeros([(dt, (n, *shape)) for dt, shape, _ in COLUMNS.values()])
+    return dict(zip(COLUMNS, arrays, strict=True))
 
 
 @dataclass

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.decode.table import ACK, FIN, RST, SYN, PacketTable
+from tcpwhy.decode.table import ACK, FIN, RST, SYN, PacketTable, staggered_zeros
 from tcpwhy.native import kernel, njit
 from tcpwhy.tcp import ANALYSIS_FLAGS
 
@@ -479,14 +479,15 @@ def _run(
     pool_meta: npt.NDArray[np.int64],
 ) -> Analysis:
     n = len(table)
-    bits = np.zeros(n, np.uint32)
-    dup = np.zeros(n, np.int64)
-    dupframe = np.zeros(n, np.int64)
-    rtt = np.empty(n, np.float64)
-    acked = np.zeros(n, np.int64)
-    irtt = np.empty(n, np.float64)
-    delta = np.empty(n, np.float64)
-    tree = np.zeros(n, np.bool_)
+    # one staggered allocation for the outputs (see `staggered_zeros`)
+    bits, dup, dupframe, rtt, acked, irtt, delta, tree = staggered_zeros(
+        [
+            (dt, (n,))
+            for dt in (
+                np.uint32, np.int64, np.int64, np.float64, np.int64, np.float64, np.float64, np.bool_,
+            )
+        ]
+    )  # fmt: skip
     if n:
         _analyze(
             streams["conv"],

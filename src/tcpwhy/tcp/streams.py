@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.decode.table import ACK, SYN, PacketTable
+from tcpwhy.decode.table import ACK, SYN, PacketTable, staggered_zeros
 from tcpwhy.native import kernel, njit
 
 _EMPTY = -1
@@ -280,8 +280,27 @@ class StreamTracker:
         (the other direction's window scale: -1 unknown, -2 none, else the shift)."""
         n = len(t)
         self._reserve(n)
-        slot = np.empty(n, np.int64)
-        pdir = np.empty(n, np.int8)
+        # one staggered allocation for this chunk's outputs (see `staggered_zeros`)
+        names = ("slot", "dir", "stream", "rel_seq", "rel_ack", "reused", "new", "win_scaled")
+        arrays = staggered_zeros(
+            [
+                (dt, (n,))
+                for dt in (
+                    np.int64,
+                    np.int8,
+                    np.int64,
+                    np.uint32,
+                    np.uint32,
+                    np.bool_,
+                    np.bool_,
+                    np.int64,
+                )
+            ]
+            + [(np.int8, (n,))]
+        )
+        out: dict[str, npt.NDArray[Any]] = dict(zip((*names, "rev_ws"), arrays, strict=True))
+        slot = out.pop("slot")
+        pdir = out.pop("dir")
         _lookup(
             t["src_hi"],
             t["src_lo"],
@@ -297,15 +316,6 @@ class StreamTracker:
             slot,
             pdir,
         )
-        out: dict[str, npt.NDArray[Any]] = {
-            "stream": np.empty(n, np.int64),
-            "rel_seq": np.empty(n, np.uint32),
-            "rel_ack": np.empty(n, np.uint32),
-            "reused": np.zeros(n, np.bool_),
-            "new": np.zeros(n, np.bool_),
-            "win_scaled": np.empty(n, np.int64),
-            "rev_ws": np.empty(n, np.int8),
-        }
         self.next_stream = _track(
             slot,
             pdir,
