@@ -25,6 +25,10 @@ the kernel files is kept in their manifest) and ``TCPWHY_NATIVE`` is not
 only slower. Arguments of an ahead-of-time call are checked against the
 signature (dtype, dimensions, contiguity, writability) and a mismatch raises
 TypeError, where the JIT would have compiled another specialisation.
+
+``numba.pycc`` is marked "pending deprecation" by numba (a replacement is being
+written); should a numba release drop it, the build fails with a message and
+tcpwhy keeps working through the JIT.
 """
 
 from __future__ import annotations
