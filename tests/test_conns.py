@@ -129,6 +129,24 @@ def test_chunked_feed_gives_the_same_records() -> None:
     assert strip == [{k: v for k, v in r.as_json().items() if k != "uid"} for r in got]
 
 
+@pytest.mark.parametrize("boundaries", ["stream", "zeek"])
+def test_compiled_loop_resumes_when_its_buffers_are_full(
+    monkeypatch: pytest.MonkeyPatch, zeek_corpus: Path, boundaries: str
+) -> None:
+    """The Zeek loop stops when no slot is free or its record buffer is full, and the
+    builder resumes it: with a 2-record buffer the records are the same."""
+    from tcpwhy.tcp import connections
+
+    corpus = sorted(zeek_corpus.glob("*.pcap"))[:12]
+    for p in [LAB / "accept-queue-overflow.pcap", LAB / "time-wait-reuse.pcap", *corpus]:
+        t = read_table(str(p))
+        whole = build_connections(t, boundaries=boundaries)
+        monkeypatch.setattr(connections, "OUT_ROWS", 2)
+        small = build_connections(t, boundaries=boundaries)
+        monkeypatch.undo()
+        assert [r.as_json() for r in small] == [r.as_json() for r in whole], p.name
+
+
 def test_memory_cap_evicts_with_a_warning() -> None:
     t = read_table(str(LAB / "time-wait.pcap"))
     b = ConnectionBuilder(max_active=2)

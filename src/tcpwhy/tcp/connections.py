@@ -84,6 +84,7 @@ CLOSED_IDLE_S = 120.0
 (2 x Linux's 60 s TIME_WAIT, so retransmitted FINs and their ACKs still land in it)."""
 
 SWEEP_EVERY_NS = 1_000_000_000
+OUT_ROWS = 4096
 
 
 def zeek_ports(scripts: Iterable[str]) -> frozenset[int]:
@@ -254,6 +255,9 @@ class ConnectionBuilder:
         self._last_sweep = 0
         # packets kept for the RFC state machine, per connection uid
         self._kept: list[dict[str, npt.NDArray[Any]]] = []
+        # records emitted by one call of the compiled loop (it stops when this is full)
+        self._out = np.empty((OUT_ROWS, z.NFIELDS), np.int64)
+        self._oh = np.empty((OUT_ROWS, z.HIST_MAX), np.uint8)
         self._kept_n = 0
         self._memo: dict[bytes, tuple[int, int, int, int]] = {}
 
@@ -262,19 +266,18 @@ class ConnectionBuilder:
     def active(self) -> int:
         return self._cap - self.nfree
 
-    def _ensure(self, need_free: int) -> None:
-        if self.nfree >= need_free:
-            return
-        need = self._cap + need_free - self.nfree
-        # double, but never past what the memory cap can use
-        cap = max(min(max(self._cap * 2, 1024), self.max_active + need_free), need)
+    def _grow(self) -> None:
+        """Doubles the slot pool; the compiled loop asks for it when every slot is taken, so the
+        pool follows the connections open at once."""
+        old = self._cap
+        cap = max(2 * old, 1024)
         S = np.zeros((cap, z.NFIELDS), np.int64)
-        S[: self._cap] = self.S
+        S[:old] = self.S
         H = np.zeros((cap, z.HIST_MAX), np.uint8)
-        H[: self._cap] = self.H
+        H[:old] = self.H
         free = np.empty(cap, np.int64)
         free[: self.nfree] = self.free[: self.nfree]
-        added = np.arange(cap - 1, self._cap - 1, -1, dtype=np.int64)
+        added = np.arange(cap - 1, old - 1, -1, dtype=np.int64)
         free[self.nfree : self.nfree + len(added)] = added
         self.nfree += len(added)
         self.S, self.H, self.free, self._cap = S, H, free, cap
@@ -293,7 +296,6 @@ class ConnectionBuilder:
         room = self.max_active - self.active
         if room < n:
             out += self._evict(n - room)
-        self._ensure(n)
         conv = s["conv"]
         if conv.size and int(conv.max()) >= len(self.conv_slot):
             grown = np.full(max(int(conv.max()) + 1, 2 * len(self.conv_slot)), -1, np.int64)
@@ -309,65 +311,69 @@ class ConnectionBuilder:
                 ext_zwin = np.asarray(ext["zero_window"], np.int8)
         row_uid = np.empty(n, np.int64)
         row_keep = np.zeros(n, np.bool_)
-        # each row ends at most the previous connection of its 4-tuple
-        cap = min(2 * n, self.active + n) + 1
-        OUT = np.empty((cap, z.NFIELDS), np.int64)
-        OH = np.empty((cap, z.HIST_MAX), np.uint8)
-        self.nfree, self.next_uid, k = z.process_chunk(
-            self.S,
-            self.H,
-            self.free,
-            self.nfree,
-            self.conv_slot,
-            self.next_uid,
-            conv,
-            s["stream"],
-            s["new"],
-            s["dir"],
-            t["ts_ns"],
-            t["flags"],
-            t["seq"],
-            t["ack"],
-            t["win"],
-            t["payload_len"],
-            t["ip_len"],
-            t["sport"],
-            t["dport"],
-            t["src_hi"].view(np.int64),
-            t["src_lo"].view(np.int64),
-            t["dst_hi"].view(np.int64),
-            t["dst_lo"].view(np.int64),
-            t["csum_ok"],
-            ext_retx,
-            ext_zwin,
-            self.likely,
-            self.check_csum,
-            self.zeek_timers,
-            self.idle_ns,
-            self.closed_idle_ns,
-            row_uid,
-            row_keep,
-            OUT,
-            OH,
-        )
+        # records are worded as of the chunk's last packet (idle times, TIME_WAIT expiry)
         self.now = max(self.now, int(t["ts_ns"].max()))
-        if self.rfc_states and row_keep.any():
-            idx = np.flatnonzero(row_keep)
-            self._kept.append(
-                {
-                    "uid": row_uid[idx],
-                    "dir": s["dir"][idx].astype(np.int8),
-                    "flags": t["flags"][idx],
-                    "seq": t["seq"][idx],
-                    "ack": t["ack"][idx],
-                    "plen": t["payload_len"][idx],
-                    "ts": t["ts_ns"][idx],
-                    "frame": t["frame"][idx],
-                }
+        OUT, OH = self._out, self._oh
+        i = 0
+        while i < n:
+            if self.nfree == 0:
+                self._grow()
+            self.nfree, self.next_uid, k, j = z.process_chunk(
+                self.S,
+                self.H,
+                self.free,
+                self.nfree,
+                self.conv_slot,
+                self.next_uid,
+                i,
+                conv,
+                s["stream"],
+                s["new"],
+                s["dir"],
+                t["ts_ns"],
+                t["flags"],
+                t["seq"],
+                t["ack"],
+                t["win"],
+                t["payload_len"],
+                t["ip_len"],
+                t["sport"],
+                t["dport"],
+                t["src_hi"].view(np.int64),
+                t["src_lo"].view(np.int64),
+                t["dst_hi"].view(np.int64),
+                t["dst_lo"].view(np.int64),
+                t["csum_ok"],
+                ext_retx,
+                ext_zwin,
+                self.likely,
+                self.check_csum,
+                self.zeek_timers,
+                self.idle_ns,
+                self.closed_idle_ns,
+                row_uid,
+                row_keep,
+                OUT,
+                OH,
             )
-            self._kept_n += len(idx)
-        if k:
-            out += self._records(OUT[:k], OH[:k])
+            if self.rfc_states and row_keep[i:j].any():
+                idx = i + np.flatnonzero(row_keep[i:j])
+                self._kept.append(
+                    {
+                        "uid": row_uid[idx],
+                        "dir": s["dir"][idx].astype(np.int8),
+                        "flags": t["flags"][idx],
+                        "seq": t["seq"][idx],
+                        "ack": t["ack"][idx],
+                        "plen": t["payload_len"][idx],
+                        "ts": t["ts_ns"][idx],
+                        "frame": t["frame"][idx],
+                    }
+                )
+                self._kept_n += len(idx)
+            if k:
+                out += self._records(OUT[:k], OH[:k])
+            i = j
         if self.now - self._last_sweep >= SWEEP_EVERY_NS:
             self._last_sweep = self.now
             out += self._sweep(self.now, force=False, reason=-1)

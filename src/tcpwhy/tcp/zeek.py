@@ -633,7 +633,7 @@ def _emit(
 
 
 @kernel(
-    "i8[:,:] u1[:,:] i8[:] i8 i8[:] i8 i8[:] i8[:] b1[:] i1[:] i8[:] u2[:] u4[:] u4[:] u2[:] u4[:] u4[:] u2[:] u2[:] i8[:] i8[:] i8[:] i8[:] i1[:] i1[:] i1[:] b1[:] b1 b1 i8 i8 i8[:] b1[:] i8[:,:] u1[:,:] -> (i8, i8, i8)"
+    "i8[:,:] u1[:,:] i8[:] i8 i8[:] i8 i8 i8[:] i8[:] b1[:] i1[:] i8[:] u2[:] u4[:] u4[:] u2[:] u4[:] u4[:] u2[:] u2[:] i8[:] i8[:] i8[:] i8[:] i1[:] i1[:] i1[:] b1[:] b1 b1 i8 i8 i8[:] b1[:] i8[:,:] u1[:,:] -> (i8, i8, i8, i8)"
 )
 def process_chunk(
     S: Any,
@@ -642,6 +642,7 @@ def process_chunk(
     nfree: int,
     conv_slot: Any,
     next_uid: int,
+    first: int,
     # per-row inputs
     conv: Any,
     stream: Any,
@@ -674,10 +675,15 @@ def process_chunk(
     row_keep: Any,
     OUT: Any,
     OH: Any,
-) -> tuple[int, int, int]:
-    """Run every row of a chunk through its connection; returns (nfree, next_uid, emitted)."""
+) -> tuple[int, int, int, int]:
+    """Run the rows of a chunk from `first` on through their connections; returns (nfree,
+    next_uid, records emitted into OUT, the row it stopped at). It stops early, for the caller
+    to make room and call again from there, when no slot is free (a row may start a
+    connection) or OUT is full (a row may end one)."""
     k = 0
-    for i in range(conv.shape[0]):
+    for i in range(first, conv.shape[0]):
+        if nfree == 0 or k == OUT.shape[0]:
+            return nfree, next_uid, k, i
         c = conv[i]
         d = np.int64(pdir[i]) & 1  # 0 or 1, and LLVM now knows it (see below)
         t = ts[i]
@@ -895,7 +901,7 @@ def process_chunk(
 
         if do_close:
             _close(S, s, d)
-    return nfree, next_uid, k
+    return nfree, next_uid, k, conv.shape[0]
 
 
 @kernel("i8[:,:] u1[:,:] i8[:] i8 i8[:] i8[:] i8 b1 i8 i8 b1 i8 i8[:,:] u1[:,:] -> (i8, i8)")
