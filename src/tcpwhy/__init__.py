@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 __version__ = "0.1.0"
 
@@ -24,6 +23,8 @@ def _compiled_code_cache() -> None:
     home_cache = os.path.join(os.path.expanduser("~"), ".cache")
     if os.access(home_cache if os.path.isdir(home_cache) else os.path.expanduser("~"), os.W_OK):
         return
+    import tempfile  # only here: importing it costs a fiftieth of a second at every start
+
     os.environ["NUMBA_CACHE_DIR"] = os.path.join(
         tempfile.gettempdir(), f"tcpwhy-numba-{os.getuid()}"
     )

@@ -33,20 +33,20 @@ tcpwhy keeps working through the JIT.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
 import sys
 import warnings
+import zlib
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-OUT_DIR = HERE / "_native"
+# plain os.path: pathlib and hashlib would add a hundredth of a second to every start
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT_DIR = os.path.join(HERE, "_native")
 KERNEL_FILES = ("decode/kernels.py", "tcp/streams.py", "tcp/analysis.py", "tcp/zeek.py")
 """Every module that defines compiled code (their text is hashed into the build's manifest)."""
 ENV = "TCPWHY_NATIVE"
@@ -82,11 +82,16 @@ BUILD_FORMAT = 1
 
 
 def source_hash() -> str:
-    """What a build was made from: the kernel modules' text and the build format."""
-    h = hashlib.sha256(f"tcpwhy-native-{BUILD_FORMAT}".encode())
+    """What a build was made from: a checksum of the kernel modules' text and the build format
+    (an edit to any of them makes the build stale)."""
+    crc = zlib.crc32(f"tcpwhy-native-{BUILD_FORMAT}".encode())
+    size = 0
     for rel in KERNEL_FILES:
-        h.update(rel.encode() + b"\0" + (HERE / rel).read_bytes() + b"\0")
-    return h.hexdigest()
+        with open(os.path.join(HERE, rel), "rb") as f:
+            data = f.read()
+        crc = zlib.crc32(rel.encode() + b"\0" + data + b"\0", crc)
+        size += len(data)
+    return f"{crc:08x}-{size}"
 
 
 class Kernel:
@@ -170,10 +175,11 @@ _mode: str | None = None
 _manifest: dict[str, Any] | None = None
 
 
-def load_manifest(out_dir: Path = OUT_DIR) -> dict[str, Any] | None:
+def load_manifest(out_dir: str | os.PathLike[str] = OUT_DIR) -> dict[str, Any] | None:
     """The ahead-of-time build's manifest if it exists and matches these sources."""
     try:
-        m = json.loads((out_dir / "manifest.json").read_text())
+        with open(os.path.join(out_dir, "manifest.json")) as f:
+            m = json.load(f)
     except (OSError, ValueError):
         return None
     if not isinstance(m, dict) or m.get("hash") != source_hash():
@@ -249,7 +255,7 @@ def _numba_signature(k: Kernel) -> Any:
     return rtype(*args)
 
 
-def compile_one(qualname: str, out_dir: Path) -> None:
+def compile_one(qualname: str, out_dir: str | os.PathLike[str]) -> None:
     """Compile one entry point into its own extension module (one per process: numba's
     inliner does not take two entry points sharing helpers in one pycc module)."""
     os.environ[ENV] = "0"
@@ -268,18 +274,23 @@ def compile_one(qualname: str, out_dir: Path) -> None:
         cc.compile()
 
 
-def build(out_dir: Path = OUT_DIR, jobs: int | None = None, force: bool = False) -> int:
+def build(
+    out_dir: str | os.PathLike[str] = OUT_DIR, jobs: int | None = None, force: bool = False
+) -> int:
     """Compile every entry point; returns 0, or 1 if a compile failed (the JIT is then used)."""
+    from pathlib import Path
+
     os.environ[ENV] = "0"
     want = source_hash()
     # byte-compile the package too, as installing a wheel does: an editable install (or
     # PYTHONDONTWRITEBYTECODE) otherwise recompiles every module from source at each start
     import compileall
 
-    compileall.compile_dir(str(HERE), quiet=1)
+    compileall.compile_dir(HERE, quiet=1)
     if not force and load_manifest(out_dir) is not None:
         print("tcpwhy: compiled kernels are up to date")
         return 0
+    out_dir = Path(out_dir)
     for m in kernel_modules():
         importlib.import_module(m)
     kernels = sorted(REGISTRY.values(), key=lambda k: k.qualname)
@@ -320,7 +331,7 @@ def build(out_dir: Path = OUT_DIR, jobs: int | None = None, force: bool = False)
     return 0
 
 
-def _rmtree(p: Path) -> None:
+def _rmtree(p: str | os.PathLike[str]) -> None:
     import shutil
 
     shutil.rmtree(p, ignore_errors=True)
@@ -336,7 +347,7 @@ def _main(argv: list[str]) -> int:
     b.add_argument("--force", action="store_true")
     one = sub.add_parser("compile-one")
     one.add_argument("qualname")
-    one.add_argument("out_dir", type=Path)
+    one.add_argument("out_dir")
     sub.add_parser("mode", help="print which kernels this process would use (aot or jit)")
     a = ap.parse_args(argv)
     import tcpwhy.native as nat  # the registry lives in the imported module, not __main__

@@ -28,17 +28,34 @@ The supported fields and the differences from tshark are in docs/filters.md.
 from __future__ import annotations
 
 import argparse
+import importlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.decode.table import PacketTable
-from tcpwhy.filter.compiler import Compiler, Test
-from tcpwhy.filter.context import FilterContext
-from tcpwhy.filter.fields import FIELDS
-from tcpwhy.filter.syntax import FilterError, parse
+if TYPE_CHECKING:
+    from tcpwhy.decode.table import PacketTable
+    from tcpwhy.filter.compiler import Test
+    from tcpwhy.filter.context import FilterContext
+    from tcpwhy.filter.fields import FIELDS
+    from tcpwhy.filter.syntax import FilterError
+
+_LAZY = {
+    "FilterContext": "tcpwhy.filter.context",
+    "FIELDS": "tcpwhy.filter.fields",
+    "FilterError": "tcpwhy.filter.syntax",
+}
+"""Loaded on first use: the compiler and field tables are a twentieth of a second of start-up
+that a command run without -Y does not need."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FIELDS",
@@ -66,6 +83,8 @@ class DisplayFilter:
 
     def mask(self, table: PacketTable, ctx: FilterContext | None = None) -> npt.NDArray[np.bool_]:
         if ctx is None:
+            from tcpwhy.filter.context import FilterContext
+
             ctx = FilterContext(table)
         rows = np.arange(len(table), dtype=np.int64)
         return np.asarray(self.test.run(ctx, rows), bool)
@@ -73,6 +92,10 @@ class DisplayFilter:
 
 def compile_filter(text: str) -> DisplayFilter:
     """Parse and type-check once; raises FilterError pointing at the offending part."""
+    from tcpwhy.filter.compiler import Compiler
+    from tcpwhy.filter.fields import FIELDS
+    from tcpwhy.filter.syntax import parse
+
     tree = parse(text, lambda name: name in FIELDS)
     return DisplayFilter(text, Compiler(text).compile(tree))
 
@@ -87,6 +110,8 @@ def select_streams(
     table: PacketTable, flt: DisplayFilter, ctx: FilterContext | None = None
 ) -> npt.NDArray[np.int64]:
     if ctx is None:
+        from tcpwhy.filter.context import FilterContext
+
         ctx = FilterContext(table)
     m = flt.mask(table, ctx)
     return np.unique(np.asarray(ctx.streams["stream"])[m]).astype(np.int64)

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
 from tcpwhy.decode.table import CaptureStats
-from tcpwhy.filter import DisplayFilter, FilterContext, add_filter_argument, select_streams
+from tcpwhy.filter import DisplayFilter, add_filter_argument
 
 if TYPE_CHECKING:  # the builder loads compiled code: imported where records are made
     from tcpwhy.tcp.connections import ConnRecord
@@ -168,6 +168,7 @@ def filtered_connections(
     """Connections with at least one packet the filter matches (Wireshark's Conversations
     "limit to display filter"), each analysed whole."""
     from tcpwhy.capture import iter_tables
+    from tcpwhy.filter import FilterContext, select_streams
     from tcpwhy.tcp.analysis import Analyzer
     from tcpwhy.tcp.connections import ConnectionBuilder
 
