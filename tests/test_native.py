@@ -58,6 +58,17 @@ def test_a_stale_build_is_not_used(tmp_path: Path) -> None:
     m["hash"] = "0" * 64  # as if a kernel's source had changed since the build
     (out / "manifest.json").write_text(json.dumps(m))
     assert native.load_manifest(out) is None
+    # built for another interpreter (a venv remade with another Python)
+    m["hash"] = native.source_hash()
+    m["suffix"] = ".cpython-399-x86_64-linux-gnu.so"
+    (out / "manifest.json").write_text(json.dumps(m))
+    assert native.load_manifest(out) is None
+    # a module missing
+    m["suffix"] = native._ext_suffix()
+    (out / "manifest.json").write_text(json.dumps(m))
+    assert native.load_manifest(out) is not None
+    next(out.glob("k_tcp_zeek_sweep*")).unlink()
+    assert native.load_manifest(out) is None
     (out / "manifest.json").unlink()
     assert native.load_manifest(out) is None
 

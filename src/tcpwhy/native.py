@@ -19,8 +19,9 @@ The kernel modules write ``from tcpwhy.native import kernel, njit``:
 * ``@njit(...)`` marks a helper called only from compiled code.
 
 Which one runs is decided once per process, for all kernels together: the
-ahead-of-time modules if they were built from exactly these sources (a hash of
-the kernel files is kept in their manifest) and ``TCPWHY_NATIVE`` is not
+ahead-of-time modules if they were built from exactly these sources (a checksum
+of the kernel files is kept in their manifest) for this interpreter, all of
+them are there, and ``TCPWHY_NATIVE`` is not
 ``0``; numba's JIT otherwise -- a stale or missing build is never used, it is
 only slower. Arguments of an ahead-of-time call are checked against the
 signature (dtype, dimensions, contiguity, writability) and a mismatch raises
@@ -94,6 +95,11 @@ def source_hash() -> str:
     return f"{crc:08x}-{size}"
 
 
+def ext_name(qualname: str) -> str:
+    """An entry point's extension module: ``k_`` and its dotted path with underscores."""
+    return "k_" + qualname.removeprefix("tcpwhy.").replace(".", "_")
+
+
 class Kernel:
     """A registered entry point: its Python source function and signature."""
 
@@ -110,8 +116,7 @@ class Kernel:
 
     @property
     def ext_name(self) -> str:
-        """The extension module's name: ``k_`` and the dotted path with underscores."""
-        return "k_" + self.qualname.removeprefix("tcpwhy.").replace(".", "_")
+        return ext_name(self.qualname)
 
 
 REGISTRY: dict[str, Kernel] = {}
@@ -175,8 +180,16 @@ _mode: str | None = None
 _manifest: dict[str, Any] | None = None
 
 
+def _ext_suffix() -> str:
+    """The file suffix of this interpreter's extension modules (``.cpython-311-x86_64-linux-gnu.so``)."""
+    import importlib.machinery
+
+    return importlib.machinery.EXTENSION_SUFFIXES[0]
+
+
 def load_manifest(out_dir: str | os.PathLike[str] = OUT_DIR) -> dict[str, Any] | None:
-    """The ahead-of-time build's manifest if it exists and matches these sources."""
+    """The ahead-of-time build's manifest if it matches these sources and this interpreter and
+    every module it lists is there (a venv remade with another Python keeps the old build)."""
     try:
         with open(os.path.join(out_dir, "manifest.json")) as f:
             m = json.load(f)
@@ -184,6 +197,12 @@ def load_manifest(out_dir: str | os.PathLike[str] = OUT_DIR) -> dict[str, Any] |
         return None
     if not isinstance(m, dict) or m.get("hash") != source_hash():
         return None
+    suffix = _ext_suffix()
+    if m.get("suffix") != suffix or not isinstance(m.get("kernels"), dict):
+        return None
+    for qualname in m["kernels"]:
+        if not os.path.isfile(os.path.join(out_dir, ext_name(str(qualname)) + suffix)):
+            return None
     return m
 
 
@@ -322,7 +341,11 @@ def build(
         print(f"tcpwhy: could not compile {', '.join(failed)}; numba's JIT will be used")
         _rmtree(tmp)
         return 1
-    manifest = {"hash": want, "kernels": {k.qualname: k.spec for k in kernels}}
+    manifest = {
+        "hash": want,
+        "suffix": _ext_suffix(),
+        "kernels": {k.qualname: k.spec for k in kernels},
+    }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     if out_dir.exists():
         _rmtree(out_dir)
