@@ -172,7 +172,6 @@ def _helper_stub(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     stub.__name__ = fn.__name__
     stub.__doc__ = fn.__doc__
-    stub.py_func = fn  # type: ignore[attr-defined]
     return stub
 
 

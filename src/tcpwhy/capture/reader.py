@@ -461,7 +461,7 @@ def _iter(
     frame_base = 0
     eof = False
     recs = _Records.alloc(MAX_ROWS_PER_TABLE)
-    shared_cols = empty_columns(MAX_ROWS_PER_TABLE, block=True) if reuse else None
+    shared_cols = empty_columns(MAX_ROWS_PER_TABLE) if reuse else None
     shared_buf = np.empty(0, np.uint8)
     try:
         while True:

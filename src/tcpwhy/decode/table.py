@@ -17,6 +17,7 @@ URG 0x020, ECE 0x040, CWR 0x080, AE (formerly NS) 0x100.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,9 +102,9 @@ STAGGER = 5 * 64
 """Bytes added between the arrays of `staggered_zeros` (five cache lines)."""
 
 
-def staggered_zeros(specs: Sequence[tuple[Any, tuple[int, ...]]]) -> list[npt.NDArray[Any]]:
-    """Zeroed arrays (dtype, shape) carved from one allocation, each starting a few cache
-    lines further on than a power-of-two size would put it.
+def staggered_zeros(specs: dict[str, tuple[Any, tuple[int, ...]]]) -> dict[str, npt.NDArray[Any]]:
+    """Zeroed arrays, name -> (dtype, shape), carved from one allocation, each starting a few
+    cache lines further on than a power-of-two size would put it.
 
     A compiled loop that touches row i of many columns at once is slowed down by where the
     columns start: arrays allocated one by one (or packed back to back, with sizes that are
@@ -112,31 +113,20 @@ def staggered_zeros(specs: Sequence[tuple[Any, tuple[int, ...]]]) -> list[npt.ND
     packets, 65,536-row chunks, 57 columns): separate arrays 0.31-0.57 s, packed 0.69-0.76 s,
     staggered 0.27-0.28 s.
     """
-    sizes = [
-        (
-            np.dtype(dt),
-            shape,
-            -(-int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize // 64) * 64,
-        )
-        for dt, shape in specs
-    ]
-    buf = np.zeros(sum(sz + STAGGER for *_, sz in sizes), np.uint8)
-    out = []
+    sizes = {name: np.dtype(dt).itemsize * math.prod(shape) for name, (dt, shape) in specs.items()}
+    buf = np.zeros(sum(-(-sz // 64) * 64 + STAGGER for sz in sizes.values()), np.uint8)
+    out = {}
     at = 0
-    for dt, shape, sz in sizes:
-        count = int(np.prod(shape, dtype=np.int64))
-        out.append(buf[at : at + count * dt.itemsize].view(dt).reshape(shape))
-        at += sz + STAGGER
+    for name, (dt, shape) in specs.items():
+        out[name] = buf[at : at + sizes[name]].view(dt).reshape(shape)
+        at += -(-sizes[name] // 64) * 64 + STAGGER
     return out
 
 
-def empty_columns(n: int, block: bool = False) -> dict[str, npt.NDArray[Any]]:
-    """Zeroed columns for n rows; with `block`, laid out by `staggered_zeros` (the reader's
-    reused buffers, which the decoder fills a row of all columns at a time)."""
-    if not block:
-        return {name: np.zeros((n, *shape), dtype=dt) for name, (dt, shape, _) in COLUMNS.items()}
-    arrays = staggered_zeros([(dt, (n, *shape)) for dt, shape, _ in COLUMNS.values()])
-    return dict(zip(COLUMNS, arrays, strict=True))
+def empty_columns(n: int) -> dict[str, npt.NDArray[Any]]:
+    """Zeroed columns for n rows, laid out by `staggered_zeros` (the decoder fills a row of
+    every column at a time)."""
+    return staggered_zeros({name: (dt, (n, *shape)) for name, (dt, shape, _) in COLUMNS.items()})
 
 
 @dataclass

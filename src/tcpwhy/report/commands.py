@@ -19,7 +19,8 @@ def report_stats(source: str, stats: CaptureStats) -> None:
         print(line, file=sys.stderr)
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type for counts: an integer of at least 1."""
     v = int(text)
     if v < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
@@ -56,7 +57,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("file", metavar="FILE", help="capture file, or - for standard input")
     p.add_argument("--format", choices=("table", "csv", "jsonl"), default="table")
     p.add_argument("--absolute", action="store_true", help="raw sequence numbers")
-    p.add_argument("-c", "--count", type=_positive, metavar="N", help="stop after N packets")
+    p.add_argument("-c", "--count", type=positive_int, metavar="N", help="stop after N packets")
     add_filter_argument(p)
     p.set_defaults(func=cmd_packets)
 

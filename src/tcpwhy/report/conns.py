@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from tcpwhy.decode.table import CaptureStats
 from tcpwhy.filter import DisplayFilter, add_filter_argument
+from tcpwhy.report.commands import positive_int, report_stats
 
 if TYPE_CHECKING:  # the builder loads compiled code: imported where records are made
     from tcpwhy.tcp.connections import ConnRecord
@@ -225,7 +226,6 @@ def write_conns(
 
 def cmd_conns(args: argparse.Namespace) -> int:
     from tcpwhy.filter import filter_from_args
-    from tcpwhy.report.commands import report_stats
 
     stats = CaptureStats()
     options: dict[str, Any] = {"check_checksums": args.check_checksums}
@@ -239,13 +239,6 @@ def cmd_conns(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     report_stats(args.file, stats)
     return 0
-
-
-def _positive(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return v
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -274,7 +267,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--max-active",
-        type=_positive,
+        type=positive_int,
         metavar="N",
         help="connections held in memory at once before the idlest are written out early "
         "(default 500000)",

@@ -480,14 +480,19 @@ def _run(
 ) -> Analysis:
     n = len(table)
     # one staggered allocation for the outputs (see `staggered_zeros`)
-    bits, dup, dupframe, rtt, acked, irtt, delta, tree = staggered_zeros(
-        [
-            (dt, (n,))
-            for dt in (
-                np.uint32, np.int64, np.int64, np.float64, np.int64, np.float64, np.float64, np.bool_,
-            )
-        ]
-    )  # fmt: skip
+    out = staggered_zeros(
+        {
+            "bits": (np.uint32, (n,)),
+            "dup": (np.int64, (n,)),
+            "dupframe": (np.int64, (n,)),
+            "rtt": (np.float64, (n,)),
+            "acked": (np.int64, (n,)),
+            "irtt": (np.float64, (n,)),
+            "delta": (np.float64, (n,)),
+            "tree": (np.bool_, (n,)),
+        }
+    )
+    bits, dup, dupframe, rtt, acked, irtt, delta, tree = out.values()
     if n:
         _analyze(
             streams["conv"],

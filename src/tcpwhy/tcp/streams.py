@@ -281,26 +281,21 @@ class StreamTracker:
         n = len(t)
         self._reserve(n)
         # one staggered allocation for this chunk's outputs (see `staggered_zeros`)
-        names = ("slot", "dir", "stream", "rel_seq", "rel_ack", "reused", "new", "win_scaled")
-        arrays = staggered_zeros(
-            [
-                (dt, (n,))
-                for dt in (
-                    np.int64,
-                    np.int8,
-                    np.int64,
-                    np.uint32,
-                    np.uint32,
-                    np.bool_,
-                    np.bool_,
-                    np.int64,
-                )
-            ]
-            + [(np.int8, (n,))]
+        out = staggered_zeros(
+            {
+                "stream": (np.int64, (n,)),
+                "rel_seq": (np.uint32, (n,)),
+                "rel_ack": (np.uint32, (n,)),
+                "reused": (np.bool_, (n,)),
+                "new": (np.bool_, (n,)),
+                "win_scaled": (np.int64, (n,)),
+                "rev_ws": (np.int8, (n,)),
+                "dir": (np.int8, (n,)),
+                "conv": (np.int64, (n,)),
+            }
         )
-        out: dict[str, npt.NDArray[Any]] = dict(zip((*names, "rev_ws"), arrays, strict=True))
-        slot = out.pop("slot")
-        pdir = out.pop("dir")
+        slot = out["conv"]
+        pdir = out["dir"]
         _lookup(
             t["src_hi"],
             t["src_lo"],
@@ -337,6 +332,4 @@ class StreamTracker:
             out["win_scaled"],
             out["rev_ws"],
         )
-        out["dir"] = pdir
-        out["conv"] = slot
         return out
