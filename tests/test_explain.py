@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 
-from tcpwhy.diagnose.cli import register
 from tcpwhy.diagnose.explain import explain
 from tcpwhy.diagnose.registry import load
-from tcpwhy.errors import TcpwhyError
-
-
-def main(argv: list[str]) -> int:
-    """The analyze/explain commands as `tcpwhy` runs them (parser, exit status on errors)."""
-    parser = argparse.ArgumentParser(prog="tcpwhy")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except TcpwhyError as exc:
-        return exc.exit_status
+from tests.test_diagnose import main
 
 
 @pytest.mark.parametrize(
