@@ -28,12 +28,15 @@ native: $(STAMP_DEMO)
 demo: native
 	$(BIN)/tcpwhy demo
 
-## sysdeps: system packages the tests need (nftables, iproute2), installed only when missing and root
+## sysdeps: system packages the tests need (nftables, iproute2, tshark and tcpdump as references),
+## installed only when missing and root
 sysdeps:
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=""; \
 	  command -v nft >/dev/null 2>&1 || missing="$$missing nftables"; \
 	  command -v ip  >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	  command -v tshark >/dev/null 2>&1 || missing="$$missing tshark"; \
+	  command -v tcpdump >/dev/null 2>&1 || missing="$$missing tcpdump"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing system packages:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
@@ -48,7 +51,7 @@ typecheck: $(STAMP_TEST)
 	$(BIN)/mypy
 
 unit: $(STAMP_TEST) native sysdeps
-	$(BIN)/python -m pytest -n auto -q -rs
+	$(BIN)/python -m pytest -n auto --dist loadgroup -q -rs
 
 ## test: install test extras, lint, type-check, run the whole test suite
 test: lint typecheck unit

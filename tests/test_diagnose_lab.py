@@ -11,6 +11,7 @@ from tcpwhy.diagnose.engine import diagnose_files
 from tcpwhy.diagnose.model import Severity
 from tcpwhy.lab.env import Options
 from tcpwhy.lab.runner import run_scenario
+from tests.gates import LIVE_SLACK_S
 
 pytestmark = pytest.mark.root
 
@@ -63,4 +64,5 @@ def test_recorded_now(
     if scenario == "stale-keepalive" and opts.idle is not None:
         f = next(f for f in report.findings if f.kind == "stale-keepalive-reuse")
         median = f.facts["server_idle_timeout_s"]["median"]
-        assert abs(median - opts.idle) < 0.15, median
+        # the server's idle timer never fires early; late by at most the live slack
+        assert opts.idle - 0.05 <= median <= opts.idle + LIVE_SLACK_S, median

@@ -32,13 +32,6 @@ DATA = HERE.parent / "src" / "tcpwhy" / "data"
 EXPECTED: dict[str, Any] = json.loads((HERE / "data" / "filters" / "expected.json").read_text())
 ENTRIES = {e["filter"]: e for e in EXPECTED["filters"]}
 
-try:
-    import tcpwhy.tcp.analysis  # noqa: F401
-
-    HAVE_ANALYSIS = True
-except ImportError:
-    HAVE_ANALYSIS = False
-
 # Filters tshark 4.0 rejects but tcpwhy accepts, each with the accepted twin whose frames it must select.
 EXTENSIONS = {
     "tcp.port in {80 443 8080}": (
@@ -120,10 +113,8 @@ DOCUMENTED: dict[tuple[str, str], tuple[int, str]] = {
 }
 
 
-def _path(name: str, zeek: Path | None) -> Path:
+def _path(name: str, zeek: Path) -> Path:
     if name.startswith("zeek/"):
-        if zeek is None:
-            pytest.skip("Zeek corpus capture")
         return zeek / name.removeprefix("zeek/")
     return DATA / name.removeprefix("data/")
 
@@ -135,13 +126,13 @@ def _load(path: Path) -> tuple[PacketTable, FilterContext]:
     return table, FilterContext(table, first_ts_ns=stats.first_ts_ns)
 
 
-def _ours(flt_text: str, name: str, zeek: Path | None) -> set[int]:
+def _ours(flt_text: str, name: str, zeek: Path) -> set[int]:
     table, ctx = _load(_path(name, zeek))
     mask = compile_filter(flt_text).mask(table, ctx)
     return {int(x) for x in table["frame"][mask]}
 
 
-def _differences(flt_text: str, zeek: Path | None) -> dict[str, tuple[set[int], set[int]]]:
+def _differences(flt_text: str, zeek: Path) -> dict[str, tuple[set[int], set[int]]]:
     entry = ENTRIES[flt_text]
     out = {}
     for name, frames in entry["frames"].items():
@@ -153,10 +144,6 @@ def _differences(flt_text: str, zeek: Path | None) -> dict[str, tuple[set[int], 
         if missed or extra:
             out[name] = (missed, extra)
     return out
-
-
-def _needs_analysis(text: str) -> bool:
-    return "tcp.analysis" in text or "tcp.time_delta" in text
 
 
 SELECTING = [e["filter"] for e in EXPECTED["filters"] if "error" not in e]
@@ -187,8 +174,6 @@ def test_reference_is_big_enough() -> None:
 @pytest.mark.corpus
 @pytest.mark.parametrize("text", SELECTING)
 def test_same_frames_as_tshark(text: str, zeek: Path) -> None:
-    if _needs_analysis(text) and not HAVE_ANALYSIS:
-        pytest.skip("tcpwhy.tcp.analysis is not available yet")
     diffs = _differences(text, zeek)
     unexplained = {}
     for name, (missed, extra) in diffs.items():

@@ -4,7 +4,9 @@ Each scenario runs in its own namespaces (root; skipped only without root or
 namespaces, required under CI=true) and its capture is checked with plain
 packet-level assertions on the packet table: which side sent SYN/FIN/RST/data
 in which order, with which sequence and acknowledgment numbers and timing. The
-same checks run, without root, on the captures shipped in tcpwhy/data/lab.
+same checks run, without root, on the captures shipped in tcpwhy/data/lab; there
+timing is held to tight bounds, on a live run its upper bounds get a documented
+slack (tests/gates.py) since the machine is loaded by the rest of the suite.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tcpwhy.lab import ns as nsmod
 from tcpwhy.lab.env import Options
 from tcpwhy.lab.record import DATA_DIR, options_for
 from tcpwhy.lab.runner import all_scenarios, run_scenario
+from tests.gates import LIVE_SLACK_S
 
 FIN, SYN, RST, PSH, ACK = 1, 2, 4, 8, 16
 PORT = 8080
@@ -142,14 +145,16 @@ def clean_close(conn: list[P]) -> None:
 # -- per-scenario checks --------------------------------------------------------------------
 
 
-def check_stale_keepalive(path: Path, o: Options) -> None:
+def check_stale_keepalive(path: Path, o: Options, slack: float = 0.0) -> None:
     pk = packets(path, o.port)
     old, new = conns(pk)
     handshake_ok(old)
     fin = first(old, lambda p: not p.c2s and p.has(FIN))
     last_resp = [p for p in old if not p.c2s and p.n and p.i < fin.i][-1]
     idle = o.idle or 1.0
-    assert idle - 0.05 <= fin.t - last_resp.t <= idle + 0.5, "FIN after the server's idle timeout"
+    assert idle - 0.05 <= fin.t - last_resp.t <= idle + 0.5 + slack, (
+        "FIN after the server's idle timeout"
+    )
     ack = first(old, lambda p: p.c2s, fin.i)
     assert ack.pure_ack and ack.ack == fin.seq + 1, "client kernel ACKs the FIN"
     req = first(old, lambda p: p.c2s and p.n > 0, fin.i)
@@ -165,7 +170,7 @@ def check_stale_keepalive(path: Path, o: Options) -> None:
     clean_close(new)
 
 
-def check_clean(path: Path, o: Options) -> None:
+def check_clean(path: Path, o: Options, slack: float = 0.0) -> None:
     pk = packets(path, o.port)
     cs = conns(pk)
     assert len(cs) == 2
@@ -180,7 +185,7 @@ def check_clean(path: Path, o: Options) -> None:
     assert sum(1 for p in ka if p.c2s and p.n) == (o.count or 3)
 
 
-def check_close_wait_leak(path: Path, o: Options) -> None:
+def check_close_wait_leak(path: Path, o: Options, slack: float = 0.0) -> None:
     pk = packets(path, o.port)
     cs = conns(pk)
     assert len(cs) == (o.count or 3)
@@ -192,7 +197,7 @@ def check_close_wait_leak(path: Path, o: Options) -> None:
         assert not any(not p.c2s and p.has(FIN) for p in conn), "the server never sends FIN"
 
 
-def check_time_wait(path: Path, o: Options) -> None:
+def check_time_wait(path: Path, o: Options, slack: float = 0.0) -> None:
     pk = packets(path, o.port)
     cs = conns(pk)
     assert len(cs) == (o.count or 20)
@@ -209,7 +214,7 @@ def tw_isn(fin: P) -> int:
     return (fin.seq + 1 + 65537) % 2**32
 
 
-def check_time_wait_reuse(path: Path, o: Options) -> None:
+def check_time_wait_reuse(path: Path, o: Options, slack: float = 0.0) -> None:
     pk = packets(path, o.port)
     cs = incarnations(pk)
     assert [c[0].cport for c in cs][:3] == [cs[0][0].cport] * 3, "three on one 4-tuple (bind)"
@@ -238,7 +243,7 @@ def check_time_wait_reuse(path: Path, o: Options) -> None:
         assert sum(1 for p in conn if not p.c2s and p.n) == 1
 
 
-def check_middlebox_reset(path: Path, o: Options) -> None:
+def check_middlebox_reset(path: Path, o: Options, slack: float = 0.0) -> None:
     pk = packets(path, o.port)
     (conn,) = conns(pk)
     handshake_ok(conn)
@@ -252,7 +257,7 @@ def check_middlebox_reset(path: Path, o: Options) -> None:
     assert req.t - before[-1].t >= fw_timeout, "idle longer than the firewall's timeout"
     rst = conn[-1]
     assert rst.tag == "s:R" and rst.seq == req.ack, "[R] with seq = the request's ACK"
-    assert rst.t - req.t < 0.01
+    assert rst.t - req.t < 0.01 + slack
     server_ttls = {p.ttl for p in conn if not p.c2s and p is not rst}
     assert len(server_ttls) == 1 and rst.ttl not in server_ttls, (rst.ttl, server_ttls)
     assert rst.ttl == 64 and server_ttls == {62}, "made in the middle, one router closer"
@@ -260,7 +265,7 @@ def check_middlebox_reset(path: Path, o: Options) -> None:
     assert not any(p.has(FIN) for p in conn), "the server never closed"
 
 
-def check_refused(path: Path, o: Options) -> None:
+def check_refused(path: Path, o: Options, slack: float = 0.0) -> None:
     pk = packets(path, o.port)
     cs = conns(pk)
     assert len(cs) == (o.count or 1)
@@ -269,7 +274,7 @@ def check_refused(path: Path, o: Options) -> None:
         assert conn[1].ack == conn[0].seq + 1 and conn[1].seq == 0
 
 
-def check_abortive_close(path: Path, o: Options) -> None:
+def check_abortive_close(path: Path, o: Options, slack: float = 0.0) -> None:
     pk = packets(path, o.port)
     unread, linger = conns(pk)
     for conn in (unread, linger):
@@ -287,7 +292,7 @@ def check_abortive_close(path: Path, o: Options) -> None:
     assert any(not p.c2s and p.n for p in linger), "linger-0: response, then RST"
 
 
-def check_keepalive_race(path: Path, o: Options) -> None:
+def check_keepalive_race(path: Path, o: Options, slack: float = 0.0) -> None:
     pk = packets(path, o.port)
     old, new = conns(pk)
     handshake_ok(old)
@@ -302,7 +307,7 @@ def check_keepalive_race(path: Path, o: Options) -> None:
     clean_close(new)
 
 
-def check_simultaneous_close(path: Path, o: Options) -> None:
+def check_simultaneous_close(path: Path, o: Options, slack: float = 0.0) -> None:
     pk = packets(path, o.port)
     (conn,) = conns(pk)
     handshake_ok(conn)
@@ -316,7 +321,7 @@ def check_simultaneous_close(path: Path, o: Options) -> None:
     first(conn, lambda p: not p.c2s and p.pure_ack and p.ack == cfin.seq + 1, after)
 
 
-def check_lost_final_ack(path: Path, o: Options) -> None:
+def check_lost_final_ack(path: Path, o: Options, slack: float = 0.0) -> None:
     pk = packets(path, o.port)
     (conn,) = conns(pk)
     handshake_ok(conn)
@@ -331,7 +336,7 @@ def check_lost_final_ack(path: Path, o: Options) -> None:
     assert acks[0].i < sfins[1].i < acks[1].i
 
 
-def check_fin_wait_2(path: Path, o: Options) -> None:
+def check_fin_wait_2(path: Path, o: Options, slack: float = 0.0) -> None:
     pk = packets(path, o.port)
     a, b = conns(pk)
     fin_timeout = max(1, round(o.timeout or 2))
@@ -349,7 +354,7 @@ def check_fin_wait_2(path: Path, o: Options) -> None:
     assert b[-1].c2s and b[-1].pure_ack and b[-1].ack == sfin_b.seq + 1
 
 
-def check_syn_timeout(path: Path, o: Options) -> None:
+def check_syn_timeout(path: Path, o: Options, slack: float = 0.0) -> None:
     pk = packets(path, o.port)
     (conn,) = conns(pk)
     retries = o.count or 2
@@ -357,10 +362,10 @@ def check_syn_timeout(path: Path, o: Options) -> None:
     assert len({p.seq for p in conn}) == 1, "retransmissions of the same SYN"
     gaps = [b.t - a.t for a, b in itertools.pairwise(conn)]
     for k, g in enumerate(gaps):
-        assert abs(g - 2**k) < 0.3, f"exponential backoff: {gaps}"
+        assert 2**k - 0.3 < g < 2**k + 0.3 + slack, f"exponential backoff: {gaps}"
 
 
-def check_accept_queue_overflow(path: Path, o: Options) -> None:
+def check_accept_queue_overflow(path: Path, o: Options, slack: float = 0.0) -> None:
     pk = packets(path, o.port)
     part1 = conns(pk)
     # abort_on_overflow=0, port 8080: 3 clients completed the handshake, one SYN-only client.
@@ -387,7 +392,7 @@ def check_accept_queue_overflow(path: Path, o: Options) -> None:
     assert c[3].tag == "s:R" and c[3].seq == c[2].ack, "[R] answering the final ACK"
 
 
-def check_zero_window(path: Path, o: Options) -> None:
+def check_zero_window(path: Path, o: Options, slack: float = 0.0) -> None:
     pk = packets(path, o.port)
     (conn,) = conns(pk)
     handshake_ok(conn)
@@ -396,7 +401,7 @@ def check_zero_window(path: Path, o: Options) -> None:
     probes = [p for p in conn if p.c2s and p.pure_ack and p.i > zero.i and p.seq == zero.ack - 1]
     assert len(probes) >= 2, "zero-window probes with seq = next-1 (K12)"
     gaps = [b.t - a.t for a, b in itertools.pairwise(probes)]
-    assert all(b > a * 1.5 for a, b in itertools.pairwise(gaps)), f"backoff {gaps}"
+    assert all(b + slack > a * 1.5 for a, b in itertools.pairwise(gaps)), f"backoff {gaps}"
     update = first(conn, lambda p: not p.c2s and p.win > 0, probes[-1].i)
     more = first(conn, lambda p: p.c2s and p.n > 0, update.i)
     assert more.seq == zero.ack, "transfer resumes where it stopped"
@@ -406,7 +411,7 @@ def check_zero_window(path: Path, o: Options) -> None:
     clean_close(conn)
 
 
-def check_half_open(path: Path, o: Options) -> None:
+def check_half_open(path: Path, o: Options, slack: float = 0.0) -> None:
     pk = packets(path, o.port)
     (conn,) = conns(pk)
     handshake_ok(conn)
@@ -421,7 +426,7 @@ def check_half_open(path: Path, o: Options) -> None:
     assert not any(p.has(FIN) for p in conn)
 
 
-def check_keepalive_dead_peer(path: Path, o: Options) -> None:
+def check_keepalive_dead_peer(path: Path, o: Options, slack: float = 0.0) -> None:
     pk = packets(path, o.port)
     (conn,) = conns(pk)
     handshake_ok(conn)
@@ -432,14 +437,14 @@ def check_keepalive_dead_peer(path: Path, o: Options) -> None:
     server_after = [p for p in conn if not p.c2s and p.i > last_data.i + 1]
     assert len(probes) == cnt, f"{cnt} keepalive probes (seq = next-1): {flow(conn)}"
     gaps = [b.t - a.t for a, b in itertools.pairwise(probes)]
-    assert all(0.8 < g < 1.3 for g in gaps), gaps
+    assert all(0.8 < g < 1.3 + slack for g in gaps), gaps
     assert probes[0].t - last_data.t >= 0.9, "first probe after TCP_KEEPIDLE"
     assert not [p for p in server_after if p.i > probes[0].i], "no answer from the vanished peer"
     rst = conn[-1]
     assert rst.c2s and rst.has(RST) and rst.t - probes[-1].t > 0.8, "RST when keepalive gives up"
 
 
-def check_retransmission_timeout(path: Path, o: Options) -> None:
+def check_retransmission_timeout(path: Path, o: Options, slack: float = 0.0) -> None:
     pk = packets(path, o.port)
     (conn,) = conns(pk)
     handshake_ok(conn)
@@ -449,14 +454,16 @@ def check_retransmission_timeout(path: Path, o: Options) -> None:
     assert len(lost) >= 4 and len({p.seq for p in lost}) == 1, "one segment retransmitted"
     gaps = [b.t - a.t for a, b in itertools.pairwise(lost)]
     # The first retransmission may be a tail loss probe; the RTO backoff doubles after it.
-    assert gaps[0] >= 0.19 and all(b > 1.6 * a for a, b in itertools.pairwise(gaps[1:])), gaps
-    assert lost[-1].t - lost[0].t < ut + 0.5, "retransmissions stop at TCP_USER_TIMEOUT"
+    assert gaps[0] >= 0.19 and all(b + slack > 1.6 * a for a, b in itertools.pairwise(gaps[1:])), (
+        gaps
+    )
+    assert lost[-1].t - lost[0].t < ut + 0.5 + slack, "retransmissions stop at TCP_USER_TIMEOUT"
     assert not any(not p.c2s and p.i > lost[0].i for p in conn), "no answer"
     assert not any(p.has(RST) or p.has(FIN) for p in conn), "given up without RST"
     assert first_req.i < lost[0].i
 
 
-CHECKS: dict[str, Callable[[Path, Options], None]] = {
+CHECKS: dict[str, Callable[[Path, Options, float], None]] = {
     "stale-keepalive": check_stale_keepalive,
     "clean": check_clean,
     "close-wait-leak": check_close_wait_leak,
@@ -488,8 +495,10 @@ IPV6 = [
 ]
 
 
-def check_capture(name: str, path: Path, o: Options) -> None:
-    CHECKS[name](path, o)
+def check_capture(name: str, path: Path, o: Options, live: bool = False) -> None:
+    """Timing is exact on the recorded captures; on a live run upper bounds get LIVE_SLACK_S
+    (lower bounds are the kernel's timers, which never fire early, and stay as they are)."""
+    CHECKS[name](path, o, LIVE_SLACK_S if live else 0.0)
 
 
 def orphans() -> list[str]:
@@ -558,7 +567,7 @@ def test_scenario_on_the_kernel(netns_ok: None, tmp_path: Path, name: str, ipv6:
     assert result.ok, f"{result.reason}\n{result.story}"
     assert result.drops == 0 and result.packets > 0
     assert not mine(), "namespaces left behind"
-    check_capture(name, out, o)
+    check_capture(name, out, o, live=True)
     assert all((p.sport == o.port) != p.c2s for p in packets(out, o.port))
 
 
@@ -654,7 +663,7 @@ def test_cli_exit_status_and_explain(netns_ok: None, tmp_path: Path) -> None:
     assert "ConnectionRefusedError" in p.stdout and "Connection refused" in p.stdout
     assert str(out) in p.stdout and "0 dropped" in p.stdout
     assert "RST" in p.stdout  # the --explain paragraph
-    check_refused(out, Options(port=9099))
+    check_refused(out, Options(port=9099), LIVE_SLACK_S)
     tshark = subprocess.run(["tshark", "-r", str(out)], capture_output=True, text=True)
     assert tshark.returncode == 0, tshark.stderr
     assert "[SYN]" in tshark.stdout and "[RST, ACK]" in tshark.stdout

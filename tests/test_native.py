@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from tcpwhy import native
+from tests.gates import need
 
-CI = os.environ.get("CI") == "true"
 DATA = Path(native.__file__).parent / "data"
 
 
@@ -41,16 +41,13 @@ def test_every_entry_point_has_a_signature_matching_its_arguments() -> None:
 
 def test_ci_runs_the_ahead_of_time_build() -> None:
     """`make test` builds the kernels; under CI they must be the ones the tests ran."""
-    if not CI and native.mode() != "aot":
-        pytest.skip("kernels not compiled ahead of time here (python -m tcpwhy.native build)")
-    assert native.mode() == "aot"
+    need(native.mode() == "aot", "kernels not compiled ahead of time here (make native)")
     m = native.load_manifest()
     assert m is not None and set(m["kernels"]) == set(native.REGISTRY) | set(m["kernels"])
 
 
 def test_a_stale_build_is_not_used(tmp_path: Path) -> None:
-    if native.load_manifest() is None:
-        pytest.skip("no ahead-of-time build here")
+    need(native.load_manifest() is not None, "no ahead-of-time build here (make native)")
     out = tmp_path / "_native"
     shutil.copytree(native.OUT_DIR, out)
     assert native.load_manifest(out) is not None
@@ -73,8 +70,8 @@ def test_a_stale_build_is_not_used(tmp_path: Path) -> None:
     assert native.load_manifest(out) is None
 
 
-@pytest.mark.skipif(native.mode() != "aot", reason="checks of the ahead-of-time calls")
 def test_arguments_are_checked_before_an_ahead_of_time_call() -> None:
+    need(native.mode() == "aot", "checks of the ahead-of-time calls need the build (make native)")
     from tcpwhy.decode import kernels as K
     from tcpwhy.tcp import zeek
 
@@ -101,10 +98,10 @@ def test_arguments_are_checked_before_an_ahead_of_time_call() -> None:
 CAPTURES = [DATA / "lab" / n for n in ("keepalive-race.pcap", "zero-window.pcap", "time-wait.pcap")]
 
 
-@pytest.mark.skipif(native.mode() != "aot", reason="compares the ahead-of-time build with the JIT")
 def test_ahead_of_time_and_jit_give_the_same_output(zeek_corpus: Path) -> None:
     """Every view, run once with the build and once with numba's JIT (TCPWHY_NATIVE=0), over
     the lab recordings and the Zeek corpus (tunnels, IPv6, pcapng: the decoder's other paths)."""
+    need(native.mode() == "aot", "compares the ahead-of-time build with the JIT (make native)")
     caps = [str(p) for p in CAPTURES] + [str(p) for p in sorted(zeek_corpus.glob("*.pcap*"))]
     script = (
         "import io, sys, contextlib\n"

@@ -647,12 +647,9 @@ def test_real_simultaneous_close_from_tshark_fields(zeek_corpus: Path) -> None:
 
 @pytest.mark.corpus
 def test_real_capture_through_read_table(zeek_corpus: Path) -> None:
-    try:
-        from tcpwhy.capture import read_table
+    from tcpwhy.capture import read_table
 
-        table = read_table(str(zeek_corpus / "ldap-who-am-i.pcap"))
-    except (ImportError, NotImplementedError) as exc:
-        pytest.skip(f"tcpwhy.capture.read_table is not available yet: {exc!r}")
+    table = read_table(str(zeek_corpus / "ldap-who-am-i.pcap"))
     # one connection (Zeek: SF, history ShADadFf): the client at 48122 closes first
     rows = np.flatnonzero((table["sport"] == 48122) | (table["dport"] == 48122))
     assert len(rows) == 13
