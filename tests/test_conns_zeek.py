@@ -1,22 +1,30 @@
 """Connection records against the conn.log Zeek wrote for each trace of the Zeek corpus.
 
-Rows are matched by the unordered pair of endpoints (several rows may share
-one: Zeek cuts a 4-tuple into several connections on its timers), then the
-candidate agreeing best is taken. Agreement is printed; the test fails below
-99 % for conn_state, 95 % for history and for packet and byte counts, over the
-rows whose packets the decoder delivers. Rows it cannot (tunnels it does not
-open, IP fragments it does not reassemble) are printed and counted apart.
+Every TCP row of every log is compared with the record tcpwhy builds for it, on conn_state,
+history, packets, payload bytes and IP bytes (each way), as tcpwhy writes them in its own
+conn.log (`zeek_row`: a byte count Zeek leaves unset must be unset here too). Rows are
+matched by the unordered pair of endpoints (several rows may share one: Zeek cuts a 4-tuple
+into several connections on its timers), then the candidate agreeing best is taken.
+
+Agreement is exact up to LEDGER, the one list of known differences, each with the reason
+read from the packets. The test fails on a difference the ledger does not hold and on a
+ledger entry that no longer occurs, so a fix shows up as a stale entry to delete. A Zeek row
+with no packets decoded, or a tcpwhy record with no Zeek row, is a difference too (field
+``row``). docs/conns.md quotes the figures; a test checks that it quotes these.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
 from tcpwhy.capture import read_table
+from tcpwhy.report.conns import ZEEK_FIELDS, zeek_row
 from tcpwhy.tcp.connections import (
     DEFAULT_LIKELY_SERVER_PORTS,
     ConnRecord,
@@ -24,8 +32,88 @@ from tcpwhy.tcp.connections import (
     zeek_ports,
 )
 
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "conns.md"
+
+COMPARED = (
+    "conn_state",
+    "history",
+    "orig_pkts",
+    "resp_pkts",
+    "orig_bytes",
+    "resp_bytes",
+    "orig_ip_bytes",
+    "resp_ip_bytes",
+)
+"""conn.log columns compared, where the log has them (one log was cut down by its test)."""
+
+
+class Diff(NamedTuple):
+    """One difference: trace, Zeek uid (or the 5-tuple of a record Zeek has no row for),
+    field, Zeek's value, tcpwhy's value."""
+
+    trace: str
+    conn: str
+    field: str
+    zeek: str
+    tcpwhy: str
+
+
+# --- the ledger: every difference left, and why ---------------------------------------
+GRIDFTP = (
+    "Zeek's gridftp script (size_threshold redefined to 2 by the test) calls "
+    "skip_further_processing once the TLS data channel is set up (frame 50): its last 5 "
+    "packets (frames 51-57), both FINs among them, go uncounted; tcpwhy has no app analyzers"
+)
+GAPS = (
+    "segments missing from the capture (Wireshark: 'previous segment not captured', 'ACKed "
+    "unseen segment'): Zeek's reassembler reports content gaps (G/g, missed_bytes 233); "
+    "tcpwhy does no stream reassembly"
+)
+TSO = (
+    "one client frame has IPv4 total length 0 (segmentation offload on the capturing host): "
+    "Zeek adds the header's 0, tcpwhy's decoder the length captured (the difference)"
+)
+PPPOE = (
+    "six server ACKs carry IP total length 46 in a PPPoE payload of 42: tcpwhy's decoder stops "
+    "at the PPPoE length, so their checksum (made over 26 TCP bytes) fails and they show as c, "
+    "uncounted; Zeek reads the IP length and takes them as 6-byte segments"
+)
+AMSDU = (
+    "the only frame is an Aruba A-MSDU holding two TCP segments (IP lengths 281 and 75); "
+    "tcpwhy's decoder reads the first subframe only"
+)
+GTP = (
+    "42 of the 49 downlink GTP-U packets are outer IPv4 fragments, which tcpwhy's decoder does "
+    "not reassemble; Zeek's X ('analysis partial', e.g. a limit hit) is not modelled by tcpwhy"
+)
+
+LEDGER: dict[Diff, str] = {
+    Diff("ftp-cwd-navigation", "CHhAvVGS1DHFjwGM9", "history", "ShAdDaGg", "ShAdDa"): GAPS,
+    Diff("ftp-gridftp", "ClEkJM2Vm5giqnMf4h", "conn_state", "S1", "SF"): GRIDFTP,
+    Diff("ftp-gridftp", "ClEkJM2Vm5giqnMf4h", "history", "ShADad", "ShADadfF"): GRIDFTP,
+    Diff("ftp-gridftp", "ClEkJM2Vm5giqnMf4h", "orig_pkts", "7", "9"): GRIDFTP,
+    Diff("ftp-gridftp", "ClEkJM2Vm5giqnMf4h", "resp_pkts", "6", "9"): GRIDFTP,
+    Diff("ftp-gridftp", "ClEkJM2Vm5giqnMf4h", "orig_bytes", "2109", "2135"): GRIDFTP,
+    Diff("ftp-gridftp", "ClEkJM2Vm5giqnMf4h", "resp_bytes", "3196", "3213"): GRIDFTP,
+    Diff("ftp-gridftp", "ClEkJM2Vm5giqnMf4h", "orig_ip_bytes", "2481", "2611"): GRIDFTP,
+    Diff("ftp-gridftp", "ClEkJM2Vm5giqnMf4h", "resp_ip_bytes", "3516", "3689"): GRIDFTP,
+    Diff("ldap-sasl-signed-clear", "CHhAvVGS1DHFjwGM9", "orig_ip_bytes", "2595", "4443"): TSO,
+    Diff("ldap-sasl-signed-clear", "ClEkJM2Vm5giqnMf4h", "orig_ip_bytes", "990", "2870"): TSO,
+    Diff("ldap-sasl-signed-clear", "C4J4Th3PJpwUYZZ6gc", "orig_ip_bytes", "463", "2343"): TSO,
+    Diff("ldap-sasl-signed-clear-2", "CHhAvVGS1DHFjwGM9", "orig_ip_bytes", "1733", "3618"): TSO,
+    Diff("pppoe-over-qinq", "CHhAvVGS1DHFjwGM9", "history", "ShADdtaTTtFf", "ShADdtcaTTFft"): PPPOE,
+    Diff("pppoe-over-qinq", "CHhAvVGS1DHFjwGM9", "resp_pkts", "42", "36"): PPPOE,
+    Diff("pppoe-over-qinq", "CHhAvVGS1DHFjwGM9", "resp_ip_bytes", "13001", "12725"): PPPOE,
+    Diff("tunnels-gre-aruba-amsdu", "ClEkJM2Vm5giqnMf4h", "orig_pkts", "2", "1"): AMSDU,
+    Diff("tunnels-gre-aruba-amsdu", "ClEkJM2Vm5giqnMf4h", "orig_ip_bytes", "356", "281"): AMSDU,
+    Diff("tunnels-gtp-different-dl-and-ul", "ClEkJM2Vm5giqnMf4h", "history", "ShADadXf", "ShADadf"): GTP,
+    Diff("tunnels-gtp-different-dl-and-ul", "ClEkJM2Vm5giqnMf4h", "resp_pkts", "49", "7"): GTP,
+    Diff("tunnels-gtp-different-dl-and-ul", "ClEkJM2Vm5giqnMf4h", "resp_ip_bytes", "65396", "3236"): GTP,
+}  # fmt: skip
+
 
 def parse_conn_log(path: Path) -> list[dict[str, str]]:
+    """The TCP rows of a btest baseline (full log, or cut down with a header of its own)."""
     fields: list[str] | None = None
     rows = []
     for line in path.read_text().splitlines()[1:]:  # btest banner
@@ -41,6 +129,7 @@ def parse_conn_log(path: Path) -> list[dict[str, str]]:
 
 
 def records_for(entry: dict[str, Any], corpus: Path) -> list[ConnRecord]:
+    """tcpwhy's records for a trace, with the settings Zeek ran with (-b ports, -C)."""
     ports = (
         zeek_ports(entry["zeek_scripts"]) if entry["flags"]["bare"] else DEFAULT_LIKELY_SERVER_PORTS
     )
@@ -51,82 +140,110 @@ def records_for(entry: dict[str, Any], corpus: Path) -> list[ConnRecord]:
     )
 
 
-def _score(r: ConnRecord, z: dict[str, str]) -> int:
-    return (
-        (r.conn_state == z["conn_state"])
-        + (r.history == z["history"])
-        + (str(r.orig_pkts) == z.get("orig_pkts"))
-    )
+def _as_logged(r: ConnRecord) -> dict[str, str]:
+    return dict(zip((f for f, _ in ZEEK_FIELDS), zeek_row(r), strict=True))
 
 
-def compare(corpus: Path) -> tuple[dict[str, int], list[str]]:
+def _score(t: dict[str, str], z: dict[str, str]) -> int:
+    return sum(t[f] == z[f] for f in ("conn_state", "history", "orig_pkts") if f in z)
+
+
+def _endpoints(a: str, ap: str | int, b: str, bp: str | int) -> frozenset[tuple[str, int]]:
+    return frozenset({(a, int(ap)), (b, int(bp))})
+
+
+@dataclass
+class Comparison:
+    """What the comparison found: counts per field and every difference."""
+
+    logs: int = 0
+    rows: int = 0
+    matched: int = 0
+    compared: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COMPARED, 0))
+    agree: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COMPARED, 0))
+    diffs: list[Diff] = field(default_factory=list)
+
+    def undecoded(self) -> int:
+        return sum(d.field == "row" and d.tcpwhy == "-" for d in self.diffs)
+
+    def figures(self) -> str:
+        """The Markdown table docs/conns.md quotes."""
+        lines = [
+            f"{self.rows} TCP rows in {self.logs} logs, {self.matched} matched to a tcpwhy "
+            f"record, {self.undecoded()} with no packets decoded:",
+            "",
+            "| field | agree |",
+            "|---|---|",
+        ]
+        lines += [f"| `{f}` | {self.agree[f]} of {self.compared[f]} |" for f in COMPARED]
+        rows = {(d.trace, d.conn) for d in self.diffs}
+        traces = {d.trace for d in self.diffs}
+        lines += [
+            "",
+            f"Differences: {len(self.diffs)}, on {len(rows)} rows of {len(traces)} traces.",
+        ]
+        return "\n".join(lines)
+
+
+@functools.cache
+def compare(corpus: Path) -> Comparison:
+    """Every TCP row of every log of the corpus against tcpwhy's records."""
     manifest = json.loads((corpus / "manifest.json").read_text())
-    tally = dict.fromkeys(
-        ("rows", "undecoded", "matched", "conn_state", "history", "pkts", "bytes", "ip_bytes"), 0
-    )
-    notes: list[str] = []
+    out = Comparison()
     for entry in manifest:
-        zrows = parse_conn_log(corpus / entry["conn_log"])
-        recs = records_for(entry, corpus)
-        pool: dict[frozenset[tuple[str, int]], list[ConnRecord]] = {}
-        for r in recs:
-            pool.setdefault(frozenset({(r.orig_h, r.orig_p), (r.resp_h, r.resp_p)}), []).append(r)
-        for z in zrows:
-            tally["rows"] += 1
+        trace = entry["id"]
+        out.logs += 1
+        left = [
+            (r, _as_logged(r), _endpoints(r.orig_h, r.orig_p, r.resp_h, r.resp_p))
+            for r in records_for(entry, corpus)
+        ]
+        for z in parse_conn_log(corpus / entry["conn_log"]):
+            out.rows += 1
             if "id.orig_h" in z:
-                key = frozenset(
-                    {(z["id.orig_h"], int(z["id.orig_p"])), (z["id.resp_h"], int(z["id.resp_p"]))}
-                )
-                cands = pool.get(key, [])
+                key = _endpoints(z["id.orig_h"], z["id.orig_p"], z["id.resp_h"], z["id.resp_p"])
+                cands = [c for c in left if c[2] == key]
             else:
-                cands = next(iter(pool.values()), [])
+                cands = left  # a log cut down to a few columns: the trace's records
             if not cands:
-                tally["undecoded"] += 1
-                notes.append(f"{entry['id']}: no packets decoded for {z.get('id.orig_h')}")
+                out.diffs.append(Diff(trace, z["uid"], "row", "logged", "-"))
                 continue
-            best = max(cands, key=lambda r, z=z: _score(r, z))
-            cands.remove(best)
-            tally["matched"] += 1
-            ok = {
-                "conn_state": best.conn_state == z["conn_state"],
-                "history": best.history == z["history"],
-                "pkts": (str(best.orig_pkts), str(best.resp_pkts))
-                == (z["orig_pkts"], z["resp_pkts"]),
-                "bytes": z.get("orig_bytes", "-") == "-"
-                or (str(best.orig_bytes), str(best.resp_bytes))
-                == (z["orig_bytes"], z["resp_bytes"]),
-                "ip_bytes": "orig_ip_bytes" not in z
-                or (str(best.orig_ip_bytes), str(best.resp_ip_bytes))
-                == (z["orig_ip_bytes"], z["resp_ip_bytes"]),
-            }
-            for k, v in ok.items():
-                tally[k] += v
-            if not all(ok.values()):
-                notes.append(
-                    f"{entry['id']}: zeek {z['conn_state']} {z['history']} "
-                    f"{z['orig_pkts']}/{z['resp_pkts']} pkts; tcpwhy {best.conn_state} "
-                    f"{best.history} {best.orig_pkts}/{best.resp_pkts} pkts"
-                )
-    return tally, notes
+            best = max(cands, key=lambda c, z=z: _score(c[1], z))
+            left.remove(best)
+            out.matched += 1
+            t = best[1]
+            for f in COMPARED:
+                if f not in z:
+                    continue
+                out.compared[f] += 1
+                if t[f] == z[f]:
+                    out.agree[f] += 1
+                else:
+                    out.diffs.append(Diff(trace, z["uid"], f, z[f], t[f]))
+        for r, _, _ in left:
+            five = f"tcp {r.orig_h}:{r.orig_p} > {r.resp_h}:{r.resp_p}"
+            out.diffs.append(Diff(trace, five, "row", "-", r.conn_state))
+    return out
 
 
 def test_agreement_with_zeek(zeek_corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    tally, notes = compare(zeek_corpus)
-    n = tally["matched"]
-    assert n > 100
-    share = {k: tally[k] / n for k in ("conn_state", "history", "pkts", "bytes", "ip_bytes")}
+    """Exact agreement on every row and field, but for the ledger's entries."""
+    cmp = compare(zeek_corpus)
     with capsys.disabled():
-        print(f"\nZeek corpus: {tally['rows']} TCP rows, {tally['undecoded']} not decoded")
-        for k, v in share.items():
-            print(
-                f"  {k:<10} {tally[k]:>4}/{n} = {v:.1%}  (of all rows: {tally[k] / tally['rows']:.1%})"
-            )
-        for line in notes:
-            print("  ", line)
-    assert share["conn_state"] >= 0.99
-    assert share["history"] >= 0.95
-    assert share["pkts"] >= 0.95
-    assert share["bytes"] >= 0.95
+        print(f"\nZeek corpus: {cmp.figures()}")
+        for d in cmp.diffs:
+            known = "ledger" if d in LEDGER else "NOT IN LEDGER"
+            print(f"   [{known}] {d.trace} {d.conn} {d.field}: zeek {d.zeek}, tcpwhy {d.tcpwhy}")
+    unexplained = [d for d in cmp.diffs if d not in LEDGER]
+    stale = [d for d in LEDGER if d not in cmp.diffs]
+    assert len(set(cmp.diffs)) == len(cmp.diffs)
+    assert not unexplained, "differences not in the ledger:\n" + "\n".join(map(str, unexplained))
+    assert not stale, "ledger entries that no longer occur:\n" + "\n".join(map(str, stale))
+    assert cmp.matched > 100  # the corpus was read
+
+
+def test_docs_quote_the_figures(zeek_corpus: Path) -> None:
+    """docs/conns.md quotes the figures the comparison gives today."""
+    assert compare(zeek_corpus).figures() in DOCS.read_text()
 
 
 def test_zeek_boundaries_split_a_stream_where_zeek_does(zeek_corpus: Path) -> None:
