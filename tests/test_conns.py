@@ -16,6 +16,7 @@ from tcpwhy.report.conns import read_zeek, write_conns
 from tcpwhy.tcp.connections import ConnectionBuilder, ConnRecord, build_connections
 from tcpwhy.tcp.state import run_rows
 from tcpwhy.tcp.streams import StreamTracker
+from tests import tshark_ref
 
 DATA = Path(str(resources.files("tcpwhy") / "data"))
 DEMO = DATA / "demo-stale-keepalive.pcap"
@@ -39,7 +40,14 @@ def test_demo_capture() -> None:
     assert second.end == "closed by originator FIN, responder FIN"
     assert second.orig_state == "TIME_WAIT"
     assert second.orientation == "syn"
-    assert first.irtt is not None and first.irtt >= 0
+    # irtt is tshark's initial RTT (SYN to the ACK of the SYN-ACK), committed with the capture
+    want = {
+        r["tcp.stream"]: r["tcp.analysis.initial_rtt"]
+        for r in tshark_ref.rows(tshark_ref.DATA / f"{DEMO.name}.tshark.tsv")
+        if r["tcp.analysis.initial_rtt"]
+    }
+    assert want == {"0": "0.000039000", "1": "0.000036000"}
+    assert (first.irtt, second.irtt) == (float(want["0"]), float(want["1"]))
 
 
 @pytest.mark.parametrize(
@@ -72,11 +80,19 @@ def test_lab_scenarios(
         assert first.resp_state == resp_state
 
 
+def _tshark_flagged(capture: str, flags: set[str]) -> int:
+    """Packets of a shipped capture that tshark marks with one of `flags`."""
+    tsv = tshark_ref.DATA / f"{capture}.tshark.tsv"
+    return sum(bool(flags & set(r["tcp.analysis"].split(","))) for r in tshark_ref.rows(tsv))
+
+
 def test_lab_counters() -> None:
+    """The counts are the packets tshark marks [TCP ZeroWindow] / [TCP Retransmission]."""
     (zw,) = conns(LAB / "zero-window.pcap")
-    assert zw.zero_windows > 0
+    assert zw.zero_windows == _tshark_flagged("zero-window.pcap", {"zero_window"}) == 3
     (rto,) = conns(LAB / "retransmission-timeout.pcap")
-    assert rto.retransmissions > 0
+    retx = {"retransmission", "fast_retransmission", "spurious_retransmission"}
+    assert rto.retransmissions == _tshark_flagged("retransmission-timeout.pcap", retx) == 5
     assert rto.end == "still open at end of capture"
 
 
@@ -88,15 +104,19 @@ def _all_lab_tables() -> list[tuple[str, PacketTable]]:
 
 def test_rfc_states_from_kept_packets_match_full_run() -> None:
     """The builder runs the state machine on a few packets per connection: same final states."""
-    _check_rfc_states(_all_lab_tables())
+    # every connection of the 41 tcp.stream values in which tshark shows a SYN
+    assert _check_rfc_states(_all_lab_tables()) == 41
 
 
 def test_rfc_states_on_zeek_corpus(zeek_corpus: Path) -> None:
     tables = [(p.name, read_table(str(p))) for p in sorted(zeek_corpus.glob("*.pcap*"))]
-    _check_rfc_states(tables)
+    # every connection of the 92 tcp.stream values in which tshark shows a SYN
+    assert _check_rfc_states(tables) == 92
 
 
-def _check_rfc_states(tables: list[tuple[str, PacketTable]]) -> None:
+def _check_rfc_states(tables: list[tuple[str, PacketTable]]) -> int:
+    """Connections compared (those whose SYN is in the capture)."""
+    checked = 0
     for name, t in tables:
         if not len(t):
             continue
@@ -114,6 +134,8 @@ def _check_rfc_states(tables: list[tuple[str, PacketTable]]) -> None:
                 cs.originator.state.name,
                 cs.responder.state.name,
             ), name
+            checked += 1
+    return checked
 
 
 def test_chunked_feed_gives_the_same_records() -> None:

@@ -43,5 +43,13 @@ def test_cli_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert "stale-keepalive-reuse" in out and "tcpdump" in out
     assert main(["explain", "--format", "json", "ECONNRESET"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["meanings"][0]["kinds"]
+    assert [m["name"] for m in doc["meanings"]] == ["RST on an established connection (ECONNRESET)"]
+    assert [k["kind"] for k in doc["meanings"][0]["kinds"]] == [
+        "keepalive-race",
+        "half-open-reset",
+        "abortive-close",
+        "middlebox-reset",
+        "accept-queue-overflow",
+        "fin-wait-2-stall",
+    ]
     assert main(["explain", "all good here"]) == 1

@@ -138,7 +138,7 @@ def base(zeek_corpus: Path) -> tuple[int, list[tuple[int, bytes, int]]]:
 
 
 def _check_same(a, b) -> None:  # type: ignore[no-untyped-def]
-    assert len(a) == len(b) > 0
+    assert len(a) == len(b) == 61  # the TCP packets tshark decodes in ftp-gridftp.pcap
     for k in SAME:
         assert np.array_equal(a[k], b[k]), k
     assert a.data.tobytes() == b.data.tobytes()
