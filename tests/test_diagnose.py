@@ -1,4 +1,5 @@
-"""Diagnosis on the lab recordings shipped in the package, and the command's output contract."""
+"""Diagnosis on the lab recordings shipped in the package (details beyond the pinned findings),
+and the command's output contract."""
 
 from __future__ import annotations
 
@@ -19,27 +20,6 @@ from tcpwhy.errors import TcpwhyError
 
 LAB = Path(str(resources.files("tcpwhy") / "data" / "lab"))
 
-# scenario -> the finding kind it must produce
-EXPECTED = {
-    "stale-keepalive": "stale-keepalive-reuse",
-    "keepalive-race": "keepalive-race",
-    "close-wait-leak": "close-wait-leak",
-    "fin-wait-2": "fin-wait-2-stall",
-    "simultaneous-close": "simultaneous-close",
-    "lost-final-ack": "lost-final-ack",
-    "abortive-close": "abortive-close",
-    "refused": "connection-refused",
-    "syn-timeout": "syn-timeout",
-    "accept-queue-overflow": "accept-queue-overflow",
-    "keepalive-dead-peer": "keepalive-dead-peer",
-    "zero-window": "zero-window-stall",
-    "retransmission-timeout": "retransmission-timeout",
-    "half-open": "half-open-reset",
-    "time-wait": "time-wait-accumulation",
-    "time-wait-reuse": "time-wait-reuse",
-    "middlebox-reset": "middlebox-reset",
-}
-
 
 def main(argv: list[str]) -> int:
     """The analyze/explain commands as `tcpwhy` runs them (parser, exit status on errors)."""
@@ -56,19 +36,11 @@ def kinds(path: Path | str) -> dict[str, Severity]:
     return {f.kind: f.severity for f in diagnose_files([str(path)]).findings}
 
 
-def test_every_scenario_is_covered() -> None:
-    shipped = {p.stem for p in LAB.glob("*.pcap")}
-    assert shipped == set(EXPECTED) | {"clean"}
+# which findings each recording yields, exactly, is pinned in test_diagnose_pinned.py
 
 
-@pytest.mark.parametrize("scenario", sorted(EXPECTED))
-def test_scenario_yields_its_kind(scenario: str) -> None:
-    assert EXPECTED[scenario] in kinds(LAB / f"{scenario}.pcap")
-
-
-def test_clean_traffic_has_nothing_above_info() -> None:
+def test_clean_traffic_exits_zero() -> None:
     report = diagnose_files([str(LAB / "clean.pcap")])
-    assert all(f.severity is Severity.INFO for f in report.findings)
     assert report.exit_status() == 0
     assert report.endings == {"closed (FIN both ways)": 2}
 

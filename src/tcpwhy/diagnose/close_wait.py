@@ -7,6 +7,7 @@ threshold) is an application that forgot the socket.
 
 from __future__ import annotations
 
+from tcpwhy.diagnose.closing import PROMPT_S
 from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import CLIENT, SERVER, WHO, Conn, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
@@ -55,6 +56,12 @@ def _close_wait(
     ack = c.fin_acked_by(x, pf) if pf is not None else None
     if pf is None or ack is None:
         return None  # the capture never saw this side acknowledge the FIN
+    if until_end and dur < limit_s:
+        # a prompt close() would show up one round trip to x (handshake, else how long its
+        # ACK of the FIN took) after the FIN passed the capture point, plus PROMPT_S
+        rtt = c.rtt_to(x)
+        if (end_ns - c.ts[pf]) / 1e9 < (rtt if rtt is not None else c.dt(pf, ack)) + PROMPT_S:
+            return None  # the capture ended before a prompt close could have shown up in it
     rows = [
         (pf, f"{WHO[peer]} closes (FIN)"),
         (ack, f"{WHO[x]} kernel ACKs the FIN: {WHO[x]} socket in CLOSE_WAIT"),
@@ -78,9 +85,17 @@ def _tell(g: Group) -> Story:
     ends = g.count("until_end")
     who, peer_name = WHO[x], WHO[1 - x]
     where = f"{who} {owner}"
+    if ends == n:
+        late = "never did"
+    elif ends == 0:
+        late = f"closed only {fmt_s(min(durs))}" + (
+            f" to {fmt_s(max(durs))} later" if n > 1 else " later"
+        )
+    else:
+        late = "closed late or never"
     summary = (
         f"{plural(n, 'connection')} left in CLOSE_WAIT by the {who} ({owner}): the {peer_name} "
-        f"closed, the {who} never did"
+        f"closed, the {who} {late}"
         + (f" ({ends} still open when the capture ended)" if ends else "")
     )
     explanation = (

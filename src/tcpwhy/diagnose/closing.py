@@ -20,6 +20,11 @@ from tcpwhy.diagnose import http
 from tcpwhy.diagnose.context import CLIENT, SERVER, Conn, seq_geq
 from tcpwhy.diagnose.registry import Diag
 
+PROMPT_S = 0.01
+"""Time an application takes, at most, to act on the peer's FIN when it does so at once
+(read() returns 0, then close() or a last write): on top of the round trip between the
+capture point and that endpoint, this bounds when its reaction can show up in a capture."""
+
 
 @dataclass
 class AfterFin:

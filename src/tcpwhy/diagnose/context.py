@@ -202,14 +202,17 @@ class Capture:
         answered = (self.n_synack[:, SERVER] > 0) | (self.n_pkts[:, SERVER] > 0)
         rst = self.n_rst.sum(1) > 0
         refused = syn_c & (self.n_synack[:, SERVER] == 0) & (self.n_rst[:, SERVER] > 0)
-        no_answer = syn_c & ~answered
+        # nothing came back and the client sent nothing but SYNs (a client that goes on
+        # talking got an answer the capture missed: a one-way capture)
+        no_answer = syn_c & ~answered & (self.n_pkts[:, CLIENT] == self.n_syn[:, CLIENT])
         fins = (self.n_fin > 0).sum(1)
+        # one category per connection
         cats = {
             "refused": refused,
             "unanswered SYN": no_answer & ~rst,
             "reset": rst & ~refused,
-            "closed (FIN both ways)": ~rst & (fins == 2),
-            "half-closed (one FIN)": ~rst & (fins == 1),
+            "closed (FIN both ways)": ~rst & ~no_answer & (fins == 2),
+            "half-closed (one FIN)": ~rst & ~no_answer & (fins == 1),
             "open at capture end": ~rst & (fins == 0) & ~no_answer,
         }
         return {k: int(v.sum()) for k, v in cats.items() if v.any()}
@@ -345,6 +348,24 @@ class Conn:
                 synack = i
             elif synack is not None and syn is not None and self.side[i] == CLIENT:
                 return max(self.dt(syn, i), 1e-6)
+        return None
+
+    def rtt_to(self, who: int) -> float | None:
+        """Round trip from the capture point to `who` and back, from the handshake: SYN →
+        SYN-ACK for the server, SYN-ACK → the client's next packet for the client."""
+        syn = synack = None
+        for i in range(self.n):
+            f = self.flags[i]
+            if f & RST:
+                continue
+            if self.side[i] == CLIENT and (f & (SYN | ACK)) == SYN:
+                syn = i
+            elif self.side[i] == SERVER and (f & (SYN | ACK)) == (SYN | ACK):
+                if who == SERVER:
+                    return self.dt(syn, i) if syn is not None else None
+                synack = i
+            elif synack is not None and self.side[i] == CLIENT:
+                return self.dt(synack, i)
         return None
 
     @cached_property

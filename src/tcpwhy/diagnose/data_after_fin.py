@@ -9,7 +9,7 @@ draws a RST and the writer's next call fails with EPIPE (K4).
 from __future__ import annotations
 
 from tcpwhy.diagnose import http, knowledge
-from tcpwhy.diagnose.closing import after_fin
+from tcpwhy.diagnose.closing import PROMPT_S, AfterFin, after_fin
 from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import CLIENT, WHO, fmt_s
 from tcpwhy.diagnose.keepalive_race import is_race
@@ -37,14 +37,56 @@ def detect(diag: Diag) -> list[Finding]:
             ),
             (ev.rst, f"{WHO[ev.closer]} kernel answers with RST"),
         ]
-        facts = {"covers": ev.covers, "fin": ev.fin, "data": ev.data, "rst": ev.rst}
-        hits.add((c.server, ev.closer), c, rows, facts)
+        bye = goodbye(ev)
+        if bye == "closes":
+            wf = c.first_fin(1 - ev.closer)
+            assert wf is not None
+            rows.append((wf, f"{w} closes right after writing: its last words"))
+        facts = {"covers": ev.covers, "fin": ev.fin, "data": ev.data, "rst": ev.rst, "bye": bye}
+        hits.add((c.server, ev.closer, bye is not None), c, rows, facts)
         diag.claim(c.sid)
     return hits.findings(diag, KIND, _tell)
 
 
+def goodbye(ev: AfterFin) -> str | None:
+    """Whether the data after the FIN is the end of an orderly exchange rather than a write
+    into a connection the writer failed to notice was closed:
+
+    * "closes": the writer answered the FIN at once (within its round trip from the
+      capture point plus PROMPT_S) with the data and its own FIN right behind it (a
+      closing message such as a TLS close_notify, then close());
+    * "unawaited": the closer sent its FIN right behind its last message, without waiting
+      for the answer, and the data is that answer (a reply to QUIT or logout).
+
+    None otherwise (a late answer after the closer gave up, or a write into a connection
+    the writer never noticed was closed).
+    """
+    c, f, d = ev.conn, ev.fin, ev.data
+    closer, writer = ev.closer, 1 - ev.closer
+    wf = c.first_fin(writer)
+    if wf is not None and wf > d and ev.covers:
+        later_data = any(
+            c.side[j] == writer and c.plen[j] > 0 and not c.is_rst(j) for j in range(d + 1, wf)
+        )
+        rtt = c.rtt_to(writer)
+        prompt = rtt is not None and c.dt(f, d) <= rtt + PROMPT_S
+        if prompt and not later_data:
+            return "closes"
+    last_c = c.last_data_before(f, closer)
+    last_w = c.last_data_before(f, writer)
+    if last_c is None or (last_w is not None and last_w > last_c):
+        return None  # nothing the closer sent was waiting for an answer
+    same_flight = all(c.side[j] == closer for j in range(last_c, f + 1))
+    end = (c.seq[last_c] + c.plen[last_c]) & 0xFFFFFFFF
+    if same_flight and c.acks(d, end):
+        return "unawaited"
+    return None
+
+
 def _tell(g: Group) -> Story:
-    (server, closer), ex, c, n = g.key, g.ex, g.c, g.n
+    (server, closer, bye), ex, c, n = g.key, g.ex, g.c, g.n
+    if bye:
+        return _tell_goodbye(g)
     fin_i, data_i, rst_i = ex.facts["fin"], ex.facts["data"], ex.facts["rst"]
     closer_name, writer = WHO[closer], WHO[1 - closer]
     msg = http.describe_request(c, data_i) if closer != CLIENT else f"{c.plen[data_i]} bytes"
@@ -82,3 +124,49 @@ def _tell(g: Group) -> Story:
     facts = {"server": server, "closer": closer_name}
     errors = knowledge.BROKEN_PIPE + knowledge.RESET
     return Story(Severity.WARNING, summary, explanation, causes, fixes, errors, facts)
+
+
+def _tell_goodbye(g: Group) -> Story:
+    (server, closer, _), ex, c, n = g.key, g.ex, g.c, g.n
+    fin_i, data_i, rst_i = ex.facts["fin"], ex.facts["data"], ex.facts["rst"]
+    closer_name, writer = WHO[closer], WHO[1 - closer]
+    size = f"{c.plen[data_i]} bytes"
+    summary = (
+        f"the {writer}'s last {size} after the {closer_name} had closed "
+        f"({plural(n, 'connection')} to {server}) drew a RST: the end of an orderly exchange"
+    )
+    if ex.facts["bye"] == "closes":
+        how = (
+            f"Nothing the {closer_name} had sent was still unanswered; the {writer} answered "
+            f"the FIN at once with {size} (frame {c.frame[data_i]}) and its own FIN: a "
+            "closing message, such as a TLS close_notify alert, followed by close()."
+        )
+        causes = [
+            f"The {closer_name} calls close() without waiting for the {writer}'s closing "
+            "message (for TLS: it does not wait for the peer's close_notify, which TLS allows).",
+        ]
+    else:
+        how = (
+            f"The {closer_name} sent its last message and its FIN together, without waiting "
+            f"for the answer; the {writer}'s {size} (frame {c.frame[data_i]}) are that "
+            "answer (for example the reply to QUIT or a logout)."
+        )
+        causes = [
+            f"The {closer_name}'s protocol ends with a message it does not need an answer "
+            "to, and it closes right after sending it.",
+        ]
+    explanation = (
+        f"On {c.label()} the {closer_name} closed the connection (frame {c.frame[fin_i]}, "
+        f"FIN) with close(), so its socket no longer accepts data. {how} The "
+        f"{closer_name}'s kernel answered with RST (frame {c.frame[rst_i]}) and those bytes "
+        f"were dropped; nothing else was pending, so neither application lost anything it "
+        f"was waiting for. Harmless; the {writer} may log a reset or a broken pipe if it "
+        "touches the socket again."
+    )
+    fixes = [
+        f"Usually none. To end without a reset, the {closer_name} can shut down its writing "
+        f"side (shutdown(SHUT_WR)) and read until the {writer}'s EOF before close().",
+    ]
+    facts = {"server": server, "closer": closer_name}
+    errors = knowledge.BROKEN_PIPE + knowledge.RESET
+    return Story(Severity.INFO, summary, explanation, causes, fixes, errors, facts)

@@ -36,6 +36,8 @@ def detect(diag: Diag) -> list[Finding]:
             if not fw2 or xf is None or pf is None:
                 continue
             rst = c.next_rst(x, pf)
+            if rst is not None and c.fin_acked_by(x, pf, stop=rst) is not None:
+                rst = None  # x acknowledged the late FIN: its socket was there; the RST is not the answer
             wait = c.dt(fw2[0], pf)
             if rst is None and wait < limit_s:
                 continue

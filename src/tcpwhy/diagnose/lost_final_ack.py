@@ -33,7 +33,19 @@ def detect(diag: Diag) -> list[Finding]:
             peer = 1 - x
             lost = c.fin_acked_by(peer, first, stop=re)
             answer = c.next_from(peer, re + 1)
-            rows = [(first, f"{WHO[x]} closes (FIN) from LAST_ACK")]
+            # by ACK numbers (capture order may differ from sending order): a FIN that does
+            # not acknowledge the peer's was sent before x saw it, from FIN_WAIT_1, and the
+            # wait for its ACK was in CLOSING
+            pf = c.first_fin(peer)
+            crossed = pf is not None and not c.acks(first, c.fin_end(pf))
+            rows = [
+                (
+                    first,
+                    f"{WHO[x]} closes (FIN) before it saw the {WHO[peer]}'s: the FINs crossed"
+                    if crossed
+                    else f"{WHO[x]} closes (FIN) from LAST_ACK",
+                )
+            ]
             if lost is not None:
                 rows.append(
                     (lost, f"{WHO[peer]} ACKs it — this ACK is lost after the capture point")
@@ -45,7 +57,12 @@ def detect(diag: Diag) -> list[Finding]:
                 if reset:
                     again = "answers with RST: its TIME_WAIT state was gone"
                 rows.append((answer, f"{WHO[peer]} {again}"))
-            hits.add(c.server, c, rows, {"reset": reset, "x": x})
+            hits.add(
+                c.server,
+                c,
+                rows,
+                {"reset": reset, "x": x, "crossed": crossed, "ack_seen": lost is not None},
+            )
             if reset:
                 diag.claim(c.sid)
     return hits.findings(diag, KIND, _tell)
@@ -56,10 +73,17 @@ def _tell(g: Group) -> Story:
     x = ex.facts["x"]
     resets = g.count("reset")
     summary = f"{plural(n, 'connection')} to {server}: the last ACK of the close was lost and the FIN retransmitted"
+    closing = (
+        f"On stream {c.no} the {WHO[1 - x]} and the {WHO[x]} closed at the same time (their "
+        f"FINs crossed, neither acknowledges the other), so the {WHO[x]} waited in CLOSING "
+        "for the acknowledgment of its FIN. That ACK "
+        if ex.facts["crossed"]
+        else f"On stream {c.no} the {WHO[1 - x]} closed first; the {WHO[x]} then closed too "
+        "and waited in LAST_ACK for the acknowledgment of its FIN. That ACK "
+    )
     explanation = (
-        f"On stream {c.no} the {WHO[1 - x]} closed first; the {WHO[x]} then closed too and "
-        f"waited in LAST_ACK for the acknowledgment of its FIN. That ACK "
-        + ("appears in the capture but " if len(ex.rows) > 2 else "")
+        closing
+        + ("appears in the capture but " if ex.facts["ack_seen"] else "")
         + f"never reached the {WHO[x]}, whose retransmission timer (at least 200 ms) fired and "
         "sent the FIN again. "
         + (

@@ -24,6 +24,8 @@ def detect(diag: Diag) -> list[Finding]:
     hits = Hits()
     for c, r in first_resets(diag):
         x = c.side[r]
+        if _closed_before(c, r):
+            continue  # both FINs were acknowledged: the RST ended nothing
         why = _not_from_peer(c, r)
         if not why:
             continue
@@ -36,13 +38,31 @@ def detect(diag: Diag) -> list[Finding]:
     return hits.findings(diag, KIND, _tell)
 
 
+def _closed_before(c: Conn, r: int) -> bool:
+    """Both sides' FINs were sent and acknowledged before row r."""
+    for who in (CLIENT, SERVER):
+        f = c.first_fin(who)
+        if f is None or f > r or c.fin_acked_by(1 - who, f, stop=r) is None:
+            return False
+    return True
+
+
 def _not_from_peer(c: Conn, r: int) -> str:
     """Why the RST at row r cannot come from its sender ("" if it may): its TTL, or it came
     back faster than the server's round trip allows."""
     x = c.side[r]
     ttl = usual_ttl(c, x, r)
     if ttl is not None and abs(ttl - c.ttl[r]) >= 2:
-        return f"its IP TTL is {c.ttl[r]}, every other packet from the {WHO[x]} has {ttl}"
+        own = [i for i in range(c.n) if c.side[i] == x and i != r and not c.is_rst(i)]
+        alike = [i for i in own if abs(c.ttl[i] - c.ttl[r]) < 2]
+        if not alike:
+            return f"its IP TTL is {c.ttl[r]}, every other packet from the {WHO[x]} has {ttl}"
+        frames = ", ".join(str(c.frame[i]) for i in alike[:5])
+        return (
+            f"its IP TTL is {c.ttl[r]}, while {len(own) - len(alike)} of the {WHO[x]}'s "
+            f"{len(own)} other packets have {ttl}; the only ones with TTL near "
+            f"{c.ttl[r]} (frames {frames}) most likely came from the same box as the RST"
+        )
     trig = trigger(c, r)
     syn_rtt = _client_side_rtt(c)
     if (

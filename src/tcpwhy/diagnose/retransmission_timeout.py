@@ -71,7 +71,13 @@ def detect(diag: Diag) -> list[Finding]:
         elif rst is not None:
             rows.append((rst, f"{WHO[x]} gives up: RST"))
             diag.claim(c.sid)
+        pf = c.first_fin(1 - x)
+        peer_closed = pf is not None and pf < best[0]
+        if peer_closed and acked is None:
+            assert pf is not None
+            rows.append((pf, f"{WHO[1 - x]} had already closed (FIN)"))
         facts = {
+            "peer_closed": peer_closed,
             "sender": WHO[x],
             "sends": len(best),
             "stall_s": round(stall, 3),
@@ -99,7 +105,6 @@ def _most_sent(c: Conn) -> list[int]:
 
 def _tell(g: Group) -> Story:
     server, c, n, f = g.key, g.c, g.n, g.facts
-    lost = g.n - g.count("recovered")
     summary = (
         f"{plural(n, 'connection')} to {server}: data retransmitted with exponential backoff "
         f"and {'never acknowledged' if not f['recovered'] else 'acknowledged late'} "
@@ -135,7 +140,17 @@ def _tell(g: Group) -> Story:
         "was lost in the path; check firewall/NAT idle timeouts and use keep-alive below "
         "them.",
     ]
+    if f["peer_closed"] and not f["recovered"]:
+        explanation += (
+            f" The {'client' if f['sender'] == 'server' else 'server'} had closed its side "
+            "before this segment was first sent, so no request or response waited on it: "
+            f"what never completes is the {f['sender']}'s own close, its socket retrying "
+            "until the retries run out."
+        )
     facts = {"server": server, **f}
     errors = knowledge.TIMEOUT
-    sev = Severity.ERROR if lost else Severity.WARNING
+    # an error when an exchange the peer still waited for hung; after the peer had closed,
+    # only the sender's close hangs
+    failed = sum(1 for i in g.inst if not i.facts["recovered"] and not i.facts["peer_closed"])
+    sev = Severity.ERROR if failed else Severity.WARNING
     return Story(sev, summary, explanation, causes, fixes, errors, facts)

@@ -143,6 +143,8 @@ def detect_pileup(diag: Diag) -> list[Finding]:
         alive = int(
             (np.searchsorted(srt, srt + TIME_WAIT_NS, side="left") - np.arange(len(srt))).max()
         )
+        if alive < MIN_CONNS:
+            continue  # spread out in time: never many TIME_WAIT sockets at once
         rate = len(members) / span if span > 0 else float(len(members))
         inst = []
         for sid in members[: diag.settings.examples]:
