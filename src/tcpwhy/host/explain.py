@@ -424,24 +424,42 @@ def _syn_sent(sockets: list[Socket]) -> list[Finding]:
     return out
 
 
+def holds_tw_bucket(s: Socket) -> bool:
+    """A socket the kernel keeps as a timewait mini-socket, counted against tcp_max_tw_buckets.
+
+    TIME_WAIT always; FIN_WAIT_2 when the process has closed and tcp_fin_timeout is at
+    most 60 s: such an orphan is moved to a timewait mini-socket (timer "timewait") too.
+    """
+    return s.state == "TIME_WAIT" or (s.state == "FIN_WAIT_2" and s.timer == "timewait")
+
+
 def _time_wait(
     sockets: list[Socket], sysctls: Values | None, everything: list[Socket], listen_ports: set[int]
 ) -> list[Finding]:
     out: list[Finding] = []
     tw = [s for s in sockets if s.state == "TIME_WAIT"]
-    if not tw:
+    if not any(holds_tw_bucket(s) for s in sockets):
         return out
     buckets = sysint(sysctls, "net.ipv4.tcp_max_tw_buckets")
-    total_tw = sum(1 for s in everything if s.state == "TIME_WAIT")
-    if buckets and total_tw >= TW_BUCKETS_WARN * buckets:
+    held = [s for s in everything if holds_tw_bucket(s)]
+    total = len(held)
+    if buckets and total >= TW_BUCKETS_WARN * buckets:
+        fw2 = sum(1 for s in held if s.state == "FIN_WAIT_2")
+        what = (
+            f"{total} TIME_WAIT sockets"
+            if not fw2
+            else f"{total} timewait sockets ({total - fw2} TIME_WAIT, {fw2} FIN_WAIT_2 orphans)"
+        )
+        also = " and new FIN_WAIT_2 orphans are dropped at once" if fw2 else ""
         out.append(
             Finding(
                 "warning",
                 "time_wait_buckets",
                 "namespace",
-                total_tw,
-                f"{total_tw} TIME_WAIT sockets, {100 * total_tw // buckets}% of tcp_max_tw_buckets = {buckets}: "
-                "beyond it connections close without TIME_WAIT (TCPTimeWaitOverflow); reuse connections",
+                total,
+                f"{what}, {100 * total // buckets}% of tcp_max_tw_buckets = {buckets}: "
+                f"beyond it connections close without TIME_WAIT{also} (TCPTimeWaitOverflow); "
+                "reuse connections",
             )
         )
     rng = (sysctls or {}).get("net.ipv4.ip_local_port_range")
