@@ -158,6 +158,17 @@ LAB_PINS: dict[str, list[Pin]] = {
     "syn-timeout": [
         ("syn-timeout", "error", 1, "three SYNs at +0, +1.02, +3.04 s, no SYN-ACK, no RST"),
     ],
+    "syn-flood": [
+        (
+            "syn-flood",
+            "warning",
+            200,
+            "200 SYNs from 200 spoofed addresses never complete; all get a SYN-ACK: 9 (the SYN "
+            "queue) keep the offered SACK and window scale and are resent after 1 s, 191 are "
+            "MSS-only cookies never resent; the real client got in, so no SYN went unanswered "
+            "(a warning, not an error) and its clean connection yields nothing",
+        ),
+    ],
     "time-wait-reuse": [
         (
             "time-wait-reuse",

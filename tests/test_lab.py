@@ -463,6 +463,54 @@ def check_retransmission_timeout(path: Path, o: Options, slack: float = 0.0) -> 
     assert first_req.i < lost[0].i
 
 
+def check_syn_flood(path: Path, o: Options, slack: float = 0.0) -> None:
+    n = o.count or 200
+    t = read_table(str(path))
+    pk = packets(path, o.port)
+    src = t.src_lo & 0xFFFFFFFF
+    spoofed = (src >> 17) == ((198 << 7) | (18 >> 1))  # sent from 198.18.0.0/15
+    assert int(spoofed.sum()) == n and len({int(a) for a in src[spoofed]}) == n, (
+        "one SYN from each spoofed address"
+    )
+    rows = {int(i) for i in spoofed.nonzero()[0]}
+    flood = [c for c in conns(pk) if c[0].i in rows]
+    legit = [c for c in conns(pk) if c[0].i not in rows]
+    assert len(flood) == n and len(legit) == 1
+    queued, cookies = [], []
+    for c in flood:
+        syn = c[0]
+        assert syn.tag == "c:S" and all(not p.c2s for p in c[1:]), (
+            "the spoofed source says nothing more"
+        )
+        assert t.opt_ws[syn.i] == 7 and t.opt_sack_perm[syn.i] and not t.opt_ts[syn.i]
+        sas = c[1:]
+        assert sas and all(p.tag == "s:S." and p.ack == syn.seq + 1 for p in sas), flow(c)
+        (queued if t.opt_sack_perm[sas[0].i] else cookies).append(c)
+    # the SYN queue holds backlog + 1 = 9: those SYN-ACKs keep the offered options and are
+    # resent once after 1 s (tcp_synack_retries=1); every later one is a cookie: MSS only,
+    # never resent
+    assert [c[0].i for c in queued] == sorted(c[0].i for c in flood)[:9]
+    for c in queued:
+        first_sa, again = c[1:]
+        assert t.opt_ws[first_sa.i] >= 0 and t.opt_mss[first_sa.i] == 1460
+        assert again.seq == first_sa.seq and 1.0 <= again.t - first_sa.t < 1.2 + slack
+    for c in cookies:
+        (sa,) = c[1:]
+        assert t.opt_ws[sa.i] < 0 and not t.opt_sack_perm[sa.i] and not t.opt_ts[sa.i]
+        assert t.opt_mss[sa.i] == 1460
+    (c,) = legit
+    first_flood, last_flood = min(f[0].t for f in flood), max(f[0].t for f in flood)
+    assert first_flood < c[0].t < last_flood, "the client connects during the flood"
+    handshake_ok(c)
+    syn, sa = c[0], c[1]
+    assert t.opt_ts[syn.i] and t.opt_ts[sa.i] and t.opt_ws[sa.i] >= 0, (
+        "with timestamps a cookie keeps every option"
+    )
+    assert sum(1 for p in c if p.c2s and p.n) == 1 and sum(1 for p in c if not p.c2s and p.n) == 1
+    clean_close(c)
+    assert c[-1].t - last_flood >= 2.0, "the capture outlasts the cookies' would-be resends"
+
+
 CHECKS: dict[str, Callable[[Path, Options, float], None]] = {
     "stale-keepalive": check_stale_keepalive,
     "clean": check_clean,
@@ -482,6 +530,7 @@ CHECKS: dict[str, Callable[[Path, Options, float], None]] = {
     "retransmission-timeout": check_retransmission_timeout,
     "time-wait-reuse": check_time_wait_reuse,
     "middlebox-reset": check_middlebox_reset,
+    "syn-flood": check_syn_flood,
 }
 
 IPV6 = [

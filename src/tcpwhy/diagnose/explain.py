@@ -146,7 +146,14 @@ MEANINGS: tuple[Meaning, ...] = (
         ("refused", "econnrefused", "errno 111", "(111:"),
         "Nobody listened on the port (or a firewall REJECTed with a reset): the connect() "
         "failed within one round trip.",
-        (("connection-refused", "SYN, then RST+ACK acknowledging ISN+1, no SYN-ACK"),),
+        (
+            ("connection-refused", "SYN, then RST+ACK acknowledging ISN+1, no SYN-ACK"),
+            (
+                "port-scan",
+                "one source's SYNs to 20 or more ports, mostly answered by RST or nothing: "
+                "a scanner's closed ports, not a failing client",
+            ),
+        ),
         CAPTURE,
         ("ss -lnt 'sport = :PORT'  # on the server: is anything listening?",),
     ),
@@ -166,6 +173,12 @@ MEANINGS: tuple[Meaning, ...] = (
         (
             ("syn-timeout", "SYNs retransmitted at 1, 3, 7 … s (or every second) with no answer"),
             (
+                "syn-flood",
+                "the same unanswered (or SYN-ACKed, never completed) handshakes by the "
+                "hundred, from many source addresses: a SYN flood filled the listener's SYN "
+                "queue and SYN cookies were off or not enough",
+            ),
+            (
                 "accept-queue-overflow",
                 "same, but the listener answers other clients meanwhile; "
                 "or SYN-ACK retransmitted after the client's ACK",
@@ -183,6 +196,35 @@ MEANINGS: tuple[Meaning, ...] = (
             "ss -tno state syn-sent  # retries in timer:(on,…,N)",
             "nstat -az TcpExtListenOverflows TcpExtTCPTimeouts TcpExtTCPAbortOnTimeout",
             "ss -lnt  # on the server: Recv-Q >= Send-Q on a LISTEN row is a full accept queue",
+        ),
+    ),
+    Meaning(
+        "the kernel's SYN queue overflowed (SYN flood warning)",
+        ("syn flooding", "sending cookies", "syncookies", "syn flood"),
+        "The listener's SYN queue (half-open connections in SYN_RECV, bounded by the listen() "
+        "backlog, net.core.somaxconn and net.ipv4.tcp_max_syn_backlog) was full: the kernel "
+        "answered further SYNs with SYN cookies (tcp_syncookies=1) or dropped them "
+        "('Dropping request'). A flood of spoofed SYNs, or a burst of real clients whose "
+        "handshakes do not complete.",
+        (
+            (
+                "syn-flood",
+                "hundreds of handshakes from many sources that never complete; cookie "
+                "SYN-ACKs leave out the window scale and SACK a SYN without timestamps offered",
+            ),
+            (
+                "accept-queue-overflow",
+                "few sources, handshakes that complete but wait for accept(): the accept "
+                "queue, not the SYN queue, is full",
+            ),
+        ),
+        CAPTURE,
+        (
+            "nstat -az TcpExtSyncookiesSent TcpExtSyncookiesRecv TcpExtSyncookiesFailed "
+            "TcpExtListenDrops TcpExtTCPReqQFullDoCookies TcpExtTCPReqQFullDrop",
+            "ss -tan state syn-recv | wc -l  # half-open connections now",
+            "sysctl net.ipv4.tcp_syncookies net.ipv4.tcp_max_syn_backlog net.core.somaxconn "
+            "net.ipv4.tcp_synack_retries",
         ),
     ),
     Meaning(

@@ -13,13 +13,15 @@ from tcpwhy.diagnose.registry import Diag
 
 
 def unanswered_syn_streams(diag: Diag) -> list[int]:
-    """Streams whose client sent SYNs and the server sent nothing at all."""
+    """Streams whose client sent SYNs and the server sent nothing at all, less those a flood
+    or scan claimed (syn_flood runs first: one finding for them, not one each)."""
     cap = diag.cap
     if not cap.nstreams:
         return []
     # a client that sent anything but SYNs got an answer the capture missed (one-way capture)
     m = (cap.n_syn[:, CLIENT] > 0) & (cap.n_pkts[:, SERVER] == 0)
     m &= cap.n_pkts[:, CLIENT] == cap.n_syn[:, CLIENT]
+    m &= ~diag.claimed_mask("syn")
     return [int(s) for s in np.flatnonzero(m)]
 
 

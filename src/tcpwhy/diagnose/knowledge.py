@@ -53,6 +53,10 @@ TIMEOUT = [
     "curl: (28) Connection timed out / Operation timed out",
     "nginx: upstream timed out (110: Connection timed out) while connecting to upstream",
 ]
+SYN_FLOOD_LOG = [
+    "kernel (dmesg) on the server: TCP: request_sock_TCP: Possible SYN flooding on port "
+    "…:PORT. Sending cookies. (or: Dropping request)  Check SNMP counters.",
+]
 NO_PORT = [
     "Python: OSError: [Errno 99] Cannot assign requested address",
     "Go: connect: cannot assign requested address",

@@ -12,10 +12,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from tcpwhy.diagnose.context import Capture, Conn
 from tcpwhy.diagnose.model import Finding, Step, Story
 
 RULE_MODULES = (
+    "syn_flood",
     "stale_keepalive",
     "keepalive_race",
     "data_after_fin",
@@ -52,12 +56,31 @@ class Diag:
     claimed: set[tuple[int, str]] = field(default_factory=set)  # (stream, what)
     findings: list[Finding] = field(default_factory=list)
     cache: dict[str, Any] = field(default_factory=dict)
+    # streams claimed in bulk (a flood's or a scan's thousands of connections), per `what`
+    claimed_masks: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
 
     def claim(self, sid: int, what: str = "rst") -> None:
         self.claimed.add((sid, what))
 
+    def claim_streams(self, sids: npt.NDArray[np.int64], what: str = "rst") -> None:
+        """Claim many streams at once (a per-stream mask, not a set entry each)."""
+        m = self.claimed_masks.get(what)
+        if m is None:
+            m = self.claimed_masks[what] = np.zeros(self.cap.nstreams, np.bool_)
+        m[sids] = True
+
     def is_claimed(self, sid: int, what: str = "rst") -> bool:
-        return (sid, what) in self.claimed
+        m = self.claimed_masks.get(what)
+        return (sid, what) in self.claimed or (m is not None and bool(m[sid]))
+
+    def claimed_mask(self, what: str = "rst") -> npt.NDArray[np.bool_]:
+        """Per stream: claimed for `what` (individually or in bulk)."""
+        m = self.claimed_masks.get(what)
+        out = np.zeros(self.cap.nstreams, np.bool_) if m is None else m.copy()
+        for sid, w in self.claimed:
+            if w == what:
+                out[sid] = True
+        return out
 
     def conns(self, sids: Iterable[int]) -> list[Conn]:
         return [self.cap.conn(s) for s in sids]

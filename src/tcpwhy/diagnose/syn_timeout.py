@@ -16,8 +16,6 @@ KIND = "syn-timeout"
 def detect(diag: Diag) -> list[Finding]:
     hits = Hits()
     for sid in unanswered_syn_streams(diag):
-        if diag.is_claimed(sid, "syn"):
-            continue
         c = diag.cap.conn(sid)
         syns = syn_rows(c)
         if not syns:

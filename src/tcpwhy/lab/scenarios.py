@@ -1306,3 +1306,157 @@ def middlebox_reset(lab: Lab) -> None:
     )
     lab.check(not server_read, "the server application saw nothing: no request, no error")
     lab.stop_capture()  # the server's late FIN at teardown is not part of the story
+
+
+# ------------------------------------------------------------------------------------------
+# Floods
+
+FLOOD_NET = "198.18.0.0/15"  # the benchmarking range: addresses nobody in the lab owns
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def spoofed_syn(src: bytes, dst: bytes, sport: int, dport: int, seq: int) -> bytes:
+    """An IPv4 SYN as a flood tool writes it: MSS, SACK-permitted and window scale offered,
+    no timestamps (the kernel fills in the IP checksum of a raw IP_HDRINCL packet)."""
+    # MSS 1460, NOP, NOP, SACK-permitted, NOP, window scale 7: 12 bytes
+    opts = struct.pack("!BBHBBBBBBBB", 2, 4, 1460, 1, 1, 4, 2, 1, 3, 3, 7)
+    doff = (20 + len(opts)) // 4 << 4
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, doff, SYN, 64240, 0, 0) + opts
+    pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
+    tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp)) + tcp[18:]
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, socket.IPPROTO_TCP, 0, src, dst
+    )
+    return ip + tcp
+
+
+def flood_source(i: int) -> str:
+    return f"198.18.{i >> 8}.{i & 255}"
+
+
+@scenario(
+    "syn-flood",
+    "spoofed SYNs from hundreds of addresses fill a listener's SYN queue; SYN cookies keep it answering",
+    """
+    A raw socket in the client namespace writes a few hundred SYNs to the server's
+    port, each from another address of 198.18.0.0/15 (nobody there: the server's
+    SYN-ACKs go unanswered), as a spoofing flood tool does. The listener has backlog
+    8, so its SYN queue holds only a few half-open connections (SYN-RECV, the SYN-ACK
+    retransmitted after 1 s; tcp_synack_retries=1 here). With tcp_syncookies=1 (set in
+    the server's namespace only) every further SYN is answered with a SYN cookie: the
+    kernel keeps no state, encodes the connection in the SYN-ACK's sequence number, and
+    never retransmits that SYN-ACK. A cookie can hold window scale and SACK only inside
+    a TCP timestamp, so the cookie SYN-ACKs to these SYNs (which offer both, without
+    timestamps) carry just the MSS — visible on the wire. A legitimate client that
+    connects during the flood gets a cookie too; its ACK is checked against the cookie
+    and the connection is established as usual. Without cookies its SYNs would be
+    dropped and connect() would time out (ETIMEDOUT). Counters:
+    TcpExtSyncookiesSent, TcpExtSyncookiesRecv, TcpExtTCPReqQFullDoCookies.
+    """,
+)
+def syn_flood(lab: Lab) -> None:
+    lab.expect(not lab.opts.ipv6, "syn-flood writes IPv4 packets (no -6)")
+    n = lab.opts.count or 200
+    backlog = 8
+    lab.sysctl(
+        "server",
+        {
+            "net.ipv4.tcp_syncookies": 1,
+            "net.ipv4.tcp_synack_retries": 1,
+            "net.ipv4.conf.all.rp_filter": 0,
+            "net.ipv4.conf.s0.rp_filter": 0,
+        },
+    )
+    lab.sysctl("client", {"net.ipv4.ip_forward": 0})
+    from tcpwhy.lab import ns as nsmod
+
+    nsmod.run(["ip", "route", "add", FLOOD_NET, "via", lab.client_ip], lab.server_ns)
+    lab.say("lab", f"server namespace: route {FLOOD_NET} via the client's veth (replies die there)")
+    listener = lab.listen(backlog=backlog)
+    lab.say("server", f"listen(backlog={backlog}); accepts and answers every connection")
+    served: list[str] = []
+
+    def server() -> None:
+        listener.settimeout(5)
+        try:
+            s, _ = listener.accept()
+        except OSError as exc:
+            served.append(describe_exc(exc))
+            return
+        lab._sockets.append(s)
+        got = s.recv(4096)
+        s.sendall(b"response\n")
+        s.recv(4096)
+        s.close()
+        served.append(f"{len(got)} bytes")
+
+    srv = lab.spawn(server, "server")
+    raw = nsmod.socket_in(lab.client_ns, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    lab._sockets.append(raw)
+    dst = socket.inet_aton(lab.server_ip)
+    before = lab.nstat("server", "TcpExtSyncookiesSent").get("TcpExtSyncookiesSent", 0)
+    outcome: list[tuple[float, BaseException | None]] = []
+    done = threading.Event()
+
+    def legit() -> None:
+        c = lab.sock("client")
+        c.settimeout(3)
+        t0 = time.monotonic()
+        try:
+            c.connect(lab.server_addr())
+            c.sendall(b"request\n")
+            c.recv(4096)
+        except OSError as exc:
+            outcome.append((time.monotonic() - t0, exc))
+        else:
+            outcome.append((time.monotonic() - t0, None))
+        done.wait(5)  # the connection stays open until the flood's SYN-ACKs have aged
+        c.close()
+
+    lab.say("attacker", f"writes {n} SYNs from {flood_source(1)} … {flood_source(n)} (raw socket)")
+    t = None
+    for i in range(1, n + 1):
+        src = socket.inet_aton(flood_source(i))
+        sport = 1024 + (i * 7919) % 60000
+        seq = (i * 2654435761) & 0xFFFFFFFF
+        raw.sendto(spoofed_syn(src, dst, sport, lab.opts.port, seq), (lab.server_ip, 0))
+        if i == n // 2:
+            lab.say("client", "a legitimate client connects during the flood (timeout 3 s)")
+            t = lab.spawn(legit, "legit")
+        time.sleep(0.001)
+    assert t is not None
+    deadline = time.monotonic() + 5
+    while not outcome and time.monotonic() < deadline:
+        time.sleep(0.01)
+    lab.expect(outcome, "the legitimate connect() did not return")
+    elapsed, exc = outcome[0]
+    lab.say(
+        "client",
+        f"connect(), request, response → {describe_exc(exc) if exc else 'ok'} after {elapsed:.2f}s",
+    )
+    lab.check(exc is None, "the legitimate client got in during the flood")
+    rows = lab.wait_state("server", "SYN-RECV", timeout=0.5, count=backlog)
+    lab.say("kernel", f"ss on server: {len(rows)} × SYN-RECV (the SYN queue; backlog {backlog})")
+    lab.check(0 < len(rows) < n // 4, "only a few half-open connections kept (SYN-RECV)")
+    time.sleep(2.2)  # the queued ones' SYN-ACKs are retransmitted after 1 s, cookies never
+    done.set()
+    lab.say("client", "closes its connection")
+    t.join(timeout=2)
+    srv.join(timeout=2)
+    counters = lab.nstat(
+        "server", "TcpExtSyncookiesSent", "TcpExtSyncookiesRecv", "TcpExtTCPReqQFullDoCookies"
+    )
+    lab.say("kernel", "server " + ", ".join(f"{k} {v}" for k, v in counters.items()))
+    sent = counters.get("TcpExtSyncookiesSent", 0) - before
+    lab.check(sent >= n - len(rows) - 2, "every SYN beyond the queue answered with a cookie")
+    lab.check(counters.get("TcpExtSyncookiesRecv", 0) >= 1, "the client's ACK validated a cookie")
+    lab.check(served and served[0] == "8 bytes", "the server accepted and served the client")
+    lab.stop_capture()

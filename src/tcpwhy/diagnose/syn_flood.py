@@ -1,0 +1,601 @@
+"""syn-flood and port-scan: thousands of handshakes that never complete, told as one finding each.
+
+Both are found with numpy over the per-connection counts of `context.Capture`
+(no Python loop per connection): a capture of a flood holds millions of
+connections. A handshake "never completed" when the client sent SYNs (and
+perhaps RSTs) but never an ACK of a SYN-ACK nor data.
+
+syn-flood, per listener (address and port): the seconds in which at least
+FLOOD_MIN_RATE handshakes to it began that never completed make the flood
+window (from the first such second to the last); in that window at least
+FLOOD_MIN_HANDSHAKES of them, from at least FLOOD_MIN_SOURCES distinct
+addresses, and at least half of all handshakes begun with that listener.
+
+port-scan, per source address: SYNs without data to at least SCAN_MIN_PORTS
+distinct destination ports, at least half of them answered by RST or not at
+all.
+
+The connections of a flood or a scan are claimed (their SYNs and RSTs), so
+syn-timeout, connection-refused and the RST rules leave them alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tcpwhy.decode.table import ACK, RST, SYN, format_addr
+from tcpwhy.diagnose import knowledge
+from tcpwhy.diagnose.context import CLIENT, SERVER, Capture, Conn, fmt_s
+from tcpwhy.diagnose.model import Finding, Severity, Step, Story
+from tcpwhy.diagnose.registry import Diag, plural, rule
+
+KIND = "syn-flood"
+SCAN_KIND = "port-scan"
+
+FLOOD_MIN_HANDSHAKES = 100  # never-completed handshakes in the flood window
+FLOOD_MIN_SOURCES = 10  # distinct source addresses among them
+FLOOD_MIN_RATE = 10  # never-completed handshakes begun in one second: a flood second
+FLOOD_MIN_SHARE = 0.5  # of all handshakes begun with the listener in the window
+SCAN_MIN_PORTS = 20  # distinct destination ports from one source
+SCAN_MIN_SHARE = 0.5  # of its attempts answered by RST or not at all
+SYNACK_RETRY_S = 1.5  # a queued SYN-ACK is resent after 1 s (tcp_synack_retries)
+TOP = 5
+
+I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
+B = npt.NDArray[np.bool_]
+
+
+@dataclass
+class Cols:
+    """Per stream: the endpoints and how far the handshake got."""
+
+    c_hi: U64
+    c_lo: U64
+    s_hi: U64
+    s_lo: U64
+    s_port: I64
+    attempt: B  # the client sent a SYN
+    half_open: B  # ... and then nothing but SYNs and RSTs: never completed
+    sec: I64  # second of the capture in which the stream began
+
+
+def _cols(diag: Diag) -> Cols:
+    got: Cols | None = diag.cache.get("syn_flood_cols")
+    if got is not None:
+        return got
+    cap = diag.cap
+    t = cap.table
+    first = cap.order[cap.starts]
+    c_src = cap.side[first] == CLIENT
+
+    def pick(a: str, b: str) -> npt.NDArray[Any]:
+        return np.where(c_src, t[a][first], t[b][first])
+
+    attempt = cap.n_syn[:, CLIENT] > 0
+    half_open = attempt & (cap.n_pkts[:, CLIENT] == cap.n_syn[:, CLIENT] + cap.n_rst[:, CLIENT])
+    got = Cols(
+        pick("src_hi", "dst_hi").astype(np.uint64),
+        pick("src_lo", "dst_lo").astype(np.uint64),
+        pick("dst_hi", "src_hi").astype(np.uint64),
+        pick("dst_lo", "src_lo").astype(np.uint64),
+        pick("dport", "sport").astype(np.int64),
+        attempt,
+        half_open,
+        (cap.first_ns - cap.start_ns) // 1_000_000_000,
+    )
+    diag.cache["syn_flood_cols"] = got
+    return got
+
+
+def _group(*keys: npt.NDArray[Any]) -> tuple[I64, int]:
+    """Group ids (0..n-1, in key order) of rows with equal keys, and n."""
+    if not len(keys[0]):
+        return np.zeros(0, np.int64), 0
+    order = np.lexsort(keys[::-1])
+    new = np.ones(len(order), np.bool_)
+    new[1:] = np.logical_or.reduce([k[order][1:] != k[order][:-1] for k in keys])
+    gid = np.cumsum(new) - 1
+    inv = np.empty(len(order), np.int64)
+    inv[order] = gid
+    return inv, int(gid[-1]) + 1
+
+
+def _addr(hi: int, lo: int, port: int | None = None) -> str:
+    a = format_addr(hi, lo)
+    if port is None:
+        return a
+    return f"[{a}]:{port}" if ":" in a else f"{a}:{port}"
+
+
+def _top(hi: U64, lo: U64, n: int = TOP) -> list[tuple[str, int]]:
+    """The n most frequent addresses, with their counts (ties: lower address first)."""
+    inv, ng = _group(hi, lo)
+    counts = np.bincount(inv, minlength=ng)
+    firsts = np.zeros(ng, np.int64)
+    firsts[inv[::-1]] = np.arange(len(inv))[::-1]
+    best = np.lexsort((np.arange(ng), -counts))[:n]
+    return [(_addr(int(hi[firsts[g]]), int(lo[firsts[g]])), int(counts[g])) for g in best]
+
+
+def _top_text(top: list[tuple[str, int]]) -> str:
+    return ", ".join(f"{a} ({n})" for a, n in top)
+
+
+def _rows_of(cap: Capture, sids: I64) -> B:
+    m = np.zeros(cap.nstreams, np.bool_)
+    m[sids] = True
+    return m[cap.stream]
+
+
+def _rate(ts: npt.NDArray[np.int64], start_ns: int) -> tuple[float, float, int]:
+    """(duration s, packets per second, the most in one second of the capture)."""
+    if not len(ts):
+        return 0.0, 0.0, 0
+    dur = (int(ts.max()) - int(ts.min())) / 1e9
+    peak = int(np.bincount((ts - start_ns) // 1_000_000_000).max())
+    return dur, len(ts) / max(dur, 1.0), peak
+
+
+def _first_row_per_stream(cap: Capture, mask: B) -> I64:
+    """Per stream, the first row (capture order) where `mask` holds, else -1."""
+    out = np.full(cap.nstreams, -1, np.int64)
+    idx = np.flatnonzero(mask)
+    out[cap.stream[idx[::-1]]] = idx[::-1]
+    return out
+
+
+def _finding(
+    diag: Diag,
+    kind: str,
+    sids: I64,
+    story: Story,
+    timeline: list[Step],
+) -> Finding:
+    cap = diag.cap
+    by_time = sids[np.argsort(cap.first_ns[sids], kind="stable")]
+    nos = cap.stream_numbers[sids]
+    frames = [s.frame for s in timeline]
+    rows = cap.order[cap.starts[by_time[:20]]]
+    frames += [int(f) for f in cap.table["frame"][rows] if int(f) not in frames]
+    return Finding(
+        kind=kind,
+        severity=story.severity,
+        summary=story.summary,
+        streams=sorted(int(x) for x in nos),
+        frames=frames,
+        timeline=timeline,
+        explanation=story.explanation,
+        causes=story.causes,
+        fixes=story.fixes,
+        errors=story.errors,
+        count=len(sids),
+        first_ns=int(cap.first_ns[sids].min()),
+        last_ns=int(cap.last_ns[sids].max()),
+        examples=[int(cap.stream_numbers[s]) for s in by_time[: diag.settings.examples]],
+        facts=dict(story.facts),
+    )
+
+
+def _claim(diag: Diag, sids: I64) -> None:
+    diag.claim_streams(sids, "syn")
+    diag.claim_streams(sids, "rst")
+    diag.claim_streams(sids, "retrans")
+
+
+# -- syn-flood -------------------------------------------------------------------------------
+
+
+@rule(KIND)
+def detect_flood(diag: Diag) -> list[Finding]:
+    cap = diag.cap
+    if not cap.nstreams:
+        return []
+    k = _cols(diag)
+    ho = np.flatnonzero(k.half_open & ~diag.claimed_mask("syn"))
+    inv, ng = _group(k.s_hi[ho], k.s_lo[ho], k.s_port[ho])
+    out = []
+    for g in np.flatnonzero(np.bincount(inv, minlength=ng) >= FLOOD_MIN_HANDSHAKES):
+        sids = ho[inv == g]
+        sec = k.sec[sids]
+        base = int(sec.min())
+        hot = np.flatnonzero(np.bincount(sec - base) >= FLOOD_MIN_RATE)
+        if not len(hot):
+            continue
+        lo_s, hi_s = base + int(hot[0]), base + int(hot[-1])
+        members = sids[(sec >= lo_s) & (sec <= hi_s)]
+        if len(members) < FLOOD_MIN_HANDSHAKES:
+            continue
+        _, nsrc = _group(k.c_hi[members], k.c_lo[members])
+        if nsrc < FLOOD_MIN_SOURCES:
+            continue
+        s0 = members[0]
+        same = (
+            k.attempt
+            & (k.s_hi == k.s_hi[s0])
+            & (k.s_lo == k.s_lo[s0])
+            & (k.s_port == k.s_port[s0])
+            & (k.sec >= lo_s)
+            & (k.sec <= hi_s)
+        )
+        if len(members) < FLOOD_MIN_SHARE * int(same.sum()):
+            continue
+        completed = np.flatnonzero(same & ~k.half_open)
+        server = _addr(int(k.s_hi[s0]), int(k.s_lo[s0]), int(k.s_port[s0]))
+        out.append(_flood(diag, server, members, nsrc, completed))
+        _claim(diag, members)
+    return out
+
+
+def _flood(diag: Diag, server: str, members: I64, nsrc: int, completed: I64) -> Finding:
+    cap = diag.cap
+    t = cap.table
+    k = _cols(diag)
+    flags = t["flags"].astype(np.int64) & (SYN | ACK | RST)
+    rows = _rows_of(cap, members)
+    syn_rows = rows & (flags == SYN) & (cap.side == CLIENT)
+    sa_rows = rows & (flags == (SYN | ACK)) & (cap.side == SERVER)
+    nsyn = int(syn_rows.sum())
+    dur, rate, peak = _rate(t["ts_ns"][syn_rows], cap.start_ns)
+    n = len(members)
+    n_sa = cap.n_synack[members, SERVER]
+    answered = n_sa > 0
+    reset = ~answered & (cap.n_rst[members, SERVER] > 0)
+    silent = cap.n_pkts[members, SERVER] == 0
+    syn_again = int((cap.n_syn[members, CLIENT] > 1).sum())
+    client_rst = int((cap.n_rst[members, CLIENT] > 0).sum())
+    # SYN cookies on the wire: a cookie keeps window scale and SACK-permitted only inside a
+    # timestamp, so a SYN offering them without timestamps gets a SYN-ACK without them
+    fsyn = _first_row_per_stream(cap, syn_rows)[members]
+    fsa = _first_row_per_stream(cap, sa_rows)[members]
+    has = answered & (fsyn >= 0)
+    ws_syn = np.where(has, t["opt_ws"][fsyn], -1) >= 0
+    sack_syn = np.where(has, t["opt_sack_perm"][fsyn], False)
+    ts_syn = np.where(has, t["opt_ts"][fsyn], True)
+    ws_sa = np.where(has, t["opt_ws"][fsa], -1) >= 0
+    sack_sa = np.where(has, t["opt_sack_perm"][fsa], False)
+    judged = has & ~ts_syn & (ws_syn | sack_syn)
+    stripped = judged & ((ws_syn & ~ws_sa) | (sack_syn & ~sack_sa))
+    kept = judged & ~stripped
+    # a queued SYN-ACK is resent after 1 s without an ACK; a cookie never is
+    sa_ts = np.where(has, t["ts_ns"][fsa], cap.end_ns)
+    old = answered & (cap.end_ns - sa_ts >= SYNACK_RETRY_S * 1e9)
+    resent = int((old & (n_sa > 1)).sum())
+    once = int((old & (n_sa == 1)).sum())
+    inv, ng = _group(k.c_hi[members], k.c_lo[members])
+    once_src = int((np.bincount(inv, minlength=ng) == 1).sum())
+    top = _top(k.c_hi[members], k.c_lo[members])
+    first_s = int(cap.first_ns[members].min()) / 1e9
+    last_s = int(cap.last_ns[members].max()) / 1e9
+    facts: dict[str, Any] = {
+        "server": server,
+        "handshakes": n,
+        "syns": nsyn,
+        "sources": nsrc,
+        "sources_seen_once": once_src,
+        "duration_s": round(dur, 6),
+        "syn_per_s": round(rate, 1),
+        "peak_syn_per_s": peak,
+        "top_sources": [[a, c] for a, c in top],
+        "answered_synack": int(answered.sum()),
+        "answered_rst": int(reset.sum()),
+        "unanswered": int(silent.sum()),
+        "synack_without_offered_options": int(stripped.sum()),
+        "synack_with_offered_options": int(kept.sum()),
+        "synack_retransmitted": resent,
+        "synack_not_retransmitted": once,
+        "syn_retransmitted": syn_again,
+        "client_rst": client_rst,
+        "completed_during": len(completed),
+    }
+    pace = f"{rate:.0f} SYN/s, " if dur >= 1 else ""
+    summary = (
+        f"SYN flood on {server}: {plural(n, 'handshake')} never completed, from "
+        f"{plural(nsrc, 'source address', 'source addresses')} in {fmt_s(dur)} "
+        f"({pace}peak {peak} SYNs in one second)"
+    )
+    if answered.any():
+        summary += f"; the server answered {int(answered.sum())} with SYN-ACK"
+        if stripped.any():
+            summary += f" ({int(stripped.sum())} look like SYN cookies)"
+    if silent.any():
+        summary += f"; {int(silent.sum())} got no answer"
+    paras = [
+        f"Between {first_s:.3f} and {last_s:.3f} (capture time) {plural(n, 'connection attempt')} "
+        f"to {server} sent {plural(nsyn, 'SYN')} and never completed the handshake: no ACK of "
+        f"a SYN-ACK, no data. They came from {plural(nsrc, 'address', 'addresses')}"
+        + (
+            f" ({once_src} of them seen only once, as spoofed source addresses are)"
+            if once_src
+            else ""
+        )
+        + (
+            f"; the most active: {_top_text(top)}. "
+            if top[0][1] > 1
+            else "; each sent one attempt. "
+        )
+        + (
+            f"{plural(len(completed), 'other connection')} to {server} completed its handshake "
+            "in the same time."
+            if len(completed)
+            else f"No connection to {server} completed its handshake in that time."
+        )
+    ]
+    ans = (
+        f"The server answered {int(answered.sum())} with a SYN-ACK, {int(reset.sum())} with "
+        f"a RST, and {int(silent.sum())} not at all (as far as this capture shows)."
+    )
+    if answered.any():
+        ans += (
+            " Each SYN-ACK to an address that does not answer leaves a half-open entry "
+            "(SYN_RECV) in the listener's SYN queue until tcp_synack_retries run out "
+            "(default 5: about a minute) — unless it was a SYN cookie, for which the kernel "
+            "keeps nothing."
+        )
+    paras.append(ans)
+    if judged.any():
+        cookie = (
+            f"{plural(int(stripped.sum()), 'SYN-ACK')} left out the window scale or "
+            "SACK-permitted option that its SYN offered (without timestamps), "
+            f"{int(kept.sum())} kept them. "
+        )
+        if stripped.any():
+            cookie += (
+                "Leaving them out is what a Linux SYN cookie does: the cookie lives in the "
+                "sequence number and can carry those options only inside a TCP timestamp, so "
+                "the listener's SYN queue was full and tcp_syncookies was answering for it. "
+            )
+        paras.append(cookie.strip())
+    if resent or once:
+        paras.append(
+            f"Of the SYN-ACKs sent at least {SYNACK_RETRY_S:g} s before the capture ended, "
+            f"{resent} were retransmitted (the server kept those half-open connections in its "
+            f"SYN queue) and {once} were not (a SYN cookie is never retransmitted; a SYN-ACK "
+            "lost beyond the capture point would also look so)."
+        )
+    paras.append(
+        "The wire cannot prove SYN cookies: the cookie is the SYN-ACK's sequence number, "
+        "which looks random either way, and a SYN that offers timestamps keeps all its options "
+        "in a cookie SYN-ACK. The server's counters can: `nstat -az TcpExtSyncookiesSent "
+        "TcpExtSyncookiesRecv TcpExtListenDrops`, and dmesg 'Possible SYN flooding on port'."
+    )
+    if silent.any():
+        paras.append(
+            f"{plural(int(silent.sum()), 'attempt')} drew no answer at all: a listener whose "
+            "SYN queue is full drops SYNs when cookies are off (tcp_syncookies=0), or a "
+            "firewall or the capture's position hides the answers. A legitimate client among "
+            "them retransmits its SYN and its connect() fails with ETIMEDOUT."
+        )
+    if syn_again:
+        paras.append(
+            f"{plural(syn_again, 'attempt')} retransmitted its SYN: a real TCP stack (a "
+            "legitimate client caught in the flood, or a bot using real sockets); a spoofing "
+            "flood tool sends each SYN once."
+        )
+    if client_rst:
+        paras.append(
+            f"{plural(client_rst, 'source')} answered the SYN-ACK with a RST: a host that "
+            "really owns that address and never sent the SYN (its address was spoofed)."
+        )
+    causes = [
+        "A SYN flood (denial of service), usually with spoofed source addresses: the "
+        "SYN-ACKs go to hosts that never asked, and the SYN queue fills with half-open "
+        "connections.",
+        "Real clients whose handshakes cannot complete: the SYN-ACKs are lost on the way "
+        "back (asymmetric routing, NAT, a firewall dropping them) while clients keep "
+        "connecting.",
+        "A load test or a scanner opening connections without completing them.",
+    ]
+    fixes = [
+        "Keep net.ipv4.tcp_syncookies=1 (the Linux default: cookies once the SYN queue "
+        "overflows; 2 sends them always), so the listener keeps admitting real clients "
+        "during a flood.",
+        "Give the SYN queue room: it is bounded by the listen() backlog (capped by "
+        "net.core.somaxconn) and by net.ipv4.tcp_max_syn_backlog; raise both, and the "
+        "application's backlog (nginx `listen … backlog=N`, systemd `Backlog=`).",
+        "Free half-open entries sooner: net.ipv4.tcp_synack_retries (default 5, about 63 s "
+        "in SYN_RECV; 2 gives about 7 s).",
+        "Filter before the host: SYN rate limits per source (nft `meter`/`limit rate`), a "
+        "SYN proxy (nft `synproxy`, iptables SYNPROXY) or the provider's DDoS protection; "
+        "reverse-path filtering (net.ipv4.conf.all.rp_filter=1) at the edge drops spoofed "
+        "sources.",
+    ]
+    errors = knowledge.TIMEOUT + knowledge.SYN_FLOOD_LOG
+    severity = Severity.ERROR if silent.any() or syn_again else Severity.WARNING
+    story = Story(severity, summary, "\n\n".join(paras), causes, fixes, errors, facts)
+    return _finding(diag, KIND, members, story, _flood_timeline(diag, members, stripped))
+
+
+def _flood_timeline(diag: Diag, members: I64, stripped: B) -> list[Step]:
+    cap = diag.cap
+    pick = members[stripped] if stripped.any() else members
+    # one connection: the report shows a timeline's times from its connection's first packet
+    return _handshake_steps(cap.conn(int(pick[np.argmin(cap.first_ns[pick])])))
+
+
+def _opts(t: Any, row: int) -> list[str]:
+    have = (
+        ("MSS", int(t["opt_mss"][row]) >= 0),
+        ("SACK_PERM", bool(t["opt_sack_perm"][row])),
+        ("TS", bool(t["opt_ts"][row])),
+        ("WS", int(t["opt_ws"][row]) >= 0),
+    )
+    return [name for name, ok in have if ok]
+
+
+def _handshake_steps(c: Conn) -> list[Step]:
+    """The opening packets of one connection, each with what it shows."""
+    t = c.cap.table
+    steps = []
+    offered: list[str] = []
+    for i in range(min(c.n, 8)):
+        f = c.flags[i] & (SYN | ACK | RST)
+        row = int(c.rows[i])
+        if c.side[i] == CLIENT and f == SYN:
+            offered = _opts(t, row)
+            note = f"SYN from {c.client_ip}, one of the flood's sources, offering " + (
+                " ".join(offered) or "no options"
+            )
+        elif c.side[i] == SERVER and f == (SYN | ACK):
+            got = _opts(t, row)
+            note = "server answers with SYN-ACK: " + (" ".join(got) or "no options")
+            left = [o for o in offered if o in ("SACK_PERM", "WS") and o not in got]
+            if left and "TS" not in offered:
+                note += f" ({' and '.join(left)} left out: a SYN cookie)"
+        elif c.side[i] == CLIENT and f & RST:
+            note = "the source resets: it never sent that SYN"
+        else:
+            continue
+        steps.append(c.step(i, note))
+    return steps
+
+
+# -- port-scan -------------------------------------------------------------------------------
+
+
+@rule(SCAN_KIND)
+def detect_scan(diag: Diag) -> list[Finding]:
+    cap = diag.cap
+    if not cap.nstreams:
+        return []
+    k = _cols(diag)
+    att = np.flatnonzero(k.attempt & (cap.n_data[:, CLIENT] == 0) & ~diag.claimed_mask("syn"))
+    src, nsrc = _group(k.c_hi[att], k.c_lo[att])
+    pair, npair = _group(src, k.s_port[att])
+    pair_src = np.zeros(npair, np.int64)
+    pair_src[pair] = src
+    ports = np.bincount(pair_src, minlength=nsrc)
+    out = []
+    for g in np.flatnonzero(ports >= SCAN_MIN_PORTS):
+        sids = att[src == g]
+        opened = cap.n_synack[sids, SERVER] > 0
+        if int((~opened).sum()) < SCAN_MIN_SHARE * len(sids):
+            continue
+        out.append(_scan(diag, sids, int(ports[g])))
+        _claim(diag, sids)
+    return out
+
+
+def _scan(diag: Diag, sids: I64, nports: int) -> Finding:
+    cap = diag.cap
+    t = cap.table
+    k = _cols(diag)
+    n = len(sids)
+    opened = cap.n_synack[sids, SERVER] > 0
+    closed = ~opened & (cap.n_rst[sids, SERVER] > 0)
+    filtered = ~opened & ~closed
+    # after a SYN-ACK, a SYN (half-open) scan resets at once; a connect() scan ACKs first
+    half = opened & (cap.n_pkts[sids, CLIENT] == cap.n_syn[sids, CLIENT] + cap.n_rst[sids, CLIENT])
+    syn_again = int((cap.n_syn[sids, CLIENT] > 1).sum())
+    flags = t["flags"].astype(np.int64) & (SYN | ACK | RST)
+    syn_rows = _rows_of(cap, sids) & (flags == SYN) & (cap.side == CLIENT)
+    dur, rate, peak = _rate(t["ts_ns"][syn_rows], cap.start_ns)
+    s0 = int(sids[0])
+    scanner = _addr(int(k.c_hi[s0]), int(k.c_lo[s0]))
+    _, nhosts = _group(k.s_hi[sids], k.s_lo[sids])
+    targets = _top(k.s_hi[sids], k.s_lo[sids])
+    port_list = k.s_port[sids]
+    open_ports = sorted({int(p) for p in port_list[opened]})
+    first_s = int(cap.first_ns[sids].min()) / 1e9
+    last_s = int(cap.last_ns[sids].max()) / 1e9
+    facts: dict[str, Any] = {
+        "scanner": scanner,
+        "attempts": n,
+        "ports": nports,
+        "port_range": [int(port_list.min()), int(port_list.max())],
+        "hosts": nhosts,
+        "top_targets": [[a, c] for a, c in targets],
+        "open": int(opened.sum()),
+        "open_ports": open_ports[:50],
+        "closed": int(closed.sum()),
+        "filtered": int(filtered.sum()),
+        "half_open_scan": int(half.sum()),
+        "syn_retransmitted": syn_again,
+        "duration_s": round(dur, 6),
+        "syn_per_s": round(rate, 1),
+        "peak_syn_per_s": peak,
+    }
+    hosts = targets[0][0] if nhosts == 1 else plural(nhosts, "host")
+    summary = (
+        f"port scan from {scanner}: {plural(n, 'SYN probe')} to {nports} ports of {hosts} in "
+        f"{fmt_s(dur)} — {int(opened.sum())} open, {int(closed.sum())} closed (RST), "
+        f"{int(filtered.sum())} no answer"
+    )
+    shown = ", ".join(str(p) for p in open_ports[:10]) + (" …" if len(open_ports) > 10 else "")
+    paras = [
+        f"Between {first_s:.3f} and {last_s:.3f} (capture time) {scanner} sent SYNs to "
+        f"{nports} different ports (from {port_list.min()} to {port_list.max()}) on "
+        f"{plural(nhosts, 'host')} ({_top_text(targets)}), {rate:.0f} per second at peak "
+        f"{peak} in one second, and sent no data on any of them. That is a port scan: a "
+        "client with work to do connects to the few ports its service uses.",
+        f"{int(closed.sum())} were answered by RST (closed: nothing listens there), "
+        f"{int(filtered.sum())} not at all (filtered: a firewall drops them, or nothing at "
+        f"that address) and {int(opened.sum())} with a SYN-ACK (open"
+        + (f": {shown}" if open_ports else "")
+        + ")."
+        + (
+            f" On {int(half.sum())} of the open ones the scanner reset right after the "
+            "SYN-ACK without completing the handshake: a SYN (half-open) scan, such as "
+            "nmap -sS or masscan, which never reaches the application."
+            if half.any()
+            else ""
+        ),
+    ]
+    if syn_again:
+        paras.append(
+            f"{plural(syn_again, 'probe')} sent its SYN again after no answer: scanners "
+            "retry filtered ports once or twice."
+        )
+    paras.append(
+        "These refused and unanswered SYNs are the scanner's, not failing clients': they "
+        "are not reported as connection-refused or syn-timeout."
+    )
+    causes = [
+        "A security or inventory scan (nmap, masscan, a vulnerability scanner) by your own "
+        "team or provider.",
+        "Reconnaissance from outside, or from a compromised host inside the network.",
+        "Monitoring or service discovery misconfigured to probe a range of ports.",
+    ]
+    fixes = [
+        f"Find out who owns {scanner} and whether the scan is expected; if not, block it "
+        "at the edge and look at that host.",
+        "Expose only the ports a host serves (default-deny firewall); a DROP policy answers "
+        "nothing and makes scans slow, a closed port's RST tells the scanner the host is up.",
+        "Rate-limit new connections per source (nft `meter`/`limit rate`) to slow scans "
+        "down; the kernel's RSTs for closed ports are rate-limited by "
+        "net.ipv4.icmp_ratelimit only for ICMP, not for TCP.",
+    ]
+    errors = [
+        "the scanned services usually log nothing: the kernel answers closed ports with RST "
+        "and a SYN scan never completes a handshake; a connect() scan shows up as "
+        "connections closed or reset right after accept() with no request",
+        "the scanning tool reports each port as open, closed or filtered",
+    ]
+    story = Story(Severity.WARNING, summary, "\n\n".join(paras), causes, fixes, errors, facts)
+    return _finding(diag, SCAN_KIND, sids, story, _scan_timeline(diag, sids, opened, closed))
+
+
+def _scan_timeline(diag: Diag, sids: I64, opened: B, closed: B) -> list[Step]:
+    cap = diag.cap
+    steps: list[Step] = []
+    for sel, note in (
+        (closed, "closed port: the server's kernel answers with RST"),
+        (opened, "open port: SYN-ACK"),
+    ):
+        if not sel.any():
+            continue
+        pick = sids[sel]
+        c = cap.conn(int(pick[np.argmin(cap.first_ns[pick])]))
+        for i in range(min(c.n, 4)):
+            f = c.flags[i] & (SYN | ACK | RST)
+            if c.side[i] == CLIENT and f == SYN and i == 0:
+                steps.append(c.step(i, f"probe: SYN to port {c.server.rsplit(':', 1)[1]}"))
+            elif c.side[i] == SERVER:
+                steps.append(c.step(i, note))
+            elif c.side[i] == CLIENT and f & RST:
+                steps.append(c.step(i, "the scanner resets without completing the handshake"))
+    return sorted(steps, key=lambda s: (s.ts_ns, s.frame))
