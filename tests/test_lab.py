@@ -163,7 +163,7 @@ def check_stale_keepalive(path: Path, o: Options, slack: float = 0.0) -> None:
         "client never sent FIN before reuse"
     )
     rst = first(old, lambda p: not p.c2s and p.has(RST), req.i)
-    assert rst.seq == req.ack and not rst.has(ACK), "[R] with seq = the request's ACK (K5)"
+    assert rst.seq == req.ack and not rst.has(ACK), "[R] with seq = the request's ACK"
     handshake_ok(new)
     assert new[0].i > rst.i, "retry on a new connection after the reset"
     assert any(not p.c2s and p.n for p in new), "the retry got a response"
@@ -281,7 +281,7 @@ def check_abortive_close(path: Path, o: Options, slack: float = 0.0) -> None:
         handshake_ok(conn)
         assert not any(not p.c2s and p.has(FIN) for p in conn), "RST instead of FIN"
         rst = first(conn, lambda p: not p.c2s and p.has(RST))
-        assert rst.has(ACK), "application abort is [R.] (K5)"
+        assert rst.has(ACK), "application abort is [R.]"
         data = [p for p in conn if p.c2s and p.n]
         assert data and data[0].i < rst.i
     req = [p for p in unread if p.c2s and p.n]
@@ -301,7 +301,7 @@ def check_keepalive_race(path: Path, o: Options, slack: float = 0.0) -> None:
     assert req.i < fin.i, "the request left before the FIN arrived"
     assert req.ack == fin.seq, "the request does not acknowledge the FIN (crossed)"
     rst = first(old, lambda p: not p.c2s and p.has(RST), req.i)
-    assert rst.seq == req.ack and not rst.has(ACK), "[R] with seq = the request's ACK (K5)"
+    assert rst.seq == req.ack and not rst.has(ACK), "[R] with seq = the request's ACK"
     handshake_ok(new)
     assert any(not p.c2s and p.n for p in new)
     clean_close(new)
@@ -385,7 +385,7 @@ def check_accept_queue_overflow(path: Path, o: Options, slack: float = 0.0) -> N
     part2 = conns(packets(path, o.port + 1))
     for c in part2:
         handshake_ok(c)
-    # Closing the listener aborts the queued ones with [R.] (K13); the overflow reset is [R].
+    # Closing the listener aborts the queued ones with [R.]; the overflow reset is [R].
     resets = [c for c in part2 if len(c) > 3 and c[3].tag == "s:R"]
     assert len(resets) == 1, "exactly one client reset right after its handshake"
     c = resets[0]
@@ -399,7 +399,7 @@ def check_zero_window(path: Path, o: Options, slack: float = 0.0) -> None:
     no_rst(conn)
     zero = first(conn, lambda p: not p.c2s and p.win == 0 and p.pure_ack)
     probes = [p for p in conn if p.c2s and p.pure_ack and p.i > zero.i and p.seq == zero.ack - 1]
-    assert len(probes) >= 2, "zero-window probes with seq = next-1 (K12)"
+    assert len(probes) >= 2, "zero-window probes with seq = next-1"
     gaps = [b.t - a.t for a, b in itertools.pairwise(probes)]
     assert all(b + slack > a * 1.5 for a, b in itertools.pairwise(gaps)), f"backoff {gaps}"
     update = first(conn, lambda p: not p.c2s and p.win > 0, probes[-1].i)

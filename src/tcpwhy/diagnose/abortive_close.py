@@ -1,9 +1,9 @@
-"""abortive-close: a connection ended by RST instead of FIN (P20, P21, K1, K2).
+"""abortive-close: a connection ended by RST instead of FIN.
 
 An application abort is sent as [R.] with the sender's next sequence
 number, not as an answer to a segment. If the peer's last data was still
-unanswered, the likely cause is close() with unread bytes (K1, the early
-4xx on an upload); if everything was answered, SO_LINGER {on, 0} (K2).
+unanswered, the likely cause is close() with unread bytes (the early
+4xx on an upload); if everything was answered, SO_LINGER {on, 0}.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""accept-queue-overflow: a listener whose accept queue is full drops handshakes (P16, K8, K13).
+"""accept-queue-overflow: a listener whose accept queue is full drops handshakes.
 
 Linux drops a SYN outright while the accept queue is full, so the commonest
 sign is SYNs retransmitted without answer while the same listener admits
@@ -6,7 +6,7 @@ other clients. A queue that fills between SYN and final ACK drops that ACK
 instead: the server retransmits its SYN-ACK after the client's ACK and the
 client's first data goes unacknowledged. With tcp_abort_on_overflow=1 the
 final ACK draws a RST. Connections still queued when the listener closes are
-reset (K13); those RSTs belong to this story too.
+reset; those RSTs belong to this story too.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def detect(diag: Diag) -> list[Finding]:
             diag.claim(c.sid)
     out = []
     for server, parts in groups.items():
-        # K13: connections still queued when the listener closed are reset without data
+        # connections still queued when the listener closed are reset without data
         for c in cap.conns_where((cap.n_rst[:, SERVER] > 0) & (cap.bytes[:, SERVER] == 0)):
             if c.server != server or diag.is_claimed(c.sid):
                 continue

@@ -1,4 +1,4 @@
-"""close-wait-leak: an endpoint got the peer's FIN, acknowledged it, and never closed (P10).
+"""close-wait-leak: an endpoint got the peer's FIN, acknowledged it, and never closed.
 
 CLOSE_WAIT has no kernel timer: only the application's close() ends it, so
 an endpoint that stays there until the capture ends (or for longer than the

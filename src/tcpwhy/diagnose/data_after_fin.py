@@ -3,7 +3,7 @@
 The general form of stale reuse: any side (a server writing a late response
 after the client gave up and closed, a protocol without pooling) that keeps
 writing in CLOSE_WAIT. The peer's socket is closed for reading, so the data
-draws a RST and the writer's next call fails with EPIPE (K4).
+draws a RST and the writer's next call fails with EPIPE.
 """
 
 from __future__ import annotations

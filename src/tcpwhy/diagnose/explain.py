@@ -1,7 +1,7 @@
 """`tcpwhy explain MESSAGE`: from an application's error text back to the wire events behind it.
 
 Matching is by keywords and errno names, not whole strings: wording changes
-across versions (the catalogue's table "error text by runtime"). Several
+across versions and runtimes. Several
 meanings can match one message ("socket hang up" is Node's EOF and reset).
 """
 

@@ -1,4 +1,4 @@
-"""fin-wait-2-stall: a closed side waits for a peer FIN that comes late or never (P11, K6).
+"""fin-wait-2-stall: a closed side waits for a peer FIN that comes late or never.
 
 The telling case: the peer's late FIN (or data) answered by RST, because the
 orphaned FIN_WAIT_2 socket expired after tcp_fin_timeout and the kernel no

@@ -1,4 +1,4 @@
-"""half-open-reset: the peer lost the connection without a FIN; the next segment draws RST (P5)."""
+"""half-open-reset: the peer lost the connection without a FIN; the next segment draws RST."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def detect(diag: Diag) -> list[Finding]:
     hits = Hits()
     for c, r in first_resets(diag):
         x = c.side[r]
-        if c.flags[r] & ACK:  # [R.]: an abort by the application, not an answer (K5)
+        if c.flags[r] & ACK:  # [R.]: an abort by the application, not an answer
             continue
         xf = c.first_fin(x)
         if xf is not None and xf < r:

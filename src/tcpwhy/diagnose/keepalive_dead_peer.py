@@ -1,4 +1,4 @@
-"""keepalive-dead-peer: TCP keep-alive probes that nobody answers, then the connection dies (P6)."""
+"""keepalive-dead-peer: TCP keep-alive probes that nobody answers, then the connection dies."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""keepalive-race: the request and the server's idle-close FIN crossed in flight (P2).
+"""keepalive-race: the request and the server's idle-close FIN crossed in flight.
 
 Told apart from stale reuse by ACK numbers alone: the request does not
 acknowledge the FIN and the FIN does not acknowledge the request, so each

@@ -1,6 +1,6 @@
 """What applications log for each wire-level event, and fixes shared by several kinds.
 
-Error texts follow the failure catalogue's table "error text by runtime";
+Error texts are given per runtime (Python, Go, Java, Node, curl, nginx, ...);
 wording varies across versions, so `explain` matches on keywords.
 """
 

@@ -1,4 +1,4 @@
-"""lost-final-ack: a FIN retransmitted from LAST_ACK because the last ACK was lost (P12)."""
+"""lost-final-ack: a FIN retransmitted from LAST_ACK because the last ACK was lost."""
 
 from __future__ import annotations
 

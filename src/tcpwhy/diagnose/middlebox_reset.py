@@ -1,4 +1,4 @@
-"""middlebox-reset: a RST that the peer did not send, judged by its IP TTL or its timing (K5, P4).
+"""middlebox-reset: a RST that the peer did not send, judged by its IP TTL or its timing.
 
 A RST whose TTL differs from every other packet of the same sender in the
 connection came through a different number of hops (or was forged by a box

@@ -1,4 +1,4 @@
-"""Keep-alive and zero-window probes: 0/1-byte segments with seq = next - 1 (K11, K12).
+"""Keep-alive and zero-window probes: 0/1-byte segments with seq = next - 1.
 
 These are the segments Wireshark labels 'TCP Keep-Alive' (the `keep_alive`
 analysis flag). Linux sends its zero-window probes the same way; a probe

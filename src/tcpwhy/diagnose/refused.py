@@ -1,4 +1,4 @@
-"""connection-refused: a SYN answered by RST — nobody listened on the port (P18)."""
+"""connection-refused: a SYN answered by RST — nobody listened on the port."""
 
 from __future__ import annotations
 

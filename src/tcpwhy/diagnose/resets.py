@@ -1,4 +1,4 @@
-"""Who a RST answers, shared by middlebox-reset, half-open-reset and abortive-close (K5)."""
+"""Who a RST answers, shared by middlebox-reset, half-open-reset and abortive-close."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""retransmission-timeout: the same data sent again and again with doubling gaps, unacknowledged (P7, K10)."""
+"""retransmission-timeout: the same data sent again and again with doubling gaps, unacknowledged."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""simultaneous-close: both FINs crossed, both endpoints went through CLOSING (P13). Info only."""
+"""simultaneous-close: both FINs crossed, both endpoints went through CLOSING. Info only."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""stale-keepalive-reuse: a pooled connection reused after the server had closed it (P1).
+"""stale-keepalive-reuse: a pooled connection reused after the server had closed it.
 
 Signature: the server's FIN after an idle gap, the client's kernel ACK, then
 a request whose ACK field already covers that FIN, answered by the server's

@@ -1,4 +1,4 @@
-"""syn-timeout: SYNs never answered, neither SYN-ACK nor RST (P19), with the retry ladder seen."""
+"""syn-timeout: SYNs never answered, neither SYN-ACK nor RST, with the retry ladder seen."""
 
 from __future__ import annotations
 

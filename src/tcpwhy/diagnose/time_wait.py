@@ -1,4 +1,4 @@
-"""time-wait-reuse and time-wait-accumulation: TIME_WAIT seen from the wire (P14, P15, K7, K14).
+"""time-wait-reuse and time-wait-accumulation: TIME_WAIT seen from the wire.
 
 Reuse: a SYN on a 4-tuple whose previous connection ended less than 2 MSL
 (Linux: 60 s) before — harmless when the server answers with a SYN-ACK,

@@ -1,4 +1,4 @@
-"""zero-window-stall: a receiver advertises window 0 and the sender must wait (P9, K12)."""
+"""zero-window-stall: a receiver advertises window 0 and the sender must wait."""
 
 from __future__ import annotations
 

@@ -18,17 +18,16 @@ class Scenario:
     explain: str
     play: Callable[[Lab], None]
     relay: bool = False
-    patterns: tuple[str, ...] = ()
 
 
 SCENARIOS: dict[str, Scenario] = {}
 
 
 def scenario(
-    name: str, summary: str, explain: str, relay: bool = False, patterns: tuple[str, ...] = ()
+    name: str, summary: str, explain: str, relay: bool = False
 ) -> Callable[[Callable[[Lab], None]], Callable[[Lab], None]]:
     def deco(fn: Callable[[Lab], None]) -> Callable[[Lab], None]:
-        SCENARIOS[name] = Scenario(name, summary, " ".join(explain.split()), fn, relay, patterns)
+        SCENARIOS[name] = Scenario(name, summary, " ".join(explain.split()), fn, relay)
         return fn
 
     return deco

@@ -40,7 +40,6 @@ from tcpwhy.lab.runner import scenario
     shorter than every server idle timeout on the path, and a retry for
     idempotent requests.
     """,
-    patterns=("P1",),
 )
 def stale_keepalive(lab: Lab) -> None:
     idle = lab.opts.idle if lab.opts.idle is not None else 1.0
@@ -181,7 +180,6 @@ def _flags(seg: Seg) -> int:
     side waits in FIN-WAIT-2 (an orphan, limited by tcp_fin_timeout). On the wire
     there is exactly one FIN, from the client; the server's FIN never comes.
     """,
-    patterns=("P10",),
 )
 def close_wait_leak(lab: Lab) -> None:
     n = lab.opts.count or 3
@@ -227,7 +225,6 @@ def close_wait_leak(lab: Lab) -> None:
     address"). Fix: reuse connections (keep-alive pools), tcp_tw_reuse for client
     hosts; never SO_LINGER 0 to "fix" it.
     """,
-    patterns=("P14",),
 )
 def time_wait(lab: Lab) -> None:
     n = lab.opts.count or 20
@@ -268,7 +265,6 @@ def time_wait(lab: Lab) -> None:
     dropped SYN, which waits for the SYN timeout. Typical during deploys and
     restarts, when clients connect before the new process listens.
     """,
-    patterns=("P18",),
 )
 def refused(lab: Lab) -> None:
     n = lab.opts.count or 1
@@ -303,7 +299,6 @@ def refused(lab: Lab) -> None:
     server's next sequence number, which tells them apart from RSTs answering a
     segment.
     """,
-    patterns=("P20", "P21"),
 )
 def abortive_close(lab: Lab) -> None:
     listener = lab.listen()
@@ -368,7 +363,6 @@ def abortive_close(lab: Lab) -> None:
     sending "Connection: close" on the last response) do.
     """,
     relay=True,
-    patterns=("P2",),
 )
 def keepalive_race(lab: Lab) -> None:
     assert lab.relay is not None
@@ -425,7 +419,6 @@ def keepalive_race(lab: Lab) -> None:
     puzzles whoever sees CLOSING or TIME-WAIT on both ends.
     """,
     relay=True,
-    patterns=("P13",),
 )
 def simultaneous_close(lab: Lab) -> None:
     assert lab.relay is not None
@@ -487,7 +480,6 @@ def simultaneous_close(lab: Lab) -> None:
     an RST.
     """,
     relay=True,
-    patterns=("P12",),
 )
 def lost_final_ack(lab: Lab) -> None:
     assert lab.relay is not None
@@ -549,7 +541,6 @@ def lost_final_ack(lab: Lab) -> None:
     sockets point at a peer that does not close (see close-wait-leak for the
     other end); tcp_fin_timeout bounds only the orphans.
     """,
-    patterns=("P11",),
 )
 def fin_wait_2(lab: Lab) -> None:
     fin_timeout = max(1, round(lab.opts.timeout or 2))
@@ -613,7 +604,6 @@ def fin_wait_2(lab: Lab) -> None:
     — here shortened from 6 (about 130 s) to 2 — with ETIMEDOUT. Unlike
     "refused", nothing ever comes back.
     """,
-    patterns=("P19",),
 )
 def syn_timeout(lab: Lab) -> None:
     retries = lab.opts.count or 2
@@ -674,7 +664,6 @@ def syn_timeout(lab: Lab) -> None:
     application's backlog.
     """,
     relay=True,
-    patterns=("P16",),
 )
 def accept_queue_overflow(lab: Lab) -> None:
     assert lab.relay is not None
@@ -813,7 +802,6 @@ def accept_queue_overflow(lab: Lab) -> None:
     full on the receiver and Send-Q with a persist timer on the sender. When the
     application reads again, a window update restarts the transfer.
     """,
-    patterns=("P9",),
 )
 def zero_window(lab: Lab) -> None:
     total = (lab.opts.count or 64) * 1024
@@ -897,7 +885,6 @@ def _ss_quiet(lab: Lab, side: str) -> list[SockRow]:
     with "Connection reset by peer". An idle client would never notice without
     TCP keepalive or an application ping.
     """,
-    patterns=("P5",),
 )
 def half_open(lab: Lab) -> None:
     port = lab.opts.port
@@ -942,7 +929,6 @@ def half_open(lab: Lab) -> None:
     RST into the void and the blocked read fails with ETIMEDOUT ("Connection
     timed out"). Without keepalive the read would wait forever.
     """,
-    patterns=("P6",),
 )
 def keepalive_dead_peer(lab: Lab) -> None:
     idle = max(1, round(lab.opts.idle or 1))
@@ -999,7 +985,6 @@ def keepalive_dead_peer(lab: Lab) -> None:
     ETIMEDOUT and no RST is sent (TcpExtTCPAbortOnTimeout). Set TCP_USER_TIMEOUT (or
     an application deadline) when a request must fail fast.
     """,
-    patterns=("P7",),
 )
 def retransmission_timeout(lab: Lab) -> None:
     ut = lab.opts.timeout or 3.0
@@ -1087,7 +1072,6 @@ def _rows_for(rows: list[SockRow], cport: int) -> list[str]:
     draws a bare ACK (then RST and a one-second retry), or is silently dropped by
     PAWS or a NAT.
     """,
-    patterns=("P15",),
 )
 def time_wait_reuse(lab: Lab) -> None:
     pause = lab.opts.delay if lab.opts.delay is not None else 0.3
@@ -1255,7 +1239,6 @@ def _rejected(lab: Lab) -> int:
     often than the shortest idle timeout on the path; a pool idle timeout below it.
     """,
     relay=True,
-    patterns=("P4",),
 )
 def middlebox_reset(lab: Lab) -> None:
     fw_timeout = max(1, round(lab.opts.timeout or 2))
