@@ -48,7 +48,13 @@ import numpy as np
 # plain os.path: pathlib and hashlib would add a hundredth of a second to every start
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT_DIR = os.path.join(HERE, "_native")
-KERNEL_FILES = ("decode/kernels.py", "tcp/streams.py", "tcp/analysis.py", "tcp/zeek.py")
+KERNEL_FILES = (
+    "decode/kernels.py",
+    "tcp/streams.py",
+    "tcp/analysis.py",
+    "tcp/zeek.py",
+    "tcp/state_kernel.py",
+)
 """Every module that defines compiled code (their text is hashed into the build's manifest)."""
 ENV = "TCPWHY_NATIVE"
 

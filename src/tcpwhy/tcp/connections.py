@@ -38,7 +38,8 @@ import numpy.typing as npt
 
 from tcpwhy.decode.table import ACK, FIN, RST, SYN, CaptureStats, PacketTable, format_addr
 from tcpwhy.tcp import zeek as z
-from tcpwhy.tcp.state import TIME_WAIT_NS, State, run_connection
+from tcpwhy.tcp.state import State
+from tcpwhy.tcp.state_kernel import run_connections
 from tcpwhy.tcp.streams import StreamTracker
 
 # Zeek's likely_server_ports with its default scripts loaded (the ports its analyzers
@@ -259,7 +260,6 @@ class ConnectionBuilder:
         self._out = np.empty((OUT_ROWS, z.NFIELDS), np.int64)
         self._oh = np.empty((OUT_ROWS, z.HIST_MAX), np.uint8)
         self._kept_n = 0
-        self._memo: dict[bytes, tuple[int, int, int, int]] = {}
 
     # -- capacity ------------------------------------------------------------------------
     @property
@@ -468,60 +468,26 @@ class ConnectionBuilder:
         # record index of each row, and its direction relative to that record's originator
         by_uid = np.argsort(uids, kind="stable")
         rec = by_uid[np.searchsorted(uids, sel["uid"], sorter=by_uid)]
-        direction = (sel["dir"].astype(np.int64) != OUT[rec, z.F_ODIR]).astype(np.int64)
-        # sequence numbers relative to each side's first kept packet, so that
-        # connections of the same shape share one run of the state machine
-        seq = sel["seq"].astype(np.int64)
-        ack = sel["ack"].astype(np.int64)
-        grp = rec * 2 + direction
-        base = np.zeros(2 * n, np.int64)
-        g, first = np.unique(grp, return_index=True)
-        base[g] = seq[first]
-        packed = np.empty(
-            len(seq), dtype=[("d", "i1"), ("f", "<i2"), ("s", "<u4"), ("a", "<u4"), ("p", "<u4")]
-        )
-        packed["d"] = direction
-        packed["f"] = sel["flags"] & 0x1F
-        packed["s"] = (seq - base[grp]) & 0xFFFFFFFF
-        packed["a"] = (ack - base[rec * 2 + 1 - direction]) & 0xFFFFFFFF
-        packed["p"] = sel["plen"]
-        raw = packed.view(np.uint8).reshape(len(seq), -1)
+        direction = (sel["dir"].astype(np.int64) != OUT[rec, z.F_ODIR]).astype(np.uint8)
+        # every record's kept packets through the state machine in one compiled call; a
+        # TIME_WAIT entered 2 MSL before the chunk's last packet has ended by now
         starts = np.flatnonzero(np.r_[True, rec[1:] != rec[:-1]])
-        ends = np.r_[starts[1:], len(rec)]
+        res = run_connections(
+            direction,
+            sel["flags"],
+            sel["seq"],
+            sel["ack"],
+            sel["plen"],
+            sel["ts"],
+            sel["frame"],
+            np.r_[starts, len(rec)],
+            end_ns=self.now,
+        )
+        pairs = [(a, b) for a in _STATE_NAMES for b in _STATE_NAMES]
         out = list(none)
-        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-            r = int(rec[a])
-            key = raw[a:b].tobytes()
-            got = self._memo.get(key)
-            if got is None:
-                fr = sel["frame"][a:b]
-                cs = run_connection(
-                    direction[a:b],
-                    sel["flags"][a:b],
-                    seq[a:b],
-                    ack[a:b],
-                    sel["plen"][a:b],
-                    sel["ts"][a:b],
-                    fr,
-                )
-                res = []
-                for ep in (cs.originator, cs.responder):
-                    last = ep.timeline[-1]
-                    row = int(np.searchsorted(fr, last.frame)) if last.frame else -1
-                    res.append((int(ep.state), row))
-                got = (res[0][0], res[1][0], res[0][1], res[1][1])
-                if len(self._memo) < 100_000:
-                    self._memo[key] = got
-            names = []
-            for st, row in ((got[0], got[2]), (got[1], got[3])):
-                if (
-                    st == State.TIME_WAIT
-                    and 0 <= row < b - a
-                    and self.now - int(sel["ts"][a + row]) >= TIME_WAIT_NS
-                ):
-                    st = State.CLOSED
-                names.append(_STATE_NAMES[st])
-            out[r] = (names[0], names[1])
+        codes = (res.final[:, 0].astype(np.int64) * len(State) + res.final[:, 1]).tolist()
+        for r, code in zip(rec[starts].tolist(), codes, strict=True):
+            out[r] = pairs[code]
         return out
 
     def _records(self, OUT: npt.NDArray[np.int64], OH: npt.NDArray[np.uint8]) -> list[ConnRecord]:

@@ -198,6 +198,25 @@ STAYS: frozenset[tuple[State, Event]] = frozenset(
 
 del S, E
 
+STAY, UNEXPECTED = -1, -2
+"""Entries of `next_state_table` for an expected event that changes nothing, and for a misfit."""
+
+
+def next_state_table() -> npt.NDArray[np.int8]:
+    """TRANSITIONS and STAYS as one dense array ``NEXT[state, event]``, for compiled code.
+
+    Each entry is the state entered, `STAY` or `UNEXPECTED`; a pair in both
+    tables is a transition, as in `Endpoint`. Built from the tables, so they
+    stay the one place where the rules are written.
+    """
+    tab = np.full((len(State), len(Event)), UNEXPECTED, np.int8)
+    for st, ev in STAYS:
+        tab[st, ev] = STAY
+    for (st, ev), new in TRANSITIONS.items():
+        tab[st, ev] = new
+    return tab
+
+
 TIME_WAIT_NS = 60 * 1_000_000_000
 """2 MSL as Linux implements it: TCP_TIMEWAIT_LEN, a fixed 60 s."""
 
