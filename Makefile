@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP_DEMO := $(VENV)/.installed-demo
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: demo test lint typecheck unit sysdeps native bench clean
+.PHONY: demo test lint typecheck unit sysdeps native bench benchdeps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,8 +56,26 @@ unit: $(STAMP_TEST) native sysdeps
 ## test: install test extras, lint, type-check, run the whole test suite
 test: lint typecheck unit
 
-## bench: build a 3-million-packet capture and compare tcpwhy with tshark
-bench: native
+## benchdeps: what `make bench` needs (nginx and wrk to record the connection-heavy capture,
+## tcpdump to record it, tshark to compare with), installed only when missing and root
+benchdeps:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=""; \
+	  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	  command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
+	  command -v ip  >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	  command -v tcpdump >/dev/null 2>&1 || missing="$$missing tcpdump"; \
+	  command -v tshark >/dev/null 2>&1 || missing="$$missing tshark"; \
+	  command -v taskset >/dev/null 2>&1 || missing="$$missing util-linux"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  fi; \
+	fi
+
+## bench: record, build and cache three captures (connection-heavy, tiled, SYN flood) and
+## compare tcpwhy with tshark on each (recording needs root: `sudo make bench`)
+bench: native benchdeps
 	$(BIN)/python benchmarks/run.py --packets 3000000
 
 clean:

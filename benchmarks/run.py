@@ -1,37 +1,52 @@
-"""Benchmark runner: tcpwhy against tshark on the same capture, in the same run.
+"""Benchmark runner: tcpwhy against tshark on the same captures, in the same run.
 
     python benchmarks/run.py --packets 3000000
 
-Builds (once, cached in benchmarks/out/) a capture of N packets by tiling real
-captures (make_capture.py), then times, each in its own process, on one core:
+Three captures, each built once and cached in benchmarks/out/ (with a copy
+of its first half):
+  conns-heavy  recorded from the Linux stack on a namespace's loopback by
+               record_conns.py (nginx and wrk: keep-alive, `Connection:
+               close`, idle connections closed by nginx, refused connects;
+               needs root, `make benchdeps` installs nginx and wrk)
+  tiled        N packets tiling real captures (make_capture.py): long flows
+  synflood     3 M SYNs from random sources with a few hundred ordinary
+               connections mixed in (make_synflood.py)
+On each, every command in its own process pinned to one core:
   decode   tcpwhy: the whole file into the packet table (chunks discarded)
-  tshark   tshark -r FILE -T fields -e frame.number -e tcp.seq
-  conns    tcpwhy conns --format jsonl > /dev/null   (connection records end to end)
-  tshark   tshark -q -z conv,tcp                       (tshark's connection table)
-Each line reports packets/s, MB/s and the process's peak RSS; the last lines
-give the ratios. The kernels' mode is printed first: `aot` when `make native`
-(run by `make bench`) compiled them ahead of time, `jit` when numba compiles
-or loads them at start-up (about a second more per process). tcpwhy's decode
-rate is also measured inside the process, from the first byte read to the last
-table, once its compiled loops are loaded. The per-packet rate without
-start-up is also given for both commands: the time the second half of the
-packets adds (full file minus half file). Each tcpwhy figure is the fastest
-of --runs runs (default 3): on a shared machine the other runs measure the
-neighbours; tshark, which takes minutes, runs once. Peak RSS is also measured on half the file, to show that it
-stays flat as the file grows.
+  conns    tcpwhy conns --format jsonl > /dev/null     (connection records)
+  analyze  tcpwhy analyze --format json > /dev/null    (the diagnosis)
+  tshark   tshark -q -z conv,tcp and tshark -q -z expert, once each
+Each line reports seconds end to end (start-up included), packets/s, MB/s,
+the peak RSS on the whole file and on its first half (memory should follow
+the connections open at once, not the file), then the ratios and the targets,
+`met` or `not met`. The per-packet rate without start-up is the time the
+second half of the packets adds (whole file minus half file). Each tcpwhy
+figure is the fastest of --runs runs (default 3; a run longer than
+--repeat-below seconds is not repeated): on a shared machine the other runs
+measure the neighbours. Every tcpwhy run has a time and a memory limit: a run
+that exceeds one is killed and reported as such. The kernels' mode is printed
+first: `aot` when `make native` (run by `make bench`) compiled them ahead of
+time, `jit` when numba compiles or loads them at start-up.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import mmap
 import os
+import re
 import shutil
+import struct
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
 DECODE = """
 import sys, time
 from tcpwhy.capture import iter_tables
@@ -45,121 +60,288 @@ for t in iter_tables(sys.argv[1], reuse=True):
 print(n, time.perf_counter() - t0)
 """
 
-
 CORE = str((os.cpu_count() or 1) - 1)
 """The core every measured process is pinned to: the last one, which on this kind of
 machine takes fewer interrupts than core 0 (measured: decoding 0.39 s there, 0.7 s on 0)."""
 
 
-def timed(cmd: list[str], cores: str = CORE) -> tuple[float, int, str]:
-    """(seconds, peak RSS in MB, stdout) of one child pinned to one core."""
+@dataclass
+class Run:
+    secs: float
+    rss: int  # peak RSS, MB
+    out: str
+    killed: str = ""  # why the limits ended it, "" when it finished
+
+
+def timed(
+    cmd: list[str],
+    limit_s: float,
+    limit_mb: int,
+    keep: bool = False,
+    ok: tuple[int, ...] = (0,),
+) -> Run:
+    """One child pinned to one core: seconds, peak RSS, its stdout when `keep` (else
+    /dev/null). Killed when it runs longer than `limit_s` or its RSS exceeds `limit_mb`."""
     if shutil.which("taskset"):
-        cmd = ["taskset", "-c", cores, *cmd]
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out = p.stdout.read() if p.stdout else ""
-    _, status, ru = os.wait4(p.pid, 0)
-    dt = time.perf_counter() - t0
-    if status != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed with status {status}")
-    return dt, ru.ru_maxrss // 1024, out
+        cmd = ["taskset", "-c", CORE, *cmd]
+    with tempfile.TemporaryFile("w+") if keep else open(os.devnull, "w") as sink:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.DEVNULL, text=True)
+        killed = ""
+        while True:
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
+            dt = time.perf_counter() - t0
+            if not killed:
+                if dt > limit_s:
+                    killed = f"killed at the {limit_s:.0f} s time limit"
+                elif _rss_mb(p.pid) > limit_mb:
+                    killed = f"killed at the {limit_mb} MB memory limit"
+                if killed:
+                    p.kill()
+            time.sleep(0.05)
+        dt = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if not killed and p.returncode not in ok:
+            raise SystemExit(f"{' '.join(cmd)} failed with status {p.returncode}")
+        out = ""
+        if keep:
+            sink.seek(0)
+            out = sink.read()
+    return Run(dt, ru.ru_maxrss // 1024, out, killed)
 
 
-def best(cmd: list[str], runs: int) -> tuple[float, int, str]:
-    """The fastest of `runs` runs (the least disturbed by the rest of a shared machine), with
-    the highest peak RSS seen, and the fastest run's output."""
-    got = [timed(cmd) for _ in range(runs)]
-    fastest = min(got, key=lambda g: g[0])
-    return fastest[0], max(g[1] for g in got), fastest[2]
+def _rss_mb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0
+
+
+def best(
+    cmd: list[str], a: argparse.Namespace, ok: tuple[int, ...] = (0,), keep: bool = False
+) -> Run:
+    """The fastest of up to `a.runs` runs (the least disturbed by the rest of a shared
+    machine), with the highest peak RSS seen. A slow or killed run is not repeated."""
+    got = [timed(cmd, a.time_limit, a.mem_limit, keep, ok)]
+    while len(got) < a.runs and not got[-1].killed and got[-1].secs < a.repeat_below:
+        got.append(timed(cmd, a.time_limit, a.mem_limit, keep, ok))
+    done = [g for g in got if not g.killed] or got
+    fastest = min(done, key=lambda g: g.secs)
+    return Run(fastest.secs, max(g.rss for g in got), fastest.out, fastest.killed)
+
+
+def head_pcap(src: Path, dst: Path, n: int) -> None:
+    """The first `n` records of a pcap (little-endian, as tcpdump and our builders write)."""
+    with src.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        assert m[:4] == b"\xd4\xc3\xb2\xa1", f"{src}: expected a little-endian pcap"
+        pos = 24
+        unpack = struct.Struct("<I").unpack_from
+        for _ in range(n):
+            pos += 16 + unpack(m, pos + 8)[0]
+        tmp = dst.with_suffix(".partial")
+        tmp.write_bytes(m[:pos])
+        tmp.rename(dst)
+
+
+def build(name: str, a: argparse.Namespace) -> tuple[Path, Path] | None:
+    """(whole, first half) of one capture, built once; None when it cannot be built here."""
+    py = sys.executable
+    if name == "tiled":
+        paths = []
+        for n in (a.packets, a.packets // 2):
+            path = OUT / f"tiled-{n}-s{a.snaplen}.pcap"
+            if not path.exists():
+                cmd = [py, str(HERE / "make_capture.py"), "--packets", str(n)]
+                subprocess.run([*cmd, "--snaplen", str(a.snaplen), "-o", str(path)], check=True)
+            paths.append(path)
+        return paths[0], paths[1]
+    if name == "synflood":
+        paths = []
+        for n in (a.synflood_packets, a.synflood_packets // 2):
+            path = OUT / f"synflood-{n}.pcap"
+            if not path.exists():
+                cmd = [py, str(HERE / "make_synflood.py"), "--packets", str(n), "-o", str(path)]
+                subprocess.run(cmd, check=True)
+            paths.append(path)
+        return paths[0], paths[1]
+    whole, half = OUT / "conns-heavy.pcap", OUT / "conns-heavy-half.pcap"
+    if not whole.exists():
+        if os.geteuid() != 0:
+            print(f"{name}: skipped: recording it needs root (sudo make bench)")
+            return None
+        subprocess.run([py, str(HERE / "record_conns.py"), "-o", str(whole)], check=True)
+        half.unlink(missing_ok=True)
+    if not half.exists():
+        head_pcap(whole, half, count_packets(whole) // 2)
+    return whole, half
+
+
+def count_packets(path: Path) -> int:
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        pos, n, unpack = 24, 0, struct.Struct("<I").unpack_from
+        while pos + 16 <= len(m):
+            pos += 16 + unpack(m, pos + 8)[0]
+            n += 1
+    return n
+
+
+def fmt(what: str, r: Run | None, packets: int, size_mb: float, half: Run | None = None) -> str:
+    if r is None:
+        return f"{what:<17}{'not run':>9}"
+    h = f"{half.rss:>10}" if half else f"{'':>10}"
+    if r.killed:
+        return f"{what:<17}{r.secs:>9.2f}  {r.killed}, peak RSS {r.rss} MB"
+    return (
+        f"{what:<17}{r.secs:>9.2f}{packets / r.secs:>13,.0f}{size_mb / r.secs:>7.0f}{r.rss:>10}{h}"
+    )
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "not met"
+
+
+def bench(name: str, whole: Path, half: Path, a: argparse.Namespace) -> None:
+    size_mb = whole.stat().st_size / 1e6
+    py = [sys.executable, "-c", DECODE]
+    lim = (a.time_limit, a.mem_limit)
+    timed([*py, str(half)], *lim)  # warm the compiled-code cache and the page cache
+    dec = best([*py, str(whole)], a, keep=True)
+    count, inner = dec.out.split()
+    packets, packets_half = int(count), int(best([*py, str(half)], a, keep=True).out.split()[0])
+    tcpwhy = [sys.executable, "-m", "tcpwhy"]
+    # one untimed run for the capture's figures: connections and distinct 4-tuples
+    conns, tuples = 0, set()
+    with tempfile.NamedTemporaryFile("w+", dir=OUT, suffix=".jsonl") as f:
+        subprocess.run([*tcpwhy, "conns", str(whole), "--format", "jsonl"], stdout=f, check=True)
+        f.seek(0)
+        for line in f:
+            c = json.loads(line)
+            conns += 1
+            tuples.add((c["orig_h"], c["orig_p"], c["resp_h"], c["resp_p"]))
+    conns_cmd = [*tcpwhy, "conns", "--format", "jsonl"]
+    analyze_cmd = [*tcpwhy, "analyze", "--format", "json"]
+    c_full = best([*conns_cmd, str(whole)], a)
+    c_half = best([*conns_cmd, str(half)], a)
+    an_full = best([*analyze_cmd, str(whole)], a, ok=(0, 1))
+    an_half = best([*analyze_cmd, str(half)], a, ok=(0, 1))
+    conv = expert = None
+    tshark = shutil.which("tshark")
+    if tshark and not a.no_tshark:
+        t_lim = (a.tshark_time_limit, a.tshark_mem_limit)
+        conv = timed([tshark, "-n", "-q", "-r", str(whole), "-z", "conv,tcp"], *t_lim)
+        expert = timed([tshark, "-n", "-q", "-r", str(whole), "-z", "expert"], *t_lim)
+    print(
+        f"\n== {name}: {whole.name}: {packets:,} packets, {conns:,} connections "
+        f"({len(tuples):,} distinct 4-tuples), {size_mb:.0f} MB"
+    )
+    print(f"{'what':<17}{'seconds':>9}{'packets/s':>13}{'MB/s':>7}{'peak RSS':>10}{'half RSS':>10}")
+    print(fmt("tcpwhy decode", dec, packets, size_mb))
+    print(fmt("tcpwhy conns", c_full, packets, size_mb, c_half))
+    print(fmt("tcpwhy analyze", an_full, packets, size_mb, an_half))
+    print(fmt("tshark conv,tcp", conv, packets, size_mb))
+    print(fmt("tshark expert", expert, packets, size_mb))
+    print(f"tcpwhy decode inside the process: {packets / float(inner):,.0f} packets/s")
+    extra = packets - packets_half
+    rates = []
+    for what, full, hal in (("conns", c_full, c_half), ("analyze", an_full, an_half)):
+        if not (full.killed or hal.killed) and full.secs > hal.secs:
+            rates.append(f"{what} {extra / (full.secs - hal.secs):,.0f} packets/s")
+    if rates:
+        print("per-packet rate without start-up (whole minus half file): " + ", ".join(rates))
+
+    def rate(r: Run) -> float:
+        return 0.0 if r.killed else packets / r.secs
+
+    def ratio(ours: Run, theirs: Run | None) -> float | None:
+        if theirs is None or theirs.killed:
+            return None
+        return 0.0 if ours.killed else theirs.secs / ours.secs
+
+    r_conv, r_exp = ratio(c_full, conv), ratio(an_full, expert)
+    if r_conv is not None:
+        print(f"ratio conns vs tshark conv,tcp: {r_conv:.1f}x as fast")
+    if r_exp is not None:
+        print(f"ratio analyze vs tshark expert: {r_exp:.1f}x as fast")
+    targets = {"conns-heavy": (3e6, 30, 1e6, 15), "synflood": (2e6, None, 1e6, 15)}
+    t_conns, t_conv, t_an, t_exp = targets.get(name, (2e6, None, None, None))
+    print(
+        f"target conns >= {t_conns:,.0f} packets/s end to end: "
+        f"{verdict(rate(c_full) >= t_conns)} ({rate(c_full):,.0f})"
+    )
+    if t_conv and r_conv is not None:
+        print(
+            f"target conns >= {t_conv}x tshark conv,tcp: {verdict(r_conv >= t_conv)} ({r_conv:.1f}x)"
+        )
+    if t_an:
+        print(
+            f"target analyze >= {t_an:,.0f} packets/s end to end: "
+            f"{verdict(rate(an_full) >= t_an)} ({rate(an_full):,.0f})"
+        )
+    if t_exp and r_exp is not None:
+        print(f"target analyze >= {t_exp}x tshark expert: {verdict(r_exp >= t_exp)} ({r_exp:.1f}x)")
+    for what, full, hal in (("conns", c_full, c_half), ("analyze", an_full, an_half)):
+        flat = full.rss <= hal.rss * 1.1 + 10
+        ok = full.rss <= 500 and hal.rss <= 500 and flat and not (full.killed or hal.killed)
+        print(
+            f"target {what} peak RSS <= 500 MB, whole file as half: {verdict(ok)} "
+            f"({full.rss} MB whole, {hal.rss} MB half)"
+        )
+    sys.stdout.flush()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--packets", type=int, default=3_000_000)
-    ap.add_argument("--snaplen", type=int, default=256)
+    ap.add_argument("--packets", type=int, default=3_000_000, help="packets of the tiled capture")
+    ap.add_argument("--snaplen", type=int, default=256, help="snap length of the tiled capture")
+    ap.add_argument("--synflood-packets", type=int, default=3_000_000)
+    ap.add_argument(
+        "--capture",
+        action="append",
+        choices=["conns-heavy", "tiled", "synflood"],
+        help="only these captures (repeatable; default all three)",
+    )
     ap.add_argument("--no-tshark", action="store_true")
     ap.add_argument(
         "--runs", type=int, default=3, help="tcpwhy runs per measurement (fastest kept)"
     )
+    ap.add_argument(
+        "--repeat-below", type=float, default=20, help="repeat only runs shorter than this (s)"
+    )
+    ap.add_argument("--time-limit", type=float, default=1200, help="per tcpwhy run, seconds")
+    ap.add_argument("--mem-limit", type=int, default=4096, help="per tcpwhy run, MB of RSS")
+    ap.add_argument("--tshark-time-limit", type=float, default=3600)
+    ap.add_argument("--tshark-mem-limit", type=int, default=16384)
     a = ap.parse_args()
-    out = HERE / "out"
-    out.mkdir(exist_ok=True)
-    cap = out / f"tiled-{a.packets}-s{a.snaplen}.pcap"
-    half = out / f"tiled-{a.packets // 2}-s{a.snaplen}.pcap"
-    for path, n in ((cap, a.packets), (half, a.packets // 2)):
-        if not path.exists():
-            subprocess.run(
-                [
-                    sys.executable,
-                    str(HERE / "make_capture.py"),
-                    "--packets",
-                    str(n),
-                    "--snaplen",
-                    str(a.snaplen),
-                    "-o",
-                    str(path),
-                ],
-                check=True,
-            )
-    size_mb = cap.stat().st_size / 1e6
+    OUT.mkdir(exist_ok=True)
+    names = a.capture or ["conns-heavy", "tiled", "synflood"]
+    built = {name: build(name, a) for name in names}
     mode = subprocess.run(
         [sys.executable, "-m", "tcpwhy.native", "mode"], capture_output=True, text=True, check=True
     ).stdout.strip()
-    py = [sys.executable, "-c", DECODE]
-    timed([*py, str(half)])  # warm the compiled-code cache and the page cache
-    results = []
-    dt, rss, outp = best([*py, str(cap)], a.runs)
-    count, inner = outp.split()
-    assert int(count) == a.packets, outp
-    dt_half, rss_half, _ = best([*py, str(half)], a.runs)
-    results.append(("tcpwhy decode", dt, rss))
-    tcpwhy = [sys.executable, "-m", "tcpwhy"]
-    timed([*tcpwhy, "conns", str(half), "--format", "jsonl"])  # warm
-    dt_c, rss_c, _ = best([*tcpwhy, "conns", str(cap), "--format", "jsonl"], a.runs)
-    dt_c_half, rss_c_half, _ = best([*tcpwhy, "conns", str(half), "--format", "jsonl"], a.runs)
-    results.append(("tcpwhy conns", dt_c, rss_c))
-    tshark = shutil.which("tshark")
-    if tshark and not a.no_tshark:
-        fields = ["-T", "fields", "-e", "frame.number", "-e", "tcp.seq"]
-        dt_t, rss_t, _ = timed([tshark, "-n", "-r", str(cap), *fields])
-        results.append(("tshark fields", dt_t, rss_t))
-        dt_v, rss_v, _ = timed([tshark, "-n", "-q", "-r", str(cap), "-z", "conv,tcp"])
-        results.append(("tshark conv,tcp", dt_v, rss_v))
-    print(f"capture: {cap.name}: {a.packets:,} packets, {size_mb:.0f} MB, snaplen {a.snaplen}")
     how = "compiled ahead of time" if mode == "aot" else "numba JIT (run `make native`)"
-    print(f"kernels: {mode}, {how}; pinned to core {CORE}, fastest of {a.runs} tcpwhy runs")
-    print(f"{'what':<16}{'seconds':>9}{'packets/s':>14}{'MB/s':>9}{'peak RSS MB':>13}")
-    for what, secs, mem in results:
-        print(f"{what:<16}{secs:>9.2f}{a.packets / secs:>14,.0f}{size_mb / secs:>9.0f}{mem:>13}")
+    tshark = shutil.which("tshark")
+    ver = ""
+    if tshark and not a.no_tshark:
+        v = subprocess.run([tshark, "--version"], capture_output=True, text=True).stdout
+        m = re.search(r"\d+\.\d+\.\d+", v)
+        ver = f"tshark {m.group(0) if m else ''}"
+    print(f"kernels: {mode}, {how}; pinned to core {CORE}")
     print(
-        f"tcpwhy decode inside the process: {float(inner):.2f} s, "
-        f"{a.packets / float(inner):,.0f} packets/s, {size_mb / float(inner):.0f} MB/s"
+        f"tcpwhy: fastest of up to {a.runs} runs (runs over {a.repeat_below:.0f} s not repeated), "
+        f"each limited to {a.time_limit:.0f} s and {a.mem_limit} MB; {ver or 'no tshark'}, once"
     )
-    print(
-        f"peak RSS on half the file: decode {rss_half} MB, conns {rss_c_half} MB (full file: {rss} MB, {rss_c} MB)"
-    )
-    # the second half of the packets costs (full - half): the per-packet rate without the
-    # fixed start-up (interpreter, imports, loading compiled code)
-    extra = a.packets - a.packets // 2
-    print(
-        "per-packet rate without start-up (full file minus half file): "
-        f"decode {extra / (dt - dt_half):,.0f} packets/s, conns {extra / (dt_c - dt_c_half):,.0f} packets/s"
-    )
-    rate = a.packets / dt_c
-    print(
-        f"target conns >= 2,000,000 packets/s end to end, peak RSS < 500 MB: "
-        f"{'met' if rate >= 2e6 and rss_c < 500 else 'NOT met'} ({rate:,.0f} packets/s, {rss_c} MB)"
-    )
-    by = {what: secs for what, secs, _ in results}
-    if "tshark fields" in by:
-        print(
-            f"ratio decode vs tshark fields: {by['tshark fields'] / by['tcpwhy decode']:.1f}x faster"
-        )
-        print(
-            f"ratio conns vs tshark conv,tcp: {by['tshark conv,tcp'] / by['tcpwhy conns']:.1f}x faster"
-        )
+    for name in names:
+        paths = built[name]
+        if paths:
+            bench(name, *paths, a)
 
 
 if __name__ == "__main__":
