@@ -17,10 +17,9 @@ KIND = "connection-refused"
 def detect(diag: Diag) -> list[Finding]:
     cap = diag.cap
     m = (cap.n_syn[:, CLIENT] > 0) & (cap.n_synack[:, SERVER] == 0) & (cap.n_rst[:, SERVER] > 0)
+    m &= ~diag.claimed_mask("syn")  # a scan's probes: one port-scan finding, no Conn each
     hits = Hits()
     for c in cap.conns_where(m):
-        if diag.is_claimed(c.sid, "syn"):
-            continue
         syns = syn_rows(c)
         rst = c.first_rst(SERVER)
         if not syns or rst is None or rst < syns[0]:
