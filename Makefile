@@ -28,20 +28,25 @@ native: $(STAMP_DEMO)
 demo: native
 	$(BIN)/tcpwhy demo
 
-## sysdeps: system packages the tests need (nftables, iproute2, tshark and tcpdump as references),
-## installed only when missing and root
-sysdeps:
+# $(call apt-install,COMMAND:PACKAGE ...): install with apt-get each PACKAGE whose COMMAND is
+# missing (also looked for in /usr/sbin), only when running as root; otherwise do nothing
+define apt-install
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=""; \
-	  command -v nft >/dev/null 2>&1 || missing="$$missing nftables"; \
-	  command -v ip  >/dev/null 2>&1 || missing="$$missing iproute2"; \
-	  command -v tshark >/dev/null 2>&1 || missing="$$missing tshark"; \
-	  command -v tcpdump >/dev/null 2>&1 || missing="$$missing tcpdump"; \
+	  for pair in $(1); do \
+	    PATH="$$PATH:/usr/sbin:/sbin" command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	  done; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing system packages:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  fi; \
 	fi
+endef
+
+## sysdeps: system packages the tests need (nftables, iproute2, tshark and tcpdump as references),
+## installed only when missing and root
+sysdeps:
+	$(call apt-install,nft:nftables ip:iproute2 tshark:tshark tcpdump:tcpdump)
 
 lint: $(STAMP_TEST)
 	$(BIN)/ruff check src tests benchmarks
@@ -59,19 +64,7 @@ test: lint typecheck unit
 ## benchdeps: what `make bench` needs (nginx and wrk to record the connection-heavy capture,
 ## tcpdump to record it, tshark to compare with), installed only when missing and root
 benchdeps:
-	@if [ "$$(id -u)" = 0 ]; then \
-	  missing=""; \
-	  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
-	  command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
-	  command -v ip  >/dev/null 2>&1 || missing="$$missing iproute2"; \
-	  command -v tcpdump >/dev/null 2>&1 || missing="$$missing tcpdump"; \
-	  command -v tshark >/dev/null 2>&1 || missing="$$missing tshark"; \
-	  command -v taskset >/dev/null 2>&1 || missing="$$missing util-linux"; \
-	  if [ -n "$$missing" ]; then \
-	    echo "installing system packages:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	  fi; \
-	fi
+	$(call apt-install,nginx:nginx wrk:wrk ip:iproute2 tcpdump:tcpdump tshark:tshark taskset:util-linux)
 
 ## bench: record, build and cache three captures (connection-heavy, tiled, SYN flood) and
 ## compare tcpwhy with tshark on each (recording needs root: `sudo make bench`)
