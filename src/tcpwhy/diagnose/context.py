@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -65,6 +65,16 @@ def fmt_s(seconds: float) -> str:
     if s < 120:
         return f"{seconds:.2f} s"
     return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+
+
+class Endpoints(NamedTuple):
+    """Per-stream address columns (addresses as the packet table's hi/lo halves)."""
+
+    client_hi: npt.NDArray[np.uint64]
+    client_lo: npt.NDArray[np.uint64]
+    server_hi: npt.NDArray[np.uint64]
+    server_lo: npt.NDArray[np.uint64]
+    server_port: npt.NDArray[np.int64]
 
 
 class Capture:
@@ -146,6 +156,25 @@ class Capture:
         fm = (flags & (FIN | RST)) == FIN
         np.minimum.at(self.first_fin_ns, (self.stream[fm], self.side[fm]), ts[fm])
         self._conns: dict[int, Conn] = {}
+
+    @cached_property
+    def endpoints(self) -> Endpoints:
+        """Per stream: the client's and the server's address and the server's port, from the
+        stream's first packet and the side that packet came from."""
+        t = self.table
+        first = self.order[self.starts]
+        from_client = self.side[first] == CLIENT
+
+        def pick(a: str, b: str) -> npt.NDArray[Any]:
+            return np.where(from_client, t[a][first], t[b][first])
+
+        return Endpoints(
+            pick("src_hi", "dst_hi").astype(np.uint64),
+            pick("src_lo", "dst_lo").astype(np.uint64),
+            pick("dst_hi", "src_hi").astype(np.uint64),
+            pick("dst_lo", "src_lo").astype(np.uint64),
+            pick("dport", "sport").astype(np.int64),
+        )
 
     @cached_property
     def analysis(self) -> Analysis:

@@ -53,34 +53,32 @@ class Settings:
 class Diag:
     cap: Capture
     settings: Settings = field(default_factory=Settings)
-    claimed: set[tuple[int, str]] = field(default_factory=set)  # (stream, what)
     findings: list[Finding] = field(default_factory=list)
     cache: dict[str, Any] = field(default_factory=dict)
-    # streams claimed in bulk (a flood's or a scan's thousands of connections), per `what`
-    claimed_masks: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
+    # per `what` ("syn", "rst", "retrans"): which streams a rule has already explained, so
+    # later rules do not report them again; one mask, whether claimed one by one or in bulk
+    # (a flood's or a scan's millions of connections)
+    claimed: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
+
+    def _mask(self, what: str) -> npt.NDArray[np.bool_]:
+        m = self.claimed.get(what)
+        if m is None:
+            m = self.claimed[what] = np.zeros(self.cap.nstreams, np.bool_)
+        return m
 
     def claim(self, sid: int, what: str = "rst") -> None:
-        self.claimed.add((sid, what))
+        self._mask(what)[sid] = True
 
     def claim_streams(self, sids: npt.NDArray[np.int64], what: str = "rst") -> None:
-        """Claim many streams at once (a per-stream mask, not a set entry each)."""
-        m = self.claimed_masks.get(what)
-        if m is None:
-            m = self.claimed_masks[what] = np.zeros(self.cap.nstreams, np.bool_)
-        m[sids] = True
+        self._mask(what)[sids] = True
 
     def is_claimed(self, sid: int, what: str = "rst") -> bool:
-        m = self.claimed_masks.get(what)
-        return (sid, what) in self.claimed or (m is not None and bool(m[sid]))
+        m = self.claimed.get(what)
+        return m is not None and bool(m[sid])
 
     def claimed_mask(self, what: str = "rst") -> npt.NDArray[np.bool_]:
-        """Per stream: claimed for `what` (individually or in bulk)."""
-        m = self.claimed_masks.get(what)
-        out = np.zeros(self.cap.nstreams, np.bool_) if m is None else m.copy()
-        for sid, w in self.claimed:
-            if w == what:
-                out[sid] = True
-        return out
+        """Per stream: claimed for `what` (a copy)."""
+        return self._mask(what).copy()
 
     def conns(self, sids: Iterable[int]) -> list[Conn]:
         return [self.cap.conn(s) for s in sids]

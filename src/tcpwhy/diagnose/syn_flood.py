@@ -69,21 +69,15 @@ def _cols(diag: Diag) -> Cols:
     if got is not None:
         return got
     cap = diag.cap
-    t = cap.table
-    first = cap.order[cap.starts]
-    c_src = cap.side[first] == CLIENT
-
-    def pick(a: str, b: str) -> npt.NDArray[Any]:
-        return np.where(c_src, t[a][first], t[b][first])
-
+    ep = cap.endpoints
     attempt = cap.n_syn[:, CLIENT] > 0
     half_open = attempt & (cap.n_pkts[:, CLIENT] == cap.n_syn[:, CLIENT] + cap.n_rst[:, CLIENT])
     got = Cols(
-        pick("src_hi", "dst_hi").astype(np.uint64),
-        pick("src_lo", "dst_lo").astype(np.uint64),
-        pick("dst_hi", "src_hi").astype(np.uint64),
-        pick("dst_lo", "src_lo").astype(np.uint64),
-        pick("dport", "sport").astype(np.int64),
+        ep.client_hi,
+        ep.client_lo,
+        ep.server_hi,
+        ep.server_lo,
+        ep.server_port,
         attempt,
         half_open,
         (cap.first_ns - cap.start_ns) // 1_000_000_000,
