@@ -13,7 +13,13 @@ import pytest
 from tcpwhy.capture import read_table
 from tcpwhy.decode.table import PacketTable
 from tcpwhy.report.conns import read_zeek, write_conns
-from tcpwhy.tcp.connections import ConnectionBuilder, ConnRecord, build_connections
+from tcpwhy.report.conns_format import format_columns
+from tcpwhy.tcp.connections import (
+    ConnectionBuilder,
+    ConnRecord,
+    build_connections,
+    connection_columns,
+)
 from tcpwhy.tcp.state import run_rows
 from tcpwhy.tcp.streams import StreamTracker
 from tests import tshark_ref
@@ -232,15 +238,22 @@ def test_jsonl_and_csv_fields() -> None:
 
 
 def test_jsonl_lines_are_what_json_would_write(zeek_corpus: Path) -> None:
-    """The hand-written jsonl line is json.dumps of the record's dict, for every record of the
-    lab recordings and the Zeek corpus (None, floats, escapes, continued flags)."""
+    """The jsonl line the columnar writer formats is json.dumps of the record's dict, for every
+    record of the lab recordings and the Zeek corpus, both boundaries (None, floats, escapes,
+    continued flags)."""
     paths = sorted(LAB.glob("*.pcap")) + sorted(zeek_corpus.glob("*.pcap*"))
     n = 0
     for p in paths:
-        for r in build_connections(read_table(str(p))):
-            assert r.json_line() == json.dumps(r.as_json(), ensure_ascii=False), p.name
-            n += 1
+        t = read_table(str(p))
+        for boundaries in ("stream", "zeek"):
+            c = connection_columns(t, boundaries=boundaries)
+            lines = format_columns(c, "jsonl").splitlines()
+            want = [json.dumps(r.as_json(), ensure_ascii=False) for r in c]
+            assert lines == want, p.name
+            assert [r.json_line() for r in c] == want, p.name
+            n += len(c)
     assert n > 100
+    r = c.record(0)
     r.end = 'quote " back\\slash \u00e9 \x01'
     assert json.loads(r.json_line())["end"] == r.end
 

@@ -54,6 +54,7 @@ KERNEL_FILES = (
     "tcp/analysis.py",
     "tcp/zeek.py",
     "tcp/state_kernel.py",
+    "report/conns_kernel.py",
 )
 """Every module that defines compiled code (their text is hashed into the build's manifest)."""
 ENV = "TCPWHY_NATIVE"

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
+import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TextIO
+
+import numpy as np
 
 from tcpwhy.decode.table import CaptureStats
 from tcpwhy.filter import DisplayFilter, add_filter_argument
 from tcpwhy.report.commands import positive_int, report_stats
 
 if TYPE_CHECKING:  # the builder loads compiled code: imported where records are made
-    from tcpwhy.tcp.connections import ConnRecord
+    from tcpwhy.tcp.records import ConnColumns, ConnRecord
 
 FORMATS = ("table", "jsonl", "csv", "zeek")
 
@@ -64,8 +68,6 @@ ZEEK_FIELDS = (
     ("ip_proto", "count"),
 )
 
-"""Hook for a future ``-Y FILTER``: records for which it returns False are not shown."""
-
 
 def zeek_row(r: ConnRecord) -> list[str]:
     """A conn.log line: duration and byte counts are unset when the duration is zero, as Zeek does."""
@@ -98,8 +100,7 @@ def _zeek_stamp(t: float) -> str:
     return time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime(t))
 
 
-def write_zeek(records: Iterable[ConnRecord], out: TextIO, opened: float | None = None) -> int:
-    """Zeek's ASCII log format (TSV with its `#` headers), path `conn`."""
+def _zeek_header(out: TextIO, opened: float | None) -> None:
     opened = time.time() if opened is None else opened
     out.write("#separator \\x09\n")
     out.write("#set_separator\t,\n")
@@ -109,11 +110,20 @@ def write_zeek(records: Iterable[ConnRecord], out: TextIO, opened: float | None 
     out.write(f"#open\t{_zeek_stamp(opened)}\n")
     out.write("#fields\t" + "\t".join(f for f, _ in ZEEK_FIELDS) + "\n")
     out.write("#types\t" + "\t".join(t for _, t in ZEEK_FIELDS) + "\n")
+
+
+def _zeek_footer(out: TextIO) -> None:
+    out.write(f"#close\t{_zeek_stamp(time.time())}\n")
+
+
+def write_zeek(records: Iterable[ConnRecord], out: TextIO, opened: float | None = None) -> int:
+    """Zeek's ASCII log format (TSV with its `#` headers), path `conn`, from records."""
+    _zeek_header(out, opened)
     n = 0
     for r in records:
         out.write("\t".join(zeek_row(r)) + "\n")
         n += 1
-    out.write(f"#close\t{_zeek_stamp(time.time())}\n")
+    _zeek_footer(out)
     return n
 
 
@@ -140,21 +150,28 @@ def _csv_value(v: object) -> object:
     return v
 
 
-def write_table(records: Iterable[ConnRecord], out: TextIO, live: bool = False) -> None:
-    out.write(
-        f"{'stream':>6}  {'originator':<28} {'responder':<28} {'duration':>10} "
-        f"{'pkts o/r':>11} {'bytes o/r':>17}  {'state':<6} {'history':<14} end\n"
+TABLE_HEADER = (
+    f"{'stream':>6}  {'originator':<28} {'responder':<28} {'duration':>10} "
+    f"{'pkts o/r':>11} {'bytes o/r':>17}  {'state':<6} {'history':<14} end\n"
+)
+
+
+def table_line(r: ConnRecord) -> str:
+    o = f"{_hostport(r.orig_h, r.orig_p)}"
+    p = f"{_hostport(r.resp_h, r.resp_p)}"
+    pk = f"{r.orig_pkts}/{r.resp_pkts}"
+    by = f"{r.orig_bytes}/{r.resp_bytes}"
+    return (
+        f"{r.stream:>6}  {o:<28} {p:<28} {r.duration:>10.3f} {pk:>11} {by:>17}  "
+        f"{r.conn_state:<6} {r.history:<14} {r.end} "
+        f"[{r.orig_state}/{r.resp_state}]\n"
     )
+
+
+def write_table(records: Iterable[ConnRecord], out: TextIO, live: bool = False) -> None:
+    out.write(TABLE_HEADER)
     for r in records:
-        o = f"{_hostport(r.orig_h, r.orig_p)}"
-        p = f"{_hostport(r.resp_h, r.resp_p)}"
-        pk = f"{r.orig_pkts}/{r.resp_pkts}"
-        by = f"{r.orig_bytes}/{r.resp_bytes}"
-        out.write(
-            f"{r.stream:>6}  {o:<28} {p:<28} {r.duration:>10.3f} {pk:>11} {by:>17}  "
-            f"{r.conn_state:<6} {r.history:<14} {r.end} "
-            f"[{r.orig_state}/{r.resp_state}]\n"
-        )
+        out.write(table_line(r))
         if live:
             out.flush()
 
@@ -163,9 +180,26 @@ def _hostport(h: str, p: int) -> str:
     return f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
 
 
+def record_lines(records: Iterable[ConnRecord], fmt: str) -> str:
+    """The data lines of `fmt` (no headers), one record at a time: the readable definition of
+    what the columnar writers (`format_columns`) write, and their fallback."""
+    if fmt == "jsonl":
+        return "".join(json.dumps(r.as_json(), ensure_ascii=False) + "\n" for r in records)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        for r in records:
+            d = r.as_json()
+            w.writerow([_csv_value(d[f]) for f in CSV_FIELDS])
+        return buf.getvalue()
+    if fmt == "zeek":
+        return "".join("\t".join(zeek_row(r)) + "\n" for r in records)
+    return "".join(table_line(r) for r in records)
+
+
 def filtered_connections(
     source: str, stats: CaptureStats, flt: DisplayFilter, **options: Any
-) -> Iterator[ConnRecord]:
+) -> Iterator[ConnColumns]:
     """Connections with at least one packet the filter matches (Wireshark's Conversations
     "limit to display filter"), each analysed whole."""
     from tcpwhy.capture import iter_tables
@@ -176,6 +210,10 @@ def filtered_connections(
     b = ConnectionBuilder(**options)
     analyzer = Analyzer() if "analysis" in flt.needs else None
     matched: set[int] = set()
+
+    def keep(c: ConnColumns) -> ConnColumns:
+        return c.take(np.isin(c["stream"], np.fromiter(matched, np.int64, len(matched))))
+
     for t in iter_tables(
         source, stats, reuse=True, checksums=b.check_csum, teredo_any_port=b.zeek_timers
     ):
@@ -183,8 +221,8 @@ def filtered_connections(
         a = analyzer.feed(t, s) if analyzer is not None else None
         ctx = FilterContext(t, streams=s, analysis=a, first_ts_ns=stats.first_ts_ns)
         matched.update(select_streams(t, flt, ctx).tolist())
-        yield from (r for r in b.feed(t, streams=s) if r.stream in matched)
-    yield from (r for r in b.finish() if r.stream in matched)
+        yield from (keep(c) for c in b.feed_columns(t, streams=s))
+    yield keep(b.finish_columns())
     stats.warnings.extend(b.warnings)
 
 
@@ -201,26 +239,29 @@ def write_conns(
     stats = stats if stats is not None else CaptureStats()
     if fmt == "zeek":
         options.setdefault("boundaries", "zeek")
-    from tcpwhy.tcp.connections import iter_connections
+    from tcpwhy.report.conns_format import format_columns
+    from tcpwhy.tcp.connections import iter_connection_columns
 
-    recs: Iterator[ConnRecord] = (
-        iter_connections(source, stats, **options)
+    batches: Iterator[ConnColumns] = (
+        iter_connection_columns(source, stats, **options)
         if flt is None
         else filtered_connections(source, stats, flt, **options)
     )
-    if fmt == "jsonl":
-        for r in recs:
-            out.write(r.json_line() + "\n")
-    elif fmt == "csv":
-        w = csv.writer(out, lineterminator="\n")
-        w.writerow(CSV_FIELDS)
-        for r in recs:
-            d = r.as_json()
-            w.writerow([_csv_value(d[f]) for f in CSV_FIELDS])
+    if fmt == "csv":
+        csv.writer(out, lineterminator="\n").writerow(CSV_FIELDS)
     elif fmt == "zeek":
-        write_zeek(recs, out)
-    else:
-        write_table(recs, out, live=source == "-")
+        _zeek_header(out, None)
+    elif fmt == "table":
+        out.write(TABLE_HEADER)
+    live = source == "-"
+    for c in batches:
+        text = format_columns(c, fmt)
+        if text:
+            out.write(text)
+            if live:
+                out.flush()
+    if fmt == "zeek":
+        _zeek_footer(out)
     return stats
 
 

@@ -27,17 +27,23 @@ Two ways to draw boundaries:
 from __future__ import annotations
 
 import functools
-import json
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.decode.table import ACK, FIN, RST, SYN, CaptureStats, PacketTable, format_addr
+from tcpwhy.decode.table import ACK, FIN, RST, SYN, CaptureStats, PacketTable
 from tcpwhy.tcp import zeek as z
+from tcpwhy.tcp.records import (
+    CONN_STATE_WORDS,
+    IRTT_UNSET,
+    NO_RFC_STATE,
+    ConnColumns,
+    ConnRecord,
+    empty_columns,
+)
 from tcpwhy.tcp.state import State
 from tcpwhy.tcp.state_kernel import run_connections
 from tcpwhy.tcp.streams import StreamTracker
@@ -98,77 +104,6 @@ def zeek_ports(scripts: Iterable[str]) -> frozenset[int]:
     return frozenset(ports)
 
 
-@dataclass(slots=True)
-class ConnRecord:
-    """One connection. Addresses are text; times are seconds since the Unix epoch."""
-
-    uid: str
-    stream: int
-    orig_h: str
-    orig_p: int
-    resp_h: str
-    resp_p: int
-    orientation: str
-    start: float
-    duration: float
-    orig_pkts: int
-    resp_pkts: int
-    orig_bytes: int
-    resp_bytes: int
-    orig_payload: int
-    resp_payload: int
-    orig_ip_bytes: int
-    resp_ip_bytes: int
-    missed_bytes: int
-    irtt: float | None
-    retransmissions: int
-    zero_windows: int
-    orig_state: str
-    resp_state: str
-    end: str
-    conn_state: str
-    history: str
-    continued: bool
-    emitted: str
-    zeek_orig_state: str
-    zeek_resp_state: str
-    first_ns: int = field(repr=False, default=0)
-
-    def as_json(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in _JSON_FIELDS}
-        d["start"] = round(self.start, 6)
-        d["duration"] = round(self.duration, 6)
-        if self.irtt is not None:
-            d["irtt"] = round(self.irtt, 6)
-        return d
-
-    def json_line(self) -> str:
-        """``json.dumps(self.as_json(), ensure_ascii=False)``, written out: a fifth of the time,
-        which counts on captures of many short connections."""
-        s = _json_str
-        irtt = "null" if self.irtt is None else repr(round(self.irtt, 6))
-        return (
-            f'{{"uid": {s(self.uid)}, "stream": {self.stream}, "orig_h": {s(self.orig_h)}, '
-            f'"orig_p": {self.orig_p}, "resp_h": {s(self.resp_h)}, "resp_p": {self.resp_p}, '
-            f'"orientation": {s(self.orientation)}, "start": {round(self.start, 6)!r}, '
-            f'"duration": {round(self.duration, 6)!r}, "orig_pkts": {self.orig_pkts}, '
-            f'"resp_pkts": {self.resp_pkts}, "orig_bytes": {self.orig_bytes}, '
-            f'"resp_bytes": {self.resp_bytes}, "orig_payload": {self.orig_payload}, '
-            f'"resp_payload": {self.resp_payload}, "orig_ip_bytes": {self.orig_ip_bytes}, '
-            f'"resp_ip_bytes": {self.resp_ip_bytes}, "missed_bytes": {self.missed_bytes}, '
-            f'"irtt": {irtt}, "retransmissions": {self.retransmissions}, '
-            f'"zero_windows": {self.zero_windows}, "orig_state": {s(self.orig_state)}, '
-            f'"resp_state": {s(self.resp_state)}, "end": {s(self.end)}, '
-            f'"conn_state": {s(self.conn_state)}, "history": {s(self.history)}, '
-            f'"continued": {"true" if self.continued else "false"}, '
-            f'"emitted": {s(self.emitted)}, "zeek_orig_state": {s(self.zeek_orig_state)}, '
-            f'"zeek_resp_state": {s(self.zeek_resp_state)}}}'
-        )
-
-
-_JSON_FIELDS = tuple(f.name for f in fields(ConnRecord) if f.name != "first_ns")
-_json_str = json.encoder.encode_basestring
-
 PacketFlags = Callable[
     [PacketTable, dict[str, npt.NDArray[Any]]], dict[str, npt.NDArray[Any]] | None
 ]
@@ -205,10 +140,6 @@ def zeek_style_flags(
     or before the highest sequence number already seen is a retransmission; a window of 0 on
     a packet that is not a RST is a zero-window event)."""
     return None
-
-
-_STATE_NAMES = [s.name for s in State]
-_addr_text = functools.lru_cache(maxsize=1 << 16)(format_addr)
 
 
 class ConnectionBuilder:
@@ -260,6 +191,15 @@ class ConnectionBuilder:
         self._out = np.empty((OUT_ROWS, z.NFIELDS), np.int64)
         self._oh = np.empty((OUT_ROWS, z.HIST_MAX), np.uint8)
         self._kept_n = 0
+        # attempt timers as they were armed (see `z.process_chunk`), a ring of (due, slot, uid)
+        self._q = np.zeros((1024, 3), np.int64)
+        self._qmeta = np.zeros(2, np.int64)
+        # connections idle longest, listed when the cap is reached: (slot, uid, seen time)
+        self._victims = np.zeros((0, 3), np.int64)
+        self._vmeta = np.zeros(2, np.int64)
+        # conversations whose connection was written out, oldest first: (conv, stream) blocks;
+        # the stream tracker forgets the oldest of them when it holds more than `max_active`
+        self._gone: list[npt.NDArray[np.int64]] = []
 
     # -- capacity ------------------------------------------------------------------------
     @property
@@ -267,10 +207,10 @@ class ConnectionBuilder:
         return self._cap - self.nfree
 
     def _grow(self) -> None:
-        """Doubles the slot pool; the compiled loop asks for it when every slot is taken, so the
-        pool follows the connections open at once."""
+        """Doubles the slot pool, up to `max_active` slots; the compiled loop asks for it when
+        every slot is taken, so the pool follows the connections open at once."""
         old = self._cap
-        cap = max(2 * old, 1024)
+        cap = min(max(2 * old, 1024), self.max_active)
         S = np.zeros((cap, z.NFIELDS), np.int64)
         S[:old] = self.S
         H = np.zeros((cap, z.HIST_MAX), np.uint8)
@@ -287,15 +227,23 @@ class ConnectionBuilder:
         self, t: PacketTable, streams: dict[str, npt.NDArray[Any]] | None = None
     ) -> list[ConnRecord]:
         """Process one chunk (capture order); returns the connections it finished."""
+        return [r for c in self.feed_columns(t, streams) for r in c]
+
+    def finish(self) -> list[ConnRecord]:
+        """The connections still active at the end of the capture, in stream order."""
+        return self.finish_columns().records()
+
+    def feed_columns(
+        self, t: PacketTable, streams: dict[str, npt.NDArray[Any]] | None = None
+    ) -> list[ConnColumns]:
+        """Process one chunk (capture order); returns batches of the connections it finished."""
         n = len(t)
         if n == 0:
             return []
+        if streams is None:
+            self._forget_gone(self.tracker.conversations + n - self.max_active)
         s = streams if streams is not None else self.tracker.feed(t)
-        out: list[ConnRecord] = []
-        # memory cap: make room for every row of the chunk being a new connection
-        room = self.max_active - self.active
-        if room < n:
-            out += self._evict(n - room)
+        out: list[ConnColumns] = []
         conv = s["conv"]
         if conv.size and int(conv.max()) >= len(self.conv_slot):
             grown = np.full(max(int(conv.max()) + 1, 2 * len(self.conv_slot)), -1, np.int64)
@@ -314,10 +262,14 @@ class ConnectionBuilder:
         # records are worded as of the chunk's last packet (idle times, TIME_WAIT expiry)
         self.now = max(self.now, int(t["ts_ns"].max()))
         OUT, OH = self._out, self._oh
+        done: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]] = []
         i = 0
         while i < n:
-            if self.nfree == 0:
+            if self.nfree == 0 and self._cap < self.max_active:
                 self._grow()
+            if self._qmeta[1] - self._qmeta[0] >= len(self._q):
+                self._compact_queue()
+            evicted = int(self._vmeta[1])
             self.nfree, self.next_uid, k, j = z.process_chunk(
                 self.S,
                 self.H,
@@ -355,7 +307,19 @@ class ConnectionBuilder:
                 row_keep,
                 OUT,
                 OH,
+                self._q,
+                self._qmeta,
+                self._cap >= self.max_active,
+                self._victims,
+                self._vmeta,
             )
+            if k:
+                done.append((OUT[:k].copy(), OH[:k].copy()))
+                self._gone.append(OUT[:k, [z.F_CONV, z.F_STREAM]])
+            if int(self._vmeta[1]) > evicted:
+                self._evicted(OUT[:k])
+            if j < n and self.nfree == 0 and self._cap >= self.max_active and k < len(OUT):
+                self._list_victims()
             if self.rfc_states and row_keep[i:j].any():
                 idx = i + np.flatnonzero(row_keep[i:j])
                 self._kept.append(
@@ -371,24 +335,26 @@ class ConnectionBuilder:
                     }
                 )
                 self._kept_n += len(idx)
-            if k:
-                out += self._records(OUT[:k], OH[:k])
             i = j
+        if done:
+            # one batch for the chunk: looking up the kept packets costs the same for any size
+            out += self._records(
+                np.concatenate([o for o, _ in done]), np.concatenate([h for _, h in done])
+            )
         if self.now - self._last_sweep >= SWEEP_EVERY_NS:
             self._last_sweep = self.now
             out += self._sweep(self.now, force=False, reason=-1)
         return out
 
-    def finish(self) -> list[ConnRecord]:
+    def finish_columns(self) -> ConnColumns:
         """The connections still active at the end of the capture, in stream order."""
-        recs = self._sweep(self.now, force=True, reason=z.END_CAPTURE)
-        recs.sort(key=lambda r: (r.stream, r.first_ns))
-        return recs
+        batches = self._sweep(self.now, force=True, reason=z.END_CAPTURE)
+        return ConnColumns.concat(batches, self.uid_prefix).stream_order()
 
     def _active_slots(self) -> npt.NDArray[np.int64]:
         return np.flatnonzero(self.S[:, z.F_ACTIVE]).astype(np.int64)
 
-    def _sweep(self, now: int, *, force: bool, reason: int) -> list[ConnRecord]:
+    def _sweep(self, now: int, *, force: bool, reason: int) -> list[ConnColumns]:
         slots = self._active_slots()
         if not len(slots):
             return []
@@ -396,7 +362,7 @@ class ConnectionBuilder:
 
     def _sweep_slots(
         self, slots: npt.NDArray[np.int64], now: int, *, force: bool, reason: int
-    ) -> list[ConnRecord]:
+    ) -> list[ConnColumns]:
         OUT = np.empty((len(slots), z.NFIELDS), np.int64)
         OH = np.empty((len(slots), z.HIST_MAX), np.uint8)
         self.nfree, k = z.sweep(
@@ -415,16 +381,31 @@ class ConnectionBuilder:
             OUT,
             OH,
         )
-        return self._records(OUT[:k], OH[:k]) if k else []
-
-    def _evict(self, count: int) -> list[ConnRecord]:
-        """Drop the `count` connections idle longest, once with a warning."""
-        slots = self._active_slots()
-        if not len(slots):
+        if not k:
             return []
-        count = min(count, len(slots))
-        order = np.argsort(self.S[slots, z.F_SEEN_TS], kind="stable")[:count]
-        victims = slots[order]
+        self._gone.append(OUT[:k, [z.F_CONV, z.F_STREAM]])
+        return self._records(OUT[:k], OH[:k])
+
+    def _list_victims(self) -> None:
+        """Lists the connections idle longest for the compiled loop to evict, idlest first:
+        enough for a while, so that listing (a pass over the pool) is rare."""
+        slots = self._active_slots()
+        seen = self.S[slots, z.F_SEEN_TS]
+        want = min(len(slots), max(64, self.max_active // 64))
+        if want < len(slots):
+            part = np.argpartition(seen, want - 1)[:want]
+            part.sort()  # slot order among equal times, as a stable sort of all would give
+            slots, seen = slots[part], seen[part]
+        order = np.argsort(seen, kind="stable")
+        self._victims = np.stack(
+            [slots[order], self.S[slots[order], z.F_UID], seen[order]], axis=1
+        ).astype(np.int64)
+        self._vmeta[0] = 0
+
+    def _evicted(self, rows: npt.NDArray[np.int64]) -> None:
+        """Once the compiled loop evicted connections: the warning, the count, and the stream
+        tracker forgets their conversations, so its memory is bounded as well (a later packet
+        of an evicted conversation starts a new stream number)."""
         if not self.evicted:
             msg = (
                 f"more than {self.max_active} connections active at once: the ones idle "
@@ -432,22 +413,55 @@ class ConnectionBuilder:
                 "start a continued record"
             )
             self.warnings.append(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
-        self.evicted += len(victims)
-        convs = self.S[victims, z.F_CONV].copy()
-        out = self._sweep_slots(victims, self.now, force=True, reason=z.END_EVICTED)
-        # the stream tracker forgets them too, so its memory is bounded as well; a later
-        # packet of an evicted conversation starts a new stream number
-        self.tracker.forget(convs)
-        return out
+            warnings.warn(msg, RuntimeWarning, stacklevel=4)
+        self.evicted = int(self._vmeta[1])
+        convs = rows[rows[:, z.F_REASON] == z.END_EVICTED, z.F_CONV]
+        # not those a later packet of the chunk started again
+        self.tracker.forget(convs[self.conv_slot[convs] < 0])
+
+    def _compact_queue(self) -> None:
+        """The attempt-timer ring is full: drop the rows of connections gone, grow if need be."""
+        q, (head, tail) = self._q, self._qmeta
+        rows = q[np.arange(head, tail) & (len(q) - 1)]
+        s = rows[:, 1]
+        live = rows[(self.S[s, z.F_ACTIVE] != 0) & (self.S[s, z.F_UID] == rows[:, 2])]
+        size = len(q)
+        while 2 * len(live) >= size:
+            size *= 2
+        self._q = np.zeros((size, 3), np.int64)
+        self._q[: len(live)] = live
+        self._qmeta[:] = (0, len(live))
+
+    def _forget_gone(self, count: int) -> None:
+        """The stream tracker forgets `count` conversations, the ones whose connection was
+        written out longest ago, if they are still inactive: bounds its memory (and the
+        analysis's) on captures of very many connections. Below `max_active` conversations
+        nothing is forgotten; a later packet of a forgotten one starts a new stream number."""
+        while count > 0 and self._gone:
+            block = self._gone[0]
+            take, rest = block[:count], block[count:]
+            if len(rest):
+                self._gone[0] = rest
+            else:
+                self._gone.pop(0)
+            conv, stream = take[:, 0], take[:, 1]
+            ok = conv < len(self.tracker.st_stream)
+            conv, stream = conv[ok], stream[ok]
+            ok = (self.conv_slot[conv] < 0) & (self.tracker.st_stream[conv] == stream)
+            self.tracker.forget(conv[ok])
+            count -= len(take)
 
     # -- records -------------------------------------------------------------------------
-    def _take_kept(self, OUT: npt.NDArray[np.int64]) -> list[tuple[str, str]]:
-        """Final RFC states of each emitted record, from its kept packets (then dropped)."""
+    def _take_kept(
+        self, OUT: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+        """Final RFC states (`State` codes) of each emitted record's originator and responder,
+        from its kept packets (then dropped)."""
         n = len(OUT)
-        none = [("CLOSED", "CLOSED")] * n
+        o_state = np.full(n, State.CLOSED, np.uint8)
+        r_state = np.full(n, State.CLOSED, np.uint8)
         if not self._kept:
-            return none
+            return o_state, r_state
         cols = {k: np.concatenate([c[k] for c in self._kept]) for k in self._kept[0]}
         uids = OUT[:, z.F_UID]
         lo = int(uids.min())
@@ -461,7 +475,7 @@ class ConnectionBuilder:
         self._kept = [rest] if len(rest["uid"]) else []
         self._kept_n = len(rest["uid"])
         if not mine.any():
-            return none
+            return o_state, r_state
         sel = {k: v[mine] for k, v in cols.items()}
         order = np.argsort(sel["uid"], kind="stable")
         sel = {k: v[order] for k, v in sel.items()}
@@ -483,19 +497,18 @@ class ConnectionBuilder:
             np.r_[starts, len(rec)],
             end_ns=self.now,
         )
-        pairs = [(a, b) for a in _STATE_NAMES for b in _STATE_NAMES]
-        out = list(none)
-        codes = (res.final[:, 0].astype(np.int64) * len(State) + res.final[:, 1]).tolist()
-        for r, code in zip(rec[starts].tolist(), codes, strict=True):
-            out[r] = pairs[code]
-        return out
+        o_state[rec[starts]] = res.final[:, 0]
+        r_state[rec[starts]] = res.final[:, 1]
+        return o_state, r_state
 
-    def _records(self, OUT: npt.NDArray[np.int64], OH: npt.NDArray[np.uint8]) -> list[ConnRecord]:
-        """Records from emitted slot rows; column work is vectorised, words are cached."""
+    def _records(self, OUT: npt.NDArray[np.int64], OH: npt.NDArray[np.uint8]) -> list[ConnColumns]:
+        """Emitted slot rows as one batch of columns (`tcpwhy.tcp.records`); the words are
+        looked up once per distinct value, not per record."""
         n = len(OUT)
-        rfc = self._take_kept(OUT) if self.rfc_states else [("", "")] * n
-        hl = OUT[:, z.F_HLEN].tolist()
-        hist = [bytes(h[:k]).decode("ascii") for h, k in zip(OH, hl, strict=True)]
+        if self.rfc_states:
+            o_rfc, r_rfc = self._take_kept(OUT)
+        else:
+            o_rfc = r_rfc = np.full(n, NO_RFC_STATE, np.uint8)
         rows = np.arange(n)
         od = OUT[:, z.F_ODIR]
         eo = z.EP0 + od * z.EPN
@@ -509,98 +522,59 @@ class ConnectionBuilder:
         rsize = _sizes(OUT, rows, er, zo)
         a0 = z.F_A0HI + np.where(od == 0, 0, 3)
         b0 = z.F_A0HI + np.where(od == 0, 3, 0)
-        u64 = 0xFFFFFFFFFFFFFFFF
         hs = OUT[:, z.F_HSACK_TS]
         sy = OUT[:, z.F_SYN_TS]
-        irtt = np.where((hs >= 0) & (sy >= 0), (hs - sy) / 1e9, np.nan).tolist()
-        cols = zip(
-            OUT[:, z.F_UID].tolist(),
-            OUT[:, z.F_STREAM].tolist(),
-            OUT[rows, a0].tolist(),
-            OUT[rows, a0 + 1].tolist(),
-            OUT[rows, a0 + 2].tolist(),
-            OUT[rows, b0].tolist(),
-            OUT[rows, b0 + 1].tolist(),
-            OUT[rows, b0 + 2].tolist(),
-            OUT[:, z.F_ORIENT].tolist(),
-            OUT[:, z.F_START_TS].tolist(),
-            (OUT[:, z.F_LAST_TS] - OUT[:, z.F_START_TS]).tolist(),
-            col(eo, z.E_PKTS).tolist(),
-            col(er, z.E_PKTS).tolist(),
-            osize.tolist(),
-            rsize.tolist(),
-            col(eo, z.E_PAYLOAD).tolist(),
-            col(er, z.E_PAYLOAD).tolist(),
-            col(eo, z.E_IPBYTES).tolist(),
-            col(er, z.E_IPBYTES).tolist(),
-            irtt,
-            (col(eo, z.E_RETX) + col(er, z.E_RETX)).tolist(),
-            (col(eo, z.E_ZWIN) + col(er, z.E_ZWIN)).tolist(),
-            rfc,
-            hist,
-            zo.tolist(),
-            zr.tolist(),
-            OUT[:, z.F_CONTINUED].tolist(),
-            OUT[:, z.F_REASON].tolist(),
-            OUT[:, z.F_CLOSE1].tolist(),
-            OUT[:, z.F_CLOSE2].tolist(),
-            OUT[:, z.F_CLOSE3].tolist(),
-            od.tolist(),
-            (OUT[:, z.F_FIRST_FLAGS] & (SYN | ACK)).tolist(),
-            ((self.now - OUT[:, z.F_SEEN_TS]) // 1_000_000_000).tolist(),
-            strict=True,
+        hlen = OUT[:, z.F_HLEN].copy()
+        history = np.ascontiguousarray(OH)
+        cs = _conn_state_codes(zo, zr, (osize == 0) & (rsize == 0), history, hlen)
+        start = OUT[:, z.F_START_TS]
+        reason = OUT[:, z.F_REASON]
+        idle = np.where(
+            (reason == z.END_IDLE) & _OPEN_CODES[cs], (self.now - OUT[:, z.F_SEEN_TS]) // 10**9, 0
         )
-        out = []
-        pre = self.uid_prefix
-        for (
-            uid, stream, ahi, alo, ap, bhi, blo, bp, orient, start, dur, opk, rpk, ob, rb,
-            opl, rpl, oip, rip, rtt, retx, zw, (o_rfc, r_rfc), h, zos, zrs, cont, reason,
-            c1, c2, c3, odir, ff, idle,
-        ) in cols:  # fmt: skip
-            cs = _conn_state(zos, zrs, ob == 0 and rb == 0, h)
-            out.append(
-                ConnRecord(
-                    uid=f"{pre}{uid:x}",
-                    stream=stream,
-                    orig_h=_addr_text(ahi & u64, alo & u64),
-                    orig_p=ap,
-                    resp_h=_addr_text(bhi & u64, blo & u64),
-                    resp_p=bp,
-                    orientation=z.ORIENT_WORDS[orient],
-                    start=start / 1e9,
-                    duration=dur / 1e9,
-                    orig_pkts=opk,
-                    resp_pkts=rpk,
-                    orig_bytes=ob & u64,
-                    resp_bytes=rb & u64,
-                    orig_payload=opl,
-                    resp_payload=rpl,
-                    orig_ip_bytes=oip,
-                    resp_ip_bytes=rip,
-                    missed_bytes=0,
-                    irtt=None if rtt != rtt else rtt,
-                    retransmissions=retx,
-                    zero_windows=zw,
-                    orig_state=o_rfc,
-                    resp_state=r_rfc,
-                    end=_end_words(
-                        (c1, c2, c3),
-                        odir,
-                        cs,
-                        reason,
-                        ff,
-                        idle if reason == z.END_IDLE and cs in _OPEN else 0,
-                    ),
-                    conn_state=cs,
-                    history=h,
-                    continued=bool(cont),
-                    emitted=z.END_WORDS[reason],
-                    zeek_orig_state=z.ZEEK_STATE_NAMES[zos],
-                    zeek_resp_state=z.ZEEK_STATE_NAMES[zrs],
-                    first_ns=start,
-                )
-            )
-        return out
+        ff = OUT[:, z.F_FIRST_FLAGS] & (SYN | ACK)
+        key = (
+            ((((OUT[:, z.F_CLOSE1] * 16 + OUT[:, z.F_CLOSE2]) * 16 + OUT[:, z.F_CLOSE3]) * 2 + od)
+             * 16 + cs) * 16 + reason
+        ) * 32 + ff + (idle << 26)  # fmt: skip
+        keys, end = np.unique(key, return_inverse=True)
+        cols: dict[str, npt.NDArray[Any]] = {
+            "uid": OUT[:, z.F_UID].copy(),
+            "stream": OUT[:, z.F_STREAM].copy(),
+            "orig_hi": OUT[rows, a0].view(np.uint64),
+            "orig_lo": OUT[rows, a0 + 1].view(np.uint64),
+            "orig_p": OUT[rows, a0 + 2],
+            "resp_hi": OUT[rows, b0].view(np.uint64),
+            "resp_lo": OUT[rows, b0 + 1].view(np.uint64),
+            "resp_p": OUT[rows, b0 + 2],
+            "orientation": OUT[:, z.F_ORIENT].astype(np.uint8),
+            "start_ns": start.copy(),
+            "duration_ns": OUT[:, z.F_LAST_TS] - start,
+            "orig_pkts": col(eo, z.E_PKTS),
+            "resp_pkts": col(er, z.E_PKTS),
+            "orig_bytes": osize.view(np.uint64),
+            "resp_bytes": rsize.view(np.uint64),
+            "orig_payload": col(eo, z.E_PAYLOAD),
+            "resp_payload": col(er, z.E_PAYLOAD),
+            "orig_ip_bytes": col(eo, z.E_IPBYTES),
+            "resp_ip_bytes": col(er, z.E_IPBYTES),
+            "missed_bytes": np.zeros(n, np.int64),
+            "irtt_ns": np.where((hs >= 0) & (sy >= 0), hs - sy, IRTT_UNSET),
+            "retransmissions": col(eo, z.E_RETX) + col(er, z.E_RETX),
+            "zero_windows": col(eo, z.E_ZWIN) + col(er, z.E_ZWIN),
+            "orig_state": o_rfc,
+            "resp_state": r_rfc,
+            "end": end.reshape(-1).astype(np.int32),
+            "conn_state": cs.astype(np.uint8),
+            "history": history.copy(),
+            "history_len": hlen,
+            "continued": OUT[:, z.F_CONTINUED] != 0,
+            "emitted": reason.astype(np.uint8),
+            "zeek_orig_state": zo.astype(np.uint8),
+            "zeek_resp_state": zr.astype(np.uint8),
+        }
+        words = tuple(_end_words_of_key(k) for k in keys.tolist())
+        return [ConnColumns(cols, words, self.uid_prefix)]
 
 
 def _sizes(
@@ -625,20 +599,51 @@ def _sizes(
     return np.where(aborted, 0, size)
 
 
-_OPEN = frozenset({"S1", "S2", "S3", "SH", "SHR", "OTH"})
+_CS_CODE = {w: i for i, w in enumerate(CONN_STATE_WORDS)}
+_OPEN_CODES = np.array([w in ("S1", "S2", "S3", "SH", "SHR", "OTH") for w in CONN_STATE_WORDS])
 """conn_state values whose end words may mention the idle time."""
+_ZN = len(z.ZEEK_STATE_NAMES)
+_CS_TABLE = np.array(
+    [
+        [
+            [_CS_CODE[z.zeek_conn_state(o, r, 1 - nb, 1 - nb, "")] for nb in (0, 1)]
+            for r in range(_ZN)
+        ]
+        for o in range(_ZN)
+    ],
+    np.int64,
+)
+"""conn_state code by (originator state, responder state, no bytes either way), for every case
+but RSTOS0, the one that reads the history."""
+
+
+def _conn_state_codes(
+    zo: npt.NDArray[np.int64],
+    zr: npt.NDArray[np.int64],
+    no_bytes: npt.NDArray[np.bool_],
+    history: npt.NDArray[np.uint8],
+    hlen: npt.NDArray[np.int64],
+) -> npt.NDArray[np.int64]:
+    """Zeek's conn_state (`tcpwhy.tcp.zeek.zeek_conn_state`) of many records, as codes."""
+    cs = _CS_TABLE[zo, zr, no_bytes.astype(np.int64)]
+    # an originator reset against a silent responder: RSTOS0 or OTH, by the history's letters
+    maybe = np.flatnonzero((zo == z.RESET) & ((zr == z.INACTIVE) | (zr == z.PARTIAL)))
+    for i in maybe.tolist():
+        h = bytes(history[i, : hlen[i]]).decode("ascii")
+        cs[i] = _CS_CODE[z.zeek_conn_state(int(zo[i]), int(zr[i]), 1, 1, h)]
+    return cs
 
 
 @functools.lru_cache(maxsize=4096)
-def _conn_state(os_: int, rs: int, no_bytes: bool, history: str) -> str:
-    return z.zeek_conn_state(os_, rs, 0 if no_bytes else 1, 0 if no_bytes else 1, history)
-
-
-@functools.lru_cache(maxsize=4096)
-def _end_words(
-    closes: tuple[int, int, int], odir: int, conn_state: str, reason: int, ff: int, idle_s: int
-) -> str:
-    return end_words(list(closes), odir, conn_state, reason, ff, float(idle_s))
+def _end_words_of_key(key: int) -> str:
+    """`end_words` of the packed key `_records` groups records by."""
+    ff = key & 31
+    reason = (key >> 5) & 15
+    cs = (key >> 9) & 15
+    odir = (key >> 13) & 1
+    c3, c2, c1 = (key >> 14) & 15, (key >> 18) & 15, (key >> 22) & 15
+    idle = key >> 26
+    return end_words([c1, c2, c3], odir, CONN_STATE_WORDS[cs], reason, ff, float(idle))
 
 
 def end_words(
@@ -679,12 +684,12 @@ def end_words(
     return tail
 
 
-def iter_connections(
+def iter_connection_columns(
     source: str | Iterable[PacketTable],
     stats: CaptureStats | None = None,
     **options: Any,
-) -> Iterator[ConnRecord]:
-    """Connections of a capture (a path, "-", or tables), yielded as each one finishes."""
+) -> Iterator[ConnColumns]:
+    """Connections of a capture (a path, "-", or tables), in batches of columns as they finish."""
     from tcpwhy.capture import iter_tables
 
     b = ConnectionBuilder(**options)
@@ -697,26 +702,46 @@ def iter_connections(
         else source
     )
     for t in tables:
-        yield from b.feed(t)
-    yield from b.finish()
+        yield from b.feed_columns(t)
+    last = b.finish_columns()
+    if len(last):
+        yield last
     if stats is not None:
         stats.warnings.extend(b.warnings)
 
 
+def iter_connections(
+    source: str | Iterable[PacketTable],
+    stats: CaptureStats | None = None,
+    **options: Any,
+) -> Iterator[ConnRecord]:
+    """Connections of a capture (a path, "-", or tables), yielded as each one finishes."""
+    for batch in iter_connection_columns(source, stats, **options):
+        yield from batch
+
+
+def connection_columns(table: PacketTable, **options: Any) -> ConnColumns:
+    """All connections of one packet table as one batch, in stream order."""
+    batches = list(iter_connection_columns([table], None, **options))
+    return ConnColumns.concat(batches, options.get("uid_prefix", "C")).stream_order()
+
+
 def build_connections(table: PacketTable, **options: Any) -> list[ConnRecord]:
     """All connections of one packet table, in stream order."""
-    recs = list(iter_connections([table], None, **options))
-    recs.sort(key=lambda r: (r.stream, r.first_ns))
-    return recs
+    return connection_columns(table, **options).records()
 
 
 __all__ = [
     "DEFAULT_LIKELY_SERVER_PORTS",
+    "ConnColumns",
     "ConnRecord",
     "ConnectionBuilder",
     "WiresharkFlags",
     "build_connections",
+    "connection_columns",
+    "empty_columns",
     "end_words",
+    "iter_connection_columns",
     "iter_connections",
     "zeek_ports",
     "zeek_style_flags",

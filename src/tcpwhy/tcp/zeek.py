@@ -632,8 +632,21 @@ def _emit(
     return nfree + 1
 
 
+@njit(cache=True, _nrt=False)
+def _attempt_due(S: Any, s: Any, now: Any) -> Any:
+    """END_ATTEMPT if Zeek's attempt timer has removed the connection in slot s by `now`: its
+    originator sent a SYN 5 s ago or more and the responder has sent nothing; else -1."""
+    if S[s, F_T_ATTEMPT] > now or not S[s, F_IS_ACTIVE]:
+        return -1
+    o = S[s, F_ODIR]
+    os_ = S[s, _ep(o) + E_STATE]
+    if os_ in (SYN_SENT, SYN_ACK_SENT) and S[s, _ep(1 - o) + E_STATE] == INACTIVE:
+        return END_ATTEMPT
+    return -1
+
+
 @kernel(
-    "i8[:,:] u1[:,:] i8[:] i8 i8[:] i8 i8 i8[:] i8[:] b1[:] i1[:] i8[:] u2[:] u4[:] u4[:] u2[:] u4[:] u4[:] u2[:] u2[:] i8[:] i8[:] i8[:] i8[:] i1[:] i1[:] i1[:] b1[:] b1 b1 i8 i8 i8[:] b1[:] i8[:,:] u1[:,:] -> (i8, i8, i8, i8)"
+    "i8[:,:] u1[:,:] i8[:] i8 i8[:] i8 i8 i8[:] i8[:] b1[:] i1[:] i8[:] u2[:] u4[:] u4[:] u2[:] u4[:] u4[:] u2[:] u2[:] i8[:] i8[:] i8[:] i8[:] i1[:] i1[:] i1[:] b1[:] b1 b1 i8 i8 i8[:] b1[:] i8[:,:] u1[:,:] i8[:,:] i8[:] b1 i8[:,:] i8[:] -> (i8, i8, i8, i8)"
 )
 def process_chunk(
     S: Any,
@@ -675,13 +688,65 @@ def process_chunk(
     row_keep: Any,
     OUT: Any,
     OH: Any,
+    # attempt timers, in the order they were armed: (due time, slot, uid) rows of a ring
+    Q: Any,
+    qmeta: Any,
+    # at the memory cap: free slots from those timers, then from the victims
+    at_cap: bool,
+    victims: Any,
+    vmeta: Any,
 ) -> tuple[int, int, int, int]:
     """Run the rows of a chunk from `first` on through their connections; returns (nfree,
     next_uid, records emitted into OUT, the row it stopped at). It stops early, for the caller
     to make room and call again from there, when no slot is free (a row may start a
-    connection) or OUT is full (a row may end one)."""
+    connection), OUT is full (a row may end one) or the ring Q is full.
+
+    Every connection whose attempt timer is armed goes on Q (`qmeta` = [head, tail], counted
+    from the start; the ring holds Q.shape[0] rows, a power of two). When no slot is free and
+    `at_cap` is set (the pool has `max_active` slots), the connections on Q whose attempt
+    timer is due by the row's time are checked first: in Zeek's terms (``zeek_timers``) the
+    timers due are fired as Zeek fires them; in stream terms an unanswered attempt ends there
+    (END_ATTEMPT), as Zeek would end it. Only then is a victim evicted: `victims` rows are
+    (slot, uid, seen time) of the connections idle longest when the caller listed them, idlest
+    first, `vmeta` = [next victim, victims evicted]; a victim that has seen a packet since is
+    skipped (the connections listed later are all less idle). With no victim left the loop
+    returns for the caller to list more."""
     k = 0
+    qmask = Q.shape[0] - 1
     for i in range(first, conv.shape[0]):
+        if k == OUT.shape[0] or qmeta[1] - qmeta[0] > qmask:
+            return nfree, next_uid, k, i
+        if nfree == 0 and at_cap:
+            t = ts[i]
+            while nfree == 0 and qmeta[0] < qmeta[1] and k < OUT.shape[0]:
+                q = qmeta[0] & qmask
+                if Q[q, 0] > t:
+                    break
+                qmeta[0] += 1
+                s = Q[q, 1]
+                if not S[s, F_ACTIVE] or S[s, F_UID] != Q[q, 2]:
+                    continue
+                if zeek_timers:
+                    why = _zeek_timers_due(S, s, t)
+                else:
+                    why = _attempt_due(S, s, t)
+                if why >= 0:
+                    conv_slot[S[s, F_CONV]] = -1
+                    nfree = _emit(S, H, s, why, OUT, OH, k, free, nfree)
+                    k += 1
+            while nfree == 0 and vmeta[0] < victims.shape[0] and k < OUT.shape[0]:
+                v = vmeta[0]
+                vmeta[0] += 1
+                s = victims[v, 0]
+                if (
+                    S[s, F_ACTIVE]
+                    and S[s, F_UID] == victims[v, 1]
+                    and S[s, F_SEEN_TS] == victims[v, 2]
+                ):
+                    conv_slot[S[s, F_CONV]] = -1
+                    nfree = _emit(S, H, s, END_EVICTED, OUT, OH, k, free, nfree)
+                    k += 1
+                    vmeta[1] += 1
         if nfree == 0 or k == OUT.shape[0]:
             return nfree, next_uid, k, i
         c = conv[i]
@@ -892,7 +957,14 @@ def process_chunk(
         # without SYN, FIN or RST only an INACTIVE endpoint changes state
         do_close = False
         if (fl & (SYN_ | FIN_ | RST_)) or S[s, e + E_STATE] == INACTIVE:
+            armed = S[s, F_T_ATTEMPT]
             do_close, _gen = _state_machine(S, H, s, d, t, sq, ak, ln, dlast, fl)
+            if S[s, F_T_ATTEMPT] != armed:
+                q = qmeta[1] & qmask
+                Q[q, 0] = S[s, F_T_ATTEMPT]
+                Q[q, 1] = s
+                Q[q, 2] = S[s, F_UID]
+                qmeta[1] += 1
 
         # ConnSize: packets and IP bytes that got past the checksum
         S[s, e + E_PKTS] += 1

@@ -1,0 +1,301 @@
+"""Columnar writers of `tcpwhy conns`: each format's line as a program for the compiled row
+formatter (`tcpwhy.report.conns_kernel`), run over a whole batch of records.
+
+Each program is the same line as `tcpwhy.report.conns.record_lines` writes for one
+`ConnRecord`, step by step; tests/test_conns_columns.py holds the two to the same bytes on
+every shipped and corpus capture, in every format.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+from collections.abc import Callable
+
+import numpy as np
+
+from tcpwhy.report import conns_kernel as k
+from tcpwhy.report.conns import CSV_FIELDS, record_lines
+from tcpwhy.tcp.records import IRTT_UNSET, JSON_FIELDS, WORD_COLUMNS, ConnColumns
+from tcpwhy.tcp.zeek import HIST_MAX
+
+
+def _csv_token(word: str) -> str:
+    """`word` as a field of a csv.writer row (quoted if it holds a comma, quote or newline)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow([word, "x"])
+    return buf.getvalue()[: -len(",x\n")]
+
+
+_ESCAPE: dict[str, Callable[[str], str]] = {
+    "jsonl": json.encoder.encode_basestring,
+    "csv": _csv_token,
+    "zeek": str,
+    "table": str,
+}
+"""How each format writes a word taken from a vocabulary (JSON strings are quoted)."""
+
+
+class RowProgram:
+    """A program for `conns_kernel.format_rows`: the steps of one line, the input columns they
+    read, and the static words; built once per format."""
+
+    def __init__(self, fmt: str, uid_prefix: str) -> None:
+        self.fmt = fmt
+        self.esc = _ESCAPE[fmt]
+        self.steps: list[tuple[int, int, int, int]] = []
+        self.inputs: list[tuple[str, str]] = []  # (kind, column); kinds: int, float, word
+        self.words: list[bytes] = []
+        self._word_ids: dict[bytes, int] = {}
+        self._bases: dict[str, int] = {}
+        self.row_bound = 0
+        self.end_steps = 0  # steps that write a word of the batch's `end` words
+        self.uid_prefix = uid_prefix
+
+    def word(self, text: str | bytes) -> int:
+        b = text.encode() if isinstance(text, str) else text
+        if b not in self._word_ids:
+            self._word_ids[b] = len(self.words)
+            self.words.append(b)
+        return self._word_ids[b]
+
+    def _input(self, kind: str, column: str) -> int:
+        if (kind, column) not in self.inputs:
+            self.inputs.append((kind, column))
+        return self.inputs.index((kind, column))
+
+    def _step(self, op: int, a: int = 0, b: int = 0, c: int = -1, bound: int = 0) -> None:
+        self.steps.append((op, a, b, c))
+        self.row_bound += bound
+
+    def lit(self, text: str) -> None:
+        w = self.word(text)
+        self._step(k.OP_LIT, w, bound=len(self.words[w]))
+
+    def integer(self, column: str, op: int = -1) -> None:
+        op = k.OP_INT if op < 0 else op
+        self._step(op, self._input("int", column), bound=21)
+
+    def real(self, column: str, digits: int | None, null: str | None = None) -> None:
+        """digits None: repr(round(x, 6)); else '.{digits}f'. `null` for an unset value."""
+        nw = -1 if null is None else self.word(null)
+        src = self._input("float", column)
+        if digits is None:
+            self._step(k.OP_REPR6, src, nw, bound=32)
+        else:
+            self._step(k.OP_FIXED, src, digits, nw, bound=32)
+        if null is not None:
+            self.row_bound += len(null)
+
+    def text(self, column: str) -> None:
+        """A word column (`tcpwhy.tcp.records.WORD_COLUMNS`), escaped for the format."""
+        src = self._input("word", column)
+        self._step(k.OP_WORD, src)
+        if column == "end":
+            self.end_steps += 1
+            return
+        # a JSON boolean is the one word column written as it is
+        words = WORD_COLUMNS[column] if column != "continued" else ("false", "true")
+        esc = self.esc if column != "continued" else str
+        assert words is not None
+        if column not in self._bases:
+            self._bases[column] = len(self.words)
+            for w in words:  # consecutive, so a code plus the base is the word
+                b = esc(w).encode()
+                self._word_ids.setdefault(b, len(self.words))
+                self.words.append(b)
+        self.row_bound += max(len(esc(w).encode()) for w in words)
+
+    def addr(self, which: str, brackets: bool = False) -> None:
+        hi, lo = self._input("int", f"{which}_hi"), self._input("int", f"{which}_lo")
+        self._step(k.OP_ADDR, hi, lo, int(brackets), bound=43)
+
+    def history(self, empty: str | None = None) -> None:
+        self._step(k.OP_HIST, 0, 0, -1 if empty is None else self.word(empty), bound=HIST_MAX + 4)
+
+    def mark(self) -> None:
+        self._step(k.OP_MARK)
+
+    def pad(self, width: int, right: bool) -> None:
+        self._step(k.OP_PADR if right else k.OP_PADL, width, bound=width)
+
+    def unless_positive(self, column: str, word: str) -> None:
+        w = self.word(word)
+        self._step(k.OP_UNLESS_POS, self._input("int", column), w, bound=len(word))
+
+    def compile(self) -> None:
+        self.prog = np.array(self.steps, np.int64).reshape(-1, 4)
+        self.static_vocab = b"".join(self.words)
+        self.static_off = np.cumsum([0] + [len(w) for w in self.words], dtype=np.int64)
+
+    def format(self, c: ConnColumns) -> str | None:
+        """The lines of a batch; None if a value is out of the kernel's range."""
+        n = len(c)
+        ends = [self.esc(w).encode() for w in c.end_words]
+        vocab = np.frombuffer(self.static_vocab + b"".join(ends), np.uint8).copy()
+        last = int(self.static_off[-1])
+        voff = np.concatenate(
+            [self.static_off, last + np.cumsum([len(w) for w in ends], dtype=np.int64)]
+        )
+        ints = np.empty((len(self.inputs), n), np.int64)
+        for i, (kind, name) in enumerate(self.inputs):
+            v = c[name]
+            if kind == "float":
+                if name == "irtt_ns":
+                    ints[i] = np.where(v == IRTT_UNSET, np.nan, v / 1e9).view(np.int64)
+                else:
+                    ints[i] = (v / 1e9).view(np.int64)
+            elif kind == "word":
+                base = len(self.words) if name == "end" else self._bases[name]
+                ints[i] = v.astype(np.int64) + base
+            else:
+                ints[i] = v.view(np.int64) if v.dtype == np.uint64 else v
+        bound = self.row_bound + self.end_steps * max((len(w) for w in ends), default=0)
+        out = np.empty(n * bound + 1, np.uint8)
+        hist = c["history"]
+        if not hist.flags.c_contiguous:
+            hist = np.ascontiguousarray(hist)
+        size = k.format_rows(self.prog, ints, hist, c["history_len"], vocab, voff, out)
+        if size < 0:
+            return None
+        return out[:size].tobytes().decode()
+
+
+@functools.lru_cache(maxsize=16)
+def row_program(fmt: str, uid_prefix: str = "C") -> RowProgram:
+    """The line of each format, step by step (see `record_lines` for the same, per record)."""
+    p = RowProgram(fmt, uid_prefix)
+    if fmt == "jsonl":
+        kinds = {
+            "uid": "uid",
+            "orig_h": "addr",
+            "resp_h": "addr",
+            "start": "float",
+            "duration": "float",
+            "irtt": "float",
+            "orig_bytes": "uint",
+            "resp_bytes": "uint",
+            "history": "history",
+            "continued": "text",
+            **{w: "text" for w in WORD_COLUMNS},
+        }
+        sep = "{"
+        for f in JSON_FIELDS:
+            p.lit(f"{sep}{json.dumps(f)}: ")
+            sep = ", "
+            kind = kinds.get(f, "int")
+            if kind == "uid":
+                p.lit(json.encoder.encode_basestring(uid_prefix)[:-1])
+                p.integer("uid", k.OP_HEX)
+                p.lit('"')
+            elif kind == "addr":
+                p.lit('"')
+                p.addr(f[:4])
+                p.lit('"')
+            elif kind == "float":
+                p.real(f"{f}_ns", None, "null")
+            elif kind == "uint":
+                p.integer(f, k.OP_UINT)
+            elif kind == "history":  # Zeek's history letters: nothing to escape
+                p.lit('"')
+                p.history()
+                p.lit('"')
+            elif kind == "text":
+                p.text(f)
+            else:
+                p.integer(f)
+        p.lit("}\n")
+    elif fmt == "csv":
+        for i, f in enumerate(CSV_FIELDS):
+            if i:
+                p.lit(",")
+            if f in ("orig_h", "resp_h"):
+                p.addr(f[:4])
+            elif f in ("start", "duration", "irtt"):
+                p.real(f"{f}_ns", 6, "")
+            elif f in ("orig_bytes", "resp_bytes"):
+                p.integer(f, k.OP_UINT)
+            elif f == "history":
+                p.history()
+            elif f in WORD_COLUMNS:
+                p.text(f)
+            else:
+                p.integer(f)
+        p.lit("\n")
+    elif fmt == "zeek":
+        p.real("start_ns", 6)
+        p.lit("\t" + uid_prefix)
+        p.integer("uid", k.OP_HEX)
+        for which in ("orig", "resp"):
+            p.lit("\t")
+            p.addr(which)
+            p.lit("\t")
+            p.integer(f"{which}_p")
+        p.lit("\ttcp\t-\t")
+        p.unless_positive("duration_ns", "-")
+        p.real("duration_ns", 6)
+        for f in ("orig_bytes", "resp_bytes"):
+            p.lit("\t")
+            p.unless_positive("duration_ns", "-")
+            p.integer(f, k.OP_UINT)
+        p.lit("\t")
+        p.text("conn_state")
+        p.lit("\t")
+        p.integer("missed_bytes")
+        p.lit("\t")
+        p.history("-")
+        for f in ("orig_pkts", "orig_ip_bytes", "resp_pkts", "resp_ip_bytes"):
+            p.lit("\t")
+            p.integer(f)
+        p.lit("\t-\t6\n")
+    else:
+        p.mark()
+        p.integer("stream")
+        p.pad(6, right=True)
+        for which in ("orig", "resp"):
+            p.lit("  " if which == "orig" else " ")
+            p.mark()
+            p.addr(which, brackets=True)
+            p.lit(":")
+            p.integer(f"{which}_p")
+            p.pad(28, right=False)
+        p.lit(" ")
+        p.mark()
+        p.real("duration_ns", 3)
+        p.pad(10, right=True)
+        for a, b, width in (("orig_pkts", "resp_pkts", 11), ("orig_bytes", "resp_bytes", 17)):
+            p.lit(" ")
+            p.mark()
+            op = k.OP_UINT if a == "orig_bytes" else k.OP_INT
+            p.integer(a, op)
+            p.lit("/")
+            p.integer(b, op)
+            p.pad(width, right=True)
+        p.lit("  ")
+        p.mark()
+        p.text("conn_state")
+        p.pad(6, right=False)
+        p.lit(" ")
+        p.mark()
+        p.history()
+        p.pad(14, right=False)
+        p.lit(" ")
+        p.text("end")
+        p.lit(" [")
+        p.text("orig_state")
+        p.lit("/")
+        p.text("resp_state")
+        p.lit("]\n")
+    p.compile()
+    return p
+
+
+def format_columns(c: ConnColumns, fmt: str) -> str:
+    """The data lines of `fmt` for a batch, formatted column-wise by the compiled kernel; the
+    text is `record_lines` of the same records, byte for byte."""
+    if not len(c):
+        return ""
+    text = row_program(fmt, c.uid_prefix).format(c)
+    return text if text is not None else record_lines(c, fmt)

@@ -1,0 +1,359 @@
+"""A compiled row formatter for `tcpwhy conns`: text lines written from columns, no Python per row.
+
+Why it exists: formatting each connection in Python (a record object, an
+f-string, ``round`` and ``repr`` of three floats, string escapes) cost more
+than decoding the capture and tracking its connections together. Here one
+call formats a whole batch into a byte buffer, driven by a small program that
+the writer builds once per format (`tcpwhy.report.conns`): each step writes a
+literal, an integer, a float, an address, a history or a word of a
+vocabulary, with optional padding (the table format). Strings that need
+escaping (JSON, CSV) are escaped in Python, once per word of a vocabulary.
+
+Floats are printed from their exact binary value, as CPython does: ``.Nf``
+rounds the exact value half to even (``_Py_dg_dtoa`` mode 3), and
+``repr(round(x, 6))`` -- what ``json.dumps`` writes for the rounded values --
+is the shortest text that reads back as the double nearest the rounded
+decimal, which is that decimal itself while doubles are closer together than
+1e-6 (below 2**33). Values outside that range, or not finite, make the call
+return -1 and the writer formats the batch record by record instead.
+
+A program is an ``i8[nops, 4]`` array of ``(op, a, b, c)``; ``ints`` holds
+one row per input column (integers, word indices, float64 bits); the
+vocabulary is ``vocab[voff[w]:voff[w + 1]]`` for word ``w``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tcpwhy.native import kernel, njit
+
+OP_LIT = 0  # word a
+OP_INT = 1  # ints[a] as a signed decimal
+OP_UINT = 2  # ints[a] as an unsigned 64-bit decimal
+OP_HEX = 3  # ints[a] in lowercase hexadecimal
+OP_WORD = 4  # the word whose index is ints[a]
+OP_REPR6 = 5  # repr(round(x, 6)) of the float64 whose bits are ints[a]; NaN: word b
+OP_FIXED = 6  # x with b decimals ('.bf'); NaN: word c
+OP_ADDR = 7  # address ints[a] (high half), ints[b] (low half); c=1: IPv6 in brackets
+OP_HIST = 8  # the history letters of the row; none: word c (c >= 0)
+OP_MARK = 9  # remember where the next field starts (for padding)
+OP_PADL = 10  # pad the field since the mark with spaces to width a, left-aligned
+OP_PADR = 11  # right-aligned
+OP_UNLESS_POS = 12  # ints[a] <= 0: write word b and skip the next step
+
+_MASK26 = (1 << 26) - 1
+
+
+@njit(cache=True)
+def _put_uint(out: Any, p: int, v: int) -> int:
+    """Decimal digits of a non-negative int64."""
+    if v == 0:
+        out[p] = 48
+        return p + 1
+    n = 0
+    t = v
+    while t > 0:
+        n += 1
+        t //= 10
+    q = p + n
+    while v > 0:
+        q -= 1
+        out[q] = 48 + v % 10
+        v //= 10
+    return p + n
+
+
+@njit(cache=True)
+def _put_u64(out: Any, p: int, v: int) -> int:
+    """Decimal digits of an int64 read as unsigned (Python's ``v & 0xFFFF_FFFF_FFFF_FFFF``)."""
+    if v >= 0:
+        return _put_uint(out, p, v)
+    # v + 2**64 = 10 * hi + lo, computed without leaving int64: (v >>> 1) // 5 is (v+2**64) // 10
+    half = (v >> 1) & 0x7FFFFFFFFFFFFFFF
+    hi = half // 5
+    lo = (v & 1) + 2 * (half - 5 * hi)
+    hi += lo // 10
+    lo %= 10
+    p = _put_uint(out, p, hi)
+    out[p] = 48 + lo
+    return p + 1
+
+
+@njit(cache=True)
+def _put_int(out: Any, p: int, v: int) -> int:
+    if v < 0:
+        out[p] = 45
+        p += 1
+        if v == -9223372036854775808:
+            return _put_u64(out, p, v)
+        v = -v
+    return _put_uint(out, p, v)
+
+
+@njit(cache=True)
+def _put_hex(out: Any, p: int, v: int) -> int:
+    n = 1
+    t = (v >> 4) & 0x0FFFFFFFFFFFFFFF
+    while t > 0:
+        n += 1
+        t >>= 4
+    for k in range(n):
+        d = (v >> (4 * (n - 1 - k))) & 15
+        out[p + k] = 48 + d if d < 10 else 87 + d
+    return p + n
+
+
+@njit(cache=True)
+def _put_padded(out: Any, p: int, v: int, width: int) -> int:
+    """v in decimal, zero-padded on the left to `width` digits."""
+    for k in range(width - 1, -1, -1):
+        out[p + k] = 48 + v % 10
+        v //= 10
+    return p + width
+
+
+@njit(cache=True)
+def _round_scaled(bits: int, digits: int) -> tuple[bool, int, bool]:
+    """(negative, N, ok): N = the exact value of the double, times 10**digits, rounded half to
+    even. ok is False for values not finite or not below 2**33."""
+    neg = bits < 0
+    ex = (bits >> 52) & 0x7FF
+    frac = bits & ((1 << 52) - 1)
+    if ex == 0x7FF or ex >= 1023 + 33:
+        return neg, 0, False
+    if ex == 0:
+        m = frac
+        e = -1074
+    else:
+        m = frac | (1 << 52)
+        e = ex - 1075
+    p5 = 1
+    for _ in range(digits):
+        p5 *= 5
+    # x * 10**d = m * 5**d * 2**(e + d); m * 5**d needs up to 67 bits: two limbs, 2**26 apart
+    q = -(e + digits)
+    if q >= 69:
+        return neg, 0, True
+    ah = (m >> 26) * p5
+    al = (m & _MASK26) * p5
+    ah += al >> 26
+    al &= _MASK26
+    if q >= 26:
+        n = ah >> (q - 26)
+    else:
+        n = (ah << (26 - q)) | (al >> q)
+    b = q - 1
+    if b < 26:
+        half = (al >> b) & 1
+        below = (al & ((1 << b) - 1)) == 0
+    else:
+        half = (ah >> (b - 26)) & 1
+        below = al == 0 and (ah & ((1 << (b - 26)) - 1)) == 0
+    if half == 1 and (not below or (n & 1) == 1):
+        n += 1
+    return neg, n, True
+
+
+@njit(cache=True)
+def _put_fixed(out: Any, p: int, neg: bool, n: int, digits: int) -> int:
+    if neg:
+        out[p] = 45
+        p += 1
+    scale = 1
+    for _ in range(digits):
+        scale *= 10
+    p = _put_uint(out, p, n // scale)
+    if digits > 0:
+        out[p] = 46
+        p = _put_padded(out, p + 1, n % scale, digits)
+    return p
+
+
+@njit(cache=True)
+def _put_repr6(out: Any, p: int, neg: bool, n: int) -> int:
+    """repr() of the double nearest n / 10**6: fixed notation from 1e-4 up, else scientific."""
+    if neg:
+        out[p] = 45
+        p += 1
+    if n == 0:
+        out[p] = 48
+        out[p + 1] = 46
+        out[p + 2] = 48
+        return p + 3
+    if n >= 100:
+        p = _put_uint(out, p, n // 1000000)
+        out[p] = 46
+        p += 1
+        f = n % 1000000
+        if f == 0:
+            out[p] = 48
+            return p + 1
+        width = 6
+        while f % 10 == 0:
+            f //= 10
+            width -= 1
+        return _put_padded(out, p, f, width)
+    if n >= 10:
+        out[p] = 48 + n // 10
+        p += 1
+        if n % 10 != 0:
+            out[p] = 46
+            out[p + 1] = 48 + n % 10
+            p += 2
+        exp = 5
+    else:
+        out[p] = 48 + n
+        p += 1
+        exp = 6
+    out[p] = 101  # e-0N
+    out[p + 1] = 45
+    out[p + 2] = 48
+    out[p + 3] = 48 + exp
+    return p + 4
+
+
+@njit(cache=True)
+def _hextet(hi: int, lo: int, k: int) -> int:
+    v = hi if k < 4 else lo
+    return (v >> (48 - 16 * (k & 3))) & 0xFFFF
+
+
+@njit(cache=True)
+def _put_addr(out: Any, p: int, hi: int, lo: int, brackets: bool) -> int:
+    """A stored address as `tcpwhy.decode.table.format_addr` writes it: IPv4-mapped as a dotted
+    quad, anything else as ``ipaddress.IPv6Address`` does (lowercase hextets without leading
+    zeros, the first longest run of two or more zero hextets as ``::``)."""
+    if hi == 0 and ((lo >> 32) & 0xFFFFFFFF) == 0xFFFF:
+        for k in range(4):
+            if k:
+                out[p] = 46
+                p += 1
+            p = _put_uint(out, p, (lo >> (24 - 8 * k)) & 255)
+        return p
+    best, best_len, start, run = -1, 0, -1, 0
+    for k in range(8):
+        if _hextet(hi, lo, k) == 0:
+            if run == 0:
+                start = k
+            run += 1
+            if run > best_len:
+                best, best_len = start, run
+        else:
+            run = 0
+    if brackets:
+        out[p] = 91
+        p += 1
+    if best_len < 2:
+        best = 8
+    for k in range(best):
+        if k:
+            out[p] = 58
+            p += 1
+        p = _put_hex(out, p, _hextet(hi, lo, k))
+    if best < 8:
+        out[p] = 58
+        out[p + 1] = 58
+        p += 2
+        for k in range(best + best_len, 8):
+            if k > best + best_len:
+                out[p] = 58
+                p += 1
+            p = _put_hex(out, p, _hextet(hi, lo, k))
+    if brackets:
+        out[p] = 93
+        p += 1
+    return p
+
+
+@njit(cache=True)
+def _put_word(out: Any, p: int, vocab: Any, voff: Any, w: int) -> int:
+    n = voff[w + 1] - voff[w]
+    # a loop with unsigned indices: a slice copy makes two array views, and a signed index
+    # is checked for wrapping around; either costs more than these few bytes (3.5x measured)
+    a = np.uint64(voff[w])
+    q = np.uint64(p)
+    for j in range(n):
+        out[q + np.uint64(j)] = vocab[a + np.uint64(j)]
+    return p + n
+
+
+@njit(cache=True)
+def _put_float(out: Any, p: int, bits: int, digits: int, null: int, vocab: Any, voff: Any) -> int:
+    """The float64 whose bits are given: digits -1 for repr(round(x, 6)), else '.{digits}f';
+    NaN writes word `null` (if >= 0). -1 if out of range."""
+    if null >= 0 and (bits >> 52) & 0x7FF == 0x7FF and bits & ((1 << 52) - 1) != 0:
+        return _put_word(out, p, vocab, voff, null)
+    neg, v, ok = _round_scaled(bits, 6 if digits < 0 else digits)
+    if not ok:
+        return -1
+    if digits < 0:
+        return _put_repr6(out, p, neg, v)
+    return _put_fixed(out, p, neg, v, digits)
+
+
+@kernel("i8[:,:] i8[:,:] u1[:,:] i8[:] u1[:] i8[:] u1[:] -> i8")
+def format_rows(prog: Any, ints: Any, hist: Any, hlen: Any, vocab: Any, voff: Any, out: Any) -> int:
+    """Every row through the program, into `out`; the bytes written, or -1 if a float is out of
+    range (the caller sizes `out` for the longest possible row)."""
+    n = ints.shape[1]
+    nops = prog.shape[0]
+    p = 0
+    for i in range(n):
+        mark = p
+        k = 0
+        while k < nops:
+            op = prog[k, 0]
+            a = prog[k, 1]
+            b = prog[k, 2]
+            c = prog[k, 3]
+            k += 1
+            if op == OP_LIT:
+                p = _put_word(out, p, vocab, voff, a)
+            elif op == OP_INT:
+                p = _put_int(out, p, ints[a, i])
+            elif op == OP_UINT:
+                p = _put_u64(out, p, ints[a, i])
+            elif op == OP_HEX:
+                p = _put_hex(out, p, ints[a, i])
+            elif op == OP_WORD:
+                p = _put_word(out, p, vocab, voff, ints[a, i])
+            elif op == OP_REPR6:
+                p = _put_float(out, p, ints[a, i], -1, b, vocab, voff)
+                if p < 0:
+                    return -1
+            elif op == OP_FIXED:
+                p = _put_float(out, p, ints[a, i], b, c, vocab, voff)
+                if p < 0:
+                    return -1
+            elif op == OP_ADDR:
+                p = _put_addr(out, p, ints[a, i], ints[b, i], c == 1)
+            elif op == OP_HIST:
+                m = hlen[i]
+                if m == 0 and c >= 0:
+                    p = _put_word(out, p, vocab, voff, c)
+                else:
+                    u = np.uint64(p)
+                    for j in range(m):
+                        out[u + np.uint64(j)] = hist[i, j]
+                    p += m
+            elif op == OP_MARK:
+                mark = p
+            elif op == OP_PADL:
+                while p - mark < a:
+                    out[p] = 32
+                    p += 1
+            elif op == OP_PADR:
+                pad = a - (p - mark)
+                if pad > 0:
+                    for q in range(p - 1, mark - 1, -1):
+                        out[q + pad] = out[q]
+                    for q in range(mark, mark + pad):
+                        out[q] = 32
+                    p += pad
+            elif op == OP_UNLESS_POS and ints[a, i] <= 0:
+                p = _put_word(out, p, vocab, voff, b)
+                k += 1
+    return p

@@ -1,0 +1,143 @@
+"""The columnar writers of `tcpwhy conns` write what the per-record formatting writes, byte for
+byte: on every shipped and corpus capture, in every format, and on values chosen to hit the
+edges of float rounding, address compression, unsigned counters and escaping."""
+
+from __future__ import annotations
+
+import io
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tcpwhy.capture import read_table
+from tcpwhy.report.conns import FORMATS, record_lines, write_conns
+from tcpwhy.report.conns_format import format_columns, row_program
+from tcpwhy.tcp.connections import build_connections, connection_columns
+from tcpwhy.tcp.records import COLUMNS, IRTT_UNSET, JSON_FIELDS, ConnColumns, ConnRecord
+
+DATA = Path(str(resources.files("tcpwhy") / "data"))
+SHIPPED = [*sorted((DATA / "lab").glob("*.pcap")), DATA / "demo-stale-keepalive.pcap"]
+
+
+def _captures(zeek_corpus: Path) -> list[Path]:
+    return SHIPPED + sorted(zeek_corpus.glob("*.pcap*"))
+
+
+def _same(c: ConnColumns, fmt: str, *, compiled: bool = True) -> None:
+    want = record_lines(c.records(), fmt)
+    got = format_columns(c, fmt)
+    # the compiled formatter wrote it (it did not hand the batch to the per-record fallback)
+    assert (row_program(fmt, c.uid_prefix).format(c) is not None) == compiled
+    if got != want:  # the first differing line, not two walls of text
+        for g, w in zip(got.splitlines(), want.splitlines(), strict=False):
+            assert g == w, fmt
+    assert got == want, fmt
+
+
+@pytest.mark.parametrize("boundaries", ["stream", "zeek"])
+def test_every_capture_every_format(zeek_corpus: Path, boundaries: str) -> None:
+    n = 0
+    for p in _captures(zeek_corpus):
+        c = connection_columns(read_table(str(p)), boundaries=boundaries)
+        for fmt in FORMATS:
+            _same(c, fmt)
+        n += len(c)
+    assert n > 100
+
+
+def test_records_from_columns_are_the_built_records() -> None:
+    t = read_table(str(SHIPPED[0]))
+    c = connection_columns(t)
+    recs = build_connections(t)
+    assert [c.record(i) for i in range(len(c))] == recs == list(c)
+    assert all(isinstance(r, ConnRecord) for r in recs)
+    assert set(COLUMNS) == set(c.cols)
+    # every jsonl field is a column, or the text of one (addresses, seconds)
+    derived = {"orig_h", "resp_h", "start", "duration", "irtt"}
+    assert set(JSON_FIELDS) - set(COLUMNS) == derived
+
+
+def test_write_conns_matches_records_per_format() -> None:
+    p = DATA / "demo-stale-keepalive.pcap"
+    for fmt in FORMATS:
+        buf = io.StringIO()
+        write_conns(str(p), fmt, out=buf)
+        opts = {"boundaries": "zeek"} if fmt == "zeek" else {}
+        recs = build_connections(read_table(str(p)), **opts)  # type: ignore[arg-type]
+        assert record_lines(recs, fmt) in buf.getvalue(), fmt
+
+
+def _fuzz_base(n: int) -> ConnColumns:
+    c = ConnColumns.concat([connection_columns(read_table(str(p))) for p in SHIPPED])
+    return c.take(np.arange(n) % len(c))
+
+
+def test_floats_round_as_python_does() -> None:
+    """Near-ties of the 6th (and, in the table, 3rd) decimal, tiny and negative values,
+    scientific notation below 1e-4, and timestamps up to 2**33 s."""
+    rng = np.random.default_rng(7)
+    n = 20_000
+    c = _fuzz_base(n)
+    big = rng.integers(0, 2**33 * 10**9 // 1000, n) * 1000
+    tie = rng.integers(380, 620, n)
+    c.cols["start_ns"] = np.where(
+        rng.random(n) < 0.5, big + tie, rng.integers(0, 2**63 // 2**30, n)
+    )
+    small = rng.integers(-3_000_000, 3_000_000, n)
+    c.cols["duration_ns"] = np.where(
+        rng.random(n) < 0.5,
+        small,
+        (rng.integers(0, 10**6, n) * 1000) + rng.choice([499, 500, 501], n),
+    )
+    c.cols["irtt_ns"] = np.where(rng.random(n) < 0.2, IRTT_UNSET, rng.integers(0, 200_000, n))
+    for fmt in FORMATS:
+        _same(c, fmt)
+
+
+def test_out_of_range_float_falls_back() -> None:
+    c = _fuzz_base(10)
+    c.cols["start_ns"][3] = 2**62
+    c.cols["duration_ns"][3] = 2**63 - 1  # past 2**33 s: the table prints only the duration
+    for fmt in FORMATS:
+        _same(c, fmt, compiled=False)
+
+
+def test_addresses_and_unsigned_counters() -> None:
+    """IPv6 zero runs (leading, trailing, ties, single zeros), IPv4-mapped addresses, and byte
+    counts that are negative as int64 (written as Python's unsigned value)."""
+    rng = np.random.default_rng(11)
+    n = 5_000
+    c = _fuzz_base(n)
+    groups = rng.choice([0, 0, 0, 1, 0xABC, 0xFFFF, 0x10], (n, 8)).astype(np.uint64)
+    hi = np.zeros(n, np.uint64)
+    lo = np.zeros(n, np.uint64)
+    for k in range(4):
+        hi |= groups[:, k] << np.uint64(48 - 16 * k)
+        lo |= groups[:, 4 + k] << np.uint64(48 - 16 * k)
+    v4 = rng.random(n) < 0.3
+    hi[v4] = 0
+    lo[v4] = np.uint64(0xFFFF00000000) | rng.integers(0, 2**32, v4.sum()).astype(np.uint64)
+    c.cols["orig_hi"], c.cols["orig_lo"] = hi, lo
+    c.cols["resp_hi"], c.cols["resp_lo"] = lo, hi
+    c.cols["orig_bytes"] = rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64).view(np.uint64)
+    c.cols["resp_bytes"] = np.full(n, 2**64 - 1, np.uint64)
+    c.cols["stream"] = rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64)
+    for fmt in FORMATS:
+        _same(c, fmt)
+
+
+def test_words_are_escaped() -> None:
+    """Words with quotes, backslashes, commas, controls and non-ASCII text, and an odd uid
+    prefix, are escaped as json.dumps and csv.writer would."""
+    c = _fuzz_base(50)
+    c.end_words = ('quote " back\\slash \u00e9 \x01', "a, b", "new\nline", "")
+    c.cols["end"] = (np.arange(50) % 4).astype(np.int32)
+    c.uid_prefix = 'X"\\'
+    for fmt in FORMATS:
+        _same(c, fmt)
+    lines = format_columns(c, "jsonl").splitlines()
+    assert json.loads(lines[0])["end"] == c.end_words[0]
+    assert json.loads(lines[0])["uid"].startswith('X"\\')
