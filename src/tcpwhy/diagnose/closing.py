@@ -17,7 +17,7 @@ import numpy as np
 
 from tcpwhy.decode.table import RST
 from tcpwhy.diagnose import http
-from tcpwhy.diagnose.context import CLIENT, SERVER, Conn, seq_geq
+from tcpwhy.diagnose.context import CLIENT, SERVER, Capture, Conn, seq_geq
 from tcpwhy.diagnose.registry import Diag
 
 PROMPT_S = 0.01
@@ -28,7 +28,8 @@ capture point and that endpoint, this bounds when its reaction can show up in a 
 
 @dataclass
 class AfterFin:
-    conn: Conn
+    cap: Capture  # the connection by capture and stream id, not its (big) `Conn` view
+    sid: int
     closer: int
     fin: int  # local row of the closer's FIN
     data: int  # local row of the writer's data
@@ -36,6 +37,10 @@ class AfterFin:
     covers: bool  # the data acknowledges the FIN
     reused: bool  # the writer had sent data before (a pooled, reused connection)
     last_reply: int | None  # the closer's last data before its FIN (the last response)
+
+    @property
+    def conn(self) -> Conn:
+        return self.cap.conn(self.sid)
 
 
 def after_fin(diag: Diag) -> list[AfterFin]:
@@ -87,7 +92,7 @@ def _find(c: Conn, closer: int) -> AfterFin | None:
         return None
     covers = c.acks(d, fin_end)
     earlier = any(c.side[j] == writer and c.plen[j] > 0 and not c.flags[j] & RST for j in range(d))
-    return AfterFin(c, closer, f, d, r, covers, earlier, c.last_data_before(f, closer))
+    return AfterFin(c.cap, c.sid, closer, f, d, r, covers, earlier, c.last_data_before(f, closer))
 
 
 @dataclass

@@ -30,8 +30,11 @@ import numpy.typing as npt
 
 from tcpwhy.decode.table import ACK, FIN, FLAG_NAMES, PSH, RST, SYN, PacketTable, format_addr
 from tcpwhy.diagnose.model import Step
-from tcpwhy.tcp.analysis import Analysis, analyze
-from tcpwhy.tcp.state import ConnectionStates, State, run_connection
+from tcpwhy.tcp.analysis import FLAGS as ANALYSIS_FLAGS
+from tcpwhy.tcp.analysis import Analyzer
+from tcpwhy.tcp.state import Event, State
+from tcpwhy.tcp.state import Step as StateStep
+from tcpwhy.tcp.state_kernel import run_connections
 from tcpwhy.tcp.streams import StreamTracker
 
 CLIENT, SERVER = 0, 1
@@ -39,6 +42,7 @@ WHO = ("client", "server")
 U32 = 0xFFFFFFFF
 HALF = 0x80000000
 NO_FIN = np.iinfo(np.int64).max  # Capture.first_fin_ns of a side that sent no FIN
+CONN_CACHE_ROWS = 200_000  # packets of the Conn views a Capture keeps (LRU)
 
 
 def seq_geq(a: int, b: int) -> bool:
@@ -67,6 +71,19 @@ def fmt_s(seconds: float) -> str:
     return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
 
 
+class SideStates(NamedTuple):
+    """One endpoint's states: the `Endpoint.timeline` and final `Endpoint.state` of
+    `tcpwhy.tcp.state.run_connection`."""
+
+    timeline: list[StateStep]
+    state: State
+
+
+class States(NamedTuple):
+    originator: SideStates
+    responder: SideStates
+
+
 class Endpoints(NamedTuple):
     """Per-stream address columns (addresses as the packet table's hi/lo halves)."""
 
@@ -93,7 +110,7 @@ class Capture:
         self.files = files
         self.file_of_row = file_of_row
         n = len(table)
-        st = StreamTracker().feed(table) if n else {}
+        st = _track_streams(table) if n else {}
         self._streams = st
         self.stream: npt.NDArray[np.int64] = st.get("stream", np.zeros(0, np.int64))
         self.reused: npt.NDArray[np.bool_] = st.get("reused", np.zeros(0, np.bool_))
@@ -101,7 +118,7 @@ class Capture:
         self.win_scaled: npt.NDArray[np.int64] = st.get("win_scaled", np.zeros(0, np.int64))
         self.rel_seq: npt.NDArray[np.uint32] = st.get("rel_seq", np.zeros(0, np.uint32))
         self.rel_ack: npt.NDArray[np.uint32] = st.get("rel_ack", np.zeros(0, np.uint32))
-        pdir = st.get("dir", np.zeros(0, np.int8)).astype(np.int64)
+        pdir = st.get("dir", np.zeros(0, np.int8))
         self.nstreams = int(self.stream.max()) + 1 if n else 0
         self.stream_numbers = (
             stream_numbers if stream_numbers is not None else np.arange(self.nstreams)
@@ -114,7 +131,7 @@ class Capture:
         self.starts = np.searchsorted(ss, ids, side="left")
         self.ends = np.searchsorted(ss, ids, side="right")
 
-        flags = table["flags"].astype(np.int64)
+        flags = table["flags"]  # its own narrow type: a whole capture's column
         kind = flags & (SYN | ACK | RST)
         orig = np.full(self.nstreams, -1, np.int64)
         idx = np.flatnonzero(kind == SYN)[::-1]
@@ -140,8 +157,8 @@ class Capture:
         def count(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
             return np.bincount(key[mask], minlength=size).reshape(-1, 2)
 
-        plen = table["payload_len"].astype(np.int64)
-        self.n_pkts = count(np.ones(n, np.bool_))
+        plen = table["payload_len"]
+        self.n_pkts = np.bincount(key, minlength=size).reshape(-1, 2)
         self.n_syn = count(kind == SYN)
         self.n_synack = count(kind == (SYN | ACK))
         self.n_fin = count((flags & (FIN | RST)) == FIN)
@@ -156,6 +173,8 @@ class Capture:
         fm = (flags & (FIN | RST)) == FIN
         np.minimum.at(self.first_fin_ns, (self.stream[fm], self.side[fm]), ts[fm])
         self._conns: dict[int, Conn] = {}
+        self._conn_rows = 0
+        self._flag_cache: dict[str, npt.NDArray[np.bool_]] = {}
 
     @cached_property
     def endpoints(self) -> Endpoints:
@@ -177,26 +196,58 @@ class Capture:
         )
 
     @cached_property
-    def analysis(self) -> Analysis:
-        """Wireshark's TCP analysis of every row (flags, ACK RTT), computed on first use."""
-        return analyze(self.table, self._streams)
-
-    @cached_property
-    def _flags(self) -> dict[str, npt.NDArray[np.bool_]]:
-        return self.analysis.flags
+    def _analysis_bits(self) -> npt.NDArray[np.uint32]:
+        """Wireshark's TCP analysis flags of every row as bits (`tcpwhy.tcp.analysis.FLAGS`),
+        computed on first use; only the bits are kept (the RTT and duplicate-ACK columns, six
+        times their size, are not read by any rule)."""
+        n = len(self.table)
+        bits = np.zeros(n, np.uint32)
+        if not n:
+            return bits
+        # The rules read flags only of segments without SYN or RST (keep-alives, zero
+        # windows, resent data), so conversations that have none (a flood's millions of
+        # lone SYNs) are left out; conversations are analysed independently of each other.
+        conv = self._streams["conv"]
+        plain = (self.table["flags"] & (SYN | RST)) == 0
+        wanted = np.zeros(int(conv.max()) + 1, np.bool_)
+        wanted[conv[plain]] = True
+        keep = wanted[conv]
+        table, streams = self.table, self._streams
+        if not keep.all():
+            rows = np.flatnonzero(keep)
+            table = PacketTable({k: table.cols[k][rows] for k in ANALYSIS_COLUMNS})
+            streams = {k: v[rows] for k, v in streams.items()}
+        out = np.zeros(len(table), np.uint32)
+        analyzer = Analyzer()  # fed chunk by chunk, as when streaming: its buffers stay small
+        for lo in range(0, len(table), TRACK_CHUNK):
+            hi = min(len(table), lo + TRACK_CHUNK)
+            part = PacketTable({k: table.cols[k][lo:hi] for k in ANALYSIS_COLUMNS})
+            out[lo:hi] = analyzer.feed(part, {k: v[lo:hi] for k, v in streams.items()}).bits
+        bits[keep] = out
+        return bits
 
     def flag(self, name: str) -> npt.NDArray[np.bool_]:
         """Per row: one of Wireshark's analysis flags (`tcpwhy.tcp.analysis.FLAGS`), e.g.
         `keep_alive` (0/1-byte segments at next seq - 1, also how Linux sends zero-window
         probes) or `zero_window`."""
-        if not len(self.table):
-            return np.zeros(0, np.bool_)
-        return self._flags[name]
+        got = self._flag_cache.get(name)
+        if got is None:
+            k = ANALYSIS_FLAGS.index(name)
+            got = self._flag_cache[name] = (self._analysis_bits & (1 << k)) != 0
+        return got
 
     def conn(self, sid: int) -> Conn:
-        c = self._conns.get(sid)
+        """The `Conn` view of a stream. The views used last are kept, up to CONN_CACHE_ROWS
+        packets in all: a rule that looks at many long connections does not keep every
+        one's lists alive."""
+        c = self._conns.pop(sid, None)
         if c is None:
-            c = self._conns[sid] = Conn(self, sid)
+            c = Conn(self, sid)
+            self._conn_rows += c.n
+        self._conns[sid] = c
+        while self._conn_rows > CONN_CACHE_ROWS and len(self._conns) > 1:
+            old = self._conns.pop(next(iter(self._conns)))
+            self._conn_rows -= old.n
         return c
 
     def conns_where(self, mask: npt.NDArray[np.bool_]) -> Iterator[Conn]:
@@ -257,17 +308,6 @@ class Conn:
         t = cap.table
         r = cap.order[cap.starts[sid] : cap.ends[sid]]
         self.rows = r
-        self.side: list[int] = cap.side[r].tolist()
-        self.ts: list[int] = t["ts_ns"][r].tolist()
-        self.flags: list[int] = t["flags"][r].tolist()
-        self.seq: list[int] = t["seq"][r].tolist()
-        self.ack: list[int] = t["ack"][r].tolist()
-        self.plen: list[int] = t["payload_len"][r].tolist()
-        self.win: list[int] = cap.win_scaled[r].tolist()
-        self.frame: list[int] = t["frame"][r].tolist()
-        self.ttl: list[int] = t["ip_ttl"][r].tolist()
-        self.rseq: list[int] = cap.rel_seq[r].tolist()
-        self.rack: list[int] = cap.rel_ack[r].tolist()
         self.n = len(r)
         self.cache: dict[str, Any] = {}
         first = int(r[0])
@@ -277,6 +317,63 @@ class Conn:
         self.client, self.server = (src, dst) if c_is_src else (dst, src)
         self.server_ip = self.server.rsplit(":", 1)[0]
         self.client_ip = self.client.rsplit(":", 1)[0]
+
+    # the packet columns as lists, each made on first use: a long connection's lists are
+    # big, and a rule that only looks for its first RST (numpy) needs none of them
+    @cached_property
+    def side(self) -> list[int]:
+        got: list[int] = self.cap.side[self.rows].tolist()
+        return got
+
+    @cached_property
+    def ts(self) -> list[int]:
+        got: list[int] = self.cap.table["ts_ns"][self.rows].tolist()
+        return got
+
+    @cached_property
+    def flags(self) -> list[int]:
+        got: list[int] = self.cap.table["flags"][self.rows].tolist()
+        return got
+
+    @cached_property
+    def seq(self) -> list[int]:
+        got: list[int] = self.cap.table["seq"][self.rows].tolist()
+        return got
+
+    @cached_property
+    def ack(self) -> list[int]:
+        got: list[int] = self.cap.table["ack"][self.rows].tolist()
+        return got
+
+    @cached_property
+    def plen(self) -> list[int]:
+        got: list[int] = self.cap.table["payload_len"][self.rows].tolist()
+        return got
+
+    @cached_property
+    def win(self) -> list[int]:
+        got: list[int] = self.cap.win_scaled[self.rows].tolist()
+        return got
+
+    @cached_property
+    def frame(self) -> list[int]:
+        got: list[int] = self.cap.table["frame"][self.rows].tolist()
+        return got
+
+    @cached_property
+    def ttl(self) -> list[int]:
+        got: list[int] = self.cap.table["ip_ttl"][self.rows].tolist()
+        return got
+
+    @cached_property
+    def rseq(self) -> list[int]:
+        got: list[int] = self.cap.rel_seq[self.rows].tolist()
+        return got
+
+    @cached_property
+    def rack(self) -> list[int]:
+        got: list[int] = self.cap.rel_ack[self.rows].tolist()
+        return got
 
     # -- simple facts ---------------------------------------------------------------
     def idx(self, who: int, mask: int = 0, data: bool = False) -> list[int]:
@@ -312,11 +409,21 @@ class Conn:
     def acks(self, i: int, seq_end: int) -> bool:
         return bool(self.flags[i] & ACK) and seq_geq(self.ack[i], seq_end)
 
+    @cached_property
+    def _np_flags(self) -> npt.NDArray[np.int64]:
+        return self.cap.table["flags"][self.rows].astype(np.int64)
+
+    @cached_property
+    def _np_side(self) -> npt.NDArray[np.int8]:
+        return self.cap.side[self.rows]
+
+    def _first(self, m: npt.NDArray[np.bool_]) -> int | None:
+        idx = np.flatnonzero(m)
+        return int(idx[0]) if len(idx) else None
+
     def first_fin(self, who: int) -> int | None:
-        for i in range(self.n):
-            if self.side[i] == who and self.is_fin(i):
-                return i
-        return None
+        """`who`'s first FIN (not a RST), by numpy: long connections are scanned often."""
+        return self._first((self._np_side == who) & ((self._np_flags & (FIN | RST)) == FIN))
 
     def next_from(self, who: int, start: int, stop: int | None = None) -> int | None:
         """`who`'s first packet at or after local row `start` (and before `stop`)."""
@@ -341,10 +448,8 @@ class Conn:
         return None
 
     def first_rst(self, who: int | None = None) -> int | None:
-        for i in range(self.n):
-            if self.is_rst(i) and (who is None or self.side[i] == who):
-                return i
-        return None
+        m = (self._np_flags & RST) != 0
+        return self._first(m if who is None else m & (self._np_side == who))
 
     def last_data_before(self, i: int, who: int | None = None) -> int | None:
         for j in range(i - 1, -1, -1):
@@ -398,17 +503,39 @@ class Conn:
         return None
 
     @cached_property
-    def states(self) -> ConnectionStates:
-        n = self.n
-        return run_connection(
-            self.side,
-            self.flags,
-            self.seq,
-            self.ack,
-            self.plen,
-            self.ts,
-            np.arange(1, n + 1),  # local positions as "frames", so steps map back to rows
+    def states(self) -> States:
+        """Both endpoints' timelines, from the compiled state machine (`run_connection`'s
+        twin): examples are often the longest connections of a capture."""
+        t = self.cap.table
+        r = self.rows
+        tl = run_connections(
+            self.cap.side[r],
+            t["flags"][r],
+            t["seq"][r],
+            t["ack"][r],
+            t["payload_len"][r],
+            t["ts_ns"][r],
+            np.arange(1, self.n + 1),  # local positions as "frames", so steps map back to rows
+            np.array([0, self.n]),
             end_ns=self.cap.end_ns,
+        )
+        sides = tl.side.tolist()
+        steps = [
+            StateStep(State(s), ts, f, Event(e) if e >= 0 else None)
+            for s, ts, f, e in zip(
+                tl.state.tolist(),
+                tl.ts_ns.tolist(),
+                tl.frame.tolist(),
+                tl.event.tolist(),
+                strict=True,
+            )
+        ]
+        ends = (State(int(tl.final[0, 0])), State(int(tl.final[0, 1])))
+        return States(
+            *(
+                SideStates([x for x, w in zip(steps, sides, strict=True) if w == k], ends[k])
+                for k in (0, 1)
+            )
         )
 
     def state_after(self, who: int, i: int) -> State:
@@ -468,6 +595,30 @@ class Conn:
 
     def label(self) -> str:
         return f"stream {self.no} ({self.client} → {self.server})"
+
+
+ANALYSIS_COLUMNS = ("frame", "ts_ns", "flags", "seq", "ack", "payload_len", "win")
+"""The packet columns `tcpwhy.tcp.analysis` reads."""
+
+TRACK_CHUNK = 1 << 18
+"""Rows fed to the stream tracker at a time: it reserves room for one new conversation per
+row it is given, which for a whole capture at once is gigabytes of hash table."""
+
+
+def _track_streams(table: PacketTable) -> dict[str, npt.NDArray[Any]]:
+    """`StreamTracker().feed(table)`, fed chunk by chunk (the same rows out: the tracker
+    carries its state from one chunk to the next and forgets nothing on its own)."""
+    tracker = StreamTracker()
+    n = len(table)
+    out: dict[str, npt.NDArray[Any]] = {}
+    for lo in range(0, n, TRACK_CHUNK):
+        hi = min(n, lo + TRACK_CHUNK)
+        got = tracker.feed(PacketTable({k: v[lo:hi] for k, v in table.cols.items()}, table.data))
+        if not out:
+            out = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in got.items()}
+        for k, v in got.items():
+            out[k][lo:hi] = v
+    return out
 
 
 def _addr(t: PacketTable, row: int, which: str) -> str:

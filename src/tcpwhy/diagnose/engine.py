@@ -59,10 +59,14 @@ def diagnose_files(
         st = CaptureStats()
         parts = []
         for t in iter_tables(p, st):
-            parts.append(t)
+            # without a display filter only the diagnosis reads the table: keep its columns
+            parts.append(t if flt is not None else _slim(t))
             if progress:
                 progress(f"reading {os.path.basename(p)}", done + st.bytes_read, total)
-        tables.append((p, PacketTable.concat(parts)))
+        tables.append(
+            (p, PacketTable.concat(parts) if flt is not None else _join(parts, free=True))
+        )
+        del parts
         stats_all.append(st)
         done += size
     groups = _groups(tables)
@@ -74,7 +78,7 @@ def diagnose_files(
             names = ", ".join(os.path.basename(tables[i][0]) for i in g)
             progress(f"diagnosing {names}", None, None)
         parts = [tables[i][1] for i in g]
-        table = PacketTable.concat(parts)
+        table = PacketTable.concat(parts) if flt is not None else _join(parts)
         file_of_row = (
             np.concatenate([np.full(len(t), k, np.int16) for k, t in enumerate(parts)])
             if parts
@@ -111,6 +115,93 @@ def diagnose_files(
         warnings=warnings,
     )
     return Report(info, findings, endings)
+
+
+DIAGNOSIS_COLUMNS = (
+    "frame",
+    "ts_ns",
+    "src_hi",
+    "src_lo",
+    "dst_hi",
+    "dst_lo",
+    "sport",
+    "dport",
+    "seq",
+    "ack",
+    "flags",
+    "win",
+    "opt_ws",
+    "opt_mss",
+    "opt_sack_perm",
+    "opt_ts",
+    "ip_ttl",
+    "payload_len",
+    "payload_cap",
+    "payload_off",
+)
+"""The packet columns the diagnosis (stream tracking, TCP analysis, the rules) reads: a
+quarter of the table's bytes per row, which is what a whole capture held in memory costs."""
+
+
+def _slim(t: PacketTable) -> PacketTable:
+    """A chunk's diagnosis columns and captured payload bytes, copied out of the chunk's
+    buffers (which hold every column and the raw frames) so those can be freed."""
+    cols = {k: t.cols[k].copy() for k in DIAGNOSIS_COLUMNS}
+    return _with_compact_payload(cols, [t])
+
+
+def _join(parts: list[PacketTable], free: bool = False) -> PacketTable:
+    """`PacketTable.concat` for slim tables (whose payload bytes are compact: each row's
+    right after the previous row's); with `free`, each part's columns and bytes are dropped
+    as they are copied (the parts are then unusable), so a capture is not held twice at
+    the peak."""
+    parts = [t for t in parts if len(t)]
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        return _slim(PacketTable.empty())
+    cols = {}
+    base = np.cumsum([0] + [len(t.data) for t in parts])
+    for k in DIAGNOSIS_COLUMNS:
+        if k == "payload_off":
+            cols[k] = np.concatenate(
+                [t.cols[k] + np.uint64(b) for t, b in zip(parts, base, strict=False)]
+            )
+        else:
+            cols[k] = np.concatenate([t.cols[k] for t in parts])
+        if free:
+            for t in parts:
+                del t.cols[k]
+    data = np.empty(int(base[-1]), np.uint8)
+    for t, b in zip(parts, base, strict=False):
+        data[b : b + len(t.data)] = t.data
+        if free:
+            t.data = np.zeros(0, np.uint8)
+    return PacketTable(cols, data)
+
+
+def _with_compact_payload(cols: dict[str, np.ndarray], parts: list[PacketTable]) -> PacketTable:
+    """`cols` (the parts' rows, in order) with their payload bytes gathered into one buffer."""
+    from tcpwhy.decode.kernels import gather_bytes
+
+    caps = cols["payload_cap"].astype(np.int64)
+    new_off = np.zeros(len(caps), np.int64)
+    if len(caps):
+        np.cumsum(caps[:-1], out=new_off[1:])
+    data = np.empty(int(caps.sum()), np.uint8)
+    start = 0
+    for t in parts:
+        n = len(t.cols["payload_cap"])
+        gather_bytes(
+            t.data,
+            t.cols["payload_off"].astype(np.int64),
+            t.cols["payload_cap"].astype(np.int64),
+            data,
+            new_off[start : start + n],
+        )
+        start += n
+    cols["payload_off"] = new_off.astype(np.uint64)
+    return PacketTable(cols, data)
 
 
 def _plain_size(path: str) -> int:

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
     from tcpwhy.diagnose.context import Conn
 
@@ -124,12 +126,60 @@ def messages(conn: Conn) -> list[Message]:
 
 
 def request_at(conn: Conn, i: int) -> Message | None:
-    """The request whose first segment is row i (or that row i continues)."""
+    """The request whose first segment is row i (or that row i continues).
+
+    Same answer as looking it up in `messages`, without parsing every segment of the
+    connection (a keep-alive connection carries thousands of requests): the message that
+    started last at or before row i, and whether a segment of the same side continued it
+    up to row i or beyond (the `end` of the message returned is then not filled in).
+    """
+    cached: list[Message] | None = conn.cache.get("http")
+    if cached is not None:
+        return _request_at(cached, conn.side[i], i)
+    starts = _first_sends(conn)
+    start: Message | None = None
+    for j in range(i, -1, -1):
+        if starts[j]:
+            start = parse_start(conn.payload(j))
+            if start is not None:
+                start.i, start.side, start.end = j, conn.side[j], j
+                break
+    if start is None or not start.is_request or start.side != conn.side[i]:
+        return None  # the latest message is not a request of row i's side: no such request
+    if start.i == i:
+        return start
+    for k in range(i, conn.n):
+        if not starts[k]:
+            continue
+        if parse_start(conn.payload(k)) is not None:
+            return None  # the next message begins before any segment continued this one
+        if conn.side[k] == start.side:
+            return start
+    return None
+
+
+def _request_at(msgs: list[Message], side: int, i: int) -> Message | None:
     best = None
-    for m in messages(conn):
-        if m.is_request and m.side == conn.side[i] and m.i <= i:
+    for m in msgs:
+        if m.is_request and m.side == side and m.i <= i:
             best = m
     return best if best is not None and (best.i == i or best.end >= i) else None
+
+
+def _first_sends(conn: Conn) -> list[bool]:
+    """Per local row: a data segment whose (side, seq) was not seen before, the segments
+    `messages` looks at."""
+    got: list[bool] | None = conn.cache.get("http_first_sends")
+    if got is None:
+        t = conn.cap.table
+        r = conn.rows
+        data = np.flatnonzero((t["payload_len"][r] > 0) & ((t["flags"][r] & 0x004) == 0))
+        key = conn.cap.side[r][data].astype(np.int64) << 32 | t["seq"][r][data].astype(np.int64)
+        first = np.zeros(conn.n, np.bool_)
+        first[data[np.unique(key, return_index=True)[1]]] = True
+        got = first.tolist()
+        conn.cache["http_first_sends"] = got
+    return got
 
 
 def last_response_before(conn: Conn, i: int) -> Message | None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import asdict, dataclass, field, fields
 from enum import IntEnum
 from typing import Any
 
@@ -65,7 +66,17 @@ class Finding:
     facts: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        """As `asdict`, without deep-copying the stream and frame lists item by item (a
+        flood's finding lists millions of streams)."""
+        d: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("streams", "frames", "examples"):
+                d[f.name] = list(v)
+            elif f.name == "timeline":
+                d[f.name] = [asdict(s) for s in v]
+            else:
+                d[f.name] = copy.deepcopy(v)
         d["severity"] = self.severity.label
         return d
 

@@ -84,25 +84,34 @@ class Diag:
         return [self.cap.conn(s) for s in sids]
 
 
-@dataclass
 class Instance:
-    """One connection showing a kind: its decisive rows (local indices) with what each means."""
+    """One connection showing a kind: its decisive rows (local indices) with what each means.
 
-    conn: Conn
-    rows: list[tuple[int, str]]
-    facts: dict[str, Any] = field(default_factory=dict)
+    It keeps the stream id, not the `Conn`: a rule may hold thousands of instances while it
+    runs, and a long connection's view is megabytes; `conn` is fetched again (from the
+    capture's small cache, else rebuilt) for the few examples a finding shows.
+    """
+
+    def __init__(
+        self, conn: Conn, rows: list[tuple[int, str]], facts: dict[str, Any] | None = None
+    ) -> None:
+        self._cap = conn.cap
+        self.sid = conn.sid
+        self.no = conn.no
+        self.rows = rows
+        self.facts: dict[str, Any] = {} if facts is None else facts
+        ts = conn.ts
+        self.first_ns: int = min((ts[i] for i, _ in rows), default=ts[0])
+        self.last_ns: int = max((ts[i] for i, _ in rows), default=ts[-1])
 
     @property
-    def first_ns(self) -> int:
-        return min((self.conn.ts[i] for i, _ in self.rows), default=self.conn.ts[0])
-
-    @property
-    def last_ns(self) -> int:
-        return max((self.conn.ts[i] for i, _ in self.rows), default=self.conn.ts[-1])
+    def conn(self) -> Conn:
+        return self._cap.conn(self.sid)
 
     def timeline(self) -> list[Step]:
         """The decisive packets in capture order, each with both endpoints' states after it."""
-        return [self.conn.step(i, note) for i, note in sorted(self.rows)]
+        c = self.conn
+        return [c.step(i, note) for i, note in sorted(self.rows)]
 
 
 Rule = Callable[[Diag], list[Finding]]
@@ -130,7 +139,7 @@ def make_finding(diag: Diag, kind: str, inst: list[Instance], story: Story) -> F
     frames: list[int] = []
     for x in inst[:20]:
         frames.extend(x.conn.frame[i] for i, _ in x.rows)
-    sids = [x.conn.no for x in inst]
+    sids = [x.no for x in inst]
     return Finding(
         kind=kind,
         severity=story.severity,
@@ -146,6 +155,42 @@ def make_finding(diag: Diag, kind: str, inst: list[Instance], story: Story) -> F
         first_ns=min(x.first_ns for x in inst),
         last_ns=max(x.last_ns for x in inst),
         examples=sids[: diag.settings.examples],
+        facts=dict(story.facts),
+    )
+
+
+def finding_from_columns(
+    diag: Diag,
+    kind: str,
+    story: Story,
+    head: list[Instance],
+    nos: npt.NDArray[np.int64],
+    first_ns: int,
+    last_ns: int,
+) -> Finding:
+    """`make_finding` for a kind whose connections were found with numpy: `nos` the stream
+    numbers of all instances in `make_finding`'s order (by first time, stable), `head` the
+    first instances of that order (at least the 20 whose rows make `frames`), built as
+    objects for the timeline and frames only."""
+    frames: list[int] = []
+    for x in head[:20]:
+        frames.extend(x.conn.frame[i] for i, _ in x.rows)
+    uniq = np.unique(nos)
+    return Finding(
+        kind=kind,
+        severity=story.severity,
+        summary=story.summary,
+        streams=[int(s) for s in uniq],
+        frames=frames,
+        timeline=head[0].timeline(),
+        explanation=story.explanation,
+        causes=story.causes,
+        fixes=story.fixes,
+        errors=story.errors,
+        count=len(uniq),
+        first_ns=first_ns,
+        last_ns=last_ns,
+        examples=[int(s) for s in nos[: diag.settings.examples]],
         facts=dict(story.facts),
     )
 

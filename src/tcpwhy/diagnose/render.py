@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import uuid
 from typing import IO
 
 from rich.console import Console, Group
@@ -24,8 +25,36 @@ from tcpwhy.diagnose.model import Finding, Report, Severity
 STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "bold yellow", Severity.INFO: "cyan"}
 
 
+LONG_LIST = 1000  # integer lists longer than this are written by `_int_list`
+
+
 def to_json(report: Report) -> str:
-    return json.dumps(report.to_json(), indent=2, ensure_ascii=False)
+    """The report as indented JSON, exactly as `json.dumps(indent=2)` writes it.
+
+    The encoder spends seconds on a flood's finding that lists millions of stream
+    numbers; those long integer lists are put in as placeholders and written with one
+    join instead.
+    """
+    d = report.to_json()
+    token = uuid.uuid4().hex
+    longs: dict[str, list[int]] = {}
+    for i, f in enumerate(d["findings"]):
+        for key in ("streams", "frames"):
+            v = f[key]
+            if len(v) > LONG_LIST and all(type(x) is int for x in v):
+                name = f"{token}:{i}:{key}"
+                longs[json.dumps(name)] = v
+                f[key] = name
+    text = json.dumps(d, indent=2, ensure_ascii=False)
+    for name, v in longs.items():
+        text = text.replace(name, _int_list(v, 4), 1)
+    return text
+
+
+def _int_list(v: list[int], level: int) -> str:
+    """A non-empty list of ints as `json.dumps(indent=2)` writes it at nesting `level`."""
+    pad = "  " * level
+    return "[\n" + pad + f",\n{pad}".join(map(str, v)) + "\n" + "  " * (level - 1) + "]"
 
 
 def console(file: IO[str], tty: bool) -> Console:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections import Counter
+import numpy as np
 
-from tcpwhy.decode.table import ACK, SYN
+from tcpwhy.decode.table import ACK, RST, SYN
 from tcpwhy.diagnose.context import Conn
 
 
@@ -23,10 +23,16 @@ def trigger(c: Conn, r: int) -> int | None:
 
 
 def usual_ttl(c: Conn, who: int, skip: int) -> int | None:
-    ttls = Counter(
-        c.ttl[i] for i in range(c.n) if c.side[i] == who and i != skip and not c.is_rst(i)
-    )
-    if not ttls:
+    """The TTL most of `who`'s packets other than RSTs and row `skip` came with (the first
+    seen among equally common ones), if at least two did."""
+    t = c.cap.table
+    r = c.rows
+    m = (c.cap.side[r] == who) & ((t["flags"][r] & RST) == 0)
+    m[skip] = False
+    ttls = t["ip_ttl"][r][m]
+    if not len(ttls):
         return None
-    ttl, n = ttls.most_common(1)[0]
-    return ttl if n >= 2 else None
+    vals, first, counts = np.unique(ttls, return_index=True, return_counts=True)
+    best = np.flatnonzero(counts == counts.max())
+    k = best[np.argmin(first[best])]
+    return int(vals[k]) if counts[k] >= 2 else None

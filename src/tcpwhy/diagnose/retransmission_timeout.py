@@ -27,8 +27,7 @@ def candidate_streams(diag: Diag) -> list[int]:
     t = cap.table
     if not len(t):
         return []
-    flags = cap.analysis.flags
-    again = np.logical_or.reduce([flags[k] for k in RESENT])
+    again = np.logical_or.reduce([cap.flag(k) for k in RESENT])
     again &= (t["payload_len"] > 0) & ((t["flags"] & (SYN | RST)) == 0)
     key = cap.stream[again] * 2 + cap.side[again]
     per_side = np.bincount(key, minlength=2 * cap.nstreams).reshape(-1, 2)

@@ -160,7 +160,7 @@ def _finding(
         kind=kind,
         severity=story.severity,
         summary=story.summary,
-        streams=sorted(int(x) for x in nos),
+        streams=np.sort(nos).tolist(),  # Python ints, as sorted(int(x) ...)
         frames=frames,
         timeline=timeline,
         explanation=story.explanation,

@@ -10,15 +10,23 @@ ephemeral ports.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 
 from tcpwhy.decode.table import ACK, RST, SYN
 from tcpwhy.diagnose import knowledge
-from tcpwhy.diagnose.common import Group, Hits
-from tcpwhy.diagnose.context import CLIENT, NO_FIN, SERVER, fmt_s
-from tcpwhy.diagnose.handshake import syn_rows
+from tcpwhy.diagnose.context import CLIENT, NO_FIN, SERVER, Conn, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
-from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
+from tcpwhy.diagnose.registry import (
+    Diag,
+    Instance,
+    finding_from_columns,
+    make_finding,
+    plural,
+    rule,
+)
 from tcpwhy.tcp.state import TIME_WAIT_NS
 
 REUSE = "time-wait-reuse"
@@ -29,52 +37,122 @@ MIN_CONNS = 5
 
 @rule(REUSE)
 def detect_reuse(diag: Diag) -> list[Finding]:
+    """Vectorised over the reusing SYNs: a connection-heavy capture reuses its few 4-tuples
+    hundreds of thousands of times; Conn views are built only for the examples."""
     cap = diag.cap
     if not cap.nstreams or not cap.reused.any():
         return []
+    t = cap.table
+    rows = np.flatnonzero(cap.reused)
+    sid = cap.stream[rows]
+    # the previous stream on the same conversation: the one before in (conversation, id) order
     conv_of = cap.conv[cap.order[cap.starts]]
-    hits = Hits()
-    for row in np.flatnonzero(cap.reused):
-        sid = int(cap.stream[row])
-        prev = np.flatnonzero((conv_of == conv_of[sid]) & (np.arange(cap.nstreams) < sid))
-        if not len(prev):
-            continue
-        p = int(prev[-1])
-        gap_ns = int(cap.ts_of(int(row))) - int(cap.last_ns[p])
-        if gap_ns >= TIME_WAIT_NS or cap.n_fin[p].min() == 0:
-            continue
-        c = cap.conn(sid)
-        syns = syn_rows(c)
-        if not syns:
-            continue
-        answer = c.next_from(SERVER, syns[0] + 1)
-        if answer is not None and (c.flags[answer] & (SYN | ACK)) == (SYN | ACK) and len(syns) == 1:
-            outcome = "accepted"
-            note = "server accepts the new connection (SYN-ACK)"
-        elif answer is not None and not c.flags[answer] & (SYN | RST):
-            outcome = "ack"
-            note = "server answers with a bare ACK of the old connection (TIME_WAIT/CLOSE_WAIT)"
-        elif len(syns) > 1:
-            outcome = "dropped"
-            note = "SYN retransmitted: the first one was ignored"
-        else:
-            outcome = "other"
-            note = "answer to the SYN"
-        rows = [
-            (
-                syns[0],
-                f"new SYN on the same 4-tuple {fmt_s(gap_ns / 1e9)} after the last one closed",
+    by_conv = np.lexsort((np.arange(cap.nstreams), conv_of))
+    prev_of = np.full(cap.nstreams, -1, np.int64)
+    same = conv_of[by_conv[1:]] == conv_of[by_conv[:-1]]
+    prev_of[by_conv[1:][same]] = by_conv[:-1][same]
+    prev = prev_of[sid]
+    ok = prev >= 0
+    p = np.where(ok, prev, 0)
+    gap_ns = t["ts_ns"][rows].astype(np.int64) - cap.last_ns[p]
+    ok &= (gap_ns < TIME_WAIT_NS) & (cap.n_fin[p].min(1) > 0)
+    # the client's SYNs (syn_rows) and the server's first packet after the first one
+    nsyn = cap.n_syn[sid, CLIENT]
+    ok &= nsyn > 0
+    rows, sid, p, gap_ns, nsyn = rows[ok], sid[ok], p[ok], gap_ns[ok], nsyn[ok]
+    if not len(rows):
+        return []
+    flags = t["flags"].astype(np.int64)
+    pos_side = cap.side[cap.order]
+    syn_pos = np.flatnonzero((pos_side == CLIENT) & ((flags[cap.order] & (SYN | ACK | RST)) == SYN))
+    first_syn = syn_pos[np.searchsorted(syn_pos, cap.starts[sid])]  # CSR positions
+    srv_pos = np.flatnonzero(pos_side == SERVER)
+    j = np.searchsorted(srv_pos, first_syn, side="right")
+    has_answer = j < len(srv_pos)
+    answer = np.where(has_answer, srv_pos[np.minimum(j, len(srv_pos) - 1)], -1)
+    has_answer &= answer < cap.ends[sid]
+    answer = np.where(has_answer, answer, -1)
+    syn_row = cap.order[first_syn]
+    ans_row = np.where(has_answer, cap.order[np.maximum(answer, 0)], syn_row)
+    af = np.where(has_answer, flags[ans_row], 0)
+    outcome = np.where(
+        has_answer & ((af & (SYN | ACK)) == (SYN | ACK)) & (nsyn == 1),
+        0,
+        np.where(has_answer & ((af & (SYN | RST)) == 0), 1, np.where(nsyn > 1, 2, 3)),
+    )
+    ts = t["ts_ns"]
+    first_ns = np.minimum(ts[syn_row], ts[ans_row])
+    last_ns = np.maximum(ts[syn_row], ts[ans_row])
+    # one finding per server, in the order each server first shows up
+    ep = cap.endpoints
+    gid, ng = _group_ids(ep.server_hi[sid], ep.server_lo[sid], ep.server_port[sid])
+    firsts = np.full(ng, len(gid), np.int64)
+    np.minimum.at(firsts, gid, np.arange(len(gid)))
+    members: dict[str, list[npt.NDArray[np.int64]]] = {}
+    for g in np.argsort(firsts, kind="stable"):
+        k = int(firsts[g])
+        c = cap.conn(int(sid[k]))
+        members.setdefault(c.server, []).append(np.flatnonzero(gid == g))
+    out = []
+    for server, parts in members.items():
+        idx = np.sort(np.concatenate(parts))
+        idx = idx[np.argsort(first_ns[idx], kind="stable")]
+        inst = [
+            _reuse_instance(
+                cap.conn(int(sid[k])),
+                int(first_syn[k] - cap.starts[sid[k]]),
+                int(answer[k] - cap.starts[sid[k]]) if answer[k] >= 0 else None,
+                int(gap_ns[k]),
+                int(outcome[k]),
+                int(p[k]),
             )
+            for k in idx[:EXAMPLE_ROWS]
         ]
-        if answer is not None:
-            rows.append((answer, note))
-        hits.add(c.server, c, rows, {"gap_s": gap_ns / 1e9, "outcome": outcome, "previous": p})
-    return hits.findings(diag, REUSE, _tell_reuse)
+        nbad = int((outcome[idx] != 0).sum())
+        story = _tell_reuse(server, len(idx), nbad, inst[0])
+        nos = cap.stream_numbers[sid[idx]]
+        out.append(
+            finding_from_columns(
+                diag, REUSE, story, inst, nos, int(first_ns[idx].min()), int(last_ns[idx].max())
+            )
+        )
+    return out
 
 
-def _tell_reuse(g: Group) -> Story:
-    server, ex, c, n = g.key, g.ex, g.c, g.n
-    nbad = sum(1 for v in g.values("outcome") if v != "accepted")
+EXAMPLE_ROWS = 20  # instances whose rows make a finding's `frames` (as `make_finding`)
+OUTCOMES = ("accepted", "ack", "dropped", "other")
+
+
+def _group_ids(*keys: npt.NDArray[Any]) -> tuple[npt.NDArray[np.int64], int]:
+    """Group ids of rows with equal keys, and how many groups."""
+    order = np.lexsort(keys[::-1])
+    new = np.ones(len(order), np.bool_)
+    new[1:] = np.logical_or.reduce([k[order][1:] != k[order][:-1] for k in keys])
+    inv = np.empty(len(order), np.int64)
+    inv[order] = np.cumsum(new) - 1
+    return inv, int(new.sum())
+
+
+def _reuse_instance(
+    c: Conn, syn: int, answer: int | None, gap_ns: int, outcome: int, previous: int
+) -> Instance:
+    """The evidence of one reusing connection: its first SYN and the server's answer."""
+    note = (
+        "server accepts the new connection (SYN-ACK)",
+        "server answers with a bare ACK of the old connection (TIME_WAIT/CLOSE_WAIT)",
+        "SYN retransmitted: the first one was ignored",
+        "answer to the SYN",
+    )[outcome]
+    rows = [(syn, f"new SYN on the same 4-tuple {fmt_s(gap_ns / 1e9)} after the last one closed")]
+    if answer is not None:
+        rows.append((answer, note))
+    return Instance(
+        c, rows, {"gap_s": gap_ns / 1e9, "outcome": OUTCOMES[outcome], "previous": previous}
+    )
+
+
+def _tell_reuse(server: str, n: int, nbad: int, ex: Instance) -> Story:
+    c = ex.conn
     sev = Severity.WARNING if nbad else Severity.INFO
     summary = (
         f"{plural(n, 'connection')} to {server} reused a 4-tuple still within 2 MSL (60 s) "
