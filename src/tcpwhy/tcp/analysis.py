@@ -443,7 +443,8 @@ def _grown(arrs: dict[str, npt.NDArray[Any]], spec: dict[str, tuple[Any, int]], 
         have = 0 if old is None else old.shape[0]
         if have >= n:
             continue
-        new = np.full(max(n, 2 * have, 1024), init, dt)
+        # by a quarter: the slots follow the stream tracker's, which are bounded
+        new = np.full(max(n, have + have // 4, 1024), init, dt)
         if old is not None:
             new[:have] = old
         arrs[name] = new

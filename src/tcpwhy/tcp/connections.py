@@ -92,6 +92,10 @@ CLOSED_IDLE_S = 120.0
 
 SWEEP_EVERY_NS = 1_000_000_000
 OUT_ROWS = 4096
+RECORD_ROWS = 16384
+"""Records per batch, about (a batch is cut once the rows emitted reach this many)."""
+FINISH_ROWS = 16384
+"""Records per batch written at the end of the capture."""
 
 
 def zeek_ports(scripts: Iterable[str]) -> frozenset[int]:
@@ -263,6 +267,7 @@ class ConnectionBuilder:
         self.now = max(self.now, int(t["ts_ns"].max()))
         OUT, OH = self._out, self._oh
         done: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]] = []
+        done_n = 0
         i = 0
         while i < n:
             if self.nfree == 0 and self._cap < self.max_active:
@@ -315,6 +320,7 @@ class ConnectionBuilder:
             )
             if k:
                 done.append((OUT[:k].copy(), OH[:k].copy()))
+                done_n += k
                 self._gone.append(OUT[:k, [z.F_CONV, z.F_STREAM]])
             if int(self._vmeta[1]) > evicted:
                 self._evicted(OUT[:k])
@@ -336,20 +342,43 @@ class ConnectionBuilder:
                 )
                 self._kept_n += len(idx)
             i = j
+            if done_n >= RECORD_ROWS:
+                out += self._flush(done)
+                done_n = 0
         if done:
-            # one batch for the chunk: looking up the kept packets costs the same for any size
-            out += self._records(
-                np.concatenate([o for o, _ in done]), np.concatenate([h for _, h in done])
-            )
+            out += self._flush(done)
         if self.now - self._last_sweep >= SWEEP_EVERY_NS:
             self._last_sweep = self.now
             out += self._sweep(self.now, force=False, reason=-1)
         return out
 
+    def _flush(
+        self, done: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]]
+    ) -> list[ConnColumns]:
+        """The rows emitted so far as one batch of records (and `done` emptied): batches of
+        about `RECORD_ROWS`, as looking up the kept packets costs about the same for any size
+        while the rows, columns and text of a batch are held at once."""
+        OUT = np.concatenate([o for o, _ in done])
+        OH = np.concatenate([h for _, h in done])
+        done.clear()
+        return self._records(OUT, OH)
+
     def finish_columns(self) -> ConnColumns:
         """The connections still active at the end of the capture, in stream order."""
-        batches = self._sweep(self.now, force=True, reason=z.END_CAPTURE)
-        return ConnColumns.concat(batches, self.uid_prefix).stream_order()
+        return ConnColumns.concat(list(self.finish_batches()), self.uid_prefix)
+
+    def finish_batches(self) -> Iterator[ConnColumns]:
+        """The connections still active at the end of the capture, in stream order, in batches
+        of at most `FINISH_ROWS` records (the pool may hold `max_active` of them: one batch
+        would hold all their rows, columns and text at once)."""
+        slots = self._active_slots()
+        # stream order, as `ConnColumns.stream_order` gives (the sweep keeps the given order)
+        order = np.lexsort((self.S[slots, z.F_START_TS], self.S[slots, z.F_STREAM]))
+        slots = slots[order]
+        for lo in range(0, len(slots), FINISH_ROWS):
+            yield from self._sweep_slots(
+                slots[lo : lo + FINISH_ROWS], self.now, force=True, reason=z.END_CAPTURE
+            )
 
     def _active_slots(self) -> npt.NDArray[np.int64]:
         return np.flatnonzero(self.S[:, z.F_ACTIVE]).astype(np.int64)
@@ -391,7 +420,7 @@ class ConnectionBuilder:
         enough for a while, so that listing (a pass over the pool) is rare."""
         slots = self._active_slots()
         seen = self.S[slots, z.F_SEEN_TS]
-        want = min(len(slots), max(64, self.max_active // 64))
+        want = min(len(slots), max(64, self.max_active // 8))
         if want < len(slots):
             part = np.argpartition(seen, want - 1)[:want]
             part.sort()  # slot order among equal times, as a stable sort of all would give
@@ -703,9 +732,9 @@ def iter_connection_columns(
     )
     for t in tables:
         yield from b.feed_columns(t)
-    last = b.finish_columns()
-    if len(last):
-        yield last
+    for last in b.finish_batches():
+        if len(last):
+            yield last
     if stats is not None:
         stats.warnings.extend(b.warnings)
 

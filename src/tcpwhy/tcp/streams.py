@@ -62,7 +62,7 @@ def _lookup(
     The key is the unordered pair of endpoints, written lower endpoint first;
     direction 0 means the packet goes from the lower endpoint to the higher.
     `meta` holds [entries, next new slot, free slots]; the caller keeps the
-    table at most half full and the slot arrays large enough for every row.
+    table at most 7/10 full and the slot arrays large enough for every row.
     """
     # unsigned table positions: numba then skips its negative-index wraparound
     mask = np.uint64(tab_val.shape[0] - 1)
@@ -229,10 +229,14 @@ class StreamTracker:
         return int(self._meta[1] - self._meta[2])
 
     def _reserve(self, rows: int) -> None:
-        """Room for `rows` new conversations: slot arrays and a table at most half full."""
+        """Room for `rows` new conversations: slot arrays and a table at most 7/10 full.
+
+        The slot arrays grow by a quarter (the builder bounds the conversations held, so a
+        doubling would mostly stay unused) and the table's load, tombstones included, stays
+        below 0.7, where linear probing is still short."""
         need = int(self._meta[1]) + rows
         if need > self._cap:
-            cap = max(need, 2 * self._cap, 1024)
+            cap = max(need, self._cap + self._cap // 4, 1024)
 
             def grow(a: npt.NDArray[Any], fill: Any) -> npt.NDArray[Any]:
                 new = np.full((cap, *a.shape[1:]), fill, a.dtype)
@@ -247,8 +251,8 @@ class StreamTracker:
             self._free = grow(self._free, 0)
             self._cap = cap
         size = self._tab_val.shape[0]
-        if 2 * (int(self._meta[0]) + rows) > size:
-            while 2 * (self.conversations + rows) > size:
+        if 10 * (int(self._meta[0]) + rows) > 7 * size:
+            while 10 * (self.conversations + rows) > 7 * size:
                 size *= 2
             keys, val = self._tab_keys, self._tab_val
             self._tab_keys = np.zeros((size, 5), np.uint64)
