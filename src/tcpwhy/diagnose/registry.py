@@ -136,26 +136,14 @@ def make_finding(diag: Diag, kind: str, inst: list[Instance], story: Story) -> F
     """One finding for many connections: counts, time range, a few examples, and the timeline
     of the earliest one."""
     inst = sorted(inst, key=lambda x: x.first_ns)
-    frames: list[int] = []
-    for x in inst[:20]:
-        frames.extend(x.conn.frame[i] for i, _ in x.rows)
-    sids = [x.no for x in inst]
-    return Finding(
-        kind=kind,
-        severity=story.severity,
-        summary=story.summary,
-        streams=sorted(set(sids)),
-        frames=frames,
-        timeline=inst[0].timeline(),
-        explanation=story.explanation,
-        causes=story.causes,
-        fixes=story.fixes,
-        errors=story.errors,
-        count=len(set(sids)),
-        first_ns=min(x.first_ns for x in inst),
-        last_ns=max(x.last_ns for x in inst),
-        examples=sids[: diag.settings.examples],
-        facts=dict(story.facts),
+    return finding_from_columns(
+        diag,
+        kind,
+        story,
+        inst,
+        np.array([x.no for x in inst], np.int64),
+        min(x.first_ns for x in inst),
+        max(x.last_ns for x in inst),
     )
 
 
