@@ -301,3 +301,32 @@ def test_retransmissions_and_zero_windows_count_wiresharks_flags() -> None:
             assert r.zero_windows == int(flags["zero_window"][rows].sum()), (name, r.stream)
             checked += r.retransmissions + r.zero_windows
     assert checked > 10
+
+
+def test_cli_reports_eviction_once_as_a_tcpwhy_line() -> None:
+    """The command's stderr is its own one-line warning, not Python's warning display too."""
+    import subprocess
+    import sys
+
+    cap = LAB / "syn-flood.pcap"
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tcpwhy",
+            "conns",
+            "--max-active",
+            "50",
+            "--format",
+            "jsonl",
+            str(cap),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.splitlines() == [
+        f"tcpwhy: {cap}: warning: more than 50 connections active at once: the ones idle "
+        "longest are written out early (end: 'evicted'); later packets of them start a "
+        "continued record"
+    ]

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from tcpwhy import __version__
@@ -48,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed its message
         return int(exc.code or 0) if exc.code in (0, None) else EXIT_BAD_INPUT
+    # the library warns (RuntimeWarning) where the command already prints the same text as one
+    # `tcpwhy: FILE: warning: ...` line; Python's two-line form would only repeat it
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module="tcpwhy")
     try:
         status = args.func(args)
         sys.stdout.flush()
