@@ -181,7 +181,9 @@ class ConnectionBuilder:
         self.warnings: list[str] = []
         self.evicted = 0
         self._cap = 0
+        # per slot: the fields that need 64 bits (S) and the others (W); see `tcpwhy.tcp.zeek`
         self.S = np.zeros((0, z.NFIELDS), np.int64)
+        self.W = np.zeros((0, z.NFIELDS32), np.int32)
         self.H = np.zeros((0, z.HIST_MAX), np.uint8)
         self.free = np.zeros(0, np.int64)
         self.nfree = 0
@@ -193,6 +195,7 @@ class ConnectionBuilder:
         self._kept: list[dict[str, npt.NDArray[Any]]] = []
         # records emitted by one call of the compiled loop (it stops when this is full)
         self._out = np.empty((OUT_ROWS, z.NFIELDS), np.int64)
+        self._ow = np.empty((OUT_ROWS, z.NFIELDS32), np.int32)
         self._oh = np.empty((OUT_ROWS, z.HIST_MAX), np.uint8)
         self._kept_n = 0
         # attempt timers as they were armed (see `z.process_chunk`), a ring of (due, slot, uid)
@@ -217,6 +220,8 @@ class ConnectionBuilder:
         cap = min(max(2 * old, 1024), self.max_active)
         S = np.zeros((cap, z.NFIELDS), np.int64)
         S[:old] = self.S
+        W = np.zeros((cap, z.NFIELDS32), np.int32)
+        W[:old] = self.W
         H = np.zeros((cap, z.HIST_MAX), np.uint8)
         H[:old] = self.H
         free = np.empty(cap, np.int64)
@@ -224,7 +229,7 @@ class ConnectionBuilder:
         added = np.arange(cap - 1, old - 1, -1, dtype=np.int64)
         free[self.nfree : self.nfree + len(added)] = added
         self.nfree += len(added)
-        self.S, self.H, self.free, self._cap = S, H, free, cap
+        self.S, self.W, self.H, self.free, self._cap = S, W, H, free, cap
 
     # -- feeding -------------------------------------------------------------------------
     def feed(
@@ -265,8 +270,8 @@ class ConnectionBuilder:
         row_keep = np.zeros(n, np.bool_)
         # records are worded as of the chunk's last packet (idle times, TIME_WAIT expiry)
         self.now = max(self.now, int(t["ts_ns"].max()))
-        OUT, OH = self._out, self._oh
-        done: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]] = []
+        OUT, OW, OH = self._out, self._ow, self._oh
+        done: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.uint8]]] = []
         done_n = 0
         i = 0
         while i < n:
@@ -277,6 +282,7 @@ class ConnectionBuilder:
             evicted = int(self._vmeta[1])
             self.nfree, self.next_uid, k, j = z.process_chunk(
                 self.S,
+                self.W,
                 self.H,
                 self.free,
                 self.nfree,
@@ -311,6 +317,7 @@ class ConnectionBuilder:
                 row_uid,
                 row_keep,
                 OUT,
+                OW,
                 OH,
                 self._q,
                 self._qmeta,
@@ -319,11 +326,11 @@ class ConnectionBuilder:
                 self._vmeta,
             )
             if k:
-                done.append((OUT[:k].copy(), OH[:k].copy()))
+                done.append((OUT[:k].copy(), OW[:k].copy(), OH[:k].copy()))
                 done_n += k
                 self._gone.append(OUT[:k, [z.F_CONV, z.F_STREAM]])
             if int(self._vmeta[1]) > evicted:
-                self._evicted(OUT[:k])
+                self._evicted(OUT[:k], OW[:k])
             if j < n and self.nfree == 0 and self._cap >= self.max_active and k < len(OUT):
                 self._list_victims()
             if self.rfc_states and row_keep[i:j].any():
@@ -353,15 +360,17 @@ class ConnectionBuilder:
         return out
 
     def _flush(
-        self, done: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]]
+        self,
+        done: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.uint8]]],
     ) -> list[ConnColumns]:
         """The rows emitted so far as one batch of records (and `done` emptied): batches of
         about `RECORD_ROWS`, as looking up the kept packets costs about the same for any size
         while the rows, columns and text of a batch are held at once."""
-        OUT = np.concatenate([o for o, _ in done])
-        OH = np.concatenate([h for _, h in done])
+        OUT = np.concatenate([o for o, _, _ in done])
+        OW = np.concatenate([w for _, w, _ in done])
+        OH = np.concatenate([h for _, _, h in done])
         done.clear()
-        return self._records(OUT, OH)
+        return self._records(OUT, OW, OH)
 
     def finish_columns(self) -> ConnColumns:
         """The connections still active at the end of the capture, in stream order."""
@@ -381,7 +390,7 @@ class ConnectionBuilder:
             )
 
     def _active_slots(self) -> npt.NDArray[np.int64]:
-        return np.flatnonzero(self.S[:, z.F_ACTIVE]).astype(np.int64)
+        return np.flatnonzero(self.W[:, z.F_ACTIVE]).astype(np.int64)
 
     def _sweep(self, now: int, *, force: bool, reason: int) -> list[ConnColumns]:
         slots = self._active_slots()
@@ -393,9 +402,11 @@ class ConnectionBuilder:
         self, slots: npt.NDArray[np.int64], now: int, *, force: bool, reason: int
     ) -> list[ConnColumns]:
         OUT = np.empty((len(slots), z.NFIELDS), np.int64)
+        OW = np.empty((len(slots), z.NFIELDS32), np.int32)
         OH = np.empty((len(slots), z.HIST_MAX), np.uint8)
         self.nfree, k = z.sweep(
             self.S,
+            self.W,
             self.H,
             self.free,
             self.nfree,
@@ -408,12 +419,13 @@ class ConnectionBuilder:
             force,
             reason,
             OUT,
+            OW,
             OH,
         )
         if not k:
             return []
         self._gone.append(OUT[:k, [z.F_CONV, z.F_STREAM]])
-        return self._records(OUT[:k], OH[:k])
+        return self._records(OUT[:k], OW[:k], OH[:k])
 
     def _list_victims(self) -> None:
         """Lists the connections idle longest for the compiled loop to evict, idlest first:
@@ -431,7 +443,7 @@ class ConnectionBuilder:
         ).astype(np.int64)
         self._vmeta[0] = 0
 
-    def _evicted(self, rows: npt.NDArray[np.int64]) -> None:
+    def _evicted(self, rows: npt.NDArray[np.int64], rows32: npt.NDArray[np.int32]) -> None:
         """Once the compiled loop evicted connections: the warning, the count, and the stream
         tracker forgets their conversations, so its memory is bounded as well (a later packet
         of an evicted conversation starts a new stream number)."""
@@ -444,7 +456,7 @@ class ConnectionBuilder:
             self.warnings.append(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=4)
         self.evicted = int(self._vmeta[1])
-        convs = rows[rows[:, z.F_REASON] == z.END_EVICTED, z.F_CONV]
+        convs = rows[rows32[:, z.F_REASON] == z.END_EVICTED, z.F_CONV]
         # not those a later packet of the chunk started again
         self.tracker.forget(convs[self.conv_slot[convs] < 0])
 
@@ -453,7 +465,7 @@ class ConnectionBuilder:
         q, (head, tail) = self._q, self._qmeta
         rows = q[np.arange(head, tail) & (len(q) - 1)]
         s = rows[:, 1]
-        live = rows[(self.S[s, z.F_ACTIVE] != 0) & (self.S[s, z.F_UID] == rows[:, 2])]
+        live = rows[(self.W[s, z.F_ACTIVE] != 0) & (self.S[s, z.F_UID] == rows[:, 2])]
         size = len(q)
         while 2 * len(live) >= size:
             size *= 2
@@ -482,7 +494,7 @@ class ConnectionBuilder:
 
     # -- records -------------------------------------------------------------------------
     def _take_kept(
-        self, OUT: npt.NDArray[np.int64]
+        self, OUT: npt.NDArray[np.int64], OW: npt.NDArray[np.int64]
     ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
         """Final RFC states (`State` codes) of each emitted record's originator and responder,
         from its kept packets (then dropped)."""
@@ -511,7 +523,7 @@ class ConnectionBuilder:
         # record index of each row, and its direction relative to that record's originator
         by_uid = np.argsort(uids, kind="stable")
         rec = by_uid[np.searchsorted(uids, sel["uid"], sorter=by_uid)]
-        direction = (sel["dir"].astype(np.int64) != OUT[rec, z.F_ODIR]).astype(np.uint8)
+        direction = (sel["dir"].astype(np.int64) != OW[rec, z.F_ODIR]).astype(np.uint8)
         # every record's kept packets through the state machine in one compiled call; a
         # TIME_WAIT entered 2 MSL before the chunk's last packet has ended by now
         starts = np.flatnonzero(np.r_[True, rec[1:] != rec[:-1]])
@@ -530,40 +542,48 @@ class ConnectionBuilder:
         r_state[rec[starts]] = res.final[:, 1]
         return o_state, r_state
 
-    def _records(self, OUT: npt.NDArray[np.int64], OH: npt.NDArray[np.uint8]) -> list[ConnColumns]:
-        """Emitted slot rows as one batch of columns (`tcpwhy.tcp.records`); the words are
-        looked up once per distinct value, not per record."""
+    def _records(
+        self, OUT: npt.NDArray[np.int64], OW32: npt.NDArray[np.int32], OH: npt.NDArray[np.uint8]
+    ) -> list[ConnColumns]:
+        """Emitted slot rows (S and W) as one batch of columns (`tcpwhy.tcp.records`); the
+        words are looked up once per distinct value, not per record."""
         n = len(OUT)
+        OW = OW32.astype(np.int64)
         if self.rfc_states:
-            o_rfc, r_rfc = self._take_kept(OUT)
+            o_rfc, r_rfc = self._take_kept(OUT, OW)
         else:
             o_rfc = r_rfc = np.full(n, NO_RFC_STATE, np.uint8)
         rows = np.arange(n)
-        od = OUT[:, z.F_ODIR]
+        od = OW[:, z.F_ODIR]
         eo = z.EP0 + od * z.EPN
         er = z.EP0 + (1 - od) * z.EPN
+        wo = z.WP0 + od * z.WPN
+        wr = z.WP0 + (1 - od) * z.WPN
 
         def col(base: npt.NDArray[np.int64], f: int) -> npt.NDArray[np.int64]:
             return OUT[rows, base + f]
 
-        zo, zr = col(eo, z.E_STATE), col(er, z.E_STATE)
-        osize = _sizes(OUT, rows, eo, zr)
-        rsize = _sizes(OUT, rows, er, zo)
-        a0 = z.F_A0HI + np.where(od == 0, 0, 3)
-        b0 = z.F_A0HI + np.where(od == 0, 3, 0)
+        def col32(base: npt.NDArray[np.int64], f: int) -> npt.NDArray[np.int64]:
+            return OW[rows, base + f]
+
+        zo, zr = col32(wo, z.E_STATE), col32(wr, z.E_STATE)
+        osize = _sizes(OUT, OW, rows, eo, wo, zr)
+        rsize = _sizes(OUT, OW, rows, er, wr, zo)
+        a0 = z.F_A0HI + np.where(od == 0, 0, 2)
+        b0 = z.F_A0HI + np.where(od == 0, 2, 0)
         hs = OUT[:, z.F_HSACK_TS]
         sy = OUT[:, z.F_SYN_TS]
-        hlen = OUT[:, z.F_HLEN].copy()
+        hlen = OW[:, z.F_HLEN].copy()
         history = np.ascontiguousarray(OH)
         cs = _conn_state_codes(zo, zr, (osize == 0) & (rsize == 0), history, hlen)
         start = OUT[:, z.F_START_TS]
-        reason = OUT[:, z.F_REASON]
+        reason = OW[:, z.F_REASON]
         idle = np.where(
             (reason == z.END_IDLE) & _OPEN_CODES[cs], (self.now - OUT[:, z.F_SEEN_TS]) // 10**9, 0
         )
-        ff = OUT[:, z.F_FIRST_FLAGS] & (SYN | ACK)
+        ff = OW[:, z.F_FIRST_FLAGS] & (SYN | ACK)
         key = (
-            ((((OUT[:, z.F_CLOSE1] * 16 + OUT[:, z.F_CLOSE2]) * 16 + OUT[:, z.F_CLOSE3]) * 2 + od)
+            ((((OW[:, z.F_CLOSE1] * 16 + OW[:, z.F_CLOSE2]) * 16 + OW[:, z.F_CLOSE3]) * 2 + od)
              * 16 + cs) * 16 + reason
         ) * 32 + ff + (idle << 26)  # fmt: skip
         keys, end = np.unique(key, return_inverse=True)
@@ -572,11 +592,11 @@ class ConnectionBuilder:
             "stream": OUT[:, z.F_STREAM].copy(),
             "orig_hi": OUT[rows, a0].view(np.uint64),
             "orig_lo": OUT[rows, a0 + 1].view(np.uint64),
-            "orig_p": OUT[rows, a0 + 2],
+            "orig_p": OW[rows, z.F_P0 + od],
             "resp_hi": OUT[rows, b0].view(np.uint64),
             "resp_lo": OUT[rows, b0 + 1].view(np.uint64),
-            "resp_p": OUT[rows, b0 + 2],
-            "orientation": OUT[:, z.F_ORIENT].astype(np.uint8),
+            "resp_p": OW[rows, z.F_P1 - od],
+            "orientation": OW[:, z.F_ORIENT].astype(np.uint8),
             "start_ns": start.copy(),
             "duration_ns": OUT[:, z.F_LAST_TS] - start,
             "orig_pkts": col(eo, z.E_PKTS),
@@ -589,15 +609,15 @@ class ConnectionBuilder:
             "resp_ip_bytes": col(er, z.E_IPBYTES),
             "missed_bytes": np.zeros(n, np.int64),
             "irtt_ns": np.where((hs >= 0) & (sy >= 0), hs - sy, IRTT_UNSET),
-            "retransmissions": col(eo, z.E_RETX) + col(er, z.E_RETX),
-            "zero_windows": col(eo, z.E_ZWIN) + col(er, z.E_ZWIN),
+            "retransmissions": col32(wo, z.E_RETX) + col32(wr, z.E_RETX),
+            "zero_windows": col32(wo, z.E_ZWIN) + col32(wr, z.E_ZWIN),
             "orig_state": o_rfc,
             "resp_state": r_rfc,
             "end": end.reshape(-1).astype(np.int32),
             "conn_state": cs.astype(np.uint8),
             "history": history.copy(),
             "history_len": hlen,
-            "continued": OUT[:, z.F_CONTINUED] != 0,
+            "continued": OW[:, z.F_CONTINUED] != 0,
             "emitted": reason.astype(np.uint8),
             "zeek_orig_state": zo.astype(np.uint8),
             "zeek_resp_state": zr.astype(np.uint8),
@@ -608,8 +628,10 @@ class ConnectionBuilder:
 
 def _sizes(
     OUT: npt.NDArray[np.int64],
+    OW: npt.NDArray[np.int64],
     rows: npt.NDArray[Any],
     e: npt.NDArray[np.int64],
+    w: npt.NDArray[np.int64],
     peer_state: npt.NDArray[np.int64],
 ) -> npt.NDArray[np.int64]:
     """Zeek's TCP_Endpoint::Size() over many records (see `tcpwhy.tcp.zeek.zeek_size`)."""
@@ -617,10 +639,10 @@ def _sizes(
     ackr = OUT[rows, e + z.E_ACKR]
     size = np.where(last > ackr, last, ackr)
     size = np.where(size != 0, size - 1, size)
-    size = np.where((OUT[rows, e + z.E_FIN_CNT] > 0) & (size != 0), size - 1, size)
+    size = np.where((OW[rows, w + z.E_FIN_CNT] > 0) & (size != 0), size - 1, size)
     aborted = (
-        (OUT[rows, e + z.E_PREV] == z.SYN_SENT)
-        & (OUT[rows, e + z.E_STATE] == z.RESET)
+        (OW[rows, w + z.E_PREV] == z.SYN_SENT)
+        & (OW[rows, w + z.E_STATE] == z.RESET)
         & (peer_state == z.INACTIVE)
         & (ackr != 0)
         & (ackr != 1)

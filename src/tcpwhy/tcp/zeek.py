@@ -5,8 +5,8 @@ This is a port of the per-packet logic of Zeek's TCP session adapter
 session timers, and of ``conn_state()`` in ``base/protocols/conn/main.zeek``,
 so that a record here reads like the conn.log line Zeek would have written.
 The per-packet pass is sequential (history letters depend on order), so it
-is compiled with numba and keeps its state in plain integer arrays, one row
-per active connection ("slot"), which carry over from chunk to chunk.
+is compiled with numba and keeps its state in plain integer arrays, a row of
+each per active connection ("slot"), which carry over from chunk to chunk.
 
 Endpoints are indexed by the packet table's canonical direction (0/1), not
 by originator/responder; ``F_ODIR`` says which one originates. Flipping the
@@ -58,20 +58,16 @@ TOO_LARGE_SEQ_DELTA = 1048576
 HIST_MAX = 48
 """History letters kept per connection; longer histories end in '+' (Zeek's are unbounded)."""
 
-# --- slot layout: one int64 row per active connection -----------------------------------
+# --- slot layout: per active connection ("slot") a row of S (int64) and one of W (int32) ----
+# S holds what needs 64 bits: times in ns, uids and indices, addresses, sequence numbers and
+# byte counts; W the rest: states, flags, letters' counters and thresholds, small counts.
 _conn_fields = (
-    "ACTIVE",
     "UID",
     "STREAM",
     "CONV",
-    "ODIR",  # canonical direction of the originator
-    "ORIENT",  # ORIENT_* how the originator was chosen
     "START_TS",
     "LAST_TS",  # Zeek's LastTime: not advanced once both sides closed
     "SEEN_TS",  # any packet, for idling and eviction
-    "HIST_SEEN",
-    "HLEN",
-    "IS_ACTIVE",  # Zeek's is_active (timers stop caring once it is 0)
     "INACT",  # inactivity timeout in force
     "T_ATTEMPT",
     "T_DELETE",
@@ -81,64 +77,77 @@ _conn_fields = (
     "SYN_TS",
     "SYNACK_TS",
     "HSACK_TS",
+    "A0HI",  # address of the endpoint that sends direction 0
+    "A0LO",
+    "A1HI",
+    "A1LO",
+)
+_conn_fields32 = (
+    "ACTIVE",
+    "ODIR",  # canonical direction of the originator
+    "ORIENT",  # ORIENT_* how the originator was chosen
+    "HIST_SEEN",
+    "HLEN",
+    "IS_ACTIVE",  # Zeek's is_active (timers stop caring once it is 0)
     "CONTINUED",
     "FIRST_FLAGS",
     "CLOSE1",  # first closing event: 1 + (dir*4 + kind), kind 0 FIN, 1 RST
     "CLOSE2",
     "CLOSE3",
     "REASON",  # END_* why the record was emitted
-    "A0HI",  # address and port of the endpoint that sends direction 0
-    "A0LO",
-    "P0",
-    "A1HI",
-    "A1LO",
+    "P0",  # port of the endpoint that sends direction 0
     "P1",
 )
 _ep_fields = (
-    "STATE",
-    "PREV",
     "START",  # raw 32-bit start sequence number
     "LAST",  # last sequence number, relative to START, 64-bit
     "ACKR",  # highest ack received from the peer, relative to START
-    "FIN_CNT",
-    "DID_CLOSE",
     "HL_SYN",
     "HL_FIN",
     "HL_RST",
+    "PKTS",
+    "IPBYTES",
+    "PAYLOAD",
+    "FIN_END",  # raw seq just past my last FIN, for picking the ACKs that matter to states
+)
+_ep_fields32 = (
+    "STATE",
+    "PREV",
+    "FIN_CNT",
+    "DID_CLOSE",
     "RX_CNT",
     "RX_TH",
     "W0_CNT",
     "W0_TH",
     "CK_CNT",
     "CK_TH",
-    "PKTS",
-    "IPBYTES",
-    "PAYLOAD",
     "RETX",
     "ZWIN",
-    "FIN_END",  # raw seq just past my last FIN, for picking the ACKs that matter to states
     "FIN_ACKED",  # bit 1: an ACK of my FIN was kept; bit 2: a later non-acknowledging one
     "FIRST_KEPT",  # non-control packets kept at the start (for the handshake's ACK)
 )
 F: dict[str, int] = {name: i for i, name in enumerate(_conn_fields)}
+F.update({name: i for i, name in enumerate(_conn_fields32)})
+"""Column of a connection field, in S or in W (see `F32`)."""
+E: dict[str, int] = {name: i for i, name in enumerate(_ep_fields)}
+E.update({name: i for i, name in enumerate(_ep_fields32)})
+"""Column of an endpoint field from the endpoint's base (`EP0`/`EPN` in S, `WP0`/`WPN` in W)."""
+F32 = frozenset(_conn_fields32 + _ep_fields32)
+"""The fields kept in W."""
 EP0 = len(_conn_fields)
 EPN = len(_ep_fields)
-E: dict[str, int] = {name: i for i, name in enumerate(_ep_fields)}
 NFIELDS = EP0 + 2 * EPN
+WP0 = len(_conn_fields32)
+WPN = len(_ep_fields32)
+NFIELDS32 = WP0 + 2 * WPN
 
 (
-    F_ACTIVE,
     F_UID,
     F_STREAM,
     F_CONV,
-    F_ODIR,
-    F_ORIENT,
     F_START_TS,
     F_LAST_TS,
     F_SEEN_TS,
-    F_HIST_SEEN,
-    F_HLEN,
-    F_IS_ACTIVE,
     F_INACT,
     F_T_ATTEMPT,
     F_T_DELETE,
@@ -148,45 +157,55 @@ NFIELDS = EP0 + 2 * EPN
     F_SYN_TS,
     F_SYNACK_TS,
     F_HSACK_TS,
+    F_A0HI,
+    F_A0LO,
+    F_A1HI,
+    F_A1LO,
+) = range(len(_conn_fields))
+(
+    F_ACTIVE,
+    F_ODIR,
+    F_ORIENT,
+    F_HIST_SEEN,
+    F_HLEN,
+    F_IS_ACTIVE,
     F_CONTINUED,
     F_FIRST_FLAGS,
     F_CLOSE1,
     F_CLOSE2,
     F_CLOSE3,
     F_REASON,
-    F_A0HI,
-    F_A0LO,
     F_P0,
-    F_A1HI,
-    F_A1LO,
     F_P1,
-) = range(len(_conn_fields))
+) = range(len(_conn_fields32))
 (
-    E_STATE,
-    E_PREV,
     E_START,
     E_LAST,
     E_ACKR,
-    E_FIN_CNT,
-    E_DID_CLOSE,
     E_HL_SYN,
     E_HL_FIN,
     E_HL_RST,
+    E_PKTS,
+    E_IPBYTES,
+    E_PAYLOAD,
+    E_FIN_END,
+) = range(EPN)
+(
+    E_STATE,
+    E_PREV,
+    E_FIN_CNT,
+    E_DID_CLOSE,
     E_RX_CNT,
     E_RX_TH,
     E_W0_CNT,
     E_W0_TH,
     E_CK_CNT,
     E_CK_TH,
-    E_PKTS,
-    E_IPBYTES,
-    E_PAYLOAD,
     E_RETX,
     E_ZWIN,
-    E_FIN_END,
     E_FIN_ACKED,
     E_FIRST_KEPT,
-) = range(EPN)
+) = range(WPN)
 
 # how the originator was chosen
 ORIENT_SYN, ORIENT_FIRST, ORIENT_PORT, ORIENT_SYNACK, ORIENT_REVERSAL = range(5)
@@ -247,48 +266,55 @@ def _sdelta(a: Any, b: Any) -> Any:
 
 @njit(cache=True, inline="always")
 def _ep(d: Any) -> Any:
+    """The first column of endpoint d's fields in S."""
     return EP0 + d * EPN
 
 
+@njit(cache=True, inline="always")
+def _ew(d: Any) -> Any:
+    """The first column of endpoint d's fields in W."""
+    return WP0 + d * WPN
+
+
 @njit(cache=True, _nrt=False)
-def _add_hist(S: Any, H: Any, s: Any, code: Any) -> None:
-    n = S[s, F_HLEN]
+def _add_hist(S: Any, W: Any, H: Any, s: Any, code: Any) -> None:
+    n = W[s, F_HLEN]
     if n < HIST_MAX - 1:
         H[s, n] = code
-        S[s, F_HLEN] = n + 1
+        W[s, F_HLEN] = n + 1
     elif n == HIST_MAX - 1:
         H[s, n] = 43  # '+'
-        S[s, F_HLEN] = n + 1
+        W[s, F_HLEN] = n + 1
 
 
 @njit(cache=True, _nrt=False)
-def _check_hist(S: Any, H: Any, s: Any, d: Any, mask: Any, code: Any) -> bool:
+def _check_hist(S: Any, W: Any, H: Any, s: Any, d: Any, mask: Any, code: Any) -> bool:
     """Zeek's CheckHistory: add the letter the first time; True if it was seen before."""
-    if d != S[s, F_ODIR]:
+    if d != W[s, F_ODIR]:
         mask = mask << 16
         code = code + 32  # lower case
-    if S[s, F_HIST_SEEN] & mask:
+    if W[s, F_HIST_SEEN] & mask:
         return True
-    S[s, F_HIST_SEEN] |= mask
-    _add_hist(S, H, s, code)
+    W[s, F_HIST_SEEN] |= mask
+    _add_hist(S, W, H, s, code)
     return False
 
 
 @njit(cache=True, _nrt=False)
-def _letter(S: Any, H: Any, s: Any, d: Any, code: Any) -> None:
-    if d != S[s, F_ODIR]:
+def _letter(S: Any, W: Any, H: Any, s: Any, d: Any, code: Any) -> None:
+    if d != W[s, F_ODIR]:
         code = code + 32
-    _add_hist(S, H, s, code)
+    _add_hist(S, W, H, s, code)
 
 
 @njit(cache=True, _nrt=False)
-def _scaled(S: Any, H: Any, s: Any, d: Any, cnt: Any, th: Any, code: Any) -> None:
+def _scaled(S: Any, W: Any, H: Any, s: Any, d: Any, cnt: Any, th: Any, code: Any) -> None:
     """Zeek's ScaledHistoryEntry: a letter on the 1st, 10th, 100th ... occurrence."""
-    e = _ep(d)
-    S[s, e + cnt] += 1
-    if S[s, e + cnt] == S[s, e + th]:
-        _letter(S, H, s, d, code)
-        S[s, e + th] *= 10
+    ew = _ew(d)
+    W[s, ew + cnt] += 1
+    if W[s, ew + cnt] == W[s, ew + th]:
+        _letter(S, W, H, s, d, code)
+        W[s, ew + th] *= 10
 
 
 @njit(cache=True, inline="always")
@@ -297,19 +323,19 @@ def _is_handshake(st: Any) -> bool:
 
 
 @njit(cache=True, _nrt=False)
-def _set_state(S: Any, s: Any, d: Any, new: Any) -> None:
-    e = _ep(d)
-    p = _ep(1 - d)
-    old = S[s, e + E_STATE]
+def _set_state(S: Any, W: Any, s: Any, d: Any, new: Any) -> None:
+    ew = _ew(d)
+    pw = _ew(1 - d)
+    old = W[s, ew + E_STATE]
     if new != old:
-        if not _is_handshake(new) and _is_handshake(old) and _is_handshake(S[s, p + E_STATE]):
+        if not _is_handshake(new) and _is_handshake(old) and _is_handshake(W[s, pw + E_STATE]):
             S[s, F_INACT] = TCP_INACTIVITY_TIMEOUT
-        S[s, e + E_PREV] = old
-        S[s, e + E_STATE] = new
+        W[s, ew + E_PREV] = old
+        W[s, ew + E_STATE] = new
 
 
 @njit(cache=True, _nrt=False)
-def _init_seq(S: Any, s: Any, d: Any, start: Any, last: Any) -> None:
+def _init_seq(S: Any, W: Any, s: Any, d: Any, start: Any, last: Any) -> None:
     e = _ep(d)
     S[s, e + E_START] = start & _M32
     S[s, e + E_ACKR] = 0
@@ -317,138 +343,151 @@ def _init_seq(S: Any, s: Any, d: Any, start: Any, last: Any) -> None:
 
 
 @njit(cache=True, _nrt=False)
-def _raw(S: Any, s: Any, d: Any, rel: Any) -> Any:
+def _raw(S: Any, W: Any, s: Any, d: Any, rel: Any) -> Any:
     return (S[s, _ep(d) + E_START] + rel) & _M32
 
 
 @njit(cache=True, _nrt=False)
-def _flip(S: Any, H: Any, s: Any) -> None:
-    S[s, F_ODIR] = 1 - S[s, F_ODIR]
-    _add_hist(S, H, s, 94)  # '^'
+def _flip(S: Any, W: Any, H: Any, s: Any) -> None:
+    W[s, F_ODIR] = 1 - W[s, F_ODIR]
+    _add_hist(S, W, H, s, 94)  # '^'
 
 
 @njit(cache=True, _nrt=False)
-def _close(S: Any, s: Any, d: Any) -> None:
+def _close(S: Any, W: Any, s: Any, d: Any) -> None:
     """Zeek's ConnectionClosed for endpoint d: arms the timers that will remove the connection."""
-    e = _ep(d)
-    p = _ep(1 - d)
-    if S[s, e + E_DID_CLOSE]:
+    ew = _ew(d)
+    pw = _ew(1 - d)
+    if W[s, ew + E_DID_CLOSE]:
         return
-    S[s, e + E_DID_CLOSE] = 1
-    complete = S[s, e + E_STATE] == RESET or S[s, p + E_DID_CLOSE] or S[s, p + E_STATE] == INACTIVE
+    W[s, ew + E_DID_CLOSE] = 1
+    complete = (
+        W[s, ew + E_STATE] == RESET or W[s, pw + E_DID_CLOSE] or W[s, pw + E_STATE] == INACTIVE
+    )
     if complete:
-        if S[s, e + E_PREV] != INACTIVE or S[s, p + E_STATE] != INACTIVE:
-            S[s, F_IS_ACTIVE] = 0  # ConnectionFinished
+        if W[s, ew + E_PREV] != INACTIVE or W[s, pw + E_STATE] != INACTIVE:
+            W[s, F_IS_ACTIVE] = 0  # ConnectionFinished
         # CancelTimers(): the analyzer's timers go, the session's inactivity timer stays
         S[s, F_T_ATTEMPT] = NEVER
         S[s, F_T_EXPIRE] = NEVER
         S[s, F_T_PARTIAL] = NEVER
         S[s, F_T_RESET] = NEVER
         S[s, F_T_DELETE] = min(S[s, F_T_DELETE], S[s, F_LAST_TS] + TCP_CLOSE_DELAY)
-    elif S[s, e + E_PREV] == INACTIVE:
+    elif W[s, ew + E_PREV] == INACTIVE:
         S[s, F_T_PARTIAL] = min(S[s, F_T_PARTIAL], S[s, F_LAST_TS] + TCP_PARTIAL_CLOSE_DELAY)
     else:
         S[s, F_T_EXPIRE] = min(S[s, F_T_EXPIRE], S[s, F_LAST_TS] + TCP_SESSION_TIMER)
 
 
 @njit(cache=True, _nrt=False)
-def _note_close(S: Any, s: Any, d: Any, kind: Any) -> None:
+def _note_close(S: Any, W: Any, s: Any, d: Any, kind: Any) -> None:
     """Remember the order of the first FIN and RST of each side, for wording the end."""
     code = 1 + d * 4 + kind
     for f in (F_CLOSE1, F_CLOSE2, F_CLOSE3):
-        if S[s, f] == code:
+        if W[s, f] == code:
             return
-        if S[s, f] == 0:
-            S[s, f] = code
+        if W[s, f] == 0:
+            W[s, f] = code
             return
 
 
 @njit(cache=True, _nrt=False)
 def _state_machine(
-    S: Any, H: Any, s: Any, d: Any, t: Any, base: Any, ackn: Any, plen: Any, dlast: Any, fl: Any
+    S: Any,
+    W: Any,
+    H: Any,
+    s: Any,
+    d: Any,
+    t: Any,
+    base: Any,
+    ackn: Any,
+    plen: Any,
+    dlast: Any,
+    fl: Any,
 ) -> tuple[bool, bool]:
     """Zeek's UpdateStateMachine for a packet from endpoint d; returns (do_close, gen_event)."""
     e = _ep(d)
-    p = _ep(1 - d)
-    is_orig = d == S[s, F_ODIR]
+    ew = _ew(d)
+    pw = _ew(1 - d)
+    is_orig = d == W[s, F_ODIR]
     syn = fl & SYN_
     fin = fl & FIN_
     rst = fl & RST_
     ack = fl & ACK_
     do_close = False
     gen = False
-    st = S[s, e + E_STATE]
+    st = W[s, ew + E_STATE]
     if st == INACTIVE:
         if syn:
             if is_orig:
                 if ack:
-                    _set_state(S, s, d, SYN_ACK_SENT)
+                    _set_state(S, W, s, d, SYN_ACK_SENT)
                 else:
-                    _set_state(S, s, d, SYN_SENT)
+                    _set_state(S, W, s, d, SYN_SENT)
                 S[s, F_T_ATTEMPT] = min(S[s, F_T_ATTEMPT], t + TCP_ATTEMPT_DELAY)
             else:
                 if (
                     not ack
-                    and S[s, p + E_STATE] == SYN_ACK_SENT
+                    and W[s, pw + E_STATE] == SYN_ACK_SENT
                     and (base & _M32) == S[s, e + E_START]
                 ):
                     # SYN and SYN-ACK seen in reverse order: flip and establish
-                    _flip(S, H, s)
-                    S[s, F_ORIENT] = ORIENT_REVERSAL
-                    _set_state(S, s, 1 - d, ESTABLISHED)
-                if S[s, p + E_STATE] == SYN_SENT:
-                    _set_state(S, s, 1 - d, ESTABLISHED)
-                _set_state(S, s, d, ESTABLISHED)
+                    _flip(S, W, H, s)
+                    W[s, F_ORIENT] = ORIENT_REVERSAL
+                    _set_state(S, W, s, 1 - d, ESTABLISHED)
+                if W[s, pw + E_STATE] == SYN_SENT:
+                    _set_state(S, W, s, 1 - d, ESTABLISHED)
+                _set_state(S, W, s, d, ESTABLISHED)
         if fin:
-            _set_state(S, s, d, CLOSED)
+            _set_state(S, W, s, d, CLOSED)
             do_close = True
             gen = True
         if rst:
-            _set_state(S, s, d, RESET)
+            _set_state(S, W, s, d, RESET)
             reject = False
             if is_orig:
-                if S[s, p + E_STATE] == ESTABLISHED:
+                if W[s, pw + E_STATE] == ESTABLISHED:
                     reject = True
-            elif S[s, p + E_STATE] == SYN_SENT or S[s, p + E_STATE] == SYN_ACK_SENT:
+            elif W[s, pw + E_STATE] == SYN_SENT or W[s, pw + E_STATE] == SYN_ACK_SENT:
                 reject = True
             do_close = True
             gen = not reject
             if reject:
-                S[s, F_IS_ACTIVE] = 0
-        if S[s, e + E_STATE] == INACTIVE:
-            if not is_orig and plen == 0 and S[s, _ep(S[s, F_ODIR]) + E_STATE] == SYN_SENT:
+                W[s, F_IS_ACTIVE] = 0
+        if W[s, ew + E_STATE] == INACTIVE:
+            if not is_orig and plen == 0 and W[s, _ew(W[s, F_ODIR]) + E_STATE] == SYN_SENT:
                 pass  # an ACK of the SYN before the SYN-ACK: not a partial connection
-            elif ack and S[s, p + E_STATE] == ESTABLISHED:
-                _set_state(S, s, d, ESTABLISHED)
+            elif ack and W[s, pw + E_STATE] == ESTABLISHED:
+                _set_state(S, W, s, d, ESTABLISHED)
             else:
-                _set_state(S, s, d, PARTIAL)
+                _set_state(S, W, s, d, PARTIAL)
     elif st in (SYN_SENT, SYN_ACK_SENT):
         if fin:
-            _set_state(S, s, d, CLOSED)
+            _set_state(S, W, s, d, CLOSED)
             do_close = True
             gen = True
         if rst:
-            _set_state(S, s, d, RESET)
-            S[s, F_IS_ACTIVE] = 0
+            _set_state(S, W, s, d, RESET)
+            W[s, F_IS_ACTIVE] = 0
             do_close = True
     elif st in (ESTABLISHED, PARTIAL):
-        if syn and st == PARTIAL and S[s, p + E_STATE] == INACTIVE and not ack:
-            _set_state(S, s, d, SYN_SENT)
+        if syn and st == PARTIAL and W[s, pw + E_STATE] == INACTIVE and not ack:
+            _set_state(S, W, s, d, SYN_SENT)
         if fin and not rst:
-            _set_state(S, s, d, CLOSED)
-            if S[s, p + E_STATE] == RESET and S[s, p + E_PREV] == CLOSED:
+            _set_state(S, W, s, d, CLOSED)
+            if W[s, pw + E_STATE] == RESET and W[s, pw + E_PREV] == CLOSED:
                 # the peer's FIN then RST: a normal termination after all
-                _set_state(S, s, 1 - d, CLOSED)
+                _set_state(S, W, s, 1 - d, CLOSED)
             do_close = True
             gen = True
         if rst:
-            _set_state(S, s, d, RESET)
+            _set_state(S, W, s, d, RESET)
             do_close = True
-            if S[s, p + E_STATE] != RESET or S[s, p + E_PREV] != ESTABLISHED:
-                S[s, F_IS_ACTIVE] = 0
-    elif st == CLOSED and rst and S[s, p + E_STATE] != CLOSED:
-        _set_state(S, s, d, RESET)
-        if not S[s, e + E_DID_CLOSE]:
+            if W[s, pw + E_STATE] != RESET or W[s, pw + E_PREV] != ESTABLISHED:
+                W[s, F_IS_ACTIVE] = 0
+    elif st == CLOSED and rst and W[s, pw + E_STATE] != CLOSED:
+        _set_state(S, W, s, d, RESET)
+        if not W[s, ew + E_DID_CLOSE]:
             do_close = True
         S[s, F_T_RESET] = min(S[s, F_T_RESET], t + TCP_RESET_DELAY)
     return do_close, gen
@@ -457,6 +496,7 @@ def _state_machine(
 @njit(cache=True)
 def _new_conn(
     S: Any,
+    W: Any,
     H: Any,
     s: Any,
     uid: Any,
@@ -471,16 +511,17 @@ def _new_conn(
     continued: Any,
 ) -> None:
     S[s, :] = 0
-    S[s, F_ACTIVE] = 1
+    W[s, :] = 0
+    W[s, F_ACTIVE] = 1
     S[s, F_UID] = uid
     S[s, F_STREAM] = stream
     S[s, F_CONV] = conv
-    S[s, F_ODIR] = d
-    S[s, F_ORIENT] = ORIENT_SYN if (fl & (SYN_ | ACK_)) == SYN_ else ORIENT_FIRST
+    W[s, F_ODIR] = d
+    W[s, F_ORIENT] = ORIENT_SYN if (fl & (SYN_ | ACK_)) == SYN_ else ORIENT_FIRST
     S[s, F_START_TS] = t
     S[s, F_LAST_TS] = t
     S[s, F_SEEN_TS] = t
-    S[s, F_IS_ACTIVE] = 1
+    W[s, F_IS_ACTIVE] = 1
     S[s, F_INACT] = UDP_INACTIVITY_TIMEOUT
     S[s, F_T_ATTEMPT] = NEVER
     S[s, F_T_DELETE] = NEVER
@@ -490,13 +531,13 @@ def _new_conn(
     S[s, F_SYN_TS] = -1
     S[s, F_SYNACK_TS] = -1
     S[s, F_HSACK_TS] = -1
-    S[s, F_CONTINUED] = continued
-    S[s, F_FIRST_FLAGS] = fl
+    W[s, F_CONTINUED] = continued
+    W[s, F_FIRST_FLAGS] = fl
     for dd in range(2):
-        e = _ep(dd)
-        S[s, e + E_RX_TH] = 1
-        S[s, e + E_W0_TH] = 1
-        S[s, e + E_CK_TH] = 1
+        ew = _ew(dd)
+        W[s, ew + E_RX_TH] = 1
+        W[s, ew + E_W0_TH] = 1
+        W[s, ew + E_CK_TH] = 1
     # WantConnection: without a plain SYN, guess the responder from likely server ports
     if not ((fl & SYN_) and not (fl & ACK_)):
         flip = False
@@ -506,29 +547,29 @@ def _new_conn(
             else:
                 flip = True
         if flip:
-            _flip(S, H, s)
-            S[s, F_ORIENT] = ORIENT_PORT
+            _flip(S, W, H, s)
+            W[s, F_ORIENT] = ORIENT_PORT
 
 
 @njit(cache=True, _nrt=False)
 def _timers_due(
-    S: Any, s: Any, now: Any, zeek_timers: bool, idle_ns: Any, closed_idle_ns: Any
+    S: Any, W: Any, s: Any, now: Any, zeek_timers: bool, idle_ns: Any, closed_idle_ns: Any
 ) -> Any:
     """The reason the connection in slot s is gone by time `now`, or -1 if it is still there."""
     # kept small so that LLVM inlines it and the idle check into the per-packet loop
     if zeek_timers:
-        return _zeek_timers_due(S, s, now)
-    return _idle_due(S, s, now, idle_ns, closed_idle_ns)
+        return _zeek_timers_due(S, W, s, now)
+    return _idle_due(S, W, s, now, idle_ns, closed_idle_ns)
 
 
 @njit(cache=True, _nrt=False)
-def _idle_due(S: Any, s: Any, now: Any, idle_ns: Any, closed_idle_ns: Any) -> Any:
+def _idle_due(S: Any, W: Any, s: Any, now: Any, idle_ns: Any, closed_idle_ns: Any) -> Any:
     """Without Zeek's timers a connection goes when it has been idle long enough."""
     seen = S[s, F_SEEN_TS]
-    e0 = _ep(0)
-    e1 = _ep(1)
-    finished = (S[s, e0 + E_DID_CLOSE] and S[s, e1 + E_DID_CLOSE]) or (
-        S[s, e0 + E_STATE] == RESET or S[s, e1 + E_STATE] == RESET
+    w0 = _ew(0)
+    w1 = _ew(1)
+    finished = (W[s, w0 + E_DID_CLOSE] and W[s, w1 + E_DID_CLOSE]) or (
+        W[s, w0 + E_STATE] == RESET or W[s, w1 + E_STATE] == RESET
     )
     if finished and now - seen > closed_idle_ns:
         return END_IDLE
@@ -538,7 +579,7 @@ def _idle_due(S: Any, s: Any, now: Any, idle_ns: Any, closed_idle_ns: Any) -> An
 
 
 @njit(cache=True, _nrt=False)
-def _zeek_timers_due(S: Any, s: Any, now: Any) -> Any:
+def _zeek_timers_due(S: Any, W: Any, s: Any, now: Any) -> Any:
     """Fire Zeek's timers due by `now` in order; the reason the connection ends, or -1."""
     for _ in range(1_000_000):
         # the earliest due timer fires first
@@ -554,17 +595,17 @@ def _zeek_timers_due(S: Any, s: Any, now: Any) -> Any:
         if tmin > now:
             return -1
         S[s, which] = NEVER
-        e_o = _ep(S[s, F_ODIR])
-        e_r = _ep(1 - S[s, F_ODIR])
-        os_ = S[s, e_o + E_STATE]
-        rs_ = S[s, e_r + E_STATE]
+        w_o = _ew(W[s, F_ODIR])
+        w_r = _ew(1 - W[s, F_ODIR])
+        os_ = W[s, w_o + E_STATE]
+        rs_ = W[s, w_r + E_STATE]
         if which == F_T_DELETE:
             return END_CLOSE_DELAY
         if which == F_T_RESET:
-            if S[s, F_IS_ACTIVE]:
+            if W[s, F_IS_ACTIVE]:
                 return END_RESET_DELAY
             continue
-        if not S[s, F_IS_ACTIVE]:
+        if not W[s, F_IS_ACTIVE]:
             continue
         if which == F_T_ATTEMPT:
             if (os_ in (SYN_SENT, SYN_ACK_SENT)) and rs_ == INACTIVE:
@@ -574,7 +615,7 @@ def _zeek_timers_due(S: Any, s: Any, now: Any) -> Any:
                 (
                     os_ != INACTIVE
                     and rs_ != INACTIVE
-                    and not (S[s, e_o + E_DID_CLOSE] and S[s, e_r + E_DID_CLOSE])
+                    and not (W[s, w_o + E_DID_CLOSE] and W[s, w_r + E_DID_CLOSE])
                 )
                 and os_ != RESET
                 and rs_ != RESET
@@ -582,8 +623,8 @@ def _zeek_timers_due(S: Any, s: Any, now: Any) -> Any:
                 return END_PARTIAL_CLOSE
         else:  # expire
             if S[s, F_LAST_TS] + TCP_CONNECTION_LINGER < tmin:
-                oc = S[s, e_o + E_DID_CLOSE]
-                rc = S[s, e_r + E_DID_CLOSE]
+                oc = W[s, w_o + E_DID_CLOSE]
+                rc = W[s, w_r + E_DID_CLOSE]
                 if (oc or rc) and (
                     (oc and rc) or os_ in (RESET, INACTIVE) or rs_ in (RESET, INACTIVE)
                 ):
@@ -595,25 +636,25 @@ def _zeek_timers_due(S: Any, s: Any, now: Any) -> Any:
 
 
 @njit(cache=True, _nrt=False)
-def _is_reuse(S: Any, s: Any, d: Any, fl: Any, seq: Any) -> bool:
+def _is_reuse(S: Any, W: Any, s: Any, d: Any, fl: Any, seq: Any) -> bool:
     """Zeek's IsReuse: a SYN that starts a new connection on the same 4-tuple."""
     if not (fl & SYN_):
         return False
-    o = S[s, F_ODIR]
+    o = W[s, F_ODIR]
     co = o
     if fl & ACK_:
-        if S[s, _ep(o) + E_STATE] != INACTIVE:
+        if W[s, _ew(o) + E_STATE] != INACTIVE:
             return False
         co = 1 - o
-    closed = S[s, _ep(0) + E_DID_CLOSE] or S[s, _ep(1) + E_DID_CLOSE]
+    closed = W[s, _ew(0) + E_DID_CLOSE] or W[s, _ew(1) + E_DID_CLOSE]
     if not closed:
         if (seq & _M32) == S[s, _ep(co) + E_START]:
             return False
         r = 1 - o
         if (
             not (fl & ACK_)
-            and S[s, _ep(co) + E_STATE] == SYN_ACK_SENT
-            and S[s, _ep(r) + E_STATE] == INACTIVE
+            and W[s, _ew(co) + E_STATE] == SYN_ACK_SENT
+            and W[s, _ew(r) + E_STATE] == INACTIVE
             and (seq & _M32) == S[s, _ep(r) + E_START]
         ):
             return False
@@ -622,34 +663,46 @@ def _is_reuse(S: Any, s: Any, d: Any, fl: Any, seq: Any) -> bool:
 
 @njit(cache=True)
 def _emit(
-    S: Any, H: Any, s: Any, reason: Any, OUT: Any, OH: Any, k: Any, free: Any, nfree: Any
+    S: Any,
+    W: Any,
+    H: Any,
+    s: Any,
+    reason: Any,
+    OUT: Any,
+    OW: Any,
+    OH: Any,
+    k: Any,
+    free: Any,
+    nfree: Any,
 ) -> Any:
-    S[s, F_REASON] = reason
+    W[s, F_REASON] = reason
     OUT[k, :] = S[s, :]
+    OW[k, :] = W[s, :]
     OH[k, :] = H[s, :]
-    S[s, F_ACTIVE] = 0
+    W[s, F_ACTIVE] = 0
     free[nfree] = s
     return nfree + 1
 
 
 @njit(cache=True, _nrt=False)
-def _attempt_due(S: Any, s: Any, now: Any) -> Any:
+def _attempt_due(S: Any, W: Any, s: Any, now: Any) -> Any:
     """END_ATTEMPT if Zeek's attempt timer has removed the connection in slot s by `now`: its
     originator sent a SYN 5 s ago or more and the responder has sent nothing; else -1."""
-    if S[s, F_T_ATTEMPT] > now or not S[s, F_IS_ACTIVE]:
+    if S[s, F_T_ATTEMPT] > now or not W[s, F_IS_ACTIVE]:
         return -1
-    o = S[s, F_ODIR]
-    os_ = S[s, _ep(o) + E_STATE]
-    if os_ in (SYN_SENT, SYN_ACK_SENT) and S[s, _ep(1 - o) + E_STATE] == INACTIVE:
+    o = W[s, F_ODIR]
+    os_ = W[s, _ew(o) + E_STATE]
+    if os_ in (SYN_SENT, SYN_ACK_SENT) and W[s, _ew(1 - o) + E_STATE] == INACTIVE:
         return END_ATTEMPT
     return -1
 
 
 @kernel(
-    "i8[:,:] u1[:,:] i8[:] i8 i8[:] i8 i8 i8[:] i8[:] b1[:] i1[:] i8[:] u2[:] u4[:] u4[:] u2[:] u4[:] u4[:] u2[:] u2[:] i8[:] i8[:] i8[:] i8[:] i1[:] i1[:] i1[:] b1[:] b1 b1 i8 i8 i8[:] b1[:] i8[:,:] u1[:,:] i8[:,:] i8[:] b1 i8[:,:] i8[:] -> (i8, i8, i8, i8)"
+    "i8[:,:] i4[:,:] u1[:,:] i8[:] i8 i8[:] i8 i8 i8[:] i8[:] b1[:] i1[:] i8[:] u2[:] u4[:] u4[:] u2[:] u4[:] u4[:] u2[:] u2[:] i8[:] i8[:] i8[:] i8[:] i1[:] i1[:] i1[:] b1[:] b1 b1 i8 i8 i8[:] b1[:] i8[:,:] i4[:,:] u1[:,:] i8[:,:] i8[:] b1 i8[:,:] i8[:] -> (i8, i8, i8, i8)"
 )
 def process_chunk(
     S: Any,
+    W: Any,
     H: Any,
     free: Any,
     nfree: int,
@@ -687,6 +740,7 @@ def process_chunk(
     row_uid: Any,
     row_keep: Any,
     OUT: Any,
+    OW: Any,
     OH: Any,
     # attempt timers, in the order they were armed: (due time, slot, uid) rows of a ring
     Q: Any,
@@ -724,27 +778,27 @@ def process_chunk(
                     break
                 qmeta[0] += 1
                 s = Q[q, 1]
-                if not S[s, F_ACTIVE] or S[s, F_UID] != Q[q, 2]:
+                if not W[s, F_ACTIVE] or S[s, F_UID] != Q[q, 2]:
                     continue
                 if zeek_timers:
-                    why = _zeek_timers_due(S, s, t)
+                    why = _zeek_timers_due(S, W, s, t)
                 else:
-                    why = _attempt_due(S, s, t)
+                    why = _attempt_due(S, W, s, t)
                 if why >= 0:
                     conv_slot[S[s, F_CONV]] = -1
-                    nfree = _emit(S, H, s, why, OUT, OH, k, free, nfree)
+                    nfree = _emit(S, W, H, s, why, OUT, OW, OH, k, free, nfree)
                     k += 1
             while nfree == 0 and vmeta[0] < victims.shape[0] and k < OUT.shape[0]:
                 v = vmeta[0]
                 vmeta[0] += 1
                 s = victims[v, 0]
                 if (
-                    S[s, F_ACTIVE]
+                    W[s, F_ACTIVE]
                     and S[s, F_UID] == victims[v, 1]
                     and S[s, F_SEEN_TS] == victims[v, 2]
                 ):
                     conv_slot[S[s, F_CONV]] = -1
-                    nfree = _emit(S, H, s, END_EVICTED, OUT, OH, k, free, nfree)
+                    nfree = _emit(S, W, H, s, END_EVICTED, OUT, OW, OH, k, free, nfree)
                     k += 1
                     vmeta[1] += 1
         if nfree == 0 or k == OUT.shape[0]:
@@ -759,16 +813,16 @@ def process_chunk(
         s = conv_slot[c]
         if s >= 0 and S[s, F_STREAM] != stream[i]:
             # Wireshark started a new stream on this 4-tuple: the old one is over
-            nfree = _emit(S, H, s, END_PORT_REUSE, OUT, OH, k, free, nfree)
+            nfree = _emit(S, W, H, s, END_PORT_REUSE, OUT, OW, OH, k, free, nfree)
             k += 1
             conv_slot[c] = -1
             s = -1
         if s >= 0:
-            why = _timers_due(S, s, t, zeek_timers, idle_ns, closed_idle_ns)
-            if why < 0 and zeek_timers and _is_reuse(S, s, d, fl, sq):
+            why = _timers_due(S, W, s, t, zeek_timers, idle_ns, closed_idle_ns)
+            if why < 0 and zeek_timers and _is_reuse(S, W, s, d, fl, sq):
                 why = END_REUSE
             if why >= 0:
-                nfree = _emit(S, H, s, why, OUT, OH, k, free, nfree)
+                nfree = _emit(S, W, H, s, why, OUT, OW, OH, k, free, nfree)
                 k += 1
                 conv_slot[c] = -1
                 s = -1
@@ -782,48 +836,50 @@ def process_chunk(
             s = free[nfree]
             conv_slot[c] = s
             _new_conn(
-                S, H, s, next_uid, stream[i], c, d, fl, sport[i], dport[i], likely, t, continued
+                S, W, H, s, next_uid, stream[i], c, d, fl, sport[i], dport[i], likely, t, continued
             )
             next_uid += 1
-            a = 0 if d == 0 else 3
-            b = 3 - a
+            a = 0 if d == 0 else 2
+            b = 2 - a
             S[s, F_A0HI + a] = src_hi[i]
             S[s, F_A0HI + a + 1] = src_lo[i]
-            S[s, F_A0HI + a + 2] = sport[i]
+            W[s, F_P0 + d] = sport[i]
             S[s, F_A0HI + b] = dst_hi[i]
             S[s, F_A0HI + b + 1] = dst_lo[i]
-            S[s, F_A0HI + b + 2] = dport[i]
+            W[s, F_P1 - d] = dport[i]
         if s < 0:
             continue  # never: it tells LLVM that s >= 0 below
         # With s >= 0 and d in (0, 1) known, LLVM drops numba's negative-index wraparound
-        # from the S[s, ...] accesses that follow, here and in the helpers it inlines.
+        # from the S[s, ...] and W[s, ...] accesses that follow, here and in the helpers it inlines.
         row_uid[i] = S[s, F_UID]
         S[s, F_SEEN_TS] = t
         e = _ep(d)
         p = _ep(1 - d)
+        ew = _ew(d)
+        pw = _ew(1 - d)
 
         # a lone SYN-ACK is flipped when the other side answers with an ACK or data
         if (
-            S[s, F_HLEN] == 1
+            W[s, F_HLEN] == 1
             and H[s, 0] == 72  # 'H'
-            and d != S[s, F_ODIR]
+            and d != W[s, F_ODIR]
             and not (fl & (SYN_ | FIN_ | RST_))
             and ((fl & ACK_) or ln > 0)
         ):
-            S[s, F_ODIR] = d
+            W[s, F_ODIR] = d
             H[s, 0] = 94  # '^'
             H[s, 1] = 104  # 'h'
-            S[s, F_HLEN] = 2
-            S[s, F_ORIENT] = ORIENT_SYNACK
-            _set_state(S, s, 1 - d, ESTABLISHED)
+            W[s, F_HLEN] = 2
+            W[s, F_ORIENT] = ORIENT_SYNACK
+            _set_state(S, W, s, 1 - d, ESTABLISHED)
 
         # checksum: Zeek drops the packet after noting it (history C/c)
         if check_csum and csum_ok[i] == 0:
-            _scaled(S, H, s, d, E_CK_CNT, E_CK_TH, 67)  # 'C'
+            _scaled(S, W, H, s, d, E_CK_CNT, E_CK_TH, 67)  # 'C'
             row_keep[i] = False
             continue
 
-        is_orig = d == S[s, F_ODIR]
+        is_orig = d == W[s, F_ODIR]
         syn = fl & SYN_
         fin = fl & FIN_
         rst = fl & RST_
@@ -835,86 +891,86 @@ def process_chunk(
         # which rows the RFC state machine will need (see connections.py)
         keep = (fl & (SYN_ | FIN_ | RST_)) != 0
         if syn:
-            S[s, p + E_FIRST_KEPT] = 0  # the peer's answer to each (re)sent SYN matters
-        if not keep and S[s, e + E_FIRST_KEPT] < 2:
+            W[s, pw + E_FIRST_KEPT] = 0  # the peer's answer to each (re)sent SYN matters
+        if not keep and W[s, ew + E_FIRST_KEPT] < 2:
             keep = True
-            S[s, e + E_FIRST_KEPT] += 1
-        if not keep and (fl & ACK_) and S[s, p + E_FIN_CNT] > 0:
-            fa = S[s, p + E_FIN_ACKED]
+            W[s, ew + E_FIRST_KEPT] += 1
+        if not keep and (fl & ACK_) and W[s, pw + E_FIN_CNT] > 0:
+            fa = W[s, pw + E_FIN_ACKED]
             if _sdelta(ak, S[s, p + E_FIN_END]) >= 0:
                 if not (fa & 1):
                     keep = True
-                    S[s, p + E_FIN_ACKED] = fa | 1
+                    W[s, pw + E_FIN_ACKED] = fa | 1
             elif not (fa & 3):
                 keep = True
-                S[s, p + E_FIN_ACKED] = fa | 2
+                W[s, pw + E_FIN_ACKED] = fa | 2
         row_keep[i] = keep
 
         # init_endpoint
-        st = S[s, e + E_STATE]
+        st = W[s, ew + E_STATE]
         if st == INACTIVE:
             if syn:
-                _init_seq(S, s, d, sq, end)
+                _init_seq(S, W, s, d, sq, end)
             else:
-                _init_seq(S, s, d, sq - 1, sq)
+                _init_seq(S, W, s, d, sq - 1, sq)
         elif st in (SYN_SENT, SYN_ACK_SENT):
             if syn and (sq & _M32) != S[s, e + E_START]:
-                _init_seq(S, s, d, sq, end)
+                _init_seq(S, W, s, d, sq, end)
         elif st in (ESTABLISHED, PARTIAL):
             if syn:
-                _init_seq(S, s, d, sq, end)
-        elif st == RESET and syn and S[s, e + E_PREV] == INACTIVE:
-            _init_seq(S, s, d, sq, end)
+                _init_seq(S, W, s, d, sq, end)
+        elif st == RESET and syn and W[s, ew + E_PREV] == INACTIVE:
+            _init_seq(S, W, s, d, sq, end)
 
-        last_raw = _raw(S, s, d, S[s, e + E_LAST])
+        last_raw = _raw(S, W, s, d, S[s, e + E_LAST])
         rel = S[s, e + E_LAST] + _sdelta(sq, last_raw)
 
         # update_history
         bits = (1 if syn else 0) + (1 if fin else 0) + (1 if rst else 0)
         if bits > 1:
             if fin and rst:
-                _check_hist(S, H, s, d, H_FIN_RST, 73)  # 'I'
+                _check_hist(S, W, H, s, d, H_FIN_RST, 73)  # 'I'
             else:
-                _check_hist(S, H, s, d, H_MULTI, 81)  # 'Q'
+                _check_hist(S, W, H, s, d, H_MULTI, 81)  # 'Q'
         elif bits == 1:
             if syn:
                 code = 72 if (fl & ACK_) else 83  # 'H' / 'S'
-                if _check_hist(S, H, s, d, H_SYN, code) and rel != S[s, e + E_HL_SYN]:
-                    _letter(S, H, s, d, code)
+                if _check_hist(S, W, H, s, d, H_SYN, code) and rel != S[s, e + E_HL_SYN]:
+                    _letter(S, W, H, s, d, code)
                 S[s, e + E_HL_SYN] = rel
             if fin:
-                if _check_hist(S, H, s, d, H_FIN, 70) and rel + ln != S[s, e + E_HL_FIN]:
-                    _letter(S, H, s, d, 70)
+                if _check_hist(S, W, H, s, d, H_FIN, 70) and rel + ln != S[s, e + E_HL_FIN]:
+                    _letter(S, W, H, s, d, 70)
                 S[s, e + E_HL_FIN] = rel + ln
             if rst:
-                if _check_hist(S, H, s, d, H_RST, 82) and rel != S[s, e + E_HL_RST]:
-                    _letter(S, H, s, d, 82)
+                if _check_hist(S, W, H, s, d, H_RST, 82) and rel != S[s, e + E_HL_RST]:
+                    _letter(S, W, H, s, d, 82)
                 S[s, e + E_HL_RST] = rel
         else:
             if ln:
-                _check_hist(S, H, s, d, H_DATA, 68)  # 'D'
+                _check_hist(S, W, H, s, d, H_DATA, 68)  # 'D'
             elif fl & ACK_:
-                _check_hist(S, H, s, d, H_ACK, 65)  # 'A'
+                _check_hist(S, W, H, s, d, H_ACK, 65)  # 'A'
 
         # update_window: zero windows
         if win[i] == 0 and not rst:
             if ext_zwin[i] < 0:
-                S[s, e + E_ZWIN] += 1
-            if S[s, p + E_STATE] != CLOSED and S[s, e + E_STATE] != RESET:
-                _scaled(S, H, s, d, E_W0_CNT, E_W0_TH, 87)  # 'W'
+                W[s, ew + E_ZWIN] += 1
+            if W[s, pw + E_STATE] != CLOSED and W[s, ew + E_STATE] != RESET:
+                _scaled(S, W, H, s, d, E_W0_CNT, E_W0_TH, 87)  # 'W'
         if ext_zwin[i] > 0:
-            S[s, e + E_ZWIN] += 1
+            W[s, ew + E_ZWIN] += 1
 
-        if not (S[s, e + E_DID_CLOSE] and S[s, p + E_DID_CLOSE]):
+        if not (W[s, ew + E_DID_CLOSE] and W[s, pw + E_DID_CLOSE]):
             S[s, F_LAST_TS] = t
 
         if fin:
-            S[s, e + E_FIN_CNT] += 1
+            W[s, ew + E_FIN_CNT] += 1
             S[s, e + E_FIN_END] = end
-            S[s, e + E_FIN_ACKED] = 0
-            _note_close(S, s, d, 0)
+            W[s, ew + E_FIN_ACKED] = 0
+            _note_close(S, W, s, d, 0)
         if rst:
-            _note_close(S, s, d, 1)
+            _note_close(S, W, s, d, 1)
 
         # handshake times, for the initial RTT
         if syn and not (fl & ACK_) and is_orig and S[s, F_SYN_TS] < 0:
@@ -928,10 +984,10 @@ def process_chunk(
 
         # the ACK field
         if fl & ACK_:
-            if S[s, p + E_STATE] == INACTIVE:
-                _init_seq(S, s, 1 - d, ak - 1, ak - 1)
+            if W[s, pw + E_STATE] == INACTIVE:
+                _init_seq(S, W, s, 1 - d, ak - 1, ak - 1)
             elif not rst:
-                pa_raw = _raw(S, s, 1 - d, S[s, p + E_ACKR])
+                pa_raw = _raw(S, W, s, 1 - d, S[s, p + E_ACKR])
                 da = _sdelta(ak, pa_raw)
                 prel = S[s, p + E_ACKR] + da
                 if prel >= 0 and not ((ak & _M32) == 0 and da > TOO_LARGE_SEQ_DELTA) and da > 0:
@@ -943,22 +999,22 @@ def process_chunk(
             pass
         elif fin and S[s, e + E_LAST] == 1:
             S[s, e + E_LAST] += dlast
-        elif S[s, e + E_STATE] == RESET:
+        elif W[s, ew + E_STATE] == RESET:
             pass
         elif dlast > 0:
             S[s, e + E_LAST] += dlast
         elif ln > 0:
-            _scaled(S, H, s, d, E_RX_CNT, E_RX_TH, 84)  # 'T'
+            _scaled(S, W, H, s, d, E_RX_CNT, E_RX_TH, 84)  # 'T'
             if ext_retx[i] < 0:
-                S[s, e + E_RETX] += 1
+                W[s, ew + E_RETX] += 1
         if ext_retx[i] > 0:
-            S[s, e + E_RETX] += 1
+            W[s, ew + E_RETX] += 1
 
         # without SYN, FIN or RST only an INACTIVE endpoint changes state
         do_close = False
-        if (fl & (SYN_ | FIN_ | RST_)) or S[s, e + E_STATE] == INACTIVE:
+        if (fl & (SYN_ | FIN_ | RST_)) or W[s, ew + E_STATE] == INACTIVE:
             armed = S[s, F_T_ATTEMPT]
-            do_close, _gen = _state_machine(S, H, s, d, t, sq, ak, ln, dlast, fl)
+            do_close, _gen = _state_machine(S, W, H, s, d, t, sq, ak, ln, dlast, fl)
             if S[s, F_T_ATTEMPT] != armed:
                 q = qmeta[1] & qmask
                 Q[q, 0] = S[s, F_T_ATTEMPT]
@@ -972,13 +1028,16 @@ def process_chunk(
         S[s, e + E_PAYLOAD] += ln
 
         if do_close:
-            _close(S, s, d)
+            _close(S, W, s, d)
     return nfree, next_uid, k, conv.shape[0]
 
 
-@kernel("i8[:,:] u1[:,:] i8[:] i8 i8[:] i8[:] i8 b1 i8 i8 b1 i8 i8[:,:] u1[:,:] -> (i8, i8)")
+@kernel(
+    "i8[:,:] i4[:,:] u1[:,:] i8[:] i8 i8[:] i8[:] i8 b1 i8 i8 b1 i8 i8[:,:] i4[:,:] u1[:,:] -> (i8, i8)"
+)
 def sweep(
     S: Any,
+    W: Any,
     H: Any,
     free: Any,
     nfree: int,
@@ -991,18 +1050,19 @@ def sweep(
     force: bool,
     reason: int,
     OUT: Any,
+    OW: Any,
     OH: Any,
 ) -> tuple[int, int]:
     """Emit the given active slots whose time is up by `now` (all of them if `force`)."""
     k = 0
     for j in range(slots.shape[0]):
         s = slots[j]
-        if not S[s, F_ACTIVE]:
+        if not W[s, F_ACTIVE]:
             continue
-        why = reason if force else _timers_due(S, s, now, zeek_timers, idle_ns, closed_idle_ns)
+        why = reason if force else _timers_due(S, W, s, now, zeek_timers, idle_ns, closed_idle_ns)
         if why >= 0:
             conv_slot[S[s, F_CONV]] = -1
-            nfree = _emit(S, H, s, why, OUT, OH, k, free, nfree)
+            nfree = _emit(S, W, H, s, why, OUT, OW, OH, k, free, nfree)
             k += 1
     return nfree, k
 
