@@ -146,6 +146,69 @@ def zeek_style_flags(
     return None
 
 
+class _KeptPackets:
+    """The packets kept for the RFC state machine, until their connection's record is written.
+
+    One growing set of columns, rows dropped lazily: taking a batch's packets marks their rows
+    gone and the columns are compacted only once half of them are. Re-filtering every kept
+    row at every batch would cost (connections open) x (batches): on a SYN flood with half a
+    million connections open, most of `conns`' time."""
+
+    FIELDS = ("uid", "dir", "flags", "seq", "ack", "plen", "ts", "frame")
+
+    def __init__(self) -> None:
+        self.cols: dict[str, npt.NDArray[Any]] = {}
+        self.alive = np.zeros(0, np.bool_)
+        self.n = 0
+        self.dead = 0
+
+    def __bool__(self) -> bool:
+        return self.n > self.dead
+
+    def append(self, rows: dict[str, npt.NDArray[Any]]) -> None:
+        m = len(rows["uid"])
+        if self.n + m > len(self.alive):
+            size = max(1024, 2 * (self.n + m))
+            for k in self.FIELDS:
+                grown = np.empty(size, rows[k].dtype)
+                if k in self.cols:
+                    grown[: self.n] = self.cols[k][: self.n]
+                self.cols[k] = grown
+            alive = np.zeros(size, np.bool_)
+            alive[: self.n] = self.alive[: self.n]
+            self.alive = alive
+        for k in self.FIELDS:
+            self.cols[k][self.n : self.n + m] = rows[k]
+        self.alive[self.n : self.n + m] = True
+        self.n += m
+
+    def take(self, uids: npt.NDArray[np.int64]) -> dict[str, npt.NDArray[Any]] | None:
+        """The kept rows of the connections `uids`, in the order they were kept; they are gone
+        from here afterwards."""
+        if not self or not len(uids):
+            return None
+        lo = int(uids.min())
+        mark = np.zeros(int(uids.max()) - lo + 1, np.bool_)
+        mark[uids - lo] = True
+        rel = self.cols["uid"][: self.n] - lo
+        inside = (rel >= 0) & (rel < len(mark)) & self.alive[: self.n]
+        idx = np.flatnonzero(inside)
+        idx = idx[mark[rel[idx]]]
+        if not len(idx):
+            return None
+        sel = {k: self.cols[k][idx] for k in self.FIELDS}
+        self.alive[idx] = False
+        self.dead += len(idx)
+        if 2 * self.dead >= self.n:
+            keep = np.flatnonzero(self.alive[: self.n])
+            for k in self.FIELDS:
+                self.cols[k][: len(keep)] = self.cols[k][keep]
+            self.alive[: len(keep)] = True
+            self.alive[len(keep) : self.n] = False
+            self.n, self.dead = len(keep), 0
+        return sel
+
+
 class ConnectionBuilder:
     """Feed packet tables in capture order; get finished connections back as they end."""
 
@@ -192,12 +255,11 @@ class ConnectionBuilder:
         self.now = 0
         self._last_sweep = 0
         # packets kept for the RFC state machine, per connection uid
-        self._kept: list[dict[str, npt.NDArray[Any]]] = []
+        self._kept = _KeptPackets()
         # records emitted by one call of the compiled loop (it stops when this is full)
         self._out = np.empty((OUT_ROWS, z.NFIELDS), np.int64)
         self._ow = np.empty((OUT_ROWS, z.NFIELDS32), np.int32)
         self._oh = np.empty((OUT_ROWS, z.HIST_MAX), np.uint8)
-        self._kept_n = 0
         # attempt timers as they were armed (see `z.process_chunk`), a ring of (due, slot, uid)
         self._q = np.zeros((1024, 3), np.int64)
         self._qmeta = np.zeros(2, np.int64)
@@ -347,7 +409,6 @@ class ConnectionBuilder:
                         "frame": t["frame"][idx],
                     }
                 )
-                self._kept_n += len(idx)
             i = j
             if done_n >= RECORD_ROWS:
                 out += self._flush(done)
@@ -501,25 +562,12 @@ class ConnectionBuilder:
         n = len(OUT)
         o_state = np.full(n, State.CLOSED, np.uint8)
         r_state = np.full(n, State.CLOSED, np.uint8)
-        if not self._kept:
-            return o_state, r_state
-        cols = {k: np.concatenate([c[k] for c in self._kept]) for k in self._kept[0]}
         uids = OUT[:, z.F_UID]
-        lo = int(uids.min())
-        mark = np.zeros(int(uids.max()) - lo + 1, np.bool_)
-        mark[uids - lo] = True
-        rel = cols["uid"] - lo
-        inside = (rel >= 0) & (rel < len(mark))
-        mine = np.zeros(len(rel), np.bool_)
-        mine[inside] = mark[rel[inside]]
-        rest = {k: v[~mine] for k, v in cols.items()}
-        self._kept = [rest] if len(rest["uid"]) else []
-        self._kept_n = len(rest["uid"])
-        if not mine.any():
+        taken = self._kept.take(uids)
+        if taken is None:
             return o_state, r_state
-        sel = {k: v[mine] for k, v in cols.items()}
-        order = np.argsort(sel["uid"], kind="stable")
-        sel = {k: v[order] for k, v in sel.items()}
+        order = np.argsort(taken["uid"], kind="stable")
+        sel = {k: v[order] for k, v in taken.items()}
         # record index of each row, and its direction relative to that record's originator
         by_uid = np.argsort(uids, kind="stable")
         rec = by_uid[np.searchsorted(uids, sel["uid"], sorter=by_uid)]
