@@ -92,7 +92,13 @@ def _find(c: Conn, closer: int) -> AfterFin | None:
         return None
     covers = c.acks(d, fin_end)
     earlier = any(c.side[j] == writer and c.plen[j] > 0 and not c.flags[j] & RST for j in range(d))
-    return AfterFin(c.cap, c.sid, closer, f, d, r, covers, earlier, c.last_data_before(f, closer))
+    last_reply = c.last_data_before(f, closer)
+    if not earlier and last_reply is not None and c.cap.n_syn[c.sid, CLIENT] == 0:
+        # a capture that starts inside the connection: the closer's reply to a request sent
+        # before the capture began shows an earlier exchange just as well (a server speaks
+        # first only after a handshake, which this capture would show)
+        earlier = True
+    return AfterFin(c.cap, c.sid, closer, f, d, r, covers, earlier, last_reply)
 
 
 @dataclass

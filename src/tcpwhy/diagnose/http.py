@@ -191,8 +191,9 @@ def last_response_before(conn: Conn, i: int) -> Message | None:
 
 
 def describe_request(conn: Conn, i: int) -> str:
-    """`GET /second` for HTTP, else `73 bytes`."""
+    """`GET /second` for HTTP, else `a 73-byte request`: either reads as the subject of a
+    sentence ("… was sent")."""
     m = request_at(conn, i)
     if m is not None:
         return f"{m.method} {m.target}"
-    return f"{conn.plen[i]} bytes"
+    return f"a {conn.plen[i]}-byte request"

@@ -69,7 +69,7 @@ def detect(diag: Diag) -> list[Finding]:
                 if not c.is_rst(j)
             )
             rows = [
-                (start, f"request {http.describe_request(c, start)} on the failing connection"),
+                (start, f"{http.describe_request(c, start)} sent on the failing connection"),
                 (r, "connection reset"),
             ]
             hits.add(
