@@ -140,7 +140,7 @@ def test_lab_recordings_match_tshark() -> None:
     Linux, where a SYN's TSecr is 0 and present), so TSval/TSecr and their presence are
     compared where they are set, not only where they are absent."""
     pairs = list(package_pairs())
-    assert len(pairs) == 20
+    assert len(pairs) == 22
     total, problems, with_ts = 0, [], 0
     for cap, tsv in pairs:
         n, p = compare_trace(cap, tsv)
@@ -148,7 +148,7 @@ def test_lab_recordings_match_tshark() -> None:
         problems += p
         with_ts += sum(r["tcp.options.timestamp.tsval"] != "" for r in _rows(tsv))
     assert problems == []
-    assert (total, with_ts) == (813, 394)
+    assert (total, with_ts) == (895, 476)
 
 
 def test_timestamps_nanosecond_and_relative(zeek_corpus: Path) -> None:

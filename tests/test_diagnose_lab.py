@@ -30,6 +30,8 @@ CASES = [
     ("middlebox-reset", Options(ipv6=True, port=7443, timeout=1.0, idle=1.5), "middlebox-reset"),
     ("middlebox-reset", Options(port=6443, count=4), "middlebox-reset"),
     ("clean", Options(ipv6=True, port=8088), None),
+    ("addr-in-use-restart", Options(ipv6=True, port=9444, count=6), None),
+    ("ephemeral-overlap", Options(port=7080), None),
 ]
 
 

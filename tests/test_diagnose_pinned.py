@@ -57,6 +57,11 @@ LAB_PINS: dict[str, list[Pin]] = {
             "connections reset when the listener closed",
         ),
     ],
+    # six connections, each closed first by the server and ended by FIN both ways: the
+    # TIME_WAIT they leave is the server's, on its listening port, and the bind() that
+    # fails on it sends no packet; time-wait-accumulation is about a client's TIME_WAIT
+    # (ephemeral ports running out), which none of them leaves
+    "addr-in-use-restart": [],
     "clean": [],  # two request/response exchanges, each ended by FIN both ways
     "close-wait-leak": [
         (
@@ -67,6 +72,9 @@ LAB_PINS: dict[str, list[Pin]] = {
             "sends a FIN; 43 ms is far past a prompt close on a µs-RTT link",
         ),
     ],
+    # three clean connections; that the first one's source port is the host's own service
+    # port is legal on the wire, and the EADDRINUSE/EADDRNOTAVAIL it causes send no packet
+    "ephemeral-overlap": [],
     "fin-wait-2": [
         (
             "fin-wait-2-stall",

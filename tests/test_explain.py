@@ -53,3 +53,33 @@ def test_cli_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
         "fin-wait-2-stall",
     ]
     assert main(["explain", "all good here"]) == 1
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "OSError: [Errno 98] Address already in use",
+        "listen tcp :8080: bind: address already in use",
+        "java.net.BindException: Address already in use",
+        "Error: listen EADDRINUSE: address already in use :::8080",
+        "bind() to 0.0.0.0:80 failed (98: Address already in use)",
+    ],
+)
+def test_address_in_use_forms(message: str) -> None:
+    """Every runtime's wording finds the EADDRINUSE meaning, and only it."""
+    assert [m.name for m in explain(message)] == ["the local port is taken (EADDRINUSE)"]
+
+
+def test_address_in_use_text_names_causes_and_fixes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", "EADDRINUSE"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for part in ("TIME_WAIT", "SO_REUSEADDR", "SO_REUSEPORT", "ip_local_reserved_ports",
+                 "ss -ltnp 'sport = :PORT'", "No capture shows it", "setReuseAddress(true)"):  # fmt: skip
+        assert part in out, part
+    assert "Patterns that produce it" not in out  # bind() sends no packet: no finding kind
+
+
+def test_cannot_assign_stays_apart_from_in_use() -> None:
+    (m,) = explain("OSError: [Errno 99] Cannot assign requested address")
+    assert m.name == "no free local port (EADDRNOTAVAIL)"
+    assert "ip_local_reserved_ports" in " ".join(m.host)

@@ -105,6 +105,7 @@ HOST_KEYS = (
     "net/ipv4/tcp_tw_reuse",
     "net/ipv4/tcp_syncookies",
     "net/ipv4/tcp_fin_timeout",
+    "net/ipv4/ip_local_reserved_ports",
 )
 
 
@@ -547,3 +548,81 @@ def test_fin_wait2_half_closed_matches_ss(scene: Scene) -> None:
     cw = only(doc, "close_wait")
     assert cw["count"] == sum(1 for r in rows if r.state == "CLOSE_WAIT") == n + 1
     assert cw["subject"] == f"{my_owner()} ← clients of :{SERVER_PORT}"
+
+
+# ---------------------------------------------------------------- EADDRINUSE
+
+
+def _bind_error(ns: str, port: int, *, reuseaddr: bool) -> int | None:
+    """errno of a fresh bind() on 127.0.0.1:port (None: it worked), as a restart would see it."""
+    s = nsmod.socket_in(ns)
+    try:
+        if reuseaddr:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+    except OSError as exc:
+        return exc.errno
+    finally:
+        s.close()
+    return None
+
+
+def test_listener_in_ephemeral_range_until_reserved(scene: Scene) -> None:
+    lo, hi, port = 40000, 40099, 40050
+    ns = scene.namespace("e", {"net.ipv4.ip_local_port_range": f"{lo} {hi}"})
+    ls = scene.sock(ns)
+    ls.bind(("127.0.0.1", port))
+    ls.listen(8)
+    outside = scene.listener(ns)  # SERVER_PORT, outside the range: never flagged
+    assert not (lo <= SERVER_PORT <= hi)
+    doc = states(ns)
+    f = only(doc, "listener_in_ephemeral_range")
+    assert f["severity"] == "info" and f["subject"].startswith(f"listener 127.0.0.1:{port} ")
+    assert f"({lo} {hi})" in f["why"] and "EADDRINUSE" in f["why"]
+    assert_in_table(ns, f)
+
+    nsmod.sysctl(ns, {"net.ipv4.ip_local_reserved_ports": f"{port - 1}-{port + 1}"})
+    assert not findings(states(ns), "listener_in_ephemeral_range")
+
+    # what the finding predicts: unreserved, connect() takes the port and the restart fails
+    nsmod.sysctl(
+        ns,
+        {"net.ipv4.ip_local_reserved_ports": "", "net.ipv4.ip_local_port_range": f"{port} {port}"},
+    )
+    ls.close()
+    c = scene.sock(ns)
+    c.connect(outside.getsockname())
+    assert c.getsockname()[1] == port
+    assert any(r.state == "ESTABLISHED" and r.local_port == port for r in ss(ns))
+    assert _bind_error(ns, port, reuseaddr=True) == errno.EADDRINUSE
+
+
+def test_time_wait_on_listener_matches_ss(scene: Scene) -> None:
+    ns = scene.namespace("w")
+    ls = scene.sock(ns)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", SERVER_PORT))
+    ls.listen(8)
+    assert not findings(states(ns), "time_wait_on_listener")
+    n = 4
+    for _ in range(n):  # the server closes first: the TIME_WAIT stays on the listening port
+        c = scene.sock(ns)
+        c.connect(ls.getsockname())
+        a, _ = ls.accept()
+        a.close()
+        assert c.recv(1) == b""
+        c.close()
+    rows = settle(ns, {"TIME_WAIT": n})
+    assert all(r.local_port == SERVER_PORT for r in rows if r.state == "TIME_WAIT")
+    doc = states(ns)
+    assert_states_match(doc, rows)
+    f = only(doc, "time_wait_on_listener")
+    assert f["count"] == n and f["subject"].startswith(f"listener 127.0.0.1:{SERVER_PORT} ")
+    assert "SO_REUSEADDR" in f["why"]
+    assert not findings(doc, "listener_in_ephemeral_range")  # 8080 is below the default range
+    assert_in_table(ns, f)
+
+    # what the finding predicts: stopped and restarted, bind() needs SO_REUSEADDR
+    ls.close()
+    assert _bind_error(ns, SERVER_PORT, reuseaddr=False) == errno.EADDRINUSE
+    assert _bind_error(ns, SERVER_PORT, reuseaddr=True) is None

@@ -511,6 +511,62 @@ def check_syn_flood(path: Path, o: Options, slack: float = 0.0) -> None:
     assert c[-1].t - last_flood >= 2.0, "the capture outlasts the cookies' would-be resends"
 
 
+def one_exchange(conn: list[P]) -> None:
+    """A request from the connecting side, then a response, each in one segment."""
+    data = [p.c2s for p in conn if p.n]
+    assert data == [True, False], flow(conn)
+
+
+def check_addr_in_use_restart(path: Path, o: Options, slack: float = 0.0) -> None:
+    """Every connection to the port is closed first by the server (its TIME-WAIT stays on the
+    listening port); the connections after the restart are accepted, none refused."""
+    n = o.count or 3
+    cs = conns(packets(path, o.port))
+    assert len(cs) == n + 2, [flow(c) for c in cs]
+    for conn in cs:
+        handshake_ok(conn)
+        one_exchange(conn)
+        clean_close(conn)
+        assert first(conn, lambda p: p.has(FIN)).c2s is False, "the server closes first"
+    assert all(a[-1].i < b[0].i for a, b in itertools.pairwise(cs)), "one connection at a time"
+    other = o.port + 1 if o.port < 65535 else o.port - 1
+    (old,) = conns(packets(path, other))
+    handshake_ok(old)
+    clean_close(old)
+    assert first(old, lambda p: p.has(FIN)).c2s is False
+    assert old[0].i > cs[-1][-1].i
+
+
+def check_ephemeral_overlap(path: Path, o: Options, slack: float = 0.0) -> None:
+    """The server host's outgoing connections to the backend, seen with the backend as the
+    "server": the first comes from the service's own port, the second (port reserved) from
+    the next one; the service's connection lies between them."""
+    from tcpwhy.lab.scenarios_socket import BACKEND_PORT
+
+    bport = BACKEND_PORT if o.port != BACKEND_PORT else BACKEND_PORT + 1
+    other = o.port + 1 if o.port < 65535 else o.port - 1
+    out = conns(packets(path, bport))
+    assert [c[0].cport for c in out] == [o.port, other], [flow(c) for c in out]
+    first_out, second_out = out
+    for conn in out:
+        handshake_ok(conn)
+        clean_close(conn)
+    assert not any(p.n for c in out for p in c), "no data on the outgoing connections"
+    assert first(first_out, lambda p: p.has(FIN)).c2s is False, "the backend closes the first"
+    assert first(second_out, lambda p: p.has(FIN)).c2s is True, "the host closes the second"
+    svc = [c for c in conns(packets(path, o.port)) if c[0].cport != bport]
+    assert len(svc) == 1, [flow(c) for c in svc]
+    (conn,) = svc
+    handshake_ok(conn)
+    one_exchange(conn)
+    clean_close(conn)
+    assert first(conn, lambda p: p.has(FIN)).c2s is True, "the client closes first"
+    assert first_out[-1].i < second_out[2].i < conn[0].i, (
+        "the service is reached only after the port was freed and the second connection is up"
+    )
+    assert conn[-1].i < first(second_out, lambda p: p.has(FIN)).i
+
+
 CHECKS: dict[str, Callable[[Path, Options, float], None]] = {
     "stale-keepalive": check_stale_keepalive,
     "clean": check_clean,
@@ -531,6 +587,8 @@ CHECKS: dict[str, Callable[[Path, Options, float], None]] = {
     "time-wait-reuse": check_time_wait_reuse,
     "middlebox-reset": check_middlebox_reset,
     "syn-flood": check_syn_flood,
+    "addr-in-use-restart": check_addr_in_use_restart,
+    "ephemeral-overlap": check_ephemeral_overlap,
 }
 
 IPV6 = [
@@ -541,6 +599,8 @@ IPV6 = [
     "accept-queue-overflow",
     "time-wait-reuse",
     "middlebox-reset",
+    "addr-in-use-restart",
+    "ephemeral-overlap",
 ]
 
 

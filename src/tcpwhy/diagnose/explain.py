@@ -12,6 +12,8 @@ import textwrap
 from dataclasses import asdict, dataclass
 from typing import IO
 
+from tcpwhy.diagnose import knowledge
+
 CAPTURE = "tcpdump -ni any -s 256 -w why.pcap 'tcp port PORT'  # on the client, and on the server if you can"
 
 
@@ -228,10 +230,47 @@ MEANINGS: tuple[Meaning, ...] = (
         ),
     ),
     Meaning(
+        "the local port is taken (EADDRINUSE)",
+        (
+            "address already in use",
+            "eaddrinuse",
+            "errno 98",
+            "(98:",
+            "bindexception",
+            "address in use",
+        ),
+        "bind() (or listen()) found the port held by another socket on this host; no packet "
+        "is sent. Three causes: (1) a restarted server whose old connections are still in "
+        "TIME_WAIT on the listening port for 60 s (the server closed them first) and the new "
+        "socket lacks SO_REUSEADDR, or the old one lacked it: a TIME_WAIT socket keeps the "
+        "SO_REUSEADDR of the listener it came from. (2) Another process still listens, e.g. "
+        "the old instance not yet stopped; two listeners on one port need SO_REUSEPORT on "
+        "both. (3) The port lies inside net.ipv4.ip_local_port_range and an outgoing "
+        "connect() on this host took it as its source port; SO_REUSEADDR does not help "
+        "while that connection lives, nor for 60 s after it if that side closed first. "
+        "Fixes: SO_REUSEADDR on every listening socket — "
+        + knowledge.REUSEADDR_DEFAULTS
+        + "; list service ports in net.ipv4.ip_local_reserved_ports (or move the range "
+        "away from them); stop the old process or hand over with SO_REUSEPORT. Never "
+        "SO_LINGER 0 to get rid of TIME_WAIT. Seen as: " + "; ".join(knowledge.ADDR_IN_USE),
+        (),
+        "`tcpwhy host` on that host (read-only): it flags listeners inside the ephemeral "
+        "range and TIME_WAIT on listening ports; `tcpwhy lab addr-in-use-restart` and "
+        "`tcpwhy lab ephemeral-overlap` replay both",
+        (
+            "ss -ltnp 'sport = :PORT'  # who listens on it now (process and pid)",
+            "ss -tanp 'sport = :PORT'  # TIME-WAIT or an outgoing connection holding it",
+            "sysctl net.ipv4.ip_local_port_range net.ipv4.ip_local_reserved_ports",
+        ),
+    ),
+    Meaning(
         "no free local port (EADDRNOTAVAIL)",
         ("cannot assign requested address", "eaddrnotavail", "errno 99"),
         "Every ephemeral port to that destination is taken, usually by TIME_WAIT sockets of "
-        "short connections the client closed first.",
+        "short connections the client closed first, or the range "
+        "(net.ipv4.ip_local_port_range minus net.ipv4.ip_local_reserved_ports) is too "
+        "narrow. A connect() picks its source port from that range and needs a 4-tuple "
+        "not in use; the failing call sends no packet.",
         (
             (
                 "time-wait-accumulation",
@@ -242,7 +281,8 @@ MEANINGS: tuple[Meaning, ...] = (
         CAPTURE,
         (
             "ss -s; ss -tan state time-wait | wc -l",
-            "sysctl net.ipv4.ip_local_port_range net.ipv4.tcp_tw_reuse",
+            "sysctl net.ipv4.ip_local_port_range net.ipv4.ip_local_reserved_ports "
+            "net.ipv4.tcp_tw_reuse",
         ),
     ),
     Meaning(
@@ -302,16 +342,20 @@ def write_text(message: str, hits: list[Meaning], file: IO[str]) -> None:
         out.append(f"== {h.name}")
         out.append(textwrap.fill(h.wire, 88))
         out.append("")
-        out.append("Patterns that produce it, and how to tell them apart in a capture:")
-        for kind, tell in h.kinds:
-            out.append(
-                textwrap.fill(
-                    f"{kind}: {tell}", 88, initial_indent="  - ", subsequent_indent="    "
+        if h.kinds:
+            out.append("Patterns that produce it, and how to tell them apart in a capture:")
+            for kind, tell in h.kinds:
+                out.append(
+                    textwrap.fill(
+                        f"{kind}: {tell}", 88, initial_indent="  - ", subsequent_indent="    "
+                    )
                 )
-            )
-        out.append("")
-        out.append("What to capture (then run `tcpwhy analyze why.pcap`):")
-        out.append("  " + h.capture)
+            out.append("")
+            out.append("What to capture (then run `tcpwhy analyze why.pcap`):")
+            out.append("  " + h.capture)
+        else:
+            out.append("No capture shows it (the failing call sends no packet); instead:")
+            out.append(textwrap.fill(h.capture, 88, initial_indent="  ", subsequent_indent="  "))
         out.append("What to look at on the hosts:")
         out.extend(f"  {x}" for x in h.host)
         out.append("")

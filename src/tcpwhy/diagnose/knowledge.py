@@ -64,6 +64,22 @@ NO_PORT = [
     "Node.js: Error: connect EADDRNOTAVAIL",
     "curl: (7) … Cannot assign requested address",
 ]
+ADDR_IN_USE = [
+    "Python: OSError: [Errno 98] Address already in use",
+    "Go: listen tcp :8080: bind: address already in use",
+    "Java: java.net.BindException: Address already in use",
+    "Node.js: Error: listen EADDRINUSE: address already in use :::8080",
+    "nginx: bind() to 0.0.0.0:80 failed (98: Address already in use)",
+]
+# Whether each stack's listening sockets get SO_REUSEADDR without being asked (from each
+# project's documentation or source): the restart-after-TIME_WAIT case only hits the others.
+REUSEADDR_DEFAULTS = (
+    "nginx, Go's net.Listen, Node.js (libuv) and Python's asyncio create_server set "
+    "SO_REUSEADDR on listening sockets themselves; Python's socket.socket and "
+    "socketserver.TCPServer do not (set allow_reuse_address = True, or "
+    "setsockopt(SOL_SOCKET, SO_REUSEADDR, 1) before bind()); Java leaves the initial "
+    "setting of a ServerSocket undefined: call setReuseAddress(true) before bind()"
+)
 NONE_VISIBLE = ["usually nothing: the kernel handles it without telling the application"]
 
 CLIENT_IDLE_KNOBS = (

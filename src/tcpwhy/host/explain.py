@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tcpwhy.host.sockets import STATES, Socket
-from tcpwhy.host.sysctl import Values
+from tcpwhy.host.sysctl import Values, in_ports, port_set
 
 POOL_MIN = 3  # CLOSE_WAIT from one client process to one server port before calling it a pool
 SYN_RECV_MIN = 16
@@ -37,6 +37,8 @@ TITLES = {
     "last_ack_orphans": "LAST_ACK orphans: the peer is gone",
     "closing_orphans": "CLOSING orphans",
     "accept_queue_full": "accept queue full",
+    "listener_in_ephemeral_range": "listening port inside the ephemeral range",
+    "time_wait_on_listener": "TIME_WAIT on a listening port: a restart needs SO_REUSEADDR",
 }
 
 
@@ -242,6 +244,7 @@ def analyze(
     out += _syn_sent(sockets)
     out += _time_wait(sockets, sysctls, everything, listen_ports)
     out += _orphans(sockets)
+    out += _listen_ports(sockets, sysctls)
     for lst in listeners(sockets, sysctls, limits_known):
         if lst.full:
             out.append(
@@ -481,6 +484,54 @@ def _time_wait(
                     f"{len(group)} TIME_WAIT sockets toward {remote[1]} use {100 * len(group) // ports}% of the "
                     f"{ports} ephemeral ports: new connect()s to it will fail with EADDRNOTAVAIL; keep "
                     "connections alive, widen ip_local_port_range, or enable tcp_tw_reuse",
+                )
+            )
+    return out
+
+
+def _listen_ports(sockets: list[Socket], sysctls: Values | None) -> list[Finding]:
+    """Why a restart of a listener would fail with EADDRINUSE (bind() sends no packet, so
+    only the host shows it): its port is one connect() may take, or its own TIME_WAIT
+    sockets hold it."""
+    out: list[Finding] = []
+    rng = (sysctls or {}).get("net.ipv4.ip_local_port_range")
+    reserved = port_set((sysctls or {}).get("net.ipv4.ip_local_reserved_ports"))
+    tw = [s for s in sockets if s.state == "TIME_WAIT"]
+    seen: set[tuple[str, int]] = set()
+    for ls in sorted(
+        (s for s in sockets if s.state == "LISTEN"), key=lambda s: (s.local_port, s.local_addr)
+    ):
+        port = ls.local_port
+        in_range = rng and _in_range(port, sysctls) and not in_ports(port, reserved)
+        if in_range and ("range", port) not in seen:
+            seen.add(("range", port))
+            out.append(
+                Finding(
+                    "info",
+                    "listener_in_ephemeral_range",
+                    f"listener {ls.local} {owner_label(ls)}",
+                    1,
+                    f"port {port} lies inside ip_local_port_range ({rng}) and is not in "
+                    "ip_local_reserved_ports: a client connect() on this host may take it "
+                    "as its source port, and a restart of this service then fails with "
+                    "EADDRINUSE (SO_REUSEADDR does not help); reserve it: "
+                    f"sysctl net.ipv4.ip_local_reserved_ports={port} (add to the list)",
+                )
+            )
+        held = [s for s in tw if s.local_port == port and _addr_match(ls.local_addr, s.local_addr)]
+        if held and ("tw", port) not in seen:
+            seen.add(("tw", port))
+            out.append(
+                Finding(
+                    "info",
+                    "time_wait_on_listener",
+                    f"listener {ls.local} {owner_label(ls)}",
+                    len(held),
+                    f"{len(held)} TIME_WAIT sockets on listening port {port} (this side closed "
+                    "those connections first; each stays 60 s): a restart whose new socket "
+                    "lacks SO_REUSEADDR would fail now with EADDRINUSE, as would one with it if "
+                    "this listener does not set it (a TIME_WAIT socket keeps its listener's "
+                    "SO_REUSEADDR); set SO_REUSEADDR on the listening socket",
                 )
             )
     return out

@@ -140,6 +140,26 @@ def _port_range(v: int, values: Values) -> list[str]:
     return notes
 
 
+def port_set(text: str | None) -> list[tuple[int, int]]:
+    """The kernel's port-list format ("8080,9000-9010", empty when none) as ranges.
+
+    Hand-written: the format is the kernel's own bitmap syntax for this one file,
+    and a malformed value is read as no ranges rather than an error.
+    """
+    out = []
+    for part in (text or "").replace(" ", ",").split(","):
+        lo, _, hi = part.partition("-")
+        try:
+            out.append((int(lo), int(hi or lo)))
+        except ValueError:
+            continue
+    return out
+
+
+def in_ports(port: int, ranges: list[tuple[int, int]]) -> bool:
+    return any(lo <= port <= hi for lo, hi in ranges)
+
+
 def _keepalive_time(v: int, values: Values) -> list[str]:
     intvl = _int(values, "net.ipv4.tcp_keepalive_intvl") or 0
     probes = _int(values, "net.ipv4.tcp_keepalive_probes") or 0
@@ -227,6 +247,8 @@ SETTINGS: tuple[Setting, ...] = (
             _tw_buckets),
     Setting("net.ipv4.ip_local_port_range", "32768 60999",
             "ephemeral ports connect() picks from", _port_range),
+    Setting("net.ipv4.ip_local_reserved_ports", "(empty)",
+            "ports in that range connect() never picks (bind() still can): list service ports here"),
     Setting("net.ipv4.tcp_keepalive_time", "7200",
             "idle seconds before the first keepalive probe (SO_KEEPALIVE sockets)", _keepalive_time),
     Setting("net.ipv4.tcp_keepalive_intvl", "75", "seconds between keepalive probes"),
