@@ -86,3 +86,35 @@ def test_a_request_that_is_not_http_is_worded_as_one(tmp_path: Path) -> None:
     size = changed[1]
     assert stale[0].summary.startswith(f"a {size}-byte request was sent on a pooled connection")
     assert "bytes was" not in stale[0].summary
+
+
+def _run(*args: str) -> str:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "tcpwhy", *args], capture_output=True, text=True, check=True
+    )
+    return out.stdout
+
+
+def test_a_refused_connection_shows_no_listener() -> None:
+    """A SYN answered by RST from a closed port: the server side had no socket; the evidence
+    and the ladder say so instead of showing it in an RFC state."""
+    report = diagnose_files([str(LAB / "refused.pcap")])
+    (f,) = [f for f in report.findings if f.kind == "connection-refused"]
+    assert [s.server_state for s in f.timeline] == ["no listener", "no listener"]
+    assert [s.client_state for s in f.timeline] == ["SYN_SENT", "CLOSED"]
+    ladder = _run("flow", str(LAB / "refused.pcap"), "0")
+    assert "server no listener" in ladder
+    assert "SYN_RECEIVED" not in ladder and "LISTEN" not in ladder
+
+
+def test_an_unanswered_syn_does_not_claim_the_server_received_it() -> None:
+    """Three SYNs, nothing back: the server is not shown in SYN_RECEIVED."""
+    report = diagnose_files([str(LAB / "syn-timeout.pcap")])
+    (f,) = [f for f in report.findings if f.kind == "syn-timeout"]
+    assert {s.server_state for s in f.timeline} == {"no answer"}
+    ladder = _run("flow", str(LAB / "syn-timeout.pcap"), "0")
+    assert "SYN_RECEIVED" not in ladder
+    assert "server no answer" in ladder

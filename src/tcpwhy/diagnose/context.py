@@ -32,7 +32,7 @@ from tcpwhy.decode.table import ACK, FIN, FLAG_NAMES, PSH, RST, SYN, PacketTable
 from tcpwhy.diagnose.model import Step
 from tcpwhy.tcp.analysis import FLAGS as ANALYSIS_FLAGS
 from tcpwhy.tcp.analysis import Analyzer
-from tcpwhy.tcp.state import Event, State
+from tcpwhy.tcp.state import Event, State, state_label
 from tcpwhy.tcp.state import Step as StateStep
 from tcpwhy.tcp.state_kernel import run_connections
 from tcpwhy.tcp.streams import StreamTracker
@@ -549,6 +549,12 @@ class Conn:
             st = step.state
         return st
 
+    def state_label(self, who: int, state: State) -> str:
+        """`state` as a person reads it for `who` (`tcpwhy.tcp.state.state_label`)."""
+        ep = self.states.originator if who == CLIENT else self.states.responder
+        sent = bool(self.cap.n_pkts[self.sid, who])
+        return state_label(state, [s.state for s in ep.timeline], sent)
+
     def final_state(self, who: int) -> State:
         ep = self.states.originator if who == CLIENT else self.states.responder
         return ep.state
@@ -579,8 +585,8 @@ class Conn:
             sender=WHO[self.side[i]],
             packet=self.describe(i),
             note=note,
-            client_state=self.state_after(CLIENT, i).name,
-            server_state=self.state_after(SERVER, i).name,
+            client_state=self.state_label(CLIENT, self.state_after(CLIENT, i)),
+            server_state=self.state_label(SERVER, self.state_after(SERVER, i)),
         )
 
     def flag(self, name: str) -> list[bool]:

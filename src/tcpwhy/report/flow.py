@@ -28,7 +28,7 @@ from tcpwhy.errors import TcpwhyError
 from tcpwhy.filter import DisplayFilter, FilterContext, filter_from_args
 from tcpwhy.report.packets import flag_names
 from tcpwhy.tcp.analysis import Analysis, analyze
-from tcpwhy.tcp.state import NO_FRAME, Endpoint, run_rows
+from tcpwhy.tcp.state import NO_FRAME, Endpoint, State, run_rows, state_label
 from tcpwhy.tcp.streams import StreamTracker
 
 ARROW = 58  # width of the arrow between the two lifelines
@@ -106,12 +106,16 @@ def build_ladder(
     )
 
 
-def _entered(ep: Endpoint) -> dict[int, list[str]]:
+def _name(ep: Endpoint, state: State, sent: bool = True) -> str:
+    return state_label(state, [s.state for s in ep.timeline], sent)
+
+
+def _entered(ep: Endpoint, sent: bool) -> dict[int, list[str]]:
     """Frame -> states entered at that frame (several when one segment moves it twice)."""
     out: dict[int, list[str]] = {}
     for step in ep.timeline[1:]:
         if step.frame != NO_FRAME:
-            out.setdefault(step.frame, []).append(step.state.name)
+            out.setdefault(step.frame, []).append(_name(ep, step.state, sent))
     return out
 
 
@@ -153,9 +157,14 @@ def render(lad: Ladder, out: TextIO, fold: int = 3) -> None:
     sname = f"server {s[0]}:{s[1]}"
     state_w = 25
     out.write(f"{'time':>11} {'frame':>7}  {cname:<{state_w + ARROW // 2}}{sname:>{ARROW // 2}}\n")
-    c_ent, s_ent = _entered(lad.client), _entered(lad.server)
-    start_c = lad.client.timeline[0].state.name + (" (assumed)" if lad.client.assumed else "")
-    start_s = lad.server.timeline[0].state.name + (" (assumed)" if lad.server.assumed else "")
+    c_sent, s_sent = bool((lad.direction == 0).any()), bool((lad.direction == 1).any())
+    c_ent, s_ent = _entered(lad.client, c_sent), _entered(lad.server, s_sent)
+    start_c = _name(lad.client, lad.client.timeline[0].state) + (
+        " (assumed)" if lad.client.assumed else ""
+    )
+    start_s = _name(lad.server, lad.server.timeline[0].state) + (
+        " (assumed)" if lad.server.assumed else ""
+    )
     out.write(f"{'':>11} {'':>7}  {start_c:<{state_w}}|{' ' * (ARROW - 2)}|  {start_s}\n")
 
     def quiet(i: int) -> bool:
@@ -215,7 +224,8 @@ def render(lad: Ladder, out: TextIO, fold: int = 3) -> None:
                     f"{rel:>11.6f} {'':>7}  {side} enters {step.state.name} (2MSL timer expired)\n"
                 )
     out.write(
-        f"final states at end of capture: client {lad.client.state.name}, server {lad.server.state.name}\n"
+        f"final states at end of capture: client {_name(lad.client, lad.client.state, c_sent)}, "
+        f"server {_name(lad.server, lad.server.state, s_sent)}\n"
     )
 
 

@@ -50,7 +50,10 @@ Choices
   entered.
 * A responder whose first answer to a SYN is a RST starts in CLOSED (no
   listener: RFC 9293 answers a segment in CLOSED with RST); otherwise it
-  starts in LISTEN.
+  starts in LISTEN. Such a side never had a socket, and the views show it as
+  "no listener" (``state_label``) rather than as a state it never was in; a
+  responder that never sent a packet is shown as "no answer" where the
+  machine has it in SYN_RECEIVED (nothing shows the SYN arrived).
 * Sending or receiving a RST closes the connection from every state except
   LISTEN, which by RFC 9293 ignores a RST (the listening socket survives).
 * TIME_WAIT lasts 2 MSL, Linux's fixed 60 s (``TCP_TIMEWAIT_LEN``), measured
@@ -222,6 +225,29 @@ TIME_WAIT_NS = 60 * 1_000_000_000
 
 NO_FRAME = 0
 """Frame number of a step no packet caused (a timer); Wireshark's frames start at 1."""
+
+
+NO_SOCKET = "no listener"
+"""How a side that never had a socket is shown (a responder that answered the SYN with RST
+from CLOSED: nothing listened). CLOSED is RFC 9293's name for "no connection state at
+all", but read in a table beside SYN_SENT it looks like a socket that once existed."""
+
+
+NO_ANSWER = "no answer"
+"""How a responder is shown in SYN_RECEIVED when it never sent a packet: the machine
+assumes the SYN arrived, but nothing shows that it did (dropped on the way, or by a
+firewall, or the host is down)."""
+
+
+def state_label(state: State, timeline: Sequence[State], sent: bool = True) -> str:
+    """The name a person reads for `state`, given every state that side was in and whether
+    it sent anything: a side CLOSED throughout never existed (`NO_SOCKET`), and a silent
+    side is not claimed to have received a SYN (`NO_ANSWER`)."""
+    if state is State.CLOSED and all(s is State.CLOSED for s in timeline):
+        return NO_SOCKET
+    if state is State.SYN_RECEIVED and not sent:
+        return NO_ANSWER
+    return state.name
 
 
 class Step(NamedTuple):
