@@ -23,7 +23,14 @@ import numpy as np
 import numpy.typing as npt
 
 from tcpwhy.decode import kernels as K
-from tcpwhy.decode.table import COLUMNS, CaptureStats, PacketTable, empty_columns
+from tcpwhy.decode.table import (
+    COLUMNS,
+    ICMP_COLUMNS,
+    CaptureStats,
+    PacketTable,
+    empty_columns,
+    empty_icmp_columns,
+)
 from tcpwhy.errors import CaptureError
 
 CHUNK_BYTES = 8 << 20
@@ -375,7 +382,8 @@ def decode_chunk(
 ) -> PacketTable:
     n = recs.off.shape[0]
     cols = empty_columns(n) if reuse is None else {k: v[:n] for k, v in reuse.items()}
-    j = K.decode_records(
+    icols = empty_icmp_columns(n)  # written only for ICMP rows: untouched pages are free
+    j, k = K.decode_records(
         arr,
         recs.off,
         recs.cap,
@@ -388,10 +396,36 @@ def decode_chunk(
         checksums,
         teredo_any_port,
         *(cols[name] for name in COLUMNS),
+        *(icols[name] for name in ICMP_COLUMNS),
     )
+    icmp = None
+    if k:
+        # ICMP rows were written from the last row backwards: copy them out in capture order,
+        # with their quoted payload bytes (the chunk's buffers are reused)
+        sel = np.arange(n - 1, n - 1 - k, -1)
+        icmp = _compact_icmp(
+            PacketTable(
+                {**{c: cols[c][sel] for c in COLUMNS}, **{c: icols[c][sel] for c in ICMP_COLUMNS}},
+                arr,
+            )
+        )
     if j < n:
-        cols = {k: v[:j] for k, v in cols.items()}
-    return PacketTable(cols, arr)
+        cols = {name: v[:j] for name, v in cols.items()}
+    return PacketTable(cols, arr, icmp)
+
+
+def _compact_icmp(t: PacketTable) -> PacketTable:
+    """ICMP rows with their own copy of the quoted payload bytes."""
+    from tcpwhy.decode.kernels import gather_bytes
+
+    caps = t.cols["payload_cap"].astype(np.int64)
+    new_off = np.zeros(len(caps), np.int64)
+    np.cumsum(caps[:-1], out=new_off[1:])
+    data = np.empty(int(caps.sum()), np.uint8)
+    gather_bytes(t.data, t.cols["payload_off"].astype(np.int64), caps, data, new_off)
+    cols = dict(t.cols)
+    cols["payload_off"] = new_off.astype(np.uint64)
+    return PacketTable(cols, data)
 
 
 def iter_tables(
@@ -503,7 +537,9 @@ def _iter(
                     frame_base += n
                     stats.frames += n
                     stats.linktypes |= parser.linktypes
-                    if len(table):
+                    if table.icmp is not None:
+                        stats.icmp += len(table.icmp)
+                    if len(table) or table.icmp is not None:
                         stats.tcp += len(table)
                         yield table
                 pos = newpos
@@ -527,7 +563,7 @@ def _iter(
                 break
     finally:
         for code, what in enumerate(K.STATUS_NAMES):
-            if code != K.ST_TCP:
+            if code != K.ST_TCP and code != K.ST_ICMP_TCP:
                 stats.add_skipped(what, int(counts[code]))
     if isinstance(parser, _PcapngParser) and not parser.seen_shb:
         raise CaptureError(name, "not a pcapng capture")

@@ -26,7 +26,8 @@ ST_OTHER_LINK = 6
 ST_FRAGMENT = 7
 ST_UNDECODABLE = 8
 ST_UNSUPPORTED_LINK = 9
-N_STATUS = 10
+ST_ICMP_TCP = 10  # an ICMP/ICMPv6 error quoting a TCP segment: a row of the ICMP table
+N_STATUS = 11
 STATUS_NAMES = (
     "TCP",
     "UDP",
@@ -38,6 +39,7 @@ STATUS_NAMES = (
     "IP fragments",
     "undecodable",
     "unsupported link type",
+    "ICMP errors about TCP",
 )
 
 # ---- link types understood -------------------------------------------------------------
@@ -315,8 +317,103 @@ def _teredo(buf: Any, u: Any, lim: Any, end: Any, strict: Any) -> Any:
     return q
 
 
+@njit(cache=True)
+def _icmp_quote(buf: Any, p: Any, end: Any, v6: Any) -> Any:
+    """An ICMP or ICMPv6 error at p (`end`: where its captured bytes stop) that quotes the
+    start of a TCP segment: (type, code, MTU, quoted IP header offset, quoted IP total
+    length, quoted TTL, quoted IP id, quoted source and destination halves, quoted TCP
+    header offset, where the quoted segment would end); type -1 if it is not one.
+
+    Errors: ICMP destination unreachable (3), time exceeded (11), parameter problem (12);
+    ICMPv6 destination unreachable (1), packet too big (2), time exceeded (3), parameter
+    problem (4). The MTU is ICMP's next-hop MTU (type 3 code 4) or ICMPv6's packet-too-big
+    MTU, else 0. The quoted packet must be a first (or only) fragment of the same IP
+    version carrying TCP, quoted down to at least its ports and sequence number.
+    """
+    z = np.uint64(0)
+    no = (-1, 0, 0, 0, 0, 0, 0, z, z, z, z, 0, 0)
+    if p + 8 > end:
+        return no
+    ity = _u8(buf, p)
+    ico = _u8(buf, p + 1)
+    mtu = 0
+    if v6:
+        if ity < 1 or ity > 4:
+            return no
+        if ity == 2:
+            mtu = _be32(buf, p + 4)
+    else:
+        if ity != 3 and ity != 11 and ity != 12:
+            return no
+        if ity == 3 and ico == 4:
+            mtu = _be16(buf, p + 6)
+    q = p + 8
+    if not v6:
+        if q + 20 > end or (_u8(buf, q) >> 4) != 4:
+            return no
+        ihl = (_u8(buf, q) & 15) * 4
+        if ihl < 20 or q + ihl > end or _u8(buf, q + 9) != 6:
+            return no
+        if (_be16(buf, q + 6) & 0x1FFF) != 0:
+            return no
+        tot = _be16(buf, q + 2)
+        ffff = np.uint64(0xFFFF00000000)
+        t = q + ihl
+        if t + 8 > end:
+            return no
+        return (
+            ity,
+            ico,
+            mtu,
+            q,
+            tot,
+            _u8(buf, q + 8),
+            _be16(buf, q + 4),
+            z,
+            ffff | np.uint64(_be32(buf, q + 12)),
+            z,
+            ffff | np.uint64(_be32(buf, q + 16)),
+            t,
+            q + tot,
+        )
+    if q + 40 > end or (_u8(buf, q) >> 4) != 6:
+        return no
+    plen = _be16(buf, q + 4)
+    nh = _u8(buf, q + 6)
+    t = q + 40
+    while nh == 0 or nh == 43 or nh == 60 or nh == 44:
+        if t + 8 > end:
+            return no
+        if nh == 44:
+            if (_be16(buf, t + 2) & 0xFFF8) != 0:  # not the first fragment
+                return no
+            nh = _u8(buf, t)
+            t += 8
+        else:
+            nxt = _u8(buf, t)
+            t += (_u8(buf, t + 1) + 1) * 8
+            nh = nxt
+    if nh != 6 or t + 8 > end:
+        return no
+    return (
+        ity,
+        ico,
+        mtu,
+        q,
+        40 + plen,
+        _u8(buf, q + 7),
+        0,
+        _be64(buf, q + 8),
+        _be64(buf, q + 16),
+        _be64(buf, q + 24),
+        _be64(buf, q + 32),
+        t,
+        q + 40 + plen,
+    )
+
+
 @kernel(
-    "u1[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8 i8[:] b1 b1 u8[:] i8[:] u4[:] u4[:] u2[:] u2[:] u8[:] u8[:] i4[:] u1[:] u8[:] u8[:] u8[:] u8[:] u1[:] u4[:] u4[:] u1[:] u4[:] u8[:] u8[:] u8[:] u8[:] u2[:] u2[:] u4[:] u4[:] u1[:] u2[:] u2[:] u2[:] i1[:] i4[:] i1[:] b1[:] b1[:] u4[:] u4[:] u4[:] u1[:] u4[:,:] u4[:,:] u4[:] u4[:] u8[:] b1[:] -> i8"
+    "u1[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8 i8[:] b1 b1 u8[:] i8[:] u4[:] u4[:] u2[:] u2[:] u8[:] u8[:] i4[:] u1[:] u8[:] u8[:] u8[:] u8[:] u1[:] u4[:] u4[:] u1[:] u4[:] u8[:] u8[:] u8[:] u8[:] u2[:] u2[:] u4[:] u4[:] u1[:] u2[:] u2[:] u2[:] i1[:] i4[:] i1[:] b1[:] b1[:] u4[:] u4[:] u4[:] u1[:] u4[:,:] u4[:,:] u4[:] u4[:] u8[:] b1[:] u1[:] u1[:] u4[:] u8[:] u8[:] u8[:] u8[:] u1[:] u4[:] u8[:] -> (i8, i8)"
 )
 def decode_records(
     buf: Any,
@@ -377,9 +474,25 @@ def decode_records(
     o_pcap: Any,
     o_poff: Any,
     o_trunc: Any,
+    # the ICMP column group (`tcpwhy.decode.table.ICMP_COLUMNS`), written for ICMP rows only
+    o_icmp_type: Any,
+    o_icmp_code: Any,
+    o_icmp_mtu: Any,
+    o_icmp_src_hi: Any,
+    o_icmp_src_lo: Any,
+    o_icmp_dst_hi: Any,
+    o_icmp_dst_lo: Any,
+    o_icmp_ttl: Any,
+    o_icmp_len: Any,
+    o_icmp_at: Any,
 ) -> Any:
-    """Decode each record down to TCP; TCP rows are written compactly, others counted."""
+    """Decode each record down to TCP; TCP rows are written compactly from the start of the
+    output columns, others counted. An ICMP or ICMPv6 error quoting a TCP segment is a row
+    too, written from the end of the same columns backwards (its TCP and IP columns hold the
+    quoted segment, its ICMP columns the error itself). Returns (TCP rows, ICMP rows)."""
     j = 0
+    k_icmp = 0
+    last = np.int64(rec_off.shape[0] - 1)
     ffff = np.uint64(0xFFFF00000000)
     for i in range(rec_off.shape[0]):
         p = np.int64(rec_off[i])
@@ -395,6 +508,16 @@ def decode_records(
         vlan = -1
         tunnel = 0
         have_ip = False
+        icmp_row = False
+        i_type = 0
+        i_code = 0
+        i_mtu = 0
+        i_src_hi = np.uint64(0)
+        i_src_lo = np.uint64(0)
+        i_dst_hi = np.uint64(0)
+        i_dst_lo = np.uint64(0)
+        i_ttl = 0
+        i_len = 0
         ip_src_hi = np.uint64(0)
         ip_src_lo = np.uint64(0)
         ip_dst_hi = np.uint64(0)
@@ -738,12 +861,48 @@ def decode_records(
                             tunnel = 5
                         p = q
                         kind = _K_IP6
-                elif proto == 1:
-                    status = ST_ICMP
-                    break
-                elif proto == 58:
-                    status = ST_ICMP6
-                    break
+                elif proto == 1 or proto == 58:
+                    status = ST_ICMP if proto == 1 else ST_ICMP6
+                    if (proto == 58) != (ipver == 6):
+                        break
+                    qend = end if end < lim else lim
+                    (
+                        i_type,
+                        i_code,
+                        i_mtu,
+                        qip,
+                        qtot,
+                        qttl,
+                        qid,
+                        qs_hi,
+                        qs_lo,
+                        qd_hi,
+                        qd_lo,
+                        qtcp,
+                        qlim,
+                    ) = _icmp_quote(buf, p, qend, proto == 58)
+                    if i_type < 0:
+                        break
+                    # the row describes the quoted segment; the ICMP columns the error
+                    icmp_row = True
+                    i_src_hi, i_src_lo, i_dst_hi, i_dst_lo = (
+                        ip_src_hi,
+                        ip_src_lo,
+                        ip_dst_hi,
+                        ip_dst_lo,
+                    )
+                    i_ttl = ip_ttl
+                    i_len = ip_len
+                    ip_src_hi, ip_src_lo, ip_dst_hi, ip_dst_lo = qs_hi, qs_lo, qd_hi, qd_lo
+                    ip_off = qip - frame_start
+                    ip_len = qtot
+                    ip_ttl = qttl
+                    ip_id = qid
+                    end = qend
+                    l4_end = qlim
+                    p = qtcp
+                    kind = _K_DONE
+                    status = ST_TCP
                 else:
                     status = ST_OTHER_IP
                     break
@@ -817,21 +976,23 @@ def decode_records(
             counts[status] += 1
             continue
         # ---- TCP
-        if p + 20 > end:
+        whole = p + 20 <= end  # a quoted header may stop after the sequence number
+        if not whole and not icmp_row:
             counts[ST_UNDECODABLE] += 1
             continue
-        doff = (_u8(buf, p + 12) >> 4) * 4
-        if doff < 20:
-            counts[ST_UNDECODABLE] += 1
+        doff = (_u8(buf, p + 12) >> 4) * 4 if whole else 0
+        if whole and doff < 20:
+            counts[(ST_ICMP if ipver == 4 else ST_ICMP6) if icmp_row else ST_UNDECODABLE] += 1
             continue
         seg_len = l4_end - p  # TCP header + payload per the IP length
         plen = seg_len - doff
-        if plen < 0:
+        if plen < 0 or not whole:
             plen = 0
         opt_end = p + doff
         if opt_end > end:
             opt_end = end
-        ju = np.uint64(j)  # unsigned: no wraparound on the ~45 column stores
+        # unsigned: no wraparound on the ~45 column stores
+        ju = np.uint64(last - k_icmp if icmp_row else j)
         o_frame[ju] = frame_base + i + 1
         o_ts[ju] = rec_ts[i]
         o_frame_len[ju] = rec_wire[i]
@@ -858,11 +1019,17 @@ def decode_records(
         o_sport[ju] = _be16(buf, p)
         o_dport[ju] = _be16(buf, p + 2)
         o_seq[ju] = _be32(buf, p + 4)
-        o_ack[ju] = _be32(buf, p + 8)
+        if whole:
+            o_ack[ju] = _be32(buf, p + 8)
+            o_flags[ju] = ((_u8(buf, p + 12) & 1) << 8) | _u8(buf, p + 13)
+            o_win[ju] = _be16(buf, p + 14)
+            o_urp[ju] = _be16(buf, p + 18)
+        else:
+            o_ack[ju] = 0
+            o_flags[ju] = 0
+            o_win[ju] = 0
+            o_urp[ju] = 0
         o_doff[ju] = doff
-        o_flags[ju] = ((_u8(buf, p + 12) & 1) << 8) | _u8(buf, p + 13)
-        o_win[ju] = _be16(buf, p + 14)
-        o_urp[ju] = _be16(buf, p + 18)
         # options
         mss = -1
         ws = -1
@@ -931,6 +1098,21 @@ def decode_records(
         o_pcap[ju] = cap
         o_poff[ju] = pstart if cap > 0 else 0
         o_trunc[ju] = cap < plen
+        if icmp_row:
+            o_csum[ju] = -1
+            o_icmp_type[ju] = i_type
+            o_icmp_code[ju] = i_code
+            o_icmp_mtu[ju] = i_mtu
+            o_icmp_src_hi[ju] = i_src_hi
+            o_icmp_src_lo[ju] = i_src_lo
+            o_icmp_dst_hi[ju] = i_dst_hi
+            o_icmp_dst_lo[ju] = i_dst_lo
+            o_icmp_ttl[ju] = i_ttl
+            o_icmp_len[ju] = i_len
+            o_icmp_at[ju] = j
+            counts[ST_ICMP_TCP] += 1
+            k_icmp += 1
+            continue
         # checksum, when asked for and the whole segment was captured
         if checksums and p + seg_len <= end and seg_len >= doff:
             s = np.uint64(0)
@@ -960,7 +1142,7 @@ def decode_records(
             o_csum[ju] = -1
         counts[ST_TCP] += 1
         j += 1
-    return j
+    return j, k_icmp
 
 
 @kernel("u1[:] i8[:] i8[:] u1[:] i8[:] -> none")

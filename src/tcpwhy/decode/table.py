@@ -13,6 +13,21 @@ for both families and sorting/grouping stays plain integer work.
 TCP flag bits (`flags`) use the header's own layout, as Wireshark's
 ``tcp.flags``: FIN 0x001, SYN 0x002, RST 0x004, PSH 0x008, ACK 0x010,
 URG 0x020, ECE 0x040, CWR 0x080, AE (formerly NS) 0x100.
+
+ICMP errors about TCP ride along in `PacketTable.icmp`: a second table of the
+same chunk, one row per ICMP or ICMPv6 error (destination unreachable, packet
+too big, time exceeded, parameter problem) that quotes a TCP segment, in capture
+order. Its rows have every column of `COLUMNS`, describing the *quoted* segment
+as its sender sent it (addresses, ports, seq, flags; `ip_len` and `payload_len`
+from the quoted IP length, so `truncated` is usually set; fields the quote cut
+off are 0, `doff` 0 when it stopped after the sequence number), which is what
+joins the error to its connection, plus `ICMP_COLUMNS`: the error itself (type,
+code, MTU) and its own IP header (`icmp_src_*` is who answered: the destination
+itself, a router or a firewall). `icmp_at` places each ICMP row among the TCP
+rows of its table, so consumers that want one timeline (stream numbers, the
+packet list, flow ladders) merge the two without looking at frame numbers. TCP
+consumers read `cols` alone and never see ICMP rows; a table built from columns
+(`take`, slim copies) has no ICMP rows unless it passes them on.
 """
 
 from __future__ import annotations
@@ -97,6 +112,32 @@ COLUMNS: dict[str, tuple[str, tuple[int, ...], str]] = {
     "truncated": ("?", (), "snaplen cut the payload (payload_cap < payload_len)"),
 }
 
+ICMP_COLUMNS: dict[str, tuple[str, tuple[int, ...], str]] = {
+    "icmp_type": ("u1", (), "ICMP or ICMPv6 type (ip_version says which)"),
+    "icmp_code": ("u1", (), "ICMP or ICMPv6 code"),
+    "icmp_mtu": ("u4", (), "next-hop MTU (ICMP 3/4) or packet-too-big MTU (ICMPv6 2), else 0"),
+    "icmp_src_hi": ("u8", (), "the error's IP source (who answered), high half"),
+    "icmp_src_lo": ("u8", (), "the error's IP source, low half"),
+    "icmp_dst_hi": ("u8", (), "the error's IP destination (the quoted segment's sender), high"),
+    "icmp_dst_lo": ("u8", (), "the error's IP destination, low half"),
+    "icmp_ttl": ("u1", (), "the error's own IPv4 TTL or IPv6 hop limit"),
+    "icmp_len": ("u4", (), "the error's own IP length (as ip_len for a TCP row)"),
+    "icmp_at": ("i8", (), "index of the first TCP row of the same table after it (len if none)"),
+}
+"""The ICMP column group: rows of `PacketTable.icmp` have these besides `COLUMNS`."""
+
+# ICMP and ICMPv6 types and codes the diagnosis names
+ICMP_UNREACH, ICMP_TIME_EXCEEDED, ICMP_PARAM_PROBLEM = 3, 11, 12
+ICMP_FRAG_NEEDED = 4  # code of type 3
+ICMP6_UNREACH, ICMP6_TOO_BIG, ICMP6_TIME_EXCEEDED, ICMP6_PARAM_PROBLEM = 1, 2, 3, 4
+
+
+def is_too_big(version: int, icmp_type: int, code: int) -> bool:
+    """Fragmentation needed (ICMP 3/4) or packet too big (ICMPv6 2): path MTU discovery."""
+    if version == 6:
+        return icmp_type == ICMP6_TOO_BIG
+    return icmp_type == ICMP_UNREACH and code == ICMP_FRAG_NEEDED
+
 
 STAGGER = 5 * 64
 """Bytes added between the arrays of `staggered_zeros` (five cache lines)."""
@@ -129,12 +170,19 @@ def empty_columns(n: int) -> dict[str, npt.NDArray[Any]]:
     return staggered_zeros({name: (dt, (n, *shape)) for name, (dt, shape, _) in COLUMNS.items()})
 
 
+def empty_icmp_columns(n: int) -> dict[str, npt.NDArray[Any]]:
+    """Zeroed ICMP column group for n rows (pages never written cost nothing)."""
+    return staggered_zeros({name: (dt, (n, *sh)) for name, (dt, sh, _) in ICMP_COLUMNS.items()})
+
+
 @dataclass
 class PacketTable:
-    """Columns of TCP packets plus the byte buffer their payload offsets point into."""
+    """Columns of TCP packets plus the byte buffer their payload offsets point into, and the
+    ICMP errors about TCP read with them (`icmp`, see the module's text)."""
 
     cols: dict[str, npt.NDArray[Any]]
     data: npt.NDArray[np.uint8] = field(default_factory=lambda: np.zeros(0, np.uint8))
+    icmp: PacketTable | None = None
 
     def __len__(self) -> int:
         return int(self.cols["frame"].shape[0])
@@ -166,10 +214,13 @@ class PacketTable:
     @staticmethod
     def concat(tables: Sequence[PacketTable]) -> PacketTable:
         """Join chunk tables; payload bytes are compacted into one new buffer."""
+        icmp = _concat_icmp(tables)
         tables = [t for t in tables if len(t)]
         if not tables:
-            return PacketTable.empty()
-        if len(tables) == 1 and _is_compact(tables[0]):
+            out = PacketTable.empty()
+            out.icmp = icmp
+            return out
+        if len(tables) == 1 and _is_compact(tables[0]) and tables[0].icmp is icmp:
             return tables[0]
         cols = {k: np.concatenate([t.cols[k] for t in tables]) for k in COLUMNS}
         caps = cols["payload_cap"].astype(np.int64)
@@ -188,7 +239,42 @@ class PacketTable:
             )
             start += n
         cols["payload_off"] = new_off.astype(np.uint64)
-        return PacketTable(cols, data)
+        return PacketTable(cols, data, icmp)
+
+
+def _concat_icmp(tables: Sequence[PacketTable]) -> PacketTable | None:
+    """The ICMP rows of consecutive tables as one table, `icmp_at` counted over the joined
+    TCP rows."""
+    parts = []
+    base = 0
+    for t in tables:
+        if t.icmp is not None and len(t.icmp):
+            if base:
+                cols = dict(t.icmp.cols)
+                cols["icmp_at"] = cols["icmp_at"] + base
+                parts.append(PacketTable(cols, t.icmp.data))
+            else:
+                parts.append(t.icmp)
+        base += len(t)
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    names = [k for k in parts[0].cols if k in COLUMNS or k in ICMP_COLUMNS]
+    cols = {k: np.concatenate([p.cols[k] for p in parts]) for k in names}
+    caps = cols["payload_cap"].astype(np.int64)
+    new_off = np.zeros(len(caps), np.int64)
+    np.cumsum(caps[:-1], out=new_off[1:])
+    data = np.empty(int(caps.sum()), np.uint8)
+    start = 0
+    for p in parts:
+        n = len(p)
+        _gather(
+            p.data, p.cols["payload_off"], p.cols["payload_cap"], data, new_off[start : start + n]
+        )
+        start += n
+    cols["payload_off"] = new_off.astype(np.uint64)
+    return PacketTable(cols, data)
 
 
 def _is_compact(t: PacketTable) -> bool:
@@ -213,6 +299,7 @@ class CaptureStats:
 
     frames: int = 0
     tcp: int = 0
+    icmp: int = 0  # ICMP errors about TCP (rows of the tables' `icmp`)
     first_ts_ns: int | None = None
     bytes_read: int = 0  # of the capture stream (decompressed), for progress reports
     skipped: dict[str, int] = field(default_factory=dict)

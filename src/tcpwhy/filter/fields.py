@@ -374,3 +374,6 @@ _add("http.response.phrase", STRING, _http_attr("phrase"), 32, "http", 20)
 _add("http.host", STRING, _http_attr("host"), 32, "http", 20)
 _add("http.connection", STRING, _http_attr("connection"), 32, "http", 20)
 _add("http.user_agent", STRING, _http_attr("user_agent"), 32, "http", 20)
+
+# ICMP errors about TCP: the icmp/icmpv6 fields, and how every field above reads them
+from tcpwhy.filter import icmp_fields as _icmp_fields  # noqa: E402,F401

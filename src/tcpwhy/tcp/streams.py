@@ -13,6 +13,15 @@ number the other direction sent -- whichever comes first.
 
 The tracker is incremental: chunks of a streamed capture are fed in order and
 state carries over, so `tcpwhy packets -` can print relative numbers live.
+
+ICMP errors about TCP (a table's `icmp` rows) are joined to their connection as
+Wireshark joins them: the quoted segment's endpoints find the conversation (an
+error about a conversation not seen yet opens a stream of its own, as in
+Wireshark), and the error takes that conversation's current stream. A quoted
+segment changes nothing of the stream's state (no base sequence number, no port
+reuse, no window scale), and its numbers stay absolute: Wireshark shows the
+quoted header's raw sequence number as ``tcp.seq``. `StreamTracker.feed` puts
+the ICMP rows' stream, direction and conversation in `StreamTracker.icmp_out`.
 """
 
 from __future__ import annotations
@@ -129,7 +138,7 @@ def _rehash(old_keys: Any, old_val: Any, tab_keys: Any, tab_val: Any, slot_keys:
 
 
 @kernel(
-    "i8[:] i1[:] u2[:] u4[:] u4[:] i8[:] b1[:,:] u4[:,:] i1[:,:] i1[:] u2[:] i8 i8[:] u4[:] u4[:] b1[:] b1[:] i8[:] i1[:] -> i8"
+    "i8[:] i1[:] u2[:] u4[:] u4[:] i8[:] b1[:,:] u4[:,:] i1[:,:] i1[:] u2[:] i8 i8[:] u4[:] u4[:] b1[:] b1[:] i8[:] i1[:] b1[:] b1[:] -> i8"
 )
 def _track(
     slot: Any,
@@ -151,7 +160,13 @@ def _track(
     out_new: Any,
     out_win: Any,
     out_rev_ws: Any,
+    st_fresh: Any,
+    is_icmp: Any,
 ) -> int:
+    """Per row: stream number, relative numbers, scaled window. `is_icmp` (empty when the
+    chunk has no ICMP rows) marks ICMP errors' quoted segments, which only look their stream
+    up (opening one if needed: `st_fresh` then says no TCP packet of it was seen yet)."""
+    icmp = is_icmp.shape[0] > 0
     for i in range(slot.shape[0]):
         # unsigned indices: numba then skips its negative-index wraparound
         s = np.uint64(slot[i])
@@ -159,9 +174,25 @@ def _track(
         r = np.uint64(1 - pdir[i])
         f = flags[i]
         reused = False
+        if icmp and is_icmp[i]:
+            if st_stream[s] < 0:
+                st_stream[s] = next_stream
+                next_stream += 1
+                st_fresh[s] = True
+            out_stream[i] = st_stream[s]
+            out_rseq[i] = seq[i]
+            out_rack[i] = ack[i]
+            out_win[i] = win[i]
+            out_rev_ws[i] = st_ws[s, r]
+            out_new[i] = False
+            out_reused[i] = False
+            continue
         if st_stream[s] < 0:
             st_stream[s] = next_stream
             next_stream += 1
+            out_new[i] = True
+        elif st_fresh[s]:
+            st_fresh[s] = False
             out_new[i] = True
         elif (f & (SYN | ACK)) == SYN and st_bset[s, d] and seq[i] != st_base[s, d]:
             st_stream[s] = next_stream
@@ -207,6 +238,13 @@ def _track(
     return next_stream
 
 
+_NO_ICMP = np.zeros(0, np.bool_)
+_TRACK_COLUMNS = (
+    "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "flags", "seq", "ack", "opt_ws",
+    "win", "frame",
+)  # fmt: skip
+
+
 class StreamTracker:
     """Assigns stream numbers and relative seq/ack to chunks fed in capture order."""
 
@@ -221,7 +259,11 @@ class StreamTracker:
         self.st_bset = np.zeros((0, 2), np.bool_)
         self.st_base = np.zeros((0, 2), np.uint32)
         self.st_ws = np.zeros((0, 2), np.int8)
+        self.st_fresh = np.zeros(0, np.bool_)
         self.next_stream = 0
+        self.icmp_out: dict[str, npt.NDArray[Any]] | None = None
+        """`stream`, `dir`, `conv` (as `feed` gives them) of the ICMP rows of the last table
+        fed, None if it had none."""
 
     @property
     def conversations(self) -> int:
@@ -247,6 +289,7 @@ class StreamTracker:
             self.st_bset = grow(self.st_bset, False)
             self.st_base = grow(self.st_base, 0)
             self.st_ws = grow(self.st_ws, -1)
+            self.st_fresh = grow(self.st_fresh, False)
             self._slot_keys = grow(self._slot_keys, -1)
             self._free = grow(self._free, 0)
             self._cap = cap
@@ -274,6 +317,7 @@ class StreamTracker:
         self.st_stream[conv] = -1
         self.st_bset[conv] = False
         self.st_ws[conv] = -1
+        self.st_fresh[conv] = False
         nfree = int(self._meta[2])
         self._free[nfree : nfree + conv.size] = conv
         self._meta[2] = nfree + conv.size
@@ -282,6 +326,27 @@ class StreamTracker:
         """Per-row `stream`, `dir` (0/1 canonical), `rel_seq`, `rel_ack`, `win_scaled`,
         `reused`, `new` (first packet of a stream), `conv` (conversation slot), `rev_ws`
         (the other direction's window scale: -1 unknown, -2 none, else the shift)."""
+        icmp = t.icmp
+        if icmp is not None and len(icmp):
+            return self._feed_with_icmp(t, icmp)
+        self.icmp_out = None
+        return self._feed(t, _NO_ICMP)
+
+    def _feed_with_icmp(self, t: PacketTable, icmp: PacketTable) -> dict[str, npt.NDArray[Any]]:
+        """TCP and ICMP rows merged in capture order (`icmp_at`), fed as one table."""
+        n, m = len(t), len(icmp)
+        key = np.concatenate([2 * np.arange(n, dtype=np.int64) + 1, 2 * icmp["icmp_at"]])
+        order = np.argsort(key, kind="stable")
+        cols = {c: np.concatenate([t[c], icmp[c]])[order] for c in _TRACK_COLUMNS}
+        is_icmp = order >= n
+        out = self._feed(PacketTable(cols), is_icmp)
+        back = np.empty(n + m, np.int64)
+        back[order] = np.arange(n + m)
+        tcp_pos, icmp_pos = back[:n], back[n:]
+        self.icmp_out = {k: out[k][icmp_pos] for k in ("stream", "dir", "conv")}
+        return {k: v[tcp_pos] for k, v in out.items()}
+
+    def _feed(self, t: PacketTable, is_icmp: npt.NDArray[np.bool_]) -> dict[str, npt.NDArray[Any]]:
         n = len(t)
         self._reserve(n)
         # one staggered allocation for this chunk's outputs (see `staggered_zeros`)
@@ -335,5 +400,7 @@ class StreamTracker:
             out["new"],
             out["win_scaled"],
             out["rev_ws"],
+            self.st_fresh,
+            is_icmp,
         )
         return out
