@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -330,3 +331,97 @@ def test_cli_reports_eviction_once_as_a_tcpwhy_line() -> None:
         "longest are written out early (end: 'evicted'); later packets of them start a "
         "continued record"
     ]
+
+
+UID = re.compile(r"C[0-9a-zA-Z]{2,17}")
+"""A Zeek connection uid: C, then base 62 of a 32-bit and a 64-bit word (1-6 and 1-11 digits)."""
+
+
+def _cli_conns(*args: str) -> str:
+    import subprocess
+    import sys
+
+    p = subprocess.run(
+        [sys.executable, "-m", "tcpwhy", "conns", *args], capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def test_uids_are_zeeks_random_unless_seeded() -> None:
+    """uids look like Zeek's, are unique in a run, new on every run, and fixed by --seed."""
+    cap = str(LAB / "syn-flood.pcap")
+    runs = [
+        [json.loads(line)["uid"] for line in _cli_conns("--format", "jsonl", *o, cap).splitlines()]
+        for o in ((), (), ("--seed", "7"), ("--seed", "7"), ("--seed", "8"))
+    ]
+    for uids in runs:
+        assert len(uids) > 100 and len(set(uids)) == len(uids)
+        assert all(UID.fullmatch(u) for u in uids)
+        # Zeek's lengths: 18 characters mostly, 17 when the 32-bit word is below 62**5
+        assert {len(u) for u in uids} <= set(range(3, 19)) and max(map(len, uids)) == 18
+    assert not set(runs[0]) & set(runs[1])  # random: new on every run
+    assert runs[2] == runs[3]  # --seed: the same on every run
+    assert not set(runs[2]) & set(runs[4])
+
+
+def test_uids_pinned_by_seed() -> None:
+    """With --seed the uids are part of the output, byte for byte (first two of the demo)."""
+    text = _cli_conns("--format", "zeek", "--seed", "1", str(DEMO))
+    rows = read_zeek(text.splitlines())
+    assert [r["uid"] for r in rows] == ["CI0KN24MayFxJyNSCl", "C4EWU44w0u3FQJn0If"]
+    # the same uid in every format of the same run
+    recs = [
+        json.loads(line)
+        for line in _cli_conns("--format", "jsonl", "--seed", "1", str(DEMO)).splitlines()
+    ]
+    assert [r["uid"] for r in recs] == [r["uid"] for r in rows]
+
+
+def test_record_numbers_stay_the_builder_identity() -> None:
+    """The uid column is still the record number the builder links kept packets with; the
+    text is derived from it, so records built twice in one process agree."""
+    t = read_table(str(LAB / "time-wait-reuse.pcap"))
+    c = connection_columns(t)
+    assert sorted(c["uid"].tolist()) == list(range(len(c)))
+    assert [r.uid for r in c] == [r.uid for r in build_connections(t)]
+
+
+def test_local_nets_option() -> None:
+    """--local-nets sets local_orig/local_resp in every format; without it they are unset."""
+    cap = str(DEMO)
+    plain = [json.loads(line) for line in _cli_conns("--format", "jsonl", cap).splitlines()]
+    assert all("local_orig" not in o for o in plain)
+    local = _cli_conns("--format", "jsonl", "--local-nets", "127.0.0.0/8,2001:db8::/32", cap)
+    objs = [json.loads(line) for line in local.splitlines()]
+    assert [(o["local_orig"], o["local_resp"]) for o in objs] == [(True, True)] * 2
+    other = _cli_conns("--format", "zeek-json", "--local-nets", "10.0.0.0/8", cap)
+    assert [json.loads(line)["local_orig"] for line in other.splitlines()] == [False] * 2
+    rows = read_zeek(_cli_conns("--format", "zeek", cap).splitlines())
+    assert {(r["local_orig"], r["local_resp"]) for r in rows} == {("-", "-")}
+    rows = read_zeek(_cli_conns("--format", "zeek", "--local-nets", "private", cap).splitlines())
+    assert {(r["local_orig"], r["local_resp"]) for r in rows} == {("T", "T")}
+    head = _cli_conns("--format", "csv", "--local-nets", "127.0.0.1/32", cap).splitlines()[0]
+    assert head.endswith(",local_orig,local_resp,community_id")
+    import subprocess
+    import sys
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "tcpwhy", "conns", "--local-nets", "10.0.0.0/33", cap],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "--local-nets" in bad.stderr
+
+
+def test_parse_local_nets() -> None:
+    from tcpwhy.tcp.records import ZEEK_PRIVATE_ADDRESS_SPACE, local_flags, parse_local_nets
+
+    nets = parse_local_nets("10.1.2.3/8, fe80::1/10")  # host bits dropped, as Zeek does
+    assert nets == parse_local_nets(["10.0.0.0/8", "fe80::/10"])
+    assert len(parse_local_nets("private")) == len(ZEEK_PRIVATE_ADDRESS_SPACE)
+    hi = np.array([0, 0, 0xFE80 << 48, 0xFE40 << 48], np.uint64)
+    lo = np.array([0xFFFF0A000001, 0xFFFF0B000001, 1, 1], np.uint64)
+    assert local_flags(hi, lo, nets).tolist() == [True, False, True, False]
+    with pytest.raises(ValueError):
+        parse_local_nets("10.0.0.0/8,nonsense")

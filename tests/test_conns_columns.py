@@ -16,7 +16,16 @@ from tcpwhy.capture import read_table
 from tcpwhy.report.conns import FORMATS, record_lines, write_conns
 from tcpwhy.report.conns_format import format_columns, row_program
 from tcpwhy.tcp.connections import build_connections, connection_columns
-from tcpwhy.tcp.records import COLUMNS, IRTT_UNSET, JSON_FIELDS, ConnColumns, ConnRecord
+from tcpwhy.tcp.records import (
+    COLUMNS,
+    IRTT_UNSET,
+    JSON_FIELDS,
+    ConnColumns,
+    ConnRecord,
+    RecordOptions,
+    base62,
+    parse_local_nets,
+)
 
 DATA = Path(str(resources.files("tcpwhy") / "data"))
 SHIPPED = [*sorted((DATA / "lab").glob("*.pcap")), DATA / "demo-stale-keepalive.pcap"]
@@ -30,11 +39,16 @@ def _same(c: ConnColumns, fmt: str, *, compiled: bool = True) -> None:
     want = record_lines(c.records(), fmt)
     got = format_columns(c, fmt)
     # the compiled formatter wrote it (it did not hand the batch to the per-record fallback)
-    assert (row_program(fmt, c.uid_prefix).format(c) is not None) == compiled
+    local = c.options.local_nets is not None
+    assert (row_program(fmt, c.uid_prefix, local).format(c) is not None) == compiled
     if got != want:  # the first differing line, not two walls of text
         for g, w in zip(got.splitlines(), want.splitlines(), strict=False):
             assert g == w, fmt
     assert got == want, fmt
+
+
+LOCAL = RecordOptions(uid_seed=3, community_id_seed=512, local_nets=parse_local_nets("private"))
+"""Options that set every derived field (local_orig and local_resp too)."""
 
 
 @pytest.mark.parametrize("boundaries", ["stream", "zeek"])
@@ -44,6 +58,7 @@ def test_every_capture_every_format(zeek_corpus: Path, boundaries: str) -> None:
         c = connection_columns(read_table(str(p)), boundaries=boundaries)
         for fmt in FORMATS:
             _same(c, fmt)
+            _same(c.with_options(LOCAL), fmt)
         n += len(c)
     assert n > 100
 
@@ -55,8 +70,10 @@ def test_records_from_columns_are_the_built_records() -> None:
     assert [c.record(i) for i in range(len(c))] == recs == list(c)
     assert all(isinstance(r, ConnRecord) for r in recs)
     assert set(COLUMNS) == set(c.cols)
-    # every jsonl field is a column, or the text of one (addresses, seconds)
+    # every jsonl field is a column, or the text of one (addresses, seconds), or derived from
+    # columns when written (Community ID, local_orig/local_resp)
     derived = {"orig_h", "resp_h", "start", "duration", "irtt"}
+    derived |= {"community_id", "local_orig", "local_resp"}
     assert set(JSON_FIELDS) - set(COLUMNS) == derived
 
 
@@ -97,6 +114,30 @@ def test_floats_round_as_python_does() -> None:
         _same(c, fmt)
 
 
+def test_uids_in_base62_as_zeek_writes_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both words of a uid at the edges of base 62 (0, 61, 62, 2**32 - 1, 2**64 - 1) and
+    random ones: the kernel writes what `base62` writes, Zeek's digits least significant
+    first without padding."""
+    assert [base62(v) for v in (0, 9, 10, 35, 36, 61, 62, 3843)] == [
+        "0", "9", "a", "z", "A", "Z", "01", "ZZ",
+    ]  # fmt: skip
+    digits = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    for v in (2**32 - 1, 2**64 - 1, 62**10, 62**11 - 1):
+        assert sum(digits.index(ch) * 62**i for i, ch in enumerate(base62(v))) == v
+    assert (len(base62(2**32 - 1)), len(base62(2**64 - 1))) == (6, 11)  # 17 at most
+    n = 2_000
+    c = _fuzz_base(n)
+    rng = np.random.default_rng(3)
+    edges = np.array([0, 61, 62, 2**32 - 1, 2**64 - 1], np.uint64)
+    a = np.where(rng.random(n) < 0.3, rng.choice(edges[:4], n), rng.integers(0, 2**32, n))
+    b = rng.integers(0, 2**63, n).astype(np.uint64) * np.uint64(2) + np.uint64(1)
+    b = np.where(rng.random(n) < 0.3, rng.choice(edges, n), b)
+    words = (a.astype(np.uint64), b.astype(np.uint64))
+    monkeypatch.setattr(ConnColumns, "uid_words", lambda self: words)
+    for fmt in ("jsonl", "zeek", "zeek-json"):
+        _same(c, fmt)
+
+
 def test_out_of_range_float_falls_back() -> None:
     c = _fuzz_base(10)
     c.cols["start_ns"][3] = 2**62
@@ -125,8 +166,11 @@ def test_addresses_and_unsigned_counters() -> None:
     c.cols["orig_bytes"] = rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64).view(np.uint64)
     c.cols["resp_bytes"] = np.full(n, 2**64 - 1, np.uint64)
     c.cols["stream"] = rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64)
+    c.cols["uid"] = rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64)
+    nets = parse_local_nets("0.0.0.0/1,::/2,abc::/16,10.0.0.0/8")
     for fmt in FORMATS:
         _same(c, fmt)
+        _same(c.with_options(RecordOptions(local_nets=nets)), fmt)
 
 
 def test_words_are_escaped() -> None:

@@ -18,9 +18,11 @@ from tcpwhy.filter import DisplayFilter, add_filter_argument
 from tcpwhy.report.commands import positive_int, report_stats
 
 if TYPE_CHECKING:  # the builder loads compiled code: imported where records are made
-    from tcpwhy.tcp.records import ConnColumns, ConnRecord
+    from tcpwhy.tcp.records import ConnColumns, ConnRecord, RecordOptions
 
-FORMATS = ("table", "jsonl", "csv", "zeek")
+FORMATS = ("table", "jsonl", "csv", "zeek", "zeek-json")
+ZEEK_FORMATS = ("zeek", "zeek-json")
+"""Formats of Zeek's own logs: connections are cut where Zeek would cut them."""
 
 CSV_FIELDS = (
     "stream",
@@ -43,7 +45,17 @@ CSV_FIELDS = (
     "conn_state",
     "history",
     "orientation",
+    "community_id",
 )
+"""csv columns; with ``--local-nets``, `LOCAL_FIELDS` come before `community_id`."""
+
+LOCAL_FIELDS = ("local_orig", "local_resp")
+
+
+def csv_fields(local: bool = False) -> tuple[str, ...]:
+    """The csv columns, with ``local_orig`` and ``local_resp`` when local networks are set."""
+    return (*CSV_FIELDS[:-1], *LOCAL_FIELDS, CSV_FIELDS[-1]) if local else CSV_FIELDS
+
 
 ZEEK_FIELDS = (
     ("ts", "time"),
@@ -58,6 +70,8 @@ ZEEK_FIELDS = (
     ("orig_bytes", "count"),
     ("resp_bytes", "count"),
     ("conn_state", "string"),
+    ("local_orig", "bool"),
+    ("local_resp", "bool"),
     ("missed_bytes", "count"),
     ("history", "string"),
     ("orig_pkts", "count"),
@@ -66,7 +80,14 @@ ZEEK_FIELDS = (
     ("resp_ip_bytes", "count"),
     ("tunnel_parents", "set[string]"),
     ("ip_proto", "count"),
+    ("community_id", "string"),
 )
+"""conn.log columns in Zeek's order (base/protocols/conn, then policy/protocols/conn/
+community-id-logging's ``community_id``)."""
+
+
+def _zeek_bool(v: bool | None) -> str:
+    return "-" if v is None else ("T" if v else "F")
 
 
 def zeek_row(r: ConnRecord) -> list[str]:
@@ -85,6 +106,8 @@ def zeek_row(r: ConnRecord) -> list[str]:
         str(r.orig_bytes) if timed else "-",
         str(r.resp_bytes) if timed else "-",
         r.conn_state,
+        _zeek_bool(r.local_orig),
+        _zeek_bool(r.local_resp),
         str(r.missed_bytes),
         r.history or "-",
         str(r.orig_pkts),
@@ -93,7 +116,47 @@ def zeek_row(r: ConnRecord) -> list[str]:
         str(r.resp_ip_bytes),
         "-",
         "6",
+        r.community_id,
     ]
+
+
+def zeek_json(r: ConnRecord) -> dict[str, Any]:
+    """A line of Zeek's JSON conn.log (``LogAscii::use_json``) as a dict: Zeek's keys in its
+    column order, ``ts`` in epoch seconds, and the fields Zeek leaves unset left out (service,
+    tunnel_parents; duration and byte counts of a zero duration; an empty history;
+    local_orig/local_resp without local networks)."""
+    d: dict[str, Any] = {
+        "ts": round(r.start, 6),
+        "uid": r.uid,
+        "id.orig_h": r.orig_h,
+        "id.orig_p": r.orig_p,
+        "id.resp_h": r.resp_h,
+        "id.resp_p": r.resp_p,
+        "proto": "tcp",
+    }
+    if r.duration > 0:
+        d["duration"] = round(r.duration, 6)
+        d["orig_bytes"] = r.orig_bytes
+        d["resp_bytes"] = r.resp_bytes
+    d["conn_state"] = r.conn_state
+    if r.local_orig is not None:
+        d["local_orig"] = r.local_orig
+        d["local_resp"] = r.local_resp
+    d["missed_bytes"] = r.missed_bytes
+    if r.history:
+        d["history"] = r.history
+    d["orig_pkts"] = r.orig_pkts
+    d["orig_ip_bytes"] = r.orig_ip_bytes
+    d["resp_pkts"] = r.resp_pkts
+    d["resp_ip_bytes"] = r.resp_ip_bytes
+    d["ip_proto"] = 6
+    d["community_id"] = r.community_id
+    return d
+
+
+def zeek_json_line(r: ConnRecord) -> str:
+    """`zeek_json` as Zeek writes it: compact JSON, one object per line."""
+    return json.dumps(zeek_json(r), ensure_ascii=False, separators=(",", ":"))
 
 
 def _zeek_stamp(t: float) -> str:
@@ -145,6 +208,8 @@ def read_zeek(lines: Iterable[str]) -> list[dict[str, str]]:
 def _csv_value(v: object) -> object:
     if v is None:
         return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
     if isinstance(v, float):
         return f"{v:.6f}"
     return v
@@ -182,18 +247,23 @@ def _hostport(h: str, p: int) -> str:
 
 def record_lines(records: Iterable[ConnRecord], fmt: str) -> str:
     """The data lines of `fmt` (no headers), one record at a time: the readable definition of
-    what the columnar writers (`format_columns`) write, and their fallback."""
+    what the columnar writers (`format_columns`) write, and their fallback. The csv lines have
+    ``local_orig`` and ``local_resp`` when the records have them."""
     if fmt == "jsonl":
         return "".join(json.dumps(r.as_json(), ensure_ascii=False) + "\n" for r in records)
     if fmt == "csv":
+        records = list(records)
+        fields = csv_fields(bool(records) and records[0].local_orig is not None)
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         for r in records:
             d = r.as_json()
-            w.writerow([_csv_value(d[f]) for f in CSV_FIELDS])
+            w.writerow([_csv_value(d[f]) for f in fields])
         return buf.getvalue()
     if fmt == "zeek":
         return "".join("\t".join(zeek_row(r)) + "\n" for r in records)
+    if fmt == "zeek-json":
+        return "".join(zeek_json_line(r) + "\n" for r in records)
     return "".join(table_line(r) for r in records)
 
 
@@ -232,15 +302,20 @@ def write_conns(
     out: TextIO | None = None,
     stats: CaptureStats | None = None,
     flt: DisplayFilter | None = None,
+    record_options: RecordOptions | None = None,
     **options: Any,
 ) -> CaptureStats:
-    """Write the connection records of a capture; `--format zeek` uses Zeek's boundaries."""
+    """Write the connection records of a capture; the Zeek formats use Zeek's boundaries.
+    `record_options`: uid seed, Community ID seed and local networks (`RecordOptions`)."""
     out = out if out is not None else sys.stdout
     stats = stats if stats is not None else CaptureStats()
-    if fmt == "zeek":
+    if fmt in ZEEK_FORMATS:
         options.setdefault("boundaries", "zeek")
     from tcpwhy.report.conns_format import format_columns
     from tcpwhy.tcp.connections import iter_connection_columns
+    from tcpwhy.tcp.records import DEFAULT_OPTIONS
+
+    ropts = record_options if record_options is not None else DEFAULT_OPTIONS
 
     batches: Iterator[ConnColumns] = (
         iter_connection_columns(source, stats, **options)
@@ -248,14 +323,15 @@ def write_conns(
         else filtered_connections(source, stats, flt, **options)
     )
     if fmt == "csv":
-        csv.writer(out, lineterminator="\n").writerow(CSV_FIELDS)
+        fields = csv_fields(ropts.local_nets is not None)
+        csv.writer(out, lineterminator="\n").writerow(fields)
     elif fmt == "zeek":
         _zeek_header(out, None)
     elif fmt == "table":
         out.write(TABLE_HEADER)
     live = source == "-"
     for c in batches:
-        text = format_columns(c, fmt)
+        text = format_columns(c.with_options(ropts), fmt)
         if text:
             out.write(text)
             if live:
@@ -267,6 +343,7 @@ def write_conns(
 
 def cmd_conns(args: argparse.Namespace) -> int:
     from tcpwhy.filter import filter_from_args
+    from tcpwhy.tcp.records import RecordOptions
 
     stats = CaptureStats()
     options: dict[str, Any] = {"check_checksums": args.check_checksums}
@@ -274,12 +351,40 @@ def cmd_conns(args: argparse.Namespace) -> int:
         options["boundaries"] = args.boundaries
     if args.max_active:
         options["max_active"] = args.max_active
+    ropts = RecordOptions(
+        uid_seed=args.seed, community_id_seed=args.community_id_seed, local_nets=args.local_nets
+    )
     try:
-        write_conns(args.file, args.format, stats=stats, flt=filter_from_args(args), **options)
+        write_conns(
+            args.file,
+            args.format,
+            stats=stats,
+            flt=filter_from_args(args),
+            record_options=ropts,
+            **options,
+        )
     finally:
         sys.stdout.flush()
     report_stats(args.file, stats)
     return 0
+
+
+def _u16(text: str) -> int:
+    """argparse type for the Community ID seed: 0 to 65535."""
+    v = int(text)
+    if not 0 <= v <= 0xFFFF:
+        raise argparse.ArgumentTypeError("must be from 0 to 65535")
+    return v
+
+
+def _local_nets(text: str) -> Any:
+    """argparse type for --local-nets: CIDR networks, comma-separated (`parse_local_nets`)."""
+    from tcpwhy.tcp.records import parse_local_nets
+
+    try:
+        return parse_local_nets(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -290,7 +395,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=(
             "One record per TCP connection (a Wireshark tcp.stream): endpoints, counters, "
             "final RFC 9293 state of each side, how it ended, and Zeek's conn_state and "
-            "history. --format zeek writes a Zeek conn.log (and cuts connections where Zeek would)."
+            "history. --format zeek writes a Zeek conn.log, --format zeek-json the same as "
+            "Zeek's JSON logs (both cut connections where Zeek would)."
         ),
     )
     p.add_argument("file", metavar="FILE", help="capture file, or - for standard input")
@@ -299,7 +405,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--boundaries",
         choices=("stream", "zeek"),
         help="one record per tcp.stream (default), or cut where Zeek's timers would "
-        "(default for --format zeek)",
+        "(default for --format zeek and zeek-json)",
     )
     p.add_argument(
         "--check-checksums",
@@ -312,6 +418,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="N",
         help="connections held in memory at once before the idlest are written out early "
         "(default 500000)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        help="make the uids from N, the same on every run (default: random, new each run)",
+    )
+    p.add_argument(
+        "--community-id-seed",
+        type=_u16,
+        default=0,
+        metavar="N",
+        help="seed of the Community ID hashes (default 0, as Zeek, Suricata and Elastic use)",
+    )
+    p.add_argument(
+        "--local-nets",
+        type=_local_nets,
+        metavar="CIDR,...",
+        help="networks whose addresses are local: sets local_orig and local_resp (unset "
+        "without it); 'private' stands for Zeek's Site::private_address_space, which "
+        "Zeek 6 and later count as local by default",
     )
     add_filter_argument(p)
     p.set_defaults(func=cmd_conns)

@@ -13,11 +13,12 @@ import functools
 import io
 import json
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from tcpwhy.report import conns_kernel as k
-from tcpwhy.report.conns import CSV_FIELDS, record_lines
+from tcpwhy.report.conns import LOCAL_FIELDS, csv_fields, record_lines
 from tcpwhy.tcp.records import IRTT_UNSET, JSON_FIELDS, WORD_COLUMNS, ConnColumns
 from tcpwhy.tcp.zeek import HIST_MAX
 
@@ -33,6 +34,7 @@ _ESCAPE: dict[str, Callable[[str], str]] = {
     "jsonl": json.encoder.encode_basestring,
     "csv": _csv_token,
     "zeek": str,
+    "zeek-json": json.encoder.encode_basestring,
     "table": str,
 }
 """How each format writes a word taken from a vocabulary (JSON strings are quoted)."""
@@ -42,8 +44,10 @@ class RowProgram:
     """A program for `conns_kernel.format_rows`: the steps of one line, the input columns they
     read, and the static words; built once per format."""
 
-    def __init__(self, fmt: str, uid_prefix: str) -> None:
+    def __init__(self, fmt: str, uid_prefix: str, local: bool = False) -> None:
         self.fmt = fmt
+        self.local = local  # writes local_orig / local_resp (the batch has local networks)
+        self.uses_community_id = False  # writes the Community ID (the `fixed` text of the kernel)
         self.esc = _ESCAPE[fmt]
         self.steps: list[tuple[int, int, int, int]] = []
         self.inputs: list[tuple[str, str]] = []  # (kind, column); kinds: int, float, word
@@ -108,6 +112,28 @@ class RowProgram:
                 self.words.append(b)
         self.row_bound += max(len(esc(w).encode()) for w in words)
 
+    def flag(self, column: str, words: tuple[str, str]) -> None:
+        """A derived boolean column (``local_orig``, ``local_resp``) as one of two words."""
+        src = self._input("word", column)
+        self._step(k.OP_WORD, src)
+        if column not in self._bases:
+            self._bases[column] = len(self.words)
+            for w in words:
+                b = w.encode()
+                self._word_ids.setdefault(b, len(self.words))
+                self.words.append(b)
+        self.row_bound += max(len(w) for w in words)
+
+    def uid(self) -> None:
+        """The record's uid after its prefix: Zeek's base 62 of its two words (`uid_words`)."""
+        self._step(k.OP_B62, self._input("int", "uid_a"), bound=11)
+        self._step(k.OP_B62, self._input("int", "uid_b"), bound=11)
+
+    def community_id(self) -> None:
+        """The Community ID hash (after ``1:``)."""
+        self.uses_community_id = True
+        self._step(k.OP_FIXED_TEXT, 0, k.COMMUNITY_ID_WIDTH, bound=k.COMMUNITY_ID_WIDTH)
+
     def addr(self, which: str, brackets: bool = False) -> None:
         hi, lo = self._input("int", f"{which}_hi"), self._input("int", f"{which}_lo")
         self._step(k.OP_ADDR, hi, lo, int(brackets), bound=43)
@@ -121,9 +147,14 @@ class RowProgram:
     def pad(self, width: int, right: bool) -> None:
         self._step(k.OP_PADR if right else k.OP_PADL, width, bound=width)
 
-    def unless_positive(self, column: str, word: str) -> None:
+    def unless_positive(self, column: str, word: str, skip: int = 1) -> None:
+        """Where `column` is not positive: `word`, instead of the next `skip` steps."""
         w = self.word(word)
-        self._step(k.OP_UNLESS_POS, self._input("int", column), w, bound=len(word))
+        self._step(k.OP_UNLESS_POS, self._input("int", column), w, skip, bound=len(word))
+
+    def unless_history(self, skip: int) -> None:
+        """Where the record has no history letters: nothing, instead of the next `skip` steps."""
+        self._step(k.OP_SKIP_NO_HIST, skip)
 
     def compile(self) -> None:
         self.prog = np.array(self.steps, np.int64).reshape(-1, 4)
@@ -140,8 +171,16 @@ class RowProgram:
             [self.static_off, last + np.cumsum([len(w) for w in ends], dtype=np.int64)]
         )
         ints = np.empty((len(self.inputs), n), np.int64)
+        derived: dict[str, Any] = {}
+        if any(name.startswith("uid_") for _, name in self.inputs):
+            derived["uid_a"], derived["uid_b"] = c.uid_words()
+        for which in ("orig", "resp"):
+            if self.local:
+                derived[f"local_{which}"] = c.local(which)
         for i, (kind, name) in enumerate(self.inputs):
-            v = c[name]
+            v = derived[name] if name in derived else c[name]
+            if v is None:
+                raise ValueError(f"{name} is unset: the batch has no local networks")
             if kind == "float":
                 if name == "irtt_ns":
                     ints[i] = np.where(v == IRTT_UNSET, np.nan, v / 1e9).view(np.int64)
@@ -157,19 +196,24 @@ class RowProgram:
         hist = c["history"]
         if not hist.flags.c_contiguous:
             hist = np.ascontiguousarray(hist)
-        size = k.format_rows(self.prog, ints, hist, c["history_len"], vocab, voff, out)
+        fixed = c.community_id_text() if self.uses_community_id else np.zeros((n, 0), np.uint8)
+        size = k.format_rows(self.prog, ints, hist, c["history_len"], vocab, voff, fixed, out)
         if size < 0:
             return None
         return out[:size].tobytes().decode()
 
 
-@functools.lru_cache(maxsize=16)
-def row_program(fmt: str, uid_prefix: str = "C") -> RowProgram:
-    """The line of each format, step by step (see `record_lines` for the same, per record)."""
-    p = RowProgram(fmt, uid_prefix)
+@functools.lru_cache(maxsize=32)
+def row_program(fmt: str, uid_prefix: str = "C", local: bool = False) -> RowProgram:
+    """The line of each format, step by step (see `record_lines` for the same, per record);
+    `local`: with ``local_orig`` and ``local_resp`` (the batch has local networks)."""
+    p = RowProgram(fmt, uid_prefix, local)
     if fmt == "jsonl":
         kinds = {
             "uid": "uid",
+            "local_orig": "flag",
+            "local_resp": "flag",
+            "community_id": "community_id",
             "orig_h": "addr",
             "resp_h": "addr",
             "start": "float",
@@ -183,12 +227,20 @@ def row_program(fmt: str, uid_prefix: str = "C") -> RowProgram:
         }
         sep = "{"
         for f in JSON_FIELDS:
+            if f in LOCAL_FIELDS and not local:
+                continue
             p.lit(f"{sep}{json.dumps(f)}: ")
             sep = ", "
             kind = kinds.get(f, "int")
             if kind == "uid":
                 p.lit(json.encoder.encode_basestring(uid_prefix)[:-1])
-                p.integer("uid", k.OP_HEX)
+                p.uid()
+                p.lit('"')
+            elif kind == "flag":
+                p.flag(f, ("false", "true"))
+            elif kind == "community_id":
+                p.lit('"1:')
+                p.community_id()
                 p.lit('"')
             elif kind == "addr":
                 p.lit('"')
@@ -208,10 +260,15 @@ def row_program(fmt: str, uid_prefix: str = "C") -> RowProgram:
                 p.integer(f)
         p.lit("}\n")
     elif fmt == "csv":
-        for i, f in enumerate(CSV_FIELDS):
+        for i, f in enumerate(csv_fields(local)):
             if i:
                 p.lit(",")
-            if f in ("orig_h", "resp_h"):
+            if f in LOCAL_FIELDS:
+                p.flag(f, ("false", "true"))
+            elif f == "community_id":
+                p.lit("1:")
+                p.community_id()
+            elif f in ("orig_h", "resp_h"):
                 p.addr(f[:4])
             elif f in ("start", "duration", "irtt"):
                 p.real(f"{f}_ns", 6, "")
@@ -227,7 +284,7 @@ def row_program(fmt: str, uid_prefix: str = "C") -> RowProgram:
     elif fmt == "zeek":
         p.real("start_ns", 6)
         p.lit("\t" + uid_prefix)
-        p.integer("uid", k.OP_HEX)
+        p.uid()
         for which in ("orig", "resp"):
             p.lit("\t")
             p.addr(which)
@@ -242,6 +299,12 @@ def row_program(fmt: str, uid_prefix: str = "C") -> RowProgram:
             p.integer(f, k.OP_UINT)
         p.lit("\t")
         p.text("conn_state")
+        for f in LOCAL_FIELDS:
+            p.lit("\t")
+            if local:
+                p.flag(f, ("F", "T"))
+            else:
+                p.lit("-")
         p.lit("\t")
         p.integer("missed_bytes")
         p.lit("\t")
@@ -249,7 +312,44 @@ def row_program(fmt: str, uid_prefix: str = "C") -> RowProgram:
         for f in ("orig_pkts", "orig_ip_bytes", "resp_pkts", "resp_ip_bytes"):
             p.lit("\t")
             p.integer(f)
-        p.lit("\t-\t6\n")
+        p.lit("\t-\t6\t1:")
+        p.community_id()
+        p.lit("\n")
+    elif fmt == "zeek-json":
+        p.lit('{"ts":')
+        p.real("start_ns", None)
+        p.lit(',"uid":' + json.encoder.encode_basestring(uid_prefix)[:-1])
+        p.uid()
+        for which in ("orig", "resp"):
+            p.lit(f'","id.{which}_h":"' if which == "orig" else f',"id.{which}_h":"')
+            p.addr(which)
+            p.lit(f'","id.{which}_p":')
+            p.integer(f"{which}_p")
+        p.lit(',"proto":"tcp"')
+        p.unless_positive("duration_ns", "", skip=6)
+        p.lit(',"duration":')
+        p.real("duration_ns", None)
+        for f in ("orig_bytes", "resp_bytes"):
+            p.lit(f',"{f}":')
+            p.integer(f, k.OP_UINT)
+        p.lit(',"conn_state":')
+        p.text("conn_state")
+        if local:
+            for f in LOCAL_FIELDS:
+                p.lit(f',"{f}":')
+                p.flag(f, ("false", "true"))
+        p.lit(',"missed_bytes":')
+        p.integer("missed_bytes")
+        p.unless_history(3)
+        p.lit(',"history":"')
+        p.history()
+        p.lit('"')
+        for f in ("orig_pkts", "orig_ip_bytes", "resp_pkts", "resp_ip_bytes"):
+            p.lit(f',"{f}":')
+            p.integer(f)
+        p.lit(',"ip_proto":6,"community_id":"1:')
+        p.community_id()
+        p.lit('"}\n')
     else:
         p.mark()
         p.integer("stream")
@@ -297,5 +397,5 @@ def format_columns(c: ConnColumns, fmt: str) -> str:
     text is `record_lines` of the same records, byte for byte."""
     if not len(c):
         return ""
-    text = row_program(fmt, c.uid_prefix).format(c)
+    text = row_program(fmt, c.uid_prefix, c.options.local_nets is not None).format(c)
     return text if text is not None else record_lines(c, fmt)

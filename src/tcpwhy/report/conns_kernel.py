@@ -19,7 +19,13 @@ return -1 and the writer formats the batch record by record instead.
 
 A program is an ``i8[nops, 4]`` array of ``(op, a, b, c)``; ``ints`` holds
 one row per input column (integers, word indices, float64 bits); the
-vocabulary is ``vocab[voff[w]:voff[w + 1]]`` for word ``w``.
+vocabulary is ``vocab[voff[w]:voff[w + 1]]`` for word ``w``; ``fixed`` holds
+text columns of a fixed width side by side, one row per record (the Community
+IDs that `community_ids` writes).
+
+`community_ids` computes Community ID v1 hashes (SHA-1 of the ordered
+5-tuple, base64) for a batch in one call: one 64-byte SHA-1 block per
+connection, as the tuple of a TCP connection is at most 40 bytes.
 """
 
 from __future__ import annotations
@@ -42,7 +48,10 @@ OP_HIST = 8  # the history letters of the row; none: word c (c >= 0)
 OP_MARK = 9  # remember where the next field starts (for padding)
 OP_PADL = 10  # pad the field since the mark with spaces to width a, left-aligned
 OP_PADR = 11  # right-aligned
-OP_UNLESS_POS = 12  # ints[a] <= 0: write word b and skip the next step
+OP_UNLESS_POS = 12  # ints[a] <= 0: write word b and skip the next max(c, 1) steps
+OP_SKIP_NO_HIST = 13  # the row has no history letters: skip the next a steps
+OP_B62 = 14  # ints[a] read as unsigned 64 bits, in base 62 least significant digit first (Zeek)
+OP_FIXED_TEXT = 15  # the bytes fixed[i, a:a + b] (a text column of fixed width)
 
 _MASK26 = (1 << 26) - 1
 
@@ -294,8 +303,26 @@ def _put_float(out: Any, p: int, bits: int, digits: int, null: int, vocab: Any, 
     return _put_fixed(out, p, neg, v, digits)
 
 
-@kernel("i8[:,:] i8[:,:] u1[:,:] i8[:] u1[:] i8[:] u1[:] -> i8")
-def format_rows(prog: Any, ints: Any, hist: Any, hlen: Any, vocab: Any, voff: Any, out: Any) -> int:
+@njit(cache=True)
+def _put_b62(out: Any, p: int, v: int) -> int:
+    """v read as unsigned 64 bits, in base 62 with Zeek's digits (0-9, a-z, A-Z), least
+    significant digit first, as Zeek's ``uitoa_n`` writes the parts of a uid."""
+    u = np.uint64(v)
+    base = np.uint64(62)
+    while True:
+        d = np.int64(u % base)
+        out[p] = 48 + d if d < 10 else (87 + d if d < 36 else 29 + d)
+        p += 1
+        u = u // base
+        if u == 0:
+            break
+    return p
+
+
+@kernel("i8[:,:] i8[:,:] u1[:,:] i8[:] u1[:] i8[:] u1[:,:] u1[:] -> i8")
+def format_rows(
+    prog: Any, ints: Any, hist: Any, hlen: Any, vocab: Any, voff: Any, fixed: Any, out: Any
+) -> int:
     """Every row through the program, into `out`; the bytes written, or -1 if a float is out of
     range (the caller sizes `out` for the longest possible row)."""
     n = ints.shape[1]
@@ -353,7 +380,125 @@ def format_rows(prog: Any, ints: Any, hist: Any, hlen: Any, vocab: Any, voff: An
                     for q in range(mark, mark + pad):
                         out[q] = 32
                     p += pad
-            elif op == OP_UNLESS_POS and ints[a, i] <= 0:
-                p = _put_word(out, p, vocab, voff, b)
-                k += 1
+            elif op == OP_UNLESS_POS:
+                if ints[a, i] <= 0:
+                    p = _put_word(out, p, vocab, voff, b)
+                    k += c if c > 1 else 1
+            elif op == OP_SKIP_NO_HIST:
+                if hlen[i] == 0:
+                    k += a
+            elif op == OP_B62:
+                p = _put_b62(out, p, ints[a, i])
+            elif op == OP_FIXED_TEXT:
+                u = np.uint64(p)
+                for j in range(b):
+                    out[u + np.uint64(j)] = fixed[i, a + j]
+                p += b
     return p
+
+
+# -- Community ID ------------------------------------------------------------------------------
+
+COMMUNITY_ID_WIDTH = 28
+"""Characters of a Community ID v1 hash (base64 of a SHA-1 digest), without the ``1:``."""
+
+
+@njit(cache=True)
+def _ult(x: int, y: int) -> bool:
+    """x < y, both int64 read as unsigned 64 bits."""
+    if (x < 0) != (y < 0):
+        return y < 0
+    return x < y
+
+
+@njit(cache=True)
+def _rotl(x: int, n: int) -> int:
+    return ((x << n) | (x >> (32 - n))) & 0xFFFFFFFF
+
+
+@njit(cache=True)
+def _b64(v: int) -> int:
+    if v < 26:
+        return 65 + v
+    if v < 52:
+        return 71 + v  # 97 + v - 26
+    if v < 62:
+        return v - 4  # 48 + v - 52
+    return 43 if v == 62 else 47
+
+
+@njit(cache=True)
+def _put_be(msg: Any, p: int, v: int, nbytes: int) -> int:
+    for j in range(nbytes):
+        msg[p + j] = (v >> (8 * (nbytes - 1 - j))) & 0xFF
+    return p + nbytes
+
+
+@kernel("i8 i8 i8[:] i8[:] i8[:] i8[:] i8[:] i8[:] u1[:,:] -> none")
+def community_ids(
+    seed: int, proto: int, ohi: Any, olo: Any, op: Any, rhi: Any, rlo: Any, rp: Any, out: Any
+) -> None:
+    """Community ID v1 of each row (without the ``1:`` version prefix) into ``out[i, :28]``:
+    base64 of SHA-1 over seed (2 bytes), the two addresses (4 bytes each when both are
+    IPv4-mapped, else 16), protocol, a zero byte and the two ports, the endpoint with the
+    lower address (then port) first. Addresses are the packet table's two 64-bit halves."""
+    n = ohi.shape[0]
+    msg = np.zeros(64, np.int64)
+    w = np.zeros(80, np.int64)
+    dig = np.zeros(21, np.int64)
+    for i in range(n):
+        ah, al, ap = ohi[i], olo[i], op[i]
+        bh, bl, bp = rhi[i], rlo[i], rp[i]
+        if _ult(bh, ah) or (bh == ah and (_ult(bl, al) or (bl == al and bp < ap))):
+            ah, al, ap, bh, bl, bp = bh, bl, bp, ah, al, ap
+        a4 = ah == 0 and ((al >> 32) & 0xFFFFFFFF) == 0xFFFF
+        b4 = bh == 0 and ((bl >> 32) & 0xFFFFFFFF) == 0xFFFF
+        v4 = a4 and b4
+        for j in range(64):
+            msg[j] = 0
+        q = _put_be(msg, 0, seed, 2)
+        if v4:
+            q = _put_be(msg, q, al & 0xFFFFFFFF, 4)
+            q = _put_be(msg, q, bl & 0xFFFFFFFF, 4)
+        else:
+            q = _put_be(msg, q, ah, 8)
+            q = _put_be(msg, q, al, 8)
+            q = _put_be(msg, q, bh, 8)
+            q = _put_be(msg, q, bl, 8)
+        msg[q] = proto & 0xFF
+        q += 2  # and a zero byte of padding
+        q = _put_be(msg, q, ap, 2)
+        q = _put_be(msg, q, bp, 2)
+        msg[q] = 0x80
+        _put_be(msg, 56, 8 * q, 8)
+        for t in range(16):
+            w[t] = (
+                (msg[4 * t] << 24) | (msg[4 * t + 1] << 16) | (msg[4 * t + 2] << 8) | msg[4 * t + 3]
+            )
+        for t in range(16, 80):
+            w[t] = _rotl(w[t - 3] ^ w[t - 8] ^ w[t - 14] ^ w[t - 16], 1)
+        a, b, c, d, e = 0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0
+        for t in range(20):
+            tmp = (_rotl(a, 5) + (d ^ (b & (c ^ d))) + e + 0x5A827999 + w[t]) & 0xFFFFFFFF
+            e, d, c, b, a = d, c, _rotl(b, 30), a, tmp
+        for t in range(20, 40):
+            tmp = (_rotl(a, 5) + (b ^ c ^ d) + e + 0x6ED9EBA1 + w[t]) & 0xFFFFFFFF
+            e, d, c, b, a = d, c, _rotl(b, 30), a, tmp
+        for t in range(40, 60):
+            tmp = (_rotl(a, 5) + ((b & c) | (d & (b | c))) + e + 0x8F1BBCDC + w[t]) & 0xFFFFFFFF
+            e, d, c, b, a = d, c, _rotl(b, 30), a, tmp
+        for t in range(60, 80):
+            tmp = (_rotl(a, 5) + (b ^ c ^ d) + e + 0xCA62C1D6 + w[t]) & 0xFFFFFFFF
+            e, d, c, b, a = d, c, _rotl(b, 30), a, tmp
+        _put_be(dig, 0, (0x67452301 + a) & 0xFFFFFFFF, 4)
+        _put_be(dig, 4, (0xEFCDAB89 + b) & 0xFFFFFFFF, 4)
+        _put_be(dig, 8, (0x98BADCFE + c) & 0xFFFFFFFF, 4)
+        _put_be(dig, 12, (0x10325476 + d) & 0xFFFFFFFF, 4)
+        _put_be(dig, 16, (0xC3D2E1F0 + e) & 0xFFFFFFFF, 4)
+        dig[20] = 0
+        for g in range(7):  # 3 bytes -> 4 characters; the last group has 2 bytes and a '='
+            v = (dig[3 * g] << 16) | (dig[3 * g + 1] << 8) | dig[3 * g + 2]
+            out[i, 4 * g] = _b64((v >> 18) & 63)
+            out[i, 4 * g + 1] = _b64((v >> 12) & 63)
+            out[i, 4 * g + 2] = _b64((v >> 6) & 63)
+            out[i, 4 * g + 3] = _b64(v & 63) if g < 6 else 61

@@ -12,12 +12,19 @@ Columns are raw: times stay integer nanoseconds, addresses stay the packet
 table's two 64-bit halves, the words (states, how it ended, why it was
 written) are codes into a tuple of words. `ConnRecord` has the same fields in
 text and seconds; the fields of a written record are listed in docs/conns.md.
+
+A few fields are derived from the columns when a record is written, under the
+batch's `RecordOptions`: the Zeek-style ``uid`` text (from the record number in
+the ``uid`` column and a per-run key: `uid_words`), the Community ID
+(`community_ids`) and ``local_orig`` / ``local_resp`` (`local_flags`).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+import ipaddress
+import secrets
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -67,7 +74,7 @@ WORD_COLUMNS: dict[str, tuple[str, ...] | None] = {
 """Columns holding codes, and the words they index."""
 
 COLUMNS: dict[str, tuple[str, tuple[int, ...], str]] = {
-    "uid": ("i8", (), "record number in this run; its text is the uid prefix ('C') + hexadecimal"),
+    "uid": ("i8", (), "record number in this run; its text is a Zeek-style uid (`uid_words`)"),
     "stream": ("i8", (), "Wireshark's tcp.stream number"),
     "orig_hi": ("u8", (), "originator address, high 64 bits (the packet table's `src_hi`)"),
     "orig_lo": ("u8", (), "originator address, low 64 bits (IPv4: 0xffff_xxxxxxxx)"),
@@ -137,10 +144,17 @@ class ConnRecord:
     emitted: str
     zeek_orig_state: str
     zeek_resp_state: str
+    local_orig: bool | None = None
+    local_resp: bool | None = None
+    community_id: str = ""
     first_ns: int = field(repr=False, default=0)
 
     def as_json(self) -> dict[str, Any]:
+        """The jsonl object; `local_orig` and `local_resp` are left out while unset (no
+        ``--local-nets``), as Zeek leaves them out of its JSON logs."""
         d = {k: getattr(self, k) for k in JSON_FIELDS}
+        if self.local_orig is None:
+            del d["local_orig"], d["local_resp"]
         d["start"] = round(self.start, 6)
         d["duration"] = round(self.duration, 6)
         if self.irtt is not None:
@@ -168,6 +182,7 @@ class ConnColumns:
     cols: dict[str, npt.NDArray[Any]]
     end_words: tuple[str, ...]
     uid_prefix: str = "C"
+    options: RecordOptions = field(default_factory=lambda: DEFAULT_OPTIONS)
 
     def __len__(self) -> int:
         return len(self.cols["uid"])
@@ -182,7 +197,7 @@ class ConnColumns:
     def take(self, idx: npt.NDArray[Any]) -> ConnColumns:
         """The rows `idx` (indices or a boolean mask), in that order."""
         return ConnColumns(
-            {k: v[idx] for k, v in self.cols.items()}, self.end_words, self.uid_prefix
+            {k: v[idx] for k, v in self.cols.items()}, self.end_words, self.uid_prefix, self.options
         )
 
     @staticmethod
@@ -199,7 +214,7 @@ class ConnColumns:
             ends.append(remap[b.cols["end"]])
         cols = {k: np.concatenate([b.cols[k] for b in batches]) for k in COLUMNS}
         cols["end"] = np.concatenate(ends).astype(np.int32)
-        return ConnColumns(cols, tuple(words), batches[0].uid_prefix)
+        return ConnColumns(cols, tuple(words), batches[0].uid_prefix, batches[0].options)
 
     def stream_order(self) -> ConnColumns:
         """Sorted by stream, then start (the order `build_connections` gives)."""
@@ -210,6 +225,31 @@ class ConnColumns:
         hi = self.cols[f"{which}_hi"].tolist()
         lo = self.cols[f"{which}_lo"].tolist()
         return [_addr_text(h, low) for h, low in zip(hi, lo, strict=True)]
+
+    def with_options(self, options: RecordOptions) -> ConnColumns:
+        """The same rows, written under other options (the columns are shared, not copied)."""
+        return ConnColumns(self.cols, self.end_words, self.uid_prefix, options)
+
+    def uid_words(self) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+        """The two parts of each record's uid (`uid_words`), under the batch's key."""
+        return uid_words(self.cols["uid"], self.options.key())
+
+    def uids(self) -> list[str]:
+        """Each record's uid text: the prefix, then Zeek's base 62 of the two parts."""
+        a, b = self.uid_words()
+        pre = self.uid_prefix
+        return [pre + base62(x) + base62(y) for x, y in zip(a.tolist(), b.tolist(), strict=True)]
+
+    def community_id_text(self) -> npt.NDArray[np.uint8]:
+        """Each record's Community ID hash, without the ``1:`` prefix: ``uint8[n, 28]``."""
+        return community_ids(self.cols, self.options.community_id_seed)
+
+    def local(self, which: str) -> npt.NDArray[np.bool_] | None:
+        """``local_orig`` (`which` "orig") or ``local_resp`` ("resp"); None if unset."""
+        nets = self.options.local_nets
+        if nets is None:
+            return None
+        return local_flags(self.cols[f"{which}_hi"], self.cols[f"{which}_lo"], nets)
 
     def histories(self) -> list[str]:
         h, n = self.cols["history"], self.cols["history_len"].tolist()
@@ -222,9 +262,13 @@ class ConnColumns:
         text = {name: [self.words(name)[k] for k in c[name].tolist()] for name in WORD_COLUMNS}
         irtt = c["irtt_ns"]
         irtt_s: list[float | None] = [None if v == IRTT_UNSET else v / 1e9 for v in irtt.tolist()]
-        pre = self.uid_prefix
+        unset: list[bool | None] = [None] * len(self)
+        lo, lr = self.local("orig"), self.local("resp")
+        local_o = unset if lo is None else lo.tolist()
+        local_r = unset if lr is None else lr.tolist()
+        cid = ["1:" + t.decode() for t in self.community_id_text().view("S28")[:, 0].tolist()]
         rows = zip(
-            c["uid"].tolist(),
+            self.uids(),
             c["stream"].tolist(),
             self.addresses("orig"),
             c["orig_p"].tolist(),
@@ -254,12 +298,15 @@ class ConnColumns:
             text["emitted"],
             text["zeek_orig_state"],
             text["zeek_resp_state"],
+            local_o,
+            local_r,
+            cid,
             strict=True,
         )
         out = []
         for row in rows:
             r: list[Any] = list(row)
-            args = [f"{pre}{r[0]:x}", *r[1:7], r[7] / 1e9, r[8] / 1e9, *r[9:]]
+            args = [*r[0:7], r[7] / 1e9, r[8] / 1e9, *r[9:]]
             rec = ConnRecord(*args)
             rec.first_ns = r[7]
             out.append(rec)
@@ -273,6 +320,169 @@ class ConnColumns:
         return iter(self.records())
 
 
+# -- fields derived when records are written ------------------------------------------------
+
+_M64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    """One output of the SplitMix64 generator whose state is x (before its step)."""
+    z = (x + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _mix(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """SplitMix64's output function on a whole array (each step is a bijection of 64 bits)."""
+    z = x ^ (x >> np.uint64(30))
+    z *= np.uint64(0xBF58476D1CE4E5B9)
+    z ^= z >> np.uint64(27)
+    z *= np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return z
+
+
+def uid_key(seed: int | None = None) -> tuple[int, int]:
+    """A key for `uid_words`: random (``secrets``) without a seed, else made from the seed."""
+    if seed is None:
+        return secrets.randbits(64), secrets.randbits(64)
+    s = seed & _M64
+    return _splitmix64(s), _splitmix64((s + 0x9E3779B97F4A7C15) & _M64)
+
+
+RUN_UID_KEY = uid_key()
+"""The key of this process's uids when no seed is given: drawn once per run."""
+
+
+def uid_words(
+    numbers: npt.NDArray[np.int64], key: tuple[int, int]
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    """The two words of Zeek's 96-bit connection uid for record numbers: a 32-bit word (Zeek
+    keeps the top 32 bits of its first 64-bit value) and a 64-bit one. Both are keyed
+    mixes of the record number; the second is a bijection of it, so the uids of one run are
+    all different, and a random key makes them different from run to run."""
+    n = numbers.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        a = _mix(n + np.uint64(key[0])) >> np.uint64(32)
+        b = _mix(n + np.uint64(key[1]))
+    return a, b
+
+
+_B62 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def base62(v: int) -> str:
+    """v in base 62 as Zeek's ``uitoa_n`` writes it: digits 0-9, a-z, A-Z, least significant
+    first, no padding (so a uid is ``C`` plus 2 to 17 characters, usually 16 or 17)."""
+    out = []
+    while True:
+        v, d = divmod(v, 62)
+        out.append(_B62[d])
+        if not v:
+            return "".join(out)
+
+
+def community_ids(cols: dict[str, npt.NDArray[Any]], seed: int = 0) -> npt.NDArray[np.uint8]:
+    """Community ID v1 (https://github.com/corelight/community-id-spec) of TCP connections,
+    the base64 text after ``1:``, one ``uint8[28]`` row per connection: computed by a
+    compiled kernel (`tcpwhy.report.conns_kernel.community_ids`)."""
+    from tcpwhy.report.conns_kernel import COMMUNITY_ID_WIDTH
+    from tcpwhy.report.conns_kernel import community_ids as kernel
+
+    n = len(cols["uid"])
+    out = np.zeros((n, COMMUNITY_ID_WIDTH), np.uint8)
+    if n:
+
+        def arg(name: str) -> npt.NDArray[np.int64]:
+            return np.ascontiguousarray(cols[name]).view(np.int64)
+
+        kernel(
+            int(seed),
+            6,
+            arg("orig_hi"),
+            arg("orig_lo"),
+            arg("orig_p"),
+            arg("resp_hi"),
+            arg("resp_lo"),
+            arg("resp_p"),
+            out,
+        )
+    return out
+
+
+ZEEK_PRIVATE_ADDRESS_SPACE: tuple[str, ...] = (
+    "0.0.0.0/8", "2002::/24", "10.0.0.0/8", "2002:a00::/24", "100.64.0.0/10", "2002:6440::/26",
+    "127.0.0.0/8", "2002:7f00::/24", "169.254.0.0/16", "2002:a9fe::/32", "172.16.0.0/12",
+    "2002:ac10::/28", "192.0.0.0/24", "2002:c000::/40", "192.0.2.0/24", "2002:c000:200::/40",
+    "192.168.0.0/16", "2002:c0a8::/32", "198.18.0.0/15", "2002:c612::/31", "198.51.100.0/24",
+    "2002:c633:6400::/40", "203.0.113.0/24", "2002:cb00:7100::/40", "240.0.0.0/4",
+    "2002:f000::/20", "255.255.255.255/32", "2002:ffff:ffff::/48", "::/128", "::1/128",
+    "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:2::/48", "2001:db8::/32", "fc00::/7",
+    "fe80::/10",
+)  # fmt: skip
+"""Zeek's ``Site::private_address_space`` (base/utils/site.zeek), which Zeek 6 and later add to
+``Site::local_nets`` by default (``Site::private_address_space_is_local``): ``--local-nets
+private``."""
+
+Net = tuple[int, int, int, int]
+"""A network as (high, low) address halves and (high, low) mask halves, IPv4 mapped into
+``::ffff:0:0/96`` as the packet table stores it."""
+
+
+def parse_local_nets(text: str | Iterable[str]) -> tuple[Net, ...]:
+    """Networks from CIDR text (``"10.0.0.0/8,2001:db8::/32"``, or a list of such); the word
+    ``private`` stands for `ZEEK_PRIVATE_ADDRESS_SPACE`. Host bits are dropped (Zeek's subnet
+    literals do the same). ValueError on anything else."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    nets: list[Net] = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        if item == "private":
+            nets += parse_local_nets(ZEEK_PRIVATE_ADDRESS_SPACE)
+            continue
+        net = ipaddress.ip_network(item, strict=False)
+        base = int(net.network_address)
+        plen = net.prefixlen
+        if net.version == 4:
+            base |= 0xFFFF << 32
+            plen += 96
+        mask = ((1 << 128) - 1) ^ ((1 << (128 - plen)) - 1)
+        nets.append((base >> 64, base & _M64, mask >> 64, mask & _M64))
+    return tuple(dict.fromkeys(nets))
+
+
+def local_flags(
+    hi: npt.NDArray[np.uint64], lo: npt.NDArray[np.uint64], nets: Sequence[Net]
+) -> npt.NDArray[np.bool_]:
+    """Whether each address is in one of the networks (Zeek's ``Site::is_local_addr``)."""
+    out = np.zeros(len(hi), np.bool_)
+    for nh, nl, mh, ml in nets:
+        out |= ((hi & np.uint64(mh)) == np.uint64(nh)) & ((lo & np.uint64(ml)) == np.uint64(nl))
+    return out
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    """How the derived fields of a batch's records are written.
+
+    `uid_seed` None: uids from this run's random key (`RUN_UID_KEY`), else from a key made
+    from the seed (reproducible output). `community_id_seed`: the Community ID seed (0 to
+    65535). `local_nets`: the networks of ``local_orig`` / ``local_resp`` (`parse_local_nets`);
+    None leaves them unset, as Zeek does when ``Site::local_nets`` is empty."""
+
+    uid_seed: int | None = None
+    community_id_seed: int = 0
+    local_nets: tuple[Net, ...] | None = None
+
+    def key(self) -> tuple[int, int]:
+        return RUN_UID_KEY if self.uid_seed is None else uid_key(self.uid_seed)
+
+
+DEFAULT_OPTIONS: RecordOptions = RecordOptions()
+
+
 def empty_columns(uid_prefix: str = "C") -> ConnColumns:
     cols = {name: np.zeros((0, *shape), np.dtype(dt)) for name, (dt, shape, _) in COLUMNS.items()}
     return ConnColumns(cols, (), uid_prefix)
@@ -281,11 +491,20 @@ def empty_columns(uid_prefix: str = "C") -> ConnColumns:
 __all__ = [
     "COLUMNS",
     "CONN_STATE_WORDS",
+    "DEFAULT_OPTIONS",
     "IRTT_UNSET",
     "JSON_FIELDS",
     "RFC_STATE_WORDS",
     "WORD_COLUMNS",
+    "ZEEK_PRIVATE_ADDRESS_SPACE",
     "ConnColumns",
     "ConnRecord",
+    "RecordOptions",
+    "base62",
+    "community_ids",
     "empty_columns",
+    "local_flags",
+    "parse_local_nets",
+    "uid_key",
+    "uid_words",
 ]
