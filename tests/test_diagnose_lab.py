@@ -32,6 +32,10 @@ CASES = [
     ("clean", Options(ipv6=True, port=8088), None),
     ("addr-in-use-restart", Options(ipv6=True, port=9444, count=6), None),
     ("ephemeral-overlap", Options(port=7080), None),
+    ("icmp-reject", Options(ipv6=True, port=9500), "icmp-unreachable"),
+    ("icmp-no-route", Options(port=9510), "icmp-unreachable"),
+    ("pmtu-black-hole", Options(ipv6=True, port=9520), "pmtu-black-hole"),
+    ("pmtu-discovery", Options(ipv6=True, port=9530), None),
 ]
 
 

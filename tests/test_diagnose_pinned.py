@@ -93,6 +93,24 @@ LAB_PINS: dict[str, list[Pin]] = {
             "connection without a FIN",
         ),
     ],
+    # each SYN answered by one ICMP error quoting it, from the server itself (host-unreachable,
+    # port-unreachable) or the router (admin-prohibited), over IPv4 and IPv6: six connect()s
+    # that failed at once, one finding each (another errno, sender or code each); never
+    # syn-timeout (nothing unanswered) nor connection-refused (no RST)
+    "icmp-reject": [
+        ("icmp-unreachable", "error", 1, "stream 0: ICMP 3/1 from the server, EHOSTUNREACH"),
+        ("icmp-unreachable", "error", 1, "stream 1: ICMPv6 1/3 from the server, EHOSTUNREACH"),
+        ("icmp-unreachable", "error", 1, "stream 2: ICMP 3/13 from the router, EHOSTUNREACH"),
+        ("icmp-unreachable", "error", 1, "stream 3: ICMPv6 1/1 from the router, EACCES"),
+        ("icmp-unreachable", "error", 1, "stream 4: ICMP 3/3 from the server, ECONNREFUSED"),
+        ("icmp-unreachable", "error", 1, "stream 5: ICMPv6 1/4 from the server, ECONNREFUSED"),
+    ],
+    # the SYNs to 10.77.3.2 and fd00:77:3::2 answered by the router's network unreachable (ICMP
+    # 3/0, ICMPv6 1/0): ENETUNREACH; the connection to the server ends with FIN both ways
+    "icmp-no-route": [
+        ("icmp-unreachable", "error", 1, "stream 0: ICMP 3/0 from router 10.77.1.1"),
+        ("icmp-unreachable", "error", 1, "stream 1: ICMPv6 1/0 from router fd00:77:1::1"),
+    ],
     "keepalive-dead-peer": [
         (
             "keepalive-dead-peer",
@@ -132,6 +150,23 @@ LAB_PINS: dict[str, list[Pin]] = {
             1,
             "the RST 'from the server' has TTL 64, every other server packet 62",
         ),
+    ],
+    # stream 0 (upload): the client's 1448-byte segment sent six times, never acknowledged,
+    # while the server still answers (a dup ACK) and the 17-byte request was acknowledged;
+    # stream 1 (download): the server's tail segment arrives 7240 bytes past its header, the
+    # hole never filled for 2 s, nothing full-size ever arrives: both views of the black hole,
+    # not retransmission-timeout, and not close-wait-leak (the server's FIN is stuck behind
+    # the lost data)
+    "pmtu-black-hole": [
+        ("pmtu-black-hole", "error", 1, "stream 0: sender's view, full-size resent, peer alive"),
+        ("pmtu-black-hole", "error", 1, "stream 1: receiver's view, 7240 bytes never arrived"),
+    ],
+    # stream 0: five fragmentation-needed errors with MTU 1280, then 1228-byte segments, all
+    # acknowledged (path MTU discovery working: info); its closes crossed; stream 1 starts with
+    # MSS 1240 and needs no error
+    "pmtu-discovery": [
+        ("pmtu-discovery", "info", 1, "stream 0: MTU 1280 from 10.77.1.1, resent in 1228 bytes"),
+        ("simultaneous-close", "info", 1, "stream 0: client and server FINs crossed"),
     ],
     "refused": [
         ("connection-refused", "error", 1, "the SYN is answered by RST"),

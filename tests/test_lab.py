@@ -29,6 +29,7 @@ from tcpwhy.lab.env import Options
 from tcpwhy.lab.record import DATA_DIR, options_for
 from tcpwhy.lab.runner import all_scenarios, run_scenario
 from tests.gates import LIVE_SLACK_S
+from tests.lab_path_checks import PATH_CHECKS, PATH_IPV6
 
 FIN, SYN, RST, PSH, ACK = 1, 2, 4, 8, 16
 PORT = 8080
@@ -602,6 +603,10 @@ IPV6 = [
     "addr-in-use-restart",
     "ephemeral-overlap",
 ]
+
+
+CHECKS.update(PATH_CHECKS)  # ICMP errors and path MTU (tests/lab_path_checks.py)
+IPV6 += PATH_IPV6
 
 
 def check_capture(name: str, path: Path, o: Options, live: bool = False) -> None:

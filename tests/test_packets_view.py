@@ -23,7 +23,7 @@ def _info_pairs() -> list[tuple[Path, Path]]:
 
 def test_info_column_matches_tshark() -> None:
     pairs = _info_pairs()
-    assert len(pairs) == 22
+    assert len(pairs) == 26  # 25 lab recordings (4 with ICMP or path MTU) and the demo
     compared = 0
     for cap, tsv in pairs:
         want = dict(line.rstrip("\n").split("\t", 1) for line in tsv.open() if line.strip())
@@ -32,7 +32,7 @@ def test_info_column_matches_tshark() -> None:
         for frame, info in want.items():
             assert got[frame] == info, f"{cap.name} frame {frame}"
             compared += 1
-    assert compared == 895
+    assert compared == 1027
 
 
 def test_view_fields_match_tshark_on_the_corpus(zeek_corpus: Path) -> None:

@@ -31,14 +31,19 @@ FrameFilter = Callable[[bytes], bool]
 
 
 def tcp_only(frame: bytes) -> bool:
-    """Keep Ethernet frames carrying TCP over IPv4/IPv6 (drops ARP/ND/MLD chatter)."""
+    """Keep Ethernet frames carrying TCP over IPv4/IPv6, and ICMP/ICMPv6 errors (which quote
+    a packet: unreachable, too big, time exceeded, parameter problem); drops ARP/ND/MLD
+    chatter."""
     if len(frame) < 14:
         return False
     et = int.from_bytes(frame[12:14], "big")
     if et == 0x0800 and len(frame) >= 34:
-        return frame[23] == 6
+        ihl = (frame[14] & 15) * 4
+        return frame[23] == 6 or (
+            frame[23] == 1 and len(frame) > 14 + ihl and frame[14 + ihl] in (3, 11, 12)
+        )
     if et == 0x86DD and len(frame) >= 54:
-        return frame[20] == 6
+        return frame[20] == 6 or (frame[20] == 58 and len(frame) > 54 and 1 <= frame[54] <= 4)
     return False
 
 

@@ -214,7 +214,7 @@ class PacketTable:
     @staticmethod
     def concat(tables: Sequence[PacketTable]) -> PacketTable:
         """Join chunk tables; payload bytes are compacted into one new buffer."""
-        icmp = _concat_icmp(tables)
+        icmp = concat_icmp(tables)
         tables = [t for t in tables if len(t)]
         if not tables:
             out = PacketTable.empty()
@@ -242,7 +242,7 @@ class PacketTable:
         return PacketTable(cols, data, icmp)
 
 
-def _concat_icmp(tables: Sequence[PacketTable]) -> PacketTable | None:
+def concat_icmp(tables: Sequence[PacketTable]) -> PacketTable | None:
     """The ICMP rows of consecutive tables as one table, `icmp_at` counted over the joined
     TCP rows."""
     parts = []
@@ -275,6 +275,22 @@ def _concat_icmp(tables: Sequence[PacketTable]) -> PacketTable | None:
         start += n
     cols["payload_off"] = new_off.astype(np.uint64)
     return PacketTable(cols, data)
+
+
+def icmp_between(t: PacketTable, lo: int, hi: int) -> PacketTable | None:
+    """The ICMP rows of `t` that come before TCP row `hi` and not before row `lo`, placed
+    among the rows `lo:hi` (`icmp_at` less lo), for a table of those rows; with `hi` the
+    table's length the rows after its last TCP row are included too."""
+    ic = t.icmp
+    if ic is None or not len(ic):
+        return None
+    at = ic["icmp_at"]
+    keep = (at >= lo) & ((at < hi) | (hi >= len(t)))
+    if not keep.any():
+        return None
+    part = ic.take(keep)
+    part.cols["icmp_at"] = part.cols["icmp_at"] - lo
+    return part
 
 
 def _is_compact(t: PacketTable) -> bool:

@@ -26,7 +26,8 @@ def detect(diag: Diag) -> list[Finding]:
         peer = 1 - x
         # the peer closed first and x closed late or never, without a reset
         m = cap.closes_first(peer) & (cap.fin_lag_ns(peer) > int(limit_s * 1e9))
-        for c in cap.conns_where(m & (cap.n_rst[:, x] == 0)):
+        # (less connections an earlier rule explained: a path MTU black hole's stuck queue)
+        for c in cap.conns_where(m & (cap.n_rst[:, x] == 0) & ~diag.claimed_mask("close")):
             got = _close_wait(c, x, cap.end_ns, limit_s)
             if got is None:
                 continue

@@ -28,7 +28,18 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.decode.table import ACK, FIN, FLAG_NAMES, PSH, RST, SYN, PacketTable, format_addr
+from tcpwhy.decode.table import (
+    ACK,
+    FIN,
+    FLAG_NAMES,
+    PSH,
+    RST,
+    SYN,
+    PacketTable,
+    format_addr,
+    icmp_between,
+)
+from tcpwhy.diagnose import icmp as icmp_join
 from tcpwhy.diagnose.model import Step
 from tcpwhy.tcp.analysis import FLAGS as ANALYSIS_FLAGS
 from tcpwhy.tcp.analysis import Analyzer
@@ -113,6 +124,12 @@ class Capture:
         st = _track_streams(table) if n else {}
         self._streams = st
         self.stream: npt.NDArray[np.int64] = st.get("stream", np.zeros(0, np.int64))
+        # ICMP errors about TCP: a stream opened by an error alone has no TCP row here
+        icmp_stream = st.pop("icmp_stream", np.zeros(0, np.int64))
+        icmp_dir = st.pop("icmp_dir", np.zeros(0, np.int8))
+        self.stream, stream_numbers, icmp_sid = icmp_join.dense_streams(
+            self.stream, stream_numbers, icmp_stream
+        )
         self.reused: npt.NDArray[np.bool_] = st.get("reused", np.zeros(0, np.bool_))
         self.conv: npt.NDArray[np.int64] = st.get("conv", np.zeros(0, np.int64))
         self.win_scaled: npt.NDArray[np.int64] = st.get("win_scaled", np.zeros(0, np.int64))
@@ -175,6 +192,8 @@ class Capture:
         self._conns: dict[int, Conn] = {}
         self._conn_rows = 0
         self._flag_cache: dict[str, npt.NDArray[np.bool_]] = {}
+        self.icmp = icmp_join.IcmpRows(self, table.icmp, icmp_sid, icmp_dir)
+        """The ICMP errors about TCP, joined to the streams (`tcpwhy.diagnose.icmp`)."""
 
     @cached_property
     def endpoints(self) -> Endpoints:
@@ -286,10 +305,13 @@ class Capture:
         # talking got an answer the capture missed: a one-way capture)
         no_answer = syn_c & ~answered & (self.n_pkts[:, CLIENT] == self.n_syn[:, CLIENT])
         fins = (self.n_fin > 0).sum(1)
+        # an ICMP error ended the connect(): the path or the host answered instead of the peer
+        icmp = self.icmp.syn_err & (self.n_synack[:, SERVER] == 0) & ~refused
         # one category per connection
         cats = {
             "refused": refused,
-            "unanswered SYN": no_answer & ~rst,
+            "rejected by ICMP": icmp,
+            "unanswered SYN": no_answer & ~rst & ~icmp,
             "reset": rst & ~refused,
             "closed (FIN both ways)": ~rst & ~no_answer & (fins == 2),
             "half-closed (one FIN)": ~rst & ~no_answer & (fins == 1),
@@ -617,13 +639,21 @@ def _track_streams(table: PacketTable) -> dict[str, npt.NDArray[Any]]:
     tracker = StreamTracker()
     n = len(table)
     out: dict[str, npt.NDArray[Any]] = {}
+    icmp: list[dict[str, npt.NDArray[Any]]] = []  # the ICMP rows' stream and dir, in order
     for lo in range(0, n, TRACK_CHUNK):
         hi = min(n, lo + TRACK_CHUNK)
-        got = tracker.feed(PacketTable({k: v[lo:hi] for k, v in table.cols.items()}, table.data))
+        part = {k: v[lo:hi] for k, v in table.cols.items()}
+        got = tracker.feed(PacketTable(part, table.data, icmp_between(table, lo, hi)))
+        if tracker.icmp_out is not None:
+            icmp.append(tracker.icmp_out)
+
         if not out:
             out = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in got.items()}
         for k, v in got.items():
             out[k][lo:hi] = v
+    if icmp:
+        out["icmp_stream"] = np.concatenate([x["stream"] for x in icmp])
+        out["icmp_dir"] = np.concatenate([x["dir"] for x in icmp])
     return out
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from tcpwhy.capture import iter_tables
-from tcpwhy.decode.table import CaptureStats, PacketTable
+from tcpwhy.decode.table import CaptureStats, PacketTable, concat_icmp
 from tcpwhy.diagnose.context import Capture
 from tcpwhy.diagnose.model import CaptureInfo, Finding, Report
 from tcpwhy.diagnose.registry import Diag, Settings, load
@@ -147,7 +147,9 @@ def _slim(t: PacketTable) -> PacketTable:
     """A chunk's diagnosis columns and captured payload bytes, copied out of the chunk's
     buffers (which hold every column and the raw frames) so those can be freed."""
     cols = {k: t.cols[k].copy() for k in DIAGNOSIS_COLUMNS}
-    return _with_compact_payload(cols, [t])
+    out = _with_compact_payload(cols, [t])
+    out.icmp = t.icmp  # ICMP errors about TCP: a copy already, and few
+    return out
 
 
 def _join(parts: list[PacketTable], free: bool = False) -> PacketTable:
@@ -155,11 +157,15 @@ def _join(parts: list[PacketTable], free: bool = False) -> PacketTable:
     right after the previous row's); with `free`, each part's columns and bytes are dropped
     as they are copied (the parts are then unusable), so a capture is not held twice at
     the peak."""
+    icmp = concat_icmp(parts)  # placed among the joined rows, before empty parts go
     parts = [t for t in parts if len(t)]
     if len(parts) == 1:
+        parts[0].icmp = icmp
         return parts[0]
     if not parts:
-        return _slim(PacketTable.empty())
+        out = _slim(PacketTable.empty())
+        out.icmp = icmp
+        return out
     cols = {}
     base = np.cumsum([0] + [len(t.data) for t in parts])
     for k in DIAGNOSIS_COLUMNS:
@@ -177,7 +183,7 @@ def _join(parts: list[PacketTable], free: bool = False) -> PacketTable:
         data[b : b + len(t.data)] = t.data
         if free:
             t.data = np.zeros(0, np.uint8)
-    return PacketTable(cols, data)
+    return PacketTable(cols, data, icmp)
 
 
 def _with_compact_payload(cols: dict[str, np.ndarray], parts: list[PacketTable]) -> PacketTable:

@@ -186,6 +186,12 @@ MEANINGS: tuple[Meaning, ...] = (
                 "or SYN-ACK retransmitted after the client's ACK",
             ),
             ("retransmission-timeout", "data retransmitted with doubling gaps, never acknowledged"),
+            (
+                "pmtu-black-hole",
+                "only full-size segments vanish (small ones pass): a transfer that hangs after "
+                "its first bytes, ICMP packet-too-big dropped on the path",
+            ),
+
             ("keepalive-dead-peer", "an idle connection: keep-alive probes unanswered"),
             (
                 "zero-window-stall",
@@ -283,6 +289,58 @@ MEANINGS: tuple[Meaning, ...] = (
             "ss -s; ss -tan state time-wait | wc -l",
             "sysctl net.ipv4.ip_local_port_range net.ipv4.ip_local_reserved_ports "
             "net.ipv4.tcp_tw_reuse",
+        ),
+    ),
+    Meaning(
+        "no route to the host (EHOSTUNREACH)",
+        ("no route to host", "ehostunreach", "errno 113", "(113:", "host is unreachable"),
+        "connect() (or a read or write, after retries) got an ICMP error instead of an "
+        "answer: destination unreachable (host unreachable 3/1, host or communication "
+        "administratively prohibited 3/10 and 3/13, ICMPv6 address unreachable 1/3) or time "
+        "exceeded, from the destination itself (its own firewall REJECTs) or from a router "
+        "or firewall on the path. Linux ends a connect() at once on it, without retrying. "
+        "Without any ICMP, Linux reports it too when ARP/ND for the destination or the "
+        "gateway on the local link gets no answer (the host is down or the address wrong: "
+        "only ARP or neighbour solicitations leave). Seen as: " + "; ".join(knowledge.HOST_UNREACH),
+        (
+            (
+                "icmp-unreachable",
+                "the SYN answered by an ICMP error quoting it; its source tells who: the "
+                "server's own address (its firewall) or a router's",
+            ),
+            (
+                "syn-timeout",
+                "no ICMP in the capture and only ARP/ND for the address: the local link "
+                "cannot reach the host",
+            ),
+        ),
+        "tcpdump -ni any -s 256 -w why.pcap 'tcp port PORT or icmp or icmp6 or arp'  # ICMP too",
+        (
+            "ip route get ADDR; ip neigh show  # the next hop, and whether ARP/ND resolved it",
+            "nft list ruleset | grep -n reject; iptables -S | grep REJECT  # on the server "
+            "and the routers: a reject rule",
+            "the security group / network ACL of the destination (cloud)",
+        ),
+    ),
+    Meaning(
+        "the network is unreachable (ENETUNREACH)",
+        ("network is unreachable", "enetunreach", "errno 101", "(101:", "network unreachable"),
+        "No route to the destination's network: either this host's own routing table has "
+        "none (no default route, or IPv6 tried without an IPv6 route; connect() fails "
+        "without sending a packet), or a router on the path has none and answered the SYN "
+        "with ICMP network unreachable (3/0, 3/6, 3/9, 3/11; ICMPv6 no route 1/0). Seen as: "
+        + "; ".join(knowledge.NET_UNREACH),
+        (
+            (
+                "icmp-unreachable",
+                "the SYN answered by a router's network unreachable (its source is the router)",
+            ),
+        ),
+        "tcpdump -ni any -s 256 -w why.pcap 'tcp port PORT or icmp or icmp6'  # no SYN at all: "
+        "a local routing problem",
+        (
+            "ip route get ADDR; ip -6 route  # on the client: a route to it at all?",
+            "traceroute -T -p PORT ADDR  # which router answers 'network unreachable'",
         ),
     ),
     Meaning(

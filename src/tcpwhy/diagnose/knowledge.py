@@ -80,6 +80,31 @@ REUSEADDR_DEFAULTS = (
     "setsockopt(SOL_SOCKET, SO_REUSEADDR, 1) before bind()); Java leaves the initial "
     "setting of a ServerSocket undefined: call setReuseAddress(true) before bind()"
 )
+HOST_UNREACH = [
+    "Python: OSError: [Errno 113] No route to host",
+    "Go: dial tcp …: connect: no route to host",
+    "Java: java.net.NoRouteToHostException: No route to host",
+    "Node.js: Error: connect EHOSTUNREACH",
+    "curl: (7) Failed to connect to … port …: No route to host (Couldn't connect to server)",
+    "nginx: connect() failed (113: No route to host) while connecting to upstream",
+]
+NET_UNREACH = [
+    "Python: OSError: [Errno 101] Network is unreachable",
+    "Go: dial tcp …: connect: network is unreachable",
+    "Java: java.net.ConnectException: Network is unreachable (connect failed)",
+    "Node.js: Error: connect ENETUNREACH",
+    "curl: (7) Failed to connect to … port …: Network is unreachable",
+    "nginx: connect() failed (101: Network is unreachable) while connecting to upstream",
+]
+ACCESS_DENIED = [
+    "Python: PermissionError: [Errno 13] Permission denied (or [Errno 1] Operation not "
+    "permitted when this host's own firewall drops the SYN)",
+    "Go: dial tcp …: connect: permission denied (or operation not permitted)",
+    "Java: java.net.SocketException: Permission denied (or Operation not permitted)",
+    "Node.js: Error: connect EACCES (or EPERM)",
+    "curl: (7) Failed to connect to … port …: Permission denied",
+    "nginx: connect() failed (13: Permission denied) while connecting to upstream",
+]
 NONE_VISIBLE = ["usually nothing: the kernel handles it without telling the application"]
 
 CLIENT_IDLE_KNOBS = (

@@ -20,6 +20,9 @@ from tcpwhy.diagnose.model import Finding, Step, Story
 
 RULE_MODULES = (
     "syn_flood",
+    "icmp_unreachable",
+    "pmtu_black_hole",
+    "pmtu_discovery",
     "stale_keepalive",
     "keepalive_race",
     "data_after_fin",

@@ -140,6 +140,7 @@ def _icmp_col(col: str, v6: bool, mtu: bool = False) -> Extract:
 _ABSENT_PREFIXES = ("tcp.analysis.", "http")
 _ABSENT = {"tcp.len", "tcp.seq_raw", "tcp.payload", "tcp.segment_data", "tcp.time_delta"}
 _HEADER = {
+    "tcp.stream",
     "tcp.ack",
     "tcp.ack_raw",
     "tcp.hdr_len",
@@ -147,6 +148,7 @@ _HEADER = {
     "tcp.window_size_value",
     "tcp.urgent_pointer",
     "tcp.flags",
+    "tcp.completeness",
 }
 _OVERRIDES: dict[str, Extract] = {
     "ip": _ip_proto(False),

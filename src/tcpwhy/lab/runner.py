@@ -51,6 +51,7 @@ class LabResult:
 def get(name: str) -> Scenario:
     # Import here so that the registry is filled on first use.
     from tcpwhy.lab import scenarios as _  # noqa: F401
+    from tcpwhy.lab import scenarios_path as _pa  # noqa: F401
     from tcpwhy.lab import scenarios_socket as _s  # noqa: F401
 
     try:
@@ -61,6 +62,7 @@ def get(name: str) -> Scenario:
 
 def all_scenarios() -> list[Scenario]:
     from tcpwhy.lab import scenarios as _  # noqa: F401
+    from tcpwhy.lab import scenarios_path as _pa  # noqa: F401
     from tcpwhy.lab import scenarios_socket as _s  # noqa: F401
 
     return list(SCENARIOS.values())

@@ -1,4 +1,10 @@
-"""`tcpwhy packets`: the packet list as Wireshark's list pane shows it."""
+"""`tcpwhy packets`: the packet list as Wireshark's list pane shows it.
+
+ICMP and ICMPv6 errors about TCP (the tables' `icmp` rows) are listed in capture
+order among the TCP packets, with the error's own addresses as Source and
+Destination and tshark's ICMP Info text; a display filter sees their ICMP fields
+and the quoted segment's fields (`tcpwhy.filter.icmp_fields`).
+"""
 
 from __future__ import annotations
 
@@ -89,6 +95,77 @@ def chunk_lists(t: PacketTable, names: tuple[str, ...]) -> dict[str, list[Any]]:
     return out
 
 
+# tshark's ICMP and ICMPv6 Info texts (Wireshark 4.0 packet-icmp.c, packet-icmpv6.c)
+ICMP_TYPES = {3: "Destination unreachable", 11: "Time-to-live exceeded", 12: "Parameter problem"}
+ICMP_CODES = {
+    3: (
+        "Network unreachable",
+        "Host unreachable",
+        "Protocol unreachable",
+        "Port unreachable",
+        "Fragmentation needed",
+        "Source route failed",
+        "Destination network unknown",
+        "Destination host unknown",
+        "Source host isolated",
+        "Network administratively prohibited",
+        "Host administratively prohibited",
+        "Network unreachable for TOS",
+        "Host unreachable for TOS",
+        "Communication administratively filtered",
+        "Host precedence violation",
+        "Precedence cutoff in effect",
+    ),
+    11: ("Time to live exceeded in transit", "Fragment reassembly time exceeded"),
+    12: ("Pointer indicates the error", "Required option missing", "Bad length"),
+}
+ICMP6_TYPES = {
+    1: "Destination Unreachable",
+    2: "Packet Too Big",
+    3: "Time Exceeded",
+    4: "Parameter Problem",
+}
+ICMP6_CODES = {
+    1: (
+        "no route to destination",
+        "Administratively prohibited",
+        "Beyond scope of source address",
+        "Address unreachable",
+        "Port unreachable",
+        "Source address failed ingress/egress policy",
+        "Reject route to destination",
+        "Error in Source Routing Header",
+    ),
+    3: ("hop limit exceeded in transit", "fragment reassembly time exceeded"),
+    4: (
+        "erroneous header field encountered",
+        "unrecognized Next Header type encountered",
+        "unrecognized IPv6 option encountered",
+        "IPv6 First Fragment has incomplete IPv6 Header Chain",
+    ),
+}
+
+
+def icmp_code_text(version: int, icmp_type: int, code: int) -> str:
+    """The code's name as tshark prints it ("" where it prints none)."""
+    if version == 6:
+        if icmp_type == 2:
+            return ""
+        names6 = ICMP6_CODES.get(icmp_type, ())
+        return names6[code] if code < len(names6) else "Unknown"
+    names = ICMP_CODES.get(icmp_type, ())
+    return names[code] if code < len(names) else "Unknown code"
+
+
+def icmp_info(version: int, icmp_type: int, code: int) -> str:
+    """tshark's Info column of an ICMP or ICMPv6 error."""
+    text = icmp_code_text(version, icmp_type, code)
+    if version == 6:
+        name = ICMP6_TYPES.get(icmp_type, "Unknown")
+        return f"{name} ({text})" if text else name
+    return f"{ICMP_TYPES.get(icmp_type, 'Unknown ICMP (obsolete or malformed?)'):<20} ({text})"
+
+
 @dataclass
 class PacketRow:
     frame: int
@@ -106,9 +183,10 @@ class PacketRow:
     stream: int
     analysis: list[str]
     info: str
+    icmp: dict[str, Any] | None = None  # an ICMP error about TCP: what it says and quotes
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        d = {
             "frame": self.frame,
             "time": round(self.time, 9),
             "src": self.src,
@@ -125,6 +203,9 @@ class PacketRow:
             "analysis": self.analysis,
             "info": self.info,
         }
+        if self.icmp is not None:
+            d["icmp"] = self.icmp
+        return d
 
 
 def iter_rows(
@@ -159,7 +240,17 @@ def iter_rows(
         win = s["win_scaled"].tolist()
         stream = s["stream"].tolist()
         flagged = a.bits.tolist()
-        for i in range(len(t)):
+        icmp_rows = _icmp_rows(t, tracker, flt, stats, t0) if t.icmp is not None else []
+        k = 0
+        for i in range(len(t) + 1):
+            while k < len(icmp_rows) and icmp_rows[k][0] <= i:
+                if limit is not None and shown >= limit:
+                    return
+                yield icmp_rows[k][1]
+                shown += 1
+                k += 1
+            if i == len(t):
+                break
             if limit is not None and shown >= limit:
                 return
             if keep is not None and not keep[i]:
@@ -185,6 +276,78 @@ def iter_rows(
                 info=a.info_prefix(i) + info if flagged[i] else info,
             )
             shown += 1
+
+
+def _icmp_rows(
+    t: PacketTable,
+    tracker: StreamTracker,
+    flt: DisplayFilter | None,
+    stats: CaptureStats,
+    t0: int,
+) -> list[tuple[int, PacketRow]]:
+    """A chunk's ICMP errors as packet-list rows, each with the index of the TCP row it
+    comes before; only those the display filter matches."""
+    from tcpwhy.filter.icmp_fields import icmp_streams
+
+    ic = t.icmp
+    assert ic is not None and tracker.icmp_out is not None
+    stream = tracker.icmp_out["stream"]
+    keep = None
+    if flt is not None:
+        ctx = FilterContext(ic, streams=icmp_streams(ic, stream), first_ts_ns=stats.first_ts_ns)
+        keep = flt.mask(ic, ctx)
+    c = chunk_lists(
+        ic,
+        (
+            "frame", "ts_ns", "frame_len", "icmp_at", "ip_version", "icmp_type", "icmp_code",
+            "icmp_mtu", "icmp_src_hi", "icmp_src_lo", "icmp_dst_hi", "icmp_dst_lo", "src_hi",
+            "src_lo", "dst_hi", "dst_lo", "sport", "dport", "flags", "seq", "ack", "win",
+            "payload_len", "doff",
+        ),
+    )  # fmt: skip
+    out = []
+    for i in range(len(ic)):
+        if keep is not None and not keep[i]:
+            continue
+        v, ty, code = c["ip_version"][i], c["icmp_type"][i], c["icmp_code"][i]
+        whole = c["doff"][i] > 0
+        src = _addr(c["src_hi"][i], c["src_lo"][i])
+        dst = _addr(c["dst_hi"][i], c["dst_lo"][i])
+        about: dict[str, Any] = {
+            "type": ty,
+            "code": code,
+            "text": icmp_code_text(v, ty, code) or icmp_info(v, ty, code),
+            "quoted": f"{_bracket(src)}:{c['sport'][i]} → {_bracket(dst)}:{c['dport'][i]}",
+            "quoted_seq": c["seq"][i],
+        }
+        if c["icmp_mtu"][i] or (v == 6 and ty == 2) or (v == 4 and ty == 3 and code == 4):
+            about["mtu"] = c["icmp_mtu"][i]
+        if whole:
+            about["quoted_flags"] = list(flag_names(c["flags"][i]))
+        row = PacketRow(
+            frame=c["frame"][i],
+            time=(c["ts_ns"][i] - t0) / 1e9,
+            src=_addr(c["icmp_src_hi"][i], c["icmp_src_lo"][i]),
+            dst=_addr(c["icmp_dst_hi"][i], c["icmp_dst_lo"][i]),
+            sport=c["sport"][i],
+            dport=c["dport"][i],
+            length=c["frame_len"][i],
+            flags=flag_names(c["flags"][i]) if whole else (),
+            seq=c["seq"][i],
+            ack=c["ack"][i] if whole and c["flags"][i] & ACK else 0,
+            len=c["payload_len"][i],
+            win=c["win"][i],
+            stream=int(stream[i]),
+            analysis=[],
+            info=icmp_info(v, ty, code),
+            icmp=about,
+        )
+        out.append((c["icmp_at"][i], row))
+    return out
+
+
+def _bracket(a: str) -> str:
+    return f"[{a}]" if ":" in a else a
 
 
 def write_packets(

@@ -138,7 +138,7 @@ def _rehash(old_keys: Any, old_val: Any, tab_keys: Any, tab_val: Any, slot_keys:
 
 
 @kernel(
-    "i8[:] i1[:] u2[:] u4[:] u4[:] i8[:] b1[:,:] u4[:,:] i1[:,:] i1[:] u2[:] i8 i8[:] u4[:] u4[:] b1[:] b1[:] i8[:] i1[:] b1[:] b1[:] -> i8"
+    "i8[:] i1[:] u2[:] u4[:] u4[:] i8[:] b1[:,:] u4[:,:] i1[:,:] i1[:] u2[:] i8 i8[:] u4[:] u4[:] b1[:] b1[:] i8[:] i1[:] b1[:] i1[:] -> i8"
 )
 def _track(
     slot: Any,
@@ -164,8 +164,10 @@ def _track(
     is_icmp: Any,
 ) -> int:
     """Per row: stream number, relative numbers, scaled window. `is_icmp` (empty when the
-    chunk has no ICMP rows) marks ICMP errors' quoted segments, which only look their stream
-    up (opening one if needed: `st_fresh` then says no TCP packet of it was seen yet)."""
+    chunk has no ICMP rows) marks ICMP errors' quoted segments (1; 2 for a quote that stops
+    before the end of the TCP header), which only look their stream up: a whole header
+    opens one if needed (`st_fresh` then says no TCP packet of it was seen yet), a cut one
+    never does (stream -1), as in Wireshark."""
     icmp = is_icmp.shape[0] > 0
     for i in range(slot.shape[0]):
         # unsigned indices: numba then skips its negative-index wraparound
@@ -175,7 +177,7 @@ def _track(
         f = flags[i]
         reused = False
         if icmp and is_icmp[i]:
-            if st_stream[s] < 0:
+            if st_stream[s] < 0 and is_icmp[i] == 1:
                 st_stream[s] = next_stream
                 next_stream += 1
                 st_fresh[s] = True
@@ -238,7 +240,7 @@ def _track(
     return next_stream
 
 
-_NO_ICMP = np.zeros(0, np.bool_)
+_NO_ICMP = np.zeros(0, np.int8)
 _TRACK_COLUMNS = (
     "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "flags", "seq", "ack", "opt_ws",
     "win", "frame",
@@ -338,7 +340,8 @@ class StreamTracker:
         key = np.concatenate([2 * np.arange(n, dtype=np.int64) + 1, 2 * icmp["icmp_at"]])
         order = np.argsort(key, kind="stable")
         cols = {c: np.concatenate([t[c], icmp[c]])[order] for c in _TRACK_COLUMNS}
-        is_icmp = order >= n
+        kind = np.concatenate([np.zeros(n, np.int8), np.where(icmp["doff"] > 0, 1, 2)])
+        is_icmp = kind[order].astype(np.int8)
         out = self._feed(PacketTable(cols), is_icmp)
         back = np.empty(n + m, np.int64)
         back[order] = np.arange(n + m)
@@ -346,7 +349,7 @@ class StreamTracker:
         self.icmp_out = {k: out[k][icmp_pos] for k in ("stream", "dir", "conv")}
         return {k: v[tcp_pos] for k, v in out.items()}
 
-    def _feed(self, t: PacketTable, is_icmp: npt.NDArray[np.bool_]) -> dict[str, npt.NDArray[Any]]:
+    def _feed(self, t: PacketTable, is_icmp: npt.NDArray[np.int8]) -> dict[str, npt.NDArray[Any]]:
         n = len(t)
         self._reserve(n)
         # one staggered allocation for this chunk's outputs (see `staggered_zeros`)

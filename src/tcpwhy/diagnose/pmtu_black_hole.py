@@ -1,0 +1,296 @@
+"""pmtu-black-hole: full-size segments vanish on the path while small ones pass, and the
+packet-too-big ICMP that should shrink them never arrives (or is ignored).
+
+Two views of the same failure. At the sender: full-size segments are retransmitted
+with backoff and never acknowledged, while the peer still answers and smaller
+segments got through. At the receiver: the sender's sequence numbers jump past
+data that never arrives (a hole that no retransmission fills) while its small
+packets keep coming. Either way the connection hangs until a timeout, and what
+it looks like otherwise (a retransmission timeout, a peer that never closes)
+is a consequence.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tcpwhy.decode.table import RST, SYN
+from tcpwhy.diagnose.common import Group
+from tcpwhy.diagnose.context import CLIENT, HALF, SERVER, U32, WHO, Conn, fmt_s
+from tcpwhy.diagnose.icmp_unreachable import IcmpInstance
+from tcpwhy.diagnose.model import Finding, Severity, Story
+from tcpwhy.diagnose.registry import Diag, make_finding, plural, rule
+
+KIND = "pmtu-black-hole"
+MIN_FULL = 536  # payload of the smallest segment a black hole can swallow (576-byte packets)
+HOLE_WAIT_S = 1.0  # a hole older than this, never filled, is not ordinary loss
+
+
+def _gt(a: int, b: int) -> bool:
+    return a != b and ((a - b) & U32) < HALF
+
+
+def headers(c: Conn, i: int) -> int:
+    """IP and TCP header bytes of row i (timestamps option assumed when present)."""
+    t = c.cap.table
+    row = int(c.rows[i])
+    v4 = int(t["src_hi"][row]) == 0 and (int(t["src_lo"][row]) >> 32) == 0xFFFF
+    return (20 if v4 else 40) + 20 + (12 if bool(t["opt_ts"][row]) else 0)
+
+
+def _mss(c: Conn, who: int) -> int | None:
+    """The MSS `who` announced in its SYN."""
+    t = c.cap.table
+    for k in range(c.n):
+        if c.side[k] == who and c.flags[k] & SYN:
+            v = int(t["opt_mss"][int(c.rows[k])])
+            return v if v > 0 else None
+    return None
+
+
+def _icmp_about(c: Conn, x: int) -> list[int]:
+    ic = c.cap.icmp
+    return [i for i in ic.rows_of(c.sid) if ic.too_big[i] and ic.side[i] == x]
+
+
+def at_sender(c: Conn, x: int) -> dict[str, Any] | None:
+    """`x`'s full-size segments retransmitted and never acknowledged, the peer still alive."""
+    y = 1 - x
+    acks = [c.rack[k] for k in range(c.n) if c.side[k] == y and c.flags[k] & 16]
+    if not acks:
+        return None
+    top = acks[0]
+    for a in acks:
+        if _gt(a, top):
+            top = a
+    data = [k for k in range(c.n) if c.side[k] == x and c.plen[k] > 0 and not c.flags[k] & RST]
+    stuck = [k for k in data if _gt((c.rseq[k] + c.plen[k]) & U32, top)]
+    if not stuck:
+        return None
+    s0 = min((c.rseq[k] for k in stuck), key=lambda v: (v - top) & U32)
+    sends = [k for k in stuck if c.rseq[k] == s0]
+    if len(sends) < 2 or min(c.plen[k] for k in sends) < MIN_FULL:
+        return None
+    size = min(c.plen[k] for k in sends)
+    acked = [k for k in data if not _gt((c.rseq[k] + c.plen[k]) & U32, top)]
+    passed = max((c.plen[k] for k in acked), default=0)
+    if passed >= size:
+        return None  # segments as large got through: not a size problem
+    icmp = _icmp_about(c, x)
+    ic = c.cap.icmp
+    ignored = [i for i in icmp if ic.get("ts_ns", i) < c.ts[sends[-1]]]
+    after = [k for k in range(sends[0] + 1, c.n) if c.side[k] == y]
+    if not after and not ignored:
+        return None  # nothing came back at all: a dead path (retransmission-timeout)
+    if icmp and not ignored:
+        return None
+    return {
+        "view": "sender",
+        "who": x,
+        "first": sends[0],
+        "sends": sends,
+        "size": size,
+        "passed": passed,
+        "peer_alive": after[0] if after else None,
+        "icmp": ignored,
+        "hdr": headers(c, sends[0]),
+    }
+
+
+def at_receiver(c: Conn, x: int) -> dict[str, Any] | None:
+    """A hole in `x`'s data that no retransmission fills, while x's small packets arrive."""
+    data = [k for k in range(c.n) if c.side[k] == x and c.plen[k] > 0 and not c.flags[k] & RST]
+    if len(data) < 2:
+        return None
+    nxt = (c.rseq[data[0]] + c.plen[data[0]]) & U32
+    hole = None
+    for k in data[1:]:
+        s, e = c.rseq[k], (c.rseq[k] + c.plen[k]) & U32
+        if hole is None and _gt(s, nxt):
+            hole = (nxt, s, k)
+        if hole is not None and not _gt(s, hole[0]) and _gt(e, hole[0]):
+            return None  # filled: ordinary loss, repaired
+        if not _gt(s, nxt) and _gt(e, nxt):
+            nxt = e
+    if hole is None:
+        return None
+    start, end, k = hole
+    gap = (end - start) & U32
+    if gap < MIN_FULL:
+        return None
+    mss = _mss(c, 1 - x)  # what the receiver allowed
+    biggest = max(c.plen[d] for d in data)
+    if mss is not None and biggest >= mss - 40:
+        return None  # full-size segments did arrive
+    waited = (c.cap.end_ns - c.ts[k]) / 1e9
+    if waited < HOLE_WAIT_S:
+        return None
+    later = [j for j in range(k + 1, c.n) if c.side[j] == x]
+    return {
+        "view": "receiver",
+        "who": x,
+        "first": k,
+        "gap": gap,
+        "hole": start,
+        "passed": biggest,
+        "mss": mss,
+        "later": later[-1] if later else None,
+        "waited": waited,
+        "hdr": headers(c, k),
+    }
+
+
+@rule(KIND)
+def detect(diag: Diag) -> list[Finding]:
+    cap = diag.cap
+    if not cap.nstreams:
+        return []
+    retrans = cap.flag("retransmission") | cap.flag("lost_segment")
+    cand = np.zeros(cap.nstreams, np.bool_)
+    cand[cap.stream[retrans]] = True
+    cand &= ~diag.claimed_mask("retrans")
+    groups: dict[tuple[str, int, str], list[IcmpInstance]] = {}
+    for c in cap.conns_where(cand):
+        for x in (CLIENT, SERVER):
+            got = at_sender(c, x) or at_receiver(c, x)
+            if got is None:
+                continue
+            rows, icmp = _rows(c, got)
+            inst = IcmpInstance(c, rows, icmp, got)
+            groups.setdefault((c.server, x, got["view"]), []).append(inst)
+            diag.claim(c.sid, "retrans")
+            diag.claim(c.sid, "close")
+            diag.claim(c.sid)
+            break
+    out = []
+    for insts in groups.values():
+        ex = min(insts, key=lambda i: i.first_ns)
+        story = _tell(Group(None, list(insts), ex))
+        f = make_finding(diag, KIND, list(insts), story)
+        f.frames = sorted(
+            set(f.frames) | {cap.icmp.get("frame", i) for x in insts[:20] for i, _ in x.icmp}
+        )
+        out.append(f)
+    return out
+
+
+def _rows(c: Conn, f: dict[str, Any]) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    x = WHO[f["who"]]
+    if f["view"] == "sender":
+        sends = f["sends"]
+        rows = [(sends[0], f"{x} sends a full-size segment ({f['size']} bytes)")]
+        for n, k in enumerate(sends[1:5], 1):
+            rows.append((k, f"the same {f['size']} bytes again ({n}), never acknowledged"))
+        if f["peer_alive"] is not None:
+            rows.append((f["peer_alive"], f"{WHO[1 - f['who']]} is alive: small packets pass"))
+        icmp = [(i, "packet too big: ignored, the segments stay full-size") for i in f["icmp"]]
+        return rows, icmp[:3]
+    rows = [
+        (f["first"], f"{x}'s segment {f['gap']} bytes past the last one received: a hole"),
+    ]
+    if f["later"] is not None and f["later"] != f["first"]:
+        rows.append((f["later"], f"{x}'s later packet: its sequence number is past the hole"))
+    return rows, []
+
+
+def _tell(g: Group) -> Story:
+    ex = g.ex
+    c, f, n = ex.conn, ex.facts, g.n
+    x, y = WHO[f["who"]], WHO[1 - f["who"]]
+    hdr = f["hdr"]
+    if f["view"] == "sender":
+        big = f["size"] + hdr
+        mtu_text = f"below the {big}-byte packets that vanish"
+        summary = (
+            f"{plural(n, 'connection')} to {c.server}: the {x}'s full-size segments "
+            f"({f['size']} bytes) retransmitted and never acknowledged while small packets "
+            "pass — a path MTU black hole"
+        )
+        sends = f["sends"]
+        what = (
+            f"On stream {c.no} the {x} sent {f['size']} bytes at seq {c.rseq[sends[0]]} (frame "
+            f"{c.frame[sends[0]]}) and sent them {len(sends) - 1} more times over "
+            f"{fmt_s(c.dt(sends[0], sends[-1]))}, always the same size; none was acknowledged. "
+            + (
+                f"The {y} was not gone: it still sent packets afterwards (frame "
+                f"{c.frame[f['peer_alive']]}), and the {x}'s smaller segments (up to "
+                f"{f['passed']} bytes) had been acknowledged. "
+                if f["peer_alive"] is not None
+                else f"The {x}'s smaller segments (up to {f['passed']} bytes) were acknowledged. "
+            )
+        )
+        if f["icmp"]:
+            ic = c.cap.icmp
+            i = f["icmp"][0]
+            mtu = ic.get("icmp_mtu", i)
+            what += (
+                f"A router ({ic.sender(i)}) did say so: {ic.label(i)} packet too big, MTU {mtu} "
+                f"(frame {ic.get('frame', i)}), but the {x} kept sending full-size segments: "
+                "the error was ignored or dropped after the capture point (a host firewall "
+                "that drops ICMP, or a tunnel that never passes it on). "
+            )
+            mtu_text = f"{mtu} bytes (the router's packet-too-big)"
+        else:
+            what += "No ICMP packet too big / fragmentation needed came back. "
+    else:
+        small = f["passed"] + hdr
+        full = (f["mss"] or 1460) + hdr
+        mtu_text = f"between {small} bytes, which arrived, and the {full}-byte full-size packets"
+        summary = (
+            f"{plural(n, 'connection')} to {c.server}: {f['gap']} bytes from the {x} never "
+            "arrived while its small packets did — a path MTU black hole"
+        )
+        k = f["first"]
+        what = (
+            f"On stream {c.no} the {x}'s segment at frame {c.frame[k]} starts {f['gap']} bytes "
+            f"past the last byte received: that data was sent (the {x}'s sequence numbers "
+            f"moved past it) but never arrived, and no retransmission filled the hole in the "
+            f"{fmt_s(f['waited'])} the capture followed it. Everything the {x} sent that did "
+            f"arrive was small (at most {f['passed']} bytes of payload), while the {y} allowed "
+            f"segments of {f['mss'] or 'its MSS'} bytes: the full-size ones are lost on the way, "
+            f"every time. The {y}'s application waits for data that cannot come until a "
+            "timeout; what follows (a close, a peer that never sends its FIN because its "
+            "queue is stuck behind the lost data) is a consequence. "
+        )
+    what += (
+        f"The path's MTU is smaller than the endpoints' ({mtu_text}), and the ICMP "
+        '"fragmentation needed" / "packet too big" that path MTU discovery relies on does '
+        "not reach the sender: a firewall or security group drops all ICMP, or a tunnel "
+        "(VPN, GRE, IPsec, VXLAN, PPPoE) lowers the MTU silently."
+    )
+    if n > 1:
+        what += f"\n\n{plural(n, 'connection')} show it."
+    causes = [
+        "ICMP type 3 code 4 (IPv4 fragmentation needed) or ICMPv6 type 2 (packet too big) "
+        "dropped by a firewall, security group or ACL between the hosts.",
+        "A tunnel or overlay on the path (VPN, GRE, IPsec, WireGuard, VXLAN, PPPoE) with a "
+        "smaller MTU that does not clamp the MSS.",
+        "A host whose own firewall drops incoming ICMP (the error reaches it, the kernel never "
+        "sees it).",
+    ]
+    fixes = [
+        "Clamp the MSS on the router or tunnel endpoint: `nft add rule inet filter forward "
+        "tcp flags syn tcp option maxseg size set rt mtu` (iptables: -j TCPMSS "
+        "--clamp-mss-to-pmtu), or a fixed `... maxseg size set 1240` for a 1280-byte link.",
+        "On the hosts: net.ipv4.tcp_mtu_probing=1 (probe smaller segments when full-size ones "
+        "vanish; =2 always), and net.ipv4.tcp_base_mss for its starting point.",
+        "Let ICMP type 3 code 4 and ICMPv6 type 2 through every firewall and security group "
+        "on the path (`nft add rule inet filter input icmp type destination-unreachable "
+        "accept; ... icmpv6 type packet-too-big accept`).",
+        "Or lower the interface MTU on the hosts to the path's (`ip link set dev eth0 mtu "
+        "1280`), or `ip route ... mtu lock 1280` for the affected destinations.",
+    ]
+    errors = [
+        "Python: TimeoutError / socket.timeout: timed out (requests: ReadTimeout) — the "
+        "transfer hangs after its first bytes",
+        "Go: read tcp …: i/o timeout, or context deadline exceeded",
+        "Java: java.net.SocketTimeoutException: Read timed out",
+        "Node.js: Error: read ETIMEDOUT, or the request never completes",
+        "curl: (28) Operation timed out after … with N out of M bytes received",
+        "nginx: upstream timed out (110: Connection timed out) while reading response header "
+        "from upstream; ssh: hangs after 'expecting SSH2_MSG_KEX_ECDH_REPLY'",
+    ]
+    facts = {"server": c.server, "view": f["view"], "sender": x, "path_mtu": mtu_text}
+    return Story(Severity.ERROR, summary, what, causes, fixes, errors, facts)
