@@ -202,3 +202,33 @@ def test_explain_no_route_and_network_unreachable() -> None:
         kinds = {k for h in hits for k, _ in h.kinds}
         assert "icmp-unreachable" in kinds
     assert "pmtu-black-hole" in {k for h in explain("Read timed out") for k, _ in h.kinds}
+
+
+def test_conns_jsonl_names_the_errors() -> None:
+    """`conns --format jsonl` adds `icmp` to the connections that got errors, nothing to the
+    others; `conns -Y` with an ICMP field selects the connections its errors are about."""
+    import io
+
+    from tcpwhy.report.conns import write_conns
+
+    out = io.StringIO()
+    write_conns(str(LAB / "icmp-reject.pcap"), "jsonl", out=out)
+    got = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [g.get("icmp") for g in got] == [
+        {"3/1": 1},
+        {"1/3": 1},
+        {"3/13": 1},
+        {"1/1": 1},
+        {"3/3": 1},
+        {"1/4": 1},
+    ]
+    out = io.StringIO()
+    write_conns(str(LAB / "pmtu-discovery.pcap"), "jsonl", out=out)
+    got = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [g.get("icmp") for g in got] == [{"3/4": 5}, None]
+    out = io.StringIO()
+    write_conns(
+        str(LAB / "icmp-reject.pcap"), "csv", out=out, flt=compile_filter("icmpv6.code == 1")
+    )
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and lines[1].split(",")[0] == "3", "stream 3 only, no icmp column"

@@ -291,6 +291,12 @@ def filtered_connections(
         a = analyzer.feed(t, s) if analyzer is not None else None
         ctx = FilterContext(t, streams=s, analysis=a, first_ts_ns=stats.first_ts_ns)
         matched.update(select_streams(t, flt, ctx).tolist())
+        if t.icmp is not None and b.tracker.icmp_out is not None:  # ICMP errors about TCP
+            from tcpwhy.filter.icmp_fields import icmp_streams
+
+            st = b.tracker.icmp_out["stream"]
+            ictx = FilterContext(t.icmp, streams=icmp_streams(t.icmp, st))
+            matched.update(int(x) for x in st[flt.mask(t.icmp, ictx)].tolist() if x >= 0)
         yield from (keep(c) for c in b.feed_columns(t, streams=s))
     yield keep(b.finish_columns())
     stats.warnings.extend(b.warnings)
@@ -316,6 +322,12 @@ def write_conns(
     from tcpwhy.tcp.records import DEFAULT_OPTIONS
 
     ropts = record_options if record_options is not None else DEFAULT_OPTIONS
+    # JSON lines name the ICMP errors about a connection (`conns_icmp`); other formats as before
+    from tcpwhy.report.conns_icmp import IcmpCounts, with_icmp
+
+    icmp: IcmpCounts = {}
+    if fmt == "jsonl":
+        options["icmp_counts"] = icmp
 
     batches: Iterator[ConnColumns] = (
         iter_connection_columns(source, stats, **options)
@@ -332,6 +344,8 @@ def write_conns(
     live = source == "-"
     for c in batches:
         text = format_columns(c.with_options(ropts), fmt)
+        if icmp:
+            text = with_icmp(text, c, icmp)
         if text:
             out.write(text)
             if live:

@@ -224,7 +224,11 @@ class ConnectionBuilder:
         rfc_states: bool = True,
         packet_flags_fn: PacketFlags | None = None,
         uid_prefix: str = "C",
+        icmp_counts: dict[int, dict[str, int]] | None = None,
     ) -> None:
+        """`icmp_counts`, when given, is filled with the ICMP errors about each tcp.stream
+        (`tcpwhy.report.conns_icmp`)."""
+        self.icmp_counts = icmp_counts
         if boundaries not in ("stream", "zeek"):
             raise ValueError("boundaries must be 'stream' or 'zeek'")
         self.zeek_timers = boundaries == "zeek"
@@ -314,6 +318,10 @@ class ConnectionBuilder:
         if streams is None:
             self._forget_gone(self.tracker.conversations + n - self.max_active)
         s = streams if streams is not None else self.tracker.feed(t)
+        if self.icmp_counts is not None and self.tracker.icmp_out is not None:
+            from tcpwhy.report.conns_icmp import count_icmp
+
+            count_icmp(self.icmp_counts, t.icmp, self.tracker.icmp_out["stream"])
         out: list[ConnColumns] = []
         conv = s["conv"]
         if conv.size and int(conv.max()) >= len(self.conv_slot):
