@@ -382,7 +382,8 @@ def decode_chunk(
 ) -> PacketTable:
     n = recs.off.shape[0]
     cols = empty_columns(n) if reuse is None else {k: v[:n] for k, v in reuse.items()}
-    icols = empty_icmp_columns(n)  # written only for ICMP rows: untouched pages are free
+    # written only for ICMP rows, which are copied out below: one set serves every chunk
+    icols = {k: v[:n] for k, v in _icmp_buffers(n).items()}
     j, k = K.decode_records(
         arr,
         recs.off,
@@ -412,6 +413,17 @@ def decode_chunk(
     if j < n:
         cols = {name: v[:j] for name, v in cols.items()}
     return PacketTable(cols, arr, icmp)
+
+
+_ICMP_BUFFERS: list[dict[str, npt.NDArray[Any]]] = []
+
+
+def _icmp_buffers(n: int) -> dict[str, npt.NDArray[Any]]:
+    """The ICMP column group's output buffers, at least n rows, allocated once per process
+    (per thread would be needed if chunks were decoded in parallel: they are not)."""
+    if not _ICMP_BUFFERS or len(_ICMP_BUFFERS[0]["icmp_type"]) < n:
+        _ICMP_BUFFERS[:] = [empty_icmp_columns(max(n, MAX_ROWS_PER_TABLE))]
+    return _ICMP_BUFFERS[0]
 
 
 def _compact_icmp(t: PacketTable) -> PacketTable:
