@@ -232,3 +232,19 @@ def test_conns_jsonl_names_the_errors() -> None:
     )
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and lines[1].split(",")[0] == "3", "stream 3 only, no icmp column"
+
+
+def test_analyze_limited_to_a_filter_keeps_the_errors() -> None:
+    """`analyze -Y`: an ICMP field selects the connections its errors are about, and the
+    kept connections keep their errors (never an unanswered SYN under a filter)."""
+    path = str(LAB / "icmp-reject.pcap")
+    for flt, streams in (
+        ("tcp.port == 8081", [2, 3]),
+        ("icmpv6.code == 1", [3]),
+        ("icmp", [0, 2, 4]),
+        ("ip.src == 10.77.1.1", [2]),
+    ):
+        report = diagnose_files([path], flt=compile_filter(flt))
+        assert [(f.kind, f.streams) for f in report.findings] == [
+            ("icmp-unreachable", [s]) for s in streams
+        ], flt

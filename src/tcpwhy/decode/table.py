@@ -293,6 +293,21 @@ def icmp_between(t: PacketTable, lo: int, hi: int) -> PacketTable | None:
     return part
 
 
+def icmp_kept(
+    t: PacketTable, keep: npt.NDArray[np.bool_], icmp_keep: npt.NDArray[np.bool_]
+) -> PacketTable | None:
+    """The ICMP rows `icmp_keep` of `t`, placed among the TCP rows `keep` (as `t.take(keep)`
+    keeps them)."""
+    ic = t.icmp
+    if ic is None or not icmp_keep.any():
+        return None
+    before = np.zeros(len(keep) + 1, np.int64)
+    np.cumsum(keep, out=before[1:])
+    part = ic.take(icmp_keep)
+    part.cols["icmp_at"] = before[part.cols["icmp_at"]]
+    return part
+
+
 def _is_compact(t: PacketTable) -> bool:
     return int(t.cols["payload_cap"].astype(np.int64).sum()) == t.data.shape[0]
 

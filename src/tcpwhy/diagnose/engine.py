@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from tcpwhy.capture import iter_tables
-from tcpwhy.decode.table import CaptureStats, PacketTable, concat_icmp
+from tcpwhy.decode.table import CaptureStats, PacketTable, concat_icmp, icmp_kept
 from tcpwhy.diagnose.context import Capture
 from tcpwhy.diagnose.model import CaptureInfo, Finding, Report
 from tcpwhy.diagnose.registry import Diag, Settings, load
@@ -234,11 +234,22 @@ def _limit_to_filter(
     from tcpwhy.filter import FilterContext, select_streams
     from tcpwhy.tcp.streams import StreamTracker
 
-    streams = StreamTracker().feed(table)
+    tracker = StreamTracker()
+    streams = tracker.feed(table)
     first = int(table["ts_ns"][0]) if len(table) else None
     matched = select_streams(table, flt, FilterContext(table, streams=streams, first_ts_ns=first))
+    ic, icmp = table.icmp, tracker.icmp_out
+    if ic is not None and icmp is not None:  # ICMP errors about TCP select their streams too
+        from tcpwhy.filter.icmp_fields import icmp_streams
+
+        st = icmp["stream"]
+        m = flt.mask(ic, FilterContext(ic, streams=icmp_streams(ic, st), first_ts_ns=first))
+        matched = np.union1d(matched, st[m & (st >= 0)]).astype(np.int64)
     keep = np.isin(streams["stream"], matched)
-    return table.take(keep), file_of_row[keep], matched
+    out = table.take(keep)
+    if ic is not None and icmp is not None:
+        out.icmp = icmp_kept(table, keep, np.isin(icmp["stream"], matched))
+    return out, file_of_row[keep], matched
 
 
 def _groups(tables: list[tuple[str, PacketTable]]) -> list[list[int]]:
