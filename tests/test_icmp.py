@@ -248,3 +248,23 @@ def test_analyze_limited_to_a_filter_keeps_the_errors() -> None:
         assert [(f.kind, f.streams) for f in report.findings] == [
             ("icmp-unreachable", [s]) for s in streams
         ], flt
+
+
+def test_flow_ladder_shows_the_errors() -> None:
+    import io
+
+    from tcpwhy.report.flow import build_ladder, render
+
+    def ladder(name: str, stream: int) -> list[str]:
+        out = io.StringIO()
+        render(build_ladder(str(LAB / name), stream), out)
+        return out.getvalue().splitlines()
+
+    lines = ladder("icmp-reject.pcap", 2)
+    assert "── SYN  Seq=0 Len=0 ──" in lines[2]
+    assert "|◀─ ICMP 3/13 from 10.77.1.1: Communication administra… ─|" in lines[3]
+    assert lines[3].split()[:2] == ["0.006477", "6"]
+    lines = ladder("pmtu-discovery.pcap", 0)
+    icmp = [x for x in lines if "ICMP 3/4 from 10.77.1.1: MTU 1280, Fragmentation" in x]
+    assert len(icmp) == 5 and all("|◀─" in x for x in icmp), "toward the client, whose segment"
+    assert "… 7 data segments" in lines[lines.index(icmp[0]) - 1], "a fold stops before them"

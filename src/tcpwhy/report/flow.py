@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TextIO
 
 import numpy as np
@@ -49,6 +49,9 @@ class Ladder:
     t0_ns: int
     end_ns: int
     shown: npt.NDArray[np.bool_] | None = None  # per table row: the display filter matched it
+    # ICMP errors about the connection: (table row they come before, time, frame, toward the
+    # server, label), in capture order
+    icmp: list[tuple[int, int, int, bool, str]] = field(default_factory=list)
 
 
 def originator_direction(flags: npt.NDArray[np.uint16], canon_dir: npt.NDArray[np.int8]) -> int:
@@ -71,7 +74,8 @@ def build_ladder(
 ) -> Ladder:
     stats = stats if stats is not None else CaptureStats()
     t = read_table(source, stats)
-    s = StreamTracker().feed(t)
+    tracker = StreamTracker()
+    s = tracker.feed(t)
     a = analyze(t, s)
     rows = np.nonzero(s["stream"] == stream)[0]
     if rows.size == 0:
@@ -103,7 +107,35 @@ def build_ladder(
         t0,
         end_ns,
         shown,
+        _icmp_rows(t, tracker, stream, client),
     )
+
+
+def _icmp_rows(
+    t: PacketTable, tracker: StreamTracker, stream: int, client: int
+) -> list[tuple[int, int, int, bool, str]]:
+    """The ICMP errors about `stream`: each drawn as an arrow toward the side whose segment
+    it quotes, labelled with its type, code (tshark's words), MTU and sender."""
+    from tcpwhy.report.packets import icmp_code_text
+
+    ic, got = t.icmp, tracker.icmp_out
+    if ic is None or got is None:
+        return []
+    out = []
+    for j in np.flatnonzero(got["stream"] == stream).tolist():
+        v, ty, code = int(ic["ip_version"][j]), int(ic["icmp_type"][j]), int(ic["icmp_code"][j])
+        text = icmp_code_text(v, ty, code) or "Packet too big"
+        mtu = int(ic["icmp_mtu"][j])
+        sender = format_addr(ic["icmp_src_hi"][j], ic["icmp_src_lo"][j])
+        # the sender first: a long code name is what the arrow's width cuts
+        label = f"ICMP{'v6' if v == 6 else ''} {ty}/{code} from {sender}: "
+        label += (f"MTU {mtu}, " if mtu else "") + text
+        to_server = int(got["dir"][j]) != client  # toward the quoted segment's sender
+        out.append(
+            (int(ic["icmp_at"][j]), int(ic["ts_ns"][j]), int(ic["frame"][j]), to_server,
+             label)
+        )  # fmt: skip
+    return out
 
 
 def _name(ep: Endpoint, state: State, sent: bool = True) -> str:
@@ -167,7 +199,19 @@ def render(lad: Ladder, out: TextIO, fold: int = 3) -> None:
     )
     out.write(f"{'':>11} {'':>7}  {start_c:<{state_w}}|{' ' * (ARROW - 2)}|  {start_s}\n")
 
+    # ICMP errors, each before the first of the connection's packets after it (else at the end)
+    before: dict[int, list[str]] = {}
+    pos = lad.rows
+    for at, ts, frame_no, to_server, text in lad.icmp:
+        k_at = int(np.searchsorted(pos, at))
+        key = int(pos[k_at]) if k_at < len(pos) else -1
+        rel = (ts - lad.t0_ns) / 1e9
+        line = f"{rel:>11.6f} {frame_no:>7}  {'':<{state_w}}{_arrow(text, to_server)}  \n"
+        before.setdefault(key, []).append(line)
+
     def quiet(i: int) -> bool:
+        if i in before:
+            return False
         frame = int(t["frame"][i])
         f = int(t["flags"][i])
         return (
@@ -181,9 +225,11 @@ def render(lad: Ladder, out: TextIO, fold: int = 3) -> None:
     k = 0
     while k < len(rows):
         i = rows[k]
+        for line in before.pop(i, []):
+            out.write(line)
         if lad.shown is not None and not lad.shown[i]:
             j = k
-            while j < len(rows) and not lad.shown[rows[j]]:
+            while j < len(rows) and not lad.shown[rows[j]] and (j == k or rows[j] not in before):
                 j += 1
             out.write(
                 f"{'':>11} {'':>7}  {'':<{state_w}}|  … {j - k:,} packet{'s' if j - k > 1 else ''} not matching the filter …\n"
@@ -215,6 +261,8 @@ def render(lad: Ladder, out: TextIO, fold: int = 3) -> None:
             f"{rel:>11.6f} {frame:>7}  {cst:<{state_w}}{_arrow(label, bool(to_right))}  {sst}\n"
         )
         k += 1
+    for line in before.pop(-1, []):
+        out.write(line)
     # timers after the last packet (TIME_WAIT ending) and the final states
     for side, ep in (("client", lad.client), ("server", lad.server)):
         for step in ep.timeline[1:]:
