@@ -27,7 +27,19 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.filter.fields import FIELDS, PROTO, UINT, Extract, Field, Occ, Rows, _v4
+from tcpwhy.filter.fields import (
+    BYTES,
+    FIELDS,
+    PROTO,
+    STRING,
+    UINT,
+    ByteValues,
+    Extract,
+    Field,
+    Occ,
+    Rows,
+    _v4,
+)
 
 if TYPE_CHECKING:
     from tcpwhy.decode.table import PacketTable
@@ -60,7 +72,14 @@ def icmp_streams(t: PacketTable, stream: npt.NDArray[np.int64]) -> dict[str, npt
 
 
 def _absent(ctx: FilterContext, rows: Rows) -> list[Occ]:
-    return [Occ(np.zeros(len(rows), bool), None)]
+    """Absent on every row (values of the right length all the same: some comparisons
+    evaluate them before looking at presence)."""
+    n = len(rows)
+    return [Occ(np.zeros(n, bool), np.zeros(n, np.int64))]
+
+
+def _absent_bytes(ctx: FilterContext, rows: Rows) -> list[Occ]:
+    return [Occ(np.zeros(len(rows), bool), ByteValues([b""] * len(rows)))]
 
 
 def _whole_header(base: Extract) -> Extract:
@@ -164,19 +183,19 @@ _OVERRIDES: dict[str, Extract] = {
 }
 
 
-def _on_icmp(name: str, base: Extract) -> Extract | None:
+def _on_icmp(name: str, ftype: str, base: Extract) -> Extract | None:
     """How field `name` reads an ICMP table (None: as on a TCP table)."""
     if name in _OVERRIDES:
         return _OVERRIDES[name]
     if name in _ABSENT or name.startswith(_ABSENT_PREFIXES):
-        return _absent
+        return _absent_bytes if ftype in (BYTES, STRING) else _absent
     if name in _HEADER or name.startswith("tcp.flags."):
         return _whole_header(base)
     return None
 
 
 def _wrap(f: Field) -> Field:
-    icmp = _on_icmp(f.name, f.extract)
+    icmp = _on_icmp(f.name, f.ftype, f.extract)
     if icmp is None:
         return f
     base = f.extract
