@@ -299,19 +299,15 @@ MEANINGS: tuple[Meaning, ...] = (
         "administratively prohibited 3/10 and 3/13, ICMPv6 address unreachable 1/3) or time "
         "exceeded, from the destination itself (its own firewall REJECTs) or from a router "
         "or firewall on the path. Linux ends a connect() at once on it, without retrying. "
-        "Without any ICMP, Linux reports it too when ARP/ND for the destination or the "
-        "gateway on the local link gets no answer (the host is down or the address wrong: "
-        "only ARP or neighbour solicitations leave). Seen as: " + "; ".join(knowledge.HOST_UNREACH),
+        "Linux reports it too when ARP/ND for the destination or the gateway on the local "
+        "link gets no answer (the host is down or the address wrong): then no SYN leaves, "
+        "only ARP requests or neighbour solicitations, and the kernel's ICMP to itself shows "
+        "only on a capture of `any` or `lo`. Seen as: " + "; ".join(knowledge.HOST_UNREACH),
         (
             (
                 "icmp-unreachable",
                 "the SYN answered by an ICMP error quoting it; its source tells who: the "
                 "server's own address (its firewall) or a router's",
-            ),
-            (
-                "syn-timeout",
-                "no ICMP in the capture and only ARP/ND for the address: the local link "
-                "cannot reach the host",
             ),
         ),
         "tcpdump -ni any -s 256 -w why.pcap 'tcp port PORT or icmp or icmp6 or arp'  # ICMP too",
