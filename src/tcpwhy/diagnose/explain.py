@@ -191,7 +191,6 @@ MEANINGS: tuple[Meaning, ...] = (
                 "only full-size segments vanish (small ones pass): a transfer that hangs after "
                 "its first bytes, ICMP packet-too-big dropped on the path",
             ),
-
             ("keepalive-dead-peer", "an idle connection: keep-alive probes unanswered"),
             (
                 "zero-window-stall",
