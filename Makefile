@@ -43,10 +43,10 @@ define apt-install
 	fi
 endef
 
-## sysdeps: system packages the tests need (nftables, iproute2, tshark and tcpdump as references),
-## installed only when missing and root
+## sysdeps: system packages the tests need (nftables, iproute2, tshark and tcpdump as references,
+## chromium for the HTML report's browser tests), installed only when missing and root
 sysdeps:
-	$(call apt-install,nft:nftables ip:iproute2 tshark:tshark tcpdump:tcpdump)
+	$(call apt-install,nft:nftables ip:iproute2 tshark:tshark tcpdump:tcpdump chromium:chromium)
 
 lint: $(STAMP_TEST)
 	$(BIN)/ruff check src tests benchmarks

@@ -146,7 +146,7 @@ def test_lab_recordings_agree_with_tshark() -> None:
     assert bad == {}
     # the recordings exercise the flags the corpus lacks
     assert tp == {
-        "retransmission": 39,  # 9 of them the SYN-ACKs resent in syn-flood, 15 in pmtu-*
+        "retransmission": 40,  # 9 of them the SYN-ACKs resent in syn-flood, 15 in pmtu-*
         "duplicate_ack": 11,
         "lost_segment": 1,  # the hole pmtu-black-hole leaves
         "out_of_order": 6,  # pmtu-discovery's segments resent smaller

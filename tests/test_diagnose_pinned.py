@@ -63,6 +63,11 @@ LAB_PINS: dict[str, list[Pin]] = {
     # (ephemeral ports running out), which none of them leaves
     "addr-in-use-restart": [],
     "clean": [],  # two request/response exchanges, each ended by FIN both ways
+    # the same over TLS (tshark -d tcp.port==8080,tls): stream 0's client reads the response
+    # (frame 12) and closes with the server's 19-byte close_notify record (frame 13) unread,
+    # so its kernel sends [R.] (frame 14): the exchange had ended, no finding; stream 1 ends
+    # with the client's close_notify and FIN both ways
+    "clean-tls": [],
     "close-wait-leak": [
         (
             "close-wait-leak",
@@ -119,6 +124,21 @@ LAB_PINS: dict[str, list[Pin]] = {
             "keep-alive probes after the idle period go unanswered, then the prober resets",
         ),
     ],
+    "keepalive-race-tls": [
+        (
+            "keepalive-race",
+            "error",
+            1,
+            "the 96-byte application-data record (frame 14, ack 1396) does not ACK the server's "
+            "close_notify or FIN, which do not ACK it (ack 698): they crossed; RST follows",
+        ),
+        (
+            "request-retried",
+            "info",
+            1,
+            "stream 1's first request after its handshake is again one 96-byte record, same SNI",
+        ),
+    ],
     "keepalive-race": [
         (
             "keepalive-race",
@@ -143,6 +163,20 @@ LAB_PINS: dict[str, list[Pin]] = {
             "from TIME_WAIT: the first ACK was lost past the capture",
         ),
     ],
+    "middlebox-idle-reset-path": [
+        (
+            "middlebox-reset",
+            "warning",
+            2,
+            "client side of a 60 ms path: streams 1 and 2 get [R] with the server's TTL 30 ms "
+            "after their request, half the handshake's round trip: too soon to be the server's "
+            "(the server-side capture shows neither request nor RST); stream 0's lost request "
+            "is resent after its RTO and answered, no finding",
+        ),
+    ],
+    # the server's side of the same path: the two reset connections are still open there,
+    # the other two closed by FIN both ways; its one retransmission never shows here
+    "middlebox-idle-reset-path.server": [],
     "middlebox-reset": [
         (
             "middlebox-reset",
@@ -197,6 +231,21 @@ LAB_PINS: dict[str, list[Pin]] = {
             "and draws a RST",
         ),
         ("request-retried", "info", 1, "the same GET /second on a new connection gets 200 OK"),
+    ],
+    "stale-keepalive-tls": [
+        (
+            "stale-keepalive-reuse",
+            "error",
+            1,
+            "the 96-byte record (frame 18) ACKs the server's FIN (frame 16), which followed a "
+            "19-byte close_notify record 1.00 s after the last response; RST follows",
+        ),
+        (
+            "request-retried",
+            "info",
+            1,
+            "stream 1's first request after its handshake is again one 96-byte record, same SNI",
+        ),
     ],
     "syn-timeout": [
         ("syn-timeout", "error", 1, "three SYNs at +0, +1.02, +3.04 s, no SYN-ACK, no RST"),

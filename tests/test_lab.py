@@ -30,6 +30,7 @@ from tcpwhy.lab.record import DATA_DIR, options_for
 from tcpwhy.lab.runner import all_scenarios, run_scenario
 from tests.gates import LIVE_SLACK_S
 from tests.lab_path_checks import PATH_CHECKS, PATH_IPV6
+from tests.lab_trace_checks import check_kernel_trace
 
 FIN, SYN, RST, PSH, ACK = 1, 2, 4, 8, 16
 PORT = 8080
@@ -381,7 +382,11 @@ def check_accept_queue_overflow(path: Path, o: Options, slack: float = 0.0) -> N
     assert not any(p.has(RST) for p in over if p.t < s2.t), "no RST with abort_on_overflow=0"
     syn_only = [c for c in part1 if not synacks[id(c)]]
     assert len(syn_only) == 1 and len(syn_only[0]) >= 2, "a client whose SYNs were dropped"
-    assert all(p.tag == "c:S" for p in syn_only[0])
+    # its SYNs only; a SYN resent after the listener closed at the end is refused (RST)
+    assert all(p.tag == "c:S" for p in syn_only[0] if p.c2s)
+    answers = [p for p in syn_only[0] if not p.c2s]
+    assert all(p.has(RST) and p.ack == syn_only[0][0].seq + 1 for p in answers)
+    assert len(answers) <= 1
     # abort_on_overflow=1, port 8081: the overflowing final ACK is answered with RST.
     part2 = conns(packets(path, o.port + 1))
     for c in part2:
@@ -568,7 +573,86 @@ def check_ephemeral_overlap(path: Path, o: Options, slack: float = 0.0) -> None:
     assert conn[-1].i < first(second_out, lambda p: p.has(FIN)).i
 
 
+def check_middlebox_idle_reset_path(path: Path, o: Options, slack: float = 0.0) -> None:
+    """Both ends of the path: at the client a request lost once and resent, two requests
+    answered by a RST that looks like the server's (same TTL) half a round trip later; at
+    the server the resent copy only, no RST, and neither reset request."""
+    from tcpwhy.lab.scenarios_pair import server_capture_path
+
+    delay = o.delay if o.delay is not None else 0.03
+    cs = conns(packets(path, o.port))
+    ss = conns(packets(server_capture_path(str(path)), o.port))
+    assert len(cs) == len(ss) == 4
+    for c in cs:
+        handshake_ok(c)
+    rtt = cs[0][1].t - cs[0][0].t
+    assert 2 * delay <= rtt < 2 * delay + 0.01 + slack
+    c1_reqs = [p for p in cs[0] if p.c2s and p.n]
+    assert c1_reqs[0].seq == c1_reqs[1].seq and c1_reqs[1].t - c1_reqs[0].t >= 0.2, "resent"
+    assert [p.seq for p in ss[0] if p.c2s and p.n] == [c1_reqs[0].seq], "one copy arrived"
+    for k in (1, 2):
+        c, s = cs[k], ss[k]
+        rst, req = c[-1], c[-2]
+        assert rst.tag == "s:R" and rst.seq == req.ack and req.c2s and req.n
+        assert rst.ttl == {p.ttl for p in c if not p.c2s and p is not rst}.pop() == 62
+        assert delay <= rst.t - req.t < delay + 0.01 + slack, "half the round trip"
+        assert req.seq not in {p.seq for p in s if p.c2s and p.n}, "never reached the server"
+        assert not any(p.has(RST | FIN) for p in s)
+    for c in (cs[0], cs[3]):
+        assert not any(p.has(RST) for p in c) and sum(p.has(FIN) for p in c) == 2
+    assert sum(p.has(RST) for c in ss for p in c) == 0
+
+
+def check_stale_keepalive_tls(path: Path, o: Options, slack: float = 0.0) -> None:
+    pk = packets(path, o.port)
+    old, new = conns(pk)
+    handshake_ok(old)
+    fin = first(old, lambda p: not p.c2s and p.has(FIN))
+    alert = [p for p in old if not p.c2s and p.n and p.i < fin.i][-1]
+    assert alert.n == 24, "a 19-byte encrypted alert record (close_notify) before the FIN"
+    resp = [p for p in old if not p.c2s and p.n and p.i < alert.i][-1]
+    idle = o.idle or 1.0
+    assert idle - 0.05 <= alert.t - resp.t <= idle + 0.5 + slack, "closed after the idle timeout"
+    req = first(old, lambda p: p.c2s and p.n > 0, fin.i)
+    assert req.ack == fin.seq + 1, "the reused request acknowledges the server's FIN"
+    rst = first(old, lambda p: not p.c2s and p.has(RST), req.i)
+    assert rst.seq == req.ack, "[R] with seq = the request's ACK"
+    handshake_ok(new)
+    assert new[0].i > rst.i and any(not p.c2s and p.n for p in new), "answered retry"
+
+
+def check_keepalive_race_tls(path: Path, o: Options, slack: float = 0.0) -> None:
+    pk = packets(path, o.port)
+    old, new = conns(pk)
+    handshake_ok(old)
+    fin = first(old, lambda p: not p.c2s and p.has(FIN))
+    req = [p for p in old if p.c2s and p.n][-1]
+    alert = first(old, lambda p: not p.c2s and p.n > 0, req.i)
+    assert alert.n == 24 and req.i < alert.i < fin.i, "close_notify and FIN after the request"
+    assert req.ack == alert.seq, "the request acknowledges neither (crossed)"
+    first(old, lambda p: not p.c2s and p.has(RST), req.i)
+    handshake_ok(new)
+    assert any(not p.c2s and p.n for p in new)
+
+
+def check_clean_tls(path: Path, o: Options, slack: float = 0.0) -> None:
+    pk = packets(path, o.port)
+    short, ka = conns(pk)
+    handshake_ok(short)
+    handshake_ok(ka)
+    alert = [p for p in short if not p.c2s and p.n][-1]
+    assert alert.n == 24, "the server's last record is a 19-byte alert (close_notify)"
+    rst = first(short, lambda p: p.c2s and p.has(RST), alert.i)
+    # the client's [R.] acknowledges the alert (and the server's FIN, when it came first)
+    assert rst.has(ACK) and rst.ack - (alert.seq + alert.n) in (0, 1), "[R.] after the alert"
+    clean_close(ka)
+    assert first(ka, lambda p: p.has(FIN)).c2s is True, "client closes the keep-alive one"
+
+
 CHECKS: dict[str, Callable[[Path, Options, float], None]] = {
+    "stale-keepalive-tls": check_stale_keepalive_tls,
+    "keepalive-race-tls": check_keepalive_race_tls,
+    "clean-tls": check_clean_tls,
     "stale-keepalive": check_stale_keepalive,
     "clean": check_clean,
     "close-wait-leak": check_close_wait_leak,
@@ -590,6 +674,7 @@ CHECKS: dict[str, Callable[[Path, Options, float], None]] = {
     "syn-flood": check_syn_flood,
     "addr-in-use-restart": check_addr_in_use_restart,
     "ephemeral-overlap": check_ephemeral_overlap,
+    "middlebox-idle-reset-path": check_middlebox_idle_reset_path,
 }
 
 IPV6 = [
@@ -603,7 +688,6 @@ IPV6 = [
     "addr-in-use-restart",
     "ephemeral-overlap",
 ]
-
 
 CHECKS.update(PATH_CHECKS)  # ICMP errors and path MTU (tests/lab_path_checks.py)
 IPV6 += PATH_IPV6
@@ -675,7 +759,10 @@ def test_shipped_capture(name: str) -> None:
     [(n, False) for n in sorted(CHECKS)] + [(n, True) for n in IPV6],
 )
 def test_scenario_on_the_kernel(netns_ok: None, tmp_path: Path, name: str, ipv6: bool) -> None:
-    o = Options(ipv6=ipv6)
+    # a port of its own per run: a namespace is torn down by the kernel some time after the
+    # previous run removed it, and the resets of its last sockets (same addresses) must not
+    # count as this run's in its kernel trace
+    o = Options(ipv6=ipv6, port=20000 + 10 * sorted(CHECKS).index(name) + (5 if ipv6 else 0))
     out = tmp_path / f"{name}.pcap"
     result = run_scenario(name, o, str(out))
     assert result.ok, f"{result.reason}\n{result.story}"
@@ -683,6 +770,13 @@ def test_scenario_on_the_kernel(netns_ok: None, tmp_path: Path, name: str, ipv6:
     assert not mine(), "namespaces left behind"
     check_capture(name, out, o, live=True)
     assert all((p.sport == o.port) != p.c2s for p in packets(out, o.port))
+    check_kernel_trace(
+        name,
+        result.trace,
+        result.trace_lost,
+        o.port,
+        [(p.c2s, p.cport) for p in packets(out, o.port) if p.has(RST)],
+    )
 
 
 CLI = "import sys; from tcpwhy.cli import main; sys.exit(main(sys.argv[1:]))"

@@ -23,7 +23,8 @@ def _info_pairs() -> list[tuple[Path, Path]]:
 
 def test_info_column_matches_tshark() -> None:
     pairs = _info_pairs()
-    assert len(pairs) == 26  # 25 lab recordings (4 with ICMP or path MTU) and the demo
+    # 30 lab recordings (3 over TLS, 2 at both ends of a path, 4 ICMP/MTU) and the demo
+    assert len(pairs) == 31
     compared = 0
     for cap, tsv in pairs:
         want = dict(line.rstrip("\n").split("\t", 1) for line in tsv.open() if line.strip())
@@ -32,7 +33,7 @@ def test_info_column_matches_tshark() -> None:
         for frame, info in want.items():
             assert got[frame] == info, f"{cap.name} frame {frame}"
             compared += 1
-    assert compared == 1027
+    assert compared == 1230
 
 
 def test_view_fields_match_tshark_on_the_corpus(zeek_corpus: Path) -> None:

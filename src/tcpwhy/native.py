@@ -50,11 +50,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 OUT_DIR = os.path.join(HERE, "_native")
 KERNEL_FILES = (
     "decode/kernels.py",
+    "decode/tls.py",
     "tcp/streams.py",
     "tcp/analysis.py",
     "tcp/zeek.py",
     "tcp/state_kernel.py",
     "report/conns_kernel.py",
+    "host/trace_kernel.py",
 )
 """Every module that defines compiled code (their text is hashed into the build's manifest)."""
 ENV = "TCPWHY_NATIVE"

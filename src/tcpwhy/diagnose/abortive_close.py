@@ -9,7 +9,7 @@ unanswered, the likely cause is close() with unread bytes (the early
 from __future__ import annotations
 
 from tcpwhy.decode.table import ACK, FIN, SYN
-from tcpwhy.diagnose import http, knowledge
+from tcpwhy.diagnose import http, knowledge, tls
 from tcpwhy.diagnose.common import Group, Hits, first_resets
 from tcpwhy.diagnose.context import HALF, U32, WHO, Conn
 from tcpwhy.diagnose.model import Finding, Severity, Story
@@ -28,6 +28,8 @@ def detect(diag: Diag) -> list[Finding]:
         xf = c.first_fin(x)
         if xf is not None and xf < r:
             continue
+        if tls.is_unread_close_notify_reset(c, r):
+            continue  # close() with the peer's close_notify unread: the exchange had ended
         last_peer = c.last_data_before(r, 1 - x)
         last_own = c.last_data_before(r, x)
         if last_peer is None and last_own is None:

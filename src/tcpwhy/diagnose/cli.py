@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from tcpwhy.filter import add_filter_argument
+from tcpwhy.report.output import add_output_argument, with_output
 
 
 def _positive_float(text: str) -> float:
@@ -52,9 +53,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     settings = Settings(close_wait_s=args.close_wait, fin_wait_2_s=args.fin_wait_2)
     flt = filter_from_args(args)
     with _progress() as progress:
-        report = diagnose_files(args.files, settings, progress, flt)
+        report = diagnose_files(args.files, settings, progress, flt, pair=not args.no_pair)
+    if args.kernel_trace:
+        from tcpwhy.diagnose.kernel_trace import join
+
+        join(report, args.kernel_trace)
     if args.format == "json":
         sys.stdout.write(to_json(report) + "\n")
+    elif args.format == "html":
+        from tcpwhy.report.html import write_html
+
+        write_html(report, sys.stdout)
     else:
         write_text(report, sys.stdout)
     return report.exit_status()
@@ -79,12 +88,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=(
             "Diagnose TCP connection failures in one or more captures (pcap, pcapng, gzip). "
             "Rotated files are joined in time order; files that overlap in time (the two ends "
-            "of one path) are diagnosed side by side. Exit status: 0 nothing of severity "
+            "of one path) are capture points of their own: connections seen at both are "
+            "paired (by sequence numbers and payload, also across NAT) and reported once, "
+            "with the path's delay, losses and injected segments. Exit status: 0 nothing of severity "
             "warning or above, 1 such findings, 2 error."
         ),
     )
     a.add_argument("files", nargs="+", metavar="FILE", help="capture files")
-    a.add_argument("--format", choices=("text", "json"), default="text")
+    a.add_argument(
+        "--format",
+        choices=("text", "json", "html"),
+        default="text",
+        help="html: one self-contained page (findings, ladders, charts, connection table)",
+    )
+    add_output_argument(a)
     add_filter_argument(a)
     a.add_argument(
         "--close-wait",
@@ -100,7 +117,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="S",
         help="report FIN_WAIT_2 held longer than S seconds; default 5",
     )
-    a.set_defaults(func=cmd_analyze)
+    a.add_argument(
+        "--no-pair",
+        action="store_true",
+        help="do not pair the connections of captures taken at different points at the same "
+        "time (each capture point is then diagnosed on its own)",
+    )
+    a.add_argument(
+        "--kernel-trace",
+        metavar="FILE",
+        help="the kernel's events of the same time (`host trace --format jsonl`, or the lab's "
+        "x.trace.jsonl): add the kernel's reasons to each finding, and say where they disagree",
+    )
+    a.set_defaults(func=with_output(cmd_analyze))
 
     e = sub.add_parser(
         "explain",

@@ -72,10 +72,15 @@ def _find(c: Conn, closer: int) -> AfterFin | None:
     writer = 1 - closer
     fin_ack = c.ack[f]
     fin_end = c.fin_end(f)
-    # the writer's first data the FIN did not acknowledge (new to the closer when it closed)
+    # the writer's first data the FIN did not acknowledge (new to the closer when it closed);
+    # a TLS closing alert is the writer's own close, not data (answering the closer's
+    # close_notify with its own is how TLS ends)
+    from tcpwhy.diagnose.tls import closing_rows
+
+    alerts = closing_rows(c)
     d = None
     for i in range(c.n):
-        if c.side[i] != writer or c.plen[i] == 0 or c.flags[i] & RST:
+        if c.side[i] != writer or c.plen[i] == 0 or c.flags[i] & RST or i in alerts:
             continue
         if seq_geq(fin_ack, (c.seq[i] + c.plen[i]) & 0xFFFFFFFF):
             continue

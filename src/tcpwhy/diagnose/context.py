@@ -293,8 +293,9 @@ class Capture:
     def file_name(self, row: int) -> str:
         return self.files[int(self.file_of_row[row])] if self.files else ""
 
-    def endings(self) -> dict[str, int]:
-        """Connections by how they ended (vectorised over the per-stream counts)."""
+    def endings(self, keep: npt.NDArray[np.bool_] | None = None) -> dict[str, int]:
+        """Connections by how they ended (vectorised over the per-stream counts); with `keep`,
+        only those streams (a connection already counted at another capture point is not)."""
         if not self.nstreams:
             return {}
         syn_c = self.n_syn[:, CLIENT] > 0
@@ -317,6 +318,8 @@ class Capture:
             "half-closed (one FIN)": ~rst & ~no_answer & (fins == 1),
             "open at capture end": ~rst & (fins == 0) & ~no_answer,
         }
+        if keep is not None:
+            cats = {k: v & keep for k, v in cats.items()}
         return {k: int(v.sum()) for k, v in cats.items() if v.any()}
 
 
@@ -336,9 +339,17 @@ class Conn:
         c_is_src = cap.side[first] == CLIENT
         src = f"{_addr(t, first, 'src')}:{int(t['sport'][first])}"
         dst = f"{_addr(t, first, 'dst')}:{int(t['dport'][first])}"
-        self.client, self.server = (src, dst) if c_is_src else (dst, src)
-        self.server_ip = self.server.rsplit(":", 1)[0]
+        self.client, self.server_addr = (src, dst) if c_is_src else (dst, src)
+        self.server_ip = self.server_addr.rsplit(":", 1)[0]
         self.client_ip = self.client.rsplit(":", 1)[0]
+
+    @cached_property
+    def server(self) -> str:
+        """The server as findings name it: `api.example (10.0.0.2:443)` when its connections
+        name it (TLS SNI, HTTP Host; `tcpwhy.diagnose.tls.server_label`), else its address."""
+        from tcpwhy.diagnose.tls import server_label
+
+        return server_label(self.cap, self.sid, self.server_addr)
 
     # the packet columns as lists, each made on first use: a long connection's lists are
     # big, and a rule that only looks for its first RST (numpy) needs none of them
@@ -474,8 +485,15 @@ class Conn:
         return self._first(m if who is None else m & (self._np_side == who))
 
     def last_data_before(self, i: int, who: int | None = None) -> int | None:
+        """The last segment before row i carrying application data: a segment that carries
+        only a TLS closing alert (close_notify before a FIN) is the close, not data."""
+        from tcpwhy.diagnose.tls import closing_rows
+
+        skip = closing_rows(self)
         for j in range(i - 1, -1, -1):
             if self.plen[j] > 0 and not self.is_rst(j) and (who is None or self.side[j] == who):
+                if j in skip:
+                    continue
                 return j
         return None
 
@@ -646,7 +664,6 @@ def _track_streams(table: PacketTable) -> dict[str, npt.NDArray[Any]]:
         got = tracker.feed(PacketTable(part, table.data, icmp_between(table, lo, hi)))
         if tracker.icmp_out is not None:
             icmp.append(tracker.icmp_out)
-
         if not out:
             out = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in got.items()}
         for k, v in got.items():

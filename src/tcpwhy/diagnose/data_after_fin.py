@@ -15,6 +15,7 @@ from tcpwhy.diagnose.context import CLIENT, WHO, fmt_s
 from tcpwhy.diagnose.keepalive_race import is_race
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
+from tcpwhy.diagnose.resets import too_fast
 from tcpwhy.diagnose.stale_keepalive import is_stale
 
 KIND = "data-after-fin"
@@ -26,6 +27,8 @@ def detect(diag: Diag) -> list[Finding]:
     for ev in after_fin(diag):
         if is_stale(ev) or is_race(ev) or diag.is_claimed(ev.conn.sid):
             continue
+        if too_fast(ev.conn, ev.rst):
+            continue  # not the closer's kernel: middlebox-reset tells it
         c = ev.conn
         w = WHO[1 - ev.closer]
         rows = [

@@ -9,6 +9,8 @@ import tempfile
 from importlib import resources
 from typing import IO
 
+from tcpwhy.diagnose.model import Report
+
 
 def shipped_capture() -> str:
     return str(resources.files("tcpwhy") / "data" / "lab" / "stale-keepalive.pcap")
@@ -51,5 +53,25 @@ def run_demo(out: IO[str] | None = None) -> int:
             )
         out.write(f"# tcpwhy analyze {os.path.basename(path)}\n\n")
         out.flush()
-        write_text(diagnose_files([path]), out)
+        report = diagnose_files([path])
+        write_text(report, out)
+        html = write_demo_html(report)
+    out.write(f"\n# the same diagnosis as one page for an incident ticket: {html}\n")
     return 0
+
+
+def write_demo_html(report: Report) -> str:
+    """The demo's HTML report (`analyze --format html`) as tcpwhy-demo.html in the temporary
+    directory (never inside a clone); returns its path."""
+    from tcpwhy.report.html import render_html
+
+    page = render_html(report)
+    for folder in (tempfile.gettempdir(),):
+        path = os.path.join(folder, "tcpwhy-demo.html")
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(page)
+            return path
+        except OSError:
+            continue
+    return "(not written: no writable folder)"

@@ -2,8 +2,9 @@
 
 Files whose time ranges follow one another (rotated captures) are joined into
 one timeline. Files that overlap in time were taken at different points of
-the path (the two ends of a connection): each is diagnosed on its own, since
-joining them would show every packet twice.
+the path (the two ends of a connection): each is a capture point of its own,
+since joining them would show every packet twice; the connections seen at
+several points are paired (`pairing`) and reported once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tcpwhy.capture import iter_tables
 from tcpwhy.decode.table import CaptureStats, PacketTable, concat_icmp, icmp_kept
 from tcpwhy.diagnose.context import Capture
 from tcpwhy.diagnose.model import CaptureInfo, Finding, Report
+from tcpwhy.diagnose.pairing import PathPair, pair_captures
 from tcpwhy.diagnose.registry import Diag, Settings, load
 from tcpwhy.filter import DisplayFilter
 
@@ -35,11 +37,95 @@ def diagnose_table(
     if file_of_row is None:
         file_of_row = np.zeros(len(table), np.int16)
     cap = Capture(table, file_of_row, files, stream_numbers)
+    diag = run_rules(cap, settings)
+    return diag.findings, cap
+
+
+def run_rules(cap: Capture, settings: Settings | None = None) -> Diag:
     diag = Diag(cap, settings or Settings())
     for fn in load().values():
         diag.findings.extend(fn(diag))
     diag.findings.sort(key=lambda f: (-f.severity, f.first_ns))
-    return diag.findings, cap
+    return diag
+
+
+def _sids_of(cap: Capture, numbers: list[int]) -> np.ndarray:
+    """Stream ids of a finding's tcp.stream numbers (they differ under a display filter)."""
+    nums = np.asarray(numbers, np.int64)
+    idx = np.searchsorted(cap.stream_numbers, nums)
+    idx = np.minimum(idx, max(cap.nstreams - 1, 0))
+    ok = cap.stream_numbers[idx] == nums if cap.nstreams else np.zeros(len(nums), np.bool_)
+    return np.asarray(idx[ok], np.int64)
+
+
+def _not_seen_before(k: int, cap: Capture, paths: list[PathPair]) -> np.ndarray:
+    """Per stream of capture point k: not the same connection as one of an earlier point."""
+    keep = np.ones(cap.nstreams, np.bool_)
+    for p in paths:
+        if p.b == k:
+            keep[p.sids_b] = False
+    return keep
+
+
+def _merge(diags: list[Diag], paths: list[PathPair], names: list[str]) -> list[Finding]:
+    """The capture points' findings as one list: a RST shown made on the path replaces what
+    either point concluded about its connection alone, and a connection already reported
+    at an earlier point is not reported again from a later one."""
+    from tcpwhy.diagnose.middlebox_reset import from_path
+
+    drop: list[np.ndarray] = [np.zeros(d.cap.nstreams, np.bool_) for d in diags]
+    extra: list[Finding] = []
+    for p in paths:
+        for at, here, there in ((p.a, p.a, p.b), (p.b, p.b, p.a)):
+            seen = [
+                (x.sid, x.row, x.answers_lost)
+                for x in p.injected
+                if x.rst and (x.at == 0) == (at == p.a)
+            ]
+            if not seen:
+                continue
+            extra.extend(from_path(diags[here], seen, names[here], names[there]))
+            drop[here][[s for s, _, _ in seen]] = True
+            other = [x.partner_sid for x in p.injected if x.rst and (x.at == 0) == (at == p.a)]
+            drop[there][other] = True
+    # partner stream at an earlier point, per stream of each later point
+    partner: list[dict[int, np.ndarray]] = [{} for _ in diags]
+    for p in paths:
+        m = np.full(diags[p.b].cap.nstreams, -1, np.int64)
+        m[p.sids_b] = p.sids_a
+        partner[p.b][p.a] = m
+    out: list[Finding] = []
+    reported = [np.zeros(d.cap.nstreams, np.bool_) for d in diags]
+    for k, d in enumerate(diags):
+        for f in d.findings:
+            sids = _sids_of(d.cap, f.streams)
+            gone = drop[k][sids]
+            for a, m in partner[k].items():
+                pa = m[sids]
+                gone |= (pa >= 0) & reported[a][np.maximum(pa, 0)]
+            if gone.all() and len(sids):
+                continue
+            if gone.any():
+                keep_nums = set(np.asarray(d.cap.stream_numbers)[sids[~gone]].tolist())
+                f.streams = [s for s in f.streams if s in keep_nums]
+                f.examples = [s for s in f.examples if s in keep_nums] or f.streams[:3]
+                f.count = len(f.streams)
+            reported[k][sids[~gone]] = True
+            if paths:
+                f.facts.setdefault("seen_at", _seen_at(k, sids[~gone], paths, names))
+            out.append(f)
+    return out + extra
+
+
+def _seen_at(k: int, sids: np.ndarray, paths: list[PathPair], names: list[str]) -> list[str]:
+    """The capture points where a finding's connections were seen."""
+    at = [names[k]]
+    for p in paths:
+        if p.a == k and np.isin(sids, p.sids_a).any():
+            at.append(names[p.b])
+        elif p.b == k and np.isin(sids, p.sids_b).any():
+            at.append(names[p.a])
+    return at
 
 
 def diagnose_files(
@@ -47,9 +133,14 @@ def diagnose_files(
     settings: Settings | None = None,
     progress: Progress | None = None,
     flt: DisplayFilter | None = None,
+    pair: bool = True,
 ) -> Report:
     """Diagnose captures; with a display filter, only the connections that have at least one
-    matching packet, each analysed whole (Wireshark's "limit to display filter")."""
+    matching packet, each analysed whole (Wireshark's "limit to display filter").
+
+    Captures taken at different points at the same time (the two ends of a path) are
+    paired (`pairing`), unless `pair` is False: a connection seen at both is one connection
+    with one finding, and what the path did between the points is measured."""
     tables: list[tuple[str, PacketTable]] = []
     stats_all: list[CaptureStats] = []
     sizes = [_plain_size(p) for p in paths]
@@ -69,14 +160,9 @@ def diagnose_files(
         del parts
         stats_all.append(st)
         done += size
-    groups = _groups(tables)
-    findings: list[Finding] = []
-    endings: dict[str, int] = {}
-    nconn = 0
+    groups = sorted(_groups(tables), key=min)  # capture points in the order given
+    caps: list[Capture] = []
     for g in groups:
-        if progress:
-            names = ", ".join(os.path.basename(tables[i][0]) for i in g)
-            progress(f"diagnosing {names}", None, None)
         parts = [tables[i][1] for i in g]
         table = PacketTable.concat(parts) if flt is not None else _join(parts)
         file_of_row = (
@@ -87,11 +173,26 @@ def diagnose_files(
         numbers = None
         if flt is not None:
             table, file_of_row, numbers = _limit_to_filter(table, file_of_row, flt)
-        fs, cap = diagnose_table(table, [tables[i][0] for i in g], file_of_row, settings, numbers)
-        findings.extend(fs)
-        nconn += cap.nstreams
-        for k, v in cap.endings().items():
-            endings[k] = endings.get(k, 0) + v
+        caps.append(Capture(table, file_of_row, [tables[i][0] for i in g], numbers))
+    names = [", ".join(c.files) for c in caps]
+    pairs: list[PathPair] = []
+    if pair and len(caps) > 1:
+        if progress:
+            progress("pairing the capture points", None, None)
+        pairs = pair_captures(caps, names)
+    diags = []
+    for cap in caps:
+        if progress:
+            progress(f"diagnosing {', '.join(os.path.basename(f) for f in cap.files)}", None, None)
+        diags.append(run_rules(cap, settings))
+    findings = _merge(diags, pairs, names)
+    endings: dict[str, int] = {}
+    nconn = 0
+    for point, cap in enumerate(caps):
+        keep = _not_seen_before(point, cap, pairs)
+        nconn += int(keep.sum())
+        for e, v in cap.endings(keep).items():
+            endings[e] = endings.get(e, 0) + v
     findings.sort(key=lambda f: (-f.severity, f.first_ns))
     packets = sum(len(t) for _, t in tables)
     ts = [t["ts_ns"] for _, t in tables if len(t)]
@@ -114,7 +215,7 @@ def diagnose_files(
         undecoded=undecoded,
         warnings=warnings,
     )
-    return Report(info, findings, endings)
+    return Report(info, findings, endings, [p.to_json() for p in pairs], diags)
 
 
 DIAGNOSIS_COLUMNS = (

@@ -356,6 +356,12 @@ MEANINGS: tuple[Meaning, ...] = (
 )
 
 
+def _kernel_reasons(h: Meaning) -> list[dict[str, str]]:
+    from tcpwhy.diagnose.kernel_trace import kernel_reasons
+
+    return kernel_reasons([k for k, _ in h.kinds])
+
+
 def explain(message: str) -> list[Meaning]:
     m = message.lower()
     hits = [x for x in MEANINGS if any(k in m for k in x.keywords)]
@@ -373,6 +379,7 @@ def to_json(message: str, hits: list[Meaning]) -> str:
                 {
                     **{k: v for k, v in asdict(h).items() if k not in ("keywords", "kinds")},
                     "kinds": [{"kind": k, "tell": t} for k, t in h.kinds],
+                    "kernel_reasons": _kernel_reasons(h),
                 }
                 for h in hits
             ],
@@ -404,6 +411,14 @@ def write_text(message: str, hits: list[Meaning], file: IO[str]) -> None:
                     )
                 )
             out.append("")
+            if _kernel_reasons(h):
+                out.append(
+                    "The kernel's reasons behind it (`sudo tcpwhy host trace`, as measured):"
+                )
+                for r in _kernel_reasons(h):
+                    what = f"{r['event']} {r['reason']}".strip()
+                    out.append(f"  - {what} ← {r['kind']}: {r['who']}")
+                out.append("")
             out.append("What to capture (then run `tcpwhy analyze why.pcap`):")
             out.append("  " + h.capture)
         else:

@@ -8,7 +8,7 @@ from tcpwhy.diagnose.common import Group, Hits, first_resets
 from tcpwhy.diagnose.context import WHO, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
-from tcpwhy.diagnose.resets import trigger
+from tcpwhy.diagnose.resets import too_fast, trigger
 
 KIND = "half-open-reset"
 
@@ -24,8 +24,8 @@ def detect(diag: Diag) -> list[Finding]:
         if xf is not None and xf < r:
             continue
         trig = trigger(c, r)
-        if trig is None:
-            continue
+        if trig is None or too_fast(c, r):
+            continue  # no answer to a segment, or too quick to be the peer's kernel
         prev_x = max((i for i in range(r) if c.side[i] == x), default=None)
         if prev_x is None:
             continue

@@ -60,9 +60,25 @@ class Message:
     connection: str = ""  # Connection header value, lowercased
     keep_alive_timeout: int | None = None
     end: int = 0  # local row of the message's last segment before the next message
+    tls_sizes: tuple[int, ...] = ()  # an encrypted TLS exchange: its records' sizes
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.tls_sizes)
+
+    @property
+    def tls_records(self) -> int:
+        return len(self.tls_sizes)
+
+    @property
+    def tls_bytes(self) -> int:
+        return sum(self.tls_sizes)
 
     @property
     def line(self) -> str:
+        if self.encrypted:
+            n = self.tls_records
+            return f"of {self.tls_bytes} bytes ({n} TLS record{'s' if n > 1 else ''})"
         if self.is_request:
             return f"{self.method} {self.target}"
         return f"{self.status} {self.reason}".strip()
@@ -100,10 +116,17 @@ def parse_start(data: bytes) -> Message | None:
 
 
 def messages(conn: Conn) -> list[Message]:
-    """HTTP/1.x messages of a connection in capture order (empty for other protocols)."""
+    """HTTP/1.x messages of a connection in capture order (empty for other protocols); for
+    TLS, its encrypted exchanges (`tcpwhy.diagnose.tls`: the turns of application data)."""
     cached: list[Message] | None = conn.cache.get("http")
     if cached is not None:
         return cached
+    from tcpwhy.diagnose import tls
+
+    tc = tls.of(conn)
+    if tc is not None:
+        conn.cache["http"] = tc.messages
+        return tc.messages
     out: list[Message] = []
     seen_seq: set[tuple[int, int]] = set()
     for i in range(conn.n):
@@ -134,6 +157,11 @@ def request_at(conn: Conn, i: int) -> Message | None:
     up to row i or beyond (the `end` of the message returned is then not filled in).
     """
     cached: list[Message] | None = conn.cache.get("http")
+    if cached is None and conn.cache.get("tls", True) is not None:
+        from tcpwhy.diagnose import tls
+
+        if tls.of(conn) is not None:
+            cached = messages(conn)
     if cached is not None:
         return _request_at(cached, conn.side[i], i)
     starts = _first_sends(conn)
@@ -194,6 +222,8 @@ def describe_request(conn: Conn, i: int) -> str:
     """`GET /second` for HTTP, else `a 73-byte request`: either reads as the subject of a
     sentence ("… was sent")."""
     m = request_at(conn, i)
+    if m is not None and m.encrypted:
+        return f"an encrypted request {m.line}"
     if m is not None:
         return f"{m.method} {m.target}"
     return f"a {conn.plen[i]}-byte request"

@@ -14,6 +14,7 @@ from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import SERVER, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
+from tcpwhy.diagnose.resets import too_fast
 
 KIND = "keepalive-race"
 
@@ -22,7 +23,8 @@ def is_race(ev: AfterFin) -> bool:
     c = ev.conn
     last = c.last_data_before(min(ev.fin, ev.data))
     idle = last is not None and c.dt(last, min(ev.fin, ev.data)) >= max(0.05, 5 * (c.rtt or 0.0))
-    return ev.closer == SERVER and not ev.covers and ev.reused and idle
+    # a RST too quick to be the server's is left to middlebox-reset
+    return ev.closer == SERVER and not ev.covers and ev.reused and idle and not too_fast(c, ev.rst)
 
 
 @rule(KIND)

@@ -2,19 +2,21 @@
 
 A RST whose TTL differs from every other packet of the same sender in the
 connection came through a different number of hops (or was forged by a box
-on the path). A RST that answers a client segment faster than the server's
-round trip could, in a client-side capture, came from something closer.
+on the path). A RST that answers a segment sooner than a round trip to its
+sender allows came from something closer (`resets.too_fast`), wherever the
+capture was taken.
 """
 
 from __future__ import annotations
 
-from tcpwhy.decode.table import ACK, RST, SYN
+import numpy as np
+
 from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.common import Group, Hits, first_resets
-from tcpwhy.diagnose.context import CLIENT, SERVER, WHO, Conn, fmt_s
+from tcpwhy.diagnose.context import CLIENT, SERVER, WHO, Conn
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
-from tcpwhy.diagnose.resets import trigger, usual_ttl
+from tcpwhy.diagnose.resets import too_fast, trigger, usual_ttl
 
 KIND = "middlebox-reset"
 
@@ -33,8 +35,37 @@ def detect(diag: Diag) -> list[Finding]:
         trig = trigger(c, r)
         if trig is not None:
             rows.insert(0, (trig, f"{WHO[c.side[trig]]} segment the RST answers"))
-        hits.add(c.server, c, rows, {"why": why, "sender": WHO[x]})
+        hits.add(c.server, c, rows, {"why": why, "sender": WHO[x], "certainty": "likely"})
         diag.claim(c.sid)
+    return hits.findings(diag, KIND, _tell)
+
+
+def from_path(
+    diag: Diag, seen: list[tuple[int, int, bool]], here: str, there: str
+) -> list[Finding]:
+    """RSTs proven made on the path by a capture of the same connections nearer their
+    sender: `seen` holds (stream id, row in this capture's table, whether the segment the
+    RST answers never reached the other point); `here` and `there` name the two points."""
+    hits = Hits()
+    for sid, row, answers_lost in seen:
+        c = diag.cap.conn(sid)
+        r = int(np.flatnonzero(c.rows == row)[0])
+        x = c.side[r]
+        why = f"the capture at {there} holds this connection, and the {WHO[x]} never sent this RST"
+        rows = [(r, f"RST 'from the {WHO[x]}': {why}")]
+        trig = trigger(c, r)
+        if trig is not None:
+            lost = f"; it never reached {there}" if answers_lost else ""
+            rows.insert(0, (trig, f"{WHO[c.side[trig]]} segment the RST answers{lost}"))
+        facts = {
+            "why": why,
+            "sender": WHO[x],
+            "certainty": "certain",
+            "seen_at": [here, there],
+            "answers_lost": answers_lost,
+        }
+        hits.add(c.server, c, rows, facts)
+        diag.claim(sid)
     return hits.findings(diag, KIND, _tell)
 
 
@@ -63,24 +94,13 @@ def _not_from_peer(c: Conn, r: int) -> str:
             f"{len(own)} other packets have {ttl}; the only ones with TTL near "
             f"{c.ttl[r]} (frames {frames}) most likely came from the same box as the RST"
         )
-    trig = trigger(c, r)
-    syn_rtt = _client_side_rtt(c)
-    if (
-        x == SERVER
-        and trig is not None
-        and syn_rtt is not None
-        and syn_rtt >= 0.002
-        and c.dt(trig, r) < 0.3 * syn_rtt
-    ):
-        return (
-            f"it arrived {fmt_s(c.dt(trig, r))} after the segment it answers, while the "
-            f"server's round trip is {fmt_s(syn_rtt)}"
-        )
-    return ""
+    return too_fast(c, r)
 
 
 def _tell(g: Group) -> Story:
     c = g.c
+    if g.facts["certainty"] == "certain":
+        return _tell_certain(g)
     return Story(
         Severity.WARNING,
         summary=(
@@ -106,24 +126,43 @@ def _tell(g: Group) -> Story:
             "made on the path; then check the middlebox's logs and timeouts.",
         ],
         errors=knowledge.RESET,
-        facts={"server": g.key},
+        facts={"server": g.key, "certainty": "likely"},
     )
 
 
-def _client_side_rtt(c: Conn) -> float | None:
-    """SYN → SYN-ACK as seen at the capture point, when it looks like the client's side."""
-    syn = sa = None
-    for i in range(c.n):
-        f = c.flags[i]
-        if f & RST:
-            continue
-        if c.side[i] == CLIENT and (f & (SYN | ACK)) == SYN:
-            syn = i
-        elif c.side[i] == SERVER and (f & (SYN | ACK)) == (SYN | ACK) and syn is not None:
-            sa = i
-            break
-    if syn is None or sa is None:
-        return None
-    rtt = c.rtt
-    near_client = rtt is not None and c.dt(syn, sa) >= 0.8 * rtt
-    return c.dt(syn, sa) if near_client else None
+def _tell_certain(g: Group) -> Story:
+    c = g.c
+    here, there = g.facts["seen_at"]
+    lost = (
+        f" The segment it answers never reached {there} either: the box took it and answered "
+        "in the peer's name."
+        if g.facts["answers_lost"]
+        else ""
+    )
+    return Story(
+        Severity.WARNING,
+        summary=(
+            f"{plural(g.n, 'connection')} to {g.key} reset by something on the path, not by the "
+            "peer (proven by captures at both ends)"
+        ),
+        explanation=(
+            f"On {c.label()} a RST arrives at {here} claiming to come from the "
+            f"{g.facts['sender']}, but {g.facts['why']}: it was made between the two capture "
+            f"points, by a firewall, load balancer, NAT or IDS on the path.{lost} A box that "
+            "answers this way has usually forgotten the connection (its idle timeout) and "
+            "resets segments of flows it no longer tracks."
+        ),
+        causes=[
+            "A stateful middlebox (LB, NAT, firewall) that resets connections it no longer "
+            "tracks, typically after its idle timeout (AWS NLB 350 s).",
+            "An intrusion-prevention or policy device injecting resets.",
+        ],
+        fixes=[
+            "Keep connections below the middlebox's idle timeout: TCP keep-alive or "
+            "application pings more often than it, or a client pool idle timeout shorter "
+            "than it.",
+            "Find the box between the two capture points (its logs, its idle timeout).",
+        ],
+        errors=knowledge.RESET,
+        facts={"server": g.key, "certainty": "certain", "seen_at": [here, there]},
+    )

@@ -65,6 +65,20 @@ class Finding:
     examples: list[int] = field(default_factory=list)  # a few stream numbers
     facts: dict[str, Any] = field(default_factory=dict)
 
+    def add_evidence(
+        self, note: str, at_ns: int | None = None, fact: str | None = None, value: Any = None
+    ) -> None:
+        """Add another source's word (e.g. the kernel's) without a rule knowing of it: on the
+        timeline step nearest `at_ns` (or after the explanation when there is none), and as
+        `facts[fact]` (a list, appended to)."""
+        if at_ns is not None and self.timeline:
+            step = min(self.timeline, key=lambda s: abs(s.ts_ns - at_ns))
+            step.note = f"{step.note}; {note}" if step.note else note
+        else:
+            self.explanation = f"{self.explanation}\n\n{note}" if self.explanation else note
+        if fact is not None:
+            self.facts.setdefault(fact, []).append(value)
+
     def to_json(self) -> dict[str, Any]:
         """As `asdict`, without deep-copying the stream and frame lists item by item (a
         flood's finding lists millions of streams)."""
@@ -99,6 +113,10 @@ class Report:
     capture: CaptureInfo
     findings: list[Finding]
     endings: dict[str, int]  # connections by how they ended
+    paths: list[dict[str, Any]] = field(default_factory=list)  # capture points paired
+    # the capture points' rule contexts (`registry.Diag`, each with its `Capture`), kept for
+    # views that draw the connections themselves (the HTML report); not part of to_json
+    diags: list[Any] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def worst(self) -> Severity | None:
@@ -125,4 +143,5 @@ class Report:
             },
             "findings": [f.to_json() for f in self.findings],
             "connections": self.endings,
+            **({"paths": self.paths} if self.paths else {}),
         }

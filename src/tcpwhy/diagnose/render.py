@@ -187,3 +187,10 @@ def _render(report: Report, con: Console) -> None:
         con.print()
         ends = ", ".join(f"{n} {k}" for k, n in report.endings.items())
         con.print(Text(f"Connections by how they ended: {ends}.", style="dim"))
+    if report.paths:
+        from tcpwhy.diagnose.pairing import json_lines
+
+        con.print()
+        con.print(Text("Path between the capture points", style="bold"))
+        for line in json_lines(report.paths):
+            con.print(Text(line))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tcpwhy.diagnose import http
+from tcpwhy.diagnose import http, tls
 from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import CLIENT, SERVER, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
@@ -40,9 +40,11 @@ def detect(diag: Diag) -> list[Finding]:
         # the start of the failed message: a parsed request, else the last client segment
         m = http.request_at(c, last)
         start = m.i if m is not None else last
-        if any(c.side[j] == SERVER and c.plen[j] > 0 for j in range(start, r)):
+        closing = tls.closing_rows(c)  # a close_notify is no answer
+        if any(c.side[j] == SERVER and c.plen[j] > 0 and j not in closing for j in range(start, r)):
             continue  # the request was answered: not a failed request
         head = c.payload(start, PREFIX)
+        sizes = m.tls_sizes if m is not None else ()
         if len(head) < 4:
             continue
         t_fail = c.ts[r]
@@ -55,14 +57,35 @@ def detect(diag: Diag) -> list[Finding]:
             c2 = cap.conn(int(s2))
             if c2.server != c.server or c2.client_ip != c.client_ip:
                 continue
-            first = next((i for i in range(c2.n) if c2.side[i] == CLIENT and c2.plen[i] > 0), None)
-            if first is None or c2.payload(first, PREFIX)[: len(head)] != head:
-                continue
+            first: int | None
+            if sizes:
+                # encrypted: the retry's first request has the same record sizes, on a
+                # connection to the same server name
+                m2 = tls.first_request(c2)
+                t1, t2 = tls.of(c), tls.of(c2)
+                if m2 is None or m2.tls_sizes != sizes or t1 is None or t2 is None:
+                    continue
+                if t1.sni != t2.sni:
+                    continue
+                first = m2.i
+            else:
+                first = next(
+                    (i for i in range(c2.n) if c2.side[i] == CLIENT and c2.plen[i] > 0), None
+                )
+                if first is None or c2.payload(first, PREFIX)[: len(head)] != head:
+                    continue
             reply = next(
                 (i for i in range(first, c2.n) if c2.side[i] == SERVER and c2.plen[i] > 0), None
             )
             resp = http.messages(c2)
-            status = next((x.line for x in resp if not x.is_request), None)
+            status = next(
+                (
+                    (f"a response {x.line}" if x.encrypted else x.line)
+                    for x in resp
+                    if not x.is_request
+                ),
+                None,
+            )
             accepted = any(
                 c.side[j] == SERVER and c.acks(j, (c.seq[start] + c.plen[start]) & 0xFFFFFFFF)
                 for j in range(start, c.n)
@@ -84,6 +107,7 @@ def detect(diag: Diag) -> list[Finding]:
                     "answered": status
                     or (f"{c2.plen[reply]} bytes" if reply is not None else None),
                     "server_acked_original": accepted,
+                    "encrypted": bool(sizes),
                 },
             )
             break
@@ -102,9 +126,13 @@ def _tell(g: Group) -> Story:
     summary = f"{plural(n, 'failed request')} to {server} retried on a new connection" + (
         f" (answered: {f['answered']})" if f["answered"] else ""
     )
+    same = (
+        "the same size, likely the same request: it is encrypted"
+        if f["encrypted"]
+        else f"the same request (its first {PREFIX} bytes match)"
+    )
     explanation = (
-        f"{f['request']} failed on stream {c.no} and the same request (its first "
-        f"{PREFIX} bytes match) left again {fmt_s(f['after_s'])} later on a new connection, "
+        f"{f['request']} failed on stream {c.no} and {same} left again {fmt_s(f['after_s'])} later on a new connection, "
         f"stream {f['retry_stream']}"
         + (f", which was answered ({f['answered']})" if f["answered"] else "")
         + ". The client library or the application retried; the user may never have seen "

@@ -1,11 +1,11 @@
-"""Who a RST answers, shared by middlebox-reset, half-open-reset and abortive-close."""
+"""Who a RST answers and whether its sender could have, shared by the rules about RSTs."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from tcpwhy.decode.table import ACK, RST, SYN
-from tcpwhy.diagnose.context import Conn
+from tcpwhy.diagnose.context import Conn, fmt_s
 
 
 def trigger(c: Conn, r: int) -> int | None:
@@ -36,3 +36,64 @@ def usual_ttl(c: Conn, who: int, skip: int) -> int | None:
     best = np.flatnonzero(counts == counts.max())
     k = best[np.argmin(first[best])]
     return int(vals[k]) if counts[k] >= 2 else None
+
+
+FASTEST_ANSWER = 0.7
+"""A RST from the peer answers a segment at least one round trip (capture point → peer →
+capture point) after that segment passed; one that comes back in less than this share of the
+shortest round trip the connection showed was made closer than the peer (jitter and a
+handshake slowed by the peer's accept path account for the margin)."""
+
+MIN_RTT_S = 0.002
+"""Below this round trip (loopback, one switch) the timing tells nothing: the host's own
+scheduling varies more than the path."""
+
+
+def min_rtt_to(c: Conn, who: int) -> float | None:
+    """The shortest round trip from the capture point to `who` and back that the connection
+    shows: its handshake, and each new segment of the other side to `who`'s first packet
+    acknowledging it (Karn: resent segments are left out, their ACK may answer the first copy)."""
+    best = c.rtt_to(who)
+    top: int | None = None  # highest sequence end the other side has sent so far
+    pending: list[tuple[int, int]] = []  # (row, seq end) waiting for `who`'s ACK
+    for i in range(c.n):
+        f = c.flags[i]
+        if f & RST:
+            continue
+        if c.side[i] != who:
+            if c.plen[i] <= 0 or f & SYN:
+                continue
+            end = (c.seq[i] + c.plen[i]) & 0xFFFFFFFF
+            if top is not None and (end == top or ((end - top) & 0xFFFFFFFF) >= 0x80000000):
+                pending.clear()  # a resent segment: no sample until new data
+                continue
+            top = end
+            pending.append((i, end))
+        elif pending and f & ACK:
+            ack = c.ack[i]
+            done = [p for p in pending if ((ack - p[1]) & 0xFFFFFFFF) < 0x80000000]
+            if done:
+                dt = c.dt(done[0][0], i)
+                best = dt if best is None else min(best, dt)
+                pending = [p for p in pending if p not in done]
+    return best
+
+
+def too_fast(c: Conn, r: int) -> str:
+    """Why the RST at row r cannot come from its sender's kernel ("" if it may): it answers
+    a segment sooner after that segment passed the capture point than a round trip to the
+    sender takes."""
+    trig = trigger(c, r)
+    if trig is None:
+        return ""
+    x = c.side[r]
+    rtt = min_rtt_to(c, x)
+    if rtt is None or rtt < MIN_RTT_S:
+        return ""
+    took = c.dt(trig, r)
+    if took >= FASTEST_ANSWER * rtt:
+        return ""
+    return (
+        f"it arrived {fmt_s(took)} after the segment it answers, while a round trip to the "
+        f"{'server' if x else 'client'} takes at least {fmt_s(rtt)} here"
+    )

@@ -16,6 +16,7 @@ from tcpwhy.diagnose.closing import AfterFin, after_fin, recommend_below, server
 from tcpwhy.diagnose.context import CLIENT, SERVER, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
+from tcpwhy.diagnose.resets import too_fast
 from tcpwhy.tcp.state import State
 
 KIND = "stale-keepalive-reuse"
@@ -29,7 +30,14 @@ def idle_close(ev: AfterFin) -> bool:
 
 
 def is_stale(ev: AfterFin) -> bool:
-    return ev.closer == SERVER and ev.covers and ev.reused and idle_close(ev)
+    # a RST too quick to be the server's is left to middlebox-reset
+    return (
+        ev.closer == SERVER
+        and ev.covers
+        and ev.reused
+        and idle_close(ev)
+        and not too_fast(ev.conn, ev.rst)
+    )
 
 
 @rule(KIND)

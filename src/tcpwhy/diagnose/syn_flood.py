@@ -587,7 +587,7 @@ def _scan_timeline(diag: Diag, sids: I64, opened: B, closed: B) -> list[Step]:
         for i in range(min(c.n, 4)):
             f = c.flags[i] & (SYN | ACK | RST)
             if c.side[i] == CLIENT and f == SYN and i == 0:
-                steps.append(c.step(i, f"probe: SYN to port {c.server.rsplit(':', 1)[1]}"))
+                steps.append(c.step(i, f"probe: SYN to port {c.server_addr.rsplit(':', 1)[1]}"))
             elif c.side[i] == SERVER:
                 steps.append(c.step(i, note))
             elif c.side[i] == CLIENT and f & RST:

@@ -1,6 +1,7 @@
-"""`tcpwhy host …` sub-commands: states, listen, counters, sysctl, watch.
+"""`tcpwhy host …` sub-commands: states, listen, counters, sysctl, watch, trace.
 
-All of them only read: sockets through sock_diag, /proc/net counters, /proc/sys.
+All of them only read: sockets through sock_diag, /proc/net counters, /proc/sys; `trace`
+enables tracepoints in a private ftrace instance that it removes when it ends.
 """
 
 from __future__ import annotations
@@ -118,6 +119,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     w.add_argument("--count", type=_positive(int), metavar="N", help="stop after N samples")
     w.add_argument("--once", action="store_true", help="one sample, printed, for scripts")
     w.set_defaults(func=cmd_watch)
+
+    from tcpwhy.host import trace_view
+
+    t = hs.add_parser(
+        "trace",
+        help="the kernel's own account, live: state changes, resets and drops with its reasons",
+        description=(
+            "Follow the kernel's TCP tracepoints (state changes, resets sent and received, "
+            "drops, retransmissions) in a private ftrace instance, with the reason the kernel "
+            "gives for each reset and drop and what it means. Needs root; the host's tracing "
+            "settings are not changed."
+        ),
+    )
+    trace_view.add_arguments(t)
+    t.set_defaults(func=cmd_trace)
 
 
 # ---------------------------------------------------------------- states
@@ -430,3 +446,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
         _console(),
         out=lambda line: print(line, flush=True),
     )
+
+
+# ---------------------------------------------------------------- trace
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from tcpwhy.host import trace_view
+
+    return trace_view.run(args, _console())

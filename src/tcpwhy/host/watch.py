@@ -54,6 +54,7 @@ class Frame:
     alerts: list[Alert]
     notes: list[str]
     netns: str | None
+    kernel: dict[str, float] | None = None  # resets and drops per second, by reason
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +73,7 @@ class Frame:
             "deltas": self.deltas,
             "alerts": [a.as_json() for a in self.alerts],
             "notes": self.notes,
+            "kernel_per_s": self.kernel,
         }
 
 
@@ -271,9 +273,56 @@ def render(frame: Frame) -> RenderableType:
         parts.append(Text("alerts", style="bold red"))
         for a in frame.alerts:
             parts.append(Text(f"  ! {a.message}", style="red"))
+    if frame.kernel:
+        kt = Table(title="kernel resets and drops per second (host trace)", title_justify="left")
+        kt.add_column("event")
+        kt.add_column("reason")
+        kt.add_column("/s", justify="right")
+        for key, rate in sorted(frame.kernel.items(), key=lambda kv: -kv[1]):
+            event, _, reason = key.partition(" ")
+            kt.add_row(event, reason, f"{rate:.1f}")
+        parts.append(kt)
+    elif frame.kernel is not None and frame.sample > 1:
+        parts.append(Text("the kernel sent no reset and dropped nothing", style="dim"))
     for note in frame.notes:
         parts.append(Text(f"note: {note}", style="dim"))
     return Group(*parts)
+
+
+class KernelRates:
+    """The kernel's resets and drops per reason per second, from `host trace`'s tracepoints;
+    without root or tracefs, `note` says why there are none and watch goes on without."""
+
+    def __init__(self, netns: str | None) -> None:
+        self.session: Any = None
+        self.note: str | None = None
+        self.last = time.monotonic()
+        try:
+            from tcpwhy.errors import TcpwhyError
+            from tcpwhy.host.trace import Filters, TraceSession, netns_addresses
+
+            local = netns_addresses(netns) if netns else None
+            session = TraceSession(
+                Filters(local=local, kinds=frozenset({"reset_sent", "drop", "reset_received"}))
+            )
+            session.__enter__()
+            self.session = session
+        except TcpwhyError as exc:
+            self.note = f"no kernel resets/drops by reason: {exc.reason}"
+
+    def rates(self) -> dict[str, float] | None:
+        if self.session is None:
+            return None
+        now = time.monotonic()
+        batch = self.session.poll_batch()
+        dt = max(now - self.last, 1e-3)
+        self.last = now
+        return {f"{e} {r or ''}".strip(): n / dt for (e, r), n in batch.counts().items()}
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.__exit__(None, None, None)
+            self.session = None
 
 
 def run(
@@ -288,6 +337,17 @@ def run(
     watcher = Watcher()
     live_view = fmt == "table" and console.is_terminal and count != 1
     shown = 0
+    kernel = KernelRates(netns)
+    base_step = watcher.step
+
+    def step(snap: Snapshot) -> Frame:
+        frame = base_step(snap)
+        frame.kernel = kernel.rates()
+        if kernel.note:
+            frame.notes = [*frame.notes, kernel.note]
+        return frame
+
+    watcher.step = step  # type: ignore[method-assign]
     try:
         if live_view:
             with Live(console=console, auto_refresh=False, transient=False) as live:
@@ -315,4 +375,6 @@ def run(
                 time.sleep(max(0.0, interval - (time.monotonic() - t0)))
     except KeyboardInterrupt:
         pass
+    finally:
+        kernel.close()
     return 0

@@ -94,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"capture: {result.capture} ({result.packets} packets, {result.drops} dropped by the kernel)"
     )
+    if result.trace:
+        print(
+            f"kernel trace: {result.trace} ({result.trace_events} events, {result.trace_lost} lost)"
+        )
     if not result.ok:
         raise ScenarioFailed(sc.name, result.reason)
     return 0

@@ -33,6 +33,7 @@ DROP = "drop"
 HOLD = "hold"
 RELEASE = "release"  # hold this one too, then send everything held, in order
 PASS_RELEASE = "pass-release"  # send this one, then everything held
+INJECT = "inject"  # logged for a packet the relay made itself (`Relay.inject`)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Seg:
     payload_len: int
     sport: int
     dport: int
+    ttl: int = 0  # IPv4 TTL or IPv6 hop limit as the relay received it
 
     @property
     def pure_ack(self) -> bool:
@@ -70,16 +72,40 @@ def parse(pkt: bytes, client_addr: bytes) -> Seg | None:
         ihl = (pkt[0] & 15) * 4
         if pkt[9] != 6:
             return None
-        src, total, off = pkt[12:16], int.from_bytes(pkt[2:4], "big"), ihl
+        src, total, off, ttl = pkt[12:16], int.from_bytes(pkt[2:4], "big"), ihl, pkt[8]
     elif v == 6:
         if pkt[6] != 6:
             return None
-        src, total, off = pkt[8:24], 40 + int.from_bytes(pkt[4:6], "big"), 40
+        src, total, off, ttl = pkt[8:24], 40 + int.from_bytes(pkt[4:6], "big"), 40, pkt[7]
     else:
         return None
     sport, dport, seq, ack, doff, flags = struct.unpack_from("!HHIIBB", pkt, off)
     hl = (doff >> 4) * 4
-    return Seg(src == client_addr, flags, seq, ack, total - off - hl, sport, dport)
+    return Seg(src == client_addr, flags, seq, ack, total - off - hl, sport, dport, ttl)
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def build_rst(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ttl: int) -> bytes:
+    """A bare RST (no ACK) from src:sport to dst:dport with sequence number `seq`: what a
+    kernel sends for a segment of a connection it does not know (RFC 9293 3.10.7.1), here
+    forged by a box on the path. IPv4 or IPv6 by the address length."""
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, 0, 5 << 4, RST, 0, 0, 0)
+    if len(src) == 4:
+        pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp))
+        tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp)) + tcp[18:]
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, ttl, 6, 0, src, dst)
+        return ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:] + tcp
+    pseudo = src + dst + struct.pack("!I3xB", len(tcp), 6)
+    tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp)) + tcp[18:]
+    return struct.pack("!IHBB16s16s", 6 << 28, len(tcp), 6, ttl, src, dst) + tcp
 
 
 @dataclass
@@ -88,6 +114,23 @@ class RelayLog:
 
     def verdicts(self, what: str) -> list[Seg]:
         return [s for _, s, v in self.entries if v == what]
+
+    def counts(self) -> dict[str, int]:
+        """What the relay did, as a recording's ground truth: segments passed at once, delayed,
+        dropped, held, and injected (made by the relay itself)."""
+        out = {"passed": 0, "delayed": 0, "dropped": 0, "held": 0, "injected": 0}
+        for _, _, v in self.entries:
+            if v.startswith("delay"):
+                out["delayed"] += 1
+            elif v == DROP:
+                out["dropped"] += 1
+            elif v in (HOLD, RELEASE):
+                out["held"] += 1
+            elif v == INJECT:
+                out["injected"] += 1
+            else:
+                out["passed"] += 1
+        return out
 
 
 class Relay:
@@ -122,6 +165,16 @@ class Relay:
         for pkt in held:
             os.write(self._fd, pkt)
         return len(held)
+
+    def inject(self, pkt: bytes, delay: float = 0.0) -> None:
+        """Send a packet the relay made (`build_rst`), after `delay` seconds; safe to call
+        from a rule."""
+        seg = parse(pkt, self.client_addr)
+        if seg is not None:
+            self.log.entries.append((time.time(), seg, INJECT))
+        with self._lock:
+            self._n += 1
+            heapq.heappush(self._timers, (time.monotonic() + delay, self._n, pkt))
 
     @property
     def held(self) -> int:

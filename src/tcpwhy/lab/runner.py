@@ -46,13 +46,18 @@ class LabResult:
     events: list[Event] = field(default_factory=list)
     states: list[tuple[str, SockRow]] = field(default_factory=list)
     story: str = ""
+    trace: str | None = None  # the kernel's account (x.trace.jsonl) beside the capture
+    trace_events: int = 0
+    trace_lost: int = 0
 
 
 def get(name: str) -> Scenario:
     # Import here so that the registry is filled on first use.
     from tcpwhy.lab import scenarios as _  # noqa: F401
+    from tcpwhy.lab import scenarios_pair as _p  # noqa: F401
     from tcpwhy.lab import scenarios_path as _pa  # noqa: F401
     from tcpwhy.lab import scenarios_socket as _s  # noqa: F401
+    from tcpwhy.lab import scenarios_tls as _t  # noqa: F401
 
     try:
         return SCENARIOS[name]
@@ -62,8 +67,10 @@ def get(name: str) -> Scenario:
 
 def all_scenarios() -> list[Scenario]:
     from tcpwhy.lab import scenarios as _  # noqa: F401
+    from tcpwhy.lab import scenarios_pair as _p  # noqa: F401
     from tcpwhy.lab import scenarios_path as _pa  # noqa: F401
     from tcpwhy.lab import scenarios_socket as _s  # noqa: F401
+    from tcpwhy.lab import scenarios_tls as _t  # noqa: F401
 
     return list(SCENARIOS.values())
 
@@ -84,7 +91,12 @@ def run_scenario(name: str, opts: Options | None = None, out: str | None = None)
         out = os.path.abspath(out)
     lab = Lab(opts, relay=sc.relay, capture_path=out)
     reason = ""
+    ktrace = None
     try:
+        if out:
+            from tcpwhy.lab.ktrace import KernelTrace, trace_path
+
+            ktrace = KernelTrace([lab.client_ip, lab.server_ip], trace_path(out)).start()
         lab.say(
             "lab",
             f"scenario {name}: client {lab.client_ip}, server {lab.server_ip} port {opts.port}",
@@ -94,11 +106,17 @@ def run_scenario(name: str, opts: Options | None = None, out: str | None = None)
         except ScenarioFailed as exc:
             reason = exc.reason
         lab.stop_capture()
+        if ktrace is not None:
+            ktrace.stop()
+            if ktrace.lost and not reason:
+                reason = f"the kernel trace lost {ktrace.lost} events: not evidence"
         if lab.relay is not None and lab.relay.error is not None and not reason:
             reason = f"relay rule failed: {lab.relay.error!r}"
         if lab.capture is not None and lab.capture.drops and not reason:
             reason = f"the capture lost {lab.capture.drops} packets in the kernel: not evidence"
     finally:
+        if ktrace is not None:
+            ktrace.stop()
         lab.close()
     cap = lab.capture
     return LabResult(
@@ -111,4 +129,7 @@ def run_scenario(name: str, opts: Options | None = None, out: str | None = None)
         events=list(lab.story.events),
         states=list(lab.states),
         story=lab.story.render(),
+        trace=ktrace.path if ktrace is not None else None,
+        trace_events=len(ktrace.events) if ktrace is not None else 0,
+        trace_lost=ktrace.lost if ktrace is not None else 0,
     )

@@ -7,6 +7,7 @@ import sys
 
 from tcpwhy.decode.table import CaptureStats
 from tcpwhy.filter import add_filter_argument
+from tcpwhy.report.output import add_output_argument, with_output
 
 
 def report_stats(source: str, stats: CaptureStats) -> None:
@@ -59,11 +60,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--absolute", action="store_true", help="raw sequence numbers")
     p.add_argument("-c", "--count", type=positive_int, metavar="N", help="stop after N packets")
     add_filter_argument(p)
-    p.set_defaults(func=cmd_packets)
+    add_output_argument(p)
+    p.set_defaults(func=with_output(cmd_packets))
 
     from tcpwhy.report import conns
 
     conns.register(sub)
+    _add_output(sub.choices["conns"])
     register_flow(sub)
 
     d = sub.add_parser(
@@ -90,11 +93,29 @@ def register_flow(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="N",
         help="fold runs of at least N uneventful segments into one line (0: never)",
     )
+    p.add_argument(
+        "--format",
+        choices=("text", "svg"),
+        default="text",
+        help="text: the ladder in the terminal; svg: a picture of it (the HTML report's)",
+    )
     add_filter_argument(p)
-    p.set_defaults(func=cmd_flow)
+    add_output_argument(p)
+    p.set_defaults(func=with_output(cmd_flow))
+
+
+def _add_output(p: argparse.ArgumentParser) -> None:
+    """`-o FILE` on a command registered elsewhere (its own function runs unchanged)."""
+    add_output_argument(p)
+    p.set_defaults(func=with_output(p.get_default("func")))
 
 
 def cmd_flow(args: argparse.Namespace) -> int:
     from tcpwhy.report import flow
 
+    if getattr(args, "format", "text") == "svg":
+        from tcpwhy.report.svg import write_flow_svg
+
+        write_flow_svg(args)
+        return 0
     return flow.cmd_flow(args)

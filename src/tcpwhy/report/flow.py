@@ -174,7 +174,38 @@ def _arrow(text: str, to_right: bool) -> str:
     return "|◀" + "─" * (left - 1) + body + "─" * right + "|"
 
 
-def render(lad: Ladder, out: TextIO, fold: int = 3) -> None:
+@dataclass
+class LadderRow:
+    """One line of a ladder, as both the text (`render`) and the SVG (`tcpwhy.report.svg`)
+    draw it: a packet (`kind` "packet"), a fold of uneventful segments ("fold"), packets
+    hidden by the display filter ("hidden") or a timer that fired after the last packet
+    ("timer")."""
+
+    kind: str
+    rel_s: float = 0.0
+    frame: int = 0
+    to_server: bool = True
+    label: str = ""  # packet: analysis tags, flags, Seq/Ack/Len; fold/hidden/timer: the text
+    client: str = ""  # states the client entered here ("A → B" when two)
+    server: str = ""
+    flagged: bool = False  # decisive: flags SYN/FIN/RST, an analysis flag, or a state change
+
+
+@dataclass
+class LadderView:
+    """What a ladder shows, computed once from a `Ladder`."""
+
+    client: str  # "client 10.0.0.1:40938"
+    server: str
+    client_start: str
+    server_start: str
+    rows: list[LadderRow]
+    client_final: str
+    server_final: str
+
+
+def ladder_view(lad: Ladder, fold: int = 3) -> LadderView:
+    """The rows of the ladder: one per packet, folds and filter gaps, then the timers."""
     t = lad.table
     r0 = lad.rows[0]
     cd = lad.direction[0]
@@ -185,10 +216,6 @@ def render(lad: Ladder, out: TextIO, fold: int = 3) -> None:
     else:
         c = (format_addr(t["dst_hi"][r0], t["dst_lo"][r0]), int(t["dport"][r0]))
         s = (format_addr(t["src_hi"][r0], t["src_lo"][r0]), int(t["sport"][r0]))
-    cname = f"client {c[0]}:{c[1]}"
-    sname = f"server {s[0]}:{s[1]}"
-    state_w = 25
-    out.write(f"{'time':>11} {'frame':>7}  {cname:<{state_w + ARROW // 2}}{sname:>{ARROW // 2}}\n")
     c_sent, s_sent = bool((lad.direction == 0).any()), bool((lad.direction == 1).any())
     c_ent, s_ent = _entered(lad.client, c_sent), _entered(lad.server, s_sent)
     start_c = _name(lad.client, lad.client.timeline[0].state) + (
@@ -197,17 +224,15 @@ def render(lad: Ladder, out: TextIO, fold: int = 3) -> None:
     start_s = _name(lad.server, lad.server.timeline[0].state) + (
         " (assumed)" if lad.server.assumed else ""
     )
-    out.write(f"{'':>11} {'':>7}  {start_c:<{state_w}}|{' ' * (ARROW - 2)}|  {start_s}\n")
 
     # ICMP errors, each before the first of the connection's packets after it (else at the end)
-    before: dict[int, list[str]] = {}
+    before: dict[int, list[LadderRow]] = {}
     pos = lad.rows
     for at, ts, frame_no, to_server, text in lad.icmp:
         k_at = int(np.searchsorted(pos, at))
         key = int(pos[k_at]) if k_at < len(pos) else -1
-        rel = (ts - lad.t0_ns) / 1e9
-        line = f"{rel:>11.6f} {frame_no:>7}  {'':<{state_w}}{_arrow(text, to_server)}  \n"
-        before.setdefault(key, []).append(line)
+        row = LadderRow("packet", (ts - lad.t0_ns) / 1e9, frame_no, to_server, text, flagged=True)
+        before.setdefault(key, []).append(row)
 
     def quiet(i: int) -> bool:
         if i in before:
@@ -221,19 +246,18 @@ def render(lad: Ladder, out: TextIO, fold: int = 3) -> None:
             and lad.analysis.bits[i] == 0
         )
 
+    out: list[LadderRow] = []
     rows = lad.rows.tolist()
     k = 0
     while k < len(rows):
         i = rows[k]
-        for line in before.pop(i, []):
-            out.write(line)
+        out.extend(before.pop(i, []))
         if lad.shown is not None and not lad.shown[i]:
             j = k
             while j < len(rows) and not lad.shown[rows[j]] and (j == k or rows[j] not in before):
                 j += 1
-            out.write(
-                f"{'':>11} {'':>7}  {'':<{state_w}}|  … {j - k:,} packet{'s' if j - k > 1 else ''} not matching the filter …\n"
-            )
+            text = f"… {j - k:,} packet{'s' if j - k > 1 else ''} not matching the filter …"
+            out.append(LadderRow("hidden", label=text))
             k = j
             continue
         if fold and quiet(i):
@@ -244,37 +268,75 @@ def render(lad: Ladder, out: TextIO, fold: int = 3) -> None:
                 seg = lad.rows[k:j]
                 data = t["payload_len"][seg] > 0
                 nbytes = int(t["payload_len"][seg].sum())
-                out.write(
-                    f"{'':>11} {'':>7}  {'':<{state_w}}|  … {int(data.sum()):,} data segments, "
-                    f"{_size(nbytes)}, {int((~data).sum()):,} pure ACKs, 0 flagged …\n"
+                text = (
+                    f"… {int(data.sum()):,} data segments, "
+                    f"{_size(nbytes)}, {int((~data).sum()):,} pure ACKs, 0 flagged …"
                 )
+                out.append(LadderRow("fold", label=text))
                 k = j
                 continue
         frame = int(t["frame"][i])
-        rel = (int(t["ts_ns"][i]) - lad.t0_ns) / 1e9
-        to_right = lad.direction[k] == 0
         tags = lad.analysis.info_prefix(i).strip()
-        label = (tags + " " if tags else "") + _label(lad, i)
-        cst = " → ".join(c_ent.get(frame, []))
-        sst = " → ".join(s_ent.get(frame, []))
-        out.write(
-            f"{rel:>11.6f} {frame:>7}  {cst:<{state_w}}{_arrow(label, bool(to_right))}  {sst}\n"
+        out.append(
+            LadderRow(
+                "packet",
+                (int(t["ts_ns"][i]) - lad.t0_ns) / 1e9,
+                frame,
+                bool(lad.direction[k] == 0),
+                (tags + " " if tags else "") + _label(lad, i),
+                " → ".join(c_ent.get(frame, [])),
+                " → ".join(s_ent.get(frame, [])),
+                not quiet(i),
+            )
         )
         k += 1
-    for line in before.pop(-1, []):
-        out.write(line)
-    # timers after the last packet (TIME_WAIT ending) and the final states
+    out.extend(before.pop(-1, []))
+    # timers after the last packet (TIME_WAIT ending)
     for side, ep in (("client", lad.client), ("server", lad.server)):
         for step in ep.timeline[1:]:
             if step.frame == NO_FRAME:
-                rel = (step.ts_ns - lad.t0_ns) / 1e9
-                out.write(
-                    f"{rel:>11.6f} {'':>7}  {side} enters {step.state.name} (2MSL timer expired)\n"
+                out.append(
+                    LadderRow(
+                        "timer",
+                        (step.ts_ns - lad.t0_ns) / 1e9,
+                        to_server=side == "client",
+                        label=f"{side} enters {step.state.name} (2MSL timer expired)",
+                        client=step.state.name if side == "client" else "",
+                        server=step.state.name if side == "server" else "",
+                        flagged=True,
+                    )
                 )
-    out.write(
-        f"final states at end of capture: client {_name(lad.client, lad.client.state, c_sent)}, "
-        f"server {_name(lad.server, lad.server.state, s_sent)}\n"
+    return LadderView(
+        f"client {c[0]}:{c[1]}",
+        f"server {s[0]}:{s[1]}",
+        start_c,
+        start_s,
+        out,
+        _name(lad.client, lad.client.state, c_sent),
+        _name(lad.server, lad.server.state, s_sent),
     )
+
+
+def render(lad: Ladder, out: TextIO, fold: int = 3) -> None:
+    v = ladder_view(lad, fold)
+    state_w = 25
+    out.write(
+        f"{'time':>11} {'frame':>7}  {v.client:<{state_w + ARROW // 2}}{v.server:>{ARROW // 2}}\n"
+    )
+    out.write(
+        f"{'':>11} {'':>7}  {v.client_start:<{state_w}}|{' ' * (ARROW - 2)}|  {v.server_start}\n"
+    )
+    for r in v.rows:
+        if r.kind in ("hidden", "fold"):
+            out.write(f"{'':>11} {'':>7}  {'':<{state_w}}|  {r.label}\n")
+        elif r.kind == "timer":
+            out.write(f"{r.rel_s:>11.6f} {'':>7}  {r.label}\n")
+        else:
+            out.write(
+                f"{r.rel_s:>11.6f} {r.frame:>7}  {r.client:<{state_w}}"
+                f"{_arrow(r.label, r.to_server)}  {r.server}\n"
+            )
+    out.write(f"final states at end of capture: client {v.client_final}, server {v.server_final}\n")
 
 
 def _size(n: int) -> str:

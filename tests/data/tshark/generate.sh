@@ -28,6 +28,6 @@ for f in src/tcpwhy/data/*.pcap src/tcpwhy/data/lab/*.pcap; do
         line = $1; for (k = 2; k <= n; k++) line = line OFS $k; print line, flags }'
   } > "$out"
   # the Info column, with higher protocols off so that it shows TCP's own text
-  tshark -n -r "$f" -Y tcp --disable-protocol http -T fields -e frame.number -e _ws.col.Info \
+  tshark -n -r "$f" -Y tcp --disable-protocol http --disable-protocol tls -T fields -e frame.number -e _ws.col.Info \
     2>/dev/null > "tests/data/tshark/$(basename "$f").info.tsv"
 done

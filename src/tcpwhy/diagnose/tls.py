@@ -1,0 +1,318 @@
+"""TLS connections as the diagnosis sees them: exchanges, closing alerts, server names.
+
+Nothing is decrypted. The record layer (`tcpwhy.decode.tls`) gives each
+record's direction, content type and size; from those:
+
+* exchanges: after the handshake, a request is the client's application-data
+  records until the server answers, the response the server's records until
+  the client writes again -- the turns cleartext HTTP shows by its start
+  lines. They are returned as `tcpwhy.diagnose.http.Message`s, so every rule
+  that reads requests and responses reads TLS ones the same way;
+* closing alerts: a side's last record right before its FIN, when it is an
+  alert record (TLS 1.2: content type 21; its description when sent in clear)
+  or, in TLS 1.3, a short application-data record -- almost certainly
+  close_notify ("likely": its content is encrypted). A segment carrying only
+  that alert is not application data: the idle time before a server's close is
+  measured to its last response, not to its close_notify;
+* server names: the ClientHello's SNI (and the Host header of cleartext HTTP),
+  used to name a server in findings when every connection to that address
+  that names it agrees.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tcpwhy.decode import tls as rec
+from tcpwhy.decode.table import RST, format_addr
+from tcpwhy.diagnose.http import Message, parse_start, printable
+
+if TYPE_CHECKING:
+    from tcpwhy.diagnose.context import Capture, Conn
+
+CLIENT, SERVER = 0, 1
+_RECORDS: weakref.WeakKeyDictionary[Capture, rec.Records] = weakref.WeakKeyDictionary()
+_NAMES: weakref.WeakKeyDictionary[Capture, dict[int, str]] = weakref.WeakKeyDictionary()
+_HOST = re.compile(rb"\r\nhost:[ \t]*([^\r\n]{1,255})", re.I)
+
+
+@dataclass
+class Record:
+    side: int
+    row: int  # local row of the segment carrying its last byte
+    start: int  # local row of the segment carrying its header
+    ctype: int
+    length: int
+    hs: int
+    alert: int  # level << 8 | description when sent in clear, else -1
+
+    @property
+    def size(self) -> int:
+        return 5 + self.length
+
+
+@dataclass
+class Closing:
+    """A side's closing alert: the record, and whether its description was readable."""
+
+    record: Record
+    certain: bool  # description seen in clear (TLS 1.2 and earlier)
+    desc: int  # the description if certain, else 0 (close_notify, likely)
+    fin: int  # local row of the FIN that followed it (or of the peer's RST that ended it)
+
+    @property
+    def name(self) -> str:
+        return rec.ALERT_NAMES.get(self.desc, f"alert {self.desc}")
+
+    def text(self) -> str:
+        if self.certain:
+            return self.name
+        return "an encrypted alert (likely close_notify)"
+
+
+@dataclass
+class TLSConn:
+    records: list[Record]
+    sni: bytes | None = None
+    alpn: list[bytes] = field(default_factory=list)
+    version: int | None = None
+    closing: dict[int, Closing] = field(default_factory=dict)
+    fatal: list[Record] = field(default_factory=list)  # clear alerts of level fatal (2)
+    closing_rows: frozenset[int] = frozenset()
+    messages: list[Message] = field(default_factory=list)
+
+    @property
+    def version_text(self) -> str:
+        return rec.version_name(self.version) if self.version else "TLS"
+
+
+def capture_records(cap: Capture) -> rec.Records:
+    """The capture's TLS records, grouped by stream * 2 + side (client 0, server 1)."""
+    got = _RECORDS.get(cap)
+    if got is None:
+        got = _RECORDS[cap] = rec.find_records(cap.table, cap.stream, cap.side)
+    return got
+
+
+def of(conn: Conn) -> TLSConn | None:
+    """The TLS view of a connection, None when it does not carry TLS."""
+    if "tls" in conn.cache:
+        got: TLSConn | None = conn.cache["tls"]
+        return got
+    conn.cache["tls"] = got = _build(conn)
+    return got
+
+
+def _build(conn: Conn) -> TLSConn | None:
+    recs = capture_records(conn.cap)
+    if not len(recs):
+        return None
+    lo = int(np.searchsorted(recs.group, conn.sid * 2))
+    hi = int(np.searchsorted(recs.group, conn.sid * 2 + 2))
+    if lo == hi:
+        return None
+    rows = conn.rows
+    out: list[Record] = []
+    for i in range(lo, hi):
+        out.append(
+            Record(
+                int(recs.group[i]) % 2,
+                int(np.searchsorted(rows, recs.row[i])),
+                int(np.searchsorted(rows, recs.start_row[i])),
+                int(recs.ctype[i]),
+                int(recs.length[i]),
+                int(recs.hs[i]),
+                int(recs.alert[i]),
+            )
+        )
+    out.sort(key=lambda r: (r.row, r.side))
+    tc = TLSConn(out)
+    for i in range(lo, hi):
+        if recs.hs[i] in (1, 2):
+            raw = rec.record_bytes(conn.cap.table, recs, i)
+            hello = rec.parse_hello(raw) if raw is not None else None
+            if hello is None:
+                continue
+            if recs.hs[i] == 1:
+                tc.sni, tc.alpn = hello.sni, hello.alpn
+                tc.version = tc.version or hello.legacy_version
+            else:
+                tc.version = hello.versions[0] if hello.versions else hello.legacy_version
+                if hello.alpn:
+                    tc.alpn = hello.alpn
+    tc.fatal = [r for r in out if r.ctype == rec.ALERT and r.alert >= 0 and r.alert >> 8 == 2]
+    _closing(conn, tc)
+    tc.messages = _exchanges(conn, tc)
+    return tc
+
+
+def _closing(conn: Conn, tc: TLSConn) -> None:
+    rows: set[int] = set()
+    for side in (CLIENT, SERVER):
+        # the end the alert announced: the side's FIN, or the peer's RST when the peer
+        # closed before that FIN could leave (close() with the alert unread)
+        f = conn.first_fin(side)
+        if f is None:
+            f = conn.first_rst(1 - side)
+        if f is None:
+            continue
+        mine = [r for r in tc.records if r.side == side and r.row <= f]
+        if not mine:
+            continue
+        last = mine[-1]
+        # nothing but that record (and bare ACKs) between it and the FIN
+        if any(
+            conn.side[j] == side and conn.plen[j] > 0 and not conn.flags[j] & RST
+            for j in range(last.row + 1, f)
+        ):
+            continue
+        if last.ctype == rec.ALERT:
+            certain = last.alert >= 0
+            desc = last.alert & 0xFF if certain else 0
+        elif last.ctype == rec.APPLICATION_DATA and last.length <= rec.ENCRYPTED_ALERT_MAX:
+            if tc.version not in (None, 0x0304):
+                continue  # before TLS 1.3 an alert has its own content type
+            certain, desc = False, 0
+        else:
+            continue
+        tc.closing[side] = Closing(last, certain, desc, f)
+        if last.start == last.row and conn.plen[last.row] == last.size:
+            rows.add(last.row)
+    tc.closing_rows = frozenset(rows)
+
+
+def _exchanges(conn: Conn, tc: TLSConn) -> list[Message]:
+    """Requests and responses from the turns of application-data records."""
+    tls13 = tc.version == 0x0304
+    closing = {id(c.record) for c in tc.closing.values()}
+    client_finished_seen = not tls13
+    msgs: list[Message] = []
+    for r in tc.records:
+        if r.ctype != rec.APPLICATION_DATA or id(r) in closing:
+            continue
+        if r.side == CLIENT and not client_finished_seen:
+            client_finished_seen = True  # TLS 1.3: the client's Finished, encrypted
+            continue
+        if r.side == SERVER and (not client_finished_seen or not msgs):
+            continue  # the server's encrypted handshake and session tickets
+        if msgs and msgs[-1].side == r.side:
+            m = msgs[-1]
+            m.end = max(m.end, r.row)
+            m.tls_sizes += (r.size,)
+            continue
+        msgs.append(
+            Message(
+                r.start,
+                r.side,
+                r.side == CLIENT,
+                end=r.row,
+                tls_sizes=(r.size,),
+            )
+        )
+    return msgs
+
+
+def closing_rows(conn: Conn) -> frozenset[int]:
+    """Local rows that carry only a closing alert (not application data)."""
+    tc = of(conn)
+    return tc.closing_rows if tc is not None else frozenset()
+
+
+def server_label(cap: Capture, sid: int, addr: str) -> str:
+    """`api.example (10.0.0.2:443)` when the connections to that server name it (SNI, or the
+    Host header of cleartext HTTP) and agree on the name; the address alone otherwise."""
+    names = _NAMES.get(cap)
+    if names is None:
+        names = _NAMES[cap] = _server_names(cap)
+    name = names.get(sid)
+    return f"{name} ({addr})" if name else addr
+
+
+def _server_names(cap: Capture) -> dict[int, str]:
+    """Per stream, the name of its server when every named connection to that address
+    agrees (so that the label stands for the address, one to one)."""
+    if not cap.nstreams:
+        return {}
+    t = cap.table
+    recs = capture_records(cap)
+    sni: dict[int, bytes] = {}
+    for i in np.flatnonzero((recs.hs == 1) & (recs.group % 2 == CLIENT)).tolist():
+        sid = int(recs.group[i]) // 2
+        if sid in sni:
+            continue
+        raw = rec.record_bytes(t, recs, i)
+        hello = rec.parse_hello(raw) if raw is not None else None
+        if hello is not None and hello.sni:
+            sni[sid] = hello.sni
+    # cleartext HTTP: the Host header of each stream's first client payload
+    flags = t["flags"]
+    data = np.flatnonzero((t["payload_cap"] > 0) & ((flags & RST) == 0) & (cap.side == CLIENT))
+    first: dict[int, int] = {}
+    if len(data):
+        st = cap.stream[data]
+        _, idx = np.unique(st, return_index=True)
+        first = dict(zip(st[idx].tolist(), data[idx].tolist(), strict=True))
+    ep = cap.endpoints
+    by_addr: dict[tuple[int, int, int], set[bytes]] = {}
+    named: dict[int, bytes] = {}
+    for sid, row in first.items():
+        name = sni.get(sid)
+        if name is None and sid not in sni:
+            payload = t.payload(row, 2048)
+            if parse_start(payload) is not None:
+                m = _HOST.search(payload)
+                if m:
+                    name = _host_only(m.group(1).strip())
+        key = (int(ep.server_hi[sid]), int(ep.server_lo[sid]), int(ep.server_port[sid]))
+        if name:
+            by_addr.setdefault(key, set()).add(name.lower())
+            named[sid] = name.lower()
+    out: dict[int, str] = {}
+    for sid in range(cap.nstreams):
+        key = (int(ep.server_hi[sid]), int(ep.server_lo[sid]), int(ep.server_port[sid]))
+        names = by_addr.get(key)
+        if not names or len(names) != 1:
+            continue
+        (name,) = names
+        ip = format_addr(key[0], key[1]).encode()
+        if name in (ip, b"[" + ip + b"]"):
+            continue
+        out[sid] = printable(name, 80)
+    return out
+
+
+def _host_only(host: bytes) -> bytes:
+    """The host of a Host header value, without its port."""
+    if host.startswith(b"["):
+        return host[1 : host.find(b"]")] if b"]" in host else host
+    return host.rsplit(b":", 1)[0] if host.count(b":") == 1 else host
+
+
+def first_request(conn: Conn) -> Message | None:
+    """The first encrypted request of a TLS connection."""
+    tc = of(conn)
+    if tc is None:
+        return None
+    return next((m for m in tc.messages if m.is_request), None)
+
+
+def is_unread_close_notify_reset(conn: Conn, r: int) -> bool:
+    """Row r is a RST from one side after the peer's closing alert and FIN reached it with
+    nothing else unanswered: the kernel's answer to close() with the peer's close_notify still
+    unread in the socket -- harmless, the exchange had ended."""
+    tc = of(conn)
+    if tc is None:
+        return False
+    x = conn.side[r]
+    peer = tc.closing.get(1 - x)
+    if peer is None or peer.fin > r or peer.desc != 0:
+        return False
+    # the peer's last application data before its close_notify was answered or was a reply
+    last_peer = conn.last_data_before(peer.record.row + 1, 1 - x)
+    last_own = conn.last_data_before(r, x)
+    return last_own is None or last_peer is None or last_own < last_peer

@@ -1,0 +1,349 @@
+"""The keep-alive scenarios over TLS: the same incidents as their cleartext twins, encrypted.
+
+The server is the keep-alive server of `tcpwhy.lab.http` behind Python's ssl
+module, with a self-signed certificate for api.tcpwhy.test made at run time by
+the `openssl` command; the client is http.client's HTTPSConnection in the same
+pooling wrapper, sending SNI api.tcpwhy.test. On an idle timeout the server
+sends close_notify and then closes (a TLS server's orderly close, as nginx
+does); a pooled connection reused afterwards meets the RST exactly as in
+cleartext, but nothing on the wire says which request it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.client
+import select
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from tcpwhy.errors import ScenarioFailed
+from tcpwhy.lab.env import Lab, describe_exc
+from tcpwhy.lab.http import RESPONSE, STALE_ERRORS, LabConnection, Pool, _fmt
+from tcpwhy.lab.relay import FIN, HOLD, PASS, PASS_RELEASE, Seg
+from tcpwhy.lab.runner import scenario
+
+SNI = "api.tcpwhy.test"
+
+
+class Certs:
+    """A throw-away CA-less self-signed certificate for SNI, in a temporary directory."""
+
+    def __init__(self) -> None:
+        if shutil.which("openssl") is None:
+            raise ScenarioFailed(
+                "lab", "the openssl command is needed to make the test certificate"
+            )
+        self._dir = tempfile.TemporaryDirectory(prefix="tcpwhy-lab-tls-")
+        d = Path(self._dir.name)
+        self.cert, self.key = d / "cert.pem", d / "key.pem"
+        subprocess.run(
+            [
+                "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", f"/CN={SNI}",
+                "-addext", f"subjectAltName=DNS:{SNI}",
+                "-keyout", str(self.key), "-out", str(self.cert),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )  # fmt: skip
+
+    def server_context(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.cert, self.key)
+        return ctx
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.cert))
+        ctx.set_alpn_protocols(["http/1.1"])
+        return ctx
+
+    def close(self) -> None:
+        self._dir.cleanup()
+
+
+def close_notify_and_close(sock: ssl.SSLSocket) -> None:
+    """Send close_notify, then close without waiting for the peer's (TLS allows it, and
+    servers do it): unwrap() on a non-blocking socket writes the alert and stops where it
+    would wait."""
+    with contextlib.suppress(OSError, ValueError):
+        sock.setblocking(False)
+        sock.unwrap()
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+class TLSKeepAliveServer:
+    """`tcpwhy.lab.http.KeepAliveServer` over TLS: close_notify then FIN after `idle` s."""
+
+    def __init__(self, lab: Lab, certs: Certs, idle: float) -> None:
+        self.lab = lab
+        self.idle = idle
+        self.ctx = certs.server_context()
+        self.listener = lab.listen()
+        self.served = 0
+        self.closed_idle = 0
+        self._lock = threading.Lock()
+        lab.spawn(self._accept_loop, "https-accept")
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                raw, peer = self.listener.accept()
+            except OSError:
+                return
+            self.lab.spawn(functools.partial(self._serve, raw, peer), "https-conn")
+
+    def _serve(self, raw: socket.socket, peer: tuple[str, int]) -> None:
+        try:
+            raw.settimeout(5)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as nginx's tcp_nodelay
+            conn = self.ctx.wrap_socket(raw, server_side=True)
+        except (OSError, ssl.SSLError) as exc:
+            self.lab.say("server", f"TLS handshake with {_fmt(peer)} failed: {describe_exc(exc)}")
+            raw.close()
+            return
+        conn.settimeout(self.idle)
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    try:
+                        chunk = conn.recv(65536)
+                    except TimeoutError:
+                        self.lab.say(
+                            "server",
+                            f"connection from {_fmt(peer)} idle for {self.idle:g}s → "
+                            "close_notify, close()",
+                        )
+                        with self._lock:
+                            self.closed_idle += 1
+                        close_notify_and_close(conn)
+                        return
+                    if not chunk:
+                        # read until the client's FIN too, so that the client closes first
+                        select.select([conn], [], [], 1.0)
+                        self.lab.say("server", f"close_notify and EOF from {_fmt(peer)} → close()")
+                        return
+                    buf += chunk
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                close = b"\r\nconnection: close" in head.lower()
+                conn.sendall(RESPONSE)
+                with self._lock:
+                    self.served += 1
+                if close:
+                    self.lab.say(
+                        "server",
+                        f"request with Connection: close from {_fmt(peer)} → close_notify, close()",
+                    )
+                    close_notify_and_close(conn)
+                    return
+        except OSError as exc:
+            self.lab.say("server", f"{_fmt(peer)}: {describe_exc(exc)}")
+        finally:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+
+
+class LabTLSConnection(http.client.HTTPSConnection):
+    """HTTPSConnection whose socket lives in the client's namespace; SNI and Host are SNI."""
+
+    def __init__(self, lab: Lab, ctx: ssl.SSLContext) -> None:
+        super().__init__(SNI, lab.opts.port, timeout=5, context=ctx)
+        self.lab = lab
+        self.ctx = ctx
+
+    def connect(self) -> None:
+        raw = self.lab.sock("client")
+        raw.settimeout(self.timeout)
+        raw.connect(self.lab.server_addr())
+        self.sock = self.ctx.wrap_socket(raw, server_hostname=SNI)
+
+    @property
+    def local(self) -> str:
+        assert self.sock is not None
+        return _fmt(self.sock.getsockname())
+
+
+class TLSPool(Pool):
+    """The lab's pool over TLS. A failed TLS read on a reused connection counts as the
+    stale-connection errors of cleartext; `drain_close` False closes a Connection: close
+    exchange without reading the server's close_notify (as most clients do: the kernel
+    then answers it with RST); `close` sends the client's own close_notify first."""
+
+    def __init__(self, lab: Lab, certs: Certs, drain_close: bool = True) -> None:
+        super().__init__(lab)
+        self.ctx = certs.client_context()
+        self.drain_close = drain_close
+
+    def _new(self) -> LabConnection:
+        conn = LabTLSConnection(self.lab, self.ctx)
+        conn.connect()
+        self.connections += 1
+        self.lab.say("client", f"new TLS connection {conn.local} → server (SNI {SNI})")
+        return conn  # type: ignore[return-value]
+
+    def _send(self, conn: LabConnection, path: str, close: bool) -> int:
+        try:
+            if close and not self.drain_close:
+                conn.request("GET", path, headers={"Connection": "close"})
+                resp = conn.getresponse()
+                resp.read()
+                self.lab.say("client", "response read; close() without reading close_notify")
+                raw = conn.sock
+                conn.sock = None  # the pool's recv(1) is skipped
+                if raw is not None:
+                    raw.close()
+                return resp.status
+            return super()._send(conn, path, close)
+        except ssl.SSLError as exc:
+            raise ConnectionResetError(describe_exc(exc)) from exc
+
+    def close(self) -> None:
+        while self.idle:
+            conn = self.idle.pop()
+            self.lab.say("client", f"pool closes {conn.local}: close_notify, close()")
+            if isinstance(conn.sock, ssl.SSLSocket):
+                close_notify_and_close(conn.sock)
+            conn.close()
+
+
+@scenario(
+    "stale-keepalive-tls",
+    "stale-keepalive over TLS: close_notify and FIN at the idle timeout, reuse meets RST",
+    """
+    The stale keep-alive incident with HTTPS (SNI api.tcpwhy.test, certificate made at
+    run time). After its idle timeout the server sends an encrypted alert (close_notify)
+    and its FIN; the client's pool does not read idle sockets, so it notices neither and
+    writes its next request 0.5 s later into the closed connection. The server's kernel
+    answers with RST and the pool retries on a new TLS connection. On the wire only
+    record sizes and directions tell requests from responses: the same diagnosis must
+    come from them as from the cleartext recording.
+    """,
+)
+def stale_keepalive_tls(lab: Lab) -> None:
+    idle = lab.opts.idle if lab.opts.idle is not None else 1.0
+    certs = Certs()
+    try:
+        server = TLSKeepAliveServer(lab, certs, idle)
+        pool = TLSPool(lab, certs)
+        lab.check(pool.request("/first") == 200, "first request answered")
+        lab.expect(
+            lab.wait_state("client", "CLOSE-WAIT", timeout=idle + 3),
+            "client socket never reached CLOSE-WAIT",
+        )
+        time.sleep(0.5 - 0.05)
+        lab.ss("client", "pooled socket after the server's close_notify and FIN")
+        status = pool.request("/second")
+        lab.check(status == 200, "retry on a new TLS connection answered")
+        lab.check(
+            len(pool.errors) == 1 and isinstance(pool.errors[0], STALE_ERRORS),
+            "the reused connection failed (EOF, Broken pipe or reset)",
+        )
+        lab.check(server.closed_idle == 1, "the server closed exactly one idle connection")
+        pool.close()
+        lab.wait_state("client", "TIME-WAIT", timeout=2)
+        server.stop()
+    finally:
+        certs.close()
+
+
+@scenario(
+    "clean-tls",
+    "ordinary HTTPS traffic that ends properly, one close_notify left unread (no finding)",
+    """
+    The clean baseline over TLS. One short request with "Connection: close": the server
+    answers, sends close_notify and closes; the client reads the response and closes
+    without reading the close_notify, so its kernel, finding unread bytes, ends the
+    connection with RST — what most HTTPS clients do, and harmless. Then three requests
+    on one keep-alive connection that the client ends with its own close_notify and FIN.
+    """,
+)
+def clean_tls(lab: Lab) -> None:
+    certs = Certs()
+    try:
+        server = TLSKeepAliveServer(lab, certs, idle=5.0)
+        pool = TLSPool(lab, certs, drain_close=False)
+        lab.check(pool.request("/short", close=True) == 200, "short request answered")
+        for i in range(lab.opts.count or 3):
+            lab.expect(pool.request(f"/keepalive/{i}") == 200, "keep-alive request failed")
+        lab.check(pool.connections == 2, "two connections, the second reused")
+        pool.close()
+        lab.expect(
+            lab.wait_state("client", "TIME-WAIT", timeout=2), "client never reached TIME-WAIT"
+        )
+        time.sleep(0.1)
+        lab.ss("client", "after both connections ended")
+        lab.ss("server", "after both connections ended")
+        lab.check(not pool.errors, "no request failed")
+        server.stop()
+    finally:
+        certs.close()
+
+
+@scenario(
+    "keepalive-race-tls",
+    "keepalive-race over TLS: the request crosses the server's close_notify and FIN",
+    """
+    The keep-alive race with HTTPS: the relay holds the server's close_notify and FIN
+    until the client's reused request has passed them, so the two cross on the path and
+    neither side had seen the other's bytes. The server's kernel answers the request
+    with RST; the pool retries on a new TLS connection.
+    """,
+    relay=True,
+)
+def keepalive_race_tls(lab: Lab) -> None:
+    assert lab.relay is not None
+    relay = lab.relay
+    idle = lab.opts.idle if lab.opts.idle is not None else 1.0
+    held: list[Seg] = []
+    crossed: list[Seg] = []
+
+    def rule(seg: Seg) -> str:
+        if not seg.to_server and (seg.flags & FIN or seg.payload_len) and not crossed:
+            held.append(seg)
+            return HOLD  # the close_notify and the FIN behind it
+        if seg.to_server and seg.payload_len and held and not crossed:
+            crossed.append(seg)
+            return PASS_RELEASE
+        return PASS
+
+    certs = Certs()
+    try:
+        server = TLSKeepAliveServer(lab, certs, idle)
+        pool = TLSPool(lab, certs)
+        lab.check(pool.request("/first") == 200, "first request answered")
+        time.sleep(0.05)  # the server's session tickets and the response have passed
+        relay.rule = rule
+        deadline = time.monotonic() + idle + 3
+        while not any(s.flags & FIN for s in held) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        lab.expect(any(s.flags & FIN for s in held), "the server never sent its idle-close FIN")
+        lab.say("relay", f"holding the server's close_notify and FIN: {len(held)} segment(s)")
+        status = pool.request("/second")
+        lab.expect(crossed, "the request never reached the relay")
+        lab.say("relay", f"request passed them: {crossed[0].describe()}; released")
+        lab.check(
+            crossed[0].ack == held[0].seq,
+            "the request acknowledges neither the close_notify nor the FIN (they crossed)",
+        )
+        lab.check(len(pool.errors) == 1, "the reused connection failed")
+        lab.check(status == 200, "retry on a new TLS connection answered")
+        pool.close()
+        lab.wait_state("client", "TIME-WAIT", timeout=2)
+        server.stop()
+    finally:
+        certs.close()

@@ -1,0 +1,141 @@
+"""TLS without decryption: the record layer against tshark 4.0, and the TLS lab recordings
+diagnosed like their cleartext twins.
+
+tests/data/tls/*.tls.tsv is tshark's record layer of each TLS recording (made by
+tests/data/tls/generate.sh with ``-d tcp.port==8080,tls``): per frame the content
+types, lengths, record versions, handshake types, SNI and ALPN it dissected. TLS 1.3
+application-data records show as opaque types there, so content types are compared for
+the records tshark names.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tcpwhy.capture import read_table
+from tcpwhy.decode import tls as rec
+from tcpwhy.decode.table import FIN, RST, PacketTable
+from tcpwhy.diagnose.engine import diagnose_files
+from tcpwhy.tcp.streams import StreamTracker
+
+LAB = Path(str(resources.files("tcpwhy") / "data" / "lab"))
+REFS = Path(__file__).resolve().parent / "data" / "tls"
+TWINS = ("stale-keepalive", "keepalive-race", "clean")
+
+
+def _records(table: PacketTable) -> rec.Records:
+    st = StreamTracker().feed(table)
+    return rec.find_records(table, st["stream"], st["dir"])
+
+
+def _split(v: str) -> list[str]:
+    return [x for x in v.split(",") if x]
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_records_match_tshark(twin: str) -> None:
+    path = LAB / f"{twin}-tls.pcap"
+    table = read_table(str(path))
+    recs = _records(table)
+    frames = table["frame"][recs.row]
+    ref_lines = (REFS / f"{path.name}.tls.tsv").read_text().splitlines()
+    assert ref_lines
+    seen = set()
+    for line in ref_lines:
+        frame, ctypes, lengths, versions, hs, sni, alpn = (line.split("\t") + [""] * 7)[:7]
+        f = int(frame)
+        seen.add(f)
+        mine = np.flatnonzero(frames == f)
+        assert [int(x) for x in _split(lengths)] == recs.length[mine].tolist(), f
+        assert [int(x, 16) for x in _split(versions)] == recs.version[mine].tolist(), f
+        named = [int(c) for c in recs.ctype[mine].tolist() if c != rec.APPLICATION_DATA]
+        assert [int(x) for x in _split(ctypes)] == named, f
+        assert [int(x) for x in _split(hs)] == [h for h in recs.hs[mine].tolist() if h >= 0], f
+        if sni:
+            i = int(mine[0])
+            hello = rec.parse_hello(rec.record_bytes(table, recs, i) or b"")
+            assert hello is not None
+            assert hello.sni == sni.encode()
+            assert [a.decode() for a in hello.alpn] == _split(alpn)
+    assert set(frames.tolist()) == seen  # no record tshark did not see
+    assert (recs.flags & rec.COMPLETE).all() and not (recs.flags & rec.CUT).any()
+
+
+def test_snaplen_cut_records() -> None:
+    """Captured with a 100-byte snaplen (payload_cap cut, payload_len kept): no error, the
+    records found end where the uncut ones do, the hello records are marked cut and their
+    SNI is not invented."""
+    full = read_table(str(LAB / "stale-keepalive-tls.pcap"))
+    cols = dict(full.cols)
+    cols["payload_cap"] = np.minimum(cols["payload_cap"], 100).astype(cols["payload_cap"].dtype)
+    cut = PacketTable(cols, full.data)
+    a, b = _records(full), _records(cut)
+    got = set(zip(b.row.tolist(), b.rel.tolist(), b.length.tolist(), strict=True))
+    want = set(zip(a.row.tolist(), a.rel.tolist(), a.length.tolist(), strict=True))
+    # each server flight (frames 6 and 26, tshark: records of 122, 1, 23, 455, 96, 69 bytes)
+    # has five headers past byte 100: lost, and found again at the next segment
+    assert got <= want and len(want) - len(got) == 10
+    hellos = np.flatnonzero(b.hs == 1)
+    assert len(hellos) == 2 and (b.flags[hellos] & rec.CUT).all()
+    assert all(rec.record_bytes(cut, b, int(i)) is None for i in hellos)
+
+
+def test_hello_parser_is_bounded() -> None:
+    """Truncated or garbage hellos give None or a partial answer, never an exception."""
+    good = rec.record_bytes(
+        read_table(str(LAB / "clean-tls.pcap")),
+        (recs := _records(read_table(str(LAB / "clean-tls.pcap")))),
+        int(np.flatnonzero(recs.hs == 1)[0]),
+    )
+    assert good is not None
+    for n in range(0, len(good), 7):
+        rec.parse_hello(good[:n])
+    assert rec.parse_hello(b"\x16\x03\x01\x00\x05\x01\xff\xff\xff\xff") is not None
+    assert rec.parse_hello(b"\x17\x03\x03") is None
+
+
+def _findings(path: Path) -> list[dict]:  # type: ignore[type-arg]
+    report = diagnose_files([str(path)])
+    return [f.to_json() for f in report.findings]
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_tls_twin_diagnosed_like_cleartext(twin: str) -> None:
+    clear = _findings(LAB / f"{twin}.pcap")
+    enc = _findings(LAB / f"{twin}-tls.pcap")
+    assert sorted((f["kind"], f["severity"]) for f in enc) == sorted(
+        (f["kind"], f["severity"]) for f in clear
+    )
+    for f in enc:
+        assert f["facts"].get("server", "api.tcpwhy.test (").startswith("api.tcpwhy.test (")
+        assert "api.tcpwhy.test (10.77." in f["summary"]
+    if twin == "stale-keepalive":
+        (st_c,) = [f for f in clear if f["kind"] == "stale-keepalive-reuse"]
+        (st_e,) = [f for f in enc if f["kind"] == "stale-keepalive-reuse"]
+        t_c = st_c["facts"]["server_idle_timeout_s"]["median"]
+        t_e = st_e["facts"]["server_idle_timeout_s"]["median"]
+        assert abs(t_e - t_c) <= 0.05 * t_c
+    if twin != "clean":
+        (retry,) = [f for f in enc if f["kind"] == "request-retried"]
+        assert "likely the same request" in retry["explanation"]
+
+
+def test_close_notify_answering_a_close_is_not_data_after_fin() -> None:
+    """A live clean-tls run over IPv6 where the client's close_notify and FIN reached the
+    server first: the server's own close_notify (24 bytes, TLS 1.3) arrives after the
+    client closed, and the client's kernel answers it with RST. That is how this TLS close
+    ends when the two cross, not a write into a closed connection."""
+    path = Path(__file__).parent / "data" / "tls" / "clean-tls-v6-close-crossing.pcap"
+    t = read_table(str(path))
+    rst = np.flatnonzero(t["flags"] & RST)
+    assert len(rst) == 1
+    before = rst[0] - 1
+    # the segment the RST answers: 24 bytes from the server, after the client's FIN
+    assert int(t["payload_len"][before]) == 24 and int(t["sport"][before]) == 8080
+    fins = np.flatnonzero((t["flags"] & FIN) & (t["sport"] != 8080))
+    assert len(fins) and fins[0] < before
+    assert diagnose_files([str(path)]).findings == []
