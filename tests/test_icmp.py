@@ -268,3 +268,44 @@ def test_flow_ladder_shows_the_errors() -> None:
     icmp = [x for x in lines if "ICMP 3/4 from 10.77.1.1: MTU 1280, Fragmentation" in x]
     assert len(icmp) == 5 and all("|◀─" in x for x in icmp), "toward the client, whose segment"
     assert "… 7 data segments" in lines[lines.index(icmp[0]) - 1], "a fold stops before them"
+
+
+def _with_ignored_icmp(src: Path, dst: Path) -> None:
+    """pmtu-black-hole's recording with a fragmentation-needed error from the router (MTU
+    1280) after the client's first full-size segment: an error that reached the client's
+    capture point and was ignored (a host firewall dropping ICMP after the capture)."""
+    import struct
+
+    data = src.read_bytes()
+    out = bytearray(data[:24])
+    pos, done = 24, False
+    while pos < len(data):
+        sec, frac, cap, wire = struct.unpack_from("<IIII", data, pos)
+        frame = data[pos + 16 : pos + 16 + cap]
+        out += data[pos : pos + 16 + cap]
+        pos += 16 + cap
+        if not done and wire == 1514:
+            done = True
+            ip = frame[14:]
+            quote = ip[:548]
+            icmp = struct.pack("!BBHHH", 3, 4, 0, 0, 1280) + quote
+            total = 20 + len(icmp)
+            hdr = struct.pack(
+                "!BBHHHBBH4s4s", 0x45, 0xC0, total, 7, 0, 64, 1, 0,
+                bytes([10, 77, 1, 1]), ip[12:16],
+            )  # fmt: skip
+            pkt = frame[6:12] + frame[0:6] + b"\x08\x00" + hdr + icmp
+            out += struct.pack("<IIII", sec, frac + 1000, len(pkt), len(pkt)) + pkt
+    dst.write_bytes(bytes(out))
+
+
+def test_ignored_packet_too_big_is_still_a_black_hole(tmp_path: Path) -> None:
+    path = tmp_path / "ignored.pcap"
+    _with_ignored_icmp(LAB / "pmtu-black-hole.pcap", path)
+    report = diagnose_files([str(path)])
+    kinds = [(f.kind, f.severity.label, f.streams) for f in report.findings]
+    assert kinds == [("pmtu-black-hole", "error", [0]), ("pmtu-black-hole", "error", [1])]
+    f = report.findings[0]
+    assert "MTU 1280" in f.explanation and "kept sending full-size segments" in f.explanation
+    assert f.facts["path_mtu"] == "1280 bytes (the router's packet-too-big)"
+    assert any("ICMP 3/4" in s.packet for s in f.timeline)
