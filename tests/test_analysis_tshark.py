@@ -19,22 +19,9 @@ from tcpwhy.tcp.analysis import FLAGS, analyze
 from tcpwhy.tcp.streams import StreamTracker
 from tests.tshark_ref import corpus_pairs, package_pairs, rows
 
-# trace -> reason: every disagreement in these traces is counted as documented
-DOCUMENTED = {
-    "tunnels-gtp-different-dl-and-ul.pcap": (
-        "the outer IP fragments of this GTP trace are reassembled by tshark, not by tcpwhy: "
-        "the 42 packets it decodes from them are missing here, so the sequence state differs"
-    ),
-}
-
-# the documented differences of the GTP trace, by kind, counted exactly
-GTP_DIFFERENCES = {
-    "missing from the table": 42,  # tshark decodes them from reassembled fragments
-    "tcp.analysis.ack_rtt": 23,  # tshark has an ACK RTT, tcpwhy none: the data was missing
-    "tcp.analysis.initial_rtt": 19,  # same, for the handshake's RTT
-    "ack_lost_segment set": 4,  # tcpwhy sees ACKs of segments it never saw
-    "lost_segment set": 2,  # and the gap the missing segments leave
-}
+# trace -> reason: every disagreement in these traces is counted as documented (none today:
+# the GTP trace whose outer UDP is IP-fragmented agrees since tcpwhy reassembles IP)
+DOCUMENTED: dict[str, str] = {}
 
 
 def _compare(
@@ -117,7 +104,7 @@ def test_corpus_agrees_with_tshark(zeek_corpus: Path) -> None:
     tp, fp, fn, bad = _compare(list(corpus_pairs(zeek_corpus)))
     print("Zeek corpus:")
     assert not _report(tp, fp, fn)
-    # every flag tshark sets, and no other (the GTP trace's six are counted below)
+    # every flag tshark sets, and no other
     assert tp == {
         "ack_lost_segment": 15,
         "lost_segment": 12,
@@ -127,13 +114,8 @@ def test_corpus_agrees_with_tshark(zeek_corpus: Path) -> None:
         "spurious_retransmission": 12,
         "out_of_order": 2,
     }
-    assert (fp, fn) == ({"documented": 6}, {})
-    assert bad.get("fields", []) == []
-    documented = Counter(
-        d.split(": ", 1)[1].split(",")[0].split("=")[0] for d in bad.get("documented", [])
-    )
-    print(f"  documented differences: {documented} ({'; '.join(DOCUMENTED.values())})")
-    assert documented == GTP_DIFFERENCES
+    assert (fp, fn) == ({}, {})
+    assert bad == {}
 
 
 def test_lab_recordings_agree_with_tshark() -> None:

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from tcpwhy.cli import main
 from tcpwhy.errors import TcpwhyError
-from tcpwhy.host import counters as ctr
+from tcpwhy.host import nstat as ctr
 from tcpwhy.host import sysctl as sc
 from tcpwhy.host.explain import Listener, analyze, group_key, listeners, state_counts
 from tcpwhy.host.netns import netns_path, run_in_netns

@@ -6,6 +6,59 @@ import os
 
 __version__ = "0.1.0"
 
+TYPE_CHECKING = False  # not `typing`'s: importing typing costs start-up the CLI may not need
+if TYPE_CHECKING:
+    from typing import Any
+
+    from tcpwhy import host as host
+    from tcpwhy.api import Capture as Capture
+    from tcpwhy.api import CaptureWarning as CaptureWarning
+    from tcpwhy.api import Field as Field
+    from tcpwhy.api import Finding as Finding
+    from tcpwhy.api import Flow as Flow
+    from tcpwhy.api import Report as Report
+    from tcpwhy.api import Table as Table
+    from tcpwhy.api import analyze as analyze
+    from tcpwhy.api import open as open
+    from tcpwhy.errors import CaptureError as CaptureError
+    from tcpwhy.errors import NotACaptureError as NotACaptureError
+    from tcpwhy.errors import TcpwhyError as TcpwhyError
+    from tcpwhy.errors import TruncatedCaptureError as TruncatedCaptureError
+    from tcpwhy.errors import UnsupportedLinkTypeError as UnsupportedLinkTypeError
+    from tcpwhy.filter.syntax import FilterError as FilterError
+
+_PUBLIC = {
+    "open": "tcpwhy.api",
+    "analyze": "tcpwhy.api",
+    "Capture": "tcpwhy.api",
+    "CaptureWarning": "tcpwhy.api",
+    "Field": "tcpwhy.api",
+    "Finding": "tcpwhy.api",
+    "Flow": "tcpwhy.api",
+    "Report": "tcpwhy.api",
+    "Table": "tcpwhy.api",
+    "TcpwhyError": "tcpwhy.errors",
+    "CaptureError": "tcpwhy.errors",
+    "NotACaptureError": "tcpwhy.errors",
+    "UnsupportedLinkTypeError": "tcpwhy.errors",
+    "TruncatedCaptureError": "tcpwhy.errors",
+    "FilterError": "tcpwhy.filter.syntax",
+}
+"""The Python API (docs/api.md), imported on first use: `import tcpwhy` stays as cheap as
+the command line's start-up needs."""
+
+__all__ = [*(n for n in _PUBLIC if n != "open"), "host"]  # `open` would shadow the builtin
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    if name == "host":
+        return importlib.import_module("tcpwhy.host")
+    raise AttributeError(f"module 'tcpwhy' has no attribute {name!r}")
+
 
 def _compiled_code_cache() -> None:
     """Give numba a writable cache directory when neither the package nor $HOME is writable.

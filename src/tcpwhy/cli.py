@@ -21,6 +21,7 @@ GROUPS = {
     "explain": "tcpwhy.diagnose.cli",
     "lab": "tcpwhy.lab.cli",
     "host": "tcpwhy.host.cli",
+    "watch": "tcpwhy.watch.cli",
 }
 """Which module registers each command. Only the one named on the command line is imported
 (the host and lab commands pull in rich, psutil and pyroute2: a tenth of a second of start-up

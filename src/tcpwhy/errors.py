@@ -40,3 +40,15 @@ class ScenarioFailed(TcpwhyError):
     """A lab scenario's kernel behaviour differed from the design."""
 
     exit_status = EXIT_SCENARIO
+
+
+class NotACaptureError(CaptureError):
+    """The input is not a pcap or pcapng capture (or is empty, or cannot be opened)."""
+
+
+class UnsupportedLinkTypeError(CaptureError):
+    """The capture's link type is one tcpwhy does not decode."""
+
+
+class TruncatedCaptureError(CaptureError):
+    """The capture ends (or its compression breaks) before its first packet."""

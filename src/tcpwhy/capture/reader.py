@@ -22,7 +22,9 @@ from typing import IO, Any
 import numpy as np
 import numpy.typing as npt
 
+from tcpwhy.capture.options import reassemble_default
 from tcpwhy.decode import kernels as K
+from tcpwhy.decode.reassembly import Reassembler, decode_datagrams, merge
 from tcpwhy.decode.table import (
     COLUMNS,
     ICMP_COLUMNS,
@@ -379,12 +381,16 @@ def decode_chunk(
     reuse: dict[str, npt.NDArray[Any]] | None = None,
     checksums: bool = False,
     teredo_any_port: bool = False,
+    reassembler: Reassembler | None = None,
 ) -> PacketTable:
+    """Decode a chunk's records; with a `reassembler`, IP fragments are kept in it and the
+    datagrams they complete are decoded and merged in (at the completing fragment's frame)."""
     n = recs.off.shape[0]
     cols = empty_columns(n) if reuse is None else {k: v[:n] for k, v in reuse.items()}
     # written only for ICMP rows, which are copied out below: one set serves every chunk
     icols = {k: v[:n] for k, v in _icmp_buffers(n).items()}
-    j, k = K.decode_records(
+    frag = _frag_buffer(n)
+    j, k, nf = K.decode_records(
         arr,
         recs.off,
         recs.cap,
@@ -398,6 +404,7 @@ def decode_chunk(
         teredo_any_port,
         *(cols[name] for name in COLUMNS),
         *(icols[name] for name in ICMP_COLUMNS),
+        frag,
     )
     icmp = None
     if k:
@@ -412,7 +419,27 @@ def decode_chunk(
         )
     if j < n:
         cols = {name: v[:j] for name, v in cols.items()}
-    return PacketTable(cols, arr, icmp)
+    table = PacketTable(cols, arr, icmp)
+    if nf and reassembler is not None:
+        done = reassembler.add(arr, frag[:nf], recs.ts)
+        extra = (
+            decode_datagrams(done, frame_base, recs, if_link, checksums, teredo_any_port)
+            if done
+            else None
+        )
+        if extra is not None and (len(extra) or extra.icmp is not None):
+            table = merge(table, extra)
+    return table
+
+
+_FRAG_BUFFERS: list[npt.NDArray[np.uint64]] = []
+
+
+def _frag_buffer(n: int) -> npt.NDArray[np.uint64]:
+    """The decoder's fragment notes, at least n rows, allocated once per process."""
+    if not _FRAG_BUFFERS or _FRAG_BUFFERS[0].shape[0] < n:
+        _FRAG_BUFFERS[:] = [np.zeros((max(n, MAX_ROWS_PER_TABLE), len(K.FRAG_FIELDS)), np.uint64)]
+    return _FRAG_BUFFERS[0]
 
 
 _ICMP_BUFFERS: list[dict[str, npt.NDArray[Any]]] = []
@@ -447,6 +474,7 @@ def iter_tables(
     reuse: bool = False,
     checksums: bool = False,
     teredo_any_port: bool = False,
+    reassemble: bool | None = None,
 ) -> Iterator[PacketTable]:
     """Packet tables of a capture, chunk by chunk, in capture order.
 
@@ -457,16 +485,21 @@ def iter_tables(
     captured TCP segment's checksum into `csum_ok` (Wireshark does not by
     default; Zeek does unless run with -C). `teredo_any_port` decodes Teredo
     between a client and its relay on any UDP ports, as Zeek does (tshark only
-    looks inside UDP port 3544, so the default keeps its stream numbers).
+    looks inside UDP port 3544, so the default keeps its stream numbers). `reassemble`
+    joins IPv4 and IPv6 fragments and decodes the datagrams (as tshark does by default);
+    datagrams left incomplete are counted in `stats`. None: the command line's choice
+    (`--no-reassemble`), else on.
 
     Raises CaptureError for files that are not captures we can read; problems
     after the first packet (a cut or corrupt record) end the stream with a
     warning in `stats.warnings` instead, so what was read is still shown.
     """
     stats = stats if stats is not None else CaptureStats()
+    if reassemble is None:
+        reassemble = reassemble_default()
     src = _Source(source)
     try:
-        yield from _iter(src, stats, chunk_bytes, reuse, checksums, teredo_any_port)
+        yield from _iter(src, stats, chunk_bytes, reuse, checksums, teredo_any_port, reassemble)
     finally:
         src.close()
 
@@ -478,6 +511,7 @@ def _iter(
     reuse: bool,
     checksums: bool,
     teredo_any_port: bool,
+    reassemble: bool = True,
 ) -> Iterator[PacketTable]:
     name = src.name
     try:
@@ -509,6 +543,7 @@ def _iter(
     recs = _Records.alloc(MAX_ROWS_PER_TABLE)
     shared_cols = empty_columns(MAX_ROWS_PER_TABLE) if reuse else None
     shared_buf = np.empty(0, np.uint8)
+    reassembler = Reassembler() if reassemble else None
     try:
         while True:
             # a fresh buffer per chunk: earlier tables keep pointing into theirs
@@ -545,6 +580,7 @@ def _iter(
                         shared_cols,
                         checksums,
                         teredo_any_port,
+                        reassembler,
                     )
                     frame_base += n
                     stats.frames += n
@@ -577,6 +613,8 @@ def _iter(
         for code, what in enumerate(K.STATUS_NAMES):
             if code != K.ST_TCP and code != K.ST_ICMP_TCP:
                 stats.add_skipped(what, int(counts[code]))
+        if reassembler is not None:
+            _report_reassembly(reassembler, stats)
     if isinstance(parser, _PcapngParser) and not parser.seen_shb:
         raise CaptureError(name, "not a pcapng capture")
     if stats.frames and stats.frames == stats.skipped.get("unsupported link type", 0):
@@ -584,13 +622,35 @@ def _iter(
         raise CaptureError(name, f"unsupported link type {lts}")
 
 
+def _report_reassembly(r: Reassembler, stats: CaptureStats) -> None:
+    """Counters and a warning for fragments that did not make a whole datagram."""
+    r.finish()
+    stats.reassembled += r.reassembled
+    stats.add_skipped("incomplete IP datagrams", r.incomplete)
+    stats.add_skipped("unusable IP fragments", r.unusable)
+    if r.incomplete:
+        stats.warnings.append(
+            f"{r.incomplete} fragmented IP datagram(s) never completed (fragments missing, "
+            "timed out or over the reassembly limits): their contents are not decoded"
+        )
+
+
 def read_table(
     source: str,
     stats: CaptureStats | None = None,
     checksums: bool = False,
     teredo_any_port: bool = False,
+    reassemble: bool | None = None,
 ) -> PacketTable:
     """The whole capture as one table (payload bytes compacted)."""
     return PacketTable.concat(
-        list(iter_tables(source, stats, checksums=checksums, teredo_any_port=teredo_any_port))
+        list(
+            iter_tables(
+                source,
+                stats,
+                checksums=checksums,
+                teredo_any_port=teredo_any_port,
+                reassemble=reassemble,
+            )
+        )
     )

@@ -85,6 +85,22 @@ _K_WLAN = 8  # an IEEE 802.11 data frame (Aruba's GRE tunnels carry them)
 
 _MAX_LAYERS = 24
 
+# columns of `decode_records`'s fragment notes (one row of u8 per IP fragment)
+FRAG_FIELDS = (
+    "rec",  # index of the record in the chunk
+    "ip",  # offset of the fragment's IP header in the chunk's buffer
+    "lim",  # where its enclosing layers and captured bytes say the frame's IP data ends
+    "eth_src",
+    "eth_dst",
+    "vlan1",  # VLAN id + 1 (0: untagged)
+    "tunnel",
+    "osrc_hi",
+    "osrc_lo",
+    "odst_hi",
+    "odst_lo",
+    "end",  # end of the captured bytes of the record
+)
+
 
 # Byte offsets are never negative: indexing with them as unsigned spares numba's
 # negative-index wraparound on every byte read.
@@ -413,7 +429,7 @@ def _icmp_quote(buf: Any, p: Any, end: Any, v6: Any) -> Any:
 
 
 @kernel(
-    "u1[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8 i8[:] b1 b1 u8[:] i8[:] u4[:] u4[:] u2[:] u2[:] u8[:] u8[:] i4[:] u1[:] u8[:] u8[:] u8[:] u8[:] u1[:] u4[:] u4[:] u1[:] u4[:] u8[:] u8[:] u8[:] u8[:] u2[:] u2[:] u4[:] u4[:] u1[:] u2[:] u2[:] u2[:] i1[:] i4[:] i1[:] b1[:] b1[:] u4[:] u4[:] u4[:] u1[:] u4[:,:] u4[:,:] u4[:] u4[:] u8[:] b1[:] u1[:] u1[:] u4[:] u8[:] u8[:] u8[:] u8[:] u1[:] u4[:] i8[:] -> (i8, i8)"
+    "u1[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8 i8[:] b1 b1 u8[:] i8[:] u4[:] u4[:] u2[:] u2[:] u8[:] u8[:] i4[:] u1[:] u8[:] u8[:] u8[:] u8[:] u1[:] u4[:] u4[:] u1[:] u4[:] u8[:] u8[:] u8[:] u8[:] u2[:] u2[:] u4[:] u4[:] u1[:] u2[:] u2[:] u2[:] i1[:] i4[:] i1[:] b1[:] b1[:] u4[:] u4[:] u4[:] u1[:] u4[:,:] u4[:,:] u4[:] u4[:] u8[:] b1[:] u1[:] u1[:] u4[:] u8[:] u8[:] u8[:] u8[:] u1[:] u4[:] i8[:] u8[:,:] -> (i8, i8, i8)"
 )
 def decode_records(
     buf: Any,
@@ -485,13 +501,18 @@ def decode_records(
     o_icmp_ttl: Any,
     o_icmp_len: Any,
     o_icmp_at: Any,
+    # one row per IP fragment met (`FRAG_FIELDS`), for reassembly in a second pass
+    o_frag: Any,
 ) -> Any:
     """Decode each record down to TCP; TCP rows are written compactly from the start of the
     output columns, others counted. An ICMP or ICMPv6 error quoting a TCP segment is a row
     too, written from the end of the same columns backwards (its TCP and IP columns hold the
-    quoted segment, its ICMP columns the error itself). Returns (TCP rows, ICMP rows)."""
+    quoted segment, its ICMP columns the error itself). An IP fragment is counted and noted
+    in `o_frag` (where its IP header is and what enclosed it), so that reassembly, a
+    separate pass, can decode the whole datagram. Returns (TCP rows, ICMP rows, fragments)."""
     j = 0
     k_icmp = 0
+    n_frag = 0
     last = np.int64(rec_off.shape[0] - 1)
     ffff = np.uint64(0xFFFF00000000)
     for i in range(rec_off.shape[0]):
@@ -974,6 +995,21 @@ def decode_records(
                 break
         if status != ST_TCP:
             counts[status] += 1
+            if status == ST_FRAGMENT:
+                fu = np.uint64(n_frag)
+                o_frag[fu, 0] = np.uint64(i)
+                o_frag[fu, 1] = np.uint64(frame_start + ip_off)
+                o_frag[fu, 2] = np.uint64(lim if lim < end else end)
+                o_frag[fu, 3] = eth_src
+                o_frag[fu, 4] = eth_dst
+                o_frag[fu, 5] = np.uint64(vlan + 1)
+                o_frag[fu, 6] = np.uint64(tunnel)
+                o_frag[fu, 7] = osrc_hi
+                o_frag[fu, 8] = osrc_lo
+                o_frag[fu, 9] = odst_hi
+                o_frag[fu, 10] = odst_lo
+                o_frag[fu, 11] = np.uint64(end)
+                n_frag += 1
             continue
         # ---- TCP
         whole = p + 20 <= end  # a quoted header may stop after the sequence number
@@ -1129,11 +1165,11 @@ def decode_records(
                     s += w & np.uint64(0xFFFF)
             s += np.uint64(6) + np.uint64(seg_len)
             k = p
-            last = p + seg_len
-            while k + 1 < last:
+            seg_end = p + seg_len
+            while k + 1 < seg_end:
                 s += np.uint64((_u8(buf, k) << 8) | _u8(buf, k + 1))
                 k += 2
-            if k < last:
+            if k < seg_end:
                 s += np.uint64(_u8(buf, k) << 8)
             while s >> np.uint64(16):
                 s = (s & np.uint64(0xFFFF)) + (s >> np.uint64(16))
@@ -1142,7 +1178,7 @@ def decode_records(
             o_csum[ju] = -1
         counts[ST_TCP] += 1
         j += 1
-    return j, k_icmp
+    return j, k_icmp, n_frag
 
 
 @kernel("u1[:] i8[:] i8[:] u1[:] i8[:] -> none")

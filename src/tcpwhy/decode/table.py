@@ -331,6 +331,7 @@ class CaptureStats:
     frames: int = 0
     tcp: int = 0
     icmp: int = 0  # ICMP errors about TCP (rows of the tables' `icmp`)
+    reassembled: int = 0  # IP datagrams joined from fragments
     first_ts_ns: int | None = None
     bytes_read: int = 0  # of the capture stream (decompressed), for progress reports
     skipped: dict[str, int] = field(default_factory=dict)

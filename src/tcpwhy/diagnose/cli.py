@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from tcpwhy.capture.options import add_reassembly_option
 from tcpwhy.filter import add_filter_argument
 from tcpwhy.report.output import add_output_argument, with_output
 
@@ -15,6 +16,13 @@ def _positive_float(text: str) -> float:
     v = float(text)
     if v <= 0:
         raise argparse.ArgumentTypeError("must be positive")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
     return v
 
 
@@ -50,6 +58,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from tcpwhy.diagnose.render import to_json, write_text
     from tcpwhy.filter import filter_from_args
 
+    from tcpwhy.diagnose import fleet
+
+    if args.workers or args.scheduler or fleet.is_fleet(args.files):
+        return fleet.cmd_fleet(args)  # capture points apart, on Dask or here
     settings = Settings(close_wait_s=args.close_wait, fin_wait_2_s=args.fin_wait_2)
     flt = filter_from_args(args)
     with _progress() as progress:
@@ -94,7 +106,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "warning or above, 1 such findings, 2 error."
         ),
     )
-    a.add_argument("files", nargs="+", metavar="FILE", help="capture files")
+    a.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="capture files; a directory is a fleet: each sub-directory one capture point "
+        "(its files one rotated capture), each file in it one of its own",
+    )
     a.add_argument(
         "--format",
         choices=("text", "json", "html"),
@@ -129,6 +147,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the kernel's events of the same time (`host trace --format jsonl`, or the lab's "
         "x.trace.jsonl): add the kernel's reasons to each finding, and say where they disagree",
     )
+    a.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="diagnose the capture points on a Dask LocalCluster of N worker processes",
+    )
+    a.add_argument(
+        "--scheduler",
+        metavar="tcp://HOST:PORT",
+        help="diagnose the capture points on an existing Dask cluster (its workers need tcpwhy)",
+    )
+    add_reassembly_option(a)
     a.set_defaults(func=with_output(cmd_analyze))
 
     e = sub.add_parser(

@@ -377,3 +377,6 @@ _add("http.user_agent", STRING, _http_attr("user_agent"), 32, "http", 20)
 
 # ICMP errors about TCP: the icmp/icmpv6 fields, and how every field above reads them
 from tcpwhy.filter import icmp_fields as _icmp_fields  # noqa: E402,F401
+
+# TLS record layer, without decryption (see tcpwhy.filter.tls_fields)
+from tcpwhy.filter import tls_fields as _tls_fields  # noqa: E402,F401

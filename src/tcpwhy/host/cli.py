@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tcpwhy.errors import TcpwhyError
-from tcpwhy.host import counters as ctr
+from tcpwhy.host import nstat as ctr
 from tcpwhy.host import sysctl as sc
 from tcpwhy.host.explain import Finding, analyze, group_key, listeners, owner_label, state_counts
 from tcpwhy.host.netns import run_in_netns
@@ -140,6 +140,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_states(args: argparse.Namespace) -> int:
+    if args.format == "json":
+        from tcpwhy.host.documents import states as states_document
+
+        _emit_json(states_document(args.netns, args.by))
+        return 0
     snap = collect(args.netns, counters_=False)
     socks = snap.sockets
     counts = state_counts(socks)
@@ -161,23 +166,6 @@ def cmd_states(args: argparse.Namespace) -> int:
                     ),
                 }
             )
-    if args.format == "json":
-        doc: dict[str, Any] = {
-            "netns": args.netns,
-            "source": snap.source,
-            "states": counts,
-            "total": len(socks),
-            "sockets": [s.as_json() for s in socks],
-            "findings": [f.as_json() for f in findings],
-            "notes": snap.notes,
-        }
-        if args.by:
-            doc["by"] = args.by
-            doc["groups"] = [
-                {**g, "findings": [f.as_json() for f in g["findings"]]} for g in groups
-            ]
-        _emit_json(doc)
-        return 0
     con = _console()
     con.print(_title("TCP sockets", args.netns, snap))
     line = Text()
@@ -252,28 +240,16 @@ def _print_notes(con: Console, notes: list[str]) -> None:
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
+    if args.format == "json":
+        from tcpwhy.host.documents import listen
+
+        _emit_json(listen(args.netns))
+        return 0
     snap = collect(args.netns)
     lsts = listeners(snap.sockets, snap.sysctls, snap.limits_known)
-    overflows = snap.counters.get("TcpExtListenOverflows")
-    notes = list(snap.notes)
-    if overflows:
-        notes.append(
-            f"TcpExtListenOverflows = {overflows} in this namespace: some listener's queue was full at some "
-            "point (the counter does not say which); `tcpwhy host counters --interval 1` shows whether it moves now"
-        )
-    if args.format == "json":
-        _emit_json(
-            {
-                "netns": args.netns,
-                "source": snap.source,
-                "somaxconn": lsts[0].somaxconn if lsts else None,
-                "listen_overflows": overflows,
-                "listen_drops": snap.counters.get("TcpExtListenDrops"),
-                "listeners": [lst.as_json() for lst in lsts],
-                "notes": notes,
-            }
-        )
-        return 0
+    from tcpwhy.host.documents import listen_notes
+
+    notes = listen_notes(snap.notes, snap.counters.get("TcpExtListenOverflows"))
     con = _console()
     con.print(_title("listening sockets", args.netns, snap))
     t = Table()
@@ -307,7 +283,9 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
 
 def _read_counters(netns: str | None) -> dict[str, int]:
-    return ctr.parse_all(run_in_netns(netns, ctr.read_texts))
+    from tcpwhy.host.documents import read_counters
+
+    return read_counters(netns)
 
 
 def cmd_counters(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 
-from tcpwhy.host import counters, procs, sysctl
+from tcpwhy.host import nstat, procs, sysctl
 from tcpwhy.host.netns import run_in_netns
 from tcpwhy.host.sockets import Socket, read_sockets
 
@@ -30,7 +30,7 @@ def probe(want_sockets: bool, want_counters: bool, want_sysctls: bool) -> Raw:
     if want_sockets:
         raw.sockets, raw.source, raw.source_note = read_sockets()
     if want_counters:
-        raw.counter_texts = counters.read_texts()
+        raw.counter_texts = nstat.read_texts()
     if want_sysctls:
         raw.sysctls = sysctl.read_values()
     return raw
@@ -66,5 +66,5 @@ def collect(
         note = procs.visibility_note(raw.sockets, scan)
         if note:
             notes.append(note)
-    values = counters.parse_all(raw.counter_texts) if counters_ else {}
+    values = nstat.parse_all(raw.counter_texts) if counters_ else {}
     return Snapshot(netns, time.monotonic(), raw.sockets, raw.source, values, raw.sysctls, notes)

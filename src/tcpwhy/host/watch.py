@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from tcpwhy.host import counters as ctr
+from tcpwhy.host import nstat as ctr
 from tcpwhy.host.explain import Listener, listeners, owner_label, state_counts
 from tcpwhy.host.snapshot import Snapshot, collect
 from tcpwhy.host.sockets import STATES

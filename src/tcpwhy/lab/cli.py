@@ -42,6 +42,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--delay", type=float, help="delay in seconds (relay delay, pause between writes …)"
     )
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="run `tcpwhy watch` on the client's interface while the scenario plays",
+    )
     p.set_defaults(func=run)
 
 
@@ -82,7 +87,10 @@ def run(args: argparse.Namespace) -> int:
     )
     old = signal.signal(signal.SIGTERM, _on_term)
     try:
-        result = run_scenario(sc.name, opts, out)
+        from tcpwhy.watch.lab import start as start_watch
+
+        watch = start_watch if getattr(args, "watch", False) else None
+        result = run_scenario(sc.name, opts, out, watch=watch)
     finally:
         signal.signal(signal.SIGTERM, old)
     print(f"{sc.name}: {sc.summary}")

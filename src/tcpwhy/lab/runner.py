@@ -75,8 +75,15 @@ def all_scenarios() -> list[Scenario]:
     return list(SCENARIOS.values())
 
 
-def run_scenario(name: str, opts: Options | None = None, out: str | None = None) -> LabResult:
+def run_scenario(
+    name: str,
+    opts: Options | None = None,
+    out: str | None = None,
+    watch: Callable[[Lab], Callable[[], None]] | None = None,
+) -> LabResult:
     """Play one scenario on the real kernel; the capture is written to `out` when given.
+    `watch(lab)`, when given, is started once the namespaces exist and returns what stops
+    it (`tcpwhy lab NAME --watch`: `tcpwhy watch` on the client's interface).
 
     Raises EnvironmentProblem without root/namespaces. A scenario that played
     out differently returns ok=False (the capture, if any, is kept for study).
@@ -92,7 +99,10 @@ def run_scenario(name: str, opts: Options | None = None, out: str | None = None)
     lab = Lab(opts, relay=sc.relay, capture_path=out)
     reason = ""
     ktrace = None
+    stop_watch: Callable[[], None] | None = None
     try:
+        if watch is not None:
+            stop_watch = watch(lab)
         if out:
             from tcpwhy.lab.ktrace import KernelTrace, trace_path
 
@@ -117,6 +127,8 @@ def run_scenario(name: str, opts: Options | None = None, out: str | None = None)
     finally:
         if ktrace is not None:
             ktrace.stop()
+        if stop_watch is not None:
+            stop_watch()
         lab.close()
     cap = lab.capture
     return LabResult(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
+from tcpwhy.capture.options import add_reassembly_option
 from tcpwhy.decode.table import CaptureStats
 from tcpwhy.filter import add_filter_argument
 from tcpwhy.report.output import add_output_argument, with_output
@@ -34,6 +36,12 @@ def cmd_packets(args: argparse.Namespace) -> int:
 
     flt = filter_from_args(args)
     stats = CaptureStats()
+    if args.format == "parquet":  # a file written from the columns (`tcpwhy.report.parquet`)
+        from tcpwhy.report.parquet import need_output, write_packets_parquet
+
+        write_packets_parquet(args.file, need_output(args), stats, args.absolute, args.count, flt)
+        report_stats(args.file, stats)
+        return 0
     try:
         write_packets(args.file, args.format, args.absolute, args.count, stats=stats, flt=flt)
     finally:
@@ -56,12 +64,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="List the TCP packets of a capture (pcap, pcapng, gzip; - for stdin).",
     )
     p.add_argument("file", metavar="FILE", help="capture file, or - for standard input")
-    p.add_argument("--format", choices=("table", "csv", "jsonl"), default="table")
+    add_reassembly_option(p)
+    p.add_argument(
+        "--format",
+        choices=("table", "csv", "jsonl", "parquet"),
+        default="table",
+        help="parquet: a Parquet file (needs -o FILE; docs/conns.md)",
+    )
     p.add_argument("--absolute", action="store_true", help="raw sequence numbers")
     p.add_argument("-c", "--count", type=positive_int, metavar="N", help="stop after N packets")
     add_filter_argument(p)
     add_output_argument(p)
-    p.set_defaults(func=with_output(cmd_packets))
+    p.set_defaults(func=_unless_parquet(cmd_packets))
 
     from tcpwhy.report import conns
 
@@ -83,6 +97,7 @@ def register_flow(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Draw TCP stream STREAM (Wireshark's tcp.stream number) as a ladder diagram.",
     )
     p.add_argument("file", metavar="FILE")
+    add_reassembly_option(p)
     p.add_argument(
         "stream", metavar="STREAM", type=int, help="tcp.stream number (see `tcpwhy conns`)"
     )
@@ -107,7 +122,20 @@ def register_flow(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _add_output(p: argparse.ArgumentParser) -> None:
     """`-o FILE` on a command registered elsewhere (its own function runs unchanged)."""
     add_output_argument(p)
-    p.set_defaults(func=with_output(p.get_default("func")))
+    p.set_defaults(func=_unless_parquet(p.get_default("func")))
+
+
+def _unless_parquet(
+    func: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """`with_output(func)`, except for ``--format parquet``, which writes `-o FILE` itself
+    (binary, and renamed into place the same way)."""
+    text = with_output(func)
+
+    def run(args: argparse.Namespace) -> int:
+        return func(args) if getattr(args, "format", "") == "parquet" else text(args)
+
+    return run
 
 
 def cmd_flow(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from tcpwhy.capture.options import add_reassembly_option
 from tcpwhy.decode.table import CaptureStats
 from tcpwhy.filter import DisplayFilter, add_filter_argument
 from tcpwhy.report.commands import positive_int, report_stats
@@ -20,7 +21,7 @@ from tcpwhy.report.commands import positive_int, report_stats
 if TYPE_CHECKING:  # the builder loads compiled code: imported where records are made
     from tcpwhy.tcp.records import ConnColumns, ConnRecord, RecordOptions
 
-FORMATS = ("table", "jsonl", "csv", "zeek", "zeek-json")
+FORMATS = ("table", "jsonl", "csv", "zeek", "zeek-json", "parquet")
 ZEEK_FORMATS = ("zeek", "zeek-json")
 """Formats of Zeek's own logs: connections are cut where Zeek would cut them."""
 
@@ -368,6 +369,19 @@ def cmd_conns(args: argparse.Namespace) -> int:
     ropts = RecordOptions(
         uid_seed=args.seed, community_id_seed=args.community_id_seed, local_nets=args.local_nets
     )
+    if args.format == "parquet":  # a file written from the columns (`tcpwhy.report.parquet`)
+        from tcpwhy.report.parquet import need_output, write_conns_parquet
+
+        write_conns_parquet(
+            args.file,
+            need_output(args),
+            stats,
+            flt=filter_from_args(args),
+            record_options=ropts,
+            **options,
+        )
+        report_stats(args.file, stats)
+        return 0
     try:
         write_conns(
             args.file,
@@ -414,6 +428,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ),
     )
     p.add_argument("file", metavar="FILE", help="capture file, or - for standard input")
+    add_reassembly_option(p)
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument(
         "--boundaries",

@@ -74,6 +74,18 @@ def build_ladder(
 ) -> Ladder:
     stats = stats if stats is not None else CaptureStats()
     t = read_table(source, stats)
+    return ladder_of_table(t, stream, source, stats.first_ts_ns, flt)
+
+
+def ladder_of_table(
+    t: PacketTable,
+    stream: int,
+    source: str,
+    first_ts_ns: int | None = None,
+    flt: DisplayFilter | None = None,
+) -> Ladder:
+    """The ladder of tcp.stream `stream` of a whole capture's table already read (`source`
+    names it in errors; times count from `first_ts_ns`, the capture's first frame)."""
     tracker = StreamTracker()
     s = tracker.feed(t)
     a = analyze(t, s)
@@ -91,7 +103,7 @@ def build_ladder(
     direction = (cdir != client).astype(np.int8)
     end_ns = int(t["ts_ns"][-1])
     states = run_rows(t, rows, direction, end_ns=end_ns)
-    t0 = stats.first_ts_ns if stats.first_ts_ns is not None else int(t["ts_ns"][0])
+    t0 = first_ts_ns if first_ts_ns is not None else int(t["ts_ns"][0])
     shown = None
     if flt is not None:
         shown = flt.mask(t, FilterContext(t, streams=s, analysis=a, first_ts_ns=t0))

@@ -222,3 +222,4 @@ def explain(name: str) -> str:
     if info is None:
         return ""
     return f"{info.meaning}; check: {info.check}" if info.check else info.meaning
+

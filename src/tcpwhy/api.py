@@ -1,0 +1,821 @@
+"""tcpwhy's Python API: the command line's views of a capture, as Python objects.
+
+    cap = tcpwhy.open("incident.pcap")            # nothing is read yet
+    cap.findings                                   # what `tcpwhy analyze` reports
+    cap.connections.to_arrow()                     # what `tcpwhy conns` writes, as Arrow
+    cap.packets["stream"]                          # packet columns (numpy), by name
+    cap.flow(0).to_svg()                           # `tcpwhy flow FILE 0 --format svg`
+    tcpwhy.analyze(["a.pcap", "b.pcap"])           # the whole report, as `analyze --format json`
+
+Every view is built by the same functions the commands use, so a value here is the
+value the command prints. Errors are exceptions carrying the command's message
+(`CaptureError` and its subclasses, `FilterError`); warnings the command prints on
+stderr (a capture cut short) are `CaptureWarning`s; nothing is printed.
+
+The names here are the stable API: tests/test_api.py pins their signatures.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from html import escape
+from typing import IO, TYPE_CHECKING, Any, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from tcpwhy.errors import (
+    CaptureError,
+    NotACaptureError,
+    TruncatedCaptureError,
+    UnsupportedLinkTypeError,
+)
+
+if TYPE_CHECKING:
+    import pandas
+    import polars
+    import pyarrow
+
+    from tcpwhy.decode.table import CaptureStats
+    from tcpwhy.decode.table import PacketTable as Columns
+    from tcpwhy.diagnose import model
+    from tcpwhy.filter import DisplayFilter
+    from tcpwhy.report.flow import Ladder, LadderView
+
+Source = Union[str, "os.PathLike[str]", IO[bytes]]
+"""A capture: a path, an fsspec URL (``s3://…``, with fsspec installed), or a binary file
+object (read once, from where it stands)."""
+
+__all__ = [
+    "Capture",
+    "CaptureWarning",
+    "Field",
+    "Finding",
+    "Flow",
+    "Report",
+    "Table",
+    "analyze",
+    "open",
+]
+
+
+class CaptureWarning(UserWarning):
+    """A problem after the first packet (a record cut short): what was read is still used,
+    as the command line shows it and prints the same text on stderr."""
+
+
+# ---------------------------------------------------------------------------------------
+# sources
+# ---------------------------------------------------------------------------------------
+
+
+def _classify(exc: CaptureError, names: Mapping[str, str]) -> CaptureError:
+    """The reader's CaptureError as the subclass its message names, same where and reason
+    (a spooled file's temporary path replaced by the name the caller gave)."""
+    if type(exc) is not CaptureError:
+        return exc
+    where = names.get(exc.where, exc.where)
+    r = exc.reason
+    cls: type[CaptureError] = NotACaptureError
+    if "unsupported link type" in r:
+        cls = UnsupportedLinkTypeError
+    elif r.startswith(("truncated", "corrupt gzip")):
+        cls = TruncatedCaptureError
+    return cls(where, r)
+
+
+class _Sources:
+    """The caller's sources as local paths: plain paths as they are, file objects and URLs
+    copied once into a private temporary directory (the reader wants a file it can open),
+    removed when the `Capture` is garbage-collected."""
+
+    def __init__(self, sources: Sequence[Source]) -> None:
+        self._given = list(sources)
+        self._paths: list[str] | None = None
+        self.names: dict[str, str] = {}
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def display(self) -> list[str]:
+        out = []
+        for s in self._given:
+            if isinstance(s, (str, os.PathLike)):
+                out.append(os.fspath(s))
+            else:
+                out.append(str(getattr(s, "name", "<file object>")))
+        return out
+
+    def paths(self) -> list[str]:
+        if self._paths is None:
+            self._paths = [self._local(k, s) for k, s in enumerate(self._given)]
+        return self._paths
+
+    def _spool_dir(self) -> str:
+        if self._tmp is None:
+            # removed with this object (TemporaryDirectory's own finalizer)
+            self._tmp = tempfile.TemporaryDirectory(prefix="tcpwhy-")
+        return self._tmp.name
+
+    def _local(self, k: int, s: Source) -> str:
+        if isinstance(s, (str, os.PathLike)):
+            text = os.fspath(s)
+            if "://" not in text:
+                return text
+            try:
+                import fsspec
+            except ImportError:
+                raise ImportError(
+                    f"{text}: reading a URL needs fsspec (pip install fsspec, plus s3fs or "
+                    "gcsfs for cloud storage)"
+                ) from None
+            dest = os.path.join(self._spool_dir(), f"{k}-{os.path.basename(text) or 'capture'}")
+            try:
+                with fsspec.open(text, "rb") as src, builtins.open(dest, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+            except FileNotFoundError:
+                raise NotACaptureError(text, "no such file") from None
+            except OSError as exc:
+                raise NotACaptureError(text, exc.strerror or str(exc)) from None
+            self.names[dest] = text
+            return dest
+        name = str(getattr(s, "name", "") or "<file object>")
+        dest = os.path.join(self._spool_dir(), f"{k}-{os.path.basename(name) or 'capture'}")
+        with builtins.open(dest, "wb") as out:
+            shutil.copyfileobj(s, out, 1 << 20)
+        self.names[dest] = name
+        return dest
+
+
+def _as_list(path_or_paths: Source | Sequence[Source]) -> list[Source]:
+    if isinstance(path_or_paths, (str, os.PathLike, io.IOBase)) or hasattr(path_or_paths, "read"):
+        return [path_or_paths]  # type: ignore[list-item]
+    out = list(path_or_paths)
+    if not out:
+        raise ValueError("no capture given")
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# tables
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Field:
+    """One column of a table: numpy dtype, shape per row, meaning, and for a column of codes
+    the words they index (`to_arrow` writes such a column as a dictionary of those words)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    meaning: str
+    words: tuple[str, ...] | None = None
+
+
+def _need(module: str, what: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"{what} needs {module}: pip install {module}") from None
+
+
+class Table:
+    """Columns of one row per packet or per connection: numpy arrays by name, with the
+    documented `schema`, and conversions to Arrow, pandas and polars."""
+
+    kind = "table"
+
+    def __init__(self, columns: dict[str, npt.NDArray[Any]], schema: dict[str, Field]) -> None:
+        self._cols = columns
+        self._schema = schema
+
+    @property
+    def schema(self) -> dict[str, Field]:
+        """The fields, in column order, each with its type and meaning."""
+        return dict(self._schema)
+
+    @property
+    def columns(self) -> list[str]:
+        """Column names, in order."""
+        return list(self._schema)
+
+    def __len__(self) -> int:
+        """Rows."""
+        first = next(iter(self._schema))
+        return len(self[first])
+
+    def __getitem__(self, name: str) -> npt.NDArray[Any]:
+        """The column `name` as a numpy array (codes for a column with `words`)."""
+        if name not in self._schema:
+            raise KeyError(f"no column {name!r}; columns: {', '.join(self._schema)}")
+        return self._cols[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._schema
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._schema)
+
+    def to_arrow(self) -> pyarrow.Table:
+        """An Arrow table: numeric columns share the numpy buffers (no copy); times are
+        ``timestamp[ns, UTC]``/``duration[ns]`` over the same integers; code columns are
+        dictionaries of their words; booleans and text are built."""
+        pa = _need("pyarrow", f"{type(self).__name__}.to_arrow()")
+        arrays = [self._arrow(pa, f) for f in self._schema.values()]
+        return pa.Table.from_arrays(arrays, names=list(self._schema))
+
+    def _arrow(self, pa: Any, f: Field) -> Any:
+        v = self[f.name]
+        if f.words is not None:
+            return pa.DictionaryArray.from_arrays(pa.array(v), pa.array(list(f.words), pa.string()))
+        if v.ndim == 2:
+            flat = pa.array(np.ascontiguousarray(v).reshape(-1))
+            return pa.FixedSizeListArray.from_arrays(flat, v.shape[1])
+        if v.dtype == object:
+            return pa.array(v.tolist(), pa.string())
+        return pa.array(v)
+
+    def to_pandas(self) -> pandas.DataFrame:
+        """A pandas DataFrame (through Arrow: code columns become categoricals)."""
+        _need("pandas", f"{type(self).__name__}.to_pandas()")
+        return self.to_arrow().to_pandas()
+
+    def to_polars(self) -> polars.DataFrame:
+        """A polars DataFrame (through Arrow, sharing its buffers where polars can)."""
+        pl = _need("polars", f"{type(self).__name__}.to_polars()")
+        return pl.from_arrow(self.to_arrow())
+
+    def __repr__(self) -> str:
+        return f"<tcpwhy {self.kind} table: {len(self):,} rows × {len(self._schema)} columns>"
+
+    def _repr_html_(self) -> str:
+        n = len(self)
+        head = [k for k in self._schema if self[k].ndim == 1][:12]
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{escape(str(self[k][i]))}</td>" for k in head) + "</tr>"
+            for i in range(min(n, 10))
+        )
+        cols = "".join(
+            f"<th title='{escape(self._schema[k].meaning)}'>{escape(k)}</th>" for k in head
+        )
+        return (
+            f"<div><b>tcpwhy {escape(self.kind)} table</b>: {n:,} rows × {len(self._schema)} "
+            f"columns (first {len(head)} shown)<table><tr>{cols}</tr>{rows}</table></div>"
+        )
+
+
+_TIME_COLUMNS = {"ts_ns": "timestamp", "start_ns": "timestamp", "duration_ns": "duration"}
+
+
+class _TimedTable(Table):
+    def _arrow(self, pa: Any, f: Field) -> Any:
+        kind = _TIME_COLUMNS.get(f.name)
+        if kind is None:
+            return super()._arrow(pa, f)
+        v = np.ascontiguousarray(self[f.name], np.int64)
+        typ = pa.timestamp("ns", tz="UTC") if kind == "timestamp" else pa.duration("ns")
+        return pa.Array.from_buffers(typ, len(v), [None, pa.py_buffer(v)])
+
+
+PACKET_EXTRA: dict[str, str] = {
+    "stream": "Wireshark's tcp.stream number of the packet's connection",
+}
+"""Columns of `Capture.packets` besides the decoder's (tcpwhy.decode.table.COLUMNS)."""
+
+PACKET_HIDDEN = ("payload_off",)
+"""Decoder columns left out of `Capture.packets`: offsets into a buffer the table does not
+expose."""
+
+
+def packet_schema() -> dict[str, Field]:
+    """The fields of `Capture.packets`: the decoder's columns, then `PACKET_EXTRA`."""
+    from tcpwhy.decode.table import COLUMNS
+
+    out = {
+        k: Field(k, np.dtype(dt).str, shape, meaning)
+        for k, (dt, shape, meaning) in COLUMNS.items()
+        if k not in PACKET_HIDDEN
+    }
+    out["stream"] = Field("stream", np.dtype("i8").str, (), PACKET_EXTRA["stream"])
+    return out
+
+
+class PacketTable(_TimedTable):
+    """One row per TCP packet, in capture order (what `tcpwhy packets` lists): the decoder's
+    columns (docs/api.md, tcpwhy.decode.table) plus the packet's `stream`. ``ts_ns`` is a
+    UTC timestamp in Arrow."""
+
+    kind = "packets"
+
+
+CONN_EXTRA: dict[str, str] = {
+    "orig_h": "originator address as text (the jsonl record's orig_h)",
+    "resp_h": "responder address as text (the jsonl record's resp_h)",
+    "irtt_ns": "SYN to the originator's ACK of the SYN-ACK; null (Arrow) without a handshake",
+}
+
+
+def connection_schema() -> dict[str, Field]:
+    """The fields of `Capture.connections`: the connection record columns
+    (tcpwhy.tcp.records.COLUMNS, words decoded in Arrow) with text addresses after each
+    address pair."""
+    from tcpwhy.tcp.records import COLUMNS, WORD_COLUMNS
+
+    out: dict[str, Field] = {}
+    for k, (dt, shape, meaning) in COLUMNS.items():
+        words = WORD_COLUMNS.get(k) if k in WORD_COLUMNS else None
+        if k == "history":
+            out[k] = Field(k, "str", (), "Zeek's history letters")
+            continue
+        if k == "history_len":
+            continue
+        if k == "irtt_ns":
+            meaning = CONN_EXTRA["irtt_ns"]
+        out[k] = Field(k, np.dtype(dt).str, shape, meaning, words)
+        if k in ("orig_lo", "resp_lo"):
+            h = k[:4] + "_h"
+            out[h] = Field(h, "str", (), CONN_EXTRA[h])
+    return out
+
+
+class ConnectionTable(_TimedTable):
+    """One row per connection, in stream order (what `tcpwhy conns` writes): the record
+    columns of docs/conns.md as numbers and codes, text addresses, Zeek's history."""
+
+    kind = "connections"
+
+    def _arrow(self, pa: Any, f: Field) -> Any:
+        if f.name == "irtt_ns":
+            from tcpwhy.tcp.records import IRTT_UNSET
+
+            v = self[f.name]
+            return pa.array(v, pa.int64(), mask=v == IRTT_UNSET).cast(pa.duration("ns"))
+        return super()._arrow(pa, f)
+
+
+def _connection_table(c: Any) -> ConnectionTable:
+    """The public table of a `ConnColumns` batch (its `end` words become the field's)."""
+    schema = connection_schema()
+    cols: dict[str, npt.NDArray[Any]] = {}
+    for k in schema:
+        if k in ("orig_h", "resp_h"):
+            cols[k] = np.array(c.addresses(k[:4]), dtype=object)
+        elif k == "history":
+            cols[k] = np.array(c.histories(), dtype=object)
+        else:
+            cols[k] = c.cols[k]
+    schema["end"] = Field("end", schema["end"].dtype, (), schema["end"].meaning, tuple(c.end_words))
+    return ConnectionTable(cols, schema)
+
+
+# ---------------------------------------------------------------------------------------
+# findings, reports, flows
+# ---------------------------------------------------------------------------------------
+
+
+def _plain(v: Any) -> Any:
+    """What `json.loads(json.dumps(v))` gives, without the round trip's cost on long lists."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+class Finding:
+    """One finding of the diagnosis: what went wrong on which connections, why, and what to
+    change; `to_dict()` is its object in ``tcpwhy analyze --format json``."""
+
+    def __init__(self, finding: model.Finding, report: model.Report | None = None) -> None:
+        self._f = finding
+        self._report = report
+
+    @property
+    def kind(self) -> str:
+        """The finding's kind, e.g. ``stale-keepalive-reuse`` (``tcpwhy explain`` lists them)."""
+        return self._f.kind
+
+    @property
+    def severity(self) -> str:
+        """``error``, ``warning`` or ``info``."""
+        return self._f.severity.label
+
+    @property
+    def summary(self) -> str:
+        """One sentence: what happened."""
+        return self._f.summary
+
+    @property
+    def streams(self) -> list[int]:
+        """tcp.stream numbers of every connection showing it."""
+        return list(self._f.streams)
+
+    @property
+    def frames(self) -> list[int]:
+        """Frame numbers of the decisive packets."""
+        return list(self._f.frames)
+
+    @property
+    def examples(self) -> list[int]:
+        """A few of `streams`, the ones the explanation and evidence describe."""
+        return list(self._f.examples)
+
+    @property
+    def explanation(self) -> str:
+        """What happened, in paragraphs separated by blank lines."""
+        return self._f.explanation
+
+    @property
+    def causes(self) -> list[str]:
+        """Likely causes, most likely first."""
+        return list(self._f.causes)
+
+    @property
+    def fixes(self) -> list[str]:
+        """What to change, per stack."""
+        return list(self._f.fixes)
+
+    @property
+    def errors(self) -> list[str]:
+        """What the applications most likely logged."""
+        return list(self._f.errors)
+
+    @property
+    def count(self) -> int:
+        """Connections (or events) showing it."""
+        return self._f.count
+
+    @property
+    def display_filter(self) -> str:
+        """Wireshark's display filter for its connections (its examples when many)."""
+        from tcpwhy.report.html import display_filter
+
+        return display_filter(self._f)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The finding's object in ``tcpwhy analyze --format json``."""
+        d = self._f.to_json()
+        return {k: v if k in ("streams", "frames", "examples") else _plain(v) for k, v in d.items()}
+
+    def __repr__(self) -> str:
+        return f"<tcpwhy Finding {self.severity} {self.kind}: {self.count} connection(s)>"
+
+    def _repr_html_(self) -> str:
+        f = self._f
+        paras = "".join(f"<p>{escape(p)}</p>" for p in f.explanation.split("\n\n") if p.strip())
+        causes = "".join(f"<li>{escape(c)}</li>" for c in f.causes)
+        fixes = "".join(f"<li>{escape(x)}</li>" for x in f.fixes)
+        svg = ""
+        if self._report is not None and f.examples:
+            from tcpwhy.report.html import _example_svg
+
+            svg = _example_svg(self._report, f, f.examples[0]) or ""
+        return (
+            f"<div class='tcpwhy-finding'><h4>{escape(self.severity.upper())} "
+            f"<code>{escape(f.kind)}</code></h4><p><b>{escape(f.summary)}</b></p>"
+            f"<p>streams {escape(', '.join(map(str, f.examples)))} · display filter "
+            f"<code>{escape(self.display_filter)}</code></p>{paras}"
+            f"<h5>Likely causes</h5><ol>{causes}</ol><h5>What to change</h5><ul>{fixes}</ul>"
+            f"{svg}</div>"
+        )
+
+
+class Report:
+    """A diagnosis, as ``tcpwhy analyze`` makes it: the captures' summary, the findings, and
+    connections counted by how they ended; `to_dict()` is ``analyze --format json``."""
+
+    def __init__(self, report: model.Report) -> None:
+        self._r = report
+        self._findings = [Finding(f, report) for f in report.findings]
+
+    @property
+    def findings(self) -> list[Finding]:
+        """Worst first, then in time order."""
+        return list(self._findings)
+
+    @property
+    def connections(self) -> dict[str, int]:
+        """Connections by how they ended."""
+        return dict(self._r.endings)
+
+    @property
+    def capture(self) -> dict[str, Any]:
+        """Files, packet and connection counts, time span, warnings (the JSON's ``capture``)."""
+        return dict(self._r.to_json()["capture"])
+
+    @property
+    def exit_status(self) -> int:
+        """What ``tcpwhy analyze`` exits with: 1 with a warning or error finding, else 0."""
+        return self._r.exit_status()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The object ``tcpwhy analyze --format json`` writes."""
+        d = self._r.to_json()
+        d["findings"] = [f.to_dict() for f in self._findings]
+        return {k: v if k == "findings" else _plain(v) for k, v in d.items()}
+
+    def to_json(self) -> str:
+        """``tcpwhy analyze --format json``'s text (without the final newline)."""
+        from tcpwhy.diagnose.render import to_json
+
+        return to_json(self._r)
+
+    def to_html(self) -> str:
+        """``tcpwhy analyze --format html``: a self-contained page (charts included)."""
+        from tcpwhy.report.html import render_html
+
+        return render_html(self._r)
+
+    def to_text(self) -> str:
+        """``tcpwhy analyze``'s text."""
+        from tcpwhy.diagnose.render import write_text
+
+        out = io.StringIO()
+        write_text(self._r, out)
+        return out.getvalue()
+
+    def __repr__(self) -> str:
+        c = self._r.capture
+        return (
+            f"<tcpwhy Report: {len(self._findings)} finding(s), {c.packets:,} packets, "
+            f"{c.connections:,} connections>"
+        )
+
+    def _repr_html_(self) -> str:
+        c = self._r.capture
+        head = (
+            f"<p><b>tcpwhy analyze</b> {escape(', '.join(c.files))}: {c.packets:,} TCP packets, "
+            f"{c.connections:,} connections, {len(self._findings)} finding(s)</p>"
+        )
+        return "<div>" + head + "".join(f._repr_html_() for f in self._findings) + "</div>"
+
+
+class Flow:
+    """The ladder of one connection (`tcpwhy flow`): its rows, as text or SVG."""
+
+    def __init__(self, ladder: Ladder, stream: int, fold: int = 3) -> None:
+        self._ladder = ladder
+        self.stream = stream
+        self.fold = fold
+        self._view: LadderView | None = None
+
+    @property
+    def view(self) -> LadderView:
+        """The ladder's model: endpoints, starting and final states, and its rows (packets,
+        folds of uneventful segments, packets the filter hid, timers)."""
+        if self._view is None:
+            from tcpwhy.report.flow import ladder_view
+
+            self._view = ladder_view(self._ladder, self.fold)
+        return self._view
+
+    @property
+    def rows(self) -> list[Any]:
+        """The rows (`tcpwhy.report.flow.LadderRow`: kind, rel_s, frame, to_server, label,
+        client, server, flagged)."""
+        return list(self.view.rows)
+
+    def to_text(self) -> str:
+        """``tcpwhy flow FILE STREAM``'s text."""
+        from tcpwhy.report.flow import render
+
+        out = io.StringIO()
+        render(self._ladder, out, fold=self.fold)
+        return out.getvalue()
+
+    def to_svg(self) -> str:
+        """The ladder as an SVG element (``tcpwhy flow --format svg`` without the XML
+        declaration)."""
+        from tcpwhy.report.svg import render_svg
+
+        return render_svg(self.view, title=f"tcp.stream {self.stream}")
+
+    def __repr__(self) -> str:
+        v = self.view
+        return f"<tcpwhy Flow stream {self.stream}: {v.client} ⇄ {v.server}, {len(v.rows)} rows>"
+
+    def _repr_html_(self) -> str:
+        return self.to_svg()
+
+
+# ---------------------------------------------------------------------------------------
+# captures
+# ---------------------------------------------------------------------------------------
+
+
+class Capture:
+    """One capture (or rotated parts of one, read in order as one timeline), read on first
+    use; each view is computed once and kept. Make it with `tcpwhy.open`."""
+
+    def __init__(self, sources: Sequence[Source], display_filter: str | None = None) -> None:
+        self._src = _Sources(sources)
+        self.display_filter = display_filter
+        self._flt: DisplayFilter | None = None
+        if display_filter is not None:
+            from tcpwhy.filter import compile_filter
+
+            self._flt = compile_filter(display_filter)
+        self._table: Columns | None = None
+        self._first_ns: int | None = None
+        self._packets: PacketTable | None = None
+        self._connections: ConnectionTable | None = None
+        self._report: Report | None = None
+        self.warnings: list[str] = []
+        """Problems after the first packet, ``FILE: text``, as the commands print them."""
+
+    @property
+    def files(self) -> list[str]:
+        """The captures as given (paths, URLs, file objects' names)."""
+        return self._src.display()
+
+    def _note(self, stats: CaptureStats, path: str) -> None:
+        name = self._src.names.get(path, path)
+        for w in stats.warnings:
+            text = f"{name}: {w}"
+            if text not in self.warnings:
+                self.warnings.append(text)
+                warnings.warn(text, CaptureWarning, stacklevel=4)
+
+    def _read(self) -> Columns:
+        """The whole packet table (the files' tables joined), read once."""
+        if self._table is None:
+            from tcpwhy.capture import read_table
+            from tcpwhy.decode.table import CaptureStats
+            from tcpwhy.decode.table import PacketTable as Columns
+
+            parts: list[Columns] = []
+            firsts = []
+            for p in self._src.paths():
+                st = CaptureStats()
+                try:
+                    parts.append(read_table(p, st))
+                except CaptureError as exc:
+                    raise _classify(exc, self._src.names) from None
+                self._note(st, p)
+                if st.first_ts_ns is not None:
+                    firsts.append(st.first_ts_ns)
+            self._table = parts[0] if len(parts) == 1 else Columns.concat(parts)
+            self._first_ns = min(firsts) if firsts else None
+        return self._table
+
+    @property
+    def packets(self) -> PacketTable:
+        """Every TCP packet (with a display filter, those it matches), as `tcpwhy packets`
+        lists them; columns in `PacketTable.schema`."""
+        if self._packets is None:
+            from tcpwhy.tcp.streams import StreamTracker
+
+            t = self._read()
+            s = StreamTracker().feed(t)
+            cols = {k: t.cols[k] for k in packet_schema() if k != "stream"}
+            cols["stream"] = s["stream"]
+            if self._flt is not None:
+                keep = self._mask(t, s)
+                cols = {k: v[keep] for k, v in cols.items()}
+            self._packets = PacketTable(cols, packet_schema())
+        return self._packets
+
+    def _mask(self, t: Any, s: Any) -> npt.NDArray[np.bool_]:
+        from tcpwhy.filter import FilterContext
+        from tcpwhy.tcp.analysis import analyze as tcp_analysis
+
+        assert self._flt is not None
+        a = tcp_analysis(t, s)
+        return self._flt.mask(
+            t, FilterContext(t, streams=s, analysis=a, first_ts_ns=self._first_ns)
+        )
+
+    def _chunks(self) -> Iterator[Any]:
+        from tcpwhy.capture import iter_tables
+        from tcpwhy.decode.table import CaptureStats
+
+        for p in self._src.paths():
+            st = CaptureStats()
+            try:
+                yield from iter_tables(p, st, reuse=True)
+            except CaptureError as exc:
+                raise _classify(exc, self._src.names) from None
+            self._note(st, p)
+
+    @property
+    def connections(self) -> ConnectionTable:
+        """One record per connection (with a display filter, the connections with a matching
+        packet, each whole), as `tcpwhy conns` writes them, in stream order."""
+        if self._connections is None:
+            from tcpwhy.decode.table import CaptureStats
+            from tcpwhy.tcp.connections import iter_connection_columns
+            from tcpwhy.tcp.records import ConnColumns
+
+            stats = CaptureStats()
+            paths = self._src.paths()
+            if self._flt is not None and len(paths) == 1 and self._table is None:
+                from tcpwhy.report.conns import filtered_connections
+
+                try:
+                    batches = list(filtered_connections(paths[0], stats, self._flt))
+                except CaptureError as exc:
+                    raise _classify(exc, self._src.names) from None
+                self._note(stats, paths[0])
+            elif self._flt is not None or self._table is not None:
+                t = self._read()
+                batches = list(iter_connection_columns([t], None))
+                if self._flt is not None:
+                    wanted = np.unique(self.packets["stream"])
+                    batches = [b.take(np.isin(b["stream"], wanted)) for b in batches]
+            else:  # streamed: the packets are not kept
+                batches = list(iter_connection_columns(self._chunks(), stats))
+            self._connections = _connection_table(ConnColumns.concat(batches).stream_order())
+        return self._connections
+
+    @property
+    def report(self) -> Report:
+        """The diagnosis of the files, by ``tcpwhy analyze``'s engine (rotated files joined,
+        capture points of one path paired)."""
+        if self._report is None:
+            self._report = _analyze(self._src, self._flt)
+        return self._report
+
+    @property
+    def findings(self) -> list[Finding]:
+        """What went wrong, worst first (``tcpwhy analyze``)."""
+        return self.report.findings
+
+    def flow(self, stream: int, *, fold: int = 3) -> Flow:
+        """The ladder of tcp.stream `stream` (``tcpwhy flow``); with a display filter, the
+        packets it does not match are folded away. `fold`: runs of at least that many
+        uneventful segments are one row (0: never)."""
+        from tcpwhy.report.flow import ladder_of_table
+
+        t = self._read()
+        lad = ladder_of_table(t, int(stream), ", ".join(self.files), self._first_ns, self._flt)
+        return Flow(lad, int(stream), fold)
+
+    def __repr__(self) -> str:
+        read = (
+            "read" if self._table is not None or self._connections is not None else "not read yet"
+        )
+        flt = f", display_filter={self.display_filter!r}" if self.display_filter else ""
+        return f"<tcpwhy Capture {', '.join(self.files)}{flt} ({read})>"
+
+    def _repr_html_(self) -> str:
+        parts = [f"<p><b>tcpwhy capture</b> {escape(', '.join(self.files))}"]
+        if self.display_filter:
+            parts.append(f" · filter <code>{escape(self.display_filter)}</code>")
+        if self._packets is not None:
+            parts.append(f" · {len(self._packets):,} TCP packets")
+        if self._connections is not None:
+            parts.append(f" · {len(self._connections):,} connections")
+        parts.append("</p>")
+        if self._report is not None:
+            parts.append(self._report._repr_html_())
+        else:
+            parts.append("<p>(findings computed on first use of <code>.findings</code>)</p>")
+        return "".join(parts)
+
+
+def _analyze(src: _Sources, flt: DisplayFilter | None, **settings: Any) -> Report:
+    from tcpwhy.diagnose.engine import diagnose_files
+    from tcpwhy.diagnose.registry import Settings
+
+    try:
+        r = diagnose_files(src.paths(), Settings(**settings), None, flt)
+    except CaptureError as exc:
+        raise _classify(exc, src.names) from None
+    if src.names:
+        r.capture.files = [src.names.get(f, f) for f in r.capture.files]
+    return Report(r)
+
+
+def open(path_or_paths: Source | Sequence[Source], *, display_filter: str | None = None) -> Capture:
+    """A capture, read on first use: a path, an fsspec URL, a binary file object, or a list
+    of them (rotated parts of one capture, in order; several capture points of one path for
+    the findings). `display_filter` is a Wireshark display filter, as ``-Y``: it raises
+    `FilterError` at once if it does not compile."""
+    return Capture(_as_list(path_or_paths), display_filter)
+
+
+def analyze(
+    paths: Source | Sequence[Source],
+    *,
+    display_filter: str | None = None,
+    close_wait_s: float = 10.0,
+    fin_wait_2_s: float = 5.0,
+) -> Report:
+    """The diagnosis of captures, as ``tcpwhy analyze`` makes it (`close_wait_s` and
+    `fin_wait_2_s` are its ``--close-wait`` and ``--fin-wait-2``)."""
+    flt = None
+    if display_filter is not None:
+        from tcpwhy.filter import compile_filter
+
+        flt = compile_filter(display_filter)
+    return _analyze(
+        _Sources(_as_list(paths)), flt, close_wait_s=close_wait_s, fin_wait_2_s=fin_wait_2_s
+    )

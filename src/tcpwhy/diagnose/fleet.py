@@ -1,0 +1,400 @@
+"""Fleets: many capture points diagnosed apart, in this process or on a Dask cluster.
+
+A directory given to ``tcpwhy analyze`` is a fleet: each immediate sub-directory is one
+capture point whose files are one rotated capture (`engine.diagnose_files` joins them in
+time order), each file directly in it a capture point of its own. Capture points are
+independent, so they are the unit of work: one Dask task each, on a LocalCluster
+(``--workers N``) or an existing cluster (``--scheduler``), or one after the other here.
+Every task returns plain data (findings as JSON), so the answer is the same wherever it
+ran; the fleet findings (`fleet_findings`) are then made here, in capture point order.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+from tcpwhy.errors import EnvironmentProblem, TcpwhyError
+
+
+@dataclass(frozen=True)
+class Point:
+    """A capture point: its name (the file's or sub-directory's) and its files, in order."""
+
+    name: str
+    files: tuple[str, ...]
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _listdir(path: str) -> list[tuple[str, bool]]:
+    """(path, is a directory) of the entries of a local directory or an fsspec URL."""
+    if _is_url(path):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(path)
+        proto = path.split("://", 1)[0]
+        return sorted(
+            (f"{proto}://{e['name']}", e["type"] == "directory") for e in fs.ls(root, detail=True)
+        )
+    with os.scandir(path) as it:
+        return sorted((e.path, e.is_dir()) for e in it if not e.name.startswith("."))
+
+
+def _isdir(path: str) -> bool:
+    if _is_url(path):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(path)
+        return bool(fs.isdir(root))
+    return os.path.isdir(path)
+
+
+def is_fleet(paths: Sequence[str]) -> bool:
+    """Whether the arguments name a fleet (at least one directory)."""
+    return any(_isdir(p) for p in paths)
+
+
+def capture_points(paths: Sequence[str]) -> list[Point]:
+    """The capture points of the arguments: a directory's sub-directories and files, and each
+    file given by itself."""
+    points: list[Point] = []
+    for p in paths:
+        if not _isdir(p):
+            points.append(Point(os.path.basename(p.rstrip("/")) or p, (p,)))
+            continue
+        for entry, is_dir in _listdir(p):
+            name = os.path.basename(entry.rstrip("/"))
+            if is_dir:
+                files = tuple(f for f, d in _listdir(entry) if not d)
+                if files:
+                    points.append(Point(name, files))
+            else:
+                points.append(Point(name, (entry,)))
+    seen: dict[str, int] = {}
+    out = []
+    for pt in points:  # names are the keys of the output: make them unique
+        k = seen.get(pt.name, 0)
+        seen[pt.name] = k + 1
+        out.append(pt if not k else Point(f"{pt.name}~{k}", pt.files))
+    return out
+
+
+def _local(path: str) -> tuple[str, Callable[[], None]]:
+    """A local path for a capture (an fsspec URL is copied to a temporary file first)."""
+    if not _is_url(path) or path.startswith("file://"):
+        return (path[len("file://") :] if path.startswith("file://") else path), lambda: None
+    import tempfile
+
+    import fsspec
+
+    fd, tmp = tempfile.mkstemp(prefix="tcpwhy-", suffix=os.path.basename(path))
+    with os.fdopen(fd, "wb") as out, fsspec.open(path, "rb") as src:
+        while chunk := src.read(1 << 22):
+            out.write(chunk)
+    return tmp, lambda: os.unlink(tmp)
+
+
+def analyze_point(point: Point, settings: dict[str, float], pair: bool = True) -> dict[str, Any]:
+    """Diagnose one capture point (a Dask task: plain data in and out). A file that cannot be
+    read is an error row and the point's other files are diagnosed without it."""
+    from tcpwhy.diagnose.engine import diagnose_files
+    from tcpwhy.diagnose.registry import Settings
+
+    errors: list[dict[str, str]] = []
+    files = list(point.files)
+    while files:
+        local: list[str] = []
+        cleanups: list[Callable[[], None]] = []
+        try:
+            for f in files:
+                path, done = _local(f)
+                local.append(path)
+                cleanups.append(done)
+            report = diagnose_files(local, Settings(**settings), None, None, pair=pair)  # type: ignore[arg-type]
+        except TcpwhyError as exc:
+            bad = next((f for f, lp in zip(files, local, strict=False) if lp == exc.where), None)
+            if bad is None and len(files) == 1:
+                bad = files[0]
+            errors.append({"file": bad or point.name, "reason": exc.reason})
+            if bad is None:
+                files = []
+            else:
+                files.remove(bad)
+            continue
+        except OSError as exc:
+            errors.append({"file": files[0], "reason": exc.strerror or str(exc)})
+            files = files[1:]
+            continue
+        finally:
+            for done in cleanups:
+                done()
+        d = report.to_json()
+        return {
+            "point": point.name,
+            "files": list(point.files),
+            "findings": d["findings"],
+            "connections": d["capture"]["connections"],
+            "endings": d["connections"],
+            "errors": errors,
+        }
+    return {
+        "point": point.name,
+        "files": list(point.files),
+        "findings": [],
+        "connections": 0,
+        "endings": {},
+        "errors": errors,
+    }
+
+
+@contextmanager
+def _client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
+    """A Dask client: on a LocalCluster of `workers` processes, or on `scheduler`; closed
+    (and the cluster's processes with it) however the block ends, Ctrl-C included."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise EnvironmentProblem(
+            "--workers", "needs dask distributed: pip install 'tcpwhy[fleet]'"
+        ) from None
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except OSError as exc:
+            raise TcpwhyError(scheduler, f"cannot reach the scheduler: {exc}") from None
+        with client:
+            yield client
+        return
+    import psutil
+
+    n = workers or 1
+    try:
+        with _local_client(n, LocalCluster, Client, psutil) as client:
+            yield client
+    except KeyboardInterrupt:
+        # interrupted while the cluster starts, Dask's own exit hook cannot close it: stop
+        # the worker processes this process started, by PID, and skip that hook
+        import atexit
+
+        from distributed.deploy import spec
+
+        kids = psutil.Process().children(recursive=True)
+        for k in kids:
+            with suppress(psutil.NoSuchProcess):
+                k.kill()
+        psutil.wait_procs(kids, timeout=10)
+        atexit.unregister(spec.close_clusters)
+        raise
+
+
+@contextmanager
+def _local_client(n: int, LocalCluster: Any, Client: Any, psutil: Any) -> Iterator[Any]:
+    with (
+        LocalCluster(
+            n_workers=n,
+            memory_limit=psutil.virtual_memory().total // n,  # the machine's memory, shared
+            # (given: Dask's "auto" reads the cgroup limits, not always present)
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=50,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def run_points(
+    points: Sequence[Point],
+    settings: dict[str, float],
+    pair: bool = True,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Every capture point's result, in the order of `points`."""
+    results: list[dict[str, Any] | None] = [None] * len(points)
+    if not workers and not scheduler:
+        for i, p in enumerate(points):
+            results[i] = analyze_point(p, settings, pair)
+            if progress:
+                progress(i + 1, len(points))
+    else:
+        from distributed import as_completed
+
+        with _client(workers, scheduler) as client:
+            futures = client.map(
+                analyze_point,
+                list(points),
+                settings=settings,
+                pair=pair,
+                pure=False,
+                retries=2,  # a worker that dies: its tasks run again elsewhere
+                key=[f"tcpwhy-point-{i}-{p.name}" for i, p in enumerate(points)],
+            )
+            index = {f.key: i for i, f in enumerate(futures)}
+            for n, fut in enumerate(as_completed(futures), 1):
+                results[index[fut.key]] = fut.result()
+                if progress:
+                    progress(n, len(points))
+    return [r for r in results if r is not None]
+
+
+def _server(f: dict[str, Any]) -> str:
+    return str(f.get("facts", {}).get("server", ""))
+
+
+def fleet_findings(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One finding per kind and server across the fleet: connections (`count`), the capture
+    points that show it (`capture_points`: {point: connections}), and where the findings
+    inferred one, the server's idle timeout across points."""
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in results:
+        for f in r["findings"]:
+            key = (f["kind"], _server(f))
+            g = groups.setdefault(
+                key,
+                {
+                    "kind": f["kind"],
+                    "server": key[1],
+                    "severity": f["severity"],
+                    "rank": -1,
+                    "count": 0,
+                    "capture_points": {},
+                    "summary": f["summary"],
+                    "_timeouts": [],
+                },
+            )
+            g["count"] += f["count"]
+            pts = g["capture_points"]
+            pts[r["point"]] = pts.get(r["point"], 0) + f["count"]
+            rank = _SEVERITY.get(f["severity"], -1)
+            if rank > g["rank"]:
+                g["rank"], g["severity"] = rank, f["severity"]
+            t = f.get("facts", {}).get("server_idle_timeout_s")
+            if isinstance(t, dict) and "median" in t:
+                g["_timeouts"].append(t)
+    out = []
+    for g in groups.values():
+        ts = g.pop("_timeouts")
+        if ts:
+            g["server_idle_timeout_s"] = {
+                "min": min(t["min"] for t in ts),
+                "median": round(statistics.median(t["median"] for t in ts), 3),
+                "max": max(t["max"] for t in ts),
+                "n": sum(t.get("n", 1) for t in ts),
+            }
+        g["verdict"] = verdict(g, len(results))
+        out.append(g)
+    out.sort(key=lambda g: (-g["rank"], -len(g["capture_points"]), -g["count"], g["kind"]))
+    for g in out:
+        del g["rank"]
+    return out
+
+
+_SEVERITY = {"info": 0, "warning": 1, "error": 2}  # `model.Severity` labels
+
+
+def verdict(g: dict[str, Any], npoints: int) -> str:
+    """The fleet verdict line: "KIND at K of N capture points, all to SERVER, server idle
+    timeout T s"."""
+    text = f"{g['kind']} at {len(g['capture_points'])} of {npoints} capture points"
+    if g["server"]:
+        text += f", all to {g['server']}"
+    t = g.get("server_idle_timeout_s")
+    if t:
+        text += f", server idle timeout {t['median']:g} s"
+    return f"{text} ({g['count']} connections)"
+
+
+def fleet_report(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The ``--format json`` object of a fleet."""
+    return {
+        "capture_points": [
+            {"point": r["point"], "files": r["files"], "connections": r["connections"]}
+            for r in results
+        ],
+        "findings": fleet_findings(results),
+        "points": {r["point"]: r["findings"] for r in results},
+        "errors": [e for r in results for e in r["errors"]],
+    }
+
+
+def exit_status(report: dict[str, Any]) -> int:
+    """0 nothing of severity warning or above, 1 such findings, 2 when a file could not be
+    read (the rest was analysed and reported)."""
+    if report["errors"]:
+        return 2
+    worst = max((_SEVERITY.get(f["severity"], -1) for f in report["findings"]), default=-1)
+    return 1 if worst >= _SEVERITY["warning"] else 0
+
+
+def write_fleet_text(report: dict[str, Any], out: Any) -> None:
+    npoints = len(report["capture_points"])
+    conns = sum(p["connections"] for p in report["capture_points"])
+    out.write(f"tcpwhy: fleet of {npoints} capture points, {conns} connections\n")
+    if not report["findings"]:
+        out.write("no findings\n")
+    for f in report["findings"]:
+        out.write(f"[{f['severity']}] {f['verdict']}\n")
+        out.write(f"    {f['summary']}\n")
+        pts = ", ".join(f"{k} ({v})" for k, v in sorted(f["capture_points"].items()))
+        out.write(f"    capture points: {pts}\n")
+    for e in report["errors"]:
+        out.write(f"error: {e['file']}: {e['reason']}\n")
+
+
+@contextmanager
+def _bar(total: int) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar of capture points on stderr, only on a terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(
+        TextColumn("tcpwhy: capture points"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("points", total=total)
+        yield lambda done, n: bar.update(task, completed=done, total=n)
+
+
+def cmd_fleet(args: Any) -> int:
+    """``tcpwhy analyze`` on a fleet (a directory, or --workers / --scheduler)."""
+    import json
+
+    for p in args.files:
+        if not _is_url(p) and not os.path.exists(p):
+            raise TcpwhyError(p, "No such file or directory")
+    if args.format == "html":
+        raise TcpwhyError("--format html", "is for one capture point, not a fleet")
+    points = capture_points(args.files)
+    settings = {"close_wait_s": args.close_wait, "fin_wait_2_s": args.fin_wait_2}
+    with _bar(len(points)) as progress:
+        results = run_points(
+            points, settings, not args.no_pair, args.workers, args.scheduler, progress
+        )
+    report = fleet_report(results)
+    if args.format == "json":
+        sys.stdout.write(json.dumps(report, indent=1, default=str) + "\n")
+    else:
+        write_fleet_text(report, sys.stdout)
+    for e in report["errors"]:
+        print(f"tcpwhy: {e['file']}: {e['reason']}", file=sys.stderr)
+    return exit_status(report)
+
+
+__all__ = ["Point", "analyze_point", "capture_points", "fleet_findings", "run_points"]

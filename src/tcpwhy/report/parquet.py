@@ -1,0 +1,424 @@
+"""Parquet out: connection records and packets as Arrow tables built from the columns.
+
+The text columns (addresses, uids, Community IDs, history letters) come out of the same
+compiled row formatter as ``tcpwhy conns`` (`tcpwhy.report.conns_kernel`), one buffer per
+batch cut into an Arrow string array by its offsets; the word columns (states, how a
+connection ended) are Arrow dictionaries over the codes. No Python object is made per row,
+so a capture of millions of connections costs what its columns cost.
+
+The schemas (`CONN_SCHEMA`, `PACKET_SCHEMA`) are documented in docs/conns.md; names and
+values are those of the jsonl output, with times as UTC timestamps and seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tcpwhy.errors import EnvironmentProblem, TcpwhyError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from tcpwhy.decode.table import CaptureStats
+    from tcpwhy.filter import DisplayFilter
+    from tcpwhy.tcp.records import ConnColumns, RecordOptions
+
+
+def require_pyarrow() -> Any:
+    """pyarrow, or one line saying how to install it (exit status 1: the environment)."""
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise EnvironmentProblem(
+            "parquet", "needs pyarrow: pip install 'tcpwhy[parquet]'"
+        ) from None
+    return pyarrow
+
+
+def _cut(buf: npt.NDArray[np.uint8], n: int) -> pa.Array:
+    """An Arrow string array of the n newline-ended texts in `buf` (newlines dropped)."""
+    import pyarrow as pa
+
+    ends = np.flatnonzero(buf == 10)
+    assert len(ends) == n
+    offsets = np.zeros(n + 1, np.int64)
+    offsets[1:] = ends - np.arange(n)
+    data = buf[buf != 10]
+    return pa.LargeStringArray.from_buffers(
+        n, pa.py_buffer(offsets), pa.py_buffer(data.tobytes())
+    ).cast(pa.string())
+
+
+def _kernel_text(
+    steps: list[tuple[int, int, int, int]],
+    ints: npt.NDArray[np.int64],
+    words: list[bytes],
+    row_bound: int,
+    fixed: npt.NDArray[np.uint8] | None = None,
+) -> pa.Array:
+    """One text per row, written by the compiled row formatter; each program ends in word 0
+    (a newline)."""
+    from tcpwhy.report import conns_kernel as k
+
+    n = ints.shape[1]
+    vocab = np.frombuffer(b"".join(words), np.uint8).copy()
+    voff = np.cumsum([0] + [len(w) for w in words], dtype=np.int64)
+    prog = np.array([*steps, (k.OP_LIT, 0, 0, -1)], np.int64).reshape(-1, 4)
+    out = np.empty(n * (row_bound + 1) + 1, np.uint8)
+    hist = np.zeros((n, 1), np.uint8)
+    hlen = np.zeros(n, np.int64)
+    fx = fixed if fixed is not None else np.zeros((n, 0), np.uint8)
+    size = k.format_rows(prog, ints, hist, hlen, vocab, voff, fx, out)
+    return _cut(out[:size], n)
+
+
+def addresses(hi: npt.NDArray[Any], lo: npt.NDArray[Any]) -> pa.Array:
+    """Address text (as Wireshark writes it) from the packet table's two 64-bit halves."""
+    from tcpwhy.report import conns_kernel as k
+
+    ints = np.stack([hi.view(np.int64), lo.view(np.int64)]) if len(hi) else np.zeros((2, 0))
+    return _kernel_text([(k.OP_ADDR, 0, 1, 0)], ints.astype(np.int64), [b"\n"], 43)
+
+
+def _fixed_text(rows: npt.NDArray[np.uint8], lengths: npt.NDArray[Any], prefix: bytes) -> pa.Array:
+    """Strings from rows of a fixed-width byte matrix, the first `lengths[i]` bytes of row i."""
+    import pyarrow as pa
+
+    n, width = rows.shape
+    lengths = np.asarray(lengths, np.int64)
+    keep = np.arange(width)[None, :] < lengths[:, None]
+    body = np.ascontiguousarray(rows)[keep]
+    if prefix:
+        p = np.frombuffer(prefix, np.uint8)
+        full = np.empty((n, len(p) + width), np.uint8)
+        full[:, : len(p)] = p
+        full[:, len(p) :] = rows
+        keep = np.concatenate([np.ones((n, len(p)), np.bool_), keep], axis=1)
+        body = full[keep]
+        lengths = lengths + len(p)
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(body.tobytes()))
+
+
+def _words(codes: npt.NDArray[Any], words: tuple[str, ...]) -> pa.Array:
+    import pyarrow as pa
+
+    return pa.DictionaryArray.from_arrays(
+        pa.array(codes.astype(np.int32)), pa.array(list(words) or [""], pa.string())
+    )
+
+
+def conn_schema(local: bool = True) -> pa.Schema:
+    """The Arrow schema of connection records (docs/conns.md, "Parquet")."""
+    import pyarrow as pa
+
+    word = pa.dictionary(pa.int32(), pa.string())
+    fields = [
+        ("uid", pa.string()),
+        ("stream", pa.int64()),
+        ("orig_h", pa.string()),
+        ("orig_p", pa.int64()),
+        ("resp_h", pa.string()),
+        ("resp_p", pa.int64()),
+        ("orientation", word),
+        ("start", pa.timestamp("us", tz="UTC")),
+        ("start_ns", pa.int64()),
+        ("duration", pa.float64()),
+        ("orig_pkts", pa.int64()),
+        ("resp_pkts", pa.int64()),
+        ("orig_bytes", pa.uint64()),
+        ("resp_bytes", pa.uint64()),
+        ("orig_payload", pa.int64()),
+        ("resp_payload", pa.int64()),
+        ("orig_ip_bytes", pa.int64()),
+        ("resp_ip_bytes", pa.int64()),
+        ("missed_bytes", pa.int64()),
+        ("irtt", pa.float64()),
+        ("retransmissions", pa.int64()),
+        ("zero_windows", pa.int64()),
+        ("orig_state", word),
+        ("resp_state", word),
+        ("end", word),
+        ("conn_state", word),
+        ("history", pa.string()),
+        ("continued", pa.bool_()),
+        ("emitted", word),
+        ("zeek_orig_state", word),
+        ("zeek_resp_state", word),
+        ("local_orig", pa.bool_()),
+        ("local_resp", pa.bool_()),
+        ("community_id", pa.string()),
+    ]
+    return pa.schema([pa.field(n, t) for n, t in fields])
+
+
+def conn_table(c: ConnColumns) -> pa.Table:
+    """A batch of connection records as an Arrow table of `conn_schema`."""
+    import pyarrow as pa
+
+    from tcpwhy.report import conns_kernel as k
+    from tcpwhy.tcp.records import IRTT_UNSET
+
+    col = c.cols
+    n = len(c)
+    a, b = c.uid_words()
+    pre = c.uid_prefix.encode()
+    uids = _kernel_text(
+        [(k.OP_LIT, 1, 0, -1), (k.OP_B62, 0, 0, -1), (k.OP_B62, 1, 0, -1)],
+        np.stack([a.view(np.int64), b.view(np.int64)]) if n else np.zeros((2, 0), np.int64),
+        [b"\n", pre],
+        len(pre) + 22,
+    )
+    irtt = col["irtt_ns"]
+    lo, lr = c.local("orig"), c.local("resp")
+    null_bool = pa.nulls(n, pa.bool_())
+    arrays: dict[str, Any] = {
+        "uid": uids,
+        "stream": col["stream"],
+        "orig_h": addresses(col["orig_hi"], col["orig_lo"]),
+        "orig_p": col["orig_p"],
+        "resp_h": addresses(col["resp_hi"], col["resp_lo"]),
+        "resp_p": col["resp_p"],
+        "start": pa.array(col["start_ns"] // 1000, pa.int64()).cast(pa.timestamp("us", "UTC")),
+        "start_ns": col["start_ns"],
+        "duration": col["duration_ns"] / 1e9,
+        "irtt": pa.array(irtt / 1e9, pa.float64(), mask=irtt == IRTT_UNSET),
+        "history": _fixed_text(col["history"], col["history_len"], b""),
+        "continued": col["continued"],
+        "local_orig": null_bool if lo is None else lo,
+        "local_resp": null_bool if lr is None else lr,
+        "community_id": _fixed_text(c.community_id_text(), np.full(n, k.COMMUNITY_ID_WIDTH), b"1:"),
+    }
+    for name in (
+        "orientation",
+        "orig_state",
+        "resp_state",
+        "end",
+        "conn_state",
+        "emitted",
+        "zeek_orig_state",
+        "zeek_resp_state",
+    ):
+        arrays[name] = _words(col[name], c.words(name))
+    for name in (
+        "orig_pkts",
+        "resp_pkts",
+        "orig_bytes",
+        "resp_bytes",
+        "orig_payload",
+        "resp_payload",
+        "orig_ip_bytes",
+        "resp_ip_bytes",
+        "missed_bytes",
+        "retransmissions",
+        "zero_windows",
+    ):
+        arrays[name] = col[name]
+    schema = conn_schema()
+    return pa.table([pa.array(arrays[f.name], f.type) for f in schema], schema=schema)
+
+
+class ParquetSink:
+    """Tables appended to one Parquet file, written beside its name and renamed into place
+    when closed without error (as `-o FILE` does for text)."""
+
+    def __init__(self, path: str, schema: pa.Schema) -> None:
+        pa = require_pyarrow()
+        self.path = path
+        where = os.path.dirname(os.path.abspath(path)) or "."
+        if os.path.isdir(path):
+            raise TcpwhyError(path, "is a directory")
+        if not os.path.isdir(where):
+            raise TcpwhyError(path, "cannot write: No such file or directory")
+        self.tmp = os.path.join(where, f".tcpwhy-{os.getpid()}-{os.path.basename(path)}.part")
+        try:
+            self.writer = pa.parquet.ParquetWriter(self.tmp, schema, compression="zstd")
+        except OSError as exc:
+            raise TcpwhyError(path, f"cannot write: {exc}") from None
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows:
+            # dictionaries differ from batch to batch: unify them into the file's schema
+            self.writer.write_table(table.cast(self.writer.schema))
+            self.rows += table.num_rows
+
+    def close(self, ok: bool) -> None:
+        self.writer.close()
+        if ok:
+            os.replace(self.tmp, self.path)
+        elif os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+
+
+def write_conns_parquet(
+    source: str,
+    path: str,
+    stats: CaptureStats,
+    flt: DisplayFilter | None = None,
+    record_options: RecordOptions | None = None,
+    **options: Any,
+) -> int:
+    """The connection records of a capture into a Parquet file; the rows written."""
+    from tcpwhy.report.conns import filtered_connections
+    from tcpwhy.tcp.connections import iter_connection_columns
+    from tcpwhy.tcp.records import DEFAULT_OPTIONS
+
+    ropts = record_options if record_options is not None else DEFAULT_OPTIONS
+    sink = ParquetSink(path, conn_schema())
+    ok = False
+    try:
+        batches: Iterator[ConnColumns] = (
+            iter_connection_columns(source, stats, **options)
+            if flt is None
+            else filtered_connections(source, stats, flt, **options)
+        )
+        for c in batches:
+            sink.write(conn_table(c.with_options(ropts)))
+        ok = True
+    finally:
+        sink.close(ok)
+    return sink.rows
+
+
+def packet_schema() -> pa.Schema:
+    """The Arrow schema of ``packets --format parquet`` (docs/conns.md, "Parquet")."""
+    import pyarrow as pa
+
+    word = pa.dictionary(pa.int32(), pa.string())
+    return pa.schema(
+        [
+            ("frame", pa.int64()),
+            ("ts", pa.timestamp("us", tz="UTC")),
+            ("ts_ns", pa.int64()),
+            ("time", pa.float64()),
+            ("src", pa.string()),
+            ("dst", pa.string()),
+            ("sport", pa.int64()),
+            ("dport", pa.int64()),
+            ("length", pa.int64()),
+            ("flags", pa.list_(word)),
+            ("seq", pa.int64()),
+            ("ack", pa.int64()),
+            ("len", pa.int64()),
+            ("win", pa.int64()),
+            ("stream", pa.int64()),
+            ("analysis", pa.list_(word)),
+        ]
+    )
+
+
+def _name_lists(bits: npt.NDArray[Any], names: tuple[str, ...]) -> pa.Array:
+    """A list of names per row: the names of the bits set, in the order of `names`."""
+    import pyarrow as pa
+
+    n = len(bits)
+    b = bits.astype(np.uint64)
+    m = ((b[:, None] >> np.arange(len(names), dtype=np.uint64)[None, :]) & np.uint64(1)) != 0
+    _, which = np.nonzero(m)
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(m.sum(axis=1), out=offsets[1:])
+    values = pa.DictionaryArray.from_arrays(
+        pa.array(which.astype(np.int32)), pa.array(list(names), pa.string())
+    )
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+def write_packets_parquet(
+    source: str,
+    path: str,
+    stats: CaptureStats,
+    absolute: bool = False,
+    limit: int | None = None,
+    flt: DisplayFilter | None = None,
+) -> int:
+    """The TCP packets of a capture into a Parquet file, with the values of the jsonl packet
+    list (relative or absolute numbers, scaled window, stream, analysis flags); the rows
+    written. ICMP errors about TCP are not rows here."""
+    import pyarrow as pa
+
+    from tcpwhy.capture import iter_tables
+    from tcpwhy.decode.table import FLAG_NAMES
+    from tcpwhy.filter import FilterContext
+    from tcpwhy.tcp.analysis import FLAGS, Analyzer
+    from tcpwhy.tcp.streams import StreamTracker
+
+    flag_bits = np.array([bit for bit, _ in FLAG_NAMES], np.uint64)
+    flag_words = tuple(name for _, name in FLAG_NAMES)
+    schema = packet_schema()
+    sink = ParquetSink(path, schema)
+    tracker = StreamTracker()
+    analyzer = Analyzer()
+    ok = False
+    try:
+        for t in iter_tables(source, stats, reuse=True):
+            if limit is not None and sink.rows >= limit:
+                break
+            s = tracker.feed(t)
+            an = analyzer.feed(t, s)
+            keep = np.ones(len(t), np.bool_)
+            if flt is not None:
+                ctx = FilterContext(t, streams=s, analysis=an, first_ts_ns=stats.first_ts_ns)
+                keep = np.asarray(flt.mask(t, ctx), np.bool_)
+            idx = np.flatnonzero(keep)
+            if limit is not None:
+                idx = idx[: limit - sink.rows]
+            flags = t["flags"][idx].astype(np.uint64)
+            fbits = np.zeros(len(idx), np.uint64)
+            for k, bit in enumerate(flag_bits):  # Wireshark's order, one bit per name
+                fbits |= ((flags & bit) != 0).astype(np.uint64) << np.uint64(k)
+            ack = (t["ack"] if absolute else s["rel_ack"])[idx].astype(np.int64)
+            ack = np.where((t["flags"][idx] & 0x10) != 0, ack, 0)
+            ts = t["ts_ns"][idx].astype(np.int64)
+            t0 = stats.first_ts_ns or 0
+            cols = {
+                "frame": t["frame"][idx],
+                "ts": pa.array(ts // 1000, pa.int64()).cast(pa.timestamp("us", "UTC")),
+                "ts_ns": ts,
+                "time": (ts - t0).astype(np.float64) / 1e9,
+                "src": addresses(t["src_hi"][idx], t["src_lo"][idx]),
+                "dst": addresses(t["dst_hi"][idx], t["dst_lo"][idx]),
+                "sport": t["sport"][idx],
+                "dport": t["dport"][idx],
+                "length": t["frame_len"][idx],
+                "flags": _name_lists(fbits, flag_words),
+                "seq": (t["seq"] if absolute else s["rel_seq"])[idx],
+                "ack": ack,
+                "len": t["payload_len"][idx],
+                "win": s["win_scaled"][idx],
+                "stream": s["stream"][idx],
+                "analysis": _name_lists(an.bits[idx], tuple(FLAGS)),
+            }
+            sink.write(
+                pa.table(
+                    [
+                        cols[f.name]
+                        if isinstance(cols[f.name], pa.Array)
+                        else pa.array(np.asarray(cols[f.name]).astype(np.int64), f.type)
+                        if pa.types.is_integer(f.type)
+                        else pa.array(cols[f.name], f.type)
+                        for f in schema
+                    ],
+                    schema=schema,
+                )
+            )
+        ok = True
+    finally:
+        sink.close(ok)
+    return sink.rows
+
+
+def need_output(args: argparse.Namespace) -> str:
+    """``--format parquet`` writes a file: `-o FILE` is required (a terminal gets no binary)."""
+    path = getattr(args, "output", None)
+    if not path or path == "-":
+        raise TcpwhyError("--format parquet", "needs -o FILE")
+    return str(path)

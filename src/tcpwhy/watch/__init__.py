@@ -1,0 +1,1 @@
+"""`tcpwhy watch`: live and streaming diagnosis, bounded in memory."""

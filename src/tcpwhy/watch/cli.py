@@ -1,0 +1,234 @@
+"""`tcpwhy watch`: findings from the wire (or a growing capture) while it happens.
+
+Exit status: 0 nothing of severity warning or above, 1 such findings (or, before any
+packet, not permitted to capture), 2 bad input (file, interface, filter), 130 / 143
+interrupted by Ctrl-C / SIGTERM (after the summary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+from tcpwhy.errors import TcpwhyError
+
+NS = 1_000_000_000
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: stop as for Ctrl-C, with status 143."""
+
+
+def _on_term(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+def _positive(text: str) -> float:
+    v = float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return v
+
+
+def _follow(source: str, watcher: Any, stats: Any, duration: float | None, engine: Any) -> None:
+    """Read a stream on a thread; the main thread diagnoses, and lets the capture clock run
+    on while no packet arrives (the last packet's time plus the wall time since), so a
+    connection's linger or idle time ends even on a quiet wire."""
+    from tcpwhy.capture import iter_tables
+
+    q: queue.Queue[Any] = queue.Queue(maxsize=64)
+    done = object()
+
+    def read() -> None:
+        try:
+            for t in iter_tables(source, stats, chunk_bytes=1 << 20):
+                q.put(t)
+        except BaseException as exc:  # handed to the main thread, raised there
+            q.put(exc)
+        q.put(done)
+
+    th = threading.Thread(target=read, name="watch-reader", daemon=True)
+    th.start()
+    start = time.monotonic()
+    last_ns = 0
+    last_wall = time.monotonic()
+    while True:
+        if duration is not None and time.monotonic() - start >= duration:
+            return
+        try:
+            item = q.get(timeout=0.05)
+        except queue.Empty:
+            if last_ns:
+                watcher.tick(last_ns + int((time.monotonic() - last_wall) * NS))
+            if engine is not None:
+                engine.poll(watcher)
+            continue
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        if len(item):
+            last_ns = int(item["ts_ns"].max())
+            last_wall = time.monotonic()
+        watcher.chunk(item)
+        if engine is not None:
+            engine.poll(watcher)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from tcpwhy.decode.table import CaptureStats
+    from tcpwhy.diagnose.registry import Settings
+    from tcpwhy.watch.core import Watcher
+    from tcpwhy.watch.groups import Groups
+    from tcpwhy.watch.tracker import Limits
+
+    if (args.read is None) == (args.interface is None):
+        raise TcpwhyError("watch", "give one of -i IFACE or -r FILE|-")
+    if args.read is not None and (args.filter or args.snaplen is not None):
+        raise TcpwhyError("watch", "-f and -s apply to -i only")
+    limits = Limits(idle_s=args.idle, max_conns=args.max_conns, max_rows=args.max_rows)
+    metrics = engine = None
+    where = args.read if args.read is not None else args.interface
+    status = 0
+    old_term = signal.signal(signal.SIGTERM, _on_term)
+    watcher: Watcher | None = None
+    try:
+        if args.metrics:
+            from tcpwhy.watch.metrics import Metrics
+
+            metrics = Metrics.serve(args.metrics)
+        w = Watcher(
+            sys.stdout,
+            args.format,
+            Settings(),
+            limits,
+            Groups(args.reannounce, args.max_groups),
+            where,
+            args.summary_every,
+            metrics,
+            sys.stderr,
+        )
+        watcher = w if args.interface is None else None
+        stats = CaptureStats()
+        if args.interface is not None:
+            from tcpwhy.watch.engine import TcpdumpEngine
+
+            engine = TcpdumpEngine(args.interface, args.filter or "", args.snaplen or 512)
+            try:
+                engine.start()  # raises the one-line errors: bad interface or filter, permission
+            except TcpwhyError:
+                engine.stop()
+                watcher = None
+                raise
+            print(f"tcpwhy: watching {args.interface} ({engine.describe()})", file=sys.stderr)
+            sys.stderr.flush()
+            watcher = w
+            _follow("-", w, stats, args.duration, engine)
+        elif args.read == "-":
+            _follow("-", w, stats, args.duration, None)
+        else:
+            from tcpwhy.capture import iter_tables
+
+            for t in iter_tables(args.read, stats):
+                w.chunk(t)
+        w.finish()
+        for text in stats.warnings:
+            print(f"tcpwhy: {where}: warning: {text}", file=sys.stderr)
+        if w.worst is not None and w.worst >= 1:
+            status = 1
+    except TcpwhyError:
+        watcher = None  # the error is the one line: no summary of nothing
+        raise
+    except KeyboardInterrupt:
+        status = 130
+    except Terminated:
+        status = 143
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        try:
+            if engine is not None:
+                engine.stop()
+                if watcher is not None:
+                    engine.poll(watcher)
+            if watcher is not None and status in (130, 143):
+                watcher.finish()
+        except (KeyboardInterrupt, Terminated):
+            pass
+        if metrics is not None:
+            metrics.close()
+        if watcher is not None:
+            print(f"tcpwhy: watch: {watcher.summary_line()}", file=sys.stderr)
+            if watcher.counters.drops:
+                print(
+                    f"tcpwhy: {where}: warning: the kernel dropped {watcher.counters.drops} "
+                    "packets: findings may be missing",
+                    file=sys.stderr,
+                )
+        sys.stdout.flush()
+    return status
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    w = sub.add_parser(
+        "watch",
+        help="name connection failures on the wire as they happen (or in a growing capture)",
+        description=(
+            "Watch an interface (-i) or read a capture as it grows (-r FILE, -r - for "
+            "standard input, e.g. `tcpdump -U -w - | tcpwhy watch -r -`) and print each "
+            "finding as soon as it is certain: when the connection ends, goes idle, or its "
+            "decisive packet arrives. A recurring incident is one finding group (kind and "
+            "server) with running counts, announced again at most once per --reannounce "
+            "seconds. Memory is bounded: connections leave when idle or over the caps. "
+            "Exit status: 0 nothing of severity warning or above, 1 such findings or not "
+            "permitted to capture, 2 bad input (file, interface, filter), 130/143 "
+            "interrupted (Ctrl-C/SIGTERM, after the summary)."
+        ),
+    )
+    w.add_argument("-i", "--interface", metavar="IFACE", help="capture on this interface")
+    w.add_argument("-r", "--read", metavar="FILE", help="a capture file, or - (standard input)")
+    w.add_argument("-f", "--filter", metavar="BPF", help="kernel capture filter (tcpdump syntax)")
+    w.add_argument(
+        "-s",
+        "--snaplen",
+        type=int,
+        metavar="BYTES",
+        help="bytes captured per frame; default 512 (headers and the HTTP request line)",
+    )
+    w.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
+    w.add_argument("--format", choices=("text", "jsonl"), default="text")
+    w.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics (findings by kind and server, connections, resets…)",
+    )
+    w.add_argument(
+        "--idle",
+        type=_positive,
+        default=300.0,
+        metavar="S",
+        help="idle connections leave after S seconds (their findings are then made); default 300",
+    )
+    w.add_argument("--max-conns", type=int, default=100_000, help="open connections held")
+    w.add_argument("--max-rows", type=int, default=500_000, help="packet rows held")
+    w.add_argument("--max-groups", type=int, default=1000, help="finding groups held")
+    w.add_argument(
+        "--reannounce",
+        type=_positive,
+        default=60.0,
+        metavar="S",
+        help="announce a recurring group again at most every S seconds; default 60",
+    )
+    w.add_argument(
+        "--summary-every",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="a one-line summary every S seconds (0: none); default 60",
+    )
+    w.set_defaults(func=cmd_watch)

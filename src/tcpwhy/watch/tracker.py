@@ -1,0 +1,374 @@
+"""Open connections of a watched capture, and the windows of connections whose fate is known.
+
+`watch` cannot hold the capture, so it keeps the packet rows of open connections only.
+When a connection ends (its RST, both FINs and a short linger), goes idle, or has to make
+room (too many connections or rows held), its rows leave in a *window*: a small packet
+table the ordinary rules (`diagnose.engine.run_rules`) read as if it were a capture.
+
+Everything here is numpy over a chunk's rows and the open connections' few columns: no
+Python per packet. Connections are keyed by a 64-bit hash of their canonical 4-tuple (both
+directions hash alike); a collision would merge two connections' rows into one window,
+where the stream tracker still separates them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tcpwhy.decode.table import ACK, FIN, RST, SYN, PacketTable, concat_icmp, icmp_kept
+from tcpwhy.diagnose.engine import DIAGNOSIS_COLUMNS
+
+NS = 1_000_000_000
+_M1 = np.uint64(0x9E3779B97F4A7C15)
+_S29 = np.uint64(29)
+_S16 = np.uint64(16)
+
+# why a connection left the tracker
+ENDINGS = ("reset", "closed", "idle", "evicted", "end")
+
+
+def conn_keys(t: PacketTable) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int8]]:
+    """Per row: the connection's key (the same for both directions) and the direction
+    (0 from the lower endpoint)."""
+    sh, sl = t["src_hi"].astype(np.uint64), t["src_lo"].astype(np.uint64)
+    dh, dl = t["dst_hi"].astype(np.uint64), t["dst_lo"].astype(np.uint64)
+    sp, dp = t["sport"].astype(np.uint64), t["dport"].astype(np.uint64)
+    swap = (sh > dh) | ((sh == dh) & ((sl > dl) | ((sl == dl) & (sp > dp))))
+    ah, al, ap = np.where(swap, dh, sh), np.where(swap, dl, sl), np.where(swap, dp, sp)
+    bh, bl, bp = np.where(swap, sh, dh), np.where(swap, sl, dl), np.where(swap, sp, dp)
+    h = np.full(len(sh), 0x243F6A8885A308D3, np.uint64)
+    with np.errstate(over="ignore"):
+        for v in (ah, al, (ap << _S16) | bp, bh, bl):
+            h = (h ^ v) * _M1
+            h ^= h >> _S29
+    return h, swap.astype(np.int8)
+
+
+PAYLOAD_BYTES = 256
+"""Payload bytes kept per segment: what the rules read of a payload is at its start (the
+HTTP request or status line, a TLS record header); bulk data would cost memory and copies."""
+
+
+def slim(t: PacketTable, payload_bytes: int = PAYLOAD_BYTES) -> PacketTable:
+    """The diagnosis columns of a chunk, with the start of each payload copied compactly
+    (the chunk's buffers, which hold every column and the raw frames, can then go)."""
+    t = PacketTable({k: t.cols[k] for k in DIAGNOSIS_COLUMNS}, t.data, t.icmp)
+    return take_compact(t, None, payload_bytes)
+
+
+def take_compact(
+    t: PacketTable, keep: npt.NDArray[Any] | None = None, payload_bytes: int | None = None
+) -> PacketTable:
+    """Rows `keep` (all when None) with their own compact payload buffer (at most
+    `payload_bytes` per row), ICMP rows kept with them."""
+    from tcpwhy.decode.kernels import gather_bytes
+
+    if keep is None:
+        cols = {k: t.cols[k].copy() for k in DIAGNOSIS_COLUMNS}
+    else:
+        cols = {k: t.cols[k][keep] for k in DIAGNOSIS_COLUMNS}
+    if payload_bytes is not None:
+        cols["payload_cap"] = np.minimum(cols["payload_cap"], payload_bytes).astype(
+            cols["payload_cap"].dtype
+        )
+    caps = cols["payload_cap"].astype(np.int64)
+    off = np.zeros(len(caps), np.int64)
+    if len(caps):
+        np.cumsum(caps[:-1], out=off[1:])
+    data = np.empty(int(caps.sum()), np.uint8)
+    gather_bytes(t.data, cols["payload_off"].astype(np.int64), caps, data, off)
+    cols["payload_off"] = off.astype(np.uint64)
+    out = PacketTable(cols, data)
+    if t.icmp is not None and len(t.icmp):
+        if keep is None:
+            out.icmp = t.icmp
+        else:
+            mask = np.zeros(len(t), np.bool_)
+            mask[keep] = True
+            ik, _ = conn_keys(t.icmp)
+            tk, _ = conn_keys(t)
+            out.icmp = icmp_kept(t, mask, np.isin(ik, tk[mask]))
+    return out
+
+
+def concat_slim(parts: list[PacketTable]) -> PacketTable:
+    """Slim tables joined, payload bytes compacted."""
+    from tcpwhy.decode.kernels import gather_bytes
+
+    icmp = concat_icmp(parts)
+    parts = [p for p in parts if len(p)]
+    if len(parts) == 1:
+        out = PacketTable(parts[0].cols, parts[0].data, icmp)
+        return out
+    if not parts:
+        return PacketTable(
+            {k: np.zeros(0, np.int64) for k in DIAGNOSIS_COLUMNS}, np.zeros(0, np.uint8), icmp
+        )
+    cols = {k: np.concatenate([p.cols[k] for p in parts]) for k in DIAGNOSIS_COLUMNS}
+    caps = cols["payload_cap"].astype(np.int64)
+    off = np.zeros(len(caps), np.int64)
+    np.cumsum(caps[:-1], out=off[1:])
+    data = np.empty(int(caps.sum()), np.uint8)
+    start = 0
+    for p in parts:
+        n = len(p)
+        gather_bytes(
+            p.data,
+            p.cols["payload_off"].astype(np.int64),
+            p.cols["payload_cap"].astype(np.int64),
+            data,
+            off[start : start + n],
+        )
+        start += n
+    cols["payload_off"] = off.astype(np.uint64)
+    return PacketTable(cols, data, icmp)
+
+
+def keys_none() -> npt.NDArray[np.uint64]:
+    return np.zeros(0, np.uint64)
+
+
+def _member(
+    keys: npt.NDArray[np.uint64], sorted_keys: npt.NDArray[np.uint64]
+) -> npt.NDArray[np.bool_]:
+    """Per key: in `sorted_keys`."""
+    if not len(sorted_keys):
+        return np.zeros(len(keys), np.bool_)
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return np.asarray(sorted_keys[pos] == keys)
+
+
+@dataclass
+class Limits:
+    """How long and how much `watch` holds; every bound of its memory is here."""
+
+    idle_s: float = 300.0  # a connection silent this long leaves (pools idle for minutes)
+    fin_linger_s: float = 2.0  # after both FINs: room for the last ACK and a resent FIN
+    rst_linger_s: float = 0.2  # after a RST: the other direction's RST of a middlebox
+    max_conns: int = 100_000  # open connections held; the longest idle leave first
+    max_rows: int = 500_000  # packet rows held (~200 MB); the connections with most rows leave
+    recent_s: float = 5.0  # late segments of a connection that left are dropped this long
+    # a closed 4-tuple that keeps being reused (a new SYN before its linger ends) leaves once
+    # it holds this many rows: each window still shows the reuse, none holds it all
+    reuse_rows: int = 512
+
+
+@dataclass
+class Window:
+    """Rows of connections that left the tracker, with each row's connection number."""
+
+    table: PacketTable
+    numbers: npt.NDArray[np.int64]  # per row: the connection's number (order first seen)
+    now_ns: int
+    endings: dict[str, int] = field(default_factory=dict)
+
+
+class ConnTracker:
+    """Per-connection state as sorted numpy columns, plus the open connections' rows."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self.keys = np.zeros(0, np.uint64)
+        self.no = np.zeros(0, np.int64)
+        self.last_ns = np.zeros(0, np.int64)
+        self.fin = np.zeros(0, np.uint8)  # bit per direction
+        self.rst_ns = np.zeros(0, np.int64)  # first RST, 0 when none
+        self.synack = np.zeros(0, np.bool_)
+        self.rows = np.zeros(0, np.int64)
+        # the open connections' rows, chunk by chunk, each with its rows' keys
+        self.parts: list[tuple[PacketTable, npt.NDArray[np.uint64]]] = []
+        self.pending_rows = 0
+        self.next_no = 0
+        self.recent_keys = np.zeros(0, np.uint64)
+        self.recent_until = np.zeros(0, np.int64)
+        self.late_dropped = 0
+        self.now_ns = 0
+        self.ended: dict[str, int] = dict.fromkeys(ENDINGS, 0)
+
+    @property
+    def open(self) -> int:
+        return len(self.keys)
+
+    def states(self) -> dict[str, int]:
+        """Open connections by state, as the metrics show them."""
+        rst = self.rst_ns > 0
+        fin = (self.fin != 0) & ~rst
+        syn = ~self.synack & ~rst & ~fin
+        return {
+            "handshake": int(syn.sum()),
+            "established": int((~rst & ~fin & self.synack).sum()),
+            "closing": int(fin.sum()),
+            "reset": int(rst.sum()),
+        }
+
+    def feed(self, chunk: PacketTable) -> None:
+        """Take a chunk's rows (slim, in capture order) into the open connections."""
+        if not len(chunk):
+            if chunk.icmp is not None and len(chunk.icmp):
+                self.parts.append((chunk, keys_none()))
+            return
+        keys, dirs = conn_keys(chunk)
+        ts = chunk["ts_ns"].astype(np.int64)
+        self.now_ns = max(self.now_ns, int(ts.max()))
+        flags = chunk["flags"].astype(np.int64)
+        if len(self.recent_keys):
+            # late segments of a connection that already left (a second RST, a resent FIN):
+            # alone they would look like a connection without a start
+            pos = np.searchsorted(self.recent_keys, keys)
+            pos = np.minimum(pos, len(self.recent_keys) - 1)
+            m = (self.recent_keys[pos] == keys) & (ts <= self.recent_until[pos])
+            late = m & ((flags & (SYN | ACK)) != SYN)
+            syn = np.flatnonzero(m & ~late)
+            if len(syn):  # a new connection on the 4-tuple: its segments are not late
+                uk, fi = np.unique(keys[syn], return_index=True)
+                at = np.minimum(np.searchsorted(uk, keys), len(uk) - 1)
+                reopened = (uk[at] == keys) & (np.arange(len(keys)) >= syn[fi][at])
+                late &= ~reopened
+                self.recent_until[np.searchsorted(self.recent_keys, uk)] = 0
+            if late.any():
+                self.late_dropped += int(late.sum())
+                keep = ~late
+                chunk = take_compact(chunk, keep)
+                keys, dirs, ts, flags = keys[keep], dirs[keep], ts[keep], flags[keep]
+                if not len(chunk):
+                    return
+        u, first, inv = np.unique(keys, return_index=True, return_inverse=True)
+        n = len(u)
+        last = np.zeros(n, np.int64)
+        np.maximum.at(last, inv, ts)
+        fin = np.zeros(n, np.uint8)
+        fm = (flags & (FIN | RST)) == FIN
+        np.bitwise_or.at(fin, inv[fm], (1 << dirs[fm]).astype(np.uint8))
+        rst = np.zeros(n, np.int64)
+        rm = (flags & RST) != 0
+        if rm.any():
+            rst_ts = np.full(n, np.iinfo(np.int64).max, np.int64)
+            np.minimum.at(rst_ts, inv[rm], ts[rm])
+            rst = np.where(rst_ts == np.iinfo(np.int64).max, 0, rst_ts)
+        sa = np.zeros(n, np.bool_)
+        sa[inv[(flags & (SYN | ACK)) == (SYN | ACK)]] = True
+        cnt = np.bincount(inv, minlength=n).astype(np.int64)
+
+        pos = np.searchsorted(self.keys, u)
+        found = np.zeros(n, np.bool_)
+        if len(self.keys):
+            pc = np.minimum(pos, len(self.keys) - 1)
+            found = self.keys[pc] == u
+            at = pc[found]
+            self.last_ns[at] = np.maximum(self.last_ns[at], last[found])
+            self.fin[at] |= fin[found]
+            r = self.rst_ns[at]
+            self.rst_ns[at] = np.where(r == 0, rst[found], r)
+            self.synack[at] |= sa[found]
+            self.rows[at] += cnt[found]
+        new = ~found
+        if new.any():
+            order = np.argsort(first[new], kind="stable")
+            nos = np.empty(int(new.sum()), np.int64)
+            nos[order] = np.arange(self.next_no, self.next_no + len(nos))
+            self.next_no += len(nos)
+            keys_all = np.concatenate([self.keys, u[new]])
+            srt = np.argsort(keys_all, kind="stable")
+            self.keys = keys_all[srt]
+            self.no = np.concatenate([self.no, nos])[srt]
+            self.last_ns = np.concatenate([self.last_ns, last[new]])[srt]
+            self.fin = np.concatenate([self.fin, fin[new]])[srt]
+            self.rst_ns = np.concatenate([self.rst_ns, rst[new]])[srt]
+            self.synack = np.concatenate([self.synack, sa[new]])[srt]
+            self.rows = np.concatenate([self.rows, cnt[new]])[srt]
+        self.parts.append((chunk, keys))
+        self.pending_rows += len(chunk)
+        if len(self.parts) > 64:  # few parts: a release looks at each
+            table = concat_slim([p for p, _ in self.parts])
+            self.parts = [(table, np.concatenate([k for _, k in self.parts]))]
+
+    def due(self, now_ns: int | None = None) -> npt.NDArray[np.bool_]:
+        """Per open connection: leaves now, and why (`self._why`)."""
+        lim = self.limits
+        now = self.now_ns if now_ns is None else max(now_ns, self.now_ns)
+        self.now_ns = now
+        reset = (self.rst_ns > 0) & (self.rst_ns + int(lim.rst_linger_s * NS) <= now)
+        closed = (self.fin == 3) & ~reset
+        closed &= (self.last_ns + int(lim.fin_linger_s * NS) <= now) | (self.rows >= lim.reuse_rows)
+        reset |= (self.rst_ns > 0) & (self.rows >= lim.reuse_rows)
+        idle = (self.last_ns + int(lim.idle_s * NS) <= now) & ~reset & ~closed
+        go = reset | closed | idle
+        evicted = np.zeros(len(go), np.bool_)
+        left = ~go
+        over = int(left.sum()) - lim.max_conns
+        if over > 0:  # the longest idle make room
+            cand = np.flatnonzero(left)
+            pick = cand[np.argsort(self.last_ns[cand], kind="stable")[:over]]
+            evicted[pick] = True
+        rows_left = int(self.rows[left & ~evicted].sum())
+        if rows_left > lim.max_rows:  # the connections holding most rows make room
+            cand = np.flatnonzero(left & ~evicted)
+            by = cand[np.argsort(-self.rows[cand], kind="stable")]
+            need = rows_left - lim.max_rows // 2
+            k = int(np.searchsorted(np.cumsum(self.rows[by]), need)) + 1
+            evicted[by[:k]] = True
+        self._why = {"reset": reset, "closed": closed, "idle": idle, "evicted": evicted}
+        return go | evicted
+
+    def release(self, now_ns: int | None = None, everything: bool = False) -> Window | None:
+        """The window of the connections that leave now (all of them with `everything`),
+        or None."""
+        if everything:
+            mask = np.ones(len(self.keys), np.bool_)
+            self._why = {"end": mask}
+        else:
+            mask = self.due(now_ns)
+        if not mask.any() and not (everything and self.parts):
+            return None
+        endings = {k: int(v.sum()) for k, v in self._why.items() if v.any()}
+        for k, v in endings.items():
+            self.ended[k] += v
+        gone_keys = self.keys[mask]
+        gone_no = self.no[mask]
+        # parts without a leaving connection's row stay as they are: no copy
+        win_parts: list[PacketTable] = []
+        win_keys: list[npt.NDArray[np.uint64]] = []
+        parts = []
+        for table, keys in self.parts:
+            sel = _member(keys, gone_keys)
+            ic = table.icmp
+            isel = _member(conn_keys(ic)[0], gone_keys) if ic is not None and len(ic) else None
+            if not sel.any() and (isel is None or not isel.any()):
+                parts.append((table, keys))
+                continue
+            if sel.all() and (isel is None or isel.all()):
+                win_parts.append(table)
+                win_keys.append(keys)
+                continue
+            win = take_compact(table, sel)
+            win.icmp = icmp_kept(table, sel, isel) if isel is not None else None
+            win_parts.append(win)
+            win_keys.append(keys[sel])
+            rest = take_compact(table, ~sel)
+            rest.icmp = icmp_kept(table, ~sel, ~isel) if isel is not None else None
+            parts.append((rest, keys[~sel]))
+        self.parts = parts
+        self.pending_rows = sum(len(p) for p, _ in parts)
+        win = concat_slim(win_parts)
+        wk = np.concatenate(win_keys) if win_keys else np.zeros(0, np.uint64)
+        numbers = gone_no[np.searchsorted(gone_keys, wk)] if len(gone_keys) else None
+        keep = ~mask
+        # remember who left, to drop their late segments
+        until = self.now_ns + int(self.limits.recent_s * NS)
+        alive = self.recent_until > self.now_ns
+        rk = np.concatenate([self.recent_keys[alive], gone_keys])
+        ru = np.concatenate([self.recent_until[alive], np.full(len(gone_keys), until, np.int64)])
+        srt = np.argsort(rk, kind="stable")
+        self.recent_keys, self.recent_until = rk[srt], ru[srt]
+        for name in ("keys", "no", "last_ns", "fin", "rst_ns", "synack", "rows"):
+            setattr(self, name, getattr(self, name)[keep])
+        return Window(
+            win,
+            numbers if numbers is not None else np.zeros(0, np.int64),
+            self.now_ns,
+            endings,
+        )

@@ -1,0 +1,400 @@
+"""The Python API (tcpwhy.open, tcpwhy.analyze, tcpwhy.host) against the command line.
+
+Only public names are used here. Values are checked against what the commands write
+(`conns --format jsonl`, `packets --format jsonl`, `analyze --format json`, `flow`), run as
+separate processes, on the lab recordings shipped in the package.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tcpwhy
+
+LAB = Path(tcpwhy.__file__).parent / "data" / "lab"
+CAPTURES = [
+    "stale-keepalive.pcap",
+    "close-wait-leak.pcap",
+    "refused.pcap",
+    "zero-window.pcap",
+    "icmp-reject.pcap",
+    "time-wait-reuse.pcap",
+]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tcpwhy", *args], capture_output=True, text=True, check=False
+    )
+
+
+def cli_jsonl(*args: str) -> list[dict[str, Any]]:
+    p = cli(*args)
+    assert p.returncode == 0, p.stderr
+    return [json.loads(line) for line in p.stdout.splitlines()]
+
+
+# ---------------------------------------------------------------- public surface
+
+PUBLIC = {
+    "open": "(path_or_paths: 'Source | Sequence[Source]', *, display_filter: 'str | None' = None) -> 'Capture'",
+    "analyze": "(paths: 'Source | Sequence[Source]', *, display_filter: 'str | None' = None, close_wait_s: 'float' = 10.0, fin_wait_2_s: 'float' = 5.0) -> 'Report'",
+    "Capture.flow": "(self, stream: 'int', *, fold: 'int' = 3) -> 'Flow'",
+    "Table.to_arrow": "(self) -> 'pyarrow.Table'",
+    "Table.to_pandas": "(self) -> 'pandas.DataFrame'",
+    "Table.to_polars": "(self) -> 'polars.DataFrame'",
+    "Table.__getitem__": "(self, name: 'str') -> 'npt.NDArray[Any]'",
+    "Table.__len__": "(self) -> 'int'",
+    "Finding.to_dict": "(self) -> 'dict[str, Any]'",
+    "Report.to_dict": "(self) -> 'dict[str, Any]'",
+    "Report.to_json": "(self) -> 'str'",
+    "Report.to_text": "(self) -> 'str'",
+    "Report.to_html": "(self) -> 'str'",
+    "Flow.to_svg": "(self) -> 'str'",
+    "Flow.to_text": "(self) -> 'str'",
+    "host.states": "(netns: 'str | None' = None, by: 'str | None' = None) -> 'dict[str, Any]'",
+    "host.listen": "(netns: 'str | None' = None) -> 'dict[str, Any]'",
+    "host.counters": "(netns: 'str | None' = None) -> 'dict[str, Any]'",
+}
+PROPERTIES = {
+    "Capture": ["packets", "connections", "findings", "report", "files"],
+    "Table": ["schema", "columns"],
+    "Finding": [
+        "kind",
+        "severity",
+        "summary",
+        "streams",
+        "frames",
+        "explanation",
+        "causes",
+        "fixes",
+        "errors",
+        "display_filter",
+        "examples",
+        "count",
+    ],
+    "Report": ["findings", "connections", "capture", "exit_status"],
+    "Flow": ["view", "rows"],
+}
+CLASSES = [
+    "Capture",
+    "Table",
+    "Field",
+    "Finding",
+    "Flow",
+    "Report",
+    "CaptureWarning",
+    "TcpwhyError",
+    "CaptureError",
+    "NotACaptureError",
+    "UnsupportedLinkTypeError",
+    "TruncatedCaptureError",
+    "FilterError",
+]
+
+
+def _resolve(dotted: str) -> Any:
+    obj: Any = tcpwhy
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def test_public_names_and_signatures_are_stable() -> None:
+    for name, sig in PUBLIC.items():
+        got = str(inspect.signature(_resolve(name)))
+        assert got == sig, name
+    for cls, props in PROPERTIES.items():
+        for p in props:
+            assert isinstance(inspect.getattr_static(_resolve(cls), p), property), (cls, p)
+    for name in CLASSES:
+        assert inspect.isclass(_resolve(name)), name
+    for sub in ("NotACaptureError", "UnsupportedLinkTypeError", "TruncatedCaptureError"):
+        assert issubclass(_resolve(sub), tcpwhy.CaptureError)
+    assert issubclass(tcpwhy.FilterError, tcpwhy.TcpwhyError)
+    for name in [*PUBLIC, *CLASSES]:
+        assert inspect.getdoc(_resolve(name)), f"{name} has no docstring"
+
+
+def test_import_is_lazy() -> None:
+    code = "import sys, tcpwhy; print(sorted(m for m in ('numpy', 'tcpwhy.api', 'pyarrow') if m in sys.modules))"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert p.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------- tables
+
+
+CONN_KEYS = (
+    "stream",
+    "orig_h",
+    "orig_p",
+    "resp_h",
+    "resp_p",
+    "orig_pkts",
+    "resp_pkts",
+    "orig_bytes",
+    "resp_bytes",
+    "orig_ip_bytes",
+    "resp_ip_bytes",
+    "retransmissions",
+    "zero_windows",
+    "orig_state",
+    "resp_state",
+    "end",
+    "conn_state",
+    "history",
+    "orientation",
+    "emitted",
+)
+
+
+@pytest.mark.parametrize("name", CAPTURES)
+def test_connections_match_conns_jsonl(name: str) -> None:
+    path = str(LAB / name)
+    want = sorted(cli_jsonl("conns", "--format", "jsonl", path), key=lambda r: r["stream"])
+    conns = tcpwhy.open(path).connections
+    assert len(conns) == len(want) > 0
+    got = conns.to_arrow().to_pylist()
+    for g, w in zip(got, want, strict=True):
+        for k in CONN_KEYS:
+            assert g[k] == w[k], (name, w["stream"], k)
+        assert g["start_ns"].timestamp() == pytest.approx(w["start"], abs=1e-6)
+        assert g["duration_ns"].total_seconds() == pytest.approx(w["duration"], abs=1e-6)
+        if "irtt" in w and w["irtt"] is not None:
+            assert g["irtt_ns"].total_seconds() == pytest.approx(w["irtt"], abs=1e-6)
+        else:
+            assert g["irtt_ns"] is None
+
+
+FLAG_BITS = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "NS"]
+
+
+@pytest.mark.parametrize("name", CAPTURES[:3])
+def test_packets_match_packets_jsonl(name: str) -> None:
+    path = str(LAB / name)
+    want = [r for r in cli_jsonl("packets", "--format", "jsonl", path) if "flags" in r]
+    pk = tcpwhy.open(path).packets
+    assert len(pk) == len(want) > 0
+    assert pk["frame"].tolist() == [r["frame"] for r in want]
+    assert pk["stream"].tolist() == [r["stream"] for r in want]
+    assert pk["sport"].tolist() == [r["sport"] for r in want]
+    assert pk["dport"].tolist() == [r["dport"] for r in want]
+    assert pk["payload_len"].tolist() == [r["len"] for r in want]
+    flags = [[n for i, n in enumerate(FLAG_BITS) if f >> i & 1] for f in pk["flags"].tolist()]
+    assert [sorted(f) for f in flags] == [sorted(r["flags"]) for r in want]
+
+
+def test_schema_documents_every_column() -> None:
+    cap = tcpwhy.open(LAB / "stale-keepalive.pcap")
+    for table in (cap.packets, cap.connections):
+        assert list(table.schema) == table.columns == list(table.to_arrow().column_names)
+        for name, f in table.schema.items():
+            assert f.name == name and f.meaning, name
+            assert len(table[name]) == len(table)
+    with pytest.raises(KeyError):
+        cap.packets["no_such_column"]
+
+
+def test_arrow_shares_the_numeric_columns() -> None:
+    conns = tcpwhy.open(LAB / "close-wait-leak.pcap").connections
+    at = conns.to_arrow()
+    for name in ("stream", "orig_pkts", "resp_bytes", "start_ns"):
+        col = conns[name]
+        buf = at.column(name).chunks[0].buffers()[1]
+        assert buf.address == col.__array_interface__["data"][0], name
+
+
+def test_pandas_and_polars_hold_the_same_values() -> None:
+    conns = tcpwhy.open(LAB / "refused.pcap").connections
+    want = cli_jsonl("conns", "--format", "jsonl", str(LAB / "refused.pcap"))
+    by_stream = {r["stream"]: r for r in want}
+    df = conns.to_pandas()
+    assert [str(x) for x in df["conn_state"]] == [by_stream[s]["conn_state"] for s in df["stream"]]
+    pl = conns.to_polars()
+    assert pl["resp_p"].to_list() == [by_stream[s]["resp_p"] for s in pl["stream"].to_list()]
+
+
+def test_duckdb_joins_connections_with_a_log() -> None:
+    duckdb = pytest.importorskip("duckdb")
+    path = str(LAB / "time-wait-reuse.pcap")
+    want = cli_jsonl("conns", "--format", "jsonl", path)
+    conns = tcpwhy.open(path).connections.to_arrow()  # noqa: F841 -- read by DuckDB by name
+    ports = sorted({r["orig_p"] for r in want})[::2]  # a log line for every other client port
+    log = [(p, f"request from port {p}") for p in ports]
+    con = duckdb.connect()
+    con.execute("create table app_log(client_port integer, line varchar)")
+    con.executemany("insert into app_log values (?, ?)", log)
+    rows = con.execute(
+        """select c.stream, c.orig_p, c.conn_state, l.line
+           from conns c join app_log l on c.orig_p = l.client_port order by c.stream"""
+    ).fetchall()
+    expect = sorted(
+        (r["stream"], r["orig_p"], r["conn_state"], f"request from port {r['orig_p']}")
+        for r in want
+        if r["orig_p"] in ports[::2]
+    )
+    assert rows == expect and len(rows) >= 1
+    states = dict(con.execute("select conn_state, count(*) from conns group by 1").fetchall())
+    counted: dict[str, int] = {}
+    for r in want:
+        counted[r["conn_state"]] = counted.get(r["conn_state"], 0) + 1
+    assert states == counted
+
+
+def test_display_filter_selects_as_the_commands_do() -> None:
+    path = str(LAB / "time-wait-reuse.pcap")
+    flt = "tcp.flags.fin == 1"
+    cap = tcpwhy.open(path, display_filter=flt)
+    want_conns = cli_jsonl("conns", "--format", "jsonl", "-Y", flt, path)
+    assert sorted(cap.connections["stream"].tolist()) == sorted(r["stream"] for r in want_conns)
+    want_pk = cli_jsonl("packets", "--format", "jsonl", "-Y", flt, path)
+    assert cap.packets["frame"].tolist() == [r["frame"] for r in want_pk if "flags" in r]
+
+
+# ---------------------------------------------------------------- sources
+
+
+def test_file_objects_and_urls_read_as_the_path() -> None:
+    path = LAB / "stale-keepalive.pcap"
+    base = tcpwhy.open(path).connections["history"].tolist()
+    with open(path, "rb") as f:
+        assert tcpwhy.open(f).connections["history"].tolist() == base
+    assert tcpwhy.open(io.BytesIO(path.read_bytes())).connections["history"].tolist() == base
+    pytest.importorskip("fsspec")
+    assert tcpwhy.open(path.as_uri()).connections["history"].tolist() == base
+
+
+# ---------------------------------------------------------------- findings, flows
+
+
+@pytest.mark.parametrize("name", CAPTURES)
+def test_findings_match_analyze_json(name: str) -> None:
+    path = str(LAB / name)
+    p = cli("analyze", "--format", "json", path)
+    assert p.returncode in (0, 1), p.stderr
+    want = json.loads(p.stdout)
+    cap = tcpwhy.open(path)
+    assert [f.to_dict() for f in cap.findings] == want["findings"]
+    for f, w in zip(cap.findings, want["findings"], strict=True):
+        assert (f.kind, f.severity, f.summary, f.streams, f.examples) == (
+            w["kind"],
+            w["severity"],
+            w["summary"],
+            w["streams"],
+            w["examples"],
+        )
+        assert f.display_filter.startswith("tcp.stream")
+    report = tcpwhy.analyze(path)
+    assert report.to_dict() == want
+    assert report.to_json() + "\n" == p.stdout
+    assert report.exit_status == p.returncode
+
+
+def test_flow_matches_the_flow_command() -> None:
+    path = str(LAB / "stale-keepalive.pcap")
+    fl = tcpwhy.open(path).flow(0)
+    text = cli("flow", path, "0")
+    assert fl.to_text() == text.stdout
+    svg = cli("flow", path, "0", "--format", "svg").stdout
+    assert svg == '<?xml version="1.0" encoding="UTF-8"?>\n' + fl.to_svg() + "\n"
+    assert fl._repr_html_().startswith("<svg")
+    assert fl.rows[0].frame == 1
+
+
+def test_notebook_display() -> None:
+    cap = tcpwhy.open(LAB / "stale-keepalive.pcap")
+    assert "not read yet" in repr(cap)
+    f = cap.findings[0]
+    html = f._repr_html_()
+    assert "stale-keepalive-reuse" in html and "<svg" in html
+    assert "stale-keepalive-reuse" in repr(f)
+    assert "stale-keepalive-reuse" in cap._repr_html_()
+    assert "rows" in repr(cap.connections) and "<table>" in cap.connections._repr_html_()
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _cli_error(*args: str) -> str:
+    p = cli(*args)
+    assert p.returncode == 2
+    assert p.stderr.startswith("tcpwhy: ")
+    return p.stderr[len("tcpwhy: ") :].rstrip("\n")
+
+
+def test_errors_carry_the_commands_messages(tmp_path: Path, capsys: Any) -> None:
+    import struct
+
+    junk = tmp_path / "junk.pcap"
+    junk.write_bytes(b"hello world, not a capture")
+    linktype = tmp_path / "tokenring.pcap"
+    linktype.write_bytes(
+        struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 6)
+        + struct.pack("<IIII", 0, 0, 4, 4)
+        + b"abcd"
+    )
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(struct.pack("<IHHi", 0xA1B2C3D4, 2, 4, 0) + b"\0\0")
+    cases = [
+        (junk, tcpwhy.NotACaptureError),
+        (linktype, tcpwhy.UnsupportedLinkTypeError),
+        (cut, tcpwhy.TruncatedCaptureError),
+        (tmp_path / "missing.pcap", tcpwhy.NotACaptureError),
+    ]
+    for path, cls in cases:
+        msg = _cli_error("conns", str(path))
+        for view in ("connections", "packets", "findings"):
+            with pytest.raises(cls) as e:
+                getattr(tcpwhy.open(path), view)
+            assert str(e.value) == msg, (path, view)
+    bad = "tcp.bogus == 1"
+    msg = _cli_error("conns", "-Y", bad, str(LAB / "clean.pcap"))
+    with pytest.raises(tcpwhy.FilterError) as fe:
+        tcpwhy.open(LAB / "clean.pcap", display_filter=bad)
+    assert str(fe.value) == msg and "^" in msg
+    with pytest.raises(tcpwhy.TcpwhyError, match="no TCP stream 99"):
+        tcpwhy.open(LAB / "clean.pcap").flow(99)
+    assert capsys.readouterr().out == ""
+
+
+def test_cut_capture_warns_and_keeps_what_was_read(tmp_path: Path) -> None:
+    data = (LAB / "stale-keepalive.pcap").read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[:-20])
+    p = cli("conns", "--format", "jsonl", str(cut))
+    warning = next(line for line in p.stderr.splitlines() if "warning" in line)
+    cap = tcpwhy.open(cut)
+    with pytest.warns(tcpwhy.CaptureWarning):
+        n = len(cap.packets)
+    assert n == 20
+    assert warning == f"tcpwhy: {cap.warnings[0].replace(': ', ': warning: ', 1)}"
+
+
+# ---------------------------------------------------------------- host
+
+
+def test_host_documents_match_the_json_commands() -> None:
+    want = json.loads(cli("host", "counters", "--format", "json").stdout)
+    got = tcpwhy.host.counters()
+    assert set(got) == set(want) and set(got["totals"]) == set(want["totals"])
+    # counters only grow: this later read is at least the command's
+    assert all(got["totals"][k] >= v for k, v in want["totals"].items() if "Curr" not in k)
+    for view, args in (("states", ()), ("listen", ())):
+        w = json.loads(cli("host", view, "--format", "json", *args).stdout)
+        g = getattr(tcpwhy.host, view)()
+        assert set(g) == set(w), view
+        assert g["source"] == w["source"]
+    w = json.loads(cli("host", "listen", "--format", "json").stdout)
+    g = tcpwhy.host.listen()
+    assert {x["local"] for x in g["listeners"]} == {x["local"] for x in w["listeners"]}
+    g = tcpwhy.host.states(by="port")
+    assert g["by"] == "port" and sum(x["total"] for x in g["groups"]) == g["total"]

@@ -1,0 +1,211 @@
+"""Fleets: the same findings in this process, on a LocalCluster and on a Dask cluster of
+separately started processes; a corrupt file is an error row; no process is left behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+LAB = Path(str(resources.files("tcpwhy") / "data" / "lab"))
+DEMO = LAB.parent / "demo-stale-keepalive.pcap"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Path:
+    """Two hosts with rotated files, three single-file points and one corrupt file."""
+    d = tmp_path / "fleet"
+    (d / "host-a").mkdir(parents=True)
+    (d / "host-b").mkdir()
+    shutil.copy(DEMO, d / "host-a" / "a-1.pcap")
+    shutil.copy(LAB / "abortive-close.pcap", d / "host-b" / "b-1.pcap")
+    (d / "host-b" / "b-2.pcap").write_bytes(b"this is not a capture")
+    for name in ("stale-keepalive.pcap", "refused.pcap", "close-wait-leak.pcap"):
+        shutil.copy(LAB / name, d / name)
+    return d
+
+
+def analyze(*args: str | Path) -> tuple[int, dict[str, Any], str]:
+    r = subprocess.run(
+        [sys.executable, "-m", "tcpwhy", "analyze", *map(str, args), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return r.returncode, json.loads(r.stdout), r.stderr
+
+
+def plain_findings(path: Path) -> list[tuple[str, int]]:
+    """(kind, count) of a capture diagnosed by itself, as `analyze FILE` does today."""
+    r = subprocess.run(
+        [sys.executable, "-m", "tcpwhy", "analyze", str(path), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return sorted((f["kind"], f["count"]) for f in json.loads(r.stdout)["findings"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the processes by PID, and their children, and wait for all of them."""
+    for p in procs:
+        kids = []
+        try:
+            kids = psutil.Process(p.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+        for k in kids:
+            try:
+                k.kill()
+            except psutil.NoSuchProcess:
+                pass
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+        psutil.wait_procs(kids, timeout=10)
+
+
+def children_now() -> set[int]:
+    return {c.pid for c in psutil.Process().children(recursive=True)}
+
+
+def test_same_findings_everywhere(fleet: Path, tmp_path: Path) -> None:
+    before = children_now()
+    status, plain, err = analyze(fleet)
+    # the corrupt file is an error row; the rest of its point and the fleet are analysed
+    assert status == 2
+    assert plain["errors"] == [
+        {"file": str(fleet / "host-b" / "b-2.pcap"), "reason": plain["errors"][0]["reason"]}
+    ]
+    assert "not a pcap" in plain["errors"][0]["reason"] and "b-2.pcap" in err
+    names = [p["point"] for p in plain["capture_points"]]
+    assert names == [
+        "close-wait-leak.pcap",
+        "host-a",
+        "host-b",
+        "refused.pcap",
+        "stale-keepalive.pcap",
+    ]
+    # each point's findings are those of the capture diagnosed alone
+    for point, path in (
+        ("host-a", DEMO),
+        ("host-b", LAB / "abortive-close.pcap"),
+        ("refused.pcap", LAB / "refused.pcap"),
+    ):
+        got = sorted((f["kind"], f["count"]) for f in plain["points"][point])
+        assert got == plain_findings(path) and got, point
+    # fleet findings: per kind and server, with the points and their connection counts
+    stale = [f for f in plain["findings"] if f["kind"] == "stale-keepalive-reuse"]
+    assert {f["server"]: f["capture_points"] for f in stale} == {
+        "api.internal (127.0.0.1:8080)": {"host-a": 1},
+        "10.77.0.2:8080": {"stale-keepalive.pcap": 1},
+    }
+    assert all(f["server_idle_timeout_s"]["median"] == pytest.approx(1.0, abs=0.01) for f in stale)
+
+    _, local1, _ = analyze(fleet, "--workers", "1")
+    _, local2, _ = analyze(fleet, "--workers", "2")
+    assert local1 == plain and local2 == plain
+
+    port = free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    procs: list[subprocess.Popen[bytes]] = []
+    log = open(tmp_path / "dask.log", "wb")  # noqa: SIM115
+    try:
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(BIN / "dask"),
+                    "scheduler",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--no-dashboard",
+                ],  # fmt: skip
+                stdout=log,
+                stderr=log,
+            )
+        )
+        for _ in range(2):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        str(BIN / "dask"),
+                        "worker",
+                        addr,
+                        "--nworkers",
+                        "1",
+                        "--nthreads",
+                        "1",
+                        "--no-dashboard",
+                        "--memory-limit",
+                        "2GB",
+                    ],  # fmt: skip
+                    stdout=log,
+                    stderr=log,
+                )
+            )
+        deadline = time.monotonic() + 60
+        from distributed import Client
+
+        while True:
+            try:
+                with Client(addr, timeout="5s") as c:
+                    if len(c.scheduler_info()["workers"]) == 2:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "dask.log").read_text()
+            time.sleep(1)
+        _, external, _ = analyze(fleet, "--scheduler", addr)
+        assert external == plain
+    finally:
+        stop(procs)
+        log.close()
+    for p in procs:
+        assert not psutil.pid_exists(p.pid) or psutil.Process(p.pid).status() == "zombie"
+    assert children_now() <= before
+
+
+def test_ctrl_c_leaves_no_process(fleet: Path) -> None:
+    p = subprocess.Popen(
+        [sys.executable, "-m", "tcpwhy", "analyze", str(fleet), "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(psutil.Process(p.pid).children(recursive=True)) < 2:
+            assert time.monotonic() < deadline and p.poll() is None
+            time.sleep(0.2)
+        kids = psutil.Process(p.pid).children(recursive=True)
+        p.send_signal(signal.SIGINT)
+        p.wait(60)
+        gone, alive = psutil.wait_procs(kids, timeout=30)
+        assert not alive, [k.pid for k in alive]
+        assert p.returncode != 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

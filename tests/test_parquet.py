@@ -1,0 +1,143 @@
+"""`conns --format parquet` and `packets --format parquet`: read back with DuckDB, every value
+held to the jsonl output of the same capture."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+LAB = Path(str(resources.files("tcpwhy") / "data" / "lab"))
+DEMO = LAB.parent / "demo-stale-keepalive.pcap"
+CAPTURES = [DEMO, *sorted(LAB.glob("*.pcap"))]
+SOME = [DEMO, LAB / "abortive-close.pcap", LAB / "icmp-no-route.pcap", LAB / "zero-window.pcap"]
+
+
+def tcpwhy(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tcpwhy", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def duck_rows(path: Path, order: str) -> list[dict[str, Any]]:
+    """The rows of a Parquet file as DuckDB reads them, as Python values."""
+    con = duckdb.connect()
+    rel = con.sql(f"select * from read_parquet('{path}') order by {order}")
+    names = rel.columns
+    return [dict(zip(names, row, strict=True)) for row in rel.fetchall()]
+
+
+def same(a: Any, b: Any, tol: float = 0.0) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and math.isclose(a, b, abs_tol=tol)
+    return bool(a == b)
+
+
+@pytest.mark.parametrize("capture", CAPTURES, ids=lambda p: p.name)
+def test_conns_parquet_matches_jsonl(tmp_path: Path, capture: Path) -> None:
+    out = tmp_path / "c.parquet"
+    r = tcpwhy("conns", capture, "--seed", "7", "--format", "parquet", "-o", out)
+    assert r.returncode == 0, r.stderr
+    j = tcpwhy("conns", capture, "--seed", "7", "--format", "jsonl")
+    assert j.returncode == 0, j.stderr
+    want = [json.loads(line) for line in j.stdout.splitlines()]
+    got = duck_rows(out, "stream, start_ns")
+    want.sort(key=lambda d: (d["stream"], d["start"]))
+    assert len(got) == len(want) > 0
+    for g, w in zip(got, want, strict=True):
+        for key, value in w.items():
+            if key in ("start", "duration", "irtt", "icmp"):  # icmp: the jsonl's alone
+                continue
+            assert g[key] == value, (capture.name, key, g[key], value)
+        # times: the jsonl writes seconds rounded to microseconds
+        assert same(g["start_ns"] / 1e9, w["start"], 1e-6)
+        assert same(g["start"].timestamp(), w["start"], 2e-6)
+        assert same(g["duration"], w["duration"], 1e-6)
+        assert (g["irtt"] is None) == (w["irtt"] is None)
+        if w["irtt"] is not None:
+            assert same(g["irtt"], w["irtt"], 1e-6)
+        assert g["local_orig"] is None and g["local_resp"] is None
+
+
+def test_conns_parquet_local_nets_and_filter(tmp_path: Path) -> None:
+    out = tmp_path / "c.parquet"
+    args = ("--seed", "1", "--local-nets", "10.77.0.1/32", "-Y", "tcp.flags.reset == 1")
+    cap = LAB / "abortive-close.pcap"
+    r = tcpwhy("conns", cap, *args, "--format", "parquet", "-o", out)
+    assert r.returncode == 0, r.stderr
+    want = [
+        json.loads(x)
+        for x in tcpwhy("conns", cap, *args, "--format", "jsonl").stdout.split("\n")
+        if x
+    ]
+    got = duck_rows(out, "stream")
+    assert [(g["uid"], g["local_orig"], g["local_resp"]) for g in got] == [
+        (w["uid"], w["local_orig"], w["local_resp"]) for w in want
+    ]
+    assert any(g["local_orig"] for g in got) and not any(g["local_resp"] for g in got)
+
+
+@pytest.mark.parametrize("capture", SOME, ids=lambda p: p.name)
+@pytest.mark.parametrize("absolute", [False, True])
+def test_packets_parquet_matches_jsonl(tmp_path: Path, capture: Path, absolute: bool) -> None:
+    out = tmp_path / "p.parquet"
+    extra = ("--absolute",) if absolute else ()
+    r = tcpwhy("packets", capture, *extra, "--format", "parquet", "-o", out)
+    assert r.returncode == 0, r.stderr
+    j = tcpwhy("packets", capture, *extra, "--format", "jsonl")
+    # ICMP errors about TCP are rows of the text views only
+    want = [d for d in map(json.loads, j.stdout.splitlines()) if "icmp" not in d]
+    got = duck_rows(out, "frame")
+    assert len(got) == len(want) > 0
+    for g, w in zip(got, want, strict=True):
+        for key in ("frame", "src", "dst", "sport", "dport", "length", "flags", "seq", "ack"):
+            assert g[key] == w[key], (key, g[key], w[key])
+        for key in ("len", "win", "stream", "analysis"):
+            assert g[key] == w[key], (key, g[key], w[key])
+        assert same(g["time"], w["time"], 1e-9)
+
+
+def test_packets_parquet_count_and_filter(tmp_path: Path) -> None:
+    out = tmp_path / "p.parquet"
+    cap = LAB / "abortive-close.pcap"
+    r = tcpwhy("packets", cap, "-Y", "tcp.len > 0", "-c", "3", "--format", "parquet", "-o", out)
+    assert r.returncode == 0, r.stderr
+    want = [
+        json.loads(x)["frame"]
+        for x in tcpwhy(
+            "packets", cap, "-Y", "tcp.len > 0", "-c", "3", "--format", "jsonl"
+        ).stdout.split("\n")
+        if x
+    ]
+    con = duckdb.connect()
+    got = [f for (f,) in con.sql(f"select frame from '{out}' order by frame").fetchall()]
+    assert got == want and len(got) == 3
+    [(n,)] = con.sql(f"select count(*) from '{out}' where len = 0").fetchall()
+    assert n == 0
+
+
+def test_parquet_bad_output(tmp_path: Path) -> None:
+    r = tcpwhy("conns", DEMO, "--format", "parquet")
+    assert r.returncode == 2 and r.stderr.startswith("tcpwhy: ") and "-o FILE" in r.stderr
+    missing = tmp_path / "no" / "c.parquet"
+    r = tcpwhy("packets", DEMO, "--format", "parquet", "-o", missing)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and str(missing) in r.stderr
+    # a capture that cannot be read leaves no file, not even half of one
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(b"not a capture at all")
+    out = tmp_path / "c.parquet"
+    r = tcpwhy("conns", bad, "--format", "parquet", "-o", out)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert not out.exists() and os.listdir(tmp_path) == ["bad.pcap"]
