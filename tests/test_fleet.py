@@ -3,6 +3,7 @@ separately started processes; a corrupt file is an error row; no process is left
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -67,15 +68,11 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
     """Stop the processes by PID, and their children, and wait for all of them."""
     for p in procs:
         kids = []
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             kids = psutil.Process(p.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            pass
         for k in kids:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 k.kill()
-            except psutil.NoSuchProcess:
-                pass
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
             try:
@@ -142,7 +139,7 @@ def test_same_findings_everywhere(fleet: Path, tmp_path: Path) -> None:
                     "--port",
                     str(port),
                     "--no-dashboard",
-                ],  # fmt: skip
+                ],
                 stdout=log,
                 stderr=log,
             )
@@ -161,7 +158,7 @@ def test_same_findings_everywhere(fleet: Path, tmp_path: Path) -> None:
                         "--no-dashboard",
                         "--memory-limit",
                         "2GB",
-                    ],  # fmt: skip
+                    ],
                     stdout=log,
                     stderr=log,
                 )
@@ -202,7 +199,7 @@ def test_ctrl_c_leaves_no_process(fleet: Path) -> None:
         kids = psutil.Process(p.pid).children(recursive=True)
         p.send_signal(signal.SIGINT)
         p.wait(60)
-        gone, alive = psutil.wait_procs(kids, timeout=30)
+        _, alive = psutil.wait_procs(kids, timeout=30)
         assert not alive, [k.pid for k in alive]
         assert p.returncode != 0
     finally:

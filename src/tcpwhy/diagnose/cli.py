@@ -53,12 +53,11 @@ def _progress() -> Iterator[Callable[[str, int | None, int | None], None] | None
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from tcpwhy.diagnose import fleet
     from tcpwhy.diagnose.engine import diagnose_files
     from tcpwhy.diagnose.registry import Settings
     from tcpwhy.diagnose.render import to_json, write_text
     from tcpwhy.filter import filter_from_args
-
-    from tcpwhy.diagnose import fleet
 
     if args.workers or args.scheduler or fleet.is_fleet(args.files):
         return fleet.cmd_fleet(args)  # capture points apart, on Dask or here

@@ -222,4 +222,3 @@ def explain(name: str) -> str:
     if info is None:
         return ""
     return f"{info.meaning}; check: {info.check}" if info.check else info.meaning
-
