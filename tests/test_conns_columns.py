@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from tcpwhy.capture import read_table
-from tcpwhy.report.conns import FORMATS, record_lines, write_conns
+from tcpwhy.report.conns import TEXT_FORMATS as FORMATS
+from tcpwhy.report.conns import record_lines, write_conns
 from tcpwhy.report.conns_format import format_columns, row_program
 from tcpwhy.tcp.connections import build_connections, connection_columns
 from tcpwhy.tcp.records import (

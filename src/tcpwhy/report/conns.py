@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # the builder loads compiled code: imported where records are
     from tcpwhy.tcp.records import ConnColumns, ConnRecord, RecordOptions
 
 FORMATS = ("table", "jsonl", "csv", "zeek", "zeek-json", "parquet")
+TEXT_FORMATS = FORMATS[:-1]
+"""The formats written as lines of text (Parquet is a binary file of columns)."""
 ZEEK_FORMATS = ("zeek", "zeek-json")
 """Formats of Zeek's own logs: connections are cut where Zeek would cut them."""
 
@@ -46,9 +48,11 @@ CSV_FIELDS = (
     "conn_state",
     "history",
     "orientation",
+    "server_name",
     "community_id",
 )
-"""csv columns; with ``--local-nets``, `LOCAL_FIELDS` come before `community_id`."""
+"""csv columns; with ``--local-nets``, `LOCAL_FIELDS` come before `community_id`.
+``server_name`` is empty for a connection without one."""
 
 LOCAL_FIELDS = ("local_orig", "local_resp")
 
@@ -259,7 +263,7 @@ def record_lines(records: Iterable[ConnRecord], fmt: str) -> str:
         w = csv.writer(buf, lineterminator="\n")
         for r in records:
             d = r.as_json()
-            w.writerow([_csv_value(d[f]) for f in fields])
+            w.writerow([_csv_value(d.get(f, "")) for f in fields])
         return buf.getvalue()
     if fmt == "zeek":
         return "".join("\t".join(zeek_row(r)) + "\n" for r in records)
