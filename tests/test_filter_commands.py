@@ -31,6 +31,8 @@ FILTERS = [
     "tcp.analysis.duplicate_ack",
     "ip.addr == 10.0.0.0/8",
     "tcp.stream in {0, 2}",
+    "tcp.flags & 0x12 == 0x12",
+    "tcp.dstport >= 4 * {tcp.srcport + 3}",
 ]
 
 
@@ -57,7 +59,8 @@ def _cases(zeek: Path) -> list[tuple[str, Path, list[int]]]:
 
 def test_packets_y_selects_tsharks_frames(zeek_corpus: Path) -> None:
     cases = _cases(zeek_corpus)
-    assert len(cases) == 6 * 13  # each filter on the 13 captures of expected.json
+    # each filter on each capture of expected.json
+    assert len(cases) == len(FILTERS) * len(EXPECTED["tcp_frames"])
     for text, cap, frames in cases:
         flt = compile_filter(text)
         got = [r.frame for r in iter_rows(str(cap), CaptureStats(), flt=flt)]
@@ -67,7 +70,7 @@ def test_packets_y_selects_tsharks_frames(zeek_corpus: Path) -> None:
 def test_conns_y_keeps_connections_with_a_matching_packet(
     zeek_corpus: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Every case, through the command line parser (in this process: 78 runs)."""
+    """Every case, through the command line parser (in this process: 120 runs)."""
     for text, cap, frames in _cases(zeek_corpus):
         t = read_table(str(cap))
         stream = StreamTracker().feed(t)["stream"]

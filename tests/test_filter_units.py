@@ -12,7 +12,7 @@ import numpy.typing as npt
 import pytest
 
 from tcpwhy.capture import read_table
-from tcpwhy.decode.table import PacketTable
+from tcpwhy.decode.table import PacketTable, empty_columns
 from tcpwhy.filter import (
     FilterContext,
     FilterError,
@@ -23,9 +23,11 @@ from tcpwhy.filter import (
     select_streams,
 )
 from tcpwhy.filter import compiler as compiler_mod
-from tcpwhy.filter.compiler import ByteValues, _contains_backed, apply_slice
+from tcpwhy.filter import syntax as S
+from tcpwhy.filter.compiler import ByteValues, _contains_backed, apply_slice, slice_bytes
 from tcpwhy.filter.fields import ANALYSIS_FLAGS
 from tcpwhy.filter.http import parse_head
+from tcpwhy.filter.syntax import RANGE, Token, parse_range
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "tcpwhy" / "data"
 SRC = Path(__file__).resolve().parents[1] / "src" / "tcpwhy" / "filter"
@@ -112,10 +114,13 @@ def test_window_slices_match_generic_slices() -> None:
     np.cumsum(caps[:-1], out=off[1:])
     backed = ByteValues(data=data, off=off, cap=caps)
     plain = ByteValues(backed.objs())
-    for ranges in ([(0, 2)], [(3, 3)], [(1, None)], [(-2, None)], [(0, 1), (4, 1)]):
+    for spec in ("0:2", "3:3", "1:", "-2:", "0:1,4:1", "2-4", "-3--1"):
+        ranges = [parse_range(spec, Token(RANGE, r, 0, r)) for r in spec.split(",")]
         a = apply_slice(ByteValues(data=data, off=off, cap=caps), "bytes", ranges).objs()
         b = apply_slice(plain, "bytes", ranges).objs()
-        assert a == b, ranges
+        assert a == b, spec
+        # tshark 4.0: a range past the end stops the slice (nothing is clamped)
+        assert b == [slice_bytes(x, ranges) for x in plain.objs()]
 
 
 @dataclass
@@ -203,9 +208,22 @@ def test_hostile_filters_only_raise_filter_errors() -> None:
         "tcp.payload[" + "9" * 40 + "]",
         "{",
         '"\\',
+        "(" * 5000 + "tcp" + ")" * 5000,
+        "!" * 5000 + "tcp",
+        "tcp.len" + " + 1" * 5000,
+        "max(" * 3000 + "tcp.len" + ")" * 3000,
+        "tcp.payload" + "[0:1]" * 3000,
+        "-" * 3000 + "tcp.len",
     ):
         with pytest.raises(FilterError):
             compile_filter(text)
+
+
+def test_large_filters_compile(table: PacketTable) -> None:
+    big = compile_filter("tcp.port in {" + "1," * 20000 + "8080}")
+    assert big.mask(table).any()
+    deep = compile_filter("(" * 150 + "tcp.port == 8080" + ")" * 150)
+    assert (deep.mask(table) == big.mask(table)).all()
 
 
 def test_http_heads() -> None:
@@ -234,3 +252,317 @@ def test_whitespace_sets_and_not_in(table: PacketTable) -> None:
     # the server's packets, as tshark lists them for tcp.srcport == 8080
     assert frames(table, a) == [2, 5, 9, 11, 14, 15, 18, 20, 23, 26, 29, 31]
     assert (a == b).all() and (c == ~a).all()
+
+
+# ---------------------------------------------------------------- tshark 4.0 grammar
+
+
+def tree(text: str) -> S.Node:
+    from tcpwhy.filter.compiler import FUNCTIONS
+    from tcpwhy.filter.fields import FIELDS
+
+    return S.parse(text, lambda n: n in FIELDS, lambda n: n in FUNCTIONS)
+
+
+def shape(node: S.Node | None) -> object:
+    """A compact picture of a syntax tree: operators and the text of the leaves."""
+    if node is None:
+        return None
+    if isinstance(node, S.Logic):
+        return (node.op, *[shape(i) for i in node.items])
+    if isinstance(node, S.Not):
+        return ("not", shape(node.item))
+    if isinstance(node, S.Bare):
+        return shape(node.value)
+    if isinstance(node, S.Relation):
+        rel = (node.op, shape(node.lhs), shape(node.rhs))
+        return (node.how, *rel) if node.how else rel
+    if isinstance(node, S.InSet):
+        return ("in", shape(node.lhs), [(shape(a), shape(b)) for a, b in node.items])
+    if isinstance(node, S.Arith):
+        return (
+            (node.op, shape(node.a)) if node.b is None else (node.op, shape(node.a), shape(node.b))
+        )
+    if isinstance(node, S.Call):
+        return (node.name, *[shape(a) for a in node.args])
+    if isinstance(node, S.Slice):
+        return ("slice", shape(node.entity), [r.text for r in node.ranges])
+    if isinstance(node, S.FieldRef):
+        return (
+            ("$" if node.reference else "")
+            + node.name
+            + ("#" + ",".join(r.text for r in node.layers) if node.layers else "")
+        )
+    assert isinstance(node, S.Literal)
+    return node.text
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        # & binds tighter than comparisons, looser than + - * / %
+        ("tcp.flags & 0x12 == 0x12", ("any_eq", ("&", "tcp.flags", "0x12"), "0x12")),
+        (
+            "tcp.flags & 0x10 + 0x02 == 0x12",
+            ("any_eq", ("&", "tcp.flags", ("+", "0x10", "0x02")), "0x12"),
+        ),
+        ("tcp.len + 1 & 3", ("&", ("+", "tcp.len", "1"), "3")),
+        ("tcp.len & 2 & 3", ("&", ("&", "tcp.len", "2"), "3")),
+        ("tcp.len * 2 + 1 > 3", ("gt", ("+", ("*", "tcp.len", "2"), "1"), "3")),
+        ("tcp.len - 1 - 2", ("-", ("-", "tcp.len", "1"), "2")),
+        ("tcp.len % 2 / 3", ("/", ("%", "tcp.len", "2"), "3")),
+        ("-tcp.len * 2 < 0", ("lt", ("*", ("neg", "tcp.len"), "2"), "0")),
+        ("4 * {tcp.len + 3} > 1", ("gt", ("*", "4", ("+", "tcp.len", "3")), "1")),
+        # a bitwise test alone, negated, and combined
+        ("tcp.flags & 0x02", ("&", "tcp.flags", "0x02")),
+        ("!(tcp.flags & 0x04)", ("not", ("&", "tcp.flags", "0x04"))),
+        ("not tcp.flags & 0x10", ("not", ("&", "tcp.flags", "0x10"))),
+        (
+            "tcp.flags & 0x02 && tcp.flags & 0x10",
+            ("and", ("&", "tcp.flags", "0x02"), ("&", "tcp.flags", "0x10")),
+        ),
+        ("tcp.flags bitwise_and 2", ("&", "tcp.flags", "2")),
+        # not > and > or, left to right: (A and B) or (not C) or (D and (not E)) or F
+        (
+            "tcp.syn and tcp.ack or not tcp.fin or tcp.urg and not tcp.psh or tcp.rst",
+            None,  # names that are not fields: checked below with real fields
+        ),
+        (
+            "ip and tcp or not http or eth and not vlan or frame",
+            ("or", ("and", "ip", "tcp"), ("not", "http"), ("and", "eth", ("not", "vlan")), "frame"),
+        ),
+        ("not ip.dst eq 1.2.3.4", ("not", ("any_eq", "ip.dst", "1.2.3.4"))),
+        # chains: a < b < c is a < b and b < c
+        (
+            "tcp.srcport < tcp.dstport < 60000",
+            ("and", ("lt", "tcp.srcport", "tcp.dstport"), ("lt", "tcp.dstport", "60000")),
+        ),
+        # quantifiers, sets, layers, references, slices, functions
+        ("all tcp.port > 1024", ("all", "gt", "tcp.port", "1024")),
+        ("any ip.addr != 1.1.1.1", ("any", "all_ne", "ip.addr", "1.1.1.1")),
+        ("tcp.port not in {80, 1..3}", ("not", ("in", "tcp.port", [("80", None), ("1", "3")]))),
+        ("tcp.port in {-1}", ("in", "tcp.port", [(("neg", "1"), None)])),
+        ("ip.addr#2 == 1.2.3.4", ("any_eq", "ip.addr#2", "1.2.3.4")),
+        ("tcp.port#[2-4]", "tcp.port#2-4"),
+        ("${frame.time_relative} < 1", ("lt", "$frame.time_relative", "1")),
+        (
+            "tcp.payload[1,3-5,9:][0] == 00",
+            ("any_eq", ("slice", ("slice", "tcp.payload", ["1", "3-5", "9:"]), ["0"]), "00"),
+        ),
+        (
+            "max(tcp.srcport, tcp.dstport + 1) == 80",
+            ("any_eq", ("max", "tcp.srcport", ("+", "tcp.dstport", "1")), "80"),
+        ),
+        # a minus inside a word belongs to the word
+        ("tcp.dstport-1", "tcp.dstport-1"),
+        ("tcp.dstport -1", ("-", "tcp.dstport", "1")),
+        (".tcp.port == 80", ("any_eq", "tcp.port", "80")),
+    ],
+)
+def test_precedence_as_tshark_4_0(text: str, want: object) -> None:
+    if want is None:
+        with pytest.raises(FilterError):
+            compile_filter(text)
+        return
+    assert shape(tree(text)) == want
+
+
+def test_empty_filter_selects_everything(table: PacketTable) -> None:
+    for text in ("", "   "):
+        assert compile_filter(text).mask(table).all()
+
+
+def _synthetic(
+    ports: list[tuple[int, int]], flags: list[int], payloads: list[bytes]
+) -> PacketTable:
+    n = len(ports)
+    cols = empty_columns(n)
+    cols["frame"][:] = np.arange(1, n + 1)
+    cols["ip_version"][:] = 4
+    cols["src_lo"][:] = 0xFFFF_0A00_0001
+    cols["dst_lo"][:] = 0xFFFF_0A00_0002
+    cols["sport"][:] = [p[0] for p in ports]
+    cols["dport"][:] = [p[1] for p in ports]
+    cols["flags"][:] = flags
+    caps = np.array([len(p) for p in payloads], np.int64)
+    off = np.zeros(n, np.int64)
+    np.cumsum(caps[:-1], out=off[1:])
+    cols["payload_cap"][:] = caps
+    cols["payload_len"][:] = caps
+    cols["payload_off"][:] = off
+    data = np.frombuffer(b"".join(payloads), np.uint8).copy()
+    return PacketTable(cols, data)
+
+
+@pytest.fixture(scope="module")
+def synth() -> PacketTable:
+    return _synthetic(
+        [(80, 1000), (1000, 80), (5, 10), (10, 5), (65535, 1)],
+        [0x002, 0x012, 0x010, 0x018, 0x004],
+        [b"", b"", b"GET / HTTP/1.1\r\n", b"\x00\x00", b"z"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        # bitwise and: alone it is "some bit set"; compared, the masked value
+        ("tcp.flags & 0x02", [1, 2]),
+        ("tcp.flags & 0x12 == 0x12", [2]),
+        ("tcp.flags & 0x12 != 0x12", [1, 3, 4, 5]),
+        ("!(tcp.flags & 0x04)", [1, 2, 3, 4]),
+        ("tcp.flags & 0x02 && tcp.flags & 0x10", [2]),
+        ("tcp.flags & 0x10 + 0x08 == 0x18", [4]),
+        ("tcp.flags & tcp.srcport", [4, 5]),  # 0x18 & 10, 0x004 & 65535
+        # byte strings: the shorter length; alone, some byte not zero
+        ("tcp.payload[0:2] & 40 == 40", [3]),
+        ("tcp.payload[0:2] & 00:ff", [3]),
+        ("tcp.payload & ff:ff", [3, 5]),
+        # a slice past the end of the payload is empty, not cut short
+        ("tcp.payload[0:2]", [3, 4]),
+        ("tcp.payload[-2:]", [3, 4]),
+        ("len(tcp.payload) == 1", [5]),
+        # 32-bit arithmetic; below zero is signed; an overflow or a division by zero drops
+        # the value (so "all" of nothing holds, "any" of nothing does not)
+        ("tcp.srcport - tcp.dstport < 0", [1, 3]),
+        ("tcp.srcport - tcp.dstport > 0", [2, 4, 5]),
+        ("-tcp.srcport < 0", [1, 2, 3, 4, 5]),
+        ("tcp.srcport + -1 == 79", []),
+        ("tcp.srcport / 0 == 1", []),
+        ("tcp.srcport / 0 === 1", [1, 2, 3, 4, 5]),
+        ("tcp.srcport % 3 == 2", [1, 3]),
+        ("tcp.dstport >= 4 * {tcp.srcport + 3}", [1]),
+        # any / all and the 4.0 equality operators
+        ("tcp.port == 80", [1, 2]),
+        ("tcp.port != 80", [3, 4, 5]),
+        ("tcp.port !== 80", [1, 2, 3, 4, 5]),
+        ("tcp.port === 80", []),
+        ("all tcp.port > 4", [1, 2, 3, 4]),
+        ("any tcp.port === 1", [5]),
+        # tshark 4.0 quantifies each element: all values == 5, or all values == 10
+        ("all tcp.port in {5, 10}", []),
+        ("all tcp.port in {5..10}", [3, 4]),
+        ("tcp.srcport in {tcp.dstport, 65535}", [5]),
+        # functions
+        ("max(tcp.srcport, tcp.dstport) == 1000", [1, 2]),
+        ("min(tcp.srcport, tcp.dstport, 3) == 1", [5]),
+        ('string(tcp.srcport) matches "^[0-9]0+$"', [1, 2, 4]),
+        ("count(tcp.port) == 2", [1, 2, 3, 4, 5]),
+        # a field reference: no packet is selected on a command line, so never true
+        ("tcp.port == ${tcp.port}", []),
+        ("not tcp.port == ${tcp.port}", [1, 2, 3, 4, 5]),
+        ("tcp.srcport < tcp.dstport < 100", [3]),
+        ("tcp.payload[0] == 'G'", [3]),
+        ("tcp.srcport == 'P'", [1]),
+    ],
+)
+def test_tshark_4_0_semantics(synth: PacketTable, text: str, want: list[int]) -> None:
+    assert frames(synth, compile_filter(text).mask(synth)) == want
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "caret"),
+    [
+        (
+            "tcp.flags & 0x12 == 0x12 == 0x12",
+            'Left side of "==" expression must be a field or function, not 0x12.',
+            "                    ^~~~",
+        ),
+        ("2 & tcp.flags", "Constant arithmetic expression on the LHS is invalid.", "^"),
+        ("tcp.flags.syn & 1", "FT_BOOLEAN cannot &.", "^~~~~~~~~~~~~"),
+        ("ip.src/24 == ip.dst/24", "FT_IPv4 cannot /.", "^~~~~~"),
+        ('tcp.flags & "a"', '"a" is not a valid arithmetic operand.', "            ^~~"),
+        (
+            "tcp.len + 1 contains 3",
+            '"contains" was unexpected in this context.',
+            "            ^~~~~~~~",
+        ),
+        ("tcp.len + 1 in {3}", '"in" was unexpected in this context.', "            ^~"),
+        ("(tcp.port) == 80", '"==" was unexpected in this context.', "           ^~"),
+        (
+            "tcp.dstport-1 == 79",
+            'Left side of "==" expression must be a field or function, not tcp.dstport-1.',
+            "^~~~~~~~~~~~~",
+        ),
+        ("len(tcp.payload)", "You cannot test whether a function is present.", "^~~"),
+        ("tcp.port#x", 'Expected digit or "[", not "x"', "         ^"),
+        (
+            "tcp.payload[1-1] == 00",
+            "Range 1-1 isn't valid because 1 is greater or equal than 1",
+            "            ^~~",
+        ),
+        (
+            "tcp.payload[0:0] == 00",
+            "Range 0:0 isn't valid because length 0 isn't positive",
+            "            ^~~",
+        ),
+        (
+            "frame.len > '\\n'",
+            "'\\n' is too long to be a valid character constant.",
+            "            ^~~~",
+        ),
+        (
+            "tcp.flags.syn == true",
+            '"true" cannot be found among the possible values for tcp.flags.syn.',
+            "                 ^~~~",
+        ),
+        (
+            'tcp.payload contains "abc',
+            "The final quote was missing from a quoted string.",
+            "                         ^",
+        ),
+        ("frame.time_relative > 1e1", '"1e1" is not a valid time.', "                      ^~~"),
+    ],
+)
+def test_errors_point_at_the_failure(text: str, message: str, caret: str) -> None:
+    with pytest.raises(FilterError) as exc:
+        compile_filter(text)
+    lines = exc.value.reason.splitlines()
+    assert lines[0] == message
+    assert lines[1:] == [f"    {text}", f"    {caret}"]
+
+
+def test_errors_without_a_place() -> None:
+    for text, message in (
+        ("tcp.port ==", "Unexpected end of filter expression."),
+        ("any tcp.port", "Unexpected end of filter expression."),
+        ("${foo}", "macro 'foo' does not exist"),
+        # tshark gives a slice no place in the text
+        ("len(tcp.payload[0:2]) == 2", "Only fields can be used as parameter for len()"),
+        ("tcp.payload[0] in {47}", "Only a field may be tested for membership in a set."),
+        ('tcp.payload matches "("', None),
+    ):
+        with pytest.raises(FilterError) as exc:
+            compile_filter(text)
+        if message is not None:
+            assert exc.value.reason == message
+        assert len(exc.value.reason.splitlines()) == 1
+
+
+def test_pcre_option_settings_become_scoped_groups() -> None:
+    from tcpwhy.filter.compiler import compile_pcre, pcre_options
+
+    assert pcre_options(rb"(?-i)cldc") == rb"(?-i:cldc)"
+    assert pcre_options(rb"a(b(?-i)c)d") == rb"a(b(?-i:c))d"
+    assert pcre_options(rb"[(?-i)]") == rb"[(?-i)]"
+    assert compile_pcre(rb"cldc").search(b"CLDC")
+    assert not compile_pcre(rb"(?-i)cldc").search(b"CLDC")
+    assert compile_pcre(rb"x(?-i)c").search(b"Xc") and not compile_pcre(rb"x(?-i)c").search(b"XC")
+
+
+def test_local_dates_use_the_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from tcpwhy.filter.compiler import parse_abs_time
+
+    utc = parse_abs_time("2020-07-04T12:34:56Z")
+    assert utc == 1593866096 * 10**9
+    assert parse_abs_time("Jul  4, 2020 12:34:56.5 UTC") == utc + 5 * 10**8
+    assert parse_abs_time("2020-07-04 14:34:56+02:00") == utc
+    monkeypatch.setenv("TZ", "Europe/Paris")
+    time.tzset()
+    try:
+        assert parse_abs_time("2020-07-04T14:34:56") == utc  # CEST, UTC+2
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -92,11 +92,11 @@ class DisplayFilter:
 
 def compile_filter(text: str) -> DisplayFilter:
     """Parse and type-check once; raises FilterError pointing at the offending part."""
-    from tcpwhy.filter.compiler import Compiler
+    from tcpwhy.filter.compiler import FUNCTIONS, Compiler
     from tcpwhy.filter.fields import FIELDS
     from tcpwhy.filter.syntax import parse
 
-    tree = parse(text, lambda name: name in FIELDS)
+    tree = parse(text, lambda name: name in FIELDS, lambda name: name in FUNCTIONS)
     return DisplayFilter(text, Compiler(text).compile(tree))
 
 

@@ -1,4 +1,24 @@
-"""Type-checks a parsed filter and turns it into a tree of vectorised tests over row sets.
+"""Type-checks a parsed filter as tshark 4.0 does and turns it into vectorised tests.
+
+The checks follow tshark 4.0's semantic pass (epan/dfilter/semcheck.c): a
+literal takes the type of the field on the left, arithmetic takes the type of
+its first operand, a slice is a byte string, and each failure is reported with
+tshark's message at the same place. Evaluation follows tshark's filter engine
+(dfvm.c), over whole columns instead of one frame at a time:
+
+* an expression yields, per row, the list of its values (a field has one value
+  per occurrence; ``a + b`` the sum of every pair of values) and whether it was
+  *reached*: a field that is absent, or a function that has nothing to return,
+  makes the whole relation false before any comparison, as tshark's jumps do;
+* a comparison holds for *any* pair of values (``==``, ``!==``, ``<``…,
+  ``contains``, ``matches``), or for *all* pairs (``!=``, ``===``, and any
+  operator after ``all``); a pair whose comparison is an error (an unsigned
+  value against a negative one) counts for neither;
+* arithmetic is tshark's 32-bit integer arithmetic: an overflow or a division
+  by zero drops that value, and a subtraction below zero or a unary minus gives
+  a signed value; ``&`` on byte strings keeps the shorter length;
+* an arithmetic expression alone is true when some value is not zero
+  (``tcp.flags & 0x02``), a slice alone when some value is not empty.
 
 Each test takes the candidate rows (indices into the table) and returns a
 boolean array over them. `and` hands each operand only the rows its cheaper
@@ -12,17 +32,22 @@ the field's value type; nothing from the filter text is ever executed.
 from __future__ import annotations
 
 import bisect
+import calendar
 import ipaddress
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from tcpwhy.filter import syntax as S
 from tcpwhy.filter.context import FilterContext
 from tcpwhy.filter.fields import (
+    ABSTIME,
     BOOL,
     BYTES,
     ETHER,
@@ -42,70 +67,121 @@ from tcpwhy.filter.fields import (
     Rows,
     type_name,
 )
-from tcpwhy.filter.syntax import (
-    STRING as STRING_TOKEN,
+from tcpwhy.filter.syntax import FilterError
+
+_SEARCH_CHUNK = 1 << 24  # payload bytes gathered per joined search
+
+FUNCTIONS = frozenset({"lower", "upper", "len", "count", "string", "max", "min", "abs"})
+
+FOREIGN_PROTOCOLS = frozenset(
+    [
+        "a11",
+        "a21",
+        "a615a",
+        "aaf",
+        "acf",
+        "adb",
+        "bfd",
+        "c1222",
+        "c15",
+        "dc",
+        "dcc",
+        "e100",
+        "e164",
+        "e212",
+        "fc",
+        "fc00",
+        "fefd",
+        "ff",
+    ]
 )
-from tcpwhy.filter.syntax import (
-    Entity,
-    Exists,
-    FilterError,
-    InSet,
-    Logic,
-    Node,
-    Not,
-    Relation,
-    Token,
+"""Wireshark protocol names that look like byte or number literals: tshark reads ``ff`` in
+``tcp.payload[0] == ff`` as the protocol FF (never in a TCP frame), not the byte 0xff, so
+tcpwhy does too."""
+
+HTTP_PROTO = "http"
+"""The one protocol whose bytes tcpwhy has: an HTTP segment's payload."""
+
+# ---------------------------------------------------------------- types
+
+INTS = frozenset({UINT, FRAMENUM, BOOL})
+_ALL_TYPES = frozenset(
+    {UINT, FRAMENUM, BOOL, IPV4, IPV6, ETHER, RELTIME, ABSTIME, BYTES, STRING, PROTO}
 )
-
-_SEARCH_CHUNK = 1 << 24
-_MAX_OFFSET = (
-    1 << 31
-)  # slice bounds beyond any captured frame  # payload bytes gathered per joined search
-
-# ---------------------------------------------------------------- literals
-
-
-def _err(src: str, tok: Token, msg: str) -> FilterError:
-    return FilterError(msg, src, tok.pos, tok.length)
-
-
-_INT_RE = re.compile(r"[+-]?(0[xX][0-9a-fA-F]+|0[bB][01]+|0[0-7]*|[1-9][0-9]*)")
-
-
-def parse_int(text: str) -> int | None:
-    if not _INT_RE.fullmatch(text):
-        return None
-    sign = -1 if text.startswith("-") else 1
-    body = text.lstrip("+-")
-    if body[:2] in ("0x", "0X"):
-        return sign * int(body[2:], 16)
-    if body[:2] in ("0b", "0B"):
-        return sign * int(body[2:], 2)
-    if len(body) > 1 and body[0] == "0":
-        return sign * int(body[1:], 8)
-    return sign * int(body)
+CAN: dict[str, frozenset[str]] = {
+    "eq": _ALL_TYPES,
+    "cmp": _ALL_TYPES,
+    "contains": frozenset({BYTES, STRING, ETHER, PROTO}),
+    "matches": frozenset({BYTES, STRING, ETHER, PROTO}),
+    "&": frozenset({UINT, FRAMENUM, IPV4, IPV6, ETHER, BYTES}),
+    "+": frozenset({UINT, FRAMENUM, RELTIME}),
+    "-": frozenset({UINT, FRAMENUM, RELTIME}),
+    "*": frozenset({UINT, FRAMENUM}),
+    "/": frozenset({UINT, FRAMENUM}),
+    "%": frozenset({UINT, FRAMENUM}),
+    "neg": frozenset({UINT, FRAMENUM, RELTIME}),
+    "slice": frozenset({BYTES, STRING, ETHER, IPV4, IPV6, PROTO}),
+    "negative": frozenset({UINT, FRAMENUM, BOOL, RELTIME}),
+    "string": frozenset({UINT, FRAMENUM, IPV4, IPV6, ETHER}),
+}
+_BYTES_TYPES = frozenset({ETHER, BYTES, IPV6})
+"""Types tshark compares as bytes without converting them (is_bytes_type)."""
+_WIRE_SIZE = {IPV4: 4, IPV6: 16, ETHER: 6, FRAMENUM: 4, BOOL: 0, RELTIME: 0, ABSTIME: 0, NONE: 0}
 
 
-_HEX_SEP_RE = re.compile(r"[0-9A-Fa-f]{2}([:.\-][0-9A-Fa-f]{2})*")
+def ft_name(ftype: str, bits: int = 32) -> str:
+    """tshark's internal name of a type (FT_UINT16…), as some of its messages print it."""
+    if ftype == UINT:
+        return f"FT_UINT{bits}"
+    return {
+        FRAMENUM: "FT_FRAMENUM",
+        BOOL: "FT_BOOLEAN",
+        IPV4: "FT_IPv4",
+        IPV6: "FT_IPv6",
+        ETHER: "FT_ETHER",
+        RELTIME: "FT_RELATIVE_TIME",
+        ABSTIME: "FT_ABSOLUTE_TIME",
+        BYTES: "FT_BYTES",
+        STRING: "FT_STRING",
+        NONE: "FT_NONE",
+        PROTO: "FT_PROTOCOL",
+    }[ftype]
 
 
-def parse_bytes(text: str) -> bytes | None:
-    if re.fullmatch(r"(0[xX])?[0-9A-Fa-f]{1,2}", text):
-        return bytes([int(text[-2:].removeprefix("x").removeprefix("X"), 16)])
-    if _HEX_SEP_RE.fullmatch(text):
-        return bytes.fromhex(re.sub(r"[:.\-]", "", text))
-    return None
+def compatible(a: str, b: str) -> bool:
+    """tshark's compatible_ftypes."""
+    if a in (UINT, FRAMENUM):
+        return b in (UINT, FRAMENUM, BOOL)
+    if a in (ETHER, BYTES):
+        return b in (ETHER, BYTES)
+    return a == b
 
 
-def parse_ether(text: str) -> int | None:
-    t = text
-    if re.fullmatch(r"[0-9A-Fa-f]{2}([:\-][0-9A-Fa-f]{2}){5}", t):
-        return int(re.sub(r"[:\-]", "", t), 16)
-    if re.fullmatch(r"[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}", t):
-        return int(t.replace(".", ""), 16)
-    if re.fullmatch(r"[0-9A-Fa-f]{12}", t):
-        return int(t, 16)
-    return None
+@dataclass(frozen=True)
+class Typ:
+    """A compile-time type: the field type and, for integers, the field's width in bits."""
+
+    ftype: str
+    bits: int = 32
+
+    @property
+    def name(self) -> str:
+        return type_name(self.ftype, self.bits)
+
+
+T_BYTES = Typ(BYTES)
+T_STRING = Typ(STRING)
+T_U32 = Typ(UINT, 32)
+
+# ---------------------------------------------------------------- values
+
+
+@dataclass
+class Ints:
+    """Integer values and whether each has a signed type (tshark's FT_INT32 results)."""
+
+    v: Any  # int64 array or int
+    s: Any = False  # bool array or bool
 
 
 @dataclass(frozen=True)
@@ -122,150 +198,328 @@ class Addr6:
     mlo: int
 
 
-def _max_for(f: Field) -> int:
-    return (1 << f.bits) - 1
+def _ints(x: Any) -> Ints:
+    return x if isinstance(x, Ints) else Ints(x, False)
 
 
-def convert(src: str, f: Field, ftype: str, ent: Entity) -> Any:
-    """The literal `ent` as a value of `ftype` (the field's type, or BYTES after a slice)."""
-    tok = ent.tok
-    if ent.is_field:
-        raise AssertionError("field passed as literal")
-    is_str = tok.kind == STRING_TOKEN
-    if is_str:
-        raw = tok.value
-        assert isinstance(raw, bytes)
-        if ftype in (BYTES, STRING):
+# ---------------------------------------------------------------- literals
+
+_INT_RE = re.compile(r"(0[xX][0-9a-fA-F]+|0[bB][01]+|0[0-7]*|[1-9][0-9]*)")
+
+
+def parse_int(text: str) -> int | None:
+    """C's strtoul(text, 0) on the whole text (with 0b for binary), or None."""
+    if not _INT_RE.fullmatch(text):
+        return None
+    if text[:2] in ("0x", "0X"):
+        return int(text[2:], 16)
+    if text[:2] in ("0b", "0B"):
+        return int(text[2:], 2)
+    if len(text) > 1 and text[0] == "0":
+        return int(text[1:], 8)
+    return int(text)
+
+
+def hex_str_to_bytes(text: str) -> bytes | None:
+    """Wireshark's hex_str_to_bytes without forced separators: hex digits in pairs (or alone
+    before a separator or the end), optionally separated by punctuation."""
+    out = bytearray()
+    i, n = 0, len(text)
+    hexd = "0123456789abcdefABCDEF"
+    punct = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+    while i < n:
+        p = text[i]
+        q = text[i + 1] if i + 1 < n else ""
+        if p in hexd and q and q in hexd:
+            out.append(int(p + q, 16))
+            nxt = i + 2
+            if nxt < n and text[nxt] in punct:
+                nxt += 1
+            i = nxt
+        elif p in hexd and q and q in punct:
+            out.append(int(p, 16))
+            i += 2
+        elif p in hexd and not q:
+            out.append(int(p, 16))
+            i += 1
+        else:
+            return None
+    return bytes(out)
+
+
+def parse_bytes(text: str) -> bytes | None:
+    s = text[1:] if text.startswith(":") else text
+    m = re.fullmatch(r"0[xX]([0-9A-Fa-f]{1,2})", s)
+    if m:
+        return bytes([int(m.group(1), 16)])
+    if not s:
+        return None
+    return hex_str_to_bytes(s)
+
+
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1
+    )
+}
+_ISO_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?)?"
+    r"(Z|[+-]\d{2}(?::?\d{2})?)?"
+)
+_LEGACY_RE = re.compile(
+    r"([A-Za-z]{3}) +(\d{1,2}), +(\d{4}) +(\d{1,2}):(\d{2}):(\d{2})(?:\.(\d+))?( UTC)?"
+)
+
+
+def parse_abs_time(text: str) -> int | None:
+    """Nanoseconds since the epoch of an ISO 8601 or "Sep 26, 2004 23:18:04.95" date; local
+    time unless it says UTC (or an offset), as tshark."""
+    m = _ISO_RE.fullmatch(text)
+    tz: int | None = None
+    if m:
+        y, mo, d = int(m.group(1)), int(m.group(2)), int(m.group(3))
+        hh, mm, ss = int(m.group(4) or 0), int(m.group(5) or 0), int(m.group(6) or 0)
+        frac = m.group(7) or ""
+        zone = m.group(8)
+        if zone == "Z":
+            tz = 0
+        elif zone:
+            sign = -1 if zone[0] == "-" else 1
+            digits = zone[1:].replace(":", "")
+            tz = sign * (int(digits[:2]) * 3600 + int(digits[2:4] or 0) * 60)
+    else:
+        m = _LEGACY_RE.fullmatch(text)
+        if m is None or m.group(1).lower() not in _MONTHS:
+            return None
+        y, mo, d = int(m.group(3)), _MONTHS[m.group(1).lower()], int(m.group(2))
+        hh, mm, ss = int(m.group(4)), int(m.group(5)), int(m.group(6))
+        frac = m.group(7) or ""
+        tz = 0 if m.group(8) else None
+    if not (1 <= mo <= 12 and 1 <= d <= 31 and hh < 24 and mm < 60 and ss < 61):
+        return None
+    fields = (y, mo, d, hh, mm, ss, 0, 0, -1)
+    try:
+        if tz is None:
+            secs = int(time.mktime(fields))
+        else:
+            secs = calendar.timegm(fields) - tz
+    except (OverflowError, ValueError):
+        return None
+    ns = int((frac + "000000000")[:9]) if frac else 0
+    return secs * 1_000_000_000 + ns
+
+
+_ABS_EXAMPLE = 'Example: "Nov 12, 1999 08:55:44.123" or "2011-07-04 12:34:56"'
+
+
+class Converter:
+    """Literals to values of a type, with tshark's messages (fvalue_from_literal and friends)."""
+
+    def __init__(self, src: str) -> None:
+        self.src = src
+
+    def fail(self, node: S.Node, message: str) -> FilterError:
+        return FilterError(message, self.src, node.pos, node.length)
+
+    def convert(
+        self, lit: S.Literal, t: Typ, *, partial: bool = False, fld: Field | None = None
+    ) -> Any:
+        if lit.kind == S.STRING:
+            raw = lit.value
+            assert isinstance(raw, bytes)
+            return self.from_string(lit, raw, t, fld)
+        if lit.kind == S.CHARCONST:
+            assert isinstance(lit.value, int)
+            return self.from_charconst(lit, lit.value, t)
+        return self.from_literal(lit, lit.text, t, partial, fld)
+
+    def from_string(self, lit: S.Literal, raw: bytes, t: Typ, fld: Field | None) -> Any:
+        if t.ftype in (BYTES, STRING, PROTO):
             return raw
-        shown = raw.decode("utf-8", "replace")
-        raise _err(
-            src, tok, f'{type_name(ftype, f.bits)} cannot be converted from a string ("{shown}").'
-        )
-    text = tok.text
-    if ftype in (UINT, FRAMENUM):
-        v = parse_int(text)
-        if v is None:
-            raise _err(src, tok, f'"{text}" is not a valid number.')
-        if v > _max_for(f) if ftype == UINT else v > 0xFFFFFFFF:
-            raise _err(src, tok, f'"{text}" too big for this field, maximum {_max_for(f)}.')
-        return v
-    if ftype == BOOL:
-        if text in ("True", "TRUE", "true"):
-            return True
-        if text in ("False", "FALSE", "false"):
-            return False
-        v = parse_int(text)
-        if v is None:
-            raise _err(src, tok, f'"{text}" is not a valid boolean.')
-        return v != 0
-    if ftype == IPV4:
-        addr, _, bits = text.partition("/")
+        text = raw.decode("utf-8", "replace")
+        if t.ftype == ABSTIME:
+            v = parse_abs_time(text)
+            if v is None:
+                raise self.fail(lit, f'"{text}" is not a valid absolute time. {_ABS_EXAMPLE}')
+            return v
+        if t.ftype == BOOL and fld is not None:
+            return self.bool_name(lit, text, fld)
+        raise self.fail(lit, f'{t.name} cannot be converted from a string ("{text}").')
+
+    def from_charconst(self, lit: S.Literal, v: int, t: Typ) -> Any:
+        if t.ftype in (UINT, FRAMENUM, BOOL):
+            if t.ftype == BOOL:
+                return Ints(int(v != 0))
+            return Ints(v & 0xFFFFFFFF)
+        if t.ftype in (BYTES, STRING, PROTO):
+            return bytes([v & 0xFF])
+        raise self.fail(lit, f"{t.name} cannot be converted from a character constant.")
+
+    def bool_name(self, lit: S.Literal, text: str, fld: Field) -> Ints:
+        # tcp.flags.* name their values "Set" and "Not set"
+        if text.lower() == "set":
+            return Ints(1)
+        if text.lower() == "not set":
+            return Ints(0)
+        raise self.fail(lit, f'"{text}" cannot be found among the possible values for {fld.name}.')
+
+    def from_literal(
+        self, lit: S.Literal, text: str, t: Typ, partial: bool, fld: Field | None
+    ) -> Any:
+        ft = t.ftype
+        if ft in (UINT, FRAMENUM):
+            v = parse_int(text)
+            if v is None:
+                raise self.fail(lit, f'"{text}" is not a valid number.')
+            if v > 0xFFFFFFFFFFFFFFFF:
+                raise self.fail(lit, f'"{text}" causes an integer overflow.')
+            top = (1 << t.bits) - 1 if ft == UINT else 0xFFFFFFFF
+            if v > top:
+                raise self.fail(lit, f'"{text}" too big for this field, maximum {top}.')
+            return Ints(v)
+        if ft == BOOL:
+            if text in ("True", "TRUE"):
+                return Ints(1)
+            if text in ("False", "FALSE"):
+                return Ints(0)
+            v = parse_int(text)
+            if v is not None and v <= 0xFFFFFFFFFFFFFFFF:
+                return Ints(int(v != 0))
+            if fld is not None:
+                return self.bool_name(lit, text, fld)
+            raise self.fail(lit, f'"{text}" is not a valid number.')
+        if ft == IPV4:
+            return self.ipv4(lit, text)
+        if ft == IPV6:
+            return self.ipv6(lit, text)
+        if ft == ETHER:
+            b = parse_bytes(text)
+            if partial and b:
+                return b
+            if b is None or len(b) != 6:
+                raise self.fail(lit, f'"{text}" is not a valid Ethernet address.')
+            return int.from_bytes(b, "big")
+        if ft == RELTIME:
+            if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):
+                raise self.fail(lit, f'"{text}" is not a valid time.')
+            return int((Decimal(text) * 1_000_000_000).to_integral_value())
+        if ft == ABSTIME:
+            v = parse_abs_time(text)
+            if v is None:
+                raise self.fail(lit, f'"{text}" is not a valid absolute time. {_ABS_EXAMPLE}')
+            return v
+        if ft in (BYTES, PROTO):
+            b = parse_bytes(text)
+            if b is None:
+                shown = text[1:] if text.startswith(":") else text
+                raise self.fail(lit, f'"{shown}" is not a valid byte string.')
+            return b
+        if ft == STRING:
+            return text.encode()
+        raise self.fail(lit, f"{t.name} cannot be converted from a literal.")
+
+    def ipv4(self, lit: S.Literal, text: str) -> Addr4:
+        addr, slash, bits = text.partition("/")
         try:
             if addr.count(".") != 3:
                 raise ValueError(addr)
             a = int(ipaddress.IPv4Address(addr))
         except ValueError:
-            raise _err(src, tok, f'"{text}" is not a valid hostname or IPv4 address.') from None
+            raise self.fail(lit, f'"{addr}" is not a valid hostname or IPv4 address.') from None
         n = 32
-        if bits:
-            nb = parse_int(bits)
-            if nb is None or nb < 0:
-                raise _err(src, tok, f'"{text}" is not a valid hostname or IPv4 address.')
+        if slash:
+            nb = parse_int(bits) if bits.isdigit() else None
+            if nb is None:
+                raise self.fail(lit, f'"{text}" is not a valid hostname or IPv4 address.')
             if nb > 32:
-                raise _err(
-                    src, tok, f"Netmask bits in a CIDR IPv4 address should be <= 32, not {nb}"
+                raise self.fail(
+                    lit, f"Netmask bits in a CIDR IPv4 address should be <= 32, not {nb}"
                 )
             n = nb
         mask = (0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF
         return Addr4(a & mask, mask)
-    if ftype == IPV6:
-        addr, _, bits = text.partition("/")
+
+    def ipv6(self, lit: S.Literal, text: str) -> Addr6:
+        addr, slash, bits = text.partition("/")
         try:
+            if "%" in addr:
+                raise ValueError(addr)
             a = int(ipaddress.IPv6Address(addr))
         except ValueError:
-            raise _err(src, tok, f'"{text}" is not a valid hostname or IPv6 address.') from None
+            raise self.fail(lit, f'"{addr}" is not a valid hostname or IPv6 address.') from None
         n = 128
-        if bits:
-            nb = parse_int(bits)
-            if nb is None or nb < 0:
-                raise _err(src, tok, f'"{text}" is not a valid hostname or IPv6 address.')
-            if nb > 128:
-                raise _err(src, tok, f"Prefix in a CIDR IPv6 address should be <= 128, not {nb}")
-            n = nb
+        if slash:
+            if not bits.isdigit():
+                raise self.fail(lit, f'"{text}" is not a valid hostname or IPv6 address.')
+            n = int(bits)
+            if n > 128:
+                raise self.fail(lit, f"Prefix in a CIDR IPv6 address should be <= 128, not {n}")
         m = ((1 << 128) - 1) ^ ((1 << (128 - n)) - 1)
         a &= m
         return Addr6(a >> 64, a & 0xFFFFFFFFFFFFFFFF, m >> 64, m & 0xFFFFFFFFFFFFFFFF)
-    if ftype == ETHER:
-        e = parse_ether(text)
-        if e is None:
-            raise _err(src, tok, f'"{text}" is not a valid Ethernet address.')
-        return e
-    if ftype == RELTIME:
-        try:
-            d = Decimal(text)
-        except InvalidOperation:
-            raise _err(src, tok, f'"{text}" is not a valid time.') from None
-        if not d.is_finite():
-            raise _err(src, tok, f'"{text}" is not a valid time.')
-        return int((d * 1_000_000_000).to_integral_value())
-    if ftype == BYTES:
-        b = parse_bytes(text)
-        if b is None:
-            raise _err(src, tok, f'"{text}" is not a valid byte string.')
-        return b
-    if ftype == STRING:
-        return text.encode()
-    raise _err(src, tok, f"{f.name} (type={type_name(ftype, f.bits)}) cannot be compared.")
 
 
-# ---------------------------------------------------------------- slices
+# ---------------------------------------------------------------- regular expressions
+
+_PY_FLAGS = {"i": "i", "s": "s", "m": "m", "x": "x"}
 
 
-def parse_slice(src: str, tok: Token) -> list[tuple[int, int | None]]:
-    """Ranges of a slice as (start, length or None for "to the end")."""
-    text = str(tok.value)
-    out: list[tuple[int, int | None]] = []
-    pos = tok.pos
-    for part in text.split(","):
-        lead = len(part) - len(part.lstrip())
-        p = part.strip()
-        ptok = Token("slice", p, pos + lead)
-        pos += len(part) + 1
-        m = re.fullmatch(r"(-?\w*)(?::(\w*))?", p)
-        if m and (m.group(1) or m.group(2)):
-            start_s, len_s = m.group(1), m.group(2)
-            start = parse_int(start_s) if start_s else 0
-            if start is None:
-                raise _err(src, ptok, f'"{start_s}" is not a valid number.')
-            if ":" not in p:
-                out.append((start, 1))
-                continue
-            if not len_s:
-                out.append((start, None))
-                continue
-            n = parse_int(len_s)
-            if n is None or n < 0:
-                raise _err(src, ptok, f'"{p}" is not a valid range.')
-            out.append((start, n))
+def pcre_options(pat: bytes) -> bytes:
+    """A PCRE pattern with its option settings rewritten for Python's `re`.
+
+    PCRE's ``(?-i)`` (or ``(?i)``, ``(?s)``, ``(?x-i)``…) changes the options from there to
+    the end of the enclosing group; Python only takes scoped groups ``(?-i:...)`` (and
+    global flags at the very start), so each setting becomes a scoped group that runs to
+    the end of its enclosing group.
+    """
+    out = bytearray()
+    stack: list[int] = []  # scoped groups opened in each enclosing group
+    i, n = 0, len(pat)
+    opened = 0
+    while i < n:
+        c = pat[i : i + 1]
+        if c == b"\\":
+            out += pat[i : i + 2]
+            i += 2
             continue
-        m = re.fullmatch(r"(-?\d+)-(-?\d+)", p)
-        if m:
-            a, b = int(m.group(1)), int(m.group(2))
-            out.append((a, b - a + 1 if b >= a else 0))
+        if c == b"[":
+            j = i + 1
+            if pat[j : j + 1] == b"^":
+                j += 1
+            if pat[j : j + 1] == b"]":
+                j += 1
+            while j < n and pat[j : j + 1] != b"]":
+                j += 2 if pat[j : j + 1] == b"\\" else 1
+            out += pat[i : j + 1]
+            i = j + 1
             continue
-        raise _err(src, ptok, f'"{p}" is not a valid range.')
-    for start, n in out:
-        if abs(start) > _MAX_OFFSET or (n or 0) > _MAX_OFFSET:
-            raise _err(src, tok, f'"{text}" is not a valid range.')
-    return out
+        m = re.match(rb"\(\?([a-zA-Z]*)(?:-([a-zA-Z]*))?\)", pat[i:])
+        if m and (m.group(1) or m.group(2) is not None):
+            on = bytes(ch for ch in m.group(1) if chr(ch) in _PY_FLAGS)
+            off = bytes(ch for ch in (m.group(2) or b"") if chr(ch) in _PY_FLAGS)
+            out += b"(?" + on + (b"-" + off if off else b"") + b":"
+            opened += 1
+            i += m.end()
+            continue
+        if c == b"(":
+            stack.append(opened)
+            opened = 0
+        elif c == b")":
+            out += b")" * opened
+            opened = stack.pop() if stack else 0
+        out += c
+        i += 1
+    out += b")" * opened
+    return bytes(out)
 
 
-def _cut(b: bytes, ranges: list[tuple[int, int | None]]) -> bytes:
-    parts = []
-    for start, n in ranges:
-        s = start if start >= 0 else max(len(b) + start, 0)
-        parts.append(b[s:] if n is None else b[s : s + n])
-    return b"".join(parts)
+def compile_pcre(pat: bytes) -> re.Pattern[bytes]:
+    """A `matches` pattern: case-insensitive unless it says otherwise, on bytes."""
+    return re.compile(pcre_options(pat), re.IGNORECASE)
+
+
+# ---------------------------------------------------------------- byte values
 
 
 def _to_bytes(values: Any, ftype: str) -> ByteValues:
@@ -273,31 +527,61 @@ def _to_bytes(values: Any, ftype: str) -> ByteValues:
     if isinstance(values, ByteValues):
         return values
     if ftype == IPV4:
-        return ByteValues([int(v).to_bytes(4, "big") for v in values.tolist()])
+        return ByteValues([int(v).to_bytes(4, "big") for v in np.asarray(values).tolist()])
     if ftype == ETHER:
-        return ByteValues([int(v).to_bytes(6, "big") for v in values.tolist()])
+        return ByteValues([int(v).to_bytes(6, "big") for v in np.asarray(values).tolist()])
     if ftype == IPV6:
         return ByteValues(
-            [((int(h) << 64) | int(lo)).to_bytes(16, "big") for h, lo in values.tolist()]
+            [
+                ((int(h) << 64) | int(lo)).to_bytes(16, "big")
+                for h, lo in np.asarray(values).tolist()
+            ]
         )
     raise AssertionError(ftype)
 
 
-def apply_slice(values: Any, ftype: str, ranges: list[tuple[int, int | None]]) -> ByteValues:
-    bv = _to_bytes(values, ftype)
-    if bv.backed and len(ranges) == 1 and ranges[0][0] >= 0 and ranges[0][1] is not None:
-        # fixed window of payload bytes: gathered as one matrix, no per-row work
-        start, n = ranges[0][0], ranges[0][1]
-        assert bv.data is not None and bv.off is not None and bv.cap is not None
-        lens = np.clip(bv.cap - start, 0, n)
-        k = np.arange(n)
-        idx = bv.off[:, None] + start + np.minimum(k[None, :], np.maximum(lens[:, None] - 1, 0))
-        if bv.data.size:
-            mat = bv.data[np.minimum(idx, bv.data.size - 1)]
+def _const_bytes(value: Any, ftype: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if ftype == IPV4:
+        return int(value.value if isinstance(value, Addr4) else value).to_bytes(4, "big")
+    if ftype == ETHER:
+        return int(value).to_bytes(6, "big")
+    if ftype == IPV6:
+        assert isinstance(value, Addr6)
+        return ((value.hi << 64) | value.lo).to_bytes(16, "big")
+    raise AssertionError(ftype)
+
+
+def slice_bytes(b: bytes, ranges: list[S.RangeNode]) -> bytes:
+    """tshark 4.0's fvalue_slice: the ranges' bytes joined, up to the first one out of range."""
+    out = []
+    n = len(b)
+    for r in ranges:
+        start = r.start
+        if start < 0:
+            start += n
+            if start < 0:
+                break
+        if r.ending == S.TO_END:
+            length = n - start
+            if length <= 0:
+                break
+        elif r.ending == S.LENGTH:
+            length = r.n
+            if start + length > n:
+                break
         else:
-            mat = np.zeros((len(bv), n), np.uint8)
-        return _Window(mat, lens)
-    return ByteValues([_cut(b, ranges) for b in bv.objs()])
+            end = r.n
+            if end < 0:
+                end += n
+                if end < start:
+                    break
+            elif end >= n:
+                break
+            length = end - start + 1
+        out.append(b[start : start + length])
+    return b"".join(out)
 
 
 class _Window(ByteValues):
@@ -317,7 +601,22 @@ class _Window(ByteValues):
         return self._objs
 
 
-# ---------------------------------------------------------------- value tests
+def apply_slice(values: Any, ftype: str, ranges: list[S.RangeNode]) -> ByteValues:
+    bv = _to_bytes(values, ftype)
+    r = ranges[0]
+    if bv.backed and len(ranges) == 1 and r.ending == S.LENGTH and r.start >= 0:
+        # a fixed window of payload bytes: gathered as one matrix, no per-row work
+        start, n = r.start, r.n
+        assert bv.data is not None and bv.off is not None and bv.cap is not None
+        lens = np.where(bv.cap >= start + n, n, 0).astype(np.int64)
+        k = np.arange(n)
+        idx = bv.off[:, None] + start + np.minimum(k[None, :], np.maximum(lens[:, None] - 1, 0))
+        if bv.data.size:
+            mat = bv.data[np.minimum(idx, bv.data.size - 1)]
+        else:
+            mat = np.zeros((len(bv), n), np.uint8)
+        return _Window(mat, lens)
+    return ByteValues([slice_bytes(b, ranges) for b in bv.objs()])
 
 
 def _contains_backed(v: ByteValues, needle: bytes) -> Mask:
@@ -349,54 +648,74 @@ def _contains_backed(v: ByteValues, needle: bytes) -> Mask:
     return out
 
 
-def _objs_test(v: ByteValues, fn: Any) -> Mask:
-    objs = v.objs()
-    return np.fromiter((fn(x) for x in objs), bool, count=len(objs))
+def _lengths(v: ByteValues) -> npt.NDArray[np.int64]:
+    if isinstance(v, _Window):
+        return v.lens
+    if v.backed:
+        assert v.cap is not None
+        return v.cap
+    return np.fromiter((len(b) for b in v.objs()), np.int64, count=len(v))
 
 
-def _bytes_cmp(op: str, v: ByteValues, lit: Any) -> Mask:
-    if op == "contains":
-        if isinstance(lit, bytes) and v.backed:
-            return _contains_backed(v, lit)
-        return _objs_test(v, lambda x: lit in x)
-    if op == "matches":
-        return _objs_test(v, lambda x: lit.search(x) is not None)
-    if (
-        isinstance(v, _Window)
-        and op in ("any_eq", "all_ne", "any_ne", "all_eq")
-        and isinstance(lit, bytes)
-    ):
-        n = v.mat.shape[1]
-        if len(lit) == n:
-            eq = (v.lens == n) & np.all(v.mat == np.frombuffer(lit, np.uint8), axis=1)
-        else:
-            eq = np.zeros(len(v), bool)
-        return eq if op in ("any_eq", "all_eq") else ~eq
-    other = lit.objs() if isinstance(lit, ByteValues) else None
-    objs = v.objs()
-    fn = _PY_OPS[op]
-    if other is not None:
-        return np.fromiter(
-            (fn(a, b) for a, b in zip(objs, other, strict=True)), bool, count=len(objs)
-        )
-    return np.fromiter((fn(a, lit) for a in objs), bool, count=len(objs))
+def _take(values: Any, live: npt.NDArray[np.int64], n: int) -> Any:
+    """Values of some rows only, so byte tests never touch the others."""
+    if live.size == n:
+        return values
+    if isinstance(values, Ints):
+        return Ints(_take(values.v, live, n), _take(values.s, live, n))
+    if isinstance(values, _Window):
+        return _Window(values.mat[live], values.lens[live])
+    if isinstance(values, ByteValues):
+        if values.backed:
+            assert values.off is not None and values.cap is not None
+            return ByteValues(data=values.data, off=values.off[live], cap=values.cap[live])
+        objs = values.objs()
+        return ByteValues([objs[i] for i in live.tolist()])
+    if isinstance(values, np.ndarray):
+        return values[live]
+    return values  # a constant
+
+
+def _put(dst: Any, live: npt.NDArray[np.int64], src: Any, n: int) -> Any:
+    """`dst` with the values of `src` (over `live`) written at `live`."""
+    if isinstance(dst, Ints) or isinstance(src, Ints):
+        d, s = _ints(dst), _ints(src)
+        return Ints(_put(_full(d.v, n), live, s.v, n), _put(_full(d.s, n, bool), live, s.s, n))
+    if isinstance(dst, ByteValues) or isinstance(src, ByteValues):
+        objs = list(dst.objs()) if isinstance(dst, ByteValues) else [b""] * n
+        new = src.objs() if isinstance(src, ByteValues) else [src] * len(live)
+        for i, b in zip(live.tolist(), new, strict=True):
+            objs[i] = b
+        return ByteValues(objs)
+    out = np.array(dst, copy=True)
+    out[live] = src
+    return out
+
+
+def _full(v: Any, n: int, dtype: Any = np.int64) -> Any:
+    if isinstance(v, np.ndarray):
+        return v
+    return np.full(n, v, dtype)
+
+
+# ---------------------------------------------------------------- value tests
+
+
+def _bytes_key(b: bytes) -> tuple[int, bytes]:
+    return (len(b), b)
 
 
 _PY_OPS: dict[str, Any] = {
-    "any_eq": lambda a, b: a == b,
-    "all_eq": lambda a, b: a == b,
-    "all_ne": lambda a, b: a != b,
-    "any_ne": lambda a, b: a != b,
+    "eq": lambda a, b: a == b,
+    "ne": lambda a, b: a != b,
     "lt": lambda a, b: a < b,
     "le": lambda a, b: a <= b,
     "gt": lambda a, b: a > b,
     "ge": lambda a, b: a >= b,
 }
 _NP_OPS: dict[str, Any] = {
-    "any_eq": np.equal,
-    "all_eq": np.equal,
-    "all_ne": np.not_equal,
-    "any_ne": np.not_equal,
+    "eq": np.equal,
+    "ne": np.not_equal,
     "lt": np.less,
     "le": np.less_equal,
     "gt": np.greater,
@@ -404,22 +723,56 @@ _NP_OPS: dict[str, Any] = {
 }
 
 
+def _objs_test(v: ByteValues, fn: Callable[[bytes], bool]) -> Mask:
+    objs = v.objs()
+    return np.fromiter((fn(x) for x in objs), bool, count=len(objs))
+
+
+def _bytes_cmp(op: str, ftype: str, v: ByteValues, lit: Any) -> Mask:
+    if op == "contains":
+        if isinstance(lit, bytes) and v.backed:
+            return _contains_backed(v, lit)
+        if isinstance(lit, bytes):
+            return _objs_test(v, lambda x: lit in x)
+        return np.fromiter(
+            (b in a for a, b in zip(v.objs(), lit.objs(), strict=True)), bool, count=len(v)
+        )
+    if op == "matches":
+        return _objs_test(v, lambda x: lit.search(x) is not None)
+    if isinstance(v, _Window) and op in ("eq", "ne") and isinstance(lit, bytes):
+        n = v.mat.shape[1]
+        if len(lit) == n:
+            eq = (v.lens == n) & np.all(v.mat == np.frombuffer(lit, np.uint8), axis=1)
+        else:
+            eq = np.zeros(len(v), bool)
+        return eq if op == "eq" else ~eq
+    fn = _PY_OPS[op]
+    key: Callable[[bytes], Any] = (lambda b: b) if ftype == STRING else _bytes_key
+    objs = v.objs()
+    if isinstance(lit, ByteValues):
+        return np.fromiter(
+            (fn(key(a), key(b)) for a, b in zip(objs, lit.objs(), strict=True)),
+            bool,
+            count=len(objs),
+        )
+    k = key(lit)
+    return np.fromiter((fn(key(a), k) for a in objs), bool, count=len(objs))
+
+
 def _ip6_cmp(op: str, v: Any, lit: Any) -> Mask:
     hi, lo = v[:, 0], v[:, 1]
     if isinstance(lit, Addr6):
         lhi, llo = np.uint64(lit.hi), np.uint64(lit.lo)
-        if op in ("any_eq", "all_eq", "all_ne", "any_ne"):
+        if op in ("eq", "ne"):
             eq = ((hi & np.uint64(lit.mhi)) == lhi) & ((lo & np.uint64(lit.mlo)) == llo)
-            return eq if op in ("any_eq", "all_eq") else ~eq
+            return eq if op == "eq" else ~eq
     else:
         lhi, llo = lit[:, 0], lit[:, 1]
     eq = (hi == lhi) & (lo == llo)
     lt = (hi < lhi) | ((hi == lhi) & (lo < llo))
     return {
-        "any_eq": eq,
-        "all_eq": eq,
-        "all_ne": ~eq,
-        "any_ne": ~eq,
+        "eq": eq,
+        "ne": ~eq,
         "lt": lt,
         "le": lt | eq,
         "gt": ~(lt | eq),
@@ -427,27 +780,437 @@ def _ip6_cmp(op: str, v: Any, lit: Any) -> Mask:
     }[op]
 
 
-def value_test(op: str, ftype: str, v: Any, lit: Any) -> Mask:
-    """`v OP lit` elementwise; `lit` is a converted literal or another field's values."""
-    if ftype in (BYTES, STRING):
-        return _bytes_cmp(op, v, lit)
+def value_test(op: str, ftype: str, v: Any, lit: Any, n: int) -> tuple[Mask, Mask]:
+    """`v OP lit` elementwise over n rows: (true, false); a pair that is an error is neither."""
+    if ftype in (BYTES, STRING, PROTO):
+        t = _bytes_cmp(op, ftype, v, lit)
+        return t, ~t
     if ftype == IPV6:
-        return _ip6_cmp(op, v, lit)
+        t = _ip6_cmp(op, v, lit)
+        return t, ~t
+    if ftype in INTS:
+        a, b = _ints(v), _ints(lit)
+        av, bv = a.v, b.v
+        if ftype == BOOL:
+            av, bv = np.asarray(av) != 0, np.asarray(bv) != 0
+        t = np.broadcast_to(np.asarray(_NP_OPS[op](av, bv), bool), (n,))
+        if (
+            a.s is True
+            or (isinstance(b.v, int) and b.v >= 0)
+            or (isinstance(b.s, bool) and not b.s)
+        ):
+            return t, ~t
+        # an unsigned value compared to a negative one is an error in tshark
+        err = np.broadcast_to(~np.asarray(a.s, bool) & (np.asarray(b.v) < 0), (n,))
+        return t & ~err, ~t & ~err
     if ftype == IPV4 and isinstance(lit, Addr4):
-        if op in ("any_eq", "all_eq", "all_ne", "any_ne"):
+        if op in ("eq", "ne"):
             eq = (v & np.uint64(lit.mask)) == np.uint64(lit.value)
-            return eq if op in ("any_eq", "all_eq") else ~eq
+            return (eq, ~eq) if op == "eq" else (~eq, eq)
         lit = np.uint64(lit.value)
-    if op == "bitand":
-        return (v.astype(np.int64) & int(lit)) != 0
-    if ftype in (IPV4, ETHER):
-        lit = lit if isinstance(lit, np.ndarray) else np.uint64(lit)
-    elif not isinstance(lit, np.ndarray):
-        lit = np.int64(int(lit))
-    return np.asarray(_NP_OPS[op](v, lit), bool)
+    elif ftype in (IPV4, ETHER) and not isinstance(lit, np.ndarray):
+        lit = np.uint64(lit)
+    t = np.broadcast_to(np.asarray(_NP_OPS[op](v, lit), bool), (n,))
+    return t, ~t
 
 
-# ---------------------------------------------------------------- test nodes
+def nonzero(ftype: str, v: Any, n: int) -> Mask:
+    if isinstance(v, ByteValues):
+        return _objs_test(v, lambda b: any(b))
+    if ftype in INTS:
+        return np.broadcast_to(np.asarray(_ints(v).v) != 0, (n,))
+    if ftype == IPV6:
+        return (v[:, 0] != 0) | (v[:, 1] != 0)
+    return np.broadcast_to(np.asarray(v) != 0, (n,))
+
+
+# ---------------------------------------------------------------- arithmetic
+
+_U32 = 0xFFFFFFFF
+_I32MAX = (1 << 31) - 1
+_I32MIN = -(1 << 31)
+
+
+def _split(x: Ints, n: int) -> tuple[Any, Any, Any]:
+    v = np.broadcast_to(np.asarray(x.v, np.int64), (n,))
+    u = v & _U32
+    s = (u ^ 0x80000000) - 0x80000000
+    sg = np.broadcast_to(np.asarray(x.s, bool), (n,))
+    return u, s, sg
+
+
+def int_arith(op: str, a: Ints, b: Ints | None, n: int) -> tuple[Mask, Ints]:
+    """tshark's 32-bit integer arithmetic: (values that did not fail, results)."""
+    if (
+        op == "&"
+        and b is not None
+        and a.s is False
+        and b.s is False
+        and isinstance(b.v, int)
+        and b.v >= 0
+    ):
+        # the common case, an unsigned field and a mask: nothing can fail or turn signed
+        r = np.broadcast_to(np.asarray(a.v, np.int64) & b.v, (n,))
+        return np.ones(n, bool), Ints(r)
+    au, asi, asg = _split(a, n)
+    if b is None:  # unary minus: unsigned values become signed
+        ok = asg | (au <= _I32MAX)
+        r = np.where(asg, np.where(asi == _I32MIN, _I32MIN, -asi), -au)
+        return ok, Ints(r, np.ones(n, bool))
+    bu, bsi, _ = _split(b, n)
+    one = np.int64(1)
+    if op == "&":
+        ru, rs = au & bu, asi & bsi
+        oku = oks = np.ones(n, bool)
+        sgu = np.zeros(n, bool)
+    elif op == "+":
+        ru, rs = au + bu, asi + bsi
+        oku, oks = ru <= _U32, (rs >= _I32MIN) & (rs <= _I32MAX)
+        sgu = np.zeros(n, bool)
+    elif op == "-":
+        ru, rs = au - bu, asi - bsi
+        neg = bu > au
+        oku = ~neg | ((au <= _I32MAX) & (bu <= _I32MAX))
+        oks = (rs >= _I32MIN) & (rs <= _I32MAX)
+        sgu = neg
+    elif op == "*":
+        prod = au.astype(np.uint64) * bu.astype(np.uint64)
+        oku = prod <= np.uint64(_U32)
+        ru = (prod & np.uint64(_U32)).astype(np.int64)
+        rs = asi * bsi
+        oks = (rs >= _I32MIN) & (rs <= _I32MAX)
+        sgu = np.zeros(n, bool)
+    else:  # / and %
+        bsafe_u = np.where(bu == 0, one, bu)
+        bsafe_s = np.where(bsi == 0, one, bsi)
+        oku = bu != 0
+        oks = (bsi != 0) & ~((asi == _I32MIN) & (bsi == -1))
+        q = (np.abs(asi) // np.abs(bsafe_s)) * np.sign(asi) * np.sign(bsafe_s)
+        if op == "/":
+            ru, rs = au // bsafe_u, q
+        else:
+            ru, rs = au % bsafe_u, asi - bsafe_s * q
+        sgu = np.zeros(n, bool)
+    ok = np.where(asg, oks, oku)
+    r = np.where(asg, rs, ru)
+    return ok, Ints(r, asg | sgu)
+
+
+def arith_values(op: str, ftype: str, a: Any, b: Any, n: int) -> tuple[Mask, Any]:
+    """`a op b` (b None: unary minus) for one pair of value arrays over n rows."""
+    if ftype in INTS:
+        return int_arith(op, _ints(a), None if b is None else _ints(b), n)
+    ok = np.ones(n, bool)
+    if ftype in (RELTIME, ABSTIME):
+        av = np.broadcast_to(np.asarray(a, np.int64), (n,))
+        if b is None:
+            return ok, -av
+        bv = np.broadcast_to(np.asarray(b, np.int64), (n,))
+        return ok, av + bv if op == "+" else av - bv
+    assert op == "&"
+    if ftype == IPV4:
+        mask = b.value if isinstance(b, Addr4) else b
+        return ok, np.broadcast_to(np.asarray(a, np.uint64) & np.asarray(mask, np.uint64), (n,))
+    if ftype == ETHER:
+        return ok, np.broadcast_to(np.asarray(a, np.uint64) & np.asarray(b, np.uint64), (n,))
+    if ftype == IPV6:
+        bb = np.array([[b.hi, b.lo]], np.uint64) if isinstance(b, Addr6) else b
+        return ok, np.asarray(a, np.uint64) & bb
+    # byte strings: the shorter length
+    objs = a.objs()
+    other = b.objs() if isinstance(b, ByteValues) else [b] * len(objs)
+    return ok, ByteValues(
+        [bytes(x & y for x, y in zip(p, q, strict=False)) for p, q in zip(objs, other, strict=True)]
+    )
+
+
+# ---------------------------------------------------------------- expressions
+
+
+@dataclass
+class VSet:
+    """An expression over candidate rows: where it was reached, and its values."""
+
+    reached: Mask
+    occs: list[Occ]
+
+
+def _present(o: Occ, n: int) -> Mask:
+    return np.ones(n, bool) if o.present is None else o.present
+
+
+@dataclass
+class Expr:
+    t: Typ
+    cost: int = 1
+    needs: frozenset[str] = frozenset()
+
+    def compute(self, ctx: FilterContext, rows: Rows) -> VSet:
+        raise NotImplementedError
+
+
+@dataclass
+class Const(Expr):
+    value: Any = None
+
+    def compute(self, ctx: FilterContext, rows: Rows) -> VSet:
+        return VSet(np.ones(len(rows), bool), [Occ(None, self.value)])
+
+
+def _in_layers(layer: Any, top: Any, ranges: list[S.RangeNode]) -> Any:
+    """tshark's drange_contains_layer: whether layer number `layer` is in `ranges`."""
+    out: Any = False
+    for r in ranges:
+        lower = r.start + top + 1 if r.start < 0 else r.start
+        if r.ending == S.LENGTH:
+            upper = lower + r.n - 1
+        elif r.ending == S.END:
+            upper = r.n
+        else:
+            upper = 1 << 40
+        out = out | ((layer >= lower) & (layer <= upper))
+    return out
+
+
+@dataclass
+class FieldExpr(Expr):
+    f: Field | None = None
+    layers: list[S.RangeNode] | None = None
+    as_bytes: bool = False  # an HTTP message's bytes rather than the protocol's presence
+
+    def occs(self, ctx: FilterContext, rows: Rows) -> list[Occ]:
+        assert self.f is not None
+        n = len(rows)
+        if self.as_bytes:
+            # the protocol's bytes: the payload of the segments where the field is present
+            present = np.zeros(n, bool)
+            for o in self.f.extract(ctx, rows):
+                present |= _present(o, n)
+            if not present.any():
+                return [Occ(present, ByteValues([b""] * n))]
+            t = ctx.table
+            cap = t["payload_cap"][rows].astype(np.int64)
+            vals = ByteValues(data=t.data, off=t["payload_off"][rows].astype(np.int64), cap=cap)
+            return [Occ(present & (cap > 0), vals)]
+        occs = self.f.extract(ctx, rows)
+        if self.t.ftype in INTS:
+            occs = [Occ(o.present, Ints(o.values), o.layer) for o in occs]
+        if self.layers is not None:
+            layers = [
+                np.broadcast_to(np.asarray(1 if o.layer is None else o.layer), (n,)) for o in occs
+            ]
+            top = np.zeros(n, np.int64)
+            for o, lay in zip(occs, layers, strict=True):
+                top = np.maximum(top, np.where(_present(o, n), lay, 0))
+            occs = [
+                Occ(
+                    _present(o, n) & np.broadcast_to(_in_layers(lay, top, self.layers), (n,)),
+                    o.values,
+                    o.layer,
+                )
+                for o, lay in zip(occs, layers, strict=True)
+            ]
+        return occs
+
+    def compute(self, ctx: FilterContext, rows: Rows) -> VSet:
+        n = len(rows)
+        occs = self.occs(ctx, rows)
+        reached = np.zeros(n, bool)
+        for o in occs:
+            reached |= _present(o, n)
+        return VSet(reached, occs)
+
+
+@dataclass
+class RefExpr(Expr):
+    """``${field}``: the field's value in the packet selected in Wireshark's GUI; a command
+    line has no selected packet, so it has no value and a relation with it is false."""
+
+    def compute(self, ctx: FilterContext, rows: Rows) -> VSet:
+        return VSet(np.zeros(len(rows), bool), [])
+
+
+@dataclass
+class ToBytes(Expr):
+    inner: Expr | None = None
+
+    def compute(self, ctx: FilterContext, rows: Rows) -> VSet:
+        assert self.inner is not None
+        v = self.inner.compute(ctx, rows)
+        ft = self.inner.t.ftype
+        return VSet(
+            v.reached,
+            [
+                Occ(
+                    o.present,
+                    o.values if ft in (BYTES, STRING, PROTO) else _to_bytes(o.values, ft),
+                    o.layer,
+                )
+                for o in v.occs
+            ],
+        )
+
+
+@dataclass
+class SliceExpr(Expr):
+    inner: Expr | None = None
+    ranges: list[S.RangeNode] = field(default_factory=list)
+
+    def compute(self, ctx: FilterContext, rows: Rows) -> VSet:
+        assert self.inner is not None
+        v = self.inner.compute(ctx, rows)
+        ft = self.inner.t.ftype
+        return VSet(
+            v.reached, [Occ(o.present, apply_slice(o.values, ft, self.ranges)) for o in v.occs]
+        )
+
+
+@dataclass
+class ArithExpr(Expr):
+    op: str = ""
+    a: Expr | None = None
+    b: Expr | None = None  # None: unary minus
+
+    def compute(self, ctx: FilterContext, rows: Rows) -> VSet:
+        assert self.a is not None
+        n = len(rows)
+        va = self.a.compute(ctx, rows)
+        ft = self.t.ftype
+        if self.b is None:
+            out = []
+            for o in va.occs:
+                ok, vals = arith_values("neg", ft, o.values, None, n)
+                out.append(Occ(_present(o, n) & ok, vals))
+            return VSet(va.reached, out)
+        vb = self.b.compute(ctx, rows)
+        out = []
+        for oa in va.occs:
+            for ob in vb.occs:
+                p = _present(oa, n) & _present(ob, n)
+                live = np.flatnonzero(p)
+                if isinstance(oa.values, ByteValues) and live.size < n:
+                    ok, vals = arith_values(
+                        self.op, ft, _take(oa.values, live, n), _take(ob.values, live, n), live.size
+                    )
+                    full = np.zeros(n, bool)
+                    full[live] = ok
+                    out.append(Occ(full, _put(ByteValues([b""] * n), live, vals, n)))
+                    continue
+                ok, vals = arith_values(self.op, ft, oa.values, ob.values, n)
+                out.append(Occ(p & ok, vals))
+        return VSet(va.reached & vb.reached, out)
+
+
+def _ipv6_text(h: int, lo: int) -> bytes:
+    return str(ipaddress.IPv6Address((h << 64) | lo)).encode()
+
+
+@dataclass
+class CallExpr(Expr):
+    name: str = ""
+    args: list[Expr] = field(default_factory=list)
+
+    def compute(self, ctx: FilterContext, rows: Rows) -> VSet:
+        n = len(rows)
+        vals = [a.compute(ctx, rows) for a in self.args]
+        name = self.name
+        first = vals[0]
+        ft = self.args[0].t.ftype
+        has = np.zeros(n, bool)
+        for o in first.occs:
+            has |= _present(o, n)
+        if name == "len":
+            out = []
+            for o in first.occs:
+                if isinstance(o.values, ByteValues):
+                    lens = _lengths(o.values)
+                else:
+                    size = self.args[0].t.bits // 8 if ft == UINT else _WIRE_SIZE.get(ft, 0)
+                    lens = np.full(n, size, np.int64)
+                out.append(Occ(o.present, Ints(lens)))
+            return VSet(first.reached, out)
+        if name == "count":
+            count = np.zeros(n, np.int64)
+            for o in first.occs:
+                count += _present(o, n)
+            return VSet(count > 0, [Occ(None, Ints(count))])
+        if name in ("upper", "lower"):
+            conv: Callable[[bytes], bytes] = bytes.upper if name == "upper" else bytes.lower
+            out = [
+                Occ(o.present, ByteValues([conv(b) for b in o.values.objs()])) for o in first.occs
+            ]
+            return VSet(has, out)
+        if name == "string":
+            out = [Occ(o.present, ByteValues(_strings(ft, o.values, n))) for o in first.occs]
+            return VSet(has, out)
+        if name == "abs":
+            out = []
+            for o in first.occs:
+                if ft in INTS:
+                    iv = _ints(o.values)
+                    ok, neg = int_arith("neg", iv, None, n)
+                    use = np.asarray(iv.s, bool) & (np.asarray(iv.v) < 0)
+                    out.append(
+                        Occ(
+                            _present(o, n) & (ok | ~use),
+                            Ints(np.where(use, neg.v, iv.v), np.where(use, neg.s, iv.s)),
+                        )
+                    )
+                else:
+                    # tshark's nstime is negative only from -1 s down: its test looks at the seconds
+                    v = np.asarray(o.values, np.int64)
+                    out.append(Occ(o.present, np.where(v <= -1_000_000_000, -v, v)))
+            return VSet(has, out)
+        # max / min: the first of the greatest (least) values of all arguments
+        op = "gt" if name == "max" else "lt"
+        cur: Any = None
+        cur_p = np.zeros(n, bool)
+        t = self.t.ftype
+        for arg in vals:
+            for o in arg.occs:
+                p = _present(o, n)
+                if cur is None:
+                    cur, cur_p = o.values, p.copy()
+                    continue
+                better, _ = value_test(op, t, o.values, cur, n)
+                take = p & (~cur_p | better)
+                cur = _select(take, o.values, cur, n)
+                cur_p |= p
+        if cur is None:
+            return VSet(np.zeros(n, bool), [])
+        return VSet(cur_p, [Occ(cur_p, cur)])
+
+
+def _select(mask: Mask, a: Any, b: Any, n: int) -> Any:
+    if isinstance(a, ByteValues) or isinstance(b, ByteValues):
+        ao = a.objs() if isinstance(a, ByteValues) else [a] * n
+        bo = b.objs() if isinstance(b, ByteValues) else [b] * n
+        return ByteValues([x if m else y for m, x, y in zip(mask.tolist(), ao, bo, strict=True)])
+    if isinstance(a, Ints) or isinstance(b, Ints):
+        ia, ib = _ints(a), _ints(b)
+        return Ints(np.where(mask, ia.v, ib.v), np.where(mask, ia.s, ib.s))
+    if np.ndim(a) == 2 or np.ndim(b) == 2:
+        return np.where(mask[:, None], a, b)
+    return np.where(mask, a, b)
+
+
+def _strings(ft: str, values: Any, n: int) -> list[bytes]:
+    if ft in INTS:
+        return [
+            str(int(x) & _U32).encode()
+            for x in np.broadcast_to(np.asarray(_ints(values).v), (n,)).tolist()
+        ]
+    if ft == IPV4:
+        return [str(ipaddress.IPv4Address(int(x))).encode() for x in np.asarray(values).tolist()]
+    if ft == ETHER:
+        return [
+            ":".join(f"{b:02x}" for b in int(x).to_bytes(6, "big")).encode()
+            for x in np.asarray(values).tolist()
+        ]
+    return [_ipv6_text(int(h), int(lo)) for h, lo in np.asarray(values).tolist()]
+
+
+# ---------------------------------------------------------------- tests
 
 
 @dataclass
@@ -457,6 +1220,12 @@ class Test:
 
     def run(self, ctx: FilterContext, rows: Rows) -> Mask:
         raise NotImplementedError
+
+
+@dataclass
+class TrueTest(Test):
+    def run(self, ctx: FilterContext, rows: Rows) -> Mask:
+        return np.ones(len(rows), bool)
 
 
 @dataclass
@@ -497,135 +1266,229 @@ class NotTest(Test):
 
 
 @dataclass
-class Operand:
-    """A field, possibly sliced, as seen by a test."""
+class ExistsTest(Test):
+    expr: Expr | None = None
 
-    f: Field
-    ranges: list[tuple[int, int | None]] | None = None
-
-    @property
-    def ftype(self) -> str:
-        return BYTES if self.ranges is not None else self.f.ftype
-
-    def occs(self, ctx: FilterContext, rows: Rows) -> list[Occ]:
-        occs = self.f.extract(ctx, rows)
-        if self.ranges is None:
-            return occs
-        return [Occ(o.present, apply_slice(o.values, self.f.ftype, self.ranges)) for o in occs]
-
-
-def _present(o: Occ, n: int) -> Mask:
-    return np.ones(n, bool) if o.present is None else o.present
+    def run(self, ctx: FilterContext, rows: Rows) -> Mask:
+        assert self.expr is not None
+        return self.expr.compute(ctx, rows).reached
 
 
 @dataclass
-class ExistsTest(Test):
-    operand: Operand | None = None
+class NotZeroTest(Test):
+    """An arithmetic expression alone (some value not zero) or a slice alone (some value not
+    empty)."""
+
+    expr: Expr | None = None
+    slice_length: bool = False
 
     def run(self, ctx: FilterContext, rows: Rows) -> Mask:
-        assert self.operand is not None
-        out = np.zeros(len(rows), bool)
-        for o in self.operand.f.extract(ctx, rows):
-            out |= _present(o, len(rows))
+        assert self.expr is not None
+        n = len(rows)
+        v = self.expr.compute(ctx, rows)
+        out = np.zeros(n, bool)
+        for o in v.occs:
+            if not isinstance(o.values, ByteValues):
+                out |= _present(o, n) & nonzero(self.expr.t.ftype, o.values, n)
+                continue
+            p = _present(o, n) & v.reached
+            live = np.flatnonzero(p)
+            if live.size == 0:
+                continue
+            vals = _take(o.values, live, n)
+            if self.slice_length:
+                out[live] |= _lengths(vals) > 0
+            else:
+                out[live] |= nonzero(self.expr.t.ftype, vals, live.size)
+        return out & v.reached
+
+
+def _and(a: Mask | None, b: Mask | None) -> Mask | None:
+    if a is None:
+        return b
+    return a if b is None else a & b
+
+
+def _is_bytes(values: Any) -> bool:
+    if isinstance(values, tuple):
+        return any(isinstance(v, ByteValues) for v in values)
+    return isinstance(values, ByteValues)
+
+
+def _test(op: str, ftype: str, av: Any, bv: Any, n: int) -> tuple[Mask, Mask]:
+    if op == "in_range":
+        lo, hi = bv
+        t1, f1 = value_test("ge", ftype, av, lo, n)
+        t2, f2 = value_test("le", ftype, av, hi, n)
+        return t1 & t2, f1 | f2
+    return value_test(op, ftype, av, bv, n)
+
+
+def _pairs(op: str, ftype: str, how: str, lhs: VSet, rhs: VSet, n: int) -> Mask:
+    """The relation over every pair of values, for any or all pairs."""
+    acc = np.zeros(n, bool) if how == "any" else np.ones(n, bool)
+    for a in lhs.occs:
+        for b in rhs.occs:
+            p = _and(a.present, b.present)
+            if _is_bytes(a.values) or _is_bytes(b.values):
+                # per-row work: only on the rows where both values are present
+                live = np.arange(n) if p is None else np.flatnonzero(p)
+                if live.size == 0:
+                    continue
+                bv = (
+                    tuple(_take(x, live, n) for x in b.values)
+                    if isinstance(b.values, tuple)
+                    else _take(b.values, live, n)
+                )
+                t, f = _test(op, ftype, _take(a.values, live, n), bv, live.size)
+                if live.size == n:
+                    acc = acc | t if how == "any" else acc & ~f
+                elif how == "any":
+                    acc[live] |= t
+                else:
+                    acc[live] &= ~f
+                continue
+            t, f = _test(op, ftype, a.values, b.values, n)
+            if how == "any":
+                acc |= t if p is None else p & t
+            else:
+                acc &= ~f if p is None else ~(p & f)
+    return acc
+
+
+@dataclass
+class RelTest(Test):
+    op: str = ""  # eq ne lt le gt ge contains matches
+    how: str = "any"
+    ftype: str = ""  # the type the values are compared as
+    lhs: Expr | None = None
+    rhs: Expr | None = None
+
+    def run(self, ctx: FilterContext, rows: Rows) -> Mask:
+        assert self.lhs is not None and self.rhs is not None
+        n = len(rows)
+        lv = self.lhs.compute(ctx, rows)
+        if isinstance(self.rhs, Const):
+            rv = self.rhs.compute(ctx, rows)
+            return lv.reached & _pairs(self.op, self.ftype, self.how, lv, rv, n)
+        live = np.flatnonzero(lv.reached)
+        out = np.zeros(n, bool)
+        if live.size == 0:
+            return out
+        if live.size < n:
+            lv = _subset(lv, live, n)
+        rv = self.rhs.compute(ctx, rows[live])
+        res = _pairs(self.op, self.ftype, self.how, lv, rv, live.size)
+        out[live] = res & rv.reached
         return out
 
 
-def _quantify(op: str, pairs: list[tuple[Mask, Mask]], n: int) -> Mask:
-    """Wireshark 4.0: `!=` and `===` hold for all occurrences (and need one); the rest for any."""
-    if op in ("all_ne", "all_eq"):
-        anyp = np.zeros(n, bool)
-        allok = np.ones(n, bool)
-        for present, ok in pairs:
-            anyp |= present
-            allok &= ~present | ok
-        return anyp & allok
-    out = np.zeros(n, bool)
-    for present, ok in pairs:
-        out |= present & ok
-    return out
-
-
 @dataclass
-class CompareTest(Test):
-    op: str = ""
-    lhs: Operand | None = None
-    literals: list[Any] = field(default_factory=list)  # several only for `in`
-    ranges: list[tuple[Any, Any]] = field(default_factory=list)  # `in` ranges lo..hi
-    rhs: Operand | None = None  # field-to-field comparison
+class InTest(Test):
+    how: str = "any"
+    ftype: str = ""
+    lhs: Expr | None = None
+    items: list[tuple[Expr, Expr | None]] = field(default_factory=list)
 
     def run(self, ctx: FilterContext, rows: Rows) -> Mask:
         assert self.lhs is not None
         n = len(rows)
-        ftype = self.lhs.ftype
-        pairs: list[tuple[Mask, Mask]] = []
-        lhs_occs = self.lhs.occs(ctx, rows)
-        if self.rhs is not None:
-            rhs_occs = self.rhs.occs(ctx, rows)
-            for a in lhs_occs:
-                for b in rhs_occs:
-                    p = _present(a, n) & _present(b, n)
-                    pairs.append((p, value_test(self.op, ftype, a.values, b.values)))
-            return _quantify(self.op, pairs, n)
-        for o in lhs_occs:
-            present = _present(o, n)
-            live = np.flatnonzero(present)
-            ok = np.zeros(n, bool)
-            if live.size:
-                vals = _take(o.values, live, n)
-                sub = np.zeros(live.size, bool)
-                for lit in self.literals:
-                    sub |= value_test(self.op, ftype, vals, lit)
-                for lo, hi in self.ranges:
-                    sub |= value_test("ge", ftype, vals, lo) & value_test("le", ftype, vals, hi)
-                ok[live] = sub
-            pairs.append((present, ok))
-        return _quantify(self.op, pairs, n)
+        lv = self.lhs.compute(ctx, rows)
+        if all(
+            isinstance(lo, Const) and isinstance(hi, (Const, type(None))) for lo, hi in self.items
+        ):
+            return lv.reached & self.match(ctx, rows, lv)
+        # elements that are fields: evaluated only where the left side is present
+        live = np.flatnonzero(lv.reached)
+        out = np.zeros(n, bool)
+        if live.size == 0:
+            return out
+        if live.size < n:
+            lv = _subset(lv, live, n)
+        out[live] = self.match(ctx, rows[live], lv)
+        return out
+
+    def match(self, ctx: FilterContext, rows: Rows, lv: VSet) -> Mask:
+        """Rows where some element matches (an element that is absent matches nothing)."""
+        m = len(rows)
+        hit = np.zeros(m, bool)
+        consts: list[Any] = []
+        for lo, hi in self.items:
+            if hi is None and isinstance(lo, Const):
+                consts.append(lo.value)
+                continue
+            lov = lo.compute(ctx, rows)
+            if hi is None:
+                hit |= lov.reached & _pairs("eq", self.ftype, self.how, lv, lov, m)
+                continue
+            hiv = hi.compute(ctx, rows)
+            if not lov.occs or not hiv.occs:
+                continue
+            bounds = VSet(
+                lov.reached & hiv.reached, [Occ(None, (lov.occs[0].values, hiv.occs[0].values))]
+            )
+            hit |= bounds.reached & _pairs("in_range", self.ftype, self.how, lv, bounds, m)
+        if consts and self.how == "any" and self.ftype in INTS and self.ftype != BOOL:
+            # plain numbers: one pass over each value of the field
+            values = np.array([_ints(c).v for c in consts], np.int64)
+            for o in lv.occs:
+                hit |= np.isin(np.asarray(_ints(o.values).v), values) & _present(o, m)
+        else:
+            for c in consts:
+                hit |= _pairs(
+                    "eq", self.ftype, self.how, lv, VSet(np.ones(m, bool), [Occ(None, c)]), m
+                )
+        return hit
 
 
-def _take(values: Any, live: npt.NDArray[np.int64], n: int) -> Any:
-    """Values of the present rows only, so byte tests never touch absent ones."""
-    if live.size == n:
-        return values
-    if isinstance(values, _Window):
-        return _Window(values.mat[live], values.lens[live])
-    if isinstance(values, ByteValues):
-        if values.backed:
-            assert values.off is not None and values.cap is not None
-            return ByteValues(data=values.data, off=values.off[live], cap=values.cap[live])
-        objs = values.objs()
-        return ByteValues([objs[i] for i in live.tolist()])
-    return values[live]
+def _subset(v: VSet, live: npt.NDArray[np.int64], n: int) -> VSet:
+    return VSet(
+        v.reached[live],
+        [
+            Occ(None if o.present is None else o.present[live], _take(o.values, live, n), o.layer)
+            for o in v.occs
+        ],
+    )
 
 
 # ---------------------------------------------------------------- compile
 
-_CMP_ALLOWED = {
-    "contains": (BYTES, STRING),
-    "matches": (BYTES, STRING),
-    "bitand": (UINT,),
+
+def _is_constant(node: S.Node) -> bool:
+    return isinstance(node, S.Literal)
+
+
+def _leftmost(node: S.Node) -> S.Node:
+    while isinstance(node, S.Arith):
+        node = node.a
+    return node
+
+
+_EQ_OPS = {
+    "any_eq": ("eq", "any"),
+    "all_eq": ("eq", "all"),
+    "all_ne": ("ne", "all"),
+    "any_ne": ("ne", "any"),
 }
-_OP_WORDS = {"contains": "contains", "matches": "matches", "bitand": "bitwise and"}
+_ORDER_OPS = {"lt", "le", "gt", "ge"}
 
 
 class Compiler:
     def __init__(self, src: str) -> None:
         self.src = src
+        self.conv = Converter(src)
 
-    def field_of(self, ent: Entity) -> Operand:
-        f = FIELDS[ent.name]
-        ranges = None
-        if ent.slice_tok is not None:
-            if f.ftype not in (BYTES, STRING, IPV4, IPV6, ETHER):
-                raise _err(
-                    self.src,
-                    ent.tok,
-                    f'"{f.name}" is a {type_name(f.ftype, f.bits)} and cannot be sliced into a sequence of bytes.',
-                )
-            ranges = parse_slice(self.src, ent.slice_tok)
-        return Operand(f, ranges)
+    def fail(self, node: S.Node, message: str) -> FilterError:
+        if isinstance(node, S.Slice):
+            return FilterError(message)  # tshark's slices have no place in the text
+        return FilterError(message, self.src, node.pos, node.length)
 
-    def compile(self, node: Node) -> Test:
-        if isinstance(node, Logic):
+    # -- tests
+
+    def compile(self, node: S.Node) -> Test:
+        if isinstance(node, S.Empty):
+            return TrueTest()
+        if isinstance(node, S.Logic):
             items = [self.compile(n) for n in node.items]
             items.sort(key=lambda t: t.cost)  # stable: equal costs keep the written order
             cost = sum(t.cost for t in items)
@@ -633,85 +1496,522 @@ class Compiler:
             if node.op == "and":
                 return AndTest(cost, needs, items)
             return OrTest(cost, needs, items)
-        if isinstance(node, Not):
+        if isinstance(node, S.Not):
             inner = self.compile(node.item)
             return NotTest(inner.cost, inner.needs, inner)
-        if isinstance(node, Exists):
-            opnd = self.field_of(node.ent)
-            return ExistsTest(opnd.f.cost, opnd.f.needs, opnd)
-        if isinstance(node, Relation):
+        if isinstance(node, S.Relation):
             return self.relation(node)
-        if isinstance(node, InSet):
+        if isinstance(node, S.InSet):
             return self.in_set(node)
+        if isinstance(node, S.Bare):
+            return self.bare(node.value)
         raise AssertionError(node)
 
-    def _check_comparable(self, opnd: Operand, ent: Entity, op: str, op_text: str) -> None:
-        ftype = opnd.ftype
-        allowed = _CMP_ALLOWED.get(op)
-        if ftype in (NONE, PROTO) or (allowed is not None and ftype not in allowed):
-            what = _OP_WORDS.get(op, f'"{op_text}"')
-            raise _err(
-                self.src,
-                ent.tok,
-                f"{opnd.f.name} (type={type_name(ftype, opnd.f.bits)}) cannot participate in {what} comparison.",
-            )
-
-    def relation(self, node: Relation) -> Test:
-        lhs = self.field_of(node.lhs)
-        self._check_comparable(lhs, node.lhs, node.op, node.op_tok.text)
-        cost = lhs.f.cost + (30 if node.op in ("contains", "matches") else 0)
-        needs = lhs.f.needs
-        if node.rhs.is_field:
-            rhs = self.field_of(node.rhs)
-            if rhs.ftype != lhs.ftype and not {rhs.ftype, lhs.ftype} <= {BYTES, STRING}:
-                raise _err(
-                    self.src,
-                    node.rhs.tok,
-                    f"{node.rhs.name} and {node.lhs.name} are not of compatible types.",
+    def bare(self, v: S.Node) -> Test:
+        if isinstance(v, S.Arith):
+            e, _t = self.arith(v, None)
+            return NotZeroTest(e.cost, e.needs, e)
+        if isinstance(v, S.Slice):
+            e = self.slice(v, None)
+            return NotZeroTest(e.cost, e.needs, e, slice_length=True)
+        if isinstance(v, S.FieldRef):
+            if v.reference:
+                f = self.field_of(v)
+                raise self.fail(
+                    v,
+                    f"{v.name} <{ft_name(f.ftype, f.bits)}> is neither a field nor a protocol name.",
                 )
-            if lhs.ftype in (BYTES, STRING, IPV6) and node.op in ("contains", "matches", "bitand"):
-                raise _err(self.src, node.rhs.tok, f"{node.rhs.name} cannot be used here.")
-            return CompareTest(cost + rhs.f.cost, needs | rhs.f.needs, node.op, lhs, rhs=rhs)
-        ftype = lhs.ftype
-        if node.op == "matches":
-            lit: Any = self.regex(node.rhs)
-        else:
-            target = BYTES if (node.op == "contains" and ftype == BYTES) else ftype
-            lit = convert(self.src, lhs.f, target, node.rhs)
-        return CompareTest(cost, needs, node.op, lhs, [lit])
+            e = self.field_expr(v, value=False)
+            return ExistsTest(e.cost, e.needs, e)
+        if isinstance(v, S.Call):
+            raise self.fail(v, "You cannot test whether a function is present.")
+        if isinstance(v, S.Literal) and v.kind == S.UNPARSED and v.text in FOREIGN_PROTOCOLS:
+            never = RefExpr(Typ(PROTO))
+            return ExistsTest(1, frozenset(), never)
+        raise self.fail(v, f"{S.display(v)} is neither a field nor a protocol name.")
 
-    def regex(self, ent: Entity) -> re.Pattern[bytes]:
-        pat = ent.tok.value if ent.tok.kind == STRING_TOKEN else ent.tok.text.encode()
+    def relation(self, node: S.Relation) -> Test:
+        op = node.op
+        if op == "matches":
+            return self.matches(node)
+        if op == "contains":
+            lhs = node.lhs
+            if not isinstance(lhs, (S.FieldRef, S.Call, S.Slice)):
+                raise self.fail(
+                    lhs,
+                    f"Left side of {node.text} expression must be a field or function, not {S.display(lhs)}.",
+                )
+            le, re_, dom = self.check_relation(node, "contains", lhs, node.rhs, partial=True)
+            return self.rel("contains", node.how or "any", dom, le, re_)
+        if op in _EQ_OPS:
+            base, how = _EQ_OPS[op]
+            can = "eq"
+        else:
+            base, how, can = op, "any", "cmp"
+        if node.how:
+            how = node.how
+        le, re_, dom = self.check_relation(node, can, node.lhs, node.rhs, partial=False)
+        return self.rel(base, how, dom, le, re_)
+
+    def rel(self, op: str, how: str, dom: str, le: Expr, re_: Expr) -> Test:
+        cost = le.cost + re_.cost + (30 if op in ("contains", "matches") else 0)
+        return RelTest(cost, le.needs | re_.needs, op, how, dom, le, re_)
+
+    def matches(self, node: S.Relation) -> Test:
+        rhs = node.rhs
+        if not (isinstance(rhs, S.Literal) and rhs.kind == S.STRING):
+            raise self.fail(rhs, "Matches requires a double quoted string on the right side.")
+        pat = rhs.value
         assert isinstance(pat, bytes)
         try:
             # Wireshark's `matches` is case-insensitive by default; (?-i) turns that off
-            return re.compile(pat, re.IGNORECASE)
+            rx = compile_pcre(pat)
         except re.error as exc:
             raise FilterError(f"Regex compilation error: {exc.msg}.") from None
+        lhs = node.lhs
+        if not isinstance(lhs, (S.FieldRef, S.Call, S.Slice)):
+            raise self.fail(
+                lhs,
+                f"Left side of {node.text} expression must be a field or function, not {S.display(lhs)}.",
+            )
+        le, _re, dom = self.check_relation(node, "matches", lhs, None, partial=True)
+        return self.rel("matches", node.how or "any", dom, le, Const(T_BYTES, 0, frozenset(), rx))
 
-    def in_set(self, node: InSet) -> Test:
-        lhs = self.field_of(node.lhs)
-        self._check_comparable(lhs, node.lhs, "any_eq", "in")
-        lits: list[Any] = []
-        ranges: list[tuple[Any, Any]] = []
-        for lo, hi in node.items:
-            if lo.is_field or (hi is not None and hi.is_field):
-                bad = lo if lo.is_field else hi
-                assert bad is not None
-                raise _err(self.src, bad.tok, f"{bad.name} cannot be used in a set.")
-            vlo = convert(self.src, lhs.f, lhs.ftype, lo)
-            if hi is None:
-                lits.append(vlo)
+    # -- the checks of tshark's semcheck.c
+
+    def check_relation(
+        self, node: S.Node, can: str, lhs: S.Node, rhs: S.Node | None, partial: bool
+    ) -> tuple[Expr, Expr, str]:
+        """LHS and RHS expressions of a relation and the type their values compare as."""
+        if isinstance(lhs, S.FieldRef):
+            le = self.field_expr(lhs)
+            return self.lhs_typed(node, can, lhs, le, rhs, partial, self.field_of(lhs))
+        if isinstance(lhs, S.Slice):
+            le = self.slice(lhs, None)
+            return self.lhs_slice(node, le, rhs, partial)
+        if isinstance(lhs, S.Call):
+            le = self.call(lhs, None)
+            return self.lhs_typed(node, can, lhs, le, rhs, partial, None)
+        if isinstance(lhs, S.Arith):
+            le, _t = self.arith(lhs, None)
+            ent = _leftmost(lhs)
+            if isinstance(ent, S.Slice):
+                _l, re_, dom = self.lhs_slice(node, self.slice(ent, None), rhs, partial)
+            elif isinstance(ent, S.Call):
+                _l, re_, dom = self.lhs_typed(
+                    node, can, ent, self.call(ent, None), rhs, partial, None
+                )
             else:
-                vhi = convert(self.src, lhs.f, lhs.ftype, hi)
-                ranges.append((_plain(vlo), _plain(vhi)))
-        return CompareTest(lhs.f.cost + len(node.items), lhs.f.needs, "any_eq", lhs, lits, ranges)
+                assert isinstance(ent, S.FieldRef)
+                _l, re_, dom = self.lhs_typed(
+                    node, can, ent, self.field_expr(ent), rhs, partial, self.field_of(ent)
+                )
+            if dom == BYTES and le.t.ftype != BYTES:
+                le = ToBytes(T_BYTES, le.cost, le.needs, le)
+            return le, re_, dom
+        raise self.fail(
+            lhs,
+            f'Left side of "{S.display(node)}" expression must be a field or function, not {S.display(lhs)}.',
+        )
+
+    def lhs_typed(
+        self,
+        node: S.Node,
+        can: str,
+        lhs: S.Node,
+        le: Expr,
+        rhs: S.Node | None,
+        partial: bool,
+        fld: Field | None,
+    ) -> tuple[Expr, Expr, str]:
+        """check_relation_LHS_FIELD (and _FUNCTION, when `fld` is None)."""
+        t1 = le.t
+        name = S.display(lhs)
+        if t1.ftype not in CAN[can]:
+            if fld is None:
+                raise self.fail(
+                    lhs,
+                    f"Function {name} (type={t1.name}) cannot participate in {S.display(node)} comparison.",
+                )
+            raise self.fail(
+                lhs, f"{name} (type={t1.name}) cannot participate in {S.display(node)} comparison."
+            )
+        dom = t1.ftype
+        if rhs is None:  # matches: the pattern is checked already
+            if dom in (ETHER, PROTO):
+                le = ToBytes(T_BYTES, le.cost, le.needs, le)
+            return le, le, BYTES if dom in (ETHER, PROTO) else dom
+        if isinstance(rhs, S.FieldRef):
+            r = self.field_of(rhs)
+            re_ = self.field_expr(rhs)
+            if not compatible(t1.ftype, r.ftype):
+                if fld is None:
+                    raise self.fail(
+                        rhs, f"Function {name} and {S.display(rhs)} are not of compatible types."
+                    )
+                raise self.fail(rhs, f"{name} and {S.display(rhs)} are not of compatible types.")
+            if r.ftype not in CAN[can]:
+                raise self.fail(
+                    rhs,
+                    f"{S.display(rhs)} (type={type_name(r.ftype, r.bits)}) cannot participate in specified comparison.",
+                )
+            return self.same_domain(le, re_, can)
+        if isinstance(rhs, S.Literal):
+            if rhs.kind == S.UNPARSED and rhs.text in FOREIGN_PROTOCOLS:
+                if t1.ftype != PROTO:
+                    raise self.fail(rhs, f"{name} and {rhs.text} are not of compatible types.")
+                return le, RefExpr(Typ(PROTO)), BYTES
+            target = t1
+            value = self.conv.convert(rhs, target, partial=partial, fld=fld)
+            if can == "contains" and t1.ftype in (ETHER, PROTO):
+                le = ToBytes(T_BYTES, le.cost, le.needs, le)
+                value = value if isinstance(value, bytes) else _const_bytes(value, t1.ftype)
+                dom = BYTES
+            return le, Const(t1, 0, frozenset(), value), dom
+        if isinstance(rhs, S.Slice):
+            re_ = self.slice(rhs, t1.ftype)
+            if t1.ftype not in _BYTES_TYPES | {STRING, PROTO} and t1.ftype not in CAN["slice"]:
+                if fld is None:
+                    raise self.fail(
+                        lhs,
+                        f'Function "{name}" is a {t1.name} and cannot be converted into a sequence of bytes.',
+                    )
+                raise self.fail(
+                    lhs,
+                    f'"{name}" is a {t1.name} and cannot be converted into a sequence of bytes.',
+                )
+            return ToBytes(T_BYTES, le.cost, le.needs, le), re_, BYTES
+        if isinstance(rhs, S.Call):
+            re_ = self.call(rhs, t1)
+            t2 = re_.t
+            if not compatible(t1.ftype, t2.ftype):
+                if fld is None:
+                    raise self.fail(
+                        rhs,
+                        f"Return values of function {name} (type={t1.name}) and function {name} (type={t2.name}) are not of compatible types.",
+                    )
+                raise self.fail(
+                    rhs,
+                    f"{name} (type={t1.name}) and return value of {rhs.name}() (type={t2.name}) are not of compatible types.",
+                )
+            if t2.ftype not in CAN[can]:
+                if fld is None:
+                    raise self.fail(
+                        rhs,
+                        f"Return value of {rhs.name} (type={t2.name}) cannot participate in specified comparison.",
+                    )
+                raise self.fail(
+                    rhs,
+                    f"return value of {rhs.name}() (type={t2.name}) cannot participate in specified comparison.",
+                )
+            return self.same_domain(le, re_, can)
+        if isinstance(rhs, S.Arith):
+            re_, t2 = self.arith(rhs, t1)
+            if not compatible(t1.ftype, t2.ftype):
+                raise self.fail(rhs, f"{name} and {S.display(rhs)} are not of compatible types.")
+            if t2.ftype not in CAN[can]:
+                raise self.fail(
+                    rhs,
+                    f"{S.display(rhs)} (type={t2.name}) cannot participate in specified comparison.",
+                )
+            return self.same_domain(le, re_, can)
+        raise AssertionError(rhs)
+
+    def same_domain(self, le: Expr, re_: Expr, can: str) -> tuple[Expr, Expr, str]:
+        """Values of two compatible expressions, as one type (bytes when either is bytes)."""
+        a, b = le.t.ftype, re_.t.ftype
+        if can in ("contains", "matches") and (a in (ETHER, PROTO) or b in (ETHER, PROTO)):
+            return self.both_bytes(le, re_)
+        if a != b and BYTES in (a, b):
+            return self.both_bytes(le, re_)
+        return le, re_, a
+
+    def both_bytes(self, le: Expr, re_: Expr) -> tuple[Expr, Expr, str]:
+        if le.t.ftype != BYTES:
+            le = ToBytes(T_BYTES, le.cost, le.needs, le)
+        if re_.t.ftype != BYTES:
+            re_ = ToBytes(T_BYTES, re_.cost, re_.needs, re_)
+        return le, re_, BYTES
+
+    def lhs_slice(
+        self, node: S.Node, le: Expr, rhs: S.Node | None, partial: bool
+    ) -> tuple[Expr, Expr, str]:
+        """check_relation_LHS_SLICE."""
+        if rhs is None:
+            return le, le, BYTES
+        if isinstance(rhs, S.FieldRef):
+            r = self.field_of(rhs)
+            re_ = self.field_expr(rhs)
+            if r.ftype not in _BYTES_TYPES and r.ftype not in CAN["slice"]:
+                raise self.fail(
+                    rhs,
+                    f'"{S.display(rhs)}" is a {type_name(r.ftype, r.bits)} and cannot be converted into a sequence of bytes.',
+                )
+            return self.both_bytes(le, re_)
+        if isinstance(rhs, S.Literal):
+            if rhs.kind == S.UNPARSED and rhs.text in FOREIGN_PROTOCOLS:
+                return le, RefExpr(Typ(PROTO)), BYTES
+            value = self.conv.convert(rhs, T_BYTES, partial=partial)
+            return le, Const(T_BYTES, 0, frozenset(), value), BYTES
+        if isinstance(rhs, S.Slice):
+            return le, self.slice(rhs, BYTES), BYTES
+        if isinstance(rhs, S.Call):
+            re_ = self.call(rhs, T_BYTES)
+            t2 = re_.t
+            if t2.ftype not in _BYTES_TYPES and t2.ftype not in CAN["slice"]:
+                raise self.fail(
+                    rhs,
+                    f'Return value of function "{rhs.name}" is a {t2.name} and cannot be converted into a sequence of bytes.',
+                )
+            return self.both_bytes(le, re_)
+        if isinstance(rhs, S.Arith):
+            re_, t2 = self.arith(rhs, T_BYTES)
+            if not compatible(BYTES, t2.ftype):
+                raise self.fail(
+                    rhs, f"{S.display(node)} and {S.display(rhs)} are not of compatible types."
+                )
+            return self.both_bytes(le, re_)
+        raise AssertionError(rhs)
+
+    def in_set(self, node: S.InSet) -> Test:
+        lhs = node.lhs
+        if not isinstance(lhs, S.FieldRef) or lhs.reference:
+            raise self.fail(lhs, "Only a field may be tested for membership in a set.")
+        le = self.field_expr(lhs)
+        fld = self.field_of(lhs)
+        dom = le.t.ftype
+        items: list[tuple[Expr, Expr | None]] = []
+        cost = le.cost
+        needs = le.needs
+        for lo, hi in node.items:
+            if isinstance(lo, S.Slice):
+                raise self.fail(lo, "A slice may not appear inside a set.")
+            if hi is None:
+                _l, e, dom = self.lhs_typed(node, "eq", lhs, le, lo, False, fld)
+                items.append((e, None))
+            else:
+                _l, e1, dom = self.lhs_typed(node, "cmp", lhs, le, lo, False, fld)
+                _l, e2, dom = self.lhs_typed(node, "cmp", lhs, le, hi, False, fld)
+                items.append((_plain(e1), _plain(e2)))
+            cost += 1
+            for item in items[-1]:
+                if item is not None:
+                    needs = needs | item.needs
+        return InTest(cost, needs, node.how or "any", dom, le, items)
+
+    # -- values
+
+    def field_of(self, ref: S.FieldRef) -> Field:
+        return FIELDS[ref.name]
+
+    def field_expr(self, ref: S.FieldRef, value: bool = True) -> Expr:
+        f = self.field_of(ref)
+        t = Typ(f.ftype, f.bits)
+        if ref.reference:
+            return RefExpr(t)
+        as_bytes = False
+        if value and f.ftype == PROTO:
+            if f.name != HTTP_PROTO:
+                raise self.fail(
+                    ref,
+                    f"tcpwhy keeps no header bytes, so the protocol {f.name} has no value to compare or slice (only its presence).",
+                )
+            as_bytes = True
+        return FieldExpr(t, f.cost, f.needs, f, ref.layers, as_bytes)
+
+    def slice(self, node: S.Slice, lhs_type: Typ | str | None) -> Expr:
+        """check_slice_sanity, and the slice's expression."""
+        ent = node.entity
+        inner: Expr
+        if isinstance(ent, S.FieldRef):
+            f = self.field_of(ent)
+            if f.ftype not in CAN["slice"]:
+                raise self.fail(
+                    ent,
+                    f'"{f.name}" is a {type_name(f.ftype, f.bits)} and cannot be sliced into a sequence of bytes.',
+                )
+            inner = self.field_expr(ent)
+        elif isinstance(ent, S.Call):
+            inner = self.call(ent, None)
+            if inner.t.ftype not in CAN["slice"]:
+                raise self.fail(
+                    ent,
+                    f'Return value of function "{ent.name}" is a {inner.t.name} and cannot be converted into a sequence of bytes.',
+                )
+        elif isinstance(ent, S.Slice):
+            inner = self.slice(ent, lhs_type)
+        else:
+            raise self.fail(ent, f"Range is not supported for entity {S.display(ent)}")
+        return SliceExpr(T_BYTES, inner.cost, inner.needs, inner, node.ranges)
+
+    def arith(self, node: S.Node, lhs_type: Typ | None) -> tuple[Expr, Typ]:
+        """check_arithmetic_expr: the expression and its type (its first operand's)."""
+        if not isinstance(node, S.Arith):
+            return self.arith_entity(node, lhs_type)
+        if lhs_type is None and _is_constant(node.a):
+            raise self.fail(node.a, "Constant arithmetic expression on the LHS is invalid.")
+        if node.b is None:
+            e, t = self.arith_entity(node.a, lhs_type)
+            if t.ftype not in CAN["neg"]:
+                raise self.fail(node.a, f"{ft_name(t.ftype, t.bits)} cannot -.")
+            if isinstance(e, Const):
+                ok, v = arith_values("neg", t.ftype, e.value, None, 1)
+                if not ok[0]:
+                    raise self.fail(
+                        node.a, f"{S.display(node.a)}: {_ints(e.value).v} overflows gint32"
+                    )
+                value = Ints(int(v.v[0]), bool(v.s[0])) if isinstance(v, Ints) else int(v[0])
+                return Const(t, 0, frozenset(), value), t
+            return ArithExpr(t, e.cost, e.needs, "neg", e, None), t
+        e1, t1 = self.arith(node.a, lhs_type)
+        op = node.op
+        if t1.ftype not in CAN[op]:
+            raise self.fail(node.a, f"{ft_name(t1.ftype, t1.bits)} cannot {node.text}.")
+        e2, t2 = self.arith(node.b, t1)
+        if t2.ftype not in CAN[op]:
+            raise self.fail(node.b, f"{ft_name(t2.ftype, t2.bits)} cannot {node.text}.")
+        if not compatible(t1.ftype, t2.ftype):
+            raise self.fail(
+                node.b, f"{S.display(node.a)} and {S.display(node.b)} are not type compatible."
+            )
+        if t1.ftype == BYTES or t2.ftype == BYTES:
+            if e1.t.ftype != BYTES:
+                e1 = ToBytes(T_BYTES, e1.cost, e1.needs, e1)
+            if e2.t.ftype != BYTES and not isinstance(e2, Const):
+                e2 = ToBytes(T_BYTES, e2.cost, e2.needs, e2)
+            t1 = T_BYTES if t1.ftype == ETHER and t2.ftype == BYTES else t1
+        return ArithExpr(t1, e1.cost + e2.cost, e1.needs | e2.needs, op, e1, e2), t1
+
+    def arith_entity(self, node: S.Node, lhs_type: Typ | None) -> tuple[Expr, Typ]:
+        if isinstance(node, S.Literal) and node.kind in (S.UNPARSED, S.LITERAL):
+            if lhs_type is None:
+                raise self.fail(node, "Constant arithmetic expression on the LHS is invalid.")
+            if node.kind == S.UNPARSED and node.text in FOREIGN_PROTOCOLS:
+                return RefExpr(Typ(PROTO)), Typ(PROTO)
+            value = self.conv.convert(node, lhs_type)
+            return Const(lhs_type, 0, frozenset(), value), lhs_type
+        if isinstance(node, S.FieldRef):
+            f = self.field_of(node)
+            return self.field_expr(node), Typ(f.ftype, f.bits)
+        if isinstance(node, S.Call):
+            e = self.call(node, lhs_type)
+            return e, e.t
+        if isinstance(node, S.Slice):
+            return self.slice(node, lhs_type), T_BYTES
+        raise self.fail(node, f"{S.display(node)} is not a valid arithmetic operand.")
+
+    def call(self, node: S.Call, lhs_type: Typ | None) -> Expr:
+        """check_function: the call's expression (its type is the return type)."""
+        name = node.name
+        nargs = len(node.args)
+        if nargs < 1:
+            raise self.fail(node, f"Function {name} needs at least 1 arguments.")
+        if name not in ("max", "min") and nargs > 1:
+            raise self.fail(node, f"Function {name} can only accept 1 arguments.")
+        arg = node.args[0]
+        if name in ("lower", "upper"):
+            if not (
+                isinstance(arg, S.FieldRef)
+                and not arg.reference
+                and self.field_of(arg).ftype == STRING
+            ):
+                raise self.fail(
+                    arg, f"Only string type fields can be used as parameter for {name}()"
+                )
+            e = self.field_expr(arg)
+            return CallExpr(T_STRING, e.cost + 1, e.needs, name, [e])
+        if name in ("len", "count"):
+            if not (isinstance(arg, S.FieldRef) and not arg.reference):
+                raise self.fail(arg, f"Only fields can be used as parameter for {name}()")
+            e = self.field_expr(arg, value=name == "len")
+            return CallExpr(T_U32, e.cost + 1, e.needs, name, [e])
+        if name == "string":
+            if not (isinstance(arg, S.FieldRef) and not arg.reference):
+                raise self.fail(arg, f"Only fields can be used as parameter for {name}()")
+            f = self.field_of(arg)
+            if f.ftype not in CAN["string"]:
+                raise self.fail(arg, f'String conversion for field "{f.name}" is not supported')
+            e = self.field_expr(arg)
+            return CallExpr(T_STRING, e.cost + 1, e.needs, name, [e])
+        if name == "abs":
+            e, t = self.abs_arg(arg, lhs_type, name)
+            return CallExpr(t, e.cost + 1, e.needs, name, [e])
+        # max, min
+        t_run = lhs_type
+        args: list[Expr] = []
+        for a in node.args:
+            if isinstance(a, S.Arith):
+                e, ta = self.arith(a, t_run)
+            elif (
+                isinstance(a, S.Literal) and a.kind in (S.UNPARSED, S.LITERAL) and t_run is not None
+            ):
+                e = Const(t_run, 0, frozenset(), self.conv.convert(a, t_run))
+                ta = t_run
+            elif isinstance(a, S.Call):
+                e = self.call(a, t_run)
+                ta = e.t
+            elif isinstance(a, S.FieldRef):
+                e = self.field_expr(a)
+                ta = e.t
+            else:
+                raise self.fail(a, f"Argument '{S.display(a)}' is not valid for {name}()")
+            if t_run is None:
+                t_run = ta
+            if ta != t_run:
+                raise self.fail(
+                    a,
+                    f"Arguments to '{name}' must have the same type (expected {ft_name(t_run.ftype, t_run.bits)}, got {ft_name(ta.ftype, ta.bits)})",
+                )
+            if ta.ftype not in CAN["cmp"]:
+                raise self.fail(a, f"Argument '{S.display(a)}' to '{name}' cannot be ordered")
+            args.append(e)
+        assert t_run is not None
+        return CallExpr(
+            t_run,
+            sum(e.cost for e in args) + 1,
+            frozenset().union(*(e.needs for e in args)),
+            name,
+            args,
+        )
+
+    def abs_arg(self, arg: S.Node, lhs_type: Typ | None, name: str) -> tuple[Expr, Typ]:
+        e: Expr
+        if isinstance(arg, S.Arith):
+            e, t = self.arith(arg, lhs_type)
+        elif isinstance(arg, S.Literal) and arg.kind in (S.UNPARSED, S.LITERAL):
+            if lhs_type is None:
+                raise self.fail(arg, "Need a field or field-like value on the LHS.")
+            e, t = Const(lhs_type, 0, frozenset(), self.conv.convert(arg, lhs_type)), lhs_type
+        elif isinstance(arg, S.Call):
+            e = self.call(arg, lhs_type)
+            t = e.t
+        elif isinstance(arg, S.FieldRef):
+            e = self.field_expr(arg)
+            t = e.t
+        else:
+            raise self.fail(arg, f"Type {_node_kind(arg)} is not valid for {name}")
+        if t.ftype == NONE:
+            raise self.fail(arg, f"Type {_node_kind(arg)} is not valid for {name}")
+        if t.ftype not in CAN["negative"]:
+            raise self.fail(arg, f"'{S.display(arg)}' is not a valid argument to '{name}'()")
+        return e, t
 
 
-def _plain(v: Any) -> Any:
+def _node_kind(node: S.Node) -> str:
+    if isinstance(node, S.FieldRef):
+        return "REFERENCE" if node.reference else "FIELD"
+    if isinstance(node, S.Literal):
+        return {S.STRING: "STRING", S.CHARCONST: "CHARCONST"}.get(node.kind, "LITERAL")
+    return type(node).__name__.upper()
+
+
+def _plain(e: Expr) -> Expr:
     """Range ends compare as plain addresses (a CIDR suffix on a range end is ignored)."""
-    if isinstance(v, Addr4):
-        return Addr4(v.value, 0xFFFFFFFF).value
-    if isinstance(v, Addr6):
-        return np.array([[v.hi, v.lo]], np.uint64)
-    return v
+    if isinstance(e, Const):
+        v = e.value
+        if isinstance(v, Addr4):
+            return Const(e.t, e.cost, e.needs, v.value)
+        if isinstance(v, Addr6):
+            full = 0xFFFFFFFFFFFFFFFF
+            return Const(e.t, e.cost, e.needs, Addr6(v.hi, v.lo, full, full))
+    return e

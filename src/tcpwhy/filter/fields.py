@@ -50,6 +50,7 @@ UINT, FRAMENUM, BOOL, IPV4, IPV6, ETHER, RELTIME, BYTES, STRING, NONE, PROTO = (
     "none",
     "proto",
 )
+ABSTIME = "abstime"  # int64 nanoseconds since the epoch (frame.time)
 
 
 def type_name(ftype: str, bits: int = 32) -> str:
@@ -68,6 +69,7 @@ def type_name(ftype: str, bits: int = 32) -> str:
         STRING: "Character string",
         NONE: "Label",
         PROTO: "Protocol",
+        ABSTIME: "Date and time",
     }[ftype]
 
 
@@ -116,6 +118,8 @@ class ByteValues:
 class Occ:
     present: Mask | None  # None: present on every candidate row
     values: Any
+    # the protocol layer it belongs to (``ip.src#2``): an int or a per-row array; None is 1
+    layer: Any = None
 
 
 Extract = Callable[["FilterContext", Rows], list[Occ]]
@@ -157,6 +161,7 @@ def _ip_occs(ctx: FilterContext, rows: Rows, which: tuple[str, ...], v6: bool) -
     t = ctx.table
     occs = []
     tunneled = t["tunnel"][rows] != _NO_TUNNEL
+    inner_layer = _inner_layer(ctx, rows, v6)
     for side in which:
         for prefix, extra in (("outer_", tunneled), ("", None)):
             hi = t[f"{prefix}{side}_hi"][rows]
@@ -167,12 +172,21 @@ def _ip_occs(ctx: FilterContext, rows: Rows, which: tuple[str, ...], v6: bool) -
             present = (~is4 if v6 else is4) if extra is None else (extra & (~is4 if v6 else is4))
             if prefix == "outer_" and not present.any():
                 continue
+            layer = 1 if prefix else inner_layer
             if v6:
-                occs.append(Occ(present, np.stack([hi, lo], axis=1).astype(np.uint64)))
+                occs.append(Occ(present, np.stack([hi, lo], axis=1).astype(np.uint64), layer))
             else:
-                occs.append(Occ(present, a4))
+                occs.append(Occ(present, a4, layer))
     # Wireshark shows src then dst per layer; order does not change any/all results
     return occs
+
+
+def _inner_layer(ctx: FilterContext, rows: Rows, v6: bool) -> npt.NDArray[np.int64]:
+    """Layer number of the inner IP header: 2 under an outer header of the same family."""
+    t = ctx.table
+    outer4, _ = _v4(t["outer_src_hi"][rows], t["outer_src_lo"][rows])
+    same = (t["tunnel"][rows] != _NO_TUNNEL) & (~outer4 if v6 else outer4)
+    return 1 + same.astype(np.int64)
 
 
 def _ip(which: tuple[str, ...], v6: bool) -> Extract:
@@ -185,8 +199,8 @@ def _ip_version(v: int) -> Extract:
         present = t["ip_version"][rows] == v
         # a tunnel's outer IP layer (Teredo, IP-in-IP, GRE) is in the frame too
         outer4, _ = _v4(t["outer_src_hi"][rows], t["outer_src_lo"][rows])
-        present |= (t["tunnel"][rows] != _NO_TUNNEL) & (outer4 if v == 4 else ~outer4)
-        return [Occ(present, None)]
+        outer = (t["tunnel"][rows] != _NO_TUNNEL) & (outer4 if v == 4 else ~outer4)
+        return [Occ(outer, None, 1), Occ(present, None, _inner_layer(ctx, rows, v == 6))]
 
     return ex
 
@@ -194,15 +208,28 @@ def _ip_version(v: int) -> Extract:
 def _ttl(v: int) -> Extract:
     def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
         t = ctx.table
-        return [Occ(t["ip_version"][rows] == v, t["ip_ttl"][rows].astype(np.int64))]
+        present = t["ip_version"][rows] == v
+        return [Occ(present, t["ip_ttl"][rows].astype(np.int64), _inner_layer(ctx, rows, v == 6))]
 
     return ex
+
+
+def _inner_ip_col(ctx: FilterContext, rows: Rows, col: str) -> list[Occ]:
+    t = ctx.table
+    present = t["ip_version"][rows] == 4
+    return [Occ(present, t[col][rows].astype(np.int64), _inner_layer(ctx, rows, False))]
+
+
+_LINKTYPE_ETHERNET = 1  # pcap's LINKTYPE_ETHERNET (EN10MB)
 
 
 def _eth(which: tuple[str, ...]) -> Extract:
     def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
         t = ctx.table
+        # an Ethernet capture has the header even with all-zero addresses (loopback)
         has = (t["eth_src"][rows] != 0) | (t["eth_dst"][rows] != 0)
+        if "linktype" in t.cols:
+            has |= t["linktype"][rows] == _LINKTYPE_ETHERNET
         return [Occ(has, t[f"eth_{w}"][rows].astype(np.uint64)) for w in which]
 
     return ex
@@ -289,10 +316,12 @@ def _http_proto(ctx: FilterContext, rows: Rows) -> list[Occ]:
 
 # frame
 _add("frame", PROTO, _always)
-_add("frame.number", FRAMENUM, _col("frame"))
+_add("frame.number", UINT, _col("frame"))  # FT_UINT32 in Wireshark 4.0
 _add("frame.len", UINT, _col("frame_len"))
 _add("frame.cap_len", UINT, _col("cap_len"))
 _add("frame.time_relative", RELTIME, _time_relative)
+_add("frame.time", ABSTIME, _col("ts_ns"))
+_add("frame.time_epoch", RELTIME, _col("ts_ns"))  # a time offset from the epoch in Wireshark 4.0
 # link
 _add("eth", PROTO, lambda ctx, rows: [_eth(("src",))(ctx, rows)[0]])
 _add("eth.src", ETHER, _eth(("src",)), 48)
@@ -312,6 +341,7 @@ _add("ip.src", IPV4, _ip(("src",), False))
 _add("ip.dst", IPV4, _ip(("dst",), False))
 _add("ip.addr", IPV4, _ip(("src", "dst"), False))
 _add("ip.ttl", UINT, _ttl(4), 8)
+_add("ip.id", UINT, lambda ctx, rows: _inner_ip_col(ctx, rows, "ip_id"), 16)
 _add("ipv6", PROTO, _ip_version(6))
 _add("ipv6.src", IPV6, _ip(("src",), True))
 _add("ipv6.dst", IPV6, _ip(("dst",), True))
@@ -374,6 +404,7 @@ _add("http.response.phrase", STRING, _http_attr("phrase"), 32, "http", 20)
 _add("http.host", STRING, _http_attr("host"), 32, "http", 20)
 _add("http.connection", STRING, _http_attr("connection"), 32, "http", 20)
 _add("http.user_agent", STRING, _http_attr("user_agent"), 32, "http", 20)
+_add("http.content_type", STRING, _http_attr("content_type"), 32, "http", 20)
 
 # ICMP errors about TCP: the icmp/icmpv6 fields, and how every field above reads them
 from tcpwhy.filter import icmp_fields as _icmp_fields  # noqa: E402,F401

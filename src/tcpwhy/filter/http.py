@@ -70,6 +70,7 @@ class Head:
     host: bytes | None = None
     connection: bytes | None = None
     user_agent: bytes | None = None
+    content_type: bytes | None = None
 
 
 def _version_ok(v: bytes) -> bool:
@@ -123,6 +124,8 @@ def parse_head(payload: bytes) -> Head | None:
             head.connection = val
         elif key == b"user-agent" and head.user_agent is None:
             head.user_agent = val
+        elif key == b"content-type" and head.content_type is None:
+            head.content_type = val
     return head
 
 
