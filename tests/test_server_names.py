@@ -77,3 +77,79 @@ def test_cut_and_hostile_payloads_are_bounded() -> None:
         data[o + 9 : o + 517] = 0xFF
     names, _ = _names(PacketTable(dict(full.cols), data))
     assert not names.length.any() and names.chars.shape[1] == NAME_MAX
+
+
+def _chunks(table: PacketTable, size: int) -> list[PacketTable]:
+    return [table.take(np.arange(a, min(a + size, len(table)))) for a in range(0, len(table), size)]
+
+
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_conns_records_carry_tshark_names(capture: str) -> None:
+    """`server_name` of every `conns` record is tshark's name of its stream, whole or read a
+    packet at a time (the naming payload is chunks before the record is written)."""
+    from tcpwhy.tcp.connections import connection_columns, iter_connection_columns
+    from tcpwhy.tcp.records import ConnColumns
+
+    path = LAB / capture if (LAB / capture).exists() else REFS / capture
+    table = read_table(str(path))
+    want = _expected(capture)
+    whole = connection_columns(table)
+    one = ConnColumns.concat(list(iter_connection_columns(_chunks(table, 1)))).stream_order()
+    for c in (whole, one):
+        assert c.name_words[0] == ""
+        got = [c.name_words[k] for k in c["server_name"].tolist()]
+        assert got == [want.get(s, b"").decode() for s in c["stream"].tolist()]
+        assert [r.server_name for r in c.records()] == got
+
+
+def test_conns_writes_server_names_in_jsonl_and_csv_only() -> None:
+    """jsonl has ``server_name`` only where there is one, csv always (empty when none); the
+    compiled writer and the per-record definition agree; Zeek's formats are unchanged."""
+    import csv
+    import io
+    import json
+
+    from tcpwhy.report.conns import record_lines
+    from tcpwhy.report.conns_format import format_columns
+    from tcpwhy.tcp.connections import connection_columns
+
+    c = connection_columns(read_table(str(LAB / "clean-tls.pcap")))
+    want = _expected("clean-tls.pcap")
+    assert {v for v in want.values()} == {b"api.tcpwhy.test"}
+    for fmt in ("jsonl", "csv", "zeek", "zeek-json", "table"):
+        assert format_columns(c, fmt) == record_lines(c.records(), fmt)
+    lines = [json.loads(x) for x in format_columns(c, "jsonl").splitlines()]
+    assert [d["server_name"] for d in lines] == ["api.tcpwhy.test"] * len(c)
+    for fmt in ("zeek", "zeek-json"):
+        assert "api.tcpwhy.test" not in format_columns(c, fmt)
+    # hostile names: escaped as JSON and csv text, absent (jsonl) or empty (csv) when none
+    c.name_words = ("", 'q"uo\\te\n,x', "é")
+    c.cols["server_name"] = (np.arange(len(c)) % 3).astype(np.int32)
+    text = format_columns(c, "jsonl")
+    assert text == record_lines(c.records(), "jsonl")
+    got = [json.loads(x).get("server_name") for x in text.splitlines()]
+    assert got == [[None, 'q"uo\\te\n,x', "é"][i % 3] for i in range(len(c))]
+    text = format_columns(c, "csv")
+    assert text == record_lines(c.records(), "csv")
+    from tcpwhy.report.conns import CSV_FIELDS
+
+    col = CSV_FIELDS.index("server_name")
+    got = [r[col] for r in csv.reader(io.StringIO(text))]
+    assert got == [["", 'q"uo\\te\n,x', "é"][i % 3] for i in range(len(c))]
+
+
+def test_parquet_and_api_tables_carry_server_names() -> None:
+    from tcpwhy.report.parquet import conn_table
+    from tcpwhy.tcp.connections import connection_columns
+
+    c = connection_columns(read_table(str(LAB / "clean.pcap")))
+    want = _expected("clean.pcap")
+    names = [want.get(s, b"").decode() for s in c["stream"].tolist()]
+    assert any(names)
+    assert conn_table(c).column("server_name").to_pylist() == names
+    from tcpwhy.api import _connection_table
+
+    t = _connection_table(c)
+    words = t.schema["server_name"].words
+    assert words is not None
+    assert [words[k] for k in t["server_name"].tolist()] == names

@@ -373,6 +373,8 @@ def _connection_table(c: Any) -> ConnectionTable:
         else:
             cols[k] = c.cols[k]
     schema["end"] = Field("end", schema["end"].dtype, (), schema["end"].meaning, tuple(c.end_words))
+    sn = schema["server_name"]
+    schema["server_name"] = Field(sn.name, sn.dtype, (), sn.meaning, tuple(c.name_words))
     return ConnectionTable(cols, schema)
 
 

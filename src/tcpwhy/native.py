@@ -56,6 +56,7 @@ KERNEL_FILES = (
     "tcp/zeek.py",
     "tcp/state_kernel.py",
     "report/conns_kernel.py",
+    "report/packets_kernel.py",
     "host/trace_kernel.py",
 )
 """Every module that defines compiled code (their text is hashed into the build's manifest)."""

@@ -372,8 +372,11 @@ def explain(message: str) -> list[Meaning]:
 
 
 def to_json(message: str, hits: list[Meaning]) -> str:
+    from tcpwhy.schemas import SCHEMA_VERSION
+
     return json.dumps(
         {
+            "schema_version": SCHEMA_VERSION,
             "message": message,
             "meanings": [
                 {

@@ -317,7 +317,10 @@ def verdict(g: dict[str, Any], npoints: int) -> str:
 
 def fleet_report(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The ``--format json`` object of a fleet."""
+    from tcpwhy.schemas import SCHEMA_VERSION
+
     return {
+        "schema_version": SCHEMA_VERSION,
         "capture_points": [
             {"point": r["point"], "files": r["files"], "connections": r["connections"]}
             for r in results

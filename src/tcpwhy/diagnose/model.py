@@ -128,7 +128,10 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         c = self.capture
+        from tcpwhy.schemas import SCHEMA_VERSION
+
         return {
+            "schema_version": SCHEMA_VERSION,
             "capture": {
                 "files": c.files,
                 "packets": c.packets,

@@ -17,12 +17,15 @@ from rich.table import Table
 from rich.text import Text
 
 from tcpwhy.errors import TcpwhyError
+from tcpwhy.host import alerts
 from tcpwhy.host import nstat as ctr
 from tcpwhy.host import sysctl as sc
 from tcpwhy.host.explain import Finding, analyze, group_key, listeners, owner_label, state_counts
 from tcpwhy.host.netns import run_in_netns
 from tcpwhy.host.snapshot import Snapshot, collect
 from tcpwhy.host.sockets import STATES
+from tcpwhy.schemas import SCHEMA_VERSION
+from tcpwhy.timestamps import stamp
 
 
 def _console() -> Console:
@@ -70,10 +73,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common.add_argument(
         "--format", choices=("table", "json"), default="table", help="output format"
     )
+    failing = argparse.ArgumentParser(add_help=False)
+    failing.add_argument(
+        "--fail-on",
+        choices=alerts.LEVELS,
+        metavar="LEVEL",
+        help="exit 1 when an alert of LEVEL (info, warning, error) or above is present",
+    )
 
     s = hs.add_parser(
         "states",
-        parents=[common],
+        parents=[common, failing],
         help="TCP sockets per state, grouped, with the reason a group looks wrong",
     )
     s.add_argument(
@@ -85,12 +95,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.set_defaults(func=cmd_states)
 
     lp = hs.add_parser(
-        "listen", parents=[common], help="listening sockets with accept-queue fill and limit"
+        "listen",
+        parents=[common, failing],
+        help="listening sockets with accept-queue fill and limit",
     )
     lp.set_defaults(func=cmd_listen)
 
     c = hs.add_parser(
-        "counters", parents=[common], help="kernel counters for connection lifecycles, explained"
+        "counters",
+        parents=[common, failing],
+        help="kernel counters for connection lifecycles, explained",
     )
     c.add_argument(
         "--interval", type=_positive(float), metavar="S", help="print deltas every S seconds"
@@ -102,7 +116,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.set_defaults(func=cmd_counters)
 
     y = hs.add_parser(
-        "sysctl", parents=[common], help="TCP settings: value, default, meaning, risk"
+        "sysctl", parents=[common, failing], help="TCP settings: value, default, meaning, risk"
     )
     y.set_defaults(func=cmd_sysctl)
 
@@ -143,8 +157,9 @@ def cmd_states(args: argparse.Namespace) -> int:
     if args.format == "json":
         from tcpwhy.host.documents import states as states_document
 
-        _emit_json(states_document(args.netns, args.by))
-        return 0
+        doc = states_document(args.netns, args.by)
+        _emit_json(doc)
+        return _status(doc["alerts"], args.fail_on)
     snap = collect(args.netns, counters_=False)
     socks = snap.sockets
     counts = state_counts(socks)
@@ -208,7 +223,12 @@ def cmd_states(args: argparse.Namespace) -> int:
         con.print(t)
     _print_findings(con, findings)
     _print_notes(con, snap.notes)
-    return 0
+    return _status(alerts.from_findings(f.as_json() for f in findings), args.fail_on)
+
+
+def _status(found: list[dict[str, Any]], fail_on: str | None) -> int:
+    """The exit status of a host view: 1 when --fail-on is given and reached."""
+    return 1 if alerts.reaches(found, fail_on) else 0
 
 
 def _title(what: str, netns: str | None, snap: Snapshot | None = None) -> Text:
@@ -243,8 +263,9 @@ def cmd_listen(args: argparse.Namespace) -> int:
     if args.format == "json":
         from tcpwhy.host.documents import listen
 
-        _emit_json(listen(args.netns))
-        return 0
+        doc = listen(args.netns)
+        _emit_json(doc)
+        return _status(doc["alerts"], args.fail_on)
     snap = collect(args.netns)
     lsts = listeners(snap.sockets, snap.sysctls, snap.limits_known)
     from tcpwhy.host.documents import listen_notes
@@ -276,7 +297,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     if not lsts:
         con.print("no listening TCP sockets")
     _print_notes(con, notes)
-    return 0
+    return _status(alerts.from_listeners(lst.as_json() for lst in lsts), args.fail_on)
 
 
 # ---------------------------------------------------------------- counters
@@ -291,11 +312,15 @@ def _read_counters(netns: str | None) -> dict[str, int]:
 def cmd_counters(args: argparse.Namespace) -> int:
     if args.count is not None and args.interval is None:
         raise TcpwhyError("--count", "needs --interval")
+    if args.fail_on is not None and args.interval is None:
+        raise TcpwhyError("--fail-on", "needs --interval (totals since boot are not alerts)")
     totals = _read_counters(args.netns)
     names = _counter_names(totals, args.all)
     con = _console()
     if args.format == "json":
-        print(json.dumps({"netns": args.netns, "sample": 0, "totals": totals}), flush=True)
+        from tcpwhy.host.documents import counters_record
+
+        print(json.dumps(counters_record(args.netns, totals)), flush=True)
     else:
         con.print(
             Text(
@@ -306,22 +331,28 @@ def cmd_counters(args: argparse.Namespace) -> int:
         _print_totals(con, totals, names)
     if args.interval is None:
         return 0
-    prev, n = totals, 0
+    prev, n, seen = totals, 0, []
     try:
         while args.count is None or n < args.count:
             time.sleep(args.interval)
             cur = _read_counters(args.netns)
             moved = ctr.deltas(prev, cur)
             n += 1
+            found = alerts.from_deltas(moved)
+            seen += found
             if args.format == "json":
                 explained = {k: ctr.explain(k) for k in moved if k in ctr.BY_NAME}
                 print(
                     json.dumps(
                         {
+                            "schema_version": SCHEMA_VERSION,
+                            "netns": args.netns,
                             "sample": n,
+                            **stamp(),
                             "interval_s": args.interval,
                             "deltas": moved,
                             "explained": explained,
+                            "alerts": found,
                         }
                     ),
                     flush=True,
@@ -331,7 +362,7 @@ def cmd_counters(args: argparse.Namespace) -> int:
             prev = cur
     except KeyboardInterrupt:
         pass
-    return 0
+    return _status(seen, args.fail_on)
 
 
 def _counter_names(totals: dict[str, int], show_all: bool) -> list[str]:
@@ -384,9 +415,17 @@ def _print_deltas(
 def cmd_sysctl(args: argparse.Namespace) -> int:
     values = run_in_netns(args.netns, sc.read_values)
     rows = sc.evaluate(values)
+    found = alerts.from_sysctls(rows)
     if args.format == "json":
-        _emit_json({"netns": args.netns, "sysctls": [r.as_json() for r in rows]})
-        return 0
+        _emit_json(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "netns": args.netns,
+                "sysctls": [r.as_json() for r in rows],
+                "alerts": found,
+            }
+        )
+        return _status(found, args.fail_on)
     con = _console()
     con.print(
         Text(
@@ -406,7 +445,7 @@ def cmd_sysctl(args: argparse.Namespace) -> int:
         value = "(absent)" if r.value is None else r.value
         t.add_row(r.key, Text(value, style="" if r.value is not None else "dim"), r.default, text)
     con.print(t)
-    return 0
+    return _status(found, args.fail_on)
 
 
 # ---------------------------------------------------------------- watch

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from tcpwhy.host import alerts
 from tcpwhy.host import nstat as ctr
 from tcpwhy.host.explain import analyze, group_key, listeners, state_counts
 from tcpwhy.host.netns import run_in_netns
 from tcpwhy.host.snapshot import collect
+from tcpwhy.schemas import SCHEMA_VERSION
+from tcpwhy.timestamps import stamp
 
 
 def states(netns: str | None = None, by: str | None = None) -> dict[str, Any]:
@@ -20,6 +23,8 @@ def states(netns: str | None = None, by: str | None = None) -> dict[str, Any]:
     socks = snap.sockets
     findings = analyze(socks, snap.sysctls, limits_known=snap.limits_known)
     doc: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        **stamp(),
         "netns": netns,
         "source": snap.source,
         "states": state_counts(socks),
@@ -27,6 +32,7 @@ def states(netns: str | None = None, by: str | None = None) -> dict[str, Any]:
         "sockets": [s.as_json() for s in socks],
         "findings": [f.as_json() for f in findings],
         "notes": snap.notes,
+        "alerts": alerts.from_findings(f.as_json() for f in findings),
     }
     if by:
         key = group_key(by, socks, snap.sysctls)
@@ -67,14 +73,18 @@ def listen(netns: str | None = None) -> dict[str, Any]:
     snap = collect(netns)
     lsts = listeners(snap.sockets, snap.sysctls, snap.limits_known)
     overflows = snap.counters.get("TcpExtListenOverflows")
+    listeners_json = [lst.as_json() for lst in lsts]
     return {
+        "schema_version": SCHEMA_VERSION,
+        **stamp(),
         "netns": netns,
         "source": snap.source,
         "somaxconn": lsts[0].somaxconn if lsts else None,
         "listen_overflows": overflows,
         "listen_drops": snap.counters.get("TcpExtListenDrops"),
-        "listeners": [lst.as_json() for lst in lsts],
+        "listeners": listeners_json,
         "notes": listen_notes(snap.notes, overflows),
+        "alerts": alerts.from_listeners(listeners_json),
     }
 
 
@@ -86,4 +96,15 @@ def read_counters(netns: str | None = None) -> dict[str, int]:
 def counters(netns: str | None = None) -> dict[str, Any]:
     """The kernel's counters since the namespace was created (``host counters``' first
     sample)."""
-    return {"netns": netns, "sample": 0, "totals": read_counters(netns)}
+    return counters_record(netns, read_counters(netns))
+
+
+def counters_record(netns: str | None, totals: dict[str, int]) -> dict[str, Any]:
+    """Sample 0 of ``host counters``: totals since the namespace was created, timestamped."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "netns": netns,
+        "sample": 0,
+        **stamp(),
+        "totals": totals,
+    }

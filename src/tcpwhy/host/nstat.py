@@ -153,6 +153,39 @@ GROUP_TITLES = {
 }
 
 
+ALERTS: dict[str, str] = {
+    # handshakes dropped at a listener: clients see timeouts or resets now
+    "TcpExtListenOverflows": "error",
+    "TcpExtListenDrops": "error",
+    "TcpExtTCPReqQFullDrop": "error",
+    # connections killed or data dropped by the kernel itself
+    "TcpExtTCPAbortOnMemory": "warning",
+    "TcpExtTCPAbortOnTimeout": "warning",
+    "TcpExtTCPAbortFailed": "warning",
+    "TcpExtTCPTimeWaitOverflow": "warning",
+    "TcpExtTCPBacklogDrop": "warning",
+    "TcpExtTCPRcvQDrop": "warning",
+    "TcpExtTCPZeroWindowDrop": "warning",
+    "TcpExtTCPMemoryPressures": "warning",
+    "TcpInCsumErrors": "warning",
+    # failures that are part of normal life in small numbers
+    "TcpAttemptFails": "info",
+    "TcpEstabResets": "info",
+    "TcpExtTCPAbortOnData": "info",
+    "TcpExtTCPAbortOnClose": "info",
+    "TcpExtTCPSynRetrans": "info",
+    "TcpExtTCPTimeouts": "info",
+    "TcpExtSyncookiesSent": "info",
+    "TcpExtTCPReqQFullDoCookies": "info",
+    "TcpExtTCPDeferAcceptDrop": "info",
+    "TcpExtEmbryonicRsts": "info",
+    "TcpInErrs": "info",
+    "TcpExtPruneCalled": "info",
+}
+"""The level of an alert when a counter moves between two samples of `host counters
+--interval` (totals since boot are history, never an alert); counters not listed never alert."""
+
+
 def _int(text: str) -> int:
     try:
         return int(text)

@@ -34,6 +34,25 @@ def human(seconds: float) -> str:
 Values = dict[str, str | None]
 NoteFn = Callable[[int, Values], list[str]]
 
+LEVELS = ("note", "info", "warning")
+"""A note's level: "note" explains the value and is never an alert; "info" and "warning" are
+risks, what `host sysctl --fail-on` counts."""
+
+
+class Risk(str):
+    """A note that is a risk, with its level (a plain `str` note only explains the value)."""
+
+    level: str
+
+    def __new__(cls, text: str, level: str = "warning") -> Risk:
+        obj = super().__new__(cls, text)
+        obj.level = level
+        return obj
+
+
+def note_level(note: str) -> str:
+    return note.level if isinstance(note, Risk) else "note"
+
 
 def _int(values: Values, key: str) -> int | None:
     v = values.get(key)
@@ -46,11 +65,13 @@ def _int(values: Values, key: str) -> int | None:
 
 
 def _somaxconn(v: int, values: Values) -> list[str]:
-    notes = []
+    notes: list[str] = []
     if v < 1024:
         notes.append(
-            f"server: every listen() backlog is capped at {v}; a burst of connections overflows the "
-            "accept queue (ListenOverflows) — 4096 is the default since Linux 5.4"
+            Risk(
+                f"server: every listen() backlog is capped at {v}; a burst of connections overflows "
+                "the accept queue (ListenOverflows) — 4096 is the default since Linux 5.4"
+            )
         )
     return notes
 
@@ -59,7 +80,9 @@ def _syn_backlog(v: int, values: Values) -> list[str]:
     cookies = _int(values, "net.ipv4.tcp_syncookies")
     if cookies == 0 and v < 1024:
         return [
-            f"server: SYN queue of {v} with syncookies off: a SYN burst drops handshakes (TCPReqQFullDrop)"
+            Risk(
+                f"server: SYN queue of {v} with syncookies off: a SYN burst drops handshakes (TCPReqQFullDrop)"
+            )
         ]
     return []
 
@@ -67,8 +90,10 @@ def _syn_backlog(v: int, values: Values) -> list[str]:
 def _abort_on_overflow(v: int, values: Values) -> list[str]:
     if v:
         return [
-            "server: a full accept queue answers with RST instead of letting the client retry: "
-            "overload shows up as 'connection reset by peer' on clients"
+            Risk(
+                "server: a full accept queue answers with RST instead of letting the client retry: "
+                "overload shows up as 'connection reset by peer' on clients"
+            )
         ]
     return []
 
@@ -76,11 +101,16 @@ def _abort_on_overflow(v: int, values: Values) -> list[str]:
 def _syncookies(v: int, values: Values) -> list[str]:
     if v == 0:
         return [
-            "server: without syncookies a SYN flood or burst fills the SYN queue and handshakes are dropped"
+            Risk(
+                "server: without syncookies a SYN flood or burst fills the SYN queue and handshakes are dropped"
+            )
         ]
     if v == 2:
         return [
-            "cookies for every SYN even without overflow: options (window scale, SACK) survive only with timestamps"
+            Risk(
+                "cookies for every SYN even without overflow: options (window scale, SACK) survive only with timestamps",
+                "info",
+            )
         ]
     return []
 
@@ -88,15 +118,18 @@ def _syncookies(v: int, values: Values) -> list[str]:
 def _fin_timeout(v: int, values: Values) -> list[str]:
     notes = ["does not shorten TIME_WAIT (always 60 s); it bounds FIN_WAIT_2 orphans only"]
     if v > 60:
-        notes.append(f"FIN_WAIT_2 orphans whose peer never closes linger {v} s each")
+        notes.append(Risk(f"FIN_WAIT_2 orphans whose peer never closes linger {v} s each", "info"))
     return notes
 
 
 def _tw_reuse(v: int, values: Values) -> list[str]:
     if v == 0:
         return [
-            "client: connect() never reuses a TIME_WAIT 4-tuple; many short connections to one "
-            "server exhaust ip_local_port_range (EADDRNOTAVAIL)"
+            Risk(
+                "client: connect() never reuses a TIME_WAIT 4-tuple; many short connections to one "
+                "server exhaust ip_local_port_range (EADDRNOTAVAIL)",
+                "info",
+            )
         ]
     if v == 2:
         return ["TIME_WAIT reuse for loopback only; clients of remote servers do not benefit"]
@@ -108,8 +141,10 @@ def _tw_buckets(v: int, values: Values) -> list[str]:
     ports = _port_count(rng)
     if ports is not None and v < ports:
         return [
-            f"below the {ports} ephemeral ports: a busy client hits TCPTimeWaitOverflow and "
-            "connections close without TIME_WAIT protection"
+            Risk(
+                f"below the {ports} ephemeral ports: a busy client hits TCPTimeWaitOverflow and "
+                "connections close without TIME_WAIT protection"
+            )
         ]
     return []
 
@@ -127,16 +162,16 @@ def _port_count(rng: str | None) -> int | None:
 def _port_range(v: int, values: Values) -> list[str]:
     text = values.get("net.ipv4.ip_local_port_range") or ""
     ports = _port_count(text)
-    notes = []
+    notes: list[str] = []
     if ports is not None:
         notes.append(
             f"client: {ports} ports per destination address:port; with TIME_WAIT holding each for 60 s "
             f"that is about {ports // 60} new connections/s to one server before EADDRNOTAVAIL"
         )
         if ports < 16384:
-            notes.append("narrow range: connection-heavy clients run out of ports")
+            notes.append(Risk("narrow range: connection-heavy clients run out of ports"))
     if v < 1024:
-        notes.append("starts below 1024: ephemeral ports collide with privileged services")
+        notes.append(Risk("starts below 1024: ephemeral ports collide with privileged services"))
     return notes
 
 
@@ -168,8 +203,11 @@ def _keepalive_time(v: int, values: Values) -> list[str]:
     ]
     if v >= 600:
         notes.append(
-            "NAT, load balancers and firewalls often drop idle flows sooner (350 s – 1 h): idle pool "
-            "connections die silently; set TCP_KEEPIDLE below that timeout"
+            Risk(
+                "NAT, load balancers and firewalls often drop idle flows sooner (350 s – 1 h): idle "
+                "pool connections die silently; set TCP_KEEPIDLE below that timeout",
+                "info",
+            )
         )
     return notes
 
@@ -178,9 +216,14 @@ def _syn_retries(v: int, values: Values) -> list[str]:
     t = model_timeout(v, 1.0)
     notes = [f"client: connect() to a silent address gives up after ~{human(t)}"]
     if v >= 6:
-        notes.append("long: set an application connect timeout rather than waiting for the kernel")
+        notes.append(
+            Risk(
+                "long: set an application connect timeout rather than waiting for the kernel",
+                "info",
+            )
+        )
     if v < 3:
-        notes.append("short: a few lost SYNs fail the connection")
+        notes.append(Risk("short: a few lost SYNs fail the connection"))
     return notes
 
 
@@ -188,7 +231,7 @@ def _synack_retries(v: int, values: Values) -> list[str]:
     t = model_timeout(v, 1.0)
     notes = [f"server: a half-open connection is kept ~{human(t)} waiting for the final ACK"]
     if v < 2:
-        notes.append("short: clients whose final ACK is lost fail")
+        notes.append(Risk("short: clients whose final ACK is lost fail"))
     return notes
 
 
@@ -199,10 +242,13 @@ def _retries2(v: int, values: Values) -> list[str]:
     ]
     if v >= 15:
         notes.append(
-            "long: requests hang for many minutes on a dead peer; TCP_USER_TIMEOUT per socket helps"
+            Risk(
+                "long: requests hang for many minutes on a dead peer; TCP_USER_TIMEOUT per socket helps",
+                "info",
+            )
         )
     if v < 8:
-        notes.append("below RFC 1122's 100 s: short outages kill established connections")
+        notes.append(Risk("below RFC 1122's 100 s: short outages kill established connections"))
     return notes
 
 
@@ -273,13 +319,20 @@ class SysctlRow:
     meaning: str
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def risks(self) -> list[dict[str, str]]:
+        """The notes that are risks (level info or warning), the alerts of `host sysctl`."""
+        return [{"level": note_level(n), "text": str(n)} for n in self.notes if isinstance(n, Risk)]
+
     def as_json(self) -> dict[str, Any]:
         return {
             "key": self.key,
             "value": self.value,
             "default": self.default,
             "meaning": self.meaning,
-            "notes": self.notes,
+            "notes": [str(n) for n in self.notes],
+            "note_levels": [note_level(n) for n in self.notes],
+            "risks": self.risks,
         }
 
 

@@ -23,6 +23,8 @@ from tcpwhy.host import nstat as ctr
 from tcpwhy.host.explain import Listener, listeners, owner_label, state_counts
 from tcpwhy.host.snapshot import Snapshot, collect
 from tcpwhy.host.sockets import STATES
+from tcpwhy.schemas import SCHEMA_VERSION
+from tcpwhy.timestamps import stamp
 
 HISTORY = 30
 SPARK = "▁▂▃▄▅▆▇█"
@@ -55,10 +57,13 @@ class Frame:
     notes: list[str]
     netns: str | None
     kernel: dict[str, float] | None = None  # resets and drops per second, by reason
+    ts_ns: int = 0  # when the sample was read (epoch nanoseconds)
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "schema_version": SCHEMA_VERSION,
             "sample": self.sample,
+            **stamp(self.ts_ns),
             "elapsed_s": round(self.elapsed, 3),
             "time": self.wall,
             "netns": self.netns,
@@ -111,6 +116,7 @@ class Watcher:
             sample=self.samples,
             elapsed=snap.time - self.start,
             wall=wall,
+            ts_ns=time.time_ns(),
             counts=counts,
             previous=self.previous,
             first=self.first,

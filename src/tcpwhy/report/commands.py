@@ -50,6 +50,21 @@ def cmd_packets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_file(
+    p: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int]
+) -> Callable[[argparse.Namespace], int]:
+    """`func` with `args.file` taken from FILE or `-r FILE` (exactly one of them)."""
+
+    def run(args: argparse.Namespace) -> int:
+        if (args.file is None) == (args.read_file is None):
+            p.error("give the capture once: FILE or -r FILE")
+        if args.file is None:
+            args.file = args.read_file
+        return func(args)
+
+    return run
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The seed incident end to end: recorded live when root, else the shipped recording."""
     from tcpwhy.diagnose.demo import run_demo
@@ -63,7 +78,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="list TCP packets the way Wireshark's packet list shows them",
         description="List the TCP packets of a capture (pcap, pcapng, gzip; - for stdin).",
     )
-    p.add_argument("file", metavar="FILE", help="capture file, or - for standard input")
+    p.add_argument("file", metavar="FILE", nargs="?", help="capture file, or - for standard input")
+    p.add_argument("-r", dest="read_file", metavar="FILE", help="the capture file (as tshark's -r)")
+    p.add_argument(
+        "-n", action="store_true", help="accepted as tshark's -n: tcpwhy never resolves names"
+    )
     add_reassembly_option(p)
     p.add_argument(
         "--format",
@@ -75,7 +94,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-c", "--count", type=positive_int, metavar="N", help="stop after N packets")
     add_filter_argument(p)
     add_output_argument(p)
-    p.set_defaults(func=_unless_parquet(cmd_packets))
+    p.set_defaults(func=_unless_parquet(_one_file(p, cmd_packets)))
 
     from tcpwhy.report import conns
 

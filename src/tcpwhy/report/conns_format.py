@@ -19,6 +19,7 @@ import numpy as np
 
 from tcpwhy.report import conns_kernel as k
 from tcpwhy.report.conns import LOCAL_FIELDS, csv_fields, record_lines
+from tcpwhy.schemas import SCHEMA_VERSION
 from tcpwhy.tcp.records import IRTT_UNSET, JSON_FIELDS, WORD_COLUMNS, ConnColumns
 from tcpwhy.tcp.zeek import HIST_MAX
 
@@ -56,6 +57,7 @@ class RowProgram:
         self._bases: dict[str, int] = {}
         self.row_bound = 0
         self.end_steps = 0  # steps that write a word of the batch's `end` words
+        self.name_steps = 0  # steps that write a word of the batch's `name_words`
         self.uid_prefix = uid_prefix
 
     def word(self, text: str | bytes) -> int:
@@ -99,6 +101,9 @@ class RowProgram:
         self._step(k.OP_WORD, src)
         if column == "end":
             self.end_steps += 1
+            return
+        if column == "server_name":
+            self.name_steps += 1
             return
         # a JSON boolean is the one word column written as it is
         words = WORD_COLUMNS[column] if column != "continued" else ("false", "true")
@@ -164,12 +169,15 @@ class RowProgram:
     def format(self, c: ConnColumns) -> str | None:
         """The lines of a batch; None if a value is out of the kernel's range."""
         n = len(c)
+        # the batch's words after the static ones: its `end` words, then its server names
         ends = [self.esc(w).encode() for w in c.end_words]
-        vocab = np.frombuffer(self.static_vocab + b"".join(ends), np.uint8).copy()
+        names = [self.esc(w).encode() for w in c.name_words] if self.name_steps else []
+        vocab = np.frombuffer(self.static_vocab + b"".join(ends + names), np.uint8).copy()
         last = int(self.static_off[-1])
         voff = np.concatenate(
-            [self.static_off, last + np.cumsum([len(w) for w in ends], dtype=np.int64)]
+            [self.static_off, last + np.cumsum([len(w) for w in ends + names], dtype=np.int64)]
         )
+        batch_base = {"end": len(self.words), "server_name": len(self.words) + len(ends)}
         ints = np.empty((len(self.inputs), n), np.int64)
         derived: dict[str, Any] = {}
         if any(name.startswith("uid_") for _, name in self.inputs):
@@ -187,11 +195,12 @@ class RowProgram:
                 else:
                     ints[i] = (v / 1e9).view(np.int64)
             elif kind == "word":
-                base = len(self.words) if name == "end" else self._bases[name]
+                base = batch_base[name] if name in batch_base else self._bases[name]
                 ints[i] = v.astype(np.int64) + base
             else:
                 ints[i] = v.view(np.int64) if v.dtype == np.uint64 else v
         bound = self.row_bound + self.end_steps * max((len(w) for w in ends), default=0)
+        bound += self.name_steps * max((len(w) for w in names), default=0)
         out = np.empty(n * bound + 1, np.uint8)
         hist = c["history"]
         if not hist.flags.c_contiguous:
@@ -225,9 +234,15 @@ def row_program(fmt: str, uid_prefix: str = "C", local: bool = False) -> RowProg
             "continued": "text",
             **{w: "text" for w in WORD_COLUMNS},
         }
-        sep = "{"
+        p.lit('{"schema_version": ' + json.dumps(SCHEMA_VERSION))  # on every line: see docs/json.md
+        sep = ", "
         for f in JSON_FIELDS:
             if f in LOCAL_FIELDS and not local:
+                continue
+            if f == "server_name":  # left out when there is none (code 0)
+                p.unless_positive(f, "", skip=2)
+                p.lit(f"{sep}{json.dumps(f)}: ")
+                p.text(f)
                 continue
             p.lit(f"{sep}{json.dumps(f)}: ")
             sep = ", "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import json
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 import numpy as np
+import numpy.typing as npt
 
 from tcpwhy.capture import iter_tables
 from tcpwhy.decode.table import (
@@ -33,6 +35,7 @@ from tcpwhy.decode.table import (
     format_addr,
 )
 from tcpwhy.filter import DisplayFilter, FilterContext
+from tcpwhy.schemas import SCHEMA_VERSION
 from tcpwhy.tcp.analysis import Analyzer
 from tcpwhy.tcp.streams import StreamTracker
 
@@ -350,7 +353,7 @@ def _bracket(a: str) -> str:
     return f"[{a}]" if ":" in a else a
 
 
-def write_packets(
+def write_packets_rows(
     source: str,
     fmt: str = "table",
     absolute: bool = False,
@@ -359,14 +362,15 @@ def write_packets(
     stats: CaptureStats | None = None,
     flt: DisplayFilter | None = None,
 ) -> CaptureStats:
-    """Print the packet list; a pipe on stdin is printed as packets arrive."""
+    """The packet list row by row in Python: the reference the compiled writer
+    (`write_packets`) is held to, byte for byte, and its fallback."""
     out = out if out is not None else sys.stdout
     stats = stats if stats is not None else CaptureStats()
     live = source == "-"
     rows = iter_rows(source, stats, absolute, limit, flt)
     if fmt == "jsonl":
         for r in rows:
-            out.write(json.dumps(r.as_json(), ensure_ascii=False) + "\n")
+            out.write(json.dumps(_versioned(r), ensure_ascii=False) + "\n")
     elif fmt == "csv":
         w = csv.writer(out, lineterminator="\n")
         w.writerow(COLUMNS)
@@ -380,3 +384,234 @@ def write_packets(
             if live:
                 out.flush()
     return stats
+
+
+def write_packets(
+    source: str,
+    fmt: str = "table",
+    absolute: bool = False,
+    limit: int | None = None,
+    out: TextIO | None = None,
+    stats: CaptureStats | None = None,
+    flt: DisplayFilter | None = None,
+) -> CaptureStats:
+    """Print the packet list, formatted column-wise by the compiled writer
+    (`tcpwhy.report.packets_kernel`) in large buffers; a pipe on stdin is printed as packets
+    arrive (a buffer at a time)."""
+    out = out if out is not None else sys.stdout
+    stats = stats if stats is not None else CaptureStats()
+    sink = _Sink(out, live=source == "-")
+    if fmt == "csv":
+        sink.write(b",".join(c.encode() for c in COLUMNS) + b"\n")
+    tracker = StreamTracker()
+    analyzer = Analyzer()
+    shown = 0
+    for t in iter_tables(source, stats, reuse=True):
+        if limit is not None and shown >= limit:
+            break
+        s = tracker.feed(t)
+        a = analyzer.feed(t, s)
+        keep = None
+        if flt is not None:
+            ctx = FilterContext(t, streams=s, analysis=a, first_ts_ns=stats.first_ts_ns)
+            keep = flt.mask(t, ctx)
+        sel = np.flatnonzero(keep) if keep is not None else np.arange(len(t), dtype=np.int64)
+        icmp_rows = (
+            _icmp_rows(t, tracker, flt, stats, stats.first_ts_ns or 0) if t.icmp is not None else []
+        )
+        at = np.searchsorted(sel, [r[0] for r in icmp_rows], "left") if icmp_rows else None
+        if limit is not None and len(sel) + len(icmp_rows) > limit - shown:
+            sel, icmp_rows, at = _clip(sel, icmp_rows, at, limit - shown)
+        shown += len(sel) + len(icmp_rows)
+        _write_chunk(sink, fmt, t, s, a, absolute, stats, sel.astype(np.int64), icmp_rows, at)
+    sink.flush()
+    return stats
+
+
+def _clip(
+    sel: npt.NDArray[Any],
+    icmp_rows: list[tuple[int, PacketRow]],
+    at: npt.NDArray[Any] | None,
+    room: int,
+) -> tuple[npt.NDArray[Any], list[tuple[int, PacketRow]], npt.NDArray[Any] | None]:
+    """The first `room` rows of a chunk, TCP and ICMP rows together in list order."""
+    if not icmp_rows:
+        return sel[:room], icmp_rows, at
+    assert at is not None
+    # ICMP row k is listed before TCP row at[k]: it is row at[k] + k of the chunk
+    pos = at + np.arange(len(icmp_rows))
+    n_icmp = int(np.count_nonzero(pos < room))
+    return sel[: room - n_icmp], icmp_rows[:n_icmp], at[:n_icmp]
+
+
+class _Sink:
+    """Bytes to the view's text stream: straight to its binary buffer when it has one."""
+
+    def __init__(self, out: TextIO, live: bool) -> None:
+        self.out = out
+        self.live = live
+        self.raw = getattr(out, "buffer", None)
+        if self.raw is not None:
+            out.flush()
+
+    def write(self, data: bytes) -> None:
+        if self.raw is not None:
+            self.raw.write(data)
+            if self.live:
+                self.raw.flush()
+        else:
+            self.out.write(data.decode())
+            if self.live:
+                self.out.flush()
+
+    def flush(self) -> None:
+        (self.raw if self.raw is not None else self.out).flush()
+
+
+_BUF_BYTES = 1 << 22
+
+
+@functools.lru_cache(maxsize=1)
+def _vocab() -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The kernel's static words (see `tcpwhy.report.packets_kernel`) and prefix order."""
+    from tcpwhy.tcp.analysis import FLAGS, INFO_PREFIX
+
+    words = [name.encode() for _, name in FLAG_NAMES]
+    texts = {bit: text for bit, text in INFO_PREFIX}
+    words += [f"[{texts.get(1 << k, '')}] ".encode() for k in range(len(FLAGS))]
+    words += [json.dumps(name).encode() for name in FLAGS]
+    vocab = np.frombuffer(b"".join(words), np.uint8).copy()
+    voff = np.cumsum([0] + [len(w) for w in words], dtype=np.int64)
+    order = np.array([bit.bit_length() - 1 for bit, _ in INFO_PREFIX], np.int64)
+    return vocab, voff, order
+
+
+def _col(a: npt.NDArray[Any], dtype: Any) -> npt.NDArray[Any]:
+    """`a` as the kernel takes it: of `dtype`, C-contiguous and writable (no copy if it is)."""
+    if a.dtype != dtype or not a.flags.c_contiguous or not a.flags.writeable:
+        return np.ascontiguousarray(a, dtype=dtype).copy()
+    return a
+
+
+def _write_chunk(
+    sink: _Sink,
+    fmt: str,
+    t: PacketTable,
+    s: dict[str, npt.NDArray[Any]],
+    a: Any,
+    absolute: bool,
+    stats: CaptureStats,
+    sel: npt.NDArray[np.int64],
+    icmp_rows: list[tuple[int, PacketRow]],
+    at: npt.NDArray[Any] | None,
+) -> None:
+    """The selected rows of one table, with its ICMP rows in their places."""
+    from tcpwhy.report.packets_kernel import FMT_CSV, FMT_JSONL, FMT_TABLE, format_packets
+
+    code = {"table": FMT_TABLE, "csv": FMT_CSV, "jsonl": FMT_JSONL}[fmt]
+    t0 = stats.first_ts_ns or 0
+    rel_ns = t["ts_ns"] - t0
+    time_bits = (rel_ns.astype(np.float64) / 1e9).view(np.int64)
+    seq = t["seq"] if absolute else s["rel_seq"]
+    ack = t["ack"] if absolute else s["rel_ack"]
+    sack_base = np.zeros(len(t), np.uint32) if absolute else t["ack"] - s["rel_ack"]
+    vocab, voff, order = _vocab()
+    u8, u4, u2 = np.uint64, np.uint32, np.uint16
+    cols = (
+        _col(t["frame"], u8), rel_ns, time_bits, _col(t["ts_ns"], np.int64),
+        _col(t["src_hi"], u8), _col(t["src_lo"], u8), _col(t["dst_hi"], u8),
+        _col(t["dst_lo"], u8), _col(t["sport"], u2), _col(t["dport"], u2),
+        _col(t["frame_len"], u4), _col(t["flags"], u2), _col(seq, u4), _col(ack, u4),
+        _col(s["win_scaled"], np.int64), _col(t["urp"], u2), _col(t["payload_len"], u4),
+        _col(t["opt_order"], u4), _col(t["opt_mss"], np.int32), _col(t["opt_ws"], np.int8),
+        _col(t["opt_tsval"], u4), _col(t["opt_tsecr"], u4), _col(t["sack_n"], np.uint8),
+        _col(t["sack_le"], u4), _col(t["sack_re"], u4), _col(sack_base, np.int64),
+        _col(s["stream"], np.int64), _col(a.bits, u4), _col(a.dup_ack_frame, np.int64),
+        _col(a.dup_ack_num, np.int64), order, vocab, voff,
+    )  # fmt: skip
+    buf = np.empty(_BUF_BYTES if len(sel) > 64 else 64 * 4096, np.uint8)
+    ends = np.empty(len(buf) // 16 + 1, np.int64)
+    k = 0  # next ICMP row
+    j = 0
+    while j < len(sel) or k < len(icmp_rows):
+        # up to the next ICMP row's place
+        stop = int(at[k]) if at is not None and k < len(icmp_rows) else len(sel)
+        while j < stop:
+            n = format_packets(code, -1, sel[:stop], j, *cols, buf, ends)
+            if n < 0:  # a time beyond the compiled writer's range: these rows in Python
+                _write_python_rows(sink, fmt, t, s, a, absolute, stats, sel[j:stop])
+                j = stop
+                break
+            chunk = buf[: ends[n - 1]].tobytes()
+            if code == FMT_JSONL:  # the compiled writer starts each line at "frame"
+                chunk = chunk.replace(b'{"frame": ', _JSONL_HEAD)
+            sink.write(chunk)
+            j += n
+        if k < len(icmp_rows):
+            sink.write(_row_text(icmp_rows[k][1], fmt).encode())
+            k += 1
+
+
+_JSONL_HEAD = b'{"schema_version": "%s", "frame": ' % SCHEMA_VERSION.encode()
+
+
+def _versioned(r: PacketRow) -> dict[str, Any]:
+    """A jsonl line's object: the row with the schema version first (docs/json.md)."""
+    return {"schema_version": SCHEMA_VERSION, **r.as_json()}
+
+
+def _row_text(r: PacketRow, fmt: str) -> str:
+    """One row as `write_packets_rows` writes it."""
+    if fmt == "jsonl":
+        return json.dumps(_versioned(r), ensure_ascii=False) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(
+            (r.frame, f"{r.time:.6f}", r.src, r.dst, r.length, r.info)
+        )
+        return buf.getvalue()
+    return f"{r.frame:>7} {r.time:>12.6f} {r.src:>15} → {r.dst:<15} {r.length:>5} {r.info}\n"
+
+
+def _write_python_rows(
+    sink: _Sink,
+    fmt: str,
+    t: PacketTable,
+    s: dict[str, npt.NDArray[Any]],
+    a: Any,
+    absolute: bool,
+    stats: CaptureStats,
+    rows: npt.NDArray[np.int64],
+) -> None:
+    """Rows of one table formatted one by one (times the compiled writer does not print)."""
+    t0 = stats.first_ts_ns or 0
+    c = chunk_lists(
+        t, (*_INFO_COLUMNS, "frame", "frame_len", "src_hi", "src_lo", "dst_hi", "dst_lo")
+    )
+    seqs = (t["seq"] if absolute else s["rel_seq"]).tolist()
+    acks = (t["ack"] if absolute else s["rel_ack"]).tolist()
+    bases = [0] * len(t) if absolute else (t["ack"].astype(np.int64) - s["rel_ack"]).tolist()
+    parts = []
+    for i in rows.tolist():
+        f = c["flags"][i]
+        ack = acks[i] if f & ACK else 0
+        info = info_text(c, i, seqs[i], ack, int(s["win_scaled"][i]), bases[i])
+        r = PacketRow(
+            frame=c["frame"][i],
+            time=float(np.float64(int(t["ts_ns"][i]) - t0) / 1e9),
+            src=_addr(c["src_hi"][i], c["src_lo"][i]),
+            dst=_addr(c["dst_hi"][i], c["dst_lo"][i]),
+            sport=c["sport"][i],
+            dport=c["dport"][i],
+            length=c["frame_len"][i],
+            flags=flag_names(f),
+            seq=seqs[i],
+            ack=ack,
+            len=c["payload_len"][i],
+            win=int(s["win_scaled"][i]),
+            stream=int(s["stream"][i]),
+            analysis=a.names(i),
+            info=a.info_prefix(i) + info,
+        )
+        parts.append(_row_text(r, fmt))
+    sink.write("".join(parts).encode())

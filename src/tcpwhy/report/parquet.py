@@ -156,6 +156,7 @@ def conn_schema(local: bool = True) -> pa.Schema:
         ("local_orig", pa.bool_()),
         ("local_resp", pa.bool_()),
         ("community_id", pa.string()),
+        ("server_name", word),
     ]
     return pa.schema([pa.field(n, t) for n, t in fields])
 
@@ -208,6 +209,7 @@ def conn_table(c: ConnColumns) -> pa.Table:
         "zeek_resp_state",
     ):
         arrays[name] = _words(col[name], c.words(name))
+    arrays["server_name"] = _words(col["server_name"], c.name_words)
     for name in (
         "orig_pkts",
         "resp_pkts",

@@ -273,6 +273,12 @@ class ConnectionBuilder:
         # conversations whose connection was written out, oldest first: (conv, stream) blocks;
         # the stream tracker forgets the oldest of them when it holds more than `max_active`
         self._gone: list[npt.NDArray[np.int64]] = []
+        # server names (`_note_names`): every distinct name seen (b"" first), and per
+        # connection uid named and not yet written out, its index there (sorted by uid)
+        self._name_list: list[bytes] = [b""]
+        self._name_ids: dict[bytes, int] = {b"": 0}
+        self._name_uid = np.zeros(0, np.int64)
+        self._name_code = np.zeros(0, np.int32)
 
     # -- capacity ------------------------------------------------------------------------
     @property
@@ -336,7 +342,7 @@ class ConnectionBuilder:
                 ext_retx = np.asarray(ext["retransmission"], np.int8)
             if "zero_window" in ext:
                 ext_zwin = np.asarray(ext["zero_window"], np.int8)
-        row_uid = np.empty(n, np.int64)
+        row_uid = np.full(n, -1, np.int64)
         row_keep = np.zeros(n, np.bool_)
         # records are worded as of the chunk's last packet (idle times, TIME_WAIT expiry)
         self.now = max(self.now, int(t["ts_ns"].max()))
@@ -395,6 +401,7 @@ class ConnectionBuilder:
                 self._victims,
                 self._vmeta,
             )
+            self._note_names(t, row_uid, i, j)
             if k:
                 done.append((OUT[:k].copy(), OW[:k].copy(), OH[:k].copy()))
                 done_n += k
@@ -440,6 +447,57 @@ class ConnectionBuilder:
         OH = np.concatenate([h for _, _, h in done])
         done.clear()
         return self._records(OUT, OW, OH)
+
+    def _note_names(self, t: PacketTable, row_uid: npt.NDArray[np.int64], i: int, j: int) -> None:
+        """Keeps the server name of each connection whose first payload is among rows i to
+        j -- the SNI of a ClientHello or the Host of an HTTP request, none otherwise
+        (`tcpwhy.tcp.server_names`) -- until its record is written: a record may come
+        chunks after the payload that named it. Whole-array steps over the first payload of
+        each new connection; only the distinct names become Python bytes."""
+        from tcpwhy.tcp import server_names as sn
+
+        if not t.data.size:
+            return
+        fl = t["flags"][i:j].astype(np.int64)
+        rows = i + np.flatnonzero((t["payload_len"][i:j] > 0) & ((fl & RST) == 0))
+        if not len(rows):
+            return
+        uid, first = np.unique(row_uid[rows], return_index=True)
+        rows = rows[first]
+        new = (uid >= 0) & ~np.isin(uid, self._name_uid, assume_unique=True)
+        uid, rows = uid[new], rows[new]
+        if not len(uid):
+            return
+        off, length = sn.locate(t, rows, *sn.kinds(t, rows))
+        words, code = sn.distinct(t.data, off, length)
+        ids = self._name_ids
+        for w in words:
+            if w not in ids:
+                ids[w] = len(self._name_list)
+                self._name_list.append(w)
+        glob = np.array([ids[w] for w in words], np.int32)[code]
+        u = np.concatenate([self._name_uid, uid])
+        order = np.argsort(u, kind="stable")
+        self._name_uid = u[order]
+        self._name_code = np.concatenate([self._name_code, glob])[order]
+
+    def _take_names(
+        self, uids: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.int32], tuple[str, ...]]:
+        """Each record's server name as a code into the batch's words ("" first), and the
+        words; the names of these connections are then dropped."""
+        code = np.zeros(len(uids), np.int64)
+        if len(self._name_uid) and len(uids):
+            pos = np.minimum(np.searchsorted(self._name_uid, uids), len(self._name_uid) - 1)
+            hit = self._name_uid[pos] == uids
+            code[hit] = self._name_code[pos[hit]]
+            keep = np.ones(len(self._name_uid), bool)
+            keep[pos[hit]] = False
+            self._name_uid, self._name_code = self._name_uid[keep], self._name_code[keep]
+        used = np.union1d([0], code)
+        local = np.searchsorted(used, code).astype(np.int32)
+        words = tuple(self._name_list[g].decode("utf-8", "backslashreplace") for g in used.tolist())
+        return local, words
 
     def finish_columns(self) -> ConnColumns:
         """The connections still active at the end of the capture, in stream order."""
@@ -678,8 +736,9 @@ class ConnectionBuilder:
             "zeek_orig_state": zo.astype(np.uint8),
             "zeek_resp_state": zr.astype(np.uint8),
         }
+        cols["server_name"], names = self._take_names(cols["uid"])
         words = tuple(_end_words_of_key(k) for k in keys.tolist())
-        return [ConnColumns(cols, words, self.uid_prefix)]
+        return [ConnColumns(cols, words, self.uid_prefix, name_words=names)]
 
 
 def _sizes(

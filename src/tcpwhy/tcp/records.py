@@ -66,6 +66,7 @@ WORD_COLUMNS: dict[str, tuple[str, ...] | None] = {
     "orig_state": RFC_STATE_WORDS,
     "resp_state": RFC_STATE_WORDS,
     "end": None,  # words of the batch: `ConnColumns.end_words`
+    "server_name": None,  # words of the batch: `ConnColumns.name_words`
     "conn_state": CONN_STATE_WORDS,
     "emitted": z.END_WORDS,
     "zeek_orig_state": z.ZEEK_STATE_NAMES,
@@ -107,6 +108,12 @@ COLUMNS: dict[str, tuple[str, tuple[int, ...], str]] = {
     "emitted": ("u1", (), "code (tcp.zeek.END_WORDS): why the record was written when it was"),
     "zeek_orig_state": ("u1", (), "code (ZEEK_STATE_NAMES): Zeek's originator endpoint state"),
     "zeek_resp_state": ("u1", (), "code (ZEEK_STATE_NAMES): Zeek's responder endpoint state"),
+    "server_name": (
+        "i4",
+        (),
+        "code (`ConnColumns.name_words`, 0: none): the server name the client asked for, "
+        "the SNI of its first ClientHello or the Host of its first cleartext HTTP request",
+    ),
 }
 
 
@@ -147,14 +154,19 @@ class ConnRecord:
     local_orig: bool | None = None
     local_resp: bool | None = None
     community_id: str = ""
+    server_name: str = ""
     first_ns: int = field(repr=False, default=0)
 
     def as_json(self) -> dict[str, Any]:
         """The jsonl object; `local_orig` and `local_resp` are left out while unset (no
         ``--local-nets``), as Zeek leaves them out of its JSON logs."""
-        d = {k: getattr(self, k) for k in JSON_FIELDS}
+        from tcpwhy.schemas import SCHEMA_VERSION
+
+        d = {"schema_version": SCHEMA_VERSION, **{k: getattr(self, k) for k in JSON_FIELDS}}
         if self.local_orig is None:
             del d["local_orig"], d["local_resp"]
+        if not self.server_name:
+            del d["server_name"]
         d["start"] = round(self.start, 6)
         d["duration"] = round(self.duration, 6)
         if self.irtt is not None:
@@ -177,12 +189,14 @@ _addr_text = functools.lru_cache(maxsize=1 << 16)(format_addr)
 
 @dataclass
 class ConnColumns:
-    """A batch of connection records, one array per `COLUMNS` field."""
+    """A batch of connection records, one array per `COLUMNS` field. `name_words`: the
+    server names the batch's `server_name` codes index, "" (no name) first."""
 
     cols: dict[str, npt.NDArray[Any]]
     end_words: tuple[str, ...]
     uid_prefix: str = "C"
     options: RecordOptions = field(default_factory=lambda: DEFAULT_OPTIONS)
+    name_words: tuple[str, ...] = ("",)
 
     def __len__(self) -> int:
         return len(self.cols["uid"])
@@ -192,29 +206,41 @@ class ConnColumns:
 
     def words(self, name: str) -> tuple[str, ...]:
         w = WORD_COLUMNS[name]
-        return self.end_words if w is None else w
+        if w is None:
+            return self.name_words if name == "server_name" else self.end_words
+        return w
 
     def take(self, idx: npt.NDArray[Any]) -> ConnColumns:
         """The rows `idx` (indices or a boolean mask), in that order."""
         return ConnColumns(
-            {k: v[idx] for k, v in self.cols.items()}, self.end_words, self.uid_prefix, self.options
+            {k: v[idx] for k, v in self.cols.items()},
+            self.end_words,
+            self.uid_prefix,
+            self.options,
+            self.name_words,
         )
 
     @staticmethod
     def concat(batches: Sequence[ConnColumns], uid_prefix: str = "C") -> ConnColumns:
-        """One batch of all rows; `end` codes are renumbered into one tuple of words."""
+        """One batch of all rows; `end` and `server_name` codes are renumbered into one tuple
+        of words each."""
         if not batches:
             return empty_columns(uid_prefix)
         words: dict[str, int] = {}
-        ends = []
+        names: dict[str, int] = {"": 0}
+        ends, codes = [], []
         for b in batches:
             remap = np.array(
                 [words.setdefault(w, len(words)) for w in b.end_words] or [0], np.int32
             )
             ends.append(remap[b.cols["end"]])
+            remap = np.array([names.setdefault(w, len(names)) for w in b.name_words], np.int32)
+            codes.append(remap[b.cols["server_name"]])
         cols = {k: np.concatenate([b.cols[k] for b in batches]) for k in COLUMNS}
         cols["end"] = np.concatenate(ends).astype(np.int32)
-        return ConnColumns(cols, tuple(words), batches[0].uid_prefix, batches[0].options)
+        cols["server_name"] = np.concatenate(codes).astype(np.int32)
+        b0 = batches[0]
+        return ConnColumns(cols, tuple(words), b0.uid_prefix, b0.options, tuple(names))
 
     def stream_order(self) -> ConnColumns:
         """Sorted by stream, then start (the order `build_connections` gives)."""
@@ -228,7 +254,7 @@ class ConnColumns:
 
     def with_options(self, options: RecordOptions) -> ConnColumns:
         """The same rows, written under other options (the columns are shared, not copied)."""
-        return ConnColumns(self.cols, self.end_words, self.uid_prefix, options)
+        return ConnColumns(self.cols, self.end_words, self.uid_prefix, options, self.name_words)
 
     def uid_words(self) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
         """The two parts of each record's uid (`uid_words`), under the batch's key."""
@@ -301,6 +327,7 @@ class ConnColumns:
             local_o,
             local_r,
             cid,
+            text["server_name"],
             strict=True,
         )
         out = []

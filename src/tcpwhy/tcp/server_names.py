@@ -6,7 +6,7 @@ of connections, so the names are found with whole-array numpy steps, never a Pyt
 step per connection: the first client payload of each stream is picked out, the rows
 that start with a TLS ClientHello are walked in lockstep through the hello's
 length-prefixed vectors to the server_name extension, and the rows that start with an
-HTTP request are searched for ``\\r\\nHost:`` in fixed-width windows. The result is one
+HTTP request are searched for ``\\r\\nHost:`` from their line starts. The result is one
 fixed-width row of bytes per stream (`Names`); only the distinct names become Python
 bytes (`Names.words`).
 
@@ -35,10 +35,9 @@ HOST_WINDOW = 1024
 _EXT_MAX = 64
 """ClientHello extensions walked before giving up (browsers send about 20)."""
 _BLOCK = 4096
-"""Rows searched at once for a Host header (bounds memory: _BLOCK x HOST_WINDOW bytes)."""
+"""Requests whose Host value is read at once (bounds memory: _BLOCK x _VALUE bytes)."""
 _VALUE = NAME_MAX + 16
 """Bytes read after ``Host:`` for its value (blanks, the name, a port)."""
-"""Rows searched at once for a Host header (bounds memory: _BLOCK x HOST_WINDOW bytes)."""
 
 I64 = npt.NDArray[np.int64]
 _Get = Callable[[I64], tuple[I64, npt.NDArray[np.bool_]]]
@@ -138,84 +137,166 @@ def _sni(table: PacketTable, rows: I64) -> tuple[I64, I64]:
     return name_off, name_len
 
 
-def _lower(b: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    upper = (b >= 65) & (b <= 90)
-    out: npt.NDArray[np.uint8] = np.where(upper, b + 32, b).astype(np.uint8)
-    return out
-
-
 def _host(table: PacketTable, rows: I64) -> tuple[I64, I64]:
     """Absolute offset and length of the Host header's host (without a port) in each
-    request row's first HOST_WINDOW captured bytes (length 0 where there is none)."""
-    name_off = np.zeros(len(rows), np.int64)
-    name_len = np.zeros(len(rows), np.int64)
-    pat = np.frombuffer(b"\r\nhost:", np.uint8)
-    k = np.arange(HOST_WINDOW)
-    for a in range(0, len(rows), _BLOCK):
-        r = rows[a : a + _BLOCK]
-        off = table["payload_off"][r].astype(np.int64)
-        cap = np.minimum(table["payload_cap"][r].astype(np.int64), HOST_WINDOW)
-        win = table.data[np.clip(off[:, None] + k[None, :], 0, table.data.size - 1)]
-        win = np.where(k[None, :] < cap[:, None], win, 0).astype(np.uint8)
-        low = _lower(win)
-        # first "\r\nhost:" before the blank line that ends the headers
-        m = np.ones((len(r), HOST_WINDOW - len(pat)), bool)
-        for j, c in enumerate(pat):
-            m &= low[:, j : HOST_WINDOW - len(pat) + j] == c
-        blank = np.ones((len(r), HOST_WINDOW - 3), bool)
-        for j, c in enumerate(b"\r\n\r\n"):
-            blank &= win[:, j : HOST_WINDOW - 3 + j] == c
-        head_end = np.where(blank.any(1), blank.argmax(1), HOST_WINDOW)
-        found = m.any(1)
-        at = m.argmax(1)
-        found &= at < head_end
-        start = at + len(pat)
-        # the value, from a window after "host:": skip blanks, run to the end of the line
-        v = np.arange(_VALUE)
-        pos = start[:, None] + v[None, :]
-        val = win[np.arange(len(r))[:, None], np.minimum(pos, HOST_WINDOW - 1)]
-        inside = pos < cap[:, None]
+    request row's first HOST_WINDOW captured bytes (length 0 where there is none).
+
+    Only the line starts are looked at: the newlines of the rows' bytes are found in one
+    pass over those bytes, and a header line is recognised from the few bytes after each,
+    so the cost follows the bytes of the requests, not a window per row."""
+    n = len(rows)
+    name_off = np.zeros(n, np.int64)
+    name_len = np.zeros(n, np.int64)
+    data = table.data
+    if not n or not data.size:
+        return name_off, name_len
+    so = table["payload_off"][rows].astype(np.int64)
+    cap = np.minimum(table["payload_cap"][rows].astype(np.int64), HOST_WINDOW)
+    se = so + cap
+    # the rows' bytes one after the other; a newline's row is the last starting before it
+    # (of rows starting at one place, the last is the one with bytes)
+    cstart = np.cumsum(cap) - cap
+    total = int(cap.sum())
+    idx = np.repeat(so - cstart, cap) + np.arange(total)
+    at_nl = np.flatnonzero(data[idx] == 10)
+    r = np.searchsorted(cstart, at_nl, side="right") - 1
+    nl = idx[at_nl]
+    keep = nl > so[r]
+    nl, r = nl[keep], r[keep]
+    last = data.size - 1
+
+    def at(p: I64) -> I64:
+        return data[np.minimum(p, last)].astype(np.int64)
+
+    cr = at(nl - 1) == 13
+    end = se[r]
+    # "\r\n\r\n" (the blank line that ends the headers), "\r\nhost:" (any case)
+    blank = cr & (nl + 2 < end) & (at(nl + 1) == 13) & (at(nl + 2) == 10)
+    host = cr & (nl + 5 < end)
+    for j, c in enumerate(b"host:"):
+        b = at(nl + 1 + j)
+        host &= (b == c) | ((c >= 97) & (c <= 122) & (b == c - 32))
+    # newlines are in row order: a row's first of each kind is where its row number starts
+    head_end = np.full(n, HOST_WINDOW, np.int64)
+    q = np.flatnonzero(blank)
+    u, fi = np.unique(r[q], return_index=True)
+    head_end[u] = nl[q[fi]] - 1 - so[u]
+    first = np.full(n, HOST_WINDOW, np.int64)
+    line_end = np.zeros(n, np.int64)  # the next newline (or the row's end) after that Host
+    q = np.flatnonzero(host)
+    u, fi = np.unique(r[q], return_index=True)
+    q = q[fi]
+    first[u] = nl[q] - 1 - so[u]
+    nxt = np.minimum(q + 1, len(nl) - 1)
+    line_end[u] = np.where((q + 1 < len(nl)) & (r[nxt] == u), nl[nxt], se[u]) - so[u]
+    hit = np.flatnonzero((first < HOST_WINDOW) & (first < head_end))
+    pat = len(b"\r\nhost:")
+    for a in range(0, len(hit), _BLOCK):
+        h = hit[a : a + _BLOCK]
+        start = first[h] + pat  # relative to the row's first byte
+        # as wide as the longest line of the block (every line ends within it), at most _VALUE
+        width = min(_VALUE, int((line_end[h] - start).max()) + 1)
+        v = np.arange(width)
+        rel = start[:, None] + v[None, :]
+        inside2 = rel < (se[h] - so[h])[:, None]
+        pos = so[h][:, None] + np.minimum(rel, HOST_WINDOW - 1)
+        val = np.where(inside2, data[np.minimum(pos, last)], 0)
+        # the value: skip blanks, run to the end of the line
         ws = (val == 32) | (val == 9)
-        vstart = np.where(inside & ~ws, v[None, :], _VALUE).min(1)
-        eol = (val == 13) | (val == 10) | ~inside
-        vend = np.where(eol, v[None, :], _VALUE).min(1)
-        found &= vend < _VALUE  # the line ends within the window
+        vstart = np.where(inside2 & ~ws, v[None, :], width).min(1)
+        eol = (val == 13) | (val == 10) | ~inside2
+        vend = np.where(eol, v[None, :], width).min(1)
+        found = vend < width  # the line ends within the window (_VALUE bytes)
         inval = (v[None, :] >= vstart[:, None]) & (v[None, :] < vend[:, None])
         nonblank = inval & ~ws
-        vend = np.where(nonblank.any(1), _VALUE - np.argmax(nonblank[:, ::-1], 1), vstart)
+        vend = np.where(nonblank.any(1), width - np.argmax(nonblank[:, ::-1], 1), vstart)
         # the port: cut at a single ':' unless the host is a bracketed IPv6 address
         colon = inval & (val == ord(":"))
         ncolon = colon.sum(1)
-        first_colon = np.where(colon.any(1), colon.argmax(1), _VALUE)
-        bracket = val[np.arange(len(r)), np.minimum(vstart, _VALUE - 1)] == ord("[")
+        first_colon = np.where(colon.any(1), colon.argmax(1), width)
+        bracket = val[np.arange(len(h)), np.minimum(vstart, width - 1)] == ord("[")
         close = inval & (val == ord("]"))
         close_at = np.where(close.any(1), close.argmax(1), -1)
         vend = np.where(~bracket & (ncolon == 1), first_colon, vend)
         vstart2 = np.where(bracket & (close_at >= 0), vstart + 1, vstart)
         vend = np.where(bracket & (close_at >= 0), close_at, vend)
-        vstart2 = vstart2 + start
-        vend = vend + start
         ln = vend - vstart2
         good = found & (ln > 0) & (ln <= NAME_MAX)
-        name_off[a : a + _BLOCK] = np.where(good, off + vstart2, 0)
-        name_len[a : a + _BLOCK] = np.where(good, ln, 0)
+        dest = h
+        name_off[dest] = np.where(good, so[h] + start + vstart2, 0)
+        name_len[dest] = np.where(good, ln, 0)
     return name_off, name_len
 
 
-def _starts_with(table: PacketTable, rows: I64, words: list[bytes]) -> npt.NDArray[np.bool_]:
+def _head(table: PacketTable, rows: I64) -> npt.NDArray[np.uint64]:
+    """The first 16 captured bytes of each row as two little-endian words (0 past the end):
+    enough for the longest method and its blank."""
     off = table["payload_off"][rows].astype(np.int64)
     cap = table["payload_cap"][rows].astype(np.int64)
-    get, _ = _reader(table, off, cap)
-    width = max(len(w) for w in words)
-    got = [get(off + j) for j in range(width)]
-    out = np.zeros(len(rows), bool)
-    for w in words:
-        m = np.ones(len(rows), bool)
-        for j, c in enumerate(w):
-            v, o = got[j]
-            m &= o & (v == c)
-        out |= m
+    k = np.arange(16)
+    b = table.data[np.clip(off[:, None] + k[None, :], 0, max(table.data.size - 1, 0))]
+    b = np.where(k[None, :] < cap[:, None], b, 0).astype(np.uint8)
+    head: npt.NDArray[np.uint64] = np.ascontiguousarray(b).view("<u8")
+    return head
+
+
+def _prefix(head: npt.NDArray[np.uint64], word: bytes) -> npt.NDArray[np.bool_]:
+    """Rows whose first bytes (`_head`) are `word` (at most 16 bytes, no zero byte)."""
+    out: npt.NDArray[np.bool_] = np.ones(len(head), bool)
+    for i, part in enumerate((word[:8], word[8:16])):
+        if part:
+            mask = np.uint64((1 << (8 * len(part))) - 1)
+            out &= (head[:, i] & mask) == np.uint64(int.from_bytes(part, "little"))
     return out
+
+
+def kinds(table: PacketTable, rows: I64) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Which payload rows start with a TLS ClientHello (record type 22, version 3.x,
+    handshake type 1), and which with an HTTP request (a method and a blank)."""
+    full = _head(table, rows)
+    head = full[:, 0]
+    cap = table["payload_cap"][rows]
+    tls = (head & np.uint64(0xFFFF)) == np.uint64(0x0316)
+    hello = tls & (((head >> np.uint64(16)) & np.uint64(0xFF)) <= 4) & (cap > 5)
+    hello &= ((head >> np.uint64(40)) & np.uint64(0xFF)) == 1
+    request = np.zeros(len(rows), bool)
+    for m in METHODS:
+        request |= _prefix(full, m + b" ")
+    return hello, request & ~hello
+
+
+def locate(
+    table: PacketTable, rows: I64, hello: npt.NDArray[np.bool_], request: npt.NDArray[np.bool_]
+) -> tuple[I64, I64]:
+    """Absolute offset and length of the name in each row: the SNI of `hello` rows, the
+    Host of `request` rows (length 0: none)."""
+    name_off = np.zeros(len(rows), np.int64)
+    name_len = np.zeros(len(rows), np.int64)
+    for sel, find in ((hello, _sni), (request, _host)):
+        i = np.flatnonzero(sel)
+        if len(i):
+            name_off[i], name_len[i] = find(table, rows[i])
+    return name_off, name_len
+
+
+def distinct(data: npt.NDArray[np.uint8], off: I64, length: I64) -> tuple[list[bytes], I64]:
+    """The distinct names at (`off`, `length`) in `data` (b"" first) and each one's index:
+    rows as wide as the longest name, sorted as fixed-width bytes."""
+    code = np.zeros(len(off), np.int64)
+    named = np.flatnonzero(length > 0)
+    if not len(named):
+        return [b""], code
+    ln = length[named]
+    width = int(ln.max())
+    k = np.arange(width)
+    vals = data[np.clip(off[named, None] + k[None, :], 0, max(data.size - 1, 0))]
+    keyed = np.zeros((len(named), width + 1), np.uint8)
+    keyed[:, 0] = ln
+    keyed[:, 1:] = np.where(k[None, :] < ln[:, None], vals, 0)
+    uniq, inv = np.unique(keyed.view(np.dtype((np.void, width + 1))), return_inverse=True)
+    words = [b""] + [w[1 : 1 + w[0]] for w in (bytes(u) for u in uniq.tolist())]
+    code[named] = inv.reshape(-1) + 1
+    return words, code
 
 
 def server_names(
@@ -241,21 +322,7 @@ def server_names(
     _, idx = np.unique(st, return_index=True)
     first = data[idx]  # each stream's first client payload
     sids = st[idx]
-    hello = _starts_with(table, first, [b"\x16\x03"])
-    hello &= _starts_with(table, first, [b"\x16\x03\x00"]) | _starts_with(
-        table, first, [bytes([22, 3, v]) for v in range(1, 5)]
-    )
-    off = table["payload_off"][first].astype(np.int64)
-    get, _ = _reader(table, off, table["payload_cap"][first].astype(np.int64))
-    hs_type, _ok = get(off + 5)
-    hello &= hs_type == 1
-    request = ~hello & _starts_with(table, first, [m + b" " for m in METHODS])
-    name_off = np.zeros(len(first), np.int64)
-    name_len = np.zeros(len(first), np.int64)
-    for sel, find in ((hello, _sni), (request, _host)):
-        i = np.flatnonzero(sel)
-        if len(i):
-            name_off[i], name_len[i] = find(table, first[i])
+    name_off, name_len = locate(table, first, *kinds(table, first))
     named = np.flatnonzero(name_len > 0)
     if len(named):
         k = np.arange(NAME_MAX)

@@ -19,6 +19,8 @@ from tcpwhy.diagnose.context import Capture
 from tcpwhy.diagnose.engine import run_rules
 from tcpwhy.diagnose.model import Finding, Severity
 from tcpwhy.diagnose.registry import Settings
+from tcpwhy.schemas import SCHEMA_VERSION
+from tcpwhy.timestamps import rfc3339
 from tcpwhy.watch.groups import Group, Groups
 from tcpwhy.watch.tracker import NS, ConnTracker, Limits, Window, slim
 
@@ -154,8 +156,10 @@ class Watcher:
     def _emit(self, g: Group, now_ns: int) -> None:
         f: Finding = g.finding
         if self.fmt == "jsonl":
-            d = f.to_json()
-            d["ts"] = now_ns / NS
+            d = {"schema_version": SCHEMA_VERSION, **f.to_json()}
+            d["ts"] = now_ns / NS  # epoch seconds here (schema 1.x); `time` is RFC 3339
+            d["ts_ns"] = now_ns
+            d["time"] = rfc3339(now_ns)
             d["group"] = {
                 "server": g.server,
                 "count": g.count,

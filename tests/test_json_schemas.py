@@ -1,0 +1,192 @@
+"""Every JSON output tcpwhy prints, on the shipped lab recordings, against the published schemas.
+
+The schemas are a contract for scripts: each test validates real output with the
+`jsonschema` package, and one checks that the schemas are strict enough that a renamed
+field fails.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from tcpwhy.cli import main
+from tcpwhy.schemas import NAMES, SCHEMA_VERSION, load
+from tests.schema_check import validate, validator
+
+LAB = Path(__file__).resolve().parents[1] / "src" / "tcpwhy" / "data" / "lab"
+CAPTURES = sorted(LAB.glob("*.pcap"))
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def run(capfd: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    status = main(list(argv))
+    out, err = capfd.readouterr()
+    assert "Traceback" not in err
+    return status, out
+
+
+def lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_schemas_are_valid_and_shipped() -> None:
+    assert len(CAPTURES) == 30
+    for name in NAMES:
+        schema = load(name)
+        Draft202012Validator.check_schema(schema)
+        assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+        assert schema["$id"].endswith(f"/{name}.schema.json")
+        # docs/schemas/ holds the same file, and docs/json.md describes each one
+        assert json.loads((DOCS / "schemas" / f"{name}.schema.json").read_text()) == schema
+        assert f"`{name}.schema.json`" in (DOCS / "json.md").read_text(), name
+
+
+def test_analyze_json_on_every_lab_recording(capfd: pytest.CaptureFixture[str]) -> None:
+    kinds = set()
+    for cap in CAPTURES:
+        status, out = run(capfd, "analyze", str(cap), "--format", "json")
+        doc = json.loads(out)
+        validate("analyze", doc)
+        kinds |= {f["kind"] for f in doc["findings"]}
+        assert status == (1 if any(f["severity"] != "info" for f in doc["findings"]) else 0)
+    assert len(kinds) >= 20  # the recordings cover the rules, so the schema saw their facts
+    pair = [
+        str(LAB / "middlebox-idle-reset-path.pcap"),
+        str(LAB / "middlebox-idle-reset-path.server.pcap"),
+    ]
+    _, out = run(capfd, "analyze", *pair, "--format", "json")
+    doc = json.loads(out)
+    validate("analyze", doc)
+    assert doc["paths"]
+
+
+def test_conns_and_packets_jsonl_on_every_lab_recording(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    counts = {"conns": 0, "packets": 0}
+    for cap in CAPTURES:
+        for view in counts:
+            status, out = run(capfd, view, str(cap), "--format", "jsonl")
+            assert status == 0
+            for record in lines(out):
+                validate(view, record)
+                counts[view] += 1
+    assert counts["conns"] > 200 and counts["packets"] > 1000
+    _, out = run(
+        capfd, "conns", str(LAB / "clean.pcap"), "--format", "jsonl", "--local-nets", "10.0.0.0/8"
+    )
+    for record in lines(out):
+        validate("conns", record)
+        assert "local_orig" in record
+
+
+def test_explain_json(capfd: pytest.CaptureFixture[str]) -> None:
+    status, out = run(capfd, "explain", "Connection reset by peer", "--format", "json")
+    assert status == 0
+    doc = json.loads(out)
+    validate("explain", doc)
+    assert doc["meanings"]
+    status, out = run(capfd, "explain", "no such message anywhere", "--format", "json")
+    assert status == 1  # nothing matches: documented as 1
+    validate("explain", json.loads(out))
+
+
+def test_fleet_json_with_an_unreadable_file(tmp_path: Path) -> None:
+    d = tmp_path / "fleet"
+    (d / "host-a").mkdir(parents=True)
+    shutil.copy(LAB / "abortive-close.pcap", d / "host-a" / "a-1.pcap")
+    (d / "host-a" / "a-2.pcap").write_bytes(b"this is not a capture")
+    for name in ("stale-keepalive.pcap", "refused.pcap"):
+        shutil.copy(LAB / name, d / name)
+    r = subprocess.run(
+        [sys.executable, "-m", "tcpwhy", "analyze", str(d), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2, r.stderr  # a file could not be read: 2, the rest reported
+    doc = json.loads(r.stdout)
+    validate("fleet", doc)
+    assert [e["file"] for e in doc["errors"]] == [str(d / "host-a" / "a-2.pcap")]
+    assert doc["findings"]
+
+
+def test_watch_jsonl_replaying_lab_recordings(capfd: pytest.CaptureFixture[str]) -> None:
+    n = 0
+    for name in ("refused.pcap", "stale-keepalive.pcap", "syn-flood.pcap", "zero-window.pcap"):
+        status, out = run(capfd, "watch", "-r", str(LAB / name), "--format", "jsonl")
+        assert status in (0, 1)
+        for record in lines(out):
+            validate("watch", record)
+            assert abs(record["ts_ns"] / 1e9 - record["ts"]) < 1e-3
+            n += 1
+    assert n >= 3
+
+
+def test_host_watch_json_in_a_namespace(netns_ok: None) -> None:
+    from tcpwhy.lab import ns as nsmod
+
+    name = nsmod.new_name("schema")
+    try:
+        nsmod.create_namespace(name)
+        r = subprocess.run(
+            [sys.executable, "-m", "tcpwhy", "host", "watch", "--netns", name, "--count", "2",
+             "--interval", "0.2", "--format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        samples = lines(r.stdout)
+        assert [s["sample"] for s in samples] == [1, 2]
+        for s in samples:
+            validate("host-watch", s)
+        assert samples[1]["ts_ns"] > samples[0]["ts_ns"]
+        for view in ("states", "listen", "sysctl"):
+            r = subprocess.run(
+                [sys.executable, "-m", "tcpwhy", "host", view, "--netns", name, "--format", "json"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert r.returncode == 0, r.stderr
+            validate(f"host-{view}", json.loads(r.stdout))
+    finally:
+        nsmod.delete_namespace(name)
+
+
+def test_a_renamed_or_missing_field_fails(capfd: pytest.CaptureFixture[str]) -> None:
+    _, out = run(capfd, "analyze", str(LAB / "close-wait-leak.pcap"), "--format", "json")
+    doc = json.loads(out)
+    _, out = run(capfd, "conns", str(LAB / "refused.pcap"), "--format", "jsonl")
+    conn = lines(out)[0]
+    _, out = run(capfd, "packets", str(LAB / "refused.pcap"), "--format", "jsonl")
+    pkt = lines(out)[0]
+    cases: list[tuple[str, dict[str, Any], list[str]]] = [
+        ("analyze", doc, ["connections"]),
+        ("analyze", doc, ["capture", "duration_s"]),
+        ("analyze", doc, ["findings", 0, "fixes"]),
+        ("analyze", doc, ["findings", 0, "timeline", 0, "client_state"]),
+        ("conns", conn, ["end"]),
+        ("packets", pkt, ["flags"]),
+    ]
+    for name, original, path in cases:
+        renamed = copy.deepcopy(original)
+        parent = renamed
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1] + "_renamed"] = parent.pop(path[-1])
+        assert not validator(name).is_valid(renamed), (name, path)
+    wrong = copy.deepcopy(doc)
+    wrong["schema_version"] = "0.9"
+    assert not validator("analyze").is_valid(wrong)
+    assert doc["schema_version"] == SCHEMA_VERSION
