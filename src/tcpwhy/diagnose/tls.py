@@ -21,7 +21,6 @@ record's direction, content type and size; from those:
 
 from __future__ import annotations
 
-import re
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -30,7 +29,7 @@ import numpy as np
 
 from tcpwhy.decode import tls as rec
 from tcpwhy.decode.table import RST, format_addr
-from tcpwhy.diagnose.http import Message, parse_start, printable
+from tcpwhy.diagnose.http import Message, printable
 
 if TYPE_CHECKING:
     from tcpwhy.diagnose.context import Capture, Conn
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
 CLIENT, SERVER = 0, 1
 _RECORDS: weakref.WeakKeyDictionary[Capture, rec.Records] = weakref.WeakKeyDictionary()
 _NAMES: weakref.WeakKeyDictionary[Capture, dict[int, str]] = weakref.WeakKeyDictionary()
-_HOST = re.compile(rb"\r\nhost:[ \t]*([^\r\n]{1,255})", re.I)
 
 
 @dataclass
@@ -235,62 +233,61 @@ def server_label(cap: Capture, sid: int, addr: str) -> str:
 
 def _server_names(cap: Capture) -> dict[int, str]:
     """Per stream, the name of its server when every named connection to that address
-    agrees (so that the label stands for the address, one to one)."""
+    agrees (so that the label stands for the address, one to one). The names are found
+    for all streams at once (`tcpwhy.tcp.server_names`, as `conns` finds them): a capture
+    has hundreds of thousands of connections."""
+    from tcpwhy.tcp.server_names import server_names
+
     if not cap.nstreams:
         return {}
     t = cap.table
+    words, code = server_names(t, cap.stream, cap.side == CLIENT, cap.nstreams).words()
+    # a ClientHello longer than its first segment: the record walk has it whole
     recs = capture_records(cap)
-    sni: dict[int, bytes] = {}
+    late: dict[int, bytes] = {}
     for i in np.flatnonzero((recs.hs == 1) & (recs.group % 2 == CLIENT)).tolist():
         sid = int(recs.group[i]) // 2
-        if sid in sni:
+        if code[sid] or sid in late:
             continue
         raw = rec.record_bytes(t, recs, i)
         hello = rec.parse_hello(raw) if raw is not None else None
-        if hello is not None and hello.sni:
-            sni[sid] = hello.sni
-    # cleartext HTTP: the Host header of each stream's first client payload
-    flags = t["flags"]
-    data = np.flatnonzero((t["payload_cap"] > 0) & ((flags & RST) == 0) & (cap.side == CLIENT))
-    first: dict[int, int] = {}
-    if len(data):
-        st = cap.stream[data]
-        _, idx = np.unique(st, return_index=True)
-        first = dict(zip(st[idx].tolist(), data[idx].tolist(), strict=True))
-    ep = cap.endpoints
-    by_addr: dict[tuple[int, int, int], set[bytes]] = {}
-    named: dict[int, bytes] = {}
-    for sid, row in first.items():
-        name = sni.get(sid)
-        if name is None and sid not in sni:
-            payload = t.payload(row, 2048)
-            if parse_start(payload) is not None:
-                m = _HOST.search(payload)
-                if m:
-                    name = _host_only(m.group(1).strip())
-        key = (int(ep.server_hi[sid]), int(ep.server_lo[sid]), int(ep.server_port[sid]))
+        late[sid] = hello.sni if hello is not None and hello.sni else b""
+    # names compared without case, each distinct one once
+    index: dict[bytes, int] = {b"": 0}
+    lowered = np.array([index.setdefault(w.lower(), len(index)) for w in words], np.int64)
+    named = lowered[code]
+    for sid, name in late.items():
         if name:
-            by_addr.setdefault(key, set()).add(name.lower())
-            named[sid] = name.lower()
-    out: dict[int, str] = {}
-    for sid in range(cap.nstreams):
-        key = (int(ep.server_hi[sid]), int(ep.server_lo[sid]), int(ep.server_port[sid]))
-        names = by_addr.get(key)
-        if not names or len(names) != 1:
-            continue
-        (name,) = names
-        ip = format_addr(key[0], key[1]).encode()
-        if name in (ip, b"[" + ip + b"]"):
-            continue
-        out[sid] = printable(name, 80)
-    return out
-
-
-def _host_only(host: bytes) -> bytes:
-    """The host of a Host header value, without its port."""
-    if host.startswith(b"["):
-        return host[1 : host.find(b"]")] if b"]" in host else host
-    return host.rsplit(b":", 1)[0] if host.count(b":") == 1 else host
+            named[sid] = index.setdefault(name.lower(), len(index))
+    names = list(index)
+    ep = cap.endpoints
+    keys = np.stack(
+        [
+            ep.server_hi.astype(np.uint64),
+            ep.server_lo.astype(np.uint64),
+            ep.server_port.astype(np.uint64),
+        ],
+        axis=1,
+    )
+    ukeys, addr = np.unique(keys, axis=0, return_inverse=True)
+    addr = addr.reshape(-1)
+    has = named > 0
+    lo = np.full(len(ukeys), len(names), np.int64)
+    hi = np.full(len(ukeys), -1, np.int64)
+    np.minimum.at(lo, addr[has], named[has])
+    np.maximum.at(hi, addr[has], named[has])
+    label: dict[int, str] = {}
+    for k in np.flatnonzero((hi > 0) & (lo == hi)).tolist():
+        name = names[int(hi[k])]
+        ip = format_addr(int(ukeys[k, 0]), int(ukeys[k, 1])).encode()
+        if name not in (ip, b"[" + ip + b"]"):
+            label[k] = printable(name, 80)
+    if not label:
+        return {}
+    agreed = np.zeros(len(ukeys), np.bool_)
+    agreed[list(label)] = True
+    sids = np.flatnonzero(agreed[addr])
+    return dict(zip(sids.tolist(), (label[k] for k in addr[sids].tolist()), strict=True))
 
 
 def first_request(conn: Conn) -> Message | None:

@@ -324,13 +324,13 @@ def server_names(
     sids = st[idx]
     name_off, name_len = locate(table, first, *kinds(table, first))
     named = np.flatnonzero(name_len > 0)
-    if len(named):
-        k = np.arange(NAME_MAX)
-        pos = name_off[named, None] + k[None, :]
-        vals = table.data[np.clip(pos, 0, table.data.size - 1)]
-        vals = np.where(k[None, :] < name_len[named, None], vals, 0).astype(np.uint8)
-        chars[sids[named]] = vals
-        length[sids[named]] = name_len[named]
+    k = np.arange(NAME_MAX)
+    for lo in range(0, len(named), _BLOCK):  # blocks: a (rows x NAME_MAX) index at a time
+        part = named[lo : lo + _BLOCK]
+        pos = np.clip(name_off[part, None] + k[None, :], 0, table.data.size - 1)
+        vals = np.where(k[None, :] < name_len[part, None], table.data[pos], 0).astype(np.uint8)
+        chars[sids[part]] = vals
+        length[sids[part]] = name_len[part]
     return Names(chars, length)
 
 
