@@ -393,9 +393,10 @@ def test_incidents_in_a_namespace(ns: tuple[str, str]) -> None:
     assert r["errno"] == 111  # ECONNREFUSED: the client saw the refusal the kernel explains
     check(resets(9, r["client_port"]), "NO_SOCKET", None)
     drops = [e for e in evs if e["event"] == "drop" and e["dport"] == r["client_port"]]
-    # the SYN dropped for want of a socket; a QUEUE_PURGE may follow when the refused client
-    # socket is destroyed with its queue (same port pair), depending on timing
-    assert [d["reason"] for d in drops if d["reason"] != "QUEUE_PURGE"] == ["NO_SOCKET"]
+    # the SYN dropped for want of a socket, once; the refused client socket's teardown may
+    # add drops of its own on the same port pair (QUEUE_PURGE, NOT_SPECIFIED), by timing
+    assert [d["reason"] for d in drops].count("NO_SOCKET") == 1
+    assert drops[0]["reason"] == "NO_SOCKET"
 
     a = seen["abort_on_close"]
     assert a["errno"] == 104  # ECONNRESET on the client
