@@ -98,6 +98,26 @@ def free_port(ns: str, avoid: set[int], start: int = 18080) -> int:
     raise SystemExit("no free port in the namespace")
 
 
+def start_nginx(ns: str, conf: Path, prefix: str) -> subprocess.Popen[bytes]:
+    """nginx in namespace `ns` with its own configuration, prefix and error log (stop it
+    by its PID with SIGQUIT)."""
+    return subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "nginx",
+            "-c",
+            str(conf),
+            "-p",
+            prefix,
+            "-e",
+            f"{prefix}/error.log",
+        ]
+    )
+
+
 def wait_listening(ns: str, port: int, proc: subprocess.Popen[bytes], secs: float = 10) -> None:
     end = time.monotonic() + secs
     while time.monotonic() < end:
@@ -214,21 +234,7 @@ def record(out: Path, a: argparse.Namespace) -> dict[str, Any]:
         err_lines: list[bytes] = []
         drain = threading.Thread(target=lambda: err_lines.extend(dump.stderr or []), daemon=True)
         drain.start()
-        nginx = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "nginx",
-                "-c",
-                str(conf),
-                "-p",
-                tmp,
-                "-e",
-                f"{tmp}/error.log",
-            ]
-        )
+        nginx = start_nginx(ns, conf, tmp)
         procs.append((nginx, signal.SIGQUIT))
         wait_listening(ns, port, nginx)
         url = f"http://127.0.0.1:{port}/"

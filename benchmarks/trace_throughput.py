@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from record_conns import start_nginx, wait_listening  # beside this script
 from tcpwhy.lab import ns as nsmod
 
 NGINX_CONF = """\
@@ -54,20 +55,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_listening(ns: str, port: int, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        out = subprocess.run(
-            ["ip", "netns", "exec", ns, "ss", "-Hltn", f"sport = :{port}"],
-            capture_output=True,
-            text=True,
-        ).stdout
-        if out.strip():
-            return
-        time.sleep(0.1)
-    raise SystemExit("nginx did not start listening")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0)
@@ -91,23 +78,9 @@ def main() -> int:
         )
         conf = Path(tmp) / "nginx.conf"
         conf.write_text(NGINX_CONF.format(prefix=tmp, port=port, workers=a.workers))
-        nginx = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "nginx",
-                "-c",
-                str(conf),
-                "-p",
-                tmp,
-                "-e",
-                f"{tmp}/error.log",
-            ]
-        )
+        nginx = start_nginx(ns, conf, tmp)
         procs.append((nginx, signal.SIGQUIT))
-        wait_listening(ns, port)
+        wait_listening(ns, port, nginx)
         tracer = subprocess.Popen(
             [
                 sys.executable,
