@@ -359,7 +359,23 @@ _add(
 )
 _add("tcp.stream", UINT, _stream_col("stream"), 32, "streams", 3)
 _add("tcp.seq", UINT, _stream_col("rel_seq"), 32, "streams", 3)
-_add("tcp.ack", UINT, _stream_col("rel_ack"), 32, "streams", 3)
+
+
+def _ack_shown(ctx: FilterContext, rows: Rows) -> list[Occ]:
+    """tshark 4.0's ``tcp.ack``: relative with the ACK flag, the raw field without it."""
+    raw = ctx.table["ack"][rows].astype(np.int64)
+    has_ack = (ctx.table["flags"][rows] & ACK) != 0
+    return [Occ(None, np.where(has_ack, ctx.streams["rel_ack"][rows].astype(np.int64), raw))]
+
+
+def _ack_nonzero(ctx: FilterContext, rows: Rows) -> list[Occ]:
+    """tshark's expert item ``tcp.ack.nonzero``: an acknowledgment number without ACK."""
+    t = ctx.table
+    return [Occ(((t["flags"][rows] & ACK) == 0) & (t["ack"][rows] != 0), None)]
+
+
+_add("tcp.ack", UINT, _ack_shown, 32, "streams", 3)
+_add("tcp.ack.nonzero", NONE, _ack_nonzero)
 _add("tcp.seq_raw", UINT, _col("seq"))
 _add("tcp.ack_raw", UINT, _col("ack"))
 _add("tcp.len", UINT, _col("payload_len"))

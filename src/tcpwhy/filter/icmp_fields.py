@@ -162,6 +162,7 @@ _HEADER = {
     "tcp.stream",
     "tcp.ack",
     "tcp.ack_raw",
+    "tcp.ack.nonzero",
     "tcp.hdr_len",
     "tcp.window_size",
     "tcp.window_size_value",
