@@ -654,3 +654,162 @@ def read_table(
             )
         )
     )
+
+
+# ---- records as they are in the file (for writing them out again) -------------------------
+
+
+@dataclass
+class Interface:
+    """Where a record was captured: its link type, snap length and timestamp resolution
+    (pcapng's if_tsresol byte: 10^-n seconds, or 2^-n with the high bit set)."""
+
+    link: int
+    snaplen: int
+    tsresol: int
+    name: str = ""
+    description: str = ""
+
+    @property
+    def finer_than_us(self) -> bool:
+        pow_, base2 = self.tsresol & 0x7F, bool(self.tsresol & 0x80)
+        return pow_ > 19 if base2 else pow_ > 6
+
+
+@dataclass
+class RecordBatch:
+    """Whole records of one chunk: record k is frame `first_frame + k`, its captured bytes
+    `data[off[k] : off[k] + cap[k]]`, its time `ts[k]` (ns since the epoch) and its
+    interface `interfaces[iface[k]]` (numbered across the file's pcapng sections)."""
+
+    data: npt.NDArray[np.uint8]
+    first_frame: int
+    off: npt.NDArray[np.int64]
+    cap: npt.NDArray[np.int64]
+    wire: npt.NDArray[np.int64]
+    ts: npt.NDArray[np.int64]
+    iface: npt.NDArray[np.int64]
+    interfaces: list[Interface]
+
+
+class _RecordPcapngParser(_PcapngParser):
+    """The pcapng parser, keeping every interface of every section (with its name and
+    resolution) for a writer."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.interfaces: list[Interface] = []
+        self.section_base = 0
+
+    def _control_block(self, arr: npt.NDArray[np.uint8], pos: int, end: int) -> int:
+        shb = pos + 4 <= end and arr[pos : pos + 4].tobytes() == PCAPNG_SHB
+        nxt = super()._control_block(arr, pos, end)
+        if shb and nxt >= 0:
+            self.section_base = len(self.interfaces)
+        return nxt
+
+    def _interface(self, body: bytes, e: str) -> None:
+        super()._interface(body, e)
+        name = description = ""
+        tsresol = 6
+        opts = body[8:]
+        i = 0
+        while i + 4 <= len(opts):
+            code, ln = struct.unpack(e + "HH", opts[i : i + 4])
+            val = opts[i + 4 : i + 4 + ln]
+            if code == 0:
+                break
+            if code == 2:
+                name = val.decode("utf-8", "replace")
+            elif code == 3:
+                description = val.decode("utf-8", "replace")
+            elif code == 9 and ln >= 1:
+                tsresol = val[0]
+            i += 4 + ln + (-ln % 4)
+        res = self.ifs.res_pow[-1] | (0x80 if self.ifs.res_base2[-1] else 0)
+        if res != (tsresol & 0xFF):  # an out-of-range resolution the reader read as µs
+            tsresol = 6
+        self.interfaces.append(
+            Interface(self.ifs.link[-1], self.ifs.snap[-1], tsresol, name, description)
+        )
+
+
+def iter_records(source: str, stats: CaptureStats | None = None) -> Iterator[RecordBatch]:
+    """The capture's records as they are in the file, nothing decoded, chunk by chunk: what
+    `packets -w` and `analyze --annotate` copy out. Frame numbers are those of `iter_tables`
+    (every record counts, TCP or not). Problems after the first record end the walk with a
+    warning in `stats`, as `iter_tables` does."""
+    stats = stats if stats is not None else CaptureStats()
+    src = _Source(source)
+    try:
+        name = src.name
+        head = src.read(24)
+        while 0 < len(head) < 24:
+            more = src.read(24 - len(head))
+            if not more:
+                break
+            head += more
+        if not head:
+            raise CaptureError(name, "empty file, not a capture")
+        parser: _PcapParser | _RecordPcapngParser
+        if head[:4] in PCAP_MAGICS:
+            parser = _PcapParser(name, head)
+            e = "<" if parser.le else ">"
+            snap, link = struct.unpack(e + "II", head[16:24])
+            pcap_if = [Interface(link & 0xFFFF, snap, 9 if parser.nanos else 6)]
+            leftover = head[24:]
+        elif head[:4] == PCAPNG_SHB:
+            parser = _RecordPcapngParser(name)
+            leftover = head
+        else:
+            what = "gzip-compressed data" if src.compressed else "data"
+            raise CaptureError(
+                name, f"not a pcap or pcapng capture ({what} starting {head[:4].hex()})"
+            )
+        recs = _Records.alloc(MAX_ROWS_PER_TABLE)
+        frame = 1
+        eof = False
+        while True:
+            buf = np.empty(len(leftover) + CHUNK_BYTES, np.uint8)
+            buf[: len(leftover)] = np.frombuffer(leftover, np.uint8)
+            got = 0
+            if not eof:
+                try:
+                    got = src.readinto(memoryview(buf)[len(leftover) :])  # type: ignore[arg-type]
+                except _CompressedTruncated as exc:
+                    stats.warnings.append(f"compressed stream cut short ({exc})")
+                    eof = True
+                eof = eof or not got
+            arr = buf[: len(leftover) + got]
+            pos, stop = 0, False
+            while True:
+                n, newpos, st = parser.step(arr, pos, recs)
+                if n:
+                    r = recs.head(n)
+                    if isinstance(parser, _RecordPcapngParser):
+                        ifs = parser.interfaces
+                        iface = r.iface + parser.section_base
+                    else:
+                        ifs, iface = pcap_if, np.zeros(n, np.int64)
+                    yield RecordBatch(
+                        arr, frame, r.off.copy(), r.cap.copy(), r.wire.copy(), r.ts.copy(),
+                        iface, ifs,
+                    )  # fmt: skip
+                    frame += n
+                pos = newpos
+                if st == BOGUS:
+                    stats.warnings.append(parser.message.format(off=pos))
+                    stop = True
+                    break
+                if st == NEED_MORE:
+                    break
+            leftover = arr[pos:].tobytes()
+            if stop or eof:  # at the end every whole record has been walked
+                if leftover and not stop:
+                    stats.warnings.append(
+                        f"file ends in the middle of a record ({len(leftover)} bytes after "
+                        f"frame {frame - 1})"
+                    )
+                break
+    finally:
+        src.close()

@@ -1,10 +1,24 @@
-"""Classic pcap writer (nanosecond magic): what the lab records into."""
+"""Capture writers: classic pcap (nanosecond magic), what the lab records into, and pcapng
+with packet comments, what `packets -w` and `analyze --annotate` write (`copy_records`)."""
 
 from __future__ import annotations
 
+import os
 import struct
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from types import TracebackType
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+
+from tcpwhy.errors import TcpwhyError
+
+if TYPE_CHECKING:
+    from tcpwhy.capture.reader import RecordBatch
 
 PCAP_MAGIC_NS = 0xA1B23C4D
 PCAP_MAGIC_US = 0xA1B2C3D4
@@ -63,3 +77,193 @@ class PcapWriter:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+# ---- pcapng, and copying a capture's records out --------------------------------------------
+
+_BLOCK_HEAD = struct.Struct("<II")
+_EPB = struct.Struct("<IIIIIII")  # type, length, interface, ts high, ts low, caplen, origlen
+_OPT = struct.Struct("<HH")
+SHB_TYPE, IDB_TYPE, EPB_TYPE = 0x0A0D0D0A, 1, 6
+OPT_COMMENT, IF_NAME, IF_DESCRIPTION, IF_TSRESOL, SHB_USERAPPL = 1, 2, 3, 9, 4
+
+
+def _option(code: int, value: bytes) -> bytes:
+    return _OPT.pack(code, len(value)) + value + b"\0" * (-len(value) % 4)
+
+
+def _options(opts: list[bytes]) -> bytes:
+    return b"".join(opts) + _OPT.pack(0, 0) if opts else b""
+
+
+def _block(btype: int, body: bytes) -> bytes:
+    n = 12 + len(body)
+    return _BLOCK_HEAD.pack(btype, n) + body + struct.pack("<I", n)
+
+
+class PcapngWriter:
+    """pcapng (little-endian, one section): an interface description block per interface
+    with its `if_tsresol`, then enhanced packet blocks, each with its comments
+    (`opt_comment`, which Wireshark shows as `frame.comment` and in its Expert Info)."""
+
+    def __init__(self, fileobj: BinaryIO, application: str = "tcpwhy") -> None:
+        self._f = fileobj
+        self._div: list[int] = []  # per interface: ns per timestamp unit
+        body = struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)
+        body += _options([_option(SHB_USERAPPL, application.encode())])
+        self._f.write(_block(SHB_TYPE, body))
+        self.count = 0
+
+    def add_interface(
+        self,
+        linktype: int,
+        snaplen: int = 262144,
+        tsresol: int = 9,
+        name: str = "",
+        description: str = "",
+    ) -> int:
+        """Declare an interface; its number for `write`. Timestamps are kept in nanoseconds,
+        so a resolution pcapng writes exactly from them is kept (10^-n, n ≤ 9); any other
+        is written as nanoseconds."""
+        if tsresol & 0x80 or tsresol > 9:
+            tsresol = 9
+        opts = [_option(IF_NAME, name.encode())] if name else []
+        if description:
+            opts.append(_option(IF_DESCRIPTION, description.encode()))
+        opts.append(_option(IF_TSRESOL, bytes([tsresol])))
+        body = struct.pack("<HHI", linktype & 0xFFFF, 0, snaplen) + _options(opts)
+        self._f.write(_block(IDB_TYPE, body))
+        self._div.append(10 ** (9 - tsresol))
+        return len(self._div) - 1
+
+    def write(
+        self,
+        iface: int,
+        ts_ns: int,
+        frame: bytes | memoryview,
+        orig_len: int | None = None,
+        comments: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        ticks = max(int(ts_ns), 0) // self._div[iface]
+        cap = len(frame)
+        opts = _options([_option(OPT_COMMENT, c.encode()) for c in comments])
+        pad = -cap % 4
+        n = 32 + cap + pad + len(opts)
+        self._f.write(
+            _EPB.pack(
+                EPB_TYPE, n, iface, ticks >> 32, ticks & 0xFFFFFFFF, cap,
+                cap if orig_len is None else orig_len,
+            )
+        )  # fmt: skip
+        self._f.write(frame)
+        self._f.write(b"\0" * pad + opts + struct.pack("<I", n))
+        self.count += 1
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def copy_records(
+    batches: Iterable[RecordBatch],
+    out: BinaryIO,
+    path: str,
+    pcapng: bool,
+    select: npt.NDArray[np.int64] | None = None,
+    comments: Mapping[int, list[str]] | None = None,
+) -> int:
+    """Copy records (`reader.iter_records`) to `out`: those whose frame numbers are in the
+    sorted array `select` (all when None), bytes, timestamps and link types as they were;
+    `comments` by frame number (pcapng only). As pcap, the nanosecond format when the
+    capture has finer than microsecond timestamps; a pcap holds one link type, so records
+    of another are an error (`path` names the output in it). Returns the records written."""
+    comments = comments or {}
+    png: PcapngWriter | None = None
+    pcap: PcapWriter | None = None
+    out_if: dict[int, int] = {}
+    n_out = 0
+    for b in batches:
+        n = len(b.off)
+        if select is None:
+            idx = np.arange(n)
+        else:
+            lo, hi = np.searchsorted(select, [b.first_frame, b.first_frame + n])
+            idx = select[lo:hi] - b.first_frame
+        if not len(idx):
+            continue
+        data = memoryview(b.data)  # type: ignore[arg-type]
+        offs, caps, wires = b.off[idx].tolist(), b.cap[idx].tolist(), b.wire[idx].tolist()
+        tss, ifs = b.ts[idx].tolist(), b.iface[idx].tolist()
+        if pcapng:
+            if png is None:
+                png = PcapngWriter(out)
+            for k, i in enumerate(idx.tolist()):
+                g = ifs[k]
+                if g not in out_if:
+                    itf = b.interfaces[g]
+                    out_if[g] = png.add_interface(
+                        itf.link, itf.snaplen, itf.tsresol, itf.name, itf.description
+                    )
+                o = offs[k]
+                png.write(
+                    out_if[g], tss[k], data[o : o + caps[k]], wires[k],
+                    comments.get(b.first_frame + i, ()),
+                )  # fmt: skip
+        else:
+            if pcap is None:
+                first = b.interfaces[ifs[0]]
+                ns = any(itf.finer_than_us for itf in b.interfaces)
+                pcap = PcapWriter(out, first.link, first.snaplen or 262144, nanosecond=ns)
+                pcap.snaplen = max(pcap.snaplen, 1 << 26)  # never cut a record: copy it whole
+                link = first.link
+            for k in range(len(offs)):
+                itf = b.interfaces[ifs[k]]
+                if itf.link != link:
+                    raise TcpwhyError(
+                        path,
+                        f"the packets have several link types ({link} and {itf.link}) and "
+                        "a pcap file holds one: write pcapng (a name ending in .pcapng)",
+                    )
+                o = offs[k]
+                pcap.write(tss[k], data[o : o + caps[k]], wires[k])  # type: ignore[arg-type]
+        n_out += len(idx)
+    if pcapng and png is None:  # nothing selected: still a valid, empty capture
+        png = PcapngWriter(out)
+    if not pcapng and pcap is None:
+        PcapWriter(out)
+    return n_out
+
+
+@contextmanager
+def atomic_output(path: str) -> Iterator[BinaryIO]:
+    """A binary file for `path`, written beside it and renamed into place on success, so a
+    failed run leaves no partial file; `-` is standard output. A path that cannot be written
+    (missing directory, no permission) is `tcpwhy: PATH: cannot write: reason` (exit 2),
+    raised before anything is read."""
+    if path == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    if os.path.isdir(path):
+        raise TcpwhyError(path, "is a directory")
+    where = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tcpwhy-", suffix=".part", dir=where)
+    except OSError as exc:
+        raise TcpwhyError(path, f"cannot write: {exc.strerror or exc}") from None
+    ok = False
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+        ok = True
+    except OSError as exc:
+        raise TcpwhyError(path, f"cannot write: {exc.strerror or exc}") from None
+    finally:
+        if not ok and os.path.exists(tmp):
+            os.unlink(tmp)

@@ -69,6 +69,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         from tcpwhy.diagnose.kernel_trace import join
 
         join(report, args.kernel_trace)
+    if getattr(args, "annotate_to", None) is not None:  # --annotate OUT (report.handoff)
+        args.annotate_to(report)
     if args.format == "json":
         sys.stdout.write(to_json(report) + "\n")
     elif args.format == "html":
@@ -157,8 +159,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="tcp://HOST:PORT",
         help="diagnose the capture points on an existing Dask cluster (its workers need tcpwhy)",
     )
+    a.add_argument(
+        "--annotate",
+        metavar="OUT.pcapng",
+        help="also write the capture as pcapng with a comment on each decisive packet of each "
+        "finding (Wireshark's frame.comment and Expert Info); one FILE or -",
+    )
     add_reassembly_option(a)
-    a.set_defaults(func=with_output(cmd_analyze))
+    from tcpwhy.report.handoff import with_annotate
+
+    a.set_defaults(func=with_output(with_annotate(cmd_analyze)))
 
     e = sub.add_parser(
         "explain",

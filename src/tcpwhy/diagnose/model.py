@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from enum import IntEnum
 from typing import Any
+
+import numpy as np
 
 
 class Severity(IntEnum):
@@ -16,6 +19,35 @@ class Severity(IntEnum):
     @property
     def label(self) -> str:
         return self.name.lower()
+
+
+MAX_FILTER_CHARS = 200
+"""A display filter longer than this is shown (text report, HTML page) for the examples only;
+the JSON's `display_filter` is always the exact one."""
+
+
+def display_filter(streams: Sequence[int], frames: Sequence[int] = ()) -> str:
+    """A Wireshark display filter selecting the frames of these tcp.stream numbers (tshark's
+    numbering): runs of consecutive numbers become ranges, `tcp.stream in {0..199, 204}`, so
+    a flood's filter stays short. Without streams, the frames themselves (`frame.number`);
+    "" when there is neither."""
+    if len(streams):
+        field_name, values = "tcp.stream", streams
+    elif len(frames):
+        field_name, values = "frame.number", frames
+    else:
+        return ""
+    v = np.unique(np.asarray(values, dtype=np.int64))
+    if len(v) == 1:
+        return f"{field_name} == {int(v[0])}"
+    breaks = np.flatnonzero(np.diff(v) != 1) + 1
+    starts = np.concatenate(([0], breaks))
+    ends = np.concatenate((breaks, [len(v)])) - 1
+    parts = [
+        str(int(v[a])) if a == b else f"{int(v[a])}..{int(v[b])}"
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True)
+    ]
+    return f"{field_name} in {{" + ", ".join(parts) + "}"
 
 
 @dataclass
@@ -92,7 +124,21 @@ class Finding:
             else:
                 d[f.name] = copy.deepcopy(v)
         d["severity"] = self.severity.label
+        d["display_filter"] = self.display_filter
         return d
+
+    @property
+    def display_filter(self) -> str:
+        """Wireshark's display filter for exactly this finding's connections."""
+        return display_filter(self.streams, self.frames)
+
+    def short_display_filter(self, max_chars: int = MAX_FILTER_CHARS) -> tuple[str, bool]:
+        """(filter, exact): the exact filter when it is at most `max_chars` long, else the
+        filter of the example streams (exact False): what a page or a terminal can show."""
+        exact = self.display_filter
+        if len(exact) <= max_chars or not self.examples:
+            return exact, True
+        return display_filter(self.examples), False
 
 
 @dataclass

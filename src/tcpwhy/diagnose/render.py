@@ -109,6 +109,9 @@ def finding_block(f: Finding, index: int) -> Group:
     ex = ", ".join(str(s) for s in f.examples)
     head.append(f"  ({scope}; stream{'s' if len(f.examples) != 1 else ''} {ex})", style="dim")
     parts: list[object] = [head, Padding(Text(f.summary, style="bold"), (0, 0, 0, 3), expand=False)]
+    wireshark = _wireshark_line(f)
+    if wireshark is not None:
+        parts.append(Padding(wireshark, (0, 0, 0, 3), expand=False))
     parts.append(_section("What happened"))
     for para in f.explanation.split("\n\n"):
         parts.append(Padding(Text(para), (0, 0, 1, 3), expand=False))
@@ -132,6 +135,23 @@ def finding_block(f: Finding, index: int) -> Group:
         for e in f.errors:
             parts.append(Padding(Text(f"- {e}"), (0, 0, 0, 3), expand=False))
     return Group(*parts)  # type: ignore[arg-type]
+
+
+def _wireshark_line(f: Finding) -> Text | None:
+    """The finding's display filter, ready to paste after `tshark -r FILE` or into Wireshark;
+    a filter too long for a terminal is given for the example streams, saying so."""
+    flt, exact = f.short_display_filter()
+    if not flt:
+        return None
+    t = Text("Wireshark: ", style="dim")
+    t.append(f"-Y '{flt}'")
+    if not exact:
+        t.append(
+            f"  ({len(f.examples)} example streams of {len(f.streams)}; the JSON's "
+            "display_filter selects them all)",
+            style="dim",
+        )
+    return t
 
 
 def _section(title: str) -> Padding:

@@ -36,6 +36,15 @@ def cmd_packets(args: argparse.Namespace) -> int:
 
     flt = filter_from_args(args)
     stats = CaptureStats()
+    if getattr(args, "write", None) is not None:  # the packets as a capture (`report.handoff`)
+        from tcpwhy.errors import TcpwhyError
+        from tcpwhy.report.handoff import write_selected
+
+        if args.output or args.format == "parquet":
+            raise TcpwhyError("-w", "writes the capture itself: not with -o or --format parquet")
+        write_selected(args, flt, stats)
+        report_stats(args.file, stats)
+        return 0
     if args.format == "parquet":  # a file written from the columns (`tcpwhy.report.parquet`)
         from tcpwhy.report.parquet import need_output, write_packets_parquet
 
@@ -94,6 +103,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-c", "--count", type=positive_int, metavar="N", help="stop after N packets")
     add_filter_argument(p)
     add_output_argument(p)
+    p.add_argument(
+        "-w",
+        dest="write",
+        metavar="OUT",
+        help="write the listed packets (with -Y, those it matches) as a capture instead of the "
+        "list: pcapng when OUT ends in .pcapng, else pcap; - for standard output",
+    )
     p.set_defaults(func=_unless_parquet(_one_file(p, cmd_packets)))
 
     from tcpwhy.report import conns

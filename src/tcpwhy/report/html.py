@@ -40,7 +40,6 @@ LADDER_ROWS = 60_000
 a small capture, a sample of a large one (findings' connections first)."""
 LADDER_CONN_ROWS = 400  # at most this many rows of one connection's ladder are embedded
 EXAMPLE_LADDER_ROWS = 400  # rows of a finding's example ladder drawn inline
-MAX_FILTER_STREAMS = 40  # a display filter lists at most this many streams
 BINS = 240  # time bins of the charts
 DETAILED = 60  # findings shown in full (worst first); the rest one line each
 DETAILED_LADDERS = 20  # findings whose example ladders are drawn inline
@@ -201,13 +200,9 @@ def _paths(report: Report) -> list[str]:
 
 
 def display_filter(f: Finding) -> str:
-    """Wireshark's display filter for a finding's connections (its examples when many)."""
-    streams = f.streams if len(f.streams) <= MAX_FILTER_STREAMS else f.examples
-    if not streams:
-        return ""
-    if len(streams) == 1:
-        return f"tcp.stream == {streams[0]}"
-    return "tcp.stream in {" + " ".join(str(s) for s in streams) + "}"
+    """Wireshark's display filter for exactly a finding's connections (`Finding.display_filter`,
+    the JSON's and the text report's)."""
+    return f.display_filter
 
 
 def _finding(
@@ -220,6 +215,7 @@ def _finding(
     scope = f"{f.count} connection{'s' if f.count != 1 else ''}"
     if f.count > 1 and f.last_ns > f.first_ns:
         scope += f" over {fmt_s((f.last_ns - f.first_ns) / 1e9)}"
+    shown_filter, exact_filter = f.short_display_filter()
     drawn = []
     for stream in f.examples[:3] if ladders else []:
         svg = _example_svg(report, f, stream)
@@ -238,9 +234,9 @@ def _finding(
         "causes": f.causes,
         "fixes": f.fixes,
         "errors": f.errors,
-        "filter": display_filter(f),
+        "filter": shown_filter,
         "ladders": drawn,
-        "sampled": len(f.streams) > len(f.examples),
+        "sampled": not exact_filter,
     }
 
 

@@ -1,0 +1,197 @@
+"""Hand-off to Wireshark: `packets -w OUT` and `analyze --annotate OUT.pcapng`.
+
+Both copy records out of the capture as they are in the file (bytes, timestamps, link
+types; `capture.reader.iter_records`), in a second pass once the first has decided what
+to copy: `packets -w` the frames its list shows (with `-Y`, those the filter matches),
+`analyze --annotate` every frame, with a comment on each decisive frame of each finding.
+Standard input is read twice too: a pipe is first spooled to an unlinked temporary file
+put in its place (descriptor 0), so both passes, and every message, still say `<stdin>`.
+The output is written beside its name and renamed into place (`writer.atomic_output`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import stat
+import sys
+import tempfile
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from tcpwhy.errors import TcpwhyError
+
+if TYPE_CHECKING:
+    from tcpwhy.decode.table import CaptureStats
+    from tcpwhy.diagnose.model import Report
+    from tcpwhy.filter import DisplayFilter
+
+
+def is_pcapng_name(path: str) -> bool:
+    """pcapng for a name ending in .pcapng (also .pcapng.gz: written uncompressed), else pcap."""
+    return path.lower().removesuffix(".gz").endswith(".pcapng")
+
+
+# ---- standard input, twice ----------------------------------------------------------------
+
+
+def rereadable_stdin() -> Callable[[], None]:
+    """Make standard input readable again from its start; returns the rewind.
+
+    A regular file (`< file`) is rewound in place; a pipe is copied to an unlinked temporary
+    file that replaces descriptor 0, so the readers, which read "-" from descriptor 0,
+    read it whole as often as they are asked to."""
+    fd = sys.stdin.fileno()
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode):
+        start = os.lseek(fd, 0, os.SEEK_CUR)
+    else:
+        start = 0
+        with tempfile.TemporaryFile(prefix="tcpwhy-stdin-") as spool:
+            with os.fdopen(os.dup(fd), "rb", buffering=0) as pipe:
+                shutil.copyfileobj(pipe, spool, 1 << 20)
+            spool.flush()
+            os.dup2(spool.fileno(), fd)
+
+    def rewind() -> None:
+        os.lseek(fd, start, os.SEEK_SET)
+
+    rewind()
+    return rewind
+
+
+# ---- packets -w ---------------------------------------------------------------------------
+
+
+def selected_frames(
+    source: str,
+    stats: CaptureStats,
+    flt: DisplayFilter | None = None,
+    limit: int | None = None,
+) -> npt.NDArray[np.int64]:
+    """The frame numbers `tcpwhy packets` lists for these options, sorted: TCP segments and
+    the ICMP errors about them, those the display filter matches (decided exactly as the
+    list decides it: per chunk, with the streams and analysis of the capture so far), the
+    first `limit` of them."""
+    from tcpwhy.capture import iter_tables
+    from tcpwhy.filter import FilterContext
+    from tcpwhy.tcp.analysis import Analyzer
+    from tcpwhy.tcp.streams import StreamTracker
+
+    tracker = StreamTracker() if flt is not None else None
+    analyzer = Analyzer() if flt is not None else None
+    parts: list[npt.NDArray[np.int64]] = []
+    n = 0
+    for t in iter_tables(source, stats, reuse=True):
+        if limit is not None and n >= limit:
+            break
+        frames = np.asarray(t["frame"], np.int64)
+        icmp = None if t.icmp is None else np.asarray(t.icmp["frame"], np.int64)
+        if flt is not None:
+            assert tracker is not None and analyzer is not None
+            s = tracker.feed(t)
+            a = analyzer.feed(t, s)
+            ctx = FilterContext(t, streams=s, analysis=a, first_ts_ns=stats.first_ts_ns)
+            frames = frames[flt.mask(t, ctx)]
+            if t.icmp is not None and icmp is not None:
+                from tcpwhy.filter.icmp_fields import icmp_streams
+
+                assert tracker.icmp_out is not None
+                ic = t.icmp
+                ictx = FilterContext(
+                    ic,
+                    streams=icmp_streams(ic, tracker.icmp_out["stream"]),
+                    first_ts_ns=stats.first_ts_ns,
+                )
+                icmp = icmp[flt.mask(ic, ictx)]
+        chunk = np.sort(np.concatenate((frames, icmp))) if icmp is not None else frames.copy()
+        if limit is not None:
+            chunk = chunk[: limit - n]
+        parts.append(chunk)
+        n += len(chunk)
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def write_selected(args: argparse.Namespace, flt: DisplayFilter | None, stats: CaptureStats) -> int:
+    """`packets FILE [-Y FILTER] [-c N] -w OUT`: the listed packets as a capture, no list."""
+    from tcpwhy.capture.reader import iter_records
+    from tcpwhy.capture.writer import atomic_output, copy_records
+
+    out = args.write
+    if out == "-" and sys.stdout.isatty():
+        raise TcpwhyError("-w", "not writing a capture to a terminal: redirect it or pipe it")
+    with atomic_output(out) as f:
+        rewind = rereadable_stdin() if args.file == "-" else None
+        frames = selected_frames(args.file, stats, flt, args.count)
+        if rewind is not None:
+            rewind()
+        copy_records(iter_records(args.file), f, out, is_pcapng_name(out), frames)
+    return 0
+
+
+# ---- analyze --annotate -------------------------------------------------------------------
+
+
+def finding_comments(report: Report) -> dict[int, list[str]]:
+    """Frame number → comments: one per decisive packet (timeline step) of each finding,
+    `tcpwhy: KIND — what the packet means`, in the report's order."""
+    comments: dict[int, list[str]] = {}
+    for f in report.findings:
+        for st in f.timeline:
+            text = f"tcpwhy: {f.kind} — {st.note}" if st.note else f"tcpwhy: {f.kind}"
+            got = comments.setdefault(st.frame, [])
+            if text not in got:
+                got.append(text)
+    return comments
+
+
+def check_annotate(args: argparse.Namespace) -> None:
+    """`--annotate` copies one capture: one FILE (or -), not a fleet or several points."""
+    files = list(args.files)
+    if len(files) != 1 or (files[0] != "-" and os.path.isdir(files[0])):
+        raise TcpwhyError(
+            "--annotate", f"takes one capture file (or - for standard input), not {len(files)}"
+        )
+    if args.workers or args.scheduler:
+        raise TcpwhyError("--annotate", "not with --workers or --scheduler")
+    if args.annotate == "-":
+        raise TcpwhyError("--annotate", "standard output carries the report: give a file name")
+
+
+def with_annotate(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """`func` (analyze) with `--annotate OUT` prepared: the output checked and opened beside
+    its name before the capture is read, standard input made readable twice, and
+    `args.annotate_to(report)` for `func` to call once it has the report."""
+
+    def run(args: argparse.Namespace) -> int:
+        out = getattr(args, "annotate", None)
+        if out is None:
+            return func(args)
+        check_annotate(args)
+        from tcpwhy.capture.writer import atomic_output
+
+        with atomic_output(out) as f:
+            rewind = rereadable_stdin() if args.files[0] == "-" else None
+            done: list[int] = []
+
+            def annotate_to(report: Report) -> None:
+                from tcpwhy.capture.reader import iter_records
+                from tcpwhy.capture.writer import copy_records
+
+                if rewind is not None:
+                    rewind()
+                source = args.files[0]
+                copy_records(iter_records(source), f, out, True, None, finding_comments(report))
+                done.append(1)
+
+            args.annotate_to = annotate_to
+            status = func(args)
+            if not done:  # the command ended before its report (nothing to annotate)
+                raise TcpwhyError("--annotate", "no report was made: nothing written")
+            return status
+
+    return run
