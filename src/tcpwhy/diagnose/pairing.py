@@ -390,6 +390,31 @@ def _injected(
     return out
 
 
+@dataclass
+class RowMatch:
+    """One paired connection's segments at two points, matched (for a two-point ladder)."""
+
+    rows_a: npt.NDArray[np.int64]  # the connection's table rows at A, in capture order
+    rows_b: npt.NDArray[np.int64]
+    peer_a: npt.NDArray[np.int64]  # per row at A: its index in rows_b, -1 when B never saw it
+    peer_b: npt.NDArray[np.int64]
+    a_near_client: bool
+
+
+def match_connection(ca: Capture, cb: Capture, sid_a: int, sid_b: int) -> RowMatch:
+    """The segments of one paired connection matched between two points, by the same keys
+    `measure` counts with (so a ladder and the path's counts agree)."""
+    ra = _rows(ca, np.array([sid_a], np.int64))
+    rb = _rows(cb, np.array([sid_b], np.int64))
+    _, ka, kb = np.intersect1d(ra.key, rb.key, return_indices=True)
+    peer_a = np.full(len(ra.rows), -1, np.int64)
+    peer_b = np.full(len(rb.rows), -1, np.int64)
+    peer_a[ka] = kb
+    peer_b[kb] = ka
+    near = bool(_near_client(ra, rb, 1)[0])
+    return RowMatch(ra.rows, rb.rows, peer_a, peer_b, near)
+
+
 def json_lines(paths: list[dict[str, Any]]) -> list[str]:
     """The report's short "path" section, from `PathPair.to_json` entries."""
     lines = []

@@ -131,10 +131,24 @@ def register_flow(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="draw one connection as a ladder diagram with both endpoints' states",
         description="Draw TCP stream STREAM (Wireshark's tcp.stream number) as a ladder diagram.",
     )
-    p.add_argument("file", metavar="FILE")
+    p.add_argument(
+        "files",
+        metavar="FILE",
+        nargs="+",
+        help="the capture; more files: rotated files are joined, a capture taken at another "
+        "point of the path at the same time draws the connection between the two points",
+    )
     add_reassembly_option(p)
     p.add_argument(
-        "stream", metavar="STREAM", type=int, help="tcp.stream number (see `tcpwhy conns`)"
+        "stream",
+        metavar="STREAM",
+        type=int,
+        help="tcp.stream number (see `tcpwhy conns`), as at the first capture point given",
+    )
+    p.add_argument(
+        "--no-pair",
+        action="store_true",
+        help="with several capture points: draw the first point's view only",
     )
     p.add_argument(
         "--fold",
@@ -145,9 +159,10 @@ def register_flow(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p.add_argument(
         "--format",
-        choices=("text", "svg"),
+        choices=("text", "svg", "json"),
         default="text",
-        help="text: the ladder in the terminal; svg: a picture of it (the HTML report's)",
+        help="text: the ladder in the terminal; svg: a picture of it (the HTML report's); "
+        "json: its rows (docs/schemas/flow.schema.json)",
     )
     add_filter_argument(p)
     add_output_argument(p)
@@ -176,6 +191,13 @@ def _unless_parquet(
 def cmd_flow(args: argparse.Namespace) -> int:
     from tcpwhy.report import flow
 
+    files = getattr(args, "files", None)
+    if files is not None:
+        args.file = files[0]
+        if len(files) > 1 or args.format == "json":
+            from tcpwhy.report.flow_pair import cmd_flow_points
+
+            return cmd_flow_points(args)
     if getattr(args, "format", "text") == "svg":
         from tcpwhy.report.svg import write_flow_svg
 

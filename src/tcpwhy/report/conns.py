@@ -373,6 +373,10 @@ def cmd_conns(args: argparse.Namespace) -> int:
     ropts = RecordOptions(
         uid_seed=args.seed, community_id_seed=args.community_id_seed, local_nets=args.local_nets
     )
+    if getattr(args, "more", None):  # several files: capture points, paired (`conns_points`)
+        from tcpwhy.report.conns_points import cmd_conns_points
+
+        return cmd_conns_points(args, ropts, options)
     if args.format == "parquet":  # a file written from the columns (`tcpwhy.report.parquet`)
         from tcpwhy.report.parquet import need_output, write_conns_parquet
 
@@ -432,8 +436,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ),
     )
     p.add_argument("file", metavar="FILE", help="capture file, or - for standard input")
+    p.add_argument(
+        "more",
+        nargs="*",
+        metavar="FILE",
+        help="more captures: rotated files are joined in time order; files that overlap in "
+        "time are other capture points, whose connections seen at several points are "
+        "written once, with seen_at (docs/conns.md)",
+    )
     add_reassembly_option(p)
     p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument(
+        "--no-pair",
+        action="store_true",
+        help="with several capture points: write every point's records (each with its own "
+        "point in seen_at) instead of pairing them",
+    )
     p.add_argument(
         "--boundaries",
         choices=("stream", "zeek"),

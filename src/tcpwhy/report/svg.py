@@ -14,9 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tcpwhy.report.flow import LadderRow, LadderView
+
+if TYPE_CHECKING:
+    from tcpwhy.report.flow_pair import PairView
 
 # geometry (report.js LADDER has the same numbers)
 WIDTH = 900
@@ -168,3 +171,134 @@ def write_flow_svg(args: argparse.Namespace) -> None:
     from tcpwhy.report.commands import report_stats
 
     report_stats(args.file, stats)
+
+
+def render_pair_svg(view: PairView, title: str = "") -> str:
+    """A connection between two capture points (`tcpwhy.report.flow_pair.PairView`) as SVG:
+    the client-side point's times on the left, the server-side point's (in the left one's
+    clock) on the right, one row per departure or arrival as in the text, each arrow a
+    straight line from its sending row to its receiving row, so arrows in flight together
+    in opposite directions cross. Lost segments stop half-way (✗), injected ones start
+    there (◇, dashed); a segment one point did not capture is dotted."""
+    from tcpwhy.report.flow_pair import INJECTED, LOST, ONE_POINT, events
+
+    width = WIDTH + 200
+    cx, sx = CLIENT_X, SERVER_X + 100
+    mid = (cx + sx) // 2
+    ev = events(view)
+    height = HEAD + 20 + ROW * len(ev) + FOOT + 20
+    y0 = HEAD + 20
+    o: list[str] = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="ladder ladder-pair" width="{width}" '
+        f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        f'font-family="ui-monospace, SFMono-Regular, Menlo, Consolas, monospace" font-size="12">'
+    ]
+    if title:
+        o.append(f"<title>{_esc(title)}</title>")
+    o.append(
+        '<defs><marker id="lad-arr2" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
+        'markerHeight="7" orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" '
+        'fill="context-stroke"/></marker></defs>'
+    )
+    off = (
+        "clock offset unknown"
+        if view.clock_offset_ms is None
+        else f"clock offset {view.clock_offset_ms:+.1f} ms (server side minus client side, "
+        "symmetric path assumed): right-hand times in the left-hand clock"
+    )
+    o.append(
+        f'<text x="{TIME_X}" y="14" class="lad-h">{_esc(view.client_point)} (client side) ⇄ '
+        f"{_esc(view.server_point)} (server side)</text>"
+        f'<text x="{TIME_X}" y="34" class="lad-h">time (s)</text>'
+        f'<text x="{FRAME_X}" y="34" text-anchor="end" class="lad-h">frame</text>'
+        f'<text x="{width - TIME_X}" y="34" text-anchor="end" class="lad-h">time (s) / frame</text>'
+        f'<text x="{cx}" y="34" text-anchor="middle" class="lad-h lad-ep">'
+        f"{_esc(view.client)}</text>"
+        f'<text x="{sx}" y="34" text-anchor="middle" class="lad-h lad-ep">'
+        f"{_esc(view.server)}</text>"
+        f'<text x="{cx - 8}" y="{y0 - 6}" text-anchor="end" class="lad-st">'
+        f"{_esc(view.client_start)}</text>"
+        f'<text x="{sx + 8}" y="{y0 - 6}" class="lad-st">{_esc(view.server_start)}</text>'
+    )
+    bottom = y0 + ROW * len(ev)
+    for x in (cx, sx):
+        o.append(
+            f'<line x1="{x}" y1="42" x2="{x}" y2="{bottom + 6}" stroke="#888" stroke-width="2"/>'
+        )
+    row_of: dict[tuple[int, bool], int] = {(k, arr): r for r, (_, k, arr) in enumerate(ev)}
+    for r, (t, k, arrival) in enumerate(ev):  # times and states at each end
+        a = view.arrows[k]
+        y = y0 + ROW * r + 16
+        in_middle = (arrival and a.to_middle) or (not arrival and a.from_middle)
+        if in_middle:
+            continue
+        at_client = arrival != a.to_server
+        seen = a.client_t is not None if at_client else a.server_t is not None
+        stamp = f"{t:.6f}" if seen else f"~{t:.6f}"
+        frame = a.client_frame if at_client else a.server_frame
+        states = a.client if at_client else a.server
+        if at_client:
+            o.append(
+                f'<text x="{TIME_X}" y="{y}">{stamp}</text>'
+                f'<text x="{FRAME_X}" y="{y}" text-anchor="end">{"" if frame is None else frame}'
+                "</text>"
+            )
+            if states:
+                o.append(
+                    f'<text x="{cx - 8}" y="{y}" text-anchor="end" class="lad-st" '
+                    f'font-weight="bold">{_esc(states)}</text>'
+                )
+        else:
+            o.append(
+                f'<text x="{width - TIME_X}" y="{y}" text-anchor="end">{stamp} '
+                f"{'' if frame is None else frame}</text>"
+            )
+            if states:
+                o.append(
+                    f'<text x="{sx + 8}" y="{y}" class="lad-st" font-weight="bold">'
+                    f"{_esc(states)}</text>"
+                )
+    for k, a in enumerate(view.arrows):
+        i, j = row_of[(k, False)], row_of[(k, True)]
+        y1, y2 = y0 + ROW * i + 12, y0 + ROW * j + 12
+        x1 = mid if a.from_middle else (cx if a.to_server else sx)
+        x2 = mid if a.to_middle else (sx if a.to_server else cx)
+        rst = "RST" in a.label.split("Seq=")[0]
+        colour = "#c62828" if rst else ("#1565c0" if a.to_server else "#2e7d32")
+        dash = {INJECTED: ' stroke-dasharray="6 3"', ONE_POINT: ' stroke-dasharray="2 3"'}
+        cls = f"lad-pkt lad-{a.status}" + (" lad-hot" if a.flagged else "")
+        frame = a.client_frame if a.client_frame is not None else a.server_frame
+        parts = [f'<g class="{cls}" data-frame="{frame}" data-status="{a.status}">']
+        parts.append(
+            f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="{colour}" '
+            f'stroke-width="{2.2 if a.flagged else 1.4}"{dash.get(a.status, "")}'
+            + ("" if a.to_middle else ' marker-end="url(#lad-arr2)"')
+            + "/>"
+        )
+        if a.status == LOST:
+            parts.append(
+                f'<text x="{x2}" y="{y2 + 5}" text-anchor="middle" fill="{colour}" '
+                'font-size="16" font-weight="bold">✗</text>'
+            )
+        if a.status == INJECTED:
+            parts.append(f'<circle cx="{x1}" cy="{y1}" r="4" fill="none" stroke="{colour}"/>')
+        tag = {LOST: " ✗ lost on the path", INJECTED: " ◇ injected on the path"}.get(a.status, "")
+        if a.status == ONE_POINT:
+            tag = " (seen at one capture point only)"
+        rightward = (x2 > x1) != a.from_middle
+        tx = x1 + 6 if rightward else x1 - 6
+        anchor = "start" if rightward else "end"
+        weight = ' font-weight="bold"' if a.flagged else ""
+        parts.append(
+            f'<text x="{tx}" y="{y1 - 2}" text-anchor="{anchor}" fill="{colour}" font-size="11"'
+            f"{weight}>{_esc(a.label + tag)}</text>"
+        )
+        parts.append("</g>")
+        o.append("".join(parts))
+    o.append(
+        f'<text x="{TIME_X}" y="{bottom + 24}" class="lad-final">final states at end of capture: '
+        f"client {_esc(view.client_final)}, server {_esc(view.server_final)}</text>"
+        f'<text x="{TIME_X}" y="{bottom + 42}" class="lad-final">{_esc(off)}</text>'
+    )
+    o.append("</svg>")
+    return "".join(o)

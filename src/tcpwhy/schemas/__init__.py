@@ -27,6 +27,7 @@ NAMES = (
     "host-sysctl",
     "host-watch",
     "watch",
+    "flow",
 )
 
 
