@@ -19,7 +19,7 @@ from tcpwhy.capture import iter_tables
 from tcpwhy.decode.table import CaptureStats, PacketTable, concat_icmp, icmp_kept
 from tcpwhy.diagnose.context import Capture
 from tcpwhy.diagnose.model import CaptureInfo, Finding, Report
-from tcpwhy.diagnose.pairing import PathPair, pair_captures
+from tcpwhy.diagnose.pairing import PathPair, attach_retransmissions, pair_captures
 from tcpwhy.diagnose.registry import Diag, Settings, load
 from tcpwhy.filter import DisplayFilter
 
@@ -113,6 +113,7 @@ def _merge(diags: list[Diag], paths: list[PathPair], names: list[str]) -> list[F
             reported[k][sids[~gone]] = True
             if paths:
                 f.facts.setdefault("seen_at", _seen_at(k, sids[~gone], paths, names))
+                attach_retransmissions(f, k, sids[~gone], paths, names)
             out.append(f)
     return out + extra
 

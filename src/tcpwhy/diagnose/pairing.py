@@ -218,6 +218,9 @@ class PathPair:
     only_in_b: int
     a_near_client: int  # paired connections whose client is on A's side
     injected: list[Injected] = field(default_factory=list)
+    # per pair index: data segments resent whose earlier copy never reached the other point
+    # (column 0) or did (column 1), both directions
+    resent: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros((0, 2), np.int64))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -282,18 +285,27 @@ def pair_captures(caps: list[Capture], names: list[str]) -> list[PathPair]:
 
 
 def _resent(
-    r: _Rows, sender: npt.NDArray[np.bool_], arrived: npt.NDArray[np.bool_]
+    r: _Rows,
+    sender: npt.NDArray[np.bool_],
+    arrived: npt.NDArray[np.bool_],
+    per_pair: npt.NDArray[np.int64] | None = None,
 ) -> tuple[int, int, int]:
     """Data segments of the sending point sent more than once: all copies after the first,
-    and how many of those followed a copy that never arrived / that arrived."""
+    and how many of those followed a copy that never arrived / that arrived. `per_pair`
+    (pairs × 2) gets the same two counts added per connection."""
     m = sender & r.data
-    seg, ts, ok = r.seg[m], r.ts[m], arrived[m]
+    seg, ts, ok, pid = r.seg[m], r.ts[m], arrived[m], r.pid[m]
     order = np.lexsort((ts, seg))
     s, a = seg[order], ok[order]
     again = np.r_[False, s[1:] == s[:-1]] if len(s) else np.zeros(0, np.bool_)
     prev_ok = np.r_[False, a[:-1]] if len(a) else a
     n = int(again.sum())
     after_arrival = int((again & prev_ok).sum())
+    if per_pair is not None and n:
+        p = pid[order]
+        size = len(per_pair)
+        per_pair[:, 0] += np.bincount(p[again & ~prev_ok], minlength=size)
+        per_pair[:, 1] += np.bincount(p[again & prev_ok], minlength=size)
     return n, n - after_arrival, after_arrival
 
 
@@ -343,8 +355,9 @@ def measure(
     only_a = ~in_b & ~from_a_side_a & (ta - back_ns >= lo) & (ta <= hi)
     only_b = ~in_a & from_a_side_b & (tb - fwd_ns >= lo) & (tb <= hi)
     injected = _injected(ca, ra, only_a, 0, sb, ~in_b) + _injected(cb, rb, only_b, 1, sa, ~in_a)
-    ab = Direction(med_ab, int(lost_ab.sum()), *_resent(ra, from_a_side_a, in_b))
-    ba = Direction(med_ba, int(lost_ba.sum()), *_resent(rb, ~from_a_side_b, in_a))
+    per_pair = np.zeros((n, 2), np.int64)
+    ab = Direction(med_ab, int(lost_ab.sum()), *_resent(ra, from_a_side_a, in_b, per_pair))
+    ba = Direction(med_ba, int(lost_ba.sum()), *_resent(rb, ~from_a_side_b, in_a, per_pair))
     return PathPair(
         ia,
         ib,
@@ -358,6 +371,51 @@ def measure(
         int(only_b.sum()),
         int(near.sum()),
         injected,
+        per_pair,
+    )
+
+
+def retransmissions_between(
+    k: int, sids: npt.NDArray[np.int64], paths: list[PathPair]
+) -> dict[str, int] | None:
+    """For connections of capture point `k` (stream ids): their data segments sent again,
+    split by what happened to the earlier copy, as both ends show it: never reached the
+    other capture point (lost on the path) or reached it (the receiving host dropped it,
+    or its acknowledgment was lost). None when none of them is paired."""
+    lost = arrived = 0
+    paired = False
+    for p in paths:
+        if k not in (p.a, p.b):
+            continue
+        mine = p.sids_a if p.a == k else p.sids_b
+        hit = np.isin(mine, sids)
+        if hit.any():
+            paired = True
+            lost += int(p.resent[hit, 0].sum())
+            arrived += int(p.resent[hit, 1].sum())
+    if not paired:
+        return None
+    return {"total": lost + arrived, "original_lost_on_path": lost, "original_arrived": arrived}
+
+
+def retransmission_note(facts: dict[str, int], there: str) -> str:
+    """One sentence on where resent segments' earlier copies went, for a finding's text."""
+    n, lost, got = facts["total"], facts["original_lost_on_path"], facts["original_arrived"]
+    if lost == n:
+        return (
+            f"Both ends captured: the earlier copy of each of the {n} resent segments never "
+            f"reached {there}: lost on the path, not dropped by the receiving host."
+        )
+    if got == n:
+        return (
+            f"Both ends captured: the earlier copy of each of the {n} resent segments reached "
+            f"{there}: the receiving host dropped it (or its acknowledgment was lost on the way "
+            "back), not the path."
+        )
+    return (
+        f"Both ends captured: of {n} resent segments, {lost} had an earlier copy lost on the "
+        f"path and {got} one that reached {there} (dropped by the receiving host, or its "
+        "acknowledgment lost)."
     )
 
 
@@ -442,3 +500,19 @@ def json_lines(paths: list[dict[str, Any]]) -> list[str]:
                 f"{p['clock_offset_ms']:+.1f} ms"
             )
     return lines
+
+
+def attach_retransmissions(
+    finding: Any, k: int, sids: npt.NDArray[np.int64], paths: list[PathPair], names: list[str]
+) -> None:
+    """Give a finding reported at capture point `k` (`tcpwhy.diagnose.model.Finding`) the
+    fate of its connections' resent segments' earlier copies, when another point saw them:
+    ``facts["retransmissions_between_points"]`` and a sentence after its explanation."""
+    facts = retransmissions_between(k, sids, paths)
+    if not facts or not facts["total"]:
+        return
+    finding.facts["retransmissions_between_points"] = facts
+    others = [names[p.b if p.a == k else p.a] for p in paths if k in (p.a, p.b)]
+    there = others[0] if len(others) == 1 else "the other capture points"
+    note = retransmission_note(facts, os.path.basename(there) if len(others) == 1 else there)
+    finding.explanation = f"{finding.explanation}\n\n{note}" if finding.explanation else note
