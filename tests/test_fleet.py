@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import pytest
 LAB = Path(str(resources.files("tcpwhy") / "data" / "lab"))
 DEMO = LAB.parent / "demo-stale-keepalive.pcap"
 BIN = Path(sys.executable).parent
+TCPWHY = (sys.executable, "-m", "tcpwhy")
 
 
 @pytest.fixture
@@ -124,6 +127,18 @@ def test_same_findings_everywhere(fleet: Path, tmp_path: Path) -> None:
     _, local2, _ = analyze(fleet, "--workers", "2")
     assert local1 == plain and local2 == plain
 
+    with external_cluster(tmp_path) as (addr, procs):
+        _, external, _ = analyze(fleet, "--scheduler", addr)
+        assert external == plain
+    for p in procs:
+        assert not psutil.pid_exists(p.pid) or psutil.Process(p.pid).status() == "zombie"
+    assert children_now() <= before
+
+
+@contextlib.contextmanager
+def external_cluster(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    """`dask scheduler` and two `dask worker` processes (each a nanny and its worker),
+    started as a user starts them on a cluster, and stopped by PID."""
     port = free_port()
     addr = f"tcp://127.0.0.1:{port}"
     procs: list[subprocess.Popen[bytes]] = []
@@ -175,34 +190,121 @@ def test_same_findings_everywhere(fleet: Path, tmp_path: Path) -> None:
                 pass
             assert time.monotonic() < deadline, (tmp_path / "dask.log").read_text()
             time.sleep(1)
-        _, external, _ = analyze(fleet, "--scheduler", addr)
-        assert external == plain
+        yield addr, procs
     finally:
         stop(procs)
         log.close()
-    for p in procs:
-        assert not psutil.pid_exists(p.pid) or psutil.Process(p.pid).status() == "zombie"
-    assert children_now() <= before
 
 
-def test_ctrl_c_leaves_no_process(fleet: Path) -> None:
+def test_worker_killed_mid_run(fleet: Path, tmp_path: Path) -> None:
+    """SIGKILL to a worker process while it holds tasks: Dask runs them again (on the other
+    worker, or on the one its nanny restarts) and the findings are the same."""
+    for k in range(12):  # more points than workers, so that the run lasts
+        shutil.copy(LAB / "zero-window.pcap", fleet / f"zw-{k:02d}.pcap")
+    _, plain, _ = analyze(fleet)
+    from distributed import Client
+
+    with external_cluster(tmp_path) as (addr, _), Client(addr, timeout="10s") as c:
+        pids = c.run(os.getpid)  # {worker address: worker process}
+        run = subprocess.Popen(
+            [*TCPWHY, "analyze", str(fleet), "--scheduler", addr, "--format", "json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                busy = [w for w, keys in c.processing().items() if keys]
+                if busy:
+                    break
+                assert time.monotonic() < deadline and run.poll() is None
+                time.sleep(0.01)
+            victim = pids[busy[0]]
+            held = c.processing()[busy[0]]
+            os.kill(victim, signal.SIGKILL)
+            out, err = run.communicate(timeout=300)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+        assert held and any(str(k).startswith("tcpwhy-point-") for k in held)
+        assert not psutil.pid_exists(victim) or psutil.Process(victim).status() == "zombie"
+        assert run.returncode == 2, err  # the corrupt file, as in the plain run
+        assert json.loads(out) == plain
+
+
+def named(report: dict[str, Any], fleet: Path | None = None, url: str = "") -> tuple[Any, Any]:
+    """A report's findings and points, with the fleet's paths written as `url`."""
+    text = json.dumps([report["points"], report["findings"]])
+    if fleet is not None:
+        text = text.replace(f"{fleet}/", f"{url}/")
+    return tuple(json.loads(text))
+
+
+def test_fsspec_urls(fleet: Path) -> None:
+    """A fleet given as a file:// URL, and one in fsspec's memory filesystem (read in this
+    process: memory:// is per process), has the findings of the plain run."""
+    import fsspec
+
+    from tcpwhy.diagnose import fleet as fl
+
+    _, plain, _ = analyze(fleet)
+    status, via_url, _ = analyze(f"file://{fleet}")
+    assert status == 2
+    # the findings name the files as given (here, URLs)
+    assert named(via_url) == named(plain, fleet, f"file://{fleet}")
+    assert [e["file"] for e in via_url["errors"]] == [f"file://{fleet}/host-b/b-2.pcap"]
+
+    fs = fsspec.filesystem("memory")
+    root = f"/tcpwhy-test-{os.getpid()}"
+    try:
+        for f in fleet.rglob("*"):
+            if f.is_file():
+                fs.pipe(f"{root}/{f.relative_to(fleet)}", f.read_bytes())
+        points = fl.capture_points([f"memory://{root}"])
+        assert [p.name for p in points] == [p["point"] for p in plain["capture_points"]]
+        results = fl.run_points(points, {"close_wait_s": 10.0, "fin_wait_2_s": 5.0})
+        report = fl.fleet_report(results)
+        url = f"memory://{root}"
+        assert named(report) == named(plain, fleet, url)
+        assert [e["file"] for e in report["errors"]] == [f"memory://{root}/host-b/b-2.pcap"]
+    finally:
+        fs.rm(root, recursive=True)
+
+
+@pytest.mark.parametrize("children", [1, 3], ids=["cluster-starting", "running"])
+def test_ctrl_c_leaves_no_process(fleet: Path, children: int) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while the cluster
+    starts and while it runs: the one summary line, status 130, no process left (by PID)."""
     p = subprocess.Popen(
         [sys.executable, "-m", "tcpwhy", "analyze", str(fleet), "--workers", "2"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 60
-        while len(psutil.Process(p.pid).children(recursive=True)) < 2:
+        while len(psutil.Process(p.pid).children(recursive=True)) < children:
             assert time.monotonic() < deadline and p.poll() is None
-            time.sleep(0.2)
+            time.sleep(0.02)
         kids = psutil.Process(p.pid).children(recursive=True)
-        p.send_signal(signal.SIGINT)
-        p.wait(60)
+        os.killpg(p.pid, signal.SIGINT)
+        _, err = p.communicate(timeout=60)
         _, alive = psutil.wait_procs(kids, timeout=30)
-        assert not alive, [k.pid for k in alive]
-        assert p.returncode != 0
+        # also any process started after the snapshot: none may be left in the group
+        late = [q.pid for q in psutil.process_iter() if _pgid(q.pid) == p.pid]
+        assert not alive and not late, ([k.pid for k in alive], late)
+        assert p.returncode == 130 and err == "tcpwhy: interrupted\n", err
     finally:
         if p.poll() is None:
-            p.kill()
+            os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None

@@ -63,8 +63,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return fleet.cmd_fleet(args)  # capture points apart, on Dask or here
     settings = Settings(close_wait_s=args.close_wait, fin_wait_2_s=args.fin_wait_2)
     flt = filter_from_args(args)
+    dataset = fleet.one_capture_dataset(args)  # --parquet OUTDIR: checked before the work
     with _progress() as progress:
         report = diagnose_files(args.files, settings, progress, flt, pair=not args.no_pair)
+    fleet.write_one_capture(args, report, dataset)
     if args.kernel_trace:
         from tcpwhy.diagnose.kernel_trace import join
 
@@ -164,6 +166,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="OUT.pcapng",
         help="also write the capture as pcapng with a comment on each decisive packet of each "
         "finding (Wireshark's frame.comment and Expert Info); one FILE or -",
+    )
+    a.add_argument(
+        "--parquet",
+        metavar="OUTDIR",
+        help="also write the connection records and findings as Parquet datasets partitioned "
+        "by capture point (OUTDIR/connections/point=NAME/, OUTDIR/findings/point=NAME/; "
+        "docs/fleet.md)",
     )
     add_reassembly_option(a)
     from tcpwhy.report.handoff import with_annotate

@@ -102,9 +102,18 @@ def _local(path: str) -> tuple[str, Callable[[], None]]:
     return tmp, lambda: os.unlink(tmp)
 
 
-def analyze_point(point: Point, settings: dict[str, float], pair: bool = True) -> dict[str, Any]:
+def analyze_point(
+    point: Point,
+    settings: dict[str, float],
+    pair: bool = True,
+    parquet: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Diagnose one capture point (a Dask task: plain data in and out). A file that cannot be
-    read is an error row and the point's other files are diagnosed without it."""
+    read is an error row and the point's other files are diagnosed without it. With
+    `parquet` (the directory of the datasets being written, `ParquetDataset.staging`), the
+    point's partitions are written here, where its files were read; only the findings go
+    back to the client."""
     from tcpwhy.diagnose.engine import diagnose_files
     from tcpwhy.diagnose.registry import Settings
 
@@ -114,37 +123,52 @@ def analyze_point(point: Point, settings: dict[str, float], pair: bool = True) -
         local: list[str] = []
         cleanups: list[Callable[[], None]] = []
         try:
-            for f in files:
-                path, done = _local(f)
-                local.append(path)
-                cleanups.append(done)
-            report = diagnose_files(local, Settings(**settings), None, None, pair=pair)  # type: ignore[arg-type]
-        except TcpwhyError as exc:
-            bad = next((f for f, lp in zip(files, local, strict=False) if lp == exc.where), None)
-            if bad is None and len(files) == 1:
-                bad = files[0]
-            errors.append({"file": bad or point.name, "reason": exc.reason})
-            if bad is None:
-                files = []
-            else:
-                files.remove(bad)
-            continue
-        except OSError as exc:
-            errors.append({"file": files[0], "reason": exc.strerror or str(exc)})
-            files = files[1:]
-            continue
+            try:
+                for f in files:
+                    path, done = _local(f)
+                    local.append(path)
+                    cleanups.append(done)
+                report = diagnose_files(local, Settings(**settings), None, None, pair=pair)  # type: ignore[arg-type]
+            except TcpwhyError as exc:
+                bad = next(
+                    (f for f, lp in zip(files, local, strict=False) if lp == exc.where), None
+                )
+                if bad is None and len(files) == 1:
+                    bad = files[0]
+                errors.append({"file": bad or point.name, "reason": exc.reason})
+                if bad is None:
+                    files = []
+                else:
+                    files.remove(bad)
+                continue
+            except OSError as exc:
+                errors.append({"file": files[0], "reason": exc.strerror or str(exc)})
+                files = files[1:]
+                continue
+            d = report.to_json()
+            del report
+            names = {lp: f for f, lp in zip(files, local, strict=True) if lp != f and _is_url(f)}
+            if names:  # the findings name the URL, not the temporary copy it was read from
+                d["findings"] = _renamed(d["findings"], names)
+            if parquet:
+                from tcpwhy.report.parquet import write_point
+
+                write_point(parquet, point.name, local, d["findings"], seed)
+            return {
+                "point": point.name,
+                "files": list(point.files),
+                "findings": d["findings"],
+                "connections": d["capture"]["connections"],
+                "endings": d["connections"],
+                "errors": errors,
+            }
         finally:
             for done in cleanups:
                 done()
-        d = report.to_json()
-        return {
-            "point": point.name,
-            "files": list(point.files),
-            "findings": d["findings"],
-            "connections": d["capture"]["connections"],
-            "endings": d["connections"],
-            "errors": errors,
-        }
+    if parquet:  # nothing readable: the point's partitions are there, with no rows
+        from tcpwhy.report.parquet import write_point
+
+        write_point(parquet, point.name, [], [], seed)
     return {
         "point": point.name,
         "files": list(point.files),
@@ -153,6 +177,17 @@ def analyze_point(point: Point, settings: dict[str, float], pair: bool = True) -
         "endings": {},
         "errors": errors,
     }
+
+
+def _renamed(value: Any, names: dict[str, str]) -> Any:
+    """`value` (JSON data) with every string that is a key of `names` replaced by its value."""
+    if isinstance(value, str):
+        return names.get(value, value)
+    if isinstance(value, list):
+        return [_renamed(v, names) for v in value]
+    if isinstance(value, dict):
+        return {k: _renamed(v, names) for k, v in value.items()}
+    return value
 
 
 @contextmanager
@@ -183,10 +218,15 @@ def _client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
         # interrupted while the cluster starts, Dask's own exit hook cannot close it: stop
         # the worker processes this process started, by PID, and skip that hook
         import atexit
+        import logging
 
         from distributed.deploy import spec
 
-        kids = psutil.Process().children(recursive=True)
+        # the nannies' start, cut short, fails in Dask's loop thread: its "Task exception
+        # was never retrieved" would follow the one line that says tcpwhy was interrupted
+        logging.getLogger("asyncio").disabled = True
+
+        kids = [k for k in psutil.Process().children(recursive=True) if k.pid != _tracker_pid()]
         for k in kids:
             with suppress(psutil.NoSuchProcess):
                 k.kill()
@@ -195,10 +235,45 @@ def _client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
         raise
 
 
+def _tracker_pid() -> int | None:
+    """multiprocessing's resource tracker: left alone (it exits with this process), since
+    killing it makes multiprocessing start another that prints tracebacks at exit."""
+    from multiprocessing import resource_tracker
+
+    return getattr(resource_tracker._resource_tracker, "_pid", None)
+
+
 @contextmanager
 def _local_client(n: int, LocalCluster: Any, Client: Any, psutil: Any) -> Iterator[Any]:
+    import signal
+    from multiprocessing import resource_tracker
+
+    from distributed.utils import LoopRunner
+
+    # Dask's IO loop thread, and the threads it starts the worker processes from, with SIGINT
+    # blocked: the workers inherit the mask, so a terminal's Ctrl-C (sent to the whole process
+    # group) reaches only this process, which stops them by PID; otherwise each worker prints
+    # its own KeyboardInterrupt traceback and Dask its "Nanny failed to start". The resource
+    # tracker is started first, here: starting it unblocks SIGINT in the thread that does it.
+    resource_tracker.ensure_running()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        runner = LoopRunner()
+        runner.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    try:
+        with _cluster(n, LocalCluster, Client, psutil, runner.loop) as client:
+            yield client
+    finally:
+        runner.stop()
+
+
+@contextmanager
+def _cluster(n: int, LocalCluster: Any, Client: Any, psutil: Any, loop: Any) -> Iterator[Any]:
     with (
         LocalCluster(
+            loop=loop,
             n_workers=n,
             memory_limit=psutil.virtual_memory().total // n,  # the machine's memory, shared
             # (given: Dask's "auto" reads the cgroup limits, not always present)
@@ -219,12 +294,14 @@ def run_points(
     workers: int | None = None,
     scheduler: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    parquet: str | None = None,
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Every capture point's result, in the order of `points`."""
     results: list[dict[str, Any] | None] = [None] * len(points)
     if not workers and not scheduler:
         for i, p in enumerate(points):
-            results[i] = analyze_point(p, settings, pair)
+            results[i] = analyze_point(p, settings, pair, parquet, seed)
             if progress:
                 progress(i + 1, len(points))
     else:
@@ -236,6 +313,8 @@ def run_points(
                 list(points),
                 settings=settings,
                 pair=pair,
+                parquet=parquet,
+                seed=seed,
                 pure=False,
                 retries=2,  # a worker that dies: its tasks run again elsewhere
                 key=[f"tcpwhy-point-{i}-{p.name}" for i, p in enumerate(points)],
@@ -386,10 +465,24 @@ def cmd_fleet(args: Any) -> int:
         raise TcpwhyError("--format html", "is for one capture point, not a fleet")
     points = capture_points(args.files)
     settings = {"close_wait_s": args.close_wait, "fin_wait_2_s": args.fin_wait_2}
-    with _bar(len(points)) as progress:
-        results = run_points(
-            points, settings, not args.no_pair, args.workers, args.scheduler, progress
-        )
+    dataset = _dataset(args)
+    try:
+        with _bar(len(points)) as progress:
+            results = run_points(
+                points,
+                settings,
+                not args.no_pair,
+                args.workers,
+                args.scheduler,
+                progress,
+                dataset.staging if dataset else None,
+                dataset.seed if dataset else 0,
+            )
+        if dataset:
+            dataset.commit()
+    finally:
+        if dataset:
+            dataset.abandon()  # a no-op once committed
     report = fleet_report(results)
     if args.format == "json":
         sys.stdout.write(json.dumps(report, indent=1, default=str) + "\n")
@@ -398,6 +491,45 @@ def cmd_fleet(args: Any) -> int:
     for e in report["errors"]:
         print(f"tcpwhy: {e['file']}: {e['reason']}", file=sys.stderr)
     return exit_status(report)
+
+
+def _dataset(args: Any) -> Any:
+    """The Parquet datasets of ``--parquet OUTDIR`` (`tcpwhy.report.parquet.ParquetDataset`)."""
+    if not getattr(args, "parquet", None):
+        return None
+    from tcpwhy.report.parquet import ParquetDataset
+
+    return ParquetDataset(args.parquet)
+
+
+def one_capture_dataset(args: Any) -> Any:
+    """``analyze FILE… --parquet OUTDIR`` without a fleet, checked before the diagnosis."""
+    if getattr(args, "parquet", None) and "-" in args.files:
+        raise TcpwhyError("--parquet", "needs capture files, not standard input")
+    if getattr(args, "parquet", None) and getattr(args, "display_filter", None):
+        raise TcpwhyError("--parquet", "writes every connection: give no -Y")
+    if not getattr(args, "parquet", None):
+        return None
+    from tcpwhy.report.parquet import check_outdir
+
+    return check_outdir(args.parquet)
+
+
+def write_one_capture(args: Any, report: Any, outdir: str | None) -> None:
+    """The datasets of one capture point, named after the first file; its connections those
+    of the files joined in time order."""
+    if outdir is None:
+        return
+    from tcpwhy.report.parquet import ParquetDataset, write_point
+
+    dataset = ParquetDataset(outdir)
+    try:
+        name = os.path.basename(args.files[0].rstrip("/"))
+        findings = report.to_json()["findings"]
+        write_point(dataset.staging, name, list(args.files), findings, dataset.seed)
+        dataset.commit()
+    finally:
+        dataset.abandon()
 
 
 __all__ = ["Point", "analyze_point", "capture_points", "fleet_findings", "run_points"]

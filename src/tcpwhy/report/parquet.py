@@ -424,3 +424,275 @@ def need_output(args: argparse.Namespace) -> str:
     if not path or path == "-":
         raise TcpwhyError("--format parquet", "needs -o FILE")
     return str(path)
+
+
+# --- analyze --parquet OUTDIR: datasets partitioned by capture point ---------------------
+
+DATASETS = ("connections", "findings")
+"""The datasets of ``analyze --parquet OUTDIR``: ``OUTDIR/NAME/point=POINT/part-0.parquet``."""
+
+
+def finding_schema() -> pa.Schema:
+    """The Arrow schema of the findings dataset (docs/fleet.md): the fields of ``analyze
+    --format json``'s findings; `facts` and `timeline` as JSON text."""
+    import pyarrow as pa
+
+    word = pa.dictionary(pa.int32(), pa.string())
+    return pa.schema(
+        [
+            ("kind", word),
+            ("severity", word),
+            ("count", pa.int64()),
+            ("server", pa.string()),
+            ("server_idle_timeout_s", pa.float64()),
+            ("summary", pa.string()),
+            ("first", pa.timestamp("us", tz="UTC")),
+            ("first_ns", pa.int64()),
+            ("last_ns", pa.int64()),
+            ("streams", pa.list_(pa.int64())),
+            ("frames", pa.list_(pa.int64())),
+            ("examples", pa.list_(pa.int64())),
+            ("explanation", pa.string()),
+            ("causes", pa.list_(pa.string())),
+            ("fixes", pa.list_(pa.string())),
+            ("errors", pa.list_(pa.string())),
+            ("display_filter", pa.string()),
+            ("facts", pa.string()),
+            ("timeline", pa.string()),
+        ]
+    )
+
+
+DOC_NOTES: dict[str, str] = {
+    # connections (the same columns as `conns --format parquet`)
+    "uid": "Zeek-style uid, `C` + base 62 (random per run, different at every capture point)",
+    "stream": "Wireshark's `tcp.stream`, numbered over the capture point's files in time order",
+    "orig_h": "originator address, as Wireshark writes it",
+    "orig_p": "originator port",
+    "resp_h": "responder address",
+    "resp_p": "responder port",
+    "orientation": "how the originator was chosen (`conns` docs)",
+    "start": "first packet, UTC",
+    "start_ns": "first packet, nanoseconds since the epoch",
+    "duration": "seconds from first to last packet",
+    "orig_pkts": "packets from the originator",
+    "resp_pkts": "packets from the responder",
+    "orig_bytes": "payload bytes from the originator (Zeek's, by sequence numbers)",
+    "resp_bytes": "payload bytes from the responder",
+    "orig_payload": "payload bytes seen from the originator",
+    "resp_payload": "payload bytes seen from the responder",
+    "orig_ip_bytes": "IP bytes from the originator",
+    "resp_ip_bytes": "IP bytes from the responder",
+    "missed_bytes": "bytes acknowledged but never seen (Zeek's)",
+    "irtt": "initial round trip, seconds (null without a full handshake)",
+    "retransmissions": "retransmitted segments",
+    "zero_windows": "zero-window advertisements",
+    "orig_state": "the originator's final RFC 9293 state",
+    "resp_state": "the responder's final RFC 9293 state",
+    "end": "how the connection ended, in words",
+    "conn_state": "Zeek's `conn_state`",
+    "history": "Zeek's `history`",
+    "continued": "the record continues one written out early",
+    "emitted": "why the record was written",
+    "zeek_orig_state": "Zeek's originator state",
+    "zeek_resp_state": "Zeek's responder state",
+    "local_orig": "originator in `--local-nets` (null: not set)",
+    "local_resp": "responder in `--local-nets` (null: not set)",
+    "community_id": "Community ID v1 (`1:` + base64)",
+    "server_name": "TLS SNI or HTTP Host of the connection, if seen",
+    # findings
+    "kind": "the finding's kind (docs/diagnose.md)",
+    "severity": "`info`, `warning` or `error`",
+    "count": "connections that show it at this capture point",
+    "server": "the server it is about (`facts.server`), if one",
+    "server_idle_timeout_s": "the server idle timeout inferred here, median seconds (or null)",
+    "summary": "one line",
+    "first": "first packet of the finding, UTC",
+    "first_ns": "first packet of the finding, nanoseconds since the epoch",
+    "last_ns": "last packet of the finding, nanoseconds since the epoch",
+    "streams": "the streams that show it",
+    "frames": "the decisive frames",
+    "examples": "the example streams the text report details",
+    "explanation": "what happened, in prose",
+    "causes": "likely causes, most likely first",
+    "fixes": "what to change",
+    "errors": "what the applications most likely logged",
+    "display_filter": "a Wireshark display filter selecting its packets (or null)",
+    "facts": "the finding's facts, as JSON text",
+    "timeline": "the decisive packets with both endpoints' states, as JSON text",
+}
+"""What each column holds, for the tables in docs/fleet.md (`schema_markdown`)."""
+
+
+def schema_markdown(schema: pa.Schema) -> str:
+    """A Markdown table of a schema's columns, Arrow types and `DOC_NOTES`: the documented
+    tables are made by this function, and a test keeps the docs equal to it."""
+    lines = ["| column | Arrow type | meaning |", "|---|---|---|"]
+    for f in schema:
+        lines.append(f"| `{f.name}` | `{f.type}` | {DOC_NOTES.get(f.name, '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def partition(point: str) -> str:
+    """The hive-style directory of a capture point: ``point=NAME``, characters other than
+    letters, digits and ``-_.~`` percent-encoded (as pyarrow's hive partitioning decodes)."""
+    from urllib.parse import quote
+
+    return "point=" + quote(point, safe="")
+
+
+def _finding_rows(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Findings (few per capture point) as rows of `finding_schema`."""
+    import datetime as dt
+    import json
+
+    rows = []
+    for f in findings:
+        facts = f.get("facts") or {}
+        t = facts.get("server_idle_timeout_s")
+        first_ns = int(f.get("first_ns") or 0)
+        rows.append(
+            {
+                "kind": f["kind"],
+                "severity": f["severity"],
+                "count": int(f["count"]),
+                "server": str(facts["server"]) if facts.get("server") else None,
+                "server_idle_timeout_s": float(t["median"])
+                if isinstance(t, dict) and "median" in t
+                else None,
+                "summary": f["summary"],
+                "first": dt.datetime.fromtimestamp(first_ns // 1000 / 1e6, dt.UTC),
+                "first_ns": first_ns,
+                "last_ns": int(f.get("last_ns") or 0),
+                "streams": f.get("streams") or [],
+                "frames": f.get("frames") or [],
+                "examples": f.get("examples") or [],
+                "explanation": f.get("explanation", ""),
+                "causes": f.get("causes") or [],
+                "fixes": f.get("fixes") or [],
+                "errors": f.get("errors") or [],
+                "display_filter": f.get("display_filter"),
+                "facts": json.dumps(facts, default=str, sort_keys=True),
+                "timeline": json.dumps(f.get("timeline") or [], default=str),
+            }
+        )
+    return rows
+
+
+def _first_ts(path: str) -> tuple[int, str]:
+    """When a capture file starts (its first chunk's earliest packet), to join a point's
+    files in time order; an empty file sorts last."""
+    from tcpwhy.capture import iter_tables
+
+    for t in iter_tables(path, reuse=True):
+        if len(t):
+            return int(t["ts_ns"].min()), path
+    return 2**63 - 1, path
+
+
+def point_seed(run_seed: int, point: str) -> int:
+    """The uid seed of one capture point: the run's random seed mixed with its name, so that
+    uids differ across points (they number records from 0 at each) wherever a point runs."""
+    import hashlib
+
+    h = hashlib.blake2b(f"{run_seed}\0{point}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little")
+
+
+def write_point(
+    staging: str,
+    point: str,
+    files: list[str],
+    findings: list[dict[str, Any]],
+    run_seed: int,
+) -> int:
+    """One capture point's partitions of both datasets under `staging` (the dataset being
+    written, `ParquetDataset`), from the point's readable files (local paths); the connection
+    rows written. Runs where the point was diagnosed (a Dask worker, or this process)."""
+    pa = require_pyarrow()
+    from tcpwhy.capture import iter_tables
+    from tcpwhy.tcp.connections import iter_connection_columns
+    from tcpwhy.tcp.records import RecordOptions
+
+    if not os.path.isdir(staging):  # the run was abandoned: write nothing
+        raise TcpwhyError(staging, "the dataset being written is gone")
+    dirs = {}
+    for name in DATASETS:
+        dirs[name] = os.path.join(staging, name, partition(point))
+        os.makedirs(dirs[name], exist_ok=True)
+    fpath = os.path.join(dirs["findings"], "part-0.parquet")
+    schema = finding_schema()
+    pa.parquet.write_table(
+        pa.Table.from_pylist(_finding_rows(findings), schema=schema), fpath, compression="zstd"
+    )
+    ordered = [p for _, p in sorted(_first_ts(f) for f in files)]
+    ropts = RecordOptions(uid_seed=point_seed(run_seed, point))
+    sink = ParquetSink(os.path.join(dirs["connections"], "part-0.parquet"), conn_schema())
+    ok = False
+    try:
+        tables = (t for f in ordered for t in iter_tables(f, reuse=True))
+        for c in iter_connection_columns(tables):
+            sink.write(conn_table(c.with_options(ropts)))
+        ok = True
+    finally:
+        sink.close(ok)
+    return sink.rows
+
+
+def check_outdir(outdir: str) -> str:
+    """The absolute path of ``--parquet OUTDIR``, or one line saying why it cannot be one:
+    checked before any work is done."""
+    require_pyarrow()
+    if outdir.startswith("file://"):
+        outdir = outdir[len("file://") :]
+    elif "://" in outdir:
+        raise TcpwhyError(outdir, "--parquet writes to a local (or shared) directory")
+    path = os.path.abspath(outdir)
+    if not os.path.isdir(os.path.dirname(path)):
+        raise TcpwhyError(outdir, "cannot write: No such file or directory")
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise TcpwhyError(outdir, "exists and is not a directory")
+        if not set(os.listdir(path)) <= set(DATASETS):
+            raise TcpwhyError(outdir, "exists and is not a dataset of tcpwhy's")
+    return path
+
+
+class ParquetDataset:
+    """``analyze --parquet OUTDIR``: the datasets are written into a directory beside OUTDIR
+    and renamed into place only when every capture point is written, so a run that fails
+    or is interrupted leaves no half dataset. OUTDIR may be new, empty, or an earlier
+    dataset of tcpwhy's (replaced)."""
+
+    def __init__(self, outdir: str) -> None:
+        import secrets
+        import tempfile
+
+        self.outdir = check_outdir(outdir)
+        parent = os.path.dirname(self.outdir)
+        try:
+            self.staging = tempfile.mkdtemp(
+                prefix=f".{os.path.basename(self.outdir)}.", suffix=".part", dir=parent
+            )
+        except OSError as exc:
+            raise TcpwhyError(outdir, f"cannot write: {exc.strerror or exc}") from None
+        for name in DATASETS:
+            os.mkdir(os.path.join(self.staging, name))
+        self.seed = secrets.randbits(63)
+
+    def commit(self) -> None:
+        """Rename the finished datasets into place (an earlier dataset there is replaced)."""
+        import shutil
+
+        old = None
+        if os.path.exists(self.outdir):
+            old = self.staging + ".old"
+            os.rename(self.outdir, old)
+        os.rename(self.staging, self.outdir)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def abandon(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.staging, ignore_errors=True)
