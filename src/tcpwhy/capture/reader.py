@@ -39,6 +39,9 @@ CHUNK_BYTES = 8 << 20
 MAX_ROWS_PER_TABLE = 1 << 16
 MAX_PCAP_CAPLEN = 262144
 MAX_BLOCK = 64 << 20
+OFFLOAD_SHARE = 0.05
+"""Above this share of TCP packets failing checksums, a warning (Zeek's
+find-checksum-offloading script warns above the same share)."""
 
 PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": (True, False),  # little-endian, microseconds
@@ -481,9 +484,10 @@ def iter_tables(
     With `reuse`, every table shares the same column and byte buffers, which
     the next chunk overwrites: for consumers that are done with a table before
     asking for the next (views, the benchmark). It saves the page faults of
-    fresh buffers, a fifth of the decoding time. `checksums` verifies each fully
-    captured TCP segment's checksum into `csum_ok` (Wireshark does not by
-    default; Zeek does unless run with -C). `teredo_any_port` decodes Teredo
+    fresh buffers, a fifth of the decoding time. `checksums` checks what Zeek
+    checks unless run with -C, into `csum_ok` (Wireshark does not by default):
+    each fully captured TCP segment's checksum, and the IPv4 headers and
+    tunnels' UDP datagrams on the way to it. `teredo_any_port` decodes Teredo
     between a client and its relay on any UDP ports, as Zeek does (tshark only
     looks inside UDP port 3544, so the default keeps its stream numbers). `reassemble`
     joins IPv4 and IPv6 fragments and decodes the datagrams (as tshark does by default);
@@ -544,6 +548,7 @@ def _iter(
     shared_cols = empty_columns(MAX_ROWS_PER_TABLE) if reuse else None
     shared_buf = np.empty(0, np.uint8)
     reassembler = Reassembler() if reassemble else None
+    bad_sums = 0  # TCP rows failing a checksum check (when asked)
     try:
         while True:
             # a fresh buffer per chunk: earlier tables keep pointing into theirs
@@ -589,6 +594,9 @@ def _iter(
                         stats.icmp += len(table.icmp)
                     if len(table) or table.icmp is not None:
                         stats.tcp += len(table)
+                        if checksums:
+                            c = table["csum_ok"]
+                            bad_sums += int(np.count_nonzero((c == 0) | (c == -2)))
                         yield table
                 pos = newpos
                 if st == BOGUS:
@@ -615,6 +623,12 @@ def _iter(
                 stats.add_skipped(what, int(counts[code]))
         if reassembler is not None:
             _report_reassembly(reassembler, stats)
+        if bad_sums > OFFLOAD_SHARE * stats.tcp:
+            stats.warnings.append(
+                f"{bad_sums} of {stats.tcp} TCP packets fail a checksum check, most likely "
+                "from checksum offload on the capturing host: they are left out as Zeek "
+                "leaves them out without -C; -C counts them"
+            )
     if isinstance(parser, _PcapngParser) and not parser.seen_shb:
         raise CaptureError(name, "not a pcapng capture")
     if stats.frames and stats.frames == stats.skipped.get("unsupported link type", 0):

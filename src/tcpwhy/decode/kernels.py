@@ -156,6 +156,42 @@ def _be48(b: Any, p: Any) -> Any:
     return v
 
 
+@njit(cache=True, inline="always")
+def _sum16(buf: Any, k: Any, stop: Any, s: Any) -> Any:
+    """The Internet checksum's running sum `s` plus the bytes buf[k:stop] as 16-bit words."""
+    while k + 1 < stop:
+        s += np.uint64((_u8(buf, k) << 8) | _u8(buf, k + 1))
+        k += 2
+    if k < stop:
+        s += np.uint64(_u8(buf, k) << 8)
+    return s
+
+
+@njit(cache=True, inline="always")
+def _fold(s: Any) -> Any:
+    while s >> np.uint64(16):
+        s = (s & np.uint64(0xFFFF)) + (s >> np.uint64(16))
+    return s
+
+
+@njit(cache=True, inline="always")
+def _pseudo(v4: Any, src_hi: Any, src_lo: Any, dst_hi: Any, dst_lo: Any, proto: Any, n: Any) -> Any:
+    """The sum of a TCP/UDP pseudo-header (addresses as the table stores them)."""
+    s = np.uint64(0)
+    if v4:
+        s += (src_lo >> np.uint64(16)) & np.uint64(0xFFFF)
+        s += src_lo & np.uint64(0xFFFF)
+        s += (dst_lo >> np.uint64(16)) & np.uint64(0xFFFF)
+        s += dst_lo & np.uint64(0xFFFF)
+    else:
+        for w in (src_hi, src_lo, dst_hi, dst_lo):
+            s += (w >> np.uint64(48)) & np.uint64(0xFFFF)
+            s += (w >> np.uint64(32)) & np.uint64(0xFFFF)
+            s += (w >> np.uint64(16)) & np.uint64(0xFFFF)
+            s += w & np.uint64(0xFFFF)
+    return s + np.uint64(proto) + np.uint64(n)
+
+
 # ---- record walkers ---------------------------------------------------------------------
 
 
@@ -530,6 +566,11 @@ def decode_records(
         tunnel = 0
         have_ip = False
         icmp_row = False
+        # Zeek's checks below TCP (`checksums` only): a bad IPv4 header checksum, an IPv4
+        # total length of 0, a bad checksum on the UDP datagram carrying a tunnel. Zeek
+        # drops such a packet before TCP sees it (csum_ok -2).
+        zdrop = False
+        ip_end = 0  # where the innermost IP header says its payload ends (Zeek's length)
         i_type = 0
         i_code = 0
         i_mtu = 0
@@ -720,9 +761,13 @@ def decode_records(
                     tot = _be16(buf, p + 2)
                     if tot == 0:  # TSO: the capture host had not filled the length yet
                         tot = lim - p
+                        zdrop = True  # Zeek without -C gives up on such a packet
                     if ihl < 20 or tot < ihl or p + ihl > end:
                         status = ST_UNDECODABLE
                         break
+                    if checksums and _fold(_sum16(buf, p, p + ihl, np.uint64(0))) != 0xFFFF:
+                        zdrop = True
+                    ip_end = p + tot
                     frag = _be16(buf, p + 6)
                     ip_off = p - frame_start
                     ip_len = tot
@@ -750,6 +795,7 @@ def decode_records(
                     plen = _be16(buf, p + 4)
                     if plen == 0:
                         plen = lim - p - 40
+                    ip_end = p + 40 + plen
                     ip_off = p - frame_start
                     ip_len = 40 + plen
                     ip_ttl = _u8(buf, p + 7)
@@ -819,6 +865,30 @@ def decode_records(
                     usp = _be16(buf, p)
                     udp = _be16(buf, p + 2)
                     ulen = _be16(buf, p + 4)
+                    if checksums and ip_end <= end and ip_end >= p + 8:
+                        # Zeek's UDP analyzer forwards a datagram to a tunnel decoder only
+                        # when its checksum holds (0: none, over IPv4; VXLAN may send 0)
+                        ucs = _be16(buf, p + 6)
+                        check = ipver == 6 or ucs != 0
+                        if (
+                            udp == 4789
+                            and ucs == 0
+                            and ip_end - p > 8 + 8 + 14
+                            and (_u8(buf, p + 8) & 0x08)
+                        ):
+                            check = False
+                        if check:
+                            us = _pseudo(
+                                ipver == 4,
+                                ip_src_hi,
+                                ip_src_lo,
+                                ip_dst_hi,
+                                ip_dst_lo,
+                                17,
+                                ip_end - p,
+                            )
+                            if _fold(_sum16(buf, p, ip_end, us)) != 0xFFFF:
+                                zdrop = True
                     if ulen >= 8 and p + ulen < lim:
                         lim = p + ulen
                     u = p + 8
@@ -995,7 +1065,7 @@ def decode_records(
                 break
         if status != ST_TCP:
             counts[status] += 1
-            if status == ST_FRAGMENT:
+            if status == ST_FRAGMENT and not (checksums and zdrop):
                 fu = np.uint64(n_frag)
                 o_frag[fu, 0] = np.uint64(i)
                 o_frag[fu, 1] = np.uint64(frame_start + ip_off)
@@ -1149,31 +1219,14 @@ def decode_records(
             counts[ST_ICMP_TCP] += 1
             k_icmp += 1
             continue
-        # checksum, when asked for and the whole segment was captured
-        if checksums and p + seg_len <= end and seg_len >= doff:
-            s = np.uint64(0)
-            if ipver == 4:
-                s += (ip_src_lo >> np.uint64(16)) & np.uint64(0xFFFF)
-                s += ip_src_lo & np.uint64(0xFFFF)
-                s += (ip_dst_lo >> np.uint64(16)) & np.uint64(0xFFFF)
-                s += ip_dst_lo & np.uint64(0xFFFF)
-            else:
-                for w in (ip_src_hi, ip_src_lo, ip_dst_hi, ip_dst_lo):
-                    s += (w >> np.uint64(48)) & np.uint64(0xFFFF)
-                    s += (w >> np.uint64(32)) & np.uint64(0xFFFF)
-                    s += (w >> np.uint64(16)) & np.uint64(0xFFFF)
-                    s += w & np.uint64(0xFFFF)
-            s += np.uint64(6) + np.uint64(seg_len)
-            k = p
-            seg_end = p + seg_len
-            while k + 1 < seg_end:
-                s += np.uint64((_u8(buf, k) << 8) | _u8(buf, k + 1))
-                k += 2
-            if k < seg_end:
-                s += np.uint64(_u8(buf, k) << 8)
-            while s >> np.uint64(16):
-                s = (s & np.uint64(0xFFFF)) + (s >> np.uint64(16))
-            o_csum[ju] = 1 if s == np.uint64(0xFFFF) else 0
+        # checksums, when asked for: as Zeek checks them (see `zdrop`), the TCP one over the
+        # length the IP header gives when that much was captured
+        zlen = ip_end - p
+        if checksums and zdrop:
+            o_csum[ju] = -2
+        elif checksums and ip_end <= end and zlen >= doff:
+            s = _pseudo(ipver == 4, ip_src_hi, ip_src_lo, ip_dst_hi, ip_dst_lo, 6, zlen)
+            o_csum[ju] = 1 if _fold(_sum16(buf, p, ip_end, s)) == np.uint64(0xFFFF) else 0
         else:
             o_csum[ju] = -1
         counts[ST_TCP] += 1

@@ -217,6 +217,12 @@ class Reassembler:
                 return None
             struct.pack_into(">H", hdr, 2, tot)
             struct.pack_into(">H", hdr, 6, struct.unpack_from(">H", hdr, 6)[0] & 0x4000)
+            # a valid header checksum again: each fragment's own was checked (when asked)
+            struct.pack_into(">H", hdr, 10, 0)
+            words = sum(struct.unpack(f">{len(hdr) // 2}H", bytes(hdr)))
+            while words >> 16:
+                words = (words & 0xFFFF) + (words >> 16)
+            struct.pack_into(">H", hdr, 10, ~words & 0xFFFF)
             return bytes(hdr) + payload
         if len(payload) > MAX_DATAGRAM:
             return None

@@ -95,7 +95,13 @@ COLUMNS: dict[str, tuple[str, tuple[int, ...], str]] = {
     "flags": ("u2", (), "the nine TCP flag bits"),
     "win": ("u2", (), "window field as sent (unscaled)"),
     "urp": ("u2", (), "urgent pointer"),
-    "csum_ok": ("i1", (), "TCP checksum: 1 good, 0 bad, -1 not checked (not asked, or cut)"),
+    "csum_ok": (
+        "i1",
+        (),
+        "TCP checksum: 1 good, 0 bad, -1 not checked (not asked, or cut); -2: a check "
+        "Zeek makes below TCP failed (IPv4 header checksum or total length 0, a tunnel's "
+        "UDP checksum), so Zeek drops the packet",
+    ),
     "opt_mss": ("i4", (), "MSS option value, -1 absent"),
     "opt_ws": ("i1", (), "window-scale shift, -1 absent"),
     "opt_sack_perm": ("?", (), "SACK-permitted option present"),

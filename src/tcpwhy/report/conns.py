@@ -365,7 +365,7 @@ def cmd_conns(args: argparse.Namespace) -> int:
     from tcpwhy.tcp.records import RecordOptions
 
     stats = CaptureStats()
-    options: dict[str, Any] = {"check_checksums": args.check_checksums}
+    options: dict[str, Any] = {"check_checksums": checksums_checked(args)}
     if args.boundaries:
         options["boundaries"] = args.boundaries
     if args.max_active:
@@ -403,6 +403,20 @@ def cmd_conns(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     report_stats(args.file, stats)
     return 0
+
+
+def checksums_checked(args: argparse.Namespace) -> bool:
+    """Whether bad checksums drop packets: as Zeek by default where records are cut as Zeek
+    cuts them (`--boundaries zeek`, the Zeek formats), `-C` as Zeek's -C; not otherwise
+    (tshark does not check them either) unless --check-checksums."""
+    if getattr(args, "ignore_checksums", False):
+        return False
+    if args.check_checksums:
+        return True
+    zeek_cut = args.boundaries == "zeek" or (
+        args.boundaries is None and args.format in ZEEK_FORMATS
+    )
+    return bool(zeek_cut)
 
 
 def _u16(text: str) -> int:
@@ -458,10 +472,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="one record per tcp.stream (default), or cut where Zeek's timers would "
         "(default for --format zeek and zeek-json)",
     )
-    p.add_argument(
+    csum = p.add_mutually_exclusive_group()
+    csum.add_argument(
         "--check-checksums",
         action="store_true",
-        help="drop packets with bad TCP checksums, as Zeek does without -C",
+        help="drop packets with bad checksums, as Zeek does without -C (the default with "
+        "--boundaries zeek and the Zeek formats)",
+    )
+    csum.add_argument(
+        "-C",
+        "--ignore-checksums",
+        action="store_true",
+        help="count packets whatever their checksums, as Zeek's -C (captures from a host "
+        "with checksum offload)",
     )
     p.add_argument(
         "--max-active",

@@ -804,6 +804,13 @@ def process_chunk(
         if nfree == 0 or k == OUT.shape[0]:
             return nfree, next_uid, k, i
         c = conv[i]
+        if check_csum and csum_ok[i] == -2:
+            # a check below TCP failed (IPv4 header checksum, a tunnel's UDP checksum): Zeek
+            # drops the packet before any connection sees it; -2 marks a stream whose first
+            # packet went so, for the next one not to read as a continuation
+            if new[i] and conv_slot[c] < 0:
+                conv_slot[c] = -2
+            continue
         d = np.int64(pdir[i]) & 1  # 0 or 1, and LLVM now knows it (see below)
         t = ts[i]
         fl = np.int64(flags[i])
@@ -830,7 +837,7 @@ def process_chunk(
             else:
                 continued = 0
         else:
-            continued = 0 if new[i] else 1
+            continued = 0 if (new[i] or s == -2) else 1
         if s < 0:
             nfree -= 1
             s = free[nfree]
