@@ -234,3 +234,15 @@ def test_flow_no_pair_and_missing_stream() -> None:
     )
     assert r.returncode == 2 and r.stderr.startswith("tcpwhy: ") and "no TCP stream 9" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_conns_filter_keeps_a_connection_where_it_matches() -> None:
+    """The RSTs were injected between the points: only the client side saw them. Given
+    either way round, the two reset connections are written once, from the client side."""
+    for files in ((CLIENT, SERVER), (SERVER, CLIENT)):
+        out = jsonl(
+            tcpwhy("conns", *map(str, files), "-Y", "tcp.flags.reset == 1", "--format", "jsonl")
+        )
+        assert [r["stream"] for r in out] == [1, 2]
+        assert all(r["seen_at"] == [str(CLIENT), str(SERVER)] for r in out)
+        assert all(r["end"] == "reset by responder" for r in out)

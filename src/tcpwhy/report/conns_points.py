@@ -64,9 +64,14 @@ def read_points(files: list[str], stats: list[CaptureStats], **options: Any) -> 
     return points
 
 
-def seen_at(points: list[Point], pair: bool) -> tuple[list[set[int]], list[dict[int, list[str]]]]:
+def seen_at(
+    points: list[Point], pair: bool, kept: list[set[int] | None] | None = None
+) -> tuple[list[set[int]], list[dict[int, list[str]]]]:
     """Per point: the tcp.stream numbers not written there (the same connection was written
-    at an earlier point), and the capture points of each stream seen at more than one."""
+    at an earlier point), and the capture points of each stream seen at more than one.
+    `kept`: per point, the streams a display filter keeps (None: all); a connection the
+    filter drops at the earlier point is written at the later one, as analyze pairs only
+    the connections its filter kept."""
     from tcpwhy.diagnose.context import Capture
     from tcpwhy.diagnose.pairing import pair_captures
 
@@ -84,7 +89,8 @@ def seen_at(points: list[Point], pair: bool) -> tuple[list[set[int]], list[dict[
                 at = where[k].setdefault(int(s), [points[k].name])
                 if points[other].name not in at:
                     at.append(points[other].name)
-        dropped[p.b].update(int(s) for s in nb)
+        ka = kept[p.a] if kept is not None else None
+        dropped[p.b].update(int(b) for a, b in zip(na, nb, strict=True) if ka is None or a in ka)
     return dropped, where
 
 
@@ -102,16 +108,19 @@ def point_batches(
     from tcpwhy.diagnose.engine import _limit_to_filter
     from tcpwhy.tcp.connections import iter_connection_columns
 
-    dropped, where = seen_at(points, pair)
+    keeps: list[npt.NDArray[np.int64] | None] = [
+        None if flt is None else _limit_to_filter(p.table, np.zeros(len(p.table), np.int16), flt)[2]
+        for p in points
+    ]
+    kept = [None if k is None else {int(x) for x in k.tolist()} for k in keeps]
+    dropped, where = seen_at(points, pair, kept)
     many = len(points) > 1
     base = 0  # record numbers (uids) go on from point to point: no uid repeats
     for k, p in enumerate(points):
         opts = dict(options)
         if icmp is not None:
             opts["icmp_counts"] = icmp[k]
-        keep: npt.NDArray[np.int64] | None = None
-        if flt is not None:
-            keep = _limit_to_filter(p.table, np.zeros(len(p.table), np.int16), flt)[2]
+        keep = keeps[k]
         gone = np.fromiter(dropped[k], np.int64, len(dropped[k]))
         top = base
         for c in iter_connection_columns([p.table], stats, **opts):
