@@ -80,11 +80,15 @@ class PairView:
 
 
 def build_flow(
-    files: list[str], stream: int, stats: list[CaptureStats], pair: bool = True
+    files: list[str],
+    stream: int,
+    stats: list[CaptureStats],
+    pair: bool = True,
+    unpaired: list[str] | None = None,
 ) -> PairView | Ladder:
     """The ladder of tcp.stream `stream` (numbered as at the first capture point given):
     a `PairView` when another point saw the same connection, else a one-point `Ladder`
-    (rotated files joined)."""
+    (rotated files joined; `unpaired` says when other points exist but none saw it)."""
     from tcpwhy.diagnose.context import Capture
     from tcpwhy.diagnose.pairing import match_connection, pair_captures
     from tcpwhy.report.conns_points import read_points
@@ -113,6 +117,8 @@ def build_flow(
             sides = ((lad_b, m.rows_b, m.peer_b, cb), (lad_a, m.rows_a, m.peer_a, caps[0]))
             names, delays, offset = (points[pp.b].name, first.name), (ba, ab), -off
         return _pair_view(stream, sides, names, delays, pp.clock_offset_ms is not None, offset)
+    if unpaired is not None:
+        unpaired.append(first.name)
     return lad_a
 
 
@@ -468,7 +474,14 @@ def cmd_flow_points(args: Any) -> int:
 
         got: PairView | Ladder = build_ladder(files[0], args.stream, stats[0], flt)
     else:
-        got = build_flow(files, args.stream, stats, pair=not args.no_pair)
+        alone: list[str] = []
+        got = build_flow(files, args.stream, stats, not args.no_pair, alone)
+        for name in alone:  # said before the ladder: a reader of the text sees it first
+            print(
+                f"tcpwhy: note: tcp.stream {args.stream} of {name} was not seen at the other "
+                "capture points: drawn from that point alone",
+                file=sys.stderr,
+            )
     fmt = args.format
     if isinstance(got, PairView):
         if fmt == "json":
