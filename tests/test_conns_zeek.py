@@ -67,11 +67,6 @@ GRIDFTP = (
     "skip_further_processing once the TLS data channel is set up (frame 50): its last 5 "
     "packets (frames 51-57), both FINs among them, go uncounted; tcpwhy has no app analyzers"
 )
-GAPS = (
-    "segments missing from the capture (Wireshark: 'previous segment not captured', 'ACKed "
-    "unseen segment'): Zeek's reassembler reports content gaps (G/g, missed_bytes 233); "
-    "tcpwhy does no stream reassembly"
-)
 TSO = (
     "one client frame has IPv4 total length 0 (segmentation offload on the capturing host): "
     "Zeek adds the header's 0, tcpwhy's decoder the length captured (the difference)"
@@ -89,7 +84,6 @@ AMSDU = (
 GTP = "Zeek's X ('analysis partial', e.g. a limit hit) is not modelled by tcpwhy"
 
 LEDGER: dict[Diff, str] = {
-    Diff("ftp-cwd-navigation", "CHhAvVGS1DHFjwGM9", "history", "ShAdDaGg", "ShAdDa"): GAPS,
     Diff("ftp-gridftp", "ClEkJM2Vm5giqnMf4h", "conn_state", "S1", "SF"): GRIDFTP,
     Diff("ftp-gridftp", "ClEkJM2Vm5giqnMf4h", "history", "ShADad", "ShADadfF"): GRIDFTP,
     Diff("ftp-gridftp", "ClEkJM2Vm5giqnMf4h", "orig_pkts", "7", "9"): GRIDFTP,
@@ -330,7 +324,6 @@ def zeek_log_as_json(z: dict[str, str]) -> dict[str, Any]:
 
 
 JSON_LEDGER: dict[tuple[str, str, str], str] = {
-    ("ftp-cwd-navigation", "CHhAvVGS1DHFjwGM9", "missed_bytes"): GAPS,
     ("ftp-gridftp", "ClEkJM2Vm5giqnMf4h", "duration"): GRIDFTP,
 }
 """Differences in fields the main comparison (COMPARED) leaves out, with their reasons."""

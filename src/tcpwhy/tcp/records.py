@@ -94,7 +94,7 @@ COLUMNS: dict[str, tuple[str, tuple[int, ...], str]] = {
     "resp_payload": ("i8", (), "responder payload bytes summed over the packets"),
     "orig_ip_bytes": ("i8", (), "originator IP-level bytes (IP total length)"),
     "resp_ip_bytes": ("i8", (), "responder IP-level bytes"),
-    "missed_bytes": ("i8", (), "always 0: no stream reassembly"),
+    "missed_bytes": ("i8", (), "content gap bytes, as Zeek's reassembler counts them"),
     "irtt_ns": ("i8", (), "SYN to the originator's ACK of the SYN-ACK; IRTT_UNSET if none"),
     "retransmissions": ("i8", (), "packets flagged as retransmissions, both ways"),
     "zero_windows": ("i8", (), "zero-window packets, both ways"),

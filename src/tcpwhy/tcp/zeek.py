@@ -12,9 +12,11 @@ Endpoints are indexed by the packet table's canonical direction (0/1), not
 by originator/responder; ``F_ODIR`` says which one originates. Flipping the
 roles (Zeek's ``^``) is then a single assignment.
 
-What is left out of Zeek: the stream reassembler (content gaps, history
-``G`` and ``missed_bytes``), application analyzers (``service``, ``X``) and
-weirds. See docs/conns.md.
+Content gaps (history ``G``/``g``, ``missed_bytes``) follow Zeek's reassembler
+(``TCP_Reassembler``: ``DataSent``, ``AckReceived``, ``Undelivered``, ``Gap``)
+without its payload: per endpoint the point delivered up to and a few blocks
+above a hole. What is left out of Zeek: application analyzers (``service``,
+``X``) and weirds. See docs/conns.md.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ _conn_fields = (
     "A0LO",
     "A1HI",
     "A1LO",
+    "MISSED",  # content gap bytes (Zeek's missed_bytes)
 )
 _conn_fields32 = (
     "ACTIVE",
@@ -97,6 +100,8 @@ _conn_fields32 = (
     "REASON",  # END_* why the record was emitted
     "P0",  # port of the endpoint that sends direction 0
     "P1",
+    "FIRST_SEEN",  # bit 1 + dir: a packet of that direction got past the checksum
+    "IS_PARTIAL",  # Zeek's is_partial: the connection did not start with a SYN from each side
 )
 _ep_fields = (
     "START",  # raw 32-bit start sequence number
@@ -109,6 +114,17 @@ _ep_fields = (
     "IPBYTES",
     "PAYLOAD",
     "FIN_END",  # raw seq just past my last FIN, for picking the ACKs that matter to states
+    "FIN_REL",  # Zeek's FIN_seq: relative seq just past my last FIN
+    # Zeek's reassembler, for content gaps: relative seq delivered up to, trimmed up to,
+    # and up to three blocks of data received above a hole ([lo, hi), hi 0 if unused)
+    "LR",
+    "TRIM",
+    "B0LO",
+    "B0HI",
+    "B1LO",
+    "B1HI",
+    "B2LO",
+    "B2HI",
 )
 _ep_fields32 = (
     "STATE",
@@ -125,6 +141,8 @@ _ep_fields32 = (
     "ZWIN",
     "FIN_ACKED",  # bit 1: an ACK of my FIN was kept; bit 2: a later non-acknowledging one
     "FIRST_KEPT",  # non-control packets kept at the start (for the handshake's ACK)
+    "G_CNT",
+    "G_TH",
 )
 F: dict[str, int] = {name: i for i, name in enumerate(_conn_fields)}
 F.update({name: i for i, name in enumerate(_conn_fields32)})
@@ -161,6 +179,7 @@ NFIELDS32 = WP0 + 2 * WPN
     F_A0LO,
     F_A1HI,
     F_A1LO,
+    F_MISSED,
 ) = range(len(_conn_fields))
 (
     F_ACTIVE,
@@ -177,6 +196,8 @@ NFIELDS32 = WP0 + 2 * WPN
     F_REASON,
     F_P0,
     F_P1,
+    F_FIRST_SEEN,
+    F_IS_PARTIAL,
 ) = range(len(_conn_fields32))
 (
     E_START,
@@ -189,6 +210,15 @@ NFIELDS32 = WP0 + 2 * WPN
     E_IPBYTES,
     E_PAYLOAD,
     E_FIN_END,
+    E_FIN_REL,
+    E_LR,
+    E_TRIM,
+    E_B0LO,
+    E_B0HI,
+    E_B1LO,
+    E_B1HI,
+    E_B2LO,
+    E_B2HI,
 ) = range(EPN)
 (
     E_STATE,
@@ -205,6 +235,8 @@ NFIELDS32 = WP0 + 2 * WPN
     E_ZWIN,
     E_FIN_ACKED,
     E_FIRST_KEPT,
+    E_G_CNT,
+    E_G_TH,
 ) = range(WPN)
 
 # how the originator was chosen
@@ -391,6 +423,138 @@ def _note_close(S: Any, W: Any, s: Any, d: Any, kind: Any) -> None:
             return
 
 
+@njit(cache=True, inline="always")
+def _is_clean(W: Any, s: Any, d: Any) -> bool:
+    st = W[s, _ew(d) + E_STATE]
+    return st == ESTABLISHED or (st == CLOSED and W[s, _ew(d) + E_PREV] == ESTABLISHED)
+
+
+@njit(cache=True, _nrt=False)
+def _gap(S: Any, W: Any, H: Any, s: Any, d: Any, n: Any) -> None:
+    """Zeek's TCP_Reassembler::Gap: counted (G/g, missed_bytes) only while both sides are
+    established or closing cleanly."""
+    if _is_clean(W, s, d) and _is_clean(W, s, 1 - d):
+        _scaled(S, W, H, s, d, E_G_CNT, E_G_TH, 71)  # 'G'
+        S[s, F_MISSED] += n
+
+
+@njit(cache=True, _nrt=False)
+def _deliver_blocks(S: Any, W: Any, s: Any, e: Any) -> None:
+    """Blocks now reached by the delivered point join it (kept sorted, unused ones last)."""
+    while S[s, e + E_B0HI] != 0 and S[s, e + E_B0LO] <= S[s, e + E_LR]:
+        if S[s, e + E_B0HI] > S[s, e + E_LR]:
+            S[s, e + E_LR] = S[s, e + E_B0HI]
+        S[s, e + E_B0LO] = S[s, e + E_B1LO]
+        S[s, e + E_B0HI] = S[s, e + E_B1HI]
+        S[s, e + E_B1LO] = S[s, e + E_B2LO]
+        S[s, e + E_B1HI] = S[s, e + E_B2HI]
+        S[s, e + E_B2LO] = 0
+        S[s, e + E_B2HI] = 0
+
+
+@njit(cache=True, _nrt=False)
+def _add_block(S: Any, W: Any, s: Any, e: Any, lo: Any, hi: Any) -> None:
+    """Data above the delivered point: merged into the (at most three, sorted, disjoint)
+    blocks waiting. A fourth disjoint block is merged with its nearest neighbour (the hole
+    between them is then taken as filled, where Zeek keeps every block)."""
+    # absorb the blocks it overlaps or touches
+    for k in range(3):
+        blo = S[s, e + E_B0LO + 2 * k]
+        bhi = S[s, e + E_B0HI + 2 * k]
+        if bhi != 0 and blo <= hi and lo <= bhi:
+            lo = min(lo, blo)
+            hi = max(hi, bhi)
+            S[s, e + E_B0LO + 2 * k] = 0
+            S[s, e + E_B0HI + 2 * k] = 0
+    # compact the rest, then insert in order (insertion sort over four slots)
+    n = 0
+    for k in range(3):
+        blo = S[s, e + E_B0LO + 2 * k]
+        bhi = S[s, e + E_B0HI + 2 * k]
+        if bhi != 0:
+            S[s, e + E_B0LO + 2 * n] = blo
+            S[s, e + E_B0HI + 2 * n] = bhi
+            n += 1
+    for k in range(n, 3):
+        S[s, e + E_B0LO + 2 * k] = 0
+        S[s, e + E_B0HI + 2 * k] = 0
+    if n == 3:
+        # merge the closest pair among the three and the new one
+        l0, h0 = S[s, e + E_B0LO], S[s, e + E_B0HI]
+        l1, h1 = S[s, e + E_B1LO], S[s, e + E_B1HI]
+        l2, h2 = S[s, e + E_B2LO], S[s, e + E_B2HI]
+        if lo < l0:
+            l0, h0, l1, h1, l2, h2, lo, hi = lo, hi, l0, h0, l1, h1, l2, h2
+        elif lo < l1:
+            l1, h1, l2, h2, lo, hi = lo, hi, l1, h1, l2, h2
+        elif lo < l2:
+            l2, h2, lo, hi = lo, hi, l2, h2
+        # four sorted blocks l0 < l1 < l2 < lo: join the pair with the smallest hole
+        g0, g1, g2 = l1 - h0, l2 - h1, lo - h2
+        if g0 <= g1 and g0 <= g2:
+            h0, l1, h1, l2, h2 = h1, l2, h2, lo, hi
+        elif g1 <= g2:
+            h1, l2, h2 = h2, lo, hi
+        else:
+            h2 = hi
+        S[s, e + E_B0LO], S[s, e + E_B0HI] = l0, h0
+        S[s, e + E_B1LO], S[s, e + E_B1HI] = l1, h1
+        S[s, e + E_B2LO], S[s, e + E_B2HI] = l2, h2
+        return
+    k = n
+    while k > 0 and S[s, e + E_B0LO + 2 * (k - 1)] > lo:
+        S[s, e + E_B0LO + 2 * k] = S[s, e + E_B0LO + 2 * (k - 1)]
+        S[s, e + E_B0HI + 2 * k] = S[s, e + E_B0HI + 2 * (k - 1)]
+        k -= 1
+    S[s, e + E_B0LO + 2 * k] = lo
+    S[s, e + E_B0HI + 2 * k] = hi
+
+
+@njit(cache=True, _nrt=False)
+def _data_sent(S: Any, W: Any, s: Any, d: Any, seq: Any, n: Any) -> None:
+    """Zeek's TCP_Reassembler::DataSent for payload [seq, seq + n) (relative) of endpoint d."""
+    e = _ep(d)
+    upper = seq + n
+    ack = S[s, e + E_ACKR]
+    if seq < ack:
+        if upper <= ack:
+            return
+        seq = ack
+    if upper <= S[s, e + E_TRIM]:
+        return
+    if seq < S[s, e + E_TRIM]:
+        seq = S[s, e + E_TRIM]
+    if seq <= S[s, e + E_LR]:
+        if upper > S[s, e + E_LR]:
+            S[s, e + E_LR] = upper
+            _deliver_blocks(S, W, s, e)
+    else:
+        _add_block(S, W, s, e, seq, upper)
+
+
+@njit(cache=True, _nrt=False)
+def _ack_received(S: Any, W: Any, H: Any, s: Any, d: Any, seq: Any) -> None:
+    """Zeek's TCP_Reassembler::AckReceived on endpoint d's data: what the peer acknowledges
+    beyond what was delivered is a content gap (up to the FIN)."""
+    e = _ep(d)
+    if W[s, _ew(d) + E_FIN_CNT] > 0 and seq >= S[s, e + E_FIN_REL]:
+        seq = S[s, e + E_FIN_REL] - 1
+    if seq <= S[s, e + E_TRIM]:
+        return
+    S[s, e + E_TRIM] = seq
+    if seq <= S[s, e + E_LR]:
+        return
+    if seq <= 2 and W[s, F_IS_PARTIAL]:
+        return  # Zeek's Undelivered ignores the faked first octets of a partial connection
+    while S[s, e + E_B0HI] != 0 and S[s, e + E_B0LO] < seq:
+        _gap(S, W, H, s, d, S[s, e + E_B0LO] - S[s, e + E_LR])
+        S[s, e + E_LR] = S[s, e + E_B0LO]
+        _deliver_blocks(S, W, s, e)
+    if seq > S[s, e + E_LR]:
+        _gap(S, W, H, s, d, seq - S[s, e + E_LR])
+        S[s, e + E_LR] = seq
+
+
 @njit(cache=True, _nrt=False)
 def _state_machine(
     S: Any,
@@ -538,6 +702,10 @@ def _new_conn(
         W[s, ew + E_RX_TH] = 1
         W[s, ew + E_W0_TH] = 1
         W[s, ew + E_CK_TH] = 1
+        W[s, ew + E_G_TH] = 1
+        e = _ep(dd)
+        S[s, e + E_LR] = 1  # Zeek's reassembler counts from 1
+        S[s, e + E_TRIM] = 1
     # WantConnection: without a plain SYN, guess the responder from likely server ports
     if not ((fl & SYN_) and not (fl & ACK_)):
         flip = False
@@ -698,7 +866,7 @@ def _attempt_due(S: Any, W: Any, s: Any, now: Any) -> Any:
 
 
 @kernel(
-    "i8[:,:] i4[:,:] u1[:,:] i8[:] i8 i8[:] i8 i8 i8[:] i8[:] b1[:] i1[:] i8[:] u2[:] u4[:] u4[:] u2[:] u4[:] u4[:] u2[:] u2[:] i8[:] i8[:] i8[:] i8[:] i1[:] i1[:] i1[:] b1[:] b1 b1 i8 i8 i8[:] b1[:] i8[:,:] i4[:,:] u1[:,:] i8[:,:] i8[:] b1 i8[:,:] i8[:] -> (i8, i8, i8, i8)"
+    "i8[:,:] i4[:,:] u1[:,:] i8[:] i8 i8[:] i8 i8 i8[:] i8[:] b1[:] i1[:] i8[:] u2[:] u4[:] u4[:] u2[:] u4[:] u4[:] u2[:] u2[:] i8[:] i8[:] i8[:] i8[:] i1[:] b1[:] i1[:] i1[:] b1[:] b1 b1 i8 i8 i8[:] b1[:] i8[:,:] i4[:,:] u1[:,:] i8[:,:] i8[:] b1 i8[:,:] i8[:] -> (i8, i8, i8, i8)"
 )
 def process_chunk(
     S: Any,
@@ -728,6 +896,7 @@ def process_chunk(
     dst_hi: Any,
     dst_lo: Any,
     csum_ok: Any,
+    trunc: Any,
     ext_retx: Any,
     ext_zwin: Any,
     # settings
@@ -886,6 +1055,17 @@ def process_chunk(
             row_keep[i] = False
             continue
 
+        # Zeek's SetPartialStatus: partial unless each side's first packet was its SYN
+        seen = W[s, F_FIRST_SEEN]
+        if d == W[s, F_ODIR]:
+            if not (seen & 1):
+                W[s, F_IS_PARTIAL] = 1 if (not (fl & SYN_) or (fl & ACK_)) else 0
+                W[s, F_FIRST_SEEN] = seen | 1
+        elif not (seen & 2):
+            if not W[s, F_IS_PARTIAL]:
+                W[s, F_IS_PARTIAL] = 0 if (fl & SYN_) else 1
+            W[s, F_FIRST_SEEN] = seen | 2
+
         is_orig = d == W[s, F_ODIR]
         syn = fl & SYN_
         fin = fl & FIN_
@@ -974,6 +1154,7 @@ def process_chunk(
         if fin:
             W[s, ew + E_FIN_CNT] += 1
             S[s, e + E_FIN_END] = end
+            S[s, e + E_FIN_REL] = rel + seg
             W[s, ew + E_FIN_ACKED] = 0
             _note_close(S, W, s, d, 0)
         if rst:
@@ -990,14 +1171,22 @@ def process_chunk(
             S[s, F_HSACK_TS] = t
 
         # the ACK field
+        rel_ack = 0
         if fl & ACK_:
             if W[s, pw + E_STATE] == INACTIVE:
                 _init_seq(S, W, s, 1 - d, ak - 1, ak - 1)
-            elif not rst:
+                rel_ack = 1
+            else:
                 pa_raw = _raw(S, W, s, 1 - d, S[s, p + E_ACKR])
                 da = _sdelta(ak, pa_raw)
                 prel = S[s, p + E_ACKR] + da
-                if prel >= 0 and not ((ak & _M32) == 0 and da > TOO_LARGE_SEQ_DELTA) and da > 0:
+                rel_ack = prel if prel >= 0 else 0
+                if (
+                    not rst
+                    and prel >= 0
+                    and not ((ak & _M32) == 0 and da > TOO_LARGE_SEQ_DELTA)
+                    and da > 0
+                ):
                     S[s, p + E_ACKR] += da
 
         # update_last_seq
@@ -1028,6 +1217,12 @@ def process_chunk(
                 Q[q, 1] = s
                 Q[q, 2] = S[s, F_UID]
                 qmeta[1] += 1
+
+        # the reassembler: acknowledged data never seen is a content gap; then this data
+        if fl & ACK_:
+            _ack_received(S, W, H, s, 1 - d, rel_ack)
+        if ln > 0 and not rst and not trunc[i] and rel >= 0:
+            _data_sent(S, W, s, d, rel + 1 if syn else rel, ln)
 
         # ConnSize: packets and IP bytes that got past the checksum
         S[s, e + E_PKTS] += 1
