@@ -246,3 +246,25 @@ def test_conns_filter_keeps_a_connection_where_it_matches() -> None:
         assert [r["stream"] for r in out] == [1, 2]
         assert all(r["seen_at"] == [str(CLIENT), str(SERVER)] for r in out)
         assert all(r["end"] == "reset by responder" for r in out)
+
+
+def test_flow_partial_overlap_marks_what_the_other_point_could_not_see(tmp_path: Path) -> None:
+    """A server-side capture that stopped half-way: what the client side saw after that is
+    seen at one point only, not lost or injected; the ladders agree with analyze's counts."""
+    early, late = tmp_path / "server-early.pcap", tmp_path / "server-late.pcap"
+    _split_pcap(SERVER, early, late)
+    doc = json.loads(tcpwhy("analyze", str(CLIENT), str(early), "--format", "json", status=1))
+    (path,) = doc["paths"]
+    lost = injected = one = 0
+    for stream in range(4):
+        d = flow_doc(str(CLIENT), str(early), str(stream))
+        end = max(x["time"] for r in d["rows"] for x in r["at"] if x["point"] == 1)
+        for r in d["rows"]:
+            lost += r["status"] == "lost"
+            injected += r["status"] == "injected"
+            if r["status"] == "one_point":
+                one += 1
+                assert [x["point"] for x in r["at"]] == [0] and r["at"][0]["time"] > end
+    assert lost == path["a_to_b"]["lost"] + path["b_to_a"]["lost"]
+    assert injected == path["only_in_a"] + path["only_in_b"] == 0  # the RSTs came later
+    assert one > 0

@@ -138,8 +138,17 @@ def _pair_view(
     d_sc = (delays[1] or 0.0) / 1e3
     tc = (lc.table["ts_ns"][rows_c].astype(np.int64) - t0) / 1e9
     ts = (ls.table["ts_ns"][rows_s].astype(np.float64) - off_ns - t0) / 1e9
-    c_lo, c_hi = (cap_c.start_ns - t0) / 1e9, (cap_c.end_ns - t0) / 1e9
-    s_lo, s_hi = (cap_s.start_ns - off_ns - t0) / 1e9, (cap_s.end_ns - off_ns - t0) / 1e9
+    # the time both points were capturing (`pairing.measure` counts losses within it alone)
+    lo = max(cap_c.start_ns - t0, cap_s.start_ns - off_ns - t0) / 1e9
+    hi = min(cap_c.end_ns - t0, cap_s.end_ns - off_ns - t0) / 1e9
+
+    def fate(t: float, d: float, sent_here: bool) -> str:
+        """A segment one point saw and the other did not: lost when it should have reached
+        the other point while both captured, injected when it should have been sent there."""
+        if sent_here:
+            return LOST if t >= lo and t + d <= hi else ONE_POINT
+        return INJECTED if t - d >= lo and t <= hi else ONE_POINT
+
     # rows of each ladder by table row (the ladder and the pairing read the same rows)
     k_c = {int(r): k for k, r in enumerate(lc.rows.tolist())}
     k_s = {int(r): k for k, r in enumerate(ls.rows.tolist())}
@@ -171,10 +180,8 @@ def _pair_view(
             if not to_server:
                 a.label = label(ls, srow)
             a.flagged = a.flagged or hot(ls, srow)
-        elif to_server:
-            a.status = LOST if s_lo <= tc[i] + d_cs <= s_hi else ONE_POINT
         else:
-            a.status = INJECTED if s_lo <= tc[i] - d_sc <= s_hi else ONE_POINT
+            a.status = fate(float(tc[i]), d_cs if to_server else d_sc, to_server)
         arrows.append(a)
     for i, row in enumerate(rows_s.tolist()):
         if int(peer_s[i]) >= 0:
@@ -184,10 +191,7 @@ def _pair_view(
         a = PairArrow(to_server, label(ls, row), BOTH, None, float(ts[i]), None, frame_s)
         a.server = " → ".join(s_ent.get(frame_s, []))
         a.flagged = hot(ls, row)
-        if not to_server:
-            a.status = LOST if c_lo <= ts[i] + d_sc <= c_hi else ONE_POINT
-        else:
-            a.status = INJECTED if c_lo <= ts[i] - d_cs <= c_hi else ONE_POINT
+        a.status = fate(float(ts[i]), d_cs if to_server else d_sc, not to_server)
         arrows.append(a)
     for a in arrows:
         d = d_cs if a.to_server else d_sc
