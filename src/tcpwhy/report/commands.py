@@ -52,7 +52,10 @@ def cmd_packets(args: argparse.Namespace) -> int:
         report_stats(args.file, stats)
         return 0
     try:
-        write_packets(args.file, args.format, args.absolute, args.count, stats=stats, flt=flt)
+        write_packets(
+            args.file, args.format, args.absolute, args.count, stats=stats, flt=flt,
+            time_format=args.time_format,
+        )  # fmt: skip
     finally:
         sys.stdout.flush()
     report_stats(args.file, stats)
@@ -91,6 +94,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-r", dest="read_file", metavar="FILE", help="the capture file (as tshark's -r)")
     p.add_argument(
         "-n", action="store_true", help="accepted as tshark's -n: tcpwhy never resolves names"
+    )
+    p.add_argument(
+        "-t",
+        dest="time_format",
+        choices=("r", "a", "ad", "d", "dd", "e", "u", "ud"),
+        help="the Time column as tshark's -t prints it: r relative, a/ad absolute local time "
+        "(with date), d/dd delta from the previous captured/listed packet, e epoch, u/ud UTC "
+        "(with date); at the capture's precision (default: seconds since the first packet, "
+        "6 decimals)",
     )
     add_reassembly_option(p)
     p.add_argument(

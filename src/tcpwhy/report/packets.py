@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import csv
 import functools
+import gzip
 import io
 import json
+import struct
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -187,6 +190,8 @@ class PacketRow:
     analysis: list[str]
     info: str
     icmp: dict[str, Any] | None = None  # an ICMP error about TCP: what it says and quotes
+    ts_ns: int = 0  # capture timestamp, nanoseconds since the epoch
+    time_text: str = ""  # the Time column in a tshark time format (`-t`), else ""
 
     def as_json(self) -> dict[str, Any]:
         d = {
@@ -217,12 +222,22 @@ def iter_rows(
     absolute: bool = False,
     limit: int | None = None,
     flt: DisplayFilter | None = None,
+    time_format: str | None = None,
+    meta: dict[str, int] | None = None,
 ) -> Iterator[PacketRow]:
-    """The rows of the packet list; with a display filter, only the packets it matches."""
+    """The rows of the packet list; with a display filter, only the packets it matches.
+    With a tshark time format, each row's `time_text` is its Time column in it."""
     tracker = StreamTracker()
     analyzer = Analyzer()
     shown = 0
+    digits = -1
+    last_captured: int | None = None  # for -t d: the previous frame of the capture
+    last_shown: int | None = None  # for -t dd: the previous row listed
     for t in iter_tables(source, stats, reuse=True):
+        if digits < 0:
+            digits = capture_ts_digits(source, t["ts_ns"])
+            if meta is not None:
+                meta["digits"] = digits
         s = tracker.feed(t)
         a = analyzer.feed(t, s)
         keep = None
@@ -231,6 +246,7 @@ def iter_rows(
             keep = flt.mask(t, ctx)
         t0 = stats.first_ts_ns or 0
         rel_t = ((t["ts_ns"] - t0).astype(np.float64) / 1e9).tolist()
+        ts = t["ts_ns"].tolist()
         seqs = (t["seq"] if absolute else s["rel_seq"]).tolist()
         acks = (t["ack"] if absolute else s["rel_ack"]).tolist()
         # SACK edges are in the other direction's sequence space: base = raw ack - rel ack
@@ -244,23 +260,48 @@ def iter_rows(
         stream = s["stream"].tolist()
         flagged = a.bits.tolist()
         icmp_rows = _icmp_rows(t, tracker, flt, stats, t0) if t.icmp is not None else []
+        # every ICMP row's (frame, time), shown or not: the frames before a row (-t d)
+        icmp_all = (
+            list(zip(t.icmp["frame"].tolist(), t.icmp["ts_ns"].tolist(), strict=True))
+            if t.icmp is not None
+            else []
+        )
         k = 0
+        m = 0
         for i in range(len(t) + 1):
             while k < len(icmp_rows) and icmp_rows[k][0] <= i:
                 if limit is not None and shown >= limit:
                     return
-                yield icmp_rows[k][1]
+                r = icmp_rows[k][1]
+                while m < len(icmp_all) and icmp_all[m][0] < r.frame:
+                    last_captured = icmp_all[m][1]
+                    m += 1
+                if time_format is not None:
+                    r.time_text = tshark_time(
+                        time_format, r.ts_ns, digits, t0, last_captured, last_shown
+                    )
+                last_shown = r.ts_ns
+                yield r
                 shown += 1
                 k += 1
             if i == len(t):
                 break
             if limit is not None and shown >= limit:
                 return
+            while m < len(icmp_all) and icmp_all[m][0] < c["frame"][i]:
+                last_captured = icmp_all[m][1]
+                m += 1
+            prev_captured = last_captured
+            last_captured = ts[i]
             if keep is not None and not keep[i]:
                 continue
             f = c["flags"][i]
             ack = acks[i] if f & ACK else 0
             info = info_text(c, i, seqs[i], ack, win[i], sack_base[i])
+            text = ""
+            if time_format is not None:
+                text = tshark_time(time_format, ts[i], digits, t0, prev_captured, last_shown)
+            last_shown = ts[i]
             yield PacketRow(
                 frame=c["frame"][i],
                 time=rel_t[i],
@@ -277,8 +318,102 @@ def iter_rows(
                 stream=stream[i],
                 analysis=a.names(i) if flagged[i] else [],
                 info=a.info_prefix(i) + info if flagged[i] else info,
+                ts_ns=ts[i],
+                time_text=text,
             )
             shown += 1
+
+
+# ---- time formats -------------------------------------------------------------------------
+
+TIME_FORMATS = ("r", "a", "ad", "d", "dd", "e", "u", "ud")
+"""tshark's -t formats: relative to the first packet, absolute local time (with date), delta
+from the previous captured (displayed) frame, epoch seconds, UTC time (with date)."""
+
+
+def tshark_time(
+    fmt: str,
+    ts_ns: int,
+    digits: int,
+    first_ns: int,
+    prev_captured: int | None,
+    prev_shown: int | None,
+) -> str:
+    """The Time column tshark prints in format `fmt` (its -t), one row at a time: the
+    reference the column-wise formatting is held to."""
+    if fmt in ("r", "d", "dd", "e"):
+        if fmt == "r":
+            v = ts_ns - first_ns
+        elif fmt == "e":
+            v = ts_ns
+        else:
+            prev = prev_captured if fmt == "d" else prev_shown
+            v = 0 if prev is None else ts_ns - prev
+        sign = "-" if v < 0 else ""
+        v = abs(v)
+        return sign + str(v // 10**9) + _frac(v % 10**9, digits)
+    sec, ns = divmod(ts_ns, 10**9)
+    tm = time.gmtime(sec) if fmt in ("u", "ud") else time.localtime(sec)
+    clock = time.strftime("%H:%M:%S", tm) + _frac(ns, digits)
+    if fmt in ("ad", "ud"):
+        return f"{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d} {clock}"
+    return clock
+
+
+def _frac(ns: int, digits: int) -> str:
+    """'.' and the first `digits` of nine decimals, truncated as tshark does."""
+    return "." + f"{ns:09d}"[:digits] if digits > 0 else ""
+
+
+def _digits_of_tsresol(res: int) -> int:
+    """Decimals tshark shows for a pcapng if_tsresol (10^-n s, or 2^-n with the high bit)."""
+    if res & 0x80:
+        return 9 if (res & 0x7F) > 19 else 6
+    n = res & 0x7F
+    return n if n <= 3 else (6 if n <= 6 else 9)
+
+
+def capture_ts_digits(source: str, first_ts: npt.NDArray[np.int64] | None = None) -> int:
+    """The decimals of the capture's time stamps as tshark prints them (its "automatic"
+    precision): 9 for nanosecond pcap, 6 for microsecond pcap, the first interface's
+    if_tsresol for pcapng. Standard input cannot be looked at twice: there, 9 if the first
+    packets have sub-microsecond times, else 6."""
+    if source != "-":
+        try:
+            with open(source, "rb") as raw:
+                head = raw.read(2)
+                raw.seek(0)
+                f: Any = gzip.GzipFile(fileobj=raw) if head == b"\x1f\x8b" else raw
+                data = f.read(1 << 16)
+        except (OSError, EOFError, gzip.BadGzipFile):
+            data = b""
+        magic = data[:4]
+        if magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"):
+            return 9
+        if magic in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4"):
+            return 6
+        if magic == b"\x0a\x0d\x0d\x0a" and len(data) >= 12:
+            e = "<" if data[8:12] == b"\x4d\x3c\x2b\x1a" else ">"
+            pos = 0
+            while pos + 12 <= len(data):
+                btype, blen = struct.unpack(e + "II", data[pos : pos + 8])
+                if blen < 12:
+                    break
+                if btype == 1:  # the first interface description block
+                    opts = data[pos + 16 : pos + blen - 4]
+                    i = 0
+                    while i + 4 <= len(opts):
+                        code, ln = struct.unpack(e + "HH", opts[i : i + 4])
+                        if code == 0:
+                            break
+                        if code == 9 and ln >= 1:
+                            return _digits_of_tsresol(opts[i + 4])
+                        i += 4 + ln + (-ln % 4)
+                    return 6
+                pos += blen
+    if first_ts is not None and len(first_ts) and bool(np.any(first_ts % 1000)):
+        return 9
+    return 6 if first_ts is not None else 9
 
 
 def _icmp_rows(
@@ -344,6 +479,7 @@ def _icmp_rows(
             analysis=[],
             info=icmp_info(v, ty, code),
             icmp=about,
+            ts_ns=c["ts_ns"][i],
         )
         out.append((c["icmp_at"][i], row))
     return out
@@ -361,28 +497,22 @@ def write_packets_rows(
     out: TextIO | None = None,
     stats: CaptureStats | None = None,
     flt: DisplayFilter | None = None,
+    time_format: str | None = None,
 ) -> CaptureStats:
     """The packet list row by row in Python: the reference the compiled writer
     (`write_packets`) is held to, byte for byte, and its fallback."""
     out = out if out is not None else sys.stdout
     stats = stats if stats is not None else CaptureStats()
     live = source == "-"
-    rows = iter_rows(source, stats, absolute, limit, flt)
-    if fmt == "jsonl":
-        for r in rows:
-            out.write(json.dumps(_versioned(r), ensure_ascii=False) + "\n")
-    elif fmt == "csv":
-        w = csv.writer(out, lineterminator="\n")
-        w.writerow(COLUMNS)
-        for r in rows:
-            w.writerow((r.frame, f"{r.time:.6f}", r.src, r.dst, r.length, r.info))
-    else:
-        for r in rows:
-            out.write(
-                f"{r.frame:>7} {r.time:>12.6f} {r.src:>15} → {r.dst:<15} {r.length:>5} {r.info}\n"
-            )
-            if live:
-                out.flush()
+    meta: dict[str, int] = {}
+    tf = time_format if fmt != "jsonl" else None
+    rows = iter_rows(source, stats, absolute, limit, flt, tf, meta)
+    if fmt == "csv":
+        out.write(",".join(COLUMNS) + "\n")
+    for r in rows:
+        out.write(_row_text(r, fmt, meta["digits"]))
+        if live:
+            out.flush()
     return stats
 
 
@@ -394,28 +524,33 @@ def write_packets(
     out: TextIO | None = None,
     stats: CaptureStats | None = None,
     flt: DisplayFilter | None = None,
+    time_format: str | None = None,
 ) -> CaptureStats:
     """Print the packet list, formatted column-wise by the compiled writer
     (`tcpwhy.report.packets_kernel`) in large buffers; a pipe on stdin is printed as packets
-    arrive (a buffer at a time)."""
+    arrive (a buffer at a time). `time_format`: one of tshark's -t formats (`TIME_FORMATS`)
+    for the Time column of the table and CSV (JSON lines have both `time` and `ts`)."""
     out = out if out is not None else sys.stdout
     stats = stats if stats is not None else CaptureStats()
     sink = _Sink(out, live=source == "-")
     if fmt == "csv":
         sink.write(b",".join(c.encode() for c in COLUMNS) + b"\n")
+    clock = _Clock(time_format if fmt != "jsonl" else None)
     tracker = StreamTracker()
     analyzer = Analyzer()
     shown = 0
     for t in iter_tables(source, stats, reuse=True):
         if limit is not None and shown >= limit:
             break
+        if clock.digits < 0:
+            clock.digits = capture_ts_digits(source, t["ts_ns"])
         s = tracker.feed(t)
         a = analyzer.feed(t, s)
         keep = None
         if flt is not None:
             ctx = FilterContext(t, streams=s, analysis=a, first_ts_ns=stats.first_ts_ns)
             keep = flt.mask(t, ctx)
-        sel = np.flatnonzero(keep) if keep is not None else np.arange(len(t), dtype=np.int64)
+        sel = np.flatnonzero(keep) if keep is not None else _arange(len(t))
         icmp_rows = (
             _icmp_rows(t, tracker, flt, stats, stats.first_ts_ns or 0) if t.icmp is not None else []
         )
@@ -423,9 +558,22 @@ def write_packets(
         if limit is not None and len(sel) + len(icmp_rows) > limit - shown:
             sel, icmp_rows, at = _clip(sel, icmp_rows, at, limit - shown)
         shown += len(sel) + len(icmp_rows)
-        _write_chunk(sink, fmt, t, s, a, absolute, stats, sel.astype(np.int64), icmp_rows, at)
+        tval = clock.chunk(t, sel, icmp_rows, stats.first_ts_ns or 0)
+        _write_chunk(
+            sink, fmt, t, s, a, absolute, stats, sel.astype(np.int64), icmp_rows, at, clock, tval
+        )
     sink.flush()
     return stats
+
+
+@functools.lru_cache(maxsize=4)
+def _arange_cached(n: int) -> npt.NDArray[np.int64]:
+    return np.arange(n, dtype=np.int64)
+
+
+def _arange(n: int) -> npt.NDArray[np.int64]:
+    """0..n-1, shared between chunks of the same size (never written to)."""
+    return _arange_cached(n)
 
 
 def _clip(
@@ -444,6 +592,127 @@ def _clip(
     return sel[: room - n_icmp], icmp_rows[:n_icmp], at[:n_icmp]
 
 
+class _Clock:
+    """tshark's Time column (`-t`) computed column-wise: what the kernel prints for each row
+    (`tval`) and the ICMP rows' texts, with the previous frames carried across chunks."""
+
+    def __init__(self, fmt: str | None) -> None:
+        from tcpwhy.report.packets_kernel import TIME_CLOCK, TIME_DATE, TIME_DEFAULT, TIME_SECONDS
+
+        self.fmt = fmt
+        self.mode = (
+            TIME_DEFAULT
+            if fmt is None
+            else TIME_SECONDS
+            if fmt in ("r", "d", "dd", "e")
+            else TIME_DATE
+            if fmt in ("ad", "ud")
+            else TIME_CLOCK
+        )
+        self.digits = -1
+        self.last_captured: int | None = None
+        self.last_shown: int | None = None
+
+    def chunk(
+        self,
+        t: PacketTable,
+        sel: npt.NDArray[Any],
+        icmp_rows: list[tuple[int, PacketRow]],
+        first_ns: int,
+    ) -> npt.NDArray[np.int64]:
+        """The nanoseconds each TCP row's Time prints; sets the ICMP rows' `time_text`."""
+        fmt = self.fmt
+        ts = t["ts_ns"]
+        if fmt is None:
+            return ts  # not printed
+        icmp_ts = np.array([r.ts_ns for _, r in icmp_rows], np.int64)
+        if fmt == "r":
+            tval, ival = ts - first_ns, icmp_ts - first_ns
+        elif fmt in ("e", "u", "ud"):
+            tval, ival = ts, icmp_ts
+        elif fmt in ("a", "ad"):
+            tval, ival = ts + _local_offsets_ns(ts), icmp_ts + _local_offsets_ns(icmp_ts)
+        else:
+            if fmt == "d":  # every TCP and ICMP frame of the chunk, shown or not
+                ic = t.icmp
+                fr = t["frame"] if ic is None else np.concatenate((t["frame"], ic["frame"]))
+                at = ts if ic is None else np.concatenate((ts, ic["ts_ns"]))
+                n_tcp = len(t)
+                tcp_pos: npt.NDArray[Any] = np.arange(n_tcp)
+            else:  # the rows listed
+                fr = np.concatenate((t["frame"][sel], [r.frame for _, r in icmp_rows]))
+                at = np.concatenate((ts[sel], icmp_ts))
+                n_tcp = len(sel)
+                tcp_pos = sel
+            fr = fr.astype(np.int64)
+            order = np.argsort(fr, kind="stable")
+            srt = at[order].astype(np.int64)
+            prev = np.empty_like(srt)
+            if len(srt):
+                last = self.last_captured if fmt == "d" else self.last_shown
+                prev[0] = srt[0] if last is None else last
+                prev[1:] = srt[:-1]
+                if fmt == "d":
+                    self.last_captured = int(srt[-1])
+                else:
+                    self.last_shown = int(srt[-1])
+            delta = np.empty_like(srt)
+            delta[order] = srt - prev
+            tval = np.zeros(len(t), np.int64)
+            tval[tcp_pos] = delta[:n_tcp]
+            if fmt == "d":
+                ic = t.icmp
+                icmp_frames = (
+                    {}
+                    if ic is None
+                    else dict(zip(ic["frame"].tolist(), delta[n_tcp:].tolist(), strict=True))
+                )
+                ival = np.array([icmp_frames[r.frame] for _, r in icmp_rows], np.int64)
+            else:
+                ival = delta[n_tcp:]
+        for (_, r), v in zip(icmp_rows, ival.tolist(), strict=True):
+            r.time_text = _format_tval(self.mode, v, self.digits)
+        return np.ascontiguousarray(tval, dtype=np.int64)
+
+
+def _format_tval(mode: int, v: int, digits: int) -> str:
+    """The text the kernel prints for `tval` v (for the few ICMP rows)."""
+    from tcpwhy.report.packets_kernel import TIME_DATE, TIME_SECONDS
+
+    if mode == TIME_SECONDS:
+        sign = "-" if v < 0 else ""
+        v = abs(v)
+        return sign + str(v // 10**9) + _frac(v % 10**9, digits)
+    sec, ns = divmod(v, 10**9)
+    tm = time.gmtime(sec)
+    clock = time.strftime("%H:%M:%S", tm) + _frac(ns, digits)
+    if mode == TIME_DATE:
+        return f"{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d} {clock}"
+    return clock
+
+
+def _local_offsets_ns(ts: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """The local time zone's UTC offset at each time, in nanoseconds: looked up once per
+    distinct minute (and per second in a minute where the offset changes)."""
+    if not len(ts):
+        return np.zeros(0, np.int64)
+    sec = ts // 1_000_000_000
+    minute = sec // 60
+    uniq, inv = np.unique(minute, return_inverse=True)
+    offs = np.empty(len(uniq), np.int64)
+    mixed = []
+    for k, m in enumerate(uniq.tolist()):
+        lo = time.localtime(m * 60).tm_gmtoff
+        offs[k] = lo
+        if time.localtime(m * 60 + 59).tm_gmtoff != lo:
+            mixed.append(k)
+    out = offs[inv]
+    for k in mixed:
+        rows = np.flatnonzero(inv == k)
+        out[rows] = [time.localtime(s).tm_gmtoff for s in sec[rows].tolist()]
+    return out * 1_000_000_000
+
+
 class _Sink:
     """Bytes to the view's text stream: straight to its binary buffer when it has one."""
 
@@ -454,13 +723,13 @@ class _Sink:
         if self.raw is not None:
             out.flush()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self.raw is not None:
             self.raw.write(data)
             if self.live:
                 self.raw.flush()
         else:
-            self.out.write(data.decode())
+            self.out.write(bytes(data).decode())
             if self.live:
                 self.out.flush()
 
@@ -471,15 +740,25 @@ class _Sink:
 _BUF_BYTES = 1 << 22
 
 
+@functools.lru_cache(maxsize=2)
+def _buffers(size: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+    """The output buffer and row ends, reused by every chunk (a fresh 4 MB buffer is page
+    faults each time)."""
+    return np.empty(size, np.uint8), np.empty(size // 16 + 1, np.int64)
+
+
 @functools.lru_cache(maxsize=1)
 def _vocab() -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """The kernel's static words (see `tcpwhy.report.packets_kernel`) and prefix order."""
+    from tcpwhy.report.packets_kernel import W_JSON_HEAD
     from tcpwhy.tcp.analysis import FLAGS, INFO_PREFIX
 
     words = [name.encode() for _, name in FLAG_NAMES]
     texts = {bit: text for bit, text in INFO_PREFIX}
     words += [f"[{texts.get(1 << k, '')}] ".encode() for k in range(len(FLAGS))]
     words += [json.dumps(name).encode() for name in FLAGS]
+    assert len(words) == W_JSON_HEAD
+    words.append(b'{"schema_version": "%s", "frame": ' % SCHEMA_VERSION.encode())
     vocab = np.frombuffer(b"".join(words), np.uint8).copy()
     voff = np.cumsum([0] + [len(w) for w in words], dtype=np.int64)
     order = np.array([bit.bit_length() - 1 for bit, _ in INFO_PREFIX], np.int64)
@@ -504,21 +783,24 @@ def _write_chunk(
     sel: npt.NDArray[np.int64],
     icmp_rows: list[tuple[int, PacketRow]],
     at: npt.NDArray[Any] | None,
+    clock: _Clock,
+    tval: npt.NDArray[np.int64],
 ) -> None:
     """The selected rows of one table, with its ICMP rows in their places."""
     from tcpwhy.report.packets_kernel import FMT_CSV, FMT_JSONL, FMT_TABLE, format_packets
 
     code = {"table": FMT_TABLE, "csv": FMT_CSV, "jsonl": FMT_JSONL}[fmt]
     t0 = stats.first_ts_ns or 0
-    rel_ns = t["ts_ns"] - t0
+    ts_ns = _col(t["ts_ns"], np.int64)
+    rel_ns = ts_ns - t0
     time_bits = (rel_ns.astype(np.float64) / 1e9).view(np.int64)
     seq = t["seq"] if absolute else s["rel_seq"]
     ack = t["ack"] if absolute else s["rel_ack"]
-    sack_base = np.zeros(len(t), np.uint32) if absolute else t["ack"] - s["rel_ack"]
+    sack_base = np.zeros(len(t), np.int64) if absolute else t["ack"] - s["rel_ack"]
     vocab, voff, order = _vocab()
     u8, u4, u2 = np.uint64, np.uint32, np.uint16
     cols = (
-        _col(t["frame"], u8), rel_ns, time_bits, _col(t["ts_ns"], np.int64),
+        _col(t["frame"], u8), rel_ns, time_bits, _col(tval, np.int64), ts_ns,
         _col(t["src_hi"], u8), _col(t["src_lo"], u8), _col(t["dst_hi"], u8),
         _col(t["dst_lo"], u8), _col(t["sport"], u2), _col(t["dport"], u2),
         _col(t["frame_len"], u4), _col(t["flags"], u2), _col(seq, u4), _col(ack, u4),
@@ -529,48 +811,53 @@ def _write_chunk(
         _col(s["stream"], np.int64), _col(a.bits, u4), _col(a.dup_ack_frame, np.int64),
         _col(a.dup_ack_num, np.int64), order, vocab, voff,
     )  # fmt: skip
-    buf = np.empty(_BUF_BYTES if len(sel) > 64 else 64 * 4096, np.uint8)
-    ends = np.empty(len(buf) // 16 + 1, np.int64)
+    buf, ends = _buffers(_BUF_BYTES if len(sel) > 64 else 64 * 4096)
+    view = memoryview(buf)  # type: ignore[arg-type]
     k = 0  # next ICMP row
     j = 0
     while j < len(sel) or k < len(icmp_rows):
         # up to the next ICMP row's place
         stop = int(at[k]) if at is not None and k < len(icmp_rows) else len(sel)
         while j < stop:
-            n = format_packets(code, -1, sel[:stop], j, *cols, buf, ends)
-            if n < 0:  # a time beyond the compiled writer's range: these rows in Python
-                _write_python_rows(sink, fmt, t, s, a, absolute, stats, sel[j:stop])
-                j = stop
-                break
-            chunk = buf[: ends[n - 1]].tobytes()
-            if code == FMT_JSONL:  # the compiled writer starts each line at "frame"
-                chunk = chunk.replace(b'{"frame": ', _JSONL_HEAD)
-            sink.write(chunk)
-            j += n
+            n = format_packets(code, clock.mode, clock.digits, sel[:stop], j, *cols, buf, ends)
+            done = n if n >= 0 else -n - 1
+            if done:
+                sink.write(view[: ends[done - 1]])
+                j += done
+            if n < 0:  # a time beyond the compiled writer's range: this row in Python
+                _write_python_rows(sink, fmt, t, s, a, absolute, stats, sel[j : j + 1], clock, tval)
+                j += 1
         if k < len(icmp_rows):
-            sink.write(_row_text(icmp_rows[k][1], fmt).encode())
+            sink.write(_row_text(icmp_rows[k][1], fmt, clock.digits).encode())
             k += 1
 
 
-_JSONL_HEAD = b'{"schema_version": "%s", "frame": ' % SCHEMA_VERSION.encode()
-
-
-def _versioned(r: PacketRow) -> dict[str, Any]:
-    """A jsonl line's object: the row with the schema version first (docs/json.md)."""
-    return {"schema_version": SCHEMA_VERSION, **r.as_json()}
-
-
-def _row_text(r: PacketRow, fmt: str) -> str:
-    """One row as `write_packets_rows` writes it."""
+def _row_text(r: PacketRow, fmt: str, digits: int) -> str:
+    """One row as `write_packets_rows` writes it (`digits`: the decimals of JSON's `ts`)."""
     if fmt == "jsonl":
-        return json.dumps(_versioned(r), ensure_ascii=False) + "\n"
+        head = json.dumps(
+            {"schema_version": SCHEMA_VERSION, "frame": r.frame, "time": round(r.time, 9)}
+        )[:-1]
+        text = json.dumps({"schema_version": SCHEMA_VERSION, **r.as_json()}, ensure_ascii=False)
+        assert text.startswith(head)
+        ts = ("-" if r.ts_ns < 0 else "") + str(abs(r.ts_ns) // 10**9)
+        ts += _frac(abs(r.ts_ns) % 10**9, digits)
+        return f'{head}, "ts": {ts}{text[len(head) :]}\n'
+    tm = r.time_text or f"{r.time:.6f}"
     if fmt == "csv":
         buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow(
-            (r.frame, f"{r.time:.6f}", r.src, r.dst, r.length, r.info)
-        )
+        csv.writer(buf, lineterminator="\n").writerow((r.frame, tm, r.src, r.dst, r.length, r.info))
         return buf.getvalue()
-    return f"{r.frame:>7} {r.time:>12.6f} {r.src:>15} → {r.dst:<15} {r.length:>5} {r.info}\n"
+    return f"{r.frame:>7} {tm:>12} {r.src:>15} → {r.dst:<15} {r.length:>5} {r.info}\n"
+
+
+def _row_lists(t: PacketTable, i: int) -> dict[str, list[Any]]:
+    """Row i's columns as `chunk_lists` gives them, for a single row."""
+    names = (*_INFO_COLUMNS, "frame", "frame_len", "src_hi", "src_lo", "dst_hi", "dst_lo")
+    out = {name: [t[name][i].item()] for name in names}
+    out["sack_le"] = [t["sack_le"][i].tolist()]
+    out["sack_re"] = [t["sack_re"][i].tolist()]
+    return out
 
 
 def _write_python_rows(
@@ -582,36 +869,40 @@ def _write_python_rows(
     absolute: bool,
     stats: CaptureStats,
     rows: npt.NDArray[np.int64],
+    clock: _Clock,
+    tval: npt.NDArray[np.int64],
 ) -> None:
     """Rows of one table formatted one by one (times the compiled writer does not print)."""
     t0 = stats.first_ts_ns or 0
-    c = chunk_lists(
-        t, (*_INFO_COLUMNS, "frame", "frame_len", "src_hi", "src_lo", "dst_hi", "dst_lo")
-    )
-    seqs = (t["seq"] if absolute else s["rel_seq"]).tolist()
-    acks = (t["ack"] if absolute else s["rel_ack"]).tolist()
-    bases = [0] * len(t) if absolute else (t["ack"].astype(np.int64) - s["rel_ack"]).tolist()
     parts = []
     for i in rows.tolist():
-        f = c["flags"][i]
-        ack = acks[i] if f & ACK else 0
-        info = info_text(c, i, seqs[i], ack, int(s["win_scaled"][i]), bases[i])
+        f = int(t["flags"][i])
+        seq = int((t["seq"] if absolute else s["rel_seq"])[i])
+        ack = int((t["ack"] if absolute else s["rel_ack"])[i]) if f & ACK else 0
+        base = 0 if absolute else int(t["ack"][i]) - int(s["rel_ack"][i])
+        c = _row_lists(t, i)
+        win = int(s["win_scaled"][i])
+        ts = int(t["ts_ns"][i])
         r = PacketRow(
-            frame=c["frame"][i],
-            time=float(np.float64(int(t["ts_ns"][i]) - t0) / 1e9),
-            src=_addr(c["src_hi"][i], c["src_lo"][i]),
-            dst=_addr(c["dst_hi"][i], c["dst_lo"][i]),
-            sport=c["sport"][i],
-            dport=c["dport"][i],
-            length=c["frame_len"][i],
+            frame=c["frame"][0],
+            time=float(np.float64(ts - t0) / 1e9),
+            src=_addr(c["src_hi"][0], c["src_lo"][0]),
+            dst=_addr(c["dst_hi"][0], c["dst_lo"][0]),
+            sport=c["sport"][0],
+            dport=c["dport"][0],
+            length=c["frame_len"][0],
             flags=flag_names(f),
-            seq=seqs[i],
+            seq=seq,
             ack=ack,
-            len=c["payload_len"][i],
-            win=int(s["win_scaled"][i]),
+            len=c["payload_len"][0],
+            win=win,
             stream=int(s["stream"][i]),
             analysis=a.names(i),
-            info=a.info_prefix(i) + info,
+            info=a.info_prefix(i) + info_text(c, 0, seq, ack, win, base),
+            ts_ns=ts,
+            time_text=""
+            if clock.fmt is None
+            else _format_tval(clock.mode, int(tval[i]), clock.digits),
         )
-        parts.append(_row_text(r, fmt))
+        parts.append(_row_text(r, fmt, clock.digits))
     sink.write("".join(parts).encode())

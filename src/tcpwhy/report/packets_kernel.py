@@ -6,57 +6,115 @@ stream tracking and analysis cost together. Here one call writes as many rows as
 buffer, in the table, CSV or JSON-lines format, byte for byte what the per-row writer in
 `tcpwhy.report.packets` prints (tests/test_packets_compiled.py holds the two together).
 
+Everything is in one function with its helpers inlined (``inline="always"``) and every
+column value read as int64: a helper call passing two dozen arrays, the reference counts
+numba keeps on them, and unsigned-by-signed arithmetic (which numba does in floating
+point, through ``fmod``) were what made an earlier version cost 1.4 µs a row.
+
 The vocabulary ``vocab[voff[w]:voff[w + 1]]`` holds the static words: the TCP flag names
 (words 0-8, in `FLAG_NAMES` order), the Info prefix of each analysis flag (words 9-23, by
-bit) and the JSON string of each flag's name (words 24-38). ``pfx_order`` lists the
-analysis bits in the order Wireshark's Info prefixes read.
+bit), the JSON string of each flag's name (words 24-38) and the start of a JSON line
+(word 39). ``pfx_order`` lists the analysis bits in the order Wireshark's Info prefixes read.
 
 Times are printed from their exact binary value as CPython does (``_round_scaled`` of the
-`conns` writer); JSON's ``repr(round(t, 9))`` is the nanosecond count itself while a
-double resolves nanoseconds (relative times below 2**22 s), else the call returns -1 and
-the caller writes those rows in Python.
+`conns` writer): the table's and CSV's ``.6f`` of any relative time below 2**33 s; JSON's
+``repr(round(t, 9))`` is the nanosecond count itself while a double resolves nanoseconds
+(below 2**52 ns) and the shortest decimal that reads back as the same double above that
+(found exactly with integer arithmetic). A row beyond 2**33 s stops the call, which then
+tells the caller to write that one row in Python. tshark's time formats (``-t``) are
+printed from integer nanoseconds, truncated to the capture's precision as tshark does.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from tcpwhy.native import kernel, njit
-from tcpwhy.report.conns_kernel import _put_addr, _put_fixed, _put_uint, _round_scaled
+from tcpwhy.report.conns_kernel import _put_addr, _round_scaled
 
 FMT_TABLE, FMT_CSV, FMT_JSONL = 0, 1, 2
+# the table's and CSV's Time column: Python's .6f of the relative time (the default), or
+# tshark's -t texts from `tval`: signed seconds (r, d, dd, e), clock time (a, u), date and
+# clock time (ad, ud)
+TIME_DEFAULT, TIME_SECONDS, TIME_CLOCK, TIME_DATE = 0, 1, 2, 3
 ROW_MAX = 4096  # bytes one row can take at most (all options, flags and analysis prefixes)
-W_FLAG, W_PREFIX, W_NAME = 0, 9, 24
+W_FLAG, W_PREFIX, W_NAME, W_JSON_HEAD = 0, 9, 24, 39
 A_RETRANS, A_FAST_RETRANS, A_SPURIOUS, A_DUP_ACK = 1, 2, 4, 64
 _ACK, _URG = 16, 32
 _TIME_MAX_NS = 1 << 52  # |relative time| up to which a double resolves nanoseconds (2**22 s)
+_MASK52 = (1 << 52) - 1
+# "00" to "99": two digits per division, half the dependent multiply-shift chain of one
+_PAIRS = np.frombuffer("".join(f"{k:02d}" for k in range(100)).encode(), np.uint8).copy()
+# each byte value's decimal text, 4 bytes apiece: its length then up to three digits
+_OCTETS = np.frombuffer(
+    b"".join(bytes([len(str(k))]) + str(k).encode().ljust(3, b" ") for k in range(256)), np.uint8
+).copy()
 
 
-@njit(cache=True)
-def _put_word(out: Any, p: int, vocab: Any, voff: Any, w: int) -> int:
+@njit(cache=True, inline="always")
+def _copy(out: Any, p: int, vocab: Any, voff: Any, w: int) -> int:
     a = voff[w]
-    b = voff[w + 1]
-    for k in range(b - a):
+    n = voff[w + 1] - a
+    for k in range(n):
         out[p + k] = vocab[a + k]
-    return p + b - a
+    return p + n
 
 
-@njit(cache=True)
-def _put_lit(out: Any, p: int, text: Any) -> int:
+@njit(cache=True, inline="always")
+def _lit(out: Any, p: int, text: Any) -> int:
     for k in range(len(text)):
         out[p + k] = text[k]
     return p + len(text)
 
 
-@njit(cache=True)
-def _put_int(out: Any, p: int, v: int) -> int:
+@njit(cache=True, inline="always")
+def _ndigits(v: int) -> int:
+    n = 1
+    pw = 10
+    while n < 19 and v >= pw:
+        pw *= 10
+        n += 1
+    return n
+
+
+@njit(cache=True, inline="always")
+def _uint(out: Any, p: int, v: int) -> int:
+    """Decimal digits of a non-negative int64."""
+    n = _ndigits(v)
+    q = p + n
+    while v >= 100:
+        r = 2 * (v % 100)
+        v //= 100
+        q -= 2
+        out[q] = _PAIRS[r]
+        out[q + 1] = _PAIRS[r + 1]
+    if v >= 10:
+        out[q - 2] = _PAIRS[2 * v]
+        out[q - 1] = _PAIRS[2 * v + 1]
+    else:
+        out[q - 1] = 48 + v
+    return p + n
+
+
+@njit(cache=True, inline="always")
+def _int(out: Any, p: int, v: int) -> int:
     if v < 0:
         out[p] = 45
-        return _put_uint(out, p + 1, -v)
-    return _put_uint(out, p, v)
+        return _uint(out, p + 1, -v)
+    return _uint(out, p, v)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _padded(out: Any, p: int, v: int, width: int) -> int:
+    for k in range(width - 1, -1, -1):
+        out[p + k] = 48 + v % 10
+        v //= 10
+    return p + width
+
+
+@njit(cache=True, inline="always")
 def _align_right(out: Any, start: int, p: int, width: int) -> int:
     """Right-align the field written at out[start:p] to `width` characters."""
     n = p - start
@@ -70,16 +128,97 @@ def _align_right(out: Any, start: int, p: int, width: int) -> int:
     return start + width
 
 
-@njit(cache=True)
-def _pad_left(out: Any, start: int, p: int, width: int) -> int:
-    while p - start < width:
+@njit(cache=True, inline="always")
+def _addr(out: Any, p: int, hi: int, lo: int) -> int:
+    if hi == 0 and ((lo >> 32) & 0xFFFFFFFF) == 0xFFFF:
+        for k in range(4):
+            o = 4 * ((lo >> (24 - 8 * k)) & 255)
+            n = _OCTETS[o]
+            out[p] = _OCTETS[o + 1]
+            out[p + 1] = _OCTETS[o + 2]
+            out[p + 2] = _OCTETS[o + 3]
+            out[p + n] = 46  # the dot after the octet (overwritten by what follows the last)
+            p += n + 1
+        return p - 1
+    return _put_addr(out, p, hi, lo, False)
+
+
+@njit(cache=True, inline="always")
+def _fraction(out: Any, p: int, ns: int, digits: int) -> int:
+    """'.' and the first `digits` decimals of `ns` nanoseconds (0 <= ns < 1e9), truncated."""
+    if digits <= 0:
+        return p
+    out[p] = 46
+    f = ns
+    for _ in range(9 - digits):
+        f //= 10
+    return _padded(out, p + 1, f, digits)
+
+
+@njit(cache=True, inline="always")
+def _seconds(out: Any, p: int, ns: int, digits: int) -> int:
+    """Signed seconds with `digits` decimals, truncated (tshark's relative, delta, epoch)."""
+    if ns < 0:
+        out[p] = 45
+        p += 1
+        ns = -ns
+    p = _uint(out, p, ns // 1000000000)
+    return _fraction(out, p, ns % 1000000000, digits)
+
+
+@njit(cache=True, inline="always")
+def _clock(out: Any, p: int, ns: int, digits: int, date: bool) -> int:
+    """[YYYY-MM-DD ]HH:MM:SS.fff of nanoseconds since the epoch (of the wanted zone)."""
+    days = ns // 86400000000000
+    rem = ns - days * 86400000000000
+    if date:  # days to a civil date (H. Hinnant's algorithm)
+        z = days + 719468
+        era = z // 146097
+        doe = z - era * 146097
+        yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+        y = yoe + era * 400
+        doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+        mp = (5 * doy + 2) // 153
+        d = doy - (153 * mp + 2) // 5 + 1
+        m = mp + 3 if mp < 10 else mp - 9
+        if m <= 2:
+            y += 1
+        if y < 0:
+            out[p] = 45
+            p += 1
+            y = -y
+        p = _padded(out, p, y, 4) if y < 10000 else _uint(out, p, y)
+        out[p] = 45
+        p = _padded(out, p + 1, m, 2)
+        out[p] = 45
+        p = _padded(out, p + 1, d, 2)
         out[p] = 32
         p += 1
-    return p
+    secs = rem // 1000000000
+    p = _padded(out, p, secs // 3600, 2)
+    out[p] = 58
+    p = _padded(out, p + 1, (secs // 60) % 60, 2)
+    out[p] = 58
+    p = _padded(out, p + 1, secs % 60, 2)
+    return _fraction(out, p, rem % 1000000000, digits)
 
 
-@njit(cache=True)
-def _put_json_time(out: Any, p: int, ns: int) -> int:
+@njit(cache=True, inline="always")
+def _fixed6(out: Any, p: int, bits: int) -> int:
+    """Python's '.6f' of the double whose bits are given; -1 beyond 2**33."""
+    neg, n, ok = _round_scaled(bits, 6)
+    if not ok:
+        return -1
+    if neg:
+        out[p] = 45
+        p += 1
+    p = _uint(out, p, n // 1000000)
+    out[p] = 46
+    return _padded(out, p + 1, n % 1000000, 6)
+
+
+@njit(cache=True, inline="always")
+def _json_time_ns(out: Any, p: int, ns: int) -> int:
     """repr(ns / 1e9): the decimal without trailing zeros, scientific below 1e-4."""
     if ns < 0:
         out[p] = 45
@@ -91,7 +230,7 @@ def _put_json_time(out: Any, p: int, ns: int) -> int:
         out[p + 2] = 48
         return p + 3
     if ns >= 100000:
-        p = _put_uint(out, p, ns // 1000000000)
+        p = _uint(out, p, ns // 1000000000)
         out[p] = 46
         p += 1
         f = ns % 1000000000
@@ -102,22 +241,15 @@ def _put_json_time(out: Any, p: int, ns: int) -> int:
         while f % 10 == 0:
             f //= 10
             width -= 1
-        for k in range(width - 1, -1, -1):
-            out[p + k] = 48 + f % 10
-            f //= 10
-        return p + width
+        return _padded(out, p, f, width)
     # below 1e-4 s: d.ddde-0X
-    digits = 0
-    t = ns
-    while t > 0:
-        digits += 1
-        t //= 10
+    digits = _ndigits(ns)
     exp = digits - 1 - 9
     while ns % 10 == 0:
         ns //= 10
         digits -= 1
     start = p
-    p = _put_uint(out, p + 1, ns)  # leave room for the point after the first digit
+    p = _uint(out, p + 1, ns)  # leave room for the point after the first digit
     out[start] = out[start + 1]
     if digits > 1:
         out[start + 1] = 46
@@ -130,142 +262,76 @@ def _put_json_time(out: Any, p: int, ns: int) -> int:
     if e < 10:
         out[p] = 48
         p += 1
-    return _put_uint(out, p, e)
+    return _uint(out, p, e)
 
 
-@njit(cache=True)
-def _put_epoch(out: Any, p: int, ns: int, digits: int) -> int:
-    """Epoch seconds with `digits` decimals (6 or 9: the capture's resolution), truncated."""
-    if ns < 0:
-        out[p] = 45
-        p += 1
-        ns = -ns
-    p = _put_uint(out, p, ns // 1000000000)
-    out[p] = 46
-    f = ns % 1000000000
-    for _ in range(9 - digits):
-        f //= 10
-    for k in range(digits, 0, -1):
-        out[p + k] = 48 + f % 10
-        f //= 10
-    return p + 1 + digits
+@njit(cache=True, inline="always")
+def _reads_back(mag: int, d: int, k: int) -> bool:
+    """Whether the decimal d / 10**k reads back (round half to even) as the positive double
+    whose bits are `mag` (a normal double with 2**-q units, q > 0, and d its nearest k-decimal:
+    the difference below fits int64, so wrapping products are exact there)."""
+    m = (mag & _MASK52) | (1 << 52)
+    q = 1075 - ((mag >> 52) & 0x7FF)
+    p10 = 1
+    for _ in range(k):
+        p10 *= 10
+    r = d * (1 << q) - m * p10  # (d / 10**k - t) * 2**q * 10**k
+    twice = 2 * r if r >= 0 else -2 * r
+    if m == (1 << 52) and r < 0:  # the gap below a power of two is half as wide
+        twice *= 2
+    return twice < p10 or (twice == p10 and m % 2 == 0)
 
 
-@njit(cache=True)
-def _put_info(
-    out: Any,
-    p: int,
-    i: int,
-    sport: Any,
-    dport: Any,
-    flags: Any,
-    seq: Any,
-    ack: Any,
-    win: Any,
-    urp: Any,
-    plen: Any,
-    opt_order: Any,
-    opt_mss: Any,
-    opt_ws: Any,
-    tsval: Any,
-    tsecr: Any,
-    sack_n: Any,
-    sack_le: Any,
-    sack_re: Any,
-    sack_base: Any,
-    bits: Any,
-    dup_frame: Any,
-    dup_num: Any,
-    pfx_order: Any,
-    vocab: Any,
-    voff: Any,
-) -> int:
-    """Wireshark's Info column of TCP row i (see `tcpwhy.report.packets.info_text`)."""
-    b = bits[i]
-    if b != 0:
-        if b & (A_SPURIOUS | A_FAST_RETRANS):
-            b &= ~A_RETRANS
-        for k in pfx_order:
-            if b & (1 << k):
-                if (1 << k) == A_DUP_ACK:
-                    p = _put_lit(out, p, b"[TCP Dup ACK ")
-                    p = _put_int(out, p, dup_frame[i])
-                    out[p] = 35
-                    p = _put_int(out, p + 1, dup_num[i])
-                    p = _put_lit(out, p, b"] ")
-                else:
-                    p = _put_word(out, p, vocab, voff, W_PREFIX + k)
-    p = _put_uint(out, p, sport[i])
-    p = _put_lit(out, p, b" \xe2\x86\x92 ")
-    p = _put_uint(out, p, dport[i])
-    out[p] = 32
-    out[p + 1] = 91
-    p += 2
-    f = flags[i]
-    if f & 0x1FF:
-        first = True
-        for k in range(9):
-            if f & (1 << k):
-                if not first:
-                    out[p] = 44
-                    out[p + 1] = 32
-                    p += 2
-                first = False
-                p = _put_word(out, p, vocab, voff, W_FLAG + k)
-    else:
-        p = _put_lit(out, p, b"<None>")
-    p = _put_lit(out, p, b"] Seq=")
-    p = _put_uint(out, p, seq[i])
-    if f & _ACK:
-        p = _put_lit(out, p, b" Ack=")
-        p = _put_uint(out, p, ack[i])
-    p = _put_lit(out, p, b" Win=")
-    p = _put_int(out, p, win[i])
-    if f & _URG:
-        p = _put_lit(out, p, b" Urg=")
-        p = _put_uint(out, p, urp[i])
-    p = _put_lit(out, p, b" Len=")
-    p = _put_uint(out, p, plen[i])
-    order = opt_order[i]
-    while order:
-        code = order & 7
-        order >>= 3
-        if code == 1:
-            p = _put_lit(out, p, b" MSS=")
-            p = _put_int(out, p, opt_mss[i])
-        elif code == 2:
-            p = _put_lit(out, p, b" WS=")
-            p = _put_uint(out, p, 1 << min(opt_ws[i], 14))
-        elif code == 3:
-            p = _put_lit(out, p, b" SACK_PERM")
-        elif code == 4:
-            p = _put_lit(out, p, b" TSval=")
-            p = _put_uint(out, p, tsval[i])
-            p = _put_lit(out, p, b" TSecr=")
-            p = _put_uint(out, p, tsecr[i])
-        elif code == 5:
-            base = sack_base[i]
-            for j in range(min(sack_n[i], sack_le.shape[1])):
-                p = _put_lit(out, p, b" SLE=")
-                p = _put_uint(out, p, (sack_le[i, j] - base) & 0xFFFFFFFF)
-                p = _put_lit(out, p, b" SRE=")
-                p = _put_uint(out, p, (sack_re[i, j] - base) & 0xFFFFFFFF)
-    return p
+@njit(cache=True, inline="always")
+def _json_time_big(out: Any, p: int, bits: int) -> int:
+    """repr(round(t, 9)) for 2**22 <= |t| < 2**33 s: the shortest decimal that reads back as
+    the double nearest t's nine-decimal rounding. -1 out of that range."""
+    mag = bits & 0x7FFFFFFFFFFFFFFF
+    ex = (mag >> 52) & 0x7FF
+    if ex < 1023 + 22 or ex >= 1023 + 33:
+        return -1
+    _, d9, _ = _round_scaled(mag, 9)
+    if not _reads_back(mag, d9, 9):  # round(t, 9) is a neighbouring double
+        m = (mag & _MASK52) | (1 << 52)
+        q = 1075 - ex
+        r = d9 * (1 << q) - m * 1000000000
+        mag = mag + 1 if r > 0 else mag - 1
+        ex = (mag >> 52) & 0x7FF
+        if ex < 1023 + 22 or ex >= 1023 + 33:
+            return -1
+    for k in range(11):  # 17 significant digits always read back: at most 10 decimals here
+        _, d, _ = _round_scaled(mag, k)
+        if _reads_back(mag, d, k):
+            if bits < 0:
+                out[p] = 45
+                p += 1
+            p10 = 1
+            for _ in range(k):
+                p10 *= 10
+            p = _uint(out, p, d // p10)
+            out[p] = 46
+            if k == 0:
+                out[p + 1] = 48
+                return p + 2
+            return _padded(out, p + 1, d % p10, k)
+    return -1
 
 
 @kernel(
-    "i8 i8 i8[:] i8 u8[:] i8[:] i8[:] i8[:] u8[:] u8[:] u8[:] u8[:] u2[:] u2[:] u4[:] u2[:] u4[:] "
-    "u4[:] i8[:] u2[:] u4[:] u4[:] i4[:] i1[:] u4[:] u4[:] u1[:] u4[:,:] u4[:,:] i8[:] i8[:] "
-    "u4[:] i8[:] i8[:] i8[:] u1[:] i8[:] u1[:] i8[:] -> i8"
+    "i8 i8 i8 i8[:] i8 u8[:] i8[:] i8[:] i8[:] i8[:] u8[:] u8[:] u8[:] u8[:] u2[:] u2[:] u4[:] "
+    "u2[:] u4[:] u4[:] i8[:] u2[:] u4[:] u4[:] i4[:] i1[:] u4[:] u4[:] u1[:] u4[:,:] u4[:,:] "
+    "i8[:] i8[:] u4[:] i8[:] i8[:] i8[:] u1[:] i8[:] u1[:] i8[:] -> i8"
 )
 def format_packets(
     fmt: int,
-    ts_digits: int,
+    tmode: int,
+    digits: int,
     rows: Any,
     start: int,
     frame: Any,
     rel_ns: Any,
     time_bits: Any,
+    tval: Any,
     ts_ns: Any,
     src_hi: Any,
     src_lo: Any,
@@ -300,37 +366,43 @@ def format_packets(
     ends: Any,
 ) -> int:
     """Rows ``rows[start:]`` (table indices) into `out` while they surely fit; ``ends[j]`` is
-    where row ``start + j`` ends. Returns the number of rows written, or -1 when a row's
-    relative time is beyond what this writer prints exactly. ``time_bits`` holds the bits of
-    ``rel_ns / 1e9`` as a double, which the table and CSV print to six decimals."""
+    where row ``start + j`` ends. Returns the number n of rows written, or -(n + 1) when row
+    ``start + n`` has a time this writer does not print (the caller writes it in Python).
+    ``time_bits`` holds the bits of ``rel_ns / 1e9`` as a double (the default Time column and
+    JSON's ``time``); ``tval`` the nanoseconds a tshark time format prints (`tmode`, with
+    `digits` decimals, also those of JSON's ``ts``)."""
     p = 0
     cap = out.shape[0]
     j = start
-    while j < rows.shape[0] and p + ROW_MAX <= cap:
+    n_rows = rows.shape[0]
+    while j < n_rows and p + ROW_MAX <= cap:
         i = rows[j]
-        ns = rel_ns[i]
-        if ns >= _TIME_MAX_NS or ns <= -_TIME_MAX_NS:
-            return -1
+        f = np.int64(flags[i])
+        b = np.int64(bits[i])
         if fmt == FMT_JSONL:
-            p = _put_lit(out, p, b'{"frame": ')
-            p = _put_uint(out, p, frame[i])
-            p = _put_lit(out, p, b', "time": ')
-            p = _put_json_time(out, p, ns)
-            if ts_digits >= 0:
-                p = _put_lit(out, p, b', "ts": ')
-                p = _put_epoch(out, p, ts_ns[i], ts_digits)
-            p = _put_lit(out, p, b', "src": "')
-            p = _put_addr(out, p, src_hi[i], src_lo[i], False)
-            p = _put_lit(out, p, b'", "dst": "')
-            p = _put_addr(out, p, dst_hi[i], dst_lo[i], False)
-            p = _put_lit(out, p, b'", "sport": ')
-            p = _put_uint(out, p, sport[i])
-            p = _put_lit(out, p, b', "dport": ')
-            p = _put_uint(out, p, dport[i])
-            p = _put_lit(out, p, b', "length": ')
-            p = _put_uint(out, p, frame_len[i])
-            p = _put_lit(out, p, b', "flags": [')
-            f = flags[i]
+            p = _copy(out, p, vocab, voff, W_JSON_HEAD)
+            p = _uint(out, p, np.int64(frame[i]))
+            p = _lit(out, p, b', "time": ')
+            ns = rel_ns[i]
+            if -_TIME_MAX_NS < ns < _TIME_MAX_NS:
+                p = _json_time_ns(out, p, ns)
+            else:
+                p = _json_time_big(out, p, time_bits[i])
+                if p < 0:
+                    return -(j - start + 1)
+            p = _lit(out, p, b', "ts": ')
+            p = _seconds(out, p, ts_ns[i], digits)
+            p = _lit(out, p, b', "src": "')
+            p = _addr(out, p, np.int64(src_hi[i]), np.int64(src_lo[i]))
+            p = _lit(out, p, b'", "dst": "')
+            p = _addr(out, p, np.int64(dst_hi[i]), np.int64(dst_lo[i]))
+            p = _lit(out, p, b'", "sport": ')
+            p = _uint(out, p, np.int64(sport[i]))
+            p = _lit(out, p, b', "dport": ')
+            p = _uint(out, p, np.int64(dport[i]))
+            p = _lit(out, p, b', "length": ')
+            p = _uint(out, p, np.int64(frame_len[i]))
+            p = _lit(out, p, b', "flags": [')
             first = True
             for k in range(9):
                 if f & (1 << k):
@@ -340,83 +412,154 @@ def format_packets(
                         p += 2
                     first = False
                     out[p] = 34
-                    p = _put_word(out, p + 1, vocab, voff, W_FLAG + k)
+                    p = _copy(out, p + 1, vocab, voff, W_FLAG + k)
                     out[p] = 34
                     p += 1
-            p = _put_lit(out, p, b'], "seq": ')
-            p = _put_uint(out, p, seq[i])
-            p = _put_lit(out, p, b', "ack": ')
-            p = _put_uint(out, p, ack[i] if f & _ACK else 0)
-            p = _put_lit(out, p, b', "len": ')
-            p = _put_uint(out, p, plen[i])
-            p = _put_lit(out, p, b', "win": ')
-            p = _put_int(out, p, win[i])
-            p = _put_lit(out, p, b', "stream": ')
-            p = _put_int(out, p, stream[i])
-            p = _put_lit(out, p, b', "analysis": [')
-            b = bits[i]
+            p = _lit(out, p, b'], "seq": ')
+            p = _uint(out, p, np.int64(seq[i]))
+            p = _lit(out, p, b', "ack": ')
+            p = _uint(out, p, np.int64(ack[i]) if f & _ACK else 0)
+            p = _lit(out, p, b', "len": ')
+            p = _uint(out, p, np.int64(plen[i]))
+            p = _lit(out, p, b', "win": ')
+            p = _int(out, p, win[i])
+            p = _lit(out, p, b', "stream": ')
+            p = _int(out, p, stream[i])
+            p = _lit(out, p, b', "analysis": [')
             first = True
-            for k in range(32):
-                if b & (1 << k):
-                    if not first:
-                        out[p] = 44
-                        out[p + 1] = 32
-                        p += 2
-                    first = False
-                    p = _put_word(out, p, vocab, voff, W_NAME + k)
-            p = _put_lit(out, p, b'], "info": "')
+            if b != 0:
+                for k in range(32):
+                    if b & (1 << k):
+                        if not first:
+                            out[p] = 44
+                            out[p + 1] = 32
+                            p += 2
+                        first = False
+                        p = _copy(out, p, vocab, voff, W_NAME + k)
+            p = _lit(out, p, b'], "info": "')
         else:
             s = p
-            p = _put_uint(out, p, frame[i])
+            p = _uint(out, p, np.int64(frame[i]))
             if fmt == FMT_TABLE:
                 p = _align_right(out, s, p, 7)
                 out[p] = 32
-                p += 1
             else:
                 out[p] = 44
-                p += 1
+            p += 1
             s = p
-            neg, n6, ok = _round_scaled(time_bits[i], 6)
-            if not ok:
-                return -1
-            p = _put_fixed(out, p, neg, n6, 6)
+            if tmode == TIME_DEFAULT:
+                p = _fixed6(out, p, time_bits[i])
+                if p < 0:
+                    return -(j - start + 1)
+            elif tmode == TIME_SECONDS:
+                p = _seconds(out, p, tval[i], digits)
+            else:
+                p = _clock(out, p, tval[i], digits, tmode == TIME_DATE)
             if fmt == FMT_TABLE:
                 p = _align_right(out, s, p, 12)
                 out[p] = 32
                 p += 1
                 s = p
-                p = _put_addr(out, p, src_hi[i], src_lo[i], False)
+                p = _addr(out, p, np.int64(src_hi[i]), np.int64(src_lo[i]))
                 p = _align_right(out, s, p, 15)
-                p = _put_lit(out, p, b" \xe2\x86\x92 ")
+                p = _lit(out, p, b" \xe2\x86\x92 ")
                 s = p
-                p = _put_addr(out, p, dst_hi[i], dst_lo[i], False)
-                p = _pad_left(out, s, p, 15)
+                p = _addr(out, p, np.int64(dst_hi[i]), np.int64(dst_lo[i]))
+                while p - s < 15:
+                    out[p] = 32
+                    p += 1
                 out[p] = 32
                 p += 1
                 s = p
-                p = _put_uint(out, p, frame_len[i])
+                p = _uint(out, p, np.int64(frame_len[i]))
                 p = _align_right(out, s, p, 5)
                 out[p] = 32
                 p += 1
             else:
                 out[p] = 44
-                p = _put_addr(out, p + 1, src_hi[i], src_lo[i], False)
+                p = _addr(out, p + 1, np.int64(src_hi[i]), np.int64(src_lo[i]))
                 out[p] = 44
-                p = _put_addr(out, p + 1, dst_hi[i], dst_lo[i], False)
+                p = _addr(out, p + 1, np.int64(dst_hi[i]), np.int64(dst_lo[i]))
                 out[p] = 44
-                p = _put_uint(out, p + 1, frame_len[i])
+                p = _uint(out, p + 1, np.int64(frame_len[i]))
                 out[p] = 44
                 p += 1
+        # Wireshark's Info column (see `tcpwhy.report.packets.info_text`)
         s = p
-        p = _put_info(
-            out, p, i, sport, dport, flags, seq, ack, win, urp, plen, opt_order, opt_mss,
-            opt_ws, tsval, tsecr, sack_n, sack_le, sack_re, sack_base, bits, dup_frame,
-            dup_num, pfx_order, vocab, voff,
-        )  # fmt: skip
+        if b != 0:
+            if b & (A_SPURIOUS | A_FAST_RETRANS):
+                b &= ~A_RETRANS
+            for k in pfx_order:
+                if b & (1 << k):
+                    if (1 << k) == A_DUP_ACK:
+                        p = _lit(out, p, b"[TCP Dup ACK ")
+                        p = _int(out, p, dup_frame[i])
+                        out[p] = 35
+                        p = _int(out, p + 1, dup_num[i])
+                        p = _lit(out, p, b"] ")
+                    else:
+                        p = _copy(out, p, vocab, voff, W_PREFIX + k)
+        p = _uint(out, p, np.int64(sport[i]))
+        p = _lit(out, p, b" \xe2\x86\x92 ")
+        p = _uint(out, p, np.int64(dport[i]))
+        out[p] = 32
+        out[p + 1] = 91
+        p += 2
+        if f & 0x1FF:
+            first = True
+            for k in range(9):
+                if f & (1 << k):
+                    if not first:
+                        out[p] = 44
+                        out[p + 1] = 32
+                        p += 2
+                    first = False
+                    p = _copy(out, p, vocab, voff, W_FLAG + k)
+        else:
+            p = _lit(out, p, b"<None>")
+        p = _lit(out, p, b"] Seq=")
+        p = _uint(out, p, np.int64(seq[i]))
+        if f & _ACK:
+            p = _lit(out, p, b" Ack=")
+            p = _uint(out, p, np.int64(ack[i]))
+        p = _lit(out, p, b" Win=")
+        p = _int(out, p, win[i])
+        if f & _URG:
+            p = _lit(out, p, b" Urg=")
+            p = _uint(out, p, np.int64(urp[i]))
+        p = _lit(out, p, b" Len=")
+        p = _uint(out, p, np.int64(plen[i]))
+        order = np.int64(opt_order[i])
+        while order:
+            code = order & 7
+            order >>= 3
+            if code == 1:
+                p = _lit(out, p, b" MSS=")
+                p = _int(out, p, np.int64(opt_mss[i]))
+            elif code == 2:
+                p = _lit(out, p, b" WS=")
+                ws = np.int64(opt_ws[i])
+                p = _uint(out, p, np.int64(1) << (ws if ws < 14 else np.int64(14)))
+            elif code == 3:
+                p = _lit(out, p, b" SACK_PERM")
+            elif code == 4:
+                p = _lit(out, p, b" TSval=")
+                p = _uint(out, p, np.int64(tsval[i]))
+                p = _lit(out, p, b" TSecr=")
+                p = _uint(out, p, np.int64(tsecr[i]))
+            elif code == 5:
+                base = sack_base[i]
+                for e in range(min(np.int64(sack_n[i]), sack_le.shape[1])):
+                    p = _lit(out, p, b" SLE=")
+                    p = _uint(out, p, (np.int64(sack_le[i, e]) - base) & 0xFFFFFFFF)
+                    p = _lit(out, p, b" SRE=")
+                    p = _uint(out, p, (np.int64(sack_re[i, e]) - base) & 0xFFFFFFFF)
         if fmt == FMT_CSV:
             p = _csv_quote(out, s, p)
         elif fmt == FMT_JSONL:
-            p = _put_lit(out, p, b'"}')
+            out[p] = 34
+            out[p + 1] = 125
+            p += 2
         out[p] = 10
         p += 1
         ends[j - start] = p
@@ -424,7 +567,7 @@ def format_packets(
     return j - start
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _csv_quote(out: Any, s: int, p: int) -> int:
     """Quote out[s:p] as csv.writer does when it holds a comma or a quote (quotes doubled)."""
     need = False
