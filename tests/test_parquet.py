@@ -142,3 +142,28 @@ def test_parquet_bad_output(tmp_path: Path) -> None:
     r = tcpwhy("conns", bad, "--format", "parquet", "-o", out)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert not out.exists() and os.listdir(tmp_path) == ["bad.pcap"]
+
+
+def test_schema_tables_in_docs() -> None:
+    """The Arrow schemas' tables in the docs are those the code makes (no drift), every
+    schema is documented, and every column says what it holds."""
+    import re
+
+    from tcpwhy.report.parquet import schema_markdown, schemas
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    seen = set()
+    for doc in sorted(docs.glob("*.md")):
+        text = doc.read_text(encoding="utf-8")
+        for name, table in re.findall(
+            r"<!-- arrow-schema:(\w+) -->\n(.*?)<!-- /arrow-schema -->", text, flags=re.S
+        ):
+            assert table == schema_markdown(name), (
+                f"{doc.name}: the {name} table differs from the code: "
+                f"python -m tcpwhy.report.parquet docs/{doc.name}"
+            )
+            seen.add(name)
+    assert seen == set(schemas())
+    for name, (schema, notes) in schemas().items():
+        assert [f.name for f in schema if not notes.get(f.name)] == [], name
+        assert set(notes) == set(schema.names), name

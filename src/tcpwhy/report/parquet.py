@@ -6,8 +6,10 @@ batch cut into an Arrow string array by its offsets; the word columns (states, h
 connection ended) are Arrow dictionaries over the codes. No Python object is made per row,
 so a capture of millions of connections costs what its columns cost.
 
-The schemas (`CONN_SCHEMA`, `PACKET_SCHEMA`) are documented in docs/conns.md; names and
-values are those of the jsonl output, with times as UTC timestamps and seconds.
+The schemas (`conn_schema`, `packet_schema`, `finding_schema`) are documented in
+docs/fleet.md, whose tables are made from them (``python -m tcpwhy.report.parquet
+docs/fleet.md``); names and values are those of the jsonl output, with times as UTC
+timestamps and seconds.
 """
 
 from __future__ import annotations
@@ -463,8 +465,7 @@ def finding_schema() -> pa.Schema:
     )
 
 
-DOC_NOTES: dict[str, str] = {
-    # connections (the same columns as `conns --format parquet`)
+_CONN_NOTES = {
     "uid": "Zeek-style uid, `C` + base 62 (random per run, different at every capture point)",
     "stream": "Wireshark's `tcp.stream`, numbered over the capture point's files in time order",
     "orig_h": "originator address, as Wireshark writes it",
@@ -500,7 +501,9 @@ DOC_NOTES: dict[str, str] = {
     "local_resp": "responder in `--local-nets` (null: not set)",
     "community_id": "Community ID v1 (`1:` + base64)",
     "server_name": "TLS SNI or HTTP Host of the connection, if seen",
-    # findings
+}
+
+_FINDING_NOTES = {
     "kind": "the finding's kind (docs/diagnose.md)",
     "severity": "`info`, `warning` or `error`",
     "count": "connections that show it at this capture point",
@@ -521,16 +524,73 @@ DOC_NOTES: dict[str, str] = {
     "facts": "the finding's facts, as JSON text",
     "timeline": "the decisive packets with both endpoints' states, as JSON text",
 }
-"""What each column holds, for the tables in docs/fleet.md (`schema_markdown`)."""
+_PACKET_NOTES = {
+    "frame": "frame number in the capture",
+    "ts": "capture time, UTC",
+    "ts_ns": "capture time, nanoseconds since the epoch",
+    "time": "seconds since the first frame",
+    "src": "source address",
+    "dst": "destination address",
+    "sport": "source port",
+    "dport": "destination port",
+    "length": "frame length on the wire",
+    "flags": "TCP flag names, in Wireshark's order",
+    "seq": "sequence number (relative unless `--absolute`)",
+    "ack": "acknowledgment number (0 without the ACK flag)",
+    "len": "TCP payload length",
+    "win": "window, scaled",
+    "stream": "Wireshark's `tcp.stream`",
+    "analysis": "Wireshark's analysis flags (`tcp.analysis.*` names)",
+}
 
 
-def schema_markdown(schema: pa.Schema) -> str:
-    """A Markdown table of a schema's columns, Arrow types and `DOC_NOTES`: the documented
-    tables are made by this function, and a test keeps the docs equal to it."""
+def schemas() -> dict[str, tuple[pa.Schema, dict[str, str]]]:
+    """The documented schemas and what each column holds: the tables of docs/conns.md and
+    docs/fleet.md are made from these (`schema_markdown`), and a test keeps them equal."""
+    return {
+        "connections": (conn_schema(), _CONN_NOTES),
+        "packets": (packet_schema(), _PACKET_NOTES),
+        "findings": (finding_schema(), _FINDING_NOTES),
+    }
+
+
+def schema_markdown(name: str) -> str:
+    """The Markdown table of one documented schema: column, Arrow type, meaning."""
+    schema, notes = schemas()[name]
     lines = ["| column | Arrow type | meaning |", "|---|---|---|"]
     for f in schema:
-        lines.append(f"| `{f.name}` | `{f.type}` | {DOC_NOTES.get(f.name, '')} |")
+        lines.append(f"| `{f.name}` | `{_type_text(f.type)}` | {notes.get(f.name, '')} |")
     return "\n".join(lines) + "\n"
+
+
+def _type_text(t: pa.DataType) -> str:
+    """An Arrow type as the docs write it: ``dictionary<int32, string>``, ``list<int64>``."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(t):
+        return f"dictionary<{t.index_type}, {t.value_type}>"
+    if pa.types.is_list(t):
+        return f"list<{_type_text(t.value_type)}>"
+    return str(t)
+
+
+def update_docs(path: str) -> bool:
+    """Rewrite the tables between ``<!-- arrow-schema:NAME -->`` and ``<!-- /arrow-schema -->``
+    in a Markdown file from the code; whether anything changed."""
+    import re
+
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    new = re.sub(
+        r"(<!-- arrow-schema:(\w+) -->\n).*?(<!-- /arrow-schema -->)",
+        lambda m: m.group(1) + schema_markdown(m.group(2)) + m.group(3),
+        text,
+        flags=re.S,
+    )
+    if new != text:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(new)
+    return new != text
 
 
 def partition(point: str) -> str:
@@ -696,3 +756,10 @@ class ParquetDataset:
         import shutil
 
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+if __name__ == "__main__":  # python -m tcpwhy.report.parquet docs/conns.md docs/fleet.md
+    import sys
+
+    for doc in sys.argv[1:]:
+        print(doc, "updated" if update_docs(doc) else "unchanged")
