@@ -32,7 +32,6 @@ from tcpwhy.filter import DisplayFilter
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from tcpwhy.diagnose.pairing import PathPair
     from tcpwhy.tcp.records import ConnColumns, RecordOptions
 
 
@@ -73,24 +72,28 @@ def seen_at(
     filter drops at the earlier point is written at the later one, as analyze pairs only
     the connections its filter kept."""
     from tcpwhy.diagnose.context import Capture
-    from tcpwhy.diagnose.pairing import pair_captures
+    from tcpwhy.diagnose.pairing import match_streams, signatures
 
     dropped: list[set[int]] = [set() for _ in points]
     where: list[dict[int, list[str]]] = [{} for _ in points]
     if not pair or len(points) < 2:
         return dropped, where
     caps = [Capture(p.table, np.zeros(len(p.table), np.int16), p.files) for p in points]
-    pairs: list[PathPair] = pair_captures(caps, [p.name for p in points])
-    for p in pairs:
-        na = caps[p.a].stream_numbers[p.sids_a].tolist()
-        nb = caps[p.b].stream_numbers[p.sids_b].tolist()
-        for sa, sb in zip(na, nb, strict=True):
-            for k, s, other in ((p.a, sa, p.b), (p.b, sb, p.a)):
-                at = where[k].setdefault(int(s), [points[k].name])
-                if points[other].name not in at:
-                    at.append(points[other].name)
-        ka = kept[p.a] if kept is not None else None
-        dropped[p.b].update(int(b) for a, b in zip(na, nb, strict=True) if ka is None or a in ka)
+    # which connections are the same is all a record needs (not the path's delays and
+    # losses `pair_captures` measures): the pairing's signatures, matched point to point
+    sigs = [signatures(c) for c in caps]
+    for i in range(len(caps)):
+        for j in range(i + 1, len(caps)):
+            sids_a, sids_b = match_streams(sigs[i], sigs[j])
+            na = caps[i].stream_numbers[sids_a].tolist()
+            nb = caps[j].stream_numbers[sids_b].tolist()
+            for sa, sb in zip(na, nb, strict=True):
+                for k, s, other in ((i, sa, j), (j, sb, i)):
+                    at = where[k].setdefault(int(s), [points[k].name])
+                    if points[other].name not in at:
+                        at.append(points[other].name)
+            ka = kept[i] if kept is not None else None
+            dropped[j].update(int(b) for a, b in zip(na, nb, strict=True) if ka is None or a in ka)
     return dropped, where
 
 
