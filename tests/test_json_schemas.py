@@ -39,7 +39,7 @@ def lines(text: str) -> list[dict[str, Any]]:
 
 
 def test_schemas_are_valid_and_shipped() -> None:
-    assert len(CAPTURES) == 30
+    assert len(CAPTURES) >= 30  # every shipped lab recording (more are added with new rules)
     for name in NAMES:
         schema = load(name)
         Draft202012Validator.check_schema(schema)
@@ -190,3 +190,62 @@ def test_a_renamed_or_missing_field_fails(capfd: pytest.CaptureFixture[str]) -> 
     wrong["schema_version"] = "0.9"
     assert not validator("analyze").is_valid(wrong)
     assert doc["schema_version"] == SCHEMA_VERSION
+
+
+def test_ending_codes_beside_the_words(capfd: pytest.CaptureFixture[str]) -> None:
+    """conns' end_code and analyze's endings carry a code for every connection, agreeing
+    with the words they stand beside."""
+    from tcpwhy.tcp.connections import ENDINGS
+
+    seen: set[str] = set()
+    for cap in CAPTURES:
+        _, out = run(capfd, "conns", str(cap), "--format", "jsonl")
+        for r in lines(out):
+            code, words = r["end_code"], r["end"]
+            assert code in ENDINGS and code != "other", words
+            seen.add(code)
+            if code.startswith("reset_by_"):
+                assert words.startswith("reset by " + code.removeprefix("reset_by_")), words
+            if code == "fin_both":
+                assert words.startswith("closed by ") and words.count("FIN") == 2, words
+        _, out = run(capfd, "analyze", str(cap), "--format", "json")
+        doc = json.loads(out)
+        assert {e["words"]: e["count"] for e in doc["endings"]} == doc["connections"]
+        assert sum(e["count"] for e in doc["endings"]) <= doc["capture"]["connections"]
+        seen |= {e["code"] for e in doc["endings"]}
+    # the recordings end connections every way the codes name but the builder's own limits
+    assert {"fin_both", "half_closed", "refused", "no_answer", "open_at_end"} <= seen
+    assert {"reset", "reset_by_originator", "reset_by_responder", "rejected_by_icmp"} <= seen
+
+
+def test_fixes_by_stack(capfd: pytest.CaptureFixture[str]) -> None:
+    """Each finding's fixes as {stack, knob, value, text}: the sentences stay as the text
+    report prints them, the stack-specific parts carry the measured value."""
+    import pickle
+
+    from tcpwhy.diagnose.knowledge import STACKS, Advice, advice, fixes_of, sysctl
+
+    _, out = run(capfd, "analyze", str(LAB / "stale-keepalive.pcap"), "--format", "json")
+    (f,) = [f for f in json.loads(out)["findings"] if f["kind"] == "stale-keepalive-reuse"]
+    by = {(x["stack"], x["knob"]): x for x in f["fixes_by_stack"]}
+    assert {x["stack"] for x in f["fixes_by_stack"]} <= set(STACKS)
+    go = by[("go", "http.Transport.IdleConnTimeout")]
+    assert go["text"] in f["fixes"][0]  # the part is the sentence's own words
+    # the value to set is the one the sentence recommends ("at most 0.8 s")
+    assert go["value"] and f"at most {go['value'][:-1]} s" in f["fixes"][0]
+    assert by[("nginx", "keepalive_timeout")]["value"] is None  # server side: no number
+    _, text = run(capfd, "analyze", str(LAB / "stale-keepalive.pcap"))
+    for sentence in f["fixes"]:
+        assert f"- {sentence[:60]}" in text
+    # a finding whose fixes name no stack: one "any" object per sentence
+    _, out = run(capfd, "analyze", str(LAB / "close-wait-leak.pcap"), "--format", "json")
+    for g in json.loads(out)["findings"]:
+        if g["kind"] == "close-wait-leak":
+            assert [x["text"] for x in g["fixes_by_stack"]] == g["fixes"]
+            assert {x["stack"] for x in g["fixes_by_stack"]} == {"any"}
+    a = advice("Set it.", sysctl("net.ipv4.tcp_tw_reuse", "1", "on clients"))
+    for copy_of in (pickle.loads(pickle.dumps(a)), copy.deepcopy(a)):
+        assert isinstance(copy_of, Advice) and copy_of == "Set it."
+        assert fixes_of(copy_of) == a.fixes
+    with pytest.raises(ValueError):
+        advice("x", sysctl("a", None, "b").__class__("cobol", None, None, "no such stack"))

@@ -219,13 +219,36 @@ def _finding(diag: Diag, server: str, parts: dict[str, list[Instance]]) -> Findi
         "Bursts of reconnects (after a deploy or a network blip) arriving at once.",
     ]
     fixes = [
-        "Accept faster: more acceptor threads or processes (SO_REUSEPORT), never block in "
-        "the accept loop.",
-        "Raise net.core.somaxconn, then the application's backlog (nginx `listen … "
-        "backlog=N`, systemd `Backlog=`, Node server.listen({backlog}), Java ServerSocket "
-        "backlog), and re-create the listener.",
-        "Keep net.ipv4.tcp_abort_on_overflow=0 except to diagnose; clients should use "
-        "connect and read timeouts with retries.",
+        knowledge.advice(
+            "Accept faster: more acceptor threads or processes (SO_REUSEPORT), never block in "
+            "the accept loop.",
+            knowledge.Fix(
+                "any",
+                None,
+                None,
+                "Accept faster: more acceptor threads or processes (SO_REUSEPORT), never block in the accept loop.",
+            ),
+        ),
+        knowledge.advice(
+            "Raise net.core.somaxconn, then the application's backlog (nginx `listen … "
+            "backlog=N`, systemd `Backlog=`, Node server.listen({backlog}), Java ServerSocket "
+            "backlog), and re-create the listener.",
+            knowledge.sysctl(
+                "net.core.somaxconn", None, "caps every listen() backlog; raise it first"
+            ),
+            knowledge.Fix("nginx", "listen backlog", None, "nginx `listen … backlog=N`"),
+            knowledge.Fix("systemd", "Backlog", None, "systemd socket units: `Backlog=`"),
+            knowledge.Fix("node", "server.listen backlog", None, "Node server.listen({backlog})"),
+            knowledge.Fix("java", "ServerSocket backlog", None, "Java ServerSocket backlog"),
+        ),
+        knowledge.advice(
+            "Keep net.ipv4.tcp_abort_on_overflow=0 except to diagnose; clients should use "
+            "connect and read timeouts with retries.",
+            knowledge.sysctl("net.ipv4.tcp_abort_on_overflow", "0", "keep 0 except to diagnose"),
+            knowledge.Fix(
+                "any", None, None, "clients should use connect and read timeouts with retries"
+            ),
+        ),
     ]
     errors = knowledge.TIMEOUT + (
         knowledge.RESET if parts.get("abort") or parts.get("closed") else []

@@ -93,8 +93,19 @@ def _tell(g: Group) -> Story:
     fixes = [
         f"Fix the {peer_name}: close on EOF (see close-wait-leak); check `ss -tanp state "
         f"close-wait` on the {peer_name} host.",
-        "net.ipv4.tcp_fin_timeout bounds orphaned FIN_WAIT_2 sockets only; TCP_LINGER2 per "
-        "socket; after shutdown(SHUT_WR), read to EOF with a deadline and then close().",
+        knowledge.advice(
+            "net.ipv4.tcp_fin_timeout bounds orphaned FIN_WAIT_2 sockets only; TCP_LINGER2 per "
+            "socket; after shutdown(SHUT_WR), read to EOF with a deadline and then close().",
+            knowledge.sysctl(
+                "net.ipv4.tcp_fin_timeout", None, "bounds orphaned FIN_WAIT_2 sockets only"
+            ),
+            knowledge.Fix(
+                "any",
+                "TCP_LINGER2",
+                None,
+                "TCP_LINGER2 per socket; after shutdown(SHUT_WR), read to EOF with a deadline and then close()",
+            ),
+        ),
     ]
     facts = {"side": who, "server": server, "reset": resets}
     errors = knowledge.RESET if resets else knowledge.NONE_VISIBLE

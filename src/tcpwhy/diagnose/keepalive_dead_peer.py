@@ -77,13 +77,44 @@ def _tell(g: Group) -> Story:
         "AWS NLB 350 s, Azure LB 4 min, many firewalls 1 h) and silently drops the packets.",
     ]
     fixes = [
-        "Keep keep-alive (or application pings) with an idle time below the smallest "
-        "middlebox idle timeout on the path: SO_KEEPALIVE + TCP_KEEPIDLE / TCP_KEEPINTVL / "
-        "TCP_KEEPCNT per socket (Go net.Dialer{KeepAlive}, Java ExtendedSocketOptions."
-        "TCP_KEEPIDLE, Node socket.setKeepAlive(true, ms)), or host-wide "
-        "net.ipv4.tcp_keepalive_time / _intvl / _probes (defaults 7200 s, 75 s, 9).",
-        "Bound requests with data in flight with TCP_USER_TIMEOUT, and let the pool "
-        "reconnect on ETIMEDOUT.",
+        knowledge.advice(
+            "Keep keep-alive (or application pings) with an idle time below the smallest "
+            "middlebox idle timeout on the path: SO_KEEPALIVE + TCP_KEEPIDLE / TCP_KEEPINTVL / "
+            "TCP_KEEPCNT per socket (Go net.Dialer{KeepAlive}, Java ExtendedSocketOptions."
+            "TCP_KEEPIDLE, Node socket.setKeepAlive(true, ms)), or host-wide "
+            "net.ipv4.tcp_keepalive_time / _intvl / _probes (defaults 7200 s, 75 s, 9).",
+            knowledge.Fix(
+                "any",
+                "TCP_KEEPIDLE",
+                None,
+                "SO_KEEPALIVE + TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT per socket, idle time below the smallest middlebox idle timeout on the path",
+            ),
+            knowledge.Fix("go", "net.Dialer.KeepAlive", None, "Go net.Dialer{KeepAlive}"),
+            knowledge.Fix(
+                "java",
+                "ExtendedSocketOptions.TCP_KEEPIDLE",
+                None,
+                "Java ExtendedSocketOptions.TCP_KEEPIDLE",
+            ),
+            knowledge.Fix(
+                "node", "socket.setKeepAlive", None, "Node socket.setKeepAlive(true, ms)"
+            ),
+            knowledge.sysctl(
+                "net.ipv4.tcp_keepalive_time",
+                None,
+                "host-wide, with _intvl and _probes (defaults 7200 s, 75 s, 9)",
+            ),
+        ),
+        knowledge.advice(
+            "Bound requests with data in flight with TCP_USER_TIMEOUT, and let the pool "
+            "reconnect on ETIMEDOUT.",
+            knowledge.Fix(
+                "linux",
+                "TCP_USER_TIMEOUT",
+                None,
+                "bound requests with data in flight; let the pool reconnect on ETIMEDOUT",
+            ),
+        ),
     ]
     facts = {"server": server, **f}
     errors = knowledge.TIMEOUT

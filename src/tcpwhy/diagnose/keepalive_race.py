@@ -88,14 +88,29 @@ def _tell(diag: Diag, g: Group) -> Story:
         + ", so the client reuses connections at the moment the server closes them.",
         "Both sides time out idle connections at the same moment (equal defaults).",
     ]
-    fixes = [
-        "Order the timeouts so that the client always closes first: client idle timeout "
-        + (f"at most {recommend_below(t)}" if t is not None else "a few seconds below the server's")
-        + f". {knowledge.CLIENT_IDLE_KNOBS}.",
-        f"Retry idempotent requests once on a reused connection: {knowledge.RETRY_KNOBS}.",
+    lead = "Order the timeouts so that the client always closes first: client idle timeout " + (
+        f"at most {recommend_below(t)}" if t is not None else "a few seconds below the server's"
+    )
+    value = knowledge.seconds(recommend_below(t)) if t is not None else None
+    server_lead = (
         "Server side: announce the idle timeout (Keep-Alive: timeout=N) or send "
-        "Connection: close on the last response before closing; "
-        f"{knowledge.SERVER_IDLE_KNOBS}.",
+        "Connection: close on the last response before closing"
+    )
+    fixes = [
+        knowledge.advice(
+            f"{lead}. {knowledge.CLIENT_IDLE_KNOBS}.",
+            knowledge.Fix("any", "client idle timeout", value, lead),
+            *knowledge.with_value(knowledge.CLIENT_IDLE, value),
+        ),
+        knowledge.advice(
+            f"Retry idempotent requests once on a reused connection: {knowledge.RETRY_KNOBS}.",
+            *knowledge.RETRY,
+        ),
+        knowledge.advice(
+            f"{server_lead}; {knowledge.SERVER_IDLE_KNOBS}.",
+            knowledge.Fix("any", None, None, server_lead),
+            *knowledge.SERVER_IDLE,
+        ),
     ]
     facts = {"server": server, "requests_lost": n}
     errors = knowledge.EOF_ON_REUSE + knowledge.RESET

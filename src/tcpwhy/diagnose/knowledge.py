@@ -6,6 +6,91 @@ wording varies across versions, so `explain` matches on keywords.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+STACKS = (
+    "any",
+    "linux",
+    "nftables",
+    "nginx",
+    "apache-httpd",
+    "haproxy",
+    "go",
+    "java",
+    "java-apache-httpclient",
+    "java-okhttp",
+    "python",
+    "python-requests",
+    "python-aiohttp",
+    "gunicorn",
+    "uvicorn",
+    "node",
+    "systemd",
+)
+"""The `Fix.stack` codes: "any" is advice for whatever runs there, "linux" the kernel."""
+
+
+@dataclass(frozen=True)
+class Fix:
+    """One change a script can pick by its stack: `knob` is the setting's name as that stack
+    spells it (None when the change is not one setting), `value` what to set it to when the
+    finding says (None otherwise), `text` the advice in words."""
+
+    stack: str
+    knob: str | None
+    value: str | None
+    text: str
+
+    def __post_init__(self) -> None:
+        if self.stack not in STACKS:
+            raise ValueError(f"unknown stack {self.stack!r}")
+
+    def with_value(self, value: str | None) -> Fix:
+        return Fix(self.stack, self.knob, value, self.text)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Advice(str):
+    """A fix as the text report prints it (one sentence, so it is a `str` everywhere a fix
+    was prose) with its per-stack parts, `fixes`, for the JSON."""
+
+    fixes: tuple[Fix, ...]
+
+    def __new__(cls, text: str, fixes: Iterable[Fix] = ()) -> Advice:
+        self = super().__new__(cls, text)
+        self.fixes = tuple(fixes)
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copy and pickle keep the parts
+        return (Advice, (str(self), self.fixes))
+
+
+def advice(text: str, *fixes: Fix) -> Advice:
+    """A fix sentence with its parts; with no parts, the sentence is one "any" fix."""
+    return Advice(text, fixes)
+
+
+def sysctl(name: str, value: str | None, text: str) -> Fix:
+    """A Linux sysctl as a fix."""
+    return Fix("linux", name, value, text)
+
+
+def fixes_of(fix: str) -> tuple[Fix, ...]:
+    """The structured form of one fix sentence: its parts, or the sentence itself as advice
+    for any stack when it has none."""
+    parts = getattr(fix, "fixes", ())
+    return parts if parts else (Fix("any", None, None, str(fix)),)
+
+
+def seconds(text: str | None) -> str | None:
+    """A duration as fixes give it in words ("4.8 s") as a `Fix.value` ("4.8s")."""
+    return None if text is None else text.replace(" ", "")
+
+
 # wire meaning -> what each runtime logs
 EOF_ON_REUSE = [
     "Python: http.client.RemoteDisconnected: Remote end closed connection without response "
@@ -107,28 +192,77 @@ ACCESS_DENIED = [
 ]
 NONE_VISIBLE = ["usually nothing: the kernel handles it without telling the application"]
 
-CLIENT_IDLE_KNOBS = (
-    "Go: http.Transport{IdleConnTimeout: …} (default 90 s); "
-    "Apache HttpClient: evictIdleConnections(…) / setValidateAfterInactivity(…) "
-    "(or evictExpiredConnections and setConnectionTimeToLive); "
-    "OkHttp: ConnectionPool(maxIdle, keepAliveDuration, unit) (default 5 min); "
-    "Python urllib3/requests: a pool whose idle connections are dropped sooner "
-    "(there is no idle timeout knob: recycle the Session, or retry as below); "
-    "Node.js: http.Agent({keepAlive: true, timeout: …}) or agentkeepalive freeSocketTimeout; "
-    "aiohttp: TCPConnector(keepalive_timeout=…); nginx as proxy: upstream { keepalive_timeout …; }"
-)
-RETRY_KNOBS = (
-    "Python requests/urllib3: HTTPAdapter(max_retries=Retry(total=2, allowed_methods=…)) "
-    "(requests' default is max_retries=0); "
-    "Go retries idempotent requests on a reused connection itself (set GetBody / Idempotency-Key "
-    "for POST); Apache HttpClient: DefaultHttpRequestRetryHandler / setRetryHandler; "
-    "OkHttp: retryOnConnectionFailure(true) (the default); "
-    "Node.js: retry on ECONNRESET/'socket hang up' when req.reusedSocket is true; "
-    "nginx: proxy_next_upstream error (non_idempotent to include POST)"
-)
-SERVER_IDLE_KNOBS = (
-    "nginx: keepalive_timeout (default 75 s) and keepalive_requests; "
-    "Apache httpd: KeepAliveTimeout (default 5 s); Node.js: server.keepAliveTimeout "
-    "(default 5 s; also headersTimeout above it); Go: http.Server{IdleTimeout: …}; "
-    "gunicorn: --keep-alive (default 2 s); uvicorn: --timeout-keep-alive (default 5 s)"
-)
+CLIENT_IDLE = (
+    Fix("go", "http.Transport.IdleConnTimeout", None,
+        "Go: http.Transport{IdleConnTimeout: …} (default 90 s)"),
+    Fix("java-apache-httpclient", "evictIdleConnections", None,
+        "Apache HttpClient: evictIdleConnections(…) / setValidateAfterInactivity(…) "
+        "(or evictExpiredConnections and setConnectionTimeToLive)"),
+    Fix("java-okhttp", "ConnectionPool.keepAliveDuration", None,
+        "OkHttp: ConnectionPool(maxIdle, keepAliveDuration, unit) (default 5 min)"),
+    Fix("python-requests", None, None,
+        "Python urllib3/requests: a pool whose idle connections are dropped sooner "
+        "(there is no idle timeout knob: recycle the Session, or retry as below)"),
+    Fix("node", "http.Agent.timeout", None,
+        "Node.js: http.Agent({keepAlive: true, timeout: …}) or agentkeepalive freeSocketTimeout"),
+    Fix("python-aiohttp", "TCPConnector.keepalive_timeout", None,
+        "aiohttp: TCPConnector(keepalive_timeout=…)"),
+    Fix("nginx", "keepalive_timeout", None,
+        "nginx as proxy: upstream { keepalive_timeout …; }"),
+)  # fmt: skip
+"""Where each client stack sets how long an idle pooled connection is kept."""
+CLIENT_IDLE_KNOBS = "; ".join(f.text for f in CLIENT_IDLE)
+
+RETRY = (
+    Fix("python-requests", "HTTPAdapter.max_retries", None,
+        "Python requests/urllib3: HTTPAdapter(max_retries=Retry(total=2, allowed_methods=…)) "
+        "(requests' default is max_retries=0)"),
+    Fix("go", None, None,
+        "Go retries idempotent requests on a reused connection itself (set GetBody / "
+        "Idempotency-Key for POST)"),
+    Fix("java-apache-httpclient", "setRetryHandler", None,
+        "Apache HttpClient: DefaultHttpRequestRetryHandler / setRetryHandler"),
+    Fix("java-okhttp", "retryOnConnectionFailure", "true",
+        "OkHttp: retryOnConnectionFailure(true) (the default)"),
+    Fix("node", None, None,
+        "Node.js: retry on ECONNRESET/'socket hang up' when req.reusedSocket is true"),
+    Fix("nginx", "proxy_next_upstream", "error",
+        "nginx: proxy_next_upstream error (non_idempotent to include POST)"),
+)  # fmt: skip
+"""How each client stack retries a request that failed on a reused connection."""
+RETRY_KNOBS = "; ".join(f.text for f in RETRY)
+
+SERVER_IDLE = (
+    Fix("nginx", "keepalive_timeout", None,
+        "nginx: keepalive_timeout (default 75 s) and keepalive_requests"),
+    Fix("apache-httpd", "KeepAliveTimeout", None, "Apache httpd: KeepAliveTimeout (default 5 s)"),
+    Fix("node", "server.keepAliveTimeout", None,
+        "Node.js: server.keepAliveTimeout (default 5 s; also headersTimeout above it)"),
+    Fix("go", "http.Server.IdleTimeout", None, "Go: http.Server{IdleTimeout: …}"),
+    Fix("gunicorn", "--keep-alive", None, "gunicorn: --keep-alive (default 2 s)"),
+    Fix("uvicorn", "--timeout-keep-alive", None, "uvicorn: --timeout-keep-alive (default 5 s)"),
+)  # fmt: skip
+"""Where each server stack sets how long it keeps an idle keep-alive connection."""
+SERVER_IDLE_KNOBS = "; ".join(f.text for f in SERVER_IDLE)
+
+REUSEADDR = (
+    Fix("nginx", None, None, "nginx sets SO_REUSEADDR on its listening sockets itself"),
+    Fix("go", None, None, "Go's net.Listen sets SO_REUSEADDR on listening sockets itself"),
+    Fix("node", None, None, "Node.js (libuv) sets SO_REUSEADDR on listening sockets itself"),
+    Fix("python", "allow_reuse_address", "True",
+        "Python's asyncio create_server sets SO_REUSEADDR itself; socket.socket and "
+        "socketserver.TCPServer do not: set allow_reuse_address = True, or "
+        "setsockopt(SOL_SOCKET, SO_REUSEADDR, 1) before bind()"),
+    Fix("java", "setReuseAddress", "true",
+        "Java leaves the initial setting of a ServerSocket undefined: call "
+        "setReuseAddress(true) before bind()"),
+    Fix("linux", "net.ipv4.ip_local_reserved_ports", None,
+        "list service ports in net.ipv4.ip_local_reserved_ports (or move "
+        "net.ipv4.ip_local_port_range away from them)"),
+)  # fmt: skip
+"""SO_REUSEADDR per stack, for a restart that finds its port held (EADDRINUSE)."""
+
+
+def with_value(fixes: Iterable[Fix], value: str | None) -> list[Fix]:
+    """`fixes` with the value the finding measured (e.g. the client idle timeout to set)."""
+    return [f.with_value(value) if f.knob is not None else f for f in fixes]

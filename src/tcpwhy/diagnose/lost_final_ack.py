@@ -104,8 +104,15 @@ def _tell(g: Group) -> Story:
         "Usually none for a single occurrence. Many LAST_ACK sockets (`ss -tano state "
         "last-ack`) point at loss or a stateful middlebox; check its timeouts for closing "
         "connections.",
-        "net.ipv4.tcp_max_tw_buckets too low makes the peer drop TIME_WAIT sockets "
-        "(TcpExtTCPTimeWaitOverflow): raise it.",
+        knowledge.advice(
+            "net.ipv4.tcp_max_tw_buckets too low makes the peer drop TIME_WAIT sockets "
+            "(TcpExtTCPTimeWaitOverflow): raise it.",
+            knowledge.sysctl(
+                "net.ipv4.tcp_max_tw_buckets",
+                None,
+                "too low makes the peer drop TIME_WAIT sockets (TcpExtTCPTimeWaitOverflow): raise it",
+            ),
+        ),
     ]
     facts = {"server": server, "reset": resets}
     errors = knowledge.RESET if resets else knowledge.NONE_VISIBLE

@@ -125,6 +125,15 @@ class Finding:
                 d[f.name] = copy.deepcopy(v)
         d["severity"] = self.severity.label
         d["display_filter"] = self.display_filter
+        from tcpwhy.diagnose.knowledge import fixes_of
+        from tcpwhy.timestamps import rfc3339
+
+        # the fixes per stack, for scripts (`fixes` stays the sentences the text report prints)
+        d["fixes_by_stack"] = [x.to_json() for fx in self.fixes for x in fixes_of(fx)]
+        d["first_time"] = rfc3339(self.first_ns)
+        d["last_time"] = rfc3339(self.last_ns)
+        for step, sd in zip(self.timeline, d["timeline"], strict=True):
+            sd["time"] = rfc3339(step.ts_ns)
         return d
 
     @property
@@ -139,6 +148,19 @@ class Finding:
         if len(exact) <= max_chars or not self.examples:
             return exact, True
         return display_filter(self.examples), False
+
+
+ENDING_CODES = {
+    "refused": "refused",
+    "rejected by ICMP": "rejected_by_icmp",
+    "unanswered SYN": "no_answer",
+    "reset": "reset",
+    "closed (FIN both ways)": "fin_both",
+    "half-closed (one FIN)": "half_closed",
+    "open at capture end": "open_at_end",
+}
+"""`Report.endings`' words (`context.Capture.endings`) -> their `tcpwhy.tcp.connections.ENDINGS`
+code."""
 
 
 @dataclass
@@ -175,6 +197,7 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         c = self.capture
         from tcpwhy.schemas import SCHEMA_VERSION
+        from tcpwhy.timestamps import rfc3339
 
         return {
             "schema_version": SCHEMA_VERSION,
@@ -189,8 +212,17 @@ class Report:
                 "link_types": c.link_types,
                 "undecoded": c.undecoded,
                 "warnings": c.warnings,
+                # the same instants under the time convention (docs/json.md)
+                "first_ts_ns": c.first_ns if c.packets else None,
+                "last_ts_ns": c.last_ns if c.packets else None,
+                "first_time": rfc3339(c.first_ns) if c.packets else None,
+                "last_time": rfc3339(c.last_ns) if c.packets else None,
             },
             "findings": [f.to_json() for f in self.findings],
             "connections": self.endings,
+            "endings": [
+                {"code": ENDING_CODES[words], "words": words, "count": n}
+                for words, n in self.endings.items()
+            ],
             **({"paths": self.paths} if self.paths else {}),
         }

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from tcpwhy.decode.table import RST, SYN
+from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.common import Group
 from tcpwhy.diagnose.context import CLIENT, HALF, SERVER, U32, WHO, Conn, fmt_s
 from tcpwhy.diagnose.icmp_unreachable import IcmpInstance
@@ -271,14 +272,38 @@ def _tell(g: Group) -> Story:
         "sees it).",
     ]
     fixes = [
-        "Clamp the MSS on the router or tunnel endpoint: `nft add rule inet filter forward "
-        "tcp flags syn tcp option maxseg size set rt mtu` (iptables: -j TCPMSS "
-        "--clamp-mss-to-pmtu), or a fixed `... maxseg size set 1240` for a 1280-byte link.",
-        "On the hosts: net.ipv4.tcp_mtu_probing=1 (probe smaller segments when full-size ones "
-        "vanish; =2 always), and net.ipv4.tcp_base_mss for its starting point.",
-        "Let ICMP type 3 code 4 and ICMPv6 type 2 through every firewall and security group "
-        "on the path (`nft add rule inet filter input icmp type destination-unreachable "
-        "accept; ... icmpv6 type packet-too-big accept`).",
+        knowledge.advice(
+            "Clamp the MSS on the router or tunnel endpoint: `nft add rule inet filter forward "
+            "tcp flags syn tcp option maxseg size set rt mtu` (iptables: -j TCPMSS "
+            "--clamp-mss-to-pmtu), or a fixed `... maxseg size set 1240` for a 1280-byte link.",
+            knowledge.Fix(
+                "nftables",
+                "tcp option maxseg size",
+                "rt mtu",
+                "on the router or tunnel endpoint: `nft add rule inet filter forward tcp flags syn tcp option maxseg size set rt mtu` (iptables: -j TCPMSS --clamp-mss-to-pmtu)",
+            ),
+        ),
+        knowledge.advice(
+            "On the hosts: net.ipv4.tcp_mtu_probing=1 (probe smaller segments when full-size ones "
+            "vanish; =2 always), and net.ipv4.tcp_base_mss for its starting point.",
+            knowledge.sysctl(
+                "net.ipv4.tcp_mtu_probing",
+                "1",
+                "probe smaller segments when full-size ones vanish; =2 always",
+            ),
+            knowledge.sysctl("net.ipv4.tcp_base_mss", None, "the probing's starting point"),
+        ),
+        knowledge.advice(
+            "Let ICMP type 3 code 4 and ICMPv6 type 2 through every firewall and security group "
+            "on the path (`nft add rule inet filter input icmp type destination-unreachable "
+            "accept; ... icmpv6 type packet-too-big accept`).",
+            knowledge.Fix(
+                "nftables",
+                None,
+                None,
+                "`nft add rule inet filter input icmp type destination-unreachable accept; ... icmpv6 type packet-too-big accept`, on every firewall and security group on the path",
+            ),
+        ),
         "Or lower the interface MTU on the hosts to the path's (`ip link set dev eth0 mtu "
         "1280`), or `ip route ... mtu lock 1280` for the affected destinations.",
     ]

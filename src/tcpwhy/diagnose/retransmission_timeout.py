@@ -133,8 +133,18 @@ def _tell(g: Group) -> Story:
         "Heavy loss or congestion on the path.",
     ]
     fixes = [
-        "Bound how long a request may hang: TCP_USER_TIMEOUT on the socket (Linux), "
-        "application read/request deadlines; net.ipv4.tcp_retries2 host-wide (keep ≥ 8).",
+        knowledge.advice(
+            "Bound how long a request may hang: TCP_USER_TIMEOUT on the socket (Linux), "
+            "application read/request deadlines; net.ipv4.tcp_retries2 host-wide (keep ≥ 8).",
+            knowledge.Fix(
+                "linux",
+                "TCP_USER_TIMEOUT",
+                None,
+                "on the socket: bounds how long a request may hang",
+            ),
+            knowledge.Fix("any", None, None, "application read/request deadlines"),
+            knowledge.sysctl("net.ipv4.tcp_retries2", None, "host-wide (keep ≥ 8)"),
+        ),
         "Capture on the other end too: a segment seen leaving here and never arriving there "
         "was lost in the path; check firewall/NAT idle timeouts and use keep-alive below "
         "them.",

@@ -79,9 +79,16 @@ def _tell(g: Group) -> Story:
         "Equal idle timeouts on both sides (client idle timeout == server keep-alive "
         "timeout), or both applications closing on the same trigger."
     ]
-    fixes = [
+    lead = (
         "Usually none. Make the client's idle timeout clearly shorter than the server's so "
-        f"the client always closes first; this also avoids keepalive-race. {knowledge.CLIENT_IDLE_KNOBS}."
+        "the client always closes first; this also avoids keepalive-race."
+    )
+    fixes = [
+        knowledge.advice(
+            f"{lead} {knowledge.CLIENT_IDLE_KNOBS}.",
+            knowledge.Fix("any", "client idle timeout", None, lead),
+            *knowledge.CLIENT_IDLE,
+        )
     ]
     facts = {"server": server}
     errors = knowledge.NONE_VISIBLE

@@ -208,13 +208,25 @@ def _finding(diag: Diag, server: str, evs: list[AfterFin]) -> Finding:
             "(less likely when the FINs are spread out, as here)."
         )
     below = recommend_below(t) if t is not None else "the server's idle timeout"
+    lead = "Make the client's idle timeout shorter than the server's" + (
+        f" {t:.2f} s: at most {below}" if t is not None else ""
+    )
+    value = knowledge.seconds(below) if t is not None else None
     fixes = [
-        "Make the client's idle timeout shorter than the server's"
-        + (f" {t:.2f} s: at most {below}" if t is not None else "")
-        + f". {knowledge.CLIENT_IDLE_KNOBS}.",
-        f"Retry idempotent requests once when a reused connection fails: {knowledge.RETRY_KNOBS}.",
-        f"Or lengthen the server's idle timeout beyond the client's: {knowledge.SERVER_IDLE_KNOBS}; "
-        "honour Keep-Alive: timeout= in the client where the library supports it.",
+        knowledge.advice(
+            f"{lead}. {knowledge.CLIENT_IDLE_KNOBS}.",
+            knowledge.Fix("any", "client idle timeout", value, lead),
+            *knowledge.with_value(knowledge.CLIENT_IDLE, value),
+        ),
+        knowledge.advice(
+            f"Retry idempotent requests once when a reused connection fails: {knowledge.RETRY_KNOBS}.",
+            *knowledge.RETRY,
+        ),
+        knowledge.advice(
+            f"Or lengthen the server's idle timeout beyond the client's: {knowledge.SERVER_IDLE_KNOBS}; "
+            "honour Keep-Alive: timeout= in the client where the library supports it.",
+            *knowledge.SERVER_IDLE,
+        ),
     ]
     errors = knowledge.EOF_ON_REUSE + (knowledge.BROKEN_PIPE if close_wait else [])
     story = Story(Severity.ERROR, summary, explanation, causes, fixes, errors, facts)

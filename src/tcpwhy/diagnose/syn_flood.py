@@ -385,18 +385,52 @@ def _flood(diag: Diag, server: str, members: I64, nsrc: int, completed: I64) -> 
         "A load test or a scanner opening connections without completing them.",
     ]
     fixes = [
-        "Keep net.ipv4.tcp_syncookies=1 (the Linux default: cookies once the SYN queue "
-        "overflows; 2 sends them always), so the listener keeps admitting real clients "
-        "during a flood.",
-        "Give the SYN queue room: it is bounded by the listen() backlog (capped by "
-        "net.core.somaxconn) and by net.ipv4.tcp_max_syn_backlog; raise both, and the "
-        "application's backlog (nginx `listen … backlog=N`, systemd `Backlog=`).",
-        "Free half-open entries sooner: net.ipv4.tcp_synack_retries (default 5, about 63 s "
-        "in SYN_RECV; 2 gives about 7 s).",
-        "Filter before the host: SYN rate limits per source (nft `meter`/`limit rate`), a "
-        "SYN proxy (nft `synproxy`, iptables SYNPROXY) or the provider's DDoS protection; "
-        "reverse-path filtering (net.ipv4.conf.all.rp_filter=1) at the edge drops spoofed "
-        "sources.",
+        knowledge.advice(
+            "Keep net.ipv4.tcp_syncookies=1 (the Linux default: cookies once the SYN queue "
+            "overflows; 2 sends them always), so the listener keeps admitting real clients "
+            "during a flood.",
+            knowledge.sysctl(
+                "net.ipv4.tcp_syncookies",
+                "1",
+                "cookies once the SYN queue overflows (the default; 2 sends them always)",
+            ),
+        ),
+        knowledge.advice(
+            "Give the SYN queue room: it is bounded by the listen() backlog (capped by "
+            "net.core.somaxconn) and by net.ipv4.tcp_max_syn_backlog; raise both, and the "
+            "application's backlog (nginx `listen … backlog=N`, systemd `Backlog=`).",
+            knowledge.sysctl("net.core.somaxconn", None, "caps every listen() backlog"),
+            knowledge.sysctl("net.ipv4.tcp_max_syn_backlog", None, "bounds the SYN queue"),
+            knowledge.Fix("nginx", "listen backlog", None, "nginx `listen … backlog=N`"),
+            knowledge.Fix("systemd", "Backlog", None, "systemd socket units: `Backlog=`"),
+        ),
+        knowledge.advice(
+            "Free half-open entries sooner: net.ipv4.tcp_synack_retries (default 5, about 63 s "
+            "in SYN_RECV; 2 gives about 7 s).",
+            knowledge.sysctl(
+                "net.ipv4.tcp_synack_retries",
+                "2",
+                "default 5, about 63 s in SYN_RECV; 2 gives about 7 s",
+            ),
+        ),
+        knowledge.advice(
+            "Filter before the host: SYN rate limits per source (nft `meter`/`limit rate`), a "
+            "SYN proxy (nft `synproxy`, iptables SYNPROXY) or the provider's DDoS protection; "
+            "reverse-path filtering (net.ipv4.conf.all.rp_filter=1) at the edge drops spoofed "
+            "sources.",
+            knowledge.Fix(
+                "nftables",
+                None,
+                None,
+                "SYN rate limits per source (`meter`/`limit rate`) or a SYN proxy (`synproxy`) before the host",
+            ),
+            knowledge.sysctl(
+                "net.ipv4.conf.all.rp_filter",
+                "1",
+                "reverse-path filtering at the edge drops spoofed sources",
+            ),
+            knowledge.Fix("any", None, None, "the provider's DDoS protection"),
+        ),
     ]
     errors = knowledge.TIMEOUT + knowledge.SYN_FLOOD_LOG
     severity = Severity.ERROR if silent.any() or syn_again else Severity.WARNING

@@ -62,10 +62,28 @@ def _tell(g: Group) -> Story:
         "Find where the SYN dies: capture on the server too (`tcpdump -ni any 'tcp port "
         f"{server.rsplit(':', 1)[1]} and tcp[tcpflags] & tcp-syn != 0'`); check firewall "
         "DROP counters and `nstat -az TcpExtListenOverflows` on the server.",
-        "Give clients a connect timeout far below 127 s (Go net.Dialer{Timeout}, Java "
-        "setConnectTimeout, Python requests timeout=(connect, read), Node socket.setTimeout) "
-        "and retry another address; net.ipv4.tcp_syn_retries lowers the kernel's own limit.",
-        "If conntrack is full: raise net.netfilter.nf_conntrack_max or stop tracking this traffic.",
+        knowledge.advice(
+            "Give clients a connect timeout far below 127 s (Go net.Dialer{Timeout}, Java "
+            "setConnectTimeout, Python requests timeout=(connect, read), Node socket.setTimeout) "
+            "and retry another address; net.ipv4.tcp_syn_retries lowers the kernel's own limit.",
+            knowledge.Fix("go", "net.Dialer.Timeout", None, "Go net.Dialer{Timeout}"),
+            knowledge.Fix("java", "setConnectTimeout", None, "Java setConnectTimeout"),
+            knowledge.Fix(
+                "python-requests", "timeout", None, "Python requests timeout=(connect, read)"
+            ),
+            knowledge.Fix("node", "socket.setTimeout", None, "Node socket.setTimeout"),
+            knowledge.sysctl(
+                "net.ipv4.tcp_syn_retries", None, "lowers the kernel's own limit (127 s by default)"
+            ),
+        ),
+        knowledge.advice(
+            "If conntrack is full: raise net.netfilter.nf_conntrack_max or stop tracking this traffic.",
+            knowledge.sysctl(
+                "net.netfilter.nf_conntrack_max",
+                None,
+                "raise it if conntrack is full, or stop tracking this traffic",
+            ),
+        ),
     ]
     facts = {"server": server, "retry_ladder_s": off}
     errors = knowledge.TIMEOUT

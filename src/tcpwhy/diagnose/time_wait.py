@@ -175,9 +175,22 @@ def _tell_reuse(server: str, n: int, nbad: int, ex: Instance) -> Story:
         "tcp_tw_recycle on old kernels (removed in 4.12) or timestamps disabled.",
     ]
     fixes = [
-        "Do not bind fixed client source ports; widen net.ipv4.ip_local_port_range.",
-        "Keep TCP timestamps on (net.ipv4.tcp_timestamps=1) and use net.ipv4.tcp_tw_reuse=1 "
-        "on client hosts; reuse connections instead of opening one per request.",
+        knowledge.advice(
+            "Do not bind fixed client source ports; widen net.ipv4.ip_local_port_range.",
+            knowledge.Fix("any", None, None, "Do not bind fixed client source ports."),
+            knowledge.sysctl("net.ipv4.ip_local_port_range", None, "widen it"),
+        ),
+        knowledge.advice(
+            "Keep TCP timestamps on (net.ipv4.tcp_timestamps=1) and use net.ipv4.tcp_tw_reuse=1 "
+            "on client hosts; reuse connections instead of opening one per request.",
+            knowledge.sysctl(
+                "net.ipv4.tcp_timestamps", "1", "keep TCP timestamps on (tcp_tw_reuse needs them)"
+            ),
+            knowledge.sysctl("net.ipv4.tcp_tw_reuse", "1", "on client hosts"),
+            knowledge.Fix(
+                "any", None, None, "reuse connections instead of opening one per request"
+            ),
+        ),
     ]
     facts = {"server": server, "not_accepted": nbad}
     errors = knowledge.TIMEOUT if nbad else knowledge.NONE_VISIBLE
@@ -257,11 +270,41 @@ def detect_pileup(diag: Diag) -> list[Finding]:
             "MaxIdleConnsPerHost default 2, HttpClient defaultMaxPerRoute 2).",
         ]
         fixes = [
-            "Reuse connections: keep-alive pools sized for the concurrency (Go "
-            "Transport.MaxIdleConnsPerHost, HttpClient setDefaultMaxPerRoute, OkHttp "
-            "ConnectionPool, urllib3 PoolManager(maxsize=…)).",
-            "On client hosts: net.ipv4.tcp_tw_reuse=1 (needs TCP timestamps) and a wider "
-            "net.ipv4.ip_local_port_range; never SO_LINGER 0 to avoid TIME_WAIT.",
+            knowledge.advice(
+                "Reuse connections: keep-alive pools sized for the concurrency (Go "
+                "Transport.MaxIdleConnsPerHost, HttpClient setDefaultMaxPerRoute, OkHttp "
+                "ConnectionPool, urllib3 PoolManager(maxsize=…)).",
+                knowledge.Fix(
+                    "go",
+                    "http.Transport.MaxIdleConnsPerHost",
+                    None,
+                    "Go Transport.MaxIdleConnsPerHost",
+                ),
+                knowledge.Fix(
+                    "java-apache-httpclient",
+                    "setDefaultMaxPerRoute",
+                    None,
+                    "HttpClient setDefaultMaxPerRoute",
+                ),
+                knowledge.Fix(
+                    "java-okhttp",
+                    "ConnectionPool.maxIdleConnections",
+                    None,
+                    "OkHttp ConnectionPool",
+                ),
+                knowledge.Fix(
+                    "python-requests", "PoolManager.maxsize", None, "urllib3 PoolManager(maxsize=…)"
+                ),
+            ),
+            knowledge.advice(
+                "On client hosts: net.ipv4.tcp_tw_reuse=1 (needs TCP timestamps) and a wider "
+                "net.ipv4.ip_local_port_range; never SO_LINGER 0 to avoid TIME_WAIT.",
+                knowledge.sysctl(
+                    "net.ipv4.tcp_tw_reuse", "1", "on client hosts (needs TCP timestamps)"
+                ),
+                knowledge.sysctl("net.ipv4.ip_local_port_range", None, "a wider range"),
+                knowledge.Fix("any", None, None, "never SO_LINGER 0 to avoid TIME_WAIT"),
+            ),
         ]
         errors = knowledge.NO_PORT if sev >= Severity.WARNING else knowledge.NONE_VISIBLE
         facts = {"connections": len(members), "rate_per_s": round(rate, 1), "max_time_wait": alive}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tcpwhy.decode.table import RST, SYN
+from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import WHO, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
@@ -87,9 +88,22 @@ def _tell(g: Group) -> Story:
     fixes = [
         f"Find why the {who} stops reading: `ss -tmi` shows Recv-Q full on the {who} and "
         f"Send-Q with a persist timer on the {snd}; take a thread dump during the stall.",
-        "Let the kernel autotune buffers (net.ipv4.tcp_rmem) instead of small fixed "
-        "SO_RCVBUF; add application read/write timeouts and TCP_USER_TIMEOUT to bound the "
-        "wait.",
+        knowledge.advice(
+            "Let the kernel autotune buffers (net.ipv4.tcp_rmem) instead of small fixed "
+            "SO_RCVBUF; add application read/write timeouts and TCP_USER_TIMEOUT to bound the "
+            "wait.",
+            knowledge.sysctl(
+                "net.ipv4.tcp_rmem",
+                None,
+                "let the kernel autotune receive buffers instead of small fixed SO_RCVBUF",
+            ),
+            knowledge.Fix(
+                "linux",
+                "TCP_USER_TIMEOUT",
+                None,
+                "with application read/write timeouts, bounds the wait",
+            ),
+        ),
     ]
     return Story(
         Severity.WARNING,

@@ -20,6 +20,7 @@ import numpy as np
 from tcpwhy.report import conns_kernel as k
 from tcpwhy.report.conns import LOCAL_FIELDS, csv_fields, record_lines
 from tcpwhy.schemas import SCHEMA_VERSION
+from tcpwhy.tcp.connections import end_code
 from tcpwhy.tcp.records import IRTT_UNSET, JSON_FIELDS, WORD_COLUMNS, ConnColumns
 from tcpwhy.tcp.zeek import HIST_MAX
 
@@ -58,6 +59,7 @@ class RowProgram:
         self.row_bound = 0
         self.end_steps = 0  # steps that write a word of the batch's `end` words
         self.name_steps = 0  # steps that write a word of the batch's `name_words`
+        self.code_steps = 0  # steps that write the `end_code` of the batch's `end` words
         self.uid_prefix = uid_prefix
 
     def word(self, text: str | bytes) -> int:
@@ -104,6 +106,9 @@ class RowProgram:
             return
         if column == "server_name":
             self.name_steps += 1
+            return
+        if column == "end_code":  # the `end` column's codes, through the batch's code words
+            self.code_steps += 1
             return
         # a JSON boolean is the one word column written as it is
         words = WORD_COLUMNS[column] if column != "continued" else ("false", "true")
@@ -172,12 +177,18 @@ class RowProgram:
         # the batch's words after the static ones: its `end` words, then its server names
         ends = [self.esc(w).encode() for w in c.end_words]
         names = [self.esc(w).encode() for w in c.name_words] if self.name_steps else []
-        vocab = np.frombuffer(self.static_vocab + b"".join(ends + names), np.uint8).copy()
+        codes = [self.esc(end_code(w)).encode() for w in c.end_words] if self.code_steps else []
+        batch = ends + names + codes
+        vocab = np.frombuffer(self.static_vocab + b"".join(batch), np.uint8).copy()
         last = int(self.static_off[-1])
         voff = np.concatenate(
-            [self.static_off, last + np.cumsum([len(w) for w in ends + names], dtype=np.int64)]
+            [self.static_off, last + np.cumsum([len(w) for w in batch], dtype=np.int64)]
         )
-        batch_base = {"end": len(self.words), "server_name": len(self.words) + len(ends)}
+        batch_base = {
+            "end": len(self.words),
+            "server_name": len(self.words) + len(ends),
+            "end_code": len(self.words) + len(ends) + len(names),
+        }
         ints = np.empty((len(self.inputs), n), np.int64)
         derived: dict[str, Any] = {}
         if any(name.startswith("uid_") for _, name in self.inputs):
@@ -185,6 +196,8 @@ class RowProgram:
         for which in ("orig", "resp"):
             if self.local:
                 derived[f"local_{which}"] = c.local(which)
+        if self.code_steps:
+            derived["end_code"] = c["end"]
         for i, (kind, name) in enumerate(self.inputs):
             v = derived[name] if name in derived else c[name]
             if v is None:
@@ -201,6 +214,7 @@ class RowProgram:
                 ints[i] = v.view(np.int64) if v.dtype == np.uint64 else v
         bound = self.row_bound + self.end_steps * max((len(w) for w in ends), default=0)
         bound += self.name_steps * max((len(w) for w in names), default=0)
+        bound += self.code_steps * max((len(w) for w in codes), default=0)
         out = np.empty(n * bound + 1, np.uint8)
         hist = c["history"]
         if not hist.flags.c_contiguous:
@@ -273,6 +287,9 @@ def row_program(fmt: str, uid_prefix: str = "C", local: bool = False) -> RowProg
                 p.text(f)
             else:
                 p.integer(f)
+            if f == "end":  # the stable code beside the words (`tcpwhy.tcp.connections.ENDINGS`)
+                p.lit(', "end_code": ')
+                p.text("end_code")
         p.lit("}\n")
     elif fmt == "csv":
         for i, f in enumerate(csv_fields(local)):

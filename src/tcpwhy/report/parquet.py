@@ -149,6 +149,7 @@ def conn_schema(local: bool = True) -> pa.Schema:
         ("orig_state", word),
         ("resp_state", word),
         ("end", word),
+        ("end_code", word),
         ("conn_state", word),
         ("history", pa.string()),
         ("continued", pa.bool_()),
@@ -168,6 +169,7 @@ def conn_table(c: ConnColumns) -> pa.Table:
     import pyarrow as pa
 
     from tcpwhy.report import conns_kernel as k
+    from tcpwhy.tcp.connections import end_code
     from tcpwhy.tcp.records import IRTT_UNSET
 
     col = c.cols
@@ -212,6 +214,7 @@ def conn_table(c: ConnColumns) -> pa.Table:
     ):
         arrays[name] = _words(col[name], c.words(name))
     arrays["server_name"] = _words(col["server_name"], c.name_words)
+    arrays["end_code"] = _words(col["end"], tuple(end_code(w) for w in c.end_words))
     for name in (
         "orig_pkts",
         "resp_pkts",
@@ -491,6 +494,7 @@ _CONN_NOTES = {
     "orig_state": "the originator's final RFC 9293 state",
     "resp_state": "the responder's final RFC 9293 state",
     "end": "how the connection ended, in words",
+    "end_code": "how the connection ended, as a stable code (docs/json.md)",
     "conn_state": "Zeek's `conn_state`",
     "history": "Zeek's `history`",
     "continued": "the record continues one written out early",

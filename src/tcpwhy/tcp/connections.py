@@ -851,6 +851,53 @@ def end_words(
     return tail
 
 
+ENDINGS: dict[str, str] = {
+    "refused": "refused (RST to SYN)",
+    "no_answer": "no answer to SYN",
+    "rejected_by_icmp": "an ICMP error answered the SYN",
+    "reset_by_originator": "reset by originator (after any FINs named)",
+    "reset_by_responder": "reset by responder (after any FINs named)",
+    "reset": "reset (by either side; `analyze` does not say which)",
+    "fin_both": "closed by a FIN from each side",
+    "half_closed": "half-closed: one side's FIN, none from the other",
+    "open_at_end": "still open at end of capture",
+    "evicted": "evicted while still open (too many active connections)",
+    "idle": "idle for a while, no close seen",
+    "inactivity_timeout": "no close seen before Zeek's inactivity timeout",
+    "no_close": "no close seen",
+    "other": "words without a code (not written by tcpwhy's own builder)",
+}
+"""Stable codes of how a connection ended, with what each means: `end_code` gives the code of
+`end_words`' words, `tcpwhy.diagnose` the codes of its coarser counts. Scripts match codes;
+the words are for people and may change."""
+
+_CODE_OF_WORDS = {
+    "refused (RST to SYN)": "refused",
+    "no answer to SYN": "no_answer",
+    "still open at end of capture": "open_at_end",
+    "evicted while still open (too many active connections)": "evicted",
+    "no close seen before Zeek's inactivity timeout": "inactivity_timeout",
+    "no close seen": "no_close",
+}
+
+
+@functools.lru_cache(maxsize=256)
+def end_code(words: str) -> str:
+    """The `ENDINGS` code of `end_words`' words (the words name who reset or closed)."""
+    if words in _CODE_OF_WORDS:
+        return _CODE_OF_WORDS[words]
+    for prefix, code in (
+        ("reset by originator", "reset_by_originator"),
+        ("reset by responder", "reset_by_responder"),
+        ("closed by ", "fin_both"),
+        ("half-closed by ", "half_closed"),
+        ("idle for ", "idle"),
+    ):
+        if words.startswith(prefix):
+            return code
+    return "other"
+
+
 def iter_connection_columns(
     source: str | Iterable[PacketTable],
     stats: CaptureStats | None = None,
@@ -900,6 +947,7 @@ def build_connections(table: PacketTable, **options: Any) -> list[ConnRecord]:
 
 __all__ = [
     "DEFAULT_LIKELY_SERVER_PORTS",
+    "ENDINGS",
     "ConnColumns",
     "ConnRecord",
     "ConnectionBuilder",
@@ -907,6 +955,7 @@ __all__ = [
     "build_connections",
     "connection_columns",
     "empty_columns",
+    "end_code",
     "end_words",
     "iter_connection_columns",
     "iter_connections",

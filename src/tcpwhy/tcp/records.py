@@ -161,8 +161,13 @@ class ConnRecord:
         """The jsonl object; `local_orig` and `local_resp` are left out while unset (no
         ``--local-nets``), as Zeek leaves them out of its JSON logs."""
         from tcpwhy.schemas import SCHEMA_VERSION
+        from tcpwhy.tcp.connections import end_code
 
-        d = {"schema_version": SCHEMA_VERSION, **{k: getattr(self, k) for k in JSON_FIELDS}}
+        d: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
+        for k in JSON_FIELDS:
+            d[k] = getattr(self, k)
+            if k == "end":  # the stable code beside the words
+                d["end_code"] = end_code(self.end)
         if self.local_orig is None:
             del d["local_orig"], d["local_resp"]
         if not self.server_name:
