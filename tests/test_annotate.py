@@ -191,3 +191,16 @@ def test_annotate_bad_input_leaves_no_file(
     assert main(["analyze", str(bad), "--annotate", str(out)]) == 2
     assert capsys.readouterr().err.startswith(f"tcpwhy: {bad}: ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pcap"]
+
+
+def test_html_report_shows_the_same_filter() -> None:
+    """The HTML page's "Wireshark display filter" is the finding's own (`Finding`)."""
+    from html import escape
+
+    from tcpwhy.report.html import render_html
+
+    report = diagnose_files([str(LAB / "syn-flood.pcap")])
+    page = render_html(report)
+    for f in report.findings:
+        assert f.display_filter
+        assert f'<pre class="filter">{escape(f.display_filter, quote=False)}</pre>' in page
