@@ -204,3 +204,14 @@ def test_html_report_shows_the_same_filter() -> None:
     for f in report.findings:
         assert f.display_filter
         assert f'<pre class="filter">{escape(f.display_filter, quote=False)}</pre>' in page
+
+
+def test_comments_in_expert_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Wireshark lists packet comments in its Expert Info ("Comments" group): tshark's
+    `-z expert` shows every one."""
+    out = tmp_path / "a.pcapng"
+    _, doc = analyze_json(capsys, str(LAB / "stale-keepalive.pcap"), "--annotate", str(out))
+    want = [c for cs in expected_comments(doc).values() for c in cs]
+    expert = tshark("-q", "-r", str(out), "-z", "expert")
+    assert f"Comments ({len(want)})" in expert
+    assert all(c in expert for c in want)
