@@ -236,3 +236,21 @@ def test_w_is_not_combined_with_o(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["packets", str(LAB / "clean.pcap"), "-w", str(out), "-o", str(txt)]) == 2
     assert capsys.readouterr().err.startswith("tcpwhy: -w: ")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("src", "magic"), [(LAB / "stale-keepalive.pcap", PCAP_NS), (DEMO, PCAP_US)]
+)
+def test_pcapng_source_to_pcap_keeps_its_precision(tmp_path: Path, src: Path, magic: bytes) -> None:
+    """A pcapng written by editcap (if_tsresol 9 from a nanosecond pcap, 6 from a microsecond
+    one) comes back as the pcap of the same precision, every timestamp exact."""
+    editcap = shutil.which("editcap")
+    need(editcap is not None, "editcap not installed")
+    assert editcap is not None
+    png = tmp_path / "src.pcapng"
+    subprocess.run([editcap, "-F", "pcapng", str(src), str(png)], check=True)
+    out = tmp_path / "out.pcap"
+    assert main(["packets", str(png), "-Y", "tcp.len > 0", "-w", str(out)]) == 0
+    assert out.read_bytes()[:4] == magic
+    check_copy(out, png, selection(png, "tcp.len > 0"))
+    assert records(out) == records(src, selection(src, "tcp.len > 0"))
