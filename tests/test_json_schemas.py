@@ -249,3 +249,100 @@ def test_fixes_by_stack(capfd: pytest.CaptureFixture[str]) -> None:
         assert fixes_of(copy_of) == a.fixes
     with pytest.raises(ValueError):
         advice("x", sysctl("a", None, "b").__class__("cobol", None, None, "no such stack"))
+
+
+def test_lab_json_and_its_kernel_trace(netns_ok: None, tmp_path: Path) -> None:
+    """`lab NAME --format json` and the kernel trace beside its recording (the lines of
+    `host trace --format jsonl`), validated; the kinds are what analyze finds there."""
+    out = tmp_path / "refused.pcap"
+    r = subprocess.run(
+        [sys.executable, "-m", "tcpwhy", "lab", "refused", "-w", str(out), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    validate("lab", doc)
+    assert doc["outcome"] == "as_designed" and doc["reason"] is None
+    assert doc["recordings"][0] == str(out)
+    a = subprocess.run(
+        [sys.executable, "-m", "tcpwhy", "analyze", str(out), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert doc["finding_kinds"] == sorted({f["kind"] for f in json.loads(a.stdout)["findings"]})
+    assert "connection-refused" in doc["finding_kinds"]
+    trace = doc["kernel_trace"]
+    assert trace is not None and trace["path"] in doc["recordings"]
+    events = lines(Path(trace["path"]).read_text())
+    assert len(events) == trace["events"] > 0
+    for ev in events:
+        validate("host-trace", ev)
+        assert (
+            ev["ts_ns"] // 1000 == round(ev["ts"] * 1e6) or abs(ev["ts_ns"] / 1e9 - ev["ts"]) < 2e-6
+        )
+    assert any(ev["event"] == "reset_sent" for ev in events)
+
+
+def test_lab_write_into_a_missing_directory(tmp_path: Path) -> None:
+    """A -w path whose directory does not exist: one line and exit 2, before anything runs
+    (no root needed to see it)."""
+    bad = tmp_path / "no-such-dir" / "x.pcap"
+    r = subprocess.run(
+        [sys.executable, "-m", "tcpwhy", "lab", "refused", "-w", str(bad), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [f"tcpwhy: {bad}: no such directory: {bad.parent}"]
+    assert r.stdout == ""
+
+
+def test_host_trace_jsonl_lines_from_the_columns() -> None:
+    """The compiled-path writer (`Batch.jsonl`) and `TraceEvent.as_json` both fit the schema,
+    with the decoder's nanoseconds when it has them."""
+    from tcpwhy.host import trace as tr
+
+    b = tr.Batch(
+        ts=[1795308254.000001, 1795308255.5],
+        ts_ns=[1795308254000001234, 1795308255500000000],
+        event=["state", "drop"],
+        src=["10.0.0.1", None],
+        sport=[80, None],
+        dst=["10.0.0.2", None],
+        dport=[5555, None],
+        old_state=["SYN_SENT", None],
+        new_state=["ESTABLISHED", None],
+        state=["ESTABLISHED", None],
+        reason=[None, "TCP_LISTEN_OVERFLOW"],
+        pid=[7, 0],
+        comm=["curl", None],
+        context=["task", "softirq"],
+        explanation=[None, "x"],
+    )
+    got = lines(b.jsonl())
+    assert got == [e.as_json() for e in b.events()]
+    for ev in got:
+        validate("host-trace", ev)
+    assert got[0]["ts_ns"] == 1795308254000001234
+    assert got[0]["time"] == "2026-11-22T00:44:14.000001234Z"
+
+
+def test_explain_json_fixes_are_the_analyze_objects(capfd: pytest.CaptureFixture[str]) -> None:
+    """explain's per-stack fixes are the objects analyze gives (one source, knowledge.py)."""
+    status, out = run(capfd, "explain", "bind: address already in use", "--format", "json")
+    assert status == 0
+    doc = json.loads(out)
+    validate("explain", doc)
+    (m,) = doc["meanings"]
+    by = {x["stack"]: x for x in m["fixes"]}
+    assert by["python"]["knob"] == "allow_reuse_address" and by["java"]["value"] == "true"
+    _, out = run(capfd, "explain", "RemoteDisconnected", "--format", "json")
+    eof = json.loads(out)["meanings"][0]["fixes"]
+    _, out = run(capfd, "analyze", str(LAB / "keepalive-race.pcap"), "--format", "json")
+    (race,) = [f for f in json.loads(out)["findings"] if f["kind"] == "keepalive-race"]
+    go = [x for x in race["fixes_by_stack"] if x["knob"] == "http.Transport.IdleConnTimeout"]
+    assert go and {**go[0], "value": None} in eof  # the same object, without the measured value

@@ -356,6 +356,28 @@ MEANINGS: tuple[Meaning, ...] = (
 )
 
 
+FIXES: dict[str, tuple[knowledge.Fix, ...]] = {
+    "write into a connection the peer had closed (EPIPE)": (
+        *knowledge.CLIENT_IDLE,
+        *knowledge.RETRY,
+    ),
+    "end-of-file on a reused connection before any response": (
+        *knowledge.CLIENT_IDLE,
+        *knowledge.RETRY,
+        *knowledge.SERVER_IDLE,
+    ),
+    "the local port is taken (EADDRINUSE)": knowledge.REUSEADDR,
+    "no free local port (EADDRNOTAVAIL)": (
+        knowledge.Fix("any", None, None, "reuse connections (keep-alive pools) instead of "
+                      "opening one per request"),
+        knowledge.sysctl("net.ipv4.tcp_tw_reuse", "1", "on client hosts (needs TCP timestamps)"),
+        knowledge.sysctl("net.ipv4.ip_local_port_range", None, "a wider range"),
+    ),
+}  # fmt: skip
+"""The per-stack fixes `--format json` gives with a meaning (the same objects as `analyze`'s
+`fixes_by_stack`), where the meaning alone says what to change."""
+
+
 def _kernel_reasons(h: Meaning) -> list[dict[str, str]]:
     from tcpwhy.diagnose.kernel_trace import kernel_reasons
 
@@ -383,6 +405,7 @@ def to_json(message: str, hits: list[Meaning]) -> str:
                     **{k: v for k, v in asdict(h).items() if k not in ("keywords", "kinds")},
                     "kinds": [{"kind": k, "tell": t} for k, t in h.kinds],
                     "kernel_reasons": _kernel_reasons(h),
+                    "fixes": [f.to_json() for f in FIXES.get(h.name, ())],
                 }
                 for h in hits
             ],

@@ -69,8 +69,9 @@ class Advice(str):
         return (Advice, (str(self), self.fixes))
 
 
-def advice(text: str, *fixes: Fix) -> Advice:
-    """A fix sentence with its parts; with no parts, the sentence is one "any" fix."""
+def advice(text: str, *fixes: Fix) -> str:
+    """A fix sentence with its parts (an `Advice`, typed as the `str` a rule's fixes are);
+    with no parts, the sentence is one "any" fix."""
     return Advice(text, fixes)
 
 

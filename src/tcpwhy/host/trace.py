@@ -9,6 +9,7 @@ the reason names that the running kernel publishes in each event's `format` file
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import ipaddress
 import json
@@ -261,10 +262,17 @@ class TraceEvent:
     comm: str | None = None
     context: str = "task"
     explanation: str | None = None
+    ts_ns: int | None = None  # the same instant in epoch nanoseconds (from `ts` when unset)
 
     def as_json(self) -> dict[str, Any]:
+        from tcpwhy.schemas import SCHEMA_VERSION
+
+        ns = self.ts_ns if self.ts_ns is not None else round(self.ts * 1e9)
         d: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
             "ts": round(self.ts, 6),
+            "ts_ns": ns,
+            "time": _time_text(ns),
             "event": self.event,
             "src": self.src,
             "sport": self.sport,
@@ -398,9 +406,20 @@ class Batch:
     comm: list[str | None] = field(default_factory=list)
     context: list[str] = field(default_factory=list)
     explanation: list[str | None] = field(default_factory=list)
+    ts_ns: list[int | None] = field(default_factory=list)  # empty: taken from `ts`
 
     def __len__(self) -> int:
         return len(self.ts)
+
+    def _ts_ns_column(self) -> list[int | None]:
+        return self.ts_ns if len(self.ts_ns) == len(self.ts) else [None] * len(self.ts)
+
+    def _ts_ns(self) -> list[int]:
+        """Epoch nanoseconds of each event (from `ts` where the column has none)."""
+        return [
+            round(t * 1e9) if ns is None else ns
+            for t, ns in zip(self.ts, self._ts_ns_column(), strict=True)
+        ]
 
     def _columns(self) -> tuple[list[Any], ...]:
         return (
@@ -418,6 +437,7 @@ class Batch:
             self.comm,
             self.context,
             self.explanation,
+            self._ts_ns_column(),
         )
 
     def events(self) -> list[TraceEvent]:
@@ -461,8 +481,14 @@ class Batch:
             if m is None:
                 m = pairs[(o, n)] = f', "old_state": {json.dumps(o)}, "new_state": {json.dumps(n)}'
             mid.append(m)
+        from tcpwhy.schemas import SCHEMA_VERSION
+
+        head = f'{{"schema_version": {json.dumps(SCHEMA_VERSION)}, "ts": '
+        ns_col = self._ts_ns()
         rows = zip(
             self.ts,
+            ns_col,
+            map(_time_text, ns_col),
             self.event,
             j(self.src),
             j(self.sport),
@@ -479,15 +505,29 @@ class Batch:
         )
         return "".join(
             [
-                f'{{"ts": {t:.6f}, "event": "{e}", "src": {s}, "sport": {sp}, "dst": {d}, '
+                f'{head}{t:.6f}, "ts_ns": {ns}, "time": "{tt}", "event": "{e}", "src": {s}, '
+                f'"sport": {sp}, "dst": {d}, '
                 f'"dport": {dp}{m}, "state": {st}, "reason": {r}, "pid": {p}, "comm": {c}, '
                 f'"context": "{cx}", "explanation": {x}}}\n'
-                for t, e, s, sp, d, dp, m, st, r, p, c, cx, x in rows
+                for t, ns, tt, e, s, sp, d, dp, m, st, r, p, c, cx, x in rows
             ]
         )
 
 
 _MISSING = object()
+
+
+@functools.lru_cache(maxsize=4)
+def _second_text(sec: int) -> str:
+    from tcpwhy.timestamps import rfc3339
+
+    return rfc3339(sec * 1_000_000_000)[:-11]  # "YYYY-MM-DDTHH:MM:SS"
+
+
+def _time_text(ns: int) -> str:
+    """`tcpwhy.timestamps.rfc3339`, one date formatting per second (events come in order)."""
+    sec, frac = divmod(ns, 1_000_000_000)
+    return f"{_second_text(sec)}.{frac:09d}Z"
 
 
 @contextlib.contextmanager
@@ -874,6 +914,7 @@ class TraceSession:
         ).astype(object)
         b = Batch(
             ts=(c.ts[idx] / 1e9 + self._offset).tolist(),
+            ts_ns=(c.ts[idx] + round(self._offset * 1e9)).tolist(),
             event=kind[idx].tolist(),
             src=src[idx].tolist(),
             sport=[sport_l[i] for i in sel],

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
 import sys
 import textwrap
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from tcpwhy.errors import EXIT_BAD_INPUT, ScenarioFailed, TcpwhyError
 from tcpwhy.lab.env import Options
+
+if TYPE_CHECKING:
+    from tcpwhy.lab.runner import LabResult, Scenario
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -47,6 +53,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="run `tcpwhy watch` on the client's interface while the scenario plays",
     )
+    p.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text (default), or json: the outcome, the finding kinds `analyze` sees in the "
+        "recording, and the recordings' paths (docs/json.md)",
+    )
     p.set_defaults(func=run)
 
 
@@ -77,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyError:
         raise TcpwhyError("lab", f"no scenario {args.scenario!r} (see tcpwhy lab --list)") from None
     out = args.write or f"tcpwhy-lab-{sc.name}.pcap"
+    where = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(where):  # before the namespaces are made and the scenario plays
+        raise TcpwhyError(out, f"no such directory: {where}")
     opts = Options(
         ipv6=args.ipv6,
         port=args.port,
@@ -93,6 +109,11 @@ def run(args: argparse.Namespace) -> int:
         result = run_scenario(sc.name, opts, out, watch=watch)
     finally:
         signal.signal(signal.SIGTERM, old)
+    if getattr(args, "format", "text") == "json":
+        print(json.dumps(lab_document(sc, result), indent=2, ensure_ascii=False))
+        if not result.ok:
+            raise ScenarioFailed(sc.name, result.reason)
+        return 0
     print(f"{sc.name}: {sc.summary}")
     print(result.story)
     if args.explain:
@@ -109,3 +130,51 @@ def run(args: argparse.Namespace) -> int:
     if not result.ok:
         raise ScenarioFailed(sc.name, result.reason)
     return 0
+
+
+def recordings(result: LabResult) -> list[str]:
+    """The files a run left: its capture, the server side's of a two-ended scenario, the
+    kernel's trace."""
+    from tcpwhy.lab.scenarios_pair import server_capture_path
+
+    if result.capture is None:
+        return []
+    files = [result.capture]
+    server = server_capture_path(result.capture)
+    if server != result.capture and os.path.exists(server):
+        files.append(server)
+    if result.trace and os.path.exists(result.trace):
+        files.append(result.trace)
+    return [f for f in files if os.path.exists(f)]
+
+
+def lab_document(sc: Scenario, result: LabResult) -> dict[str, Any]:
+    """``tcpwhy lab NAME --format json`` (lab.schema.json): what a script checking a
+    reproduction needs: did the kernel do what the scenario expects, what `analyze` finds
+    in the recording, and where the files are."""
+    from tcpwhy.diagnose.engine import diagnose_files
+    from tcpwhy.schemas import SCHEMA_VERSION
+
+    files = recordings(result)
+    pcaps = [f for f in files if f.endswith((".pcap", ".pcapng"))]
+    kinds: list[str] = []
+    if pcaps and result.packets:
+        report = diagnose_files(pcaps)
+        kinds = sorted({f.kind for f in report.findings})
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "scenario": sc.name,
+        "summary": sc.summary,
+        "outcome": "as_designed" if result.ok else "differed",
+        "reason": result.reason or None,
+        "finding_kinds": kinds,
+        "recordings": files,
+        "packets": result.packets,
+        "dropped": result.drops,
+        "kernel_trace": (
+            {"path": result.trace, "events": result.trace_events, "lost": result.trace_lost}
+            if result.trace
+            else None
+        ),
+        "events": [{"t_s": round(e.t, 6), "actor": e.actor, "text": e.text} for e in result.events],
+    }

@@ -28,6 +28,8 @@ NAMES = (
     "host-watch",
     "watch",
     "flow",
+    "host-trace",
+    "lab",
 )
 
 
