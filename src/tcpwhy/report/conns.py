@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import csv
 import io
 import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, cast
 
 import numpy as np
 
@@ -322,7 +323,7 @@ def write_conns(
     stats = stats if stats is not None else CaptureStats()
     if fmt in ZEEK_FORMATS:
         options.setdefault("boundaries", "zeek")
-    from tcpwhy.report.conns_format import format_columns
+    from tcpwhy.report.conns_format import format_columns, format_columns_bytes
     from tcpwhy.tcp.connections import iter_connection_columns
     from tcpwhy.tcp.records import DEFAULT_OPTIONS
 
@@ -347,7 +348,16 @@ def write_conns(
     elif fmt == "table":
         out.write(TABLE_HEADER)
     live = source == "-"
+    binary = _utf8_buffer(out)
     for c in batches:
+        if binary is not None and not icmp:  # the kernel's bytes as they are (no str)
+            raw = format_columns_bytes(c.with_options(ropts), fmt)
+            if len(raw):
+                out.flush()
+                binary.write(raw)
+                if live:
+                    binary.flush()
+            continue
         text = format_columns(c.with_options(ropts), fmt)
         if icmp:
             text = with_icmp(text, c, icmp)
@@ -358,6 +368,16 @@ def write_conns(
     if fmt == "zeek":
         _zeek_footer(out)
     return stats
+
+
+def _utf8_buffer(out: TextIO) -> BinaryIO | None:
+    """The binary stream under a UTF-8 text stream, None for any other: lines written there
+    as bytes are the same bytes the text stream would write."""
+    raw = getattr(out, "buffer", None)
+    enc = getattr(out, "encoding", None)
+    if raw is None or not enc or codecs.lookup(enc).name != "utf-8":
+        return None
+    return cast(BinaryIO, raw)
 
 
 def cmd_conns(args: argparse.Namespace) -> int:

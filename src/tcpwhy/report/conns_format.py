@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from tcpwhy.report import conns_kernel as k
 from tcpwhy.report.conns import LOCAL_FIELDS, csv_fields, record_lines
@@ -173,6 +174,12 @@ class RowProgram:
 
     def format(self, c: ConnColumns) -> str | None:
         """The lines of a batch; None if a value is out of the kernel's range."""
+        raw = self.format_bytes(c)
+        return None if raw is None else raw.tobytes().decode()
+
+    def format_bytes(self, c: ConnColumns) -> npt.NDArray[np.uint8] | None:
+        """`format` as UTF-8 bytes (a view of the kernel's buffer): written as they are, the
+        text is neither copied nor decoded and encoded again."""
         n = len(c)
         # the batch's words after the static ones: its `end` words, then its server names
         ends = [self.esc(w).encode() for w in c.end_words]
@@ -223,7 +230,7 @@ class RowProgram:
         size = k.format_rows(self.prog, ints, hist, c["history_len"], vocab, voff, fixed, out)
         if size < 0:
             return None
-        return out[:size].tobytes().decode()
+        return out[:size]
 
 
 @functools.lru_cache(maxsize=32)
@@ -422,6 +429,14 @@ def row_program(fmt: str, uid_prefix: str = "C", local: bool = False) -> RowProg
         p.lit("]\n")
     p.compile()
     return p
+
+
+def format_columns_bytes(c: ConnColumns, fmt: str) -> bytes | npt.NDArray[np.uint8]:
+    """`format_columns` as UTF-8 bytes, for a binary stream."""
+    if not len(c):
+        return b""
+    raw = row_program(fmt, c.uid_prefix, c.options.local_nets is not None).format_bytes(c)
+    return raw if raw is not None else record_lines(c, fmt).encode()
 
 
 def format_columns(c: ConnColumns, fmt: str) -> str:

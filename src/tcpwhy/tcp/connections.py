@@ -278,6 +278,8 @@ class ConnectionBuilder:
         self._name_list: list[bytes] = [b""]
         self._name_ids: dict[bytes, int] = {b"": 0}
         self._name_uid = np.zeros(0, np.int64)
+        # per connection uid: its first payload was looked at already (named or not)
+        self._name_seen = np.zeros(1024, np.bool_)
         self._name_code = np.zeros(0, np.int32)
 
     # -- capacity ------------------------------------------------------------------------
@@ -350,6 +352,7 @@ class ConnectionBuilder:
         done: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.uint8]]] = []
         done_n = 0
         i = 0
+        named = 0  # rows before this one had their server names noted (`_note_names`)
         while i < n:
             if self.nfree == 0 and self._cap < self.max_active:
                 self._grow()
@@ -402,7 +405,6 @@ class ConnectionBuilder:
                 self._victims,
                 self._vmeta,
             )
-            self._note_names(t, row_uid, i, j)
             if k:
                 done.append((OUT[:k].copy(), OW[:k].copy(), OH[:k].copy()))
                 done_n += k
@@ -427,8 +429,12 @@ class ConnectionBuilder:
                 )
             i = j
             if done_n >= RECORD_ROWS:
+                # names for all rows so far at once (one whole-array pass, not one per call)
+                self._note_names(t, row_uid, named, j)
+                named = j
                 out += self._flush(done)
                 done_n = 0
+        self._note_names(t, row_uid, named, n)
         if done:
             out += self._flush(done)
         if self.now - self._last_sweep >= SWEEP_EVERY_NS:
@@ -457,18 +463,22 @@ class ConnectionBuilder:
         each new connection; only the distinct names become Python bytes."""
         from tcpwhy.tcp import server_names as sn
 
-        if not t.data.size:
+        if not t.data.size or i >= j:
             return
-        fl = t["flags"][i:j].astype(np.int64)
-        rows = i + np.flatnonzero((t["payload_len"][i:j] > 0) & ((fl & RST) == 0))
+        rows = i + np.flatnonzero((t["payload_len"][i:j] > 0) & ((t["flags"][i:j] & RST) == 0))
+        uid = row_uid[rows]
+        ok = uid >= 0
+        if ok.any() and int(uid.max()) >= len(self._name_seen):
+            grown = np.zeros(max(int(uid.max()) + 1, 2 * len(self._name_seen)), np.bool_)
+            grown[: len(self._name_seen)] = self._name_seen
+            self._name_seen = grown
+        ok &= ~self._name_seen[np.maximum(uid, 0)]
+        rows, uid = rows[ok], uid[ok]
         if not len(rows):
             return
-        uid, first = np.unique(row_uid[rows], return_index=True)
+        uid, first = np.unique(uid, return_index=True)
         rows = rows[first]
-        new = (uid >= 0) & ~np.isin(uid, self._name_uid, assume_unique=True)
-        uid, rows = uid[new], rows[new]
-        if not len(uid):
-            return
+        self._name_seen[uid] = True
         off, length = sn.locate(t, rows, *sn.kinds(t, rows))
         words, code = sn.distinct(t.data, off, length)
         ids = self._name_ids
@@ -477,6 +487,10 @@ class ConnectionBuilder:
                 ids[w] = len(self._name_list)
                 self._name_list.append(w)
         glob = np.array([ids[w] for w in words], np.int32)[code]
+        # only the named are kept: a record without an entry has no name (code 0)
+        uid, glob = uid[glob != 0], glob[glob != 0]
+        if not len(uid):
+            return
         u = np.concatenate([self._name_uid, uid])
         order = np.argsort(u, kind="stable")
         self._name_uid = u[order]

@@ -6,9 +6,9 @@ of connections, so the names are found with whole-array numpy steps, never a Pyt
 step per connection: the first client payload of each stream is picked out, the rows
 that start with a TLS ClientHello are walked in lockstep through the hello's
 length-prefixed vectors to the server_name extension, and the rows that start with an
-HTTP request are searched for ``\\r\\nHost:`` from their line starts. The result is one
-fixed-width row of bytes per stream (`Names`); only the distinct names become Python
-bytes (`Names.words`).
+HTTP request are searched for ``\\r\\nHost:`` from their line starts. The result is the
+distinct names and one index into them per stream (`Names`): only the distinct names
+become Python bytes, and memory follows the names, not the streams times `NAME_MAX`.
 
 Only the first segment's captured bytes are read: a name past the end of that segment
 (a ClientHello longer than one segment whose server_name extension comes late, or a
@@ -20,7 +20,6 @@ names are bytes (escape before printing).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -38,39 +37,42 @@ _BLOCK = 4096
 """Requests whose Host value is read at once (bounds memory: _BLOCK x _VALUE bytes)."""
 _VALUE = NAME_MAX + 16
 """Bytes read after ``Host:`` for its value (blanks, the name, a port)."""
+_SCAN = 1 << 22
+"""Request bytes searched for newlines at once (`_host`)."""
 
 I64 = npt.NDArray[np.int64]
 _Get = Callable[[I64], tuple[I64, npt.NDArray[np.bool_]]]
 
 
-@dataclass
 class Names:
-    """Per stream: `length[s]` bytes of `chars[s]` (0: no name)."""
+    """Per stream, the index of its name in `words_` (b"" first: no name). Held as
+    distinct words and one code per stream, not a row of `NAME_MAX` bytes per stream: a
+    capture of millions of connections would need gigabytes for that."""
 
-    chars: npt.NDArray[np.uint8]  # (nstreams, NAME_MAX)
-    length: I64
+    def __init__(self, words: list[bytes], code: I64) -> None:
+        self.words_ = words
+        self.code = code
+
+    @property
+    def length(self) -> I64:
+        """Bytes of each stream's name (0: none)."""
+        sizes = np.array([len(w) for w in self.words_], np.int64)
+        return sizes[self.code]
+
+    @property
+    def chars(self) -> npt.NDArray[np.uint8]:
+        """Each stream's name as a row of `NAME_MAX` bytes (zero-padded)."""
+        rows = np.zeros((len(self.words_), NAME_MAX), np.uint8)
+        for i, w in enumerate(self.words_):
+            rows[i, : len(w)] = np.frombuffer(w, np.uint8)
+        return rows[self.code]
 
     def words(self) -> tuple[list[bytes], I64]:
         """The distinct names (b"" first) and each stream's index into them."""
-        n = len(self.length)
-        if not n:
-            return [b""], np.zeros(0, np.int64)
-        chars = np.where(np.arange(NAME_MAX)[None, :] < self.length[:, None], self.chars, 0)
-        keyed = np.ascontiguousarray(
-            np.concatenate([self.length[:, None], chars], axis=1).astype(np.uint8)
-        )
-        # one fixed-width bytes value per row: sorted as strings, far faster than axis=0
-        uniq, inv = np.unique(keyed.view(np.dtype((np.void, NAME_MAX + 1))), return_inverse=True)
-        raw = [bytes(u) for u in uniq.tolist()]
-        words = [w[1 : 1 + w[0]] for w in raw]
-        code = inv.reshape(-1).astype(np.int64)
-        if words[0] != b"":  # every stream named: keep b"" as word 0 all the same
-            words.insert(0, b"")
-            code += 1
-        return words, code
+        return self.words_, self.code
 
     def name(self, s: int) -> bytes:
-        return self.chars[s, : int(self.length[s])].tobytes()
+        return self.words_[int(self.code[s])]
 
 
 def _reader(table: PacketTable, off: I64, cap: I64) -> tuple[_Get, I64]:
@@ -143,7 +145,25 @@ def _host(table: PacketTable, rows: I64) -> tuple[I64, I64]:
 
     Only the line starts are looked at: the newlines of the rows' bytes are found in one
     pass over those bytes, and a header line is recognised from the few bytes after each,
-    so the cost follows the bytes of the requests, not a window per row."""
+    so the cost follows the bytes of the requests, not a window per row. The rows go in
+    blocks of about `_SCAN` bytes: the pass indexes every byte with 8 bytes."""
+    name_off = np.zeros(len(rows), np.int64)
+    name_len = np.zeros(len(rows), np.int64)
+    if not len(rows) or not table.data.size:
+        return name_off, name_len
+    cap = np.minimum(table["payload_cap"][rows].astype(np.int64), HOST_WINDOW)
+    ends = np.cumsum(cap)
+    lo = 0
+    while lo < len(rows):
+        base = int(ends[lo - 1]) if lo else 0
+        hi = max(lo + 1, int(np.searchsorted(ends, base + _SCAN, side="right")))
+        name_off[lo:hi], name_len[lo:hi] = _host_block(table, rows[lo:hi])
+        lo = hi
+    return name_off, name_len
+
+
+def _host_block(table: PacketTable, rows: I64) -> tuple[I64, I64]:
+    """`_host` of a block of rows."""
     n = len(rows)
     name_off = np.zeros(n, np.int64)
     name_len = np.zeros(n, np.int64)
@@ -281,7 +301,8 @@ def locate(
 
 def distinct(data: npt.NDArray[np.uint8], off: I64, length: I64) -> tuple[list[bytes], I64]:
     """The distinct names at (`off`, `length`) in `data` (b"" first) and each one's index:
-    rows as wide as the longest name, sorted as fixed-width bytes."""
+    rows as wide as the longest name, sorted as fixed-width bytes (gathered in blocks of
+    `_BLOCK` rows: the index of a gather is 8 bytes per name byte)."""
     code = np.zeros(len(off), np.int64)
     named = np.flatnonzero(length > 0)
     if not len(named):
@@ -289,10 +310,15 @@ def distinct(data: npt.NDArray[np.uint8], off: I64, length: I64) -> tuple[list[b
     ln = length[named]
     width = int(ln.max())
     k = np.arange(width)
-    vals = data[np.clip(off[named, None] + k[None, :], 0, max(data.size - 1, 0))]
     keyed = np.zeros((len(named), width + 1), np.uint8)
     keyed[:, 0] = ln
-    keyed[:, 1:] = np.where(k[None, :] < ln[:, None], vals, 0)
+    last = max(data.size - 1, 0)
+    for lo in range(0, len(named), _BLOCK):
+        part = named[lo : lo + _BLOCK]
+        vals = data[np.clip(off[part, None] + k[None, :], 0, last)]
+        keyed[lo : lo + len(part), 1:] = np.where(
+            k[None, :] < ln[lo : lo + len(part), None], vals, 0
+        )
     uniq, inv = np.unique(keyed.view(np.dtype((np.void, width + 1))), return_inverse=True)
     words = [b""] + [w[1 : 1 + w[0]] for w in (bytes(u) for u in uniq.tolist())]
     code[named] = inv.reshape(-1) + 1
@@ -310,28 +336,20 @@ def server_names(
     n = len(table)
     stream = np.asarray(stream, np.int64)
     ns = nstreams if nstreams is not None else (int(stream.max()) + 1 if n else 0)
-    chars = np.zeros((ns, NAME_MAX), np.uint8)
-    length = np.zeros(ns, np.int64)
+    code = np.zeros(ns, np.int64)
     if not n or not table.data.size:
-        return Names(chars, length)
-    flags = table["flags"].astype(np.int64)
-    data = np.flatnonzero((table["payload_len"] > 0) & ((flags & RST) == 0) & client)
+        return Names([b""], code)
+    data = np.flatnonzero((table["payload_len"] > 0) & ((table["flags"] & RST) == 0) & client)
     if not len(data):
-        return Names(chars, length)
+        return Names([b""], code)
     st = stream[data]
     _, idx = np.unique(st, return_index=True)
     first = data[idx]  # each stream's first client payload
     sids = st[idx]
     name_off, name_len = locate(table, first, *kinds(table, first))
-    named = np.flatnonzero(name_len > 0)
-    k = np.arange(NAME_MAX)
-    for lo in range(0, len(named), _BLOCK):  # blocks: a (rows x NAME_MAX) index at a time
-        part = named[lo : lo + _BLOCK]
-        pos = np.clip(name_off[part, None] + k[None, :], 0, table.data.size - 1)
-        vals = np.where(k[None, :] < name_len[part, None], table.data[pos], 0).astype(np.uint8)
-        chars[sids[part]] = vals
-        length[sids[part]] = name_len[part]
-    return Names(chars, length)
+    words, got = distinct(table.data, name_off, name_len)
+    code[sids] = got
+    return Names(words, code)
 
 
 def client_rows(
