@@ -138,8 +138,8 @@ def test_lab_recordings_match_tshark() -> None:
     Linux, where a SYN's TSecr is 0 and present), so TSval/TSecr and their presence are
     compared where they are set, not only where they are absent."""
     pairs = list(package_pairs())
-    # 30 lab recordings (3 over TLS, 2 at both ends of a path, 4 ICMP/MTU) and the demo
-    assert len(pairs) == 31
+    # 32 lab recordings (5 over TLS, 2 at both ends of a path, 4 ICMP/MTU) and the demo
+    assert len(pairs) == 33
     total, problems, with_ts = 0, [], 0
     for cap, tsv in pairs:
         n, p = compare_trace(cap, tsv)
@@ -147,7 +147,7 @@ def test_lab_recordings_match_tshark() -> None:
         problems += p
         with_ts += sum(r["tcp.options.timestamp.tsval"] != "" for r in _rows(tsv))
     assert problems == []
-    assert (total, with_ts) == (1217, 806)
+    assert (total, with_ts) == (1268, 856)
 
 
 def test_timestamps_nanosecond_and_relative(zeek_corpus: Path) -> None:

@@ -65,9 +65,17 @@ LAB_PINS: dict[str, list[Pin]] = {
     "clean": [],  # two request/response exchanges, each ended by FIN both ways
     # the same over TLS (tshark -d tcp.port==8080,tls): stream 0's client reads the response
     # (frame 12) and closes with the server's 19-byte close_notify record (frame 13) unread,
-    # so its kernel sends [R.] (frame 14): the exchange had ended, no finding; stream 1 ends
-    # with the client's close_notify and FIN both ways
-    "clean-tls": [],
+    # so its kernel sends [R.] (frame 14): the exchange had ended, an info note only; stream 1
+    # ends with the client's close_notify and FIN both ways
+    "clean-tls": [
+        (
+            "tls-close-notify-reset",
+            "info",
+            1,
+            "stream 0: [R.] (frame 14) right after the server's 19-byte close_notify record "
+            "(frame 13), every request answered before",
+        ),
+    ],
     "close-wait-leak": [
         (
             "close-wait-leak",
@@ -231,6 +239,38 @@ LAB_PINS: dict[str, list[Pin]] = {
             "and draws a RST",
         ),
         ("request-retried", "info", 1, "the same GET /second on a new connection gets 200 OK"),
+    ],
+    "tls-fatal-alert": [
+        (
+            "tls-fatal-alert",
+            "error",
+            1,
+            "stream 0: the client answers the server's TLS 1.2 flight with the clear alert "
+            "level 2 description 48 (unknown_ca, frame 8) and no request follows",
+        ),
+        (
+            "tls-fatal-alert",
+            "error",
+            1,
+            "stream 1: the server answers the ClientHello (TLS 1.2 at most) with the clear alert "
+            "level 2 description 70 (protocol_version, frame 16); another sender and alert",
+        ),
+    ],
+    "tls-truncation": [
+        (
+            "tls-truncation",
+            "warning",
+            1,
+            "stream 0: the server's FIN (frame 13) follows its 84-byte response record by 75 µs "
+            "with no alert record between: a cut response would look the same",
+        ),
+        (
+            "tls-truncation",
+            "info",
+            1,
+            "stream 1: the server's FIN (frame 29) comes 1.0 s after its last response, no alert "
+            "record before it: an idle close without close_notify",
+        ),
     ],
     "stale-keepalive-tls": [
         (

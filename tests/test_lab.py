@@ -656,8 +656,39 @@ def check_clean_tls(path: Path, o: Options, slack: float = 0.0) -> None:
     assert first(ka, lambda p: p.has(FIN)).c2s is True, "client closes the keep-alive one"
 
 
+def check_tls_fatal_alert(path: Path, o: Options, slack: float = 0.0) -> None:
+    """Two handshakes that end in a 7-byte alert record (5-byte header, level, description):
+    the client's after the server's flight, then the server's right after a ClientHello."""
+    refused, old = conns(packets(path, o.port))
+    for c in (refused, old):
+        handshake_ok(c)
+        assert any(p.has(FIN) for p in c)
+    _hello, alert = [p for p in refused if p.c2s and p.n]
+    flight = [p for p in refused if not p.c2s and p.n]
+    assert alert.n == 7 and flight and flight[-1].i < alert.i, "the client's alert answers it"
+    assert [p.n for p in old if not p.c2s and p.n] == [7], "the server's one alert record"
+    assert len([p for p in old if p.c2s and p.n]) == 1, "no more than the ClientHello"
+
+
+def check_tls_truncation(path: Path, o: Options, slack: float = 0.0) -> None:
+    """The server's FIN comes right after its response on the first connection, 1 s after it
+    on the idle second, with no 24-byte alert segment (close_notify) before either."""
+    short, idle_conn = conns(packets(path, o.port))
+    idle = o.idle or 1.0
+    for c, lo, hi in ((short, 0.0, 0.5), (idle_conn, idle - 0.05, idle + 0.5 + slack)):
+        handshake_ok(c)
+        fin = first(c, lambda p: not p.c2s and p.has(FIN))
+        last = [p for p in c if not p.c2s and p.n and p.i < fin.i][-1]
+        assert last.n != 24, "no close_notify before the server's FIN"
+        assert lo <= fin.t - last.t < hi, (fin.t - last.t, lo, hi)
+    clean_close(idle_conn)
+    assert first(idle_conn, lambda p: p.has(FIN)).c2s is False, "the server closes the idle one"
+
+
 CHECKS: dict[str, Callable[[Path, Options, float], None]] = {
     "stale-keepalive-tls": check_stale_keepalive_tls,
+    "tls-fatal-alert": check_tls_fatal_alert,
+    "tls-truncation": check_tls_truncation,
     "keepalive-race-tls": check_keepalive_race_tls,
     "clean-tls": check_clean_tls,
     "stale-keepalive": check_stale_keepalive,

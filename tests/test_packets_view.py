@@ -23,8 +23,8 @@ def _info_pairs() -> list[tuple[Path, Path]]:
 
 def test_info_column_matches_tshark() -> None:
     pairs = _info_pairs()
-    # 30 lab recordings (3 over TLS, 2 at both ends of a path, 4 ICMP/MTU) and the demo
-    assert len(pairs) == 31
+    # 32 lab recordings (5 over TLS, 2 at both ends of a path, 4 ICMP/MTU) and the demo
+    assert len(pairs) == 33
     compared = 0
     for cap, tsv in pairs:
         want = dict(line.rstrip("\n").split("\t", 1) for line in tsv.open() if line.strip())
@@ -33,7 +33,7 @@ def test_info_column_matches_tshark() -> None:
         for frame, info in want.items():
             assert got[frame] == info, f"{cap.name} frame {frame}"
             compared += 1
-    assert compared == 1230
+    assert compared == 1281
 
 
 def test_view_fields_match_tshark_on_the_corpus(zeek_corpus: Path) -> None:

@@ -25,6 +25,10 @@ from tcpwhy.tcp.streams import StreamTracker
 LAB = Path(str(resources.files("tcpwhy") / "data" / "lab"))
 REFS = Path(__file__).resolve().parent / "data" / "tls"
 TWINS = ("stale-keepalive", "keepalive-race", "clean")
+ONLY_TLS = ("tls-fatal-alert", "tls-truncation")  # lab recordings without a cleartext twin
+TLS_ONLY_INFO = {("tls-close-notify-reset", "info")}
+"""What only TLS has to say and its twin cannot: the RST that answers an unread close_notify
+(harmless, an info note)."""
 
 
 def _records(table: PacketTable) -> rec.Records:
@@ -36,9 +40,9 @@ def _split(v: str) -> list[str]:
     return [x for x in v.split(",") if x]
 
 
-@pytest.mark.parametrize("twin", TWINS)
-def test_records_match_tshark(twin: str) -> None:
-    path = LAB / f"{twin}-tls.pcap"
+@pytest.mark.parametrize("name", [f"{t}-tls" for t in TWINS] + list(ONLY_TLS))
+def test_records_match_tshark(name: str) -> None:
+    path = LAB / f"{name}.pcap"
     table = read_table(str(path))
     recs = _records(table)
     frames = table["frame"][recs.row]
@@ -107,7 +111,8 @@ def _findings(path: Path) -> list[dict]:  # type: ignore[type-arg]
 def test_tls_twin_diagnosed_like_cleartext(twin: str) -> None:
     clear = _findings(LAB / f"{twin}.pcap")
     enc = _findings(LAB / f"{twin}-tls.pcap")
-    assert sorted((f["kind"], f["severity"]) for f in enc) == sorted(
+    kinds = [(f["kind"], f["severity"]) for f in enc]
+    assert sorted(k for k in kinds if k not in TLS_ONLY_INFO) == sorted(
         (f["kind"], f["severity"]) for f in clear
     )
     for f in enc:
@@ -138,4 +143,88 @@ def test_close_notify_answering_a_close_is_not_data_after_fin() -> None:
     assert int(t["payload_len"][before]) == 24 and int(t["sport"][before]) == 8080
     fins = np.flatnonzero((t["flags"] & FIN) & (t["sport"] != 8080))
     assert len(fins) and fins[0] < before
-    assert diagnose_files([str(path)]).findings == []
+    (note,) = diagnose_files([str(path)]).findings
+    assert (note.kind, note.severity.label, note.streams) == ("tls-close-notify-reset", "info", [0])
+
+
+def _ref_frames(flt: str, capture: str) -> list[int]:
+    """Frames tshark selected with `flt` on `capture` (tests/data/tls/filters.expected.tsv)."""
+    for line in (REFS / "filters.expected.tsv").read_text().splitlines():
+        cap, f, frames = line.split("\t")
+        if cap == capture and f == flt:
+            return [int(x) for x in frames.split(",") if x]
+    raise AssertionError(f"{flt!r} on {capture} is not in the reference")
+
+
+def _closing_frames(path: Path) -> dict[tuple[int, str], int]:
+    """(stream, side) -> frame of the closing alert tcpwhy found."""
+    from tcpwhy.diagnose import tls
+    from tcpwhy.diagnose.context import WHO, Capture
+
+    t = read_table(str(path))
+    cap = Capture(t, np.zeros(len(t), np.int16), [str(path)])
+    out = {}
+    for sid in range(cap.nstreams):
+        c = cap.conn(sid)
+        tc = tls.of(c)
+        assert tc is not None
+        for side, cl in tc.closing.items():
+            out[(c.no, WHO[side])] = c.frame[cl.record.row]
+    return out
+
+
+def test_clean_tls_closing_alerts_are_tsharks_short_records() -> None:
+    """TLS 1.3 encrypts close_notify: tshark shows it as a 19-byte application-data record
+    (2 bytes of alert, the inner content type, a 16-byte tag). On clean-tls tcpwhy takes
+    exactly those records for closing alerts -- the server's before the client's RST on
+    stream 0, the client's before its FIN on stream 1 -- and misses none: the server's FIN
+    on stream 1 follows its 84-byte response with no alert (it answers the client's)."""
+    short = [
+        int(line.split("\t")[0])
+        for line in (REFS / "clean-tls.pcap.tls.tsv").read_text().splitlines()
+        if line.split("\t")[2] == "19"
+    ]
+    got = _closing_frames(LAB / "clean-tls.pcap")
+    assert sorted(got.values()) == short == [13, 31]
+    assert set(got) == {(0, "server"), (1, "client")}
+
+
+def test_fatal_alerts_named_as_tshark_decodes_them() -> None:
+    """tls-fatal-alert on the lab recording: the client's unknown_ca and the server's
+    protocol_version, on the frames where tshark reads those descriptions."""
+    report = diagnose_files([str(LAB / "tls-fatal-alert.pcap")])
+    got = {}
+    for f in report.findings:
+        assert (f.kind, f.severity.label) == ("tls-fatal-alert", "error")
+        step = next(s for s in f.timeline if "fatal alert" in s.note)
+        got[f.facts["alert"]] = (step.frame, step.sender)
+        assert f.facts["alert"] in f.summary and f.facts["version"] == "TLS 1.2"
+    unknown_ca = _ref_frames("tls.alert_message.desc == 48", "tls-fatal-alert.pcap")
+    protocol_version = _ref_frames("tls.alert_message.desc == 70", "tls-fatal-alert.pcap")
+    from_server = _ref_frames(
+        "tls.alert_message.level == 2 and tcp.srcport == 8080", "tls-fatal-alert.pcap"
+    )
+    assert got == {
+        "unknown_ca": (unknown_ca[0], "client"),
+        "protocol_version": (protocol_version[0], "server"),
+    }
+    assert from_server == protocol_version
+
+
+def test_truncation_by_fin_without_close_notify() -> None:
+    """tls-truncation: the server's FINs come with no alert record before them (tshark's
+    records from the server before each FIN end with the 84-byte response); the one right
+    after the response is a warning, the one after a 1 s idle an info note. The client's
+    close_notify that reaches the closed server and draws its RST is not data after FIN."""
+    path = LAB / "tls-truncation.pcap"
+    assert not any(side == "server" for _, side in _closing_frames(path))
+    report = diagnose_files([str(path)])
+    by_sev = {f.severity.label: f for f in report.findings}
+    assert sorted(by_sev) == ["info", "warning"] and len(report.findings) == 2
+    for f in report.findings:
+        assert f.kind == "tls-truncation" and f.facts["side"] == "server"
+    assert by_sev["warning"].streams == [0] and by_sev["warning"].facts["cut"] is True
+    assert by_sev["info"].streams == [1] and by_sev["info"].facts["cut"] is False
+    t = read_table(str(path))
+    fins = t["frame"][(t["flags"] & FIN) > 0][(t["sport"][(t["flags"] & FIN) > 0] == 8080)]
+    assert [f.timeline[-1].frame for f in report.findings] == fins.tolist()

@@ -23,6 +23,7 @@ RULE_MODULES = (
     "icmp_unreachable",
     "pmtu_black_hole",
     "pmtu_discovery",
+    "tls_fatal_alert",
     "stale_keepalive",
     "keepalive_race",
     "data_after_fin",
@@ -39,8 +40,10 @@ RULE_MODULES = (
     "retransmission_timeout",
     "middlebox_reset",
     "half_open",
+    "tls_close_notify_reset",
     "abortive_close",
     "request_retried",
+    "tls_truncation",
 )
 
 

@@ -82,11 +82,13 @@ def close_notify_and_close(sock: ssl.SSLSocket) -> None:
 
 
 class TLSKeepAliveServer:
-    """`tcpwhy.lab.http.KeepAliveServer` over TLS: close_notify then FIN after `idle` s."""
+    """`tcpwhy.lab.http.KeepAliveServer` over TLS: close_notify then FIN after `idle` s
+    (a bare FIN when `close_notify` is False: close() without a TLS shutdown)."""
 
-    def __init__(self, lab: Lab, certs: Certs, idle: float) -> None:
+    def __init__(self, lab: Lab, certs: Certs, idle: float, close_notify: bool = True) -> None:
         self.lab = lab
         self.idle = idle
+        self.close_notify = close_notify
         self.ctx = certs.server_context()
         self.listener = lab.listen()
         self.served = 0
@@ -122,11 +124,11 @@ class TLSKeepAliveServer:
                         self.lab.say(
                             "server",
                             f"connection from {_fmt(peer)} idle for {self.idle:g}s → "
-                            "close_notify, close()",
+                            f"{self._closing}",
                         )
                         with self._lock:
                             self.closed_idle += 1
-                        close_notify_and_close(conn)
+                        self._close(conn)
                         return
                     if not chunk:
                         # read until the client's FIN too, so that the client closes first
@@ -142,15 +144,25 @@ class TLSKeepAliveServer:
                 if close:
                     self.lab.say(
                         "server",
-                        f"request with Connection: close from {_fmt(peer)} → close_notify, close()",
+                        f"request with Connection: close from {_fmt(peer)} → {self._closing}",
                     )
-                    close_notify_and_close(conn)
+                    self._close(conn)
                     return
         except OSError as exc:
             self.lab.say("server", f"{_fmt(peer)}: {describe_exc(exc)}")
         finally:
             with contextlib.suppress(OSError):
                 conn.close()
+
+    @property
+    def _closing(self) -> str:
+        return "close_notify, close()" if self.close_notify else "close() without close_notify"
+
+    def _close(self, conn: ssl.SSLSocket) -> None:
+        if self.close_notify:
+            close_notify_and_close(conn)
+        else:
+            conn.close()  # Python's close() sends no alert: a bare FIN
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
@@ -344,6 +356,107 @@ def keepalive_race_tls(lab: Lab) -> None:
         lab.check(status == 200, "retry on a new TLS connection answered")
         pool.close()
         lab.wait_state("client", "TIME-WAIT", timeout=2)
+        server.stop()
+    finally:
+        certs.close()
+
+
+def _handshake(lab: Lab, ctx: ssl.SSLContext) -> Exception | None:
+    """One TLS handshake from the client to the lab's server; the error it ended with (the
+    socket is closed either way, as a client does after a failed connect)."""
+    raw = lab.sock("client")
+    raw.settimeout(5)
+    raw.connect(lab.server_addr())
+    try:
+        conn = ctx.wrap_socket(raw, server_hostname=SNI)
+    except (OSError, ssl.SSLError) as exc:
+        raw.close()
+        return exc
+    close_notify_and_close(conn)
+    return None
+
+
+def _outcome(err: Exception | None) -> str:
+    return "handshake completed" if err is None else describe_exc(err)
+
+
+@scenario(
+    "tls-fatal-alert",
+    "TLS 1.2 handshakes refused by fatal alerts: unknown_ca from the client, protocol_version "
+    "from the server",
+    """
+    Two HTTPS connections that never carry a request. In the first the client offers TLS 1.2
+    at most and does not trust the server's self-signed certificate: it answers the
+    server's Certificate with the fatal alert unknown_ca, in clear (TLS 1.2 encrypts only
+    after ChangeCipherSpec), and closes. In the second the server accepts TLS 1.3 only
+    and the client still offers 1.2 at most: the server answers the ClientHello with the
+    fatal alert protocol_version. Each side's application gets an SSL error naming the
+    alert; on the wire the alert's description says which side refused what.
+    """,
+)
+def tls_fatal_alert(lab: Lab) -> None:
+    certs = Certs()
+    try:
+        server = TLSKeepAliveServer(lab, certs, idle=5.0)
+        untrusting = ssl.create_default_context()  # the system's CAs: not the lab's certificate
+        untrusting.maximum_version = ssl.TLSVersion.TLSv1_2
+        err = _handshake(lab, untrusting)
+        lab.say("client", f"TLS 1.2 handshake, certificate not trusted: {_outcome(err)}")
+        lab.check(
+            isinstance(err, ssl.SSLCertVerificationError), "the client refused the certificate"
+        )
+        time.sleep(0.1)
+        strict = certs.server_context()
+        strict.minimum_version = ssl.TLSVersion.TLSv1_3
+        server.ctx = strict
+        old = certs.client_context()
+        old.maximum_version = ssl.TLSVersion.TLSv1_2
+        err = _handshake(lab, old)
+        lab.say("client", f"TLS 1.2 at most to a TLS 1.3-only server: {_outcome(err)}")
+        lab.check(
+            isinstance(err, ssl.SSLError) and "VERSION" in str(err).upper(),
+            "the server refused the protocol version",
+        )
+        time.sleep(0.1)
+        lab.check(server.served == 0, "no request was served")
+        server.stop()
+    finally:
+        certs.close()
+
+
+@scenario(
+    "tls-truncation",
+    "HTTPS server closing without close_notify: right after a response, and when idle",
+    """
+    A TLS server that ends connections with close() alone, no TLS shutdown: its FIN comes
+    without the close_notify alert that tells a complete stream from a cut one. The first
+    request has "Connection: close": the server's FIN follows its response at once, and the
+    client cannot tell from TLS whether the response was whole (only HTTP's Content-Length
+    says so). The second connection is left idle until the server's 1 s idle timeout closes
+    it, again without close_notify: nothing was cut, but a strict TLS client (OpenSSL 3)
+    reports an unexpected EOF. The client closes both without close_notify either.
+    """,
+)
+def tls_truncation(lab: Lab) -> None:
+    idle = lab.opts.idle if lab.opts.idle is not None else 1.0
+    certs = Certs()
+    try:
+        server = TLSKeepAliveServer(lab, certs, idle=idle, close_notify=False)
+        pool = TLSPool(lab, certs)
+        lab.check(pool.request("/short", close=True) == 200, "short request answered")
+        lab.check(pool.request("/idle") == 200, "keep-alive request answered")
+        lab.expect(
+            lab.wait_state("client", "CLOSE-WAIT", timeout=idle + 3),
+            "the server never closed the idle connection",
+        )
+        conn = pool.idle.pop()
+        lab.say("client", f"pool drops {conn.local}: close() without close_notify")
+        conn.close()
+        lab.expect(
+            lab.wait_state("server", "TIME-WAIT", timeout=2), "server never reached TIME-WAIT"
+        )
+        lab.check(server.closed_idle == 1, "the server closed one idle connection")
+        lab.check(not pool.errors, "no request failed")
         server.stop()
     finally:
         certs.close()

@@ -4,7 +4,7 @@
 #     sh tests/data/tls/generate.sh
 set -eu
 cd "$(dirname "$0")/../../.."
-for f in src/tcpwhy/data/lab/*-tls.pcap; do
+for f in src/tcpwhy/data/lab/*-tls.pcap src/tcpwhy/data/lab/tls-*.pcap; do
   tshark -n -r "$f" -d tcp.port==8080,tls -Y tls -T fields -E separator=/t -E occurrence=a \
     -E aggregator=, -e frame.number -e tls.record.content_type -e tls.record.length \
     -e tls.record.version -e tls.handshake.type -e tls.handshake.extensions_server_name \
