@@ -308,3 +308,23 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except OSError:
         return None
+
+
+def test_text_leads_with_fleet_verdict(fleet: Path) -> None:
+    r = subprocess.run(
+        [*TCPWHY, "analyze", str(fleet)], capture_output=True, text=True, timeout=300
+    )
+    lines = r.stdout.splitlines()
+    _, report, _ = analyze(fleet)
+    total = sum(p["connections"] for p in report["capture_points"])
+    assert (
+        r.returncode == 2 and lines[0] == f"tcpwhy: fleet of 5 capture points, {total} connections"
+    )
+    assert (
+        "[error] stale-keepalive-reuse at 1 of 5 capture points, all to 10.77.0.2:8080, "
+        "server idle timeout 1.001 s (1 connection)"
+    ) in lines
+    assert (
+        lines[-1]
+        == f"error: {fleet / 'host-b' / 'b-2.pcap'}: " + r.stderr.split(": ", 2)[2].strip()
+    )

@@ -391,7 +391,8 @@ def verdict(g: dict[str, Any], npoints: int) -> str:
     t = g.get("server_idle_timeout_s")
     if t:
         text += f", server idle timeout {t['median']:g} s"
-    return f"{text} ({g['count']} connections)"
+    n = g["count"]
+    return f"{text} ({n} connection{'' if n == 1 else 's'})"
 
 
 def fleet_report(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
