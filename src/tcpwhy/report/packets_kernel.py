@@ -299,22 +299,31 @@ def _json_time_big(out: Any, p: int, bits: int) -> int:
         ex = (mag >> 52) & 0x7FF
         if ex < 1023 + 22 or ex >= 1023 + 33:
             return -1
-    for k in range(11):  # 17 significant digits always read back: at most 10 decimals here
-        _, d, _ = _round_scaled(mag, k)
-        if _reads_back(mag, d, k):
-            if bits < 0:
-                out[p] = 45
-                p += 1
-            p10 = 1
-            for _ in range(k):
-                p10 *= 10
-            p = _uint(out, p, d // p10)
-            out[p] = 46
-            if k == 0:
-                out[p + 1] = 48
-                return p + 2
-            return _padded(out, p + 1, d % p10, k)
-    return -1
+    # the fewest decimals that read back: reading back at k implies at k + 1 (the same
+    # number with a zero more), and 10 always do (17 significant digits): a binary search
+    lo = 0
+    hi = 10
+    while lo < hi:
+        mid = (lo + hi) // 2
+        _, d, _ = _round_scaled(mag, mid)
+        if _reads_back(mag, d, mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    k = lo
+    _, d, _ = _round_scaled(mag, k)
+    if bits < 0:
+        out[p] = 45
+        p += 1
+    p10 = 1
+    for _ in range(k):
+        p10 *= 10
+    p = _uint(out, p, d // p10)
+    out[p] = 46
+    if k == 0:
+        out[p + 1] = 48
+        return p + 2
+    return _padded(out, p + 1, d % p10, k)
 
 
 @kernel(
