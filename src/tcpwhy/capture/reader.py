@@ -89,6 +89,8 @@ class _Source:
                 self._pipe = True
             else:
                 raw = open(name, "rb")  # noqa: SIM115 -- closed by close()
+                # a named pipe (`-r <(…)`, /dev/fd/N) is read as it arrives, as `-` is
+                self._pipe = (os.fstat(raw.fileno()).st_mode & 0o170000) == 0o010000
         except FileNotFoundError:
             raise CaptureError(name, "no such file") from None
         except IsADirectoryError:

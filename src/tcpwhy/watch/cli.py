@@ -93,6 +93,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if args.read is not None and (args.filter or args.snaplen is not None):
         raise TcpwhyError("watch", "-f and -s apply to -i only")
     limits = Limits(idle_s=args.idle, max_conns=args.max_conns, max_rows=args.max_rows)
+    keeper = tee = None
+    if args.keep is not None:
+        from tcpwhy.watch.keep import MB, Keeper, Lockstep, Tee, check_dir
+
+        check_dir(args.keep)  # an unwritable directory is one line before anything runs
+        keeper = Keeper(args.keep, int(args.keep_max * MB), args.keep_before, err=sys.stderr)
     metrics = engine = None
     where = args.read if args.read is not None else args.interface
     status = 0
@@ -114,6 +120,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             metrics,
             sys.stderr,
         )
+        w.keeper = keeper
         watcher = w if args.interface is None else None
         stats = CaptureStats()
         if args.interface is not None:
@@ -129,12 +136,18 @@ def cmd_watch(args: argparse.Namespace) -> int:
             print(f"tcpwhy: watching {args.interface} ({engine.describe()})", file=sys.stderr)
             sys.stderr.flush()
             watcher = w
+            if keeper is not None:
+                tee = Tee(keeper.ring)
             _follow("-", w, stats, args.duration, engine)
         elif args.read == "-":
+            if keeper is not None:
+                tee = Tee(keeper.ring)
             _follow("-", w, stats, args.duration, None)
         else:
             from tcpwhy.capture import iter_tables
 
+            if keeper is not None:
+                keeper.lockstep = Lockstep(args.read, keeper.ring)
             for t in iter_tables(args.read, stats):
                 w.chunk(t)
         w.finish()
@@ -162,8 +175,14 @@ def cmd_watch(args: argparse.Namespace) -> int:
             pass
         if metrics is not None:
             metrics.close()
+        if keeper is not None:
+            keeper.close()
+        if tee is not None:
+            tee.close()
         if watcher is not None:
             print(f"tcpwhy: watch: {watcher.summary_line()}", file=sys.stderr)
+            if keeper is not None:
+                print(f"tcpwhy: watch: {keeper.summary()}", file=sys.stderr)
             if watcher.counters.drops:
                 print(
                     f"tcpwhy: {where}: warning: the kernel dropped {watcher.counters.drops} "
@@ -213,6 +232,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=300.0,
         metavar="S",
         help="idle connections leave after S seconds (their findings are then made); default 300",
+    )
+    w.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="write the packets of the connections with findings (and the seconds before "
+        "each) to rotating capture files in DIR",
+    )
+    w.add_argument(
+        "--keep-max",
+        type=_positive,
+        default=100.0,
+        metavar="MB",
+        help="the kept files together stay under MB (the oldest go); default 100",
+    )
+    w.add_argument(
+        "--keep-before",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="also keep every packet of the S seconds before a kept connection; default 5",
     )
     w.add_argument("--max-conns", type=int, default=100_000, help="open connections held")
     w.add_argument("--max-rows", type=int, default=500_000, help="packet rows held")

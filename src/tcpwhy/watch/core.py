@@ -69,6 +69,7 @@ class Watcher:
         self.metrics = metrics
         self.worst: Severity | None = None
         self.first_ns = 0
+        self.keeper: Any = None  # `keep.Keeper` with --keep: the findings' packets to files
 
     # -- input --------------------------------------------------------------------------
 
@@ -129,6 +130,8 @@ class Watcher:
         first = cap.order[np.minimum(cap.starts, max(len(t) - 1, 0))]
         nos = np.where(cap.ends > cap.starts, w.numbers[first], -1)
         ep = cap.endpoints
+        if self.keeper is not None and diag.findings:
+            self._keep(cap, diag.findings)
         for f in diag.findings:
             local = [s for s in f.streams if 0 <= s < cap.nstreams]
             server = self._server(ep, local[0]) if local else "?"
@@ -143,6 +146,20 @@ class Watcher:
             g = self.groups.add(f, server, w.now_ns)
             if g is not None:
                 self._emit(g, w.now_ns)
+
+    def _keep(self, cap: Capture, findings: list[Finding]) -> None:
+        """The frames of the findings' connections (and their first packet times) to the
+        keeper, before the stream numbers become the watch's."""
+        mark = np.zeros(cap.nstreams, np.bool_)
+        for f in findings:
+            s = np.asarray(f.streams, np.int64)
+            mark[s[(s >= 0) & (s < cap.nstreams)]] = True
+        if not mark.any():
+            return
+        st = cap.stream
+        rows = np.flatnonzero((st >= 0) & mark[np.maximum(st, 0)])
+        frames = cap.table["frame"][rows].astype(np.int64)
+        self.keeper.keep(frames, cap.first_ns[mark].astype(np.int64))
 
     @staticmethod
     def _server(ep: Any, sid: int) -> str:
