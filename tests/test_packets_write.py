@@ -254,3 +254,35 @@ def test_pcapng_source_to_pcap_keeps_its_precision(tmp_path: Path, src: Path, ma
     assert out.read_bytes()[:4] == magic
     check_copy(out, png, selection(png, "tcp.len > 0"))
     assert records(out) == records(src, selection(src, "tcp.len > 0"))
+
+
+def test_pipe_named_as_dev_fd(tmp_path: Path) -> None:
+    """A shell's `<(…)` (a pipe named /dev/fd/N) is read twice like standard input; a named
+    pipe elsewhere is one error line."""
+    import threading
+
+    src = LAB / "stale-keepalive.pcap"
+    flt = "tcp.flags.fin == 1"
+    r, w = os.pipe()
+
+    def feed() -> None:
+        with os.fdopen(w, "wb") as f:
+            f.write(src.read_bytes())
+
+    out = tmp_path / "out.pcapng"
+    t = threading.Thread(target=feed)
+    t.start()
+    done = subprocess.run(
+        [sys.executable, "-m", "tcpwhy", "packets", f"/dev/fd/{r}", "-Y", flt, "-w", str(out)],
+        pass_fds=(r,),
+        capture_output=True,
+    )
+    t.join()
+    os.close(r)
+    assert done.returncode == 0, done.stderr
+    check_copy(out, src, selection(src, flt))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    bad = tmp_path / "bad.pcap"
+    assert main(["packets", str(fifo), "-w", str(bad)]) == 2
+    assert not bad.exists()

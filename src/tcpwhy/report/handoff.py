@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import stat
 import sys
@@ -62,6 +63,37 @@ def rereadable_stdin() -> Callable[[], None]:
 
     rewind()
     return rewind
+
+
+def rereadable(source: str) -> Callable[[], None] | None:
+    """Make the capture readable twice; the rewind to call before the second pass (None
+    when there is nothing to do: a regular file, or a path the reader will report).
+
+    Standard input: `rereadable_stdin`. A pipe named as /dev/fd/N (a shell's `<(…)`) is
+    spooled the same way onto descriptor N: opening the name again opens the spool from
+    its start. A named pipe elsewhere cannot be replaced: an error that says so."""
+    if source == "-":
+        return rereadable_stdin()
+    try:
+        st = os.stat(source)
+    except OSError:
+        return None
+    if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+        return None
+    m = re.fullmatch(r"/(?:dev|proc/self)/fd/(\d+)", source)
+    if m is None:
+        raise TcpwhyError(
+            source,
+            "not a regular file: the capture is read twice here; give a file, or pipe it "
+            "to standard input (-)",
+        )
+    fd = int(m.group(1))
+    with tempfile.TemporaryFile(prefix="tcpwhy-pipe-") as spool:
+        with os.fdopen(os.dup(fd), "rb", buffering=0) as pipe:
+            shutil.copyfileobj(pipe, spool, 1 << 20)
+        spool.flush()
+        os.dup2(spool.fileno(), fd)
+    return lambda: None
 
 
 # ---- packets -w ---------------------------------------------------------------------------
@@ -125,7 +157,7 @@ def write_selected(args: argparse.Namespace, flt: DisplayFilter | None, stats: C
     if out == "-" and sys.stdout.isatty():
         raise TcpwhyError("-w", "not writing a capture to a terminal: redirect it or pipe it")
     with atomic_output(out) as f:
-        rewind = rereadable_stdin() if args.file == "-" else None
+        rewind = rereadable(args.file)
         frames = selected_frames(args.file, stats, flt, args.count)
         if rewind is not None:
             rewind()
@@ -175,7 +207,7 @@ def with_annotate(func: Callable[[argparse.Namespace], int]) -> Callable[[argpar
         from tcpwhy.capture.writer import atomic_output
 
         with atomic_output(out) as f:
-            rewind = rereadable_stdin() if args.files[0] == "-" else None
+            rewind = rereadable(args.files[0])
             done: list[int] = []
 
             def annotate_to(report: Report) -> None:
