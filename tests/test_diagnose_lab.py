@@ -33,6 +33,8 @@ CASES = [
     ("stale-keepalive-tls", Options(ipv6=True, port=9445, idle=0.5), "stale-keepalive-reuse"),
     ("keepalive-race-tls", Options(port=9446), "keepalive-race"),
     ("clean-tls", Options(ipv6=True, port=9447), None),
+    ("tls-fatal-alert", Options(ipv6=True, port=9448), "tls-fatal-alert"),
+    ("tls-truncation", Options(ipv6=True, port=9449, idle=0.6), "tls-truncation"),
     ("addr-in-use-restart", Options(ipv6=True, port=9444, count=6), None),
     ("ephemeral-overlap", Options(port=7080), None),
     ("icmp-reject", Options(ipv6=True, port=9500), "icmp-unreachable"),

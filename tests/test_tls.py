@@ -228,3 +228,28 @@ def test_truncation_by_fin_without_close_notify() -> None:
     t = read_table(str(path))
     fins = t["frame"][(t["flags"] & FIN) > 0][(t["sport"][(t["flags"] & FIN) > 0] == 8080)]
     assert [f.timeline[-1].frame for f in report.findings] == fins.tolist()
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        # what both ends of the tls-fatal-alert scenario logged (Python 3 on OpenSSL 3)
+        "ssl.SSLError: [SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca (_ssl.c:1006)",
+        "ssl.SSLCertVerificationError: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
+        "failed: self-signed certificate (_ssl.c:1006)",
+        "ssl.SSLError: [SSL: UNSUPPORTED_PROTOCOL] unsupported protocol (_ssl.c:1006)",
+        "ssl.SSLError: [SSL: TLSV1_ALERT_PROTOCOL_VERSION] tlsv1 alert protocol version",
+    ],
+)
+def test_explain_tls_handshake_errors(message: str) -> None:
+    from tcpwhy.diagnose.explain import explain
+
+    kinds = {k for m in explain(message) for k, _ in m.kinds}
+    assert kinds == {"tls-fatal-alert"}
+
+
+def test_explain_unexpected_eof() -> None:
+    from tcpwhy.diagnose.explain import explain
+
+    msg = "error:0A000126:SSL routines::unexpected eof while reading"
+    assert "tls-truncation" in {k for m in explain(msg) for k, _ in m.kinds}

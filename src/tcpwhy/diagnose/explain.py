@@ -339,6 +339,69 @@ MEANINGS: tuple[Meaning, ...] = (
         ),
     ),
     Meaning(
+        "TLS stream ended without close_notify (unexpected EOF)",
+        (
+            "unexpected eof",
+            "eof occurred in violation of protocol",
+            "sleoferror",
+            "close_notify",
+            "ragged eof",
+        ),
+        "The peer's FIN arrived with no TLS close_notify alert before it: TCP ended, but TLS "
+        "cannot say whether the data was complete. Strict TLS stacks (OpenSSL 3, and Python, "
+        "curl, nginx built on it) report it as an error.",
+        (
+            (
+                "tls-truncation",
+                "the closer's last record before its FIN is data, not a short alert record; "
+                "warning when the FIN follows that data at once (a cut message looks the same), "
+                "info on an idle close",
+            ),
+            (
+                "stale-keepalive-reuse",
+                "the server did send close_notify and FIN long before: the client reused the "
+                "pooled connection and read the EOF then",
+            ),
+        ),
+        CAPTURE,
+        ("the closer's TLS shutdown: SSL_shutdown / unwrap() / tls.Conn.Close() before close()",),
+    ),
+    Meaning(
+        "TLS handshake refused by a fatal alert",
+        (
+            "alert unknown ca",
+            "unknown certificate authority",
+            "certificate verify failed",
+            "alert handshake failure",
+            "handshake_failure",
+            "alert protocol version",
+            "unsupported protocol",
+            "bad certificate",
+            "certificate_unknown",
+            "received fatal alert",
+            "pkix path building failed",
+            "self-signed certificate",
+            "self_signed_cert",
+        ),
+        "One side of the TLS handshake refused it and said why with a fatal alert: it does "
+        "not trust the certificate (unknown_ca, bad_certificate, certificate_expired), or the "
+        "two sides share no protocol version or cipher (protocol_version, handshake_failure). "
+        "The side that sends the alert logs the reason; the other logs the alert's name.",
+        (
+            (
+                "tls-fatal-alert",
+                "in TLS 1.2 the alert's level and description are in clear right after the "
+                "ClientHello or the server's flight; in TLS 1.3 a client's refusal is a short "
+                "encrypted record and FIN where its Finished should be (likely)",
+            ),
+        ),
+        CAPTURE,
+        (
+            "openssl s_client -connect HOST:PORT -servername NAME -showcerts  # chain, version",
+            "tcpwhy packets why.pcap -Y 'tls.alert_message or tls.handshake.type == 1'",
+        ),
+    ),
+    Meaning(
         "file descriptors or pool slots exhausted",
         (
             "too many open files",
