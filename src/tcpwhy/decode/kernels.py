@@ -46,29 +46,37 @@ STATUS_NAMES = (
 LINKTYPE_NULL = 0
 LINKTYPE_ETHERNET = 1
 LINKTYPE_PPP = 9
+LINKTYPE_FDDI = 10
 LINKTYPE_RAW_OLD1 = 12
 LINKTYPE_RAW_OLD2 = 14
 LINKTYPE_PPP_SERIAL = 50
 LINKTYPE_RAW = 101
 LINKTYPE_C_HDLC = 104
+LINKTYPE_IEEE802_11 = 105
 LINKTYPE_LOOP = 108
 LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IEEE802_11_RADIOTAP = 127
 LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
+LINKTYPE_NFLOG = 239
 LINKTYPE_LINUX_SLL2 = 276
 SUPPORTED_LINKTYPES = {
     LINKTYPE_NULL: "BSD loopback",
     LINKTYPE_ETHERNET: "Ethernet",
     LINKTYPE_PPP: "PPP",
+    LINKTYPE_FDDI: "FDDI",
     LINKTYPE_RAW_OLD1: "raw IP",
     LINKTYPE_RAW_OLD2: "raw IP",
     LINKTYPE_PPP_SERIAL: "PPP in HDLC framing",
     LINKTYPE_RAW: "raw IP",
     LINKTYPE_C_HDLC: "Cisco HDLC",
+    LINKTYPE_IEEE802_11: "IEEE 802.11",
     LINKTYPE_LOOP: "OpenBSD loopback",
     LINKTYPE_LINUX_SLL: "Linux cooked v1",
+    LINKTYPE_IEEE802_11_RADIOTAP: "802.11 radiotap",
     LINKTYPE_IPV4: "raw IPv4",
     LINKTYPE_IPV6: "raw IPv6",
+    LINKTYPE_NFLOG: "Linux NFLOG",
     LINKTYPE_LINUX_SLL2: "Linux cooked v2",
 }
 
@@ -633,6 +641,41 @@ def decode_records(
                 et = _be16(buf, p + 2)
                 p += 4
                 kind = _K_ETYPE
+        elif link == LINKTYPE_IEEE802_11:
+            kind = _K_WLAN
+        elif link == LINKTYPE_IEEE802_11_RADIOTAP:
+            if p + 8 <= end:  # version, pad, length (little-endian), present flags
+                p += _u8(buf, p + 2) | (_u8(buf, p + 3) << 8)
+                kind = _K_WLAN
+        elif link == LINKTYPE_FDDI:
+            # frame control, destination, source; then LLC/SNAP as in 802.11
+            if p + 13 + 8 <= end and _u8(buf, p + 13) == 0xAA and _u8(buf, p + 14) == 0xAA:
+                et = _be16(buf, p + 19)
+                p += 21
+                kind = _K_ETYPE
+            elif p + 13 <= end:
+                status = ST_OTHER_LINK
+        elif link == LINKTYPE_NFLOG:
+            # family, version, resource id; then TLVs (length and type in the capturing
+            # host's byte order, the length counting the 4-byte TLV header, padded to 4)
+            if p + 4 <= end:
+                fam = _u8(buf, p)
+                q = p + 4
+                status = ST_OTHER_LINK
+                while q + 4 <= end:
+                    tl = _u8(buf, q) | (_u8(buf, q + 1) << 8)  # as tshark and Zeek read
+                    ty = _u8(buf, q + 2) | (_u8(buf, q + 3) << 8)  # them: little-endian
+                    if tl < 4 or q + tl > end:
+                        status = ST_UNDECODABLE
+                        break
+                    if ty == 9:  # NFULA_PAYLOAD: the packet
+                        p = q + 4
+                        lim = q + tl
+                        if fam == 2 or fam == 10:
+                            kind = _K_IP4 if fam == 2 else _K_IP6
+                            status = ST_UNDECODABLE
+                        break
+                    q += (tl + 3) & ~3
         else:
             status = ST_UNSUPPORTED_LINK
         # ---- layers down to TCP
