@@ -431,12 +431,12 @@ def row_program(fmt: str, uid_prefix: str = "C", local: bool = False) -> RowProg
     return p
 
 
-def format_columns_bytes(c: ConnColumns, fmt: str) -> bytes | npt.NDArray[np.uint8]:
-    """`format_columns` as UTF-8 bytes, for a binary stream."""
+def format_columns_bytes(c: ConnColumns, fmt: str) -> bytes | memoryview:
+    """`format_columns` as UTF-8 bytes, for a binary stream (a view of the kernel's buffer)."""
     if not len(c):
         return b""
     raw = row_program(fmt, c.uid_prefix, c.options.local_nets is not None).format_bytes(c)
-    return raw if raw is not None else record_lines(c, fmt).encode()
+    return raw.data if raw is not None else record_lines(c, fmt).encode()
 
 
 def format_columns(c: ConnColumns, fmt: str) -> str:
