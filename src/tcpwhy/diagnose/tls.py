@@ -79,6 +79,7 @@ class TLSConn:
     sni: bytes | None = None
     alpn: list[bytes] = field(default_factory=list)
     version: int | None = None
+    offered: list[int] = field(default_factory=list)  # the ClientHello's versions, highest first
     closing: dict[int, Closing] = field(default_factory=dict)
     fatal: list[Record] = field(default_factory=list)  # clear alerts of level fatal (2)
     closing_rows: frozenset[int] = frozenset()
@@ -139,6 +140,9 @@ def _build(conn: Conn) -> TLSConn | None:
             if recs.hs[i] == 1:
                 tc.sni, tc.alpn = hello.sni, hello.alpn
                 tc.version = tc.version or hello.legacy_version
+                # GREASE values (RFC 8701: 0x?a?a) are no versions
+                real = [v for v in hello.versions if v & 0x0F0F != 0x0A0A]
+                tc.offered = sorted(real or [hello.legacy_version], reverse=True)
             else:
                 tc.version = hello.versions[0] if hello.versions else hello.legacy_version
                 if hello.alpn:

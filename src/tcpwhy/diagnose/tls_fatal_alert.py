@@ -228,15 +228,20 @@ def detect(diag: Diag) -> list[Finding]:
         r, desc = got
         hello = next((x.row for x in tc.records if x.side == CLIENT and x.hs == 1), None)
         rows: list[tuple[int, str]] = []
+        offered = ", ".join(rec.version_name(v) for v in tc.offered)
         if hello is not None:
-            offered = f" offering {tc.version_text}" if tc.version else ""
-            rows.append((hello, f"client hello{offered}"))
+            rows.append((hello, f"client hello offering {offered or 'TLS'}"))
         name = alert_name(desc)
         rows.append((r.row, f"{WHO[r.side]} sends fatal alert {name}"))
         end = _end_after(c, r.side, r.row)
         if end is not None:
             rows.append(end)
-        facts = {"version": tc.version_text, "alert_row": r.row}
+        chosen = any(x.side == SERVER and x.hs == 2 for x in tc.records)
+        facts = {
+            "version": tc.version_text if chosen else None,  # the ServerHello's choice
+            "offered": offered,
+            "alert_row": r.row,
+        }
         hits.add((c.server, r.side, desc), c, rows, facts)
         diag.claim(sid)
     return hits.findings(diag, KIND, _tell)
@@ -281,11 +286,20 @@ def _tell(g: Group) -> Story:
             f"the {who} sent the alert {name} (level fatal, frame {c.frame[alert_row]}), "
             f"in clear because the handshake had not yet switched to encryption"
         )
+    if g.facts["offered"]:
+        seen += f" (the client offered {g.facts['offered']}"
+        seen += f"; {g.facts['version']} was chosen)" if g.facts["version"] else "; no ServerHello)"
     explanation = (
         f"On {c.label()} the TLS handshake failed: {seen}. With it the {who} says {h.meaning}. "
         f"No request was sent; the connection ended right after. The {who}'s application got "
         f"the reason from its TLS library; the {peer}'s got only the alert's name."
     )
     errors = list(ERRORS)
-    facts = {"server": server, "side": who, "alert": name, "version": g.facts["version"]}
+    facts = {
+        "server": server,
+        "side": who,
+        "alert": name,
+        "version": g.facts["version"],
+        "offered": g.facts["offered"],
+    }
     return Story(Severity.ERROR, summary, explanation, list(h.causes), list(h.fixes), errors, facts)
