@@ -97,10 +97,24 @@ def _tell(g: Group) -> Story:
             f"The {who} crashed or timed out mid-request and its socket was closed.",
         ]
         fixes = [
-            f"In the {who}: drain (read and discard) the rest of the request for a bounded "
-            "time before closing — nginx lingering_close / lingering_time / "
-            "lingering_timeout; send Connection: close with early responses; shut down "
-            "the writing side first (shutdown(SHUT_WR)), then read until EOF.",
+            knowledge.advice(
+                f"In the {who}: drain (read and discard) the rest of the request for a bounded "
+                "time before closing — nginx lingering_close / lingering_time / "
+                "lingering_timeout; send Connection: close with early responses; shut down "
+                "the writing side first (shutdown(SHUT_WR)), then read until EOF.",
+                knowledge.Fix(
+                    "nginx",
+                    "lingering_close",
+                    None,
+                    "nginx lingering_close / lingering_time / lingering_timeout",
+                ),
+                knowledge.Fix(
+                    "any",
+                    None,
+                    None,
+                    "send Connection: close with early responses; shut down the writing side first (shutdown(SHUT_WR)), then read until EOF",
+                ),
+            ),
             f"In the {peer}: use Expect: 100-continue for large uploads so the server can "
             "refuse before the body is sent.",
         ]

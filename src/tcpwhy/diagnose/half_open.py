@@ -67,10 +67,31 @@ def _tell(g: Group) -> Story:
             "it to another host.",
         ],
         fixes=[
-            "Detect dead connections before use: TCP keep-alive (TCP_KEEPIDLE below any "
-            "middlebox idle timeout), application heartbeats, pool validation on borrow.",
-            "Retry idempotent requests once on 'Connection reset by peer' from a reused "
-            "connection.",
+            knowledge.advice(
+                "Detect dead connections before use: TCP keep-alive (TCP_KEEPIDLE below any "
+                "middlebox idle timeout), application heartbeats, pool validation on borrow.",
+                knowledge.Fix(
+                    "linux",
+                    "TCP_KEEPIDLE",
+                    None,
+                    "TCP keep-alive with TCP_KEEPIDLE below any middlebox idle timeout",
+                ),
+                knowledge.Fix(
+                    "any", None, None, "application heartbeats, pool validation on borrow"
+                ),
+            ),
+            knowledge.advice(
+                "Retry idempotent requests once on 'Connection reset by peer' from a reused "
+                "connection.",
+                knowledge.Fix(
+                    "any",
+                    None,
+                    None,
+                    "Retry idempotent requests once on 'Connection reset by "
+                    "peer' from a reused connection.",
+                ),
+                *knowledge.RETRY,
+            ),
         ],
         errors=knowledge.RESET,
         facts={"server": g.key},

@@ -74,9 +74,28 @@ def _tell(g: Group) -> Story:
     fixes = [
         f"On the server host check `ss -lnt 'sport = :{server.rsplit(':', 1)[1]}'`: no "
         "LISTEN row means nothing listens there.",
-        "Bind the listener before announcing readiness (health checks, service discovery); "
-        "stop accepting and drain before closing; overlap old and new processes with "
-        "SO_REUSEPORT (and net.ipv4.tcp_migrate_req) during restarts.",
+        knowledge.advice(
+            "Bind the listener before announcing readiness (health checks, service discovery); "
+            "stop accepting and drain before closing; overlap old and new processes with "
+            "SO_REUSEPORT (and net.ipv4.tcp_migrate_req) during restarts.",
+            knowledge.Fix(
+                "any",
+                None,
+                None,
+                "Bind the listener before announcing readiness (health checks, service discovery); stop accepting and drain before closing",
+            ),
+            knowledge.Fix(
+                "linux",
+                "SO_REUSEPORT",
+                None,
+                "overlap old and new processes with SO_REUSEPORT during restarts",
+            ),
+            knowledge.sysctl(
+                "net.ipv4.tcp_migrate_req",
+                "1",
+                "moves queued connections to a remaining SO_REUSEPORT listener when one closes",
+            ),
+        ),
         "Let clients retry refused connects with backoff (they are safe to retry: nothing "
         "was sent).",
     ]
