@@ -159,6 +159,11 @@ class Watcher:
         st = cap.stream
         rows = np.flatnonzero((st >= 0) & mark[np.maximum(st, 0)])
         frames = cap.table["frame"][rows].astype(np.int64)
+        ic = cap.icmp
+        if ic.n and ic.table is not None:  # the ICMP errors about them (tshark's tcp.stream too)
+            sid = ic.sid
+            at = np.flatnonzero((sid >= 0) & mark[np.clip(sid, 0, max(cap.nstreams - 1, 0))])
+            frames = np.concatenate([frames, ic.table["frame"][at].astype(np.int64)])
         self.keeper.keep(frames, cap.first_ns[mark].astype(np.int64))
 
     @staticmethod

@@ -201,7 +201,7 @@ class Keeper:
     ) -> None:
         self.dir = directory
         self.max_bytes = max_bytes
-        self.rotate_bytes = max(min(rotate_bytes, max_bytes // 4), 64 * 1024)
+        self.rotate_bytes = max(min(rotate_bytes, max_bytes // 4), 4096)
         self.before_ns = int(before_s * NS)
         self.ring = ring or Ring()
         self.err = err
@@ -214,6 +214,7 @@ class Keeper:
         self._seq = 0
         self.written = np.zeros(0, np.int64)  # frames already kept (of the ring's span)
         self.packets = 0
+        self.removed = 0  # files removed to stay under max_bytes
         self.missed = 0  # frames of kept connections that had left the ring
         self.failed = False
         self.lockstep: Lockstep | None = None  # a regular file: records read on demand
@@ -253,8 +254,12 @@ class Keeper:
                 mask &= self.written[pos] != fr
             idx = np.flatnonzero(mask).astype(np.int64)
             if len(idx):
+                # pieces that fit a file: a file never holds much more than rotate_bytes
+                cut = np.cumsum(b.cap[idx] + 36) // self.rotate_bytes
+                bounds = np.flatnonzero(np.diff(cut)) + 1
                 try:
-                    self._write(b, idx)
+                    for piece in np.split(idx, bounds):
+                        self._write(b, piece)
                 except OSError as exc:
                     self._fail(exc)
                     return
@@ -276,7 +281,7 @@ class Keeper:
         want_png = not one_link or (self._w is not None and isinstance(self._w, PcapngWriter))
         if self._w is not None and not want_png and int(links[0]) != self._link:
             want_png = True  # a pcap holds one link type: go on in pcapng
-        size = int((b.cap[idx] + 32).sum())
+        size = int((b.cap[idx] + 36).sum())
         cur = self.sizes.get(self.files[-1], 0) if self.files and self._f else 0
         if (
             self._w is None
@@ -325,6 +330,7 @@ class Keeper:
         """Oldest files out while all of them exceed the bound (the open one stays)."""
         while len(self.files) > 1 and sum(self.sizes.values()) > self.max_bytes:
             old = self.files.popleft()
+            self.removed += 1
             self.sizes.pop(old, None)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(old)
@@ -351,6 +357,8 @@ class Keeper:
 
     def summary(self) -> str:
         line = f"kept {self.packets} packets in {len(self.files)} files in {self.dir}"
+        if self.removed:
+            line += f" ({self.removed} older files removed under --keep-max)"
         if self.missed:
             line += f" ({self.missed} packets of kept connections had left the record ring)"
         return line

@@ -1,0 +1,192 @@
+"""`tcpwhy watch --keep DIR`: the kept files, read by tshark, hold exactly the frames of the
+connections with findings (tshark's own `tcp.stream in {…}` on the source says which), the
+seconds before them with --keep-before, and stay under --keep-max.
+
+Frames are compared by capture time to the nanosecond, lengths and the MD5 of their bytes
+as tshark computes them, so a record copied wrong, cut or re-timed shows."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.gates import need
+
+REPO = Path(__file__).resolve().parents[1]
+LAB = REPO / "src" / "tcpwhy" / "data" / "lab"
+TCPWHY = [sys.executable, "-m", "tcpwhy"]
+FIELDS = ["frame.number", "frame.time_epoch", "frame.len", "frame.cap_len", "frame.md5_hash"]
+
+
+def tshark_rows(path: Path, flt: str | None = None) -> list[list[str]]:
+    """Per frame: number, time, lengths and MD5 of the bytes."""
+    exe = shutil.which("tshark")
+    need(exe is not None, "tshark not installed")
+    assert exe is not None
+    cmd = [exe, "-n", "-o", "frame.generate_md5_hash:TRUE", "-r", str(path), "-T", "fields"]
+    for f in FIELDS:
+        cmd += ["-e", f]
+    if flt:
+        cmd += ["-2", "-Y", flt]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return [line.split("\t") for line in done.stdout.splitlines()]
+
+
+def kept_rows(d: Path) -> list[list[str]]:
+    """The frames of the kept files, in file order, without the files' own frame numbers."""
+    files = sorted(d.glob("tcpwhy-keep-*"))
+    assert files, f"nothing kept in {d}"
+    return [r[1:] for f in files for r in tshark_rows(f)]
+
+
+def watch(path: Path, keep: Path, *extra: str, pipe: bool = False) -> Any:
+    args = [*TCPWHY, "watch", "--format", "jsonl", "--keep", str(keep), *extra]
+    if not pipe:
+        return subprocess.run([*args, "-r", str(path)], capture_output=True, text=True, timeout=120)
+    # a growing stream: the capture arrives in pieces through a pipe
+    rfd, wfd = os.pipe()
+    p = subprocess.Popen(
+        [*args, "-r", "-"], stdin=rfd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    os.close(rfd)
+
+    def feed() -> None:
+        data = path.read_bytes()
+        step = max(len(data) // 4, 1)
+        with os.fdopen(wfd, "wb", buffering=0) as w:
+            for i in range(0, len(data), step):
+                w.write(data[i : i + step])
+                time.sleep(0.05)
+
+    th = threading.Thread(target=feed)
+    th.start()
+    out, err = p.communicate(timeout=120)
+    th.join()
+    return subprocess.CompletedProcess(p.args, p.returncode, out.decode(), err.decode())
+
+
+def finding_streams(path: Path, kinds: set[str]) -> list[int]:
+    """tshark's stream numbers of the connections behind these kinds of finding, as
+    `analyze` reports them (the watch numbers connections its own way)."""
+    r = subprocess.run(
+        [*TCPWHY, "analyze", "--format", "json", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    found = json.loads(r.stdout)["findings"]
+    return sorted({s for f in found if f["kind"] in kinds for s in f["streams"]})
+
+
+def stream_filter(streams: list[int]) -> str:
+    return "tcp.stream in {" + ",".join(map(str, streams)) + "}"
+
+
+@pytest.mark.parametrize("pipe", [False, True], ids=["file", "stream"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "stale-keepalive",
+        "abortive-close",
+        "time-wait-reuse",  # 4-tuples reused: tshark's streams are not the watch's numbers
+        "icmp-reject",  # the ICMP errors quoting the connections belong to them
+        "syn-flood",
+        "middlebox-reset",
+    ],
+)
+def test_kept_frames_are_the_finding_streams(tmp_path: Path, name: str, pipe: bool) -> None:
+    src = LAB / f"{name}.pcap"
+    r = watch(src, tmp_path / "keep", "--keep-before", "0", pipe=pipe)
+    assert r.returncode in (0, 1), r.stderr
+    kinds = {json.loads(x)["kind"] for x in r.stdout.splitlines()}
+    assert kinds, r.stderr
+    streams = finding_streams(src, kinds)
+    assert streams
+    want = [row[1:] for row in tshark_rows(src, stream_filter(streams))]
+    assert want
+    assert sorted(kept_rows(tmp_path / "keep")) == sorted(want)
+    assert f"kept {len(want)} packets" in r.stderr
+
+
+def test_keep_before_adds_the_seconds_before_each_connection(tmp_path: Path) -> None:
+    src = LAB / "time-wait-reuse.pcap"
+    before_s = 0.35
+    r = watch(src, tmp_path / "keep", "--keep-before", str(before_s))
+    assert r.returncode in (0, 1), r.stderr
+    kinds = {json.loads(x)["kind"] for x in r.stdout.splitlines()}
+    streams = finding_streams(src, kinds)
+    exe = shutil.which("tshark")
+    assert exe is not None
+    cmd = [exe, "-n", "-r", str(src), "-T", "fields"]
+    for f in ("frame.number", "tcp.stream", "frame.time_epoch"):
+        cmd += ["-e", f]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    rows = [line.split("\t") for line in done.stdout.splitlines()]
+
+    def ns(text: str) -> int:
+        sec, _, frac = text.partition(".")
+        return int(sec) * 10**9 + int(frac.ljust(9, "0")[:9])
+
+    first = {}
+    for _fr, st, ts in rows:
+        if st and int(st) in streams:
+            first.setdefault(int(st), ns(ts))
+    before = int(before_s * 1e9)
+    want_frames = {
+        int(fr)
+        for fr, st, ts in rows
+        if (st and int(st) in streams) or any(f0 - before <= ns(ts) < f0 for f0 in first.values())
+    }
+    in_streams = {int(fr) for fr, st, _ in rows if st and int(st) in streams}
+    # the case tells: some frames are kept only for being before, some are not kept at all
+    assert in_streams < want_frames < {int(fr) for fr, _, _ in rows}
+    flt = "frame.number in {" + ",".join(map(str, sorted(want_frames))) + "}"
+    want = [row[1:] for row in tshark_rows(src, flt)]
+    assert sorted(kept_rows(tmp_path / "keep")) == sorted(want)
+
+
+def test_keep_max_bounds_the_files_and_keeps_the_newest(tmp_path: Path) -> None:
+    src = LAB / "syn-flood.pcap"
+    whole = watch(src, tmp_path / "all", "--keep-before", "0")
+    assert whole.returncode in (0, 1), whole.stderr
+    all_rows = kept_rows(tmp_path / "all")
+    max_mb = 0.02
+    r = watch(src, tmp_path / "small", "--keep-before", "0", "--keep-max", str(max_mb))
+    assert r.returncode in (0, 1), r.stderr
+    files = sorted((tmp_path / "small").glob("tcpwhy-keep-*"))
+    total = sum(f.stat().st_size for f in files)
+    assert total <= max_mb * (1 << 20)
+    assert total < sum(f.stat().st_size for f in (tmp_path / "all").glob("tcpwhy-keep-*"))
+    # files were rotated and the oldest removed: the numbers run on past those left
+    last_seq = int(files[-1].stem.rsplit("-", 1)[1])
+    assert last_seq > len(files) > 1
+    assert "older files removed" in r.stderr
+    # what is left is the newest of what was kept, each file whole for tshark
+    small = kept_rows(tmp_path / "small")
+    assert small and small == all_rows[-len(small) :]
+
+
+def test_unwritable_keep_dir_is_one_line_and_status_2(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    r = subprocess.run(
+        [*TCPWHY, "watch", "-r", str(LAB / "refused.pcap"), "--keep", str(blocker / "sub")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"tcpwhy: {blocker / 'sub'}: cannot write")
