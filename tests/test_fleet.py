@@ -86,13 +86,27 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
         psutil.wait_procs(kids, timeout=10)
 
 
+def dataset(out: Path, name: str) -> list[tuple[Any, ...]]:
+    """A Parquet dataset of `analyze --parquet`, read by DuckDB, without uids, in order."""
+    import duckdb
+
+    rel = duckdb.connect().sql(
+        f"select * exclude (uid) from read_parquet('{out / name / '**' / '*.parquet'}', "
+        "hive_partitioning = true)"
+        if name == "connections"
+        else f"select * from read_parquet('{out / name / '**' / '*.parquet'}', "
+        "hive_partitioning = true)"
+    )
+    return sorted(rel.fetchall(), key=repr)
+
+
 def children_now() -> set[int]:
     return {c.pid for c in psutil.Process().children(recursive=True)}
 
 
 def test_same_findings_everywhere(fleet: Path, tmp_path: Path) -> None:
     before = children_now()
-    status, plain, err = analyze(fleet)
+    status, plain, err = analyze(fleet, "--parquet", tmp_path / "ds-plain")
     # the corrupt file is an error row; the rest of its point and the fleet are analysed
     assert status == 2
     assert plain["errors"] == [
@@ -128,8 +142,12 @@ def test_same_findings_everywhere(fleet: Path, tmp_path: Path) -> None:
     assert local1 == plain and local2 == plain
 
     with external_cluster(tmp_path) as (addr, procs):
-        _, external, _ = analyze(fleet, "--scheduler", addr)
+        _, external, _ = analyze(fleet, "--scheduler", addr, "--parquet", tmp_path / "ds-ext")
         assert external == plain
+    # the external workers wrote the same datasets (uids apart: random per run)
+    for name in ("connections", "findings"):
+        rows = dataset(tmp_path / "ds-plain", name)
+        assert rows and dataset(tmp_path / "ds-ext", name) == rows, name
     for p in procs:
         assert not psutil.pid_exists(p.pid) or psutil.Process(p.pid).status() == "zombie"
     assert children_now() <= before
