@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -190,3 +191,53 @@ def test_unwritable_keep_dir_is_one_line_and_status_2(tmp_path: Path) -> None:
     lines = r.stderr.splitlines()
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith(f"tcpwhy: {blocker / 'sub'}: cannot write")
+
+
+def test_live_keep_on_loopback(tmp_path: Path, netns_ok: None) -> None:
+    """`watch -i lo --keep`: the kept file holds each refused connect's SYN and RST, from
+    the stream tcpdump hands over (read once, by the decoder and the records ring)."""
+    need(shutil.which("tcpdump") is not None, "tcpdump not installed")
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nobody listens there: each connect is refused
+    keep = tmp_path / "keep"
+    cmd = [*TCPWHY, "watch", "-i", "lo", "-f", f"tcp port {port}", "--keep", str(keep)]
+    p = subprocess.Popen(
+        [*cmd, "--keep-before", "0", "--duration", "6"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stderr is not None
+    assert "watching lo" in p.stderr.readline()
+    clients = set()
+    for _ in range(3):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        clients.add(s.getsockname()[1])
+        with pytest.raises(ConnectionRefusedError):
+            s.connect(("127.0.0.1", port))
+        s.close()
+        time.sleep(0.2)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 1, err
+    assert "connection-refused" in out
+    exe = shutil.which("tshark")
+    need(exe is not None, "tshark not installed")
+    assert exe is not None
+    files = sorted(keep.glob("tcpwhy-keep-*.pcap"))
+    assert len(files) == 1
+    fields = ["-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "tcp.flags.syn", "-e"]
+    done = subprocess.run(
+        [exe, "-n", "-r", str(files[0]), "-T", "fields", *fields, "tcp.flags.reset"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = sorted(tuple(line.split("\t")) for line in done.stdout.splitlines())
+    want = sorted(
+        [(str(c), str(port), "1", "0") for c in clients]
+        + [(str(port), str(c), "0", "1") for c in clients]
+    )
+    assert rows == want

@@ -242,10 +242,15 @@ class Keeper:
         picked: list[npt.NDArray[np.int64]] = []
         for b in batches:
             n = len(b.off)
-            mask = np.zeros(n, np.bool_)
             a, z = np.searchsorted(sel, [b.first_frame, b.first_frame + n])
+            t0, t1 = int(b.ts.min()), int(b.ts.max())
+            k0 = int(np.searchsorted(lo, t1, side="right"))  # intervals starting by t1
+            near = k0 > 0 and int(hi[:k0].max()) > t0
+            if a == z and not near:  # most batches of a long ring: nothing of theirs
+                continue
+            mask = np.zeros(n, np.bool_)
             mask[sel[a:z] - b.first_frame] = True
-            if len(lo):
+            if near:
                 k = np.searchsorted(lo, b.ts, side="right") - 1
                 mask |= (k >= 0) & (b.ts < hi[np.maximum(k, 0)])
             if len(self.written):
