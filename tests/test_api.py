@@ -175,6 +175,29 @@ def test_connections_match_conns_jsonl(name: str) -> None:
             assert g["irtt_ns"] is None
 
 
+TEXT_CAPTURES = [
+    *sorted(p.name for p in LAB.glob("*.pcap")),
+    "../../../../tests/data/tls/clean-tls-v6-close-crossing.pcap",  # IPv6 addresses
+    "../../../../tests/data/icmp/codes.pcap",
+]
+
+
+@pytest.mark.parametrize("name", TEXT_CAPTURES)
+def test_text_columns_match_conns_jsonl(name: str) -> None:
+    """The address and history text, made in bulk, is the command's, on every recording."""
+    path = (LAB / name).resolve()
+    if not path.exists():  # the tests/data captures are not in an installed package
+        pytest.skip(f"{path}: not in this tree")
+    want = sorted(cli_jsonl("conns", "--format", "jsonl", str(path)), key=lambda r: r["stream"])
+    conns = tcpwhy.open(path).connections
+    at = conns.to_arrow()
+    assert len(at) == len(want) > 0
+    for k in ("orig_h", "resp_h", "history"):
+        expected = [w[k] for w in want]
+        assert at.column(k).to_pylist() == expected, (name, k)
+        assert conns[k].tolist() == expected, (name, k)
+
+
 FLAG_BITS = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "NS"]
 
 

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from tcpwhy.diagnose import model
     from tcpwhy.filter import DisplayFilter
     from tcpwhy.report.flow import Ladder, LadderView
+    from tcpwhy.tcp.records import ConnColumns
 
 Source = Union[str, "os.PathLike[str]", IO[bytes]]
 """A capture: a path, an fsspec URL (``s3://…``, with fsspec installed), or a binary file
@@ -216,6 +217,9 @@ class Table:
         """The column `name` as a numpy array (codes for a column with `words`)."""
         if name not in self._schema:
             raise KeyError(f"no column {name!r}; columns: {', '.join(self._schema)}")
+        return self._column(name)
+
+    def _column(self, name: str) -> npt.NDArray[Any]:
         return self._cols[name]
 
     def __contains__(self, name: object) -> bool:
@@ -258,7 +262,7 @@ class Table:
 
     def _repr_html_(self) -> str:
         n = len(self)
-        head = [k for k in self._schema if self[k].ndim == 1][:12]
+        head = [k for k, f in self._schema.items() if f.shape == ()][:12]
         rows = "".join(
             "<tr>" + "".join(f"<td>{escape(str(self[k][i]))}</td>" for k in head) + "</tr>"
             for i in range(min(n, 10))
@@ -346,13 +350,54 @@ def connection_schema() -> dict[str, Field]:
     return out
 
 
+_TEXT_COLUMNS = ("orig_h", "resp_h", "history")
+
+
 class ConnectionTable(_TimedTable):
     """One row per connection, in stream order (what `tcpwhy conns` writes): the record
-    columns of docs/conns.md as numbers and codes, text addresses, Zeek's history."""
+    columns of docs/conns.md as numbers and codes, text addresses, Zeek's history.
+
+    The text columns are made only when asked for, and then as Arrow string arrays written in
+    bulk by the compiled row formatter that writes ``tcpwhy conns`` (no Python string per
+    row: on a capture of 200,000 connections Python strings cost more than the reading)."""
 
     kind = "connections"
 
+    def __init__(
+        self,
+        columns: dict[str, npt.NDArray[Any]],
+        schema: dict[str, Field],
+        conns: ConnColumns,
+    ) -> None:
+        super().__init__(columns, schema)
+        self._conns = conns
+        self._text: dict[str, Any] = {}
+
+    def _text_arrow(self, name: str) -> Any:
+        """The Arrow string array of a text column, made once."""
+        if name not in self._text:
+            from tcpwhy.report.parquet import _fixed_text, addresses
+
+            col = self._conns.cols
+            if name == "history":
+                self._text[name] = _fixed_text(col["history"], col["history_len"], b"")
+            else:
+                w = name[:4]
+                self._text[name] = addresses(col[f"{w}_hi"], col[f"{w}_lo"])
+        return self._text[name]
+
+    def _column(self, name: str) -> npt.NDArray[Any]:
+        if name in _TEXT_COLUMNS and name not in self._cols:
+            arr = self._text_arrow(name).to_numpy(zero_copy_only=False)
+            self._cols[name] = np.asarray(arr, dtype=object)
+        return self._cols[name]
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
     def _arrow(self, pa: Any, f: Field) -> Any:
+        if f.name in _TEXT_COLUMNS:
+            return self._text_arrow(f.name)
         if f.name == "irtt_ns":
             from tcpwhy.tcp.records import IRTT_UNSET
 
@@ -361,21 +406,17 @@ class ConnectionTable(_TimedTable):
         return super()._arrow(pa, f)
 
 
-def _connection_table(c: Any) -> ConnectionTable:
+def _connection_table(c: ConnColumns) -> ConnectionTable:
     """The public table of a `ConnColumns` batch (its `end` words become the field's)."""
     schema = connection_schema()
     cols: dict[str, npt.NDArray[Any]] = {}
     for k in schema:
-        if k in ("orig_h", "resp_h"):
-            cols[k] = np.array(c.addresses(k[:4]), dtype=object)
-        elif k == "history":
-            cols[k] = np.array(c.histories(), dtype=object)
-        else:
+        if k not in _TEXT_COLUMNS:  # made on first use, in bulk (ConnectionTable._text_arrow)
             cols[k] = c.cols[k]
     schema["end"] = Field("end", schema["end"].dtype, (), schema["end"].meaning, tuple(c.end_words))
     sn = schema["server_name"]
     schema["server_name"] = Field(sn.name, sn.dtype, (), sn.meaning, tuple(c.name_words))
-    return ConnectionTable(cols, schema)
+    return ConnectionTable(cols, schema, c)
 
 
 # ---------------------------------------------------------------------------------------
@@ -457,10 +498,10 @@ class Finding:
 
     @property
     def display_filter(self) -> str:
-        """Wireshark's display filter for its connections (its examples when many)."""
-        from tcpwhy.report.html import display_filter
-
-        return display_filter(self._f)
+        """Wireshark's display filter for exactly its connections, the one in ``analyze
+        --format json``: every stream, runs as ranges (``tcp.stream in {0..199, 204}``);
+        its frames when it has no stream."""
+        return self._f.display_filter
 
     def to_dict(self) -> dict[str, Any]:
         """The finding's object in ``tcpwhy analyze --format json``."""
