@@ -767,9 +767,8 @@ def _vocab() -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[
 
 def _col(a: npt.NDArray[Any], dtype: Any) -> npt.NDArray[Any]:
     """`a` as the kernel takes it: of `dtype`, C-contiguous and writable (no copy if it is)."""
-    if a.dtype != dtype or not a.flags.c_contiguous or not a.flags.writeable:
-        return np.ascontiguousarray(a, dtype=dtype).copy()
-    return a
+    b = np.ascontiguousarray(a, dtype=dtype)  # a itself when it already is
+    return b if b.flags.writeable else b.copy()
 
 
 def _write_chunk(
