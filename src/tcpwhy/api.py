@@ -188,6 +188,31 @@ def _need(module: str, what: str) -> Any:
         raise ImportError(f"{what} needs {module}: pip install {module}") from None
 
 
+def _from_numpy(
+    pa: Any, v: npt.NDArray[Any], typ: Any = None, null: npt.NDArray[np.bool_] | None = None
+) -> Any:
+    """A 1-D numpy array as an Arrow array over the same memory (booleans packed into bits),
+    of type `typ` (default: the numpy dtype's), null where `null`. Built from buffers because
+    ``pa.array`` imports pandas on first use: half a second `to_arrow` need not spend."""
+    v = np.ascontiguousarray(v)
+    if v.dtype == np.bool_:
+        data = pa.py_buffer(np.packbits(v, bitorder="little"))
+    else:
+        data = pa.py_buffer(v)
+    valid = None if null is None else pa.py_buffer(np.packbits(~null, bitorder="little"))
+    nulls = -1 if null is None else int(null.sum())
+    t = pa.from_numpy_dtype(v.dtype) if typ is None else typ
+    return pa.Array.from_buffers(t, len(v), [valid, data], null_count=nulls)
+
+
+def _strings(pa: Any, texts: Sequence[str]) -> Any:
+    """An Arrow string array of a few texts (a column's words), without ``pa.array``."""
+    raw = [t.encode() for t in texts]
+    offsets = np.zeros(len(raw) + 1, np.int32)
+    np.cumsum([len(b) for b in raw], out=offsets[1:])
+    return pa.StringArray.from_buffers(len(raw), pa.py_buffer(offsets), pa.py_buffer(b"".join(raw)))
+
+
 class Table:
     """Columns of one row per packet or per connection: numpy arrays by name, with the
     documented `schema`, and conversions to Arrow, pandas and polars."""
@@ -239,13 +264,13 @@ class Table:
     def _arrow(self, pa: Any, f: Field) -> Any:
         v = self[f.name]
         if f.words is not None:
-            return pa.DictionaryArray.from_arrays(pa.array(v), pa.array(list(f.words), pa.string()))
+            return pa.DictionaryArray.from_arrays(_from_numpy(pa, v), _strings(pa, f.words))
         if v.ndim == 2:
-            flat = pa.array(np.ascontiguousarray(v).reshape(-1))
+            flat = _from_numpy(pa, np.ascontiguousarray(v).reshape(-1))
             return pa.FixedSizeListArray.from_arrays(flat, v.shape[1])
         if v.dtype == object:
-            return pa.array(v.tolist(), pa.string())
-        return pa.array(v)
+            return _strings(pa, v.tolist())
+        return _from_numpy(pa, v)
 
     def to_pandas(self) -> pandas.DataFrame:
         """A pandas DataFrame (through Arrow: code columns become categoricals)."""
@@ -286,7 +311,7 @@ class _TimedTable(Table):
             return super()._arrow(pa, f)
         v = np.ascontiguousarray(self[f.name], np.int64)
         typ = pa.timestamp("ns", tz="UTC") if kind == "timestamp" else pa.duration("ns")
-        return pa.Array.from_buffers(typ, len(v), [None, pa.py_buffer(v)])
+        return _from_numpy(pa, v, typ)
 
 
 PACKET_EXTRA: dict[str, str] = {
@@ -402,7 +427,8 @@ class ConnectionTable(_TimedTable):
             from tcpwhy.tcp.records import IRTT_UNSET
 
             v = self[f.name]
-            return pa.array(v, pa.int64(), mask=v == IRTT_UNSET).cast(pa.duration("ns"))
+            v = np.ascontiguousarray(v, np.int64)
+            return _from_numpy(pa, v, pa.duration("ns"), v == IRTT_UNSET)
         return super()._arrow(pa, f)
 
 
