@@ -226,7 +226,9 @@ class Keeper:
         connection (every record of the `before` seconds up to it is kept too)."""
         if self.failed or not len(frames):
             return
-        sel = np.unique(frames.astype(np.int64))
+        sel = np.sort(frames.astype(np.int64))  # np.unique hashes: slower by far here
+        if len(sel) > 1:
+            sel = sel[np.concatenate(([True], sel[1:] != sel[:-1]))]
         if self.lockstep is not None:
             self.lockstep.advance(int(sel[-1]))
         else:
@@ -270,7 +272,8 @@ class Keeper:
                     return
                 picked.append(idx + b.first_frame)
         if picked:
-            self.written = np.union1d(self.written, np.concatenate(picked))
+            # two sorted runs of distinct frames (what was written is never picked again)
+            self.written = np.sort(np.concatenate([self.written, *picked]), kind="stable")
             if self._f is not None:
                 try:
                     self._f.flush()
