@@ -427,3 +427,6 @@ from tcpwhy.filter import icmp_fields as _icmp_fields  # noqa: E402,F401
 
 # TLS record layer, without decryption (see tcpwhy.filter.tls_fields)
 from tcpwhy.filter import tls_fields as _tls_fields  # noqa: E402,F401
+
+# HTTP/2 frames of cleartext streams (see tcpwhy.filter.http2_fields)
+from tcpwhy.filter import http2_fields as _http2_fields  # noqa: E402,F401

@@ -1,0 +1,227 @@
+"""HTTP/2 frames of cleartext (h2c, prior knowledge) TCP streams.
+
+A stream is HTTP/2 when its first payload starts with the client connection preface
+(``PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n``, RFC 9113 §3.4), on any port. Both directions
+are then walked in sequence order: the client's after the 24-byte preface, the server's
+from its first byte. Every frame starts with a 9-byte header (24-bit length, type, flags,
+31-bit stream id). A frame is reported on the segment that carries its last byte, as
+tshark shows it after reassembly; a frame's payload is read only for GOAWAY (last stream
+id, error code) and RST_STREAM (error code), so a large DATA frame costs nothing but a skip.
+
+Segments are taken in capture order: a retransmission (nothing new) is skipped, and a gap
+(lost or not captured bytes, or bytes cut by the snaplen) ends the walk of that direction:
+past it nothing is known of frame boundaries. HTTP/2 connections are few next to packets,
+so this is plain Python over the rows of those streams only.
+
+Payloads are attacker data: parsing is bounded, byte-level, and never trusts a length
+beyond the 24 bits a frame header can say.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tcpwhy.decode.table import RST, SYN, PacketTable
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
+WINDOW_UPDATE, CONTINUATION = 8, 9
+TYPE_NAMES = {
+    DATA: "DATA",
+    HEADERS: "HEADERS",
+    PRIORITY: "PRIORITY",
+    RST_STREAM: "RST_STREAM",
+    SETTINGS: "SETTINGS",
+    PUSH_PROMISE: "PUSH_PROMISE",
+    PING: "PING",
+    GOAWAY: "GOAWAY",
+    WINDOW_UPDATE: "WINDOW_UPDATE",
+    CONTINUATION: "CONTINUATION",
+}
+ERROR_NAMES = {
+    0: "NO_ERROR",
+    1: "PROTOCOL_ERROR",
+    2: "INTERNAL_ERROR",
+    3: "FLOW_CONTROL_ERROR",
+    4: "SETTINGS_TIMEOUT",
+    5: "STREAM_CLOSED",
+    6: "FRAME_SIZE_ERROR",
+    7: "REFUSED_STREAM",
+    8: "CANCEL",
+    9: "COMPRESSION_ERROR",
+    10: "CONNECT_ERROR",
+    11: "ENHANCE_YOUR_CALM",
+    12: "INADEQUATE_SECURITY",
+    13: "HTTP_1_1_REQUIRED",
+}
+END_STREAM = 0x1
+ACK = 0x1  # on SETTINGS and PING
+
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass
+class Frames:
+    """One entry per frame (and one per client preface, type -1), in walk order: by TCP
+    stream and direction, then stream order."""
+
+    row: I64  # table row of the segment carrying the frame's last byte
+    stream: I64  # TCP stream index
+    client: npt.NDArray[np.bool_]  # sent by the side that sent the preface
+    ftype: I64  # frame type, -1 for the preface
+    flags: I64
+    sid: I64  # HTTP/2 stream identifier (31 bits)
+    length: I64
+    last_sid: I64  # GOAWAY's last stream id, else -1
+    error: I64  # GOAWAY's or RST_STREAM's error code, else -1
+    h2_streams: I64  # the TCP streams found to be HTTP/2
+
+    def __len__(self) -> int:
+        return int(self.row.shape[0])
+
+
+def _empty() -> Frames:
+    z = np.zeros(0, np.int64)
+    return Frames(z, z, np.zeros(0, bool), z, z, z, z, z, z, z)
+
+
+def h2_streams(table: PacketTable, stream: npt.NDArray[Any]) -> I64:
+    """TCP streams whose first payload (either direction) starts with the client preface."""
+    flags = table["flags"].astype(np.int64)
+    data_rows = np.flatnonzero((table["payload_len"] > 0) & ((flags & RST) == 0))
+    if not len(data_rows) or not table.data.size:
+        return np.zeros(0, np.int64)
+    st = stream[data_rows].astype(np.int64)
+    _, idx = np.unique(st, return_index=True)
+    first = data_rows[idx]
+    out = []
+    for r in first.tolist():
+        got = table.payload(r, len(PREFACE))
+        # the whole preface, or all of a first segment that holds only its start
+        whole = len(got) == len(PREFACE) or len(got) == int(table["payload_len"][r])
+        if got and whole and PREFACE.startswith(got):
+            out.append(int(stream[r]))
+    return np.asarray(sorted(out), np.int64)
+
+
+def _walk(
+    table: PacketTable,
+    rows: list[int],
+    skip: int,
+    out: list[tuple[int, ...]],
+    meta: tuple[int, bool],
+) -> None:
+    """Frames of one direction (its rows in capture order) appended to `out`."""
+    seq = table["seq"]
+    plen = table["payload_len"]
+    pcap = table["payload_cap"]
+    fl = table["flags"]
+    base = -1
+    expect = 0  # next byte wanted, relative to the first segment
+    head = bytearray()  # bytes of the current frame's header and first payload bytes
+    want = 9  # bytes wanted in `head` before the frame is known (9, then 9 + kept payload)
+    rest = -1  # payload bytes of the current frame still to skip once `head` is full
+    stream, client = meta
+    pending_preface = skip > 0
+    for r in rows:
+        L = int(plen[r])
+        f = int(fl[r])
+        if L == 0 or f & RST:
+            continue
+        s = (int(seq[r]) + (1 if f & SYN else 0)) & 0xFFFFFFFF
+        if base < 0:
+            base = s
+        rel = (s - base) & 0xFFFFFFFF
+        if rel >= 0x80000000 or rel + L <= expect:
+            continue  # before the first segment, or a retransmission
+        if rel > expect or int(pcap[r]) < L:
+            return  # a gap, or bytes the snaplen cut: frame boundaries are lost
+        chunk = table.payload(r)[expect - rel :]
+        expect = rel + L
+        i = 0
+        n = len(chunk)
+        while i < n:
+            if skip > 0:
+                k = min(skip, n - i)
+                skip -= k
+                i += k
+                if skip == 0 and pending_preface:
+                    pending_preface = False
+                    out.append((r, stream, client, -1, 0, 0, 0, -1, -1))
+                continue
+            if rest < 0:
+                k = min(want - len(head), n - i)
+                head += chunk[i : i + k]
+                i += k
+                if len(head) < want:
+                    continue
+                length = int.from_bytes(head[0:3], "big")
+                if want == 9:
+                    keep = min(length, 8) if head[3] in (GOAWAY, RST_STREAM) else 0
+                    if keep:
+                        want = 9 + keep
+                        continue
+                rest = length - (len(head) - 9)
+            k = min(rest, n - i)
+            rest -= k
+            i += k
+            if rest == 0:
+                _emit(head, r, stream, client, out)
+                head = bytearray()
+                want = 9
+                rest = -1
+
+
+def _emit(head: bytearray, row: int, stream: int, client: bool, out: list[tuple[int, ...]]) -> None:
+    length = int.from_bytes(head[0:3], "big")
+    ftype, flags = head[3], head[4]
+    sid = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+    last_sid = err = -1
+    if ftype == GOAWAY and len(head) >= 17:
+        last_sid = int.from_bytes(head[9:13], "big") & 0x7FFFFFFF
+        err = int.from_bytes(head[13:17], "big")
+    elif ftype == RST_STREAM and len(head) >= 13:
+        err = int.from_bytes(head[9:13], "big")
+    out.append((row, stream, client, ftype, flags, sid, length, last_sid, err))
+
+
+def find_frames(
+    table: PacketTable, stream: npt.NDArray[Any], direction: npt.NDArray[Any]
+) -> Frames:
+    """Every HTTP/2 frame of the h2c streams of `table` (`stream` and `direction`, 0/1, per
+    row, as `FilterContext.streams` gives them)."""
+    h2 = h2_streams(table, stream)
+    if not len(h2):
+        return _empty()
+    st = stream.astype(np.int64)
+    sel = np.flatnonzero(np.isin(st, h2))
+    out: list[tuple[int, ...]] = []
+    for s in h2.tolist():
+        rows = sel[st[sel] == s]
+        data = rows[table["payload_len"][rows] > 0]
+        cdir = int(direction[data[0]])
+        for d in (cdir, 1 - cdir):
+            mine = rows[direction[rows] == d].tolist()
+            _walk(table, mine, len(PREFACE) if d == cdir else 0, out, (s, d == cdir))
+    if not out:
+        f = _empty()
+        f.h2_streams = h2
+        return f
+    a = np.asarray(out, np.int64)
+    return Frames(
+        a[:, 0],
+        a[:, 1],
+        a[:, 2].astype(bool),
+        a[:, 3],
+        a[:, 4],
+        a[:, 5],
+        a[:, 6],
+        a[:, 7],
+        a[:, 8],
+        h2,
+    )

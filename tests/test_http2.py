@@ -1,0 +1,216 @@
+"""HTTP/2 cleartext frames and their display filter fields against tshark 4.0.
+
+tests/data/http2/h2c-nginx.pcap is a real exchange with nginx (``listen ... http2``,
+prior knowledge, ``keepalive_timeout 1s``) driven by tests/data/http2/h2c_client.py: four
+requests on one connection, one HEADERS frame whose header is cut across two segments,
+one whose payload is, a PING, RST_STREAMs both ways, and the server's GOAWAY on idle before
+its FIN. tests/data/http2/filters.expected.tsv holds the frames tshark selects for every
+filter of filters.txt (``-d tcp.port==18931,http2``). `test_live_capture_matches_tshark`
+records a new exchange the same way and compares every filter with tshark on it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from tcpwhy.capture import read_table
+from tcpwhy.decode import http2
+from tcpwhy.decode.table import PacketTable
+from tcpwhy.filter import FilterContext, compile_filter
+from tests.gates import need
+
+HERE = Path(__file__).resolve().parent
+REFS = HERE / "data" / "http2"
+CAPTURE = REFS / "h2c-nginx.pcap"
+FILTERS = (REFS / "filters.txt").read_text().splitlines()
+EXPECTED = [line.split("\t") for line in (REFS / "filters.expected.tsv").read_text().splitlines()]
+NGINX = "/usr/sbin/nginx"
+
+
+@cache
+def _table(path: str) -> PacketTable:
+    return read_table(path)
+
+
+def _frames(path: str, flt: str) -> list[int]:
+    t = _table(path)
+    m = compile_filter(flt).mask(t, FilterContext(t))
+    return [int(f) for f in t["frame"][m].tolist()]
+
+
+_TSHARK = ["tshark", "-T", "fields", "-e", "frame.number", "-r"]
+
+
+def _tshark(path: str, port: int, flt: str) -> list[int]:
+    out = subprocess.run(
+        [*_TSHARK, path, "-d", f"tcp.port=={port},http2", "-Y", flt],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [int(x) for x in out.split()]
+
+
+def test_reference_is_complete() -> None:
+    assert [f for _, f, _ in EXPECTED] == FILTERS
+    # every field selects something in the reference, or the test would not test it
+    for name in (
+        "http2.type",
+        "http2.streamid",
+        "http2.flags",
+        "http2.flags.end_stream",
+        "http2.flags.ack.ping",
+        "http2.goaway.last_stream_id",
+        "http2.goaway.error",
+        "http2.rst_stream.error",
+    ):
+        assert any(f.startswith(name) and frames for _, f, frames in EXPECTED), name
+
+
+@pytest.mark.parametrize(("capture", "flt", "frames"), EXPECTED, ids=lambda v: str(v)[:50])
+def test_filter_matches_tshark(capture: str, flt: str, frames: str) -> None:
+    want = [int(x) for x in frames.split(",") if x]
+    assert _frames(str(REFS / capture), flt) == want
+
+
+def test_frames_of_the_recording() -> None:
+    """The walk finds the preface, GOAWAY's last stream id and error, and RST_STREAM's
+    error, each on the segment that completes the frame (a frame cut across segments is
+    on the later one)."""
+    t = _table(str(CAPTURE))
+    ctx = FilterContext(t)
+    f = http2.find_frames(t, ctx.streams["stream"], ctx.streams["dir"])
+    assert len(f.h2_streams) == 1
+    frame = t["frame"]
+    pre = [int(frame[r]) for r in f.row[f.ftype == -1]]
+    assert len(pre) == 1 and bool(f.client[f.ftype == -1][0])
+    goaway = f.ftype == http2.GOAWAY
+    assert goaway.sum() == 1 and not f.client[goaway][0]
+    # the GOAWAY names the highest stream the client opened, and is the server's last frame
+    assert int(f.last_sid[goaway][0]) == int(f.sid[f.client & (f.ftype == http2.HEADERS)].max())
+    assert int(f.error[goaway][0]) == 0
+    srv = f.row[~f.client]
+    assert int(f.row[goaway][0]) == int(srv.max())
+    rst = f.ftype == http2.RST_STREAM
+    assert sorted(f.error[rst].tolist()) == [0, 8]
+    # a HEADERS frame whose header was cut: its first 5 bytes travel alone
+    cut = [r for r in range(len(t)) if int(t["payload_len"][r]) == 5]
+    assert len(cut) == 1 and cut[0] not in set(f.row.tolist())
+
+
+def test_retransmission_and_gap() -> None:
+    """A retransmitted segment adds no frame; a missing one ends the walk of its side."""
+    t = _table(str(CAPTURE))
+    ctx = FilterContext(t)
+    st, d = ctx.streams["stream"], ctx.streams["dir"]
+    base = http2.find_frames(t, st, d)
+    data = [r for r in range(len(t)) if int(t["payload_len"][r]) > 0]
+    # every data segment sent twice: the same frames on the first copies
+    dup = sorted(list(range(len(t))) + data)
+    import numpy as np
+
+    idx = np.asarray(dup, np.int64)
+    t2 = t.take(idx)
+    f2 = http2.find_frames(t2, st[idx], d[idx])
+    assert sorted(idx[f2.row].tolist()) == sorted(base.row.tolist())
+    # the client's 5-byte segment lost: its HEADERS and every later client frame are gone
+    cut = next(r for r in data if int(t["payload_len"][r]) == 5)
+    keep = np.asarray([r for r in range(len(t)) if r != cut], np.int64)
+    f3 = http2.find_frames(t.take(keep), st[keep], d[keep])
+    client_rows = keep[f3.row[f3.client]]
+    assert client_rows.max() < cut
+    assert (keep[f3.row[~f3.client]] == base.row[~base.client]).all()
+
+
+def test_not_http2_without_preface() -> None:
+    """The TLS lab recording has no preface: no HTTP/2 stream."""
+    lab = HERE.parent / "src" / "tcpwhy" / "data" / "lab" / "clean.pcap"
+    t = _table(str(lab))
+    ctx = FilterContext(t)
+    assert not len(http2.find_frames(t, ctx.streams["stream"], ctx.streams["dir"]).h2_streams)
+    assert not compile_filter("http2").mask(t, ctx).any()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+NGINX_CONF = """daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
+  uwsgi_temp_path {d}; scgi_temp_path {d};
+  keepalive_timeout 1s;
+  server {{
+    listen 127.0.0.1:{port} http2;
+    location / {{ return 200 "hello\\n"; }}
+  }}
+}}
+"""
+
+
+def test_live_capture_matches_tshark(tmp_path: Path) -> None:
+    """Record the exchange with nginx again and compare every filter with tshark on it."""
+    need(os.geteuid() == 0, "needs root to capture on lo")
+    need(os.path.exists(NGINX), "nginx not installed")
+    need(shutil.which("tcpdump") is not None, "tcpdump not installed")
+    need(shutil.which("tshark") is not None, "tshark not installed")
+    port = _free_port()
+    (tmp_path / "nginx.conf").write_text(NGINX_CONF.format(d=tmp_path, port=port))
+    pcap = tmp_path / "h2c.pcap"
+    ng = subprocess.Popen(
+        [NGINX, "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    td = subprocess.Popen(
+        ["tcpdump", "-i", "lo", "-U", "-w", str(pcap), f"tcp port {port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        time.sleep(0.3)  # tcpdump is listening (its own start is not signalled)
+        subprocess.run(
+            [sys.executable, str(REFS / "h2c_client.py"), str(port)],
+            check=True,
+            timeout=20,
+            capture_output=True,
+        )
+        time.sleep(0.3)
+    finally:
+        td.terminate()
+        ng.terminate()
+        td.wait(timeout=10)
+        ng.wait(timeout=10)
+    t = read_table(str(pcap))
+    ctx = FilterContext(t)
+    f = http2.find_frames(t, ctx.streams["stream"], ctx.streams["dir"])
+    # the probe connection above has no preface; the client's does
+    assert len(f.h2_streams) == 1 and (f.ftype == http2.GOAWAY).sum() == 1
+    for flt in FILTERS:
+        flt = flt.replace("18931", str(port))
+        m = compile_filter(flt).mask(t, ctx)
+        assert [int(x) for x in t["frame"][m].tolist()] == _tshark(str(pcap), port, flt), flt
