@@ -44,9 +44,10 @@ define apt-install
 endef
 
 ## sysdeps: system packages the tests need (nftables, iproute2, tshark and tcpdump as references,
+## nginx as a real HTTP/2 server,
 ## chromium for the HTML report's browser tests), installed only when missing and root
 sysdeps:
-	$(call apt-install,nft:nftables ip:iproute2 tshark:tshark tcpdump:tcpdump chromium:chromium)
+	$(call apt-install,nft:nftables ip:iproute2 tshark:tshark tcpdump:tcpdump chromium:chromium nginx:nginx)
 
 lint: $(STAMP_TEST)
 	$(BIN)/ruff check src tests benchmarks
