@@ -46,15 +46,33 @@ def to_json(report: Report) -> str:
                 longs[json.dumps(name)] = v
                 f[key] = name
     text = json.dumps(d, indent=2, ensure_ascii=False)
-    for name, v in longs.items():
-        text = text.replace(name, _int_list(v, 4), 1)
-    return text
+    del d
+    if not longs:
+        return text
+    # the placeholders in the order they appear, the text around them copied once
+    at = sorted((text.index(name), name) for name in longs)
+    out: list[str] = []
+    pos = 0
+    for i, name in at:
+        out.append(text[pos:i])
+        out.append(_int_list(longs.pop(name), 4))
+        pos = i + len(name)
+    out.append(text[pos:])
+    del text
+    return "".join(out)
+
+
+INT_CHUNK = 1 << 16
+"""Integers turned to text at a time by `_int_list`: `str.join` makes a list of its items
+first, and millions of small str objects were several times the text's own size."""
 
 
 def _int_list(v: list[int], level: int) -> str:
     """A non-empty list of ints as `json.dumps(indent=2)` writes it at nesting `level`."""
     pad = "  " * level
-    return "[\n" + pad + f",\n{pad}".join(map(str, v)) + "\n" + "  " * (level - 1) + "]"
+    sep = f",\n{pad}"
+    body = sep.join([sep.join(map(str, v[i : i + INT_CHUNK])) for i in range(0, len(v), INT_CHUNK)])
+    return "[\n" + pad + body + "\n" + "  " * (level - 1) + "]"
 
 
 def console(file: IO[str], tty: bool) -> Console:
