@@ -171,11 +171,14 @@ class Capture:
         key = self.stream * 2 + self.side
         size = 2 * self.nstreams
 
-        def count(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
-            return np.bincount(key[mask], minlength=size).reshape(-1, 2)
+        # per-stream counts as int32 (a count never exceeds the packets): a flood has
+        # millions of streams, and six int64 count pairs per stream were 270 MB of them
+        def count(mask: npt.NDArray[np.bool_] | None = None) -> npt.NDArray[np.int32]:
+            k = key if mask is None else key[mask]
+            return np.bincount(k, minlength=size).astype(np.int32).reshape(-1, 2)
 
         plen = table["payload_len"]
-        self.n_pkts = np.bincount(key, minlength=size).reshape(-1, 2)
+        self.n_pkts = count()
         self.n_syn = count(kind == SYN)
         self.n_synack = count(kind == (SYN | ACK))
         self.n_fin = count((flags & (FIN | RST)) == FIN)
