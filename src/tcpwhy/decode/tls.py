@@ -346,7 +346,13 @@ def find_records(
         f = first[has]
         looks = _looks_like_record(table, f)
         off = table["payload_off"][f].astype(np.int64)
-        is_hs = looks & (table.data[np.minimum(off, max(table.data.size - 1, 0))] == HANDSHAKE)
+        # no payload byte kept at all (every segment cut by the snaplen): nothing to read
+        first_byte = (
+            table.data[np.minimum(off, table.data.size - 1)]
+            if table.data.size
+            else np.zeros(len(off), np.uint8)
+        )
+        is_hs = looks & (first_byte == HANDSHAKE)
         tls_stream[np.flatnonzero(has)[is_hs]] = True
     enabled = tls_stream[np.arange(ngroups) // 2] & (bounds[1:] > bounds[:-1])
     cols = [
