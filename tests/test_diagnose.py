@@ -143,7 +143,7 @@ def test_json_output_and_exit_status(capsys: pytest.CaptureFixture[str]) -> None
         "errors",
     ):
         assert f[key]
-    assert doc["connections"] == {"reset": 1, "closed (FIN both ways)": 1}
+    assert doc["connections"] == {"reset by server": 1, "closed (FIN both ways)": 1}
 
 
 def test_clean_exit_zero_and_bad_file_two(

@@ -200,7 +200,10 @@ def test_ending_codes_beside_the_words(capfd: pytest.CaptureFixture[str]) -> Non
     seen: set[str] = set()
     for cap in CAPTURES:
         _, out = run(capfd, "conns", str(cap), "--format", "jsonl")
+        resets: dict[str, int] = {}
         for r in lines(out):
+            if r["end_code"].startswith("reset"):
+                resets[r["end_code"]] = resets.get(r["end_code"], 0) + 1
             code, words = r["end_code"], r["end"]
             assert code in ENDINGS and code != "other", words
             seen.add(code)
@@ -213,9 +216,13 @@ def test_ending_codes_beside_the_words(capfd: pytest.CaptureFixture[str]) -> Non
         assert {e["words"]: e["count"] for e in doc["endings"]} == doc["connections"]
         assert sum(e["count"] for e in doc["endings"]) <= doc["capture"]["connections"]
         seen |= {e["code"] for e in doc["endings"]}
+        # analyze names the resetter as conns does (the side whose RST came first)
+        got = {e["code"]: e["count"] for e in doc["endings"] if e["code"].startswith("reset")}
+        assert got == resets, cap.name
     # the recordings end connections every way the codes name but the builder's own limits
     assert {"fin_both", "half_closed", "refused", "no_answer", "open_at_end"} <= seen
-    assert {"reset", "reset_by_originator", "reset_by_responder", "rejected_by_icmp"} <= seen
+    assert {"reset_by_originator", "reset_by_responder", "rejected_by_icmp"} <= seen
+    assert "reset" not in seen  # analyze says who reset, as conns does
 
 
 def test_fixes_by_stack(capfd: pytest.CaptureFixture[str]) -> None:

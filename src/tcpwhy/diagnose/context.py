@@ -54,6 +54,18 @@ U32 = 0xFFFFFFFF
 HALF = 0x80000000
 NO_FIN = np.iinfo(np.int64).max  # Capture.first_fin_ns of a side that sent no FIN
 CONN_CACHE_ROWS = 200_000  # packets of the Conn views a Capture keeps (LRU)
+ENDING_WORDS = (
+    "refused",
+    "rejected by ICMP",
+    "unanswered SYN",
+    "reset by client",
+    "reset by server",
+    "closed (FIN both ways)",
+    "half-closed (one FIN)",
+    "open at capture end",
+)
+"""`Capture.endings`' words, in `Capture.ending_index` order (`model.ENDING_CODES` has
+their codes; the client is the side that called connect(), the originator of the codes)."""
 
 
 def seq_geq(a: int, b: int) -> bool:
@@ -296,11 +308,9 @@ class Capture:
     def file_name(self, row: int) -> str:
         return self.files[int(self.file_of_row[row])] if self.files else ""
 
-    def endings(self, keep: npt.NDArray[np.bool_] | None = None) -> dict[str, int]:
-        """Connections by how they ended (vectorised over the per-stream counts); with `keep`,
-        only those streams (a connection already counted at another capture point is not)."""
-        if not self.nstreams:
-            return {}
+    def ending_index(self) -> npt.NDArray[np.int8]:
+        """Per stream: its index in `ENDING_WORDS` (one category per connection); the text
+        report's tally and the HTML report's connection table both read it, so they agree."""
         syn_c = self.n_syn[:, CLIENT] > 0
         answered = (self.n_synack[:, SERVER] > 0) | (self.n_pkts[:, SERVER] > 0)
         rst = self.n_rst.sum(1) > 0
@@ -311,19 +321,32 @@ class Capture:
         fins = (self.n_fin > 0).sum(1)
         # an ICMP error ended the connect(): the path or the host answered instead of the peer
         icmp = self.icmp.syn_err & (self.n_synack[:, SERVER] == 0) & ~refused
-        # one category per connection
-        cats = {
-            "refused": refused,
-            "rejected by ICMP": icmp,
-            "unanswered SYN": no_answer & ~rst & ~icmp,
-            "reset": rst & ~refused,
-            "closed (FIN both ways)": ~rst & ~no_answer & (fins == 2),
-            "half-closed (one FIN)": ~rst & ~no_answer & (fins == 1),
-            "open at capture end": ~rst & (fins == 0) & ~no_answer,
-        }
+        # who reset: the side whose RST the capture saw first (as conns names the resetter)
+        first_rst = np.full((self.nstreams, 2), NO_FIN, np.int64)
+        t = self.table
+        rm = (t["flags"] & RST) != 0 if len(t) else np.zeros(0, np.bool_)
+        np.minimum.at(first_rst, (self.stream[rm], self.side[rm]), t["ts_ns"][rm])
+        by_client = first_rst[:, CLIENT] <= first_rst[:, SERVER]
+        out = np.full(self.nstreams, 7, np.int8)  # open at capture end
+        out[~rst & ~no_answer & (fins == 1)] = 6
+        out[~rst & ~no_answer & (fins == 2)] = 5
+        out[rst & ~refused] = 4
+        out[rst & ~refused & by_client] = 3
+        out[no_answer & ~rst & ~icmp] = 2
+        out[icmp] = 1
+        out[refused] = 0
+        return out
+
+    def endings(self, keep: npt.NDArray[np.bool_] | None = None) -> dict[str, int]:
+        """Connections by how they ended (vectorised over the per-stream counts); with `keep`,
+        only those streams (a connection already counted at another capture point is not)."""
+        if not self.nstreams:
+            return {}
+        idx = self.ending_index()
         if keep is not None:
-            cats = {k: v & keep for k, v in cats.items()}
-        return {k: int(v.sum()) for k, v in cats.items() if v.any()}
+            idx = idx[keep]
+        n = np.bincount(idx, minlength=len(ENDING_WORDS))
+        return {w: int(n[k]) for k, w in enumerate(ENDING_WORDS) if n[k]}
 
 
 class Conn:

@@ -155,6 +155,8 @@ ENDING_CODES = {
     "rejected by ICMP": "rejected_by_icmp",
     "unanswered SYN": "no_answer",
     "reset": "reset",
+    "reset by client": "reset_by_originator",
+    "reset by server": "reset_by_responder",
     "closed (FIN both ways)": "fin_both",
     "half-closed (one FIN)": "half_closed",
     "open at capture end": "open_at_end",

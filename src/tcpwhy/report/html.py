@@ -334,6 +334,8 @@ def ladder_views(cap: Any, sids: npt.NDArray[np.int64]) -> dict[int, Any]:
 
 def page_data(report: Report) -> dict[str, Any]:
     """Compact columns for the page's script (see report.js for their use)."""
+    from tcpwhy.diagnose.context import ENDING_WORDS
+
     points = []
     kinds = _kinds(report)
     t0 = report.capture.first_ns
@@ -358,7 +360,7 @@ def page_data(report: Report) -> dict[str, Any]:
         "files": report.capture.files,
         "kinds": kinds,
         "states": STATE_NAMES,
-        "endings": ENDINGS,
+        "endings": list(ENDING_WORDS),
         "points": points,
         "ladders": ladders,
         "ladders_embedded": len(ladders),
@@ -367,34 +369,11 @@ def page_data(report: Report) -> dict[str, Any]:
     }
 
 
-ENDINGS = [
-    "refused",
-    "unanswered SYN",
-    "reset",
-    "closed (FIN both ways)",
-    "half-closed (one FIN)",
-    "open at capture end",
-]
-
-
 def _endings(cap: Any) -> npt.NDArray[np.int8]:
-    """Per stream: its index in ENDINGS, as `Capture.endings` counts them (the test checks
-    that the two agree)."""
-    from tcpwhy.diagnose.context import CLIENT, SERVER
-
-    syn_c = cap.n_syn[:, CLIENT] > 0
-    answered = (cap.n_synack[:, SERVER] > 0) | (cap.n_pkts[:, SERVER] > 0)
-    rst = cap.n_rst.sum(1) > 0
-    refused = syn_c & (cap.n_synack[:, SERVER] == 0) & (cap.n_rst[:, SERVER] > 0)
-    no_answer = syn_c & ~answered & (cap.n_pkts[:, CLIENT] == cap.n_syn[:, CLIENT])
-    fins = (cap.n_fin > 0).sum(1)
-    out = np.full(cap.nstreams, 5, np.int8)
-    out[~rst & ~no_answer & (fins == 1)] = 4
-    out[~rst & ~no_answer & (fins == 2)] = 3
-    out[rst & ~refused] = 2
-    out[no_answer & ~rst] = 1
-    out[refused] = 0
-    return out
+    """Per stream: its index in `ENDING_WORDS`, from `Capture.ending_index`: the one
+    classification the text report counts too."""
+    got: npt.NDArray[np.int8] = cap.ending_index()
+    return got
 
 
 def _timelines(cap: Any) -> Any:
