@@ -25,7 +25,7 @@ from tcpwhy.diagnose.model import Finding, Report, Severity
 STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "bold yellow", Severity.INFO: "cyan"}
 
 
-LONG_LIST = 1000  # integer lists longer than this are written by `_int_list`
+LONG_LIST = 1000  # integer lists longer than this are written by `_int_list_parts`
 
 
 def to_json(report: Report) -> str:
@@ -55,7 +55,7 @@ def to_json(report: Report) -> str:
     pos = 0
     for i, name in at:
         out.append(text[pos:i])
-        out.append(_int_list(longs.pop(name), 4))
+        out.extend(_int_list_parts(longs.pop(name), 4))
         pos = i + len(name)
     out.append(text[pos:])
     del text
@@ -63,16 +63,23 @@ def to_json(report: Report) -> str:
 
 
 INT_CHUNK = 1 << 16
-"""Integers turned to text at a time by `_int_list`: `str.join` makes a list of its items
-first, and millions of small str objects were several times the text's own size."""
+"""Integers turned to text at a time by `_int_list_parts`: `str.join` makes a list of its
+items first, and millions of small str objects were several times the text's own size."""
 
 
-def _int_list(v: list[int], level: int) -> str:
-    """A non-empty list of ints as `json.dumps(indent=2)` writes it at nesting `level`."""
+def _int_list_parts(v: list[int], level: int) -> list[str]:
+    """A non-empty list of ints as `json.dumps(indent=2)` writes it at nesting `level`, in
+    pieces of INT_CHUNK numbers joined once with the rest of the text (not into one string
+    per list first, which held the list's text twice more)."""
     pad = "  " * level
     sep = f",\n{pad}"
-    body = sep.join([sep.join(map(str, v[i : i + INT_CHUNK])) for i in range(0, len(v), INT_CHUNK)])
-    return "[\n" + pad + body + "\n" + "  " * (level - 1) + "]"
+    out = ["[\n" + pad]
+    for i in range(0, len(v), INT_CHUNK):
+        if i:
+            out.append(sep)
+        out.append(sep.join(map(str, v[i : i + INT_CHUNK])))
+    out.append("\n" + "  " * (level - 1) + "]")
+    return out
 
 
 def console(file: IO[str], tty: bool) -> Console:
