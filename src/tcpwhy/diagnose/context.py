@@ -177,7 +177,7 @@ class Capture:
             # port is the lower, well-known-looking one
             guess = np.where((sp < dp) & (sp < 32768), 1 - pdir[first], pdir[first])
             orig = np.where(orig < 0, guess, orig)
-        self.orig_dir = orig
+        self.orig_dir = orig.astype(np.int8)  # a side (0/1) per stream: a byte, not eight
         self.side = (pdir != orig[self.stream]).astype(np.int8) if n else np.zeros(0, np.int8)
 
         key = self.stream * 2 + self.side
