@@ -20,6 +20,7 @@ import time
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tcpwhy.capture import read_table
@@ -116,8 +117,6 @@ def test_retransmission_and_gap() -> None:
     data = [r for r in range(len(t)) if int(t["payload_len"][r]) > 0]
     # every data segment sent twice: the same frames on the first copies
     dup = sorted(list(range(len(t))) + data)
-    import numpy as np
-
     idx = np.asarray(dup, np.int64)
     t2 = t.take(idx)
     f2 = http2.find_frames(t2, st[idx], d[idx])
@@ -180,7 +179,7 @@ def test_live_capture_matches_tshark(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     td = subprocess.Popen(
-        ["tcpdump", "-i", "lo", "-U", "-w", str(pcap), f"tcp port {port}"],
+        ["tcpdump", "-i", "lo", "--immediate-mode", "-U", "-w", str(pcap), f"tcp port {port}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -199,7 +198,7 @@ def test_live_capture_matches_tshark(tmp_path: Path) -> None:
             timeout=20,
             capture_output=True,
         )
-        time.sleep(0.3)
+        time.sleep(0.5)  # the last packets reach the file (immediate mode, unbuffered)
     finally:
         td.terminate()
         ng.terminate()
@@ -214,3 +213,45 @@ def test_live_capture_matches_tshark(tmp_path: Path) -> None:
         flt = flt.replace("18931", str(port))
         m = compile_filter(flt).mask(t, ctx)
         assert [int(x) for x in t["frame"][m].tolist()] == _tshark(str(pcap), port, flt), flt
+
+
+def _conn(path: Path) -> object:
+    from tcpwhy.diagnose.context import Capture, Conn
+
+    t = read_table(str(path))
+    cap = Capture(t, np.zeros(len(t), np.int16), [str(path)])
+    return Conn(cap, 0)
+
+
+def test_idle_close_is_no_finding_and_no_http1_exchange() -> None:
+    """The server's GOAWAY then FIN on an idle h2c connection is its orderly close: no
+    finding, and no HTTP/1 message is read from the frames (the preface is no request)."""
+    from tcpwhy.diagnose import http
+    from tcpwhy.diagnose.engine import diagnose_files
+
+    assert diagnose_files([str(CAPTURE)]).findings == []
+    c = _conn(CAPTURE)
+    assert http.messages(c) == []  # type: ignore[arg-type]
+    hc = http.h2(c)  # type: ignore[arg-type]
+    assert hc is not None and hc.how == "h2c"
+    g = hc.goaway()
+    assert g is not None and g[1:] == (7, 0)
+
+
+def test_reuse_after_goaway_names_the_unprocessed_stream() -> None:
+    """The client sends a new stream after the server's GOAWAY and FIN (answered by RST):
+    the finding says the connection is HTTP/2 and that the stream, above GOAWAY's last
+    stream id, was not processed and is safe to retry."""
+    from tcpwhy.diagnose.engine import diagnose_files
+
+    path = REFS / "h2c-stale.pcap"
+    (f,) = diagnose_files([str(path)]).findings
+    assert f.kind == "data-after-fin"
+    assert "HTTP/2 HEADERS on stream 9" in f.summary
+    assert "pooled, multiplexed HTTP/2 connection" in f.summary
+    assert "GOAWAY, last stream id 7, NO_ERROR" in f.summary
+    assert "stream 9 was not processed and is safe to retry" in f.summary
+    # the same stream and GOAWAY as tshark's view of the frames
+    got = _tshark(str(path), 18931, "http2.type == 7 || (http2.type == 1 && http2.streamid == 9)")
+    assert got == _frames(str(path), "http2.goaway.last_stream_id == 7 || http2.streamid == 9")
+    assert len(got) == 2

@@ -190,6 +190,30 @@ def _emit(head: bytearray, row: int, stream: int, client: bool, out: list[tuple[
     out.append((row, stream, client, ftype, flags, sid, length, last_sid, err))
 
 
+def walk_rows(table: PacketTable, client_rows: list[int], server_rows: list[int]) -> Frames:
+    """The frames of one h2c connection, its client's and server's rows in capture order
+    (the client's first bytes are the preface); `stream` is 0 in the result."""
+    out: list[tuple[int, ...]] = []
+    _walk(table, client_rows, len(PREFACE), out, (0, True))
+    _walk(table, server_rows, 0, out, (0, False))
+    if not out:
+        return _empty()
+    a = np.asarray(out, np.int64)
+    z = np.zeros(1, np.int64)
+    return Frames(
+        a[:, 0],
+        a[:, 1],
+        a[:, 2].astype(bool),
+        a[:, 3],
+        a[:, 4],
+        a[:, 5],
+        a[:, 6],
+        a[:, 7],
+        a[:, 8],
+        z,
+    )
+
+
 def find_frames(
     table: PacketTable, stream: npt.NDArray[Any], direction: npt.NDArray[Any]
 ) -> Frames:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tcpwhy.decode import http2
+
 if TYPE_CHECKING:
     from tcpwhy.diagnose.context import Conn
 
@@ -218,12 +220,97 @@ def last_response_before(conn: Conn, i: int) -> Message | None:
     return best
 
 
+@dataclass
+class H2Conn:
+    """An HTTP/2 connection: told by the client's connection preface in clear (h2c), or by
+    the protocol TLS's ALPN settled on (h2), where its frames are encrypted."""
+
+    how: str  # "h2c" or "ALPN h2"
+    frames: http2.Frames | None  # h2c only; `row` is the connection's local row
+
+    def goaway(self) -> tuple[int, int, int] | None:
+        """The server's first GOAWAY: (local row, last stream id, error code)."""
+        f = self.frames
+        if f is None:
+            return None
+        idx = np.flatnonzero((f.ftype == http2.GOAWAY) & ~f.client & (f.last_sid >= 0))
+        if not len(idx):
+            return None
+        k = int(idx[0])
+        return int(f.row[k]), int(f.last_sid[k]), int(f.error[k])
+
+
+def h2(conn: Conn) -> H2Conn | None:
+    """The HTTP/2 view of a connection, None when it is not known to carry HTTP/2."""
+    if "h2" in conn.cache:
+        got: H2Conn | None = conn.cache["h2"]
+        return got
+    got = None
+    side = conn.side
+    first = next((i for i in range(conn.n) if conn.plen[i] > 0 and not conn.flags[i] & 0x004), None)
+    if first is not None and side[first] == 0:
+        head = conn.payload(first)[: len(http2.PREFACE)]
+        if head and http2.PREFACE.startswith(head):
+            rows = conn.rows.tolist()
+            t = conn.cap.table
+            f = http2.walk_rows(
+                t,
+                [rows[i] for i in range(conn.n) if side[i] == 0],
+                [rows[i] for i in range(conn.n) if side[i] != 0],
+            )
+            local = {r: i for i, r in enumerate(rows)}
+            f.row = np.asarray([local[int(r)] for r in f.row.tolist()], np.int64)
+            got = H2Conn("h2c", f)
+    if got is None:
+        from tcpwhy.diagnose import tls
+
+        tc = tls.of(conn)
+        if tc is not None and tc.alpn == [b"h2"]:
+            got = H2Conn("ALPN h2", None)
+    conn.cache["h2"] = got
+    return got
+
+
+def _describe_h2(conn: Conn, hc: H2Conn, i: int) -> str:
+    """The HTTP/2 frames row i completes, and what the server's GOAWAY says of their
+    streams (a stream above its last stream id was not processed: safe to retry)."""
+    f = hc.frames
+    assert f is not None
+    at = np.flatnonzero(f.row == i)
+    if not len(at):
+        what = f"{conn.plen[i]} bytes of HTTP/2 frames"
+    else:
+        names = sorted({http2.TYPE_NAMES.get(int(f.ftype[k]), str(int(f.ftype[k]))) for k in at})
+        sids = sorted({int(f.sid[k]) for k in at if f.sid[k] > 0})
+        what = "HTTP/2 " + "+".join(names)
+        if sids:
+            what += " on stream " + ", ".join(map(str, sids))
+    note = "on a pooled, multiplexed HTTP/2 connection"
+    g = hc.goaway()
+    if g is not None and g[0] < i:
+        err = http2.ERROR_NAMES.get(g[2], str(g[2]))
+        note += f" the server had ended with GOAWAY, last stream id {g[1]}, {err}"
+        new = sorted({int(f.sid[k]) for k in at if f.client[k] and f.sid[k] > g[1]})
+        if new:
+            many = len(new) > 1
+            note += (
+                f"; so stream{'s' if many else ''} {', '.join(map(str, new))} "
+                f"{'were' if many else 'was'} not processed and {'are' if many else 'is'} "
+                "safe to retry"
+            )
+    return f"{what} ({note})"
+
+
 def describe_request(conn: Conn, i: int) -> str:
     """`GET /second` for HTTP, else `a 73-byte request`: either reads as the subject of a
     sentence ("… was sent")."""
+    hc = h2(conn)
+    if hc is not None and hc.frames is not None:
+        return _describe_h2(conn, hc, i)
     m = request_at(conn, i)
     if m is not None and m.encrypted:
-        return f"an encrypted request {m.line}"
+        on_h2 = " on an HTTP/2 connection (ALPN h2: pooled, multiplexed)" if hc else ""
+        return f"an encrypted request {m.line}{on_h2}"
     if m is not None:
         return f"{m.method} {m.target}"
     return f"a {conn.plen[i]}-byte request"

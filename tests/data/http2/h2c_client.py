@@ -38,9 +38,13 @@ time.sleep(0.1)
 s.sendall(frame(1, 4, 7, headers(b"/d")))  # no END_STREAM: open
 time.sleep(0.1)
 s.sendall(frame(3, 0, 7, struct.pack(">I", 8)))  # RST_STREAM CANCEL
-time.sleep(3)  # idle: the server sends GOAWAY and closes
+if sys.argv[2:] == ["stale"]:
+    # reuse after the server's idle timeout: GOAWAY and FIN have come, not yet read
+    time.sleep(1.6)
+    s.sendall(frame(1, 5, 9, headers(b"/e")))
+    time.sleep(0.3)
+s.settimeout(5)  # idle: the server sends GOAWAY and closes; the client reads to EOF and closes
 data = b""
-s.settimeout(1)
 try:
     while True:
         d = s.recv(65536)
