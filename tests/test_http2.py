@@ -255,3 +255,25 @@ def test_reuse_after_goaway_names_the_unprocessed_stream() -> None:
     got = _tshark(str(path), 18931, "http2.type == 7 || (http2.type == 1 && http2.streamid == 9)")
     assert got == _frames(str(path), "http2.goaway.last_stream_id == 7 || http2.streamid == 9")
     assert len(got) == 2
+
+
+def test_tls_alpn_h2_idle_close() -> None:
+    """nginx over TLS 1.3 with ALPN h2 (two requests, then the server's encrypted GOAWAY,
+    close_notify and FIN on idle): the connection is HTTP/2 by ALPN, the encrypted GOAWAY
+    is not taken for a response, and the orderly close is no finding."""
+    from tcpwhy.diagnose import http
+    from tcpwhy.diagnose.engine import diagnose_files
+
+    path = REFS / "h2-tls-nginx.pcap"
+    assert diagnose_files([str(path)]).findings == []
+    c = _conn(path)
+    hc = http.h2(c)  # type: ignore[arg-type]
+    assert hc is not None and hc.how == "ALPN h2" and hc.goaway() is None
+    msgs = http.messages(c)  # type: ignore[arg-type]
+    assert [m.is_request for m in msgs] == [True, False] * 3
+    # the server's last records (GOAWAY, close_notify) come after the last response
+    t = _table(str(path))
+    data = [i for i in range(len(t)) if int(t["payload_len"][i]) > 0]
+    goaway = data[-2]  # the server's encrypted GOAWAY, then its close_notify
+    assert int(t["sport"][goaway]) == int(t["sport"][data[-1]]) == int(t["sport"][1])
+    assert all(m.i < goaway and m.end < goaway for m in msgs)
