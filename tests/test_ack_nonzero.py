@@ -153,3 +153,36 @@ def test_filters_select_tshark_frames(capture: Path, flt: str) -> None:
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     got = [json.loads(line)["frame"] for line in out.splitlines() if line.strip()]
     assert got == want
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+def test_packets_jsonl_and_parquet_carry_tcp_ack(capture: Path, absolute: bool) -> None:
+    """`packets --format jsonl` (compiled writer) and Parquet give each TCP row tshark's
+    tcp.ack: relative (or raw with --absolute) with the ACK flag, the raw field without."""
+    opt = ("-o", "tcp.relative_sequence_numbers:FALSE") if absolute else ()
+    text = _tshark(
+        capture,
+        *opt,
+        *("-Y", "tcp && !icmp", "-T", "fields", "-e", "frame.number", "-e", "tcp.ack"),
+    )
+    want = {int(f): int(a) for f, a in (line.split("\t") for line in text.splitlines())}
+    args = ["--absolute"] if absolute else []
+    out = subprocess.run(
+        [sys.executable, "-m", "tcpwhy", "packets", str(capture), "--format", "jsonl", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    rows = [json.loads(line) for line in out.splitlines()]
+    got = {r["frame"]: r["ack"] for r in rows if r["frame"] in want}
+    assert got == want
+    pq = capture.parent / f"p{int(absolute)}.parquet"
+    subprocess.run(
+        [sys.executable, "-m", "tcpwhy", "packets", str(capture), "--format", "parquet"]
+        + ["-o", str(pq), *args],
+        check=True,
+    )
+    import pyarrow.parquet as papq
+
+    tab = papq.read_table(pq).to_pydict()
+    assert {f: a for f, a in zip(tab["frame"], tab["ack"]) if f in want} == want

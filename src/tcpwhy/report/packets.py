@@ -249,6 +249,7 @@ def iter_rows(
         ts = t["ts_ns"].tolist()
         seqs = (t["seq"] if absolute else s["rel_seq"]).tolist()
         acks = (t["ack"] if absolute else s["rel_ack"]).tolist()
+        raw_acks = t["ack"].tolist()
         # SACK edges are in the other direction's sequence space: base = raw ack - rel ack
         sack_base = (
             [0] * len(t) if absolute else (t["ack"].astype(np.int64) - s["rel_ack"]).tolist()
@@ -298,6 +299,8 @@ def iter_rows(
             f = c["flags"][i]
             ack = acks[i] if f & ACK else 0
             info = info_text(c, i, seqs[i], ack, win[i], sack_base[i])
+            if not f & ACK:  # tshark's tcp.ack without the ACK flag: the raw field
+                ack = raw_acks[i]
             text = ""
             if time_format is not None:
                 text = tshark_time(time_format, ts[i], digits, t0, prev_captured, last_shown)
@@ -794,7 +797,11 @@ def _write_chunk(
     rel_ns = ts_ns - t0
     time_bits = (rel_ns.astype(np.float64) / 1e9).view(np.int64)
     seq = t["seq"] if absolute else s["rel_seq"]
-    ack = t["ack"] if absolute else s["rel_ack"]
+    # without the ACK flag the JSON carries the raw field, as tshark's tcp.ack (the Info
+    # column prints Ack only with the flag, so one array serves both)
+    ack = np.where(
+        (t["flags"] & ACK) != 0, t["ack"] if absolute else s["rel_ack"], t["ack"]
+    ).astype(np.int64)
     sack_base = np.zeros(len(t), np.int64) if absolute else t["ack"] - s["rel_ack"]
     vocab, voff, order = _vocab()
     u8, u4, u2 = np.uint64, np.uint32, np.uint16
@@ -877,7 +884,7 @@ def _write_python_rows(
     for i in rows.tolist():
         f = int(t["flags"][i])
         seq = int((t["seq"] if absolute else s["rel_seq"])[i])
-        ack = int((t["ack"] if absolute else s["rel_ack"])[i]) if f & ACK else 0
+        ack = int((t["ack"] if absolute else s["rel_ack"])[i]) if f & ACK else int(t["ack"][i])
         base = 0 if absolute else int(t["ack"][i]) - int(s["rel_ack"][i])
         c = _row_lists(t, i)
         win = int(s["win_scaled"][i])

@@ -427,7 +427,7 @@ def format_packets(
             p = _lit(out, p, b'], "seq": ')
             p = _uint(out, p, np.int64(seq[i]))
             p = _lit(out, p, b', "ack": ')
-            p = _uint(out, p, np.int64(ack[i]) if f & _ACK else 0)
+            p = _uint(out, p, np.int64(ack[i]))  # the raw field without ACK (tshark's tcp.ack)
             p = _lit(out, p, b', "len": ')
             p = _uint(out, p, np.int64(plen[i]))
             p = _lit(out, p, b', "win": ')

@@ -383,7 +383,8 @@ def write_packets_parquet(
             for k, bit in enumerate(flag_bits):  # Wireshark's order, one bit per name
                 fbits |= ((flags & bit) != 0).astype(np.uint64) << np.uint64(k)
             ack = (t["ack"] if absolute else s["rel_ack"])[idx].astype(np.int64)
-            ack = np.where((t["flags"][idx] & 0x10) != 0, ack, 0)
+            # without the ACK flag, the raw field (tshark's tcp.ack)
+            ack = np.where((t["flags"][idx] & 0x10) != 0, ack, t["ack"][idx].astype(np.int64))
             ts = t["ts_ns"][idx].astype(np.int64)
             t0 = stats.first_ts_ns or 0
             cols = {
@@ -540,7 +541,7 @@ _PACKET_NOTES = {
     "length": "frame length on the wire",
     "flags": "TCP flag names, in Wireshark's order",
     "seq": "sequence number (relative unless `--absolute`)",
-    "ack": "acknowledgment number (0 without the ACK flag)",
+    "ack": "acknowledgment number (without the ACK flag the raw field, as tshark's tcp.ack)",
     "len": "TCP payload length",
     "win": "window, scaled",
     "stream": "Wireshark's `tcp.stream`",
