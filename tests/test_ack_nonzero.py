@@ -177,12 +177,12 @@ def test_packets_jsonl_and_parquet_carry_tcp_ack(capture: Path, absolute: bool) 
     got = {r["frame"]: r["ack"] for r in rows if r["frame"] in want}
     assert got == want
     pq = capture.parent / f"p{int(absolute)}.parquet"
+    cmd = (sys.executable, "-m", "tcpwhy", "packets")
     subprocess.run(
-        [sys.executable, "-m", "tcpwhy", "packets", str(capture), "--format", "parquet"]
-        + ["-o", str(pq), *args],
+        [*cmd, str(capture), *args, "--format", "parquet", "-o", str(pq)],
         check=True,
     )
     import pyarrow.parquet as papq
 
     tab = papq.read_table(pq).to_pydict()
-    assert {f: a for f, a in zip(tab["frame"], tab["ack"]) if f in want} == want
+    assert {f: a for f, a in zip(tab["frame"], tab["ack"], strict=True) if f in want} == want
