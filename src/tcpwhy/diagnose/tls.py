@@ -192,6 +192,7 @@ def _exchanges(conn: Conn, tc: TLSConn) -> list[Message]:
     """Requests and responses from the turns of application-data records."""
     tls13 = tc.version == 0x0304
     closing = {id(c.record) for c in tc.closing.values()}
+    closing |= _h2_goaway(tc)
     client_finished_seen = not tls13
     msgs: list[Message] = []
     for r in tc.records:
@@ -217,6 +218,36 @@ def _exchanges(conn: Conn, tc: TLSConn) -> list[Message]:
             )
         )
     return msgs
+
+
+H2_GOAWAY_MAX = 9 + 8 + 64 + rec.ENCRYPTED_ALERT_MAX
+"""Longest record taken for an HTTP/2 GOAWAY: its 9-byte frame header, last stream id and
+error code, a short debug text, and the record's encryption overhead."""
+
+
+def _h2_goaway(tc: TLSConn) -> set[int]:
+    """On an HTTP/2 connection (ALPN h2), the server's short record right before its
+    closing alert, after its answer to the client's last data and with no client data
+    after it: almost certainly the GOAWAY of an orderly close, no response."""
+    c = tc.closing.get(SERVER)
+    if tc.alpn != [b"h2"] or c is None:
+        return set()
+    i = next(k for k, r in enumerate(tc.records) if r is c.record)
+    prev = [r for r in tc.records[:i] if r.side == SERVER]
+    if not prev:
+        return set()
+    g = prev[-1]
+    if g.ctype != rec.APPLICATION_DATA or g.length > H2_GOAWAY_MAX:
+        return set()
+    client = [r.row for r in tc.records if r.side == CLIENT and r.ctype == rec.APPLICATION_DATA]
+    if not client or client[-1] > g.row:
+        return set()
+    # the response to the last request came first: a lone record after it is the response
+    answered = any(
+        r.side == SERVER and r.ctype == rec.APPLICATION_DATA and client[-1] < r.row < g.row
+        for r in tc.records
+    )
+    return {id(g)} if answered else set()
 
 
 def closing_rows(conn: Conn) -> frozenset[int]:
