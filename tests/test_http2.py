@@ -7,6 +7,8 @@ one whose payload is, a PING, RST_STREAMs both ways, and the server's GOAWAY on 
 its FIN. tests/data/http2/filters.expected.tsv holds the frames tshark selects for every
 filter of filters.txt (``-d tcp.port==18931,http2``). `test_live_capture_matches_tshark`
 records a new exchange the same way and compares every filter with tshark on it.
+h2c-stale.pcap reuses the connection after the server's GOAWAY and FIN; h2-tls-nginx.pcap
+and h2-tls-stale.pcap are the same over TLS 1.3 with ALPN h2 (a self-signed certificate).
 """
 
 from __future__ import annotations
@@ -277,3 +279,14 @@ def test_tls_alpn_h2_idle_close() -> None:
     goaway = data[-2]  # the server's encrypted GOAWAY, then its close_notify
     assert int(t["sport"][goaway]) == int(t["sport"][data[-1]]) == int(t["sport"][1])
     assert all(m.i < goaway and m.end < goaway for m in msgs)
+
+
+def test_tls_alpn_h2_reuse_after_close_says_http2() -> None:
+    """Over TLS with ALPN h2, a request written after the server's idle close is named an
+    encrypted request on an HTTP/2 connection (its frames cannot be read)."""
+    from tcpwhy.diagnose.engine import diagnose_files
+
+    (f,) = diagnose_files([str(REFS / "h2-tls-stale.pcap")]).findings
+    assert f.kind == "data-after-fin"
+    assert "an encrypted request of " in f.summary
+    assert "on an HTTP/2 connection (ALPN h2: pooled, multiplexed)" in f.summary
