@@ -246,18 +246,21 @@ class Capture:
         wanted = np.zeros(int(conv.max()) + 1, np.bool_)
         wanted[conv[plain]] = True
         keep = wanted[conv]
-        table, streams = self.table, self._streams
-        if not keep.all():
-            rows = np.flatnonzero(keep)
-            table = PacketTable({k: table.cols[k][rows] for k in ANALYSIS_COLUMNS})
-            streams = {k: v[rows] for k, v in streams.items()}
-        out = np.zeros(len(table), np.uint32)
+        cols, streams = self.table.cols, self._streams
+        # the kept rows are gathered a chunk at a time (a copy of every kept row's columns
+        # at once was hundreds of MB at the peak of a large capture)
+        rows = None if keep.all() else np.flatnonzero(keep)
+        m = n if rows is None else len(rows)
+        out = np.zeros(m, np.uint32)
         analyzer = Analyzer()  # fed chunk by chunk, as when streaming: its buffers stay small
-        for lo in range(0, len(table), TRACK_CHUNK):
-            hi = min(len(table), lo + TRACK_CHUNK)
-            part = PacketTable({k: table.cols[k][lo:hi] for k in ANALYSIS_COLUMNS})
-            out[lo:hi] = analyzer.feed(part, {k: v[lo:hi] for k, v in streams.items()}).bits
-        bits[keep] = out
+        for lo in range(0, m, TRACK_CHUNK):
+            hi = min(m, lo + TRACK_CHUNK)
+            sel = slice(lo, hi) if rows is None else rows[lo:hi]
+            part = PacketTable({k: cols[k][sel] for k in ANALYSIS_COLUMNS})
+            out[lo:hi] = analyzer.feed(part, {k: v[sel] for k, v in streams.items()}).bits
+        if rows is None:
+            return out
+        bits[rows] = out
         return bits
 
     def flag(self, name: str) -> npt.NDArray[np.bool_]:

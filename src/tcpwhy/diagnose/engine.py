@@ -9,6 +9,9 @@ several points are paired (`pairing`) and reported once.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -153,12 +156,15 @@ def diagnose_files(
         for t in iter_tables(p, st):
             # without a display filter only the diagnosis reads the table: keep its columns
             parts.append(t if flt is not None else _slim(t))
+            del t
+            release_freed()
             if progress:
                 progress(f"reading {os.path.basename(p)}", done + st.bytes_read, total)
         tables.append(
             (p, PacketTable.concat(parts) if flt is not None else _join(parts, free=True))
         )
         del parts
+        release_freed()
         stats_all.append(st)
         done += size
     groups = sorted(_groups(tables), key=min)  # capture points in the order given
@@ -280,6 +286,7 @@ def _join(parts: list[PacketTable], free: bool = False) -> PacketTable:
         if free:
             for t in parts:
                 del t.cols[k]
+            release_freed()
     data = np.empty(int(base[-1]), np.uint8)
     for t, b in zip(parts, base, strict=False):
         data[b : b + len(t.data)] = t.data
@@ -310,6 +317,27 @@ def _with_compact_payload(cols: dict[str, np.ndarray], parts: list[PacketTable])
         start += n
     cols["payload_off"] = new_off.astype(np.uint64)
     return PacketTable(cols, data)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_freed() -> None:
+    """Give the heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing).
+
+    A capture is read in chunks whose columns are a few MB each: glibc serves them from its
+    heap once its mmap threshold has risen, and keeps them after they are freed, so the chunks
+    of a whole capture stayed resident beside the joined table (conns-heavy.pcap: 1.46 GB at
+    the join, of which 0.6 GB was freed chunks)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _plain_size(path: str) -> int:
