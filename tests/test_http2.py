@@ -290,3 +290,28 @@ def test_tls_alpn_h2_reuse_after_close_says_http2() -> None:
     assert f.kind == "data-after-fin"
     assert "an encrypted request of " in f.summary
     assert "on an HTTP/2 connection (ALPN h2: pooled, multiplexed)" in f.summary
+
+
+def test_stream_crossing_goaway_is_cut_off() -> None:
+    """A new stream that left before the server's GOAWAY arrived (here: the stale
+    recording's late HEADERS moved before the GOAWAY) is named as cut off by it."""
+    from tcpwhy.diagnose import http
+    from tcpwhy.diagnose.context import Capture, Conn
+
+    t = _table(str(REFS / "h2c-stale.pcap"))
+    ctx = FilterContext(t)
+    f = http2.find_frames(t, ctx.streams["stream"], ctx.streams["dir"])
+    late = int(f.row[(f.ftype == http2.HEADERS) & (f.sid == 9)][0])
+    goaway = int(f.row[f.ftype == http2.GOAWAY][0])
+    order = [r for r in range(len(t)) if r != late]
+    order.insert(order.index(goaway), late)
+    t2 = t.take(np.asarray(order, np.int64))
+    c = Conn(Capture(t2, np.zeros(len(t2), np.int16), ["x"]), 0)
+    i = order.index(late)
+    text = http.describe_request(c, i)
+    assert text.startswith("HTTP/2 HEADERS on stream 9 (on a pooled, multiplexed HTTP/2")
+    assert "GOAWAY that crossed it said last stream id 7, NO_ERROR" in text
+    assert "stream 9 was not processed and is safe to retry" in text
+    # before the GOAWAY, stream 5 was processed: no such words
+    early = int(f.row[(f.ftype == http2.HEADERS) & (f.sid == 5) & f.client][0])
+    assert "retry" not in http.describe_request(c, order.index(early))

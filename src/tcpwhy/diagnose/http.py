@@ -287,10 +287,13 @@ def _describe_h2(conn: Conn, hc: H2Conn, i: int) -> str:
             what += " on stream " + ", ".join(map(str, sids))
     note = "on a pooled, multiplexed HTTP/2 connection"
     g = hc.goaway()
-    if g is not None and g[0] < i:
+    new = sorted({int(f.sid[k]) for k in at if f.client[k] and g is not None and f.sid[k] > g[1]})
+    if g is not None and (g[0] < i or new):
         err = http2.ERROR_NAMES.get(g[2], str(g[2]))
-        note += f" the server had ended with GOAWAY, last stream id {g[1]}, {err}"
-        new = sorted({int(f.sid[k]) for k in at if f.client[k] and f.sid[k] > g[1]})
+        if g[0] < i:
+            note += f" the server had ended with GOAWAY, last stream id {g[1]}, {err}"
+        else:  # the request crossed the GOAWAY: the streams above its last id were cut off
+            note += f"; the server's GOAWAY that crossed it said last stream id {g[1]}, {err}"
         if new:
             many = len(new) > 1
             note += (
