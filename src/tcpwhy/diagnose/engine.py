@@ -181,6 +181,7 @@ def diagnose_files(
         if flt is not None:
             table, file_of_row, numbers = _limit_to_filter(table, file_of_row, flt)
         caps.append(Capture(table, file_of_row, [tables[i][0] for i in g], numbers))
+        release_freed()  # the stream tracker's chunks and the per-stream counts' temporaries
     names = [", ".join(c.files) for c in caps]
     pairs: list[PathPair] = []
     if pair and len(caps) > 1:
@@ -192,6 +193,7 @@ def diagnose_files(
         if progress:
             progress(f"diagnosing {', '.join(os.path.basename(f) for f in cap.files)}", None, None)
         diags.append(run_rules(cap, settings))
+        release_freed()
     findings = _merge(diags, pairs, names)
     endings: dict[str, int] = {}
     nconn = 0
