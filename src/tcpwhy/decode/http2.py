@@ -99,14 +99,16 @@ def h2_streams(table: PacketTable, stream: npt.NDArray[Any]) -> I64:
     st = stream[data_rows].astype(np.int64)
     _, idx = np.unique(st, return_index=True)
     first = data_rows[idx]
-    out = []
-    for r in first.tolist():
-        got = table.payload(r, len(PREFACE))
-        # the whole preface, or all of a first segment that holds only its start
-        whole = len(got) == len(PREFACE) or len(got) == int(table["payload_len"][r])
-        if got and whole and PREFACE.startswith(got):
-            out.append(int(stream[r]))
-    return np.asarray(sorted(out), np.int64)
+    # the first payload holds the whole preface, or only its start and nothing else
+    cap = np.minimum(table["payload_cap"][first].astype(np.int64), len(PREFACE))
+    whole = (cap == len(PREFACE)) | (cap == table["payload_len"][first].astype(np.int64))
+    off = table["payload_off"][first].astype(np.int64)
+    j = np.arange(len(PREFACE))
+    b = table.data[np.minimum(off[:, None] + j[None, :], table.data.size - 1)]
+    want = np.frombuffer(PREFACE, np.uint8)[None, :]
+    same = ((b == want) | (j[None, :] >= cap[:, None])).all(axis=1)
+    ok = (cap > 0) & whole & same
+    return np.sort(st[idx][ok])
 
 
 def _walk(
