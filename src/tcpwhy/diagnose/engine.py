@@ -325,7 +325,7 @@ def _with_compact_payload(cols: dict[str, np.ndarray], parts: list[PacketTable])
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim  # type: ignore[no-any-return]
+        return libc.malloc_trim
     except (OSError, AttributeError):  # not glibc
         return None
 
