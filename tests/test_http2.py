@@ -193,7 +193,10 @@ def test_live_capture_matches_tshark(tmp_path: Path) -> None:
                 break
             except OSError:
                 time.sleep(0.05)
-        time.sleep(0.3)  # tcpdump is listening (its own start is not signalled)
+        # tcpdump writes the file's header once it listens; give it a moment more
+        while time.monotonic() < deadline + 5 and (not pcap.exists() or pcap.stat().st_size < 24):
+            time.sleep(0.05)
+        time.sleep(0.3)
         subprocess.run(
             [sys.executable, str(REFS / "h2c_client.py"), str(port)],
             check=True,
