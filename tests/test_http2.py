@@ -186,17 +186,17 @@ def test_live_capture_matches_tshark(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 5
+        # probe connections until nginx answers and tcpdump has written one (tcpdump
+        # flushes its file on each packet, so a packet in the file says it listens)
+        deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
+                if pcap.exists() and pcap.stat().st_size > 24:
+                    break
             except OSError:
-                time.sleep(0.05)
-        # tcpdump writes the file's header once it listens; give it a moment more
-        while time.monotonic() < deadline + 5 and (not pcap.exists() or pcap.stat().st_size < 24):
+                pass
             time.sleep(0.05)
-        time.sleep(0.3)
         subprocess.run(
             [sys.executable, str(REFS / "h2c_client.py"), str(port)],
             check=True,
@@ -212,7 +212,7 @@ def test_live_capture_matches_tshark(tmp_path: Path) -> None:
     t = read_table(str(pcap))
     ctx = FilterContext(t)
     f = http2.find_frames(t, ctx.streams["stream"], ctx.streams["dir"])
-    # the probe connection above has no preface; the client's does
+    # the probe connections above have no preface; the client's does
     assert len(f.h2_streams) == 1 and (f.ftype == http2.GOAWAY).sum() == 1
     for flt in FILTERS:
         flt = flt.replace("18931", str(port))
