@@ -7,11 +7,15 @@ plus the enclosing tunnel's addresses), and when the last hole is filled builds 
 datagram and decodes it with the same compiled decoder. Its rows take the frame of the
 fragment that completed it, as tshark shows the reassembled packet there.
 
-Overlapping fragments are resolved as Wireshark does: the fragments are ordered by offset
-(a later fragment before an earlier one at the same offset) and each contributes only
-bytes past what the ones before it covered. Fragments the capture cut short (snaplen) are
-not used, as in Wireshark. Once reassembled, a datagram's key is remembered (until the
-timeout), so a repeated fragment does not start a second datagram.
+Overlapping fragments are resolved as tshark 4.0 does (tests/test_reassembly_overlap.py
+compares both): the fragments are ordered by offset (at the same offset, the one that
+arrived first comes first) and each contributes only bytes past what the ones before it
+covered, so the first-written bytes are kept wherever fragments overlap. The datagram's
+length is set by the first fragment without the more-fragments flag; a later one with
+another length does not change it, and bytes past that length are dropped. Fragments the
+capture cut short (snaplen) are not used, as in Wireshark. Once reassembled, a datagram
+is forgotten, as tshark's single pass does: its fragments sent again start a new datagram
+(reassembled a second time if complete, with the new bytes; counted as incomplete if not).
 
 Memory is bounded: at most `MAX_PENDING` datagrams and `MAX_BYTES` of fragment data are
 held; a datagram still incomplete after `TIMEOUT_NS` of capture time, evicted for room,
@@ -175,20 +179,19 @@ class Reassembler:
         if offset == 0:
             d.header = header
         self._seq += 1
-        d.frags.append((offset, -self._seq, data))
+        d.frags.append((offset, self._seq, data))
         d.size += len(data)
         self._bytes += len(data)
-        if not more:
+        if not more and d.total < 0:  # the first tail sets the length, as in tshark
             d.total = offset + len(data)
         if d.total < 0:
             return None
         whole = self._join(d)
         if whole is None:
             return None
-        d.done = True
+        # forgotten once complete, as in tshark: a repeat starts a new datagram
+        del self._pending[key]
         self._bytes -= d.size
-        d.size = 0
-        d.frags = []
         self.reassembled += 1
         return self._rebuild(d, whole)
 
