@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -244,18 +245,56 @@ def test_fixes_by_stack(capfd: pytest.CaptureFixture[str]) -> None:
     _, text = run(capfd, "analyze", str(LAB / "stale-keepalive.pcap"))
     for sentence in f["fixes"]:
         assert f"- {sentence[:60]}" in text
-    # a finding whose fixes name no stack: one "any" object per sentence
+    # a sentence that names no stack is one "any" object, its words; one that does, its parts
     _, out = run(capfd, "analyze", str(LAB / "close-wait-leak.pcap"), "--format", "json")
-    for g in json.loads(out)["findings"]:
-        if g["kind"] == "close-wait-leak":
-            assert [x["text"] for x in g["fixes_by_stack"]] == g["fixes"]
-            assert {x["stack"] for x in g["fixes_by_stack"]} == {"any"}
+    (g,) = [g for g in json.loads(out)["findings"] if g["kind"] == "close-wait-leak"]
+    prose = [x for x in g["fixes_by_stack"] if x["text"] in g["fixes"]]
+    assert prose and {x["stack"] for x in prose} == {"any"}
+    assert "Pools: evict connections the server closed." in [x["text"] for x in g["fixes_by_stack"]]
+    assert {x["stack"] for x in g["fixes_by_stack"]} > {"any", "java-apache-httpclient"}
     a = advice("Set it.", sysctl("net.ipv4.tcp_tw_reuse", "1", "on clients"))
     for copy_of in (pickle.loads(pickle.dumps(a)), copy.deepcopy(a)):
         assert isinstance(copy_of, Advice) and copy_of == "Set it."
         assert fixes_of(copy_of) == a.fixes
     with pytest.raises(ValueError):
         advice("x", sysctl("a", None, "b").__class__("cobol", None, None, "no such stack"))
+
+
+# a setting a stack names in a fix sentence: a sysctl, an nginx directive, a TLS library's or
+# an HTTP client's configuration field
+KNOB_WORDS = re.compile(
+    r"\bnet\.(?:ipv4|ipv6|core)\.\w+|\b(?:proxy|ssl|keepalive)_\w+|tls\.Config|SSLContext"
+    r"|jdk\.tls\.|http\.Transport|http\.Agent|\bIdleConnTimeout|\bmax_retries"
+    r"|maxseg size|\bSSL_OP_\w+"
+)
+
+
+def test_fixes_with_a_knob_name_a_stack(capfd: pytest.CaptureFixture[str]) -> None:
+    """A fix sentence that names a setting gives it as a stack's {stack, knob} object, not
+    only as "any" prose; on the lab recordings most fix objects name a stack."""
+    from tcpwhy.diagnose.engine import diagnose_files
+    from tcpwhy.diagnose.knowledge import STACKS, fixes_of
+
+    total = neutral = 0
+    checked: set[str] = set()
+    for cap in CAPTURES:
+        for f in diagnose_files([str(cap)]).findings:
+            for sentence in f.fixes:
+                parts = fixes_of(sentence)
+                assert {x.stack for x in parts} <= set(STACKS)
+                total += len(parts)
+                neutral += sum(x.stack == "any" for x in parts)
+                if KNOB_WORDS.search(sentence):
+                    assert any(x.stack != "any" and x.knob for x in parts), (f.kind, sentence)
+                    checked.add(f.kind)
+        _, out = run(capfd, "analyze", str(cap), "--format", "json")
+        # the JSON carries the same objects
+        n = sum(len(f["fixes_by_stack"]) for f in json.loads(out)["findings"])
+        assert n == sum(
+            len(fixes_of(x)) for f in diagnose_files([str(cap)]).findings for x in f.fixes
+        )
+    assert {"tls-fatal-alert", "tls-truncation", "pmtu-discovery", "pmtu-black-hole"} <= checked
+    assert neutral < total / 2, (neutral, total)
 
 
 def test_lab_json_and_its_kernel_trace(netns_ok: None, tmp_path: Path) -> None:

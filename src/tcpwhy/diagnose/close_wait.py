@@ -10,6 +10,7 @@ from __future__ import annotations
 from tcpwhy.diagnose.closing import PROMPT_S
 from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import CLIENT, SERVER, WHO, Conn, fmt_s
+from tcpwhy.diagnose.knowledge import Fix, advice
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 from tcpwhy.tcp.state import State
@@ -138,7 +139,22 @@ def _tell(g: Group) -> Story:
         f"On the {who} host: `ss -tanp state close-wait` shows the owning process; its "
         "count growing over time (and the process's fd count with it) confirms the leak. "
         "There is no kernel knob for CLOSE_WAIT: only the application can fix it.",
-        "Pools: evict connections the server closed (validate or read idle sockets).",
+        advice(
+            "Pools: evict connections the server closed (validate or read idle sockets).",
+            Fix("any", None, None, "Pools: evict connections the server closed."),
+            Fix(
+                "java-apache-httpclient",
+                "setValidateAfterInactivity",
+                None,
+                "Apache HttpClient: setValidateAfterInactivity(…) and evictIdleConnections(…)",
+            ),
+            Fix(
+                "python-aiohttp",
+                "TCPConnector.enable_cleanup_closed",
+                "True",
+                "aiohttp: TCPConnector(enable_cleanup_closed=True)",
+            ),
+        ),
     ]
     errors = [
         f"{who} (eventually): 'Too many open files' (EMFILE), or pool exhaustion such as "

@@ -120,9 +120,31 @@ def _tell(g: Group) -> Story:
     fixes = [
         f"In the {writer}: treat read() == 0 (EOF) as the end of the connection and close "
         "it; check for a pending close before writing on an idle connection.",
-        "Align timeouts end to end (client timeout > proxy timeout > server processing "
-        "budget) or propagate deadlines so the late side stops working; nginx "
-        "proxy_ignore_client_abort decides whether upstream work continues.",
+        knowledge.advice(
+            "Align timeouts end to end (client timeout > proxy timeout > server processing "
+            "budget) or propagate deadlines so the late side stops working; nginx "
+            "proxy_ignore_client_abort decides whether upstream work continues.",
+            knowledge.Fix(
+                "any",
+                None,
+                None,
+                "Align timeouts end to end (client timeout > "
+                "proxy timeout > server processing budget) or propagate deadlines.",
+            ),
+            knowledge.Fix(
+                "nginx",
+                "proxy_ignore_client_abort",
+                None,
+                "nginx: proxy_ignore_client_abort (off, the default: the upstream "
+                "request is closed when the client goes)",
+            ),
+            knowledge.Fix(
+                "nginx",
+                "proxy_read_timeout",
+                None,
+                "nginx: proxy_read_timeout below the client's timeout",
+            ),
+        ),
     ]
     facts = {"server": server, "closer": closer_name}
     errors = knowledge.BROKEN_PIPE + knowledge.RESET

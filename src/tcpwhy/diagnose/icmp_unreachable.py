@@ -209,14 +209,52 @@ def _tell(g: Group) -> Story:
         f"Find the rule that rejects: on {f['from']} run `nft list ruleset | grep -n reject` "
         "(or `iptables -S | grep REJECT`, `firewall-cmd --list-all`); in a cloud, the "
         "security group and network ACL of the destination's subnet.",
-        f"Open the port where it is meant to be reachable, e.g. `nft add rule inet filter "
-        f"input tcp dport {port} accept` before the reject, or a security-group rule "
-        "allowing the client's address.",
+        knowledge.advice(
+            f"Open the port where it is meant to be reachable, e.g. `nft add rule inet filter "
+            f"input tcp dport {port} accept` before the reject, or a security-group rule "
+            "allowing the client's address.",
+            knowledge.Fix(
+                "nftables",
+                "tcp dport",
+                port,
+                f"nft add rule inet filter input tcp dport {port} accept (before the reject)",
+            ),
+            knowledge.Fix(
+                "any", None, None, "in a cloud: a security-group rule allowing the client's address"
+            ),
+        ),
         f"Check the route where the error came from: `ip route get {c.server_ip.strip('[]')}` "
         f"on {f['from']} (and on the client); add the missing route or fix the address the "
         "client uses (configuration, DNS).",
-        "Clients: treat EHOSTUNREACH/ENETUNREACH from connect() as a fast failure to "
-        "another address, not as something to retry at once.",
+        knowledge.advice(
+            "Clients: treat EHOSTUNREACH/ENETUNREACH from connect() as a fast failure to "
+            "another address, not as something to retry at once.",
+            knowledge.Fix(
+                "any",
+                None,
+                None,
+                "Clients: treat EHOSTUNREACH/ENETUNREACH from "
+                "connect() as a fast failure to another address.",
+            ),
+            knowledge.Fix(
+                "go",
+                "net.Dialer.FallbackDelay",
+                None,
+                "Go: net.Dialer tries the next address (FallbackDelay for the other family)",
+            ),
+            knowledge.Fix(
+                "node",
+                "autoSelectFamily",
+                "true",
+                "Node.js: net.connect({autoSelectFamily: true}) tries each address",
+            ),
+            knowledge.Fix(
+                "python",
+                "happy_eyeballs_delay",
+                None,
+                "Python asyncio: open_connection(happy_eyeballs_delay=…)",
+            ),
+        ),
     ]
     errors = (
         knowledge.REFUSED

@@ -18,6 +18,16 @@ from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 from tcpwhy.diagnose.resets import too_fast, trigger, usual_ttl
 
+_BELOW_IDLE = (
+    knowledge.Fix("any", None, None, "Keep connections below the middlebox's idle timeout: TCP "
+                  "keep-alive or application pings more often than it."),
+    knowledge.sysctl("net.ipv4.tcp_keepalive_time", None,
+                     "TCP keep-alive (SO_KEEPALIVE) with net.ipv4.tcp_keepalive_time, or "
+                     "TCP_KEEPIDLE per socket, below the middlebox's idle timeout"),
+    *knowledge.CLIENT_IDLE,
+)  # fmt: skip
+"""Staying under a middlebox's idle timeout: keep-alive, or a shorter client pool idle time."""
+
 KIND = "middlebox-reset"
 
 
@@ -119,9 +129,12 @@ def _tell(g: Group) -> Story:
             "An intrusion-prevention or policy device injecting resets.",
         ],
         fixes=[
-            "Keep connections below the middlebox's idle timeout: TCP keep-alive or "
-            "application pings more often than it, or a client pool idle timeout shorter "
-            "than it.",
+            knowledge.advice(
+                "Keep connections below the middlebox's idle timeout: TCP keep-alive or "
+                "application pings more often than it, or a client pool idle timeout shorter "
+                "than it.",
+                *_BELOW_IDLE,
+            ),
             "Capture on the peer at the same time: if the peer never sent this RST, it was "
             "made on the path; then check the middlebox's logs and timeouts.",
         ],
@@ -158,9 +171,12 @@ def _tell_certain(g: Group) -> Story:
             "An intrusion-prevention or policy device injecting resets.",
         ],
         fixes=[
-            "Keep connections below the middlebox's idle timeout: TCP keep-alive or "
-            "application pings more often than it, or a client pool idle timeout shorter "
-            "than it.",
+            knowledge.advice(
+                "Keep connections below the middlebox's idle timeout: TCP keep-alive or "
+                "application pings more often than it, or a client pool idle timeout shorter "
+                "than it.",
+                *_BELOW_IDLE,
+            ),
             "Find the box between the two capture points (its logs, its idle timeout).",
         ],
         errors=knowledge.RESET,

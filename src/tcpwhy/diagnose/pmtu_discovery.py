@@ -6,6 +6,7 @@ from __future__ import annotations
 from tcpwhy.diagnose.common import Group
 from tcpwhy.diagnose.context import WHO, Conn, fmt_s
 from tcpwhy.diagnose.icmp_unreachable import IcmpInstance
+from tcpwhy.diagnose.knowledge import Fix, advice
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.pmtu_black_hole import headers
 from tcpwhy.diagnose.registry import Diag, make_finding, plural, rule
@@ -88,9 +89,25 @@ def _tell(g: Group) -> Story:
     )
     causes = [f"A link with MTU {f['mtu']} on the path (a tunnel, VPN or overlay)."]
     fixes = [
-        "Nothing is broken. Keep ICMP type 3 code 4 / ICMPv6 type 2 allowed on every "
-        "firewall of this path; MSS clamping on the tunnel (`tcp option maxseg size set rt "
-        "mtu`) would save the first round trip.",
+        advice(
+            "Nothing is broken. Keep ICMP type 3 code 4 / ICMPv6 type 2 allowed on every "
+            "firewall of this path; MSS clamping on the tunnel (`tcp option maxseg size set rt "
+            "mtu`) would save the first round trip.",
+            Fix(
+                "any",
+                None,
+                None,
+                "Nothing is broken. Keep ICMP type 3 code 4 / ICMPv6 type "
+                "2 allowed on every firewall of this path.",
+            ),
+            Fix(
+                "nftables",
+                "tcp option maxseg size",
+                "rt mtu",
+                "nftables on the tunnel's forward chain: tcp flags syn tcp option maxseg size "
+                "set rt mtu",
+            ),
+        ),
     ]
     facts = {"server": c.server, "mtu": f["mtu"], "from": f["from"]}
     return Story(Severity.INFO, summary, explanation, causes, fixes, [], facts)

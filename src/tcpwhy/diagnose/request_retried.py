@@ -12,6 +12,7 @@ import numpy as np
 from tcpwhy.diagnose import http, tls
 from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import CLIENT, SERVER, fmt_s
+from tcpwhy.diagnose.knowledge import Fix, advice
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 
@@ -150,8 +151,31 @@ def _tell(g: Group) -> Story:
             "the retry was safe."
         )
     fixes = [
-        "Keep retries limited to idempotent requests, or send an Idempotency-Key so the "
-        "server can drop duplicates.",
+        advice(
+            "Keep retries limited to idempotent requests, or send an Idempotency-Key so the "
+            "server can drop duplicates.",
+            Fix("any", None, None, "send an Idempotency-Key so the server can drop duplicates"),
+            Fix(
+                "python-requests",
+                "Retry.allowed_methods",
+                None,
+                "Python requests/urllib3: Retry(allowed_methods=…) (its default leaves POST out)",
+            ),
+            Fix(
+                "nginx",
+                "proxy_next_upstream",
+                None,
+                "nginx: proxy_next_upstream without non_idempotent (the default: POST is not "
+                "passed to the next upstream)",
+            ),
+            Fix(
+                "go",
+                None,
+                None,
+                "Go's http.Transport retries only idempotent requests (or ones with an "
+                "Idempotency-Key header) itself",
+            ),
+        ),
         "Remove the cause of the first failure (see the other findings) rather than relying "
         "on the retry.",
     ]

@@ -22,6 +22,7 @@ from tcpwhy.decode import tls as rec
 from tcpwhy.diagnose import tls
 from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import CLIENT, SERVER, WHO, Conn
+from tcpwhy.diagnose.knowledge import Fix, advice
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 
@@ -55,26 +56,99 @@ class AlertHelp:
 
 
 _CERT_FIXES = (
-    "Serve the whole chain (leaf and intermediates: nginx ssl_certificate with the "
-    "fullchain file; Go tls.Certificate with every intermediate), issued by a CA the "
-    "clients trust, for the name they ask for (SNI), and not expired.",
-    "In the client, trust the CA that issued it when it is a private one: Python "
-    "ssl.create_default_context(cafile=…) / requests verify=…; Go tls.Config{RootCAs: …}; "
-    "Java a truststore with the CA (-Djavax.net.ssl.trustStore); Node.js ca: … or "
-    "NODE_EXTRA_CA_CERTS; curl --cacert; nginx as proxy proxy_ssl_trusted_certificate. "
-    "Never turn verification off to make it pass.",
+    advice(
+        "Serve the whole chain (leaf and intermediates: nginx ssl_certificate with the "
+        "fullchain file; Go tls.Certificate with every intermediate), issued by a CA the "
+        "clients trust, for the name they ask for (SNI), and not expired.",
+        Fix(
+            "any",
+            None,
+            None,
+            "Serve a certificate issued by a CA the clients trust, for "
+            "the name they ask for (SNI), not expired, with its intermediates.",
+        ),
+        Fix("nginx", "ssl_certificate", None, "nginx: ssl_certificate with the fullchain file"),
+        Fix(
+            "go",
+            "tls.Config.Certificates",
+            None,
+            "Go: tls.Certificate with every intermediate in Certificate",
+        ),
+    ),
+    advice(
+        "In the client, trust the CA that issued it when it is a private one: Python "
+        "ssl.create_default_context(cafile=…) / requests verify=…; Go tls.Config{RootCAs: …}; "
+        "Java a truststore with the CA (-Djavax.net.ssl.trustStore); Node.js ca: … or "
+        "NODE_EXTRA_CA_CERTS; curl --cacert; nginx as proxy proxy_ssl_trusted_certificate. "
+        "Never turn verification off to make it pass.",
+        Fix("python", "cafile", None, "Python: ssl.create_default_context(cafile=…)"),
+        Fix("python-requests", "verify", None, "requests: verify=… (the CA bundle's path)"),
+        Fix("go", "tls.Config.RootCAs", None, "Go: tls.Config{RootCAs: …}"),
+        Fix(
+            "java",
+            "javax.net.ssl.trustStore",
+            None,
+            "Java: a truststore with the CA (-Djavax.net.ssl.trustStore)",
+        ),
+        Fix("node", "ca", None, "Node.js: tls/https option ca: … or NODE_EXTRA_CA_CERTS"),
+        Fix(
+            "nginx",
+            "proxy_ssl_trusted_certificate",
+            None,
+            "nginx as proxy: proxy_ssl_trusted_certificate (with proxy_ssl_verify on)",
+        ),
+    ),
     "Check what the server really sends: openssl s_client -connect HOST:PORT "
     "-servername NAME -showcerts.",
 )
 _VERSION_FIXES = (
-    "Make the two sides share a version and a cipher suite: list what each offers "
-    "(nginx ssl_protocols / ssl_ciphers; Go tls.Config{MinVersion, MaxVersion, "
-    "CipherSuites}; Python SSLContext.minimum_version / maximum_version / set_ciphers; "
-    "Java jdk.tls.client.protocols and jdk.tls.disabledAlgorithms; Node.js minVersion / "
-    "maxVersion / ciphers; curl --tlsv1.2 --tls-max / --ciphers).",
-    "Upgrade the old side rather than re-enabling TLS 1.0/1.1 or weak ciphers on the new one "
-    "(the system crypto policy may forbid them: update-crypto-policies, "
-    "/etc/ssl/openssl.cnf MinProtocol / CipherString).",
+    advice(
+        "Make the two sides share a version and a cipher suite: list what each offers "
+        "(nginx ssl_protocols / ssl_ciphers; Go tls.Config{MinVersion, MaxVersion, "
+        "CipherSuites}; Python SSLContext.minimum_version / maximum_version / set_ciphers; "
+        "Java jdk.tls.client.protocols and jdk.tls.disabledAlgorithms; Node.js minVersion / "
+        "maxVersion / ciphers; curl --tlsv1.2 --tls-max / --ciphers).",
+        Fix("nginx", "ssl_protocols", None, "nginx: ssl_protocols"),
+        Fix("nginx", "ssl_ciphers", None, "nginx: ssl_ciphers"),
+        Fix(
+            "go",
+            "tls.Config.MinVersion",
+            None,
+            "Go: tls.Config{MinVersion, MaxVersion, CipherSuites}",
+        ),
+        Fix(
+            "python",
+            "SSLContext.minimum_version",
+            None,
+            "Python: SSLContext.minimum_version / maximum_version / set_ciphers",
+        ),
+        Fix(
+            "java",
+            "jdk.tls.client.protocols",
+            None,
+            "Java: jdk.tls.client.protocols and jdk.tls.disabledAlgorithms",
+        ),
+        Fix("node", "minVersion", None, "Node.js: tls options minVersion / maxVersion / ciphers"),
+    ),
+    advice(
+        "Upgrade the old side rather than re-enabling TLS 1.0/1.1 or weak ciphers on the new one "
+        "(the system crypto policy may forbid them: update-crypto-policies, "
+        "/etc/ssl/openssl.cnf MinProtocol / CipherString).",
+        Fix(
+            "any",
+            None,
+            None,
+            "Upgrade the old side rather than re-enabling TLS 1.0/1.1 or "
+            "weak ciphers on the new one.",
+        ),
+        Fix(
+            "linux",
+            "MinProtocol",
+            None,
+            "the system crypto policy: update-crypto-policies, or /etc/ssl/openssl.cnf "
+            "MinProtocol / CipherString",
+        ),
+    ),
     "See what is offered and refused: openssl s_client -connect HOST:PORT -tls1_2 "
     "(or -tls1_3), and the ClientHello's versions in this capture "
     "(tcpwhy packets -Y 'tls.handshake.type == 1').",
@@ -126,9 +200,19 @@ ALERT_HELP: dict[int, AlertHelp] = {
         "it requires a client certificate and none was sent (mutual TLS)",
         ("The server requires mutual TLS and the client has no certificate configured.",),
         (
-            "Give the client its certificate and key (curl --cert/--key; Go "
-            "tls.Config{Certificates: …}; Python SSLContext.load_cert_chain), or make the "
-            "server's client-certificate check optional (nginx ssl_verify_client optional).",
+            advice(
+                "Give the client its certificate and key (curl --cert/--key; Go "
+                "tls.Config{Certificates: …}; Python SSLContext.load_cert_chain), or make the "
+                "server's client-certificate check optional (nginx ssl_verify_client optional).",
+                Fix("go", "tls.Config.Certificates", None, "Go: tls.Config{Certificates: …}"),
+                Fix(
+                    "python",
+                    "SSLContext.load_cert_chain",
+                    None,
+                    "Python: SSLContext.load_cert_chain(certfile, keyfile)",
+                ),
+                Fix("nginx", "ssl_verify_client", "optional", "nginx: ssl_verify_client optional"),
+            ),
         ),
     ),
     70: AlertHelp(
@@ -155,14 +239,29 @@ ALERT_HELP: dict[int, AlertHelp] = {
         "it does not serve the name asked for in the ClientHello (SNI)",
         ("The client asks for a server name that no server block / virtual host has.",),
         (
-            "Configure a certificate and server block for that name (nginx server_name with "
-            "ssl_certificate), or make the client send the right name.",
+            advice(
+                "Configure a certificate and server block for that name (nginx server_name with "
+                "ssl_certificate), or make the client send the right name.",
+                Fix(
+                    "nginx",
+                    "server_name",
+                    None,
+                    "nginx: a server block whose server_name is that name, with its ssl_certificate",
+                ),
+                Fix("any", None, None, "make the client send the right name (SNI)"),
+            ),
         ),
     ),
     120: AlertHelp(
         "the peer offers no application protocol (ALPN) it supports",
         ("The client requires e.g. h2 and the server offers only http/1.1, or the reverse.",),
-        ("Offer a common protocol on both sides (nginx http2 on; the client's ALPN list).",),
+        (
+            advice(
+                "Offer a common protocol on both sides (nginx http2 on; the client's ALPN list).",
+                Fix("nginx", "http2", "on", "nginx: http2 on"),
+                Fix("any", None, None, "the client's ALPN list"),
+            ),
+        ),
     ),
 }
 _GENERIC = AlertHelp(

@@ -25,6 +25,7 @@ from tcpwhy.decode.table import RST
 from tcpwhy.diagnose import tls
 from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import CLIENT, SERVER, WHO, Conn, fmt_s
+from tcpwhy.diagnose.knowledge import Fix, advice
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 
@@ -152,14 +153,48 @@ def _tell(g: Group) -> Story:
             f"A proxy or load balancer in front of the {who} closes idle connections itself.",
         ]
     fixes = [
-        f"In the {who}: shut TLS down before closing — OpenSSL SSL_shutdown() before close(); "
-        "Python SSLSocket.unwrap() (or asyncio's transport.close(), which sends it); Go "
-        "tls.Conn.Close() (not the underlying net.Conn's); Java SSLSocket.close() / "
-        "SSLEngine.closeOutbound(); Node.js tlsSocket.end() rather than destroy(); nginx "
-        "sends it itself, except on connections it drops after a timeout or an error.",
-        f"In the {peer}: rely on message framing, not end of file, to know a response is "
-        "complete (Content-Length / chunked); OpenSSL 3 SSL_OP_IGNORE_UNEXPECTED_EOF "
-        "accepts a bare FIN only where framing makes truncation visible.",
+        advice(
+            f"In the {who}: shut TLS down before closing — OpenSSL SSL_shutdown() before close(); "
+            "Python SSLSocket.unwrap() (or asyncio's transport.close(), which sends it); Go "
+            "tls.Conn.Close() (not the underlying net.Conn's); Java SSLSocket.close() / "
+            "SSLEngine.closeOutbound(); Node.js tlsSocket.end() rather than destroy(); nginx "
+            "sends it itself, except on connections it drops after a timeout or an error.",
+            Fix("any", None, None, f"In the {who}: OpenSSL SSL_shutdown() before close()"),
+            Fix(
+                "python",
+                None,
+                None,
+                "Python: SSLSocket.unwrap() (or asyncio's transport.close(), which sends it)",
+            ),
+            Fix("go", None, None, "Go: tls.Conn.Close() (not the underlying net.Conn's)"),
+            Fix("java", None, None, "Java: SSLSocket.close() / SSLEngine.closeOutbound()"),
+            Fix("node", None, None, "Node.js: tlsSocket.end() rather than destroy()"),
+            Fix(
+                "nginx",
+                None,
+                None,
+                "nginx sends it itself, except on connections it drops after a timeout or an error",
+            ),
+        ),
+        advice(
+            f"In the {peer}: rely on message framing, not end of file, to know a response is "
+            "complete (Content-Length / chunked); OpenSSL 3 SSL_OP_IGNORE_UNEXPECTED_EOF "
+            "accepts a bare FIN only where framing makes truncation visible.",
+            Fix(
+                "any",
+                None,
+                None,
+                f"In the {peer}: rely on message framing (Content-Length / "
+                "chunked), not end of file, to know a response is complete",
+            ),
+            Fix(
+                "python",
+                "ssl.OP_IGNORE_UNEXPECTED_EOF",
+                None,
+                "Python 3.10+: SSLContext.options |= ssl.OP_IGNORE_UNEXPECTED_EOF (OpenSSL 3's "
+                "SSL_OP_IGNORE_UNEXPECTED_EOF), only where framing makes truncation visible",
+            ),
+        ),
     ]
     facts = {"server": server, "side": who, "cut": cut, "version": g.facts["version"]}
     severity = Severity.WARNING if cut else Severity.INFO
