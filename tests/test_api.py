@@ -80,6 +80,9 @@ PROPERTIES = {
         "display_filter",
         "examples",
         "count",
+        "fixes_by_stack",
+        "first_time",
+        "last_time",
     ],
     "Report": ["findings", "connections", "capture", "exit_status"],
     "Flow": ["view", "rows"],
@@ -316,6 +319,11 @@ def test_findings_match_analyze_json(name: str) -> None:
             w["examples"],
         )
         assert f.display_filter.startswith("tcp.stream")
+        assert (f.fixes_by_stack, f.first_time, f.last_time) == (
+            w["fixes_by_stack"],
+            w["first_time"],
+            w["last_time"],
+        )
     report = tcpwhy.analyze(path)
     assert report.to_dict() == want
     assert report.to_json() + "\n" == p.stdout

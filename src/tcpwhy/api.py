@@ -529,6 +529,29 @@ class Finding:
         its frames when it has no stream."""
         return self._f.display_filter
 
+    @property
+    def fixes_by_stack(self) -> list[dict[str, Any]]:
+        """The fixes as ``{stack, knob, value, text}`` dicts, for a script that picks its
+        stack's setting (``stack == "any"``: advice for whatever runs there); the same
+        objects as ``analyze --format json``'s ``fixes_by_stack``."""
+        from tcpwhy.diagnose.knowledge import fixes_of
+
+        return [x.to_json() for fx in self._f.fixes for x in fixes_of(fx)]
+
+    @property
+    def first_time(self) -> str:
+        """When its first connection started, RFC 3339 in UTC (as ``analyze --format json``)."""
+        from tcpwhy.timestamps import rfc3339
+
+        return rfc3339(self._f.first_ns)
+
+    @property
+    def last_time(self) -> str:
+        """When the last event it names happened, RFC 3339 in UTC (as ``analyze --format json``)."""
+        from tcpwhy.timestamps import rfc3339
+
+        return rfc3339(self._f.last_ns)
+
     def to_dict(self) -> dict[str, Any]:
         """The finding's object in ``tcpwhy analyze --format json``."""
         d = self._f.to_json()
