@@ -78,6 +78,11 @@ def _cases(seg: bytes) -> dict[str, list[Frag]]:
             (0, MF, seg[:48]),
         ],
         "never_completed": [(0, MF, seg[:48]), (80, False, seg[80:])],
+        "lone_repeat_after_completion": [
+            (0, MF, seg[:48]),
+            (48, False, seg[48:]),
+            (0, MF, x[:48]),
+        ],
         "repeat_after_completion": [
             (0, MF, seg[:48]),
             (48, False, seg[48:]),
@@ -110,27 +115,37 @@ def _frames(case: str, v6: bool) -> list[bytes]:
     return out
 
 
-def _tshark(cap: Path, *opts: str, flt: str = "tcp") -> list[dict[str, str]]:
+FIELDS = ("frame.number", "tcp.seq_raw", "tcp.len", "tcp.payload")
+CSUM = {1: "1", 0: "0", -1: "2"}  # tcpwhy's csum_ok as tshark's tcp.checksum.status
+
+
+def _tshark(
+    cap: Path, *opts: str, flt: str = "tcp", fields: tuple[str, ...] = FIELDS
+) -> list[dict[str, str]]:
     cmd = ["tshark", "-r", str(cap), "-Y", flt, "-T", "fields", "-E", "header=y", *opts]
-    for f in ("frame.number", "tcp.seq_raw", "tcp.len", "tcp.payload"):
+    for f in fields:
         cmd += ["-e", f]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     rows = list(csv.DictReader(io.StringIO(out), delimiter="\t"))
     return [{k: v.replace(":", "") for k, v in r.items()} for r in rows]
 
 
-def _ours(cap: Path, reassemble: bool) -> tuple[list[dict[str, str]], CaptureStats]:
+def _ours(
+    cap: Path, reassemble: bool, checksums: bool = False
+) -> tuple[list[dict[str, str]], CaptureStats]:
     stats = CaptureStats()
-    t = read_table(str(cap), stats, reassemble=reassemble)
-    rows = [
-        {
+    t = read_table(str(cap), stats, checksums=checksums, reassemble=reassemble)
+    rows = []
+    for i in range(len(t)):
+        row = {
             "frame.number": str(int(t["frame"][i])),
             "tcp.seq_raw": str(int(t["seq"][i])),
             "tcp.len": str(int(t["payload_len"][i])),
             "tcp.payload": t.payload(i).hex(),
         }
-        for i in range(len(t))
-    ]
+        if checksums:
+            row["tcp.checksum.status"] = CSUM[int(t["csum_ok"][i])]
+        rows.append(row)
     return rows, stats
 
 
@@ -142,7 +157,18 @@ CASES = list(_cases(_segment(A4, B4)))
 def test_reassembled_like_tshark(case: str, v6: bool, tmp_path: Path) -> None:
     cap = craft.write(tmp_path / f"{case}.pcap", _frames(case, v6))
     want = _tshark(cap)
-    ours, _stats = _ours(cap, reassemble=True)
+    ours, stats = _ours(cap, reassemble=True)
+    assert ours == want
+    # the two unfragmented segments, then one row per datagram tshark reassembled
+    assert stats.reassembled == len(ours) - 2
+    # a datagram left without its last bytes is counted (a lone repeat after completion
+    # starts one, as in tshark)
+    left = 1 if case in ("never_completed", "lone_repeat_after_completion") else 0
+    assert stats.skipped.get("incomplete IP datagrams", 0) == left
+    # checked checksums: overlapping bytes that differ spoil the segment's in both
+    fields = (*FIELDS, "tcp.checksum.status")
+    want = _tshark(cap, "-o", "tcp.check_checksum:TRUE", fields=fields)
+    ours, _stats = _ours(cap, reassemble=True, checksums=True)
     assert ours == want
 
 

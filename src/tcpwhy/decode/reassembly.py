@@ -10,9 +10,11 @@ fragment that completed it, as tshark shows the reassembled packet there.
 Overlapping fragments are resolved as tshark 4.0 does (tests/test_reassembly_overlap.py
 compares both): the fragments are ordered by offset (at the same offset, the one that
 arrived first comes first) and each contributes only bytes past what the ones before it
-covered, so the first-written bytes are kept wherever fragments overlap. The datagram's
-length is set by the first fragment without the more-fragments flag; a later one with
-another length does not change it, and bytes past that length are dropped. Fragments the
+covered. So where fragments overlap, the one starting lower wins whatever the arrival order
+(a fragment inside another is ignored), and at the same offset the first to arrive. The
+datagram's length is set by the first fragment without the more-fragments flag; a later
+one with another length does not change it, and bytes past that length are dropped
+(Wireshark's reassemble.c keeps its fragment list this way). Fragments the
 capture cut short (snaplen) are not used, as in Wireshark. Once reassembled, a datagram
 is forgotten, as tshark's single pass does: its fragments sent again start a new datagram
 (reassembled a second time if complete, with the new bytes; counted as incomplete if not).
@@ -59,7 +61,6 @@ class _Datagram:
     frags: list[tuple[int, int, bytes]] = field(default_factory=list)  # (offset, seq, data)
     total: int = -1  # length once the last fragment (no more-fragments flag) was seen
     size: int = 0
-    done: bool = False
 
 
 @dataclass
@@ -101,7 +102,7 @@ class Reassembler:
 
     def finish(self) -> None:
         """The capture ended: what is still pending is incomplete."""
-        self.incomplete += sum(1 for d in self._pending.values() if not d.done)
+        self.incomplete += len(self._pending)
         self._pending.clear()
         self._bytes = 0
 
@@ -116,8 +117,7 @@ class Reassembler:
     def _drop(self, key: tuple[Any, ...]) -> None:
         d = self._pending.pop(key)
         self._bytes -= d.size
-        if not d.done:
-            self.incomplete += 1
+        self.incomplete += 1
 
     def _one(
         self, arr: npt.NDArray[np.uint8], row: npt.NDArray[np.uint64], ts: int
@@ -174,8 +174,6 @@ class Reassembler:
         if d is None:
             d = _Datagram(ts, header, version, proto)
             self._pending[key] = d
-        if d.done:
-            return None  # a repeated fragment of a datagram already reassembled
         if offset == 0:
             d.header = header
         self._seq += 1
