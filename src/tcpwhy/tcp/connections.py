@@ -871,7 +871,7 @@ ENDINGS: dict[str, str] = {
     "rejected_by_icmp": "an ICMP error answered the SYN",
     "reset_by_originator": "reset by originator (after any FINs named)",
     "reset_by_responder": "reset by responder (after any FINs named)",
-    "reset": "reset (by either side; `analyze` does not say which)",
+    "reset": "reset (by either side; written by schema 1.1 documents before analyze said which)",
     "fin_both": "closed by a FIN from each side",
     "half_closed": "half-closed: one side's FIN, none from the other",
     "open_at_end": "still open at end of capture",
