@@ -156,8 +156,6 @@ def diagnose_files(
         for t in iter_tables(p, st):
             # without a display filter only the diagnosis reads the table: keep its columns
             parts.append(t if flt is not None else _slim(t))
-            del t
-            release_freed()
             if progress:
                 progress(f"reading {os.path.basename(p)}", done + st.bytes_read, total)
         tables.append(
