@@ -283,6 +283,13 @@ class Hello:
     alpn: list[bytes] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)  # supported_versions, offered or chosen
     legacy_version: int = 0
+    # resumption: the legacy session id (a TLS 1.2 server echoes the client's to resume;
+    # TLS 1.3 echoes it always, for middlebox compatibility), a session_ticket (35) with
+    # data, a pre_shared_key (41) offered by the client or selected by the server
+    session_id: bytes = b""
+    ticket: bool = False
+    psk: bool = False
+    following: list[int] = field(default_factory=list)  # later handshake types in the record
 
 
 @dataclass
@@ -433,6 +440,7 @@ def parse_hello(rec: bytes) -> Hello | None:
     p = 2 + 32  # version, random
     try:
         sid = body[p]
+        h.session_id = bytes(body[p + 1 : p + 1 + sid])
         p += 1 + sid
         if client:
             n = int.from_bytes(body[p : p + 2], "big")
@@ -463,6 +471,10 @@ def parse_hello(rec: bytes) -> Hello | None:
                     nl = ev[q]
                     h.alpn.append(bytes(ev[q + 1 : q + 1 + nl]))
                     q += 1 + nl
+            elif et == 35 and client:  # session_ticket: empty asks for one, data resumes
+                h.ticket = el > 0
+            elif et == 41:  # pre_shared_key: offered identities, or the server's choice
+                h.psk = True
             elif et == 43:  # supported_versions
                 if client and len(ev) >= 1:
                     h.versions = [
@@ -472,6 +484,12 @@ def parse_hello(rec: bytes) -> Hello | None:
                     h.versions = [int.from_bytes(ev, "big")]
     except IndexError:
         return h
+    # the messages the hello's record carries after it (a TLS 1.2 full handshake sends its
+    # Certificate there, often; an abbreviated one has none)
+    q = 9 + int.from_bytes(rec[6:9], "big")
+    while q + 4 <= len(rec):
+        h.following.append(rec[q])
+        q += 4 + int.from_bytes(rec[q + 1 : q + 4], "big")
     return h
 
 

@@ -84,10 +84,34 @@ class TLSConn:
     fatal: list[Record] = field(default_factory=list)  # clear alerts of level fatal (2)
     closing_rows: frozenset[int] = frozenset()
     messages: list[Message] = field(default_factory=list)
+    client_hello: rec.Hello | None = None
+    server_hello: rec.Hello | None = None
+
+    @property
+    def resumed(self) -> bool | None:
+        """Whether the handshake resumed an earlier session (None without a ServerHello).
+
+        TLS 1.3: the ServerHello selects a pre_shared_key. TLS 1.2 and earlier: the
+        ServerHello echoes the ClientHello's non-empty session id and no Certificate
+        follows (an abbreviated handshake; with a ticket the client made the id up, RFC
+        5077 §3.4). A TLS 1.3 server echoes the id always, so the id says nothing there.
+        """
+        ch, sh = self.client_hello, self.server_hello
+        if sh is None:
+            return None
+        if self.version == 0x0304:
+            return sh.psk
+        if ch is None or not ch.session_id or ch.session_id != sh.session_id:
+            return False
+        certificate = 11 in sh.following or any(
+            r.side == SERVER and r.hs == 11 for r in self.records
+        )
+        return not certificate
 
     @property
     def version_text(self) -> str:
-        return rec.version_name(self.version) if self.version else "TLS"
+        v = rec.version_name(self.version) if self.version else "TLS"
+        return f"resumed {v}" if self.resumed else v
 
 
 def capture_records(cap: Capture) -> rec.Records:
@@ -138,12 +162,14 @@ def _build(conn: Conn) -> TLSConn | None:
             if hello is None:
                 continue
             if recs.hs[i] == 1:
+                tc.client_hello = hello
                 tc.sni, tc.alpn = hello.sni, hello.alpn
                 tc.version = tc.version or hello.legacy_version
                 # GREASE values (RFC 8701: 0x?a?a) are no versions
                 real = [v for v in hello.versions if v & 0x0F0F != 0x0A0A]
                 tc.offered = sorted(real or [hello.legacy_version], reverse=True)
             else:
+                tc.server_hello = hello
                 tc.version = hello.versions[0] if hello.versions else hello.legacy_version
                 if hello.alpn:
                     tc.alpn = hello.alpn

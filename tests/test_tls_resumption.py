@@ -1,0 +1,159 @@
+"""TLS session resumption read from the hellos, against tshark 4.0's view of the same hellos.
+
+tshark does not say "resumed"; what it shows decides it: in TLS 1.3 the ServerHello carries
+a pre_shared_key extension (41); before it the ServerHello's session id is the ClientHello's
+non-empty one and the server sends no Certificate (an abbreviated handshake).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tcpwhy.capture import read_table
+from tcpwhy.diagnose import tls
+from tests.gates import need
+
+LAB = Path(str(resources.files("tcpwhy") / "data" / "lab"))
+LAB_TLS = sorted(p.name for p in LAB.glob("*tls*.pcap"))
+
+
+def _tshark_resumed(pcap: Path, port: int) -> dict[int, bool]:
+    """Per TCP stream with a ServerHello, whether tshark's fields show a resumption."""
+    out = subprocess.run(
+        ["tshark", "-r", str(pcap), "-d", f"tcp.port=={port},tls", "-T", "fields",
+         "-E", "occurrence=a", "-e", "tcp.stream", "-e", "tls.handshake.type",
+         "-e", "tls.handshake.session_id", "-e", "tls.handshake.extension.type",
+         "-e", "tls.handshake.extensions.supported_version",
+         "-Y", "tls.handshake.type"],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    ch_sid: dict[int, str] = {}
+    sh: dict[int, tuple[str, set[str], bool]] = {}
+    cert: set[int] = set()
+    for line in out.splitlines():
+        stream, types, sid, exts, sv = (line.split("\t") + [""] * 5)[:5]
+        s, t = int(stream), types.split(",")
+        if "1" in t:
+            ch_sid[s] = sid
+        if "2" in t:
+            sh[s] = (sid, set(exts.split(",")), sv == "0x0304")
+        if "11" in t:
+            cert.add(s)
+    got = {}
+    for s, (sid, exts, tls13) in sh.items():
+        if tls13:
+            got[s] = "41" in exts
+        else:
+            got[s] = bool(ch_sid.get(s)) and ch_sid.get(s) == sid and s not in cert
+    return got
+
+
+def _tcpwhy_resumed(pcap: Path) -> dict[int, bool]:
+    from tcpwhy.diagnose.context import Capture, Conn
+
+    t = read_table(str(pcap))
+    cap = Capture(t, np.zeros(len(t), np.int16), [str(pcap)])
+    got = {}
+    for sid in range(cap.nstreams):
+        tc = tls.of(Conn(cap, sid))
+        if tc is not None and tc.resumed is not None:
+            got[int(cap.stream_numbers[sid])] = tc.resumed
+    return got
+
+
+@pytest.mark.parametrize("name", LAB_TLS)
+def test_lab_recordings_resumption_as_tshark_sees_it(name: str) -> None:
+    """The shipped recordings make full handshakes only (each client starts afresh)."""
+    need(shutil.which("tshark") is not None, "tshark not installed")
+    ref = _tshark_resumed(LAB / name, 8080)
+    assert ref, name
+    assert _tcpwhy_resumed(LAB / name) == ref
+
+
+def _serve(srv: socket.socket, ctx: ssl.SSLContext, stop: threading.Event) -> None:
+    srv.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            c, _ = srv.accept()
+        except TimeoutError:
+            continue
+        c.settimeout(5)
+        try:
+            with ctx.wrap_socket(c, server_side=True) as s:
+                s.recv(100)
+                s.sendall(b"pong")
+        except (OSError, ssl.SSLError):
+            pass
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_live_resumption_matches_tshark_and_the_client(tmp_path: Path, version: object) -> None:
+    """A full handshake, then one resuming its session (ticket or id), recorded on lo."""
+    need(os.geteuid() == 0, "needs root to capture on lo")
+    need(shutil.which("tcpdump") is not None, "tcpdump not installed")
+    need(shutil.which("tshark") is not None, "tshark not installed")
+    need(shutil.which("openssl") is not None, "openssl not installed")
+    from tcpwhy.lab.scenarios_tls import SNI, Certs
+
+    certs = Certs()
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    sctx = certs.server_context()
+    cctx = certs.client_context()
+    cctx.maximum_version = version  # type: ignore[assignment]
+    pcap = tmp_path / "resume.pcap"
+    td = subprocess.Popen(
+        ["tcpdump", "-i", "lo", "--immediate-mode", "-U", "-w", str(pcap), f"tcp port {port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    stop = threading.Event()
+    th = threading.Thread(target=_serve, args=(srv, sctx, stop), daemon=True)
+    th.start()
+    reused: list[bool] = []
+    try:
+        # wait until tcpdump writes (a probe connection's packets reach the file)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            time.sleep(0.1)
+            if pcap.exists() and pcap.stat().st_size > 24:
+                break
+        session = None
+        for _ in range(3):
+            raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+            with cctx.wrap_socket(raw, server_hostname=SNI, session=session) as s:
+                s.sendall(b"ping")
+                assert s.recv(100) == b"pong"  # a TLS 1.3 ticket arrives before it
+                reused.append(s.session_reused)
+                session = s.session
+        size, still, deadline = -1, 0.0, time.monotonic() + 15
+        while still < 1.0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = pcap.stat().st_size
+            still = still + 0.1 if now == size else 0.0
+            size = now
+    finally:
+        stop.set()
+        th.join(timeout=5)
+        srv.close()
+        td.terminate()
+        td.wait(timeout=10)
+        certs.close()
+    assert reused == [False, True, True]
+    ref = _tshark_resumed(pcap, port)
+    mine = _tcpwhy_resumed(pcap)
+    assert mine == ref
+    # the probe connection has no handshake; the three that do, in order
+    assert [mine[s] for s in sorted(mine)] == reused
