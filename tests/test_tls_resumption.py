@@ -28,38 +28,55 @@ LAB = Path(str(resources.files("tcpwhy") / "data" / "lab"))
 LAB_TLS = sorted(p.name for p in LAB.glob("*tls*.pcap"))
 
 
-def _tshark_resumed(pcap: Path, port: int) -> dict[int, bool]:
-    """Per TCP stream with a ServerHello, whether tshark's fields show a resumption."""
+Hellos = dict[int, dict[str, tuple[str, set[str], bool]]]
+
+
+def _tshark_hellos(pcap: Path, port: int) -> tuple[Hellos, set[int]]:
+    """Per TCP stream, its ClientHello ("ch": session id, extension types, a session_ticket
+    with data) and ServerHello ("sh": session id, extension types, TLS 1.3 chosen) as tshark
+    dissects them; and the streams where the server sent a Certificate in clear."""
     out = subprocess.run(
         ["tshark", "-r", str(pcap), "-d", f"tcp.port=={port},tls", "-T", "fields",
          "-E", "occurrence=a", "-e", "tcp.stream", "-e", "tls.handshake.type",
          "-e", "tls.handshake.session_id", "-e", "tls.handshake.extension.type",
+         "-e", "tls.handshake.extension.len",
          "-e", "tls.handshake.extensions.supported_version",
          "-Y", "tls.handshake.type"],
         check=True, capture_output=True, text=True, timeout=60,
     ).stdout  # fmt: skip
-    ch_sid: dict[int, str] = {}
-    sh: dict[int, tuple[str, set[str], bool]] = {}
+    hellos: Hellos = {}
     cert: set[int] = set()
     for line in out.splitlines():
-        stream, types, sid, exts, sv = (line.split("\t") + [""] * 5)[:5]
+        stream, types, sid, exts, lens, sv = (line.split("\t") + [""] * 6)[:6]
         s, t = int(stream), types.split(",")
+        et, el = exts.split(","), lens.split(",")
         if "1" in t:
-            ch_sid[s] = sid
+            ticket = any(x == "35" and y != "0" for x, y in zip(et, el, strict=False))
+            hellos.setdefault(s, {})["ch"] = (sid.replace(":", ""), set(et), ticket)
         if "2" in t:
-            sh[s] = (sid, set(exts.split(",")), sv == "0x0304")
+            hellos.setdefault(s, {})["sh"] = (sid.replace(":", ""), set(et), sv == "0x0304")
         if "11" in t:
             cert.add(s)
+    return hellos, cert
+
+
+def _tshark_resumed(pcap: Path, port: int) -> dict[int, bool]:
+    """Per TCP stream with a ServerHello, whether tshark's fields show a resumption."""
+    hellos, cert = _tshark_hellos(pcap, port)
     got = {}
-    for s, (sid, exts, tls13) in sh.items():
+    for s, h in hellos.items():
+        if "sh" not in h:
+            continue
+        sid, exts, tls13 = h["sh"]
         if tls13:
             got[s] = "41" in exts
         else:
-            got[s] = bool(ch_sid.get(s)) and ch_sid.get(s) == sid and s not in cert
+            ch = h.get("ch", ("", set(), False))[0]
+            got[s] = bool(ch) and ch == sid and s not in cert
     return got
 
 
-def _tcpwhy_resumed(pcap: Path) -> dict[int, bool]:
+def _tcpwhy_conns(pcap: Path) -> dict[int, tls.TLSConn]:
     from tcpwhy.diagnose.context import Capture, Conn
 
     t = read_table(str(pcap))
@@ -67,9 +84,33 @@ def _tcpwhy_resumed(pcap: Path) -> dict[int, bool]:
     got = {}
     for sid in range(cap.nstreams):
         tc = tls.of(Conn(cap, sid))
-        if tc is not None and tc.resumed is not None:
-            got[int(cap.stream_numbers[sid])] = tc.resumed
+        if tc is not None:
+            got[int(cap.stream_numbers[sid])] = tc
     return got
+
+
+def _tcpwhy_resumed(pcap: Path) -> dict[int, bool]:
+    return {s: tc.resumed for s, tc in _tcpwhy_conns(pcap).items() if tc.resumed is not None}
+
+
+def _check_hellos(pcap: Path, port: int) -> None:
+    """Session ids, session_ticket with data and pre_shared_key as tshark reads them."""
+    hellos, _ = _tshark_hellos(pcap, port)
+    conns = _tcpwhy_conns(pcap)
+    assert set(conns) == set(hellos)
+    for s, h in hellos.items():
+        tc = conns[s]
+        if "ch" in h:
+            assert tc.client_hello is not None
+            sid, exts, ticket = h["ch"]
+            assert tc.client_hello.session_id.hex() == sid, s
+            assert tc.client_hello.psk == ("41" in exts), s
+            assert tc.client_hello.ticket == ticket, s
+        if "sh" in h:
+            assert tc.server_hello is not None
+            sid, exts, _ = h["sh"]
+            assert tc.server_hello.session_id.hex() == sid, s
+            assert tc.server_hello.psk == ("41" in exts), s
 
 
 @pytest.mark.parametrize("name", LAB_TLS)
@@ -79,6 +120,7 @@ def test_lab_recordings_resumption_as_tshark_sees_it(name: str) -> None:
     ref = _tshark_resumed(LAB / name, 8080)
     assert ref, name
     assert _tcpwhy_resumed(LAB / name) == ref
+    _check_hellos(LAB / name, 8080)
 
 
 def _serve(srv: socket.socket, ctx: ssl.SSLContext, stop: threading.Event) -> None:
@@ -155,5 +197,12 @@ def test_live_resumption_matches_tshark_and_the_client(tmp_path: Path, version: 
     ref = _tshark_resumed(pcap, port)
     mine = _tcpwhy_resumed(pcap)
     assert mine == ref
+    _check_hellos(pcap, port)
     # the probe connection has no handshake; the three that do, in order
     assert [mine[s] for s in sorted(mine)] == reused
+    # Python's client resumes with what the server gave it: a ticket (TLS 1.2), a PSK (1.3)
+    offers = []
+    for tc in (tc for _, tc in sorted(_tcpwhy_conns(pcap).items()) if tc.resumed is not None):
+        assert tc.client_hello is not None
+        offers.append(tc.client_hello.psk or tc.client_hello.ticket)
+    assert offers == reused
