@@ -65,9 +65,13 @@ def slice_pcap(src: Path, parts: int, dest: list[Path]) -> None:
                 out.write(m[a:b])
 
 
-def build(root: Path, slices: int, rotated: int) -> Path:
-    """The fleet under `root` (kept: rebuilt only when its description changes)."""
+def build(root: Path, slices: int, rotated: int, copies: int = 1) -> Path:
+    """The fleet under `root` (kept: rebuilt only when its description changes). With
+    `copies` > 1 the heavy slices are also the capture points of copies-1 more hosts
+    (hard links: the same real traffic seen at more points, for a fleet with more work)."""
     desc = {"slices": slices, "rotated": rotated, "heavy_size": HEAVY.stat().st_size}
+    if copies > 1:
+        desc["copies"] = copies
     stamp = root / ".fleet.json"
     if stamp.exists() and json.loads(stamp.read_text()) == desc:
         return root
@@ -82,6 +86,14 @@ def build(root: Path, slices: int, rotated: int) -> Path:
     slice_pcap(HEAVY, slices, dest)
     for k, cap in enumerate(sorted(LAB.glob("*.pcap"))):
         shutil.copy(cap, root / f"lab-{k:02d}.pcap")
+    for c in range(1, copies):
+        for k in range(single):
+            os.link(dest[k], root / f"heavy-c{c}-{k:02d}.pcap")
+        for r in range(rotated):
+            (root / f"rotated-c{c}-{r:02d}").mkdir()
+            for i in range(2):
+                name = f"cap.pcap{i}"
+                os.link(root / f"rotated-{r:02d}" / name, root / f"rotated-c{c}-{r:02d}" / name)
     stamp.write_text(json.dumps(desc))
     return root
 
@@ -142,6 +154,9 @@ def main() -> int:
     ap.add_argument("--rotated", type=int, default=4, help="points of two rotated slices")
     ap.add_argument("--runs", type=int, default=2, help="rounds, alternating (best kept)")
     ap.add_argument("--fleet", type=Path, default=OUT / "fleet")
+    ap.add_argument(
+        "--copies", type=int, default=1, help="hosts per heavy slice (hard links; more work)"
+    )
     ap.add_argument("--build-only", action="store_true", help="build the fleet, run nothing")
     args = ap.parse_args()
     if not HEAVY.exists():
@@ -150,7 +165,7 @@ def main() -> int:
         )
         return 1
     t0 = time.perf_counter()
-    root = build(args.fleet, args.slices, args.rotated)
+    root = build(args.fleet, args.slices, args.rotated, args.copies)
     points = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
     size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / 2**20
     print(

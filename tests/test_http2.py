@@ -203,7 +203,14 @@ def test_live_capture_matches_tshark(tmp_path: Path) -> None:
             timeout=20,
             capture_output=True,
         )
-        time.sleep(0.5)  # the last packets reach the file (immediate mode, unbuffered)
+        # the last packets reach the file (immediate mode, unbuffered): wait until it has
+        # stopped growing for a second (a loaded machine can delay tcpdump's writes)
+        size, still, deadline = -1, 0.0, time.monotonic() + 15
+        while still < 1.0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = pcap.stat().st_size
+            still = still + 0.1 if now == size else 0.0
+            size = now
     finally:
         td.terminate()
         ng.terminate()

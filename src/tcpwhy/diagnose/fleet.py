@@ -279,7 +279,9 @@ def _cluster(n: int, LocalCluster: Any, Client: Any, psutil: Any, loop: Any) -> 
             # (given: Dask's "auto" reads the cgroup limits, not always present)
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            # any free port: Dask serves its HTTP endpoints even without a dashboard, and
+            # on 8787 it warns on stderr when another cluster (another run) holds it
+            dashboard_address=":0",
             silence_logs=50,
         ) as cluster,
         Client(cluster) as client,
