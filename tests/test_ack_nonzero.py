@@ -26,21 +26,13 @@ from tcpwhy.capture import read_table
 from tcpwhy.capture.writer import LINKTYPE_RAW, PcapWriter
 from tcpwhy.filter import FilterContext
 from tcpwhy.filter.fields import FIELDS
+from tests.craft import csum
 from tests.gates import need
 
 A4, B4 = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
 A6 = bytes.fromhex("20010db8000000000000000000000001")
 B6 = bytes.fromhex("20010db8000000000000000000000002")
 SYN, RST, FIN, ACK = 0x02, 0x04, 0x01, 0x10
-
-
-def _csum(b: bytes) -> int:
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def _tcp(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int) -> bytes:
@@ -50,7 +42,7 @@ def _tcp(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, fla
         pseudo = src + dst + struct.pack("!BBH", 0, proto, len(seg))
     else:
         pseudo = src + dst + struct.pack("!IxxxB", len(seg), proto)
-    seg = seg[:16] + struct.pack("!H", _csum(pseudo + seg)) + seg[18:]
+    seg = seg[:16] + struct.pack("!H", csum(pseudo + seg)) + seg[18:]
     return _ip(src, dst, proto, seg)
 
 
@@ -58,12 +50,12 @@ def _ip(src: bytes, dst: bytes, proto: int, body: bytes) -> bytes:
     if len(src) == 16:
         return struct.pack("!IHBB", 6 << 28, len(body), proto, 64) + src + dst + body
     hdr = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(body), 1, 0, 64, proto, 0) + src + dst
-    return hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:] + body
+    return hdr[:10] + struct.pack("!H", csum(hdr)) + hdr[12:] + body
 
 
 def _unreachable(src: bytes, dst: bytes, quoted: bytes) -> bytes:
     body = struct.pack("!BBHI", 3, 3, 0, 0) + quoted
-    body = body[:2] + struct.pack("!H", _csum(body)) + body[4:]
+    body = body[:2] + struct.pack("!H", csum(body)) + body[4:]
     return _ip(src, dst, 1, body)
 
 
