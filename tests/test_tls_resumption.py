@@ -206,3 +206,35 @@ def test_live_resumption_matches_tshark_and_the_client(tmp_path: Path, version: 
         assert tc.client_hello is not None
         offers.append(tc.client_hello.psk or tc.client_hello.ticket)
     assert offers == reused
+    # where a person reads it: the version text of findings on the connection
+    texts = [
+        tc.version_text for _, tc in sorted(_tcpwhy_conns(pcap).items()) if tc.resumed is not None
+    ]
+    want = "TLS 1.3" if version == ssl.TLSVersion.TLSv1_3 else "TLS 1.2"
+    assert texts == [f"resumed {want}" if r else want for r in reused]
+
+
+def test_encrypted_finished_is_no_certificate() -> None:
+    """TLS 1.2: after the server's change_cipher_spec its Finished is an encrypted handshake
+    record whose first byte is ciphertext (11 one time in 256); only a clear Certificate
+    before it says the handshake was a full one. A loopback run met that byte."""
+    from tcpwhy.decode.tls import CHANGE_CIPHER_SPEC, HANDSHAKE, Hello
+
+    sid = bytes(range(32))
+
+    def conn(*records: tls.Record) -> tls.TLSConn:
+        return tls.TLSConn(
+            list(records),
+            version=0x0303,
+            client_hello=Hello(session_id=sid),
+            server_hello=Hello(session_id=sid),
+        )
+
+    hello = tls.Record(tls.SERVER, 0, 0, HANDSHAKE, 80, 2, -1)
+    ccs = tls.Record(tls.SERVER, 1, 1, CHANGE_CIPHER_SPEC, 1, -1, -1)
+    cert = tls.Record(tls.SERVER, 1, 1, HANDSHAKE, 400, 11, -1)
+    finished = tls.Record(tls.SERVER, 2, 2, HANDSHAKE, 40, 11, -1)
+    assert conn(hello, ccs, finished).resumed is True
+    assert conn(hello, cert, ccs, finished).resumed is False
+    assert tls.TLSConn([hello], version=0x0303, server_hello=Hello(session_id=sid)).resumed is False
+    assert tls.TLSConn([hello], version=0x0303).resumed is None

@@ -103,10 +103,18 @@ class TLSConn:
             return sh.psk
         if ch is None or not ch.session_id or ch.session_id != sh.session_id:
             return False
-        certificate = 11 in sh.following or any(
-            r.side == SERVER and r.hs == 11 for r in self.records
-        )
-        return not certificate
+        if 11 in sh.following:
+            return False
+        # a Certificate in a record of its own; after the server's change_cipher_spec its
+        # handshake records are encrypted (their first byte is no message type)
+        for r in self.records:
+            if r.side != SERVER:
+                continue
+            if r.ctype == rec.CHANGE_CIPHER_SPEC:
+                break
+            if r.hs == 11:
+                return False
+        return True
 
     @property
     def version_text(self) -> str:
