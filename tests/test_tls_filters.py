@@ -90,7 +90,7 @@ def test_icmp_rows_have_no_tls() -> None:
     from tcpwhy.filter.fields import FIELDS
 
     names = [n for n in FIELDS if n == "tls" or n.startswith("tls.")]
-    assert len(names) == 9
+    assert len(names) == 10
     t = _table("clean-tls.pcap")
     cols = dict(t.cols)
     cols["icmp_type"] = np.zeros(len(t), np.int64)

@@ -158,7 +158,7 @@ def test_live_resumption_matches_tshark_and_the_client(tmp_path: Path, version: 
     td = subprocess.Popen(
         ["tcpdump", "-i", "lo", "--immediate-mode", "-U", "-w", str(pcap), f"tcp port {port}"],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=(tmp_path / "tcpdump.err").open("w"),
     )
     stop = threading.Event()
     th = threading.Thread(target=_serve, args=(srv, sctx, stop), daemon=True)
@@ -195,6 +195,8 @@ def test_live_resumption_matches_tshark_and_the_client(tmp_path: Path, version: 
         certs.close()
     assert reused == [False, True, True]
     ref = _tshark_resumed(pcap, port)
+    # every handshake recorded (tcpdump's own count of drops says why if not)
+    assert len(ref) == len(reused), (tmp_path / "tcpdump.err").read_text()
     mine = _tcpwhy_resumed(pcap)
     assert mine == ref
     _check_hellos(pcap, port)
@@ -212,6 +214,25 @@ def test_live_resumption_matches_tshark_and_the_client(tmp_path: Path, version: 
     ]
     want = "TLS 1.3" if version == ssl.TLSVersion.TLSv1_3 else "TLS 1.2"
     assert texts == [f"resumed {want}" if r else want for r in reused]
+    # the session id length as a display filter field, frame for frame with tshark
+    from tcpwhy.filter import FilterContext, compile_filter
+
+    t = read_table(str(pcap))
+    ctx = FilterContext(t)
+    for flt in (
+        "tls.handshake.session_id_length",
+        "tls.handshake.session_id_length == 0",
+        "tls.handshake.session_id_length == 32",
+        "tls.handshake.session_id_length > 0 and tls.handshake.type == 1",
+    ):
+        ref_frames = subprocess.run(
+            ["tshark", "-n", "-r", str(pcap), "-d", f"tcp.port=={port},tls", "-Y", flt,
+             "-T", "fields", "-e", "frame.number"],
+            check=True, capture_output=True, text=True, timeout=60,
+        ).stdout.split()  # fmt: skip
+        mine_frames = t["frame"][compile_filter(flt).mask(t, ctx)].tolist()
+        assert [int(x) for x in ref_frames] == mine_frames, flt
+        assert mine_frames or flt.endswith("== 0"), flt
 
 
 def test_encrypted_finished_is_no_certificate() -> None:

@@ -16,7 +16,9 @@ handshake message, alert, name) in the frame:
 * ``tls.alert_message.level``/``.desc`` are there for alerts sent in clear (TLS 1.2 and
   earlier before the ChangeCipherSpec);
 * ``tls.handshake.extensions_server_name`` and ``tls.handshake.extensions_alpn_str``
-  are read from hellos captured whole (a hello cut by the snaplen has neither).
+  are read from hellos captured whole (a hello cut by the snaplen has neither), and so
+  is ``tls.handshake.session_id_length`` (one per hello: 32 in every TLS 1.3 hello, for
+  middlebox compatibility; a TLS 1.2 server echoes the client's id to resume).
 
 Records are walked per table: a command that streams a capture in chunks sees a stream
 that spans chunks from the chunk's first segment on. On the rows of an ICMP error
@@ -233,6 +235,25 @@ def _hello_field(what: str) -> Extract:
     return ex
 
 
+def _session_id_length() -> Extract:
+    """A hello's legacy session id length (0 to 32): one occurrence per hello."""
+
+    def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
+        if _is_icmp(ctx):
+            return _absent(rows, False)
+        tt = table_tls(ctx)
+        p = tt.per_row.get("session_id_length")
+        if p is None:
+            hellos = [(i, h) for i, h in sorted(_hellos(ctx, tt).items()) if h is not None]
+            sub = np.asarray([i for i, _ in hellos], np.int64)
+            q = _per_row_names(tt, "session_id_length", sub, [h.session_id for _, h in hellos])
+            lengths = np.asarray([len(v) for v in q.values], np.int64)
+            p = tt.per_row["session_id_length"] = _PerRow(q.first, q.count, lengths)
+        return _occs(p, rows, False)
+
+    return ex
+
+
 def _per_row_names(tt: TableTLS, key: str, recs_idx: I64, names: list[bytes]) -> _PerRow:
     r = tt.recs
     rows = r.row[recs_idx]
@@ -260,5 +281,6 @@ for _name, _ftype, _ex, _bits in (
     ("tls.alert_message.desc", UINT, _records_field("alert_desc"), 8),
     ("tls.handshake.extensions_server_name", STRING, _hello_field("sni"), 32),
     ("tls.handshake.extensions_alpn_str", STRING, _hello_field("alpn"), 32),
+    ("tls.handshake.session_id_length", UINT, _session_id_length(), 16),
 ):
     FIELDS[_name] = Field(_name, _ftype, _ex, _bits, frozenset({"streams"}), _COST)
