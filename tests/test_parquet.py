@@ -15,6 +15,8 @@ from typing import Any
 import duckdb
 import pytest
 
+from tcpwhy.timestamps import rfc3339
+
 LAB = Path(str(resources.files("tcpwhy") / "data" / "lab"))
 DEMO = LAB.parent / "demo-stale-keepalive.pcap"
 CAPTURES = [DEMO, *sorted(LAB.glob("*.pcap"))]
@@ -58,12 +60,13 @@ def test_conns_parquet_matches_jsonl(tmp_path: Path, capture: Path) -> None:
     for g, w in zip(got, want, strict=True):
         for key, value in w.items():
             # icmp and schema_version: the jsonl's alone (a Parquet file's schema is its own)
-            if key in ("start", "duration", "irtt", "icmp", "schema_version"):
+            if key in ("start", "start_time", "duration", "irtt", "icmp", "schema_version"):
                 continue
             assert g[key] == value, (capture.name, key, g[key], value)
         # times: the jsonl writes seconds rounded to microseconds
         assert same(g["start_ns"] / 1e9, w["start"], 1e-6)
         assert same(g["start"].timestamp(), w["start"], 2e-6)
+        assert w["start_time"] == rfc3339(g["start_ns"])  # Parquet: the typed `start`
         assert same(g["duration"], w["duration"], 1e-6)
         assert (g["irtt"] is None) == (w["irtt"] is None)
         if w["irtt"] is not None:

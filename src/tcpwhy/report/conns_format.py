@@ -135,6 +135,10 @@ class RowProgram:
                 self.words.append(b)
         self.row_bound += max(len(w) for w in words)
 
+    def time(self, column: str) -> None:
+        """Nanoseconds since the epoch as RFC 3339 UTC (`tcpwhy.timestamps.rfc3339`)."""
+        self._step(k.OP_RFC3339, self._input("int", column), bound=30)
+
     def uid(self) -> None:
         """The record's uid after its prefix: Zeek's base 62 of its two words (`uid_words`)."""
         self._step(k.OP_B62, self._input("int", "uid_a"), bound=11)
@@ -284,6 +288,12 @@ def row_program(fmt: str, uid_prefix: str = "C", local: bool = False) -> RowProg
                 p.lit('"')
             elif kind == "float":
                 p.real(f"{f}_ns", None, "null")
+                if f == "start":  # the time convention of docs/json.md beside Zeek's seconds
+                    p.lit(', "start_ns": ')
+                    p.integer("start_ns")
+                    p.lit(', "start_time": "')
+                    p.time("start_ns")
+                    p.lit('"')
             elif kind == "uint":
                 p.integer(f, k.OP_UINT)
             elif kind == "history":  # Zeek's history letters: nothing to escape

@@ -52,6 +52,7 @@ OP_UNLESS_POS = 12  # ints[a] <= 0: write word b and skip the next max(c, 1) ste
 OP_SKIP_NO_HIST = 13  # the row has no history letters: skip the next a steps
 OP_B62 = 14  # ints[a] read as unsigned 64 bits, in base 62 least significant digit first (Zeek)
 OP_FIXED_TEXT = 15  # the bytes fixed[i, a:a + b] (a text column of fixed width)
+OP_RFC3339 = 16  # ints[a] nanoseconds since the epoch as RFC 3339 UTC with nine decimals
 
 _MASK26 = (1 << 26) - 1
 
@@ -319,6 +320,40 @@ def _put_b62(out: Any, p: int, v: int) -> int:
     return p
 
 
+@njit(cache=True)
+def _put_rfc3339(out: Any, p: int, ns: int) -> int:
+    """YYYY-MM-DDTHH:MM:SS.fffffffffZ of nanoseconds since the epoch, as
+    `tcpwhy.timestamps.rfc3339` writes it (years 1000 to 9999: every int64 of nanoseconds
+    from 1970 on). Not `packets_kernel._clock`: that module imports this one."""
+    days = ns // 86400000000000
+    rem = ns - days * 86400000000000
+    z = days + 719468  # days to a civil date (H. Hinnant's algorithm)
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    y = yoe + era * 400 + (1 if m <= 2 else 0)
+    p = _put_padded(out, p, y, 4)
+    out[p] = 45
+    p = _put_padded(out, p + 1, m, 2)
+    out[p] = 45
+    p = _put_padded(out, p + 1, d, 2)
+    out[p] = 84  # T
+    secs = rem // 1000000000
+    p = _put_padded(out, p + 1, secs // 3600, 2)
+    out[p] = 58
+    p = _put_padded(out, p + 1, (secs // 60) % 60, 2)
+    out[p] = 58
+    p = _put_padded(out, p + 1, secs % 60, 2)
+    out[p] = 46
+    p = _put_padded(out, p + 1, rem % 1000000000, 9)
+    out[p] = 90  # Z
+    return p + 1
+
+
 @kernel("i8[:,:] i8[:,:] u1[:,:] i8[:] u1[:] i8[:] u1[:,:] u1[:] -> i8")
 def format_rows(
     prog: Any, ints: Any, hist: Any, hlen: Any, vocab: Any, voff: Any, fixed: Any, out: Any
@@ -394,6 +429,8 @@ def format_rows(
                 for j in range(b):
                     out[u + np.uint64(j)] = fixed[i, a + j]
                 p += b
+            elif op == OP_RFC3339:
+                p = _put_rfc3339(out, p, ints[a, i])
     return p
 
 

@@ -162,10 +162,14 @@ class ConnRecord:
         ``--local-nets``), as Zeek leaves them out of its JSON logs."""
         from tcpwhy.schemas import SCHEMA_VERSION
         from tcpwhy.tcp.connections import end_code
+        from tcpwhy.timestamps import rfc3339
 
         d: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
         for k in JSON_FIELDS:
             d[k] = getattr(self, k)
+            if k == "start":  # exact nanoseconds and RFC 3339 beside Zeek's seconds
+                d["start_ns"] = self.first_ns
+                d["start_time"] = rfc3339(self.first_ns)
             if k == "end":  # the stable code beside the words
                 d["end_code"] = end_code(self.end)
         if self.local_orig is None:
