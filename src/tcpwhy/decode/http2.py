@@ -1,9 +1,11 @@
-"""HTTP/2 frames of cleartext (h2c, prior knowledge) TCP streams.
+"""HTTP/2 frames of cleartext (h2c) TCP streams.
 
 A stream is HTTP/2 when its first payload starts with the client connection preface
-(``PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n``, RFC 9113 §3.4), on any port. Both directions
-are then walked in sequence order: the client's after the 24-byte preface, the server's
-from its first byte. Every frame starts with a 9-byte header (24-bit length, type, flags,
+(``PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n``, RFC 9113 §3.4), on any port, or when an
+HTTP/1.1 request asking ``Upgrade: h2c`` is answered ``101`` (`upgraded_streams`). Both
+directions are then walked in sequence order: the client's after the 24-byte preface
+(and, upgraded, its request head before it), the server's from its first byte (or after
+its 101 head). Every frame starts with a 9-byte header (24-bit length, type, flags,
 31-bit stream id). A frame is reported on the segment that carries its last byte, as
 tshark shows it after reassembly; a frame's payload is read only for GOAWAY (last stream
 id, error code) and RST_STREAM (error code), so a large DATA frame costs nothing but a skip.
@@ -111,6 +113,61 @@ def h2_streams(table: PacketTable, stream: npt.NDArray[Any]) -> I64:
     return np.sort(st[idx][ok])
 
 
+def _head(table: PacketTable, row: int) -> bytes | None:
+    """An HTTP/1.1 head (through its blank line) at the start of a captured payload."""
+    c = min(int(table["payload_cap"][row]), 8192)
+    data = bytes(table.payload(row)[:c])
+    end = data.find(b"\r\n\r\n")
+    return data[: end + 4] if end >= 0 else None
+
+
+def upgraded_streams(
+    table: PacketTable, stream: npt.NDArray[Any], direction: npt.NDArray[Any]
+) -> dict[int, tuple[int, int, int]]:
+    """Streams upgraded to h2c by HTTP/1.1 (RFC 7540 §3.2): the client's first payload is a
+    request without a body that asks ``Upgrade: h2c``, the server's first payload starts
+    with a ``101`` response. Per stream: the client's direction, the bytes before its
+    frames (request head and preface) and before the server's (the 101 head). Both heads
+    must sit whole in their first segment, as clients and servers send them."""
+    flags = table["flags"].astype(np.int64)
+    data_rows = np.flatnonzero((table["payload_len"] > 0) & ((flags & RST) == 0))
+    if not len(data_rows) or not table.data.size:
+        return {}
+    key = stream[data_rows].astype(np.int64) * 2 + direction[data_rows].astype(np.int64)
+    _, idx = np.unique(key, return_index=True)
+    rows = data_rows[idx]
+    # the few answers that start "HTTP/1.1 101" (vectorised: a capture has many streams)
+    tag = np.frombuffer(b"HTTP/1.1 101", np.uint8)
+    j = np.arange(len(tag))
+    off = table["payload_off"][rows].astype(np.int64)
+    b = table.data[np.minimum(off[:, None] + j[None, :], table.data.size - 1)]
+    is101 = (table["payload_cap"][rows] >= len(tag)) & (b == tag[None, :]).all(axis=1)
+    first = {int(k): int(r) for k, r in zip(key[idx].tolist(), rows.tolist(), strict=True)}
+    out: dict[int, tuple[int, int, int]] = {}
+    for k, peer in zip(key[idx][is101].tolist(), rows[is101].tolist(), strict=True):
+        s, sd = divmod(int(k), 2)
+        d = 1 - sd  # the client's side
+        r = first.get(s * 2 + d)
+        if r is None or peer < r:
+            continue  # the request comes first
+        req = _head(table, r)
+        if req is None or b" HTTP/1.1\r\n" not in req.split(b"\r\n", 1)[0] + b"\r\n":
+            continue
+        fields = {
+            n.strip().lower(): v.strip().lower()
+            for n, _, v in (line.partition(b":") for line in req.split(b"\r\n")[1:])
+        }
+        if fields.get(b"upgrade") != b"h2c" or fields.get(b"content-length", b"0") != b"0":
+            continue
+        if b"transfer-encoding" in fields:
+            continue
+        resp = _head(table, peer)
+        if resp is None or not resp.startswith((b"HTTP/1.1 101 ", b"HTTP/1.1 101\r\n")):
+            continue
+        out[s] = (d, len(req) + len(PREFACE), len(resp))
+    return out
+
+
 def _walk(
     table: PacketTable,
     rows: list[int],
@@ -129,7 +186,7 @@ def _walk(
     want = 9  # bytes wanted in `head` before the frame is known (9, then 9 + kept payload)
     rest = -1  # payload bytes of the current frame still to skip once `head` is full
     stream, client = meta
-    pending_preface = skip > 0
+    pending_preface = skip > 0 and client
     for r in rows:
         L = int(plen[r])
         f = int(fl[r])
@@ -221,7 +278,8 @@ def find_frames(
 ) -> Frames:
     """Every HTTP/2 frame of the h2c streams of `table` (`stream` and `direction`, 0/1, per
     row, as `FilterContext.streams` gives them)."""
-    h2 = h2_streams(table, stream)
+    up = upgraded_streams(table, stream, direction)
+    h2 = np.union1d(h2_streams(table, stream), np.asarray(list(up), np.int64))
     if not len(h2):
         return _empty()
     st = stream.astype(np.int64)
@@ -229,11 +287,14 @@ def find_frames(
     out: list[tuple[int, ...]] = []
     for s in h2.tolist():
         rows = sel[st[sel] == s]
-        data = rows[table["payload_len"][rows] > 0]
-        cdir = int(direction[data[0]])
+        if s in up:
+            cdir, cskip, sskip = up[s]
+        else:
+            data = rows[table["payload_len"][rows] > 0]
+            cdir, cskip, sskip = int(direction[data[0]]), len(PREFACE), 0
         for d in (cdir, 1 - cdir):
             mine = rows[direction[rows] == d].tolist()
-            _walk(table, mine, len(PREFACE) if d == cdir else 0, out, (s, d == cdir))
+            _walk(table, mine, cskip if d == cdir else sskip, out, (s, d == cdir))
     if not out:
         f = _empty()
         f.h2_streams = h2
