@@ -422,11 +422,10 @@ _add("http.connection", STRING, _http_attr("connection"), 32, "http", 20)
 _add("http.user_agent", STRING, _http_attr("user_agent"), 32, "http", 20)
 _add("http.content_type", STRING, _http_attr("content_type"), 32, "http", 20)
 
-# ICMP errors about TCP: the icmp/icmpv6 fields, and how every field above reads them
-from tcpwhy.filter import icmp_fields as _icmp_fields  # noqa: E402,F401
-
-# TLS record layer, without decryption (see tcpwhy.filter.tls_fields)
+# In this order (each module registers fields when imported; not sorted on purpose):
+# ICMP errors about TCP: the icmp/icmpv6 fields, and how every field above reads them;
+# the TLS record layer, without decryption (see tcpwhy.filter.tls_fields); HTTP/2 frames of
+# cleartext streams (see tcpwhy.filter.http2_fields)
+from tcpwhy.filter import icmp_fields as _icmp_fields  # noqa: E402,F401,I001
 from tcpwhy.filter import tls_fields as _tls_fields  # noqa: E402,F401
-
-# HTTP/2 frames of cleartext streams (see tcpwhy.filter.http2_fields)
 from tcpwhy.filter import http2_fields as _http2_fields  # noqa: E402,F401
