@@ -92,6 +92,27 @@ def _empty() -> Frames:
     return Frames(z, z, np.zeros(0, bool), z, z, z, z, z, z, z)
 
 
+def _from_rows(out: list[tuple[int, ...]], h2: I64) -> Frames:
+    """The frames `_walk` collected (one tuple per frame), with the streams they came from."""
+    if not out:
+        f = _empty()
+        f.h2_streams = h2
+        return f
+    a = np.asarray(out, np.int64)
+    return Frames(
+        a[:, 0],
+        a[:, 1],
+        a[:, 2].astype(bool),
+        a[:, 3],
+        a[:, 4],
+        a[:, 5],
+        a[:, 6],
+        a[:, 7],
+        a[:, 8],
+        h2,
+    )
+
+
 def h2_streams(table: PacketTable, stream: npt.NDArray[Any]) -> I64:
     """TCP streams whose first payload (either direction) starts with the client preface."""
     flags = table["flags"].astype(np.int64)
@@ -255,22 +276,7 @@ def walk_rows(table: PacketTable, client_rows: list[int], server_rows: list[int]
     out: list[tuple[int, ...]] = []
     _walk(table, client_rows, len(PREFACE), out, (0, True))
     _walk(table, server_rows, 0, out, (0, False))
-    if not out:
-        return _empty()
-    a = np.asarray(out, np.int64)
-    z = np.zeros(1, np.int64)
-    return Frames(
-        a[:, 0],
-        a[:, 1],
-        a[:, 2].astype(bool),
-        a[:, 3],
-        a[:, 4],
-        a[:, 5],
-        a[:, 6],
-        a[:, 7],
-        a[:, 8],
-        z,
-    )
+    return _from_rows(out, np.zeros(1 if out else 0, np.int64))
 
 
 def find_frames(
@@ -295,20 +301,4 @@ def find_frames(
         for d in (cdir, 1 - cdir):
             mine = rows[direction[rows] == d].tolist()
             _walk(table, mine, cskip if d == cdir else sskip, out, (s, d == cdir))
-    if not out:
-        f = _empty()
-        f.h2_streams = h2
-        return f
-    a = np.asarray(out, np.int64)
-    return Frames(
-        a[:, 0],
-        a[:, 1],
-        a[:, 2].astype(bool),
-        a[:, 3],
-        a[:, 4],
-        a[:, 5],
-        a[:, 6],
-        a[:, 7],
-        a[:, 8],
-        h2,
-    )
+    return _from_rows(out, h2)
