@@ -372,7 +372,8 @@ def keepalive_race(lab: Lab) -> None:
     crossed: list[Seg] = []
 
     def rule(seg: Seg) -> str:
-        if not seg.to_server and seg.flags & FIN and not fin:
+        if not seg.to_server and seg.flags & FIN and not crossed:
+            # its retransmissions too: the server's RTO (200 ms) can fire while ss runs
             fin.append(seg)
             return HOLD
         if seg.to_server and seg.payload_len and fin and not crossed:
@@ -428,6 +429,8 @@ def simultaneous_close(lab: Lab) -> None:
 
     def rule(seg: Seg) -> str:
         if seg.flags & FIN and len(fins) < 2:
+            if fins and fins[0].to_server == seg.to_server:
+                return HOLD  # a retransmission of the first FIN, not the second one
             fins.append(seg)
             return RELEASE if len(fins) == 2 else HOLD
         if len(fins) == 2 and seg.pure_ack and len(acks) < 2:
