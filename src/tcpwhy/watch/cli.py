@@ -19,6 +19,7 @@ from typing import Any
 from tcpwhy.errors import TcpwhyError
 
 NS = 1_000_000_000
+BUFFER_MB = 32.0  # the kernel's capture ring: ~0.3 s of a busy 1 Gbit/s link
 
 
 class Terminated(Exception):
@@ -90,8 +91,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     if (args.read is None) == (args.interface is None):
         raise TcpwhyError("watch", "give one of -i IFACE or -r FILE|-")
-    if args.read is not None and (args.filter or args.snaplen is not None):
-        raise TcpwhyError("watch", "-f and -s apply to -i only")
+    if args.read is not None and (
+        args.filter or args.snaplen is not None or args.buffer_size != BUFFER_MB
+    ):
+        raise TcpwhyError("watch", "-f, -s and -B apply to -i only")
     limits = Limits(idle_s=args.idle, max_conns=args.max_conns, max_rows=args.max_rows)
     keeper = tee = None
     if args.keep is not None:
@@ -126,7 +129,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
         if args.interface is not None:
             from tcpwhy.watch.engine import TcpdumpEngine
 
-            engine = TcpdumpEngine(args.interface, args.filter or "", args.snaplen or 512)
+            engine = TcpdumpEngine(
+                args.interface,
+                args.filter or "",
+                args.snaplen or 512,
+                buffer_kib=int(args.buffer_size * 1024),
+            )
             try:
                 engine.start()  # raises the one-line errors: bad interface or filter, permission
             except TcpwhyError:
@@ -218,6 +226,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int,
         metavar="BYTES",
         help="bytes captured per frame; default 512 (headers and the HTTP request line)",
+    )
+    w.add_argument(
+        "-B",
+        "--buffer-size",
+        type=_positive,
+        default=BUFFER_MB,
+        metavar="MB",
+        help="the kernel's capture buffer (tcpdump -B); a burst beyond it is dropped by the "
+        f"kernel and reported; default {BUFFER_MB:g}",
     )
     w.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
     w.add_argument("--format", choices=("text", "jsonl"), default="text")

@@ -46,7 +46,7 @@ class TcpdumpEngine:
 
     def describe(self) -> str:
         flt = f", filter {self.bpf!r}" if self.bpf else ""
-        return f"tcpdump, snaplen {self.snaplen}{flt}"
+        return f"tcpdump, snaplen {self.snaplen}, buffer {self.buffer_kib // 1024} MB{flt}"
 
     def start(self) -> None:
         """Start the child on standard input's place; one-line errors for what it refuses."""
