@@ -132,3 +132,126 @@ def test_ahead_of_time_and_jit_give_the_same_output(zeek_corpus: Path) -> None:
         outs[setting] = p.stdout
     assert outs["1"].count("\n") > 1000
     assert outs["1"] == outs["0"]
+
+
+def _older_cpuinfo(tmp_path: Path) -> Path:
+    """This machine's /proc/cpuinfo with its vector extensions taken away: an older CPU."""
+    text = Path("/proc/cpuinfo").read_text()
+    older = "\n".join(
+        " ".join(w for w in line.split(" ") if not w.startswith(("avx", "amx")))
+        if line.startswith(("flags", "Features"))
+        else line
+        for line in text.splitlines()
+    )
+    (tmp_path / "cpuinfo").write_text(older + "\n")
+    return tmp_path / "cpuinfo"
+
+
+def test_cpu_flags_are_the_instruction_sets_of_the_first_processor(tmp_path: Path) -> None:
+    x86 = tmp_path / "x86"
+    x86.write_text(
+        "processor\t: 0\nflags\t\t: fpu sse2 avx2 hypervisor ibrs bmi2 popcnt lm\n\n"
+        "processor\t: 1\nflags\t\t: fpu sse2 avx512f\n"
+    )
+    # hypervisor and mitigation flags differ between two hosts of one CPU: not recorded
+    assert native.cpu_flags(str(x86)) == ["avx2", "bmi2", "lm", "popcnt", "sse2"]
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd aes pmull sha2 crc32 atomics\n")
+    assert native.cpu_flags(str(arm)) == ["aes", "asimd", "atomics", "crc32", "fp", "pmull", "sha2"]
+    assert native.cpu_flags(str(tmp_path / "absent")) == []
+    need(Path("/proc/cpuinfo").exists(), "no /proc/cpuinfo here")
+    here = native.cpu_flags()
+    assert "sse2" in here or os.uname().machine != "x86_64"
+
+
+def test_a_build_for_another_cpu_is_not_used(tmp_path: Path) -> None:
+    """A venv copied to an older machine: its build names flags this CPU lacks -> the JIT."""
+    built = native.host_cpu()
+    assert native.cpu_mismatch(built) is None
+    older = _older_cpuinfo(tmp_path)
+    if any(f.startswith("avx") for f in built["flags"]):
+        why = native.cpu_mismatch(built, str(older))
+        assert why is not None and " avx2 " in why
+    assert str(native.cpu_mismatch({**built, "machine": "sparc64"})).startswith("built for sparc64")
+    assert native.cpu_mismatch(None) == "the build does not record its CPU"
+    # the same through the manifest of a copied build
+    need(native.load_manifest() is not None, "no ahead-of-time build here (make native)")
+    out = tmp_path / "_native"
+    shutil.copytree(native.OUT_DIR, out)
+    m = json.loads((out / "manifest.json").read_text())
+    assert native.cpu_mismatch(m["cpu"]) is None and "llvm_name" in m["cpu"]
+    m["cpu"]["flags"].append("avx10_9")  # an extension no CPU of today has
+    (out / "manifest.json").write_text(json.dumps(m))
+    manifest, why = native.check_build(out)
+    assert manifest is None and why.endswith("this CPU lacks avx10_9")
+    del m["cpu"]  # a build older than the CPU record
+    (out / "manifest.json").write_text(json.dumps(m))
+    assert native.load_manifest(out) is None
+
+
+def test_a_copied_venv_on_another_cpu_falls_back_to_the_jit_silently(tmp_path: Path) -> None:
+    """The package copied with its build, the build's CPU edited: a process picks the JIT with no
+    warning and no crash, and `python -m tcpwhy.native mode` says why."""
+    need(native.load_manifest() is not None, "no ahead-of-time build here (make native)")
+    pkg = tmp_path / "tcpwhy"
+    shutil.copytree(Path(native.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    man = pkg / "_native" / "manifest.json"
+    m = json.loads(man.read_text())
+    m["cpu"]["flags"].append("avx10_9")
+    man.write_text(json.dumps(m))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env.pop(native.ENV, None)
+    script = (
+        "import tcpwhy, tcpwhy.native as n\n"
+        f"assert tcpwhy.__file__.startswith({str(tmp_path)!r})\n"
+        "from tcpwhy.decode import kernels\n"
+        "print(n.mode(), type(kernels.gather_bytes).__name__)\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-W", "error", "-c", script], env=env, capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["jit", "CPUDispatcher"] and p.stderr == ""
+    p = subprocess.run(
+        [sys.executable, "-m", "tcpwhy.native", "mode"], env=env, capture_output=True, text=True
+    )
+    name = m["cpu"]["llvm_name"]
+    assert p.stdout.strip() == f"jit (built for {name}; this CPU lacks avx10_9)"
+    # and the untouched build is used by the same copy
+    m["cpu"]["flags"].remove("avx10_9")
+    man.write_text(json.dumps(m))
+    p = subprocess.run(
+        [sys.executable, "-m", "tcpwhy.native", "mode"], env=env, capture_output=True, text=True
+    )
+    assert p.stdout.strip() == "aot"
+
+
+def test_only_the_pycc_deprecation_warning_is_silenced() -> None:
+    """No blanket warnings filter in the package: the build silences numba's pycc notice by its
+    category and text, the CLI only the RuntimeWarnings it already prints as one line."""
+    import re
+
+    src = Path(native.__file__).parent
+    calls = []
+    for f in sorted(src.rglob("*.py")):
+        for line in f.read_text().splitlines():
+            if re.search(r"warnings\.(simplefilter|filterwarnings)\(", line):
+                calls.append((f.name, line.strip()))
+    assert calls and all("simplefilter" not in c for _, c in calls), calls
+    import importlib
+    import warnings
+
+    from numba.core.errors import NumbaDeprecationWarning
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        native.quiet_pycc()
+        import numba.pycc
+
+        importlib.reload(numba.pycc)  # it warns at every import
+        warnings.warn("another", NumbaDeprecationWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["another"]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        importlib.reload(numba.pycc)
+    assert any("'pycc' module" in str(w.message) for w in seen)  # the notice it silences

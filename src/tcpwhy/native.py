@@ -20,10 +20,13 @@ The kernel modules write ``from tcpwhy.native import kernel, njit``:
 
 Which one runs is decided once per process, for all kernels together: the
 ahead-of-time modules if they were built from exactly these sources (a checksum
-of the kernel files is kept in their manifest) for this interpreter, all of
-them are there, and ``TCPWHY_NATIVE`` is not
-``0``; numba's JIT otherwise -- a stale or missing build is never used, it is
-only slower. Arguments of an ahead-of-time call are checked against the
+of the kernel files is kept in their manifest) for this interpreter and a CPU
+with no instruction set this one lacks, all of them are there, and
+``TCPWHY_NATIVE`` is not ``0``; numba's JIT otherwise -- a stale or missing
+build is never used, it is only slower. The CPU matters because the build is
+compiled for the host it ran on (``target_cpu = "host"``, as the JIT does):
+a venv copied to an older machine would otherwise die of an illegal
+instruction. The decision is silent; ``python -m tcpwhy.native mode`` says why. Arguments of an ahead-of-time call are checked against the
 signature (dtype, dimensions, contiguity, writability) and a mismatch raises
 TypeError, where the JIT would have compiled another specialisation.
 
@@ -37,6 +40,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import sys
 import warnings
 import zlib
@@ -103,6 +107,61 @@ def source_hash() -> str:
         crc = zlib.crc32(rel.encode() + b"\0" + data + b"\0", crc)
         size += len(data)
     return f"{crc:08x}-{size}"
+
+
+# The x86 flags of /proc/cpuinfo that name instruction-set extensions LLVM may use for
+# "host"; the others (mitigations, hypervisor, timer features) differ between two hosts of
+# one CPU model and would only send a copied venv to the JIT for nothing.
+_X86_ISA = re.compile(
+    r"(sse|ssse|avx|amx|fma|f16c|bmi|popcnt|abm|lzcnt|movbe|aes|vaes|pclmul|vpclmul|gfni|sha|adx"
+    r"|rdrand|rdseed|cx8|cx16|cmov|mmx|xsave|prfchw|3dnow|clflushopt|clwb|fsgsbase|lahf_lm|xop"
+    r"|tbm|movdir|serialize|waitpkg|pku|cldemote|rdpid|lm$)"
+)
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> list[str]:
+    """The instruction-set flags of this CPU as the kernel lists them (x86 ``flags``, ARM
+    ``Features``); read up to the first processor's list, so it costs a tenth of a millisecond."""
+    try:
+        with open(path) as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() in ("flags", "Features"):
+                    flags = value.split()
+                    if key.strip() == "flags":
+                        flags = [x for x in flags if _X86_ISA.match(x)]
+                    return sorted(set(flags))
+    except OSError:
+        pass
+    return []
+
+
+def host_cpu() -> dict[str, Any]:
+    """What the build records of the CPU it was compiled on: the machine and its flags (what the
+    load checks), and LLVM's name and features for it (what numba targeted, for the reader)."""
+    cpu: dict[str, Any] = {"machine": os.uname().machine, "flags": cpu_flags()}
+    try:
+        import llvmlite.binding as ll
+        from numba.core import config
+
+        cpu["llvm_name"] = config.CPU_NAME or ll.get_host_cpu_name()
+        cpu["llvm_features"] = config.CPU_FEATURES or ll.get_host_cpu_features().flatten()
+    except Exception:  # only informative: a numba without these still builds
+        pass
+    return cpu
+
+
+def cpu_mismatch(built: Any, path: str = "/proc/cpuinfo") -> str | None:
+    """Why code built for the CPU ``built`` (a manifest's ``cpu``) cannot run here, or None."""
+    if not isinstance(built, dict) or not isinstance(built.get("flags"), list):
+        return "the build does not record its CPU"
+    if built.get("machine") != os.uname().machine:
+        return f"built for {built.get('machine')}, this is {os.uname().machine}"
+    missing = sorted(set(map(str, built["flags"])) - set(cpu_flags(path)))
+    if missing:
+        name = built.get("llvm_name") or "another CPU"
+        return f"built for {name}; this CPU lacks {' '.join(missing)}"
+    return None
 
 
 def ext_name(qualname: str) -> str:
@@ -196,23 +255,33 @@ def _ext_suffix() -> str:
     return importlib.machinery.EXTENSION_SUFFIXES[0]
 
 
-def load_manifest(out_dir: str | os.PathLike[str] = OUT_DIR) -> dict[str, Any] | None:
-    """The ahead-of-time build's manifest if it matches these sources and this interpreter and
-    every module it lists is there (a venv remade with another Python keeps the old build)."""
+def check_build(out_dir: str | os.PathLike[str] = OUT_DIR) -> tuple[dict[str, Any] | None, str]:
+    """(the ahead-of-time build's manifest, "") if it matches these sources, this interpreter
+    and this CPU and every module it lists is there (a venv remade with another Python keeps
+    the old build; one copied to another machine keeps a build for that machine's CPU);
+    (None, why not) otherwise."""
     try:
         with open(os.path.join(out_dir, "manifest.json")) as f:
             m = json.load(f)
     except (OSError, ValueError):
-        return None
+        return None, "no ahead-of-time build"
     if not isinstance(m, dict) or m.get("hash") != source_hash():
-        return None
+        return None, "the build is older than the kernels' sources"
     suffix = _ext_suffix()
     if m.get("suffix") != suffix or not isinstance(m.get("kernels"), dict):
-        return None
+        return None, "the build is for another Python"
+    why = cpu_mismatch(m.get("cpu"))
+    if why:
+        return None, why
     for qualname in m["kernels"]:
         if not os.path.isfile(os.path.join(out_dir, ext_name(str(qualname)) + suffix)):
-            return None
-    return m
+            return None, f"the build lacks {qualname}"
+    return m, ""
+
+
+def load_manifest(out_dir: str | os.PathLike[str] = OUT_DIR) -> dict[str, Any] | None:
+    """The ahead-of-time build's manifest if it can be used here (see check_build)."""
+    return check_build(out_dir)[0]
 
 
 def mode() -> str:
@@ -283,6 +352,16 @@ def _numba_signature(k: Kernel) -> Any:
     return rtype(*args)
 
 
+def quiet_pycc() -> None:
+    """Silence numba's notice that pycc is pending deprecation (known: see the module
+    docstring), and only it: any other warning of the build is the build's to show."""
+    from numba.core.errors import NumbaPendingDeprecationWarning
+
+    warnings.filterwarnings(
+        "ignore", message=".*'pycc' module", category=NumbaPendingDeprecationWarning
+    )
+
+
 def compile_one(qualname: str, out_dir: str | os.PathLike[str]) -> None:
     """Compile one entry point into its own extension module (one per process: numba's
     inliner does not take two entry points sharing helpers in one pycc module)."""
@@ -291,7 +370,7 @@ def compile_one(qualname: str, out_dir: str | os.PathLike[str]) -> None:
     importlib.import_module(module)
     k = REGISTRY[qualname]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        quiet_pycc()
         from numba.pycc import CC
 
         cc = CC(k.ext_name)
@@ -354,6 +433,7 @@ def build(
         "hash": want,
         "suffix": _ext_suffix(),
         "kernels": {k.qualname: k.spec for k in kernels},
+        "cpu": host_cpu(),
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     if out_dir.exists():
@@ -389,7 +469,8 @@ def _main(argv: list[str]) -> int:
     if a.cmd == "compile-one":
         nat.compile_one(a.qualname, a.out_dir)
         return 0
-    print(nat.mode())
+    why = f"{ENV}=0" if os.environ.get(ENV) == "0" else nat.check_build()[1]
+    print(nat.mode() + (f" ({why})" if nat.mode() == "jit" and why else ""))
     return 0
 
 
