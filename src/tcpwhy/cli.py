@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Sequence
 
 from tcpwhy import __version__
+from tcpwhy.console import COLOR_CHOICES, set_color
 from tcpwhy.errors import EXIT_BAD_INPUT, TcpwhyError
 
 GROUPS = {
@@ -34,13 +35,37 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         description="Tells why TCP connections break: from captures and from a live Linux host.",
     )
     parser.add_argument("--version", action="version", version=f"tcpwhy {__version__}")
+    _add_color(parser, "auto")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    command = next(iter(argv), None) if argv else None
-    wanted = GROUPS.get(command or "")
+    rest = list(argv or [])
+    while rest and rest[0].startswith("--color"):  # the one option before the command
+        rest = rest[2:] if rest[0] == "--color" else rest[1:]
+    wanted = GROUPS.get(rest[0] if rest else "")
     for module in dict.fromkeys(GROUPS.values()):
         if wanted is None or module == wanted:
             importlib.import_module(module).register(sub)
+    _add_color_to_commands(parser)
     return parser
+
+
+def _add_color(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--color",
+        choices=COLOR_CHOICES,
+        default=default,
+        help="colour the text: auto (on a terminal, unless NO_COLOR is set; FORCE_COLOR colours "
+        "pipes and files too), always, never (default: auto)",
+    )
+
+
+def _add_color_to_commands(parser: argparse.ArgumentParser) -> None:
+    """--color after the command too (``tcpwhy analyze --color never x.pcap``): every command
+    and view takes it, without a default that would hide one given before the command."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                _add_color(child, argparse.SUPPRESS)
+                _add_color_to_commands(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the library warns (RuntimeWarning) where the command already prints the same text as one
     # `tcpwhy: FILE: warning: ...` line; Python's two-line form would only repeat it
     warnings.filterwarnings("ignore", category=RuntimeWarning, module="tcpwhy")
+    set_color(getattr(args, "color", None))
     try:
         status = args.func(args)
         sys.stdout.flush()

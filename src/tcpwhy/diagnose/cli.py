@@ -33,15 +33,16 @@ def _progress() -> Iterator[Callable[[str, int | None, int | None], None] | None
     if not sys.stderr.isatty():
         yield None
         return
-    from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn
+
+    from tcpwhy.console import make_console
 
     with Progress(
         SpinnerColumn(),
         TextColumn("tcpwhy: {task.description}"),
         BarColumn(),
         TaskProgressColumn(),
-        console=Console(stderr=True),
+        console=make_console(stderr=True),
         transient=True,
     ) as bar:
         task = bar.add_task("starting", total=None)

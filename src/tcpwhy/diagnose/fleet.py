@@ -443,14 +443,15 @@ def _bar(total: int) -> Iterator[Callable[[int, int], None] | None]:
     if not sys.stderr.isatty():
         yield None
         return
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from tcpwhy.console import make_console
 
     with Progress(
         TextColumn("tcpwhy: capture points"),
         BarColumn(),
         MofNCompleteColumn(),
-        console=Console(stderr=True),
+        console=make_console(stderr=True),
         transient=True,
     ) as bar:
         task = bar.add_task("points", total=total)

@@ -19,6 +19,7 @@ from rich.console import Console, Group
 from rich.padding import Padding
 from rich.text import Text
 
+from tcpwhy.console import REPORT_WIDTH, make_console
 from tcpwhy.diagnose.context import fmt_s
 from tcpwhy.diagnose.model import Finding, Report, Severity
 
@@ -83,14 +84,13 @@ def _int_list_parts(v: list[int], level: int) -> list[str]:
 
 
 def console(file: IO[str], tty: bool) -> Console:
-    return Console(
-        file=file,
-        force_terminal=tty,
-        no_color=not tty or "NO_COLOR" in os.environ,
+    return make_console(
+        file,
+        tty=tty,
         highlight=False,
         markup=False,
         emoji=False,
-        width=shutil.get_terminal_size((100, 24)).columns if tty else 100,
+        width=shutil.get_terminal_size((REPORT_WIDTH, 24)).columns if tty else REPORT_WIDTH,
         soft_wrap=False,
     )
 
@@ -207,14 +207,20 @@ def _timeline(f: Finding) -> Text:
     return out
 
 
-_TRAIL = re.compile(r"[ \t]+((?:\x1b\[[0-9;]*m)*)$", re.M)
+# trailing blanks, also between the colour codes that end a line (kept)
+_TRAIL = re.compile(r"(?:[ \t]|\x1b\[[0-9;]*m)*[ \t](?:\x1b\[[0-9;]*m)*$", re.M)
+_CODE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _strip_trailing(m: re.Match[str]) -> str:
+    return "".join(_CODE.findall(m.group(0)))
 
 
 def write_text(report: Report, file: IO[str]) -> None:
     tty = file.isatty()
     buf = io.StringIO()
     _render(report, console(buf, tty))
-    file.write(_TRAIL.sub(r"\1", buf.getvalue()))
+    file.write(_TRAIL.sub(_strip_trailing, buf.getvalue()))
 
 
 def _render(report: Report, con: Console) -> None:

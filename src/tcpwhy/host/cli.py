@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from typing import Any
 
@@ -16,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tcpwhy.console import TABLE_WIDTH, make_console
 from tcpwhy.errors import TcpwhyError
 from tcpwhy.host import alerts
 from tcpwhy.host import nstat as ctr
@@ -29,10 +29,7 @@ from tcpwhy.timestamps import stamp
 
 
 def _console() -> Console:
-    con = Console(highlight=False)
-    if not con.is_terminal and "COLUMNS" not in os.environ:
-        con.width = 120  # pipes and logs: wide enough that addresses and process names do not wrap
-    return con
+    return make_console(highlight=False, pipe_width=TABLE_WIDTH)
 
 
 def _emit_json(obj: Any) -> None:
