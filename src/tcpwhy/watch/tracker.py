@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tcpwhy.decode.kernels import gather_bytes
 from tcpwhy.decode.table import ACK, FIN, RST, SYN, PacketTable, concat_icmp, icmp_kept
 from tcpwhy.diagnose.engine import DIAGNOSIS_COLUMNS
 
@@ -65,7 +66,6 @@ def take_compact(
 ) -> PacketTable:
     """Rows `keep` (all when None) with their own compact payload buffer (at most
     `payload_bytes` per row), ICMP rows kept with them."""
-    from tcpwhy.decode.kernels import gather_bytes
 
     if keep is None:
         cols = {k: t.cols[k].copy() for k in DIAGNOSIS_COLUMNS}
@@ -97,7 +97,6 @@ def take_compact(
 
 def concat_slim(parts: list[PacketTable]) -> PacketTable:
     """Slim tables joined, payload bytes compacted."""
-    from tcpwhy.decode.kernels import gather_bytes
 
     icmp = concat_icmp(parts)
     parts = [p for p in parts if len(p)]
@@ -126,6 +125,94 @@ def concat_slim(parts: list[PacketTable]) -> PacketTable:
         start += n
     cols["payload_off"] = off.astype(np.uint64)
     return PacketTable(cols, data, icmp)
+
+
+Pick = tuple[PacketTable, "npt.NDArray[np.bool_] | None", "npt.NDArray[np.bool_] | None"]
+"""A slim table, its TCP rows taken (None: all) and its ICMP rows taken (None: all)."""
+
+
+def take_many(items: list[Pick]) -> PacketTable:
+    """The rows picked from several slim tables as one compact slim table, each column and
+    payload byte copied once (a take and a join would copy them twice)."""
+    if len(items) == 1:
+        t, sel, isel = items[0]
+        if sel is None and isel is None:
+            return t
+    n = [len(t) if sel is None else int(np.count_nonzero(sel)) for t, sel, _ in items]
+    total = sum(n)
+    cols: dict[str, npt.NDArray[Any]] = {}
+    for k in DIAGNOSIS_COLUMNS:
+        ref = next((t.cols[k] for t, _, _ in items if k in t.cols), None)
+        out = np.empty(total, ref.dtype if ref is not None else np.int64)
+        at = 0
+        for (t, sel, _), m in zip(items, n, strict=True):
+            if m:
+                if sel is None:
+                    out[at : at + m] = t.cols[k]
+                else:
+                    np.compress(sel, t.cols[k], out=out[at : at + m])
+            at += m
+        cols[k] = out
+    caps = cols["payload_cap"].astype(np.int64)
+    off = np.zeros(total, np.int64)
+    if total:
+        np.cumsum(caps[:-1], out=off[1:])
+    data = np.empty(int(caps.sum()), np.uint8)
+    at = 0
+    shells = []
+    for (t, sel, isel), m in zip(items, n, strict=True):
+        if m:
+            src_off = t.cols["payload_off"] if sel is None else t.cols["payload_off"][sel]
+            gather_bytes(
+                t.data,
+                src_off.astype(np.int64),
+                caps[at : at + m],
+                data,
+                off[at : at + m],
+            )
+        ic = None
+        if t.icmp is not None and len(t.icmp):
+            if sel is None and isel is None:
+                ic = t.icmp
+            else:
+                keep = np.ones(len(t), np.bool_) if sel is None else sel
+                ikeep = np.ones(len(t.icmp), np.bool_) if isel is None else isel
+                ic = icmp_kept(t, keep, ikeep)
+        # concat_icmp reads a table's length and ICMP rows only
+        shells.append(PacketTable({"frame": np.empty(m, np.int64)}, icmp=ic))
+        at += m
+    cols["payload_off"] = off.astype(np.uint64)
+    return PacketTable(cols, data, concat_icmp(shells))
+
+
+@dataclass
+class Part:
+    """Rows of open connections as they came (a chunk, or parts joined), with the rows of
+    connections that already left masked out: rows leave without copying the rest, which is
+    compacted only once most of it has gone."""
+
+    table: PacketTable
+    keys: npt.NDArray[np.uint64]
+    alive: npt.NDArray[np.bool_] | None = None  # None: every row
+    ialive: npt.NDArray[np.bool_] | None = None  # the ICMP rows', None: every one
+    n_alive: int = -1
+    _ikeys: npt.NDArray[np.uint64] | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_alive < 0:
+            self.n_alive = len(self.table)
+
+    def ikeys(self) -> npt.NDArray[np.uint64]:
+        ic = self.table.icmp
+        if self._ikeys is None:
+            self._ikeys = conn_keys(ic)[0] if ic is not None and len(ic) else keys_none()
+        return self._ikeys
+
+    def pick(self) -> Pick:
+        return self.table, self.alive, self.ialive
+
+    def live_keys(self) -> npt.NDArray[np.uint64]:
+        return self.keys if self.alive is None else self.keys[self.alive]
 
 
 def keys_none() -> npt.NDArray[np.uint64]:
@@ -180,7 +267,7 @@ class ConnTracker:
         self.synack = np.zeros(0, np.bool_)
         self.rows = np.zeros(0, np.int64)
         # the open connections' rows, chunk by chunk, each with its rows' keys
-        self.parts: list[tuple[PacketTable, npt.NDArray[np.uint64]]] = []
+        self.parts: list[Part] = []
         self.pending_rows = 0
         self.next_no = 0
         self.recent_keys = np.zeros(0, np.uint64)
@@ -209,7 +296,7 @@ class ConnTracker:
         """Take a chunk's rows (slim, in capture order) into the open connections."""
         if not len(chunk):
             if chunk.icmp is not None and len(chunk.icmp):
-                self.parts.append((chunk, keys_none()))
+                self.parts.append(Part(chunk, keys_none()))
             return
         keys, dirs = conn_keys(chunk)
         ts = chunk["ts_ns"].astype(np.int64)
@@ -280,11 +367,11 @@ class ConnTracker:
             self.rst_ns = np.concatenate([self.rst_ns, rst[new]])[srt]
             self.synack = np.concatenate([self.synack, sa[new]])[srt]
             self.rows = np.concatenate([self.rows, cnt[new]])[srt]
-        self.parts.append((chunk, keys))
+        self.parts.append(Part(chunk, keys))
         self.pending_rows += len(chunk)
         if len(self.parts) > 64:  # few parts: a release looks at each
-            table = concat_slim([p for p, _ in self.parts])
-            self.parts = [(table, np.concatenate([k for _, k in self.parts]))]
+            table = take_many([p.pick() for p in self.parts])
+            self.parts = [Part(table, np.concatenate([p.live_keys() for p in self.parts]))]
 
     def due(self, now_ns: int | None = None) -> npt.NDArray[np.bool_]:
         """Per open connection: leaves now, and why (`self._why`)."""
@@ -329,31 +416,45 @@ class ConnTracker:
             self.ended[k] += v
         gone_keys = self.keys[mask]
         gone_no = self.no[mask]
-        # parts without a leaving connection's row stay as they are: no copy
-        win_parts: list[PacketTable] = []
+        # parts without a leaving connection's row stay as they are, and the rows that stay
+        # in a part are only masked: no copy of what stays
+        picks: list[Pick] = []
         win_keys: list[npt.NDArray[np.uint64]] = []
-        parts = []
-        for table, keys in self.parts:
-            sel = _member(keys, gone_keys)
-            ic = table.icmp
-            isel = _member(conn_keys(ic)[0], gone_keys) if ic is not None and len(ic) else None
-            if not sel.any() and (isel is None or not isel.any()):
-                parts.append((table, keys))
+        parts: list[Part] = []
+        for part in self.parts:
+            sel = _member(part.keys, gone_keys)
+            if part.alive is not None:
+                sel &= part.alive
+            ik = part.ikeys()
+            isel = None
+            if len(ik):
+                isel = _member(ik, gone_keys)
+                if part.ialive is not None:
+                    isel &= part.ialive
+            nsel = int(np.count_nonzero(sel))
+            nisel = int(np.count_nonzero(isel)) if isel is not None else 0
+            if not nsel and not nisel:
+                parts.append(part)
                 continue
-            if sel.all() and (isel is None or isel.all()):
-                win_parts.append(table)
-                win_keys.append(keys)
-                continue
-            win = take_compact(table, sel)
-            win.icmp = icmp_kept(table, sel, isel) if isel is not None else None
-            win_parts.append(win)
-            win_keys.append(keys[sel])
-            rest = take_compact(table, ~sel)
-            rest.icmp = icmp_kept(table, ~sel, ~isel) if isel is not None else None
-            parts.append((rest, keys[~sel]))
+            whole = part.alive is None and nsel == len(sel)
+            iwhole = isel is None or (part.ialive is None and nisel == len(isel))
+            picks.append((part.table, None if whole else sel, None if iwhole else isel))
+            win_keys.append(part.keys if whole else part.keys[sel])
+            ialive = None
+            if isel is not None:
+                ialive = ~isel if part.ialive is None else part.ialive & ~isel
+            if nsel == part.n_alive and (ialive is None or not ialive.any()):
+                continue  # the whole part left
+            alive = ~sel if part.alive is None else part.alive & ~sel
+            n_alive = part.n_alive - nsel
+            if 2 * n_alive < len(sel):  # mostly gone: the rest in a buffer of its own
+                rest = take_many([(part.table, alive, ialive)])
+                parts.append(Part(rest, part.keys[alive]))
+            else:
+                parts.append(Part(part.table, part.keys, alive, ialive, n_alive, part._ikeys))
         self.parts = parts
-        self.pending_rows = sum(len(p) for p, _ in parts)
-        win = concat_slim(win_parts)
+        self.pending_rows = sum(p.n_alive for p in parts)
+        win = take_many(picks) if picks else concat_slim([])
         wk = np.concatenate(win_keys) if win_keys else np.zeros(0, np.uint64)
         numbers = gone_no[np.searchsorted(gone_keys, wk)] if len(gone_keys) else None
         keep = ~mask
