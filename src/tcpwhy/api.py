@@ -7,8 +7,9 @@
     cap.flow(0).to_svg()                           # `tcpwhy flow FILE 0 --format svg`
     tcpwhy.analyze(["a.pcap", "b.pcap"])           # the whole report, as `analyze --format json`
 
-Every view is built by the same functions the commands use, so a value here is the
-value the command prints. Errors are exceptions carrying the command's message
+Every view is computed by the functions the commands call (`tcpwhy.views`: the command
+formats what they yield as it reads, a `Capture` keeps it), so a value here is the value
+the command prints. Errors are exceptions carrying the command's message
 (`CaptureError` and its subclasses, `FilterError`); warnings the command prints on
 stderr (a capture cut short) are `CaptureWarning`s; nothing is printed.
 
@@ -34,6 +35,7 @@ import numpy.typing as npt
 from tcpwhy.errors import (
     CaptureError,
     NotACaptureError,
+    TcpwhyError,
     TruncatedCaptureError,
     UnsupportedLinkTypeError,
 )
@@ -44,10 +46,10 @@ if TYPE_CHECKING:
     import pyarrow
 
     from tcpwhy.decode.table import CaptureStats
-    from tcpwhy.decode.table import PacketTable as Columns
     from tcpwhy.diagnose import model
     from tcpwhy.filter import DisplayFilter
     from tcpwhy.report.flow import Ladder, LadderView
+    from tcpwhy.report.flow_pair import PairView
     from tcpwhy.tcp.records import ConnColumns
 
 Source = Union[str, "os.PathLike[str]", IO[bytes]]
@@ -77,12 +79,18 @@ class CaptureWarning(UserWarning):
 # ---------------------------------------------------------------------------------------
 
 
-def _classify(exc: CaptureError, names: Mapping[str, str]) -> CaptureError:
+def _classify(exc: TcpwhyError, names: Mapping[str, str]) -> TcpwhyError:
     """The reader's CaptureError as the subclass its message names, same where and reason
-    (a spooled file's temporary path replaced by the name the caller gave)."""
-    if type(exc) is not CaptureError:
-        return exc
+    (a spooled file's temporary path replaced by the name the caller gave); another error
+    with that name only."""
     where = names.get(exc.where, exc.where)
+    if type(exc) is not CaptureError:
+        if where == exc.where:
+            return exc
+        try:
+            return type(exc)(where, exc.reason)
+        except TypeError:  # an error class of another signature: as it is
+            return exc
     r = exc.reason
     cls: type[CaptureError] = NotACaptureError
     if "unsupported link type" in r:
@@ -651,48 +659,94 @@ class Report:
 
 
 class Flow:
-    """The ladder of one connection (`tcpwhy flow`): its rows, as text or SVG."""
+    """The ladder of one connection (`tcpwhy flow`): as text, SVG or its JSON document. With
+    captures of two points of the path that both saw the connection, the paired ladder (each
+    segment's time at both points, losses and injections between them)."""
 
-    def __init__(self, ladder: Ladder, stream: int, fold: int = 3) -> None:
-        self._ladder = ladder
+    def __init__(
+        self,
+        model: Ladder | PairView,
+        stream: int,
+        fold: int = 3,
+        points: Sequence[str] = (),
+        note: str | None = None,
+    ) -> None:
+        self._model = model
         self.stream = stream
         self.fold = fold
-        self._view: LadderView | None = None
+        self.points = list(points)
+        """The capture files, as given."""
+        self.note = note
+        """Why a ladder of several capture points shows one point only (``tcpwhy flow``
+        prints it on stderr), else None."""
+        self._view: LadderView | PairView | None = None
 
     @property
-    def view(self) -> LadderView:
+    def paired(self) -> bool:
+        """Whether the ladder joins two capture points."""
+        from tcpwhy.report.flow_pair import PairView
+
+        return isinstance(self._model, PairView)
+
+    @property
+    def view(self) -> LadderView | PairView:
         """The ladder's model: endpoints, starting and final states, and its rows (packets,
-        folds of uneventful segments, packets the filter hid, timers)."""
+        folds of uneventful segments, packets the filter hid, timers); paired, the
+        `tcpwhy.report.flow_pair.PairView` (arrows seen at either point)."""
         if self._view is None:
             from tcpwhy.report.flow import ladder_view
+            from tcpwhy.report.flow_pair import PairView
 
-            self._view = ladder_view(self._ladder, self.fold)
+            m = self._model
+            self._view = m if isinstance(m, PairView) else ladder_view(m, self.fold)
         return self._view
 
     @property
     def rows(self) -> list[Any]:
         """The rows (`tcpwhy.report.flow.LadderRow`: kind, rel_s, frame, to_server, label,
-        client, server, flagged)."""
-        return list(self.view.rows)
+        client, server, flagged); paired, the arrows (`tcpwhy.report.flow_pair.PairArrow`)."""
+        from tcpwhy.report.flow_pair import PairView
+
+        v = self.view
+        return list(v.arrows if isinstance(v, PairView) else v.rows)
 
     def to_text(self) -> str:
-        """``tcpwhy flow FILE STREAM``'s text."""
+        """``tcpwhy flow FILE… STREAM``'s text."""
         from tcpwhy.report.flow import render
+        from tcpwhy.report.flow_pair import PairView, render_pair
 
         out = io.StringIO()
-        render(self._ladder, out, fold=self.fold)
+        if isinstance(self._model, PairView):
+            render_pair(self._model, out)
+        else:
+            render(self._model, out, fold=self.fold)
         return out.getvalue()
 
     def to_svg(self) -> str:
         """The ladder as an SVG element (``tcpwhy flow --format svg`` without the XML
         declaration)."""
-        from tcpwhy.report.svg import render_svg
+        from tcpwhy.report.flow_pair import PairView
+        from tcpwhy.report.svg import render_pair_svg, render_svg
 
-        return render_svg(self.view, title=f"tcp.stream {self.stream}")
+        v = self.view
+        title = f"tcp.stream {self.stream}"
+        return (
+            render_pair_svg(v, title=title)
+            if isinstance(v, PairView)
+            else render_svg(v, title=title)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The document ``tcpwhy flow --format json`` writes (docs/schemas/flow.schema.json)."""
+        from tcpwhy.report.flow_pair import PairView, flow_json
+
+        v = self.view
+        points = self.points if isinstance(v, PairView) else [", ".join(self.points)]
+        return _plain(flow_json(v, self.stream, points))
 
     def __repr__(self) -> str:
         v = self.view
-        return f"<tcpwhy Flow stream {self.stream}: {v.client} ⇄ {v.server}, {len(v.rows)} rows>"
+        return f"<tcpwhy Flow stream {self.stream}: {v.client} ⇄ {v.server}, {len(self.rows)} rows>"
 
     def _repr_html_(self) -> str:
         return self.to_svg()
@@ -704,8 +758,9 @@ class Flow:
 
 
 class Capture:
-    """One capture (or rotated parts of one, read in order as one timeline), read on first
-    use; each view is computed once and kept. Make it with `tcpwhy.open`."""
+    """One capture (or rotated parts of one, read in order as one timeline; or captures of
+    several points of one path, paired as ``tcpwhy analyze`` pairs them), read on first use;
+    each view is computed once and kept. Make it with `tcpwhy.open`."""
 
     def __init__(self, sources: Sequence[Source], display_filter: str | None = None) -> None:
         self._src = _Sources(sources)
@@ -715,8 +770,6 @@ class Capture:
             from tcpwhy.filter import compile_filter
 
             self._flt = compile_filter(display_filter)
-        self._table: Columns | None = None
-        self._first_ns: int | None = None
         self._packets: PacketTable | None = None
         self._connections: ConnectionTable | None = None
         self._report: Report | None = None
@@ -728,103 +781,65 @@ class Capture:
         """The captures as given (paths, URLs, file objects' names)."""
         return self._src.display()
 
-    def _note(self, stats: CaptureStats, path: str) -> None:
-        name = self._src.names.get(path, path)
-        for w in stats.warnings:
-            text = f"{name}: {w}"
-            if text not in self.warnings:
-                self.warnings.append(text)
-                warnings.warn(text, CaptureWarning, stacklevel=4)
+    def _note(self, stats: Sequence[CaptureStats], paths: Sequence[str]) -> None:
+        for st, path in zip(stats, paths, strict=True):
+            name = self._src.names.get(path, path)
+            for w in st.warnings:
+                text = f"{name}: {w}"
+                if text not in self.warnings:
+                    self.warnings.append(text)
+                    warnings.warn(text, CaptureWarning, stacklevel=4)
 
-    def _read(self) -> Columns:
-        """The whole packet table (the files' tables joined), read once."""
-        if self._table is None:
-            from tcpwhy.capture import read_table
-            from tcpwhy.decode.table import CaptureStats
-            from tcpwhy.decode.table import PacketTable as Columns
+    def _stats(self) -> tuple[list[str], list[CaptureStats]]:
+        from tcpwhy.decode.table import CaptureStats
 
-            parts: list[Columns] = []
-            firsts = []
-            for p in self._src.paths():
-                st = CaptureStats()
-                try:
-                    parts.append(read_table(p, st))
-                except CaptureError as exc:
-                    raise _classify(exc, self._src.names) from None
-                self._note(st, p)
-                if st.first_ts_ns is not None:
-                    firsts.append(st.first_ts_ns)
-            self._table = parts[0] if len(parts) == 1 else Columns.concat(parts)
-            self._first_ns = min(firsts) if firsts else None
-        return self._table
+        paths = self._src.paths()
+        return paths, [CaptureStats() for _ in paths]
 
     @property
     def packets(self) -> PacketTable:
         """Every TCP packet (with a display filter, those it matches), as `tcpwhy packets`
-        lists them; columns in `PacketTable.schema`."""
+        lists them; columns in `PacketTable.schema`. Several files are rotated parts of one
+        capture, in the order given."""
         if self._packets is None:
-            from tcpwhy.tcp.streams import StreamTracker
+            from tcpwhy.views import packet_chunks
 
-            t = self._read()
-            s = StreamTracker().feed(t)
-            cols = {k: t.cols[k] for k in packet_schema() if k != "stream"}
-            cols["stream"] = s["stream"]
-            if self._flt is not None:
-                keep = self._mask(t, s)
-                cols = {k: v[keep] for k, v in cols.items()}
-            self._packets = PacketTable(cols, packet_schema())
-        return self._packets
-
-    def _mask(self, t: Any, s: Any) -> npt.NDArray[np.bool_]:
-        from tcpwhy.filter import FilterContext
-        from tcpwhy.tcp.analysis import analyze as tcp_analysis
-
-        assert self._flt is not None
-        a = tcp_analysis(t, s)
-        return self._flt.mask(
-            t, FilterContext(t, streams=s, analysis=a, first_ts_ns=self._first_ns)
-        )
-
-    def _chunks(self) -> Iterator[Any]:
-        from tcpwhy.capture import iter_tables
-        from tcpwhy.decode.table import CaptureStats
-
-        for p in self._src.paths():
-            st = CaptureStats()
+            schema = packet_schema()
+            parts: dict[str, list[npt.NDArray[Any]]] = {k: [] for k in schema}
+            paths, stats = self._stats()
             try:
-                yield from iter_tables(p, st, reuse=True)
-            except CaptureError as exc:
+                for ch in packet_chunks(paths, stats, self._flt, analysis=False):
+                    keep = ch.keep  # the reader reuses its buffers: every column is copied
+                    for k, got in parts.items():
+                        v = ch.streams["stream"] if k == "stream" else ch.table.cols[k]
+                        got.append(v.copy() if keep is None else v[keep])
+            except TcpwhyError as exc:
                 raise _classify(exc, self._src.names) from None
-            self._note(st, p)
+            self._note(stats, paths)
+            cols = {
+                k: np.concatenate(v) if v else np.zeros((0, *schema[k].shape), schema[k].dtype)
+                for k, v in parts.items()
+            }
+            self._packets = PacketTable(cols, schema)
+        return self._packets
 
     @property
     def connections(self) -> ConnectionTable:
         """One record per connection (with a display filter, the connections with a matching
-        packet, each whole), as `tcpwhy conns` writes them, in stream order."""
+        packet, each whole), as `tcpwhy conns` writes them, in stream order. Several capture
+        points: a connection seen at more than one is the first point's record."""
         if self._connections is None:
-            from tcpwhy.decode.table import CaptureStats
-            from tcpwhy.tcp.connections import iter_connection_columns
             from tcpwhy.tcp.records import ConnColumns
+            from tcpwhy.views import connection_batches
 
-            stats = CaptureStats()
-            paths = self._src.paths()
-            if self._flt is not None and len(paths) == 1 and self._table is None:
-                from tcpwhy.report.conns import filtered_connections
-
-                try:
-                    batches = list(filtered_connections(paths[0], stats, self._flt))
-                except CaptureError as exc:
-                    raise _classify(exc, self._src.names) from None
-                self._note(stats, paths[0])
-            elif self._flt is not None or self._table is not None:
-                t = self._read()
-                batches = list(iter_connection_columns([t], None))
-                if self._flt is not None:
-                    wanted = np.unique(self.packets["stream"])
-                    batches = [b.take(np.isin(b["stream"], wanted)) for b in batches]
-            else:  # streamed: the packets are not kept
-                batches = list(iter_connection_columns(self._chunks(), stats))
-            self._connections = _connection_table(ConnColumns.concat(batches).stream_order())
+            paths, stats = self._stats()
+            try:
+                _, batches = connection_batches(paths, stats, self._flt)
+                got = [c for _, c, _ in batches]
+            except TcpwhyError as exc:
+                raise _classify(exc, self._src.names) from None
+            self._note(stats, paths)
+            self._connections = _connection_table(ConnColumns.concat(got).stream_order())
         return self._connections
 
     @property
@@ -843,16 +858,29 @@ class Capture:
     def flow(self, stream: int, *, fold: int = 3) -> Flow:
         """The ladder of tcp.stream `stream` (``tcpwhy flow``); with a display filter, the
         packets it does not match are folded away. `fold`: runs of at least that many
-        uneventful segments are one row (0: never)."""
-        from tcpwhy.report.flow import ladder_of_table
+        uneventful segments are one row (0: never). With captures of several points, the
+        stream is numbered as at the first, and drawn between the two points that saw it."""
+        from tcpwhy.views import flow_model
 
-        t = self._read()
-        lad = ladder_of_table(t, int(stream), ", ".join(self.files), self._first_ns, self._flt)
-        return Flow(lad, int(stream), fold)
+        paths, stats = self._stats()
+        alone: list[str] = []
+        try:
+            got = flow_model(paths, int(stream), stats, self._flt, unpaired=alone)
+        except TcpwhyError as exc:
+            raise _classify(exc, self._src.names) from None
+        self._note(stats, paths)
+        note = None
+        if alone:
+            name = ", ".join(self._src.names.get(p, p) for p in alone[0].split(", "))
+            note = (
+                f"tcp.stream {int(stream)} of {name} was not seen at the other capture points: "
+                "drawn from that point alone"
+            )
+        return Flow(got, int(stream), fold, self.files, note)
 
     def __repr__(self) -> str:
         read = (
-            "read" if self._table is not None or self._connections is not None else "not read yet"
+            "read" if self._packets is not None or self._connections is not None else "not read yet"
         )
         flt = f", display_filter={self.display_filter!r}" if self.display_filter else ""
         return f"<tcpwhy Capture {', '.join(self.files)}{flt} ({read})>"
@@ -874,12 +902,12 @@ class Capture:
 
 
 def _analyze(src: _Sources, flt: DisplayFilter | None, **settings: Any) -> Report:
-    from tcpwhy.diagnose.engine import diagnose_files
     from tcpwhy.diagnose.registry import Settings
+    from tcpwhy.views import diagnosis
 
     try:
-        r = diagnose_files(src.paths(), Settings(**settings), None, flt)
-    except CaptureError as exc:
+        r = diagnosis(src.paths(), Settings(**settings), flt)
+    except TcpwhyError as exc:
         raise _classify(exc, src.names) from None
     if src.names:
         r.capture.files = [src.names.get(f, f) for f in r.capture.files]

@@ -55,10 +55,10 @@ def _progress() -> Iterator[Callable[[str, int | None, int | None], None] | None
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from tcpwhy.diagnose import fleet
-    from tcpwhy.diagnose.engine import diagnose_files
     from tcpwhy.diagnose.registry import Settings
     from tcpwhy.diagnose.render import to_json, write_text
     from tcpwhy.filter import filter_from_args
+    from tcpwhy.views import diagnosis
 
     if args.workers or args.scheduler or fleet.is_fleet(args.files):
         return fleet.cmd_fleet(args)  # capture points apart, on Dask or here
@@ -66,7 +66,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     flt = filter_from_args(args)
     dataset = fleet.one_capture_dataset(args)  # --parquet OUTDIR: checked before the work
     with _progress() as progress:
-        report = diagnose_files(args.files, settings, progress, flt, pair=not args.no_pair)
+        # the findings as `Capture.findings` and `tcpwhy.analyze` have them
+        report = diagnosis(args.files, settings, flt, pair=not args.no_pair, progress=progress)
     fleet.write_one_capture(args, report, dataset)
     if args.kernel_trace:
         from tcpwhy.diagnose.kernel_trace import join

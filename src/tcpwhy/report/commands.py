@@ -201,18 +201,8 @@ def _unless_parquet(
 
 
 def cmd_flow(args: argparse.Namespace) -> int:
-    from tcpwhy.report import flow
+    """`tcpwhy flow`: every format and number of files through `tcpwhy.views.flow_model`."""
+    from tcpwhy.report.flow_pair import cmd_flow_points
 
-    files = getattr(args, "files", None)
-    if files is not None:
-        args.file = files[0]
-        if len(files) > 1 or args.format == "json":
-            from tcpwhy.report.flow_pair import cmd_flow_points
-
-            return cmd_flow_points(args)
-    if getattr(args, "format", "text") == "svg":
-        from tcpwhy.report.svg import write_flow_svg
-
-        write_flow_svg(args)
-        return 0
-    return flow.cmd_flow(args)
+    args.file = args.files[0]
+    return cmd_flow_points(args)

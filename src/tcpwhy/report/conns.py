@@ -324,22 +324,19 @@ def write_conns(
     if fmt in ZEEK_FORMATS:
         options.setdefault("boundaries", "zeek")
     from tcpwhy.report.conns_format import format_columns, format_columns_bytes
-    from tcpwhy.tcp.connections import iter_connection_columns
     from tcpwhy.tcp.records import DEFAULT_OPTIONS
+    from tcpwhy.views import connection_batches
 
     ropts = record_options if record_options is not None else DEFAULT_OPTIONS
     # JSON lines name the ICMP errors about a connection (`conns_icmp`); other formats as before
-    from tcpwhy.report.conns_icmp import IcmpCounts, with_icmp
+    from tcpwhy.report.conns_icmp import with_icmp
 
-    icmp: IcmpCounts = {}
-    if fmt == "jsonl":
-        options["icmp_counts"] = icmp
-
-    batches: Iterator[ConnColumns] = (
-        iter_connection_columns(source, stats, **options)
-        if flt is None
-        else filtered_connections(source, stats, flt, **options)
+    counts: list[dict[int, dict[str, int]]] | None = [] if fmt == "jsonl" else None
+    # the records as `Capture.connections` has them, written batch by batch as they finish
+    _, batches = connection_batches(
+        [source], [stats], flt, record_options=ropts, icmp=counts, **options
     )
+    icmp = counts[0] if counts else {}
     if fmt == "csv":
         fields = csv_fields(ropts.local_nets is not None)
         csv.writer(out, lineterminator="\n").writerow(fields)
@@ -349,16 +346,16 @@ def write_conns(
         out.write(TABLE_HEADER)
     live = source == "-"
     binary = _utf8_buffer(out)
-    for c in batches:
+    for _, c, _ in batches:
         if binary is not None and not icmp:  # the kernel's bytes as they are (no str)
-            raw = format_columns_bytes(c.with_options(ropts), fmt)
+            raw = format_columns_bytes(c, fmt)
             if len(raw):
                 out.flush()
                 binary.write(raw)
                 if live:
                     binary.flush()
             continue
-        text = format_columns(c.with_options(ropts), fmt)
+        text = format_columns(c, fmt)
         if icmp:
             text = with_icmp(text, c, icmp)
         if text:

@@ -180,11 +180,15 @@ def write_points(
     )
     from tcpwhy.report.conns_format import format_columns
     from tcpwhy.report.conns_icmp import with_icmp
+    from tcpwhy.views import connection_batches
 
     if fmt in ZEEK_FORMATS:
         options.setdefault("boundaries", "zeek")
-    points = read_points(files, stats, **options)
-    many = len(points) > 1
+    icmp: list[dict[int, dict[str, int]]] | None = [] if fmt == "jsonl" else None
+    n_points, batches = connection_batches(
+        files, stats, flt, pair=pair, record_options=record_options, icmp=icmp, **options
+    )
+    many = n_points > 1
     if fmt == "csv":
         fields = csv_fields(record_options.local_nets is not None)
         csv.writer(out, lineterminator="\n").writerow([*fields, "seen_at"] if many else fields)
@@ -192,8 +196,7 @@ def write_points(
         _zeek_header(out, None)
     elif fmt == "table":
         out.write(TABLE_HEADER)
-    icmp: list[dict[int, dict[str, int]]] | None = [{} for _ in points] if fmt == "jsonl" else None
-    for k, c, names in point_batches(points, stats[0], flt, record_options, pair, icmp, **options):
+    for k, c, names in batches:
         text = format_columns(c, fmt)
         if icmp is not None:
             text = with_icmp(text, c, icmp[k])
@@ -218,16 +221,19 @@ def write_points_parquet(
     import pyarrow as pa
 
     from tcpwhy.report.parquet import ParquetSink, conn_schema, conn_table
+    from tcpwhy.views import connection_batches
 
-    points = read_points(files, stats, **options)
+    n_points, batches = connection_batches(
+        files, stats, flt, pair=pair, record_options=record_options, **options
+    )
     schema: pa.Schema = conn_schema()
-    many = len(points) > 1
+    many = n_points > 1
     if many:
         schema = schema.append(pa.field("seen_at", pa.list_(pa.string())))
     sink = ParquetSink(path, schema)
     ok = False
     try:
-        for _, c, names in point_batches(points, stats[0], flt, record_options, pair, **options):
+        for _, c, names in batches:
             table = conn_table(c)
             if names is not None:
                 table = table.append_column("seen_at", pa.array(names, pa.list_(pa.string())))

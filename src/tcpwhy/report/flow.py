@@ -14,8 +14,6 @@ segment reached it (see docs/state-machine.md).
 
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -25,7 +23,7 @@ import numpy.typing as npt
 from tcpwhy.capture import read_table
 from tcpwhy.decode.table import ACK, FIN, RST, SYN, CaptureStats, PacketTable, format_addr
 from tcpwhy.errors import TcpwhyError
-from tcpwhy.filter import DisplayFilter, FilterContext, filter_from_args
+from tcpwhy.filter import DisplayFilter, FilterContext
 from tcpwhy.report.packets import flag_names
 from tcpwhy.tcp.analysis import Analysis, analyze
 from tcpwhy.tcp.state import NO_FRAME, Endpoint, State, run_rows, state_label
@@ -357,13 +355,3 @@ def _size(n: int) -> str:
     if n >= 1_000:
         return f"{n / 1e3:.1f} kB"
     return f"{n} bytes"
-
-
-def cmd_flow(args: argparse.Namespace) -> int:
-    from tcpwhy.report.commands import report_stats
-
-    stats = CaptureStats()
-    lad = build_ladder(args.file, args.stream, stats, filter_from_args(args))
-    render(lad, sys.stdout, fold=args.fold)
-    report_stats(args.file, stats)
-    return 0

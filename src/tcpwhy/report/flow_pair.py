@@ -463,29 +463,27 @@ def flow_json(view: PairView | LadderView, stream: int, points: list[str]) -> di
 
 
 def cmd_flow_points(args: Any) -> int:
-    """`tcpwhy flow FILE… STREAM` with several files, or with ``--format json``."""
+    """`tcpwhy flow FILE… STREAM`: one file's ladder or the paired one, as text, SVG or JSON."""
     import json
     import sys
 
     from tcpwhy.filter import filter_from_args
     from tcpwhy.report.commands import report_stats
+    from tcpwhy.views import flow_model
 
     files: list[str] = list(args.files)
     stats = [CaptureStats() for _ in files]
     flt = filter_from_args(args)
-    if len(files) == 1:
-        from tcpwhy.report.flow import build_ladder
-
-        got: PairView | Ladder = build_ladder(files[0], args.stream, stats[0], flt)
-    else:
-        alone: list[str] = []
-        got = build_flow(files, args.stream, stats, not args.no_pair, alone)
-        for name in alone:  # said before the ladder: a reader of the text sees it first
-            print(
-                f"tcpwhy: note: tcp.stream {args.stream} of {name} was not seen at the other "
-                "capture points: drawn from that point alone",
-                file=sys.stderr,
-            )
+    alone: list[str] = []
+    # the ladder as `Capture.flow` has it
+    pair = not getattr(args, "no_pair", False)
+    got = flow_model(files, args.stream, stats, flt, pair=pair, unpaired=alone)
+    for name in alone:  # said before the ladder: a reader of the text sees it first
+        print(
+            f"tcpwhy: note: tcp.stream {args.stream} of {name} was not seen at the other "
+            "capture points: drawn from that point alone",
+            file=sys.stderr,
+        )
     fmt = args.format
     if isinstance(got, PairView):
         if fmt == "json":

@@ -23,7 +23,6 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.capture import iter_tables
 from tcpwhy.decode.table import (
     ACK,
     FLAG_NAMES,
@@ -39,7 +38,6 @@ from tcpwhy.decode.table import (
 )
 from tcpwhy.filter import DisplayFilter, FilterContext
 from tcpwhy.schemas import SCHEMA_VERSION
-from tcpwhy.tcp.analysis import Analyzer
 from tcpwhy.tcp.streams import StreamTracker
 
 COLUMNS = ("No.", "Time", "Source", "Destination", "Length", "Info")
@@ -227,23 +225,19 @@ def iter_rows(
 ) -> Iterator[PacketRow]:
     """The rows of the packet list; with a display filter, only the packets it matches.
     With a tshark time format, each row's `time_text` is its Time column in it."""
-    tracker = StreamTracker()
-    analyzer = Analyzer()
+    from tcpwhy.views import packet_chunks
+
     shown = 0
     digits = -1
     last_captured: int | None = None  # for -t d: the previous frame of the capture
     last_shown: int | None = None  # for -t dd: the previous row listed
-    for t in iter_tables(source, stats, reuse=True):
+    for ch in packet_chunks([source], [stats], flt):
+        t, s, a, keep, tracker = ch.table, ch.streams, ch.analysis, ch.keep, ch.tracker
+        assert a is not None
         if digits < 0:
             digits = capture_ts_digits(source, t["ts_ns"])
             if meta is not None:
                 meta["digits"] = digits
-        s = tracker.feed(t)
-        a = analyzer.feed(t, s)
-        keep = None
-        if flt is not None:
-            ctx = FilterContext(t, streams=s, analysis=a, first_ts_ns=stats.first_ts_ns)
-            keep = flt.mask(t, ctx)
         t0 = stats.first_ts_ns or 0
         rel_t = ((t["ts_ns"] - t0).astype(np.float64) / 1e9).tolist()
         ts = t["ts_ns"].tolist()
@@ -539,20 +533,15 @@ def write_packets(
     if fmt == "csv":
         sink.write(b",".join(c.encode() for c in COLUMNS) + b"\n")
     clock = _Clock(time_format if fmt != "jsonl" else None)
-    tracker = StreamTracker()
-    analyzer = Analyzer()
+    from tcpwhy.views import packet_chunks
+
     shown = 0
-    for t in iter_tables(source, stats, reuse=True):
+    for ch in packet_chunks([source], [stats], flt):  # the packets as `Capture.packets` has them
         if limit is not None and shown >= limit:
             break
+        t, s, a, keep, tracker = ch.table, ch.streams, ch.analysis, ch.keep, ch.tracker
         if clock.digits < 0:
             clock.digits = capture_ts_digits(source, t["ts_ns"])
-        s = tracker.feed(t)
-        a = analyzer.feed(t, s)
-        keep = None
-        if flt is not None:
-            ctx = FilterContext(t, streams=s, analysis=a, first_ts_ns=stats.first_ts_ns)
-            keep = flt.mask(t, ctx)
         sel = np.flatnonzero(keep) if keep is not None else _arange(len(t))
         icmp_rows = (
             _icmp_rows(t, tracker, flt, stats, stats.first_ts_ns or 0) if t.icmp is not None else []

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -275,21 +274,16 @@ def write_conns_parquet(
     **options: Any,
 ) -> int:
     """The connection records of a capture into a Parquet file; the rows written."""
-    from tcpwhy.report.conns import filtered_connections
-    from tcpwhy.tcp.connections import iter_connection_columns
-    from tcpwhy.tcp.records import DEFAULT_OPTIONS
+    from tcpwhy.views import connection_batches
 
-    ropts = record_options if record_options is not None else DEFAULT_OPTIONS
     sink = ParquetSink(path, conn_schema())
     ok = False
     try:
-        batches: Iterator[ConnColumns] = (
-            iter_connection_columns(source, stats, **options)
-            if flt is None
-            else filtered_connections(source, stats, flt, **options)
+        _, batches = connection_batches(
+            [source], [stats], flt, record_options=record_options, **options
         )
-        for c in batches:
-            sink.write(conn_table(c.with_options(ropts)))
+        for _, c, _ in batches:
+            sink.write(conn_table(c))
         ok = True
     finally:
         sink.close(ok)
@@ -352,30 +346,22 @@ def write_packets_parquet(
     written. ICMP errors about TCP are not rows here."""
     import pyarrow as pa
 
-    from tcpwhy.capture import iter_tables
     from tcpwhy.decode.table import FLAG_NAMES
-    from tcpwhy.filter import FilterContext
-    from tcpwhy.tcp.analysis import FLAGS, Analyzer
-    from tcpwhy.tcp.streams import StreamTracker
+    from tcpwhy.tcp.analysis import FLAGS
+    from tcpwhy.views import packet_chunks
 
     flag_bits = np.array([bit for bit, _ in FLAG_NAMES], np.uint64)
     flag_words = tuple(name for _, name in FLAG_NAMES)
     schema = packet_schema()
     sink = ParquetSink(path, schema)
-    tracker = StreamTracker()
-    analyzer = Analyzer()
     ok = False
     try:
-        for t in iter_tables(source, stats, reuse=True):
+        for ch in packet_chunks([source], [stats], flt):  # as `tcpwhy packets` lists them
             if limit is not None and sink.rows >= limit:
                 break
-            s = tracker.feed(t)
-            an = analyzer.feed(t, s)
-            keep = np.ones(len(t), np.bool_)
-            if flt is not None:
-                ctx = FilterContext(t, streams=s, analysis=an, first_ts_ns=stats.first_ts_ns)
-                keep = np.asarray(flt.mask(t, ctx), np.bool_)
-            idx = np.flatnonzero(keep)
+            t, s, an = ch.table, ch.streams, ch.analysis
+            assert an is not None
+            idx = np.flatnonzero(ch.keep) if ch.keep is not None else np.arange(len(t))
             if limit is not None:
                 idx = idx[: limit - sink.rows]
             flags = t["flags"][idx].astype(np.uint64)

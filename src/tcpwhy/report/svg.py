@@ -11,8 +11,6 @@ Every string is XML-escaped: addresses and labels are the capture's.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from html import escape
 from typing import TYPE_CHECKING, Any
 
@@ -156,21 +154,6 @@ def view_json(view: LadderView) -> list[Any]:
             for r in view.rows
         ],
     ]
-
-
-def write_flow_svg(args: argparse.Namespace) -> None:
-    """`tcpwhy flow FILE STREAM --format svg`: a standalone SVG file."""
-    from tcpwhy.decode.table import CaptureStats
-    from tcpwhy.filter import filter_from_args
-    from tcpwhy.report.flow import build_ladder, ladder_view
-
-    stats = CaptureStats()
-    lad = build_ladder(args.file, args.stream, stats, filter_from_args(args))
-    body = render_svg(ladder_view(lad, args.fold), title=f"tcp.stream {args.stream}")
-    sys.stdout.write('<?xml version="1.0" encoding="UTF-8"?>\n' + body + "\n")
-    from tcpwhy.report.commands import report_stats
-
-    report_stats(args.file, stats)
 
 
 def render_pair_svg(view: PairView, title: str = "") -> str:

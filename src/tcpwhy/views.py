@@ -1,0 +1,168 @@
+"""The views of a capture, computed in one place for the command line and the Python API.
+
+Each view has one function here, and both sides call it: the commands (`tcpwhy packets`,
+`conns`, `flow`, `analyze`) format what it yields, as they read it, and `tcpwhy.api`
+keeps it as tables and objects. A packet, a connection record, a finding or a ladder is
+therefore computed by the same code whichever way it is asked for, and the two cannot
+disagree; tests/test_api_cli.py holds both to that.
+
+    packet_chunks        the TCP packets, chunk by chunk: streams, expert analysis, filter mask
+    connection_batches   the connection records, batch by batch (one file streamed; several
+                         grouped into capture points and paired, as `analyze` does)
+    flow_model           the ladder of one connection (two capture points: the paired ladder)
+    diagnosis            the findings (`tcpwhy.diagnose.engine`)
+
+Not part of the stable API (`tcpwhy.api`'s names are): these may change with the commands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    from tcpwhy.decode.table import CaptureStats, PacketTable
+    from tcpwhy.diagnose import model
+    from tcpwhy.diagnose.engine import Progress
+    from tcpwhy.diagnose.registry import Settings
+    from tcpwhy.filter import DisplayFilter
+    from tcpwhy.report.flow import Ladder
+    from tcpwhy.report.flow_pair import PairView
+    from tcpwhy.tcp.analysis import Analysis
+    from tcpwhy.tcp.records import ConnColumns, RecordOptions
+    from tcpwhy.tcp.streams import StreamTracker
+
+Batch = tuple[int, "ConnColumns", "list[list[str]] | None"]
+"""A batch of connection records: its capture point's index, the records, and each record's
+``seen_at`` (None with one capture point)."""
+
+
+@dataclass
+class PacketChunk:
+    """One chunk of packets as read: the reader reuses its buffers for the next chunk, so
+    whoever keeps a column copies it."""
+
+    table: PacketTable
+    streams: dict[str, npt.NDArray[Any]]
+    """`StreamTracker.feed`'s columns: stream, dir, rel_seq, rel_ack, win_scaled."""
+    analysis: Analysis | None
+    """Wireshark's expert analysis (None when neither asked for nor needed by the filter)."""
+    keep: npt.NDArray[np.bool_] | None
+    """The display filter's verdict per row (None without a filter: every row)."""
+    tracker: StreamTracker
+    """The tracker fed so far (its ICMP columns name the connections ICMP errors are about)."""
+    first_ts_ns: int | None
+    """The capture's first frame (``frame.time_relative`` counts from it)."""
+
+
+def packet_chunks(
+    sources: Sequence[str],
+    stats: Sequence[CaptureStats],
+    flt: DisplayFilter | None = None,
+    *,
+    analysis: bool = True,
+) -> Iterator[PacketChunk]:
+    """The TCP packets of `sources` (rotated parts of one capture, in order: one timeline,
+    one stream numbering), chunk by chunk as read, with their streams, analysis and the
+    filter's mask. `tcpwhy packets` formats each chunk; `Capture.packets` joins them."""
+    from tcpwhy.capture import iter_tables
+    from tcpwhy.filter import FilterContext
+    from tcpwhy.tcp.analysis import Analyzer
+    from tcpwhy.tcp.streams import StreamTracker
+
+    tracker = StreamTracker()
+    need = analysis or (flt is not None and "analysis" in flt.needs)
+    analyzer = Analyzer() if need else None
+    for src, st in zip(sources, stats, strict=True):
+        for t in iter_tables(src, st, reuse=True):
+            first = next((s.first_ts_ns for s in stats if s.first_ts_ns is not None), None)
+            s = tracker.feed(t)
+            a = analyzer.feed(t, s) if analyzer is not None else None
+            keep = None
+            if flt is not None:
+                keep = flt.mask(t, FilterContext(t, streams=s, analysis=a, first_ts_ns=first))
+            yield PacketChunk(t, s, a, keep, tracker, first)
+
+
+def connection_batches(
+    files: Sequence[str],
+    stats: Sequence[CaptureStats],
+    flt: DisplayFilter | None = None,
+    *,
+    pair: bool = True,
+    record_options: RecordOptions | None = None,
+    icmp: list[dict[int, dict[str, int]]] | None = None,
+    **options: Any,
+) -> tuple[int, Iterator[Batch]]:
+    """The connection records of captures: how many capture points they are, and the record
+    batches (`Batch`) as they finish. One file is streamed (records leave as their
+    connections end, memory bounded by the connections open at once); several are grouped
+    as `analyze` groups them (rotated files joined, files overlapping in time other capture
+    points) and paired unless `pair` is False (`tcpwhy.report.conns_points`). With a display
+    filter, the connections with a matching packet, each whole. `icmp`, when given, is
+    filled with one dict per capture point: the ICMP errors counted per stream. `options`:
+    `tcpwhy.tcp.connections.ConnectionBuilder`'s (boundaries, checksums, max_active)."""
+    from tcpwhy.tcp.records import DEFAULT_OPTIONS
+
+    ropts = record_options if record_options is not None else DEFAULT_OPTIONS
+    if len(files) == 1:
+        from tcpwhy.report.conns import filtered_connections
+        from tcpwhy.tcp.connections import iter_connection_columns
+
+        if icmp is not None:
+            icmp[:] = [{}]
+            options["icmp_counts"] = icmp[0]
+        src, st = files[0], stats[0]
+        it = (
+            iter_connection_columns(src, st, **options)
+            if flt is None
+            else filtered_connections(src, st, flt, **options)
+        )
+        return 1, ((0, c.with_options(ropts), None) for c in it)
+    from tcpwhy.report.conns_points import point_batches, read_points
+
+    points = read_points(list(files), list(stats), **options)
+    if icmp is not None:
+        icmp[:] = [{} for _ in points]
+    return len(points), point_batches(points, stats[0], flt, ropts, pair, icmp, **options)
+
+
+def flow_model(
+    files: Sequence[str],
+    stream: int,
+    stats: Sequence[CaptureStats],
+    flt: DisplayFilter | None = None,
+    *,
+    pair: bool = True,
+    unpaired: list[str] | None = None,
+) -> Ladder | PairView:
+    """The ladder of tcp.stream `stream`: one file's (with a display filter, the packets it
+    does not match folded away), or, with several files, the connection between two capture
+    points when another point saw it (`tcpwhy.report.flow_pair.build_flow`; `unpaired`
+    gets the point's name when none did)."""
+    if len(files) == 1:
+        from tcpwhy.report.flow import build_ladder
+
+        return build_ladder(files[0], stream, stats[0], flt)
+    from tcpwhy.report.flow_pair import build_flow
+
+    return build_flow(list(files), stream, list(stats), pair, unpaired)
+
+
+def diagnosis(
+    files: Sequence[str],
+    settings: Settings,
+    flt: DisplayFilter | None = None,
+    *,
+    pair: bool = True,
+    progress: Progress | None = None,
+) -> model.Report:
+    """The findings of captures (rotated files joined, capture points of one path paired
+    unless `pair` is False), by `tcpwhy.diagnose.engine`."""
+    from tcpwhy.diagnose.engine import diagnose_files
+
+    return diagnose_files(list(files), settings, progress, flt, pair=pair)
