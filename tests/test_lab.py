@@ -922,7 +922,7 @@ import sys
 from tcpwhy.cli import main
 from tcpwhy.lab.runner import scenario
 
-@scenario("expects-a-listener", "connects to a closed port and insists on success", "-")
+@scenario("expects-a-listener", "connects to a closed port and insists on success", "-", finds=None)
 def play(lab):
     c = lab.sock("client")
     c.settimeout(2)

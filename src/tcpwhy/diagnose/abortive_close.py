@@ -15,6 +15,8 @@ from tcpwhy.diagnose.context import HALF, U32, WHO, Conn
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 
+ORDER = 230
+
 KIND = "abortive-close"
 
 

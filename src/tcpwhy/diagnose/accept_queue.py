@@ -21,6 +21,8 @@ from tcpwhy.diagnose.handshake import admitted, ladder, syn_rows, unanswered_syn
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
 
+ORDER = 90
+
 KIND = "accept-queue-overflow"
 WINDOW_NS = 10_000_000_000
 

@@ -15,6 +15,8 @@ from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 from tcpwhy.tcp.state import State
 
+ORDER = 130
+
 KIND = "close-wait-leak"
 
 

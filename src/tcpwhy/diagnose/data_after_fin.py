@@ -18,6 +18,8 @@ from tcpwhy.diagnose.registry import Diag, plural, rule
 from tcpwhy.diagnose.resets import too_fast
 from tcpwhy.diagnose.stale_keepalive import is_stale
 
+ORDER = 80
+
 KIND = "data-after-fin"
 
 

@@ -14,6 +14,8 @@ from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 from tcpwhy.tcp.state import State
 
+ORDER = 140
+
 KIND = "fin-wait-2-stall"
 
 

@@ -10,6 +10,8 @@ from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 from tcpwhy.diagnose.resets import too_fast, trigger
 
+ORDER = 210
+
 KIND = "half-open-reset"
 
 

@@ -14,6 +14,8 @@ from tcpwhy.diagnose.icmp import errno_name, errno_text
 from tcpwhy.diagnose.model import Finding, Severity, Step, Story
 from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
 
+ORDER = 20
+
 KIND = "icmp-unreachable"
 
 

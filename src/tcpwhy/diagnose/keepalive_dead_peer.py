@@ -12,6 +12,8 @@ from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.probes import candidate_streams, probes
 from tcpwhy.diagnose.registry import Diag, plural, rule
 
+ORDER = 170
+
 KIND = "keepalive-dead-peer"
 
 

@@ -16,6 +16,8 @@ from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 from tcpwhy.diagnose.resets import too_fast
 
+ORDER = 70
+
 KIND = "keepalive-race"
 
 

@@ -18,6 +18,8 @@ from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 from tcpwhy.diagnose.resets import too_fast, trigger, usual_ttl
 
+ORDER = 200
+
 _BELOW_IDLE = (
     knowledge.Fix("any", None, None, "Keep connections below the middlebox's idle timeout: TCP "
                   "keep-alive or application pings more often than it."),

@@ -24,6 +24,8 @@ from tcpwhy.diagnose.icmp_unreachable import IcmpInstance
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, make_finding, plural, rule
 
+ORDER = 30
+
 KIND = "pmtu-black-hole"
 MIN_FULL = 536  # payload of the smallest segment a black hole can swallow (576-byte packets)
 HOLE_WAIT_S = 1.0  # a hole older than this, never filled, is not ordinary loss

@@ -11,6 +11,8 @@ from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.pmtu_black_hole import headers
 from tcpwhy.diagnose.registry import Diag, make_finding, plural, rule
 
+ORDER = 40
+
 KIND = "pmtu-discovery"
 
 

@@ -10,6 +10,8 @@ from tcpwhy.diagnose.handshake import syn_rows
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 
+ORDER = 100
+
 KIND = "connection-refused"
 
 

@@ -8,8 +8,11 @@ RST) claims that stream's event so that generic rules that run later
 from __future__ import annotations
 
 import importlib
+import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -18,33 +21,43 @@ import numpy.typing as npt
 from tcpwhy.diagnose.context import Capture, Conn
 from tcpwhy.diagnose.model import Finding, Step, Story
 
-RULE_MODULES = (
-    "syn_flood",
-    "icmp_unreachable",
-    "pmtu_black_hole",
-    "pmtu_discovery",
-    "tls_fatal_alert",
-    "stale_keepalive",
-    "keepalive_race",
-    "data_after_fin",
-    "accept_queue",
-    "refused",
-    "syn_timeout",
-    "time_wait",
-    "close_wait",
-    "fin_wait_2",
-    "simultaneous_close",
-    "lost_final_ack",
-    "keepalive_dead_peer",
-    "zero_window",
-    "retransmission_timeout",
-    "middlebox_reset",
-    "half_open",
-    "tls_close_notify_reset",
-    "abortive_close",
-    "request_retried",
-    "tls_truncation",
-)
+_ORDER = re.compile(r"^ORDER = (\d+)$", re.M)
+
+
+def _rule_modules() -> tuple[str, ...]:
+    """The rule modules, in the order each declares with a line ``ORDER = N`` of its own.
+
+    Read from the modules' text, so that listing them imports nothing and a new rule module
+    needs no entry anywhere else; earlier rules claim connections before later, more generic
+    ones (so a new specific rule takes an ORDER below the generic rules it pre-empts)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    found: dict[int, str] = {}
+    for name in sorted(os.listdir(here)):
+        if not name.endswith(".py"):
+            continue
+        with open(os.path.join(here, name), encoding="utf-8") as f:
+            m = _ORDER.search(f.read())
+        if m:
+            order = int(m.group(1))
+            if order in found:
+                raise ImportError(
+                    f"rule modules {found[order]} and {name[:-3]} share ORDER {order}"
+                )
+            found[order] = name[:-3]
+    return tuple(found[o] for o in sorted(found))
+
+
+RULE_MODULES = _rule_modules()
+
+
+class Claim(StrEnum):
+    """What a rule may claim of a stream, so that later rules do not report it again (rules
+    pass these or their string values; any other key is an error, not a silent new mask)."""
+
+    SYN = "syn"  # the handshake: its SYNs, unanswered or refused
+    RST = "rst"  # the RST(s) that ended it
+    RETRANS = "retrans"  # its retransmissions
+    CLOSE = "close"  # a late or missing close (CLOSE_WAIT leak, FIN_WAIT_2 stall)
 
 
 @dataclass
@@ -69,7 +82,7 @@ class Diag:
     def _mask(self, what: str) -> npt.NDArray[np.bool_]:
         m = self.claimed.get(what)
         if m is None:
-            m = self.claimed[what] = np.zeros(self.cap.nstreams, np.bool_)
+            m = self.claimed[Claim(what)] = np.zeros(self.cap.nstreams, np.bool_)
         return m
 
     def claim(self, sid: int, what: str = "rst") -> None:
@@ -80,7 +93,10 @@ class Diag:
 
     def is_claimed(self, sid: int, what: str = "rst") -> bool:
         m = self.claimed.get(what)
-        return m is not None and bool(m[sid])
+        if m is None:
+            Claim(what)  # a misspelt key raises instead of reading as "never claimed"
+            return False
+        return bool(m[sid])
 
     def claimed_mask(self, what: str = "rst") -> npt.NDArray[np.bool_]:
         """Per stream: claimed for `what` (a copy)."""

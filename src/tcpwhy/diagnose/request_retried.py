@@ -16,6 +16,8 @@ from tcpwhy.diagnose.knowledge import Fix, advice
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 
+ORDER = 240
+
 KIND = "request-retried"
 PREFIX = 64
 WINDOW_NS = 10_000_000_000

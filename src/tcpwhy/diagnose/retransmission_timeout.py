@@ -14,6 +14,8 @@ from tcpwhy.diagnose.context import U32, WHO, Conn, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 
+ORDER = 190
+
 KIND = "retransmission-timeout"
 MIN_SENDS = 3
 # what Wireshark calls a segment sent again at a sequence number already sent (a 0/1-byte

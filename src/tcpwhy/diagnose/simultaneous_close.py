@@ -13,6 +13,8 @@ from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 from tcpwhy.tcp.state import State
 
+ORDER = 150
+
 KIND = "simultaneous-close"
 
 

@@ -19,6 +19,8 @@ from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
 from tcpwhy.diagnose.resets import too_fast
 from tcpwhy.tcp.state import State
 
+ORDER = 60
+
 KIND = "stale-keepalive-reuse"
 
 

@@ -33,6 +33,8 @@ from tcpwhy.diagnose.context import CLIENT, SERVER, Capture, Conn, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Step, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 
+ORDER = 10
+
 KIND = "syn-flood"
 SCAN_KIND = "port-scan"
 

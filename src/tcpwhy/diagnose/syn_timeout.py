@@ -9,6 +9,8 @@ from tcpwhy.diagnose.handshake import ladder, ladder_text, syn_rows, unanswered_
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 
+ORDER = 110
+
 KIND = "syn-timeout"
 
 

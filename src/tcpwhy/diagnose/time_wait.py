@@ -29,6 +29,8 @@ from tcpwhy.diagnose.registry import (
 )
 from tcpwhy.tcp.state import TIME_WAIT_NS
 
+ORDER = 120
+
 REUSE = "time-wait-reuse"
 PILEUP = "time-wait-accumulation"
 PORTS = 28232  # default ip_local_port_range 32768-60999

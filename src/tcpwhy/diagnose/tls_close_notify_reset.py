@@ -16,6 +16,8 @@ from tcpwhy.diagnose.context import WHO
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 
+ORDER = 220
+
 KIND = "tls-close-notify-reset"
 
 

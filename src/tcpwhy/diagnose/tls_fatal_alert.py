@@ -26,6 +26,8 @@ from tcpwhy.diagnose.knowledge import Fix, advice
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 
+ORDER = 50
+
 KIND = "tls-fatal-alert"
 ERRORS = [
     "Python: ssl.SSLError: [SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca (the side "

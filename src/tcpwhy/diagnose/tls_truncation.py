@@ -29,6 +29,8 @@ from tcpwhy.diagnose.knowledge import Fix, advice
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 
+ORDER = 250
+
 KIND = "tls-truncation"
 ERRORS = [
     "Python (ssl, OpenSSL 3): ssl.SSLEOFError: EOF occurred in violation of protocol "

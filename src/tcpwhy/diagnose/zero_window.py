@@ -12,6 +12,8 @@ from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.probes import probes
 from tcpwhy.diagnose.registry import Diag, plural, rule
 
+ORDER = 180
+
 KIND = "zero-window-stall"
 
 

@@ -18,16 +18,31 @@ class Scenario:
     explain: str
     play: Callable[[Lab], None]
     relay: bool = False
+    finds: str | None = None
+    """The finding kind its recording must produce (None: a baseline, nothing above info);
+    the tests and docs/diagnose.md's catalogue read it from here."""
+    shows: str = ""
+    """What else the catalogue says of its finding(s), after the kind."""
 
 
 SCENARIOS: dict[str, Scenario] = {}
 
 
 def scenario(
-    name: str, summary: str, explain: str, relay: bool = False
+    name: str,
+    summary: str,
+    explain: str,
+    relay: bool = False,
+    *,
+    finds: str | None,
+    shows: str = "",
 ) -> Callable[[Callable[[Lab], None]], Callable[[Lab], None]]:
+    """Register a scenario; ``finds`` (required) is the finding kind it demonstrates."""
+
     def deco(fn: Callable[[Lab], None]) -> Callable[[Lab], None]:
-        SCENARIOS[name] = Scenario(name, summary, " ".join(explain.split()), fn, relay)
+        SCENARIOS[name] = Scenario(
+            name, summary, " ".join(explain.split()), fn, relay, finds, shows
+        )
         return fn
 
     return deco
@@ -51,14 +66,21 @@ class LabResult:
     trace_lost: int = 0
 
 
-def get(name: str) -> Scenario:
-    # Import here so that the registry is filled on first use.
-    from tcpwhy.lab import scenarios as _  # noqa: F401
-    from tcpwhy.lab import scenarios_pair as _p  # noqa: F401
-    from tcpwhy.lab import scenarios_path as _pa  # noqa: F401
-    from tcpwhy.lab import scenarios_socket as _s  # noqa: F401
-    from tcpwhy.lab import scenarios_tls as _t  # noqa: F401
+def _load_scenarios() -> None:
+    """Import every ``tcpwhy.lab.scenarios*`` module (a family per module): their decorators fill
+    the registry, and a new family module needs no entry here."""
+    import importlib
+    import pkgutil
 
+    import tcpwhy.lab
+
+    for m in pkgutil.iter_modules(tcpwhy.lab.__path__):
+        if m.name.startswith("scenarios"):
+            importlib.import_module(f"tcpwhy.lab.{m.name}")
+
+
+def get(name: str) -> Scenario:
+    _load_scenarios()  # here, so that the registry is filled on first use
     try:
         return SCENARIOS[name]
     except KeyError:
@@ -66,12 +88,7 @@ def get(name: str) -> Scenario:
 
 
 def all_scenarios() -> list[Scenario]:
-    from tcpwhy.lab import scenarios as _  # noqa: F401
-    from tcpwhy.lab import scenarios_pair as _p  # noqa: F401
-    from tcpwhy.lab import scenarios_path as _pa  # noqa: F401
-    from tcpwhy.lab import scenarios_socket as _s  # noqa: F401
-    from tcpwhy.lab import scenarios_tls as _t  # noqa: F401
-
+    _load_scenarios()
     return list(SCENARIOS.values())
 
 

@@ -40,6 +40,8 @@ from tcpwhy.lab.runner import scenario
     shorter than every server idle timeout on the path, and a retry for
     idempotent requests.
     """,
+    finds="stale-keepalive-reuse",
+    shows="(+ request-retried, info)",
 )
 def stale_keepalive(lab: Lab) -> None:
     idle = lab.opts.idle if lab.opts.idle is not None else 1.0
@@ -81,6 +83,7 @@ def stale_keepalive(lab: Lab) -> None:
     on the side that closed first is the normal end of a TCP connection, not a
     problem; this scenario is the baseline that a diagnosis must leave silent.
     """,
+    finds=None,
 )
 def clean(lab: Lab) -> None:
     server = KeepAliveServer(lab, idle=5.0)
@@ -180,6 +183,7 @@ def _flags(seg: Seg) -> int:
     side waits in FIN-WAIT-2 (an orphan, limited by tcp_fin_timeout). On the wire
     there is exactly one FIN, from the client; the server's FIN never comes.
     """,
+    finds="close-wait-leak",
 )
 def close_wait_leak(lab: Lab) -> None:
     n = lab.opts.count or 3
@@ -225,6 +229,8 @@ def close_wait_leak(lab: Lab) -> None:
     address"). Fix: reuse connections (keep-alive pools), tcp_tw_reuse for client
     hosts; never SO_LINGER 0 to "fix" it.
     """,
+    finds="time-wait-accumulation",
+    shows="(info)",
 )
 def time_wait(lab: Lab) -> None:
     n = lab.opts.count or 20
@@ -265,6 +271,7 @@ def time_wait(lab: Lab) -> None:
     dropped SYN, which waits for the SYN timeout. Typical during deploys and
     restarts, when clients connect before the new process listens.
     """,
+    finds="connection-refused",
 )
 def refused(lab: Lab) -> None:
     n = lab.opts.count or 1
@@ -299,6 +306,8 @@ def refused(lab: Lab) -> None:
     server's next sequence number, which tells them apart from RSTs answering a
     segment.
     """,
+    finds="abortive-close",
+    shows="(unread data and SO_LINGER 0, told apart)",
 )
 def abortive_close(lab: Lab) -> None:
     listener = lab.listen()
@@ -363,6 +372,8 @@ def abortive_close(lab: Lab) -> None:
     sending "Connection: close" on the last response) do.
     """,
     relay=True,
+    finds="keepalive-race",
+    shows="(+ request-retried)",
 )
 def keepalive_race(lab: Lab) -> None:
     assert lab.relay is not None
@@ -420,6 +431,8 @@ def keepalive_race(lab: Lab) -> None:
     puzzles whoever sees CLOSING or TIME-WAIT on both ends.
     """,
     relay=True,
+    finds="simultaneous-close",
+    shows="(info)",
 )
 def simultaneous_close(lab: Lab) -> None:
     assert lab.relay is not None
@@ -483,6 +496,8 @@ def simultaneous_close(lab: Lab) -> None:
     an RST.
     """,
     relay=True,
+    finds="lost-final-ack",
+    shows="(info)",
 )
 def lost_final_ack(lab: Lab) -> None:
     assert lab.relay is not None
@@ -544,6 +559,7 @@ def lost_final_ack(lab: Lab) -> None:
     sockets point at a peer that does not close (see close-wait-leak for the
     other end); tcp_fin_timeout bounds only the orphans.
     """,
+    finds="fin-wait-2-stall",
 )
 def fin_wait_2(lab: Lab) -> None:
     fin_timeout = max(1, round(lab.opts.timeout or 2))
@@ -607,6 +623,7 @@ def fin_wait_2(lab: Lab) -> None:
     — here shortened from 6 (about 130 s) to 2 — with ETIMEDOUT. Unlike
     "refused", nothing ever comes back.
     """,
+    finds="syn-timeout",
 )
 def syn_timeout(lab: Lab) -> None:
     retries = lab.opts.count or 2
@@ -667,6 +684,7 @@ def syn_timeout(lab: Lab) -> None:
     application's backlog.
     """,
     relay=True,
+    finds="accept-queue-overflow",
 )
 def accept_queue_overflow(lab: Lab) -> None:
     assert lab.relay is not None
@@ -805,6 +823,7 @@ def accept_queue_overflow(lab: Lab) -> None:
     full on the receiver and Send-Q with a persist timer on the sender. When the
     application reads again, a window update restarts the transfer.
     """,
+    finds="zero-window-stall",
 )
 def zero_window(lab: Lab) -> None:
     total = (lab.opts.count or 64) * 1024
@@ -888,6 +907,7 @@ def _ss_quiet(lab: Lab, side: str) -> list[SockRow]:
     with "Connection reset by peer". An idle client would never notice without
     TCP keepalive or an application ping.
     """,
+    finds="half-open-reset",
 )
 def half_open(lab: Lab) -> None:
     port = lab.opts.port
@@ -932,6 +952,7 @@ def half_open(lab: Lab) -> None:
     RST into the void and the blocked read fails with ETIMEDOUT ("Connection
     timed out"). Without keepalive the read would wait forever.
     """,
+    finds="keepalive-dead-peer",
 )
 def keepalive_dead_peer(lab: Lab) -> None:
     idle = max(1, round(lab.opts.idle or 1))
@@ -988,6 +1009,7 @@ def keepalive_dead_peer(lab: Lab) -> None:
     ETIMEDOUT and no RST is sent (TcpExtTCPAbortOnTimeout). Set TCP_USER_TIMEOUT (or
     an application deadline) when a request must fail fast.
     """,
+    finds="retransmission-timeout",
 )
 def retransmission_timeout(lab: Lab) -> None:
     ut = lab.opts.timeout or 3.0
@@ -1075,6 +1097,8 @@ def _rows_for(rows: list[SockRow], cport: int) -> list[str]:
     draws a bare ACK (then RST and a one-second retry), or is silently dropped by
     PAWS or a NAT.
     """,
+    finds="time-wait-reuse",
+    shows="(info: all three reuses accepted)",
 )
 def time_wait_reuse(lab: Lab) -> None:
     pause = lab.opts.delay if lab.opts.delay is not None else 0.3
@@ -1242,6 +1266,8 @@ def _rejected(lab: Lab) -> int:
     often than the shortest idle timeout on the path; a pool idle timeout below it.
     """,
     relay=True,
+    finds="middlebox-reset",
+    shows="(the RST's TTL 64 against the server's 62)",
 )
 def middlebox_reset(lab: Lab) -> None:
     fw_timeout = max(1, round(lab.opts.timeout or 2))
@@ -1347,6 +1373,8 @@ def flood_source(i: int) -> str:
     dropped and connect() would time out (ETIMEDOUT). Counters:
     TcpExtSyncookiesSent, TcpExtSyncookiesRecv, TcpExtTCPReqQFullDoCookies.
     """,
+    finds="syn-flood",
+    shows="(warning: 200 spoofed SYNs, 191 answered with cookies; the real client got in)",
 )
 def syn_flood(lab: Lab) -> None:
     lab.expect(not lab.opts.ipv6, "syn-flood writes IPv4 packets (no -6)")

@@ -125,6 +125,8 @@ class IdleMiddlebox:
     the path; a pool idle timeout below it.
     """,
     relay=True,
+    finds="middlebox-reset",
+    shows="(likely: the RST comes 30 ms after the request on a 60 ms path); with its `.server.pcap`: certain",
 )
 def middlebox_idle_reset_path(lab: Lab) -> None:
     delay = lab.opts.delay if lab.opts.delay is not None else 0.03

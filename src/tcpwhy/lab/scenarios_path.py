@@ -147,6 +147,8 @@ def reject_rules(port: int, where: str) -> str:
     own address, or the router's. No SYN-ACK, no RST, no SYN retransmission.
     """,
     relay=True,
+    finds="icmp-unreachable",
+    shows="× 6 (host-unreachable and port-unreachable from the server, admin-prohibited from the router; IPv4 and IPv6)",
 )
 def icmp_reject(lab: Lab) -> None:
     port = lab.opts.port
@@ -206,6 +208,8 @@ def icmp_reject(lab: Lab) -> None:
     host that should have it), or the address in the client's configuration.
     """,
     relay=True,
+    finds="icmp-unreachable",
+    shows="× 2 (the router's network unreachable, IPv4 and IPv6)",
 )
 def icmp_no_route(lab: Lab) -> None:
     fam2, _, _ = dual_stack(lab)
@@ -381,6 +385,8 @@ def _upload(lab: Lab, listener: socket.socket) -> tuple[str, list[int]]:
     type 2) through every firewall.
     """,
     relay=True,
+    finds="pmtu-black-hole",
+    shows="× 2 (the upload seen at its sender, the download at its receiver)",
 )
 def pmtu_black_hole(lab: Lab) -> None:
     _pmtu_lab(lab, icmp_allowed=False)
@@ -410,6 +416,8 @@ def pmtu_black_hole(lab: Lab) -> None:
     never sends a segment too big. A delay of one round trip, no failure.
     """,
     relay=True,
+    finds="pmtu-discovery",
+    shows="(info: MTU 1280 from the router, segments resent smaller)",
 )
 def pmtu_discovery(lab: Lab) -> None:
     _pmtu_lab(lab, icmp_allowed=True)

@@ -84,6 +84,7 @@ def _serve_one(lab: Lab, listener: socket.socket, port: int | None = None) -> in
     socket, socketserver.TCPServer and Java's ServerSocket must ask for it); never
     SO_LINGER 0 to get rid of TIME-WAIT.
     """,
+    finds=None,
 )
 def addr_in_use_restart(lab: Lab) -> None:
     port = lab.opts.port
@@ -181,6 +182,7 @@ BACKEND_PORT = 5432
     (EADDRNOTAVAIL). Fix: net.ipv4.ip_local_reserved_ports lists the service ports, so
     connect() never picks them (bind() still can), or move the range away from them.
     """,
+    finds=None,
 )
 def ephemeral_overlap(lab: Lab) -> None:
     port = lab.opts.port

@@ -245,6 +245,8 @@ class TLSPool(Pool):
     record sizes and directions tell requests from responses: the same diagnosis must
     come from them as from the cleartext recording.
     """,
+    finds="stale-keepalive-reuse",
+    shows="(as its cleartext twin, the request a 101-byte record)",
 )
 def stale_keepalive_tls(lab: Lab) -> None:
     idle = lab.opts.idle if lab.opts.idle is not None else 1.0
@@ -283,6 +285,8 @@ def stale_keepalive_tls(lab: Lab) -> None:
     connection with RST — what most HTTPS clients do, and harmless. Then three requests
     on one keep-alive connection that the client ends with its own close_notify and FIN.
     """,
+    finds="tls-close-notify-reset",
+    shows="(info: the RST of a client that leaves the server's close_notify unread)",
 )
 def clean_tls(lab: Lab) -> None:
     certs = Certs()
@@ -316,6 +320,8 @@ def clean_tls(lab: Lab) -> None:
     with RST; the pool retries on a new TLS connection.
     """,
     relay=True,
+    finds="keepalive-race",
+    shows="(as its cleartext twin, the request a 101-byte record)",
 )
 def keepalive_race_tls(lab: Lab) -> None:
     assert lab.relay is not None
@@ -393,6 +399,8 @@ def _outcome(err: Exception | None) -> str:
     fatal alert protocol_version. Each side's application gets an SSL error naming the
     alert; on the wire the alert's description says which side refused what.
     """,
+    finds="tls-fatal-alert",
+    shows="× 2 (the client's unknown_ca, the server's protocol_version)",
 )
 def tls_fatal_alert(lab: Lab) -> None:
     certs = Certs()
@@ -436,6 +444,8 @@ def tls_fatal_alert(lab: Lab) -> None:
     it, again without close_notify: nothing was cut, but a strict TLS client (OpenSSL 3)
     reports an unexpected EOF. The client closes both without close_notify either.
     """,
+    finds="tls-truncation",
+    shows="× 2 (warning: FIN right after the response; info: an idle close)",
 )
 def tls_truncation(lab: Lab) -> None:
     idle = lab.opts.idle if lab.opts.idle is not None else 1.0
