@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tcpwhy.lab.packets import internet_checksum, transport_checksum
+
 SERVER = 0xC6336400 + 10  # 198.51.100.10
 PORT = 443
 RATE = 100_000  # flood SYNs per second
@@ -98,26 +100,17 @@ def flood(ts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return r
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def packet(
     ts: int, src: int, dst: int, sport: int, dport: int, seq: int, ack: int, flags: int, data: bytes
 ) -> tuple[int, bytes]:
     """(timestamp, pcap record) of one ordinary segment."""
     tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 64240, 0, 0) + data
-    pseudo = struct.pack("!IIBBH", src, dst, 0, 6, len(tcp))
-    tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp)) + tcp[18:]
+    addrs = struct.pack("!II", src, dst)
+    tcp = tcp[:16] + struct.pack("!H", transport_checksum(addrs[:4], addrs[4:], 6, tcp)) + tcp[18:]
     ip = struct.pack(
         "!BBHHHBBHII", 0x45, 0, 20 + len(tcp), seq & 0xFFFF, 0x4000, 64, 6, 0, src, dst
     )
-    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", internet_checksum(ip)) + ip[12:]
     toward_server = dst == SERVER
     eth = (MAC_SERVER + MAC_GATEWAY) if toward_server else (MAC_GATEWAY + MAC_SERVER)
     frame = eth + b"\x08\x00" + ip + tcp

@@ -8,8 +8,9 @@ python docs/gen_diagnose_catalogue.py --check    exit 1 if the page is out of da
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from generated_page import rewrite_or_check
 
 from tcpwhy.diagnose.catalogue import splice
 
@@ -22,18 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--check", action="store_true", help="fail if the page is out of date")
     args = ap.parse_args(argv)
-    text = PAGE.read_text()
-    new = splice(text)
-    if args.check:
-        if new != text:
-            print(
-                f"{PAGE} is out of date: run python docs/gen_diagnose_catalogue.py", file=sys.stderr
-            )
-            return 1
-        return 0
-    if new != text:
-        PAGE.write_text(new)
-    return 0
+    return rewrite_or_check(PAGE, splice, args.check, "docs/gen_diagnose_catalogue.py")
 
 
 if __name__ == "__main__":

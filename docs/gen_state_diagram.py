@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from generated_page import rewrite_or_check
+
 from tcpwhy.tcp.state import DOC_BEGIN, DOC_END, diagram, docs_block
 
 PAGE = Path(__file__).resolve().parent / "state-machine.md"
@@ -41,16 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dot:
         sys.stdout.write(diagram().dot)
         return 0
-    text = PAGE.read_text()
-    new = splice(text)
-    if args.check:
-        if new != text:
-            print(f"{PAGE} is out of date: run python docs/gen_state_diagram.py", file=sys.stderr)
-            return 1
-        return 0
-    if new != text:
-        PAGE.write_text(new)
-    return 0
+    return rewrite_or_check(PAGE, splice, args.check, "docs/gen_state_diagram.py")
 
 
 if __name__ == "__main__":

@@ -12,30 +12,16 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tcpwhy.capture.writer import LINKTYPE_ETHERNET, PcapWriter
+from tcpwhy.decode.table import ACK, FIN, PSH, SYN
+from tcpwhy.lab.packets import internet_checksum as csum
+from tcpwhy.lab.packets import pseudo_header as _pseudo
 
-SYN, FIN, RST, PSH, ACK = 0x02, 0x01, 0x04, 0x08, 0x10
 MAC_A = bytes.fromhex("020000000001")
 MAC_B = bytes.fromhex("020000000002")
 
 
-def csum(b: bytes) -> int:
-    """The Internet checksum of b."""
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def v4(text: str) -> bytes:
     return bytes(int(x) for x in text.split("."))
-
-
-def _pseudo(src: bytes, dst: bytes, proto: int, n: int) -> bytes:
-    if len(src) == 4:
-        return src + dst + struct.pack("!BBH", 0, proto, n)
-    return src + dst + struct.pack("!IxxxB", n, proto)
 
 
 def tcp(

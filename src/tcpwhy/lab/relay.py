@@ -20,13 +20,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tcpwhy.decode.table import ACK, FIN, PSH, RST, SYN
 from tcpwhy.lab import ns as nsmod
+from tcpwhy.lab.packets import internet_checksum, transport_checksum
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
-
-FIN, SYN, RST, PSH, ACK = 1, 2, 4, 8, 16
 
 PASS = "pass"
 DROP = "drop"
@@ -84,27 +84,15 @@ def parse(pkt: bytes, client_addr: bytes) -> Seg | None:
     return Seg(src == client_addr, flags, seq, ack, total - off - hl, sport, dport, ttl)
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def build_rst(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ttl: int) -> bytes:
     """A bare RST (no ACK) from src:sport to dst:dport with sequence number `seq`: what a
     kernel sends for a segment of a connection it does not know (RFC 9293 3.10.7.1), here
     forged by a box on the path. IPv4 or IPv6 by the address length."""
     tcp = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, 0, 5 << 4, RST, 0, 0, 0)
+    tcp = tcp[:16] + struct.pack("!H", transport_checksum(src, dst, 6, tcp)) + tcp[18:]
     if len(src) == 4:
-        pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp))
-        tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp)) + tcp[18:]
         ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, ttl, 6, 0, src, dst)
-        return ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:] + tcp
-    pseudo = src + dst + struct.pack("!I3xB", len(tcp), 6)
-    tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp)) + tcp[18:]
+        return ip[:10] + struct.pack("!H", internet_checksum(ip)) + ip[12:] + tcp
     return struct.pack("!IHBB16s16s", 6 << 28, len(tcp), 6, ttl, src, dst) + tcp
 
 

@@ -14,9 +14,11 @@ import struct
 import threading
 import time
 
+from tcpwhy.decode.table import FIN, SYN
 from tcpwhy.lab.env import Lab, SockRow, describe_exc
 from tcpwhy.lab.http import STALE_ERRORS, KeepAliveServer, Pool
-from tcpwhy.lab.relay import DROP, FIN, HOLD, PASS, PASS_RELEASE, RELEASE, SYN, Seg
+from tcpwhy.lab.packets import transport_checksum
+from tcpwhy.lab.relay import DROP, HOLD, PASS, PASS_RELEASE, RELEASE, Seg
 from tcpwhy.lab.runner import scenario
 
 # ------------------------------------------------------------------------------------------
@@ -1326,15 +1328,6 @@ def middlebox_reset(lab: Lab) -> None:
 FLOOD_NET = "198.18.0.0/15"  # the benchmarking range: addresses nobody in the lab owns
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def spoofed_syn(src: bytes, dst: bytes, sport: int, dport: int, seq: int) -> bytes:
     """An IPv4 SYN as a flood tool writes it: MSS, SACK-permitted and window scale offered,
     no timestamps (the kernel fills in the IP checksum of a raw IP_HDRINCL packet)."""
@@ -1342,8 +1335,11 @@ def spoofed_syn(src: bytes, dst: bytes, sport: int, dport: int, seq: int) -> byt
     opts = struct.pack("!BBHBBBBBBBB", 2, 4, 1460, 1, 1, 4, 2, 1, 3, 3, 7)
     doff = (20 + len(opts)) // 4 << 4
     tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, doff, SYN, 64240, 0, 0) + opts
-    pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
-    tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp)) + tcp[18:]
+    tcp = (
+        tcp[:16]
+        + struct.pack("!H", transport_checksum(src, dst, socket.IPPROTO_TCP, tcp))
+        + tcp[18:]
+    )
     ip = struct.pack(
         "!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, socket.IPPROTO_TCP, 0, src, dst
     )

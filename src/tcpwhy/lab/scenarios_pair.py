@@ -14,9 +14,10 @@ import threading
 import time
 
 from tcpwhy.capture.live import LiveCapture
+from tcpwhy.decode.table import SYN
 from tcpwhy.lab import ns as nsmod
 from tcpwhy.lab.env import SERVER_IF, Lab
-from tcpwhy.lab.relay import DROP, SYN, Seg, build_rst
+from tcpwhy.lab.relay import DROP, Seg, build_rst
 from tcpwhy.lab.runner import scenario
 from tcpwhy.lab.scenarios import exchange, pair, recv_outcome
 

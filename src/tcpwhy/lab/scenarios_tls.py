@@ -24,10 +24,11 @@ import threading
 import time
 from pathlib import Path
 
+from tcpwhy.decode.table import FIN
 from tcpwhy.errors import ScenarioFailed
 from tcpwhy.lab.env import Lab, describe_exc
 from tcpwhy.lab.http import RESPONSE, STALE_ERRORS, LabConnection, Pool, _fmt
-from tcpwhy.lab.relay import FIN, HOLD, PASS, PASS_RELEASE, Seg
+from tcpwhy.lab.relay import HOLD, PASS, PASS_RELEASE, Seg
 from tcpwhy.lab.runner import scenario
 
 SNI = "api.tcpwhy.test"

@@ -17,6 +17,9 @@ import struct
 import subprocess
 from pathlib import Path
 
+from tcpwhy.lab.packets import internet_checksum as csum
+from tcpwhy.lab.packets import transport_checksum
+
 HERE = Path(__file__).resolve().parent
 FIELDS = [
     *("frame.number", "tcp.stream", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst"),
@@ -29,15 +32,6 @@ C4, S4, R4 = bytes([10, 9, 0, 1]), bytes([10, 9, 1, 2]), bytes([10, 9, 0, 254])
 C6 = bytes.fromhex("fd000009000000000000000000000001")
 S6 = bytes.fromhex("fd000009000100000000000000000002")
 R6 = bytes.fromhex("fd0000090000000000000000000000fe")
-
-
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def tcp(sport: int, dport: int, seq: int, ack: int, flags: int, payload: bytes = b"") -> bytes:
@@ -68,8 +62,7 @@ def icmp4(t: int, code: int, rest: int, quoted: bytes) -> bytes:
 
 def icmp6(src: bytes, dst: bytes, t: int, code: int, rest: int, quoted: bytes) -> bytes:
     m = struct.pack("!BBHI", t, code, 0, rest) + quoted
-    pseudo = src + dst + struct.pack("!I3xB", len(m), 58)
-    return m[:2] + struct.pack("!H", csum(pseudo + m)) + m[4:]
+    return m[:2] + struct.pack("!H", transport_checksum(src, dst, 58, m)) + m[4:]
 
 
 def eth(payload: bytes, v6: bool) -> bytes:
