@@ -21,6 +21,7 @@ record's direction, content type and size; from those:
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tcpwhy.decode import tls as rec
-from tcpwhy.decode.table import RST, format_addr
+from tcpwhy.decode.table import RST, PacketTable, format_addr
 from tcpwhy.diagnose.http import Message, printable
 
 if TYPE_CHECKING:
@@ -126,8 +127,41 @@ def capture_records(cap: Capture) -> rec.Records:
     """The capture's TLS records, grouped by stream * 2 + side (client 0, server 1)."""
     got = _RECORDS.get(cap)
     if got is None:
-        got = _RECORDS[cap] = rec.find_records(cap.table, cap.stream, cap.side)
+        got = _RECORDS[cap] = _find_records(cap)
     return got
+
+
+def _find_records(cap: Capture) -> rec.Records:
+    """`find_records` over the rows of the streams it would find TLS in, mapped back to the
+    capture's rows: the same records, without its per-row sort keys and int64 copies of four
+    columns for every row of the capture (hundreds of MB on millions of packets, most of them
+    not TLS). Its `bounds` hold the TLS streams' groups only (the others are empty)."""
+    t = cap.table
+    n = len(t)
+    tls_stream = np.zeros(cap.nstreams, np.bool_)
+    if n and t.data.size:
+        # the stream's first payload (either direction) starts a handshake record: the test
+        # `find_records` makes, made here on one row per stream
+        data_rows = np.flatnonzero((t["payload_len"] > 0) & ((t["flags"] & RST) == 0))
+        if len(data_rows):
+            st = cap.stream[data_rows]
+            _, idx = np.unique(st, return_index=True)
+            first = data_rows[idx]
+            del data_rows
+            looks = rec._looks_like_record(t, first)
+            off = t["payload_off"][first].astype(np.int64)
+            first_byte = t.data[np.minimum(off, t.data.size - 1)]
+            tls_stream[st[idx][looks & (first_byte == rec.HANDSHAKE)]] = True
+    rows = np.flatnonzero(tls_stream[cap.stream]) if n else np.zeros(0, np.int64)
+    cols = ("frame", "seq", "flags", "payload_len", "payload_cap", "payload_off")
+    sub = PacketTable({k: t[k][rows] for k in cols}, t.data)
+    got = rec.find_records(sub, cap.stream[rows], cap.side[rows])
+    order = rows[got.order]
+    key = cap.stream[order] * 2 + cap.side[order]
+    bounds = np.searchsorted(key, np.arange(2 * cap.nstreams + 1)).astype(np.int64)
+    return dataclasses.replace(
+        got, row=rows[got.row], start_row=rows[got.start_row], order=order, bounds=bounds
+    )
 
 
 def of(conn: Conn) -> TLSConn | None:
