@@ -539,3 +539,144 @@ def community_ids(
             out[i, 4 * g + 1] = _b64((v >> 12) & 63)
             out[i, 4 * g + 2] = _b64((v >> 6) & 63)
             out[i, 4 * g + 3] = _b64(v & 63) if g < 6 else 61
+
+
+# -- the Host header of HTTP requests ----------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _lower_eq(b: int, c: int) -> bool:
+    """Byte b is c, or c's upper case when c is a lower-case ASCII letter."""
+    return b == c or (97 <= c <= 122 and b == c - 32)
+
+
+@kernel("u1[:] i8[:] i8[:] i8 i8 i8 i8[:] i8[:] -> none")
+def find_hosts(
+    data: Any,
+    off: Any,
+    cap: Any,
+    window: int,
+    name_max: int,
+    value_max: int,
+    name_off: Any,
+    name_len: Any,
+) -> None:
+    """The host of each request's Host header (`tcpwhy.tcp.server_names._host`, compiled):
+    the request's bytes are ``data[off[i]:off[i] + min(cap[i], window)]``; the first header
+    line ``\\r\\nHost:`` (any case) before the blank line that ends the headers gives the
+    value: blanks skipped, the line's end within `value_max` bytes, trailing blanks
+    dropped, a port cut at a single ':' unless the host is a bracketed IPv6 address.
+    Writes its absolute offset and length (0: none, or longer than `name_max`)."""
+    n = off.shape[0]
+    for i in range(n):
+        name_off[i] = 0
+        name_len[i] = 0
+        so = off[i]
+        se = so + min(cap[i], window)
+        # the first Host line, and the first blank line, each found at its newline
+        host_nl = -1
+        nl = so + 1
+        while nl < se:
+            if data[nl] == 10 and data[nl - 1] == 13:
+                if nl + 2 < se and data[nl + 1] == 13 and data[nl + 2] == 10:
+                    break  # the headers end before any Host line
+                if (
+                    nl + 5 < se
+                    and _lower_eq(data[nl + 1], 104)
+                    and _lower_eq(data[nl + 2], 111)
+                    and _lower_eq(data[nl + 3], 115)
+                    and _lower_eq(data[nl + 4], 116)
+                    and data[nl + 5] == 58
+                ):
+                    host_nl = nl
+                    break
+            nl += 1
+        if host_nl < 0:
+            continue
+        start = host_nl + 6  # the first byte after "Host:"
+        limit = min(se, start + value_max)
+        # the value: blanks skipped, up to the end of the line (which must come in time)
+        vstart = -1
+        eol = -1
+        p = start
+        while p < limit:
+            b = data[p]
+            if b == 13 or b == 10:
+                eol = p
+                break
+            if vstart < 0 and b != 32 and b != 9:
+                vstart = p
+            p += 1
+        if eol < 0:
+            if limit < start + value_max:  # the row's bytes ended: the line ends there
+                eol = limit
+            else:
+                continue  # no end of line within value_max bytes
+        if vstart < 0:
+            continue  # only blanks
+        vend = vstart
+        ncolon = 0
+        first_colon = -1
+        close_at = -1
+        for q in range(vstart, eol):
+            b = data[q]
+            if b != 32 and b != 9:
+                vend = q + 1
+            if b == 58:
+                ncolon += 1
+                if first_colon < 0:
+                    first_colon = q
+            elif b == 93 and close_at < 0:
+                close_at = q
+        lo = vstart
+        if data[vstart] == 91:  # '[': a bracketed IPv6 address, up to its ']'
+            if close_at >= 0:
+                lo = vstart + 1
+                vend = close_at
+        elif ncolon == 1:
+            vend = first_colon
+        ln = vend - lo
+        if 0 < ln <= name_max:
+            name_off[i] = lo
+            name_len[i] = ln
+
+
+@njit(cache=True, inline="always")
+def _byte(data: Any, off: int, cap: int, j: int) -> int:
+    """Byte j of a payload, 0 past its captured bytes."""
+    return np.int64(data[off + j]) if j < cap else 0
+
+
+@kernel("u1[:] i8[:] i8[:] u1[:] i8[:] u1[:] -> none")
+def payload_kinds(data: Any, off: Any, cap: Any, words: Any, woff: Any, kind: Any) -> None:
+    """What each payload starts with (`tcpwhy.tcp.server_names.kinds`, compiled): 1 a TLS
+    ClientHello (record type 22, version 3.x, handshake type 1), 2 one of the `words` (an
+    HTTP method and its blank; ``words[woff[w]:woff[w + 1]]``, at most 16 bytes, no zero
+    byte), 0 neither."""
+    nw = woff.shape[0] - 1
+    for i in range(off.shape[0]):
+        o = off[i]
+        c = cap[i]
+        if (
+            _byte(data, o, c, 0) == 0x16
+            and _byte(data, o, c, 1) == 3
+            and _byte(data, o, c, 2) <= 4
+            and c > 5
+            and _byte(data, o, c, 5) == 1
+        ):
+            kind[i] = 1
+            continue
+        kind[i] = 0
+        for w in range(nw):
+            a = woff[w]
+            m = woff[w + 1] - a
+            if m > c:
+                continue
+            same = True
+            for j in range(m):
+                if data[o + j] != words[a + j]:
+                    same = False
+                    break
+            if same:
+                kind[i] = 2
+                break

@@ -94,6 +94,8 @@ SWEEP_EVERY_NS = 1_000_000_000
 OUT_ROWS = 4096
 RECORD_ROWS = 16384
 """Records per batch, about (a batch is cut once the rows emitted reach this many)."""
+QUEUE_ROWS = 1 << 16
+"""Rows of the attempt-timer ring at the start (a power of two; it grows when half live)."""
 FINISH_ROWS = 16384
 """Records per batch written at the end of the capture."""
 
@@ -265,7 +267,10 @@ class ConnectionBuilder:
         self._ow = np.empty((OUT_ROWS, z.NFIELDS32), np.int32)
         self._oh = np.empty((OUT_ROWS, z.HIST_MAX), np.uint8)
         # attempt timers as they were armed (see `z.process_chunk`), a ring of (due, slot, uid)
-        self._q = np.zeros((1024, 3), np.int64)
+        # (large from the start: every SYN arms a timer, and on a capture of many short
+        # connections a small ring filled, stopping the compiled loop to compact it, every
+        # thousand connections)
+        self._q = np.zeros((QUEUE_ROWS, 3), np.int64)
         self._qmeta = np.zeros(2, np.int64)
         # connections idle longest, listed when the cap is reached: (slot, uid, seen time)
         self._victims = np.zeros((0, 3), np.int64)
@@ -611,7 +616,8 @@ class ConnectionBuilder:
         size = len(q)
         while 2 * len(live) >= size:
             size *= 2
-        self._q = np.zeros((size, 3), np.int64)
+        if size != len(q):
+            self._q = np.zeros((size, 3), np.int64)
         self._q[: len(live)] = live
         self._qmeta[:] = (0, len(live))
 

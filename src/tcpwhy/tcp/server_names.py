@@ -143,6 +143,27 @@ def _host(table: PacketTable, rows: I64) -> tuple[I64, I64]:
     """Absolute offset and length of the Host header's host (without a port) in each
     request row's first HOST_WINDOW captured bytes (length 0 where there is none).
 
+    A compiled loop over each request's bytes (`tcpwhy.report.conns_kernel.find_hosts`):
+    on a capture of many short HTTP connections the whole-array search (`_host_numpy`, kept
+    as its readable definition) cost more than tracking the connections."""
+    from tcpwhy.report.conns_kernel import find_hosts
+
+    name_off = np.zeros(len(rows), np.int64)
+    name_len = np.zeros(len(rows), np.int64)
+    if not len(rows) or not table.data.size:
+        return name_off, name_len
+    data = table.data
+    if data.dtype != np.uint8 or not data.flags.c_contiguous or not data.flags.writeable:
+        return _host_numpy(table, rows)  # the compiled loop takes the reader's own buffers
+    off = np.ascontiguousarray(table["payload_off"][rows], np.int64)
+    cap = np.ascontiguousarray(table["payload_cap"][rows], np.int64)
+    find_hosts(data, off, cap, HOST_WINDOW, NAME_MAX, _VALUE, name_off, name_len)
+    return name_off, name_len
+
+
+def _host_numpy(table: PacketTable, rows: I64) -> tuple[I64, I64]:
+    """`_host` in whole-array numpy steps (what the compiled loop does, and its test).
+
     Only the line starts are looked at: the newlines of the rows' bytes are found in one
     pass over those bytes, and a header line is recognised from the few bytes after each,
     so the cost follows the bytes of the requests, not a window per row. The rows go in
@@ -270,9 +291,37 @@ def _prefix(head: npt.NDArray[np.uint64], word: bytes) -> npt.NDArray[np.bool_]:
     return out
 
 
+_METHOD_WORDS = [(m + b" ")[:16] for m in METHODS]
+_METHOD_VOCAB = np.frombuffer(b"".join(_METHOD_WORDS), np.uint8).copy()
+_METHOD_OFF = np.cumsum([0] + [len(w) for w in _METHOD_WORDS], dtype=np.int64)
+
+
 def kinds(table: PacketTable, rows: I64) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
     """Which payload rows start with a TLS ClientHello (record type 22, version 3.x,
-    handshake type 1), and which with an HTTP request (a method and a blank)."""
+    handshake type 1), and which with an HTTP request (a method and a blank): a compiled
+    loop (`tcpwhy.report.conns_kernel.payload_kinds`; `_kinds_numpy` is the same in
+    whole-array steps)."""
+    from tcpwhy.report.conns_kernel import payload_kinds
+
+    data = table.data
+    if (
+        not data.size
+        or data.dtype != np.uint8
+        or not data.flags.c_contiguous
+        or not data.flags.writeable
+    ):
+        return _kinds_numpy(table, rows)
+    off = np.ascontiguousarray(table["payload_off"][rows], np.int64)
+    cap = np.ascontiguousarray(table["payload_cap"][rows], np.int64)
+    kind = np.empty(len(rows), np.uint8)
+    payload_kinds(data, off, cap, _METHOD_VOCAB, _METHOD_OFF, kind)
+    return kind == 1, kind == 2
+
+
+def _kinds_numpy(
+    table: PacketTable, rows: I64
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """`kinds` in whole-array numpy steps."""
     full = _head(table, rows)
     head = full[:, 0]
     cap = table["payload_cap"][rows]
