@@ -257,6 +257,19 @@ class _PcapParser:
         return n, newpos, OK
 
 
+def pcapng_options(opts: bytes, e: str) -> Iterator[tuple[int, int, bytes]]:
+    """A pcapng block's options as (code, declared length, value), up to opt_endofopt or the
+    end of the bytes; each value padded to 32 bits in the file (a value the block cuts short
+    comes shorter than its declared length)."""
+    i = 0
+    while i + 4 <= len(opts):
+        code, ln = struct.unpack(e + "HH", opts[i : i + 4])
+        if code == 0:
+            return
+        yield code, ln, opts[i + 4 : i + 4 + ln]
+        i += 4 + ln + (-ln % 4)
+
+
 class _PcapngParser:
     def __init__(self, name: str) -> None:
         self.name = name
@@ -348,13 +361,7 @@ class _PcapngParser:
         else:
             link, _res, snap = struct.unpack(e + "HHI", body[:8])
         res_pow, base2, offset = 6, False, 0
-        opts = body[8:]
-        i = 0
-        while i + 4 <= len(opts):
-            code, ln = struct.unpack(e + "HH", opts[i : i + 4])
-            val = opts[i + 4 : i + 4 + ln]
-            if code == 0:
-                break
+        for code, ln, val in pcapng_options(body[8:], e):
             if code == 9 and ln >= 1:
                 res_pow, base2 = val[0] & 0x7F, bool(val[0] & 0x80)
                 if (not base2 and res_pow > 18) or (base2 and res_pow > 63):
@@ -363,7 +370,6 @@ class _PcapngParser:
                 offset = struct.unpack(e + "q", val[:8])[0]
                 if abs(offset) > 1 << 40:
                     offset = 0
-            i += 4 + ln + (-ln % 4)
         self.ifs.link.append(link)
         self.ifs.snap.append(snap)
         self.ifs.res_pow.append(res_pow)
@@ -728,20 +734,13 @@ class _RecordPcapngParser(_PcapngParser):
         super()._interface(body, e)
         name = description = ""
         tsresol = 6
-        opts = body[8:]
-        i = 0
-        while i + 4 <= len(opts):
-            code, ln = struct.unpack(e + "HH", opts[i : i + 4])
-            val = opts[i + 4 : i + 4 + ln]
-            if code == 0:
-                break
+        for code, ln, val in pcapng_options(body[8:], e):
             if code == 2:
                 name = val.decode("utf-8", "replace")
             elif code == 3:
                 description = val.decode("utf-8", "replace")
             elif code == 9 and ln >= 1:
                 tsresol = val[0]
-            i += 4 + ln + (-ln % 4)
         res = self.ifs.res_pow[-1] | (0x80 if self.ifs.res_base2[-1] else 0)
         if res != (tsresol & 0xFF):  # an out-of-range resolution the reader read as µs
             tsresol = 6

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -31,7 +31,36 @@ _HDR = struct.Struct("<IHHiIII")
 _REC = struct.Struct("<IIII")
 
 
-class PcapWriter:
+class _RecordWriter:
+    """What both formats' writers share: the file, the record count, a batch's buffer written
+    in one call, closing (also as a context manager)."""
+
+    _f: BinaryIO
+    count: int
+
+    def _write_buffer(self, buf: npt.NDArray[np.uint8], records: int) -> None:
+        self._f.write(buf.data)
+        self.count += records
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class PcapWriter(_RecordWriter):
     """Writes one record per `write()`, flushing so a reader can follow the file live."""
 
     def __init__(
@@ -70,25 +99,7 @@ class PcapWriter:
             frac //= 1000
         _put_words(buf, start, [sec, frac, cap, b.wire[idx]])
         _gather(b, idx, buf, start + 16)
-        self._f.write(buf.data)
-        self.count += len(idx)
-
-    def flush(self) -> None:
-        self._f.flush()
-
-    def close(self) -> None:
-        self._f.close()
-
-    def __enter__(self) -> PcapWriter:
-        return self
-
-    def __exit__(
-        self,
-        et: type[BaseException] | None,
-        ev: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        self._write_buffer(buf, len(idx))
 
 
 # ---- pcapng, and copying a capture's records out --------------------------------------------
@@ -113,7 +124,7 @@ def _block(btype: int, body: bytes) -> bytes:
     return _BLOCK_HEAD.pack(btype, n) + body + struct.pack("<I", n)
 
 
-class PcapngWriter:
+class PcapngWriter(_RecordWriter):
     """pcapng (little-endian, one section): an interface description block per interface
     with its `if_tsresol`, then enhanced packet blocks, each with its comments
     (`opt_comment`, which Wireshark shows as `frame.comment` and in its Expert Info)."""
@@ -197,14 +208,7 @@ class PcapngWriter:
             at = int(start[k] + 28 + cap[k] + pad[k])
             buf[at : at + len(o)] = np.frombuffer(o, np.uint8)
         _put_words(buf, start + blen - 4, [blen])
-        self._f.write(buf.data)
-        self.count += len(idx)
-
-    def flush(self) -> None:
-        self._f.flush()
-
-    def close(self) -> None:
-        self._f.close()
+        self._write_buffer(buf, len(idx))
 
 
 def copy_records(
