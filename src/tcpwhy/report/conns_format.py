@@ -12,6 +12,7 @@ import csv
 import functools
 import io
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -171,8 +172,37 @@ class RowProgram:
         """Where the record has no history letters: nothing, instead of the next `skip` steps."""
         self._step(k.OP_SKIP_NO_HIST, skip)
 
+    def _merged_steps(self) -> list[tuple[int, int, int, int]]:
+        """The steps with each run of literals joined into one (the kernel copies a word per
+        step: fewer, longer ones), skips renumbered; a literal a skip lands on starts a run."""
+        steps = self.steps
+        targets = set()
+        for s, (op, a, _b, c) in enumerate(steps):
+            if op == k.OP_UNLESS_POS:
+                targets.add(s + 1 + (c if c > 1 else 1))
+            elif op == k.OP_SKIP_NO_HIST:
+                targets.add(s + 1 + a)
+        merged: list[tuple[int, int, int, int]] = []
+        new_index = []  # the merged step holding each step
+        for s, step in enumerate(steps):
+            prev_lit = s > 0 and steps[s - 1][0] == k.OP_LIT
+            if step[0] == k.OP_LIT and prev_lit and s not in targets:
+                op, a, b, c = merged[-1]
+                merged[-1] = (op, self.word(self.words[a] + self.words[step[1]]), b, c)
+            else:
+                merged.append(step)
+            new_index.append(len(merged) - 1)
+        new_index.append(len(merged))  # a skip may land just past the last step
+        for s, (op, a, b, c) in enumerate(steps):
+            if op == k.OP_UNLESS_POS:
+                skip = new_index[s + 1 + (c if c > 1 else 1)] - new_index[s + 1]
+                merged[new_index[s]] = (op, a, b, skip)
+            elif op == k.OP_SKIP_NO_HIST:
+                merged[new_index[s]] = (op, new_index[s + 1 + a] - new_index[s + 1], b, c)
+        return merged
+
     def compile(self) -> None:
-        self.prog = np.array(self.steps, np.int64).reshape(-1, 4)
+        self.prog = np.array(self._merged_steps(), np.int64).reshape(-1, 4)
         self.static_vocab = b"".join(self.words)
         self.static_off = np.cumsum([0] + [len(w) for w in self.words], dtype=np.int64)
 
@@ -183,7 +213,9 @@ class RowProgram:
 
     def format_bytes(self, c: ConnColumns) -> npt.NDArray[np.uint8] | None:
         """`format` as UTF-8 bytes (a view of the kernel's buffer): written as they are, the
-        text is neither copied nor decoded and encoded again."""
+        text is neither copied nor decoded and encoded again. The buffer is the thread's
+        own and reused by its next call (a new one per batch cost a page fault per 4 kB
+        written): write or copy the bytes before formatting another batch."""
         n = len(c)
         # the batch's words after the static ones: its `end` words, then its server names
         ends = [self.esc(w).encode() for w in c.end_words]
@@ -200,7 +232,7 @@ class RowProgram:
             "server_name": len(self.words) + len(ends),
             "end_code": len(self.words) + len(ends) + len(names),
         }
-        ints = np.empty((len(self.inputs), n), np.int64)
+        ints = _scratch("ints", len(self.inputs) * n, np.int64).reshape(len(self.inputs), n)
         derived: dict[str, Any] = {}
         if any(name.startswith("uid_") for _, name in self.inputs):
             derived["uid_a"], derived["uid_b"] = c.uid_words()
@@ -226,7 +258,7 @@ class RowProgram:
         bound = self.row_bound + self.end_steps * max((len(w) for w in ends), default=0)
         bound += self.name_steps * max((len(w) for w in names), default=0)
         bound += self.code_steps * max((len(w) for w in codes), default=0)
-        out = np.empty(n * bound + 1, np.uint8)
+        out = _scratch("out", n * bound + 1, np.uint8)
         hist = c["history"]
         if not hist.flags.c_contiguous:
             hist = np.ascontiguousarray(hist)
@@ -235,6 +267,18 @@ class RowProgram:
         if size < 0:
             return None
         return out[:size]
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, size: int, dtype: type) -> npt.NDArray[Any]:
+    """A buffer of at least `size` items of this thread, kept for the next batch."""
+    buf: npt.NDArray[Any] | None = getattr(_SCRATCH, name, None)
+    if buf is None or len(buf) < size:
+        buf = np.empty(max(size, 2 * len(buf) if buf is not None else 0), dtype)
+        setattr(_SCRATCH, name, buf)
+    return buf[:size]
 
 
 @functools.lru_cache(maxsize=32)
@@ -442,7 +486,8 @@ def row_program(fmt: str, uid_prefix: str = "C", local: bool = False) -> RowProg
 
 
 def format_columns_bytes(c: ConnColumns, fmt: str) -> bytes | memoryview:
-    """`format_columns` as UTF-8 bytes, for a binary stream (a view of the kernel's buffer)."""
+    """`format_columns` as UTF-8 bytes, for a binary stream (a view of the kernel's buffer,
+    valid until the thread formats its next batch)."""
     if not len(c):
         return b""
     raw = row_program(fmt, c.uid_prefix, c.options.local_nets is not None).format_bytes(c)

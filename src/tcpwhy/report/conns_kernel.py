@@ -63,11 +63,11 @@ def _put_uint(out: Any, p: int, v: int) -> int:
     if v == 0:
         out[p] = 48
         return p + 1
-    n = 0
-    t = v
-    while t > 0:
+    n = 1
+    p10 = 10
+    while n < 19 and v >= p10:  # digits counted by comparing, not dividing
         n += 1
-        t //= 10
+        p10 *= 10
     q = p + n
     while v > 0:
         q -= 1
@@ -309,14 +309,17 @@ def _put_b62(out: Any, p: int, v: int) -> int:
     """v read as unsigned 64 bits, in base 62 with Zeek's digits (0-9, a-z, A-Z), least
     significant digit first, as Zeek's ``uitoa_n`` writes the parts of a uid."""
     u = np.uint64(v)
-    base = np.uint64(62)
-    while True:
-        d = np.int64(u % base)
+    q = u // np.uint64(62)
+    d = np.int64(u - q * np.uint64(62))
+    out[p] = 48 + d if d < 10 else (87 + d if d < 36 else 29 + d)
+    p += 1
+    x = np.int64(q)  # below 2**58: the rest in signed arithmetic, which numba divides faster
+    while x > 0:
+        y = x // 62
+        d = x - y * 62
         out[p] = 48 + d if d < 10 else (87 + d if d < 36 else 29 + d)
         p += 1
-        u = u // base
-        if u == 0:
-            break
+        x = y
     return p
 
 
