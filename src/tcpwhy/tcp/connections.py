@@ -94,6 +94,8 @@ SWEEP_EVERY_NS = 1_000_000_000
 OUT_ROWS = 4096
 RECORD_ROWS = 16384
 """Records per batch, about (a batch is cut once the rows emitted reach this many)."""
+PREALLOC_SLOTS = 1 << 20
+"""Slots whose rows are reserved (not written) when the pool first grows, at most."""
 QUEUE_ROWS = 1 << 16
 """Rows of the attempt-timer ring at the start (a power of two; it grows when half live)."""
 FINISH_ROWS = 16384
@@ -297,12 +299,18 @@ class ConnectionBuilder:
         every slot is taken, so the pool follows the connections open at once."""
         old = self._cap
         cap = min(max(2 * old, 1024), self.max_active)
-        S = np.zeros((cap, z.NFIELDS), np.int64)
-        S[:old] = self.S
-        W = np.zeros((cap, z.NFIELDS32), np.int32)
-        W[:old] = self.W
-        H = np.zeros((cap, z.HIST_MAX), np.uint8)
-        H[:old] = self.H
+        S, W, H = self.S, self.W, self.H
+        if cap > len(S):
+            # rows for up to `PREALLOC_SLOTS` at once: np.zeros maps them lazily, so memory
+            # follows the rows written, and growing copies nothing (a pool of half a million
+            # slots copied as it doubled cost a second and half again its memory at the peak)
+            rows = max(cap, min(self.max_active, PREALLOC_SLOTS))
+            S = np.zeros((rows, z.NFIELDS), np.int64)
+            S[:old] = self.S[:old]
+            W = np.zeros((rows, z.NFIELDS32), np.int32)
+            W[:old] = self.W[:old]
+            H = np.zeros((rows, z.HIST_MAX), np.uint8)
+            H[:old] = self.H[:old]
         free = np.empty(cap, np.int64)
         free[: self.nfree] = self.free[: self.nfree]
         added = np.arange(cap - 1, old - 1, -1, dtype=np.int64)
@@ -537,7 +545,7 @@ class ConnectionBuilder:
             )
 
     def _active_slots(self) -> npt.NDArray[np.int64]:
-        return np.flatnonzero(self.W[:, z.F_ACTIVE]).astype(np.int64)
+        return np.flatnonzero(self.W[: self._cap, z.F_ACTIVE]).astype(np.int64)
 
     def _sweep(self, now: int, *, force: bool, reason: int) -> list[ConnColumns]:
         slots = self._active_slots()
