@@ -1,7 +1,8 @@
 """TLS display filter fields against tshark 4.0: the same frames on the TLS lab recordings.
 
 tests/data/tls/filters.expected.tsv holds, for every filter of tests/data/tls/filters.txt
-and every capture, the frames tshark selected (made by tests/data/tls/generate_filters.sh;
+(fields, and slices of the ``tls`` protocol's bytes) and every capture, the frames tshark
+selected (made by tests/data/tls/generate_filters.sh;
 the TLS recordings decoded as TLS on the lab's port 8080 with ``-d tcp.port==8080,tls``,
 the cleartext one without). tcpwhy tells TLS by content on any port, tshark by port: on
 these captures the two agree, which `test_tls_streams_are_the_decode_as_streams` checks,
@@ -60,9 +61,15 @@ def test_reference_is_complete() -> None:
         "tls.record.version",
         "tls.record.length",
         "tls.handshake.extensions_alpn_str",
+        "tls.handshake.extension.type",
     ]
     for name in fields:
         assert any(f == name and frames for _, f, frames in EXPECTED), name
+    # slices of the protocol's bytes select something too, and not every TLS frame
+    tls_frames = {(c, fr) for c, f, fr in EXPECTED if f == "tls"}
+    for flt in ("tls[0:1] == 16", "tls[0:1] == 17", "tls[5] == 1", "len(tls) < 30"):
+        got = {(c, fr) for c, f, fr in EXPECTED if f == flt}
+        assert any(fr for _, fr in got) and got != tls_frames, flt
 
 
 @pytest.mark.parametrize(("capture", "flt", "frames"), EXPECTED, ids=lambda v: str(v)[:60])
@@ -90,7 +97,7 @@ def test_icmp_rows_have_no_tls() -> None:
     from tcpwhy.filter.fields import FIELDS
 
     names = [n for n in FIELDS if n == "tls" or n.startswith("tls.")]
-    assert len(names) == 10
+    assert len(names) == 11
     t = _table("clean-tls.pcap")
     cols = dict(t.cols)
     cols["icmp_type"] = np.zeros(len(t), np.int64)

@@ -981,6 +981,8 @@ class FieldExpr(Expr):
     def occs(self, ctx: FilterContext, rows: Rows) -> list[Occ]:
         assert self.f is not None
         n = len(rows)
+        if self.as_bytes and self.f.proto_bytes is not None:
+            return self.f.proto_bytes(ctx, rows)  # the protocol's own items and their bytes
         if self.as_bytes:
             # the protocol's bytes: the payload of the segments where the field is present
             present = np.zeros(n, bool)
@@ -1811,7 +1813,7 @@ class Compiler:
             return RefExpr(t)
         as_bytes = False
         if value and f.ftype == PROTO:
-            if f.name != HTTP_PROTO:
+            if f.name != HTTP_PROTO and f.proto_bytes is None:
                 raise self.fail(
                     ref,
                     f"tcpwhy keeps no header bytes, so the protocol {f.name} has no value to compare or slice (only its presence).",

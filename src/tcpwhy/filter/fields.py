@@ -133,6 +133,8 @@ class Field:
     bits: int = 32
     needs: frozenset[str] = frozenset()
     cost: int = 1
+    # a protocol whose bytes tcpwhy can give (slices, len()): one Occ of bytes per item
+    proto_bytes: Extract | None = None
 
 
 FIELDS: dict[str, Field] = {}

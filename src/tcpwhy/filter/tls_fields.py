@@ -18,7 +18,8 @@ handshake message, alert, name) in the frame:
 * ``tls.handshake.extensions_server_name`` and ``tls.handshake.extensions_alpn_str``
   are read from hellos captured whole (a hello cut by the snaplen has neither), and so
   is ``tls.handshake.session_id_length`` (one per hello: 32 in every TLS 1.3 hello, for
-  middlebox compatibility; a TLS 1.2 server echoes the client's id to resume).
+  middlebox compatibility; a TLS 1.2 server echoes the client's id to resume), and
+  ``tls.handshake.extension.type`` (one per extension of each hello, in its order).
 
 Records are walked per table: a command that streams a capture in chunks sees a stream
 that spans chunks from the chunk's first segment on. On the rows of an ICMP error
@@ -35,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tcpwhy.decode import tls as rec
+from tcpwhy.decode.table import RST, SYN
 from tcpwhy.filter.fields import FIELDS, PROTO, STRING, UINT, ByteValues, Extract, Field, Occ, Rows
 
 if TYPE_CHECKING:
@@ -60,6 +62,30 @@ class TableTLS:
     n: int
     per_row: dict[str, _PerRow] = field(default_factory=dict)
     hellos: dict[int, rec.Hello | None] | None = None
+    calls: _Calls | None = None
+
+
+@dataclass
+class _Calls:
+    """Where tshark's TLS dissector runs, per table row: its ``tls`` items and their bytes.
+
+    TCP hands TLS a segment's new bytes when they start at a record boundary (one item
+    over them all, whatever records they hold or begin); a segment inside a record that
+    began earlier and does not end in it is held for reassembly (no item); the segment
+    that completes such a record gives one item over the reassembled record, then one
+    over the rest of the segment, if any. A record whose 5-byte header was cut across
+    segments is reassembled with the whole next segment (tshark asks for one more
+    segment there), so its item runs to that segment's end and no second one follows.
+    Ranges are offsets in the direction's byte stream, as `Records.rel`.
+    """
+
+    n: I64  # 0, 1 or 2 items
+    group: I64  # the row's group (stream * 2 + direction), -1 for rows without items
+    rel: I64  # where the row's payload starts
+    a1: I64  # first item: [a1, b1)
+    b1: I64
+    a2: I64  # second item: [a2, b2), the rest of the segment after a reassembled record
+    b2: I64
 
 
 _CACHE: weakref.WeakKeyDictionary[Any, TableTLS] = weakref.WeakKeyDictionary()
@@ -177,6 +203,152 @@ def _absent(rows: Rows, strings: bool = False) -> list[Occ]:
     return [Occ(np.zeros(n, bool), ByteValues([b""] * n) if strings else np.zeros(n, np.int64))]
 
 
+def _calls(ctx: FilterContext, tt: TableTLS) -> _Calls:
+    """`_Calls` of the table, vectorised over the rows of the TLS streams."""
+    if tt.calls is not None:
+        return tt.calls
+    t = ctx.table
+    n = len(t)
+    z = np.zeros(n, np.int64)
+    out = _Calls(z.copy(), np.full(n, -1, np.int64), z.copy(), z.copy(), z.copy(), z.copy(), z)
+    tt.calls = out
+    r = tt.recs
+    if not len(r):
+        return out
+    streams = np.unique(r.group // 2)
+    groups = np.sort(np.concatenate([streams * 2, streams * 2 + 1]))
+    groups = groups[groups < len(r.bounds) - 1]
+    lens = r.bounds[groups + 1] - r.bounds[groups]
+    total = int(lens.sum())
+    if not total:
+        return out
+    shift = np.repeat(r.bounds[groups] - (np.cumsum(lens) - lens), lens)
+    rows = r.order[shift + np.arange(total)]
+    gid = np.repeat(groups, lens)
+    plen = t["payload_len"][rows].astype(np.int64)
+    fl = t["flags"][rows].astype(np.int64)
+    keep = (plen > 0) & ((fl & RST) == 0)
+    rows, gid, plen, fl = rows[keep], gid[keep], plen[keep], fl[keep]
+    if not len(rows):
+        return out
+    s32 = (t["seq"][rows].astype(np.int64) + ((fl & SYN) != 0)) & 0xFFFFFFFF
+    first = np.r_[True, gid[1:] != gid[:-1]]
+    base = s32[np.flatnonzero(first)][np.cumsum(first) - 1]
+    rel = (s32 - base) & 0xFFFFFFFF
+    ok = rel < 0x80000000
+    end = rel + plen
+    big = np.int64(1) << 33  # above any offset: keys of two groups never mix
+    goff = gid * big
+    cm = np.maximum.accumulate(np.where(ok, end, 0) + goff)
+    prev = np.empty_like(cm)
+    prev[0] = goff[0]
+    prev[1:] = cm[:-1]
+    seen = np.maximum(prev - goff, 0)  # bytes of the direction seen before the row
+    new = ok & (end > seen)
+    s = np.maximum(rel, seen)
+    # the last record starting at or before each row's first new byte
+    rkey = r.group * big + r.rel
+    ro = np.argsort(rkey, kind="stable")
+    rkey, rstart = rkey[ro], r.rel[ro]
+    rend = rstart + 5 + r.length[ro]
+    k = np.searchsorted(rkey, goff + s, side="right") - 1
+    kk = np.maximum(k, 0)
+    valid = (k >= 0) & (r.group[ro][kk] == gid)
+    p, q = rstart[kk], rend[kk]
+    boundary = new & np.where(valid, (p == s) | (q == s), s == 0)
+    inside = new & valid & (p < s) & (s < q)
+    split = inside & (s < p + 5)  # the header itself was cut: one more segment
+    done = inside & ~split & (q <= end)
+    done_split = split & (q <= end)
+    # tshark's TLS declines bytes that start with four printable characters (text, not a
+    # record): a segment's own bytes, or the rest after a reassembled record
+    own = np.where(boundary, s, q) - rel
+    text = _printable4(t, rows, own)
+    boundary &= ~text
+    rest = done & (q < end) & ~text
+    m = boundary | done | done_split
+    rr = rows[m]
+    out.n[rr] = np.where(rest[m], 2, 1)
+    out.group[rr] = gid[m]
+    out.rel[rr] = rel[m]
+    out.a1[rr] = np.where(boundary[m], s[m], p[m])
+    out.b1[rr] = np.where(done[m], q[m], end[m])
+    out.a2[rr] = np.where(done[m], q[m], end[m])
+    out.b2[rr] = end[m]
+    return out
+
+
+def _printable4(t: Any, rows: I64, skip: I64) -> npt.NDArray[np.bool_]:
+    """Rows whose captured payload after `skip` bytes is longer than 4 bytes and starts
+    with four printable ASCII characters."""
+    cap = np.minimum(t["payload_cap"][rows], t["payload_len"][rows]).astype(np.int64) - skip
+    out = np.zeros(len(rows), bool)
+    sel = np.flatnonzero((cap > 4) & (skip >= 0))
+    if not len(sel) or not t.data.size:
+        return out
+    off = t["payload_off"][rows[sel]].astype(np.int64) + skip[sel]
+    b = t.data[np.minimum(off[:, None] + np.arange(4)[None, :], t.data.size - 1)]
+    out[sel] = ((b >= 0x20) & (b <= 0x7E)).all(axis=1)
+    return out
+
+
+def _stream_bytes(ctx: FilterContext, recs: rec.Records, g: int, a: int, b: int) -> bytes:
+    """Bytes [a, b) of direction `g`'s stream (a reassembled record), up to the first byte
+    not captured."""
+    t = ctx.table
+    rows = recs.order[recs.bounds[g] : recs.bounds[g + 1]].tolist()
+    buf = bytearray(b - a)
+    got = np.zeros(b - a, bool)
+    base = -1
+    for r in rows:
+        L = int(t["payload_len"][r])
+        f = int(t["flags"][r])
+        if not L or f & RST:
+            continue
+        s32 = (int(t["seq"][r]) + (1 if f & SYN else 0)) & 0xFFFFFFFF
+        if base < 0:
+            base = s32
+        rel = (s32 - base) & 0xFFFFFFFF
+        if rel >= 0x80000000 or rel >= b or rel + L <= a:
+            continue
+        c = min(int(t["payload_cap"][r]), L)
+        lo, hi = max(a, rel), min(b, rel + c)
+        if hi > lo:
+            off = int(t["payload_off"][r])
+            buf[lo - a : hi - a] = t.data[off + lo - rel : off + hi - rel].tobytes()
+            got[lo - a : hi - a] = True
+    missing = np.flatnonzero(~got)
+    return bytes(buf[: int(missing[0])] if len(missing) else buf)
+
+
+def _proto_bytes(ctx: FilterContext, rows: Rows) -> list[Occ]:
+    """The bytes of each ``tls`` item of the rows (for slices and ``len(tls)``): a
+    segment's own bytes, or a record reassembled from the segments that carried it."""
+    nr = len(rows)
+    if _is_icmp(ctx):
+        return _absent(rows, True)
+    tt = table_tls(ctx)
+    c = _calls(ctx, tt)
+    t = ctx.table
+    cap = np.minimum(t["payload_cap"][rows], t["payload_len"][rows]).astype(np.int64)
+    occs = []
+    for k in (1, 2):
+        present = c.n[rows] >= k
+        a = (c.a1 if k == 1 else c.a2)[rows]
+        b = (c.b1 if k == 1 else c.b2)[rows]
+        rel = c.rel[rows]
+        objs = [b""] * nr
+        for j in np.flatnonzero(present).tolist():
+            lo, hi, r0 = int(a[j]), int(b[j]), int(rel[j])
+            if lo >= r0:  # within the row's own payload
+                o = int(t["payload_off"][rows[j]])
+                objs[j] = t.data[o + lo - r0 : o + min(hi - r0, int(cap[j]))].tobytes()
+            else:
+                objs[j] = _stream_bytes(ctx, tt.recs, int(c.group[rows[j]]), lo, hi)
+        occs.append(Occ(present, ByteValues(objs)))
+    return occs
+
+
 def _records_field(what: str) -> Extract:
     """A per-record number: one occurrence per record of the frame that shows it."""
 
@@ -186,8 +358,8 @@ def _records_field(what: str) -> Extract:
         tt = table_tls(ctx)
         r = tt.recs
         if what == "proto":
-            p = _per_row(tt, "all", np.ones(len(r), bool), np.zeros(len(r), np.int64))
-            return [Occ(p.count[rows] > 0, None)]
+            n = _calls(ctx, tt).n[rows]
+            return [Occ(n >= 1, None), Occ(n >= 2, None)]
         if what == "content_type":
             keep = ~_opaque(ctx, tt)
             return _occs(_per_row(tt, what, keep, r.ctype), rows, False)
@@ -254,6 +426,60 @@ def _session_id_length() -> Extract:
     return ex
 
 
+def extension_types(raw: bytes) -> list[int]:
+    """The extension types of a ClientHello or ServerHello record, in their order: what
+    tshark lists as ``tls.handshake.extension.type`` (bounded by the hello's own lengths;
+    a malformed tail ends the list where it stops making sense)."""
+    if len(raw) < 9 or raw[5] not in (1, 2):
+        return []
+    body = raw[9 : 9 + int.from_bytes(raw[6:9], "big")]
+    p = 2 + 32  # legacy version, random
+    if p >= len(body):
+        return []
+    p += 1 + body[p]  # session id
+    if raw[5] == 1:
+        p += 2 + int.from_bytes(body[p : p + 2], "big")  # cipher suites
+        if p >= len(body):
+            return []
+        p += 1 + body[p]  # compression methods
+    else:
+        p += 2 + 1  # cipher suite, compression method
+    if p + 2 > len(body):
+        return []  # no extensions
+    end = min(len(body), p + 2 + int.from_bytes(body[p : p + 2], "big"))
+    p += 2
+    out = []
+    while p + 4 <= end:
+        out.append(int.from_bytes(body[p : p + 2], "big"))
+        p += 4 + int.from_bytes(body[p + 2 : p + 4], "big")
+    return out
+
+
+def _extension_type() -> Extract:
+    """One occurrence per extension of each hello, in the hello's order."""
+
+    def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
+        if _is_icmp(ctx):
+            return _absent(rows, False)
+        tt = table_tls(ctx)
+        p = tt.per_row.get("extension_type")
+        if p is None:
+            idx: list[int] = []
+            vals: list[int] = []
+            for i, h in sorted(_hellos(ctx, tt).items()):
+                raw = rec.record_bytes(ctx.table, tt.recs, i) if h is not None else None
+                for et in extension_types(raw) if raw is not None else []:
+                    idx.append(i)
+                    vals.append(et)
+            sub = np.asarray(idx, np.int64)
+            q = _per_row_names(tt, "extension_type", sub, [v.to_bytes(2, "big") for v in vals])
+            types = np.asarray([int.from_bytes(v, "big") for v in q.values], np.int64)
+            p = tt.per_row["extension_type"] = _PerRow(q.first, q.count, types)
+        return _occs(p, rows, False)
+
+    return ex
+
+
 def _per_row_names(tt: TableTLS, key: str, recs_idx: I64, names: list[bytes]) -> _PerRow:
     r = tt.recs
     rows = r.row[recs_idx]
@@ -282,5 +508,14 @@ for _name, _ftype, _ex, _bits in (
     ("tls.handshake.extensions_server_name", STRING, _hello_field("sni"), 32),
     ("tls.handshake.extensions_alpn_str", STRING, _hello_field("alpn"), 32),
     ("tls.handshake.session_id_length", UINT, _session_id_length(), 16),
+    ("tls.handshake.extension.type", UINT, _extension_type(), 16),
 ):
-    FIELDS[_name] = Field(_name, _ftype, _ex, _bits, frozenset({"streams"}), _COST)
+    FIELDS[_name] = Field(
+        _name,
+        _ftype,
+        _ex,
+        _bits,
+        frozenset({"streams"}),
+        _COST,
+        _proto_bytes if _name == "tls" else None,
+    )
