@@ -45,7 +45,7 @@ def cli_jsonl(*args: str) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- public surface
 
 PUBLIC = {
-    "open": "(path_or_paths: 'Source | Sequence[Source]', *, display_filter: 'str | None' = None) -> 'Capture'",
+    "open": "(path_or_paths: 'Source | Sequence[Source]', *, display_filter: 'str | None' = None, boundaries: 'str' = 'stream') -> 'Capture'",
     "analyze": "(paths: 'Source | Sequence[Source]', *, display_filter: 'str | None' = None, close_wait_s: 'float' = 10.0, fin_wait_2_s: 'float' = 5.0) -> 'Report'",
     "Capture.flow": "(self, stream: 'int', *, fold: 'int' = 3) -> 'Flow'",
     "Table.to_arrow": "(self) -> 'pyarrow.Table'",

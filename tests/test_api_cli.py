@@ -125,6 +125,37 @@ def test_filtered_views_agree(flt: str, capsys: pytest.CaptureFixture[str]) -> N
     assert matched > 0, flt
 
 
+def _bad_checksum(src: Path, dst: Path) -> None:
+    """`src` with one byte of its largest packet (the end of a segment's payload) flipped:
+    that segment's TCP checksum is then wrong."""
+    data = bytearray(src.read_bytes())
+    assert data[:4] in (bytes.fromhex("d4c3b2a1"), bytes.fromhex("4d3cb2a1"))  # pcap, LE
+    at, best, size = 24, 0, 0
+    while at + 16 <= len(data):
+        n = int.from_bytes(data[at + 8 : at + 12], "little")
+        if n > size:
+            best, size = at + 16 + n - 1, n
+        at += 16 + n
+    data[best] ^= 0xFF
+    dst.write_bytes(bytes(data))
+
+
+def test_zeek_boundaries_agree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``boundaries="zeek"`` is ``conns --boundaries zeek``: records cut where Zeek's timers
+    would, the packets whose checksums are bad left out (as on the copy made here)."""
+    bad = tmp_path / "bad-checksum.pcap"
+    _bad_checksum(LAB / "stale-keepalive.pcap", bad)
+    for path in [*(str(LAB / n) for n in RECORDINGS), str(bad)]:
+        want = lines(run(capsys, "conns", "--format", "jsonl", "--boundaries", "zeek", path))
+        conns = tcpwhy.open(path, boundaries="zeek").connections
+        assert_same_connections(want, conns, f"{path} zeek")
+    plain = tcpwhy.open(bad).connections
+    pkts = (plain["orig_pkts"] + plain["resp_pkts"]).sum()
+    assert (conns["orig_pkts"] + conns["resp_pkts"]).sum() == pkts - 1
+    with pytest.raises(ValueError, match="boundaries"):
+        tcpwhy.open(bad, boundaries="zeek-ish")
+
+
 def test_conns_of_two_capture_points(capsys: pytest.CaptureFixture[str]) -> None:
     """Two points of one path: the paired records (each connection once) are the table's."""
     files = [str(CLIENT), str(SERVER)]
@@ -270,7 +301,9 @@ def test_missing_stream_is_the_same_error(capsys: pytest.CaptureFixture[str]) ->
 def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Each shared function of `tcpwhy.views` wrapped: how often it ran (and, for the
     generators, how many chunks or batches it gave)."""
-    counts = {"packet_chunks": 0, "connection_batches": 0, "flow_model": 0, "diagnosis": 0}
+    shared = ("packet_chunks", "connection_batches", "connection_options", "flow_model")
+    shared += ("diagnosis",)
+    counts = dict.fromkeys(shared, 0)
     counts.update(chunks=0, batches=0)
 
     def counting(name: str) -> Callable[..., Any]:
@@ -288,7 +321,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
         return wrapper
 
-    for name in ("packet_chunks", "connection_batches", "flow_model", "diagnosis"):
+    for name in shared:
         monkeypatch.setattr(tcpwhy.views, name, counting(name))
     return counts
 
@@ -336,10 +369,12 @@ def test_commands_go_through_the_shared_functions(
         assert calls["chunks"] >= 1
     if shared == "connection_batches":
         assert calls["batches"] >= 1
+        assert calls["connection_options"] == 1  # the options as `Capture` derives them
 
 
 def test_api_views_go_through_the_shared_functions(calls: dict[str, int]) -> None:
     cap = tcpwhy.open(ONE)
+    assert calls["connection_options"] == 1
     assert len(cap.packets) and calls["packet_chunks"] == 1 and calls["chunks"] >= 1
     assert len(cap.connections) and calls["connection_batches"] == 1 and calls["batches"] >= 1
     assert cap.flow(0).rows and calls["flow_model"] == 1

@@ -762,7 +762,17 @@ class Capture:
     several points of one path, paired as ``tcpwhy analyze`` pairs them), read on first use;
     each view is computed once and kept. Make it with `tcpwhy.open`."""
 
-    def __init__(self, sources: Sequence[Source], display_filter: str | None = None) -> None:
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        display_filter: str | None = None,
+        boundaries: str = "stream",
+    ) -> None:
+        from tcpwhy.views import connection_options
+
+        self._conn_options = connection_options(boundaries)  # ValueError for another word
+        self.boundaries = boundaries
+        """Where `connections` cuts records: ``stream`` (one per tcp.stream) or ``zeek``."""
         self._src = _Sources(sources)
         self.display_filter = display_filter
         self._flt: DisplayFilter | None = None
@@ -827,14 +837,16 @@ class Capture:
     def connections(self) -> ConnectionTable:
         """One record per connection (with a display filter, the connections with a matching
         packet, each whole), as `tcpwhy conns` writes them, in stream order. Several capture
-        points: a connection seen at more than one is the first point's record."""
+        points: a connection seen at more than one is the first point's record. With
+        ``boundaries="zeek"``, cut where Zeek's timers would and without the packets whose
+        checksums are bad, as ``conns --boundaries zeek``."""
         if self._connections is None:
             from tcpwhy.tcp.records import ConnColumns
             from tcpwhy.views import connection_batches
 
             paths, stats = self._stats()
             try:
-                _, batches = connection_batches(paths, stats, self._flt)
+                _, batches = connection_batches(paths, stats, self._flt, **self._conn_options)
                 got = [c for _, c, _ in batches]
             except TcpwhyError as exc:
                 raise _classify(exc, self._src.names) from None
@@ -914,12 +926,18 @@ def _analyze(src: _Sources, flt: DisplayFilter | None, **settings: Any) -> Repor
     return Report(r)
 
 
-def open(path_or_paths: Source | Sequence[Source], *, display_filter: str | None = None) -> Capture:
+def open(
+    path_or_paths: Source | Sequence[Source],
+    *,
+    display_filter: str | None = None,
+    boundaries: str = "stream",
+) -> Capture:
     """A capture, read on first use: a path, an fsspec URL, a binary file object, or a list
-    of them (rotated parts of one capture, in order; several capture points of one path for
-    the findings). `display_filter` is a Wireshark display filter, as ``-Y``: it raises
-    `FilterError` at once if it does not compile."""
-    return Capture(_as_list(path_or_paths), display_filter)
+    of them (rotated parts of one capture, in order; several capture points of one path,
+    paired). `display_filter` is a Wireshark display filter, as ``-Y``: it raises
+    `FilterError` at once if it does not compile. `boundaries`: ``stream`` (one connection
+    record per tcp.stream) or ``zeek`` (cut where Zeek would), as ``conns --boundaries``."""
+    return Capture(_as_list(path_or_paths), display_filter, boundaries)
 
 
 def analyze(

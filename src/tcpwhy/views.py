@@ -8,7 +8,8 @@ disagree; tests/test_api_cli.py holds both to that.
 
     packet_chunks        the TCP packets, chunk by chunk: streams, expert analysis, filter mask
     connection_batches   the connection records, batch by batch (one file streamed; several
-                         grouped into capture points and paired, as `analyze` does)
+                         grouped into capture points and paired, as `analyze` does), with
+                         the options `connection_options` derives
     flow_model           the ladder of one connection (two capture points: the paired ladder)
     diagnosis            the findings (`tcpwhy.diagnose.engine`)
 
@@ -86,6 +87,31 @@ def packet_chunks(
             if flt is not None:
                 keep = flt.mask(t, FilterContext(t, streams=s, analysis=a, first_ts_ns=first))
             yield PacketChunk(t, s, a, keep, tracker, first)
+
+
+def connection_options(
+    boundaries: str | None = None,
+    *,
+    zeek_format: bool = False,
+    check_checksums: bool = False,
+    ignore_checksums: bool = False,
+    max_active: int | None = None,
+) -> dict[str, Any]:
+    """The connection builder's options as `tcpwhy conns` and `Capture.connections` set
+    them: bad checksums drop packets where records are cut as Zeek cuts them (`boundaries`
+    ``zeek``, or a Zeek format without `boundaries`), as Zeek does without -C, unless
+    `ignore_checksums`; `check_checksums` drops them anyway (tshark does not check them)."""
+    if boundaries not in (None, "stream", "zeek"):
+        raise ValueError(f"boundaries must be 'stream' or 'zeek', not {boundaries!r}")
+    zeek_cut = boundaries == "zeek" or (boundaries is None and zeek_format)
+    options: dict[str, Any] = {
+        "check_checksums": not ignore_checksums and (check_checksums or zeek_cut)
+    }
+    if boundaries:
+        options["boundaries"] = boundaries
+    if max_active:
+        options["max_active"] = max_active
+    return options
 
 
 def connection_batches(

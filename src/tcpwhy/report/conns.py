@@ -380,13 +380,16 @@ def _utf8_buffer(out: TextIO) -> BinaryIO | None:
 def cmd_conns(args: argparse.Namespace) -> int:
     from tcpwhy.filter import filter_from_args
     from tcpwhy.tcp.records import RecordOptions
+    from tcpwhy.views import connection_options
 
     stats = CaptureStats()
-    options: dict[str, Any] = {"check_checksums": checksums_checked(args)}
-    if args.boundaries:
-        options["boundaries"] = args.boundaries
-    if args.max_active:
-        options["max_active"] = args.max_active
+    options = connection_options(  # the rule `Capture.connections` follows too
+        args.boundaries,
+        zeek_format=args.format in ZEEK_FORMATS,
+        check_checksums=args.check_checksums,
+        ignore_checksums=getattr(args, "ignore_checksums", False),
+        max_active=args.max_active,
+    )
     ropts = RecordOptions(
         uid_seed=args.seed, community_id_seed=args.community_id_seed, local_nets=args.local_nets
     )
@@ -420,20 +423,6 @@ def cmd_conns(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     report_stats(args.file, stats)
     return 0
-
-
-def checksums_checked(args: argparse.Namespace) -> bool:
-    """Whether bad checksums drop packets: as Zeek by default where records are cut as Zeek
-    cuts them (`--boundaries zeek`, the Zeek formats), `-C` as Zeek's -C; not otherwise
-    (tshark does not check them either) unless --check-checksums."""
-    if getattr(args, "ignore_checksums", False):
-        return False
-    if args.check_checksums:
-        return True
-    zeek_cut = args.boundaries == "zeek" or (
-        args.boundaries is None and args.format in ZEEK_FORMATS
-    )
-    return bool(zeek_cut)
 
 
 def _u16(text: str) -> int:
