@@ -1,9 +1,17 @@
 """HTTP/1.1 ``Upgrade: h2c`` then ``101 Switching Protocols``: the frames start after the
-heads (the client's after its preface), as tshark 4.0 dissects them.
+heads (the client's after its preface), as tshark 4.0 dissects them, and the diagnosis
+reads them as HTTP/2, as on a prior-knowledge h2c connection.
 
-Recorded live on lo: curl ``--http2`` (which asks for the upgrade on http://) against a
-small server that answers 101, then SETTINGS, SETTINGS ack and GOAWAY (nginx does not
-upgrade). tshark reads the stream as HTTP by ``-d tcp.port==N,http``; tcpwhy by content.
+`test_upgrade_frames_match_tshark` records live on lo: curl ``--http2`` (which asks for
+the upgrade on http://) against a small server that answers 101, then SETTINGS, SETTINGS
+ack and GOAWAY. tests/data/http2/h2c-upgrade-apache*.pcap are Apache httpd 2.4 with
+mod_http2 (``Protocols h2c http/1.1``; nginx does not upgrade) and
+tests/data/http2/h2c_upgrade_client.py, made by tests/data/http2/generate_upgrade.sh:
+the upgrade request is answered on stream 1; the server then ends the connection with
+GOAWAY (last stream id 1) and FIN as the client's preface arrives, and the client's
+stream 3 comes after it, at once (the server still reads: no reset) or 35 s later (the
+server has closed: RST). tshark reads the stream as HTTP by ``-d tcp.port==N,http``;
+tcpwhy by content.
 """
 
 from __future__ import annotations
@@ -15,10 +23,20 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from tcpwhy.capture import read_table
 from tcpwhy.decode import http2
+from tcpwhy.diagnose import http
+from tcpwhy.diagnose.context import Capture, Conn
 from tcpwhy.filter import FilterContext, compile_filter
 from tests.gates import need
+
+REFS = Path(__file__).resolve().parent / "data" / "http2"
+APACHE = REFS / "h2c-upgrade-apache.pcap"
+APACHE_STALE = REFS / "h2c-upgrade-apache-stale.pcap"
+APACHE_PORT = 18933
 
 SERVER = r"""
 import socket, sys
@@ -107,3 +125,101 @@ def test_upgrade_frames_match_tshark(tmp_path: Path) -> None:
         ref = _tshark(pcap, port, flt)
         assert ref, flt
         assert [int(x) for x in t["frame"][m].tolist()] == ref, flt
+
+
+def _conn(path: Path) -> Conn:
+    t = read_table(str(path))
+    return Conn(Capture(t, np.zeros(len(t), np.int16), [str(path)]), 0)
+
+
+def _rows(c: Conn, frames: list[int]) -> list[int]:
+    return [c.frame.index(f) for f in frames]
+
+
+@pytest.mark.parametrize("path", [APACHE, APACHE_STALE], ids=lambda p: p.name)
+def test_apache_frames_match_tshark(path: Path) -> None:
+    """The filters see the same frames as tshark on the Apache recordings, and the
+    diagnosis walks the same frames as the filters (its rows are the table's)."""
+    need(shutil.which("tshark") is not None, "tshark not installed")
+    t = read_table(str(path))
+    ctx = FilterContext(t)
+    for flt in (*FILTERS, "http2.type == 1 && http2.streamid == 3", "http2.streamid == 1"):
+        m = compile_filter(flt).mask(t, ctx)
+        ref = _tshark(path, APACHE_PORT, flt)
+        assert ref, flt
+        assert [int(x) for x in t["frame"][m].tolist()] == ref, flt
+    f = http2.find_frames(t, ctx.streams["stream"], ctx.streams["dir"])
+    c = _conn(path)
+    hc = http.h2(c)
+    assert hc is not None and hc.frames is not None
+    got = c.rows[hc.frames.row]
+    assert got.tolist() == f.row.tolist()
+    assert hc.frames.ftype.tolist() == f.ftype.tolist()
+
+
+@pytest.mark.parametrize("path", [APACHE, APACHE_STALE], ids=lambda p: p.name)
+def test_upgrade_is_http2_in_the_diagnosis(path: Path) -> None:
+    """After the heads both sides are HTTP/2, as with prior knowledge: the HTTP/1 messages
+    are the request and the 101 alone (the frames after them are no response data), the
+    server's GOAWAY is read (last stream id 1, NO_ERROR, on the frame tshark shows it),
+    and the client's stream 3, above it, is named as not processed and safe to retry."""
+    c = _conn(path)
+    hc = http.h2(c)
+    assert hc is not None and hc.how == "h2c upgrade"
+    req, resp = http.messages(c)
+    assert (req.is_request, req.line, resp.is_request, resp.status) == (True, "GET /a", False, 101)
+    assert req.end == req.i and resp.end == resp.i  # no HTTP/2 frame is part of them
+    assert hc.upgrade == (req.i, resp.i)
+    g = hc.goaway()
+    assert g is not None and g[1:] == (1, 0)
+    frames = _tshark(path, APACHE_PORT, "http2.type == 7") if shutil.which("tshark") else None
+    if frames is not None:
+        assert [c.frame[g[0]]] == frames
+    fin = c.first_fin(1)
+    assert fin is not None and g[0] < fin
+    assert http.last_response_before(c, fin) is None  # its responses since are frames
+    # stream 3: after the GOAWAY, above its last stream id
+    h3 = int(hc.frames.row[(hc.frames.ftype == http2.HEADERS) & (hc.frames.sid == 3)][0])  # type: ignore[union-attr]
+    assert http.request_at(c, h3) is None  # not part of the HTTP/1 request
+    text = http.describe_request(c, h3)
+    assert text.startswith("HTTP/2 HEADERS on stream 3 (on a pooled, multiplexed HTTP/2")
+    assert "GOAWAY, last stream id 1, NO_ERROR" in text
+    assert "stream 3 was not processed and is safe to retry" in text
+    first = http.describe_request(c, req.i)
+    assert first.startswith(
+        "GET /a, the HTTP/1.1 request that asked to upgrade to h2c: HTTP/2 stream 1"
+    )
+    assert "retry" not in first  # stream 1 was processed (GOAWAY's last stream id)
+
+
+def test_stale_reuse_after_goaway_is_diagnosed() -> None:
+    """The stream sent 35 s after the server's GOAWAY and FIN draws a RST: the client kept
+    the half-closed connection (CLOSE_WAIT) and wrote into it."""
+    from tcpwhy.diagnose.engine import diagnose_files
+
+    kinds = sorted(f.kind for f in diagnose_files([str(APACHE_STALE)]).findings)
+    assert kinds == ["close-wait-leak", "data-after-fin"]
+    c = _conn(APACHE_STALE)
+    rst = c.first_rst()
+    assert rst is not None
+    last = c.last_data_before(rst + 1, 0)
+    assert last is not None and c.dt(c.first_fin(1), last) > 30  # type: ignore[arg-type]
+    assert "stream 3 was not processed" in http.describe_request(c, last)
+
+
+def test_upgrade_needs_the_101() -> None:
+    """The same request answered by anything but 101 stays HTTP/1 (no HTTP/2 view)."""
+    t = read_table(str(APACHE))
+    c = _conn(APACHE)
+    hc = http.h2(c)
+    assert hc is not None and hc.upgrade is not None
+    resp_row = int(c.rows[hc.upgrade[1]])
+    data = t.data.copy()
+    o = int(t["payload_off"][resp_row])
+    data[o + 9 : o + 12] = np.frombuffer(b"200", np.uint8)
+    from tcpwhy.decode.table import PacketTable
+
+    t2 = PacketTable(dict(t.cols), data)
+    c2 = Conn(Capture(t2, np.zeros(len(t2), np.int16), ["x"]), 0)
+    assert http.h2(c2) is None
+    assert [m.line for m in http.messages(c2)][:2] == ["GET /a", "200 Switching Protocols"]

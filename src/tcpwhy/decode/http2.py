@@ -171,22 +171,32 @@ def upgraded_streams(
         r = first.get(s * 2 + d)
         if r is None or peer < r:
             continue  # the request comes first
-        req = _head(table, r)
-        if req is None or b" HTTP/1.1\r\n" not in req.split(b"\r\n", 1)[0] + b"\r\n":
-            continue
-        fields = {
-            n.strip().lower(): v.strip().lower()
-            for n, _, v in (line.partition(b":") for line in req.split(b"\r\n")[1:])
-        }
-        if fields.get(b"upgrade") != b"h2c" or fields.get(b"content-length", b"0") != b"0":
-            continue
-        if b"transfer-encoding" in fields:
-            continue
-        resp = _head(table, peer)
-        if resp is None or not resp.startswith((b"HTTP/1.1 101 ", b"HTTP/1.1 101\r\n")):
-            continue
-        out[s] = (d, len(req) + len(PREFACE), len(resp))
+        got = upgrade_heads(table, r, peer)
+        if got is not None:
+            out[s] = (d, *got)
     return out
+
+
+def upgrade_heads(table: PacketTable, req_row: int, resp_row: int) -> tuple[int, int] | None:
+    """Whether the first payloads of a connection's two sides, row `req_row` (the client's)
+    and `resp_row` (the server's), are an HTTP/1.1 request without a body asking
+    ``Upgrade: h2c`` and its ``101`` answer: the bytes before the client's frames (request
+    head and preface) and before the server's (the 101 head), else None."""
+    req = _head(table, req_row)
+    if req is None or b" HTTP/1.1\r\n" not in req.split(b"\r\n", 1)[0] + b"\r\n":
+        return None
+    fields = {
+        n.strip().lower(): v.strip().lower()
+        for n, _, v in (line.partition(b":") for line in req.split(b"\r\n")[1:])
+    }
+    if fields.get(b"upgrade") != b"h2c" or fields.get(b"content-length", b"0") != b"0":
+        return None
+    if b"transfer-encoding" in fields:
+        return None
+    resp = _head(table, resp_row)
+    if resp is None or not resp.startswith((b"HTTP/1.1 101 ", b"HTTP/1.1 101\r\n")):
+        return None
+    return len(req) + len(PREFACE), len(resp)
 
 
 def _walk(
@@ -270,12 +280,19 @@ def _emit(head: bytearray, row: int, stream: int, client: bool, out: list[tuple[
     out.append((row, stream, client, ftype, flags, sid, length, last_sid, err))
 
 
-def walk_rows(table: PacketTable, client_rows: list[int], server_rows: list[int]) -> Frames:
-    """The frames of one h2c connection, its client's and server's rows in capture order
-    (the client's first bytes are the preface); `stream` is 0 in the result."""
+def walk_rows(
+    table: PacketTable,
+    client_rows: list[int],
+    server_rows: list[int],
+    skips: tuple[int, int] = (len(PREFACE), 0),
+) -> Frames:
+    """The frames of one h2c connection, its client's and server's rows in capture order;
+    `skips` are the bytes before each side's first frame: the preface (prior knowledge),
+    or as `upgrade_heads` says (the client's ending with the preface). `stream` is 0 in
+    the result."""
     out: list[tuple[int, ...]] = []
-    _walk(table, client_rows, len(PREFACE), out, (0, True))
-    _walk(table, server_rows, 0, out, (0, False))
+    _walk(table, client_rows, skips[0], out, (0, True))
+    _walk(table, server_rows, skips[1], out, (0, False))
     return _from_rows(out, np.zeros(1 if out else 0, np.int64))
 
 

@@ -131,8 +131,14 @@ def messages(conn: Conn) -> list[Message]:
         return tc.messages
     out: list[Message] = []
     seen_seq: set[tuple[int, int]] = set()
+    hc = h2(conn)
+    # upgraded to h2c: HTTP/1.1 until each side's head, HTTP/2 frames after it (read as
+    # frames by `h2`, as on a prior-knowledge connection, never as HTTP/1 messages)
+    last = hc.upgrade if hc is not None and hc.upgrade is not None else None
     for i in range(conn.n):
         if conn.plen[i] == 0 or conn.flags[i] & 0x004:
+            continue
+        if last is not None and i > last[conn.side[i]]:
             continue
         key = (conn.side[i], conn.seq[i])
         if key in seen_seq:  # a retransmission starts no new message
@@ -163,6 +169,10 @@ def request_at(conn: Conn, i: int) -> Message | None:
         from tcpwhy.diagnose import tls
 
         if tls.of(conn) is not None:
+            cached = messages(conn)
+    if cached is None:
+        hc = h2(conn)
+        if hc is not None and hc.upgrade is not None:
             cached = messages(conn)
     if cached is not None:
         return _request_at(cached, conn.side[i], i)
@@ -213,6 +223,11 @@ def _first_sends(conn: Conn) -> list[bool]:
 
 
 def last_response_before(conn: Conn, i: int) -> Message | None:
+    """The last HTTP/1 response that started before row i; None past the server's switch
+    to HTTP/2 on an h2c-upgraded connection (its responses since are frames)."""
+    hc = h2(conn)
+    if hc is not None and hc.upgrade is not None and i > hc.upgrade[1]:
+        return None
     best = None
     for m in messages(conn):
         if not m.is_request and m.i < i:
@@ -222,11 +237,15 @@ def last_response_before(conn: Conn, i: int) -> Message | None:
 
 @dataclass
 class H2Conn:
-    """An HTTP/2 connection: told by the client's connection preface in clear (h2c), or by
-    the protocol TLS's ALPN settled on (h2), where its frames are encrypted."""
+    """An HTTP/2 connection: told by the client's connection preface in clear (h2c), by an
+    HTTP/1.1 ``Upgrade: h2c`` request answered ``101`` (RFC 7540 §3.2: the request is
+    stream 1, its answer comes in frames), or by the protocol TLS's ALPN settled on (h2),
+    where its frames are encrypted."""
 
-    how: str  # "h2c" or "ALPN h2"
+    how: str  # "h2c", "h2c upgrade" or "ALPN h2"
     frames: http2.Frames | None  # h2c only; `row` is the connection's local row
+    # upgraded: local rows of the client's request head and the server's 101 head, by side
+    upgrade: tuple[int, int] | None = None
 
     def goaway(self) -> tuple[int, int, int] | None:
         """The server's first GOAWAY: (local row, last stream id, error code)."""
@@ -248,19 +267,37 @@ def h2(conn: Conn) -> H2Conn | None:
     got = None
     side = conn.side
     first = next((i for i in range(conn.n) if conn.plen[i] > 0 and not conn.flags[i] & 0x004), None)
+    skips: tuple[int, int] | None = None
+    upgrade: tuple[int, int] | None = None
     if first is not None and side[first] == 0:
         head = conn.payload(first)[: len(http2.PREFACE)]
         if head and http2.PREFACE.startswith(head):
-            rows = conn.rows.tolist()
-            t = conn.cap.table
-            f = http2.walk_rows(
-                t,
-                [rows[i] for i in range(conn.n) if side[i] == 0],
-                [rows[i] for i in range(conn.n) if side[i] != 0],
+            skips = (len(http2.PREFACE), 0)
+        elif head[:4].isupper():  # a request line: an upgrade if the server answers 101
+            peer = next(
+                (
+                    i
+                    for i in range(first + 1, conn.n)
+                    if side[i] != 0 and conn.plen[i] > 0 and not conn.flags[i] & 0x004
+                ),
+                None,
             )
-            local = {r: i for i, r in enumerate(rows)}
-            f.row = np.asarray([local[int(r)] for r in f.row.tolist()], np.int64)
-            got = H2Conn("h2c", f)
+            if peer is not None and conn.payload(peer).startswith(b"HTTP/1.1 101"):
+                rows = conn.rows
+                skips = http2.upgrade_heads(conn.cap.table, int(rows[first]), int(rows[peer]))
+                upgrade = (first, peer) if skips is not None else None
+    if skips is not None:
+        rows = conn.rows.tolist()
+        t = conn.cap.table
+        f = http2.walk_rows(
+            t,
+            [rows[i] for i in range(conn.n) if side[i] == 0],
+            [rows[i] for i in range(conn.n) if side[i] != 0],
+            skips,
+        )
+        local = {r: i for i, r in enumerate(rows)}
+        f.row = np.asarray([local[int(r)] for r in f.row.tolist()], np.int64)
+        got = H2Conn("h2c" if upgrade is None else "h2c upgrade", f, upgrade)
     if got is None:
         from tcpwhy.diagnose import tls
 
@@ -271,23 +308,34 @@ def h2(conn: Conn) -> H2Conn | None:
     return got
 
 
+def _frame_name(ftype: int) -> str:
+    return "preface" if ftype < 0 else http2.TYPE_NAMES.get(ftype, f"type {ftype}")
+
+
 def _describe_h2(conn: Conn, hc: H2Conn, i: int) -> str:
     """The HTTP/2 frames row i completes, and what the server's GOAWAY says of their
     streams (a stream above its last stream id was not processed: safe to retry)."""
     f = hc.frames
     assert f is not None
     at = np.flatnonzero(f.row == i)
-    if not len(at):
+    # the request that asked for the upgrade is stream 1 (RFC 7540 §3.2)
+    first = hc.upgrade is not None and i == hc.upgrade[0]
+    if first:
+        m = messages(conn)
+        line = f"{m[0].method} {m[0].target}" if m and m[0].is_request else "the request"
+        what = f"{line}, the HTTP/1.1 request that asked to upgrade to h2c: HTTP/2 stream 1"
+    elif not len(at):
         what = f"{conn.plen[i]} bytes of HTTP/2 frames"
     else:
-        names = sorted({http2.TYPE_NAMES.get(int(f.ftype[k]), str(int(f.ftype[k]))) for k in at})
+        names = sorted({_frame_name(int(f.ftype[k])) for k in at})
         sids = sorted({int(f.sid[k]) for k in at if f.sid[k] > 0})
         what = "HTTP/2 " + "+".join(names)
         if sids:
             what += " on stream " + ", ".join(map(str, sids))
     note = "on a pooled, multiplexed HTTP/2 connection"
     g = hc.goaway()
-    new = sorted({int(f.sid[k]) for k in at if f.client[k] and g is not None and f.sid[k] > g[1]})
+    sent = {int(f.sid[k]) for k in at if f.client[k]} | ({1} if first else set())
+    new = sorted({sid for sid in sent if g is not None and sid > g[1]})
     if g is not None and (g[0] < i or new):
         err = http2.ERROR_NAMES.get(g[2], str(g[2]))
         if g[0] < i:
