@@ -696,26 +696,13 @@ class ConnectionBuilder:
             o_rfc, r_rfc = self._take_kept(OUT, OW)
         else:
             o_rfc = r_rfc = np.full(n, NO_RFC_STATE, np.uint8)
-        rows = np.arange(n)
         od = OW[:, z.F_ODIR]
-        eo = z.EP0 + od * z.EPN
-        er = z.EP0 + (1 - od) * z.EPN
-        wo = z.WP0 + od * z.WPN
-        wr = z.WP0 + (1 - od) * z.WPN
-
-        def col(base: npt.NDArray[np.int64], f: int) -> npt.NDArray[np.int64]:
-            return OUT[rows, base + f]
-
-        def col32(base: npt.NDArray[np.int64], f: int) -> npt.NDArray[np.int64]:
-            return OW[rows, base + f]
-
-        zo, zr = col32(wo, z.E_STATE), col32(wr, z.E_STATE)
-        osize = _sizes(OUT, OW, rows, eo, wo, zr)
-        rsize = _sizes(OUT, OW, rows, er, wr, zo)
-        a0 = z.F_A0HI + np.where(od == 0, 0, 2)
-        b0 = z.F_A0HI + np.where(od == 0, 2, 0)
-        hs = OUT[:, z.F_HSACK_TS]
-        sy = OUT[:, z.F_SYN_TS]
+        # the columns that depend on which side originates, in one compiled pass
+        R = np.empty((z.NSIDES, n), np.int64)
+        if n:
+            z.record_sides(np.ascontiguousarray(OUT), np.ascontiguousarray(OW32), R)
+        zo, zr = R[z.R_ZEEK_ORIG], R[z.R_ZEEK_RESP]
+        osize, rsize = R[z.R_ORIG_SIZE], R[z.R_RESP_SIZE]
         hlen = OW[:, z.F_HLEN].copy()
         history = np.ascontiguousarray(OH)
         cs = _conn_state_codes(zo, zr, (osize == 0) & (rsize == 0), history, hlen)
@@ -733,27 +720,27 @@ class ConnectionBuilder:
         cols: dict[str, npt.NDArray[Any]] = {
             "uid": OUT[:, z.F_UID].copy(),
             "stream": OUT[:, z.F_STREAM].copy(),
-            "orig_hi": OUT[rows, a0].view(np.uint64),
-            "orig_lo": OUT[rows, a0 + 1].view(np.uint64),
-            "orig_p": OW[rows, z.F_P0 + od],
-            "resp_hi": OUT[rows, b0].view(np.uint64),
-            "resp_lo": OUT[rows, b0 + 1].view(np.uint64),
-            "resp_p": OW[rows, z.F_P1 - od],
+            "orig_hi": R[z.R_ORIG_HI].view(np.uint64),
+            "orig_lo": R[z.R_ORIG_LO].view(np.uint64),
+            "orig_p": R[z.R_ORIG_P],
+            "resp_hi": R[z.R_RESP_HI].view(np.uint64),
+            "resp_lo": R[z.R_RESP_LO].view(np.uint64),
+            "resp_p": R[z.R_RESP_P],
             "orientation": OW[:, z.F_ORIENT].astype(np.uint8),
             "start_ns": start.copy(),
             "duration_ns": OUT[:, z.F_LAST_TS] - start,
-            "orig_pkts": col(eo, z.E_PKTS),
-            "resp_pkts": col(er, z.E_PKTS),
+            "orig_pkts": R[z.R_ORIG_PKTS],
+            "resp_pkts": R[z.R_RESP_PKTS],
             "orig_bytes": osize.view(np.uint64),
             "resp_bytes": rsize.view(np.uint64),
-            "orig_payload": col(eo, z.E_PAYLOAD),
-            "resp_payload": col(er, z.E_PAYLOAD),
-            "orig_ip_bytes": col(eo, z.E_IPBYTES),
-            "resp_ip_bytes": col(er, z.E_IPBYTES),
+            "orig_payload": R[z.R_ORIG_PAYLOAD],
+            "resp_payload": R[z.R_RESP_PAYLOAD],
+            "orig_ip_bytes": R[z.R_ORIG_IPBYTES],
+            "resp_ip_bytes": R[z.R_RESP_IPBYTES],
             "missed_bytes": OUT[:, z.F_MISSED].copy(),
-            "irtt_ns": np.where((hs >= 0) & (sy >= 0), hs - sy, IRTT_UNSET),
-            "retransmissions": col32(wo, z.E_RETX) + col32(wr, z.E_RETX),
-            "zero_windows": col32(wo, z.E_ZWIN) + col32(wr, z.E_ZWIN),
+            "irtt_ns": R[z.R_IRTT],
+            "retransmissions": R[z.R_RETX],
+            "zero_windows": R[z.R_ZWIN],
             "orig_state": o_rfc,
             "resp_state": r_rfc,
             "end": end.reshape(-1).astype(np.int32),
@@ -770,29 +757,7 @@ class ConnectionBuilder:
         return [ConnColumns(cols, words, self.uid_prefix, name_words=names)]
 
 
-def _sizes(
-    OUT: npt.NDArray[np.int64],
-    OW: npt.NDArray[np.int64],
-    rows: npt.NDArray[Any],
-    e: npt.NDArray[np.int64],
-    w: npt.NDArray[np.int64],
-    peer_state: npt.NDArray[np.int64],
-) -> npt.NDArray[np.int64]:
-    """Zeek's TCP_Endpoint::Size() over many records (see `tcpwhy.tcp.zeek.zeek_size`)."""
-    last = OUT[rows, e + z.E_LAST]
-    ackr = OUT[rows, e + z.E_ACKR]
-    size = np.where(last > ackr, last, ackr)
-    size = np.where(size != 0, size - 1, size)
-    size = np.where((OW[rows, w + z.E_FIN_CNT] > 0) & (size != 0), size - 1, size)
-    aborted = (
-        (OW[rows, w + z.E_PREV] == z.SYN_SENT)
-        & (OW[rows, w + z.E_STATE] == z.RESET)
-        & (peer_state == z.INACTIVE)
-        & (ackr != 0)
-        & (ackr != 1)
-    )
-    return np.where(aborted, 0, size)
-
+assert z.IRTT_NONE == IRTT_UNSET  # the kernel writes the records' value itself
 
 _CS_CODE = {w: i for i, w in enumerate(CONN_STATE_WORDS)}
 _OPEN_CODES = np.array([w in ("S1", "S2", "S3", "SH", "SHR", "OTH") for w in CONN_STATE_WORDS])

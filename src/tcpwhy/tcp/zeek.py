@@ -1322,3 +1322,91 @@ def zeek_size(
     if fin_cnt > 0 and size != 0:
         size -= 1
     return size & 0xFFFFFFFFFFFFFFFF
+
+
+# --- emitted rows as record columns -------------------------------------------------------
+# rows of `record_sides`' output: per record, the originator's and the responder's values
+(
+    R_ORIG_HI,
+    R_ORIG_LO,
+    R_ORIG_P,
+    R_RESP_HI,
+    R_RESP_LO,
+    R_RESP_P,
+    R_ORIG_PKTS,
+    R_RESP_PKTS,
+    R_ORIG_PAYLOAD,
+    R_RESP_PAYLOAD,
+    R_ORIG_IPBYTES,
+    R_RESP_IPBYTES,
+    R_ORIG_SIZE,
+    R_RESP_SIZE,
+    R_RETX,
+    R_ZWIN,
+    R_ZEEK_ORIG,
+    R_ZEEK_RESP,
+    R_IRTT,
+) = range(19)
+NSIDES = 19
+IRTT_NONE = np.iinfo(np.int64).min
+"""`R_IRTT` of a connection without a full handshake."""
+
+
+@njit(cache=True, inline="always")
+def _size_of(OUT: Any, OW: Any, i: Any, d: Any, peer_state: Any) -> Any:
+    """Zeek's TCP_Endpoint::Size() of endpoint d of emitted row i (`zeek_size`)."""
+    e = _ep(d)
+    ew = _ew(d)
+    last = OUT[i, e + E_LAST]
+    ackr = OUT[i, e + E_ACKR]
+    if (
+        OW[i, ew + E_PREV] == SYN_SENT
+        and OW[i, ew + E_STATE] == RESET
+        and peer_state == INACTIVE
+        and ackr != 0
+        and ackr != 1
+    ):
+        return 0
+    size = last if last > ackr else ackr
+    if size != 0:
+        size -= 1
+    if OW[i, ew + E_FIN_CNT] > 0 and size != 0:
+        size -= 1
+    return size
+
+
+@kernel("i8[:,:] i4[:,:] i8[:,:] -> none")
+def record_sides(OUT: Any, OW: Any, R: Any) -> None:
+    """The columns of emitted rows that depend on which endpoint originates (``F_ODIR``),
+    one row of `R` per ``R_*`` field: addresses, ports, counters, Zeek's sizes and endpoint
+    states, and the initial RTT."""
+    for i in range(OUT.shape[0]):
+        o = np.int64(OW[i, F_ODIR]) & 1
+        r = 1 - o
+        eo = _ep(o)
+        er = _ep(r)
+        wo = _ew(o)
+        wr = _ew(r)
+        R[R_ORIG_HI, i] = OUT[i, F_A0HI + 2 * o]
+        R[R_ORIG_LO, i] = OUT[i, F_A0HI + 2 * o + 1]
+        R[R_ORIG_P, i] = OW[i, F_P0 + o]
+        R[R_RESP_HI, i] = OUT[i, F_A0HI + 2 * r]
+        R[R_RESP_LO, i] = OUT[i, F_A0HI + 2 * r + 1]
+        R[R_RESP_P, i] = OW[i, F_P0 + r]
+        R[R_ORIG_PKTS, i] = OUT[i, eo + E_PKTS]
+        R[R_RESP_PKTS, i] = OUT[i, er + E_PKTS]
+        R[R_ORIG_PAYLOAD, i] = OUT[i, eo + E_PAYLOAD]
+        R[R_RESP_PAYLOAD, i] = OUT[i, er + E_PAYLOAD]
+        R[R_ORIG_IPBYTES, i] = OUT[i, eo + E_IPBYTES]
+        R[R_RESP_IPBYTES, i] = OUT[i, er + E_IPBYTES]
+        zo = OW[i, wo + E_STATE]
+        zr = OW[i, wr + E_STATE]
+        R[R_ORIG_SIZE, i] = _size_of(OUT, OW, i, o, zr)
+        R[R_RESP_SIZE, i] = _size_of(OUT, OW, i, r, zo)
+        R[R_RETX, i] = OW[i, wo + E_RETX] + OW[i, wr + E_RETX]
+        R[R_ZWIN, i] = OW[i, wo + E_ZWIN] + OW[i, wr + E_ZWIN]
+        R[R_ZEEK_ORIG, i] = zo
+        R[R_ZEEK_RESP, i] = zr
+        hs = OUT[i, F_HSACK_TS]
+        sy = OUT[i, F_SYN_TS]
+        R[R_IRTT, i] = hs - sy if hs >= 0 and sy >= 0 else IRTT_NONE
