@@ -11,6 +11,7 @@ wrapped, and fails if a command (or an API view) stops calling them.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -380,4 +381,17 @@ def test_api_views_go_through_the_shared_functions(calls: dict[str, int]) -> Non
     assert cap.flow(0).rows and calls["flow_model"] == 1
     assert cap.findings and calls["diagnosis"] == 1
     tcpwhy.analyze(ONE)
+    assert calls["diagnosis"] == 2
+
+
+def test_fleet_points_go_through_the_shared_diagnosis(
+    calls: dict[str, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`analyze DIR` (a fleet: one capture point per sub-directory) diagnoses each point with
+    the function behind `tcpwhy.analyze`."""
+    for point, name in (("web-1", "refused.pcap"), ("web-2", "stale-keepalive.pcap")):
+        (tmp_path / point).mkdir()
+        shutil.copy(LAB / name, tmp_path / point / name)
+    assert main(["analyze", "--format", "json", str(tmp_path)]) in (0, 1)
+    assert json.loads(capsys.readouterr().out)
     assert calls["diagnosis"] == 2

@@ -114,8 +114,8 @@ def analyze_point(
     `parquet` (the directory of the datasets being written, `ParquetDataset.staging`), the
     point's partitions are written here, where its files were read; only the findings go
     back to the client."""
-    from tcpwhy.diagnose.engine import diagnose_files
     from tcpwhy.diagnose.registry import Settings
+    from tcpwhy.views import diagnosis
 
     errors: list[dict[str, str]] = []
     files = list(point.files)
@@ -128,7 +128,7 @@ def analyze_point(
                     path, done = _local(f)
                     local.append(path)
                     cleanups.append(done)
-                report = diagnose_files(local, Settings(**settings), None, None, pair=pair)  # type: ignore[arg-type]
+                report = diagnosis(local, Settings(**settings), pair=pair)  # as tcpwhy.analyze
             except TcpwhyError as exc:
                 bad = next(
                     (f for f, lp in zip(files, local, strict=False) if lp == exc.where), None
