@@ -7,6 +7,7 @@ groups by kind and server (`groups.Groups`) and printed when a group is new or d
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,12 @@ class Counters:
     connections: int = 0
     drops: int = 0  # the kernel's, from the capture engine
     findings: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+GC_ROWS = 200_000
+"""Rows diagnosed between two full garbage collections. A window's `Capture` is freed only
+by the cyclic collector (its views refer back to it), which numpy-heavy code seldom runs:
+without this, the windows of a busy link piled up, hundreds of MB of them."""
 
 
 def _when(ns: int) -> str:
@@ -70,6 +77,7 @@ class Watcher:
         self.worst: Severity | None = None
         self.first_ns = 0
         self.keeper: Any = None  # `keep.Keeper` with --keep: the findings' packets to files
+        self._rows_since_gc = 0
 
     # -- input --------------------------------------------------------------------------
 
@@ -88,6 +96,11 @@ class Watcher:
         w = self.tracker.release(now_ns)
         if w is not None:
             self._diagnose(w)
+            self._rows_since_gc += len(w.table)
+            del w
+            if self._rows_since_gc >= GC_ROWS:
+                self._rows_since_gc = 0
+                gc.collect()
         now = self.tracker.now_ns
         for g in self.groups.due(now):
             self._emit(g, now)

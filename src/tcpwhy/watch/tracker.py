@@ -458,11 +458,17 @@ class ConnTracker:
         wk = np.concatenate(win_keys) if win_keys else np.zeros(0, np.uint64)
         numbers = gone_no[np.searchsorted(gone_keys, wk)] if len(gone_keys) else None
         keep = ~mask
-        # remember who left, to drop their late segments
+        # remember who ended (reset, closed), to drop their late segments; a connection that
+        # left idle or evicted has not ended: its next segments are followed again
+        why = self._why
+        ended = why.get("reset", np.zeros(len(mask), np.bool_)) | why.get(
+            "closed", np.zeros(len(mask), np.bool_)
+        )
+        ended_keys = self.keys[ended & mask]
         until = self.now_ns + int(self.limits.recent_s * NS)
         alive = self.recent_until > self.now_ns
-        rk = np.concatenate([self.recent_keys[alive], gone_keys])
-        ru = np.concatenate([self.recent_until[alive], np.full(len(gone_keys), until, np.int64)])
+        rk = np.concatenate([self.recent_keys[alive], ended_keys])
+        ru = np.concatenate([self.recent_until[alive], np.full(len(ended_keys), until, np.int64)])
         srt = np.argsort(rk, kind="stable")
         self.recent_keys, self.recent_until = rk[srt], ru[srt]
         for name in ("keys", "no", "last_ns", "fin", "rst_ns", "synack", "rows"):
