@@ -10,9 +10,10 @@ handshake message, alert, name) in the frame:
 
 * ``tls.record.content_type`` is absent on a TLS 1.3 application-data record after the
   ServerHello (tshark calls it ``tls.record.opaque_type`` there);
-* ``tls.handshake.type`` is the type of a record's first handshake message, for
+* ``tls.handshake.type`` is the type of each handshake message that starts in a record
+  (a TLS 1.2 server packs ServerHello, Certificate and ServerHelloDone into one), for
   handshake records before their sender's ChangeCipherSpec (an encrypted Finished has
-  none); a later message packed in the same record is not listed;
+  none); a record not captured whole gives its first message's only;
 * ``tls.alert_message.level``/``.desc`` are there for alerts sent in clear (TLS 1.2 and
   earlier before the ChangeCipherSpec);
 * ``tls.handshake.extensions_server_name`` and ``tls.handshake.extensions_alpn_str``
@@ -349,6 +350,24 @@ def _proto_bytes(ctx: FilterContext, rows: Rows) -> list[Occ]:
     return occs
 
 
+def _message_types(ctx: FilterContext, r: rec.Records, i: int) -> list[int]:
+    """The types of the handshake messages that start in clear record i, in order (a
+    TLS 1.2 server packs ServerHello, Certificate and ServerHelloDone into one record);
+    its first message's alone when the record was not captured whole."""
+    first = int(r.hs[i])
+    if int(r.length[i]) < 4 + 4:
+        return [first]
+    raw = rec.record_bytes(ctx.table, r, i)
+    if raw is None:
+        return [first]
+    out = []
+    q = 5
+    while q + 4 <= len(raw):
+        out.append(raw[q])
+        q += 4 + int.from_bytes(raw[q + 1 : q + 4], "big")
+    return out or [first]
+
+
 def _records_field(what: str) -> Extract:
     """A per-record number: one occurrence per record of the frame that shows it."""
 
@@ -368,8 +387,19 @@ def _records_field(what: str) -> Extract:
         if what == "length":
             return _occs(_per_row(tt, what, np.ones(len(r), bool), r.length), rows, False)
         if what == "handshake_type":
-            keep = (r.ctype == rec.HANDSHAKE) & (r.hs >= 0) & _before_ccs(r)
-            return _occs(_per_row(tt, what, keep, r.hs), rows, False)
+            p = tt.per_row.get(what)
+            if p is None:
+                keep = (r.ctype == rec.HANDSHAKE) & (r.hs >= 0) & _before_ccs(r)
+                idx: list[int] = []
+                types: list[bytes] = []
+                for i in np.flatnonzero(keep).tolist():
+                    for ht in _message_types(ctx, r, i):
+                        idx.append(i)
+                        types.append(bytes([ht]))
+                q = _per_row_names(tt, what, np.asarray(idx, np.int64), types)
+                vals = np.asarray([v[0] for v in q.values], np.int64)
+                p = tt.per_row[what] = _PerRow(q.first, q.count, vals)
+            return _occs(p, rows, False)
         keep = (r.ctype == rec.ALERT) & (r.alert >= 0)
         vals = (r.alert >> 8) if what == "alert_level" else (r.alert & 0xFF)
         return _occs(_per_row(tt, what, keep, vals), rows, False)
