@@ -14,6 +14,7 @@ stderr, and printed again by tcpdump when it exits.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -29,6 +30,8 @@ from tcpwhy.errors import EnvironmentProblem, TcpwhyError
 _DROPPED = re.compile(rb"(\d+) packets? dropped by kernel")
 _CAPTURED = re.compile(rb"(\d+) packets? captured")
 STATS_EVERY_S = 1.0
+F_SETPIPE_SZ = 1031
+PIPE_BYTES = 1 << 20  # /proc/sys/fs/pipe-max-size's default
 
 
 class TcpdumpEngine:
@@ -79,6 +82,9 @@ class TcpdumpEngine:
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         assert self.proc.stdout is not None and self.proc.stderr is not None
+        # a larger pipe than the default 64 KiB: a burst waits there, not in the kernel's ring
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self.proc.stdout.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
         # the reader reads standard input as a stream (short reads decoded at once)
         os.dup2(self.proc.stdout.fileno(), 0)
         self.proc.stdout.close()
