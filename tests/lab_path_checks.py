@@ -8,10 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tcpwhy.capture import read_table
-from tcpwhy.decode.table import PacketTable, format_addr
+from tcpwhy.decode.table import ACK, FIN, RST, SYN, PacketTable, format_addr
 from tcpwhy.lab.env import Options
-
-FIN, SYN, RST, ACK = 1, 2, 4, 16
 
 
 @dataclass(frozen=True)
@@ -196,10 +194,4 @@ def check_pmtu_discovery(path: Path, o: Options, slack: float = 0.0) -> None:
     assert syn.t > errs[-1].t
 
 
-PATH_CHECKS = {
-    "icmp-reject": check_icmp_reject,
-    "icmp-no-route": check_icmp_no_route,
-    "pmtu-black-hole": check_pmtu_black_hole,
-    "pmtu-discovery": check_pmtu_discovery,
-}
 PATH_IPV6 = ["icmp-reject", "icmp-no-route", "pmtu-black-hole", "pmtu-discovery"]

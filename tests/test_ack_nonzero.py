@@ -24,6 +24,7 @@ import pytest
 
 from tcpwhy.capture import read_table
 from tcpwhy.capture.writer import LINKTYPE_RAW, PcapWriter
+from tcpwhy.decode.table import ACK, FIN, RST, SYN
 from tcpwhy.filter import FilterContext
 from tcpwhy.filter.fields import FIELDS
 from tests.craft import csum
@@ -32,7 +33,6 @@ from tests.gates import need
 A4, B4 = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
 A6 = bytes.fromhex("20010db8000000000000000000000001")
 B6 = bytes.fromhex("20010db8000000000000000000000002")
-SYN, RST, FIN, ACK = 0x02, 0x04, 0x01, 0x10
 
 
 def _tcp(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int) -> bytes:

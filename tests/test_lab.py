@@ -24,15 +24,16 @@ from pathlib import Path
 import pytest
 
 from tcpwhy.capture import read_table
+from tcpwhy.decode.table import ACK, FIN, RST, SYN
 from tcpwhy.lab import ns as nsmod
 from tcpwhy.lab.env import Options
 from tcpwhy.lab.record import DATA_DIR, options_for
 from tcpwhy.lab.runner import all_scenarios, run_scenario
+from tests import lab_path_checks
 from tests.gates import LIVE_SLACK_S
-from tests.lab_path_checks import PATH_CHECKS, PATH_IPV6
+from tests.lab_path_checks import PATH_IPV6
 from tests.lab_trace_checks import check_kernel_trace
 
-FIN, SYN, RST, PSH, ACK = 1, 2, 4, 8, 16
 PORT = 8080
 
 
@@ -687,35 +688,17 @@ def check_tls_truncation(path: Path, o: Options, slack: float = 0.0) -> None:
     assert first(idle_conn, lambda p: p.has(FIN)).c2s is False, "the server closes the idle one"
 
 
-CHECKS: dict[str, Callable[[Path, Options, float], None]] = {
-    "stale-keepalive-tls": check_stale_keepalive_tls,
-    "tls-fatal-alert": check_tls_fatal_alert,
-    "tls-truncation": check_tls_truncation,
-    "keepalive-race-tls": check_keepalive_race_tls,
-    "clean-tls": check_clean_tls,
-    "stale-keepalive": check_stale_keepalive,
-    "clean": check_clean,
-    "close-wait-leak": check_close_wait_leak,
-    "time-wait": check_time_wait,
-    "refused": check_refused,
-    "abortive-close": check_abortive_close,
-    "keepalive-race": check_keepalive_race,
-    "simultaneous-close": check_simultaneous_close,
-    "lost-final-ack": check_lost_final_ack,
-    "fin-wait-2": check_fin_wait_2,
-    "syn-timeout": check_syn_timeout,
-    "accept-queue-overflow": check_accept_queue_overflow,
-    "zero-window": check_zero_window,
-    "half-open": check_half_open,
-    "keepalive-dead-peer": check_keepalive_dead_peer,
-    "retransmission-timeout": check_retransmission_timeout,
-    "time-wait-reuse": check_time_wait_reuse,
-    "middlebox-reset": check_middlebox_reset,
-    "syn-flood": check_syn_flood,
-    "addr-in-use-restart": check_addr_in_use_restart,
-    "ephemeral-overlap": check_ephemeral_overlap,
-    "middlebox-idle-reset-path": check_middlebox_idle_reset_path,
-}
+def _checks() -> dict[str, Callable[[Path, Options, float], None] | None]:
+    """Each scenario's packet-level check, found by name: `check_<scenario>` here or in
+    tests/lab_path_checks.py (ICMP errors and path MTU); None for a scenario without one."""
+    return {
+        s.name: globals().get(f"check_{s.name.replace('-', '_')}")
+        or getattr(lab_path_checks, f"check_{s.name.replace('-', '_')}", None)
+        for s in all_scenarios()
+    }
+
+
+CHECKS = _checks()
 
 IPV6 = [
     "stale-keepalive",
@@ -729,14 +712,15 @@ IPV6 = [
     "ephemeral-overlap",
 ]
 
-CHECKS.update(PATH_CHECKS)  # ICMP errors and path MTU (tests/lab_path_checks.py)
 IPV6 += PATH_IPV6
 
 
 def check_capture(name: str, path: Path, o: Options, live: bool = False) -> None:
     """Timing is exact on the recorded captures; on a live run upper bounds get LIVE_SLACK_S
     (lower bounds are the kernel's timers, which never fire early, and stay as they are)."""
-    CHECKS[name](path, o, LIVE_SLACK_S if live else 0.0)
+    check = CHECKS[name]
+    assert check is not None, f"no check_{name.replace('-', '_')} for scenario {name}"
+    check(path, o, LIVE_SLACK_S if live else 0.0)
 
 
 def orphans() -> list[str]:
@@ -757,7 +741,8 @@ def mine() -> list[str]:
 
 
 def test_every_scenario_has_a_check() -> None:
-    assert sorted(s.name for s in all_scenarios()) == sorted(CHECKS)
+    missing = [name for name, check in CHECKS.items() if check is None]
+    assert not missing, f"scenarios without check_<name>: {missing}"
 
 
 def test_list_shows_every_scenario() -> None:

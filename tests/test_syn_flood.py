@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from tcpwhy.decode.table import ACK, PSH, RST, SYN
 from tcpwhy.diagnose.engine import diagnose_files
 from tcpwhy.diagnose.model import Finding
 
-FIN, SYN, RST, PSH, ACK = 1, 2, 4, 8, 16
 NOPS = bytes([1] * 12)
 FULL = struct.pack("!BBHBBBBBBBB", 2, 4, 1460, 1, 1, 4, 2, 1, 3, 3, 7)  # MSS SACK_PERM WS
 MSS_ONLY = struct.pack("!BBH", 2, 4, 1460) + bytes([1] * 8)
