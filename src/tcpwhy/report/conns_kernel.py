@@ -647,7 +647,7 @@ def find_hosts(
 @njit(cache=True, inline="always")
 def _byte(data: Any, off: int, cap: int, j: int) -> int:
     """Byte j of a payload, 0 past its captured bytes."""
-    return np.int64(data[off + j]) if j < cap else 0
+    return int(data[off + j]) if j < cap else 0
 
 
 @kernel("u1[:] i8[:] i8[:] u1[:] i8[:] u1[:] -> none")

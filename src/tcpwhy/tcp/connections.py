@@ -187,8 +187,8 @@ class _KeptPackets:
         self.n += m
 
     def take(self, uids: npt.NDArray[np.int64]) -> dict[str, npt.NDArray[Any]] | None:
-        """The kept rows of the connections `uids`, in the order they were kept; they are gone
-        from here afterwards."""
+        """The kept rows of the connections `uids`, grouped by uid (ascending), each
+        connection's in the order they were kept; they are gone from here afterwards."""
         if not self or not len(uids):
             return None
         lo = int(uids.min())
@@ -200,6 +200,8 @@ class _KeptPackets:
         idx = idx[mark[rel[idx]]]
         if not len(idx):
             return None
+        # sorted before the columns are gathered: one gather of each, not two
+        idx = idx[np.argsort(self.cols["uid"][idx], kind="stable")]
         sel = {k: self.cols[k][idx] for k in self.FIELDS}
         self.alive[idx] = False
         self.dead += len(idx)
@@ -658,11 +660,9 @@ class ConnectionBuilder:
         o_state = np.full(n, State.CLOSED, np.uint8)
         r_state = np.full(n, State.CLOSED, np.uint8)
         uids = OUT[:, z.F_UID]
-        taken = self._kept.take(uids)
-        if taken is None:
+        sel = self._kept.take(uids)
+        if sel is None:
             return o_state, r_state
-        order = np.argsort(taken["uid"], kind="stable")
-        sel = {k: v[order] for k, v in taken.items()}
         # record index of each row, and its direction relative to that record's originator
         by_uid = np.argsort(uids, kind="stable")
         rec = by_uid[np.searchsorted(uids, sel["uid"], sorter=by_uid)]
