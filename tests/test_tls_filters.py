@@ -4,7 +4,10 @@ tests/data/tls/filters.expected.tsv holds, for every filter of tests/data/tls/fi
 (fields, and slices of the ``tls`` protocol's bytes) and every capture, the frames tshark
 selected (made by tests/data/tls/generate_filters.sh;
 the TLS recordings decoded as TLS on the lab's port 8080 with ``-d tcp.port==8080,tls``,
-the cleartext one without). tcpwhy tells TLS by content on any port, tshark by port: on
+the cleartext one without; clean-tls-resegmented.pcap is clean-tls.pcap with the server's
+first flight cut into three segments by tests/data/tls/resegment.py, one cut inside a
+record header: records reassembled across segments). tcpwhy tells TLS by content on any
+port, tshark by port: on
 these captures the two agree, which `test_tls_streams_are_the_decode_as_streams` checks,
 so every filter must select exactly tshark's frames.
 """
