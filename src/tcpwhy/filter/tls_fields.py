@@ -338,6 +338,14 @@ def _proto_bytes(ctx: FilterContext, rows: Rows) -> list[Occ]:
         a = (c.a1 if k == 1 else c.a2)[rows]
         b = (c.b1 if k == 1 else c.b2)[rows]
         rel = c.rel[rows]
+        own = present & (a >= rel)
+        if not (present & ~own).any():
+            # every item is the row's own bytes: views into the payloads, nothing copied
+            off = t["payload_off"][rows].astype(np.int64) + np.where(own, a - rel, 0)
+            n = np.where(own, np.minimum(b - rel, cap) - (a - rel), 0)
+            vals = ByteValues(data=t.data, off=off, cap=np.maximum(n, 0))
+            occs.append(Occ(present, vals))
+            continue
         objs = [b""] * nr
         for j in np.flatnonzero(present).tolist():
             lo, hi, r0 = int(a[j]), int(b[j]), int(rel[j])
