@@ -270,10 +270,12 @@ def h2(conn: Conn) -> H2Conn | None:
     skips: tuple[int, int] | None = None
     upgrade: tuple[int, int] | None = None
     if first is not None and side[first] == 0:
-        head = conn.payload(first)[: len(http2.PREFACE)]
+        data = conn.payload(first)
+        head = data[: len(http2.PREFACE)]
         if head and http2.PREFACE.startswith(head):
             skips = (len(http2.PREFACE), 0)
-        elif head[:4].isupper():  # a request line: an upgrade if the server answers 101
+        elif head[:4].isupper() and (b"h2c" in data or b"H2C" in data):
+            # a request asking for h2c: an upgrade if the server answers 101
             peer = next(
                 (
                     i
