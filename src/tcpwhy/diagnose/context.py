@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import cached_property
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -209,6 +209,36 @@ class Capture:
         self._flag_cache: dict[str, npt.NDArray[np.bool_]] = {}
         self.icmp = icmp_join.IcmpRows(self, table.icmp, icmp_sid, icmp_dir)
         """The ICMP errors about TCP, joined to the streams (`tcpwhy.diagnose.icmp`)."""
+
+    def compact_addresses(self) -> bool:
+        """Replace the table's address and port columns by one value per stream and
+        direction (`StreamColumn`), when every row agrees with its stream's (a stream is one
+        4-tuple; checked, not assumed): 36 bytes a packet become 36 a connection, and
+        indexing them gives the same values. For a table the capture owns (the engine's slim
+        copy); True when they were replaced."""
+        t, n = self.table, len(self.table)
+        if not n or any(isinstance(t.cols[k], StreamColumn) for k in ADDRESS_COLUMNS):
+            return False
+        pdir = self._streams["dir"]
+        first = self.order[self.starts]
+        fwd = pdir[first] == 0
+        # per stream: the endpoint its dir-0 rows come from (a) and go to (b)
+        ends = {}
+        for a, b in (("src_hi", "dst_hi"), ("src_lo", "dst_lo"), ("sport", "dport")):
+            ends[a] = np.where(fwd, t[a][first], t[b][first])
+            ends[b] = np.where(fwd, t[b][first], t[a][first])
+        cols = {
+            k: StreamColumn(ends[k], ends[PEER[k]], self.stream, pdir, t[k].dtype)
+            for k in ADDRESS_COLUMNS
+        }
+        for lo in range(0, n, TRACK_CHUNK):
+            sl = slice(lo, min(n, lo + TRACK_CHUNK))
+            for k, c in cols.items():
+                if not np.array_equal(c[sl], t[k][sl]):
+                    return False
+        # indexed as the arrays were wherever a table is read (not an ndarray for the typing)
+        t.cols.update(cast(dict[str, npt.NDArray[Any]], cols))
+        return True
 
     @cached_property
     def endpoints(self) -> Endpoints:
@@ -670,6 +700,58 @@ class Conn:
 
     def label(self) -> str:
         return f"stream {self.no} ({self.client} → {self.server})"
+
+
+ADDRESS_COLUMNS = ("src_hi", "src_lo", "sport", "dst_hi", "dst_lo", "dport")
+PEER = {"src_hi": "dst_hi", "src_lo": "dst_lo", "sport": "dport"}
+PEER.update({v: k for k, v in PEER.items()})
+
+
+class StreamColumn:
+    """A packet column whose value is set by the row's stream and direction (an address or
+    a port): `fwd[stream]` on the stream's dir-0 rows, `rev[stream]` on its dir-1 rows.
+    Indexed like the array it replaces (a row, a slice, a mask, rows), with the same dtype;
+    `numpy.asarray` makes the whole column."""
+
+    def __init__(
+        self,
+        fwd: npt.NDArray[Any],
+        rev: npt.NDArray[Any],
+        stream: npt.NDArray[np.int64],
+        direction: npt.NDArray[np.int8],
+        dtype: np.dtype[Any],
+    ) -> None:
+        self.fwd = fwd.astype(dtype)
+        self.rev = rev.astype(dtype)
+        self.stream = stream
+        self.direction = direction
+        self.dtype = dtype
+        self.shape = stream.shape
+        self.ndim = 1
+
+    def __len__(self) -> int:
+        return int(self.stream.shape[0])
+
+    def __getitem__(self, idx: Any) -> Any:
+        s = self.stream[idx]
+        d = self.direction[idx]
+        if np.ndim(s) == 0:
+            return self.rev[s] if d else self.fwd[s]
+        return np.where(d == 0, self.fwd[s], self.rev[s])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> npt.NDArray[Any]:
+        got = self[:]
+        return got if dtype is None else got.astype(dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.fwd.nbytes + self.rev.nbytes)
+
+    def astype(self, dtype: Any) -> npt.NDArray[Any]:
+        return np.asarray(self).astype(dtype)
+
+    def copy(self) -> npt.NDArray[Any]:
+        return np.asarray(self)
 
 
 ANALYSIS_COLUMNS = ("frame", "ts_ns", "flags", "seq", "ack", "payload_len", "win")

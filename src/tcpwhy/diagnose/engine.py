@@ -181,7 +181,10 @@ def diagnose_files(
         numbers = None
         if flt is not None:
             table, file_of_row, numbers = _limit_to_filter(table, file_of_row, flt)
-        caps.append(Capture(table, file_of_row, [tables[i][0] for i in g], numbers))
+        cap = Capture(table, file_of_row, [tables[i][0] for i in g], numbers)
+        if flt is None:  # the engine's own slim table: its addresses can be per stream
+            cap.compact_addresses()
+        caps.append(cap)
         release_freed()  # the stream tracker's chunks and the per-stream counts' temporaries
     names = [", ".join(c.files) for c in caps]
     pairs: list[PathPair] = []
@@ -297,11 +300,11 @@ def _join(parts: list[PacketTable], free: bool = False) -> PacketTable:
                 del t.cols[k]
             release_freed()
     data = np.empty(int(base[-1]), np.uint8)
-    for k, (t, b) in enumerate(zip(parts, base, strict=False)):
+    for j, (t, b) in enumerate(zip(parts, base, strict=False)):
         data[b : b + len(t.data)] = t.data
         if free:
             t.data = np.zeros(0, np.uint8)
-            if k % TRIM_EVERY == TRIM_EVERY - 1:
+            if j % TRIM_EVERY == TRIM_EVERY - 1:
                 release_freed()  # else every part's bytes stay in the heap beside the copy
     return PacketTable(cols, data, icmp)
 
