@@ -73,13 +73,6 @@ def main() -> int:
     ap.add_argument("--conns", type=int, default=100, help="wrk's connections")
     ap.add_argument("--close", action="store_true", help="Connection: close (one per request)")
     ap.add_argument("--buffer-size", default="32", help="watch -B MB")
-    ap.add_argument(
-        "--delay-ms",
-        type=float,
-        default=0.0,
-        help="netem delay on the client's veth: each connection waits a round trip, so the "
-        "packet rate is set by --conns (wrk has no rate of its own)",
-    )
     args = ap.parse_args()
     nsmod.check_root()
     cns, sns = nsmod.new_name("wlc"), nsmod.new_name("wls")
@@ -97,12 +90,6 @@ def main() -> int:
             nsmod.run(["ip", "link", "set", ifname, "up"], ns)
             nsmod.disable_offloads(ns, ifname)  # segments as a NIC puts them on the wire
         nsmod.sysctl(cns, {"net.ipv4.ip_local_port_range": "20000 60999"})
-        if args.delay_ms:
-            nsmod.run(
-                ["tc", "qdisc", "add", "dev", "c0", "root", "netem", "delay",
-                 f"{args.delay_ms}ms", "limit", "100000"],
-                cns,
-            )  # fmt: skip
         conf = Path(tmp.name) / "nginx.conf"
         conf.write_text(NGINX_CONF.format(prefix=tmp.name, addr=SERVER, port=PORT))
         nginx = subprocess.Popen(
@@ -146,9 +133,8 @@ def main() -> int:
         d = re.search(r"(\d+) packets dropped by the kernel", err)
         drops = int(d.group(1)) if d else 0
         rps = re.search(r"Requests/sec:\s+([\d.]+)", wrk.stdout)
-        delay = f", netem delay {args.delay_ms:g} ms" if args.delay_ms else ""
         print(f"load         wrk -t1 -c{args.conns} -d{args.seconds}s"
-              f"{' Connection: close' if args.close else ''} against nginx{delay}, "
+              f"{' Connection: close' if args.close else ''} against nginx, "
               f"{load_s:.1f} s")  # fmt: skip
         print(f"requests/s   {float(rps.group(1)) if rps else 0:,.0f}")
         print(f"followed     {packets:,} packets in {conns:,} connections")

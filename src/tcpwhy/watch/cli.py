@@ -26,8 +26,20 @@ class Terminated(Exception):
     """SIGTERM arrived: stop as for Ctrl-C, with status 143."""
 
 
-def _on_term(signum: int, frame: FrameType | None) -> None:
-    raise Terminated()
+_signalled: list[int] = []
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    """Noted only: raised between two chunks (`_stop_if_signalled`), never in the middle of
+    the tracker's update, whose arrays must stay consistent for the final diagnosis."""
+    _signalled.append(signum)
+
+
+def _stop_if_signalled() -> None:
+    if _signalled:
+        if _signalled[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Terminated()
 
 
 def _positive(text: str) -> float:
@@ -63,6 +75,7 @@ def _follow(source: str, watcher: Any, stats: Any, duration: float | None, engin
         if duration is not None and time.monotonic() - start >= duration:
             return
         try:
+            _stop_if_signalled()
             item = q.get(timeout=0.05)
         except queue.Empty:
             if last_ns:
@@ -105,7 +118,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
     metrics = engine = None
     where = args.read if args.read is not None else args.interface
     status = 0
-    old_term = signal.signal(signal.SIGTERM, _on_term)
+    _signalled.clear()
+    old_term = signal.signal(signal.SIGTERM, _on_signal)
+    old_int = signal.signal(signal.SIGINT, _on_signal)
     watcher: Watcher | None = None
     try:
         if args.metrics:
@@ -157,6 +172,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             if keeper is not None:
                 keeper.lockstep = Lockstep(args.read, keeper.ring)
             for t in iter_tables(args.read, stats):
+                _stop_if_signalled()
                 w.chunk(t)
         w.finish()
         for text in stats.warnings:
@@ -171,7 +187,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
     except Terminated:
         status = 143
     finally:
-        signal.signal(signal.SIGTERM, old_term)
         try:
             if engine is not None:
                 engine.stop()
@@ -181,6 +196,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 watcher.finish()
         except (KeyboardInterrupt, Terminated):
             pass
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
         if metrics is not None:
             metrics.close()
         if keeper is not None:
