@@ -251,14 +251,14 @@ def test_idle_close_is_no_finding_and_no_http1_exchange() -> None:
 
 
 def test_reuse_after_goaway_names_the_unprocessed_stream() -> None:
-    """The client sends a new stream after the server's GOAWAY and FIN (answered by RST):
-    the finding says the connection is HTTP/2 and that the stream, above GOAWAY's last
-    stream id, was not processed and is safe to retry."""
+    """The client sends a new stream after the server's idle close (GOAWAY, FIN; answered
+    by RST): stale keep-alive reuse, and the finding says the connection is HTTP/2 and
+    that the stream, above GOAWAY's last stream id, was not processed and is safe to retry."""
     from tcpwhy.diagnose.engine import diagnose_files
 
     path = REFS / "h2c-stale.pcap"
     (f,) = diagnose_files([str(path)]).findings
-    assert f.kind == "data-after-fin"
+    assert f.kind == "stale-keepalive-reuse"
     assert "HTTP/2 HEADERS on stream 9" in f.summary
     assert "pooled, multiplexed HTTP/2 connection" in f.summary
     assert "GOAWAY, last stream id 7, NO_ERROR" in f.summary
@@ -292,12 +292,13 @@ def test_tls_alpn_h2_idle_close() -> None:
 
 
 def test_tls_alpn_h2_reuse_after_close_says_http2() -> None:
-    """Over TLS with ALPN h2, a request written after the server's idle close is named an
-    encrypted request on an HTTP/2 connection (its frames cannot be read)."""
+    """Over TLS with ALPN h2, a request written after the server's idle close is stale
+    keep-alive reuse, named an encrypted request on an HTTP/2 connection (its frames
+    cannot be read)."""
     from tcpwhy.diagnose.engine import diagnose_files
 
     (f,) = diagnose_files([str(REFS / "h2-tls-stale.pcap")]).findings
-    assert f.kind == "data-after-fin"
+    assert f.kind == "stale-keepalive-reuse"
     assert "an encrypted request of " in f.summary
     assert "on an HTTP/2 connection (ALPN h2: pooled, multiplexed)" in f.summary
 

@@ -223,3 +223,103 @@ def test_upgrade_needs_the_101() -> None:
     c2 = Conn(Capture(t2, np.zeros(len(t2), np.int16), ["x"]), 0)
     assert http.h2(c2) is None
     assert [m.line for m in http.messages(c2)][:2] == ["GET /a", "200 Switching Protocols"]
+
+
+H2C_STALE = REFS / "h2c-stale.pcap"  # nginx, prior knowledge, keepalive_timeout 1s
+H2_TLS_STALE = REFS / "h2-tls-stale.pcap"  # the same over TLS, ALPN h2
+
+
+def _tshark_rows(pcap: Path, flt: str) -> list[int]:
+    out = subprocess.run(
+        ["tshark", "-n", "-r", str(pcap), "-d", "tcp.port==18931,http2", "-Y", flt,
+         "-T", "fields", "-e", "frame.number"],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    return [int(x) for x in out.split()]
+
+
+@pytest.mark.parametrize(
+    ("path", "goaway"),
+    [
+        (H2C_STALE, "http2.type == 7"),
+        (H2_TLS_STALE, "tls.record.content_type == 23 && tcp.srcport == 18932"),
+    ],
+    ids=lambda p: p.name if isinstance(p, Path) else "",
+)
+def test_idle_close_with_goaway_is_stale_reuse(path: Path, goaway: str) -> None:
+    """nginx closes an idle HTTP/2 connection with GOAWAY then FIN; the client's next stream,
+    0.7 s later, draws a RST. The GOAWAY is the server's goodbye, not its last reply: the
+    idle gap runs up to it, so this is stale keep-alive reuse, prior knowledge or ALPN h2."""
+    from tcpwhy.diagnose.engine import diagnose_files
+    from tcpwhy.diagnose.model import Severity
+    from tcpwhy.diagnose.stale_keepalive import goaway_rows, last_data_before
+
+    c = _conn(path)
+    fin = c.first_fin(1)
+    assert fin is not None
+    bye = sorted(goaway_rows(c))
+    assert len(bye) == 1 and bye[0] < fin
+    if shutil.which("tshark"):  # the GOAWAY (h2c) or the server's last application record
+        frames = [f for f in _tshark_rows(path, goaway) if f < c.frame[fin]]
+        assert c.frame[bye[0]] == frames[-1]
+    assert c.last_data_before(fin, 1) == bye[0]  # read as data, the close would not be idle
+    last = last_data_before(c, fin)
+    assert last is not None and last < bye[0]
+    idle = c.dt(last, fin)
+    assert 0.5 < idle < 1.5  # keepalive_timeout 1s, less the client's data since the reply
+    assert c.dt(bye[0], fin) < 0.01
+    (f,) = diagnose_files([str(path)]).findings
+    assert (f.kind, f.severity) == ("stale-keepalive-reuse", Severity.ERROR)
+    assert f.facts["server_idle_timeout_s"]["median"] == round(idle, 3)
+    notes = {s.frame: s.note for s in f.timeline}
+    assert notes[c.frame[bye[0]]].startswith("server says goodbye: ")
+    assert notes[c.frame[last_data_before(c, fin, 1)]].endswith("sits idle in the pool")  # type: ignore[arg-type]
+    if path == H2C_STALE:
+        assert "GOAWAY, last stream id 7, NO_ERROR" in notes[c.frame[bye[0]]]
+        assert "stream 9 was not processed and is safe to retry" in f.summary
+
+
+def test_goaway_at_once_is_no_idle_close_and_no_goodbye() -> None:
+    """Apache ends the upgraded connection with GOAWAY (last stream id 1) and FIN as soon
+    as it has answered stream 1, not after idling; the client's stream 3, 35 s later, is a
+    request on a closed connection (never processed: safe to retry), not an answer to the
+    GOAWAY that would end an orderly exchange, and not an idle-timeout story."""
+    from tcpwhy.diagnose.engine import diagnose_files
+    from tcpwhy.diagnose.model import Severity
+    from tcpwhy.diagnose.stale_keepalive import goaway_rows, last_data_before
+
+    c = _conn(APACHE_STALE)
+    fin = c.first_fin(1)
+    assert fin is not None
+    (bye,) = goaway_rows(c)
+    if shutil.which("tshark"):
+        assert [c.frame[bye]] == _tshark(APACHE_STALE, APACHE_PORT, "http2.type == 7")
+    last = last_data_before(c, fin)
+    assert last is not None and last < bye and c.dt(last, fin) < 0.05  # no idle gap
+    found = {f.kind: f for f in diagnose_files([str(APACHE_STALE)]).findings}
+    assert "stale-keepalive-reuse" not in found
+    f = found["data-after-fin"]
+    assert f.severity is Severity.WARNING
+    assert "orderly" not in f.summary
+    assert "HTTP/2 HEADERS on stream 3" in f.summary
+    assert "stream 3 was not processed and is safe to retry" in f.summary
+    assert "GOAWAY" in f.causes[0]
+    assert any("last stream id" in x for x in f.fixes)
+
+
+def test_http1_has_no_goaway_rows() -> None:
+    """On HTTP/1 nothing is skipped: the idle gap is the one measured before."""
+    from importlib import resources
+
+    from tcpwhy.diagnose.stale_keepalive import goaway_rows, last_data_before
+
+    lab = Path(str(resources.files("tcpwhy") / "data" / "lab"))
+    for name in ("stale-keepalive.pcap", "stale-keepalive-tls.pcap"):
+        t = read_table(str(lab / name))
+        cap = Capture(t, np.zeros(len(t), np.int16), [name])
+        for sid in range(cap.nstreams):
+            c = Conn(cap, sid)
+            assert goaway_rows(c) == frozenset()
+            fin = c.first_fin(1)
+            if fin is not None:
+                assert last_data_before(c, fin) == c.last_data_before(fin)

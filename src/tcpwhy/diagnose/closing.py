@@ -146,7 +146,10 @@ def server_idle_timeout(diag: Diag, server: str) -> IdleStats | None:
         cf = c.first_fin(CLIENT)
         if f is None or (cf is not None and cf < f):
             continue
-        last = c.last_data_before(f)
+        # an HTTP/2 GOAWAY right before the FIN is the close, not data
+        from tcpwhy.diagnose.stale_keepalive import last_data_before
+
+        last = last_data_before(c, f)
         if last is None:
             continue
         resp = http.last_response_before(c, f)

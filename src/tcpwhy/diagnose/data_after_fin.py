@@ -8,6 +8,7 @@ draws a RST and the writer's next call fails with EPIPE.
 
 from __future__ import annotations
 
+from tcpwhy.decode import http2
 from tcpwhy.diagnose import http, knowledge
 from tcpwhy.diagnose.closing import PROMPT_S, AfterFin, after_fin
 from tcpwhy.diagnose.common import Group, Hits
@@ -48,6 +49,11 @@ def detect(diag: Diag) -> list[Finding]:
             assert wf is not None
             rows.append((wf, f"{w} closes right after writing: its last words"))
         facts = {"covers": ev.covers, "fin": ev.fin, "data": ev.data, "rst": ev.rst, "bye": bye}
+        hc = http.h2(c)
+        # a new stream (encrypted on ALPN h2: a request, likely) on a connection the server ended
+        h2_request = hc is not None and (hc.frames is None or _opens_stream(hc, ev.data))
+        if h2_request and ev.closer != CLIENT and bye is None:
+            facts["h2_request"] = True
         hits.add((c.server, ev.closer, bye is not None), c, rows, facts)
         diag.claim(c.sid)
     return hits.findings(diag, KIND, _tell)
@@ -64,10 +70,16 @@ def goodbye(ev: AfterFin) -> str | None:
       for the answer, and the data is that answer (a reply to QUIT or logout).
 
     None otherwise (a late answer after the closer gave up, or a write into a connection
-    the writer never noticed was closed).
+    the writer never noticed was closed). On HTTP/2 a client's new stream is a request, not
+    an answer, and a server's GOAWAY awaits none: a stream opened after the server's
+    GOAWAY and FIN was sent on a closed connection (above the last stream id: never
+    processed, safe to retry).
     """
     c, f, d = ev.conn, ev.fin, ev.data
     closer, writer = ev.closer, 1 - ev.closer
+    hc = http.h2(c)
+    if hc is not None and writer == CLIENT and _opens_stream(hc, d):
+        return None
     wf = c.first_fin(writer)
     if wf is not None and wf > d and ev.covers:
         later_data = any(
@@ -81,11 +93,23 @@ def goodbye(ev: AfterFin) -> str | None:
     last_w = c.last_data_before(f, writer)
     if last_c is None or (last_w is not None and last_w > last_c):
         return None  # nothing the closer sent was waiting for an answer
+    if hc is not None and closer != CLIENT:
+        return None  # an HTTP/2 server's last frames (its GOAWAY) await no answer
     same_flight = all(c.side[j] == closer for j in range(last_c, f + 1))
     end = (c.seq[last_c] + c.plen[last_c]) & 0xFFFFFFFF
     if same_flight and c.acks(d, end):
         return "unawaited"
     return None
+
+
+def _opens_stream(hc: http.H2Conn, i: int) -> bool:
+    """Row i carries the client's HEADERS for a stream: a new request. False when the
+    frames are encrypted (ALPN h2): there a prompt GOAWAY and FIN is still told by timing."""
+    f = hc.frames
+    if f is None:
+        return False
+    at = (f.row == i) & f.client & (f.ftype == http2.HEADERS) & (f.sid > 0)
+    return bool(at.any())
 
 
 def _tell(g: Group) -> Story:
@@ -148,9 +172,32 @@ def _tell(g: Group) -> Story:
             ),
         ),
     ]
+    if ex.facts.get("h2_request"):
+        causes, fixes = _h2_request_advice()
     facts = {"server": server, "closer": closer_name}
     errors = knowledge.BROKEN_PIPE + knowledge.RESET
     return Story(Severity.WARNING, summary, explanation, causes, fixes, errors, facts)
+
+
+def _h2_request_advice() -> tuple[list[str], list[str]]:
+    """A new HTTP/2 stream on a connection the server had ended: the client pool's fault,
+    not a late answer, and the request is safe to retry (the server never took it)."""
+    causes = [
+        "The client's HTTP/2 connection pool does not honour the server's GOAWAY or its FIN: "
+        "it kept the closed connection and opened a new stream on it.",
+        "The server ended the connection on its own terms (GOAWAY: an idle timeout, a limit "
+        "on streams or requests per connection, a reload), which it announced.",
+    ]
+    fixes = [
+        "In the client: drop a pooled HTTP/2 connection as soon as it receives GOAWAY or "
+        "end-of-file, and open a new one; streams above the GOAWAY's last stream id were "
+        "never processed and can be sent again on the new connection.",
+        knowledge.advice(
+            f"Retry idempotent requests once when a reused connection fails: {knowledge.RETRY_KNOBS}.",
+            *knowledge.RETRY,
+        ),
+    ]
+    return causes, fixes
 
 
 def _tell_goodbye(g: Group) -> Story:

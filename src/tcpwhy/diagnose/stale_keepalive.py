@@ -11,9 +11,11 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
-from tcpwhy.diagnose import http, knowledge
+from tcpwhy.decode import http2
+from tcpwhy.decode import tls as tls_rec
+from tcpwhy.diagnose import http, knowledge, tls
 from tcpwhy.diagnose.closing import AfterFin, after_fin, recommend_below, server_idle_timeout
-from tcpwhy.diagnose.context import CLIENT, SERVER, fmt_s
+from tcpwhy.diagnose.context import CLIENT, SERVER, Conn, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
 from tcpwhy.diagnose.resets import too_fast
@@ -24,10 +26,66 @@ ORDER = 60
 KIND = "stale-keepalive-reuse"
 
 
+def goaway_rows(c: Conn) -> frozenset[int]:
+    """Local rows that carry only the server's HTTP/2 GOAWAY: its goodbye before the FIN
+    (as a TLS close_notify is), not data, so an idle gap is measured up to it. Frames in
+    clear on h2c; on ALPN h2 the short record before the server's closing alert."""
+    got: frozenset[int] | None = c.cache.get("h2_goaway_rows")
+    if got is not None:
+        return got
+    rows: set[int] = set()
+    hc = http.h2(c)
+    if hc is not None and hc.frames is not None:
+        f = hc.frames
+        bye = (f.ftype == http2.GOAWAY) & ~f.client
+        other = set(f.row[~bye].tolist())
+        rows = {r for r in f.row[bye].tolist() if r not in other}
+    elif hc is not None:
+        rows = _tls_goaway(c)
+    got = c.cache["h2_goaway_rows"] = frozenset(rows)
+    return got
+
+
+def _tls_goaway(c: Conn) -> set[int]:
+    """On ALPN h2, the server's short record right before its closing alert, after its answer
+    to the client's last data before the close: the GOAWAY of an idle close, encrypted (as
+    `tls` reads it, but letting the client write after the close, as stale reuse does)."""
+    tc = tls.of(c)
+    close = tc.closing.get(SERVER) if tc is not None else None
+    if tc is None or close is None:
+        return set()
+    before = [r for r in tc.records if r.row < close.record.row or r is close.record]
+    i = next(k for k, r in enumerate(before) if r is close.record)
+    prev = [r for r in before[:i] if r.side == SERVER]
+    if not prev:
+        return set()
+    g = prev[-1]
+    if g.ctype != tls_rec.APPLICATION_DATA or g.length > tls.H2_GOAWAY_MAX:
+        return set()
+    app = tls_rec.APPLICATION_DATA
+    client = [r.row for r in before if r.side == CLIENT and r.ctype == app]
+    if not client or client[-1] > g.row:
+        return set()
+    answered = any(
+        r.side == SERVER and r.ctype == app and client[-1] < r.row < g.row for r in before
+    )
+    return {g.row} if answered else set()
+
+
+def last_data_before(c: Conn, i: int, who: int | None = None) -> int | None:
+    """The last data before row i, an HTTP/2 GOAWAY not counted (see `goaway_rows`)."""
+    skip = goaway_rows(c)
+    j = c.last_data_before(i, who)
+    while j is not None and j in skip:
+        j = c.last_data_before(j, who)
+    return j
+
+
 def idle_close(ev: AfterFin) -> bool:
-    """The server's FIN followed an idle gap (an idle timeout), not its last reply."""
+    """The server's FIN followed an idle gap (an idle timeout), not its last reply; an
+    HTTP/2 server's GOAWAY right before the FIN is part of its close, not a reply."""
     c = ev.conn
-    last = c.last_data_before(ev.fin)
+    last = last_data_before(c, ev.fin)
     return last is not None and c.dt(last, ev.fin) >= max(0.05, 5 * (c.rtt or 0.0))
 
 
@@ -60,10 +118,14 @@ def _finding(diag: Diag, server: str, evs: list[AfterFin]) -> Finding:
     for ev in evs:
         c = ev.conn
         rows = []
-        if ev.last_reply is not None:
+        reply = _last_reply(ev)
+        if reply is not None:
             resp = http.last_response_before(c, ev.fin)
-            what = f"response {resp.line}" if resp else f"last data, {c.plen[ev.last_reply]} bytes"
-            rows.append((ev.last_reply, f"{what}; then the connection sits idle in the pool"))
+            what = f"response {resp.line}" if resp else f"last data, {c.plen[reply]} bytes"
+            rows.append((reply, f"{what}; then the connection sits idle in the pool"))
+        bye = _goaway(ev)
+        if bye is not None:
+            rows.append((bye[0], f"server says goodbye: {bye[1]}"))
         rows.append((ev.fin, "server closes the idle connection (FIN)"))
         ack = next(
             (
@@ -79,7 +141,7 @@ def _finding(diag: Diag, server: str, evs: list[AfterFin]) -> Finding:
         rows.append((ev.rst, "server kernel answers with RST: the request is lost"))
         if c.state_after(CLIENT, ev.rst - 1) is State.CLOSE_WAIT:
             close_wait += 1
-        last = c.last_data_before(ev.data)
+        last = last_data_before(c, ev.data)
         idle = c.dt(last, ev.data) if last is not None else None
         if idle is not None:
             idles.append(idle)
@@ -131,16 +193,24 @@ def _finding(diag: Diag, server: str, evs: list[AfterFin]) -> Finding:
         f"Stream {c.no} ({c.client} → {c.server}) is a keep-alive connection the client keeps "
         "in a pool."
     ]
-    if ex.last_reply is not None:
+    ex_reply = _last_reply(ex)
+    if ex_reply is not None:
         parts.append(
-            f"Its last exchange ended at {c.s(ex.last_reply):.3f} s "
+            f"Its last exchange ended at {c.s(ex_reply):.3f} s "
             + (f"with the response {resp.line} " if resp else "")
-            + f"(frame {c.frame[ex.last_reply]}); then nothing was sent for "
-            f"{fmt_s(c.dt(ex.last_reply, ex.fin))}."
+            + f"(frame {c.frame[ex_reply]}); then nothing was sent for "
+            f"{fmt_s(c.dt(ex_reply, ex.fin))}."
         )
+    ex_bye = _goaway(ex)
     parts.append(
-        f"At {c.s(ex.fin):.3f} s the server closed the connection (frame {c.frame[ex.fin]}, FIN): "
-        "it had been idle for longer than the server's idle timeout, so the server moved to "
+        f"At {c.s(ex.fin):.3f} s the server closed the connection "
+        + (
+            f"with an HTTP/2 goodbye, {ex_bye[1]} (frame {c.frame[ex_bye[0]]}), then FIN "
+            f"(frame {c.frame[ex.fin]}): "
+            if ex_bye is not None
+            else f"(frame {c.frame[ex.fin]}, FIN): "
+        )
+        + "it had been idle for longer than the server's idle timeout, so the server moved to "
         "FIN_WAIT_1 and, once acknowledged, FIN_WAIT_2."
     )
     parts.append(
@@ -233,6 +303,28 @@ def _finding(diag: Diag, server: str, evs: list[AfterFin]) -> Finding:
     errors = knowledge.EOF_ON_REUSE + (knowledge.BROKEN_PIPE if close_wait else [])
     story = Story(Severity.ERROR, summary, explanation, causes, fixes, errors, facts)
     return make_finding(diag, KIND, inst, story)
+
+
+def _last_reply(ev: AfterFin) -> int | None:
+    """The server's last data before its FIN, its HTTP/2 GOAWAY not counted."""
+    if ev.last_reply is None or ev.last_reply not in goaway_rows(ev.conn):
+        return ev.last_reply
+    return last_data_before(ev.conn, ev.fin, SERVER)
+
+
+def _goaway(ev: AfterFin) -> tuple[int, str] | None:
+    """The server's HTTP/2 GOAWAY before its FIN (its row, what it says), if it sent one."""
+    c = ev.conn
+    rows = sorted(j for j in goaway_rows(c) if j < ev.fin)
+    if not rows:
+        return None
+    hc = http.h2(c)
+    g = hc.goaway() if hc is not None else None
+    if g is None:
+        return rows[-1], "an encrypted record the size of an HTTP/2 GOAWAY (ALPN h2)"
+    err = http2.ERROR_NAMES.get(g[2], str(g[2]))
+    says = f"GOAWAY, last stream id {g[1]}, {err}: no stream above {g[1]} will be processed"
+    return g[0], says
 
 
 def _stats(v: list[float]) -> dict[str, float] | None:
