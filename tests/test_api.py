@@ -45,8 +45,11 @@ def cli_jsonl(*args: str) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- public surface
 
 PUBLIC = {
-    "open": "(path_or_paths: 'Source | Sequence[Source]', *, display_filter: 'str | None' = None, boundaries: 'str' = 'stream') -> 'Capture'",
-    "analyze": "(paths: 'Source | Sequence[Source]', *, display_filter: 'str | None' = None, close_wait_s: 'float' = 10.0, fin_wait_2_s: 'float' = 5.0) -> 'Report'",
+    "open": "(path_or_paths: 'Source | Sequence[Source]', *, display_filter: 'str | None' = None, boundaries: 'str' = 'stream', pair: 'bool' = True, reassemble: 'bool' = True, check_checksums: 'bool | None' = None, max_active: 'int | None' = None, local_nets: 'str | Sequence[str] | None' = None, community_id_seed: 'int' = 0) -> 'Capture'",
+    "analyze": "(paths: 'Source | Sequence[Source]', *, display_filter: 'str | None' = None, close_wait_s: 'float' = 10.0, fin_wait_2_s: 'float' = 5.0, workers: 'int | None' = None, scheduler: 'str | None' = None, pair: 'bool' = True, reassemble: 'bool' = True, progress: 'bool' = False) -> 'Report | FleetReport'",
+    "FleetReport.to_dict": "(self) -> 'dict[str, Any]'",
+    "FleetReport.to_json": "(self) -> 'str'",
+    "FleetReport.to_text": "(self) -> 'str'",
     "Capture.flow": "(self, stream: 'int', *, fold: 'int' = 3) -> 'Flow'",
     "Table.to_arrow": "(self) -> 'pyarrow.Table'",
     "Table.to_pandas": "(self) -> 'pandas.DataFrame'",
@@ -85,6 +88,7 @@ PROPERTIES = {
         "last_time",
     ],
     "Report": ["findings", "connections", "capture", "exit_status"],
+    "FleetReport": ["findings", "points", "capture_points", "errors", "exit_status"],
     "Flow": ["view", "rows"],
 }
 CLASSES = [
@@ -94,6 +98,7 @@ CLASSES = [
     "Finding",
     "Flow",
     "Report",
+    "FleetReport",
     "CaptureWarning",
     "TcpwhyError",
     "CaptureError",
@@ -429,3 +434,124 @@ def test_host_documents_match_the_json_commands() -> None:
     assert {x["local"] for x in g["listeners"]} == {x["local"] for x in w["listeners"]}
     g = tcpwhy.host.states(by="port")
     assert g["by"] == "port" and sum(x["total"] for x in g["groups"]) == g["total"]
+
+
+# ---------------------------------------------------------------- the commands' options
+
+
+def _jsonl_rows(*args: str) -> list[dict[str, Any]]:
+    return sorted(cli_jsonl("conns", "--format", "jsonl", *args), key=lambda r: r["stream"])
+
+
+def test_record_options_are_the_conns_options() -> None:
+    path = str(LAB / "time-wait-reuse.pcap")
+    want = _jsonl_rows(path, "--local-nets", "10.0.0.0/8", "--community-id-seed", "7")
+    conns = tcpwhy.open(path, local_nets="10.0.0.0/8", community_id_seed=7).connections
+    got = conns.to_arrow().to_pylist()
+    assert len(got) == len(want) > 0
+    for k in ("community_id", "local_orig", "local_resp"):
+        assert [g[k] for g in got] == [w[k] for w in want], k
+    assert conns["community_id"].tolist() == [w["community_id"] for w in want]
+    # without local_nets the flags are unset, as the command leaves them out
+    plain = tcpwhy.open(path).connections
+    assert "local_orig" not in plain.columns and "local_orig" not in _jsonl_rows(path)[0]
+    assert plain["community_id"].tolist() == [w["community_id"] for w in _jsonl_rows(path)]
+    assert plain["community_id"].tolist() != conns["community_id"].tolist()
+    assert tcpwhy.open(path, local_nets=["private"]).connections["local_orig"].all()
+    for bad in ({"community_id_seed": 65536}, {"local_nets": "not-a-net"}, {"max_active": 0}):
+        with pytest.raises(ValueError):
+            tcpwhy.open(path, **bad)  # type: ignore[arg-type]
+
+
+def test_max_active_evicts_as_conns_does() -> None:
+    path = str(LAB / "time-wait-reuse.pcap")
+    want = _jsonl_rows(path, "--max-active", "1")
+    with pytest.warns(tcpwhy.CaptureWarning, match="active at once"):
+        got = tcpwhy.open(path, max_active=1).connections.to_arrow().to_pylist()
+    assert [(g["stream"], g["emitted"], g["orig_pkts"]) for g in got] == [
+        (w["stream"], w["emitted"], w["orig_pkts"]) for w in want
+    ]
+    assert any(g["emitted"].startswith("evicted") for g in got)
+
+
+def _bad_checksum_copy(src: Path, dst: Path, frame: int) -> None:
+    """`src` with the TCP checksum of `frame` (1-based) changed (Ethernet, IPv4 or IPv6)."""
+    data = bytearray(src.read_bytes())
+    assert int.from_bytes(data[20:24], "little") == 1  # Ethernet
+    off, n = 24, 0
+    while off < len(data):
+        caplen = int.from_bytes(data[off + 8 : off + 12], "little")
+        n += 1
+        if n == frame:
+            ip = off + 16 + 14
+            tcp = ip + (data[ip] & 0x0F) * 4 if data[ip] >> 4 == 4 else ip + 40
+            data[tcp + 16] ^= 0xFF
+            dst.write_bytes(bytes(data))
+            return
+        off += 16 + caplen
+    raise AssertionError(f"{src} has no frame {frame}")
+
+
+def test_checksums_are_checked_as_the_commands_say(tmp_path: Path) -> None:
+    bad = tmp_path / "bad-checksum.pcap"
+    _bad_checksum_copy(LAB / "stale-keepalive.pcap", bad, 6)
+    for flag, value in (("--check-checksums", True), (None, None)):
+        want = _jsonl_rows(str(bad), *([flag] if flag else []))
+        got = tcpwhy.open(bad, check_checksums=value).connections.to_arrow().to_pylist()
+        assert [(g["orig_pkts"], g["resp_pkts"]) for g in got] == [
+            (w["orig_pkts"], w["resp_pkts"]) for w in want
+        ], flag
+    checked = tcpwhy.open(bad, check_checksums=True).connections
+    unchecked = tcpwhy.open(bad).connections
+    assert checked["resp_pkts"].sum() + checked["orig_pkts"].sum() == (
+        unchecked["resp_pkts"].sum() + unchecked["orig_pkts"].sum() - 1
+    )
+    # Zeek's cut checks them unless told not to (-C)
+    for flag, value in (("--ignore-checksums", False), (None, None)):
+        want = _jsonl_rows(str(bad), "--boundaries", "zeek", *([flag] if flag else []))
+        got = tcpwhy.open(bad, boundaries="zeek", check_checksums=value).connections
+        assert got["orig_pkts"].tolist() == [w["orig_pkts"] for w in want], flag
+        assert got["resp_pkts"].tolist() == [w["resp_pkts"] for w in want], flag
+
+
+def test_no_pair_is_the_commands_no_pair() -> None:
+    paths = [
+        str(LAB / "middlebox-idle-reset-path.pcap"),
+        str(LAB / "middlebox-idle-reset-path.server.pcap"),
+    ]
+    for pair in (True, False):
+        args = [] if pair else ["--no-pair"]
+        want = cli_jsonl("conns", "--format", "jsonl", *paths, *args)
+        got = tcpwhy.open(paths, pair=pair).connections
+        assert len(got) == len(want) > 0, pair
+        assert sorted(
+            zip(got["stream"].tolist(), got["orig_pkts"].tolist(), strict=True)
+        ) == sorted((w["stream"], w["orig_pkts"]) for w in want), pair
+        p = cli("analyze", "--format", "json", *paths, *args)
+        report = tcpwhy.analyze(paths, pair=pair)
+        assert isinstance(report, tcpwhy.Report)
+        assert report.to_dict() == json.loads(p.stdout), pair
+    assert len(tcpwhy.open(paths, pair=False).connections) > len(tcpwhy.open(paths).connections)
+
+
+def test_no_reassemble_is_the_commands(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    from tests import fragment_lab
+
+    why = fragment_lab.available()
+    if why:
+        pytest.skip(why)
+    cap = tmp_path / "frag.pcap"
+    fragment_lab.record(cap)
+    for reassemble in (True, False):
+        args = [] if reassemble else ["--no-reassemble"]
+        want = _jsonl_rows(str(cap), *args)
+        got = tcpwhy.open(cap, reassemble=reassemble).connections
+        assert got["orig_pkts"].tolist() == [w["orig_pkts"] for w in want], reassemble
+        pk = tcpwhy.open(cap, reassemble=reassemble).packets
+        rows = [
+            r for r in cli_jsonl("packets", "--format", "jsonl", str(cap), *args) if "flags" in r
+        ]
+        assert pk["frame"].tolist() == [r["frame"] for r in rows], reassemble
+    whole = tcpwhy.open(cap).connections["orig_pkts"].sum()
+    assert tcpwhy.open(cap, reassemble=False).connections["orig_pkts"].sum() < whole

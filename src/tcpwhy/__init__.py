@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from tcpwhy.api import CaptureWarning as CaptureWarning
     from tcpwhy.api import Field as Field
     from tcpwhy.api import Finding as Finding
+    from tcpwhy.api import FleetReport as FleetReport
     from tcpwhy.api import Flow as Flow
     from tcpwhy.api import Report as Report
     from tcpwhy.api import Table as Table
@@ -34,6 +35,7 @@ _PUBLIC = {
     "CaptureWarning": "tcpwhy.api",
     "Field": "tcpwhy.api",
     "Finding": "tcpwhy.api",
+    "FleetReport": "tcpwhy.api",
     "Flow": "tcpwhy.api",
     "Report": "tcpwhy.api",
     "Table": "tcpwhy.api",

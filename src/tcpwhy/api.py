@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from html import escape
 from typing import IO, TYPE_CHECKING, Any, Union
@@ -61,6 +62,7 @@ __all__ = [
     "CaptureWarning",
     "Field",
     "Finding",
+    "FleetReport",
     "Flow",
     "Report",
     "Table",
@@ -357,13 +359,17 @@ CONN_EXTRA: dict[str, str] = {
     "orig_h": "originator address as text (the jsonl record's orig_h)",
     "resp_h": "responder address as text (the jsonl record's resp_h)",
     "irtt_ns": "SYN to the originator's ACK of the SYN-ACK; null (Arrow) without a handshake",
+    "community_id": "the flow's Community ID (``1:`` and base64), under `community_id_seed`",
+    "local_orig": "whether the originator's address is in `local_nets` (only with local_nets)",
+    "local_resp": "whether the responder's address is in `local_nets` (only with local_nets)",
 }
 
 
-def connection_schema() -> dict[str, Field]:
+def connection_schema(local: bool = False) -> dict[str, Field]:
     """The fields of `Capture.connections`: the connection record columns
     (tcpwhy.tcp.records.COLUMNS, words decoded in Arrow) with text addresses after each
-    address pair."""
+    address pair, the Community ID, and with `local` (``local_nets`` given) local_orig and
+    local_resp, as ``conns`` writes them only then."""
     from tcpwhy.tcp.records import COLUMNS, WORD_COLUMNS
 
     out: dict[str, Field] = {}
@@ -380,10 +386,14 @@ def connection_schema() -> dict[str, Field]:
         if k in ("orig_lo", "resp_lo"):
             h = k[:4] + "_h"
             out[h] = Field(h, "str", (), CONN_EXTRA[h])
+    out["community_id"] = Field("community_id", "str", (), CONN_EXTRA["community_id"])
+    if local:
+        for k in ("local_orig", "local_resp"):
+            out[k] = Field(k, "|b1", (), CONN_EXTRA[k])
     return out
 
 
-_TEXT_COLUMNS = ("orig_h", "resp_h", "history")
+_TEXT_COLUMNS = ("orig_h", "resp_h", "history", "community_id")
 
 
 class ConnectionTable(_TimedTable):
@@ -414,6 +424,12 @@ class ConnectionTable(_TimedTable):
             col = self._conns.cols
             if name == "history":
                 self._text[name] = _fixed_text(col["history"], col["history_len"], b"")
+            elif name == "community_id":
+                from tcpwhy.report.conns_kernel import COMMUNITY_ID_WIDTH
+
+                ids = self._conns.community_id_text()
+                width = np.full(len(ids), COMMUNITY_ID_WIDTH)
+                self._text[name] = _fixed_text(ids, width, b"1:")
             else:
                 w = name[:4]
                 self._text[name] = addresses(col[f"{w}_hi"], col[f"{w}_lo"])
@@ -442,10 +458,15 @@ class ConnectionTable(_TimedTable):
 
 def _connection_table(c: ConnColumns) -> ConnectionTable:
     """The public table of a `ConnColumns` batch (its `end` words become the field's)."""
-    schema = connection_schema()
+    local = c.options.local_nets is not None
+    schema = connection_schema(local)
     cols: dict[str, npt.NDArray[Any]] = {}
     for k in schema:
-        if k not in _TEXT_COLUMNS:  # made on first use, in bulk (ConnectionTable._text_arrow)
+        if k in ("local_orig", "local_resp"):
+            got = c.local(k[6:])
+            assert got is not None
+            cols[k] = got
+        elif k not in _TEXT_COLUMNS:  # made on first use, in bulk (ConnectionTable._text_arrow)
             cols[k] = c.cols[k]
     schema["end"] = Field("end", schema["end"].dtype, (), schema["end"].meaning, tuple(c.end_words))
     sn = schema["server_name"]
@@ -767,12 +788,32 @@ class Capture:
         sources: Sequence[Source],
         display_filter: str | None = None,
         boundaries: str = "stream",
+        *,
+        pair: bool = True,
+        reassemble: bool = True,
+        check_checksums: bool | None = None,
+        max_active: int | None = None,
+        local_nets: str | Sequence[str] | None = None,
+        community_id_seed: int = 0,
     ) -> None:
-        from tcpwhy.views import connection_options
+        from tcpwhy.views import connection_options, record_options
 
-        self._conn_options = connection_options(boundaries)  # ValueError for another word
+        if max_active is not None and int(max_active) < 1:
+            raise ValueError(f"max_active must be at least 1, not {max_active}")
+        # the rule `tcpwhy conns` follows (ValueError for another boundaries word)
+        self._conn_options = connection_options(
+            boundaries,
+            check_checksums=check_checksums is True,
+            ignore_checksums=check_checksums is False,
+            max_active=max_active,
+        )
+        self._record_options = record_options(None, community_id_seed, local_nets)
         self.boundaries = boundaries
         """Where `connections` cuts records: ``stream`` (one per tcp.stream) or ``zeek``."""
+        self.pair = pair
+        """Whether captures of several points are paired (``--no-pair``: False)."""
+        self.reassemble = reassemble
+        """Whether IP fragments are joined (``--no-reassemble``: False)."""
         self._src = _Sources(sources)
         self.display_filter = display_filter
         self._flt: DisplayFilter | None = None
@@ -812,17 +853,18 @@ class Capture:
         lists them; columns in `PacketTable.schema`. Several files are rotated parts of one
         capture, in the order given."""
         if self._packets is None:
-            from tcpwhy.views import packet_chunks
+            from tcpwhy.views import packet_chunks, reading
 
             schema = packet_schema()
             parts: dict[str, list[npt.NDArray[Any]]] = {k: [] for k in schema}
             paths, stats = self._stats()
             try:
-                for ch in packet_chunks(paths, stats, self._flt, analysis=False):
-                    keep = ch.keep  # the reader reuses its buffers: every column is copied
-                    for k, got in parts.items():
-                        v = ch.streams["stream"] if k == "stream" else ch.table.cols[k]
-                        got.append(v.copy() if keep is None else v[keep])
+                with reading(self.reassemble):
+                    for ch in packet_chunks(paths, stats, self._flt, analysis=False):
+                        keep = ch.keep  # the reader reuses its buffers: every column is copied
+                        for k, got in parts.items():
+                            v = ch.streams["stream"] if k == "stream" else ch.table.cols[k]
+                            got.append(v.copy() if keep is None else v[keep])
             except TcpwhyError as exc:
                 raise _classify(exc, self._src.names) from None
             self._note(stats, paths)
@@ -842,16 +884,25 @@ class Capture:
         checksums are bad, as ``conns --boundaries zeek``."""
         if self._connections is None:
             from tcpwhy.tcp.records import ConnColumns
-            from tcpwhy.views import connection_batches
+            from tcpwhy.views import connection_batches, reading
 
             paths, stats = self._stats()
             try:
-                _, batches = connection_batches(paths, stats, self._flt, **self._conn_options)
-                got = [c for _, c, _ in batches]
+                with reading(self.reassemble):
+                    _, batches = connection_batches(
+                        paths,
+                        stats,
+                        self._flt,
+                        pair=self.pair,
+                        record_options=self._record_options,
+                        **self._conn_options,
+                    )
+                    got = [c for _, c, _ in batches]
             except TcpwhyError as exc:
                 raise _classify(exc, self._src.names) from None
             self._note(stats, paths)
-            self._connections = _connection_table(ConnColumns.concat(got).stream_order())
+            c = ConnColumns.concat(got).with_options(self._record_options)
+            self._connections = _connection_table(c.stream_order())
         return self._connections
 
     @property
@@ -859,7 +910,7 @@ class Capture:
         """The diagnosis of the files, by ``tcpwhy analyze``'s engine (rotated files joined,
         capture points of one path paired)."""
         if self._report is None:
-            self._report = _analyze(self._src, self._flt)
+            self._report = _analyze(self._src, self._flt, self.pair, self.reassemble)
         return self._report
 
     @property
@@ -872,12 +923,15 @@ class Capture:
         packets it does not match are folded away. `fold`: runs of at least that many
         uneventful segments are one row (0: never). With captures of several points, the
         stream is numbered as at the first, and drawn between the two points that saw it."""
-        from tcpwhy.views import flow_model
+        from tcpwhy.views import flow_model, reading
 
         paths, stats = self._stats()
         alone: list[str] = []
         try:
-            got = flow_model(paths, int(stream), stats, self._flt, unpaired=alone)
+            with reading(self.reassemble):
+                got = flow_model(
+                    paths, int(stream), stats, self._flt, pair=self.pair, unpaired=alone
+                )
         except TcpwhyError as exc:
             raise _classify(exc, self._src.names) from None
         self._note(stats, paths)
@@ -913,12 +967,20 @@ class Capture:
         return "".join(parts)
 
 
-def _analyze(src: _Sources, flt: DisplayFilter | None, **settings: Any) -> Report:
+def _analyze(
+    src: _Sources,
+    flt: DisplayFilter | None,
+    pair: bool = True,
+    reassemble: bool = True,
+    progress: bool = False,
+    **settings: Any,
+) -> Report:
     from tcpwhy.diagnose.registry import Settings
-    from tcpwhy.views import diagnosis
+    from tcpwhy.views import diagnosis, reading
 
     try:
-        r = diagnosis(src.paths(), Settings(**settings), flt)
+        with reading(reassemble), _steps(progress) as bar:
+            r = diagnosis(src.paths(), Settings(**settings), flt, pair=pair, progress=bar)
     except TcpwhyError as exc:
         raise _classify(exc, src.names) from None
     if src.names:
@@ -926,18 +988,144 @@ def _analyze(src: _Sources, flt: DisplayFilter | None, **settings: Any) -> Repor
     return Report(r)
 
 
+@contextmanager
+def _steps(on: bool) -> Iterator[Any]:
+    """``analyze``'s progress bar on stderr (rich: also drawn in notebooks) when asked for;
+    else none, and nothing is printed."""
+    if not on:
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn
+
+    from tcpwhy.console import make_console
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("tcpwhy: {task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        console=make_console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def update(step: str, done: int | None, total: int | None) -> None:
+            bar.update(task, description=step, completed=done or 0, total=total)
+
+        yield update
+
+
+class FleetReport:
+    """The diagnosis of a fleet, as ``tcpwhy analyze DIR`` makes it: every capture point
+    diagnosed apart (here, or on Dask workers), and the findings merged across points by
+    kind and server. `to_dict()` is ``analyze DIR --format json``."""
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        self._d = report
+
+    @property
+    def findings(self) -> list[dict[str, Any]]:
+        """The fleet findings, worst first: kind, server, severity, count, capture_points
+        ({point: connections}), summary, verdict, and where known server_idle_timeout_s."""
+        return [dict(f) for f in self._d["findings"]]
+
+    @property
+    def points(self) -> dict[str, list[dict[str, Any]]]:
+        """Each capture point's findings (``analyze --format json``'s objects), by point."""
+        return {k: list(v) for k, v in self._d["points"].items()}
+
+    @property
+    def capture_points(self) -> list[dict[str, Any]]:
+        """Each capture point: its name, its files, its connections."""
+        return [dict(p) for p in self._d["capture_points"]]
+
+    @property
+    def errors(self) -> list[dict[str, str]]:
+        """Files that could not be read (``file``, ``reason``): the rest was diagnosed."""
+        return [dict(e) for e in self._d["errors"]]
+
+    @property
+    def exit_status(self) -> int:
+        """What ``tcpwhy analyze DIR`` exits with: 2 with an unreadable file, else 1 with a
+        warning or error finding, else 0."""
+        from tcpwhy.diagnose.fleet import exit_status
+
+        return exit_status(self._d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The object ``tcpwhy analyze DIR --format json`` writes."""
+        import json
+
+        return dict(json.loads(self.to_json()))
+
+    def to_json(self) -> str:
+        """``tcpwhy analyze DIR --format json``'s text (without the final newline)."""
+        import json
+
+        return json.dumps(self._d, indent=1, default=str)
+
+    def to_text(self) -> str:
+        """``tcpwhy analyze DIR``'s text (without the error lines it prints on stderr)."""
+        from tcpwhy.diagnose.fleet import write_fleet_text
+
+        out = io.StringIO()
+        write_fleet_text(self._d, out)
+        return out.getvalue()
+
+    def __repr__(self) -> str:
+        return (
+            f"<tcpwhy FleetReport: {len(self._d['capture_points'])} capture points, "
+            f"{len(self._d['findings'])} finding(s), {len(self._d['errors'])} error(s)>"
+        )
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<li><b>[{escape(f['severity'])}]</b> {escape(f['verdict'])}</li>"
+            for f in self._d["findings"]
+        )
+        errs = "".join(
+            f"<li>error: {escape(e['file'])}: {escape(e['reason'])}</li>" for e in self._d["errors"]
+        )
+        return (
+            f"<div><p><b>tcpwhy analyze</b>: fleet of {len(self._d['capture_points'])} capture "
+            f"points</p><ul>{rows or '<li>no findings</li>'}{errs}</ul></div>"
+        )
+
+
 def open(
     path_or_paths: Source | Sequence[Source],
     *,
     display_filter: str | None = None,
     boundaries: str = "stream",
+    pair: bool = True,
+    reassemble: bool = True,
+    check_checksums: bool | None = None,
+    max_active: int | None = None,
+    local_nets: str | Sequence[str] | None = None,
+    community_id_seed: int = 0,
 ) -> Capture:
     """A capture, read on first use: a path, an fsspec URL, a binary file object, or a list
     of them (rotated parts of one capture, in order; several capture points of one path,
     paired). `display_filter` is a Wireshark display filter, as ``-Y``: it raises
     `FilterError` at once if it does not compile. `boundaries`: ``stream`` (one connection
-    record per tcp.stream) or ``zeek`` (cut where Zeek would), as ``conns --boundaries``."""
-    return Capture(_as_list(path_or_paths), display_filter, boundaries)
+    record per tcp.stream) or ``zeek`` (cut where Zeek would), as ``conns --boundaries``.
+    The rest are the commands' options: `pair` False is ``--no-pair`` (every capture
+    point's records and ladder, unpaired), `reassemble` False ``--no-reassemble``;
+    `check_checksums` True is ``--check-checksums``, False ``--ignore-checksums``, None the
+    default (checked with ``boundaries="zeek"`` only); `max_active`, `local_nets` (CIDR
+    text, or a list; ``private``) and `community_id_seed` are ``conns --max-active``,
+    ``--local-nets`` and ``--community-id-seed`` (ValueError for a value they refuse)."""
+    return Capture(
+        _as_list(path_or_paths),
+        display_filter,
+        boundaries,
+        pair=pair,
+        reassemble=reassemble,
+        check_checksums=check_checksums,
+        max_active=max_active,
+        local_nets=local_nets,
+        community_id_seed=community_id_seed,
+    )
 
 
 def analyze(
@@ -946,14 +1134,63 @@ def analyze(
     display_filter: str | None = None,
     close_wait_s: float = 10.0,
     fin_wait_2_s: float = 5.0,
-) -> Report:
+    workers: int | None = None,
+    scheduler: str | None = None,
+    pair: bool = True,
+    reassemble: bool = True,
+    progress: bool = False,
+) -> Report | FleetReport:
     """The diagnosis of captures, as ``tcpwhy analyze`` makes it (`close_wait_s` and
-    `fin_wait_2_s` are its ``--close-wait`` and ``--fin-wait-2``)."""
+    `fin_wait_2_s` are its ``--close-wait`` and ``--fin-wait-2``, `pair` False
+    ``--no-pair``, `reassemble` False ``--no-reassemble``): a `Report`.
+
+    A fleet, a directory among `paths` (each sub-directory one capture point, each file in
+    it one of its own) or `workers` / `scheduler` given, is a `FleetReport`, made by the
+    function ``analyze DIR`` uses: capture points diagnosed apart on a Dask LocalCluster of
+    `workers` processes, on the cluster at `scheduler` (``tcp://host:8786``), or here one
+    after the other. `progress` draws a progress bar on stderr (else nothing is printed)."""
+    if workers is not None and int(workers) < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
+    given = _as_list(paths)
+    if workers or scheduler or _is_fleet(given):
+        if display_filter is not None:
+            raise ValueError("display_filter is for one capture point, not a fleet")
+        if not all(isinstance(p, (str, os.PathLike)) for p in given):
+            raise ValueError("a fleet is read from paths or URLs, not file objects")
+        from tcpwhy.diagnose.fleet import _bar, run_fleet
+
+        settings = {"close_wait_s": close_wait_s, "fin_wait_2_s": fin_wait_2_s}
+        bar = _bar(always=True) if progress else nullcontext(None)
+        with bar as update:
+            return FleetReport(
+                run_fleet(
+                    [os.fspath(p) for p in given],  # type: ignore[arg-type]
+                    settings,
+                    pair,
+                    workers,
+                    scheduler,
+                    update,
+                    reassemble=reassemble,
+                )
+            )
     flt = None
     if display_filter is not None:
         from tcpwhy.filter import compile_filter
 
         flt = compile_filter(display_filter)
     return _analyze(
-        _Sources(_as_list(paths)), flt, close_wait_s=close_wait_s, fin_wait_2_s=fin_wait_2_s
+        _Sources(given),
+        flt,
+        pair,
+        reassemble,
+        progress,
+        close_wait_s=close_wait_s,
+        fin_wait_2_s=fin_wait_2_s,
     )
+
+
+def _is_fleet(given: Sequence[Source]) -> bool:
+    from tcpwhy.diagnose.fleet import is_fleet
+
+    paths = [os.fspath(p) for p in given if isinstance(p, (str, os.PathLike))]
+    return bool(paths) and is_fleet(paths)

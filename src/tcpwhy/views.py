@@ -9,7 +9,8 @@ disagree; tests/test_api_cli.py holds both to that.
     packet_chunks        the TCP packets, chunk by chunk: streams, expert analysis, filter mask
     connection_batches   the connection records, batch by batch (one file streamed; several
                          grouped into capture points and paired, as `analyze` does), with
-                         the options `connection_options` derives
+                         the options `connection_options` and `record_options` derive
+    reading              the readers' options for a block (``--no-reassemble``)
     flow_model           the ladder of one connection (two capture points: the paired ladder)
     diagnosis            the findings (`tcpwhy.diagnose.engine`)
 
@@ -19,6 +20,7 @@ Not part of the stable API (`tcpwhy.api`'s names are): these may change with the
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +116,40 @@ def connection_options(
     return options
 
 
+def record_options(
+    seed: int | None = None,
+    community_id_seed: int = 0,
+    local_nets: str | Sequence[str] | None = None,
+) -> RecordOptions:
+    """The derived fields' options as ``conns --seed``, ``--community-id-seed`` and
+    ``--local-nets`` set them (ValueError for a seed out of 0..65535 or a network that is
+    not CIDR; ``private``: Zeek's private address space)."""
+    from tcpwhy.tcp.records import RecordOptions, parse_local_nets
+
+    if not 0 <= int(community_id_seed) <= 0xFFFF:
+        raise ValueError(f"community_id_seed must be from 0 to 65535, not {community_id_seed}")
+    nets = None if local_nets is None else parse_local_nets(local_nets)
+    return RecordOptions(uid_seed=seed, community_id_seed=int(community_id_seed), local_nets=nets)
+
+
+@contextmanager
+def reading(reassemble: bool | None) -> Iterator[None]:
+    """Captures read in this block join IP fragments or not (``--no-reassemble``: the
+    readers' default, which the command line sets for the whole process); None leaves the
+    default as it is. Process-wide while the block runs: not for threads reading at once."""
+    from tcpwhy.capture.options import reassemble_default, set_reassemble_default
+
+    if reassemble is None:
+        yield
+        return
+    old = reassemble_default()
+    set_reassemble_default(bool(reassemble))
+    try:
+        yield
+    finally:
+        set_reassemble_default(old)
+
+
 def connection_batches(
     files: Sequence[str],
     stats: Sequence[CaptureStats],
@@ -122,6 +158,7 @@ def connection_batches(
     pair: bool = True,
     record_options: RecordOptions | None = None,
     icmp: list[dict[int, dict[str, int]]] | None = None,
+    rotated: bool = False,
     **options: Any,
 ) -> tuple[int, Iterator[Batch]]:
     """The connection records of captures: how many capture points they are, and the record
@@ -131,10 +168,31 @@ def connection_batches(
     points) and paired unless `pair` is False (`tcpwhy.report.conns_points`). With a display
     filter, the connections with a matching packet, each whole. `icmp`, when given, is
     filled with one dict per capture point: the ICMP errors counted per stream. `options`:
-    `tcpwhy.tcp.connections.ConnectionBuilder`'s (boundaries, checksums, max_active)."""
+    `tcpwhy.tcp.connections.ConnectionBuilder`'s (boundaries, checksums, max_active).
+    `rotated`: the files are parts of one capture, in the order given, whatever their times
+    (a fleet's capture point, ``analyze --parquet``): one point, one builder over them all."""
     from tcpwhy.tcp.records import DEFAULT_OPTIONS
 
     ropts = record_options if record_options is not None else DEFAULT_OPTIONS
+    if rotated and len(files) != 1:
+        from tcpwhy.capture import iter_tables
+        from tcpwhy.tcp.connections import ConnectionBuilder, iter_connection_columns
+
+        if flt is not None:
+            raise ValueError("rotated parts are read whole: no display filter")
+        if icmp is not None:
+            icmp[:] = [{}]
+            options["icmp_counts"] = icmp[0]
+        b = ConnectionBuilder(**options)  # only for the reading options it derives
+        tables = (
+            t
+            for f, st in zip(files, stats, strict=True)
+            for t in iter_tables(
+                f, st, reuse=True, checksums=b.check_csum, teredo_any_port=b.zeek_timers
+            )
+        )
+        found = iter_connection_columns(tables, stats[0] if stats else None, **options)
+        return 1, ((0, c.with_options(ropts), None) for c in found)
     if len(files) == 1:
         from tcpwhy.report.conns import filtered_connections
         from tcpwhy.tcp.connections import iter_connection_columns

@@ -19,7 +19,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
-from tcpwhy.errors import EnvironmentProblem, TcpwhyError
+from tcpwhy.errors import EnvironmentProblem, NotACaptureError, TcpwhyError
 
 
 @dataclass(frozen=True)
@@ -108,12 +108,23 @@ def analyze_point(
     pair: bool = True,
     parquet: str | None = None,
     seed: int = 0,
+    reassemble: bool | None = None,
 ) -> dict[str, Any]:
     """Diagnose one capture point (a Dask task: plain data in and out). A file that cannot be
     read is an error row and the point's other files are diagnosed without it. With
     `parquet` (the directory of the datasets being written, `ParquetDataset.staging`), the
     point's partitions are written here, where its files were read; only the findings go
-    back to the client."""
+    back to the client. `reassemble` is given to the task since a worker process does not
+    share the client's reading default (``--no-reassemble``)."""
+    from tcpwhy.views import reading
+
+    with reading(reassemble):
+        return _analyze_point(point, settings, pair, parquet, seed)
+
+
+def _analyze_point(
+    point: Point, settings: dict[str, Any], pair: bool, parquet: str | None, seed: int
+) -> dict[str, Any]:
     from tcpwhy.diagnose.registry import Settings
     from tcpwhy.views import diagnosis
 
@@ -298,12 +309,13 @@ def run_points(
     progress: Callable[[int, int], None] | None = None,
     parquet: str | None = None,
     seed: int = 0,
+    reassemble: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Every capture point's result, in the order of `points`."""
     results: list[dict[str, Any] | None] = [None] * len(points)
     if not workers and not scheduler:
         for i, p in enumerate(points):
-            results[i] = analyze_point(p, settings, pair, parquet, seed)
+            results[i] = analyze_point(p, settings, pair, parquet, seed, reassemble)
             if progress:
                 progress(i + 1, len(points))
     else:
@@ -317,6 +329,7 @@ def run_points(
                 pair=pair,
                 parquet=parquet,
                 seed=seed,
+                reassemble=reassemble,
                 pure=False,
                 retries=2,  # a worker that dies: its tasks run again elsewhere
                 key=[f"tcpwhy-point-{i}-{p.name}" for i, p in enumerate(points)],
@@ -437,10 +450,42 @@ def write_fleet_text(report: dict[str, Any], out: Any) -> None:
         out.write(f"error: {e['file']}: {e['reason']}\n")
 
 
+def check_paths(paths: Sequence[str]) -> None:
+    """Every local path given exists (URLs are listed when the points are made)."""
+    for p in paths:
+        if not _is_url(p) and not os.path.exists(p):
+            raise NotACaptureError(p, "No such file or directory")
+
+
+def run_fleet(
+    paths: Sequence[str],
+    settings: dict[str, float],
+    pair: bool = True,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    parquet: str | None = None,
+    seed: int = 0,
+    reassemble: bool | None = None,
+) -> dict[str, Any]:
+    """The fleet report (`fleet_report`) of `paths`, as ``analyze DIR --format json`` writes
+    it and `tcpwhy.analyze` returns it: the one implementation of both. `progress` is called
+    with (points done, points)."""
+    check_paths(paths)
+    points = capture_points(paths)
+    if progress:
+        progress(0, len(points))
+    results = run_points(
+        points, settings, pair, workers, scheduler, progress, parquet, seed, reassemble
+    )
+    return fleet_report(results)
+
+
 @contextmanager
-def _bar(total: int) -> Iterator[Callable[[int, int], None] | None]:
-    """A progress bar of capture points on stderr, only on a terminal."""
-    if not sys.stderr.isatty():
+def _bar(always: bool = False) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar of capture points on stderr, only on a terminal (`always`: anywhere,
+    as `tcpwhy.analyze(progress=True)` asks)."""
+    if not always and not sys.stderr.isatty():
         yield None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -454,7 +499,7 @@ def _bar(total: int) -> Iterator[Callable[[int, int], None] | None]:
         console=make_console(stderr=True),
         transient=True,
     ) as bar:
-        task = bar.add_task("points", total=total)
+        task = bar.add_task("points", total=None)
         yield lambda done, n: bar.update(task, completed=done, total=n)
 
 
@@ -462,18 +507,16 @@ def cmd_fleet(args: Any) -> int:
     """``tcpwhy analyze`` on a fleet (a directory, or --workers / --scheduler)."""
     import json
 
-    for p in args.files:
-        if not _is_url(p) and not os.path.exists(p):
-            raise TcpwhyError(p, "No such file or directory")
+    check_paths(args.files)
     if args.format == "html":
         raise TcpwhyError("--format html", "is for one capture point, not a fleet")
-    points = capture_points(args.files)
     settings = {"close_wait_s": args.close_wait, "fin_wait_2_s": args.fin_wait_2}
     dataset = _dataset(args)
     try:
-        with _bar(len(points)) as progress:
-            results = run_points(
-                points,
+        with _bar() as progress:
+            # the report `tcpwhy.analyze(DIR, workers=…)` returns, by the same function
+            report = run_fleet(
+                args.files,
                 settings,
                 not args.no_pair,
                 args.workers,
@@ -481,13 +524,13 @@ def cmd_fleet(args: Any) -> int:
                 progress,
                 dataset.staging if dataset else None,
                 dataset.seed if dataset else 0,
+                getattr(args, "reassemble", None),
             )
         if dataset:
             dataset.commit()
     finally:
         if dataset:
             dataset.abandon()  # a no-op once committed
-    report = fleet_report(results)
     if args.format == "json":
         sys.stdout.write(json.dumps(report, indent=1, default=str) + "\n")
     else:
@@ -536,4 +579,12 @@ def write_one_capture(args: Any, report: Any, outdir: str | None) -> None:
         dataset.abandon()
 
 
-__all__ = ["Point", "analyze_point", "capture_points", "fleet_findings", "run_points"]
+__all__ = [
+    "Point",
+    "analyze_point",
+    "capture_points",
+    "fleet_findings",
+    "fleet_report",
+    "run_fleet",
+    "run_points",
+]

@@ -661,9 +661,9 @@ def write_point(
     written, `ParquetDataset`), from the point's readable files (local paths); the connection
     rows written. Runs where the point was diagnosed (a Dask worker, or this process)."""
     pa = require_pyarrow()
-    from tcpwhy.capture import iter_tables
-    from tcpwhy.tcp.connections import iter_connection_columns
+    from tcpwhy.decode.table import CaptureStats
     from tcpwhy.tcp.records import RecordOptions
+    from tcpwhy.views import connection_batches
 
     if not os.path.isdir(staging):  # the run was abandoned: write nothing
         raise TcpwhyError(staging, "the dataset being written is gone")
@@ -681,9 +681,11 @@ def write_point(
     sink = ParquetSink(os.path.join(dirs["connections"], "part-0.parquet"), conn_schema())
     ok = False
     try:
-        tables = (t for f in ordered for t in iter_tables(f, reuse=True))
-        for c in iter_connection_columns(tables):
-            sink.write(conn_table(c.with_options(ropts)))
+        # the records as `conns --format parquet` has them: the point's files one capture
+        stats = [CaptureStats() for _ in ordered]
+        _, batches = connection_batches(ordered, stats, record_options=ropts, rotated=True)
+        for _, c, _ in batches:
+            sink.write(conn_table(c))
         ok = True
     finally:
         sink.close(ok)
