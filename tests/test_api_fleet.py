@@ -132,3 +132,49 @@ def test_progress_only_when_asked(fleet: Path, capfd: Any) -> None:
     one = tcpwhy.analyze(LAB / "refused.pcap", progress=True)
     assert capfd.readouterr().out == ""
     assert isinstance(one, tcpwhy.Report) and one.findings
+
+
+def test_no_reassemble_reaches_the_workers(tmp_path: Path) -> None:
+    """A worker process does not share the client's reading default: the option goes with
+    each task (seen in the connection rows the workers write with --parquet)."""
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    from tests import fragment_lab
+
+    why = fragment_lab.available()
+    if why:
+        pytest.skip(why)
+    (tmp_path / "rec").mkdir()
+    fragment_lab.record(tmp_path / "rec" / "frag.pcap")  # leaves its own files beside it
+    d = tmp_path / "fleet"
+    d.mkdir()
+    shutil.copy(tmp_path / "rec" / "frag.pcap", d / "frag.pcap")
+    for args in ((), ("--no-reassemble",)):
+        out = tmp_path / f"ds{len(args)}"
+        p = cli(d, *args, "--workers", "2", "--parquet", out, "--format", "json")
+        assert p.returncode == 0, p.stderr
+        rows = pq.read_table(out / "connections").sort_by("stream").to_pylist()
+        conns = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tcpwhy",
+                "conns",
+                str(d / "frag.pcap"),
+                "--format",
+                "jsonl",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        want = sorted(
+            (json.loads(line) for line in conns.stdout.splitlines()), key=lambda r: r["stream"]
+        )
+        assert [r["orig_pkts"] for r in rows] == [w["orig_pkts"] for w in want], args
+        assert tcpwhy.analyze(d, workers=2, reassemble=not args).to_dict() == json.loads(p.stdout)
+    whole = pq.read_table(tmp_path / "ds0" / "connections")["orig_pkts"].to_pylist()
+    cut = pq.read_table(tmp_path / "ds1" / "connections")["orig_pkts"].to_pylist()
+    assert sum(cut) < sum(whole)
