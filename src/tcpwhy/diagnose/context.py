@@ -159,6 +159,7 @@ class Capture:
         ids = np.arange(self.nstreams)
         self.starts = np.searchsorted(ss, ids, side="left")
         self.ends = np.searchsorted(ss, ids, side="right")
+        del ss, ids  # a capture-sized temporary: not kept beside the rest of the work below
 
         flags = table["flags"]  # its own narrow type: a whole capture's column
         kind = flags & (SYN | ACK | RST)
@@ -219,6 +220,10 @@ class Capture:
         t, n = self.table, len(self.table)
         if not n or any(isinstance(t.cols[k], StreamColumn) for k in ADDRESS_COLUMNS):
             return False
+        if self.nstreams * COMPACT_RATIO > n:
+            # a flood's or a scan's one-packet connections: per stream is no smaller, and
+            # the rules' reads over millions of rows would each gather through the streams
+            return False
         pdir = self._streams["dir"]
         first = self.order[self.starts]
         fwd = pdir[first] == 0
@@ -233,8 +238,9 @@ class Capture:
         }
         for lo in range(0, n, TRACK_CHUNK):
             sl = slice(lo, min(n, lo + TRACK_CHUNK))
+            st, back = self.stream[sl], pdir[sl] != 0
             for k, c in cols.items():
-                if not np.array_equal(c[sl], t[k][sl]):
+                if not np.array_equal(np.where(back, c.rev[st], c.fwd[st]), t[k][sl]):
                     return False
         # indexed as the arrays were wherever a table is read (not an ndarray for the typing)
         t.cols.update(cast(dict[str, npt.NDArray[Any]], cols))
@@ -702,6 +708,8 @@ class Conn:
         return f"stream {self.no} ({self.client} → {self.server})"
 
 
+COMPACT_RATIO = 4
+"""`Capture.compact_addresses` pays when a connection has this many packets on average."""
 ADDRESS_COLUMNS = ("src_hi", "src_lo", "sport", "dst_hi", "dst_lo", "dport")
 PEER = {"src_hi": "dst_hi", "src_lo": "dst_lo", "sport": "dport"}
 PEER.update({v: k for k, v in PEER.items()})
@@ -721,8 +729,8 @@ class StreamColumn:
         direction: npt.NDArray[np.int8],
         dtype: np.dtype[Any],
     ) -> None:
-        self.fwd = fwd.astype(dtype)
-        self.rev = rev.astype(dtype)
+        self.fwd = fwd.astype(dtype, copy=False)
+        self.rev = rev.astype(dtype, copy=False)
         self.stream = stream
         self.direction = direction
         self.dtype = dtype
