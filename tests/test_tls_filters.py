@@ -6,9 +6,9 @@ selected (made by tests/data/tls/generate_filters.sh;
 the TLS recordings decoded as TLS on the lab's port 8080 with ``-d tcp.port==8080,tls``,
 the cleartext one without; clean-tls-resegmented.pcap is clean-tls.pcap with the server's
 first flight cut into three segments by tests/data/tls/resegment.py, one cut inside a
-record header: records reassembled across segments). tcpwhy tells TLS by content on any
-port, tshark by port: on
-these captures the two agree, which `test_tls_streams_are_the_decode_as_streams` checks,
+record header: records reassembled across segments; clean-tls-first-header-cut.pcap cuts
+each direction's first segment inside the first header, into up to four segments).
+tcpwhy tells TLS by content on any port, tshark by port: on these captures the two agree, which `test_tls_streams_are_the_decode_as_streams` checks,
 so every filter must select exactly tshark's frames.
 """
 

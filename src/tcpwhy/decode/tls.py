@@ -186,16 +186,29 @@ def walk_records(
                 synced = False
                 expect = rel
             if not synced:
-                if rel < expect or C < 5:
-                    expect = rel + L
-                    continue
-                t0 = data[off]
-                v0 = data[off + 1]
-                v1 = data[off + 2]
-                ln = (np.int64(data[off + 3]) << 8) | np.int64(data[off + 4])
-                if t0 < 20 or t0 > 24 or v0 != 3 or v1 > 4 or ln == 0 or ln > 18432:
-                    expect = rel + L
-                    continue
+                if not seen and rel == expect and L < 5 and C == L:
+                    # the direction's first segment is shorter than a record header (a
+                    # sender's partial write): a handshake header's start is taken as the
+                    # record's start, completed by the next segments and checked then
+                    ok = data[off] == HANDSHAKE
+                    if L > 1 and data[off + 1] != 3:
+                        ok = False
+                    if L > 2 and data[off + 2] > 4:
+                        ok = False
+                    if not ok:
+                        expect = rel + L
+                        continue
+                else:
+                    if rel < expect or C < 5:
+                        expect = rel + L
+                        continue
+                    t0 = data[off]
+                    v0 = data[off + 1]
+                    v1 = data[off + 2]
+                    ln = (np.int64(data[off + 3]) << 8) | np.int64(data[off + 4])
+                    if t0 < 20 or t0 > 24 or v0 != 3 or v1 > 4 or ln == 0 or ln > 18432:
+                        expect = rel + L
+                        continue
                 synced = True
                 next_rec = rel
                 cur_open = False
@@ -314,16 +327,28 @@ class Records:
 
 
 def _looks_like_record(table: PacketTable, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
-    """Rows whose captured payload starts like a TLS record header (vectorised)."""
+    """Rows whose captured payload starts like a TLS record header, or is whole and shorter
+    than one and starts like one (a sender's partial write: `walk_records` checks the
+    header once the next segments complete it); vectorised."""
     cap = table["payload_cap"][rows].astype(np.int64)
+    plen = table["payload_len"][rows].astype(np.int64)
     ok = cap >= 5
-    if not table.data.size or not ok.any():
+    short = (cap == plen) & (plen >= 1) & (plen < 5)
+    if not table.data.size or not (ok | short).any():
         return np.zeros(len(rows), bool)
     off = table["payload_off"][rows].astype(np.int64)
     idx = np.minimum(off[:, None] + np.arange(5)[None, :], table.data.size - 1)
     b = table.data[idx].astype(np.int64)
     ln = b[:, 3] * 256 + b[:, 4]
-    return ok & (b[:, 0] >= 20) & (b[:, 0] <= 24) & (b[:, 1] == 3) & (b[:, 2] <= 4) & (ln > 0)
+    # bytes past a short payload's end are not its own: each check holds there
+    have = np.where(ok, 5, np.where(short, plen, 0))[:, None] > np.arange(5)[None, :]
+    head = (
+        (b[:, 0] >= 20)
+        & (b[:, 0] <= 24)
+        & (~have[:, 1] | (b[:, 1] == 3))
+        & (~have[:, 2] | (b[:, 2] <= 4))
+    )
+    return (ok & head & (ln > 0)) | (short & head)
 
 
 def find_records(

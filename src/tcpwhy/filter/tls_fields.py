@@ -76,7 +76,8 @@ class _Calls:
     that completes such a record gives one item over the reassembled record, then one
     over the rest of the segment, if any. A record whose 5-byte header was cut across
     segments is reassembled with the whole next segment (tshark asks for one more
-    segment there), so its item runs to that segment's end and no second one follows.
+    segment there), so its item runs to that segment's end and no second one follows;
+    that segment has its item whether or not it completes the header or the record.
     Ranges are offsets in the direction's byte stream, as `Records.rel`.
     """
 
@@ -260,7 +261,7 @@ def _calls(ctx: FilterContext, tt: TableTLS) -> _Calls:
     inside = new & valid & (p < s) & (s < q)
     split = inside & (s < p + 5)  # the header itself was cut: one more segment
     done = inside & ~split & (q <= end)
-    done_split = split & (q <= end)
+    done_split = split  # called on one more segment, complete or not
     # tshark's TLS declines bytes that start with four printable characters (text, not a
     # record): a segment's own bytes, or the rest after a reassembled record
     own = np.where(boundary, s, q) - rel

@@ -15,7 +15,7 @@ run() {  # capture, decode-as option ("" for none)
     printf '%s\t%s\t%s\n' "$(basename "$1")" "$flt" "$frames" >> "$out"
   done < tests/data/tls/filters.txt
 }
-for f in src/tcpwhy/data/lab/*-tls.pcap src/tcpwhy/data/lab/tls-*.pcap tests/data/tls/clean-tls-v6-close-crossing.pcap tests/data/tls/clean-tls-resegmented.pcap; do
+for f in src/tcpwhy/data/lab/*-tls.pcap src/tcpwhy/data/lab/tls-*.pcap tests/data/tls/clean-tls-v6-close-crossing.pcap tests/data/tls/clean-tls-resegmented.pcap tests/data/tls/clean-tls-first-header-cut.pcap; do
   run "$f" "-d tcp.port==8080,tls"
 done
 run src/tcpwhy/data/lab/clean.pcap ""

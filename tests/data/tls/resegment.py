@@ -2,11 +2,20 @@
 timestamps plus a microsecond per piece): TLS records then span segments the way a
 smaller MSS or a sender's partial writes cut them, header included.
 
-    python tests/data/tls/resegment.py IN.pcap OUT.pcap FRAME CUT[,CUT...]
+    python tests/data/tls/resegment.py IN.pcap OUT.pcap FRAME CUT[,CUT...] [FRAME CUT[,CUT...]]...
 
 clean-tls-resegmented.pcap: clean-tls.pcap with frame 6 (the server's ServerHello,
 ChangeCipherSpec and first encrypted records, 797 bytes) cut at 129 (two bytes into the
 ChangeCipherSpec record's header) and 300 (inside the next record).
+
+clean-tls-first-header-cut.pcap: clean-tls.pcap with the first segment of each direction
+of both connections cut inside the first record's header, so that it carries less than a
+header: the ClientHello (517 bytes) of frame 4 at 3 and 100 (the header completed, the
+record not), of frame 18 at 1, 2 and 4 (the header over four segments); the server's
+first flight of frame 6 at 2, of frame 20 at 4.
+
+    python tests/data/tls/resegment.py src/tcpwhy/data/lab/clean-tls.pcap \
+        tests/data/tls/clean-tls-first-header-cut.pcap 4 3,100 6 2 18 1,2,4 20 4
 """
 
 import itertools
@@ -14,15 +23,20 @@ import sys
 
 import dpkt
 
-src, dst, frame_no = sys.argv[1], sys.argv[2], int(sys.argv[3])
-cuts = [int(x) for x in sys.argv[4].split(",")]
+src, dst = sys.argv[1], sys.argv[2]
+# frame number -> the offsets in its TCP payload where it is cut
+plan = {
+    int(f): [int(x) for x in c.split(",")]
+    for f, c in zip(sys.argv[3::2], sys.argv[4::2], strict=True)
+}
 with open(src, "rb") as fin, open(dst, "wb") as fout:
     reader = dpkt.pcap.Reader(fin)
     writer = dpkt.pcap.Writer(fout, linktype=reader.datalink())
     for n, (ts, buf) in enumerate(reader, 1):
-        if n != frame_no:
+        if n not in plan:
             writer.writepkt(buf, float(ts))
             continue
+        cuts = plan[n]
         eth = dpkt.ethernet.Ethernet(buf)
         ip, tcp = eth.data, eth.data.data
         data = bytes(tcp.data)
