@@ -20,7 +20,8 @@ does after reassembly). Segments are taken in capture order; one that starts
 at or before the next expected byte continues the walk, a retransmission
 (nothing new) is skipped, a gap (lost or not captured) or a header that does
 not look like TLS loses the thread until a later segment starts with a
-plausible record header. Bytes cut by the snaplen are counted by the IP
+plausible record header (or, as a direction's first segment, with the start of one: a
+partial write of less than a header). Bytes cut by the snaplen are counted by the IP
 length but not captured: a record whose body was cut still ends where its
 header says (flag CUT); a header that was cut loses the thread the same way.
 
