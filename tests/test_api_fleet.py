@@ -178,3 +178,21 @@ def test_no_reassemble_reaches_the_workers(tmp_path: Path) -> None:
     whole = pq.read_table(tmp_path / "ds0" / "connections")["orig_pkts"].to_pylist()
     cut = pq.read_table(tmp_path / "ds1" / "connections")["orig_pkts"].to_pylist()
     assert sum(cut) < sum(whole)
+
+
+def test_fleet_on_an_external_scheduler(fleet: Path, tmp_path: Path) -> None:
+    """`scheduler=` sends the points to a cluster started as a user starts one (`dask
+    scheduler`, `dask worker`): the command's report; an unreachable one is its error."""
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    from tests.test_fleet import external_cluster, free_port
+
+    want = json.loads(cli(fleet, "--format", "json").stdout)
+    with external_cluster(tmp_path) as (addr, _):
+        got = tcpwhy.analyze(fleet, scheduler=addr)
+    assert isinstance(got, tcpwhy.FleetReport) and got.to_dict() == want
+    nowhere = f"tcp://127.0.0.1:{free_port()}"
+    with pytest.raises(tcpwhy.TcpwhyError) as e:
+        tcpwhy.analyze(fleet, scheduler=nowhere)
+    assert not isinstance(e.value, tcpwhy.CaptureError)
+    p = cli(fleet, "--scheduler", nowhere)
+    assert p.returncode == 2 and p.stderr == f"tcpwhy: {e.value}\n"
