@@ -4,6 +4,7 @@ with packet comments, what `packets -w` and `analyze --annotate` write (`copy_re
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import sys
 import tempfile
@@ -307,6 +308,17 @@ def _gather(
     gather_bytes(b.data, b.off[idx], b.cap[idx], buf, np.ascontiguousarray(at, dtype=np.int64))
 
 
+def written_in_place(path: str) -> bool:
+    """Whether `path` is an existing name that is not a regular file (/dev/null, a FIFO,
+    /dev/stdout, /dev/fd/N, a terminal, a symbolic link): those are opened and written where
+    they are, because renaming a finished file over them would replace the device or the
+    link itself (as root, `-o /dev/null` would leave a regular file at /dev/null)."""
+    try:
+        return not stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 @contextmanager
 def atomic_output(path: str) -> Iterator[BinaryIO]:
     """A binary file for `path`, written beside it and renamed into place on success, so a
@@ -319,6 +331,13 @@ def atomic_output(path: str) -> Iterator[BinaryIO]:
         return
     if os.path.isdir(path):
         raise TcpwhyError(path, "is a directory")
+    if written_in_place(path):
+        try:
+            with open(path, "wb") as f:
+                yield f
+        except OSError as exc:
+            raise TcpwhyError(path, f"cannot write: {exc.strerror or exc}") from None
+        return
     where = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".tcpwhy-", suffix=".part", dir=where)

@@ -9,12 +9,11 @@ reason` line with exit status 2 before any capture is read.
 from __future__ import annotations
 
 import argparse
-import os
+import io
 import sys
-import tempfile
 from collections.abc import Callable
 
-from tcpwhy.errors import TcpwhyError
+from tcpwhy.capture.writer import atomic_output
 
 
 def add_output_argument(p: argparse.ArgumentParser) -> None:
@@ -33,36 +32,18 @@ def with_output(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse
         path = getattr(args, "output", None)
         if not path or path == "-":
             return func(args)
-        where = os.path.dirname(os.path.abspath(path))
-        if os.path.isdir(path):
-            raise TcpwhyError(path, "is a directory")
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=".tcpwhy-", suffix=".part", dir=where)
-        except OSError as exc:
-            raise TcpwhyError(path, f"cannot write: {exc.strerror or exc}") from None
         saved = sys.stdout
-        ok = False
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-                sys.stdout = f
-                try:
-                    status = func(args)
-                finally:
-                    sys.stdout = saved
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, path)
-            ok = True
-            return status
-        except OSError as exc:
-            raise TcpwhyError(path, f"cannot write: {exc.strerror or exc}") from None
-        finally:
-            if not ok and os.path.exists(tmp):
-                os.unlink(tmp)
+        # one writer for every output file: renamed into place on success, devices and
+        # links written where they are
+        with atomic_output(path) as raw:
+            text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+            sys.stdout = text
+            try:
+                status = func(args)
+            finally:
+                sys.stdout = saved
+                text.flush()
+                text.detach()
+        return status
 
     return run
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

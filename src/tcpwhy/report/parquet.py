@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from tcpwhy.capture.writer import written_in_place
 from tcpwhy.errors import EnvironmentProblem, TcpwhyError
 
 if TYPE_CHECKING:
@@ -245,6 +246,8 @@ class ParquetSink:
         if not os.path.isdir(where):
             raise TcpwhyError(path, "cannot write: No such file or directory")
         self.tmp = os.path.join(where, f".tcpwhy-{os.getpid()}-{os.path.basename(path)}.part")
+        if written_in_place(path):
+            self.tmp = path
         try:
             self.writer = pa.parquet.ParquetWriter(self.tmp, schema, compression="zstd")
         except OSError as exc:
@@ -259,6 +262,8 @@ class ParquetSink:
 
     def close(self, ok: bool) -> None:
         self.writer.close()
+        if self.tmp == self.path:
+            return
         if ok:
             os.replace(self.tmp, self.path)
         elif os.path.exists(self.tmp):
