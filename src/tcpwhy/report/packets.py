@@ -742,7 +742,7 @@ def _buffers(size: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
 @functools.lru_cache(maxsize=1)
 def _vocab() -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """The kernel's static words (see `tcpwhy.report.packets_kernel`) and prefix order."""
-    from tcpwhy.report.packets_kernel import W_JSON_HEAD
+    from tcpwhy.report.packets_kernel import W_INFO_FLAGS, W_JSON_FLAGS, W_JSON_HEAD
     from tcpwhy.tcp.analysis import FLAGS, INFO_PREFIX
 
     words = [name.encode() for _, name in FLAG_NAMES]
@@ -751,6 +751,12 @@ def _vocab() -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[
     words += [json.dumps(name).encode() for name in FLAGS]
     assert len(words) == W_JSON_HEAD
     words.append(b'{"schema_version": "%s", "frame": ' % SCHEMA_VERSION.encode())
+    # each combination of the nine flags: its JSON list and its Info text, keys around
+    combos = [flag_names(f) for f in range(512)]
+    assert len(words) == W_JSON_FLAGS
+    words += [f', "flags": {json.dumps(list(n))}, "seq": '.encode() for n in combos]
+    assert len(words) == W_INFO_FLAGS
+    words += [f" [{', '.join(n) if n else '<None>'}] Seq=".encode() for n in combos]
     vocab = np.frombuffer(b"".join(words), np.uint8).copy()
     voff = np.cumsum([0] + [len(w) for w in words], dtype=np.int64)
     order = np.array([bit.bit_length() - 1 for bit, _ in INFO_PREFIX], np.int64)

@@ -9,12 +9,21 @@ buffer, in the table, CSV or JSON-lines format, byte for byte what the per-row w
 Everything is in one function with its helpers inlined (``inline="always"``) and every
 column value read as int64: a helper call passing two dozen arrays, the reference counts
 numba keeps on them, and unsigned-by-signed arithmetic (which numba does in floating
-point, through ``fmod``) were what made an earlier version cost 1.4 µs a row.
+point, through ``fmod``) were what made an earlier version cost 1.4 µs a row. Arrays are
+indexed with unsigned integers (`_U`): numba adds a negative-index check to every signed
+index, and that check alone kept LLVM from merging the byte stores of a literal into a
+few wide ones (a JSON line's keys cost 25 times more). Decimals are written two digits
+at a time in unsigned arithmetic, their length found by comparisons. (Splitting numbers
+into blocks of four and eight digits was a little faster still, but numba's inlining of
+the nested helpers took gigabytes and many minutes to compile.)
 
 The vocabulary ``vocab[voff[w]:voff[w + 1]]`` holds the static words: the TCP flag names
 (words 0-8, in `FLAG_NAMES` order), the Info prefix of each analysis flag (words 9-23, by
-bit), the JSON string of each flag's name (words 24-38) and the start of a JSON line
-(word 39). ``pfx_order`` lists the analysis bits in the order Wireshark's Info prefixes read.
+bit), the JSON string of each flag's name (words 24-38), the start of a JSON line
+(word 39), and for each of the 512 combinations of the nine flags, the JSON text from
+``, "flags": [`` to ``"seq": `` (words 40-551) and the Info text from `` [`` to
+``Seq=`` (words 552-1063). ``pfx_order`` lists the analysis bits in the order
+Wireshark's Info prefixes read.
 
 Times are printed from their exact binary value as CPython does (``_round_scaled`` of the
 `conns` writer): the table's and CSV's ``.6f`` of any relative time below 2**33 s; JSON's
@@ -40,11 +49,12 @@ FMT_TABLE, FMT_CSV, FMT_JSONL = 0, 1, 2
 # clock time (ad, ud)
 TIME_DEFAULT, TIME_SECONDS, TIME_CLOCK, TIME_DATE = 0, 1, 2, 3
 ROW_MAX = 4096  # bytes one row can take at most (all options, flags and analysis prefixes)
-W_FLAG, W_PREFIX, W_NAME, W_JSON_HEAD = 0, 9, 24, 39
+W_FLAG, W_PREFIX, W_NAME, W_JSON_HEAD, W_JSON_FLAGS, W_INFO_FLAGS = 0, 9, 24, 39, 40, 552
 A_RETRANS, A_FAST_RETRANS, A_SPURIOUS, A_DUP_ACK = 1, 2, 4, 64
 _ACK, _URG = 16, 32
 _TIME_MAX_NS = 1 << 52  # |relative time| up to which a double resolves nanoseconds (2**22 s)
 _MASK52 = (1 << 52) - 1
+_U = np.uint64  # the index type: unsigned, so numba adds no negative-index check
 # "00" to "99": two digits per division, half the dependent multiply-shift chain of one
 _PAIRS = np.frombuffer("".join(f"{k:02d}" for k in range(100)).encode(), np.uint8).copy()
 # each byte value's decimal text, 4 bytes apiece: its length then up to three digits
@@ -55,18 +65,62 @@ _OCTETS = np.frombuffer(
 
 @njit(cache=True, inline="always")
 def _copy(out: Any, p: int, vocab: Any, voff: Any, w: int) -> int:
-    a = voff[w]
-    n = voff[w + 1] - a
+    a = voff[_U(w)]
+    n = voff[_U(w + 1)] - a
     for k in range(n):
-        out[p + k] = vocab[a + k]
+        out[_U(p + k)] = vocab[_U(a + k)]
     return p + n
 
 
 @njit(cache=True, inline="always")
 def _lit(out: Any, p: int, text: Any) -> int:
     for k in range(len(text)):
-        out[p + k] = text[k]
+        out[_U(p + k)] = text[k]
     return p + len(text)
+
+
+@njit(cache=True, inline="always")
+def _put2(out: Any, q: int, x: Any) -> None:
+    """Two digits of x (unsigned, below 100) at out[q:q + 2]."""
+    out[_U(q)] = _PAIRS[_U(2) * x]
+    out[_U(q + 1)] = _PAIRS[_U(2) * x + _U(1)]
+
+
+@njit(cache=True, inline="always")
+def _ndigits_u(u: Any) -> int:
+    """Decimal digits of an unsigned int64, by comparisons (a field's values mostly have
+    the same length, so the branches are predicted)."""
+    if u < _U(10000):
+        if u < _U(100):
+            return 1 if u < _U(10) else 2
+        return 3 if u < _U(1000) else 4
+    if u < _U(100000000):
+        if u < _U(1000000):
+            return 5 if u < _U(100000) else 6
+        return 7 if u < _U(10000000) else 8
+    n = 9
+    pw = _U(1000000000)
+    while n < 19 and u >= pw:
+        pw *= _U(10)
+        n += 1
+    return n
+
+
+@njit(cache=True, inline="always")
+def _uint(out: Any, p: int, v: int) -> int:
+    """Decimal digits of a non-negative int64."""
+    u = _U(v)
+    n = _ndigits_u(u)
+    q = p + n
+    while u >= _U(100):
+        q -= 2
+        _put2(out, q, u % _U(100))
+        u //= _U(100)
+    if u >= _U(10):
+        _put2(out, q - 2, u)
+    else:
+        out[_U(q - 1)] = _U(48) + u
+    return p + n
 
 
 @njit(cache=True, inline="always")
@@ -80,37 +134,26 @@ def _ndigits(v: int) -> int:
 
 
 @njit(cache=True, inline="always")
-def _uint(out: Any, p: int, v: int) -> int:
-    """Decimal digits of a non-negative int64."""
-    n = _ndigits(v)
-    q = p + n
-    while v >= 100:
-        r = 2 * (v % 100)
-        v //= 100
-        q -= 2
-        out[q] = _PAIRS[r]
-        out[q + 1] = _PAIRS[r + 1]
-    if v >= 10:
-        out[q - 2] = _PAIRS[2 * v]
-        out[q - 1] = _PAIRS[2 * v + 1]
-    else:
-        out[q - 1] = 48 + v
-    return p + n
-
-
-@njit(cache=True, inline="always")
 def _int(out: Any, p: int, v: int) -> int:
     if v < 0:
-        out[p] = 45
+        out[_U(p)] = 45
         return _uint(out, p + 1, -v)
     return _uint(out, p, v)
 
 
 @njit(cache=True, inline="always")
 def _padded(out: Any, p: int, v: int, width: int) -> int:
-    for k in range(width - 1, -1, -1):
-        out[p + k] = 48 + v % 10
-        v //= 10
+    """v (non-negative, below 10**width) in exactly `width` digits."""
+    u = _U(v)
+    q = p + width
+    k = width
+    while k >= 2:
+        q -= 2
+        _put2(out, q, u % _U(100))
+        u //= _U(100)
+        k -= 2
+    if k == 1:
+        out[_U(p)] = _U(48) + u
     return p + width
 
 
@@ -122,9 +165,9 @@ def _align_right(out: Any, start: int, p: int, width: int) -> int:
         return p
     shift = width - n
     for k in range(n - 1, -1, -1):
-        out[start + shift + k] = out[start + k]
+        out[_U(start + shift + k)] = out[_U(start + k)]
     for k in range(shift):
-        out[start + k] = 32
+        out[_U(start + k)] = 32
     return start + width
 
 
@@ -132,12 +175,12 @@ def _align_right(out: Any, start: int, p: int, width: int) -> int:
 def _addr(out: Any, p: int, hi: int, lo: int) -> int:
     if hi == 0 and ((lo >> 32) & 0xFFFFFFFF) == 0xFFFF:
         for k in range(4):
-            o = 4 * ((lo >> (24 - 8 * k)) & 255)
+            o = _U(4) * _U((lo >> (24 - 8 * k)) & 255)
             n = _OCTETS[o]
-            out[p] = _OCTETS[o + 1]
-            out[p + 1] = _OCTETS[o + 2]
-            out[p + 2] = _OCTETS[o + 3]
-            out[p + n] = 46  # the dot after the octet (overwritten by what follows the last)
+            out[_U(p)] = _OCTETS[o + _U(1)]
+            out[_U(p + 1)] = _OCTETS[o + _U(2)]
+            out[_U(p + 2)] = _OCTETS[o + _U(3)]
+            out[_U(p + n)] = 46  # the dot after the octet (overwritten by what follows the last)
             p += n + 1
         return p - 1
     return _put_addr(out, p, hi, lo, False)
@@ -145,21 +188,20 @@ def _addr(out: Any, p: int, hi: int, lo: int) -> int:
 
 @njit(cache=True, inline="always")
 def _fraction(out: Any, p: int, ns: int, digits: int) -> int:
-    """'.' and the first `digits` decimals of `ns` nanoseconds (0 <= ns < 1e9), truncated."""
+    """'.' and the first `digits` decimals of `ns` nanoseconds (0 <= ns < 1e9), truncated:
+    all nine are written, the row goes on after the wanted ones."""
     if digits <= 0:
         return p
-    out[p] = 46
-    f = ns
-    for _ in range(9 - digits):
-        f //= 10
-    return _padded(out, p + 1, f, digits)
+    out[_U(p)] = 46
+    _padded(out, p + 1, ns, 9)
+    return p + 1 + digits
 
 
 @njit(cache=True, inline="always")
 def _seconds(out: Any, p: int, ns: int, digits: int) -> int:
     """Signed seconds with `digits` decimals, truncated (tshark's relative, delta, epoch)."""
     if ns < 0:
-        out[p] = 45
+        out[_U(p)] = 45
         p += 1
         ns = -ns
     p = _uint(out, p, ns // 1000000000)
@@ -184,23 +226,23 @@ def _clock(out: Any, p: int, ns: int, digits: int, date: bool) -> int:
         if m <= 2:
             y += 1
         if y < 0:
-            out[p] = 45
+            out[_U(p)] = 45
             p += 1
             y = -y
         p = _padded(out, p, y, 4) if y < 10000 else _uint(out, p, y)
-        out[p] = 45
-        p = _padded(out, p + 1, m, 2)
-        out[p] = 45
-        p = _padded(out, p + 1, d, 2)
-        out[p] = 32
-        p += 1
-    secs = rem // 1000000000
-    p = _padded(out, p, secs // 3600, 2)
-    out[p] = 58
-    p = _padded(out, p + 1, (secs // 60) % 60, 2)
-    out[p] = 58
-    p = _padded(out, p + 1, secs % 60, 2)
-    return _fraction(out, p, rem % 1000000000, digits)
+        out[_U(p)] = 45
+        _put2(out, p + 1, _U(m))
+        out[_U(p + 3)] = 45
+        _put2(out, p + 4, _U(d))
+        out[_U(p + 6)] = 32
+        p += 7
+    secs = _U(rem // 1000000000)
+    _put2(out, p, secs // _U(3600))
+    out[_U(p + 2)] = 58
+    _put2(out, p + 3, (secs // _U(60)) % _U(60))
+    out[_U(p + 5)] = 58
+    _put2(out, p + 6, secs % _U(60))
+    return _fraction(out, p + 8, rem % 1000000000, digits)
 
 
 @njit(cache=True, inline="always")
@@ -210,10 +252,10 @@ def _fixed6(out: Any, p: int, bits: int) -> int:
     if not ok:
         return -1
     if neg:
-        out[p] = 45
+        out[_U(p)] = 45
         p += 1
     p = _uint(out, p, n // 1000000)
-    out[p] = 46
+    out[_U(p)] = 46
     return _padded(out, p + 1, n % 1000000, 6)
 
 
@@ -221,27 +263,25 @@ def _fixed6(out: Any, p: int, bits: int) -> int:
 def _json_time_ns(out: Any, p: int, ns: int) -> int:
     """repr(ns / 1e9): the decimal without trailing zeros, scientific below 1e-4."""
     if ns < 0:
-        out[p] = 45
+        out[_U(p)] = 45
         p += 1
         ns = -ns
     if ns == 0:
-        out[p] = 48
-        out[p + 1] = 46
-        out[p + 2] = 48
+        out[_U(p)] = 48
+        out[_U(p + 1)] = 46
+        out[_U(p + 2)] = 48
         return p + 3
     if ns >= 100000:
         p = _uint(out, p, ns // 1000000000)
-        out[p] = 46
-        p += 1
+        out[_U(p)] = 46
         f = ns % 1000000000
         if f == 0:
-            out[p] = 48
-            return p + 1
-        width = 9
-        while f % 10 == 0:
-            f //= 10
-            width -= 1
-        return _padded(out, p, f, width)
+            out[_U(p + 1)] = 48
+            return p + 2
+        p = _fraction(out, p, f, 9)
+        while out[_U(p - 1)] == 48:
+            p -= 1
+        return p
     # below 1e-4 s: d.ddde-0X
     digits = _ndigits(ns)
     exp = digits - 1 - 9
@@ -250,17 +290,17 @@ def _json_time_ns(out: Any, p: int, ns: int) -> int:
         digits -= 1
     start = p
     p = _uint(out, p + 1, ns)  # leave room for the point after the first digit
-    out[start] = out[start + 1]
+    out[_U(start)] = out[_U(start + 1)]
     if digits > 1:
-        out[start + 1] = 46
+        out[_U(start + 1)] = 46
     else:
         p = start + 1
-    out[p] = 101
-    out[p + 1] = 45
+    out[_U(p)] = 101
+    out[_U(p + 1)] = 45
     p += 2
     e = -exp
     if e < 10:
-        out[p] = 48
+        out[_U(p)] = 48
         p += 1
     return _uint(out, p, e)
 
@@ -313,15 +353,15 @@ def _json_time_big(out: Any, p: int, bits: int) -> int:
     k = lo
     _, d, _ = _round_scaled(mag, k)
     if bits < 0:
-        out[p] = 45
+        out[_U(p)] = 45
         p += 1
     p10 = 1
     for _ in range(k):
         p10 *= 10
     p = _uint(out, p, d // p10)
-    out[p] = 46
+    out[_U(p)] = 46
     if k == 0:
-        out[p + 1] = 48
+        out[_U(p + 1)] = 48
         return p + 2
     return _padded(out, p + 1, d % p10, k)
 
@@ -385,7 +425,7 @@ def format_packets(
     j = start
     n_rows = rows.shape[0]
     while j < n_rows and p + ROW_MAX <= cap:
-        i = rows[j]
+        i = _U(rows[_U(j)])
         f = np.int64(flags[i])
         b = np.int64(bits[i])
         if fmt == FMT_JSONL:
@@ -411,20 +451,7 @@ def format_packets(
             p = _uint(out, p, np.int64(dport[i]))
             p = _lit(out, p, b', "length": ')
             p = _uint(out, p, np.int64(frame_len[i]))
-            p = _lit(out, p, b', "flags": [')
-            first = True
-            for k in range(9):
-                if f & (1 << k):
-                    if not first:
-                        out[p] = 44
-                        out[p + 1] = 32
-                        p += 2
-                    first = False
-                    out[p] = 34
-                    p = _copy(out, p + 1, vocab, voff, W_FLAG + k)
-                    out[p] = 34
-                    p += 1
-            p = _lit(out, p, b'], "seq": ')
+            p = _copy(out, p, vocab, voff, W_JSON_FLAGS + (f & 0x1FF))
             p = _uint(out, p, np.int64(seq[i]))
             p = _lit(out, p, b', "ack": ')
             p = _uint(out, p, np.int64(ack[i]))  # the raw field without ACK (tshark's tcp.ack)
@@ -434,26 +461,28 @@ def format_packets(
             p = _int(out, p, win[i])
             p = _lit(out, p, b', "stream": ')
             p = _int(out, p, stream[i])
-            p = _lit(out, p, b', "analysis": [')
-            first = True
-            if b != 0:
+            if b == 0:
+                p = _lit(out, p, b', "analysis": [], "info": "')
+            else:
+                p = _lit(out, p, b', "analysis": [')
+                first = True
                 for k in range(32):
                     if b & (1 << k):
                         if not first:
-                            out[p] = 44
-                            out[p + 1] = 32
+                            out[_U(p)] = 44
+                            out[_U(p + 1)] = 32
                             p += 2
                         first = False
                         p = _copy(out, p, vocab, voff, W_NAME + k)
-            p = _lit(out, p, b'], "info": "')
+                p = _lit(out, p, b'], "info": "')
         else:
             s = p
             p = _uint(out, p, np.int64(frame[i]))
             if fmt == FMT_TABLE:
                 p = _align_right(out, s, p, 7)
-                out[p] = 32
+                out[_U(p)] = 32
             else:
-                out[p] = 44
+                out[_U(p)] = 44
             p += 1
             s = p
             if tmode == TIME_DEFAULT:
@@ -466,7 +495,7 @@ def format_packets(
                 p = _clock(out, p, tval[i], digits, tmode == TIME_DATE)
             if fmt == FMT_TABLE:
                 p = _align_right(out, s, p, 12)
-                out[p] = 32
+                out[_U(p)] = 32
                 p += 1
                 s = p
                 p = _addr(out, p, np.int64(src_hi[i]), np.int64(src_lo[i]))
@@ -475,26 +504,32 @@ def format_packets(
                 s = p
                 p = _addr(out, p, np.int64(dst_hi[i]), np.int64(dst_lo[i]))
                 while p - s < 15:
-                    out[p] = 32
+                    out[_U(p)] = 32
                     p += 1
-                out[p] = 32
+                out[_U(p)] = 32
                 p += 1
                 s = p
                 p = _uint(out, p, np.int64(frame_len[i]))
                 p = _align_right(out, s, p, 5)
-                out[p] = 32
+                out[_U(p)] = 32
                 p += 1
             else:
-                out[p] = 44
+                out[_U(p)] = 44
                 p = _addr(out, p + 1, np.int64(src_hi[i]), np.int64(src_lo[i]))
-                out[p] = 44
+                out[_U(p)] = 44
                 p = _addr(out, p + 1, np.int64(dst_hi[i]), np.int64(dst_lo[i]))
-                out[p] = 44
+                out[_U(p)] = 44
                 p = _uint(out, p + 1, np.int64(frame_len[i]))
-                out[p] = 44
+                out[_U(p)] = 44
                 p += 1
         # Wireshark's Info column (see `tcpwhy.report.packets.info_text`)
         s = p
+        # CSV quotes the Info text when it holds a comma: without analysis prefixes only the
+        # ", " between two flag names can put one there (and nothing a quote)
+        quote = fmt == FMT_CSV and b == 0 and (f & 0x1FF) & ((f & 0x1FF) - 1) != 0
+        if quote:
+            out[_U(p)] = 34
+            p += 1
         if b != 0:
             if b & (A_SPURIOUS | A_FAST_RETRANS):
                 b &= ~A_RETRANS
@@ -503,7 +538,7 @@ def format_packets(
                     if (1 << k) == A_DUP_ACK:
                         p = _lit(out, p, b"[TCP Dup ACK ")
                         p = _int(out, p, dup_frame[i])
-                        out[p] = 35
+                        out[_U(p)] = 35
                         p = _int(out, p + 1, dup_num[i])
                         p = _lit(out, p, b"] ")
                     else:
@@ -511,22 +546,7 @@ def format_packets(
         p = _uint(out, p, np.int64(sport[i]))
         p = _lit(out, p, b" \xe2\x86\x92 ")
         p = _uint(out, p, np.int64(dport[i]))
-        out[p] = 32
-        out[p + 1] = 91
-        p += 2
-        if f & 0x1FF:
-            first = True
-            for k in range(9):
-                if f & (1 << k):
-                    if not first:
-                        out[p] = 44
-                        out[p + 1] = 32
-                        p += 2
-                    first = False
-                    p = _copy(out, p, vocab, voff, W_FLAG + k)
-        else:
-            p = _lit(out, p, b"<None>")
-        p = _lit(out, p, b"] Seq=")
+        p = _copy(out, p, vocab, voff, W_INFO_FLAGS + (f & 0x1FF))
         p = _uint(out, p, np.int64(seq[i]))
         if f & _ACK:
             p = _lit(out, p, b" Ack=")
@@ -560,18 +580,21 @@ def format_packets(
                 base = sack_base[i]
                 for e in range(min(np.int64(sack_n[i]), sack_le.shape[1])):
                     p = _lit(out, p, b" SLE=")
-                    p = _uint(out, p, (np.int64(sack_le[i, e]) - base) & 0xFFFFFFFF)
+                    p = _uint(out, p, (np.int64(sack_le[i, _U(e)]) - base) & 0xFFFFFFFF)
                     p = _lit(out, p, b" SRE=")
-                    p = _uint(out, p, (np.int64(sack_re[i, e]) - base) & 0xFFFFFFFF)
-        if fmt == FMT_CSV:
+                    p = _uint(out, p, (np.int64(sack_re[i, _U(e)]) - base) & 0xFFFFFFFF)
+        if quote:
+            out[_U(p)] = 34
+            p += 1
+        elif fmt == FMT_CSV and b != 0:
             p = _csv_quote(out, s, p)
         elif fmt == FMT_JSONL:
-            out[p] = 34
-            out[p + 1] = 125
+            out[_U(p)] = 34
+            out[_U(p + 1)] = 125
             p += 2
-        out[p] = 10
+        out[_U(p)] = 10
         p += 1
-        ends[j - start] = p
+        ends[_U(j - start)] = p
         j += 1
     return j - start
 
@@ -582,7 +605,7 @@ def _csv_quote(out: Any, s: int, p: int) -> int:
     need = False
     quotes = 0
     for k in range(s, p):
-        c = out[k]
+        c = out[_U(k)]
         if c == 44 or c == 10 or c == 13:
             need = True
         elif c == 34:
@@ -591,13 +614,13 @@ def _csv_quote(out: Any, s: int, p: int) -> int:
     if not need:
         return p
     q = p + quotes + 1  # new end, before the closing quote
-    out[q] = 34
+    out[_U(q)] = 34
     w = q - 1
     for k in range(p - 1, s - 1, -1):
-        out[w] = out[k]
+        out[_U(w)] = out[_U(k)]
         w -= 1
-        if out[k] == 34:
-            out[w] = 34
+        if out[_U(k)] == 34:
+            out[_U(w)] = 34
             w -= 1
-    out[s] = 34
+    out[_U(s)] = 34
     return q + 1
