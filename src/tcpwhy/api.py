@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from html import escape
 from typing import IO, TYPE_CHECKING, Any, Union
@@ -975,44 +975,18 @@ def _analyze(
     progress: bool = False,
     **settings: Any,
 ) -> Report:
+    from tcpwhy.console import step_progress
     from tcpwhy.diagnose.registry import Settings
     from tcpwhy.views import diagnosis, reading
 
     try:
-        with reading(reassemble), _steps(progress) as bar:
+        with reading(reassemble), step_progress(progress) as bar:
             r = diagnosis(src.paths(), Settings(**settings), flt, pair=pair, progress=bar)
     except TcpwhyError as exc:
         raise _classify(exc, src.names) from None
     if src.names:
         r.capture.files = [src.names.get(f, f) for f in r.capture.files]
     return Report(r)
-
-
-@contextmanager
-def _steps(on: bool) -> Iterator[Any]:
-    """``analyze``'s progress bar on stderr (rich: also drawn in notebooks) when asked for;
-    else none, and nothing is printed."""
-    if not on:
-        yield None
-        return
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn
-
-    from tcpwhy.console import make_console
-
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("tcpwhy: {task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        console=make_console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("starting", total=None)
-
-        def update(step: str, done: int | None, total: int | None) -> None:
-            bar.update(task, description=step, completed=done or 0, total=total)
-
-        yield update
 
 
 class FleetReport:

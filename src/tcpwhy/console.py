@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -90,3 +91,29 @@ def make_console(
         width=width,
         **options,
     )
+
+
+@contextmanager
+def step_progress(on: bool) -> Iterator[Callable[[str, int | None, int | None], None] | None]:
+    """``analyze``'s progress bar on stderr (bytes read of the captures, then the diagnosis
+    step), transient, when `on`; else nothing is drawn. The command asks for it on a
+    terminal, the API when called with ``progress=True``."""
+    if not on:
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("tcpwhy: {task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        console=make_console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def update(step: str, done: int | None, total: int | None) -> None:
+            bar.update(task, description=step, completed=done or 0, total=total)
+
+        yield update

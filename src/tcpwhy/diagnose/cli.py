@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 from tcpwhy.capture.options import add_reassembly_option
+from tcpwhy.console import step_progress
 from tcpwhy.filter import add_filter_argument
 from tcpwhy.report.output import add_output_argument, with_output
 
@@ -26,33 +25,6 @@ def _positive_int(text: str) -> int:
     return v
 
 
-@contextmanager
-def _progress() -> Iterator[Callable[[str, int | None, int | None], None] | None]:
-    """A progress bar on stderr (bytes read of the captures, then the diagnosis step), only
-    when stderr is a terminal; it disappears when done."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn
-
-    from tcpwhy.console import make_console
-
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("tcpwhy: {task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        console=make_console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("starting", total=None)
-
-        def update(step: str, done: int | None, total: int | None) -> None:
-            bar.update(task, description=step, completed=done or 0, total=total)
-
-        yield update
-
-
 def cmd_analyze(args: argparse.Namespace) -> int:
     from tcpwhy.diagnose import fleet
     from tcpwhy.diagnose.registry import Settings
@@ -65,7 +37,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     settings = Settings(close_wait_s=args.close_wait, fin_wait_2_s=args.fin_wait_2)
     flt = filter_from_args(args)
     dataset = fleet.one_capture_dataset(args)  # --parquet OUTDIR: checked before the work
-    with _progress() as progress:
+    with step_progress(sys.stderr.isatty()) as progress:
         # the findings as `Capture.findings` and `tcpwhy.analyze` have them
         report = diagnosis(args.files, settings, flt, pair=not args.no_pair, progress=progress)
     fleet.write_one_capture(args, report, dataset)
