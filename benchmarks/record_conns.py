@@ -51,7 +51,7 @@ error_log {prefix}/error.log warn;
 events {{ worker_connections 8192; }}
 http {{
     access_log off;
-    keepalive_timeout 1s;
+    keepalive_timeout {keepalive};
     keepalive_requests 1000000;
     client_body_temp_path {prefix}/body;
     proxy_temp_path {prefix}/proxy;
@@ -60,7 +60,7 @@ http {{
     scgi_temp_path {prefix}/scgi;
     default_type text/plain;
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen {addr}:{port} backlog=4096;
         location / {{ return 200 "{body}"; }}
     }}
 }}
@@ -215,7 +215,11 @@ def record(out: Path, a: argparse.Namespace) -> dict[str, Any]:
         nsmod.sysctl(ns, {"net.ipv4.ip_local_port_range": f"{PORT_RANGE[0]} {PORT_RANGE[1]}"})
         prefix = Path(tmp)
         conf = prefix / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(prefix=tmp, port=port, body="x" * 200 + "\\n"))
+        conf.write_text(
+            NGINX_CONF.format(
+                prefix=tmp, addr="127.0.0.1", port=port, keepalive="1s", body="x" * 200 + "\\n"
+            )
+        )
         lua = prefix / "limit.lua"
         lua.write_text(WRK_LUA)
         partial = out.with_suffix(".partial")

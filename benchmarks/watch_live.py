@@ -27,33 +27,9 @@ from tcpwhy.lab import ns as nsmod
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from record_conns import stop  # noqa: E402
+from record_conns import NGINX_CONF, stop  # noqa: E402
 
 CLIENT, SERVER, PORT = "10.99.0.1", "10.99.0.2", 8080
-
-NGINX_CONF = """\
-daemon off;
-master_process on;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    keepalive_timeout 65s;
-    keepalive_requests 1000000;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    default_type text/plain;
-    server {{
-        listen {addr}:{port} backlog=4096;
-        location / {{ return 200 "hello from nginx\\n"; }}
-    }}
-}}
-"""
 
 
 def cpu_s(pid: int) -> float:
@@ -91,7 +67,11 @@ def main() -> int:
             nsmod.disable_offloads(ns, ifname)  # segments as a NIC puts them on the wire
         nsmod.sysctl(cns, {"net.ipv4.ip_local_port_range": "20000 60999"})
         conf = Path(tmp.name) / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(prefix=tmp.name, addr=SERVER, port=PORT))
+        conf.write_text(
+            NGINX_CONF.format(
+                prefix=tmp.name, addr=SERVER, port=PORT, keepalive="65s", body="hello from nginx\\n"
+            )
+        )
         nginx = subprocess.Popen(
             ["ip", "netns", "exec", sns, "nginx", "-c", str(conf), "-p", tmp.name,
              "-e", f"{tmp.name}/error.log"]
