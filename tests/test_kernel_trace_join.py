@@ -8,6 +8,7 @@ trace whose reason is changed by hand must make the finding say the kernel disag
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -159,8 +160,12 @@ def test_watch_counts_the_kernels_resets_per_reason(netns_ok: None) -> None:
     time.sleep(0.1)
     frames = [first] + [json.loads(line) for line in w.stdout]
     assert w.wait(timeout=30) == 0
-    seen = sum(f["kernel_per_s"].get("reset_sent NO_SOCKET", 0.0) for f in frames)
-    # each frame's rate covers about one second: together at least our 20 refusals
+    # each frame's rate is its count over the time since the previous frame (about a
+    # second, longer on a loaded machine): rate x that time, summed, counts the resets
+    seen = sum(
+        f["kernel_per_s"].get("reset_sent NO_SOCKET", 0.0) * (f["elapsed_s"] - p["elapsed_s"])
+        for p, f in itertools.pairwise(frames)
+    )
     assert seen >= 20 * 0.8, frames
 
 
