@@ -118,14 +118,17 @@ def start_nginx(ns: str, conf: Path, prefix: str) -> subprocess.Popen[bytes]:
     )
 
 
-def wait_listening(ns: str, port: int, proc: subprocess.Popen[bytes], secs: float = 10) -> None:
+def wait_listening(
+    ns: str, port: int, proc: subprocess.Popen[bytes], secs: float = 10, addr: str = "127.0.0.1"
+) -> None:
+    """nginx answers connects from namespace `ns` at `addr`:`port`."""
     end = time.monotonic() + secs
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise SystemExit(f"nginx exited with status {proc.returncode}")
         s = nsmod.socket_in(ns)
         try:
-            s.connect(("127.0.0.1", port))
+            s.connect((addr, port))
             return
         except OSError:
             time.sleep(0.05)

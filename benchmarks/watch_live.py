@@ -27,7 +27,7 @@ from tcpwhy.lab import ns as nsmod
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from record_conns import NGINX_CONF, stop  # noqa: E402
+from record_conns import NGINX_CONF, stop, wait_listening  # noqa: E402
 
 CLIENT, SERVER, PORT = "10.99.0.1", "10.99.0.2", 8080
 
@@ -77,7 +77,7 @@ def main() -> int:
              "-e", f"{tmp.name}/error.log"]
         )  # fmt: skip
         procs.append((nginx, signal.SIGQUIT))
-        _wait(cns, nginx)
+        wait_listening(cns, PORT, nginx, addr=SERVER)
         env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src")}
         watch = subprocess.Popen(
             ["ip", "netns", "exec", cns, sys.executable, "-m", "tcpwhy", "watch", "-i", "c0",
@@ -129,23 +129,6 @@ def main() -> int:
         for ns in (cns, sns):
             nsmod.delete_namespace(ns)
         tmp.cleanup()
-
-
-def _wait(ns: str, proc: subprocess.Popen[bytes], secs: float = 10) -> None:
-    """nginx answers connects from the client's namespace."""
-    end = time.monotonic() + secs
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"nginx exited with status {proc.returncode}")
-        s = nsmod.socket_in(ns)
-        try:
-            s.connect((SERVER, PORT))
-            return
-        except OSError:
-            time.sleep(0.05)
-        finally:
-            s.close()
-    raise SystemExit("nginx did not start listening")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from tcpwhy.decode import http2
 from tcpwhy.decode.table import PacketTable
 from tcpwhy.filter import FilterContext, compile_filter
 from tests.gates import need
+from tests.recording import wait_until_written
 
 HERE = Path(__file__).resolve().parent
 REFS = HERE / "data" / "http2"
@@ -203,14 +204,7 @@ def test_live_capture_matches_tshark(tmp_path: Path) -> None:
             timeout=20,
             capture_output=True,
         )
-        # the last packets reach the file (immediate mode, unbuffered): wait until it has
-        # stopped growing for a second (a loaded machine can delay tcpdump's writes)
-        size, still, deadline = -1, 0.0, time.monotonic() + 15
-        while still < 1.0 and time.monotonic() < deadline:
-            time.sleep(0.1)
-            now = pcap.stat().st_size
-            still = still + 0.1 if now == size else 0.0
-            size = now
+        wait_until_written(pcap)
     finally:
         td.terminate()
         ng.terminate()

@@ -32,6 +32,7 @@ from tcpwhy.diagnose import http
 from tcpwhy.diagnose.context import Capture, Conn
 from tcpwhy.filter import FilterContext, compile_filter
 from tests.gates import need
+from tests.recording import wait_until_written
 
 REFS = Path(__file__).resolve().parent / "data" / "http2"
 APACHE = REFS / "h2c-upgrade-apache.pcap"
@@ -103,12 +104,7 @@ def test_upgrade_frames_match_tshark(tmp_path: Path) -> None:
             capture_output=True,
         )
         srv.wait(timeout=10)
-        size, still, deadline = -1, 0.0, time.monotonic() + 15
-        while still < 1.0 and time.monotonic() < deadline:
-            time.sleep(0.1)
-            now = pcap.stat().st_size
-            still = still + 0.1 if now == size else 0.0
-            size = now
+        wait_until_written(pcap)
     finally:
         td.terminate()
         td.wait(timeout=10)

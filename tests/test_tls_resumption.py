@@ -23,6 +23,7 @@ import pytest
 from tcpwhy.capture import read_table
 from tcpwhy.diagnose import tls
 from tests.gates import need
+from tests.recording import wait_until_written
 
 LAB = Path(str(resources.files("tcpwhy") / "data" / "lab"))
 LAB_TLS = sorted(p.name for p in LAB.glob("*tls*.pcap"))
@@ -180,12 +181,7 @@ def test_live_resumption_matches_tshark_and_the_client(tmp_path: Path, version: 
                 assert s.recv(100) == b"pong"  # a TLS 1.3 ticket arrives before it
                 reused.append(s.session_reused)
                 session = s.session
-        size, still, deadline = -1, 0.0, time.monotonic() + 15
-        while still < 1.0 and time.monotonic() < deadline:
-            time.sleep(0.1)
-            now = pcap.stat().st_size
-            still = still + 0.1 if now == size else 0.0
-            size = now
+        wait_until_written(pcap)
     finally:
         stop.set()
         th.join(timeout=5)

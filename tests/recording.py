@@ -1,0 +1,17 @@
+"""Helpers for tests that record live traffic with tcpdump."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+def wait_until_written(pcap: Path, quiet: float = 1.0, limit: float = 15.0) -> None:
+    """Wait until tcpdump's file has stopped growing for `quiet` seconds (at most `limit`):
+    the last packets reach the file late on a loaded machine, even in immediate mode."""
+    size, still, deadline = -1, 0.0, time.monotonic() + limit
+    while still < quiet and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = pcap.stat().st_size
+        still = still + 0.1 if now == size else 0.0
+        size = now
