@@ -269,6 +269,18 @@ class Lab:
         nsmod.sysctl(self.ns_of(side), settings)
         self.say("lab", f"{side} namespace: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
 
+    def rto_min(self, side: str, ms: int) -> None:
+        """Raise the minimum retransmission timeout on one side's default route.
+
+        A state that lasts one RTO (200 ms by default) is otherwise too short for
+        `ss` to see on a loaded machine; the route is the scenario's own namespace's.
+        """
+        fam = ["-6"] if self.opts.ipv6 else []
+        ns = self.ns_of(side)
+        route = nsmod.run(["ip", *fam, "route", "show", "default"], ns).split()
+        nsmod.run(["ip", *fam, "route", "change", *route, "rto_min", f"{ms}ms"], ns)
+        self.say("lab", f"{side} namespace: default route rto_min {ms} ms")
+
     def nft(self, side: str, ruleset: str, what: str) -> None:
         nsmod.nft(self.ns_of(side), ruleset)
         self.say("lab", f"{side} namespace nft: {what}")

@@ -453,6 +453,7 @@ def simultaneous_close(lab: Lab) -> None:
             return HOLD
         return PASS
 
+    lab.rto_min("server", 1000)
     listener = lab.listen()
     c, s = pair(lab, listener)
     exchange(lab, c, s)
@@ -491,8 +492,9 @@ def simultaneous_close(lab: Lab) -> None:
     """
     The client closes first; the server reads EOF and closes, its socket in
     LAST-ACK. The client's final ACK (sent from TIME-WAIT) is lost once on the
-    path. The server's FIN retransmission timer fires (RTO, at least 200 ms) and
-    it sends the FIN again; the client, still in TIME-WAIT, acknowledges it again
+    path. The server's FIN retransmission timer fires (RTO, at least 200 ms; the
+    lab raises the server's minimum to 1 s so that the wait can be seen) and it
+    sends the FIN again; the client, still in TIME-WAIT, acknowledges it again
     — this is the reason TIME-WAIT exists — and the server's socket finally goes
     away. Without TIME-WAIT the retransmitted FIN would meet no socket and draw
     an RST.
