@@ -12,7 +12,7 @@ from tcpwhy.capture.writer import LINKTYPE_RAW, PcapWriter
 from tcpwhy.decode.table import SYN
 from tcpwhy.lab.packets import internet_checksum, pseudo_header, transport_checksum
 from tcpwhy.lab.relay import build_rst
-from tcpwhy.lab.scenarios import spoofed_syn
+from tcpwhy.lab.scenarios_connect import spoofed_syn
 from tests import craft
 from tests.gates import need
 
