@@ -7,8 +7,6 @@ the namespace with setns(); the parent's own namespace is never changed.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import pickle
@@ -18,11 +16,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from tcpwhy.errors import EnvironmentProblem, TcpwhyError
+from tcpwhy.lab.ns import setns
 
 T = TypeVar("T")
 
 NETNS_RUN_DIR = Path("/var/run/netns")
-CLONE_NEWNET = 0x40000000
 _WHERE = "--netns"
 
 
@@ -41,23 +39,12 @@ def netns_path(name: str) -> Path:
     return path
 
 
-def _setns(fd: int) -> None:
-    setns = getattr(os, "setns", None)
-    if setns is not None:  # Python >= 3.12
-        setns(fd, CLONE_NEWNET)
-        return
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
 def _child(path: Path, fn: Callable[[], object], wfd: int) -> None:
     try:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                _setns(fd)
+                setns(fd)
             finally:
                 os.close(fd)
         except OSError as exc:

@@ -33,10 +33,20 @@ _counter = 0
 _counter_lock = threading.Lock()
 
 
-def _setns(fd: int) -> None:
+def setns(fd: int) -> None:
+    """Move the calling thread into the network namespace open at `fd` (setns(2)).
+
+    The one way into a namespace for both callers: the lab enters one per thread for the
+    instant of `socket()`, `tcpwhy host --netns` in a forked probe. Python's own os.setns
+    where it has one (3.12), libc's otherwise; an error is an OSError with the errno.
+    """
+    fn = getattr(os, "setns", None)
+    if fn is not None:
+        fn(fd, CLONE_NEWNET)
+        return
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
+        raise OSError(err, os.strerror(err))
 
 
 @contextlib.contextmanager
@@ -45,11 +55,11 @@ def entered(ns: str) -> Iterator[None]:
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     target = os.open(os.path.join(NETNS_DIR, ns), os.O_RDONLY)
     try:
-        _setns(target)
+        setns(target)
         try:
             yield
         finally:
-            _setns(home)
+            setns(home)
     finally:
         os.close(target)
         os.close(home)
