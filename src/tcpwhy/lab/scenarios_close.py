@@ -270,6 +270,7 @@ def lost_final_ack(lab: Lab) -> None:
             return DROP
         return PASS
 
+    lab.rto_min("server", 1000)
     listener = lab.listen()
     c, s = pair(lab, listener)
     exchange(lab, c, s)
