@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests import craft
 from tests.gates import need
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,3 +243,74 @@ def test_live_keep_on_loopback(tmp_path: Path, netns_ok: None) -> None:
         + [(str(port), str(c), "0", "1") for c in clients]
     )
     assert rows == want
+
+
+def _split_by_quiet(src: Path, out: Path, fill: int = 2000) -> None:
+    """The stale keep-alive recording with a quiet second for its pooled connection between
+    its first exchange (frames 1-7) and the server's FIN: `fill` segments of another
+    connection pass meanwhile (so the capture is read in several chunks), and the rest of
+    the recording comes 2 s later."""
+    raw = src.read_bytes()
+    head, pos, recs = raw[:24], 24, []
+    while pos + 16 <= len(raw):
+        caplen = struct.unpack_from("<I", raw, pos + 8)[0]
+        recs.append(bytearray(raw[pos : pos + 16 + caplen]))
+        pos += 16 + caplen
+    ns_magic = struct.unpack_from("<I", head)[0] == 0xA1B23C4D
+    scale = 1 if ns_magic else 1000
+
+    def ts(rec: bytearray) -> int:
+        sec, frac = struct.unpack_from("<II", rec)
+        return int(sec * 10**9 + frac * scale)
+
+    def stamp(rec: bytearray, t: int) -> bytearray:
+        sec, ns = divmod(t, 10**9)
+        struct.pack_into("<II", rec, 0, sec, ns // scale)
+        return rec
+
+    t7 = ts(recs[6])
+    filler = []
+    for k in range(fill):
+        seg = craft.tcp(craft.v4("10.77.0.9"), craft.v4("10.77.0.8"), 5555, 9999, 1 + k, 1, 0x10)
+        frame = craft.eth(craft.ip(craft.v4("10.77.0.9"), craft.v4("10.77.0.8"), 6, seg))
+        rec = bytearray(struct.pack("<IIII", 0, 0, len(frame), len(frame)) + frame)
+        filler.append(stamp(rec, t7 + (k + 1) * 1_500_000_000 // fill))
+    later = [stamp(r, ts(r) + 2 * 10**9) for r in recs[7:]]
+    out.write_bytes(head + b"".join(bytes(r) for r in [*recs[:7], *filler, *later]))
+
+
+def test_keep_holds_a_connection_from_its_start_after_it_went_idle(tmp_path: Path) -> None:
+    """A pooled connection quiet for longer than --idle leaves the tracker (diagnosed, no
+    finding) and its later packets are followed as a connection of their own; when those
+    have a finding, the kept file still holds the connection from its SYN (docs/watch.md:
+    the packets of the connections that had findings)."""
+    import io
+
+    from tcpwhy.capture import iter_tables
+    from tcpwhy.watch.core import Watcher
+    from tcpwhy.watch.keep import Keeper, Lockstep
+    from tcpwhy.watch.tracker import Limits
+
+    src = tmp_path / "split.pcap"
+    _split_by_quiet(LAB / "stale-keepalive.pcap", src)
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    out = io.StringIO()
+    w = Watcher(out, "jsonl", limits=Limits(idle_s=1.0), summary_every_s=0)
+    k = Keeper(str(keep), before_s=0)
+    k.lockstep = Lockstep(str(src), k.ring)
+    w.keeper = k
+    chunks = 0
+    for t in iter_tables(str(src), chunk_bytes=16 << 10):
+        w.chunk(t)
+        chunks += 1
+    w.finish()
+    k.close()
+    assert chunks > 1
+    assert w.tracker.ended["idle"] >= 1  # the pooled connection did leave idle
+    found = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert found
+    # tshark's stream 0: the pooled connection, whole (SYN to RST)
+    want = [row[1:] for row in tshark_rows(src, "tcp.stream == 0")]
+    assert len(want) == 11
+    assert sorted(kept_rows(keep)) == sorted(want)

@@ -20,6 +20,7 @@ from tcpwhy.errors import TcpwhyError
 
 NS = 1_000_000_000
 BUFFER_MB = 32.0  # the kernel's capture ring: ~0.3 s of a busy 1 Gbit/s link
+DRAIN = 64  # decoded reads fed to the tracker before time passes (one release for them all)
 
 
 class Terminated(Exception):
@@ -83,14 +84,23 @@ def _follow(source: str, watcher: Any, stats: Any, duration: float | None, engin
             if engine is not None:
                 engine.poll(watcher)
             continue
-        if item is done:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        if len(item):
-            last_ns = int(item["ts_ns"].max())
-            last_wall = time.monotonic()
-        watcher.chunk(item)
+        # what else is queued is taken too, and time passes once for all of it: with an
+        # immediate capture, a busy link arrives as many small reads
+        items = [item]
+        while len(items) < DRAIN and items[-1] is not done:
+            try:
+                items.append(q.get_nowait())
+            except queue.Empty:
+                break
+        for k, item in enumerate(items):
+            if item is done:  # finish() releases what the last ones fed
+                return
+            if isinstance(item, BaseException):
+                raise item
+            if len(item):
+                last_ns = int(item["ts_ns"].max())
+                last_wall = time.monotonic()
+            watcher.chunk(item, tick=k == len(items) - 1)
         if engine is not None:
             engine.poll(watcher)
 
@@ -98,7 +108,7 @@ def _follow(source: str, watcher: Any, stats: Any, duration: float | None, engin
 def cmd_watch(args: argparse.Namespace) -> int:
     from tcpwhy.decode.table import CaptureStats
     from tcpwhy.diagnose.registry import Settings
-    from tcpwhy.watch.core import Watcher
+    from tcpwhy.watch.core import Watcher, warm
     from tcpwhy.watch.groups import Groups
     from tcpwhy.watch.tracker import Limits
 
@@ -156,6 +166,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 engine.stop()
                 watcher = None
                 raise
+            # before the first chunk (packets wait in the pipe meanwhile) and before the line
+            # that says the watch is on: the first finding is not held up by the warm-up
+            warm(w.settings)
             print(f"tcpwhy: watching {args.interface} ({engine.describe()})", file=sys.stderr)
             sys.stderr.flush()
             watcher = w

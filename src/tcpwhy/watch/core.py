@@ -8,22 +8,26 @@ groups by kind and server (`groups.Groups`) and printed when a group is new or d
 from __future__ import annotations
 
 import gc
+import io
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+import numpy.typing as npt
 
 from tcpwhy.decode.table import PacketTable, addr_is_v4, format_addr
-from tcpwhy.diagnose.context import Capture
+from tcpwhy.diagnose import request_retried
+from tcpwhy.diagnose.context import CLIENT, Capture
 from tcpwhy.diagnose.engine import run_rules
 from tcpwhy.diagnose.model import Finding, Severity
-from tcpwhy.diagnose.registry import Settings
+from tcpwhy.diagnose.registry import Diag, Settings, load
 from tcpwhy.schemas import SCHEMA_VERSION
 from tcpwhy.timestamps import rfc3339
 from tcpwhy.watch.groups import Group, Groups
-from tcpwhy.watch.tracker import NS, ConnTracker, Limits, Window, slim
+from tcpwhy.watch.tracker import NS, ConnTracker, Limits, Window, concat_slim, slim, take_compact
 
 
 @dataclass
@@ -41,6 +45,70 @@ GC_ROWS = 200_000
 """Rows diagnosed between two full garbage collections. A window's `Capture` is freed only
 by the cyclic collector (its views refer back to it), which numpy-heavy code seldom runs:
 without this, the windows of a busy link piled up, hundreds of MB of them."""
+
+
+WARM_CAPTURES = (
+    "stale-keepalive",
+    "stale-keepalive-tls",
+    "keepalive-race",
+    "refused",
+    "middlebox-reset",
+    "abortive-close",
+)
+"""Bundled lab captures diagnosed once before a live watch starts (`warm`)."""
+
+
+def warm(settings: Settings | None = None) -> None:
+    """Diagnose a few bundled lab captures, output thrown away, before the capture starts.
+    A process's first diagnosis imports the rules' modules and loads their compiled loops:
+    half a second and more on a loaded machine, which on the wire would delay the first
+    finding past its second (measured live: 0.55 s for the first 20-row window)."""
+    from tcpwhy.capture import iter_tables
+
+    lab = Path(__file__).resolve().parents[1] / "data" / "lab"
+    for name in WARM_CAPTURES:
+        path = lab / f"{name}.pcap"
+        if not path.exists():
+            continue
+        w = Watcher(io.StringIO(), "jsonl", settings, summary_every_s=0)
+        for t in iter_tables(str(path)):
+            w.chunk(t)
+        w.finish()
+
+
+EARLY_FRAMES = 2_000_000
+"""--keep: frame numbers (8 bytes each) held of connections that left idle or evicted, so that
+a finding on their later packets keeps them from their first packet."""
+
+CARRY_NS = request_retried.WINDOW_NS
+"""A failed request's connection waits this long (capture time, from its RST) for its retry:
+the rule's own window."""
+CARRY_CONNS = 256  # failed connections waiting for their retry; the oldest go first
+CARRY_CONN_ROWS = 512  # rows kept of one: its first (the handshake) and its last (the failure)
+CARRY_HEAD_ROWS = 8
+
+
+@dataclass
+class Failed:
+    """A connection whose request failed (a RST after the client's data), diagnosed already,
+    kept for `request-retried`: its retry is a new connection that usually ends (and leaves
+    the tracker) seconds after the failure, in a later window."""
+
+    number: int  # the watch's connection number
+    table: PacketTable  # its rows (slim, at most CARRY_CONN_ROWS)
+    rst_ns: int
+    key: int  # client address and server address:port, hashed (`_pair_keys`)
+
+
+def _pair_keys(ep: Any) -> npt.NDArray[np.uint64]:
+    """Per stream: a 64-bit hash of its client's address and its server's address and port
+    (a retry comes from the same client to the same server)."""
+    h = np.full(len(ep.server_port), 0x243F6A8885A308D3, np.uint64)
+    with np.errstate(over="ignore"):
+        for v in (ep.client_hi, ep.client_lo, ep.server_hi, ep.server_lo, ep.server_port):
+            h = (h ^ np.asarray(v).astype(np.uint64)) * np.uint64(0x9E3779B97F4A7C15)
+            h ^= h >> np.uint64(29)
+    return h
 
 
 def _when(ns: int) -> str:
@@ -77,19 +145,26 @@ class Watcher:
         self.worst: Severity | None = None
         self.first_ns = 0
         self.keeper: Any = None  # `keep.Keeper` with --keep: the findings' packets to files
+        self.failed: list[Failed] = []  # failed requests waiting for their retry (oldest first)
+        # --keep: frames (and first packet time) of connections that left idle or evicted,
+        # by 4-tuple key, oldest first (`_remember`)
+        self.early: dict[int, tuple[list[npt.NDArray[np.int64]], int]] = {}
+        self.early_frames = 0
         self._rows_since_gc = 0
 
     # -- input --------------------------------------------------------------------------
 
-    def chunk(self, t: PacketTable) -> None:
-        """A decoded chunk of the capture, in capture order."""
+    def chunk(self, t: PacketTable, tick: bool = True) -> None:
+        """A decoded chunk of the capture, in capture order (`tick` False: more follow at
+        once, time passes after the last)."""
         if len(t):
             self.counters.packets += len(t)
             if not self.first_ns:
                 self.first_ns = int(t["ts_ns"][0])
         s = slim(t)
         self.tracker.feed(s)
-        self.tick()
+        if tick:
+            self.tick()
 
     def tick(self, now_ns: int | None = None) -> None:
         """Let time pass (capture time): connections whose fate is known are diagnosed."""
@@ -140,12 +215,39 @@ class Watcher:
         if int(cap.n_data.sum()):
             c.retransmissions += int(cap.flag("retransmission").sum())
         # window stream ids -> the watch's connection numbers
-        first = cap.order[np.minimum(cap.starts, max(len(t) - 1, 0))]
-        nos = np.where(cap.ends > cap.starts, w.numbers[first], -1)
-        ep = cap.endpoints
-        if self.keeper is not None and diag.findings:
-            self._keep(cap, diag.findings)
+        nos = self._numbers(cap, w.numbers)
+        retried = np.zeros(cap.nstreams, np.bool_)
         for f in diag.findings:
+            if f.kind == request_retried.KIND:
+                s = np.asarray(f.streams, np.int64)
+                retried[s[(s >= 0) & (s < cap.nstreams)]] = True
+        later = self._retries(cap, w.numbers, retried, w.now_ns)
+        self._carry(cap, nos, retried, w.now_ns)
+        if self.keeper is not None:
+            first = cap.order[np.minimum(cap.starts, max(len(t) - 1, 0))]
+            keys = np.where(cap.ends > cap.starts, w.keys[first], np.uint64(0))
+            kept = self._keep(cap, diag.findings, keys)
+            self._remember(cap, keys, kept, w.unended)
+        self._report(cap, nos, diag.findings, w.now_ns)
+        if later is not None:
+            if self.keeper is not None:
+                self._keep(later[0], later[2])
+            self._report(*later, w.now_ns)
+
+    @staticmethod
+    def _numbers(cap: Capture, row_numbers: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Per stream of `cap`: the watch's connection number (-1: no TCP row)."""
+        first = cap.order[np.minimum(cap.starts, max(len(cap.table) - 1, 0))]
+        return np.where(cap.ends > cap.starts, row_numbers[first], -1)
+
+    def _report(
+        self, cap: Capture, nos: npt.NDArray[np.int64], findings: list[Finding], now_ns: int
+    ) -> None:
+        """Findings of `cap` counted into their groups and printed when due, in the watch's
+        connection numbers."""
+        c = self.counters
+        ep = cap.endpoints
+        for f in findings:
             local = [s for s in f.streams if 0 <= s < cap.nstreams]
             server = self._server(ep, local[0]) if local else "?"
             f.streams = [int(nos[s]) for s in local]
@@ -156,28 +258,146 @@ class Watcher:
             key = (f.kind, server)
             c.findings[key] = c.findings.get(key, 0) + f.count
             self.worst = f.severity if self.worst is None else max(self.worst, f.severity)
-            g = self.groups.add(f, server, w.now_ns)
+            g = self.groups.add(f, server, now_ns)
             if g is not None:
-                self._emit(g, w.now_ns)
+                self._emit(g, now_ns)
 
-    def _keep(self, cap: Capture, findings: list[Finding]) -> None:
+    # -- request-retried across windows ------------------------------------------------
+
+    def _carry(
+        self,
+        cap: Capture,
+        nos: npt.NDArray[np.int64],
+        retried: npt.NDArray[np.bool_],
+        now_ns: int,
+    ) -> None:
+        """Keep the window's failed requests whose retry was not in it (`Failed`); let go
+        of those whose retry can no longer come."""
+        self.failed = [f for f in self.failed if f.rst_ns + CARRY_NS >= now_ns]
+        if not cap.nstreams:
+            return
+        failed = (cap.n_rst.sum(axis=1) > 0) & (cap.n_data[:, CLIENT] > 0) & ~retried & (nos >= 0)
+        sids = np.flatnonzero(failed)
+        if not len(sids):
+            return
+        keys = _pair_keys(cap.endpoints)
+        rst = cap.table["ts_ns"].astype(np.int64)
+        is_rst = (cap.table["flags"].astype(np.int64) & 0x04) != 0
+        for sid in sids[-CARRY_CONNS:].tolist():
+            rows = cap.order[cap.starts[sid] : cap.ends[sid]]
+            at = rows[is_rst[rows]]
+            if len(rows) > CARRY_CONN_ROWS:
+                tail = CARRY_CONN_ROWS - CARRY_HEAD_ROWS
+                rows = np.concatenate([rows[:CARRY_HEAD_ROWS], rows[-tail:]])
+            part = take_compact(cap.table, np.sort(rows))
+            part.icmp = None
+            self.failed.append(Failed(int(nos[sid]), part, int(rst[at].min()), int(keys[sid])))
+        del self.failed[:-CARRY_CONNS]
+
+    def _retries(
+        self,
+        cap: Capture,
+        row_numbers: npt.NDArray[np.int64],
+        retried: npt.NDArray[np.bool_],
+        now_ns: int,
+    ) -> tuple[Capture, npt.NDArray[np.int64], list[Finding]] | None:
+        """`request-retried` for the failed requests of earlier windows whose retry is a new
+        connection of this one: the rule run on those and this window's new connections to
+        the same servers from the same clients. None when there is nothing to match."""
+        waiting = [f for f in self.failed if f.rst_ns + CARRY_NS >= now_ns]
+        if not waiting or not cap.nstreams:
+            return None
+        fresh = (cap.n_syn[:, CLIENT] > 0) & (cap.n_data[:, CLIENT] > 0) & ~retried
+        if fresh.any():
+            want = np.array(sorted({f.key for f in waiting}), np.uint64)
+            fresh &= np.isin(_pair_keys(cap.endpoints), want)
+        sids = np.flatnonzero(fresh)
+        if not len(sids):
+            return None
+        rows = np.sort(np.concatenate([cap.order[cap.starts[s] : cap.ends[s]] for s in sids]))
+        mine = take_compact(cap.table, rows)
+        mine.icmp = None
+        t = concat_slim([f.table for f in waiting] + [mine])
+        numbers = np.concatenate(
+            [np.full(len(f.table), f.number, np.int64) for f in waiting] + [row_numbers[rows]]
+        )
+        order = np.argsort(t["ts_ns"], kind="stable")
+        t = take_compact(t, order)
+        t.icmp = None
+        numbers = numbers[order]
+        cap2 = Capture(t, np.zeros(len(t), np.int16), [self.source])
+        found = load()[request_retried.KIND](Diag(cap2, self.settings))
+        if not found:
+            return None
+        nos2 = self._numbers(cap2, numbers)
+        done = {int(nos2[s]) for f in found for s in f.streams if 0 <= s < cap2.nstreams}
+        self.failed = [f for f in self.failed if f.number not in done]
+        return cap2, nos2, found
+
+    def _keep(
+        self,
+        cap: Capture,
+        findings: list[Finding],
+        keys: npt.NDArray[np.uint64] | None = None,
+    ) -> npt.NDArray[np.bool_]:
         """The frames of the findings' connections (and their first packet times) to the
-        keeper, before the stream numbers become the watch's."""
+        keeper, before the stream numbers become the watch's; with `keys` (per stream), also
+        the frames their connections had before they last left idle or evicted (`early`).
+        Returns which streams were kept."""
         mark = np.zeros(cap.nstreams, np.bool_)
         for f in findings:
             s = np.asarray(f.streams, np.int64)
             mark[s[(s >= 0) & (s < cap.nstreams)]] = True
         if not mark.any():
-            return
+            return mark
         st = cap.stream
         rows = np.flatnonzero((st >= 0) & mark[np.maximum(st, 0)])
-        frames = cap.table["frame"][rows].astype(np.int64)
+        frames = [cap.table["frame"][rows].astype(np.int64)]
         ic = cap.icmp
         if ic.n and ic.table is not None:  # the ICMP errors about them (tshark's tcp.stream too)
             sid = ic.sid
             at = np.flatnonzero((sid >= 0) & mark[np.clip(sid, 0, max(cap.nstreams - 1, 0))])
-            frames = np.concatenate([frames, ic.table["frame"][at].astype(np.int64)])
-        self.keeper.keep(frames, cap.first_ns[mark].astype(np.int64))
+            frames.append(ic.table["frame"][at].astype(np.int64))
+        first_ns = cap.first_ns[mark].astype(np.int64)
+        if keys is not None and self.early:
+            for j, k in enumerate(keys[mark].tolist()):
+                got = self.early.pop(int(k), None)
+                if got is not None:
+                    frames.extend(got[0])
+                    first_ns[j] = got[1]
+                    self.early_frames -= sum(len(x) for x in got[0])
+        self.keeper.keep(np.concatenate(frames), first_ns)
+        return mark
+
+    def _remember(
+        self,
+        cap: Capture,
+        keys: npt.NDArray[np.uint64],
+        kept: npt.NDArray[np.bool_],
+        unended: npt.NDArray[np.uint64],
+    ) -> None:
+        """With --keep: the frames of the connections that left without ending (idle,
+        evicted) and without a finding, by 4-tuple, for when their later packets (followed as
+        a connection of their own) have one; the frames of those that ended, forgotten."""
+        if not cap.nstreams:
+            return
+        live = cap.ends > cap.starts
+        later = live & ~kept & np.isin(keys, unended)
+        if self.early:
+            for k in keys[live & ~later].tolist():  # ended (or kept): nothing more to add
+                got = self.early.pop(int(k), None)
+                if got is not None:
+                    self.early_frames -= sum(len(x) for x in got[0])
+        frame = cap.table["frame"]
+        for sid in np.flatnonzero(later).tolist():
+            fr = frame[cap.order[cap.starts[sid] : cap.ends[sid]]].astype(np.int64)
+            k = int(keys[sid])
+            parts, first = self.early.pop(k, ([], int(cap.first_ns[sid])))
+            self.early[k] = ([*parts, fr], min(first, int(cap.first_ns[sid])))
+            self.early_frames += len(fr)
+        while self.early_frames > EARLY_FRAMES and self.early:  # the oldest go first
+            got = self.early.pop(next(iter(self.early)))
+            self.early_frames -= sum(len(x) for x in got[0])
 
     @staticmethod
     def _server(ep: Any, sid: int) -> str:

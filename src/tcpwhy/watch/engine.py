@@ -1,8 +1,8 @@
 """`watch -i`: the capture engine is `tcpdump -w -` as a child process.
 
-Why tcpdump and not an AF_PACKET ring of our own: libpcap (1.10, "with TPACKET_V3")
-already maps a TPACKET_V3 ring, compiles the BPF filter into the kernel, timestamps in
-nanoseconds and reads the kernel's drop counters; the child writes pcap to a pipe that
+Why tcpdump and not an AF_PACKET ring of our own: libpcap (1.10) already maps a packet
+ring, compiles the BPF filter into the kernel, timestamps in nanoseconds and reads the
+kernel's drop counters; the child writes pcap to a pipe that
 the compiled reader decodes in chunks (`capture.reader`), so no Python runs per packet
 and a slow diagnosis step backs up into the ring, where the kernel counts what it drops,
 instead of into our memory. Writing the same in Python would only add a ctypes mmap
@@ -70,6 +70,9 @@ class TcpdumpEngine:
             "-s", str(self.snaplen),
             "-B", str(self.buffer_kib),
             "-U",
+            # each packet handed over as it comes: TPACKET_V3 (libpcap's default) holds a
+            # quiet link's packets for tcpdump's 1 s block timeout, past a finding's second
+            "--immediate-mode",
             "-n",
             "--time-stamp-precision=nano",
             "-w", "-",

@@ -252,6 +252,11 @@ class Window:
     numbers: npt.NDArray[np.int64]  # per row: the connection's number (order first seen)
     now_ns: int
     endings: dict[str, int] = field(default_factory=dict)
+    keys: npt.NDArray[np.uint64] = field(default_factory=lambda: np.zeros(0, np.uint64))
+    """Per row: the connection's key (`conn_keys`)."""
+    unended: npt.NDArray[np.uint64] = field(default_factory=lambda: np.zeros(0, np.uint64))
+    """Sorted keys of the connections that left without ending (idle, evicted): their later
+    packets are followed again as a connection of their own."""
 
 
 class ConnTracker:
@@ -471,6 +476,7 @@ class ConnTracker:
         ru = np.concatenate([self.recent_until[alive], np.full(len(ended_keys), until, np.int64)])
         srt = np.argsort(rk, kind="stable")
         self.recent_keys, self.recent_until = rk[srt], ru[srt]
+        unended = np.sort(self.keys[mask & ~ended & ~why.get("end", np.zeros(len(mask), np.bool_))])
         for name in ("keys", "no", "last_ns", "fin", "rst_ns", "synack", "rows"):
             setattr(self, name, getattr(self, name)[keep])
         return Window(
@@ -478,4 +484,6 @@ class ConnTracker:
             numbers if numbers is not None else np.zeros(0, np.int64),
             self.now_ns,
             endings,
+            wk,
+            unended,
         )
