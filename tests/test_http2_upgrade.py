@@ -248,7 +248,7 @@ def test_idle_close_with_goaway_is_stale_reuse(path: Path, goaway: str) -> None:
     idle gap runs up to it, so this is stale keep-alive reuse, prior knowledge or ALPN h2."""
     from tcpwhy.diagnose.engine import diagnose_files
     from tcpwhy.diagnose.model import Severity
-    from tcpwhy.diagnose.stale_keepalive import goaway_rows, last_data_before
+    from tcpwhy.diagnose.stale_keepalive import goaway_rows, idle_start, last_data_before
 
     c = _conn(path)
     fin = c.first_fin(1)
@@ -259,10 +259,10 @@ def test_idle_close_with_goaway_is_stale_reuse(path: Path, goaway: str) -> None:
         frames = [f for f in _tshark_rows(path, goaway) if f < c.frame[fin]]
         assert c.frame[bye[0]] == frames[-1]
     assert c.last_data_before(fin, 1) == bye[0]  # read as data, the close would not be idle
-    last = last_data_before(c, fin)
+    last = idle_start(c, fin)
     assert last is not None and last < bye[0]
     idle = c.dt(last, fin)
-    assert 0.5 < idle < 1.5  # keepalive_timeout 1s, less the client's data since the reply
+    assert 0.95 < idle < 1.05  # keepalive_timeout 1s, from the last exchange
     assert c.dt(bye[0], fin) < 0.01
     (f,) = diagnose_files([str(path)]).findings
     assert (f.kind, f.severity) == ("stale-keepalive-reuse", Severity.ERROR)

@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from html import escape
 from typing import IO, TYPE_CHECKING, Any, Union
@@ -839,7 +839,8 @@ class Capture:
                 text = f"{name}: {w}"
                 if text not in self.warnings:
                     self.warnings.append(text)
-                    warnings.warn(text, CaptureWarning, stacklevel=4)
+                    # from `_note` through the view's property to the caller's line
+                    warnings.warn(text, CaptureWarning, stacklevel=3)
 
     def _stats(self) -> tuple[list[str], list[CaptureStats]]:
         from tcpwhy.decode.table import CaptureStats
@@ -888,7 +889,7 @@ class Capture:
 
             paths, stats = self._stats()
             try:
-                with reading(self.reassemble):
+                with reading(self.reassemble), _builder_warnings_as_notes():
                     _, batches = connection_batches(
                         paths,
                         stats,
@@ -965,6 +966,18 @@ class Capture:
         else:
             parts.append("<p>(findings computed on first use of <code>.findings</code>)</p>")
         return "".join(parts)
+
+
+@contextmanager
+def _builder_warnings_as_notes() -> Iterator[None]:
+    """The connection builder's RuntimeWarning (``max_active`` evicting) is also one of the
+    capture's warnings, which `Capture._note` raises as a `CaptureWarning`: the caller is
+    warned once, as the command prints it once, not once per category."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", r"more than \d+ connections active at once", RuntimeWarning
+        )
+        yield
 
 
 def _analyze(

@@ -78,41 +78,71 @@ def _close_wait(
                 f"last packet of the connection; no FIN from the {WHO[x]} until the capture ends",
             )
         )
-    elif left is not None and left.frame:
-        rows.append((left.frame - 1, f"{WHO[x]} finally closes after {fmt_s(dur)}"))
-    return rows, {"close_wait_s": round(dur, 3), "until_end": until_end}
+    reset = False
+    if not until_end and left is not None and left.frame:
+        i = left.frame - 1
+        # x sent no RST (the rule asks that): CLOSE_WAIT ends by x's FIN or the peer's RST
+        reset = c.is_rst(i) and c.side[i] == peer
+        if reset:
+            wrote = c.last_data_before(i, x)
+            if wrote is not None and wrote > ack:
+                rows.append((wrote, f"{WHO[x]} still writes {c.plen[wrote]} bytes, not closing"))
+            rows.append(
+                (
+                    i,
+                    f"{WHO[peer]} ends the connection with RST, {fmt_s(dur)} into the "
+                    f"{WHO[x]}'s CLOSE_WAIT: the {WHO[x]} never closed",
+                )
+            )
+        else:
+            rows.append((i, f"{WHO[x]} finally closes (FIN) after {fmt_s(dur)}"))
+    facts: dict[str, object] = {
+        "close_wait_s": round(dur, 3),
+        "until_end": until_end,
+        "reset_by_peer": reset,
+    }
+    return rows, facts
 
 
 def _tell(g: Group) -> Story:
     (x, owner), ex, c, n = g.key, g.ex, g.c, g.n
     durs = g.values("close_wait_s")
     ends = g.count("until_end")
+    resets = g.count("reset_by_peer")
     who, peer_name = WHO[x], WHO[1 - x]
     where = f"{who} {owner}"
-    if ends == n:
+    span = f"{fmt_s(min(durs))}" + (f" to {fmt_s(max(durs))} later" if n > 1 else " later")
+    if resets == n:
+        late = f"never did: the {peer_name} ended it with RST {span}"
+    elif ends + resets == n:
         late = "never did"
-    elif ends == 0:
-        late = f"closed only {fmt_s(min(durs))}" + (
-            f" to {fmt_s(max(durs))} later" if n > 1 else " later"
-        )
+    elif ends + resets == 0:
+        late = f"closed only {span}"
     else:
         late = "closed late or never"
+    notes = [f"{ends} still open when the capture ended"] if ends else []
+    if resets and resets < n:
+        notes.append(f"{resets} ended by the {peer_name}'s RST")
     summary = (
         f"{plural(n, 'connection')} left in CLOSE_WAIT by the {who} ({owner}): the {peer_name} "
-        f"closed, the {who} {late}"
-        + (f" ({ends} still open when the capture ended)" if ends else "")
+        f"closed, the {who} {late}" + (f" ({'; '.join(notes)})" if notes else "")
     )
+    stayed = fmt_s(ex.facts["close_wait_s"])
+    if ex.facts["until_end"]:
+        ending = f"It was still in CLOSE_WAIT {stayed} later, when the capture ended"
+    elif ex.facts.get("reset_by_peer"):
+        ending = (
+            f"It was still in CLOSE_WAIT {stayed} later, when the {peer_name} ended the "
+            f"connection with RST: the {who} never closed it"
+        )
+    else:
+        ending = f"It stayed there {stayed} before closing (FIN)"
     explanation = (
         f"On {c.label()} the {peer_name} closed its side (FIN) and "
         f"the {who}'s kernel acknowledged it, moving the {who}'s socket to CLOSE_WAIT. From "
         f"then on only the {who} application can end the connection, by calling close(); "
         "CLOSE_WAIT has no timeout in the kernel. "
-        + (
-            f"It was still in CLOSE_WAIT {fmt_s(ex.facts['close_wait_s'])} later, when the "
-            "capture ended"
-            if ex.facts["until_end"]
-            else f"It stayed there {fmt_s(ex.facts['close_wait_s'])} before closing"
-        )
+        + ending
         + f". Meanwhile the {peer_name}'s socket waits in FIN_WAIT_2 (for tcp_fin_timeout, 60 s, "
         "if it was orphaned; forever if it only shut down its writing side)."
     )
@@ -163,5 +193,10 @@ def _tell(g: Group) -> Story:
         "'Timeout waiting for connection from pool'",
         f"{peer_name}: usually nothing; its FIN_WAIT_2 socket expires silently",
     ]
-    facts = {"side": who, "endpoint": owner, "until_capture_end": ends}
+    if resets:
+        errors.append(
+            f"{who}, on its next read or write after the {peer_name}'s RST: 'Connection reset "
+            "by peer' (ECONNRESET) or 'Broken pipe' (EPIPE)"
+        )
+    facts = {"side": who, "endpoint": owner, "until_capture_end": ends, "reset_by_peer": resets}
     return Story(Severity.WARNING, summary, explanation, causes, fixes, errors, facts)

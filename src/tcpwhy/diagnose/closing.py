@@ -146,10 +146,11 @@ def server_idle_timeout(diag: Diag, server: str) -> IdleStats | None:
         cf = c.first_fin(CLIENT)
         if f is None or (cf is not None and cf < f):
             continue
-        # an HTTP/2 GOAWAY right before the FIN is the close, not data
-        from tcpwhy.diagnose.stale_keepalive import last_data_before
+        # an HTTP/2 GOAWAY right before the FIN is the close, not data; a client's HTTP/2
+        # control frame (RST_STREAM, PING, …) after the last stream ended starts no exchange
+        from tcpwhy.diagnose.stale_keepalive import idle_start
 
-        last = last_data_before(c, f)
+        last = idle_start(c, f)
         if last is None:
             continue
         resp = http.last_response_before(c, f)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
+import numpy as np
+
 from tcpwhy.decode import http2
 from tcpwhy.decode import tls as tls_rec
 from tcpwhy.diagnose import http, knowledge, tls
@@ -81,11 +83,47 @@ def last_data_before(c: Conn, i: int, who: int | None = None) -> int | None:
     return j
 
 
+H2_NO_REQUEST = (http2.PRIORITY, http2.RST_STREAM, http2.SETTINGS, http2.PING, http2.WINDOW_UPDATE)
+"""HTTP/2 frames that open no stream and carry no request: a client's RST_STREAM (for a
+stream the server may have reset already), PING, WINDOW_UPDATE, SETTINGS or PRIORITY."""
+
+
+def client_control_rows(c: Conn) -> frozenset[int]:
+    """Local rows that carry only the client's HTTP/2 control frames (`H2_NO_REQUEST`), in
+    clear on h2c. An HTTP/2 server's idle timer runs from its last stream's end: such a
+    frame after it (nginx, reset by the server, sees the client cancel the same stream a
+    moment later) starts no exchange, and measuring from it reads the timeout short."""
+    got: frozenset[int] | None = c.cache.get("h2_client_control_rows")
+    if got is not None:
+        return got
+    rows: set[int] = set()
+    hc = http.h2(c)
+    if hc is not None and hc.frames is not None:
+        f = hc.frames
+        ctl = np.isin(f.ftype, H2_NO_REQUEST) & f.client
+        other = set(f.row[~ctl].tolist())
+        rows = {r for r in f.row[ctl].tolist() if r not in other}
+    got = c.cache["h2_client_control_rows"] = frozenset(rows)
+    return got
+
+
+def idle_start(c: Conn, i: int) -> int | None:
+    """The last exchange before row i, where a server's idle timer starts: the last data,
+    the server's GOAWAY and the client's HTTP/2 control frames not counted
+    (`client_control_rows`)."""
+    skip = client_control_rows(c)
+    j = last_data_before(c, i)
+    while j is not None and j in skip:
+        j = last_data_before(c, j)
+    return j
+
+
 def idle_close(ev: AfterFin) -> bool:
     """The server's FIN followed an idle gap (an idle timeout), not its last reply; an
-    HTTP/2 server's GOAWAY right before the FIN is part of its close, not a reply."""
+    HTTP/2 server's GOAWAY right before the FIN is part of its close, not a reply (nor is a
+    client's HTTP/2 control frame a request: `idle_start`)."""
     c = ev.conn
-    last = last_data_before(c, ev.fin)
+    last = idle_start(c, ev.fin)
     return last is not None and c.dt(last, ev.fin) >= max(0.05, 5 * (c.rtt or 0.0))
 
 
@@ -195,11 +233,18 @@ def _finding(diag: Diag, server: str, evs: list[AfterFin]) -> Finding:
     ]
     ex_reply = _last_reply(ex)
     if ex_reply is not None:
+        ctl = sorted(j for j in client_control_rows(c) if ex_reply < j < ex.fin)
         parts.append(
             f"Its last exchange ended at {c.s(ex_reply):.3f} s "
             + (f"with the response {resp.line} " if resp else "")
-            + f"(frame {c.frame[ex_reply]}); then nothing was sent for "
-            f"{fmt_s(c.dt(ex_reply, ex.fin))}."
+            + f"(frame {c.frame[ex_reply]}); then "
+            + (
+                f"no stream was opened for {fmt_s(c.dt(ex_reply, ex.fin))}: the client's "
+                f"{_control_text(c, ctl)} opens none and asks for nothing, so the server's "
+                "idle time counts from the last exchange."
+                if ctl
+                else f"nothing was sent for {fmt_s(c.dt(ex_reply, ex.fin))}."
+            )
         )
     ex_bye = _goaway(ex)
     parts.append(
@@ -303,6 +348,22 @@ def _finding(diag: Diag, server: str, evs: list[AfterFin]) -> Finding:
     errors = knowledge.EOF_ON_REUSE + (knowledge.BROKEN_PIPE if close_wait else [])
     story = Story(Severity.ERROR, summary, explanation, causes, fixes, errors, facts)
     return make_finding(diag, KIND, inst, story)
+
+
+def _control_text(c: Conn, rows: list[int]) -> str:
+    """The client's HTTP/2 control frames in `rows`: ``RST_STREAM on stream 7 at 0.802 s
+    (frame 41)``."""
+    hc = http.h2(c)
+    f = hc.frames if hc is not None else None
+    said = []
+    for r in rows:
+        names = []
+        if f is not None:
+            for k in np.flatnonzero((f.row == r) & f.client):
+                name = http2.TYPE_NAMES.get(int(f.ftype[k]), str(int(f.ftype[k])))
+                names.append(f"{name} on stream {int(f.sid[k])}" if f.sid[k] else name)
+        said.append(f"{', '.join(names) or 'control frame'} at {c.s(r):.3f} s (frame {c.frame[r]})")
+    return ", ".join(said)
 
 
 def _last_reply(ev: AfterFin) -> int | None:
