@@ -18,6 +18,12 @@ The kernel modules write ``from tcpwhy.native import kernel, njit``:
   float scalars; ``-> none`` for no result);
 * ``@njit(...)`` marks a helper called only from compiled code.
 
+``@kernel(..., nogil=True)`` also releases the GIL for the call (both ways: the JIT's
+``nogil`` and the build's ``release_gil`` flag), so a thread may run it beside the main
+one; only for kernels that touch no Python object and whose callers hand them arrays that
+no other thread writes meanwhile (`tcpwhy.report.conns` formats and writes batches in a
+thread while the next ones are built).
+
 Which one runs is decided once per process, for all kernels together: the
 ahead-of-time modules if they were built from exactly these sources (a checksum
 of the kernel files is kept in their manifest) for this interpreter and a CPU
@@ -92,7 +98,7 @@ def parse_signature(spec: str) -> tuple[list[tuple[str, int]], str]:
     return args, ret.strip() or "none"
 
 
-BUILD_FORMAT = 1
+BUILD_FORMAT = 2
 """Bump when the way kernels are compiled changes (signature mapping, compiler options)."""
 
 
@@ -172,9 +178,10 @@ def ext_name(qualname: str) -> str:
 class Kernel:
     """A registered entry point: its Python source function and signature."""
 
-    def __init__(self, fn: Callable[..., Any], spec: str) -> None:
+    def __init__(self, fn: Callable[..., Any], spec: str, nogil: bool = False) -> None:
         self.py_func = fn
         self.spec = spec
+        self.nogil = nogil
         self.module = fn.__module__
         self.name = fn.__name__
         self.args, self.ret = parse_signature(spec)
@@ -200,12 +207,38 @@ class NativeKernel:
     def __init__(self, k: Kernel, fn: Callable[..., Any]) -> None:
         self.fn = fn
         self.qualname = k.qualname
-        self.checks = tuple((np.dtype(_DTYPES[code]), ndim) for code, ndim in k.args)
+        # (dtype, dimensions, kind): kind 0 an array, 1 a bool, 2 a float, 3 an int
+        self.checks = tuple(
+            (dt, ndim, 0 if ndim else 1 if dt.kind == "b" else 2 if dt.kind == "f" else 3)
+            for dt, ndim in ((np.dtype(_DTYPES[code]), ndim) for code, ndim in k.args)
+        )
 
     def __call__(self, *args: Any) -> Any:
+        # one pass of cheap tests per argument: the process-wide loop calls kernels about a
+        # thousand times per million packets, with up to 45 arguments each
         if len(args) != len(self.checks):
             raise TypeError(f"{self.qualname}: {len(args)} arguments, expected {len(self.checks)}")
-        for i, (a, (dt, ndim)) in enumerate(zip(args, self.checks, strict=True)):
+        # lengths checked just above (strict=True costs a check per item)
+        for a, (dt, ndim, kind) in zip(args, self.checks, strict=False):
+            if kind == 0:
+                if isinstance(a, np.ndarray) and a.dtype == dt and a.ndim == ndim:
+                    f = a.flags
+                    if f.c_contiguous and f.writeable:
+                        continue
+            elif kind == 3:
+                if isinstance(a, _INTS) and not isinstance(a, _BOOLS):
+                    continue
+            elif kind == 1:
+                if isinstance(a, _BOOLS):
+                    continue
+            elif isinstance(a, _FLOATS):
+                continue
+            self._mismatch(args)
+        return self.fn(*args)
+
+    def _mismatch(self, args: tuple[Any, ...]) -> None:
+        """Raises TypeError naming the first argument that does not fit the signature."""
+        for i, (a, (dt, ndim, _)) in enumerate(zip(args, self.checks, strict=True)):
             if ndim:
                 ok = (
                     isinstance(a, np.ndarray)
@@ -215,11 +248,11 @@ class NativeKernel:
                     and a.flags.writeable
                 )
             elif dt.kind == "b":
-                ok = isinstance(a, bool | np.bool_)
+                ok = isinstance(a, _BOOLS)
             elif dt.kind == "f":
-                ok = isinstance(a, float | np.floating)
+                ok = isinstance(a, _FLOATS)
             else:
-                ok = isinstance(a, int | np.integer) and not isinstance(a, bool | np.bool_)
+                ok = isinstance(a, _INTS) and not isinstance(a, _BOOLS)
             if not ok:
                 got = (
                     f"{a.dtype}[{a.ndim}d{', not contiguous' if not a.flags.c_contiguous else ''}"
@@ -229,7 +262,11 @@ class NativeKernel:
                 )
                 want = f"{dt}[{ndim}d]" if ndim else str(dt)
                 raise TypeError(f"{self.qualname}: argument {i} is {got}, expected {want}")
-        return self.fn(*args)
+
+
+_INTS = (int, np.integer)
+_BOOLS = (bool, np.bool_)
+_FLOATS = (float, np.floating)
 
 
 def _helper_stub(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -301,17 +338,18 @@ def _load_native(k: Kernel) -> NativeKernel:
     return NativeKernel(k, getattr(mod, k.name))
 
 
-def kernel(spec: str) -> Callable[[Callable[..., Any]], Any]:
-    """An entry point called from Python, with its signature (see the module docstring)."""
+def kernel(spec: str, nogil: bool = False) -> Callable[[Callable[..., Any]], Any]:
+    """An entry point called from Python, with its signature (see the module docstring);
+    `nogil`: the call releases the GIL."""
 
     def deco(fn: Callable[..., Any]) -> Any:
-        k = Kernel(fn, spec)
+        k = Kernel(fn, spec, nogil)
         REGISTRY[k.qualname] = k
         if mode() == "aot":
             return _load_native(k)
         from numba import njit as numba_njit
 
-        return numba_njit(cache=True)(fn)
+        return numba_njit(cache=True, nogil=nogil)(fn)
 
     return deco
 
@@ -373,12 +411,29 @@ def compile_one(qualname: str, out_dir: str | os.PathLike[str]) -> None:
         quiet_pycc()
         from numba.pycc import CC
 
+        if k.nogil:
+            _release_gil_in_pycc()
         cc = CC(k.ext_name)
         cc.output_dir = str(out_dir)
         cc.target_cpu = "host"
         cc.verbose = False
         cc.export(k.name, _numba_signature(k))(k.py_func)
         cc.compile()
+
+
+def _release_gil_in_pycc() -> None:
+    """Makes numba.pycc compile its exports with ``release_gil`` (its wrapper then drops the
+    GIL around the call, as the JIT's ``nogil=True`` does): pycc takes no such option, it
+    builds its compiler flags with defaults (``numba.pycc.compiler.Flags()``)."""
+    import numba.pycc.compiler as pycc_compiler
+    from numba.core.compiler import Flags
+
+    def release_gil_flags() -> Any:
+        flags = Flags()
+        flags.release_gil = True
+        return flags
+
+    pycc_compiler.Flags = release_gil_flags
 
 
 def build(

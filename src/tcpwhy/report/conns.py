@@ -346,25 +346,89 @@ def write_conns(
         out.write(TABLE_HEADER)
     live = source == "-"
     binary = _utf8_buffer(out)
-    for _, c, _ in batches:
-        if binary is not None and not icmp:  # the kernel's bytes as they are (no str)
-            raw = format_columns_bytes(c, fmt)
-            if len(raw):
-                out.flush()
-                binary.write(raw)
-                if live:
+    # a file: batches formatted and written by a thread while the next ones are built (the
+    # format kernels release the GIL, and so does writing); live input: at once, flushed
+    behind = _BehindWriter(binary, fmt) if binary is not None and not live else None
+    text_behind = True  # text may sit in `out`'s buffer: flushed before bytes go under it
+    try:
+        for _, c, _ in batches:
+            if binary is not None and not icmp:  # the kernel's bytes as they are (no str)
+                if behind is not None:
+                    if text_behind:
+                        out.flush()
+                        text_behind = False
+                    behind.put(c)
+                    continue
+                raw = format_columns_bytes(c, fmt)
+                if len(raw):
+                    out.flush()
+                    binary.write(raw)
                     binary.flush()
-            continue
-        text = format_columns(c, fmt)
-        if icmp:
-            text = with_icmp(text, c, icmp)
-        if text:
-            out.write(text)
-            if live:
-                out.flush()
+                continue
+            if behind is not None:
+                behind.drain()
+            text = format_columns(c, fmt)
+            if icmp:
+                text = with_icmp(text, c, icmp)
+            if text:
+                out.write(text)
+                text_behind = True
+                if live:
+                    out.flush()
+        if behind is not None:
+            behind.drain()
+    finally:
+        if behind is not None:
+            behind.close()
     if fmt == "zeek":
         _zeek_footer(out)
     return stats
+
+
+class _BehindWriter:
+    """Formats and writes batches of records in one thread of its own, in the order given,
+    at most two behind the caller (so at most three batches are held at once).
+
+    The caller builds the next batch meanwhile: on a capture of millions of one-packet
+    connections formatting and writing the text is a third of the work, and it overlaps
+    the rest on a second core. The kernel's buffer is the writing thread's own
+    (`format_columns_bytes`), reused batch after batch by that thread alone."""
+
+    DEPTH = 2
+
+    def __init__(self, binary: BinaryIO, fmt: str) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.binary, self.fmt = binary, fmt
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="tcpwhy-conns-writer")
+        self.pending: list[Any] = []
+        self.started = False
+
+    def _write(self, c: ConnColumns) -> None:
+        from tcpwhy.report.conns_format import format_columns_bytes
+
+        raw = format_columns_bytes(c, self.fmt)
+        if len(raw):
+            self.binary.write(raw)
+
+    def put(self, c: ConnColumns) -> None:
+        """Queues a batch; waits (and raises what the thread raised) while two are ahead."""
+        self.started = True
+        while len(self.pending) >= self.DEPTH:
+            self.pending.pop(0).result()
+        self.pending.append(self.pool.submit(self._write, c))
+
+    def drain(self) -> None:
+        """Waits until every queued batch is written (raising the first error)."""
+        while self.pending:
+            self.pending.pop(0).result()
+        if self.started:
+            self.binary.flush()
+
+    def close(self) -> None:
+        """Stops the thread once the batches queued are written (after an error of the
+        caller too: the records built before it are written, as without the thread)."""
+        self.pool.shutdown(wait=True)
 
 
 def _utf8_buffer(out: TextIO) -> BinaryIO | None:

@@ -357,7 +357,7 @@ def _put_rfc3339(out: Any, p: int, ns: int) -> int:
     return p + 1
 
 
-@kernel("i8[:,:] i8[:,:] u1[:,:] i8[:] u1[:] i8[:] u1[:,:] u1[:] -> i8")
+@kernel("i8[:,:] i8[:,:] u1[:,:] i8[:] u1[:] i8[:] u1[:,:] u1[:] -> i8", nogil=True)
 def format_rows(
     prog: Any, ints: Any, hist: Any, hlen: Any, vocab: Any, voff: Any, fixed: Any, out: Any
 ) -> int:
@@ -474,7 +474,7 @@ def _put_be(msg: Any, p: int, v: int, nbytes: int) -> int:
     return p + nbytes
 
 
-@kernel("i8 i8 i8[:] i8[:] i8[:] i8[:] i8[:] i8[:] u1[:,:] -> none")
+@kernel("i8 i8 i8[:] i8[:] i8[:] i8[:] i8[:] i8[:] u1[:,:] -> none", nogil=True)
 def community_ids(
     seed: int, proto: int, ohi: Any, olo: Any, op: Any, rhi: Any, rlo: Any, rp: Any, out: Any
 ) -> None:
