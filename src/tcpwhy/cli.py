@@ -17,7 +17,7 @@ GROUPS = {
     "packets": "tcpwhy.report.commands",
     "conns": "tcpwhy.report.commands",
     "flow": "tcpwhy.report.commands",
-    "demo": "tcpwhy.report.commands",
+    "demo": "tcpwhy.demo",
     "analyze": "tcpwhy.diagnose.cli",
     "explain": "tcpwhy.diagnose.cli",
     "lab": "tcpwhy.lab.cli",

@@ -6,23 +6,10 @@ import argparse
 import sys
 
 from tcpwhy.capture.options import add_reassembly_option
+from tcpwhy.cli_helpers import positive_float, positive_int
 from tcpwhy.console import step_progress
 from tcpwhy.filter import add_filter_argument
 from tcpwhy.report.output import add_output_argument, with_output
-
-
-def _positive_float(text: str) -> float:
-    v = float(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return v
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -100,14 +87,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_filter_argument(a)
     a.add_argument(
         "--close-wait",
-        type=_positive_float,
+        type=positive_float,
         default=10.0,
         metavar="S",
         help="report CLOSE_WAIT held longer than S seconds (or until the capture ends); default 10",
     )
     a.add_argument(
         "--fin-wait-2",
-        type=_positive_float,
+        type=positive_float,
         default=5.0,
         metavar="S",
         help="report FIN_WAIT_2 held longer than S seconds; default 5",
@@ -126,7 +113,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     a.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="diagnose the capture points on a Dask LocalCluster of N worker processes",
     )

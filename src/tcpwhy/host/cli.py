@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tcpwhy.cli_helpers import positive_float, positive_int
 from tcpwhy.console import TABLE_WIDTH, make_console
 from tcpwhy.errors import TcpwhyError
 from tcpwhy.host import alerts
@@ -34,19 +35,6 @@ def _console() -> Console:
 
 def _emit_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2), flush=True)
-
-
-def _positive(kind: type) -> Any:
-    def conv(text: str) -> Any:
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-        return v
-
-    return conv
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -104,9 +92,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="kernel counters for connection lifecycles, explained",
     )
     c.add_argument(
-        "--interval", type=_positive(float), metavar="S", help="print deltas every S seconds"
+        "--interval", type=positive_float, metavar="S", help="print deltas every S seconds"
     )
-    c.add_argument("--count", type=_positive(int), metavar="N", help="stop after N intervals")
+    c.add_argument("--count", type=positive_int, metavar="N", help="stop after N intervals")
     c.add_argument(
         "--all", action="store_true", help="show every counter, not only the explained ones"
     )
@@ -122,12 +110,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     w.add_argument(
         "--interval",
-        type=_positive(float),
+        type=positive_float,
         default=2.0,
         metavar="S",
         help="seconds between samples (2)",
     )
-    w.add_argument("--count", type=_positive(int), metavar="N", help="stop after N samples")
+    w.add_argument("--count", type=positive_int, metavar="N", help="stop after N samples")
     w.add_argument("--once", action="store_true", help="one sample, printed, for scripts")
     w.set_defaults(func=cmd_watch)
 

@@ -1,33 +1,19 @@
-"""Capture views on the command line: `packets`, `conns`, `flow`, `demo`."""
+"""Capture views on the command line: `packets`, `conns`, `flow`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 
 from tcpwhy.capture.options import add_reassembly_option
+from tcpwhy.cli_helpers import add_output, one_file, positive_int, report_stats, unless_parquet
 from tcpwhy.decode.table import CaptureStats
 from tcpwhy.filter import add_filter_argument
 from tcpwhy.report.output import add_output_argument, with_output
 
-
-def report_stats(source: str, stats: CaptureStats) -> None:
-    """Warnings and the non-TCP summary go to stderr, after the view."""
-    name = "<stdin>" if source == "-" else source
-    for w in stats.warnings:
-        print(f"tcpwhy: {name}: warning: {w}", file=sys.stderr)
-    line = stats.skipped_line()
-    if line:
-        print(line, file=sys.stderr)
-
-
-def positive_int(text: str) -> int:
-    """argparse type for counts: an integer of at least 1."""
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return v
+__all__ = ["positive_int", "register", "register_flow", "report_stats"]
+"""`positive_int` and `report_stats` live in `tcpwhy.cli_helpers`; named here too for the
+views that still import them from this module."""
 
 
 def cmd_packets(args: argparse.Namespace) -> int:
@@ -60,28 +46,6 @@ def cmd_packets(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     report_stats(args.file, stats)
     return 0
-
-
-def _one_file(
-    p: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int]
-) -> Callable[[argparse.Namespace], int]:
-    """`func` with `args.file` taken from FILE or `-r FILE` (exactly one of them)."""
-
-    def run(args: argparse.Namespace) -> int:
-        if (args.file is None) == (args.read_file is None):
-            p.error("give the capture once: FILE or -r FILE")
-        if args.file is None:
-            args.file = args.read_file
-        return func(args)
-
-    return run
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The seed incident end to end: recorded live when root, else the shipped recording."""
-    from tcpwhy.diagnose.demo import run_demo
-
-    return run_demo()
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -122,19 +86,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="write the listed packets (with -Y, those it matches) as a capture instead of the "
         "list: pcapng when OUT ends in .pcapng, else pcap; - for standard output",
     )
-    p.set_defaults(func=_unless_parquet(_one_file(p, cmd_packets)))
+    p.set_defaults(func=unless_parquet(one_file(p, cmd_packets)))
 
     from tcpwhy.report import conns
 
     conns.register(sub)
-    _add_output(sub.choices["conns"])
+    add_output(sub.choices["conns"])
     register_flow(sub)
-
-    d = sub.add_parser(
-        "demo",
-        help="diagnose the stale keep-alive incident (recorded live as root, else the shipped capture)",
-    )
-    d.set_defaults(func=cmd_demo)
 
 
 def register_flow(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -179,25 +137,6 @@ def register_flow(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     add_filter_argument(p)
     add_output_argument(p)
     p.set_defaults(func=with_output(cmd_flow))
-
-
-def _add_output(p: argparse.ArgumentParser) -> None:
-    """`-o FILE` on a command registered elsewhere (its own function runs unchanged)."""
-    add_output_argument(p)
-    p.set_defaults(func=_unless_parquet(p.get_default("func")))
-
-
-def _unless_parquet(
-    func: Callable[[argparse.Namespace], int],
-) -> Callable[[argparse.Namespace], int]:
-    """`with_output(func)`, except for ``--format parquet``, which writes `-o FILE` itself
-    (binary, and renamed into place the same way)."""
-    text = with_output(func)
-
-    def run(args: argparse.Namespace) -> int:
-        return func(args) if getattr(args, "format", "") == "parquet" else text(args)
-
-    return run
 
 
 def cmd_flow(args: argparse.Namespace) -> int:

@@ -467,8 +467,8 @@ def cmd_flow_points(args: Any) -> int:
     import json
     import sys
 
+    from tcpwhy.cli_helpers import report_stats
     from tcpwhy.filter import filter_from_args
-    from tcpwhy.report.commands import report_stats
     from tcpwhy.views import flow_model
 
     files: list[str] = list(args.files)

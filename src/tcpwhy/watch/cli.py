@@ -16,6 +16,7 @@ import time
 from types import FrameType
 from typing import Any
 
+from tcpwhy.cli_helpers import positive_float
 from tcpwhy.errors import TcpwhyError
 
 NS = 1_000_000_000
@@ -41,13 +42,6 @@ def _stop_if_signalled() -> None:
         if _signalled[0] == signal.SIGINT:
             raise KeyboardInterrupt
         raise Terminated()
-
-
-def _positive(text: str) -> float:
-    v = float(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return v
 
 
 def _follow(source: str, watcher: Any, stats: Any, duration: float | None, engine: Any) -> None:
@@ -260,13 +254,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     w.add_argument(
         "-B",
         "--buffer-size",
-        type=_positive,
+        type=positive_float,
         default=BUFFER_MB,
         metavar="MB",
         help="the kernel's capture buffer (tcpdump -B); a burst beyond it is dropped by the "
         f"kernel and reported; default {BUFFER_MB:g}",
     )
-    w.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
+    w.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
     w.add_argument("--format", choices=("text", "jsonl"), default="text")
     w.add_argument(
         "--metrics",
@@ -275,7 +269,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     w.add_argument(
         "--idle",
-        type=_positive,
+        type=positive_float,
         default=300.0,
         metavar="S",
         help="idle connections leave after S seconds (their findings are then made); default 300",
@@ -288,7 +282,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     w.add_argument(
         "--keep-max",
-        type=_positive,
+        type=positive_float,
         default=100.0,
         metavar="MB",
         help="the kept files together stay under MB (the oldest go); default 100",
@@ -305,7 +299,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     w.add_argument("--max-groups", type=int, default=1000, help="finding groups held")
     w.add_argument(
         "--reannounce",
-        type=_positive,
+        type=positive_float,
         default=60.0,
         metavar="S",
         help="announce a recurring group again at most every S seconds; default 60",

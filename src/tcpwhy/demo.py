@@ -1,15 +1,31 @@
-"""The seed incident end to end: record the stale keep-alive scenario (or use the shipped
-recording) and print its diagnosis."""
+"""`tcpwhy demo`: the seed incident end to end. Record the stale keep-alive scenario on this
+kernel (or use the shipped recording) and print its diagnosis. A command of its own: it uses
+the lab, the diagnosis and the HTML report, and belongs to none of them."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
 from importlib import resources
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from tcpwhy.diagnose.model import Report
+if TYPE_CHECKING:
+    from tcpwhy.diagnose.model import Report
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    d = sub.add_parser(
+        "demo",
+        help="diagnose the stale keep-alive incident (recorded live as root, else the shipped capture)",
+    )
+    d.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Recorded live when root, else the shipped recording."""
+    return run_demo()
 
 
 def shipped_capture() -> str:

@@ -1,0 +1,82 @@
+"""What several commands share on the command line: the argparse types of positive numbers,
+the one-capture rule (FILE or ``-r FILE``), ``-o FILE`` on a command registered elsewhere, and
+a capture's warnings on stderr. Each stage's folder registers its own commands (`tcpwhy.cli`);
+they take these from here rather than from one another."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tcpwhy.decode.table import CaptureStats
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts: a whole number of at least 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """argparse type for durations and rates: a number above 0 (not NaN)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return v
+
+
+def report_stats(source: str, stats: CaptureStats) -> None:
+    """Warnings and the non-TCP summary go to stderr, after the view."""
+    name = "<stdin>" if source == "-" else source
+    for w in stats.warnings:
+        print(f"tcpwhy: {name}: warning: {w}", file=sys.stderr)
+    line = stats.skipped_line()
+    if line:
+        print(line, file=sys.stderr)
+
+
+def one_file(p: argparse.ArgumentParser, func: Command) -> Command:
+    """`func` with `args.file` taken from FILE or `-r FILE` (exactly one of them)."""
+
+    def run(args: argparse.Namespace) -> int:
+        if (args.file is None) == (args.read_file is None):
+            p.error("give the capture once: FILE or -r FILE")
+        if args.file is None:
+            args.file = args.read_file
+        return func(args)
+
+    return run
+
+
+def unless_parquet(func: Command) -> Command:
+    """`with_output(func)`, except for ``--format parquet``, which writes `-o FILE` itself
+    (binary, and renamed into place the same way)."""
+    from tcpwhy.report.output import with_output
+
+    text = with_output(func)
+
+    def run(args: argparse.Namespace) -> int:
+        return func(args) if getattr(args, "format", "") == "parquet" else text(args)
+
+    return run
+
+
+def add_output(p: argparse.ArgumentParser) -> None:
+    """`-o FILE` on a command registered elsewhere (its own function runs unchanged)."""
+    from tcpwhy.report.output import add_output_argument
+
+    add_output_argument(p)
+    p.set_defaults(func=unless_parquet(p.get_default("func")))

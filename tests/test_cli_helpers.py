@@ -1,0 +1,56 @@
+"""The command line's shared pieces (`tcpwhy.cli_helpers`): one set of argparse types for
+positive numbers, used by every command that takes one; `demo` dispatched to its own module."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from tcpwhy.cli_helpers import positive_float, positive_int
+
+
+def test_types() -> None:
+    assert positive_int("3") == 3
+    assert positive_float("0.25") == 0.25
+    for bad, why in (("0", "must be at least 1"), ("-2", "must be at least 1"), ("1.5", "whole")):
+        with pytest.raises(argparse.ArgumentTypeError, match=why):
+            positive_int(bad)
+    for bad, why in (("0", "positive"), ("-1", "positive"), ("nan", "positive"), ("x", "number")):
+        with pytest.raises(argparse.ArgumentTypeError, match=why):
+            positive_float(bad)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["packets", "-c", "0", "x.pcap"], "argument -c/--count: must be at least 1"),
+        (["conns", "--max-active", "0", "x.pcap"], "argument --max-active: must be at least 1"),
+        (["analyze", "--close-wait", "0", "x.pcap"], "argument --close-wait: must be positive"),
+        (["analyze", "--workers", "x", "d"], "argument --workers: not a whole number: 'x'"),
+        (["watch", "-r", "x.pcap", "--idle", "-1"], "argument --idle: must be positive"),
+        (["host", "counters", "--interval", "0"], "argument --interval: must be positive"),
+        (["host", "watch", "--count", "0"], "argument --count: must be at least 1"),
+    ],
+)
+def test_every_command_rejects_alike(args: list[str], message: str) -> None:
+    """Bad input is refused by argparse (exit status 2, the usage and one message line)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "tcpwhy", *args], capture_output=True, text=True, timeout=120
+    )
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr.splitlines()[-1].endswith(f"error: {message}"), r.stderr
+
+
+def test_demo_is_its_own_command() -> None:
+    """`tcpwhy demo` imports its own module, not the capture views' nor the diagnosis'."""
+    code = (
+        "import sys; from tcpwhy.cli import build_parser; "
+        "a = build_parser(['demo']).parse_args(['demo']); "
+        "print(a.func.__module__, sorted(m for m in sys.modules "
+        "if m.startswith(('tcpwhy.report', 'tcpwhy.diagnose', 'tcpwhy.lab'))))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.split(" ", 1) == ["tcpwhy.demo", "[]\n"]
