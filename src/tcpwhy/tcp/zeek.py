@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from tcpwhy.decode.table import ACK, FIN, RST, SYN
 from tcpwhy.native import kernel, njit
 
 # --- Zeek endpoint states (TCP_ENDPOINT_*), in Zeek's own numbering -------------------
@@ -63,181 +64,116 @@ HIST_MAX = 48
 # --- slot layout: per active connection ("slot") a row of S (int64) and one of W (int32) ----
 # S holds what needs 64 bits: times in ns, uids and indices, addresses, sequence numbers and
 # byte counts; W the rest: states, flags, letters' counters and thresholds, small counts.
-_conn_fields = (
-    "UID",
-    "STREAM",
-    "CONV",
-    "START_TS",
-    "LAST_TS",  # Zeek's LastTime: not advanced once both sides closed
-    "SEEN_TS",  # any packet, for idling and eviction
-    "INACT",  # inactivity timeout in force
-    "T_ATTEMPT",
-    "T_DELETE",
-    "T_EXPIRE",
-    "T_PARTIAL",
-    "T_RESET",
-    "SYN_TS",
-    "SYNACK_TS",
-    "HSACK_TS",
-    "A0HI",  # address of the endpoint that sends direction 0
-    "A0LO",
-    "A1HI",
-    "A1LO",
-    "MISSED",  # content gap bytes (Zeek's missed_bytes)
-)
-_conn_fields32 = (
-    "ACTIVE",
-    "ODIR",  # canonical direction of the originator
-    "ORIENT",  # ORIENT_* how the originator was chosen
-    "HIST_SEEN",
-    "HLEN",
-    "IS_ACTIVE",  # Zeek's is_active (timers stop caring once it is 0)
-    "CONTINUED",
-    "FIRST_FLAGS",
-    "CLOSE1",  # first closing event: 1 + (dir*4 + kind), kind 0 FIN, 1 RST
-    "CLOSE2",
-    "CLOSE3",
-    "REASON",  # END_* why the record was emitted
-    "P0",  # port of the endpoint that sends direction 0
-    "P1",
-    "FIRST_SEEN",  # bit 1 + dir: a packet of that direction got past the checksum
-    "IS_PARTIAL",  # Zeek's is_partial: the connection did not start with a SYN from each side
-)
-_ep_fields = (
-    "START",  # raw 32-bit start sequence number
-    "LAST",  # last sequence number, relative to START, 64-bit
-    "ACKR",  # highest ack received from the peer, relative to START
-    "HL_SYN",
-    "HL_FIN",
-    "HL_RST",
-    "PKTS",
-    "IPBYTES",
-    "PAYLOAD",
-    "FIN_END",  # raw seq just past my last FIN, for picking the ACKs that matter to states
-    "FIN_REL",  # Zeek's FIN_seq: relative seq just past my last FIN
-    # Zeek's reassembler, for content gaps: relative seq delivered up to, trimmed up to,
-    # and up to three blocks of data received above a hole ([lo, hi), hi 0 if unused)
-    "LR",
-    "TRIM",
-    "B0LO",
-    "B0HI",
-    "B1LO",
-    "B1HI",
-    "B2LO",
-    "B2HI",
-)
-_ep_fields32 = (
-    "STATE",
-    "PREV",
-    "FIN_CNT",
-    "DID_CLOSE",
-    "RX_CNT",
-    "RX_TH",
-    "W0_CNT",
-    "W0_TH",
-    "CK_CNT",
-    "CK_TH",
-    "RETX",
-    "ZWIN",
-    "FIN_ACKED",  # bit 1: an ACK of my FIN was kept; bit 2: a later non-acknowledging one
-    "FIRST_KEPT",  # non-control packets kept at the start (for the handshake's ACK)
-    "G_CNT",
-    "G_TH",
-)
-F: dict[str, int] = {name: i for i, name in enumerate(_conn_fields)}
-F.update({name: i for i, name in enumerate(_conn_fields32)})
-"""Column of a connection field, in S or in W (see `F32`)."""
-E: dict[str, int] = {name: i for i, name in enumerate(_ep_fields)}
-E.update({name: i for i, name in enumerate(_ep_fields32)})
-"""Column of an endpoint field from the endpoint's base (`EP0`/`EPN` in S, `WP0`/`WPN` in W)."""
-F32 = frozenset(_conn_fields32 + _ep_fields32)
-"""The fields kept in W."""
-EP0 = len(_conn_fields)
-EPN = len(_ep_fields)
-NFIELDS = EP0 + 2 * EPN
-WP0 = len(_conn_fields32)
-WPN = len(_ep_fields32)
-NFIELDS32 = WP0 + 2 * WPN
+# Each field is declared once, below: its column is its place in the declaration order (the
+# kernels rely on that order where they step from a field to its neighbours: A0HI..A1LO,
+# P0/P1, CLOSE1..CLOSE3, B0LO..B2HI), and each row's width is the number of fields declared.
 
-(
-    F_UID,
-    F_STREAM,
-    F_CONV,
-    F_START_TS,
-    F_LAST_TS,
-    F_SEEN_TS,
-    F_INACT,
-    F_T_ATTEMPT,
-    F_T_DELETE,
-    F_T_EXPIRE,
-    F_T_PARTIAL,
-    F_T_RESET,
-    F_SYN_TS,
-    F_SYNACK_TS,
-    F_HSACK_TS,
-    F_A0HI,
-    F_A0LO,
-    F_A1HI,
-    F_A1LO,
-    F_MISSED,
-) = range(len(_conn_fields))
-(
-    F_ACTIVE,
-    F_ODIR,
-    F_ORIENT,
-    F_HIST_SEEN,
-    F_HLEN,
-    F_IS_ACTIVE,
-    F_CONTINUED,
-    F_FIRST_FLAGS,
-    F_CLOSE1,
-    F_CLOSE2,
-    F_CLOSE3,
-    F_REASON,
-    F_P0,
-    F_P1,
-    F_FIRST_SEEN,
-    F_IS_PARTIAL,
-) = range(len(_conn_fields32))
-(
-    E_START,
-    E_LAST,
-    E_ACKR,
-    E_HL_SYN,
-    E_HL_FIN,
-    E_HL_RST,
-    E_PKTS,
-    E_IPBYTES,
-    E_PAYLOAD,
-    E_FIN_END,
-    E_FIN_REL,
-    E_LR,
-    E_TRIM,
-    E_B0LO,
-    E_B0HI,
-    E_B1LO,
-    E_B1HI,
-    E_B2LO,
-    E_B2HI,
-) = range(EPN)
-(
-    E_STATE,
-    E_PREV,
-    E_FIN_CNT,
-    E_DID_CLOSE,
-    E_RX_CNT,
-    E_RX_TH,
-    E_W0_CNT,
-    E_W0_TH,
-    E_CK_CNT,
-    E_CK_TH,
-    E_RETX,
-    E_ZWIN,
-    E_FIN_ACKED,
-    E_FIRST_KEPT,
-    E_G_CNT,
-    E_G_TH,
-) = range(WPN)
+
+class _Columns:
+    """Hands out consecutive column numbers: `take()` the next one; `n` is how many so far."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def take(self) -> int:
+        self.n += 1
+        return self.n - 1
+
+
+_S = _Columns()  # per connection, in S
+F_UID = _S.take()
+F_STREAM = _S.take()
+F_CONV = _S.take()
+F_START_TS = _S.take()
+F_LAST_TS = _S.take()  # Zeek's LastTime: not advanced once both sides closed
+F_SEEN_TS = _S.take()  # any packet, for idling and eviction
+F_INACT = _S.take()  # inactivity timeout in force
+F_T_ATTEMPT = _S.take()
+F_T_DELETE = _S.take()
+F_T_EXPIRE = _S.take()
+F_T_PARTIAL = _S.take()
+F_T_RESET = _S.take()
+F_SYN_TS = _S.take()
+F_SYNACK_TS = _S.take()
+F_HSACK_TS = _S.take()
+F_A0HI = _S.take()  # address of the endpoint that sends direction 0
+F_A0LO = _S.take()
+F_A1HI = _S.take()
+F_A1LO = _S.take()
+F_MISSED = _S.take()  # content gap bytes (Zeek's missed_bytes)
+EP0 = _S.n
+"""Column of endpoint 0's first field in S (`_ep`)."""
+
+_W = _Columns()  # per connection, in W
+F_ACTIVE = _W.take()
+F_ODIR = _W.take()  # canonical direction of the originator
+F_ORIENT = _W.take()  # ORIENT_* how the originator was chosen
+F_HIST_SEEN = _W.take()
+F_HLEN = _W.take()
+F_IS_ACTIVE = _W.take()  # Zeek's is_active (timers stop caring once it is 0)
+F_CONTINUED = _W.take()
+F_FIRST_FLAGS = _W.take()
+F_CLOSE1 = _W.take()  # first closing event: 1 + (dir*4 + kind), kind 0 FIN, 1 RST
+F_CLOSE2 = _W.take()
+F_CLOSE3 = _W.take()
+F_REASON = _W.take()  # END_* why the record was emitted
+F_P0 = _W.take()  # port of the endpoint that sends direction 0
+F_P1 = _W.take()
+F_FIRST_SEEN = _W.take()  # bit 1 + dir: a packet of that direction got past the checksum
+# Zeek's is_partial: the connection did not start with a SYN from each side
+F_IS_PARTIAL = _W.take()
+WP0 = _W.n
+"""Column of endpoint 0's first field in W (`_ew`)."""
+
+_SE = _Columns()  # per endpoint, in S from `_ep(d)`
+E_START = _SE.take()  # raw 32-bit start sequence number
+E_LAST = _SE.take()  # last sequence number, relative to START, 64-bit
+E_ACKR = _SE.take()  # highest ack received from the peer, relative to START
+E_HL_SYN = _SE.take()
+E_HL_FIN = _SE.take()
+E_HL_RST = _SE.take()
+E_PKTS = _SE.take()
+E_IPBYTES = _SE.take()
+E_PAYLOAD = _SE.take()
+E_FIN_END = _SE.take()  # raw seq just past my last FIN, for picking the ACKs that matter to states
+E_FIN_REL = _SE.take()  # Zeek's FIN_seq: relative seq just past my last FIN
+# Zeek's reassembler, for content gaps: relative seq delivered up to, trimmed up to,
+# and up to three blocks of data received above a hole ([lo, hi), hi 0 if unused)
+E_LR = _SE.take()
+E_TRIM = _SE.take()
+E_B0LO = _SE.take()
+E_B0HI = _SE.take()
+E_B1LO = _SE.take()
+E_B1HI = _SE.take()
+E_B2LO = _SE.take()
+E_B2HI = _SE.take()
+EPN = _SE.n
+"""Fields of one endpoint in S."""
+
+_WE = _Columns()  # per endpoint, in W from `_ew(d)`
+E_STATE = _WE.take()
+E_PREV = _WE.take()
+E_FIN_CNT = _WE.take()
+E_DID_CLOSE = _WE.take()
+E_RX_CNT = _WE.take()
+E_RX_TH = _WE.take()
+E_W0_CNT = _WE.take()
+E_W0_TH = _WE.take()
+E_CK_CNT = _WE.take()
+E_CK_TH = _WE.take()
+E_RETX = _WE.take()
+E_ZWIN = _WE.take()
+E_FIN_ACKED = _WE.take()  # bit 1: an ACK of my FIN was kept; bit 2: a later non-acknowledging one
+E_FIRST_KEPT = _WE.take()  # non-control packets kept at the start (for the handshake's ACK)
+E_G_CNT = _WE.take()
+E_G_TH = _WE.take()
+WPN = _WE.n
+"""Fields of one endpoint in W."""
+
+NFIELDS = EP0 + 2 * EPN
+"""Width of S."""
+NFIELDS32 = WP0 + 2 * WPN
+"""Width of W."""
 
 # how the originator was chosen
 ORIENT_SYN, ORIENT_FIRST, ORIENT_PORT, ORIENT_SYNACK, ORIENT_REVERSAL = range(5)
@@ -277,7 +213,6 @@ END_WORDS = (
     "idle",
 )
 
-FIN_, SYN_, RST_, PSH_, ACK_ = 1, 2, 4, 8, 16
 _M32 = np.int64(0xFFFFFFFF)
 
 # The helpers that take the state arrays are compiled without numba's reference counting
@@ -574,10 +509,10 @@ def _state_machine(
     ew = _ew(d)
     pw = _ew(1 - d)
     is_orig = d == W[s, F_ODIR]
-    syn = fl & SYN_
-    fin = fl & FIN_
-    rst = fl & RST_
-    ack = fl & ACK_
+    syn = fl & SYN
+    fin = fl & FIN
+    rst = fl & RST
+    ack = fl & ACK
     do_close = False
     gen = False
     st = W[s, ew + E_STATE]
@@ -681,7 +616,7 @@ def _new_conn(
     S[s, F_STREAM] = stream
     S[s, F_CONV] = conv
     W[s, F_ODIR] = d
-    W[s, F_ORIENT] = ORIENT_SYN if (fl & (SYN_ | ACK_)) == SYN_ else ORIENT_FIRST
+    W[s, F_ORIENT] = ORIENT_SYN if (fl & (SYN | ACK)) == SYN else ORIENT_FIRST
     S[s, F_START_TS] = t
     S[s, F_LAST_TS] = t
     S[s, F_SEEN_TS] = t
@@ -707,11 +642,11 @@ def _new_conn(
         S[s, e + E_LR] = 1  # Zeek's reassembler counts from 1
         S[s, e + E_TRIM] = 1
     # WantConnection: without a plain SYN, guess the responder from likely server ports
-    if not ((fl & SYN_) and not (fl & ACK_)):
+    if not ((fl & SYN) and not (fl & ACK)):
         flip = False
         if likely[sport]:
             if likely[dport]:
-                flip = (fl & SYN_) == 0 and sport < dport
+                flip = (fl & SYN) == 0 and sport < dport
             else:
                 flip = True
         if flip:
@@ -806,11 +741,11 @@ def _zeek_timers_due(S: Any, W: Any, s: Any, now: Any) -> Any:
 @njit(cache=True, _nrt=False)
 def _is_reuse(S: Any, W: Any, s: Any, d: Any, fl: Any, seq: Any) -> bool:
     """Zeek's IsReuse: a SYN that starts a new connection on the same 4-tuple."""
-    if not (fl & SYN_):
+    if not (fl & SYN):
         return False
     o = W[s, F_ODIR]
     co = o
-    if fl & ACK_:
+    if fl & ACK:
         if W[s, _ew(o) + E_STATE] != INACTIVE:
             return False
         co = 1 - o
@@ -820,7 +755,7 @@ def _is_reuse(S: Any, W: Any, s: Any, d: Any, fl: Any, seq: Any) -> bool:
             return False
         r = 1 - o
         if (
-            not (fl & ACK_)
+            not (fl & ACK)
             and W[s, _ew(co) + E_STATE] == SYN_ACK_SENT
             and W[s, _ew(r) + E_STATE] == INACTIVE
             and (seq & _M32) == S[s, _ep(r) + E_START]
@@ -1039,8 +974,8 @@ def process_chunk(
             W[s, F_HLEN] == 1
             and H[s, 0] == 72  # 'H'
             and d != W[s, F_ODIR]
-            and not (fl & (SYN_ | FIN_ | RST_))
-            and ((fl & ACK_) or ln > 0)
+            and not (fl & (SYN | FIN | RST))
+            and ((fl & ACK) or ln > 0)
         ):
             W[s, F_ODIR] = d
             H[s, 0] = 94  # '^'
@@ -1059,30 +994,30 @@ def process_chunk(
         seen = W[s, F_FIRST_SEEN]
         if d == W[s, F_ODIR]:
             if not (seen & 1):
-                W[s, F_IS_PARTIAL] = 1 if (not (fl & SYN_) or (fl & ACK_)) else 0
+                W[s, F_IS_PARTIAL] = 1 if (not (fl & SYN) or (fl & ACK)) else 0
                 W[s, F_FIRST_SEEN] = seen | 1
         elif not (seen & 2):
             if not W[s, F_IS_PARTIAL]:
-                W[s, F_IS_PARTIAL] = 0 if (fl & SYN_) else 1
+                W[s, F_IS_PARTIAL] = 0 if (fl & SYN) else 1
             W[s, F_FIRST_SEEN] = seen | 2
 
         is_orig = d == W[s, F_ODIR]
-        syn = fl & SYN_
-        fin = fl & FIN_
-        rst = fl & RST_
+        syn = fl & SYN
+        fin = fl & FIN
+        rst = fl & RST
         seg = ln + (1 if syn else 0) + (1 if fin else 0)
         if rst:
             seg -= ln
         end = (sq + seg) & _M32
 
         # which rows the RFC state machine will need (see connections.py)
-        keep = (fl & (SYN_ | FIN_ | RST_)) != 0
+        keep = (fl & (SYN | FIN | RST)) != 0
         if syn:
             W[s, pw + E_FIRST_KEPT] = 0  # the peer's answer to each (re)sent SYN matters
         if not keep and W[s, ew + E_FIRST_KEPT] < 2:
             keep = True
             W[s, ew + E_FIRST_KEPT] += 1
-        if not keep and (fl & ACK_) and W[s, pw + E_FIN_CNT] > 0:
+        if not keep and (fl & ACK) and W[s, pw + E_FIN_CNT] > 0:
             fa = W[s, pw + E_FIN_ACKED]
             if _sdelta(ak, S[s, p + E_FIN_END]) >= 0:
                 if not (fa & 1):
@@ -1121,7 +1056,7 @@ def process_chunk(
                 _check_hist(S, W, H, s, d, H_MULTI, 81)  # 'Q'
         elif bits == 1:
             if syn:
-                code = 72 if (fl & ACK_) else 83  # 'H' / 'S'
+                code = 72 if (fl & ACK) else 83  # 'H' / 'S'
                 if _check_hist(S, W, H, s, d, H_SYN, code) and rel != S[s, e + E_HL_SYN]:
                     _letter(S, W, H, s, d, code)
                 S[s, e + E_HL_SYN] = rel
@@ -1136,7 +1071,7 @@ def process_chunk(
         else:
             if ln:
                 _check_hist(S, W, H, s, d, H_DATA, 68)  # 'D'
-            elif fl & ACK_:
+            elif fl & ACK:
                 _check_hist(S, W, H, s, d, H_ACK, 65)  # 'A'
 
         # update_window: zero windows
@@ -1161,18 +1096,16 @@ def process_chunk(
             _note_close(S, W, s, d, 1)
 
         # handshake times, for the initial RTT
-        if syn and not (fl & ACK_) and is_orig and S[s, F_SYN_TS] < 0:
+        if syn and not (fl & ACK) and is_orig and S[s, F_SYN_TS] < 0:
             S[s, F_SYN_TS] = t
-        elif syn and (fl & ACK_) and not is_orig and S[s, F_SYN_TS] >= 0 and S[s, F_SYNACK_TS] < 0:
+        elif syn and (fl & ACK) and not is_orig and S[s, F_SYN_TS] >= 0 and S[s, F_SYNACK_TS] < 0:
             S[s, F_SYNACK_TS] = t
-        elif (
-            not syn and (fl & ACK_) and is_orig and S[s, F_SYNACK_TS] >= 0 and S[s, F_HSACK_TS] < 0
-        ):
+        elif not syn and (fl & ACK) and is_orig and S[s, F_SYNACK_TS] >= 0 and S[s, F_HSACK_TS] < 0:
             S[s, F_HSACK_TS] = t
 
         # the ACK field
         rel_ack = 0
-        if fl & ACK_:
+        if fl & ACK:
             if W[s, pw + E_STATE] == INACTIVE:
                 _init_seq(S, W, s, 1 - d, ak - 1, ak - 1)
                 rel_ack = 1
@@ -1208,7 +1141,7 @@ def process_chunk(
 
         # without SYN, FIN or RST only an INACTIVE endpoint changes state
         do_close = False
-        if (fl & (SYN_ | FIN_ | RST_)) or W[s, ew + E_STATE] == INACTIVE:
+        if (fl & (SYN | FIN | RST)) or W[s, ew + E_STATE] == INACTIVE:
             armed = S[s, F_T_ATTEMPT]
             do_close, _gen = _state_machine(S, W, H, s, d, t, sq, ak, ln, dlast, fl)
             if S[s, F_T_ATTEMPT] != armed:
@@ -1219,7 +1152,7 @@ def process_chunk(
                 qmeta[1] += 1
 
         # the reassembler: acknowledged data never seen is a content gap; then this data
-        if fl & ACK_:
+        if fl & ACK:
             _ack_received(S, W, H, s, 1 - d, rel_ack)
         if ln > 0 and not rst and not trunc[i] and rel >= 0:
             _data_sent(S, W, s, d, rel + 1 if syn else rel, ln)
@@ -1326,28 +1259,27 @@ def zeek_size(
 
 # --- emitted rows as record columns -------------------------------------------------------
 # rows of `record_sides`' output: per record, the originator's and the responder's values
-(
-    R_ORIG_HI,
-    R_ORIG_LO,
-    R_ORIG_P,
-    R_RESP_HI,
-    R_RESP_LO,
-    R_RESP_P,
-    R_ORIG_PKTS,
-    R_RESP_PKTS,
-    R_ORIG_PAYLOAD,
-    R_RESP_PAYLOAD,
-    R_ORIG_IPBYTES,
-    R_RESP_IPBYTES,
-    R_ORIG_SIZE,
-    R_RESP_SIZE,
-    R_RETX,
-    R_ZWIN,
-    R_ZEEK_ORIG,
-    R_ZEEK_RESP,
-    R_IRTT,
-) = range(19)
-NSIDES = 19
+_R = _Columns()
+R_ORIG_HI = _R.take()
+R_ORIG_LO = _R.take()
+R_ORIG_P = _R.take()
+R_RESP_HI = _R.take()
+R_RESP_LO = _R.take()
+R_RESP_P = _R.take()
+R_ORIG_PKTS = _R.take()
+R_RESP_PKTS = _R.take()
+R_ORIG_PAYLOAD = _R.take()
+R_RESP_PAYLOAD = _R.take()
+R_ORIG_IPBYTES = _R.take()
+R_RESP_IPBYTES = _R.take()
+R_ORIG_SIZE = _R.take()
+R_RESP_SIZE = _R.take()
+R_RETX = _R.take()
+R_ZWIN = _R.take()
+R_ZEEK_ORIG = _R.take()
+R_ZEEK_RESP = _R.take()
+R_IRTT = _R.take()
+NSIDES = _R.n
 IRTT_NONE = np.iinfo(np.int64).min
 """`R_IRTT` of a connection without a full handshake."""
 
