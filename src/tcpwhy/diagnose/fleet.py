@@ -109,24 +109,35 @@ def analyze_point(
     parquet: str | None = None,
     seed: int = 0,
     reassemble: bool | None = None,
+    display_filter: str | None = None,
 ) -> dict[str, Any]:
     """Diagnose one capture point (a Dask task: plain data in and out). A file that cannot be
     read is an error row and the point's other files are diagnosed without it. With
     `parquet` (the directory of the datasets being written, `ParquetDataset.staging`), the
     point's partitions are written here, where its files were read; only the findings go
     back to the client. `reassemble` is given to the task since a worker process does not
-    share the client's reading default (``--no-reassemble``)."""
+    share the client's reading default (``--no-reassemble``). `display_filter` (``-Y``, as
+    text: compiled here, in the worker) limits the diagnosis to the connections it matches,
+    as for one capture."""
     from tcpwhy.views import reading
 
     with reading(reassemble):
-        return _analyze_point(point, settings, pair, parquet, seed)
+        return _analyze_point(point, settings, pair, parquet, seed, display_filter)
 
 
 def _analyze_point(
-    point: Point, settings: dict[str, Any], pair: bool, parquet: str | None, seed: int
+    point: Point,
+    settings: dict[str, Any],
+    pair: bool,
+    parquet: str | None,
+    seed: int,
+    display_filter: str | None = None,
 ) -> dict[str, Any]:
     from tcpwhy.diagnose.registry import Settings
+    from tcpwhy.filter import compile_filter
     from tcpwhy.views import diagnosis
+
+    flt = None if display_filter is None else compile_filter(display_filter)
 
     errors: list[dict[str, str]] = []
     files = list(point.files)
@@ -139,7 +150,7 @@ def _analyze_point(
                     path, done = _local(f)
                     local.append(path)
                     cleanups.append(done)
-                report = diagnosis(local, Settings(**settings), pair=pair)  # as tcpwhy.analyze
+                report = diagnosis(local, Settings(**settings), flt, pair=pair)  # as tcpwhy.analyze
             except TcpwhyError as exc:
                 bad = next(
                     (f for f, lp in zip(files, local, strict=False) if lp == exc.where), None
@@ -310,12 +321,13 @@ def run_points(
     parquet: str | None = None,
     seed: int = 0,
     reassemble: bool | None = None,
+    display_filter: str | None = None,
 ) -> list[dict[str, Any]]:
     """Every capture point's result, in the order of `points`."""
     results: list[dict[str, Any] | None] = [None] * len(points)
     if not workers and not scheduler:
         for i, p in enumerate(points):
-            results[i] = analyze_point(p, settings, pair, parquet, seed, reassemble)
+            results[i] = analyze_point(p, settings, pair, parquet, seed, reassemble, display_filter)
             if progress:
                 progress(i + 1, len(points))
     else:
@@ -330,6 +342,7 @@ def run_points(
                 parquet=parquet,
                 seed=seed,
                 reassemble=reassemble,
+                display_filter=display_filter,
                 pure=False,
                 retries=2,  # a worker that dies: its tasks run again elsewhere
                 key=[f"tcpwhy-point-{i}-{p.name}" for i, p in enumerate(points)],
@@ -467,16 +480,31 @@ def run_fleet(
     parquet: str | None = None,
     seed: int = 0,
     reassemble: bool | None = None,
+    display_filter: str | None = None,
 ) -> dict[str, Any]:
     """The fleet report (`fleet_report`) of `paths`, as ``analyze DIR --format json`` writes
     it and `tcpwhy.analyze` returns it: the one implementation of both. `progress` is called
-    with (points done, points)."""
+    with (points done, points); `display_filter` (``-Y``) is checked here, before any point
+    is read."""
     check_paths(paths)
+    if display_filter is not None:
+        from tcpwhy.filter import compile_filter
+
+        compile_filter(display_filter)  # a bad filter: one error, not one per point
     points = capture_points(paths)
     if progress:
         progress(0, len(points))
     results = run_points(
-        points, settings, pair, workers, scheduler, progress, parquet, seed, reassemble
+        points,
+        settings,
+        pair,
+        workers,
+        scheduler,
+        progress,
+        parquet,
+        seed,
+        reassemble,
+        display_filter,
     )
     return fleet_report(results)
 
@@ -525,6 +553,7 @@ def cmd_fleet(args: Any) -> int:
                 dataset.staging if dataset else None,
                 dataset.seed if dataset else 0,
                 getattr(args, "reassemble", None),
+                getattr(args, "display_filter", None),
             )
         if dataset:
             dataset.commit()
@@ -544,6 +573,8 @@ def _dataset(args: Any) -> Any:
     """The Parquet datasets of ``--parquet OUTDIR`` (`tcpwhy.report.parquet.ParquetDataset`)."""
     if not getattr(args, "parquet", None):
         return None
+    if getattr(args, "display_filter", None):
+        raise TcpwhyError("--parquet", "writes every connection: give no -Y")
     from tcpwhy.report.parquet import ParquetDataset
 
     return ParquetDataset(args.parquet)
