@@ -150,6 +150,10 @@ class _Source:
         view[: len(data)] = data
         return len(data)
 
+    def seekable(self) -> bool:
+        """A plain file read as it is: a byte's offset in the stream is its offset in the file."""
+        return self._stream is self._raw and not self._pipe and self._raw is not sys.stdin.buffer
+
     def close(self) -> None:
         if self._raw is not sys.stdin.buffer:
             self._raw.close()
@@ -557,6 +561,9 @@ def _iter(
     shared_buf = np.empty(0, np.uint8)
     reassembler = Reassembler() if reassemble else None
     bad_sums = 0  # TCP rows failing a checksum check (when asked)
+    # a plain file's chunk is its bytes from `consumed` on: tables say so (`origin`), so a
+    # consumer can leave their payload bytes in the file (`PacketTable.in_file`)
+    in_place = src.seekable()
     try:
         while True:
             # a fresh buffer per chunk: earlier tables keep pointing into theirs
@@ -595,6 +602,8 @@ def _iter(
                         teredo_any_port,
                         reassembler,
                     )
+                    if in_place and table.data is arr:  # not merged with datagrams
+                        table.origin = (name, consumed)
                     frame_base += n
                     stats.frames += n
                     stats.linktypes |= parser.linktypes

@@ -117,17 +117,18 @@ def h2_streams(table: PacketTable, stream: npt.NDArray[Any]) -> I64:
     """TCP streams whose first payload (either direction) starts with the client preface."""
     flags = table["flags"].astype(np.int64)
     data_rows = np.flatnonzero((table["payload_len"] > 0) & ((flags & RST) == 0))
-    if not len(data_rows) or not table.data.size:
+    if not len(data_rows) or not table.has_payload():
         return np.zeros(0, np.int64)
     st = stream[data_rows].astype(np.int64)
     _, idx = np.unique(st, return_index=True)
     first = data_rows[idx]
     # the first payload holds the whole preface, or only its start and nothing else
-    cap = np.minimum(table["payload_cap"][first].astype(np.int64), len(PREFACE))
+    data, off, cap = table.gather(first, len(PREFACE))  # cap: at most the preface's
+    if not data.size:
+        return np.zeros(0, np.int64)
     whole = (cap == len(PREFACE)) | (cap == table["payload_len"][first].astype(np.int64))
-    off = table["payload_off"][first].astype(np.int64)
     j = np.arange(len(PREFACE))
-    b = table.data[np.minimum(off[:, None] + j[None, :], table.data.size - 1)]
+    b = data[np.minimum(off[:, None] + j[None, :], data.size - 1)]
     want = np.frombuffer(PREFACE, np.uint8)[None, :]
     same = ((b == want) | (j[None, :] >= cap[:, None])).all(axis=1)
     ok = (cap > 0) & whole & same
@@ -152,7 +153,7 @@ def upgraded_streams(
     must sit whole in their first segment, as clients and servers send them."""
     flags = table["flags"].astype(np.int64)
     data_rows = np.flatnonzero((table["payload_len"] > 0) & ((flags & RST) == 0))
-    if not len(data_rows) or not table.data.size:
+    if not len(data_rows) or not table.has_payload():
         return {}
     key = stream[data_rows].astype(np.int64) * 2 + direction[data_rows].astype(np.int64)
     _, idx = np.unique(key, return_index=True)
@@ -160,9 +161,11 @@ def upgraded_streams(
     # the few answers that start "HTTP/1.1 101" (vectorised: a capture has many streams)
     tag = np.frombuffer(b"HTTP/1.1 101", np.uint8)
     j = np.arange(len(tag))
-    off = table["payload_off"][rows].astype(np.int64)
-    b = table.data[np.minimum(off[:, None] + j[None, :], table.data.size - 1)]
-    is101 = (table["payload_cap"][rows] >= len(tag)) & (b == tag[None, :]).all(axis=1)
+    data, off, _ = table.gather(rows, len(tag))
+    is101 = np.zeros(len(rows), bool)
+    if data.size:
+        b = data[np.minimum(off[:, None] + j[None, :], data.size - 1)]
+        is101 = (table["payload_cap"][rows] >= len(tag)) & (b == tag[None, :]).all(axis=1)
     first = {int(k): int(r) for k, r in zip(key[idx].tolist(), rows.tolist(), strict=True)}
     out: dict[int, tuple[int, int, int]] = {}
     for k, peer in zip(key[idx][is101].tolist(), rows[is101].tolist(), strict=True):

@@ -444,8 +444,7 @@ def record_bytes(table: PacketTable, recs: Records, i: int, limit: int = 1 << 16
         lo, hi = max(start, rel), min(end, rel + c)
         if hi <= lo:
             continue
-        off = int(table["payload_off"][r])
-        buf[lo - start : hi - start] = table.data[off + lo - rel : off + hi - rel].tobytes()
+        buf[lo - start : hi - start] = table.payload(r, hi - rel)[lo - rel :]
         got[lo - start : hi - start] = True
         if r == int(recs.row[i]):
             break

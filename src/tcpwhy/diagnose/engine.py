@@ -19,7 +19,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from tcpwhy.capture import iter_tables
-from tcpwhy.decode.table import CaptureStats, PacketTable, concat_icmp, icmp_kept
+from tcpwhy.decode.table import (
+    CaptureStats,
+    PacketTable,
+    concat_icmp,
+    icmp_kept,
+    shift_offsets,
+)
 from tcpwhy.diagnose.context import Capture
 from tcpwhy.diagnose.model import CaptureInfo, Finding, Report
 from tcpwhy.diagnose.pairing import PathPair, attach_retransmissions, pair_captures
@@ -265,9 +271,13 @@ the end of reading, above the slim columns it keeps)."""
 
 def _slim(t: PacketTable) -> PacketTable:
     """A chunk's diagnosis columns and captured payload bytes, copied out of the chunk's
-    buffers (which hold every column and the raw frames) so those can be freed."""
+    buffers (which hold every column and the raw frames) so those can be freed; the bytes
+    of a plain file are left in it, read again for the few rows the rules read (a whole
+    capture's payload was 292 MB of conns-heavy.pcap's 1 GB at the peak)."""
     cols = {k: t.cols[k].copy() for k in DIAGNOSIS_COLUMNS}
-    out = _with_compact_payload(cols, [t])
+    out = t.in_file(cols)
+    if out is None:
+        out = _with_compact_payload(cols, [t])
     out.icmp = t.icmp  # ICMP errors about TCP: a copy already, and few
     return out
 
@@ -291,7 +301,7 @@ def _join(parts: list[PacketTable], free: bool = False) -> PacketTable:
     for k in DIAGNOSIS_COLUMNS:
         if k == "payload_off":
             cols[k] = np.concatenate(
-                [t.cols[k] + np.uint64(b) for t, b in zip(parts, base, strict=False)]
+                [shift_offsets(t.cols[k], b) for t, b in zip(parts, base, strict=False)]
             )
         else:
             cols[k] = np.concatenate([t.cols[k] for t in parts])

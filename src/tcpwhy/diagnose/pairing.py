@@ -65,12 +65,10 @@ def _head_bytes(cap: Capture, rows: npt.NDArray[np.int64], n: int = 8) -> npt.ND
     t = cap.table
     if not len(rows):
         return np.zeros(0, np.int64)
-    off = t["payload_off"][rows].astype(np.int64)
-    cap_len = t["payload_cap"][rows].astype(np.int64)
+    data, off, cap_len = t.gather(rows, n)  # wherever the table keeps the bytes
     k = np.arange(n)
     pos = off[:, None] + k[None, :]
     ok = k[None, :] < cap_len[:, None]
-    data = t.data
     pos = np.where(ok, np.minimum(pos, max(len(data) - 1, 0)), 0)
     got = data[pos] if len(data) else np.zeros(pos.shape, np.uint8)
     got = np.where(ok, got, 0).astype(np.int64)

@@ -139,22 +139,34 @@ def _find_records(cap: Capture) -> rec.Records:
     t = cap.table
     n = len(t)
     tls_stream = np.zeros(cap.nstreams, np.bool_)
-    if n and t.data.size:
+    if n and t.has_payload():
         # the stream's first payload (either direction) starts a handshake record: the test
-        # `find_records` makes, made here on one row per stream
+        # `find_records` makes, made here on one row per stream (its first 5 bytes read)
         data_rows = np.flatnonzero((t["payload_len"] > 0) & ((t["flags"] & RST) == 0))
         if len(data_rows):
             st = cap.stream[data_rows]
             _, idx = np.unique(st, return_index=True)
             first = data_rows[idx]
             del data_rows
-            looks = rec._looks_like_record(t, first)
-            off = t["payload_off"][first].astype(np.int64)
-            first_byte = t.data[np.minimum(off, t.data.size - 1)]
-            tls_stream[st[idx][looks & (first_byte == rec.HANDSHAKE)]] = True
+            data, off, cut = t.gather(first, 5)
+            heads = PacketTable(
+                {
+                    "payload_off": off.astype(np.uint64),
+                    "payload_cap": np.where(
+                        t["payload_cap"][first] >= 5, 5, t["payload_cap"][first]
+                    ),
+                    "payload_len": t["payload_len"][first],
+                },
+                data,
+            )
+            at = np.arange(len(first), dtype=np.int64)
+            looks = rec._looks_like_record(heads, at) if data.size else np.zeros(len(at), bool)
+            first_byte = data[np.minimum(off, max(data.size - 1, 0))] if data.size else 0
+            tls_stream[st[idx][looks & (cut > 0) & (first_byte == rec.HANDSHAKE)]] = True
     rows = np.flatnonzero(tls_stream[cap.stream]) if n else np.zeros(0, np.int64)
-    cols = ("frame", "seq", "flags", "payload_len", "payload_cap", "payload_off")
-    sub = PacketTable({k: t[k][rows] for k in cols}, t.data)
+    # the TLS streams' rows with their payload bytes (only theirs: a capture's whole payload
+    # is not held for this)
+    sub = t.rows(rows, ("frame", "seq", "flags", "payload_len"))
     got = rec.find_records(sub, cap.stream[rows], cap.side[rows])
     order = rows[got.order]
     key = cap.stream[order] * 2 + cap.side[order]

@@ -386,17 +386,21 @@ def server_names(
     stream = np.asarray(stream, np.int64)
     ns = nstreams if nstreams is not None else (int(stream.max()) + 1 if n else 0)
     code = np.zeros(ns, np.int64)
-    if not n or not table.data.size:
+    if not n or not table.has_payload():
         return Names([b""], code)
     data = np.flatnonzero((table["payload_len"] > 0) & ((table["flags"] & RST) == 0) & client)
     if not len(data):
         return Names([b""], code)
     st = stream[data]
     _, idx = np.unique(st, return_index=True)
-    first = data[idx]  # each stream's first client payload
     sids = st[idx]
-    name_off, name_len = locate(table, first, *kinds(table, first))
-    words, got = distinct(table.data, name_off, name_len)
+    # each stream's first client payload, its bytes gathered (wherever the table keeps them)
+    first = table.rows(data[idx])
+    rows = np.arange(len(first), dtype=np.int64)
+    if not first.data.size:
+        return Names([b""], code)
+    name_off, name_len = locate(first, rows, *kinds(first, rows))
+    words, got = distinct(first.data, name_off, name_len)
     code[sids] = got
     return Names(words, code)
 
