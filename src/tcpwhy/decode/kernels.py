@@ -1279,10 +1279,10 @@ def decode_records(
 
 @kernel("u1[:] i8[:] i8[:] u1[:] i8[:] -> none")
 def gather_bytes(src: Any, offs: Any, lens: Any, dst: Any, dst_offs: Any) -> Any:
-    """Copy each row's payload bytes into a compact buffer."""
+    """Copy each row's payload bytes into a compact buffer (a slice copy per row: a byte
+    loop was half a second on a 4-million-packet capture)."""
     for i in range(offs.shape[0]):
         n = lens[i]
         s = offs[i]
         d = dst_offs[i]
-        for k in range(n):
-            dst[d + k] = src[s + k]
+        dst[d : d + n] = src[s : s + n]

@@ -8,6 +8,8 @@ unanswered, the likely cause is close() with unread bytes (the early
 
 from __future__ import annotations
 
+import numpy as np
+
 from tcpwhy.decode.table import ACK, FIN, SYN
 from tcpwhy.diagnose import http, knowledge, tls
 from tcpwhy.diagnose.common import Group, Hits, first_resets
@@ -24,8 +26,8 @@ KIND = "abortive-close"
 def detect(diag: Diag) -> list[Finding]:
     hits = Hits()
     for c, r in first_resets(diag):
-        x = c.side[r]
-        if not c.flags[r] & ACK or c.seq[r] != _next_seq(c, x, r):
+        x = c.at("side", r)
+        if not c.at("flags", r) & ACK or c.at("seq", r) != _next_seq(c, x, r):
             continue
         xf = c.first_fin(x)
         if xf is not None and xf < r:
@@ -41,8 +43,8 @@ def detect(diag: Diag) -> list[Finding]:
         if last_peer is not None:
             what = (
                 http.describe_request(c, last_peer)
-                if c.side[last_peer] == 0
-                else f"{c.plen[last_peer]} bytes"
+                if c.at("side", last_peer) == 0
+                else f"{c.at('plen', last_peer)} bytes"
             )
             rows.append(
                 (last_peer, f"{WHO[1 - x]} sends {what}" + (" — never answered" if unread else ""))
@@ -62,7 +64,35 @@ def detect(diag: Diag) -> list[Finding]:
 
 
 def _next_seq(c: Conn, x: int, r: int) -> int | None:
-    """`x`'s next sequence number before row r: a RST carrying it has nothing outstanding."""
+    """`x`'s next sequence number before row r: a RST carrying it has nothing outstanding.
+
+    The highest of `x`'s segment ends in sequence space, the first of equals; by numpy
+    when those ends lie within half the sequence space of one another (then "higher in
+    sequence space" is "higher once unwrapped"), else by the walk (`_next_seq_walk`)."""
+    rows = c.rows[:r]
+    t = c.cap.table
+    mine = np.flatnonzero(c.cap.side[rows] == x)
+    if not len(mine):
+        return None
+    rows = rows[mine]
+    flags = t["flags"][rows]
+    e = (
+        t["seq"][rows].astype(np.int64)
+        + t["payload_len"][rows].astype(np.int64)
+        + ((flags & (SYN | FIN)) != 0)
+    ) & U32
+    # unwrapped: each end as the previous one plus the signed step between them
+    step = ((np.diff(e) + HALF) & U32) - HALF
+    u = np.empty(len(e), np.int64)
+    u[0] = 0
+    np.cumsum(step, out=u[1:])
+    if int(u.max()) - int(u.min()) >= HALF:
+        return _next_seq_walk(c, x, r)
+    return int(e[int(np.argmax(u))])
+
+
+def _next_seq_walk(c: Conn, x: int, r: int) -> int | None:
+    """`_next_seq` one row at a time (ends spread over half the sequence space or more)."""
     nxt = None
     for i in range(r):
         if c.side[i] == x:

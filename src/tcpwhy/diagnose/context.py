@@ -395,18 +395,37 @@ class Conn:
         self.cap = cap
         self.sid = sid
         self.no = int(cap.stream_numbers[sid])  # the tcp.stream number shown to the user
-        t = cap.table
         r = cap.order[cap.starts[sid] : cap.ends[sid]]
         self.rows = r
         self.n = len(r)
         self.cache: dict[str, Any] = {}
-        first = int(r[0])
-        c_is_src = cap.side[first] == CLIENT
+
+    # the endpoints as text, made on first use: most views a rule builds are looked at
+    # with numpy and dropped, and formatting addresses cost more than the rest of a view
+    @cached_property
+    def _ends(self) -> tuple[str, str]:
+        t = self.cap.table
+        first = int(self.rows[0])
         src = f"{_addr(t, first, 'src')}:{int(t['sport'][first])}"
         dst = f"{_addr(t, first, 'dst')}:{int(t['dport'][first])}"
-        self.client, self.server_addr = (src, dst) if c_is_src else (dst, src)
-        self.server_ip = self.server_addr.rsplit(":", 1)[0]
-        self.client_ip = self.client.rsplit(":", 1)[0]
+        return (src, dst) if self.cap.side[first] == CLIENT else (dst, src)
+
+    @cached_property
+    def client(self) -> str:
+        """`address:port` of the side that called connect()."""
+        return self._ends[0]
+
+    @cached_property
+    def server_addr(self) -> str:
+        return self._ends[1]
+
+    @cached_property
+    def server_ip(self) -> str:
+        return self.server_addr.rsplit(":", 1)[0]
+
+    @cached_property
+    def client_ip(self) -> str:
+        return self.client.rsplit(":", 1)[0]
 
     @cached_property
     def server(self) -> str:
@@ -472,6 +491,18 @@ class Conn:
     def rack(self) -> list[int]:
         got: list[int] = self.cap.rel_ack[self.rows].tolist()
         return got
+
+    def at(self, name: str, i: int) -> int:
+        """One local row's value of a column list (`side`, `ts`, `flags`, `seq`, `ack`,
+        `plen`, `ttl`, `frame`): from the list when it was made, else read from the table,
+        so that looking at a few rows of a long connection does not make its whole list."""
+        got: list[int] | None = self.__dict__.get(name)
+        if got is not None:
+            return got[i]
+        row = self.rows[i]
+        if name == "side":
+            return int(self.cap.side[row])
+        return int(self.cap.table[_LIST_COLUMNS[name]][row])
 
     # -- simple facts ---------------------------------------------------------------
     def idx(self, who: int, mask: int = 0, data: bool = False) -> list[int]:
@@ -554,20 +585,27 @@ class Conn:
         only a TLS closing alert (close_notify before a FIN) is the close, not data."""
         from tcpwhy.diagnose.tls import closing_rows
 
+        if i <= 0:
+            return None
         skip = closing_rows(self)
-        for j in range(i - 1, -1, -1):
-            if self.plen[j] > 0 and not self.is_rst(j) and (who is None or self.side[j] == who):
-                if j in skip:
-                    continue
-                return j
+        m = self._np_data[:i] if who is None else self._np_data[:i] & (self._np_side[:i] == who)
+        for j in np.flatnonzero(m)[::-1].tolist():
+            if j not in skip:
+                return int(j)
         return None
+
+    @cached_property
+    def _np_data(self) -> npt.NDArray[np.bool_]:
+        """Per local row: carries data and no RST."""
+        plen = self.cap.table["payload_len"][self.rows]
+        return (plen > 0) & ((self._np_flags & RST) == 0)
 
     def s(self, i: int) -> float:
         """Seconds since the connection's first packet."""
         return (self.ts[i] - self.ts[0]) / 1e9
 
     def dt(self, i: int, j: int) -> float:
-        return (self.ts[j] - self.ts[i]) / 1e9
+        return (self.at("ts", j) - self.at("ts", i)) / 1e9
 
     @cached_property
     def rtt(self) -> float | None:
@@ -575,37 +613,50 @@ class Conn:
 
         Not Wireshark's `initial_rtt`: that one is also set without a SYN-ACK (a SYN
         answered by RST, a one-way capture), where the rules want no round trip at all.
+        By numpy: a connection whose capture starts after its handshake is otherwise
+        walked to its end for nothing.
         """
-        syn = synack = None
-        for i in range(self.n):
-            f = self.flags[i]
-            if f & RST:
-                continue
-            if self.side[i] == CLIENT and (f & (SYN | ACK)) == SYN:
-                syn = i
-            elif self.side[i] == SERVER and (f & (SYN | ACK)) == (SYN | ACK):
-                synack = i
-            elif synack is not None and syn is not None and self.side[i] == CLIENT:
-                return max(self.dt(syn, i), 1e-6)
-        return None
+        syn, synack, client = self._handshake_rows
+        if not len(syn) or not len(synack):
+            return None
+        # the client's first packet other than a SYN after both a SYN and a SYN-ACK; the
+        # round trip runs from the client's last SYN before it
+        after = client[client > max(int(syn[0]), int(synack[0]))]
+        if not len(after):
+            return None
+        i = int(after[0])
+        return max(self.dt(int(syn[syn < i][-1]), i), 1e-6)
 
     def rtt_to(self, who: int) -> float | None:
         """Round trip from the capture point to `who` and back, from the handshake: SYN →
         SYN-ACK for the server, SYN-ACK → the client's next packet for the client."""
-        syn = synack = None
-        for i in range(self.n):
-            f = self.flags[i]
-            if f & RST:
-                continue
-            if self.side[i] == CLIENT and (f & (SYN | ACK)) == SYN:
-                syn = i
-            elif self.side[i] == SERVER and (f & (SYN | ACK)) == (SYN | ACK):
-                if who == SERVER:
-                    return self.dt(syn, i) if syn is not None else None
-                synack = i
-            elif synack is not None and self.side[i] == CLIENT:
-                return self.dt(synack, i)
-        return None
+        syn, synack, client = self._handshake_rows
+        if not len(synack):
+            return None
+        k = int(synack[0])
+        if who == SERVER:
+            before = syn[syn < k]
+            return self.dt(int(before[-1]), k) if len(before) else None
+        after = client[client > k]
+        if not len(after):
+            return None
+        i = int(after[0])
+        return self.dt(int(synack[synack < i][-1]), i)
+
+    @cached_property
+    def _handshake_rows(
+        self,
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """Local rows without RST of the client's SYNs, the server's SYN-ACKs and the client's
+        other packets: what `rtt` and `rtt_to` walk through."""
+        f = self._np_flags
+        side = self._np_side
+        plain = (f & RST) == 0
+        sa = f & (SYN | ACK)
+        syn = plain & (side == CLIENT) & (sa == SYN)
+        synack = plain & (side == SERVER) & (sa == (SYN | ACK))
+        client = plain & (side == CLIENT) & (sa != SYN)
+        return np.flatnonzero(syn), np.flatnonzero(synack), np.flatnonzero(client)
 
     @cached_property
     def states(self) -> States:
@@ -708,6 +759,17 @@ class Conn:
         return f"stream {self.no} ({self.client} → {self.server})"
 
 
+_LIST_COLUMNS = {
+    "ts": "ts_ns",
+    "flags": "flags",
+    "seq": "seq",
+    "ack": "ack",
+    "plen": "payload_len",
+    "ttl": "ip_ttl",
+    "frame": "frame",
+}
+"""`Conn.at`'s names of the table's columns."""
+
 COMPACT_RATIO = 4
 """`Capture.compact_addresses` pays when a connection has this many packets on average."""
 ADDRESS_COLUMNS = ("src_hi", "src_lo", "sport", "dst_hi", "dst_lo", "dport")
@@ -796,6 +858,19 @@ def _track_streams(table: PacketTable) -> dict[str, npt.NDArray[Any]]:
 def _addr(t: PacketTable, row: int, which: str) -> str:
     a = format_addr(int(t[f"{which}_hi"][row]), int(t[f"{which}_lo"][row]))
     return f"[{a}]" if ":" in a else a
+
+
+def unique_sorted(a: npt.ArrayLike) -> npt.NDArray[Any]:
+    """`numpy.unique(a)` of integers, by a sort: numpy 2.4's hashing `unique` (taken when
+    no index, inverse or count is asked for) needs about a second for 200,000 distinct
+    values, a sort a hundredth of that."""
+    s = np.sort(np.asarray(a), axis=None)
+    if len(s) < 2:
+        return s
+    keep = np.empty(len(s), np.bool_)
+    keep[0] = True
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep]
 
 
 def streams_where(mask: npt.NDArray[np.bool_]) -> list[int]:

@@ -19,8 +19,8 @@ KIND = "half-open-reset"
 def detect(diag: Diag) -> list[Finding]:
     hits = Hits()
     for c, r in first_resets(diag):
-        x = c.side[r]
-        if c.flags[r] & ACK:  # [R.]: an abort by the application, not an answer
+        x = c.at("side", r)
+        if c.at("flags", r) & ACK:  # [R.]: an abort by the application, not an answer
             continue
         xf = c.first_fin(x)
         if xf is not None and xf < r:

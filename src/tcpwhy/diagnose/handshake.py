@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tcpwhy.decode.table import ACK, RST, SYN
-from tcpwhy.diagnose.context import CLIENT, SERVER, Conn
+from tcpwhy.diagnose.context import CLIENT, SERVER, Conn, unique_sorted
 from tcpwhy.diagnose.registry import Diag
 
 
@@ -74,7 +74,7 @@ class Admitted:
             & (self.ts <= hi_ns)
             & (self.stream != c.sid)
         )
-        return len(np.unique(self.stream[m]))
+        return len(unique_sorted(self.stream[m]))
 
 
 def admitted(diag: Diag) -> Admitted:

@@ -37,7 +37,7 @@ KIND = "middlebox-reset"
 def detect(diag: Diag) -> list[Finding]:
     hits = Hits()
     for c, r in first_resets(diag):
-        x = c.side[r]
+        x = c.at("side", r)
         if _closed_before(c, r):
             continue  # both FINs were acknowledged: the RST ended nothing
         why = _not_from_peer(c, r)
@@ -93,9 +93,9 @@ def _closed_before(c: Conn, r: int) -> bool:
 def _not_from_peer(c: Conn, r: int) -> str:
     """Why the RST at row r cannot come from its sender ("" if it may): its TTL, or it came
     back faster than the server's round trip allows."""
-    x = c.side[r]
+    x = c.at("side", r)
     ttl = usual_ttl(c, x, r)
-    if ttl is not None and abs(ttl - c.ttl[r]) >= 2:
+    if ttl is not None and abs(ttl - c.at("ttl", r)) >= 2:
         own = [i for i in range(c.n) if c.side[i] == x and i != r and not c.is_rst(i)]
         alike = [i for i in own if abs(c.ttl[i] - c.ttl[r]) < 2]
         if not alike:

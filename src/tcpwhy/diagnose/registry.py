@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.diagnose.context import Capture, Conn
+from tcpwhy.diagnose.context import Capture, Conn, unique_sorted
 from tcpwhy.diagnose.model import Finding, Step, Story
 
 _ORDER = re.compile(r"^ORDER = (\d+)$", re.M)
@@ -122,9 +122,9 @@ class Instance:
         self.no = conn.no
         self.rows = rows
         self.facts: dict[str, Any] = {} if facts is None else facts
-        ts = conn.ts
-        self.first_ns: int = min((ts[i] for i, _ in rows), default=ts[0])
-        self.last_ns: int = max((ts[i] for i, _ in rows), default=ts[-1])
+        at = [conn.at("ts", i) for i, _ in rows]  # not the whole `ts` list of a long one
+        self.first_ns: int = min(at, default=conn.at("ts", 0))
+        self.last_ns: int = max(at, default=conn.at("ts", conn.n - 1))
 
     @property
     def conn(self) -> Conn:
@@ -185,7 +185,7 @@ def finding_from_columns(
     frames: list[int] = []
     for x in head[:20]:
         frames.extend(x.conn.frame[i] for i, _ in x.rows)
-    uniq = np.unique(nos)
+    uniq = unique_sorted(nos)
     return Finding(
         kind=kind,
         severity=story.severity,

@@ -33,6 +33,7 @@ def detect(diag: Diag) -> list[Finding]:
         return []
     fresh = np.flatnonzero((cap.n_syn[:, CLIENT] > 0) & (cap.n_data[:, CLIENT] > 0))
     hits = Hits()
+    ep = cap.endpoints
     for sid in failed:
         c = cap.conn(int(sid))
         r = c.first_rst()
@@ -53,6 +54,16 @@ def detect(diag: Diag) -> list[Finding]:
         t_fail = c.ts[r]
         later = fresh[
             (cap.first_ns[fresh] >= c.ts[start]) & (cap.first_ns[fresh] <= t_fail + WINDOW_NS)
+        ]
+        # the same server and client address (what the checks below compare as text), by
+        # numpy: a busy capture opens thousands of connections in the window
+        s1 = int(c.sid)
+        later = later[
+            (ep.server_hi[later] == ep.server_hi[s1])
+            & (ep.server_lo[later] == ep.server_lo[s1])
+            & (ep.server_port[later] == ep.server_port[s1])
+            & (ep.client_hi[later] == ep.client_hi[s1])
+            & (ep.client_lo[later] == ep.client_lo[s1])
         ]
         for s2 in later:
             if int(s2) == c.sid:

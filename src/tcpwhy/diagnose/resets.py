@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from tcpwhy.decode.table import ACK, RST, SYN
+from tcpwhy.decode.table import ACK, FIN, RST, SYN
 from tcpwhy.diagnose.context import Conn, fmt_s
 
 
 def trigger(c: Conn, r: int) -> int | None:
     """The peer's segment the RST at row r answers: the peer's last packet before it, if that
     carried data or a FIN and the RST's sequence number is what that segment acknowledged."""
-    x = c.side[r]
+    at = c.at  # a few rows back from r: not the whole lists of a long connection
+    x = at("side", r)
     for j in range(r - 1, -1, -1):
-        if c.side[j] == x:
+        if at("side", j) == x:
             return None
-        if c.plen[j] > 0 or c.is_fin(j) or not c.flags[j] & SYN:
-            if c.flags[j] & ACK and c.ack[j] == c.seq[r]:
+        f = at("flags", j)
+        if at("plen", j) > 0 or (f & FIN and not f & RST) or not f & SYN:
+            if f & ACK and at("ack", j) == at("seq", r):
                 return j
             return None
     return None
@@ -54,26 +56,36 @@ def min_rtt_to(c: Conn, who: int) -> float | None:
     shows: its handshake, and each new segment of the other side to `who`'s first packet
     acknowledging it (Karn: resent segments are left out, their ACK may answer the first copy)."""
     best = c.rtt_to(who)
+    # only the rows the walk acts on: the other side's new data and `who`'s ACKs, without RST
+    f = c._np_flags
+    side = c._np_side
+    t = c.cap.table
+    rows = c.rows
+    plen = t["payload_len"][rows]
+    keep = ((f & RST) == 0) & np.where(side != who, (plen > 0) & ((f & SYN) == 0), (f & ACK) != 0)
+    idx = np.flatnonzero(keep)
+    if not len(idx):
+        return best
+    sel = rows[idx]
+    mine = (side[idx] == who).tolist()
+    ends = ((t["seq"][sel].astype(np.int64) + plen[idx]) & 0xFFFFFFFF).tolist()
+    acks = t["ack"][sel].tolist()
+    ts = t["ts_ns"][sel].tolist()
     top: int | None = None  # highest sequence end the other side has sent so far
-    pending: list[tuple[int, int]] = []  # (row, seq end) waiting for `who`'s ACK
-    for i in range(c.n):
-        f = c.flags[i]
-        if f & RST:
-            continue
-        if c.side[i] != who:
-            if c.plen[i] <= 0 or f & SYN:
-                continue
-            end = (c.seq[i] + c.plen[i]) & 0xFFFFFFFF
+    pending: list[tuple[int, int]] = []  # (ts, seq end) waiting for `who`'s ACK
+    for k in range(len(mine)):
+        if not mine[k]:
+            end = ends[k]
             if top is not None and (end == top or ((end - top) & 0xFFFFFFFF) >= 0x80000000):
                 pending.clear()  # a resent segment: no sample until new data
                 continue
             top = end
-            pending.append((i, end))
-        elif pending and f & ACK:
-            ack = c.ack[i]
+            pending.append((ts[k], end))
+        elif pending:
+            ack = acks[k]
             done = [p for p in pending if ((ack - p[1]) & 0xFFFFFFFF) < 0x80000000]
             if done:
-                dt = c.dt(done[0][0], i)
+                dt = (ts[k] - done[0][0]) / 1e9
                 best = dt if best is None else min(best, dt)
                 pending = [p for p in pending if p not in done]
     return best
@@ -86,7 +98,7 @@ def too_fast(c: Conn, r: int) -> str:
     trig = trigger(c, r)
     if trig is None:
         return ""
-    x = c.side[r]
+    x = c.at("side", r)
     took = c.dt(trig, r)
     # the handshake's round trip bounds the shortest one from above: when it already says
     # "not too fast" (or "too short to tell"), the walk over every segment is not needed

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from tcpwhy.decode.table import RST, SYN
 from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.common import Group, Hits
-from tcpwhy.diagnose.context import WHO, fmt_s
+from tcpwhy.diagnose.context import WHO, fmt_s, unique_sorted
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.probes import probes
 from tcpwhy.diagnose.registry import Diag, plural, rule
@@ -22,7 +20,7 @@ def detect(diag: Diag) -> list[Finding]:
     cap = diag.cap
     limit_s = diag.settings.zero_window_s
     hits = Hits()
-    for sid in np.unique(cap.stream[cap.flag("zero_window")]):
+    for sid in unique_sorted(cap.stream[cap.flag("zero_window")]):
         c = cap.conn(int(sid))
         zero = c.flag("zero_window")
         for r in (0, 1):  # the receiver that closed its window

@@ -309,7 +309,8 @@ class StreamTracker:
 
         A later packet of a forgotten conversation starts a new stream.
         """
-        conv = np.unique(np.asarray(conv, np.int64))
+        conv = np.sort(np.asarray(conv, np.int64))  # numpy.unique hashes: slow on many
+        conv = conv[np.concatenate(([True], conv[1:] != conv[:-1]))] if conv.size else conv
         conv = conv[(conv >= 0) & (conv < self._meta[1])]
         conv = conv[self._slot_keys[conv] >= 0]
         if not conv.size:
