@@ -373,3 +373,33 @@ def test_watch_caps_connections_and_groups() -> None:
     w.finish()
     assert w.tracker.ended["evicted"] > 0
     assert len(w.groups.groups) <= 1
+
+
+def test_request_retried_is_named_when_the_retry_leaves_after_the_failure() -> None:
+    """The reset connection leaves 0.2 s after its RST; its retry (closed by both sides)
+    only 2 s after its last packet, in a later window. The failed request waits for it,
+    and `request-retried` is named then, on the failed connection, as analyze names it."""
+    from tcpwhy.capture import iter_tables
+    from tcpwhy.watch.core import Watcher
+
+    path = LAB / "stale-keepalive.pcap"
+    out = io.StringIO()
+    w = Watcher(out, "jsonl", summary_every_s=0)
+    for t in iter_tables(str(path)):
+        w.chunk(t, tick=False)
+    rst_ns = 1795308255303316769  # frame 11, the server's RST
+    w.tick(rst_ns + 500_000_000)
+    first = [json.loads(x) for x in out.getvalue().splitlines()]
+    # the failure alone left: its own finding now, the retry not yet
+    assert [d["kind"] for d in first] == ["stale-keepalive-reuse"]
+    assert w.tracker.open == 1 and len(w.failed) == 1
+    w.finish()
+    found = [json.loads(x) for x in out.getvalue().splitlines()][len(first) :]
+    assert [d["kind"] for d in found] == ["request-retried"]
+    assert found[0]["streams"] == first[0]["streams"] == [0]
+    assert found[0]["summary"] == next(
+        f["summary"]
+        for f in json.loads(run("analyze", "--format", "json", str(path)).stdout)["findings"]
+        if f["kind"] == "request-retried"
+    )
+    assert not w.failed

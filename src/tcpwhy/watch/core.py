@@ -84,7 +84,8 @@ CARRY_NS = request_retried.WINDOW_NS
 """A failed request's connection waits this long (capture time, from its RST) for its retry:
 the rule's own window."""
 CARRY_CONNS = 256  # failed connections waiting for their retry; the oldest go first
-CARRY_CONN_ROWS = 512  # rows kept of one: its first (the handshake) and its last (the failure)
+CARRY_CONN_ROWS = 64  # rows kept of one: its first (the handshake) and its last (the failure)
+RETRY_CANDIDATES = 8  # new connections matched against one failed request, per window
 CARRY_HEAD_ROWS = 8
 
 
@@ -96,6 +97,7 @@ class Failed:
 
     number: int  # the watch's connection number
     table: PacketTable  # its rows (slim, at most CARRY_CONN_ROWS)
+    first_ns: int
     rst_ns: int
     key: int  # client address and server address:port, hashed (`_pair_keys`)
 
@@ -291,8 +293,13 @@ class Watcher:
                 rows = np.concatenate([rows[:CARRY_HEAD_ROWS], rows[-tail:]])
             part = take_compact(cap.table, np.sort(rows))
             part.icmp = None
-            self.failed.append(Failed(int(nos[sid]), part, int(rst[at].min()), int(keys[sid])))
-        del self.failed[:-CARRY_CONNS]
+            self.failed.append(
+                Failed(
+                    int(nos[sid]), part, int(cap.first_ns[sid]), int(rst[at].min()), int(keys[sid])
+                )
+            )
+        if len(self.failed) > CARRY_CONNS:
+            del self.failed[: len(self.failed) - CARRY_CONNS]
 
     def _retries(
         self,
@@ -307,14 +314,35 @@ class Watcher:
         waiting = [f for f in self.failed if f.rst_ns + CARRY_NS >= now_ns]
         if not waiting or not cap.nstreams:
             return None
-        fresh = (cap.n_syn[:, CLIENT] > 0) & (cap.n_data[:, CLIENT] > 0) & ~retried
-        if fresh.any():
-            want = np.array(sorted({f.key for f in waiting}), np.uint64)
-            fresh &= np.isin(_pair_keys(cap.endpoints), want)
-        sids = np.flatnonzero(fresh)
-        if not len(sids):
+        fresh = np.flatnonzero((cap.n_syn[:, CLIENT] > 0) & (cap.n_data[:, CLIENT] > 0) & ~retried)
+        if not len(fresh):
             return None
-        rows = np.sort(np.concatenate([cap.order[cap.starts[s] : cap.ends[s]] for s in sids]))
+        # per failed request, its first few candidates: new connections of the same pair
+        # that began after it did and within the rule's window after its RST (the rule
+        # takes the earliest that repeats the request)
+        keys = _pair_keys(cap.endpoints)[fresh]
+        by = np.lexsort((cap.first_ns[fresh], keys))
+        fresh, keys, starts = fresh[by], keys[by], cap.first_ns[fresh][by]
+        picked: list[npt.NDArray[np.int64]] = []
+        matched: list[Failed] = []
+        for f in waiting:
+            a, z = (
+                np.searchsorted(keys, np.uint64(f.key)),
+                np.searchsorted(keys, np.uint64(f.key), side="right"),
+            )
+            if a == z:
+                continue
+            a += int(np.searchsorted(starts[a:z], f.first_ns))
+            z = a + int(np.searchsorted(starts[a:z], f.rst_ns + CARRY_NS, side="right"))
+            if a < z:
+                picked.append(fresh[a : min(z, a + RETRY_CANDIDATES)])
+                matched.append(f)
+        if not picked:
+            return None
+        waiting = matched
+        sel = np.zeros(cap.nstreams, np.bool_)
+        sel[np.concatenate(picked)] = True
+        rows = np.flatnonzero(sel[np.maximum(cap.stream, 0)] & (cap.stream >= 0))
         mine = take_compact(cap.table, rows)
         mine.icmp = None
         t = concat_slim([f.table for f in waiting] + [mine])
