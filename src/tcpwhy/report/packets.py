@@ -526,34 +526,41 @@ def write_packets(
     """Print the packet list, formatted column-wise by the compiled writer
     (`tcpwhy.report.packets_kernel`) in large buffers; a pipe on stdin is printed as packets
     arrive (a buffer at a time). `time_format`: one of tshark's -t formats (`TIME_FORMATS`)
-    for the Time column of the table and CSV (JSON lines have both `time` and `ts`)."""
+    for the Time column of the table and CSV (JSON lines have both `time` and `ts`).
+    From a file, each chunk is formatted and written by a thread of its own while the next
+    one is read, decoded and analysed (`_ChunkWriter`)."""
     out = out if out is not None else sys.stdout
     stats = stats if stats is not None else CaptureStats()
-    sink = _Sink(out, live=source == "-")
+    live = source == "-"
+    sink = _Sink(out, live=live)
     if fmt == "csv":
         sink.write(b",".join(c.encode() for c in COLUMNS) + b"\n")
     clock = _Clock(time_format if fmt != "jsonl" else None)
     from tcpwhy.views import packet_chunks
 
+    writer = _ChunkWriter(sink, fmt, clock, threaded=not live)
     shown = 0
-    for ch in packet_chunks([source], [stats], flt):  # the packets as `Capture.packets` has them
-        if limit is not None and shown >= limit:
-            break
-        t, s, a, keep, tracker = ch.table, ch.streams, ch.analysis, ch.keep, ch.tracker
-        if clock.digits < 0:
-            clock.digits = capture_ts_digits(source, t["ts_ns"])
-        sel = np.flatnonzero(keep) if keep is not None else _arange(len(t))
-        icmp_rows = (
-            _icmp_rows(t, tracker, flt, stats, stats.first_ts_ns or 0) if t.icmp is not None else []
-        )
-        at = np.searchsorted(sel, [r[0] for r in icmp_rows], "left") if icmp_rows else None
-        if limit is not None and len(sel) + len(icmp_rows) > limit - shown:
-            sel, icmp_rows, at = _clip(sel, icmp_rows, at, limit - shown)
-        shown += len(sel) + len(icmp_rows)
-        tval = clock.chunk(t, sel, icmp_rows, stats.first_ts_ns or 0)
-        _write_chunk(
-            sink, fmt, t, s, a, absolute, stats, sel.astype(np.int64), icmp_rows, at, clock, tval
-        )
+    try:
+        for ch in packet_chunks([source], [stats], flt):  # as `Capture.packets` has them
+            if limit is not None and shown >= limit:
+                break
+            t, s, a, keep, tracker = ch.table, ch.streams, ch.analysis, ch.keep, ch.tracker
+            if clock.digits < 0:
+                clock.digits = capture_ts_digits(source, t["ts_ns"])
+            sel = np.flatnonzero(keep) if keep is not None else _arange(len(t))
+            icmp_rows = (
+                _icmp_rows(t, tracker, flt, stats, stats.first_ts_ns or 0)
+                if t.icmp is not None
+                else []
+            )
+            at = np.searchsorted(sel, [r[0] for r in icmp_rows], "left") if icmp_rows else None
+            if limit is not None and len(sel) + len(icmp_rows) > limit - shown:
+                sel, icmp_rows, at = _clip(sel, icmp_rows, at, limit - shown)
+            shown += len(sel) + len(icmp_rows)
+            tval = clock.chunk(t, sel, icmp_rows, stats.first_ts_ns or 0)
+            writer.chunk(t, s, a, absolute, stats, sel.astype(np.int64), icmp_rows, at, tval)
+    finally:
+        writer.close()
     sink.flush()
     return stats
 
@@ -763,74 +770,173 @@ def _vocab() -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[
     return vocab, voff, order
 
 
-def _col(a: npt.NDArray[Any], dtype: Any) -> npt.NDArray[Any]:
-    """`a` as the kernel takes it: of `dtype`, C-contiguous and writable (no copy if it is)."""
+def _col(a: npt.NDArray[Any], dtype: Any, own: bool = False) -> npt.NDArray[Any]:
+    """`a` as the kernel takes it: of `dtype`, C-contiguous and writable (no copy if it is);
+    `own`: always a copy (the table's arrays are refilled by the next chunk)."""
+    if own:
+        return np.array(a, dtype=dtype, order="C", copy=True)
     b = np.ascontiguousarray(a, dtype=dtype)  # a itself when it already is
     return b if b.flags.writeable else b.copy()
 
 
-def _write_chunk(
-    sink: _Sink,
-    fmt: str,
+@functools.lru_cache(maxsize=2)
+def _zeros_cached(n: int) -> npt.NDArray[np.int64]:
+    return np.zeros(n, np.int64)
+
+
+_TIME_PYTHON_S = float(1 << 32)
+"""Relative times from this (in seconds, either sign) may need the Python writer (the
+compiled one stops at 2**33 s): such chunks are formatted in the reading thread."""
+
+
+class _ChunkWriter:
+    """Formats and writes chunks in order: from a file in one thread of its own (the
+    compiled writer releases the GIL), so that formatting a chunk takes a second core while
+    the next chunk is read, decoded and analysed; from a pipe in the caller's thread, each
+    buffer written as soon as it is made. The kernel's buffers are the writing thread's
+    alone; a queued chunk's columns are copies (the reader refills the table's arrays)."""
+
+    def __init__(self, sink: _Sink, fmt: str, clock: _Clock, threaded: bool) -> None:
+        from tcpwhy.report.packets_kernel import FMT_CSV, FMT_JSONL, FMT_TABLE
+
+        self.sink = sink
+        self.fmt = fmt
+        self.code = {"table": FMT_TABLE, "csv": FMT_CSV, "jsonl": FMT_JSONL}[fmt]
+        self.clock = clock
+        self.pool: Any = None
+        if threaded:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="tcpwhy-packets-writer")
+        self.pending: Any = None
+
+    def chunk(
+        self,
+        t: PacketTable,
+        s: dict[str, npt.NDArray[Any]],
+        a: Any,
+        absolute: bool,
+        stats: CaptureStats,
+        sel: npt.NDArray[np.int64],
+        icmp_rows: list[tuple[int, PacketRow]],
+        at: npt.NDArray[Any] | None,
+        tval: npt.NDArray[np.int64],
+    ) -> None:
+        """The selected rows of one table, with its ICMP rows in their places: queued (after
+        the chunk before it has been written), or written now."""
+        if not len(sel) and not icmp_rows:
+            return
+        own = self.pool is not None
+        printed = tval if self.clock.fmt is not None else None
+        cols, far = _kernel_columns(t, s, a, absolute, stats, printed, own)
+        self.wait()
+        if own and not far:
+            self.pending = self.pool.submit(self._emit, cols, sel, icmp_rows, at, None)
+        else:
+            self._emit(cols, sel, icmp_rows, at, (t, s, a, absolute, stats, tval))
+
+    def wait(self) -> None:
+        """Until the chunk queued is written (raising what its writing raised)."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+
+    def close(self) -> None:
+        """Writes what is queued and stops the thread (after the caller's error too: the rows
+        before it are written, as without the thread)."""
+        try:
+            self.wait()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown()
+
+    def _emit(
+        self,
+        cols: tuple[Any, ...],
+        sel: npt.NDArray[np.int64],
+        icmp_rows: list[tuple[int, PacketRow]],
+        at: npt.NDArray[Any] | None,
+        table: tuple[Any, ...] | None,
+    ) -> None:
+        """Runs the compiled writer over the rows, buffer by buffer; `table` (the chunk's
+        own columns, for rows the compiled writer does not print) is None for a queued
+        chunk, which has none (`_TIME_PYTHON_S`)."""
+        from tcpwhy.report.packets_kernel import format_packets
+
+        sink, clock, code = self.sink, self.clock, self.code
+        buf, ends = _buffers(_BUF_BYTES if len(sel) > 64 else 64 * 4096)
+        view = memoryview(buf)  # type: ignore[arg-type]
+        k = 0  # next ICMP row
+        j = 0
+        while j < len(sel) or k < len(icmp_rows):
+            # up to the next ICMP row's place
+            stop = int(at[k]) if at is not None and k < len(icmp_rows) else len(sel)
+            rows = sel[:stop]
+            while j < stop:
+                n = format_packets(code, clock.mode, clock.digits, rows, j, *cols, buf, ends)
+                done = n if n >= 0 else -n - 1
+                if done:
+                    sink.write(view[: ends[done - 1]])
+                    j += done
+                if n < 0:  # a time beyond the compiled writer's range: this row in Python
+                    if table is None:
+                        raise RuntimeError("tcpwhy packets: a far time in a queued chunk")
+                    t, s, a, absolute, stats, tval = table
+                    _write_python_rows(
+                        sink, self.fmt, t, s, a, absolute, stats, sel[j : j + 1], clock, tval
+                    )
+                    j += 1
+            if k < len(icmp_rows):
+                sink.write(_row_text(icmp_rows[k][1], self.fmt, clock.digits).encode())
+                k += 1
+
+
+def _kernel_columns(
     t: PacketTable,
     s: dict[str, npt.NDArray[Any]],
     a: Any,
     absolute: bool,
     stats: CaptureStats,
-    sel: npt.NDArray[np.int64],
-    icmp_rows: list[tuple[int, PacketRow]],
-    at: npt.NDArray[Any] | None,
-    clock: _Clock,
-    tval: npt.NDArray[np.int64],
-) -> None:
-    """The selected rows of one table, with its ICMP rows in their places."""
-    from tcpwhy.report.packets_kernel import FMT_CSV, FMT_JSONL, FMT_TABLE, format_packets
-
-    code = {"table": FMT_TABLE, "csv": FMT_CSV, "jsonl": FMT_JSONL}[fmt]
+    tval: npt.NDArray[np.int64] | None,
+    own: bool,
+) -> tuple[tuple[Any, ...], bool]:
+    """The compiled writer's column arguments after the rows (copies with `own`), and
+    whether a relative time reaches `_TIME_PYTHON_S` (a row the Python writer may print).
+    `tval`: None where no tshark time format is printed."""
     t0 = stats.first_ts_ns or 0
-    ts_ns = _col(t["ts_ns"], np.int64)
-    rel_ns = ts_ns - t0
-    time_bits = (rel_ns.astype(np.float64) / 1e9).view(np.int64)
+    ts_ns = t["ts_ns"]
+    rel_ns = np.subtract(ts_ns, t0, dtype=np.int64)
+    rel_s = np.divide(rel_ns, 1e9)  # the double `time` is (rel_ns as a double, over 1e9)
+    far = bool(len(rel_s)) and max(-float(rel_s.min()), float(rel_s.max())) >= _TIME_PYTHON_S
+    flags = t["flags"]
     seq = t["seq"] if absolute else s["rel_seq"]
     # without the ACK flag the JSON carries the raw field, as tshark's tcp.ack (the Info
     # column prints Ack only with the flag, so one array serves both)
-    ack = np.where(
-        (t["flags"] & ACK) != 0, t["ack"] if absolute else s["rel_ack"], t["ack"]
-    ).astype(np.int64)
-    sack_base = np.zeros(len(t), np.int64) if absolute else t["ack"] - s["rel_ack"]
+    ack = t["ack"] if absolute else np.where(flags & ACK, s["rel_ack"], t["ack"])
+    # SACK edges are in the other direction's sequence space: base = raw ack - rel ack
+    if absolute or not t["sack_n"].any():
+        sack_base = _zeros_cached(len(t))  # never written
+    else:
+        sack_base = np.subtract(t["ack"], s["rel_ack"], dtype=np.int64)
+    ts = _col(ts_ns, np.int64, own)
     vocab, voff, order = _vocab()
     u8, u4, u2 = np.uint64, np.uint32, np.uint16
     cols = (
-        _col(t["frame"], u8), rel_ns, time_bits, _col(tval, np.int64), ts_ns,
-        _col(t["src_hi"], u8), _col(t["src_lo"], u8), _col(t["dst_hi"], u8),
-        _col(t["dst_lo"], u8), _col(t["sport"], u2), _col(t["dport"], u2),
-        _col(t["frame_len"], u4), _col(t["flags"], u2), _col(seq, u4), _col(ack, u4),
-        _col(s["win_scaled"], np.int64), _col(t["urp"], u2), _col(t["payload_len"], u4),
-        _col(t["opt_order"], u4), _col(t["opt_mss"], np.int32), _col(t["opt_ws"], np.int8),
-        _col(t["opt_tsval"], u4), _col(t["opt_tsecr"], u4), _col(t["sack_n"], np.uint8),
-        _col(t["sack_le"], u4), _col(t["sack_re"], u4), _col(sack_base, np.int64),
-        _col(s["stream"], np.int64), _col(a.bits, u4), _col(a.dup_ack_frame, np.int64),
-        _col(a.dup_ack_num, np.int64), order, vocab, voff,
+        _col(t["frame"], u8, own), rel_ns, rel_s.view(np.int64),
+        ts if tval is None else _col(tval, np.int64, own), ts,
+        _col(t["src_hi"], u8, own), _col(t["src_lo"], u8, own),
+        _col(t["dst_hi"], u8, own), _col(t["dst_lo"], u8, own), _col(t["sport"], u2, own),
+        _col(t["dport"], u2, own), _col(t["frame_len"], u4, own), _col(flags, u2, own),
+        _col(seq, u4, own), _col(ack, u4, own and absolute), _col(s["win_scaled"], np.int64, own),
+        _col(t["urp"], u2, own), _col(t["payload_len"], u4, own), _col(t["opt_order"], u4, own),
+        _col(t["opt_mss"], np.int32, own), _col(t["opt_ws"], np.int8, own),
+        _col(t["opt_tsval"], u4, own), _col(t["opt_tsecr"], u4, own),
+        _col(t["sack_n"], np.uint8, own), _col(t["sack_le"], u4, own),
+        _col(t["sack_re"], u4, own), sack_base, _col(s["stream"], np.int64, own),
+        _col(a.bits, u4, own), _col(a.dup_ack_frame, np.int64, own),
+        _col(a.dup_ack_num, np.int64, own), order, vocab, voff,
     )  # fmt: skip
-    buf, ends = _buffers(_BUF_BYTES if len(sel) > 64 else 64 * 4096)
-    view = memoryview(buf)  # type: ignore[arg-type]
-    k = 0  # next ICMP row
-    j = 0
-    while j < len(sel) or k < len(icmp_rows):
-        # up to the next ICMP row's place
-        stop = int(at[k]) if at is not None and k < len(icmp_rows) else len(sel)
-        while j < stop:
-            n = format_packets(code, clock.mode, clock.digits, sel[:stop], j, *cols, buf, ends)
-            done = n if n >= 0 else -n - 1
-            if done:
-                sink.write(view[: ends[done - 1]])
-                j += done
-            if n < 0:  # a time beyond the compiled writer's range: this row in Python
-                _write_python_rows(sink, fmt, t, s, a, absolute, stats, sel[j : j + 1], clock, tval)
-                j += 1
-        if k < len(icmp_rows):
-            sink.write(_row_text(icmp_rows[k][1], fmt, clock.digits).encode())
-            k += 1
+    return cols, far
 
 
 def _row_text(r: PacketRow, fmt: str, digits: int) -> str:

@@ -32,6 +32,9 @@ Times are printed from their exact binary value as CPython does (``_round_scaled
 (found exactly with integer arithmetic). A row beyond 2**33 s stops the call, which then
 tells the caller to write that one row in Python. tshark's time formats (``-t``) are
 printed from integer nanoseconds, truncated to the capture's precision as tshark does.
+
+`format_packets` releases the GIL (``nogil``): `tcpwhy.report.packets` runs it in a thread of
+its own, formatting one chunk on a second core while the next is read and decoded.
 """
 
 from __future__ import annotations
@@ -369,7 +372,8 @@ def _json_time_big(out: Any, p: int, bits: int) -> int:
 @kernel(
     "i8 i8 i8 i8[:] i8 u8[:] i8[:] i8[:] i8[:] i8[:] u8[:] u8[:] u8[:] u8[:] u2[:] u2[:] u4[:] "
     "u2[:] u4[:] u4[:] i8[:] u2[:] u4[:] u4[:] i4[:] i1[:] u4[:] u4[:] u1[:] u4[:,:] u4[:,:] "
-    "i8[:] i8[:] u4[:] i8[:] i8[:] i8[:] u1[:] i8[:] u1[:] i8[:] -> i8"
+    "i8[:] i8[:] u4[:] i8[:] i8[:] i8[:] u1[:] i8[:] u1[:] i8[:] -> i8",
+    nogil=True,
 )
 def format_packets(
     fmt: int,
