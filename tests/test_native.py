@@ -171,7 +171,7 @@ def test_a_build_for_another_cpu_is_not_used(tmp_path: Path) -> None:
     older = _older_cpuinfo(tmp_path)
     if any(f.startswith("avx") for f in built["flags"]):
         why = native.cpu_mismatch(built, str(older))
-        assert why is not None and " avx2 " in why
+        assert why is not None and "avx2" in why.split()
     assert str(native.cpu_mismatch({**built, "machine": "sparc64"})).startswith("built for sparc64")
     assert native.cpu_mismatch(None) == "the build does not record its CPU"
     # the same through the manifest of a copied build
