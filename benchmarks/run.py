@@ -32,7 +32,6 @@ time, `jit` when numba compiles or loads them at start-up.
 from __future__ import annotations
 
 import argparse
-import json
 import mmap
 import os
 import re
@@ -58,6 +57,17 @@ n = 0
 for t in iter_tables(sys.argv[1], reuse=True):
     n += len(t)
 print(n, time.perf_counter() - t0)
+"""
+
+COUNT_TUPLES = """
+import json, sys
+n, seen = 0, set()
+with open(sys.argv[1]) as f:
+    for line in f:
+        c = json.loads(line)
+        n += 1
+        seen.add((c["orig_h"], c["orig_p"], c["resp_h"], c["resp_p"]))
+print(n, len(seen))
 """
 
 CORE = str((os.cpu_count() or 1) - 1)
@@ -215,15 +225,16 @@ def bench(name: str, whole: Path, half: Path, a: argparse.Namespace) -> None:
     count, inner = dec.out.split()
     packets, packets_half = int(count), int(best([*py, str(half)], a, keep=True).out.split()[0])
     tcpwhy = [sys.executable, "-m", "tcpwhy"]
-    # one untimed run for the capture's figures: connections and distinct 4-tuples
-    conns, tuples = 0, set()
+    # one untimed run for the capture's figures: connections and distinct 4-tuples, counted
+    # in a child of its own: a set of 3 M tuples here would raise this process's peak RSS,
+    # which every later child inherits in its ru_maxrss (vfork + exec keep the parent's
+    # high-water mark), so the figures after it would read high
     with tempfile.NamedTemporaryFile("w+", dir=OUT, suffix=".jsonl") as f:
         subprocess.run([*tcpwhy, "conns", str(whole), "--format", "jsonl"], stdout=f, check=True)
-        f.seek(0)
-        for line in f:
-            c = json.loads(line)
-            conns += 1
-            tuples.add((c["orig_h"], c["orig_p"], c["resp_h"], c["resp_p"]))
+        counted = subprocess.run(
+            [sys.executable, "-c", COUNT_TUPLES, f.name], capture_output=True, text=True, check=True
+        ).stdout.split()
+    conns, tuples = int(counted[0]), int(counted[1])
     conns_cmd = [*tcpwhy, "conns", "--format", "jsonl"]
     analyze_cmd = [*tcpwhy, "analyze", "--format", "json"]
     c_full = best([*conns_cmd, str(whole)], a)
@@ -238,7 +249,7 @@ def bench(name: str, whole: Path, half: Path, a: argparse.Namespace) -> None:
         expert = timed([tshark, "-n", "-q", "-r", str(whole), "-z", "expert"], *t_lim)
     print(
         f"\n== {name}: {whole.name}: {packets:,} packets, {conns:,} connections "
-        f"({len(tuples):,} distinct 4-tuples), {size_mb:.0f} MB"
+        f"({tuples:,} distinct 4-tuples), {size_mb:.0f} MB"
     )
     print(f"{'what':<17}{'seconds':>9}{'packets/s':>13}{'MB/s':>7}{'peak RSS':>10}{'half RSS':>10}")
     print(fmt("tcpwhy decode", dec, packets, size_mb))
