@@ -37,34 +37,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tcpwhy.lab import nginx
 from tcpwhy.lab import ns as nsmod
 
 PORT_RANGE = (40000, 40999)
 """Client ports inside the namespace: 1,000, so each 4-tuple is used about 200 times."""
 
-NGINX_CONF = """\
-daemon off;
-master_process on;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    keepalive_timeout {keepalive};
-    keepalive_requests 1000000;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    default_type text/plain;
-    server {{
-        listen {addr}:{port} backlog=4096;
-        location / {{ return 200 "{body}"; }}
-    }}
-}}
-"""
 
 # after LIMIT responses (`-- LIMIT`) wrk's thread stops and says so; the script then ends wrk
 # with SIGINT (its summary is printed); -d bounds the time
@@ -96,45 +74,6 @@ def free_port(ns: str, avoid: set[int], start: int = 18080) -> int:
             s.close()
         return port
     raise SystemExit("no free port in the namespace")
-
-
-def start_nginx(ns: str, conf: Path, prefix: str) -> subprocess.Popen[bytes]:
-    """nginx in namespace `ns` with its own configuration, prefix and error log (stop it
-    by its PID with SIGQUIT)."""
-    return subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "nginx",
-            "-c",
-            str(conf),
-            "-p",
-            prefix,
-            "-e",
-            f"{prefix}/error.log",
-        ]
-    )
-
-
-def wait_listening(
-    ns: str, port: int, proc: subprocess.Popen[bytes], secs: float = 10, addr: str = "127.0.0.1"
-) -> None:
-    """nginx answers connects from namespace `ns` at `addr`:`port`."""
-    end = time.monotonic() + secs
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"nginx exited with status {proc.returncode}")
-        s = nsmod.socket_in(ns)
-        try:
-            s.connect((addr, port))
-            return
-        except OSError:
-            time.sleep(0.05)
-        finally:
-            s.close()
-    raise SystemExit("nginx did not start listening")
 
 
 def wrk(ns: str, lua: str, url: str, conns: int, limit: int, secs: int, close: bool) -> str:
@@ -219,9 +158,7 @@ def record(out: Path, a: argparse.Namespace) -> dict[str, Any]:
         prefix = Path(tmp)
         conf = prefix / "nginx.conf"
         conf.write_text(
-            NGINX_CONF.format(
-                prefix=tmp, addr="127.0.0.1", port=port, keepalive="1s", body="x" * 200 + "\\n"
-            )
+            nginx.config(tmp, port, keepalive="1s", requests=1000000, body="x" * 200 + "\n")
         )
         lua = prefix / "limit.lua"
         lua.write_text(WRK_LUA)
@@ -241,9 +178,9 @@ def record(out: Path, a: argparse.Namespace) -> dict[str, Any]:
         err_lines: list[bytes] = []
         drain = threading.Thread(target=lambda: err_lines.extend(dump.stderr or []), daemon=True)
         drain.start()
-        nginx = start_nginx(ns, conf, tmp)
-        procs.append((nginx, signal.SIGQUIT))
-        wait_listening(ns, port, nginx)
+        server = nginx.start(ns, conf, tmp)
+        procs.append((server, signal.SIGQUIT))
+        nginx.wait_listening(ns, port, server)
         url = f"http://127.0.0.1:{port}/"
         t0 = time.monotonic()
         phases: dict[str, Any] = {}
@@ -261,7 +198,7 @@ def record(out: Path, a: argparse.Namespace) -> dict[str, Any]:
         phases["refused"] = refused_phase(ns, closed_port, a.refused)
         secs = time.monotonic() - t0
         time.sleep(0.5)
-        stop(nginx, signal.SIGQUIT)
+        stop(server, signal.SIGQUIT)
         time.sleep(0.5)
         stop(dump, signal.SIGINT)
         drain.join(10)

@@ -24,29 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from record_conns import start_nginx, wait_listening  # beside this script
+from tcpwhy.lab import nginx
 from tcpwhy.lab import ns as nsmod
-
-NGINX_CONF = """\
-daemon off;
-master_process on;
-worker_processes {workers};
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        location / {{ return 200 "ok\\n"; }}
-    }}
-}}
-"""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -77,10 +56,10 @@ def main() -> int:
             ns, {"net.ipv4.ip_local_port_range": "10000 65000", "net.ipv4.tcp_tw_reuse": "1"}
         )
         conf = Path(tmp) / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(prefix=tmp, port=port, workers=a.workers))
-        nginx = start_nginx(ns, conf, tmp)
-        procs.append((nginx, signal.SIGQUIT))
-        wait_listening(ns, port, nginx)
+        conf.write_text(nginx.config(tmp, port, workers=a.workers))
+        server = nginx.start(ns, conf, tmp)
+        procs.append((server, signal.SIGQUIT))
+        nginx.wait_listening(ns, port, server)
         tracer = subprocess.Popen(
             [
                 sys.executable,

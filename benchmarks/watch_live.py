@@ -23,11 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from tcpwhy.lab import nginx
 from tcpwhy.lab import ns as nsmod
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from record_conns import NGINX_CONF, stop, wait_listening  # noqa: E402
+from record_conns import stop  # noqa: E402
 
 CLIENT, SERVER, PORT = "10.99.0.1", "10.99.0.2", 8080
 
@@ -57,27 +58,18 @@ def main() -> int:
     try:
         for ns in (cns, sns):
             nsmod.create_namespace(ns)
-        nsmod.run(
-            ["ip", "link", "add", "c0", "netns", cns, "type", "veth", "peer", "name", "s0",
-             "netns", sns]
-        )  # fmt: skip
-        for ns, ifname, addr in ((cns, "c0", CLIENT), (sns, "s0", SERVER)):
-            nsmod.run(["ip", "addr", "add", f"{addr}/24", "dev", ifname], ns)
-            nsmod.run(["ip", "link", "set", ifname, "up"], ns)
-            nsmod.disable_offloads(ns, ifname)  # segments as a NIC puts them on the wire
+        nsmod.veth_pair(cns, sns, CLIENT, SERVER)
         nsmod.sysctl(cns, {"net.ipv4.ip_local_port_range": "20000 60999"})
         conf = Path(tmp.name) / "nginx.conf"
         conf.write_text(
-            NGINX_CONF.format(
-                prefix=tmp.name, addr=SERVER, port=PORT, keepalive="65s", body="hello from nginx\\n"
+            nginx.config(
+                tmp.name, PORT, addr=SERVER, keepalive="65s", requests=1000000,
+                body="hello from nginx\n",
             )
-        )
-        nginx = subprocess.Popen(
-            ["ip", "netns", "exec", sns, "nginx", "-c", str(conf), "-p", tmp.name,
-             "-e", f"{tmp.name}/error.log"]
         )  # fmt: skip
-        procs.append((nginx, signal.SIGQUIT))
-        wait_listening(cns, PORT, nginx, addr=SERVER)
+        server = nginx.start(sns, conf, tmp.name)
+        procs.append((server, signal.SIGQUIT))
+        nginx.wait_listening(cns, PORT, server, addr=SERVER)
         env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src")}
         watch = subprocess.Popen(
             ["ip", "netns", "exec", cns, sys.executable, "-m", "tcpwhy", "watch", "-i", "c0",

@@ -33,32 +33,8 @@ from tests.gates import LIVE_SLACK_S, need
 REPO = Path(__file__).resolve().parents[1]
 TCPWHY = [sys.executable, "-m", "tcpwhy"]
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-NGINX = "/usr/sbin/nginx"
 CLIENT, SERVER, PORT, METRICS = "10.98.0.1", "10.98.0.2", 8080, 9464
 KEEPALIVE_S = 1
-
-NGINX_CONF = """\
-daemon off;
-master_process on;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    keepalive_timeout {keepalive}s;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    default_type text/plain;
-    server {{
-        listen {addr}:{port};
-        location / {{ return 200 "item\\n"; }}
-    }}
-}}
-"""
 
 # a pooled client: one http.client connection for several requests, idle past the server's
 # keep-alive timeout, reused (the server has closed it: reset), and the request retried on a
@@ -135,9 +111,10 @@ def _found(text: str, kind: str) -> float:
 
 @pytest.mark.root
 def test_watch_names_nginx_stale_keepalive_live(tmp_path: Path, netns_ok: None) -> None:
+    from tcpwhy.lab import nginx
     from tcpwhy.lab import ns as nsmod
 
-    need(os.path.exists(NGINX), "nginx not installed (the distribution's package)")
+    need(os.path.exists(nginx.NGINX), "nginx not installed (the distribution's package)")
     need(shutil.which("tcpdump") is not None, "tcpdump not installed")
     cns, sns = nsmod.new_name("wnc"), nsmod.new_name("wns")
     procs: list[tuple[subprocess.Popen[bytes], int]] = []
@@ -145,35 +122,14 @@ def test_watch_names_nginx_stale_keepalive_live(tmp_path: Path, netns_ok: None) 
     try:
         for ns in (cns, sns):
             nsmod.create_namespace(ns)
-        nsmod.run(
-            ["ip", "link", "add", "c0", "netns", cns, "type", "veth", "peer", "name", "s0",
-             "netns", sns]
-        )  # fmt: skip
-        for ns, ifname, addr in ((cns, "c0", CLIENT), (sns, "s0", SERVER)):
-            nsmod.run(["ip", "addr", "add", f"{addr}/24", "dev", ifname], ns)
-            nsmod.run(["ip", "link", "set", ifname, "up"], ns)
-            nsmod.disable_offloads(ns, ifname)
+        nsmod.veth_pair(cns, sns, CLIENT, SERVER)
         conf = tmp_path / "nginx.conf"
         conf.write_text(
-            NGINX_CONF.format(prefix=tmp_path, keepalive=KEEPALIVE_S, addr=SERVER, port=PORT)
+            nginx.config(tmp_path, PORT, addr=SERVER, keepalive=f"{KEEPALIVE_S}s", body="item\n")
         )
-        nginx = subprocess.Popen(
-            ["ip", "netns", "exec", sns, NGINX, "-c", str(conf), "-p", str(tmp_path),
-             "-e", str(tmp_path / "error.log")]
-        )  # fmt: skip
-        procs.append((nginx, signal.SIGQUIT))
-        deadline = time.monotonic() + 10 + LIVE_SLACK_S
-        while True:  # nginx answers connects
-            assert nginx.poll() is None, "nginx exited"
-            s = nsmod.socket_in(cns)
-            try:
-                s.connect((SERVER, PORT))
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "nginx did not start listening"
-                time.sleep(0.05)
-            finally:
-                s.close()
+        server = nginx.start(sns, conf, tmp_path)
+        procs.append((server, signal.SIGQUIT))
+        nginx.wait_listening(cns, PORT, server, secs=10 + LIVE_SLACK_S, addr=SERVER)
         # the watcher starts after that probe: it sees only the client's connections
         watch = subprocess.Popen(
             ["ip", "netns", "exec", cns, *TCPWHY, "watch", "-i", "c0", "--format", "jsonl",

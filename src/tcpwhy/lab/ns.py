@@ -141,6 +141,32 @@ def create_namespace(ns: str) -> None:
     run(["ip", "link", "set", "lo", "up"], ns)
 
 
+def veth_pair(cns: str, sns: str, client: str, server: str) -> None:
+    """Two namespaces joined by one veth pair, c0 (address `client`) and s0 (`server`),
+    both /24, offloads off: the wire between a client and a server host."""
+    run(
+        [
+            "ip",
+            "link",
+            "add",
+            "c0",
+            "netns",
+            cns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "s0",
+            "netns",
+            sns,
+        ]
+    )
+    for ns, ifname, addr in ((cns, "c0", client), (sns, "s0", server)):
+        run(["ip", "addr", "add", f"{addr}/24", "dev", ifname], ns)
+        run(["ip", "link", "set", ifname, "up"], ns)
+        disable_offloads(ns, ifname)  # segments as a NIC puts them on the wire
+
+
 def sysctl(ns: str, settings: dict[str, object]) -> None:
     if settings:
         run(["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in settings.items())], ns)
