@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -32,19 +34,32 @@ def goaway_rows(c: Conn) -> frozenset[int]:
     """Local rows that carry only the server's HTTP/2 GOAWAY: its goodbye before the FIN
     (as a TLS close_notify is), not data, so an idle gap is measured up to it. Frames in
     clear on h2c; on ALPN h2 the short record before the server's closing alert."""
-    got: frozenset[int] | None = c.cache.get("h2_goaway_rows")
+    return _only_frames(
+        c, "h2_goaway_rows", lambda f: (f.ftype == http2.GOAWAY) & ~f.client, _tls_goaway
+    )
+
+
+def _only_frames(
+    c: Conn,
+    key: str,
+    pick: Callable[[Any], np.ndarray],
+    encrypted: Callable[[Conn], set[int]] | None = None,
+) -> frozenset[int]:
+    """Rows whose HTTP/2 frames are all ones `pick` selects (cached under `key`); on an
+    encrypted h2 connection what `encrypted` reads instead, when given."""
+    got: frozenset[int] | None = c.cache.get(key)
     if got is not None:
         return got
     rows: set[int] = set()
     hc = http.h2(c)
     if hc is not None and hc.frames is not None:
         f = hc.frames
-        bye = (f.ftype == http2.GOAWAY) & ~f.client
-        other = set(f.row[~bye].tolist())
-        rows = {r for r in f.row[bye].tolist() if r not in other}
-    elif hc is not None:
-        rows = _tls_goaway(c)
-    got = c.cache["h2_goaway_rows"] = frozenset(rows)
+        sel = pick(f)
+        other = set(f.row[~sel].tolist())
+        rows = {r for r in f.row[sel].tolist() if r not in other}
+    elif hc is not None and encrypted is not None:
+        rows = encrypted(c)
+    got = c.cache[key] = frozenset(rows)
     return got
 
 
@@ -93,18 +108,9 @@ def client_control_rows(c: Conn) -> frozenset[int]:
     clear on h2c. An HTTP/2 server's idle timer runs from its last stream's end: such a
     frame after it (nginx, reset by the server, sees the client cancel the same stream a
     moment later) starts no exchange, and measuring from it reads the timeout short."""
-    got: frozenset[int] | None = c.cache.get("h2_client_control_rows")
-    if got is not None:
-        return got
-    rows: set[int] = set()
-    hc = http.h2(c)
-    if hc is not None and hc.frames is not None:
-        f = hc.frames
-        ctl = np.isin(f.ftype, H2_NO_REQUEST) & f.client
-        other = set(f.row[~ctl].tolist())
-        rows = {r for r in f.row[ctl].tolist() if r not in other}
-    got = c.cache["h2_client_control_rows"] = frozenset(rows)
-    return got
+    return _only_frames(
+        c, "h2_client_control_rows", lambda f: np.isin(f.ftype, H2_NO_REQUEST) & f.client
+    )
 
 
 def idle_start(c: Conn, i: int) -> int | None:
