@@ -860,18 +860,5 @@ def _addr(t: PacketTable, row: int, which: str) -> str:
     return f"[{a}]" if ":" in a else a
 
 
-def unique_sorted(a: npt.ArrayLike) -> npt.NDArray[Any]:
-    """`numpy.unique(a)` of integers, by a sort: numpy 2.4's hashing `unique` (taken when
-    no index, inverse or count is asked for) needs about a second for 200,000 distinct
-    values, a sort a hundredth of that."""
-    s = np.sort(np.asarray(a), axis=None)
-    if len(s) < 2:
-        return s
-    keep = np.empty(len(s), np.bool_)
-    keep[0] = True
-    np.not_equal(s[1:], s[:-1], out=keep[1:])
-    return s[keep]
-
-
 def streams_where(mask: npt.NDArray[np.bool_]) -> list[int]:
     return [int(s) for s in np.flatnonzero(mask)]

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tcpwhy.arrays import unique_sorted
 from tcpwhy.decode.table import ACK, RST, SYN
-from tcpwhy.diagnose.context import CLIENT, SERVER, Conn, unique_sorted
+from tcpwhy.diagnose.context import CLIENT, SERVER, Conn
 from tcpwhy.diagnose.registry import Diag
 
 

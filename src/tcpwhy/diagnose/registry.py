@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.diagnose.context import Capture, Conn, unique_sorted
+from tcpwhy.arrays import unique_sorted
+from tcpwhy.diagnose.context import Capture, Conn
 from tcpwhy.diagnose.model import Finding, Step, Story
 
 _ORDER = re.compile(r"^ORDER = (\d+)$", re.M)

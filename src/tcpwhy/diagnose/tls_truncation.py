@@ -19,8 +19,7 @@ alert is what servers see all day).
 
 from __future__ import annotations
 
-import numpy as np
-
+from tcpwhy.arrays import unique_sorted
 from tcpwhy.decode.table import RST
 from tcpwhy.diagnose import tls
 from tcpwhy.diagnose.common import Group, Hits
@@ -55,7 +54,7 @@ def detect(diag: Diag) -> list[Finding]:
     recs = tls.capture_records(cap)
     if not len(recs):
         return []
-    sids = np.unique(recs.group // 2)
+    sids = unique_sorted(recs.group // 2)
     sids = sids[cap.n_fin[sids].sum(1) > 0]
     hits = Hits()
     for sid in sids.tolist():

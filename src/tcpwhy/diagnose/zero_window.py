@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from tcpwhy.arrays import unique_sorted
 from tcpwhy.decode.table import RST, SYN
 from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.common import Group, Hits
-from tcpwhy.diagnose.context import WHO, fmt_s, unique_sorted
+from tcpwhy.diagnose.context import WHO, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.probes import probes
 from tcpwhy.diagnose.registry import Diag, plural, rule

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from tcpwhy.arrays import unique_sorted
+
 if TYPE_CHECKING:
     from tcpwhy.decode.table import PacketTable
     from tcpwhy.filter.compiler import Test
@@ -114,7 +116,7 @@ def select_streams(
 
         ctx = FilterContext(table)
     m = flt.mask(table, ctx)
-    return np.unique(np.asarray(ctx.streams["stream"])[m]).astype(np.int64)
+    return unique_sorted(np.asarray(ctx.streams["stream"])[m]).astype(np.int64)
 
 
 def add_filter_argument(parser: argparse.ArgumentParser) -> None:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from tcpwhy.arrays import unique_sorted
 from tcpwhy.decode import tls as rec
 from tcpwhy.decode.table import RST, SYN
 from tcpwhy.filter.fields import FIELDS, PROTO, STRING, UINT, ByteValues, Extract, Field, Occ, Rows
@@ -217,7 +218,7 @@ def _calls(ctx: FilterContext, tt: TableTLS) -> _Calls:
     r = tt.recs
     if not len(r):
         return out
-    streams = np.unique(r.group // 2)
+    streams = unique_sorted(r.group // 2)
     groups = np.sort(np.concatenate([streams * 2, streams * 2 + 1]))
     groups = groups[groups < len(r.bounds) - 1]
     lens = r.bounds[groups + 1] - r.bounds[groups]
