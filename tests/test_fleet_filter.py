@@ -77,3 +77,17 @@ def test_bad_filter_and_parquet(fleet: Path, tmp_path: Path) -> None:
     assert (r.returncode, r.stdout) == (2, "")
     assert r.stderr == "tcpwhy: --parquet: writes every connection: give no -Y\n"
     assert not (tmp_path / "ds").exists()
+
+
+def test_api_fleet_takes_the_filter_as_the_command_does(fleet: Path) -> None:
+    import tcpwhy
+
+    r = analyze(fleet, "-Y", "tcp.stream == 2", "--format", "json")
+    want = summary(json.loads(r.stdout))
+    got = tcpwhy.analyze(fleet, display_filter="tcp.stream == 2")
+    assert isinstance(got, tcpwhy.FleetReport)
+    assert summary({"findings": got.findings, "capture_points": got.capture_points}) == want
+    kinds, _ = want
+    assert kinds == [("close-wait-leak", 1)]
+    with pytest.raises(tcpwhy.TcpwhyError):
+        tcpwhy.analyze(fleet, display_filter="tcp.stream ==")

@@ -1140,8 +1140,6 @@ def analyze(
         raise ValueError(f"workers must be at least 1, not {workers}")
     given = _as_list(paths)
     if workers or scheduler or _is_fleet(given):
-        if display_filter is not None:
-            raise ValueError("display_filter is for one capture point, not a fleet")
         if not all(isinstance(p, (str, os.PathLike)) for p in given):
             raise ValueError("a fleet is read from paths or URLs, not file objects")
         from tcpwhy.diagnose.fleet import _bar, run_fleet
@@ -1158,6 +1156,7 @@ def analyze(
                     scheduler,
                     update,
                     reassemble=reassemble,
+                    display_filter=display_filter,
                 )
             )
     flt = None
