@@ -50,12 +50,46 @@ def plain_counts(a: Path, b: Path) -> tuple[int, int, int]:
     return lost_ab, lost_ba, injected
 
 
-def check_pair(report_json: dict, a: Path, b: Path, dropped: int, injected: int) -> None:
+def plain_delays(a: Path, b: Path) -> dict[str, float]:
+    """Median one-way delay (ms) each way, read off the two captures' own time stamps (one
+    clock in the lab): each segment seen at both points, the k-th copy from the last at one
+    matched with the k-th from the last at the other, as a plain dictionary lookup."""
+    from statistics import median
+
+    def times(path: Path) -> dict[tuple[int, ...], list[int]]:
+        t = read_table(str(path))
+        out: dict[tuple[int, ...], list[int]] = {}
+        for i in range(len(t)):
+            sp, dp, fl = int(t.sport[i]), int(t.dport[i]), int(t.flags[i])
+            c2s = dp == 8080
+            key = (c2s, sp if c2s else dp, int(t.seq[i]), int(t.ack[i]) if fl & 16 else 0,
+                   fl & 0x17, int(t.payload_len[i]))  # fmt: skip
+            out.setdefault(key, []).append(int(t.ts_ns[i]))
+        return out
+
+    ta, tb = times(a), times(b)
+    gaps: dict[bool, list[float]] = {True: [], False: []}
+    for key in ta.keys() & tb.keys():
+        for x, y in zip(reversed(ta[key]), reversed(tb[key]), strict=False):
+            gaps[key[0]].append((y - x if key[0] else x - y) / 1e6)
+    return {"a_to_b": median(gaps[True]), "b_to_a": median(gaps[False])}
+
+
+def check_pair(
+    report_json: dict, a: Path, b: Path, dropped: int, injected: int, busy_ms: float = 0.0
+) -> None:
+    """The pairing's facts against the relay's (30 ms each way, its counts) and against the
+    captures' own time stamps. `busy_ms`: how much later than asked a relay on a loaded
+    machine may forward (its Python loop waits for the interpreter lock and the scheduler);
+    the captures then show the real delay, which the pairing must report."""
     (path,) = report_json["paths"]
     assert path["captures"] == [str(a), str(b)]
     assert path["matched_connections"] == 4
+    plain = plain_delays(a, b)
     for d in ("a_to_b", "b_to_a"):
-        assert abs(path[d]["delay_ms"] - DELAY_MS) < 3, path
+        assert abs(path[d]["delay_ms"] - plain[d]) < 1, (path, plain)
+        # never faster than the relay holds a segment; within a few ms of it when quiet
+        assert DELAY_MS - 1 < path[d]["delay_ms"] < DELAY_MS + 3 + busy_ms, (path, plain)
     assert path["a_to_b"]["lost"] == dropped and path["b_to_a"]["lost"] == 0
     assert path["only_in_a"] == injected and path["only_in_b"] == 0
     assert (path["a_to_b"]["lost"], path["b_to_a"]["lost"], path["only_in_a"]) == plain_counts(a, b)
@@ -173,4 +207,5 @@ def test_pair_on_the_kernel(netns_ok: None, tmp_path: Path) -> None:
         Path(server_capture_path(str(out))),
         dropped=int(counts["dropped"]),
         injected=int(counts["injected"]),
+        busy_ms=15.0,
     )
