@@ -392,3 +392,83 @@ def test_explain_json_fixes_are_the_analyze_objects(capfd: pytest.CaptureFixture
     (race,) = [f for f in json.loads(out)["findings"] if f["kind"] == "keepalive-race"]
     go = [x for x in race["fixes_by_stack"] if x["knob"] == "http.Transport.IdleConnTimeout"]
     assert go and {**go[0], "value": None} in eof  # the same object, without the measured value
+
+
+def _fields(node: Any, path: str = "") -> list[tuple[str, str, dict[str, Any]]]:
+    """Every property a schema declares, as (path, name, its schema), `#def/` for $defs."""
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    if not isinstance(node, dict):
+        return out
+    for k, v in node.get("properties", {}).items():
+        out += [(path + k, k, v), *_fields(v, path + k + "/")]
+    for key, step in (("items", "[]/"), ("additionalProperties", "*/")):
+        out += _fields(node.get(key), path + step)
+    for k, v in node.get("$defs", {}).items():
+        out += _fields(v, f"#{k}/")
+    for key in ("oneOf", "anyOf", "allOf"):
+        for v in node.get(key, []):
+            out += _fields(v, path)
+    return out
+
+
+def _types(node: dict[str, Any]) -> set[str]:
+    t = node.get("type", [])
+    got = {t} if isinstance(t, str) else set(t)
+    for key in ("oneOf", "anyOf"):
+        for v in node.get(key, []):
+            got |= _types(v)
+    return got
+
+
+# Times and durations that predate the convention (RFC 3339 `ts`/`*_time` beside `*_ns`,
+# durations with their unit in the name) and stay in 1.x: each is listed in docs/json.md
+# ("Time"). Fixing one removes it here; a new field that breaks the convention fails.
+LEGACY_TIMES = {
+    ("analyze", "#capture/first_ts"),
+    ("analyze", "#capture/last_ts"),
+    ("conns", "start"),
+    ("conns", "duration"),
+    ("conns", "irtt"),
+    ("packets", "time"),
+    ("packets", "ts"),
+    ("flow", "#at/time"),
+    ("watch", "ts"),
+    ("watch", "group/first_ts"),
+    ("watch", "group/last_ts"),
+    ("host-trace", "ts"),
+    ("host-watch", "time"),
+    ("host-watch", "listeners/[]/seen_full"),
+}
+TIME_NAMES = ("ts", "time", "start", "duration", "irtt", "seen_full")
+
+
+def test_times_and_durations_follow_the_convention() -> None:
+    """Every schema field that holds a time is an RFC 3339 string (`ts`, `time`, `*_time`)
+    or integer epoch nanoseconds (`*_ns`), every duration names its unit (`*_s`, `*_ms`),
+    except the documented fields kept from before the convention."""
+    off: set[tuple[str, str]] = set()
+    for name in NAMES:
+        for path, field, node in _fields(load(name)):
+            if field.endswith("_per_s") or (name, path) == ("flow", "#endpoint/start"):
+                continue  # a rate; a state name
+            if not (field in TIME_NAMES or field.endswith(("_ts", "_time", "_ns", "_s", "_ms"))):
+                continue
+            ty = _types(node)
+            ok = (
+                (field.endswith("_ns") and "integer" in ty and ty <= {"integer", "null"})
+                or (field.endswith(("_s", "_ms")) and bool(ty & {"number", "integer", "object"}))
+                or (
+                    (field in ("ts", "time") or field.endswith("_time"))
+                    and node.get("format") == "date-time"
+                )
+            )
+            if not ok:
+                off.add((name, path))
+    assert off == LEGACY_TIMES
+    text = (DOCS / "json.md").read_text()
+    section = text[text.index("\n## Time\n") :]
+    bullets = section[: section.index("\n## ", 1)].split("\n* ")[1:]
+    for name, path in sorted(LEGACY_TIMES):
+        view = f"`{name.replace('-', ' ')}`"  # host-watch: `host watch`
+        (bullet,) = [b for b in bullets if b.startswith(view)]
+        assert path.rsplit("/", 1)[-1] in bullet, (name, path)
