@@ -90,6 +90,23 @@ def test_conns_and_packets_jsonl_on_every_lab_recording(
         assert "local_orig" in record
 
 
+def test_flow_json_on_every_lab_recording(capfd: pytest.CaptureFixture[str]) -> None:
+    """`flow --format json` of up to four connections of every shipped recording (ICMP
+    errors, folds, refused and unanswered connections among them)."""
+    kinds: set[str] = set()
+    n = 0
+    for cap in CAPTURES:
+        _, out = run(capfd, "conns", str(cap), "--format", "jsonl")
+        for stream in sorted({r["stream"] for r in lines(out)})[:4]:
+            status, out = run(capfd, "flow", str(cap), str(stream), "--format", "json")
+            assert status == 0, (cap.name, stream)
+            doc = json.loads(out)
+            validate("flow", doc)
+            kinds |= {r["kind"] for r in doc["rows"]}
+            n += 1
+    assert n > 60 and {"packet", "fold"} <= kinds, kinds
+
+
 def test_explain_json(capfd: pytest.CaptureFixture[str]) -> None:
     status, out = run(capfd, "explain", "Connection reset by peer", "--format", "json")
     assert status == 0
@@ -152,15 +169,31 @@ def test_host_watch_json_in_a_namespace(netns_ok: None) -> None:
         for s in samples:
             validate("host-watch", s)
         assert samples[1]["ts_ns"] > samples[0]["ts_ns"]
-        for view in ("states", "listen", "sysctl"):
+        for view, *more in (
+            ("states",),
+            ("states", "--by", "port", "--list"),
+            ("states", "--by", "remote"),
+            ("states", "--by", "process"),
+            ("listen",),
+            ("sysctl",),
+            ("counters", "--all"),
+            ("counters", "--interval", "0.2", "--count", "1"),
+            ("watch", "--once"),
+        ):
             r = subprocess.run(
-                [sys.executable, "-m", "tcpwhy", "host", view, "--netns", name, "--format", "json"],
+                [sys.executable, "-m", "tcpwhy", "host", view, *more, "--netns", name,
+                 "--format", "json"],
                 capture_output=True,
                 text=True,
                 timeout=60,
-            )
+            )  # fmt: skip
             assert r.returncode == 0, r.stderr
-            validate(f"host-{view}", json.loads(r.stdout))
+            for doc in (
+                [json.loads(r.stdout)]
+                if view in ("states", "listen", "sysctl")
+                else lines(r.stdout)
+            ):
+                validate(f"host-{view}", doc)
     finally:
         nsmod.delete_namespace(name)
 
