@@ -107,6 +107,27 @@ def test_flow_json_on_every_lab_recording(capfd: pytest.CaptureFixture[str]) -> 
     assert n > 60 and {"packet", "fold"} <= kinds, kinds
 
 
+@pytest.mark.corpus
+def test_analyze_and_conns_json_on_the_zeek_corpus(
+    zeek_corpus: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Captures tcpwhy did not make (Zeek's test traces: tunnels, odd link types, traces
+    cut anywhere): every analyze document and conns record fits the schemas too."""
+    docs = records = 0
+    for cap in sorted(p for p in zeek_corpus.iterdir() if p.is_file()):
+        status, out = run(capfd, "analyze", str(cap), "--format", "json")
+        if status == 2:
+            continue  # not a capture tcpwhy reads (one line on stderr, tested elsewhere)
+        validate("analyze", json.loads(out))
+        docs += 1
+        status, out = run(capfd, "conns", str(cap), "--format", "jsonl")
+        assert status == 0, cap.name
+        for record in lines(out):
+            validate("conns", record)
+            records += 1
+    assert docs >= 30 and records >= 50, (docs, records)
+
+
 def test_explain_json(capfd: pytest.CaptureFixture[str]) -> None:
     status, out = run(capfd, "explain", "Connection reset by peer", "--format", "json")
     assert status == 0
