@@ -346,3 +346,86 @@ def test_text_leads_with_fleet_verdict(fleet: Path) -> None:
         lines[-1]
         == f"error: {fleet / 'host-b' / 'b-2.pcap'}: " + r.stderr.split(": ", 2)[2].strip()
     )
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def moved_port(src: Path, dst: Path, old: int, new: int) -> None:
+    """A copy of an Ethernet/IPv4 pcap recording with TCP port `old` written as `new` (the
+    same connections to another server), TCP checksums recomputed."""
+    data = bytearray(src.read_bytes())
+    off = 24
+    while off < len(data):
+        incl = int.from_bytes(data[off + 8 : off + 12], "little")
+        frame = off + 16
+        ip = frame + 14
+        if data[frame + 12 : frame + 14] == b"\x08\x00" and data[ip + 9] == 6:
+            ihl = (data[ip] & 0x0F) * 4
+            total = int.from_bytes(data[ip + 2 : ip + 4], "big")
+            seg = ip + ihl
+            for at in (seg, seg + 2):
+                if int.from_bytes(data[at : at + 2], "big") == old:
+                    data[at : at + 2] = new.to_bytes(2, "big")
+            data[seg + 16 : seg + 18] = b"\0\0"
+            n = total - ihl
+            pseudo = bytes(data[ip + 12 : ip + 20]) + b"\0\x06" + n.to_bytes(2, "big")
+            data[seg + 16 : seg + 18] = _checksum(pseudo + bytes(data[seg : seg + n])).to_bytes(
+                2, "big"
+            )
+        off = frame + incl
+    dst.write_bytes(bytes(data))
+
+
+def test_close_wait_leaks_are_one_finding_per_server(tmp_path: Path) -> None:
+    """CLOSE_WAIT leaks name their server by `facts.endpoint`, not `facts.server`: the fleet
+    still has one finding per server (two servers, two findings, each named in its verdict),
+    and the Parquet findings name the server too."""
+    d = tmp_path / "fleet"
+    d.mkdir()
+    leak = LAB / "close-wait-leak.pcap"
+    shutil.copy(leak, d / "web-1.pcap")
+    shutil.copy(leak, d / "web-2.pcap")
+    moved_port(leak, d / "web-3.pcap", 8080, 8081)
+    alone = json.loads(
+        subprocess.run(
+            [*TCPWHY, "analyze", str(d / "web-3.pcap"), "--format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        ).stdout
+    )["findings"]
+    # the copy is the same leak, now at port 8081
+    assert [(f["kind"], f["facts"]["endpoint"]) for f in alone] == [
+        ("close-wait-leak", "10.77.0.2:8081")
+    ]
+    status, report, _ = analyze(d, "--parquet", tmp_path / "ds")
+    assert status == 1
+    leaks = {f["server"]: f for f in report["findings"] if f["kind"] == "close-wait-leak"}
+    assert sorted(leaks) == ["10.77.0.2:8080", "10.77.0.2:8081"]
+    assert leaks["10.77.0.2:8080"]["capture_points"] == {"web-1.pcap": 3, "web-2.pcap": 3}
+    assert leaks["10.77.0.2:8081"]["capture_points"] == {"web-3.pcap": 3}
+    assert leaks["10.77.0.2:8080"]["verdict"] == (
+        "close-wait-leak at 2 of 3 capture points, all to 10.77.0.2:8080 (6 connections)"
+    )
+    import duckdb
+
+    got = (
+        duckdb.connect()
+        .sql(
+            f"select point, server from read_parquet('{tmp_path / 'ds' / 'findings' / '**' / '*.parquet'}', "
+            "hive_partitioning = true) where kind = 'close-wait-leak' order by point"
+        )
+        .fetchall()
+    )
+    assert got == [
+        ("web-1.pcap", "10.77.0.2:8080"),
+        ("web-2.pcap", "10.77.0.2:8080"),
+        ("web-3.pcap", "10.77.0.2:8081"),
+    ]

@@ -355,8 +355,16 @@ def run_points(
     return [r for r in results if r is not None]
 
 
-def _server(f: dict[str, Any]) -> str:
-    return str(f.get("facts", {}).get("server", ""))
+def finding_server(f: dict[str, Any]) -> str:
+    """The server a finding (``analyze --format json``'s object) is about: `facts.server`,
+    or for a server's CLOSE_WAIT leak the server itself (`facts.endpoint`, side ``server``);
+    "" when it names none. Fleet findings are one per kind and this server."""
+    facts = f.get("facts") or {}
+    if facts.get("server"):
+        return str(facts["server"])
+    if facts.get("side") == "server" and facts.get("endpoint"):
+        return str(facts["endpoint"])
+    return ""
 
 
 def fleet_findings(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -366,7 +374,7 @@ def fleet_findings(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for r in results:
         for f in r["findings"]:
-            key = (f["kind"], _server(f))
+            key = (f["kind"], finding_server(f))
             g = groups.setdefault(
                 key,
                 {
@@ -614,6 +622,7 @@ __all__ = [
     "Point",
     "analyze_point",
     "capture_points",
+    "finding_server",
     "fleet_findings",
     "fleet_report",
     "run_fleet",

@@ -503,7 +503,8 @@ _FINDING_NOTES = {
     "kind": "the finding's kind (docs/diagnose.md)",
     "severity": "`info`, `warning` or `error`",
     "count": "connections that show it at this capture point",
-    "server": "the server it is about (`facts.server`), if one",
+    "server": "the server it is about (`facts.server`; a server's CLOSE_WAIT leak: that "
+    "server), if one",
     "server_idle_timeout_s": "the server idle timeout inferred here, median seconds (or null)",
     "summary": "one line",
     "first": "first packet of the finding, UTC",
@@ -602,6 +603,8 @@ def _finding_rows(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     import datetime as dt
     import json
 
+    from tcpwhy.diagnose.fleet import finding_server
+
     rows = []
     for f in findings:
         facts = f.get("facts") or {}
@@ -612,7 +615,7 @@ def _finding_rows(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "kind": f["kind"],
                 "severity": f["severity"],
                 "count": int(f["count"]),
-                "server": str(facts["server"]) if facts.get("server") else None,
+                "server": finding_server(f) or None,
                 "server_idle_timeout_s": float(t["median"])
                 if isinstance(t, dict) and "median" in t
                 else None,
