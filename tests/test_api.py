@@ -7,6 +7,7 @@ separate processes, on the lab recordings shipped in the package.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import io
 import json
@@ -63,6 +64,7 @@ PUBLIC = {
     "Report.to_html": "(self) -> 'str'",
     "Flow.to_svg": "(self) -> 'str'",
     "Flow.to_text": "(self) -> 'str'",
+    "Flow.to_dict": "(self) -> 'dict[str, Any]'",
     "host.states": "(netns: 'str | None' = None, by: 'str | None' = None) -> 'dict[str, Any]'",
     "host.listen": "(netns: 'str | None' = None) -> 'dict[str, Any]'",
     "host.counters": "(netns: 'str | None' = None) -> 'dict[str, Any]'",
@@ -89,8 +91,9 @@ PROPERTIES = {
     ],
     "Report": ["findings", "connections", "capture", "exit_status"],
     "FleetReport": ["findings", "points", "capture_points", "errors", "exit_status"],
-    "Flow": ["view", "rows"],
+    "Flow": ["view", "rows", "paired"],
 }
+FIELD = ["name", "dtype", "shape", "meaning", "words"]  # `Field`'s attributes, in order
 CLASSES = [
     "Capture",
     "Table",
@@ -130,6 +133,12 @@ def test_public_names_and_signatures_are_stable() -> None:
     assert issubclass(tcpwhy.FilterError, tcpwhy.TcpwhyError)
     for name in [*PUBLIC, *CLASSES]:
         assert inspect.getdoc(_resolve(name)), f"{name} has no docstring"
+    for cls, props in PROPERTIES.items():
+        for p in props:
+            assert inspect.getdoc(getattr(_resolve(cls), p)), f"{cls}.{p} has no docstring"
+    assert [f.name for f in dataclasses.fields(tcpwhy.Field)] == FIELD
+    # `from tcpwhy import *` gives the API (`open` left out: it would shadow the builtin)
+    assert sorted(tcpwhy.__all__) == sorted(["host", "analyze", *CLASSES])
 
 
 def test_import_is_lazy() -> None:
@@ -281,6 +290,43 @@ def test_duckdb_joins_connections_with_a_log() -> None:
     assert states == counted
 
 
+def _notebook_blocks() -> list[str]:
+    """The Python blocks of docs/api.md's notebook section, in order."""
+    text = (Path(__file__).parents[1] / "docs" / "api.md").read_text()
+    section = text.split("## In a notebook", 1)[1].split("\n## ", 1)[0]
+    return [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
+
+
+def test_docs_notebook_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/api.md's worked example (a log joined with the connections in DuckDB, resets per
+    second plotted) runs as written and gives what its comments say."""
+    pytest.importorskip("duckdb")
+    pd = pytest.importorskip("pandas")
+    monkeypatch.chdir(Path(__file__).parents[1])
+    plotted: list[tuple[Any, dict[str, Any]]] = []
+
+    class Plot:  # matplotlib may be absent: record what would be drawn
+        def __init__(self, data: Any) -> None:
+            self.data = data
+
+        def __call__(self, **kw: Any) -> None:
+            plotted.append((self.data, kw))
+
+    monkeypatch.setattr(pd.Series, "plot", property(Plot))
+    blocks = _notebook_blocks()
+    assert len(blocks) == 2
+    ns: dict[str, Any] = {}
+    for block in blocks:
+        exec(compile(block, "docs/api.md", "exec"), ns)
+    joined = ns["joined"]
+    assert joined["stream"].tolist() == [0, 2, 6]
+    assert [str(x) for x in joined["conn_state"]] == ["RSTR", "S1", "RSTR"]
+    assert joined["status"].tolist() == ["ECONNRESET", "timeout", "ECONNRESET"]
+    assert set(joined["end"].astype(str)) == {"reset by responder", "still open at end of capture"}
+    [(series, kw)] = plotted
+    assert series.tolist() == [2, 0, 3] and kw["kind"] == "bar"
+
+
 def test_display_filter_selects_as_the_commands_do() -> None:
     path = str(LAB / "time-wait-reuse.pcap")
     flt = "tcp.flags.fin == 1"
@@ -355,6 +401,21 @@ def test_notebook_display() -> None:
     assert "stale-keepalive-reuse" in repr(f)
     assert "stale-keepalive-reuse" in cap._repr_html_()
     assert "rows" in repr(cap.connections) and "<table>" in cap.connections._repr_html_()
+    # the flow is the SVG ladder; the report leads with the HTML page's verdict
+    flow = cap.flow(f.examples[0])
+    assert flow._repr_html_().startswith("<svg") and "Flow stream" in repr(flow)
+    report = tcpwhy.analyze(LAB / "stale-keepalive.pcap")
+    assert isinstance(report, tcpwhy.Report) and "Report" in repr(report)
+    page = report.to_html()
+    said = page.split('id="verdict">', 1)[1].split("</p>", 1)[0]
+    kind = said.split('<span class="kind">', 1)[1].split("</span>", 1)[0]
+    assert kind == "stale-keepalive-reuse"
+    assert f"<b>Verdict:</b> <code>{kind}</code> — " in report._repr_html_()
+    text = said.split("</span> — ", 1)[1].split("<span", 1)[0].strip()
+    assert text.endswith(".") and f"— {text}</p>" in report._repr_html_()
+    clean = tcpwhy.analyze(LAB / "clean.pcap")
+    assert "no problem found." in clean.to_html().split('id="verdict">', 1)[1].split("</p>")[0]
+    assert "<b>Verdict:</b> no problem found." in clean._repr_html_()
 
 
 # ---------------------------------------------------------------- errors

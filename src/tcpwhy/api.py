@@ -676,7 +676,26 @@ class Report:
             f"<p><b>tcpwhy analyze</b> {escape(', '.join(c.files))}: {c.packets:,} TCP packets, "
             f"{c.connections:,} connections, {len(self._findings)} finding(s)</p>"
         )
-        return "<div>" + head + "".join(f._repr_html_() for f in self._findings) + "</div>"
+        return (
+            "<div>"
+            + head
+            + self._verdict_html()
+            + "".join(f._repr_html_() for f in self._findings)
+            + "</div>"
+        )
+
+    def _verdict_html(self) -> str:
+        """The verdict line of ``analyze --format html``: its worst finding when that is a
+        warning or an error, else "no problem found"."""
+        from tcpwhy.diagnose.model import Severity
+
+        worst = self._r.worst
+        if worst is not None and worst is not Severity.INFO:
+            top = self._r.findings[0]
+            text = f"<code>{escape(top.kind)}</code> — {escape(top.summary)}."
+        else:
+            text = "no problem found."
+        return f"<p class='tcpwhy-verdict'><b>Verdict:</b> {text}</p>"
 
 
 class Flow:
