@@ -100,6 +100,12 @@ def check_pair(
     (f,) = report_json["findings"]
     assert (f["kind"], f["count"], f["facts"]["certainty"]) == ("middlebox-reset", 2, "certain")
     assert f["facts"]["seen_at"] == [str(a), str(b)]
+    # the evidence of the second capture: the server never sent the RST, and the request it
+    # answers never reached the server either
+    words = " ".join(f["explanation"].split())
+    assert f"the capture at {b} holds this connection, and the server never sent this RST" in words
+    assert f"The segment it answers never reached {b} either" in words
+    assert [s["note"].endswith(f"never reached {b}") for s in f["timeline"]][:1] == [True]
 
 
 def analyze_json(*args: str) -> dict:
