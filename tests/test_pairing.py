@@ -215,3 +215,27 @@ def test_pair_on_the_kernel(netns_ok: None, tmp_path: Path) -> None:
         injected=int(counts["injected"]),
         busy_ms=15.0,
     )
+
+
+def test_a_second_point_doubles_no_finding(tmp_path: Path) -> None:
+    """Every lab recording given with a copy of itself as a second capture point (a path with
+    no delay, nothing lost): every connection pairs, and the findings are the recording's
+    own, each once, seen at both points."""
+    import shutil
+
+    for src in sorted(DATA_DIR.glob("*.pcap")):
+        if src.name.endswith(".server.pcap"):
+            continue
+        copy = tmp_path / f"{src.stem}.other-point.pcap"
+        shutil.copy(src, copy)
+        one = diagnose_files([str(src)])
+        two = diagnose_files([str(src), str(copy)])
+        assert [(f.kind, f.count, f.streams) for f in two.findings] == [
+            (f.kind, f.count, f.streams) for f in one.findings
+        ], src.name
+        for f in two.findings:
+            assert f.facts["seen_at"] == [str(src), str(copy)], (src.name, f.kind)
+        (p,) = two.paths
+        assert p["matched_connections"] == one.capture.connections == two.capture.connections
+        got = (p["a_to_b"]["lost"], p["b_to_a"]["lost"], p["only_in_a"], p["only_in_b"])
+        assert got == (0, 0, 0, 0), src.name
