@@ -8,15 +8,23 @@ hello's SNI, else the host (port removed) of its first request, else empty.
 
 from __future__ import annotations
 
+import itertools
+import shutil
+import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tcpwhy.capture import read_table
+from tcpwhy.capture.writer import LINKTYPE_ETHERNET, PcapWriter
 from tcpwhy.decode.table import PacketTable
+from tcpwhy.lab.packets import internet_checksum as csum
+from tcpwhy.lab.packets import pseudo_header
 from tcpwhy.tcp.server_names import NAME_MAX, Names, client_rows, server_names
 from tcpwhy.tcp.streams import StreamTracker
+from tests.gates import need
 
 HERE = Path(__file__).resolve().parent
 LAB = HERE.parent / "src" / "tcpwhy" / "data" / "lab"
@@ -153,3 +161,126 @@ def test_parquet_and_api_tables_carry_server_names() -> None:
     words = t.schema["server_name"].words
     assert words is not None
     assert [words[k] for k in t["server_name"].tolist()] == names
+
+
+# (frame, cuts) of clean-tls.pcap's two ClientHellos (517 bytes, the host name at 127-141):
+# cut in the server_name extension's header, inside the name, after a one-byte first
+# segment, and into many pieces
+_SPLIT_HELLOS: dict[str, dict[int, list[int]] | None] = {
+    "first-header-cut": None,  # tests/data/tls/clean-tls-first-header-cut.pcap, as shipped
+    "in-name": {4: [120], 18: [130, 300]},
+    "one-byte-then-many": {4: [1, 5, 9, 60, 125, 135], 18: [3]},
+}
+
+
+def _resegment(src: Path, dst: Path, plan: dict[int, list[int]]) -> Path:
+    """`src` (Ethernet, IPv4) with the TCP payload of each frame in `plan` cut at its offsets
+    into segments of their own (headers and options copied, lengths, sequence numbers and
+    checksums recomputed, a microsecond apart), as tests/data/tls/resegment.py does."""
+    raw = src.read_bytes()
+    little = raw[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1")
+    nano = raw[:4] in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+    e = "<" if little else ">"
+    assert struct.unpack(e + "I", raw[20:24])[0] == LINKTYPE_ETHERNET
+    with PcapWriter.open(str(dst), LINKTYPE_ETHERNET) as w:
+        p, n = 24, 0
+        while p < len(raw):
+            sec, frac, incl, _orig = struct.unpack(e + "IIII", raw[p : p + 16])
+            frame = raw[p + 16 : p + 16 + incl]
+            p += 16 + incl
+            n += 1
+            ts = sec * 10**9 + frac * (1 if nano else 1000)
+            if n not in plan:
+                w.write(ts, frame)
+                continue
+            ihl = (frame[14] & 15) * 4
+            t0 = 14 + ihl
+            doff = (frame[t0 + 12] >> 4) * 4
+            head, ip_head = frame[t0 : t0 + doff], frame[14:t0]
+            ip_end = 14 + struct.unpack("!H", frame[16:18])[0]
+            data = frame[t0 + doff : ip_end]
+            seq = struct.unpack("!I", head[4:8])[0]
+            bounds = [0, *plan[n], len(data)]
+            for k, (a, b) in enumerate(itertools.pairwise(bounds)):
+                seg = bytearray(head + data[a:b])
+                seg[4:8] = struct.pack("!I", (seq + a) & 0xFFFFFFFF)
+                seg[16:18] = b"\0\0"
+                s_ip, d_ip = ip_head[12:16], ip_head[16:20]
+                seg[16:18] = struct.pack("!H", csum(pseudo_header(s_ip, d_ip, 6, len(seg)) + seg))
+                iph = bytearray(ip_head)
+                iph[2:4] = struct.pack("!H", ihl + len(seg))
+                iph[10:12] = b"\0\0"
+                iph[10:12] = struct.pack("!H", csum(bytes(iph)))
+                w.write(ts + k * 1000, frame[:14] + bytes(iph) + bytes(seg))
+    return dst
+
+
+def _split_hellos(tmp_path: Path, case: str) -> Path:
+    plan = _SPLIT_HELLOS[case]
+    if plan is None:
+        return REFS / "clean-tls-first-header-cut.pcap"
+    return _resegment(LAB / "clean-tls.pcap", tmp_path / f"{case}.pcap", plan)
+
+
+def _tshark_sni(path: Path) -> dict[int, bytes]:
+    need(shutil.which("tshark") is not None, "tshark not installed")
+    text = subprocess.run(
+        [
+            *("tshark", "-n", "-r", str(path), "-d", "tcp.port==8080,tls"),
+            *("-Y", "tls.handshake.type == 1", "-T", "fields"),
+            *("-e", "tcp.stream", "-e", "tls.handshake.extensions_server_name"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return {int(s): n.encode() for s, n in (line.split("\t") for line in text.splitlines())}
+
+
+@pytest.mark.parametrize("case", sorted(_SPLIT_HELLOS))
+def test_hello_longer_than_its_first_segment_is_named_as_tshark(tmp_path: Path, case: str) -> None:
+    """A ClientHello whose first segment is shorter than the hello (a partial write of a
+    few bytes, a large hello whose name comes late) is followed into its next segments:
+    every `conns` record, whole or a packet at a time, and the whole-table names carry
+    tshark's SNI of the reassembled hello."""
+    from tcpwhy.tcp.connections import connection_columns, iter_connection_columns
+    from tcpwhy.tcp.records import ConnColumns
+
+    path = _split_hellos(tmp_path, case)
+    table = read_table(str(path))
+    hellos = table["payload_len"][(table["payload_len"] > 0) & (table["dport"] == 8080)]
+    assert hellos[0] < 517  # the first client segment holds part of the hello only
+    want = _tshark_sni(path)
+    assert set(want) == {0, 1} and set(want.values()) == {b"api.tcpwhy.test"}
+    names, ns = _names(table)
+    assert {s: names.name(s) for s in range(ns)} == want
+    whole = connection_columns(table)
+    one = ConnColumns.concat(list(iter_connection_columns(_chunks(table, 1)))).stream_order()
+    for c in (whole, one):
+        got = {
+            s: c.name_words[k].encode()
+            for s, k in zip(c["stream"].tolist(), c["server_name"].tolist(), strict=True)
+        }
+        assert got == want
+
+
+def test_hello_continued_past_a_gap_or_cut_names_nothing() -> None:
+    """The hello's next segment missing (a gap) or cut by the snaplen: no name is made up
+    from the bytes around it; the other connection, whole, keeps its name."""
+    from tcpwhy.tcp.connections import connection_columns
+
+    full = read_table(str(REFS / "clean-tls-first-header-cut.pcap"))
+    # stream 0's hello: 3 bytes, 97, then the rest; drop the 97 (gap) / cut it (snaplen)
+    client = np.flatnonzero((full["payload_len"] > 0) & (full["dport"] == 8080))
+    middle = int(client[1])
+    assert int(full["payload_len"][middle]) == 97
+    gap = full.take(np.flatnonzero(np.arange(len(full)) != middle))
+    cols = dict(full.cols)
+    cols["payload_cap"] = cols["payload_cap"].copy()
+    cols["payload_cap"][middle] = 50
+    cut = PacketTable(cols, full.data)
+    for table in (gap, cut):
+        names, ns = _names(table)
+        assert [names.name(s) for s in range(ns)] == [b"", b"api.tcpwhy.test"]
+        c = connection_columns(table)
+        assert [c.name_words[k] for k in c["server_name"].tolist()] == ["", "api.tcpwhy.test"]

@@ -289,6 +289,10 @@ class ConnectionBuilder:
         self._name_uid = np.zeros(0, np.int64)
         # per connection uid: its first payload was looked at already (named or not)
         self._name_seen = np.zeros(1024, np.bool_)
+        # connections whose ClientHello went on past their first payload (`_note_names`)
+        from tcpwhy.tcp.server_names import Hellos
+
+        self._hellos = Hellos()
         self._name_code = np.zeros(0, np.int32)
 
     # -- capacity ------------------------------------------------------------------------
@@ -480,7 +484,8 @@ class ConnectionBuilder:
 
         if not t.data.size or i >= j:
             return
-        rows = i + np.flatnonzero((t["payload_len"][i:j] > 0) & ((t["flags"][i:j] & RST) == 0))
+        every = i + np.flatnonzero((t["payload_len"][i:j] > 0) & ((t["flags"][i:j] & RST) == 0))
+        rows = every
         uid = row_uid[rows]
         ok = uid >= 0
         if ok.any() and int(uid.max()) >= len(self._name_seen):
@@ -489,13 +494,24 @@ class ConnectionBuilder:
             self._name_seen = grown
         ok &= ~self._name_seen[np.maximum(uid, 0)]
         rows, uid = rows[ok], uid[ok]
-        if not len(rows):
+        if not len(rows) and not len(self._hellos):
             return
         uid, first = np.unique(uid, return_index=True)
         rows = rows[first]
         self._name_seen[uid] = True
         off, length = sn.locate(t, rows, *sn.kinds(t, rows))
         words, code = sn.distinct(t.data, off, length)
+        # a ClientHello longer than its first segment: named once its next segments complete it
+        part = sn.partial_hellos(t, rows, length)
+        if part.any():
+            self._hellos.start(t, rows[part], uid[part])
+        if len(self._hellos):
+            late_uid, late = self._hellos.feed(t, every, row_uid[every])
+            uid = np.concatenate([uid, late_uid])
+            code = np.concatenate([code, len(words) + np.arange(len(late), dtype=np.int64)])
+            words = words + late
+        if not len(uid):
+            return
         ids = self._name_ids
         for w in words:
             if w not in ids:
@@ -517,6 +533,7 @@ class ConnectionBuilder:
         """Each record's server name as a code into the batch's words ("" first), and the
         words; the names of these connections are then dropped."""
         code = np.zeros(len(uids), np.int64)
+        self._hellos.forget(uids)
         if len(self._name_uid) and len(uids):
             pos = np.minimum(np.searchsorted(self._name_uid, uids), len(self._name_uid) - 1)
             hit = self._name_uid[pos] == uids

@@ -10,11 +10,15 @@ HTTP request are searched for ``\\r\\nHost:`` from their line starts. The result
 distinct names and one index into them per stream (`Names`): only the distinct names
 become Python bytes, and memory follows the names, not the streams times `NAME_MAX`.
 
-Only the first segment's captured bytes are read: a name past the end of that segment
-(a ClientHello longer than one segment whose server_name extension comes late, or a
-request whose Host header is in a later segment) is not found, and the name stays
-empty. Payloads are attacker data: every read is bounded by the captured bytes, and
-names are bytes (escape before printing).
+A ClientHello longer than its first segment (a large hello -- post-quantum key shares
+pass 1,500 bytes and browsers shuffle their extensions -- or a sender's partial write of
+a few bytes) is followed into the next segments of its direction in sequence order
+(`Hellos`, a Python step for each of those few connections' segments until the hello's
+record is whole), as tshark reassembles it; a gap, a byte cut by the snaplen or a record
+longer than TLS allows ends the search without a name. Otherwise only the first
+segment's captured bytes are read: a request whose Host header is in a later segment
+has no name. Payloads are attacker data: every read is bounded by the captured bytes,
+and names are bytes (escape before printing).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.decode.table import RST, PacketTable
+from tcpwhy.decode.table import RST, SYN, PacketTable
 from tcpwhy.filter.http import METHODS
 
 NAME_MAX = 255
@@ -39,6 +43,11 @@ _VALUE = NAME_MAX + 16
 """Bytes read after ``Host:`` for its value (blanks, the name, a port)."""
 _SCAN = 1 << 22
 """Request bytes searched for newlines at once (`_host`)."""
+PENDING_MAX = 4096
+"""Connections whose ClientHello is followed past its first segment at the same time
+(`Hellos`; each holds at most one record's bytes)."""
+_RECORD_MAX = 18432
+"""Longest TLS record taken (2^14 plus the expansion a peer may add, as `decode.tls`)."""
 
 I64 = npt.NDArray[np.int64]
 _Get = Callable[[I64], tuple[I64, npt.NDArray[np.bool_]]]
@@ -334,6 +343,173 @@ def _kinds_numpy(
     return hello, request & ~hello
 
 
+def partial_hellos(table: PacketTable, rows: I64, name_len: I64) -> npt.NDArray[np.bool_]:
+    """Rows whose captured payload is whole and starts a TLS handshake record (as much of
+    ``16 03 0x .. .. 01`` as it holds) that ends after the row, and named nothing: the
+    ClientHello goes on in the next segments (`Hellos`). Vectorised."""
+    if not len(rows) or not table.data.size:
+        return np.zeros(len(rows), bool)
+    off = table["payload_off"][rows].astype(np.int64)
+    cap = table["payload_cap"][rows].astype(np.int64)
+    plen = table["payload_len"][rows].astype(np.int64)
+    k = np.arange(6)
+    b = table.data[np.clip(off[:, None] + k[None, :], 0, table.data.size - 1)].astype(np.int64)
+    have = k[None, :] < cap[:, None]
+    start = (cap == plen) & (cap >= 1) & (b[:, 0] == 22)
+    start &= (~have[:, 1] | (b[:, 1] == 3)) & (~have[:, 2] | (b[:, 2] <= 4))
+    start &= ~have[:, 5] | (b[:, 5] == 1)
+    reclen = b[:, 3] * 256 + b[:, 4]
+    beyond = (cap < 5) | (cap < 5 + reclen)
+    out: npt.NDArray[np.bool_] = start & beyond & (name_len == 0)
+    return out
+
+
+def hello_sni(rec: bytes) -> bytes:
+    """The SNI host name of a whole ClientHello record (header included) as `_sni` reads
+    one in a segment: the first entry of the server_name extension if it is a host name
+    of 1 to `NAME_MAX` bytes inside the record; b"" otherwise."""
+    end = len(rec)
+
+    def u16(p: int) -> int:
+        return rec[p] * 256 + rec[p + 1] if p + 2 <= end else -1
+
+    if end < 9 or rec[0] != 22 or rec[5] != 1:
+        return b""
+    p = 5 + 4 + 2 + 32
+    if p >= end:
+        return b""
+    p += 1 + rec[p]
+    n = u16(p)
+    if n < 0:
+        return b""
+    p += 2 + n
+    if p >= end:
+        return b""
+    p += 1 + rec[p]
+    total = u16(p)
+    if total < 0:
+        return b""
+    p += 2
+    ext_end = min(p + total, end)
+    for _ in range(_EXT_MAX):
+        if p + 4 > ext_end:
+            break
+        et, el = u16(p), u16(p + 2)
+        if et == 0:
+            if p + 9 > end or rec[p + 6] != 0:
+                return b""
+            nl = u16(p + 7)
+            if nl <= 0 or nl > NAME_MAX or p + 9 + nl > end:
+                return b""
+            return bytes(rec[p + 9 : p + 9 + nl])
+        p += 4 + el
+    return b""
+
+
+class _Partial:
+    """The bytes of one ClientHello record so far, who sends them and the next one due."""
+
+    __slots__ = ("buf", "nxt", "src")
+
+    def __init__(self, src: tuple[int, int, int], nxt: int, buf: bytes) -> None:
+        self.src = src
+        self.nxt = nxt
+        self.buf = bytearray(buf)
+
+
+class Hellos:
+    """ClientHellos longer than their first segment, by key (a stream or a connection's
+    uid), followed through the next segments of their sender until the record is whole:
+    then its SNI is the connection's name, as tshark gives it once it has reassembled the
+    hello. Only the rare connections whose hello did not fit take a Python step per
+    segment; at most `PENDING_MAX` are followed at once (later ones get no name)."""
+
+    def __init__(self) -> None:
+        self._p: dict[int, _Partial] = {}
+
+    def __len__(self) -> int:
+        return len(self._p)
+
+    @staticmethod
+    def _src(table: PacketTable, r: int) -> tuple[int, int, int]:
+        return (int(table["src_hi"][r]), int(table["src_lo"][r]), int(table["sport"][r]))
+
+    @staticmethod
+    def _seq(table: PacketTable, r: int) -> int:
+        syn = 1 if int(table["flags"][r]) & SYN else 0
+        return (int(table["seq"][r]) + syn) & 0xFFFFFFFF
+
+    def start(self, table: PacketTable, rows: I64, keys: npt.NDArray[np.integer]) -> None:
+        """Follow the hellos that `rows` (each a connection's first payload, whole, found by
+        `partial_hellos`) begin, one per key."""
+        for r, key in zip(rows.tolist(), keys.tolist(), strict=True):
+            if len(self._p) >= PENDING_MAX:
+                break
+            L = int(table["payload_len"][r])
+            self._p[key] = _Partial(
+                self._src(table, r), (self._seq(table, r) + L) & 0xFFFFFFFF, table.payload(r)
+            )
+
+    def feed(
+        self, table: PacketTable, rows: I64, keys: npt.NDArray[np.integer]
+    ) -> tuple[I64, list[bytes]]:
+        """Take the segments among `rows` (payload rows in capture order, `keys` theirs) that
+        continue a followed hello; the keys whose hello ended (whole, or given up) and the
+        name each gave (b"": none). Segments of the other direction, retransmissions and
+        the first segment itself add nothing."""
+        if not self._p or not len(rows):
+            return np.zeros(0, np.int64), []
+        keys = np.asarray(keys, np.int64)
+        watch = np.fromiter(self._p, np.int64, len(self._p))
+        sel = np.flatnonzero(np.isin(keys, watch))
+        done: list[int] = []
+        names: list[bytes] = []
+        for r, key in zip(rows[sel].tolist(), keys[sel].tolist(), strict=True):
+            part = self._p.get(key)
+            if part is None or self._src(table, r) != part.src:
+                continue
+            L = int(table["payload_len"][r])
+            d = ((self._seq(table, r) - part.nxt + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+            if d + L <= 0:
+                continue  # nothing new
+            name: bytes | None = None
+            if d > 0 or int(table["payload_cap"][r]) < L:
+                name = b""  # bytes lost or not captured: the hello is not read
+            else:
+                part.buf += table.payload(r)[-d:]
+                part.nxt = (part.nxt + d + L) & 0xFFFFFFFF
+                name = self._check(part.buf)
+            if name is not None:
+                del self._p[key]
+                done.append(key)
+                names.append(name)
+        return np.array(done, np.int64), names
+
+    @staticmethod
+    def _check(buf: bytearray) -> bytes | None:
+        """The name once the record is whole (b"" if it is no ClientHello); None: not yet."""
+        head = buf[:6]
+        if (
+            head[0] != 22
+            or (len(head) > 1 and head[1] != 3)
+            or (len(head) > 2 and head[2] > 4)
+            or (len(head) > 5 and head[5] != 1)
+        ):
+            return b""
+        if len(buf) < 5:
+            return None
+        end = 5 + buf[3] * 256 + buf[4]
+        if end > 5 + _RECORD_MAX:
+            return b""
+        return hello_sni(bytes(buf[:end])) if len(buf) >= end else None
+
+    def forget(self, keys: npt.NDArray[np.integer]) -> None:
+        """Stop following these keys (their records were written)."""
+        if self._p:
+            for key in np.asarray(keys, np.int64).tolist():
+                self._p.pop(key, None)
+
+
 def locate(
     table: PacketTable, rows: I64, hello: npt.NDArray[np.bool_], request: npt.NDArray[np.bool_]
 ) -> tuple[I64, I64]:
@@ -395,13 +571,26 @@ def server_names(
     _, idx = np.unique(st, return_index=True)
     sids = st[idx]
     # each stream's first client payload, its bytes gathered (wherever the table keeps them)
-    first = table.rows(data[idx])
+    first = table.rows(data[idx], ("payload_len",))
     rows = np.arange(len(first), dtype=np.int64)
     if not first.data.size:
         return Names([b""], code)
     name_off, name_len = locate(first, rows, *kinds(first, rows))
     words, got = distinct(first.data, name_off, name_len)
     code[sids] = got
+    # hellos longer than their first segment: the stream's next client segments
+    part = partial_hellos(first, rows, name_len)
+    if part.any():
+        hellos = Hellos()
+        hellos.start(table, data[idx][part], sids[part])
+        later = np.isin(st, sids[part])
+        done, late = hellos.feed(table, data[later], st[later])
+        index = {w: i for i, w in enumerate(words)}
+        for sid, name in zip(done.tolist(), late, strict=True):
+            if name:
+                code[sid] = index.setdefault(name, len(words))
+                if code[sid] == len(words):
+                    words.append(name)
     return Names(words, code)
 
 
