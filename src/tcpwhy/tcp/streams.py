@@ -50,7 +50,10 @@ def _hash5(k0: Any, k1: Any, k2: Any, k3: Any, k4: Any) -> Any:
     return _mix(_mix(_mix(_mix(_mix(np.uint64(0), k0), k1), k2), k3), k4)
 
 
-@kernel("u8[:] u8[:] u8[:] u8[:] u2[:] u2[:] u8[:,:] i8[:] i8[:] i8[:] i8[:] i8[:] i1[:] -> none")
+_SLOT = np.int64(0xFFFFFFFF)
+
+
+@kernel("u8[:] u8[:] u8[:] u8[:] u2[:] u2[:] i8[:] u8[:,:] i8[:] i8[:] i8[:] i8[:] i1[:] -> none")
 def _lookup(
     src_hi: Any,
     src_lo: Any,
@@ -58,8 +61,8 @@ def _lookup(
     dst_lo: Any,
     sport: Any,
     dport: Any,
-    tab_keys: Any,
     tab_val: Any,
+    keys: Any,
     slot_keys: Any,
     free: Any,
     meta: Any,
@@ -70,6 +73,10 @@ def _lookup(
 
     The key is the unordered pair of endpoints, written lower endpoint first;
     direction 0 means the packet goes from the lower endpoint to the higher.
+    A table entry is the slot in its low 32 bits and the top 31 bits of the key's
+    hash above them (so most probes that miss never read the key); the keys are
+    kept per slot (`keys`), not per entry: the table is 8 bytes an entry, and
+    growing it or dropping its tombstones moves no key.
     `meta` holds [entries, next new slot, free slots]; the caller keeps the
     table at most 7/10 full and the slot arrays large enough for every row.
     """
@@ -85,7 +92,9 @@ def _lookup(
         else:
             k0, k1, k2, k3 = a0, a1, b0, b1
             k4 = (a2 << np.uint64(16)) | b2
-        j = _hash5(k0, k1, k2, k3, k4) & mask
+        h = _hash5(k0, k1, k2, k3, k4)
+        fp = np.int64(h >> np.uint64(33))
+        j = h & mask
         while True:
             v = tab_val[j]
             if v == _EMPTY:
@@ -95,43 +104,42 @@ def _lookup(
                 else:
                     s = meta[1]
                     meta[1] += 1
-                tab_val[j] = s
-                tab_keys[j, 0], tab_keys[j, 1], tab_keys[j, 2] = k0, k1, k2
-                tab_keys[j, 3], tab_keys[j, 4] = k3, k4
+                tab_val[j] = (fp << np.int64(32)) | s
+                keys[s, 0], keys[s, 1], keys[s, 2] = k0, k1, k2
+                keys[s, 3], keys[s, 4] = k3, k4
                 slot_keys[s] = j
                 meta[0] += 1
                 break
-            if (
-                v >= 0
-                and tab_keys[j, 0] == k0
-                and tab_keys[j, 1] == k1
-                and tab_keys[j, 2] == k2
-                and tab_keys[j, 3] == k3
-                and tab_keys[j, 4] == k4
-            ):
-                s = v
-                break
+            if v >= 0 and (v >> np.int64(32)) == fp:
+                s = v & _SLOT
+                if (
+                    keys[s, 0] == k0
+                    and keys[s, 1] == k1
+                    and keys[s, 2] == k2
+                    and keys[s, 3] == k3
+                    and keys[s, 4] == k4
+                ):
+                    break
             j = (j + np.uint64(1)) & mask
         out_slot[i] = s
         out_dir[i] = 1 if gt else 0
 
 
-@kernel("u8[:,:] i8[:] u8[:,:] i8[:] i8[:] -> i8")
-def _rehash(old_keys: Any, old_val: Any, tab_keys: Any, tab_val: Any, slot_keys: Any) -> int:
-    """Move live entries into a larger table; forgotten ones (tombstones) are dropped."""
+@kernel("i8[:] u8[:,:] i8[:] i8[:] -> i8")
+def _rehash(old_val: Any, keys: Any, tab_val: Any, slot_keys: Any) -> int:
+    """Move live entries into another table; forgotten ones (tombstones) are dropped."""
     mask = tab_val.shape[0] - 1
     n = 0
     for j in range(old_val.shape[0]):
-        s = old_val[j]
-        if s < 0:
+        v = old_val[j]
+        if v < 0:
             continue
-        h = _hash5(old_keys[j, 0], old_keys[j, 1], old_keys[j, 2], old_keys[j, 3], old_keys[j, 4])
+        s = v & _SLOT
+        h = _hash5(keys[s, 0], keys[s, 1], keys[s, 2], keys[s, 3], keys[s, 4])
         q = np.int64(h & np.uint64(mask))
         while tab_val[q] != _EMPTY:
             q = (q + 1) & mask
-        tab_val[q] = s
-        for w in range(5):
-            tab_keys[q, w] = old_keys[j, w]
+        tab_val[q] = v
         slot_keys[s] = q
         n += 1
     return n
@@ -251,11 +259,12 @@ class StreamTracker:
     """Assigns stream numbers and relative seq/ack to chunks fed in capture order."""
 
     def __init__(self) -> None:
-        self._tab_keys = np.zeros((1 << 12, 5), np.uint64)
         self._tab_val = np.full(1 << 12, _EMPTY, np.int64)
         self._meta = np.zeros(3, np.int64)  # entries (incl. forgotten), next new slot, free slots
         self._cap = 0
-        self._slot_keys = np.zeros(0, np.int64)
+        self._slot_keys = np.zeros(0, np.int64)  # per slot: its entry in the table
+        self._keys = np.zeros((0, 5), np.uint64)  # per slot: its conversation's key
+        # slots forgotten, free for reuse (the first `_meta[2]` of them)
         self._free = np.zeros(0, np.int64)
         self.st_stream = np.zeros(0, np.int64)
         self.st_bset = np.zeros((0, 2), np.bool_)
@@ -293,16 +302,15 @@ class StreamTracker:
             self.st_ws = grow(self.st_ws, -1)
             self.st_fresh = grow(self.st_fresh, False)
             self._slot_keys = grow(self._slot_keys, -1)
-            self._free = grow(self._free, 0)
+            self._keys = grow(self._keys, 0)
             self._cap = cap
         size = self._tab_val.shape[0]
         if 10 * (int(self._meta[0]) + rows) > 7 * size:
             while 10 * (self.conversations + rows) > 7 * size:
                 size *= 2
-            keys, val = self._tab_keys, self._tab_val
-            self._tab_keys = np.zeros((size, 5), np.uint64)
+            val = self._tab_val
             self._tab_val = np.full(size, _EMPTY, np.int64)
-            self._meta[0] = _rehash(keys, val, self._tab_keys, self._tab_val, self._slot_keys)
+            self._meta[0] = _rehash(val, self._keys, self._tab_val, self._slot_keys)
 
     def forget(self, conv: npt.NDArray[Any]) -> None:
         """Drop finished conversations (their slots are reused): bounds memory on huge captures.
@@ -322,6 +330,13 @@ class StreamTracker:
         self.st_ws[conv] = -1
         self.st_fresh[conv] = False
         nfree = int(self._meta[2])
+        if nfree + conv.size > len(self._free):
+            # sized by the slots forgotten, not by all: most captures forget none
+            grown = np.zeros(
+                max(nfree + conv.size, len(self._free) + len(self._free) // 4), np.int64
+            )
+            grown[:nfree] = self._free[:nfree]
+            self._free = grown
         self._free[nfree : nfree + conv.size] = conv
         self._meta[2] = nfree + conv.size
 
@@ -376,8 +391,8 @@ class StreamTracker:
             t["dst_lo"],
             t["sport"],
             t["dport"],
-            self._tab_keys,
             self._tab_val,
+            self._keys,
             self._slot_keys,
             self._free,
             self._meta,
