@@ -16,7 +16,8 @@ process, output to /dev/null, after a small analyze that leaves numba's cache wa
 figures are wall time, the CPU seconds of all its processes, the speed-up of 2 workers over
 1, the time a LocalCluster takes to start and stop (the same command on a fleet of one small
 point), and the peak RSS of every process of the run (the client, each worker), sampled
-every 50 ms. The target: 2 workers at least 1.7 times as fast as 1. On a machine that other
+every 50 ms, beside that of `analyze` on the fleet's largest point by itself (the memory a
+worker should stay within). The target: 2 workers at least 1.7 times as fast as 1. On a machine that other
 work shares, the wall times measure the share of the cores the run got; the CPU seconds do
 not depend on it.
 """
@@ -96,6 +97,15 @@ def build(root: Path, slices: int, rotated: int, copies: int = 1) -> Path:
                 os.link(root / f"rotated-{r:02d}" / name, root / f"rotated-c{c}-{r:02d}" / name)
     stamp.write_text(json.dumps(desc))
     return root
+
+
+def point_files(point: Path) -> list[str]:
+    """The files of a capture point (a sub-directory's, in name order, or the file)."""
+    return sorted(str(f) for f in point.iterdir()) if point.is_dir() else [str(point)]
+
+
+def point_size(point: Path) -> int:
+    return sum(os.path.getsize(f) for f in point_files(point))
 
 
 def run(cmd: list[str]) -> dict[str, object]:
@@ -183,7 +193,10 @@ def main() -> int:
     print(
         f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores"
     )
+    largest = max((root / p for p in points), key=point_size)
     configs = [
+        # the memory a worker should stay within: analyze of the largest point by itself
+        ("analyze, largest point alone", [*tcpwhy, *point_files(largest), *fmt]),
         ("no cluster", [*tcpwhy, str(root), *fmt]),
         ("--workers 1", [*tcpwhy, str(root), "--workers", "1", *fmt]),
         ("--workers 2", [*tcpwhy, str(root), "--workers", "2", *fmt]),
@@ -220,6 +233,15 @@ def main() -> int:
     c1 = best["--workers 1"]["client_cpu"] + best["--workers 1"]["worker_cpu"]  # type: ignore[operator]
     c2 = best["--workers 2"]["client_cpu"] + best["--workers 2"]["worker_cpu"]  # type: ignore[operator]
     print(f"CPU seconds, all processes: 1 worker {c1:.1f}, 2 workers {c2:.1f}")
+    alone = best["analyze, largest point alone"]["client_mb"]
+    peak = max(
+        (w for name in ("--workers 1", "--workers 2") for w in best[name]["worker_mb"]),  # type: ignore[attr-defined]
+        default=0.0,
+    )
+    print(
+        f"peak RSS: analyze of the largest point ({largest.name}) alone {alone:.0f} MB, "
+        f"largest worker {peak:.0f} MB"
+    )
     print(f"speed-up, 2 workers over 1, end to end: {speedup:.2f}x")
     print(
         f"speed-up without the cluster's start and stop (minus the one-small-point run): "
