@@ -320,3 +320,40 @@ def test_stream_crossing_goaway_is_cut_off() -> None:
     # before the GOAWAY, stream 5 was processed: no such words
     early = int(f.row[(f.ftype == http2.HEADERS) & (f.sid == 5) & f.client][0])
     assert "retry" not in http.describe_request(c, order.index(early))
+
+
+_ENCRYPTED = [
+    *(
+        (f"src/tcpwhy/data/lab/{n}.pcap", 8080)
+        for n in (
+            "clean-tls",
+            "stale-keepalive-tls",
+            "keepalive-race-tls",
+            "tls-fatal-alert",
+            "tls-truncation",
+        )
+    ),
+    ("tests/data/http2/h2-tls-nginx.pcap", 18932),
+    ("tests/data/http2/h2-tls-stale.pcap", 18932),
+]
+
+
+@pytest.mark.parametrize(("capture", "port"), _ENCRYPTED, ids=lambda v: str(v).split("/")[-1])
+def test_encrypted_captures_have_no_http2_frames_as_tshark(capture: str, port: int) -> None:
+    """On the TLS lab recordings and over TLS with ALPN h2, the http2 fields select what
+    tshark selects without keys (decoded as TLS on the server's port): no frame, and every
+    payload frame is not http2."""
+    need(shutil.which("tshark") is not None, "tshark not installed")
+    path = str(HERE.parent / capture)
+    for flt in ("http2", "http2.type == 0", "http2.streamid", "!http2 && tcp.len > 0"):
+        out = subprocess.run(
+            [
+                *("tshark", "-n", "-r", path, "-d", f"tcp.port=={port},tls"),
+                *("-Y", flt, "-T", "fields", "-e", "frame.number"),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert _frames(path, flt) == [int(x) for x in out.split()], flt
+    assert not _frames(path, "http2") and _frames(path, "!http2 && tcp.len > 0")
