@@ -19,3 +19,30 @@ def unique_sorted(a: npt.ArrayLike) -> npt.NDArray[Any]:
     keep[0] = True
     np.not_equal(s[1:], s[:-1], out=keep[1:])
     return s[keep]
+
+
+def group_ids(*keys: npt.NDArray[Any]) -> tuple[npt.NDArray[np.int64], int]:
+    """Per row, the id of its group of equal keys (groups numbered in the keys' sorted
+    order, as the inverse of `numpy.unique(axis=0)` numbers them), and how many groups.
+
+    A lexsort: `numpy.unique(axis=0)` sorts the rows as structured values, 3.0 s for
+    216,000 rows of three uint64 keys here against 0.16 s."""
+    n = len(keys[0]) if keys else 0
+    if not n:
+        return np.zeros(0, np.int64), 0
+    order = np.lexsort(keys[::-1])
+    new = np.zeros(n, np.bool_)
+    new[0] = True
+    for k in keys:
+        ks = k[order]
+        new[1:] |= ks[1:] != ks[:-1]
+    inv = np.empty(n, np.int64)
+    inv[order] = np.cumsum(new) - 1
+    return inv, int(new.sum())
+
+
+def group_firsts(inv: npt.NDArray[np.int64], n: int) -> npt.NDArray[np.int64]:
+    """Per group of `group_ids`, its first row: the row that stands for the group's keys."""
+    first = np.full(n, len(inv), np.int64)
+    np.minimum.at(first, inv, np.arange(len(inv)))
+    return first

@@ -126,14 +126,16 @@ class Capture:
         file_of_row: npt.NDArray[Any],
         files: list[str],
         stream_numbers: npt.NDArray[np.int64] | None = None,
+        streams: dict[str, npt.NDArray[Any]] | None = None,
     ):
         """`stream_numbers` maps this table's stream ids to the whole capture's `tcp.stream`
-        numbers, when the table holds only some streams (`analyze -Y`)."""
+        numbers, when the table holds only some streams (`analyze -Y`); `streams` are the
+        table's `StreamTracker` columns when the caller tracked them as it read."""
         self.table = table
         self.files = files
         self.file_of_row = file_of_row
         n = len(table)
-        st = _track_streams(table) if n else {}
+        st = streams if streams is not None and n else (_track_streams(table) if n else {})
         self._streams = st
         self.stream: npt.NDArray[np.int64] = st.get("stream", np.zeros(0, np.int64))
         # ICMP errors about TCP: a stream opened by an error alone has no TCP row here
@@ -143,8 +145,8 @@ class Capture:
             self.stream, stream_numbers, icmp_stream
         )
         self.reused: npt.NDArray[np.bool_] = st.get("reused", np.zeros(0, np.bool_))
-        self.conv: npt.NDArray[np.int64] = st.get("conv", np.zeros(0, np.int64))
-        self.win_scaled: npt.NDArray[np.int64] = st.get("win_scaled", np.zeros(0, np.int64))
+        self.conv: npt.NDArray[np.int32] = st.get("conv", np.zeros(0, np.int32))
+        self.win_scaled: npt.NDArray[np.int32] = st.get("win_scaled", np.zeros(0, np.int32))
         self.rel_seq: npt.NDArray[np.uint32] = st.get("rel_seq", np.zeros(0, np.uint32))
         self.rel_ack: npt.NDArray[np.uint32] = st.get("rel_ack", np.zeros(0, np.uint32))
         pdir = st.get("dir", np.zeros(0, np.int8))
@@ -154,7 +156,10 @@ class Capture:
         )
         self.start_ns = int(table["ts_ns"].min()) if n else 0
         self.end_ns = int(table["ts_ns"].max()) if n else 0
-        self.order = np.argsort(self.stream, kind="stable")
+        order = np.argsort(self.stream, kind="stable")
+        # row numbers as int32 where they fit: a capture-sized array kept for every rule
+        self.order = order.astype(np.int32) if n < 1 << 31 else order
+        del order
         ss = self.stream[self.order]
         ids = np.arange(self.nstreams)
         self.starts = np.searchsorted(ss, ids, side="left")
@@ -281,22 +286,25 @@ class Capture:
         plain = (self.table["flags"] & (SYN | RST)) == 0
         wanted = np.zeros(int(conv.max()) + 1, np.bool_)
         wanted[conv[plain]] = True
-        keep = wanted[conv]
+        del plain
         cols, streams = self.table.cols, self._streams
         # the kept rows are gathered a chunk at a time (a copy of every kept row's columns
-        # at once was hundreds of MB at the peak of a large capture)
-        rows = None if keep.all() else np.flatnonzero(keep)
-        m = n if rows is None else len(rows)
-        out = np.zeros(m, np.uint32)
+        # at once was hundreds of MB at the peak of a large capture), and their bits written
+        # in place: the analyzer carries its state across chunks, so where they are cut
+        # does not matter
         analyzer = Analyzer()  # fed chunk by chunk, as when streaming: its buffers stay small
-        for lo in range(0, m, TRACK_CHUNK):
-            hi = min(m, lo + TRACK_CHUNK)
-            sel = slice(lo, hi) if rows is None else rows[lo:hi]
+        for lo in range(0, n, TRACK_CHUNK):
+            hi = min(n, lo + TRACK_CHUNK)
+            keep = wanted[conv[lo:hi]]
+            sel: slice | npt.NDArray[np.intp] = (
+                slice(lo, hi) if keep.all() else lo + np.flatnonzero(keep)
+            )
             part = PacketTable({k: cols[k][sel] for k in ANALYSIS_COLUMNS})
-            out[lo:hi] = analyzer.feed(part, {k: v[sel] for k, v in streams.items()}).bits
-        if rows is None:
-            return out
-        bits[rows] = out
+            if not len(part):
+                continue
+            got = {k: v[sel] for k, v in streams.items()}
+            got["conv"] = got["conv"].astype(np.int64)  # kept narrow (`narrow_streams`)
+            bits[sel] = analyzer.feed(part, got).bits
         return bits
 
     def flag(self, name: str) -> npt.NDArray[np.bool_]:
@@ -502,6 +510,9 @@ class Conn:
         row = self.rows[i]
         if name == "side":
             return int(self.cap.side[row])
+        own = _OWN_COLUMNS.get(name)
+        if own is not None:
+            return int(getattr(self.cap, own)[row])
         return int(self.cap.table[_LIST_COLUMNS[name]][row])
 
     # -- simple facts ---------------------------------------------------------------
@@ -602,7 +613,7 @@ class Conn:
 
     def s(self, i: int) -> float:
         """Seconds since the connection's first packet."""
-        return (self.ts[i] - self.ts[0]) / 1e9
+        return (self.at("ts", i) - self.at("ts", 0)) / 1e9
 
     def dt(self, i: int, j: int) -> float:
         return (self.at("ts", j) - self.at("ts", i)) / 1e9
@@ -676,6 +687,7 @@ class Conn:
             end_ns=self.cap.end_ns,
         )
         sides = tl.side.tolist()
+        final = tl.final
         steps = [
             StateStep(State(s), ts, f, Event(e) if e >= 0 else None)
             for s, ts, f, e in zip(
@@ -686,7 +698,8 @@ class Conn:
                 strict=True,
             )
         ]
-        ends = (State(int(tl.final[0, 0])), State(int(tl.final[0, 1])))
+        del tl  # its buffers are sized for the connection's worst case: not kept beside steps
+        ends = (State(int(final[0, 0])), State(int(final[0, 1])))
         return States(
             *(
                 SideStates([x for x, w in zip(steps, sides, strict=True) if w == k], ends[k])
@@ -697,10 +710,11 @@ class Conn:
     def state_after(self, who: int, i: int) -> State:
         ep = self.states.originator if who == CLIENT else self.states.responder
         st = ep.timeline[0].state
+        ts = self.at("ts", i)
         for step in ep.timeline:
             if step.frame and step.frame - 1 > i:
                 break
-            if not step.frame and step.ts_ns > self.ts[i]:
+            if not step.frame and step.ts_ns > ts:
                 break
             st = step.state
         return st
@@ -721,24 +735,26 @@ class Conn:
         return [s.frame - 1 for s in ep.timeline if s.state is state and s.frame]
 
     def describe(self, i: int) -> str:
-        f = self.flags[i]
-        txt = f"{flag_text(f)} seq={self.rseq[i]}"
+        """One packet in words; its values read one by one (`at`), so that explaining a row
+        of a long connection does not make its lists."""
+        f = self.at("flags", i)
+        txt = f"{flag_text(f)} seq={self.at('rseq', i)}"
         if f & ACK:
-            txt += f" ack={self.rack[i]}"
-        txt += f" len={self.plen[i]}"
-        if not f & (SYN | RST) and self.win[i] == 0:
+            txt += f" ack={self.at('rack', i)}"
+        txt += f" len={self.at('plen', i)}"
+        if not f & (SYN | RST) and self.at("win", i) == 0:
             txt += " win=0"
         return txt
 
     def step(self, i: int, note: str) -> Step:
         row = int(self.rows[i])
         return Step(
-            ts_ns=self.ts[i],
+            ts_ns=self.at("ts", i),
             rel_s=round(self.s(i), 6),
-            frame=self.frame[i],
+            frame=self.at("frame", i),
             file=self.cap.file_name(row),
             stream=self.no,
-            sender=WHO[self.side[i]],
+            sender=WHO[self.at("side", i)],
             packet=self.describe(i),
             note=note,
             client_state=self.state_label(CLIENT, self.state_after(CLIENT, i)),
@@ -769,6 +785,8 @@ _LIST_COLUMNS = {
     "frame": "frame",
 }
 """`Conn.at`'s names of the table's columns."""
+_OWN_COLUMNS = {"rseq": "rel_seq", "rack": "rel_ack", "win": "win_scaled"}
+"""`Conn.at`'s names of the capture's per-row columns (`Capture.rel_seq` …)."""
 
 COMPACT_RATIO = 4
 """`Capture.compact_addresses` pays when a connection has this many packets on average."""
@@ -832,6 +850,19 @@ TRACK_CHUNK = 1 << 18
 row it is given, which for a whole capture at once is gigabytes of hash table."""
 
 
+NARROW_STREAM_COLUMNS = {"conv": np.int32, "win_scaled": np.int32}
+"""Tracker columns a capture keeps narrower than the tracker makes them: a conversation
+slot and a scaled window (65535 << 14 at most) fit in 32 bits; 8 bytes a packet."""
+
+
+def narrow_streams(got: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+    """A chunk's `StreamTracker` columns as a `Capture` keeps them (NARROW_STREAM_COLUMNS)."""
+    for k, dt in NARROW_STREAM_COLUMNS.items():
+        if k in got:
+            got[k] = got[k].astype(dt)
+    return got
+
+
 def _track_streams(table: PacketTable) -> dict[str, npt.NDArray[Any]]:
     """`StreamTracker().feed(table)`, fed chunk by chunk (the same rows out: the tracker
     carries its state from one chunk to the next and forgets nothing on its own)."""
@@ -842,7 +873,9 @@ def _track_streams(table: PacketTable) -> dict[str, npt.NDArray[Any]]:
     for lo in range(0, n, TRACK_CHUNK):
         hi = min(n, lo + TRACK_CHUNK)
         part = {k: v[lo:hi] for k, v in table.cols.items()}
-        got = tracker.feed(PacketTable(part, table.data, icmp_between(table, lo, hi)))
+        got = narrow_streams(
+            tracker.feed(PacketTable(part, table.data, icmp_between(table, lo, hi)))
+        )
         if tracker.icmp_out is not None:
             icmp.append(tracker.icmp_out)
         if not out:

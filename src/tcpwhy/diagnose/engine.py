@@ -157,8 +157,18 @@ def diagnose_files(
     sizes = [_plain_size(p) for p in paths]
     total = sum(sizes) if all(sizes) else None
     done = 0
-    for p, size in zip(paths, sizes, strict=True):
+    tracked: dict[int, dict[str, np.ndarray]] = {}
+    for i, (p, size) in enumerate(zip(paths, sizes, strict=True)):
         st = CaptureStats()
+        if flt is None and len(paths) == 1:
+            # one file is one capture point: its streams are tracked as it is read
+            table, streams = _read_tracked(p, st, progress)
+            tables.append((p, table))
+            tracked[i] = streams
+            release_freed()
+            stats_all.append(st)
+            done += size
+            continue
         parts = []
         for t in iter_tables(p, st):
             # without a display filter only the diagnosis reads the table: keep its columns
@@ -187,7 +197,7 @@ def diagnose_files(
         numbers = None
         if flt is not None:
             table, file_of_row, numbers = _limit_to_filter(table, file_of_row, flt)
-        cap = Capture(table, file_of_row, [tables[i][0] for i in g], numbers)
+        cap = Capture(table, file_of_row, [tables[i][0] for i in g], numbers, tracked.get(g[0]))
         if flt is None:  # the engine's own slim table: its addresses can be per stream
             cap.compact_addresses()
         caps.append(cap)
@@ -275,11 +285,130 @@ def _slim(t: PacketTable) -> PacketTable:
     of a plain file are left in it, read again for the few rows the rules read (a whole
     capture's payload was 292 MB of conns-heavy.pcap's 1 GB at the peak)."""
     cols = {k: t.cols[k].copy() for k in DIAGNOSIS_COLUMNS}
+    frame = cols["frame"]
+    if len(frame) and int(frame.max()) < 1 << 32:  # half the bytes for any real file's numbers
+        cols["frame"] = frame.astype(np.uint32)
     out = t.in_file(cols)
     if out is None:
         out = _with_compact_payload(cols, [t])
     out.icmp = t.icmp  # ICMP errors about TCP: a copy already, and few
     return out
+
+
+def _read_tracked(
+    path: str, st: CaptureStats, progress: Progress | None
+) -> tuple[PacketTable, dict[str, np.ndarray]]:
+    """A file's slim table and its `StreamTracker` columns, the streams tracked chunk by
+    chunk as it is read. The address and port columns are checked against each stream's
+    endpoints as they come and then dropped, so they never exist for the whole capture
+    (conns-heavy.pcap: 36 bytes a packet, 155 MB, beside the tracker's columns at the
+    peak); the table gets `StreamColumn`s in their place, as `Capture.compact_addresses`
+    makes. A capture where that does not hold (ICMP errors opening streams, a flood's
+    one-packet connections) ends with plain columns, as it would have without this."""
+    from tcpwhy.diagnose.context import COMPACT_RATIO, narrow_streams
+    from tcpwhy.tcp.streams import StreamTracker
+
+    size = _plain_size(path) or None
+    tracker = StreamTracker()
+    parts: list[PacketTable] = []
+    outs: list[dict[str, np.ndarray]] = []
+    icmp: list[dict[str, np.ndarray]] = []
+    ends: _Endpoints | None = _Endpoints()
+    for t in iter_tables(path, st):
+        s = _slim(t)
+        got = narrow_streams(tracker.feed(s))
+        if tracker.icmp_out is not None:
+            icmp.append(tracker.icmp_out)
+        if ends is not None and (tracker.icmp_out is not None or not ends.take(s, got)):
+            ends.restore(parts, outs)  # plain columns from here on
+            ends = None
+        parts.append(s)
+        outs.append(got)
+        if len(parts) % TRIM_EVERY == 0:
+            release_freed()
+        if progress:
+            progress(f"reading {os.path.basename(path)}", st.bytes_read, size)
+    table = _join(parts, free=True)
+    del parts
+    streams: dict[str, np.ndarray] = {}
+    for k in list(outs[0]) if outs else []:
+        streams[k] = np.concatenate([o.pop(k) for o in outs])
+    del outs
+    if icmp:
+        streams["icmp_stream"] = np.concatenate([x["stream"] for x in icmp])
+        streams["icmp_dir"] = np.concatenate([x["dir"] for x in icmp])
+    if ends is not None and len(table):
+        ends.place(table, streams, plain=ends.n * COMPACT_RATIO > len(table))
+    return table, streams
+
+
+class _Endpoints:
+    """Per stream, the endpoint its dir-0 rows come from and the one they go to (each
+    address and port column), gathered as the streams start; the chunks' own address
+    columns are checked against them and dropped (`_read_tracked`)."""
+
+    def __init__(self) -> None:
+        self.n = 0  # streams so far
+        self.cols: dict[str, np.ndarray] = {}
+
+    def take(self, t: PacketTable, got: dict[str, np.ndarray]) -> bool:
+        """Record the chunk's new streams, check its rows, drop its address columns; False
+        (nothing dropped) when a row disagrees or streams are not numbered as they start."""
+        from tcpwhy.diagnose.context import ADDRESS_COLUMNS, PEER
+
+        sid, pdir = got["stream"], got["dir"]
+        new = np.flatnonzero(got["new"])
+        if not np.array_equal(sid[new], np.arange(self.n, self.n + len(new))):
+            return False
+        fwd = pdir[new] == 0
+        m = self.n + len(new)
+        for k in ADDRESS_COLUMNS:
+            col = self.cols.get(k)
+            if col is None or len(col) < m:
+                grown = np.zeros(max(m, 2 * (len(col) if col is not None else 1024)), t[k].dtype)
+                if col is not None:
+                    grown[: self.n] = col[: self.n]
+                self.cols[k] = col = grown
+            col[self.n : m] = np.where(fwd, t[k][new], t[PEER[k]][new])
+        if len(sid) and (int(sid.min()) < 0 or int(sid.max()) >= m):
+            return False
+        back = pdir != 0
+        for k in ADDRESS_COLUMNS:
+            want = np.where(back, self.cols[PEER[k]][sid], self.cols[k][sid])
+            if not np.array_equal(want, t[k]):
+                return False
+        self.n = m
+        for k in ADDRESS_COLUMNS:
+            del t.cols[k]
+        return True
+
+    def restore(self, parts: list[PacketTable], outs: list[dict[str, np.ndarray]]) -> None:
+        """Give the chunks read so far their address columns back."""
+        from tcpwhy.diagnose.context import ADDRESS_COLUMNS
+
+        for t, got in zip(parts, outs, strict=True):
+            back = got["dir"] != 0
+            for k in ADDRESS_COLUMNS:
+                t.cols[k] = self._expand(k, got["stream"], back)
+
+    def _expand(self, k: str, sid: np.ndarray, back: np.ndarray) -> np.ndarray:
+        from tcpwhy.diagnose.context import PEER
+
+        return np.where(back, self.cols[PEER[k]][sid], self.cols[k][sid])
+
+    def place(self, t: PacketTable, streams: dict[str, np.ndarray], plain: bool) -> None:
+        """The whole table's address columns: `StreamColumn`s, or with `plain` (too few
+        packets per stream for them to pay) arrays."""
+        from tcpwhy.diagnose.context import ADDRESS_COLUMNS, PEER, StreamColumn
+
+        sid, pdir = streams["stream"], streams["dir"]
+        cols = {k: c[: self.n] for k, c in self.cols.items()}
+        self.cols = cols
+        for k in ADDRESS_COLUMNS:
+            if plain:
+                t.cols[k] = self._expand(k, sid, pdir != 0)
+            else:
+                t.cols[k] = StreamColumn(cols[k], cols[PEER[k]], sid, pdir, cols[k].dtype)  # type: ignore[assignment]
 
 
 def _join(parts: list[PacketTable], free: bool = False) -> PacketTable:
@@ -298,7 +427,7 @@ def _join(parts: list[PacketTable], free: bool = False) -> PacketTable:
         return out
     cols = {}
     base = np.cumsum([0] + [len(t.data) for t in parts])
-    for k in DIAGNOSIS_COLUMNS:
+    for k in [k for k in DIAGNOSIS_COLUMNS if k in parts[0].cols]:
         if k == "payload_off":
             cols[k] = np.concatenate(
                 [shift_offsets(t.cols[k], b) for t, b in zip(parts, base, strict=False)]

@@ -185,7 +185,7 @@ def finding_from_columns(
     objects for the timeline and frames only."""
     frames: list[int] = []
     for x in head[:20]:
-        frames.extend(x.conn.frame[i] for i, _ in x.rows)
+        frames.extend(x.conn.at("frame", i) for i, _ in x.rows)
     uniq = unique_sorted(nos)
     return Finding(
         kind=kind,

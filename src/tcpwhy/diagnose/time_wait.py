@@ -10,11 +10,10 @@ ephemeral ports.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import numpy.typing as npt
 
+from tcpwhy.arrays import group_ids
 from tcpwhy.decode.table import ACK, RST, SYN
 from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.context import CLIENT, NO_FIN, SERVER, Conn, fmt_s
@@ -64,7 +63,7 @@ def detect_reuse(diag: Diag) -> list[Finding]:
     rows, sid, p, gap_ns, nsyn = rows[ok], sid[ok], p[ok], gap_ns[ok], nsyn[ok]
     if not len(rows):
         return []
-    flags = t["flags"].astype(np.int64)
+    flags = t["flags"]  # its narrow type: whole-capture temporaries below are 2 bytes a row
     pos_side = cap.side[cap.order]
     syn_pos = np.flatnonzero((pos_side == CLIENT) & ((flags[cap.order] & (SYN | ACK | RST)) == SYN))
     first_syn = syn_pos[np.searchsorted(syn_pos, cap.starts[sid])]  # CSR positions
@@ -87,7 +86,7 @@ def detect_reuse(diag: Diag) -> list[Finding]:
     last_ns = np.maximum(ts[syn_row], ts[ans_row])
     # one finding per server, in the order each server first shows up
     ep = cap.endpoints
-    gid, ng = _group_ids(ep.server_hi[sid], ep.server_lo[sid], ep.server_port[sid])
+    gid, ng = group_ids(ep.server_hi[sid], ep.server_lo[sid], ep.server_port[sid])
     firsts = np.full(ng, len(gid), np.int64)
     np.minimum.at(firsts, gid, np.arange(len(gid)))
     members: dict[str, list[npt.NDArray[np.int64]]] = {}
@@ -123,16 +122,6 @@ def detect_reuse(diag: Diag) -> list[Finding]:
 
 EXAMPLE_ROWS = 20  # instances whose rows make a finding's `frames` (as `make_finding`)
 OUTCOMES = ("accepted", "ack", "dropped", "other")
-
-
-def _group_ids(*keys: npt.NDArray[Any]) -> tuple[npt.NDArray[np.int64], int]:
-    """Group ids of rows with equal keys, and how many groups."""
-    order = np.lexsort(keys[::-1])
-    new = np.ones(len(order), np.bool_)
-    new[1:] = np.logical_or.reduce([k[order][1:] != k[order][:-1] for k in keys])
-    inv = np.empty(len(order), np.int64)
-    inv[order] = np.cumsum(new) - 1
-    return inv, int(new.sum())
 
 
 def _reuse_instance(
@@ -223,10 +212,9 @@ def detect_pileup(diag: Diag) -> list[Finding]:
         ^ np.where(cdir, t["dst_hi"][first], t["src_hi"][first])
     ) * np.uint64(65536) + np.where(cdir, t["dport"][first], t["sport"][first]).astype(np.uint64)
     out = []
-    keys = np.stack([key_c, key_s], 1)
-    uniq, inv = np.unique(keys, axis=0, return_inverse=True)
-    for g in range(len(uniq)):
-        members = sids[inv.ravel() == g]
+    inv, ngroups = group_ids(key_c, key_s)
+    for g in range(ngroups):
+        members = sids[inv == g]
         if len(members) < MIN_CONNS:
             continue
         fins = ff[members, CLIENT]

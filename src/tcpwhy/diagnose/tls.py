@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tcpwhy.arrays import group_firsts, group_ids
 from tcpwhy.decode import tls as rec
 from tcpwhy.decode.table import RST, PacketTable, format_addr
 from tcpwhy.diagnose.http import Message, printable
@@ -142,12 +143,18 @@ def _find_records(cap: Capture) -> rec.Records:
     if n and t.has_payload():
         # the stream's first payload (either direction) starts a handshake record: the test
         # `find_records` makes, made here on one row per stream (its first 5 bytes read)
-        data_rows = np.flatnonzero((t["payload_len"] > 0) & ((t["flags"] & RST) == 0))
-        if len(data_rows):
-            st = cap.stream[data_rows]
-            _, idx = np.unique(st, return_index=True)
-            first = data_rows[idx]
-            del data_rows
+        # each stream's first payload row, found in the rows grouped by stream (`order`):
+        # no capture-sized sort of its own
+        data = (t["payload_len"] > 0) & ((t["flags"] & RST) == 0)
+        pos = np.flatnonzero(data[cap.order])
+        del data
+        j = np.searchsorted(pos, cap.starts)
+        has = j < len(pos)
+        has[has] = pos[j[has]] < cap.ends[has]
+        sids = np.flatnonzero(has)
+        first = cap.order[pos[j[sids]]].astype(np.int64)
+        del pos, j, has
+        if len(first):
             data, off, cut = t.gather(first, 5)
             heads = PacketTable(
                 {
@@ -162,7 +169,7 @@ def _find_records(cap: Capture) -> rec.Records:
             at = np.arange(len(first), dtype=np.int64)
             looks = rec._looks_like_record(heads, at) if data.size else np.zeros(len(at), bool)
             first_byte = data[np.minimum(off, max(data.size - 1, 0))] if data.size else 0
-            tls_stream[st[idx][looks & (cut > 0) & (first_byte == rec.HANDSHAKE)]] = True
+            tls_stream[sids[looks & (cut > 0) & (first_byte == rec.HANDSHAKE)]] = True
     rows = np.flatnonzero(tls_stream[cap.stream]) if n else np.zeros(0, np.int64)
     # the TLS streams' rows with their payload bytes (only theirs: a capture's whole payload
     # is not held for this)
@@ -376,19 +383,12 @@ def _server_names(cap: Capture) -> dict[int, str]:
             named[sid] = index.setdefault(name.lower(), len(index))
     names = list(index)
     ep = cap.endpoints
-    keys = np.stack(
-        [
-            ep.server_hi.astype(np.uint64),
-            ep.server_lo.astype(np.uint64),
-            ep.server_port.astype(np.uint64),
-        ],
-        axis=1,
-    )
-    ukeys, addr = np.unique(keys, axis=0, return_inverse=True)
-    addr = addr.reshape(-1)
+    addr, naddr = group_ids(ep.server_hi, ep.server_lo, ep.server_port)
+    first = group_firsts(addr, naddr)
+    ukeys = np.stack([ep.server_hi[first], ep.server_lo[first]], axis=1).astype(np.uint64)
     has = named > 0
-    lo = np.full(len(ukeys), len(names), np.int64)
-    hi = np.full(len(ukeys), -1, np.int64)
+    lo = np.full(naddr, len(names), np.int64)
+    hi = np.full(naddr, -1, np.int64)
     np.minimum.at(lo, addr[has], named[has])
     np.maximum.at(hi, addr[has], named[has])
     label: dict[int, str] = {}
@@ -399,7 +399,7 @@ def _server_names(cap: Capture) -> dict[int, str]:
             label[k] = printable(name, 80)
     if not label:
         return {}
-    agreed = np.zeros(len(ukeys), np.bool_)
+    agreed = np.zeros(naddr, np.bool_)
     agreed[list(label)] = True
     sids = np.flatnonzero(agreed[addr])
     return dict(zip(sids.tolist(), (label[k] for k in addr[sids].tolist()), strict=True))

@@ -31,6 +31,7 @@ from typing import IO, Any
 import numpy as np
 import numpy.typing as npt
 
+from tcpwhy.arrays import group_firsts, group_ids
 from tcpwhy.decode.table import ACK, RST, SYN, format_addr
 from tcpwhy.diagnose.model import Finding, Report, Severity
 from tcpwhy.tcp.state import NO_ANSWER, NO_SOCKET, State
@@ -404,10 +405,12 @@ def _point(report: Report, k: int, d: Any, t0: int) -> dict[str, Any]:
     ep = cap.endpoints
     hi = np.concatenate([ep.client_hi, ep.server_hi])
     lo = np.concatenate([ep.client_lo, ep.server_lo])
-    pairs = np.stack([hi, lo], 1)
-    uniq, inv = np.unique(pairs, axis=0, return_inverse=True)
-    inv = inv.reshape(-1)
-    addrs = [format_addr(int(h), int(lw)) for h, lw in uniq.tolist()]
+    inv, naddr = group_ids(hi, lo)
+    first_of = group_firsts(inv, naddr)
+    addrs = [
+        format_addr(int(h), int(lw))
+        for h, lw in zip(hi[first_of].tolist(), lo[first_of].tolist(), strict=True)
+    ]
     first = cap.order[cap.starts]
     t = cap.table
     from_client = cap.side[first] == 0

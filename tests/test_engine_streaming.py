@@ -1,0 +1,80 @@
+"""analyze tracks a single file's streams as it reads it and drops the address columns
+chunk by chunk (`engine._read_tracked`): the report must be the one the whole-table path
+gives, however the file is cut into chunks and whichever way the compaction ends."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+
+from tcpwhy.capture import reader
+from tcpwhy.diagnose import engine
+from tcpwhy.diagnose.context import StreamColumn
+from tcpwhy.diagnose.render import to_json
+
+LAB = Path(__file__).resolve().parents[1] / "src" / "tcpwhy" / "data" / "lab"
+CAPTURES = [
+    "stale-keepalive.pcap",  # pooled HTTP: many packets per stream (compacted)
+    "time-wait-reuse.pcap",  # 4-tuples reused: new streams on known conversations
+    "icmp-reject.pcap",  # ICMP errors about TCP: plain columns
+    "syn-flood.pcap",  # one-packet connections: plain columns
+    "clean-tls.pcap",
+    "zero-window.pcap",
+]
+
+
+def _whole_table(path: str) -> str:
+    """The report of the path that joins the table first and tracks it after (the one
+    several files or a display filter take), with the file's own report text."""
+    tables = []
+    st = engine.CaptureStats()
+    parts = [engine._slim(t) for t in engine.iter_tables(path, st)]
+    tables.append(engine._join(parts, free=True))
+    cap = engine.Capture(tables[0], engine.np.zeros(len(tables[0]), engine.np.int16), [path])
+    cap.compact_addresses()
+    diag = engine.run_rules(cap)
+    return sorted((f.kind, tuple(f.streams)) for f in diag.findings).__repr__()
+
+
+def _kinds(report: engine.Report) -> str:
+    return sorted((f.kind, tuple(f.streams)) for f in report.findings).__repr__()
+
+
+@pytest.mark.parametrize("name", CAPTURES)
+def test_small_chunks_and_fallback_give_the_same_report(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(LAB / name)
+    whole = to_json(engine.diagnose_files([path]))
+    assert _kinds(engine.diagnose_files([path])) == _whole_table(path)
+
+    # many small chunks: streams start in one chunk and go on in later ones
+    small = functools.partial(reader.iter_tables, chunk_bytes=256)
+    monkeypatch.setattr(engine, "iter_tables", small)
+    report = engine.diagnose_files([path])
+    assert to_json(report) == whole
+
+    # a chunk that cannot be compacted after some that were: their columns come back
+    calls = {"n": 0}
+    take = engine._Endpoints.take
+
+    def fail_third(self: engine._Endpoints, t: engine.PacketTable, got: dict) -> bool:  # type: ignore[type-arg]
+        calls["n"] += 1
+        return False if calls["n"] == 3 else take(self, t, got)
+
+    monkeypatch.setattr(engine._Endpoints, "take", fail_third)
+    report = engine.diagnose_files([path])
+    assert to_json(report) == whole
+    # the ICMP capture leaves compaction at its first chunk with ICMP rows
+    assert calls["n"] >= 3 or name.startswith("icmp")
+
+
+def test_a_connection_rich_file_keeps_addresses_per_stream() -> None:
+    report = engine.diagnose_files([str(LAB / "stale-keepalive.pcap")])
+    cap = report.diags[0].cap
+    for k in ("src_hi", "src_lo", "sport", "dst_hi", "dst_lo", "dport"):
+        assert isinstance(cap.table.cols[k], StreamColumn)
+    flood = engine.diagnose_files([str(LAB / "syn-flood.pcap")]).diags[0].cap
+    assert not isinstance(flood.table.cols["src_hi"], StreamColumn)
