@@ -128,12 +128,29 @@ def _addr(hi: int, lo: int, port: int | None = None) -> str:
     return f"[{a}]:{port}" if ":" in a else f"{a}:{port}"
 
 
-def _top(hi: U64, lo: U64, n: int = TOP) -> list[tuple[str, int]]:
-    """The n most frequent addresses, with their counts (ties: lower address first)."""
-    inv, ng = _group(hi, lo)
+def _top(
+    hi: U64,
+    lo: U64,
+    n: int = TOP,
+    *,
+    grouped: tuple[I64, int] | None = None,
+    at: I64 | None = None,
+) -> list[tuple[str, int]]:
+    """The n most frequent addresses, with their counts (ties: lower address first).
+
+    `grouped` is `_group(hi[at], lo[at])` when the caller has it already (one sort of
+    millions of addresses fewer); `at`, when given, picks the rows of `hi` and `lo` meant
+    (no copies of them)."""
+    inv, ng = (
+        grouped
+        if grouped is not None
+        else _group(hi if at is None else hi[at], lo if at is None else lo[at])
+    )
     counts = np.bincount(inv, minlength=ng)
     firsts = np.zeros(ng, np.int64)
     firsts[inv[::-1]] = np.arange(len(inv))[::-1]
+    if at is not None:
+        firsts = at[firsts]
     best = np.lexsort((np.arange(ng), -counts))[:n]
     return [(_addr(int(hi[firsts[g]]), int(lo[firsts[g]])), int(counts[g])) for g in best]
 
@@ -226,7 +243,7 @@ def detect_flood(diag: Diag) -> list[Finding]:
         members = sids[(sec >= lo_s) & (sec <= hi_s)]
         if len(members) < FLOOD_MIN_HANDSHAKES:
             continue
-        _, nsrc = _group(k.c_hi[members], k.c_lo[members])
+        src, nsrc = _group(k.c_hi[members], k.c_lo[members])
         if nsrc < FLOOD_MIN_SOURCES:
             continue
         s0 = members[0]
@@ -242,16 +259,21 @@ def detect_flood(diag: Diag) -> list[Finding]:
             continue
         completed = np.flatnonzero(same & ~k.half_open)
         server = _addr(int(k.s_hi[s0]), int(k.s_lo[s0]), int(k.s_port[s0]))
-        out.append(_flood(diag, server, members, nsrc, completed))
+        out.append(_flood(diag, server, members, (src, nsrc), completed))
         _claim(diag, members)
     return out
 
 
-def _flood(diag: Diag, server: str, members: I64, nsrc: int, completed: I64) -> Finding:
+def _flood(
+    diag: Diag, server: str, members: I64, sources: tuple[I64, int], completed: I64
+) -> Finding:
+    """`sources` groups the members by client address (`_group`)."""
     cap = diag.cap
     t = cap.table
     k = _cols(diag)
-    flags = t["flags"].astype(np.int64) & (SYN | ACK | RST)
+    src, nsrc = sources
+    # per-packet masks: in the table's own dtype, and dropped once the members' are made
+    flags = t["flags"] & (SYN | ACK | RST)
     rows = _rows_of(cap, members)
     syn_rows = rows & (flags == SYN) & (cap.side == CLIENT)
     sa_rows = rows & (flags == (SYN | ACK)) & (cap.side == SERVER)
@@ -268,6 +290,7 @@ def _flood(diag: Diag, server: str, members: I64, nsrc: int, completed: I64) -> 
     # timestamp, so a SYN offering them without timestamps gets a SYN-ACK without them
     fsyn = _first_row_per_stream(cap, syn_rows)[members]
     fsa = _first_row_per_stream(cap, sa_rows)[members]
+    del flags, rows, syn_rows, sa_rows
     has = answered & (fsyn >= 0)
     ws_syn = np.where(has, t["opt_ws"][fsyn], -1) >= 0
     sack_syn = np.where(has, t["opt_sack_perm"][fsyn], False)
@@ -282,9 +305,8 @@ def _flood(diag: Diag, server: str, members: I64, nsrc: int, completed: I64) -> 
     old = answered & (cap.end_ns - sa_ts >= SYNACK_RETRY_S * 1e9)
     resent = int((old & (n_sa > 1)).sum())
     once = int((old & (n_sa == 1)).sum())
-    inv, ng = _group(k.c_hi[members], k.c_lo[members])
-    once_src = int((np.bincount(inv, minlength=ng) == 1).sum())
-    top = _top(k.c_hi[members], k.c_lo[members])
+    once_src = int((np.bincount(src, minlength=nsrc) == 1).sum())
+    top = _top(k.c_hi, k.c_lo, grouped=sources, at=members)
     first_s = int(cap.first_ns[members].min()) / 1e9
     last_s = int(cap.last_ns[members].max()) / 1e9
     facts: dict[str, Any] = {
