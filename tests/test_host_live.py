@@ -395,7 +395,9 @@ def test_counters_interval_shows_listen_overflows(make_netns: Any) -> None:
     assert "TcpExtListenOverflows" in text
 
 
-def _close_wait_leak(make_netns: Any, n: int = 150, gap: float = 0.1) -> tuple[Netns, int]:
+def _close_wait_leak(make_netns: Any, n: int = 600, gap: float = 0.1) -> tuple[Netns, int]:
+    """A client leaking CLOSE_WAIT sockets for n * gap seconds (60 s: still growing when a
+    loaded machine gets to the test's later samples; the namespace's end stops it)."""
     ns = make_netns()
     server, client = ns.holder(), ns.holder()
     port = server("listen", "127.0.0.1", 64)["port"]

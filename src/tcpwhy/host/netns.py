@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from tcpwhy.errors import EnvironmentProblem, TcpwhyError
-from tcpwhy.lab.ns import setns
+from tcpwhy.netns import setns
 
 T = TypeVar("T")
 

@@ -23,30 +23,13 @@ import threading
 from collections.abc import Iterator, Sequence
 
 from tcpwhy.errors import EnvironmentProblem
+from tcpwhy.netns import setns
 
 PREFIX = "tcpwhy-lab-"
-CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/var/run/netns"
 
-_libc = ctypes.CDLL(None, use_errno=True)
 _counter = 0
 _counter_lock = threading.Lock()
-
-
-def setns(fd: int) -> None:
-    """Move the calling thread into the network namespace open at `fd` (setns(2)).
-
-    The one way into a namespace for both callers: the lab enters one per thread for the
-    instant of `socket()`, `tcpwhy host --netns` in a forked probe. Python's own os.setns
-    where it has one (3.12), libc's otherwise; an error is an OSError with the errno.
-    """
-    fn = getattr(os, "setns", None)
-    if fn is not None:
-        fn(fd, CLONE_NEWNET)
-        return
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 @contextlib.contextmanager

@@ -11,9 +11,7 @@ from tcpwhy.decode.table import CaptureStats
 from tcpwhy.filter import add_filter_argument
 from tcpwhy.report.output import add_output_argument, with_output
 
-__all__ = ["positive_int", "register", "register_flow", "report_stats"]
-"""`positive_int` and `report_stats` live in `tcpwhy.cli_helpers`; named here too for the
-views that still import them from this module."""
+__all__ = ["register", "register_flow"]
 
 
 def cmd_packets(args: argparse.Namespace) -> int:

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, cast
 import numpy as np
 
 from tcpwhy.capture.options import add_reassembly_option
+from tcpwhy.cli_helpers import positive_int, report_stats
 from tcpwhy.decode.table import CaptureStats
 from tcpwhy.filter import DisplayFilter, add_filter_argument
-from tcpwhy.report.commands import positive_int, report_stats
 
 if TYPE_CHECKING:  # the builder loads compiled code: imported where records are made
     from tcpwhy.tcp.records import ConnColumns, ConnRecord, RecordOptions

@@ -248,8 +248,8 @@ def cmd_conns_points(args: Any, record_options: RecordOptions, options: dict[str
     """`tcpwhy conns FILE FILE…`: the warnings of each file after the records."""
     import sys
 
+    from tcpwhy.cli_helpers import report_stats
     from tcpwhy.filter import filter_from_args
-    from tcpwhy.report.commands import report_stats
 
     files = [args.file, *args.more]
     stats = [CaptureStats() for _ in files]
