@@ -463,6 +463,16 @@ def test_errors_carry_the_commands_messages(tmp_path: Path, capsys: Any) -> None
     assert capsys.readouterr().out == ""
 
 
+def test_what_is_not_a_capture_is_a_type_error() -> None:
+    """Bytes or numbers where a path or file object belongs: a TypeError saying what is
+    expected (not an AttributeError from deep in the reader)."""
+    for bad in (b"capture.pcap", [LAB / "clean.pcap", 3], 7):
+        with pytest.raises(TypeError, match="a path, an fsspec URL or a binary file object"):
+            tcpwhy.open(bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not bytes"):
+        tcpwhy.analyze(b"capture.pcap")  # type: ignore[arg-type]
+
+
 def test_cut_capture_warns_and_keeps_what_was_read(tmp_path: Path) -> None:
     data = (LAB / "stale-keepalive.pcap").read_bytes()
     cut = tmp_path / "cut.pcap"

@@ -166,9 +166,20 @@ class _Sources:
 def _as_list(path_or_paths: Source | Sequence[Source]) -> list[Source]:
     if isinstance(path_or_paths, (str, os.PathLike, io.IOBase)) or hasattr(path_or_paths, "read"):
         return [path_or_paths]  # type: ignore[list-item]
-    out = list(path_or_paths)
+    if isinstance(path_or_paths, (bytes, bytearray, memoryview)) or not hasattr(
+        path_or_paths, "__iter__"
+    ):
+        out: list[Any] = [path_or_paths]  # bytes are not a list of captures
+    else:
+        out = list(path_or_paths)
     if not out:
         raise ValueError("no capture given")
+    for x in out:
+        if not (isinstance(x, (str, os.PathLike)) or hasattr(x, "read")):
+            raise TypeError(
+                "a capture is a path, an fsspec URL or a binary file object, "
+                f"not {type(x).__name__}"
+            )
     return out
 
 
