@@ -13,9 +13,10 @@ import numpy as np
 from tcpwhy.decode.table import ACK, FIN, SYN
 from tcpwhy.diagnose import http, knowledge, tls
 from tcpwhy.diagnose.common import Group, Hits, first_resets
-from tcpwhy.diagnose.context import HALF, U32, WHO, Conn
+from tcpwhy.diagnose.context import WHO, Conn
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
+from tcpwhy.tcp.seq import HALF, U32, seq_diff, seq_geq
 
 ORDER = 230
 
@@ -82,7 +83,7 @@ def _next_seq(c: Conn, x: int, r: int) -> int | None:
         + ((flags & (SYN | FIN)) != 0)
     ) & U32
     # unwrapped: each end as the previous one plus the signed step between them
-    step = ((np.diff(e) + HALF) & U32) - HALF
+    step = seq_diff(np.diff(e), 0)
     u = np.empty(len(e), np.int64)
     u[0] = 0
     np.cumsum(step, out=u[1:])
@@ -97,7 +98,7 @@ def _next_seq_walk(c: Conn, x: int, r: int) -> int | None:
     for i in range(r):
         if c.side[i] == x:
             e = (c.seq[i] + c.plen[i] + (1 if c.flags[i] & (SYN | FIN) else 0)) & U32
-            nxt = e if nxt is None or ((e - nxt) & U32) < HALF else nxt
+            nxt = e if nxt is None or seq_geq(e, nxt) else nxt
     return nxt
 
 

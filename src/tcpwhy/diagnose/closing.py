@@ -17,8 +17,9 @@ import numpy as np
 
 from tcpwhy.decode.table import RST
 from tcpwhy.diagnose import http
-from tcpwhy.diagnose.context import CLIENT, SERVER, Capture, Conn, seq_geq
+from tcpwhy.diagnose.context import CLIENT, SERVER, Capture, Conn
 from tcpwhy.diagnose.registry import Diag
+from tcpwhy.tcp.seq import seq_geq
 
 PROMPT_S = 0.01
 """Time an application takes, at most, to act on the peer's FIN when it does so at once

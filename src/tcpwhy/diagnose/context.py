@@ -43,6 +43,7 @@ from tcpwhy.diagnose import icmp as icmp_join
 from tcpwhy.diagnose.model import Step
 from tcpwhy.tcp.analysis import FLAGS as ANALYSIS_FLAGS
 from tcpwhy.tcp.analysis import Analyzer
+from tcpwhy.tcp.seq import U32, seq_geq
 from tcpwhy.tcp.state import Event, State, state_label
 from tcpwhy.tcp.state import Step as StateStep
 from tcpwhy.tcp.state_kernel import run_connections
@@ -50,8 +51,6 @@ from tcpwhy.tcp.streams import StreamTracker
 
 CLIENT, SERVER = 0, 1
 WHO = ("client", "server")
-U32 = 0xFFFFFFFF
-HALF = 0x80000000
 NO_FIN = np.iinfo(np.int64).max  # Capture.first_fin_ns of a side that sent no FIN
 CONN_CACHE_ROWS = 200_000  # packets of the Conn views a Capture keeps (LRU)
 ENDING_WORDS = (
@@ -66,15 +65,6 @@ ENDING_WORDS = (
 )
 """`Capture.endings`' words, in `Capture.ending_index` order (`model.ENDING_CODES` has
 their codes; the client is the side that called connect(), the originator of the codes)."""
-
-
-def seq_geq(a: int, b: int) -> bool:
-    """a >= b in 32-bit sequence space."""
-    return ((a - b) & U32) < HALF
-
-
-def seq_gt(a: int, b: int) -> bool:
-    return a != b and seq_geq(a, b)
 
 
 def flag_text(f: int) -> str:

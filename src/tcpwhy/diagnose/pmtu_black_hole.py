@@ -19,20 +19,17 @@ import numpy as np
 from tcpwhy.decode.table import RST, SYN
 from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.common import Group
-from tcpwhy.diagnose.context import CLIENT, HALF, SERVER, U32, WHO, Conn, fmt_s
+from tcpwhy.diagnose.context import CLIENT, SERVER, WHO, Conn, fmt_s
 from tcpwhy.diagnose.icmp_unreachable import IcmpInstance
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, make_finding, plural, rule
+from tcpwhy.tcp.seq import U32, seq_gt
 
 ORDER = 30
 
 KIND = "pmtu-black-hole"
 MIN_FULL = 536  # payload of the smallest segment a black hole can swallow (576-byte packets)
 HOLE_WAIT_S = 1.0  # a hole older than this, never filled, is not ordinary loss
-
-
-def _gt(a: int, b: int) -> bool:
-    return a != b and ((a - b) & U32) < HALF
 
 
 def headers(c: Conn, i: int) -> int:
@@ -66,10 +63,10 @@ def at_sender(c: Conn, x: int) -> dict[str, Any] | None:
         return None
     top = acks[0]
     for a in acks:
-        if _gt(a, top):
+        if seq_gt(a, top):
             top = a
     data = [k for k in range(c.n) if c.side[k] == x and c.plen[k] > 0 and not c.flags[k] & RST]
-    stuck = [k for k in data if _gt((c.rseq[k] + c.plen[k]) & U32, top)]
+    stuck = [k for k in data if seq_gt((c.rseq[k] + c.plen[k]) & U32, top)]
     if not stuck:
         return None
     s0 = min((c.rseq[k] for k in stuck), key=lambda v: (v - top) & U32)
@@ -77,7 +74,7 @@ def at_sender(c: Conn, x: int) -> dict[str, Any] | None:
     if len(sends) < 2 or min(c.plen[k] for k in sends) < MIN_FULL:
         return None
     size = min(c.plen[k] for k in sends)
-    acked = [k for k in data if not _gt((c.rseq[k] + c.plen[k]) & U32, top)]
+    acked = [k for k in data if not seq_gt((c.rseq[k] + c.plen[k]) & U32, top)]
     passed = max((c.plen[k] for k in acked), default=0)
     if passed >= size:
         return None  # segments as large got through: not a size problem
@@ -111,11 +108,11 @@ def at_receiver(c: Conn, x: int) -> dict[str, Any] | None:
     hole = None
     for k in data[1:]:
         s, e = c.rseq[k], (c.rseq[k] + c.plen[k]) & U32
-        if hole is None and _gt(s, nxt):
+        if hole is None and seq_gt(s, nxt):
             hole = (nxt, s, k)
-        if hole is not None and not _gt(s, hole[0]) and _gt(e, hole[0]):
+        if hole is not None and not seq_gt(s, hole[0]) and seq_gt(e, hole[0]):
             return None  # filled: ordinary loss, repaired
-        if not _gt(s, nxt) and _gt(e, nxt):
+        if not seq_gt(s, nxt) and seq_gt(e, nxt):
             nxt = e
     if hole is None:
         return None

@@ -6,6 +6,7 @@ import numpy as np
 
 from tcpwhy.decode.table import ACK, FIN, RST, SYN
 from tcpwhy.diagnose.context import Conn, fmt_s
+from tcpwhy.tcp.seq import seq_geq, seq_gt
 
 
 def trigger(c: Conn, r: int) -> int | None:
@@ -76,14 +77,14 @@ def min_rtt_to(c: Conn, who: int) -> float | None:
     for k in range(len(mine)):
         if not mine[k]:
             end = ends[k]
-            if top is not None and (end == top or ((end - top) & 0xFFFFFFFF) >= 0x80000000):
+            if top is not None and not seq_gt(end, top):
                 pending.clear()  # a resent segment: no sample until new data
                 continue
             top = end
             pending.append((ts[k], end))
         elif pending:
             ack = acks[k]
-            done = [p for p in pending if ((ack - p[1]) & 0xFFFFFFFF) < 0x80000000]
+            done = [p for p in pending if seq_geq(ack, p[1])]
             if done:
                 dt = (ts[k] - done[0][0]) / 1e9
                 best = dt if best is None else min(best, dt)

@@ -10,9 +10,10 @@ import numpy as np
 from tcpwhy.decode.table import RST, SYN
 from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.common import Group, Hits
-from tcpwhy.diagnose.context import U32, WHO, Conn, fmt_s
+from tcpwhy.diagnose.context import WHO, Conn, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
+from tcpwhy.tcp.seq import U32
 
 ORDER = 190
 

@@ -8,9 +8,10 @@ import numpy.typing as npt
 from tcpwhy.decode.table import ACK, FIN, RST, SYN
 from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.common import Group, Hits
-from tcpwhy.diagnose.context import CLIENT, HALF, SERVER, U32, Capture
+from tcpwhy.diagnose.context import CLIENT, SERVER, Capture
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
+from tcpwhy.tcp.seq import seq_geq
 from tcpwhy.tcp.state import State
 
 ORDER = 150
@@ -56,7 +57,7 @@ def crossed_fins(cap: Capture) -> npt.NDArray[np.bool_]:
     end = t["seq"][rows].astype(np.int64) + t["payload_len"][rows] + ((flags & SYN) > 0) + 1
 
     def acks(a: int, b: int) -> npt.NDArray[np.bool_]:
-        return ((flags[:, a] & ACK) > 0) & (((ack[:, a] - end[:, b]) & U32) < HALF)
+        return ((flags[:, a] & ACK) > 0) & seq_geq(ack[:, a], end[:, b])
 
     out = np.zeros(cap.nstreams, np.bool_)
     out[both[~acks(0, 1) & ~acks(1, 0)]] = True

@@ -77,6 +77,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tcpwhy.decode.table import ACK, FIN, RST, SYN
+from tcpwhy.tcp.seq import U32, seq_geq
 
 if TYPE_CHECKING:
     from tcpwhy.decode.table import PacketTable
@@ -331,14 +332,7 @@ class Endpoint:
 
 ORIGINATOR, RESPONDER = 0, 1
 
-_U32 = 0xFFFFFFFF
-_HALF = 0x80000000
 _MAX_EVENTS_PER_SEGMENT = 16
-
-
-def _seq_geq(a: int, b: int) -> bool:
-    """a >= b in 32-bit sequence space (RFC 1982 serial arithmetic)."""
-    return ((a - b) & _U32) < _HALF
 
 
 class EventStream(NamedTuple):
@@ -429,21 +423,21 @@ def derive_events(
                 put(s, Event.SEND_SYNACK, i)
                 if not _resent_after(d_, f_, i, r, SYN):
                     put(r, Event.RECV_SYNACK, i)
-                if syn_unacked[r] and _seq_geq(ak, syn_end[r]):
+                if syn_unacked[r] and seq_geq(ak, syn_end[r]):
                     syn_unacked[r] = False  # the SYN-ACK itself acknowledges r's SYN
             else:
                 put(s, Event.SEND_SYN, i)
                 put(r, Event.RECV_SYN, i)
                 bare_syn[s] = True
             syn_seen[s] = True
-            syn_end[s] = (sq + 1) & _U32
+            syn_end[s] = (sq + 1) & U32
             syn_unacked[s] = True
-        elif has_ack and syn_unacked[r] and _seq_geq(ak, syn_end[r]):
+        elif has_ack and syn_unacked[r] and seq_geq(ak, syn_end[r]):
             syn_unacked[r] = False
             put(s, Event.SEND_ACK_OF_SYN, i)
             if not _resent_after(d_, f_, i, r, SYN):
                 put(r, Event.RECV_ACK_OF_SYN, i)
-        if has_ack and fin_unacked[r] and _seq_geq(ak, fin_end[r]):
+        if has_ack and fin_unacked[r] and seq_geq(ak, fin_end[r]):
             fin_unacked[r] = False
             put(s, Event.SEND_ACK_OF_FIN, i)
             if not _resent_after(d_, f_, i, r, FIN):
@@ -453,7 +447,7 @@ def derive_events(
             put(r, Event.RECV_DATA, i)
         if fl & FIN:
             put(s, Event.SEND_FIN, i)
-            fin_end[s] = (sq + (1 if fl & SYN else 0) + plen + 1) & _U32
+            fin_end[s] = (sq + (1 if fl & SYN else 0) + plen + 1) & U32
             fin_unacked[s] = True
             if fin_delivery[s] == _FIN_DELIVERED:
                 put(r, Event.RECV_FIN, i)  # a retransmission reaching r again
@@ -525,7 +519,7 @@ def _fin_arrival(
     for j in range(i + 1, len(d_)):
         if (1 if d_[j] else 0) != r or not f_[j] & ACK:
             continue
-        if _seq_geq(a_[j], fin_end):
+        if seq_geq(a_[j], fin_end):
             return last
         last = j
     return i if last == i else _NEVER
