@@ -51,6 +51,7 @@ def _hash5(k0: Any, k1: Any, k2: Any, k3: Any, k4: Any) -> Any:
 
 
 _SLOT = np.int64(0xFFFFFFFF)
+_HASH = np.uint64(0x7FFFFFFF)
 
 
 @kernel("u8[:] u8[:] u8[:] u8[:] u2[:] u2[:] i8[:] u8[:,:] i8[:] i8[:] i8[:] i8[:] i1[:] -> none")
@@ -73,10 +74,10 @@ def _lookup(
 
     The key is the unordered pair of endpoints, written lower endpoint first;
     direction 0 means the packet goes from the lower endpoint to the higher.
-    A table entry is the slot in its low 32 bits and the top 31 bits of the key's
-    hash above them (so most probes that miss never read the key); the keys are
-    kept per slot (`keys`), not per entry: the table is 8 bytes an entry, and
-    growing it or dropping its tombstones moves no key.
+    A table entry is the slot in its low 32 bits and the low 31 bits of the key's
+    hash above them: most probes that miss never read the key, and the entry's place
+    in a table of up to 2**31 entries follows from it alone (`_rehash` reads no key).
+    The keys are kept per slot (`keys`), not per entry: the table is 8 bytes an entry.
     `meta` holds [entries, next new slot, free slots]; the caller keeps the
     table at most 7/10 full and the slot arrays large enough for every row.
     """
@@ -93,7 +94,7 @@ def _lookup(
             k0, k1, k2, k3 = a0, a1, b0, b1
             k4 = (a2 << np.uint64(16)) | b2
         h = _hash5(k0, k1, k2, k3, k4)
-        fp = np.int64(h >> np.uint64(33))
+        fp = np.int64(h & _HASH)
         j = h & mask
         while True:
             v = tab_val[j]
@@ -125,8 +126,8 @@ def _lookup(
         out_dir[i] = 1 if gt else 0
 
 
-@kernel("i8[:] u8[:,:] i8[:] i8[:] -> i8")
-def _rehash(old_val: Any, keys: Any, tab_val: Any, slot_keys: Any) -> int:
+@kernel("i8[:] i8[:] i8[:] -> i8")
+def _rehash(old_val: Any, tab_val: Any, slot_keys: Any) -> int:
     """Move live entries into another table; forgotten ones (tombstones) are dropped."""
     mask = tab_val.shape[0] - 1
     n = 0
@@ -134,13 +135,11 @@ def _rehash(old_val: Any, keys: Any, tab_val: Any, slot_keys: Any) -> int:
         v = old_val[j]
         if v < 0:
             continue
-        s = v & _SLOT
-        h = _hash5(keys[s, 0], keys[s, 1], keys[s, 2], keys[s, 3], keys[s, 4])
-        q = np.int64(h & np.uint64(mask))
+        q = (v >> np.int64(32)) & mask
         while tab_val[q] != _EMPTY:
             q = (q + 1) & mask
         tab_val[q] = v
-        slot_keys[s] = q
+        slot_keys[v & _SLOT] = q
         n += 1
     return n
 
@@ -310,7 +309,7 @@ class StreamTracker:
                 size *= 2
             val = self._tab_val
             self._tab_val = np.full(size, _EMPTY, np.int64)
-            self._meta[0] = _rehash(val, self._keys, self._tab_val, self._slot_keys)
+            self._meta[0] = _rehash(val, self._tab_val, self._slot_keys)
 
     def forget(self, conv: npt.NDArray[Any]) -> None:
         """Drop finished conversations (their slots are reused): bounds memory on huge captures.
