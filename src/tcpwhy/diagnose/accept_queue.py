@@ -20,6 +20,7 @@ from tcpwhy.diagnose.context import CLIENT, SERVER, Conn, fmt_s
 from tcpwhy.diagnose.handshake import admitted, ladder, syn_rows, unanswered_syn_streams
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
+from tcpwhy.diagnose.resets import too_fast
 
 ORDER = 90
 
@@ -89,7 +90,12 @@ def _reset_after_handshake(c: Conn) -> list[tuple[int, str]] | None:
     rtt = c.rtt or 0.001
     for j in range(ack + 1, c.n):
         if c.side[j] == SERVER:
-            if c.is_rst(j) and not c.flags[j] & ACK and c.dt(ack, j) <= max(0.05, 10 * rtt):
+            if (
+                c.is_rst(j)
+                and not c.flags[j] & ACK
+                and c.dt(ack, j) <= max(0.05, 10 * rtt)
+                and not too_fast(c, j)  # too quick for the server's kernel: middlebox-reset
+            ):
                 return [
                     (ack, "client completes the handshake (ACK)"),
                     (
@@ -147,6 +153,8 @@ def detect(diag: Diag) -> list[Finding]:
             r = c.first_rst(SERVER)
             if r is None or not c.flags[r] & ACK or c.n_synack_server() == 0:
                 continue
+            if too_fast(c, r):
+                continue  # too quick for the server's kernel: middlebox-reset tells it
             parts["closed"].append(
                 Instance(c, [(r, "server resets a connection it never accepted (listener closed)")])
             )

@@ -12,6 +12,7 @@ from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import CLIENT, NO_FIN, SERVER, WHO, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
+from tcpwhy.diagnose.resets import too_fast
 from tcpwhy.tcp.state import State
 
 ORDER = 140
@@ -40,6 +41,8 @@ def detect(diag: Diag) -> list[Finding]:
             rst = c.next_rst(x, pf)
             if rst is not None and c.fin_acked_by(x, pf, stop=rst) is not None:
                 rst = None  # x acknowledged the late FIN: its socket was there; the RST is not the answer
+            if rst is not None and too_fast(c, rst):
+                rst = None  # too quick to be x's kernel: middlebox-reset tells it
             wait = c.dt(fw2[0], pf)
             if rst is None and wait < limit_s:
                 continue

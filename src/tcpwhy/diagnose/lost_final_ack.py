@@ -7,6 +7,7 @@ from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import WHO, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
+from tcpwhy.diagnose.resets import too_fast
 from tcpwhy.tcp.state import State
 
 ORDER = 160
@@ -54,6 +55,10 @@ def detect(diag: Diag) -> list[Finding]:
                 )
             rows.append((re, f"{WHO[x]} retransmits the FIN after {fmt_s(c.dt(first, re))} (RTO)"))
             reset = answer is not None and c.is_rst(answer)
+            if reset and answer is not None and too_fast(c, answer):
+                # too quick to be the peer's kernel: the RST is middlebox-reset's, the
+                # retransmitted FIN stays this rule's
+                answer, reset = None, False
             if answer is not None:
                 again = "re-ACKs it from TIME_WAIT"
                 if reset:

@@ -82,10 +82,17 @@ def from_path(
 
 
 def _closed_before(c: Conn, r: int) -> bool:
-    """Both sides' FINs were sent and acknowledged before row r."""
+    """Both sides' FINs were sent and acknowledged before row r, and neither sent its FIN
+    again after the acknowledgment (a FIN resent from LAST_ACK means that ACK never reached
+    its sender: the connection was still open there when the RST came)."""
     for who in (CLIENT, SERVER):
         f = c.first_fin(who)
-        if f is None or f > r or c.fin_acked_by(1 - who, f, stop=r) is None:
+        if f is None or f > r:
+            return False
+        acked = c.fin_acked_by(1 - who, f, stop=r)
+        if acked is None:
+            return False
+        if any(c.side[j] == who and c.is_fin(j) for j in range(acked + 1, r)):
             return False
     return True
 
