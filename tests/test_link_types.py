@@ -1,7 +1,8 @@
-"""Link types that carry IP, against tshark 4.0: every TCP packet with the same fields.
+"""Link types and encapsulations that carry IP, against tshark 4.0: every TCP packet with
+the same fields.
 
-The reference corpora hold no TCP over 802.11, radiotap, FDDI or NFLOG, so the captures are
-written here: a whole connection (IPv4, and IPv6 where the link can say so) framed as each
+The reference corpora hold no TCP over 802.11, radiotap, FDDI, NFLOG, 802.3 LLC/SNAP,
+FabricPath or AYIYA, so the captures are written here: a whole connection (IPv4, and IPv6 where the link can say so) framed as each
 link type frames it, including the variants the decoder must walk (802.11 QoS data and
 A-MSDU, radiotap with present flags, NFLOG with a TLV before the payload and big-endian
 TLVs). tshark decodes each; tests/test_decode_tshark.py's field-by-field comparison then
@@ -85,6 +86,42 @@ def nflog_big(ip: bytes) -> bytes:
     return _nflog(ip, big=True)
 
 
+def ethernet_snap(ip: bytes) -> bytes:
+    """IEEE 802.3 with a length field, then LLC/SNAP (OUI 0) with the EtherType."""
+    body = _snap(ip)
+    return MACS[:12] + struct.pack("!H", len(body)) + body
+
+
+def fabricpath(ip: bytes) -> bytes:
+    """Cisco FabricPath (EtherType 0x8903, FTag/TTL) around a customer frame with an FCS,
+    as tshark reads it."""
+    return MACS[6:18] + b"\x89\x03\x00\x3f" + craft.eth(ip, v6=ip[0] >> 4 == 6) + bytes(4)
+
+
+OUTER4 = (craft.v4("192.0.2.1"), craft.v4("192.0.2.2"))
+OUTER6 = (
+    bytes.fromhex("20010db8ffff00000000000000000001"),
+    bytes.fromhex("20010db8ffff00000000000000000002"),
+)
+
+
+def _ayiya(ip: bytes, outer: tuple[bytes, bytes]) -> bytes:
+    """AYIYA on UDP 5072: a 16-byte identity, a 20-byte SHA-1 signature, opcode forward."""
+    nh = 41 if ip[0] >> 4 == 6 else 4
+    hdr = struct.pack("!BBBBI", 0x41, 0x52, 0x11, nh, 1_704_067_200) + bytes(16 + 20)
+    a, b = outer
+    dgram = craft.udp(a, b, 5072, 5072, hdr + ip)
+    return craft.eth(craft.ip(a, b, 17, dgram), v6=len(a) == 16)
+
+
+def ayiya(ip: bytes) -> bytes:
+    return _ayiya(ip, OUTER4)
+
+
+def ayiya_ipv6_outer(ip: bytes) -> bytes:
+    return _ayiya(ip, OUTER6)
+
+
 CASES: dict[str, tuple[int, Callable[[bytes], bytes], bool]] = {
     # name: (link type, framing, IPv6 too); big-endian NFLOG TLVs (a big-endian host's
     # capture) are read as little-endian by tshark and Zeek alike: neither decodes them
@@ -96,6 +133,12 @@ CASES: dict[str, tuple[int, Callable[[bytes], bytes], bool]] = {
     "fddi": (10, fddi, True),
     "nflog": (239, nflog, True),
     "nflog-big-endian-tlvs": (239, nflog_big, False),
+    # inside Ethernet: 802.3 frames with LLC/SNAP, Cisco FabricPath, and the AYIYA UDP tunnel
+    # (Zeek's Ethernet, SNAP and AYIYA analyzers; tshark's llc, cfp and ayiya dissectors)
+    "ethernet-802.3-snap": (1, ethernet_snap, True),
+    "fabricpath": (1, fabricpath, True),
+    "ayiya": (1, ayiya, True),
+    "ayiya-ipv6-outer": (1, ayiya_ipv6_outer, True),
 }
 
 

@@ -698,6 +698,30 @@ def decode_records(
                 et = _be16(buf, p + 12)
                 p += 14
                 kind = _K_ETYPE
+                if et == 0x8903 and p + 2 + 14 <= end:
+                    # Cisco FabricPath: its switch tag, then the customer's frame (Zeek
+                    # skips the 16 bytes; tshark reads the inner frame with an FCS)
+                    p += 2
+                    kind = _K_ETH
+                elif et <= 1500:
+                    # IEEE 802.3 with a length: LLC/SNAP with an EtherType (OUI 0, the
+                    # encapsulated-Ethernet one tshark maps to EtherTypes; Zeek's SNAP)
+                    if (
+                        p + 8 <= end
+                        and _u8(buf, p) == 0xAA
+                        and _u8(buf, p + 1) == 0xAA
+                        and _u8(buf, p + 2) == 0x03
+                        and _u8(buf, p + 3) == 0
+                        and _u8(buf, p + 4) == 0
+                        and _u8(buf, p + 5) == 0
+                    ):
+                        if p + et < lim:
+                            lim = p + et
+                        et = _be16(buf, p + 6)
+                        p += 8
+                    else:
+                        status = ST_OTHER_LINK
+                        break
             elif kind == _K_ETYPE:
                 if et == 0x0800:
                     kind = _K_IP4
@@ -950,6 +974,21 @@ def decode_records(
                             tunnel = 3
                         p = u + 8 + optlen
                         kind = _K_ETYPE
+                    elif (
+                        (udp == 5072 or usp == 5072)
+                        and u + 8 <= end
+                        and (_u8(buf, u + 2) & 15) == 1
+                    ):
+                        # AYIYA, opcode forward: identity and signature, then IPv4 or IPv6
+                        nh = _u8(buf, u + 3)
+                        q = u + 8 + (1 << (_u8(buf, u) >> 4)) + (_u8(buf, u + 1) >> 4) * 4
+                        if q >= end or not (nh == 4 or nh == 41):
+                            status = ST_UDP
+                            break
+                        if tunnel == 0:
+                            tunnel = 6
+                        p = q
+                        kind = _K_IP4 if nh == 4 else _K_IP6
                     elif udp == 3544 or usp == 3544:
                         q = _teredo(buf, u, lim, end, False)
                         if q < 0:

@@ -65,8 +65,10 @@ FLAG_NAMES: tuple[tuple[int, str], ...] = (
 """Flag names in the order Wireshark lists them in the Info column."""
 
 # Tunnel kinds (column `tunnel`): the outermost encapsulation the TCP packet was found in.
-TUNNEL_NONE, TUNNEL_GRE, TUNNEL_VXLAN, TUNNEL_GENEVE, TUNNEL_IPIP, TUNNEL_TEREDO = range(6)
-TUNNEL_NAMES = ("", "GRE", "VXLAN", "Geneve", "IP-in-IP", "Teredo")
+TUNNEL_NONE, TUNNEL_GRE, TUNNEL_VXLAN, TUNNEL_GENEVE, TUNNEL_IPIP, TUNNEL_TEREDO, TUNNEL_AYIYA = (
+    range(7)
+)
+TUNNEL_NAMES = ("", "GRE", "VXLAN", "Geneve", "IP-in-IP", "Teredo", "AYIYA")
 
 SACK_MAX = 4
 # codes in `opt_order`: the order options appear in, as Wireshark lists them in Info
