@@ -25,13 +25,16 @@ bit), the JSON string of each flag's name (words 24-38), the start of a JSON lin
 ``Seq=`` (words 552-1063). ``pfx_order`` lists the analysis bits in the order
 Wireshark's Info prefixes read.
 
-Times are printed from their exact binary value as CPython does (``_round_scaled`` of the
-`conns` writer): the table's and CSV's ``.6f`` of any relative time below 2**33 s; JSON's
-``repr(round(t, 9))`` is the nanosecond count itself while a double resolves nanoseconds
-(below 2**52 ns) and the shortest decimal that reads back as the same double above that
-(found exactly with integer arithmetic). A row beyond 2**33 s stops the call, which then
-tells the caller to write that one row in Python. tshark's time formats (``-t``) are
-printed from integer nanoseconds, truncated to the capture's precision as tshark does.
+Times are printed from their exact binary value as CPython does: the table's and CSV's
+``.6f`` of any relative time below 2**33 s (`_round6`, the `conns` writer's ``_round_scaled``
+for six decimals, inlined); JSON's ``repr(round(t, 9))`` is the nanosecond count itself while
+a double resolves nanoseconds (below 2**52 ns) and the shortest decimal that reads back as
+the same double above that, found exactly in 64-bit integers from the double's integer part
+and fraction (`_json_time_big`: a capture spanning months has most of its rows there, and
+the two-limb ``_round_scaled`` it called half a dozen times a row was slow). A row beyond
+2**33 s stops the call, which then tells the caller to write that one row in Python.
+tshark's time formats (``-t``) are printed from integer nanoseconds, truncated to the
+capture's precision as tshark does.
 
 `format_packets` releases the GIL (``nogil``): `tcpwhy.report.packets` runs it in a thread of
 its own, formatting one chunk on a second core while the next is read and decoded.
@@ -44,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from tcpwhy.native import kernel, njit
-from tcpwhy.report.conns_kernel import _put_addr, _round_scaled
+from tcpwhy.report.conns_kernel import _put_addr
 
 FMT_TABLE, FMT_CSV, FMT_JSONL = 0, 1, 2
 # the table's and CSV's Time column: Python's .6f of the relative time (the default), or
@@ -57,7 +60,9 @@ A_RETRANS, A_FAST_RETRANS, A_SPURIOUS, A_DUP_ACK = 1, 2, 4, 64
 _ACK, _URG = 16, 32
 _TIME_MAX_NS = 1 << 52  # |relative time| up to which a double resolves nanoseconds (2**22 s)
 _MASK52 = (1 << 52) - 1
+_MASK26 = (1 << 26) - 1
 _U = np.uint64  # the index type: unsigned, so numba adds no negative-index check
+_P10 = np.array([10**k for k in range(20)], np.uint64)
 # "00" to "99": two digits per division, half the dependent multiply-shift chain of one
 _PAIRS = np.frombuffer("".join(f"{k:02d}" for k in range(100)).encode(), np.uint8).copy()
 # each byte value's decimal text, 4 bytes apiece: its length then up to three digits
@@ -249,9 +254,48 @@ def _clock(out: Any, p: int, ns: int, digits: int, date: bool) -> int:
 
 
 @njit(cache=True, inline="always")
+def _round6(bits: int) -> tuple[bool, int, bool]:
+    """``_round_scaled(bits, 6)`` of the `conns` writer, copied here to be inlined with
+    5**6 a constant: called, it was about a fifth of the table's and CSV's time."""
+    neg = bits < 0
+    ex = (bits >> 52) & 0x7FF
+    frac = bits & _MASK52
+    if ex == 0x7FF or ex >= 1023 + 33:
+        return neg, 0, False
+    if ex == 0:
+        m = frac
+        e = -1074
+    else:
+        m = frac | (1 << 52)
+        e = ex - 1075
+    # x * 10**6 = m * 5**6 * 2**(e + 6); m * 5**6 needs up to 67 bits: two limbs, 2**26 apart
+    q = -(e + 6)
+    if q >= 69:
+        return neg, 0, True
+    ah = (m >> 26) * 15625
+    al = (m & _MASK26) * 15625
+    ah += al >> 26
+    al &= _MASK26
+    if q >= 26:
+        n = ah >> (q - 26)
+    else:
+        n = (ah << (26 - q)) | (al >> q)
+    b = q - 1
+    if b < 26:
+        half = (al >> b) & 1
+        below = (al & ((1 << b) - 1)) == 0
+    else:
+        half = (ah >> (b - 26)) & 1
+        below = al == 0 and (ah & ((1 << (b - 26)) - 1)) == 0
+    if half == 1 and (not below or (n & 1) == 1):
+        n += 1
+    return neg, n, True
+
+
+@njit(cache=True, inline="always")
 def _fixed6(out: Any, p: int, bits: int) -> int:
     """Python's '.6f' of the double whose bits are given; -1 beyond 2**33."""
-    neg, n, ok = _round_scaled(bits, 6)
+    neg, n, ok = _round6(bits)
     if not ok:
         return -1
     if neg:
@@ -309,64 +353,90 @@ def _json_time_ns(out: Any, p: int, ns: int) -> int:
 
 
 @njit(cache=True, inline="always")
-def _reads_back(mag: int, d: int, k: int) -> bool:
-    """Whether the decimal d / 10**k reads back (round half to even) as the positive double
-    whose bits are `mag` (a normal double with 2**-q units, q > 0, and d its nearest k-decimal:
-    the difference below fits int64, so wrapping products are exact there)."""
-    m = (mag & _MASK52) | (1 << 52)
-    q = 1075 - ((mag >> 52) & 0x7FF)
-    p10 = 1
-    for _ in range(k):
-        p10 *= 10
-    r = d * (1 << q) - m * p10  # (d / 10**k - t) * 2**q * 10**k
-    twice = 2 * r if r >= 0 else -2 * r
-    if m == (1 << 52) and r < 0:  # the gap below a power of two is half as wide
-        twice *= 2
-    return twice < p10 or (twice == p10 and m % 2 == 0)
+def _round_frac(fr: Any, q: Any, p10: Any, odd: Any) -> Any:
+    """fr * p10 / 2**q rounded half to even (all unsigned, the product below 2**64); `odd`:
+    the parity the integer part adds (only with p10 == 1: else it is a multiple of ten)."""
+    x = fr * p10
+    d = x >> q
+    rem = x & ((_U(1) << q) - _U(1))
+    half = _U(1) << (q - _U(1))
+    if rem > half or (rem == half and ((d + odd) & _U(1)) == _U(1)):
+        d += _U(1)
+    return d
+
+
+@njit(cache=True, inline="always")
+def _reads_back(fr: Any, q: Any, d: Any, p10: Any, pow2: bool, even: bool) -> bool:
+    """Whether I + d / p10 reads back (round half to even) as the double I + fr / 2**q, with
+    d the nearest such fraction (both unsigned: d * 2**q and fr * p10 stay below 2**64).
+    `pow2`: the mantissa is a power of two (the gap below is half as wide), `even`: it is even."""
+    a = d << q
+    b = fr * p10
+    if a >= b:
+        twice = _U(2) * (a - b)
+    else:
+        twice = _U(2) * (b - a)
+        if pow2:
+            twice *= _U(2)
+    return twice < p10 or (twice == p10 and even)
 
 
 @njit(cache=True, inline="always")
 def _json_time_big(out: Any, p: int, bits: int) -> int:
     """repr(round(t, 9)) for 2**22 <= |t| < 2**33 s: the shortest decimal that reads back as
-    the double nearest t's nine-decimal rounding. -1 out of that range."""
+    the double nearest t's nine-decimal rounding. -1 out of that range.
+
+    There t is m / 2**q with 20 <= q <= 30: its integer part m >> q and its fraction
+    fr / 2**q (fr below 2**30), so fr * 10**k for k <= 10 decimals fits 64 bits unsigned
+    and every step is a few integer operations."""
     mag = bits & 0x7FFFFFFFFFFFFFFF
     ex = (mag >> 52) & 0x7FF
     if ex < 1023 + 22 or ex >= 1023 + 33:
         return -1
-    _, d9, _ = _round_scaled(mag, 9)
-    if not _reads_back(mag, d9, 9):  # round(t, 9) is a neighbouring double
-        m = (mag & _MASK52) | (1 << 52)
-        q = 1075 - ex
-        r = d9 * (1 << q) - m * 1000000000
-        mag = mag + 1 if r > 0 else mag - 1
+    m = _U((mag & _MASK52) | (1 << 52))
+    q = _U(1075 - ex)
+    fr = m & ((_U(1) << q) - _U(1))
+    p9 = _U(1000000000)
+    d9 = _round_frac(fr, q, p9, _U(0))
+    if not _reads_back(fr, q, d9, p9, m == _U(1) << _U(52), (m & _U(1)) == _U(0)):
+        # round(t, 9) is a neighbouring double
+        mag = mag + 1 if (d9 << q) > fr * p9 else mag - 1
         ex = (mag >> 52) & 0x7FF
         if ex < 1023 + 22 or ex >= 1023 + 33:
             return -1
+        m = _U((mag & _MASK52) | (1 << 52))
+        q = _U(1075 - ex)
+        fr = m & ((_U(1) << q) - _U(1))
+    whole = m >> q
+    pow2 = m == (_U(1) << _U(52))
+    even = (m & _U(1)) == _U(0)
     # the fewest decimals that read back: reading back at k implies at k + 1 (the same
     # number with a zero more), and 10 always do (17 significant digits): a binary search
     lo = 0
     hi = 10
     while lo < hi:
         mid = (lo + hi) // 2
-        _, d, _ = _round_scaled(mag, mid)
-        if _reads_back(mag, d, mid):
+        p10 = _P10[_U(mid)]
+        odd = whole & _U(1) if mid == 0 else _U(0)
+        if _reads_back(fr, q, _round_frac(fr, q, p10, odd), p10, pow2, even):
             hi = mid
         else:
             lo = mid + 1
     k = lo
-    _, d, _ = _round_scaled(mag, k)
+    p10 = _P10[_U(k)]
+    d = _round_frac(fr, q, p10, whole & _U(1) if k == 0 else _U(0))
+    if d == p10:  # rounded up to the next integer
+        whole += _U(1)
+        d = _U(0)
     if bits < 0:
         out[_U(p)] = 45
         p += 1
-    p10 = 1
-    for _ in range(k):
-        p10 *= 10
-    p = _uint(out, p, d // p10)
+    p = _uint(out, p, whole)
     out[_U(p)] = 46
     if k == 0:
         out[_U(p + 1)] = 48
         return p + 2
-    return _padded(out, p + 1, d % p10, k)
+    return _padded(out, p + 1, d, k)
 
 
 @kernel(
