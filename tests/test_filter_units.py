@@ -12,6 +12,7 @@ import numpy.typing as npt
 import pytest
 
 from tcpwhy.capture import read_table
+from tcpwhy.decode.http1 import parse_head
 from tcpwhy.decode.table import PacketTable, empty_columns
 from tcpwhy.filter import (
     FilterContext,
@@ -26,7 +27,6 @@ from tcpwhy.filter import compiler as compiler_mod
 from tcpwhy.filter import syntax as S
 from tcpwhy.filter.compiler import ByteValues, _contains_backed, apply_slice, slice_bytes
 from tcpwhy.filter.fields import ANALYSIS_FLAGS
-from tcpwhy.filter.http import parse_head
 from tcpwhy.filter.syntax import RANGE, Token, parse_range
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "tcpwhy" / "data"

@@ -13,24 +13,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tcpwhy.decode import http2
+from tcpwhy.decode.http1 import METHOD_WORDS, parse_head
 
 if TYPE_CHECKING:
     from tcpwhy.diagnose.context import Conn
 
-METHODS = (
-    b"GET",
-    b"POST",
-    b"PUT",
-    b"DELETE",
-    b"HEAD",
-    b"OPTIONS",
-    b"PATCH",
-    b"CONNECT",
-    b"TRACE",
-)
 IDEMPOTENT = {"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"}
-_REQ = re.compile(rb"^([A-Z]{3,7}) (\S{1,2048}) HTTP/1\.([01])\r?$")
-_RESP = re.compile(rb"^HTTP/1\.([01]) (\d{3})(?: ([^\r\n]*))?\r?$")
+_VERSIONS = (b"HTTP/1.0", b"HTTP/1.1")
+_TARGET_LIMIT = 2048
 _KA_TIMEOUT = re.compile(rb"timeout\s*=\s*(\d{1,7})", re.I)
 
 
@@ -87,33 +77,31 @@ class Message:
 
 
 def parse_start(data: bytes) -> Message | None:
-    """A message whose first line starts the payload, or None (not HTTP/1.x, or mid-message)."""
-    if not data[:8].startswith(METHODS) and not data.startswith(b"HTTP/1."):
+    """A message whose first line starts the payload, or None (not HTTP/1.x, or mid-message).
+
+    The head is read by the one HTTP/1 parser (`tcpwhy.decode.http1`); a diagnosis speaks
+    only of HTTP/1.0 and 1.1 messages whose target is one word of at most 2,048 bytes."""
+    if not data[:12].startswith((b"HTTP/1.", *METHOD_WORDS)):
         return None
-    head, _, _ = data.partition(b"\r\n\r\n")
-    lines = head.split(b"\n")
-    first = lines[0]
-    m = _REQ.match(first)
-    if m:
+    head = parse_head(data)
+    if head is None or head.version not in _VERSIONS:
+        return None
+    if head.request:
+        uri = head.uri or b""
+        if not 0 < len(uri) <= _TARGET_LIMIT or uri.split() != [uri]:
+            return None
         msg = Message(
-            0, 0, True, method=printable(m.group(1), 10), target=printable(m.group(2), 120)
+            0, 0, True, method=printable(head.method or b"", 10), target=printable(uri, 120)
         )
     else:
-        r = _RESP.match(first)
-        if not r:
-            return None
-        msg = Message(0, 0, False, status=int(r.group(2)), reason=printable(r.group(3) or b"", 40))
-    for raw in lines[1:64]:
-        name, sep, value = raw.partition(b":")
-        if not sep:
-            continue
-        key = name.strip().lower()
-        if key == b"connection":
-            msg.connection = printable(value.strip().lower(), 40)
-        elif key == b"keep-alive":
-            k = _KA_TIMEOUT.search(value)
-            if k:
-                msg.keep_alive_timeout = int(k.group(1))
+        assert head.code is not None
+        msg = Message(0, 0, False, status=head.code, reason=printable(head.phrase or b"", 40))
+    if head.connection is not None:
+        msg.connection = printable(head.connection.lower(), 40)
+    if head.keep_alive is not None:
+        k = _KA_TIMEOUT.search(head.keep_alive)
+        if k:
+            msg.keep_alive_timeout = int(k.group(1))
     return msg
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tcpwhy.decode import http1
 from tcpwhy.decode.table import PacketTable
 from tcpwhy.filter import http
 from tcpwhy.filter.fields import ByteValues
@@ -38,7 +39,7 @@ class FilterContext:
             first_ts_ns = int(table["ts_ns"][0]) if len(table) else 0
         self.first_ts_ns = first_ts_ns
         """Timestamp of the capture's first frame (``frame.time_relative`` is from it)."""
-        self._heads: dict[int, http.Head | None] = {}
+        self._heads: dict[int, http1.Head | None] = {}
         self._http_rows: npt.NDArray[np.bool_] | None = None
 
     @property
@@ -62,12 +63,12 @@ class FilterContext:
             self._http_rows = http.http_rows(self.table, self.streams["stream"])
         return self._http_rows
 
-    def head(self, row: int) -> http.Head | None:
+    def head(self, row: int) -> http1.Head | None:
         if row not in self._heads:
             t = self.table
             off = int(t["payload_off"][row])
-            cap = min(int(t["payload_cap"][row]), http.HEAD_LIMIT)
-            self._heads[row] = http.parse_head(t.data[off : off + cap].tobytes()) if cap else None
+            cap = min(int(t["payload_cap"][row]), http1.HEAD_LIMIT)
+            self._heads[row] = http1.parse_head(t.data[off : off + cap].tobytes()) if cap else None
         return self._heads[row]
 
     def http_field(

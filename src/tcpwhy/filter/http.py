@@ -18,115 +18,16 @@ tshark's "HTTP over TCP" heuristic does for streams on other ports.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import numpy.typing as npt
 
+from tcpwhy.decode.http1 import METHODS
 from tcpwhy.decode.table import PacketTable
 
 HTTP_PORTS = (80, 3128, 3132, 5985, 8080, 8088, 11371, 1900, 2869, 2710)
 """tshark 4.0's default ``http.tcp.port`` range."""
 
-METHODS = (
-    b"GET",
-    b"POST",
-    b"HEAD",
-    b"PUT",
-    b"DELETE",
-    b"OPTIONS",
-    b"TRACE",
-    b"CONNECT",
-    b"PATCH",
-    b"PROPFIND",
-    b"PROPPATCH",
-    b"MKCOL",
-    b"COPY",
-    b"MOVE",
-    b"LOCK",
-    b"UNLOCK",
-    b"SEARCH",
-    b"M-SEARCH",
-    b"NOTIFY",
-    b"SUBSCRIBE",
-    b"UNSUBSCRIBE",
-)
-HEAD_LIMIT = 16384
-"""Bytes of a segment's payload read for the message head (bounds work on hostile input)."""
-
 _PREFIX = 12  # bytes compared per row by `starts_message`
-
-
-@dataclass
-class Head:
-    """The start of one HTTP message, as bytes (attacker data)."""
-
-    request: bool
-    method: bytes | None = None
-    uri: bytes | None = None
-    version: bytes | None = None
-    code: int | None = None
-    phrase: bytes | None = None
-    host: bytes | None = None
-    connection: bytes | None = None
-    user_agent: bytes | None = None
-    content_type: bytes | None = None
-
-
-def _version_ok(v: bytes) -> bool:
-    return (
-        len(v) == 8
-        and v[:5] == b"HTTP/"
-        and v[5:6].isdigit()
-        and v[6:7] == b"."
-        and v[7:].isdigit()
-    )
-
-
-def parse_head(payload: bytes) -> Head | None:
-    """Request line `METHOD URI HTTP/x.y` or status line `HTTP/x.y CODE [phrase]`, then headers."""
-    data = payload[:HEAD_LIMIT]
-    end = data.find(b"\n")
-    first = data if end < 0 else data[:end]
-    first = first.removesuffix(b"\r")
-    head: Head
-    if first.startswith(b"HTTP/"):
-        parts = first.split(b" ", 2)
-        if len(parts) < 2 or not _version_ok(parts[0]):
-            return None
-        code = parts[1]
-        if len(code) != 3 or not code.isdigit():
-            return None
-        head = Head(False, version=parts[0], code=int(code))
-        head.phrase = parts[2] if len(parts) > 2 else b""
-    else:
-        # as Wireshark: method up to the first space, URI up to the next, version the rest
-        parts = first.split(b" ", 2)
-        if len(parts) < 2 or parts[0] not in METHODS:
-            return None
-        head = Head(
-            True, method=parts[0], uri=parts[1], version=parts[2] if len(parts) > 2 else None
-        )
-    if end < 0:
-        return head
-    for line in data[end + 1 :].split(b"\n"):
-        line = line.removesuffix(b"\r")
-        if not line:
-            break
-        name, sep, value = line.partition(b":")
-        if not sep:
-            continue
-        key = name.strip().lower()
-        val = value.strip(b" \t")
-        if key == b"host" and head.host is None:
-            head.host = val
-        elif key == b"connection" and head.connection is None:
-            head.connection = val
-        elif key == b"user-agent" and head.user_agent is None:
-            head.user_agent = val
-        elif key == b"content-type" and head.content_type is None:
-            head.content_type = val
-    return head
 
 
 def starts_message(table: PacketTable, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
