@@ -28,8 +28,8 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
+from tcpwhy.decode.http1 import METHODS
 from tcpwhy.decode.table import RST, SYN, PacketTable
-from tcpwhy.filter.http import METHODS
 
 NAME_MAX = 255
 """Longest name kept (a DNS name is at most 253 bytes; a Host value longer than this is cut)."""
