@@ -18,10 +18,10 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.decode.table import PacketTable, addr_is_v4, format_addr
+from tcpwhy.decode.table import RST, PacketTable, addr_is_v4, format_addr
 from tcpwhy.diagnose import request_retried
-from tcpwhy.diagnose.context import CLIENT, Capture
-from tcpwhy.diagnose.engine import run_rules
+from tcpwhy.diagnose.context import CLIENT, SERVER, Capture
+from tcpwhy.diagnose.engine import release_freed
 from tcpwhy.diagnose.model import Finding, Severity
 from tcpwhy.diagnose.registry import Diag, Settings, load
 from tcpwhy.schemas import SCHEMA_VERSION
@@ -113,6 +113,57 @@ def _pair_keys(ep: Any) -> npt.NDArray[np.uint64]:
     return h
 
 
+def run_rules(cap: Capture, settings: Settings) -> Diag:
+    """Every rule on a window, as `diagnose.engine.run_rules` runs them on a capture, without
+    giving the heap back after each rule: a window is small, and 30 `malloc_trim` calls per
+    window were a tenth of a busy watch's time (the heap is trimmed after each collection,
+    `GC_ROWS`)."""
+    diag = Diag(cap, settings)
+    for fn in load().values():
+        diag.findings.extend(fn(diag))
+    diag.findings.sort(key=lambda f: (-f.severity, f.first_ns))
+    return diag
+
+
+def _sids(nos: npt.NDArray[np.int64], numbers: list[int]) -> npt.NDArray[np.int64]:
+    """The window's stream ids whose connection numbers are among `numbers` (a connection
+    whose 4-tuple was reused while it lingered is several streams of the window)."""
+    return np.flatnonzero(np.isin(nos, np.asarray(numbers, np.int64)) & (nos >= 0))
+
+
+def unanswered(cap: Capture, sids: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    """Per stream of `sids` (each with a RST): whether its last request may have gone
+    unanswered, as `request-retried` reads a failed request. False only where the rule
+    surely passes it by: no client data before the first RST, or server data after the
+    client's last that is not a lone TLS closing alert (a record starting 0x15, or 0x17 in
+    TLS 1.3, and at most one such row). Only such connections wait for their retry: those
+    answered (a client's abortive close) were each matched again by the rule in every
+    window for ten seconds, a third of a busy watch's time."""
+    t = cap.table
+    flags, plen, side = t["flags"], t["payload_len"], cap.side
+    data, off, pcap = t.data, t["payload_off"], t["payload_cap"]
+    out = np.zeros(len(sids), np.bool_)
+    for k, sid in enumerate(sids.tolist()):
+        rows = cap.order[cap.starts[sid] : cap.ends[sid]]
+        rst = np.flatnonzero(flags[rows] & RST)
+        if not len(rst):
+            continue
+        before = rows[: int(rst[0])]
+        d = plen[before] > 0
+        s = side[before]
+        cd = np.flatnonzero(d & (s == CLIENT))
+        if not len(cd):
+            continue
+        after = before[int(cd[-1]) + 1 :]
+        srv = after[(plen[after] > 0) & (side[after] == SERVER)]
+        if len(srv) > 1:
+            continue
+        if len(srv) == 1 and pcap[srv[0]] > 0 and int(data[int(off[srv[0]])]) not in (0x15, 0x17):
+            continue
+        out[k] = True
+    return out
+
+
 def _when(ns: int) -> str:
     t = time.gmtime(ns // NS)
     return time.strftime("%H:%M:%S", t) + f".{ns % NS // 1_000_000:03d}"
@@ -178,6 +229,7 @@ class Watcher:
             if self._rows_since_gc >= GC_ROWS:
                 self._rows_since_gc = 0
                 gc.collect()
+                release_freed()
         now = self.tracker.now_ns
         for g in self.groups.due(now):
             self._emit(g, now)
@@ -208,6 +260,9 @@ class Watcher:
         if not len(t):
             return
         cap = Capture(t, np.zeros(len(t), np.int16), [self.source])
+        # the rules name connections by the watch's numbers (findings' texts included)
+        nos = self._distinct(self._numbers(cap, w.numbers))
+        cap.stream_numbers = nos
         diag = run_rules(cap, self.settings)
         c = self.counters
         c.connections += cap.nstreams
@@ -216,24 +271,21 @@ class Watcher:
         c.refused += int(refused.sum())
         if int(cap.n_data.sum()):
             c.retransmissions += int(cap.flag("retransmission").sum())
-        # window stream ids -> the watch's connection numbers
-        nos = self._numbers(cap, w.numbers)
         retried = np.zeros(cap.nstreams, np.bool_)
         for f in diag.findings:
             if f.kind == request_retried.KIND:
-                s = np.asarray(f.streams, np.int64)
-                retried[s[(s >= 0) & (s < cap.nstreams)]] = True
-        later = self._retries(cap, w.numbers, retried, w.now_ns)
+                retried[_sids(nos, f.streams)] = True
+        later = self._retries(cap, nos, retried, w.now_ns)
         self._carry(cap, nos, retried, w.now_ns)
         if self.keeper is not None:
             first = cap.order[np.minimum(cap.starts, max(len(t) - 1, 0))]
             keys = np.where(cap.ends > cap.starts, w.keys[first], np.uint64(0))
-            kept = self._keep(cap, diag.findings, keys)
+            kept = self._keep(cap, nos, diag.findings, keys)
             self._remember(cap, keys, kept, w.unended)
         self._report(cap, nos, diag.findings, w.now_ns)
         if later is not None:
             if self.keeper is not None:
-                self._keep(later[0], later[2])
+                self._keep(*later)
             self._report(*later, w.now_ns)
 
     @staticmethod
@@ -242,21 +294,34 @@ class Watcher:
         first = cap.order[np.minimum(cap.starts, max(len(cap.table) - 1, 0))]
         return np.where(cap.ends > cap.starts, row_numbers[first], -1)
 
+    def _distinct(self, nos: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """`nos` with a number of its own for each later stream of a 4-tuple reused while
+        its connection lingered in the tracker (one number there, several streams here,
+        as analyze counts them): a finding's count is of streams."""
+        if len(nos) < 2:
+            return nos
+        order = np.argsort(nos, kind="stable")
+        s = nos[order]
+        dup = np.zeros(len(nos), np.bool_)
+        dup[order[1:]] = (s[1:] == s[:-1]) & (s[1:] >= 0)
+        k = int(np.count_nonzero(dup))
+        if k:
+            tr = self.tracker
+            nos = nos.copy()
+            nos[dup] = np.arange(tr.next_no, tr.next_no + k)
+            tr.next_no += k
+        return nos
+
     def _report(
         self, cap: Capture, nos: npt.NDArray[np.int64], findings: list[Finding], now_ns: int
     ) -> None:
-        """Findings of `cap` counted into their groups and printed when due, in the watch's
-        connection numbers."""
+        """Findings of `cap` (already in the watch's connection numbers) counted into their
+        groups and printed when due."""
         c = self.counters
         ep = cap.endpoints
         for f in findings:
-            local = [s for s in f.streams if 0 <= s < cap.nstreams]
-            server = self._server(ep, local[0]) if local else "?"
-            f.streams = [int(nos[s]) for s in local]
-            f.examples = [int(nos[s]) for s in f.examples if 0 <= s < cap.nstreams]
-            for st in f.timeline:
-                if 0 <= st.stream < cap.nstreams:
-                    st.stream = int(nos[st.stream])
+            local = _sids(nos, f.streams[:1])
+            server = self._server(ep, int(local[0])) if len(local) else "?"
             key = (f.kind, server)
             c.findings[key] = c.findings.get(key, 0) + f.count
             self.worst = f.severity if self.worst is None else max(self.worst, f.severity)
@@ -280,6 +345,8 @@ class Watcher:
             return
         failed = (cap.n_rst.sum(axis=1) > 0) & (cap.n_data[:, CLIENT] > 0) & ~retried & (nos >= 0)
         sids = np.flatnonzero(failed)
+        if len(sids):
+            sids = sids[unanswered(cap, sids)]
         if not len(sids):
             return
         keys = _pair_keys(cap.endpoints)
@@ -304,7 +371,7 @@ class Watcher:
     def _retries(
         self,
         cap: Capture,
-        row_numbers: npt.NDArray[np.int64],
+        nos: npt.NDArray[np.int64],
         retried: npt.NDArray[np.bool_],
         now_ns: int,
     ) -> tuple[Capture, npt.NDArray[np.int64], list[Finding]] | None:
@@ -347,35 +414,35 @@ class Watcher:
         mine.icmp = None
         t = concat_slim([f.table for f in waiting] + [mine])
         numbers = np.concatenate(
-            [np.full(len(f.table), f.number, np.int64) for f in waiting] + [row_numbers[rows]]
+            [np.full(len(f.table), f.number, np.int64) for f in waiting] + [nos[cap.stream[rows]]]
         )
         order = np.argsort(t["ts_ns"], kind="stable")
         t = take_compact(t, order)
         t.icmp = None
         numbers = numbers[order]
         cap2 = Capture(t, np.zeros(len(t), np.int16), [self.source])
+        nos2 = self._numbers(cap2, numbers)
+        cap2.stream_numbers = nos2
         found = load()[request_retried.KIND](Diag(cap2, self.settings))
         if not found:
             return None
-        nos2 = self._numbers(cap2, numbers)
-        done = {int(nos2[s]) for f in found for s in f.streams if 0 <= s < cap2.nstreams}
+        done = {int(s) for f in found for s in f.streams}
         self.failed = [f for f in self.failed if f.number not in done]
         return cap2, nos2, found
 
     def _keep(
         self,
         cap: Capture,
+        nos: npt.NDArray[np.int64],
         findings: list[Finding],
         keys: npt.NDArray[np.uint64] | None = None,
     ) -> npt.NDArray[np.bool_]:
         """The frames of the findings' connections (and their first packet times) to the
-        keeper, before the stream numbers become the watch's; with `keys` (per stream), also
-        the frames their connections had before they last left idle or evicted (`early`).
-        Returns which streams were kept."""
+        keeper; with `keys` (per stream), also the frames their connections had before they
+        last left idle or evicted (`early`). Returns which streams were kept."""
         mark = np.zeros(cap.nstreams, np.bool_)
         for f in findings:
-            s = np.asarray(f.streams, np.int64)
-            mark[s[(s >= 0) & (s < cap.nstreams)]] = True
+            mark[_sids(nos, f.streams)] = True
         if not mark.any():
             return mark
         st = cap.stream
@@ -440,14 +507,15 @@ class Watcher:
         f: Finding = g.finding
         if self.fmt == "jsonl":
             d = {"schema_version": SCHEMA_VERSION, **f.to_json()}
-            d["ts"] = now_ns / NS  # epoch seconds here (schema 1.x); `time` is RFC 3339
+            d["ts"] = rfc3339(now_ns)  # when it was announced (docs/json.md: time)
             d["ts_ns"] = now_ns
-            d["time"] = rfc3339(now_ns)
             d["group"] = {
                 "server": g.server,
                 "count": g.count,
-                "first_ts": g.first_ns / NS,
-                "last_ts": g.last_ns / NS,
+                "first_ts": rfc3339(g.first_ns),
+                "first_ts_ns": g.first_ns,
+                "last_ts": rfc3339(g.last_ns),
+                "last_ts_ns": g.last_ns,
                 "announcement": g.announcements,
             }
             self.out.write(json.dumps(d, default=str) + "\n")

@@ -138,19 +138,22 @@ def take_many(items: list[Pick]) -> PacketTable:
         t, sel, isel = items[0]
         if sel is None and isel is None:
             return t
-    n = [len(t) if sel is None else int(np.count_nonzero(sel)) for t, sel, _ in items]
+    # the rows as indices, found once: each column is then a take of those rows only (a
+    # compress reads the whole mask again per column, and a few rows leave a long part)
+    idx = [None if sel is None else np.flatnonzero(sel) for _, sel, _ in items]
+    n = [len(t) if i is None else len(i) for (t, _, _), i in zip(items, idx, strict=True)]
     total = sum(n)
     cols: dict[str, npt.NDArray[Any]] = {}
     for k in DIAGNOSIS_COLUMNS:
         ref = next((t.cols[k] for t, _, _ in items if k in t.cols), None)
         out = np.empty(total, ref.dtype if ref is not None else np.int64)
         at = 0
-        for (t, sel, _), m in zip(items, n, strict=True):
+        for (t, _, _), i, m in zip(items, idx, n, strict=True):
             if m:
-                if sel is None:
+                if i is None:
                     out[at : at + m] = t.cols[k]
                 else:
-                    np.compress(sel, t.cols[k], out=out[at : at + m])
+                    np.take(t.cols[k], i, out=out[at : at + m])
             at += m
         cols[k] = out
     caps = cols["payload_cap"].astype(np.int64)
@@ -160,9 +163,9 @@ def take_many(items: list[Pick]) -> PacketTable:
     data = np.empty(int(caps.sum()), np.uint8)
     at = 0
     shells = []
-    for (t, sel, isel), m in zip(items, n, strict=True):
+    for (t, sel, isel), i, m in zip(items, idx, n, strict=True):
         if m:
-            src_off = t.cols["payload_off"] if sel is None else t.cols["payload_off"][sel]
+            src_off = t.cols["payload_off"] if i is None else t.cols["payload_off"][i]
             gather_bytes(
                 t.data,
                 src_off.astype(np.int64),
