@@ -122,6 +122,11 @@ def ayiya_ipv6_outer(ip: bytes) -> bytes:
     return _ayiya(ip, OUTER6)
 
 
+def ppp_mpls(ip: bytes) -> bytes:
+    """PPP in HDLC-like framing, protocol 0x0281 (MPLS unicast), one label, then IP."""
+    return b"\xff\x03\x02\x81" + struct.pack("!I", (1000 << 12) | 0x100 | 64) + ip
+
+
 CASES: dict[str, tuple[int, Callable[[bytes], bytes], bool]] = {
     # name: (link type, framing, IPv6 too); big-endian NFLOG TLVs (a big-endian host's
     # capture) are read as little-endian by tshark and Zeek alike: neither decodes them
@@ -139,6 +144,7 @@ CASES: dict[str, tuple[int, Callable[[bytes], bytes], bool]] = {
     "fabricpath": (1, fabricpath, True),
     "ayiya": (1, ayiya, True),
     "ayiya-ipv6-outer": (1, ayiya_ipv6_outer, True),
+    "ppp-mpls": (9, ppp_mpls, True),
 }
 
 

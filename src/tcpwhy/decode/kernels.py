@@ -798,6 +798,9 @@ def decode_records(
                     kind = _K_IP4
                 elif pp == 0x57:
                     kind = _K_IP6
+                elif pp == 0x0281 or pp == 0x0283:  # MPLS unicast, multicast (Zeek: 0x0281)
+                    et = 0x8847
+                    kind = _K_ETYPE
                 else:
                     status = ST_OTHER_LINK
                     break
