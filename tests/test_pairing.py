@@ -106,6 +106,17 @@ def check_pair(
     assert f"the capture at {b} holds this connection, and the server never sent this RST" in words
     assert f"The segment it answers never reached {b} either" in words
     assert [s["note"].endswith(f"never reached {b}") for s in f["timeline"]][:1] == [True]
+    # and the server capture's side: after the client's rows, that capture's last packet of
+    # the connection before the RST reached the client (its own frame and file), no RST there
+    rst = next(s for s in f["timeline"] if s["packet"].startswith("[RST]"))
+    assert rst["file"] == str(a)
+    port = packets(a)[rst["frame"] - 1].cport
+    ts_b = read_table(str(b)).ts_ns
+    last = max(p.i for p in packets(b) if p.cport == port and int(ts_b[p.i]) <= rst["ts_ns"])
+    far = [s for s in f["timeline"] if s["file"] == str(b)]
+    assert [s["frame"] for s in far] == [last + 1], f["timeline"]
+    assert far[0]["note"].endswith("the server sends no such RST here")
+    assert f["timeline"][-1] == far[0]
 
 
 def analyze_json(*args: str) -> dict:

@@ -16,6 +16,9 @@ LAB_BEGIN = "<!-- BEGIN GENERATED lab by docs/gen_diagnose_catalogue.py: do not 
 LAB_END = "<!-- END GENERATED lab -->"
 
 WITHOUT_SCENARIO = {
+    "injected-segment": "made only from captures at two points of a path; tested on the "
+    "shipped middlebox-idle-reset-path pair with a segment forged into one capture "
+    "(tests/test_pairing_injected.py)",
     "data-after-fin": "the general form, whose named cases (stale-keepalive, keepalive-race) "
     "have scenarios; pinned on the Zeek test traces (tests/test_diagnose_pinned.py)",
     "port-scan": "tested on synthesized captures with syn-flood (tests/test_syn_flood.py)",

@@ -78,26 +78,45 @@ def _not_seen_before(k: int, cap: Capture, paths: list[PathPair]) -> np.ndarray:
 
 
 def _merge(diags: list[Diag], paths: list[PathPair], names: list[str]) -> list[Finding]:
-    """The capture points' findings as one list: a RST shown made on the path replaces what
-    either point concluded about its connection alone, and a connection already reported
-    at an earlier point is not reported again from a later one."""
-    from tcpwhy.diagnose.middlebox_reset import from_path
+    """The capture points' findings as one list: a RST or FIN shown made on the path
+    replaces what either point concluded about its connection alone (other injected
+    segments are told beside it), and a connection already reported at an earlier point is
+    not reported again from a later one."""
+    from tcpwhy.decode.table import FIN
+    from tcpwhy.diagnose import injected_segment, middlebox_reset
+    from tcpwhy.diagnose.pairing import other_point
 
+    caps = [d.cap for d in diags]
     drop: list[np.ndarray] = [np.zeros(d.cap.nstreams, np.bool_) for d in diags]
     extra: list[Finding] = []
     for p in paths:
-        for at, here, there in ((p.a, p.a, p.b), (p.b, p.b, p.a)):
-            seen = [
-                (x.sid, x.row, x.answers_lost)
-                for x in p.injected
-                if x.rst and (x.at == 0) == (at == p.a)
-            ]
-            if not seen:
+        for here, there in ((p.a, p.b), (p.b, p.a)):
+            mine = [x for x in p.injected if (x.at == 0) == (here == p.a)]
+            if not mine:
                 continue
-            extra.extend(from_path(diags[here], seen, names[here], names[there]))
-            drop[here][[s for s, _, _ in seen]] = True
-            other = [x.partner_sid for x in p.injected if x.rst and (x.at == 0) == (at == p.a)]
-            drop[there][other] = True
+            views = {
+                x.sid: other_point(p, caps, here, x.sid, x.partner_sid)
+                for x in {x.sid: x for x in mine}.values()
+            }
+            resets = [x for x in mine if x.rst]
+            reset_sids = {x.sid for x in resets}
+            rest = [x for x in mine if not x.rst and x.sid not in reset_sids]
+            also = [x for x in mine if not x.rst and x.sid in reset_sids]
+            if resets:
+                extra.extend(
+                    middlebox_reset.from_path(
+                        diags[here], resets, views, names[here], names[there], also
+                    )
+                )
+            if rest:
+                extra.extend(
+                    injected_segment.from_path(diags[here], rest, views, names[here], names[there])
+                )
+            ended = resets + [
+                x for x in rest if caps[here].table["flags"][x.row] & FIN
+            ]  # the connection's end was the box's: what the points concluded goes
+            drop[here][[x.sid for x in ended]] = True
+            drop[there][[x.partner_sid for x in ended]] = True
     # partner stream at an earlier point, per stream of each later point
     partner: list[dict[int, np.ndarray]] = [{} for _ in diags]
     for p in paths:
@@ -514,7 +533,7 @@ def _limit_to_filter(
     Whole streams are kept in capture order, so the kept streams are numbered
     again in the same order: local stream k is the k-th matching stream.
     """
-    from tcpwhy.filter import FilterContext, select_streams
+    from tcpwhy.filter import FilterContext, icmp_mask, select_streams
     from tcpwhy.tcp.streams import StreamTracker
 
     tracker = StreamTracker()
@@ -523,10 +542,8 @@ def _limit_to_filter(
     matched = select_streams(table, flt, FilterContext(table, streams=streams, first_ts_ns=first))
     ic, icmp = table.icmp, tracker.icmp_out
     if ic is not None and icmp is not None:  # ICMP errors about TCP select their streams too
-        from tcpwhy.filter.icmp_fields import icmp_streams
-
         st = icmp["stream"]
-        m = flt.mask(ic, FilterContext(ic, streams=icmp_streams(ic, st), first_ts_ns=first))
+        m = icmp_mask(flt, ic, st, first)
         matched = np.union1d(matched, st[m & (st >= 0)]).astype(np.int64)
     keep = np.isin(streams["stream"], matched)
     out = table.take(keep)

@@ -9,13 +9,18 @@ capture was taken.
 
 from __future__ import annotations
 
-import numpy as np
-
 from tcpwhy.diagnose import knowledge
-from tcpwhy.diagnose.common import Group, Hits, first_resets
+from tcpwhy.diagnose.common import Group, Hits, earliest, first_resets
 from tcpwhy.diagnose.context import CLIENT, SERVER, WHO, Conn
 from tcpwhy.diagnose.model import Finding, Severity, Story
-from tcpwhy.diagnose.registry import Diag, plural, rule
+from tcpwhy.diagnose.pairing import (
+    Injected,
+    OtherPoint,
+    PairedInstance,
+    injected_what,
+    other_point_steps,
+)
+from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
 from tcpwhy.diagnose.resets import too_fast, trigger, usual_ttl
 
 ORDER = 200
@@ -53,32 +58,57 @@ def detect(diag: Diag) -> list[Finding]:
 
 
 def from_path(
-    diag: Diag, seen: list[tuple[int, int, bool]], here: str, there: str
+    diag: Diag,
+    seen: list[Injected],
+    views: dict[int, OtherPoint],
+    here: str,
+    there: str,
+    others: list[Injected] | None = None,
 ) -> list[Finding]:
     """RSTs proven made on the path by a capture of the same connections nearer their
-    sender: `seen` holds (stream id, row in this capture's table, whether the segment the
-    RST answers never reached the other point); `here` and `there` name the two points."""
-    hits = Hits()
-    for sid, row, answers_lost in seen:
-        c = diag.cap.conn(sid)
-        r = int(np.flatnonzero(c.rows == row)[0])
-        x = c.side[r]
-        why = f"the capture at {there} holds this connection, and the {WHO[x]} never sent this RST"
-        rows = [(r, f"RST 'from the {WHO[x]}': {why}")]
+    sender: `seen` the injected RSTs at this point (`pairing.Injected`), `views` the other
+    point's view of each of their connections (by stream id here), `here` and `there` the
+    two points' names; `others` the other segments injected into those connections, which
+    the finding's timeline lists too."""
+    groups: dict[str, list[Instance]] = {}
+    extra: dict[int, list[int]] = {}
+    for x in others or []:
+        extra.setdefault(x.sid, []).append(x.row)
+    for x in seen:
+        c = diag.cap.conn(x.sid)
+        local = {int(row): i for i, row in enumerate(c.rows.tolist())}
+        r = local[x.row]
+        side = c.side[r]
+        why = (
+            f"the capture at {there} holds this connection, and the {WHO[side]} never sent this RST"
+        )
+        rows = [(r, f"RST 'from the {WHO[side]}': {why}")]
         trig = trigger(c, r)
         if trig is not None:
-            lost = f"; it never reached {there}" if answers_lost else ""
+            lost = f"; it never reached {there}" if x.answers_lost else ""
             rows.insert(0, (trig, f"{WHO[c.side[trig]]} segment the RST answers{lost}"))
+        for row in extra.get(x.sid, []):
+            k = local[row]
+            rows.append(
+                (
+                    k,
+                    f"{injected_what(c, k)} 'from the {WHO[c.side[k]]}': also never sent at {there}",
+                )
+            )
         facts = {
             "why": why,
-            "sender": WHO[x],
+            "sender": WHO[side],
             "certainty": "certain",
             "seen_at": [here, there],
-            "answers_lost": answers_lost,
+            "answers_lost": x.answers_lost,
         }
-        hits.add(c.server, c, rows, facts)
-        diag.claim(sid)
-    return hits.findings(diag, KIND, _tell)
+        far = other_point_steps(views[x.sid], c, r, trig, "RST", here)
+        groups.setdefault(c.server, []).append(PairedInstance(c, rows, facts, far))
+        diag.claim(x.sid)
+    return [
+        make_finding(diag, KIND, inst, _tell(Group(key, inst, min(inst, key=earliest))))
+        for key, inst in groups.items()
+    ]
 
 
 def _closed_before(c: Conn, r: int) -> bool:

@@ -30,7 +30,9 @@ import numpy as np
 import numpy.typing as npt
 
 from tcpwhy.decode.table import ACK, FIN, RST, SYN
-from tcpwhy.diagnose.context import CLIENT, SERVER, Capture
+from tcpwhy.diagnose.context import CLIENT, SERVER, WHO, Capture, Conn
+from tcpwhy.diagnose.model import Step
+from tcpwhy.diagnose.registry import Instance
 
 U64 = np.uint64
 MATCH_FLAGS = FIN | SYN | RST | ACK  # PSH and ECN bits may change on the way (offloads, routers)
@@ -514,3 +516,100 @@ def attach_retransmissions(
     there = others[0] if len(others) == 1 else "the other capture points"
     note = retransmission_note(facts, os.path.basename(there) if len(others) == 1 else there)
     finding.explanation = f"{finding.explanation}\n\n{note}" if finding.explanation else note
+
+
+@dataclass
+class OtherPoint:
+    """One connection as another capture point saw it: what a finding made from a pair
+    cites from there, beside the rows of the point it is reported at."""
+
+    cap: Capture
+    sid: int  # the connection's stream id there
+    name: str  # that point's name (its file)
+    to_here_ns: float  # added to a time there, gives it in this point's clock
+    peer: dict[int, int]  # local row here -> local row there, for the segments seen at both
+
+
+def other_point(p: PathPair, caps: list[Capture], here: int, sid: int, partner: int) -> OtherPoint:
+    """The view from the other point of pair `p` of the connection `sid` of point `here`
+    (`partner` its stream id there), matched segment by segment as `measure` matches them."""
+    at_a = here == p.a
+    there = p.b if at_a else p.a
+    m = match_connection(caps[p.a], caps[p.b], *((sid, partner) if at_a else (partner, sid)))
+    mine, theirs, peer = (m.rows_a, m.rows_b, m.peer_a) if at_a else (m.rows_b, m.rows_a, m.peer_b)
+    local_here = {int(r): i for i, r in enumerate(caps[here].conn(sid).rows.tolist())}
+    local_there = {int(r): i for i, r in enumerate(caps[there].conn(partner).rows.tolist())}
+    pairs = {
+        local_here[int(mine[k])]: local_there[int(theirs[j])]
+        for k, j in enumerate(peer.tolist())
+        if j >= 0
+    }
+    off_ns = (p.clock_offset_ms or 0.0) * 1e6  # B's clock minus A's
+    return OtherPoint(
+        caps[there], partner, p.names[1] if at_a else p.names[0], -off_ns if at_a else off_ns, pairs
+    )
+
+
+def other_point_steps(
+    view: OtherPoint, c: Conn, r: int, trig: int | None, what: str, here: str
+) -> list[Step]:
+    """The other point's evidence about the segment at local row r of `c` (a `Conn` at
+    `here`) that it never saw sent, as timeline steps (`model.Step`) of its own capture:
+    where the segment r answers (local row `trig`) passed it, and its last packet of the
+    connection before r reached `here` (times compared in `here`'s clock)."""
+    o = view.cap.conn(view.sid)
+    there = os.path.basename(view.name)
+    t_here = c.at("ts", r)
+    ts = view.cap.table["ts_ns"][o.rows].astype(np.float64) + view.to_here_ns
+    before = np.flatnonzero(ts <= t_here)
+    last = int(before[-1]) if len(before) else None
+    sender = WHO[c.at("side", r)]
+    steps = []
+    met = view.peer.get(trig, -1) if trig is not None else -1
+    if met >= 0:
+        steps.append(o.step(met, f"at {there}: the segment the {what} answers passes here"))
+    if last is not None and last != met:
+        steps.append(
+            o.step(
+                last,
+                f"at {there}: the last packet of this connection before the {what} reached "
+                f"{os.path.basename(here)}; the {sender} sends no such {what} here",
+            )
+        )
+    elif last is not None:
+        steps[-1].note += f"; the {sender} sends no such {what} here"
+    # the other point's rows in this point's timeline: times from this connection's
+    # first packet here, in this point's clock (their frame and file are the other point's)
+    t0 = c.at("ts", 0)
+    for st in steps:
+        st.rel_s = round((st.ts_ns + view.to_here_ns - t0) / 1e9, 6)
+    return steps
+
+
+class PairedInstance(Instance):
+    """An instance whose timeline ends with the other capture point's own steps."""
+
+    def __init__(
+        self,
+        conn: Conn,
+        rows: list[tuple[int, str]],
+        facts: dict[str, Any],
+        far: list[Step],
+    ) -> None:
+        super().__init__(conn, rows, facts)
+        self.far = far
+
+    def timeline(self) -> list[Step]:
+        return super().timeline() + self.far
+
+
+def injected_what(c: Conn, r: int) -> str:
+    """What the segment at local row r is, in a few words: RST, FIN, data or ACK."""
+    f = c.at("flags", r)
+    if f & RST:
+        return "RST"
+    if f & FIN:
+        return "FIN"
+    if c.at("plen", r) > 0:
+        return f"{c.at('plen', r)}-byte data segment"
+    return "ACK"
