@@ -73,7 +73,7 @@ def packet_chunks(
     one stream numbering), chunk by chunk as read, with their streams, analysis and the
     filter's mask. `tcpwhy packets` formats each chunk; `Capture.packets` joins them."""
     from tcpwhy.capture import iter_tables
-    from tcpwhy.filter import FilterContext
+    from tcpwhy.filter import chunk_mask
     from tcpwhy.tcp.analysis import Analyzer
     from tcpwhy.tcp.streams import StreamTracker
 
@@ -87,7 +87,7 @@ def packet_chunks(
             a = analyzer.feed(t, s) if analyzer is not None else None
             keep = None
             if flt is not None:
-                keep = flt.mask(t, FilterContext(t, streams=s, analysis=a, first_ts_ns=first))
+                keep = chunk_mask(flt, t, s, a, first)
             yield PacketChunk(t, s, a, keep, tracker, first)
 
 

@@ -65,8 +65,10 @@ __all__ = [
     "FilterContext",
     "FilterError",
     "add_filter_argument",
+    "chunk_mask",
     "compile_filter",
     "filter_from_args",
+    "icmp_mask",
     "select_packets",
     "select_streams",
 ]
@@ -117,6 +119,35 @@ def select_streams(
         ctx = FilterContext(table)
     m = flt.mask(table, ctx)
     return unique_sorted(np.asarray(ctx.streams["stream"])[m]).astype(np.int64)
+
+
+def chunk_mask(
+    flt: DisplayFilter,
+    table: PacketTable,
+    streams: dict[str, npt.NDArray[Any]] | None,
+    analysis: Any = None,
+    first_ts_ns: int | None = None,
+) -> npt.NDArray[np.bool_]:
+    """The rows of a chunk the filter matches, given the chunk's `StreamTracker` columns
+    (and `Analyzer` output where it has one): the step every streaming view takes after
+    tracking a chunk."""
+    from tcpwhy.filter.context import FilterContext
+
+    ctx = FilterContext(table, streams=streams, analysis=analysis, first_ts_ns=first_ts_ns)
+    return flt.mask(table, ctx)
+
+
+def icmp_mask(
+    flt: DisplayFilter,
+    icmp: PacketTable,
+    stream: npt.NDArray[np.int64],
+    first_ts_ns: int | None = None,
+) -> npt.NDArray[np.bool_]:
+    """The ICMP errors about TCP of a chunk that the filter matches, each in the stream of
+    the segment it quotes (`StreamTracker.icmp_out`'s `stream`)."""
+    from tcpwhy.filter.icmp_fields import icmp_streams
+
+    return chunk_mask(flt, icmp, icmp_streams(icmp, stream), None, first_ts_ns)
 
 
 def add_filter_argument(parser: argparse.ArgumentParser) -> None:

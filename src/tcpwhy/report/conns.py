@@ -278,8 +278,9 @@ def filtered_connections(
 ) -> Iterator[ConnColumns]:
     """Connections with at least one packet the filter matches (Wireshark's Conversations
     "limit to display filter"), each analysed whole."""
+    from tcpwhy.arrays import unique_sorted
     from tcpwhy.capture import iter_tables
-    from tcpwhy.filter import FilterContext, select_streams
+    from tcpwhy.filter import chunk_mask, icmp_mask
     from tcpwhy.tcp.analysis import Analyzer
     from tcpwhy.tcp.connections import ConnectionBuilder
 
@@ -295,14 +296,12 @@ def filtered_connections(
     ):
         s = b.tracker.feed(t)
         a = analyzer.feed(t, s) if analyzer is not None else None
-        ctx = FilterContext(t, streams=s, analysis=a, first_ts_ns=stats.first_ts_ns)
-        matched.update(select_streams(t, flt, ctx).tolist())
+        m = chunk_mask(flt, t, s, a, stats.first_ts_ns)
+        matched.update(unique_sorted(s["stream"][m]).tolist())
         if t.icmp is not None and b.tracker.icmp_out is not None:  # ICMP errors about TCP
-            from tcpwhy.filter.icmp_fields import icmp_streams
-
             st = b.tracker.icmp_out["stream"]
-            ictx = FilterContext(t.icmp, streams=icmp_streams(t.icmp, st))
-            matched.update(int(x) for x in st[flt.mask(t.icmp, ictx)].tolist() if x >= 0)
+            im = icmp_mask(flt, t.icmp, st, stats.first_ts_ns)
+            matched.update(int(x) for x in st[im].tolist() if x >= 0)
         yield from (keep(c) for c in b.feed_columns(t, streams=s))
     yield keep(b.finish_columns())
     stats.warnings.extend(b.warnings)

@@ -110,7 +110,7 @@ def selected_frames(
     list decides it: per chunk, with the streams and analysis of the capture so far), the
     first `limit` of them."""
     from tcpwhy.capture import iter_tables
-    from tcpwhy.filter import FilterContext
+    from tcpwhy.filter import chunk_mask, icmp_mask
     from tcpwhy.tcp.analysis import Analyzer
     from tcpwhy.tcp.streams import StreamTracker
 
@@ -127,19 +127,10 @@ def selected_frames(
             assert tracker is not None and analyzer is not None
             s = tracker.feed(t)
             a = analyzer.feed(t, s)
-            ctx = FilterContext(t, streams=s, analysis=a, first_ts_ns=stats.first_ts_ns)
-            frames = frames[flt.mask(t, ctx)]
+            frames = frames[chunk_mask(flt, t, s, a, stats.first_ts_ns)]
             if t.icmp is not None and icmp is not None:
-                from tcpwhy.filter.icmp_fields import icmp_streams
-
                 assert tracker.icmp_out is not None
-                ic = t.icmp
-                ictx = FilterContext(
-                    ic,
-                    streams=icmp_streams(ic, tracker.icmp_out["stream"]),
-                    first_ts_ns=stats.first_ts_ns,
-                )
-                icmp = icmp[flt.mask(ic, ictx)]
+                icmp = icmp[icmp_mask(flt, t.icmp, tracker.icmp_out["stream"], stats.first_ts_ns)]
         chunk = np.sort(np.concatenate((frames, icmp))) if icmp is not None else frames.copy()
         if limit is not None:
             chunk = chunk[: limit - n]
