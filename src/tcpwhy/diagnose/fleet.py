@@ -119,10 +119,20 @@ def analyze_point(
     share the client's reading default (``--no-reassemble``). `display_filter` (``-Y``, as
     text: compiled here, in the worker) limits the diagnosis to the connections it matches,
     as for one capture."""
+    import gc
+
+    from tcpwhy.diagnose.engine import release_freed
     from tcpwhy.views import reading
 
-    with reading(reassemble):
-        return _analyze_point(point, settings, pair, parquet, seed, display_filter)
+    try:
+        with reading(reassemble):
+            return _analyze_point(point, settings, pair, parquet, seed, display_filter)
+    finally:
+        # a worker runs point after point: what one point's diagnosis left (cycles between
+        # the capture and its views, the heap's freed pages) is not carried into the next,
+        # so a worker's peak is that of its largest point
+        gc.collect()
+        release_freed()
 
 
 def _analyze_point(
