@@ -114,3 +114,34 @@ def test_one_capture_cannot_tell(tmp_path: Path) -> None:
     assert "injected-segment" not in {
         f.kind for f in diagnose_files([str(client), str(SERVER)], pair=False).findings
     }
+
+
+def test_a_forged_client_fin_at_the_server_is_injected_segment(tmp_path: Path) -> None:
+    """The other direction: a FIN in the client's name that only the server-side capture
+    shows (counted in `only_in_b`, told from the server's point, the client its sender)."""
+    raw = SERVER.read_bytes()
+    recs = records(raw)
+    mine = [p for p in packets(SERVER) if p.cport != packets(SERVER)[0].cport]
+    alive = next(
+        c
+        for c in {p.cport for p in mine}
+        if not any(p.flags & 4 for p in packets(CLIENT) if p.cport == c)
+    )
+    conn = [p for p in mine if p.cport == alive]
+    data = [p for p in conn if not p.c2s and p.n]
+    ack = next(p for p in conn if p.c2s and p.i > data[2].i)
+    at = (recs[ack.i][0] + recs[ack.i + 1][0]) // 2
+    recs.insert(ack.i + 1, (at, forged(recs[ack.i][1], FIN | ACK, ack=ack.ack, seq=ack.seq)))
+    server = write_records(tmp_path / "server.pcap", raw[:24], recs)
+    doc = analyze_json(str(CLIENT), str(server))
+    (path,) = doc["paths"]
+    assert (path["only_in_a"], path["only_in_b"]) == (2, 1)
+    (f,) = [g for g in doc["findings"] if g["kind"] == "injected-segment"]
+    assert f["facts"]["seen_at"] == [str(server), str(CLIENT)]
+    first, far = f["timeline"]
+    assert (first["frame"], first["file"], first["sender"]) == (ack.i + 2, str(server), "client")
+    ts_c = read_table(str(CLIENT)).ts_ns
+    last = max(p.i for p in packets(CLIENT) if p.cport == alive and int(ts_c[p.i]) <= at)
+    assert (far["file"], far["frame"]) == (str(CLIENT), last + 1)
+    assert far["note"].endswith("the client sends no such FIN here")
+    assert [g["kind"] for g in doc["findings"]].count("middlebox-reset") == 1
