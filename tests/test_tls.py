@@ -126,7 +126,10 @@ def test_tls_twin_diagnosed_like_cleartext(twin: str) -> None:
         assert abs(t_e - t_c) <= 0.05 * t_c
     if twin != "clean":
         (retry,) = [f for f in enc if f["kind"] == "request-retried"]
-        assert "likely the same request" in retry["explanation"]
+        assert (
+            "failed on stream 0 and a request of the same size (likely the same request: "
+            "it is encrypted) left again" in retry["explanation"]
+        )
 
 
 def test_close_notify_answering_a_close_is_not_data_after_fin() -> None:

@@ -141,7 +141,7 @@ def _tell(g: Group) -> Story:
         f" (answered: {f['answered']})" if f["answered"] else ""
     )
     same = (
-        "the same size, likely the same request: it is encrypted"
+        "a request of the same size (likely the same request: it is encrypted)"
         if f["encrypted"]
         else f"the same request (its first {PREFIX} bytes match)"
     )
