@@ -52,6 +52,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group("live"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def json_outputs_checked() -> Iterator[None]:
+    """Every JSON document a test makes tcpwhy print is validated against its published
+    schema, however the test runs it (tests/json_contract.py)."""
+    from tests.json_contract import install
+
+    with pytest.MonkeyPatch.context() as mp:
+        install(mp.setattr)
+        yield
+
+
 @pytest.fixture(scope="session")
 def corpus() -> Path:
     need(CORPUS.is_dir(), f"reference corpus not found at {CORPUS}")

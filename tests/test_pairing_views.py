@@ -13,6 +13,7 @@ import json
 import struct
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,7 @@ def test_flow_json_between_the_two_points() -> None:
         for d in ("to_server", "to_client"):
             assert abs(doc["delay_ms"][d] - DELAY_MS) < 3
         for r in doc["rows"]:
-            at = {x["point"]: x["time"] for x in r["at"]}
+            at = {x["point"]: x["rel_s"] for x in r["at"]}
             if r["status"] == "both":  # each arrow slants by the delay, in one clock
                 delay = at[1] - at[0] if r["direction"] == "to_server" else at[0] - at[1]
                 # never faster than the relay holds a segment; a busy relay adds a little
@@ -152,10 +153,23 @@ def test_flow_json_rows_match_the_captures() -> None:
     rec = jsonl(text)[1]
     server_rec = jsonl(tcpwhy("conns", str(SERVER), "--format", "jsonl"))[1]
     frames: list[set[int]] = [set(), set()]
+    # each sighting's absolute time is that point's own time stamp of the frame (packets'
+    # `ts`, written exactly at the capture's precision)
+    stamps = [
+        {
+            p["frame"]: int(p["ts"] * 10**9)
+            for p in (
+                json.loads(line, parse_float=Decimal)
+                for line in tcpwhy("packets", str(cap), "--format", "jsonl").splitlines()
+            )
+        }
+        for cap in (CLIENT, SERVER)
+    ]
     for r in doc["rows"]:
         for x in r["at"]:
             assert x["frame"] not in frames[x["point"]]
             frames[x["point"]].add(x["frame"])
+            assert x["ts_ns"] == stamps[x["point"]][x["frame"]], x
     assert len(frames[0]) == rec["orig_pkts"] + rec["resp_pkts"]
     assert len(frames[1]) == server_rec["orig_pkts"] + server_rec["resp_pkts"]
     statuses = [(r["direction"], r["status"]) for r in doc["rows"]][-2:]
@@ -258,13 +272,13 @@ def test_flow_partial_overlap_marks_what_the_other_point_could_not_see(tmp_path:
     lost = injected = one = 0
     for stream in range(4):
         d = flow_doc(str(CLIENT), str(early), str(stream))
-        end = max(x["time"] for r in d["rows"] for x in r["at"] if x["point"] == 1)
+        end = max(x["rel_s"] for r in d["rows"] for x in r["at"] if x["point"] == 1)
         for r in d["rows"]:
             lost += r["status"] == "lost"
             injected += r["status"] == "injected"
             if r["status"] == "one_point":
                 one += 1
-                assert [x["point"] for x in r["at"]] == [0] and r["at"][0]["time"] > end
+                assert [x["point"] for x in r["at"]] == [0] and r["at"][0]["rel_s"] > end
     assert lost == path["a_to_b"]["lost"] + path["b_to_a"]["lost"]
     assert injected == path["only_in_a"] + path["only_in_b"] == 0  # the RSTs came later
     assert one > 0

@@ -205,7 +205,8 @@ def join(report: Report, trace_path: str) -> int:
     """Add the kernel's word to every finding of `report`; returns the events matched."""
     events = read_jsonl(trace_path)
     for e in events:
-        e["_ns"] = round(float(e["ts"]) * 1e9)
+        # schema 2.0 has `ts_ns` (`ts` is RFC 3339); a 1.x file's `ts` is epoch seconds
+        e["_ns"] = int(e["ts_ns"]) if "ts_ns" in e else round(float(e["ts"]) * 1e9)
         for k in ("src", "dst"):
             if e.get(k):
                 e[k] = _norm(str(e[k]))

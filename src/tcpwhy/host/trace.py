@@ -270,9 +270,8 @@ class TraceEvent:
         ns = self.ts_ns if self.ts_ns is not None else round(self.ts * 1e9)
         d: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
-            "ts": round(self.ts, 6),
+            "ts": _time_text(ns),
             "ts_ns": ns,
-            "time": _time_text(ns),
             "event": self.event,
             "src": self.src,
             "sport": self.sport,
@@ -486,9 +485,8 @@ class Batch:
         head = f'{{"schema_version": {json.dumps(SCHEMA_VERSION)}, "ts": '
         ns_col = self._ts_ns()
         rows = zip(
-            self.ts,
-            ns_col,
             map(_time_text, ns_col),
+            ns_col,
             self.event,
             j(self.src),
             j(self.sport),
@@ -505,11 +503,11 @@ class Batch:
         )
         return "".join(
             [
-                f'{head}{t:.6f}, "ts_ns": {ns}, "time": "{tt}", "event": "{e}", "src": {s}, '
+                f'{head}"{tt}", "ts_ns": {ns}, "event": "{e}", "src": {s}, '
                 f'"sport": {sp}, "dst": {d}, '
                 f'"dport": {dp}{m}, "state": {st}, "reason": {r}, "pid": {p}, "comm": {c}, '
                 f'"context": "{cx}", "explanation": {x}}}\n'
-                for t, ns, tt, e, s, sp, d, dp, m, st, r, p, c, cx, x in rows
+                for tt, ns, e, s, sp, d, dp, m, st, r, p, c, cx, x in rows
             ]
         )
 

@@ -24,7 +24,7 @@ from tcpwhy.host.explain import Listener, listeners, owner_label, state_counts
 from tcpwhy.host.snapshot import Snapshot, collect
 from tcpwhy.host.sockets import STATES
 from tcpwhy.schemas import SCHEMA_VERSION
-from tcpwhy.timestamps import stamp
+from tcpwhy.timestamps import rfc3339, stamp
 
 HISTORY = 30
 SPARK = "▁▂▃▄▅▆▇█"
@@ -41,6 +41,16 @@ class Alert:
         return {"kind": self.kind, "message": self.message}
 
 
+def _local_clock(ns: int | None) -> str:
+    """The local HH:MM:SS the text view prints (a person reads the wall clock); "" for none."""
+    return "" if ns is None else datetime.fromtimestamp(ns / 1e9).strftime("%H:%M:%S")
+
+
+def _seen_full(ns: int | None) -> dict[str, str | int | None]:
+    """A listener's `seen_full` by the time convention: RFC 3339 UTC and epoch nanoseconds."""
+    return {"seen_full": None if ns is None else rfc3339(ns), "seen_full_ns": ns}
+
+
 @dataclass
 class Frame:
     sample: int
@@ -51,7 +61,7 @@ class Frame:
     first: dict[str, int]
     history: dict[str, list[int]]
     listeners: list[Listener]
-    seen_full: dict[str, str]
+    seen_full: dict[str, int]  # per listener, when its queue was first seen full (epoch ns)
     deltas: dict[str, int]
     alerts: list[Alert]
     notes: list[str]
@@ -65,14 +75,13 @@ class Frame:
             "sample": self.sample,
             **stamp(self.ts_ns),
             "elapsed_s": round(self.elapsed, 3),
-            "time": self.wall,
             "netns": self.netns,
             "states": self.counts,
             "change": {
                 s: self.counts[s] - (self.previous or self.counts).get(s, 0) for s in STATES
             },
             "listeners": [
-                {**lst.as_json(), "seen_full": self.seen_full.get(lst.sock.local)}
+                {**lst.as_json(), **_seen_full(self.seen_full.get(lst.sock.local))}
                 for lst in self.listeners
             ],
             "deltas": self.deltas,
@@ -92,7 +101,7 @@ class Watcher:
     previous: dict[str, int] | None = None
     prev_counters: dict[str, int] | None = None
     history: dict[str, deque[int]] = field(default_factory=dict)
-    seen_full: dict[str, str] = field(default_factory=dict)
+    seen_full: dict[str, int] = field(default_factory=dict)
 
     def step(self, snap: Snapshot) -> Frame:
         if self.start is None:
@@ -104,10 +113,11 @@ class Watcher:
         if self.first is None:
             self.first = counts
         lsts = listeners(snap.sockets, snap.sysctls, snap.limits_known)
-        wall = datetime.now().strftime("%H:%M:%S")
+        now_ns = time.time_ns()
+        wall = _local_clock(now_ns)
         for lst in lsts:
             if lst.full:
-                self.seen_full.setdefault(lst.sock.local, wall)
+                self.seen_full.setdefault(lst.sock.local, now_ns)
         deltas = (
             ctr.deltas(self.prev_counters, snap.counters) if self.prev_counters is not None else {}
         )
@@ -116,7 +126,7 @@ class Watcher:
             sample=self.samples,
             elapsed=snap.time - self.start,
             wall=wall,
-            ts_ns=time.time_ns(),
+            ts_ns=now_ns,
             counts=counts,
             previous=self.previous,
             first=self.first,
@@ -169,7 +179,7 @@ class Watcher:
                 alerts.append(
                     Alert(
                         "accept_queue_was_full",
-                        f"accept queue of {lst.sock.local} was full at {self.seen_full[lst.sock.local]}, "
+                        f"accept queue of {lst.sock.local} was full at {_local_clock(self.seen_full[lst.sock.local])}, "
                         f"now {lst.accept_queue}/{lst.accept_queue_max}",
                     )
                 )
@@ -260,7 +270,7 @@ def render(frame: Frame) -> RenderableType:
                 "?" if m is None else str(m),
                 Text(fill, style=style),
                 str(lst.syn_recv),
-                frame.seen_full.get(lst.sock.local, ""),
+                _local_clock(frame.seen_full.get(lst.sock.local)),
             )
         parts.append(lt)
     if frame.sample > 1:

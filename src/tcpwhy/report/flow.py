@@ -212,6 +212,7 @@ class LadderView:
     rows: list[LadderRow]
     client_final: str
     server_final: str
+    t0_ns: int = 0  # the instant rows' `rel_s` count from (the capture's first frame)
 
 
 def ladder_view(lad: Ladder, fold: int = 3) -> LadderView:
@@ -324,6 +325,7 @@ def ladder_view(lad: Ladder, fold: int = 3) -> LadderView:
         out,
         _name(lad.client, lad.client.state, c_sent),
         _name(lad.server, lad.server.state, s_sent),
+        lad.t0_ns,
     )
 
 

@@ -49,6 +49,8 @@ class PairArrow:
     flagged: bool = False
     depart: float = 0.0  # when it left its sender's end (or the middle of the path)
     arrive: float = 0.0  # when it reached the other end (or the middle: lost)
+    client_ns: int | None = None  # the frame's time stamp at the client-side point (epoch ns)
+    server_ns: int | None = None  # at the server-side point, in that point's own clock
 
     @property
     def from_middle(self) -> bool:
@@ -170,12 +172,14 @@ def _pair_view(
         frame_c = int(lc.table["frame"][row])
         p = int(peer_c[i])
         a = PairArrow(to_server, label(lc, row), BOTH, float(tc[i]), None, frame_c, None)
+        a.client_ns = int(lc.table["ts_ns"][row])
         a.client = " → ".join(c_ent.get(frame_c, []))
         a.flagged = hot(lc, row)
         if p >= 0:
             srow = int(rows_s[p])
             frame_s = int(ls.table["frame"][srow])
             a.server_t, a.server_frame = float(ts[p]), frame_s
+            a.server_ns = int(ls.table["ts_ns"][srow])
             a.server = " → ".join(s_ent.get(frame_s, []))
             if not to_server:
                 a.label = label(ls, srow)
@@ -189,6 +193,7 @@ def _pair_view(
         to_server = bool(ls.direction[k_s[row]] == 0)
         frame_s = int(ls.table["frame"][row])
         a = PairArrow(to_server, label(ls, row), BOTH, None, float(ts[i]), None, frame_s)
+        a.server_ns = int(ls.table["ts_ns"][row])
         a.server = " → ".join(s_ent.get(frame_s, []))
         a.flagged = hot(ls, row)
         a.status = fate(float(ts[i]), d_cs if to_server else d_sc, not to_server)
@@ -394,12 +399,24 @@ def flow_json(view: PairView | LadderView, stream: int, points: list[str]) -> di
     """The ladder as a JSON document (docs/schemas/flow.schema.json): one entry per arrow,
     with its time and frame at each capture point that saw it, and both endpoints' states."""
     from tcpwhy.schemas import SCHEMA_VERSION
+    from tcpwhy.timestamps import rfc3339
 
     def states(text: str) -> list[str]:
         return [s for s in text.split(" → ") if s]
 
     def r6(v: float | None) -> float | None:
         return None if v is None else round(v, 6)
+
+    def at(point: int, rel_s: float | None, ns: int | None, frame: int | None) -> dict[str, Any]:
+        """One point's sighting: `rel_s` on the ladder's axis, `ts`/`ts_ns` the instant
+        by that point's clock (docs/json.md: time)."""
+        return {
+            "point": point,
+            "rel_s": r6(rel_s),
+            "ts": None if ns is None else rfc3339(ns),
+            "ts_ns": ns,
+            "frame": frame,
+        }
 
     doc: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "stream": stream}
     rows: list[dict[str, Any]] = []
@@ -413,18 +430,18 @@ def flow_json(view: PairView | LadderView, stream: int, points: list[str]) -> di
             "to_client": r6(view.delay_to_client_ms),
         }
         for a in view.arrows:
-            at = []
+            at_: list[dict[str, Any]] = []
             if a.client_t is not None:
-                at.append({"point": 0, "time": r6(a.client_t), "frame": a.client_frame})
+                at_.append(at(0, a.client_t, a.client_ns, a.client_frame))
             if a.server_t is not None:
-                at.append({"point": 1, "time": r6(a.server_t), "frame": a.server_frame})
+                at_.append(at(1, a.server_t, a.server_ns, a.server_frame))
             rows.append(
                 {
                     "kind": "packet",
                     "direction": "to_server" if a.to_server else "to_client",
                     "label": a.label,
                     "status": a.status,
-                    "at": at,
+                    "at": at_,
                     "client_states": states(a.client),
                     "server_states": states(a.server),
                     "flagged": a.flagged,
@@ -439,11 +456,8 @@ def flow_json(view: PairView | LadderView, stream: int, points: list[str]) -> di
             if r.kind in ("packet", "timer"):
                 d["direction"] = "to_server" if r.to_server else "to_client"
                 d["status"] = ONE_POINT
-                d["at"] = (
-                    [{"point": 0, "time": r6(r.rel_s), "frame": r.frame}]
-                    if r.kind == "packet"
-                    else [{"point": 0, "time": r6(r.rel_s), "frame": None}]
-                )
+                ns = view.t0_ns + round(r.rel_s * 1e9)  # exact: rel_s was (ns - t0_ns) / 1e9
+                d["at"] = [at(0, r.rel_s, ns, r.frame if r.kind == "packet" else None)]
                 d["client_states"] = states(r.client)
                 d["server_states"] = states(r.server)
                 d["flagged"] = r.flagged

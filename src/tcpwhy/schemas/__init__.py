@@ -11,7 +11,7 @@ import json
 from importlib import resources
 from typing import Any
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "2.0"
 """MAJOR.MINOR: MINOR grows when fields are added, MAJOR when a field is renamed, removed or
 changes meaning."""
 
