@@ -17,6 +17,7 @@ schema fails the test that made it, with the command line in the message.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -200,6 +201,7 @@ def install(patch: Callable[[Any, str, Any], None]) -> None:
     def wrap(cls: Any, meth: str, schema: str, as_text: bool) -> None:
         real = getattr(cls, meth)
 
+        @functools.wraps(real)  # the API's signatures stay what its own test pins
         def checked_call(self: Any, *a: Any, **k: Any) -> Any:
             out = real(self, *a, **k)
             validate(schema, json.loads(out) if as_text else out)
