@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,11 @@ def test_conns_and_packets_jsonl_on_every_lab_recording(
             for record in lines(out):
                 validate(view, record)
                 counts[view] += 1
+            if view == "packets":  # ts_ns is exactly the time stamp `ts` writes
+                for line in out.splitlines():
+                    rec = json.loads(line, parse_float=Decimal)
+                    assert rec["ts_ns"] == int(rec["ts"] * 10**9)
+                    assert rec["utc_time"] == rfc3339(rec["ts_ns"])
     assert counts["conns"] > 200 and counts["packets"] > 1000
     _, out = run(
         capfd, "conns", str(LAB / "clean.pcap"), "--format", "jsonl", "--local-nets", "10.0.0.0/8"
@@ -486,6 +492,7 @@ LEGACY_TIMES = {
     ("conns", "start"),
     ("conns", "duration"),
     ("conns", "irtt"),
+    # packets: tshark's frame.time_relative and frame.time_epoch; `ts_ns`, `utc_time` beside
     ("packets", "time"),
     ("packets", "ts"),
 }

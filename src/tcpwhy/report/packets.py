@@ -39,6 +39,7 @@ from tcpwhy.decode.table import (
 from tcpwhy.filter import DisplayFilter, FilterContext
 from tcpwhy.schemas import SCHEMA_VERSION
 from tcpwhy.tcp.streams import StreamTracker
+from tcpwhy.timestamps import rfc3339
 
 COLUMNS = ("No.", "Time", "Source", "Destination", "Length", "Info")
 _addr = functools.lru_cache(maxsize=1 << 14)(format_addr)
@@ -949,7 +950,8 @@ def _row_text(r: PacketRow, fmt: str, digits: int) -> str:
         assert text.startswith(head)
         ts = ("-" if r.ts_ns < 0 else "") + str(abs(r.ts_ns) // 10**9)
         ts += _frac(abs(r.ts_ns) % 10**9, digits)
-        return f'{head}, "ts": {ts}{text[len(head) :]}\n'
+        utc = rfc3339(r.ts_ns)
+        return f'{head}, "ts": {ts}, "ts_ns": {r.ts_ns}, "utc_time": "{utc}"{text[len(head) :]}\n'
     tm = r.time_text or f"{r.time:.6f}"
     if fmt == "csv":
         buf = io.StringIO()

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from tcpwhy.native import kernel, njit
-from tcpwhy.report.conns_kernel import _put_addr
+from tcpwhy.report.conns_kernel import _put_addr, _put_rfc3339
 
 FMT_TABLE, FMT_CSV, FMT_JSONL = 0, 1, 2
 # the table's and CSV's Time column: Python's .6f of the relative time (the default), or
@@ -515,6 +515,11 @@ def format_packets(
                     return -(j - start + 1)
             p = _lit(out, p, b', "ts": ')
             p = _seconds(out, p, ts_ns[i], digits)
+            p = _lit(out, p, b', "ts_ns": ')
+            p = _int(out, p, ts_ns[i])
+            p = _lit(out, p, b', "utc_time": "')
+            p = _put_rfc3339(out, p, ts_ns[i])
+            p = _lit(out, p, b'"')
             p = _lit(out, p, b', "src": "')
             p = _addr(out, p, np.int64(src_hi[i]), np.int64(src_lo[i]))
             p = _lit(out, p, b'", "dst": "')
