@@ -26,7 +26,7 @@ bit), the JSON string of each flag's name (words 24-38), the start of a JSON lin
 Wireshark's Info prefixes read.
 
 Times are printed from their exact binary value as CPython does: the table's and CSV's
-``.6f`` of any relative time below 2**33 s (`_round6`, the `conns` writer's ``_round_scaled``
+``.6f`` of any relative time below 2**33 s (the `conns` writer's ``_round_scaled``
 for six decimals, inlined); JSON's ``repr(round(t, 9))`` is the nanosecond count itself while
 a double resolves nanoseconds (below 2**52 ns) and the shortest decimal that reads back as
 the same double above that, found exactly in 64-bit integers from the double's integer part
@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from tcpwhy.native import kernel, njit
-from tcpwhy.report.conns_kernel import _put_addr, _put_rfc3339
+from tcpwhy.report.conns_kernel import _put_addr, _put_rfc3339, _round_scaled
 
 FMT_TABLE, FMT_CSV, FMT_JSONL = 0, 1, 2
 # the table's and CSV's Time column: Python's .6f of the relative time (the default), or
@@ -60,7 +60,6 @@ A_RETRANS, A_FAST_RETRANS, A_SPURIOUS, A_DUP_ACK = 1, 2, 4, 64
 _ACK, _URG = 16, 32
 _TIME_MAX_NS = 1 << 52  # |relative time| up to which a double resolves nanoseconds (2**22 s)
 _MASK52 = (1 << 52) - 1
-_MASK26 = (1 << 26) - 1
 _U = np.uint64  # the index type: unsigned, so numba adds no negative-index check
 _P10 = np.array([10**k for k in range(20)], np.uint64)
 # "00" to "99": two digits per division, half the dependent multiply-shift chain of one
@@ -254,48 +253,9 @@ def _clock(out: Any, p: int, ns: int, digits: int, date: bool) -> int:
 
 
 @njit(cache=True, inline="always")
-def _round6(bits: int) -> tuple[bool, int, bool]:
-    """``_round_scaled(bits, 6)`` of the `conns` writer, copied here to be inlined with
-    5**6 a constant: called, it was about a fifth of the table's and CSV's time."""
-    neg = bits < 0
-    ex = (bits >> 52) & 0x7FF
-    frac = bits & _MASK52
-    if ex == 0x7FF or ex >= 1023 + 33:
-        return neg, 0, False
-    if ex == 0:
-        m = frac
-        e = -1074
-    else:
-        m = frac | (1 << 52)
-        e = ex - 1075
-    # x * 10**6 = m * 5**6 * 2**(e + 6); m * 5**6 needs up to 67 bits: two limbs, 2**26 apart
-    q = -(e + 6)
-    if q >= 69:
-        return neg, 0, True
-    ah = (m >> 26) * 15625
-    al = (m & _MASK26) * 15625
-    ah += al >> 26
-    al &= _MASK26
-    if q >= 26:
-        n = ah >> (q - 26)
-    else:
-        n = (ah << (26 - q)) | (al >> q)
-    b = q - 1
-    if b < 26:
-        half = (al >> b) & 1
-        below = (al & ((1 << b) - 1)) == 0
-    else:
-        half = (ah >> (b - 26)) & 1
-        below = al == 0 and (ah & ((1 << (b - 26)) - 1)) == 0
-    if half == 1 and (not below or (n & 1) == 1):
-        n += 1
-    return neg, n, True
-
-
-@njit(cache=True, inline="always")
 def _fixed6(out: Any, p: int, bits: int) -> int:
     """Python's '.6f' of the double whose bits are given; -1 beyond 2**33."""
-    neg, n, ok = _round6(bits)
+    neg, n, ok = _round_scaled(bits, 6)
     if not ok:
         return -1
     if neg:
