@@ -83,7 +83,7 @@ def _next_seq(c: Conn, x: int, r: int) -> int | None:
         + ((flags & (SYN | FIN)) != 0)
     ) & U32
     # unwrapped: each end as the previous one plus the signed step between them
-    step = seq_diff(np.diff(e), 0)
+    step = seq_diff(e[1:], e[:-1])
     u = np.empty(len(e), np.int64)
     u[0] = 0
     np.cumsum(step, out=u[1:])

@@ -19,7 +19,7 @@ from tcpwhy.decode.table import RST
 from tcpwhy.diagnose import http
 from tcpwhy.diagnose.context import CLIENT, SERVER, Capture, Conn
 from tcpwhy.diagnose.registry import Diag
-from tcpwhy.tcp.seq import seq_geq
+from tcpwhy.tcp.seq import seq_add, seq_geq
 
 PROMPT_S = 0.01
 """Time an application takes, at most, to act on the peer's FIN when it does so at once
@@ -83,7 +83,7 @@ def _find(c: Conn, closer: int) -> AfterFin | None:
     for i in range(c.n):
         if c.side[i] != writer or c.plen[i] == 0 or c.flags[i] & RST or i in alerts:
             continue
-        if seq_geq(fin_ack, (c.seq[i] + c.plen[i]) & 0xFFFFFFFF):
+        if seq_geq(fin_ack, seq_add(c.seq[i], c.plen[i])):
             continue
         # the writer's own FIN before this data means it is a retransmission, not news
         wf = c.first_fin(writer)

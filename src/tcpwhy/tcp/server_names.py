@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from tcpwhy.decode.http1 import METHODS
 from tcpwhy.decode.table import RST, SYN, PacketTable
+from tcpwhy.tcp.seq import seq_add, seq_diff
 
 NAME_MAX = 255
 """Longest name kept (a DNS name is at most 253 bytes; a Host value longer than this is cut)."""
@@ -437,7 +438,7 @@ class Hellos:
     @staticmethod
     def _seq(table: PacketTable, r: int) -> int:
         syn = 1 if int(table["flags"][r]) & SYN else 0
-        return (int(table["seq"][r]) + syn) & 0xFFFFFFFF
+        return int(seq_add(int(table["seq"][r]), syn))
 
     def start(self, table: PacketTable, rows: I64, keys: npt.NDArray[np.integer]) -> None:
         """Follow the hellos that `rows` (each a connection's first payload, whole, found by
@@ -447,7 +448,7 @@ class Hellos:
                 break
             L = int(table["payload_len"][r])
             self._p[key] = _Partial(
-                self._src(table, r), (self._seq(table, r) + L) & 0xFFFFFFFF, table.payload(r)
+                self._src(table, r), seq_add(self._seq(table, r), L), table.payload(r)
             )
 
     def feed(
@@ -469,7 +470,7 @@ class Hellos:
             if part is None or self._src(table, r) != part.src:
                 continue
             L = int(table["payload_len"][r])
-            d = ((self._seq(table, r) - part.nxt + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+            d = seq_diff(self._seq(table, r), part.nxt)
             if d + L <= 0:
                 continue  # nothing new
             name: bytes | None = None
@@ -477,7 +478,7 @@ class Hellos:
                 name = b""  # bytes lost or not captured: the hello is not read
             else:
                 part.buf += table.payload(r)[-d:]
-                part.nxt = (part.nxt + d + L) & 0xFFFFFFFF
+                part.nxt = seq_add(part.nxt, d + L)
                 name = self._check(part.buf)
             if name is not None:
                 del self._p[key]
