@@ -109,3 +109,46 @@ def test_tshark_style_read_option() -> None:
     assert run("-n", "-r", cap).stdout == positional.stdout
     both = run(cap, "-r", cap)
     assert both.returncode == 2 and "FILE or -r FILE" in both.stderr
+
+
+def _retimed(src: Path, dst: Path, stamps: list[int], nano: bool) -> None:
+    """`src` (a pcap) with its packets at the given nanosecond times, in microsecond or
+    nanosecond resolution."""
+    import struct
+
+    data = src.read_bytes()
+    magic = struct.unpack("<I", data[:4])[0]
+    assert magic in (0xA1B2C3D4, 0xA1B23C4D), "a little-endian pcap"
+    head = struct.pack("<I", 0xA1B23C4D if nano else 0xA1B2C3D4) + data[4:24]
+    out, p, k = [head], 24, 0
+    while p + 16 <= len(data) and k < len(stamps):
+        _, _, incl, orig = struct.unpack("<IIII", data[p : p + 16])
+        sec, frac = divmod(stamps[k], 10**9)
+        out.append(struct.pack("<IIII", sec, frac if nano else frac // 1000, incl, orig))
+        out.append(data[p + 16 : p + 16 + incl])
+        p += 16 + incl
+        k += 1
+    dst.write_bytes(b"".join(out))
+
+
+@pytest.mark.parametrize("nano", [False, True])
+def test_json_times_around_second_and_day_edges(tmp_path: Path, nano: bool) -> None:
+    # `ts`, `ts_ns` and `utc_time` share digits and a once-a-second date in the compiled
+    # writer: times below one second, on and just before second, minute and day edges, a
+    # leap day and an out-of-order step back must print as the per-row writer prints them
+    src = max((c for c in LAB if c.suffix == ".pcap"), key=lambda c: c.stat().st_size)
+    day = 86_400 * 10**9
+    base = 951_782_400 * 10**9  # 2000-02-29T00:00:00Z
+    stamps = [
+        0, 999_999_999, 10**9, 59 * 10**9 + 999_999_999, 60 * 10**9, day - 1, day,
+        base - 1, base, base + 1, base + day - 1, base + day, base + 5 * 10**9 + 123_456_789,
+        base + 5 * 10**9 + 999_999_000, base + 6 * 10**9, base + 5 * 10**9,
+        4_102_444_800 * 10**9 - 1,  # the last nanosecond of 2099
+    ]
+    stamps += [base + 7 * 10**9 + k * 333_333_333 for k in range(40)]
+    cap = tmp_path / "retimed.pcap"
+    _retimed(src, cap, stamps, nano)
+    for absolute in (False, True):
+        got, want = _both(cap, "jsonl", absolute=absolute)
+        assert got == want
+        assert want.count("\n") == len(stamps)

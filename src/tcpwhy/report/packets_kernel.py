@@ -457,6 +457,8 @@ def format_packets(
     p = 0
     cap = out.shape[0]
     j = start
+    stamp = np.zeros(32, np.uint8)  # utc_time's YYYY-MM-DDTHH:MM:SS. of second `stamp_sec`
+    stamp_sec = _U(0)
     n_rows = rows.shape[0]
     while j < n_rows and p + ROW_MAX <= cap:
         i = _U(rows[_U(j)])
@@ -474,12 +476,43 @@ def format_packets(
                 if p < 0:
                     return -(j - start + 1)
             p = _lit(out, p, b', "ts": ')
-            p = _seconds(out, p, ts_ns[i], digits)
-            p = _lit(out, p, b', "ts_ns": ')
-            p = _int(out, p, ts_ns[i])
-            p = _lit(out, p, b', "utc_time": "')
-            p = _put_rfc3339(out, p, ts_ns[i])
-            p = _lit(out, p, b'"')
+            t = ts_ns[i]
+            if t >= 1000000000:
+                # ts, ts_ns and utc_time share their digits: the seconds and nine decimals
+                # are written once, where ts_ns goes, and copied to the other two; the
+                # date and clock of utc_time change once a second (`stamp`)
+                sec = _U(t) // _U(1000000000)
+                nd = _ndigits_u(sec)
+                q = p + nd + (digits + 1 if digits > 0 else 0) + 11
+                r = _uint(out, q, np.int64(sec))
+                r = _padded(out, r, np.int64(_U(t) - sec * _U(1000000000)), 9)
+                for k in range(nd):
+                    out[_U(p + k)] = out[_U(q + k)]
+                p += nd
+                if digits > 0:
+                    out[_U(p)] = 46
+                    for k in range(digits):
+                        out[_U(p + 1 + k)] = out[_U(q + nd + k)]
+                    p += digits + 1
+                p = _lit(out, p, b', "ts_ns": ')
+                p = _lit(out, r, b', "utc_time": "')
+                if sec != stamp_sec:
+                    stamp_sec = sec
+                    _put_rfc3339(stamp, 0, t)
+                for k in range(20):
+                    out[_U(p + k)] = stamp[_U(k)]
+                for k in range(9):
+                    out[_U(p + 20 + k)] = out[_U(r - 9 + k)]
+                out[_U(p + 29)] = 90
+                out[_U(p + 30)] = 34
+                p += 31
+            else:
+                p = _seconds(out, p, t, digits)
+                p = _lit(out, p, b', "ts_ns": ')
+                p = _int(out, p, t)
+                p = _lit(out, p, b', "utc_time": "')
+                p = _put_rfc3339(out, p, t)
+                p = _lit(out, p, b'"')
             p = _lit(out, p, b', "src": "')
             p = _addr(out, p, np.int64(src_hi[i]), np.int64(src_lo[i]))
             p = _lit(out, p, b'", "dst": "')
