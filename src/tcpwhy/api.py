@@ -430,21 +430,22 @@ class ConnectionTable(_TimedTable):
     def _text_arrow(self, name: str) -> Any:
         """The Arrow string array of a text column, made once."""
         if name not in self._text:
-            from tcpwhy.report.parquet import _fixed_text, addresses
-
-            col = self._conns.cols
-            if name == "history":
-                self._text[name] = _fixed_text(col["history"], col["history_len"], b"")
-            elif name == "community_id":
-                from tcpwhy.report.conns_kernel import COMMUNITY_ID_WIDTH
-
-                ids = self._conns.community_id_text()
-                width = np.full(len(ids), COMMUNITY_ID_WIDTH)
-                self._text[name] = _fixed_text(ids, width, b"1:")
-            else:
-                w = name[:4]
-                self._text[name] = addresses(col[f"{w}_hi"], col[f"{w}_lo"])
+            self._text[name] = _text_column(self._conns, name)
         return self._text[name]
+
+    def to_arrow(self) -> pyarrow.Table:
+        # the Community IDs (compiled, without the GIL) are hashed in a thread of their
+        # own while the other text columns are made: a third of `to_arrow`'s time
+        if len(self) >= 10_000 and "community_id" not in self._text:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(1, thread_name_prefix="tcpwhy-text") as pool:
+                ids = pool.submit(_text_column, self._conns, "community_id")
+                for k in _TEXT_COLUMNS:
+                    if k != "community_id":
+                        self._text_arrow(k)
+                self._text["community_id"] = ids.result()
+        return super().to_arrow()
 
     def _column(self, name: str) -> npt.NDArray[Any]:
         if name in _TEXT_COLUMNS and name not in self._cols:
@@ -465,6 +466,22 @@ class ConnectionTable(_TimedTable):
             v = np.ascontiguousarray(v, np.int64)
             return _from_numpy(pa, v, pa.duration("ns"), v == IRTT_UNSET)
         return super()._arrow(pa, f)
+
+
+def _text_column(c: ConnColumns, name: str) -> Any:
+    """The Arrow string array of text column `name` (`_TEXT_COLUMNS`) of a batch."""
+    from tcpwhy.report.parquet import _fixed_text, addresses
+
+    col = c.cols
+    if name == "history":
+        return _fixed_text(col["history"], col["history_len"], b"")
+    if name == "community_id":
+        from tcpwhy.report.conns_kernel import COMMUNITY_ID_WIDTH
+
+        ids = c.community_id_text()
+        return _fixed_text(ids, np.full(len(ids), COMMUNITY_ID_WIDTH), b"1:")
+    w = name[:4]
+    return addresses(col[f"{w}_hi"], col[f"{w}_lo"])
 
 
 def _connection_table(c: ConnColumns) -> ConnectionTable:

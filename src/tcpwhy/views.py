@@ -81,7 +81,7 @@ def packet_chunks(
     need = analysis or (flt is not None and "analysis" in flt.needs)
     analyzer = Analyzer() if need else None
     for src, st in zip(sources, stats, strict=True):
-        for t in iter_tables(src, st, reuse=True):
+        for t in iter_tables(src, st, reuse=True, prefetch=True):
             first = next((s.first_ts_ns for s in stats if s.first_ts_ns is not None), None)
             s = tracker.feed(t)
             a = analyzer.feed(t, s) if analyzer is not None else None

@@ -490,6 +490,7 @@ def iter_tables(
     checksums: bool = False,
     teredo_any_port: bool = False,
     reassemble: bool | None = None,
+    prefetch: bool = False,
 ) -> Iterator[PacketTable]:
     """Packet tables of a capture, chunk by chunk, in capture order.
 
@@ -509,15 +510,74 @@ def iter_tables(
     Raises CaptureError for files that are not captures we can read; problems
     after the first packet (a cut or corrupt record) end the stream with a
     warning in `stats.warnings` instead, so what was read is still shown.
+
+    `prefetch`: a plain file (not a pipe, not compressed) is read and decoded one table
+    ahead, in a thread of its own, while the caller works on the table before: for
+    callers whose own work per table is compiled and releases the GIL (`conns`,
+    `analyze`, `packets`). Tables are then fresh (`reuse` is ignored) and `stats` runs a
+    table ahead of what the caller has seen until the iteration ends.
     """
     stats = stats if stats is not None else CaptureStats()
     if reassemble is None:
         reassemble = reassemble_default()
     src = _Source(source)
     try:
-        yield from _iter(src, stats, chunk_bytes, reuse, checksums, teredo_any_port, reassemble)
+        if prefetch and src.seekable():
+            yield from _ahead(
+                _iter(src, stats, chunk_bytes, False, checksums, teredo_any_port, reassemble)
+            )
+        else:
+            yield from _iter(src, stats, chunk_bytes, reuse, checksums, teredo_any_port, reassemble)
     finally:
         src.close()
+
+
+_DONE = object()
+
+
+def _ahead(tables: Iterator[PacketTable]) -> Iterator[PacketTable]:
+    """`tables`, produced one ahead in a thread: decoding the next chunk (compiled, without
+    the GIL) overlaps the caller's work on this one. An error is raised where the caller
+    would have met it; a caller that stops early stops the thread before the file closes."""
+    import queue
+    import threading
+
+    q: queue.Queue[Any] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for t in tables:
+                if not put(t):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # handed to the caller, raised there
+            put(exc)
+        finally:
+            tables.close()
+
+    worker = threading.Thread(target=produce, name="tcpwhy-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def _iter(

@@ -203,7 +203,7 @@ def _pseudo(v4: Any, src_hi: Any, src_lo: Any, dst_hi: Any, dst_lo: Any, proto: 
 # ---- record walkers ---------------------------------------------------------------------
 
 
-@kernel("u1[:] i8 i8 b1 b1 i8 i8[:] i8[:] i8[:] i8[:] -> (i8, i8, i8)")
+@kernel("u1[:] i8 i8 b1 b1 i8 i8[:] i8[:] i8[:] i8[:] -> (i8, i8, i8)", nogil=True)
 def walk_pcap(
     buf: Any,
     start: Any,
@@ -267,7 +267,8 @@ def _ticks_to_ns(ticks: Any, res_pow: Any, res_base2: Any) -> Any:
 
 
 @kernel(
-    "u1[:] i8 i8 b1 i8[:] i8[:] i8[:] b1[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8[:] -> (i8, i8, i8)"
+    "u1[:] i8 i8 b1 i8[:] i8[:] i8[:] b1[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8[:] -> (i8, i8, i8)",
+    nogil=True,
 )
 def walk_pcapng(
     buf: Any,
@@ -473,7 +474,8 @@ def _icmp_quote(buf: Any, p: Any, end: Any, v6: Any) -> Any:
 
 
 @kernel(
-    "u1[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8 i8[:] b1 b1 u8[:] i8[:] u4[:] u4[:] u2[:] u2[:] u8[:] u8[:] i4[:] u1[:] u8[:] u8[:] u8[:] u8[:] u1[:] u4[:] u4[:] u1[:] u4[:] u8[:] u8[:] u8[:] u8[:] u2[:] u2[:] u4[:] u4[:] u1[:] u2[:] u2[:] u2[:] i1[:] i4[:] i1[:] b1[:] b1[:] u4[:] u4[:] u4[:] u1[:] u4[:,:] u4[:,:] u4[:] u4[:] u8[:] b1[:] u1[:] u1[:] u4[:] u8[:] u8[:] u8[:] u8[:] u1[:] u4[:] i8[:] u8[:,:] -> (i8, i8, i8)"
+    "u1[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8 i8[:] b1 b1 u8[:] i8[:] u4[:] u4[:] u2[:] u2[:] u8[:] u8[:] i4[:] u1[:] u8[:] u8[:] u8[:] u8[:] u1[:] u4[:] u4[:] u1[:] u4[:] u8[:] u8[:] u8[:] u8[:] u2[:] u2[:] u4[:] u4[:] u1[:] u2[:] u2[:] u2[:] i1[:] i4[:] i1[:] b1[:] b1[:] u4[:] u4[:] u4[:] u1[:] u4[:,:] u4[:,:] u4[:] u4[:] u8[:] b1[:] u1[:] u1[:] u4[:] u8[:] u8[:] u8[:] u8[:] u1[:] u4[:] i8[:] u8[:,:] -> (i8, i8, i8)",
+    nogil=True,
 )
 def decode_records(
     buf: Any,
@@ -1319,7 +1321,7 @@ def decode_records(
     return j, k_icmp, n_frag
 
 
-@kernel("u1[:] i8[:] i8[:] u1[:] i8[:] -> none")
+@kernel("u1[:] i8[:] i8[:] u1[:] i8[:] -> none", nogil=True)
 def gather_bytes(src: Any, offs: Any, lens: Any, dst: Any, dst_offs: Any) -> Any:
     """Copy each row's payload bytes into a compact buffer (a slice copy per row: a byte
     loop was half a second on a 4-million-packet capture)."""

@@ -128,7 +128,7 @@ _REC_COLS = (
 )
 
 
-@kernel("i8[:] i8[:] b1[:] i8[:] i8[:] i8[:] i8[:] i8[:] u1[:] i8[:,:] -> i8")
+@kernel("i8[:] i8[:] b1[:] i8[:] i8[:] i8[:] i8[:] i8[:] u1[:] i8[:,:] -> i8", nogil=True)
 def walk_records(
     order: Any,
     bounds: Any,

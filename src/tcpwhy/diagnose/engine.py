@@ -189,7 +189,7 @@ def diagnose_files(
             done += size
             continue
         parts = []
-        for t in iter_tables(p, st):
+        for t in iter_tables(p, st, prefetch=True):
             # without a display filter only the diagnosis reads the table: keep its columns
             parts.append(t if flt is not None else _slim(t))
             if len(parts) % TRIM_EVERY == 0:
@@ -333,7 +333,7 @@ def _read_tracked(
     outs: list[dict[str, np.ndarray]] = []
     icmp: list[dict[str, np.ndarray]] = []
     ends: _Endpoints | None = _Endpoints()
-    for t in iter_tables(path, st):
+    for t in iter_tables(path, st, prefetch=True):
         s = _slim(t)
         got = narrow_streams(tracker.feed(s))
         if tracker.icmp_out is not None:

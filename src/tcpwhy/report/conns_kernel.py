@@ -555,7 +555,7 @@ def _lower_eq(b: int, c: int) -> bool:
     return b == c or (97 <= c <= 122 and b == c - 32)
 
 
-@kernel("u1[:] i8[:] i8[:] i8 i8 i8 i8[:] i8[:] -> none")
+@kernel("u1[:] i8[:] i8[:] i8 i8 i8 i8[:] i8[:] -> none", nogil=True)
 def find_hosts(
     data: Any,
     off: Any,
@@ -652,7 +652,7 @@ def _byte(data: Any, off: int, cap: int, j: int) -> int:
     return int(data[off + j]) if j < cap else 0
 
 
-@kernel("u1[:] i8[:] i8[:] u1[:] i8[:] u1[:] -> none")
+@kernel("u1[:] i8[:] i8[:] u1[:] i8[:] u1[:] -> none", nogil=True)
 def payload_kinds(data: Any, off: Any, cap: Any, words: Any, woff: Any, kind: Any) -> None:
     """What each payload starts with (`tcpwhy.tcp.server_names.kinds`, compiled): 1 a TLS
     ClientHello (record type 22, version 3.x, handshake type 1), 2 one of the `words` (an

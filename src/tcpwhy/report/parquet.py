@@ -50,9 +50,13 @@ def _cut(buf: npt.NDArray[np.uint8], n: int) -> pa.Array:
 
     ends = np.flatnonzero(buf == 10)
     assert len(ends) == n
+    data = buf[buf != 10]
+    if len(data) < 2**31:  # 32-bit offsets as they are: a cast would load pyarrow.compute
+        offsets32 = np.zeros(n + 1, np.int32)
+        offsets32[1:] = ends - np.arange(n)
+        return pa.StringArray.from_buffers(n, pa.py_buffer(offsets32), pa.py_buffer(data))
     offsets = np.zeros(n + 1, np.int64)
     offsets[1:] = ends - np.arange(n)
-    data = buf[buf != 10]
     return pa.LargeStringArray.from_buffers(
         n, pa.py_buffer(offsets), pa.py_buffer(data.tobytes())
     ).cast(pa.string())

@@ -920,7 +920,12 @@ def iter_connection_columns(
     # the builder copies what it keeps, so the reader may reuse its buffers
     tables = (
         iter_tables(
-            source, stats, reuse=True, checksums=b.check_csum, teredo_any_port=b.zeek_timers
+            source,
+            stats,
+            reuse=True,
+            checksums=b.check_csum,
+            teredo_any_port=b.zeek_timers,
+            prefetch=True,
         )
         if isinstance(source, str)
         else source

@@ -54,7 +54,10 @@ _SLOT = np.int64(0xFFFFFFFF)
 _HASH = np.uint64(0x7FFFFFFF)
 
 
-@kernel("u8[:] u8[:] u8[:] u8[:] u2[:] u2[:] i8[:] u8[:,:] i8[:] i8[:] i8[:] i8[:] i1[:] -> none")
+@kernel(
+    "u8[:] u8[:] u8[:] u8[:] u2[:] u2[:] i8[:] u8[:,:] i8[:] i8[:] i8[:] i8[:] i1[:] -> none",
+    nogil=True,
+)
 def _lookup(
     src_hi: Any,
     src_lo: Any,
@@ -126,7 +129,7 @@ def _lookup(
         out_dir[i] = 1 if gt else 0
 
 
-@kernel("i8[:] i8[:] i8[:] -> i8")
+@kernel("i8[:] i8[:] i8[:] -> i8", nogil=True)
 def _rehash(old_val: Any, tab_val: Any, slot_keys: Any) -> int:
     """Move live entries into another table; forgotten ones (tombstones) are dropped."""
     mask = tab_val.shape[0] - 1
@@ -145,7 +148,8 @@ def _rehash(old_val: Any, tab_val: Any, slot_keys: Any) -> int:
 
 
 @kernel(
-    "i8[:] i1[:] u2[:] u4[:] u4[:] i8[:] b1[:,:] u4[:,:] i1[:,:] i1[:] u2[:] i8 i8[:] u4[:] u4[:] b1[:] b1[:] i8[:] i1[:] b1[:] i1[:] -> i8"
+    "i8[:] i1[:] u2[:] u4[:] u4[:] i8[:] b1[:,:] u4[:,:] i1[:,:] i1[:] u2[:] i8 i8[:] u4[:] u4[:] b1[:] b1[:] i8[:] i1[:] b1[:] i1[:] -> i8",
+    nogil=True,
 )
 def _track(
     slot: Any,

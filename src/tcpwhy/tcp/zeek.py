@@ -801,7 +801,8 @@ def _attempt_due(S: Any, W: Any, s: Any, now: Any) -> Any:
 
 
 @kernel(
-    "i8[:,:] i4[:,:] u1[:,:] i8[:] i8 i8[:] i8 i8 i8[:] i8[:] b1[:] i1[:] i8[:] u2[:] u4[:] u4[:] u2[:] u4[:] u4[:] u2[:] u2[:] i8[:] i8[:] i8[:] i8[:] i1[:] b1[:] i1[:] i1[:] b1[:] b1 b1 i8 i8 i8[:] b1[:] i8[:,:] i4[:,:] u1[:,:] i8[:,:] i8[:] b1 i8[:,:] i8[:] -> (i8, i8, i8, i8)"
+    "i8[:,:] i4[:,:] u1[:,:] i8[:] i8 i8[:] i8 i8 i8[:] i8[:] b1[:] i1[:] i8[:] u2[:] u4[:] u4[:] u2[:] u4[:] u4[:] u2[:] u2[:] i8[:] i8[:] i8[:] i8[:] i1[:] b1[:] i1[:] i1[:] b1[:] b1 b1 i8 i8 i8[:] b1[:] i8[:,:] i4[:,:] u1[:,:] i8[:,:] i8[:] b1 i8[:,:] i8[:] -> (i8, i8, i8, i8)",
+    nogil=True,
 )
 def process_chunk(
     S: Any,
@@ -1168,7 +1169,8 @@ def process_chunk(
 
 
 @kernel(
-    "i8[:,:] i4[:,:] u1[:,:] i8[:] i8 i8[:] i8[:] i8 b1 i8 i8 b1 i8 i8[:,:] i4[:,:] u1[:,:] -> (i8, i8)"
+    "i8[:,:] i4[:,:] u1[:,:] i8[:] i8 i8[:] i8[:] i8 b1 i8 i8 b1 i8 i8[:,:] i4[:,:] u1[:,:] -> (i8, i8)",
+    nogil=True,
 )
 def sweep(
     S: Any,
@@ -1307,7 +1309,7 @@ def _size_of(OUT: Any, OW: Any, i: Any, d: Any, peer_state: Any) -> Any:
     return size
 
 
-@kernel("i8[:,:] i4[:,:] i8[:,:] -> none")
+@kernel("i8[:,:] i4[:,:] i8[:,:] -> none", nogil=True)
 def record_sides(OUT: Any, OW: Any, R: Any) -> None:
     """The columns of emitted rows that depend on which endpoint originates (``F_ODIR``),
     one row of `R` per ``R_*`` field: addresses, ports, counters, Zeek's sizes and endpoint
