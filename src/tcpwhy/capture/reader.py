@@ -15,7 +15,7 @@ import os
 import struct
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -535,7 +535,7 @@ def iter_tables(
 _DONE = object()
 
 
-def _ahead(tables: Iterator[PacketTable]) -> Iterator[PacketTable]:
+def _ahead(tables: Generator[PacketTable, None, None]) -> Iterator[PacketTable]:
     """`tables`, produced one ahead in a thread: decoding the next chunk (compiled, without
     the GIL) overlaps the caller's work on this one. An error is raised where the caller
     would have met it; a caller that stops early stops the thread before the file closes."""
@@ -588,7 +588,7 @@ def _iter(
     checksums: bool,
     teredo_any_port: bool,
     reassemble: bool = True,
-) -> Iterator[PacketTable]:
+) -> Generator[PacketTable, None, None]:
     name = src.name
     try:
         head = src.read(24)
