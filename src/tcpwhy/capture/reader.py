@@ -523,8 +523,12 @@ def iter_tables(
     src = _Source(source)
     try:
         if prefetch and src.seekable():
+            slots = _Slots() if reuse else None
             yield from _ahead(
-                _iter(src, stats, chunk_bytes, False, checksums, teredo_any_port, reassemble)
+                _iter(
+                    src, stats, chunk_bytes, reuse, checksums, teredo_any_port, reassemble, slots
+                ),
+                slots,
             )
         else:
             yield from _iter(src, stats, chunk_bytes, reuse, checksums, teredo_any_port, reassemble)
@@ -535,10 +539,77 @@ def iter_tables(
 _DONE = object()
 
 
-def _ahead(tables: Generator[PacketTable, None, None]) -> Iterator[PacketTable]:
+class _Stopped(Exception):
+    """The caller stopped reading: the reading thread ends."""
+
+
+class _Slots:
+    """Two sets of the buffers a reusing reader decodes into, for a reader one table ahead
+    (`_ahead`): the thread fills one set while the caller reads the other, and waits before
+    refilling a set the caller may still be reading (its column set holds one table, its
+    byte buffer every table cut from it). Memory stays that of two sets, as with `reuse`,
+    where fresh buffers per table grew the heap by tens of MB."""
+
+    def __init__(self) -> None:
+        import threading
+        from collections import deque
+
+        self.cv = threading.Condition()
+        self.stopped = False
+        self.cols = [empty_columns(MAX_ROWS_PER_TABLE) for _ in range(2)]
+        self.bufs = [np.empty(0, np.uint8) for _ in range(2)]
+        self.cols_busy = [False, False]
+        self.buf_busy = [0, 0]
+        self.held: deque[tuple[int, int]] = deque()  # (column set, buffer) of tables given out
+
+    def _wait(self, free: Any) -> None:
+        with self.cv:
+            while not free():
+                if self.stopped:
+                    raise _Stopped
+                self.cv.wait()
+
+    def buffer(self, k: int, size: int) -> npt.NDArray[np.uint8]:
+        """Byte buffer k, at least `size` bytes, once no table given out uses it."""
+        self._wait(lambda: self.buf_busy[k] == 0)
+        if self.bufs[k].shape[0] < size:
+            self.bufs[k] = np.empty(size, np.uint8)
+        return self.bufs[k]
+
+    def columns(self, k: int) -> dict[str, npt.NDArray[Any]]:
+        """Column set k, once the table decoded into it last is given back."""
+        self._wait(lambda: not self.cols_busy[k])
+        return self.cols[k]
+
+    def give(self, c: int, b: int) -> None:
+        """A table of column set c and buffer b goes out to the caller."""
+        with self.cv:
+            self.cols_busy[c] = True
+            self.buf_busy[b] += 1
+            self.held.append((c, b))
+
+    def back(self) -> None:
+        """The caller is done with the oldest table given out."""
+        with self.cv:
+            c, b = self.held.popleft()
+            self.cols_busy[c] = False
+            self.buf_busy[b] -= 1
+            self.cv.notify_all()
+
+    def stop(self) -> None:
+        with self.cv:
+            self.stopped = True
+            self.cv.notify_all()
+
+
+def _ahead(
+    tables: Generator[PacketTable, None, None], slots: _Slots | None = None
+) -> Iterator[PacketTable]:
     """`tables`, produced one ahead in a thread: decoding the next chunk (compiled, without
     the GIL) overlaps the caller's work on this one. An error is raised where the caller
-    would have met it; a caller that stops early stops the thread before the file closes."""
+    would have met it; a caller that stops early stops the thread before the file closes.
+    With `slots`, the reader reuses two sets of buffers, each given back to it when the
+    caller asks for the table after the one that used it."""
     import queue
     import threading
 
@@ -560,6 +631,8 @@ def _ahead(tables: Generator[PacketTable, None, None]) -> Iterator[PacketTable]:
                 if not put(t):
                     return
             put(_DONE)
+        except _Stopped:
+            return
         except BaseException as exc:  # handed to the caller, raised there
             put(exc)
         finally:
@@ -567,16 +640,22 @@ def _ahead(tables: Generator[PacketTable, None, None]) -> Iterator[PacketTable]:
 
     worker = threading.Thread(target=produce, name="tcpwhy-read-ahead", daemon=True)
     worker.start()
+    given = False
     try:
         while True:
+            if given and slots is not None:
+                slots.back()
             item = q.get()
             if item is _DONE:
                 return
             if isinstance(item, BaseException):
                 raise item
+            given = True
             yield item
     finally:
         stop.set()
+        if slots is not None:
+            slots.stop()
         worker.join()
 
 
@@ -588,6 +667,7 @@ def _iter(
     checksums: bool,
     teredo_any_port: bool,
     reassemble: bool = True,
+    slots: _Slots | None = None,
 ) -> Generator[PacketTable, None, None]:
     name = src.name
     try:
@@ -617,8 +697,9 @@ def _iter(
     frame_base = 0
     eof = False
     recs = _Records.alloc(MAX_ROWS_PER_TABLE)
-    shared_cols = empty_columns(MAX_ROWS_PER_TABLE) if reuse else None
+    shared_cols = empty_columns(MAX_ROWS_PER_TABLE) if reuse and slots is None else None
     shared_buf = np.empty(0, np.uint8)
+    nbuf = ncols = 0  # with `slots`: the buffer and column set in use (0 or 1)
     reassembler = Reassembler() if reassemble else None
     bad_sums = 0  # TCP rows failing a checksum check (when asked)
     # a plain file's chunk is its bytes from `consumed` on: tables say so (`origin`), so a
@@ -628,14 +709,20 @@ def _iter(
         while True:
             # a fresh buffer per chunk: earlier tables keep pointing into theirs
             nleft = len(leftover)
-            if not reuse or shared_buf.shape[0] < nleft + chunk_bytes:
+            if slots is not None:
+                nbuf ^= 1
+                shared_buf = slots.buffer(nbuf, nleft + chunk_bytes)
+            elif not reuse or shared_buf.shape[0] < nleft + chunk_bytes:
                 shared_buf = np.empty(nleft + chunk_bytes, np.uint8)
             buf = shared_buf
             buf[:nleft] = np.frombuffer(leftover, np.uint8)
             got = 0
             if not eof:
                 try:
-                    got = src.readinto(memoryview(buf)[nleft:])  # type: ignore[arg-type]
+                    # exactly `chunk_bytes` (a reused buffer may be larger): the tables'
+                    # boundaries, and with them the records' idle cuts, whatever the mode
+                    view = memoryview(buf)[nleft : nleft + chunk_bytes]
+                    got = src.readinto(view)  # type: ignore[arg-type]
                 except _CompressedTruncated as exc:
                     stats.warnings.append(f"compressed stream cut short ({exc})")
                     eof = True
@@ -651,6 +738,9 @@ def _iter(
                 if n:
                     if stats.first_ts_ns is None:
                         stats.first_ts_ns = int(recs.ts[0])
+                    if slots is not None:
+                        ncols ^= 1
+                        shared_cols = slots.columns(ncols)
                     table = decode_chunk(
                         arr,
                         recs.head(n),
@@ -674,6 +764,8 @@ def _iter(
                         if checksums:
                             c = table["csum_ok"]
                             bad_sums += int(np.count_nonzero((c == 0) | (c == -2)))
+                        if slots is not None:
+                            slots.give(ncols, nbuf)
                         yield table
                 pos = newpos
                 if st == BOGUS:

@@ -184,7 +184,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
             if keeper is not None:
                 keeper.lockstep = Lockstep(args.read, keeper.ring)
-            for t in iter_tables(args.read, stats):
+            # read ahead (decoding beside the diagnosis) unless --keep reads the file in
+            # lockstep with the tables
+            for t in iter_tables(args.read, stats, prefetch=keeper is None):
                 _stop_if_signalled()
                 w.chunk(t)
         w.finish()
