@@ -23,7 +23,7 @@ from tcpwhy.diagnose.context import CLIENT, SERVER, WHO, Conn, fmt_s
 from tcpwhy.diagnose.icmp_unreachable import IcmpInstance
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, make_finding, plural, rule
-from tcpwhy.tcp.seq import U32, seq_gt
+from tcpwhy.tcp.seq import HALF, U32, seq_add, seq_gt
 
 ORDER = 30
 
@@ -55,29 +55,59 @@ def _icmp_about(c: Conn, x: int) -> list[int]:
     return [i for i in ic.rows_of(c.sid) if ic.too_big[i] and ic.side[i] == x]
 
 
-def at_sender(c: Conn, x: int) -> dict[str, Any] | None:
-    """`x`'s full-size segments retransmitted and never acknowledged, the peer still alive."""
-    y = 1 - x
-    acks = [c.rack[k] for k in range(c.n) if c.side[k] == y and c.flags[k] & 16]
-    if not acks:
-        return None
-    top = acks[0]
-    for a in acks:
+def _columns(c: Conn) -> tuple[Any, Any, Any, Any, Any]:
+    """The connection's side, flags, payload length, relative seq and ack as int64 arrays."""
+    cap, r = c.cap, c.rows
+    t = cap.table
+    return (
+        cap.side[r].astype(np.int64),
+        t["flags"][r].astype(np.int64),
+        t["payload_len"][r].astype(np.int64),
+        cap.rel_seq[r].astype(np.int64),
+        cap.rel_ack[r].astype(np.int64),
+    )
+
+
+def _seq_top(values: Any) -> int:
+    """The last value a scan keeps that replaces its top with any value after it (seq_gt):
+    the numeric maximum when the values lie within half the sequence space (then seq_gt
+    orders them as numbers), else the scan itself."""
+    lo, hi = int(values.min()), int(values.max())
+    if hi - lo < HALF:
+        return hi
+    top = int(values[0])
+    for a in values.tolist():
         if seq_gt(a, top):
             top = a
-    data = [k for k in range(c.n) if c.side[k] == x and c.plen[k] > 0 and not c.flags[k] & RST]
-    stuck = [k for k in data if seq_gt((c.rseq[k] + c.plen[k]) & U32, top)]
-    if not stuck:
+    return top
+
+
+def at_sender(c: Conn, x: int) -> dict[str, Any] | None:
+    """`x`'s full-size segments retransmitted and never acknowledged, the peer still alive.
+    Columns, not lists: a long connection with a retransmission is a candidate, and a
+    capture of long flows has thousands."""
+    y = 1 - x
+    side, flags, plen, rseq, rack = _columns(c)
+    acks = rack[(side == y) & ((flags & 16) != 0)]
+    if not len(acks):
         return None
-    s0 = min((c.rseq[k] for k in stuck), key=lambda v: (v - top) & U32)
-    sends = [k for k in stuck if c.rseq[k] == s0]
-    if len(sends) < 2 or min(c.plen[k] for k in sends) < MIN_FULL:
+    top = _seq_top(acks)
+    data = (side == x) & (plen > 0) & ((flags & RST) == 0)
+    beyond = seq_gt(seq_add(rseq, plen), top)
+    stuck = np.flatnonzero(data & beyond)
+    if not len(stuck):
         return None
-    size = min(c.plen[k] for k in sends)
-    acked = [k for k in data if not seq_gt((c.rseq[k] + c.plen[k]) & U32, top)]
-    passed = max((c.plen[k] for k in acked), default=0)
+    at = stuck[int(np.argmin((rseq[stuck] - top) & U32))]
+    s0 = int(rseq[at])
+    send_rows = stuck[rseq[stuck] == s0]
+    if len(send_rows) < 2 or int(plen[send_rows].min()) < MIN_FULL:
+        return None
+    size = int(plen[send_rows].min())
+    acked = data & ~beyond
+    passed = int(plen[acked].max()) if acked.any() else 0
     if passed >= size:
         return None  # segments as large got through: not a size problem
+    sends: list[int] = send_rows.tolist()
     icmp = _icmp_about(c, x)
     ic = c.cap.icmp
     ignored = [i for i in icmp if ic.get("ts_ns", i) < c.ts[sends[-1]]]
@@ -101,9 +131,15 @@ def at_sender(c: Conn, x: int) -> dict[str, Any] | None:
 
 def at_receiver(c: Conn, x: int) -> dict[str, Any] | None:
     """A hole in `x`'s data that no retransmission fills, while x's small packets arrive."""
-    data = [k for k in range(c.n) if c.side[k] == x and c.plen[k] > 0 and not c.flags[k] & RST]
-    if len(data) < 2:
+    side, flags, plen, _, _ = _columns(c)
+    data_rows = np.flatnonzero((side == x) & (plen > 0) & ((flags & RST) == 0))
+    if len(data_rows) < 2:
         return None
+    mss = _mss(c, 1 - x)  # what the receiver allowed
+    biggest = int(plen[data_rows].max())
+    if mss is not None and biggest >= mss - 40:
+        return None  # full-size segments did arrive (checked first: no hole search needed)
+    data: list[int] = data_rows.tolist()
     nxt = (c.rseq[data[0]] + c.plen[data[0]]) & U32
     hole = None
     for k in data[1:]:
@@ -120,10 +156,6 @@ def at_receiver(c: Conn, x: int) -> dict[str, Any] | None:
     gap = (end - start) & U32
     if gap < MIN_FULL:
         return None
-    mss = _mss(c, 1 - x)  # what the receiver allowed
-    biggest = max(c.plen[d] for d in data)
-    if mss is not None and biggest >= mss - 40:
-        return None  # full-size segments did arrive
     waited = (c.cap.end_ns - c.ts[k]) / 1e9
     if waited < HOLE_WAIT_S:
         return None
