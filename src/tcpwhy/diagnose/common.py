@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from tcpwhy.diagnose.context import Conn
+from tcpwhy.arrays import group_ids
+from tcpwhy.diagnose.context import Capture, Conn
 from tcpwhy.diagnose.model import Finding, Story
 from tcpwhy.diagnose.registry import Diag, Instance, make_finding
 
@@ -60,6 +62,58 @@ class Group:
 
 def earliest(i: Instance) -> Any:
     return i.first_ns
+
+
+@dataclass
+class CountedGroup(Group):
+    """A `Group` of a kind found with numpy: `inst` holds only the first instances (the
+    examples and frames), the count and time range are of all of them."""
+
+    total: int = 0
+    first: int = 0
+    last: int = 0
+
+    @property
+    def n(self) -> int:
+        return self.total
+
+    @property
+    def first_ns(self) -> int:
+        return self.first
+
+    @property
+    def last_ns(self) -> int:
+        return self.last
+
+
+def first_positions(
+    cap: Capture, sids: npt.NDArray[np.int64], at: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.int64]:
+    """Per stream of `sids`, the position (in `cap.order`) of its first packet where `at`
+    (one value per position of `cap.order`) holds, or -1: a rule's "first SYN", "first RST
+    from the server" for every candidate at once."""
+    pos = np.flatnonzero(at)
+    if not len(pos):
+        return np.full(len(sids), -1, np.int64)
+    j = np.searchsorted(pos, cap.starts[sids])
+    got = pos[np.minimum(j, len(pos) - 1)]
+    return np.where((j < len(pos)) & (got < cap.ends[sids]), got, -1)
+
+
+def by_server(cap: Capture, sids: npt.NDArray[np.int64]) -> list[tuple[str, npt.NDArray[np.int64]]]:
+    """`sids`' indices grouped by server, as `Conn.server` names it, in the order each
+    server first shows up in `sids`; one `Conn` is built per server, not per stream."""
+    ep = cap.endpoints
+    gid, ng = group_ids(ep.server_hi[sids], ep.server_lo[sids], ep.server_port[sids])
+    firsts = np.full(ng, len(gid), np.int64)
+    np.minimum.at(firsts, gid, np.arange(len(gid)))
+    order = np.argsort(gid, kind="stable")
+    bounds = np.searchsorted(gid[order], np.arange(ng + 1))
+    members: dict[str, list[npt.NDArray[np.int64]]] = {}
+    for g in np.argsort(firsts, kind="stable").tolist():
+        c = cap.conn(int(sids[int(firsts[g])]))
+        members.setdefault(c.server, []).append(order[bounds[g] : bounds[g + 1]])
+    return [(server, np.sort(np.concatenate(parts))) for server, parts in members.items()]
 
 
 class Hits:

@@ -2,38 +2,64 @@
 
 from __future__ import annotations
 
-from tcpwhy.decode.table import ACK
+import numpy as np
+
+from tcpwhy.decode.table import ACK, RST, SYN
 from tcpwhy.diagnose import knowledge
-from tcpwhy.diagnose.common import Group, Hits
+from tcpwhy.diagnose.common import CountedGroup, Group, by_server, first_positions
 from tcpwhy.diagnose.context import CLIENT, SERVER, fmt_s
-from tcpwhy.diagnose.handshake import syn_rows
 from tcpwhy.diagnose.model import Finding, Severity, Story
-from tcpwhy.diagnose.registry import Diag, plural, rule
+from tcpwhy.diagnose.registry import Diag, Instance, finding_from_columns, plural, rule
 
 ORDER = 100
 
 KIND = "connection-refused"
 
 
+EXAMPLE_ROWS = 20  # instances built as objects per server (the frames of `make_finding`)
+
+
 @rule(KIND)
 def detect(diag: Diag) -> list[Finding]:
+    """Columns, not a `Conn` per connection: a closed port under load refuses thousands;
+    instances are built for each server's first connections only."""
     cap = diag.cap
     m = (cap.n_syn[:, CLIENT] > 0) & (cap.n_synack[:, SERVER] == 0) & (cap.n_rst[:, SERVER] > 0)
     m &= ~diag.claimed_mask("syn")  # a scan's probes: one port-scan finding, no Conn each
-    hits = Hits()
-    for c in cap.conns_where(m):
-        syns = syn_rows(c)
-        rst = c.first_rst(SERVER)
-        if not syns or rst is None or rst < syns[0]:
-            continue
-        rows = [
-            (syns[0], "client opens: SYN"),
-            (rst, "server answers with RST: no socket listens on this port"),
-        ]
-        hits.add(c.server, c, rows)
-        diag.claim(c.sid, "syn")
-        diag.claim(c.sid)
-    return hits.findings(diag, KIND, _tell)
+    sid = np.flatnonzero(m)
+    if not len(sid):
+        return []
+    flags = cap.table["flags"][cap.order]
+    side = cap.side[cap.order]
+    # the client's first SYN (`syn_rows`) and the server's first RST
+    syn = first_positions(cap, sid, (side == CLIENT) & ((flags & (SYN | ACK | RST)) == SYN))
+    rst = first_positions(cap, sid, (side == SERVER) & ((flags & RST) != 0))
+    ok = (syn >= 0) & (rst >= syn)
+    sid, syn, rst = sid[ok], syn[ok], rst[ok]
+    if not len(sid):
+        return []
+    diag.claim_streams(sid, "syn")
+    diag.claim_streams(sid)
+    ts = cap.table["ts_ns"].astype(np.int64)
+    a, b = ts[cap.order[syn]], ts[cap.order[rst]]
+    first_ns, last_ns = np.minimum(a, b), np.maximum(a, b)
+    out = []
+    for server, idx in by_server(cap, sid):
+        idx = idx[np.argsort(first_ns[idx], kind="stable")]
+        inst = []
+        for k in idx[:EXAMPLE_ROWS].tolist():
+            s = int(sid[k])
+            start = int(cap.starts[s])
+            rows = [
+                (int(syn[k]) - start, "client opens: SYN"),
+                (int(rst[k]) - start, "server answers with RST: no socket listens on this port"),
+            ]
+            inst.append(Instance(cap.conn(s), rows))
+        lo, hi = int(first_ns[idx].min()), int(last_ns[idx].max())
+        story = _tell(CountedGroup(server, inst, inst[0], len(idx), lo, hi))
+        nos = cap.stream_numbers[sid[idx]]
+        out.append(finding_from_columns(diag, KIND, story, inst, nos, lo, hi))
+    return out
 
 
 def _tell(g: Group) -> Story:

@@ -11,11 +11,11 @@ ephemeral ports.
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 
 from tcpwhy.arrays import group_ids
 from tcpwhy.decode.table import ACK, RST, SYN
 from tcpwhy.diagnose import knowledge
+from tcpwhy.diagnose.common import by_server
 from tcpwhy.diagnose.context import CLIENT, NO_FIN, SERVER, Conn, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import (
@@ -85,18 +85,8 @@ def detect_reuse(diag: Diag) -> list[Finding]:
     first_ns = np.minimum(ts[syn_row], ts[ans_row])
     last_ns = np.maximum(ts[syn_row], ts[ans_row])
     # one finding per server, in the order each server first shows up
-    ep = cap.endpoints
-    gid, ng = group_ids(ep.server_hi[sid], ep.server_lo[sid], ep.server_port[sid])
-    firsts = np.full(ng, len(gid), np.int64)
-    np.minimum.at(firsts, gid, np.arange(len(gid)))
-    members: dict[str, list[npt.NDArray[np.int64]]] = {}
-    for g in np.argsort(firsts, kind="stable"):
-        k = int(firsts[g])
-        c = cap.conn(int(sid[k]))
-        members.setdefault(c.server, []).append(np.flatnonzero(gid == g))
     out = []
-    for server, parts in members.items():
-        idx = np.sort(np.concatenate(parts))
+    for server, idx in by_server(cap, sid):
         idx = idx[np.argsort(first_ns[idx], kind="stable")]
         inst = [
             _reuse_instance(
