@@ -11,7 +11,9 @@ of its first half):
   tiled        N packets tiling real captures (make_capture.py): long flows
   synflood     3 M SYNs from random sources with a few hundred ordinary
                connections mixed in (make_synflood.py)
-On each, every command in its own process pinned to one core:
+On each, every command in its own process, on both cores as a user runs it (`--pin`: pinned
+to one core, steadier figures on a shared machine, but tcpwhy's reading and writing threads
+then share that core):
   decode   tcpwhy: the whole file into the packet table (chunks discarded)
   conns    tcpwhy conns --format jsonl > /dev/null     (connection records)
   analyze  tcpwhy analyze --format json > /dev/null    (the diagnosis)
@@ -71,8 +73,10 @@ print(n, len(seen))
 """
 
 CORE = str((os.cpu_count() or 1) - 1)
-"""The core every measured process is pinned to: the last one, which on this kind of
-machine takes fewer interrupts than core 0 (measured: decoding 0.39 s there, 0.7 s on 0)."""
+"""The core every measured process is pinned to with `--pin`: the last one, which on this
+kind of machine takes fewer interrupts than core 0 (measured: decoding 0.39 s there, 0.7 s
+on 0)."""
+PIN = False  # set by --pin
 
 
 @dataclass
@@ -90,9 +94,9 @@ def timed(
     keep: bool = False,
     ok: tuple[int, ...] = (0,),
 ) -> Run:
-    """One child pinned to one core: seconds, peak RSS, its stdout when `keep` (else
-    /dev/null). Killed when it runs longer than `limit_s` or its RSS exceeds `limit_mb`."""
-    if shutil.which("taskset"):
+    """One child (pinned to one core with `--pin`): seconds, peak RSS, its stdout when `keep`
+    (else /dev/null). Killed when it runs longer than `limit_s` or its RSS exceeds `limit_mb`."""
+    if PIN and shutil.which("taskset"):
         cmd = ["taskset", "-c", CORE, *cmd]
     with tempfile.TemporaryFile("w+") if keep else open(os.devnull, "w") as sink:
         t0 = time.perf_counter()
@@ -330,7 +334,10 @@ def main() -> None:
     ap.add_argument("--mem-limit", type=int, default=4096, help="per tcpwhy run, MB of RSS")
     ap.add_argument("--tshark-time-limit", type=float, default=3600)
     ap.add_argument("--tshark-mem-limit", type=int, default=16384)
+    ap.add_argument("--pin", action="store_true", help="pin every process to the last core")
     a = ap.parse_args()
+    global PIN
+    PIN = a.pin
     OUT.mkdir(exist_ok=True)
     names = a.capture or ["conns-heavy", "tiled", "synflood"]
     built = {name: build(name, a) for name in names}
@@ -344,7 +351,8 @@ def main() -> None:
         v = subprocess.run([tshark, "--version"], capture_output=True, text=True).stdout
         m = re.search(r"\d+\.\d+\.\d+", v)
         ver = f"tshark {m.group(0) if m else ''}"
-    print(f"kernels: {mode}, {how}; pinned to core {CORE}")
+    where = f"pinned to core {CORE}" if PIN else f"on all {os.cpu_count()} cores"
+    print(f"kernels: {mode}, {how}; {where}")
     print(
         f"tcpwhy: fastest of up to {a.runs} runs (runs over {a.repeat_below:.0f} s not repeated), "
         f"each limited to {a.time_limit:.0f} s and {a.mem_limit} MB; {ver or 'no tshark'}, once"

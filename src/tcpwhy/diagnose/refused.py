@@ -40,8 +40,8 @@ def detect(diag: Diag) -> list[Finding]:
         return []
     diag.claim_streams(sid, "syn")
     diag.claim_streams(sid)
-    ts = cap.table["ts_ns"].astype(np.int64)
-    a, b = ts[cap.order[syn]], ts[cap.order[rst]]
+    ts = cap.table["ts_ns"]
+    a, b = ts[cap.order[syn]].astype(np.int64), ts[cap.order[rst]].astype(np.int64)
     first_ns, last_ns = np.minimum(a, b), np.maximum(a, b)
     out = []
     for server, idx in by_server(cap, sid):
