@@ -196,6 +196,7 @@ class Part:
 
     table: PacketTable
     keys: npt.NDArray[np.uint64]
+    nos: npt.NDArray[np.int64]  # per row: its connection's number (`ConnTracker.no`)
     alive: npt.NDArray[np.bool_] | None = None  # None: every row
     ialive: npt.NDArray[np.bool_] | None = None  # the ICMP rows', None: every one
     n_alive: int = -1
@@ -217,9 +218,42 @@ class Part:
     def live_keys(self) -> npt.NDArray[np.uint64]:
         return self.keys if self.alive is None else self.keys[self.alive]
 
+    def live_nos(self) -> npt.NDArray[np.int64]:
+        return self.nos if self.alive is None else self.nos[self.alive]
+
 
 def keys_none() -> npt.NDArray[np.uint64]:
     return np.zeros(0, np.uint64)
+
+
+LOOKUP_SPAN = 1 << 24
+"""Connection numbers a release's lookup table may span (bytes): beyond it (a connection open
+for days among millions of short ones) rows are matched by key instead."""
+
+
+def _leaving(gone_no: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.bool_], int] | None:
+    """A lookup table of the leaving connections' numbers and its first number, or None when
+    they span more than `LOOKUP_SPAN`. Numbers, unlike keys, are small dense integers: a
+    row's membership is one gather, not a binary search of its key (a third of the time
+    `watch` spent releasing connections)."""
+    if not len(gone_no):
+        return np.zeros(0, np.bool_), 0
+    lo, hi = int(gone_no.min()), int(gone_no.max())
+    if hi - lo >= LOOKUP_SPAN:
+        return None
+    lut = np.zeros(hi - lo + 1, np.bool_)
+    lut[gone_no - lo] = True
+    return lut, lo
+
+
+def _in_lookup(
+    nos: npt.NDArray[np.int64], lut: npt.NDArray[np.bool_], lo: int
+) -> npt.NDArray[np.bool_]:
+    if not len(lut):
+        return np.zeros(len(nos), np.bool_)
+    idx = nos - lo
+    ok = (idx >= 0) & (idx < len(lut))
+    return lut[np.where(ok, idx, 0)] & ok
 
 
 def _member(
@@ -304,7 +338,7 @@ class ConnTracker:
         """Take a chunk's rows (slim, in capture order) into the open connections."""
         if not len(chunk):
             if chunk.icmp is not None and len(chunk.icmp):
-                self.parts.append(Part(chunk, keys_none()))
+                self.parts.append(Part(chunk, keys_none(), np.zeros(0, np.int64)))
             return
         keys, dirs = conn_keys(chunk)
         ts = chunk["ts_ns"].astype(np.int64)
@@ -350,10 +384,12 @@ class ConnTracker:
 
         pos = np.searchsorted(self.keys, u)
         found = np.zeros(n, np.bool_)
+        no_of = np.empty(n, np.int64)  # each connection's number
         if len(self.keys):
             pc = np.minimum(pos, len(self.keys) - 1)
             found = self.keys[pc] == u
             at = pc[found]
+            no_of[found] = self.no[at]
             self.last_ns[at] = np.maximum(self.last_ns[at], last[found])
             self.fin[at] |= fin[found]
             r = self.rst_ns[at]
@@ -366,6 +402,7 @@ class ConnTracker:
             nos = np.empty(int(new.sum()), np.int64)
             nos[order] = np.arange(self.next_no, self.next_no + len(nos))
             self.next_no += len(nos)
+            no_of[new] = nos
             keys_all = np.concatenate([self.keys, u[new]])
             srt = np.argsort(keys_all, kind="stable")
             self.keys = keys_all[srt]
@@ -375,11 +412,17 @@ class ConnTracker:
             self.rst_ns = np.concatenate([self.rst_ns, rst[new]])[srt]
             self.synack = np.concatenate([self.synack, sa[new]])[srt]
             self.rows = np.concatenate([self.rows, cnt[new]])[srt]
-        self.parts.append(Part(chunk, keys))
+        self.parts.append(Part(chunk, keys, no_of[inv]))
         self.pending_rows += len(chunk)
         if len(self.parts) > 64:  # few parts: a release looks at each
             table = take_many([p.pick() for p in self.parts])
-            self.parts = [Part(table, np.concatenate([p.live_keys() for p in self.parts]))]
+            self.parts = [
+                Part(
+                    table,
+                    np.concatenate([p.live_keys() for p in self.parts]),
+                    np.concatenate([p.live_nos() for p in self.parts]),
+                )
+            ]
 
     def due(self, now_ns: int | None = None) -> npt.NDArray[np.bool_]:
         """Per open connection: leaves now, and why (`self._why`)."""
@@ -424,13 +467,18 @@ class ConnTracker:
             self.ended[k] += v
         gone_keys = self.keys[mask]
         gone_no = self.no[mask]
+        lookup = _leaving(gone_no)
         # parts without a leaving connection's row stay as they are, and the rows that stay
         # in a part are only masked: no copy of what stays
         picks: list[Pick] = []
         win_keys: list[npt.NDArray[np.uint64]] = []
+        win_nos: list[npt.NDArray[np.int64]] = []
         parts: list[Part] = []
         for part in self.parts:
-            sel = _member(part.keys, gone_keys)
+            if lookup is not None:
+                sel = _in_lookup(part.nos, *lookup)
+            else:
+                sel = _member(part.keys, gone_keys)
             if part.alive is not None:
                 sel &= part.alive
             ik = part.ikeys()
@@ -448,6 +496,7 @@ class ConnTracker:
             iwhole = isel is None or (part.ialive is None and nisel == len(isel))
             picks.append((part.table, None if whole else sel, None if iwhole else isel))
             win_keys.append(part.keys if whole else part.keys[sel])
+            win_nos.append(part.nos if whole else part.nos[sel])
             ialive = None
             if isel is not None:
                 ialive = ~isel if part.ialive is None else part.ialive & ~isel
@@ -457,14 +506,16 @@ class ConnTracker:
             n_alive = part.n_alive - nsel
             if 2 * n_alive < len(sel):  # mostly gone: the rest in a buffer of its own
                 rest = take_many([(part.table, alive, ialive)])
-                parts.append(Part(rest, part.keys[alive]))
+                parts.append(Part(rest, part.keys[alive], part.nos[alive]))
             else:
-                parts.append(Part(part.table, part.keys, alive, ialive, n_alive, part._ikeys))
+                parts.append(
+                    Part(part.table, part.keys, part.nos, alive, ialive, n_alive, part._ikeys)
+                )
         self.parts = parts
         self.pending_rows = sum(p.n_alive for p in parts)
         win = take_many(picks) if picks else concat_slim([])
         wk = np.concatenate(win_keys) if win_keys else np.zeros(0, np.uint64)
-        numbers = gone_no[np.searchsorted(gone_keys, wk)] if len(gone_keys) else None
+        numbers = np.concatenate(win_nos) if win_nos else None
         keep = ~mask
         # remember who ended (reset, closed), to drop their late segments; a connection that
         # left idle or evicted has not ended: its next segments are followed again
