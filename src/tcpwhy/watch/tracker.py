@@ -341,6 +341,8 @@ class ConnTracker:
                 self.parts.append(Part(chunk, keys_none(), np.zeros(0, np.int64)))
             return
         keys, dirs = conn_keys(chunk)
+        all_keys = keys
+        kept: npt.NDArray[np.bool_] | None = None  # rows held (None: all)
         ts = chunk["ts_ns"].astype(np.int64)
         self.now_ns = max(self.now_ns, int(ts.max()))
         flags = chunk["flags"].astype(np.int64)
@@ -361,9 +363,13 @@ class ConnTracker:
             if late.any():
                 self.late_dropped += int(late.sum())
                 keep = ~late
-                chunk = take_compact(chunk, keep)
+                if chunk.icmp is not None and len(chunk.icmp):
+                    chunk = take_compact(chunk, keep)  # ICMP rows go with their connections
+                    all_keys = keys[keep]
+                else:
+                    kept = keep  # masked in the part, not copied
                 keys, dirs, ts, flags = keys[keep], dirs[keep], ts[keep], flags[keep]
-                if not len(chunk):
+                if not len(keys):
                     return
         u, first, inv = np.unique(keys, return_index=True, return_inverse=True)
         n = len(u)
@@ -412,8 +418,13 @@ class ConnTracker:
             self.rst_ns = np.concatenate([self.rst_ns, rst[new]])[srt]
             self.synack = np.concatenate([self.synack, sa[new]])[srt]
             self.rows = np.concatenate([self.rows, cnt[new]])[srt]
-        self.parts.append(Part(chunk, keys, no_of[inv]))
-        self.pending_rows += len(chunk)
+        if kept is None:
+            self.parts.append(Part(chunk, keys, no_of[inv]))
+        else:
+            row_nos = np.full(len(kept), -1, np.int64)
+            row_nos[kept] = no_of[inv]
+            self.parts.append(Part(chunk, all_keys, row_nos, kept, None, len(keys)))
+        self.pending_rows += len(keys)
         if len(self.parts) > 64:  # few parts: a release looks at each
             table = take_many([p.pick() for p in self.parts])
             self.parts = [
