@@ -19,6 +19,7 @@ The names here are the stable API: tests/test_api.py pins their signatures.
 from __future__ import annotations
 
 import builtins
+import importlib
 import io
 import os
 import shutil
@@ -198,6 +199,21 @@ class Field:
     shape: tuple[int, ...]
     meaning: str
     words: tuple[str, ...] | None = None
+
+
+def _import_behind(module: str) -> None:
+    """Import `module` in a thread of its own if it is installed and not imported yet: the
+    reading that follows spends its time in compiled loops that release the GIL, so the
+    import (a tenth of a second for pyarrow) costs no wall time there."""
+    import sys
+    import threading
+    from importlib.util import find_spec
+
+    if module in sys.modules or find_spec(module) is None:
+        return
+    threading.Thread(
+        target=importlib.import_module, args=(module,), name="tcpwhy-import", daemon=True
+    ).start()
 
 
 def _need(module: str, what: str) -> Any:
@@ -935,6 +951,7 @@ class Capture:
             from tcpwhy.views import connection_batches, reading
 
             paths, stats = self._stats()
+            _import_behind("pyarrow")  # for `to_arrow`, while the capture is read
             try:
                 with reading(self.reassemble), _builder_warnings_as_notes():
                     _, batches = connection_batches(
