@@ -140,9 +140,22 @@ def test_json_times_around_second_and_day_edges(tmp_path: Path, nano: bool) -> N
     day = 86_400 * 10**9
     base = 951_782_400 * 10**9  # 2000-02-29T00:00:00Z
     stamps = [
-        0, 999_999_999, 10**9, 59 * 10**9 + 999_999_999, 60 * 10**9, day - 1, day,
-        base - 1, base, base + 1, base + day - 1, base + day, base + 5 * 10**9 + 123_456_789,
-        base + 5 * 10**9 + 999_999_000, base + 6 * 10**9, base + 5 * 10**9,
+        0,
+        999_999_999,
+        10**9,
+        59 * 10**9 + 999_999_999,
+        60 * 10**9,
+        day - 1,
+        day,
+        base - 1,
+        base,
+        base + 1,
+        base + day - 1,
+        base + day,
+        base + 5 * 10**9 + 123_456_789,
+        base + 5 * 10**9 + 999_999_000,
+        base + 6 * 10**9,
+        base + 5 * 10**9,
         4_102_444_800 * 10**9 - 1,  # the last nanosecond of 2099
     ]
     stamps += [base + 7 * 10**9 + k * 333_333_333 for k in range(40)]

@@ -721,8 +721,8 @@ def _iter(
                 try:
                     # exactly `chunk_bytes` (a reused buffer may be larger): the tables'
                     # boundaries, and with them the records' idle cuts, whatever the mode
-                    view = memoryview(buf)[nleft : nleft + chunk_bytes]
-                    got = src.readinto(view)  # type: ignore[arg-type]
+                    view = memoryview(buf)[nleft : nleft + chunk_bytes]  # type: ignore[arg-type]
+                    got = src.readinto(view)
                 except _CompressedTruncated as exc:
                     stats.warnings.append(f"compressed stream cut short ({exc})")
                     eof = True

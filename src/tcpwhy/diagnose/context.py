@@ -43,6 +43,7 @@ from tcpwhy.diagnose import icmp as icmp_join
 from tcpwhy.diagnose.model import Step
 from tcpwhy.tcp.analysis import FLAGS as ANALYSIS_FLAGS
 from tcpwhy.tcp.analysis import Analyzer
+from tcpwhy.tcp.endings import ENDING_SUMMARY
 from tcpwhy.tcp.seq import U32, seq_geq
 from tcpwhy.tcp.state import Event, State, state_label
 from tcpwhy.tcp.state import Step as StateStep
@@ -53,18 +54,9 @@ CLIENT, SERVER = 0, 1
 WHO = ("client", "server")
 NO_FIN = np.iinfo(np.int64).max  # Capture.first_fin_ns of a side that sent no FIN
 CONN_CACHE_ROWS = 200_000  # packets of the Conn views a Capture keeps (LRU)
-ENDING_WORDS = (
-    "refused",
-    "rejected by ICMP",
-    "unanswered SYN",
-    "reset by client",
-    "reset by server",
-    "closed (FIN both ways)",
-    "half-closed (one FIN)",
-    "open at capture end",
-)
-"""`Capture.endings`' words, in `Capture.ending_index` order (`model.ENDING_CODES` has
-their codes; the client is the side that called connect(), the originator of the codes)."""
+ENDING_WORDS = tuple(words for _, words in ENDING_SUMMARY)
+"""`Capture.endings`' words, in `Capture.ending_index` order (from
+`tcpwhy.tcp.connections.ENDING_SUMMARY`, with their codes)."""
 
 
 def flag_text(f: int) -> str:

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from tcpwhy.tcp.endings import ENDING_SUMMARY
+
 
 class Severity(IntEnum):
     INFO = 0
@@ -152,15 +154,8 @@ class Finding:
 
 
 ENDING_CODES = {
-    "refused": "refused",
-    "rejected by ICMP": "rejected_by_icmp",
-    "unanswered SYN": "no_answer",
-    "reset": "reset",
-    "reset by client": "reset_by_originator",
-    "reset by server": "reset_by_responder",
-    "closed (FIN both ways)": "fin_both",
-    "half-closed (one FIN)": "half_closed",
-    "open at capture end": "open_at_end",
+    **{words: code for code, words in ENDING_SUMMARY},
+    "reset": "reset",  # either side: reports written before analyze said which
 }
 """`Report.endings`' words (`context.Capture.endings`) -> their `tcpwhy.tcp.connections.ENDINGS`
 code."""

@@ -36,6 +36,7 @@ import numpy.typing as npt
 
 from tcpwhy.decode.table import ACK, FIN, RST, SYN, CaptureStats, PacketTable
 from tcpwhy.tcp import zeek as z
+from tcpwhy.tcp.endings import ENDINGS
 from tcpwhy.tcp.records import (
     CONN_STATE_WORDS,
     IRTT_UNSET,
@@ -860,26 +861,6 @@ def end_words(
         return f"half-closed by {fins[0]}; {tail}"
     return tail
 
-
-ENDINGS: dict[str, str] = {
-    "refused": "refused (RST to SYN)",
-    "no_answer": "no answer to SYN",
-    "rejected_by_icmp": "an ICMP error answered the SYN",
-    "reset_by_originator": "reset by originator (after any FINs named)",
-    "reset_by_responder": "reset by responder (after any FINs named)",
-    "reset": "reset (by either side; written by schema 1.1 documents before analyze said which)",
-    "fin_both": "closed by a FIN from each side",
-    "half_closed": "half-closed: one side's FIN, none from the other",
-    "open_at_end": "still open at end of capture",
-    "evicted": "evicted while still open (too many active connections)",
-    "idle": "idle for a while, no close seen",
-    "inactivity_timeout": "no close seen before Zeek's inactivity timeout",
-    "no_close": "no close seen",
-    "other": "words without a code (not written by tcpwhy's own builder)",
-}
-"""Stable codes of how a connection ended, with what each means: `end_code` gives the code of
-`end_words`' words, `tcpwhy.diagnose` the codes of its coarser counts. Scripts match codes;
-the words are for people and may change."""
 
 _CODE_OF_WORDS = {
     "refused (RST to SYN)": "refused",
