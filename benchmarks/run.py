@@ -98,9 +98,12 @@ def timed(
     (else /dev/null). Killed when it runs longer than `limit_s` or its RSS exceeds `limit_mb`."""
     if PIN and shutil.which("taskset"):
         cmd = ["taskset", "-c", CORE, *cmd]
-    with tempfile.TemporaryFile("w+") if keep else open(os.devnull, "w") as sink:
+    with (
+        tempfile.TemporaryFile("w+") if keep else open(os.devnull, "w") as sink,
+        tempfile.TemporaryFile("w+") as err,
+    ):
         t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.DEVNULL, text=True)
+        p = subprocess.Popen(cmd, stdout=sink, stderr=err, text=True)
         killed = ""
         while True:
             pid, status, ru = os.wait4(p.pid, os.WNOHANG)
@@ -117,7 +120,10 @@ def timed(
             time.sleep(0.05)
         dt = time.perf_counter() - t0
         p.returncode = os.waitstatus_to_exitcode(status)
-        if not killed and p.returncode not in ok:
+        err.seek(0)
+        # an exit status a finding gives (analyze: 1) is also a crash's: the traceback tells
+        crashed = "Traceback (most recent call last)" in err.read()
+        if not killed and (p.returncode not in ok or crashed):
             raise SystemExit(f"{' '.join(cmd)} failed with status {p.returncode}")
         out = ""
         if keep:
