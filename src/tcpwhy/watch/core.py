@@ -207,15 +207,14 @@ class Watcher:
 
     # -- input --------------------------------------------------------------------------
 
-    def chunk(self, t: PacketTable, tick: bool = True) -> None:
+    def chunk(self, t: PacketTable, tick: bool = True, slimmed: bool = False) -> None:
         """A decoded chunk of the capture, in capture order (`tick` False: more follow at
-        once, time passes after the last)."""
+        once, time passes after the last; `slimmed`: already `tracker.slim`'s)."""
         if len(t):
             self.counters.packets += len(t)
             if not self.first_ns:
                 self.first_ns = int(t["ts_ns"][0])
-        s = slim(t)
-        self.tracker.feed(s)
+        self.tracker.feed(t if slimmed else slim(t))
         if tick:
             self.tick()
 
