@@ -12,7 +12,7 @@ from tcpwhy.diagnose.common import Group
 from tcpwhy.diagnose.context import CLIENT, SERVER, Conn, fmt_s
 from tcpwhy.diagnose.icmp import errno_name, errno_text
 from tcpwhy.diagnose.model import Finding, Severity, Step, Story
-from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
+from tcpwhy.diagnose.registry import FRAME_INSTANCES, Diag, Instance, make_finding, plural, rule
 
 ORDER = 20
 
@@ -120,7 +120,7 @@ def detect(diag: Diag) -> list[Finding]:
         story = _tell(Group(None, list(insts), ex))
         f = make_finding(diag, KIND, list(insts), story)
         f.frames = sorted(
-            set(f.frames) | {ic.get("frame", i) for x in insts[:20] for i, _ in x.icmp}
+            set(f.frames) | {ic.get("frame", i) for x in insts[:FRAME_INSTANCES] for i, _ in x.icmp}
         )
         out.append(f)
     return out

@@ -22,7 +22,7 @@ from tcpwhy.diagnose.common import Group
 from tcpwhy.diagnose.context import CLIENT, SERVER, WHO, Conn, fmt_s
 from tcpwhy.diagnose.icmp_unreachable import IcmpInstance
 from tcpwhy.diagnose.model import Finding, Severity, Story
-from tcpwhy.diagnose.registry import Diag, make_finding, plural, rule
+from tcpwhy.diagnose.registry import FRAME_INSTANCES, Diag, make_finding, plural, rule
 from tcpwhy.tcp.seq import HALF, U32, seq_add, seq_gt
 
 ORDER = 30
@@ -202,7 +202,8 @@ def detect(diag: Diag) -> list[Finding]:
         story = _tell(Group(None, list(insts), ex))
         f = make_finding(diag, KIND, list(insts), story)
         f.frames = sorted(
-            set(f.frames) | {cap.icmp.get("frame", i) for x in insts[:20] for i, _ in x.icmp}
+            set(f.frames)
+            | {cap.icmp.get("frame", i) for x in insts[:FRAME_INSTANCES] for i, _ in x.icmp}
         )
         out.append(f)
     return out

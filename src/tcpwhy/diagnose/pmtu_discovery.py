@@ -9,7 +9,7 @@ from tcpwhy.diagnose.icmp_unreachable import IcmpInstance
 from tcpwhy.diagnose.knowledge import Fix, advice
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.pmtu_black_hole import headers
-from tcpwhy.diagnose.registry import Diag, make_finding, plural, rule
+from tcpwhy.diagnose.registry import FRAME_INSTANCES, Diag, make_finding, plural, rule
 
 ORDER = 40
 
@@ -65,7 +65,7 @@ def detect(diag: Diag) -> list[Finding]:
         ex = min(insts, key=lambda x: x.first_ns)
         f = make_finding(diag, KIND, list(insts), _tell(Group(None, list(insts), ex)))
         f.frames = sorted(
-            set(f.frames) | {ic.get("frame", j) for x in insts[:20] for j, _ in x.icmp}
+            set(f.frames) | {ic.get("frame", j) for x in insts[:FRAME_INSTANCES] for j, _ in x.icmp}
         )
         out.append(f)
     return out

@@ -9,14 +9,18 @@ from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.common import CountedGroup, Group, by_server, first_positions
 from tcpwhy.diagnose.context import CLIENT, SERVER, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
-from tcpwhy.diagnose.registry import Diag, Instance, finding_from_columns, plural, rule
+from tcpwhy.diagnose.registry import (
+    FRAME_INSTANCES,
+    Diag,
+    Instance,
+    finding_from_columns,
+    plural,
+    rule,
+)
 
 ORDER = 100
 
 KIND = "connection-refused"
-
-
-EXAMPLE_ROWS = 20  # instances built as objects per server (the frames of `make_finding`)
 
 
 @rule(KIND)
@@ -47,7 +51,7 @@ def detect(diag: Diag) -> list[Finding]:
     for server, idx in by_server(cap, sid):
         idx = idx[np.argsort(first_ns[idx], kind="stable")]
         inst = []
-        for k in idx[:EXAMPLE_ROWS].tolist():
+        for k in idx[:FRAME_INSTANCES].tolist():
             s = int(sid[k])
             start = int(cap.starts[s])
             rows = [

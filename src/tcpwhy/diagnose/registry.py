@@ -155,6 +155,11 @@ def load() -> dict[str, Rule]:
     return RULES
 
 
+FRAME_INSTANCES = 20
+"""A finding's `frames` are the decisive rows of its first this many connections (by time):
+what a display filter and an annotated capture show, bounded."""
+
+
 def make_finding(diag: Diag, kind: str, inst: list[Instance], story: Story) -> Finding:
     """One finding for many connections: counts, time range, a few examples, and the timeline
     of the earliest one."""
@@ -184,7 +189,7 @@ def finding_from_columns(
     first instances of that order (at least the 20 whose rows make `frames`), built as
     objects for the timeline and frames only."""
     frames: list[int] = []
-    for x in head[:20]:
+    for x in head[:FRAME_INSTANCES]:
         frames.extend(x.conn.at("frame", i) for i, _ in x.rows)
     uniq = unique_sorted(nos)
     return Finding(

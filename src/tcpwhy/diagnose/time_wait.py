@@ -19,6 +19,7 @@ from tcpwhy.diagnose.common import by_server
 from tcpwhy.diagnose.context import CLIENT, NO_FIN, SERVER, Conn, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import (
+    FRAME_INSTANCES,
     Diag,
     Instance,
     finding_from_columns,
@@ -97,7 +98,7 @@ def detect_reuse(diag: Diag) -> list[Finding]:
                 int(outcome[k]),
                 int(p[k]),
             )
-            for k in idx[:EXAMPLE_ROWS]
+            for k in idx[:FRAME_INSTANCES]
         ]
         nbad = int((outcome[idx] != 0).sum())
         story = _tell_reuse(server, len(idx), nbad, inst[0])
@@ -110,7 +111,6 @@ def detect_reuse(diag: Diag) -> list[Finding]:
     return out
 
 
-EXAMPLE_ROWS = 20  # instances whose rows make a finding's `frames` (as `make_finding`)
 OUTCOMES = ("accepted", "ack", "dropped", "other")
 
 
