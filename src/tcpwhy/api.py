@@ -217,8 +217,6 @@ def _import_behind(module: str) -> None:
 
 
 def _need(module: str, what: str) -> Any:
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError:

@@ -15,7 +15,7 @@ import os
 import struct
 import sys
 import zlib
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -491,7 +491,6 @@ def iter_tables(
     teredo_any_port: bool = False,
     reassemble: bool | None = None,
     prefetch: bool = False,
-    transform: Callable[[PacketTable], PacketTable] | None = None,
 ) -> Iterator[PacketTable]:
     """Packet tables of a capture, chunk by chunk, in capture order.
 
@@ -515,11 +514,8 @@ def iter_tables(
     `prefetch`: a plain file (not a pipe, not compressed) is read and decoded one table
     ahead, in a thread of its own, while the caller works on the table before: for
     callers whose own work per table is compiled and releases the GIL (`conns`,
-    `analyze`, `packets`). Tables are then fresh (`reuse` is ignored) and `stats` runs a
-    table ahead of what the caller has seen until the iteration ends.
-
-    `transform`: applied to each table before it is yielded, in the reading thread when
-    reading ahead (`watch` slims its chunks there).
+    `analyze`, `packets`). With `reuse`, two sets of buffers take turns (`_Slots`);
+    `stats` runs a table ahead of what the caller has seen until the iteration ends.
     """
     stats = stats if stats is not None else CaptureStats()
     if reassemble is None:
@@ -533,15 +529,9 @@ def iter_tables(
                     src, stats, chunk_bytes, reuse, checksums, teredo_any_port, reassemble, slots
                 ),
                 slots,
-                transform,
             )
         else:
-            tables = _iter(src, stats, chunk_bytes, reuse, checksums, teredo_any_port, reassemble)
-            if transform is None:
-                yield from tables
-            else:
-                for t in tables:
-                    yield transform(t)
+            yield from _iter(src, stats, chunk_bytes, reuse, checksums, teredo_any_port, reassemble)
     finally:
         src.close()
 
@@ -613,9 +603,7 @@ class _Slots:
 
 
 def _ahead(
-    tables: Generator[PacketTable, None, None],
-    slots: _Slots | None = None,
-    transform: Callable[[PacketTable], PacketTable] | None = None,
+    tables: Generator[PacketTable, None, None], slots: _Slots | None = None
 ) -> Iterator[PacketTable]:
     """`tables`, produced one ahead in a thread: decoding the next chunk (compiled, without
     the GIL) overlaps the caller's work on this one. An error is raised where the caller
@@ -640,7 +628,7 @@ def _ahead(
     def produce() -> None:
         try:
             for t in tables:
-                if not put(t if transform is None else transform(t)):
+                if not put(t):
                     return
             put(_DONE)
         except _Stopped:

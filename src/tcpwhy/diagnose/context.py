@@ -543,9 +543,17 @@ class Conn:
         idx = np.flatnonzero(m)
         return int(idx[0]) if len(idx) else None
 
+    def fin_rows(self, who: int) -> list[int]:
+        """`who`'s FINs (not RSTs), local rows, by numpy: long connections are scanned often."""
+        got: list[int] = np.flatnonzero(self._fin_mask(who)).tolist()
+        return got
+
     def first_fin(self, who: int) -> int | None:
-        """`who`'s first FIN (not a RST), by numpy: long connections are scanned often."""
-        return self._first((self._np_side == who) & ((self._np_flags & (FIN | RST)) == FIN))
+        """`who`'s first FIN (not a RST)."""
+        return self._first(self._fin_mask(who))
+
+    def _fin_mask(self, who: int) -> npt.NDArray[np.bool_]:
+        return (self._np_side == who) & ((self._np_flags & (FIN | RST)) == FIN)
 
     def next_from(self, who: int, start: int, stop: int | None = None) -> int | None:
         """`who`'s first packet at or after local row `start` (and before `stop`)."""

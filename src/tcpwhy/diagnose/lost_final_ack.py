@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from tcpwhy.decode.table import FIN, RST
 from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import WHO, fmt_s
@@ -24,11 +21,7 @@ def detect(diag: Diag) -> list[Finding]:
     hits = Hits()
     for x in (0, 1):
         for c in cap.conns_where(cap.n_fin[:, x] > 1):
-            # from the columns: a long connection's lists are not made for its FINs
-            fl = cap.table["flags"][c.rows]
-            fins: list[int] = np.flatnonzero(
-                (cap.side[c.rows] == x) & ((fl & FIN) != 0) & ((fl & RST) == 0)
-            ).tolist()
+            fins = c.fin_rows(x)
             first = fins[0]
             re = next(
                 (

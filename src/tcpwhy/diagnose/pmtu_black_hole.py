@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tcpwhy.decode.table import RST, SYN
+from tcpwhy.decode.table import SYN
 from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.common import Group
 from tcpwhy.diagnose.context import CLIENT, SERVER, WHO, Conn, fmt_s
@@ -55,17 +55,8 @@ def _icmp_about(c: Conn, x: int) -> list[int]:
     return [i for i in ic.rows_of(c.sid) if ic.too_big[i] and ic.side[i] == x]
 
 
-def _columns(c: Conn) -> tuple[Any, Any, Any, Any, Any]:
-    """The connection's side, flags, payload length, relative seq and ack as int64 arrays."""
-    cap, r = c.cap, c.rows
-    t = cap.table
-    return (
-        cap.side[r].astype(np.int64),
-        t["flags"][r].astype(np.int64),
-        t["payload_len"][r].astype(np.int64),
-        cap.rel_seq[r].astype(np.int64),
-        cap.rel_ack[r].astype(np.int64),
-    )
+def _plen(c: Conn) -> Any:
+    return c.cap.table["payload_len"][c.rows].astype(np.int64)
 
 
 def _seq_top(values: Any) -> int:
@@ -87,12 +78,13 @@ def at_sender(c: Conn, x: int) -> dict[str, Any] | None:
     Columns, not lists: a long connection with a retransmission is a candidate, and a
     capture of long flows has thousands."""
     y = 1 - x
-    side, flags, plen, rseq, rack = _columns(c)
-    acks = rack[(side == y) & ((flags & 16) != 0)]
+    side, flags = c._np_side, c._np_flags
+    acks = c.cap.rel_ack[c.rows][(side == y) & ((flags & 16) != 0)].astype(np.int64)
     if not len(acks):
         return None
     top = _seq_top(acks)
-    data = (side == x) & (plen > 0) & ((flags & RST) == 0)
+    plen, rseq = _plen(c), c.cap.rel_seq[c.rows].astype(np.int64)
+    data = c._np_data & (side == x)
     beyond = seq_gt(seq_add(rseq, plen), top)
     stuck = np.flatnonzero(data & beyond)
     if not len(stuck):
@@ -131,12 +123,11 @@ def at_sender(c: Conn, x: int) -> dict[str, Any] | None:
 
 def at_receiver(c: Conn, x: int) -> dict[str, Any] | None:
     """A hole in `x`'s data that no retransmission fills, while x's small packets arrive."""
-    side, flags, plen, _, _ = _columns(c)
-    data_rows = np.flatnonzero((side == x) & (plen > 0) & ((flags & RST) == 0))
+    data_rows = np.flatnonzero(c._np_data & (c._np_side == x))
     if len(data_rows) < 2:
         return None
     mss = _mss(c, 1 - x)  # what the receiver allowed
-    biggest = int(plen[data_rows].max())
+    biggest = int(_plen(c)[data_rows].max())
     if mss is not None and biggest >= mss - 40:
         return None  # full-size segments did arrive (checked first: no hole search needed)
     data: list[int] = data_rows.tolist()

@@ -186,14 +186,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 keeper.lockstep = Lockstep(args.read, keeper.ring)
             # read ahead (decoding beside the diagnosis) unless --keep reads the file in
             # lockstep with the tables
-            from tcpwhy.watch.tracker import slim
-
-            ahead = keeper is None
-            for t in iter_tables(
-                args.read, stats, prefetch=ahead, transform=slim if ahead else None
-            ):
+            for t in iter_tables(args.read, stats, prefetch=keeper is None):
                 _stop_if_signalled()
-                w.chunk(t, slimmed=ahead)
+                w.chunk(t)
         w.finish()
         for text in stats.warnings:
             print(f"tcpwhy: {where}: warning: {text}", file=sys.stderr)

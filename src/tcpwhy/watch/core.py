@@ -207,14 +207,14 @@ class Watcher:
 
     # -- input --------------------------------------------------------------------------
 
-    def chunk(self, t: PacketTable, tick: bool = True, slimmed: bool = False) -> None:
+    def chunk(self, t: PacketTable, tick: bool = True) -> None:
         """A decoded chunk of the capture, in capture order (`tick` False: more follow at
-        once, time passes after the last; `slimmed`: already `tracker.slim`'s)."""
+        once, time passes after the last)."""
         if len(t):
             self.counters.packets += len(t)
             if not self.first_ns:
                 self.first_ns = int(t["ts_ns"][0])
-        self.tracker.feed(t if slimmed else slim(t))
+        self.tracker.feed(slim(t))
         if tick:
             self.tick()
 
