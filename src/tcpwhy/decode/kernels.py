@@ -1323,10 +1323,15 @@ def decode_records(
 
 @kernel("u1[:] i8[:] i8[:] u1[:] i8[:] -> none", nogil=True)
 def gather_bytes(src: Any, offs: Any, lens: Any, dst: Any, dst_offs: Any) -> Any:
-    """Copy each row's payload bytes into a compact buffer (a slice copy per row: a byte
-    loop was half a second on a 4-million-packet capture)."""
+    """Copy each row's payload bytes into a compact buffer. A byte loop over the two rows'
+    views: LLVM vectorises it, 2.4x faster than a slice assignment per row (numba's checks
+    for overlap and layout) and than a loop indexing the whole arrays (measured on 1 M rows
+    of 0 to 200 bytes)."""
     for i in range(offs.shape[0]):
         n = lens[i]
-        s = offs[i]
-        d = dst_offs[i]
-        dst[d : d + n] = src[s : s + n]
+        if n == 0:
+            continue
+        a = src[offs[i] : offs[i] + n]
+        b = dst[dst_offs[i] : dst_offs[i] + n]
+        for j in range(n):
+            b[j] = a[j]

@@ -317,7 +317,9 @@ class Records:
     ctype: npt.NDArray[np.int64]
     version: npt.NDArray[np.int64]
     length: npt.NDArray[np.int64]
-    hs: npt.NDArray[np.int64]  # first handshake message type, -1 if none or not visible
+    # first handshake message type, -1 if none or not visible (cut, or encrypted: a record
+    # after its sender's ChangeCipherSpec, see `_hide_encrypted_types`)
+    hs: npt.NDArray[np.int64]
     alert: npt.NDArray[np.int64]  # level << 8 | description of a clear alert, else -1
     flags: npt.NDArray[np.int64]
     order: npt.NDArray[np.int64]  # table rows by group (stream * 2 + direction)
@@ -356,7 +358,8 @@ def find_records(
     table: PacketTable, stream: npt.NDArray[Any], direction: npt.NDArray[Any]
 ) -> Records:
     """Every TLS record of the streams whose first payload (either direction) starts with a
-    TLS handshake record header; `direction` is 0/1 per row (either orientation)."""
+    TLS handshake record header; `direction` is 0/1 per row (either orientation). A handshake
+    record's type is kept where it is in clear (see `_hide_encrypted_types`)."""
     n = len(table)
     key = stream.astype(np.int64) * 2 + direction.astype(np.int64)
     order = np.argsort(key, kind="stable").astype(np.int64)
@@ -412,7 +415,42 @@ def find_records(
         room = got
     out = out[:got]
     c = [np.ascontiguousarray(out[:, j]) for j in range(len(_REC_COLS))]
-    return Records(c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], order, bounds)
+    recs = Records(c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], order, bounds)
+    _hide_encrypted_types(table, recs)
+    return recs
+
+
+def _before_ccs(recs: Records) -> npt.NDArray[np.bool_]:
+    """Records sent before their sender's first ChangeCipherSpec (records are grouped by
+    stream and direction, in stream order within a group)."""
+    idx = np.arange(len(recs), dtype=np.int64)
+    ngroups = int(recs.group.max()) + 1 if len(recs) else 0
+    first = np.full(ngroups, len(recs), np.int64)
+    ccs = np.flatnonzero(recs.ctype == CHANGE_CIPHER_SPEC)
+    np.minimum.at(first, recs.group[ccs], ccs)
+    out: npt.NDArray[np.bool_] = idx < first[recs.group] if len(recs) else np.zeros(0, bool)
+    return out
+
+
+def _hide_encrypted_types(table: PacketTable, recs: Records) -> None:
+    """`hs` to -1 on handshake records whose first byte is ciphertext, not a message type.
+
+    After its ChangeCipherSpec a TLS 1.2 (or earlier) sender encrypts its handshake records
+    (the Finished, a renegotiation's hellos): their first byte is a handshake type by chance,
+    one time in 256 for each type (a Finished read as a hello had a made-up session id). TLS 1.3
+    encrypts its handshake in application-data records; its ChangeCipherSpec is a dummy
+    (RFC 8446 D.4), which a HelloRetryRequest puts before the client's second ClientHello and
+    the server's real ServerHello, both in clear. So after the sender's ChangeCipherSpec a
+    handshake record keeps its type only when it holds one whole ClientHello or ServerHello
+    (its message length is the record's length less the message header): ciphertext passes
+    that one time in 2^31.
+    """
+    after = (recs.ctype == HANDSHAKE) & (recs.hs >= 0) & ~_before_ccs(recs)
+    for i in np.flatnonzero(after & ((recs.hs == 1) | (recs.hs == 2))).tolist():
+        head = record_bytes(table, recs, i, limit=9) or b""
+        if len(head) == 9 and int.from_bytes(head[6:9], "big") + 4 == int(recs.length[i]):
+            after[i] = False
+    recs.hs[after] = -1
 
 
 def record_bytes(table: PacketTable, recs: Records, i: int, limit: int = 1 << 16) -> bytes | None:

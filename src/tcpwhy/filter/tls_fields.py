@@ -12,8 +12,10 @@ handshake message, alert, name) in the frame:
   ServerHello (tshark calls it ``tls.record.opaque_type`` there);
 * ``tls.handshake.type`` is the type of each handshake message that starts in a record
   (a TLS 1.2 server packs ServerHello, Certificate and ServerHelloDone into one), for
-  handshake records before their sender's ChangeCipherSpec (an encrypted Finished has
-  none); a record not captured whole gives its first message's only;
+  handshake records in clear: before their sender's ChangeCipherSpec (an encrypted Finished
+  has none), or a TLS 1.3 hello after it (following a HelloRetryRequest); a record not
+  captured whole gives its first message's only. The hello fields below are read from the
+  same records;
 * ``tls.alert_message.level``/``.desc`` are there for alerts sent in clear (TLS 1.2 and
   earlier before the ChangeCipherSpec);
 * ``tls.handshake.extensions_server_name`` and ``tls.handshake.extensions_alpn_str``
@@ -114,18 +116,6 @@ def _hellos(ctx: FilterContext, tt: TableTLS) -> dict[int, rec.Hello | None]:
             raw = rec.record_bytes(ctx.table, r, i)
             tt.hellos[i] = rec.parse_hello(raw) if raw is not None else None
     return tt.hellos
-
-
-def _before_ccs(r: rec.Records) -> npt.NDArray[np.bool_]:
-    """Records sent before their sender's first ChangeCipherSpec (records are grouped by
-    stream and direction, in stream order within a group)."""
-    idx = np.arange(len(r), dtype=np.int64)
-    ngroups = int(r.group.max()) + 1 if len(r) else 0
-    first = np.full(ngroups, len(r), np.int64)
-    ccs = np.flatnonzero(r.ctype == rec.CHANGE_CIPHER_SPEC)
-    np.minimum.at(first, r.group[ccs], ccs)
-    out: npt.NDArray[np.bool_] = idx < first[r.group] if len(r) else np.zeros(0, bool)
-    return out
 
 
 def _opaque(ctx: FilterContext, tt: TableTLS) -> npt.NDArray[np.bool_]:
@@ -399,7 +389,7 @@ def _records_field(what: str) -> Extract:
         if what == "handshake_type":
             p = tt.per_row.get(what)
             if p is None:
-                keep = (r.ctype == rec.HANDSHAKE) & (r.hs >= 0) & _before_ccs(r)
+                keep = (r.ctype == rec.HANDSHAKE) & (r.hs >= 0)
                 idx: list[int] = []
                 types: list[bytes] = []
                 for i in np.flatnonzero(keep).tolist():

@@ -50,6 +50,31 @@ def _hash5(k0: Any, k1: Any, k2: Any, k3: Any, k4: Any) -> Any:
     return _mix(_mix(_mix(_mix(_mix(np.uint64(0), k0), k1), k2), k3), k4)
 
 
+@njit(cache=True, inline="always")
+def _pair_key(a0: Any, a1: Any, ap: Any, b0: Any, b1: Any, bp: Any) -> Any:
+    """A connection's key, the same both ways: its lower endpoint first, both ports in one
+    word; and whether the packet goes from the higher endpoint."""
+    a2, b2 = np.uint64(ap), np.uint64(bp)
+    gt = a0 > b0 or (a0 == b0 and (a1 > b1 or (a1 == b1 and a2 > b2)))
+    if gt:
+        return b0, b1, a0, a1, (b2 << np.uint64(16)) | a2, gt
+    return a0, a1, b0, b1, (a2 << np.uint64(16)) | b2, gt
+
+
+@kernel("u8[:] u8[:] u8[:] u8[:] u2[:] u2[:] u8[:] i1[:] -> none", nogil=True)
+def pair_hashes(
+    src_hi: Any, src_lo: Any, dst_hi: Any, dst_lo: Any, sport: Any, dport: Any, out: Any, dirs: Any
+) -> None:
+    """Per row: the 64-bit hash of its connection's key (the stream table's, both directions
+    alike) and its direction (1 from the higher endpoint)."""
+    for i in range(src_hi.shape[0]):
+        k0, k1, k2, k3, k4, gt = _pair_key(
+            src_hi[i], src_lo[i], sport[i], dst_hi[i], dst_lo[i], dport[i]
+        )
+        out[i] = _hash5(k0, k1, k2, k3, k4)
+        dirs[i] = 1 if gt else 0
+
+
 _SLOT = np.int64(0xFFFFFFFF)
 _HASH = np.uint64(0x7FFFFFFF)
 
@@ -87,15 +112,9 @@ def _lookup(
     # unsigned table positions: numba then skips its negative-index wraparound
     mask = np.uint64(tab_val.shape[0] - 1)
     for i in range(src_hi.shape[0]):
-        a0, a1, a2 = src_hi[i], src_lo[i], np.uint64(sport[i])
-        b0, b1, b2 = dst_hi[i], dst_lo[i], np.uint64(dport[i])
-        gt = a0 > b0 or (a0 == b0 and (a1 > b1 or (a1 == b1 and a2 > b2)))
-        if gt:
-            k0, k1, k2, k3 = b0, b1, a0, a1
-            k4 = (b2 << np.uint64(16)) | a2
-        else:
-            k0, k1, k2, k3 = a0, a1, b0, b1
-            k4 = (a2 << np.uint64(16)) | b2
+        k0, k1, k2, k3, k4, gt = _pair_key(
+            src_hi[i], src_lo[i], sport[i], dst_hi[i], dst_lo[i], dport[i]
+        )
         h = _hash5(k0, k1, k2, k3, k4)
         fp = np.int64(h & _HASH)
         j = h & mask

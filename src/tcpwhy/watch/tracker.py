@@ -22,31 +22,23 @@ import numpy.typing as npt
 from tcpwhy.decode.kernels import gather_bytes
 from tcpwhy.decode.table import ACK, FIN, RST, SYN, PacketTable, concat_icmp, icmp_kept
 from tcpwhy.diagnose.engine import DIAGNOSIS_COLUMNS
+from tcpwhy.tcp.streams import pair_hashes
 
 NS = 1_000_000_000
-_M1 = np.uint64(0x9E3779B97F4A7C15)
-_S29 = np.uint64(29)
-_S16 = np.uint64(16)
 
 # why a connection left the tracker
 ENDINGS = ("reset", "closed", "idle", "evicted", "end")
 
 
 def conn_keys(t: PacketTable) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int8]]:
-    """Per row: the connection's key (the same for both directions) and the direction
-    (0 from the lower endpoint)."""
-    sh, sl = t["src_hi"].astype(np.uint64), t["src_lo"].astype(np.uint64)
-    dh, dl = t["dst_hi"].astype(np.uint64), t["dst_lo"].astype(np.uint64)
-    sp, dp = t["sport"].astype(np.uint64), t["dport"].astype(np.uint64)
-    swap = (sh > dh) | ((sh == dh) & ((sl > dl) | ((sl == dl) & (sp > dp))))
-    ah, al, ap = np.where(swap, dh, sh), np.where(swap, dl, sl), np.where(swap, dp, sp)
-    bh, bl, bp = np.where(swap, sh, dh), np.where(swap, sl, dl), np.where(swap, sp, dp)
-    h = np.full(len(sh), 0x243F6A8885A308D3, np.uint64)
-    with np.errstate(over="ignore"):
-        for v in (ah, al, (ap << _S16) | bp, bh, bl):
-            h = (h ^ v) * _M1
-            h ^= h >> _S29
-    return h, swap.astype(np.int8)
+    """Per row: the connection's key (the same for both directions: the stream table's hash,
+    `tcp.streams.pair_hashes`) and the direction (0 from the lower endpoint)."""
+    n = len(t)
+    keys, dirs = np.empty(n, np.uint64), np.empty(n, np.int8)
+    pair_hashes(
+        t["src_hi"], t["src_lo"], t["dst_hi"], t["dst_lo"], t["sport"], t["dport"], keys, dirs
+    )
+    return keys, dirs
 
 
 PAYLOAD_BYTES = 256
@@ -449,14 +441,15 @@ class ConnTracker:
         evicted = np.zeros(len(go), np.bool_)
         left = ~go
         over = int(left.sum()) - lim.max_conns
+        # ties go by connection number (the oldest first), not by where the keys sort
         if over > 0:  # the longest idle make room
             cand = np.flatnonzero(left)
-            pick = cand[np.argsort(self.last_ns[cand], kind="stable")[:over]]
+            pick = cand[np.lexsort((self.no[cand], self.last_ns[cand]))[:over]]
             evicted[pick] = True
         rows_left = int(self.rows[left & ~evicted].sum())
         if rows_left > lim.max_rows:  # the connections holding most rows make room
             cand = np.flatnonzero(left & ~evicted)
-            by = cand[np.argsort(-self.rows[cand], kind="stable")]
+            by = cand[np.lexsort((self.no[cand], -self.rows[cand]))]
             need = rows_left - lim.max_rows // 2
             k = int(np.searchsorted(np.cumsum(self.rows[by]), need)) + 1
             evicted[by[:k]] = True
