@@ -21,7 +21,10 @@ import numpy as np
 import pytest
 
 from tcpwhy.capture import read_table
+from tcpwhy.decode.table import ACK, FIN, PSH, SYN
+from tcpwhy.decode.tls import APPLICATION_DATA, CHANGE_CIPHER_SPEC, HANDSHAKE
 from tcpwhy.diagnose import tls
+from tests import craft
 from tests.gates import need
 from tests.recording import wait_until_written
 
@@ -255,3 +258,173 @@ def test_encrypted_finished_is_no_certificate() -> None:
     assert conn(hello, cert, ccs, finished).resumed is False
     assert tls.TLSConn([hello], version=0x0303, server_hello=Hello(session_id=sid)).resumed is False
     assert tls.TLSConn([hello], version=0x0303).resumed is None
+
+
+# Hand-built handshakes whose encrypted handshake records start with a hello's type byte:
+# the byte that made the live test above fail now and then (its ciphertext is random).
+PORT = 8443
+C_ADDR, S_ADDR = craft.v4("10.0.0.1"), craft.v4("10.0.0.2")
+HRR_RANDOM = bytes.fromhex("cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c")
+
+
+def _rec(ctype: int, fragment: bytes) -> bytes:
+    return bytes([ctype, 3, 3]) + len(fragment).to_bytes(2, "big") + fragment
+
+
+def _msg(hs: int, body: bytes) -> bytes:
+    return bytes([hs]) + len(body).to_bytes(3, "big") + body
+
+
+def _ext(et: int, data: bytes = b"") -> bytes:
+    return et.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
+
+
+def _hello(hs: int, sid: bytes, exts: list[bytes], random: bytes = bytes(32)) -> bytes:
+    body = b"\x03\x03" + random + bytes([len(sid)]) + sid
+    body += b"\x00\x02\xc0\x2f\x01\x00" if hs == 1 else b"\xc0\x2f\x00"
+    ext = b"".join(exts)
+    return _msg(hs, body + len(ext).to_bytes(2, "big") + ext)
+
+
+def _session(sport: int, flights: list[tuple[int, bytes]]) -> list[bytes]:
+    """Ethernet frames of a connection: handshake, one segment per flight (side 0 the
+    client), FINs."""
+    ends = ((C_ADDR, sport), (S_ADDR, PORT))
+    nxt = [1000, 5000]
+    out: list[bytes] = []
+
+    def seg(side: int, flags: int, payload: bytes = b"") -> None:
+        (src, sp), (dst, dp) = ends[side], ends[1 - side]
+        ack = nxt[1 - side] if flags & ACK else 0
+        body = craft.tcp(src, dst, sp, dp, nxt[side], ack, flags, payload)
+        out.append(craft.eth(craft.ip(src, dst, 6, body)))
+        nxt[side] += len(payload) + (1 if flags & (SYN | FIN) else 0)
+
+    seg(0, SYN)
+    seg(1, SYN | ACK)
+    seg(0, ACK)
+    for side, payload in flights:
+        seg(side, PSH | ACK, payload)
+    seg(0, FIN | ACK)
+    seg(1, FIN | ACK)
+    seg(0, ACK)
+    return out
+
+
+def _ciphertext(first: int, tail: bytes = b"") -> bytes:
+    """A 40-byte encrypted Finished (as TLS 1.2 AES-GCM makes it: nonce, message, tag) whose
+    first byte is `first`, ending in `tail`; the next byte is not 0 (tshark, too, then takes
+    it for ciphertext)."""
+    return bytes([first, 0x9A, 0x3C, 0x51]) + bytes(range(0x40, 0x40 + 36 - len(tail))) + tail
+
+
+def _crafted(tmp_path: Path) -> tuple[Path, bytes]:
+    """A full TLS 1.2 handshake, one resuming its session by id, and a TLS 1.3 one resuming
+    with a PSK after a HelloRetryRequest (its hellos after the dummy ChangeCipherSpecs)."""
+    sid = bytes(range(0xA0, 0xC0))
+    ccs = _rec(CHANGE_CIPHER_SPEC, b"\x01")
+    ticket = _ext(35, b"\x5a" * 48)
+    full = [
+        (0, _rec(HANDSHAKE, _hello(1, b"", [_ext(0, b"\x00\x04\x00\x00\x01x"), _ext(35)]))),
+        (1, _rec(HANDSHAKE, _hello(2, sid, [_ext(35)]) + _msg(11, bytes(3)) + _msg(14, b""))),
+        # ClientKeyExchange, then a Finished that read as a ClientHello ends in a one-byte
+        # session id (06): the live test's failure
+        (0, _rec(HANDSHAKE, _msg(16, b"\x20" + bytes(32))) + ccs
+         + _rec(HANDSHAKE, _ciphertext(1, b"\x01\x06"))),
+        (1, _rec(HANDSHAKE, _msg(4, bytes(6))) + ccs + _rec(HANDSHAKE, _ciphertext(2))),
+        (0, _rec(APPLICATION_DATA, bytes(28))),
+        (1, _rec(APPLICATION_DATA, bytes(28))),
+    ]  # fmt: skip
+    resumed = [
+        (0, _rec(HANDSHAKE, _hello(1, sid, [ticket]))),
+        (1, _rec(HANDSHAKE, _hello(2, sid, [])) + ccs + _rec(HANDSHAKE, _ciphertext(2))),
+        (0, ccs + _rec(HANDSHAKE, _ciphertext(1))),
+        (0, _rec(APPLICATION_DATA, bytes(28))),
+        (1, _rec(APPLICATION_DATA, bytes(28))),
+    ]
+    sid13 = bytes(range(32))
+    versions, modes = _ext(43, b"\x02\x03\x04"), _ext(45, b"\x01\x01")
+    psk = _ext(41, b"\x00\x0a\x00\x04" + b"tick" + bytes(4) + b"\x00\x21\x20" + bytes(32))
+
+    def ch13(group: bytes) -> bytes:
+        share = _ext(51, (len(group) + 4 + 32).to_bytes(2, "big") + group + b"\x00\x20" + bytes(32))
+        return _rec(HANDSHAKE, _hello(1, sid13, [versions, share, modes, psk]))
+
+    hrr = _hello(2, sid13, [_ext(43, b"\x03\x04"), _ext(51, b"\x00\x17")], HRR_RANDOM)
+    sh = _hello(2, sid13, [_ext(43, b"\x03\x04"), _ext(51, b"\x00\x17\x00\x20" + bytes(32)),
+                           _ext(41, b"\x00\x00")])  # fmt: skip
+    tls13 = [
+        (0, ch13(b"\x00\x1d")),
+        (1, _rec(HANDSHAKE, hrr) + ccs),
+        (0, ccs + ch13(b"\x00\x17")),
+        (1, _rec(HANDSHAKE, sh) + _rec(APPLICATION_DATA, bytes(40))),
+        (0, _rec(APPLICATION_DATA, bytes(40)) + _rec(APPLICATION_DATA, bytes(28))),
+        (1, _rec(APPLICATION_DATA, bytes(28))),
+    ]
+    frames = _session(40001, full) + _session(40002, resumed) + _session(40003, tls13)
+    return craft.write(tmp_path / "crafted.pcap", frames), sid
+
+
+def test_encrypted_finished_is_no_hello(tmp_path: Path) -> None:
+    """An encrypted Finished whose first byte is 1 or 2 is no ClientHello or ServerHello: its
+    made-up session id made a resumption look full and a full handshake offer an id. After
+    a TLS 1.3 HelloRetryRequest the hellos follow the dummy ChangeCipherSpec in clear."""
+    from tcpwhy.decode import tls as rec
+    from tcpwhy.filter import FilterContext, compile_filter
+    from tcpwhy.tcp.streams import StreamTracker
+
+    pcap, sid = _crafted(tmp_path)
+    t = read_table(str(pcap))
+    st = StreamTracker().feed(t)
+    r = rec.find_records(t, st["stream"], st["dir"])
+    hs = r.ctype == HANDSHAKE
+    # each Finished (40 bytes, after its sender's change_cipher_spec) has no type
+    assert (r.hs[hs & (r.length == 40)] == -1).all() and (hs & (r.length == 40)).sum() == 4
+    conns = _tcpwhy_conns(pcap)
+    got = []
+    for _, tc in sorted(conns.items()):
+        assert tc.client_hello is not None and tc.server_hello is not None
+        got.append((tc.client_hello.session_id, tc.server_hello.session_id, tc.version_text))
+    assert got == [
+        (b"", sid, "TLS 1.2"),
+        (sid, sid, "resumed TLS 1.2"),
+        (bytes(range(32)), bytes(range(32)), "resumed TLS 1.3"),
+    ]
+    # as filter fields: two ClientHellos and two ServerHellos on the TLS 1.3 connection, one
+    # of each on the others, and no session id length on any Finished
+    ctx = FilterContext(t)
+
+    def frames(flt: str) -> list[int]:
+        return [int(f) for f in t["frame"][compile_filter(flt).mask(t, ctx)].tolist()]
+
+    assert frames("tls.handshake.type == 1") == [4, 16, 27, 29]
+    assert frames("tls.handshake.type == 2") == [5, 17, 28, 30]
+    assert frames("tls.handshake.session_id_length") == [4, 5, 16, 17, 27, 28, 29, 30]
+    assert frames("tls.handshake.session_id_length == 0") == [4]
+
+
+def test_crafted_hellos_as_tshark_sees_them(tmp_path: Path) -> None:
+    """The capture above through the live test's comparison with tshark."""
+    need(shutil.which("tshark") is not None, "tshark not installed")
+    pcap, _ = _crafted(tmp_path)
+    ref = _tshark_resumed(pcap, PORT)
+    assert ref == {0: False, 1: True, 2: True}
+    assert _tcpwhy_resumed(pcap) == ref
+    _check_hellos(pcap, PORT)
+    t = read_table(str(pcap))
+    from tcpwhy.filter import FilterContext, compile_filter
+
+    ctx = FilterContext(t)
+    for flt in (
+        "tls.handshake.type",
+        "tls.handshake.session_id_length",
+        "tls.handshake.extension.type",
+        "tls.handshake.extensions_server_name",
+    ):
+        ref_frames = subprocess.run(
+            ["tshark", "-n", "-r", str(pcap), "-d", f"tcp.port=={PORT},tls", "-Y", flt,
+             "-T", "fields", "-e", "frame.number"],
+            check=True, capture_output=True, text=True, timeout=60,
+        ).stdout.split()  # fmt: skip
+        mine = t["frame"][compile_filter(flt).mask(t, ctx)].tolist()
+        assert [int(x) for x in ref_frames] == mine, flt
