@@ -72,3 +72,28 @@ def test_unknown_stream_is_one_line_and_status_2(zeek_corpus: Path) -> None:
     )
     assert r.returncode == 2
     assert r.stderr.strip().endswith("no TCP stream 99 (the capture has streams 0 to 1)")
+
+
+def test_flow_and_analyze_name_the_same_client_mid_stream() -> None:
+    """A capture that starts mid-stream, on the server's packet: `flow`'s client is the one
+    the diagnosis names (the side whose port looks ephemeral), not the first packet's sender."""
+    import numpy as np
+
+    from tcpwhy.capture import read_table
+    from tcpwhy.diagnose.context import Capture
+    from tcpwhy.report.flow import ladder_of_table, ladder_view
+
+    checked = 0
+    for name in ("stale-keepalive", "keepalive-race", "close-wait-leak", "clean", "time-wait"):
+        t = read_table(str(LAB / f"{name}.pcap"))
+        low = np.minimum(t["sport"], t["dport"])
+        # the first packet a server sends after the handshake: the capture starts there
+        srv = np.flatnonzero((t["sport"] == low) & (t["payload_len"] > 0))
+        assert len(srv), name
+        cut = t.take(np.arange(int(srv[0]), len(t)))
+        cap = Capture(cut, np.zeros(len(cut), np.int16), [name])
+        for sid in range(cap.nstreams):
+            view = ladder_view(ladder_of_table(cut, sid, name))
+            assert view.client == f"client {cap.conn(sid).client}", (name, sid)
+            checked += 1
+    assert checked >= 4

@@ -45,6 +45,7 @@ from tcpwhy.tcp.analysis import FLAGS as ANALYSIS_FLAGS
 from tcpwhy.tcp.analysis import Analyzer
 from tcpwhy.tcp.endings import ENDING_SUMMARY
 from tcpwhy.tcp.seq import U32, seq_geq
+from tcpwhy.tcp.sides import client_dirs
 from tcpwhy.tcp.state import Event, State, state_label
 from tcpwhy.tcp.state import Step as StateStep
 from tcpwhy.tcp.state_kernel import run_connections
@@ -150,22 +151,17 @@ class Capture:
 
         flags = table["flags"]  # its own narrow type: a whole capture's column
         kind = flags & (SYN | ACK | RST)
-        orig = np.full(self.nstreams, -1, np.int64)
-        idx = np.flatnonzero(kind == SYN)[::-1]
-        orig[self.stream[idx]] = pdir[idx]
-        tmp = np.full(self.nstreams, -1, np.int64)
-        idx = np.flatnonzero(kind == (SYN | ACK))[::-1]
-        tmp[self.stream[idx]] = 1 - pdir[idx]
-        orig = np.where(orig < 0, tmp, orig)
-        if self.nstreams:
-            first = self.order[self.starts]
-            sp = table["sport"][first].astype(np.int64)
-            dp = table["dport"][first].astype(np.int64)
-            # without a handshake: the sender of the first packet is the client unless its
-            # port is the lower, well-known-looking one
-            guess = np.where((sp < dp) & (sp < 32768), 1 - pdir[first], pdir[first])
-            orig = np.where(orig < 0, guess, orig)
-        self.orig_dir = orig.astype(np.int8)  # a side (0/1) per stream: a byte, not eight
+        first = self.order[self.starts] if self.nstreams else np.zeros(0, np.int64)
+        orig = client_dirs(
+            flags,
+            pdir,
+            self.stream,
+            self.nstreams,
+            first,
+            table["sport"][first],
+            table["dport"][first],
+        )
+        self.orig_dir = orig  # a side (0/1) per stream: a byte, not eight
         self.side = (pdir != orig[self.stream]).astype(np.int8) if n else np.zeros(0, np.int8)
 
         key = self.stream * 2 + self.side

@@ -26,6 +26,7 @@ from tcpwhy.errors import TcpwhyError
 from tcpwhy.filter import DisplayFilter, FilterContext
 from tcpwhy.report.packets import flag_names
 from tcpwhy.tcp.analysis import Analysis, analyze
+from tcpwhy.tcp.sides import client_dir
 from tcpwhy.tcp.state import NO_FRAME, Endpoint, State, run_rows, state_label
 from tcpwhy.tcp.streams import StreamTracker
 
@@ -50,18 +51,6 @@ class Ladder:
     # ICMP errors about the connection: (table row they come before, time, frame, toward the
     # server, label), in capture order
     icmp: list[tuple[int, int, int, bool, str]] = field(default_factory=list)
-
-
-def originator_direction(flags: npt.NDArray[np.uint16], canon_dir: npt.NDArray[np.int8]) -> int:
-    """Canonical direction of the client: the first SYN's sender, else the receiver of the
-    first SYN-ACK, else the sender of the first packet."""
-    syn = np.nonzero((flags & (SYN | ACK)) == SYN)[0]
-    if syn.size:
-        return int(canon_dir[syn[0]])
-    synack = np.nonzero((flags & (SYN | ACK)) == (SYN | ACK))[0]
-    if synack.size:
-        return 1 - int(canon_dir[synack[0]])
-    return int(canon_dir[0])
 
 
 def build_ladder(
@@ -97,7 +86,8 @@ def ladder_of_table(
             else "no TCP packets",
         )
     cdir = s["dir"][rows]
-    client = originator_direction(t["flags"][rows], cdir)
+    first = int(rows[0])
+    client = client_dir(t["flags"][rows], cdir, int(t["sport"][first]), int(t["dport"][first]))
     direction = (cdir != client).astype(np.int8)
     end_ns = int(t["ts_ns"][-1])
     states = run_rows(t, rows, direction, end_ns=end_ns)

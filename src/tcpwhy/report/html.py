@@ -283,8 +283,9 @@ def ladder_views(cap: Any, sids: npt.NDArray[np.int64]) -> dict[int, Any]:
     """`flow.ladder_view` of some streams of a diagnosis capture, as `tcpwhy flow` builds them:
     the streams' packets are tracked and analysed on their own (the analysis of one
     conversation never depends on another's), states from `run_rows`."""
-    from tcpwhy.report.flow import Ladder, ladder_view, originator_direction
+    from tcpwhy.report.flow import Ladder, ladder_view
     from tcpwhy.tcp.analysis import analyze
+    from tcpwhy.tcp.sides import client_dir
     from tcpwhy.tcp.state import run_rows
     from tcpwhy.tcp.streams import StreamTracker
 
@@ -309,7 +310,8 @@ def ladder_views(cap: Any, sids: npt.NDArray[np.int64]) -> dict[int, Any]:
         if sid in out:  # the tracker split one stream in two: keep the first part
             continue
         cdir = s["dir"][r]
-        client = originator_direction(sub["flags"][r], cdir)
+        f0 = int(r[0])
+        client = client_dir(sub["flags"][r], cdir, int(sub["sport"][f0]), int(sub["dport"][f0]))
         direction = (cdir != client).astype(np.int8)
         st = run_rows(sub, r, direction, end_ns=cap.end_ns)
         lad = Ladder(
