@@ -13,7 +13,7 @@ originator follows Zeek (its likely-server-ports heuristics may flip a
 connection whose SYN went from a well-known port), so that records match
 conn.log. A diagnosis speaks of "the client" as the side that called
 connect(): the sender of the first SYN, else the receiver of a SYN-ACK, else
-the side whose port looks ephemeral. Likewise `Capture.endings()` is the
+the side whose port looks ephemeral (`tcpwhy.tcp.sides`, which flow uses too). Likewise `Capture.endings()` is the
 report's own short tally from the per-stream counts (a few numpy reductions),
 not `ConnRecord.end`: building records would run the RFC state machine over
 every connection of the capture to say less than the report needs.

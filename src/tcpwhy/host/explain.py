@@ -221,7 +221,9 @@ def _group(items: Iterable[Socket], key: Callable[[Socket], Any]) -> dict[Any, l
 def _in_range(port: int, sysctls: Values | None) -> bool:
     rng = (sysctls or {}).get("net.ipv4.ip_local_port_range")
     if not rng:
-        return port >= 32768
+        from tcpwhy.tcp.sides import EPHEMERAL_FROM
+
+        return port >= EPHEMERAL_FROM
     lo, hi = (int(x) for x in rng.split()[:2])
     return lo <= port <= hi
 
