@@ -99,6 +99,14 @@ def _fixed_text(rows: npt.NDArray[np.uint8], lengths: npt.NDArray[Any], prefix: 
 
     n, width = rows.shape
     lengths = np.asarray(lengths, np.int64)
+    if n and bool((lengths == width).all()):
+        # every row whole (Community IDs): the matrix is the text, no mask to gather by
+        p = np.frombuffer(prefix, np.uint8)
+        full = np.empty((n, len(p) + width), np.uint8)
+        full[:, : len(p)] = p
+        full[:, len(p) :] = rows
+        offsets = np.arange(0, n * (len(p) + width) + 1, len(p) + width, dtype=np.int32)
+        return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(full))
     keep = np.arange(width)[None, :] < lengths[:, None]
     body = np.ascontiguousarray(rows)[keep]
     if prefix:
