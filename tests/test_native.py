@@ -255,3 +255,25 @@ def test_only_the_pycc_deprecation_warning_is_silenced() -> None:
         warnings.simplefilter("always")
         importlib.reload(numba.pycc)
     assert any("'pycc' module" in str(w.message) for w in seen)  # the notice it silences
+
+
+def test_array_types_follow_the_column_schema() -> None:
+    """Kernel signatures of table columns come from the schema: one word per column, its
+    dtype and dimensions, and the decoder's signature takes every column in schema order."""
+    from tcpwhy.decode.table import COLUMNS, ICMP_COLUMNS
+    from tcpwhy.native import REGISTRY, array_types, parse_signature
+
+    words = array_types(COLUMNS).split()
+    assert len(words) == len(COLUMNS)
+    assert words[list(COLUMNS).index("sack_le")] == "u4[:,:]"
+    assert words[list(COLUMNS).index("truncated")] == "b1[:]"
+    assert array_types(COLUMNS, ("opt_ws", "win")) == "i1[:] u2[:]"
+    import tcpwhy.decode.kernels  # noqa: F401  (registers the decoder)
+
+    args, _ = parse_signature(REGISTRY["tcpwhy.decode.kernels.decode_records"].spec)
+    cols = args[11 : 11 + len(COLUMNS) + len(ICMP_COLUMNS)]
+    for (code, dims), (name, (dt, shape, _)) in zip(
+        cols, [*COLUMNS.items(), *ICMP_COLUMNS.items()], strict=True
+    ):
+        assert dims == 1 + len(shape), name
+        assert np.dtype(dt) == np.dtype({"b1": np.bool_}.get(code, code)), name

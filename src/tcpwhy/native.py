@@ -18,6 +18,10 @@ The kernel modules write ``from tcpwhy.native import kernel, njit``:
   float scalars; ``-> none`` for no result);
 * ``@njit(...)`` marks a helper called only from compiled code.
 
+A kernel that takes packet-table columns writes their part of the signature as
+``array_types(COLUMNS, ("seq", "ack"))``: the types come from the schema that defines the
+columns (`tcpwhy.decode.table`), so a column's type is written in one place.
+
 ``@kernel(..., nogil=True)`` also releases the GIL for the call (both ways: the JIT's
 ``nogil`` and the build's ``release_gil`` flag), so a thread may run it beside the main
 one; only for kernels that touch no Python object and whose callers hand them arrays that
@@ -50,7 +54,7 @@ import re
 import sys
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -96,6 +100,20 @@ def parse_signature(spec: str) -> tuple[list[tuple[str, int]], str]:
             raise ValueError(f"unknown type {code!r} in signature {spec!r}")
         args.append((code, dims.count(":")))
     return args, ret.strip() or "none"
+
+
+def array_types(schema: Mapping[str, Sequence[Any]], names: Iterable[str] | None = None) -> str:
+    """The signature words of columns of a schema (name -> (dtype, row shape, ...)), in the
+    schema's order or that of `names`. A kernel that takes table columns names them; their
+    types come from where the columns are defined, not from a second hand-written list."""
+    words = []
+    for name in schema if names is None else names:
+        d, shape = np.dtype(schema[name][0]), tuple(schema[name][1])
+        code = "b1" if d == np.bool_ else f"{d.kind}{d.itemsize}"
+        if code not in _DTYPES:
+            raise ValueError(f"column {name!r}: no kernel type for {d}")
+        words.append(f"{code}[{','.join(':' * (1 + len(shape)))}]")
+    return " ".join(words)
 
 
 BUILD_FORMAT = 2

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from tcpwhy.native import kernel, njit
+from tcpwhy.decode.table import COLUMNS, ICMP_COLUMNS
+from tcpwhy.native import array_types, kernel, njit
 
 # ---- status codes of a record (what the decoder found) ---------------------------------
 ST_TCP = 0
@@ -474,7 +475,8 @@ def _icmp_quote(buf: Any, p: Any, end: Any, v6: Any) -> Any:
 
 
 @kernel(
-    "u1[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8 i8[:] b1 b1 u8[:] i8[:] u4[:] u4[:] u2[:] u2[:] u8[:] u8[:] i4[:] u1[:] u8[:] u8[:] u8[:] u8[:] u1[:] u4[:] u4[:] u1[:] u4[:] u8[:] u8[:] u8[:] u8[:] u2[:] u2[:] u4[:] u4[:] u1[:] u2[:] u2[:] u2[:] i1[:] i4[:] i1[:] b1[:] b1[:] u4[:] u4[:] u4[:] u1[:] u4[:,:] u4[:,:] u4[:] u4[:] u8[:] b1[:] u1[:] u1[:] u4[:] u8[:] u8[:] u8[:] u8[:] u1[:] u4[:] i8[:] u8[:,:] -> (i8, i8, i8)",
+    "u1[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8 i8[:] b1 b1 "
+    f"{array_types(COLUMNS)} {array_types(ICMP_COLUMNS)} u8[:,:] -> (i8, i8, i8)",
     nogil=True,
 )
 def decode_records(

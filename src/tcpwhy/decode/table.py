@@ -130,6 +130,9 @@ COLUMNS: dict[str, tuple[str, tuple[int, ...], str]] = {
     "truncated": ("?", (), "snaplen cut the payload (payload_cap < payload_len)"),
 }
 
+ENDPOINT_COLUMNS = ("src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport")
+"""The columns that name a packet's two endpoints (a connection's key, both ways alike)."""
+
 ICMP_COLUMNS: dict[str, tuple[str, tuple[int, ...], str]] = {
     "icmp_type": ("u1", (), "ICMP or ICMPv6 type (ip_version says which)"),
     "icmp_code": ("u1", (), "ICMP or ICMPv6 code"),

@@ -46,7 +46,8 @@ from typing import Any
 
 import numpy as np
 
-from tcpwhy.native import kernel, njit
+from tcpwhy.decode.table import COLUMNS, ENDPOINT_COLUMNS
+from tcpwhy.native import array_types, kernel, njit
 from tcpwhy.report.conns_kernel import _put_addr, _put_rfc3339, _round_scaled
 
 FMT_TABLE, FMT_CSV, FMT_JSONL = 0, 1, 2
@@ -61,6 +62,18 @@ _ACK, _URG = 16, 32
 _TIME_MAX_NS = 1 << 52  # |relative time| up to which a double resolves nanoseconds (2**22 s)
 _MASK52 = (1 << 52) - 1
 _U = np.uint64  # the index type: unsigned, so numba adds no negative-index check
+_OPTION_COLUMNS = (
+    "urp",
+    "payload_len",
+    "opt_order",
+    "opt_mss",
+    "opt_ws",
+    "opt_tsval",
+    "opt_tsecr",
+    "sack_n",
+    "sack_le",
+    "sack_re",
+)  # `format_packets`' table columns after the window, as their schema types them
 _P10 = np.array([10**k for k in range(20)], np.uint64)
 # "00" to "99": two digits per division, half the dependent multiply-shift chain of one
 _PAIRS = np.frombuffer("".join(f"{k:02d}" for k in range(100)).encode(), np.uint8).copy()
@@ -400,8 +413,9 @@ def _json_time_big(out: Any, p: int, bits: int) -> int:
 
 
 @kernel(
-    "i8 i8 i8 i8[:] i8 u8[:] i8[:] i8[:] i8[:] i8[:] u8[:] u8[:] u8[:] u8[:] u2[:] u2[:] u4[:] "
-    "u2[:] u4[:] u4[:] i8[:] u2[:] u4[:] u4[:] i4[:] i1[:] u4[:] u4[:] u1[:] u4[:,:] u4[:,:] "
+    f"i8 i8 i8 i8[:] i8 {array_types(COLUMNS, ('frame',))} i8[:] i8[:] i8[:] i8[:] "
+    f"{array_types(COLUMNS, (*ENDPOINT_COLUMNS, 'frame_len', 'flags', 'seq', 'ack'))} i8[:] "
+    f"{array_types(COLUMNS, _OPTION_COLUMNS)} "
     "i8[:] i8[:] u4[:] i8[:] i8[:] i8[:] u1[:] i8[:] u1[:] i8[:] -> i8",
     nogil=True,
 )

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.decode.table import ACK, FIN, RST, SYN, PacketTable, staggered_zeros
-from tcpwhy.native import kernel, njit
+from tcpwhy.decode.table import ACK, COLUMNS, FIN, RST, SYN, PacketTable, staggered_zeros
+from tcpwhy.native import array_types, kernel, njit
 from tcpwhy.tcp import ANALYSIS_FLAGS
 
 FLAGS = ANALYSIS_FLAGS
@@ -90,7 +90,10 @@ def _le(a: Any, b: Any) -> Any:
 
 
 @kernel(
-    "i8[:] i8[:] i8[:] u4[:] u4[:] u4[:] i8[:] i1[:] i8[:] i8[:] b1[:] b1[:] u4[:] i8[:] u4[:] u4[:] i8[:] i8[:] i8[:] i8[:] i8[:] b1[:] i8[:] i8[:] i8[:] i8[:] i8[:] u4[:] u4[:] i8[:] i8[:] i8[:] i8[:] u4[:] i8[:] i8[:] f8[:] i8[:] f8[:] f8[:] b1[:] -> none",
+    f"i8[:] i8[:] i8[:] {array_types(COLUMNS, ('seq', 'ack', 'payload_len'))} i8[:] i1[:] "
+    f"{array_types(COLUMNS, ('ts_ns',))} i8[:] b1[:] b1[:] u4[:] i8[:] u4[:] u4[:] i8[:] i8[:] "
+    "i8[:] i8[:] i8[:] b1[:] i8[:] i8[:] i8[:] i8[:] i8[:] u4[:] u4[:] i8[:] i8[:] i8[:] i8[:] "
+    "u4[:] i8[:] i8[:] f8[:] i8[:] f8[:] f8[:] b1[:] -> none",
     nogil=True,
 )
 def _analyze(

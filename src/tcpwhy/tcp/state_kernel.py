@@ -49,8 +49,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.decode.table import ACK, FIN, RST, SYN
-from tcpwhy.native import kernel, njit
+from tcpwhy.decode.table import ACK, COLUMNS, FIN, RST, SYN
+from tcpwhy.native import array_types, kernel, njit
 from tcpwhy.tcp.state import (
     STAY,
     TIME_WAIT_NS,
@@ -364,7 +364,9 @@ def _advance(
 
 
 @kernel(
-    "i1[:,:] u1[:] u2[:] u4[:] u4[:] u4[:] i8[:] u8[:] i8[:] i8[:] i8 i8 i8 i8[:] i8[:] i8[:,:] u1[:] u1[:] i8[:] u1[:,:] b1[:] u1[:,:] i8[:,:] i8[:,:] i8[:] i8[:] u1[:] u1[:] i8[:] u8[:] i1[:] -> (i8, i8)",
+    f"i1[:,:] u1[:] {array_types(COLUMNS, ('flags', 'seq', 'ack', 'payload_len', 'ts_ns', 'frame'))} "
+    "i8[:] i8[:] i8 i8 i8 i8[:] i8[:] i8[:,:] u1[:] u1[:] i8[:] u1[:,:] b1[:] u1[:,:] i8[:,:] "
+    "i8[:,:] i8[:] i8[:] u1[:] u1[:] i8[:] u8[:] i1[:] -> (i8, i8)",
     nogil=True,
 )
 def run_many(

@@ -31,10 +31,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.decode.table import ACK, SYN, PacketTable, staggered_zeros
-from tcpwhy.native import kernel, njit
+from tcpwhy.decode.table import (
+    ACK,
+    COLUMNS,
+    ENDPOINT_COLUMNS,
+    SYN,
+    PacketTable,
+    staggered_zeros,
+)
+from tcpwhy.native import array_types, kernel, njit
 
 _EMPTY = -1
+_ENDS = array_types(COLUMNS, ENDPOINT_COLUMNS)  # the signature words of a row's endpoints
 
 
 @njit(cache=True, inline="always")
@@ -61,7 +69,7 @@ def _pair_key(a0: Any, a1: Any, ap: Any, b0: Any, b1: Any, bp: Any) -> Any:
     return a0, a1, b0, b1, (a2 << np.uint64(16)) | b2, gt
 
 
-@kernel("u8[:] u8[:] u8[:] u8[:] u2[:] u2[:] u8[:] i1[:] -> none", nogil=True)
+@kernel(f"{_ENDS} u8[:] i1[:] -> none", nogil=True)
 def pair_hashes(
     src_hi: Any, src_lo: Any, dst_hi: Any, dst_lo: Any, sport: Any, dport: Any, out: Any, dirs: Any
 ) -> None:
@@ -80,7 +88,7 @@ _HASH = np.uint64(0x7FFFFFFF)
 
 
 @kernel(
-    "u8[:] u8[:] u8[:] u8[:] u2[:] u2[:] i8[:] u8[:,:] i8[:] i8[:] i8[:] i8[:] i1[:] -> none",
+    f"{_ENDS} i8[:] u8[:,:] i8[:] i8[:] i8[:] i8[:] i1[:] -> none",
     nogil=True,
 )
 def _lookup(
@@ -167,7 +175,9 @@ def _rehash(old_val: Any, tab_val: Any, slot_keys: Any) -> int:
 
 
 @kernel(
-    "i8[:] i1[:] u2[:] u4[:] u4[:] i8[:] b1[:,:] u4[:,:] i1[:,:] i1[:] u2[:] i8 i8[:] u4[:] u4[:] b1[:] b1[:] i8[:] i1[:] b1[:] i1[:] -> i8",
+    f"i8[:] i1[:] {array_types(COLUMNS, ('flags', 'seq', 'ack'))} i8[:] b1[:,:] u4[:,:] i1[:,:] "
+    f"{array_types(COLUMNS, ('opt_ws', 'win'))} "
+    "i8 i8[:] u4[:] u4[:] b1[:] b1[:] i8[:] i1[:] b1[:] i1[:] -> i8",
     nogil=True,
 )
 def _track(

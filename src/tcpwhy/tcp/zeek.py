@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from tcpwhy.decode.table import ACK, FIN, RST, SYN
-from tcpwhy.native import kernel, njit
+from tcpwhy.decode.table import ACK, COLUMNS, FIN, RST, SYN
+from tcpwhy.native import array_types, kernel, njit
 
 # --- Zeek endpoint states (TCP_ENDPOINT_*), in Zeek's own numbering -------------------
 INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
@@ -800,8 +800,15 @@ def _attempt_due(S: Any, W: Any, s: Any, now: Any) -> Any:
     return -1
 
 
+_ROW_COLUMNS = ("ts_ns", "flags", "seq", "ack", "win", "payload_len", "ip_len", "sport", "dport")
+"""`process_chunk`'s packet columns after the stream tracker's, as their schema types them."""
+
+
 @kernel(
-    "i8[:,:] i4[:,:] u1[:,:] i8[:] i8 i8[:] i8 i8 i8[:] i8[:] b1[:] i1[:] i8[:] u2[:] u4[:] u4[:] u2[:] u4[:] u4[:] u2[:] u2[:] i8[:] i8[:] i8[:] i8[:] i1[:] b1[:] i1[:] i1[:] b1[:] b1 b1 i8 i8 i8[:] b1[:] i8[:,:] i4[:,:] u1[:,:] i8[:,:] i8[:] b1 i8[:,:] i8[:] -> (i8, i8, i8, i8)",
+    "i8[:,:] i4[:,:] u1[:,:] i8[:] i8 i8[:] i8 i8 i8[:] i8[:] b1[:] i1[:] "
+    f"{array_types(COLUMNS, _ROW_COLUMNS)} i8[:] i8[:] i8[:] i8[:] "
+    f"{array_types(COLUMNS, ('csum_ok', 'truncated'))} i1[:] i1[:] b1[:] b1 b1 i8 i8 "
+    "i8[:] b1[:] i8[:,:] i4[:,:] u1[:,:] i8[:,:] i8[:] b1 i8[:,:] i8[:] -> (i8, i8, i8, i8)",
     nogil=True,
 )
 def process_chunk(
