@@ -182,7 +182,18 @@ def test_live_capture_matches_tshark(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     td = subprocess.Popen(
-        ["tcpdump", "-i", "lo", "--immediate-mode", "-U", "-w", str(pcap), f"tcp port {port}"],
+        [
+            "tcpdump",
+            "-i",
+            "lo",
+            "-B",
+            "16384",
+            "--immediate-mode",
+            "-U",
+            "-w",
+            str(pcap),
+            f"tcp port {port}",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

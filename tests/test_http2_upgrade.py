@@ -88,7 +88,18 @@ def test_upgrade_frames_match_tshark(tmp_path: Path) -> None:
     port = int(srv.stdout.readline())
     pcap = tmp_path / "upgrade.pcap"
     td = subprocess.Popen(
-        ["tcpdump", "-i", "lo", "--immediate-mode", "-U", "-w", str(pcap), f"tcp port {port}"],
+        [
+            "tcpdump",
+            "-i",
+            "lo",
+            "-B",
+            "16384",
+            "--immediate-mode",
+            "-U",
+            "-w",
+            str(pcap),
+            f"tcp port {port}",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -160,7 +160,18 @@ def test_live_resumption_matches_tshark_and_the_client(tmp_path: Path, version: 
     cctx.maximum_version = version  # type: ignore[assignment]
     pcap = tmp_path / "resume.pcap"
     td = subprocess.Popen(
-        ["tcpdump", "-i", "lo", "--immediate-mode", "-U", "-w", str(pcap), f"tcp port {port}"],
+        [
+            "tcpdump",
+            "-i",
+            "lo",
+            "-B",
+            "16384",
+            "--immediate-mode",
+            "-U",
+            "-w",
+            str(pcap),
+            f"tcp port {port}",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=(tmp_path / "tcpdump.err").open("w"),
     )
