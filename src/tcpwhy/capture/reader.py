@@ -159,6 +159,18 @@ class _Source:
             self._raw.close()
 
 
+def _read_head(src: _Source) -> bytes:
+    """The file header's 24 bytes (fewer only at the end of the file): a pipe may hand them
+    over in pieces."""
+    head = src.read(24)
+    while 0 < len(head) < 24:
+        more = src.read(24 - len(head))
+        if not more:
+            break
+        head += more
+    return head
+
+
 class _CompressedTruncated(Exception):
     pass
 
@@ -671,12 +683,7 @@ def _iter(
 ) -> Generator[PacketTable, None, None]:
     name = src.name
     try:
-        head = src.read(24)
-        while 0 < len(head) < 24:
-            more = src.read(24 - len(head))
-            if not more:
-                break
-            head += more
+        head = _read_head(src)
     except _CompressedTruncated as exc:
         raise CaptureError(name, f"corrupt gzip stream ({exc})") from None
     if not head:
@@ -919,12 +926,7 @@ def iter_records(source: str, stats: CaptureStats | None = None) -> Iterator[Rec
     src = _Source(source)
     try:
         name = src.name
-        head = src.read(24)
-        while 0 < len(head) < 24:
-            more = src.read(24 - len(head))
-            if not more:
-                break
-            head += more
+        head = _read_head(src)
         if not head:
             raise CaptureError(name, "empty file, not a capture")
         parser: _PcapParser | _RecordPcapngParser

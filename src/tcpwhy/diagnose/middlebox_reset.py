@@ -162,23 +162,30 @@ def _tell(g: Group) -> Story:
             "firewall, load balancer, NAT or IDS on the path most likely generated it (for "
             "example after its idle timeout dropped the connection's state)."
         ),
-        causes=[
-            "A stateful middlebox (LB, NAT, firewall) that resets connections it no longer "
-            "tracks, typically after its idle timeout (AWS NLB 350 s).",
-            "An intrusion-prevention or policy device injecting resets.",
-        ],
+        causes=list(_CAUSES),
         fixes=[
-            knowledge.advice(
-                "Keep connections below the middlebox's idle timeout: TCP keep-alive or "
-                "application pings more often than it, or a client pool idle timeout shorter "
-                "than it.",
-                *_BELOW_IDLE,
-            ),
+            _keep_below(),
             "Capture on the peer at the same time: if the peer never sent this RST, it was "
             "made on the path; then check the middlebox's logs and timeouts.",
         ],
         errors=knowledge.RESET,
         facts={"server": g.key, "certainty": "likely"},
+    )
+
+
+_CAUSES = (
+    "A stateful middlebox (LB, NAT, firewall) that resets connections it no longer "
+    "tracks, typically after its idle timeout (AWS NLB 350 s).",
+    "An intrusion-prevention or policy device injecting resets.",
+)
+
+
+def _keep_below() -> str:
+    return knowledge.advice(
+        "Keep connections below the middlebox's idle timeout: TCP keep-alive or "
+        "application pings more often than it, or a client pool idle timeout shorter "
+        "than it.",
+        *_BELOW_IDLE,
     )
 
 
@@ -204,18 +211,9 @@ def _tell_certain(g: Group) -> Story:
             "answers this way has usually forgotten the connection (its idle timeout) and "
             "resets segments of flows it no longer tracks."
         ),
-        causes=[
-            "A stateful middlebox (LB, NAT, firewall) that resets connections it no longer "
-            "tracks, typically after its idle timeout (AWS NLB 350 s).",
-            "An intrusion-prevention or policy device injecting resets.",
-        ],
+        causes=list(_CAUSES),
         fixes=[
-            knowledge.advice(
-                "Keep connections below the middlebox's idle timeout: TCP keep-alive or "
-                "application pings more often than it, or a client pool idle timeout shorter "
-                "than it.",
-                *_BELOW_IDLE,
-            ),
+            _keep_below(),
             "Find the box between the two capture points (its logs, its idle timeout).",
         ],
         errors=knowledge.RESET,

@@ -250,6 +250,18 @@ _in_process = iter(range(1, 1 << 30))
 _lock = threading.Lock()
 
 
+def _now(read: Callable[..., Any], *args: Any) -> Any:
+    """`read(*args)` of a non-blocking trace pipe, or None when it has nothing now."""
+    try:
+        return read(*args)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EINTR):
+            return None
+        raise
+
+
 class Instance:
     """`instances/tcpwhy-<pid>` with the given events enabled, read per CPU, raw."""
 
@@ -344,14 +356,7 @@ class Instance:
         readv = os.readv
         for _cpu, fd in self.fds:
             for _ in range(max_pages):
-                try:
-                    got = readv(fd, [views[len(lens)]])
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    if exc.errno in (errno.EAGAIN, errno.EINTR):
-                        break
-                    raise
+                got = _now(readv, fd, [views[len(lens)]])
                 if not got:
                     break
                 lens.append(got)
@@ -363,14 +368,7 @@ class Instance:
         """Sub-buffers available now, CPU by CPU (non-blocking; a partly filled one comes too)."""
         for _cpu, fd in self.fds:
             for _ in range(max_pages):
-                try:
-                    page = os.read(fd, self.page_size)
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    if exc.errno in (errno.EAGAIN, errno.EINTR):
-                        break
-                    raise
+                page = _now(os.read, fd, self.page_size)
                 if not page:
                     break
                 yield page
