@@ -366,45 +366,18 @@ def partial_hellos(table: PacketTable, rows: I64, name_len: I64) -> npt.NDArray[
 
 
 def hello_sni(rec: bytes) -> bytes:
-    """The SNI host name of a whole ClientHello record (header included) as `_sni` reads
-    one in a segment: the first entry of the server_name extension if it is a host name
-    of 1 to `NAME_MAX` bytes inside the record; b"" otherwise."""
-    end = len(rec)
-
-    def u16(p: int) -> int:
-        return rec[p] * 256 + rec[p + 1] if p + 2 <= end else -1
-
-    if end < 9 or rec[0] != 22 or rec[5] != 1:
+    """The SNI host name of a whole ClientHello record (header included): `_sni` reads it as
+    the payload of one segment, so a hello split over segments follows the one rule of a
+    hello in a segment (the first entry of the server_name extension if it is a host name of
+    1 to `NAME_MAX` bytes inside the record); b"" otherwise."""
+    if len(rec) < 9 or rec[0] != 22 or rec[5] != 1:
         return b""
-    p = 5 + 4 + 2 + 32
-    if p >= end:
-        return b""
-    p += 1 + rec[p]
-    n = u16(p)
-    if n < 0:
-        return b""
-    p += 2 + n
-    if p >= end:
-        return b""
-    p += 1 + rec[p]
-    total = u16(p)
-    if total < 0:
-        return b""
-    p += 2
-    ext_end = min(p + total, end)
-    for _ in range(_EXT_MAX):
-        if p + 4 > ext_end:
-            break
-        et, el = u16(p), u16(p + 2)
-        if et == 0:
-            if p + 9 > end or rec[p + 6] != 0:
-                return b""
-            nl = u16(p + 7)
-            if nl <= 0 or nl > NAME_MAX or p + 9 + nl > end:
-                return b""
-            return bytes(rec[p + 9 : p + 9 + nl])
-        p += 4 + el
-    return b""
+    one = PacketTable(
+        {"payload_off": np.zeros(1, np.uint64), "payload_cap": np.array([len(rec)], np.uint32)},
+        np.frombuffer(rec, np.uint8),
+    )
+    off, n = _sni(one, np.zeros(1, np.int64))
+    return rec[int(off[0]) : int(off[0]) + int(n[0])]
 
 
 class _Partial:
