@@ -29,6 +29,8 @@ pytestmark = pytest.mark.root
 
 HOLDER = r"""
 import json, os, socket, sys, threading, time
+# client sockets by local port, newest last: connect() may give two connections to
+# different listeners the same port, and a socket dropped from here would be closed
 listeners, accepted, clients = {}, {}, {}
 
 def reply(obj):
@@ -46,7 +48,7 @@ def accept_close_loop(ls):
 def connect_every(addr, port, n, gap):
     for _ in range(n):
         c = socket.create_connection((addr, port))
-        clients[c.getsockname()[1]] = c
+        clients.setdefault(c.getsockname()[1], []).append(c)
         time.sleep(gap)
 
 reply({"pid": os.getpid()})
@@ -69,7 +71,7 @@ for line in sys.stdin:
             else:
                 c.connect((a[0], int(a[1])))
             ports.append(c.getsockname()[1])
-            clients[ports[-1]] = c
+            clients.setdefault(ports[-1], []).append(c)
         reply({"ports": ports})
     elif cmd == "accept":
         for _ in range(int(a[1])):
@@ -90,7 +92,7 @@ for line in sys.stdin:
         reply({"ok": True})
     elif cmd == "close_clients":
         for p in a:
-            clients.pop(int(p)).close()
+            clients[int(p)].pop().close()
         reply({"ok": True})
     elif cmd == "accept_close_loop":
         threading.Thread(target=accept_close_loop, args=(listeners[int(a[0])],), daemon=True).start()
