@@ -30,7 +30,7 @@ from tcpwhy.decode import http2
 from tcpwhy.decode.table import PacketTable
 from tcpwhy.filter import FilterContext, compile_filter
 from tests.gates import need
-from tests.recording import wait_until_written
+from tests.recording import record_loopback, wait_until_written
 
 HERE = Path(__file__).resolve().parent
 REFS = HERE / "data" / "http2"
@@ -181,22 +181,7 @@ def test_live_capture_matches_tshark(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    td = subprocess.Popen(
-        [
-            "tcpdump",
-            "-i",
-            "lo",
-            "-B",
-            "16384",
-            "--immediate-mode",
-            "-U",
-            "-w",
-            str(pcap),
-            f"tcp port {port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    td = record_loopback(pcap, port)
     try:
         # probe connections until nginx answers and tcpdump has written one (tcpdump
         # flushes its file on each packet, so a packet in the file says it listens)

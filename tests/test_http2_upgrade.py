@@ -32,7 +32,7 @@ from tcpwhy.diagnose import http
 from tcpwhy.diagnose.context import Capture, Conn
 from tcpwhy.filter import FilterContext, compile_filter
 from tests.gates import need
-from tests.recording import wait_until_written
+from tests.recording import record_loopback, wait_until_written
 
 REFS = Path(__file__).resolve().parent / "data" / "http2"
 APACHE = REFS / "h2c-upgrade-apache.pcap"
@@ -87,22 +87,7 @@ def test_upgrade_frames_match_tshark(tmp_path: Path) -> None:
     assert srv.stdout is not None
     port = int(srv.stdout.readline())
     pcap = tmp_path / "upgrade.pcap"
-    td = subprocess.Popen(
-        [
-            "tcpdump",
-            "-i",
-            "lo",
-            "-B",
-            "16384",
-            "--immediate-mode",
-            "-U",
-            "-w",
-            str(pcap),
-            f"tcp port {port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    td = record_loopback(pcap, port)
     try:
         # tcpdump writes its file header once it listens
         deadline = time.monotonic() + 10

@@ -26,7 +26,7 @@ from tcpwhy.decode.tls import APPLICATION_DATA, CHANGE_CIPHER_SPEC, HANDSHAKE
 from tcpwhy.diagnose import tls
 from tests import craft
 from tests.gates import need
-from tests.recording import wait_until_written
+from tests.recording import record_loopback, wait_until_written
 
 LAB = Path(str(resources.files("tcpwhy") / "data" / "lab"))
 LAB_TLS = sorted(p.name for p in LAB.glob("*tls*.pcap"))
@@ -159,22 +159,7 @@ def test_live_resumption_matches_tshark_and_the_client(tmp_path: Path, version: 
     cctx = certs.client_context()
     cctx.maximum_version = version  # type: ignore[assignment]
     pcap = tmp_path / "resume.pcap"
-    td = subprocess.Popen(
-        [
-            "tcpdump",
-            "-i",
-            "lo",
-            "-B",
-            "16384",
-            "--immediate-mode",
-            "-U",
-            "-w",
-            str(pcap),
-            f"tcp port {port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "tcpdump.err").open("w"),
-    )
+    td = record_loopback(pcap, port, (tmp_path / "tcpdump.err").open("w"))
     stop = threading.Event()
     th = threading.Thread(target=_serve, args=(srv, sctx, stop), daemon=True)
     th.start()
