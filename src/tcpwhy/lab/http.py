@@ -31,6 +31,8 @@ def _fmt(addr: tuple[str, int] | tuple[str, int, int, int]) -> str:
 class KeepAliveServer:
     """Serves `200 ok` to every request; closes a connection after `idle` seconds of silence."""
 
+    thread_name = "http"  # its threads: "<name>-accept", "<name>-conn"
+
     def __init__(self, lab: Lab, idle: float, backlog: int = 128) -> None:
         self.lab = lab
         self.idle = idle
@@ -38,7 +40,7 @@ class KeepAliveServer:
         self.served = 0
         self.closed_idle = 0
         self._lock = threading.Lock()
-        lab.spawn(self._accept_loop, "http-accept")
+        lab.spawn(self._accept_loop, f"{self.thread_name}-accept")
 
     def _accept_loop(self) -> None:
         while True:
@@ -46,7 +48,7 @@ class KeepAliveServer:
                 conn, peer = self.listener.accept()
             except OSError:
                 return
-            self.lab.spawn(functools.partial(self._serve, conn, peer), "http-conn")
+            self.lab.spawn(functools.partial(self._serve, conn, peer), f"{self.thread_name}-conn")
 
     def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         conn.settimeout(self.idle)

@@ -12,7 +12,6 @@ cleartext, but nothing on the wire says which request it was.
 from __future__ import annotations
 
 import contextlib
-import functools
 import http.client
 import select
 import shutil
@@ -20,14 +19,13 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from tcpwhy.decode.table import FIN
 from tcpwhy.errors import ScenarioFailed
 from tcpwhy.lab.env import Lab, describe_exc
-from tcpwhy.lab.http import RESPONSE, STALE_ERRORS, LabConnection, Pool, _fmt
+from tcpwhy.lab.http import RESPONSE, STALE_ERRORS, KeepAliveServer, LabConnection, Pool, _fmt
 from tcpwhy.lab.relay import HOLD, PASS, PASS_RELEASE, Seg
 from tcpwhy.lab.runner import scenario
 
@@ -82,28 +80,16 @@ def close_notify_and_close(sock: ssl.SSLSocket) -> None:
         sock.close()
 
 
-class TLSKeepAliveServer:
+class TLSKeepAliveServer(KeepAliveServer):
     """`tcpwhy.lab.http.KeepAliveServer` over TLS: close_notify then FIN after `idle` s
     (a bare FIN when `close_notify` is False: close() without a TLS shutdown)."""
 
-    def __init__(self, lab: Lab, certs: Certs, idle: float, close_notify: bool = True) -> None:
-        self.lab = lab
-        self.idle = idle
-        self.close_notify = close_notify
-        self.ctx = certs.server_context()
-        self.listener = lab.listen()
-        self.served = 0
-        self.closed_idle = 0
-        self._lock = threading.Lock()
-        lab.spawn(self._accept_loop, "https-accept")
+    thread_name = "https"
 
-    def _accept_loop(self) -> None:
-        while True:
-            try:
-                raw, peer = self.listener.accept()
-            except OSError:
-                return
-            self.lab.spawn(functools.partial(self._serve, raw, peer), "https-conn")
+    def __init__(self, lab: Lab, certs: Certs, idle: float, close_notify: bool = True) -> None:
+        self.close_notify = close_notify
+        self.ctx = certs.server_context()  # before the accept loop starts
+        super().__init__(lab, idle)
 
     def _serve(self, raw: socket.socket, peer: tuple[str, int]) -> None:
         try:
@@ -164,11 +150,6 @@ class TLSKeepAliveServer:
             close_notify_and_close(conn)
         else:
             conn.close()  # Python's close() sends no alert: a bare FIN
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
 
 
 class LabTLSConnection(http.client.HTTPSConnection):
