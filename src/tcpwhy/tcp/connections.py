@@ -380,12 +380,7 @@ class ConnectionBuilder:
                 self._compact_queue()
             evicted = int(self._vmeta[1])
             self.nfree, self.next_uid, k, j = z.process_chunk(
-                self.S,
-                self.W,
-                self.H,
-                self.free,
-                self.nfree,
-                self.conv_slot,
+                *self._pool(),
                 self.next_uid,
                 i,
                 conv,
@@ -573,6 +568,11 @@ class ConnectionBuilder:
             return []
         return self._sweep_slots(slots, now, force=force, reason=reason)
 
+    def _pool(self) -> tuple[Any, ...]:
+        """The slot pool as the Zeek loops take it: the slots' state (S, W, H), the free list
+        and its length, and each conversation's slot."""
+        return self.S, self.W, self.H, self.free, self.nfree, self.conv_slot
+
     def _sweep_slots(
         self, slots: npt.NDArray[np.int64], now: int, *, force: bool, reason: int
     ) -> list[ConnColumns]:
@@ -580,12 +580,7 @@ class ConnectionBuilder:
         OW = np.empty((len(slots), z.NFIELDS32), np.int32)
         OH = np.empty((len(slots), z.HIST_MAX), np.uint8)
         self.nfree, k = z.sweep(
-            self.S,
-            self.W,
-            self.H,
-            self.free,
-            self.nfree,
-            self.conv_slot,
+            *self._pool(),
             slots,
             now,
             self.zeek_timers,
