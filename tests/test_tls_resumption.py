@@ -210,24 +210,34 @@ def test_live_resumption_matches_tshark_and_the_client(tmp_path: Path, version: 
     want = "TLS 1.3" if version == ssl.TLSVersion.TLSv1_3 else "TLS 1.2"
     assert texts == [f"resumed {want}" if r else want for r in reused]
     # the session id length as a display filter field, frame for frame with tshark
-    from tcpwhy.filter import FilterContext, compile_filter
-
-    t = read_table(str(pcap))
-    ctx = FilterContext(t)
-    for flt in (
+    got = _frames_as_tshark(
+        pcap,
+        port,
         "tls.handshake.session_id_length",
         "tls.handshake.session_id_length == 0",
         "tls.handshake.session_id_length == 32",
         "tls.handshake.session_id_length > 0 and tls.handshake.type == 1",
-    ):
+    )
+    for flt, mine_frames in got.items():
+        assert mine_frames or flt.endswith("== 0"), flt
+
+
+def _frames_as_tshark(pcap: Path, port: int, *filters: str) -> dict[str, list[int]]:
+    """Per display filter: the frames tcpwhy matches, required to be tshark's."""
+    from tcpwhy.filter import FilterContext, compile_filter
+
+    t = read_table(str(pcap))
+    ctx = FilterContext(t)
+    out = {}
+    for flt in filters:
         ref_frames = subprocess.run(
             ["tshark", "-n", "-r", str(pcap), "-d", f"tcp.port=={port},tls", "-Y", flt,
              "-T", "fields", "-e", "frame.number"],
             check=True, capture_output=True, text=True, timeout=60,
         ).stdout.split()  # fmt: skip
-        mine_frames = t["frame"][compile_filter(flt).mask(t, ctx)].tolist()
-        assert [int(x) for x in ref_frames] == mine_frames, flt
-        assert mine_frames or flt.endswith("== 0"), flt
+        out[flt] = t["frame"][compile_filter(flt).mask(t, ctx)].tolist()
+        assert [int(x) for x in ref_frames] == out[flt], flt
+    return out
 
 
 def test_encrypted_finished_is_no_certificate() -> None:
@@ -407,20 +417,11 @@ def test_crafted_hellos_as_tshark_sees_them(tmp_path: Path) -> None:
     assert ref == {0: False, 1: True, 2: True}
     assert _tcpwhy_resumed(pcap) == ref
     _check_hellos(pcap, PORT)
-    t = read_table(str(pcap))
-    from tcpwhy.filter import FilterContext, compile_filter
-
-    ctx = FilterContext(t)
-    for flt in (
+    _frames_as_tshark(
+        pcap,
+        PORT,
         "tls.handshake.type",
         "tls.handshake.session_id_length",
         "tls.handshake.extension.type",
         "tls.handshake.extensions_server_name",
-    ):
-        ref_frames = subprocess.run(
-            ["tshark", "-n", "-r", str(pcap), "-d", f"tcp.port=={PORT},tls", "-Y", flt,
-             "-T", "fields", "-e", "frame.number"],
-            check=True, capture_output=True, text=True, timeout=60,
-        ).stdout.split()  # fmt: skip
-        mine = t["frame"][compile_filter(flt).mask(t, ctx)].tolist()
-        assert [int(x) for x in ref_frames] == mine, flt
+    )
