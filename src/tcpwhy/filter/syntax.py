@@ -566,19 +566,9 @@ class Empty(Node):
 
 def display(node: Node) -> str:
     """How tshark's messages name a node."""
-    if isinstance(node, FieldRef):
+    if isinstance(node, FieldRef | Call):
         return node.name
-    if isinstance(node, Literal):
-        return node.text
-    if isinstance(node, Call):
-        return node.name
-    if isinstance(node, Arith):
-        return node.text
-    if isinstance(node, Slice):
-        return node.text
-    if isinstance(node, Relation):
-        return node.text
-    if isinstance(node, InSet):
+    if isinstance(node, Literal | Arith | Slice | Relation | InSet):
         return node.text
     return ""
 
