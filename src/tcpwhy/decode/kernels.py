@@ -150,19 +150,22 @@ def _rd16(b: Any, p: Any, le: Any) -> Any:
 
 
 @njit(cache=True, inline="always")
-def _be64(b: Any, p: Any) -> Any:
+def _be_n(b: Any, p: Any, n: Any) -> Any:
+    """The n bytes at p as one big-endian unsigned number (n <= 8)."""
     v = np.uint64(0)
-    for i in range(8):
+    for i in range(n):
         v = (v << np.uint64(8)) | np.uint64(b[np.uint64(p + i)])
     return v
 
 
 @njit(cache=True, inline="always")
+def _be64(b: Any, p: Any) -> Any:
+    return _be_n(b, p, 8)
+
+
+@njit(cache=True, inline="always")
 def _be48(b: Any, p: Any) -> Any:
-    v = np.uint64(0)
-    for i in range(6):
-        v = (v << np.uint64(8)) | np.uint64(b[np.uint64(p + i)])
-    return v
+    return _be_n(b, p, 6)
 
 
 @njit(cache=True, inline="always")
