@@ -87,15 +87,22 @@ class CountedGroup(Group):
 
 
 def first_positions(
-    cap: Capture, sids: npt.NDArray[np.int64], at: npt.NDArray[np.bool_]
+    cap: Capture,
+    sids: npt.NDArray[np.int64],
+    at: npt.NDArray[np.bool_],
+    after: npt.NDArray[np.int64] | None = None,
 ) -> npt.NDArray[np.int64]:
     """Per stream of `sids`, the position (in `cap.order`) of its first packet where `at`
     (one value per position of `cap.order`) holds, or -1: a rule's "first SYN", "first RST
-    from the server" for every candidate at once."""
+    from the server" for every candidate at once. With `after` (a position per stream), the
+    first one after it: "the server's answer to that SYN"."""
     pos = np.flatnonzero(at)
     if not len(pos):
         return np.full(len(sids), -1, np.int64)
-    j = np.searchsorted(pos, cap.starts[sids])
+    if after is None:
+        j = np.searchsorted(pos, cap.starts[sids])
+    else:
+        j = np.searchsorted(pos, after, side="right")
     got = pos[np.minimum(j, len(pos) - 1)]
     return np.where((j < len(pos)) & (got < cap.ends[sids]), got, -1)
 

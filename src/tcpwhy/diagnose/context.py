@@ -13,10 +13,11 @@ originator follows Zeek (its likely-server-ports heuristics may flip a
 connection whose SYN went from a well-known port), so that records match
 conn.log. A diagnosis speaks of "the client" as the side that called
 connect(): the sender of the first SYN, else the receiver of a SYN-ACK, else
-the side whose port looks ephemeral (`tcpwhy.tcp.sides`, which flow uses too). Likewise `Capture.endings()` is the
-report's own short tally from the per-stream counts (a few numpy reductions),
-not `ConnRecord.end`: building records would run the RFC state machine over
-every connection of the capture to say less than the report needs.
+the side whose port looks ephemeral (`tcpwhy.tcp.sides`, which flow uses too).
+Likewise `Capture.endings()` is the report's own short tally from the
+per-stream counts (a few numpy reductions), not `ConnRecord.end`: building
+records would run the RFC state machine over every connection of the capture
+to say less than the report needs.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ NO_FIN = np.iinfo(np.int64).max  # Capture.first_fin_ns of a side that sent no F
 CONN_CACHE_ROWS = 200_000  # packets of the Conn views a Capture keeps (LRU)
 ENDING_WORDS = tuple(words for _, words in ENDING_SUMMARY)
 """`Capture.endings`' words, in `Capture.ending_index` order (from
-`tcpwhy.tcp.connections.ENDING_SUMMARY`, with their codes)."""
+`tcpwhy.tcp.endings.ENDING_SUMMARY`, with their codes)."""
 
 
 def flag_text(f: int) -> str:
@@ -592,10 +593,13 @@ class Conn:
         return None
 
     @cached_property
+    def _np_plen(self) -> npt.NDArray[np.int64]:
+        return self.cap.table["payload_len"][self.rows].astype(np.int64)
+
+    @cached_property
     def _np_data(self) -> npt.NDArray[np.bool_]:
         """Per local row: carries data and no RST."""
-        plen = self.cap.table["payload_len"][self.rows]
-        return (plen > 0) & ((self._np_flags & RST) == 0)
+        return (self._np_plen > 0) & ((self._np_flags & RST) == 0)
 
     def s(self, i: int) -> float:
         """Seconds since the connection's first packet."""

@@ -55,10 +55,6 @@ def _icmp_about(c: Conn, x: int) -> list[int]:
     return [i for i in ic.rows_of(c.sid) if ic.too_big[i] and ic.side[i] == x]
 
 
-def _plen(c: Conn) -> Any:
-    return c.cap.table["payload_len"][c.rows].astype(np.int64)
-
-
 def _seq_top(values: Any) -> int:
     """The last value a scan keeps that replaces its top with any value after it (seq_gt):
     the numeric maximum when the values lie within half the sequence space (then seq_gt
@@ -83,7 +79,7 @@ def at_sender(c: Conn, x: int) -> dict[str, Any] | None:
     if not len(acks):
         return None
     top = _seq_top(acks)
-    plen, rseq = _plen(c), c.cap.rel_seq[c.rows].astype(np.int64)
+    plen, rseq = c._np_plen, c.cap.rel_seq[c.rows].astype(np.int64)
     data = c._np_data & (side == x)
     beyond = seq_gt(seq_add(rseq, plen), top)
     stuck = np.flatnonzero(data & beyond)
@@ -127,7 +123,7 @@ def at_receiver(c: Conn, x: int) -> dict[str, Any] | None:
     if len(data_rows) < 2:
         return None
     mss = _mss(c, 1 - x)  # what the receiver allowed
-    biggest = int(_plen(c)[data_rows].max())
+    biggest = int(c._np_plen[data_rows].max())
     if mss is not None and biggest >= mss - 40:
         return None  # full-size segments did arrive (checked first: no hole search needed)
     data: list[int] = data_rows.tolist()

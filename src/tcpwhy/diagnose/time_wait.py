@@ -15,7 +15,7 @@ import numpy as np
 from tcpwhy.arrays import group_ids
 from tcpwhy.decode.table import ACK, RST, SYN
 from tcpwhy.diagnose import knowledge
-from tcpwhy.diagnose.common import by_server
+from tcpwhy.diagnose.common import by_server, first_positions
 from tcpwhy.diagnose.context import CLIENT, NO_FIN, SERVER, Conn, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import (
@@ -66,14 +66,10 @@ def detect_reuse(diag: Diag) -> list[Finding]:
         return []
     flags = t["flags"]  # its narrow type: whole-capture temporaries below are 2 bytes a row
     pos_side = cap.side[cap.order]
-    syn_pos = np.flatnonzero((pos_side == CLIENT) & ((flags[cap.order] & (SYN | ACK | RST)) == SYN))
-    first_syn = syn_pos[np.searchsorted(syn_pos, cap.starts[sid])]  # CSR positions
-    srv_pos = np.flatnonzero(pos_side == SERVER)
-    j = np.searchsorted(srv_pos, first_syn, side="right")
-    has_answer = j < len(srv_pos)
-    answer = np.where(has_answer, srv_pos[np.minimum(j, len(srv_pos) - 1)], -1)
-    has_answer &= answer < cap.ends[sid]
-    answer = np.where(has_answer, answer, -1)
+    syn_at = (pos_side == CLIENT) & ((flags[cap.order] & (SYN | ACK | RST)) == SYN)
+    first_syn = first_positions(cap, sid, syn_at)  # positions in cap.order (nsyn > 0: found)
+    answer = first_positions(cap, sid, pos_side == SERVER, after=first_syn)
+    has_answer = answer >= 0
     syn_row = cap.order[first_syn]
     ans_row = np.where(has_answer, cap.order[np.maximum(answer, 0)], syn_row)
     af = np.where(has_answer, flags[ans_row], 0)

@@ -86,8 +86,7 @@ def ladder_of_table(
             else "no TCP packets",
         )
     cdir = s["dir"][rows]
-    first = int(rows[0])
-    client = client_dir(t["flags"][rows], cdir, int(t["sport"][first]), int(t["dport"][first]))
+    client = client_dir(t, rows, cdir)
     direction = (cdir != client).astype(np.int8)
     end_ns = int(t["ts_ns"][-1])
     states = run_rows(t, rows, direction, end_ns=end_ns)

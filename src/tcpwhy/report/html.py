@@ -310,8 +310,7 @@ def ladder_views(cap: Any, sids: npt.NDArray[np.int64]) -> dict[int, Any]:
         if sid in out:  # the tracker split one stream in two: keep the first part
             continue
         cdir = s["dir"][r]
-        f0 = int(r[0])
-        client = client_dir(sub["flags"][r], cdir, int(sub["sport"][f0]), int(sub["dport"][f0]))
+        client = client_dir(sub, r, cdir)
         direction = (cdir != client).astype(np.int8)
         st = run_rows(sub, r, direction, end_ns=cap.end_ns)
         lad = Ladder(

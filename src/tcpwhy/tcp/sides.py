@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.decode.table import ACK, RST, SYN
+from tcpwhy.decode.table import ACK, RST, SYN, PacketTable
 
 EPHEMERAL_FROM = 32768
 """Ports at or above this look ephemeral (Linux's default ip_local_port_range starts here)."""
@@ -51,22 +51,15 @@ def client_dirs(
     return orig.astype(np.int8)
 
 
-def client_dir(
-    flags: npt.NDArray[Any],
-    pdir: npt.NDArray[Any],
-    sport: int,
-    dport: int,
-) -> int:
-    """`client_dirs` of one connection's rows (capture order); `sport` and `dport` are its
-    first row's."""
-    n = len(flags)
+def client_dir(table: PacketTable, rows: npt.NDArray[Any], pdir: npt.NDArray[Any]) -> int:
+    """`client_dirs` of one connection: its `rows` of `table` in capture order and their
+    directions."""
+    if not len(rows):
+        return 0
+    first = np.zeros(1, np.int64)
+    r0 = rows[:1]
     got = client_dirs(
-        flags,
-        pdir,
-        np.zeros(n, np.int64),
-        1 if n else 0,
-        np.zeros(1 if n else 0, np.int64),
-        np.asarray([sport] if n else [], np.int64),
-        np.asarray([dport] if n else [], np.int64),
-    )
-    return int(got[0]) if n else 0
+        table["flags"][rows], pdir, np.zeros(len(rows), np.int64), 1, first,
+        table["sport"][r0], table["dport"][r0],
+    )  # fmt: skip
+    return int(got[0])
