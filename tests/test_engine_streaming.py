@@ -56,6 +56,27 @@ def test_small_chunks_and_fallback_give_the_same_report(
     report = engine.diagnose_files([path])
     assert to_json(report) == whole
 
+    # no size to go by (as for a compressed file): the columns grow chunk after chunk
+    monkeypatch.setattr(engine, "_plain_size", lambda path: 0)
+    grown = {"n": 0}
+    init = engine._Growing.__init__
+
+    def tiny(self: engine._Growing) -> None:
+        init(self)
+        self.expect = 1
+
+    monkeypatch.setattr(engine._Growing, "__init__", tiny)
+    put = engine._Growing.add
+
+    def counted(self: engine._Growing, cols: dict) -> None:  # type: ignore[type-arg]
+        before = {k: len(a) for k, a in self.cols.items()}
+        put(self, cols)
+        grown["n"] += any(len(a) != before.get(k, len(a)) for k, a in self.cols.items())
+
+    monkeypatch.setattr(engine._Growing, "add", counted)
+    assert to_json(engine.diagnose_files([path])) == whole
+    assert grown["n"] >= 2
+
     # a chunk that cannot be compacted after some that were: their columns come back
     calls = {"n": 0}
     take = engine._Endpoints.take
@@ -78,3 +99,24 @@ def test_a_connection_rich_file_keeps_addresses_per_stream() -> None:
         assert isinstance(cap.table.cols[k], StreamColumn)
     flood = engine.diagnose_files([str(LAB / "syn-flood.pcap")]).diags[0].cap
     assert not isinstance(flood.table.cols["src_hi"], StreamColumn)
+
+
+def test_growing_columns_are_the_chunks_joined() -> None:
+    np = engine.np
+    g = engine._Growing()
+    g.expect = 3
+    chunks = [
+        {"a": np.arange(2, dtype=np.uint32), "b": np.ones((2, 3), np.int8)},
+        {"a": np.arange(5, dtype=np.uint32) + 10, "b": np.zeros((5, 3), np.int8)},
+        # a wider type than the rows before: the column is widened, no value cut
+        {"a": np.array([1 << 40], np.uint64), "b": np.full((1, 3), 7, np.int8)},
+    ]
+    for c in chunks:
+        g.add(c)
+    g.put("c", np.arange(8, dtype=np.int16))
+    out = g.done()
+    for k in ("a", "b"):
+        want = np.concatenate([c[k] for c in chunks])
+        assert out[k].dtype == want.dtype
+        assert np.array_equal(out[k], want)
+    assert np.array_equal(out["c"], np.arange(8))

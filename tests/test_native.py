@@ -277,3 +277,17 @@ def test_array_types_follow_the_column_schema() -> None:
     ):
         assert dims == 1 + len(shape), name
         assert np.dtype(dt) == np.dtype({"b1": np.bool_}.get(code, code)), name
+
+
+def test_rows_by_stream_is_a_stable_sort_of_the_stream_ids() -> None:
+    from tcpwhy.tcp.streams import rows_by_stream
+
+    rng = np.random.default_rng(7)
+    for n, ns in ((0, 0), (1, 1), (1000, 37), (50_000, 9000)):
+        stream = rng.integers(0, max(ns, 1), n).astype(np.int64)
+        stream[: min(n, ns)] = np.arange(min(n, ns))  # ids dense, as a tracker numbers them
+        order, bounds = rows_by_stream(stream, ns)
+        want = np.argsort(stream, kind="stable")
+        assert order.dtype == np.int32
+        assert np.array_equal(order, want)
+        assert np.array_equal(bounds, np.searchsorted(stream[want], np.arange(ns + 1)))

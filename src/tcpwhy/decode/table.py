@@ -338,17 +338,27 @@ class PacketTable:
 def concat_icmp(tables: Sequence[PacketTable]) -> PacketTable | None:
     """The ICMP rows of consecutive tables as one table, `icmp_at` counted over the joined
     TCP rows."""
-    parts = []
+    based = []
     base = 0
     for t in tables:
-        if t.icmp is not None and len(t.icmp):
-            if base:
-                cols = dict(t.icmp.cols)
-                cols["icmp_at"] = cols["icmp_at"] + base
-                parts.append(PacketTable(cols, t.icmp.data))
-            else:
-                parts.append(t.icmp)
+        if t.icmp is not None:
+            based.append((base, t.icmp))
         base += len(t)
+    return join_icmp(based)
+
+
+def join_icmp(based: Sequence[tuple[int, PacketTable]]) -> PacketTable | None:
+    """ICMP tables as one, each (base, table) with its `icmp_at` moved on by `base`: the TCP
+    rows of the joined table before the ICMP table's own TCP rows."""
+    parts = []
+    for base, ic in based:
+        if len(ic):
+            if base:
+                cols = dict(ic.cols)
+                cols["icmp_at"] = cols["icmp_at"] + base
+                parts.append(PacketTable(cols, ic.data))
+            else:
+                parts.append(ic)
     if not parts:
         return None
     if len(parts) == 1:

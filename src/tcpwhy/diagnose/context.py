@@ -50,7 +50,7 @@ from tcpwhy.tcp.sides import client_dirs
 from tcpwhy.tcp.state import Event, State, state_label
 from tcpwhy.tcp.state import Step as StateStep
 from tcpwhy.tcp.state_kernel import run_connections
-from tcpwhy.tcp.streams import StreamTracker
+from tcpwhy.tcp.streams import StreamTracker, rows_by_stream
 
 CLIENT, SERVER = 0, 1
 WHO = ("client", "server")
@@ -140,15 +140,15 @@ class Capture:
         )
         self.start_ns = int(table["ts_ns"].min()) if n else 0
         self.end_ns = int(table["ts_ns"].max()) if n else 0
-        order = np.argsort(self.stream, kind="stable")
-        # row numbers as int32 where they fit: a capture-sized array kept for every rule
-        self.order = order.astype(np.int32) if n < 1 << 31 else order
-        del order
-        ss = self.stream[self.order]
-        ids = np.arange(self.nstreams)
-        self.starts = np.searchsorted(ss, ids, side="left")
-        self.ends = np.searchsorted(ss, ids, side="right")
-        del ss, ids  # a capture-sized temporary: not kept beside the rest of the work below
+        self.order: npt.NDArray[np.signedinteger[Any]]
+        if n < 1 << 31:
+            # row numbers as int32: a capture-sized array kept for every rule
+            self.order, bounds = rows_by_stream(self.stream, self.nstreams)
+        else:
+            self.order = np.argsort(self.stream, kind="stable")
+            bounds = np.searchsorted(self.stream[self.order], np.arange(self.nstreams + 1))
+        self.starts = bounds[:-1]
+        self.ends = bounds[1:]
 
         flags = table["flags"]  # its own narrow type: a whole capture's column
         kind = flags & (SYN | ACK | RST)

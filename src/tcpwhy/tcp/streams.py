@@ -83,6 +83,38 @@ def pair_hashes(
         dirs[i] = 1 if gt else 0
 
 
+@kernel("i8[:] i8[:] i4[:] -> none", nogil=True)
+def _group_rows(stream: Any, bounds: Any, order: Any) -> None:
+    """Counting sort: `bounds` (nstreams + 1, zeroed) gets each stream's first position,
+    `order` the rows stream by stream, in row order within a stream."""
+    n = bounds.shape[0] - 1
+    for i in range(stream.shape[0]):
+        bounds[stream[i] + 1] += 1
+    for s in range(n):
+        bounds[s + 1] += bounds[s]
+    fill = bounds[:n].copy()
+    for i in range(stream.shape[0]):
+        s = stream[i]
+        order[fill[s]] = i
+        fill[s] += 1
+
+
+def rows_by_stream(
+    stream: npt.NDArray[np.int64], nstreams: int
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+    """The rows grouped by stream, in capture order within each (int32 row numbers), and
+    where each stream's rows begin in that order (`nstreams + 1` bounds).
+
+    What a stable argsort of the stream ids gives, in one counting pass: the ids are dense
+    (0 .. nstreams - 1), and on 4.3 M rows the sort took 0.2 s where this takes 0.015 s."""
+    if len(stream) >= 1 << 31:
+        raise ValueError("more than 2**31 rows")
+    bounds = np.zeros(nstreams + 1, np.int64)
+    order = np.empty(len(stream), np.int32)
+    _group_rows(np.ascontiguousarray(stream, np.int64), bounds, order)
+    return order, bounds
+
+
 _SLOT = np.int64(0xFFFFFFFF)
 _HASH = np.uint64(0x7FFFFFFF)
 
