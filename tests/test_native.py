@@ -291,3 +291,21 @@ def test_rows_by_stream_is_a_stable_sort_of_the_stream_ids() -> None:
         assert order.dtype == np.int32
         assert np.array_equal(order, want)
         assert np.array_equal(bounds, np.searchsorted(stream[want], np.arange(ns + 1)))
+
+
+def test_extend_filled_keeps_rows_and_sets_only_the_new_ones() -> None:
+    from tcpwhy.arrays import extend_filled
+
+    a = np.zeros((0, 2), np.int64)
+    have = 0
+    seen = []
+    for want in (3, 5, 5, 2000, 2001, 9000):
+        a = extend_filled(a, have, want, -1)
+        assert a.shape[0] >= want and a.shape[1:] == (2,)
+        assert (a[have:want] == -1).all()  # the new rows, set
+        a[have:want] = np.arange(have, max(want, have))[:, None]  # as a kernel would use them
+        have = max(have, want)
+        seen.append(a.shape[0])
+    assert np.array_equal(a[:have, 0], np.arange(have))  # every row kept through the growth
+    assert seen[1] == seen[0]  # room left: no new array
+    assert seen[-1] < 4 * 9000  # doubling, not per request

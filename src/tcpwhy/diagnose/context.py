@@ -266,6 +266,9 @@ class Capture:
         wanted = np.zeros(int(conv.max()) + 1, np.bool_)
         wanted[conv[plain]] = True
         del plain
+        # the kept conversations numbered again densely: the analyzer's state is per slot,
+        # and the slots of a flood's few real connections run into the millions
+        slot = (np.cumsum(wanted) - 1).astype(np.int64)
         cols, streams = self.table.cols, self._streams
         # the kept rows are gathered a chunk at a time (a copy of every kept row's columns
         # at once was hundreds of MB at the peak of a large capture), and their bits written
@@ -282,7 +285,7 @@ class Capture:
             if not len(part):
                 continue
             got = {k: v[sel] for k, v in streams.items()}
-            got["conv"] = got["conv"].astype(np.int64)  # kept narrow (`narrow_streams`)
+            got["conv"] = slot[got["conv"]]
             bits[sel] = analyzer.feed(part, got).bits
         return bits
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tcpwhy.arrays import extend_filled
 from tcpwhy.decode.table import ACK, COLUMNS, FIN, RST, SYN, PacketTable, staggered_zeros
 from tcpwhy.native import array_types, kernel, njit
 from tcpwhy.tcp import ANALYSIS_FLAGS
@@ -441,17 +442,19 @@ _POOL = {
 }
 
 
-def _grown(arrs: dict[str, npt.NDArray[Any]], spec: dict[str, tuple[Any, int]], n: int) -> None:
+def _grown(
+    arrs: dict[str, npt.NDArray[Any]],
+    filled: dict[str, int],
+    spec: dict[str, tuple[Any, int]],
+    n: int,
+) -> None:
+    """At least `n` rows of each state array in `spec` set up (`filled`: how many are)."""
     for name, (dt, init) in spec.items():
-        old = arrs.get(name)
-        have = 0 if old is None else old.shape[0]
-        if have >= n:
-            continue
-        # by a quarter: the slots follow the stream tracker's, which are bounded
-        new = np.full(max(n, have + have // 4, 1024), init, dt)
-        if old is not None:
-            new[:have] = old
-        arrs[name] = new
+        have = filled.get(name, 0)
+        if have < n:
+            old = arrs.get(name, np.empty(0, dt))
+            arrs[name] = extend_filled(old, have, n, init)
+            filled[name] = n
 
 
 class Analyzer:
@@ -459,6 +462,7 @@ class Analyzer:
 
     def __init__(self) -> None:
         self.state: dict[str, npt.NDArray[Any]] = {}
+        self.filled: dict[str, int] = {}  # rows of each state array set up (`_grown`)
         self.pool_meta = np.array([-1, 0], np.int64)
 
     def feed(self, table: PacketTable, streams: dict[str, npt.NDArray[Any]]) -> Analysis:
@@ -466,9 +470,9 @@ class Analyzer:
         # state is kept per conversation slot of the stream tracker, which reuses the slots
         # of conversations it forgot: memory follows the conversations held, not the file
         nslots = int(streams["conv"].max()) + 1 if n else 0
-        _grown(self.state, _DIR_STATE, 2 * nslots)
-        _grown(self.state, _STREAM_STATE, nslots)
-        _grown(self.state, _POOL, int(self.pool_meta[1]) + n)
+        _grown(self.state, self.filled, _DIR_STATE, 2 * nslots)
+        _grown(self.state, self.filled, _STREAM_STATE, nslots)
+        _grown(self.state, self.filled, _POOL, int(self.pool_meta[1]) + n)
         return _run(table, streams, self.state, self.pool_meta)
 
 

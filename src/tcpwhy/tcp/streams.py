@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tcpwhy.arrays import extend_filled
 from tcpwhy.decode.table import (
     ACK,
     COLUMNS,
@@ -356,9 +357,7 @@ class StreamTracker:
             cap = max(need, self._cap + self._cap // 4, 1024)
 
             def grow(a: npt.NDArray[Any], fill: Any) -> npt.NDArray[Any]:
-                new = np.full((cap, *a.shape[1:]), fill, a.dtype)
-                new[: a.shape[0]] = a
-                return new
+                return extend_filled(a, self._cap, cap, fill)
 
             self.st_stream = grow(self.st_stream, -1)
             self.st_bset = grow(self.st_bset, False)
