@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from tcpwhy.filter import DisplayFilter
     from tcpwhy.report.flow import Ladder, LadderView
     from tcpwhy.report.flow_pair import PairView
-    from tcpwhy.tcp.records import ConnColumns
+    from tcpwhy.tcp.records import ConnColumns, RecordOptions
 
 Source = Union[str, "os.PathLike[str]", IO[bytes]]
 """A capture: a path, an fsspec URL (``s3://…``, with fsspec installed), or a binary file
@@ -419,6 +419,8 @@ def connection_schema(local: bool = False) -> dict[str, Field]:
 
 
 _TEXT_COLUMNS = ("orig_h", "resp_h", "history", "community_id")
+_THREADED_TEXT_ROWS = 10_000
+"""Records from which the Community IDs are hashed in a thread of their own."""
 
 
 class ConnectionTable(_TimedTable):
@@ -450,7 +452,7 @@ class ConnectionTable(_TimedTable):
     def to_arrow(self) -> pyarrow.Table:
         # the Community IDs (compiled, without the GIL) are hashed in a thread of their
         # own while the other text columns are made: a third of `to_arrow`'s time
-        if len(self) >= 10_000 and "community_id" not in self._text:
+        if len(self) >= _THREADED_TEXT_ROWS and "community_id" not in self._text:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(1, thread_name_prefix="tcpwhy-text") as pool:
@@ -482,6 +484,36 @@ class ConnectionTable(_TimedTable):
         return super()._arrow(pa, f)
 
 
+def _with_community_ids(
+    batches: Iterator[ConnColumns], options: RecordOptions
+) -> tuple[list[ConnColumns], npt.NDArray[np.uint8] | None]:
+    """The batches, and their records' Community ID hashes (`community_id_text`, rows in
+    batch order), hashed in a thread of their own while the next batches are built (the
+    compiled hashing releases the GIL): `to_arrow` made them after the last record was read,
+    a third of its time then. None when there are too few records for a thread to pay."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    got: list[ConnColumns] = []
+    hashed: list[Future[npt.NDArray[np.uint8]]] = []
+    with ThreadPoolExecutor(1, thread_name_prefix="tcpwhy-community-id") as pool:
+        for c in batches:
+            got.append(c)
+            if len(c):
+                hashed.append(pool.submit(c.with_options(options).community_id_text))
+        ids = [f.result() for f in hashed]
+    if sum(len(x) for x in ids) < _THREADED_TEXT_ROWS:
+        return got, None
+    return got, np.concatenate(ids)
+
+
+def _community_id_arrow(ids: npt.NDArray[np.uint8]) -> Any:
+    """The Arrow string array of Community IDs (``1:`` and the hash) from their hashes."""
+    from tcpwhy.report.conns_kernel import COMMUNITY_ID_WIDTH
+    from tcpwhy.report.parquet import _fixed_text
+
+    return _fixed_text(ids, np.full(len(ids), COMMUNITY_ID_WIDTH), b"1:")
+
+
 def _text_column(c: ConnColumns, name: str) -> Any:
     """The Arrow string array of text column `name` (`_TEXT_COLUMNS`) of a batch."""
     from tcpwhy.report.parquet import _fixed_text, addresses
@@ -490,10 +522,7 @@ def _text_column(c: ConnColumns, name: str) -> Any:
     if name == "history":
         return _fixed_text(col["history"], col["history_len"], b"")
     if name == "community_id":
-        from tcpwhy.report.conns_kernel import COMMUNITY_ID_WIDTH
-
-        ids = c.community_id_text()
-        return _fixed_text(ids, np.full(len(ids), COMMUNITY_ID_WIDTH), b"1:")
+        return _community_id_arrow(c.community_id_text())
     w = name[:4]
     return addresses(col[f"{w}_hi"], col[f"{w}_lo"])
 
@@ -960,12 +989,16 @@ class Capture:
                         record_options=self._record_options,
                         **self._conn_options,
                     )
-                    got = [c for _, c, _ in batches]
+                    got, ids = _with_community_ids((c for _, c, _ in batches), self._record_options)
             except TcpwhyError as exc:
                 raise _classify(exc, self._src.names) from None
             self._note(stats, paths)
             c = ConnColumns.concat(got).with_options(self._record_options)
-            self._connections = _connection_table(c.stream_order())
+            order = c.stream_order_index()
+            table = _connection_table(c.take(order))
+            if ids is not None:
+                table._text["community_id"] = _community_id_arrow(ids[order])
+            self._connections = table
         return self._connections
 
     @property

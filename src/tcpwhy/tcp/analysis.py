@@ -453,7 +453,8 @@ def _grown(
         have = filled.get(name, 0)
         if have < n:
             old = arrs.get(name, np.empty(0, dt))
-            arrs[name] = extend_filled(old, have, n, init)
+            # by a quarter: the slots follow the stream tracker's, which `conns` bounds
+            arrs[name] = extend_filled(old, have, n, init, grow=1.25)
             filled[name] = n
 
 

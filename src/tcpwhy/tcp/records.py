@@ -266,7 +266,11 @@ class ConnColumns:
 
     def stream_order(self) -> ConnColumns:
         """Sorted by stream, then start (the order `build_connections` gives)."""
-        return self.take(np.lexsort((self.cols["start_ns"], self.cols["stream"])))
+        return self.take(self.stream_order_index())
+
+    def stream_order_index(self) -> npt.NDArray[np.intp]:
+        """The rows in `stream_order`."""
+        return np.lexsort((self.cols["start_ns"], self.cols["stream"]))
 
     def addresses(self, which: str) -> list[str]:
         """The text of the originator's (``"orig"``) or responder's (``"resp"``) addresses."""
