@@ -2,7 +2,7 @@
 the same fields.
 
 The reference corpora hold no TCP over 802.11, radiotap, FDDI, NFLOG, 802.3 LLC/SNAP,
-FabricPath or AYIYA, so the captures are written here: a whole connection (IPv4, and IPv6 where the link can say so) framed as each
+FabricPath or AYIYA, and little over Linux cooked captures or Cisco HDLC, so the captures are written here: a whole connection (IPv4, and IPv6 where the link can say so) framed as each
 link type frames it, including the variants the decoder must walk (802.11 QoS data and
 A-MSDU, radiotap with present flags, NFLOG with a TLV before the payload and big-endian
 TLVs). tshark decodes each; tests/test_decode_tshark.py's field-by-field comparison then
@@ -127,6 +127,25 @@ def ppp_mpls(ip: bytes) -> bytes:
     return b"\xff\x03\x02\x81" + struct.pack("!I", (1000 << 12) | 0x100 | 64) + ip
 
 
+def _etype(ip: bytes) -> bytes:
+    return b"\x86\xdd" if ip[0] >> 4 == 6 else b"\x08\x00"
+
+
+def linux_sll(ip: bytes) -> bytes:
+    """Linux cooked capture v1: packet type, ARPHRD, address length and address, type."""
+    return struct.pack("!HHH", 0, 1, 6) + MACS[:6] + b"\x00\x00" + _etype(ip) + ip
+
+
+def linux_sll2(ip: bytes) -> bytes:
+    """Linux cooked capture v2: type first, then interface, ARPHRD, packet type, address."""
+    return _etype(ip) + struct.pack("!HIHBB", 0, 2, 1, 0, 6) + MACS[:6] + b"\x00\x00" + ip
+
+
+def c_hdlc(ip: bytes) -> bytes:
+    """Cisco HDLC: address, control, then the ethertype."""
+    return b"\x0f\x00" + _etype(ip) + ip
+
+
 CASES: dict[str, tuple[int, Callable[[bytes], bytes], bool]] = {
     # name: (link type, framing, IPv6 too); big-endian NFLOG TLVs (a big-endian host's
     # capture) are read as little-endian by tshark and Zeek alike: neither decodes them
@@ -145,6 +164,10 @@ CASES: dict[str, tuple[int, Callable[[bytes], bytes], bool]] = {
     "ayiya": (1, ayiya, True),
     "ayiya-ipv6-outer": (1, ayiya_ipv6_outer, True),
     "ppp-mpls": (9, ppp_mpls, True),
+    # fixed headers that carry an ethertype (one branch of the decoder)
+    "linux-sll": (113, linux_sll, True),
+    "linux-sll2": (276, linux_sll2, True),
+    "cisco-hdlc": (104, c_hdlc, True),
 }
 
 

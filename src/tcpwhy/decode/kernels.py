@@ -631,23 +631,16 @@ def decode_records(
             or link == LINKTYPE_IPV6
         ):
             kind = _K_IPVER
-        elif link == LINKTYPE_LINUX_SLL:
-            if p + 16 <= end:
-                et = _be16(buf, p + 14)
-                p += 16
-                kind = _K_ETYPE
-        elif link == LINKTYPE_LINUX_SLL2:
-            if p + 20 <= end:
-                et = _be16(buf, p)
-                p += 20
+        elif link == LINKTYPE_LINUX_SLL or link == LINKTYPE_LINUX_SLL2 or link == LINKTYPE_C_HDLC:
+            # a header of fixed size with the ethertype in it: Linux cooked v1 (16 bytes,
+            # the type at 14) and v2 (20, at 0), Cisco HDLC (4, at 2)
+            size = 16 if link == LINKTYPE_LINUX_SLL else 20 if link == LINKTYPE_LINUX_SLL2 else 4
+            if p + size <= end:
+                et = _be16(buf, p + (14 if size == 16 else 0 if size == 20 else 2))
+                p += size
                 kind = _K_ETYPE
         elif link == LINKTYPE_PPP or link == LINKTYPE_PPP_SERIAL:
             kind = _K_PPP
-        elif link == LINKTYPE_C_HDLC:
-            if p + 4 <= end:
-                et = _be16(buf, p + 2)
-                p += 4
-                kind = _K_ETYPE
         elif link == LINKTYPE_IEEE802_11:
             kind = _K_WLAN
         elif link == LINKTYPE_IEEE802_11_RADIOTAP:
@@ -999,16 +992,13 @@ def decode_records(
                             tunnel = 6
                         p = q
                         kind = _K_IP4 if nh == 4 else _K_IP6
-                    elif udp == 3544 or usp == 3544:
-                        q = _teredo(buf, u, lim, end, False)
-                        if q < 0:
-                            status = ST_UDP
-                            break
-                        if tunnel == 0:
-                            tunnel = 5
-                        p = q
-                        kind = _K_IP6
-                    elif (udp == 2152 or usp == 2152) and u + 8 <= end and (_u8(buf, u) >> 5) == 1:
+                    elif (
+                        (udp == 2152 or usp == 2152)
+                        and udp != 3544  # Teredo's port first
+                        and usp != 3544
+                        and u + 8 <= end
+                        and (_u8(buf, u) >> 5) == 1
+                    ):
                         gflags = _u8(buf, u)
                         q = u + 8
                         if _u8(buf, u + 1) != 0xFF:
@@ -1034,9 +1024,15 @@ def decode_records(
                             status = ST_UDP
                             break
                     else:
-                        # Teredo between a client and a relay uses any ports: as Zeek does,
-                        # (when asked) take a datagram that is exactly one IPv6 packet for Teredo
-                        q = _teredo(buf, u, lim, end, True) if teredo_any_port else -1
+                        # Teredo on its port; between a client and a relay it uses any ports:
+                        # as Zeek does, (when asked) take a datagram that is exactly one IPv6
+                        # packet for Teredo there
+                        on_port = udp == 3544 or usp == 3544
+                        q = (
+                            _teredo(buf, u, lim, end, not on_port)
+                            if on_port or teredo_any_port
+                            else -1
+                        )
                         if q < 0:
                             status = ST_UDP
                             break

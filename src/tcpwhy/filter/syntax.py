@@ -696,18 +696,18 @@ class Parser:
         return node
 
     def parse_or(self) -> Node:
-        items = [self.parse_and()]
-        while self.is_op("or"):
-            self.next()
-            items.append(self.parse_and())
-        return items[0] if len(items) == 1 else Logic(items[0].pos, 0, "or", items)
+        return self._chain("or", self.parse_and)
 
     def parse_and(self) -> Node:
-        items = [self.parse_not()]
-        while self.is_op("and"):
+        return self._chain("and", self.parse_not)
+
+    def _chain(self, op: str, part: Callable[[], Node]) -> Node:
+        """`part op part op ...` as one `Logic` node (a lone part as itself)."""
+        items = [part()]
+        while self.is_op(op):
             self.next()
-            items.append(self.parse_not())
-        return items[0] if len(items) == 1 else Logic(items[0].pos, 0, "and", items)
+            items.append(part())
+        return items[0] if len(items) == 1 else Logic(items[0].pos, 0, op, items)
 
     def parse_not(self) -> Node:
         if self.is_op("not"):
@@ -839,14 +839,7 @@ class Parser:
         if t.kind in (STRING, CHARCONST, LITERAL):
             ent = Literal(t.pos, t.length, t.kind, t.text, t.value)
         elif t.kind == FIELD_TOK:
-            name = str(t.value)
-            if not self.is_field(name):
-                raise FilterError(
-                    f'"{name}" is not a valid protocol or protocol field.',
-                    self.src,
-                    t.pos,
-                    t.length,
-                )
+            name = self._field_name(t)
             ent = FieldRef(t.pos, t.length, name, self.parse_layer())
         elif t.kind == UNPARSED:
             name = str(t.value)
@@ -902,20 +895,22 @@ class Parser:
             ent.pos, ent.length, ent, ranges, self.src[ent.pos : end].strip() or open_tok.text
         )
 
+    def _field_name(self, t: Token) -> str:
+        """The field a field token names; tshark's error where it names none."""
+        name = str(t.value)
+        if not self.is_field(name):
+            raise FilterError(
+                f'"{name}" is not a valid protocol or protocol field.', self.src, t.pos, t.length
+            )
+        return name
+
     def parse_reference(self, dollar: Token) -> Node:
         t = self.next()
         if t.kind != LBRACE:
             raise self.unexpected(t)
         t = self.next()
         if t.kind == FIELD_TOK:
-            name = str(t.value)
-            if not self.is_field(name):
-                raise FilterError(
-                    f'"{name}" is not a valid protocol or protocol field.',
-                    self.src,
-                    t.pos,
-                    t.length,
-                )
+            name = self._field_name(t)
             pos, length = t.pos, t.length
         elif t.kind == UNPARSED:
             name = str(t.value)

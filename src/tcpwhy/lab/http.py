@@ -51,6 +51,19 @@ class KeepAliveServer:
             self.lab.spawn(functools.partial(self._serve, conn, peer), f"{self.thread_name}-conn")
 
     def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        self._requests(conn, peer)
+
+    # what a subclass serving another way (TLS) changes: how it closes, and says so
+    _closing = "close()"
+
+    def _close(self, conn: socket.socket) -> None:
+        conn.close()
+
+    def _eof(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        self.lab.say("server", f"EOF from {_fmt(peer)} → close()")
+
+    def _requests(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        """Answers requests until `idle` seconds of silence, EOF or Connection: close."""
         conn.settimeout(self.idle)
         buf = b""
         try:
@@ -61,13 +74,15 @@ class KeepAliveServer:
                     except TimeoutError:
                         self.lab.say(
                             "server",
-                            f"connection from {_fmt(peer)} idle for {self.idle:g}s → close()",
+                            f"connection from {_fmt(peer)} idle for {self.idle:g}s → "
+                            f"{self._closing}",
                         )
                         with self._lock:
                             self.closed_idle += 1
+                        self._close(conn)
                         return
                     if not chunk:
-                        self.lab.say("server", f"EOF from {_fmt(peer)} → close()")
+                        self._eof(conn, peer)
                         return
                     buf += chunk
                 head, buf = buf.split(b"\r\n\r\n", 1)
@@ -90,8 +105,10 @@ class KeepAliveServer:
                     self.served += 1
                 if close:
                     self.lab.say(
-                        "server", f"request with Connection: close from {_fmt(peer)} → close()"
+                        "server",
+                        f"request with Connection: close from {_fmt(peer)} → {self._closing}",
                     )
+                    self._close(conn)
                     return
         except OSError as exc:
             self.lab.say("server", f"{_fmt(peer)}: {describe_exc(exc)}")

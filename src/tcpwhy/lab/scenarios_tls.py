@@ -25,7 +25,7 @@ from pathlib import Path
 from tcpwhy.decode.table import FIN
 from tcpwhy.errors import ScenarioFailed
 from tcpwhy.lab.env import Lab, describe_exc
-from tcpwhy.lab.http import RESPONSE, STALE_ERRORS, KeepAliveServer, LabConnection, Pool, _fmt
+from tcpwhy.lab.http import STALE_ERRORS, KeepAliveServer, LabConnection, Pool, _fmt
 from tcpwhy.lab.relay import HOLD, PASS, PASS_RELEASE, Seg
 from tcpwhy.lab.runner import scenario
 
@@ -100,53 +100,19 @@ class TLSKeepAliveServer(KeepAliveServer):
             self.lab.say("server", f"TLS handshake with {_fmt(peer)} failed: {describe_exc(exc)}")
             raw.close()
             return
-        conn.settimeout(self.idle)
-        buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    try:
-                        chunk = conn.recv(65536)
-                    except TimeoutError:
-                        self.lab.say(
-                            "server",
-                            f"connection from {_fmt(peer)} idle for {self.idle:g}s → "
-                            f"{self._closing}",
-                        )
-                        with self._lock:
-                            self.closed_idle += 1
-                        self._close(conn)
-                        return
-                    if not chunk:
-                        # read until the client's FIN too, so that the client closes first
-                        select.select([conn], [], [], 1.0)
-                        self.lab.say("server", f"close_notify and EOF from {_fmt(peer)} → close()")
-                        return
-                    buf += chunk
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                close = b"\r\nconnection: close" in head.lower()
-                conn.sendall(RESPONSE)
-                with self._lock:
-                    self.served += 1
-                if close:
-                    self.lab.say(
-                        "server",
-                        f"request with Connection: close from {_fmt(peer)} → {self._closing}",
-                    )
-                    self._close(conn)
-                    return
-        except OSError as exc:
-            self.lab.say("server", f"{_fmt(peer)}: {describe_exc(exc)}")
-        finally:
-            with contextlib.suppress(OSError):
-                conn.close()
+        self._requests(conn, peer)
+
+    def _eof(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        # read until the client's FIN too, so that the client closes first
+        select.select([conn], [], [], 1.0)
+        self.lab.say("server", f"close_notify and EOF from {_fmt(peer)} → close()")
 
     @property
-    def _closing(self) -> str:
+    def _closing(self) -> str:  # type: ignore[override]
         return "close_notify, close()" if self.close_notify else "close() without close_notify"
 
-    def _close(self, conn: ssl.SSLSocket) -> None:
-        if self.close_notify:
+    def _close(self, conn: socket.socket) -> None:
+        if self.close_notify and isinstance(conn, ssl.SSLSocket):
             close_notify_and_close(conn)
         else:
             conn.close()  # Python's close() sends no alert: a bare FIN

@@ -355,6 +355,18 @@ def _reads_back(fr: Any, q: Any, d: Any, p10: Any, pow2: bool, even: bool) -> bo
 
 
 @njit(cache=True, inline="always")
+def _split_big(mag: Any) -> Any:
+    """(in range, m, q, fr) of a double's magnitude bits, t = m / 2**q and fr the fraction's
+    bits, where 2**22 <= t < 2**33 (else in range is False)."""
+    ex = (mag >> 52) & 0x7FF
+    if ex < 1023 + 22 or ex >= 1023 + 33:
+        return False, _U(0), _U(0), _U(0)
+    m = _U((mag & _MASK52) | (1 << 52))
+    q = _U(1075 - ex)
+    return True, m, q, m & ((_U(1) << q) - _U(1))
+
+
+@njit(cache=True, inline="always")
 def _json_time_big(out: Any, p: int, bits: int) -> int:
     """repr(round(t, 9)) for 2**22 <= |t| < 2**33 s: the shortest decimal that reads back as
     the double nearest t's nine-decimal rounding. -1 out of that range.
@@ -363,23 +375,16 @@ def _json_time_big(out: Any, p: int, bits: int) -> int:
     fr / 2**q (fr below 2**30), so fr * 10**k for k <= 10 decimals fits 64 bits unsigned
     and every step is a few integer operations."""
     mag = bits & 0x7FFFFFFFFFFFFFFF
-    ex = (mag >> 52) & 0x7FF
-    if ex < 1023 + 22 or ex >= 1023 + 33:
+    ok, m, q, fr = _split_big(mag)
+    if not ok:
         return -1
-    m = _U((mag & _MASK52) | (1 << 52))
-    q = _U(1075 - ex)
-    fr = m & ((_U(1) << q) - _U(1))
     p9 = _U(1000000000)
     d9 = _round_frac(fr, q, p9, _U(0))
     if not _reads_back(fr, q, d9, p9, m == _U(1) << _U(52), (m & _U(1)) == _U(0)):
         # round(t, 9) is a neighbouring double
-        mag = mag + 1 if (d9 << q) > fr * p9 else mag - 1
-        ex = (mag >> 52) & 0x7FF
-        if ex < 1023 + 22 or ex >= 1023 + 33:
+        ok, m, q, fr = _split_big(mag + 1 if (d9 << q) > fr * p9 else mag - 1)
+        if not ok:
             return -1
-        m = _U((mag & _MASK52) | (1 << 52))
-        q = _U(1075 - ex)
-        fr = m & ((_U(1) << q) - _U(1))
     whole = m >> q
     pow2 = m == (_U(1) << _U(52))
     even = (m & _U(1)) == _U(0)
