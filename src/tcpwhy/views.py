@@ -176,33 +176,36 @@ def connection_batches(
     ropts = record_options if record_options is not None else DEFAULT_OPTIONS
     if rotated and len(files) != 1:
         from tcpwhy.capture import iter_tables
-        from tcpwhy.tcp.connections import ConnectionBuilder, iter_connection_columns
+        from tcpwhy.tcp.connections import iter_connection_columns, reading_options
 
         if flt is not None:
             raise ValueError("rotated parts are read whole: no display filter")
         if icmp is not None:
             icmp[:] = [{}]
             options["icmp_counts"] = icmp[0]
-        b = ConnectionBuilder(**options)  # only for the reading options it derives
+        how = reading_options(options)
         tables = (
             t
             for f, st in zip(files, stats, strict=True)
-            for t in iter_tables(
-                f, st, reuse=True, checksums=b.check_csum, teredo_any_port=b.zeek_timers
-            )
+            for t in iter_tables(f, st, reuse=True, **how)
         )
         found = iter_connection_columns(tables, stats[0] if stats else None, **options)
         return 1, ((0, c.with_options(ropts), None) for c in found)
     if len(files) == 1:
+        from tcpwhy.capture import iter_tables
         from tcpwhy.report.conns import filtered_connections
-        from tcpwhy.tcp.connections import iter_connection_columns
+        from tcpwhy.tcp.connections import iter_connection_columns, reading_options
 
         if icmp is not None:
             icmp[:] = [{}]
             options["icmp_counts"] = icmp[0]
         src, st = files[0], stats[0]
         it = (
-            iter_connection_columns(src, st, **options)
+            iter_connection_columns(
+                iter_tables(src, st, reuse=True, prefetch=True, **reading_options(options)),
+                st,
+                **options,
+            )
             if flt is None
             else filtered_connections(src, st, flt, **options)
         )

@@ -282,7 +282,7 @@ def filtered_connections(
     from tcpwhy.capture import iter_tables
     from tcpwhy.filter import chunk_mask, icmp_mask
     from tcpwhy.tcp.analysis import Analyzer
-    from tcpwhy.tcp.connections import ConnectionBuilder
+    from tcpwhy.tcp.connections import ConnectionBuilder, reading_options
 
     b = ConnectionBuilder(**options)
     analyzer = Analyzer() if "analysis" in flt.needs else None
@@ -291,9 +291,7 @@ def filtered_connections(
     def keep(c: ConnColumns) -> ConnColumns:
         return c.take(np.isin(c["stream"], np.fromiter(matched, np.int64, len(matched))))
 
-    for t in iter_tables(
-        source, stats, reuse=True, checksums=b.check_csum, teredo_any_port=b.zeek_timers
-    ):
+    for t in iter_tables(source, stats, reuse=True, **reading_options(options)):
         s = b.tracker.feed(t)
         a = analyzer.feed(t, s) if analyzer is not None else None
         m = chunk_mask(flt, t, s, a, stats.first_ts_ns)

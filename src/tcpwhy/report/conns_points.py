@@ -49,12 +49,12 @@ def read_points(files: list[str], stats: list[CaptureStats], **options: Any) -> 
     before the previous one of its group ended is another point)."""
     from tcpwhy.capture import iter_tables
     from tcpwhy.diagnose.engine import _groups
-    from tcpwhy.tcp.connections import ConnectionBuilder
+    from tcpwhy.tcp.connections import reading_options
 
-    b = ConnectionBuilder(**options)  # only for the reading options it derives
+    how = reading_options(options)
     tables: list[tuple[str, PacketTable]] = []
     for f, st in zip(files, stats, strict=True):
-        parts = list(iter_tables(f, st, checksums=b.check_csum, teredo_any_port=b.zeek_timers))
+        parts = list(iter_tables(f, st, **how))
         tables.append((f, PacketTable.concat(parts)))
     points = []
     for g in sorted(_groups(tables), key=min):

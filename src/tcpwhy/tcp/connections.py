@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -884,28 +884,25 @@ def end_code(words: str) -> str:
     return "other"
 
 
+def reading_options(options: Mapping[str, Any]) -> dict[str, bool]:
+    """How a capture is read (`tcpwhy.capture.iter_tables`' keywords) for the records that
+    `options` (`ConnectionBuilder`'s keywords) ask for: the segments' checksums checked
+    where asked, and with Zeek's boundaries Teredo on any ports, as Zeek decodes it."""
+    return {
+        "checksums": bool(options.get("check_checksums", False)),
+        "teredo_any_port": options.get("boundaries", "stream") == "zeek",
+    }
+
+
 def iter_connection_columns(
-    source: str | Iterable[PacketTable],
+    tables: Iterable[PacketTable],
     stats: CaptureStats | None = None,
     **options: Any,
 ) -> Iterator[ConnColumns]:
-    """Connections of a capture (a path, "-", or tables), in batches of columns as they finish."""
-    from tcpwhy.capture import iter_tables
-
+    """Connections of a capture's tables (in capture order, read as `reading_options`
+    says), in batches of columns as they finish. The builder copies what it keeps, so the
+    reader may reuse its buffers."""
     b = ConnectionBuilder(**options)
-    # the builder copies what it keeps, so the reader may reuse its buffers
-    tables = (
-        iter_tables(
-            source,
-            stats,
-            reuse=True,
-            checksums=b.check_csum,
-            teredo_any_port=b.zeek_timers,
-            prefetch=True,
-        )
-        if isinstance(source, str)
-        else source
-    )
     for t in tables:
         yield from b.feed_columns(t)
     for last in b.finish_batches():
@@ -916,12 +913,12 @@ def iter_connection_columns(
 
 
 def iter_connections(
-    source: str | Iterable[PacketTable],
+    tables: Iterable[PacketTable],
     stats: CaptureStats | None = None,
     **options: Any,
 ) -> Iterator[ConnRecord]:
-    """Connections of a capture (a path, "-", or tables), yielded as each one finishes."""
-    for batch in iter_connection_columns(source, stats, **options):
+    """Connections of a capture's tables, yielded as each one finishes."""
+    for batch in iter_connection_columns(tables, stats, **options):
         yield from batch
 
 
