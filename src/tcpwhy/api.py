@@ -993,9 +993,9 @@ class Capture:
             except TcpwhyError as exc:
                 raise _classify(exc, self._src.names) from None
             self._note(stats, paths)
-            c = ConnColumns.concat(got).with_options(self._record_options)
-            order = c.stream_order_index()
-            table = _connection_table(c.take(order))
+            c, order = ConnColumns.concat_stream_order(got)
+            del got
+            table = _connection_table(c.with_options(self._record_options))
             if ids is not None:
                 table._text["community_id"] = _community_id_arrow(ids[order])
             self._connections = table

@@ -196,6 +196,24 @@ JSON_FIELDS = tuple(f.name for f in fields(ConnRecord) if f.name != "first_ns")
 _addr_text = functools.lru_cache(maxsize=1 << 16)(format_addr)
 
 
+def _common_words(
+    batches: Sequence[ConnColumns],
+) -> tuple[tuple[str, ...], tuple[str, ...], list[dict[str, npt.NDArray[Any]]]]:
+    """The `end` and `server_name` words of all batches as one tuple each, and each batch's
+    columns with those codes renumbered into them (int32)."""
+    words: dict[str, int] = {}
+    names: dict[str, int] = {"": 0}
+    parts = []
+    for b in batches:
+        cols = dict(b.cols)
+        remap = np.array([words.setdefault(w, len(words)) for w in b.end_words] or [0], np.int32)
+        cols["end"] = remap[b.cols["end"]]
+        remap = np.array([names.setdefault(w, len(names)) for w in b.name_words], np.int32)
+        cols["server_name"] = remap[b.cols["server_name"]]
+        parts.append(cols)
+    return tuple(words), tuple(names), parts
+
+
 _TAKE_IN_TWO = 100_000  # rows from which `ConnColumns.take` gathers in two threads
 
 
@@ -248,21 +266,39 @@ class ConnColumns:
         of words each."""
         if not batches:
             return empty_columns(uid_prefix)
-        words: dict[str, int] = {}
-        names: dict[str, int] = {"": 0}
-        ends, codes = [], []
-        for b in batches:
-            remap = np.array(
-                [words.setdefault(w, len(words)) for w in b.end_words] or [0], np.int32
-            )
-            ends.append(remap[b.cols["end"]])
-            remap = np.array([names.setdefault(w, len(names)) for w in b.name_words], np.int32)
-            codes.append(remap[b.cols["server_name"]])
-        cols = {k: np.concatenate([b.cols[k] for b in batches]) for k in COLUMNS}
-        cols["end"] = np.concatenate(ends).astype(np.int32)
-        cols["server_name"] = np.concatenate(codes).astype(np.int32)
+        words, names, parts = _common_words(batches)
+        cols = {k: np.concatenate([p[k] for p in parts]) for k in COLUMNS}
         b0 = batches[0]
-        return ConnColumns(cols, tuple(words), b0.uid_prefix, b0.options, tuple(names))
+        return ConnColumns(cols, words, b0.uid_prefix, b0.options, names)
+
+    @staticmethod
+    def concat_stream_order(
+        batches: Sequence[ConnColumns], uid_prefix: str = "C"
+    ) -> tuple[ConnColumns, npt.NDArray[np.intp]]:
+        """`concat(batches).stream_order()`, and the order it is of the joined rows
+        (`stream_order_index`), each value copied once: every batch's rows are written
+        straight to their places. Joining and then reordering held a capture's records
+        three times at the peak, and their pages cost the Python API a tenth of its time."""
+        if not batches:
+            return empty_columns(uid_prefix), np.zeros(0, np.intp)
+        keys = [np.concatenate([b.cols[k] for b in batches]) for k in ("start_ns", "stream")]
+        order = np.lexsort(keys)
+        del keys
+        place = np.empty(len(order), np.intp)
+        place[order] = np.arange(len(order))
+        words, names, parts = _common_words(batches)
+        cols = {}
+        for k in COLUMNS:
+            first = parts[0][k]
+            out = np.empty((len(order), *first.shape[1:]), first.dtype)
+            lo = 0
+            for p in parts:
+                v = p[k]
+                out[place[lo : lo + len(v)]] = v
+                lo += len(v)
+            cols[k] = out
+        b0 = batches[0]
+        return ConnColumns(cols, words, b0.uid_prefix, b0.options, names), order
 
     def stream_order(self) -> ConnColumns:
         """Sorted by stream, then start (the order `build_connections` gives)."""
