@@ -186,3 +186,26 @@ def test_words_are_escaped() -> None:
     lines = format_columns(c, "jsonl").splitlines()
     assert json.loads(lines[0])["end"] == c.end_words[0]
     assert json.loads(lines[0])["uid"].startswith('X"\\')
+
+
+def test_concat_in_stream_order_is_concat_then_stream_order() -> None:
+    from tcpwhy.capture import iter_tables
+    from tcpwhy.tcp.connections import iter_connection_columns
+
+    lab = resources.files("tcpwhy") / "data" / "lab"
+    most = 0
+    for name in ("time-wait-reuse.pcap", "stale-keepalive.pcap", "syn-flood.pcap"):
+        # small chunks: many batches, records finishing out of stream order
+        tables = iter_tables(str(lab / name), chunk_bytes=512, reuse=True)
+        batches = list(iter_connection_columns(tables))
+        most = max(most, len(batches))
+        want = ConnColumns.concat(batches).stream_order()
+        got, order = ConnColumns.concat_stream_order(batches)
+        assert (got.end_words, got.name_words) == (want.end_words, want.name_words)
+        for k in want.cols:
+            assert got.cols[k].dtype == want.cols[k].dtype, k
+            assert np.array_equal(got.cols[k], want.cols[k]), (name, k)
+        assert np.array_equal(ConnColumns.concat(batches).cols["uid"][order], got.cols["uid"])
+    assert most >= 2  # records from several batches interleaved
+    empty, order = ConnColumns.concat_stream_order([])
+    assert len(empty) == 0 and len(order) == 0
