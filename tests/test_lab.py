@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tcpwhy.capture import read_table
@@ -480,8 +482,14 @@ def check_syn_flood(path: Path, o: Options, slack: float = 0.0) -> None:
         "one SYN from each spoofed address"
     )
     rows = {int(i) for i in spoofed.nonzero()[0]}
-    flood = [c for c in conns(pk) if c[0].i in rows]
-    legit = [c for c in conns(pk) if c[0].i not in rows]
+    # by client address and port: a flood port is now and then the real client's own
+    # ephemeral port (1 run in a few hundred), and by port alone the two would be one
+    by: dict[tuple[int, int, int], list[P]] = {}
+    for p in pk:
+        hi, lo = (t.src_hi, t.src_lo) if p.c2s else (t.dst_hi, t.dst_lo)
+        by.setdefault((int(hi[p.i]), int(lo[p.i]), p.cport), []).append(p)
+    flood = [c for c in by.values() if c[0].i in rows]
+    legit = [c for c in by.values() if c[0].i not in rows]
     assert len(flood) == n and len(legit) == 1
     queued, cookies = [], []
     for c in flood:
@@ -776,6 +784,35 @@ def test_shipped_capture(name: str) -> None:
     assert path.is_file(), f"missing {path}: run python -m tcpwhy.lab.record"
     assert path.stat().st_size < 64 * 1024
     check_capture(name, path, options_for(name))
+
+
+def test_syn_flood_check_tells_a_client_on_a_flood_port(tmp_path: Path) -> None:
+    """The real client's ephemeral port is now and then one the flood's spoofed SYNs came
+    from: the check still finds 200 flood connections and one real one."""
+    src = DATA_DIR / "syn-flood.pcap"
+    o = options_for("syn-flood")
+    t = read_table(str(src))
+    spoofed = ((t.src_lo & 0xFFFFFFFF) >> 17) == ((198 << 7) | (18 >> 1))
+    flood_port = int(t.sport[np.flatnonzero(spoofed)[0]])
+    client_port = next(
+        int(t.sport[i]) for i in range(len(t)) if not spoofed[i] and int(t.dport[i]) == o.port
+    )
+    raw = bytearray(src.read_bytes())
+    pos = 24  # the shipped lab captures: pcap, Ethernet, IPv4 or IPv6
+    while pos + 16 <= len(raw):
+        (incl,) = struct.unpack_from("<I", raw, pos + 8)
+        frame = pos + 16
+        ip = frame + 14
+        ihl = (raw[ip] & 0x0F) * 4 if raw[ip] >> 4 == 4 else 40
+        tcp = ip + ihl
+        for at in (tcp, tcp + 2):  # the client's port, as source or as destination
+            if struct.unpack_from("!H", raw, at)[0] == client_port:
+                struct.pack_into("!H", raw, at, flood_port)
+        pos = frame + incl
+    moved = tmp_path / "syn-flood.pcap"
+    moved.write_bytes(bytes(raw))
+    assert client_port not in read_table(str(moved)).sport.tolist()
+    check_syn_flood(moved, o)
 
 
 @pytest.mark.root
