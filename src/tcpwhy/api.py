@@ -420,7 +420,8 @@ def connection_schema(local: bool = False) -> dict[str, Field]:
 
 _TEXT_COLUMNS = ("orig_h", "resp_h", "history", "community_id")
 _THREADED_TEXT_ROWS = 10_000
-"""Records from which the Community IDs are hashed in a thread of their own."""
+"""Records from which `Capture.connections` hashes the Community IDs in a thread of their
+own, while it reads (`_with_community_ids`); below it they are hashed when first asked for."""
 
 
 class ConnectionTable(_TimedTable):
@@ -448,20 +449,6 @@ class ConnectionTable(_TimedTable):
         if name not in self._text:
             self._text[name] = _text_column(self._conns, name)
         return self._text[name]
-
-    def to_arrow(self) -> pyarrow.Table:
-        # the Community IDs (compiled, without the GIL) are hashed in a thread of their
-        # own while the other text columns are made: a third of `to_arrow`'s time
-        if len(self) >= _THREADED_TEXT_ROWS and "community_id" not in self._text:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(1, thread_name_prefix="tcpwhy-text") as pool:
-                ids = pool.submit(_text_column, self._conns, "community_id")
-                for k in _TEXT_COLUMNS:
-                    if k != "community_id":
-                        self._text_arrow(k)
-                self._text["community_id"] = ids.result()
-        return super().to_arrow()
 
     def _column(self, name: str) -> npt.NDArray[Any]:
         if name in _TEXT_COLUMNS and name not in self._cols:

@@ -214,6 +214,14 @@ def _common_words(
     return tuple(words), tuple(names), parts
 
 
+_ORDER = ("stream", "start_ns")
+
+
+def _stream_order(cols: dict[str, npt.NDArray[Any]]) -> npt.NDArray[np.intp]:
+    """Rows by stream, then start (the order `build_connections` gives)."""
+    return np.lexsort((cols["start_ns"], cols["stream"]))
+
+
 _TAKE_IN_TWO = 100_000  # rows from which `ConnColumns.take` gathers in two threads
 
 
@@ -281,9 +289,7 @@ class ConnColumns:
         three times at the peak, and their pages cost the Python API a tenth of its time."""
         if not batches:
             return empty_columns(uid_prefix), np.zeros(0, np.intp)
-        keys = [np.concatenate([b.cols[k] for b in batches]) for k in ("start_ns", "stream")]
-        order = np.lexsort(keys)
-        del keys
+        order = _stream_order({k: np.concatenate([b.cols[k] for b in batches]) for k in _ORDER})
         place = np.empty(len(order), np.intp)
         place[order] = np.arange(len(order))
         words, names, parts = _common_words(batches)
@@ -306,7 +312,7 @@ class ConnColumns:
 
     def stream_order_index(self) -> npt.NDArray[np.intp]:
         """The rows in `stream_order`."""
-        return np.lexsort((self.cols["start_ns"], self.cols["stream"]))
+        return _stream_order(self.cols)
 
     def addresses(self, which: str) -> list[str]:
         """The text of the originator's (``"orig"``) or responder's (``"resp"``) addresses."""
