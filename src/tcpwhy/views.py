@@ -189,7 +189,9 @@ def connection_batches(
             for f, st in zip(files, stats, strict=True)
             for t in iter_tables(f, st, reuse=True, **how)
         )
-        found = iter_connection_columns(tables, stats[0] if stats else None, **options)
+        found = iter_connection_columns(
+            tables, stats[0] if stats else None, threaded=True, **options
+        )
         return 1, ((0, c.with_options(ropts), None) for c in found)
     if len(files) == 1:
         from tcpwhy.capture import iter_tables
@@ -204,6 +206,7 @@ def connection_batches(
             iter_connection_columns(
                 iter_tables(src, st, reuse=True, prefetch=True, **reading_options(options)),
                 st,
+                threaded=True,
                 **options,
             )
             if flt is None

@@ -340,6 +340,12 @@ class ConnectionBuilder:
         self, t: PacketTable, streams: dict[str, npt.NDArray[Any]] | None = None
     ) -> list[ConnColumns]:
         """Process one chunk (capture order); returns batches of the connections it finished."""
+        return [b() for b in self.feed_batches(t, streams)]
+
+    def feed_batches(
+        self, t: PacketTable, streams: dict[str, npt.NDArray[Any]] | None = None
+    ) -> list[Batch]:
+        """`feed_columns`, with the batches still to build (`Batch`)."""
         n = len(t)
         if n == 0:
             return []
@@ -350,7 +356,7 @@ class ConnectionBuilder:
             from tcpwhy.report.conns_icmp import count_icmp
 
             count_icmp(self.icmp_counts, t.icmp, self.tracker.icmp_out["stream"])
-        out: list[ConnColumns] = []
+        out: list[Batch] = []
         conv = s["conv"]
         if conv.size and int(conv.max()) >= len(self.conv_slot):
             grown = np.full(max(int(conv.max()) + 1, 2 * len(self.conv_slot)), -1, np.int64)
@@ -460,7 +466,7 @@ class ConnectionBuilder:
     def _flush(
         self,
         done: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.uint8]]],
-    ) -> list[ConnColumns]:
+    ) -> list[Batch]:
         """The rows emitted so far as one batch of records (and `done` emptied): batches of
         about `RECORD_ROWS`, as looking up the kept packets costs about the same for any size
         while the rows, columns and text of a batch are held at once."""
@@ -550,6 +556,10 @@ class ConnectionBuilder:
         """The connections still active at the end of the capture, in stream order, in batches
         of at most `FINISH_ROWS` records (the pool may hold `max_active` of them: one batch
         would hold all their rows, columns and text at once)."""
+        return (b() for b in self.finish_jobs())
+
+    def finish_jobs(self) -> Iterator[Batch]:
+        """`finish_batches`, with the batches still to build (`Batch`)."""
         slots = self._active_slots()
         # stream order, as `ConnColumns.stream_order` gives (the sweep keeps the given order)
         order = np.lexsort((self.S[slots, z.F_START_TS], self.S[slots, z.F_STREAM]))
@@ -562,7 +572,7 @@ class ConnectionBuilder:
     def _active_slots(self) -> npt.NDArray[np.int64]:
         return np.flatnonzero(self.W[: self._cap, z.F_ACTIVE]).astype(np.int64)
 
-    def _sweep(self, now: int, *, force: bool, reason: int) -> list[ConnColumns]:
+    def _sweep(self, now: int, *, force: bool, reason: int) -> list[Batch]:
         slots = self._active_slots()
         if not len(slots):
             return []
@@ -575,7 +585,7 @@ class ConnectionBuilder:
 
     def _sweep_slots(
         self, slots: npt.NDArray[np.int64], now: int, *, force: bool, reason: int
-    ) -> list[ConnColumns]:
+    ) -> list[Batch]:
         OUT = np.empty((len(slots), z.NFIELDS), np.int64)
         OW = np.empty((len(slots), z.NFIELDS32), np.int32)
         OH = np.empty((len(slots), z.HIST_MAX), np.uint8)
@@ -664,110 +674,142 @@ class ConnectionBuilder:
             count -= len(take)
 
     # -- records -------------------------------------------------------------------------
-    def _take_kept(
-        self, OUT: npt.NDArray[np.int64], OW: npt.NDArray[np.int64]
-    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
-        """Final RFC states (`State` codes) of each emitted record's originator and responder,
-        from its kept packets (then dropped)."""
-        n = len(OUT)
-        o_state = np.full(n, State.CLOSED, np.uint8)
-        r_state = np.full(n, State.CLOSED, np.uint8)
-        uids = OUT[:, z.F_UID]
-        sel = self._kept.take(uids)
-        if sel is None:
-            return o_state, r_state
-        # record index of each row, and its direction relative to that record's originator
-        by_uid = np.argsort(uids, kind="stable")
-        rec = by_uid[np.searchsorted(uids, sel["uid"], sorter=by_uid)]
-        direction = (sel["dir"].astype(np.int64) != OW[rec, z.F_ODIR]).astype(np.uint8)
-        # every record's kept packets through the state machine in one compiled call; a
-        # TIME_WAIT entered 2 MSL before the chunk's last packet has ended by now
-        starts = np.flatnonzero(np.r_[True, rec[1:] != rec[:-1]])
-        res = run_connections(
-            direction,
-            sel["flags"],
-            sel["seq"],
-            sel["ack"],
-            sel["plen"],
-            sel["ts"],
-            sel["frame"],
-            np.r_[starts, len(rec)],
-            end_ns=self.now,
-        )
-        o_state[rec[starts]] = res.final[:, 0]
-        r_state[rec[starts]] = res.final[:, 1]
-        return o_state, r_state
-
     def _records(
         self, OUT: npt.NDArray[np.int64], OW32: npt.NDArray[np.int32], OH: npt.NDArray[np.uint8]
-    ) -> list[ConnColumns]:
-        """Emitted slot rows (S and W) as one batch of columns (`tcpwhy.tcp.records`); the
-        words are looked up once per distinct value, not per record."""
-        n = len(OUT)
-        OW = OW32.astype(np.int64)
-        if self.rfc_states:
-            o_rfc, r_rfc = self._take_kept(OUT, OW)
-        else:
-            o_rfc = r_rfc = np.full(n, NO_RFC_STATE, np.uint8)
-        od = OW[:, z.F_ODIR]
-        # the columns that depend on which side originates, in one compiled pass
-        R = np.empty((z.NSIDES, n), np.int64)
-        if n:
-            z.record_sides(np.ascontiguousarray(OUT), np.ascontiguousarray(OW32), R)
-        zo, zr = R[z.R_ZEEK_ORIG], R[z.R_ZEEK_RESP]
-        osize, rsize = R[z.R_ORIG_SIZE], R[z.R_RESP_SIZE]
-        hlen = OW[:, z.F_HLEN].copy()
-        history = np.ascontiguousarray(OH)
-        cs = _conn_state_codes(zo, zr, (osize == 0) & (rsize == 0), history, hlen)
-        start = OUT[:, z.F_START_TS]
-        reason = OW[:, z.F_REASON]
-        idle = np.where(
-            (reason == z.END_IDLE) & _OPEN_CODES[cs], (self.now - OUT[:, z.F_SEEN_TS]) // 10**9, 0
-        )
-        ff = OW[:, z.F_FIRST_FLAGS] & (SYN | ACK)
-        key = (
-            ((((OW[:, z.F_CLOSE1] * 16 + OW[:, z.F_CLOSE2]) * 16 + OW[:, z.F_CLOSE3]) * 2 + od)
-             * 16 + cs) * 16 + reason
-        ) * 32 + ff + (idle << 26)  # fmt: skip
-        keys, end = np.unique(key, return_inverse=True)
-        cols: dict[str, npt.NDArray[Any]] = {
-            "uid": OUT[:, z.F_UID].copy(),
-            "stream": OUT[:, z.F_STREAM].copy(),
-            "orig_hi": R[z.R_ORIG_HI].view(np.uint64),
-            "orig_lo": R[z.R_ORIG_LO].view(np.uint64),
-            "orig_p": R[z.R_ORIG_P],
-            "resp_hi": R[z.R_RESP_HI].view(np.uint64),
-            "resp_lo": R[z.R_RESP_LO].view(np.uint64),
-            "resp_p": R[z.R_RESP_P],
-            "orientation": OW[:, z.F_ORIENT].astype(np.uint8),
-            "start_ns": start.copy(),
-            "duration_ns": OUT[:, z.F_LAST_TS] - start,
-            "orig_pkts": R[z.R_ORIG_PKTS],
-            "resp_pkts": R[z.R_RESP_PKTS],
-            "orig_bytes": osize.view(np.uint64),
-            "resp_bytes": rsize.view(np.uint64),
-            "orig_payload": R[z.R_ORIG_PAYLOAD],
-            "resp_payload": R[z.R_RESP_PAYLOAD],
-            "orig_ip_bytes": R[z.R_ORIG_IPBYTES],
-            "resp_ip_bytes": R[z.R_RESP_IPBYTES],
-            "missed_bytes": OUT[:, z.F_MISSED].copy(),
-            "irtt_ns": R[z.R_IRTT],
-            "retransmissions": R[z.R_RETX],
-            "zero_windows": R[z.R_ZWIN],
-            "orig_state": o_rfc,
-            "resp_state": r_rfc,
-            "end": end.reshape(-1).astype(np.int32),
-            "conn_state": cs.astype(np.uint8),
-            "history": history.copy(),
-            "history_len": hlen,
-            "continued": OW[:, z.F_CONTINUED] != 0,
-            "emitted": reason.astype(np.uint8),
-            "zeek_orig_state": zo.astype(np.uint8),
-            "zeek_resp_state": zr.astype(np.uint8),
-        }
-        cols["server_name"], names = self._take_names(cols["uid"])
-        words = tuple(_end_words_of_key(k) for k in keys.tolist())
-        return [ConnColumns(cols, words, self.uid_prefix, name_words=names)]
+    ) -> list[Batch]:
+        """Emitted slot rows (S and W) as one batch of records to build (`Batch`). What the
+        builder holds for these connections (their kept packets, their server names) is
+        taken out here; the rest is the batch's own, so it may be built on another thread."""
+        uids = OUT[:, z.F_UID]
+        kept = self._kept.take(uids) if self.rfc_states else None
+        names = self._take_names(uids)
+        return [
+            functools.partial(
+                _build_records, OUT, OW32, OH, kept, self.rfc_states, names, self.now,
+                self.uid_prefix,
+            )
+        ]  # fmt: skip
+
+
+Batch = Callable[[], ConnColumns]
+"""A batch of records to build: the builder took what it holds for them, the rest needs no
+builder (`iter_connection_columns` builds them on a thread of their own)."""
+
+
+def _rfc_states(
+    OUT: npt.NDArray[np.int64],
+    OW: npt.NDArray[np.int64],
+    sel: dict[str, npt.NDArray[Any]] | None,
+    now: int,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """Final RFC states (`State` codes) of each emitted record's originator and responder,
+    from its kept packets `sel` (`_Kept.take`)."""
+    n = len(OUT)
+    o_state = np.full(n, State.CLOSED, np.uint8)
+    r_state = np.full(n, State.CLOSED, np.uint8)
+    if sel is None:
+        return o_state, r_state
+    uids = OUT[:, z.F_UID]
+    # record index of each row, and its direction relative to that record's originator
+    by_uid = np.argsort(uids, kind="stable")
+    rec = by_uid[np.searchsorted(uids, sel["uid"], sorter=by_uid)]
+    direction = (sel["dir"].astype(np.int64) != OW[rec, z.F_ODIR]).astype(np.uint8)
+    # every record's kept packets through the state machine in one compiled call; a
+    # TIME_WAIT entered 2 MSL before the chunk's last packet has ended by now
+    starts = np.flatnonzero(np.r_[True, rec[1:] != rec[:-1]])
+    res = run_connections(
+        direction,
+        sel["flags"],
+        sel["seq"],
+        sel["ack"],
+        sel["plen"],
+        sel["ts"],
+        sel["frame"],
+        np.r_[starts, len(rec)],
+        end_ns=now,
+    )
+    o_state[rec[starts]] = res.final[:, 0]
+    r_state[rec[starts]] = res.final[:, 1]
+    return o_state, r_state
+
+
+def _build_records(
+    OUT: npt.NDArray[np.int64],
+    OW32: npt.NDArray[np.int32],
+    OH: npt.NDArray[np.uint8],
+    kept: dict[str, npt.NDArray[Any]] | None,
+    rfc_states: bool,
+    names: tuple[npt.NDArray[np.int32], tuple[str, ...]],
+    now: int,
+    uid_prefix: str,
+) -> ConnColumns:
+    """Emitted slot rows (S and W) as one batch of columns (`tcpwhy.tcp.records`); the
+    words are looked up once per distinct value, not per record."""
+    n = len(OUT)
+    OW = OW32.astype(np.int64)
+    if rfc_states:
+        o_rfc, r_rfc = _rfc_states(OUT, OW, kept, now)
+    else:
+        o_rfc = r_rfc = np.full(n, NO_RFC_STATE, np.uint8)
+    od = OW[:, z.F_ODIR]
+    # the columns that depend on which side originates, in one compiled pass
+    R = np.empty((z.NSIDES, n), np.int64)
+    if n:
+        z.record_sides(np.ascontiguousarray(OUT), np.ascontiguousarray(OW32), R)
+    zo, zr = R[z.R_ZEEK_ORIG], R[z.R_ZEEK_RESP]
+    osize, rsize = R[z.R_ORIG_SIZE], R[z.R_RESP_SIZE]
+    hlen = OW[:, z.F_HLEN].copy()
+    history = np.ascontiguousarray(OH)
+    cs = _conn_state_codes(zo, zr, (osize == 0) & (rsize == 0), history, hlen)
+    start = OUT[:, z.F_START_TS]
+    reason = OW[:, z.F_REASON]
+    idle = np.where(
+        (reason == z.END_IDLE) & _OPEN_CODES[cs], (now - OUT[:, z.F_SEEN_TS]) // 10**9, 0
+    )
+    ff = OW[:, z.F_FIRST_FLAGS] & (SYN | ACK)
+    key = (
+        ((((OW[:, z.F_CLOSE1] * 16 + OW[:, z.F_CLOSE2]) * 16 + OW[:, z.F_CLOSE3]) * 2 + od)
+         * 16 + cs) * 16 + reason
+    ) * 32 + ff + (idle << 26)  # fmt: skip
+    keys, end = np.unique(key, return_inverse=True)
+    cols: dict[str, npt.NDArray[Any]] = {
+        "uid": OUT[:, z.F_UID].copy(),
+        "stream": OUT[:, z.F_STREAM].copy(),
+        "orig_hi": R[z.R_ORIG_HI].view(np.uint64),
+        "orig_lo": R[z.R_ORIG_LO].view(np.uint64),
+        "orig_p": R[z.R_ORIG_P],
+        "resp_hi": R[z.R_RESP_HI].view(np.uint64),
+        "resp_lo": R[z.R_RESP_LO].view(np.uint64),
+        "resp_p": R[z.R_RESP_P],
+        "orientation": OW[:, z.F_ORIENT].astype(np.uint8),
+        "start_ns": start.copy(),
+        "duration_ns": OUT[:, z.F_LAST_TS] - start,
+        "orig_pkts": R[z.R_ORIG_PKTS],
+        "resp_pkts": R[z.R_RESP_PKTS],
+        "orig_bytes": osize.view(np.uint64),
+        "resp_bytes": rsize.view(np.uint64),
+        "orig_payload": R[z.R_ORIG_PAYLOAD],
+        "resp_payload": R[z.R_RESP_PAYLOAD],
+        "orig_ip_bytes": R[z.R_ORIG_IPBYTES],
+        "resp_ip_bytes": R[z.R_RESP_IPBYTES],
+        "missed_bytes": OUT[:, z.F_MISSED].copy(),
+        "irtt_ns": R[z.R_IRTT],
+        "retransmissions": R[z.R_RETX],
+        "zero_windows": R[z.R_ZWIN],
+        "orig_state": o_rfc,
+        "resp_state": r_rfc,
+        "end": end.reshape(-1).astype(np.int32),
+        "conn_state": cs.astype(np.uint8),
+        "history": history.copy(),
+        "history_len": hlen,
+        "continued": OW[:, z.F_CONTINUED] != 0,
+        "emitted": reason.astype(np.uint8),
+        "zeek_orig_state": zo.astype(np.uint8),
+        "zeek_resp_state": zr.astype(np.uint8),
+    }
+    cols["server_name"], name_words = names
+    words = tuple(_end_words_of_key(k) for k in keys.tolist())
+    return ConnColumns(cols, words, uid_prefix, name_words=name_words)
 
 
 assert z.IRTT_NONE == IRTT_UNSET  # the kernel writes the records' value itself
@@ -897,19 +939,48 @@ def reading_options(options: Mapping[str, Any]) -> dict[str, bool]:
 def iter_connection_columns(
     tables: Iterable[PacketTable],
     stats: CaptureStats | None = None,
+    *,
+    threaded: bool = False,
     **options: Any,
 ) -> Iterator[ConnColumns]:
     """Connections of a capture's tables (in capture order, read as `reading_options`
     says), in batches of columns as they finish. The builder copies what it keeps, so the
-    reader may reuse its buffers."""
+    reader may reuse its buffers. `threaded`: the batches are built on a second thread
+    (`_built_beside`)."""
     b = ConnectionBuilder(**options)
-    for t in tables:
-        yield from b.feed_columns(t)
-    for last in b.finish_batches():
-        if len(last):
-            yield last
+    if not threaded:
+        for t in tables:
+            yield from b.feed_columns(t)
+        yield from (last for last in b.finish_batches() if len(last))
+    else:
+        yield from _built_beside(b, tables)
     if stats is not None:
         stats.warnings.extend(b.warnings)
+
+
+_AHEAD = 2
+"""Batches a thread may have to build before the reading waits for it (`_built_beside`)."""
+
+
+def _built_beside(b: ConnectionBuilder, tables: Iterable[PacketTable]) -> Iterator[ConnColumns]:
+    """The builder's batches, in order, built on a thread of their own while the next tables
+    are fed: building the records of a batch (its kept packets through the RFC state machine,
+    the columns, the words) is a quarter of reading a capture of short connections, and
+    most of it runs without the GIL."""
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    pending: deque[Future[ConnColumns]] = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="tcpwhy-records") as pool:
+        for t in tables:
+            pending.extend(pool.submit(job) for job in b.feed_batches(t))
+            while pending and (len(pending) > _AHEAD or pending[0].done()):
+                yield pending.popleft().result()
+        pending.extend(pool.submit(job) for job in b.finish_jobs())
+        while pending:
+            last = pending.popleft().result()
+            if len(last):
+                yield last
 
 
 def iter_connections(
