@@ -209,3 +209,30 @@ def test_concat_in_stream_order_is_concat_then_stream_order() -> None:
     assert most >= 2  # records from several batches interleaved
     empty, order = ConnColumns.concat_stream_order([])
     assert len(empty) == 0 and len(order) == 0
+
+
+@pytest.mark.parametrize("max_active", [3, 500_000])
+def test_batches_built_beside_are_the_batches_built_in_turn(
+    zeek_corpus: Path, max_active: int
+) -> None:
+    """`iter_connection_columns(threaded=True)` builds each batch on a second thread from
+    what the builder handed over for it: the same batches, in the same order, as building
+    each one where it finished (small chunks: many batches, a few in flight at once)."""
+    from tcpwhy.capture import iter_tables
+    from tcpwhy.tcp.connections import iter_connection_columns
+
+    most = 0
+    for p in _captures(zeek_corpus):
+        got = {}
+        for threaded in (False, True):
+            tables = iter_tables(str(p), chunk_bytes=2048, reuse=True)
+            got[threaded] = list(
+                iter_connection_columns(tables, threaded=threaded, max_active=max_active)
+            )
+        assert len(got[True]) == len(got[False]), p
+        most = max(most, len(got[True]))
+        for a, b in zip(got[False], got[True], strict=True):
+            assert (a.end_words, a.name_words) == (b.end_words, b.name_words), p
+            for k in COLUMNS:
+                assert np.array_equal(a.cols[k], b.cols[k]), (p, k)
+    assert most >= 8

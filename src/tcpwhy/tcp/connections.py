@@ -634,7 +634,7 @@ class ConnectionBuilder:
                 "start a continued record"
             )
             self.warnings.append(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=4)
+            warnings.warn(msg, RuntimeWarning, stacklevel=5)
         self.evicted = int(self._vmeta[1])
         convs = rows[rows32[:, z.F_REASON] == z.END_EVICTED, z.F_CONV]
         # not those a later packet of the chunk started again
