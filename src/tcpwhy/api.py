@@ -974,6 +974,7 @@ class Capture:
                         self._flt,
                         pair=self.pair,
                         record_options=self._record_options,
+                        threaded=True,
                         **self._conn_options,
                     )
                     got, ids = _with_community_ids((c for _, c, _ in batches), self._record_options)
