@@ -477,548 +477,6 @@ def _icmp_quote(buf: Any, p: Any, end: Any, v6: Any) -> Any:
     )
 
 
-# ---- one helper per layer ----------------------------------------------------------------
-# `decode_records` walks a frame's layers as a loop over decoder states (`_K_*`); each layer
-# is one helper below, inlined into it (numba's inline="always": the kernel compiles to what
-# one long function did). A helper takes what it reads and returns the decoder's next state
-# and what it changed; `_K_STOP` with a status (`ST_*`) ends the walk.
-_K_STOP = 9
-
-
-@njit(cache=True, inline="always")
-def _link_layer(buf: Any, p: Any, end: Any, lim: Any, link: Any) -> Any:
-    """The capture's link header: (state, offset, limit, ethertype, status); state
-    `_K_DONE` when the frame is not decoded past it (status says why)."""
-    kind = _K_DONE
-    status = ST_UNDECODABLE
-    et = np.int64(0)
-    if link == LINKTYPE_ETHERNET:
-        kind = _K_ETH
-    elif link == LINKTYPE_NULL or link == LINKTYPE_LOOP:
-        if p + 4 <= end:
-            if link == LINKTYPE_LOOP:
-                fam = _be32(buf, p)
-            else:
-                fam = _le32(buf, p)
-                if fam > 0xFFFF:
-                    fam = _be32(buf, p)
-            p += 4
-            if fam == 2:
-                kind = _K_IP4
-            elif fam == 24 or fam == 28 or fam == 30 or fam == 10 or fam == 23:
-                kind = _K_IP6
-            else:
-                status = ST_OTHER_LINK
-    elif (
-        link == LINKTYPE_RAW
-        or link == LINKTYPE_RAW_OLD1
-        or link == LINKTYPE_RAW_OLD2
-        or link == LINKTYPE_IPV4
-        or link == LINKTYPE_IPV6
-    ):
-        kind = _K_IPVER
-    elif link == LINKTYPE_LINUX_SLL or link == LINKTYPE_LINUX_SLL2 or link == LINKTYPE_C_HDLC:
-        # a header of fixed size with the ethertype in it: Linux cooked v1 (16 bytes,
-        # the type at 14) and v2 (20, at 0), Cisco HDLC (4, at 2)
-        size = 16 if link == LINKTYPE_LINUX_SLL else 20 if link == LINKTYPE_LINUX_SLL2 else 4
-        if p + size <= end:
-            et = _be16(buf, p + (14 if size == 16 else 0 if size == 20 else 2))
-            p += size
-            kind = _K_ETYPE
-    elif link == LINKTYPE_PPP or link == LINKTYPE_PPP_SERIAL:
-        kind = _K_PPP
-    elif link == LINKTYPE_IEEE802_11:
-        kind = _K_WLAN
-    elif link == LINKTYPE_IEEE802_11_RADIOTAP:
-        if p + 8 <= end:  # version, pad, length (little-endian), present flags
-            p += _u8(buf, p + 2) | (_u8(buf, p + 3) << 8)
-            kind = _K_WLAN
-    elif link == LINKTYPE_FDDI:
-        # frame control, destination, source; then LLC/SNAP as in 802.11
-        if p + 13 + 8 <= end and _u8(buf, p + 13) == 0xAA and _u8(buf, p + 14) == 0xAA:
-            et = _be16(buf, p + 19)
-            p += 21
-            kind = _K_ETYPE
-        elif p + 13 <= end:
-            status = ST_OTHER_LINK
-    elif link == LINKTYPE_NFLOG:
-        # family, version, resource id; then TLVs (length and type in the capturing
-        # host's byte order, the length counting the 4-byte TLV header, padded to 4)
-        if p + 4 <= end:
-            fam = _u8(buf, p)
-            q = p + 4
-            status = ST_OTHER_LINK
-            while q + 4 <= end:
-                tl = _u8(buf, q) | (_u8(buf, q + 1) << 8)  # as tshark and Zeek read
-                ty = _u8(buf, q + 2) | (_u8(buf, q + 3) << 8)  # them: little-endian
-                if tl < 4 or q + tl > end:
-                    status = ST_UNDECODABLE
-                    break
-                if ty == 9:  # NFULA_PAYLOAD: the packet
-                    p = q + 4
-                    lim = q + tl
-                    if fam == 2 or fam == 10:
-                        kind = _K_IP4 if fam == 2 else _K_IP6
-                        status = ST_UNDECODABLE
-                    break
-                q += (tl + 3) & ~3
-    else:
-        status = ST_UNSUPPORTED_LINK
-    return kind, p, lim, et, status
-
-
-@njit(cache=True, inline="always")
-def _ethernet(buf: Any, p: Any, end: Any, lim: Any) -> Any:
-    """An Ethernet header: (state, offset, limit, ethertype, source, destination, status)."""
-    if p + 14 > end:
-        return _K_STOP, p, lim, np.int64(0), np.uint64(0), np.uint64(0), ST_UNDECODABLE
-    dst = np.uint64(_be48(buf, p))
-    src = np.uint64(_be48(buf, p + 6))
-    et = _be16(buf, p + 12)
-    p += 14
-    kind = _K_ETYPE
-    if et == 0x8903 and p + 2 + 14 <= end:
-        # Cisco FabricPath: its switch tag, then the customer's frame (Zeek
-        # skips the 16 bytes; tshark reads the inner frame with an FCS)
-        p += 2
-        kind = _K_ETH
-    elif et <= 1500:
-        # IEEE 802.3 with a length: LLC/SNAP with an EtherType (OUI 0, the
-        # encapsulated-Ethernet one tshark maps to EtherTypes; Zeek's SNAP)
-        if (
-            p + 8 <= end
-            and _u8(buf, p) == 0xAA
-            and _u8(buf, p + 1) == 0xAA
-            and _u8(buf, p + 2) == 0x03
-            and _u8(buf, p + 3) == 0
-            and _u8(buf, p + 4) == 0
-            and _u8(buf, p + 5) == 0
-        ):
-            if p + et < lim:
-                lim = p + et
-            et = _be16(buf, p + 6)
-            p += 8
-        else:
-            return _K_STOP, p, lim, et, src, dst, ST_OTHER_LINK
-    return kind, p, lim, et, src, dst, ST_UNDECODABLE
-
-
-@njit(cache=True, inline="always")
-def _ethertype(buf: Any, p: Any, end: Any, lim: Any, et: Any, vlan: Any) -> Any:
-    """What an EtherType says comes next: VLAN tags (the outer id kept), MPLS labels,
-    PPPoE, 802.1ah, VN-Tag. (state, offset, limit, ethertype, vlan, status)."""
-    kind = _K_ETYPE
-    status = ST_UNDECODABLE
-    if et == 0x0800:
-        kind = _K_IP4
-    elif et == 0x86DD:
-        kind = _K_IP6
-    elif et == 0x8100 or et == 0x88A8 or et == 0x9100:
-        if p + 4 > end:
-            return _K_STOP, p, lim, et, vlan, ST_UNDECODABLE
-        if vlan < 0:
-            vlan = _be16(buf, p) & 0xFFF
-        et = _be16(buf, p + 2)
-        p += 4
-    elif et == 0x8847 or et == 0x8848:
-        bos = False
-        while p + 4 <= end:
-            bos = (_u8(buf, p + 2) & 1) == 1
-            p += 4
-            if bos:
-                break
-        if not bos or p >= end:
-            return _K_STOP, p, lim, et, vlan, ST_UNDECODABLE
-        if (_u8(buf, p) >> 4) == 0 and p + 4 + 14 <= end:
-            p += 4  # pseudowire control word, then Ethernet
-            kind = _K_ETH
-        else:
-            kind = _K_IPVER
-    elif et == 0x8864:
-        if p + 6 > end:
-            return _K_STOP, p, lim, et, vlan, ST_UNDECODABLE
-        plim = p + 6 + _be16(buf, p + 4)
-        if plim < lim:
-            lim = plim
-        p += 6
-        kind = _K_PPP
-    elif et == 0x88E7:  # 802.1ah PBB: I-TAG then the customer frame
-        if p + 4 > end:
-            return _K_STOP, p, lim, et, vlan, ST_UNDECODABLE
-        p += 4
-        kind = _K_ETH
-    elif et == 0x8926:  # VN-Tag
-        if p + 6 > end:
-            return _K_STOP, p, lim, et, vlan, ST_UNDECODABLE
-        et = _be16(buf, p + 4)
-        p += 6
-    elif et == 0x6558:  # transparent Ethernet bridging
-        kind = _K_ETH
-    elif et == 0x0806:
-        return _K_STOP, p, lim, et, vlan, ST_ARP
-    else:
-        return _K_STOP, p, lim, et, vlan, ST_OTHER_LINK
-    return kind, p, lim, et, vlan, status
-
-
-@njit(cache=True, inline="always")
-def _ppp(buf: Any, p: Any, end: Any) -> Any:
-    """A PPP header (address and control optional, protocol field maybe compressed):
-    (state, offset, ethertype, status)."""
-    et = np.int64(0)
-    if p + 2 > end:
-        return _K_STOP, p, et, ST_UNDECODABLE
-    if _u8(buf, p) == 0xFF and _u8(buf, p + 1) == 0x03:
-        p += 2
-        if p + 2 > end:
-            return _K_STOP, p, et, ST_UNDECODABLE
-    if _u8(buf, p) & 1:  # protocol-field compression: one byte
-        pp = _u8(buf, p)
-        p += 1
-    else:
-        pp = _be16(buf, p)
-        p += 2
-    if pp == 0x21:
-        return _K_IP4, p, et, ST_UNDECODABLE
-    if pp == 0x57:
-        return _K_IP6, p, et, ST_UNDECODABLE
-    if pp == 0x0281 or pp == 0x0283:  # MPLS unicast, multicast (Zeek: 0x0281)
-        return _K_ETYPE, p, np.int64(0x8847), ST_UNDECODABLE
-    return _K_STOP, p, et, ST_OTHER_LINK
-
-
-@njit(cache=True, inline="always")
-def _ip_version(buf: Any, p: Any, end: Any) -> Any:
-    """IP of either version, by its first nibble: (state, status)."""
-    if p >= end:
-        return _K_STOP, ST_UNDECODABLE
-    nib = _u8(buf, p) >> 4
-    if nib == 4:
-        return _K_IP4, ST_UNDECODABLE
-    if nib == 6:
-        return _K_IP6, ST_UNDECODABLE
-    return _K_STOP, ST_OTHER_LINK
-
-
-@njit(cache=True, inline="always")
-def _ipv4(buf: Any, p: Any, end: Any, lim: Any, frame_start: Any, checksums: Any) -> Any:
-    """An IPv4 header: (status, offset past it, limit, end by its length, header offset in
-    the frame, total length, TTL, id, source and destination halves, protocol, end of its
-    payload, Zeek would drop it); status -1 to go on, else why the walk stops there."""
-    z = np.uint64(0)
-    if p + 20 > end or (_u8(buf, p) >> 4) != 4:
-        return ST_UNDECODABLE, p, lim, 0, 0, 0, 0, 0, z, z, z, z, -1, 0, False
-    zdrop = False
-    ihl = (_u8(buf, p) & 15) * 4
-    tot = _be16(buf, p + 2)
-    if tot == 0:  # TSO: the capture host had not filled the length yet
-        tot = lim - p
-        zdrop = True  # Zeek without -C gives up on such a packet
-    if ihl < 20 or tot < ihl or p + ihl > end:
-        return ST_UNDECODABLE, p, lim, 0, 0, 0, 0, 0, z, z, z, z, -1, 0, zdrop
-    if checksums and _fold(_sum16(buf, p, p + ihl, np.uint64(0))) != 0xFFFF:
-        zdrop = True
-    ffff = np.uint64(0xFFFF00000000)
-    l4_end = p + tot
-    if l4_end > lim:
-        l4_end = lim
-    status = ST_FRAGMENT if (_be16(buf, p + 6) & 0x3FFF) != 0 else -1
-    return (
-        status,
-        p + ihl,
-        l4_end,
-        p + tot,
-        p - frame_start,
-        tot,
-        _u8(buf, p + 8),
-        _be16(buf, p + 4),
-        z,
-        ffff | np.uint64(_be32(buf, p + 12)),
-        z,
-        ffff | np.uint64(_be32(buf, p + 16)),
-        _u8(buf, p + 9),
-        l4_end,
-        zdrop,
-    )
-
-
-@njit(cache=True, inline="always")
-def _ipv6(buf: Any, p: Any, end: Any, lim: Any, frame_start: Any) -> Any:
-    """An IPv6 header and its extension headers: what `_ipv4` returns (never a drop)."""
-    z = np.uint64(0)
-    if p + 40 > end or (_u8(buf, p) >> 4) != 6:
-        return ST_UNDECODABLE, p, lim, 0, 0, 0, 0, 0, z, z, z, z, -1, 0, False
-    plen = _be16(buf, p + 4)
-    if plen == 0:
-        plen = lim - p - 40
-    src_hi = _be64(buf, p + 8)
-    src_lo = _be64(buf, p + 16)
-    dst_hi = _be64(buf, p + 24)
-    dst_lo = _be64(buf, p + 32)
-    start = p
-    nh = _u8(buf, p + 6)
-    l4_end = p + 40 + plen
-    if l4_end > lim:
-        l4_end = lim
-    p += 40
-    status = -1
-    while True:
-        if nh == 0 or nh == 43 or nh == 60:
-            if p + 8 > end:
-                status = ST_UNDECODABLE
-                break
-            nxt = _u8(buf, p)
-            p += (_u8(buf, p + 1) + 1) * 8
-            nh = nxt
-        elif nh == 44:
-            if p + 8 > end:
-                status = ST_UNDECODABLE
-                break
-            fo = _be16(buf, p + 2)
-            nxt = _u8(buf, p)
-            p += 8
-            nh = nxt
-            if (fo & 0xFFF9) != 0:  # offset or more-fragments set
-                status = ST_FRAGMENT
-                break
-        elif nh == 51:
-            if p + 8 > end:
-                status = ST_UNDECODABLE
-                break
-            nxt = _u8(buf, p)
-            p += (_u8(buf, p + 1) + 2) * 4
-            nh = nxt
-        else:
-            break
-    return (
-        status,
-        p,
-        l4_end,
-        start + 40 + plen,
-        start - frame_start,
-        40 + plen,
-        _u8(buf, start + 7),
-        0,
-        src_hi,
-        src_lo,
-        dst_hi,
-        dst_lo,
-        nh,
-        l4_end,
-        False,
-    )
-
-
-@njit(cache=True, inline="always")
-def _udp(
-    buf: Any,
-    p: Any,
-    end: Any,
-    lim: Any,
-    ip_end: Any,
-    v4: Any,
-    src_hi: Any,
-    src_lo: Any,
-    dst_hi: Any,
-    dst_lo: Any,
-    tunnel: Any,
-    checksums: Any,
-    teredo_any_port: Any,
-) -> Any:
-    """A UDP datagram, and the tunnel it carries on its port (VXLAN, GRE-in-UDP, Geneve,
-    AYIYA, GTP-U, Teredo): (state, offset, limit, ethertype, tunnel, Zeek would drop it,
-    status); `_K_STOP` with `ST_UDP` when it carries no tunnel decoded here."""
-    et = np.int64(0)
-    zdrop = False
-    if p + 8 > end:
-        return _K_STOP, p, lim, et, tunnel, zdrop, ST_UDP
-    usp = _be16(buf, p)
-    udp = _be16(buf, p + 2)
-    ulen = _be16(buf, p + 4)
-    if checksums and ip_end <= end and ip_end >= p + 8:
-        # Zeek's UDP analyzer forwards a datagram to a tunnel decoder only
-        # when its checksum holds (0: none, over IPv4; VXLAN may send 0)
-        ucs = _be16(buf, p + 6)
-        check = not v4 or ucs != 0
-        if udp == 4789 and ucs == 0 and ip_end - p > 8 + 8 + 14 and (_u8(buf, p + 8) & 0x08):
-            check = False
-        if check:
-            us = _pseudo(v4, src_hi, src_lo, dst_hi, dst_lo, 17, ip_end - p)
-            if _fold(_sum16(buf, p, ip_end, us)) != 0xFFFF:
-                zdrop = True
-    if ulen >= 8 and p + ulen < lim:
-        lim = p + ulen
-    u = p + 8
-    if (udp == 4789 or usp == 4789) and u + 8 <= end:
-        return _K_ETH, u + 8, lim, et, tunnel if tunnel else 2, zdrop, ST_UDP
-    if udp == 4754 or usp == 4754:  # GRE-in-UDP
-        return _K_GRE, u, lim, et, tunnel, zdrop, ST_UDP
-    if (udp == 6081 or usp == 6081) and u + 8 <= end:
-        optlen = (_u8(buf, u) & 0x3F) * 4
-        return (
-            _K_ETYPE,
-            u + 8 + optlen,
-            lim,
-            _be16(buf, u + 2),
-            tunnel if tunnel else 3,
-            zdrop,
-            ST_UDP,
-        )
-    if (udp == 5072 or usp == 5072) and u + 8 <= end and (_u8(buf, u + 2) & 15) == 1:
-        # AYIYA, opcode forward: identity and signature, then IPv4 or IPv6
-        nh = _u8(buf, u + 3)
-        q = u + 8 + (1 << (_u8(buf, u) >> 4)) + (_u8(buf, u + 1) >> 4) * 4
-        if q >= end or not (nh == 4 or nh == 41):
-            return _K_STOP, p, lim, et, tunnel, zdrop, ST_UDP
-        return _K_IP4 if nh == 4 else _K_IP6, q, lim, et, tunnel if tunnel else 6, zdrop, ST_UDP
-    if (
-        (udp == 2152 or usp == 2152)
-        and udp != 3544  # Teredo's port first
-        and usp != 3544
-        and u + 8 <= end
-        and (_u8(buf, u) >> 5) == 1
-    ):
-        gflags = _u8(buf, u)
-        q = u + 8
-        if _u8(buf, u + 1) != 0xFF:
-            return _K_STOP, p, lim, et, tunnel, zdrop, ST_UDP
-        if gflags & 0x07:
-            q += 4
-            if gflags & 0x04:
-                # extension headers: length in 4-octet units, next type last
-                nxt_t = _u8(buf, q - 1)
-                while nxt_t != 0 and q < end:
-                    ln = _u8(buf, q) * 4
-                    if ln == 0 or q + ln > end:
-                        break
-                    nxt_t = _u8(buf, q + ln - 1)
-                    q += ln
-        if q < end and ((_u8(buf, q) >> 4) == 4 or (_u8(buf, q) >> 4) == 6):
-            return _K_IPVER, q, lim, et, tunnel if tunnel else 1, zdrop, ST_UDP
-        return _K_STOP, p, lim, et, tunnel, zdrop, ST_UDP
-    # Teredo on its port; between a client and a relay it uses any ports: as Zeek does,
-    # (when asked) take a datagram that is exactly one IPv6 packet for Teredo there
-    on_port = udp == 3544 or usp == 3544
-    q = _teredo(buf, u, lim, end, not on_port) if on_port or teredo_any_port else -1
-    if q < 0:
-        return _K_STOP, p, lim, et, tunnel, zdrop, ST_UDP
-    return _K_IP6, q, lim, et, tunnel if tunnel else 5, zdrop, ST_UDP
-
-
-@njit(cache=True, inline="always")
-def _gre(buf: Any, p: Any, end: Any, tunnel: Any) -> Any:
-    """A GRE header, and what it carries (PPP, ERSPAN II and III, Aruba's 802.11, an
-    EtherType): (state, offset, ethertype, tunnel, status)."""
-    if p + 4 > end:
-        return _K_STOP, p, np.int64(0), tunnel, ST_UNDECODABLE
-    gf = _be16(buf, p)
-    et = _be16(buf, p + 2)
-    q = p + 4
-    if gf & 0x8000:
-        q += 4
-    if gf & 0x2000:
-        q += 4
-    if gf & 0x1000:
-        q += 4
-    if (gf & 7) == 1 and (gf & 0x0080):  # enhanced GRE (PPTP) acknowledgment
-        q += 4
-    if tunnel == 0:
-        tunnel = 1
-    if et == 0x880B:
-        return _K_PPP, q, et, tunnel, ST_UNDECODABLE
-    if et == 0x88BE:  # ERSPAN type II
-        return _K_ETH, q + 8, et, tunnel, ST_UNDECODABLE
-    if et == 0x22EB:  # ERSPAN type III
-        return _K_ETH, q + 12, et, tunnel, ST_UNDECODABLE
-    if 0x8200 <= et <= 0x82FF:  # Aruba WLAN: 802.11 frames
-        return _K_WLAN, q, et, tunnel, ST_UNDECODABLE
-    return _K_ETYPE, q, et, tunnel, ST_UNDECODABLE
-
-
-@njit(cache=True, inline="always")
-def _wlan(buf: Any, p: Any, end: Any) -> Any:
-    """An IEEE 802.11 data frame's header and LLC/SNAP: (state, offset, ethertype, status)."""
-    et = np.int64(0)
-    if p + 24 > end:
-        return _K_STOP, p, et, ST_UNDECODABLE
-    fc0 = _u8(buf, p)
-    fc1 = _u8(buf, p + 1)
-    if ((fc0 >> 2) & 3) != 2 or (fc1 & 0x40):  # not data, or encrypted
-        return _K_STOP, p, et, ST_OTHER_LINK
-    q = p + 24
-    if (fc1 & 3) == 3:  # to and from the distribution system: a fourth address
-        q += 6
-    amsdu = False
-    if fc0 & 0x80:  # QoS data
-        if q + 2 > end:
-            return _K_STOP, p, et, ST_UNDECODABLE
-        amsdu = (_u8(buf, q) & 0x80) != 0
-        q += 2
-        if fc1 & 0x80:  # +HTC
-            q += 4
-    if amsdu:  # first A-MSDU subframe: DA, SA, length
-        q += 14
-    if q + 8 > end or _u8(buf, q) != 0xAA or _u8(buf, q + 1) != 0xAA or _u8(buf, q + 2) != 3:
-        return _K_STOP, p, et, ST_OTHER_LINK
-    return _K_ETYPE, q + 8, _be16(buf, q + 6), ST_UNDECODABLE  # LLC/SNAP
-
-
-@njit(cache=True, inline="always")
-def _tcp_options(buf: Any, q: Any, opt_end: Any, sack_le: Any, sack_re: Any, row: Any) -> Any:
-    """The TCP options from q to opt_end, SACK blocks written to row `row` of the SACK
-    columns: (MSS, window scale, SACK permitted, timestamps present, TSval, TSecr, the
-    options' order packed 3 bits each, SACK blocks)."""
-    mss = -1
-    ws = -1
-    sackp = False
-    hasts = False
-    tsval = 0
-    tsecr = 0
-    nsack = 0
-    order = 0
-    nord = 0
-    while q < opt_end:
-        kindo = _u8(buf, q)
-        if kindo == 0:
-            break
-        if kindo == 1:
-            q += 1
-            continue
-        if q + 2 > opt_end:
-            break
-        ln = _u8(buf, q + 1)
-        if ln < 2 or q + ln > opt_end:
-            break
-        code = 0
-        if kindo == 2 and ln == 4:
-            mss = _be16(buf, q + 2)
-            code = 1
-        elif kindo == 3 and ln == 3:
-            ws = _u8(buf, q + 2)
-            code = 2
-        elif kindo == 4 and ln == 2:
-            sackp = True
-            code = 3
-        elif kindo == 8 and ln == 10:
-            hasts = True
-            tsval = _be32(buf, q + 2)
-            tsecr = _be32(buf, q + 6)
-            code = 4
-        elif kindo == 5 and ln >= 10:
-            code = 5
-            nb = (ln - 2) // 8
-            for k in range(nb):
-                if nsack < 4:
-                    sack_le[row, nsack] = _be32(buf, q + 2 + 8 * k)
-                    sack_re[row, nsack] = _be32(buf, q + 6 + 8 * k)
-                    nsack += 1
-        if code and nord < 10:
-            order |= code << (3 * nord)
-            nord += 1
-        q += ln
-    return mss, ws, sackp, hasts, tsval, tsecr, order, nsack
-
-
 @kernel(
     "u1[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8[:] i8 i8[:] b1 b1 "
     f"{array_types(COLUMNS)} {array_types(ICMP_COLUMNS)} u8[:,:] -> (i8, i8, i8)",
@@ -1107,6 +565,7 @@ def decode_records(
     k_icmp = 0
     n_frag = 0
     last = np.int64(rec_off.shape[0] - 1)
+    ffff = np.uint64(0xFFFF00000000)
     for i in range(rec_off.shape[0]):
         p = np.int64(rec_off[i])
         end = p + np.int64(rec_cap[i])
@@ -1147,7 +606,78 @@ def decode_records(
         et = 0
         kind = _K_DONE
         # ---- link layer
-        kind, p, lim, et, status = _link_layer(buf, p, end, lim, link)
+        if link == LINKTYPE_ETHERNET:
+            kind = _K_ETH
+        elif link == LINKTYPE_NULL or link == LINKTYPE_LOOP:
+            if p + 4 <= end:
+                if link == LINKTYPE_LOOP:
+                    fam = _be32(buf, p)
+                else:
+                    fam = _le32(buf, p)
+                    if fam > 0xFFFF:
+                        fam = _be32(buf, p)
+                p += 4
+                if fam == 2:
+                    kind = _K_IP4
+                elif fam == 24 or fam == 28 or fam == 30 or fam == 10 or fam == 23:
+                    kind = _K_IP6
+                else:
+                    status = ST_OTHER_LINK
+        elif (
+            link == LINKTYPE_RAW
+            or link == LINKTYPE_RAW_OLD1
+            or link == LINKTYPE_RAW_OLD2
+            or link == LINKTYPE_IPV4
+            or link == LINKTYPE_IPV6
+        ):
+            kind = _K_IPVER
+        elif link == LINKTYPE_LINUX_SLL or link == LINKTYPE_LINUX_SLL2 or link == LINKTYPE_C_HDLC:
+            # a header of fixed size with the ethertype in it: Linux cooked v1 (16 bytes,
+            # the type at 14) and v2 (20, at 0), Cisco HDLC (4, at 2)
+            size = 16 if link == LINKTYPE_LINUX_SLL else 20 if link == LINKTYPE_LINUX_SLL2 else 4
+            if p + size <= end:
+                et = _be16(buf, p + (14 if size == 16 else 0 if size == 20 else 2))
+                p += size
+                kind = _K_ETYPE
+        elif link == LINKTYPE_PPP or link == LINKTYPE_PPP_SERIAL:
+            kind = _K_PPP
+        elif link == LINKTYPE_IEEE802_11:
+            kind = _K_WLAN
+        elif link == LINKTYPE_IEEE802_11_RADIOTAP:
+            if p + 8 <= end:  # version, pad, length (little-endian), present flags
+                p += _u8(buf, p + 2) | (_u8(buf, p + 3) << 8)
+                kind = _K_WLAN
+        elif link == LINKTYPE_FDDI:
+            # frame control, destination, source; then LLC/SNAP as in 802.11
+            if p + 13 + 8 <= end and _u8(buf, p + 13) == 0xAA and _u8(buf, p + 14) == 0xAA:
+                et = _be16(buf, p + 19)
+                p += 21
+                kind = _K_ETYPE
+            elif p + 13 <= end:
+                status = ST_OTHER_LINK
+        elif link == LINKTYPE_NFLOG:
+            # family, version, resource id; then TLVs (length and type in the capturing
+            # host's byte order, the length counting the 4-byte TLV header, padded to 4)
+            if p + 4 <= end:
+                fam = _u8(buf, p)
+                q = p + 4
+                status = ST_OTHER_LINK
+                while q + 4 <= end:
+                    tl = _u8(buf, q) | (_u8(buf, q + 1) << 8)  # as tshark and Zeek read
+                    ty = _u8(buf, q + 2) | (_u8(buf, q + 3) << 8)  # them: little-endian
+                    if tl < 4 or q + tl > end:
+                        status = ST_UNDECODABLE
+                        break
+                    if ty == 9:  # NFULA_PAYLOAD: the packet
+                        p = q + 4
+                        lim = q + tl
+                        if fam == 2 or fam == 10:
+                            kind = _K_IP4 if fam == 2 else _K_IP6
+                            status = ST_UNDECODABLE
+                        break
+                    q += (tl + 3) & ~3
+        else:
+            status = ST_UNSUPPORTED_LINK
         # ---- layers down to TCP
         ip_off = 0
         ip_len = 0
@@ -1159,19 +689,133 @@ def decode_records(
         layers = 0
         while kind != _K_DONE and layers < _MAX_LAYERS:
             layers += 1
-            st = ST_UNDECODABLE
             if kind == _K_ETH:
-                kind, p, lim, et, eth_src, eth_dst, st = _ethernet(buf, p, end, lim)
+                if p + 14 > end:
+                    status = ST_UNDECODABLE
+                    break
+                eth_dst = _be48(buf, p)
+                eth_src = _be48(buf, p + 6)
+                et = _be16(buf, p + 12)
+                p += 14
+                kind = _K_ETYPE
+                if et == 0x8903 and p + 2 + 14 <= end:
+                    # Cisco FabricPath: its switch tag, then the customer's frame (Zeek
+                    # skips the 16 bytes; tshark reads the inner frame with an FCS)
+                    p += 2
+                    kind = _K_ETH
+                elif et <= 1500:
+                    # IEEE 802.3 with a length: LLC/SNAP with an EtherType (OUI 0, the
+                    # encapsulated-Ethernet one tshark maps to EtherTypes; Zeek's SNAP)
+                    if (
+                        p + 8 <= end
+                        and _u8(buf, p) == 0xAA
+                        and _u8(buf, p + 1) == 0xAA
+                        and _u8(buf, p + 2) == 0x03
+                        and _u8(buf, p + 3) == 0
+                        and _u8(buf, p + 4) == 0
+                        and _u8(buf, p + 5) == 0
+                    ):
+                        if p + et < lim:
+                            lim = p + et
+                        et = _be16(buf, p + 6)
+                        p += 8
+                    else:
+                        status = ST_OTHER_LINK
+                        break
             elif kind == _K_ETYPE:
-                kind, p, lim, et, vlan, st = _ethertype(buf, p, end, lim, et, vlan)
+                if et == 0x0800:
+                    kind = _K_IP4
+                elif et == 0x86DD:
+                    kind = _K_IP6
+                elif et == 0x8100 or et == 0x88A8 or et == 0x9100:
+                    if p + 4 > end:
+                        status = ST_UNDECODABLE
+                        break
+                    if vlan < 0:
+                        vlan = _be16(buf, p) & 0xFFF
+                    et = _be16(buf, p + 2)
+                    p += 4
+                elif et == 0x8847 or et == 0x8848:
+                    bos = False
+                    while p + 4 <= end:
+                        bos = (_u8(buf, p + 2) & 1) == 1
+                        p += 4
+                        if bos:
+                            break
+                    if not bos or p >= end:
+                        status = ST_UNDECODABLE
+                        break
+                    if (_u8(buf, p) >> 4) == 0 and p + 4 + 14 <= end:
+                        p += 4  # pseudowire control word, then Ethernet
+                        kind = _K_ETH
+                    else:
+                        kind = _K_IPVER
+                elif et == 0x8864:
+                    if p + 6 > end:
+                        status = ST_UNDECODABLE
+                        break
+                    plim = p + 6 + _be16(buf, p + 4)
+                    if plim < lim:
+                        lim = plim
+                    p += 6
+                    kind = _K_PPP
+                elif et == 0x88E7:  # 802.1ah PBB: I-TAG then the customer frame
+                    if p + 4 > end:
+                        status = ST_UNDECODABLE
+                        break
+                    p += 4
+                    kind = _K_ETH
+                elif et == 0x8926:  # VN-Tag
+                    if p + 6 > end:
+                        status = ST_UNDECODABLE
+                        break
+                    et = _be16(buf, p + 4)
+                    p += 6
+                elif et == 0x6558:  # transparent Ethernet bridging
+                    kind = _K_ETH
+                elif et == 0x0806:
+                    status = ST_ARP
+                    break
+                else:
+                    status = ST_OTHER_LINK
+                    break
             elif kind == _K_PPP:
-                kind, p, et, st = _ppp(buf, p, end)
+                if p + 2 > end:
+                    status = ST_UNDECODABLE
+                    break
+                if _u8(buf, p) == 0xFF and _u8(buf, p + 1) == 0x03:
+                    p += 2
+                    if p + 2 > end:
+                        status = ST_UNDECODABLE
+                        break
+                if _u8(buf, p) & 1:  # protocol-field compression: one byte
+                    pp = _u8(buf, p)
+                    p += 1
+                else:
+                    pp = _be16(buf, p)
+                    p += 2
+                if pp == 0x21:
+                    kind = _K_IP4
+                elif pp == 0x57:
+                    kind = _K_IP6
+                elif pp == 0x0281 or pp == 0x0283:  # MPLS unicast, multicast (Zeek: 0x0281)
+                    et = 0x8847
+                    kind = _K_ETYPE
+                else:
+                    status = ST_OTHER_LINK
+                    break
             elif kind == _K_IPVER:
-                kind, st = _ip_version(buf, p, end)
-            elif kind == _K_GRE:
-                kind, p, et, tunnel, st = _gre(buf, p, end, tunnel)
-            elif kind == _K_WLAN:
-                kind, p, et, st = _wlan(buf, p, end)
+                if p >= end:
+                    status = ST_UNDECODABLE
+                    break
+                nib = _u8(buf, p) >> 4
+                if nib == 4:
+                    kind = _K_IP4
+                elif nib == 6:
+                    kind = _K_IP6
+                else:
+                    status = ST_OTHER_LINK
+                    break
             elif kind == _K_IP4 or kind == _K_IP6:
                 # entering an IP header: if we already had one, the old one is a tunnel's outer
                 if have_ip and tunnel != 0 and osrc_lo == 0 and osrc_hi == 0:
@@ -1180,37 +824,101 @@ def decode_records(
                     odst_hi = ip_dst_hi
                     odst_lo = ip_dst_lo
                 if kind == _K_IP4:
-                    got = _ipv4(buf, p, end, lim, frame_start, checksums)
+                    if p + 20 > end or (_u8(buf, p) >> 4) != 4:
+                        status = ST_UNDECODABLE
+                        break
+                    ihl = (_u8(buf, p) & 15) * 4
+                    tot = _be16(buf, p + 2)
+                    if tot == 0:  # TSO: the capture host had not filled the length yet
+                        tot = lim - p
+                        zdrop = True  # Zeek without -C gives up on such a packet
+                    if ihl < 20 or tot < ihl or p + ihl > end:
+                        status = ST_UNDECODABLE
+                        break
+                    if checksums and _fold(_sum16(buf, p, p + ihl, np.uint64(0))) != 0xFFFF:
+                        zdrop = True
+                    ip_end = p + tot
+                    frag = _be16(buf, p + 6)
+                    ip_off = p - frame_start
+                    ip_len = tot
+                    ip_ttl = _u8(buf, p + 8)
+                    ip_id = _be16(buf, p + 4)
+                    ipver = 4
+                    ip_src_hi = np.uint64(0)
+                    ip_src_lo = ffff | np.uint64(_be32(buf, p + 12))
+                    ip_dst_hi = np.uint64(0)
+                    ip_dst_lo = ffff | np.uint64(_be32(buf, p + 16))
+                    have_ip = True
+                    proto = _u8(buf, p + 9)
+                    l4_end = p + tot
+                    if l4_end > lim:
+                        l4_end = lim
+                    lim = l4_end
+                    p += ihl
+                    if (frag & 0x3FFF) != 0:
+                        status = ST_FRAGMENT
+                        break
                 else:
-                    got = _ipv6(buf, p, end, lim, frame_start)
-                st = got[0]
-                zdrop = zdrop or got[14]
-                if st == ST_UNDECODABLE:
-                    status = st
-                    break
-                (
-                    _,
-                    p,
-                    lim,
-                    ip_end,
-                    ip_off,
-                    ip_len,
-                    ip_ttl,
-                    ip_id,
-                    ip_src_hi,
-                    ip_src_lo,
-                    ip_dst_hi,
-                    ip_dst_lo,
-                    proto,
-                    l4_end,
-                    _,
-                ) = got
-                ipver = 4 if kind == _K_IP4 else 6
-                have_ip = True
-                if st >= 0:  # a fragment
-                    status = st
-                    break
-                # ---- what IP carries
+                    if p + 40 > end or (_u8(buf, p) >> 4) != 6:
+                        status = ST_UNDECODABLE
+                        break
+                    plen = _be16(buf, p + 4)
+                    if plen == 0:
+                        plen = lim - p - 40
+                    ip_end = p + 40 + plen
+                    ip_off = p - frame_start
+                    ip_len = 40 + plen
+                    ip_ttl = _u8(buf, p + 7)
+                    ip_id = 0
+                    ipver = 6
+                    ip_src_hi = _be64(buf, p + 8)
+                    ip_src_lo = _be64(buf, p + 16)
+                    ip_dst_hi = _be64(buf, p + 24)
+                    ip_dst_lo = _be64(buf, p + 32)
+                    have_ip = True
+                    nh = _u8(buf, p + 6)
+                    l4_end = p + 40 + plen
+                    if l4_end > lim:
+                        l4_end = lim
+                    lim = l4_end
+                    p += 40
+                    isfrag = False
+                    bad = False
+                    while True:
+                        if nh == 0 or nh == 43 or nh == 60:
+                            if p + 8 > end:
+                                bad = True
+                                break
+                            nxt = _u8(buf, p)
+                            p += (_u8(buf, p + 1) + 1) * 8
+                            nh = nxt
+                        elif nh == 44:
+                            if p + 8 > end:
+                                bad = True
+                                break
+                            fo = _be16(buf, p + 2)
+                            nxt = _u8(buf, p)
+                            p += 8
+                            nh = nxt
+                            if (fo & 0xFFF9) != 0:  # offset or more-fragments set
+                                isfrag = True
+                                break
+                        elif nh == 51:
+                            if p + 8 > end:
+                                bad = True
+                                break
+                            nxt = _u8(buf, p)
+                            p += (_u8(buf, p + 1) + 2) * 4
+                            nh = nxt
+                        else:
+                            break
+                    if bad:
+                        status = ST_UNDECODABLE
+                        break
+                    if isfrag:
+                        status = ST_FRAGMENT
+                        break
+                    proto = nh
                 if proto == 6:
                     kind = _K_DONE
                     status = ST_TCP
@@ -1221,11 +929,117 @@ def decode_records(
                 elif proto == 47:
                     kind = _K_GRE
                 elif proto == 17:
-                    kind, p, lim, et, tunnel, zd, st = _udp(
-                        buf, p, end, lim, ip_end, ipver == 4, ip_src_hi, ip_src_lo,
-                        ip_dst_hi, ip_dst_lo, tunnel, checksums, teredo_any_port,
-                    )  # fmt: skip
-                    zdrop = zdrop or zd
+                    if p + 8 > end:
+                        status = ST_UDP
+                        break
+                    usp = _be16(buf, p)
+                    udp = _be16(buf, p + 2)
+                    ulen = _be16(buf, p + 4)
+                    if checksums and ip_end <= end and ip_end >= p + 8:
+                        # Zeek's UDP analyzer forwards a datagram to a tunnel decoder only
+                        # when its checksum holds (0: none, over IPv4; VXLAN may send 0)
+                        ucs = _be16(buf, p + 6)
+                        check = ipver == 6 or ucs != 0
+                        if (
+                            udp == 4789
+                            and ucs == 0
+                            and ip_end - p > 8 + 8 + 14
+                            and (_u8(buf, p + 8) & 0x08)
+                        ):
+                            check = False
+                        if check:
+                            us = _pseudo(
+                                ipver == 4,
+                                ip_src_hi,
+                                ip_src_lo,
+                                ip_dst_hi,
+                                ip_dst_lo,
+                                17,
+                                ip_end - p,
+                            )
+                            if _fold(_sum16(buf, p, ip_end, us)) != 0xFFFF:
+                                zdrop = True
+                    if ulen >= 8 and p + ulen < lim:
+                        lim = p + ulen
+                    u = p + 8
+                    if (udp == 4789 or usp == 4789) and u + 8 <= end:
+                        if tunnel == 0:
+                            tunnel = 2
+                        p = u + 8
+                        kind = _K_ETH
+                    elif udp == 4754 or usp == 4754:  # GRE-in-UDP
+                        p = u
+                        kind = _K_GRE
+                    elif (udp == 6081 or usp == 6081) and u + 8 <= end:
+                        optlen = (_u8(buf, u) & 0x3F) * 4
+                        et = _be16(buf, u + 2)
+                        if tunnel == 0:
+                            tunnel = 3
+                        p = u + 8 + optlen
+                        kind = _K_ETYPE
+                    elif (
+                        (udp == 5072 or usp == 5072)
+                        and u + 8 <= end
+                        and (_u8(buf, u + 2) & 15) == 1
+                    ):
+                        # AYIYA, opcode forward: identity and signature, then IPv4 or IPv6
+                        nh = _u8(buf, u + 3)
+                        q = u + 8 + (1 << (_u8(buf, u) >> 4)) + (_u8(buf, u + 1) >> 4) * 4
+                        if q >= end or not (nh == 4 or nh == 41):
+                            status = ST_UDP
+                            break
+                        if tunnel == 0:
+                            tunnel = 6
+                        p = q
+                        kind = _K_IP4 if nh == 4 else _K_IP6
+                    elif (
+                        (udp == 2152 or usp == 2152)
+                        and udp != 3544  # Teredo's port first
+                        and usp != 3544
+                        and u + 8 <= end
+                        and (_u8(buf, u) >> 5) == 1
+                    ):
+                        gflags = _u8(buf, u)
+                        q = u + 8
+                        if _u8(buf, u + 1) != 0xFF:
+                            status = ST_UDP
+                            break
+                        if gflags & 0x07:
+                            q += 4
+                            if gflags & 0x04:
+                                # extension headers: length in 4-octet units, next type last
+                                nxt_t = _u8(buf, q - 1)
+                                while nxt_t != 0 and q < end:
+                                    ln = _u8(buf, q) * 4
+                                    if ln == 0 or q + ln > end:
+                                        break
+                                    nxt_t = _u8(buf, q + ln - 1)
+                                    q += ln
+                        if q < end and ((_u8(buf, q) >> 4) == 4 or (_u8(buf, q) >> 4) == 6):
+                            if tunnel == 0:
+                                tunnel = 1
+                            p = q
+                            kind = _K_IPVER
+                        else:
+                            status = ST_UDP
+                            break
+                    else:
+                        # Teredo on its port; between a client and a relay it uses any ports:
+                        # as Zeek does, (when asked) take a datagram that is exactly one IPv6
+                        # packet for Teredo there
+                        on_port = udp == 3544 or usp == 3544
+                        q = (
+                            _teredo(buf, u, lim, end, not on_port)
+                            if on_port or teredo_any_port
+                            else -1
+                        )
+                        if q < 0:
+                            status = ST_UDP
+                            break
+                        if tunnel == 0:
+                            tunnel = 5
+                        p = q
+                        kind = _K_IP6
                 elif proto == 1 or proto == 58:
                     status = ST_ICMP if proto == 1 else ST_ICMP6
                     if (proto == 58) != (ipver == 6):
@@ -1271,10 +1085,71 @@ def decode_records(
                 else:
                     status = ST_OTHER_IP
                     break
+            elif kind == _K_GRE:
+                if p + 4 > end:
+                    status = ST_UNDECODABLE
+                    break
+                gf = _be16(buf, p)
+                et = _be16(buf, p + 2)
+                q = p + 4
+                if gf & 0x8000:
+                    q += 4
+                if gf & 0x2000:
+                    q += 4
+                if gf & 0x1000:
+                    q += 4
+                if (gf & 7) == 1 and (gf & 0x0080):  # enhanced GRE (PPTP) acknowledgment
+                    q += 4
+                p = q
+                if tunnel == 0:
+                    tunnel = 1
+                if et == 0x880B:
+                    kind = _K_PPP
+                elif et == 0x88BE:  # ERSPAN type II
+                    p += 8
+                    kind = _K_ETH
+                elif et == 0x22EB:  # ERSPAN type III
+                    p += 12
+                    kind = _K_ETH
+                elif 0x8200 <= et <= 0x82FF:  # Aruba WLAN: 802.11 frames
+                    kind = _K_WLAN
+                else:
+                    kind = _K_ETYPE
+            elif kind == _K_WLAN:
+                if p + 24 > end:
+                    status = ST_UNDECODABLE
+                    break
+                fc0 = _u8(buf, p)
+                fc1 = _u8(buf, p + 1)
+                if ((fc0 >> 2) & 3) != 2 or (fc1 & 0x40):  # not data, or encrypted
+                    status = ST_OTHER_LINK
+                    break
+                q = p + 24
+                if (fc1 & 3) == 3:  # to and from the distribution system: a fourth address
+                    q += 6
+                amsdu = False
+                if fc0 & 0x80:  # QoS data
+                    if q + 2 > end:
+                        status = ST_UNDECODABLE
+                        break
+                    amsdu = (_u8(buf, q) & 0x80) != 0
+                    q += 2
+                    if fc1 & 0x80:  # +HTC
+                        q += 4
+                if amsdu:  # first A-MSDU subframe: DA, SA, length
+                    q += 14
+                if (
+                    q + 8 > end
+                    or _u8(buf, q) != 0xAA
+                    or _u8(buf, q + 1) != 0xAA
+                    or _u8(buf, q + 2) != 3
+                ):
+                    status = ST_OTHER_LINK
+                    break
+                et = _be16(buf, q + 6)  # LLC/SNAP
+                p = q + 8
+                kind = _K_ETYPE
             else:
-                break
-            if kind == _K_STOP:
-                status = st
                 break
         if status != ST_TCP:
             counts[status] += 1
@@ -1350,9 +1225,55 @@ def decode_records(
             o_urp[ju] = 0
         o_doff[ju] = doff
         # options
-        mss, ws, sackp, hasts, tsval, tsecr, order, nsack = _tcp_options(
-            buf, p + 20, opt_end, o_sackle, o_sackre, ju
-        )
+        mss = -1
+        ws = -1
+        sackp = False
+        hasts = False
+        tsval = 0
+        tsecr = 0
+        nsack = 0
+        order = 0
+        nord = 0
+        q = p + 20
+        while q < opt_end:
+            kindo = _u8(buf, q)
+            if kindo == 0:
+                break
+            if kindo == 1:
+                q += 1
+                continue
+            if q + 2 > opt_end:
+                break
+            ln = _u8(buf, q + 1)
+            if ln < 2 or q + ln > opt_end:
+                break
+            code = 0
+            if kindo == 2 and ln == 4:
+                mss = _be16(buf, q + 2)
+                code = 1
+            elif kindo == 3 and ln == 3:
+                ws = _u8(buf, q + 2)
+                code = 2
+            elif kindo == 4 and ln == 2:
+                sackp = True
+                code = 3
+            elif kindo == 8 and ln == 10:
+                hasts = True
+                tsval = _be32(buf, q + 2)
+                tsecr = _be32(buf, q + 6)
+                code = 4
+            elif kindo == 5 and ln >= 10:
+                code = 5
+                nb = (ln - 2) // 8
+                for k in range(nb):
+                    if nsack < 4:
+                        o_sackle[ju, nsack] = _be32(buf, q + 2 + 8 * k)
+                        o_sackre[ju, nsack] = _be32(buf, q + 6 + 8 * k)
+                        nsack += 1
+            if code and nord < 10:
+                order |= code << (3 * nord)
+                nord += 1
+            q += ln
         o_mss[ju] = mss
         o_ws[ju] = ws if ws <= 127 else 127
         o_sackp[ju] = sackp
