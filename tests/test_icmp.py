@@ -174,7 +174,7 @@ def test_diagnosis_of_every_code() -> None:
     # 40 errors, each on a connection of its own; 3 say packet too big (path MTU, not this)
     assert n == 37
     assert report.endings["rejected by ICMP"] == 37
-    assert "unanswered SYN" not in report.endings
+    assert "no answer to SYN" not in report.endings
     errnos = {f.facts["errno"] for f in report.findings}
     assert errnos == {
         "ENETUNREACH",

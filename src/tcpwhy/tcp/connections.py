@@ -872,11 +872,11 @@ def end_words(
         d, kind = divmod(c - 1, 4)
         events.append(("originator" if d == odir else "responder", "FIN" if kind == 0 else "RST"))
     if conn_state == "REJ" and (first_flags & (SYN | ACK)) == SYN:
-        return "refused (RST to SYN)"
+        return ENDINGS["refused"]
     if conn_state in ("S0",) or (
         conn_state == "OTH" and not events and first_flags & SYN and not first_flags & ACK
     ):
-        return "no answer to SYN"
+        return ENDINGS["no_answer"]
     rst = next((i for i, e in enumerate(events) if e[1] == "RST"), None)
     fins = [f"{who} FIN" for who, kind in events if kind == "FIN"]
     if rst is not None:
@@ -889,24 +889,21 @@ def end_words(
     if len(fins) >= 2:
         return "closed by " + ", ".join(fins)
     tail = {
-        z.END_CAPTURE: "still open at end of capture",
-        z.END_EVICTED: "evicted while still open (too many active connections)",
-        z.END_IDLE: f"idle for {idle_s:.0f} s, no close seen",
-        z.END_INACTIVITY: "no close seen before Zeek's inactivity timeout",
-    }.get(reason, "no close seen")
+        z.END_CAPTURE: ENDINGS["open_at_end"],
+        z.END_EVICTED: ENDINGS["evicted"],
+        z.END_IDLE: f"idle for {idle_s:.0f} s, {ENDINGS['no_close']}",
+        z.END_INACTIVITY: ENDINGS["inactivity_timeout"],
+    }.get(reason, ENDINGS["no_close"])
     if fins:
         return f"half-closed by {fins[0]}; {tail}"
     return tail
 
 
 _CODE_OF_WORDS = {
-    "refused (RST to SYN)": "refused",
-    "no answer to SYN": "no_answer",
-    "still open at end of capture": "open_at_end",
-    "evicted while still open (too many active connections)": "evicted",
-    "no close seen before Zeek's inactivity timeout": "inactivity_timeout",
-    "no close seen": "no_close",
+    ENDINGS[c]: c
+    for c in ("refused", "no_answer", "open_at_end", "evicted", "inactivity_timeout", "no_close")
 }
+"""The endings `end_words` words exactly as `ENDINGS` describes them."""
 
 
 @functools.lru_cache(maxsize=256)

@@ -31,7 +31,7 @@ the words are for people and may change."""
 ENDING_SUMMARY: tuple[tuple[str, str], ...] = (
     ("refused", "refused"),
     ("rejected_by_icmp", "rejected by ICMP"),
-    ("no_answer", "unanswered SYN"),
+    ("no_answer", ENDINGS["no_answer"]),
     ("reset_by_originator", "reset by client"),
     ("reset_by_responder", "reset by server"),
     ("fin_both", "closed (FIN both ways)"),
@@ -40,4 +40,5 @@ ENDING_SUMMARY: tuple[tuple[str, str], ...] = (
 )
 """The coarse endings `analyze` counts, one per connection, in the order reports list them:
 each an `ENDINGS` code and the words a report shows for it (the client is the side that
-called connect(), the originator of the codes)."""
+called connect(), the originator of the codes; where a count is the code's whole meaning,
+its words are the code's own)."""
