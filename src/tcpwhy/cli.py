@@ -25,8 +25,9 @@ GROUPS = {
     "watch": "tcpwhy.watch.cli",
 }
 """Which module registers each command. Only the one named on the command line is imported
-(the host and lab commands pull in rich, psutil and pyroute2: a tenth of a second of start-up
-that a capture command does not need); all of them for --help or an unknown command."""
+(the host commands pull in rich, a few hundredths of a second of start-up that a capture
+command does not need; psutil and pyroute2 are imported only by the code that uses them); all
+of them for --help or an unknown command."""
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

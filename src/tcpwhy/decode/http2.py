@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tcpwhy.decode.table import RST, SYN, PacketTable
+from tcpwhy.tcp.seq import seq_add, seq_diff
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -226,11 +227,11 @@ def _walk(
         f = int(fl[r])
         if L == 0 or f & RST:
             continue
-        s = (int(seq[r]) + (1 if f & SYN else 0)) & 0xFFFFFFFF
+        s = seq_add(int(seq[r]), 1 if f & SYN else 0)
         if base < 0:
             base = s
-        rel = (s - base) & 0xFFFFFFFF
-        if rel >= 0x80000000 or rel + L <= expect:
+        rel = seq_diff(s, base)
+        if rel < 0 or rel + L <= expect:
             continue  # before the first segment, or a retransmission
         if rel > expect or int(pcap[r]) < L:
             return  # a gap, or bytes the snaplen cut: frame boundaries are lost

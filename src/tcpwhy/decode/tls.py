@@ -39,6 +39,7 @@ import numpy.typing as npt
 
 from tcpwhy.decode.table import RST, SYN, PacketTable
 from tcpwhy.native import kernel
+from tcpwhy.tcp.seq import seq_add, seq_diff
 
 CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA, HEARTBEAT = 20, 21, 22, 23, 24
 CONTENT_NAMES = {
@@ -165,9 +166,9 @@ def walk_records(
         for x in range(bounds[g], bounds[g + 1]):
             r_i = order[x]
             L = plen[r_i]
-            if L == 0 or (flags[r_i] & 4) != 0:
+            if L == 0 or (flags[r_i] & RST) != 0:
                 continue
-            s32 = seq[r_i] + (1 if (flags[r_i] & 2) != 0 else 0)
+            s32 = seq[r_i] + (1 if (flags[r_i] & SYN) != 0 else 0)
             if not have_base:
                 base = s32
                 have_base = True
@@ -464,7 +465,7 @@ def record_bytes(table: PacketTable, recs: Records, i: int, limit: int = 1 << 16
     if not data_rows:
         return None
     f0 = data_rows[0]
-    base = (int(table["seq"][f0]) + (1 if int(table["flags"][f0]) & SYN else 0)) & 0xFFFFFFFF
+    base = seq_add(int(table["seq"][f0]), 1 if int(table["flags"][f0]) & SYN else 0)
     start = int(recs.rel[i])
     end = start + 5 + int(recs.length[i])
     end = min(end, start + limit)
@@ -475,8 +476,8 @@ def record_bytes(table: PacketTable, recs: Records, i: int, limit: int = 1 << 16
         if not L:
             continue
         syn = 1 if int(table["flags"][r]) & SYN else 0
-        rel = (int(table["seq"][r]) + syn - base) & 0xFFFFFFFF
-        if rel >= 0x80000000 or rel >= end or rel + L <= start:
+        rel = seq_diff(int(table["seq"][r]) + syn, base)  # negative: before the first segment
+        if rel < 0 or rel >= end or rel + L <= start:
             continue
         c = min(int(table["payload_cap"][r]), L)
         lo, hi = max(start, rel), min(end, rel + c)

@@ -42,6 +42,7 @@ from tcpwhy.arrays import unique_sorted
 from tcpwhy.decode import tls as rec
 from tcpwhy.decode.table import RST, SYN
 from tcpwhy.filter.fields import FIELDS, PROTO, STRING, UINT, ByteValues, Extract, Field, Occ, Rows
+from tcpwhy.tcp.seq import seq_add, seq_diff
 
 if TYPE_CHECKING:
     from tcpwhy.filter.context import FilterContext
@@ -224,11 +225,11 @@ def _calls(ctx: FilterContext, tt: TableTLS) -> _Calls:
     rows, gid, plen, fl = rows[keep], gid[keep], plen[keep], fl[keep]
     if not len(rows):
         return out
-    s32 = (t["seq"][rows].astype(np.int64) + ((fl & SYN) != 0)) & 0xFFFFFFFF
+    s32 = seq_add(t["seq"][rows].astype(np.int64), (fl & SYN) != 0)
     first = np.r_[True, gid[1:] != gid[:-1]]
     base = s32[np.flatnonzero(first)][np.cumsum(first) - 1]
-    rel = (s32 - base) & 0xFFFFFFFF
-    ok = rel < 0x80000000
+    rel = seq_diff(s32, base)
+    ok = rel >= 0  # not before the direction's first segment
     end = rel + plen
     big = np.int64(1) << 33  # above any offset: keys of two groups never mix
     goff = gid * big
@@ -298,11 +299,11 @@ def _stream_bytes(ctx: FilterContext, recs: rec.Records, g: int, a: int, b: int)
         f = int(t["flags"][r])
         if not L or f & RST:
             continue
-        s32 = (int(t["seq"][r]) + (1 if f & SYN else 0)) & 0xFFFFFFFF
+        s32 = seq_add(int(t["seq"][r]), 1 if f & SYN else 0)
         if base < 0:
             base = s32
-        rel = (s32 - base) & 0xFFFFFFFF
-        if rel >= 0x80000000 or rel >= b or rel + L <= a:
+        rel = seq_diff(s32, base)
+        if rel < 0 or rel >= b or rel + L <= a:
             continue
         c = min(int(t["payload_cap"][r]), L)
         lo, hi = max(a, rel), min(b, rel + c)

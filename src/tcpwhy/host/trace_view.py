@@ -15,6 +15,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from tcpwhy.cli_helpers import positive_float
 from tcpwhy.errors import TcpwhyError
 from tcpwhy.host.trace import (
     Batch,
@@ -38,7 +39,7 @@ STYLE = {
 
 
 def add_arguments(t: argparse.ArgumentParser) -> None:
-    t.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    t.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
     t.add_argument(
         "--port", type=int, action="append", default=[], metavar="N", help="keep events on port N"
     )

@@ -11,6 +11,7 @@ import textwrap
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from tcpwhy.cli_helpers import positive_float, positive_int
 from tcpwhy.errors import EXIT_BAD_INPUT, ScenarioFailed, TcpwhyError
 from tcpwhy.lab.env import Options
 
@@ -36,9 +37,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--explain", action="store_true", help="explain what the scenario shows and why")
     p.add_argument("-6", dest="ipv6", action="store_true", help="use IPv6 addresses")
     p.add_argument("--port", type=int, default=8080, help="server port (default 8080)")
-    p.add_argument("--count", type=int, help="connections/requests/clients, per scenario")
+    p.add_argument("--count", type=positive_int, help="connections/requests/clients, per scenario")
     p.add_argument(
-        "--idle", type=float, help="idle time in seconds (server idle timeout, keepalive idle …)"
+        "--idle",
+        type=positive_float,
+        help="idle time in seconds (server idle timeout, keepalive idle …)",
     )
     p.add_argument(
         "--timeout",
@@ -46,7 +49,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the scenario's timeout in seconds (user timeout, fin timeout …)",
     )
     p.add_argument(
-        "--delay", type=float, help="delay in seconds (relay delay, pause between writes …)"
+        "--delay",
+        type=positive_float,
+        help="delay in seconds (relay delay, pause between writes …)",
     )
     p.add_argument(
         "--watch",

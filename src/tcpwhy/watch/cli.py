@@ -17,7 +17,7 @@ import time
 from types import FrameType
 from typing import Any
 
-from tcpwhy.cli_helpers import positive_float
+from tcpwhy.cli_helpers import positive_float, positive_int
 from tcpwhy.errors import TcpwhyError
 
 NS = 1_000_000_000
@@ -255,7 +255,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     w.add_argument(
         "-s",
         "--snaplen",
-        type=int,
+        type=positive_int,
         metavar="BYTES",
         help="bytes captured per frame; default 512 (headers and the HTTP request line)",
     )
@@ -302,9 +302,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="S",
         help="also keep every packet of the S seconds before a kept connection; default 5",
     )
-    w.add_argument("--max-conns", type=int, default=100_000, help="open connections held")
-    w.add_argument("--max-rows", type=int, default=500_000, help="packet rows held")
-    w.add_argument("--max-groups", type=int, default=1000, help="finding groups held")
+    w.add_argument("--max-conns", type=positive_int, default=100_000, help="open connections held")
+    w.add_argument("--max-rows", type=positive_int, default=500_000, help="packet rows held")
+    w.add_argument("--max-groups", type=positive_int, default=1000, help="finding groups held")
     w.add_argument(
         "--reannounce",
         type=positive_float,
