@@ -7,6 +7,8 @@ therefore computed by the same code whichever way it is asked for, and the two c
 disagree; tests/test_api_cli.py holds both to that.
 
     packet_chunks        the TCP packets, chunk by chunk: streams, expert analysis, filter mask
+    tracked_chunks       the same for tables already read (one stream numbering), the step
+                         every streaming view takes: tracker, analysis, filter context, mask
     connection_batches   the connection records, batch by batch (one file streamed; several
                          grouped into capture points and paired, as `analyze` does), with
                          the options `connection_options` and `record_options` derive
@@ -19,7 +21,7 @@ Not part of the stable API (`tcpwhy.api`'s names are): these may change with the
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -60,6 +62,9 @@ class PacketChunk:
     """The tracker fed so far (its ICMP columns name the connections ICMP errors are about)."""
     first_ts_ns: int | None
     """The capture's first frame (``frame.time_relative`` counts from it)."""
+    icmp_keep: npt.NDArray[np.bool_] | None = None
+    """The display filter's verdict per ICMP error about TCP (`PacketTable.icmp`'s rows;
+    None without a filter or without such errors)."""
 
 
 def packet_chunks(
@@ -73,22 +78,50 @@ def packet_chunks(
     one stream numbering), chunk by chunk as read, with their streams, analysis and the
     filter's mask. `tcpwhy packets` formats each chunk; `Capture.packets` joins them."""
     from tcpwhy.capture import iter_tables
-    from tcpwhy.filter import chunk_mask
+
+    tables = (
+        t
+        for src, st in zip(sources, stats, strict=True)
+        for t in iter_tables(src, st, reuse=True, prefetch=True)
+    )
+    return tracked_chunks(
+        tables,
+        flt,
+        first_ts_ns=lambda: next((s.first_ts_ns for s in stats if s.first_ts_ns is not None), None),
+        analysis=analysis,
+    )
+
+
+def tracked_chunks(
+    tables: Iterable[PacketTable],
+    flt: DisplayFilter | None = None,
+    *,
+    first_ts_ns: Callable[[], int | None] | int | None = None,
+    analysis: bool = True,
+    tracker: StreamTracker | None = None,
+) -> Iterator[PacketChunk]:
+    """Each table of one capture (capture order, one stream numbering) with its streams, its
+    expert analysis (when asked for or the filter needs it) and the display filter's verdict
+    on its TCP rows and its ICMP errors: the one place a view goes from packets to what a
+    filter matches. `first_ts_ns`: the capture's first frame, or a function giving it once
+    the chunk is read; `tracker`: one already fed (a connection builder's own)."""
+    from tcpwhy.filter import chunk_mask, icmp_mask
     from tcpwhy.tcp.analysis import Analyzer
     from tcpwhy.tcp.streams import StreamTracker
 
-    tracker = StreamTracker()
+    tracker = tracker if tracker is not None else StreamTracker()
     need = analysis or (flt is not None and "analysis" in flt.needs)
     analyzer = Analyzer() if need else None
-    for src, st in zip(sources, stats, strict=True):
-        for t in iter_tables(src, st, reuse=True, prefetch=True):
-            first = next((s.first_ts_ns for s in stats if s.first_ts_ns is not None), None)
-            s = tracker.feed(t)
-            a = analyzer.feed(t, s) if analyzer is not None else None
-            keep = None
-            if flt is not None:
-                keep = chunk_mask(flt, t, s, a, first)
-            yield PacketChunk(t, s, a, keep, tracker, first)
+    for t in tables:
+        first = first_ts_ns() if callable(first_ts_ns) else first_ts_ns
+        s = tracker.feed(t)
+        a = analyzer.feed(t, s) if analyzer is not None else None
+        keep = icmp_keep = None
+        if flt is not None:
+            keep = chunk_mask(flt, t, s, a, first)
+            if t.icmp is not None and tracker.icmp_out is not None:
+                icmp_keep = icmp_mask(flt, t.icmp, tracker.icmp_out["stream"], first)
+        yield PacketChunk(t, s, a, keep, tracker, first, icmp_keep)
 
 
 def connection_options(

@@ -591,18 +591,18 @@ def _limit_to_filter(
     Whole streams are kept in capture order, so the kept streams are numbered
     again in the same order: local stream k is the k-th matching stream.
     """
-    from tcpwhy.filter import FilterContext, icmp_mask, select_streams
-    from tcpwhy.tcp.streams import StreamTracker
+    from tcpwhy.arrays import unique_sorted
+    from tcpwhy.views import tracked_chunks
 
-    tracker = StreamTracker()
-    streams = tracker.feed(table)
     first = int(table["ts_ns"][0]) if len(table) else None
-    matched = select_streams(table, flt, FilterContext(table, streams=streams, first_ts_ns=first))
+    whole = next(tracked_chunks([table], flt, first_ts_ns=first, analysis=False))
+    streams, tracker = whole.streams, whole.tracker
+    assert whole.keep is not None
+    matched = unique_sorted(streams["stream"][whole.keep]).astype(np.int64)
     ic, icmp = table.icmp, tracker.icmp_out
-    if ic is not None and icmp is not None:  # ICMP errors about TCP select their streams too
+    if whole.icmp_keep is not None and icmp is not None:  # ICMP errors select their streams
         st = icmp["stream"]
-        m = icmp_mask(flt, ic, st, first)
-        matched = np.union1d(matched, st[m & (st >= 0)]).astype(np.int64)
+        matched = np.union1d(matched, st[whole.icmp_keep & (st >= 0)]).astype(np.int64)
     keep = np.isin(streams["stream"], matched)
     out = table.take(keep)
     if ic is not None and icmp is not None:

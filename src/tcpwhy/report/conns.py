@@ -280,27 +280,26 @@ def filtered_connections(
     "limit to display filter"), each analysed whole."""
     from tcpwhy.arrays import unique_sorted
     from tcpwhy.capture import iter_tables
-    from tcpwhy.filter import chunk_mask, icmp_mask
-    from tcpwhy.tcp.analysis import Analyzer
     from tcpwhy.tcp.connections import ConnectionBuilder, reading_options
+    from tcpwhy.views import tracked_chunks
 
     b = ConnectionBuilder(**options)
-    analyzer = Analyzer() if "analysis" in flt.needs else None
     matched: set[int] = set()
 
     def keep(c: ConnColumns) -> ConnColumns:
         return c.take(np.isin(c["stream"], np.fromiter(matched, np.int64, len(matched))))
 
-    for t in iter_tables(source, stats, reuse=True, **reading_options(options)):
-        s = b.tracker.feed(t)
-        a = analyzer.feed(t, s) if analyzer is not None else None
-        m = chunk_mask(flt, t, s, a, stats.first_ts_ns)
-        matched.update(unique_sorted(s["stream"][m]).tolist())
-        if t.icmp is not None and b.tracker.icmp_out is not None:  # ICMP errors about TCP
-            st = b.tracker.icmp_out["stream"]
-            im = icmp_mask(flt, t.icmp, st, stats.first_ts_ns)
-            matched.update(int(x) for x in st[im].tolist() if x >= 0)
-        yield from (keep(c) for c in b.feed_columns(t, streams=s))
+    tables = iter_tables(source, stats, reuse=True, **reading_options(options))
+    for ch in tracked_chunks(
+        tables, flt, first_ts_ns=lambda: stats.first_ts_ns, analysis=False, tracker=b.tracker
+    ):
+        assert ch.keep is not None
+        matched.update(unique_sorted(ch.streams["stream"][ch.keep]).tolist())
+        if ch.icmp_keep is not None:  # ICMP errors about TCP select their streams too
+            assert b.tracker.icmp_out is not None
+            st = b.tracker.icmp_out["stream"][ch.icmp_keep]
+            matched.update(int(x) for x in st.tolist() if x >= 0)
+        yield from (keep(c) for c in b.feed_columns(ch.table, streams=ch.streams))
     yield keep(b.finish_columns())
     stats.warnings.extend(b.warnings)
 
@@ -334,13 +333,7 @@ def write_conns(
         [source], [stats], flt, record_options=ropts, icmp=counts, **options
     )
     icmp = counts[0] if counts else {}
-    if fmt == "csv":
-        fields = csv_fields(ropts.local_nets is not None)
-        csv.writer(out, lineterminator="\n").writerow(fields)
-    elif fmt == "zeek":
-        _zeek_header(out, None)
-    elif fmt == "table":
-        out.write(TABLE_HEADER)
+    write_head(out, fmt, ropts.local_nets is not None)
     live = source == "-"
     binary = _utf8_buffer(out)
     # a file: batches formatted and written by a thread while the next ones are built (the
@@ -377,9 +370,25 @@ def write_conns(
     finally:
         if behind is not None:
             behind.close()
+    write_tail(out, fmt)
+    return stats
+
+
+def write_head(out: TextIO, fmt: str, local: bool, extra: tuple[str, ...] = ()) -> None:
+    """What a text format writes before its records: the CSV header row (with `extra`
+    fields after the record's), Zeek's log header, the table's column heads."""
+    if fmt == "csv":
+        csv.writer(out, lineterminator="\n").writerow([*csv_fields(local), *extra])
+    elif fmt == "zeek":
+        _zeek_header(out, None)
+    elif fmt == "table":
+        out.write(TABLE_HEADER)
+
+
+def write_tail(out: TextIO, fmt: str) -> None:
+    """What a text format writes after its records (Zeek's ``#close`` line)."""
     if fmt == "zeek":
         _zeek_footer(out)
-    return stats
 
 
 class _BehindWriter:

@@ -171,13 +171,7 @@ def write_points(
     **options: Any,
 ) -> None:
     """`tcpwhy conns FILE FILE…` in a text format (`tcpwhy.report.conns.FORMATS`)."""
-    from tcpwhy.report.conns import (
-        TABLE_HEADER,
-        ZEEK_FORMATS,
-        _zeek_footer,
-        _zeek_header,
-        csv_fields,
-    )
+    from tcpwhy.report.conns import ZEEK_FORMATS, write_head, write_tail
     from tcpwhy.report.conns_format import format_columns
     from tcpwhy.report.conns_icmp import with_icmp
     from tcpwhy.views import connection_batches
@@ -189,13 +183,7 @@ def write_points(
         files, stats, flt, pair=pair, record_options=record_options, icmp=icmp, **options
     )
     many = n_points > 1
-    if fmt == "csv":
-        fields = csv_fields(record_options.local_nets is not None)
-        csv.writer(out, lineterminator="\n").writerow([*fields, "seen_at"] if many else fields)
-    elif fmt == "zeek":
-        _zeek_header(out, None)
-    elif fmt == "table":
-        out.write(TABLE_HEADER)
+    write_head(out, fmt, record_options.local_nets is not None, ("seen_at",) if many else ())
     for k, c, names in batches:
         text = format_columns(c, fmt)
         if icmp is not None:
@@ -203,8 +191,7 @@ def write_points(
         if names is not None:
             text = add_seen_at(text, names, fmt)
         out.write(text)
-    if fmt == "zeek":
-        _zeek_footer(out)
+    write_tail(out, fmt)
 
 
 def write_points_parquet(

@@ -23,9 +23,9 @@ import numpy.typing as npt
 from tcpwhy.capture import read_table
 from tcpwhy.decode.table import ACK, FIN, RST, SYN, CaptureStats, PacketTable, format_addr
 from tcpwhy.errors import TcpwhyError
-from tcpwhy.filter import DisplayFilter, FilterContext
+from tcpwhy.filter import DisplayFilter
 from tcpwhy.report.packets import flag_names
-from tcpwhy.tcp.analysis import Analysis, analyze
+from tcpwhy.tcp.analysis import Analysis
 from tcpwhy.tcp.sides import client_dir
 from tcpwhy.tcp.state import NO_FRAME, Endpoint, State, run_rows, state_label
 from tcpwhy.tcp.streams import StreamTracker
@@ -73,9 +73,12 @@ def ladder_of_table(
 ) -> Ladder:
     """The ladder of tcp.stream `stream` of a whole capture's table already read (`source`
     names it in errors; times count from `first_ts_ns`, the capture's first frame)."""
-    tracker = StreamTracker()
-    s = tracker.feed(t)
-    a = analyze(t, s)
+    from tcpwhy.views import tracked_chunks
+
+    t0 = first_ts_ns if first_ts_ns is not None else int(t["ts_ns"][0]) if len(t) else 0
+    whole = next(tracked_chunks([t], flt, first_ts_ns=t0))
+    s, a, shown = whole.streams, whole.analysis, whole.keep
+    assert a is not None
     rows = np.nonzero(s["stream"] == stream)[0]
     if rows.size == 0:
         n = int(s["stream"].max()) + 1 if len(t) else 0
@@ -90,10 +93,6 @@ def ladder_of_table(
     direction = (cdir != client).astype(np.int8)
     end_ns = int(t["ts_ns"][-1])
     states = run_rows(t, rows, direction, end_ns=end_ns)
-    t0 = first_ts_ns if first_ts_ns is not None else int(t["ts_ns"][0])
-    shown = None
-    if flt is not None:
-        shown = flt.mask(t, FilterContext(t, streams=s, analysis=a, first_ts_ns=t0))
     return Ladder(
         t,
         rows,
@@ -106,7 +105,7 @@ def ladder_of_table(
         t0,
         end_ns,
         shown,
-        _icmp_rows(t, tracker, stream, client),
+        _icmp_rows(t, whole.tracker, stream, client),
     )
 
 

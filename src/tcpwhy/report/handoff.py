@@ -110,27 +110,28 @@ def selected_frames(
     list decides it: per chunk, with the streams and analysis of the capture so far), the
     first `limit` of them."""
     from tcpwhy.capture import iter_tables
-    from tcpwhy.filter import chunk_mask, icmp_mask
-    from tcpwhy.tcp.analysis import Analyzer
-    from tcpwhy.tcp.streams import StreamTracker
+    from tcpwhy.views import tracked_chunks
 
-    tracker = StreamTracker() if flt is not None else None
-    analyzer = Analyzer() if flt is not None else None
+    tables = iter_tables(source, stats, reuse=True)
+    # without a filter every frame is listed: no stream tracking needed
+    chunks = (
+        ((c.table, c.keep, c.icmp_keep) for c in tracked_chunks(
+            tables, flt, first_ts_ns=lambda: stats.first_ts_ns, analysis=False
+        ))
+        if flt is not None
+        else ((t, None, None) for t in tables)
+    )  # fmt: skip
     parts: list[npt.NDArray[np.int64]] = []
     n = 0
-    for t in iter_tables(source, stats, reuse=True):
+    for t, keep, icmp_keep in chunks:
         if limit is not None and n >= limit:
             break
         frames = np.asarray(t["frame"], np.int64)
         icmp = None if t.icmp is None else np.asarray(t.icmp["frame"], np.int64)
-        if flt is not None:
-            assert tracker is not None and analyzer is not None
-            s = tracker.feed(t)
-            a = analyzer.feed(t, s)
-            frames = frames[chunk_mask(flt, t, s, a, stats.first_ts_ns)]
-            if t.icmp is not None and icmp is not None:
-                assert tracker.icmp_out is not None
-                icmp = icmp[icmp_mask(flt, t.icmp, tracker.icmp_out["stream"], stats.first_ts_ns)]
+        if keep is not None:
+            frames = frames[keep]
+        if icmp is not None and icmp_keep is not None:
+            icmp = icmp[icmp_keep]
         chunk = np.sort(np.concatenate((frames, icmp))) if icmp is not None else frames.copy()
         if limit is not None:
             chunk = chunk[: limit - n]

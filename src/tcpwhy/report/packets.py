@@ -36,7 +36,7 @@ from tcpwhy.decode.table import (
     PacketTable,
     format_addr,
 )
-from tcpwhy.filter import DisplayFilter, FilterContext
+from tcpwhy.filter import DisplayFilter
 from tcpwhy.schemas import SCHEMA_VERSION
 from tcpwhy.tcp.seq import U32
 from tcpwhy.tcp.streams import StreamTracker
@@ -254,7 +254,7 @@ def iter_rows(
         win = s["win_scaled"].tolist()
         stream = s["stream"].tolist()
         flagged = a.bits.tolist()
-        icmp_rows = _icmp_rows(t, tracker, flt, stats, t0) if t.icmp is not None else []
+        icmp_rows = _icmp_rows(t, tracker, ch.icmp_keep, t0) if t.icmp is not None else []
         # every ICMP row's (frame, time), shown or not: the frames before a row (-t d)
         icmp_all = (
             list(zip(t.icmp["frame"].tolist(), t.icmp["ts_ns"].tolist(), strict=True))
@@ -416,21 +416,14 @@ def capture_ts_digits(source: str, first_ts: npt.NDArray[np.int64] | None = None
 def _icmp_rows(
     t: PacketTable,
     tracker: StreamTracker,
-    flt: DisplayFilter | None,
-    stats: CaptureStats,
+    keep: npt.NDArray[np.bool_] | None,
     t0: int,
 ) -> list[tuple[int, PacketRow]]:
     """A chunk's ICMP errors as packet-list rows, each with the index of the TCP row it
-    comes before; only those the display filter matches."""
-    from tcpwhy.filter.icmp_fields import icmp_streams
-
+    comes before; only those the display filter matched (`keep`, None: all)."""
     ic = t.icmp
     assert ic is not None and tracker.icmp_out is not None
     stream = tracker.icmp_out["stream"]
-    keep = None
-    if flt is not None:
-        ctx = FilterContext(ic, streams=icmp_streams(ic, stream), first_ts_ns=stats.first_ts_ns)
-        keep = flt.mask(ic, ctx)
     c = chunk_lists(
         ic,
         (
@@ -549,7 +542,7 @@ def write_packets(
                 clock.digits = capture_ts_digits(source, t["ts_ns"])
             sel = np.flatnonzero(keep) if keep is not None else _arange(len(t))
             icmp_rows = (
-                _icmp_rows(t, tracker, flt, stats, stats.first_ts_ns or 0)
+                _icmp_rows(t, tracker, ch.icmp_keep, stats.first_ts_ns or 0)
                 if t.icmp is not None
                 else []
             )
