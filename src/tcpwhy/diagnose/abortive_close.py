@@ -16,7 +16,7 @@ from tcpwhy.diagnose.common import Group, Hits, first_resets
 from tcpwhy.diagnose.context import WHO, Conn
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
-from tcpwhy.tcp.seq import HALF, U32, seq_diff, seq_geq
+from tcpwhy.tcp.seq import HALF, seq_add, seq_diff, seq_geq
 
 ORDER = 230
 
@@ -77,11 +77,10 @@ def _next_seq(c: Conn, x: int, r: int) -> int | None:
         return None
     rows = rows[mine]
     flags = t["flags"][rows]
-    e = (
-        t["seq"][rows].astype(np.int64)
-        + t["payload_len"][rows].astype(np.int64)
-        + ((flags & (SYN | FIN)) != 0)
-    ) & U32
+    e = seq_add(
+        t["seq"][rows].astype(np.int64),
+        t["payload_len"][rows].astype(np.int64) + ((flags & (SYN | FIN)) != 0),
+    )
     # unwrapped: each end as the previous one plus the signed step between them
     step = seq_diff(e[1:], e[:-1])
     u = np.empty(len(e), np.int64)
@@ -97,7 +96,7 @@ def _next_seq_walk(c: Conn, x: int, r: int) -> int | None:
     nxt = None
     for i in range(r):
         if c.side[i] == x:
-            e = (c.seq[i] + c.plen[i] + (1 if c.flags[i] & (SYN | FIN) else 0)) & U32
+            e = seq_add(c.seq[i], c.plen[i] + (1 if c.flags[i] & (SYN | FIN) else 0))
             nxt = e if nxt is None or seq_geq(e, nxt) else nxt
     return nxt
 

@@ -19,7 +19,7 @@ from tcpwhy.diagnose.common import earliest
 from tcpwhy.diagnose.context import CLIENT, SERVER, Conn, fmt_s
 from tcpwhy.diagnose.handshake import admitted, ladder, syn_rows, unanswered_syn_streams
 from tcpwhy.diagnose.model import Finding, Severity, Story
-from tcpwhy.diagnose.registry import Diag, Instance, make_finding, plural, rule
+from tcpwhy.diagnose.registry import Claim, Diag, Instance, make_finding, plural, rule
 from tcpwhy.diagnose.resets import too_fast
 
 ORDER = 90
@@ -130,13 +130,13 @@ def detect(diag: Diag) -> list[Finding]:
             for k, i in enumerate(syns)
         ]
         groups[c.server]["syn"].append(Instance(c, rows, {"others": others, "ladder_s": off}))
-        diag.claim(sid, "syn")
+        diag.claim(sid, Claim.SYN)
     # (b) the final ACK dropped: SYN-ACK retransmitted after it
     for c in cap.conns_where(cap.n_synack[:, SERVER] > 1):
         dropped = _final_ack_dropped(c)
         if dropped:
             groups[c.server]["ack"].append(Instance(c, dropped))
-            diag.claim(c.sid, "retrans")
+            diag.claim(c.sid, Claim.RETRANS)
             diag.claim(c.sid)
     # (c) tcp_abort_on_overflow=1: RST right after the handshake
     for c in cap.conns_where((cap.n_synack[:, SERVER] > 0) & (cap.n_rst[:, SERVER] > 0)):

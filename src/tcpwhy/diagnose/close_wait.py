@@ -12,7 +12,7 @@ from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import CLIENT, SERVER, WHO, Conn, fmt_s
 from tcpwhy.diagnose.knowledge import Fix, advice
 from tcpwhy.diagnose.model import Finding, Severity, Story
-from tcpwhy.diagnose.registry import Diag, plural, rule
+from tcpwhy.diagnose.registry import Claim, Diag, plural, rule
 from tcpwhy.tcp.state import State
 
 ORDER = 130
@@ -30,14 +30,14 @@ def detect(diag: Diag) -> list[Finding]:
         # the peer closed first and x closed late or never, without a reset
         m = cap.closes_first(peer) & (cap.fin_lag_ns(peer) > int(limit_s * 1e9))
         # (less connections an earlier rule explained: a path MTU black hole's stuck queue)
-        for c in cap.conns_where(m & (cap.n_rst[:, x] == 0) & ~diag.claimed_mask("close")):
+        for c in cap.conns_where(m & (cap.n_rst[:, x] == 0) & ~diag.claimed_mask(Claim.CLOSE)):
             got = _close_wait(c, x, cap.end_ns, limit_s)
             if got is None:
                 continue
             rows, facts = got
             owner = c.server if x == SERVER else c.client_ip
             hits.add((x, owner), c, rows, facts)
-            diag.claim(c.sid, "close")
+            diag.claim(c.sid, Claim.CLOSE)
     return hits.findings(diag, KIND, _tell)
 
 

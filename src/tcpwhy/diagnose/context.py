@@ -45,7 +45,7 @@ from tcpwhy.diagnose.model import Step
 from tcpwhy.tcp.analysis import FLAGS as ANALYSIS_FLAGS
 from tcpwhy.tcp.analysis import Analyzer
 from tcpwhy.tcp.endings import ENDING_SUMMARY
-from tcpwhy.tcp.seq import U32, seq_geq
+from tcpwhy.tcp.seq import seq_add, seq_geq
 from tcpwhy.tcp.sides import client_dirs
 from tcpwhy.tcp.state import Event, State, state_label
 from tcpwhy.tcp.state import Step as StateStep
@@ -526,7 +526,7 @@ class Conn:
 
     def fin_end(self, i: int) -> int:
         """Sequence number just past the FIN sent at i."""
-        return (self.seq[i] + self.plen[i] + (1 if self.flags[i] & SYN else 0) + 1) & U32
+        return seq_add(self.seq[i], self.plen[i] + (1 if self.flags[i] & SYN else 0) + 1)
 
     def acks(self, i: int, seq_end: int) -> bool:
         return bool(self.flags[i] & ACK) and seq_geq(self.ack[i], seq_end)

@@ -18,6 +18,7 @@ from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 from tcpwhy.diagnose.resets import too_fast
 from tcpwhy.diagnose.stale_keepalive import is_stale
+from tcpwhy.tcp.seq import seq_add
 
 ORDER = 80
 
@@ -96,7 +97,7 @@ def goodbye(ev: AfterFin) -> str | None:
     if hc is not None and closer != CLIENT:
         return None  # an HTTP/2 server's last frames (its GOAWAY) await no answer
     same_flight = all(c.side[j] == closer for j in range(last_c, f + 1))
-    end = (c.seq[last_c] + c.plen[last_c]) & 0xFFFFFFFF
+    end = seq_add(c.seq[last_c], c.plen[last_c])
     if same_flight and c.acks(d, end):
         return "unawaited"
     return None

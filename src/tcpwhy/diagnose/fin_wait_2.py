@@ -11,7 +11,7 @@ from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import CLIENT, NO_FIN, SERVER, WHO, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
-from tcpwhy.diagnose.registry import Diag, plural, rule
+from tcpwhy.diagnose.registry import Claim, Diag, plural, rule
 from tcpwhy.diagnose.resets import too_fast
 from tcpwhy.tcp.state import State
 
@@ -31,7 +31,7 @@ def detect(diag: Diag) -> list[Finding]:
         late = cap.fin_lag_ns(x) > int(limit_s * 1e9)
         late |= (cap.first_fin_ns[:, peer] < NO_FIN) & (cap.n_rst[:, x] > 0)
         for c in cap.conns_where(cap.closes_first(x) & late):
-            if diag.is_claimed(c.sid, "close") or diag.is_claimed(c.sid):
+            if diag.is_claimed(c.sid, Claim.CLOSE) or diag.is_claimed(c.sid):
                 continue
             fw2 = c.entered(x, State.FIN_WAIT_2)
             xf = c.first_fin(x)

@@ -10,7 +10,7 @@ import numpy as np
 from tcpwhy.arrays import unique_sorted
 from tcpwhy.decode.table import ACK, RST, SYN
 from tcpwhy.diagnose.context import CLIENT, SERVER, Conn
-from tcpwhy.diagnose.registry import Diag
+from tcpwhy.diagnose.registry import Claim, Diag
 
 
 def unanswered_syn_streams(diag: Diag) -> list[int]:
@@ -22,7 +22,7 @@ def unanswered_syn_streams(diag: Diag) -> list[int]:
     # a client that sent anything but SYNs got an answer the capture missed (one-way capture)
     m = (cap.n_syn[:, CLIENT] > 0) & (cap.n_pkts[:, SERVER] == 0)
     m &= cap.n_pkts[:, CLIENT] == cap.n_syn[:, CLIENT]
-    m &= ~diag.claimed_mask("syn")
+    m &= ~diag.claimed_mask(Claim.SYN)
     return [int(s) for s in np.flatnonzero(m)]
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from tcpwhy.decode import http2
 from tcpwhy.decode.http1 import METHOD_WORDS, parse_head
+from tcpwhy.decode.table import RST
 
 if TYPE_CHECKING:
     from tcpwhy.diagnose.context import Conn
@@ -124,7 +125,7 @@ def messages(conn: Conn) -> list[Message]:
     # frames by `h2`, as on a prior-knowledge connection, never as HTTP/1 messages)
     last = hc.upgrade if hc is not None and hc.upgrade is not None else None
     for i in range(conn.n):
-        if conn.plen[i] == 0 or conn.flags[i] & 0x004:
+        if conn.plen[i] == 0 or conn.flags[i] & RST:
             continue
         if last is not None and i > last[conn.side[i]]:
             continue
@@ -201,7 +202,7 @@ def _first_sends(conn: Conn) -> list[bool]:
     if got is None:
         t = conn.cap.table
         r = conn.rows
-        data = np.flatnonzero((t["payload_len"][r] > 0) & ((t["flags"][r] & 0x004) == 0))
+        data = np.flatnonzero((t["payload_len"][r] > 0) & ((t["flags"][r] & RST) == 0))
         key = conn.cap.side[r][data].astype(np.int64) << 32 | t["seq"][r][data].astype(np.int64)
         first = np.zeros(conn.n, np.bool_)
         first[data[np.unique(key, return_index=True)[1]]] = True
@@ -254,7 +255,7 @@ def h2(conn: Conn) -> H2Conn | None:
         return got
     got = None
     side = conn.side
-    first = next((i for i in range(conn.n) if conn.plen[i] > 0 and not conn.flags[i] & 0x004), None)
+    first = next((i for i in range(conn.n) if conn.plen[i] > 0 and not conn.flags[i] & RST), None)
     skips: tuple[int, int] | None = None
     upgrade: tuple[int, int] | None = None
     if first is not None and side[first] == 0:
@@ -268,7 +269,7 @@ def h2(conn: Conn) -> H2Conn | None:
                 (
                     i
                     for i in range(first + 1, conn.n)
-                    if side[i] != 0 and conn.plen[i] > 0 and not conn.flags[i] & 0x004
+                    if side[i] != 0 and conn.plen[i] > 0 and not conn.flags[i] & RST
                 ),
                 None,
             )

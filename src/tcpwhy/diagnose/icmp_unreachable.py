@@ -12,7 +12,15 @@ from tcpwhy.diagnose.common import Group
 from tcpwhy.diagnose.context import CLIENT, SERVER, Conn, fmt_s
 from tcpwhy.diagnose.icmp import errno_name, errno_text
 from tcpwhy.diagnose.model import Finding, Severity, Step, Story
-from tcpwhy.diagnose.registry import FRAME_INSTANCES, Diag, Instance, make_finding, plural, rule
+from tcpwhy.diagnose.registry import (
+    FRAME_INSTANCES,
+    Claim,
+    Diag,
+    Instance,
+    make_finding,
+    plural,
+    rule,
+)
 
 ORDER = 20
 
@@ -111,8 +119,8 @@ def detect(diag: Diag) -> list[Finding]:
         inst = IcmpInstance(c, rows, icmp_rows, facts)
         key = (errno_name(m.errno), m.errno, m.name, sender)
         groups.setdefault(key, []).append(inst)
-        diag.claim(sid, "syn")
-        diag.claim(sid, "retrans")
+        diag.claim(sid, Claim.SYN)
+        diag.claim(sid, Claim.RETRANS)
         diag.claim(sid)
     out = []
     for insts in groups.values():

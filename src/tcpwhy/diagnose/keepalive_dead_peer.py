@@ -10,7 +10,7 @@ from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import WHO, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.probes import candidate_streams, probes
-from tcpwhy.diagnose.registry import Diag, plural, rule
+from tcpwhy.diagnose.registry import Claim, Diag, plural, rule
 
 ORDER = 170
 
@@ -47,7 +47,7 @@ def detect(diag: Diag) -> list[Finding]:
             }
             hits.add(c.server, c, rows, facts)
             diag.claim(c.sid)
-            diag.claim(c.sid, "retrans")
+            diag.claim(c.sid, Claim.RETRANS)
             break
     return hits.findings(diag, KIND, _tell)
 

@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from tcpwhy.decode.table import SYN
+from tcpwhy.decode.table import ACK, SYN
 from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.common import Group
 from tcpwhy.diagnose.context import CLIENT, SERVER, WHO, Conn, fmt_s
 from tcpwhy.diagnose.icmp_unreachable import IcmpInstance
 from tcpwhy.diagnose.model import Finding, Severity, Story
-from tcpwhy.diagnose.registry import FRAME_INSTANCES, Diag, make_finding, plural, rule
-from tcpwhy.tcp.seq import HALF, U32, seq_add, seq_gt
+from tcpwhy.diagnose.registry import FRAME_INSTANCES, Claim, Diag, make_finding, plural, rule
+from tcpwhy.tcp.seq import HALF, seq_add, seq_diff, seq_gt, seq_offset
 
 ORDER = 30
 
@@ -75,7 +75,7 @@ def at_sender(c: Conn, x: int) -> dict[str, Any] | None:
     capture of long flows has thousands."""
     y = 1 - x
     side, flags = c._np_side, c._np_flags
-    acks = c.cap.rel_ack[c.rows][(side == y) & ((flags & 16) != 0)].astype(np.int64)
+    acks = c.cap.rel_ack[c.rows][(side == y) & ((flags & ACK) != 0)].astype(np.int64)
     if not len(acks):
         return None
     top = _seq_top(acks)
@@ -85,7 +85,7 @@ def at_sender(c: Conn, x: int) -> dict[str, Any] | None:
     stuck = np.flatnonzero(data & beyond)
     if not len(stuck):
         return None
-    at = stuck[int(np.argmin((rseq[stuck] - top) & U32))]
+    at = stuck[int(np.argmin(seq_offset(rseq[stuck], top)))]
     s0 = int(rseq[at])
     send_rows = stuck[rseq[stuck] == s0]
     if len(send_rows) < 2 or int(plen[send_rows].min()) < MIN_FULL:
@@ -127,10 +127,10 @@ def at_receiver(c: Conn, x: int) -> dict[str, Any] | None:
     if mss is not None and biggest >= mss - 40:
         return None  # full-size segments did arrive (checked first: no hole search needed)
     data: list[int] = data_rows.tolist()
-    nxt = (c.rseq[data[0]] + c.plen[data[0]]) & U32
+    nxt = seq_add(c.rseq[data[0]], c.plen[data[0]])
     hole = None
     for k in data[1:]:
-        s, e = c.rseq[k], (c.rseq[k] + c.plen[k]) & U32
+        s, e = c.rseq[k], seq_add(c.rseq[k], c.plen[k])
         if hole is None and seq_gt(s, nxt):
             hole = (nxt, s, k)
         if hole is not None and not seq_gt(s, hole[0]) and seq_gt(e, hole[0]):
@@ -140,7 +140,7 @@ def at_receiver(c: Conn, x: int) -> dict[str, Any] | None:
     if hole is None:
         return None
     start, end, k = hole
-    gap = (end - start) & U32
+    gap = seq_diff(end, start)  # end after start: the hole's length
     if gap < MIN_FULL:
         return None
     waited = (c.cap.end_ns - c.ts[k]) / 1e9
@@ -169,7 +169,7 @@ def detect(diag: Diag) -> list[Finding]:
     retrans = cap.flag("retransmission") | cap.flag("lost_segment")
     cand = np.zeros(cap.nstreams, np.bool_)
     cand[cap.stream[retrans]] = True
-    cand &= ~diag.claimed_mask("retrans")
+    cand &= ~diag.claimed_mask(Claim.RETRANS)
     groups: dict[tuple[str, int, str], list[IcmpInstance]] = {}
     for c in cap.conns_where(cand):
         for x in (CLIENT, SERVER):
@@ -179,8 +179,8 @@ def detect(diag: Diag) -> list[Finding]:
             rows, icmp = _rows(c, got)
             inst = IcmpInstance(c, rows, icmp, got)
             groups.setdefault((c.server, x, got["view"]), []).append(inst)
-            diag.claim(c.sid, "retrans")
-            diag.claim(c.sid, "close")
+            diag.claim(c.sid, Claim.RETRANS)
+            diag.claim(c.sid, Claim.CLOSE)
             diag.claim(c.sid)
             break
     out = []

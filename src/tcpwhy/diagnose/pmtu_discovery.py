@@ -9,7 +9,7 @@ from tcpwhy.diagnose.icmp_unreachable import IcmpInstance
 from tcpwhy.diagnose.knowledge import Fix, advice
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.pmtu_black_hole import headers
-from tcpwhy.diagnose.registry import FRAME_INSTANCES, Diag, make_finding, plural, rule
+from tcpwhy.diagnose.registry import FRAME_INSTANCES, Claim, Diag, make_finding, plural, rule
 
 ORDER = 40
 
@@ -58,7 +58,7 @@ def detect(diag: Diag) -> list[Finding]:
             "delay_s": (c.ts[k] - ic.get("ts_ns", i)) / 1e9,
         }
         inst = IcmpInstance(c, rows, icmp, facts)
-        diag.claim(c.sid, "retrans")  # the resent segments are the discovery, not a timeout
+        diag.claim(c.sid, Claim.RETRANS)  # the resent segments are the discovery, not a timeout
         groups.setdefault((c.server, ic.sender(i), facts["mtu"]), []).append(inst)
     out = []
     for insts in groups.values():

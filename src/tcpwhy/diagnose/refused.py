@@ -11,6 +11,7 @@ from tcpwhy.diagnose.context import CLIENT, SERVER, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import (
     FRAME_INSTANCES,
+    Claim,
     Diag,
     Instance,
     finding_from_columns,
@@ -29,7 +30,7 @@ def detect(diag: Diag) -> list[Finding]:
     instances are built for each server's first connections only."""
     cap = diag.cap
     m = (cap.n_syn[:, CLIENT] > 0) & (cap.n_synack[:, SERVER] == 0) & (cap.n_rst[:, SERVER] > 0)
-    m &= ~diag.claimed_mask("syn")  # a scan's probes: one port-scan finding, no Conn each
+    m &= ~diag.claimed_mask(Claim.SYN)  # a scan's probes: one port-scan finding, no Conn each
     sid = np.flatnonzero(m)
     if not len(sid):
         return []
@@ -42,7 +43,7 @@ def detect(diag: Diag) -> list[Finding]:
     sid, syn, rst = sid[ok], syn[ok], rst[ok]
     if not len(sid):
         return []
-    diag.claim_streams(sid, "syn")
+    diag.claim_streams(sid, Claim.SYN)
     diag.claim_streams(sid)
     ts = cap.table["ts_ns"]
     a, b = ts[cap.order[syn]].astype(np.int64), ts[cap.order[rst]].astype(np.int64)

@@ -53,7 +53,8 @@ RULE_MODULES = _rule_modules()
 
 class Claim(StrEnum):
     """What a rule may claim of a stream, so that later rules do not report it again (rules
-    pass these or their string values; any other key is an error, not a silent new mask)."""
+    pass these members; a string that is no member's value is an error, not a silent new
+    mask)."""
 
     SYN = "syn"  # the handshake: its SYNs, unanswered or refused
     RST = "rst"  # the RST(s) that ended it
@@ -75,31 +76,31 @@ class Diag:
     settings: Settings = field(default_factory=Settings)
     findings: list[Finding] = field(default_factory=list)
     cache: dict[str, Any] = field(default_factory=dict)
-    # per `what` ("syn", "rst", "retrans"): which streams a rule has already explained, so
-    # later rules do not report them again; one mask, whether claimed one by one or in bulk
+    # per `what` (`Claim`): which streams a rule has already explained, so later rules do
+    # not report them again; one mask, whether claimed one by one or in bulk
     # (a flood's or a scan's millions of connections)
-    claimed: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
+    claimed: dict[Claim, npt.NDArray[np.bool_]] = field(default_factory=dict)
 
-    def _mask(self, what: str) -> npt.NDArray[np.bool_]:
+    def _mask(self, what: Claim) -> npt.NDArray[np.bool_]:
         m = self.claimed.get(what)
         if m is None:
             m = self.claimed[Claim(what)] = np.zeros(self.cap.nstreams, np.bool_)
         return m
 
-    def claim(self, sid: int, what: str = "rst") -> None:
+    def claim(self, sid: int, what: Claim = Claim.RST) -> None:
         self._mask(what)[sid] = True
 
-    def claim_streams(self, sids: npt.NDArray[np.int64], what: str = "rst") -> None:
+    def claim_streams(self, sids: npt.NDArray[np.int64], what: Claim = Claim.RST) -> None:
         self._mask(what)[sids] = True
 
-    def is_claimed(self, sid: int, what: str = "rst") -> bool:
+    def is_claimed(self, sid: int, what: Claim = Claim.RST) -> bool:
         m = self.claimed.get(what)
         if m is None:
             Claim(what)  # a misspelt key raises instead of reading as "never claimed"
             return False
         return bool(m[sid])
 
-    def claimed_mask(self, what: str = "rst") -> npt.NDArray[np.bool_]:
+    def claimed_mask(self, what: Claim = Claim.RST) -> npt.NDArray[np.bool_]:
         """Per stream: claimed for `what` (a copy)."""
         return self._mask(what).copy()
 

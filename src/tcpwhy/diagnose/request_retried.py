@@ -15,6 +15,7 @@ from tcpwhy.diagnose.context import CLIENT, SERVER, fmt_s
 from tcpwhy.diagnose.knowledge import Fix, advice
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
+from tcpwhy.tcp.seq import seq_add
 
 ORDER = 240
 
@@ -101,7 +102,7 @@ def detect(diag: Diag) -> list[Finding]:
                 None,
             )
             accepted = any(
-                c.side[j] == SERVER and c.acks(j, (c.seq[start] + c.plen[start]) & 0xFFFFFFFF)
+                c.side[j] == SERVER and c.acks(j, seq_add(c.seq[start], c.plen[start]))
                 for j in range(start, c.n)
                 if not c.is_rst(j)
             )

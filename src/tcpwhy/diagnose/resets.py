@@ -6,7 +6,7 @@ import numpy as np
 
 from tcpwhy.decode.table import ACK, FIN, RST, SYN
 from tcpwhy.diagnose.context import Conn, fmt_s
-from tcpwhy.tcp.seq import seq_geq, seq_gt
+from tcpwhy.tcp.seq import seq_add, seq_geq, seq_gt
 
 
 def trigger(c: Conn, r: int) -> int | None:
@@ -73,7 +73,7 @@ def min_rtt_to(c: Conn, who: int, enough: float = 0.0) -> float | None:
         return best
     sel = rows[idx]
     mine = (side[idx] == who).tolist()
-    ends = ((t["seq"][sel].astype(np.int64) + plen[idx]) & 0xFFFFFFFF).tolist()
+    ends = seq_add(t["seq"][sel].astype(np.int64), plen[idx]).tolist()
     acks = t["ack"][sel].tolist()
     ts = t["ts_ns"][sel].tolist()
     top: int | None = None  # highest sequence end the other side has sent so far

@@ -12,8 +12,8 @@ from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import WHO, Conn, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
-from tcpwhy.diagnose.registry import Diag, plural, rule
-from tcpwhy.tcp.seq import U32
+from tcpwhy.diagnose.registry import Claim, Diag, plural, rule
+from tcpwhy.tcp.seq import seq_add
 
 ORDER = 190
 
@@ -41,14 +41,14 @@ def candidate_streams(diag: Diag) -> list[int]:
 def detect(diag: Diag) -> list[Finding]:
     hits = Hits()
     for sid in candidate_streams(diag):
-        if diag.is_claimed(sid, "retrans"):
+        if diag.is_claimed(sid, Claim.RETRANS):
             continue
         c = diag.cap.conn(sid)
         best = _most_sent(c)
         if len(best) < MIN_SENDS:
             continue
         x = c.side[best[0]]
-        end = (c.seq[best[0]] + c.plen[best[0]]) & U32
+        end = seq_add(c.seq[best[0]], c.plen[best[0]])
         acked = next(
             (j for j in range(best[-1] + 1, c.n) if c.side[j] != x and c.acks(j, end)), None
         )

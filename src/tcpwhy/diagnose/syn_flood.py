@@ -31,7 +31,7 @@ from tcpwhy.decode.table import ACK, RST, SYN, format_addr
 from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.context import CLIENT, SERVER, Capture, Conn, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Step, Story
-from tcpwhy.diagnose.registry import Diag, plural, rule
+from tcpwhy.diagnose.registry import Claim, Diag, plural, rule
 
 ORDER = 10
 
@@ -215,9 +215,9 @@ def _finding(
 
 
 def _claim(diag: Diag, sids: I64) -> None:
-    diag.claim_streams(sids, "syn")
-    diag.claim_streams(sids, "rst")
-    diag.claim_streams(sids, "retrans")
+    diag.claim_streams(sids, Claim.SYN)
+    diag.claim_streams(sids, Claim.RST)
+    diag.claim_streams(sids, Claim.RETRANS)
 
 
 # -- syn-flood -------------------------------------------------------------------------------
@@ -229,7 +229,7 @@ def detect_flood(diag: Diag) -> list[Finding]:
     if not cap.nstreams:
         return []
     k = _cols(diag)
-    ho = np.flatnonzero(k.half_open & ~diag.claimed_mask("syn"))
+    ho = np.flatnonzero(k.half_open & ~diag.claimed_mask(Claim.SYN))
     inv, ng = _group(k.s_hi[ho], k.s_lo[ho], k.s_port[ho])
     out = []
     for g in np.flatnonzero(np.bincount(inv, minlength=ng) >= FLOOD_MIN_HANDSHAKES):
@@ -535,7 +535,7 @@ def detect_scan(diag: Diag) -> list[Finding]:
     if not cap.nstreams:
         return []
     k = _cols(diag)
-    att = np.flatnonzero(k.attempt & (cap.n_data[:, CLIENT] == 0) & ~diag.claimed_mask("syn"))
+    att = np.flatnonzero(k.attempt & (cap.n_data[:, CLIENT] == 0) & ~diag.claimed_mask(Claim.SYN))
     src, nsrc = _group(k.c_hi[att], k.c_lo[att])
     pair, npair = _group(src, k.s_port[att])
     pair_src = np.zeros(npair, np.int64)

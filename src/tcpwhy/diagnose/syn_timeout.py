@@ -7,7 +7,7 @@ from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import fmt_s
 from tcpwhy.diagnose.handshake import ladder, ladder_text, syn_rows, unanswered_syn_streams
 from tcpwhy.diagnose.model import Finding, Severity, Story
-from tcpwhy.diagnose.registry import Diag, plural, rule
+from tcpwhy.diagnose.registry import Claim, Diag, plural, rule
 
 ORDER = 110
 
@@ -31,7 +31,7 @@ def detect(diag: Diag) -> list[Finding]:
             for k, i in enumerate(syns)
         ]
         hits.add(c.server, c, rows, {"ladder_s": off, "waited_s": waited})
-        diag.claim(sid, "syn")
+        diag.claim(sid, Claim.SYN)
     return hits.findings(diag, KIND, _tell)
 
 

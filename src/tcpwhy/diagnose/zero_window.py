@@ -9,7 +9,7 @@ from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import WHO, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.probes import probes
-from tcpwhy.diagnose.registry import Diag, plural, rule
+from tcpwhy.diagnose.registry import Claim, Diag, plural, rule
 
 ORDER = 180
 
@@ -51,7 +51,7 @@ def detect(diag: Diag) -> list[Finding]:
                 rows.append((reopen, f"{WHO[r]} opens the window again after {fmt_s(dur)}"))
             facts = {"stall_s": round(dur, 3), "recovered": reopen is not None, "probes": len(zwp)}
             hits.add((c.server, r), c, rows, facts)
-            diag.claim(c.sid, "retrans")
+            diag.claim(c.sid, Claim.RETRANS)
     # the text tells about the longest stall
     return hits.findings(diag, KIND, _tell, lambda i: -i.facts["stall_s"])
 

@@ -38,7 +38,7 @@ from tcpwhy.decode.table import (
 )
 from tcpwhy.filter import DisplayFilter
 from tcpwhy.schemas import SCHEMA_VERSION
-from tcpwhy.tcp.seq import U32
+from tcpwhy.tcp.seq import seq_offset
 from tcpwhy.tcp.streams import StreamTracker
 from tcpwhy.timestamps import rfc3339
 
@@ -85,7 +85,7 @@ def info_text(c: dict[str, list[Any]], i: int, seq: int, ack: int, win: int, sac
             parts.append(f"TSval={c['opt_tsval'][i]} TSecr={c['opt_tsecr'][i]}")
         elif code == OPT_SACK:
             for le, re in zip(c["sack_le"][i][: c["sack_n"][i]], c["sack_re"][i], strict=False):
-                parts.append(f"SLE={(le - sack_base) & U32} SRE={(re - sack_base) & U32}")
+                parts.append(f"SLE={seq_offset(le, sack_base)} SRE={seq_offset(re, sack_base)}")
     return " ".join(parts)
 
 

@@ -36,3 +36,9 @@ def seq_add(a: Any, n: Any) -> Any:
 def seq_diff(a: Any, b: Any) -> Any:
     """a - b as a signed distance in sequence space (-2**31 … 2**31 - 1)."""
     return ((a - b + HALF) & U32) - HALF
+
+
+def seq_offset(a: Any, base: Any) -> Any:
+    """How far a lies past base, forward only (0 … 2**32 - 1): Wireshark's relative sequence
+    numbers, where a number before the base reads as a large one."""
+    return (a - base) & U32
