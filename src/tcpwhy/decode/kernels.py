@@ -560,7 +560,13 @@ def decode_records(
     too, written from the end of the same columns backwards (its TCP and IP columns hold the
     quoted segment, its ICMP columns the error itself). An IP fragment is counted and noted
     in `o_frag` (where its IP header is and what enclosed it), so that reassembly, a
-    separate pass, can decode the whole datagram. Returns (TCP rows, ICMP rows, fragments)."""
+    separate pass, can decode the whole datagram. Returns (TCP rows, ICMP rows, fragments).
+
+    One function, each layer a section of the walk below (link header, then Ethernet,
+    EtherType with VLAN and MPLS, PPP, IPv4, IPv6, UDP tunnels, GRE, 802.11; then TCP),
+    by measurement: the same walk with one inlined helper per layer, each returning what it
+    changed as a tuple, decoded 3 M packets in 0.36 s instead of 0.13 (numba 0.68), and one
+    helper for the link header alone cost 30%."""
     j = 0
     k_icmp = 0
     n_frag = 0
