@@ -495,8 +495,8 @@ def _with_community_ids(
 
 def _community_id_arrow(ids: npt.NDArray[np.uint8]) -> Any:
     """The Arrow string array of Community IDs (``1:`` and the hash) from their hashes."""
-    from tcpwhy.report.conns_kernel import COMMUNITY_ID_WIDTH
     from tcpwhy.report.parquet import _fixed_text
+    from tcpwhy.tcp.records_kernel import COMMUNITY_ID_WIDTH
 
     return _fixed_text(ids, np.full(len(ids), COMMUNITY_ID_WIDTH), b"1:")
 

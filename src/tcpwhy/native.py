@@ -69,6 +69,7 @@ KERNEL_FILES = (
     "tcp/analysis.py",
     "tcp/zeek.py",
     "tcp/state_kernel.py",
+    "tcp/records_kernel.py",
     "report/conns_kernel.py",
     "report/packets_kernel.py",
     "host/trace_kernel.py",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.decode.http1 import METHODS
+from tcpwhy.decode.http1 import METHOD_WORDS
 from tcpwhy.decode.table import PacketTable
 
 HTTP_PORTS = (80, 3128, 3132, 5985, 8080, 8088, 11371, 1900, 2869, 2710)
@@ -41,7 +41,7 @@ def starts_message(table: PacketTable, rows: npt.NDArray[np.int64]) -> npt.NDArr
     pre = table.data[np.minimum(idx, table.data.size - 1)]
     valid = k[None, :] < cap[:, None]
     out = np.zeros(len(rows), bool)
-    for word in (b"HTTP/", *(m + b" " for m in METHODS)):
+    for word in (b"HTTP/", *METHOD_WORDS):
         w = np.frombuffer(word, np.uint8)
         n = len(w)
         out |= (cap >= n) & np.all((pre[:, :n] == w) & valid[:, :n], axis=1)

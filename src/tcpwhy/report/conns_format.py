@@ -24,6 +24,7 @@ from tcpwhy.report.conns import LOCAL_FIELDS, csv_fields, record_lines
 from tcpwhy.schemas import SCHEMA_VERSION
 from tcpwhy.tcp.connections import end_code
 from tcpwhy.tcp.records import IRTT_UNSET, JSON_FIELDS, WORD_COLUMNS, ConnColumns
+from tcpwhy.tcp.records_kernel import COMMUNITY_ID_WIDTH
 from tcpwhy.tcp.zeek import HIST_MAX
 
 
@@ -148,7 +149,7 @@ class RowProgram:
     def community_id(self) -> None:
         """The Community ID hash (after ``1:``)."""
         self.uses_community_id = True
-        self._step(k.OP_FIXED_TEXT, 0, k.COMMUNITY_ID_WIDTH, bound=k.COMMUNITY_ID_WIDTH)
+        self._step(k.OP_FIXED_TEXT, 0, COMMUNITY_ID_WIDTH, bound=COMMUNITY_ID_WIDTH)
 
     def addr(self, which: str, brackets: bool = False) -> None:
         hi, lo = self._input("int", f"{which}_hi"), self._input("int", f"{which}_lo")

@@ -10,33 +10,12 @@ TCP-only capture's output is byte for byte what it was.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.decode.table import PacketTable
+from tcpwhy.tcp.connections import IcmpCounts
 from tcpwhy.tcp.records import ConnColumns
-
-IcmpCounts = dict[int, dict[str, int]]
-"""tcp.stream -> {"type/code": count}"""
-
-
-def count_icmp(counts: IcmpCounts, icmp: PacketTable | None, stream: Any) -> None:
-    """Add a chunk's ICMP rows (`StreamTracker.icmp_out["stream"]`) to `counts`."""
-    if icmp is None or not len(icmp):
-        return
-    for sid, ty, code in zip(
-        np.asarray(stream).tolist(),
-        icmp["icmp_type"].tolist(),
-        icmp["icmp_code"].tolist(),
-        strict=True,
-    ):
-        if sid < 0:
-            continue
-        d = counts.setdefault(sid, {})
-        key = f"{ty}/{code}"
-        d[key] = d.get(key, 0) + 1
 
 
 def with_icmp(text: str, c: ConnColumns, counts: IcmpCounts) -> str:

@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from tcpwhy.capture.writer import written_in_place
 from tcpwhy.errors import EnvironmentProblem, TcpwhyError
+from tcpwhy.tcp.records_kernel import COMMUNITY_ID_WIDTH
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -212,7 +213,7 @@ def conn_table(c: ConnColumns) -> pa.Table:
         "continued": col["continued"],
         "local_orig": null_bool if lo is None else lo,
         "local_resp": null_bool if lr is None else lr,
-        "community_id": _fixed_text(c.community_id_text(), np.full(n, k.COMMUNITY_ID_WIDTH), b"1:"),
+        "community_id": _fixed_text(c.community_id_text(), np.full(n, COMMUNITY_ID_WIDTH), b"1:"),
     }
     for name in (
         "orientation",

@@ -353,8 +353,6 @@ class ConnectionBuilder:
             self._forget_gone(self.tracker.conversations + n - self.max_active)
         s = streams if streams is not None else self.tracker.feed(t)
         if self.icmp_counts is not None and self.tracker.icmp_out is not None:
-            from tcpwhy.report.conns_icmp import count_icmp
-
             count_icmp(self.icmp_counts, t.icmp, self.tracker.icmp_out["stream"])
         out: list[Batch] = []
         conv = s["conv"]
@@ -921,6 +919,27 @@ def end_code(words: str) -> str:
         if words.startswith(prefix):
             return code
     return "other"
+
+
+IcmpCounts = dict[int, dict[str, int]]
+"""tcp.stream -> {"type/code": count}"""
+
+
+def count_icmp(counts: IcmpCounts, icmp: PacketTable | None, stream: Any) -> None:
+    """Add a chunk's ICMP rows (`StreamTracker.icmp_out["stream"]`) to `counts`."""
+    if icmp is None or not len(icmp):
+        return
+    for sid, ty, code in zip(
+        np.asarray(stream).tolist(),
+        icmp["icmp_type"].tolist(),
+        icmp["icmp_code"].tolist(),
+        strict=True,
+    ):
+        if sid < 0:
+            continue
+        d = counts.setdefault(sid, {})
+        key = f"{ty}/{code}"
+        d[key] = d.get(key, 0) + 1
 
 
 def reading_options(options: Mapping[str, Any]) -> dict[str, bool]:

@@ -481,9 +481,9 @@ def base62(v: int) -> str:
 def community_ids(cols: dict[str, npt.NDArray[Any]], seed: int = 0) -> npt.NDArray[np.uint8]:
     """Community ID v1 (https://github.com/corelight/community-id-spec) of TCP connections,
     the base64 text after ``1:``, one ``uint8[28]`` row per connection: computed by a
-    compiled kernel (`tcpwhy.report.conns_kernel.community_ids`)."""
-    from tcpwhy.report.conns_kernel import COMMUNITY_ID_WIDTH
-    from tcpwhy.report.conns_kernel import community_ids as kernel
+    compiled kernel (`tcpwhy.tcp.records_kernel.community_ids`)."""
+    from tcpwhy.tcp.records_kernel import COMMUNITY_ID_WIDTH
+    from tcpwhy.tcp.records_kernel import community_ids as kernel
 
     n = len(cols["uid"])
     out = np.zeros((n, COMMUNITY_ID_WIDTH), np.uint8)

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.decode.http1 import METHODS
+from tcpwhy.decode.http1 import METHOD_WORDS
 from tcpwhy.decode.table import RST, SYN, PacketTable
 from tcpwhy.tcp.seq import seq_add, seq_diff
 
@@ -153,10 +153,10 @@ def _host(table: PacketTable, rows: I64) -> tuple[I64, I64]:
     """Absolute offset and length of the Host header's host (without a port) in each
     request row's first HOST_WINDOW captured bytes (length 0 where there is none).
 
-    A compiled loop over each request's bytes (`tcpwhy.report.conns_kernel.find_hosts`):
+    A compiled loop over each request's bytes (`tcpwhy.tcp.records_kernel.find_hosts`):
     on a capture of many short HTTP connections the whole-array search (`_host_numpy`, kept
     as its readable definition) cost more than tracking the connections."""
-    from tcpwhy.report.conns_kernel import find_hosts
+    from tcpwhy.tcp.records_kernel import find_hosts
 
     name_off = np.zeros(len(rows), np.int64)
     name_len = np.zeros(len(rows), np.int64)
@@ -301,7 +301,7 @@ def _prefix(head: npt.NDArray[np.uint64], word: bytes) -> npt.NDArray[np.bool_]:
     return out
 
 
-_METHOD_WORDS = [(m + b" ")[:16] for m in METHODS]
+_METHOD_WORDS = [w[:16] for w in METHOD_WORDS]
 _METHOD_VOCAB = np.frombuffer(b"".join(_METHOD_WORDS), np.uint8).copy()
 _METHOD_OFF = np.cumsum([0] + [len(w) for w in _METHOD_WORDS], dtype=np.int64)
 
@@ -309,9 +309,9 @@ _METHOD_OFF = np.cumsum([0] + [len(w) for w in _METHOD_WORDS], dtype=np.int64)
 def kinds(table: PacketTable, rows: I64) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
     """Which payload rows start with a TLS ClientHello (record type 22, version 3.x,
     handshake type 1), and which with an HTTP request (a method and a blank): a compiled
-    loop (`tcpwhy.report.conns_kernel.payload_kinds`; `_kinds_numpy` is the same in
+    loop (`tcpwhy.tcp.records_kernel.payload_kinds`; `_kinds_numpy` is the same in
     whole-array steps)."""
-    from tcpwhy.report.conns_kernel import payload_kinds
+    from tcpwhy.tcp.records_kernel import payload_kinds
 
     data = table.data
     if (
@@ -339,8 +339,8 @@ def _kinds_numpy(
     hello = tls & (((head >> np.uint64(16)) & np.uint64(0xFF)) <= 4) & (cap > 5)
     hello &= ((head >> np.uint64(40)) & np.uint64(0xFF)) == 1
     request = np.zeros(len(rows), bool)
-    for m in METHODS:
-        request |= _prefix(full, m + b" ")
+    for w in METHOD_WORDS:
+        request |= _prefix(full, w)
     return hello, request & ~hello
 
 

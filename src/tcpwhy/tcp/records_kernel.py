@@ -1,0 +1,261 @@
+"""Compiled loops over connection records and their first payloads, for `tcpwhy.tcp`.
+
+`community_ids` computes Community ID v1 hashes (SHA-1 of the ordered 5-tuple, base64)
+for a batch in one call: one 64-byte SHA-1 block per connection, as the tuple of a TCP
+connection is at most 40 bytes. `find_hosts` and `payload_kinds` find what names a
+connection's server in its first payload (`tcpwhy.tcp.server_names`): an HTTP request's
+Host, or a TLS ClientHello to read further.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tcpwhy.native import kernel, njit
+
+COMMUNITY_ID_WIDTH = 28
+"""Characters of a Community ID v1 hash (base64 of a SHA-1 digest), without the ``1:``."""
+
+
+@njit(cache=True)
+def _ult(x: int, y: int) -> bool:
+    """x < y, both int64 read as unsigned 64 bits."""
+    if (x < 0) != (y < 0):
+        return y < 0
+    return x < y
+
+
+@njit(cache=True)
+def _rotl(x: int, n: int) -> int:
+    return ((x << n) | (x >> (32 - n))) & 0xFFFFFFFF
+
+
+@njit(cache=True)
+def _b64(v: int) -> int:
+    if v < 26:
+        return 65 + v
+    if v < 52:
+        return 71 + v  # 97 + v - 26
+    if v < 62:
+        return v - 4  # 48 + v - 52
+    return 43 if v == 62 else 47
+
+
+@njit(cache=True)
+def _put_be(msg: Any, p: int, v: int, nbytes: int) -> int:
+    for j in range(nbytes):
+        msg[p + j] = (v >> (8 * (nbytes - 1 - j))) & 0xFF
+    return p + nbytes
+
+
+@kernel("i8 i8 i8[:] i8[:] i8[:] i8[:] i8[:] i8[:] u1[:,:] -> none", nogil=True)
+def community_ids(
+    seed: int, proto: int, ohi: Any, olo: Any, op: Any, rhi: Any, rlo: Any, rp: Any, out: Any
+) -> None:
+    """Community ID v1 of each row (without the ``1:`` version prefix) into ``out[i, :28]``:
+    base64 of SHA-1 over seed (2 bytes), the two addresses (4 bytes each when both are
+    IPv4-mapped, else 16), protocol, a zero byte and the two ports, the endpoint with the
+    lower address (then port) first. Addresses are the packet table's two 64-bit halves."""
+    n = ohi.shape[0]
+    msg = np.zeros(64, np.int64)
+    w = np.zeros(80, np.int64)
+    dig = np.zeros(21, np.int64)
+    for i in range(n):
+        ah, al, ap = ohi[i], olo[i], op[i]
+        bh, bl, bp = rhi[i], rlo[i], rp[i]
+        if _ult(bh, ah) or (bh == ah and (_ult(bl, al) or (bl == al and bp < ap))):
+            ah, al, ap, bh, bl, bp = bh, bl, bp, ah, al, ap
+        a4 = ah == 0 and ((al >> 32) & 0xFFFFFFFF) == 0xFFFF
+        b4 = bh == 0 and ((bl >> 32) & 0xFFFFFFFF) == 0xFFFF
+        v4 = a4 and b4
+        for j in range(64):
+            msg[j] = 0
+        q = _put_be(msg, 0, seed, 2)
+        if v4:
+            q = _put_be(msg, q, al & 0xFFFFFFFF, 4)
+            q = _put_be(msg, q, bl & 0xFFFFFFFF, 4)
+        else:
+            q = _put_be(msg, q, ah, 8)
+            q = _put_be(msg, q, al, 8)
+            q = _put_be(msg, q, bh, 8)
+            q = _put_be(msg, q, bl, 8)
+        msg[q] = proto & 0xFF
+        q += 2  # and a zero byte of padding
+        q = _put_be(msg, q, ap, 2)
+        q = _put_be(msg, q, bp, 2)
+        msg[q] = 0x80
+        _put_be(msg, 56, 8 * q, 8)
+        for t in range(16):
+            w[t] = (
+                (msg[4 * t] << 24) | (msg[4 * t + 1] << 16) | (msg[4 * t + 2] << 8) | msg[4 * t + 3]
+            )
+        for t in range(16, 80):
+            w[t] = _rotl(w[t - 3] ^ w[t - 8] ^ w[t - 14] ^ w[t - 16], 1)
+        a, b, c, d, e = 0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0
+        for t in range(20):
+            tmp = (_rotl(a, 5) + (d ^ (b & (c ^ d))) + e + 0x5A827999 + w[t]) & 0xFFFFFFFF
+            e, d, c, b, a = d, c, _rotl(b, 30), a, tmp
+        for t in range(20, 40):
+            tmp = (_rotl(a, 5) + (b ^ c ^ d) + e + 0x6ED9EBA1 + w[t]) & 0xFFFFFFFF
+            e, d, c, b, a = d, c, _rotl(b, 30), a, tmp
+        for t in range(40, 60):
+            tmp = (_rotl(a, 5) + ((b & c) | (d & (b | c))) + e + 0x8F1BBCDC + w[t]) & 0xFFFFFFFF
+            e, d, c, b, a = d, c, _rotl(b, 30), a, tmp
+        for t in range(60, 80):
+            tmp = (_rotl(a, 5) + (b ^ c ^ d) + e + 0xCA62C1D6 + w[t]) & 0xFFFFFFFF
+            e, d, c, b, a = d, c, _rotl(b, 30), a, tmp
+        _put_be(dig, 0, (0x67452301 + a) & 0xFFFFFFFF, 4)
+        _put_be(dig, 4, (0xEFCDAB89 + b) & 0xFFFFFFFF, 4)
+        _put_be(dig, 8, (0x98BADCFE + c) & 0xFFFFFFFF, 4)
+        _put_be(dig, 12, (0x10325476 + d) & 0xFFFFFFFF, 4)
+        _put_be(dig, 16, (0xC3D2E1F0 + e) & 0xFFFFFFFF, 4)
+        dig[20] = 0
+        for g in range(7):  # 3 bytes -> 4 characters; the last group has 2 bytes and a '='
+            v = (dig[3 * g] << 16) | (dig[3 * g + 1] << 8) | dig[3 * g + 2]
+            out[i, 4 * g] = _b64((v >> 18) & 63)
+            out[i, 4 * g + 1] = _b64((v >> 12) & 63)
+            out[i, 4 * g + 2] = _b64((v >> 6) & 63)
+            out[i, 4 * g + 3] = _b64(v & 63) if g < 6 else 61
+
+
+# -- the Host header of HTTP requests ----------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _lower_eq(b: int, c: int) -> bool:
+    """Byte b is c, or c's upper case when c is a lower-case ASCII letter."""
+    return b == c or (97 <= c <= 122 and b == c - 32)
+
+
+@kernel("u1[:] i8[:] i8[:] i8 i8 i8 i8[:] i8[:] -> none", nogil=True)
+def find_hosts(
+    data: Any,
+    off: Any,
+    cap: Any,
+    window: int,
+    name_max: int,
+    value_max: int,
+    name_off: Any,
+    name_len: Any,
+) -> None:
+    """The host of each request's Host header (`tcpwhy.tcp.server_names._host`, compiled):
+    the request's bytes are ``data[off[i]:off[i] + min(cap[i], window)]``; the first header
+    line ``\\r\\nHost:`` (any case) before the blank line that ends the headers gives the
+    value: blanks skipped, the line's end within `value_max` bytes, trailing blanks
+    dropped, a port cut at a single ':' unless the host is a bracketed IPv6 address.
+    Writes its absolute offset and length (0: none, or longer than `name_max`)."""
+    n = off.shape[0]
+    for i in range(n):
+        name_off[i] = 0
+        name_len[i] = 0
+        so = off[i]
+        se = so + min(cap[i], window)
+        # the first Host line, and the first blank line, each found at its newline
+        host_nl = -1
+        nl = so + 1
+        while nl < se:
+            if data[nl] == 10 and data[nl - 1] == 13:
+                if nl + 2 < se and data[nl + 1] == 13 and data[nl + 2] == 10:
+                    break  # the headers end before any Host line
+                if (
+                    nl + 5 < se
+                    and _lower_eq(data[nl + 1], 104)
+                    and _lower_eq(data[nl + 2], 111)
+                    and _lower_eq(data[nl + 3], 115)
+                    and _lower_eq(data[nl + 4], 116)
+                    and data[nl + 5] == 58
+                ):
+                    host_nl = nl
+                    break
+            nl += 1
+        if host_nl < 0:
+            continue
+        start = host_nl + 6  # the first byte after "Host:"
+        limit = min(se, start + value_max)
+        # the value: blanks skipped, up to the end of the line (which must come in time)
+        vstart = -1
+        eol = -1
+        p = start
+        while p < limit:
+            b = data[p]
+            if b == 13 or b == 10:
+                eol = p
+                break
+            if vstart < 0 and b != 32 and b != 9:
+                vstart = p
+            p += 1
+        if eol < 0:
+            if limit < start + value_max:  # the row's bytes ended: the line ends there
+                eol = limit
+            else:
+                continue  # no end of line within value_max bytes
+        if vstart < 0:
+            continue  # only blanks
+        vend = vstart
+        ncolon = 0
+        first_colon = -1
+        close_at = -1
+        for q in range(vstart, eol):
+            b = data[q]
+            if b != 32 and b != 9:
+                vend = q + 1
+            if b == 58:
+                ncolon += 1
+                if first_colon < 0:
+                    first_colon = q
+            elif b == 93 and close_at < 0:
+                close_at = q
+        lo = vstart
+        if data[vstart] == 91:  # '[': a bracketed IPv6 address, up to its ']'
+            if close_at >= 0:
+                lo = vstart + 1
+                vend = close_at
+        elif ncolon == 1:
+            vend = first_colon
+        ln = vend - lo
+        if 0 < ln <= name_max:
+            name_off[i] = lo
+            name_len[i] = ln
+
+
+@njit(cache=True, inline="always")
+def _byte(data: Any, off: int, cap: int, j: int) -> int:
+    """Byte j of a payload, 0 past its captured bytes."""
+    return int(data[off + j]) if j < cap else 0
+
+
+@kernel("u1[:] i8[:] i8[:] u1[:] i8[:] u1[:] -> none", nogil=True)
+def payload_kinds(data: Any, off: Any, cap: Any, words: Any, woff: Any, kind: Any) -> None:
+    """What each payload starts with (`tcpwhy.tcp.server_names.kinds`, compiled): 1 a TLS
+    ClientHello (record type 22, version 3.x, handshake type 1), 2 one of the `words` (an
+    HTTP method and its blank; ``words[woff[w]:woff[w + 1]]``, at most 16 bytes, no zero
+    byte), 0 neither."""
+    nw = woff.shape[0] - 1
+    for i in range(off.shape[0]):
+        o = off[i]
+        c = cap[i]
+        if (
+            _byte(data, o, c, 0) == 0x16
+            and _byte(data, o, c, 1) == 3
+            and _byte(data, o, c, 2) <= 4
+            and c > 5
+            and _byte(data, o, c, 5) == 1
+        ):
+            kind[i] = 1
+            continue
+        kind[i] = 0
+        for w in range(nw):
+            a = woff[w]
+            m = woff[w + 1] - a
+            if m > c:
+                continue
+            same = True
+            for j in range(m):
+                if data[o + j] != words[a + j]:
+                    same = False
+                    break
+            if same:
+                kind[i] = 2
+                break
