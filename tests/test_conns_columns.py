@@ -211,6 +211,7 @@ def test_concat_in_stream_order_is_concat_then_stream_order() -> None:
     assert len(empty) == 0 and len(order) == 0
 
 
+@pytest.mark.filterwarnings("ignore:more than 3 connections active at once:RuntimeWarning")
 @pytest.mark.parametrize("max_active", [3, 500_000])
 def test_batches_built_beside_are_the_batches_built_in_turn(
     zeek_corpus: Path, max_active: int
