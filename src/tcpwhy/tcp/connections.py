@@ -340,12 +340,12 @@ class ConnectionBuilder:
         self, t: PacketTable, streams: dict[str, npt.NDArray[Any]] | None = None
     ) -> list[ConnColumns]:
         """Process one chunk (capture order); returns batches of the connections it finished."""
-        return [b() for b in self.feed_batches(t, streams)]
+        return [b() for b in self.feed_jobs(t, streams)]
 
-    def feed_batches(
+    def feed_jobs(
         self, t: PacketTable, streams: dict[str, npt.NDArray[Any]] | None = None
-    ) -> list[Batch]:
-        """`feed_columns`, with the batches still to build (`Batch`)."""
+    ) -> list[BatchJob]:
+        """`feed_columns`, with the batches still to build (`BatchJob`)."""
         n = len(t)
         if n == 0:
             return []
@@ -354,7 +354,7 @@ class ConnectionBuilder:
         s = streams if streams is not None else self.tracker.feed(t)
         if self.icmp_counts is not None and self.tracker.icmp_out is not None:
             count_icmp(self.icmp_counts, t.icmp, self.tracker.icmp_out["stream"])
-        out: list[Batch] = []
+        out: list[BatchJob] = []
         conv = s["conv"]
         if conv.size and int(conv.max()) >= len(self.conv_slot):
             grown = np.full(max(int(conv.max()) + 1, 2 * len(self.conv_slot)), -1, np.int64)
@@ -464,7 +464,7 @@ class ConnectionBuilder:
     def _flush(
         self,
         done: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.uint8]]],
-    ) -> list[Batch]:
+    ) -> list[BatchJob]:
         """The rows emitted so far as one batch of records (and `done` emptied): batches of
         about `RECORD_ROWS`, as looking up the kept packets costs about the same for any size
         while the rows, columns and text of a batch are held at once."""
@@ -556,8 +556,8 @@ class ConnectionBuilder:
         would hold all their rows, columns and text at once)."""
         return (b() for b in self.finish_jobs())
 
-    def finish_jobs(self) -> Iterator[Batch]:
-        """`finish_batches`, with the batches still to build (`Batch`)."""
+    def finish_jobs(self) -> Iterator[BatchJob]:
+        """`finish_batches`, with the batches still to build (`BatchJob`)."""
         slots = self._active_slots()
         # stream order, as `ConnColumns.stream_order` gives (the sweep keeps the given order)
         order = np.lexsort((self.S[slots, z.F_START_TS], self.S[slots, z.F_STREAM]))
@@ -570,7 +570,7 @@ class ConnectionBuilder:
     def _active_slots(self) -> npt.NDArray[np.int64]:
         return np.flatnonzero(self.W[: self._cap, z.F_ACTIVE]).astype(np.int64)
 
-    def _sweep(self, now: int, *, force: bool, reason: int) -> list[Batch]:
+    def _sweep(self, now: int, *, force: bool, reason: int) -> list[BatchJob]:
         slots = self._active_slots()
         if not len(slots):
             return []
@@ -583,7 +583,7 @@ class ConnectionBuilder:
 
     def _sweep_slots(
         self, slots: npt.NDArray[np.int64], now: int, *, force: bool, reason: int
-    ) -> list[Batch]:
+    ) -> list[BatchJob]:
         OUT = np.empty((len(slots), z.NFIELDS), np.int64)
         OW = np.empty((len(slots), z.NFIELDS32), np.int32)
         OH = np.empty((len(slots), z.HIST_MAX), np.uint8)
@@ -674,8 +674,8 @@ class ConnectionBuilder:
     # -- records -------------------------------------------------------------------------
     def _records(
         self, OUT: npt.NDArray[np.int64], OW32: npt.NDArray[np.int32], OH: npt.NDArray[np.uint8]
-    ) -> list[Batch]:
-        """Emitted slot rows (S and W) as one batch of records to build (`Batch`). What the
+    ) -> list[BatchJob]:
+        """Emitted slot rows (S and W) as one batch of records to build (`BatchJob`). What the
         builder holds for these connections (their kept packets, their server names) is
         taken out here; the rest is the batch's own, so it may be built on another thread."""
         uids = OUT[:, z.F_UID]
@@ -689,7 +689,7 @@ class ConnectionBuilder:
         ]  # fmt: skip
 
 
-Batch = Callable[[], ConnColumns]
+BatchJob = Callable[[], ConnColumns]
 """A batch of records to build: the builder took what it holds for them, the rest needs no
 builder (`iter_connection_columns` builds them on a thread of their own)."""
 
@@ -989,7 +989,7 @@ def _built_beside(b: ConnectionBuilder, tables: Iterable[PacketTable]) -> Iterat
     pending: deque[Future[ConnColumns]] = deque()
     with ThreadPoolExecutor(1, thread_name_prefix="tcpwhy-records") as pool:
         for t in tables:
-            pending.extend(pool.submit(job) for job in b.feed_batches(t))
+            pending.extend(pool.submit(job) for job in b.feed_jobs(t))
             while pending and (len(pending) > _AHEAD or pending[0].done()):
                 yield pending.popleft().result()
         pending.extend(pool.submit(job) for job in b.finish_jobs())
