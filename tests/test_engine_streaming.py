@@ -120,3 +120,42 @@ def test_growing_columns_are_the_chunks_joined() -> None:
         assert out[k].dtype == want.dtype
         assert np.array_equal(out[k], want)
     assert np.array_equal(out["c"], np.arange(8))
+
+
+def test_a_flood_gives_up_per_stream_addresses_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After JUDGE_ROWS rows, a file with more streams than half its rows (one-packet
+    connections) keeps plain address columns from there on; the report is the same, and
+    the stream tracker's slot arrays got room for the whole file at once."""
+    path = str(LAB / "syn-flood.pcap")
+    small = functools.partial(reader.iter_tables, chunk_bytes=4096)
+    monkeypatch.setattr(engine, "iter_tables", small)
+    monkeypatch.setattr(engine, "JUDGE_ROWS", 1 << 40)
+    late = to_json(engine.diagnose_files([path]))
+    restored = {"n": 0}
+    restore = engine._Endpoints.restore
+
+    def counted(self: engine._Endpoints, rows: engine._Growing, tracked: engine._Growing) -> None:
+        restored["n"] += 1
+        restore(self, rows, tracked)
+
+    monkeypatch.setattr(engine._Endpoints, "restore", counted)
+    monkeypatch.setattr(engine, "JUDGE_ROWS", 64)
+    rooms: list[int] = []
+    from tcpwhy.tcp import streams
+
+    feed = streams.StreamTracker.feed
+
+    def watched(self: streams.StreamTracker, t: engine.PacketTable) -> dict:  # type: ignore[type-arg]
+        out = feed(self, t)
+        rooms.append(len(self.st_stream))
+        return out
+
+    monkeypatch.setattr(streams.StreamTracker, "feed", watched)
+    assert to_json(engine.diagnose_files([path])) == late
+    assert restored["n"] == 1
+    # room for the file's rows (estimated from its size) once the first chunk was read
+    assert len(set(rooms[1:])) == 1 and rooms[-1] >= rows_of(path)
+
+
+def rows_of(path: str) -> int:
+    return sum(len(t) for t in reader.iter_tables(path))

@@ -49,11 +49,12 @@ def group_firsts(inv: npt.NDArray[np.int64], n: int) -> npt.NDArray[np.int64]:
 
 
 def extend_filled(
-    a: npt.NDArray[Any], have: int, need: int, fill: Any, grow: float = 2.0
+    a: npt.NDArray[Any], have: int, need: int, fill: Any, grow: float = 2.0, room: int = 0
 ) -> npt.NDArray[Any]:
     """Rows `have` to `need` of a pool of per-connection state set to `fill`, the first
     `have` kept: in `a` while it has room, else in a new array with room for `grow` times
-    as many (a pool that its owner bounds grows by less).
+    as many (a pool that its owner bounds grows by less), or for `room` rows if that is
+    more (an owner that knows how many rows it may need: one array, never copied).
 
     Room is `numpy.empty`'s, address space until a row is first written, so only the rows
     in use are ever touched and each is copied about once as the pool grows. Pools grown by
@@ -62,7 +63,8 @@ def extend_filled(
     if need <= have:
         return a
     if need > a.shape[0]:
-        new = np.empty((max(need, int(grow * a.shape[0]), 1024), *a.shape[1:]), a.dtype)
+        rows = max(need, int(grow * a.shape[0]), room, 1024)
+        new = np.empty((rows, *a.shape[1:]), a.dtype)
         new[:have] = a[:have]
         a = new
     a[have:need] = fill

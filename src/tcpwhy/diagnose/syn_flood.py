@@ -106,7 +106,9 @@ def _group(*keys: npt.NDArray[Any]) -> tuple[I64, int]:
         for k, b in zip(varying, bits, strict=True):
             low = np.uint64(int(k.min()) & 0xFFFF_FFFF_FFFF_FFFF)
             packed = (packed << np.uint64(b)) | (k.astype(np.uint64) - low)
-        order = np.argsort(packed, kind="stable")
+        # any order of equal keys numbers them alike: numpy's default sort, three times
+        # quicker than a stable one on millions of addresses
+        order = np.argsort(packed)
         sk = packed[order]
         new[1:] = sk[1:] != sk[:-1]
     else:
@@ -151,7 +153,12 @@ def _top(
     firsts[inv[::-1]] = np.arange(len(inv))[::-1]
     if at is not None:
         firsts = at[firsts]
-    best = np.lexsort((np.arange(ng), -counts))[:n]
+    # groups are numbered in address order: the most frequent first, then the lowest group;
+    # only the groups that can be among the n are sorted (a flood has millions of sources)
+    cand = (
+        np.flatnonzero(counts >= -np.partition(-counts, n - 1)[n - 1]) if ng > n else np.arange(ng)
+    )
+    best = cand[np.argsort(-counts[cand], kind="stable")][:n]
     return [(_addr(int(hi[firsts[g]]), int(lo[firsts[g]])), int(counts[g])) for g in best]
 
 

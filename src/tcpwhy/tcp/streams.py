@@ -327,6 +327,9 @@ class StreamTracker:
         self._tab_val = np.full(1 << 12, _EMPTY, np.int64)
         self._meta = np.zeros(3, np.int64)  # entries (incl. forgotten), next new slot, free slots
         self._cap = 0
+        self.expect = 0
+        """Conversations the owner expects at most (0: unknown): the slot arrays get room
+        for that many at once, as address space (`extend_filled`), instead of growing."""
         self._slot_keys = np.zeros(0, np.int64)  # per slot: its entry in the table
         self._keys = np.zeros((0, 5), np.uint64)  # per slot: its conversation's key
         # slots forgotten, free for reuse (the first `_meta[2]` of them)
@@ -357,7 +360,7 @@ class StreamTracker:
             cap = max(need, self._cap + self._cap // 4, 1024)
 
             def grow(a: npt.NDArray[Any], fill: Any) -> npt.NDArray[Any]:
-                return extend_filled(a, self._cap, cap, fill)
+                return extend_filled(a, self._cap, cap, fill, room=self.expect)
 
             self.st_stream = grow(self.st_stream, -1)
             self.st_bset = grow(self.st_bset, False)
