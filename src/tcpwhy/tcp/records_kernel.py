@@ -19,7 +19,7 @@ COMMUNITY_ID_WIDTH = 28
 """Characters of a Community ID v1 hash (base64 of a SHA-1 digest), without the ``1:``."""
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _ult(x: int, y: int) -> bool:
     """x < y, both int64 read as unsigned 64 bits."""
     if (x < 0) != (y < 0):
@@ -27,12 +27,12 @@ def _ult(x: int, y: int) -> bool:
     return x < y
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _rotl(x: int, n: int) -> int:
     return ((x << n) | (x >> (32 - n))) & 0xFFFFFFFF
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _b64(v: int) -> int:
     if v < 26:
         return 65 + v
@@ -43,7 +43,9 @@ def _b64(v: int) -> int:
     return 43 if v == 62 else 47
 
 
-@njit(cache=True)
+# it only indexes the caller's array: without reference counting (an atomic increment and
+# decrement per call, twelve calls a hash)
+@njit(cache=True, _nrt=False)
 def _put_be(msg: Any, p: int, v: int, nbytes: int) -> int:
     for j in range(nbytes):
         msg[p + j] = (v >> (8 * (nbytes - 1 - j))) & 0xFF

@@ -592,7 +592,7 @@ def _state_machine(
     return do_close, gen
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _new_conn(
     S: Any,
     W: Any,
@@ -609,8 +609,11 @@ def _new_conn(
     t: Any,
     continued: Any,
 ) -> None:
-    S[s, :] = 0
-    W[s, :] = 0
+    # element by element: a row slice is an array view, which needs reference counting
+    for j in range(NFIELDS):
+        S[s, j] = 0
+    for j in range(NFIELDS32):
+        W[s, j] = 0
     W[s, F_ACTIVE] = 1
     S[s, F_UID] = uid
     S[s, F_STREAM] = stream
@@ -764,7 +767,7 @@ def _is_reuse(S: Any, W: Any, s: Any, d: Any, fl: Any, seq: Any) -> bool:
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _emit(
     S: Any,
     W: Any,
@@ -779,9 +782,12 @@ def _emit(
     nfree: Any,
 ) -> Any:
     W[s, F_REASON] = reason
-    OUT[k, :] = S[s, :]
-    OW[k, :] = W[s, :]
-    OH[k, :] = H[s, :]
+    for j in range(NFIELDS):
+        OUT[k, j] = S[s, j]
+    for j in range(NFIELDS32):
+        OW[k, j] = W[s, j]
+    for j in range(HIST_MAX):
+        OH[k, j] = H[s, j]
     W[s, F_ACTIVE] = 0
     free[nfree] = s
     return nfree + 1
