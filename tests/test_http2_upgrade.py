@@ -53,6 +53,14 @@ c.settimeout(5)
 if c.recv(4096):  # the client's preface and SETTINGS
     c.sendall(bytes.fromhex("000000040100000000"))  # SETTINGS ack
     c.sendall(bytes.fromhex("0000080700000000000000000100000000"))  # GOAWAY, last stream 1
+# read until the client closes: a close with unread data (the client's SETTINGS ack) resets
+# the connection and drops what is still unsent, the GOAWAY on a loaded machine
+c.shutdown(socket.SHUT_WR)
+try:
+    while c.recv(4096):
+        pass
+except OSError:
+    pass
 c.close()
 """
 
