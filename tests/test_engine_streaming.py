@@ -123,8 +123,8 @@ def test_growing_columns_are_the_chunks_joined() -> None:
 
 
 def test_a_flood_gives_up_per_stream_addresses_early(monkeypatch: pytest.MonkeyPatch) -> None:
-    """After JUDGE_ROWS rows, a file with more streams than half its rows (one-packet
-    connections) keeps plain address columns from there on; the report is the same, and
+    """After JUDGE_ROWS rows, a file of streams too short for per-stream addresses to pay
+    (`compact_pays`: a flood's) keeps plain address columns from there on; the report is the same, and
     the stream tracker's slot arrays got room for the whole file at once."""
     path = str(LAB / "syn-flood.pcap")
     small = functools.partial(reader.iter_tables, chunk_bytes=4096)

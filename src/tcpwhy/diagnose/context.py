@@ -204,9 +204,7 @@ class Capture:
         t, n = self.table, len(self.table)
         if not n or any(isinstance(t.cols[k], StreamColumn) for k in ADDRESS_COLUMNS):
             return False
-        if self.nstreams * COMPACT_RATIO > n:
-            # a flood's or a scan's one-packet connections: per stream is no smaller, and
-            # the rules' reads over millions of rows would each gather through the streams
+        if not compact_pays(self.nstreams, n):
             return False
         pdir = self._streams["dir"]
         first = self.order[self.starts]
@@ -783,6 +781,15 @@ _OWN_COLUMNS = {"rseq": "rel_seq", "rack": "rel_ack", "win": "win_scaled"}
 
 COMPACT_RATIO = 4
 """`Capture.compact_addresses` pays when a connection has this many packets on average."""
+
+
+def compact_pays(streams: int, rows: int) -> bool:
+    """Whether addresses held per stream pay for `rows` packets of `streams` streams: not for
+    a flood's or a scan's streams of a packet or two, where per stream is no smaller and every
+    read over millions of rows would gather through the streams."""
+    return streams * COMPACT_RATIO <= rows
+
+
 ADDRESS_COLUMNS = ("src_hi", "src_lo", "sport", "dst_hi", "dst_lo", "dport")
 PEER = {"src_hi": "dst_hi", "src_lo": "dst_lo", "sport": "dport"}
 PEER.update({v: k for k, v in PEER.items()})

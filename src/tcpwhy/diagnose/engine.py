@@ -329,7 +329,7 @@ def _read_tracked(
     Each chunk's rows go straight into whole-capture columns (`_Growing`), sized from the
     file's length: joining chunk copies at the end wrote every byte twice and held both
     at the peak (conns-heavy.pcap: 0.3 s and 190 MB of it)."""
-    from tcpwhy.diagnose.context import COMPACT_RATIO, narrow_streams
+    from tcpwhy.diagnose.context import compact_pays, narrow_streams
     from tcpwhy.tcp.streams import StreamTracker
 
     size = _plain_size(path) or None
@@ -346,14 +346,15 @@ def _read_tracked(
         got = narrow_streams(tracker.feed(s))
         if tracker.icmp_out is not None:
             icmp.append(tracker.icmp_out)
-        if ends is not None and rows.n >= JUDGE_ROWS and ends.n * COMPACT_RATIO > rows.n:
-            # a flood's or a scan's streams of a packet or two: per stream saves nothing
-            # (`place` would judge so at the end), and the checks and the expansion at the
-            # end cost a 3 M-SYN flood 0.8 s
+        # plain columns from here on: after JUDGE_ROWS rows when per stream will not pay (as
+        # `place` would judge at the end; checking each chunk and expanding at the end cost a
+        # 3 M-SYN flood 0.8 s), at ICMP rows, or at a chunk that does not compact
+        if ends is not None and (
+            (rows.n >= JUDGE_ROWS and not compact_pays(ends.n, rows.n))
+            or tracker.icmp_out is not None
+            or not ends.take(s, got)
+        ):
             ends.restore(rows, tracked)
-            ends = None
-        if ends is not None and (tracker.icmp_out is not None or not ends.take(s, got)):
-            ends.restore(rows, tracked)  # plain columns from here on
             ends = None
         if s.icmp is not None:
             icmp_rows.append((rows.n, s.icmp))
@@ -386,7 +387,7 @@ def _read_tracked(
         streams["icmp_stream"] = np.concatenate([x["stream"] for x in icmp])
         streams["icmp_dir"] = np.concatenate([x["dir"] for x in icmp])
     if ends is not None and len(table):
-        ends.place(table, streams, plain=ends.n * COMPACT_RATIO > len(table))
+        ends.place(table, streams, plain=not compact_pays(ends.n, len(table)))
     return table, streams
 
 
