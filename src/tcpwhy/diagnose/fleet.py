@@ -242,29 +242,28 @@ def _client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
         return
     import psutil
 
-    n = workers or 1
-    try:
-        with _local_client(n, LocalCluster, Client, psutil) as client:
-            yield client
-    except KeyboardInterrupt:
-        # interrupted while the cluster starts, Dask's own exit hook cannot close it: stop
-        # the worker processes this process started, by PID, and skip that hook
-        import atexit
-        import logging
+    with _local_client(workers or 1, LocalCluster, Client, psutil) as client:
+        yield client
 
-        from distributed.deploy import spec
 
-        # the nannies' start, cut short, fails in Dask's loop thread: its "Task exception
-        # was never retrieved" would follow the one line that says tcpwhy was interrupted
-        logging.getLogger("asyncio").disabled = True
+def _stop_workers(psutil: Any) -> None:
+    """Interrupted while the cluster starts: Dask's own exit hook cannot close it, so the
+    worker processes this process started are stopped by PID and that hook is skipped."""
+    import atexit
+    import logging
 
-        kids = [k for k in psutil.Process().children(recursive=True) if k.pid != _tracker_pid()]
-        for k in kids:
-            with suppress(psutil.NoSuchProcess):
-                k.kill()
-        psutil.wait_procs(kids, timeout=10)
-        atexit.unregister(spec.close_clusters)
-        raise
+    from distributed.deploy import spec
+
+    # the nannies' start, cut short, fails in Dask's loop thread: its "Task exception
+    # was never retrieved" would follow the one line that says tcpwhy was interrupted
+    logging.getLogger("asyncio").disabled = True
+
+    kids = [k for k in psutil.Process().children(recursive=True) if k.pid != _tracker_pid()]
+    for k in kids:
+        with suppress(psutil.NoSuchProcess):
+            k.kill()
+    psutil.wait_procs(kids, timeout=10)
+    atexit.unregister(spec.close_clusters)
 
 
 def _tracker_pid() -> int | None:
@@ -297,6 +296,12 @@ def _local_client(n: int, LocalCluster: Any, Client: Any, psutil: Any) -> Iterat
     try:
         with _cluster(n, LocalCluster, Client, psutil, runner.loop) as client:
             yield client
+    except KeyboardInterrupt:
+        # before the loop stops: stopping it ends the nannies' start, which frees the queues
+        # a worker still starting is unpickling, and that worker then prints a traceback
+        # (FileNotFoundError for the queue's semaphore) after tcpwhy's one line
+        _stop_workers(psutil)
+        raise
     finally:
         runner.stop()
 

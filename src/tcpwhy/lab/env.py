@@ -371,6 +371,18 @@ class Lab:
                 return rows
             time.sleep(0.02)
 
+    def expect_state(
+        self, side: str, state: str, reason: str, timeout: float = 5.0, port: int | None = None
+    ) -> list[SockRow]:
+        """`wait_state`, failing with `reason`: what ss shows on both sides then goes into the
+        story first, since a state that never came is explained by the one the socket is in."""
+        rows = self.wait_state(side, state, timeout=timeout, port=port)
+        if not rows:
+            for s in ("client", "server"):
+                self.ss(s, f"waiting for {state} on {side}", port=port)
+        self.expect(rows, reason)
+        return rows
+
     def expect(self, cond: object, reason: str) -> None:
         if not cond:
             self.say("lab", f"NOT AS DESIGNED: {reason}")

@@ -135,7 +135,7 @@ def abortive_close(lab: Lab) -> None:
     c, s = pair(lab, listener)
     c.sendall(b"POST /upload\n" + b"x" * 1000)
     lab.say("client", "sent a request with a 1000-byte body")
-    lab.expect(lab.wait_state("server", "ESTAB"), "no server socket")
+    lab.expect_state("server", "ESTAB", "no server socket")
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline:
         rows = [r for r in lab.wait_state("server", "ESTAB") if r.recv_q > 0]
@@ -229,8 +229,8 @@ def simultaneous_close(lab: Lab) -> None:
         [r.state for r in cl] == ["CLOSING"] and [r.state for r in sv] == ["CLOSING"],
         "both sockets in CLOSING",
     )
-    lab.expect(lab.wait_state("client", "TIME-WAIT", timeout=2), "client never reached TIME-WAIT")
-    lab.expect(lab.wait_state("server", "TIME-WAIT", timeout=2), "server never reached TIME-WAIT")
+    lab.expect_state("client", "TIME-WAIT", "client never reached TIME-WAIT", timeout=2)
+    lab.expect_state("server", "TIME-WAIT", "server never reached TIME-WAIT", timeout=2)
     cl = lab.ss("client", "after the ACKs")
     sv = lab.ss("server", "after the ACKs")
     lab.check(
@@ -425,7 +425,7 @@ def time_wait_reuse(lab: Lab) -> None:
     outcome, _ = recv_outcome(c1)
     c1.close()
     lab.say("client", f"read → {outcome}; close()")
-    lab.expect(lab.wait_state("server", "TIME-WAIT", timeout=2), "server never reached TIME-WAIT")
+    lab.expect_state("server", "TIME-WAIT", "server never reached TIME-WAIT", timeout=2)
     time.sleep(0.05)
     sv = lab.ss("server", "before the second SYN")
     cl = lab.ss("client", "before the second SYN")
@@ -452,7 +452,7 @@ def time_wait_reuse(lab: Lab) -> None:
     outcome, _ = recv_outcome(s2)
     s2.close()
     lab.say("server", f"read → {outcome}; close()")
-    lab.expect(lab.wait_state("client", "TIME-WAIT", timeout=2), "client never reached TIME-WAIT")
+    lab.expect_state("client", "TIME-WAIT", "client never reached TIME-WAIT", timeout=2)
     time.sleep(0.05)
     cl = lab.ss("client", "after the client closed first")
     lab.check(_rows_for(cl, cport) == ["TIME-WAIT"], "the client holds the TIME-WAIT now")
@@ -468,7 +468,7 @@ def time_wait_reuse(lab: Lab) -> None:
     recv_outcome(s3)
     s3.close()
     lab.say("client", "close() first again; the server closes too")
-    lab.expect(lab.wait_state("client", "TIME-WAIT", timeout=2), "client never reached TIME-WAIT")
+    lab.expect_state("client", "TIME-WAIT", "client never reached TIME-WAIT", timeout=2)
 
     # C: unbound connect()s whose only ephemeral port is in TIME-WAIT: tcp_tw_reuse. (A port
     # bound by bind() is never shared with connect()'s port choice, so C has its own port.)

@@ -87,8 +87,8 @@ def clean(lab: Lab) -> None:
         pool.connections == 2, "two connections, the second reused for every keep-alive request"
     )
     pool.close()
-    lab.expect(lab.wait_state("client", "TIME-WAIT", timeout=2), "client never reached TIME-WAIT")
-    lab.expect(lab.wait_state("server", "TIME-WAIT", timeout=2), "server never reached TIME-WAIT")
+    lab.expect_state("client", "TIME-WAIT", "client never reached TIME-WAIT", timeout=2)
+    lab.expect_state("server", "TIME-WAIT", "server never reached TIME-WAIT", timeout=2)
     time.sleep(0.1)
     lab.ss("client", "after both connections ended")
     lab.ss("server", "after both connections ended")

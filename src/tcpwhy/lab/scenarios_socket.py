@@ -235,7 +235,7 @@ def ephemeral_overlap(lab: Lab) -> None:
     outcome, _ = recv_outcome(out)
     out.close()
     lab.say("server", f"read → {outcome}; close()")
-    lab.expect(lab.wait_state("client", "TIME-WAIT", port=bport), "backend never in TIME-WAIT")
+    lab.expect_state("client", "TIME-WAIT", "backend never in TIME-WAIT", port=bport)
     time.sleep(0.05)
     lab.check(
         not [r for r in lab.ss("server", "after the backend closed") if r.local_port == port],
@@ -280,7 +280,7 @@ def ephemeral_overlap(lab: Lab) -> None:
     recv_outcome(peer)
     peer.close()
     lab.say("server", "the outgoing connection close()s first")
-    lab.expect(lab.wait_state("server", "TIME-WAIT", port=other), f"no TIME-WAIT on :{other}")
+    lab.expect_state("server", "TIME-WAIT", f"no TIME-WAIT on :{other}", port=other)
     time.sleep(0.05)
     lab.ss("server", "after the outgoing connection closed", port=other)
     res = _bind(lab, other, reuseaddr=True)
