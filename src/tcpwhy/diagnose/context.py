@@ -101,6 +101,69 @@ class Endpoints(NamedTuple):
     server_port: npt.NDArray[np.int64]
 
 
+def _seq_bases(
+    table: PacketTable,
+    stream: npt.NDArray[np.int64],
+    pdir: npt.NDArray[np.int8],
+    rel_seq: npt.NDArray[np.uint32] | None,
+    rel_ack: npt.NDArray[np.uint32] | None,
+) -> npt.NDArray[np.uint32]:
+    """Per stream and direction (the tracker's `dir`), the base its relative numbers count
+    from: `tcpwhy.tcp.streams` sets it once in a stream (its first packet that way, or an
+    ACK from the other way) and a reused port starts a new stream, so every row of a stream
+    and direction gives the same base. Scattered a block at a time (no capture-sized
+    temporaries)."""
+    ns = int(stream.max()) + 1 if len(stream) else 0
+    base = np.zeros((ns, 2), np.uint32)
+    if rel_seq is None or rel_ack is None:
+        return base
+    seq, ack, flags = table["seq"], table["ack"], table["flags"]
+    for lo in range(0, len(stream), _COUNT_ROWS):
+        sl = slice(lo, lo + _COUNT_ROWS)
+        s, d = stream[sl], pdir[sl]
+        has_ack = (flags[sl] & ACK) != 0
+        base[s[has_ack], 1 - d[has_ack]] = (ack[sl] - rel_ack[sl])[has_ack]
+        base[s, d] = seq[sl] - rel_seq[sl]
+    return base
+
+
+_COUNT_ROWS = 1 << 20
+"""Rows counted at once by `_side_counts` (at least: a block has four rows per count)."""
+
+
+def _side_counts(
+    flags: npt.NDArray[Any],
+    plen: npt.NDArray[Any],
+    stream: npt.NDArray[np.int64],
+    side: npt.NDArray[np.int8],
+    nstreams: int,
+) -> tuple[npt.NDArray[Any], ...]:
+    """Per stream and side: packets, SYNs, SYN-ACKs, FINs, resets, data segments (int32: a
+    count never exceeds the packets, and a flood has millions of streams) and payload bytes.
+
+    Counted a block of rows at a time: each count of the whole capture at once made
+    capture-sized temporaries (the stream-and-side key and its masked copies, 70 MB at 4 M
+    packets, the highest memory of `analyze` on short connections). A block is at least
+    four times the counts, so that a flood's many streams do not make many blocks."""
+    size = 2 * nstreams
+    out = [np.zeros(size, np.int32) for _ in range(6)]
+    total = np.zeros(size, np.float64)
+    step = max(_COUNT_ROWS, 4 * size)
+    for lo in range(0, len(flags), step):
+        sl = slice(lo, lo + step)
+        key = stream[sl] * 2
+        key += side[sl]
+        f, p = flags[sl], plen[sl]
+        kind = f & (SYN | ACK | RST)
+        rst = (f & RST) != 0
+        masks = (None, kind == SYN, kind == (SYN | ACK), (f & (FIN | RST)) == FIN, rst)
+        for acc, mask in zip(out, (*masks, (p > 0) & ~rst), strict=True):
+            got = np.bincount(key if mask is None else key[mask], minlength=size)
+            np.add(acc, got, out=acc, casting="unsafe")
+        total += np.bincount(key, weights=p, minlength=size)
+    return (*(c.reshape(-1, 2) for c in out), total.reshape(-1, 2))
+
+
 class Capture:
     """One capture (or several rotated files joined in time order) with its streams."""
 
@@ -131,10 +194,14 @@ class Capture:
         self.reused: npt.NDArray[np.bool_] = st.get("reused", np.zeros(0, np.bool_))
         self.conv: npt.NDArray[np.int32] = st.get("conv", np.zeros(0, np.int32))
         self.win_scaled: npt.NDArray[np.int32] = st.get("win_scaled", np.zeros(0, np.int32))
-        self.rel_seq: npt.NDArray[np.uint32] = st.get("rel_seq", np.zeros(0, np.uint32))
-        self.rel_ack: npt.NDArray[np.uint32] = st.get("rel_ack", np.zeros(0, np.uint32))
         pdir = st.get("dir", np.zeros(0, np.int8))
         self.nstreams = int(self.stream.max()) + 1 if n else 0
+        # relative numbers kept as each stream's two bases, not a number a packet each: the
+        # rules read them of a few connections' rows (33 MB at 4 M packets)
+        self._seq_base = _seq_bases(
+            table, self.stream, pdir, st.pop("rel_seq", None), st.pop("rel_ack", None)
+        )
+        self._pdir = pdir
         self.stream_numbers = (
             stream_numbers if stream_numbers is not None else np.arange(self.nstreams)
         )
@@ -151,7 +218,6 @@ class Capture:
         self.ends = bounds[1:]
 
         flags = table["flags"]  # its own narrow type: a whole capture's column
-        kind = flags & (SYN | ACK | RST)
         first = self.order[self.starts] if self.nstreams else np.zeros(0, np.int64)
         orig = client_dirs(
             flags,
@@ -165,23 +231,15 @@ class Capture:
         self.orig_dir = orig  # a side (0/1) per stream: a byte, not eight
         self.side = (pdir != orig[self.stream]).astype(np.int8) if n else np.zeros(0, np.int8)
 
-        key = self.stream * 2 + self.side
-        size = 2 * self.nstreams
-
-        # per-stream counts as int32 (a count never exceeds the packets): a flood has
-        # millions of streams, and six int64 count pairs per stream were 270 MB of them
-        def count(mask: npt.NDArray[np.bool_] | None = None) -> npt.NDArray[np.int32]:
-            k = key if mask is None else key[mask]
-            return np.bincount(k, minlength=size).astype(np.int32).reshape(-1, 2)
-
-        plen = table["payload_len"]
-        self.n_pkts = count()
-        self.n_syn = count(kind == SYN)
-        self.n_synack = count(kind == (SYN | ACK))
-        self.n_fin = count((flags & (FIN | RST)) == FIN)
-        self.n_rst = count((flags & RST) != 0)
-        self.n_data = count((plen > 0) & ((flags & RST) == 0))
-        self.bytes = np.bincount(key, weights=plen, minlength=size).reshape(-1, 2)
+        (
+            self.n_pkts,
+            self.n_syn,
+            self.n_synack,
+            self.n_fin,
+            self.n_rst,
+            self.n_data,
+            self.bytes,
+        ) = _side_counts(flags, table["payload_len"], self.stream, self.side, self.nstreams)
         ts = table["ts_ns"]
         self.first_ns = ts[self.order[self.starts]] if self.nstreams else np.zeros(0, np.int64)
         self.last_ns = ts[self.order[self.ends - 1]] if self.nstreams else np.zeros(0, np.int64)
@@ -191,7 +249,6 @@ class Capture:
         np.minimum.at(self.first_fin_ns, (self.stream[fm], self.side[fm]), ts[fm])
         self._conns: dict[int, Conn] = {}
         self._conn_rows = 0
-        self._flag_cache: dict[str, npt.NDArray[np.bool_]] = {}
         self.icmp = icmp_join.IcmpRows(self, table.icmp, icmp_sid, icmp_dir)
         """The ICMP errors about TCP, joined to the streams (`tcpwhy.diagnose.icmp`)."""
 
@@ -287,15 +344,29 @@ class Capture:
             bits[sel] = analyzer.feed(part, got).bits
         return bits
 
+    def rel_seq(self, rows: npt.NDArray[Any]) -> npt.NDArray[np.uint32]:
+        """Rows' sequence numbers relative to their direction's base (Wireshark's tcp.seq,
+        `tcpwhy.tcp.streams`)."""
+        base = self._seq_base[self.stream[rows], self._pdir[rows]]
+        return cast(npt.NDArray[np.uint32], self.table["seq"][rows] - base)
+
+    def rel_ack(self, rows: npt.NDArray[Any]) -> npt.NDArray[np.uint32]:
+        """Rows' acknowledgement numbers relative to the other direction's base, 0 on a
+        segment without ACK (Wireshark's tcp.ack)."""
+        base = self._seq_base[self.stream[rows], 1 - self._pdir[rows]]
+        got = self.table["ack"][rows] - base
+        return cast(
+            npt.NDArray[np.uint32], np.where((self.table["flags"][rows] & ACK) != 0, got, 0)
+        )
+
     def flag(self, name: str) -> npt.NDArray[np.bool_]:
         """Per row: one of Wireshark's analysis flags (`tcpwhy.tcp.analysis.FLAGS`), e.g.
         `keep_alive` (0/1-byte segments at next seq - 1, also how Linux sends zero-window
         probes) or `zero_window`."""
-        got = self._flag_cache.get(name)
-        if got is None:
-            k = ANALYSIS_FLAGS.index(name)
-            got = self._flag_cache[name] = (self._analysis_bits & (1 << k)) != 0
-        return got
+        # made at each call, not kept: a few rules ask, once each, and a mask kept per flag
+        # was a byte a packet each (25 MB at 4 M packets); a connection's own rows are read
+        # from the bits (`Conn.flag`)
+        return (self._analysis_bits & (1 << ANALYSIS_FLAGS.index(name))) != 0
 
     def conn(self, sid: int) -> Conn:
         """The `Conn` view of a stream. The views used last are kept, up to CONN_CACHE_ROWS
@@ -472,12 +543,12 @@ class Conn:
 
     @cached_property
     def rseq(self) -> list[int]:
-        got: list[int] = self.cap.rel_seq[self.rows].tolist()
+        got: list[int] = self.cap.rel_seq(self.rows).tolist()
         return got
 
     @cached_property
     def rack(self) -> list[int]:
-        got: list[int] = self.cap.rel_ack[self.rows].tolist()
+        got: list[int] = self.cap.rel_ack(self.rows).tolist()
         return got
 
     def at(self, name: str, i: int) -> int:
@@ -490,9 +561,12 @@ class Conn:
         row = self.rows[i]
         if name == "side":
             return int(self.cap.side[row])
-        own = _OWN_COLUMNS.get(name)
-        if own is not None:
-            return int(getattr(self.cap, own)[row])
+        if name == "rseq":
+            return int(self.cap.rel_seq(self.rows[i : i + 1])[0])
+        if name == "rack":
+            return int(self.cap.rel_ack(self.rows[i : i + 1])[0])
+        if name == "win":
+            return int(self.cap.win_scaled[row])
         return int(self.cap.table[_LIST_COLUMNS[name]][row])
 
     # -- simple facts ---------------------------------------------------------------
@@ -756,7 +830,8 @@ class Conn:
         """Per local row: one of Wireshark's analysis flags (see `Capture.flag`)."""
         got: list[bool] | None = self.cache.get(name)
         if got is None:
-            got = self.cache[name] = self.cap.flag(name)[self.rows].tolist()
+            bit = 1 << ANALYSIS_FLAGS.index(name)
+            got = self.cache[name] = ((self.cap._analysis_bits[self.rows] & bit) != 0).tolist()
         return got
 
     def payload(self, i: int, limit: int = 2048) -> bytes:
@@ -776,8 +851,6 @@ _LIST_COLUMNS = {
     "frame": "frame",
 }
 """`Conn.at`'s names of the table's columns."""
-_OWN_COLUMNS = {"rseq": "rel_seq", "rack": "rel_ack", "win": "win_scaled"}
-"""`Conn.at`'s names of the capture's per-row columns (`Capture.rel_seq` …)."""
 
 COMPACT_RATIO = 4
 """`Capture.compact_addresses` pays when a connection has this many packets on average."""

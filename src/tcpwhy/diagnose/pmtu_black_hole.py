@@ -75,11 +75,11 @@ def at_sender(c: Conn, x: int) -> dict[str, Any] | None:
     capture of long flows has thousands."""
     y = 1 - x
     side, flags = c._np_side, c._np_flags
-    acks = c.cap.rel_ack[c.rows][(side == y) & ((flags & ACK) != 0)].astype(np.int64)
+    acks = c.cap.rel_ack(c.rows)[(side == y) & ((flags & ACK) != 0)].astype(np.int64)
     if not len(acks):
         return None
     top = _seq_top(acks)
-    plen, rseq = c._np_plen, c.cap.rel_seq[c.rows].astype(np.int64)
+    plen, rseq = c._np_plen, c.cap.rel_seq(c.rows).astype(np.int64)
     data = c._np_data & (side == x)
     beyond = seq_gt(seq_add(rseq, plen), top)
     stuck = np.flatnonzero(data & beyond)

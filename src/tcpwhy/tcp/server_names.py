@@ -533,19 +533,16 @@ def server_names(
     """The name each stream's client gave its server (see the module docstring).
     `client`: per row, whether it was sent by the stream's client (originator)."""
     n = len(table)
-    stream = np.asarray(stream, np.int64)
     ns = nstreams if nstreams is not None else (int(stream.max()) + 1 if n else 0)
     code = np.zeros(ns, np.int64)
     if not n or not table.has_payload():
         return Names([b""], code)
-    data = np.flatnonzero((table["payload_len"] > 0) & ((table["flags"] & RST) == 0) & client)
-    if not len(data):
+    head = _first_client_payloads(table, stream, client, ns)
+    sids = np.flatnonzero(head >= 0)
+    if not len(sids):
         return Names([b""], code)
-    st = stream[data]
-    _, idx = np.unique(st, return_index=True)
-    sids = st[idx]
     # each stream's first client payload, its bytes gathered (wherever the table keeps them)
-    first = table.rows(data[idx], ("payload_len",))
+    first = table.rows(head[sids], ("payload_len",))
     rows = np.arange(len(first), dtype=np.int64)
     if not first.data.size:
         return Names([b""], code)
@@ -556,9 +553,9 @@ def server_names(
     part = partial_hellos(first, rows, name_len)
     if part.any():
         hellos = Hellos()
-        hellos.start(table, data[idx][part], sids[part])
-        later = np.isin(st, sids[part])
-        done, late = hellos.feed(table, data[later], st[later])
+        hellos.start(table, head[sids[part]], sids[part])
+        later = _client_payloads_of(table, stream, client, sids[part])
+        done, late = hellos.feed(table, later, np.asarray(stream[later], np.int64))
         index = {w: i for i, w in enumerate(words)}
         for sid, name in zip(done.tolist(), late, strict=True):
             if name:
@@ -566,6 +563,47 @@ def server_names(
                 if code[sid] == len(words):
                     words.append(name)
     return Names(words, code)
+
+
+_CHUNK = 1 << 20
+"""Rows scanned at once for client payloads: a whole-table scan made several temporaries
+of a row each (64 MB at 4 M packets, `analyze`'s highest memory)."""
+
+
+def _client_payloads(
+    table: PacketTable, client: npt.NDArray[np.bool_], lo: int, hi: int
+) -> npt.NDArray[np.int64]:
+    """Rows lo..hi that carry client payload (not a reset's)."""
+    sl = slice(lo, hi)
+    mask = (table["payload_len"][sl] > 0) & ((table["flags"][sl] & RST) == 0) & client[sl]
+    return np.flatnonzero(mask) + lo
+
+
+def _first_client_payloads(
+    table: PacketTable, stream: npt.NDArray[np.integer], client: npt.NDArray[np.bool_], ns: int
+) -> I64:
+    """Per stream, the row of its first client payload, or -1."""
+    head = np.full(ns, -1, np.int64)
+    for lo in range(0, len(table), _CHUNK):
+        rows = _client_payloads(table, client, lo, lo + _CHUNK)
+        st, idx = np.unique(stream[rows], return_index=True)
+        new = head[st] < 0
+        head[st[new]] = rows[idx[new]]
+    return head
+
+
+def _client_payloads_of(
+    table: PacketTable,
+    stream: npt.NDArray[np.integer],
+    client: npt.NDArray[np.bool_],
+    sids: I64,
+) -> I64:
+    """The client payload rows of streams `sids`, in row order."""
+    got = []
+    for lo in range(0, len(table), _CHUNK):
+        rows = _client_payloads(table, client, lo, lo + _CHUNK)
+        got.append(rows[np.isin(stream[rows], sids)])
+    return np.concatenate(got) if got else np.zeros(0, np.int64)
 
 
 def client_rows(

@@ -1,0 +1,56 @@
+"""`Capture` keeps each stream's two sequence bases instead of a relative number per packet:
+the numbers it gives back must be the stream tracker's, row for row, on real captures
+(handshakes, port reuse, captures that start mid-connection, ICMP-opened streams, and the
+malformed ones of tcpdump's tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tcpwhy.capture import read_table
+from tcpwhy.diagnose.context import Capture
+from tcpwhy.errors import TcpwhyError
+from tcpwhy.tcp.streams import StreamTracker
+
+LAB = Path(__file__).resolve().parents[1] / "src" / "tcpwhy" / "data" / "lab"
+
+
+def _check(path: Path) -> int:
+    """Rows compared (0 when the file is not a capture tcpwhy reads)."""
+    try:
+        table = read_table(str(path))
+    except TcpwhyError:
+        return 0
+    if not len(table):
+        return 0
+    want = StreamTracker().feed(table)
+    cap = Capture(table, np.zeros(len(table), np.int16), [str(path)])
+    rows = np.arange(len(table))
+    assert np.array_equal(cap.rel_seq(rows), want["rel_seq"]), path.name
+    assert np.array_equal(cap.rel_ack(rows), want["rel_ack"]), path.name
+    # one row at a time, as a rule's `Conn.at` reads it
+    for r in rows[:: max(1, len(rows) // 50)]:
+        assert cap.rel_seq(rows[r : r + 1])[0] == want["rel_seq"][r], (path.name, r)
+    return len(rows)
+
+
+def test_lab_captures() -> None:
+    files = sorted(LAB.glob("*.pcap"))
+    assert len(files) >= 10
+    assert sum(_check(p) for p in files) > 1000
+
+
+@pytest.mark.corpus
+def test_zeek_traces(zeek_corpus: Path) -> None:
+    files = sorted(p for p in zeek_corpus.iterdir() if p.suffix in (".pcap", ".pcapng"))
+    assert sum(_check(p) for p in files) > 10_000
+
+
+@pytest.mark.corpus
+def test_tcpdump_tests_captures(tcpdump_corpus: Path) -> None:
+    files = sorted(p for p in tcpdump_corpus.rglob("*") if p.suffix in (".pcap", ".pcapng"))
+    assert len(files) >= 500
+    assert sum(_check(p) > 0 for p in files) >= 100
