@@ -1,5 +1,6 @@
-"""`Capture` keeps each stream's two sequence bases instead of a relative number per packet:
-the numbers it gives back must be the stream tracker's, row for row, on real captures
+"""`Capture` keeps each stream's two sequence bases instead of a relative number per packet,
+and each stream's conversation instead of each packet's: what it gives back must be the
+stream tracker's, row for row, on real captures
 (handshakes, port reuse, captures that start mid-connection, ICMP-opened streams, and the
 malformed ones of tcpdump's tests)."""
 
@@ -31,6 +32,8 @@ def _check(path: Path) -> int:
     rows = np.arange(len(table))
     assert np.array_equal(cap.rel_seq(rows), want["rel_seq"]), path.name
     assert np.array_equal(cap.rel_ack(rows), want["rel_ack"]), path.name
+    # a stream is one conversation's: its conversation is kept once
+    assert np.array_equal(cap.stream_conv[cap.stream], want["conv"]), path.name
     # one row at a time, as a rule's `Conn.at` reads it
     for r in rows[:: max(1, len(rows) // 50)]:
         assert cap.rel_seq(rows[r : r + 1])[0] == want["rel_seq"][r], (path.name, r)

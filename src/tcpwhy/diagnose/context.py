@@ -101,30 +101,67 @@ class Endpoints(NamedTuple):
     server_port: npt.NDArray[np.int64]
 
 
-def _seq_bases(
-    table: PacketTable,
-    stream: npt.NDArray[np.int64],
-    pdir: npt.NDArray[np.int8],
-    rel_seq: npt.NDArray[np.uint32] | None,
-    rel_ack: npt.NDArray[np.uint32] | None,
-) -> npt.NDArray[np.uint32]:
-    """Per stream and direction (the tracker's `dir`), the base its relative numbers count
-    from: `tcpwhy.tcp.streams` sets it once in a stream (its first packet that way, or an
-    ACK from the other way) and a reused port starts a new stream, so every row of a stream
-    and direction gives the same base. Scattered a block at a time (no capture-sized
-    temporaries)."""
-    ns = int(stream.max()) + 1 if len(stream) else 0
-    base = np.zeros((ns, 2), np.uint32)
-    if rel_seq is None or rel_ack is None:
-        return base
-    seq, ack, flags = table["seq"], table["ack"], table["flags"]
-    for lo in range(0, len(stream), _COUNT_ROWS):
-        sl = slice(lo, lo + _COUNT_ROWS)
-        s, d = stream[sl], pdir[sl]
-        has_ack = (flags[sl] & ACK) != 0
-        base[s[has_ack], 1 - d[has_ack]] = (ack[sl] - rel_ack[sl])[has_ack]
-        base[s, d] = seq[sl] - rel_seq[sl]
-    return base
+class StreamConstants:
+    """What the stream tracker writes on every row of a stream though it is the same on all
+    of them, held once per stream: the two bases its relative numbers count from (by the
+    tracker's `dir`) and its conversation. `tcpwhy.tcp.streams` sets a base once in a stream
+    (its first packet that way, or an ACK from the other way) and a reused port starts a new
+    stream, so every row of a stream and direction gives the same base. Per row they were
+    50 MB at 4 M packets; `take` drops them from a chunk's columns as the engine reads."""
+
+    PER_ROW = ("rel_seq", "rel_ack", "conv")
+
+    def __init__(self) -> None:
+        self.base = np.zeros((0, 2), np.uint32)
+        self.conv = np.zeros(0, np.int32)
+
+    def take(self, table: PacketTable, got: dict[str, npt.NDArray[Any]]) -> None:
+        """Pop the per-row columns out of `got` (the tracker's columns of `table`'s rows)
+        into the per-stream ones, a block of rows at a time (no capture-sized temporaries)."""
+        rel_seq, rel_ack, conv = (got.pop(k, None) for k in self.PER_ROW)
+        stream, pdir = got.get("stream"), got.get("dir")
+        if rel_seq is None or rel_ack is None or conv is None or stream is None or pdir is None:
+            return
+        if not len(stream):
+            return
+        top = int(stream.max()) + 1
+        if top > len(self.conv):  # grown by at least half: a chunk at a time
+            room = max(top, len(self.conv) * 3 // 2)
+            self.base = np.concatenate([self.base, np.zeros((room - len(self.base), 2), np.uint32)])
+            self.conv = np.concatenate([self.conv, np.zeros(room - len(self.conv), np.int32)])
+        seq, ack, flags = table["seq"], table["ack"], table["flags"]
+        for lo in range(0, len(stream), _COUNT_ROWS):
+            sl = slice(lo, lo + _COUNT_ROWS)
+            s, d = stream[sl], pdir[sl]
+            has_ack = (flags[sl] & ACK) != 0
+            self.base[s[has_ack], 1 - d[has_ack]] = (ack[sl] - rel_ack[sl])[has_ack]
+            self.base[s, d] = seq[sl] - rel_seq[sl]
+            self.conv[s] = conv[sl]
+
+    def columns(self, nstreams: int) -> dict[str, npt.NDArray[Any]]:
+        """The per-stream columns of streams 0..nstreams-1, as `Capture` takes them beside
+        the per-row ones."""
+        pad = max(0, nstreams - len(self.conv))
+        return {
+            "seq_base": np.concatenate([self.base, np.zeros((pad, 2), np.uint32)])[:nstreams],
+            "stream_conv": np.concatenate([self.conv, np.zeros(pad, np.int32)])[:nstreams],
+        }
+
+
+def _renumbered(
+    raw: npt.NDArray[np.int64],
+    dense: npt.NDArray[np.int64],
+    nstreams: int,
+    *per_stream: npt.NDArray[Any],
+) -> tuple[npt.NDArray[Any], ...]:
+    """Per-stream columns of the tracker's stream ids (`raw`, per row) by the dense ids the
+    same rows have now (`dense`)."""
+    out = [np.zeros((nstreams, *a.shape[1:]), a.dtype) for a in per_stream]
+    for lo in range(0, len(raw), _COUNT_ROWS):
+        r, d = raw[lo : lo + _COUNT_ROWS], dense[lo : lo + _COUNT_ROWS]
+        for o, a in zip(out, per_stream, strict=True):
+            o[d] = a[r]
+    return tuple(out)
 
 
 _COUNT_ROWS = 1 << 20
@@ -188,19 +225,25 @@ class Capture:
         # ICMP errors about TCP: a stream opened by an error alone has no TCP row here
         icmp_stream = st.pop("icmp_stream", np.zeros(0, np.int64))
         icmp_dir = st.pop("icmp_dir", np.zeros(0, np.int8))
+        raw = self.stream
         self.stream, stream_numbers, icmp_sid = icmp_join.dense_streams(
-            self.stream, stream_numbers, icmp_stream
+            raw, stream_numbers, icmp_stream
         )
         self.reused: npt.NDArray[np.bool_] = st.get("reused", np.zeros(0, np.bool_))
-        self.conv: npt.NDArray[np.int32] = st.get("conv", np.zeros(0, np.int32))
         self.win_scaled: npt.NDArray[np.int32] = st.get("win_scaled", np.zeros(0, np.int32))
         pdir = st.get("dir", np.zeros(0, np.int8))
         self.nstreams = int(self.stream.max()) + 1 if n else 0
-        # relative numbers kept as each stream's two bases, not a number a packet each: the
-        # rules read them of a few connections' rows (33 MB at 4 M packets)
-        self._seq_base = _seq_bases(
-            table, self.stream, pdir, st.pop("rel_seq", None), st.pop("rel_ack", None)
-        )
+        # relative numbers as each stream's two bases and the conversation of each stream,
+        # not of each packet (`StreamConstants`: the engine gives them so, as it read)
+        if "seq_base" not in st:
+            got = StreamConstants()
+            got.take(table, st)
+            st.update(got.columns(int(raw.max()) + 1 if n else 0))
+        base, conv = st.pop("seq_base"), st.pop("stream_conv")
+        if self.stream is not raw:  # the ids were made dense
+            base, conv = _renumbered(raw, self.stream, self.nstreams, base, conv)
+        self._seq_base: npt.NDArray[np.uint32] = base
+        self.stream_conv: npt.NDArray[np.int32] = conv
         self._pdir = pdir
         self.stream_numbers = (
             stream_numbers if stream_numbers is not None else np.arange(self.nstreams)
@@ -316,10 +359,11 @@ class Capture:
         # The rules read flags only of segments without SYN or RST (keep-alives, zero
         # windows, resent data), so conversations that have none (a flood's millions of
         # lone SYNs) are left out; conversations are analysed independently of each other.
-        conv = self._streams["conv"]
-        plain = (self.table["flags"] & (SYN | RST)) == 0
-        wanted = np.zeros(int(conv.max()) + 1, np.bool_)
-        wanted[conv[plain]] = True
+        sconv, stream, flags = self.stream_conv, self.stream, self.table["flags"]
+        wanted = np.zeros(int(sconv.max()) + 1, np.bool_)
+        for lo in range(0, n, TRACK_CHUNK):
+            plain = (flags[lo : lo + TRACK_CHUNK] & (SYN | RST)) == 0
+            wanted[sconv[stream[lo : lo + TRACK_CHUNK][plain]]] = True
         del plain
         # the kept conversations numbered again densely: the analyzer's state is per slot,
         # and the slots of a flood's few real connections run into the millions
@@ -332,7 +376,8 @@ class Capture:
         analyzer = Analyzer()  # fed chunk by chunk, as when streaming: its buffers stay small
         for lo in range(0, n, TRACK_CHUNK):
             hi = min(n, lo + TRACK_CHUNK)
-            keep = wanted[conv[lo:hi]]
+            conv = sconv[stream[lo:hi]]
+            keep = wanted[conv]
             sel: slice | npt.NDArray[np.intp] = (
                 slice(lo, hi) if keep.all() else lo + np.flatnonzero(keep)
             )
@@ -340,7 +385,7 @@ class Capture:
             if not len(part):
                 continue
             got = {k: v[sel] for k, v in streams.items()}
-            got["conv"] = slot[got["conv"]]
+            got["conv"] = slot[conv if keep.all() else conv[keep]]
             bits[sel] = analyzer.feed(part, got).bits
         return bits
 

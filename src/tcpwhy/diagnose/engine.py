@@ -325,7 +325,7 @@ def _read_tracked(
     Each chunk's rows go straight into whole-capture columns (`_Growing`), sized from the
     file's length: joining chunk copies at the end wrote every byte twice and held both
     at the peak (conns-heavy.pcap: 0.3 s and 190 MB of it)."""
-    from tcpwhy.diagnose.context import compact_pays, narrow_streams
+    from tcpwhy.diagnose.context import StreamConstants, compact_pays, narrow_streams
     from tcpwhy.tcp.streams import StreamTracker
 
     size = _plain_size(path) or None
@@ -336,10 +336,12 @@ def _read_tracked(
     icmp_rows: list[tuple[int, PacketTable]] = []
     icmp: list[dict[str, np.ndarray]] = []
     ends: _Endpoints | None = _Endpoints()
+    constants = StreamConstants()  # the tracker's columns that are one value per stream
     # `_slim` copies what it keeps out of the chunk, so the reader may reuse its buffers
     for t in iter_tables(path, st, reuse=True, prefetch=True):
         s = _slim(t)
         got = narrow_streams(tracker.feed(s))
+        constants.take(s, got)
         if tracker.icmp_out is not None:
             icmp.append(tracker.icmp_out)
         # plain columns from here on: after JUDGE_ROWS rows when per stream will not pay (as
@@ -384,6 +386,8 @@ def _read_tracked(
         streams["icmp_dir"] = np.concatenate([x["dir"] for x in icmp])
     if ends is not None and len(table):
         ends.place(table, streams, plain=not compact_pays(ends.n, len(table)))
+    ns = int(streams["stream"].max()) + 1 if len(table) else 0
+    streams.update(constants.columns(ns))
     return table, streams
 
 

@@ -48,7 +48,7 @@ def detect_reuse(diag: Diag) -> list[Finding]:
     rows = np.flatnonzero(cap.reused)
     sid = cap.stream[rows]
     # the previous stream on the same conversation: the one before in (conversation, id) order
-    conv_of = cap.conv[cap.order[cap.starts]]
+    conv_of = cap.stream_conv
     by_conv = np.lexsort((np.arange(cap.nstreams), conv_of))
     prev_of = np.full(cap.nstreams, -1, np.int64)
     same = conv_of[by_conv[1:]] == conv_of[by_conv[:-1]]
