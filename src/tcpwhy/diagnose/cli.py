@@ -34,6 +34,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         join(report, args.kernel_trace)
     if getattr(args, "annotate_to", None) is not None:  # --annotate OUT (report.handoff)
         args.annotate_to(report)
+    if args.format != "html":
+        # only the HTML report draws from the captures' columns: the other formats let them
+        # go before the text is made (conns-heavy: 300 MB freed before rendering)
+        report.diags.clear()
     if args.format == "json":
         sys.stdout.write(to_json(report) + "\n")
     elif args.format == "html":
