@@ -165,7 +165,8 @@ def _renumbered(
 
 
 _COUNT_ROWS = 1 << 20
-"""Rows counted at once by `_side_counts` (at least: a block has four rows per count)."""
+"""Rows taken at once by the passes over a whole capture that keep no per-row result
+(`_side_counts` takes more: four rows per count at least)."""
 
 
 def _side_counts(
