@@ -7,6 +7,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+SCAN_ROWS = 1 << 20
+"""Rows a pass over a whole capture takes at once when it keeps no per-row result
+(counting, finding first rows, testing): whole-capture masks, keys and row lists were
+tens of MB of temporaries each at 4 M packets, a block of rows a few MB."""
+
 
 def unique_sorted(a: npt.ArrayLike) -> npt.NDArray[Any]:
     """`numpy.unique(a)` of integers, by a sort: numpy 2.4's hashing `unique` (taken when

@@ -50,6 +50,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tcpwhy.arrays import SCAN_ROWS
+
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR, AE = (1 << i for i in range(9))
 FLAG_NAMES: tuple[tuple[int, str], ...] = (
     (FIN, "FIN"),
@@ -240,8 +242,8 @@ class PacketTable:
         cap = self.cols["payload_cap"]
         # a block at a time: the first block answers on a capture with payload, and a
         # whole-table test made a 64-bit temporary per row (33 MB at 4 M packets)
-        for i in range(0, len(off), _BLOCK_ROWS):
-            o, c = off[i : i + _BLOCK_ROWS], cap[i : i + _BLOCK_ROWS]
+        for i in range(0, len(off), SCAN_ROWS):
+            o, c = off[i : i + SCAN_ROWS], cap[i : i + SCAN_ROWS]
             if (((o & np.uint64(FILE_ROW)) != 0) & (c > 0)).any():
                 return True
         return False
@@ -422,8 +424,6 @@ FILE_ROW = 1 << 63
 """`payload_off` bit of a row whose payload bytes are left in its capture file
 (`PacketTable.in_file`): bits 48-62 are the file's number (`payload_file`), bits 0-47 the
 offset in it. Read through `PacketTable.payload`, `gather` or `rows`, never `data`."""
-_BLOCK_ROWS = 1 << 20
-"""Rows tested at once by a whole-table scan that keeps no per-row result."""
 _FILE_SHIFT = 48
 _OFF_MASK = (1 << _FILE_SHIFT) - 1
 _MAX_FILES = 1 << (63 - _FILE_SHIFT)

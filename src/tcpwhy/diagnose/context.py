@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 import numpy.typing as npt
 
+from tcpwhy.arrays import SCAN_ROWS
 from tcpwhy.decode.table import (
     ACK,
     FIN,
@@ -130,8 +131,8 @@ class StreamConstants:
             self.base = np.concatenate([self.base, np.zeros((room - len(self.base), 2), np.uint32)])
             self.conv = np.concatenate([self.conv, np.zeros(room - len(self.conv), np.int32)])
         seq, ack, flags = table["seq"], table["ack"], table["flags"]
-        for lo in range(0, len(stream), _COUNT_ROWS):
-            sl = slice(lo, lo + _COUNT_ROWS)
+        for lo in range(0, len(stream), SCAN_ROWS):
+            sl = slice(lo, lo + SCAN_ROWS)
             s, d = stream[sl], pdir[sl]
             has_ack = (flags[sl] & ACK) != 0
             self.base[s[has_ack], 1 - d[has_ack]] = (ack[sl] - rel_ack[sl])[has_ack]
@@ -157,16 +158,11 @@ def _renumbered(
     """Per-stream columns of the tracker's stream ids (`raw`, per row) by the dense ids the
     same rows have now (`dense`)."""
     out = [np.zeros((nstreams, *a.shape[1:]), a.dtype) for a in per_stream]
-    for lo in range(0, len(raw), _COUNT_ROWS):
-        r, d = raw[lo : lo + _COUNT_ROWS], dense[lo : lo + _COUNT_ROWS]
+    for lo in range(0, len(raw), SCAN_ROWS):
+        r, d = raw[lo : lo + SCAN_ROWS], dense[lo : lo + SCAN_ROWS]
         for o, a in zip(out, per_stream, strict=True):
             o[d] = a[r]
     return tuple(out)
-
-
-_COUNT_ROWS = 1 << 20
-"""Rows taken at once by the passes over a whole capture that keep no per-row result
-(`_side_counts` takes more: four rows per count at least)."""
 
 
 def _side_counts(
@@ -186,7 +182,7 @@ def _side_counts(
     size = 2 * nstreams
     out = [np.zeros(size, np.int32) for _ in range(6)]
     total = np.zeros(size, np.float64)
-    step = max(_COUNT_ROWS, 4 * size)
+    step = max(SCAN_ROWS, 4 * size)
     for lo in range(0, len(flags), step):
         sl = slice(lo, lo + step)
         key = stream[sl] * 2

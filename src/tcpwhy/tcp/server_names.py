@@ -28,6 +28,7 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
+from tcpwhy.arrays import SCAN_ROWS
 from tcpwhy.decode.http1 import METHOD_WORDS
 from tcpwhy.decode.table import RST, SYN, PacketTable
 from tcpwhy.tcp.seq import seq_add, seq_diff
@@ -569,9 +570,9 @@ def server_names(
     return Names(words, code)
 
 
-_CHUNK = 1 << 18
-"""Rows scanned at once for client payloads: a whole-table scan made several temporaries
-of a row each (64 MB at 4 M packets, `analyze`'s highest memory)."""
+_PAYLOAD_ROWS = SCAN_ROWS // 4
+"""Rows scanned at once for client payloads (a quarter of the usual block: each is sorted
+by stream, and `analyze` is at its highest memory here)."""
 
 
 def _client_payloads(
@@ -588,8 +589,8 @@ def _first_client_payloads(
 ) -> I64:
     """Per stream, the row of its first client payload, or -1."""
     head = np.full(ns, -1, np.int64)
-    for lo in range(0, len(table), _CHUNK):
-        rows = _client_payloads(table, client, lo, lo + _CHUNK)
+    for lo in range(0, len(table), _PAYLOAD_ROWS):
+        rows = _client_payloads(table, client, lo, lo + _PAYLOAD_ROWS)
         st, idx = np.unique(stream[rows], return_index=True)
         new = head[st] < 0
         head[st[new]] = rows[idx[new]]
@@ -604,8 +605,8 @@ def _client_payloads_of(
 ) -> I64:
     """The client payload rows of streams `sids`, in row order."""
     got = []
-    for lo in range(0, len(table), _CHUNK):
-        rows = _client_payloads(table, client, lo, lo + _CHUNK)
+    for lo in range(0, len(table), _PAYLOAD_ROWS):
+        rows = _client_payloads(table, client, lo, lo + _PAYLOAD_ROWS)
         got.append(rows[np.isin(stream[rows], sids)])
     return np.concatenate(got) if got else np.zeros(0, np.int64)
 
