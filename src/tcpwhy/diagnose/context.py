@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.arrays import SCAN_ROWS
+from tcpwhy.arrays import SCAN_ROWS, extend_filled
 from tcpwhy.decode.table import (
     ACK,
     FIN,
@@ -113,6 +113,7 @@ class StreamConstants:
     PER_ROW = ("rel_seq", "rel_ack", "conv")
 
     def __init__(self) -> None:
+        self.n = 0  # streams so far
         self.base = np.zeros((0, 2), np.uint32)
         self.conv = np.zeros(0, np.int32)
 
@@ -125,11 +126,7 @@ class StreamConstants:
             return
         if not len(stream):
             return
-        top = int(stream.max()) + 1
-        if top > len(self.conv):  # grown by at least half: a chunk at a time
-            room = max(top, len(self.conv) * 3 // 2)
-            self.base = np.concatenate([self.base, np.zeros((room - len(self.base), 2), np.uint32)])
-            self.conv = np.concatenate([self.conv, np.zeros(room - len(self.conv), np.int32)])
+        self._grow(int(stream.max()) + 1)
         seq, ack, flags = table["seq"], table["ack"], table["flags"]
         for lo in range(0, len(stream), SCAN_ROWS):
             sl = slice(lo, lo + SCAN_ROWS)
@@ -139,30 +136,17 @@ class StreamConstants:
             self.base[s, d] = seq[sl] - rel_seq[sl]
             self.conv[s] = conv[sl]
 
+    def _grow(self, need: int) -> None:
+        """Streams up to `need` (0 until a row of theirs is taken)."""
+        self.base = extend_filled(self.base, self.n, need, 0)
+        self.conv = extend_filled(self.conv, self.n, need, 0)
+        self.n = max(self.n, need)
+
     def columns(self, nstreams: int) -> dict[str, npt.NDArray[Any]]:
         """The per-stream columns of streams 0..nstreams-1, as `Capture` takes them beside
         the per-row ones."""
-        pad = max(0, nstreams - len(self.conv))
-        return {
-            "seq_base": np.concatenate([self.base, np.zeros((pad, 2), np.uint32)])[:nstreams],
-            "stream_conv": np.concatenate([self.conv, np.zeros(pad, np.int32)])[:nstreams],
-        }
-
-
-def _renumbered(
-    raw: npt.NDArray[np.int64],
-    dense: npt.NDArray[np.int64],
-    nstreams: int,
-    *per_stream: npt.NDArray[Any],
-) -> tuple[npt.NDArray[Any], ...]:
-    """Per-stream columns of the tracker's stream ids (`raw`, per row) by the dense ids the
-    same rows have now (`dense`)."""
-    out = [np.zeros((nstreams, *a.shape[1:]), a.dtype) for a in per_stream]
-    for lo in range(0, len(raw), SCAN_ROWS):
-        r, d = raw[lo : lo + SCAN_ROWS], dense[lo : lo + SCAN_ROWS]
-        for o, a in zip(out, per_stream, strict=True):
-            o[d] = a[r]
-    return tuple(out)
+        self._grow(nstreams)
+        return {"seq_base": self.base[:nstreams], "stream_conv": self.conv[:nstreams]}
 
 
 def _side_counts(
@@ -223,7 +207,7 @@ class Capture:
         icmp_stream = st.pop("icmp_stream", np.zeros(0, np.int64))
         icmp_dir = st.pop("icmp_dir", np.zeros(0, np.int8))
         raw = self.stream
-        self.stream, stream_numbers, icmp_sid = icmp_join.dense_streams(
+        self.stream, stream_numbers, icmp_sid, renumbered = icmp_join.dense_streams(
             raw, stream_numbers, icmp_stream
         )
         self.reused: npt.NDArray[np.bool_] = st.get("reused", np.zeros(0, np.bool_))
@@ -237,8 +221,8 @@ class Capture:
             got.take(table, st)
             st.update(got.columns(int(raw.max()) + 1 if n else 0))
         base, conv = st.pop("seq_base"), st.pop("stream_conv")
-        if self.stream is not raw:  # the ids were made dense
-            base, conv = _renumbered(raw, self.stream, self.nstreams, base, conv)
+        if renumbered is not None:  # the ids were made dense
+            base, conv = base[renumbered], conv[renumbered]
         self._seq_base: npt.NDArray[np.uint32] = base
         self.stream_conv: npt.NDArray[np.int32] = conv
         self._pdir = pdir

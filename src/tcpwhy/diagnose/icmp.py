@@ -102,13 +102,19 @@ def dense_streams(
     stream: npt.NDArray[np.int64],
     numbers: npt.NDArray[np.int64] | None,
     icmp_stream: npt.NDArray[np.int64],
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64] | None, npt.NDArray[np.int64]]:
+) -> tuple[
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64] | None,
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64] | None,
+]:
     """Stream ids without gaps: an ICMP error about a connection the capture has no packet
     of opens a stream (as in Wireshark) that has no TCP row here. Returns the TCP rows'
-    stream ids, the tcp.stream number of each id (None: the ids are the numbers), and the
-    ICMP rows' stream ids (-1: no stream with a TCP packet)."""
+    stream ids, the tcp.stream number of each id (None: the ids are the numbers), the ICMP
+    rows' stream ids (-1: no stream with a TCP packet), and the given id of each new id
+    (None: the ids are unchanged), by which any per-stream column follows them."""
     if not len(icmp_stream):
-        return stream, numbers, icmp_stream
+        return stream, numbers, icmp_stream, None
     top = int(max(stream.max() if len(stream) else -1, icmp_stream.max()))
     used = np.zeros(top + 2, np.bool_)
     used[stream] = True
@@ -117,10 +123,10 @@ def dense_streams(
     ok[ok] = used[icmp_stream[ok]]
     icmp_sid = np.where(ok, ids[np.maximum(icmp_stream, 0)], -1)
     if used[: top + 1].all():
-        return stream, numbers, icmp_sid
+        return stream, numbers, icmp_sid, None
     kept = np.flatnonzero(used)
     base = numbers if numbers is not None else np.arange(top + 1)
-    return ids[stream], np.asarray(base)[kept], icmp_sid
+    return ids[stream], np.asarray(base)[kept], icmp_sid, kept
 
 
 class IcmpRows:
