@@ -192,10 +192,13 @@ class Capture:
         files: list[str],
         stream_numbers: npt.NDArray[np.int64] | None = None,
         streams: dict[str, npt.NDArray[Any]] | None = None,
+        analyse_ahead: bool = False,
     ):
         """`stream_numbers` maps this table's stream ids to the whole capture's `tcp.stream`
         numbers, when the table holds only some streams (`analyze -Y`); `streams` are the
-        table's `StreamTracker` columns when the caller tracked them as it read."""
+        table's `StreamTracker` columns when the caller tracked them as it read.
+        `analyse_ahead`: the analysis flags (`flag`) are worked out on a thread of their own
+        from here on, for a caller that will ask for them (the rules do)."""
         self.table = table
         self.files = files
         self.file_of_row = file_of_row
@@ -226,6 +229,7 @@ class Capture:
         self._seq_base: npt.NDArray[np.uint32] = base
         self.stream_conv: npt.NDArray[np.int32] = conv
         self._pdir = pdir
+        self._bits_ahead = _Ahead(self._bit_inputs()) if analyse_ahead and n else None
         self.stream_numbers = (
             stream_numbers if stream_numbers is not None else np.arange(self.nstreams)
         )
@@ -331,44 +335,31 @@ class Capture:
     @cached_property
     def _analysis_bits(self) -> npt.NDArray[np.uint32]:
         """Wireshark's TCP analysis flags of every row as bits (`tcpwhy.tcp.analysis.FLAGS`),
-        computed on first use; only the bits are kept (the RTT and duplicate-ACK columns, six
-        times their size, are not read by any rule)."""
-        n = len(self.table)
-        bits = np.zeros(n, np.uint32)
-        if not n:
-            return bits
-        # The rules read flags only of segments without SYN or RST (keep-alives, zero
-        # windows, resent data), so conversations that have none (a flood's millions of
-        # lone SYNs) are left out; conversations are analysed independently of each other.
-        sconv, stream, flags = self.stream_conv, self.stream, self.table["flags"]
-        wanted = np.zeros(int(sconv.max()) + 1, np.bool_)
-        for lo in range(0, n, TRACK_CHUNK):
-            plain = (flags[lo : lo + TRACK_CHUNK] & (SYN | RST)) == 0
-            wanted[sconv[stream[lo : lo + TRACK_CHUNK][plain]]] = True
-        del plain
-        # the kept conversations numbered again densely: the analyzer's state is per slot,
-        # and the slots of a flood's few real connections run into the millions
-        slot = (np.cumsum(wanted) - 1).astype(np.int64)
-        cols, streams = self.table.cols, self._streams
-        # the kept rows are gathered a chunk at a time (a copy of every kept row's columns
-        # at once was hundreds of MB at the peak of a large capture), and their bits written
-        # in place: the analyzer carries its state across chunks, so where they are cut
-        # does not matter
-        analyzer = Analyzer()  # fed chunk by chunk, as when streaming: its buffers stay small
-        for lo in range(0, n, TRACK_CHUNK):
-            hi = min(n, lo + TRACK_CHUNK)
-            conv = sconv[stream[lo:hi]]
-            keep = wanted[conv]
-            sel: slice | npt.NDArray[np.intp] = (
-                slice(lo, hi) if keep.all() else lo + np.flatnonzero(keep)
-            )
-            part = PacketTable({k: cols[k][sel] for k in ANALYSIS_COLUMNS})
-            if not len(part):
-                continue
-            got = {k: v[sel] for k, v in streams.items()}
-            got["conv"] = slot[conv if keep.all() else conv[keep]]
-            bits[sel] = analyzer.feed(part, got).bits
-        return bits
+        computed on first use (or ahead, `analyse_ahead`); only the bits are kept (the RTT
+        and duplicate-ACK columns, six times their size, are not read by any rule)."""
+        ahead, self._bits_ahead = getattr(self, "_bits_ahead", None), None
+        if ahead is not None:
+            return ahead.result()
+        if not len(self.table):
+            return np.zeros(0, np.uint32)
+        return _analysis_bits(*self._bit_inputs())
+
+    def _bit_inputs(
+        self,
+    ) -> tuple[
+        dict[str, npt.NDArray[Any]],
+        dict[str, npt.NDArray[Any]],
+        npt.NDArray[np.int32],
+        npt.NDArray[np.int64],
+    ]:
+        """What `_analysis_bits` reads, taken out of the capture: a thread working on them
+        meets no attribute or dict the caller changes meanwhile (`compact_addresses`). The
+        tracker columns only the analysis reads leave the capture with them, to be freed
+        once it is done (8 MB at 4 M packets, at the rules' peak)."""
+        cols = {k: self.table.cols[k] for k in ANALYSIS_COLUMNS}
+        st = self._streams
+        streams = {k: st.pop(k) if k in _ANALYSIS_ONLY else st[k] for k in ANALYSIS_STREAM_COLUMNS}
+        return cols, streams, self.stream_conv, self.stream
 
     def rel_seq(self, rows: npt.NDArray[Any]) -> npt.NDArray[np.uint32]:
         """Rows' sequence numbers relative to their direction's base (Wireshark's tcp.seq,
@@ -944,6 +935,11 @@ class StreamColumn:
 ANALYSIS_COLUMNS = ("frame", "ts_ns", "flags", "seq", "ack", "payload_len", "win")
 """The packet columns `tcpwhy.tcp.analysis` reads."""
 
+ANALYSIS_STREAM_COLUMNS = ("dir", "rev_ws", "reused", "new")
+"""The stream tracker's columns `tcpwhy.tcp.analysis` reads (besides its conversation)."""
+
+_ANALYSIS_ONLY = ("rev_ws", "new")
+
 TRACK_CHUNK = 1 << 18
 """Rows fed to the stream tracker at a time: it reserves room for one new conversation per
 row it is given, which for a whole capture at once is gigabytes of hash table."""
@@ -994,3 +990,81 @@ def _addr(t: PacketTable, row: int, which: str) -> str:
 
 def streams_where(mask: npt.NDArray[np.bool_]) -> list[int]:
     return [int(s) for s in np.flatnonzero(mask)]
+
+
+def _analysis_bits(
+    cols: dict[str, npt.NDArray[Any]],
+    streams: dict[str, npt.NDArray[Any]],
+    sconv: npt.NDArray[np.int32],
+    stream: npt.NDArray[np.int64],
+) -> npt.NDArray[np.uint32]:
+    """`Capture._analysis_bits` of the columns `Capture._bit_inputs` takes out."""
+    n = len(stream)
+    bits = np.zeros(n, np.uint32)
+    if not n:
+        return bits
+    # The rules read flags only of segments without SYN or RST (keep-alives, zero
+    # windows, resent data), so conversations that have none (a flood's millions of
+    # lone SYNs) are left out; conversations are analysed independently of each other.
+    flags = cols["flags"]
+    wanted = np.zeros(int(sconv.max()) + 1, np.bool_)
+    for lo in range(0, n, TRACK_CHUNK):
+        plain = (flags[lo : lo + TRACK_CHUNK] & (SYN | RST)) == 0
+        wanted[sconv[stream[lo : lo + TRACK_CHUNK][plain]]] = True
+    del plain
+    # the kept conversations numbered again densely: the analyzer's state is per slot,
+    # and the slots of a flood's few real connections run into the millions
+    slot = (np.cumsum(wanted) - 1).astype(np.int64)
+    # the kept rows are gathered a chunk at a time (a copy of every kept row's columns
+    # at once was hundreds of MB at the peak of a large capture), and their bits written
+    # in place: the analyzer carries its state across chunks, so where they are cut
+    # does not matter
+    analyzer = Analyzer()  # fed chunk by chunk, as when streaming: its buffers stay small
+    for lo in range(0, n, TRACK_CHUNK):
+        hi = min(n, lo + TRACK_CHUNK)
+        conv = sconv[stream[lo:hi]]
+        keep = wanted[conv]
+        sel: slice | npt.NDArray[np.intp] = (
+            slice(lo, hi) if keep.all() else lo + np.flatnonzero(keep)
+        )
+        part = PacketTable({k: cols[k][sel] for k in ANALYSIS_COLUMNS})
+        if not len(part):
+            continue
+        got = {k: v[sel] for k, v in streams.items()}
+        got["conv"] = slot[conv if keep.all() else conv[keep]]
+        bits[sel] = analyzer.feed(part, got).bits
+    return bits
+
+
+class _Ahead:
+    """`_analysis_bits` worked out on a thread of its own, from the capture's set-up on: the
+    analysis is compiled and releases Python's lock, so it runs on the second core while the
+    set-up and the rules before the first that asks go on (on 4.3 M packets of short
+    connections it took 0.1 s of the rules' 0.8, with the other core idle). A daemon
+    thread: an interrupted run does not wait for it."""
+
+    def __init__(self, inputs: tuple[Any, ...]) -> None:
+        import threading
+
+        self._done = threading.Event()
+        self._got: npt.NDArray[np.uint32] | None = None
+        self._error: BaseException | None = None
+        threading.Thread(
+            target=self._run, args=(inputs,), name="tcpwhy-analysis", daemon=True
+        ).start()
+
+    def _run(self, inputs: tuple[Any, ...]) -> None:
+        try:
+            self._got = _analysis_bits(*inputs)
+        except BaseException as exc:  # raised again in the thread that asks (`result`)
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def result(self) -> npt.NDArray[np.uint32]:
+        while not self._done.wait(0.5):  # in steps: a Ctrl-C is not held up by the wait
+            pass
+        if self._error is not None:
+            raise self._error
+        assert self._got is not None
+        return self._got

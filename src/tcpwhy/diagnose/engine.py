@@ -46,7 +46,7 @@ def diagnose_table(
 ) -> tuple[list[Finding], Capture]:
     if file_of_row is None:
         file_of_row = _file_of_row([len(table)])
-    cap = Capture(table, file_of_row, files, stream_numbers)
+    cap = Capture(table, file_of_row, files, stream_numbers, analyse_ahead=True)
     diag = run_rules(cap, settings)
     return diag.findings, cap
 
@@ -213,7 +213,14 @@ def diagnose_files(
         numbers = None
         if flt is not None:
             table, file_of_row, numbers = _limit_to_filter(table, file_of_row, flt)
-        cap = Capture(table, file_of_row, [tables[i][0] for i in g], numbers, tracked.get(g[0]))
+        cap = Capture(
+            table,
+            file_of_row,
+            [tables[i][0] for i in g],
+            numbers,
+            tracked.get(g[0]),
+            analyse_ahead=True,  # the rules ask for the analysis flags
+        )
         if flt is None:  # the engine's own slim table: its addresses can be per stream
             cap.compact_addresses()
         caps.append(cap)
