@@ -284,3 +284,35 @@ def test_hello_continued_past_a_gap_or_cut_names_nothing() -> None:
         assert [names.name(s) for s in range(ns)] == [b"", b"api.tcpwhy.test"]
         c = connection_columns(table)
         assert [c.name_words[k] for k in c["server_name"].tolist()] == ["", "api.tcpwhy.test"]
+
+
+def _blocked(table: PacketTable, streams: int, monkeypatch: pytest.MonkeyPatch) -> Names:
+    import tcpwhy.tcp.server_names as sn
+
+    monkeypatch.setattr(sn, "_NAME_STREAMS", streams)
+    return _names(table)[0]
+
+
+def test_names_read_back_in_blocks_of_streams_as_in_one(
+    zeek_corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`server_names` reads the first client payloads back a block of streams at a time:
+    the words (b"" first, then by length and bytes) and each stream's code are the same
+    however small the blocks, on the lab's and Zeek's recordings."""
+    paths = [LAB / c for c in CAPTURES if (LAB / c).exists()]
+    paths += sorted(zeek_corpus.glob("*.pcap")) + sorted(zeek_corpus.glob("*.trace"))
+    several = 0
+    for path in paths:
+        try:
+            table = read_table(str(path))
+        except Exception:  # not a capture tcpwhy reads: nothing to name
+            continue
+        if not len(table):
+            continue
+        whole = _blocked(table, 1 << 30, monkeypatch).words()
+        for size in (1, 3):
+            words, code = _blocked(table, size, monkeypatch).words()
+            assert words == whole[0], (path.name, size)
+            assert np.array_equal(code, whole[1]), (path.name, size)
+        several += len(whole[0]) > 2
+    assert several >= 2  # captures naming more than one server: the blocks' order matters
