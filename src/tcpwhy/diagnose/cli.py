@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 
 from tcpwhy.capture.options import add_reassembly_option
@@ -14,6 +15,7 @@ from tcpwhy.report.output import add_output_argument, with_output
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from tcpwhy.diagnose import fleet
+    from tcpwhy.diagnose.engine import release_freed
     from tcpwhy.diagnose.registry import Settings
     from tcpwhy.diagnose.render import to_json, write_text
     from tcpwhy.filter import filter_from_args
@@ -36,10 +38,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         args.annotate_to(report)
     if args.format != "html":
         # only the HTML report draws from the captures' columns: the other formats let them
-        # go before the text is made (conns-heavy: 300 MB freed before rendering)
+        # go before the text is made (conns-heavy: 300 MB freed before rendering). A capture
+        # and its connections refer to each other, so they go at a collection, and the heap
+        # they leave is given back (a 3 M-SYN flood: 1,064 MB held before, 179 MB after)
         report.diags.clear()
+        gc.collect()
+        release_freed()
     if args.format == "json":
-        sys.stdout.write(to_json(report) + "\n")
+        text = to_json(report)
+        sys.stdout.write(text)  # not `text + "\n"`: a flood's report is 50 MB, copied once more
+        del text
+        sys.stdout.write("\n")
     elif args.format == "html":
         from tcpwhy.report.html import write_html
 

@@ -156,8 +156,8 @@ def _side_counts(
     side: npt.NDArray[np.int8],
     nstreams: int,
 ) -> tuple[npt.NDArray[Any], ...]:
-    """Per stream and side: packets, SYNs, SYN-ACKs, FINs, resets, data segments (int32: a
-    count never exceeds the packets, and a flood has millions of streams) and payload bytes.
+    """Per stream and side: packets, SYNs, SYN-ACKs, FINs, resets and data segments (int32:
+    a count never exceeds the packets, and a flood has millions of streams).
 
     Counted a block of rows at a time: each count of the whole capture at once made
     capture-sized temporaries (the stream-and-side key and its masked copies, 70 MB at 4 M
@@ -165,7 +165,6 @@ def _side_counts(
     four times the counts, so that a flood's many streams do not make many blocks."""
     size = 2 * nstreams
     out = [np.zeros(size, np.int32) for _ in range(6)]
-    total = np.zeros(size, np.float64)
     step = max(SCAN_ROWS, 4 * size)
     for lo in range(0, len(flags), step):
         sl = slice(lo, lo + step)
@@ -178,8 +177,22 @@ def _side_counts(
         for acc, mask in zip(out, (*masks, (p > 0) & ~rst), strict=True):
             got = np.bincount(key if mask is None else key[mask], minlength=size)
             np.add(acc, got, out=acc, casting="unsafe")
-        total += np.bincount(key, weights=p, minlength=size)
-    return (*(c.reshape(-1, 2) for c in out), total.reshape(-1, 2))
+    return tuple(c.reshape(-1, 2) for c in out)
+
+
+def _side_bytes(
+    plen: npt.NDArray[Any], stream: npt.NDArray[np.int64], side: npt.NDArray[np.int8], nstreams: int
+) -> npt.NDArray[np.float64]:
+    """Per stream and side: payload bytes, counted a block of rows at a time as the counts."""
+    size = 2 * nstreams
+    total = np.zeros(size, np.float64)
+    step = max(SCAN_ROWS, 4 * size)
+    for lo in range(0, len(plen), step):
+        sl = slice(lo, lo + step)
+        key = stream[sl] * 2
+        key += side[sl]
+        total += np.bincount(key, weights=plen[sl], minlength=size)
+    return total.reshape(-1, 2)
 
 
 class Capture:
@@ -266,19 +279,30 @@ class Capture:
             self.n_fin,
             self.n_rst,
             self.n_data,
-            self.bytes,
         ) = _side_counts(flags, table["payload_len"], self.stream, self.side, self.nstreams)
         ts = table["ts_ns"]
         self.first_ns = ts[self.order[self.starts]] if self.nstreams else np.zeros(0, np.int64)
         self.last_ns = ts[self.order[self.ends - 1]] if self.nstreams else np.zeros(0, np.int64)
-        # capture time of each side's first FIN, per stream (int64 max where none)
-        self.first_fin_ns = np.full((self.nstreams, 2), NO_FIN, np.int64)
-        fm = (flags & (FIN | RST)) == FIN
-        np.minimum.at(self.first_fin_ns, (self.stream[fm], self.side[fm]), ts[fm])
         self._conns: dict[int, Conn] = {}
         self._conn_rows = 0
         self.icmp = icmp_join.IcmpRows(self, table.icmp, icmp_sid, icmp_dir)
         """The ICMP errors about TCP, joined to the streams (`tcpwhy.diagnose.icmp`)."""
+
+    @cached_property
+    def bytes(self) -> npt.NDArray[np.float64]:
+        """Per stream and side: payload bytes. Made when a rule first asks (a few do), as
+        `first_fin_ns`: 48 MB each on a flood's 3 million streams, not held before then."""
+        t = self.table
+        return _side_bytes(t["payload_len"], self.stream, self.side, self.nstreams)
+
+    @cached_property
+    def first_fin_ns(self) -> npt.NDArray[np.int64]:
+        """Per stream and side: capture time of the first FIN (NO_FIN where none)."""
+        t = self.table
+        out = np.full((self.nstreams, 2), NO_FIN, np.int64)
+        fm = (t["flags"] & (FIN | RST)) == FIN
+        np.minimum.at(out, (self.stream[fm], self.side[fm]), t["ts_ns"][fm])
+        return out
 
     def compact_addresses(self) -> bool:
         """Replace the table's address and port columns by one value per stream and
@@ -316,20 +340,28 @@ class Capture:
     @cached_property
     def endpoints(self) -> Endpoints:
         """Per stream: the client's and the server's address and the server's port, from the
-        stream's first packet and the side that packet came from."""
+        stream's first packet and the side that packet came from (read-only arrays).
+
+        A column with one value for every stream (the high half of every IPv4 address) is
+        that value broadcast, no memory per stream: these are kept for the whole diagnosis,
+        and a flood's 3 million streams made each column 24 MB."""
         t = self.table
         first = self.order[self.starts]
         from_client = self.side[first] == CLIENT
 
-        def pick(a: str, b: str) -> npt.NDArray[Any]:
-            return np.where(from_client, t[a][first], t[b][first])
+        def pick(a: str, b: str, dtype: type[np.generic]) -> npt.NDArray[Any]:
+            got = np.where(from_client, t[a][first], t[b][first]).astype(dtype, copy=False)
+            if len(got) and got.min() == got.max():
+                return np.broadcast_to(got[:1].copy(), got.shape)
+            got.flags.writeable = False
+            return got
 
         return Endpoints(
-            pick("src_hi", "dst_hi").astype(np.uint64),
-            pick("src_lo", "dst_lo").astype(np.uint64),
-            pick("dst_hi", "src_hi").astype(np.uint64),
-            pick("dst_lo", "src_lo").astype(np.uint64),
-            pick("dport", "sport").astype(np.int64),
+            pick("src_hi", "dst_hi", np.uint64),
+            pick("src_lo", "dst_lo", np.uint64),
+            pick("dst_hi", "src_hi", np.uint64),
+            pick("dst_lo", "src_lo", np.uint64),
+            pick("dport", "sport", np.int64),
         )
 
     @cached_property
@@ -428,20 +460,23 @@ class Capture:
         report's tally and the HTML report's connection table both read it, so they agree."""
         syn_c = self.n_syn[:, CLIENT] > 0
         answered = (self.n_synack[:, SERVER] > 0) | (self.n_pkts[:, SERVER] > 0)
-        rst = self.n_rst.sum(1) > 0
+        rst = (self.n_rst > 0).any(1)
         refused = syn_c & (self.n_synack[:, SERVER] == 0) & (self.n_rst[:, SERVER] > 0)
         # nothing came back and the client sent nothing but SYNs (a client that goes on
         # talking got an answer the capture missed: a one-way capture)
         no_answer = syn_c & ~answered & (self.n_pkts[:, CLIENT] == self.n_syn[:, CLIENT])
-        fins = (self.n_fin > 0).sum(1)
+        fins = (self.n_fin > 0).sum(1, dtype=np.int8)
         # an ICMP error ended the connect(): the path or the host answered instead of the peer
         icmp = self.icmp.syn_err & (self.n_synack[:, SERVER] == 0) & ~refused
-        # who reset: the side whose RST the capture saw first (as conns names the resetter)
-        first_rst = np.full((self.nstreams, 2), NO_FIN, np.int64)
+        # who reset: the side whose RST the capture saw first (as conns names the resetter),
+        # worked out for the streams with a RST only (not two times for every stream)
         t = self.table
-        rm = (t["flags"] & RST) != 0 if len(t) else np.zeros(0, np.bool_)
-        np.minimum.at(first_rst, (self.stream[rm], self.side[rm]), t["ts_ns"][rm])
-        by_client = first_rst[:, CLIENT] <= first_rst[:, SERVER]
+        rm = np.flatnonzero((t["flags"] & RST) != 0) if len(t) else np.zeros(0, np.int64)
+        reset, at = np.unique(self.stream[rm], return_inverse=True)
+        first_rst = np.full((len(reset), 2), NO_FIN, np.int64)
+        np.minimum.at(first_rst, (at, self.side[rm]), t["ts_ns"][rm])
+        by_client = np.zeros(self.nstreams, np.bool_)
+        by_client[reset] = first_rst[:, CLIENT] <= first_rst[:, SERVER]
         out = np.full(self.nstreams, 7, np.int8)  # open at capture end
         out[~rst & ~no_answer & (fins == 1)] = 6
         out[~rst & ~no_answer & (fins == 2)] = 5

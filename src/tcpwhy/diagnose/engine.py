@@ -60,7 +60,7 @@ def run_rules(cap: Capture, settings: Settings | None = None) -> Diag:
     return diag
 
 
-def _sids_of(cap: Capture, numbers: list[int]) -> np.ndarray:
+def _sids_of(cap: Capture, numbers: Sequence[int]) -> np.ndarray:
     """Stream ids of a finding's tcp.stream numbers (they differ under a display filter)."""
     nums = np.asarray(numbers, np.int64)
     idx = np.searchsorted(cap.stream_numbers, nums)

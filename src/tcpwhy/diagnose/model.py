@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from enum import IntEnum
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
+import numpy.typing as npt
 
 from tcpwhy.tcp.endings import ENDING_SUMMARY
 
@@ -53,6 +54,60 @@ def display_filter(streams: Sequence[int], frames: Sequence[int] = ()) -> str:
     return f"{field_name} in {{" + ", ".join(parts) + "}"
 
 
+class StreamNumbers(Sequence[int]):
+    """A finding's tcp.stream numbers, ascending, held as one int64 array: a flood's finding
+    has millions, which as a list of Python ints were 108 MB at `analyze`'s peak. It reads
+    as the list it stands for (an index gives an int, a slice a list; iteration, `in`,
+    equality with a list); `numpy.asarray` gives the array and `tolist` the list."""
+
+    __slots__ = ("_a",)
+
+    def __init__(self, ascending: npt.ArrayLike) -> None:
+        self._a = np.asarray(ascending, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._a)
+
+    @overload
+    def __getitem__(self, i: int) -> int: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[int]: ...
+    def __getitem__(self, i: int | slice) -> int | list[int]:
+        if isinstance(i, slice):
+            got: list[int] = self._a[i].tolist()
+            return got
+        return int(self._a[i])
+
+    def __iter__(self) -> Iterator[int]:
+        for lo in range(0, len(self._a), 1 << 16):
+            yield from self._a[lo : lo + (1 << 16)].tolist()
+
+    def __contains__(self, x: object) -> bool:
+        if not isinstance(x, (int, np.integer)):
+            return False
+        i = int(np.searchsorted(self._a, x))
+        return i < len(self._a) and int(self._a[i]) == x
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, StreamNumbers):
+            return bool(np.array_equal(self._a, other._a))
+        if isinstance(other, list):
+            return len(other) == len(self._a) and self.tolist() == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # compared by value, as the list was
+
+    def __repr__(self) -> str:
+        return repr(self.tolist())
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> npt.NDArray[Any]:
+        return self._a if dtype is None else self._a.astype(dtype)
+
+    def tolist(self) -> list[int]:
+        got: list[int] = self._a.tolist()
+        return got
+
+
 @dataclass
 class Step:
     """One decisive packet of a finding's timeline, with both endpoints' states after it."""
@@ -87,7 +142,7 @@ class Finding:
     kind: str
     severity: Severity
     summary: str
-    streams: list[int]
+    streams: Sequence[int]  # a list, or `StreamNumbers` where a rule found them with numpy
     frames: list[int]
     timeline: list[Step] = field(default_factory=list)
     explanation: str = ""
@@ -120,7 +175,9 @@ class Finding:
         d: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("streams", "frames", "examples"):
+            if isinstance(v, StreamNumbers):
+                d[f.name] = v.tolist()
+            elif f.name in ("streams", "frames", "examples"):
                 d[f.name] = list(v)
             elif f.name == "timeline":
                 d[f.name] = [asdict(s) for s in v]

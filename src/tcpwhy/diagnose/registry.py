@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from tcpwhy.arrays import unique_sorted
 from tcpwhy.diagnose.context import Capture, Conn
-from tcpwhy.diagnose.model import Finding, Step, Story
+from tcpwhy.diagnose.model import Finding, Step, Story, StreamNumbers
 
 _ORDER = re.compile(r"^ORDER = (\d+)$", re.M)
 
@@ -197,7 +197,7 @@ def finding_from_columns(
         kind=kind,
         severity=story.severity,
         summary=story.summary,
-        streams=[int(s) for s in uniq],
+        streams=StreamNumbers(uniq),
         frames=frames,
         timeline=head[0].timeline(),
         explanation=story.explanation,

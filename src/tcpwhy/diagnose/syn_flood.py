@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tcpwhy.arrays import group_ids
 from tcpwhy.decode.table import ACK, RST, SYN, format_addr
 from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.context import CLIENT, SERVER, Capture, Conn, fmt_s
-from tcpwhy.diagnose.model import Finding, Severity, Step, Story
+from tcpwhy.diagnose.model import Finding, Severity, Step, Story, StreamNumbers
 from tcpwhy.diagnose.registry import Claim, Diag, plural, rule
 
 ORDER = 10
@@ -54,7 +55,8 @@ B = npt.NDArray[np.bool_]
 
 @dataclass
 class Cols:
-    """Per stream: the endpoints and how far the handshake got."""
+    """Per stream: the endpoints (`Capture.endpoints`, not copied) and how far the
+    handshake got."""
 
     c_hi: U64
     c_lo: U64
@@ -63,7 +65,6 @@ class Cols:
     s_port: I64
     attempt: B  # the client sent a SYN
     half_open: B  # ... and then nothing but SYNs and RSTs: never completed
-    sec: I64  # second of the capture in which the stream began
 
 
 def _cols(diag: Diag) -> Cols:
@@ -82,45 +83,15 @@ def _cols(diag: Diag) -> Cols:
         ep.server_port,
         attempt,
         half_open,
-        (cap.first_ns - cap.start_ns) // 1_000_000_000,
     )
     diag.cache["syn_flood_cols"] = got
     return got
 
 
-def _group(*keys: npt.NDArray[Any]) -> tuple[I64, int]:
-    """Group ids (0..n-1, in key order) of rows with equal keys, and n. Keys that vary
-    are packed into one 64-bit key when their ranges fit (an IPv4 address and a port do):
-    one sort of one array, where a lexsort of millions of rows sorts each key."""
-    n = len(keys[0])
-    if not n:
-        return np.zeros(0, np.int64), 0
-    varying = [k for k in keys if k.min() != k.max()]
-    if not varying:
-        return np.zeros(n, np.int64), 1
-    spans = [int(k.max()) - int(k.min()) for k in varying]
-    bits = [s.bit_length() for s in spans]
-    new = np.ones(n, np.bool_)
-    if sum(bits) <= 64:
-        packed = np.zeros(n, np.uint64)
-        for k, b in zip(varying, bits, strict=True):
-            low = np.uint64(int(k.min()) & 0xFFFF_FFFF_FFFF_FFFF)
-            packed = (packed << np.uint64(b)) | (k.astype(np.uint64) - low)
-        # any order of equal keys numbers them alike: numpy's default sort, three times
-        # quicker than a stable one on millions of addresses
-        order = np.argsort(packed)
-        sk = packed[order]
-        new[1:] = sk[1:] != sk[:-1]
-    else:
-        order = np.lexsort(varying[::-1])
-        new[1:] = False
-        for k in varying:
-            sk = k[order]
-            new[1:] |= sk[1:] != sk[:-1]
-    gid = np.cumsum(new) - 1
-    inv = np.empty(len(order), np.int64)
-    inv[order] = gid
-    return inv, int(gid[-1]) + 1
+def _sec(cap: Capture, sids: I64) -> I64:
+    """The second of the capture in which each of these streams began (for the few streams
+    asked: a flood's 3 million of them, kept for all, were 24 MB through every rule)."""
+    return (cap.first_ns[sids] - cap.start_ns) // 1_000_000_000
 
 
 def _addr(hi: int, lo: int, port: int | None = None) -> str:
@@ -140,26 +111,24 @@ def _top(
 ) -> list[tuple[str, int]]:
     """The n most frequent addresses, with their counts (ties: lower address first).
 
-    `grouped` is `_group(hi[at], lo[at])` when the caller has it already (one sort of
-    millions of addresses fewer); `at`, when given, picks the rows of `hi` and `lo` meant
-    (no copies of them)."""
-    inv, ng = (
-        grouped
-        if grouped is not None
-        else _group(hi if at is None else hi[at], lo if at is None else lo[at])
-    )
+    `at`, when given, picks the rows of `hi` and `lo` meant (no copies of them);
+    `grouped` is `group_ids(hi, lo, at=at)` when the caller has it already (one sort of
+    millions of addresses fewer)."""
+    inv, ng = grouped if grouped is not None else group_ids(hi, lo, at=at)
     counts = np.bincount(inv, minlength=ng)
-    firsts = np.zeros(ng, np.int64)
-    firsts[inv[::-1]] = np.arange(len(inv))[::-1]
-    if at is not None:
-        firsts = at[firsts]
     # groups are numbered in address order: the most frequent first, then the lowest group;
     # only the groups that can be among the n are sorted (a flood has millions of sources)
     cand = (
         np.flatnonzero(counts >= -np.partition(-counts, n - 1)[n - 1]) if ng > n else np.arange(ng)
     )
     best = cand[np.argsort(-counts[cand], kind="stable")][:n]
-    return [(_addr(int(hi[firsts[g]]), int(lo[firsts[g]])), int(counts[g])) for g in best]
+    out = []
+    for g in best.tolist():
+        row = int(np.argmax(inv == g))  # the group's first row, which names its address
+        if at is not None:
+            row = int(at[row])
+        out.append((_addr(int(hi[row]), int(lo[row])), int(counts[g])))
+    return out
 
 
 def _top_text(top: list[tuple[str, int]]) -> str:
@@ -173,17 +142,23 @@ def _rows_of(cap: Capture, sids: I64) -> B:
 
 
 def _rate(ts: npt.NDArray[np.int64], start_ns: int) -> tuple[float, float, int]:
-    """(duration s, packets per second, the most in one second of the capture)."""
+    """(duration s, packets per second, the most in one second of the capture); `ts` is the
+    caller's copy, turned into seconds in place."""
     if not len(ts):
         return 0.0, 0.0, 0
     dur = (int(ts.max()) - int(ts.min())) / 1e9
-    peak = int(np.bincount((ts - start_ns) // 1_000_000_000).max())
+    ts -= start_ns
+    ts //= 1_000_000_000
+    peak = int(np.bincount(ts).max())
     return dur, len(ts) / max(dur, 1.0), peak
 
 
-def _first_row_per_stream(cap: Capture, mask: B) -> I64:
-    """Per stream, the first row (capture order) where `mask` holds, else -1."""
-    out = np.full(cap.nstreams, -1, np.int64)
+def _first_row_per_stream(cap: Capture, mask: B) -> npt.NDArray[np.signedinteger[Any]]:
+    """Per stream, the first row (capture order) where `mask` holds, else -1 (row numbers
+    in 32 bits where they fit: 3 million streams' are 12 MB, not 24)."""
+    out: npt.NDArray[np.signedinteger[Any]] = np.full(
+        cap.nstreams, -1, np.int32 if len(mask) < 1 << 31 else np.int64
+    )
     idx = np.flatnonzero(mask)
     out[cap.stream[idx[::-1]]] = idx[::-1]
     return out
@@ -197,7 +172,7 @@ def _finding(
     timeline: list[Step],
 ) -> Finding:
     cap = diag.cap
-    by_time = sids[np.argsort(cap.first_ns[sids], kind="stable")]
+    by_time = sids[_earliest(cap.first_ns[sids], max(20, diag.settings.examples))]
     nos = cap.stream_numbers[sids]
     frames = [s.frame for s in timeline]
     rows = cap.order[cap.starts[by_time[:20]]]
@@ -206,7 +181,7 @@ def _finding(
         kind=kind,
         severity=story.severity,
         summary=story.summary,
-        streams=np.sort(nos).tolist(),  # Python ints, as sorted(int(x) ...)
+        streams=StreamNumbers(np.sort(nos)),
         frames=frames,
         timeline=timeline,
         explanation=story.explanation,
@@ -219,6 +194,16 @@ def _finding(
         examples=[int(cap.stream_numbers[s]) for s in by_time[: diag.settings.examples]],
         facts=dict(story.facts),
     )
+
+
+def _earliest(ts: I64, n: int) -> I64:
+    """The indices of the n smallest times, in order (equal times in index order): the
+    first n of a stable argsort, without sorting millions of times for 20 of them."""
+    if len(ts) > n:
+        cand = np.flatnonzero(ts <= np.partition(ts, n - 1)[n - 1])
+    else:
+        cand = np.arange(len(ts))
+    return cand[np.argsort(ts[cand], kind="stable")][:n]
 
 
 def _claim(diag: Diag, sids: I64) -> None:
@@ -237,11 +222,13 @@ def detect_flood(diag: Diag) -> list[Finding]:
         return []
     k = _cols(diag)
     ho = np.flatnonzero(k.half_open & ~diag.claimed_mask(Claim.SYN))
-    inv, ng = _group(k.s_hi[ho], k.s_lo[ho], k.s_port[ho])
+    inv, ng = group_ids(k.s_hi, k.s_lo, k.s_port, at=ho)
+    big = np.flatnonzero(np.bincount(inv, minlength=ng) >= FLOOD_MIN_HANDSHAKES)
+    listeners = [ho[inv == g] for g in big.tolist()]
+    del ho, inv
     out = []
-    for g in np.flatnonzero(np.bincount(inv, minlength=ng) >= FLOOD_MIN_HANDSHAKES):
-        sids = ho[inv == g]
-        sec = k.sec[sids]
+    for sids in listeners:
+        sec = _sec(cap, sids)
         base = int(sec.min())
         hot = np.flatnonzero(np.bincount(sec - base) >= FLOOD_MIN_RATE)
         if not len(hot):
@@ -250,21 +237,21 @@ def detect_flood(diag: Diag) -> list[Finding]:
         members = sids[(sec >= lo_s) & (sec <= hi_s)]
         if len(members) < FLOOD_MIN_HANDSHAKES:
             continue
-        src, nsrc = _group(k.c_hi[members], k.c_lo[members])
+        del sec
+        src, nsrc = group_ids(k.c_hi, k.c_lo, at=members)
         if nsrc < FLOOD_MIN_SOURCES:
             continue
         s0 = members[0]
-        same = (
-            k.attempt
-            & (k.s_hi == k.s_hi[s0])
-            & (k.s_lo == k.s_lo[s0])
-            & (k.s_port == k.s_port[s0])
-            & (k.sec >= lo_s)
-            & (k.sec <= hi_s)
+        same = np.flatnonzero(
+            k.attempt & (k.s_hi == k.s_hi[s0]) & (k.s_lo == k.s_lo[s0]) & (k.s_port == k.s_port[s0])
         )
-        if len(members) < FLOOD_MIN_SHARE * int(same.sum()):
+        sec = _sec(cap, same)
+        same = same[(sec >= lo_s) & (sec <= hi_s)]
+        del sec
+        if len(members) < FLOOD_MIN_SHARE * len(same):
             continue
-        completed = np.flatnonzero(same & ~k.half_open)
+        completed = same[~k.half_open[same]]
+        del same
         server = _addr(int(k.s_hi[s0]), int(k.s_lo[s0]), int(k.s_port[s0]))
         out.append(_flood(diag, server, members, (src, nsrc), completed))
         _claim(diag, members)
@@ -274,7 +261,7 @@ def detect_flood(diag: Diag) -> list[Finding]:
 def _flood(
     diag: Diag, server: str, members: I64, sources: tuple[I64, int], completed: I64
 ) -> Finding:
-    """`sources` groups the members by client address (`_group`)."""
+    """`sources` groups the members by client address (`group_ids`)."""
     cap = diag.cap
     t = cap.table
     k = _cols(diag)
@@ -543,8 +530,8 @@ def detect_scan(diag: Diag) -> list[Finding]:
         return []
     k = _cols(diag)
     att = np.flatnonzero(k.attempt & (cap.n_data[:, CLIENT] == 0) & ~diag.claimed_mask(Claim.SYN))
-    src, nsrc = _group(k.c_hi[att], k.c_lo[att])
-    pair, npair = _group(src, k.s_port[att])
+    src, nsrc = group_ids(k.c_hi, k.c_lo, at=att)
+    pair, npair = group_ids(src, k.s_port[att])
     pair_src = np.zeros(npair, np.int64)
     pair_src[pair] = src
     ports = np.bincount(pair_src, minlength=nsrc)
@@ -575,8 +562,8 @@ def _scan(diag: Diag, sids: I64, nports: int) -> Finding:
     dur, rate, peak = _rate(t["ts_ns"][syn_rows], cap.start_ns)
     s0 = int(sids[0])
     scanner = _addr(int(k.c_hi[s0]), int(k.c_lo[s0]))
-    _, nhosts = _group(k.s_hi[sids], k.s_lo[sids])
-    targets = _top(k.s_hi[sids], k.s_lo[sids])
+    _, nhosts = group_ids(k.s_hi, k.s_lo, at=sids)
+    targets = _top(k.s_hi, k.s_lo, at=sids)
     port_list = k.s_port[sids]
     open_ports = sorted({int(p) for p in port_list[opened]})
     first_s = int(cap.first_ns[sids].min()) / 1e9

@@ -11,6 +11,7 @@ import gc
 import io
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -125,7 +126,7 @@ def run_rules(cap: Capture, settings: Settings) -> Diag:
     return diag
 
 
-def _sids(nos: npt.NDArray[np.int64], numbers: list[int]) -> npt.NDArray[np.int64]:
+def _sids(nos: npt.NDArray[np.int64], numbers: Sequence[int]) -> npt.NDArray[np.int64]:
     """The window's stream ids whose connection numbers are among `numbers` (a connection
     whose 4-tuple was reused while it lingered is several streams of the window)."""
     return np.flatnonzero(np.isin(nos, np.asarray(numbers, np.int64)) & (nos >= 0))
