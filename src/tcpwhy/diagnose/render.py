@@ -15,15 +15,13 @@ import shutil
 import uuid
 from typing import IO
 
-import numpy as np
-import numpy.typing as npt
 from rich.console import Console, Group
 from rich.padding import Padding
 from rich.text import Text
 
 from tcpwhy.console import REPORT_WIDTH, make_console
 from tcpwhy.diagnose.context import fmt_s
-from tcpwhy.diagnose.model import Finding, Report, Severity, StreamNumbers
+from tcpwhy.diagnose.model import Finding, Report, Severity
 
 STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "bold yellow", Severity.INFO: "cyan"}
 
@@ -40,14 +38,11 @@ def to_json(report: Report) -> str:
     """
     d = report.to_json()
     token = uuid.uuid4().hex
-    longs: dict[str, list[int] | npt.NDArray[np.int64]] = {}
-    for i, (f, finding) in enumerate(zip(d["findings"], report.findings, strict=True)):
+    longs: dict[str, list[int]] = {}
+    for i, f in enumerate(d["findings"]):
         for key in ("streams", "frames"):
             v = f[key]
-            held = getattr(finding, key)
-            if isinstance(held, StreamNumbers):
-                v = np.asarray(held)  # ints by construction: not checked one by one (0.25 s)
-            if len(v) > LONG_LIST and (isinstance(v, np.ndarray) or all(type(x) is int for x in v)):
+            if len(v) > LONG_LIST and all(type(x) is int for x in v):
                 name = f"{token}:{i}:{key}"
                 longs[json.dumps(name)] = v
                 f[key] = name
@@ -73,7 +68,7 @@ INT_CHUNK = 1 << 16
 items first, and millions of small str objects were several times the text's own size."""
 
 
-def _int_list_parts(v: list[int] | npt.NDArray[np.int64], level: int) -> list[str]:
+def _int_list_parts(v: list[int], level: int) -> list[str]:
     """A non-empty list of ints as `json.dumps(indent=2)` writes it at nesting `level`, in
     pieces of INT_CHUNK numbers joined once with the rest of the text (not into one string
     per list first, which held the list's text twice more)."""
@@ -83,8 +78,7 @@ def _int_list_parts(v: list[int] | npt.NDArray[np.int64], level: int) -> list[st
     for i in range(0, len(v), INT_CHUNK):
         if i:
             out.append(sep)
-        part = v[i : i + INT_CHUNK]
-        out.append(sep.join(map(str, part.tolist() if isinstance(part, np.ndarray) else part)))
+        out.append(sep.join(map(str, v[i : i + INT_CHUNK])))
     out.append("\n" + "  " * (level - 1) + "]")
     return out
 
