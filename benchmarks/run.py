@@ -34,11 +34,9 @@ time, `jit` when numba compiles or loads them at start-up.
 from __future__ import annotations
 
 import argparse
-import mmap
 import os
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -70,6 +68,23 @@ with open(sys.argv[1]) as f:
         n += 1
         seen.add((c["orig_h"], c["orig_p"], c["resp_h"], c["resp_p"]))
 print(n, len(seen))
+"""
+
+HEAD_PCAP = """
+import mmap, struct, sys
+from pathlib import Path
+# the first half of a pcap's records (little-endian, as tcpdump and our builders write)
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+with src.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+    assert m[:4] == b"\\xd4\\xc3\\xb2\\xa1", f"{src}: expected a little-endian pcap"
+    unpack = struct.Struct("<I").unpack_from
+    ends, pos = [], 24
+    while pos + 16 <= len(m):
+        pos += 16 + unpack(m, pos + 8)[0]
+        ends.append(pos)
+    tmp = dst.with_suffix(".partial")
+    tmp.write_bytes(m[: ends[len(ends) // 2 - 1]] if len(ends) > 1 else m[:24])
+    tmp.rename(dst)
 """
 
 CORE = str((os.cpu_count() or 1) - 1)
@@ -156,19 +171,6 @@ def best(
     return Run(fastest.secs, max(g.rss for g in got), fastest.out, fastest.killed)
 
 
-def head_pcap(src: Path, dst: Path, n: int) -> None:
-    """The first `n` records of a pcap (little-endian, as tcpdump and our builders write)."""
-    with src.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        assert m[:4] == b"\xd4\xc3\xb2\xa1", f"{src}: expected a little-endian pcap"
-        pos = 24
-        unpack = struct.Struct("<I").unpack_from
-        for _ in range(n):
-            pos += 16 + unpack(m, pos + 8)[0]
-        tmp = dst.with_suffix(".partial")
-        tmp.write_bytes(m[:pos])
-        tmp.rename(dst)
-
-
 def build(name: str, a: argparse.Namespace) -> tuple[Path, Path] | None:
     """(whole, first half) of one capture, built once; None when it cannot be built here."""
     py = sys.executable
@@ -198,17 +200,10 @@ def build(name: str, a: argparse.Namespace) -> tuple[Path, Path] | None:
         subprocess.run([py, str(HERE / "record_conns.py"), "-o", str(whole)], check=True)
         half.unlink(missing_ok=True)
     if not half.exists():
-        head_pcap(whole, half, count_packets(whole) // 2)
+        # in a child: mapping the file here raised this process's high-water mark to the
+        # file's size, which every later child inherits in its ru_maxrss (see `bench`)
+        subprocess.run([py, "-c", HEAD_PCAP, str(whole), str(half)], check=True)
     return whole, half
-
-
-def count_packets(path: Path) -> int:
-    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        pos, n, unpack = 24, 0, struct.Struct("<I").unpack_from
-        while pos + 16 <= len(m):
-            pos += 16 + unpack(m, pos + 8)[0]
-            n += 1
-    return n
 
 
 def fmt(what: str, r: Run | None, packets: int, size_mb: float, half: Run | None = None) -> str:
