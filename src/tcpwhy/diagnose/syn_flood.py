@@ -119,7 +119,7 @@ def _top(
     # groups are numbered in address order: the most frequent first, then the lowest group;
     # only the groups that can be among the n are sorted (a flood has millions of sources)
     cand = (
-        np.flatnonzero(counts >= -np.partition(-counts, n - 1)[n - 1]) if ng > n else np.arange(ng)
+        np.flatnonzero(counts >= np.partition(counts, ng - n)[ng - n]) if ng > n else np.arange(ng)
     )
     best = cand[np.argsort(-counts[cand], kind="stable")][:n]
     out = []
@@ -227,7 +227,8 @@ def detect_flood(diag: Diag) -> list[Finding]:
     listeners = [ho[inv == g] for g in big.tolist()]
     del ho, inv
     out = []
-    for sids in listeners:
+    while listeners:
+        sids = listeners.pop(0)  # not held once its members are picked
         sec = _sec(cap, sids)
         base = int(sec.min())
         hot = np.flatnonzero(np.bincount(sec - base) >= FLOOD_MIN_RATE)
@@ -235,9 +236,9 @@ def detect_flood(diag: Diag) -> list[Finding]:
             continue
         lo_s, hi_s = base + int(hot[0]), base + int(hot[-1])
         members = sids[(sec >= lo_s) & (sec <= hi_s)]
+        del sids, sec
         if len(members) < FLOOD_MIN_HANDSHAKES:
             continue
-        del sec
         src, nsrc = group_ids(k.c_hi, k.c_lo, at=members)
         if nsrc < FLOOD_MIN_SOURCES:
             continue
@@ -299,8 +300,11 @@ def _flood(
     old = answered & (cap.end_ns - sa_ts >= SYNACK_RETRY_S * 1e9)
     resent = int((old & (n_sa > 1)).sum())
     once = int((old & (n_sa == 1)).sum())
+    # the per-member temporaries go before the ranking of sources makes its own
+    del fsyn, fsa, has, ws_syn, sack_syn, ts_syn, ws_sa, sack_sa, sa_ts, old
     once_src = int((np.bincount(src, minlength=nsrc) == 1).sum())
     top = _top(k.c_hi, k.c_lo, grouped=sources, at=members)
+    del src, sources
     first_s = int(cap.first_ns[members].min()) / 1e9
     last_s = int(cap.last_ns[members].max()) / 1e9
     facts: dict[str, Any] = {
