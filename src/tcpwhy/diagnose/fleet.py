@@ -274,10 +274,26 @@ def _tracker_pid() -> int | None:
     return getattr(resource_tracker._resource_tracker, "_pid", None)
 
 
+def _start_resource_tracker() -> None:
+    """multiprocessing's resource tracker, started with its own warnings off. When a Ctrl-C
+    stops the workers by PID, the semaphores of the queues they were starting with are left
+    to it to clean up, and it said so on the terminal after tcpwhy's one line ("There appear
+    to be 1 leaked semaphore objects", then a FileNotFoundError for one already gone): its
+    cleanup is wanted, its words are not the user's concern. Only the tracker's process
+    gets the filter (its interpreter takes this one's -W options); this one's are as set."""
+    from multiprocessing import resource_tracker
+
+    quiet = "ignore::UserWarning:multiprocessing.resource_tracker"
+    sys.warnoptions.append(quiet)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        sys.warnoptions.remove(quiet)
+
+
 @contextmanager
 def _local_client(n: int, LocalCluster: Any, Client: Any, psutil: Any) -> Iterator[Any]:
     import signal
-    from multiprocessing import resource_tracker
 
     from distributed.utils import LoopRunner
 
@@ -286,7 +302,7 @@ def _local_client(n: int, LocalCluster: Any, Client: Any, psutil: Any) -> Iterat
     # group) reaches only this process, which stops them by PID; otherwise each worker prints
     # its own KeyboardInterrupt traceback and Dask its "Nanny failed to start". The resource
     # tracker is started first, here: starting it unblocks SIGINT in the thread that does it.
-    resource_tracker.ensure_running()
+    _start_resource_tracker()
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         runner = LoopRunner()
