@@ -2,23 +2,78 @@
 and each stream's conversation instead of each packet's: what it gives back must be the
 stream tracker's, row for row, on real captures
 (handshakes, port reuse, captures that start mid-connection, ICMP-opened streams, and the
-malformed ones of tcpdump's tests)."""
+malformed ones of tcpdump's tests). Its per-stream views made on first use or in a leaner
+form (payload bytes, first FIN times, endpoints with constant columns broadcast, who reset
+first for the ending) must hold what the plain whole-capture computations give."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from tcpwhy.capture import read_table
-from tcpwhy.decode.table import PacketTable, icmp_kept
-from tcpwhy.diagnose.context import Capture
+from tcpwhy.decode.table import FIN, RST, PacketTable, icmp_kept
+from tcpwhy.diagnose.context import CLIENT, NO_FIN, SERVER, Capture
 from tcpwhy.errors import TcpwhyError
 from tcpwhy.tcp.streams import StreamTracker
 
 LAB = Path(__file__).resolve().parents[1] / "src" / "tcpwhy" / "data" / "lab"
 CODES = Path(__file__).resolve().parent / "data" / "icmp" / "codes.pcap"
+
+
+def _first_per_side(cap: Capture, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+    out = np.full((cap.nstreams, 2), NO_FIN, np.int64)
+    np.minimum.at(out, (cap.stream[mask], cap.side[mask]), cap.table["ts_ns"][mask])
+    return out
+
+
+def _ending_oracle(cap: Capture) -> npt.NDArray[np.int8]:
+    """`ending_index` as it was written over every stream."""
+    syn_c = cap.n_syn[:, CLIENT] > 0
+    answered = (cap.n_synack[:, SERVER] > 0) | (cap.n_pkts[:, SERVER] > 0)
+    rst = cap.n_rst.sum(1) > 0
+    refused = syn_c & (cap.n_synack[:, SERVER] == 0) & (cap.n_rst[:, SERVER] > 0)
+    no_answer = syn_c & ~answered & (cap.n_pkts[:, CLIENT] == cap.n_syn[:, CLIENT])
+    fins = (cap.n_fin > 0).sum(1)
+    icmp = cap.icmp.syn_err & (cap.n_synack[:, SERVER] == 0) & ~refused
+    first_rst = _first_per_side(cap, (cap.table["flags"] & RST) != 0)
+    by_client = first_rst[:, CLIENT] <= first_rst[:, SERVER]
+    out = np.full(cap.nstreams, 7, np.int8)
+    out[~rst & ~no_answer & (fins == 1)] = 6
+    out[~rst & ~no_answer & (fins == 2)] = 5
+    out[rst & ~refused] = 4
+    out[rst & ~refused & by_client] = 3
+    out[no_answer & ~rst & ~icmp] = 2
+    out[icmp] = 1
+    out[refused] = 0
+    return out
+
+
+def _check_views(cap: Capture, t: PacketTable, name: str) -> None:
+    """The per-stream views made on first use or in a leaner form against the plain
+    whole-capture computations."""
+    key = cap.stream * 2 + cap.side
+    plen = t["payload_len"].astype(np.float64)
+    want_bytes = np.bincount(key, weights=plen, minlength=2 * cap.nstreams).reshape(-1, 2)
+    assert np.array_equal(cap.bytes, want_bytes), name
+    fin = (t["flags"] & (FIN | RST)) == FIN
+    assert np.array_equal(cap.first_fin_ns, _first_per_side(cap, fin)), name
+    assert np.array_equal(cap.ending_index(), _ending_oracle(cap)), name
+    first = cap.order[cap.starts]
+    from_client = cap.side[first] == CLIENT
+    ep = cap.endpoints
+    for got, a, b in zip(
+        ep,
+        ("src_hi", "src_lo", "dst_hi", "dst_lo", "dport"),
+        ("dst_hi", "dst_lo", "src_hi", "src_lo", "sport"),
+        strict=True,
+    ):
+        want = np.where(from_client, t[a][first], t[b][first])
+        assert np.array_equal(got, want), (name, a)
+        assert not got.flags.writeable, (name, a)
 
 
 def _check(path: Path) -> int:
@@ -43,6 +98,7 @@ def _check_table(table: PacketTable, name: str) -> int:
     # one row at a time, as a rule's `Conn.at` reads it
     for r in rows[:: max(1, len(rows) // 50)]:
         assert cap.rel_seq(rows[r : r + 1])[0] == want["rel_seq"][r], (name, r)
+    _check_views(cap, table, name)
     return len(rows)
 
 
