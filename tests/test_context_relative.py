@@ -16,7 +16,7 @@ import pytest
 
 from tcpwhy.capture import read_table
 from tcpwhy.decode.table import FIN, RST, PacketTable, icmp_kept
-from tcpwhy.diagnose.context import CLIENT, NO_FIN, SERVER, Capture
+from tcpwhy.diagnose.context import CLIENT, NO_FIN, SERVER, Capture, ending_codes
 from tcpwhy.errors import TcpwhyError
 from tcpwhy.tcp.streams import StreamTracker
 
@@ -31,7 +31,8 @@ def _first_per_side(cap: Capture, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np
 
 
 def _ending_oracle(cap: Capture) -> npt.NDArray[np.int8]:
-    """`ending_index` as it was written over every stream."""
+    """`ending_index`'s findings as they were worked out over every stream (who reset
+    first as a two-column array of all streams), in the same codes."""
     syn_c = cap.n_syn[:, CLIENT] > 0
     answered = (cap.n_synack[:, SERVER] > 0) | (cap.n_pkts[:, SERVER] > 0)
     rst = cap.n_rst.sum(1) > 0
@@ -41,15 +42,7 @@ def _ending_oracle(cap: Capture) -> npt.NDArray[np.int8]:
     icmp = cap.icmp.syn_err & (cap.n_synack[:, SERVER] == 0) & ~refused
     first_rst = _first_per_side(cap, (cap.table["flags"] & RST) != 0)
     by_client = first_rst[:, CLIENT] <= first_rst[:, SERVER]
-    out = np.full(cap.nstreams, 7, np.int8)
-    out[~rst & ~no_answer & (fins == 1)] = 6
-    out[~rst & ~no_answer & (fins == 2)] = 5
-    out[rst & ~refused] = 4
-    out[rst & ~refused & by_client] = 3
-    out[no_answer & ~rst & ~icmp] = 2
-    out[icmp] = 1
-    out[refused] = 0
-    return out
+    return ending_codes(rst, refused, no_answer, fins, icmp, by_client)
 
 
 def _check_views(cap: Capture, t: PacketTable, name: str) -> None:

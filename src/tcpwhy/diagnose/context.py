@@ -165,11 +165,7 @@ def _side_counts(
     four times the counts, so that a flood's many streams do not make many blocks."""
     size = 2 * nstreams
     out = [np.zeros(size, np.int32) for _ in range(6)]
-    step = max(SCAN_ROWS, 4 * size)
-    for lo in range(0, len(flags), step):
-        sl = slice(lo, lo + step)
-        key = stream[sl] * 2
-        key += side[sl]
+    for sl, key in _side_blocks(stream, side, nstreams):
         f, p = flags[sl], plen[sl]
         kind = f & (SYN | ACK | RST)
         rst = (f & RST) != 0
@@ -186,13 +182,22 @@ def _side_bytes(
     """Per stream and side: payload bytes, counted a block of rows at a time as the counts."""
     size = 2 * nstreams
     total = np.zeros(size, np.float64)
-    step = max(SCAN_ROWS, 4 * size)
-    for lo in range(0, len(plen), step):
+    for sl, key in _side_blocks(stream, side, nstreams):
+        total += np.bincount(key, weights=plen[sl], minlength=size)
+    return total.reshape(-1, 2)
+
+
+def _side_blocks(
+    stream: npt.NDArray[np.int64], side: npt.NDArray[np.int8], nstreams: int
+) -> Iterator[tuple[slice, npt.NDArray[np.int64]]]:
+    """The rows a block at a time, each with its rows' stream-and-side key (stream * 2 +
+    side), for counting per stream and side (`_side_counts`, `_side_bytes`)."""
+    step = max(SCAN_ROWS, 8 * nstreams)
+    for lo in range(0, len(stream), step):
         sl = slice(lo, lo + step)
         key = stream[sl] * 2
         key += side[sl]
-        total += np.bincount(key, weights=plen[sl], minlength=size)
-    return total.reshape(-1, 2)
+        yield sl, key
 
 
 class Capture:
@@ -460,7 +465,7 @@ class Capture:
         report's tally and the HTML report's connection table both read it, so they agree."""
         syn_c = self.n_syn[:, CLIENT] > 0
         answered = (self.n_synack[:, SERVER] > 0) | (self.n_pkts[:, SERVER] > 0)
-        rst = (self.n_rst > 0).any(1)
+        rst = (self.n_rst[:, CLIENT] > 0) | (self.n_rst[:, SERVER] > 0)
         refused = syn_c & (self.n_synack[:, SERVER] == 0) & (self.n_rst[:, SERVER] > 0)
         # nothing came back and the client sent nothing but SYNs (a client that goes on
         # talking got an answer the capture missed: a one-way capture)
@@ -477,15 +482,7 @@ class Capture:
         np.minimum.at(first_rst, (at, self.side[rm]), t["ts_ns"][rm])
         by_client = np.zeros(self.nstreams, np.bool_)
         by_client[reset] = first_rst[:, CLIENT] <= first_rst[:, SERVER]
-        out = np.full(self.nstreams, 7, np.int8)  # open at capture end
-        out[~rst & ~no_answer & (fins == 1)] = 6
-        out[~rst & ~no_answer & (fins == 2)] = 5
-        out[rst & ~refused] = 4
-        out[rst & ~refused & by_client] = 3
-        out[no_answer & ~rst & ~icmp] = 2
-        out[icmp] = 1
-        out[refused] = 0
-        return out
+        return ending_codes(rst, refused, no_answer, fins, icmp, by_client)
 
     def endings(self, keep: npt.NDArray[np.bool_] | None = None) -> dict[str, int]:
         """Connections by how they ended (vectorised over the per-stream counts); with `keep`,
@@ -497,6 +494,28 @@ class Capture:
             idx = idx[keep]
         n = np.bincount(idx, minlength=len(ENDING_WORDS))
         return {w: int(n[k]) for k, w in enumerate(ENDING_WORDS) if n[k]}
+
+
+def ending_codes(
+    rst: npt.NDArray[np.bool_],
+    refused: npt.NDArray[np.bool_],
+    no_answer: npt.NDArray[np.bool_],
+    fins: npt.NDArray[np.integer[Any]],
+    icmp: npt.NDArray[np.bool_],
+    by_client: npt.NDArray[np.bool_],
+) -> npt.NDArray[np.int8]:
+    """Per stream, its index in `ENDING_WORDS` from what `Capture.ending_index` found (a RST,
+    refused, no answer, FINs seen, an ICMP error, a reset from the client first): later
+    lines win."""
+    out = np.full(len(rst), 7, np.int8)  # open at capture end
+    out[~rst & ~no_answer & (fins == 1)] = 6
+    out[~rst & ~no_answer & (fins == 2)] = 5
+    out[rst & ~refused] = 4
+    out[rst & ~refused & by_client] = 3
+    out[no_answer & ~rst & ~icmp] = 2
+    out[icmp] = 1
+    out[refused] = 0
+    return out
 
 
 class Conn:
