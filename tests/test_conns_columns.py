@@ -212,6 +212,46 @@ def test_concat_in_stream_order_is_concat_then_stream_order() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:more than 3 connections active at once:RuntimeWarning")
+def test_stream_order_is_a_lexsort_by_stream_then_start(
+    zeek_corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The records' stream order (a stable sort by stream alone, when each stream's records
+    come in the order they start) is numpy's lexsort by stream, then start: on Zeek's traces
+    read with three connections at most held (evicted and continued records: several per
+    stream), and with a stream's records given out of order (the lexsort then). Reordering in
+    two threads (`_IN_TWO` rows and more) places every value as one thread does."""
+    from tcpwhy.capture import iter_tables
+    from tcpwhy.tcp import records
+    from tcpwhy.tcp.connections import iter_connection_columns
+
+    def lexsorted(c: ConnColumns) -> np.ndarray:
+        return np.lexsort((c.cols["start_ns"], c.cols["stream"]))
+
+    repeated = 0
+    for p in _captures(zeek_corpus):
+        tables = iter_tables(str(p), chunk_bytes=2048, reuse=True)
+        batches = list(iter_connection_columns(tables, max_active=3))
+        if not batches:
+            continue
+        joined = ConnColumns.concat(batches)
+        streams = joined.cols["stream"]
+        repeated += len(streams) - len(np.unique(streams))
+        assert np.array_equal(joined.stream_order_index(), lexsorted(joined)), p
+        backwards = joined.take(np.arange(len(joined))[::-1])
+        assert np.array_equal(backwards.stream_order_index(), lexsorted(backwards)), p
+        one, order_one = ConnColumns.concat_stream_order(batches)
+        monkeypatch.setattr(records, "_IN_TWO", 0)
+        two, order_two = ConnColumns.concat_stream_order(batches)
+        taken = joined.take(order_two)
+        monkeypatch.undo()
+        assert np.array_equal(order_one, order_two), p
+        for k in COLUMNS:
+            assert np.array_equal(one.cols[k], two.cols[k]), (p, k)
+            assert np.array_equal(one.cols[k], taken.cols[k]), (p, k)
+    assert repeated >= 10  # streams with several records, where the start decides
+
+
+@pytest.mark.filterwarnings("ignore:more than 3 connections active at once:RuntimeWarning")
 @pytest.mark.parametrize("max_active", [3, 500_000])
 def test_batches_built_beside_are_the_batches_built_in_turn(
     zeek_corpus: Path, max_active: int
