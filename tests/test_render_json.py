@@ -27,3 +27,30 @@ def test_long_lists_written_as_json_dumps_writes_them(
     assert text == json.dumps(report.to_json(), indent=2, ensure_ascii=False)
     got = {f["kind"]: f["streams"] for f in json.loads(text)["findings"]}
     assert got[longs[0].kind] == longs[0].streams
+
+
+def test_int_lists_as_json_dumps_writes_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled digits of a long list are json.dumps's, at any nesting, across pieces:
+    int64's ends, zero, negatives; lists json.dumps must write itself are left to it (a
+    bool among the ints, an int beyond 64 bits, a short list)."""
+    import numpy as np
+
+    from tcpwhy.diagnose.model import StreamNumbers
+
+    rng = np.random.default_rng(7)
+    edge = [-(2**63), 2**63 - 1, 0, -1, 1, 9, 10, -10, 99, 100, 10**18, -(10**18)]
+    values = np.array(edge + rng.integers(-(2**63), 2**63 - 1, 2000).tolist(), np.int64)
+    for chunk in (7, len(values), 1 << 16):
+        monkeypatch.setattr(render, "INT_CHUNK", chunk)
+        for level in (1, 2, 4):
+            got = "".join(render._int_list_parts(values, level))
+            # the list as json.dumps writes it when it sits `level` deep
+            want = json.dumps(values.tolist(), indent=2).replace("\n", "\n" + "  " * (level - 1))
+            assert got == want, (chunk, level)
+    long = values.tolist()
+    assert np.array_equal(render._long_ints(long), values)
+    assert np.array_equal(render._long_ints(StreamNumbers(np.sort(values))), np.sort(values))
+    assert render._long_ints([*long[:-1], True]) is None
+    assert render._long_ints([*long[:-1], 2**63]) is None
+    assert render._long_ints(long[: render.LONG_LIST]) is None
+    assert render._long_ints(StreamNumbers(np.arange(render.LONG_LIST))) is None

@@ -169,14 +169,15 @@ class Finding:
         if fact is not None:
             self.facts.setdefault(fact, []).append(value)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, arrays: bool = False) -> dict[str, Any]:
         """As `asdict`, without deep-copying the stream and frame lists item by item (a
-        flood's finding lists millions of streams)."""
+        flood's finding lists millions of streams). `arrays`: `StreamNumbers` are left as
+        they are, for a writer that writes their array (`tcpwhy.diagnose.render.to_json`)."""
         d: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, StreamNumbers):
-                d[f.name] = v.tolist()
+                d[f.name] = v if arrays else v.tolist()
             elif f.name in ("streams", "frames", "examples"):
                 d[f.name] = list(v)
             elif f.name == "timeline":
@@ -249,7 +250,8 @@ class Report:
         w = self.worst
         return 1 if w is not None and w >= Severity.WARNING else 0
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, arrays: bool = False) -> dict[str, Any]:
+        """The report as `analyze --format json` writes it (`arrays`: see `Finding.to_json`)."""
         c = self.capture
         from tcpwhy.schemas import SCHEMA_VERSION
         from tcpwhy.timestamps import rfc3339
@@ -271,7 +273,7 @@ class Report:
                 "first_ts_ns": c.first_ns if c.packets else None,
                 "last_ts_ns": c.last_ns if c.packets else None,
             },
-            "findings": [f.to_json() for f in self.findings],
+            "findings": [f.to_json(arrays=arrays) for f in self.findings],
             "connections": self.endings,
             "endings": [
                 {"code": ENDING_CODES[words], "words": words, "count": n}
