@@ -29,8 +29,8 @@ def detect(diag: Diag) -> list[Finding]:
     cap = diag.cap
     if not cap.nstreams:
         return []
-    failed = [s for s in np.flatnonzero(cap.n_rst.sum(1) > 0) if cap.n_data[s, CLIENT] > 0]
-    if not failed:
+    failed = np.flatnonzero(cap.has_rst & (cap.n_data[:, CLIENT] > 0))
+    if not len(failed):
         return []
     fresh = np.flatnonzero((cap.n_syn[:, CLIENT] > 0) & (cap.n_data[:, CLIENT] > 0))
     hits = Hits()

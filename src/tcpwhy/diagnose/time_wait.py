@@ -181,7 +181,7 @@ def detect_pileup(diag: Diag) -> list[Finding]:
         return []
     ff = cap.first_fin_ns
     m = (ff[:, CLIENT] < NO_FIN) & (ff[:, SERVER] < NO_FIN) & (ff[:, CLIENT] <= ff[:, SERVER])
-    m &= cap.n_rst.sum(1) == 0
+    m &= ~cap.has_rst
     m &= cap.n_syn[:, CLIENT] > 0
     sids = np.flatnonzero(m)
     if len(sids) < MIN_CONNS:
