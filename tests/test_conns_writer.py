@@ -45,9 +45,18 @@ def _batches() -> list[ConnColumns]:
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "zeek"])
 @pytest.mark.parametrize("delay", [0.0, 0.02], ids=["keeps-up", "falls-behind"])
-def test_batches_in_order(fmt: str, delay: float) -> None:
+def test_batches_in_order(fmt: str, delay: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tcpwhy.report import conns_format
+
     batches = _batches()
     want = b"".join(bytes(format_columns_bytes(c, fmt)) for c in batches)
+    formatters: set[str] = set()
+
+    def formatting(c: ConnColumns, f: str) -> bytes | memoryview:
+        formatters.add(threading.current_thread().name)
+        return format_columns_bytes(c, f)
+
+    monkeypatch.setattr(conns_format, "format_columns_bytes", formatting)
     sink = _SlowSink(delay)
     w = _BehindWriter(sink, fmt)
     try:
@@ -57,6 +66,8 @@ def test_batches_in_order(fmt: str, delay: float) -> None:
     finally:
         w.close()
     assert sink.getvalue() == want
-    if delay:  # a slow destination: the caller formatted and wrote some batches itself
-        assert threading.current_thread().name in sink.writers
-        assert any(n.startswith("tcpwhy-conns-writer") for n in sink.writers)
+    # the text is written by the thread alone, in order, whoever formatted it
+    assert all(n.startswith("tcpwhy-conns-writer") for n in sink.writers)
+    assert any(n.startswith("tcpwhy-conns-writer") for n in formatters)
+    if delay:  # a slow destination: the caller formatted some batches itself
+        assert threading.current_thread().name in formatters
