@@ -3,9 +3,12 @@ batch formats to, also when the thread falls behind and the caller formats batch
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 import time
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +35,14 @@ class _SlowSink(io.BytesIO):
         self.writers.add(threading.current_thread().name)
         time.sleep(self.delay)
         return super().write(b)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The builder's warning about connections held at once, which these tests provoke."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
 
 
 def _batches() -> list[ConnColumns]:
@@ -71,3 +82,71 @@ def test_batches_in_order(fmt: str, delay: float, monkeypatch: pytest.MonkeyPatc
     assert any(n.startswith("tcpwhy-conns-writer") for n in formatters)
     if delay:  # a slow destination: the caller formatted some batches itself
         assert threading.current_thread().name in formatters
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02], ids=["keeps-up", "falls-behind"])
+def test_batches_handed_over_unbuilt(delay: float) -> None:
+    """Batches handed over still to build (`connection_jobs`) are built where they are
+    formatted, by the thread or, when it falls behind, by the caller: the same text."""
+    batches = _batches()
+    want = b"".join(bytes(format_columns_bytes(c, "jsonl")) for c in batches)
+    builders: list[str] = []
+
+    def job(c: ConnColumns) -> Callable[[], ConnColumns]:
+        def build() -> ConnColumns:
+            builders.append(threading.current_thread().name)
+            return c
+
+        return build
+
+    sink = _SlowSink(delay)
+    w = _BehindWriter(sink, "jsonl")
+    try:
+        for c in batches:
+            w.put(job(c))
+        w.drain()
+    finally:
+        w.close()
+    assert sink.getvalue() == want
+    assert len(builders) == len(batches)  # each built once
+    assert any(n.startswith("tcpwhy-conns-writer") for n in builders)
+    if delay:
+        assert threading.current_thread().name in builders
+
+
+def test_connection_jobs_build_the_batches(
+    zeek_corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`connection_jobs` gives the batches `iter_connection_columns` builds, in the same
+    order, with the same warnings and ICMP counts, on the lab's and Zeek's captures (small
+    chunks and few connections held: many batches, evicted and continued records)."""
+    import functools
+
+    from tcpwhy import capture
+    from tcpwhy.decode.table import CaptureStats
+    from tcpwhy.tcp.connections import iter_connection_columns
+    from tcpwhy.tcp.records import COLUMNS
+    from tcpwhy.views import connection_jobs
+
+    iter_tables = functools.partial(capture.iter_tables, chunk_bytes=2048)
+    monkeypatch.setattr(capture, "iter_tables", iter_tables)
+    paths = sorted(LAB.glob("*.pcap")) + sorted(zeek_corpus.glob("*.pcap"))
+    most = 0
+    for p in paths:
+        opts = {"max_active": 3}
+        st_a, st_b = CaptureStats(), CaptureStats()
+        counts: list[dict[int, dict[str, int]]] = []
+        with _quiet():
+            got = [j() for j in connection_jobs(str(p), st_a, icmp=counts, **opts)]
+            want_counts: dict[int, dict[str, int]] = {}
+            tables = iter_tables(str(p), st_b, reuse=True)
+            want = list(iter_connection_columns(tables, st_b, icmp_counts=want_counts, **opts))
+        assert len(got) == len(want), p
+        most = max(most, len(got))
+        for a, b in zip(got, want, strict=True):
+            assert (a.end_words, a.name_words) == (b.end_words, b.name_words), p
+            for k in COLUMNS:
+                assert np.array_equal(a.cols[k], b.cols[k]), (p, k)
+        assert st_a.warnings == st_b.warnings, p
+        assert counts == [want_counts], p
+    assert most >= 8

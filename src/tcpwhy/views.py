@@ -236,10 +236,13 @@ def connection_batches(
         from tcpwhy.report.conns import filtered_connections
         from tcpwhy.tcp.connections import iter_connection_columns, reading_options
 
+        src, st = files[0], stats[0]
+        if flt is None and not threaded:
+            jobs = connection_jobs(src, st, record_options=ropts, icmp=icmp, **options)
+            return 1, ((0, job(), None) for job in jobs)
         if icmp is not None:
             icmp[:] = [{}]
             options["icmp_counts"] = icmp[0]
-        src, st = files[0], stats[0]
         it = (
             iter_connection_columns(
                 iter_tables(src, st, reuse=True, prefetch=True, **reading_options(options)),
@@ -257,6 +260,39 @@ def connection_batches(
     if icmp is not None:
         icmp[:] = [{} for _ in points]
     return len(points), point_batches(points, stats[0], flt, ropts, pair, icmp, **options)
+
+
+def connection_jobs(
+    file: str,
+    stats: CaptureStats,
+    *,
+    record_options: RecordOptions | None = None,
+    icmp: list[dict[int, dict[str, int]]] | None = None,
+    **options: Any,
+) -> Iterator[Callable[[], ConnColumns]]:
+    """`connection_batches` of one file without a display filter, each batch still to build
+    (with `record_options`) when its connections end: the batches are the reading's own, so
+    a writer may build them on its own thread (`tcpwhy.report.conns`). `icmp` is set up at
+    once, and filled as the file is read."""
+    import functools
+
+    from tcpwhy.capture import iter_tables
+    from tcpwhy.tcp.connections import iter_connection_jobs, reading_options
+    from tcpwhy.tcp.records import DEFAULT_OPTIONS
+
+    ropts = record_options if record_options is not None else DEFAULT_OPTIONS
+    if icmp is not None:
+        icmp[:] = [{}]
+        options["icmp_counts"] = icmp[0]
+    tables = iter_tables(file, stats, reuse=True, prefetch=True, **reading_options(options))
+    return (
+        functools.partial(_built_with, job, ropts)
+        for job in iter_connection_jobs(tables, stats, **options)
+    )
+
+
+def _built_with(job: Callable[[], ConnColumns], options: RecordOptions) -> ConnColumns:
+    return job().with_options(options)
 
 
 def flow_model(

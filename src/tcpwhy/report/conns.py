@@ -9,7 +9,7 @@ import io
 import json
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, cast
 
 import numpy as np
@@ -321,35 +321,41 @@ def write_conns(
         options.setdefault("boundaries", "zeek")
     from tcpwhy.report.conns_format import format_columns, format_columns_bytes
     from tcpwhy.tcp.records import DEFAULT_OPTIONS
-    from tcpwhy.views import connection_batches
+    from tcpwhy.views import connection_batches, connection_jobs
 
     ropts = record_options if record_options is not None else DEFAULT_OPTIONS
     # JSON lines name the ICMP errors about a connection (`conns_icmp`); other formats as before
     from tcpwhy.report.conns_icmp import with_icmp
 
     counts: list[dict[int, dict[str, int]]] | None = [] if fmt == "jsonl" else None
-    # the records as `Capture.connections` has them, written batch by batch as they finish
-    _, batches = connection_batches(
-        [source], [stats], flt, record_options=ropts, icmp=counts, **options
-    )
-    icmp = counts[0] if counts else {}
-    write_head(out, fmt, ropts.local_nets is not None)
     live = source == "-"
     binary = _utf8_buffer(out)
-    # a file: batches formatted and written by a thread while the next ones are built (the
-    # format kernels release the GIL, and so does writing); live input: at once, flushed
+    # a file: batches built, formatted and written by a thread while the next ones are read
+    # (the kernels release the GIL, and so does writing); live input: at once, flushed
     behind = _BehindWriter(binary, fmt) if binary is not None and not live else None
+    # the records as `Capture.connections` has them, written batch by batch as they finish
+    # (without a filter, handed over unbuilt when the thread is there to build them)
+    batches: Iterator[ConnColumns | Callable[[], ConnColumns]]
+    if behind is not None and flt is None:
+        batches = connection_jobs(source, stats, record_options=ropts, icmp=counts, **options)
+    else:
+        _, got = connection_batches(
+            [source], [stats], flt, record_options=ropts, icmp=counts, **options
+        )
+        batches = (c for _, c, _ in got)
+    icmp = counts[0] if counts else {}
+    write_head(out, fmt, ropts.local_nets is not None)
     text_behind = True  # text may sit in `out`'s buffer: flushed before bytes go under it
     try:
-        for _, c, _ in batches:
+        for item in batches:
             if binary is not None and not icmp:  # the kernel's bytes as they are (no str)
                 if behind is not None:
                     if text_behind:
                         out.flush()
                         text_behind = False
-                    behind.put(c)
+                    behind.put(item)
                     continue
-                raw = format_columns_bytes(c, fmt)
+                raw = format_columns_bytes(_built(item), fmt)
                 if len(raw):
                     out.flush()
                     binary.write(raw)
@@ -357,6 +363,7 @@ def write_conns(
                 continue
             if behind is not None:
                 behind.drain()
+            c = _built(item)
             text = format_columns(c, fmt)
             if icmp:
                 text = with_icmp(text, c, icmp)
@@ -412,14 +419,14 @@ class _BehindWriter:
         self.kinds: list[bool] = []  # per pending job: a batch to format (else text to write)
         self.started = False
 
-    def _write(self, c: ConnColumns) -> None:
+    def _write(self, c: ConnColumns | Callable[[], ConnColumns]) -> None:
         from tcpwhy.report.conns_format import format_columns_bytes
 
-        raw = format_columns_bytes(c, self.fmt)
+        raw = format_columns_bytes(_built(c), self.fmt)
         if len(raw):
             self.binary.write(raw)
 
-    def put(self, c: ConnColumns) -> None:
+    def put(self, c: ConnColumns | Callable[[], ConnColumns]) -> None:
         """Queues a batch (raising what the thread raised). When the thread is two batches
         behind, the caller formats this one itself meanwhile and queues its text for the
         thread to write after them: on a SYN flood formatting is the longer half of the
@@ -436,7 +443,7 @@ class _BehindWriter:
             self.pending.append(self.pool.submit(self._write, c))
             self.kinds.append(True)
             return
-        raw = format_columns_bytes(c, self.fmt)
+        raw = format_columns_bytes(_built(c), self.fmt)
         while len(self.pending) >= 2 * self.DEPTH:
             self.pending.pop(0).result()
             self.kinds.pop(0)
@@ -457,6 +464,11 @@ class _BehindWriter:
         """Stops the thread once the batches queued are written (after an error of the
         caller too: the records built before it are written, as without the thread)."""
         self.pool.shutdown(wait=True)
+
+
+def _built(c: ConnColumns | Callable[[], ConnColumns]) -> ConnColumns:
+    """A batch, built if it was handed over still to build (`connection_jobs`)."""
+    return c() if callable(c) else c
 
 
 def _utf8_buffer(out: TextIO) -> BinaryIO | None:

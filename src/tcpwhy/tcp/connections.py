@@ -974,6 +974,20 @@ def iter_connection_columns(
         stats.warnings.extend(b.warnings)
 
 
+def iter_connection_jobs(
+    tables: Iterable[PacketTable], stats: CaptureStats | None = None, **options: Any
+) -> Iterator[BatchJob]:
+    """`iter_connection_columns`, each batch still to build (`BatchJob`), for a consumer that
+    builds them on a thread of its own (the jobs of the capture's end may build to no
+    records)."""
+    b = ConnectionBuilder(**options)
+    for t in tables:
+        yield from b.feed_jobs(t)
+    yield from b.finish_jobs()
+    if stats is not None:
+        stats.warnings.extend(b.warnings)
+
+
 _AHEAD = 2
 """Batches a thread may have to build before the reading waits for it (`_built_beside`)."""
 
@@ -1033,6 +1047,7 @@ __all__ = [
     "end_code",
     "end_words",
     "iter_connection_columns",
+    "iter_connection_jobs",
     "iter_connections",
     "zeek_ports",
     "zeek_style_flags",
