@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 Batch = tuple[int, "ConnColumns", "list[list[str]] | None"]
 """A batch of connection records: its capture point's index, the records, and each record's
 ``seen_at`` (None with one capture point)."""
+UnbuiltBatch = tuple[int, "ConnColumns | Callable[[], ConnColumns]", "list[list[str]] | None"]
+"""A `Batch` whose records may still be to build (`connection_batches(unbuilt=True)`)."""
 
 
 @dataclass
@@ -183,6 +185,7 @@ def reading(reassemble: bool | None) -> Iterator[None]:
         set_reassemble_default(old)
 
 
+@overload
 def connection_batches(
     files: Sequence[str],
     stats: Sequence[CaptureStats],
@@ -193,8 +196,36 @@ def connection_batches(
     icmp: list[dict[int, dict[str, int]]] | None = None,
     rotated: bool = False,
     threaded: bool = False,
+    unbuilt: Literal[False] = False,
     **options: Any,
-) -> tuple[int, Iterator[Batch]]:
+) -> tuple[int, Iterator[Batch]]: ...
+@overload
+def connection_batches(
+    files: Sequence[str],
+    stats: Sequence[CaptureStats],
+    flt: DisplayFilter | None = None,
+    *,
+    pair: bool = True,
+    record_options: RecordOptions | None = None,
+    icmp: list[dict[int, dict[str, int]]] | None = None,
+    rotated: bool = False,
+    threaded: bool = False,
+    unbuilt: bool,
+    **options: Any,
+) -> tuple[int, Iterator[UnbuiltBatch]]: ...
+def connection_batches(
+    files: Sequence[str],
+    stats: Sequence[CaptureStats],
+    flt: DisplayFilter | None = None,
+    *,
+    pair: bool = True,
+    record_options: RecordOptions | None = None,
+    icmp: list[dict[int, dict[str, int]]] | None = None,
+    rotated: bool = False,
+    threaded: bool = False,
+    unbuilt: bool = False,
+    **options: Any,
+) -> tuple[int, Iterator[Batch]] | tuple[int, Iterator[UnbuiltBatch]]:
     """The connection records of captures: how many capture points they are, and the record
     batches (`Batch`) as they finish. One file is streamed (records leave as their
     connections end, memory bounded by the connections open at once); several are grouped
@@ -205,6 +236,8 @@ def connection_batches(
     `tcpwhy.tcp.connections.ConnectionBuilder`'s (boundaries, checksums, max_active).
     `rotated`: the files are parts of one capture, in the order given, whatever their times
     (a fleet's capture point, ``analyze --parquet``): one point, one builder over them all.
+    `unbuilt`: one file without a display filter read in turn gives its batches still to
+    build (`connection_jobs`), for a writer that builds them on a thread of its own.
     `threaded`: the records are built on a second thread (`iter_connection_columns`), for a
     reader that holds them all: a reader that writes them out as they come uses that core
     already, and on a SYN flood the batches in flight on two threads cost a fifth more
@@ -239,6 +272,8 @@ def connection_batches(
         src, st = files[0], stats[0]
         if flt is None and not threaded:
             jobs = connection_jobs(src, st, record_options=ropts, icmp=icmp, **options)
+            if unbuilt:
+                return 1, ((0, job, None) for job in jobs)
             return 1, ((0, job(), None) for job in jobs)
         if icmp is not None:
             icmp[:] = [{}]

@@ -321,7 +321,7 @@ def write_conns(
         options.setdefault("boundaries", "zeek")
     from tcpwhy.report.conns_format import format_columns, format_columns_bytes
     from tcpwhy.tcp.records import DEFAULT_OPTIONS
-    from tcpwhy.views import connection_batches, connection_jobs
+    from tcpwhy.views import connection_batches
 
     ropts = record_options if record_options is not None else DEFAULT_OPTIONS
     # JSON lines name the ICMP errors about a connection (`conns_icmp`); other formats as before
@@ -335,19 +335,20 @@ def write_conns(
     behind = _BehindWriter(binary, fmt) if binary is not None and not live else None
     # the records as `Capture.connections` has them, written batch by batch as they finish
     # (without a filter, handed over unbuilt when the thread is there to build them)
-    batches: Iterator[ConnColumns | Callable[[], ConnColumns]]
-    if behind is not None and flt is None:
-        batches = connection_jobs(source, stats, record_options=ropts, icmp=counts, **options)
-    else:
-        _, got = connection_batches(
-            [source], [stats], flt, record_options=ropts, icmp=counts, **options
-        )
-        batches = (c for _, c, _ in got)
+    _, batches = connection_batches(
+        [source],
+        [stats],
+        flt,
+        record_options=ropts,
+        icmp=counts,
+        unbuilt=behind is not None,
+        **options,
+    )
     icmp = counts[0] if counts else {}
     write_head(out, fmt, ropts.local_nets is not None)
     text_behind = True  # text may sit in `out`'s buffer: flushed before bytes go under it
     try:
-        for item in batches:
+        for _, item, _ in batches:
             if binary is not None and not icmp:  # the kernel's bytes as they are (no str)
                 if behind is not None:
                     if text_behind:
