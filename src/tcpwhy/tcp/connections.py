@@ -612,9 +612,10 @@ class ConnectionBuilder:
         seen = self.S[slots, z.F_SEEN_TS]
         want = min(len(slots), max(64, self.max_active // 8))
         if want < len(slots):
-            part = np.argpartition(seen, want - 1)[:want]
-            part.sort()  # slot order among equal times, as a stable sort of all would give
-            slots, seen = slots[part], seen[part]
+            # every slot as idle as the want-th one, in slot order: what a stable sort of all
+            # would list first, whatever the cut (a partition's pick among equal times is not)
+            keep = np.flatnonzero(seen <= np.partition(seen, want - 1)[want - 1])
+            slots, seen = slots[keep], seen[keep]
         order = np.argsort(seen, kind="stable")
         self._victims = np.stack(
             [slots[order], self.S[slots[order], z.F_UID], seen[order]], axis=1

@@ -1,0 +1,48 @@
+"""At the cap of connections held, `conns` evicts the connections idle longest first, and
+among equally idle ones the lower slot first: the victims listed are always the start of a
+stable sort of every active connection by the time it was last seen, ties included."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tcpwhy.capture import iter_tables
+from tcpwhy.decode.table import SYN
+from tcpwhy.tcp import zeek as z
+from tcpwhy.tcp.connections import ConnectionBuilder, iter_connection_columns
+from tests.test_syn_flood import SERVER, T0, Pkts
+
+
+def test_victims_are_a_stable_sorts_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 6,000 SYNs from as many ports, in groups of 50 sent in the same microsecond: every cut
+    # of the idlest falls among equal times
+    n = 6000
+    p = Pkts()
+    p.add(T0 + (np.arange(n) // 50) * 1000, (10 << 24) + 7, SERVER, 1024 + np.arange(n), 80, SYN)
+    path = tmp_path / "ties.pcap"
+    p.write(path)
+
+    listings: list[int] = []
+    real = ConnectionBuilder._list_victims
+
+    def checked(self: ConnectionBuilder) -> None:
+        slots = np.flatnonzero(self.W[: self._cap, z.F_ACTIVE])
+        seen = self.S[slots, z.F_SEEN_TS]
+        want = slots[np.argsort(seen, kind="stable")]
+        real(self)
+        got = self._victims[:, 0]
+        assert len(got) >= min(len(slots), max(64, self.max_active // 8))
+        assert np.array_equal(got, want[: len(got)])
+        listings.append(len(got))
+
+    monkeypatch.setattr(ConnectionBuilder, "_list_victims", checked)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the cap's own warning
+        got: Any = list(iter_connection_columns(iter_tables(str(path)), max_active=1024))
+    assert len(listings) >= 10
+    assert sum(len(c) for c in got) == n
