@@ -420,8 +420,8 @@ class _BehindWriter:
 
         self.binary, self.fmt = binary, fmt
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="tcpwhy-conns-writer")
-        self.pending: list[Any] = []
-        self.kinds: list[bool] = []  # per pending job: a batch to format (else text to write)
+        # the jobs queued, each with whether it formats a batch (else it writes text)
+        self.pending: list[tuple[Any, bool]] = []
         self.started = False
 
     def _write(self, c: ConnColumns | Callable[[], ConnColumns]) -> None:
@@ -441,27 +441,22 @@ class _BehindWriter:
         from tcpwhy.report.conns_format import format_columns_bytes
 
         self.started = True
-        while self.pending and self.pending[0].done():
-            self.pending.pop(0).result()
-            self.kinds.pop(0)
-        if sum(self.kinds) < self.DEPTH:
-            self.pending.append(self.pool.submit(self._write, c))
-            self.kinds.append(True)
+        while self.pending and self.pending[0][0].done():
+            self.pending.pop(0)[0].result()
+        if sum(formats for _, formats in self.pending) < self.DEPTH:
+            self.pending.append((self.pool.submit(self._write, c), True))
             return
         raw = format_columns_bytes(_built(c), self.fmt)
         while len(self.pending) >= 2 * self.DEPTH:
-            self.pending.pop(0).result()
-            self.kinds.pop(0)
+            self.pending.pop(0)[0].result()
         if len(raw):
             # a copy: the caller's formatting buffer is its own, reused by its next batch
-            self.pending.append(self.pool.submit(self.binary.write, bytes(raw)))
-            self.kinds.append(False)
+            self.pending.append((self.pool.submit(self.binary.write, bytes(raw)), False))
 
     def drain(self) -> None:
         """Waits until every queued batch is written (raising the first error)."""
         while self.pending:
-            self.pending.pop(0).result()
-            self.kinds.pop(0)
+            self.pending.pop(0)[0].result()
         if self.started:
             self.binary.flush()
 

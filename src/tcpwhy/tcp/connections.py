@@ -964,23 +964,18 @@ def iter_connection_columns(
     says), in batches of columns as they finish. The builder copies what it keeps, so the
     reader may reuse its buffers. `threaded`: the batches are built on a second thread
     (`_built_beside`)."""
-    b = ConnectionBuilder(**options)
-    if not threaded:
-        for t in tables:
-            yield from b.feed_columns(t)
-        yield from (last for last in b.finish_batches() if len(last))
+    jobs = iter_connection_jobs(tables, stats, **options)
+    if threaded:
+        yield from _built_beside(jobs)
     else:
-        yield from _built_beside(b, tables)
-    if stats is not None:
-        stats.warnings.extend(b.warnings)
+        yield from (c for c in (job() for job in jobs) if len(c))
 
 
 def iter_connection_jobs(
     tables: Iterable[PacketTable], stats: CaptureStats | None = None, **options: Any
 ) -> Iterator[BatchJob]:
     """`iter_connection_columns`, each batch still to build (`BatchJob`), for a consumer that
-    builds them on a thread of its own (the jobs of the capture's end may build to no
-    records)."""
+    builds them where it likes (the jobs of the capture's end may build to no records)."""
     b = ConnectionBuilder(**options)
     for t in tables:
         yield from b.feed_jobs(t)
@@ -993,21 +988,22 @@ _AHEAD = 2
 """Batches a thread may have to build before the reading waits for it (`_built_beside`)."""
 
 
-def _built_beside(b: ConnectionBuilder, tables: Iterable[PacketTable]) -> Iterator[ConnColumns]:
-    """The builder's batches, in order, built on a thread of their own while the next tables
-    are fed: building the records of a batch (its kept packets through the RFC state machine,
-    the columns, the words) is a quarter of reading a capture of short connections, and
-    most of it runs without the GIL."""
+def _built_beside(jobs: Iterable[BatchJob]) -> Iterator[ConnColumns]:
+    """The batches, in order, built on a thread of their own while the next tables are fed:
+    building the records of a batch (its kept packets through the RFC state machine, the
+    columns, the words) is a quarter of reading a capture of short connections, and most of
+    it runs without the GIL."""
     from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
     pending: deque[Future[ConnColumns]] = deque()
     with ThreadPoolExecutor(1, thread_name_prefix="tcpwhy-records") as pool:
-        for t in tables:
-            pending.extend(pool.submit(job) for job in b.feed_jobs(t))
+        for job in jobs:
+            pending.append(pool.submit(job))
             while pending and (len(pending) > _AHEAD or pending[0].done()):
-                yield pending.popleft().result()
-        pending.extend(pool.submit(job) for job in b.finish_jobs())
+                got = pending.popleft().result()
+                if len(got):
+                    yield got
         while pending:
             last = pending.popleft().result()
             if len(last):
