@@ -251,9 +251,7 @@ def connection_batches(
 
         if flt is not None:
             raise ValueError("rotated parts are read whole: no display filter")
-        if icmp is not None:
-            icmp[:] = [{}]
-            options["icmp_counts"] = icmp[0]
+        _count_icmp(icmp, options)
         how = reading_options(options)
         tables = (
             t
@@ -275,9 +273,7 @@ def connection_batches(
             if unbuilt:
                 return 1, ((0, job, None) for job in jobs)
             return 1, ((0, job(), None) for job in jobs)
-        if icmp is not None:
-            icmp[:] = [{}]
-            options["icmp_counts"] = icmp[0]
+        _count_icmp(icmp, options)
         it = (
             iter_connection_columns(
                 iter_tables(src, st, reuse=True, prefetch=True, **reading_options(options)),
@@ -316,14 +312,20 @@ def connection_jobs(
     from tcpwhy.tcp.records import DEFAULT_OPTIONS
 
     ropts = record_options if record_options is not None else DEFAULT_OPTIONS
-    if icmp is not None:
-        icmp[:] = [{}]
-        options["icmp_counts"] = icmp[0]
+    _count_icmp(icmp, options)
     tables = iter_tables(file, stats, reuse=True, prefetch=True, **reading_options(options))
     return (
         functools.partial(_built_with, job, ropts)
         for job in iter_connection_jobs(tables, stats, **options)
     )
+
+
+def _count_icmp(icmp: list[dict[int, dict[str, int]]] | None, options: dict[str, Any]) -> None:
+    """With `icmp`, the one capture point's ICMP counts, which the builder fills as it reads
+    (its `icmp_counts`)."""
+    if icmp is not None:
+        icmp[:] = [{}]
+        options["icmp_counts"] = icmp[0]
 
 
 def _built_with(job: Callable[[], ConnColumns], options: RecordOptions) -> ConnColumns:
