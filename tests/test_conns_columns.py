@@ -277,3 +277,50 @@ def test_batches_built_beside_are_the_batches_built_in_turn(
             for k in COLUMNS:
                 assert np.array_equal(a.cols[k], b.cols[k]), (p, k)
     assert most >= 8
+
+
+@pytest.mark.filterwarnings("ignore:more than 3 connections active at once:RuntimeWarning")
+@pytest.mark.parametrize("max_active", [3, 500_000])
+def test_joined_as_they_come_is_concat_in_stream_order(
+    zeek_corpus: Path, monkeypatch: pytest.MonkeyPatch, max_active: int
+) -> None:
+    """`StreamOrder` (each stream's record put in its place as its batch comes) gives what
+    `concat_stream_order` gives after the last batch, with an extra array per row in the
+    same order: on the shipped and Zeek captures in small chunks (records finishing out of
+    stream order), with three connections at most held (continued records: a stream met
+    twice sends the rest to the sort), with streams that have no record (their batch
+    dropped), and growing its rows past what it set aside at first."""
+    from tcpwhy.capture import iter_tables
+    from tcpwhy.tcp import records
+    from tcpwhy.tcp.connections import iter_connection_columns
+
+    monkeypatch.setattr(records, "_PLACED_ROWS", 2)
+    placed_only = fell_back = gaps = 0
+    for p in _captures(zeek_corpus):
+        tables = iter_tables(str(p), chunk_bytes=2048, reuse=True)
+        every = list(iter_connection_columns(tables, max_active=max_active))
+        for batches in (every, every[1::2]):
+            if not batches:
+                continue
+            joined = records.StreamOrder()
+            for b in batches:
+                joined.add(b, {"uid2": np.stack([b.cols["uid"], -b.cols["uid"]], axis=1)})
+            got, extra = joined.result()
+            want, _ = ConnColumns.concat_stream_order(batches)
+            assert (got.end_words, got.name_words) == (want.end_words, want.name_words), p
+            for k in COLUMNS:
+                assert got.cols[k].dtype == want.cols[k].dtype, (p, k)
+                assert np.array_equal(got.cols[k], want.cols[k]), (p, k)
+            assert np.array_equal(extra["uid2"][:, 0], want.cols["uid"]), p
+            assert np.array_equal(extra["uid2"][:, 1], -want.cols["uid"]), p
+            streams = want.cols["stream"]
+            if len(np.unique(streams)) < len(streams):
+                fell_back += 1
+            else:
+                placed_only += 1
+                gaps += int(streams[-1]) + 1 > len(streams)
+    assert placed_only >= 10 and gaps >= 3
+    if max_active == 3:
+        assert fell_back >= 5
+    empty, extra = records.StreamOrder().result()
+    assert len(empty) == 0 and extra == {}

@@ -420,9 +420,8 @@ def connection_schema(local: bool = False) -> dict[str, Field]:
 
 _TEXT_COLUMNS = ("orig_h", "resp_h", "history", "community_id")
 _THREADED_TEXT_ROWS = 10_000
-"""Records from which `Capture.connections` hashes the Community IDs in a thread of their
-own, while it reads (`_with_community_ids`), and `ConnectionTable.to_arrow` makes its text
-columns two at a time; below it, one after the other when first asked for."""
+"""Records from which `ConnectionTable.to_arrow` makes its text columns two at a time;
+below it, one after the other when first asked for."""
 
 
 class ConnectionTable(_TimedTable):
@@ -484,26 +483,36 @@ class ConnectionTable(_TimedTable):
         return super()._arrow(pa, f)
 
 
-def _with_community_ids(
-    batches: Iterator[ConnColumns], options: RecordOptions
-) -> tuple[list[ConnColumns], npt.NDArray[np.uint8] | None]:
-    """The batches, and their records' Community ID hashes (`community_id_text`, rows in
-    batch order), hashed in a thread of their own while the next batches are built (the
-    compiled hashing releases the GIL): `to_arrow` made them after the last record was read,
-    a third of its time then. None when there are too few records for a thread to pay."""
+def _gathered(
+    batches: Iterator[Any], options: RecordOptions, unbuilt: bool
+) -> tuple[ConnColumns, npt.NDArray[np.uint8] | None]:
+    """All the records, in stream order, and their Community ID hashes (`community_id_text`)
+    in that order: each batch is built (`unbuilt`: the batches are jobs), hashed and put in
+    its place (`StreamOrder`) on one thread of its own while the next ones are read, two at
+    most ahead. The compiled building and hashing and numpy's placing release the GIL; after
+    the reading, the table is ready."""
+    from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    got: list[ConnColumns] = []
-    hashed: list[Future[npt.NDArray[np.uint8]]] = []
-    with ThreadPoolExecutor(1, thread_name_prefix="tcpwhy-community-id") as pool:
-        for c in batches:
-            got.append(c)
-            if len(c):
-                hashed.append(pool.submit(c.with_options(options).community_id_text))
-        ids = [f.result() for f in hashed]
-    if sum(len(x) for x in ids) < _THREADED_TEXT_ROWS:
-        return got, None
-    return got, np.concatenate(ids)
+    from tcpwhy.tcp.records import StreamOrder
+
+    joined = StreamOrder()
+
+    def place(item: Any) -> None:
+        c = (item() if unbuilt else item).with_options(options)
+        if len(c):
+            joined.add(c, {"community_id": c.community_id_text()})
+
+    pending: deque[Future[None]] = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="tcpwhy-records") as pool:
+        for item in batches:
+            pending.append(pool.submit(place, item))
+            while pending and (len(pending) > 2 or pending[0].done()):
+                pending.popleft().result()
+        while pending:
+            pending.popleft().result()
+    c, extra = joined.result()
+    return c, extra.get("community_id")
 
 
 def _community_id_arrow(ids: npt.NDArray[np.uint8]) -> Any:
@@ -974,31 +983,30 @@ class Capture:
         ``boundaries="zeek"``, cut where Zeek's timers would and without the packets whose
         checksums are bad, as ``conns --boundaries zeek``."""
         if self._connections is None:
-            from tcpwhy.tcp.records import ConnColumns
             from tcpwhy.views import connection_batches, reading
 
             paths, stats = self._stats()
             _import_behind("pyarrow")  # for `to_arrow`, while the capture is read
             try:
                 with reading(self.reassemble), _builder_warnings_as_notes():
+                    unbuilt = self._flt is None and len(paths) == 1
                     _, batches = connection_batches(
                         paths,
                         stats,
                         self._flt,
                         pair=self.pair,
                         record_options=self._record_options,
-                        threaded=True,
+                        threaded=not unbuilt,
+                        unbuilt=unbuilt,
                         **self._conn_options,
                     )
-                    got, ids = _with_community_ids((c for _, c, _ in batches), self._record_options)
+                    c, ids = _gathered((b for _, b, _ in batches), self._record_options, unbuilt)
             except TcpwhyError as exc:
                 raise _classify(exc, self._src.names) from None
             self._note(stats, paths)
-            c, order = ConnColumns.concat_stream_order(got)
-            del got
             table = _connection_table(c.with_options(self._record_options))
             if ids is not None:
-                table._text["community_id"] = _community_id_arrow(ids[order])
+                table._text["community_id"] = _community_id_arrow(ids)
             self._connections = table
         return self._connections
 
