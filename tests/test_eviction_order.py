@@ -46,3 +46,30 @@ def test_victims_are_a_stable_sorts_first(tmp_path: Path, monkeypatch: pytest.Mo
         got: Any = list(iter_connection_columns(iter_tables(str(path)), max_active=1024))
     assert len(listings) >= 10
     assert sum(len(c) for c in got) == n
+
+
+@pytest.mark.parametrize("options", [{}, {"max_active": 3}, {"boundaries": "zeek"}])
+def test_slots_in_use_are_those_off_the_free_list(
+    zeek_corpus: Path, tmp_path: Path, options: dict[str, Any]
+) -> None:
+    """The builder finds its connections (sweeps, victims, the capture's end) as the slots not
+    on its free list: after every chunk of the shipped and Zeek captures (with evictions, and
+    with Zeek's timers), exactly the slots whose F_ACTIVE the compiled loops set."""
+    from importlib import resources
+
+    lab = Path(str(resources.files("tcpwhy") / "data" / "lab"))
+    p = Pkts()
+    p.add(T0 + np.arange(3000) * 1000, (10 << 24) + 7, SERVER, 1024 + np.arange(3000), 80, SYN)
+    flood = tmp_path / "flood.pcap"
+    p.write(flood)
+    checked = 0
+    for cap in [flood, *sorted(lab.glob("*.pcap")), *sorted(zeek_corpus.glob("*.pcap"))]:
+        b = ConnectionBuilder(**options)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the cap's own warning
+            for t in iter_tables(str(cap), chunk_bytes=4096, reuse=True):
+                b.feed_jobs(t)
+                want = np.flatnonzero(b.W[: b._cap, z.F_ACTIVE])
+                assert np.array_equal(b._active_slots(), want), cap
+                checked += len(want) > 0
+    assert checked >= 100

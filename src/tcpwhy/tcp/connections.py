@@ -568,7 +568,13 @@ class ConnectionBuilder:
             )
 
     def _active_slots(self) -> npt.NDArray[np.int64]:
-        return np.flatnonzero(self.W[: self._cap, z.F_ACTIVE]).astype(np.int64)
+        """The slots in use: those not on the free list (the compiled loops take a slot off
+        it as they set its F_ACTIVE, and put it back as they clear it). Reading F_ACTIVE down
+        the pool instead reads a cache line per slot, with half a million slots in use on a
+        SYN flood, at every sweep and every listing of victims."""
+        used = np.ones(self._cap, np.bool_)
+        used[self.free[: self.nfree]] = False
+        return np.flatnonzero(used).astype(np.int64)
 
     def _sweep(self, now: int, *, force: bool, reason: int) -> list[BatchJob]:
         slots = self._active_slots()
