@@ -164,6 +164,7 @@ class _KeptPackets:
     def __init__(self) -> None:
         self.cols: dict[str, npt.NDArray[Any]] = {}
         self.alive = np.zeros(0, np.bool_)
+        self.scratch = np.zeros(0, np.int64)  # `take`'s row numbers, reused batch after batch
         self.n = 0
         self.dead = 0
 
@@ -192,15 +193,17 @@ class _KeptPackets:
         connection's in the order they were kept; they are gone from here afterwards."""
         if not self or not len(uids):
             return None
+        from tcpwhy.tcp.records_kernel import kept_rows
+
         lo = int(uids.min())
         mark = np.zeros(int(uids.max()) - lo + 1, np.bool_)
         mark[uids - lo] = True
-        rel = self.cols["uid"][: self.n] - lo
-        inside = (rel >= 0) & (rel < len(mark)) & self.alive[: self.n]
-        idx = np.flatnonzero(inside)
-        idx = idx[mark[rel[idx]]]
-        if not len(idx):
+        if len(self.scratch) < self.n:
+            self.scratch = np.empty(len(self.alive), np.int64)
+        k = kept_rows(self.cols["uid"], self.alive, self.n, lo, mark, self.scratch)
+        if not k:
             return None
+        idx = self.scratch[:k]
         # sorted before the columns are gathered: one gather of each, not two
         idx = idx[np.argsort(self.cols["uid"][idx], kind="stable")]
         sel = {k: self.cols[k][idx] for k in self.FIELDS}
