@@ -544,6 +544,8 @@ class ConnectionBuilder:
             keep = np.ones(len(self._name_uid), bool)
             keep[pos[hit]] = False
             self._name_uid, self._name_code = self._name_uid[keep], self._name_code[keep]
+        if not code.any():  # no names (a flood's batches): no sort of the codes
+            return np.zeros(len(uids), np.int32), ("",)
         used = np.union1d([0], code)
         local = np.searchsorted(used, code).astype(np.int32)
         words = tuple(self._name_list[g].decode("utf-8", "backslashreplace") for g in used.tolist())
