@@ -488,29 +488,24 @@ def _gathered(
 ) -> tuple[ConnColumns, npt.NDArray[np.uint8] | None]:
     """All the records, in stream order, and their Community ID hashes (`community_id_text`)
     in that order: each batch is built (`unbuilt`: the batches are jobs), hashed and put in
-    its place (`StreamOrder`) on one thread of its own while the next ones are read, two at
-    most ahead. The compiled building and hashing and numpy's placing release the GIL; after
-    the reading, the table is ready."""
-    from collections import deque
-    from concurrent.futures import Future, ThreadPoolExecutor
+    its place (`StreamOrder`) on the builder's thread of its own while the next ones are
+    read (`tcp.connections._built_beside`). The compiled building and hashing and numpy's
+    placing release the GIL; after the reading, the table is ready."""
+    import functools
 
+    from tcpwhy.tcp.connections import _built_beside
     from tcpwhy.tcp.records import StreamOrder
 
     joined = StreamOrder()
 
-    def place(item: Any) -> None:
-        c = (item() if unbuilt else item).with_options(options)
+    def place(item: Any) -> ConnColumns:
+        c: ConnColumns = (item() if unbuilt else item).with_options(options)
         if len(c):
             joined.add(c, {"community_id": c.community_id_text()})
+        return c
 
-    pending: deque[Future[None]] = deque()
-    with ThreadPoolExecutor(1, thread_name_prefix="tcpwhy-records") as pool:
-        for item in batches:
-            pending.append(pool.submit(place, item))
-            while pending and (len(pending) > 2 or pending[0].done()):
-                pending.popleft().result()
-        while pending:
-            pending.popleft().result()
+    for _ in _built_beside(functools.partial(place, item) for item in batches):
+        pass  # each batch is in `joined` once built
     c, extra = joined.result()
     return c, extra.get("community_id")
 
