@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 from typing import Any
 
 import numpy as np
@@ -113,3 +114,17 @@ def extend_filled(
         a = new
     a[have:need] = fill
     return a
+
+
+def sparse_zeros(shape: tuple[int, ...], dtype: npt.DTypeLike) -> npt.NDArray[Any]:
+    """Zeros whose memory comes only with the pages written, in 4 KB pages. `numpy.zeros`
+    maps its memory lazily too, but asks for huge pages: with transparent huge pages on, a
+    write anywhere in 2 MB brings in all of it, so a few hundred rows written at random
+    made a 232 MB array resident. For arrays of which a run may write only a few rows (the
+    slot pool, when a SYN flood's connections are parked). Freed with the array."""
+    dt = np.dtype(dtype)
+    size = max(1, int(np.prod(shape, dtype=np.int64)) * dt.itemsize)
+    m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        m.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(m, dt, int(np.prod(shape, dtype=np.int64))).reshape(shape)

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tcpwhy.arrays import sparse_zeros
 from tcpwhy.decode.table import ACK, FIN, RST, SYN, CaptureStats, PacketTable
 from tcpwhy.tcp import zeek as z
 from tcpwhy.tcp.endings import ENDINGS
@@ -101,6 +102,11 @@ QUEUE_ROWS = 1 << 16
 """Rows of the attempt-timer ring at the start (a power of two; it grows when half live)."""
 FINISH_ROWS = 16384
 """Records per batch written at the end of the capture."""
+PARK_FROM = 1 << 14
+"""Connections open at once from which a new one that starts with a pure SYN is parked
+(`tcpwhy.tcp.zeek.P`): a SYN flood's half a million then take 104 bytes each, not a slot's
+728. Below it each connection's SYN-ACK would come before parking paid off: parking and
+replaying costs a pass more of its first packet."""
 
 
 def zeek_ports(scripts: Iterable[str]) -> frozenset[int]:
@@ -235,9 +241,11 @@ class ConnectionBuilder:
         packet_flags_fn: PacketFlags | None = None,
         uid_prefix: str = "C",
         icmp_counts: dict[int, dict[str, int]] | None = None,
+        park_from: int | None = None,
     ) -> None:
         """`icmp_counts`, when given, is filled with the ICMP errors about each tcp.stream
-        (`tcpwhy.report.conns_icmp`)."""
+        (`tcpwhy.report.conns_icmp`). `park_from`: with this many connections open, new
+        ones that start with a pure SYN are parked (`PARK_FROM`)."""
         self.icmp_counts = icmp_counts
         if boundaries not in ("stream", "zeek"):
             raise ValueError("boundaries must be 'stream' or 'zeek'")
@@ -262,6 +270,11 @@ class ConnectionBuilder:
         self.S = np.zeros((0, z.NFIELDS), np.int64)
         self.W = np.zeros((0, z.NFIELDS32), np.int32)
         self.H = np.zeros((0, z.HIST_MAX), np.uint8)
+        # per slot: a parked connection's packet (P), and whether the slot's is parked; S, W
+        # and H have one row more than the pool, the scratch slot the parked ones replay into
+        self.P = np.zeros((0, z.NPARK), np.int64)
+        self.parked = np.zeros(0, np.bool_)
+        self.park_from = PARK_FROM if park_from is None else max(0, int(park_from))
         self.free = np.zeros(0, np.int64)
         self.nfree = 0
         self.conv_slot = np.full(1024, -1, np.int64)
@@ -309,24 +322,29 @@ class ConnectionBuilder:
         every slot is taken, so the pool follows the connections open at once."""
         old = self._cap
         cap = min(max(2 * old, 1024), self.max_active)
-        S, W, H = self.S, self.W, self.H
-        if cap > len(S):
+        S, W, H, P, parked = self.S, self.W, self.H, self.P, self.parked
+        if cap + 1 > len(S):
             # rows for up to `PREALLOC_SLOTS` at once: np.zeros maps them lazily, so memory
             # follows the rows written, and growing copies nothing (a pool of half a million
             # slots copied as it doubled cost a second and half again its memory at the peak)
             rows = max(cap, min(self.max_active, PREALLOC_SLOTS))
-            S = np.zeros((rows, z.NFIELDS), np.int64)
+            S = sparse_zeros((rows + 1, z.NFIELDS), np.int64)
             S[:old] = self.S[:old]
-            W = np.zeros((rows, z.NFIELDS32), np.int32)
+            W = sparse_zeros((rows + 1, z.NFIELDS32), np.int32)
             W[:old] = self.W[:old]
-            H = np.zeros((rows, z.HIST_MAX), np.uint8)
+            H = sparse_zeros((rows + 1, z.HIST_MAX), np.uint8)
             H[:old] = self.H[:old]
+            P = np.zeros((rows, z.NPARK), np.int64)
+            P[:old] = self.P[:old]
+            parked = np.zeros(rows, np.bool_)
+            parked[:old] = self.parked[:old]
         free = np.empty(cap, np.int64)
         free[: self.nfree] = self.free[: self.nfree]
         added = np.arange(cap - 1, old - 1, -1, dtype=np.int64)
         free[self.nfree : self.nfree + len(added)] = added
         self.nfree += len(added)
         self.S, self.W, self.H, self.free, self._cap = S, W, H, free, cap
+        self.P, self.parked = P, parked
 
     # -- feeding -------------------------------------------------------------------------
     def feed(
@@ -423,6 +441,7 @@ class ConnectionBuilder:
                 OH,
                 self._q,
                 self._qmeta,
+                self.active >= self.park_from,
                 self._cap >= self.max_active,
                 self._victims,
                 self._vmeta,
@@ -565,7 +584,7 @@ class ConnectionBuilder:
         """`finish_batches`, with the batches still to build (`BatchJob`)."""
         slots = self._active_slots()
         # stream order, as `ConnColumns.stream_order` gives (the sweep keeps the given order)
-        order = np.lexsort((self.S[slots, z.F_START_TS], self.S[slots, z.F_STREAM]))
+        order = np.lexsort((self._field(slots, z.F_START_TS), self._field(slots, z.F_STREAM)))
         slots = slots[order]
         for lo in range(0, len(slots), FINISH_ROWS):
             yield from self._sweep_slots(
@@ -581,6 +600,15 @@ class ConnectionBuilder:
         used[self.free[: self.nfree]] = False
         return np.flatnonzero(used).astype(np.int64)
 
+    def _field(self, slots: npt.NDArray[np.int64], field: int) -> npt.NDArray[np.int64]:
+        """Field `field` of S (one of `z.PARKED_AS`) of the connections in these slots, parked
+        or not."""
+        v = self.S[slots, field]
+        p = self.parked[slots]
+        if p.any():
+            v[p] = self.P[slots[p], z.PARKED_AS[field]]
+        return v
+
     def _sweep(self, now: int, *, force: bool, reason: int) -> list[BatchJob]:
         slots = self._active_slots()
         if not len(slots):
@@ -590,7 +618,7 @@ class ConnectionBuilder:
     def _pool(self) -> tuple[Any, ...]:
         """The slot pool as the Zeek loops take it: the slots' state (S, W, H), the free list
         and its length, and each conversation's slot."""
-        return self.S, self.W, self.H, self.free, self.nfree, self.conv_slot
+        return self.S, self.W, self.H, self.free, self.nfree, self.conv_slot, self.P, self.parked
 
     def _sweep_slots(
         self, slots: npt.NDArray[np.int64], now: int, *, force: bool, reason: int
@@ -600,6 +628,8 @@ class ConnectionBuilder:
         OH = np.empty((len(slots), z.HIST_MAX), np.uint8)
         self.nfree, k = z.sweep(
             *self._pool(),
+            self.likely,
+            self.check_csum,
             slots,
             now,
             self.zeek_timers,
@@ -610,6 +640,8 @@ class ConnectionBuilder:
             OUT,
             OW,
             OH,
+            self._q,
+            self._qmeta,
         )
         if not k:
             return []
@@ -620,7 +652,7 @@ class ConnectionBuilder:
         """Lists the connections idle longest for the compiled loop to evict, idlest first:
         enough for a while, so that listing (a pass over the pool) is rare."""
         slots = self._active_slots()
-        seen = self.S[slots, z.F_SEEN_TS]
+        seen = self._field(slots, z.F_SEEN_TS)
         want = min(len(slots), max(64, self.max_active // 8))
         if want < len(slots):
             # every slot as idle as the want-th one, in slot order: what a stable sort of all
@@ -629,7 +661,7 @@ class ConnectionBuilder:
             slots, seen = slots[keep], seen[keep]
         order = np.argsort(seen, kind="stable")
         self._victims = np.stack(
-            [slots[order], self.S[slots[order], z.F_UID], seen[order]], axis=1
+            [slots[order], self._field(slots[order], z.F_UID), seen[order]], axis=1
         ).astype(np.int64)
         self._vmeta[0] = 0
 
@@ -655,7 +687,10 @@ class ConnectionBuilder:
         q, (head, tail) = self._q, self._qmeta
         rows = q[np.arange(head, tail) & (len(q) - 1)]
         s = rows[:, 1]
-        live = rows[(self.W[s, z.F_ACTIVE] != 0) & (self.S[s, z.F_UID] == rows[:, 2])]
+        live = rows[
+            ((self.W[s, z.F_ACTIVE] != 0) | self.parked[s])
+            & (self._field(s, z.F_UID) == rows[:, 2])
+        ]
         size = len(q)
         while 2 * len(live) >= size:
             size *= 2

@@ -175,6 +175,40 @@ NFIELDS = EP0 + 2 * EPN
 NFIELDS32 = WP0 + 2 * WPN
 """Width of W."""
 
+# --- parked connections: one pure SYN, kept as its packet, not as a slot's state --------
+# On a SYN flood half a million connections are open at once, each one SYN that will never
+# see a second packet; a slot's state (S, W and H: 728 bytes) for each costs more memory
+# than anything else `conns` holds, and the time of the kernel clearing those pages. Like the
+# kernel's request socks, such a connection keeps its slot number (the pool's count and the
+# eviction order are unchanged) but its state stays the packet that started it: a row of P,
+# 104 bytes. Whatever needs its state (a second packet, its timers, eviction, the capture's
+# end) replays that packet into a slot with the code that ran it first (`_unpark`), so the
+# record is the one the slot would have held.
+_P = _Columns()  # per parked slot, in P
+P_UID = _P.take()
+P_STREAM = _P.take()
+P_CONV = _P.take()
+P_TS = _P.take()
+P_SEQ = _P.take()
+P_ACK = _P.take()
+P_SRC_HI = _P.take()
+P_SRC_LO = _P.take()
+P_DST_HI = _P.take()
+P_DST_LO = _P.take()
+P_PORTS = _P.take()  # sport << 32 | dport << 16 | window
+P_LENS = _P.take()  # payload length << 32 | IP length
+P_BITS = _P.take()  # flags | dir << 16 | continued << 17 | truncated << 18 | checksum, ext flags
+NPARK = _P.n
+"""Width of P."""
+PARKED_AS = {
+    F_UID: P_UID,
+    F_STREAM: P_STREAM,
+    F_CONV: P_CONV,
+    F_START_TS: P_TS,
+    F_SEEN_TS: P_TS,
+}
+"""The slot fields a parked connection has in P, and where (its start is its last packet)."""
+
 # how the originator was chosen
 ORIENT_SYN, ORIENT_FIRST, ORIENT_PORT, ORIENT_SYNACK, ORIENT_REVERSAL = range(5)
 ORIENT_WORDS = (
@@ -671,12 +705,23 @@ def _timers_due(
 @njit(cache=True, _nrt=False)
 def _idle_due(S: Any, W: Any, s: Any, now: Any, idle_ns: Any, closed_idle_ns: Any) -> Any:
     """Without Zeek's timers a connection goes when it has been idle long enough."""
-    seen = S[s, F_SEEN_TS]
+    return _idle_due_at(S[s, F_SEEN_TS], _finished(W, s), now, idle_ns, closed_idle_ns)
+
+
+@njit(cache=True, _nrt=False)
+def _finished(W: Any, s: Any) -> bool:
+    """Both sides closed, or one reset: the shorter idle time applies (`_idle_due_at`)."""
     w0 = _ew(0)
     w1 = _ew(1)
-    finished = (W[s, w0 + E_DID_CLOSE] and W[s, w1 + E_DID_CLOSE]) or (
-        W[s, w0 + E_STATE] == RESET or W[s, w1 + E_STATE] == RESET
+    return bool(
+        (W[s, w0 + E_DID_CLOSE] and W[s, w1 + E_DID_CLOSE])
+        or (W[s, w0 + E_STATE] == RESET or W[s, w1 + E_STATE] == RESET)
     )
+
+
+@njit(cache=True, _nrt=False)
+def _idle_due_at(seen: Any, finished: Any, now: Any, idle_ns: Any, closed_idle_ns: Any) -> Any:
+    """`_idle_due` of a connection last seen at `seen` (a parked one has no slot to read)."""
     if finished and now - seen > closed_idle_ns:
         return END_IDLE
     if now - seen > idle_ns:
@@ -806,15 +851,348 @@ def _attempt_due(S: Any, W: Any, s: Any, now: Any) -> Any:
     return -1
 
 
+@njit(cache=True, _nrt=False)
+def _packet(
+    S: Any,
+    W: Any,
+    H: Any,
+    s: Any,
+    tk: Any,
+    d: Any,
+    t: Any,
+    fl: Any,
+    sq: Any,
+    ak: Any,
+    ln: Any,
+    win: Any,
+    ipl: Any,
+    csum: Any,
+    trunc: Any,
+    retx: Any,
+    zwin: Any,
+    check_csum: Any,
+    Q: Any,
+    qmeta: Any,
+    push: Any,
+) -> bool:
+    """One packet of direction d through the connection in slot s (Zeek's per-packet logic);
+    True if the RFC state machine will need the packet (see connections.py). An attempt
+    timer it arms goes on the ring Q (`process_chunk`) as slot `tk`'s, if `push` (a parked
+    connection's packet replayed armed it already)."""
+    if s < 0 or d < 0 or d > 1:
+        return False  # never: it tells LLVM that s >= 0 and d is 0 or 1 below
+    S[s, F_SEEN_TS] = t
+    e = _ep(d)
+    p = _ep(1 - d)
+    ew = _ew(d)
+    pw = _ew(1 - d)
+
+    # a lone SYN-ACK is flipped when the other side answers with an ACK or data
+    if (
+        W[s, F_HLEN] == 1
+        and H[s, 0] == 72  # 'H'
+        and d != W[s, F_ODIR]
+        and not (fl & (SYN | FIN | RST))
+        and ((fl & ACK) or ln > 0)
+    ):
+        W[s, F_ODIR] = d
+        H[s, 0] = 94  # '^'
+        H[s, 1] = 104  # 'h'
+        W[s, F_HLEN] = 2
+        W[s, F_ORIENT] = ORIENT_SYNACK
+        _set_state(S, W, s, 1 - d, ESTABLISHED)
+
+    # checksum: Zeek drops the packet after noting it (history C/c)
+    if check_csum and csum == 0:
+        _scaled(S, W, H, s, d, E_CK_CNT, E_CK_TH, 67)  # 'C'
+        return False
+
+    # Zeek's SetPartialStatus: partial unless each side's first packet was its SYN
+    seen = W[s, F_FIRST_SEEN]
+    if d == W[s, F_ODIR]:
+        if not (seen & 1):
+            W[s, F_IS_PARTIAL] = 1 if (not (fl & SYN) or (fl & ACK)) else 0
+            W[s, F_FIRST_SEEN] = seen | 1
+    elif not (seen & 2):
+        if not W[s, F_IS_PARTIAL]:
+            W[s, F_IS_PARTIAL] = 0 if (fl & SYN) else 1
+        W[s, F_FIRST_SEEN] = seen | 2
+
+    is_orig = d == W[s, F_ODIR]
+    syn = fl & SYN
+    fin = fl & FIN
+    rst = fl & RST
+    seg = ln + (1 if syn else 0) + (1 if fin else 0)
+    if rst:
+        seg -= ln
+    end = (sq + seg) & _M32
+
+    # which rows the RFC state machine will need (see connections.py)
+    keep = (fl & (SYN | FIN | RST)) != 0
+    if syn:
+        W[s, pw + E_FIRST_KEPT] = 0  # the peer's answer to each (re)sent SYN matters
+    if not keep and W[s, ew + E_FIRST_KEPT] < 2:
+        keep = True
+        W[s, ew + E_FIRST_KEPT] += 1
+    if not keep and (fl & ACK) and W[s, pw + E_FIN_CNT] > 0:
+        fa = W[s, pw + E_FIN_ACKED]
+        if _sdelta(ak, S[s, p + E_FIN_END]) >= 0:
+            if not (fa & 1):
+                keep = True
+                W[s, pw + E_FIN_ACKED] = fa | 1
+        elif not (fa & 3):
+            keep = True
+            W[s, pw + E_FIN_ACKED] = fa | 2
+
+    # init_endpoint
+    st = W[s, ew + E_STATE]
+    if st == INACTIVE:
+        if syn:
+            _init_seq(S, W, s, d, sq, end)
+        else:
+            _init_seq(S, W, s, d, sq - 1, sq)
+    elif st in (SYN_SENT, SYN_ACK_SENT):
+        if syn and (sq & _M32) != S[s, e + E_START]:
+            _init_seq(S, W, s, d, sq, end)
+    elif st in (ESTABLISHED, PARTIAL):
+        if syn:
+            _init_seq(S, W, s, d, sq, end)
+    elif st == RESET and syn and W[s, ew + E_PREV] == INACTIVE:
+        _init_seq(S, W, s, d, sq, end)
+
+    last_raw = _raw(S, W, s, d, S[s, e + E_LAST])
+    rel = S[s, e + E_LAST] + _sdelta(sq, last_raw)
+
+    # update_history
+    bits = (1 if syn else 0) + (1 if fin else 0) + (1 if rst else 0)
+    if bits > 1:
+        if fin and rst:
+            _check_hist(S, W, H, s, d, H_FIN_RST, 73)  # 'I'
+        else:
+            _check_hist(S, W, H, s, d, H_MULTI, 81)  # 'Q'
+    elif bits == 1:
+        if syn:
+            code = 72 if (fl & ACK) else 83  # 'H' / 'S'
+            if _check_hist(S, W, H, s, d, H_SYN, code) and rel != S[s, e + E_HL_SYN]:
+                _letter(S, W, H, s, d, code)
+            S[s, e + E_HL_SYN] = rel
+        if fin:
+            if _check_hist(S, W, H, s, d, H_FIN, 70) and rel + ln != S[s, e + E_HL_FIN]:
+                _letter(S, W, H, s, d, 70)
+            S[s, e + E_HL_FIN] = rel + ln
+        if rst:
+            if _check_hist(S, W, H, s, d, H_RST, 82) and rel != S[s, e + E_HL_RST]:
+                _letter(S, W, H, s, d, 82)
+            S[s, e + E_HL_RST] = rel
+    else:
+        if ln:
+            _check_hist(S, W, H, s, d, H_DATA, 68)  # 'D'
+        elif fl & ACK:
+            _check_hist(S, W, H, s, d, H_ACK, 65)  # 'A'
+
+    # update_window: zero windows
+    if win == 0 and not rst:
+        if zwin < 0:
+            W[s, ew + E_ZWIN] += 1
+        if W[s, pw + E_STATE] != CLOSED and W[s, ew + E_STATE] != RESET:
+            _scaled(S, W, H, s, d, E_W0_CNT, E_W0_TH, 87)  # 'W'
+    if zwin > 0:
+        W[s, ew + E_ZWIN] += 1
+
+    if not (W[s, ew + E_DID_CLOSE] and W[s, pw + E_DID_CLOSE]):
+        S[s, F_LAST_TS] = t
+
+    if fin:
+        W[s, ew + E_FIN_CNT] += 1
+        S[s, e + E_FIN_END] = end
+        S[s, e + E_FIN_REL] = rel + seg
+        W[s, ew + E_FIN_ACKED] = 0
+        _note_close(S, W, s, d, 0)
+    if rst:
+        _note_close(S, W, s, d, 1)
+
+    # handshake times, for the initial RTT
+    if syn and not (fl & ACK) and is_orig and S[s, F_SYN_TS] < 0:
+        S[s, F_SYN_TS] = t
+    elif syn and (fl & ACK) and not is_orig and S[s, F_SYN_TS] >= 0 and S[s, F_SYNACK_TS] < 0:
+        S[s, F_SYNACK_TS] = t
+    elif not syn and (fl & ACK) and is_orig and S[s, F_SYNACK_TS] >= 0 and S[s, F_HSACK_TS] < 0:
+        S[s, F_HSACK_TS] = t
+
+    # the ACK field
+    rel_ack = 0
+    if fl & ACK:
+        if W[s, pw + E_STATE] == INACTIVE:
+            _init_seq(S, W, s, 1 - d, ak - 1, ak - 1)
+            rel_ack = 1
+        else:
+            pa_raw = _raw(S, W, s, 1 - d, S[s, p + E_ACKR])
+            da = _sdelta(ak, pa_raw)
+            prel = S[s, p + E_ACKR] + da
+            rel_ack = prel if prel >= 0 else 0
+            if (
+                not rst
+                and prel >= 0
+                and not ((ak & _M32) == 0 and da > TOO_LARGE_SEQ_DELTA)
+                and da > 0
+            ):
+                S[s, p + E_ACKR] += da
+
+    # update_last_seq
+    dlast = _sdelta(end, last_raw)
+    if (syn or rst) and (dlast > TOO_LARGE_SEQ_DELTA or dlast < -TOO_LARGE_SEQ_DELTA):
+        pass
+    elif fin and S[s, e + E_LAST] == 1:
+        S[s, e + E_LAST] += dlast
+    elif W[s, ew + E_STATE] == RESET:
+        pass
+    elif dlast > 0:
+        S[s, e + E_LAST] += dlast
+    elif ln > 0:
+        _scaled(S, W, H, s, d, E_RX_CNT, E_RX_TH, 84)  # 'T'
+        if retx < 0:
+            W[s, ew + E_RETX] += 1
+    if retx > 0:
+        W[s, ew + E_RETX] += 1
+
+    # without SYN, FIN or RST only an INACTIVE endpoint changes state
+    do_close = False
+    if (fl & (SYN | FIN | RST)) or W[s, ew + E_STATE] == INACTIVE:
+        armed = S[s, F_T_ATTEMPT]
+        do_close, _gen = _state_machine(S, W, H, s, d, t, sq, ak, ln, dlast, fl)
+        if push and S[s, F_T_ATTEMPT] != armed:
+            q = qmeta[1] & (Q.shape[0] - 1)
+            Q[q, 0] = S[s, F_T_ATTEMPT]
+            Q[q, 1] = tk
+            Q[q, 2] = S[s, F_UID]
+            qmeta[1] += 1
+
+    # the reassembler: acknowledged data never seen is a content gap; then this data
+    if fl & ACK:
+        _ack_received(S, W, H, s, 1 - d, rel_ack)
+    if ln > 0 and not rst and not trunc and rel >= 0:
+        _data_sent(S, W, s, d, rel + 1 if syn else rel, ln)
+
+    # ConnSize: packets and IP bytes that got past the checksum
+    S[s, e + E_PKTS] += 1
+    S[s, e + E_IPBYTES] += ipl
+    S[s, e + E_PAYLOAD] += ln
+
+    if do_close:
+        _close(S, W, s, d)
+    return keep
+
+
+@njit(cache=True, _nrt=False)
+def _open(
+    S: Any,
+    W: Any,
+    H: Any,
+    s: Any,
+    uid: Any,
+    stream: Any,
+    conv: Any,
+    d: Any,
+    fl: Any,
+    sport: Any,
+    dport: Any,
+    likely: Any,
+    t: Any,
+    continued: Any,
+    src_hi: Any,
+    src_lo: Any,
+    dst_hi: Any,
+    dst_lo: Any,
+) -> None:
+    """A new connection in slot s, started by a packet of direction d from src to dst."""
+    _new_conn(S, W, H, s, uid, stream, conv, d, fl, sport, dport, likely, t, continued)
+    a = 0 if d == 0 else 2
+    b = 2 - a
+    S[s, F_A0HI + a] = src_hi
+    S[s, F_A0HI + a + 1] = src_lo
+    W[s, F_P0 + d] = sport
+    S[s, F_A0HI + b] = dst_hi
+    S[s, F_A0HI + b + 1] = dst_lo
+    W[s, F_P1 - d] = dport
+
+
+@njit(cache=True, _nrt=False)
+def _sx8(v: Any) -> Any:
+    """A signed byte back from P_BITS."""
+    v = v & 0xFF
+    return v - 256 if v >= 128 else v
+
+
+@njit(cache=True, _nrt=False)
+def _unpark(
+    S: Any,
+    W: Any,
+    H: Any,
+    P: Any,
+    parked: Any,
+    s: Any,
+    to: Any,
+    likely: Any,
+    check_csum: Any,
+    Q: Any,
+    qmeta: Any,
+) -> None:
+    """The state of parked slot s, into slot `to`: its packet replayed by the code that ran it
+    first (`_open`, `_packet`). Into s itself, the connection is parked no more; into the
+    scratch slot, it stays parked (its record is written from there)."""
+    bits = P[s, P_BITS]
+    fl = bits & 0xFFFF
+    d = (bits >> 16) & 1
+    ports = P[s, P_PORTS]
+    sport = (ports >> 32) & 0xFFFF
+    dport = (ports >> 16) & 0xFFFF
+    t = P[s, P_TS]
+    _open(
+        S, W, H, to, P[s, P_UID], P[s, P_STREAM], P[s, P_CONV], d, fl, sport, dport, likely, t,
+        (bits >> 17) & 1, P[s, P_SRC_HI], P[s, P_SRC_LO], P[s, P_DST_HI], P[s, P_DST_LO],
+    )  # fmt: skip
+    _packet(
+        S, W, H, to, s, d, t, fl, P[s, P_SEQ], P[s, P_ACK], P[s, P_LENS] >> 32, ports & 0xFFFF,
+        P[s, P_LENS] & 0xFFFFFFFF, _sx8(bits >> 24), ((bits >> 18) & 1) == 1, _sx8(bits >> 32),
+        _sx8(bits >> 40), check_csum, Q, qmeta, False,
+    )  # fmt: skip
+    if to == s:
+        parked[s] = False
+
+
+@njit(cache=True, _nrt=False)
+def _emit_from(
+    S: Any,
+    W: Any,
+    H: Any,
+    parked: Any,
+    s: Any,
+    r: Any,
+    reason: Any,
+    OUT: Any,
+    OW: Any,
+    OH: Any,
+    k: Any,
+    free: Any,
+    nfree: Any,
+) -> Any:
+    """`_emit` of slot s's connection from row r: s itself, or the scratch slot that a parked
+    connection was replayed into (`_unpark`), whose slot s then goes back on the free list."""
+    nfree = _emit(S, W, H, r, reason, OUT, OW, OH, k, free, nfree)
+    free[nfree - 1] = s
+    parked[s] = False
+    return nfree
+
+
 _ROW_COLUMNS = ("ts_ns", "flags", "seq", "ack", "win", "payload_len", "ip_len", "sport", "dport")
 """`process_chunk`'s packet columns after the stream tracker's, as their schema types them."""
 
 
 @kernel(
-    "i8[:,:] i4[:,:] u1[:,:] i8[:] i8 i8[:] i8 i8 i8[:] i8[:] b1[:] i1[:] "
+    "i8[:,:] i4[:,:] u1[:,:] i8[:] i8 i8[:] i8[:,:] b1[:] i8 i8 i8[:] i8[:] b1[:] i1[:] "
     f"{array_types(COLUMNS, _ROW_COLUMNS)} i8[:] i8[:] i8[:] i8[:] "
     f"{array_types(COLUMNS, ('csum_ok', 'truncated'))} i1[:] i1[:] b1[:] b1 b1 i8 i8 "
-    "i8[:] b1[:] i8[:,:] i4[:,:] u1[:,:] i8[:,:] i8[:] b1 i8[:,:] i8[:] -> (i8, i8, i8, i8)",
+    "i8[:] b1[:] i8[:,:] i4[:,:] u1[:,:] i8[:,:] i8[:] b1 b1 i8[:,:] i8[:] -> (i8, i8, i8, i8)",
     nogil=True,
 )
 def process_chunk(
@@ -824,6 +1202,8 @@ def process_chunk(
     free: Any,
     nfree: int,
     conv_slot: Any,
+    P: Any,
+    parked: Any,
     next_uid: int,
     first: int,
     # per-row inputs
@@ -863,6 +1243,8 @@ def process_chunk(
     # attempt timers, in the order they were armed: (due time, slot, uid) rows of a ring
     Q: Any,
     qmeta: Any,
+    # park new connections' pure SYNs (see P)
+    park: bool,
     # at the memory cap: free slots from those timers, then from the victims
     at_cap: bool,
     victims: Any,
@@ -885,6 +1267,7 @@ def process_chunk(
     returns for the caller to list more."""
     k = 0
     qmask = Q.shape[0] - 1
+    scr = S.shape[0] - 1  # the scratch slot, outside the pool: parked connections replay there
     for i in range(first, conv.shape[0]):
         if k == OUT.shape[0] or qmeta[1] - qmeta[0] > qmask:
             return nfree, next_uid, k, i
@@ -896,29 +1279,42 @@ def process_chunk(
                     break
                 qmeta[0] += 1
                 s = Q[q, 1]
-                if not W[s, F_ACTIVE] or S[s, F_UID] != Q[q, 2]:
+                r = s
+                if parked[s]:
+                    if P[s, P_UID] != Q[q, 2]:
+                        continue
+                    r = scr
+                    _unpark(S, W, H, P, parked, s, r, likely, check_csum, Q, qmeta)
+                elif not W[s, F_ACTIVE] or S[s, F_UID] != Q[q, 2]:
                     continue
                 if zeek_timers:
-                    why = _zeek_timers_due(S, W, s, t)
+                    why = _zeek_timers_due(S, W, r, t)
                 else:
-                    why = _attempt_due(S, W, s, t)
+                    why = _attempt_due(S, W, r, t)
                 if why >= 0:
-                    conv_slot[S[s, F_CONV]] = -1
-                    nfree = _emit(S, W, H, s, why, OUT, OW, OH, k, free, nfree)
+                    conv_slot[S[r, F_CONV]] = -1
+                    nfree = _emit_from(S, W, H, parked, s, r, why, OUT, OW, OH, k, free, nfree)
                     k += 1
             while nfree == 0 and vmeta[0] < victims.shape[0] and k < OUT.shape[0]:
                 v = vmeta[0]
                 vmeta[0] += 1
                 s = victims[v, 0]
-                if (
+                r = s
+                if parked[s]:
+                    if P[s, P_UID] != victims[v, 1] or P[s, P_TS] != victims[v, 2]:
+                        continue
+                    r = scr
+                    _unpark(S, W, H, P, parked, s, r, likely, check_csum, Q, qmeta)
+                elif not (
                     W[s, F_ACTIVE]
                     and S[s, F_UID] == victims[v, 1]
                     and S[s, F_SEEN_TS] == victims[v, 2]
                 ):
-                    conv_slot[S[s, F_CONV]] = -1
-                    nfree = _emit(S, W, H, s, END_EVICTED, OUT, OW, OH, k, free, nfree)
-                    k += 1
-                    vmeta[1] += 1
+                    continue
+                conv_slot[S[r, F_CONV]] = -1
+                nfree = _emit_from(S, W, H, parked, s, r, END_EVICTED, OUT, OW, OH, k, free, nfree)
+                k += 1
+                vmeta[1] += 1
         if nfree == 0 or k == OUT.shape[0]:
             return nfree, next_uid, k, i
         c = conv[i]
@@ -936,6 +1332,9 @@ def process_chunk(
         ak = np.int64(ackn[i])
         ln = np.int64(plen[i])
         s = conv_slot[c]
+        if s >= 0 and parked[s]:
+            # its second packet: the connection takes its slot's state from here on
+            _unpark(S, W, H, P, parked, s, s, likely, check_csum, Q, qmeta)
         if s >= 0 and S[s, F_STREAM] != stream[i]:
             # Wireshark started a new stream on this 4-tuple: the old one is over
             nfree = _emit(S, W, H, s, END_PORT_REUSE, OUT, OW, OH, k, free, nfree)
@@ -956,233 +1355,68 @@ def process_chunk(
                 continued = 0
         else:
             continued = 0 if (new[i] or s == -2) else 1
+        tk = s  # the slot the connection holds
         if s < 0:
             nfree -= 1
-            s = free[nfree]
-            conv_slot[c] = s
-            _new_conn(
-                S, W, H, s, next_uid, stream[i], c, d, fl, sport[i], dport[i], likely, t, continued
+            tk = free[nfree]
+            conv_slot[c] = tk
+            # a pure SYN that starts a connection is parked (see P) once the pool is large
+            s = (
+                scr
+                if park
+                and not zeek_timers
+                and (fl & (SYN | ACK | FIN | RST)) == SYN
+                and not (check_csum and csum_ok[i] == 0)
+                else tk
             )
+            _open(
+                S, W, H, s, next_uid, stream[i], c, d, fl, sport[i], dport[i], likely, t,
+                continued, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
+            )  # fmt: skip
             next_uid += 1
-            a = 0 if d == 0 else 2
-            b = 2 - a
-            S[s, F_A0HI + a] = src_hi[i]
-            S[s, F_A0HI + a + 1] = src_lo[i]
-            W[s, F_P0 + d] = sport[i]
-            S[s, F_A0HI + b] = dst_hi[i]
-            S[s, F_A0HI + b + 1] = dst_lo[i]
-            W[s, F_P1 - d] = dport[i]
         if s < 0:
             continue  # never: it tells LLVM that s >= 0 below
-        # With s >= 0 and d in (0, 1) known, LLVM drops numba's negative-index wraparound
-        # from the S[s, ...] and W[s, ...] accesses that follow, here and in the helpers it inlines.
         row_uid[i] = S[s, F_UID]
-        S[s, F_SEEN_TS] = t
-        e = _ep(d)
-        p = _ep(1 - d)
-        ew = _ew(d)
-        pw = _ew(1 - d)
-
-        # a lone SYN-ACK is flipped when the other side answers with an ACK or data
-        if (
-            W[s, F_HLEN] == 1
-            and H[s, 0] == 72  # 'H'
-            and d != W[s, F_ODIR]
-            and not (fl & (SYN | FIN | RST))
-            and ((fl & ACK) or ln > 0)
-        ):
-            W[s, F_ODIR] = d
-            H[s, 0] = 94  # '^'
-            H[s, 1] = 104  # 'h'
-            W[s, F_HLEN] = 2
-            W[s, F_ORIENT] = ORIENT_SYNACK
-            _set_state(S, W, s, 1 - d, ESTABLISHED)
-
-        # checksum: Zeek drops the packet after noting it (history C/c)
-        if check_csum and csum_ok[i] == 0:
-            _scaled(S, W, H, s, d, E_CK_CNT, E_CK_TH, 67)  # 'C'
-            row_keep[i] = False
-            continue
-
-        # Zeek's SetPartialStatus: partial unless each side's first packet was its SYN
-        seen = W[s, F_FIRST_SEEN]
-        if d == W[s, F_ODIR]:
-            if not (seen & 1):
-                W[s, F_IS_PARTIAL] = 1 if (not (fl & SYN) or (fl & ACK)) else 0
-                W[s, F_FIRST_SEEN] = seen | 1
-        elif not (seen & 2):
-            if not W[s, F_IS_PARTIAL]:
-                W[s, F_IS_PARTIAL] = 0 if (fl & SYN) else 1
-            W[s, F_FIRST_SEEN] = seen | 2
-
-        is_orig = d == W[s, F_ODIR]
-        syn = fl & SYN
-        fin = fl & FIN
-        rst = fl & RST
-        seg = ln + (1 if syn else 0) + (1 if fin else 0)
-        if rst:
-            seg -= ln
-        end = (sq + seg) & _M32
-
-        # which rows the RFC state machine will need (see connections.py)
-        keep = (fl & (SYN | FIN | RST)) != 0
-        if syn:
-            W[s, pw + E_FIRST_KEPT] = 0  # the peer's answer to each (re)sent SYN matters
-        if not keep and W[s, ew + E_FIRST_KEPT] < 2:
-            keep = True
-            W[s, ew + E_FIRST_KEPT] += 1
-        if not keep and (fl & ACK) and W[s, pw + E_FIN_CNT] > 0:
-            fa = W[s, pw + E_FIN_ACKED]
-            if _sdelta(ak, S[s, p + E_FIN_END]) >= 0:
-                if not (fa & 1):
-                    keep = True
-                    W[s, pw + E_FIN_ACKED] = fa | 1
-            elif not (fa & 3):
-                keep = True
-                W[s, pw + E_FIN_ACKED] = fa | 2
-        row_keep[i] = keep
-
-        # init_endpoint
-        st = W[s, ew + E_STATE]
-        if st == INACTIVE:
-            if syn:
-                _init_seq(S, W, s, d, sq, end)
-            else:
-                _init_seq(S, W, s, d, sq - 1, sq)
-        elif st in (SYN_SENT, SYN_ACK_SENT):
-            if syn and (sq & _M32) != S[s, e + E_START]:
-                _init_seq(S, W, s, d, sq, end)
-        elif st in (ESTABLISHED, PARTIAL):
-            if syn:
-                _init_seq(S, W, s, d, sq, end)
-        elif st == RESET and syn and W[s, ew + E_PREV] == INACTIVE:
-            _init_seq(S, W, s, d, sq, end)
-
-        last_raw = _raw(S, W, s, d, S[s, e + E_LAST])
-        rel = S[s, e + E_LAST] + _sdelta(sq, last_raw)
-
-        # update_history
-        bits = (1 if syn else 0) + (1 if fin else 0) + (1 if rst else 0)
-        if bits > 1:
-            if fin and rst:
-                _check_hist(S, W, H, s, d, H_FIN_RST, 73)  # 'I'
-            else:
-                _check_hist(S, W, H, s, d, H_MULTI, 81)  # 'Q'
-        elif bits == 1:
-            if syn:
-                code = 72 if (fl & ACK) else 83  # 'H' / 'S'
-                if _check_hist(S, W, H, s, d, H_SYN, code) and rel != S[s, e + E_HL_SYN]:
-                    _letter(S, W, H, s, d, code)
-                S[s, e + E_HL_SYN] = rel
-            if fin:
-                if _check_hist(S, W, H, s, d, H_FIN, 70) and rel + ln != S[s, e + E_HL_FIN]:
-                    _letter(S, W, H, s, d, 70)
-                S[s, e + E_HL_FIN] = rel + ln
-            if rst:
-                if _check_hist(S, W, H, s, d, H_RST, 82) and rel != S[s, e + E_HL_RST]:
-                    _letter(S, W, H, s, d, 82)
-                S[s, e + E_HL_RST] = rel
-        else:
-            if ln:
-                _check_hist(S, W, H, s, d, H_DATA, 68)  # 'D'
-            elif fl & ACK:
-                _check_hist(S, W, H, s, d, H_ACK, 65)  # 'A'
-
-        # update_window: zero windows
-        if win[i] == 0 and not rst:
-            if ext_zwin[i] < 0:
-                W[s, ew + E_ZWIN] += 1
-            if W[s, pw + E_STATE] != CLOSED and W[s, ew + E_STATE] != RESET:
-                _scaled(S, W, H, s, d, E_W0_CNT, E_W0_TH, 87)  # 'W'
-        if ext_zwin[i] > 0:
-            W[s, ew + E_ZWIN] += 1
-
-        if not (W[s, ew + E_DID_CLOSE] and W[s, pw + E_DID_CLOSE]):
-            S[s, F_LAST_TS] = t
-
-        if fin:
-            W[s, ew + E_FIN_CNT] += 1
-            S[s, e + E_FIN_END] = end
-            S[s, e + E_FIN_REL] = rel + seg
-            W[s, ew + E_FIN_ACKED] = 0
-            _note_close(S, W, s, d, 0)
-        if rst:
-            _note_close(S, W, s, d, 1)
-
-        # handshake times, for the initial RTT
-        if syn and not (fl & ACK) and is_orig and S[s, F_SYN_TS] < 0:
-            S[s, F_SYN_TS] = t
-        elif syn and (fl & ACK) and not is_orig and S[s, F_SYN_TS] >= 0 and S[s, F_SYNACK_TS] < 0:
-            S[s, F_SYNACK_TS] = t
-        elif not syn and (fl & ACK) and is_orig and S[s, F_SYNACK_TS] >= 0 and S[s, F_HSACK_TS] < 0:
-            S[s, F_HSACK_TS] = t
-
-        # the ACK field
-        rel_ack = 0
-        if fl & ACK:
-            if W[s, pw + E_STATE] == INACTIVE:
-                _init_seq(S, W, s, 1 - d, ak - 1, ak - 1)
-                rel_ack = 1
-            else:
-                pa_raw = _raw(S, W, s, 1 - d, S[s, p + E_ACKR])
-                da = _sdelta(ak, pa_raw)
-                prel = S[s, p + E_ACKR] + da
-                rel_ack = prel if prel >= 0 else 0
-                if (
-                    not rst
-                    and prel >= 0
-                    and not ((ak & _M32) == 0 and da > TOO_LARGE_SEQ_DELTA)
-                    and da > 0
-                ):
-                    S[s, p + E_ACKR] += da
-
-        # update_last_seq
-        dlast = _sdelta(end, last_raw)
-        if (syn or rst) and (dlast > TOO_LARGE_SEQ_DELTA or dlast < -TOO_LARGE_SEQ_DELTA):
-            pass
-        elif fin and S[s, e + E_LAST] == 1:
-            S[s, e + E_LAST] += dlast
-        elif W[s, ew + E_STATE] == RESET:
-            pass
-        elif dlast > 0:
-            S[s, e + E_LAST] += dlast
-        elif ln > 0:
-            _scaled(S, W, H, s, d, E_RX_CNT, E_RX_TH, 84)  # 'T'
-            if ext_retx[i] < 0:
-                W[s, ew + E_RETX] += 1
-        if ext_retx[i] > 0:
-            W[s, ew + E_RETX] += 1
-
-        # without SYN, FIN or RST only an INACTIVE endpoint changes state
-        do_close = False
-        if (fl & (SYN | FIN | RST)) or W[s, ew + E_STATE] == INACTIVE:
-            armed = S[s, F_T_ATTEMPT]
-            do_close, _gen = _state_machine(S, W, H, s, d, t, sq, ak, ln, dlast, fl)
-            if S[s, F_T_ATTEMPT] != armed:
-                q = qmeta[1] & qmask
-                Q[q, 0] = S[s, F_T_ATTEMPT]
-                Q[q, 1] = s
-                Q[q, 2] = S[s, F_UID]
-                qmeta[1] += 1
-
-        # the reassembler: acknowledged data never seen is a content gap; then this data
-        if fl & ACK:
-            _ack_received(S, W, H, s, 1 - d, rel_ack)
-        if ln > 0 and not rst and not trunc[i] and rel >= 0:
-            _data_sent(S, W, s, d, rel + 1 if syn else rel, ln)
-
-        # ConnSize: packets and IP bytes that got past the checksum
-        S[s, e + E_PKTS] += 1
-        S[s, e + E_IPBYTES] += ip_len[i]
-        S[s, e + E_PAYLOAD] += ln
-
-        if do_close:
-            _close(S, W, s, d)
+        w = np.int64(win[i])
+        ipl = np.int64(ip_len[i])
+        cs = np.int64(csum_ok[i])
+        rx = np.int64(ext_retx[i])
+        zw = np.int64(ext_zwin[i])
+        row_keep[i] = _packet(
+            S, W, H, s, tk, d, t, fl, sq, ak, ln, w, ipl, cs, trunc[i], rx, zw, check_csum, Q,
+            qmeta, True,
+        )  # fmt: skip
+        if s != tk:
+            P[tk, P_UID] = S[s, F_UID]
+            P[tk, P_STREAM] = stream[i]
+            P[tk, P_CONV] = c
+            P[tk, P_TS] = t
+            P[tk, P_SEQ] = sq
+            P[tk, P_ACK] = ak
+            P[tk, P_SRC_HI] = src_hi[i]
+            P[tk, P_SRC_LO] = src_lo[i]
+            P[tk, P_DST_HI] = dst_hi[i]
+            P[tk, P_DST_LO] = dst_lo[i]
+            P[tk, P_PORTS] = (np.int64(sport[i]) << 32) | (np.int64(dport[i]) << 16) | w
+            P[tk, P_LENS] = (ln << 32) | ipl
+            P[tk, P_BITS] = (
+                fl
+                | (d << 16)
+                | (np.int64(continued) << 17)
+                | (np.int64(1 if trunc[i] else 0) << 18)
+                | ((cs & 0xFF) << 24)
+                | ((rx & 0xFF) << 32)
+                | ((zw & 0xFF) << 40)
+                | (np.int64(1 if _finished(W, s) else 0) << 48)
+            )
+            parked[tk] = True
+            W[s, F_ACTIVE] = 0
     return nfree, next_uid, k, conv.shape[0]
 
 
 @kernel(
-    "i8[:,:] i4[:,:] u1[:,:] i8[:] i8 i8[:] i8[:] i8 b1 i8 i8 b1 i8 i8[:,:] i4[:,:] u1[:,:] -> (i8, i8)",
+    "i8[:,:] i4[:,:] u1[:,:] i8[:] i8 i8[:] i8[:,:] b1[:] b1[:] b1 i8[:] i8 b1 i8 i8 b1 i8 "
+    "i8[:,:] i4[:,:] u1[:,:] i8[:,:] i8[:] -> (i8, i8)",
     nogil=True,
 )
 def sweep(
@@ -1192,6 +1426,10 @@ def sweep(
     free: Any,
     nfree: int,
     conv_slot: Any,
+    P: Any,
+    parked: Any,
+    likely: Any,
+    check_csum: bool,
     slots: Any,
     now: int,
     zeek_timers: bool,
@@ -1202,17 +1440,29 @@ def sweep(
     OUT: Any,
     OW: Any,
     OH: Any,
+    Q: Any,
+    qmeta: Any,
 ) -> tuple[int, int]:
     """Emit the given active slots whose time is up by `now` (all of them if `force`)."""
     k = 0
+    scr = S.shape[0] - 1
     for j in range(slots.shape[0]):
         s = slots[j]
-        if not W[s, F_ACTIVE]:
+        r = s
+        if parked[s]:
+            if not force and not zeek_timers:
+                # its idle time needs no replay
+                fin = (P[s, P_BITS] >> 48) & 1
+                if _idle_due_at(P[s, P_TS], fin, now, idle_ns, closed_idle_ns) < 0:
+                    continue
+            r = scr
+            _unpark(S, W, H, P, parked, s, r, likely, check_csum, Q, qmeta)
+        elif not W[s, F_ACTIVE]:
             continue
-        why = reason if force else _timers_due(S, W, s, now, zeek_timers, idle_ns, closed_idle_ns)
+        why = reason if force else _timers_due(S, W, r, now, zeek_timers, idle_ns, closed_idle_ns)
         if why >= 0:
-            conv_slot[S[s, F_CONV]] = -1
-            nfree = _emit(S, W, H, s, why, OUT, OW, OH, k, free, nfree)
+            conv_slot[S[r, F_CONV]] = -1
+            nfree = _emit_from(S, W, H, parked, s, r, why, OUT, OW, OH, k, free, nfree)
             k += 1
     return nfree, k
 
