@@ -283,10 +283,10 @@ class ConnectionBuilder:
         self._last_sweep = 0
         # packets kept for the RFC state machine, per connection uid
         self._kept = _KeptPackets()
-        # records emitted by one call of the compiled loop (it stops when this is full)
-        self._out = np.empty((OUT_ROWS, z.NFIELDS), np.int64)
-        self._ow = np.empty((OUT_ROWS, z.NFIELDS32), np.int32)
-        self._oh = np.empty((OUT_ROWS, z.HIST_MAX), np.uint8)
+        # the batch of records being emitted: the compiled loop writes each record straight
+        # into its row (it stops when fewer than `OUT_ROWS` rows are left) and a full batch
+        # leaves as it is, for a new one (`_batch_rows`)
+        self._out, self._ow, self._oh = self._batch_rows()
         # attempt timers as they were armed (see `z.process_chunk`), a ring of (due, slot, uid)
         # (large from the start: every SYN arms a timer, and on a capture of many short
         # connections a small ring filled, stopping the compiled loop to compact it, every
@@ -394,8 +394,7 @@ class ConnectionBuilder:
         # records are worded as of the chunk's last packet (idle times, TIME_WAIT expiry)
         self.now = max(self.now, int(t["ts_ns"].max()))
         OUT, OW, OH = self._out, self._ow, self._oh
-        done: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.uint8]]] = []
-        done_n = 0
+        done_n = 0  # rows of the batch filled
         i = 0
         named = 0  # rows before this one had their server names noted (`_note_names`)
         while i < n:
@@ -404,6 +403,7 @@ class ConnectionBuilder:
             if self._qmeta[1] - self._qmeta[0] >= len(self._q):
                 self._compact_queue()
             evicted = int(self._vmeta[1])
+            top = done_n + OUT_ROWS
             self.nfree, self.next_uid, k, j = z.process_chunk(
                 *self._pool(),
                 self.next_uid,
@@ -436,9 +436,9 @@ class ConnectionBuilder:
                 self.closed_idle_ns,
                 row_uid,
                 row_keep,
-                OUT,
-                OW,
-                OH,
+                OUT[done_n:top],
+                OW[done_n:top],
+                OH[done_n:top],
                 self._q,
                 self._qmeta,
                 self.active >= self.park_from,
@@ -447,12 +447,11 @@ class ConnectionBuilder:
                 self._vmeta,
             )
             if k:
-                done.append((OUT[:k].copy(), OW[:k].copy(), OH[:k].copy()))
-                done_n += k
-                self._gone.append(OUT[:k, [z.F_CONV, z.F_STREAM]])
+                self._gone.append(OUT[done_n : done_n + k, [z.F_CONV, z.F_STREAM]])
             if int(self._vmeta[1]) > evicted:
-                self._evicted(OUT[:k], OW[:k])
-            if j < n and self.nfree == 0 and self._cap >= self.max_active and k < len(OUT):
+                self._evicted(OUT[done_n : done_n + k], OW[done_n : done_n + k])
+            done_n += k
+            if j < n and self.nfree == 0 and self._cap >= self.max_active and done_n < top:
                 self._list_victims()
             if self.rfc_states and row_keep[i:j].any():
                 idx = i + np.flatnonzero(row_keep[i:j])
@@ -473,28 +472,39 @@ class ConnectionBuilder:
                 # names for all rows so far at once (one whole-array pass, not one per call)
                 self._note_names(t, row_uid, named, j)
                 named = j
-                out += self._flush(done)
+                out += self._flush(done_n)
+                OUT, OW, OH = self._out, self._ow, self._oh
                 done_n = 0
         self._note_names(t, row_uid, named, n)
-        if done:
-            out += self._flush(done)
+        if done_n:
+            out += self._flush(done_n)
         if self.now - self._last_sweep >= SWEEP_EVERY_NS:
             self._last_sweep = self.now
             out += self._sweep(self.now, force=False, reason=-1)
         return out
 
-    def _flush(
-        self,
-        done: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.uint8]]],
-    ) -> list[BatchJob]:
-        """The rows emitted so far as one batch of records (and `done` emptied): batches of
-        about `RECORD_ROWS`, as looking up the kept packets costs about the same for any size
-        while the rows, columns and text of a batch are held at once."""
-        OUT = np.concatenate([o for o, _, _ in done])
-        OW = np.concatenate([w for _, w, _ in done])
-        OH = np.concatenate([h for _, _, h in done])
-        done.clear()
+    def _flush(self, rows: int) -> list[BatchJob]:
+        """The first `rows` rows of the batch as one batch of records: batches of about
+        `RECORD_ROWS`, as looking up the kept packets costs about the same for any size while
+        the rows, columns and text of a batch are held at once. A full batch leaves as it is
+        and a new one takes its place (a flood's records were copied twice on their way,
+        once out of the loop's rows and once joined: 4 GB of copying); the last rows of a
+        chunk are copied out, so that the batch is reused."""
+        OUT, OW, OH = self._out[:rows], self._ow[:rows], self._oh[:rows]
+        if rows >= RECORD_ROWS:
+            self._out, self._ow, self._oh = self._batch_rows()
+        else:
+            OUT, OW, OH = OUT.copy(), OW.copy(), OH.copy()
         return self._records(OUT, OW, OH)
+
+    @staticmethod
+    def _batch_rows() -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.uint8]]:
+        rows = RECORD_ROWS + OUT_ROWS
+        return (
+            np.empty((rows, z.NFIELDS), np.int64),
+            np.empty((rows, z.NFIELDS32), np.int32),
+            np.empty((rows, z.HIST_MAX), np.uint8),
+        )
 
     def _note_names(self, t: PacketTable, row_uid: npt.NDArray[np.int64], i: int, j: int) -> None:
         """Keeps the server name of each connection whose first payload is among rows i to
@@ -603,11 +613,10 @@ class ConnectionBuilder:
     def _field(self, slots: npt.NDArray[np.int64], field: int) -> npt.NDArray[np.int64]:
         """Field `field` of S (one of `z.PARKED_AS`) of the connections in these slots, parked
         or not."""
-        v = self.S[slots, field]
-        p = self.parked[slots]
-        if p.any():
-            v[p] = self.P[slots[p], z.PARKED_AS[field]]
-        return v
+        slots = np.ascontiguousarray(slots, np.int64)
+        out = np.empty(len(slots), np.int64)
+        z.slot_field(self.S, self.P, self.parked, slots, field, z.PARKED_AS[field], out)
+        return out
 
     def _sweep(self, now: int, *, force: bool, reason: int) -> list[BatchJob]:
         slots = self._active_slots()
