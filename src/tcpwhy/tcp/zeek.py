@@ -642,7 +642,12 @@ def _new_conn(
     likely: Any,
     t: Any,
     continued: Any,
+    src_hi: Any,
+    src_lo: Any,
+    dst_hi: Any,
+    dst_lo: Any,
 ) -> None:
+    """A new connection in slot s, started by a packet of direction d from src to dst."""
     # element by element: a row slice is an array view, which needs reference counting
     for j in range(NFIELDS):
         S[s, j] = 0
@@ -669,6 +674,14 @@ def _new_conn(
     S[s, F_HSACK_TS] = -1
     W[s, F_CONTINUED] = continued
     W[s, F_FIRST_FLAGS] = fl
+    a = 0 if d == 0 else 2
+    b = 2 - a
+    S[s, F_A0HI + a] = src_hi
+    S[s, F_A0HI + a + 1] = src_lo
+    W[s, F_P0 + d] = sport
+    S[s, F_A0HI + b] = dst_hi
+    S[s, F_A0HI + b + 1] = dst_lo
+    W[s, F_P1 - d] = dport
     for dd in range(2):
         ew = _ew(dd)
         W[s, ew + E_RX_TH] = 1
@@ -817,7 +830,9 @@ def _emit(
     S: Any,
     W: Any,
     H: Any,
+    parked: Any,
     s: Any,
+    r: Any,
     reason: Any,
     OUT: Any,
     OW: Any,
@@ -826,14 +841,18 @@ def _emit(
     free: Any,
     nfree: Any,
 ) -> Any:
-    W[s, F_REASON] = reason
+    """Record k of OUT, OW and OH: the connection of slot s, from row r (s itself, or the
+    scratch slot a parked connection was replayed into, `_unpark`); s goes back on the free
+    list."""
+    W[r, F_REASON] = reason
     for j in range(NFIELDS):
-        OUT[k, j] = S[s, j]
+        OUT[k, j] = S[r, j]
     for j in range(NFIELDS32):
-        OW[k, j] = W[s, j]
+        OW[k, j] = W[r, j]
     for j in range(HIST_MAX):
-        OH[k, j] = H[s, j]
-    W[s, F_ACTIVE] = 0
+        OH[k, j] = H[r, j]
+    W[r, F_ACTIVE] = 0
+    parked[s] = False
     free[nfree] = s
     return nfree + 1
 
@@ -1084,39 +1103,6 @@ def _packet(
 
 
 @njit(cache=True, _nrt=False)
-def _open(
-    S: Any,
-    W: Any,
-    H: Any,
-    s: Any,
-    uid: Any,
-    stream: Any,
-    conv: Any,
-    d: Any,
-    fl: Any,
-    sport: Any,
-    dport: Any,
-    likely: Any,
-    t: Any,
-    continued: Any,
-    src_hi: Any,
-    src_lo: Any,
-    dst_hi: Any,
-    dst_lo: Any,
-) -> None:
-    """A new connection in slot s, started by a packet of direction d from src to dst."""
-    _new_conn(S, W, H, s, uid, stream, conv, d, fl, sport, dport, likely, t, continued)
-    a = 0 if d == 0 else 2
-    b = 2 - a
-    S[s, F_A0HI + a] = src_hi
-    S[s, F_A0HI + a + 1] = src_lo
-    W[s, F_P0 + d] = sport
-    S[s, F_A0HI + b] = dst_hi
-    S[s, F_A0HI + b + 1] = dst_lo
-    W[s, F_P1 - d] = dport
-
-
-@njit(cache=True, _nrt=False)
 def _sx8(v: Any) -> Any:
     """A signed byte back from P_BITS."""
     v = v & 0xFF
@@ -1138,7 +1124,7 @@ def _unpark(
     qmeta: Any,
 ) -> None:
     """The state of parked slot s, into slot `to`: its packet replayed by the code that ran it
-    first (`_open`, `_packet`). Into s itself, the connection is parked no more; into the
+    first (`_new_conn`, `_packet`). Into s itself, the connection is parked no more; into the
     scratch slot, it stays parked (its record is written from there)."""
     bits = P[s, P_BITS]
     fl = bits & 0xFFFF
@@ -1147,7 +1133,7 @@ def _unpark(
     sport = (ports >> 32) & 0xFFFF
     dport = (ports >> 16) & 0xFFFF
     t = P[s, P_TS]
-    _open(
+    _new_conn(
         S, W, H, to, P[s, P_UID], P[s, P_STREAM], P[s, P_CONV], d, fl, sport, dport, likely, t,
         (bits >> 17) & 1, P[s, P_SRC_HI], P[s, P_SRC_LO], P[s, P_DST_HI], P[s, P_DST_LO],
     )  # fmt: skip
@@ -1158,30 +1144,6 @@ def _unpark(
     )  # fmt: skip
     if to == s:
         parked[s] = False
-
-
-@njit(cache=True, _nrt=False)
-def _emit_from(
-    S: Any,
-    W: Any,
-    H: Any,
-    parked: Any,
-    s: Any,
-    r: Any,
-    reason: Any,
-    OUT: Any,
-    OW: Any,
-    OH: Any,
-    k: Any,
-    free: Any,
-    nfree: Any,
-) -> Any:
-    """`_emit` of slot s's connection from row r: s itself, or the scratch slot that a parked
-    connection was replayed into (`_unpark`), whose slot s then goes back on the free list."""
-    nfree = _emit(S, W, H, r, reason, OUT, OW, OH, k, free, nfree)
-    free[nfree - 1] = s
-    parked[s] = False
-    return nfree
 
 
 _ROW_COLUMNS = ("ts_ns", "flags", "seq", "ack", "win", "payload_len", "ip_len", "sport", "dport")
@@ -1293,7 +1255,7 @@ def process_chunk(
                     why = _attempt_due(S, W, r, t)
                 if why >= 0:
                     conv_slot[S[r, F_CONV]] = -1
-                    nfree = _emit_from(S, W, H, parked, s, r, why, OUT, OW, OH, k, free, nfree)
+                    nfree = _emit(S, W, H, parked, s, r, why, OUT, OW, OH, k, free, nfree)
                     k += 1
             while nfree == 0 and vmeta[0] < victims.shape[0] and k < OUT.shape[0]:
                 v = vmeta[0]
@@ -1312,7 +1274,7 @@ def process_chunk(
                 ):
                     continue
                 conv_slot[S[r, F_CONV]] = -1
-                nfree = _emit_from(S, W, H, parked, s, r, END_EVICTED, OUT, OW, OH, k, free, nfree)
+                nfree = _emit(S, W, H, parked, s, r, END_EVICTED, OUT, OW, OH, k, free, nfree)
                 k += 1
                 vmeta[1] += 1
         if nfree == 0 or k == OUT.shape[0]:
@@ -1337,7 +1299,7 @@ def process_chunk(
             _unpark(S, W, H, P, parked, s, s, likely, check_csum, Q, qmeta)
         if s >= 0 and S[s, F_STREAM] != stream[i]:
             # Wireshark started a new stream on this 4-tuple: the old one is over
-            nfree = _emit(S, W, H, s, END_PORT_REUSE, OUT, OW, OH, k, free, nfree)
+            nfree = _emit(S, W, H, parked, s, s, END_PORT_REUSE, OUT, OW, OH, k, free, nfree)
             k += 1
             conv_slot[c] = -1
             s = -1
@@ -1346,7 +1308,7 @@ def process_chunk(
             if why < 0 and zeek_timers and _is_reuse(S, W, s, d, fl, sq):
                 why = END_REUSE
             if why >= 0:
-                nfree = _emit(S, W, H, s, why, OUT, OW, OH, k, free, nfree)
+                nfree = _emit(S, W, H, parked, s, s, why, OUT, OW, OH, k, free, nfree)
                 k += 1
                 conv_slot[c] = -1
                 s = -1
@@ -1369,7 +1331,7 @@ def process_chunk(
                 and not (check_csum and csum_ok[i] == 0)
                 else tk
             )
-            _open(
+            _new_conn(
                 S, W, H, s, next_uid, stream[i], c, d, fl, sport[i], dport[i], likely, t,
                 continued, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
             )  # fmt: skip
@@ -1462,7 +1424,7 @@ def sweep(
         why = reason if force else _timers_due(S, W, r, now, zeek_timers, idle_ns, closed_idle_ns)
         if why >= 0:
             conv_slot[S[r, F_CONV]] = -1
-            nfree = _emit_from(S, W, H, parked, s, r, why, OUT, OW, OH, k, free, nfree)
+            nfree = _emit(S, W, H, parked, s, r, why, OUT, OW, OH, k, free, nfree)
             k += 1
     return nfree, k
 
