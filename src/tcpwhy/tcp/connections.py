@@ -324,9 +324,10 @@ class ConnectionBuilder:
         cap = min(max(2 * old, 1024), self.max_active)
         S, W, H, P, parked = self.S, self.W, self.H, self.P, self.parked
         if cap + 1 > len(S):
-            # rows for up to `PREALLOC_SLOTS` at once: np.zeros maps them lazily, so memory
-            # follows the rows written, and growing copies nothing (a pool of half a million
-            # slots copied as it doubled cost a second and half again its memory at the peak)
+            # rows for up to `PREALLOC_SLOTS` at once, and the scratch slot: mapped lazily
+            # (`sparse_zeros`), so memory follows the rows written, and growing copies nothing
+            # (a pool of half a million slots copied as it doubled cost a second and half
+            # again its memory at the peak)
             rows = max(cap, min(self.max_active, PREALLOC_SLOTS))
             S = sparse_zeros((rows + 1, z.NFIELDS), np.int64)
             S[:old] = self.S[:old]
@@ -499,6 +500,8 @@ class ConnectionBuilder:
 
     @staticmethod
     def _batch_rows() -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.uint8]]:
+        """Rows for a batch of records: a batch is cut from `RECORD_ROWS` rows, and the loop
+        writes at most `OUT_ROWS` rows a call."""
         rows = RECORD_ROWS + OUT_ROWS
         return (
             np.empty((rows, z.NFIELDS), np.int64),
@@ -626,7 +629,8 @@ class ConnectionBuilder:
 
     def _pool(self) -> tuple[Any, ...]:
         """The slot pool as the Zeek loops take it: the slots' state (S, W, H), the free list
-        and its length, and each conversation's slot."""
+        and its length, each conversation's slot, and the parked connections' packets and
+        marks (P, parked)."""
         return self.S, self.W, self.H, self.free, self.nfree, self.conv_slot, self.P, self.parked
 
     def _sweep_slots(

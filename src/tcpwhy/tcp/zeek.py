@@ -197,7 +197,10 @@ P_DST_HI = _P.take()
 P_DST_LO = _P.take()
 P_PORTS = _P.take()  # sport << 32 | dport << 16 | window
 P_LENS = _P.take()  # payload length << 32 | IP length
-P_BITS = _P.take()  # flags | dir << 16 | continued << 17 | truncated << 18 | checksum, ext flags
+# flags | dir << 16 | continued << 17 | truncated << 18, then as signed bytes the checksum
+# result << 24 and the external retransmission and zero-window flags << 32 and << 40, and
+# whether the connection counts as finished for idling (`_finished`) << 48
+P_BITS = _P.take()
 NPARK = _P.n
 """Width of P."""
 PARKED_AS = {
