@@ -1352,6 +1352,7 @@ def process_chunk(
             qmeta, True,
         )  # fmt: skip
         if s != tk:
+            # parked: the packet into P, in the layout `_unpark` reads (see P_BITS)
             P[tk, P_UID] = S[s, F_UID]
             P[tk, P_STREAM] = stream[i]
             P[tk, P_CONV] = c
