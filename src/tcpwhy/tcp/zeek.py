@@ -834,6 +834,7 @@ def _emit(
     W: Any,
     H: Any,
     parked: Any,
+    conv_slot: Any,
     s: Any,
     r: Any,
     reason: Any,
@@ -846,7 +847,8 @@ def _emit(
 ) -> Any:
     """Record k of OUT, OW and OH: the connection of slot s, from row r (s itself, or the
     scratch slot a parked connection was replayed into, `_unpark`); s goes back on the free
-    list."""
+    list and its conversation has no slot."""
+    conv_slot[S[r, F_CONV]] = -1
     W[r, F_REASON] = reason
     for j in range(NFIELDS):
         OUT[k, j] = S[r, j]
@@ -1149,6 +1151,43 @@ def _unpark(
         parked[s] = False
 
 
+@njit(cache=True, inline="always")
+def _scratch(S: Any) -> Any:
+    """The scratch slot: S, W and H's last row, outside the pool; parked connections are
+    replayed there to be written out."""
+    return S.shape[0] - 1
+
+
+@njit(cache=True, _nrt=False)
+def _held(
+    S: Any,
+    W: Any,
+    H: Any,
+    P: Any,
+    parked: Any,
+    s: Any,
+    uid: Any,
+    check_seen: Any,
+    seen: Any,
+    likely: Any,
+    check_csum: Any,
+    Q: Any,
+    qmeta: Any,
+) -> Any:
+    """The row holding the state of connection `uid` in slot s (last seen at `seen`, if
+    `check_seen`), or -1 if the slot holds another now: s itself, or for a parked one the
+    scratch slot, its packet replayed there."""
+    if parked[s]:
+        if P[s, P_UID] != uid or (check_seen and P[s, P_TS] != seen):
+            return -1
+        r = _scratch(S)
+        _unpark(S, W, H, P, parked, s, r, likely, check_csum, Q, qmeta)
+        return r
+    if not W[s, F_ACTIVE] or S[s, F_UID] != uid or (check_seen and S[s, F_SEEN_TS] != seen):
+        return -1
+    return s
+
+
 _ROW_COLUMNS = ("ts_ns", "flags", "seq", "ack", "win", "payload_len", "ip_len", "sport", "dport")
 """`process_chunk`'s packet columns after the stream tracker's, as their schema types them."""
 
@@ -1232,7 +1271,6 @@ def process_chunk(
     returns for the caller to list more."""
     k = 0
     qmask = Q.shape[0] - 1
-    scr = S.shape[0] - 1  # the scratch slot, outside the pool: parked connections replay there
     for i in range(first, conv.shape[0]):
         if k == OUT.shape[0] or qmeta[1] - qmeta[0] > qmask:
             return nfree, next_uid, k, i
@@ -1244,40 +1282,31 @@ def process_chunk(
                     break
                 qmeta[0] += 1
                 s = Q[q, 1]
-                r = s
-                if parked[s]:
-                    if P[s, P_UID] != Q[q, 2]:
-                        continue
-                    r = scr
-                    _unpark(S, W, H, P, parked, s, r, likely, check_csum, Q, qmeta)
-                elif not W[s, F_ACTIVE] or S[s, F_UID] != Q[q, 2]:
+                r = _held(S, W, H, P, parked, s, Q[q, 2], False, 0, likely, check_csum, Q, qmeta)
+                if r < 0:
                     continue
                 if zeek_timers:
                     why = _zeek_timers_due(S, W, r, t)
                 else:
                     why = _attempt_due(S, W, r, t)
                 if why >= 0:
-                    conv_slot[S[r, F_CONV]] = -1
-                    nfree = _emit(S, W, H, parked, s, r, why, OUT, OW, OH, k, free, nfree)
+                    nfree = _emit(
+                        S, W, H, parked, conv_slot, s, r, why, OUT, OW, OH, k, free, nfree
+                    )
                     k += 1
             while nfree == 0 and vmeta[0] < victims.shape[0] and k < OUT.shape[0]:
                 v = vmeta[0]
                 vmeta[0] += 1
                 s = victims[v, 0]
-                r = s
-                if parked[s]:
-                    if P[s, P_UID] != victims[v, 1] or P[s, P_TS] != victims[v, 2]:
-                        continue
-                    r = scr
-                    _unpark(S, W, H, P, parked, s, r, likely, check_csum, Q, qmeta)
-                elif not (
-                    W[s, F_ACTIVE]
-                    and S[s, F_UID] == victims[v, 1]
-                    and S[s, F_SEEN_TS] == victims[v, 2]
-                ):
+                r = _held(
+                    S, W, H, P, parked, s, victims[v, 1], True, victims[v, 2], likely,
+                    check_csum, Q, qmeta,
+                )  # fmt: skip
+                if r < 0:
                     continue
-                conv_slot[S[r, F_CONV]] = -1
-                nfree = _emit(S, W, H, parked, s, r, END_EVICTED, OUT, OW, OH, k, free, nfree)
+                nfree = _emit(
+                    S, W, H, parked, conv_slot, s, r, END_EVICTED, OUT, OW, OH, k, free, nfree
+                )
                 k += 1
                 vmeta[1] += 1
         if nfree == 0 or k == OUT.shape[0]:
@@ -1302,18 +1331,18 @@ def process_chunk(
             _unpark(S, W, H, P, parked, s, s, likely, check_csum, Q, qmeta)
         if s >= 0 and S[s, F_STREAM] != stream[i]:
             # Wireshark started a new stream on this 4-tuple: the old one is over
-            nfree = _emit(S, W, H, parked, s, s, END_PORT_REUSE, OUT, OW, OH, k, free, nfree)
+            nfree = _emit(
+                S, W, H, parked, conv_slot, s, s, END_PORT_REUSE, OUT, OW, OH, k, free, nfree
+            )
             k += 1
-            conv_slot[c] = -1
             s = -1
         if s >= 0:
             why = _timers_due(S, W, s, t, zeek_timers, idle_ns, closed_idle_ns)
             if why < 0 and zeek_timers and _is_reuse(S, W, s, d, fl, sq):
                 why = END_REUSE
             if why >= 0:
-                nfree = _emit(S, W, H, parked, s, s, why, OUT, OW, OH, k, free, nfree)
+                nfree = _emit(S, W, H, parked, conv_slot, s, s, why, OUT, OW, OH, k, free, nfree)
                 k += 1
-                conv_slot[c] = -1
                 s = -1
                 continued = 1
             else:
@@ -1327,7 +1356,7 @@ def process_chunk(
             conv_slot[c] = tk
             # a pure SYN that starts a connection is parked (see P) once the pool is large
             s = (
-                scr
+                _scratch(S)
                 if park
                 and not zeek_timers
                 and (fl & (SYN | ACK | FIN | RST)) == SYN
@@ -1411,7 +1440,6 @@ def sweep(
 ) -> tuple[int, int]:
     """Emit the given active slots whose time is up by `now` (all of them if `force`)."""
     k = 0
-    scr = S.shape[0] - 1
     for j in range(slots.shape[0]):
         s = slots[j]
         r = s
@@ -1421,14 +1449,13 @@ def sweep(
                 fin = (P[s, P_BITS] >> 48) & 1
                 if _idle_due_at(P[s, P_TS], fin, now, idle_ns, closed_idle_ns) < 0:
                     continue
-            r = scr
+            r = _scratch(S)
             _unpark(S, W, H, P, parked, s, r, likely, check_csum, Q, qmeta)
         elif not W[s, F_ACTIVE]:
             continue
         why = reason if force else _timers_due(S, W, r, now, zeek_timers, idle_ns, closed_idle_ns)
         if why >= 0:
-            conv_slot[S[r, F_CONV]] = -1
-            nfree = _emit(S, W, H, parked, s, r, why, OUT, OW, OH, k, free, nfree)
+            nfree = _emit(S, W, H, parked, conv_slot, s, r, why, OUT, OW, OH, k, free, nfree)
             k += 1
     return nfree, k
 
