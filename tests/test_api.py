@@ -514,12 +514,7 @@ def _jsonl_rows(*args: str) -> list[dict[str, Any]]:
     return sorted(cli_jsonl("conns", "--format", "jsonl", *args), key=lambda r: r["stream"])
 
 
-@pytest.mark.parametrize("threaded", [False, True])
-def test_record_options_are_the_conns_options(
-    threaded: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if threaded:  # Community IDs hashed batch by batch while reading, as on large captures
-        monkeypatch.setattr(tcpwhy.api, "_THREADED_TEXT_ROWS", 1)
+def test_record_options_are_the_conns_options() -> None:
     path = str(LAB / "time-wait-reuse.pcap")
     want = _jsonl_rows(path, "--local-nets", "10.0.0.0/8", "--community-id-seed", "7")
     conns = tcpwhy.open(path, local_nets="10.0.0.0/8", community_id_seed=7).connections

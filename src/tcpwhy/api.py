@@ -419,18 +419,15 @@ def connection_schema(local: bool = False) -> dict[str, Field]:
 
 
 _TEXT_COLUMNS = ("orig_h", "resp_h", "history", "community_id")
-_THREADED_TEXT_ROWS = 10_000
-"""Records from which `ConnectionTable.to_arrow` makes its text columns two at a time;
-below it, one after the other when first asked for."""
 
 
 class ConnectionTable(_TimedTable):
     """One row per connection, in stream order (what `tcpwhy conns` writes): the record
     columns of docs/conns.md as numbers and codes, text addresses, Zeek's history.
 
-    The text columns are made only when asked for, and then as Arrow string arrays written in
-    bulk by the compiled row formatter that writes ``tcpwhy conns`` (no Python string per
-    row: on a capture of 200,000 connections Python strings cost more than the reading)."""
+    The text columns are made only when asked for, as Arrow string arrays cut from rows of
+    text that compiled code wrote while the capture was read (no Python string per row: on a
+    capture of 200,000 connections Python strings cost more than the reading)."""
 
     kind = "connections"
 
@@ -439,28 +436,27 @@ class ConnectionTable(_TimedTable):
         columns: dict[str, npt.NDArray[Any]],
         schema: dict[str, Field],
         conns: ConnColumns,
+        placed: dict[str, npt.NDArray[Any]] | None = None,
     ) -> None:
         super().__init__(columns, schema)
         self._conns = conns
+        self._placed = placed or {}
         self._text: dict[str, Any] = {}
 
     def _text_arrow(self, name: str) -> Any:
-        """The Arrow string array of a text column, made once."""
+        """The Arrow string array of a text column, made once: cut from the rows the records
+        thread wrote while the capture was read (`_gathered`), or else formatted now."""
         if name not in self._text:
-            self._text[name] = _text_column(self._conns, name)
+            from tcpwhy.report.parquet import _fixed_text
+
+            got = self._placed
+            if name in got:
+                rows = got[name]
+                lengths = got.get(f"{name}_len", np.full(len(rows), rows.shape[1]))
+                self._text[name] = _fixed_text(rows, lengths, b"")
+            else:
+                self._text[name] = _text_column(self._conns, name)
         return self._text[name]
-
-    def to_arrow(self) -> pyarrow.Table:
-        """See `Table.to_arrow`; the text columns are made two at a time (their compiled
-        formatting and numpy cutting release the GIL), as a connection table is usually asked
-        for whole, after the reading, with the second core idle."""
-        todo = [k for k in _TEXT_COLUMNS if k not in self._text]
-        if len(self) >= _THREADED_TEXT_ROWS and len(todo) > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(2, thread_name_prefix="tcpwhy-text") as pool:
-                list(pool.map(self._text_arrow, todo))
-        return super().to_arrow()
 
     def _column(self, name: str) -> npt.NDArray[Any]:
         if name in _TEXT_COLUMNS and name not in self._cols:
@@ -485,14 +481,16 @@ class ConnectionTable(_TimedTable):
 
 def _gathered(
     batches: Iterator[Any], options: RecordOptions, unbuilt: bool
-) -> tuple[ConnColumns, npt.NDArray[np.uint8] | None]:
-    """All the records, in stream order, and their Community ID hashes (`community_id_text`)
-    in that order: each batch is built (`unbuilt`: the batches are jobs), hashed and put in
-    its place (`StreamOrder`) on the builder's thread of its own while the next ones are
-    read (`tcp.connections._built_beside`). The compiled building and hashing and numpy's
-    placing release the GIL; after the reading, the table is ready."""
+) -> tuple[ConnColumns, dict[str, npt.NDArray[Any]]]:
+    """All the records, in stream order, and the makings of their text columns in that order
+    (`_PLACED_TEXT`): each batch is built (`unbuilt`: the batches are jobs), hashed, its
+    addresses written, and put in its place (`StreamOrder`) on the builder's thread of its own
+    while the next ones are read (`tcp.connections._built_beside`). The compiled building,
+    hashing and writing and numpy's placing release the GIL; after the reading, the table is
+    ready but for cutting the text into Arrow's buffers."""
     import functools
 
+    from tcpwhy.report.parquet import address_rows
     from tcpwhy.tcp.connections import _built_beside
     from tcpwhy.tcp.records import StreamOrder
 
@@ -501,21 +499,33 @@ def _gathered(
     def place(item: Any) -> ConnColumns:
         c: ConnColumns = (item() if unbuilt else item).with_options(options)
         if len(c):
-            joined.add(c, {"community_id": c.community_id_text()})
+            col = c.cols
+            orig, orig_len = address_rows(col["orig_hi"], col["orig_lo"])
+            resp, resp_len = address_rows(col["resp_hi"], col["resp_lo"])
+            joined.add(
+                c,
+                {
+                    "community_id": _community_id_rows(c.community_id_text()),
+                    "orig_h": orig,
+                    "orig_h_len": orig_len,
+                    "resp_h": resp,
+                    "resp_h_len": resp_len,
+                },
+            )
         return c
 
     for _ in _built_beside(functools.partial(place, item) for item in batches):
         pass  # each batch is in `joined` once built
-    c, extra = joined.result()
-    return c, extra.get("community_id")
+    return joined.result()
 
 
-def _community_id_arrow(ids: npt.NDArray[np.uint8]) -> Any:
-    """The Arrow string array of Community IDs (``1:`` and the hash) from their hashes."""
-    from tcpwhy.report.parquet import _fixed_text
-    from tcpwhy.tcp.records_kernel import COMMUNITY_ID_WIDTH
-
-    return _fixed_text(ids, np.full(len(ids), COMMUNITY_ID_WIDTH), b"1:")
+def _community_id_rows(ids: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """Community IDs as rows of text (``1:`` and the hash), from their hashes: every row is
+    whole, so the matrix is an Arrow string array's bytes as it is."""
+    rows = np.empty((len(ids), 2 + ids.shape[1]), np.uint8)
+    rows[:, :2] = np.frombuffer(b"1:", np.uint8)
+    rows[:, 2:] = ids
+    return rows
 
 
 def _text_column(c: ConnColumns, name: str) -> Any:
@@ -526,12 +536,15 @@ def _text_column(c: ConnColumns, name: str) -> Any:
     if name == "history":
         return _fixed_text(col["history"], col["history_len"], b"")
     if name == "community_id":
-        return _community_id_arrow(c.community_id_text())
+        rows = _community_id_rows(c.community_id_text())
+        return _fixed_text(rows, np.full(len(rows), rows.shape[1]), b"")
     w = name[:4]
     return addresses(col[f"{w}_hi"], col[f"{w}_lo"])
 
 
-def _connection_table(c: ConnColumns) -> ConnectionTable:
+def _connection_table(
+    c: ConnColumns, placed: dict[str, npt.NDArray[Any]] | None = None
+) -> ConnectionTable:
     """The public table of a `ConnColumns` batch (its `end` words become the field's)."""
     local = c.options.local_nets is not None
     schema = connection_schema(local)
@@ -546,7 +559,7 @@ def _connection_table(c: ConnColumns) -> ConnectionTable:
     schema["end"] = Field("end", schema["end"].dtype, (), schema["end"].meaning, tuple(c.end_words))
     sn = schema["server_name"]
     schema["server_name"] = Field(sn.name, sn.dtype, (), sn.meaning, tuple(c.name_words))
-    return ConnectionTable(cols, schema, c)
+    return ConnectionTable(cols, schema, c, placed)
 
 
 # ---------------------------------------------------------------------------------------
@@ -995,13 +1008,11 @@ class Capture:
                         unbuilt=unbuilt,
                         **self._conn_options,
                     )
-                    c, ids = _gathered((b for _, b, _ in batches), self._record_options, unbuilt)
+                    c, placed = _gathered((b for _, b, _ in batches), self._record_options, unbuilt)
             except TcpwhyError as exc:
                 raise _classify(exc, self._src.names) from None
             self._note(stats, paths)
-            table = _connection_table(c.with_options(self._record_options))
-            if ids is not None:
-                table._text["community_id"] = _community_id_arrow(ids)
+            table = _connection_table(c.with_options(self._record_options), placed)
             self._connections = table
         return self._connections
 

@@ -440,4 +440,41 @@ def format_rows(
     return p
 
 
-# -- Community ID ------------------------------------------------------------------------------
+# -- text columns of fixed width, for Arrow -------------------------------------------------------
+# The Python API and the Parquet writer hand Arrow one string column at a time. Addresses are
+# written per batch into rows of a fixed width (on the records thread, while the capture is
+# still read), and cut into Arrow's offsets and bytes once at the end: a numpy boolean mask over
+# the whole matrix cost ten times this loop (10 ms against 1 ms on 200,000 connections).
+
+ADDRESS_WIDTH = 40
+"""Bytes of a row of `address_rows`: the longest address text is 39 (eight full hextets)."""
+
+
+@kernel("i8[:] i8[:] u1[:,:] u1[:] -> i8", nogil=True)
+def address_rows(hi: Any, lo: Any, out: Any, lengths: Any) -> int:
+    """Address i (its two halves) into row i of `out` (`ADDRESS_WIDTH` wide), its length into
+    `lengths[i]`; the rows written."""
+    n = len(hi)
+    for i in range(n):
+        lengths[i] = _put_addr(out[i], 0, hi[i], lo[i], False)
+    return n
+
+
+@kernel("u1[:,:] i8[:] u1[:] i4[:] u1[:] -> i8", nogil=True)
+def compact_rows(rows: Any, lengths: Any, prefix: Any, offsets: Any, body: Any) -> int:
+    """Row i's first `lengths[i]` bytes, after `prefix`, end to end into `body`, with Arrow's
+    offsets (`offsets[0]` is 0); the bytes written (the caller sizes `body` for them all)."""
+    n = rows.shape[0]
+    m = len(prefix)
+    p = 0
+    offsets[0] = 0
+    for i in range(n):
+        for j in range(m):
+            body[p + j] = prefix[j]
+        p += m
+        k = lengths[i]
+        for j in range(k):
+            body[p + j] = rows[i, j]
+        p += k
+        offsets[i + 1] = p
+    return p

@@ -86,41 +86,51 @@ def _kernel_text(
     return _cut(out[:size], n)
 
 
-def addresses(hi: npt.NDArray[Any], lo: npt.NDArray[Any]) -> pa.Array:
-    """Address text (as Wireshark writes it) from the packet table's two 64-bit halves."""
+def address_rows(
+    hi: npt.NDArray[Any], lo: npt.NDArray[Any]
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """Address text (as Wireshark writes it) from the packet table's two 64-bit halves, as
+    rows of a fixed width and their lengths (to be placed by row before `_fixed_text`)."""
     from tcpwhy.report import conns_kernel as k
 
-    ints = np.stack([hi.view(np.int64), lo.view(np.int64)]) if len(hi) else np.zeros((2, 0))
-    return _kernel_text([(k.OP_ADDR, 0, 1, 0)], ints.astype(np.int64), [b"\n"], 43)
+    rows = np.empty((len(hi), k.ADDRESS_WIDTH), np.uint8)
+    lengths = np.empty(len(hi), np.uint8)
+    k.address_rows(
+        np.ascontiguousarray(hi).view(np.int64),
+        np.ascontiguousarray(lo).view(np.int64),
+        rows,
+        lengths,
+    )
+    return rows, lengths
+
+
+def addresses(hi: npt.NDArray[Any], lo: npt.NDArray[Any]) -> pa.Array:
+    """Address text as an Arrow string array."""
+    return _fixed_text(*address_rows(hi, lo), b"")
 
 
 def _fixed_text(rows: npt.NDArray[np.uint8], lengths: npt.NDArray[Any], prefix: bytes) -> pa.Array:
-    """Strings from rows of a fixed-width byte matrix, the first `lengths[i]` bytes of row i."""
+    """Strings from rows of a fixed-width byte matrix, `prefix` and the first `lengths[i]`
+    bytes of row i (cut by the compiled `compact_rows`)."""
     import pyarrow as pa
 
+    from tcpwhy.report.conns_kernel import compact_rows
+
     n, width = rows.shape
-    lengths = np.asarray(lengths, np.int64)
-    if n and bool((lengths == width).all()):
-        # every row whole (Community IDs): the matrix is the text, no mask to gather by
-        p = np.frombuffer(prefix, np.uint8)
-        full = np.empty((n, len(p) + width), np.uint8)
-        full[:, : len(p)] = p
-        full[:, len(p) :] = rows
-        offsets = np.arange(0, n * (len(p) + width) + 1, len(p) + width, dtype=np.int32)
-        return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(full))
-    keep = np.arange(width)[None, :] < lengths[:, None]
-    body = np.ascontiguousarray(rows)[keep]
-    if prefix:
-        p = np.frombuffer(prefix, np.uint8)
-        full = np.empty((n, len(p) + width), np.uint8)
-        full[:, : len(p)] = p
-        full[:, len(p) :] = rows
-        keep = np.concatenate([np.ones((n, len(p)), np.bool_), keep], axis=1)
-        body = full[keep]
-        lengths = lengths + len(p)
-    offsets = np.zeros(n + 1, np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(body.tobytes()))
+    lengths = np.ascontiguousarray(lengths, np.int64)
+    if not prefix and rows.flags.c_contiguous and bool((lengths == width).all()):
+        # every row whole (Community IDs): the matrix is the text as it is
+        offsets = np.arange(0, n * width + 1, width, dtype=np.int32)
+        return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(rows))
+    total = n * len(prefix) + int(lengths.sum())
+    if total >= 2**31:  # Arrow's `string` has 32-bit offsets (100 million addresses)
+        raise ValueError(f"{total} bytes of text in one column: past Arrow's string type")
+    offsets = np.empty(n + 1, np.int32)
+    body = np.empty(total, np.uint8)
+    compact_rows(
+        np.ascontiguousarray(rows), lengths, np.frombuffer(prefix, np.uint8).copy(), offsets, body
+    )
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(body))
 
 
 def _words(codes: npt.NDArray[Any], words: tuple[str, ...]) -> pa.Array:
