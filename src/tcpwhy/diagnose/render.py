@@ -99,8 +99,7 @@ def _int_list_parts(v: npt.NDArray[np.int64], level: int) -> list[str]:
     pad = "  " * level
     sep = f",\n{pad}"
     word = sep.encode()
-    vocab = np.frombuffer(word, np.uint8).copy()
-    voff = np.array([0, len(word)], np.int64)
+    vocab, voff = k.vocabulary([word])
     prog = np.array([(k.OP_INT, 0, 0, -1), (k.OP_LIT, 0, 0, -1)], np.int64)
     # no history or fixed-width text in this program: one-row placeholders
     no_hist, no_len, no_fixed = (
@@ -109,11 +108,13 @@ def _int_list_parts(v: npt.NDArray[np.int64], level: int) -> list[str]:
         np.zeros((1, 0), np.uint8),
     )
     rows = min(len(v), INT_CHUNK)
-    buf = np.empty(rows * (20 + len(word)), np.uint8)  # 20: the longest int64, "-" and digits
+    # 20: the longest int64, "-" and digits; the slack the kernel's word copies may write
+    buf = np.empty(rows * (20 + len(word)) + k.WORD_SLACK, np.uint8)
     out = ["[\n" + pad]
     for i in range(0, len(v), INT_CHUNK):
         part = np.ascontiguousarray(v[i : i + INT_CHUNK], np.int64).reshape(1, -1)
         size = k.format_rows(prog, part, no_hist, no_len, vocab, voff, no_fixed, buf)
+        assert size >= 0  # integers only: nothing out of range
         last = i + INT_CHUNK >= len(v)
         out.append(buf[: size - len(word) if last else size].tobytes().decode("ascii"))
     out.append("\n" + "  " * (level - 1) + "]")

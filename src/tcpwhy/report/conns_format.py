@@ -223,7 +223,10 @@ class RowProgram:
         names = [self.esc(w).encode() for w in c.name_words] if self.name_steps else []
         codes = [self.esc(end_code(w)).encode() for w in c.end_words] if self.code_steps else []
         batch = ends + names + codes
-        vocab = np.frombuffer(self.static_vocab + b"".join(batch), np.uint8).copy()
+        # padded as the kernel copies words (`conns_kernel.vocabulary`)
+        vocab = np.frombuffer(
+            self.static_vocab + b"".join(batch) + bytes(k.WORD_SLACK), np.uint8
+        ).copy()
         last = int(self.static_off[-1])
         voff = np.concatenate(
             [self.static_off, last + np.cumsum([len(w) for w in batch], dtype=np.int64)]
@@ -259,7 +262,7 @@ class RowProgram:
         bound = self.row_bound + self.end_steps * max((len(w) for w in ends), default=0)
         bound += self.name_steps * max((len(w) for w in names), default=0)
         bound += self.code_steps * max((len(w) for w in codes), default=0)
-        out = _scratch("out", n * bound + 1, np.uint8)
+        out = _scratch("out", n * bound + 1 + k.WORD_SLACK, np.uint8)
         hist = c["history"]
         if not hist.flags.c_contiguous:
             hist = np.ascontiguousarray(hist)

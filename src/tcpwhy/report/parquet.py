@@ -75,14 +75,14 @@ def _kernel_text(
     from tcpwhy.report import conns_kernel as k
 
     n = ints.shape[1]
-    vocab = np.frombuffer(b"".join(words), np.uint8).copy()
-    voff = np.cumsum([0] + [len(w) for w in words], dtype=np.int64)
+    vocab, voff = k.vocabulary(words)
     prog = np.array([*steps, (k.OP_LIT, 0, 0, -1)], np.int64).reshape(-1, 4)
-    out = np.empty(n * (row_bound + 1) + 1, np.uint8)
+    out = np.empty(n * (row_bound + 1) + 1 + k.WORD_SLACK, np.uint8)
     hist = np.zeros((n, 1), np.uint8)
     hlen = np.zeros(n, np.int64)
     fx = fixed if fixed is not None else np.zeros((n, 0), np.uint8)
     size = k.format_rows(prog, ints, hist, hlen, vocab, voff, fx, out)
+    assert size >= 0  # integers and words only: nothing out of range
     return _cut(out[:size], n)
 
 
