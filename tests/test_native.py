@@ -309,3 +309,60 @@ def test_extend_filled_keeps_rows_and_sets_only_the_new_ones() -> None:
     assert np.array_equal(a[:have, 0], np.arange(have))  # every row kept through the growth
     assert seen[1] == seen[0]  # room left: no new array
     assert seen[-1] < 4 * 9000  # doubling, not per request
+
+
+def test_the_build_runs_without_numba() -> None:
+    """With the ahead-of-time build, a command imports neither numba nor llvmlite (a sixth
+    of a second of start-up): kernels and their helpers, `tcpwhy.intrinsics` included, are
+    stubs around the built code."""
+    need(native.check_build()[0] is not None, "the kernels are not built ahead of time")
+    code = (
+        "import sys, io, contextlib; from tcpwhy.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    main(['conns', '--format', 'jsonl', {str(DATA / 'lab' / 'time-wait.pcap')!r}])\n"
+        "print(sorted(m for m in ('numba', 'llvmlite') if m in sys.modules))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != native.ENV}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split("\n")[-2] == "[]"
+
+
+def test_intrinsics_rotate_and_copy_as_python_does() -> None:
+    """`rotl32` and `copy8` compiled by numba (in a process of their own, with the JIT)
+    against the same operations in Python, at every rotation and at unaligned offsets."""
+    code = """
+import numpy as np
+from numba import njit
+from tcpwhy.intrinsics import copy8, rotl32
+
+@njit
+def rot(xs, out):
+    for i in range(len(xs)):
+        for n in range(32):
+            out[i, n] = rotl32(xs[i], n)
+
+@njit
+def copy(dst, d, src, s):
+    copy8(dst, d, src, s)
+
+rng = np.random.default_rng(7)
+xs = rng.integers(0, 2**32, 200).astype(np.int64)
+got = np.zeros((200, 32), np.int64)
+rot(xs, got)
+want = [[((int(x) << n) | (int(x) >> (32 - n))) & 0xFFFFFFFF for n in range(32)] for x in xs]
+assert got.tolist() == want
+src = rng.integers(0, 256, 64).astype(np.uint8)
+for d in range(9):
+    for s in range(9):
+        dst = np.zeros(24, np.uint8)
+        copy(dst, d, src, s)
+        expect = np.zeros(24, np.uint8)
+        expect[d : d + 8] = src[s : s + 8]
+        assert (dst == expect).all(), (d, s)
+print("ok")
+"""
+    env = {**os.environ, native.ENV: "0"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "ok"

@@ -63,6 +63,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT_DIR = os.path.join(HERE, "_native")
 KERNEL_FILES = (
+    "intrinsics.py",
     "decode/kernels.py",
     "decode/tls.py",
     "tcp/streams.py",
@@ -382,6 +383,16 @@ def njit(*args: Any, **kwargs: Any) -> Any:
     from numba import njit as numba_njit
 
     return numba_njit(*args, **kwargs)
+
+
+def intrinsic(fn: Callable[..., Any]) -> Any:
+    """numba's intrinsic (a helper written as LLVM IR, `tcpwhy.intrinsics`), which only
+    compiled code calls: with the ahead-of-time build a stub, and numba is not imported."""
+    if mode() == "aot":
+        return _helper_stub(fn)
+    from numba.extending import intrinsic as numba_intrinsic
+
+    return numba_intrinsic(fn)
 
 
 def kernel_modules() -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from tcpwhy.intrinsics import rotl32
 from tcpwhy.native import kernel, njit
 
 COMMUNITY_ID_WIDTH = 28
@@ -26,11 +27,6 @@ def _ult(x: int, y: int) -> bool:
     if (x < 0) != (y < 0):
         return y < 0
     return x < y
-
-
-@njit(cache=True, inline="always")
-def _rotl(x: int, n: int) -> int:
-    return ((x << n) | (x >> (32 - n))) & 0xFFFFFFFF
 
 
 @njit(cache=True, inline="always")
@@ -95,20 +91,20 @@ def community_ids(
                 (msg[4 * t] << 24) | (msg[4 * t + 1] << 16) | (msg[4 * t + 2] << 8) | msg[4 * t + 3]
             )
         for t in range(16, 80):
-            w[t] = _rotl(w[t - 3] ^ w[t - 8] ^ w[t - 14] ^ w[t - 16], 1)
+            w[t] = rotl32(w[t - 3] ^ w[t - 8] ^ w[t - 14] ^ w[t - 16], 1)
         a, b, c, d, e = 0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0
         for t in range(20):
-            tmp = (_rotl(a, 5) + (d ^ (b & (c ^ d))) + e + 0x5A827999 + w[t]) & 0xFFFFFFFF
-            e, d, c, b, a = d, c, _rotl(b, 30), a, tmp
+            tmp = (rotl32(a, 5) + (d ^ (b & (c ^ d))) + e + 0x5A827999 + w[t]) & 0xFFFFFFFF
+            e, d, c, b, a = d, c, rotl32(b, 30), a, tmp
         for t in range(20, 40):
-            tmp = (_rotl(a, 5) + (b ^ c ^ d) + e + 0x6ED9EBA1 + w[t]) & 0xFFFFFFFF
-            e, d, c, b, a = d, c, _rotl(b, 30), a, tmp
+            tmp = (rotl32(a, 5) + (b ^ c ^ d) + e + 0x6ED9EBA1 + w[t]) & 0xFFFFFFFF
+            e, d, c, b, a = d, c, rotl32(b, 30), a, tmp
         for t in range(40, 60):
-            tmp = (_rotl(a, 5) + ((b & c) | (d & (b | c))) + e + 0x8F1BBCDC + w[t]) & 0xFFFFFFFF
-            e, d, c, b, a = d, c, _rotl(b, 30), a, tmp
+            tmp = (rotl32(a, 5) + ((b & c) | (d & (b | c))) + e + 0x8F1BBCDC + w[t]) & 0xFFFFFFFF
+            e, d, c, b, a = d, c, rotl32(b, 30), a, tmp
         for t in range(60, 80):
-            tmp = (_rotl(a, 5) + (b ^ c ^ d) + e + 0xCA62C1D6 + w[t]) & 0xFFFFFFFF
-            e, d, c, b, a = d, c, _rotl(b, 30), a, tmp
+            tmp = (rotl32(a, 5) + (b ^ c ^ d) + e + 0xCA62C1D6 + w[t]) & 0xFFFFFFFF
+            e, d, c, b, a = d, c, rotl32(b, 30), a, tmp
         _put_be(dig, 0, (0x67452301 + a) & 0xFFFFFFFF, 4)
         _put_be(dig, 4, (0xEFCDAB89 + b) & 0xFFFFFFFF, 4)
         _put_be(dig, 8, (0x98BADCFE + c) & 0xFFFFFFFF, 4)
