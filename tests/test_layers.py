@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tcpwhy"
-SHARED = {"native", "arrays", "errors", "timestamps", "schemas"}
+SHARED = {"native", "intrinsics", "arrays", "errors", "timestamps", "schemas"}
 """Helpers every stage may use."""
 
 

@@ -204,8 +204,6 @@ class RowProgram:
 
     def compile(self) -> None:
         self.prog = np.array(self._merged_steps(), np.int64).reshape(-1, 4)
-        self.static_vocab = b"".join(self.words)
-        self.static_off = np.cumsum([0] + [len(w) for w in self.words], dtype=np.int64)
 
     def format(self, c: ConnColumns) -> str | None:
         """The lines of a batch; None if a value is out of the kernel's range."""
@@ -223,14 +221,7 @@ class RowProgram:
         names = [self.esc(w).encode() for w in c.name_words] if self.name_steps else []
         codes = [self.esc(end_code(w)).encode() for w in c.end_words] if self.code_steps else []
         batch = ends + names + codes
-        # padded as the kernel copies words (`conns_kernel.vocabulary`)
-        vocab = np.frombuffer(
-            self.static_vocab + b"".join(batch) + bytes(k.WORD_SLACK), np.uint8
-        ).copy()
-        last = int(self.static_off[-1])
-        voff = np.concatenate(
-            [self.static_off, last + np.cumsum([len(w) for w in batch], dtype=np.int64)]
-        )
+        vocab, voff = k.vocabulary(self.words + batch)
         batch_base = {
             "end": len(self.words),
             "server_name": len(self.words) + len(ends),

@@ -383,7 +383,8 @@ def format_rows(
     prog: Any, ints: Any, hist: Any, hlen: Any, vocab: Any, voff: Any, fixed: Any, out: Any
 ) -> int:
     """Every row through the program, into `out`; the bytes written, or -1 if a float is out of
-    range (the caller sizes `out` for the longest possible row)."""
+    range, -2 if `vocab` is not padded as `vocabulary` pads it (the caller sizes `out` for the
+    longest possible row, and `WORD_SLACK` bytes more)."""
     n = ints.shape[1]
     nops = prog.shape[0]
     if len(vocab) < voff[len(voff) - 1] + WORD_SLACK:
