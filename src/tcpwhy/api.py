@@ -445,17 +445,15 @@ class ConnectionTable(_TimedTable):
 
     def _text_arrow(self, name: str) -> Any:
         """The Arrow string array of a text column, made once: cut from the rows the records
-        thread wrote while the capture was read (`_gathered`), or else formatted now."""
+        thread wrote while the capture was read (`_gathered`), or else written now."""
         if name not in self._text:
             from tcpwhy.report.parquet import _fixed_text
 
             got = self._placed
-            if name in got:
-                rows = got[name]
-                lengths = got.get(f"{name}_len", np.full(len(rows), rows.shape[1]))
-                self._text[name] = _fixed_text(rows, lengths, b"")
-            else:
-                self._text[name] = _text_column(self._conns, name)
+            rows, lengths = (
+                (got[name], got[f"{name}_len"]) if name in got else _text_rows(self._conns, name)
+            )
+            self._text[name] = _fixed_text(rows, lengths, b"")
         return self._text[name]
 
     def _column(self, name: str) -> npt.NDArray[Any]:
@@ -479,18 +477,23 @@ class ConnectionTable(_TimedTable):
         return super()._arrow(pa, f)
 
 
+_PLACED_TEXT = ("orig_h", "resp_h", "community_id")
+"""The text columns whose rows `_gathered` writes batch by batch while the capture is read
+(the history's rows are the records' own)."""
+
+
 def _gathered(
     batches: Iterator[Any], options: RecordOptions, unbuilt: bool
 ) -> tuple[ConnColumns, dict[str, npt.NDArray[Any]]]:
-    """All the records, in stream order, and the makings of their text columns in that order
-    (`_PLACED_TEXT`): each batch is built (`unbuilt`: the batches are jobs), hashed, its
-    addresses written, and put in its place (`StreamOrder`) on the builder's thread of its own
-    while the next ones are read (`tcp.connections._built_beside`). The compiled building,
-    hashing and writing and numpy's placing release the GIL; after the reading, the table is
-    ready but for cutting the text into Arrow's buffers."""
+    """All the records, in stream order, and the rows of their `_PLACED_TEXT` columns in that
+    order (each name, and its ``_len``): each batch is built (`unbuilt`: the batches are
+    jobs), hashed, its addresses written, and put in its place (`StreamOrder`) on the
+    builder's thread of its own while the next ones are read
+    (`tcp.connections._built_beside`). The compiled building, hashing and writing and
+    numpy's placing release the GIL; after the reading, the table is ready but for cutting
+    the text into Arrow's buffers."""
     import functools
 
-    from tcpwhy.report.parquet import address_rows
     from tcpwhy.tcp.connections import _built_beside
     from tcpwhy.tcp.records import StreamOrder
 
@@ -499,19 +502,10 @@ def _gathered(
     def place(item: Any) -> ConnColumns:
         c: ConnColumns = (item() if unbuilt else item).with_options(options)
         if len(c):
-            col = c.cols
-            orig, orig_len = address_rows(col["orig_hi"], col["orig_lo"])
-            resp, resp_len = address_rows(col["resp_hi"], col["resp_lo"])
-            joined.add(
-                c,
-                {
-                    "community_id": _community_id_rows(c.community_id_text()),
-                    "orig_h": orig,
-                    "orig_h_len": orig_len,
-                    "resp_h": resp,
-                    "resp_h_len": resp_len,
-                },
-            )
+            extra: dict[str, npt.NDArray[Any]] = {}
+            for name in _PLACED_TEXT:
+                extra[name], extra[f"{name}_len"] = _text_rows(c, name)
+            joined.add(c, extra)
         return c
 
     for _ in _built_beside(functools.partial(place, item) for item in batches):
@@ -519,27 +513,25 @@ def _gathered(
     return joined.result()
 
 
-def _community_id_rows(ids: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    """Community IDs as rows of text (``1:`` and the hash), from their hashes: every row is
-    whole, so the matrix is an Arrow string array's bytes as it is."""
-    rows = np.empty((len(ids), 2 + ids.shape[1]), np.uint8)
-    rows[:, :2] = np.frombuffer(b"1:", np.uint8)
-    rows[:, 2:] = ids
-    return rows
-
-
-def _text_column(c: ConnColumns, name: str) -> Any:
-    """The Arrow string array of text column `name` (`_TEXT_COLUMNS`) of a batch."""
-    from tcpwhy.report.parquet import _fixed_text, addresses
+def _text_rows(
+    c: ConnColumns, name: str
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.integer[Any]]]:
+    """Text column `name` (`_TEXT_COLUMNS`) of a batch as rows of a fixed width and the length
+    of each: Community IDs with their ``1:`` (every row whole, so the matrix is an Arrow
+    string array's bytes as it is), addresses as Wireshark writes them, the history."""
+    from tcpwhy.report.parquet import address_rows
 
     col = c.cols
     if name == "history":
-        return _fixed_text(col["history"], col["history_len"], b"")
+        return col["history"], col["history_len"]
     if name == "community_id":
-        rows = _community_id_rows(c.community_id_text())
-        return _fixed_text(rows, np.full(len(rows), rows.shape[1]), b"")
+        ids = c.community_id_text()
+        rows = np.empty((len(ids), 2 + ids.shape[1]), np.uint8)
+        rows[:, :2] = np.frombuffer(b"1:", np.uint8)
+        rows[:, 2:] = ids
+        return rows, np.full(len(rows), rows.shape[1], np.uint8)
     w = name[:4]
-    return addresses(col[f"{w}_hi"], col[f"{w}_lo"])
+    return address_rows(col[f"{w}_hi"], col[f"{w}_lo"])
 
 
 def _connection_table(
