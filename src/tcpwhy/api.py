@@ -453,7 +453,7 @@ class ConnectionTable(_TimedTable):
             rows, lengths = (
                 (got[name], got[f"{name}_len"]) if name in got else _text_rows(self._conns, name)
             )
-            self._text[name] = _fixed_text(rows, lengths, b"")
+            self._text[name] = _fixed_text(rows, lengths)
         return self._text[name]
 
     def _column(self, name: str) -> npt.NDArray[Any]:
@@ -517,19 +517,15 @@ def _text_rows(
     c: ConnColumns, name: str
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.integer[Any]]]:
     """Text column `name` (`_TEXT_COLUMNS`) of a batch as rows of a fixed width and the length
-    of each: Community IDs with their ``1:`` (every row whole, so the matrix is an Arrow
-    string array's bytes as it is), addresses as Wireshark writes them, the history."""
-    from tcpwhy.report.parquet import address_rows
+    of each: Community IDs with their ``1:``, addresses as Wireshark writes them, the
+    history."""
+    from tcpwhy.report.parquet import address_rows, community_id_rows
 
     col = c.cols
     if name == "history":
         return col["history"], col["history_len"]
     if name == "community_id":
-        ids = c.community_id_text()
-        rows = np.empty((len(ids), 2 + ids.shape[1]), np.uint8)
-        rows[:, :2] = np.frombuffer(b"1:", np.uint8)
-        rows[:, 2:] = ids
-        return rows, np.full(len(rows), rows.shape[1], np.uint8)
+        return community_id_rows(c.community_id_text())
     w = name[:4]
     return address_rows(col[f"{w}_hi"], col[f"{w}_lo"])
 

@@ -498,18 +498,14 @@ def address_rows(hi: Any, lo: Any, out: Any, lengths: Any) -> int:
     return n
 
 
-@kernel("u1[:,:] i8[:] u1[:] i4[:] u1[:] -> i8", nogil=True)
-def compact_rows(rows: Any, lengths: Any, prefix: Any, offsets: Any, body: Any) -> int:
-    """Row i's first `lengths[i]` bytes, after `prefix`, end to end into `body`, with Arrow's
-    offsets (`offsets[0]` is 0); the bytes written (the caller sizes `body` for them all)."""
+@kernel("u1[:,:] i8[:] i4[:] u1[:] -> i8", nogil=True)
+def compact_rows(rows: Any, lengths: Any, offsets: Any, body: Any) -> int:
+    """Row i's first `lengths[i]` bytes end to end into `body`, with Arrow's offsets
+    (`offsets[0]` is 0); the bytes written (the caller sizes `body` for them all)."""
     n = rows.shape[0]
-    m = len(prefix)
     p = 0
     offsets[0] = 0
     for i in range(n):
-        for j in range(m):
-            body[p + j] = prefix[j]
-        p += m
         k = lengths[i]
         for j in range(k):
             body[p + j] = rows[i, j]

@@ -23,7 +23,6 @@ import numpy.typing as npt
 
 from tcpwhy.capture.writer import written_in_place
 from tcpwhy.errors import EnvironmentProblem, TcpwhyError
-from tcpwhy.tcp.records_kernel import COMMUNITY_ID_WIDTH
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -106,30 +105,38 @@ def address_rows(
 
 def addresses(hi: npt.NDArray[Any], lo: npt.NDArray[Any]) -> pa.Array:
     """Address text as an Arrow string array."""
-    return _fixed_text(*address_rows(hi, lo), b"")
+    return _fixed_text(*address_rows(hi, lo))
 
 
-def _fixed_text(rows: npt.NDArray[np.uint8], lengths: npt.NDArray[Any], prefix: bytes) -> pa.Array:
-    """Strings from rows of a fixed-width byte matrix, `prefix` and the first `lengths[i]`
-    bytes of row i (cut by the compiled `compact_rows`)."""
+def community_id_rows(
+    ids: npt.NDArray[np.uint8],
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """Community IDs as rows of text, ``1:`` and the hash (`ConnColumns.community_id_text`),
+    and their lengths: every row is whole, so `_fixed_text` takes the matrix as it is."""
+    rows = np.empty((len(ids), 2 + ids.shape[1]), np.uint8)
+    rows[:, :2] = np.frombuffer(b"1:", np.uint8)
+    rows[:, 2:] = ids
+    return rows, np.full(len(rows), rows.shape[1], np.uint8)
+
+
+def _fixed_text(rows: npt.NDArray[np.uint8], lengths: npt.NDArray[Any]) -> pa.Array:
+    """Strings from rows of a fixed-width byte matrix, the first `lengths[i]` bytes of row i
+    (cut by the compiled `compact_rows`; a matrix of whole rows is taken as it is)."""
     import pyarrow as pa
 
     from tcpwhy.report.conns_kernel import compact_rows
 
     n, width = rows.shape
     lengths = np.ascontiguousarray(lengths, np.int64)
-    if not prefix and rows.flags.c_contiguous and bool((lengths == width).all()):
-        # every row whole (Community IDs): the matrix is the text as it is
-        offsets = np.arange(0, n * width + 1, width, dtype=np.int32)
-        return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(rows))
-    total = n * len(prefix) + int(lengths.sum())
+    total = int(lengths.sum())
     if total >= 2**31:  # Arrow's `string` has 32-bit offsets (100 million addresses)
         raise ValueError(f"{total} bytes of text in one column: past Arrow's string type")
+    if rows.flags.c_contiguous and total == n * width:
+        offsets = np.arange(0, total + 1, width, dtype=np.int32)
+        return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(rows))
     offsets = np.empty(n + 1, np.int32)
     body = np.empty(total, np.uint8)
-    compact_rows(
-        np.ascontiguousarray(rows), lengths, np.frombuffer(prefix, np.uint8).copy(), offsets, body
-    )
+    compact_rows(np.ascontiguousarray(rows), lengths, offsets, body)
     return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(body))
 
 
@@ -219,11 +226,11 @@ def conn_table(c: ConnColumns) -> pa.Table:
         "start_ns": col["start_ns"],
         "duration": col["duration_ns"] / 1e9,
         "irtt": pa.array(irtt / 1e9, pa.float64(), mask=irtt == IRTT_UNSET),
-        "history": _fixed_text(col["history"], col["history_len"], b""),
+        "history": _fixed_text(col["history"], col["history_len"]),
         "continued": col["continued"],
         "local_orig": null_bool if lo is None else lo,
         "local_resp": null_bool if lr is None else lr,
-        "community_id": _fixed_text(c.community_id_text(), np.full(n, COMMUNITY_ID_WIDTH), b"1:"),
+        "community_id": _fixed_text(*community_id_rows(c.community_id_text())),
     }
     for name in (
         "orientation",
