@@ -76,7 +76,44 @@ def _add_color_to_commands(parser: argparse.ArgumentParser) -> None:
                 _add_color_to_commands(child)
 
 
+MALLOC_MMAP_THRESHOLD = 32 << 20
+"""Blocks the command's allocator maps on their own (glibc's largest dynamic value)."""
+MALLOC_TRIM_THRESHOLD = 128 << 20
+"""Free memory at the top of the command's heap that the allocator keeps mapped."""
+
+
+def tune_malloc() -> bool:
+    """Fixes glibc's two thresholds for the command's process (True when set).
+
+    Left dynamic, they start low and rise only as large blocks are freed, so the command's
+    per-chunk and per-batch arrays were mapped afresh, or trimmed off the heap and mapped
+    again, hundreds of times a capture, and the kernel zeroed every page anew: measured on
+    the connection-heavy capture, `conns` 1.50 to 1.71 s with 0.46 to 0.62 s of system
+    time, against 1.24 to 1.34 s and 0.13 to 0.30 s with these (interleaved, peak RSS 4 MB
+    more; `analyze` 2.50 to 2.59 s against 1.91 to 2.20 s). A threshold the user set
+    (``MALLOC_*_`` or ``GLIBC_TUNABLES``) is kept, and so is any other C library's
+    allocator; `import tcpwhy` (the library) leaves a notebook's allocator alone."""
+    if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+        return False
+    if "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+        version = libc.gnu_get_libc_version
+    except (OSError, AttributeError, TypeError):  # not glibc: its own allocator, as it is
+        return False
+    del version
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    return bool(mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)) and bool(
+        mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    tune_malloc()
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     try:
