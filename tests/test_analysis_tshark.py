@@ -155,3 +155,37 @@ def test_chunked_analysis_equals_whole(zeek_corpus: Path) -> None:
     assert len(parts) > 5
     assert np.array_equal(np.concatenate([p.bits for p in parts]), whole.bits)
     assert np.allclose(np.concatenate([p.ack_rtt for p in parts]), whole.ack_rtt, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["pmtu-black-hole.pcap", "pmtu-discovery.pcap", "syn-flood.pcap", "time-wait-reuse.pcap"],
+)
+def test_reused_buffers_equal_fresh(name: str) -> None:
+    """An analyzer that writes each chunk into the last chunk's buffers (`reuse`, for callers
+    done with a chunk's results before the next) gives every chunk the fresh results, with
+    chunks growing past the buffers and shrinking below them."""
+    import numpy as np
+
+    from tcpwhy.tcp.analysis import Analyzer
+
+    t = read_table(str(Path(__file__).parents[1] / "src" / "tcpwhy" / "data" / "lab" / name))
+    bounds, lo, sizes = [], 0, (2, 7, 1, 12, 3)
+    while lo < len(t):
+        hi = min(len(t), lo + sizes[len(bounds) % len(sizes)])
+        bounds.append((lo, hi))
+        lo = hi
+    assert len(bounds) > len(sizes)
+    fields = ("bits", "dup_ack_num", "dup_ack_frame", "ack_rtt", "frame_acked", "initial_rtt")
+    got: dict[bool, list[dict[str, np.ndarray]]] = {}
+    for reuse in (False, True):
+        tracker, analyzer = StreamTracker(), Analyzer(reuse=reuse)
+        got[reuse] = []
+        for lo, hi in bounds:
+            c = t.take(np.arange(lo, hi))
+            a = analyzer.feed(c, tracker.feed(c))
+            got[reuse].append({f: getattr(a, f).copy() for f in (*fields, "time_delta")})
+    assert int(np.concatenate([p["bits"] for p in got[True]]).any())
+    for fresh, reused in zip(got[False], got[True], strict=True):
+        for f, v in fresh.items():
+            assert np.array_equal(v, reused[f], equal_nan=v.dtype.kind == "f"), f

@@ -1074,7 +1074,9 @@ def _analysis_bits(
     # at once was hundreds of MB at the peak of a large capture), and their bits written
     # in place: the analyzer carries its state across chunks, so where they are cut
     # does not matter
-    analyzer = Analyzer()  # fed chunk by chunk, as when streaming: its buffers stay small
+    # fed chunk by chunk, as when streaming: its buffers stay small, and are the same ones
+    # from chunk to chunk (each chunk's bits are copied out before the next)
+    analyzer = Analyzer(reuse=True)
     for lo in range(0, n, TRACK_CHUNK):
         hi = min(n, lo + TRACK_CHUNK)
         conv = sconv[stream[lo:hi]]

@@ -461,10 +461,13 @@ def _grown(
 class Analyzer:
     """Runs the analysis over chunks fed in capture order, keeping the state between them."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, reuse: bool = False) -> None:
+        """`reuse`: each `feed` writes its outputs into the buffers of the last one (for a
+        caller done with an `Analysis` before it feeds the next chunk)."""
         self.state: dict[str, npt.NDArray[Any]] = {}
         self.filled: dict[str, int] = {}  # rows of each state array set up (`_grown`)
         self.pool_meta = np.array([-1, 0], np.int64)
+        self.scratch: dict[str, npt.NDArray[Any]] | None = {} if reuse else None
 
     def feed(self, table: PacketTable, streams: dict[str, npt.NDArray[Any]]) -> Analysis:
         n = len(table)
@@ -474,7 +477,44 @@ class Analyzer:
         _grown(self.state, self.filled, _DIR_STATE, 2 * nslots)
         _grown(self.state, self.filled, _STREAM_STATE, nslots)
         _grown(self.state, self.filled, _POOL, int(self.pool_meta[1]) + n)
-        return _run(table, streams, self.state, self.pool_meta)
+        return _run(table, streams, self.state, self.pool_meta, self.scratch)
+
+
+_OUTPUTS = {
+    "bits": np.uint32,
+    "dup": np.int64,
+    "dupframe": np.int64,
+    "rtt": np.float64,
+    "acked": np.int64,
+    "irtt": np.float64,
+    "delta": np.float64,
+    "tree": np.bool_,
+}
+_CAST_INPUTS = ("dir", "flags", "win", "frame")
+"""The inputs the kernel takes as int64 that the table and the stream tracker keep narrower."""
+
+
+def _buffers(
+    n: int, scratch: dict[str, npt.NDArray[Any]] | None
+) -> tuple[dict[str, npt.NDArray[Any]], dict[str, npt.NDArray[Any]]]:
+    """The outputs of n rows (zeroed) and room for the int64 copies of the narrower inputs:
+    fresh (one staggered allocation, see `staggered_zeros`), or with `scratch` those of the
+    last call, grown when short. Fresh per chunk, they were mapped and zeroed by the kernel
+    anew each time in a process whose allocator gives the heap's top back (the library's
+    host: the largest source of page faults in `tcpwhy.open(...).connections`)."""
+    specs: dict[str, tuple[Any, tuple[int, ...]]] = {k: (dt, (n,)) for k, dt in _OUTPUTS.items()}
+    specs.update({f"in_{k}": (np.int64, (n,)) for k in _CAST_INPUTS})
+    if scratch is None:
+        got = staggered_zeros(specs)
+    else:
+        if not scratch or len(scratch["bits"]) < n:
+            room = max(n, 2 * len(scratch["bits"]) if scratch else 0)
+            scratch.clear()
+            scratch.update(staggered_zeros({k: (dt, (room,)) for k, (dt, _) in specs.items()}))
+        got = {k: v[:n] for k, v in scratch.items()}
+        for k in _OUTPUTS:
+            got[k].fill(0)
+    return {k: got[k] for k in _OUTPUTS}, {k: got[f"in_{k}"] for k in _CAST_INPUTS}
 
 
 def analyze(table: PacketTable, streams: dict[str, npt.NDArray[Any]]) -> Analysis:
@@ -487,34 +527,30 @@ def _run(
     streams: dict[str, npt.NDArray[Any]],
     state: dict[str, npt.NDArray[Any]],
     pool_meta: npt.NDArray[np.int64],
+    scratch: dict[str, npt.NDArray[Any]] | None = None,
 ) -> Analysis:
     n = len(table)
-    # one staggered allocation for the outputs (see `staggered_zeros`)
-    out = staggered_zeros(
-        {
-            "bits": (np.uint32, (n,)),
-            "dup": (np.int64, (n,)),
-            "dupframe": (np.int64, (n,)),
-            "rtt": (np.float64, (n,)),
-            "acked": (np.int64, (n,)),
-            "irtt": (np.float64, (n,)),
-            "delta": (np.float64, (n,)),
-            "tree": (np.bool_, (n,)),
-        }
-    )
+    out, wide = _buffers(n, scratch)
     bits, dup, dupframe, rtt, acked, irtt, delta, tree = out.values()
     if n:
+        for k, src in (
+            ("dir", streams["dir"]),
+            ("flags", table["flags"]),
+            ("win", table["win"]),
+            ("frame", table["frame"]),
+        ):
+            np.copyto(wide[k], src, casting="unsafe")
         _analyze(
             streams["conv"],
-            streams["dir"].astype(np.int64),
-            table["flags"].astype(np.int64),
+            wide["dir"],
+            wide["flags"],
             table["seq"],
             table["ack"],
             table["payload_len"],
-            table["win"].astype(np.int64),
+            wide["win"],
             streams["rev_ws"],
             table["ts_ns"],
-            table["frame"].astype(np.int64),
+            wide["frame"],
             streams["reused"],
             streams["new"],
             *(state[k] for k in (*_DIR_STATE, *_STREAM_STATE, *_POOL)),

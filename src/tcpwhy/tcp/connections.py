@@ -137,7 +137,7 @@ class WiresharkFlags:
     def __init__(self) -> None:
         from tcpwhy.tcp.analysis import Analyzer
 
-        self.analyzer = Analyzer()
+        self.analyzer = Analyzer(reuse=True)  # its `Analysis` is done with before the next
 
     def __call__(
         self, table: PacketTable, streams: dict[str, npt.NDArray[Any]]
