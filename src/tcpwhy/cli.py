@@ -101,14 +101,13 @@ def tune_malloc() -> bool:
         import ctypes
 
         libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-        version = libc.gnu_get_libc_version
-    except (OSError, AttributeError, TypeError):  # not glibc: its own allocator, as it is
+    except (OSError, TypeError):
         return False
-    del version
+    if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
+        return False  # another C library: its allocator as it is
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
-    return bool(mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)) and bool(
-        mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)
+    return bool(libc.mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)) and bool(
+        libc.mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)
     )
 
 
