@@ -558,8 +558,8 @@ class _Stopped(Exception):
 def _roomy_buffer(size: int) -> npt.NDArray[np.uint8]:
     """A reused chunk buffer, with room for the leftover records that later chunks carry
     over: sized exactly, it was replaced a dozen times a capture, a few bytes larger each
-    time, and the allocator kept the old 8 MB blocks resident (50 MB of the peak of `conns`
-    on the connection-heavy capture, which its first half did not reach)."""
+    time, and the allocator kept the old 8 MB blocks resident (the peak of `conns` on the
+    connection-heavy capture 162 MB with them, about 146 MB without)."""
     return np.empty(size + (size >> 4), np.uint8)
 
 
