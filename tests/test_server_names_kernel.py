@@ -81,3 +81,49 @@ def test_compiled_search_matches_numpy_on_built_payloads(seed: int) -> None:
         caps.append(len(p) if rng.random() < 0.7 else rng.randint(0, len(p)))
     requests, names = _same(_Payloads(parts, caps), np.arange(len(parts)))
     assert requests > 500 and names > 100
+
+
+def _same_distinct(data: npt.NDArray[np.uint8], off: Any, length: Any) -> int:
+    words, code = sn.distinct(data, np.asarray(off, np.int64), np.asarray(length, np.int64))
+    want_words, want_code = sn._distinct_numpy(
+        data, np.asarray(off, np.int64), np.asarray(length, np.int64)
+    )
+    assert words == want_words
+    assert np.array_equal(code, want_code)
+    return len(words) - 1
+
+
+def test_hashed_distinct_matches_sorted_rows_on_recordings(zeek_corpus: Path) -> None:
+    """The names the connection builder groups, chunk by chunk, as it finds them."""
+    distinct = 0
+    for path in _captures(zeek_corpus):
+        for t in iter_tables(str(path), CaptureStats()):
+            rows = np.flatnonzero(t["payload_len"] > 0)
+            if not len(rows) or not t.data.size:
+                continue
+            off, length = sn.locate(t, rows, *sn.kinds(t, rows))
+            distinct += _same_distinct(t.data, off, length)
+    assert distinct > 10  # the recordings name several servers
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_hashed_distinct_matches_sorted_rows_on_built_names(seed: int) -> None:
+    """Names that repeat, share prefixes, differ in one byte or in length only, hold zero
+    bytes, run to 255 bytes or past the end of the data (clipped there, as before)."""
+    rng = random.Random(seed)
+    stems = [b"a", b"ab", b"a\x00", b"example.com", b"example.co", b"example.con", b"x" * 255]
+    stems += [bytes(rng.randrange(256) for _ in range(rng.randint(1, 40))) for _ in range(30)]
+    data = b"".join(rng.choice(stems) for _ in range(3000))
+    arr = np.frombuffer(data, np.uint8).copy()
+    off, length = [], []
+    for _ in range(5000):
+        if rng.random() < 0.1:
+            off.append(rng.randrange(len(data)))
+            length.append(0)  # no name
+            continue
+        s = rng.choice(stems)
+        at = data.find(s, rng.randrange(len(data)))
+        at = at if at >= 0 else data.find(s)
+        off.append(at if rng.random() < 0.95 else len(data) - rng.randint(1, 5))
+        length.append(len(s))
+    assert _same_distinct(arr, off, length) > 30

@@ -199,19 +199,22 @@ class _KeptPackets:
         connection's in the order they were kept; they are gone from here afterwards."""
         if not self or not len(uids):
             return None
-        from tcpwhy.tcp.records_kernel import kept_rows
+        from tcpwhy.tcp.records_kernel import group_kept, kept_rows
 
         lo = int(uids.min())
-        mark = np.zeros(int(uids.max()) - lo + 1, np.bool_)
-        mark[uids - lo] = True
+        at = np.sort(uids) - lo
+        mark = np.zeros(int(at[-1]) + 1, np.bool_)
+        mark[at] = True
+        rank = np.empty(len(mark), np.int32)  # read where marked only: never filled whole
+        rank[at] = np.arange(len(at), dtype=np.int32)
         if len(self.scratch) < self.n:
             self.scratch = np.empty(len(self.alive), np.int64)
-        k = kept_rows(self.cols["uid"], self.alive, self.n, lo, mark, self.scratch)
+        start = np.zeros(len(at) + 1, np.int64)
+        k = kept_rows(self.cols["uid"], self.alive, self.n, lo, mark, rank, start, self.scratch)
         if not k:
             return None
-        idx = self.scratch[:k]
-        # sorted before the columns are gathered: one gather of each, not two
-        idx = idx[np.argsort(self.cols["uid"][idx], kind="stable")]
+        idx = np.empty(k, np.int64)  # grouped by uid: one gather of each column
+        group_kept(self.cols["uid"], lo, rank, start, self.scratch, idx)
         sel = {k: self.cols[k][idx] for k in self.FIELDS}
         self.alive[idx] = False
         self.dead += len(idx)
@@ -578,8 +581,13 @@ class ConnectionBuilder:
             self._name_uid, self._name_code = self._name_uid[keep], self._name_code[keep]
         if not code.any():  # no names (a flood's batches): no sort of the codes
             return np.zeros(len(uids), np.int32), ("",)
-        used = np.union1d([0], code)
-        local = np.searchsorted(used, code).astype(np.int32)
+        # the codes used, ascending, "" first (what `numpy.union1d` with 0 gives), by marking
+        # them among the names met so far: a batch's codes take no sort
+        seen = np.zeros(len(self._name_list), np.bool_)
+        seen[0] = True
+        seen[code] = True
+        used = np.flatnonzero(seen)
+        local = (np.cumsum(seen, dtype=np.int32) - 1)[code]
         words = tuple(self._name_list[g].decode("utf-8", "backslashreplace") for g in used.tolist())
         return local, words
 

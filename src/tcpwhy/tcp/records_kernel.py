@@ -4,8 +4,8 @@
 for a batch in one call: one 64-byte SHA-1 block per connection, as the tuple of a TCP
 connection is at most 40 bytes. `find_hosts` and `payload_kinds` find what names a
 connection's server in its first payload (`tcpwhy.tcp.server_names`): an HTTP request's
-Host, or a TLS ClientHello to read further. `kept_rows` finds the packets the connection
-builder kept for a batch of records.
+Host, or a TLS ClientHello to read further; `name_groups` groups the names found. `kept_rows`
+and `group_kept` find the packets the connection builder kept for a batch of records.
 """
 
 from __future__ import annotations
@@ -260,17 +260,77 @@ def payload_kinds(data: Any, off: Any, cap: Any, words: Any, woff: Any, kind: An
                 break
 
 
-@kernel("i8[:] b1[:] i8 i8 b1[:] i8[:] -> i8", nogil=True)
-def kept_rows(uid: Any, alive: Any, n: int, lo: int, mark: Any, out: Any) -> int:
-    """The rows below `n` still alive whose ``uid - lo`` is marked, in order, into `out`;
-    returns how many. One pass over the kept packets' uids: numpy's masks and gathers made
-    six, with their temporaries, each batch a pass over half a million rows on a flood."""
-    k = 0
+@kernel("i8[:] b1[:] i8 i8 b1[:] i4[:] i8[:] i8[:] -> i8", nogil=True)
+def kept_rows(
+    uid: Any, alive: Any, n: int, lo: int, mark: Any, rank: Any, start: Any, found: Any
+) -> int:
+    """The rows below `n` still alive whose ``uid - lo`` is marked, in order, into `found`;
+    returns how many. `rank` holds each marked uid's place among the marked ones (read only
+    where marked); `start` (a zeroed entry per marked uid and one more) is left holding
+    where each uid's rows go in `group_kept`'s order. One pass over the kept packets' uids:
+    numpy's masks and gathers made six, with their temporaries, each batch a pass over
+    half a million rows on a flood."""
     m = len(mark)
+    k = 0
     for i in range(n):
         if alive[i]:
             r = uid[i] - lo
             if r >= 0 and r < m and mark[r]:
-                out[k] = i
+                found[k] = i
+                start[rank[r] + 1] += 1
                 k += 1
+    for j in range(1, len(start)):
+        start[j] += start[j - 1]
     return k
+
+
+@kernel("i8[:] i8 i4[:] i8[:] i8[:] i8[:] -> none", nogil=True)
+def group_kept(uid: Any, lo: int, rank: Any, start: Any, found: Any, out: Any) -> None:
+    """`found` (`kept_rows`' rows) into `out` grouped by uid, ascending, each uid's rows in
+    their order: a counting sort by the uids' ranks. A stable sort of the rows' uids took
+    three times as long as the search for them on the connection-heavy capture (profiled:
+    0.04 against 0.013 s; `_KeptPackets.take` 0.11 s before, 0.07 s since)."""
+    for j in range(out.shape[0]):
+        i = found[j]
+        g = rank[uid[i] - lo]
+        out[start[g]] = i
+        start[g] += 1
+
+
+@kernel("u1[:] i8[:] i8[:] i8[:] i8[:] i8[:] -> i8", nogil=True)
+def name_groups(data: Any, off: Any, length: Any, table: Any, rep: Any, code: Any) -> int:
+    """Groups the names at (`off`, `length`) in `data` by their bytes: `code` gets each
+    name's group, numbered as first met, and `rep` each group's first name; returns how
+    many groups. `table` (a power of two in size, at least twice the names, all -1) is an
+    open-addressing table of group numbers by an FNV-1a hash of the bytes. Most chunks
+    name one or two servers, which numpy's `unique` of the names as fixed-width rows found
+    by sorting them all: twice the time of this and the sort of the few distinct names
+    (connection-heavy capture, profiled: 0.08 against 0.04 s)."""
+    mask = np.uint64(table.shape[0] - 1)
+    groups = 0
+    for j in range(off.shape[0]):
+        o, ln = off[j], length[j]
+        h = np.uint64(14695981039346656037) ^ np.uint64(ln)
+        for k in range(ln):
+            h = (h ^ np.uint64(data[o + k])) * np.uint64(1099511628211)
+        q = h & mask
+        while True:
+            g = table[q]
+            if g < 0:
+                table[q] = groups
+                rep[groups] = j
+                code[j] = groups
+                groups += 1
+                break
+            r = rep[g]
+            if length[r] == ln:
+                same = True
+                for k in range(ln):
+                    if data[off[r] + k] != data[o + k]:
+                        same = False
+                        break
+                if same:
+                    code[j] = g
+                    break
+            q = (q + np.uint64(1)) & mask
+    return groups

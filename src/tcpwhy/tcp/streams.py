@@ -313,6 +313,41 @@ def _track(
     return next_stream
 
 
+@kernel("i8[:] i8[:] i8[:] i8[:] b1[:,:] i1[:,:] b1[:] i8[:] i8[:] -> none", nogil=True)
+def _forget(
+    conv: Any,
+    tab_val: Any,
+    slot_keys: Any,
+    st_stream: Any,
+    st_bset: Any,
+    st_ws: Any,
+    st_fresh: Any,
+    free: Any,
+    meta: Any,
+) -> None:
+    """`StreamTracker.forget` of the slots `conv` (ascending; repeats, slots never opened and
+    slots already free are passed over): each table entry becomes a tombstone, the slot's
+    state is reset and the slot goes on the free list. One loop instead of a dozen numpy
+    steps: the 1,300 calls of a 3 M-SYN flood's evictions took 0.37 s, now 0.23 s, of
+    which this loop 0.1 s (profiled)."""
+    nfree = meta[2]
+    for i in range(conv.shape[0]):
+        c = conv[i]
+        if c < 0 or c >= meta[1] or slot_keys[c] < 0:
+            continue
+        tab_val[slot_keys[c]] = -2  # tombstone: probing goes on past it
+        slot_keys[c] = -1
+        st_stream[c] = -1
+        st_bset[c, 0] = False
+        st_bset[c, 1] = False
+        st_ws[c, 0] = -1
+        st_ws[c, 1] = -1
+        st_fresh[c] = False
+        free[nfree] = c
+        nfree += 1
+    meta[2] = nfree
+
+
 _NO_ICMP = np.zeros(0, np.int8)
 _TRACK_COLUMNS = (
     "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "flags", "seq", "ack", "opt_ws",
@@ -383,28 +418,28 @@ class StreamTracker:
 
         A later packet of a forgotten conversation starts a new stream.
         """
-        conv = np.sort(np.asarray(conv, np.int64))  # numpy.unique hashes: slow on many
-        conv = conv[np.concatenate(([True], conv[1:] != conv[:-1]))] if conv.size else conv
-        conv = conv[(conv >= 0) & (conv < self._meta[1])]
-        conv = conv[self._slot_keys[conv] >= 0]
+        conv = np.sort(np.asarray(conv, np.int64))  # freed in slot order, whoever lists them
         if not conv.size:
             return
-        self._tab_val[self._slot_keys[conv]] = -2  # tombstone: probing goes on past it
-        self._slot_keys[conv] = -1
-        self.st_stream[conv] = -1
-        self.st_bset[conv] = False
-        self.st_ws[conv] = -1
-        self.st_fresh[conv] = False
         nfree = int(self._meta[2])
         if nfree + conv.size > len(self._free):
-            # sized by the slots forgotten, not by all: most captures forget none
+            # sized by the slots listed, not by all: most captures forget none
             grown = np.zeros(
                 max(nfree + conv.size, len(self._free) + len(self._free) // 4), np.int64
             )
             grown[:nfree] = self._free[:nfree]
             self._free = grown
-        self._free[nfree : nfree + conv.size] = conv
-        self._meta[2] = nfree + conv.size
+        _forget(
+            conv,
+            self._tab_val,
+            self._slot_keys,
+            self.st_stream,
+            self.st_bset,
+            self.st_ws,
+            self.st_fresh,
+            self._free,
+            self._meta,
+        )
 
     def feed(self, t: PacketTable) -> dict[str, npt.NDArray[Any]]:
         """Per-row `stream`, `dir` (0/1 canonical), `rel_seq`, `rel_ack`, `win_scaled`,
