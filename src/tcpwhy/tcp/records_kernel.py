@@ -301,18 +301,20 @@ def group_kept(uid: Any, lo: int, rank: Any, start: Any, found: Any, out: Any) -
 def name_groups(data: Any, off: Any, length: Any, table: Any, rep: Any, code: Any) -> int:
     """Groups the names at (`off`, `length`) in `data` by their bytes: `code` gets each
     name's group, numbered as first met, and `rep` each group's first name; returns how
-    many groups. `table` (a power of two in size, at least twice the names, all -1) is an
+    many groups. A byte past `data`'s end reads as its last byte (as the names are cut).
+    `table` (a power of two in size, at least twice the names, all -1) is an
     open-addressing table of group numbers by an FNV-1a hash of the bytes. Most chunks
     name one or two servers, which numpy's `unique` of the names as fixed-width rows found
     by sorting them all: twice the time of this and the sort of the few distinct names
     (connection-heavy capture, profiled: 0.08 against 0.04 s)."""
+    last = max(data.shape[0] - 1, 0)
     mask = np.uint64(table.shape[0] - 1)
     groups = 0
     for j in range(off.shape[0]):
         o, ln = off[j], length[j]
         h = np.uint64(14695981039346656037) ^ np.uint64(ln)
         for k in range(ln):
-            h = (h ^ np.uint64(data[o + k])) * np.uint64(1099511628211)
+            h = (h ^ np.uint64(data[min(max(o + k, 0), last)])) * np.uint64(1099511628211)
         q = h & mask
         while True:
             g = table[q]
@@ -326,7 +328,7 @@ def name_groups(data: Any, off: Any, length: Any, table: Any, rep: Any, code: An
             if length[r] == ln:
                 same = True
                 for k in range(ln):
-                    if data[off[r] + k] != data[o + k]:
+                    if data[min(max(off[r] + k, 0), last)] != data[min(max(o + k, 0), last)]:
                         same = False
                         break
                 if same:

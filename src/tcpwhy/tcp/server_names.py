@@ -514,17 +514,21 @@ def distinct(data: npt.NDArray[np.uint8], off: I64, length: I64) -> tuple[list[b
     named = np.flatnonzero(length > 0)
     if not len(named):
         return [b""], code
+    o = np.ascontiguousarray(off[named], np.int64)
     ln = np.ascontiguousarray(length[named], np.int64)
-    # the names' bytes side by side (each index clipped into `data`, as before)
-    at = np.zeros(len(ln), np.int64)
-    np.cumsum(ln[:-1], out=at[1:])
-    pos = np.repeat(off[named] - at, ln) + np.arange(int(ln.sum()))
-    buf = data[np.clip(pos, 0, max(data.size - 1, 0))]
+    if not (data.flags.c_contiguous and data.flags.writeable and data.dtype == np.uint8):
+        # what the compiled loop cannot take (a file's bytes, read-only): the names' bytes
+        # side by side, each index clipped into `data`
+        at = np.zeros(len(ln), np.int64)
+        np.cumsum(ln[:-1], out=at[1:])
+        pos = np.repeat(o - at, ln) + np.arange(int(ln.sum()))
+        data, o = data[np.clip(pos, 0, max(data.size - 1, 0))], at
     table = np.full(1 << max(4, (2 * len(named) - 1).bit_length()), -1, np.int64)
     rep = np.empty(len(named), np.int64)
     group = np.empty(len(named), np.int64)
-    n = name_groups(buf, at, ln, table, rep, group)
-    found = [bytes(buf[at[r] : at[r] + ln[r]]) for r in rep[:n].tolist()]
+    n = name_groups(data, o, ln, table, rep, group)
+    last = max(data.size - 1, 0)
+    found = [bytes(data[np.clip(np.arange(o[r], o[r] + ln[r]), 0, last)]) for r in rep[:n].tolist()]
     order = sorted(range(n), key=lambda g: (len(found[g]), found[g]))
     place = np.empty(n, np.int64)
     place[order] = np.arange(1, n + 1)
