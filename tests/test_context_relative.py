@@ -2,9 +2,10 @@
 and each stream's conversation instead of each packet's: what it gives back must be the
 stream tracker's, row for row, on real captures
 (handshakes, port reuse, captures that start mid-connection, ICMP-opened streams, and the
-malformed ones of tcpdump's tests). Its per-stream views made on first use or in a leaner
-form (payload bytes, first FIN times, endpoints with constant columns broadcast, who reset
-first for the ending) must hold what the plain whole-capture computations give."""
+malformed ones of tcpdump's tests). Its per-stream views made on first use, in a leaner
+form or by compiled passes (payload bytes, first FIN times, the counts per stream and side,
+endpoints with constant columns broadcast, who reset first for the ending) must hold what
+the plain whole-capture computations give."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy.typing as npt
 import pytest
 
 from tcpwhy.capture import read_table
-from tcpwhy.decode.table import FIN, RST, PacketTable, icmp_kept
+from tcpwhy.decode.table import ACK, FIN, RST, SYN, PacketTable, icmp_kept
 from tcpwhy.diagnose.context import CLIENT, NO_FIN, SERVER, Capture, ending_codes
 from tcpwhy.errors import TcpwhyError
 from tcpwhy.tcp.streams import StreamTracker
@@ -55,6 +56,19 @@ def _check_views(cap: Capture, t: PacketTable, name: str) -> None:
     fin = (t["flags"] & (FIN | RST)) == FIN
     assert np.array_equal(cap.first_fin_ns, _first_per_side(cap, fin)), name
     assert np.array_equal(cap.ending_index(), _ending_oracle(cap)), name
+    # the per-stream counts, each as a bincount of its rows
+    f = t["flags"]
+    kind, rst = f & (SYN | ACK | RST), (f & RST) != 0
+    for got, mask in (
+        (cap.n_pkts, np.ones(len(t), np.bool_)),
+        (cap.n_syn, kind == SYN),
+        (cap.n_synack, kind == (SYN | ACK)),
+        (cap.n_fin, ((f & FIN) != 0) & ~rst),
+        (cap.n_rst, rst),
+        (cap.n_data, (t["payload_len"] > 0) & ~rst),
+    ):
+        want = np.bincount(key[mask], minlength=2 * cap.nstreams).reshape(-1, 2)
+        assert got.dtype == np.int32 and np.array_equal(got, want), name
     first = cap.order[cap.starts]
     from_client = cap.side[first] == CLIENT
     ep = cap.endpoints
@@ -92,7 +106,21 @@ def _check_table(table: PacketTable, name: str) -> int:
     for r in rows[:: max(1, len(rows) // 50)]:
         assert cap.rel_seq(rows[r : r + 1])[0] == want["rel_seq"][r], (name, r)
     _check_views(cap, table, name)
+    # with its address columns one value per stream (as the engine makes them), the
+    # endpoints come from those, not from the compiled pass over plain columns
+    plain = table.take(np.ones(len(table), np.bool_))
+    plain.icmp = table.icmp
+    other = Capture(plain, np.zeros(len(table), np.int16), [name])
+    if other.compact_addresses():
+        for got, want in zip(other.endpoints, cap.endpoints, strict=True):
+            assert np.array_equal(got, want), name
     return len(rows)
+
+
+def test_endpoints_from_compact_columns_are_checked() -> None:
+    """The comparison above runs: the lab captures' streams compact."""
+    table = read_table(str(LAB / sorted(p.name for p in LAB.glob("*.pcap"))[0]))
+    assert Capture(table, np.zeros(len(table), np.int16), ["lab"]).compact_addresses()
 
 
 def test_streams_numbered_again_past_an_icmp_only_stream() -> None:

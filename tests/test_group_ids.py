@@ -1,13 +1,16 @@
-"""`arrays.group_ids` against a plain Python grouping: the packed one-key sort, the lexsort
-for keys too wide to pack, constant keys left out, and `at` picking rows without copies."""
+"""`arrays.group_ids` and `arrays.key_counts` against a plain Python grouping: the packed
+one-key sort, the lexsort for keys too wide to pack, constant keys left out, and `at`
+picking rows without copies."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from tcpwhy.arrays import group_firsts, group_ids
+from tcpwhy.arrays import group_firsts, group_ids, key_counts
 
 
 def _oracle(*keys: npt.NDArray[np.generic]) -> tuple[list[int], int]:
@@ -22,6 +25,19 @@ def _check(*keys: npt.NDArray[np.generic], at: npt.NDArray[np.int64] | None = No
     inv, n = group_ids(*keys, at=at)
     assert inv.dtype == np.int64
     assert (inv.tolist(), n) == want
+    _check_counts(*keys, at=at)
+
+
+def _check_counts(*keys: npt.NDArray[np.generic], at: npt.NDArray[np.int64] | None = None) -> None:
+    """`key_counts`: the distinct rows in sorted order, in the keys' dtypes, with their sizes."""
+    picked = [k if at is None else k[at] for k in keys]
+    seen = Counter(zip(*(k.tolist() for k in picked), strict=True))
+    want = sorted(seen)
+    got, counts = key_counts(*keys, at=at)
+    assert [g.dtype for g in got] == [k.dtype for k in keys]
+    assert list(zip(*(g.tolist() for g in got), strict=True)) == want
+    assert counts.dtype == np.int64
+    assert counts.tolist() == [seen[r] for r in want]
 
 
 RNG = np.random.default_rng(7)
@@ -76,11 +92,15 @@ def test_tiny(n: int) -> None:
     assert (inv.tolist(), ng) == ([0] * n, n)
     inv, ng = group_ids(k, at=np.zeros(0, np.int64))
     assert (inv.tolist(), ng) == ([], 0)
+    _check_counts(k)
+    _check_counts(k, at=np.zeros(0, np.int64))
 
 
 def test_all_keys_constant_is_one_group() -> None:
     inv, n = group_ids(np.full(10, 3), np.zeros(10, np.uint64))
     assert (inv.tolist(), n) == ([0] * 10, 1)
+    _check_counts(np.full(10, 3), np.zeros(10, np.uint64))
+    _check_counts(np.full(10, 3), np.arange(10, dtype=np.uint64), at=np.array([4, 4], np.int64))
 
 
 def test_firsts_name_each_group() -> None:

@@ -270,3 +270,22 @@ def test_explain_names_both_kinds() -> None:
     assert "port-scan" in kinds("connect ECONNREFUSED 10.0.0.1:25")
     kernel = "TCP: request_sock_TCP: Possible SYN flooding on port 0.0.0.0:8080. Sending cookies."
     assert kinds(kernel) == ["syn-flood", "accept-queue-overflow"]
+
+
+def test_most_frequent_as_a_stable_sort_ranks_them() -> None:
+    """The top sources and targets: the n largest counts, ties in address order, as the
+    first n of a stable argsort of the negated counts, whatever the ties at the cut."""
+    from tcpwhy.diagnose.syn_flood import _most
+
+    rng = np.random.default_rng(3)
+    for size, high, n in (
+        (0, 1, 5),
+        (3, 2, 5),
+        (5, 2, 5),
+        (1000, 3, 5),
+        (50_000, 1, 5),
+        (400, 40, 20),
+    ):
+        counts = rng.integers(1, high + 1, size).astype(np.int64)
+        want = np.argsort(-counts, kind="stable")[:n]
+        assert _most(counts, n).tolist() == want.tolist(), (size, high, n)

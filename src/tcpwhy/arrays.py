@@ -44,32 +44,19 @@ def group_ids(
     n = len(keys[0]) if at is None else len(at)
     if not n:
         return np.zeros(0, np.int64), 0
-    varying = []
-    for k in keys:
-        if at is not None and k.min() == k.max():
-            continue  # constant over every row, so over the rows meant: not gathered
-        got = k if at is None else k[at]
-        if got.min() != got.max():
-            varying.append(got)
+    varying = [v for _, v in _varying(keys, at) if v is not None]
     if not varying:
         return np.zeros(n, np.int64), 1
-    lows = [int(k.min()) for k in varying]
-    bits = [(int(k.max()) - low).bit_length() for k, low in zip(varying, lows, strict=True)]
-    if sum(bits) <= 64:
-        packed = np.zeros(n, np.uint64)
-        for k, low, b in zip(varying, lows, bits, strict=True):
-            d = k.astype(np.uint64)  # as unsigned: the difference wraps to the right value
-            d -= np.uint64(low & 0xFFFF_FFFF_FFFF_FFFF)
-            packed <<= np.uint64(b)
-            packed |= d
-            del d
+    packed = _pack(varying)
+    if packed is not None:
         del varying
-        order = np.argsort(packed)
-        packed = packed[order]  # sorted; the unsorted copy goes
+        order = np.argsort(packed[0])
+        key = packed[0][order]  # sorted; the unsorted copy goes
+        del packed
         new = np.empty(n, np.bool_)
         new[0] = True
-        np.not_equal(packed[1:], packed[:-1], out=new[1:])
-        del packed
+        np.not_equal(key[1:], key[:-1], out=new[1:])
+        del key
     else:
         order = np.lexsort(varying[::-1])
         new = np.zeros(n, np.bool_)
@@ -84,6 +71,95 @@ def group_ids(
     inv = np.empty(n, np.int64)
     inv[order] = gid
     return inv, int(gid[-1]) + 1
+
+
+def key_counts(
+    *keys: npt.NDArray[Any], at: npt.NDArray[np.integer[Any]] | None = None
+) -> tuple[list[npt.NDArray[Any]], npt.NDArray[np.int64]]:
+    """Each distinct row of the keys, in sorted order (one array per key, in the keys'
+    dtypes), and how many rows have it: `group_ids` and a bincount of its ids, for callers
+    that need only the groups. Packed keys are sorted themselves (numpy's vectorised sort)
+    and read back from the packing: no argsort and no scatter of ids to the rows (a
+    flood's 3 million sources: 0.06 s against 0.40 s). A key with one value over the rows
+    comes back as that value broadcast (read-only). Keys that do not pack (IPv6 addresses)
+    go through `group_ids`."""
+    n = len(keys[0]) if at is None else len(at)
+    if not n:
+        return [np.zeros(0, k.dtype) for k in keys], np.zeros(0, np.int64)
+    cols = _varying(keys, at)
+    varying = [v for _, v in cols if v is not None]
+    packed = _pack(varying) if varying else None
+    if varying and packed is None:
+        inv, ng = group_ids(*keys, at=at)
+        first = group_firsts(inv, ng)
+        rows = first if at is None else np.asarray(at)[first]
+        return [k[rows] for k in keys], np.bincount(inv, minlength=ng).astype(np.int64)
+    if packed is None:  # every key constant: one group
+        return [np.full(1, c, k.dtype) for (c, _), k in zip(cols, keys, strict=True)], np.full(
+            1, n, np.int64
+        )
+    key, lows, bits = packed
+    consts = [c for c, _ in cols]
+    del varying, cols  # the gathered keys: only the packed ones are needed from here
+    key.sort()
+    new = np.empty(n, np.bool_)
+    new[0] = True
+    np.not_equal(key[1:], key[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    del new
+    counts = np.diff(starts, append=n)
+    key = key[starts]
+    del starts
+    out: list[npt.NDArray[Any]] = []
+    shift = sum(bits)
+    j = 0
+    for c, k in zip(consts, keys, strict=True):
+        if c is not None:  # the same on every row: one value, broadcast (read-only)
+            out.append(np.broadcast_to(np.asarray(c, k.dtype), key.shape))
+            continue
+        shift -= bits[j]
+        d = key >> np.uint64(shift)
+        d &= np.uint64((1 << bits[j]) - 1)
+        d += np.uint64(lows[j] & 0xFFFF_FFFF_FFFF_FFFF)  # wraps back to the key's value
+        out.append(d.astype(k.dtype, copy=False))
+        j += 1
+    return out, counts
+
+
+def _varying(
+    keys: tuple[npt.NDArray[Any], ...], at: npt.NDArray[np.integer[Any]] | None
+) -> list[tuple[Any, npt.NDArray[Any] | None]]:
+    """Per key: its one value if it is the same on every row meant (and None), else None and
+    the rows meant. A key constant over all its rows is not gathered (the high half of
+    IPv4 addresses)."""
+    out: list[tuple[Any, npt.NDArray[Any] | None]] = []
+    for k in keys:
+        if at is not None and k.min() == k.max():
+            out.append((k.min(), None))
+            continue
+        got = k if at is None else k[at]
+        out.append((got.min(), None) if got.min() == got.max() else (None, got))
+    return out
+
+
+def _pack(
+    varying: list[npt.NDArray[Any]],
+) -> tuple[npt.NDArray[np.uint64], list[int], list[int]] | None:
+    """The keys as one uint64 per row, each key's offset from its least value in its own
+    bits, the first key highest (so the packed order is the keys' order), with the least
+    values and the bit widths; None when they need more than 64 bits."""
+    lows = [int(k.min()) for k in varying]
+    bits = [(int(k.max()) - low).bit_length() for k, low in zip(varying, lows, strict=True)]
+    if sum(bits) > 64:
+        return None
+    packed = np.zeros(len(varying[0]), np.uint64)
+    for k, low, b in zip(varying, lows, bits, strict=True):
+        d = k.astype(np.uint64)  # as unsigned: the difference wraps to the right value
+        d -= np.uint64(low & 0xFFFF_FFFF_FFFF_FFFF)
+        packed <<= np.uint64(b)
+        packed |= d
+        del d
+    return packed, lows, bits
 
 
 def group_firsts(inv: npt.NDArray[np.int64], n: int) -> npt.NDArray[np.int64]:

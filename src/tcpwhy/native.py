@@ -71,6 +71,7 @@ KERNEL_FILES = (
     "tcp/zeek.py",
     "tcp/state_kernel.py",
     "tcp/records_kernel.py",
+    "diagnose/kernels.py",
     "report/conns_kernel.py",
     "report/packets_kernel.py",
     "host/trace_kernel.py",

@@ -32,6 +32,8 @@ def candidate_streams(diag: Diag) -> list[int]:
         return []
     again = np.logical_or.reduce([cap.flag(k) for k in RESENT])
     again &= (t["payload_len"] > 0) & ((t["flags"] & (SYN | RST)) == 0)
+    if not again.any():
+        return []
     key = cap.stream[again] * 2 + cap.side[again]
     per_side = np.bincount(key, minlength=2 * cap.nstreams).reshape(-1, 2)
     return [int(s) for s in np.flatnonzero(per_side.max(1) >= MIN_SENDS - 1)]

@@ -47,19 +47,26 @@ def crossed_fins(cap: Capture) -> npt.NDArray[np.bool_]:
     connections worth running the state machine on.
     """
     t = cap.table
+    out = np.zeros(cap.nstreams, np.bool_)
+    # the streams with a FIN (without RST) from each side, by the counts; the first FIN
+    # of each side is looked for among theirs only (a flood's millions of streams with
+    # none: no per-stream table of first rows)
+    both = np.flatnonzero((cap.n_fin[:, CLIENT] > 0) & (cap.n_fin[:, SERVER] > 0))
+    if not len(both):
+        return out
+    wanted = np.zeros(cap.nstreams, np.bool_)
+    wanted[both] = True
     fins = np.flatnonzero((t["flags"] & (FIN | RST)) == FIN)
-    first = np.full((cap.nstreams, 2), len(t), np.int64)
-    np.minimum.at(first, (cap.stream[fins], cap.side[fins]), fins)
-    both = np.flatnonzero((first < len(t)).all(1))
-    rows = first[both]
-    flags = t["flags"][rows].astype(np.int64)
-    ack = t["ack"][rows].astype(np.int64)
-    end = t["seq"][rows].astype(np.int64) + t["payload_len"][rows] + ((flags & SYN) > 0) + 1
+    fins = fins[wanted[cap.stream[fins]]]
+    first = np.full((len(both), 2), len(t), np.int64)
+    np.minimum.at(first, (np.searchsorted(both, cap.stream[fins]), cap.side[fins]), fins)
+    flags = t["flags"][first].astype(np.int64)
+    ack = t["ack"][first].astype(np.int64)
+    end = t["seq"][first].astype(np.int64) + t["payload_len"][first] + ((flags & SYN) > 0) + 1
 
     def acks(a: int, b: int) -> npt.NDArray[np.bool_]:
         return ((flags[:, a] & ACK) > 0) & seq_geq(ack[:, a], end[:, b])
 
-    out = np.zeros(cap.nstreams, np.bool_)
     out[both[~acks(0, 1) & ~acks(1, 0)]] = True
     return out
 

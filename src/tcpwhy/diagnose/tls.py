@@ -140,7 +140,7 @@ def _find_records(cap: Capture) -> rec.Records:
     t = cap.table
     n = len(t)
     tls_stream = np.zeros(cap.nstreams, np.bool_)
-    if n and t.has_payload():
+    if n and t.has_payload() and cap.n_data.any():  # (a flood has no payload at all)
         # the stream's first payload (either direction) starts a handshake record: the test
         # `find_records` makes, made here on one row per stream (its first 5 bytes read)
         # each stream's first payload row, found in the rows grouped by stream (`order`):
@@ -170,7 +170,7 @@ def _find_records(cap: Capture) -> rec.Records:
             looks = rec._looks_like_record(heads, at) if data.size else np.zeros(len(at), bool)
             first_byte = data[np.minimum(off, max(data.size - 1, 0))] if data.size else 0
             tls_stream[sids[looks & (cut > 0) & (first_byte == rec.HANDSHAKE)]] = True
-    rows = np.flatnonzero(tls_stream[cap.stream]) if n else np.zeros(0, np.int64)
+    rows = np.flatnonzero(tls_stream[cap.stream]) if tls_stream.any() else np.zeros(0, np.int64)
     # the TLS streams' rows with their payload bytes (only theirs: a capture's whole payload
     # is not held for this)
     sub = t.rows(rows, ("frame", "seq", "flags", "payload_len"))
