@@ -122,6 +122,37 @@ def test_growing_columns_are_the_chunks_joined() -> None:
     assert np.array_equal(out["c"], np.arange(8))
 
 
+def test_zero_columns_are_held_unwritten_until_a_row_is_not() -> None:
+    """All-zero columns are not written while they stay so; `done` gives them as writable
+    zeros, in the order the columns came, equal to the chunks joined, whatever chunk
+    first has a non-zero row (the first, a later one, one of a wider type, or none)."""
+    np = engine.np
+    g = engine._Growing()
+    g.expect = 2
+    chunks = [
+        {"z": np.zeros(3, np.uint64), "late": np.zeros(3, np.uint32), "v": np.arange(3)},
+        {"z": np.zeros(2, np.uint64), "late": np.zeros(2, np.uint32), "v": np.arange(2)},
+        {"z": np.zeros(0, np.uint64), "late": np.zeros(0, np.uint32), "v": np.arange(0)},
+        {"z": np.zeros(4, np.uint64), "late": np.array([0, 5, 0, 1], np.uint64), "v": np.arange(4)},
+        {"z": np.zeros(1, np.uint64), "late": np.zeros(1, np.uint32), "v": np.arange(1)},
+    ]
+    for i, c in enumerate(chunks):
+        g.add(c)
+        if i == 1:
+            assert set(g.zero) == {"z", "late"} and set(g.cols) == {"v"}
+    g.put("p", np.zeros(10, np.int8))
+    g.put("q", np.array([0, 0, 3] + [0] * 7, np.int16))
+    out = g.done()
+    assert list(out) == ["z", "late", "v", "p", "q"]
+    for k in ("z", "late", "v"):
+        want = np.concatenate([c[k] for c in chunks])
+        assert out[k].dtype == want.dtype and np.array_equal(out[k], want), k
+    assert out["z"].flags.writeable and out["z"].flags.c_contiguous
+    assert out["p"].dtype == np.int8 and not out["p"].any() and len(out["p"]) == 10
+    assert out["q"].tolist() == [0, 0, 3] + [0] * 7
+    assert "z" in g.zero and "late" not in g.zero
+
+
 def test_a_flood_gives_up_per_stream_addresses_early(monkeypatch: pytest.MonkeyPatch) -> None:
     """After JUDGE_ROWS rows, a file of streams too short for per-stream addresses to pay
     (`compact_pays`: a flood's) keeps plain address columns from there on; the report is the same, and
