@@ -439,10 +439,11 @@ class _Growing:
                 if not m:
                     continue  # (an empty chunk leaves a column as it was)
                 z = self.zero.get(k)
-                if (z is not None or not self.n) and (z is None or z.dtype == v.dtype):
-                    if not v.any():
-                        self.zero[k] = v[:0]
-                        continue
+                # zero so far (or the first rows), of the same type, and zero in this chunk
+                same = (z is None and not self.n) or (z is not None and z.dtype == v.dtype)
+                if same and not v.any():
+                    self.zero[k] = v[:0]
+                    continue
                 a = self._written(k, v)
             if a.dtype != np.result_type(a.dtype, v.dtype) or len(a) < need:
                 room = max(need, self.expect, len(a) * 3 // 2)
