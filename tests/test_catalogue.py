@@ -90,3 +90,18 @@ def test_claim_keys_are_an_enum() -> None:
         diag.claim(0, "rts")
     with pytest.raises(ValueError, match="'sin'"):
         diag.is_claimed(0, "sin")
+
+
+def test_rule_order_does_not_depend_on_what_was_imported_first() -> None:
+    """A caller that imports a later rule's module for a helper before the engine loads the
+    rules (a test, a script) must not change the order they run in: claims make it matter."""
+    code = (
+        "from tcpwhy.diagnose.simultaneous_close import crossed_fins\n"
+        "from tcpwhy.diagnose.tls_truncation import KIND\n"
+        "from tcpwhy.diagnose import registry\n"
+        "mods = [fn.__module__.rpartition('.')[2] for fn in registry.load().values()]\n"
+        "assert list(dict.fromkeys(mods)) == list(registry.RULE_MODULES), mods\n"
+        "assert next(iter(registry.load())) == 'syn-flood'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

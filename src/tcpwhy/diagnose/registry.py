@@ -151,9 +151,14 @@ def rule(kind: str) -> Callable[[Rule], Rule]:
 
 
 def load() -> dict[str, Rule]:
+    """Every rule, in the order the modules declare (`RULE_MODULES`), a module's rules in the
+    order it defines them. Ordered here, not by registration: a module imported early (by a
+    caller that wants one of its helpers) registers first, and the rules' claims make the
+    order matter."""
     for m in RULE_MODULES:
         importlib.import_module(f"tcpwhy.diagnose.{m}")
-    return RULES
+    rank = {m: i for i, m in enumerate(RULE_MODULES)}
+    return dict(sorted(RULES.items(), key=lambda kv: rank[kv[1].__module__.rpartition(".")[2]]))
 
 
 FRAME_INSTANCES = 20
