@@ -68,7 +68,7 @@ def detect(diag: Diag) -> list[Finding]:
     if not ic.n:
         return []
     groups: dict[tuple[str, int, str, str], list[IcmpInstance]] = {}
-    for s in (ic.n_err > 0).nonzero()[0]:
+    for s in ic.err_streams:
         sid = int(s)
         c = cap.conn(sid)
         errs = [i for i in ic.rows_of(sid) if not ic.too_big[i]]

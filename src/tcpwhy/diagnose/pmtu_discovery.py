@@ -37,7 +37,7 @@ def detect(diag: Diag) -> list[Finding]:
     if not ic.n:
         return []
     groups: dict[tuple[str, str, int], list[IcmpInstance]] = {}
-    for sid in (ic.n_too_big > 0).nonzero()[0]:
+    for sid in ic.too_big_streams:
         c = cap.conn(int(sid))
         errs = [i for i in ic.rows_of(c.sid) if ic.too_big[i]]
         got = _honoured(c, errs[0])
