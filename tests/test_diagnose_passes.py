@@ -67,3 +67,29 @@ def test_lab_captures() -> None:
 def test_zeek_traces(zeek_corpus: Path) -> None:
     n, _ = _check(sorted(p for p in zeek_corpus.iterdir() if p.suffix in (".pcap", ".pcapng")))
     assert n >= 20
+
+
+def _first_rows_plain(cap: Capture, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+    out = np.full(cap.nstreams, -1, np.int64)
+    idx = np.flatnonzero(mask)
+    out[cap.stream[idx[::-1]]] = idx[::-1]
+    return out
+
+
+def test_first_row_of_each_stream_where_a_mask_holds() -> None:
+    """syn-flood's first SYN and SYN-ACK of each stream (`_first_row_per_stream`, compiled):
+    the rows numpy's reversed assignment gives, for the flags it asks and for random rows."""
+    from tcpwhy.diagnose.syn_flood import _first_row_per_stream
+
+    rng = np.random.default_rng(5)
+    seen = 0
+    for p in sorted(LAB.glob("*.pcap")):
+        table = read_table(str(p))
+        cap = Capture(table, np.zeros(len(table), np.int16), [p.name])
+        kind = table["flags"] & (SYN | ACK | RST)
+        for mask in (kind == SYN, kind == (SYN | ACK), rng.random(len(table)) < 0.1):
+            got = _first_row_per_stream(cap, mask)
+            assert got.dtype == np.int32
+            assert np.array_equal(got, _first_rows_plain(cap, mask)), p.name
+            seen += int((got >= 0).sum())
+    assert seen > 100

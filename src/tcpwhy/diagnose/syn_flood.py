@@ -22,14 +22,14 @@ syn-timeout, connection-refused and the RST rules leave them alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from tcpwhy.arrays import group_ids, key_counts
 from tcpwhy.decode.table import ACK, RST, SYN, format_addr
-from tcpwhy.diagnose import knowledge
+from tcpwhy.diagnose import kernels, knowledge
 from tcpwhy.diagnose.context import CLIENT, SERVER, Capture, Conn, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Step, Story, StreamNumbers
 from tcpwhy.diagnose.registry import Claim, Diag, plural, rule
@@ -101,20 +101,10 @@ def _addr(hi: int, lo: int, port: int | None = None) -> str:
     return f"[{a}]:{port}" if ":" in a else f"{a}:{port}"
 
 
-def _top(
-    hi: U64,
-    lo: U64,
-    n: int = TOP,
-    *,
-    at: I64 | None = None,
-    counted: tuple[list[npt.NDArray[Any]], I64] | None = None,
-) -> list[tuple[str, int]]:
-    """The n most frequent addresses, with their counts (ties: lower address first).
-
-    `at`, when given, picks the rows of `hi` and `lo` meant (no copies of them);
-    `counted` is `key_counts(hi, lo, at=at)` when the caller has it already (one sort of
-    millions of addresses fewer)."""
-    (g_hi, g_lo), counts = counted if counted is not None else key_counts(hi, lo, at=at)
+def _top(n: int = TOP, *, counted: tuple[list[npt.NDArray[Any]], I64]) -> list[tuple[str, int]]:
+    """The n most frequent addresses, with their counts (ties: lower address first), of
+    `key_counts(hi, lo, ...)` of the addresses."""
+    (g_hi, g_lo), counts = counted
     best = _most(counts, n)
     return [(_addr(int(g_hi[g]), int(g_lo[g])), int(counts[g])) for g in best.tolist()]
 
@@ -157,12 +147,17 @@ def _rate(ts: npt.NDArray[np.int64], start_ns: int) -> tuple[float, float, int]:
 
 def _first_row_per_stream(cap: Capture, mask: B) -> npt.NDArray[np.signedinteger[Any]]:
     """Per stream, the first row (capture order) where `mask` holds, else -1 (row numbers
-    in 32 bits where they fit: 3 million streams' are 12 MB, not 24)."""
-    out: npt.NDArray[np.signedinteger[Any]] = np.full(
-        cap.nstreams, -1, np.int32 if len(mask) < 1 << 31 else np.int64
+    in 32 bits where they fit: 3 million streams' are 12 MB, not 24), in one compiled pass
+    (the rows' indices and their streams, as arrays, were 48 MB at a flood's peak)."""
+    if len(mask) >= 1 << 31:
+        out64 = np.full(cap.nstreams, -1, np.int64)
+        idx = np.flatnonzero(mask)
+        out64[cap.stream[idx[::-1]]] = idx[::-1]
+        return out64
+    out = np.full(cap.nstreams, -1, np.int32)
+    kernels.first_rows(
+        np.ascontiguousarray(mask, np.bool_), np.ascontiguousarray(cap.stream, np.int64), out
     )
-    idx = np.flatnonzero(mask)
-    out[cap.stream[idx[::-1]]] = idx[::-1]
     return out
 
 
@@ -236,44 +231,52 @@ def detect_flood(diag: Diag) -> list[Finding]:
         hot = np.flatnonzero(np.bincount(sec - base) >= FLOOD_MIN_RATE)
         if not len(hot):
             continue
-        lo_s, hi_s = base + int(hot[0]), base + int(hot[-1])
-        members = sids[(sec >= lo_s) & (sec <= hi_s)]
-        del sids, sec
+        # the window's seconds as capture times: [lo_ns, hi_ns) holds exactly the streams
+        # whose second is lo_s to hi_s, tested without a second number per stream
+        lo_ns = cap.start_ns + (base + int(hot[0])) * 1_000_000_000
+        hi_ns = cap.start_ns + (base + int(hot[-1]) + 1) * 1_000_000_000
+        del sec
+        first = cap.first_ns[sids]
+        members = sids[(first >= lo_ns) & (first < hi_ns)]
+        del sids, first
         if len(members) < FLOOD_MIN_HANDSHAKES:
             continue
-        sources = key_counts(k.c_hi, k.c_lo, at=members)
-        if len(sources[1]) < FLOOD_MIN_SOURCES:
-            continue
+        # every handshake begun with the listener in the window, as a mask (a flood's
+        # millions as index arrays were 100 MB at the peak of `analyze`)
         s0 = members[0]
-        same = np.flatnonzero(
-            k.attempt & (k.s_hi == k.s_hi[s0]) & (k.s_lo == k.s_lo[s0]) & (k.s_port == k.s_port[s0])
-        )
-        sec = _sec(cap, same)
-        same = same[(sec >= lo_s) & (sec <= hi_s)]
-        del sec
-        if len(members) < FLOOD_MIN_SHARE * len(same):
+        same = k.attempt & (k.s_hi == k.s_hi[s0]) & (k.s_lo == k.s_lo[s0])
+        same &= k.s_port == k.s_port[s0]
+        same &= cap.first_ns >= lo_ns
+        same &= cap.first_ns < hi_ns
+        if len(members) < FLOOD_MIN_SHARE * int(np.count_nonzero(same)):
             continue
-        completed = same[~k.half_open[same]]
+        completed = np.flatnonzero(same & ~k.half_open)
         del same
+        counted = key_counts(k.c_hi, k.c_lo, at=members)
+        nsrc = len(counted[1])
+        if nsrc < FLOOD_MIN_SOURCES:
+            continue
+        # what the finding tells of the sources, before its own temporaries are made
+        sources = _Sources(nsrc, int(np.count_nonzero(counted[1] == 1)), _top(counted=counted))
+        del counted
         server = _addr(int(k.s_hi[s0]), int(k.s_lo[s0]), int(k.s_port[s0]))
         out.append(_flood(diag, server, members, sources, completed))
         _claim(diag, members)
     return out
 
 
-def _flood(
-    diag: Diag,
-    server: str,
-    members: I64,
-    sources: tuple[list[npt.NDArray[Any]], I64],
-    completed: I64,
-) -> Finding:
-    """`sources` counts the members by client address (`key_counts`)."""
+class _Sources(NamedTuple):
+    """A flood's source addresses: how many, how many sent one attempt, the most active."""
+
+    n: int
+    once: int
+    top: list[tuple[str, int]]
+
+
+def _flood(diag: Diag, server: str, members: I64, sources: _Sources, completed: I64) -> Finding:
     cap = diag.cap
     t = cap.table
-    k = _cols(diag)
-    per_source = sources[1]
-    nsrc = len(per_source)
+    nsrc, once_src, top = sources
     # per-packet masks: in the table's own dtype, and dropped once the members' are made
     flags = t["flags"] & (SYN | ACK | RST)
     rows = _rows_of(cap, members)
@@ -309,9 +312,6 @@ def _flood(
     once = int((old & (n_sa == 1)).sum())
     # the per-member temporaries go before the ranking of sources makes its own
     del fsyn, fsa, has, ws_syn, sack_syn, ts_syn, ws_sa, sack_sa, sa_ts, old
-    once_src = int((per_source == 1).sum())
-    top = _top(k.c_hi, k.c_lo, counted=sources)
-    del per_source, sources
     first_s = int(cap.first_ns[members].min()) / 1e9
     last_s = int(cap.last_ns[members].max()) / 1e9
     facts: dict[str, Any] = {
@@ -575,7 +575,7 @@ def _scan(diag: Diag, sids: I64, nports: int) -> Finding:
     scanner = _addr(int(k.c_hi[s0]), int(k.c_lo[s0]))
     hosts_counted = key_counts(k.s_hi, k.s_lo, at=sids)
     nhosts = len(hosts_counted[1])
-    targets = _top(k.s_hi, k.s_lo, counted=hosts_counted)
+    targets = _top(counted=hosts_counted)
     port_list = k.s_port[sids]
     open_ports = sorted({int(p) for p in port_list[opened]})
     first_s = int(cap.first_ns[sids].min()) / 1e9
