@@ -309,6 +309,31 @@ def test_extend_filled_keeps_rows_and_sets_only_the_new_ones() -> None:
     assert np.array_equal(a[:have, 0], np.arange(have))  # every row kept through the growth
     assert seen[1] == seen[0]  # room left: no new array
     assert seen[-1] < 4 * 9000  # doubling, not per request
+    # past ROOM_PAGES_FROM bytes the room is mapped in small pages: the same rows, kept
+    big = extend_filled(a, have, have + 1, -1, room=(8 << 20) // 16)
+    assert big.nbytes >= 8 << 20 and big.flags.writeable and big.flags.c_contiguous
+    assert not isinstance(_owner(big), np.ndarray)  # its own mapping, not numpy's memory
+    assert np.array_equal(big[:have], a[:have]) and (big[have] == -1).all()
+
+
+def test_room_for_is_numpy_empty_in_small_pages_from_4_mb() -> None:
+    from tcpwhy.arrays import ROOM_PAGES_FROM, room_for
+
+    for shape, dtype in (((10,), np.uint16), ((ROOM_PAGES_FROM // 8, 2), np.int64)):
+        r = room_for(shape, dtype)
+        assert r.shape == shape and r.dtype == dtype
+        assert r.flags.writeable and r.flags.c_contiguous
+        r[-1] = 7
+        assert r[-1].tolist() == (7 if len(shape) == 1 else [7, 7])
+    assert isinstance(_owner(room_for((10,), np.uint8)), np.ndarray)
+    assert not isinstance(_owner(room_for((ROOM_PAGES_FROM,), np.uint8)), np.ndarray)
+
+
+def _owner(a: object) -> object:
+    """What holds an array's memory: the array that owns it, or a mapping's buffer."""
+    while isinstance(a, np.ndarray) and a.base is not None:
+        a = a.base
+    return a
 
 
 def test_the_build_runs_without_numba() -> None:

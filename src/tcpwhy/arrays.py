@@ -185,11 +185,30 @@ def extend_filled(
         return a
     if need > a.shape[0]:
         rows = max(need, int(grow * a.shape[0]), room, 1024)
-        new = np.empty((rows, *a.shape[1:]), a.dtype)
+        new = room_for((rows, *a.shape[1:]), a.dtype)
         new[:have] = a[:have]
         a = new
     a[have:need] = fill
     return a
+
+
+ROOM_PAGES_FROM = 4 << 20
+"""Bytes from which `room_for` maps its memory in 4 KB pages: numpy asks for transparent
+huge pages from 4 MB on."""
+
+
+def room_for(shape: tuple[int, ...], dtype: npt.DTypeLike) -> npt.NDArray[Any]:
+    """`numpy.empty` for room that rows are written into once, front to back (columns read
+    chunk by chunk, per-connection pools): in 4 KB pages (`sparse_zeros`) from
+    ROOM_PAGES_FROM on, where numpy asks for transparent huge pages. With huge pages on
+    request and the kernel's defragmentation on request as well (this host's settings,
+    and common ones), the first write into each 2 MB made the kernel compact memory:
+    `analyze` spent 0.4 to 1.4 s of system time writing a 4.5 M-packet capture's columns,
+    against 0.5 s in small pages (both 2.1 s of user time)."""
+    dt = np.dtype(dtype)
+    if int(np.prod(shape, dtype=np.int64)) * dt.itemsize >= ROOM_PAGES_FROM:
+        return sparse_zeros(shape, dt)
+    return np.empty(shape, dt)
 
 
 def sparse_zeros(shape: tuple[int, ...], dtype: npt.DTypeLike) -> npt.NDArray[Any]:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from tcpwhy.arrays import sparse_zeros
+from tcpwhy.arrays import room_for, sparse_zeros
 from tcpwhy.capture import iter_tables
 from tcpwhy.decode.table import (
     CaptureStats,
@@ -447,7 +447,7 @@ class _Growing:
                 a = self._written(k, v)
             if a.dtype != np.result_type(a.dtype, v.dtype) or len(a) < need:
                 room = max(need, self.expect, len(a) * 3 // 2)
-                grown = np.empty((room, *v.shape[1:]), np.result_type(a.dtype, v.dtype))
+                grown = room_for((room, *v.shape[1:]), np.result_type(a.dtype, v.dtype))
                 grown[: self.n] = a[: self.n]
                 self.cols[k] = a = grown
             a[self.n : need] = v
@@ -457,7 +457,7 @@ class _Growing:
         """Column k as an array with room: its rows so far zero if it was all zero."""
         z = self.zero.pop(k, None)
         dtype = v.dtype if z is None else np.result_type(z.dtype, v.dtype)
-        a = np.empty((max(self.n + len(v), self.expect), *v.shape[1:]), dtype)
+        a = room_for((max(self.n + len(v), self.expect), *v.shape[1:]), dtype)
         if z is not None:
             a[: self.n] = 0
         self.cols[k] = a
@@ -471,7 +471,7 @@ class _Growing:
         if len(v) and not v.any():
             self.zero[k] = v[:0]
             return
-        a = np.empty((max(len(v), self.expect), *v.shape[1:]), v.dtype)
+        a = room_for((max(len(v), self.expect), *v.shape[1:]), v.dtype)
         a[: len(v)] = v
         self.cols[k] = a
 
