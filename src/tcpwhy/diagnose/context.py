@@ -32,6 +32,7 @@ import numpy.typing as npt
 from tcpwhy.arrays import SCAN_ROWS, extend_filled
 from tcpwhy.decode.table import (
     ACK,
+    COLUMNS,
     ENDPOINT_COLUMNS,
     FIN,
     FLAG_NAMES,
@@ -164,8 +165,8 @@ def _side_counts(
     capture, a block of rows at a time, were 0.26 s of a 3 M-SYN flood's `analyze`."""
     out = [np.zeros(2 * nstreams, np.int32) for _ in range(6)]
     kernels.side_counts(
-        np.ascontiguousarray(flags),
-        np.ascontiguousarray(plen),
+        np.ascontiguousarray(flags, COLUMNS["flags"][0]),
+        np.ascontiguousarray(plen, COLUMNS["payload_len"][0]),
         np.ascontiguousarray(stream, np.int64),
         np.ascontiguousarray(side, np.int8),
         *out,
@@ -358,7 +359,7 @@ class Capture:
                 np.ascontiguousarray(first, np.int64),
                 np.ascontiguousarray(self.side, np.int8),
                 CLIENT,
-                *(np.ascontiguousarray(t[k]) for k in ENDPOINT_COLUMNS),
+                *(np.ascontiguousarray(t[k], COLUMNS[k][0]) for k in ENDPOINT_COLUMNS),
             )
             n = len(first)
             bits = kernels.varying_endpoints(*args)
