@@ -442,8 +442,7 @@ class _Growing:
                 # zero so far (or the first rows), of the same type, and zero in this chunk
                 same = (z is None and not self.n) or (z is not None and z.dtype == v.dtype)
                 if same and not v.any():
-                    if z is None:  # its type and row shape; no view that keeps the chunk
-                        self.zero[k] = np.empty((0, *v.shape[1:]), v.dtype)
+                    self.zero[k] = v[:0]
                     continue
                 a = self._written(k, v)
             if a.dtype != np.result_type(a.dtype, v.dtype) or len(a) < need:
@@ -470,7 +469,7 @@ class _Growing:
         self.cols.pop(k, None)
         self.zero.pop(k, None)
         if len(v) and not v.any():
-            self.zero[k] = np.empty((0, *v.shape[1:]), v.dtype)
+            self.zero[k] = v[:0]
             return
         a = room_for((max(len(v), self.expect), *v.shape[1:]), v.dtype)
         a[: len(v)] = v
