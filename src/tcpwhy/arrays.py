@@ -21,10 +21,15 @@ def unique_sorted(a: npt.ArrayLike) -> npt.NDArray[Any]:
     s = np.sort(np.asarray(a), axis=None)
     if len(s) < 2:
         return s
-    keep = np.empty(len(s), np.bool_)
-    keep[0] = True
-    np.not_equal(s[1:], s[:-1], out=keep[1:])
-    return s[keep]
+    return s[_run_starts(s)]
+
+
+def _run_starts(s: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+    """Per element of sorted, non-empty `s`: whether it starts a run of equal values."""
+    new = np.empty(len(s), np.bool_)
+    new[0] = True
+    np.not_equal(s[1:], s[:-1], out=new[1:])
+    return new
 
 
 def group_ids(
@@ -53,9 +58,7 @@ def group_ids(
         order = np.argsort(packed[0])
         key = packed[0][order]  # sorted; the unsorted copy goes
         del packed
-        new = np.empty(n, np.bool_)
-        new[0] = True
-        np.not_equal(key[1:], key[:-1], out=new[1:])
+        new = _run_starts(key)
         del key
     else:
         order = np.lexsort(varying[::-1])
@@ -102,11 +105,7 @@ def key_counts(
     consts = [c for c, _ in cols]
     del varying, cols  # the gathered keys: only the packed ones are needed from here
     key.sort()
-    new = np.empty(n, np.bool_)
-    new[0] = True
-    np.not_equal(key[1:], key[:-1], out=new[1:])
-    starts = np.flatnonzero(new)
-    del new
+    starts = np.flatnonzero(_run_starts(key))
     counts = np.diff(starts, append=n)
     key = key[starts]
     del starts

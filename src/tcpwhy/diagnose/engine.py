@@ -71,7 +71,7 @@ def _sids_of(cap: Capture, numbers: Sequence[int]) -> np.ndarray:
         return nums[(nums >= 0) & (nums < cap.nstreams)]
     idx = np.searchsorted(sn, nums)
     idx = np.minimum(idx, max(cap.nstreams - 1, 0))
-    ok = cap.stream_numbers[idx] == nums if cap.nstreams else np.zeros(len(nums), np.bool_)
+    ok = sn[idx] == nums if cap.nstreams else np.zeros(len(nums), np.bool_)
     return np.asarray(idx[ok], np.int64)
 
 

@@ -310,7 +310,7 @@ def _flood(diag: Diag, server: str, members: I64, sources: _Sources, completed: 
     old = answered & (cap.end_ns - sa_ts >= SYNACK_RETRY_S * 1e9)
     resent = int((old & (n_sa > 1)).sum())
     once = int((old & (n_sa == 1)).sum())
-    # the per-member temporaries go before the ranking of sources makes its own
+    # the per-member temporaries go before the finding's text and facts are made
     del fsyn, fsa, has, ws_syn, sack_syn, ts_syn, ws_sa, sack_sa, sa_ts, old
     first_s = int(cap.first_ns[members].min()) / 1e9
     last_s = int(cap.last_ns[members].max()) / 1e9
