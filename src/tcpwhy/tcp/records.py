@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tcpwhy.arrays import room_for
 from tcpwhy.decode.table import format_addr
 from tcpwhy.tcp import zeek as z
 from tcpwhy.tcp.state import State
@@ -503,7 +504,7 @@ class StreamOrder:
         rows = max(hi, 2 * have, _PLACED_ROWS)
 
         def moved(old: npt.NDArray[Any] | None, like: npt.NDArray[Any]) -> npt.NDArray[Any]:
-            new = np.empty((rows, *like.shape[1:]), like.dtype)
+            new = room_for((rows, *like.shape[1:]), like.dtype)
             if old is not None:
                 new[: self._rows] = old[: self._rows]
             return new
