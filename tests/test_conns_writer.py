@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from tcpwhy.capture import read_table
-from tcpwhy.report.conns import _BehindWriter
-from tcpwhy.report.conns_format import format_columns_bytes
+from tcpwhy.report.conns import _BehindWriter, record_lines
+from tcpwhy.report.conns_format import format_columns_pieces, row_program
 from tcpwhy.tcp.connections import connection_columns
 from tcpwhy.tcp.records import ConnColumns
 
@@ -54,20 +54,50 @@ def _batches() -> list[ConnColumns]:
     return [whole.take(c) for c in cuts]
 
 
+def _text(batches: list[ConnColumns], fmt: str) -> bytes:
+    return b"".join(bytes(p) for c in batches for p in format_columns_pieces(c, fmt))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "zeek", "table"])
+@pytest.mark.parametrize("rows", [1, 7, 64, 10_000])
+def test_pieces_are_the_lines(fmt: str, rows: int) -> None:
+    """A batch formatted a piece at a time is its lines, record by record, for any piece size;
+    a piece with a value beyond the compiled formatter's range is written by the records'
+    own formatter, and the pieces before and after it stay the kernel's."""
+    c = ConnColumns.concat(_batches())
+    program = row_program(fmt, c.uid_prefix)
+    # each piece copied before the next is taken: they share the thread's buffer
+    pieces = [(a, b, None if t is None else bytes(t)) for a, b, t in program.format_pieces(c, rows)]
+    assert [p[0] for p in pieces] == list(range(0, len(c), rows))
+    assert (
+        b"".join(bytes(p[2]) for p in pieces if p[2] is not None) == record_lines(c, fmt).encode()
+    )
+    # a duration of 300 years is beyond the kernel's floats (2**33 seconds)
+    far = c.take(np.arange(len(c)))
+    far.cols["duration_ns"] = far.cols["duration_ns"].copy()
+    far.cols["duration_ns"][len(c) // 2] = 9_000_000_000 * 10**9
+    got = [t is None for _, _, t in row_program(fmt, far.uid_prefix).format_pieces(far, rows)]
+    assert sum(got) == 1
+    assert (
+        b"".join(bytes(p) for p in format_columns_pieces(far, fmt))
+        == record_lines(far, fmt).encode()
+    )
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "zeek"])
 @pytest.mark.parametrize("delay", [0.0, 0.02], ids=["keeps-up", "falls-behind"])
 def test_batches_in_order(fmt: str, delay: float, monkeypatch: pytest.MonkeyPatch) -> None:
     from tcpwhy.report import conns_format
 
     batches = _batches()
-    want = b"".join(bytes(format_columns_bytes(c, fmt)) for c in batches)
+    want = _text(batches, fmt)
     formatters: set[str] = set()
 
-    def formatting(c: ConnColumns, f: str) -> bytes | memoryview:
+    def formatting(c: ConnColumns, f: str) -> Iterator[bytes | memoryview]:
         formatters.add(threading.current_thread().name)
-        return format_columns_bytes(c, f)
+        return format_columns_pieces(c, f)
 
-    monkeypatch.setattr(conns_format, "format_columns_bytes", formatting)
+    monkeypatch.setattr(conns_format, "format_columns_pieces", formatting)
     sink = _SlowSink(delay)
     w = _BehindWriter(sink, fmt)
     try:
@@ -89,7 +119,7 @@ def test_batches_handed_over_unbuilt(delay: float) -> None:
     """Batches handed over still to build (`connection_jobs`) are built where they are
     formatted, by the thread or, when it falls behind, by the caller: the same text."""
     batches = _batches()
-    want = b"".join(bytes(format_columns_bytes(c, "jsonl")) for c in batches)
+    want = _text(batches, "jsonl")
     builders: list[str] = []
 
     def job(c: ConnColumns) -> Callable[[], ConnColumns]:

@@ -113,7 +113,9 @@ def _int_list_parts(v: npt.NDArray[np.int64], level: int) -> list[str]:
     out = ["[\n" + pad]
     for i in range(0, len(v), INT_CHUNK):
         part = np.ascontiguousarray(v[i : i + INT_CHUNK], np.int64).reshape(1, -1)
-        size = k.format_rows(prog, part, no_hist, no_len, vocab, voff, no_fixed, buf)
+        size = k.format_rows(
+            prog, part, no_hist, no_len, vocab, voff, no_fixed, buf, 0, part.shape[1]
+        )
         assert size >= 0  # integers only: nothing out of range
         last = i + INT_CHUNK >= len(v)
         out.append(buf[: size - len(word) if last else size].tobytes().decode("ascii"))

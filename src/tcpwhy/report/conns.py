@@ -319,7 +319,7 @@ def write_conns(
     stats = stats if stats is not None else CaptureStats()
     if fmt in ZEEK_FORMATS:
         options.setdefault("boundaries", "zeek")
-    from tcpwhy.report.conns_format import format_columns, format_columns_bytes
+    from tcpwhy.report.conns_format import format_columns, format_columns_pieces
     from tcpwhy.tcp.records import DEFAULT_OPTIONS
     from tcpwhy.views import connection_batches
 
@@ -356,11 +356,10 @@ def write_conns(
                         text_behind = False
                     behind.put(item)
                     continue
-                raw = format_columns_bytes(_built(item), fmt)
-                if len(raw):
-                    out.flush()
+                out.flush()
+                for raw in format_columns_pieces(_built(item), fmt):
                     binary.write(raw)
-                    binary.flush()
+                binary.flush()
                 continue
             if behind is not None:
                 behind.drain()
@@ -408,7 +407,7 @@ class _BehindWriter:
     The caller reads on meanwhile: on a capture of millions of one-packet connections
     building, formatting and writing the records is half of the work, and it overlaps the
     rest on a second core. The kernel's buffer is the writing thread's own
-    (`format_columns_bytes`), reused batch after batch by that thread alone."""
+    (`format_columns_pieces`), reused piece after piece by that thread alone."""
 
     DEPTH = 4
     """Four, not two: a flood's connections end in bursts (a second's unanswered SYNs at
@@ -425,10 +424,9 @@ class _BehindWriter:
         self.started = False
 
     def _write(self, c: ConnColumns | Callable[[], ConnColumns]) -> None:
-        from tcpwhy.report.conns_format import format_columns_bytes
+        from tcpwhy.report.conns_format import format_columns_pieces
 
-        raw = format_columns_bytes(_built(c), self.fmt)
-        if len(raw):
+        for raw in format_columns_pieces(_built(c), self.fmt):
             self.binary.write(raw)
 
     def put(self, c: ConnColumns | Callable[[], ConnColumns]) -> None:
@@ -438,7 +436,7 @@ class _BehindWriter:
         the longer half of the work, and the caller used to wait for the thread on an idle
         core, first for every batch (2 of 7.6 s), then for the batches before its own (1 of
         7 s). It waits only when twice `DEPTH` jobs are queued."""
-        from tcpwhy.report.conns_format import format_columns_bytes
+        from tcpwhy.report.conns_format import format_columns_pieces
 
         self.started = True
         while self.pending and self.pending[0][0].done():
@@ -446,12 +444,12 @@ class _BehindWriter:
         if sum(formats for _, formats in self.pending) < self.DEPTH:
             self.pending.append((self.pool.submit(self._write, c), True))
             return
-        raw = format_columns_bytes(_built(c), self.fmt)
+        # copies: the caller's formatting buffer is its own, reused by its next piece
+        text = [bytes(raw) for raw in format_columns_pieces(_built(c), self.fmt)]
         while len(self.pending) >= 2 * self.DEPTH:
             self.pending.pop(0)[0].result()
-        if len(raw):
-            # a copy: the caller's formatting buffer is its own, reused by its next batch
-            self.pending.append((self.pool.submit(self.binary.write, bytes(raw)), False))
+        if text:
+            self.pending.append((self.pool.submit(self.binary.writelines, text), False))
 
     def drain(self) -> None:
         """Waits until every queued batch is written (raising the first error)."""

@@ -13,7 +13,7 @@ import functools
 import io
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,12 @@ _ESCAPE: dict[str, Callable[[str], str]] = {
     "table": str,
 }
 """How each format writes a word taken from a vocabulary (JSON strings are quoted)."""
+
+
+PIECE_ROWS = 2048
+"""Records a writer formats at a time (`RowProgram.format_pieces`): a flood's batches of 20,000
+records were formatted whole, into 40 MB buffers (one per thread that formats) for 17 MB of
+text; a piece's buffer is a few MB, and its text is written while it is still in cache."""
 
 
 class RowProgram:
@@ -207,14 +213,22 @@ class RowProgram:
 
     def format(self, c: ConnColumns) -> str | None:
         """The lines of a batch; None if a value is out of the kernel's range."""
-        raw = self.format_bytes(c)
-        return None if raw is None else raw.tobytes().decode()
+        text = []
+        for _, _, raw in self.format_pieces(c, len(c)):
+            if raw is None:
+                return None
+            text.append(raw.tobytes().decode())
+        return "".join(text)
 
-    def format_bytes(self, c: ConnColumns) -> npt.NDArray[np.uint8] | None:
-        """`format` as UTF-8 bytes (a view of the kernel's buffer): written as they are, the
-        text is neither copied nor decoded and encoded again. The buffer is the thread's
-        own and reused by its next call (a new one per batch cost a page fault per 4 kB
-        written): write or copy the bytes before formatting another batch."""
+    def format_pieces(
+        self, c: ConnColumns, rows: int = PIECE_ROWS
+    ) -> Iterator[tuple[int, int, npt.NDArray[np.uint8] | None]]:
+        """The lines of a batch, `rows` records at a time: (first row, the row past the last,
+        their text as UTF-8 bytes, or None if a value of theirs is out of the kernel's
+        range). The text is a view of the thread's own buffer, reused by the next piece and
+        the next batch: write or copy it before taking the next (written as they are, the
+        bytes are neither copied nor decoded and encoded again; a new buffer per batch cost
+        a page fault per 4 kB written)."""
         n = len(c)
         # the batch's words after the static ones: its `end` words, then its server names
         ends = [self.esc(w).encode() for w in c.end_words]
@@ -253,15 +267,18 @@ class RowProgram:
         bound = self.row_bound + self.end_steps * max((len(w) for w in ends), default=0)
         bound += self.name_steps * max((len(w) for w in names), default=0)
         bound += self.code_steps * max((len(w) for w in codes), default=0)
-        out = _scratch("out", n * bound + 1 + k.WORD_SLACK, np.uint8)
         hist = c["history"]
         if not hist.flags.c_contiguous:
             hist = np.ascontiguousarray(hist)
         fixed = c.community_id_text() if self.uses_community_id else np.zeros((n, 0), np.uint8)
-        size = k.format_rows(self.prog, ints, hist, c["history_len"], vocab, voff, fixed, out)
-        if size < 0:
-            return None
-        return out[:size]
+        rows = max(1, min(rows, n))
+        out = _scratch("out", rows * bound + 1 + k.WORD_SLACK, np.uint8)
+        for first in range(0, n, rows):
+            stop = min(first + rows, n)
+            size = k.format_rows(
+                self.prog, ints, hist, c["history_len"], vocab, voff, fixed, out, first, stop
+            )
+            yield first, stop, out[:size] if size >= 0 else None
 
 
 _SCRATCH = threading.local()
@@ -480,13 +497,19 @@ def row_program(fmt: str, uid_prefix: str = "C", local: bool = False) -> RowProg
     return p
 
 
-def format_columns_bytes(c: ConnColumns, fmt: str) -> bytes | memoryview:
-    """`format_columns` as UTF-8 bytes, for a binary stream (a view of the kernel's buffer,
-    valid until the thread formats its next batch)."""
+def format_columns_pieces(c: ConnColumns, fmt: str) -> Iterator[bytes | memoryview]:
+    """`format_columns` as UTF-8 bytes, for a binary stream, a piece at a time
+    (`RowProgram.format_pieces`: a view of the kernel's buffer, valid until the thread
+    formats its next piece); a piece with a value out of the kernel's range is written by
+    `record_lines`, record by record, as the same bytes."""
     if not len(c):
-        return b""
-    raw = row_program(fmt, c.uid_prefix, c.options.local_nets is not None).format_bytes(c)
-    return raw.data if raw is not None else record_lines(c, fmt).encode()
+        return
+    prog = row_program(fmt, c.uid_prefix, c.options.local_nets is not None)
+    for first, stop, raw in prog.format_pieces(c):
+        if raw is not None:
+            yield raw.data
+        else:
+            yield record_lines(c.take(np.arange(first, stop)), fmt).encode()
 
 
 def format_columns(c: ConnColumns, fmt: str) -> str:

@@ -378,21 +378,32 @@ def _put_rfc3339(out: Any, p: int, ns: int) -> int:
     return p + 1
 
 
-@kernel("i8[:,:] i8[:,:] u1[:,:] i8[:] u1[:] i8[:] u1[:,:] u1[:] -> i8", nogil=True)
+@kernel("i8[:,:] i8[:,:] u1[:,:] i8[:] u1[:] i8[:] u1[:,:] u1[:] i8 i8 -> i8", nogil=True)
 def format_rows(
-    prog: Any, ints: Any, hist: Any, hlen: Any, vocab: Any, voff: Any, fixed: Any, out: Any
+    prog: Any,
+    ints: Any,
+    hist: Any,
+    hlen: Any,
+    vocab: Any,
+    voff: Any,
+    fixed: Any,
+    out: Any,
+    first: int,
+    stop: int,
 ) -> int:
-    """Every row through the program, into `out`; the bytes written, or -1 if a float is out of
-    range, -2 if `vocab` is not padded as `vocabulary` pads it (the caller sizes `out` for the
-    longest possible row, and `WORD_SLACK` bytes more)."""
-    n = ints.shape[1]
+    """Rows `first` to `stop` (of all, up to ``ints.shape[1]``) through the program, into `out`
+    from its start; the bytes written, or -1 if a float is out of range, -2 if `vocab` is not
+    padded as `vocabulary` pads it (the caller sizes `out` for the longest possible row times
+    the rows, and `WORD_SLACK` bytes more). A batch is formatted a piece at a time by a
+    writer, so that its text is never all in memory at once."""
+    n = min(stop, ints.shape[1])
     nops = prog.shape[0]
     if len(vocab) < voff[len(voff) - 1] + WORD_SLACK:
         return -2  # not made by `vocabulary`: its words' copies would read past its end
     p = 0
     # the date and time of the last second written (`OP_RFC3339`): where, and how long
     last_sec, last_at, last_len = np.int64(-(1 << 62)), 0, 0
-    for i in range(n):
+    for i in range(max(first, 0), n):
         mark = p
         k = 0
         while k < nops:

@@ -80,7 +80,7 @@ def _kernel_text(
     hist = np.zeros((n, 1), np.uint8)
     hlen = np.zeros(n, np.int64)
     fx = fixed if fixed is not None else np.zeros((n, 0), np.uint8)
-    size = k.format_rows(prog, ints, hist, hlen, vocab, voff, fx, out)
+    size = k.format_rows(prog, ints, hist, hlen, vocab, voff, fx, out, 0, n)
     assert size >= 0  # integers and words only: nothing out of range
     return _cut(out[:size], n)
 
