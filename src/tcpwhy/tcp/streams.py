@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.arrays import extend_filled
+from tcpwhy.arrays import extend_filled, sparse_zeros
 from tcpwhy.decode.table import (
     ACK,
     COLUMNS,
@@ -121,7 +121,7 @@ _HASH = np.uint64(0x7FFFFFFF)
 
 
 @kernel(
-    f"{_ENDS} i8[:] u8[:,:] i8[:] i8[:] i8[:] i8[:] i1[:] -> none",
+    f"{_ENDS} i8[:] u8[:,:] u8[:,:] i4[:] i8[:] i8[:] i8[:] i1[:] -> none",
     nogil=True,
 )
 def _lookup(
@@ -133,6 +133,7 @@ def _lookup(
     dport: Any,
     tab_val: Any,
     keys: Any,
+    keys_hi: Any,
     slot_keys: Any,
     free: Any,
     meta: Any,
@@ -146,7 +147,10 @@ def _lookup(
     A table entry is the slot in its low 32 bits and the low 31 bits of the key's
     hash above them: most probes that miss never read the key, and the entry's place
     in a table of up to 2**31 entries follows from it alone (`_rehash` reads no key).
-    The keys are kept per slot (`keys`), not per entry: the table is 8 bytes an entry.
+    The keys are kept per slot, not per entry: the table is 8 bytes an entry. A slot's key
+    is the addresses' low halves and the ports in `keys`, their high halves in `keys_hi`,
+    written only where they differ from what the row holds: for IPv4 they are zero, and
+    `keys_hi`'s pages, mapped lazily, are never touched (16 of 40 bytes a conversation).
     `meta` holds [entries, next new slot, free slots]; the caller keeps the
     table at most 7/10 full and the slot arrays large enough for every row.
     """
@@ -169,19 +173,22 @@ def _lookup(
                     s = meta[1]
                     meta[1] += 1
                 tab_val[j] = (fp << np.int64(32)) | s
-                keys[s, 0], keys[s, 1], keys[s, 2] = k0, k1, k2
-                keys[s, 3], keys[s, 4] = k3, k4
+                keys[s, 0], keys[s, 1], keys[s, 2] = k1, k3, k4
+                if keys_hi[s, 0] != k0:
+                    keys_hi[s, 0] = k0
+                if keys_hi[s, 1] != k2:
+                    keys_hi[s, 1] = k2
                 slot_keys[s] = j
                 meta[0] += 1
                 break
             if v >= 0 and (v >> np.int64(32)) == fp:
                 s = v & _SLOT
                 if (
-                    keys[s, 0] == k0
-                    and keys[s, 1] == k1
-                    and keys[s, 2] == k2
-                    and keys[s, 3] == k3
-                    and keys[s, 4] == k4
+                    keys[s, 0] == k1
+                    and keys[s, 1] == k3
+                    and keys[s, 2] == k4
+                    and keys_hi[s, 0] == k0
+                    and keys_hi[s, 1] == k2
                 ):
                     break
             j = (j + np.uint64(1)) & mask
@@ -189,7 +196,7 @@ def _lookup(
         out_dir[i] = 1 if gt else 0
 
 
-@kernel("i8[:] i8[:] i8[:] -> i8", nogil=True)
+@kernel("i8[:] i8[:] i4[:] -> i8", nogil=True)
 def _rehash(old_val: Any, tab_val: Any, slot_keys: Any) -> int:
     """Move live entries into another table; forgotten ones (tombstones) are dropped."""
     mask = tab_val.shape[0] - 1
@@ -313,7 +320,7 @@ def _track(
     return next_stream
 
 
-@kernel("i8[:] i8[:] i8[:] i8[:] b1[:,:] i1[:,:] b1[:] i8[:] i8[:] -> none", nogil=True)
+@kernel("i8[:] i8[:] i4[:] i8[:] b1[:,:] i1[:,:] b1[:] i8[:] i8[:] -> none", nogil=True)
 def _forget(
     conv: Any,
     tab_val: Any,
@@ -365,8 +372,11 @@ class StreamTracker:
         self.expect = 0
         """Conversations the owner expects at most (0: unknown): the slot arrays get room
         for that many at once, as address space (`extend_filled`), instead of growing."""
-        self._slot_keys = np.zeros(0, np.int64)  # per slot: its entry in the table
-        self._keys = np.zeros((0, 5), np.uint64)  # per slot: its conversation's key
+        # per slot: its entry in the table (tables have at most 2**31 entries, `_lookup`)
+        self._slot_keys = np.zeros(0, np.int32)
+        # per slot: its conversation's key, the high halves of the addresses apart (`_lookup`)
+        self._keys = np.zeros((0, 3), np.uint64)
+        self._keys_hi = np.zeros((0, 2), np.uint64)
         # slots forgotten, free for reuse (the first `_meta[2]` of them)
         self._free = np.zeros(0, np.int64)
         self.st_stream = np.zeros(0, np.int64)
@@ -404,6 +414,13 @@ class StreamTracker:
             self.st_fresh = grow(self.st_fresh, False)
             self._slot_keys = grow(self._slot_keys, -1)
             self._keys = grow(self._keys, 0)
+            if cap > len(self._keys_hi):
+                # zeros, never written (`sparse_zeros`): an IPv4 capture touches none of them
+                rows = max(cap, 2 * len(self._keys_hi), self.expect, 1024)
+                hi = sparse_zeros((rows, 2), np.uint64)
+                old = self._keys_hi[: self._cap]
+                np.copyto(hi[: self._cap], old, where=old != 0)  # zeros are there already
+                self._keys_hi = hi
             self._cap = cap
         size = self._tab_val.shape[0]
         if 10 * (int(self._meta[0]) + rows) > 7 * size:
@@ -494,6 +511,7 @@ class StreamTracker:
             t["dport"],
             self._tab_val,
             self._keys,
+            self._keys_hi,
             self._slot_keys,
             self._free,
             self._meta,
