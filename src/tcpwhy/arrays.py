@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tcpwhy.arrays_kernel import run_counts
+
 SCAN_ROWS = 1 << 20
 """Rows a pass over a whole capture takes at once when it keeps no per-row result
 (counting, finding first rows, testing): whole-capture masks, keys and row lists were
@@ -105,10 +107,9 @@ def key_counts(
     consts = [c for c, _ in cols]
     del varying, cols  # the gathered keys: only the packed ones are needed from here
     key.sort()
-    starts = np.flatnonzero(_run_starts(key))
-    counts = np.diff(starts, append=n)
-    key = key[starts]
-    del starts
+    counts = np.empty(n, np.int64)
+    g = run_counts(key, counts)  # the distinct keys at the front, in place
+    key, counts = key[:g], counts[:g]
     out: list[npt.NDArray[Any]] = []
     shift = sum(bits)
     j = 0
@@ -151,13 +152,20 @@ def _pack(
     bits = [(int(k.max()) - low).bit_length() for k, low in zip(varying, lows, strict=True)]
     if sum(bits) > 64:
         return None
-    packed = np.zeros(len(varying[0]), np.uint64)
+    packed: npt.NDArray[np.uint64] | None = None
     for k, low, b in zip(varying, lows, bits, strict=True):
-        d = k.astype(np.uint64)  # as unsigned: the difference wraps to the right value
-        d -= np.uint64(low & 0xFFFF_FFFF_FFFF_FFFF)
+        # as unsigned, the difference wraps to the right value; the first key's is the
+        # packing itself (a flood's 3 million sources: no second copy of them)
+        d = np.subtract(
+            k, np.uint64(low & 0xFFFF_FFFF_FFFF_FFFF), dtype=np.uint64, casting="unsafe"
+        )
+        if packed is None:
+            packed = d
+            continue
         packed <<= np.uint64(b)
         packed |= d
         del d
+    assert packed is not None  # `varying` is not empty
     return packed, lows, bits
 
 

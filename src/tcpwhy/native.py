@@ -64,6 +64,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 OUT_DIR = os.path.join(HERE, "_native")
 KERNEL_FILES = (
     "intrinsics.py",
+    "arrays_kernel.py",
     "decode/kernels.py",
     "decode/tls.py",
     "tcp/streams.py",

@@ -292,11 +292,18 @@ def _flood(diag: Diag, server: str, members: I64, sources: _Sources, completed: 
     syn_again = int((cap.n_syn[members, CLIENT] > 1).sum())
     client_rst = int((cap.n_rst[members, CLIENT] > 0).sum())
     # SYN cookies on the wire: a cookie keeps window scale and SACK-permitted only inside a
-    # timestamp, so a SYN offering them without timestamps gets a SYN-ACK without them
-    fsyn = _first_row_per_stream(cap, syn_rows)[members]
-    fsa = _first_row_per_stream(cap, sa_rows)[members]
+    # timestamp, so a SYN offering them without timestamps gets a SYN-ACK without them.
+    # Asked only of the members answered with one (an unanswered flood's per-member
+    # arrays of rows and times were 90 MB at the peak of `analyze`, for no SYN-ACK at all)
+    with_synack = members[answered]
+    n_sa = n_sa[answered]
+    if len(with_synack):
+        fsyn = _first_row_per_stream(cap, syn_rows)[with_synack]
+        fsa = _first_row_per_stream(cap, sa_rows)[with_synack]
+    else:
+        fsyn = fsa = np.zeros(0, np.int32)
     del flags, rows, syn_rows, sa_rows
-    has = answered & (fsyn >= 0)
+    has = fsyn >= 0
     ws_syn = np.where(has, t["opt_ws"][fsyn], -1) >= 0
     sack_syn = np.where(has, t["opt_sack_perm"][fsyn], False)
     ts_syn = np.where(has, t["opt_ts"][fsyn], True)
@@ -307,7 +314,7 @@ def _flood(diag: Diag, server: str, members: I64, sources: _Sources, completed: 
     kept = judged & ~stripped
     # a queued SYN-ACK is resent after 1 s without an ACK; a cookie never is
     sa_ts = np.where(has, t["ts_ns"][fsa], cap.end_ns)
-    old = answered & (cap.end_ns - sa_ts >= SYNACK_RETRY_S * 1e9)
+    old = cap.end_ns - sa_ts >= SYNACK_RETRY_S * 1e9
     resent = int((old & (n_sa > 1)).sum())
     once = int((old & (n_sa == 1)).sum())
     # the per-member temporaries go before the finding's text and facts are made
@@ -484,12 +491,16 @@ def _flood(diag: Diag, server: str, members: I64, sources: _Sources, completed: 
     errors = knowledge.TIMEOUT + knowledge.SYN_FLOOD_LOG
     severity = Severity.ERROR if silent.any() or syn_again else Severity.WARNING
     story = Story(severity, summary, "\n\n".join(paras), causes, fixes, errors, facts)
-    return _finding(diag, KIND, members, story, _flood_timeline(diag, members, stripped))
+    return _finding(
+        diag, KIND, members, story, _flood_timeline(diag, members, with_synack[stripped])
+    )
 
 
-def _flood_timeline(diag: Diag, members: I64, stripped: B) -> list[Step]:
+def _flood_timeline(diag: Diag, members: I64, cookies: I64) -> list[Step]:
+    """The handshake of the earliest member a SYN cookie seems to have answered (`cookies`),
+    else of the earliest member."""
     cap = diag.cap
-    pick = members[stripped] if stripped.any() else members
+    pick = cookies if len(cookies) else members
     # one connection: the report shows a timeline's times from its connection's first packet
     return _handshake_steps(cap.conn(int(pick[np.argmin(cap.first_ns[pick])])))
 
