@@ -81,3 +81,40 @@ def test_a_reused_slot_takes_its_new_keys_high_halves() -> None:
     got = tracker.feed(_table([low, low, v6, low]))
     assert got["conv"][0] == first["conv"][0]  # the slot is reused
     assert got["stream"].tolist() == [1, 1, 2, 1]
+
+
+def test_a_table_beyond_the_caches_finds_the_same_slots() -> None:
+    """`_lookup` fetches entries ahead in a table of a million entries or more: the same
+    slots and directions as in a small table, slots numbered by first appearance."""
+    from tcpwhy.tcp import streams
+
+    rng = np.random.default_rng(3)
+    n = 60_000
+    lo = rng.choice(np.array([1, 2, 3, 0xFFFF_0A00_0001], np.uint64), (n, 2))
+    hi = rng.choice(np.array([0, _V6], np.uint64), (n, 2))
+    ports = rng.integers(1000, 1400, (n, 2)).astype(np.uint16)
+    got = {}
+    for size in (1 << 17, streams._PREFETCH_FROM):
+        slot, d = np.empty(n, np.int64), np.empty(n, np.int8)
+        meta = np.zeros(3, np.int64)
+        streams._lookup(
+            hi[:, 0].copy(), lo[:, 0].copy(), hi[:, 1].copy(), lo[:, 1].copy(),
+            ports[:, 0].copy(), ports[:, 1].copy(),
+            np.full(size, -1, np.int64), np.zeros((n, 3), np.uint64),
+            np.zeros((n, 2), np.uint64), np.full(n, -1, np.int32), np.zeros(1, np.int64),
+            meta, slot, d,
+        )  # fmt: skip
+        got[size] = (slot, d)
+    first: dict[tuple[object, ...], int] = {}
+    want = []
+    for i in range(n):
+        a = (int(hi[i, 0]), int(lo[i, 0]), int(ports[i, 0]))
+        b = (int(hi[i, 1]), int(lo[i, 1]), int(ports[i, 1]))
+        want.append(first.setdefault((min(a, b), max(a, b)), len(first)))
+    for slot, d in got.values():
+        assert slot.tolist() == want
+        assert np.array_equal(d, np.array([a > b for a, b in zip(
+            map(tuple, np.stack([hi[:, 0], lo[:, 0], ports[:, 0]], 1).tolist()),
+            map(tuple, np.stack([hi[:, 1], lo[:, 1], ports[:, 1]], 1).tolist()),
+            strict=True,
+        )]))  # fmt: skip

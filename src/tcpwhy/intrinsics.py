@@ -49,3 +49,27 @@ def rotl32(typingctx: Any, x: Any, n: Any) -> Any:
         return builder.zext(builder.call(fshl, [x32, x32, n32]), ir.IntType(64))
 
     return types.int64(types.int64, types.int64), codegen
+
+
+@intrinsic
+def prefetch(typingctx: Any, arr: Any, at: Any) -> Any:
+    """A hint that ``arr[at]`` will be written soon: its cache line is fetched meanwhile
+    (LLVM's ``prefetch``; nothing is loaded into the program and no index is checked, and
+    the processor ignores an address outside memory). For hash tables much larger than the
+    caches, where each probe otherwise waits on its own miss."""
+    from llvmlite import ir
+    from numba import types
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        a, i = args
+        data = context.make_array(signature.args[0])(context, builder, a).data
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = builder.module.declare_intrinsic(
+            "llvm.prefetch", [i8p], ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        )
+        # write, keep in all cache levels, data cache
+        builder.call(fn, [builder.bitcast(builder.gep(data, [i]), i8p), i32(1), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, at), codegen

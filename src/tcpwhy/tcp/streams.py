@@ -40,6 +40,7 @@ from tcpwhy.decode.table import (
     PacketTable,
     staggered_zeros,
 )
+from tcpwhy.intrinsics import prefetch
 from tcpwhy.native import array_types, kernel, njit
 
 _EMPTY = -1
@@ -118,6 +119,20 @@ def rows_by_stream(
 
 _SLOT = np.int64(0xFFFFFFFF)
 _HASH = np.uint64(0x7FFFFFFF)
+_PREFETCH_FROM = 1 << 20
+"""Table entries (8 MB) from which `_lookup` fetches the entries it will probe ahead."""
+_AHEAD = 8
+_RING = 16  # a power of two above _AHEAD
+
+
+@njit(cache=True, inline="always")
+def _row_hash(
+    src_hi: Any, src_lo: Any, sport: Any, dst_hi: Any, dst_lo: Any, dport: Any, i: Any
+) -> Any:
+    k0, k1, k2, k3, k4, _ = _pair_key(
+        src_hi[i], src_lo[i], sport[i], dst_hi[i], dst_lo[i], dport[i]
+    )
+    return _hash5(k0, k1, k2, k3, k4)
 
 
 @kernel(
@@ -156,11 +171,29 @@ def _lookup(
     """
     # unsigned table positions: numba then skips its negative-index wraparound
     mask = np.uint64(tab_val.shape[0] - 1)
-    for i in range(src_hi.shape[0]):
+    n = src_hi.shape[0]
+    # A table beyond the caches (a flood's millions of conversations) has each row wait on
+    # a miss of its own: the entry of the row `ahead` rows on is fetched meanwhile, its hash
+    # kept until then (3 M-SYN flood, 8 M entries: 0.23-0.31 s -> 0.10 s). A smaller table
+    # is left alone: there the second look at the row cost a third more.
+    ahead = _AHEAD if tab_val.shape[0] >= _PREFETCH_FROM else 0
+    ring = np.empty(_RING, np.uint64)
+    for i in range(min(ahead, n)):
+        ring[i] = _row_hash(src_hi, src_lo, sport, dst_hi, dst_lo, dport, i)
+        prefetch(tab_val, ring[i] & mask)
+    for i in range(n):
         k0, k1, k2, k3, k4, gt = _pair_key(
             src_hi[i], src_lo[i], sport[i], dst_hi[i], dst_lo[i], dport[i]
         )
-        h = _hash5(k0, k1, k2, k3, k4)
+        if ahead:
+            h = ring[i & (_RING - 1)]
+            a = i + ahead
+            if a < n:
+                ha = _row_hash(src_hi, src_lo, sport, dst_hi, dst_lo, dport, a)
+                ring[a & (_RING - 1)] = ha
+                prefetch(tab_val, ha & mask)
+        else:
+            h = _hash5(k0, k1, k2, k3, k4)
         fp = np.int64(h & _HASH)
         j = h & mask
         while True:
