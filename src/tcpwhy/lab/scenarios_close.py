@@ -12,13 +12,18 @@ import time
 
 from tcpwhy.decode.table import FIN
 from tcpwhy.lab.env import Lab, SockRow, describe_exc
-from tcpwhy.lab.relay import DROP, HOLD, PASS, RELEASE, Seg
+from tcpwhy.lab.relay import DROP, HOLD, PASS, RELEASE, Rule, Seg
 from tcpwhy.lab.runner import scenario
 from tcpwhy.lab.scenarios import (
+    accept,
+    close_first,
     exchange,
     local_addr,
     pair,
     recv_outcome,
+    relay_of,
+    serve_and_close,
+    wait_until,
 )
 
 
@@ -95,9 +100,7 @@ def time_wait(lab: Lab) -> None:
         s.recv(100)
         s.sendall(b"200\n")
         c.recv(100)
-        c.close()
-        recv_outcome(s)
-        s.close()
+        close_first(c, s)
     lab.say("client", f"{n} connections: request, response, client close(), server close()")
     rows = lab.wait_state("client", "TIME-WAIT", count=n)
     time.sleep(0.05)
@@ -136,12 +139,7 @@ def abortive_close(lab: Lab) -> None:
     c.sendall(b"POST /upload\n" + b"x" * 1000)
     lab.say("client", "sent a request with a 1000-byte body")
     lab.expect_state("server", "ESTAB", "no server socket")
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline:
-        rows = [r for r in lab.wait_state("server", "ESTAB") if r.recv_q > 0]
-        if rows:
-            break
-        time.sleep(0.01)
+    wait_until(lambda: [r for r in lab.wait_state("server", "ESTAB") if r.recv_q > 0], 2, 0.01)
     lab.ss("server", "unread request bytes in Recv-Q")
     s.close()
     lab.say("server", "close() without reading the request")
@@ -172,6 +170,18 @@ def abortive_close(lab: Lab) -> None:
     )
 
 
+def _pair_closing_through(lab: Lab, rule: Rule) -> tuple[socket.socket, socket.socket]:
+    """A (client, server) pair that has exchanged a request, the relay's `rule` in force for
+    the close to come; the server's minimum RTO raised to 1 s so that `ss` can see the
+    states a held or lost segment prolongs."""
+    lab.rto_min("server", 1000)
+    listener = lab.listen()
+    c, s = pair(lab, listener)
+    exchange(lab, c, s)
+    relay_of(lab).rule = rule
+    return c, s
+
+
 @scenario(
     "simultaneous-close",
     "both sides close at once and the FINs cross: both pass through CLOSING",
@@ -190,8 +200,6 @@ def abortive_close(lab: Lab) -> None:
     shows="(info)",
 )
 def simultaneous_close(lab: Lab) -> None:
-    assert lab.relay is not None
-    relay = lab.relay
     fins: list[Seg] = []
     acks: list[Seg] = []
 
@@ -206,24 +214,18 @@ def simultaneous_close(lab: Lab) -> None:
             return HOLD
         return PASS
 
-    lab.rto_min("server", 1000)
-    listener = lab.listen()
-    c, s = pair(lab, listener)
-    exchange(lab, c, s)
-    relay.rule = rule
+    c, s = _pair_closing_through(lab, rule)
     c.close()
     s.close()
     lab.say("client", "close()")
     lab.say("server", "close() at the same time")
-    deadline = time.monotonic() + 2
-    while len(acks) < 2 and time.monotonic() < deadline:
-        time.sleep(0.002)
+    wait_until(lambda: len(acks) >= 2, 2, 0.002)
     lab.expect(len(fins) == 2, "the two FINs did not both reach the relay")
     lab.say("relay", f"FINs crossed: {fins[0].describe()} / {fins[1].describe()}")
     lab.expect(len(acks) == 2, "the ACKs of the crossed FINs did not come")
     cl = lab.ss("client", "the FINs have crossed, ACKs still in flight")
     sv = lab.ss("server", "the FINs have crossed, ACKs still in flight")
-    relay.release()
+    relay_of(lab).release()
     lab.say("relay", "ACKs released")
     lab.check(
         [r.state for r in cl] == ["CLOSING"] and [r.state for r in sv] == ["CLOSING"],
@@ -257,8 +259,6 @@ def simultaneous_close(lab: Lab) -> None:
     shows="(info)",
 )
 def lost_final_ack(lab: Lab) -> None:
-    assert lab.relay is not None
-    relay = lab.relay
     server_fins: list[Seg] = []
     dropped: list[Seg] = []
 
@@ -270,19 +270,13 @@ def lost_final_ack(lab: Lab) -> None:
             return DROP
         return PASS
 
-    lab.rto_min("server", 1000)
-    listener = lab.listen()
-    c, s = pair(lab, listener)
-    exchange(lab, c, s)
-    relay.rule = rule
+    c, s = _pair_closing_through(lab, rule)
     c.close()
     lab.say("client", "close()")
     outcome, _ = recv_outcome(s)
     s.close()
     lab.say("server", f"read → {outcome}; close()")
-    deadline = time.monotonic() + 2
-    while not dropped and time.monotonic() < deadline:
-        time.sleep(0.002)
+    wait_until(lambda: dropped, 2, 0.002)
     lab.expect(dropped, "the client's final ACK never came")
     lab.say("relay", f"dropped the final ACK once: {dropped[0].describe()}")
     time.sleep(0.02)
@@ -290,14 +284,10 @@ def lost_final_ack(lab: Lab) -> None:
     sv = lab.ss("server", "final ACK lost")
     lab.check([r.state for r in sv] == ["LAST-ACK"], "server waits in LAST-ACK")
     lab.check([r.state for r in cl] == ["TIME-WAIT"], "client in TIME-WAIT")
-    deadline = time.monotonic() + 3
-    while len(server_fins) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: len(server_fins) >= 2, 3, 0.01)
     lab.check(len(server_fins) >= 2, "the server retransmitted its FIN")
     lab.say("relay", f"FIN retransmitted: {server_fins[1].describe()}")
-    deadline = time.monotonic() + 2
-    while lab.wait_state("server", "LAST-ACK", timeout=0) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: not lab.wait_state("server", "LAST-ACK", timeout=0), 2, 0.02)
     sv = lab.ss("server", "after the FIN retransmission")
     lab.ss("client", "after the FIN retransmission")
     lab.check(not sv, "the repeated ACK from TIME-WAIT ended the server's socket")
@@ -417,8 +407,7 @@ def time_wait_reuse(lab: Lab) -> None:
     cport = c1.getsockname()[1]
     c1.connect(lab.server_addr())
     lab.say("client", f"bind(SO_REUSEADDR) + connect() → established from port {cport}")
-    s1, _ = listener.accept()
-    lab._sockets.append(s1)
+    s1, _ = accept(lab, listener)
     exchange(lab, c1, s1)
     s1.close()
     lab.say("server", "close() first (like Connection: close)")
@@ -437,8 +426,7 @@ def time_wait_reuse(lab: Lab) -> None:
     c2 = _bound_client(lab, cport)
     c2.connect(lab.server_addr())
     lab.say("client", f"{pause:g}s later: bind({cport}, SO_REUSEADDR) + connect() → established")
-    s2, peer = listener.accept()
-    lab._sockets.append(s2)
+    s2, peer = accept(lab, listener)
     lab.check(peer[1] == cport, "the server accepted a new connection on the same 4-tuple")
     sv = lab.ss("server", "after the SYN met its TIME-WAIT socket")
     lab.check(
@@ -460,13 +448,10 @@ def time_wait_reuse(lab: Lab) -> None:
     c3 = _bound_client(lab, cport)
     c3.connect(lab.server_addr())
     lab.say("client", f"bind({cport}, SO_REUSEADDR) + connect() → established")
-    s3, peer = listener.accept()
-    lab._sockets.append(s3)
+    s3, peer = accept(lab, listener)
     lab.check(peer[1] == cport, "the client took over its own TIME-WAIT (explicit bind)")
     exchange(lab, c3, s3)
-    c3.close()
-    recv_outcome(s3)
-    s3.close()
+    close_first(c3, s3)
     lab.say("client", "close() first again; the server closes too")
     lab.expect_state("client", "TIME-WAIT", "client never reached TIME-WAIT", timeout=2)
 
@@ -513,10 +498,4 @@ def _unbound_connect_and_talk(lab: Lab, listener: socket.socket) -> int:
     c.settimeout(5)
     c.connect(lab.server_addr())
     lab.say("client", f"connect() without bind → established from {local_addr(c)}")
-    s, peer = listener.accept()
-    lab._sockets.append(s)
-    exchange(lab, c, s)
-    c.close()
-    recv_outcome(s)
-    s.close()
-    return int(peer[1])
+    return serve_and_close(lab, listener, c, server_first=False)

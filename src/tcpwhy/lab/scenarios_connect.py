@@ -21,6 +21,8 @@ from tcpwhy.lab.scenarios import (
     drop_rule,
     nft_dropped,
     recv_outcome,
+    relay_of,
+    wait_until,
 )
 
 
@@ -131,8 +133,7 @@ def syn_timeout(lab: Lab) -> None:
     finds="accept-queue-overflow",
 )
 def accept_queue_overflow(lab: Lab) -> None:
-    assert lab.relay is not None
-    relay = lab.relay
+    relay = relay_of(lab)
     base = lab.opts.port
     lab.sysctl("client", {"net.ipv4.tcp_syn_linear_timeouts": 0})
     for abort, port in ((0, base), (1, base + 1)):
@@ -171,9 +172,7 @@ def accept_queue_overflow(lab: Lab) -> None:
         holding.set()
         clients += [connect(lab, port), connect(lab, port)]
         holding.clear()
-        deadline = time.monotonic() + 2
-        while len(held) < 2 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_until(lambda: len(held) >= 2, 2, 0.005)  # noqa: B023 (polled at once, in this pass)
         lab.expect(len(held) == 2, "the handshakes' final ACKs never came")
         # Released only now, so that both connect() calls returned before any reply.
         relay.release()
@@ -366,9 +365,7 @@ def syn_flood(lab: Lab) -> None:
             t = lab.spawn(legit, "legit")
         time.sleep(0.001)
     assert t is not None
-    deadline = time.monotonic() + 5
-    while not outcome and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: outcome, 5, 0.01)
     lab.expect(outcome, "the legitimate connect() did not return")
     elapsed, exc = outcome[0]
     lab.say(

@@ -11,8 +11,8 @@ import time
 from tcpwhy.decode.table import FIN
 from tcpwhy.lab.env import Lab
 from tcpwhy.lab.http import STALE_ERRORS, KeepAliveServer, Pool
-from tcpwhy.lab.relay import HOLD, PASS, PASS_RELEASE, Seg
 from tcpwhy.lab.runner import scenario
+from tcpwhy.lab.scenarios import Crossing, idle_timeout, relay_of, wait_until
 
 
 @scenario(
@@ -36,7 +36,7 @@ from tcpwhy.lab.runner import scenario
     shows="(+ request-retried, info)",
 )
 def stale_keepalive(lab: Lab) -> None:
-    idle = lab.opts.idle if lab.opts.idle is not None else 1.0
+    idle = idle_timeout(lab)
     server = KeepAliveServer(lab, idle)
     pool = Pool(lab, body_pause=lab.opts.delay)
     lab.check(pool.request("/first") == 200, "first request answered")
@@ -116,29 +116,15 @@ def clean(lab: Lab) -> None:
     shows="(+ request-retried)",
 )
 def keepalive_race(lab: Lab) -> None:
-    assert lab.relay is not None
-    relay = lab.relay
-    idle = lab.opts.idle if lab.opts.idle is not None else 1.0
-    fin: list[Seg] = []
-    crossed: list[Seg] = []
-
-    def rule(seg: Seg) -> str:
-        if not seg.to_server and seg.flags & FIN and not crossed:
-            # its retransmissions too: the server's RTO (200 ms) can fire while ss runs
-            fin.append(seg)
-            return HOLD
-        if seg.to_server and seg.payload_len and fin and not crossed:
-            crossed.append(seg)
-            return PASS_RELEASE
-        return PASS
-
+    idle = idle_timeout(lab)
+    # the FIN's retransmissions are held too: the server's RTO (200 ms) can fire while ss runs
+    rule = Crossing(lambda seg: seg.flags & FIN)
+    fin, crossed = rule.held, rule.crossed
     server = KeepAliveServer(lab, idle)
     pool = Pool(lab)
     lab.check(pool.request("/first") == 200, "first request answered")
-    relay.rule = rule
-    deadline = time.monotonic() + idle + 3
-    while not fin and time.monotonic() < deadline:
-        time.sleep(0.005)
+    relay_of(lab).rule = rule
+    wait_until(lambda: fin, idle + 3, 0.005)
     lab.expect(fin, "the server never sent its idle-close FIN")
     lab.say("relay", f"holding the server's FIN in flight: {fin[0].describe()}")
     lab.ss("client", "the FIN has not arrived")

@@ -19,7 +19,7 @@ from tcpwhy.lab import ns as nsmod
 from tcpwhy.lab.env import SERVER_IF, Lab
 from tcpwhy.lab.relay import DROP, Seg, build_rst
 from tcpwhy.lab.runner import scenario
-from tcpwhy.lab.scenarios import exchange, pair, recv_outcome
+from tcpwhy.lab.scenarios import exchange, idle_timeout, pair, recv_outcome, relay_of
 
 
 def server_capture_path(client_path: str) -> str:
@@ -63,9 +63,8 @@ class IdleMiddlebox:
     drops the first data segment of one client port once (a loss on the path)."""
 
     def __init__(self, lab: Lab, delay: float, timeout: float) -> None:
-        assert lab.relay is not None
         self.lab = lab
-        self.relay = lab.relay
+        self.relay = relay_of(lab)
         self.delay = delay
         self.timeout = timeout
         self.last: dict[int, float] = {}  # client port → last segment seen (monotonic)
@@ -132,11 +131,11 @@ class IdleMiddlebox:
 def middlebox_idle_reset_path(lab: Lab) -> None:
     delay = lab.opts.delay if lab.opts.delay is not None else 0.03
     timeout = lab.opts.timeout if lab.opts.timeout is not None else 2.0
-    idle = lab.opts.idle if lab.opts.idle is not None else timeout + 1.0
+    idle = idle_timeout(lab, timeout + 1.0)
     lab.expect(idle > timeout, "--idle must exceed the middlebox's idle timeout (--timeout)")
-    assert lab.relay is not None
+    relay = relay_of(lab)
     box = IdleMiddlebox(lab, delay, timeout)
-    lab.relay.rule = box
+    relay.rule = box
     lab.say(
         "lab", f"path: {delay * 1e3:g} ms each way; middlebox forgets flows idle > {timeout:g}s"
     )
@@ -145,7 +144,7 @@ def middlebox_idle_reset_path(lab: Lab) -> None:
         _play(lab, box, idle)
     finally:
         srv.stop(lab)
-    counts = lab.relay.log.counts()
+    counts = relay.log.counts()
     lab.say(
         "relay",
         f"counts: delayed={counts['delayed']} dropped={counts['dropped']} "

@@ -10,11 +10,12 @@ from __future__ import annotations
 import errno
 import socket
 import time
+from collections.abc import Callable
 
 from tcpwhy.lab import ns as nsmod
 from tcpwhy.lab.env import Lab, describe_exc
 from tcpwhy.lab.runner import scenario
-from tcpwhy.lab.scenarios import connect, exchange, recv_outcome
+from tcpwhy.lab.scenarios import accept, close_first, connect, serve_and_close
 
 
 def _bind(
@@ -40,8 +41,22 @@ def _bind(
     return s
 
 
-def _failed_with(res: socket.socket | OSError, code: int) -> bool:
-    return isinstance(res, OSError) and res.errno == code
+def _failed(lab: Lab, res: socket.socket | OSError, code: int, what: str) -> None:
+    """Check that a bind() or connect() failed with errno `code`."""
+    lab.check(isinstance(res, OSError) and res.errno == code, what)
+
+
+def _succeeded(
+    lab: Lab,
+    res: socket.socket | OSError,
+    what: str,
+    also: Callable[[socket.socket], bool] = lambda s: True,
+) -> socket.socket:
+    """Check that a bind() or connect() gave a socket (for which `also` holds, asked only
+    then): the socket."""
+    lab.check(isinstance(res, socket.socket) and also(res), what)
+    assert isinstance(res, socket.socket)
+    return res
 
 
 def _listeners(lab: Lab, port: int) -> int:
@@ -54,14 +69,7 @@ def _listeners(lab: Lab, port: int) -> int:
 def _serve_one(lab: Lab, listener: socket.socket, port: int | None = None) -> int:
     """One request on a new connection; the server closes first (like Connection: close),
     so the server keeps the connection's TIME-WAIT on its listening port. The client port."""
-    c = connect(lab, port)
-    s, peer = listener.accept()
-    lab._sockets.append(s)
-    exchange(lab, c, s)
-    s.close()
-    recv_outcome(c)
-    c.close()
-    return int(peer[1])
+    return serve_and_close(lab, listener, connect(lab, port), server_first=True)
 
 
 @scenario(
@@ -108,34 +116,39 @@ def addr_in_use_restart(lab: Lab) -> None:
     )
 
     # the restart
-    res = _bind(lab, port, reuseaddr=False)
-    lab.check(
-        _failed_with(res, errno.EADDRINUSE),
+    _failed(
+        lab,
+        _bind(lab, port, reuseaddr=False),
+        errno.EADDRINUSE,
         "bind() without SO_REUSEADDR: EADDRINUSE, the TIME-WAIT sockets hold the port",
     )
-    res = _bind(lab, port, reuseaddr=False, reuseport=True)
-    lab.check(
-        _failed_with(res, errno.EADDRINUSE),
+    _failed(
+        lab,
+        _bind(lab, port, reuseaddr=False, reuseport=True),
+        errno.EADDRINUSE,
         "SO_REUSEPORT alone does not help: the TIME-WAIT sockets were not SO_REUSEPORT",
     )
-    new = _bind(lab, port, reuseaddr=True, reuseport=True)
-    lab.check(isinstance(new, socket.socket), "bind() with SO_REUSEADDR succeeds at once")
-    assert isinstance(new, socket.socket)
+    new = _succeeded(
+        lab,
+        _bind(lab, port, reuseaddr=True, reuseport=True),
+        "bind() with SO_REUSEADDR succeeds at once",
+    )
     cport = _serve_one(lab, new)
     lab.say("client", f"served by the restarted server (client port {cport})")
 
     # a second instance on the same port, as in a zero-downtime handover
-    clash = _bind(lab, port, reuseaddr=True)
-    lab.check(
-        _failed_with(clash, errno.EADDRINUSE),
+    _failed(
+        lab,
+        _bind(lab, port, reuseaddr=True),
+        errno.EADDRINUSE,
         "a second listener with SO_REUSEADDR only: EADDRINUSE (the port is listened on)",
     )
-    second = _bind(lab, port, reuseaddr=True, reuseport=True)
-    lab.check(
-        isinstance(second, socket.socket) and _listeners(lab, port) == 2,
+    second = _succeeded(
+        lab,
+        _bind(lab, port, reuseaddr=True, reuseport=True),
         "SO_REUSEPORT on both: two listeners on the port at once",
+        lambda s: _listeners(lab, port) == 2,
     )
-    assert isinstance(second, socket.socket)
     new.close()
     lab.say("server", "the first instance stops; the second goes on serving")
     cport = _serve_one(lab, second)
@@ -154,9 +167,10 @@ def addr_in_use_restart(lab: Lab) -> None:
         lab.wait_state("server", "TIME-WAIT", port=other),
         f"no TIME-WAIT on :{other}",
     )
-    res = _bind(lab, other, reuseaddr=True)
-    lab.check(
-        _failed_with(res, errno.EADDRINUSE),
+    _failed(
+        lab,
+        _bind(lab, other, reuseaddr=True),
+        errno.EADDRINUSE,
         "TIME-WAIT of a listener without SO_REUSEADDR blocks a new bind() even with SO_REUSEADDR",
     )
 
@@ -206,34 +220,33 @@ def ephemeral_overlap(lab: Lab) -> None:
         lab.say("server", f"connect() to the backend → established from port {c.getsockname()[1]}")
         return c
 
-    out = outgoing()
-    lab.check(
-        isinstance(out, socket.socket) and out.getsockname()[1] == port,
+    out = _succeeded(
+        lab,
+        outgoing(),
         f"connect() took the service's port {port} as its source port",
+        lambda s: s.getsockname()[1] == port,
     )
-    assert isinstance(out, socket.socket)
-    peer, _ = backend.accept()
-    lab._sockets.append(peer)
+    peer, _ = accept(lab, backend)
     rows = lab.ss("server", "the outgoing connection")
     lab.check(
         [r.state for r in rows if r.local_port == port] == ["ESTAB"],
         f"an ESTAB socket with local port {port} on the server",
     )
-    res = _bind(lab, port, reuseaddr=True)
-    lab.check(
-        _failed_with(res, errno.EADDRINUSE),
+    _failed(
+        lab,
+        _bind(lab, port, reuseaddr=True),
+        errno.EADDRINUSE,
         "the service's bind() with SO_REUSEADDR: EADDRINUSE, the outgoing connection holds the port",
     )
-    again = outgoing()
-    lab.check(
-        _failed_with(again, errno.EADDRNOTAVAIL),
+    _failed(
+        lab,
+        outgoing(),
+        errno.EADDRNOTAVAIL,
         "a second connect() to the backend: EADDRNOTAVAIL, no free port in the range",
     )
 
     # the backend ends the connection first: the port is free again at once
-    peer.close()
-    outcome, _ = recv_outcome(out)
-    out.close()
+    outcome = close_first(peer, out)
     lab.say("server", f"read → {outcome}; close()")
     lab.expect_state("client", "TIME-WAIT", "backend never in TIME-WAIT", port=bport)
     time.sleep(0.05)
@@ -241,9 +254,7 @@ def ephemeral_overlap(lab: Lab) -> None:
         not [r for r in lab.ss("server", "after the backend closed") if r.local_port == port],
         f"no socket holds port {port} on the server any more",
     )
-    svc = _bind(lab, port, reuseaddr=True)
-    lab.check(isinstance(svc, socket.socket), "the service's bind() succeeds now")
-    assert isinstance(svc, socket.socket)
+    svc = _succeeded(lab, _bind(lab, port, reuseaddr=True), "the service's bind() succeeds now")
     svc.close()
     lab.say("server", "service stopped again")
 
@@ -255,37 +266,31 @@ def ephemeral_overlap(lab: Lab) -> None:
             "net.ipv4.ip_local_reserved_ports": str(port),
         },
     )
-    out = outgoing()
-    lab.check(
-        isinstance(out, socket.socket) and out.getsockname()[1] == other,
+    out = _succeeded(
+        lab,
+        outgoing(),
         f"with {port} reserved, connect() takes {other}",
+        lambda s: s.getsockname()[1] == other,
     )
-    assert isinstance(out, socket.socket)
-    peer, _ = backend.accept()
-    lab._sockets.append(peer)
-    svc = _bind(lab, port, reuseaddr=True)
-    lab.check(isinstance(svc, socket.socket), "the service's bind() succeeds while it is connected")
-    assert isinstance(svc, socket.socket)
-    c = connect(lab)
-    s, _ = svc.accept()
-    lab._sockets.append(s)
-    exchange(lab, c, s)
-    c.close()
-    recv_outcome(s)
-    s.close()
+    peer, _ = accept(lab, backend)
+    svc = _succeeded(
+        lab,
+        _bind(lab, port, reuseaddr=True),
+        "the service's bind() succeeds while it is connected",
+    )
+    serve_and_close(lab, svc, connect(lab), server_first=False)
     lab.say("client", "close() first; the service closes too")
 
     # the connecting side closes first: its TIME-WAIT holds the port for 60 s
-    out.close()
-    recv_outcome(peer)
-    peer.close()
+    close_first(out, peer)
     lab.say("server", "the outgoing connection close()s first")
     lab.expect_state("server", "TIME-WAIT", f"no TIME-WAIT on :{other}", port=other)
     time.sleep(0.05)
     lab.ss("server", "after the outgoing connection closed", port=other)
-    res = _bind(lab, other, reuseaddr=True)
-    lab.check(
-        _failed_with(res, errno.EADDRINUSE),
+    _failed(
+        lab,
+        _bind(lab, other, reuseaddr=True),
+        errno.EADDRINUSE,
         f"bind(:{other}) with SO_REUSEADDR: EADDRINUSE, held by the connect() socket's TIME-WAIT",
     )
     svc.close()

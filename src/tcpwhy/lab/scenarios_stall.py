@@ -15,9 +15,11 @@ from tcpwhy.lab.runner import scenario
 from tcpwhy.lab.scenarios import (
     drop_rule,
     exchange,
+    idle_timeout,
     nft_dropped,
     pair,
     recv_outcome,
+    wait_until,
 )
 
 
@@ -58,11 +60,7 @@ def zero_window(lab: Lab) -> None:
     lab.say("client", "SO_SNDBUF 4096")
     lab.say("client", f"sendall() of {total} bytes")
     lab.spawn(client, "sender")
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        if any("persist" in r.extra for r in _ss_quiet(lab, "client")):
-            break
-        time.sleep(0.02)
+    wait_until(lambda: any("persist" in r.extra for r in _ss_quiet(lab, "client")), 3, 0.02)
     time.sleep(stall)
     cl = lab.ss("client", "sender stalled")
     sv = lab.ss("server", "receiver not reading")
@@ -83,9 +81,7 @@ def zero_window(lab: Lab) -> None:
             break
         got += len(chunk)
     lab.say("server", f"reads again: {got} bytes")
-    deadline = time.monotonic() + 3
-    while not sent and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: sent, 3, 0.01)
     lab.check(sent and got == total, "transfer completed after the window reopened")
     c.close()
     outcome, _ = recv_outcome(s)
@@ -319,7 +315,7 @@ def _rejected(lab: Lab) -> int:
 )
 def middlebox_reset(lab: Lab) -> None:
     fw_timeout = max(1, round(lab.opts.timeout or 2))
-    idle = lab.opts.idle if lab.opts.idle is not None else fw_timeout + 1.0
+    idle = idle_timeout(lab, fw_timeout + 1.0)
     lab.expect(idle > fw_timeout, "--idle must exceed the firewall's idle timeout (--timeout)")
     lab.sysctl(
         "middle",

@@ -20,14 +20,15 @@ import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tcpwhy.decode.table import FIN
 from tcpwhy.errors import ScenarioFailed
 from tcpwhy.lab.env import Lab, describe_exc
 from tcpwhy.lab.http import STALE_ERRORS, KeepAliveServer, LabConnection, Pool, _fmt
-from tcpwhy.lab.relay import HOLD, PASS, PASS_RELEASE, Seg
 from tcpwhy.lab.runner import scenario
+from tcpwhy.lab.scenarios import Crossing, idle_timeout, relay_of, wait_until
 
 SNI = "api.tcpwhy.test"
 
@@ -181,6 +182,21 @@ class TLSPool(Pool):
             conn.close()
 
 
+@contextlib.contextmanager
+def _tls_server(
+    lab: Lab, idle: float, close_notify: bool = True
+) -> Iterator[tuple[Certs, TLSKeepAliveServer]]:
+    """A scenario's certificate and TLS keep-alive server: the server stopped once the
+    scenario's steps are done, the certificate's directory removed even when they fail."""
+    certs = Certs()
+    try:
+        server = TLSKeepAliveServer(lab, certs, idle, close_notify)
+        yield certs, server
+        server.stop()
+    finally:
+        certs.close()
+
+
 @scenario(
     "stale-keepalive-tls",
     "stale-keepalive over TLS: close_notify and FIN at the idle timeout, reuse meets RST",
@@ -197,10 +213,8 @@ class TLSPool(Pool):
     shows="(as its cleartext twin, the request a 101-byte record)",
 )
 def stale_keepalive_tls(lab: Lab) -> None:
-    idle = lab.opts.idle if lab.opts.idle is not None else 1.0
-    certs = Certs()
-    try:
-        server = TLSKeepAliveServer(lab, certs, idle)
+    idle = idle_timeout(lab)
+    with _tls_server(lab, idle) as (certs, server):
         pool = TLSPool(lab, certs)
         lab.check(pool.request("/first") == 200, "first request answered")
         lab.expect(
@@ -218,9 +232,6 @@ def stale_keepalive_tls(lab: Lab) -> None:
         lab.check(server.closed_idle == 1, "the server closed exactly one idle connection")
         pool.close()
         lab.wait_state("client", "TIME-WAIT", timeout=2)
-        server.stop()
-    finally:
-        certs.close()
 
 
 @scenario(
@@ -237,9 +248,7 @@ def stale_keepalive_tls(lab: Lab) -> None:
     shows="(info: the RST of a client that leaves the server's close_notify unread)",
 )
 def clean_tls(lab: Lab) -> None:
-    certs = Certs()
-    try:
-        server = TLSKeepAliveServer(lab, certs, idle=5.0)
+    with _tls_server(lab, idle=5.0) as (certs, _):
         pool = TLSPool(lab, certs, drain_close=False)
         lab.check(pool.request("/short", close=True) == 200, "short request answered")
         for i in range(lab.opts.count or 3):
@@ -253,9 +262,6 @@ def clean_tls(lab: Lab) -> None:
         lab.ss("client", "after both connections ended")
         lab.ss("server", "after both connections ended")
         lab.check(not pool.errors, "no request failed")
-        server.stop()
-    finally:
-        certs.close()
 
 
 @scenario(
@@ -272,31 +278,15 @@ def clean_tls(lab: Lab) -> None:
     shows="(as its cleartext twin, the request a 101-byte record)",
 )
 def keepalive_race_tls(lab: Lab) -> None:
-    assert lab.relay is not None
-    relay = lab.relay
-    idle = lab.opts.idle if lab.opts.idle is not None else 1.0
-    held: list[Seg] = []
-    crossed: list[Seg] = []
-
-    def rule(seg: Seg) -> str:
-        if not seg.to_server and (seg.flags & FIN or seg.payload_len) and not crossed:
-            held.append(seg)
-            return HOLD  # the close_notify and the FIN behind it
-        if seg.to_server and seg.payload_len and held and not crossed:
-            crossed.append(seg)
-            return PASS_RELEASE
-        return PASS
-
-    certs = Certs()
-    try:
-        server = TLSKeepAliveServer(lab, certs, idle)
+    idle = idle_timeout(lab)
+    rule = Crossing(lambda seg: seg.flags & FIN or seg.payload_len)  # close_notify, then FIN
+    held, crossed = rule.held, rule.crossed
+    with _tls_server(lab, idle) as (certs, _):
         pool = TLSPool(lab, certs)
         lab.check(pool.request("/first") == 200, "first request answered")
         time.sleep(0.05)  # the server's session tickets and the response have passed
-        relay.rule = rule
-        deadline = time.monotonic() + idle + 3
-        while not any(s.flags & FIN for s in held) and time.monotonic() < deadline:
-            time.sleep(0.005)
+        relay_of(lab).rule = rule
+        wait_until(lambda: any(s.flags & FIN for s in held), idle + 3, 0.005)
         lab.expect(any(s.flags & FIN for s in held), "the server never sent its idle-close FIN")
         lab.say("relay", f"holding the server's close_notify and FIN: {len(held)} segment(s)")
         status = pool.request("/second")
@@ -310,9 +300,6 @@ def keepalive_race_tls(lab: Lab) -> None:
         lab.check(status == 200, "retry on a new TLS connection answered")
         pool.close()
         lab.wait_state("client", "TIME-WAIT", timeout=2)
-        server.stop()
-    finally:
-        certs.close()
 
 
 def _handshake(lab: Lab, ctx: ssl.SSLContext) -> Exception | None:
@@ -351,9 +338,7 @@ def _outcome(err: Exception | None) -> str:
     shows="× 2 (the client's unknown_ca, the server's protocol_version)",
 )
 def tls_fatal_alert(lab: Lab) -> None:
-    certs = Certs()
-    try:
-        server = TLSKeepAliveServer(lab, certs, idle=5.0)
+    with _tls_server(lab, idle=5.0) as (certs, server):
         untrusting = ssl.create_default_context()  # the system's CAs: not the lab's certificate
         untrusting.maximum_version = ssl.TLSVersion.TLSv1_2
         err = _handshake(lab, untrusting)
@@ -375,9 +360,6 @@ def tls_fatal_alert(lab: Lab) -> None:
         )
         time.sleep(0.1)
         lab.check(server.served == 0, "no request was served")
-        server.stop()
-    finally:
-        certs.close()
 
 
 @scenario(
@@ -396,10 +378,8 @@ def tls_fatal_alert(lab: Lab) -> None:
     shows="× 2 (warning: FIN right after the response; info: an idle close)",
 )
 def tls_truncation(lab: Lab) -> None:
-    idle = lab.opts.idle if lab.opts.idle is not None else 1.0
-    certs = Certs()
-    try:
-        server = TLSKeepAliveServer(lab, certs, idle=idle, close_notify=False)
+    idle = idle_timeout(lab)
+    with _tls_server(lab, idle, close_notify=False) as (certs, server):
         pool = TLSPool(lab, certs)
         lab.check(pool.request("/short", close=True) == 200, "short request answered")
         lab.check(pool.request("/idle") == 200, "keep-alive request answered")
@@ -415,6 +395,3 @@ def tls_truncation(lab: Lab) -> None:
         )
         lab.check(server.closed_idle == 1, "the server closed one idle connection")
         lab.check(not pool.errors, "no request failed")
-        server.stop()
-    finally:
-        certs.close()
