@@ -12,7 +12,7 @@ import numpy as np
 
 from tcpwhy.decode.table import ACK, FIN, SYN
 from tcpwhy.diagnose import http, knowledge, tls
-from tcpwhy.diagnose.common import Group, Hits, first_resets
+from tcpwhy.diagnose.common import Group, Hits, resets_before_fin
 from tcpwhy.diagnose.context import WHO, Conn
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
@@ -26,12 +26,8 @@ KIND = "abortive-close"
 @rule(KIND)
 def detect(diag: Diag) -> list[Finding]:
     hits = Hits()
-    for c, r in first_resets(diag):
-        x = c.at("side", r)
+    for c, r, x in resets_before_fin(diag):
         if not c.at("flags", r) & ACK or c.at("seq", r) != _next_seq(c, x, r):
-            continue
-        xf = c.first_fin(x)
-        if xf is not None and xf < r:
             continue
         if tls.is_unread_close_notify_reset(c, r):
             continue  # close() with the peer's close_notify unread: the exchange had ended

@@ -115,8 +115,7 @@ def detect(diag: Diag) -> list[Finding]:
     adm = admitted(diag)
     groups: dict[str, dict[str, list[Instance]]] = defaultdict(lambda: defaultdict(list))
     # (a) SYNs dropped while the listener admits others
-    for sid in unanswered_syn_streams(diag):
-        c = cap.conn(sid)
+    for c in diag.conns(unanswered_syn_streams(diag)):
         syns = syn_rows(c)
         if len(syns) < 2:
             continue
@@ -130,7 +129,7 @@ def detect(diag: Diag) -> list[Finding]:
             for k, i in enumerate(syns)
         ]
         groups[c.server]["syn"].append(Instance(c, rows, {"others": others, "ladder_s": off}))
-        diag.claim(sid, Claim.SYN)
+        diag.claim(c.sid, Claim.SYN)
     # (b) the final ACK dropped: SYN-ACK retransmitted after it
     for c in cap.conns_where(cap.n_synack[:, SERVER] > 1):
         dropped = _final_ack_dropped(c)

@@ -177,3 +177,13 @@ def first_resets(diag: Diag) -> Iterator[tuple[Conn, int]]:
         r = c.first_rst()
         assert r is not None
         yield c, r
+
+
+def resets_before_fin(diag: Diag) -> Iterator[tuple[Conn, int, int]]:
+    """`first_resets` that their sender sent before its own FIN (after it, the RST ends a
+    close, not an open connection), each with that sender."""
+    for c, r in first_resets(diag):
+        x = c.at("side", r)
+        xf = c.first_fin(x)
+        if xf is None or xf >= r:
+            yield c, r, x

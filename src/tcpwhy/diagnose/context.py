@@ -536,6 +536,31 @@ def ending_codes(
     return out
 
 
+def _column(cap: Capture, name: str, rows: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """A `Conn` column's values at `rows` (the capture's): `side`, the scaled window `win`,
+    the relative `rseq` and `rack`, else a table column (`_LIST_COLUMNS`)."""
+    if name == "side":
+        return cap.side[rows]
+    if name == "win":
+        return cap.win_scaled[rows]
+    if name == "rseq":
+        return cap.rel_seq(rows)
+    if name == "rack":
+        return cap.rel_ack(rows)
+    return cap.table[_LIST_COLUMNS[name]][rows]
+
+
+def _column_list(name: str) -> cached_property[list[int]]:
+    """A `Conn` property: column `name` of its packets (`_column`) as a list, made on first
+    use."""
+
+    def values(conn: Conn) -> list[int]:
+        got: list[int] = _column(conn.cap, name, conn.rows).tolist()
+        return got
+
+    return cached_property(values)
+
+
 class Conn:
     """One connection's packets in capture order, seen from the client (originator) side."""
 
@@ -585,60 +610,17 @@ class Conn:
 
     # the packet columns as lists, each made on first use: a long connection's lists are
     # big, and a rule that only looks for its first RST (numpy) needs none of them
-    @cached_property
-    def side(self) -> list[int]:
-        got: list[int] = self.cap.side[self.rows].tolist()
-        return got
-
-    @cached_property
-    def ts(self) -> list[int]:
-        got: list[int] = self.cap.table["ts_ns"][self.rows].tolist()
-        return got
-
-    @cached_property
-    def flags(self) -> list[int]:
-        got: list[int] = self.cap.table["flags"][self.rows].tolist()
-        return got
-
-    @cached_property
-    def seq(self) -> list[int]:
-        got: list[int] = self.cap.table["seq"][self.rows].tolist()
-        return got
-
-    @cached_property
-    def ack(self) -> list[int]:
-        got: list[int] = self.cap.table["ack"][self.rows].tolist()
-        return got
-
-    @cached_property
-    def plen(self) -> list[int]:
-        got: list[int] = self.cap.table["payload_len"][self.rows].tolist()
-        return got
-
-    @cached_property
-    def win(self) -> list[int]:
-        got: list[int] = self.cap.win_scaled[self.rows].tolist()
-        return got
-
-    @cached_property
-    def frame(self) -> list[int]:
-        got: list[int] = self.cap.table["frame"][self.rows].tolist()
-        return got
-
-    @cached_property
-    def ttl(self) -> list[int]:
-        got: list[int] = self.cap.table["ip_ttl"][self.rows].tolist()
-        return got
-
-    @cached_property
-    def rseq(self) -> list[int]:
-        got: list[int] = self.cap.rel_seq(self.rows).tolist()
-        return got
-
-    @cached_property
-    def rack(self) -> list[int]:
-        got: list[int] = self.cap.rel_ack(self.rows).tolist()
-        return got
+    side = _column_list("side")
+    ts = _column_list("ts")
+    flags = _column_list("flags")
+    seq = _column_list("seq")
+    ack = _column_list("ack")
+    plen = _column_list("plen")
+    win = _column_list("win")
+    frame = _column_list("frame")
+    ttl = _column_list("ttl")
+    rseq = _column_list("rseq")
+    rack = _column_list("rack")
 
     def at(self, name: str, i: int) -> int:
         """One local row's value of a column list (`side`, `ts`, `flags`, `seq`, `ack`,
@@ -647,16 +629,7 @@ class Conn:
         got: list[int] | None = self.__dict__.get(name)
         if got is not None:
             return got[i]
-        row = self.rows[i]
-        if name == "side":
-            return int(self.cap.side[row])
-        if name == "rseq":
-            return int(self.cap.rel_seq(self.rows[i : i + 1])[0])
-        if name == "rack":
-            return int(self.cap.rel_ack(self.rows[i : i + 1])[0])
-        if name == "win":
-            return int(self.cap.win_scaled[row])
-        return int(self.cap.table[_LIST_COLUMNS[name]][row])
+        return int(_column(self.cap, name, self.rows[i : i + 1])[0])
 
     # -- simple facts ---------------------------------------------------------------
     def idx(self, who: int, mask: int = 0, data: bool = False) -> list[int]:

@@ -193,10 +193,7 @@ def _h2_request_advice() -> tuple[list[str], list[str]]:
         "In the client: drop a pooled HTTP/2 connection as soon as it receives GOAWAY or "
         "end-of-file, and open a new one; streams above the GOAWAY's last stream id were "
         "never processed and can be sent again on the new connection.",
-        knowledge.advice(
-            f"Retry idempotent requests once when a reused connection fails: {knowledge.RETRY_KNOBS}.",
-            *knowledge.RETRY,
-        ),
+        knowledge.retry_advice("when a reused connection fails"),
     ]
     return causes, fixes
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tcpwhy.decode.table import ACK
 from tcpwhy.diagnose import http, knowledge
-from tcpwhy.diagnose.common import Group, Hits, first_resets
+from tcpwhy.diagnose.common import Group, Hits, resets_before_fin
 from tcpwhy.diagnose.context import WHO, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
@@ -18,12 +18,8 @@ KIND = "half-open-reset"
 @rule(KIND)
 def detect(diag: Diag) -> list[Finding]:
     hits = Hits()
-    for c, r in first_resets(diag):
-        x = c.at("side", r)
+    for c, r, x in resets_before_fin(diag):
         if c.at("flags", r) & ACK:  # [R.]: an abort by the application, not an answer
-            continue
-        xf = c.first_fin(x)
-        if xf is not None and xf < r:
             continue
         trig = trigger(c, r)
         if trig is None or too_fast(c, r):

@@ -4,11 +4,12 @@ parameter problem) from the destination, a router or a firewall."""
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 from tcpwhy.decode.table import ACK, RST, SYN
 from tcpwhy.diagnose import knowledge
-from tcpwhy.diagnose.common import Group
+from tcpwhy.diagnose.common import Group, earliest
 from tcpwhy.diagnose.context import CLIENT, SERVER, Conn, fmt_s
 from tcpwhy.diagnose.icmp import errno_name, errno_text
 from tcpwhy.diagnose.model import Finding, Severity, Step, Story
@@ -53,6 +54,42 @@ class IcmpInstance(Instance):
         return sorted(steps, key=lambda s: (s.ts_ns, s.frame))
 
 
+def icmp_errors(diag: Diag, too_big: bool) -> Iterator[tuple[Conn, list[int]]]:
+    """The connections ICMP errors are about, each with the rows (`cap.icmp`) of its errors:
+    the "packet too big" ones (path MTU), or those of every other kind."""
+    ic = diag.cap.icmp
+    if not ic.n:
+        return
+    for s in ic.too_big_streams if too_big else ic.err_streams:
+        sid = int(s)
+        yield diag.cap.conn(sid), [i for i in ic.rows_of(sid) if bool(ic.too_big[i]) == too_big]
+
+
+class IcmpHits:
+    """`common.Hits` for the kinds told with the ICMP errors about each connection: one
+    finding per key, whose frames add the errors of its first connections."""
+
+    def __init__(self) -> None:
+        self.groups: dict[Hashable, list[IcmpInstance]] = {}
+
+    def add(self, key: Hashable, inst: IcmpInstance) -> None:
+        self.groups.setdefault(key, []).append(inst)
+
+    def findings(self, diag: Diag, kind: str, tell: Callable[[Group], Story]) -> list[Finding]:
+        """One finding per key; the text tells about its earliest connection."""
+        ic = diag.cap.icmp
+        out = []
+        for insts in self.groups.values():
+            story = tell(Group(None, list(insts), min(insts, key=earliest)))
+            f = make_finding(diag, kind, list(insts), story)
+            f.frames = sorted(
+                set(f.frames)
+                | {ic.get("frame", i) for x in insts[:FRAME_INSTANCES] for i, _ in x.icmp}
+            )
+            out.append(f)
+        return out
+
+
 def who_answered(c: Conn, sender: str, quoted_side: int) -> str:
     """'the server itself', 'the client itself' or 'a router or firewall on the path'."""
     target = c.server_ip if quoted_side == CLIENT else c.client_ip
@@ -63,15 +100,9 @@ def who_answered(c: Conn, sender: str, quoted_side: int) -> str:
 
 @rule(KIND)
 def detect(diag: Diag) -> list[Finding]:
-    cap = diag.cap
-    ic = cap.icmp
-    if not ic.n:
-        return []
-    groups: dict[tuple[str, int, str, str], list[IcmpInstance]] = {}
-    for s in ic.err_streams:
-        sid = int(s)
-        c = cap.conn(sid)
-        errs = [i for i in ic.rows_of(sid) if not ic.too_big[i]]
+    ic = diag.cap.icmp
+    hits = IcmpHits()
+    for c, errs in icmp_errors(diag, too_big=False):
         first = errs[0]
         m = ic.meaning(first)
         ts = ic.get("ts_ns", first)
@@ -116,22 +147,12 @@ def detect(diag: Diag) -> list[Finding]:
             "retries_after": len([k for k in later if c.side[k] == side]),
             "errors": len(errs),
         }
-        inst = IcmpInstance(c, rows, icmp_rows, facts)
         key = (errno_name(m.errno), m.errno, m.name, sender)
-        groups.setdefault(key, []).append(inst)
-        diag.claim(sid, Claim.SYN)
-        diag.claim(sid, Claim.RETRANS)
-        diag.claim(sid)
-    out = []
-    for insts in groups.values():
-        ex = min(insts, key=lambda x: x.first_ns)
-        story = _tell(Group(None, list(insts), ex))
-        f = make_finding(diag, KIND, list(insts), story)
-        f.frames = sorted(
-            set(f.frames) | {ic.get("frame", i) for x in insts[:FRAME_INSTANCES] for i, _ in x.icmp}
-        )
-        out.append(f)
-    return out
+        hits.add(key, IcmpInstance(c, rows, icmp_rows, facts))
+        diag.claim(c.sid, Claim.SYN)
+        diag.claim(c.sid, Claim.RETRANS)
+        diag.claim(c.sid)
+    return hits.findings(diag, KIND, _tell)
 
 
 _WHY = {

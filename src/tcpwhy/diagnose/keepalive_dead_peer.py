@@ -20,8 +20,7 @@ KIND = "keepalive-dead-peer"
 @rule(KIND)
 def detect(diag: Diag) -> list[Finding]:
     hits = Hits()
-    for sid in candidate_streams(diag):
-        c = diag.cap.conn(sid)
+    for c in diag.conns(candidate_streams(diag)):
         for x in (0, 1):
             ka = [p.i for p in probes(c, x) if not p.zero_window]
             if len(ka) < 2:

@@ -99,15 +99,8 @@ def _tell(diag: Diag, g: Group) -> Story:
         "Connection: close on the last response before closing"
     )
     fixes = [
-        knowledge.advice(
-            f"{lead}. {knowledge.CLIENT_IDLE_KNOBS}.",
-            knowledge.Fix("any", "client idle timeout", value, lead),
-            *knowledge.with_value(knowledge.CLIENT_IDLE, value),
-        ),
-        knowledge.advice(
-            f"Retry idempotent requests once on a reused connection: {knowledge.RETRY_KNOBS}.",
-            *knowledge.RETRY,
-        ),
+        knowledge.client_idle_advice(lead, value),
+        knowledge.retry_advice("on a reused connection"),
         knowledge.advice(
             f"{server_lead}; {knowledge.SERVER_IDLE_KNOBS}.",
             knowledge.Fix("any", None, None, server_lead),

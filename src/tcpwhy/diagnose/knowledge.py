@@ -267,3 +267,20 @@ REUSEADDR = (
 def with_value(fixes: Iterable[Fix], value: str | None) -> list[Fix]:
     """`fixes` with the value the finding measured (e.g. the client idle timeout to set)."""
     return [f.with_value(value) if f.knob is not None else f for f in fixes]
+
+
+def client_idle_advice(lead: str, value: str | None = None) -> str:
+    """The fix "shorten the client's idle timeout": `lead` as its sentence (a period added
+    where it has none), then where each client stack sets it, with the value the finding
+    measured."""
+    sentence = lead if lead.endswith(".") else lead + "."
+    return advice(
+        f"{sentence} {CLIENT_IDLE_KNOBS}.",
+        Fix("any", "client idle timeout", value, lead),
+        *with_value(CLIENT_IDLE, value),
+    )
+
+
+def retry_advice(when: str) -> str:
+    """The fix "retry idempotent requests once `when`", with how each client stack does."""
+    return advice(f"Retry idempotent requests once {when}: {RETRY_KNOBS}.", *RETRY)

@@ -20,9 +20,9 @@ from tcpwhy.decode.table import ACK, SYN
 from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.common import Group
 from tcpwhy.diagnose.context import CLIENT, SERVER, WHO, Conn, fmt_s
-from tcpwhy.diagnose.icmp_unreachable import IcmpInstance
+from tcpwhy.diagnose.icmp_unreachable import IcmpHits, IcmpInstance
 from tcpwhy.diagnose.model import Finding, Severity, Story
-from tcpwhy.diagnose.registry import FRAME_INSTANCES, Claim, Diag, make_finding, plural, rule
+from tcpwhy.diagnose.registry import Claim, Diag, plural, rule
 from tcpwhy.tcp.seq import HALF, seq_add, seq_diff, seq_gt, seq_offset
 
 ORDER = 30
@@ -170,30 +170,19 @@ def detect(diag: Diag) -> list[Finding]:
     cand = np.zeros(cap.nstreams, np.bool_)
     cand[cap.stream[retrans]] = True
     cand &= ~diag.claimed_mask(Claim.RETRANS)
-    groups: dict[tuple[str, int, str], list[IcmpInstance]] = {}
+    hits = IcmpHits()
     for c in cap.conns_where(cand):
         for x in (CLIENT, SERVER):
             got = at_sender(c, x) or at_receiver(c, x)
             if got is None:
                 continue
             rows, icmp = _rows(c, got)
-            inst = IcmpInstance(c, rows, icmp, got)
-            groups.setdefault((c.server, x, got["view"]), []).append(inst)
+            hits.add((c.server, x, got["view"]), IcmpInstance(c, rows, icmp, got))
             diag.claim(c.sid, Claim.RETRANS)
             diag.claim(c.sid, Claim.CLOSE)
             diag.claim(c.sid)
             break
-    out = []
-    for insts in groups.values():
-        ex = min(insts, key=lambda i: i.first_ns)
-        story = _tell(Group(None, list(insts), ex))
-        f = make_finding(diag, KIND, list(insts), story)
-        f.frames = sorted(
-            set(f.frames)
-            | {cap.icmp.get("frame", i) for x in insts[:FRAME_INSTANCES] for i, _ in x.icmp}
-        )
-        out.append(f)
-    return out
+    return hits.findings(diag, KIND, _tell)
 
 
 def _rows(c: Conn, f: dict[str, Any]) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from tcpwhy.diagnose.common import Group
 from tcpwhy.diagnose.context import WHO, Conn, fmt_s
-from tcpwhy.diagnose.icmp_unreachable import IcmpInstance
+from tcpwhy.diagnose.icmp_unreachable import IcmpHits, IcmpInstance, icmp_errors
 from tcpwhy.diagnose.knowledge import Fix, advice
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.pmtu_black_hole import headers
-from tcpwhy.diagnose.registry import FRAME_INSTANCES, Claim, Diag, make_finding, plural, rule
+from tcpwhy.diagnose.registry import Claim, Diag, plural, rule
 
 ORDER = 40
 
@@ -32,14 +32,9 @@ def _honoured(c: Conn, i: int) -> tuple[int, int] | None:
 
 @rule(KIND)
 def detect(diag: Diag) -> list[Finding]:
-    cap = diag.cap
-    ic = cap.icmp
-    if not ic.n:
-        return []
-    groups: dict[tuple[str, str, int], list[IcmpInstance]] = {}
-    for sid in ic.too_big_streams:
-        c = cap.conn(int(sid))
-        errs = [i for i in ic.rows_of(c.sid) if ic.too_big[i]]
+    ic = diag.cap.icmp
+    hits = IcmpHits()
+    for c, errs in icmp_errors(diag, too_big=True):
         got = _honoured(c, errs[0])
         if got is None:
             continue  # ignored: pmtu-black-hole says so
@@ -59,16 +54,8 @@ def detect(diag: Diag) -> list[Finding]:
         }
         inst = IcmpInstance(c, rows, icmp, facts)
         diag.claim(c.sid, Claim.RETRANS)  # the resent segments are the discovery, not a timeout
-        groups.setdefault((c.server, ic.sender(i), facts["mtu"]), []).append(inst)
-    out = []
-    for insts in groups.values():
-        ex = min(insts, key=lambda x: x.first_ns)
-        f = make_finding(diag, KIND, list(insts), _tell(Group(None, list(insts), ex)))
-        f.frames = sorted(
-            set(f.frames) | {ic.get("frame", j) for x in insts[:FRAME_INSTANCES] for j, _ in x.icmp}
-        )
-        out.append(f)
-    return out
+        hits.add((c.server, ic.sender(i), facts["mtu"]), inst)
+    return hits.findings(diag, KIND, _tell)
 
 
 def _tell(g: Group) -> Story:

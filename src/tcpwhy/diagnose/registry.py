@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -104,8 +104,10 @@ class Diag:
         """Per stream: claimed for `what` (a copy)."""
         return self._mask(what).copy()
 
-    def conns(self, sids: Iterable[int]) -> list[Conn]:
-        return [self.cap.conn(s) for s in sids]
+    def conns(self, sids: Iterable[int]) -> Iterator[Conn]:
+        """The view (`Capture.conn`) of each of `sids`, made as the loop reaches it."""
+        for s in sids:
+            yield self.cap.conn(s)
 
 
 class Instance:

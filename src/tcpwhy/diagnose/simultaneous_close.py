@@ -93,13 +93,7 @@ def _tell(g: Group) -> Story:
         "Usually none. Make the client's idle timeout clearly shorter than the server's so "
         "the client always closes first; this also avoids keepalive-race."
     )
-    fixes = [
-        knowledge.advice(
-            f"{lead} {knowledge.CLIENT_IDLE_KNOBS}.",
-            knowledge.Fix("any", "client idle timeout", None, lead),
-            *knowledge.CLIENT_IDLE,
-        )
-    ]
+    fixes = [knowledge.client_idle_advice(lead)]
     facts = {"server": server}
     errors = knowledge.NONE_VISIBLE
     return Story(Severity.INFO, summary, explanation, causes, fixes, errors, facts)

@@ -336,15 +336,8 @@ def _finding(diag: Diag, server: str, evs: list[AfterFin]) -> Finding:
     )
     value = knowledge.seconds(below) if t is not None else None
     fixes = [
-        knowledge.advice(
-            f"{lead}. {knowledge.CLIENT_IDLE_KNOBS}.",
-            knowledge.Fix("any", "client idle timeout", value, lead),
-            *knowledge.with_value(knowledge.CLIENT_IDLE, value),
-        ),
-        knowledge.advice(
-            f"Retry idempotent requests once when a reused connection fails: {knowledge.RETRY_KNOBS}.",
-            *knowledge.RETRY,
-        ),
+        knowledge.client_idle_advice(lead, value),
+        knowledge.retry_advice("when a reused connection fails"),
         knowledge.advice(
             f"Or lengthen the server's idle timeout beyond the client's: {knowledge.SERVER_IDLE_KNOBS}; "
             "honour Keep-Alive: timeout= in the client where the library supports it.",

@@ -17,8 +17,7 @@ KIND = "syn-timeout"
 @rule(KIND)
 def detect(diag: Diag) -> list[Finding]:
     hits = Hits()
-    for sid in unanswered_syn_streams(diag):
-        c = diag.cap.conn(sid)
+    for c in diag.conns(unanswered_syn_streams(diag)):
         syns = syn_rows(c)
         if not syns:
             continue
@@ -31,7 +30,7 @@ def detect(diag: Diag) -> list[Finding]:
             for k, i in enumerate(syns)
         ]
         hits.add(c.server, c, rows, {"ladder_s": off, "waited_s": waited})
-        diag.claim(sid, Claim.SYN)
+        diag.claim(c.sid, Claim.SYN)
     return hits.findings(diag, KIND, _tell)
 
 
