@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -1225,37 +1225,29 @@ class Test:
 
 
 @dataclass
-class TrueTest(Test):
-    def run(self, ctx: FilterContext, rows: Rows) -> Mask:
-        return np.ones(len(rows), bool)
+class _ChainTest(Test):
+    """`and` / `or`: each item runs only on the rows whose outcome is still open, the rows
+    where no earlier item gave the deciding value (false for `and`, true for `or`)."""
 
-
-@dataclass
-class AndTest(Test):
     items: list[Test] = field(default_factory=list)
+    DECIDES: ClassVar[bool]
 
     def run(self, ctx: FilterContext, rows: Rows) -> Mask:
-        keep = np.ones(len(rows), bool)
+        out = np.full(len(rows), not self.DECIDES)
         for t in self.items:
-            live = np.flatnonzero(keep)
+            live = np.flatnonzero(out != self.DECIDES)
             if live.size == 0:
                 break
-            keep[live] = t.run(ctx, rows[live])
-        return keep
+            out[live] = t.run(ctx, rows[live])
+        return out
 
 
-@dataclass
-class OrTest(Test):
-    items: list[Test] = field(default_factory=list)
+class AndTest(_ChainTest):
+    DECIDES = False
 
-    def run(self, ctx: FilterContext, rows: Rows) -> Mask:
-        hit = np.zeros(len(rows), bool)
-        for t in self.items:
-            live = np.flatnonzero(~hit)
-            if live.size == 0:
-                break
-            hit[live] = t.run(ctx, rows[live])
-        return hit
+
+class OrTest(_ChainTest):
+    DECIDES = True
 
 
 @dataclass
@@ -1368,21 +1360,13 @@ class RelTest(Test):
 
     def run(self, ctx: FilterContext, rows: Rows) -> Mask:
         assert self.lhs is not None and self.rhs is not None
-        n = len(rows)
-        lv = self.lhs.compute(ctx, rows)
-        if isinstance(self.rhs, Const):
-            rv = self.rhs.compute(ctx, rows)
-            return lv.reached & _pairs(self.op, self.ftype, self.how, lv, rv, n)
-        live = np.flatnonzero(lv.reached)
-        out = np.zeros(n, bool)
-        if live.size == 0:
-            return out
-        if live.size < n:
-            lv = _subset(lv, live, n)
-        rv = self.rhs.compute(ctx, rows[live])
-        res = _pairs(self.op, self.ftype, self.how, lv, rv, live.size)
-        out[live] = res & rv.reached
-        return out
+        rhs = self.rhs
+
+        def match(sub: Rows, lv: VSet) -> Mask:
+            rv = rhs.compute(ctx, sub)
+            return _pairs(self.op, self.ftype, self.how, lv, rv, len(sub)) & rv.reached
+
+        return _where_reached(self.lhs.compute(ctx, rows), rows, match, isinstance(rhs, Const))
 
 
 @dataclass
@@ -1394,21 +1378,12 @@ class InTest(Test):
 
     def run(self, ctx: FilterContext, rows: Rows) -> Mask:
         assert self.lhs is not None
-        n = len(rows)
-        lv = self.lhs.compute(ctx, rows)
-        if all(
+        consts = all(
             isinstance(lo, Const) and isinstance(hi, (Const, type(None))) for lo, hi in self.items
-        ):
-            return lv.reached & self.match(ctx, rows, lv)
-        # elements that are fields: evaluated only where the left side is present
-        live = np.flatnonzero(lv.reached)
-        out = np.zeros(n, bool)
-        if live.size == 0:
-            return out
-        if live.size < n:
-            lv = _subset(lv, live, n)
-        out[live] = self.match(ctx, rows[live], lv)
-        return out
+        )
+        return _where_reached(
+            self.lhs.compute(ctx, rows), rows, lambda sub, lv: self.match(ctx, sub, lv), consts
+        )
 
     def match(self, ctx: FilterContext, rows: Rows, lv: VSet) -> Mask:
         """Rows where some element matches (an element that is absent matches nothing)."""
@@ -1441,6 +1416,25 @@ class InTest(Test):
                     "eq", self.ftype, self.how, lv, VSet(np.ones(m, bool), [Occ(None, c)]), m
                 )
         return hit
+
+
+def _where_reached(
+    lv: VSet, rows: Rows, match: Callable[[Rows, VSet], Mask], constant: bool
+) -> Mask:
+    """`match` of the right side against the left side's values `lv`, false where the left
+    side was not reached. A constant right side is matched over all the rows at once; one
+    with fields is evaluated only on the rows where the left side was reached."""
+    if constant:
+        return lv.reached & match(rows, lv)
+    n = len(rows)
+    live = np.flatnonzero(lv.reached)
+    out = np.zeros(n, bool)
+    if live.size == 0:
+        return out
+    if live.size < n:
+        lv = _subset(lv, live, n)
+    out[live] = match(rows[live], lv)
+    return out
 
 
 def _subset(v: VSet, live: npt.NDArray[np.int64], n: int) -> VSet:
@@ -1489,7 +1483,7 @@ class Compiler:
 
     def compile(self, node: S.Node) -> Test:
         if isinstance(node, S.Empty):
-            return TrueTest()
+            return AndTest()  # the empty conjunction: true on every row
         if isinstance(node, S.Logic):
             items = [self.compile(n) for n in node.items]
             items.sort(key=lambda t: t.cost)  # stable: equal costs keep the written order
@@ -1942,21 +1936,10 @@ class Compiler:
         t_run = lhs_type
         args: list[Expr] = []
         for a in node.args:
-            if isinstance(a, S.Arith):
-                e, ta = self.arith(a, t_run)
-            elif (
-                isinstance(a, S.Literal) and a.kind in (S.UNPARSED, S.LITERAL) and t_run is not None
-            ):
-                e = Const(t_run, 0, frozenset(), self.conv.convert(a, t_run))
-                ta = t_run
-            elif isinstance(a, S.Call):
-                e = self.call(a, t_run)
-                ta = e.t
-            elif isinstance(a, S.FieldRef):
-                e = self.field_expr(a)
-                ta = e.t
-            else:
+            got = self.argument(a, t_run)
+            if got is None:
                 raise self.fail(a, f"Argument '{S.display(a)}' is not valid for {name}()")
+            e, ta = got
             if t_run is None:
                 t_run = ta
             if ta != t_run:
@@ -1976,22 +1959,25 @@ class Compiler:
             args,
         )
 
-    def abs_arg(self, arg: S.Node, lhs_type: Typ | None, name: str) -> tuple[Expr, Typ]:
-        e: Expr
+    def argument(self, arg: S.Node, t: Typ | None) -> tuple[Expr, Typ] | None:
+        """A function argument's expression and type: a literal takes the type `t` (None:
+        there is none to take, and neither is a node that cannot be an argument)."""
         if isinstance(arg, S.Arith):
-            e, t = self.arith(arg, lhs_type)
-        elif isinstance(arg, S.Literal) and arg.kind in (S.UNPARSED, S.LITERAL):
-            if lhs_type is None:
+            return self.arith(arg, t)
+        if isinstance(arg, S.Literal) and arg.kind in (S.UNPARSED, S.LITERAL):
+            return None if t is None else (Const(t, 0, frozenset(), self.conv.convert(arg, t)), t)
+        if isinstance(arg, (S.Call, S.FieldRef)):
+            e = self.call(arg, t) if isinstance(arg, S.Call) else self.field_expr(arg)
+            return e, e.t
+        return None
+
+    def abs_arg(self, arg: S.Node, lhs_type: Typ | None, name: str) -> tuple[Expr, Typ]:
+        got = self.argument(arg, lhs_type)
+        if got is None:
+            if isinstance(arg, S.Literal) and arg.kind in (S.UNPARSED, S.LITERAL):
                 raise self.fail(arg, "Need a field or field-like value on the LHS.")
-            e, t = Const(lhs_type, 0, frozenset(), self.conv.convert(arg, lhs_type)), lhs_type
-        elif isinstance(arg, S.Call):
-            e = self.call(arg, lhs_type)
-            t = e.t
-        elif isinstance(arg, S.FieldRef):
-            e = self.field_expr(arg)
-            t = e.t
-        else:
             raise self.fail(arg, f"Type {_node_kind(arg)} is not valid for {name}")
+        e, t = got
         if t.ftype == NONE:
             raise self.fail(arg, f"Type {_node_kind(arg)} is not valid for {name}")
         if t.ftype not in CAN["negative"]:

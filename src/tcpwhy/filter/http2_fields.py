@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from tcpwhy.decode import http2 as h2
 from tcpwhy.filter.fields import BOOL, FIELDS, PROTO, UINT, Extract, Field, Occ, Rows
-from tcpwhy.filter.tls_fields import _absent, _is_icmp, _occs, _PerRow
+from tcpwhy.filter.tls_fields import _occs, _PerRow, _unless_icmp
 
 if TYPE_CHECKING:
     from tcpwhy.filter.context import FilterContext
@@ -72,8 +72,6 @@ def _bools(occs: list[Occ]) -> list[Occ]:
 
 def _field(what: str) -> Extract:
     def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
-        if _is_icmp(ctx):
-            return _absent(rows)
         th = table_h2(ctx)
         f = th.frames
         frame = f.ftype >= 0
@@ -115,4 +113,6 @@ for _name, _ftype, _what, _bits in (
     ("http2.goaway.error", UINT, "goaway_error", 32),
     ("http2.rst_stream.error", UINT, "rst_error", 32),
 ):
-    FIELDS[_name] = Field(_name, _ftype, _field(_what), _bits, frozenset({"streams"}), _COST)
+    FIELDS[_name] = Field(
+        _name, _ftype, _unless_icmp(_field(_what)), _bits, frozenset({"streams"}), _COST
+    )

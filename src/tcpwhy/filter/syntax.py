@@ -395,15 +395,9 @@ def tokenize(src: str) -> list[Token]:
         if i >= n:
             break
         c = src[i]
-        if c == '"' or (c in "rR" and src[i + 1 : i + 2] == '"'):
-            t = _string(src, i)
-            add(t)
-            if t.kind == ERROR:
-                return toks
-            i += t.length
-            continue
-        if c == "'":
-            t = _charconst(src, i)
+        quoted = c == '"' or (c in "rR" and src[i + 1 : i + 2] == '"')
+        if quoted or c == "'":
+            t = _string(src, i) if quoted else _charconst(src, i)
             add(t)
             if t.kind == ERROR:
                 return toks
@@ -675,6 +669,13 @@ class Parser:
         self.i += 1
         return t
 
+    def expect(self, kind: str) -> Token:
+        """The next token, which must be a `kind` (a closing bracket, say)."""
+        t = self.next()
+        if t.kind != kind:
+            raise self.unexpected(t)
+        return t
+
     def unexpected(self, t: Token) -> FilterError:
         if t.kind == EOF:
             return FilterError("Unexpected end of filter expression.")
@@ -720,9 +721,7 @@ class Parser:
         if t.kind == LPAREN:
             self.next()
             node = self.parse_or()
-            if self.peek().kind != RPAREN:
-                raise self.unexpected(self.peek())
-            self.next()
+            self.expect(RPAREN)
             return node
         how = ""
         if self.is_op("any", "all"):
@@ -767,10 +766,7 @@ class Parser:
         return Logic(lhs.pos, 0, "and", [first, rest])
 
     def parse_set(self, lhs: Node, in_tok: Token, how: str) -> InSet:
-        t = self.peek()
-        if t.kind != LBRACE:
-            raise self.unexpected(t)
-        self.next()
+        self.expect(LBRACE)
         node = InSet(in_tok.pos, in_tok.length, lhs, [], in_tok.text, how)
         while True:
             lo = self.parse_set_entity()
@@ -825,9 +821,7 @@ class Parser:
         if t.kind == LBRACE:
             self.next()
             inner = self.parse_arith()
-            if self.peek().kind != RBRACE:
-                raise self.unexpected(self.peek())
-            self.next()
+            self.expect(RBRACE)
             return inner
         return self.parse_entity()
 
@@ -877,9 +871,7 @@ class Parser:
         """Range nodes up to the closing bracket (the opening one consumed)."""
         out = []
         while True:
-            t = self.next()
-            if t.kind != RANGE:
-                raise self.unexpected(t)
+            t = self.expect(RANGE)
             out.append(parse_range(self.src, t))
             t = self.next()
             if t.kind == RBRACKET:
@@ -905,9 +897,7 @@ class Parser:
         return name
 
     def parse_reference(self, dollar: Token) -> Node:
-        t = self.next()
-        if t.kind != LBRACE:
-            raise self.unexpected(t)
+        self.expect(LBRACE)
         t = self.next()
         if t.kind == FIELD_TOK:
             name = self._field_name(t)
@@ -921,9 +911,7 @@ class Parser:
         else:
             raise self.unexpected(t)
         layers = self.parse_layer()
-        t = self.next()
-        if t.kind != RBRACE:
-            raise self.unexpected(t)
+        self.expect(RBRACE)
         return FieldRef(pos, length, name, layers, reference=True)
 
     def parse_call(self, name_tok: Token) -> Call:

@@ -32,6 +32,7 @@ table every TLS field is absent.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -197,6 +198,15 @@ def _absent(rows: Rows, strings: bool = False) -> list[Occ]:
     return [Occ(np.zeros(n, bool), ByteValues([b""] * n) if strings else np.zeros(n, np.int64))]
 
 
+def _unless_icmp(ex: Extract, strings: bool = False) -> Extract:
+    """`ex`, but absent on every row of an ICMP error table (its rows carry no stream bytes)."""
+
+    def guarded(ctx: FilterContext, rows: Rows) -> list[Occ]:
+        return _absent(rows, strings) if _is_icmp(ctx) else ex(ctx, rows)
+
+    return guarded
+
+
 def _calls(ctx: FilterContext, tt: TableTLS) -> _Calls:
     """`_Calls` of the table, vectorised over the rows of the TLS streams."""
     if tt.calls is not None:
@@ -319,8 +329,6 @@ def _proto_bytes(ctx: FilterContext, rows: Rows) -> list[Occ]:
     """The bytes of each ``tls`` item of the rows (for slices and ``len(tls)``): a
     segment's own bytes, or a record reassembled from the segments that carried it."""
     nr = len(rows)
-    if _is_icmp(ctx):
-        return _absent(rows, True)
     tt = table_tls(ctx)
     c = _calls(ctx, tt)
     t = ctx.table
@@ -373,8 +381,6 @@ def _records_field(what: str) -> Extract:
     """A per-record number: one occurrence per record of the frame that shows it."""
 
     def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
-        if _is_icmp(ctx):
-            return _absent(rows)
         tt = table_tls(ctx)
         r = tt.recs
         if what == "proto":
@@ -408,53 +414,48 @@ def _records_field(what: str) -> Extract:
     return ex
 
 
-def _hello_field(what: str) -> Extract:
-    """SNI (ClientHello) or ALPN names (either hello): one occurrence per name."""
+def _hello_items(
+    key: str,
+    items: Callable[[FilterContext, TableTLS, int, rec.Hello], list[bytes]],
+    number: Callable[[bytes], int] | None = None,
+) -> Extract:
+    """One occurrence per item `items` reads from each parsed hello, in record order: the
+    item's bytes, or `number` of them (cached per table under `key`)."""
 
     def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
-        if _is_icmp(ctx):
-            return _absent(rows, True)
         tt = table_tls(ctx)
-        p = tt.per_row.get(what)
+        p = tt.per_row.get(key)
         if p is None:
-            r = tt.recs
             idx: list[int] = []
             vals: list[bytes] = []
             for i, h in sorted(_hellos(ctx, tt).items()):
                 if h is None:
                     continue
-                if what == "sni":
-                    names = [h.sni] if h.sni is not None and int(r.hs[i]) == 1 else []
-                else:
-                    names = list(h.alpn)
-                for name in names:
+                for item in items(ctx, tt, i, h):
                     idx.append(i)
-                    vals.append(name)
-            # one pseudo-record per name, keeping the carrying record's row and order
-            sub = np.asarray(idx, np.int64)
-            p = _per_row_names(tt, what, sub, vals)
-        return _occs(p, rows, True)
+                    vals.append(item)
+            # one pseudo-record per item, keeping the carrying record's row and order
+            p = _per_row_names(tt, key, np.asarray(idx, np.int64), vals)
+            if number is not None:
+                nums = np.asarray([number(v) for v in p.values], np.int64)
+                p = tt.per_row[key] = _PerRow(p.first, p.count, nums)
+        return _occs(p, rows, number is None)
 
     return ex
 
 
-def _session_id_length() -> Extract:
-    """A hello's legacy session id length (0 to 32): one occurrence per hello."""
+def _sni(ctx: FilterContext, tt: TableTLS, i: int, h: rec.Hello) -> list[bytes]:
+    """The server name, of a ClientHello only."""
+    return [h.sni] if h.sni is not None and int(tt.recs.hs[i]) == 1 else []
 
-    def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
-        if _is_icmp(ctx):
-            return _absent(rows, False)
-        tt = table_tls(ctx)
-        p = tt.per_row.get("session_id_length")
-        if p is None:
-            hellos = [(i, h) for i, h in sorted(_hellos(ctx, tt).items()) if h is not None]
-            sub = np.asarray([i for i, _ in hellos], np.int64)
-            q = _per_row_names(tt, "session_id_length", sub, [h.session_id for _, h in hellos])
-            lengths = np.asarray([len(v) for v in q.values], np.int64)
-            p = tt.per_row["session_id_length"] = _PerRow(q.first, q.count, lengths)
-        return _occs(p, rows, False)
 
-    return ex
+def _alpn(ctx: FilterContext, tt: TableTLS, i: int, h: rec.Hello) -> list[bytes]:
+    return list(h.alpn)
+
+
+def _session_id(ctx: FilterContext, tt: TableTLS, i: int, h: rec.Hello) -> list[bytes]:
+    """The legacy session id (its length is the field: 0 to 32)."""
+    return [h.session_id]
 
 
 def extension_types(raw: bytes) -> list[int]:
@@ -486,29 +487,10 @@ def extension_types(raw: bytes) -> list[int]:
     return out
 
 
-def _extension_type() -> Extract:
-    """One occurrence per extension of each hello, in the hello's order."""
-
-    def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
-        if _is_icmp(ctx):
-            return _absent(rows, False)
-        tt = table_tls(ctx)
-        p = tt.per_row.get("extension_type")
-        if p is None:
-            idx: list[int] = []
-            vals: list[int] = []
-            for i, h in sorted(_hellos(ctx, tt).items()):
-                raw = rec.record_bytes(ctx.table, tt.recs, i) if h is not None else None
-                for et in extension_types(raw) if raw is not None else []:
-                    idx.append(i)
-                    vals.append(et)
-            sub = np.asarray(idx, np.int64)
-            q = _per_row_names(tt, "extension_type", sub, [v.to_bytes(2, "big") for v in vals])
-            types = np.asarray([int.from_bytes(v, "big") for v in q.values], np.int64)
-            p = tt.per_row["extension_type"] = _PerRow(q.first, q.count, types)
-        return _occs(p, rows, False)
-
-    return ex
+def _extensions(ctx: FilterContext, tt: TableTLS, i: int, h: rec.Hello) -> list[bytes]:
+    """The hello's extension types, in its order, as 2-byte items."""
+    raw = rec.record_bytes(ctx.table, tt.recs, i)
+    return [et.to_bytes(2, "big") for et in extension_types(raw)] if raw is not None else []
 
 
 def _per_row_names(tt: TableTLS, key: str, recs_idx: I64, names: list[bytes]) -> _PerRow:
@@ -536,17 +518,27 @@ for _name, _ftype, _ex, _bits in (
     ("tls.handshake.type", UINT, _records_field("handshake_type"), 8),
     ("tls.alert_message.level", UINT, _records_field("alert_level"), 8),
     ("tls.alert_message.desc", UINT, _records_field("alert_desc"), 8),
-    ("tls.handshake.extensions_server_name", STRING, _hello_field("sni"), 32),
-    ("tls.handshake.extensions_alpn_str", STRING, _hello_field("alpn"), 32),
-    ("tls.handshake.session_id_length", UINT, _session_id_length(), 16),
-    ("tls.handshake.extension.type", UINT, _extension_type(), 16),
+    ("tls.handshake.extensions_server_name", STRING, _hello_items("sni", _sni), 32),
+    ("tls.handshake.extensions_alpn_str", STRING, _hello_items("alpn", _alpn), 32),
+    (
+        "tls.handshake.session_id_length",
+        UINT,
+        _hello_items("session_id_length", _session_id, len),
+        16,
+    ),
+    (
+        "tls.handshake.extension.type",
+        UINT,
+        _hello_items("extension_type", _extensions, lambda v: int.from_bytes(v, "big")),
+        16,
+    ),
 ):
     FIELDS[_name] = Field(
         _name,
         _ftype,
-        _ex,
+        _unless_icmp(_ex, _ftype == STRING),
         _bits,
         frozenset({"streams"}),
         _COST,
-        _proto_bytes if _name == "tls" else None,
+        _unless_icmp(_proto_bytes, True) if _name == "tls" else None,
     )

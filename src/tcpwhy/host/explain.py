@@ -505,13 +505,12 @@ def _listen_ports(sockets: list[Socket], sysctls: Values | None) -> list[Finding
     ):
         port = ls.local_port
         in_range = rng and _in_range(port, sysctls) and not in_ports(port, reserved)
-        if in_range and ("range", port) not in seen:
-            seen.add(("range", port))
-            out.append(
-                Finding(
-                    "info",
+        held = [s for s in tw if s.local_port == port and _addr_match(ls.local_addr, s.local_addr)]
+        found: list[tuple[str, int, str]] = []
+        if in_range:
+            found.append(
+                (
                     "listener_in_ephemeral_range",
-                    f"listener {ls.local} {owner_label(ls)}",
                     1,
                     f"port {port} lies inside ip_local_port_range ({rng}) and is not in "
                     "ip_local_reserved_ports: a client connect() on this host may take it "
@@ -520,14 +519,10 @@ def _listen_ports(sockets: list[Socket], sysctls: Values | None) -> list[Finding
                     f"sysctl net.ipv4.ip_local_reserved_ports={port} (add to the list)",
                 )
             )
-        held = [s for s in tw if s.local_port == port and _addr_match(ls.local_addr, s.local_addr)]
-        if held and ("tw", port) not in seen:
-            seen.add(("tw", port))
-            out.append(
-                Finding(
-                    "info",
+        if held:
+            found.append(
+                (
                     "time_wait_on_listener",
-                    f"listener {ls.local} {owner_label(ls)}",
                     len(held),
                     f"{len(held)} TIME_WAIT sockets on listening port {port} (this side closed "
                     "those connections first; each stays 60 s): a restart whose new socket "
@@ -536,6 +531,13 @@ def _listen_ports(sockets: list[Socket], sysctls: Values | None) -> list[Finding
                     "SO_REUSEADDR); set SO_REUSEADDR on the listening socket",
                 )
             )
+        for kind, count, why in found:
+            # one finding of each kind per port, from its first listener
+            if (kind, port) not in seen:
+                seen.add((kind, port))
+                out.append(
+                    Finding("info", kind, f"listener {ls.local} {owner_label(ls)}", count, why)
+                )
     return out
 
 

@@ -212,44 +212,51 @@ def _keepalive_time(v: int, values: Values) -> list[str]:
     return notes
 
 
-def _syn_retries(v: int, values: Values) -> list[str]:
-    t = model_timeout(v, 1.0)
-    notes = [f"client: connect() to a silent address gives up after ~{human(t)}"]
-    if v >= 6:
-        notes.append(
-            Risk(
-                "long: set an application connect timeout rather than waiting for the kernel",
-                "info",
-            )
-        )
-    if v < 3:
-        notes.append(Risk("short: a few lost SYNs fail the connection"))
-    return notes
+def _retries(
+    first_rto: float,
+    gives_up: str,
+    short_below: int,
+    short: str,
+    long_from: int | None = None,
+    long: str = "",
+) -> NoteFn:
+    """The notes of a retransmission count: how long the retries last (`gives_up` has a
+    ``{}`` for it, from a first timeout of `first_rto` s), the risk of too few (below
+    `short_below`) and, from `long_from` on, of too many."""
+
+    def notes_for(v: int, values: Values) -> list[str]:
+        notes = [gives_up.format(human(model_timeout(v, first_rto)))]
+        if long_from is not None and v >= long_from:
+            notes.append(Risk(long, "info"))
+        if v < short_below:
+            notes.append(Risk(short))
+        return notes
+
+    return notes_for
 
 
-def _synack_retries(v: int, values: Values) -> list[str]:
-    t = model_timeout(v, 1.0)
-    notes = [f"server: a half-open connection is kept ~{human(t)} waiting for the final ACK"]
-    if v < 2:
-        notes.append(Risk("short: clients whose final ACK is lost fail"))
-    return notes
-
-
-def _retries2(v: int, values: Values) -> list[str]:
-    t = model_timeout(v, 0.2)
-    notes = [
-        f"a peer that stops ACKing data is declared dead after ~{human(t)} (TCPAbortOnTimeout)"
-    ]
-    if v >= 15:
-        notes.append(
-            Risk(
-                "long: requests hang for many minutes on a dead peer; TCP_USER_TIMEOUT per socket helps",
-                "info",
-            )
-        )
-    if v < 8:
-        notes.append(Risk("below RFC 1122's 100 s: short outages kill established connections"))
-    return notes
+_syn_retries = _retries(
+    1.0,
+    "client: connect() to a silent address gives up after ~{}",
+    3,
+    "short: a few lost SYNs fail the connection",
+    6,
+    "long: set an application connect timeout rather than waiting for the kernel",
+)
+_synack_retries = _retries(
+    1.0,
+    "server: a half-open connection is kept ~{} waiting for the final ACK",
+    2,
+    "short: clients whose final ACK is lost fail",
+)
+_retries2 = _retries(
+    0.2,
+    "a peer that stops ACKing data is declared dead after ~{} (TCPAbortOnTimeout)",
+    8,
+    "below RFC 1122's 100 s: short outages kill established connections",
+    15,
+    "long: requests hang for many minutes on a dead peer; TCP_USER_TIMEOUT per socket helps",
+)
 
 
 def _orphan_retries(v: int, values: Values) -> list[str]:

@@ -183,14 +183,7 @@ class Watcher:
                         f"now {lst.accept_queue}/{lst.accept_queue_max}",
                     )
                 )
-        lo = deltas.get("TcpExtListenOverflows", 0)
-        if lo:
-            alerts.append(
-                Alert(
-                    "listen_overflows",
-                    f"ListenOverflows +{lo}: {ctr.explain('TcpExtListenOverflows')}",
-                )
-            )
+        alerts += _moved("listen_overflows", "TcpExtListenOverflows", deltas)
         rs, out = deltas.get("TcpRetransSegs", 0), deltas.get("TcpOutSegs", 0)
         if rs >= RETRANS_MIN and out and rs / out >= RETRANS_RATIO:
             alerts.append(
@@ -200,12 +193,16 @@ class Watcher:
                     f"RTO timeouts +{deltas.get('TcpExtTCPTimeouts', 0)}",
                 )
             )
-        syn = deltas.get("TcpExtTCPSynRetrans", 0)
-        if syn:
-            alerts.append(
-                Alert("syn_retrans", f"TCPSynRetrans +{syn}: {ctr.explain('TcpExtTCPSynRetrans')}")
-            )
+        alerts += _moved("syn_retrans", "TcpExtTCPSynRetrans", deltas)
         return alerts
+
+
+def _moved(kind: str, name: str, deltas: dict[str, int]) -> list[Alert]:
+    """An alert when counter `name` moved in the interval, with what its move means."""
+    n = deltas.get(name, 0)
+    if not n:
+        return []
+    return [Alert(kind, f"{name.removeprefix('TcpExt')} +{n}: {ctr.explain(name)}")]
 
 
 def spark(values: list[int]) -> str:

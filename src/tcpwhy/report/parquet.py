@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from tcpwhy.decode.table import CaptureStats
     from tcpwhy.filter import DisplayFilter
     from tcpwhy.tcp.records import ConnColumns, RecordOptions
+    from tcpwhy.views import Batch
 
 
 def require_pyarrow() -> Any:
@@ -311,13 +313,21 @@ def write_conns_parquet(
     """The connection records of a capture into a Parquet file; the rows written."""
     from tcpwhy.views import connection_batches
 
+    return _write_conns(
+        path,
+        lambda: connection_batches(
+            [source], [stats], flt, record_options=record_options, **options
+        )[1],
+    )
+
+
+def _write_conns(path: str, batches: Callable[[], Iterable[Batch]]) -> int:
+    """Connection records into a Parquet file, put in place only when every batch was
+    written (`batches` is called once the file is open); the rows written."""
     sink = ParquetSink(path, conn_schema())
     ok = False
     try:
-        _, batches = connection_batches(
-            [source], [stats], flt, record_options=record_options, **options
-        )
-        for _, c, _ in batches:
+        for _, c, _ in batches():
             sink.write(conn_table(c))
         ok = True
     finally:
@@ -716,18 +726,13 @@ def write_point(
     )
     ordered = [p for _, p in sorted(_first_ts(f) for f in files)]
     ropts = RecordOptions(uid_seed=point_seed(run_seed, point))
-    sink = ParquetSink(os.path.join(dirs["connections"], "part-0.parquet"), conn_schema())
-    ok = False
-    try:
-        # the records as `conns --format parquet` has them: the point's files one capture
-        stats = [CaptureStats() for _ in ordered]
-        _, batches = connection_batches(ordered, stats, record_options=ropts, rotated=True)
-        for _, c, _ in batches:
-            sink.write(conn_table(c))
-        ok = True
-    finally:
-        sink.close(ok)
-    return sink.rows
+    # the records as `conns --format parquet` has them: the point's files one capture
+    return _write_conns(
+        os.path.join(dirs["connections"], "part-0.parquet"),
+        lambda: connection_batches(
+            ordered, [CaptureStats() for _ in ordered], record_options=ropts, rotated=True
+        )[1],
+    )
 
 
 def check_outdir(outdir: str) -> str:

@@ -41,43 +41,69 @@ def render_svg(view: LadderView, highlight: set[int] | None = None, title: str =
     packet that changes a state, carries SYN/FIN/RST or an analysis flag is marked.
     """
     rows = view.rows
-    height = HEAD + ROW * len(rows) + FOOT
-    o: list[str] = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="ladder" width="{WIDTH}" '
-        f'height="{height}" viewBox="0 0 {WIDTH} {height}" role="img" '
+    bottom = HEAD + ROW * len(rows)
+    o = _start("ladder", WIDTH, bottom + FOOT, title, "lad-arr")
+    o.append(_heads(view, CLIENT_X, SERVER_X, 16, 40))
+    o += _lifelines(CLIENT_X, SERVER_X, 24, bottom)
+    for k, r in enumerate(rows):
+        o.append(_row(r, HEAD + ROW * k, highlight))
+    o.append(_finals(view, bottom))
+    o.append("</svg>")
+    return "".join(o)
+
+
+def _start(cls: str, width: int, height: int, title: str, marker: str) -> list[str]:
+    """A ladder's opening: the <svg> element, its title, and the arrowhead `marker`."""
+    o = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="{cls}" width="{width}" '
+        f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
         f'font-family="ui-monospace, SFMono-Regular, Menlo, Consolas, monospace" font-size="12">'
     ]
     if title:
         o.append(f"<title>{_esc(title)}</title>")
     o.append(
-        '<defs><marker id="lad-arr" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
+        f'<defs><marker id="{marker}" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
         'markerHeight="7" orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" '
         'fill="context-stroke"/></marker></defs>'
     )
-    o.append(
-        f'<text x="{TIME_X}" y="16" class="lad-h">time (s)</text>'
-        f'<text x="{FRAME_X}" y="16" text-anchor="end" class="lad-h">frame</text>'
-        f'<text x="{CLIENT_X}" y="16" text-anchor="middle" class="lad-h lad-ep">'
-        f"{_esc(view.client)}</text>"
-        f'<text x="{SERVER_X}" y="16" text-anchor="middle" class="lad-h lad-ep">'
-        f"{_esc(view.server)}</text>"
-        f'<text x="{CLIENT_X - 8}" y="40" text-anchor="end" class="lad-st">'
-        f"{_esc(view.client_start)}</text>"
-        f'<text x="{SERVER_X + 8}" y="40" class="lad-st">{_esc(view.server_start)}</text>'
+    return o
+
+
+def _heads(
+    view: LadderView | PairView, cx: int, sx: int, y: int, y_state: int, right_x: int = 0
+) -> str:
+    """The column headings at `y` (with a right-hand time/frame column at `right_x` when
+    there is one), the two ends' names above their lifelines and their starting states."""
+    right = (
+        f'<text x="{right_x}" y="{y}" text-anchor="end" class="lad-h">time (s) / frame</text>'
+        if right_x
+        else ""
     )
-    bottom = HEAD + ROW * len(rows)
-    for x in (CLIENT_X, SERVER_X):
-        o.append(
-            f'<line x1="{x}" y1="24" x2="{x}" y2="{bottom + 6}" stroke="#888" stroke-width="2"/>'
-        )
-    for k, r in enumerate(rows):
-        o.append(_row(r, HEAD + ROW * k, highlight))
-    o.append(
+    return (
+        f'<text x="{TIME_X}" y="{y}" class="lad-h">time (s)</text>'
+        f'<text x="{FRAME_X}" y="{y}" text-anchor="end" class="lad-h">frame</text>{right}'
+        f'<text x="{cx}" y="{y}" text-anchor="middle" class="lad-h lad-ep">'
+        f"{_esc(view.client)}</text>"
+        f'<text x="{sx}" y="{y}" text-anchor="middle" class="lad-h lad-ep">'
+        f"{_esc(view.server)}</text>"
+        f'<text x="{cx - 8}" y="{y_state}" text-anchor="end" class="lad-st">'
+        f"{_esc(view.client_start)}</text>"
+        f'<text x="{sx + 8}" y="{y_state}" class="lad-st">{_esc(view.server_start)}</text>'
+    )
+
+
+def _lifelines(cx: int, sx: int, top: int, bottom: int) -> list[str]:
+    return [
+        f'<line x1="{x}" y1="{top}" x2="{x}" y2="{bottom + 6}" stroke="#888" stroke-width="2"/>'
+        for x in (cx, sx)
+    ]
+
+
+def _finals(view: LadderView | PairView, bottom: int) -> str:
+    return (
         f'<text x="{TIME_X}" y="{bottom + 24}" class="lad-final">final states at end of capture: '
         f"client {_esc(view.client_final)}, server {_esc(view.server_final)}</text>"
     )
-    o.append("</svg>")
-    return "".join(o)
 
 
 def _row(r: LadderRow, y: int, highlight: set[int] | None) -> str:
@@ -171,18 +197,7 @@ def render_pair_svg(view: PairView, title: str = "") -> str:
     ev = events(view)
     height = HEAD + 20 + ROW * len(ev) + FOOT + 20
     y0 = HEAD + 20
-    o: list[str] = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="ladder ladder-pair" width="{width}" '
-        f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
-        f'font-family="ui-monospace, SFMono-Regular, Menlo, Consolas, monospace" font-size="12">'
-    ]
-    if title:
-        o.append(f"<title>{_esc(title)}</title>")
-    o.append(
-        '<defs><marker id="lad-arr2" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
-        'markerHeight="7" orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" '
-        'fill="context-stroke"/></marker></defs>'
-    )
+    o = _start("ladder ladder-pair", width, height, title, "lad-arr2")
     off = (
         "clock offset unknown"
         if view.clock_offset_ms is None
@@ -192,22 +207,10 @@ def render_pair_svg(view: PairView, title: str = "") -> str:
     o.append(
         f'<text x="{TIME_X}" y="14" class="lad-h">{_esc(view.client_point)} (client side) ⇄ '
         f"{_esc(view.server_point)} (server side)</text>"
-        f'<text x="{TIME_X}" y="34" class="lad-h">time (s)</text>'
-        f'<text x="{FRAME_X}" y="34" text-anchor="end" class="lad-h">frame</text>'
-        f'<text x="{width - TIME_X}" y="34" text-anchor="end" class="lad-h">time (s) / frame</text>'
-        f'<text x="{cx}" y="34" text-anchor="middle" class="lad-h lad-ep">'
-        f"{_esc(view.client)}</text>"
-        f'<text x="{sx}" y="34" text-anchor="middle" class="lad-h lad-ep">'
-        f"{_esc(view.server)}</text>"
-        f'<text x="{cx - 8}" y="{y0 - 6}" text-anchor="end" class="lad-st">'
-        f"{_esc(view.client_start)}</text>"
-        f'<text x="{sx + 8}" y="{y0 - 6}" class="lad-st">{_esc(view.server_start)}</text>'
     )
+    o.append(_heads(view, cx, sx, 34, y0 - 6, right_x=width - TIME_X))
     bottom = y0 + ROW * len(ev)
-    for x in (cx, sx):
-        o.append(
-            f'<line x1="{x}" y1="42" x2="{x}" y2="{bottom + 6}" stroke="#888" stroke-width="2"/>'
-        )
+    o += _lifelines(cx, sx, 42, bottom)
     row_of: dict[tuple[int, bool], int] = {(k, arr): r for r, (_, k, arr) in enumerate(ev)}
     for r, (t, k, arrival) in enumerate(ev):  # times and states at each end
         a = view.arrows[k]
@@ -278,10 +281,7 @@ def render_pair_svg(view: PairView, title: str = "") -> str:
         )
         parts.append("</g>")
         o.append("".join(parts))
-    o.append(
-        f'<text x="{TIME_X}" y="{bottom + 24}" class="lad-final">final states at end of capture: '
-        f"client {_esc(view.client_final)}, server {_esc(view.server_final)}</text>"
-        f'<text x="{TIME_X}" y="{bottom + 42}" class="lad-final">{_esc(off)}</text>'
-    )
+    o.append(_finals(view, bottom))
+    o.append(f'<text x="{TIME_X}" y="{bottom + 42}" class="lad-final">{_esc(off)}</text>')
     o.append("</svg>")
     return "".join(o)
