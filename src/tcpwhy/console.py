@@ -22,6 +22,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.progress import ProgressColumn
 
 COLOR_CHOICES = ("auto", "always", "never")
 REPORT_WIDTH = 100
@@ -101,19 +102,29 @@ def step_progress(on: bool) -> Iterator[Callable[[str, int | None, int | None], 
     if not on:
         yield None
         return
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn
+    from rich.progress import BarColumn, SpinnerColumn, TaskProgressColumn, TextColumn
 
-    with Progress(
+    columns = (
         SpinnerColumn(),
         TextColumn("tcpwhy: {task.description}"),
         BarColumn(),
         TaskProgressColumn(),
-        console=make_console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("starting", total=None)
+    )
+    with stderr_progress("starting", *columns) as bar:
 
         def update(step: str, done: int | None, total: int | None) -> None:
-            bar.update(task, description=step, completed=done or 0, total=total)
+            bar(description=step, completed=done or 0, total=total)
 
         yield update
+
+
+@contextmanager
+def stderr_progress(description: str, *columns: ProgressColumn) -> Iterator[Callable[..., None]]:
+    """A transient rich progress bar on stderr of one task, its total not yet known: how
+    ``analyze``'s steps and a fleet's capture points are drawn. Yields the task's update
+    (`Progress.update`'s keywords: ``completed``, ``total``, ``description``)."""
+    from rich.progress import Progress
+
+    with Progress(*columns, console=make_console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda **fields: bar.update(task, **fields)

@@ -555,19 +555,13 @@ def _bar(always: bool = False) -> Iterator[Callable[[int, int], None] | None]:
     if not always and not sys.stderr.isatty():
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
-    from tcpwhy.console import make_console
+    from tcpwhy.console import stderr_progress
 
-    with Progress(
-        TextColumn("tcpwhy: capture points"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=make_console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("points", total=None)
-        yield lambda done, n: bar.update(task, completed=done, total=n)
+    columns = (TextColumn("tcpwhy: capture points"), BarColumn(), MofNCompleteColumn())
+    with stderr_progress("points", *columns) as bar:
+        yield lambda done, n: bar(completed=done, total=n)
 
 
 def cmd_fleet(args: Any) -> int:

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import textwrap
+from dataclasses import fields
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -98,14 +99,8 @@ def run(args: argparse.Namespace) -> int:
     where = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(where):  # before the namespaces are made and the scenario plays
         raise TcpwhyError(out, f"no such directory: {where}")
-    opts = Options(
-        ipv6=args.ipv6,
-        port=args.port,
-        count=args.count,
-        idle=args.idle,
-        timeout=args.timeout,
-        delay=args.delay,
-    )
+    # each of the scenarios' knobs is the option of the same name (-6: dest="ipv6")
+    opts = Options(**{f.name: getattr(args, f.name) for f in fields(Options)})
     old = signal.signal(signal.SIGTERM, _on_term)
     try:
         from tcpwhy.watch.lab import start as start_watch
