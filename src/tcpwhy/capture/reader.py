@@ -17,7 +17,7 @@ import sys
 import zlib
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -551,6 +551,22 @@ def iter_tables(
 _DONE = object()
 
 
+_Ng = TypeVar("_Ng", bound="_PcapngParser")
+
+
+def _parser_of(src: _Source, head: bytes, pcapng: type[_Ng]) -> tuple[_PcapParser | _Ng, bytes]:
+    """The parser of a capture that starts with `head`, and the bytes of `head` it has yet to
+    parse: the one place a file is told to be pcap, pcapng (parsed by `pcapng`) or neither."""
+    if not head:
+        raise CaptureError(src.name, "empty file, not a capture")
+    if head[:4] in PCAP_MAGICS:
+        return _PcapParser(src.name, head), head[24:]
+    if head[:4] == PCAPNG_SHB:
+        return pcapng(src.name), head
+    what = "gzip-compressed data" if src.compressed else "data"
+    raise CaptureError(src.name, f"not a pcap or pcapng capture ({what} starting {head[:4].hex()})")
+
+
 class _Stopped(Exception):
     """The caller stopped reading: the reading thread ends."""
 
@@ -694,18 +710,7 @@ def _iter(
         head = _read_head(src)
     except _CompressedTruncated as exc:
         raise CaptureError(name, f"corrupt gzip stream ({exc})") from None
-    if not head:
-        raise CaptureError(name, "empty file, not a capture")
-    parser: _PcapParser | _PcapngParser
-    if head[:4] in PCAP_MAGICS:
-        parser = _PcapParser(name, head)
-        leftover = head[24:]
-    elif head[:4] == PCAPNG_SHB:
-        parser = _PcapngParser(name)
-        leftover = head
-    else:
-        what = "gzip-compressed data" if src.compressed else "data"
-        raise CaptureError(name, f"not a pcap or pcapng capture ({what} starting {head[:4].hex()})")
+    parser, leftover = _parser_of(src, head, _PcapngParser)
     stats.linktypes |= parser.linktypes
     counts = np.zeros(K.N_STATUS, np.int64)
     consumed = parser.header_len if isinstance(parser, _PcapParser) else 0
@@ -935,25 +940,12 @@ def iter_records(source: str, stats: CaptureStats | None = None) -> Iterator[Rec
     stats = stats if stats is not None else CaptureStats()
     src = _Source(source)
     try:
-        name = src.name
         head = _read_head(src)
-        if not head:
-            raise CaptureError(name, "empty file, not a capture")
-        parser: _PcapParser | _RecordPcapngParser
-        if head[:4] in PCAP_MAGICS:
-            parser = _PcapParser(name, head)
+        parser, leftover = _parser_of(src, head, _RecordPcapngParser)
+        if isinstance(parser, _PcapParser):
             e = "<" if parser.le else ">"
             snap, link = struct.unpack(e + "II", head[16:24])
             pcap_if = [Interface(link & 0xFFFF, snap, 9 if parser.nanos else 6)]
-            leftover = head[24:]
-        elif head[:4] == PCAPNG_SHB:
-            parser = _RecordPcapngParser(name)
-            leftover = head
-        else:
-            what = "gzip-compressed data" if src.compressed else "data"
-            raise CaptureError(
-                name, f"not a pcap or pcapng capture ({what} starting {head[:4].hex()})"
-            )
         recs = _Records.alloc(MAX_ROWS_PER_TABLE)
         frame = 1
         eof = False

@@ -325,22 +325,7 @@ class PacketTable:
         if len(tables) == 1 and _is_compact(tables[0]) and tables[0].icmp is icmp:
             return tables[0]
         cols = {k: np.concatenate([t.cols[k] for t in tables]) for k in COLUMNS}
-        caps = cols["payload_cap"].astype(np.int64)
-        new_off = np.zeros(len(caps), np.int64)
-        np.cumsum(caps[:-1], out=new_off[1:])
-        data = np.empty(int(caps.sum()), np.uint8)
-        start = 0
-        for t in tables:
-            n = len(t)
-            _gather(
-                t.data,
-                t.cols["payload_off"],
-                t.cols["payload_cap"],
-                data,
-                new_off[start : start + n],
-            )
-            start += n
-        cols["payload_off"] = new_off.astype(np.uint64)
+        data = compact_payloads(cols, [(t.data, t.cols["payload_off"]) for t in tables])
         return PacketTable(cols, data, icmp)
 
 
@@ -374,18 +359,7 @@ def join_icmp(based: Sequence[tuple[int, PacketTable]]) -> PacketTable | None:
         return parts[0]
     names = [k for k in parts[0].cols if k in COLUMNS or k in ICMP_COLUMNS]
     cols = {k: np.concatenate([p.cols[k] for p in parts]) for k in names}
-    caps = cols["payload_cap"].astype(np.int64)
-    new_off = np.zeros(len(caps), np.int64)
-    np.cumsum(caps[:-1], out=new_off[1:])
-    data = np.empty(int(caps.sum()), np.uint8)
-    start = 0
-    for p in parts:
-        n = len(p)
-        _gather(
-            p.data, p.cols["payload_off"], p.cols["payload_cap"], data, new_off[start : start + n]
-        )
-        start += n
-    cols["payload_off"] = new_off.astype(np.uint64)
+    data = compact_payloads(cols, [(p.data, p.cols["payload_off"]) for p in parts])
     return PacketTable(cols, data)
 
 
@@ -500,6 +474,31 @@ def shift_offsets(off: npt.NDArray[Any], by: int) -> npt.NDArray[Any]:
 
 def _is_compact(t: PacketTable) -> bool:
     return int(t.cols["payload_cap"].astype(np.int64).sum()) == t.data.shape[0]
+
+
+def compact_payloads(
+    cols: dict[str, npt.NDArray[Any]],
+    sources: Sequence[tuple[npt.NDArray[np.uint8], npt.NDArray[Any]]],
+) -> npt.NDArray[np.uint8]:
+    """The payload bytes of joined rows in one new buffer, each row's after the row before:
+    the one place tables are compacted (joins, takes, slim copies). `cols` holds the joined
+    rows: their ``payload_cap`` is read and their ``payload_off`` set to the new offsets.
+    `sources`: part by part, in row order, the bytes and the old offsets of its rows."""
+    from tcpwhy.decode.kernels import gather_bytes
+
+    caps = cols["payload_cap"].astype(np.int64)
+    off = np.zeros(len(caps), np.int64)
+    if len(caps):
+        np.cumsum(caps[:-1], out=off[1:])
+    data = np.empty(int(caps.sum()), np.uint8)
+    at = 0
+    for src, offs in sources:
+        n = len(offs)
+        if n:
+            gather_bytes(src, offs.astype(np.int64), caps[at : at + n], data, off[at : at + n])
+        at += n
+    cols["payload_off"] = off.astype(np.uint64)
+    return data
 
 
 def _gather(

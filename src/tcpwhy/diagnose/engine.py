@@ -23,6 +23,7 @@ from tcpwhy.capture import iter_tables
 from tcpwhy.decode.table import (
     CaptureStats,
     PacketTable,
+    compact_payloads,
     concat_icmp,
     icmp_kept,
     join_icmp,
@@ -324,7 +325,7 @@ def _slim(t: PacketTable) -> PacketTable:
         cols["frame"] = frame.astype(np.uint32)
     out = t.in_file(cols)
     if out is None:
-        out = _with_compact_payload(cols, [t])
+        out = PacketTable(cols, compact_payloads(cols, [(t.data, t.cols["payload_off"])]))
     out.icmp = t.icmp  # ICMP errors about TCP: a copy already, and few
     return out
 
@@ -599,30 +600,6 @@ def _join(parts: list[PacketTable], free: bool = False) -> PacketTable:
             if j % TRIM_EVERY == TRIM_EVERY - 1:
                 release_freed()  # else every part's bytes stay in the heap beside the copy
     return PacketTable(cols, data, icmp)
-
-
-def _with_compact_payload(cols: dict[str, np.ndarray], parts: list[PacketTable]) -> PacketTable:
-    """`cols` (the parts' rows, in order) with their payload bytes gathered into one buffer."""
-    from tcpwhy.decode.kernels import gather_bytes
-
-    caps = cols["payload_cap"].astype(np.int64)
-    new_off = np.zeros(len(caps), np.int64)
-    if len(caps):
-        np.cumsum(caps[:-1], out=new_off[1:])
-    data = np.empty(int(caps.sum()), np.uint8)
-    start = 0
-    for t in parts:
-        n = len(t.cols["payload_cap"])
-        gather_bytes(
-            t.data,
-            t.cols["payload_off"].astype(np.int64),
-            t.cols["payload_cap"].astype(np.int64),
-            data,
-            new_off[start : start + n],
-        )
-        start += n
-    cols["payload_off"] = new_off.astype(np.uint64)
-    return PacketTable(cols, data)
 
 
 @functools.cache

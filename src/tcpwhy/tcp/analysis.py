@@ -90,6 +90,21 @@ def _le(a: Any, b: Any) -> Any:
     return np.int32(np.uint32(a) - np.uint32(b)) <= 0
 
 
+@njit(cache=True, inline="always")
+def _free_list(seg_head: Any, seg_count: Any, pool_link: Any, free_head: int, k: Any) -> int:
+    """Direction `k`'s unacknowledged segments back to the pool's free list (a new stream on
+    the slot, a resent SYN); returns the list's new head."""
+    q = seg_head[k]
+    while q >= 0:
+        nq = pool_link[q]
+        pool_link[q] = free_head
+        free_head = q
+        q = nq
+    seg_head[k] = -1
+    seg_count[k] = 0
+    return free_head
+
+
 @kernel(
     f"i8[:] i8[:] i8[:] {array_types(COLUMNS, ('seq', 'ack', 'payload_len'))} i8[:] i1[:] "
     f"{array_types(COLUMNS, ('ts_ns',))} i8[:] b1[:] b1[:] u4[:] i8[:] u4[:] u4[:] i8[:] i8[:] "
@@ -164,14 +179,7 @@ def _analyze(
                 lastnondup[k] = 0
                 lastflags[k] = 0
                 valid_bif[k] = True
-                q = seg_head[k]
-                while q >= 0:
-                    nq = pool_link[q]
-                    pool_link[q] = free_head
-                    free_head = q
-                    q = nq
-                seg_head[k] = -1
-                seg_count[k] = 0
+                free_head = _free_list(seg_head, seg_count, pool_link, free_head, k)
             mru_syn[su] = 0
             first_rtt[su] = 0
             last_ts[su] = -1
@@ -305,14 +313,7 @@ def _analyze(
                     a |= A_RETRANS
         if (f & (SYN | ACK)) == SYN:
             # a (re)sent SYN restarts the handshake: earlier SYN-ACKs are not waiting for an ACK
-            k = seg_head[ru]
-            while k >= 0:
-                nk2 = pool_link[k]
-                pool_link[k] = free_head
-                free_head = k
-                k = nk2
-            seg_head[ru] = -1
-            seg_count[ru] = 0
+            free_head = _free_list(seg_head, seg_count, pool_link, free_head, ru)
         nxt = np.uint32(sq + sl)
         if (sl > 0 or (f & (SYN | FIN))) and seg_count[fu] < MAX_UNACKED:
             if f & (SYN | FIN):

@@ -276,27 +276,15 @@ def _derive(
 
 
 @njit(cache=True, _nrt=False)
-def _step(
-    tl_conn: Any,
-    tl_side: Any,
-    tl_state: Any,
-    tl_ts: Any,
-    tl_frame: Any,
-    tl_event: Any,
-    k: int,
-    c: int,
-    side: int,
-    state: int,
-    ts: int,
-    frame: Any,
-    event: int,
-) -> None:
-    tl_conn[k] = c
-    tl_side[k] = side
-    tl_state[k] = state
-    tl_ts[k] = ts
-    tl_frame[k] = frame
-    tl_event[k] = event
+def _step(tl: Any, k: int, c: int, side: int, state: int, ts: int, frame: Any, event: int) -> None:
+    """Step `k` of the flat timeline `tl` (its conn, side, state, ts, frame, event arrays)."""
+    conn_, side_, state_, ts_, frame_, event_ = tl
+    conn_[k] = c
+    side_[k] = side
+    state_[k] = state
+    ts_[k] = ts
+    frame_[k] = frame
+    event_[k] = event
 
 
 @njit(cache=True, _nrt=False)
@@ -308,19 +296,13 @@ def _apply(
     ts: int,
     frame: Any,
     time_wait_ns: int,
-    sv: Any,
-    final: Any,
-    last: Any,
-    unexp: Any,
-    tl_conn: Any,
-    tl_side: Any,
-    tl_state: Any,
-    tl_ts: Any,
-    tl_frame: Any,
-    tl_event: Any,
+    ep: Any,
+    tl: Any,
     k: int,
 ) -> int:
-    """Endpoint._apply: one event through NEXT; returns the steps written so far."""
+    """Endpoint._apply: one event through NEXT; returns the steps written so far. `ep`: the
+    scratch values and the per-connection arrays (sv, final, last, unexpected)."""
+    sv, final, last, unexp = ep
     new = np.int64(nxt[np.int64(final[c, side]), ev])
     if new == _UNEXPECTED:
         unexp[c, side] += 1
@@ -329,37 +311,19 @@ def _apply(
         return k
     final[c, side] = new
     sv[_DEADLINE, side] = ts + time_wait_ns if new == _TIME_WAIT else _NO_DEADLINE
-    _step(tl_conn, tl_side, tl_state, tl_ts, tl_frame, tl_event, k, c, side, new, ts, frame, ev)
+    _step(tl, k, c, side, new, ts, frame, ev)
     last[c, side] = k
     return k + 1
 
 
 @njit(cache=True, _nrt=False)
 def _advance(
-    nxt: Any,
-    c: int,
-    side: int,
-    now: int,
-    time_wait_ns: int,
-    sv: Any,
-    final: Any,
-    last: Any,
-    unexp: Any,
-    tl_conn: Any,
-    tl_side: Any,
-    tl_state: Any,
-    tl_ts: Any,
-    tl_frame: Any,
-    tl_event: Any,
-    k: int,
+    nxt: Any, c: int, side: int, now: int, time_wait_ns: int, ep: Any, tl: Any, k: int
 ) -> int:
     """Endpoint.advance: the 2MSL timer fires, dated at its deadline, if it is due by `now`."""
-    deadline = sv[_DEADLINE, side]
+    deadline = ep[0][_DEADLINE, side]
     if deadline != _NO_DEADLINE and now >= deadline:
-        k = _apply(
-            nxt, c, side, _TIMEOUT_2MSL, deadline, 0, time_wait_ns, sv, final, last, unexp,
-            tl_conn, tl_side, tl_state, tl_ts, tl_frame, tl_event, k,
-        )  # fmt: skip
+        k = _apply(nxt, c, side, _TIMEOUT_2MSL, deadline, 0, time_wait_ns, ep, tl, k)
     return k
 
 
@@ -416,6 +380,8 @@ def run_many(
     """
     nconn = offsets.shape[0] - 1
     cap = tl_conn.shape[0]
+    ep = (sv, final, last, unexp)
+    tl = (tl_conn, tl_side, tl_state, tl_ts, tl_frame, tl_event)
     for c in range(first, nconn):
         a = offsets[c]
         b = offsets[c + 1]
@@ -447,7 +413,7 @@ def run_many(
             final[c, sd] = st
             unexp[c, sd] = 0
             sv[_DEADLINE, sd] = t0 + time_wait_ns if st == _TIME_WAIT else _NO_DEADLINE
-            _step(tl_conn, tl_side, tl_state, tl_ts, tl_frame, tl_event, k, c, sd, st, t0, f0, -1)
+            _step(tl, k, c, sd, st, t0, f0, -1)
             last[c, sd] = k
             k += 1
         for e in range(ne):
@@ -456,20 +422,11 @@ def run_many(
             row = ev_row[e]
             # Endpoint.handle: a timer due by this event's time fires first
             if ev != _TIMEOUT_2MSL:
-                k = _advance(
-                    nxt, c, side, ts[row], time_wait_ns, sv, final, last, unexp,
-                    tl_conn, tl_side, tl_state, tl_ts, tl_frame, tl_event, k,
-                )  # fmt: skip
-            k = _apply(
-                nxt, c, side, ev, ts[row], frame[row], time_wait_ns, sv, final, last, unexp,
-                tl_conn, tl_side, tl_state, tl_ts, tl_frame, tl_event, k,
-            )  # fmt: skip
+                k = _advance(nxt, c, side, ts[row], time_wait_ns, ep, tl, k)
+            k = _apply(nxt, c, side, ev, ts[row], frame[row], time_wait_ns, ep, tl, k)
         if end_ns[c] >= 0:
             for sd in range(2):
-                k = _advance(
-                    nxt, c, sd, end_ns[c], time_wait_ns, sv, final, last, unexp,
-                    tl_conn, tl_side, tl_state, tl_ts, tl_frame, tl_event, k,
-                )  # fmt: skip
+                k = _advance(nxt, c, sd, end_ns[c], time_wait_ns, ep, tl, k)
     tl_off[nconn] = k
     return nconn, k
 

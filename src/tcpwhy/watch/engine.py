@@ -34,6 +34,19 @@ F_SETPIPE_SZ = 1031
 PIPE_BYTES = 1 << 20  # /proc/sys/fs/pipe-max-size's default
 
 
+def terminate(p: subprocess.Popen[Any], timeout_s: float) -> None:
+    """End a child process of ours by its PID: SIGTERM, so that it can say its last (the
+    capture's statistics), then SIGKILL after `timeout_s`."""
+    if p.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 class TcpdumpEngine:
     def __init__(self, iface: str, bpf: str, snaplen: int, buffer_kib: int = 32768) -> None:
         self.iface = iface
@@ -148,12 +161,5 @@ class TcpdumpEngine:
         p = self.proc
         if p is None:
             return
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        terminate(p, 5)
         time.sleep(0.05)  # the stderr thread reads the last statistics

@@ -7,9 +7,7 @@ PID with SIGTERM after the scenario, once the last connections' linger has passe
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +15,7 @@ from collections.abc import Callable
 
 from tcpwhy.errors import EnvironmentProblem
 from tcpwhy.lab.env import CLIENT_IF, Lab
+from tcpwhy.watch.engine import terminate
 
 LINGER_S = 2.5  # a FIN-closed connection's findings come after its linger (tracker.Limits)
 
@@ -44,13 +43,7 @@ def start(lab: Lab, fmt: str = "text") -> Callable[[], None]:
 
     def stop() -> None:
         time.sleep(LINGER_S)
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 30)
         assert proc.stderr is not None
         sys.stderr.write(proc.stderr.read().decode(errors="replace"))
 

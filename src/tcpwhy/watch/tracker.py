@@ -19,8 +19,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.decode.kernels import gather_bytes
-from tcpwhy.decode.table import ACK, FIN, RST, SYN, PacketTable, concat_icmp, icmp_kept
+from tcpwhy.decode.table import (
+    ACK,
+    FIN,
+    RST,
+    SYN,
+    PacketTable,
+    compact_payloads,
+    concat_icmp,
+    icmp_kept,
+)
 from tcpwhy.diagnose.engine import DIAGNOSIS_COLUMNS
 from tcpwhy.tcp.streams import pair_hashes
 
@@ -67,14 +75,7 @@ def take_compact(
         cols["payload_cap"] = np.minimum(cols["payload_cap"], payload_bytes).astype(
             cols["payload_cap"].dtype
         )
-    caps = cols["payload_cap"].astype(np.int64)
-    off = np.zeros(len(caps), np.int64)
-    if len(caps):
-        np.cumsum(caps[:-1], out=off[1:])
-    data = np.empty(int(caps.sum()), np.uint8)
-    gather_bytes(t.data, cols["payload_off"].astype(np.int64), caps, data, off)
-    cols["payload_off"] = off.astype(np.uint64)
-    out = PacketTable(cols, data)
+    out = PacketTable(cols, compact_payloads(cols, [(t.data, cols["payload_off"])]))
     if t.icmp is not None and len(t.icmp):
         if keep is None:
             out.icmp = t.icmp
@@ -100,22 +101,7 @@ def concat_slim(parts: list[PacketTable]) -> PacketTable:
             {k: np.zeros(0, np.int64) for k in DIAGNOSIS_COLUMNS}, np.zeros(0, np.uint8), icmp
         )
     cols = {k: np.concatenate([p.cols[k] for p in parts]) for k in DIAGNOSIS_COLUMNS}
-    caps = cols["payload_cap"].astype(np.int64)
-    off = np.zeros(len(caps), np.int64)
-    np.cumsum(caps[:-1], out=off[1:])
-    data = np.empty(int(caps.sum()), np.uint8)
-    start = 0
-    for p in parts:
-        n = len(p)
-        gather_bytes(
-            p.data,
-            p.cols["payload_off"].astype(np.int64),
-            p.cols["payload_cap"].astype(np.int64),
-            data,
-            off[start : start + n],
-        )
-        start += n
-    cols["payload_off"] = off.astype(np.uint64)
+    data = compact_payloads(cols, [(p.data, p.cols["payload_off"]) for p in parts])
     return PacketTable(cols, data, icmp)
 
 
@@ -148,23 +134,13 @@ def take_many(items: list[Pick]) -> PacketTable:
                     np.take(t.cols[k], i, out=out[at : at + m])
             at += m
         cols[k] = out
-    caps = cols["payload_cap"].astype(np.int64)
-    off = np.zeros(total, np.int64)
-    if total:
-        np.cumsum(caps[:-1], out=off[1:])
-    data = np.empty(int(caps.sum()), np.uint8)
-    at = 0
+    old_off = cols["payload_off"]  # each part's rows, in turn
+    parts = [
+        (t.data, old_off[a - m : a]) for (t, _, _), m, a in zip(items, n, np.cumsum(n), strict=True)
+    ]
+    data = compact_payloads(cols, parts)
     shells = []
-    for (t, sel, isel), i, m in zip(items, idx, n, strict=True):
-        if m:
-            src_off = t.cols["payload_off"] if i is None else t.cols["payload_off"][i]
-            gather_bytes(
-                t.data,
-                src_off.astype(np.int64),
-                caps[at : at + m],
-                data,
-                off[at : at + m],
-            )
+    for (t, sel, isel), m in zip(items, n, strict=True):
         ic = None
         if t.icmp is not None and len(t.icmp):
             if sel is None and isel is None:
@@ -175,8 +151,6 @@ def take_many(items: list[Pick]) -> PacketTable:
                 ic = icmp_kept(t, keep, ikeep)
         # concat_icmp reads a table's length and ICMP rows only
         shells.append(PacketTable({"frame": np.empty(m, np.int64)}, icmp=ic))
-        at += m
-    cols["payload_off"] = off.astype(np.uint64)
     return PacketTable(cols, data, concat_icmp(shells))
 
 
