@@ -68,7 +68,9 @@ def _check_views(cap: Capture, t: PacketTable, name: str) -> None:
         (cap.n_data, (t["payload_len"] > 0) & ~rst),
     ):
         want = np.bincount(key[mask], minlength=2 * cap.nstreams).reshape(-1, 2)
-        assert got.dtype == np.int32 and np.array_equal(got, want), name
+        longest = int((cap.ends - cap.starts).max()) if cap.nstreams else 0
+        small = np.int16 if longest <= 16383 else np.int32
+        assert got.dtype == small and np.array_equal(got, want), name
     first = cap.order[cap.starts]
     from_client = cap.side[first] == CLIENT
     ep = cap.endpoints
@@ -159,3 +161,25 @@ def test_tcpdump_tests_captures(tcpdump_corpus: Path) -> None:
     files = sorted(p for p in tcpdump_corpus.rglob("*") if p.suffix in (".pcap", ".pcapng"))
     assert len(files) >= 500
     assert sum(_check(p) > 0 for p in files) >= 100
+
+
+@pytest.mark.parametrize("longest", [1, 16383, 16384, 70000])
+def test_side_counts_stay_exact_past_int16(longest: int) -> None:
+    """The counts per stream and side are int16 only while any two of them added fit: a stream of `longest` packets, all SYNs from one side, and a short stream, each
+    count against a bincount."""
+    from tcpwhy.diagnose.context import _side_counts
+
+    n = longest + 3
+    stream = np.zeros(n, np.int64)
+    stream[longest:] = 1
+    side = np.zeros(n, np.int8)
+    side[-1] = 1
+    flags = np.full(n, SYN, np.uint8)
+    flags[-1] = SYN | ACK
+    plen = np.zeros(n, np.uint32)
+    got = _side_counts(flags, plen, stream, side, 2, longest)
+    assert got[0].dtype == (np.int16 if longest <= 16383 else np.int32)
+    key = stream * 2 + side
+    assert np.array_equal(got[0].ravel(), np.bincount(key, minlength=4))  # packets
+    assert np.array_equal(got[1].ravel(), np.bincount(key[flags == SYN], minlength=4))
+    assert int(got[0][0, 0] + got[1][0, 0]) == 2 * longest  # two counts of one stream added

@@ -158,13 +158,19 @@ def _side_counts(
     stream: npt.NDArray[np.int64],
     side: npt.NDArray[np.int8],
     nstreams: int,
+    longest: int,
 ) -> tuple[npt.NDArray[Any], ...]:
-    """Per stream and side: packets, SYNs, SYN-ACKs, FINs, resets and data segments (int32:
-    a count never exceeds the packets, and a flood has millions of streams), in one
+    """Per stream and side: packets, SYNs, SYN-ACKs, FINs, resets and data segments, in one
     compiled pass over the rows (`kernels.side_counts`). Six masked bincounts of the
-    capture, a block of rows at a time, were 0.26 s of a 3 M-SYN flood's `analyze`."""
-    out = [np.zeros(2 * nstreams, np.int32) for _ in range(6)]
-    kernels.side_counts(
+    capture, a block of rows at a time, were 0.26 s of a 3 M-SYN flood's `analyze`.
+
+    No count exceeds its stream's packets, `longest` at most: int16 where even two of a
+    stream's counts added stay in range (a flood's 3 million streams: 72 MB, not 144; the
+    peak of its `analyze` 700 MB, not 720-760), else int32. The rules only compare counts,
+    add two of one stream, or sum them (numpy sums small integers as int64)."""
+    small = 2 * longest <= np.iinfo(np.int16).max
+    out = [np.zeros(2 * nstreams, np.int16 if small else np.int32) for _ in range(6)]
+    (kernels.side_counts16 if small else kernels.side_counts)(
         np.ascontiguousarray(flags, COLUMNS["flags"][0]),
         np.ascontiguousarray(plen, COLUMNS["payload_len"][0]),
         np.ascontiguousarray(stream, np.int64),
@@ -283,7 +289,14 @@ class Capture:
             self.n_fin,
             self.n_rst,
             self.n_data,
-        ) = _side_counts(flags, table["payload_len"], self.stream, self.side, self.nstreams)
+        ) = _side_counts(
+            flags,
+            table["payload_len"],
+            self.stream,
+            self.side,
+            self.nstreams,
+            int((self.ends - self.starts).max()) if self.nstreams else 0,
+        )
         ts = table["ts_ns"]
         self.first_ns = ts[self.order[self.starts]] if self.nstreams else np.zeros(0, np.int64)
         self.last_ns = ts[self.order[self.ends - 1]] if self.nstreams else np.zeros(0, np.int64)

@@ -13,17 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 from tcpwhy.decode.table import ACK, COLUMNS, ENDPOINT_COLUMNS, FIN, RST, SYN
-from tcpwhy.native import array_types, kernel
+from tcpwhy.native import array_types, kernel, njit
 
 _KIND = SYN | ACK | RST
 
 
-@kernel(
-    f"{array_types(COLUMNS, ('flags', 'payload_len'))} i8[:] i1[:] "
-    "i4[:] i4[:] i4[:] i4[:] i4[:] i4[:] -> none",
-    nogil=True,
-)
-def side_counts(
+@njit(cache=True, inline="always")
+def _count_sides(
     flags: Any,
     plen: Any,
     stream: Any,
@@ -56,6 +52,27 @@ def side_counts(
                 fin[k] += 1
             if plen[i] > 0:
                 data[k] += 1
+
+
+_SIDES = f"{array_types(COLUMNS, ('flags', 'payload_len'))} i8[:] i1[:]"
+
+
+@kernel(f"{_SIDES} i4[:] i4[:] i4[:] i4[:] i4[:] i4[:] -> none", nogil=True)
+def side_counts(
+    flags: Any, plen: Any, stream: Any, side: Any,
+    packets: Any, syn: Any, synack: Any, fin: Any, rst: Any, data: Any,
+) -> None:  # fmt: skip
+    """`_count_sides` into int32 counts."""
+    _count_sides(flags, plen, stream, side, packets, syn, synack, fin, rst, data)
+
+
+@kernel(f"{_SIDES} i2[:] i2[:] i2[:] i2[:] i2[:] i2[:] -> none", nogil=True)
+def side_counts16(
+    flags: Any, plen: Any, stream: Any, side: Any,
+    packets: Any, syn: Any, synack: Any, fin: Any, rst: Any, data: Any,
+) -> None:  # fmt: skip
+    """`_count_sides` into int16 counts: half the memory where no stream is long."""
+    _count_sides(flags, plen, stream, side, packets, syn, synack, fin, rst, data)
 
 
 _ENDS = f"i8[:] i1[:] i1 {array_types(COLUMNS, ENDPOINT_COLUMNS)}"
