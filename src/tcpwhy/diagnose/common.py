@@ -149,7 +149,11 @@ class Hits:
         rows: list[tuple[int, str]],
         facts: dict[str, Any] | None = None,
     ) -> None:
-        self.groups[key].append(Instance(conn, rows, facts or {}))
+        self.put(key, Instance(conn, rows, facts or {}))
+
+    def put(self, key: Hashable, inst: Instance) -> None:
+        """Files an instance made by the rule (one of `Instance`'s subclasses)."""
+        self.groups[key].append(inst)
 
     def findings(
         self,

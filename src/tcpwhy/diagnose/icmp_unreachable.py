@@ -4,12 +4,12 @@ parameter problem) from the destination, a router or a firewall."""
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tcpwhy.decode.table import ACK, RST, SYN
 from tcpwhy.diagnose import knowledge
-from tcpwhy.diagnose.common import Group, earliest
+from tcpwhy.diagnose.common import Group, Hits, earliest
 from tcpwhy.diagnose.context import CLIENT, SERVER, Conn, fmt_s
 from tcpwhy.diagnose.icmp import errno_name, errno_text
 from tcpwhy.diagnose.model import Finding, Severity, Step, Story
@@ -18,7 +18,6 @@ from tcpwhy.diagnose.registry import (
     Claim,
     Diag,
     Instance,
-    make_finding,
     plural,
     rule,
 )
@@ -65,28 +64,24 @@ def icmp_errors(diag: Diag, too_big: bool) -> Iterator[tuple[Conn, list[int]]]:
         yield diag.cap.conn(sid), [i for i in ic.rows_of(sid) if bool(ic.too_big[i]) == too_big]
 
 
-class IcmpHits:
-    """`common.Hits` for the kinds told with the ICMP errors about each connection: one
-    finding per key, whose frames add the errors of its first connections."""
+class IcmpHits(Hits):
+    """`common.Hits` for the kinds told with the ICMP errors about each connection (filed
+    with `put`): each finding's frames add the errors of its first connections."""
 
-    def __init__(self) -> None:
-        self.groups: dict[Hashable, list[IcmpInstance]] = {}
-
-    def add(self, key: Hashable, inst: IcmpInstance) -> None:
-        self.groups.setdefault(key, []).append(inst)
-
-    def findings(self, diag: Diag, kind: str, tell: Callable[[Group], Story]) -> list[Finding]:
-        """One finding per key; the text tells about its earliest connection."""
+    def findings(
+        self,
+        diag: Diag,
+        kind: str,
+        tell: Callable[[Group], Story],
+        example: Callable[[Instance], Any] = earliest,
+    ) -> list[Finding]:
+        out = super().findings(diag, kind, tell, example)
         ic = diag.cap.icmp
-        out = []
-        for insts in self.groups.values():
-            story = tell(Group(None, list(insts), min(insts, key=earliest)))
-            f = make_finding(diag, kind, list(insts), story)
-            f.frames = sorted(
-                set(f.frames)
-                | {ic.get("frame", i) for x in insts[:FRAME_INSTANCES] for i, _ in x.icmp}
-            )
-            out.append(f)
+        for f, insts in zip(out, self.groups.values(), strict=True):
+            icmp = [
+                i for x in insts[:FRAME_INSTANCES] if isinstance(x, IcmpInstance) for i, _ in x.icmp
+            ]
+            f.frames = sorted(set(f.frames) | {ic.get("frame", i) for i in icmp})
         return out
 
 
@@ -148,7 +143,7 @@ def detect(diag: Diag) -> list[Finding]:
             "errors": len(errs),
         }
         key = (errno_name(m.errno), m.errno, m.name, sender)
-        hits.add(key, IcmpInstance(c, rows, icmp_rows, facts))
+        hits.put(key, IcmpInstance(c, rows, icmp_rows, facts))
         diag.claim(c.sid, Claim.SYN)
         diag.claim(c.sid, Claim.RETRANS)
         diag.claim(c.sid)

@@ -177,7 +177,7 @@ def detect(diag: Diag) -> list[Finding]:
             if got is None:
                 continue
             rows, icmp = _rows(c, got)
-            hits.add((c.server, x, got["view"]), IcmpInstance(c, rows, icmp, got))
+            hits.put((c.server, x, got["view"]), IcmpInstance(c, rows, icmp, got))
             diag.claim(c.sid, Claim.RETRANS)
             diag.claim(c.sid, Claim.CLOSE)
             diag.claim(c.sid)

@@ -54,7 +54,7 @@ def detect(diag: Diag) -> list[Finding]:
         }
         inst = IcmpInstance(c, rows, icmp, facts)
         diag.claim(c.sid, Claim.RETRANS)  # the resent segments are the discovery, not a timeout
-        hits.add((c.server, ic.sender(i), facts["mtu"]), inst)
+        hits.put((c.server, ic.sender(i), facts["mtu"]), inst)
     return hits.findings(diag, KIND, _tell)
 
 
