@@ -26,6 +26,12 @@ def test_signatures_parse() -> None:
     assert native.parse_signature("f8[:]")[1] == "none"
     with pytest.raises(ValueError, match="unknown type"):
         native.parse_signature("x9[:]")
+    # words in parentheses are one tuple argument
+    args, ret = native.parse_signature(f"i8 {native.tuple_of('u8[:] u2[:]')} b1 -> none")
+    assert args == [("i8", 0), [("u8", 1), ("u2", 1)], ("b1", 0)]
+    for bad in ("(u8[:] i8", "u8[:])", "() i8", "((i8))"):
+        with pytest.raises(ValueError, match="tuple"):
+            native.parse_signature(bad)
 
 
 def test_every_entry_point_has_a_signature_matching_its_arguments() -> None:
@@ -93,6 +99,19 @@ def test_arguments_are_checked_before_an_ahead_of_time_call() -> None:
         K.gather_bytes(src, offs, caps, dst)
     with pytest.raises(RuntimeError, match="compiled into the kernels"):
         zeek._sdelta(1, 2)
+    # a tuple argument: each item checked as an argument is
+    from tcpwhy.tcp.streams import pair_hashes
+
+    u8, u2 = np.zeros(3, np.uint64), np.zeros(3, np.uint16)
+    keys, dirs = np.zeros(3, np.uint64), np.zeros(3, np.int8)
+    pair_hashes((u8, u8, u8, u8, u2, u2 + 1), keys, dirs)
+    assert len(set(keys.tolist())) == 1 and dirs.tolist() == [0, 0, 0]
+    with pytest.raises(TypeError, match=r"argument 0\[5\] is uint64"):
+        pair_hashes((u8, u8, u8, u8, u2, u8), keys, dirs)
+    with pytest.raises(TypeError, match="argument 0 is tuple, expected a tuple of 6"):
+        pair_hashes((u8, u8, u8, u8, u2), keys, dirs)
+    with pytest.raises(TypeError, match=r"argument 0 is uint64\[1d\], expected a tuple"):
+        pair_hashes(u8, keys, dirs)
 
 
 CAPTURES = [DATA / "lab" / n for n in ("keepalive-race.pcap", "zero-window.pcap", "time-wait.pcap")]

@@ -98,8 +98,8 @@ def test_a_table_beyond_the_caches_finds_the_same_slots() -> None:
         slot, d = np.empty(n, np.int64), np.empty(n, np.int8)
         meta = np.zeros(3, np.int64)
         streams._lookup(
-            hi[:, 0].copy(), lo[:, 0].copy(), hi[:, 1].copy(), lo[:, 1].copy(),
-            ports[:, 0].copy(), ports[:, 1].copy(),
+            (hi[:, 0].copy(), lo[:, 0].copy(), hi[:, 1].copy(), lo[:, 1].copy(),
+             ports[:, 0].copy(), ports[:, 1].copy()),
             np.full(size, -1, np.int64), np.zeros((n, 3), np.uint64),
             np.zeros((n, 2), np.uint64), np.full(n, -1, np.int32), np.zeros(1, np.int64),
             meta, slot, d,

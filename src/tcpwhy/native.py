@@ -15,7 +15,9 @@ The kernel modules write ``from tcpwhy.native import kernel, njit``:
 * ``@kernel("u1[:] i8 b1 -> (i8, i8)")`` marks an entry point called from
   Python, with its exact signature (``u1[:]`` a C-contiguous writable uint8
   array, ``i8[:,:]`` a 2-D int64 one, ``i8``/``b1``/``f8`` int, bool and
-  float scalars; ``-> none`` for no result);
+  float scalars; ``-> none`` for no result; words in parentheses, as
+  ``tuple_of(...)`` writes them, are one tuple argument: a set of columns that go
+  together, such as a row's endpoints, is named once by the kernel and its callers);
 * ``@njit(...)`` marks a helper called only from compiled code.
 
 A kernel that takes packet-table columns writes their part of the signature as
@@ -94,15 +96,41 @@ _DTYPES = {
 }
 
 
-def parse_signature(spec: str) -> tuple[list[tuple[str, int]], str]:
-    """(arguments as (type code, dimensions), result) of a kernel signature string."""
+Leaf = tuple[str, int]
+"""An argument's type: (type code, dimensions), 0 dimensions for a scalar."""
+Arg = Leaf | list[Leaf]
+"""An argument: one type, or a list of types for a tuple of them (several columns passed as
+one argument)."""
+
+
+def parse_signature(spec: str) -> tuple[list[Arg], str]:
+    """(arguments, result) of a kernel signature string; words in parentheses are one tuple
+    argument (``(u8[:] u2[:])``: a tuple of a uint64 and a uint16 array)."""
     args_text, _, ret = spec.partition("->")
-    args = []
-    for tok in args_text.split():
+    args: list[Arg] = []
+    group: list[Leaf] | None = None
+    for tok in args_text.replace("(", " ( ").replace(")", " ) ").split():
+        if tok == "(":
+            if group is not None:
+                raise ValueError(f"nested tuple in signature {spec!r}")
+            group = []
+            continue
+        if tok == ")":
+            if not group:
+                raise ValueError(f"empty or unopened tuple in signature {spec!r}")
+            args.append(group)
+            group = None
+            continue
         code, _, dims = tok.partition("[")
         if code not in _DTYPES:
             raise ValueError(f"unknown type {code!r} in signature {spec!r}")
-        args.append((code, dims.count(":")))
+        leaf = (code, dims.count(":"))
+        if group is None:
+            args.append(leaf)
+        else:
+            group.append(leaf)
+    if group is not None:
+        raise ValueError(f"unclosed tuple in signature {spec!r}")
     return args, ret.strip() or "none"
 
 
@@ -118,6 +146,13 @@ def array_types(schema: Mapping[str, Sequence[Any]], names: Iterable[str] | None
             raise ValueError(f"column {name!r}: no kernel type for {d}")
         words.append(f"{code}[{','.join(':' * (1 + len(shape)))}]")
     return " ".join(words)
+
+
+def tuple_of(words: str) -> str:
+    """Signature words as one tuple argument: a kernel that takes a set of columns that go
+    together (a row's endpoints) takes them as one tuple, unpacked in its body, so its
+    parameter list and every caller's name the set once."""
+    return f"({words})"
 
 
 BUILD_FORMAT = 2
@@ -229,10 +264,11 @@ class NativeKernel:
     def __init__(self, k: Kernel, fn: Callable[..., Any]) -> None:
         self.fn = fn
         self.qualname = k.qualname
-        # (dtype, dimensions, kind): kind 0 an array, 1 a bool, 2 a float, 3 an int
+        # (dtype, dimensions, kind): kind 0 an array, 1 a bool, 2 a float, 3 an int; a tuple
+        # argument is (its items' checks, its length, 4)
         self.checks = tuple(
-            (dt, ndim, 0 if ndim else 1 if dt.kind == "b" else 2 if dt.kind == "f" else 3)
-            for dt, ndim in ((np.dtype(_DTYPES[code]), ndim) for code, ndim in k.args)
+            (tuple(_check(x) for x in arg), len(arg), 4) if isinstance(arg, list) else _check(arg)
+            for arg in k.args
         )
 
     def __call__(self, *args: Any) -> Any:
@@ -253,6 +289,13 @@ class NativeKernel:
             elif kind == 1:
                 if isinstance(a, _BOOLS):
                     continue
+            elif kind == 4:
+                if (
+                    isinstance(a, tuple)
+                    and len(a) == ndim
+                    and all(_fits(x, c) for x, c in zip(a, dt, strict=True))
+                ):
+                    continue
             elif isinstance(a, _FLOATS):
                 continue
             self._mismatch(args)
@@ -260,30 +303,59 @@ class NativeKernel:
 
     def _mismatch(self, args: tuple[Any, ...]) -> None:
         """Raises TypeError naming the first argument that does not fit the signature."""
-        for i, (a, (dt, ndim, _)) in enumerate(zip(args, self.checks, strict=True)):
-            if ndim:
-                ok = (
-                    isinstance(a, np.ndarray)
-                    and a.dtype == dt
-                    and a.ndim == ndim
-                    and a.flags.c_contiguous
-                    and a.flags.writeable
+        for i, (a, (dt, ndim, kind)) in enumerate(zip(args, self.checks, strict=True)):
+            if kind != 4:
+                if not _fits(a, (dt, ndim, kind)):
+                    raise TypeError(f"{self.qualname}: argument {i} is {_what(a)}, expected "
+                                    f"{_wanted(dt, ndim)}")  # fmt: skip
+                continue
+            if not isinstance(a, tuple) or len(a) != ndim:
+                raise TypeError(
+                    f"{self.qualname}: argument {i} is {_what(a)}, expected a tuple of {ndim}"
                 )
-            elif dt.kind == "b":
-                ok = isinstance(a, _BOOLS)
-            elif dt.kind == "f":
-                ok = isinstance(a, _FLOATS)
-            else:
-                ok = isinstance(a, _INTS) and not isinstance(a, _BOOLS)
-            if not ok:
-                got = (
-                    f"{a.dtype}[{a.ndim}d{', not contiguous' if not a.flags.c_contiguous else ''}"
-                    f"{', read-only' if not a.flags.writeable else ''}]"
-                    if isinstance(a, np.ndarray)
-                    else type(a).__name__
-                )
-                want = f"{dt}[{ndim}d]" if ndim else str(dt)
-                raise TypeError(f"{self.qualname}: argument {i} is {got}, expected {want}")
+            for j, (x, c) in enumerate(zip(a, dt, strict=True)):
+                if not _fits(x, c):
+                    raise TypeError(f"{self.qualname}: argument {i}[{j}] is {_what(x)}, "
+                                    f"expected {_wanted(c[0], c[1])}")  # fmt: skip
+
+
+def _check(leaf: Leaf) -> tuple[Any, int, int]:
+    """A type's check: (dtype, dimensions, kind), as `NativeKernel.checks` holds them."""
+    code, ndim = leaf
+    dt = np.dtype(_DTYPES[code])
+    return dt, ndim, 0 if ndim else 1 if dt.kind == "b" else 2 if dt.kind == "f" else 3
+
+
+def _fits(a: Any, check: tuple[Any, int, int]) -> bool:
+    """Whether a value fits a type's check (`_check`)."""
+    dt, ndim, kind = check
+    if kind == 0:
+        return (
+            isinstance(a, np.ndarray)
+            and a.dtype == dt
+            and a.ndim == ndim
+            and a.flags.c_contiguous
+            and a.flags.writeable
+        )
+    if kind == 1:
+        return isinstance(a, _BOOLS)
+    if kind == 2:
+        return isinstance(a, _FLOATS)
+    return isinstance(a, _INTS) and not isinstance(a, _BOOLS)
+
+
+def _what(a: Any) -> str:
+    """A value's type, as a mismatch names it."""
+    if isinstance(a, np.ndarray):
+        return (
+            f"{a.dtype}[{a.ndim}d{', not contiguous' if not a.flags.c_contiguous else ''}"
+            f"{', read-only' if not a.flags.writeable else ''}]"
+        )
+    return type(a).__name__
+
+
+def _wanted(dt: Any, ndim: int) -> str:
+    return f"{dt}[{ndim}d]" if ndim else str(dt)
 
 
 _INTS = (int, np.integer)
@@ -410,7 +482,11 @@ def _numba_signature(k: Kernel) -> Any:
     def scalar(code: str) -> Any:
         return from_dtype(np.dtype(_DTYPES[code]))
 
-    args = [types.Array(scalar(c), nd, "C") if nd else scalar(c) for c, nd in k.args]
+    def one(leaf: Leaf) -> Any:
+        c, nd = leaf
+        return types.Array(scalar(c), nd, "C") if nd else scalar(c)
+
+    args = [types.Tuple([one(x) for x in a]) if isinstance(a, list) else one(a) for a in k.args]
     ret = k.ret
     if ret == "none":
         rtype: Any = types.none

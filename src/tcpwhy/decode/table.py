@@ -232,6 +232,11 @@ class PacketTable:
             return _read_file(off, n)
         return self.data[off : off + n].tobytes()
 
+    def endpoints(self) -> tuple[npt.NDArray[Any], ...]:
+        """The endpoint columns (`ENDPOINT_COLUMNS`) as the kernels take them: one tuple, each
+        contiguous and of its schema type (a copy only of a column that is not)."""
+        return tuple(np.ascontiguousarray(self.cols[k], COLUMNS[k][0]) for k in ENDPOINT_COLUMNS)
+
     def has_payload(self) -> bool:
         """Whether any row's payload bytes can be read (in `data` or in the capture file)."""
         if self.data.size:

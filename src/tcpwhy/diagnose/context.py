@@ -33,7 +33,6 @@ from tcpwhy.arrays import SCAN_ROWS, extend_filled
 from tcpwhy.decode.table import (
     ACK,
     COLUMNS,
-    ENDPOINT_COLUMNS,
     FIN,
     FLAG_NAMES,
     PSH,
@@ -175,7 +174,7 @@ def _side_counts(
         np.ascontiguousarray(plen, COLUMNS["payload_len"][0]),
         np.ascontiguousarray(stream, np.int64),
         np.ascontiguousarray(side, np.int8),
-        *out,
+        tuple(out),
     )
     return tuple(c.reshape(-1, 2) for c in out)
 
@@ -372,7 +371,7 @@ class Capture:
                 np.ascontiguousarray(first, np.int64),
                 np.ascontiguousarray(self.side, np.int8),
                 CLIENT,
-                *(np.ascontiguousarray(t[k], COLUMNS[k][0]) for k in ENDPOINT_COLUMNS),
+                t.endpoints(),
             )
             n = len(first)
             bits = kernels.varying_endpoints(*args)

@@ -13,29 +13,20 @@ from __future__ import annotations
 from typing import Any
 
 from tcpwhy.decode.table import ACK, COLUMNS, ENDPOINT_COLUMNS, FIN, RST, SYN
-from tcpwhy.native import array_types, kernel, njit
+from tcpwhy.native import array_types, kernel, njit, tuple_of
 
 _KIND = SYN | ACK | RST
 
 
 @njit(cache=True, inline="always")
-def _count_sides(
-    flags: Any,
-    plen: Any,
-    stream: Any,
-    side: Any,
-    packets: Any,
-    syn: Any,
-    synack: Any,
-    fin: Any,
-    rst: Any,
-    data: Any,
-) -> None:
-    """Adds each row to its stream and side (index ``stream * 2 + side``): every packet,
-    SYNs (SYN alone of SYN, ACK, RST), SYN-ACKs, FINs without RST, resets, and segments
-    with payload that are not resets. Six arrays, not one block: each is under the size
-    the allocator maps fresh (`tcpwhy.cli` sets it), so they reuse the heap the reading
-    left resident (one block of a flood's six was 100 MB more at the peak)."""
+def _count_sides(flags: Any, plen: Any, stream: Any, side: Any, counts: Any) -> None:
+    """Adds each row to its stream and side (index ``stream * 2 + side``) in `counts`, six
+    arrays: every packet, SYNs (SYN alone of SYN, ACK, RST), SYN-ACKs, FINs without RST,
+    resets, and segments with payload that are not resets. Six arrays, not one block: each
+    is under the size the allocator maps fresh (`tcpwhy.cli` sets it), so they reuse the
+    heap the reading left resident (one block of a flood's six was 100 MB more at the
+    peak)."""
+    packets, syn, synack, fin, rst, data = counts
     for i in range(stream.shape[0]):
         k = stream[i] * 2 + side[i]
         f = flags[i]
@@ -57,41 +48,36 @@ def _count_sides(
 _SIDES = f"{array_types(COLUMNS, ('flags', 'payload_len'))} i8[:] i1[:]"
 
 
-@kernel(f"{_SIDES} i4[:] i4[:] i4[:] i4[:] i4[:] i4[:] -> none", nogil=True)
-def side_counts(
-    flags: Any, plen: Any, stream: Any, side: Any,
-    packets: Any, syn: Any, synack: Any, fin: Any, rst: Any, data: Any,
-) -> None:  # fmt: skip
+# an ahead-of-time entry point has one signature: one for each width of the counts
+@kernel(f"{_SIDES} {tuple_of(' '.join(['i4[:]'] * 6))} -> none", nogil=True)
+def side_counts(flags: Any, plen: Any, stream: Any, side: Any, counts: Any) -> None:
     """`_count_sides` into int32 counts."""
-    _count_sides(flags, plen, stream, side, packets, syn, synack, fin, rst, data)
+    _count_sides(flags, plen, stream, side, counts)
 
 
-@kernel(f"{_SIDES} i2[:] i2[:] i2[:] i2[:] i2[:] i2[:] -> none", nogil=True)
-def side_counts16(
-    flags: Any, plen: Any, stream: Any, side: Any,
-    packets: Any, syn: Any, synack: Any, fin: Any, rst: Any, data: Any,
-) -> None:  # fmt: skip
+@kernel(f"{_SIDES} {tuple_of(' '.join(['i2[:]'] * 6))} -> none", nogil=True)
+def side_counts16(flags: Any, plen: Any, stream: Any, side: Any, counts: Any) -> None:
     """`_count_sides` into int16 counts: half the memory where no stream is long."""
-    _count_sides(flags, plen, stream, side, packets, syn, synack, fin, rst, data)
+    _count_sides(flags, plen, stream, side, counts)
 
 
-_ENDS = f"i8[:] i1[:] i1 {array_types(COLUMNS, ENDPOINT_COLUMNS)}"
+_ENDS = f"i8[:] i1[:] i1 {tuple_of(array_types(COLUMNS, ENDPOINT_COLUMNS))}"
 """The signature words of the endpoint kernels' inputs: each stream's first row, each row's
-side, the side of the client, and the rows' endpoint columns."""
+side, the side of the client, and the rows' endpoint columns (one tuple)."""
+
+
+@njit(cache=True, inline="always")
+def _client_server(ends: Any, side: Any, client: Any, r: Any) -> Any:
+    """Row r's client address (high, low halves), server address and server port, from the
+    side the row came from."""
+    src_hi, src_lo, dst_hi, dst_lo, sport, dport = ends
+    if side[r] == client:
+        return src_hi[r], src_lo[r], dst_hi[r], dst_lo[r], dport[r]
+    return dst_hi[r], dst_lo[r], src_hi[r], src_lo[r], sport[r]
 
 
 @kernel(f"{_ENDS} -> i8", nogil=True)
-def varying_endpoints(
-    first: Any,
-    side: Any,
-    client: int,
-    src_hi: Any,
-    src_lo: Any,
-    dst_hi: Any,
-    dst_lo: Any,
-    sport: Any,
-    dport: Any,
-) -> int:
+def varying_endpoints(first: Any, side: Any, client: int, ends: Any) -> int:
     """Which of the five endpoint columns (client address high and low halves, server
     address high and low, server port) differ between streams, as bits 0 to 4: the ones
     that do not are held as one value (the high halves of IPv4 addresses, a flood's one
@@ -99,20 +85,11 @@ def varying_endpoints(
     n = first.shape[0]
     if n == 0:
         return 0
-    r = first[0]
-    if side[r] == client:
-        a0, a1, a2, a3, a4 = src_hi[r], src_lo[r], dst_hi[r], dst_lo[r], dport[r]
-    else:
-        a0, a1, a2, a3, a4 = dst_hi[r], dst_lo[r], src_hi[r], src_lo[r], sport[r]
+    a0, a1, a2, a3, a4 = _client_server(ends, side, client, first[0])
     bits = 0
-    # plain branches: the same written with a helper returning the five as a tuple and the
-    # bits as int(b != a) << i took ten times as long (numba)
+    # plain branches: the bits written as int(b != a) << i took ten times as long (numba)
     for s in range(1, n):
-        r = first[s]
-        if side[r] == client:
-            b0, b1, b2, b3, b4 = src_hi[r], src_lo[r], dst_hi[r], dst_lo[r], dport[r]
-        else:
-            b0, b1, b2, b3, b4 = dst_hi[r], dst_lo[r], src_hi[r], src_lo[r], sport[r]
+        b0, b1, b2, b3, b4 = _client_server(ends, side, client, first[s])
         if b0 != a0:
             bits |= 1
         if b1 != a1:
@@ -128,31 +105,15 @@ def varying_endpoints(
 
 @kernel(f"{_ENDS} u8[:] u8[:] u8[:] u8[:] i8[:] -> none", nogil=True)
 def stream_endpoints(
-    first: Any,
-    side: Any,
-    client: int,
-    src_hi: Any,
-    src_lo: Any,
-    dst_hi: Any,
-    dst_lo: Any,
-    sport: Any,
-    dport: Any,
-    c_hi: Any,
-    c_lo: Any,
-    s_hi: Any,
-    s_lo: Any,
-    s_port: Any,
-) -> None:
+    first: Any, side: Any, client: int, ends: Any,
+    c_hi: Any, c_lo: Any, s_hi: Any, s_lo: Any, s_port: Any,
+) -> None:  # fmt: skip
     """Per stream, from its first row (`first`) and the side that row came from: the
     client's address, the server's address and port. An output of one element takes the
     first stream's value only (a column `varying_endpoints` found the same for all)."""
     n0, n1, n2, n3, n4 = c_hi.shape[0], c_lo.shape[0], s_hi.shape[0], s_lo.shape[0], s_port.shape[0]
     for s in range(first.shape[0]):
-        r = first[s]
-        if side[r] == client:
-            b0, b1, b2, b3, b4 = src_hi[r], src_lo[r], dst_hi[r], dst_lo[r], dport[r]
-        else:
-            b0, b1, b2, b3, b4 = dst_hi[r], dst_lo[r], src_hi[r], src_lo[r], sport[r]
+        b0, b1, b2, b3, b4 = _client_server(ends, side, client, first[s])
         if s < n0:
             c_hi[s] = b0
         if s < n1:

@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from tcpwhy.decode.table import (
     ACK,
+    ENDPOINT_COLUMNS,
     FLAG_NAMES,
     OPT_MSS,
     OPT_SACK,
@@ -36,6 +37,7 @@ from tcpwhy.decode.table import (
     PacketTable,
     format_addr,
 )
+from tcpwhy.decode.table import COLUMNS as TABLE_COLUMNS
 from tcpwhy.filter import DisplayFilter
 from tcpwhy.schemas import SCHEMA_VERSION
 from tcpwhy.tcp.seq import seq_offset
@@ -917,9 +919,8 @@ def _kernel_columns(
     cols = (
         _col(t["frame"], u8, own), rel_ns, rel_s.view(np.int64),
         ts if tval is None else _col(tval, np.int64, own), ts,
-        _col(t["src_hi"], u8, own), _col(t["src_lo"], u8, own),
-        _col(t["dst_hi"], u8, own), _col(t["dst_lo"], u8, own), _col(t["sport"], u2, own),
-        _col(t["dport"], u2, own), _col(t["frame_len"], u4, own), _col(flags, u2, own),
+        tuple(_col(t[k], TABLE_COLUMNS[k][0], own) for k in ENDPOINT_COLUMNS),
+        _col(t["frame_len"], u4, own), _col(flags, u2, own),
         _col(seq, u4, own), _col(ack, u4, own and absolute), _col(s["win_scaled"], np.int64, own),
         _col(t["urp"], u2, own), _col(t["payload_len"], u4, own), _col(t["opt_order"], u4, own),
         _col(t["opt_mss"], np.int32, own), _col(t["opt_ws"], np.int8, own),

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from tcpwhy.decode.table import COLUMNS, ENDPOINT_COLUMNS
-from tcpwhy.native import array_types, kernel, njit
+from tcpwhy.native import array_types, kernel, njit, tuple_of
 from tcpwhy.report.conns_kernel import _put_addr, _put_rfc3339, _round_scaled
 
 FMT_TABLE, FMT_CSV, FMT_JSONL = 0, 1, 2
@@ -419,7 +419,8 @@ def _json_time_big(out: Any, p: int, bits: int) -> int:
 
 @kernel(
     f"i8 i8 i8 i8[:] i8 {array_types(COLUMNS, ('frame',))} i8[:] i8[:] i8[:] i8[:] "
-    f"{array_types(COLUMNS, (*ENDPOINT_COLUMNS, 'frame_len', 'flags', 'seq', 'ack'))} i8[:] "
+    f"{tuple_of(array_types(COLUMNS, ENDPOINT_COLUMNS))} "
+    f"{array_types(COLUMNS, ('frame_len', 'flags', 'seq', 'ack'))} i8[:] "
     f"{array_types(COLUMNS, _OPTION_COLUMNS)} "
     "i8[:] i8[:] u4[:] i8[:] i8[:] i8[:] u1[:] i8[:] u1[:] i8[:] -> i8",
     nogil=True,
@@ -435,12 +436,7 @@ def format_packets(
     time_bits: Any,
     tval: Any,
     ts_ns: Any,
-    src_hi: Any,
-    src_lo: Any,
-    dst_hi: Any,
-    dst_lo: Any,
-    sport: Any,
-    dport: Any,
+    endpoints: Any,
     frame_len: Any,
     flags: Any,
     seq: Any,
@@ -473,6 +469,7 @@ def format_packets(
     ``time_bits`` holds the bits of ``rel_ns / 1e9`` as a double (the default Time column and
     JSON's ``time``); ``tval`` the nanoseconds a tshark time format prints (`tmode`, with
     `digits` decimals, also those of JSON's ``ts``)."""
+    src_hi, src_lo, dst_hi, dst_lo, sport, dport = endpoints
     p = 0
     cap = out.shape[0]
     j = start

@@ -410,7 +410,8 @@ class ConnectionBuilder:
             evicted = int(self._vmeta[1])
             top = done_n + OUT_ROWS
             self.nfree, self.next_uid, k, j = z.process_chunk(
-                *self._pool(),
+                self._pool(),
+                self.nfree,
                 self.next_uid,
                 i,
                 conv,
@@ -441,9 +442,7 @@ class ConnectionBuilder:
                 self.closed_idle_ns,
                 row_uid,
                 row_keep,
-                OUT[done_n:top],
-                OW[done_n:top],
-                OH[done_n:top],
+                (OUT[done_n:top], OW[done_n:top], OH[done_n:top]),
                 self._q,
                 self._qmeta,
                 self.active >= self.park_from,
@@ -627,7 +626,7 @@ class ConnectionBuilder:
         or not."""
         slots = np.ascontiguousarray(slots, np.int64)
         out = np.empty(len(slots), np.int64)
-        z.slot_field(self.S, self.P, self.parked, slots, field, z.PARKED_AS[field], out)
+        z.slot_field(self._pool(), slots, field, z.PARKED_AS[field], out)
         return out
 
     def _sweep(self, now: int, *, force: bool, reason: int) -> list[BatchJob]:
@@ -637,10 +636,10 @@ class ConnectionBuilder:
         return self._sweep_slots(slots, now, force=force, reason=reason)
 
     def _pool(self) -> tuple[Any, ...]:
-        """The slot pool as the Zeek loops take it: the slots' state (S, W, H), the free list
-        and its length, each conversation's slot, and the parked connections' packets and
-        marks (P, parked)."""
-        return self.S, self.W, self.H, self.free, self.nfree, self.conv_slot, self.P, self.parked
+        """The slot pool as the Zeek loops take it (`z._POOL`): the slots' state (S, W, H),
+        the free list, each conversation's slot, and the parked connections' packets and
+        marks (P, parked); the free list's length goes beside it."""
+        return self.S, self.W, self.H, self.free, self.conv_slot, self.P, self.parked
 
     def _sweep_slots(
         self, slots: npt.NDArray[np.int64], now: int, *, force: bool, reason: int
@@ -649,7 +648,8 @@ class ConnectionBuilder:
         OW = np.empty((len(slots), z.NFIELDS32), np.int32)
         OH = np.empty((len(slots), z.HIST_MAX), np.uint8)
         self.nfree, k = z.sweep(
-            *self._pool(),
+            self._pool(),
+            self.nfree,
             self.likely,
             self.check_csum,
             slots,
@@ -659,9 +659,7 @@ class ConnectionBuilder:
             self.closed_idle_ns,
             force,
             reason,
-            OUT,
-            OW,
-            OH,
+            (OUT, OW, OH),
             self._q,
             self._qmeta,
         )

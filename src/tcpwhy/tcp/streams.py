@@ -41,10 +41,10 @@ from tcpwhy.decode.table import (
     staggered_zeros,
 )
 from tcpwhy.intrinsics import prefetch
-from tcpwhy.native import array_types, kernel, njit
+from tcpwhy.native import array_types, kernel, njit, tuple_of
 
 _EMPTY = -1
-_ENDS = array_types(COLUMNS, ENDPOINT_COLUMNS)  # the signature words of a row's endpoints
+_ENDS = tuple_of(array_types(COLUMNS, ENDPOINT_COLUMNS))  # a row's endpoint columns, as a tuple
 
 
 @njit(cache=True, inline="always")
@@ -71,16 +71,19 @@ def _pair_key(a0: Any, a1: Any, ap: Any, b0: Any, b1: Any, bp: Any) -> Any:
     return a0, a1, b0, b1, (a2 << np.uint64(16)) | b2, gt
 
 
+@njit(cache=True, inline="always")
+def _row_key(ends: Any, i: Any) -> Any:
+    """`_pair_key` of row i of the endpoint columns `ends` (`ENDPOINT_COLUMNS`)."""
+    src_hi, src_lo, dst_hi, dst_lo, sport, dport = ends
+    return _pair_key(src_hi[i], src_lo[i], sport[i], dst_hi[i], dst_lo[i], dport[i])
+
+
 @kernel(f"{_ENDS} u8[:] i1[:] -> none", nogil=True)
-def pair_hashes(
-    src_hi: Any, src_lo: Any, dst_hi: Any, dst_lo: Any, sport: Any, dport: Any, out: Any, dirs: Any
-) -> None:
+def pair_hashes(ends: Any, out: Any, dirs: Any) -> None:
     """Per row: the 64-bit hash of its connection's key (the stream table's, both directions
     alike) and its direction (1 from the higher endpoint)."""
-    for i in range(src_hi.shape[0]):
-        k0, k1, k2, k3, k4, gt = _pair_key(
-            src_hi[i], src_lo[i], sport[i], dst_hi[i], dst_lo[i], dport[i]
-        )
+    for i in range(out.shape[0]):
+        k0, k1, k2, k3, k4, gt = _row_key(ends, i)
         out[i] = _hash5(k0, k1, k2, k3, k4)
         dirs[i] = 1 if gt else 0
 
@@ -126,12 +129,8 @@ _RING = 16  # a power of two above _AHEAD
 
 
 @njit(cache=True, inline="always")
-def _row_hash(
-    src_hi: Any, src_lo: Any, sport: Any, dst_hi: Any, dst_lo: Any, dport: Any, i: Any
-) -> Any:
-    k0, k1, k2, k3, k4, _ = _pair_key(
-        src_hi[i], src_lo[i], sport[i], dst_hi[i], dst_lo[i], dport[i]
-    )
+def _row_hash(ends: Any, i: Any) -> Any:
+    k0, k1, k2, k3, k4, _ = _row_key(ends, i)
     return _hash5(k0, k1, k2, k3, k4)
 
 
@@ -140,12 +139,7 @@ def _row_hash(
     nogil=True,
 )
 def _lookup(
-    src_hi: Any,
-    src_lo: Any,
-    dst_hi: Any,
-    dst_lo: Any,
-    sport: Any,
-    dport: Any,
+    ends: Any,
     tab_val: Any,
     keys: Any,
     keys_hi: Any,
@@ -171,7 +165,7 @@ def _lookup(
     """
     # unsigned table positions: numba then skips its negative-index wraparound
     mask = np.uint64(tab_val.shape[0] - 1)
-    n = src_hi.shape[0]
+    n = out_slot.shape[0]
     # A table beyond the caches (a flood's millions of conversations) has each row wait on
     # a miss of its own: the entry of the row `ahead` rows on is fetched meanwhile, its hash
     # kept until then (3 M-SYN flood, 8 M entries: 0.23-0.31 s -> 0.10 s). A smaller table
@@ -179,17 +173,15 @@ def _lookup(
     ahead = _AHEAD if tab_val.shape[0] >= _PREFETCH_FROM else 0
     ring = np.empty(_RING, np.uint64)
     for i in range(min(ahead, n)):
-        ring[i] = _row_hash(src_hi, src_lo, sport, dst_hi, dst_lo, dport, i)
+        ring[i] = _row_hash(ends, i)
         prefetch(tab_val, ring[i] & mask)
     for i in range(n):
-        k0, k1, k2, k3, k4, gt = _pair_key(
-            src_hi[i], src_lo[i], sport[i], dst_hi[i], dst_lo[i], dport[i]
-        )
+        k0, k1, k2, k3, k4, gt = _row_key(ends, i)
         if ahead:
             h = ring[i & (_RING - 1)]
             a = i + ahead
             if a < n:
-                ha = _row_hash(src_hi, src_lo, sport, dst_hi, dst_lo, dport, a)
+                ha = _row_hash(ends, a)
                 ring[a & (_RING - 1)] = ha
                 prefetch(tab_val, ha & mask)
         else:
@@ -536,12 +528,7 @@ class StreamTracker:
         slot = out["conv"]
         pdir = out["dir"]
         _lookup(
-            t["src_hi"],
-            t["src_lo"],
-            t["dst_hi"],
-            t["dst_lo"],
-            t["sport"],
-            t["dport"],
+            t.endpoints(),
             self._tab_val,
             self._keys,
             self._keys_hi,

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from tcpwhy.decode.table import ACK, COLUMNS, FIN, RST, SYN
-from tcpwhy.native import array_types, kernel, njit
+from tcpwhy.native import array_types, kernel, njit, tuple_of
 
 # --- Zeek endpoint states (TCP_ENDPOINT_*), in Zeek's own numbering -------------------
 INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
@@ -1192,22 +1192,25 @@ _ROW_COLUMNS = ("ts_ns", "flags", "seq", "ack", "win", "payload_len", "ip_len", 
 """`process_chunk`'s packet columns after the stream tracker's, as their schema types them."""
 
 
+_POOL = tuple_of("i8[:,:] i4[:,:] u1[:,:] i8[:] i8[:] i8[:,:] b1[:]")
+"""The slot pool's arrays, one tuple: the slots' state (S, W, H), the free list, each
+conversation's slot, the parked connections' packets and marks (P, parked)."""
+_RECORDS = tuple_of("i8[:,:] i4[:,:] u1[:,:]")
+"""The rows of the records a loop emits, one tuple (OUT, OW, OH: S's, W's and H's rows)."""
+_TIMERS = "i8[:,:] i8[:]"
+"""The ring of attempt timers and its [head, tail] (Q, qmeta)."""
+
+
 @kernel(
-    "i8[:,:] i4[:,:] u1[:,:] i8[:] i8 i8[:] i8[:,:] b1[:] i8 i8 i8[:] i8[:] b1[:] i1[:] "
+    f"{_POOL} i8 i8 i8 i8[:] i8[:] b1[:] i1[:] "
     f"{array_types(COLUMNS, _ROW_COLUMNS)} i8[:] i8[:] i8[:] i8[:] "
     f"{array_types(COLUMNS, ('csum_ok', 'truncated'))} i1[:] i1[:] b1[:] b1 b1 i8 i8 "
-    "i8[:] b1[:] i8[:,:] i4[:,:] u1[:,:] i8[:,:] i8[:] b1 b1 i8[:,:] i8[:] -> (i8, i8, i8, i8)",
+    f"i8[:] b1[:] {_RECORDS} {_TIMERS} b1 b1 i8[:,:] i8[:] -> (i8, i8, i8, i8)",
     nogil=True,
 )
 def process_chunk(
-    S: Any,
-    W: Any,
-    H: Any,
-    free: Any,
+    pool: Any,
     nfree: int,
-    conv_slot: Any,
-    P: Any,
-    parked: Any,
     next_uid: int,
     first: int,
     # per-row inputs
@@ -1241,9 +1244,7 @@ def process_chunk(
     # outputs
     row_uid: Any,
     row_keep: Any,
-    OUT: Any,
-    OW: Any,
-    OH: Any,
+    records: Any,
     # attempt timers, in the order they were armed: (due time, slot, uid) rows of a ring
     Q: Any,
     qmeta: Any,
@@ -1269,6 +1270,8 @@ def process_chunk(
     first, `vmeta` = [next victim, victims evicted]; a victim that has seen a packet since is
     skipped (the connections listed later are all less idle). With no victim left the loop
     returns for the caller to list more."""
+    S, W, H, free, conv_slot, P, parked = pool
+    OUT, OW, OH = records
     k = 0
     qmask = Q.shape[0] - 1
     for i in range(first, conv.shape[0]):
@@ -1410,19 +1413,12 @@ def process_chunk(
 
 
 @kernel(
-    "i8[:,:] i4[:,:] u1[:,:] i8[:] i8 i8[:] i8[:,:] b1[:] b1[:] b1 i8[:] i8 b1 i8 i8 b1 i8 "
-    "i8[:,:] i4[:,:] u1[:,:] i8[:,:] i8[:] -> (i8, i8)",
+    f"{_POOL} i8 b1[:] b1 i8[:] i8 b1 i8 i8 b1 i8 {_RECORDS} {_TIMERS} -> (i8, i8)",
     nogil=True,
 )
 def sweep(
-    S: Any,
-    W: Any,
-    H: Any,
-    free: Any,
+    pool: Any,
     nfree: int,
-    conv_slot: Any,
-    P: Any,
-    parked: Any,
     likely: Any,
     check_csum: bool,
     slots: Any,
@@ -1432,13 +1428,13 @@ def sweep(
     closed_idle_ns: int,
     force: bool,
     reason: int,
-    OUT: Any,
-    OW: Any,
-    OH: Any,
+    records: Any,
     Q: Any,
     qmeta: Any,
 ) -> tuple[int, int]:
     """Emit the given active slots whose time is up by `now` (all of them if `force`)."""
+    S, W, H, free, conv_slot, P, parked = pool
+    OUT, OW, OH = records
     k = 0
     for j in range(slots.shape[0]):
         s = slots[j]
@@ -1460,11 +1456,12 @@ def sweep(
     return nfree, k
 
 
-@kernel("i8[:,:] i8[:,:] b1[:] i8[:] i8 i8 i8[:] -> none", nogil=True)
-def slot_field(S: Any, P: Any, parked: Any, slots: Any, field: int, pfield: int, out: Any) -> None:
+@kernel(f"{_POOL} i8[:] i8 i8 i8[:] -> none", nogil=True)
+def slot_field(pool: Any, slots: Any, field: int, pfield: int, out: Any) -> None:
     """Field `field` of S of the connections in `slots`, column `pfield` of P for those parked
     (`PARKED_AS`): one pass, where numpy's gathers and mask took three over half a million
     slots at every listing of victims on a flood."""
+    S, _, _, _, _, P, parked = pool
     for j in range(slots.shape[0]):
         s = slots[j]
         out[j] = P[s, pfield] if parked[s] else S[s, field]

@@ -43,9 +43,7 @@ def conn_keys(t: PacketTable) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.in
     `tcp.streams.pair_hashes`) and the direction (0 from the lower endpoint)."""
     n = len(t)
     keys, dirs = np.empty(n, np.uint64), np.empty(n, np.int8)
-    pair_hashes(
-        t["src_hi"], t["src_lo"], t["dst_hi"], t["dst_lo"], t["sport"], t["dport"], keys, dirs
-    )
+    pair_hashes(t.endpoints(), keys, dirs)
     return keys, dirs
 
 
