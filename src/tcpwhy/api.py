@@ -1249,10 +1249,10 @@ def analyze(
                 run_fleet(
                     [os.fspath(p) for p in given],  # type: ignore[arg-type]
                     settings,
-                    pair,
-                    workers,
-                    scheduler,
-                    update,
+                    pair=pair,
+                    workers=workers,
+                    scheduler=scheduler,
+                    progress=update,
                     reassemble=reassemble,
                     display_filter=display_filter,
                 )

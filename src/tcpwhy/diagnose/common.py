@@ -167,8 +167,13 @@ class Hits:
         out = []
         for key, inst in self.groups.items():
             story = tell(Group(key, inst, min(inst, key=example)))
-            out.append(make_finding(diag, kind, inst, story))
+            out.append(self.finding(diag, kind, inst, story))
         return out
+
+    def finding(self, diag: Diag, kind: str, inst: list[Instance], story: Story) -> Finding:
+        """The finding of one key's instances (in filing order): `registry.make_finding`, which
+        a subclass extends (`icmp_unreachable.IcmpHits` adds the ICMP errors' frames)."""
+        return make_finding(diag, kind, inst, story)
 
 
 def first_resets(diag: Diag) -> Iterator[tuple[Conn, int]]:

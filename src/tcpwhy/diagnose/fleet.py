@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from tcpwhy.errors import EnvironmentProblem, NotACaptureError, TcpwhyError
 
@@ -509,43 +509,38 @@ def check_paths(paths: Sequence[str]) -> None:
             raise NotACaptureError(p, "No such file or directory")
 
 
+class RunOptions(TypedDict, total=False):
+    """The options of `run_points` after its points and settings, as `run_fleet` takes them
+    to pass on (their defaults are `run_points`')."""
+
+    pair: bool
+    workers: int | None
+    scheduler: str | None
+    progress: Callable[[int, int], None] | None
+    parquet: str | None
+    seed: int
+    reassemble: bool | None
+    display_filter: str | None
+
+
 def run_fleet(
-    paths: Sequence[str],
-    settings: dict[str, float],
-    pair: bool = True,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    parquet: str | None = None,
-    seed: int = 0,
-    reassemble: bool | None = None,
-    display_filter: str | None = None,
+    paths: Sequence[str], settings: dict[str, float], **options: Unpack[RunOptions]
 ) -> dict[str, Any]:
     """The fleet report (`fleet_report`) of `paths`, as ``analyze DIR --format json`` writes
     it and `tcpwhy.analyze` returns it: the one implementation of both. `progress` is called
     with (points done, points); `display_filter` (``-Y``) is checked here, before any point
     is read."""
     check_paths(paths)
+    display_filter = options.get("display_filter")
     if display_filter is not None:
         from tcpwhy.filter import compile_filter
 
         compile_filter(display_filter)  # a bad filter: one error, not one per point
     points = capture_points(paths)
+    progress = options.get("progress")
     if progress:
         progress(0, len(points))
-    results = run_points(
-        points,
-        settings,
-        pair,
-        workers,
-        scheduler,
-        progress,
-        parquet,
-        seed,
-        reassemble,
-        display_filter,
-    )
-    return fleet_report(results)
+    return fleet_report(run_points(points, settings, **options))
 
 
 @contextmanager
@@ -579,14 +574,14 @@ def cmd_fleet(args: Any) -> int:
             report = run_fleet(
                 args.files,
                 settings,
-                not args.no_pair,
-                args.workers,
-                args.scheduler,
-                progress,
-                dataset.staging if dataset else None,
-                dataset.seed if dataset else 0,
-                getattr(args, "reassemble", None),
-                getattr(args, "display_filter", None),
+                pair=not args.no_pair,
+                workers=args.workers,
+                scheduler=args.scheduler,
+                progress=progress,
+                parquet=dataset.staging if dataset else None,
+                seed=dataset.seed if dataset else 0,
+                reassemble=getattr(args, "reassemble", None),
+                display_filter=getattr(args, "display_filter", None),
             )
         if dataset:
             dataset.commit()
@@ -645,6 +640,7 @@ def write_one_capture(args: Any, report: Any, outdir: str | None) -> None:
 
 __all__ = [
     "Point",
+    "RunOptions",
     "analyze_point",
     "capture_points",
     "finding_server",

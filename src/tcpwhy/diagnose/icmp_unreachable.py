@@ -4,12 +4,12 @@ parameter problem) from the destination, a router or a firewall."""
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from tcpwhy.decode.table import ACK, RST, SYN
 from tcpwhy.diagnose import knowledge
-from tcpwhy.diagnose.common import Group, Hits, earliest
+from tcpwhy.diagnose.common import Group, Hits
 from tcpwhy.diagnose.context import CLIENT, SERVER, Conn, fmt_s
 from tcpwhy.diagnose.icmp import errno_name, errno_text
 from tcpwhy.diagnose.model import Finding, Severity, Step, Story
@@ -68,21 +68,12 @@ class IcmpHits(Hits):
     """`common.Hits` for the kinds told with the ICMP errors about each connection (filed
     with `put`): each finding's frames add the errors of its first connections."""
 
-    def findings(
-        self,
-        diag: Diag,
-        kind: str,
-        tell: Callable[[Group], Story],
-        example: Callable[[Instance], Any] = earliest,
-    ) -> list[Finding]:
-        out = super().findings(diag, kind, tell, example)
+    def finding(self, diag: Diag, kind: str, inst: list[Instance], story: Story) -> Finding:
+        f = super().finding(diag, kind, inst, story)
         ic = diag.cap.icmp
-        for f, insts in zip(out, self.groups.values(), strict=True):
-            icmp = [
-                i for x in insts[:FRAME_INSTANCES] if isinstance(x, IcmpInstance) for i, _ in x.icmp
-            ]
-            f.frames = sorted(set(f.frames) | {ic.get("frame", i) for i in icmp})
-        return out
+        icmp = [i for x in inst[:FRAME_INSTANCES] if isinstance(x, IcmpInstance) for i, _ in x.icmp]
+        f.frames = sorted(set(f.frames) | {ic.get("frame", i) for i in icmp})
+        return f
 
 
 def who_answered(c: Conn, sender: str, quoted_side: int) -> str:

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
-from tcpwhy.arrays import group_firsts, group_ids
+from tcpwhy.arrays import group_firsts, group_ids, unique_sorted
 from tcpwhy.decode import tls as rec
 from tcpwhy.decode.table import RST, PacketTable, format_addr
 from tcpwhy.diagnose.http import Message, printable
@@ -186,6 +188,22 @@ def _find_records(cap: Capture) -> rec.Records:
     return dataclasses.replace(
         got, row=rows[got.row], start_row=rows[got.start_row], order=order, bounds=bounds
     )
+
+
+def conns_with(
+    cap: Capture, which: Callable[[rec.Records], npt.NDArray[np.bool_]]
+) -> Iterator[tuple[Conn, TLSConn]]:
+    """The connections with a TLS record `which` picks (a mask over `capture_records`), in
+    stream order, each with its TLS view: a TLS rule's candidates, found without a `Conn`
+    for any other stream (and none, nothing asked of `which`, in a capture without TLS)."""
+    recs = capture_records(cap)
+    if not len(recs):
+        return
+    for sid in unique_sorted(recs.group[which(recs)] // 2).tolist():
+        c = cap.conn(sid)
+        tc = of(c)
+        if tc is not None:
+            yield c, tc
 
 
 def of(conn: Conn) -> TLSConn | None:

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from tcpwhy.decode import tls as rec
 from tcpwhy.diagnose import tls
 from tcpwhy.diagnose.common import Group, Hits
@@ -310,19 +313,8 @@ def _end_after(c: Conn, side: int, row: int) -> tuple[int, str] | None:
 
 @rule(KIND)
 def detect(diag: Diag) -> list[Finding]:
-    cap = diag.cap
-    recs = tls.capture_records(cap)
-    if not len(recs):
-        return []
-    alerts = (recs.ctype == rec.ALERT) & (recs.alert >= 0) & ((recs.alert >> 8) == 2)
-    short = (recs.ctype == rec.APPLICATION_DATA) & (recs.length <= rec.ENCRYPTED_ALERT_MAX)
-    cand = sorted({int(g) // 2 for g in recs.group[alerts | short].tolist()})
     hits = Hits()
-    for sid in cand:
-        c = cap.conn(sid)
-        tc = tls.of(c)
-        if tc is None:
-            continue
+    for c, tc in tls.conns_with(diag.cap, _alert_like):
         got = _fatal(c, tc)
         if got is None:
             continue
@@ -344,8 +336,16 @@ def detect(diag: Diag) -> list[Finding]:
             "alert_row": r.row,
         }
         hits.add((c.server, r.side, desc), c, rows, facts)
-        diag.claim(sid)
+        diag.claim(c.sid)
     return hits.findings(diag, KIND, _tell)
+
+
+def _alert_like(recs: rec.Records) -> npt.NDArray[np.bool_]:
+    """Per record: a fatal alert in clear, or application data short enough to be an
+    encrypted one."""
+    alerts = (recs.ctype == rec.ALERT) & (recs.alert >= 0) & ((recs.alert >> 8) == 2)
+    short = (recs.ctype == rec.APPLICATION_DATA) & (recs.length <= rec.ENCRYPTED_ALERT_MAX)
+    return alerts | short
 
 
 def _fatal(c: Conn, tc: tls.TLSConn) -> tuple[tls.Record, int] | None:

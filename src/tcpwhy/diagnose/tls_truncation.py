@@ -19,7 +19,6 @@ alert is what servers see all day).
 
 from __future__ import annotations
 
-from tcpwhy.arrays import unique_sorted
 from tcpwhy.decode.table import RST
 from tcpwhy.diagnose import tls
 from tcpwhy.diagnose.common import Group, Hits
@@ -51,16 +50,10 @@ later, the connection was idle and closed on a timeout."""
 @rule(KIND)
 def detect(diag: Diag) -> list[Finding]:
     cap = diag.cap
-    recs = tls.capture_records(cap)
-    if not len(recs):
-        return []
-    sids = unique_sorted(recs.group // 2)
-    sids = sids[cap.n_fin[sids].sum(1) > 0]
     hits = Hits()
-    for sid in sids.tolist():
-        c = cap.conn(int(sid))
-        tc = tls.of(c)
-        if tc is None or not tc.messages or tc.fatal:
+    # the TLS connections closed by a FIN
+    for c, tc in tls.conns_with(cap, lambda recs: cap.n_fin[recs.group // 2].sum(1) > 0):
+        if not tc.messages or tc.fatal:
             continue
         got = _truncated(c, tc)
         if got is None:

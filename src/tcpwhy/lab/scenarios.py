@@ -1,7 +1,8 @@
 """What the scenario families (``scenarios_<family>.py``, one module each, all loaded by
 `tcpwhy.lab.runner`) share: connecting a client, a connected pair, one request and
 response, an orderly close, what a read reports, waiting for the relay to see something,
-the relay rule that makes segments cross, the nft drop rule and its counter.
+the relay rule that makes segments cross and how a keep-alive race ends, the nft drop
+rule and its counter.
 
 Every scenario checks at run time what the applications saw (exceptions,
 EOF) and what `ss` showed; the tests check the recorded packets separately,
@@ -14,11 +15,14 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tcpwhy.lab import ns as nsmod
 from tcpwhy.lab.env import Lab, describe_exc
 from tcpwhy.lab.relay import HOLD, PASS, PASS_RELEASE, Relay, Seg
+
+if TYPE_CHECKING:
+    from tcpwhy.lab.http import Pool
 
 
 def local_addr(s: socket.socket) -> str:
@@ -132,6 +136,16 @@ class Crossing:
             self.crossed.append(seg)
             return PASS_RELEASE
         return PASS
+
+
+def race_retried(lab: Lab, pool: Pool, status: int, conn: str = "connection") -> None:
+    """How a keep-alive race ends (the cleartext one and its TLS twin): the request on the
+    reused connection failed, the pool's retry on a new `conn` was answered; the pool then
+    closes and the client's socket goes to TIME-WAIT."""
+    lab.check(len(pool.errors) == 1, "the reused connection failed")
+    lab.check(status == 200, f"retry on a new {conn} answered")
+    pool.close()
+    lab.wait_state("client", "TIME-WAIT", timeout=2)
 
 
 def drop_rule(port: int, what: str, hook: str = "input", extra: str = "") -> str:

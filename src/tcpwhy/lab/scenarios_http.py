@@ -12,7 +12,7 @@ from tcpwhy.decode.table import FIN
 from tcpwhy.lab.env import Lab
 from tcpwhy.lab.http import STALE_ERRORS, KeepAliveServer, Pool
 from tcpwhy.lab.runner import scenario
-from tcpwhy.lab.scenarios import Crossing, idle_timeout, relay_of, wait_until
+from tcpwhy.lab.scenarios import Crossing, idle_timeout, race_retried, relay_of, wait_until
 
 
 @scenario(
@@ -136,8 +136,5 @@ def keepalive_race(lab: Lab) -> None:
         crossed[0].ack == fin[0].seq,
         "the request does not acknowledge the server's FIN (they crossed)",
     )
-    lab.check(len(pool.errors) == 1, "the reused connection failed")
-    lab.check(status == 200, "retry on a new connection answered")
-    pool.close()
-    lab.wait_state("client", "TIME-WAIT", timeout=2)
+    race_retried(lab, pool, status)
     server.stop()

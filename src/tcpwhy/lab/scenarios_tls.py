@@ -28,7 +28,7 @@ from tcpwhy.errors import ScenarioFailed
 from tcpwhy.lab.env import Lab, describe_exc
 from tcpwhy.lab.http import STALE_ERRORS, KeepAliveServer, LabConnection, Pool, _fmt
 from tcpwhy.lab.runner import scenario
-from tcpwhy.lab.scenarios import Crossing, idle_timeout, relay_of, wait_until
+from tcpwhy.lab.scenarios import Crossing, idle_timeout, race_retried, relay_of, wait_until
 
 SNI = "api.tcpwhy.test"
 
@@ -296,10 +296,7 @@ def keepalive_race_tls(lab: Lab) -> None:
             crossed[0].ack == held[0].seq,
             "the request acknowledges neither the close_notify nor the FIN (they crossed)",
         )
-        lab.check(len(pool.errors) == 1, "the reused connection failed")
-        lab.check(status == 200, "retry on a new TLS connection answered")
-        pool.close()
-        lab.wait_state("client", "TIME-WAIT", timeout=2)
+        race_retried(lab, pool, status, "TLS connection")
 
 
 def _handshake(lab: Lab, ctx: ssl.SSLContext) -> Exception | None:

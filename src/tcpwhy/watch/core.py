@@ -331,6 +331,11 @@ class Watcher:
 
     # -- request-retried across windows ------------------------------------------------
 
+    def _waiting(self, now_ns: int) -> list[Failed]:
+        """The carried failed requests whose retry can still come: their RST is no older
+        than the rule's window (`CARRY_NS`)."""
+        return [f for f in self.failed if f.rst_ns + CARRY_NS >= now_ns]
+
     def _carry(
         self,
         cap: Capture,
@@ -340,7 +345,7 @@ class Watcher:
     ) -> None:
         """Keep the window's failed requests whose retry was not in it (`Failed`); let go
         of those whose retry can no longer come."""
-        self.failed = [f for f in self.failed if f.rst_ns + CARRY_NS >= now_ns]
+        self.failed = self._waiting(now_ns)
         if not cap.nstreams:
             return
         failed = (cap.n_rst.sum(axis=1) > 0) & (cap.n_data[:, CLIENT] > 0) & ~retried & (nos >= 0)
@@ -378,7 +383,7 @@ class Watcher:
         """`request-retried` for the failed requests of earlier windows whose retry is a new
         connection of this one: the rule run on those and this window's new connections to
         the same servers from the same clients. None when there is nothing to match."""
-        waiting = [f for f in self.failed if f.rst_ns + CARRY_NS >= now_ns]
+        waiting = self._waiting(now_ns)
         if not waiting or not cap.nstreams:
             return None
         fresh = np.flatnonzero((cap.n_syn[:, CLIENT] > 0) & (cap.n_data[:, CLIENT] > 0) & ~retried)
