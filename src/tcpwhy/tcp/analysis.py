@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from tcpwhy.arrays import extend_filled
 from tcpwhy.decode.table import ACK, COLUMNS, FIN, RST, SYN, PacketTable, staggered_zeros
-from tcpwhy.native import array_types, kernel, njit
+from tcpwhy.native import array_types, kernel, njit, tuple_of
 from tcpwhy.tcp import ANALYSIS_FLAGS
 
 FLAGS = ANALYSIS_FLAGS
@@ -75,6 +75,38 @@ OOO_DEFAULT_NS = 3_000_000
 FAST_RETRANS_NS = 20_000_000
 
 
+_DIR_STATE = {
+    # name: (dtype, initial value) of the per-(stream, direction) state; counts, flags and
+    # the (unscaled, 16-bit) window in 32 bits: a flood's half a million conversations
+    # hold a million of these rows
+    "nextseq": (np.uint32, 0),
+    "nextseqtime": (np.int64, 0),
+    "maxseqtobeacked": (np.uint32, 0),
+    "lastack": (np.uint32, 0),
+    "lastacktime": (np.int64, 0),
+    "window": (np.uint32, 0xFFFFFFFF),  # none seen yet
+    "dupacknum": (np.int32, 0),
+    "lastnondup": (np.int64, 0),
+    "lastflags": (np.uint32, 0),  # the last packet's analysis bits
+    "valid_bif": (np.bool_, True),
+    "seg_head": (np.int64, -1),
+    "seg_count": (np.int32, 0),
+}
+_STREAM_STATE = {"mru_syn": (np.int64, 0), "first_rtt": (np.int64, 0), "last_ts": (np.int64, -1)}
+_POOL = {
+    "pool_seq": (np.uint32, 0),
+    "pool_next": (np.uint32, 0),
+    "pool_ts": (np.int64, 0),
+    "pool_frame": (np.int64, 0),
+    "pool_link": (np.int64, -1),
+}
+
+
+def _state_types(spec: dict[str, tuple[Any, int]]) -> str:
+    """A state's arrays as one tuple argument's signature words, from their declared types."""
+    return tuple_of(array_types({k: (dt, ()) for k, (dt, _) in spec.items()}))
+
+
 @njit(cache=True, inline="always")
 def _gt(a: Any, b: Any) -> Any:
     return np.int32(np.uint32(a) - np.uint32(b)) > 0
@@ -107,8 +139,8 @@ def _free_list(seg_head: Any, seg_count: Any, pool_link: Any, free_head: int, k:
 
 @kernel(
     f"i8[:] i8[:] i8[:] {array_types(COLUMNS, ('seq', 'ack', 'payload_len'))} i8[:] i1[:] "
-    f"{array_types(COLUMNS, ('ts_ns',))} i8[:] b1[:] b1[:] u4[:] i8[:] u4[:] u4[:] i8[:] i8[:] "
-    "i8[:] i8[:] i8[:] b1[:] i8[:] i8[:] i8[:] i8[:] i8[:] u4[:] u4[:] i8[:] i8[:] i8[:] i8[:] "
+    f"{array_types(COLUMNS, ('ts_ns',))} i8[:] b1[:] b1[:] {_state_types(_DIR_STATE)} "
+    f"{_state_types(_STREAM_STATE)} {_state_types(_POOL)} i8[:] "
     "u4[:] i8[:] i8[:] f8[:] i8[:] f8[:] f8[:] b1[:] -> none",
     nogil=True,
 )
@@ -125,26 +157,9 @@ def _analyze(
     frame: Any,
     reused: Any,
     new: Any,
-    nextseq: Any,
-    nextseqtime: Any,
-    maxseqtobeacked: Any,
-    lastack: Any,
-    lastacktime: Any,
-    window: Any,
-    dupacknum: Any,
-    lastnondup: Any,
-    lastflags: Any,
-    valid_bif: Any,
-    seg_head: Any,
-    seg_count: Any,
-    mru_syn: Any,
-    first_rtt: Any,
-    last_ts: Any,
-    pool_seq: Any,
-    pool_next: Any,
-    pool_ts: Any,
-    pool_frame: Any,
-    pool_link: Any,
+    dir_state: Any,
+    stream_state: Any,
+    pool: Any,
     pool_meta: Any,
     out_flags: Any,
     out_dup: Any,
@@ -155,6 +170,13 @@ def _analyze(
     out_delta: Any,
     out_tree: Any,
 ) -> None:
+    # the state arrays, as `_DIR_STATE`, `_STREAM_STATE` and `_POOL` declare them
+    (
+        nextseq, nextseqtime, maxseqtobeacked, lastack, lastacktime, window, dupacknum,
+        lastnondup, lastflags, valid_bif, seg_head, seg_count,
+    ) = dir_state  # fmt: skip
+    mru_syn, first_rtt, last_ts = stream_state
+    pool_seq, pool_next, pool_ts, pool_frame, pool_link = pool
     n = slot.shape[0]
     # unacknowledged segments: a pool of singly linked lists, newest first; the caller
     # guarantees room for one new segment per row
@@ -418,31 +440,6 @@ class Analysis:
         return "".join(parts)
 
 
-_DIR_STATE = {
-    # name: (dtype, initial value) of the per-(stream, direction) state
-    "nextseq": (np.uint32, 0),
-    "nextseqtime": (np.int64, 0),
-    "maxseqtobeacked": (np.uint32, 0),
-    "lastack": (np.uint32, 0),
-    "lastacktime": (np.int64, 0),
-    "window": (np.int64, 0xFFFFFFFF),
-    "dupacknum": (np.int64, 0),
-    "lastnondup": (np.int64, 0),
-    "lastflags": (np.int64, 0),
-    "valid_bif": (np.bool_, True),
-    "seg_head": (np.int64, -1),
-    "seg_count": (np.int64, 0),
-}
-_STREAM_STATE = {"mru_syn": (np.int64, 0), "first_rtt": (np.int64, 0), "last_ts": (np.int64, -1)}
-_POOL = {
-    "pool_seq": (np.uint32, 0),
-    "pool_next": (np.uint32, 0),
-    "pool_ts": (np.int64, 0),
-    "pool_frame": (np.int64, 0),
-    "pool_link": (np.int64, -1),
-}
-
-
 def _grown(
     arrs: dict[str, npt.NDArray[Any]],
     filled: dict[str, int],
@@ -454,8 +451,9 @@ def _grown(
         have = filled.get(name, 0)
         if have < n:
             old = arrs.get(name, np.empty(0, dt))
-            # by a quarter: the slots follow the stream tracker's, which `conns` bounds
-            arrs[name] = extend_filled(old, have, n, init, grow=1.25)
+            # doubled: room is address space until its rows are set up, and a flood's
+            # state grown by a quarter was copied 14 times (0.25 s of its `conns`)
+            arrs[name] = extend_filled(old, have, n, init)
             filled[name] = n
 
 
@@ -554,7 +552,7 @@ def _run(
             wide["frame"],
             streams["reused"],
             streams["new"],
-            *(state[k] for k in (*_DIR_STATE, *_STREAM_STATE, *_POOL)),
+            *(tuple(state[k] for k in spec) for spec in (_DIR_STATE, _STREAM_STATE, _POOL)),
             pool_meta,
             bits,
             dup,
