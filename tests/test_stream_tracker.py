@@ -118,3 +118,24 @@ def test_a_table_beyond_the_caches_finds_the_same_slots() -> None:
             map(tuple, np.stack([hi[:, 1], lo[:, 1], ports[:, 1]], 1).tolist()),
             strict=True,
         )]))  # fmt: skip
+
+
+def test_the_table_is_sized_by_the_conversations_held() -> None:
+    """The hash table grows to hold the conversations and the next chunk at most 7/10 full,
+    and no more: a chunk that grew the slot arrays once doubled the table beyond that (a
+    3 M-SYN flood's `conns`: 4 M entries, 34 MB, for half a million conversations)."""
+    tracker = StreamTracker()
+    chunk = 20_000
+    for c in range(8):
+        ids = np.arange(c * chunk, (c + 1) * chunk, dtype=np.uint64)
+        a = np.zeros((chunk, 6), np.uint64)
+        a[:, 1] = 0x0A00_0000 + ids  # one client address per conversation
+        a[:, 2] = 40000
+        a[:, 4] = 0xC633_640A
+        a[:, 5] = 443
+        tracker.feed(_table([(r[0], r[1], r[2], r[3], r[4], r[5]) for r in a.tolist()]))
+        held = tracker.conversations
+        assert held == (c + 1) * chunk
+        size = len(tracker._tab_val)
+        assert 10 * held <= 7 * size  # room for what it holds
+        assert size < 2 * max(4096, 10 * (held + chunk) / 7)  # and not twice what it needs

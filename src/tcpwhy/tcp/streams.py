@@ -441,8 +441,9 @@ class StreamTracker:
             self._keys = grow(self._keys, 0)
             if cap > len(self._keys_hi):
                 # zeros, never written (`sparse_zeros`): an IPv4 capture touches none of them
-                rows = max(cap, 2 * len(self._keys_hi), self.expect, 1024)
-                hi = sparse_zeros((rows, 2), np.uint64)
+                hi = sparse_zeros(
+                    (max(cap, 2 * len(self._keys_hi), self.expect, 1024), 2), np.uint64
+                )
                 old = self._keys_hi[: self._cap]
                 np.copyto(hi[: self._cap], old, where=old != 0)  # zeros are there already
                 self._keys_hi = hi
