@@ -11,11 +11,13 @@ import tempfile
 from importlib import resources
 from typing import IO, TYPE_CHECKING
 
+from tcpwhy.cli_helpers import Subcommands
+
 if TYPE_CHECKING:
     from tcpwhy.diagnose.model import Report
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     d = sub.add_parser(
         "demo",
         help="diagnose the stale keep-alive incident (recorded live as root, else the shipped capture)",

@@ -7,7 +7,7 @@ import gc
 import sys
 
 from tcpwhy.capture.options import add_reassembly_option
-from tcpwhy.cli_helpers import positive_float, positive_int
+from tcpwhy.cli_helpers import Subcommands, positive_float, positive_int
 from tcpwhy.console import step_progress
 from tcpwhy.filter import add_filter_argument
 from tcpwhy.report.output import add_output_argument, with_output
@@ -70,7 +70,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0 if matches else 1
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     a = sub.add_parser(
         "analyze",
         help="diagnose a capture: why connections broke and what to change",

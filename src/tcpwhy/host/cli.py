@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tcpwhy.cli_helpers import positive_float, positive_int
+from tcpwhy.cli_helpers import Subcommands, positive_float, positive_int
 from tcpwhy.console import TABLE_WIDTH, make_console
 from tcpwhy.errors import TcpwhyError
 from tcpwhy.host import alerts
@@ -37,7 +37,7 @@ def _emit_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2), flush=True)
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "host",
         help="inspect the live host: socket states, accept queues, counters, sysctls",

@@ -12,7 +12,7 @@ from dataclasses import fields
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from tcpwhy.cli_helpers import positive_float, positive_int
+from tcpwhy.cli_helpers import Subcommands, positive_float, positive_int
 from tcpwhy.errors import EXIT_BAD_INPUT, ScenarioFailed, TcpwhyError
 from tcpwhy.lab.env import Options
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from tcpwhy.lab.runner import LabResult, Scenario
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "lab",
         help="reproduce a connection incident on the real kernel and record it",

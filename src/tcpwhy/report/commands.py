@@ -6,7 +6,14 @@ import argparse
 import sys
 
 from tcpwhy.capture.options import add_reassembly_option
-from tcpwhy.cli_helpers import add_output, one_file, positive_int, report_stats, unless_parquet
+from tcpwhy.cli_helpers import (
+    Subcommands,
+    add_output,
+    one_file,
+    positive_int,
+    report_stats,
+    unless_parquet,
+)
 from tcpwhy.decode.table import CaptureStats
 from tcpwhy.filter import add_filter_argument
 from tcpwhy.report.output import add_output_argument, with_output
@@ -46,7 +53,7 @@ def cmd_packets(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "packets",
         help="list TCP packets the way Wireshark's packet list shows them",
@@ -93,7 +100,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     register_flow(sub)
 
 
-def register_flow(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register_flow(sub: Subcommands) -> None:
     p = sub.add_parser(
         "flow",
         help="draw one connection as a ladder diagram with both endpoints' states",

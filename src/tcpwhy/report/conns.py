@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, cast
 import numpy as np
 
 from tcpwhy.capture.options import add_reassembly_option
-from tcpwhy.cli_helpers import positive_int, report_stats
+from tcpwhy.cli_helpers import Subcommands, positive_int, report_stats
 from tcpwhy.decode.table import CaptureStats
 from tcpwhy.filter import DisplayFilter, add_filter_argument
 
@@ -545,7 +545,7 @@ def _local_nets(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     """Registers `conns`."""
     p = sub.add_parser(
         "conns",

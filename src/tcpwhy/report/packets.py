@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from tcpwhy.decode.table import (
     ACK,
+    COLUMNS,
     ENDPOINT_COLUMNS,
     FLAG_NAMES,
     OPT_MSS,
@@ -37,14 +38,14 @@ from tcpwhy.decode.table import (
     PacketTable,
     format_addr,
 )
-from tcpwhy.decode.table import COLUMNS as TABLE_COLUMNS
 from tcpwhy.filter import DisplayFilter
 from tcpwhy.schemas import SCHEMA_VERSION
 from tcpwhy.tcp.seq import seq_offset
 from tcpwhy.tcp.streams import StreamTracker
 from tcpwhy.timestamps import rfc3339
 
-COLUMNS = ("No.", "Time", "Source", "Destination", "Length", "Info")
+CSV_HEADER = ("No.", "Time", "Source", "Destination", "Length", "Info")
+"""The CSV format's header row: tshark's default columns."""
 _addr = functools.lru_cache(maxsize=1 << 14)(format_addr)
 
 
@@ -500,7 +501,7 @@ def write_packets_rows(
     tf = time_format if fmt != "jsonl" else None
     rows = iter_rows(source, stats, absolute, limit, flt, tf, meta)
     if fmt == "csv":
-        out.write(",".join(COLUMNS) + "\n")
+        out.write(",".join(CSV_HEADER) + "\n")
     for r in rows:
         out.write(_row_text(r, fmt, meta["digits"]))
         if live:
@@ -529,7 +530,7 @@ def write_packets(
     live = source == "-"
     sink = _Sink(out, live=live)
     if fmt == "csv":
-        sink.write(b",".join(c.encode() for c in COLUMNS) + b"\n")
+        sink.write(b",".join(c.encode() for c in CSV_HEADER) + b"\n")
     clock = _Clock(time_format if fmt != "jsonl" else None)
     from tcpwhy.views import packet_chunks
 
@@ -919,7 +920,7 @@ def _kernel_columns(
     cols = (
         _col(t["frame"], u8, own), rel_ns, rel_s.view(np.int64),
         ts if tval is None else _col(tval, np.int64, own), ts,
-        tuple(_col(t[k], TABLE_COLUMNS[k][0], own) for k in ENDPOINT_COLUMNS),
+        tuple(_col(t[k], COLUMNS[k][0], own) for k in ENDPOINT_COLUMNS),
         _col(t["frame_len"], u4, own), _col(flags, u2, own),
         _col(seq, u4, own), _col(ack, u4, own and absolute), _col(s["win_scaled"], np.int64, own),
         _col(t["urp"], u2, own), _col(t["payload_len"], u4, own), _col(t["opt_order"], u4, own),

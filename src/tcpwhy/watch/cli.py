@@ -17,7 +17,7 @@ import time
 from types import FrameType
 from typing import Any
 
-from tcpwhy.cli_helpers import positive_float, positive_int
+from tcpwhy.cli_helpers import Subcommands, positive_float, positive_int
 from tcpwhy.errors import TcpwhyError
 
 NS = 1_000_000_000
@@ -233,7 +233,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return status
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     w = sub.add_parser(
         "watch",
         help="name connection failures on the wire as they happen (or in a growing capture)",
