@@ -55,10 +55,19 @@ reply({"pid": os.getpid()})
 for line in sys.stdin:
     cmd, *a = line.split()
     if cmd == "listen":
-        s = socket.socket(fam(a[0]))
-        s.bind((a[0], 0))
+        # a port number the kernel gave ::1 may already be 127.0.0.1's (the addresses do
+        # not conflict); listeners are keyed by port, so such a bind is held and retried
+        taken = []
+        while True:
+            s = socket.socket(fam(a[0]))
+            s.bind((a[0], 0))
+            port = s.getsockname()[1]
+            if port not in listeners:
+                break
+            taken.append(s)
+        for t in taken:
+            t.close()
         s.listen(int(a[1]))
-        port = s.getsockname()[1]
         listeners[port], accepted[port] = s, []
         reply({"port": port})
     elif cmd == "connect":
