@@ -88,8 +88,12 @@ def test_a_parked_flood_leaves_the_pool_unwritten(tmp_path: Path) -> None:
     assert b.active == n
     assert int(b.parked[: b._cap].sum()) == n
     assert not b.S[: b._cap].any() and not b.W[: b._cap].any() and not b.H[: b._cap].any()
+    # their packets are in P only, not kept a second time for the RFC state machine
+    assert not b._kept
     got = b.finish_columns().records()
     assert [r.history for r in got] == ["S"] * n
+    # handed to it as the records were written
+    assert {(r.orig_state, r.resp_state) for r in got} == {("SYN_SENT", "SYN_RECEIVED")}
     assert [r.stream for r in got] == list(range(n))
     assert {r.end for r in got} == {"no answer to SYN"}
     assert int(b.parked[: b._cap].sum()) == 0 and b.active == 0

@@ -29,13 +29,13 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
 from tcpwhy.arrays import sparse_zeros
-from tcpwhy.decode.table import ACK, FIN, RST, SYN, CaptureStats, PacketTable
+from tcpwhy.decode.table import ACK, COLUMNS, FIN, RST, SYN, CaptureStats, PacketTable
 from tcpwhy.tcp import zeek as z
 from tcpwhy.tcp.endings import ENDINGS
 from tcpwhy.tcp.records import (
@@ -168,7 +168,18 @@ class _KeptPackets:
     row at every batch would cost (connections open) x (batches): on a SYN flood with half a
     million connections open, most of `conns`' time."""
 
-    FIELDS = ("uid", "dir", "flags", "seq", "ack", "plen", "ts", "frame")
+    FIELDS = z.KEPT_FIELDS
+    DTYPES: ClassVar[dict[str, Any]] = {
+        "uid": np.int64,
+        "dir": np.int8,
+        "flags": COLUMNS["flags"][0],
+        "seq": COLUMNS["seq"][0],
+        "ack": COLUMNS["ack"][0],
+        "plen": COLUMNS["payload_len"][0],
+        "ts": COLUMNS["ts_ns"][0],
+        "frame": COLUMNS["frame"][0],
+    }
+    """Each column's type: the packet table's, as the rows kept straight from it have."""
 
     def __init__(self) -> None:
         self.cols: dict[str, npt.NDArray[Any]] = {}
@@ -399,6 +410,10 @@ class ConnectionBuilder:
                 ext_zwin = np.asarray(ext["zero_window"], np.int8)
         row_uid = np.full(n, -1, np.int64)
         row_keep = np.zeros(n, np.bool_)
+        # parked connections' packets handed over (`z.LK`): at most a row per record emitted
+        # and per row run, in a call
+        LK = np.empty((OUT_ROWS + n, z.NKEPT), np.int64)
+        lkmeta = np.zeros(1, np.int64)
         # records are worded as of the chunk's last packet (idle times, TIME_WAIT expiry)
         self.now = max(self.now, int(t["ts_ns"].max()))
         OUT, OW, OH = self._out, self._ow, self._oh
@@ -452,6 +467,9 @@ class ConnectionBuilder:
                 self._cap >= self.max_active,
                 self._victims,
                 self._vmeta,
+                t["frame"],
+                LK,
+                lkmeta,
             )
             if k:
                 self._gone.append(OUT[done_n : done_n + k, [z.F_CONV, z.F_STREAM]])
@@ -460,6 +478,7 @@ class ConnectionBuilder:
             done_n += k
             if j < n and self.nfree == 0 and self._cap >= self.max_active and done_n < top:
                 self._list_victims()
+            self._hand_over(LK, lkmeta)
             if self.rfc_states and row_keep[i:j].any():
                 idx = i + np.flatnonzero(row_keep[i:j])
                 self._kept.append(
@@ -650,6 +669,8 @@ class ConnectionBuilder:
         OUT = np.empty((len(slots), z.NFIELDS), np.int64)
         OW = np.empty((len(slots), z.NFIELDS32), np.int32)
         OH = np.empty((len(slots), z.HIST_MAX), np.uint8)
+        LK = np.empty((len(slots), z.NKEPT), np.int64)
+        lkmeta = np.zeros(1, np.int64)
         self.nfree, k = z.sweep(
             self._pool(),
             self.nfree,
@@ -665,11 +686,26 @@ class ConnectionBuilder:
             (OUT, OW, OH),
             self._q,
             self._qmeta,
+            LK,
+            lkmeta,
         )
+        self._hand_over(LK, lkmeta)
         if not k:
             return []
         self._gone.append(OUT[:k, [z.F_CONV, z.F_STREAM]])
         return self._records(OUT[:k], OW[:k], OH[:k])
+
+    def _hand_over(self, LK: npt.NDArray[np.int64], lkmeta: npt.NDArray[np.int64]) -> None:
+        """The packets of parked connections that the compiled loop handed over (`z.LK`),
+        kept as the rows the connection would have kept, before any row after them."""
+        m = int(lkmeta[0])
+        if not m:
+            return
+        lkmeta[0] = 0
+        if self.rfc_states:
+            self._kept.append(
+                {k: LK[:m, j].astype(_KeptPackets.DTYPES[k]) for j, k in enumerate(z.KEPT_FIELDS)}
+            )
 
     def _list_victims(self) -> None:
         """Lists the connections idle longest for the compiled loop to evict, idlest first:

@@ -198,11 +198,25 @@ P_DST_LO = _P.take()
 P_PORTS = _P.take()  # sport << 32 | dport << 16 | window
 P_LENS = _P.take()  # payload length << 32 | IP length
 # flags | dir << 16 | continued << 17 | truncated << 18, then as signed bytes the checksum
-# result << 24 and the external retransmission and zero-window flags << 32 and << 40, and
-# whether the connection counts as finished for idling (`_finished`) << 48
+# result << 24 and the external retransmission and zero-window flags << 32 and << 40,
+# whether the connection counts as finished for idling (`_finished`) << 48, and whether the
+# packet is one the RFC state machine is given (`_packet`'s answer) << 49
 P_BITS = _P.take()
+P_FRAME = _P.take()
 NPARK = _P.n
 """Width of P."""
+
+# --- a parked connection's packet for the RFC state machine ------------------------------
+# The packets the RFC state machine is given are kept by the caller until the connection's
+# record is written (`row_keep`). A parked connection's one packet is in P already: it is
+# not kept twice (on a flood, half a million rows beside P's), but handed over as a row of
+# LK when the connection stops being parked -- its second packet, or its record written
+# from the scratch slot -- in the caller's order, before the rows of the call that follow it.
+KEPT_FIELDS = ("uid", "dir", "flags", "seq", "ack", "plen", "ts", "frame")
+"""The columns of a kept packet, in LK and in the caller's kept packets alike."""
+LK_UID, LK_DIR, LK_FLAGS, LK_SEQ, LK_ACK, LK_PLEN, LK_TS, LK_FRAME = range(len(KEPT_FIELDS))
+NKEPT = len(KEPT_FIELDS)
+"""Width of LK."""
 PARKED_AS = {
     F_UID: P_UID,
     F_STREAM: P_STREAM,
@@ -1151,6 +1165,25 @@ def _unpark(
         parked[s] = False
 
 
+@njit(cache=True, _nrt=False)
+def _hand_over(P: Any, s: Any, LK: Any, lkmeta: Any) -> None:
+    """Parked slot s's packet as the next row of LK, if the state machine is given it: the
+    connection is parked no more (see LK)."""
+    bits = P[s, P_BITS]
+    if not (bits >> 49) & 1:
+        return
+    j = lkmeta[0]
+    LK[j, LK_UID] = P[s, P_UID]
+    LK[j, LK_DIR] = (bits >> 16) & 1
+    LK[j, LK_FLAGS] = bits & 0xFFFF
+    LK[j, LK_SEQ] = P[s, P_SEQ]
+    LK[j, LK_ACK] = P[s, P_ACK]
+    LK[j, LK_PLEN] = P[s, P_LENS] >> 32
+    LK[j, LK_TS] = P[s, P_TS]
+    LK[j, LK_FRAME] = P[s, P_FRAME]
+    lkmeta[0] = j + 1
+
+
 @njit(cache=True, inline="always")
 def _scratch(S: Any) -> Any:
     """The scratch slot: S, W and H's last row, outside the pool; parked connections are
@@ -1199,13 +1232,16 @@ _RECORDS = tuple_of("i8[:,:] i4[:,:] u1[:,:]")
 """The rows of the records a loop emits, one tuple (OUT, OW, OH: S's, W's and H's rows)."""
 _TIMERS = "i8[:,:] i8[:]"
 """The ring of attempt timers and its [head, tail] (Q, qmeta)."""
+_HANDED = "i8[:,:] i8[:]"
+"""Parked connections' packets handed over (LK) and how many rows of it are filled."""
 
 
 @kernel(
     f"{_POOL} i8 i8 i8 i8[:] i8[:] b1[:] i1[:] "
     f"{array_types(COLUMNS, _ROW_COLUMNS)} i8[:] i8[:] i8[:] i8[:] "
     f"{array_types(COLUMNS, ('csum_ok', 'truncated'))} i1[:] i1[:] b1[:] b1 b1 i8 i8 "
-    f"i8[:] b1[:] {_RECORDS} {_TIMERS} b1 b1 i8[:,:] i8[:] -> (i8, i8, i8, i8)",
+    f"i8[:] b1[:] {_RECORDS} {_TIMERS} b1 b1 i8[:,:] i8[:] "
+    f"{array_types(COLUMNS, ('frame',))} {_HANDED} -> (i8, i8, i8, i8)",
     nogil=True,
 )
 def process_chunk(
@@ -1254,6 +1290,9 @@ def process_chunk(
     at_cap: bool,
     victims: Any,
     vmeta: Any,
+    frame: Any,
+    LK: Any,
+    lkmeta: Any,
 ) -> tuple[int, int, int, int]:
     """Run the rows of a chunk from `first` on through their connections; returns (nfree,
     next_uid, records emitted into OUT, the row it stopped at). It stops early, for the caller
@@ -1269,7 +1308,11 @@ def process_chunk(
     (slot, uid, seen time) of the connections idle longest when the caller listed them, idlest
     first, `vmeta` = [next victim, victims evicted]; a victim that has seen a packet since is
     skipped (the connections listed later are all less idle). With no victim left the loop
-    returns for the caller to list more."""
+    returns for the caller to list more.
+
+    A parked connection's packet is not a kept row (`row_keep`): it is handed over in LK when
+    the connection stops being parked (see LK), which needs no more rows of LK than records
+    emitted and rows run in the call."""
     S, W, H, free, conv_slot, P, parked = pool
     OUT, OW, OH = records
     k = 0
@@ -1293,6 +1336,8 @@ def process_chunk(
                 else:
                     why = _attempt_due(S, W, r, t)
                 if why >= 0:
+                    if r != s:
+                        _hand_over(P, s, LK, lkmeta)
                     nfree = _emit(
                         S, W, H, parked, conv_slot, s, r, why, OUT, OW, OH, k, free, nfree
                     )
@@ -1307,6 +1352,8 @@ def process_chunk(
                 )  # fmt: skip
                 if r < 0:
                     continue
+                if r != s:
+                    _hand_over(P, s, LK, lkmeta)
                 nfree = _emit(
                     S, W, H, parked, conv_slot, s, r, END_EVICTED, OUT, OW, OH, k, free, nfree
                 )
@@ -1331,6 +1378,7 @@ def process_chunk(
         s = conv_slot[c]
         if s >= 0 and parked[s]:
             # its second packet: the connection takes its slot's state from here on
+            _hand_over(P, s, LK, lkmeta)
             _unpark(S, W, H, P, parked, s, s, likely, check_csum, Q, qmeta)
         if s >= 0 and S[s, F_STREAM] != stream[i]:
             # Wireshark started a new stream on this 4-tuple: the old one is over
@@ -1379,10 +1427,11 @@ def process_chunk(
         cs = np.int64(csum_ok[i])
         rx = np.int64(ext_retx[i])
         zw = np.int64(ext_zwin[i])
-        row_keep[i] = _packet(
+        keep = _packet(
             S, W, H, s, tk, d, t, fl, sq, ak, ln, w, ipl, cs, trunc[i], rx, zw, check_csum, Q,
             qmeta, True,
         )  # fmt: skip
+        row_keep[i] = keep and s == tk
         if s != tk:
             # parked: the packet into P, in the layout `_unpark` reads (see P_BITS)
             P[tk, P_UID] = S[s, F_UID]
@@ -1406,14 +1455,16 @@ def process_chunk(
                 | ((rx & 0xFF) << 32)
                 | ((zw & 0xFF) << 40)
                 | (np.int64(1 if _finished(W, s) else 0) << 48)
+                | (np.int64(1 if keep else 0) << 49)
             )
+            P[tk, P_FRAME] = np.int64(frame[i])
             parked[tk] = True
             W[s, F_ACTIVE] = 0
     return nfree, next_uid, k, conv.shape[0]
 
 
 @kernel(
-    f"{_POOL} i8 b1[:] b1 i8[:] i8 b1 i8 i8 b1 i8 {_RECORDS} {_TIMERS} -> (i8, i8)",
+    f"{_POOL} i8 b1[:] b1 i8[:] i8 b1 i8 i8 b1 i8 {_RECORDS} {_TIMERS} {_HANDED} -> (i8, i8)",
     nogil=True,
 )
 def sweep(
@@ -1431,8 +1482,11 @@ def sweep(
     records: Any,
     Q: Any,
     qmeta: Any,
+    LK: Any,
+    lkmeta: Any,
 ) -> tuple[int, int]:
-    """Emit the given active slots whose time is up by `now` (all of them if `force`)."""
+    """Emit the given active slots whose time is up by `now` (all of them if `force`); a
+    parked one's packet is handed over in LK (one row at most per slot)."""
     S, W, H, free, conv_slot, P, parked = pool
     OUT, OW, OH = records
     k = 0
@@ -1451,6 +1505,8 @@ def sweep(
             continue
         why = reason if force else _timers_due(S, W, r, now, zeek_timers, idle_ns, closed_idle_ns)
         if why >= 0:
+            if r != s:
+                _hand_over(P, s, LK, lkmeta)
             nfree = _emit(S, W, H, parked, conv_slot, s, r, why, OUT, OW, OH, k, free, nfree)
             k += 1
     return nfree, k
