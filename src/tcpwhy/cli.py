@@ -115,14 +115,17 @@ def tune_malloc() -> bool:
 
 
 def small_pages() -> bool:
-    """Asks numpy not to advise huge pages for the command's arrays (True when done).
+    """Asks numpy not to advise huge pages for the process's arrays from here on (True when
+    done); `conns` asks it for its own process.
 
     numpy advises them for every large array; the kernel then zeroes and maps 2 MB at the
-    first touch anywhere in it, where the command's tables are filled a chunk at a time and
-    its hash tables touched here and there. Measured, interleaved: `conns` peaks 10 to 15 MB
-    lower on every benchmark capture (the 3 M-SYN flood 493-504 MB against 510), in the same
-    time, with less system time. A choice the user made (``NUMPY_MADVISE_HUGEPAGE``) is kept,
-    and the library (`import tcpwhy`) leaves a notebook's numpy alone."""
+    first touch anywhere in it. `conns` fills its batches and tables part by part, and
+    measured, interleaved, peaks 10 to 15 MB lower with 4 kB pages on every benchmark
+    capture (the 3 M-SYN flood 493-504 MB against 510), in the same time. `analyze` writes
+    whole-capture columns, for which 2 MB pages mean fewer faults: with 4 kB pages the flood's
+    took twice as many faults and 0.5 s more (2.8-2.9 s against 2.3-2.4), so it keeps them.
+    A choice the user made (``NUMPY_MADVISE_HUGEPAGE``) is kept, and the library (`import
+    tcpwhy`) leaves a notebook's numpy alone."""
     if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
         return False
     try:
@@ -138,7 +141,6 @@ def small_pages() -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     tune_malloc()
-    small_pages()
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     try:
