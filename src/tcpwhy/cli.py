@@ -123,7 +123,8 @@ def small_pages() -> bool:
     measured, interleaved, peaks 10 to 15 MB lower with 4 kB pages on every benchmark
     capture (the 3 M-SYN flood 493-504 MB against 510), in the same time. `analyze` writes
     whole-capture columns, for which 2 MB pages mean fewer faults: with 4 kB pages the flood's
-    took twice as many faults and 0.5 s more (2.8-2.9 s against 2.3-2.4), so it keeps them.
+    took twice as many (618,000 against 290,000) for 10 to 30 MB less, its time within this
+    machine's noise either way; it keeps numpy's advice until a quiet run tells them apart.
     A choice the user made (``NUMPY_MADVISE_HUGEPAGE``) is kept, and the library (`import
     tcpwhy`) leaves a notebook's numpy alone."""
     if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
