@@ -298,7 +298,7 @@ class ConnectionBuilder:
         self.conv_slot = np.full(1024, -1, np.int64)
         self.next_uid = 0
         self.now = 0
-        self._last_sweep = 0
+        self._next_sweep = 0  # capture time of the next sweep of idle connections
         # packets kept for the RFC state machine, per connection uid
         self._kept = _KeptPackets()
         # the batch of records being emitted: the compiled loop writes each record straight
@@ -414,8 +414,9 @@ class ConnectionBuilder:
         # and per row run, in a call
         LK = np.empty((OUT_ROWS + n, z.NKEPT), np.int64)
         lkmeta = np.zeros(1, np.int64)
-        # records are worded as of the chunk's last packet (idle times, TIME_WAIT expiry)
+        # the capture's time so far: the connections open at its end are worded as of it
         self.now = max(self.now, int(t["ts_ns"].max()))
+        ts = t["ts_ns"]
         OUT, OW, OH = self._out, self._ow, self._oh
         done_n = 0  # rows of the batch filled
         i = 0
@@ -470,6 +471,7 @@ class ConnectionBuilder:
                 t["frame"],
                 LK,
                 lkmeta,
+                self._next_sweep,
             )
             if k:
                 self._gone.append(OUT[done_n : done_n + k, [z.F_CONV, z.F_STREAM]])
@@ -494,19 +496,25 @@ class ConnectionBuilder:
                     }
                 )
             i = j
-            if done_n >= RECORD_ROWS:
+            sweep = i < n and int(ts[i]) >= self._next_sweep
+            if done_n >= RECORD_ROWS or sweep:
                 # names for all rows so far at once (one whole-array pass, not one per call)
                 self._note_names(t, row_uid, named, j)
                 named = j
-                out += self._flush(done_n)
+            if done_n >= RECORD_ROWS or (sweep and done_n):
+                out += self._flush(done_n)  # before the sweep's records: they end later
                 OUT, OW, OH = self._out, self._ow, self._oh
                 done_n = 0
+            if sweep:
+                # idle connections leave once a second of capture time, as of the row that
+                # starts the next second: not at a chunk's end, which would make a record's
+                # words and place depend on how the capture was read
+                now = int(ts[i])
+                self._next_sweep = now + SWEEP_EVERY_NS
+                out += self._sweep(now, force=False, reason=-1)
         self._note_names(t, row_uid, named, n)
         if done_n:
             out += self._flush(done_n)
-        if self.now - self._last_sweep >= SWEEP_EVERY_NS:
-            self._last_sweep = self.now
-            out += self._sweep(self.now, force=False, reason=-1)
         return out
 
     def _flush(self, rows: int) -> list[BatchJob]:
@@ -692,8 +700,13 @@ class ConnectionBuilder:
         self._hand_over(LK, lkmeta)
         if not k:
             return []
-        self._gone.append(OUT[:k, [z.F_CONV, z.F_STREAM]])
-        return self._records(OUT[:k], OW[:k], OH[:k])
+        OUT, OW, OH = OUT[:k], OW[:k], OH[:k]
+        if not force and k > 1:
+            # in stream order, as at the capture's end, not in the pool's order of slots
+            order = np.lexsort((OUT[:, z.F_START_TS], OUT[:, z.F_STREAM]))
+            OUT, OW, OH = OUT[order], OW[order], OH[order]
+        self._gone.append(OUT[:, [z.F_CONV, z.F_STREAM]])
+        return self._records(OUT, OW, OH)
 
     def _hand_over(self, LK: npt.NDArray[np.int64], lkmeta: npt.NDArray[np.int64]) -> None:
         """The packets of parked connections that the compiled loop handed over (`z.LK`),
@@ -789,10 +802,9 @@ class ConnectionBuilder:
         names = self._take_names(uids)
         return [
             functools.partial(
-                _build_records, OUT, OW32, OH, kept, self.rfc_states, names, self.now,
-                self.uid_prefix,
+                _build_records, OUT, OW32, OH, kept, self.rfc_states, names, self.uid_prefix
             )
-        ]  # fmt: skip
+        ]
 
 
 BatchJob = Callable[[], ConnColumns]
@@ -804,7 +816,7 @@ def _rfc_states(
     OUT: npt.NDArray[np.int64],
     OW: npt.NDArray[np.int64],
     sel: dict[str, npt.NDArray[Any]] | None,
-    now: int,
+    now: npt.NDArray[np.int64],
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
     """Final RFC states (`State` codes) of each emitted record's originator and responder,
     from its kept packets `sel` (`_Kept.take`)."""
@@ -819,7 +831,7 @@ def _rfc_states(
     rec = by_uid[np.searchsorted(uids, sel["uid"], sorter=by_uid)]
     direction = (sel["dir"].astype(np.int64) != OW[rec, z.F_ODIR]).astype(np.uint8)
     # every record's kept packets through the state machine in one compiled call; a
-    # TIME_WAIT entered 2 MSL before the chunk's last packet has ended by now
+    # TIME_WAIT entered 2 MSL before the record was written has ended by then
     starts = np.flatnonzero(np.r_[True, rec[1:] != rec[:-1]])
     res = run_connections(
         direction,
@@ -830,7 +842,7 @@ def _rfc_states(
         sel["ts"],
         sel["frame"],
         np.r_[starts, len(rec)],
-        end_ns=now,
+        end_ns=now[rec[starts]],
     )
     o_state[rec[starts]] = res.final[:, 0]
     r_state[rec[starts]] = res.final[:, 1]
@@ -844,12 +856,13 @@ def _build_records(
     kept: dict[str, npt.NDArray[Any]] | None,
     rfc_states: bool,
     names: tuple[npt.NDArray[np.int32], tuple[str, ...]],
-    now: int,
     uid_prefix: str,
 ) -> ConnColumns:
     """Emitted slot rows (S and W) as one batch of columns (`tcpwhy.tcp.records`); the
-    words are looked up once per distinct value, not per record."""
+    words are looked up once per distinct value, not per record. Each record is worded as of
+    the capture time it was written at (`z.F_AS_OF`)."""
     n = len(OUT)
+    now = OUT[:, z.F_AS_OF]
     OW = OW32.astype(np.int64)
     if rfc_states:
         o_rfc, r_rfc = _rfc_states(OUT, OW, kept, now)

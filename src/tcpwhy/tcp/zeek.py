@@ -101,6 +101,7 @@ F_A0LO = _S.take()
 F_A1HI = _S.take()
 F_A1LO = _S.take()
 F_MISSED = _S.take()  # content gap bytes (Zeek's missed_bytes)
+F_AS_OF = _S.take()  # capture time the record was written at (`_emit`): its words are as of it
 EP0 = _S.n
 """Column of endpoint 0's first field in S (`_ep`)."""
 
@@ -858,12 +859,14 @@ def _emit(
     k: Any,
     free: Any,
     nfree: Any,
+    now: Any,
 ) -> Any:
     """Record k of OUT, OW and OH: the connection of slot s, from row r (s itself, or the
-    scratch slot a parked connection was replayed into, `_unpark`); s goes back on the free
-    list and its conversation has no slot."""
+    scratch slot a parked connection was replayed into, `_unpark`), as of capture time `now`;
+    s goes back on the free list and its conversation has no slot."""
     conv_slot[S[r, F_CONV]] = -1
     W[r, F_REASON] = reason
+    S[r, F_AS_OF] = now
     for j in range(NFIELDS):
         OUT[k, j] = S[r, j]
     for j in range(NFIELDS32):
@@ -1241,7 +1244,7 @@ _HANDED = "i8[:,:] i8[:]"
     f"{array_types(COLUMNS, _ROW_COLUMNS)} i8[:] i8[:] i8[:] i8[:] "
     f"{array_types(COLUMNS, ('csum_ok', 'truncated'))} i1[:] i1[:] b1[:] b1 b1 i8 i8 "
     f"i8[:] b1[:] {_RECORDS} {_TIMERS} b1 b1 i8[:,:] i8[:] "
-    f"{array_types(COLUMNS, ('frame',))} {_HANDED} -> (i8, i8, i8, i8)",
+    f"{array_types(COLUMNS, ('frame',))} {_HANDED} i8 -> (i8, i8, i8, i8)",
     nogil=True,
 )
 def process_chunk(
@@ -1293,11 +1296,15 @@ def process_chunk(
     frame: Any,
     LK: Any,
     lkmeta: Any,
+    # the capture time of the next sweep (`tcpwhy.tcp.connections.SWEEP_EVERY_NS`)
+    sweep_at: int,
 ) -> tuple[int, int, int, int]:
     """Run the rows of a chunk from `first` on through their connections; returns (nfree,
     next_uid, records emitted into OUT, the row it stopped at). It stops early, for the caller
     to make room and call again from there, when no slot is free (a row may start a
-    connection), OUT is full (a row may end one) or the ring Q is full.
+    connection), OUT is full (a row may end one) or the ring Q is full, and before the first
+    row at or after `sweep_at`, for the caller to sweep the idle connections then: sweeps
+    fall on capture time, whatever the chunks the capture is read in.
 
     Every connection whose attempt timer is armed goes on Q (`qmeta` = [head, tail], counted
     from the start; the ring holds Q.shape[0] rows, a power of two). When no slot is free and
@@ -1318,7 +1325,7 @@ def process_chunk(
     k = 0
     qmask = Q.shape[0] - 1
     for i in range(first, conv.shape[0]):
-        if k == OUT.shape[0] or qmeta[1] - qmeta[0] > qmask:
+        if k == OUT.shape[0] or qmeta[1] - qmeta[0] > qmask or ts[i] >= sweep_at:
             return nfree, next_uid, k, i
         if nfree == 0 and at_cap:
             t = ts[i]
@@ -1339,7 +1346,7 @@ def process_chunk(
                     if r != s:
                         _hand_over(P, s, LK, lkmeta)
                     nfree = _emit(
-                        S, W, H, parked, conv_slot, s, r, why, OUT, OW, OH, k, free, nfree
+                        S, W, H, parked, conv_slot, s, r, why, OUT, OW, OH, k, free, nfree, t
                     )
                     k += 1
             while nfree == 0 and vmeta[0] < victims.shape[0] and k < OUT.shape[0]:
@@ -1355,7 +1362,7 @@ def process_chunk(
                 if r != s:
                     _hand_over(P, s, LK, lkmeta)
                 nfree = _emit(
-                    S, W, H, parked, conv_slot, s, r, END_EVICTED, OUT, OW, OH, k, free, nfree
+                    S, W, H, parked, conv_slot, s, r, END_EVICTED, OUT, OW, OH, k, free, nfree, t
                 )
                 k += 1
                 vmeta[1] += 1
@@ -1383,7 +1390,7 @@ def process_chunk(
         if s >= 0 and S[s, F_STREAM] != stream[i]:
             # Wireshark started a new stream on this 4-tuple: the old one is over
             nfree = _emit(
-                S, W, H, parked, conv_slot, s, s, END_PORT_REUSE, OUT, OW, OH, k, free, nfree
+                S, W, H, parked, conv_slot, s, s, END_PORT_REUSE, OUT, OW, OH, k, free, nfree, t
             )
             k += 1
             s = -1
@@ -1392,7 +1399,7 @@ def process_chunk(
             if why < 0 and zeek_timers and _is_reuse(S, W, s, d, fl, sq):
                 why = END_REUSE
             if why >= 0:
-                nfree = _emit(S, W, H, parked, conv_slot, s, s, why, OUT, OW, OH, k, free, nfree)
+                nfree = _emit(S, W, H, parked, conv_slot, s, s, why, OUT, OW, OH, k, free, nfree, t)
                 k += 1
                 s = -1
                 continued = 1
@@ -1507,7 +1514,7 @@ def sweep(
         if why >= 0:
             if r != s:
                 _hand_over(P, s, LK, lkmeta)
-            nfree = _emit(S, W, H, parked, conv_slot, s, r, why, OUT, OW, OH, k, free, nfree)
+            nfree = _emit(S, W, H, parked, conv_slot, s, r, why, OUT, OW, OH, k, free, nfree, now)
             k += 1
     return nfree, k
 
