@@ -70,6 +70,7 @@ KERNEL_FILES = (
     "decode/kernels.py",
     "decode/tls.py",
     "tcp/streams.py",
+    "tcp/sides.py",
     "tcp/analysis.py",
     "tcp/zeek.py",
     "tcp/state_kernel.py",

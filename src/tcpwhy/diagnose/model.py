@@ -40,8 +40,12 @@ def display_filter(streams: Sequence[int], frames: Sequence[int] = ()) -> str:
         field_name, values = "frame.number", frames
     else:
         return ""
-    v = np.sort(np.asarray(values, dtype=np.int64))  # numpy.unique hashes: slow on 200,000
-    v = v[np.concatenate(([True], v[1:] != v[:-1]))] if len(v) else v
+    v = np.asarray(values, dtype=np.int64)
+    if len(v) > 1 and (v[1:] < v[:-1]).any():
+        # (a finding's streams come ascending: a flood's 3 million took 0.2 s to sort again)
+        v = np.sort(v)  # numpy.unique hashes: slow on 200,000
+    if len(v) > 1 and (v[1:] == v[:-1]).any():
+        v = v[np.concatenate(([True], v[1:] != v[:-1]))]
     if len(v) == 1:
         return f"{field_name} == {int(v[0])}"
     breaks = np.flatnonzero(np.diff(v) != 1) + 1

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tcpwhy.decode.table import ACK, RST, SYN, PacketTable
+from tcpwhy.native import kernel
 
 EPHEMERAL_FROM = 32768
 """Ports at or above this look ephemeral (Linux's default ip_local_port_range starts here)."""
@@ -33,22 +34,50 @@ def client_dirs(
     """Per stream: the direction (`pdir`'s 0 or 1) its client sends in.
 
     `flags`, `pdir` and `stream` are per row in capture order; `first` is each stream's first
-    row, `sport` and `dport` that row's ports. Whole columns at once: no Python per stream."""
-    kind = flags & (SYN | ACK | RST)
-    orig = np.full(nstreams, -1, np.int64)
-    idx = np.flatnonzero(kind == SYN)[::-1]  # written last to first: the first one stays
-    orig[stream[idx]] = pdir[idx]
-    tmp = np.full(nstreams, -1, np.int64)
-    idx = np.flatnonzero(kind == (SYN | ACK))[::-1]
-    tmp[stream[idx]] = 1 - pdir[idx]
-    orig = np.where(orig < 0, tmp, orig)
+    row, `sport` and `dport` that row's ports. One compiled pass over the rows
+    (`_client_dirs`): numpy's way, scattering each kind's rows last to first into
+    per-stream arrays, took 0.25 s of a 3 M-SYN flood's `analyze`."""
+    out = np.empty(nstreams, np.int8)
     if nstreams:
-        sp = np.asarray(sport).astype(np.int64)
-        dp = np.asarray(dport).astype(np.int64)
-        pf = pdir[first].astype(np.int64)
-        guess = np.where((sp < dp) & (sp < EPHEMERAL_FROM), 1 - pf, pf)
-        orig = np.where(orig < 0, guess, orig)
-    return orig.astype(np.int8)
+        _client_dirs(
+            np.ascontiguousarray(flags, np.uint16),
+            np.ascontiguousarray(pdir, np.int8),
+            np.ascontiguousarray(stream, np.int64),
+            np.ascontiguousarray(first, np.int64),
+            np.ascontiguousarray(sport, np.uint16),
+            np.ascontiguousarray(dport, np.uint16),
+            out,
+        )
+    return out
+
+
+@kernel("u2[:] i1[:] i8[:] i8[:] u2[:] u2[:] i1[:] -> none", nogil=True)
+def _client_dirs(
+    flags: Any, pdir: Any, stream: Any, first: Any, sport: Any, dport: Any, out: Any
+) -> None:
+    """`client_dirs` into `out`: while the rows are read, -1 for a stream with neither kind
+    yet, 0 or 1 once its first SYN is seen (final), 2 or 3 for the client's direction as
+    its first SYN-ACK tells it (a SYN, seen later or not, overrides it)."""
+    for s in range(out.shape[0]):
+        out[s] = -1
+    for i in range(flags.shape[0]):
+        kind = flags[i] & (SYN | ACK | RST)
+        if kind == SYN:
+            s = stream[i]
+            if out[s] < 0 or out[s] >= 2:
+                out[s] = pdir[i]
+        elif kind == SYN | ACK:
+            s = stream[i]
+            if out[s] < 0:
+                out[s] = 3 - pdir[i]  # 2 + the receiver's direction
+    for s in range(out.shape[0]):
+        if out[s] >= 2:
+            out[s] -= 2
+        elif out[s] < 0:
+            d = pdir[first[s]]
+            # the first packet's sender, unless its port is the lower and not ephemeral:
+            # then it is the server answering
+            out[s] = 1 - d if sport[s] < dport[s] and sport[s] < EPHEMERAL_FROM else d
 
 
 def client_dir(table: PacketTable, rows: npt.NDArray[Any], pdir: npt.NDArray[Any]) -> int:
