@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from tcpwhy.decode.table import ACK, SYN
 from tcpwhy.diagnose import knowledge
@@ -23,7 +24,7 @@ from tcpwhy.diagnose.context import CLIENT, SERVER, WHO, Conn, fmt_s
 from tcpwhy.diagnose.icmp_unreachable import IcmpHits, IcmpInstance
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Claim, Diag, plural, rule
-from tcpwhy.tcp.seq import HALF, seq_add, seq_diff, seq_gt, seq_offset
+from tcpwhy.tcp.seq import HALF, U32, seq_add, seq_diff, seq_gt, seq_offset
 
 ORDER = 30
 
@@ -126,27 +127,19 @@ def at_receiver(c: Conn, x: int) -> dict[str, Any] | None:
     biggest = int(c._np_plen[data_rows].max())
     if mss is not None and biggest >= mss - 40:
         return None  # full-size segments did arrive (checked first: no hole search needed)
-    data: list[int] = data_rows.tolist()
-    nxt = seq_add(c.rseq[data[0]], c.plen[data[0]])
-    hole = None
-    for k in data[1:]:
-        s, e = c.rseq[k], seq_add(c.rseq[k], c.plen[k])
-        if hole is None and seq_gt(s, nxt):
-            hole = (nxt, s, k)
-        if hole is not None and not seq_gt(s, hole[0]) and seq_gt(e, hole[0]):
-            return None  # filled: ordinary loss, repaired
-        if not seq_gt(s, nxt) and seq_gt(e, nxt):
-            nxt = e
+    seq = c.cap.rel_seq(c.rows[data_rows]).astype(np.int64)
+    hole = unfilled_hole(seq, c._np_plen[data_rows])
     if hole is None:
         return None
-    start, end, k = hole
+    start, end, i = hole
+    k = int(data_rows[i])
     gap = seq_diff(end, start)  # end after start: the hole's length
     if gap < MIN_FULL:
         return None
     waited = (c.cap.end_ns - c.ts[k]) / 1e9
     if waited < HOLE_WAIT_S:
         return None
-    later = [j for j in range(k + 1, c.n) if c.side[j] == x]
+    later = np.flatnonzero(c._np_side[k + 1 :] == x)
     return {
         "view": "receiver",
         "who": x,
@@ -155,10 +148,52 @@ def at_receiver(c: Conn, x: int) -> dict[str, Any] | None:
         "hole": start,
         "passed": biggest,
         "mss": mss,
-        "later": later[-1] if later else None,
+        "later": k + 1 + int(later[-1]) if len(later) else None,
         "waited": waited,
         "hdr": headers(c, k),
     }
+
+
+def unfilled_hole(
+    seq: npt.NDArray[np.int64], plen: npt.NDArray[np.int64]
+) -> tuple[int, int, int] | None:
+    """The first hole in a direction's data segments (relative sequence numbers and
+    lengths, in capture order) as (its start, its end, the segment after it), None when
+    there is none or a later segment covers its start (ordinary loss, repaired).
+
+    Until the first hole every segment starts within what came before, so what came before
+    reaches the largest end so far: a running maximum finds the hole, where the segments
+    lie within half the sequence space (numbers then order as RFC 1982 orders them), as
+    almost all connections' do. Else the segments are walked one by one (`_walk_hole`). The
+    walk alone, in Python, was 1.5 s of `analyze` on a capture of long flows with losses."""
+    end = seq + plen
+    if len(seq) and int(end.max()) - int(seq.min()) < HALF:
+        reach = np.maximum.accumulate(end)
+        jumps = np.flatnonzero(seq[1:] > reach[:-1])
+        if not len(jumps):
+            return None
+        i = int(jumps[0]) + 1
+        start = int(reach[i - 1])
+        if ((seq[i:] <= start) & (end[i:] > start)).any():
+            return None
+        return start & U32, int(seq[i]), i
+    return _walk_hole(seq.tolist(), plen.tolist())
+
+
+def _walk_hole(seq: list[int], plen: list[int]) -> tuple[int, int, int] | None:
+    """`unfilled_hole` segment by segment in sequence space (wrapping): for a direction
+    whose segments span half the space or more, and the reference its fast way is held to."""
+    nxt = seq_add(seq[0], plen[0])
+    hole = None
+    for k in range(1, len(seq)):
+        s, e = seq[k], seq_add(seq[k], plen[k])
+        if hole is None and seq_gt(s, nxt):
+            hole = (nxt, s, k)
+        if hole is not None and not seq_gt(s, hole[0]) and seq_gt(e, hole[0]):
+            return None  # filled: ordinary loss, repaired
+        if not seq_gt(s, nxt) and seq_gt(e, nxt):
+            nxt = e
+    return hole
 
 
 @rule(KIND)
