@@ -806,6 +806,16 @@ class Conn:
         return None
 
     @cached_property
+    def _np_rseq(self) -> npt.NDArray[np.int64]:
+        """Per local row: the relative sequence number (`Capture.rel_seq`)."""
+        return self.cap.rel_seq(self.rows).astype(np.int64)
+
+    @cached_property
+    def _np_rack(self) -> npt.NDArray[np.int64]:
+        """Per local row: the relative acknowledgement number, 0 without ACK (`rel_ack`)."""
+        return self.cap.rel_ack(self.rows).astype(np.int64)
+
+    @cached_property
     def _np_plen(self) -> npt.NDArray[np.int64]:
         return self.cap.table["payload_len"][self.rows].astype(np.int64)
 

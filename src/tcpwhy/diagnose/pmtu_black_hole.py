@@ -76,11 +76,11 @@ def at_sender(c: Conn, x: int) -> dict[str, Any] | None:
     capture of long flows has thousands."""
     y = 1 - x
     side, flags = c._np_side, c._np_flags
-    acks = c.cap.rel_ack(c.rows)[(side == y) & ((flags & ACK) != 0)].astype(np.int64)
+    acks = c._np_rack[(side == y) & ((flags & ACK) != 0)]
     if not len(acks):
         return None
     top = _seq_top(acks)
-    plen, rseq = c._np_plen, c.cap.rel_seq(c.rows).astype(np.int64)
+    plen, rseq = c._np_plen, c._np_rseq
     data = c._np_data & (side == x)
     beyond = seq_gt(seq_add(rseq, plen), top)
     stuck = np.flatnonzero(data & beyond)
@@ -127,7 +127,7 @@ def at_receiver(c: Conn, x: int) -> dict[str, Any] | None:
     biggest = int(c._np_plen[data_rows].max())
     if mss is not None and biggest >= mss - 40:
         return None  # full-size segments did arrive (checked first: no hole search needed)
-    seq = c.cap.rel_seq(c.rows[data_rows]).astype(np.int64)
+    seq = c._np_rseq[data_rows]
     hole = unfilled_hole(seq, c._np_plen[data_rows])
     if hole is None:
         return None
