@@ -93,6 +93,8 @@ CLOSED_IDLE_S = 120.0
 (2 x Linux's 60 s TIME_WAIT, so retransmitted FINs and their ACKs still land in it)."""
 
 SWEEP_EVERY_NS = 1_000_000_000
+"""With Zeek's timers (`--boundaries zeek`), capture time between two sweeps of the
+connections that have gone silent; without them a sweep comes when one may be due."""
 OUT_ROWS = 4096
 RECORD_ROWS = 8192
 """Records per batch, about (a batch is cut once the rows emitted reach this many). The
@@ -299,6 +301,7 @@ class ConnectionBuilder:
         self.next_uid = 0
         self.now = 0
         self._next_sweep = 0  # capture time of the next sweep of idle connections
+        self._soonest = z.NEVER  # when one of the connections the last sweep left may go
         # packets kept for the RFC state machine, per connection uid
         self._kept = _KeptPackets()
         # the batch of records being emitted: the compiled loop writes each record straight
@@ -496,22 +499,31 @@ class ConnectionBuilder:
                     }
                 )
             i = j
-            sweep = i < n and int(ts[i]) >= self._next_sweep
-            if done_n >= RECORD_ROWS or sweep:
+            swept = None
+            if i < n and int(ts[i]) >= self._next_sweep:
+                # idle connections leave at the first row at or after their idle time ran
+                # out, as of that row: not at a chunk's end, which would make a record's
+                # words and place depend on how the capture was read
+                now = int(ts[i])
+                swept = self._swept(self._active_slots(), now, force=False, reason=-1)
+                self._next_sweep = self._sweep_after(now)
+            if swept is not None and done_n + len(swept[0]) <= len(OUT):
+                # after the batch's rows, in it: a batch per sweep made a capture of long
+                # flows' records in 600 batches, each built and formatted on its own
+                m = len(swept[0])
+                OUT[done_n : done_n + m], OW[done_n : done_n + m], OH[done_n : done_n + m] = swept
+                done_n += m
+                swept = None
+            if done_n >= RECORD_ROWS or swept is not None:
                 # names for all rows so far at once (one whole-array pass, not one per call)
                 self._note_names(t, row_uid, named, j)
                 named = j
-            if done_n >= RECORD_ROWS or (sweep and done_n):
+            if done_n >= RECORD_ROWS or (swept is not None and done_n):
                 out += self._flush(done_n)  # before the sweep's records: they end later
                 OUT, OW, OH = self._out, self._ow, self._oh
                 done_n = 0
-            if sweep:
-                # idle connections leave once a second of capture time, as of the row that
-                # starts the next second: not at a chunk's end, which would make a record's
-                # words and place depend on how the capture was read
-                now = int(ts[i])
-                self._next_sweep = now + SWEEP_EVERY_NS
-                out += self._sweep(now, force=False, reason=-1)
+            if swept is not None:
+                out += self._records(*swept)  # more than a batch holds: a batch of their own
         self._note_names(t, row_uid, named, n)
         if done_n:
             out += self._flush(done_n)
@@ -659,27 +671,43 @@ class ConnectionBuilder:
         z.slot_field(self._pool(), slots, field, z.PARKED_AS[field], out)
         return out
 
-    def _sweep(self, now: int, *, force: bool, reason: int) -> list[BatchJob]:
-        slots = self._active_slots()
-        if not len(slots):
-            return []
-        return self._sweep_slots(slots, now, force=force, reason=reason)
-
     def _pool(self) -> tuple[Any, ...]:
         """The slot pool as the Zeek loops take it (`z._POOL`): the slots' state (S, W, H),
         the free list, each conversation's slot, and the parked connections' packets and
         marks (P, parked); the free list's length goes beside it."""
         return self.S, self.W, self.H, self.free, self.conv_slot, self.P, self.parked
 
+    def _sweep_after(self, now: int) -> int:
+        """When to sweep next, after a sweep at capture time `now`: with Zeek's timers a
+        second later; else when the first of the connections left goes idle long enough, or
+        one that a later row starts or closes could, whichever is sooner. Sweeping every
+        second instead stopped the compiled loop 17,000 times on a capture of long flows
+        (most sweeps found none): `conns` took 1.9 s against 0.7 s."""
+        if self.zeek_timers:
+            return now + SWEEP_EVERY_NS
+        return min(self._soonest, now + min(self.idle_ns, self.closed_idle_ns) + 1)
+
     def _sweep_slots(
         self, slots: npt.NDArray[np.int64], now: int, *, force: bool, reason: int
     ) -> list[BatchJob]:
+        swept = self._swept(slots, now, force=force, reason=reason)
+        return [] if swept is None else self._records(*swept)
+
+    def _swept(
+        self, slots: npt.NDArray[np.int64], now: int, *, force: bool, reason: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.uint8]] | None:
+        """The rows of the connections of `slots` whose time is up by `now` (all of them if
+        `force`), emitted (their slots freed), None if none is; their records are still to
+        be made (`_records`)."""
+        if not len(slots):
+            self._soonest = z.NEVER
+            return None
         OUT = np.empty((len(slots), z.NFIELDS), np.int64)
         OW = np.empty((len(slots), z.NFIELDS32), np.int32)
         OH = np.empty((len(slots), z.HIST_MAX), np.uint8)
         LK = np.empty((len(slots), z.NKEPT), np.int64)
         lkmeta = np.zeros(1, np.int64)
-        self.nfree, k = z.sweep(
+        self.nfree, k, soonest = z.sweep(
             self._pool(),
             self.nfree,
             self.likely,
@@ -698,15 +726,16 @@ class ConnectionBuilder:
             lkmeta,
         )
         self._hand_over(LK, lkmeta)
+        self._soonest = int(soonest)
         if not k:
-            return []
+            return None
         OUT, OW, OH = OUT[:k], OW[:k], OH[:k]
         if not force and k > 1:
             # in stream order, as at the capture's end, not in the pool's order of slots
             order = np.lexsort((OUT[:, z.F_START_TS], OUT[:, z.F_STREAM]))
             OUT, OW, OH = OUT[order], OW[order], OH[order]
         self._gone.append(OUT[:, [z.F_CONV, z.F_STREAM]])
-        return self._records(OUT, OW, OH)
+        return OUT, OW, OH
 
     def _hand_over(self, LK: npt.NDArray[np.int64], lkmeta: npt.NDArray[np.int64]) -> None:
         """The packets of parked connections that the compiled loop handed over (`z.LK`),

@@ -761,6 +761,13 @@ def _idle_due_at(seen: Any, finished: Any, now: Any, idle_ns: Any, closed_idle_n
 
 
 @njit(cache=True, _nrt=False)
+def _idle_deadline(seen: Any, finished: Any, idle_ns: Any, closed_idle_ns: Any) -> Any:
+    """The first capture time at which `_idle_due_at` lets the connection go."""
+    wait = min(idle_ns, closed_idle_ns) if finished else idle_ns
+    return seen + wait + 1
+
+
+@njit(cache=True, _nrt=False)
 def _zeek_timers_due(S: Any, W: Any, s: Any, now: Any) -> Any:
     """Fire Zeek's timers due by `now` in order; the reason the connection ends, or -1."""
     for _ in range(1_000_000):
@@ -1296,7 +1303,7 @@ def process_chunk(
     frame: Any,
     LK: Any,
     lkmeta: Any,
-    # the capture time of the next sweep (`tcpwhy.tcp.connections.SWEEP_EVERY_NS`)
+    # the capture time of the next sweep (`tcpwhy.tcp.connections`' `_sweep_after`)
     sweep_at: int,
 ) -> tuple[int, int, int, int]:
     """Run the rows of a chunk from `first` on through their connections; returns (nfree,
@@ -1471,7 +1478,7 @@ def process_chunk(
 
 
 @kernel(
-    f"{_POOL} i8 b1[:] b1 i8[:] i8 b1 i8 i8 b1 i8 {_RECORDS} {_TIMERS} {_HANDED} -> (i8, i8)",
+    f"{_POOL} i8 b1[:] b1 i8[:] i8 b1 i8 i8 b1 i8 {_RECORDS} {_TIMERS} {_HANDED} -> (i8, i8, i8)",
     nogil=True,
 )
 def sweep(
@@ -1491,12 +1498,15 @@ def sweep(
     qmeta: Any,
     LK: Any,
     lkmeta: Any,
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     """Emit the given active slots whose time is up by `now` (all of them if `force`); a
-    parked one's packet is handed over in LK (one row at most per slot)."""
+    parked one's packet is handed over in LK (one row at most per slot). Also returns, without
+    Zeek's timers, the earliest capture time at which one of those left becomes idle long
+    enough to go (`_idle_deadline`; NEVER if none is left)."""
     S, W, H, free, conv_slot, P, parked = pool
     OUT, OW, OH = records
     k = 0
+    soonest = NEVER
     for j in range(slots.shape[0]):
         s = slots[j]
         r = s
@@ -1505,6 +1515,8 @@ def sweep(
                 # its idle time needs no replay
                 fin = (P[s, P_BITS] >> 48) & 1
                 if _idle_due_at(P[s, P_TS], fin, now, idle_ns, closed_idle_ns) < 0:
+                    at = _idle_deadline(P[s, P_TS], fin, idle_ns, closed_idle_ns)
+                    soonest = min(soonest, at)
                     continue
             r = _scratch(S)
             _unpark(S, W, H, P, parked, s, r, likely, check_csum, Q, qmeta)
@@ -1516,7 +1528,10 @@ def sweep(
                 _hand_over(P, s, LK, lkmeta)
             nfree = _emit(S, W, H, parked, conv_slot, s, r, why, OUT, OW, OH, k, free, nfree, now)
             k += 1
-    return nfree, k
+        elif not zeek_timers:
+            at = _idle_deadline(S[r, F_SEEN_TS], _finished(W, r), idle_ns, closed_idle_ns)
+            soonest = min(soonest, at)
+    return nfree, k, soonest
 
 
 @kernel(f"{_POOL} i8[:] i8 i8 i8[:] -> none", nogil=True)
