@@ -52,7 +52,7 @@ from tcpwhy.tcp.seq import seq_add, seq_geq
 from tcpwhy.tcp.sides import client_dirs
 from tcpwhy.tcp.state import Event, State, state_label
 from tcpwhy.tcp.state import Step as StateStep
-from tcpwhy.tcp.state_kernel import run_connections
+from tcpwhy.tcp.state_kernel import Timelines, run_connections
 from tcpwhy.tcp.streams import StreamTracker, rows_by_stream
 
 CLIENT, SERVER = 0, 1
@@ -489,6 +489,25 @@ class Capture:
             yield self.conn(sid)
         self._plan = None
 
+    def run_states(
+        self, rows: npt.NDArray[Any], frames: npt.NDArray[Any], bounds: npt.NDArray[Any]
+    ) -> Timelines:
+        """The compiled state machine over `rows` of the table, connection by connection
+        (``bounds``: where each one's rows start, and the end), each step named by the
+        `frames` value of its packet, timers due by the capture's end fired."""
+        t = self.table
+        return run_connections(
+            self.side[rows],
+            t["flags"][rows],
+            t["seq"][rows],
+            t["ack"][rows],
+            t["payload_len"][rows],
+            t["ts_ns"][rows],
+            frames,
+            bounds,
+            end_ns=self.end_ns,
+        )
+
     def timeline_of(self, sid: int) -> _Timeline:
         """Stream `sid`'s steps through both endpoints' states (`Conn.states`). Asked for
         the stream `conns_where` is at, the ones it comes to next are worked out in the same
@@ -510,18 +529,8 @@ class Capture:
         own = np.repeat(bounds[:-1], hi - lo)  # each row's connection's first place
         at = np.arange(int(bounds[-1]))
         rows = self.order[np.repeat(lo - bounds[:-1], hi - lo) + at]
-        t = self.table
-        tl = run_connections(
-            self.side[rows],
-            t["flags"][rows],
-            t["seq"][rows],
-            t["ack"][rows],
-            t["payload_len"][rows],
-            t["ts_ns"][rows],
-            at - own + 1,  # local positions as "frames", so steps map back to a Conn's rows
-            bounds,
-            end_ns=self.end_ns,
-        )
+        # local positions as "frames", so steps map back to a Conn's rows
+        tl = self.run_states(rows, at - own + 1, bounds)
         step = tl.offsets.tolist()
         side, state, ts = tl.side.tolist(), tl.state.tolist(), tl.ts_ns.tolist()
         frame, event, final = tl.frame.tolist(), tl.event.tolist(), tl.final.tolist()

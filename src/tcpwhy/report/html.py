@@ -380,21 +380,8 @@ def _endings(cap: Any) -> npt.NDArray[np.int8]:
 
 def _timelines(cap: Any) -> Any:
     """Both endpoints' state timelines of every connection, in one compiled call."""
-    from tcpwhy.tcp.state_kernel import run_connections
-
-    t = cap.table
     o = cap.order
-    return run_connections(
-        cap.side[o],
-        t["flags"][o],
-        t["seq"][o],
-        t["ack"][o],
-        t["payload_len"][o],
-        t["ts_ns"][o],
-        np.arange(1, len(o) + 1),
-        np.append(cap.starts, len(o)),
-        end_ns=cap.end_ns,
-    )
+    return cap.run_states(o, np.arange(1, len(o) + 1), np.append(cap.starts, len(o)))
 
 
 def _point(report: Report, k: int, d: Any, t0: int) -> dict[str, Any]:
