@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.decode.table import ACK, RST, SYN, PacketTable
-from tcpwhy.native import kernel
+from tcpwhy.decode.table import ACK, COLUMNS, RST, SYN, PacketTable
+from tcpwhy.native import array_types, kernel
 
 EPHEMERAL_FROM = 32768
 """Ports at or above this look ephemeral (Linux's default ip_local_port_range starts here)."""
@@ -39,19 +39,21 @@ def client_dirs(
     per-stream arrays, took 0.25 s of a 3 M-SYN flood's `analyze`."""
     out = np.empty(nstreams, np.int8)
     if nstreams:
-        _client_dirs(
-            np.ascontiguousarray(flags, np.uint16),
-            np.ascontiguousarray(pdir, np.int8),
-            np.ascontiguousarray(stream, np.int64),
-            np.ascontiguousarray(first, np.int64),
-            np.ascontiguousarray(sport, np.uint16),
-            np.ascontiguousarray(dport, np.uint16),
-            out,
+        # the table's columns in the types its schema gives them, as the kernel's signature
+        flags, sport, dport = (
+            np.ascontiguousarray(v, COLUMNS[k][0])
+            for k, v in (("flags", flags), ("sport", sport), ("dport", dport))
         )
+        pdir, stream = np.ascontiguousarray(pdir, np.int8), np.ascontiguousarray(stream, np.int64)
+        _client_dirs(flags, pdir, stream, np.ascontiguousarray(first, np.int64), sport, dport, out)
     return out
 
 
-@kernel("u2[:] i1[:] i8[:] i8[:] u2[:] u2[:] i1[:] -> none", nogil=True)
+@kernel(
+    f"{array_types(COLUMNS, ('flags',))} i1[:] i8[:] i8[:] "
+    f"{array_types(COLUMNS, ('sport', 'dport'))} i1[:] -> none",
+    nogil=True,
+)
 def _client_dirs(
     flags: Any, pdir: Any, stream: Any, first: Any, sport: Any, dport: Any, out: Any
 ) -> None:
