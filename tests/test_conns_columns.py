@@ -326,22 +326,34 @@ def test_joined_as_they_come_is_concat_in_stream_order(
     assert len(empty) == 0 and extra == {}
 
 
-def test_records_do_not_depend_on_the_chunks_read(zeek_corpus: Path) -> None:
+@pytest.mark.parametrize("max_active", [None, 8])
+@pytest.mark.filterwarnings("ignore:more than 8 connections active at once")
+def test_records_do_not_depend_on_the_chunks_read(
+    zeek_corpus: Path, max_active: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The records, their words and the order they are written in are the capture's, not the
     reader's: read in chunks of 512 bytes (hundreds of chunks) and in one, the shipped and
     Zeek captures give the same records in the same order. Idle connections leave at sweeps
     on capture time, and each record is worded as of when it was written (a TIME_WAIT over
-    by then, how long it had been idle), not as of the end of the chunk being read."""
+    by then, how long it had been idle), not as of the end of the chunk being read. Above
+    `max_active` conversations (8 here, with the stream tracker forgetting every 16 rows),
+    the tracker forgets at the same rows however the capture is cut, so a 4-tuple seen again
+    takes the same stream number either way."""
     from tcpwhy.capture import iter_tables
+    from tcpwhy.tcp import connections
     from tcpwhy.tcp.connections import iter_connection_columns
-    from tcpwhy.tcp.zeek import END_CAPTURE
+    from tcpwhy.tcp.zeek import END_CAPTURE, END_EVICTED
 
+    options = {} if max_active is None else {"max_active": max_active}
+    if max_active is not None:
+        monkeypatch.setattr(connections, "FORGET_EVERY", 16)
     mid = 0  # records written before the capture's end, where the time matters
+    evicted = forgotten = 0
     for p in _captures(zeek_corpus):
         got = []
         for chunk in (512, 1 << 30):
             tables = iter_tables(str(p), chunk_bytes=chunk, reuse=True)
-            batches = list(iter_connection_columns(tables))
+            batches = list(iter_connection_columns(tables, **options))
             got.append(ConnColumns.concat(batches))
         small, whole = got
         assert len(small) == len(whole), p
@@ -352,4 +364,14 @@ def test_records_do_not_depend_on_the_chunks_read(zeek_corpus: Path) -> None:
             said = [[getattr(c, words)[i] for i in c.cols[k]] for c in (small, whole)]
             assert said[0] == said[1], (p, k)
         mid += int(np.count_nonzero(whole.cols["emitted"] != END_CAPTURE))
+        evicted += int(np.count_nonzero(whole.cols["emitted"] == END_EVICTED))
+        # conversations forgotten and seen again: more streams than distinct 4-tuples
+        c = whole.cols
+        ends = np.stack(
+            [c["orig_hi"], c["orig_lo"], c["orig_p"], c["resp_hi"], c["resp_lo"], c["resp_p"]]
+        )
+        tuples = np.unique(np.sort(ends.reshape(2, 3, -1), axis=0).reshape(6, -1), axis=1)
+        forgotten += len(np.unique(c["stream"])) - tuples.shape[1]
     assert mid >= 20
+    if max_active is not None:
+        assert evicted >= 20 and forgotten >= 5, (evicted, forgotten)

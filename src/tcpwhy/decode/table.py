@@ -310,6 +310,12 @@ class PacketTable:
         cols["payload_off"] = off | np.uint64(FILE_ROW | (index << _FILE_SHIFT))
         return PacketTable(cols)
 
+    def between(self, lo: int, hi: int) -> PacketTable:
+        """Rows `lo:hi` as a table of views, sharing `data`, with the ICMP rows placed among
+        them (`icmp_between`): for a consumer that takes a chunk in parts."""
+        part = {k: v[lo:hi] for k, v in self.cols.items()}
+        return PacketTable(part, self.data, icmp_between(self, lo, hi), self.origin)
+
     def take(self, rows: npt.NDArray[Any]) -> PacketTable:
         """A table of the selected rows (boolean mask or indices), sharing `data`."""
         return PacketTable({k: v[rows] for k, v in self.cols.items()}, self.data)

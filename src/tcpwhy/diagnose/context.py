@@ -40,7 +40,6 @@ from tcpwhy.decode.table import (
     SYN,
     PacketTable,
     format_addr,
-    icmp_between,
 )
 from tcpwhy.diagnose import icmp as icmp_join
 from tcpwhy.diagnose import kernels
@@ -1088,10 +1087,7 @@ def _track_streams(table: PacketTable) -> dict[str, npt.NDArray[Any]]:
     icmp: list[dict[str, npt.NDArray[Any]]] = []  # the ICMP rows' stream and dir, in order
     for lo in range(0, n, TRACK_CHUNK):
         hi = min(n, lo + TRACK_CHUNK)
-        part = {k: v[lo:hi] for k, v in table.cols.items()}
-        got = narrow_streams(
-            tracker.feed(PacketTable(part, table.data, icmp_between(table, lo, hi)))
-        )
+        got = narrow_streams(tracker.feed(table.between(lo, hi)))
         if tracker.icmp_out is not None:
             icmp.append(tracker.icmp_out)
         if not out:

@@ -107,6 +107,10 @@ QUEUE_ROWS = 1 << 16
 """Rows of the attempt-timer ring at the start (a power of two; it grows when half live)."""
 FINISH_ROWS = RECORD_ROWS
 """Records per batch written at the end of the capture."""
+FORGET_EVERY = 1 << 16
+"""Rows of the capture between two moments the stream tracker may forget conversations
+(above `max_active` of them): fixed rows, so a capture gives the same stream numbers however
+it is cut into chunks (a chunk is at most this many rows)."""
 PARK_FROM = 1 << 14
 """Connections open at once from which a new one that starts with a pure SYN is parked
 (`tcpwhy.tcp.zeek.P`): a SYN flood's half a million then take 104 bytes each, not a slot's
@@ -320,6 +324,7 @@ class ConnectionBuilder:
         # conversations whose connection was written out, oldest first: (conv, stream) blocks;
         # the stream tracker forgets the oldest of them when it holds more than `max_active`
         self._gone: list[npt.NDArray[np.int64]] = []
+        self._rows_fed = 0  # rows fed to the stream tracker so far (`FORGET_EVERY`)
         # server names (`_note_names`): every distinct name seen (b"" first), and per
         # connection uid named and not yet written out, its index there (sorted by uid)
         self._name_list: list[bytes] = [b""]
@@ -390,10 +395,28 @@ class ConnectionBuilder:
     ) -> list[BatchJob]:
         """`feed_columns`, with the batches still to build (`BatchJob`)."""
         n = len(t)
-        if n == 0:
-            return []
-        if streams is None:
-            self._forget_gone(self.tracker.conversations + n - self.max_active)
+        if n == 0 or streams is not None:
+            return self._feed_part(t, streams) if n else []
+        # the stream tracker forgets at rows of the capture, not of the chunk: at every
+        # FORGET_EVERY-th row, where the chunk is cut for it when the cap may be near
+        out: list[BatchJob] = []
+        lo = 0
+        if self.tracker.conversations + n + FORGET_EVERY > self.max_active:
+            for b in range(-self._rows_fed % FORGET_EVERY, n, FORGET_EVERY):
+                if b > lo:
+                    out += self._feed_part(t.between(lo, b), None)
+                    lo = b
+                self._forget_gone(self.tracker.conversations + FORGET_EVERY - self.max_active)
+        out += self._feed_part(t if lo == 0 else t.between(lo, n), None)
+        self._rows_fed += n
+        return out
+
+    def _feed_part(
+        self, t: PacketTable, streams: dict[str, npt.NDArray[Any]] | None
+    ) -> list[BatchJob]:
+        """`feed_jobs` of a chunk, or of the part of one between two rows the tracker forgets
+        at; `streams`: the chunk's tracker columns, when the caller tracked them."""
+        n = len(t)
         s = streams if streams is not None else self.tracker.feed(t)
         if self.icmp_counts is not None and self.tracker.icmp_out is not None:
             count_icmp(self.icmp_counts, t.icmp, self.tracker.icmp_out["stream"])
