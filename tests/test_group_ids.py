@@ -52,6 +52,8 @@ def test_ipv4_addresses_and_ports_packed() -> None:
     port = RNG.integers(0, 4, N).astype(np.int64) * 443
     _check(hi, lo, port)
     _check(lo, port)
+    _check(hi, lo)  # 32 bits of address alone: sorted as 32-bit values
+    _check(port, at=np.arange(0, N, 3))
 
 
 def test_keys_too_wide_to_pack_use_a_lexsort() -> None:

@@ -106,7 +106,15 @@ def key_counts(
     key, lows, bits = packed
     consts = [c for c, _ in cols]
     del varying, cols  # the gathered keys: only the packed ones are needed from here
-    key.sort()
+    if sum(bits) <= 32:
+        # sorted as 32-bit values, half the bytes to move: a flood's 3 million IPv4
+        # sources 0.10 s against 0.17 s
+        narrow = key.astype(np.uint32)
+        narrow.sort()
+        key[:] = narrow
+        del narrow
+    else:
+        key.sort()
     counts = np.empty(n, np.int64)
     g = run_counts(key, counts)  # the distinct keys at the front, in place
     key, counts = key[:g], counts[:g]

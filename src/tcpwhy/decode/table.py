@@ -412,33 +412,95 @@ offset in it. Read through `PacketTable.payload`, `gather` or `rows`, never `dat
 _FILE_SHIFT = 48
 _OFF_MASK = (1 << _FILE_SHIFT) - 1
 _MAX_FILES = 1 << (63 - _FILE_SHIFT)
-_FILES: list[int] = []  # open descriptors, by number
-_FILE_KEYS: dict[tuple[int, int], int] = {}
+MAX_OPEN_FILES = 64
+"""Capture files whose descriptors `_PayloadFiles` keeps open at once (the ones read last);
+the others are opened again by path when read. Holding one per file ever read, a script
+that diagnosed every capture of a fleet in a loop took every descriptor the process had
+(250 captures under a limit of 256: its own next `open` failed, Too many open files)."""
+
+
+class _PayloadFiles:
+    """The capture files that `FILE_ROW` offsets point into, numbered as registered
+    (`payload_file`), with at most `MAX_OPEN_FILES` descriptors open, the least recently
+    read closed first. A file opened again is checked to be the same file (device and
+    inode); one deleted or replaced since reads as cut short there (zeros), as a file cut
+    since it was read does. Reads hold a lock: a descriptor is not closed under a read."""
+
+    def __init__(self) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self.lock = threading.Lock()
+        self.files: list[tuple[str, int, int]] = []  # (path, device, inode), by number
+        self.numbers: dict[tuple[int, int], int] = {}
+        self.open: OrderedDict[int, int] = OrderedDict()  # number -> descriptor, LRU first
+
+    def register(self, path: str) -> int | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        key = (st.st_dev, st.st_ino)
+        with self.lock:
+            k = self.numbers.get(key)
+            if k is None and len(self.files) < _MAX_FILES:
+                k = self.numbers[key] = len(self.files)
+                self.files.append((os.path.abspath(path), *key))
+            return k
+
+    def fd(self, k: int) -> int | None:
+        """File k's descriptor (opened if need be), the caller holding `lock`."""
+        fd = self.open.get(k)
+        if fd is not None:
+            self.open.move_to_end(k)
+            return fd
+        path, dev, ino = self.files[k]
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return None
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (dev, ino):
+            os.close(fd)
+            return None
+        self.open[k] = fd
+        while len(self.open) > MAX_OPEN_FILES:
+            os.close(self.open.popitem(last=False)[1])
+        return fd
+
+    def read(self, k: int, buf: npt.NDArray[np.uint8], at: int) -> int:
+        """Bytes of file k read into `buf` from offset `at`: how many (short at its end)."""
+        with self.lock:
+            fd = self.fd(k)
+            if fd is None:
+                return 0
+            return os.preadv(fd, [memoryview(buf)], at)  # type: ignore[arg-type]
+
+
+_FILES = _PayloadFiles()
 
 
 def payload_file(path: str) -> int | None:
     """A number for the capture file at `path` that payload offsets can carry
-    (`FILE_ROW`), its descriptor kept open for reading rows later (None: not a regular
-    file, or too many files). The same file gets the same number."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return None
-    st = os.fstat(fd)
-    key = (st.st_dev, st.st_ino)
-    if not stat.S_ISREG(st.st_mode) or key in _FILE_KEYS or len(_FILES) >= _MAX_FILES:
-        os.close(fd)
-        return _FILE_KEYS.get(key) if stat.S_ISREG(st.st_mode) else None
-    _FILE_KEYS[key] = len(_FILES)
-    _FILES.append(fd)
-    return len(_FILES) - 1
+    (`FILE_ROW`), for reading rows of it later (None: not a regular file, or too many
+    files). The same file gets the same number."""
+    k = _FILES.register(path)
+    if k is not None:
+        with _FILES.lock:
+            if _FILES.fd(k) is None:  # unreadable now: its bytes are kept in memory instead
+                return None
+    return k
 
 
 def _read_file(off: int, n: int) -> bytes:
     """n bytes of a `FILE_ROW` offset's file (fewer if the file was cut since)."""
     if n <= 0:
         return b""
-    return os.pread(_FILES[(off >> _FILE_SHIFT) & (_MAX_FILES - 1)], n, off & _OFF_MASK)
+    buf = np.empty(n, np.uint8)
+    got = _FILES.read((off >> _FILE_SHIFT) & (_MAX_FILES - 1), buf, off & _OFF_MASK)
+    return buf[:got].tobytes()
 
 
 _WINDOW_BITS = 20
@@ -464,13 +526,13 @@ def _read_rows(
     pos = (offs & np.uint64(_OFF_MASK)).astype(np.int64)
     buf = np.zeros(0, np.uint8)
     for a, b in itertools.pairwise(bounds):
-        fd = _FILES[(int(offs[a]) >> _FILE_SHIFT) & (_MAX_FILES - 1)]
+        k = (int(offs[a]) >> _FILE_SHIFT) & (_MAX_FILES - 1)
         p, c = pos[a:b], caps[a:b]
         lo = int(p[0])
         size = int((p + c).max()) - lo
         if buf.shape[0] < size:
             buf = np.empty(max(size, 2 << _WINDOW_BITS), np.uint8)
-        got = os.preadv(fd, [memoryview(buf)[:size]], lo)  # type: ignore[arg-type]
+        got = _FILES.read(k, buf[:size], lo)
         buf[got:size] = 0  # bytes past the end of a file cut since it was read
         _gather(buf, p - lo, c, dst, dst_offs[a:b])
 
