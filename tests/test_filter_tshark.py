@@ -51,6 +51,10 @@ EXTENSIONS = {
         "whitespace-separated set elements (Wireshark 3.x syntax, the issue's example); "
         "tshark 4.0 requires commas",
     ),
+    "tcp.flags.ns == 0": (
+        "tcp.flags.ae == 0",
+        "Wireshark 3's name of the flag bit tshark 4.0 calls tcp.flags.ae (Accurate ECN)",
+    ),
 }
 
 # Error messages worded differently from tshark's, with the reason.
@@ -130,6 +134,28 @@ DOCUMENTED: dict[tuple[str, str], tuple[int, str]] = {
     ("tcp.analysis.initial_rtt", "data/lab/retransmission-timeout.pcap"): (1, _INITIAL_RTT),
     ("tcp.analysis.initial_rtt", "data/lab/keepalive-dead-peer.pcap"): (1, _INITIAL_RTT),
     ("tcp.analysis.initial_rtt", "data/lab/abortive-close.pcap"): (2, _INITIAL_RTT),
+    # the same kinds of difference on the captures added with the TCP options' fields: SSH with
+    # SACK blocks, and PMTU discovery (an HTTP request whose head tshark never completes)
+    ("tcp.analysis.initial_rtt", "zeek/ssh-basic.pcap"): (26, _INITIAL_RTT),
+    ("tcp.analysis.initial_rtt", "data/lab/pmtu-discovery.pcap"): (2, _INITIAL_RTT),
+    ("http", "data/lab/pmtu-discovery.pcap"): (30, _HTTP_PROTO),
+    ("http.request", "data/lab/pmtu-discovery.pcap"): (2, _TSHARK_REASSEMBLY),
+    ("count(http.request.method) == 1", "data/lab/pmtu-discovery.pcap"): (2, _TSHARK_REASSEMBLY),
+    ('http.request.method == "GET"', "data/lab/pmtu-discovery.pcap"): (1, _TSHARK_REASSEMBLY),
+    ('http.request.method in {"GET", "HEAD"}', "data/lab/pmtu-discovery.pcap"): (
+        1,
+        _TSHARK_REASSEMBLY,
+    ),
+    ('all http.request.method matches "^(GET|POST)$"', "data/lab/pmtu-discovery.pcap"): (
+        1,
+        _TSHARK_REASSEMBLY,
+    ),
+    ('http.request.method == "\\x47ET"', "data/lab/pmtu-discovery.pcap"): (1, _TSHARK_REASSEMBLY),
+    ('http.request.method == "\\107ET"', "data/lab/pmtu-discovery.pcap"): (1, _TSHARK_REASSEMBLY),
+    ('http.request.method in {"HEAD", "GET"}', "data/lab/pmtu-discovery.pcap"): (
+        1,
+        _TSHARK_REASSEMBLY,
+    ),
     # the same kinds of difference, in the filters of the full 4.0 grammar and on the GRE captures
     ('tcp.segment_data contains "HTTP"', "zeek/tunnels-gre-over-udp.pcap"): (2, _SEGMENT_DATA),
     ("tcp.analysis.initial_rtt", "zeek/tunnels-gre.pcap"): (1, _INITIAL_RTT),

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import bisect
 import calendar
+import functools
 import ipaddress
 import re
 import time
@@ -98,6 +99,18 @@ FOREIGN_PROTOCOLS = frozenset(
 """Wireshark protocol names that look like byte or number literals: tshark reads ``ff`` in
 ``tcp.payload[0] == ff`` as the protocol FF (never in a TCP frame), not the byte 0xff, so
 tcpwhy does too."""
+
+
+@functools.cache
+def wireshark_fields() -> frozenset[str]:
+    """The names of Wireshark's fields and protocols for what a TCP capture's table holds
+    (frame, link, IP, TCP, ICMP, TLS, HTTP), from ``tshark -G fields``
+    (data/wireshark-fields.txt, made by tests/data/filters/generate.py)."""
+    from importlib import resources
+
+    text = (resources.files("tcpwhy") / "data" / "wireshark-fields.txt").read_text()
+    return frozenset(ln for ln in text.splitlines() if ln and not ln.startswith("#"))
+
 
 HTTP_PROTO = "http"
 """The one protocol whose bytes tcpwhy has: an HTTP segment's payload."""
@@ -1479,6 +1492,18 @@ class Compiler:
             return FilterError(message)  # tshark's slices have no place in the text
         return FilterError(message, self.src, node.pos, node.length)
 
+    def not_a_field(self, node: S.Node, message: str) -> FilterError:
+        """tshark's `message` for a name that is no field, unless the name is a field of
+        Wireshark's that tcpwhy does not have: then that, so that the user does not look
+        for a typing error in a name Wireshark takes."""
+        name = S.display(node)
+        if isinstance(node, S.Literal) and name in wireshark_fields() and name not in FIELDS:
+            message = (
+                f"{name} is a Wireshark field that tcpwhy does not compute "
+                "(docs/filters.md lists the fields it has)."
+            )
+        return self.fail(node, message)
+
     # -- tests
 
     def compile(self, node: S.Node) -> Test:
@@ -1524,7 +1549,7 @@ class Compiler:
         if isinstance(v, S.Literal) and v.kind == S.UNPARSED and v.text in FOREIGN_PROTOCOLS:
             never = RefExpr(Typ(PROTO))
             return ExistsTest(1, frozenset(), never)
-        raise self.fail(v, f"{S.display(v)} is neither a field nor a protocol name.")
+        raise self.not_a_field(v, f"{S.display(v)} is neither a field nor a protocol name.")
 
     def relation(self, node: S.Relation) -> Test:
         op = node.op
@@ -1533,7 +1558,7 @@ class Compiler:
         if op == "contains":
             lhs = node.lhs
             if not isinstance(lhs, (S.FieldRef, S.Call, S.Slice)):
-                raise self.fail(
+                raise self.not_a_field(
                     lhs,
                     f"Left side of {node.text} expression must be a field or function, not {S.display(lhs)}.",
                 )
@@ -1566,7 +1591,7 @@ class Compiler:
             raise FilterError(f"Regex compilation error: {exc.msg}.") from None
         lhs = node.lhs
         if not isinstance(lhs, (S.FieldRef, S.Call, S.Slice)):
-            raise self.fail(
+            raise self.not_a_field(
                 lhs,
                 f"Left side of {node.text} expression must be a field or function, not {S.display(lhs)}.",
             )
@@ -1605,7 +1630,7 @@ class Compiler:
             if dom == BYTES and le.t.ftype != BYTES:
                 le = ToBytes(T_BYTES, le.cost, le.needs, le)
             return le, re_, dom
-        raise self.fail(
+        raise self.not_a_field(
             lhs,
             f'Left side of "{S.display(node)}" expression must be a field or function, not {S.display(lhs)}.',
         )

@@ -395,11 +395,71 @@ for _name, _bit in (
     ("urg", URG),
     ("ece", ECE),
     ("cwr", CWR),
-    ("ns", AE),
+    ("ae", AE),  # Accurate ECN, as tshark 4.0 names the bit
+    ("ns", AE),  # and as Wireshark 3 named it (ECN nonce); tshark 4.0 has no tcp.flags.ns
 ):
     _add(f"tcp.flags.{_name}", BOOL, _flag(_bit))
 _add("tcp.options.mss_val", UINT, _optional("opt_mss"), 16)
 _add("tcp.options.wscale.shift", UINT, _optional("opt_ws"), 8)
+
+
+def _next_seq(ctx: FilterContext, rows: Rows) -> list[Occ]:
+    """tshark's ``tcp.nxtseq``: the relative sequence number after the segment (its
+    payload, and one each for SYN and FIN), on every segment."""
+    f = ctx.table["flags"][rows]
+    n = ctx.streams["rel_seq"][rows].astype(np.int64) + ctx.table["payload_len"][rows]
+    n += ((f & SYN) != 0).astype(np.int64) + ((f & FIN) != 0).astype(np.int64)
+    return [Occ(None, n & 0xFFFF_FFFF)]
+
+
+def _option_present(col: str) -> Extract:
+    """A TCP option (tshark's protocol ``tcp.options.mss`` and its kin) is in the header."""
+
+    def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
+        v = ctx.table[col][rows]
+        return [Occ(v != 0 if v.dtype == np.bool_ else v > 0 if col == "sack_n" else v >= 0, None)]
+
+    return ex
+
+
+def _timestamp(col: str) -> Extract:
+    def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
+        t = ctx.table
+        return [Occ(t["opt_ts"][rows].astype(np.bool_), t[col][rows].astype(np.int64))]
+
+    return ex
+
+
+def _sack_count(ctx: FilterContext, rows: Rows) -> list[Occ]:
+    n = ctx.table["sack_n"][rows].astype(np.int64)
+    return [Occ(n > 0, n)]
+
+
+def _sack_edges(col: str) -> Extract:
+    """Each SACK block's edge, relative as tshark shows them: to the base of the sequence
+    numbers they acknowledge, the one ``tcp.ack`` is relative to (one value per block)."""
+
+    def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
+        t = ctx.table
+        n = t["sack_n"][rows]
+        base = t["ack"][rows].astype(np.int64) - ctx.streams["rel_ack"][rows].astype(np.int64)
+        edges = (t[col][rows].astype(np.int64) - base[:, None]) & 0xFFFF_FFFF
+        return [Occ(n > i, edges[:, i]) for i in range(edges.shape[1])]
+
+    return ex
+
+
+_add("tcp.nxtseq", UINT, _next_seq, 32, "streams", 3)
+_add("tcp.options.mss", PROTO, _option_present("opt_mss"))
+_add("tcp.options.wscale", PROTO, _option_present("opt_ws"))
+_add("tcp.options.sack_perm", PROTO, _option_present("opt_sack_perm"))
+_add("tcp.options.timestamp", PROTO, _option_present("opt_ts"))
+_add("tcp.options.timestamp.tsval", UINT, _timestamp("opt_tsval"))
+_add("tcp.options.timestamp.tsecr", UINT, _timestamp("opt_tsecr"))
+_add("tcp.options.sack", PROTO, _option_present("sack_n"))
+_add("tcp.options.sack.count", UINT, _sack_count, 8)
+_add("tcp.options.sack_le", UINT, _sack_edges("sack_le"), 32, "streams", 3)
+_add("tcp.options.sack_re", UINT, _sack_edges("sack_re"), 32, "streams", 3)
 _add("tcp.payload", BYTES, _payload, cost=10)
 _add("tcp.segment_data", BYTES, _payload, cost=10)
 # analysis

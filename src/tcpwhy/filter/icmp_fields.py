@@ -157,7 +157,14 @@ def _icmp_col(col: str, v6: bool, mtu: bool = False) -> Extract:
 
 
 _ABSENT_PREFIXES = ("tcp.analysis.", "http")
-_ABSENT = {"tcp.len", "tcp.seq_raw", "tcp.payload", "tcp.segment_data", "tcp.time_delta"}
+_ABSENT = {
+    "tcp.len",
+    "tcp.seq_raw",
+    "tcp.nxtseq",
+    "tcp.payload",
+    "tcp.segment_data",
+    "tcp.time_delta",
+}
 _HEADER = {
     "tcp.stream",
     "tcp.ack",

@@ -40,6 +40,7 @@ ZEEK_CAPTURES = [
     "pop3-redis.pcap",
     "tunnels-gre.pcap",  # two IPv4 layers: the layer operator (ip.addr#2)
     "tunnels-gre-over-udp.pcap",
+    "ssh-basic.pcap",  # SACK blocks
 ]
 
 LAB_CAPTURES = [
@@ -48,6 +49,7 @@ LAB_CAPTURES = [
     "keepalive-dead-peer.pcap",
     "refused.pcap",
     "abortive-close.pcap",
+    "pmtu-discovery.pcap",  # SACK blocks, and options quoted in ICMP errors
 ]
 
 # Every filter tshark accepts runs on every capture (errors are found on the first). Grouped by what they exercise.
@@ -126,6 +128,23 @@ FILTERS = [
     "tcp.seq > 100000",
     "tcp.ack_raw == 0",
     "tcp.options.mss_val == 1460",
+    "tcp.flags.ae == 0",
+    "tcp.flags.ns == 0",
+    "tcp.nxtseq > 1000",
+    "tcp.nxtseq == tcp.seq",
+    "tcp.nxtseq == tcp.seq + tcp.len + 1",
+    # tcp options
+    "tcp.options.mss and not tcp.options.wscale",
+    "tcp.options.sack_perm",
+    "tcp.options.timestamp",
+    "tcp.options.timestamp.tsecr == 0",
+    "tcp.options.timestamp.tsval > tcp.options.timestamp.tsecr",
+    "tcp.options.sack",
+    "tcp.options.sack.count >= 2",
+    "tcp.options.sack_le",
+    "tcp.options.sack_le > 1000",
+    "tcp.options.sack_re - tcp.options.sack_le >= 1000",
+    "all tcp.options.sack_re > tcp.ack",
     "tcp.window_size > 100000",
     "tcp.srcport == tcp.dstport",
     # payload bytes
@@ -710,8 +729,40 @@ def captures() -> dict[str, Path]:
     return caps
 
 
+WIRESHARK_FIELDS = REPO / "src" / "tcpwhy" / "data" / "wireshark-fields.txt"
+FIELD_PROTOCOLS = (
+    "frame",
+    "eth",
+    "vlan",
+    "ip",
+    "ipv6",
+    "tcp",
+    "icmp",
+    "icmpv6",
+    "tls",
+    "http",
+    "http2",
+)
+"""The protocols whose Wireshark fields tcpwhy names in its errors (`wireshark_fields`)."""
+
+
+def wireshark_fields(version: str) -> str:
+    """The field and protocol names of `FIELD_PROTOCOLS` that tshark knows, one a line, after
+    a line naming the tshark they come from: tcpwhy tells a filter naming one it does not
+    have that it is Wireshark's (not a typing error, as tshark's message would suggest)."""
+    out = subprocess.run(["tshark", "-G", "fields"], capture_output=True, text=True).stdout
+    names = set()
+    for line in out.splitlines():
+        cols = line.split("\t")
+        if len(cols) > 2 and cols[0] in ("F", "P") and cols[2].split(".")[0] in FIELD_PROTOCOLS:
+            names.add(cols[2])
+    head = f"# tshark -G fields of {version.rstrip('.')}, protocols {' '.join(FIELD_PROTOCOLS)}"
+    return head + "\n" + "".join(f"{n}\n" for n in sorted(names))
+
+
 def main() -> int:
     version = subprocess.run(["tshark", "--version"], capture_output=True, text=True).stdout
+    WIRESHARK_FIELDS.write_text(wireshark_fields(version.splitlines()[0]))
     caps = captures()
     missing = [str(p) for p in caps.values() if not p.exists()]
     if missing:

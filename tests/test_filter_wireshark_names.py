@@ -1,0 +1,69 @@
+"""Field names in display filters against Wireshark's own list (data/wireshark-fields.txt,
+from ``tshark -G fields``): tcpwhy's fields are Wireshark's, and a filter naming a field of
+Wireshark's that tcpwhy does not compute says so, where tshark's message for a name that is
+no field at all would send the user looking for a typing error."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tcpwhy.filter import FilterError, compile_filter
+from tcpwhy.filter.compiler import wireshark_fields
+from tcpwhy.filter.fields import FIELDS
+from tests.gates import need
+
+HERE = Path(__file__).resolve().parent
+SHIPPED = HERE.parent / "src" / "tcpwhy" / "data" / "wireshark-fields.txt"
+LACKS = "is a Wireshark field that tcpwhy does not compute"
+
+ALIASES = {"tcp.flags.ns": "Wireshark 3's name of tcp.flags.ae, which tshark 4.0 no longer takes"}
+"""tcpwhy's fields that are not in tshark 4.0's list, with the reason."""
+
+
+def test_the_list_is_the_installed_tsharks() -> None:
+    need(shutil.which("tshark") is not None, "tshark not installed")
+    sys.path.insert(0, str(HERE / "data" / "filters"))
+    try:
+        import generate
+    finally:
+        sys.path.pop(0)
+    version = subprocess.run(["tshark", "--version"], capture_output=True, text=True).stdout
+    first = version.splitlines()[0].rstrip(".")
+    head = SHIPPED.read_text().splitlines()[0]
+    need(first in head, f"another tshark than the list's ({first})")
+    assert generate.wireshark_fields(first) == SHIPPED.read_text()
+    assert len(wireshark_fields()) > 1500
+
+
+def test_every_field_of_tcpwhy_is_wiresharks() -> None:
+    names = wireshark_fields()
+    assert sorted(n for n in FIELDS if n not in names) == sorted(ALIASES)
+
+
+@pytest.mark.parametrize("form", ["{}", "{} > 1", "{} contains 41", '{} matches "x"'])
+def test_a_wireshark_field_tcpwhy_lacks_is_named_as_such(form: str) -> None:
+    lacking = sorted(wireshark_fields() - set(FIELDS))
+    assert len(lacking) > 1500 and "tcp.analysis.bytes_in_flight" in lacking
+    for name in lacking:
+        with pytest.raises(FilterError) as exc:
+            compile_filter(form.format(name))
+        assert f"{name} {LACKS}" in str(exc.value), form.format(name)
+        assert exc.value.exit_status == 2
+
+
+def test_a_name_no_one_has_keeps_tsharks_message() -> None:
+    for text, message in (
+        (
+            "tcp.bogus > 1",
+            'Left side of ">" expression must be a field or function, not tcp.bogus.',
+        ),
+        ("tcp.bogus", "tcp.bogus is neither a field nor a protocol name."),
+    ):
+        with pytest.raises(FilterError) as exc:
+            compile_filter(text)
+        assert message in str(exc.value) and LACKS not in str(exc.value)
