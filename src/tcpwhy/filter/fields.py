@@ -412,12 +412,12 @@ def _next_seq(ctx: FilterContext, rows: Rows) -> list[Occ]:
     return [Occ(None, n & 0xFFFF_FFFF)]
 
 
-def _option_present(col: str) -> Extract:
-    """A TCP option (tshark's protocol ``tcp.options.mss`` and its kin) is in the header."""
+def _option_present(col: str, least: int = 0) -> Extract:
+    """A TCP option (tshark's protocol ``tcp.options.mss`` and its kin) is in the header:
+    its column is at least `least` (a flag column: set)."""
 
     def ex(ctx: FilterContext, rows: Rows) -> list[Occ]:
-        v = ctx.table[col][rows]
-        return [Occ(v != 0 if v.dtype == np.bool_ else v > 0 if col == "sack_n" else v >= 0, None)]
+        return [Occ(ctx.table[col][rows] >= least, None)]
 
     return ex
 
@@ -452,11 +452,11 @@ def _sack_edges(col: str) -> Extract:
 _add("tcp.nxtseq", UINT, _next_seq, 32, "streams", 3)
 _add("tcp.options.mss", PROTO, _option_present("opt_mss"))
 _add("tcp.options.wscale", PROTO, _option_present("opt_ws"))
-_add("tcp.options.sack_perm", PROTO, _option_present("opt_sack_perm"))
-_add("tcp.options.timestamp", PROTO, _option_present("opt_ts"))
+_add("tcp.options.sack_perm", PROTO, _option_present("opt_sack_perm", 1))
+_add("tcp.options.timestamp", PROTO, _option_present("opt_ts", 1))
 _add("tcp.options.timestamp.tsval", UINT, _timestamp("opt_tsval"))
 _add("tcp.options.timestamp.tsecr", UINT, _timestamp("opt_tsecr"))
-_add("tcp.options.sack", PROTO, _option_present("sack_n"))
+_add("tcp.options.sack", PROTO, _option_present("sack_n", 1))
 _add("tcp.options.sack.count", UINT, _sack_count, 8)
 _add("tcp.options.sack_le", UINT, _sack_edges("sack_le"), 32, "streams", 3)
 _add("tcp.options.sack_re", UINT, _sack_edges("sack_re"), 32, "streams", 3)
