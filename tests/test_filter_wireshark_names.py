@@ -5,6 +5,7 @@ no field at all would send the user looking for a typing error."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,8 @@ ALIASES = {"tcp.flags.ns": "Wireshark 3's name of tcp.flags.ae, which tshark 4.0
 
 
 def test_the_list_is_the_installed_tsharks() -> None:
+    """The list is the installed tshark's; from another point release of the same series
+    (apt may bring one), every name listed is still tshark's."""
     need(shutil.which("tshark") is not None, "tshark not installed")
     sys.path.insert(0, str(HERE / "data" / "filters"))
     try:
@@ -34,9 +37,14 @@ def test_the_list_is_the_installed_tsharks() -> None:
         sys.path.pop(0)
     version = subprocess.run(["tshark", "--version"], capture_output=True, text=True).stdout
     first = version.splitlines()[0].rstrip(".")
-    head = SHIPPED.read_text().splitlines()[0]
-    need(first in head, f"another tshark than the list's ({first})")
-    assert generate.wireshark_fields(first) == SHIPPED.read_text()
+    head, *shipped = SHIPPED.read_text().splitlines()
+    series = re.search(r"\(Wireshark\) (\d+\.\d+)\.", first)
+    need(series is not None and f"(Wireshark) {series[1]}." in head, f"not tshark 4.0: {first}")
+    installed = generate.wireshark_fields(first).splitlines()[1:]
+    if first in head:
+        assert installed == shipped
+    else:
+        assert set(shipped) <= set(installed)
     assert len(wireshark_fields()) > 1500
 
 
