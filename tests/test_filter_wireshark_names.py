@@ -75,3 +75,23 @@ def test_a_name_no_one_has_keeps_tsharks_message() -> None:
         with pytest.raises(FilterError) as exc:
             compile_filter(text)
         assert message in str(exc.value) and LACKS not in str(exc.value)
+
+
+def test_next_seq_counts_one_for_a_segment_with_syn_and_fin(tcpdump_corpus: Path) -> None:
+    """tshark 4.0 gives a segment with both SYN and FIN one sequence number, not RFC 9293's
+    two (tcpdump's capture of a segment with the eight lowest flags set: tcp.nxtseq 1)."""
+    from tcpwhy.capture import read_table
+    from tcpwhy.decode.table import CaptureStats
+    from tcpwhy.filter import FilterContext
+
+    stats = CaptureStats()
+    table = read_table(str(tcpdump_corpus / "tcp_eight_lowest_weight_flags_set.pcap"), stats)
+    ctx = FilterContext(table, first_ts_ns=stats.first_ts_ns)
+    for text, frames in (("tcp.nxtseq == 1", [1]), ("tcp.nxtseq == 2", [])):
+        assert table["frame"][compile_filter(text).mask(table, ctx)].tolist() == frames
+    if shutil.which("tshark"):
+        cmd = ["tshark", "-n", "-r", str(tcpdump_corpus / "tcp_eight_lowest_weight_flags_set.pcap")]
+        out = subprocess.run(
+            [*cmd, "-T", "fields", "-e", "tcp.nxtseq"], capture_output=True, text=True
+        ).stdout
+        assert out.split() == ["1"]

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from tcpwhy.decode.table import ACK, FIN, SYN
+from tcpwhy.decode.table import ACK
 from tcpwhy.diagnose import http, knowledge, tls
 from tcpwhy.diagnose.common import Group, Hits, resets_before_fin
 from tcpwhy.diagnose.context import WHO, Conn
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
-from tcpwhy.tcp.seq import HALF, seq_add, seq_diff, seq_geq
+from tcpwhy.tcp.seq import HALF, next_seq, seq_diff, seq_geq
 
 ORDER = 230
 
@@ -72,10 +72,8 @@ def _next_seq(c: Conn, x: int, r: int) -> int | None:
     if not len(mine):
         return None
     rows = rows[mine]
-    flags = t["flags"][rows]
-    e = seq_add(
-        t["seq"][rows].astype(np.int64),
-        t["payload_len"][rows].astype(np.int64) + ((flags & (SYN | FIN)) != 0),
+    e = next_seq(
+        t["seq"][rows].astype(np.int64), t["flags"][rows], t["payload_len"][rows].astype(np.int64)
     )
     # unwrapped: each end as the previous one plus the signed step between them
     step = seq_diff(e[1:], e[:-1])
@@ -92,7 +90,7 @@ def _next_seq_walk(c: Conn, x: int, r: int) -> int | None:
     nxt = None
     for i in range(r):
         if c.side[i] == x:
-            e = seq_add(c.seq[i], c.plen[i] + (1 if c.flags[i] & (SYN | FIN) else 0))
+            e = next_seq(c.seq[i], c.flags[i], c.plen[i])
             nxt = e if nxt is None or seq_geq(e, nxt) else nxt
     return nxt
 

@@ -30,6 +30,7 @@ import numpy.typing as npt
 from tcpwhy.decode.table import ACK, AE, CWR, ECE, FIN, PSH, RST, SYN, URG
 from tcpwhy.decode.table import TUNNEL_NONE as _NO_TUNNEL
 from tcpwhy.tcp import ANALYSIS_FLAGS
+from tcpwhy.tcp.seq import next_seq
 
 if TYPE_CHECKING:
     from tcpwhy.filter.context import FilterContext
@@ -404,12 +405,10 @@ _add("tcp.options.wscale.shift", UINT, _optional("opt_ws"), 8)
 
 
 def _next_seq(ctx: FilterContext, rows: Rows) -> list[Occ]:
-    """tshark's ``tcp.nxtseq``: the relative sequence number after the segment (its
-    payload, and one each for SYN and FIN), on every segment."""
-    f = ctx.table["flags"][rows]
-    n = ctx.streams["rel_seq"][rows].astype(np.int64) + ctx.table["payload_len"][rows]
-    n += ((f & SYN) != 0).astype(np.int64) + ((f & FIN) != 0).astype(np.int64)
-    return [Occ(None, n & 0xFFFF_FFFF)]
+    """tshark's ``tcp.nxtseq``, relative, on every segment."""
+    t = ctx.table
+    rel = ctx.streams["rel_seq"][rows].astype(np.int64)
+    return [Occ(None, next_seq(rel, t["flags"][rows], t["payload_len"][rows].astype(np.int64)))]
 
 
 def _option_present(col: str, least: int = 0) -> Extract:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tcpwhy.decode.table import FIN, SYN
+
 MOD = 1 << 32
 U32 = MOD - 1
 """The mask that wraps a sum into sequence space."""
@@ -42,3 +44,9 @@ def seq_offset(a: Any, base: Any) -> Any:
     """How far a lies past base, forward only (0 … 2**32 - 1): Wireshark's relative sequence
     numbers, where a number before the base reads as a large one."""
     return (a - base) & U32
+
+
+def next_seq(seq: Any, flags: Any, payload_len: Any) -> Any:
+    """The sequence number after a segment, as Wireshark's ``tcp.nxtseq`` counts it: its
+    payload and one for a SYN or a FIN (one, not RFC 9293's two, for a segment with both)."""
+    return seq_add(seq, payload_len + ((flags & (SYN | FIN)) != 0))
