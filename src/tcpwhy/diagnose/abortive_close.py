@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tcpwhy.decode.table import ACK
+from tcpwhy.decode.table import ACK, FIN, SYN
 from tcpwhy.diagnose import http, knowledge, tls
 from tcpwhy.diagnose.common import Group, Hits, resets_before_fin
 from tcpwhy.diagnose.context import WHO, Conn
@@ -72,9 +72,8 @@ def _next_seq(c: Conn, x: int, r: int) -> int | None:
     if not len(mine):
         return None
     rows = rows[mine]
-    e = next_seq(
-        t["seq"][rows].astype(np.int64), t["flags"][rows], t["payload_len"][rows].astype(np.int64)
-    )
+    plen = t["payload_len"][rows].astype(np.int64)
+    e = next_seq(t["seq"][rows].astype(np.int64), plen, t["flags"][rows] & (SYN | FIN))
     # unwrapped: each end as the previous one plus the signed step between them
     step = seq_diff(e[1:], e[:-1])
     u = np.empty(len(e), np.int64)
@@ -90,7 +89,7 @@ def _next_seq_walk(c: Conn, x: int, r: int) -> int | None:
     nxt = None
     for i in range(r):
         if c.side[i] == x:
-            e = next_seq(c.seq[i], c.flags[i], c.plen[i])
+            e = next_seq(c.seq[i], c.plen[i], c.flags[i] & (SYN | FIN))
             nxt = e if nxt is None or seq_geq(e, nxt) else nxt
     return nxt
 

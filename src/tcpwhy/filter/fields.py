@@ -408,7 +408,8 @@ def _next_seq(ctx: FilterContext, rows: Rows) -> list[Occ]:
     """tshark's ``tcp.nxtseq``, relative, on every segment."""
     t = ctx.table
     rel = ctx.streams["rel_seq"][rows].astype(np.int64)
-    return [Occ(None, next_seq(rel, t["flags"][rows], t["payload_len"][rows].astype(np.int64)))]
+    plen = t["payload_len"][rows].astype(np.int64)
+    return [Occ(None, next_seq(rel, plen, t["flags"][rows] & (SYN | FIN)))]
 
 
 def _option_present(col: str, least: int = 0) -> Extract:

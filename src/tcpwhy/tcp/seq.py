@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from tcpwhy.decode.table import FIN, SYN
-
 MOD = 1 << 32
 U32 = MOD - 1
 """The mask that wraps a sum into sequence space."""
@@ -46,7 +44,8 @@ def seq_offset(a: Any, base: Any) -> Any:
     return (a - base) & U32
 
 
-def next_seq(seq: Any, flags: Any, payload_len: Any) -> Any:
+def next_seq(seq: Any, payload_len: Any, syn_or_fin: Any) -> Any:
     """The sequence number after a segment, as Wireshark's ``tcp.nxtseq`` counts it: its
-    payload and one for a SYN or a FIN (one, not RFC 9293's two, for a segment with both)."""
-    return seq_add(seq, payload_len + ((flags & (SYN | FIN)) != 0))
+    payload and one if it carries a SYN or a FIN (one, not RFC 9293's two, for a segment
+    with both); `syn_or_fin` is that test of its flags (this module reads no flags)."""
+    return seq_add(seq, payload_len + (syn_or_fin != 0))
