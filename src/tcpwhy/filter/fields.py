@@ -30,7 +30,7 @@ import numpy.typing as npt
 from tcpwhy.decode.table import ACK, AE, CWR, ECE, FIN, PSH, RST, SYN, URG
 from tcpwhy.decode.table import TUNNEL_NONE as _NO_TUNNEL
 from tcpwhy.tcp import ANALYSIS_FLAGS
-from tcpwhy.tcp.seq import next_seq
+from tcpwhy.tcp.seq import next_seq, seq_offset
 
 if TYPE_CHECKING:
     from tcpwhy.filter.context import FilterContext
@@ -443,7 +443,7 @@ def _sack_edges(col: str) -> Extract:
         t = ctx.table
         n = t["sack_n"][rows]
         base = t["ack"][rows].astype(np.int64) - ctx.streams["rel_ack"][rows].astype(np.int64)
-        edges = (t[col][rows].astype(np.int64) - base[:, None]) & 0xFFFF_FFFF
+        edges = seq_offset(t[col][rows].astype(np.int64), base[:, None])
         return [Occ(n > i, edges[:, i]) for i in range(edges.shape[1])]
 
     return ex
