@@ -146,6 +146,50 @@ def c_hdlc(ip: bytes) -> bytes:
     return b"\x0f\x00" + _etype(ip) + ip
 
 
+def ipoib(ip: bytes) -> bytes:
+    """IP over InfiniBand (RFC 4391): source and destination hardware addresses (a queue
+    pair number and a GID, 20 bytes each), the type, 2 reserved bytes."""
+    gid = bytes.fromhex("fe800000000000000010e000664ab451")
+    return (b"\x00\x00\x00\x48" + gid) + (b"\x80\x00\x05\x50" + gid) + _etype(ip) + bytes(2) + ip
+
+
+def arcnet_rfc1051(ip: bytes) -> bytes:
+    """Linux ARCNET: source, destination, offset, RFC 1051's IP protocol id."""
+    return b"\xbe\x50\xcb\x08\xf0" + ip
+
+
+def arcnet_rfc1201(ip: bytes) -> bytes:
+    """Linux ARCNET with RFC 1201's ids (IPv4 0xd4, IPv6 0xc4), split flag 0, sequence."""
+    return b"\xbe\x50\xc0\x00" + (b"\xc4" if ip[0] >> 4 == 6 else b"\xd4") + b"\x00\x01\x6b" + ip
+
+
+def juniper_ether(ip: bytes) -> bytes:
+    """Juniper's header as a router writes it ("MGC", flags with extensions present, their
+    length, four TLVs: media type, encapsulation, interface indexes), then Ethernet."""
+    tlvs = bytes.fromhex("03010106010e01028c0004044c010000")
+    return b"MGC\x80" + struct.pack("!H", len(tlvs)) + tlvs + craft.eth(ip, v6=ip[0] >> 4 == 6)
+
+
+def juniper_ether_plain(ip: bytes) -> bytes:
+    """Juniper's header without extensions (flags 1: packet in)."""
+    return b"MGC\x01" + craft.eth(ip, v6=ip[0] >> 4 == 6)
+
+
+def _gre_wccp(ip: bytes, redirect: bytes) -> bytes:
+    a, b = OUTER4
+    return craft.eth(craft.ip(a, b, 47, b"\x00\x00\x88\x3e" + redirect + ip))
+
+
+def wccp2(ip: bytes) -> bytes:
+    """WCCP 2 redirection: GRE protocol 0x883e, the 4-byte redirect header, then IPv4."""
+    return _gre_wccp(ip, b"\x05\x59\x00\x48")
+
+
+def wccp1(ip: bytes) -> bytes:
+    """WCCP 1: GRE protocol 0x883e straight to the IPv4 header."""
+    return _gre_wccp(ip, b"")
+
+
 CASES: dict[str, tuple[int, Callable[[bytes], bytes], bool]] = {
     # name: (link type, framing, IPv6 too); big-endian NFLOG TLVs (a big-endian host's
     # capture) are read as little-endian by tshark and Zeek alike: neither decodes them
@@ -168,6 +212,14 @@ CASES: dict[str, tuple[int, Callable[[bytes], bytes], bool]] = {
     "linux-sll": (113, linux_sll, True),
     "linux-sll2": (276, linux_sll2, True),
     "cisco-hdlc": (104, c_hdlc, True),
+    "ipoib": (242, ipoib, True),
+    # link types and an encapsulation tshark decodes and Zeek does not
+    "arcnet-rfc1051": (129, arcnet_rfc1051, False),
+    "arcnet-rfc1201": (129, arcnet_rfc1201, True),
+    "juniper-ether": (178, juniper_ether, True),
+    "juniper-ether-plain": (178, juniper_ether_plain, True),
+    "wccp2": (1, wccp2, False),
+    "wccp1": (1, wccp1, False),
 }
 
 
@@ -205,3 +257,82 @@ def test_link_type_matches_tshark(tmp_path: Path, name: str) -> None:
         n = 0
     assert compared == n  # tshark decodes every packet as TCP, and so does tcpwhy
     assert len(read_table(str(cap))) == n
+
+
+# tcpdump's test captures in these framings (real captures: ARCNET from a Linux host, Juniper
+# from a router, IPoIB from an InfiniBand host, WCCP from a Cisco redirection)
+CORPUS = {
+    "ipoib.pcap": 20,
+    "arcnet-rfc1051-arp-icmp-http.pcap": 14,
+    "arcnet-rfc1201-arp-icmp-http.pcap": 14,
+    "bgp-aigp.pcap": 1,
+    "wccp_redirect_gre.pcap": 1,
+}
+
+
+@pytest.mark.parametrize("name", list(CORPUS))
+def test_corpus_capture_matches_tshark(tmp_path: Path, tcpdump_corpus: Path, name: str) -> None:
+    need(shutil.which("tshark") is not None, "tshark not installed")
+    cap = tcpdump_corpus / name
+    compared, problems = compare_trace(cap, _tshark_tsv(cap, tmp_path / "ref.tsv"))
+    assert problems == []
+    assert compared == CORPUS[name] == len(read_table(str(cap)))
+
+
+@pytest.mark.parametrize(
+    ("linktype", "frame", "what"),
+    [
+        # an RFC 1201 packet split in fragments (flag 3: the first of three): not reassembled
+        (129, lambda ip: b"\xbe\x50\xc0\x00\xd4\x03\x01\x6b" + ip, "non-IP"),
+        # an RFC 1201 exception packet (flag 0xff)
+        (129, lambda ip: b"\xbe\x50\xc0\x00\xd4\xff\xff\xff\xd4\x00\x01\x6b" + ip, "non-IP"),
+        (129, lambda ip: b"\xbe\x50\xc0\x00\xf1" + ip, "non-IP"),  # ARP's id
+        (178, lambda ip: b"MGC\x02" + bytes(4) + ip, "non-IP"),  # no link header
+        (178, lambda ip: b"XYZ\x00" + craft.eth(ip), "non-IP"),  # no magic
+        (178, lambda ip: b"MGC\x80\x01\x00" + craft.eth(ip), "undecodable"),  # TLVs cut
+    ],
+)
+def test_framings_not_decoded_are_counted(
+    tmp_path: Path, linktype: int, frame: Callable[[bytes], bytes], what: str
+) -> None:
+    """What these link types carry that tcpwhy does not decode is skipped and counted,
+    never read as IP."""
+    from tcpwhy.decode.table import CaptureStats
+
+    cap = tmp_path / "x.pcap"
+    n = _write(cap, linktype, frame, False)
+    stats = CaptureStats()
+    assert len(read_table(str(cap), stats)) == 0
+    assert stats.skipped == {what: n}
+
+
+@pytest.mark.parametrize("name", ["ipoib", "arcnet-rfc1201", "juniper-ether", "wccp2"])
+def test_cut_frames_are_undecodable(tmp_path: Path, name: str) -> None:
+    """Each frame cut at every length up to its TCP header: no row, no read past the end."""
+    from tcpwhy.decode.table import CaptureStats
+
+    linktype, frame, _ = CASES[name]
+    whole = frame(craft.conversation()[0])
+    cap = tmp_path / "cut.pcap"
+    with PcapWriter.open(str(cap), linktype) as w:
+        for k in range(len(whole) - 20):
+            w.write(1_704_067_200_000_000_000 + k, whole[:k])
+    stats = CaptureStats()
+    assert len(read_table(str(cap), stats)) == 0
+    assert sum(stats.skipped.values()) == len(whole) - 20
+
+
+def test_unsupported_link_types_are_named_as_libpcap_names_them() -> None:
+    """The message for a link type tcpwhy does not decode names it in libpcap's words."""
+    import ctypes
+    import ctypes.util
+
+    from tcpwhy.capture.reader import LINKTYPE_NAMES
+
+    lib = ctypes.util.find_library("pcap")
+    need(lib is not None, "libpcap not installed (it comes with tcpdump)")
+    pcap = ctypes.CDLL(lib)
+    pcap.pcap_datalink_val_to_description.restype = ctypes.c_char_p
+    for value, name in LINKTYPE_NAMES.items():
+        want = pcap.pcap_datalink_val_to_description(value)
+        assert name == (want.decode() if want is not None else "user-defined"), value

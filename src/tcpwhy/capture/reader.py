@@ -58,20 +58,19 @@ PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 GZIP_MAGIC = b"\x1f\x8b"
 
 LINKTYPE_NAMES = {
-    6: "Token Ring",
-    10: "FDDI",
-    105: "IEEE 802.11",
-    119: "Prism",
-    127: "802.11 radiotap",
+    6: "Token ring",
+    119: "802.11 plus Prism header",
     143: "DOCSIS",
     147: "user-defined",
-    189: "USB",
-    195: "IEEE 802.15.4",
-    215: "IEEE 802.15.4 no FCS",
-    220: "USB Linux mmapped",
-    249: "NetAnalyzer",
-    253: "NFLOG",
+    189: "USB with Linux header",
+    195: "IEEE 802.15.4 with FCS",
+    215: "IEEE 802.15.4 with non-ASK PHY data",
+    220: "USB with padded Linux header",
+    249: "USB with USBPcap header",
+    253: "Linux netlink",
 }
+"""Names of link types tcpwhy does not decode, for its message: libpcap's descriptions
+(`pcap_datalink_val_to_description`; tests/test_link_types.py holds them to it)."""
 
 
 def linktype_name(lt: int) -> str:

@@ -57,9 +57,12 @@ LINKTYPE_IEEE802_11 = 105
 LINKTYPE_LOOP = 108
 LINKTYPE_LINUX_SLL = 113
 LINKTYPE_IEEE802_11_RADIOTAP = 127
+LINKTYPE_ARCNET_LINUX = 129
+LINKTYPE_JUNIPER_ETHER = 178
 LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
 LINKTYPE_NFLOG = 239
+LINKTYPE_IPOIB = 242
 LINKTYPE_LINUX_SLL2 = 276
 SUPPORTED_LINKTYPES = {
     LINKTYPE_NULL: "BSD loopback",
@@ -75,9 +78,12 @@ SUPPORTED_LINKTYPES = {
     LINKTYPE_LOOP: "OpenBSD loopback",
     LINKTYPE_LINUX_SLL: "Linux cooked v1",
     LINKTYPE_IEEE802_11_RADIOTAP: "802.11 radiotap",
+    LINKTYPE_ARCNET_LINUX: "Linux ARCNET",
+    LINKTYPE_JUNIPER_ETHER: "Juniper Ethernet",
     LINKTYPE_IPV4: "raw IPv4",
     LINKTYPE_IPV6: "raw IPv6",
     LINKTYPE_NFLOG: "Linux NFLOG",
+    LINKTYPE_IPOIB: "IP over InfiniBand",
     LINKTYPE_LINUX_SLL2: "Linux cooked v2",
 }
 
@@ -518,14 +524,57 @@ def _link_header(buf: Any, link: Any, p: Any, end: Any, lim: Any) -> Any:
         or link == LINKTYPE_IPV6
     ):
         kind = _K_IPVER
-    elif link == LINKTYPE_LINUX_SLL or link == LINKTYPE_LINUX_SLL2 or link == LINKTYPE_C_HDLC:
+    elif (
+        link == LINKTYPE_LINUX_SLL
+        or link == LINKTYPE_LINUX_SLL2
+        or link == LINKTYPE_C_HDLC
+        or link == LINKTYPE_IPOIB
+    ):
         # a header of fixed size with the ethertype in it: Linux cooked v1 (16 bytes,
-        # the type at 14) and v2 (20, at 0), Cisco HDLC (4, at 2)
-        size = 16 if link == LINKTYPE_LINUX_SLL else 20 if link == LINKTYPE_LINUX_SLL2 else 4
+        # the type at 14) and v2 (20, at 0), Cisco HDLC (4, at 2), IP over InfiniBand (the
+        # source and destination hardware addresses, 20 bytes each, the type, 2 reserved)
+        size, at = 4, 2
+        if link == LINKTYPE_LINUX_SLL:
+            size, at = 16, 14
+        elif link == LINKTYPE_LINUX_SLL2:
+            size, at = 20, 0
+        elif link == LINKTYPE_IPOIB:
+            size, at = 44, 40
         if p + size <= end:
-            et = _be16(buf, p + (14 if size == 16 else 0 if size == 20 else 2))
+            et = _be16(buf, p + at)
             p += size
             kind = _K_ETYPE
+    elif link == LINKTYPE_ARCNET_LINUX:
+        # source, destination, offset (2 bytes), protocol id: RFC 1051's IP id, or RFC
+        # 1201's IPv4 and IPv6 ids followed by a split flag and a sequence number. A split
+        # packet (a fragment of a larger one, or an exception packet) is not decoded.
+        if p + 5 <= end:
+            pid = _u8(buf, p + 4)
+            status = ST_OTHER_LINK
+            if pid == 0xF0:
+                p += 5
+                kind = _K_IP4
+            elif pid == 0xD4 or pid == 0xC4:
+                if p + 8 > end:
+                    status = ST_UNDECODABLE
+                elif _u8(buf, p + 5) == 0:
+                    kind = _K_IP4 if pid == 0xD4 else _K_IP6
+                    p += 8
+    elif link == LINKTYPE_JUNIPER_ETHER:
+        # Juniper's header: "MGC", flags, with flag 0x80 a 2-byte length of extension TLVs
+        # and the TLVs; then the Ethernet frame (flag 0x02: no link header, not decoded)
+        if p + 4 <= end:
+            status = ST_OTHER_LINK
+            if _u8(buf, p) == 0x4D and _u8(buf, p + 1) == 0x47 and _u8(buf, p + 2) == 0x43:
+                fl = _u8(buf, p + 3)
+                q = p + 4
+                if fl & 0x80:
+                    q = q + 2 + _be16(buf, q) if q + 2 <= end else end + 1
+                if q > end:
+                    status = ST_UNDECODABLE
+                elif (fl & 0x02) == 0:
+                    p = q
+                    kind = _K_ETH
     elif link == LINKTYPE_PPP or link == LINKTYPE_PPP_SERIAL:
         kind = _K_PPP
     elif link == LINKTYPE_IEEE802_11:
@@ -934,6 +983,10 @@ def _gre(buf: Any, p: Any, end: Any, tunnel: Any) -> Any:
         kind = _K_ETH
     elif 0x8200 <= et <= 0x82FF:  # Aruba WLAN: 802.11 frames
         kind = _K_WLAN
+    elif et == 0x883E:  # WCCP: IPv4, after WCCP 2's 4-byte redirect header if present
+        if p < end and (_u8(buf, p) & 0xF0) != 0x40:
+            p += 4
+        kind = _K_IP4
     else:
         kind = _K_ETYPE
     return kind, p, et, tunnel, ST_UNDECODABLE
