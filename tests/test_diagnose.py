@@ -92,6 +92,17 @@ def test_syn_timeout_reports_the_ladder() -> None:
     assert ladder[0] == 0 and 0.9 < ladder[1] < 1.2 and 2.8 < ladder[2] < 3.3
 
 
+def test_syn_timeout_says_retried_only_when_the_client_retried(tcpdump_corpus: Path) -> None:
+    """One SYN seen (tcpdump's IP-over-InfiniBand capture: connects to closed ports, the
+    capture holding the client's packets only) is not told as a retry; the lab's ladder is."""
+    f = next(f for f in diagnose_files([str(tcpdump_corpus / "ipoib.pcap")]).findings)
+    assert f.kind == "syn-timeout" and f.facts["retry_ladder_s"] == [0]
+    assert "192.168.56.24:8: one SYN, no retransmission seen yet." in f.explanation
+    assert "retried" not in f.explanation
+    f = next(f for f in diagnose_files([str(LAB / "syn-timeout.pcap")]).findings)
+    assert "10.77.0.2:8080 and retried: sent at +0, +1" in f.explanation.replace("\n", " ")
+
+
 def test_time_wait_reuse_accepted_is_only_a_note() -> None:
     report = diagnose_files([str(LAB / "time-wait-reuse.pcap")])
     (f,) = report.findings
@@ -177,3 +188,30 @@ def test_payload_text_is_escaped() -> None:
     )
     assert msg is not None and msg.status == 200 and msg.keep_alive_timeout == 5
     assert msg.connection == "keep-alive"
+
+
+def test_findings_read_as_written() -> None:
+    """Counts, ranges, addresses and times in the findings' words, as a person reads them:
+    a singular for one, one figure for a range of equal ones, a projection that exceeds the
+    ports said so, an IPv6 address without port unbracketed, wall-clock times (not epoch
+    seconds), no stray spaces."""
+    texts: dict[str, list[str]] = {}
+    for path in sorted(LAB.glob("*.pcap")):
+        for f in diagnose_files([str(path)]).findings:
+            assert f.explanation == f.explanation.strip(), (path.name, f.kind)
+            assert "  " not in f.summary + f.explanation.replace("\n\n", " "), (path.name, f.kind)
+            texts.setdefault(f.kind, []).append(f.summary + "\n" + f.explanation)
+    assert any("; 1 late FIN answered by RST" in t for t in texts["fin-wait-2-stall"])
+    assert any("(CLOSE_WAIT for 43.0 ms each as seen here)" in t for t in texts["close-wait-leak"])
+    (tw,) = texts["time-wait-accumulation"]
+    assert "about 1,298 per second" in tw
+    assert "would need about 77,852 TIME_WAIT sockets" in tw
+    assert "more than the 28,232 ephemeral ports of the default range" in tw
+    icmp = "\n".join(texts["icmp-unreachable"])
+    assert "fd00:77:1::1 is not the destination (fd00:77:2::2)" in icmp
+    assert "[fd00:77:2::2])" not in icmp
+    (flood,) = texts["syn-flood"]
+    assert "From 20:50:03.407 to 20:50:04.424 UTC on 2026-12-01 (+0.000 s to +1.017 s into" in (
+        flood.replace("\n", " ")
+    )
+    assert "option that their SYNs offered" in flood

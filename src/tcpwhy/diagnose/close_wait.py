@@ -149,7 +149,7 @@ def _tell(g: Group) -> Story:
     if n > 1:
         explanation += (
             f"\n\nThe {where} did this on {plural(n, 'connection')} "
-            f"(CLOSE_WAIT for {fmt_s(min(durs))} to {fmt_s(max(durs))} as seen here). "
+            f"(CLOSE_WAIT for {_span(durs)} as seen here). "
             "Each holds a file descriptor and memory: a growing count ends in 'Too many "
             "open files' or a starved connection pool."
         )
@@ -200,3 +200,9 @@ def _tell(g: Group) -> Story:
         )
     facts = {"side": who, "endpoint": owner, "until_capture_end": ends, "reset_by_peer": resets}
     return Story(Severity.WARNING, summary, explanation, causes, fixes, errors, facts)
+
+
+def _span(durs: list[float]) -> str:
+    """How long, over several connections: one figure when they are all alike."""
+    lo, hi = fmt_s(min(durs)), fmt_s(max(durs))
+    return f"{lo} each" if lo == hi else f"{lo} to {hi}"

@@ -82,6 +82,26 @@ def fmt_s(seconds: float) -> str:
     return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
 
 
+def fmt_between(start_ns: int, lo_ns: int, hi_ns: int) -> str:
+    """A stretch of capture time as people read it: its UTC wall-clock times and where it
+    lies in the capture (`start_ns`: the capture's first packet), as Wireshark's relative
+    times count: "from 12:10:03.408 to 12:10:04.425 UTC on 2026-12-01 (+0.408 s to +1.425 s
+    into the capture)"."""
+    from datetime import UTC, datetime
+
+    lo = datetime.fromtimestamp(lo_ns / 1e9, UTC)
+    hi = datetime.fromtimestamp(hi_ns / 1e9, UTC)
+    day = lo.strftime("%Y-%m-%d")
+    end = hi.strftime("%H:%M:%S.%f")[:-3] + (
+        "" if hi.date() == lo.date() else hi.strftime(" on %Y-%m-%d")
+    )
+    return (
+        f"from {lo.strftime('%H:%M:%S.%f')[:-3]} to {end} UTC on {day} "
+        f"(+{(lo_ns - start_ns) / 1e9:.3f} s to +{(hi_ns - start_ns) / 1e9:.3f} s into the "
+        "capture)"
+    )
+
+
 class SideStates(NamedTuple):
     """One endpoint's states: the `Endpoint.timeline` and final `Endpoint.state` of
     `tcpwhy.tcp.state.run_connection`."""
@@ -678,11 +698,14 @@ class Conn:
 
     @cached_property
     def server_ip(self) -> str:
-        return self.server_addr.rsplit(":", 1)[0]
+        """The server's address alone, as an ICMP error's sender is written (an IPv6
+        address without the brackets it takes beside a port)."""
+        return self.server_addr.rsplit(":", 1)[0].strip("[]")
 
     @cached_property
     def client_ip(self) -> str:
-        return self.client.rsplit(":", 1)[0]
+        """The client's address alone (see `server_ip`)."""
+        return self.client.rsplit(":", 1)[0].strip("[]")
 
     @cached_property
     def server(self) -> str:

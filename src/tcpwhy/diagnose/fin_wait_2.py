@@ -67,7 +67,7 @@ def _tell(g: Group) -> Story:
     summary = (
         f"{plural(n, 'connection')} to {server}: the {who} closed and waited in FIN_WAIT_2 "
         f"for the {peer_name}'s FIN"
-        + (f"; {resets} late FINs answered by RST (socket expired)" if resets else "")
+        + (f"; {plural(resets, 'late FIN')} answered by RST (socket expired)" if resets else "")
     )
     wait = ex.facts["fin_wait_2_s"]
     explanation = (

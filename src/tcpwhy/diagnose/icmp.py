@@ -222,7 +222,7 @@ class IcmpRows:
         """Who sent the error, as a role: "server" or "client" (the quoted segment's
         destination answered itself) or "router" (anyone else on the path)."""
         target = c.server_ip if self.side[i] == 0 else c.client_ip
-        if self.sender(i) == target.strip("[]"):
+        if self.sender(i) == target:
             return "server" if self.side[i] == 0 else "client"
         return "router"
 

@@ -79,7 +79,7 @@ class IcmpHits(Hits):
 def who_answered(c: Conn, sender: str, quoted_side: int) -> str:
     """'the server itself', 'the client itself' or 'a router or firewall on the path'."""
     target = c.server_ip if quoted_side == CLIENT else c.client_ip
-    if sender == target.strip("[]"):
+    if sender == target:
         return "the server itself" if quoted_side == CLIENT else "the client itself"
     return "a router or firewall on the path"
 
@@ -205,6 +205,7 @@ def _tell(g: Group) -> Story:
         )
     if n > 1:
         explanation += f"{plural(n, 'connection')} got this error ({connects} in connect())."
+    explanation = explanation.rstrip()
     causes = [f"{_WHY.get(e, 'the path rejected the packet')}."]
     if e in (errno.EHOSTUNREACH, errno.EACCES, errno.ECONNREFUSED):
         causes.append(
@@ -240,7 +241,7 @@ def _tell(g: Group) -> Story:
                 "any", None, None, "in a cloud: a security-group rule allowing the client's address"
             ),
         ),
-        f"Check the route where the error came from: `ip route get {c.server_ip.strip('[]')}` "
+        f"Check the route where the error came from: `ip route get {c.server_ip}` "
         f"on {f['from']} (and on the client); add the missing route or fix the address the "
         "client uses (configuration, DNS).",
         knowledge.advice(

@@ -30,7 +30,7 @@ import numpy.typing as npt
 from tcpwhy.arrays import group_ids, key_counts
 from tcpwhy.decode.table import ACK, RST, SYN, format_addr
 from tcpwhy.diagnose import kernels, knowledge
-from tcpwhy.diagnose.context import CLIENT, SERVER, Capture, Conn, fmt_s
+from tcpwhy.diagnose.context import CLIENT, SERVER, Capture, Conn, fmt_between, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Step, Story, StreamNumbers
 from tcpwhy.diagnose.registry import Claim, Diag, plural, rule
 
@@ -319,8 +319,9 @@ def _flood(diag: Diag, server: str, members: I64, sources: _Sources, completed: 
     once = int((old & (n_sa == 1)).sum())
     # the per-member temporaries go before the finding's text and facts are made
     del fsyn, fsa, has, ws_syn, sack_syn, ts_syn, ws_sa, sack_sa, sa_ts, old
-    first_s = int(cap.first_ns[members].min()) / 1e9
-    last_s = int(cap.last_ns[members].max()) / 1e9
+    between = fmt_between(
+        cap.start_ns, int(cap.first_ns[members].min()), int(cap.last_ns[members].max())
+    )
     facts: dict[str, Any] = {
         "server": server,
         "handshakes": n,
@@ -355,7 +356,7 @@ def _flood(diag: Diag, server: str, members: I64, sources: _Sources, completed: 
     if silent.any():
         summary += f"; {int(silent.sum())} got no answer"
     paras = [
-        f"Between {first_s:.3f} and {last_s:.3f} (capture time) {plural(n, 'connection attempt')} "
+        f"{between[0].upper()}{between[1:]}, {plural(n, 'connection attempt')} "
         f"to {server} sent {plural(nsyn, 'SYN')} and never completed the handshake: no ACK of "
         f"a SYN-ACK, no data. They came from {plural(nsrc, 'address', 'addresses')}"
         + (
@@ -390,7 +391,7 @@ def _flood(diag: Diag, server: str, members: I64, sources: _Sources, completed: 
     if judged.any():
         cookie = (
             f"{plural(int(stripped.sum()), 'SYN-ACK')} left out the window scale or "
-            "SACK-permitted option that its SYN offered (without timestamps), "
+            "SACK-permitted option that their SYNs offered (without timestamps), "
             f"{int(kept.sum())} kept them. "
         )
         if stripped.any():
@@ -589,8 +590,7 @@ def _scan(diag: Diag, sids: I64, nports: int) -> Finding:
     targets = _top(counted=hosts_counted)
     port_list = k.s_port[sids]
     open_ports = sorted({int(p) for p in port_list[opened]})
-    first_s = int(cap.first_ns[sids].min()) / 1e9
-    last_s = int(cap.last_ns[sids].max()) / 1e9
+    between = fmt_between(cap.start_ns, int(cap.first_ns[sids].min()), int(cap.last_ns[sids].max()))
     facts: dict[str, Any] = {
         "scanner": scanner,
         "attempts": n,
@@ -616,7 +616,7 @@ def _scan(diag: Diag, sids: I64, nports: int) -> Finding:
     )
     shown = ", ".join(str(p) for p in open_ports[:10]) + (" …" if len(open_ports) > 10 else "")
     paras = [
-        f"Between {first_s:.3f} and {last_s:.3f} (capture time) {scanner} sent SYNs to "
+        f"{between[0].upper()}{between[1:]}, {scanner} sent SYNs to "
         f"{nports} different ports (from {port_list.min()} to {port_list.max()}) on "
         f"{plural(nhosts, 'host')} ({_top_text(targets)}), {rate:.0f} per second at peak "
         f"{peak} in one second, and sent no data on any of them. That is a port scan: a "

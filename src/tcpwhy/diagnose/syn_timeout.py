@@ -42,9 +42,9 @@ def _tell(g: Group) -> Story:
         f"({plural(len(off), 'SYN')} on the first, no SYN-ACK, no RST)"
     )
     explanation = (
-        f"On stream {c.no} the client {c.client} sent a SYN to {server} and retried: "
-        f"{ladder_text(off)}. Nothing came back — no SYN-ACK, no RST, no ICMP in the "
-        "capture — so the packets were dropped on the way, or the answer was lost on the "
+        f"On stream {c.no} the client {c.client} sent a SYN to {server}"
+        f"{' and retried' if len(off) > 1 else ''}: {ladder_text(off)}. Nothing came back "
+        "— no SYN-ACK, no RST, no ICMP error in the capture — so the packets were dropped on the way, or the answer was lost on the "
         f"way back. The client's socket stays in SYN_SENT until its retries run out "
         "(Linux default tcp_syn_retries=6: about 127–130 s), then connect() fails with "
         "ETIMEDOUT, unless the application's own connect timeout fires first. "

@@ -231,14 +231,27 @@ def detect_pileup(diag: Diag) -> list[Finding]:
             f"{len(members)} short connections from {c.client_ip} to {c.server}, each closed "
             f"first by the client: up to {alive} TIME_WAIT sockets at once on the client"
         )
+        if projected > PORTS:
+            # more than the ports there are: the rate cannot last, say what it would do
+            at_rate = (
+                f"Sustained, this rate would need about {projected:,.0f} TIME_WAIT sockets to "
+                f"this one server port, more than the {PORTS:,} ephemeral ports of the default "
+                "range: new connects would then fail with 'Cannot assign requested address'. "
+                "TIME_WAIT itself is the normal end of a connection; only such a rate, kept up, "
+                "makes it a problem."
+            )
+        else:
+            at_rate = (
+                f"At this rate the client holds about {projected:,.0f} TIME_WAIT sockets to this "
+                f"one server port, out of {PORTS:,} ephemeral ports in the default range. "
+                "TIME_WAIT itself is the normal end of a connection; it becomes a problem only "
+                "when new connects fail with 'Cannot assign requested address'."
+            )
         explanation = (
             f"The client opened {len(members)} connections to {c.server} within {fmt_s(span)} "
-            f"(about {rate:.0f} per second) and closed each one first, so its kernel keeps every "
-            "4-tuple in TIME_WAIT for a fixed 60 s (TCP_TIMEWAIT_LEN; tcp_fin_timeout does not "
-            f"shorten it). At this rate the client holds about {projected:.0f} TIME_WAIT sockets "
-            f"to this one server port, out of {PORTS} ephemeral ports in the default range. "
-            "TIME_WAIT itself is the normal end of a connection; it becomes a problem only when "
-            "new connects fail with 'Cannot assign requested address'."
+            f"(about {rate:,.0f} per second) and closed each one first, so its kernel keeps "
+            "every 4-tuple in TIME_WAIT for a fixed 60 s (TCP_TIMEWAIT_LEN; tcp_fin_timeout "
+            f"does not shorten it). {at_rate}"
         )
         causes = [
             "Connection reuse is off or ineffective: a new client object per request, "
