@@ -118,3 +118,40 @@ def test_an_unanswered_syn_does_not_claim_the_server_received_it() -> None:
     ladder = _run("flow", str(LAB / "syn-timeout.pcap"), "0")
     assert "SYN_RECEIVED" not in ladder
     assert "server no answer" in ladder
+
+
+def test_a_black_hole_seen_after_the_handshake_does_not_invent_the_mss(tmp_path: Path) -> None:
+    """The PMTU recording without its second connection's handshake (frames 26-28): the hole
+    in the server's data is still found from the client's side, and the words say the MSS is
+    not in the capture instead of naming one (the whole recording names the client's 1460)."""
+    header, recs = _records(LAB / "pmtu-black-hole.pcap")
+    path = _write(tmp_path, "cut.pcap", header, recs[:25] + recs[28:])
+    (hole,) = [f for f in diagnose_files([path]).findings if "never arrived" in f.summary]
+    assert "larger segments (its MSS is not in the capture, which began after the handshake)" in (
+        hole.explanation.replace("\n", " ")
+    )
+    assert "above 1004 bytes, which arrived" in hole.explanation
+    (whole,) = [
+        f
+        for f in diagnose_files([str(LAB / "pmtu-black-hole.pcap")]).findings
+        if "never arrived" in f.summary
+    ]
+    assert "segments of 1460 bytes" in whole.explanation
+    assert "between 1004 bytes, which arrived, and the 1512-byte" in whole.explanation
+
+
+def test_a_hole_between_two_ends_on_one_host_is_no_black_hole(tcpdump_corpus: Path) -> None:
+    """tcpdump's OpenFlow capture on loopback lacks data in four connections (frames left out
+    of the file): no path, so no path MTU black hole; its 14 days read as days."""
+    report = diagnose_files([str(tcpdump_corpus / "of13_ericsson.pcapng")])
+    assert "pmtu-black-hole" not in [f.kind for f in report.findings]
+    from tcpwhy.diagnose.context import fmt_s
+
+    c = report.capture
+    assert fmt_s((c.last_ns - c.first_ns) / 1e9) == "14 d 4 h"
+    assert [fmt_s(s) for s in (179.6, 3599.6, 7200, 172799)] == [
+        "3 min 0 s",  # not "2 min 60 s"
+        "60 min 0 s",
+        "2 h 0 min",
+        "47 h 59 min",
+    ]

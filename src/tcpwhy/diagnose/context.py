@@ -71,7 +71,8 @@ def flag_text(f: int) -> str:
 
 
 def fmt_s(seconds: float) -> str:
-    """Durations as people read them: 340 µs, 12.5 ms, 1.24 s, 3 min 5 s."""
+    """Durations as people read them: 340 µs, 12.5 ms, 1.24 s, 3 min 5 s, 5 h 12 min,
+    9 d 4 h."""
     s = abs(seconds)
     if s < 1e-3:
         return f"{seconds * 1e6:.0f} µs"
@@ -79,7 +80,13 @@ def fmt_s(seconds: float) -> str:
         return f"{seconds * 1e3:.1f} ms"
     if s < 120:
         return f"{seconds:.2f} s"
-    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+    sign = "-" if seconds < 0 else ""
+    whole = round(s)
+    if whole < 2 * 3600:
+        return f"{sign}{whole // 60} min {whole % 60} s"
+    if whole < 2 * 86400:
+        return f"{sign}{whole // 3600} h {whole % 3600 // 60} min"
+    return f"{sign}{whole // 86400} d {whole % 86400 // 3600} h"
 
 
 def fmt_between(start_ns: int, lo_ns: int, hi_ns: int) -> str:

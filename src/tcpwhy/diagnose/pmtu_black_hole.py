@@ -12,6 +12,7 @@ is a consequence.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import numpy as np
@@ -207,6 +208,8 @@ def detect(diag: Diag) -> list[Finding]:
     cand &= ~diag.claimed_mask(Claim.RETRANS)
     hits = IcmpHits()
     for c in cap.conns_where(cand):
+        if _one_host(c):
+            continue
         for x in (CLIENT, SERVER):
             got = at_sender(c, x) or at_receiver(c, x)
             if got is None:
@@ -218,6 +221,13 @@ def detect(diag: Diag) -> list[Finding]:
             diag.claim(c.sid)
             break
     return hits.findings(diag, KIND, _tell)
+
+
+def _one_host(c: Conn) -> bool:
+    """Both ends on one host (one address, or loopback ones): no path between them, so no
+    path MTU to lose packets to. What goes missing there was lost by the capture."""
+    a, b = ipaddress.ip_address(c.client_ip), ipaddress.ip_address(c.server_ip)
+    return a == b or (a.is_loopback and b.is_loopback)
 
 
 def _rows(c: Conn, f: dict[str, Any]) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
@@ -280,8 +290,13 @@ def _tell(g: Group) -> Story:
             what += "No ICMP packet too big / fragmentation needed came back. "
     else:
         small = f["passed"] + hdr
-        full = (f["mss"] or 1460) + hdr
-        mtu_text = f"between {small} bytes, which arrived, and the {full}-byte full-size packets"
+        if f["mss"] is not None:
+            mtu_text = (
+                f"between {small} bytes, which arrived, and the {f['mss'] + hdr}-byte "
+                "full-size packets"
+            )
+        else:
+            mtu_text = f"above {small} bytes, which arrived"
         summary = (
             f"{plural(n, 'connection')} to {c.server}: {f['gap']} bytes from the {x} never "
             "arrived while its small packets did — a path MTU black hole"
@@ -293,8 +308,13 @@ def _tell(g: Group) -> Story:
             f"moved past it) but never arrived, and no retransmission filled the hole in the "
             f"{fmt_s(f['waited'])} the capture followed it. Everything the {x} sent that did "
             f"arrive was small (at most {f['passed']} bytes of payload), while the {y} allowed "
-            f"segments of {f['mss'] or 'its MSS'} bytes: the full-size ones are lost on the way, "
-            f"every time. The {y}'s application waits for data that cannot come until a "
+            + (
+                f"segments of {f['mss']} bytes"
+                if f["mss"] is not None
+                else "larger segments (its MSS is not in the capture, which began after the "
+                "handshake)"
+            )
+            + f": the full-size ones are lost on the way, every time. The {y}'s application waits for data that cannot come until a "
             "timeout; what follows (a close, a peer that never sends its FIN because its "
             "queue is stuck behind the lost data) is a consequence. "
         )
