@@ -155,3 +155,28 @@ def test_a_hole_between_two_ends_on_one_host_is_no_black_hole(tcpdump_corpus: Pa
         "2 h 0 min",
         "47 h 59 min",
     ]
+
+
+def test_no_middlebox_between_two_ends_on_one_host(tmp_path: Path) -> None:
+    """The lab's middlebox RST (a TTL two hops short of the server's) between two loopback
+    addresses (the same bytes with 10.77.1.2 and 10.77.2.2 written as 127.0.0.1 and
+    127.0.0.2): no path, so nothing on it; the RST is then the server's abort."""
+    raw = (LAB / "middlebox-reset.pcap").read_bytes()
+    assert raw.count(bytes([10, 77, 1, 2])) == raw.count(bytes([10, 77, 2, 2])) == 12
+    loop = raw.replace(bytes([10, 77, 1, 2]), bytes([127, 0, 0, 1]))
+    loop = loop.replace(bytes([10, 77, 2, 2]), bytes([127, 0, 0, 2]))
+    path = tmp_path / "loopback.pcap"
+    path.write_bytes(loop)
+    assert _kinds(str(LAB / "middlebox-reset.pcap")) == ["middlebox-reset"]
+    assert "middlebox-reset" not in _kinds(str(path))
+
+
+def test_refused_connections_are_dated_on_the_wall_clock(tcpdump_corpus: Path) -> None:
+    """tcpdump's OpenFlow capture of two refused connects 10.5 s apart: when, in UTC and
+    into the capture, not in seconds since 1970."""
+    (f,) = diagnose_files([str(tcpdump_corpus / "of10_pf5240.pcap")]).findings
+    assert f.kind == "connection-refused"
+    assert (
+        "2 connections were refused from 12:21:09.940 to 12:21:20.463 UTC on 2013-08-28 "
+        "(+0.000 s to +10.523 s into the capture)."
+    ) in f.explanation

@@ -175,8 +175,8 @@ def test_flood_is_one_finding_with_exact_counts(tmp_path: Path) -> None:
     assert (fx["synack_retransmitted"], fx["synack_not_retransmitted"]) == (256, 30_000)
     assert fx["syn_retransmitted"] == 0 and fx["client_rst"] == 0
     assert fx["completed_during"] == 50
-    assert "192.0.2.10:443" in f.summary and "50000 handshakes" in f.summary
-    assert "30000 look like SYN cookies" in f.summary and "19744 got no answer" in f.summary
+    assert "192.0.2.10:443" in f.summary and "50,000 handshakes" in f.summary
+    assert "30,000 look like SYN cookies" in f.summary and "19,744 got no answer" in f.summary
     for knob in ("tcp_syncookies", "tcp_max_syn_backlog", "somaxconn", "tcp_synack_retries"):
         assert any(knob in x for x in f.fixes), knob
     assert any("Connection timed out" in e for e in f.errors)
@@ -242,7 +242,7 @@ def test_port_scan_is_one_finding(tmp_path: Path) -> None:
     assert fx["syn_retransmitted"] == 124
     # seconds count from the capture's first packet (port 1's SYN): ports 1-500 in the first
     assert fx["peak_syn_per_s"] == 500
-    assert f.summary.startswith("port scan from 198.51.100.7: 1024 SYN probes to 1024 ports")
+    assert f.summary.startswith("port scan from 198.51.100.7: 1,024 SYN probes to 1,024 ports")
 
 
 def test_few_ports_is_no_scan(tmp_path: Path) -> None:

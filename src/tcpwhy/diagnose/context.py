@@ -715,6 +715,16 @@ class Conn:
         return self.client.rsplit(":", 1)[0].strip("[]")
 
     @cached_property
+    def on_one_host(self) -> bool:
+        """Both ends on one host (one address, or loopback ones): no path between them, so
+        nothing on a path (a middlebox, a link's MTU) can have touched their packets, and
+        their timing is the scheduler's, not a network's."""
+        import ipaddress
+
+        a, b = ipaddress.ip_address(self.client_ip), ipaddress.ip_address(self.server_ip)
+        return a == b or (a.is_loopback and b.is_loopback)
+
+    @cached_property
     def server(self) -> str:
         """The server as findings name it: `api.example (10.0.0.2:443)` when its connections
         name it (TLS SNI, HTTP Host; `tcpwhy.diagnose.tls.server_label`), else its address."""

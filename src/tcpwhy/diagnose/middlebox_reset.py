@@ -42,6 +42,8 @@ KIND = "middlebox-reset"
 def detect(diag: Diag) -> list[Finding]:
     hits = Hits()
     for c, r in first_resets(diag):
+        if c.on_one_host:
+            continue  # no path between the ends for anything to sit on
         x = c.at("side", r)
         if _closed_before(c, r):
             continue  # both FINs were acknowledged: the RST ended nothing

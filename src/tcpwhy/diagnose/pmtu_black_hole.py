@@ -12,7 +12,6 @@ is a consequence.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 import numpy as np
@@ -208,8 +207,8 @@ def detect(diag: Diag) -> list[Finding]:
     cand &= ~diag.claimed_mask(Claim.RETRANS)
     hits = IcmpHits()
     for c in cap.conns_where(cand):
-        if _one_host(c):
-            continue
+        if c.on_one_host:
+            continue  # what goes missing there was lost by the capture
         for x in (CLIENT, SERVER):
             got = at_sender(c, x) or at_receiver(c, x)
             if got is None:
@@ -221,13 +220,6 @@ def detect(diag: Diag) -> list[Finding]:
             diag.claim(c.sid)
             break
     return hits.findings(diag, KIND, _tell)
-
-
-def _one_host(c: Conn) -> bool:
-    """Both ends on one host (one address, or loopback ones): no path between them, so no
-    path MTU to lose packets to. What goes missing there was lost by the capture."""
-    a, b = ipaddress.ip_address(c.client_ip), ipaddress.ip_address(c.server_ip)
-    return a == b or (a.is_loopback and b.is_loopback)
 
 
 def _rows(c: Conn, f: dict[str, Any]) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:

@@ -7,7 +7,7 @@ import numpy as np
 from tcpwhy.decode.table import ACK, RST, SYN
 from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.common import CountedGroup, Group, by_server, first_positions
-from tcpwhy.diagnose.context import CLIENT, SERVER, fmt_s
+from tcpwhy.diagnose.context import CLIENT, SERVER, fmt_between, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import (
     FRAME_INSTANCES,
@@ -92,9 +92,8 @@ def _tell(g: Group) -> Story:
     )
     if n > 1:
         explanation += (
-            f"\n\n{plural(n, 'connection')} were refused between "
-            f"{g.first_ns / 1e9:.3f} and "
-            f"{g.last_ns / 1e9:.3f} (capture time)."
+            f"\n\n{plural(n, 'connection')} were refused "
+            f"{fmt_between(c.cap.start_ns, g.first_ns, g.last_ns)}."
         )
     causes = [
         "The service is not listening on this port: not started yet, restarting or "

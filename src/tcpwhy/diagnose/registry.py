@@ -220,4 +220,5 @@ def finding_from_columns(
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:
-    return f"{n} {word if n == 1 else (many or word + 's')}"
+    """`n` and the word for one or many, the count grouped in thousands (5,000)."""
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"

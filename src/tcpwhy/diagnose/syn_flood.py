@@ -124,7 +124,7 @@ def _most(counts: I64, n: int) -> I64:
 
 
 def _top_text(top: list[tuple[str, int]]) -> str:
-    return ", ".join(f"{a} ({n})" for a, n in top)
+    return ", ".join(f"{a} ({n:,})" for a, n in top)
 
 
 def _rows_of(cap: Capture, sids: I64) -> B:
@@ -343,24 +343,24 @@ def _flood(diag: Diag, server: str, members: I64, sources: _Sources, completed: 
         "client_rst": client_rst,
         "completed_during": len(completed),
     }
-    pace = f"{rate:.0f} SYN/s, " if dur >= 1 else ""
+    pace = f"{rate:,.0f} SYN/s, " if dur >= 1 else ""
     summary = (
         f"SYN flood on {server}: {plural(n, 'handshake')} never completed, from "
         f"{plural(nsrc, 'source address', 'source addresses')} in {fmt_s(dur)} "
-        f"({pace}peak {peak} SYNs in one second)"
+        f"({pace}peak {peak:,} SYNs in one second)"
     )
     if answered.any():
-        summary += f"; the server answered {int(answered.sum())} with SYN-ACK"
+        summary += f"; the server answered {int(answered.sum()):,} with SYN-ACK"
         if stripped.any():
-            summary += f" ({int(stripped.sum())} look like SYN cookies)"
+            summary += f" ({int(stripped.sum()):,} look like SYN cookies)"
     if silent.any():
-        summary += f"; {int(silent.sum())} got no answer"
+        summary += f"; {int(silent.sum()):,} got no answer"
     paras = [
         f"{between[0].upper()}{between[1:]}, {plural(n, 'connection attempt')} "
         f"to {server} sent {plural(nsyn, 'SYN')} and never completed the handshake: no ACK of "
         f"a SYN-ACK, no data. They came from {plural(nsrc, 'address', 'addresses')}"
         + (
-            f" ({once_src} of them seen only once, as spoofed source addresses are)"
+            f" ({once_src:,} of them seen only once, as spoofed source addresses are)"
             if once_src
             else ""
         )
@@ -377,8 +377,8 @@ def _flood(diag: Diag, server: str, members: I64, sources: _Sources, completed: 
         )
     ]
     ans = (
-        f"The server answered {int(answered.sum())} with a SYN-ACK, {int(reset.sum())} with "
-        f"a RST, and {int(silent.sum())} not at all (as far as this capture shows)."
+        f"The server answered {int(answered.sum()):,} with a SYN-ACK, {int(reset.sum()):,} with "
+        f"a RST, and {int(silent.sum()):,} not at all (as far as this capture shows)."
     )
     if answered.any():
         ans += (
@@ -392,7 +392,7 @@ def _flood(diag: Diag, server: str, members: I64, sources: _Sources, completed: 
         cookie = (
             f"{plural(int(stripped.sum()), 'SYN-ACK')} left out the window scale or "
             "SACK-permitted option that their SYNs offered (without timestamps), "
-            f"{int(kept.sum())} kept them. "
+            f"{int(kept.sum()):,} kept them. "
         )
         if stripped.any():
             cookie += (
@@ -610,24 +610,24 @@ def _scan(diag: Diag, sids: I64, nports: int) -> Finding:
     }
     hosts = targets[0][0] if nhosts == 1 else plural(nhosts, "host")
     summary = (
-        f"port scan from {scanner}: {plural(n, 'SYN probe')} to {nports} ports of {hosts} in "
-        f"{fmt_s(dur)} — {int(opened.sum())} open, {int(closed.sum())} closed (RST), "
-        f"{int(filtered.sum())} no answer"
+        f"port scan from {scanner}: {plural(n, 'SYN probe')} to {nports:,} ports of {hosts} in "
+        f"{fmt_s(dur)} — {int(opened.sum()):,} open, {int(closed.sum()):,} closed (RST), "
+        f"{int(filtered.sum()):,} no answer"
     )
     shown = ", ".join(str(p) for p in open_ports[:10]) + (" …" if len(open_ports) > 10 else "")
     paras = [
         f"{between[0].upper()}{between[1:]}, {scanner} sent SYNs to "
-        f"{nports} different ports (from {port_list.min()} to {port_list.max()}) on "
-        f"{plural(nhosts, 'host')} ({_top_text(targets)}), {rate:.0f} per second at peak "
-        f"{peak} in one second, and sent no data on any of them. That is a port scan: a "
+        f"{nports:,} different ports (from {port_list.min()} to {port_list.max()}) on "
+        f"{plural(nhosts, 'host')} ({_top_text(targets)}), {rate:,.0f} per second at peak "
+        f"{peak:,} in one second, and sent no data on any of them. That is a port scan: a "
         "client with work to do connects to the few ports its service uses.",
-        f"{int(closed.sum())} were answered by RST (closed: nothing listens there), "
-        f"{int(filtered.sum())} not at all (filtered: a firewall drops them, or nothing at "
-        f"that address) and {int(opened.sum())} with a SYN-ACK (open"
+        f"{int(closed.sum()):,} were answered by RST (closed: nothing listens there), "
+        f"{int(filtered.sum()):,} not at all (filtered: a firewall drops them, or nothing at "
+        f"that address) and {int(opened.sum()):,} with a SYN-ACK (open"
         + (f": {shown}" if open_ports else "")
         + ")."
         + (
-            f" On {int(half.sum())} of the open ones the scanner reset right after the "
+            f" On {int(half.sum()):,} of the open ones the scanner reset right after the "
             "SYN-ACK without completing the handshake: a SYN (half-open) scan, such as "
             "nmap -sS or masscan, which never reaches the application."
             if half.any()
