@@ -177,6 +177,14 @@ def test_flood_is_one_finding_with_exact_counts(tmp_path: Path) -> None:
     assert fx["completed_during"] == 50
     assert "192.0.2.10:443" in f.summary and "50,000 handshakes" in f.summary
     assert "30,000 look like SYN cookies" in f.summary and "19,744 got no answer" in f.summary
+    assert "50 other connections to 192.0.2.10:443 completed their handshakes in the same" in (
+        f.explanation.replace("\n", " ")
+    )
+    from tcpwhy.diagnose.render import finding_block, headline
+
+    assert f": {report.capture.packets:,} TCP packets, " in headline(report).plain
+    assert report.capture.packets > 50_000
+    assert "(50,000 connections over" in _plain(finding_block(f, 1))
     for knob in ("tcp_syncookies", "tcp_max_syn_backlog", "somaxconn", "tcp_synack_retries"):
         assert any(knob in x for x in f.fixes), knob
     assert any("Connection timed out" in e for e in f.errors)
@@ -289,3 +297,12 @@ def test_most_frequent_as_a_stable_sort_ranks_them() -> None:
         counts = rng.integers(1, high + 1, size).astype(np.int64)
         want = np.argsort(-counts, kind="stable")[:n]
         assert _most(counts, n).tolist() == want.tolist(), (size, high, n)
+
+
+def _plain(block: object) -> str:
+    """A rendered finding as plain text, as a terminal without colour shows it."""
+    from rich.console import Console
+
+    con = Console(width=200, color_system=None, record=True)
+    con.print(block)
+    return con.export_text()

@@ -141,7 +141,7 @@ def headline(report: Report) -> Text:
     span = (c.last_ns - c.first_ns) / 1e9 if c.packets else 0.0
     t = Text()
     t.append("tcpwhy analyze ", style="bold")
-    t.append(f"{names}: {c.packets} TCP packets, {c.connections} connections, {fmt_s(span)}\n")
+    t.append(f"{names}: {c.packets:,} TCP packets, {c.connections:,} connections, {fmt_s(span)}\n")
     counts = {s: sum(1 for f in report.findings if f.severity is s) for s in Severity}
     worst = report.worst
     if worst is None or worst is Severity.INFO:
@@ -168,7 +168,7 @@ def finding_block(f: Finding, index: int) -> Group:
     head.append(f"{index}. ", style="bold")
     head.append(f"{f.severity.label.upper()} ", style=STYLE[f.severity])
     head.append(f.kind, style="bold")
-    scope = f"{f.count} connection{'s' if f.count != 1 else ''}"
+    scope = f"{f.count:,} connection{'s' if f.count != 1 else ''}"
     if f.count > 1 and f.last_ns > f.first_ns:
         scope += f" over {fmt_s((f.last_ns - f.first_ns) / 1e9)}"
     ex = ", ".join(str(s) for s in f.examples)
@@ -212,7 +212,7 @@ def _wireshark_line(f: Finding) -> Text | None:
     t.append(f"-Y '{flt}'")
     if not exact:
         t.append(
-            f"  ({len(f.examples)} example streams of {len(f.streams)}; the JSON's "
+            f"  ({len(f.examples)} example streams of {len(f.streams):,}; the JSON's "
             "display_filter selects them all)",
             style="dim",
         )
@@ -268,7 +268,7 @@ def _render(report: Report, con: Console) -> None:
     for w in report.capture.warnings:
         con.print(Text(f"warning: {w}", style="yellow"))
     if report.capture.undecoded:
-        skipped = ", ".join(f"{n} {k}" for k, n in report.capture.undecoded.items())
+        skipped = ", ".join(f"{n:,} {k}" for k, n in report.capture.undecoded.items())
         con.print(Text(f"not analysed: {skipped}", style="dim"))
     ordered = sorted(report.findings, key=lambda f: (-f.severity, f.first_ns))
     for k, f in enumerate(ordered, 1):
@@ -276,7 +276,7 @@ def _render(report: Report, con: Console) -> None:
         con.print(finding_block(f, k))
     if report.endings:
         con.print()
-        ends = ", ".join(f"{n} {k}" for k, n in report.endings.items())
+        ends = ", ".join(f"{n:,} {k}" for k, n in report.endings.items())
         con.print(Text(f"Connections by how they ended: {ends}.", style="dim"))
     if report.paths:
         from tcpwhy.diagnose.pairing import json_lines

@@ -370,8 +370,8 @@ def _flood(diag: Diag, server: str, members: I64, sources: _Sources, completed: 
             else "; each sent one attempt. "
         )
         + (
-            f"{plural(len(completed), 'other connection')} to {server} completed its handshake "
-            "in the same time."
+            f"{plural(len(completed), 'other connection')} to {server} completed "
+            f"{'its handshake' if len(completed) == 1 else 'their handshakes'} in the same time."
             if len(completed)
             else f"No connection to {server} completed its handshake in that time."
         )
