@@ -303,12 +303,13 @@ def _tell(g: Group) -> Story:
             + (
                 f"segments of {f['mss']} bytes"
                 if f["mss"] is not None
-                else "larger segments (its MSS is not in the capture, which began after the "
-                "handshake)"
+                else "larger segments (its MSS is unknown: its SYN is not in the capture, or "
+                "had no MSS option)"
             )
-            + f": the full-size ones are lost on the way, every time. The {y}'s application waits for data that cannot come until a "
-            "timeout; what follows (a close, a peer that never sends its FIN because its "
-            "queue is stuck behind the lost data) is a consequence. "
+            + ": the full-size ones are lost on the way, every time. "
+            f"The {y}'s application waits for data that cannot come until a timeout; what "
+            "follows (a close, a peer that never sends its FIN because its queue is stuck "
+            "behind the lost data) is a consequence. "
         )
     what += (
         f"The path's MTU is smaller than the endpoints' ({mtu_text}), and the ICMP "

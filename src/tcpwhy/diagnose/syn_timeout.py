@@ -44,8 +44,8 @@ def _tell(g: Group) -> Story:
     explanation = (
         f"On stream {c.no} the client {c.client} sent a SYN to {server}"
         f"{' and retried' if len(off) > 1 else ''}: {ladder_text(off)}. Nothing came back "
-        "— no SYN-ACK, no RST, no ICMP error in the capture — so the packets were dropped on the way, or the answer was lost on the "
-        f"way back. The client's socket stays in SYN_SENT until its retries run out "
+        "— no SYN-ACK, no RST, no ICMP error in the capture — so the packets were dropped "
+        "on the way, or the answer was lost on the way back. The client's socket stays in SYN_SENT until its retries run out "
         "(Linux default tcp_syn_retries=6: about 127–130 s), then connect() fails with "
         "ETIMEDOUT, unless the application's own connect timeout fires first. "
         f"The capture followed this attempt for {fmt_s(ex.facts['waited_s'])}."
