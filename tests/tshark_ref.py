@@ -29,3 +29,74 @@ def package_pairs() -> Iterator[tuple[Path, Path]]:
         if not cap.exists():
             cap = PACKAGE_DATA / "lab" / name
         yield cap, tsv
+
+
+VIEW_FIELDS = [
+    "frame.number",
+    "frame.time_relative",
+    "frame.len",
+    "ip.src",
+    "ip.dst",
+    "ipv6.src",
+    "ipv6.dst",
+    "tcp.stream",
+    "tcp.srcport",
+    "tcp.dstport",
+    "tcp.flags",
+    "tcp.seq",
+    "tcp.seq_raw",
+    "tcp.ack",
+    "tcp.ack_raw",
+    "tcp.len",
+    "tcp.window_size_value",
+    "tcp.window_size",
+    "tcp.window_size_scalefactor",
+    "tcp.options.mss_val",
+    "tcp.options.wscale.shift",
+    "tcp.options.timestamp.tsval",
+    "tcp.options.timestamp.tsecr",
+    "tcp.analysis.duplicate_ack_num",
+    "tcp.analysis.ack_rtt",
+    "tcp.analysis.initial_rtt",
+]
+"""The columns of the committed and corpus views (tests/data/tshark/generate.sh)."""
+
+VIEW_FLAGS = [
+    "retransmission",
+    "fast_retransmission",
+    "spurious_retransmission",
+    "out_of_order",
+    "lost_segment",
+    "ack_lost_segment",
+    "duplicate_ack",
+    "zero_window",
+    "zero_window_probe",
+    "zero_window_probe_ack",
+    "window_full",
+    "window_update",
+    "keep_alive",
+    "keep_alive_ack",
+    "reused_ports",
+]
+
+
+def tshark_view(cap: Path, out: Path) -> Path:
+    """The installed tshark's view of `cap` in the corpus views' columns (`VIEW_FIELDS`, then
+    `tcp.analysis`: the names of the flags set), as generate.sh makes it."""
+    import subprocess
+
+    cmd = ["tshark", "-n", "-r", str(cap), "-Y", "tcp", "-T", "fields", "-E", "separator=/t"]
+    cmd += ["-E", "occurrence=f"]
+    for f in (*VIEW_FIELDS, *(f"tcp.analysis.{x}" for x in VIEW_FLAGS)):
+        cmd += ["-e", f]
+    # tshark exits 2 on some of tcpdump's malformed captures after printing what it read
+    text = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+    lines = ["\t".join((*VIEW_FIELDS, "tcp.analysis"))]
+    n = len(VIEW_FIELDS)
+    for line in text.splitlines():
+        cells = line.split("\t")
+        cells += [""] * (n + len(VIEW_FLAGS) - len(cells))
+        flags = [x for x, v in zip(VIEW_FLAGS, cells[n:], strict=True) if v != ""]
+        lines.append("\t".join((*cells[:n], ",".join(flags))))
+    out.write_text("\n".join(lines) + "\n")
+    return out

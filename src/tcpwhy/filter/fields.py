@@ -30,7 +30,7 @@ import numpy.typing as npt
 from tcpwhy.decode.table import ACK, AE, CWR, ECE, FIN, PSH, RST, SYN, URG
 from tcpwhy.decode.table import TUNNEL_NONE as _NO_TUNNEL
 from tcpwhy.tcp import ANALYSIS_FLAGS
-from tcpwhy.tcp.seq import next_seq, seq_offset
+from tcpwhy.tcp.seq import ack_shown, next_seq, seq_offset
 
 if TYPE_CHECKING:
     from tcpwhy.filter.context import FilterContext
@@ -367,8 +367,8 @@ _add("tcp.seq", UINT, _stream_col("rel_seq"), 32, "streams", 3)
 def _ack_shown(ctx: FilterContext, rows: Rows) -> list[Occ]:
     """tshark 4.0's ``tcp.ack``: relative with the ACK flag, the raw field without it."""
     raw = ctx.table["ack"][rows].astype(np.int64)
-    has_ack = (ctx.table["flags"][rows] & ACK) != 0
-    return [Occ(None, np.where(has_ack, ctx.streams["rel_ack"][rows].astype(np.int64), raw))]
+    rel = ctx.streams["rel_ack"][rows].astype(np.int64)
+    return [Occ(None, ack_shown(raw, rel, ctx.table["flags"][rows] & ACK))]
 
 
 def _ack_nonzero(ctx: FilterContext, rows: Rows) -> list[Occ]:

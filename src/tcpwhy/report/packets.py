@@ -40,7 +40,7 @@ from tcpwhy.decode.table import (
 )
 from tcpwhy.filter import DisplayFilter
 from tcpwhy.schemas import SCHEMA_VERSION
-from tcpwhy.tcp.seq import seq_offset
+from tcpwhy.tcp.seq import ack_shown, seq_offset
 from tcpwhy.tcp.streams import StreamTracker
 from tcpwhy.timestamps import rfc3339
 
@@ -294,10 +294,9 @@ def iter_rows(
             if keep is not None and not keep[i]:
                 continue
             f = c["flags"][i]
-            ack = acks[i] if f & ACK else 0
-            info = info_text(c, i, seqs[i], ack, win[i], sack_base[i])
-            if not f & ACK:  # tshark's tcp.ack without the ACK flag: the raw field
-                ack = raw_acks[i]
+            # the Info column prints Ack only with the flag
+            info = info_text(c, i, seqs[i], acks[i] if f & ACK else 0, win[i], sack_base[i])
+            ack = int(ack_shown(raw_acks[i], acks[i], f & ACK))
             text = ""
             if time_format is not None:
                 text = tshark_time(time_format, ts[i], digits, t0, prev_captured, last_shown)
@@ -908,7 +907,7 @@ def _kernel_columns(
     seq = t["seq"] if absolute else s["rel_seq"]
     # without the ACK flag the JSON carries the raw field, as tshark's tcp.ack (the Info
     # column prints Ack only with the flag, so one array serves both)
-    ack = t["ack"] if absolute else np.where(flags & ACK, s["rel_ack"], t["ack"])
+    ack = t["ack"] if absolute else ack_shown(t["ack"], s["rel_ack"], flags & ACK)
     # SACK edges are in the other direction's sequence space: base = raw ack - rel ack
     if absolute or not t["sack_n"].any():
         sack_base = _zeros_cached(len(t))  # never written
@@ -981,7 +980,7 @@ def _write_python_rows(
     for i in rows.tolist():
         f = int(t["flags"][i])
         seq = int((t["seq"] if absolute else s["rel_seq"])[i])
-        ack = int((t["ack"] if absolute else s["rel_ack"])[i]) if f & ACK else int(t["ack"][i])
+        ack = int(t["ack"][i] if absolute else ack_shown(t["ack"][i], s["rel_ack"][i], f & ACK))
         base = 0 if absolute else int(t["ack"][i]) - int(s["rel_ack"][i])
         c = _row_lists(t, i)
         win = int(s["win_scaled"][i])

@@ -49,3 +49,12 @@ def next_seq(seq: Any, payload_len: Any, syn_or_fin: Any) -> Any:
     payload and one if it carries a SYN or a FIN (one, not RFC 9293's two, for a segment
     with both); `syn_or_fin` is that test of its flags (this module reads no flags)."""
     return seq_add(seq, payload_len + (syn_or_fin != 0))
+
+
+def ack_shown(raw: Any, rel: Any, has_ack: Any) -> Any:
+    """The acknowledgment number as Wireshark 4.0 shows ``tcp.ack``: relative (`rel`) on a
+    segment with the ACK flag, the raw field without it (`has_ack`: that test of its flags,
+    as the caller reads them). Arrays or single values (then a numpy scalar)."""
+    import numpy as np
+
+    return np.where(has_ack != 0, rel, raw)
