@@ -6,6 +6,8 @@ import csv
 from collections.abc import Iterator
 from pathlib import Path
 
+from tcpwhy.tcp import ANALYSIS_FLAGS
+
 DATA = Path(__file__).parent / "data" / "tshark"
 PACKAGE_DATA = Path(__file__).resolve().parents[1] / "src" / "tcpwhy" / "data"
 
@@ -61,23 +63,8 @@ VIEW_FIELDS = [
 ]
 """The columns of the committed and corpus views (tests/data/tshark/generate.sh)."""
 
-VIEW_FLAGS = [
-    "retransmission",
-    "fast_retransmission",
-    "spurious_retransmission",
-    "out_of_order",
-    "lost_segment",
-    "ack_lost_segment",
-    "duplicate_ack",
-    "zero_window",
-    "zero_window_probe",
-    "zero_window_probe_ack",
-    "window_full",
-    "window_update",
-    "keep_alive",
-    "keep_alive_ack",
-    "reused_ports",
-]
+VIEW_FLAGS = ANALYSIS_FLAGS
+"""The flags of the view's `tcp.analysis` column: Wireshark's, in tcpwhy's order."""
 
 
 def tshark_view(cap: Path, out: Path) -> Path:
