@@ -246,7 +246,10 @@ def iter_rows(
         ts = t["ts_ns"].tolist()
         seqs = (t["seq"] if absolute else s["rel_seq"]).tolist()
         acks = (t["ack"] if absolute else s["rel_ack"]).tolist()
-        raw_acks = t["ack"].tolist()
+        # tshark's tcp.ack for every row at once (the raw field without the ACK flag)
+        acks_shown = (
+            t["ack"] if absolute else ack_shown(t["ack"], s["rel_ack"], t["flags"] & ACK)
+        ).tolist()
         # SACK edges are in the other direction's sequence space: base = raw ack - rel ack
         sack_base = (
             [0] * len(t) if absolute else (t["ack"].astype(np.int64) - s["rel_ack"]).tolist()
@@ -296,7 +299,6 @@ def iter_rows(
             f = c["flags"][i]
             # the Info column prints Ack only with the flag
             info = info_text(c, i, seqs[i], acks[i] if f & ACK else 0, win[i], sack_base[i])
-            ack = int(ack_shown(raw_acks[i], acks[i], f & ACK))
             text = ""
             if time_format is not None:
                 text = tshark_time(time_format, ts[i], digits, t0, prev_captured, last_shown)
@@ -311,7 +313,7 @@ def iter_rows(
                 length=c["frame_len"][i],
                 flags=flag_names(f),
                 seq=seqs[i],
-                ack=ack,
+                ack=acks_shown[i],
                 len=c["payload_len"][i],
                 win=win[i],
                 stream=stream[i],
