@@ -161,14 +161,9 @@ def test_no_middlebox_between_two_ends_on_one_host(tmp_path: Path) -> None:
     """The lab's middlebox RST (a TTL two hops short of the server's) between two loopback
     addresses (the same bytes with 10.77.1.2 and 10.77.2.2 written as 127.0.0.1 and
     127.0.0.2): no path, so nothing on it; the RST is then the server's abort."""
-    raw = (LAB / "middlebox-reset.pcap").read_bytes()
-    assert raw.count(bytes([10, 77, 1, 2])) == raw.count(bytes([10, 77, 2, 2])) == 12
-    loop = raw.replace(bytes([10, 77, 1, 2]), bytes([127, 0, 0, 1]))
-    loop = loop.replace(bytes([10, 77, 2, 2]), bytes([127, 0, 0, 2]))
-    path = tmp_path / "loopback.pcap"
-    path.write_bytes(loop)
+    path = _on_loopback(tmp_path, "middlebox-reset")
     assert _kinds(str(LAB / "middlebox-reset.pcap")) == ["middlebox-reset"]
-    assert "middlebox-reset" not in _kinds(str(path))
+    assert "middlebox-reset" not in _kinds(path)
 
 
 def test_refused_connections_are_dated_on_the_wall_clock(tcpdump_corpus: Path) -> None:
@@ -180,3 +175,80 @@ def test_refused_connections_are_dated_on_the_wall_clock(tcpdump_corpus: Path) -
         "2 connections were refused from 12:21:09.940 to 12:21:20.463 UTC on 2013-08-28 "
         "(+0.000 s to +10.523 s into the capture)."
     ) in f.explanation
+
+
+def _on_loopback(tmp_path: Path, name: str) -> str:
+    """The lab's capture `name` with its two addresses (10.77.1.2 and 10.77.2.2) written as
+    127.0.0.1 and 127.0.0.2: the same packets between two ends on one host."""
+    raw = (LAB / f"{name}.pcap").read_bytes()
+    client, server = bytes([10, 77, 1, 2]), bytes([10, 77, 2, 2])
+    assert raw.count(client) > 0 and raw.count(server) > 0
+    loop = raw.replace(client, bytes([127, 0, 0, 1])).replace(server, bytes([127, 0, 0, 2]))
+    path = tmp_path / f"{name}-loopback.pcap"
+    path.write_bytes(loop)
+    return str(path)
+
+
+def test_a_lost_final_ack_on_one_host_is_no_loss_on_a_path(tmp_path: Path) -> None:
+    """The lab's lost final ACK (dropped by a firewall rule between two namespaces) told on
+    its own addresses as loss on the path; between two loopback addresses there is no path,
+    so the words name what drops a packet inside one host."""
+    (routed,) = [f for f in diagnose_files([str(LAB / "lost-final-ack.pcap")]).findings]
+    (local,) = [f for f in diagnose_files([_on_loopback(tmp_path, "lost-final-ack")]).findings]
+    assert routed.kind == local.kind == "lost-final-ack"
+    assert "loss on the path" in routed.explanation
+    assert routed.causes[0].startswith("Packet loss on the path")
+    assert "path" not in " ".join(local.causes) and "NAT" not in local.explanation
+    assert "loss on the path" not in local.explanation
+    assert "both ends are on one host" in local.explanation
+    assert "dropped the ACK after the capture saw it" in local.explanation  # frame 10
+    assert "softnet_stat" in local.causes[0] and len(local.causes) == 1
+    assert "middlebox" not in local.fixes[0] and "inside the host" in local.fixes[0]
+
+
+def _streams_of(tmp_path: Path, name: str, streams: str) -> str:
+    """The lab capture `name` cut to `streams` (a display filter's set) by tcpwhy itself."""
+    import subprocess
+    import sys
+
+    out = tmp_path / f"{name}-{streams.replace(' ', '-')}.pcap"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tcpwhy",
+            "packets",
+            "-Y",
+            f"tcp.stream in {{{streams}}}",
+            "-w",
+            str(out),
+            str(LAB / f"{name}.pcap"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return str(out)
+
+
+def test_queued_connections_reset_together_are_told_as_one_event(tmp_path: Path) -> None:
+    """The lab's accept-queue overflow without its overflow evidence (what `watch` sees when
+    the listener's two queued connections are reset, in a window of their own): two
+    connections the server never answered, reset within microseconds of each other when the
+    listener closed. abortive-close told them as an application closing without reading a
+    request (an early 413); it now leads with the one event that closed them both."""
+    (both,) = diagnose_files([_streams_of(tmp_path, "accept-queue-overflow", "0 1")]).findings
+    assert both.kind == "abortive-close" and both.count == 2
+    assert both.summary.endswith(
+        "; all at once, never answered: the server process exited or closed its listening socket"
+    )
+    assert both.causes[0].startswith("The server process exited or closed its listening socket")
+    assert "within 5 ms of one another" in both.explanation
+    assert both.fixes[0].startswith("Find what stopped the server at that moment")
+    # one such connection alone is no event of many
+    (one,) = diagnose_files([_streams_of(tmp_path, "accept-queue-overflow", "0")]).findings
+    assert one.kind == "abortive-close" and "at once" not in one.summary + one.explanation
+    assert one.causes[0].startswith("The server closes without reading")
+    # with the overflow evidence, the accept queue tells them (as analyze does on the whole)
+    (queue,) = diagnose_files([str(LAB / "accept-queue-overflow.pcap")]).findings[:1]
+    assert queue.kind == "accept-queue-overflow"
+    assert "queued connections reset when the listener closed" in queue.summary

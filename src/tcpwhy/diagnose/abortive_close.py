@@ -4,6 +4,11 @@ An application abort is sent as [R.] with the sender's next sequence
 number, not as an answer to a segment. If the peer's last data was still
 unanswered, the likely cause is close() with unread bytes (the early
 4xx on an upload); if everything was answered, SO_LINGER {on, 0}.
+
+Several connections of one server that it never answered, reset within
+5 ms of one another, were closed by one event: the server process exiting
+(or restarting) or its listening socket closing with them still in its
+accept queue; the text then leads with that event.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import numpy as np
 from tcpwhy.decode.table import ACK, FIN, SYN
 from tcpwhy.diagnose import http, knowledge, tls
 from tcpwhy.diagnose.common import Group, Hits, resets_before_fin
-from tcpwhy.diagnose.context import WHO, Conn
+from tcpwhy.diagnose.context import SERVER, WHO, Conn
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Diag, plural, rule
 from tcpwhy.tcp.seq import HALF, next_seq, seq_diff, seq_geq
@@ -55,7 +60,15 @@ def detect(diag: Diag) -> list[Finding]:
                 + (" (closed with unread data)" if unread else " (SO_LINGER 0 or abort)"),
             )
         )
-        hits.add((c.server, x, "unread" if unread else "linger"), c, rows)
+        # a server that never sent a byte: the ones reset at once tell a process exit or a
+        # listener closed with them queued (`_at_once`)
+        silent = x == SERVER and int(c.cap.bytes[c.sid, SERVER]) == 0
+        hits.add(
+            (c.server, x, "unread" if unread else "linger"),
+            c,
+            rows,
+            {"rst_ns": int(c.ts[r]) if silent else None},
+        )
         diag.claim(c.sid)
     return hits.findings(diag, KIND, _tell)
 
@@ -94,15 +107,41 @@ def _next_seq_walk(c: Conn, x: int, r: int) -> int | None:
     return nxt
 
 
+AT_ONCE_NS = 5_000_000
+"""Resets of one server this close to one another (5 ms) came from one event: a process
+exiting closes every socket it holds in a loop, and a listener closing resets every
+connection still in its accept queue the same way (microseconds apart)."""
+
+
+def _at_once(g: Group) -> int:
+    """How many of the group's never-answered connections the server reset within
+    `AT_ONCE_NS` of another of them."""
+    ts = np.sort(np.array([t for t in g.values("rst_ns") if t is not None], np.int64))
+    if len(ts) < 2:
+        return 0
+    near = np.diff(ts) <= AT_ONCE_NS
+    both = np.zeros(len(ts), np.bool_)
+    both[:-1] |= near
+    both[1:] |= near
+    return int(both.sum())
+
+
 def _tell(g: Group) -> Story:
     server, x, cause = g.key
     c, n = g.c, g.n
     who, peer = WHO[x], WHO[1 - x]
     r = g.ex.rows[-1][0]
     if cause == "unread":
+        together = _at_once(g)
         summary = (
             f"{plural(n, 'connection')} to {server} reset by the {who} while data from the "
             f"{peer} was still unread"
+            + (
+                ("; all at once" if together == n else f"; {together:,} of them at once")
+                + ", never answered: the server process exited or closed its listening socket"
+                if together
+                else ""
+            )
         )
         explanation = (
             f"On {c.label()} the {peer} sent data that the "
@@ -121,7 +160,33 @@ def _tell(g: Group) -> Story:
             "request body ignored).",
             f"The {who} crashed or timed out mid-request and its socket was closed.",
         ]
+        if together:
+            explanation += (
+                f" {plural(together, 'connection')} that the server never answered were reset "
+                f"within {AT_ONCE_NS // 1_000_000} ms of one another: one event closed them "
+                "all. A server process that exits (a crash, a restart, a stop that does not "
+                "wait) closes every socket it holds, and a listening socket that closes resets "
+                "every connection still waiting in its accept queue, which the application "
+                "never accepted and whose requests it never saw."
+            )
+            causes.insert(
+                0,
+                "The server process exited or closed its listening socket (a crash, a "
+                "restart or deploy, an abrupt stop) with these connections accepted but "
+                "unread, or still queued and never accepted.",
+            )
+        fixes_first = (
+            [
+                "Find what stopped the server at that moment (its logs, restarts, deploys, the "
+                "OOM killer); stop servers gracefully: stop listening, then serve what was "
+                "already accepted (nginx -s quit, not -s stop), and have load balancers drain "
+                "a node before it stops."
+            ]
+            if together
+            else []
+        )
         fixes = [
+            *fixes_first,
             knowledge.advice(
                 f"In the {who}: drain (read and discard) the rest of the request for a bounded "
                 "time before closing — nginx lingering_close / lingering_time / "

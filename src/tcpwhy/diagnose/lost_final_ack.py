@@ -68,7 +68,13 @@ def detect(diag: Diag) -> list[Finding]:
                 c.server,
                 c,
                 rows,
-                {"reset": reset, "x": x, "crossed": crossed, "ack_seen": lost is not None},
+                {
+                    "reset": reset,
+                    "x": x,
+                    "crossed": crossed,
+                    "ack_seen": lost is not None,
+                    "one_host": c.on_one_host,
+                },
             )
             if reset:
                 diag.claim(c.sid)
@@ -78,6 +84,7 @@ def detect(diag: Diag) -> list[Finding]:
 def _tell(g: Group) -> Story:
     server, ex, c, n = g.key, g.ex, g.c, g.n
     x = ex.facts["x"]
+    one_host = ex.facts["one_host"]
     resets = g.count("reset")
     summary = f"{plural(n, 'connection')} to {server}: the last ACK of the close was lost and the FIN retransmitted"
     closing = (
@@ -95,22 +102,48 @@ def _tell(g: Group) -> Story:
         "sent the FIN again. "
         + (
             f"The {WHO[1 - x]} was still in TIME_WAIT and acknowledged it again — exactly what "
-            "TIME_WAIT is for — so the close completed. Harmless once; often it means loss "
-            "on the path."
+            "TIME_WAIT is for — so the close completed. Harmless once; "
+            + (
+                "both ends are on one host, with no path between them: the host itself "
+                + (
+                    "dropped the ACK after the capture saw it."
+                    if ex.facts["ack_seen"]
+                    else "dropped the ACK, or the capture missed it."
+                )
+                if one_host
+                else "often it means loss on the path."
+            )
             if not ex.facts["reset"]
             else f"The {WHO[1 - x]} no longer had a TIME_WAIT socket for the connection and "
-            "answered with RST (TIME_WAIT bucket overflow, SO_LINGER 0, or an expired NAT "
-            "mapping)."
+            "answered with RST (TIME_WAIT bucket overflow, SO_LINGER 0"
+            + ("" if one_host else ", or an expired NAT mapping")
+            + ")."
         )
     )
-    causes = [
-        "Packet loss on the path (the final ACK dropped).",
-        "A firewall or NAT that dropped its state after the first FIN and discards the ACK.",
-    ]
+    if one_host:
+        # no path, no middlebox: what drops a packet between two sockets of one host
+        causes = [
+            "Dropped inside the host: a full receive backlog (the second column of "
+            "/proc/net/softnet_stat, `nstat -az TcpExtTCPBacklogDrop`) or a local firewall "
+            "rule (an INPUT or OUTPUT drop, conntrack's INVALID state).",
+        ]
+        if not ex.facts["ack_seen"]:
+            causes.append(
+                "Missed by the capture (tcpdump's 'packets dropped by kernel' at its end)."
+            )
+        look = (
+            "point at drops inside the host; compare softnet_stat's drops and the firewall's "
+            "counters before and after."
+        )
+    else:
+        causes = [
+            "Packet loss on the path (the final ACK dropped).",
+            "A firewall or NAT that dropped its state after the first FIN and discards the ACK.",
+        ]
+        look = "point at loss or a stateful middlebox; check its timeouts for closing connections."
     fixes = [
         "Usually none for a single occurrence. Many LAST_ACK sockets (`ss -tano state "
-        "last-ack`) point at loss or a stateful middlebox; check its timeouts for closing "
-        "connections.",
+        f"last-ack`) {look}",
         knowledge.advice(
             "net.ipv4.tcp_max_tw_buckets too low makes the peer drop TIME_WAIT sockets "
             "(TcpExtTCPTimeWaitOverflow): raise it.",
