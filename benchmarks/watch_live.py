@@ -98,12 +98,12 @@ def main() -> int:
         watch.send_signal(signal.SIGTERM)
         err = watch.stderr.read().decode()
         watch.wait(30)
-        m = re.search(r"tcpwhy: watch: (\d+) packets, (\d+) connections", err)
+        m = re.search(r"tcpwhy: watch: ([\d,]+) packets?, ([\d,]+) connections?", err)
         if not m:
             raise SystemExit(f"no summary from watch:\n{err}")
-        packets, conns = int(m.group(1)), int(m.group(2))
-        d = re.search(r"(\d+) packets dropped by the kernel", err)
-        drops = int(d.group(1)) if d else 0
+        packets, conns = (int(g.replace(",", "")) for g in m.groups())
+        d = re.search(r"([\d,]+) packets? dropped by the kernel", err)
+        drops = int(d.group(1).replace(",", "")) if d else 0
         rps = re.search(r"Requests/sec:\s+([\d.]+)", wrk.stdout)
         print(f"load         wrk -t1 -c{args.conns} -d{args.seconds}s"
               f"{' Connection: close' if args.close else ''} against nginx, "

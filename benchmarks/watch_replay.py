@@ -67,9 +67,8 @@ def main() -> int:
             return got[5] or 1
         runs.append(got)
     wall, cpu, _, stdout, stderr, _ = min(runs, key=lambda r: r[0])
-    m = re.search(r"tcpwhy: watch: (\d+) packets, (\d+) connections", stderr)
-    packets = int(m.group(1)) if m else 0
-    conns = int(m.group(2)) if m else 0
+    m = re.search(r"tcpwhy: watch: ([\d,]+) packets?, ([\d,]+) connections?", stderr)
+    packets, conns = (int(g.replace(",", "")) for g in m.groups()) if m else (0, 0)
     findings = len(stdout.splitlines())
     print(f"capture      {args.capture}")
     print(f"packets      {packets:,} in {conns:,} connections")

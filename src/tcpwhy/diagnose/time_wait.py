@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from tcpwhy.arrays import group_ids
+from tcpwhy.arrays import group_ids, unique_sorted
 from tcpwhy.decode.table import ACK, RST, SYN
 from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.common import by_server, first_positions
 from tcpwhy.diagnose.context import CLIENT, NO_FIN, SERVER, Conn, fmt_s
-from tcpwhy.diagnose.model import Finding, Severity, Story
+from tcpwhy.diagnose.model import Finding, Severity, Story, StreamNumbers
 from tcpwhy.diagnose.registry import (
     FRAME_INSTANCES,
     Diag,
@@ -92,7 +92,7 @@ def detect_reuse(diag: Diag) -> list[Finding]:
                 int(answer[k] - cap.starts[sid[k]]) if answer[k] >= 0 else None,
                 int(gap_ns[k]),
                 int(outcome[k]),
-                int(p[k]),
+                int(cap.stream_numbers[p[k]]),  # named by the number the user sees
             )
             for k in idx[:FRAME_INSTANCES]
         ]
@@ -299,6 +299,9 @@ def detect_pileup(diag: Diag) -> list[Finding]:
         facts = {"connections": len(members), "rate_per_s": round(rate, 1), "max_time_wait": alive}
         story = Story(sev, summary, explanation, causes, fixes, errors, facts)
         out.append(make_finding(diag, PILEUP, inst, story))
-        out[-1].count = len(members)
-        out[-1].streams = [int(s) for s in members]
+        # every member, by the numbers the user filters on (a watch window's stream ids are
+        # not the watch's connection numbers)
+        nos = unique_sorted(cap.stream_numbers[members])
+        out[-1].count = len(nos)
+        out[-1].streams = StreamNumbers(nos)
     return out

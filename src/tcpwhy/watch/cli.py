@@ -224,9 +224,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
             if keeper is not None:
                 print(f"tcpwhy: watch: {keeper.summary()}", file=sys.stderr)
             if watcher.counters.drops:
+                from tcpwhy.diagnose.registry import plural
+
                 print(
-                    f"tcpwhy: {where}: warning: the kernel dropped {watcher.counters.drops} "
-                    "packets: findings may be missing",
+                    f"tcpwhy: {where}: warning: the kernel dropped "
+                    f"{plural(watcher.counters.drops, 'packet')}: findings may be missing",
                     file=sys.stderr,
                 )
         sys.stdout.flush()

@@ -24,7 +24,7 @@ from tcpwhy.diagnose import request_retried
 from tcpwhy.diagnose.context import CLIENT, SERVER, Capture
 from tcpwhy.diagnose.engine import release_freed
 from tcpwhy.diagnose.model import Finding, Severity
-from tcpwhy.diagnose.registry import Diag, Settings, load
+from tcpwhy.diagnose.registry import Diag, Settings, load, plural
 from tcpwhy.schemas import SCHEMA_VERSION
 from tcpwhy.timestamps import rfc3339
 from tcpwhy.watch.groups import Group, Groups
@@ -525,7 +525,7 @@ class Watcher:
             }
             self.out.write(json.dumps(d, default=str) + "\n")
         else:
-            again = "" if g.announcements == 1 else f" again ({g.count} so far)"
+            again = "" if g.announcements == 1 else f" again ({g.count:,} so far)"
             self.out.write(
                 f"{_when(now_ns)}  {f.severity.label.upper():7} {f.kind}  {g.server}{again}\n"
                 f"    {f.summary}\n"
@@ -535,12 +535,13 @@ class Watcher:
     def summary_line(self) -> str:
         c, tr = self.counters, self.tracker
         line = (
-            f"{c.packets} packets, {c.connections + tr.open} connections ({tr.open} open), "
-            f"{len(self.groups.groups)} finding groups ({sum(c.findings.values())} instances), "
-            f"{c.resets} resets, {c.retransmissions} retransmissions, {c.refused} refused"
+            f"{plural(c.packets, 'packet')}, {plural(c.connections + tr.open, 'connection')} "
+            f"({tr.open:,} open), {plural(len(self.groups.groups), 'finding group')} "
+            f"({plural(sum(c.findings.values()), 'instance')}), {plural(c.resets, 'reset')}, "
+            f"{plural(c.retransmissions, 'retransmission')}, {c.refused:,} refused"
         )
         if c.drops:
-            line += f"; warning: {c.drops} packets dropped by the kernel"
+            line += f"; warning: {plural(c.drops, 'packet')} dropped by the kernel"
         return line
 
     def summary(self, now_ns: int) -> None:
