@@ -97,3 +97,30 @@ def test_flow_and_analyze_name_the_same_client_mid_stream() -> None:
             assert view.client == f"client {cap.conn(sid).client}", (name, sid)
             checked += 1
     assert checked >= 4
+
+
+def test_endpoints_are_written_as_everywhere_else() -> None:
+    """The ladder's endpoints (its text header and its JSON) are the connection records'
+    (`conns`), an IPv6 address in brackets: "fd00:77:1::2:35312" could be read as the
+    address fd00:77:1::2:35312 with no port. On the lab's ICMP rejects, IPv4 and IPv6."""
+    import json
+
+    path = str(LAB / "icmp-reject.pcap")
+
+    def run(*args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "tcpwhy", *args], capture_output=True, text=True, check=True
+        ).stdout
+
+    recs = [json.loads(x) for x in run("conns", "--format", "jsonl", path).splitlines()]
+    v6 = 0
+    for r in recs:
+        orig = f"[{r['orig_h']}]" if ":" in r["orig_h"] else r["orig_h"]
+        resp = f"[{r['resp_h']}]" if ":" in r["resp_h"] else r["resp_h"]
+        d = json.loads(run("flow", "--format", "json", path, str(r["stream"])))
+        assert d["client"]["endpoint"] == f"{orig}:{r['orig_p']}"
+        assert d["server"]["endpoint"] == f"{resp}:{r['resp_p']}"
+        head = run("flow", path, str(r["stream"])).splitlines()[0]
+        assert f"client {orig}:{r['orig_p']}" in head and f"server {resp}:{r['resp_p']}" in head
+        v6 += ":" in r["orig_h"]
+    assert len(recs) == 6 and v6 == 3

@@ -615,6 +615,17 @@ def addr_is_v4(hi: int, lo: int) -> bool:
     return hi == 0 and (lo >> 32) == 0xFFFF
 
 
+def endpoint_text(addr: str, port: int) -> str:
+    """`address:port` as Wireshark and ss write an endpoint, and every view of tcpwhy: an
+    IPv6 address in brackets, so that its colons cannot be read as the port's."""
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def format_endpoint(hi: int, lo: int, port: int) -> str:
+    """`endpoint_text` of a stored address (the packet table's two halves) and a port."""
+    return endpoint_text(format_addr(hi, lo), int(port))
+
+
 def format_addr(hi: int, lo: int) -> str:
     """Text form of a stored address (IPv4 dotted quad or compressed IPv6)."""
     import ipaddress

@@ -39,7 +39,7 @@ from tcpwhy.decode.table import (
     RST,
     SYN,
     PacketTable,
-    format_addr,
+    format_endpoint,
 )
 from tcpwhy.diagnose import icmp as icmp_join
 from tcpwhy.diagnose import kernels
@@ -690,8 +690,8 @@ class Conn:
     def _ends(self) -> tuple[str, str]:
         t = self.cap.table
         first = int(self.rows[0])
-        src = f"{_addr(t, first, 'src')}:{int(t['sport'][first])}"
-        dst = f"{_addr(t, first, 'dst')}:{int(t['dport'][first])}"
+        src = format_endpoint(t["src_hi"][first], t["src_lo"][first], t["sport"][first])
+        dst = format_endpoint(t["dst_hi"][first], t["dst_lo"][first], t["dport"][first])
         return (src, dst) if self.cap.side[first] == CLIENT else (dst, src)
 
     @cached_property
@@ -1138,11 +1138,6 @@ def _track_streams(table: PacketTable) -> dict[str, npt.NDArray[Any]]:
         out["icmp_stream"] = np.concatenate([x["stream"] for x in icmp])
         out["icmp_dir"] = np.concatenate([x["dir"] for x in icmp])
     return out
-
-
-def _addr(t: PacketTable, row: int, which: str) -> str:
-    a = format_addr(int(t[f"{which}_hi"][row]), int(t[f"{which}_lo"][row]))
-    return f"[{a}]" if ":" in a else a
 
 
 def streams_where(mask: npt.NDArray[np.bool_]) -> list[int]:

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tcpwhy.arrays import group_ids, key_counts
-from tcpwhy.decode.table import ACK, RST, SYN, format_addr
+from tcpwhy.decode.table import ACK, RST, SYN, format_addr, format_endpoint
 from tcpwhy.diagnose import kernels, knowledge
 from tcpwhy.diagnose.context import CLIENT, SERVER, Capture, Conn, fmt_between, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Step, Story, StreamNumbers
@@ -95,10 +95,7 @@ def _sec(cap: Capture, sids: I64) -> I64:
 
 
 def _addr(hi: int, lo: int, port: int | None = None) -> str:
-    a = format_addr(hi, lo)
-    if port is None:
-        return a
-    return f"[{a}]:{port}" if ":" in a else f"{a}:{port}"
+    return format_addr(hi, lo) if port is None else format_endpoint(hi, lo, port)
 
 
 def _top(n: int = TOP, *, counted: tuple[list[npt.NDArray[Any]], I64]) -> list[tuple[str, int]]:

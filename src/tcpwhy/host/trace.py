@@ -298,9 +298,11 @@ class TraceEvent:
 
 
 def _hp(addr: str | None, port: int | None) -> str:
-    if addr is None:
+    from tcpwhy.decode.table import endpoint_text
+
+    if addr is None or port is None:
         return "?"
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+    return endpoint_text(addr, port)
 
 
 def state_name(kernel: str) -> str:

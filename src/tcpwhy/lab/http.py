@@ -24,8 +24,9 @@ STALE_ERRORS = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionReset
 
 
 def _fmt(addr: tuple[str, int] | tuple[str, int, int, int]) -> str:
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    from tcpwhy.decode.table import endpoint_text
+
+    return endpoint_text(addr[0], addr[1])
 
 
 class KeepAliveServer:

@@ -27,8 +27,10 @@ if TYPE_CHECKING:
 
 def local_addr(s: socket.socket) -> str:
     """A socket's own address as the story prints it (IPv6 in brackets)."""
+    from tcpwhy.decode.table import endpoint_text
+
     host, port = s.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return endpoint_text(host, port)
 
 
 def connect(lab: Lab, port: int | None = None, timeout: float | None = 5.0) -> socket.socket:

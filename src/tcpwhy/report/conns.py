@@ -16,7 +16,7 @@ import numpy as np
 
 from tcpwhy.capture.options import add_reassembly_option
 from tcpwhy.cli_helpers import Subcommands, positive_int, report_stats
-from tcpwhy.decode.table import CaptureStats
+from tcpwhy.decode.table import CaptureStats, endpoint_text
 from tcpwhy.filter import DisplayFilter, add_filter_argument
 
 if TYPE_CHECKING:  # the builder loads compiled code: imported where records are made
@@ -247,8 +247,7 @@ def write_table(records: Iterable[ConnRecord], out: TextIO, live: bool = False) 
             out.flush()
 
 
-def _hostport(h: str, p: int) -> str:
-    return f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+_hostport = endpoint_text
 
 
 def record_lines(records: Iterable[ConnRecord], fmt: str) -> str:

@@ -21,7 +21,16 @@ import numpy as np
 import numpy.typing as npt
 
 from tcpwhy.capture import read_table
-from tcpwhy.decode.table import ACK, FIN, RST, SYN, CaptureStats, PacketTable, format_addr
+from tcpwhy.decode.table import (
+    ACK,
+    FIN,
+    RST,
+    SYN,
+    CaptureStats,
+    PacketTable,
+    endpoint_text,
+    format_addr,
+)
 from tcpwhy.errors import TcpwhyError
 from tcpwhy.filter import DisplayFilter
 from tcpwhy.report.packets import flag_names
@@ -306,8 +315,8 @@ def ladder_view(lad: Ladder, fold: int = 3) -> LadderView:
                     )
                 )
     return LadderView(
-        f"client {c[0]}:{c[1]}",
-        f"server {s[0]}:{s[1]}",
+        f"client {endpoint_text(*c)}",
+        f"server {endpoint_text(*s)}",
         start_c,
         start_s,
         out,

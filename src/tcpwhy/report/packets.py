@@ -36,6 +36,7 @@ from tcpwhy.decode.table import (
     URG,
     CaptureStats,
     PacketTable,
+    endpoint_text,
     format_addr,
 )
 from tcpwhy.filter import DisplayFilter
@@ -449,7 +450,7 @@ def _icmp_rows(
             "type": ty,
             "code": code,
             "text": icmp_code_text(v, ty, code) or icmp_info(v, ty, code),
-            "quoted": f"{_bracket(src)}:{c['sport'][i]} → {_bracket(dst)}:{c['dport'][i]}",
+            "quoted": f"{endpoint_text(src, c['sport'][i])} → {endpoint_text(dst, c['dport'][i])}",
             "quoted_seq": c["seq"][i],
         }
         if c["icmp_mtu"][i] or (v == 6 and ty == 2) or (v == 4 and ty == 3 and code == 4):
@@ -477,10 +478,6 @@ def _icmp_rows(
         )
         out.append((c["icmp_at"][i], row))
     return out
-
-
-def _bracket(a: str) -> str:
-    return f"[{a}]" if ":" in a else a
 
 
 def write_packets_rows(

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.decode.table import RST, PacketTable, addr_is_v4, format_addr
+from tcpwhy.decode.table import RST, PacketTable, format_endpoint
 from tcpwhy.diagnose import request_retried
 from tcpwhy.diagnose.context import CLIENT, SERVER, Capture
 from tcpwhy.diagnose.engine import release_freed
@@ -501,10 +501,7 @@ class Watcher:
 
     @staticmethod
     def _server(ep: Any, sid: int) -> str:
-        hi, lo = int(ep.server_hi[sid]), int(ep.server_lo[sid])
-        addr = format_addr(hi, lo)
-        port = int(ep.server_port[sid])
-        return f"{addr}:{port}" if addr_is_v4(hi, lo) else f"[{addr}]:{port}"
+        return format_endpoint(ep.server_hi[sid], ep.server_lo[sid], ep.server_port[sid])
 
     # -- output -------------------------------------------------------------------------
 
