@@ -429,3 +429,37 @@ def test_parse_local_nets() -> None:
     assert local_flags(hi, lo, nets).tolist() == [True, False, True, False]
     with pytest.raises(ValueError):
         parse_local_nets("10.0.0.0/8,nonsense")
+
+
+@pytest.mark.parametrize(
+    "name", ["icmp-reject", "icmp-no-route", "pmtu-discovery", "syn-timeout", "refused"]
+)
+def test_a_syn_answered_by_an_icmp_error_ends_as_analyze_counts_it(name: str) -> None:
+    """A SYN answered by nothing but an ICMP error (no route, port unreachable, prohibited)
+    failed at once: conns wrote `no answer to SYN`, the words of a SYN that timed out, where
+    analyze counted `rejected by ICMP`. Now the two agree connection by connection; path MTU
+    discovery's "too big" answers no connect() and changes nothing."""
+    import subprocess
+    import sys
+
+    from tcpwhy.tcp.connections import end_code
+
+    path = str(Path(__file__).resolve().parents[1] / "src/tcpwhy/data/lab" / f"{name}.pcap")
+
+    def run(*args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "tcpwhy", *args], capture_output=True, text=True
+        ).stdout
+
+    recs = [json.loads(x) for x in run("conns", "--format", "jsonl", path).splitlines()]
+    rejected = [r for r in recs if end_code(r["end"]) == "rejected_by_icmp"]
+    analyzed = {
+        e["code"]: e["count"]
+        for e in json.loads(run("analyze", "--format", "json", path))["endings"]
+    }
+    assert len(rejected) == analyzed.get("rejected_by_icmp", 0)
+    assert all(r["end"] == "an ICMP error answered the SYN" for r in rejected)
+    assert all(r["conn_state"] == "S0" and r["icmp"] for r in rejected)  # Zeek's S0 stays
+    assert not [r for r in recs if r["end"] == "no answer to SYN" and r.get("icmp")]
+    if name in ("icmp-reject", "icmp-no-route"):
+        assert len(rejected) == {"icmp-reject": 6, "icmp-no-route": 2}[name]

@@ -155,11 +155,16 @@ ICMP_FRAG_NEEDED = 4  # code of type 3
 ICMP6_UNREACH, ICMP6_TOO_BIG, ICMP6_TIME_EXCEEDED, ICMP6_PARAM_PROBLEM = 1, 2, 3, 4
 
 
+def too_big_rows(version: Any, icmp_type: Any, code: Any) -> npt.NDArray[np.bool_]:
+    """Per ICMP row: fragmentation needed (ICMP 3/4) or packet too big (ICMPv6 2), path MTU
+    discovery's errors, which answer a segment too large for the path (no other error)."""
+    v, ty, c = np.asarray(version), np.asarray(icmp_type), np.asarray(code)
+    return np.where(v == 6, ty == ICMP6_TOO_BIG, (ty == ICMP_UNREACH) & (c == ICMP_FRAG_NEEDED))
+
+
 def is_too_big(version: int, icmp_type: int, code: int) -> bool:
-    """Fragmentation needed (ICMP 3/4) or packet too big (ICMPv6 2): path MTU discovery."""
-    if version == 6:
-        return icmp_type == ICMP6_TOO_BIG
-    return icmp_type == ICMP_UNREACH and code == ICMP_FRAG_NEEDED
+    """`too_big_rows` of one row."""
+    return bool(too_big_rows(version, icmp_type, code))
 
 
 STAGGER = 5 * 64

@@ -20,7 +20,15 @@ import numpy as np
 import numpy.typing as npt
 
 from tcpwhy.arrays import unique_sorted
-from tcpwhy.decode.table import ACK, RST, SYN, PacketTable, format_addr, is_too_big
+from tcpwhy.decode.table import (
+    ACK,
+    RST,
+    SYN,
+    PacketTable,
+    format_addr,
+    is_too_big,
+    too_big_rows,
+)
 
 if TYPE_CHECKING:
     from tcpwhy.diagnose.context import Capture, Conn
@@ -151,18 +159,7 @@ class IcmpRows:
         self.side = side  # which side sent the quoted segment (CLIENT/SERVER)
         t = table
         if self.n and t is not None:
-            self.too_big = np.array(
-                [
-                    is_too_big(int(v), int(ty), int(c))
-                    for v, ty, c in zip(
-                        t["ip_version"].tolist(),
-                        t["icmp_type"].tolist(),
-                        t["icmp_code"].tolist(),
-                        strict=True,
-                    )
-                ],
-                np.bool_,
-            )
+            self.too_big = too_big_rows(t["ip_version"], t["icmp_type"], t["icmp_code"])
             syn = (t["flags"] & (SYN | ACK | RST)) == SYN
             # a quote cut after the sequence number: the SYN if it carries the SYN's number
             for i in np.flatnonzero((t["doff"] == 0) & ok):

@@ -34,8 +34,17 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.arrays import sparse_zeros
-from tcpwhy.decode.table import ACK, COLUMNS, FIN, RST, SYN, CaptureStats, PacketTable
+from tcpwhy.arrays import sparse_zeros, unique_sorted
+from tcpwhy.decode.table import (
+    ACK,
+    COLUMNS,
+    FIN,
+    RST,
+    SYN,
+    CaptureStats,
+    PacketTable,
+    too_big_rows,
+)
 from tcpwhy.tcp import zeek as z
 from tcpwhy.tcp.endings import ENDINGS
 from tcpwhy.tcp.records import (
@@ -271,6 +280,9 @@ class ConnectionBuilder:
         (`tcpwhy.report.conns_icmp`). `park_from`: with this many connections open, new
         ones that start with a pure SYN are parked (`PARK_FROM`)."""
         self.icmp_counts = icmp_counts
+        # the streams an ICMP error other than "too big" was about, ascending: a SYN that got
+        # one and nothing else was answered by it (`_build_records`)
+        self._icmp_err = np.zeros(0, np.int64)
         if boundaries not in ("stream", "zeek"):
             raise ValueError("boundaries must be 'stream' or 'zeek'")
         self.zeek_timers = boundaries == "zeek"
@@ -418,8 +430,12 @@ class ConnectionBuilder:
         at; `streams`: the chunk's tracker columns, when the caller tracked them."""
         n = len(t)
         s = streams if streams is not None else self.tracker.feed(t)
-        if self.icmp_counts is not None and self.tracker.icmp_out is not None:
-            count_icmp(self.icmp_counts, t.icmp, self.tracker.icmp_out["stream"])
+        if self.tracker.icmp_out is not None and t.icmp is not None and len(t.icmp):
+            if self.icmp_counts is not None:
+                count_icmp(self.icmp_counts, t.icmp, self.tracker.icmp_out["stream"])
+            got = icmp_error_streams(t.icmp, self.tracker.icmp_out["stream"])
+            if len(got):
+                self._icmp_err = unique_sorted(np.concatenate([self._icmp_err, got]))
         out: list[BatchJob] = []
         conv = s["conv"]
         if conv.size and int(conv.max()) >= len(self.conv_slot):
@@ -852,9 +868,18 @@ class ConnectionBuilder:
         uids = OUT[:, z.F_UID]
         kept = self._kept.take(uids) if self.rfc_states else None
         names = self._take_names(uids)
+        icmp = np.isin(OUT[:, z.F_STREAM], self._icmp_err) if len(self._icmp_err) else None
         return [
             functools.partial(
-                _build_records, OUT, OW32, OH, kept, self.rfc_states, names, self.uid_prefix
+                _build_records,
+                OUT,
+                OW32,
+                OH,
+                kept,
+                self.rfc_states,
+                names,
+                self.uid_prefix,
+                icmp,
             )
         ]
 
@@ -909,10 +934,12 @@ def _build_records(
     rfc_states: bool,
     names: tuple[npt.NDArray[np.int32], tuple[str, ...]],
     uid_prefix: str,
+    icmp: npt.NDArray[np.bool_] | None = None,
 ) -> ConnColumns:
     """Emitted slot rows (S and W) as one batch of columns (`tcpwhy.tcp.records`); the
     words are looked up once per distinct value, not per record. Each record is worded as of
-    the capture time it was written at (`z.F_AS_OF`)."""
+    the capture time it was written at (`z.F_AS_OF`). `icmp`: per record, an ICMP error
+    (not "too big") was about its stream before it was written."""
     n = len(OUT)
     now = OUT[:, z.F_AS_OF]
     OW = OW32.astype(np.int64)
@@ -978,6 +1005,13 @@ def _build_records(
     }
     cols["server_name"], name_words = names
     words = tuple(_end_words_of_key(k) for k in keys.tolist())
+    if icmp is not None and ENDINGS["no_answer"] in words:
+        # a SYN answered by nothing but an ICMP error (host or port unreachable, prohibited):
+        # the connect() failed at once, as analyze counts it, not for want of an answer
+        unanswered = cols["end"] == words.index(ENDINGS["no_answer"])
+        if (icmp & unanswered).any():
+            words = (*words, ENDINGS["rejected_by_icmp"])
+            cols["end"][icmp & unanswered] = len(words) - 1
     return ConnColumns(cols, words, uid_prefix, name_words=name_words)
 
 
@@ -1070,7 +1104,15 @@ def end_words(
 
 _CODE_OF_WORDS = {
     ENDINGS[c]: c
-    for c in ("refused", "no_answer", "open_at_end", "evicted", "inactivity_timeout", "no_close")
+    for c in (
+        "refused",
+        "no_answer",
+        "rejected_by_icmp",
+        "open_at_end",
+        "evicted",
+        "inactivity_timeout",
+        "no_close",
+    )
 }
 """The endings `end_words` words exactly as `ENDINGS` describes them."""
 
@@ -1090,6 +1132,15 @@ def end_code(words: str) -> str:
         if words.startswith(prefix):
             return code
     return "other"
+
+
+def icmp_error_streams(icmp: PacketTable, stream: Any) -> npt.NDArray[np.int64]:
+    """The streams a chunk's ICMP errors are about (`StreamTracker.icmp_out["stream"]`), but
+    for "too big" (fragmentation needed, packet too big): path MTU discovery, which answers
+    a segment too large for the path, not a connect()."""
+    too_big = too_big_rows(icmp["ip_version"], icmp["icmp_type"], icmp["icmp_code"])
+    s = np.asarray(stream, np.int64)
+    return unique_sorted(s[~too_big & (s >= 0)])
 
 
 IcmpCounts = dict[int, dict[str, int]]
