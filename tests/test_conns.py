@@ -463,3 +463,16 @@ def test_a_syn_answered_by_an_icmp_error_ends_as_analyze_counts_it(name: str) ->
     assert not [r for r in recs if r["end"] == "no answer to SYN" and r.get("icmp")]
     if name in ("icmp-reject", "icmp-no-route"):
         assert len(rejected) == {"icmp-reject": 6, "icmp-no-route": 2}[name]
+
+
+def test_icmp_errors_are_held_for_open_connections_only() -> None:
+    """The builder keeps the streams an ICMP error was about until their records are
+    written, not for the whole capture (a scan answered by ICMP errors has millions)."""
+    from tcpwhy.tcp.connections import ConnectionBuilder, end_code
+
+    path = Path(__file__).resolve().parents[1] / "src/tcpwhy/data/lab/icmp-reject.pcap"
+    b = ConnectionBuilder()
+    batches = [*b.feed_columns(read_table(str(path))), b.finish_columns()]
+    ends = [end_code(b_.end_words[int(e)]) for b_ in batches for e in b_.cols["end"]]
+    assert ends.count("rejected_by_icmp") == 6
+    assert len(b._icmp_err) == 0

@@ -280,8 +280,8 @@ class ConnectionBuilder:
         (`tcpwhy.report.conns_icmp`). `park_from`: with this many connections open, new
         ones that start with a pure SYN are parked (`PARK_FROM`)."""
         self.icmp_counts = icmp_counts
-        # the streams an ICMP error other than "too big" was about, ascending: a SYN that got
-        # one and nothing else was answered by it (`_build_records`)
+        # the streams of open connections an ICMP error other than "too big" was about,
+        # ascending: a SYN that got one and nothing else was answered by it (`_build_records`)
         self._icmp_err = np.zeros(0, np.int64)
         if boundaries not in ("stream", "zeek"):
             raise ValueError("boundaries must be 'stream' or 'zeek'")
@@ -868,7 +868,13 @@ class ConnectionBuilder:
         uids = OUT[:, z.F_UID]
         kept = self._kept.take(uids) if self.rfc_states else None
         names = self._take_names(uids)
-        icmp = np.isin(OUT[:, z.F_STREAM], self._icmp_err) if len(self._icmp_err) else None
+        icmp = None
+        if len(self._icmp_err):
+            # and the streams written leave the list: it holds open connections' only
+            stream = OUT[:, z.F_STREAM]
+            icmp = np.isin(stream, self._icmp_err)
+            if icmp.any():
+                self._icmp_err = self._icmp_err[~np.isin(self._icmp_err, stream[icmp])]
         return [
             functools.partial(
                 _build_records,
