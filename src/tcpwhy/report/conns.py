@@ -228,8 +228,8 @@ TABLE_HEADER = (
 
 
 def table_line(r: ConnRecord) -> str:
-    o = f"{_hostport(r.orig_h, r.orig_p)}"
-    p = f"{_hostport(r.resp_h, r.resp_p)}"
+    o = endpoint_text(r.orig_h, r.orig_p)
+    p = endpoint_text(r.resp_h, r.resp_p)
     pk = f"{r.orig_pkts}/{r.resp_pkts}"
     by = f"{r.orig_bytes}/{r.resp_bytes}"
     return (
@@ -245,9 +245,6 @@ def write_table(records: Iterable[ConnRecord], out: TextIO, live: bool = False) 
         out.write(table_line(r))
         if live:
             out.flush()
-
-
-_hostport = endpoint_text
 
 
 def record_lines(records: Iterable[ConnRecord], fmt: str) -> str:
