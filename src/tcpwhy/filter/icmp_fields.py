@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import numpy.typing as npt
 
+from tcpwhy.decode.table import too_big_rows
 from tcpwhy.filter.fields import (
     BYTES,
     FIELDS,
@@ -150,7 +151,7 @@ def _icmp_col(col: str, v6: bool, mtu: bool = False) -> Extract:
             return [Occ(m, None)]
         if mtu:  # only fragmentation needed (3/4) and packet too big (2) carry one
             ty, code = t["icmp_type"][rows], t["icmp_code"][rows]
-            m = m & ((ty == 2) if v6 else ((ty == 3) & (code == 4)))
+            m = m & too_big_rows(6 if v6 else 4, ty, code)
         return [Occ(m, t[col][rows].astype(np.int64))]
 
     return ex

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from tcpwhy.decode.table import endpoint_text
 from tcpwhy.errors import EnvironmentProblem, TcpwhyError
 from tcpwhy.host import tracefs as tf
 from tcpwhy.host.trace_kernel import walk_pages
@@ -298,8 +299,6 @@ class TraceEvent:
 
 
 def _hp(addr: str | None, port: int | None) -> str:
-    from tcpwhy.decode.table import endpoint_text
-
     if addr is None or port is None:
         return "?"
     return endpoint_text(addr, port)

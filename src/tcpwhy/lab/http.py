@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 
+from tcpwhy.decode.table import endpoint_text
 from tcpwhy.lab.env import Lab, describe_exc
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n"
@@ -24,8 +25,6 @@ STALE_ERRORS = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionReset
 
 
 def _fmt(addr: tuple[str, int] | tuple[str, int, int, int]) -> str:
-    from tcpwhy.decode.table import endpoint_text
-
     return endpoint_text(addr[0], addr[1])
 
 

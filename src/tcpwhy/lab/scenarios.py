@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from tcpwhy.decode.table import endpoint_text
 from tcpwhy.lab import ns as nsmod
 from tcpwhy.lab.env import Lab, describe_exc
 from tcpwhy.lab.relay import HOLD, PASS, PASS_RELEASE, Relay, Seg
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
 
 def local_addr(s: socket.socket) -> str:
     """A socket's own address as the story prints it (IPv6 in brackets)."""
-    from tcpwhy.decode.table import endpoint_text
-
     host, port = s.getsockname()[:2]
     return endpoint_text(host, port)
 

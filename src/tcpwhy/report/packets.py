@@ -38,6 +38,7 @@ from tcpwhy.decode.table import (
     PacketTable,
     endpoint_text,
     format_addr,
+    is_too_big,
 )
 from tcpwhy.filter import DisplayFilter
 from tcpwhy.schemas import SCHEMA_VERSION
@@ -453,7 +454,7 @@ def _icmp_rows(
             "quoted": f"{endpoint_text(src, c['sport'][i])} → {endpoint_text(dst, c['dport'][i])}",
             "quoted_seq": c["seq"][i],
         }
-        if c["icmp_mtu"][i] or (v == 6 and ty == 2) or (v == 4 and ty == 3 and code == 4):
+        if c["icmp_mtu"][i] or is_too_big(v, ty, code):
             about["mtu"] = c["icmp_mtu"][i]
         if whole:
             about["quoted_flags"] = list(flag_names(c["flags"][i]))
