@@ -13,18 +13,25 @@ import pytest
 from tcpwhy.capture import read_table
 from tcpwhy.diagnose import context
 from tcpwhy.diagnose.context import Capture, Conn
+from tcpwhy.tcp.state import with_icmp_rows
 from tcpwhy.tcp.state_kernel import run_connections
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "tcpwhy" / "data"
 
 
 def _alone(c: Conn) -> tuple[list[int], ...]:
-    """The connection's run by itself, its packets' places in it as their frames."""
+    """The connection's run by itself, its packets' places in it as their frames, the ICMP
+    errors about it among them (unnamed: `Capture.run_states`)."""
     t, r = c.cap.table, c.rows
-    tl = run_connections(
+    cols: tuple[Any, ...] = (
         c.cap.side[r], t["flags"][r], t["seq"][r], t["ack"][r], t["payload_len"][r],
-        t["ts_ns"][r], np.arange(1, c.n + 1), np.array([0, c.n]), end_ns=c.cap.end_ns,
+        t["ts_ns"][r], np.arange(1, c.n + 1),
     )  # fmt: skip
+    off = np.array([0, c.n])
+    errors = c.cap._icmp_errors(r, off)
+    if errors is not None:
+        cols, off = with_icmp_rows(off, r, cols, errors)
+    tl = run_connections(*cols, off, end_ns=c.cap.end_ns)
     cols = (tl.side, tl.state, tl.ts_ns, tl.frame, tl.event, tl.final[0])
     return tuple(x.tolist() for x in cols)
 

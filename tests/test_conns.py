@@ -15,6 +15,7 @@ from tcpwhy.capture import read_table
 from tcpwhy.decode.table import PacketTable
 from tcpwhy.report.conns import read_zeek, write_conns
 from tcpwhy.report.conns_format import format_columns
+from tcpwhy.report.flow import icmp_errors_of
 from tcpwhy.tcp.connections import (
     ConnectionBuilder,
     ConnRecord,
@@ -127,13 +128,16 @@ def _check_rfc_states(tables: list[tuple[str, PacketTable]]) -> int:
     for name, t in tables:
         if not len(t):
             continue
-        s = StreamTracker().feed(t)
+        tracker = StreamTracker()
+        s = tracker.feed(t)
         for r in build_connections(t):
             rows = np.flatnonzero(s["stream"] == r.stream)
             odir = s["dir"][rows[0]] if r.orientation == "syn" else None
             if odir is None or r.continued:
                 continue
-            cs = run_rows(t, rows, (s["dir"][rows] != odir).astype(np.int64))
+            # with the ICMP errors about it, as `flow` runs them
+            icmp = icmp_errors_of(t, tracker, r.stream, int(odir))
+            cs = run_rows(t, rows, (s["dir"][rows] != odir).astype(np.int64), icmp=icmp)
             end_ns = int(t["ts_ns"].max())
             for ep in (cs.originator, cs.responder):
                 ep.advance(end_ns)
@@ -475,4 +479,4 @@ def test_icmp_errors_are_held_for_open_connections_only() -> None:
     batches = [*b.feed_columns(read_table(str(path))), b.finish_columns()]
     ends = [end_code(b_.end_words[int(e)]) for b_ in batches for e in b_.cols["end"]]
     assert ends.count("rejected_by_icmp") == 6
-    assert len(b._icmp_err) == 0
+    assert len(b._icmp_err["stream"]) == 0

@@ -21,6 +21,7 @@ import pytest
 from tcpwhy.capture import read_table
 from tcpwhy.decode.table import ACK, FIN, PSH, RST, SYN, PacketTable
 from tcpwhy.tcp.state import (
+    ICMP_ERROR_ROW,
     STAY,
     STAYS,
     TIME_WAIT_NS,
@@ -28,8 +29,11 @@ from tcpwhy.tcp.state import (
     UNEXPECTED,
     ConnectionStates,
     Event,
+    IcmpErrorRows,
     State,
+    icmp_errors,
     run_connection,
+    with_icmp_rows,
 )
 from tcpwhy.tcp.state_kernel import NEXT, Timelines, run_connections
 from tcpwhy.tcp.streams import StreamTracker
@@ -102,18 +106,27 @@ def compare(cols: Cols, offsets: Sequence[int], end_ns: int | None = None) -> in
 
 
 def table_connections(t: PacketTable) -> tuple[Cols, npt.NDArray[np.int64]]:
-    """Every tcp.stream of a table as one connection, rows in capture order (CSR); the
-    originator is the sender of its first packet."""
-    s = StreamTracker().feed(t)
+    """Every tcp.stream of a table as one connection, rows in capture order (CSR), with the
+    ICMP errors about it among them (`with_icmp_rows`); the originator is the sender of its
+    first packet."""
+    tracker = StreamTracker()
+    s = tracker.feed(t)
     order = np.argsort(s["stream"], kind="stable")
     stream = s["stream"][order]
-    _, counts = np.unique(stream, return_counts=True)
+    ids, counts = np.unique(stream, return_counts=True)
     off = np.r_[0, np.cumsum(counts)].astype(np.int64)
     d = s["dir"][order]
-    direction = (d != np.repeat(d[off[:-1]], counts)).astype(np.uint8)
+    first_dir = d[off[:-1]]
+    direction = (d != np.repeat(first_dir, counts)).astype(np.uint8)
     cols: Cols = [direction]
     cols += [t[k][order] for k in ("flags", "seq", "ack", "payload_len", "ts_ns", "frame")]
-    return cols, off
+    e = icmp_errors(t.icmp, tracker.icmp_out)
+    conn = np.searchsorted(ids, e["stream"])
+    errors = IcmpErrorRows(
+        conn, e["at"], (e["dir"] != first_dir[conn]).astype(np.uint8), e["ts_ns"], e["frame"]
+    )
+    merged, off = with_icmp_rows(off, order, cols, errors)
+    return list(merged), off
 
 
 def compare_capture(path: Path) -> int:
@@ -133,6 +146,19 @@ def test_every_connection_of_the_shipped_captures() -> None:
     counts = {p.name: compare_capture(p) for p in SHIPPED}
     assert all(counts.values()), counts
     assert sum(counts.values()) >= 41, counts  # every tcp.stream (41 before syn-flood.pcap)
+
+
+def test_icmp_errors_run_among_the_segments() -> None:
+    """The lab's ICMP rejects: each error is a row of its connection, and each ends the
+    connect() it answers in both runners (the comparison above covers them too)."""
+    for name, n in (("icmp-reject.pcap", 6), ("icmp-no-route.pcap", 2)):
+        cols, off = table_connections(read_table(str(DATA / "lab" / name)))
+        icmp = (cols[1] & ICMP_ERROR_ROW) != 0
+        assert int(icmp.sum()) == n, name
+        res = run_connections(*cols, off)
+        conns = np.searchsorted(off, np.flatnonzero(icmp), side="right") - 1
+        assert res.final[conns, 0].tolist() == [State.CLOSED] * n, name
+        assert (res.event == Event.RECV_ICMP_ERROR).sum() == n, name
 
 
 @pytest.mark.corpus
@@ -243,6 +269,21 @@ def _syn_only(cap: Cap) -> None:
     cap.seg(C, SYN)
 
 
+def _icmp_ends_connect(cap: Cap) -> None:
+    cap.seg(C, SYN)
+    cap.seg(C, ICMP_ERROR_ROW)
+
+
+def _icmp_soft_then_connected(cap: Cap) -> None:
+    cap.seg(C, SYN)
+    cap.seg(C, ICMP_ERROR_ROW)
+    cap.seg(R, ICMP_ERROR_ROW)
+    cap.seg(C, SYN, seq=1000, dt=SEC)
+    cap.seg(R, SYN | ACK, ack=1001)
+    cap.seg(C, ICMP_ERROR_ROW)
+    cap.seg(C, ACK)
+
+
 EDGE_CASES: dict[str, Callable[[Cap], None]] = {
     "simultaneous-open": _simultaneous_open,
     "simultaneous-close": _simultaneous_close,
@@ -257,6 +298,8 @@ EDGE_CASES: dict[str, Callable[[Cap], None]] = {
     "lost-fin": _lost_fin,
     "wraparound": _wraparound,
     "syn-only": _syn_only,
+    "icmp-ends-connect": _icmp_ends_connect,
+    "icmp-soft-then-connected": _icmp_soft_then_connected,
 }
 
 
@@ -329,12 +372,13 @@ def test_random_connections() -> None:
     every path of derive_events and every cell of the tables gets exercised."""
     rng = np.random.default_rng(9293)
     choices = [SYN, SYN | ACK, ACK, ACK | PSH, FIN | ACK, FIN, RST, RST | ACK, FIN | PSH | ACK]
+    choices.append(ICMP_ERROR_ROW)  # never first: an error quotes a segment sent before it
     caps = []
     for _ in range(3000):
         cap = Cap(isn=(int(rng.integers(0, U32 + 1)), int(rng.integers(0, U32 + 1))))
-        for _ in range(int(rng.integers(1, 14))):
+        for k in range(int(rng.integers(1, 14))):
             d = int(rng.integers(0, 2))
-            fl = choices[int(rng.integers(0, len(choices)))]
+            fl = choices[int(rng.integers(0, len(choices) - (k == 0)))]
             data = int(rng.choice([0, 0, 1, 100]))
             dt = int(rng.choice([MS, SEC, 59 * SEC, 61 * SEC]))
             seq = None if rng.random() < 0.8 else (cap.nxt[d] - int(rng.integers(0, 3))) & U32
@@ -350,3 +394,4 @@ def test_random_connections() -> None:
     # every state is reached, and misfits are counted
     assert set(res.state.tolist()) == {int(s) for s in State}
     assert res.unexpected.sum() > 0
+    assert (res.event == Event.RECV_ICMP_ERROR).sum() > 0

@@ -14,6 +14,7 @@ from tcpwhy.decode.table import ACK, FIN, PSH, RST, SYN
 from tcpwhy.tcp.state import (
     DOC_BEGIN,
     DOC_END,
+    ICMP_ERROR_ROW,
     NO_FRAME,
     STAYS,
     TIME_WAIT_NS,
@@ -547,8 +548,9 @@ def test_tables_do_not_overlap_and_name_every_state() -> None:
     reached = set(TRANSITIONS.values()) | {State.LISTEN}
     assert reached == set(State)
     assert {src for src, _ in TRANSITIONS} == set(State)  # every state has a way out
-    # every event except the timer comes in a SEND_/RECV_ pair
-    names = {e.name for e in Event} - {"TIMEOUT_2MSL"}
+    # every event except the timer and the ICMP error (no endpoint sends one) comes in a
+    # SEND_/RECV_ pair
+    names = {e.name for e in Event} - {"TIMEOUT_2MSL", "RECV_ICMP_ERROR"}
     assert {n.split("_", 1)[1] for n in names if n.startswith("SEND_")} == {
         n.split("_", 1)[1] for n in names if n.startswith("RECV_")
     }
@@ -677,3 +679,53 @@ def test_real_capture_through_read_table(zeek_corpus: Path) -> None:
     assert o.timeline[1].frame == 1 and r.timeline[-1].frame == 13
     later = run_rows(table, rows, direction, end_ns=last + TIME_WAIT_NS)
     assert later.originator.state is State.CLOSED
+
+
+# ---------------------------------------------------------------------------------------
+# ICMP errors
+# ---------------------------------------------------------------------------------------
+
+
+def test_an_icmp_error_ends_a_connect() -> None:
+    cap = Cap()
+    cap.seg(C, SYN)
+    icmp = cap.seg(C, ICMP_ERROR_ROW, dt=300_000)
+    res = cap.run()
+    assert steps(res.originator) == [(State.SYN_SENT, 1), (State.CLOSED, icmp)]
+    assert res.originator.timeline[-1].event is Event.RECV_ICMP_ERROR
+    assert res.originator.timeline[-1].ts_ns == cap.ts(icmp)
+    assert path(res.responder) == [State.LISTEN, State.SYN_RECEIVED]
+    clean(res)
+
+
+def test_a_syn_resent_after_an_icmp_error_shows_it_was_soft() -> None:
+    # Linux takes an error that arrives while connect() holds the socket as a soft one:
+    # it resends the SYN, and the handshake may still complete
+    cap = Cap()
+    cap.seg(C, SYN)
+    cap.seg(C, ICMP_ERROR_ROW)
+    cap.seg(C, SYN, seq=1000, dt=SEC)
+    cap.seg(R, SYN | ACK, ack=1001)
+    cap.seg(C, ACK)
+    res = cap.run()
+    assert path(res.originator) == [State.CLOSED, State.SYN_SENT, State.ESTABLISHED]
+    clean(res)
+
+
+def test_an_icmp_error_outside_syn_sent_changes_nothing() -> None:
+    cap = Cap()
+    cap.seg(C, SYN)
+    cap.seg(R, SYN | ACK)
+    cap.seg(R, ICMP_ERROR_ROW)  # about the SYN-ACK: the machine keeps SYN_RECEIVED
+    cap.seg(C, ACK)
+    cap.seg(C, ACK | PSH, 10)
+    cap.seg(C, ICMP_ERROR_ROW)  # a soft error of an established connection
+    cap.seg(R, ACK)
+    res = cap.run()
+    assert path(res.originator) == [State.CLOSED, State.SYN_SENT, State.ESTABLISHED]
+    assert path(res.responder) == [State.LISTEN, State.SYN_RECEIVED, State.ESTABLISHED]
+    clean(res)
+    st = derive_events(*cap.columns()[:5])
+    got = [(int(w), int(r)) for w, e, r in zip(st.who, st.event, st.row, strict=True)
+           if e == Event.RECV_ICMP_ERROR]  # fmt: skip
+    assert got == [(R, 2), (C, 5)]

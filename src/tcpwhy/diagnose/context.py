@@ -49,7 +49,14 @@ from tcpwhy.tcp.analysis import Analyzer
 from tcpwhy.tcp.endings import ENDING_SUMMARY
 from tcpwhy.tcp.seq import seq_add, seq_geq
 from tcpwhy.tcp.sides import client_dirs
-from tcpwhy.tcp.state import Event, State, state_label
+from tcpwhy.tcp.state import (
+    NO_FRAME,
+    Event,
+    IcmpErrorRows,
+    State,
+    state_label,
+    with_icmp_rows,
+)
 from tcpwhy.tcp.state import Step as StateStep
 from tcpwhy.tcp.state_kernel import Timelines, run_connections
 from tcpwhy.tcp.streams import StreamTracker, rows_by_stream
@@ -520,18 +527,53 @@ class Capture:
     ) -> Timelines:
         """The compiled state machine over `rows` of the table, connection by connection
         (``bounds``: where each one's rows start, and the end), each step named by the
-        `frames` value of its packet, timers due by the capture's end fired."""
+        `frames` value of its packet, timers due by the capture's end fired. The ICMP
+        errors about them run among their rows (`tcpwhy.tcp.state.with_icmp_rows`); their
+        steps have no packet of the connection to be named by, so they are named
+        `NO_FRAME` and placed by time (`Conn.state_after`)."""
         t = self.table
-        return run_connections(
+        cols: tuple[npt.NDArray[Any], ...] = (
             self.side[rows],
             t["flags"][rows],
             t["seq"][rows],
             t["ack"][rows],
             t["payload_len"][rows],
             t["ts_ns"][rows],
-            frames,
-            bounds,
-            end_ns=self.end_ns,
+            np.asarray(frames),
+        )
+        errors = self._icmp_errors(rows, bounds)
+        if errors is not None:
+            cols, bounds = with_icmp_rows(bounds, rows, cols, errors)
+        d, fl, sq, ak, pl, ts, fr = cols
+        return run_connections(d, fl, sq, ak, pl, ts, fr, bounds, end_ns=self.end_ns)
+
+    def _icmp_errors(
+        self, rows: npt.NDArray[Any], bounds: npt.NDArray[Any]
+    ) -> IcmpErrorRows | None:
+        """The ICMP errors (not "too big") about the connections of `run_states`, keyed by
+        the table row each came before; None when there are none (nearly always)."""
+        ic = self.icmp
+        if not len(ic.err_streams) or ic.table is None:
+            return None
+        b = np.asarray(bounds, np.int64)
+        has = b[1:] > b[:-1]
+        conn = np.flatnonzero(has)
+        sids = self.stream[np.asarray(rows)[b[:-1][has]]]
+        if not len(sids):
+            return None
+        by_sid = np.argsort(sids, kind="stable")
+        err = np.flatnonzero((ic.sid >= 0) & ~ic.too_big)
+        at = np.searchsorted(sids, ic.sid[err], sorter=by_sid).clip(0, len(sids) - 1)
+        mine = sids[by_sid[at]] == ic.sid[err]
+        err, at = err[mine], at[mine]
+        if not len(err):
+            return None
+        return IcmpErrorRows(
+            conn[by_sid[at]],
+            ic.table["icmp_at"][err].astype(np.int64),
+            ic.side[err].astype(np.uint8),
+            ic.table["ts_ns"][err],
+            np.full(len(err), NO_FRAME, np.uint64),
         )
 
     def timeline_of(self, sid: int) -> _Timeline:
@@ -949,10 +991,12 @@ class Conn:
             )
         )
 
-    def state_after(self, who: int, i: int) -> State:
+    def state_after(self, who: int, i: int, at_ns: int | None = None) -> State:
+        """`who`'s state after local row `i`, and after the steps no row of the connection
+        caused (a timer, an ICMP error) up to `at_ns` (row `i`'s time unless given)."""
         ep = self.states.originator if who == CLIENT else self.states.responder
         st = ep.timeline[0].state
-        ts = self.at("ts", i)
+        ts = self.at("ts", i) if at_ns is None else at_ns
         for step in ep.timeline:
             if step.frame and step.frame - 1 > i:
                 break

@@ -233,8 +233,8 @@ class IcmpRows:
         return None
 
     def step(self, c: Conn, i: int, note: str) -> Step:
-        """The error as a step of connection `c`'s timeline (states as after the packet
-        before it)."""
+        """The error as a step of connection `c`'s timeline (states as after it: an error
+        ends a connect())."""
         from tcpwhy.diagnose.model import Step
 
         ts = self.get("ts_ns", i)
@@ -253,8 +253,8 @@ class IcmpRows:
             sender=self.role(c, i),
             packet=text,
             note=note,
-            client_state=c.state_label(0, c.state_after(0, k)),
-            server_state=c.state_label(1, c.state_after(1, k)),
+            client_state=c.state_label(0, c.state_after(0, k, ts)),
+            server_state=c.state_label(1, c.state_after(1, k, ts)),
         )
 
 

@@ -36,7 +36,15 @@ from tcpwhy.filter import DisplayFilter
 from tcpwhy.report.packets import flag_names
 from tcpwhy.tcp.analysis import Analysis
 from tcpwhy.tcp.sides import client_dir
-from tcpwhy.tcp.state import NO_FRAME, Endpoint, State, run_rows, state_label
+from tcpwhy.tcp.state import (
+    NO_FRAME,
+    Endpoint,
+    IcmpErrorRows,
+    State,
+    icmp_errors,
+    run_rows,
+    state_label,
+)
 from tcpwhy.tcp.streams import StreamTracker
 
 ARROW = 58  # width of the arrow between the two lifelines
@@ -101,7 +109,9 @@ def ladder_of_table(
     client = client_dir(t, rows, cdir)
     direction = (cdir != client).astype(np.int8)
     end_ns = int(t["ts_ns"][-1])
-    states = run_rows(t, rows, direction, end_ns=end_ns)
+    states = run_rows(
+        t, rows, direction, end_ns=end_ns, icmp=icmp_errors_of(t, whole.tracker, stream, client)
+    )
     return Ladder(
         t,
         rows,
@@ -114,11 +124,28 @@ def ladder_of_table(
         t0,
         end_ns,
         shown,
-        _icmp_rows(t, whole.tracker, stream, client),
+        icmp_rows(t, whole.tracker, stream, client),
     )
 
 
-def _icmp_rows(
+def icmp_errors_of(
+    t: PacketTable, tracker: StreamTracker, stream: int, client: int
+) -> IcmpErrorRows:
+    """The ICMP errors about `stream` the state machine takes (`tcpwhy.tcp.state.icmp_errors`:
+    not "too big"), each keyed by the table row it came before, `client`'s (its direction's)
+    as side 0."""
+    e = icmp_errors(t.icmp, tracker.icmp_out)
+    j = np.flatnonzero(e["stream"] == stream)
+    return IcmpErrorRows(
+        np.zeros(len(j), np.int64),
+        e["at"][j],
+        (e["dir"][j] != client).astype(np.uint8),
+        e["ts_ns"][j],
+        e["frame"][j],
+    )
+
+
+def icmp_rows(
     t: PacketTable, tracker: StreamTracker, stream: int, client: int
 ) -> list[tuple[int, int, int, bool, str]]:
     """The ICMP errors about `stream`: each drawn as an arrow toward the side whose segment
@@ -239,7 +266,16 @@ def ladder_view(lad: Ladder, fold: int = 3) -> LadderView:
     for at, ts, frame_no, to_server, text in lad.icmp:
         k_at = int(np.searchsorted(pos, at))
         key = int(pos[k_at]) if k_at < len(pos) else -1
-        row = LadderRow("packet", (ts - lad.t0_ns) / 1e9, frame_no, to_server, text, flagged=True)
+        row = LadderRow(
+            "packet",
+            (ts - lad.t0_ns) / 1e9,
+            frame_no,
+            to_server,
+            text,
+            " → ".join(c_ent.get(frame_no, [])),
+            " → ".join(s_ent.get(frame_no, [])),
+            flagged=True,
+        )
         before.setdefault(key, []).append(row)
 
     def quiet(i: int) -> bool:

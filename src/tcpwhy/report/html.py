@@ -283,7 +283,8 @@ def ladder_views(cap: Any, sids: npt.NDArray[np.int64]) -> dict[int, Any]:
     """`flow.ladder_view` of some streams of a diagnosis capture, as `tcpwhy flow` builds them:
     the streams' packets are tracked and analysed on their own (the analysis of one
     conversation never depends on another's), states from `run_rows`."""
-    from tcpwhy.report.flow import Ladder, ladder_view
+    from tcpwhy.decode.table import icmp_kept
+    from tcpwhy.report.flow import Ladder, icmp_errors_of, icmp_rows, ladder_view
     from tcpwhy.tcp.analysis import analyze
     from tcpwhy.tcp.sides import client_dir
     from tcpwhy.tcp.state import run_rows
@@ -293,9 +294,16 @@ def ladder_views(cap: Any, sids: npt.NDArray[np.int64]) -> dict[int, Any]:
         return {}
     keep = np.zeros(cap.nstreams, np.bool_)
     keep[sids] = True
-    rows = np.flatnonzero(keep[cap.stream])
+    kept_rows = keep[cap.stream]
+    rows = np.flatnonzero(kept_rows)
     sub = cap.table.take(rows)
-    s = StreamTracker().feed(sub)
+    # the ICMP errors about them come along, as `flow` draws them and runs them
+    isid = cap.icmp.sid
+    known = (isid >= 0) & (isid < len(keep))
+    known[known] = keep[isid[known]]
+    sub.icmp = icmp_kept(cap.table, kept_rows, known)
+    tracker = StreamTracker()
+    s = tracker.feed(sub)
     a = analyze(sub, s)
     local = s["stream"]
     order = np.argsort(local, kind="stable")
@@ -312,7 +320,8 @@ def ladder_views(cap: Any, sids: npt.NDArray[np.int64]) -> dict[int, Any]:
         cdir = s["dir"][r]
         client = client_dir(sub, r, cdir)
         direction = (cdir != client).astype(np.int8)
-        st = run_rows(sub, r, direction, end_ns=cap.end_ns)
+        icmp = icmp_errors_of(sub, tracker, k, client)
+        st = run_rows(sub, r, direction, end_ns=cap.end_ns, icmp=icmp)
         lad = Ladder(
             sub,
             r,
@@ -324,6 +333,7 @@ def ladder_views(cap: Any, sids: npt.NDArray[np.int64]) -> dict[int, Any]:
             st.responder,
             cap.start_ns,
             cap.end_ns,
+            icmp=icmp_rows(sub, tracker, k, client),
         )
         out[sid] = ladder_view(lad)
     return out

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.arrays import sparse_zeros, unique_sorted
+from tcpwhy.arrays import sparse_zeros
 from tcpwhy.decode.table import (
     ACK,
     COLUMNS,
@@ -43,7 +43,6 @@ from tcpwhy.decode.table import (
     SYN,
     CaptureStats,
     PacketTable,
-    too_big_rows,
 )
 from tcpwhy.tcp import zeek as z
 from tcpwhy.tcp.endings import ENDINGS
@@ -55,7 +54,7 @@ from tcpwhy.tcp.records import (
     ConnRecord,
     empty_columns,
 )
-from tcpwhy.tcp.state import State
+from tcpwhy.tcp.state import IcmpErrorRows, State, icmp_errors, with_icmp_rows
 from tcpwhy.tcp.state_kernel import run_connections
 from tcpwhy.tcp.streams import StreamTracker
 
@@ -280,9 +279,10 @@ class ConnectionBuilder:
         (`tcpwhy.report.conns_icmp`). `park_from`: with this many connections open, new
         ones that start with a pure SYN are parked (`PARK_FROM`)."""
         self.icmp_counts = icmp_counts
-        # the streams of open connections an ICMP error other than "too big" was about,
-        # ascending: a SYN that got one and nothing else was answered by it (`_build_records`)
-        self._icmp_err = np.zeros(0, np.int64)
+        # the ICMP errors other than "too big" about open connections (`icmp_errors`), in
+        # capture order: a SYN that got one and nothing else was answered by it, and each
+        # runs in its connection's state machine (`_build_records`)
+        self._icmp_err = icmp_errors(None, None)
         if boundaries not in ("stream", "zeek"):
             raise ValueError("boundaries must be 'stream' or 'zeek'")
         self.zeek_timers = boundaries == "zeek"
@@ -433,9 +433,9 @@ class ConnectionBuilder:
         if self.tracker.icmp_out is not None and t.icmp is not None and len(t.icmp):
             if self.icmp_counts is not None:
                 count_icmp(self.icmp_counts, t.icmp, self.tracker.icmp_out["stream"])
-            got = icmp_error_streams(t.icmp, self.tracker.icmp_out["stream"])
-            if len(got):
-                self._icmp_err = unique_sorted(np.concatenate([self._icmp_err, got]))
+            got = icmp_errors(t.icmp, self.tracker.icmp_out)
+            if len(got["stream"]):
+                self._icmp_err = {k: np.concatenate([v, got[k]]) for k, v in self._icmp_err.items()}
         out: list[BatchJob] = []
         conv = s["conv"]
         if conv.size and int(conv.max()) >= len(self.conv_slot):
@@ -868,13 +868,15 @@ class ConnectionBuilder:
         uids = OUT[:, z.F_UID]
         kept = self._kept.take(uids) if self.rfc_states else None
         names = self._take_names(uids)
-        icmp = None
-        if len(self._icmp_err):
-            # and the streams written leave the list: it holds open connections' only
+        icmp = errors = None
+        if len(self._icmp_err["stream"]):
+            # and the errors of the streams written leave: it holds open connections' only
             stream = OUT[:, z.F_STREAM]
-            icmp = np.isin(stream, self._icmp_err)
-            if icmp.any():
-                self._icmp_err = self._icmp_err[~np.isin(self._icmp_err, stream[icmp])]
+            hit = np.isin(self._icmp_err["stream"], stream)
+            if hit.any():
+                errors = {k: v[hit] for k, v in self._icmp_err.items()}
+                self._icmp_err = {k: v[~hit] for k, v in self._icmp_err.items()}
+                icmp = np.isin(stream, errors["stream"])
         return [
             functools.partial(
                 _build_records,
@@ -886,6 +888,7 @@ class ConnectionBuilder:
                 names,
                 self.uid_prefix,
                 icmp,
+                errors,
             )
         ]
 
@@ -900,9 +903,11 @@ def _rfc_states(
     OW: npt.NDArray[np.int64],
     sel: dict[str, npt.NDArray[Any]] | None,
     now: npt.NDArray[np.int64],
+    errors: dict[str, npt.NDArray[Any]] | None = None,
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
     """Final RFC states (`State` codes) of each emitted record's originator and responder,
-    from its kept packets `sel` (`_Kept.take`)."""
+    from its kept packets `sel` (`_Kept.take`) and the ICMP errors about it (`icmp_errors`),
+    placed among them by frame."""
     n = len(OUT)
     o_state = np.full(n, State.CLOSED, np.uint8)
     r_state = np.full(n, State.CLOSED, np.uint8)
@@ -916,7 +921,7 @@ def _rfc_states(
     # every record's kept packets through the state machine in one compiled call; a
     # TIME_WAIT entered 2 MSL before the record was written has ended by then
     starts = np.flatnonzero(np.r_[True, rec[1:] != rec[:-1]])
-    res = run_connections(
+    cols: tuple[npt.NDArray[Any], ...] = (
         direction,
         sel["flags"],
         sel["seq"],
@@ -924,9 +929,31 @@ def _rfc_states(
         sel["plen"],
         sel["ts"],
         sel["frame"],
-        np.r_[starts, len(rec)],
-        end_ns=now[rec[starts]],
     )
+    offsets = np.r_[starts, len(rec)]
+    if errors is not None and len(errors["stream"]):
+        # each error's record (by stream) and its connection among the ones run here
+        streams = OUT[:, z.F_STREAM]
+        by_stream = np.argsort(streams, kind="stable")
+        r = by_stream[np.searchsorted(streams, errors["stream"], sorter=by_stream).clip(0, n - 1)]
+        conn_of = np.full(n, -1, np.int64)
+        conn_of[rec[starts]] = np.arange(len(starts))
+        ok = streams[r] == errors["stream"]
+        c = np.where(ok, conn_of[r], -1)
+        cols, offsets = with_icmp_rows(
+            offsets,
+            sel["frame"].astype(np.int64),
+            cols,
+            IcmpErrorRows(
+                c,
+                errors["frame"].astype(np.int64),
+                (errors["dir"].astype(np.int64) != OW[r, z.F_ODIR]).astype(np.uint8),
+                errors["ts_ns"],
+                errors["frame"],
+            ),
+        )
+    d, fl, sq, ak, pl, ts, fr = cols
+    res = run_connections(d, fl, sq, ak, pl, ts, fr, offsets, end_ns=now[rec[starts]])
     o_state[rec[starts]] = res.final[:, 0]
     r_state[rec[starts]] = res.final[:, 1]
     return o_state, r_state
@@ -941,16 +968,18 @@ def _build_records(
     names: tuple[npt.NDArray[np.int32], tuple[str, ...]],
     uid_prefix: str,
     icmp: npt.NDArray[np.bool_] | None = None,
+    errors: dict[str, npt.NDArray[Any]] | None = None,
 ) -> ConnColumns:
     """Emitted slot rows (S and W) as one batch of columns (`tcpwhy.tcp.records`); the
     words are looked up once per distinct value, not per record. Each record is worded as of
     the capture time it was written at (`z.F_AS_OF`). `icmp`: per record, an ICMP error
-    (not "too big") was about its stream before it was written."""
+    (not "too big") was about its stream before it was written; `errors`: those errors
+    (`icmp_errors`), for the RFC state machine."""
     n = len(OUT)
     now = OUT[:, z.F_AS_OF]
     OW = OW32.astype(np.int64)
     if rfc_states:
-        o_rfc, r_rfc = _rfc_states(OUT, OW, kept, now)
+        o_rfc, r_rfc = _rfc_states(OUT, OW, kept, now, errors)
     else:
         o_rfc = r_rfc = np.full(n, NO_RFC_STATE, np.uint8)
     od = OW[:, z.F_ODIR]
@@ -1138,15 +1167,6 @@ def end_code(words: str) -> str:
         if words.startswith(prefix):
             return code
     return "other"
-
-
-def icmp_error_streams(icmp: PacketTable, stream: Any) -> npt.NDArray[np.int64]:
-    """The streams a chunk's ICMP errors are about (`StreamTracker.icmp_out["stream"]`), but
-    for "too big" (fragmentation needed, packet too big): path MTU discovery, which answers
-    a segment too large for the path, not a connect()."""
-    too_big = too_big_rows(icmp["ip_version"], icmp["icmp_type"], icmp["icmp_code"])
-    s = np.asarray(stream, np.int64)
-    return unique_sorted(s[~too_big & (s >= 0)])
 
 
 IcmpCounts = dict[int, dict[str, int]]

@@ -14,7 +14,11 @@ Each segment carries up to six facts, taken in this order (the order in which
 RFC 9293 §3.10.7.4 processes a segment: SYN, then the ACK field, then the
 text, then FIN): SYN (or SYN-ACK), "acknowledges the peer's SYN",
 "acknowledges the peer's FIN", data, FIN. A RST is a fact of its own and the
-rest of that segment is ignored. "Acknowledges the peer's FIN" means: the ACK
+rest of that segment is ignored. An ICMP error about a segment (destination
+unreachable, time exceeded, parameter problem; not "fragmentation needed" or
+"packet too big", which only lower the path MTU) is a row of its own among the
+connection's segments (`ICMP_ERROR_ROW`), and an event, ``RECV_ICMP_ERROR``,
+for the side whose segment it quotes. "Acknowledges the peer's FIN" means: the ACK
 flag is set and ``ack >= fin_seq + 1`` in 32-bit sequence arithmetic; it is
 reported once per FIN transmission, so a re-ACK of a retransmitted FIN is an
 event and a plain later ACK is not (the same holds for the SYN).
@@ -63,6 +67,15 @@ Choices
 * Entering FIN_WAIT_2 and TIME_WAIT on one segment that both acknowledges my
   FIN and carries the peer's FIN passes through FIN_WAIT_2 for zero time, as
   Linux does, rather than taking RFC 9293's direct FIN_WAIT_1 → TIME_WAIT.
+* An ICMP error ends a connection in SYN_SENT (Linux ends the connect() at once
+  with the error's errno: ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, EACCES...),
+  unless the same side resends its SYN after it: Linux takes an error that
+  arrives while the application holds the socket as a soft one, and the
+  resent SYN shows the socket lived on. In every other state an ICMP error
+  changes nothing: Linux records it as a soft error of an established
+  connection, ignores it in TIME_WAIT, and drops a listener's half-open
+  connection on some codes and keeps it on others (IPv4 and IPv6 differ);
+  the machine keeps SYN_RECEIVED.
 * Events that fit no rule leave the state alone and are kept in
   ``Endpoint.unexpected``: captures are messy, and the misfits are clues.
 """
@@ -76,7 +89,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.decode.table import ACK, FIN, RST, SYN
+from tcpwhy.decode.table import ACK, FIN, RST, SYN, too_big_rows
 from tcpwhy.tcp.seq import U32, seq_geq
 
 if TYPE_CHECKING:
@@ -115,6 +128,7 @@ class Event(IntEnum):
     RECV_FIN = 12
     RECV_RST = 13
     TIMEOUT_2MSL = 14  # the TIME_WAIT timer ran out (capture time)
+    RECV_ICMP_ERROR = 15  # an ICMP error (not "too big") quoting a segment I sent
 
 
 S, E = State, Event
@@ -141,6 +155,8 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (S.LAST_ACK, E.RECV_ACK_OF_FIN): S.CLOSED,
     (S.TIME_WAIT, E.RECV_FIN): S.TIME_WAIT,  # retransmitted FIN: re-ACK, restart 2 MSL
     (S.TIME_WAIT, E.TIMEOUT_2MSL): S.CLOSED,
+    # --- an ICMP error ends a connect(): ECONNREFUSED, EHOSTUNREACH, ENETUNREACH ----
+    (S.SYN_SENT, E.RECV_ICMP_ERROR): S.CLOSED,
     # --- reset: from every state but CLOSED and LISTEN -------------------------------
     **{
         (state, ev): S.CLOSED
@@ -196,6 +212,9 @@ STAYS: frozenset[tuple[State, Event]] = frozenset(
         (S.TIME_WAIT, E.SEND_ACK_OF_FIN),
         (S.FIN_WAIT_2, E.RECV_ACK_OF_FIN),
         (S.TIME_WAIT, E.RECV_ACK_OF_FIN),
+        # ICMP errors outside SYN_SENT: soft errors, ignored, or (a listener's half-open
+        # connection) dropped on some codes only; see the module docstring
+        *((state, E.RECV_ICMP_ERROR) for state in State if state is not S.SYN_SENT),
     ]
 )
 """(state, event) pairs that are expected and change nothing."""
@@ -223,6 +242,13 @@ def next_state_table() -> npt.NDArray[np.int8]:
 
 TIME_WAIT_NS = 60 * 1_000_000_000
 """2 MSL as Linux implements it: TCP_TIMEWAIT_LEN, a fixed 60 s."""
+
+ICMP_ERROR_ROW = 0x8000
+"""`flags` of a row that stands for an ICMP error (not "too big") about the segment its
+direction's side sent, placed among the connection's segments in capture order (its
+seq, ack and payload are not read). TCP's flags take the low 12 bits, so the bit is free.
+Such rows come after a connection's first segment: an error quotes a segment sent before
+it (`with_icmp_rows` places them)."""
 
 NO_FRAME = 0
 """Frame number of a step no packet caused (a timer); Wireshark's frames start at 1."""
@@ -403,6 +429,11 @@ def derive_events(
         sq = s_[i]
         ak = a_[i]
         plen = p_[i]
+        if fl & ICMP_ERROR_ROW:
+            # an error about s's segment; s resending its SYN after it shows it was soft
+            if not _resent_after(d_, f_, i, s, SYN):
+                put(s, Event.RECV_ICMP_ERROR, i)
+            continue
         if fl & RST:
             put(s, Event.SEND_RST, i)
             put(r, Event.RECV_RST, i)
@@ -481,7 +512,7 @@ def _start_states(d_: Sequence[int], f_: Sequence[int]) -> tuple[tuple[State, St
         states[s] = State.CLOSED
         states[1 - s] = State.LISTEN
         for i in range(1, len(d_)):
-            if (1 if d_[i] else 0) != s:
+            if (1 if d_[i] else 0) != s and not f_[i] & ICMP_ERROR_ROW:
                 if f_[i] & RST:
                     states[1 - s] = State.CLOSED  # nobody listening
                 break
@@ -495,10 +526,10 @@ def _resent_after(d_: Sequence[int], f_: Sequence[int], i: int, r: int, bit: int
     """Whether r's next segment after row i resends its SYN or FIN.
 
     Then the ACK at row i, though the capture saw it, was lost on its way to
-    r, and r never learned of it.
+    r, and r never learned of it (or the ICMP error at row i was a soft one).
     """
     for j in range(i + 1, len(d_)):
-        if (1 if d_[j] else 0) == r:
+        if (1 if d_[j] else 0) == r and not f_[j] & ICMP_ERROR_ROW:
             return bool(f_[j] & bit) and not f_[j] & RST
     return False
 
@@ -517,7 +548,7 @@ def _fin_arrival(
     """
     last = i
     for j in range(i + 1, len(d_)):
-        if (1 if d_[j] else 0) != r or not f_[j] & ACK:
+        if (1 if d_[j] else 0) != r or not f_[j] & ACK or f_[j] & ICMP_ERROR_ROW:
             continue
         if seq_geq(a_[j], fin_end):
             return last
@@ -575,23 +606,108 @@ def run_rows(
     *,
     end_ns: int | None = None,
     time_wait_ns: int = TIME_WAIT_NS,
+    icmp: IcmpErrorRows | None = None,
 ) -> ConnectionStates:
-    """`run_connection` on the rows of a packet table that make up one connection."""
+    """`run_connection` on the rows of a packet table that make up one connection; `icmp`:
+    the ICMP errors about it (connection 0), keyed by the table row they came before."""
     idx = np.asarray(rows)
-    cols: dict[str, Any] = {
-        name: table[name][idx] for name in ("flags", "seq", "ack", "payload_len", "ts_ns", "frame")
-    }
-    return run_connection(
-        direction,
-        cols["flags"],
-        cols["seq"],
-        cols["ack"],
-        cols["payload_len"],
-        cols["ts_ns"],
-        cols["frame"],
-        end_ns=end_ns,
-        time_wait_ns=time_wait_ns,
+    cols = (
+        np.asarray(direction),
+        *(table[name][idx] for name in ("flags", "seq", "ack", "payload_len", "ts_ns", "frame")),
     )
+    if icmp is not None:
+        cols, _ = with_icmp_rows(np.array([0, len(idx)]), idx, cols, icmp)
+    return run_connection(*cols, end_ns=end_ns, time_wait_ns=time_wait_ns)
+
+
+class IcmpErrorRows(NamedTuple):
+    """ICMP errors (not "too big") to run among connections' segments, one entry each: its
+    connection (an index of the segments' `offsets`), its place in capture order (`key`, on
+    the scale of the segments' keys: an error comes before a segment of the same key), the
+    side whose segment it quotes (0 the originator), its time and frame."""
+
+    conn: npt.NDArray[np.int64]
+    key: npt.NDArray[np.int64]
+    direction: npt.NDArray[np.uint8]
+    ts_ns: npt.NDArray[np.int64]
+    frame: npt.NDArray[np.uint64]
+
+
+def with_icmp_rows(
+    offsets: npt.ArrayLike,
+    key: npt.ArrayLike,
+    cols: Sequence[npt.NDArray[Any]],
+    icmp: IcmpErrorRows,
+) -> tuple[tuple[npt.NDArray[Any], ...], npt.NDArray[np.int64]]:
+    """Connections' segments (`cols`: direction, flags, seq, ack, payload_len, ts_ns, frame;
+    connection c the rows ``offsets[c]:offsets[c + 1]``, `key` not decreasing along them)
+    with the ICMP errors placed among them as `ICMP_ERROR_ROW` rows, and the new offsets.
+    An error before its connection's first segment is left out (it quotes nothing seen)."""
+    off = np.asarray(offsets, np.int64)
+    nconn = len(off) - 1
+    keys = np.asarray(key, np.int64)
+    sizes = np.diff(off)
+    conn = np.repeat(np.arange(nconn, dtype=np.int64), sizes)
+    ic = np.asarray(icmp.conn, np.int64)
+    ik = np.asarray(icmp.key, np.int64)
+    ok = (ic >= 0) & (ic < nconn)
+    ok[ok] = sizes[ic[ok]] > 0
+    ok[ok] = ik[ok] > keys[off[ic[ok]]]
+    m = int(ok.sum())
+    if m == 0:
+        return tuple(cols), off
+    ic, ik = ic[ok], ik[ok]
+    # stable, segments after errors of the same key: conn, then key, then segment last
+    order = np.lexsort(
+        (
+            np.r_[np.ones(len(keys), np.int8), np.zeros(m, np.int8)],
+            np.r_[keys, ik],
+            np.r_[conn, ic],
+        )
+    )
+    extra: tuple[npt.NDArray[Any], ...] = (
+        np.asarray(icmp.direction)[ok],
+        np.full(m, ICMP_ERROR_ROW),
+        np.zeros(m),
+        np.zeros(m),
+        np.zeros(m),
+        np.asarray(icmp.ts_ns)[ok],
+        np.asarray(icmp.frame)[ok],
+    )
+    out = tuple(
+        np.concatenate([np.asarray(c), x.astype(np.asarray(c).dtype)])[order]
+        for c, x in zip(cols, extra, strict=True)
+    )
+    added = np.bincount(ic, minlength=nconn)
+    return out, off + np.r_[0, np.cumsum(added)]
+
+
+def icmp_errors(
+    icmp: PacketTable | None, joined: dict[str, npt.NDArray[Any]] | None
+) -> dict[str, npt.NDArray[Any]]:
+    """A chunk's ICMP errors about its streams (`joined`: `StreamTracker.icmp_out`), the ones
+    the machine takes, as columns: `stream`, `dir` (of the segment quoted), `at` (the chunk's
+    TCP row it came before), `ts_ns`, `frame`. Not "too big" (fragmentation needed, packet
+    too big): path MTU discovery's, which answers a segment too large for the path and ends
+    no connect(). No rows without a chunk."""
+    if icmp is None or joined is None or not len(icmp):
+        return {
+            "stream": np.zeros(0, np.int64),
+            "dir": np.zeros(0, np.int8),
+            "at": np.zeros(0, np.int64),
+            "ts_ns": np.zeros(0, np.int64),
+            "frame": np.zeros(0, np.uint64),
+        }
+    too_big = too_big_rows(icmp["ip_version"], icmp["icmp_type"], icmp["icmp_code"])
+    s = np.asarray(joined["stream"], np.int64)
+    j = np.flatnonzero(~too_big & (s >= 0))
+    return {
+        "stream": s[j],
+        "dir": np.asarray(joined["dir"])[j].astype(np.int8),
+        "at": np.asarray(icmp["icmp_at"])[j].astype(np.int64),
+        "ts_ns": np.asarray(icmp["ts_ns"])[j].astype(np.int64),
+        "frame": np.asarray(icmp["frame"])[j].astype(np.uint64),
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -610,7 +726,7 @@ def _label(ev: Event) -> str:
     if name.startswith("SEND_"):
         return "snd " + words
     if name.startswith("RECV_"):
-        return "rcv " + words
+        return "rcv " + words.replace("ICMP_ERROR", "ICMP error")
     return name.replace("_", " ").lower().replace("2msl", "2MSL")
 
 

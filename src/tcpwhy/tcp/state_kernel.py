@@ -14,8 +14,9 @@ the same timelines on every shipped and corpus capture.
 
 Input (CSR layout): the packet columns of all connections, each connection's
 rows contiguous and in capture order, ``offsets[c]:offsets[c + 1]`` the rows
-of connection ``c``; optional ``end_ns`` per connection (when the capture
-ended; timers due by then fire) and 2 MSL.
+of connection ``c`` (ICMP errors among them as `ICMP_ERROR_ROW` rows,
+`tcpwhy.tcp.state.with_icmp_rows`); optional ``end_ns`` per connection (when
+the capture ended; timers due by then fire) and 2 MSL.
 
 Output (`Timelines`), side 0 the originator and 1 the responder:
 
@@ -32,7 +33,7 @@ conn            i8 [nsteps]   connection index of each step
 side            u1 [nsteps]   0 originator, 1 responder
 state           u1 [nsteps]   state entered
 ts_ns           i8 [nsteps]   when (capture time; a timer's deadline for TIMEOUT_2MSL)
-frame           u8 [nsteps]   frame of the packet that caused it; `NO_FRAME` (0) for a timer
+frame           u8 [nsteps]   `frame` of the row that caused it; `NO_FRAME` (0) for a timer
 event           i1 [nsteps]   `Event` value; -1 for the starting state
 =============== ============= =====================================================
 
@@ -52,6 +53,7 @@ import numpy.typing as npt
 from tcpwhy.decode.table import ACK, COLUMNS, FIN, RST, SYN
 from tcpwhy.native import array_types, kernel, njit
 from tcpwhy.tcp.state import (
+    ICMP_ERROR_ROW,
     STAY,
     TIME_WAIT_NS,
     UNEXPECTED,
@@ -88,6 +90,7 @@ _RECV_DATA = int(Event.RECV_DATA)
 _RECV_FIN = int(Event.RECV_FIN)
 _RECV_RST = int(Event.RECV_RST)
 _TIMEOUT_2MSL = int(Event.TIMEOUT_2MSL)
+_RECV_ICMP_ERROR = int(Event.RECV_ICMP_ERROR)
 _CLOSED = int(State.CLOSED)
 _LISTEN = int(State.LISTEN)
 _SYN_SENT = int(State.SYN_SENT)
@@ -166,12 +169,16 @@ def _derive(
 ) -> tuple[int, int, int, bool]:
     """derive_events on rows a..b: writes (who, event, row) and returns (events, originator's
     start state, responder's start state, assumed). Rows are absolute indices."""
-    # per row, the next row of the other side and of the same side (-1: none), so the
-    # look-aheads of derive_events cost one step instead of a scan
+    # per row, the next segment of the other side and of the same side (-1: none), so the
+    # look-aheads of derive_events cost one step instead of a scan; ICMP error rows look
+    # ahead too, but no look-ahead stops at one
     nxt0 = -1
     nxt1 = -1
     for i in range(b - 1, a - 1, -1):
-        if direction[i] != 0:
+        if np.int64(flags[i]) & ICMP_ERROR_ROW:
+            nxt_other[i] = nxt0 if direction[i] != 0 else nxt1
+            nxt_same[i] = nxt1 if direction[i] != 0 else nxt0
+        elif direction[i] != 0:
             nxt_other[i] = nxt0
             nxt_same[i] = nxt1
             nxt1 = i
@@ -211,6 +218,11 @@ def _derive(
         sq = np.int64(seq[i])
         ak = np.int64(ack[i])
         pl = np.int64(plen[i])
+        if fl & ICMP_ERROR_ROW:
+            # an error about s's segment; s resending its SYN after it shows it was soft
+            if not _resent_after(flags, nxt_same, i, SYN):
+                k = _put(who, evs, rows, k, s, _RECV_ICMP_ERROR, i)
+            continue
         if fl & RST:
             k = _put(who, evs, rows, k, s, _SEND_RST, i)
             k = _put(who, evs, rows, k, r, _RECV_RST, i)
