@@ -100,9 +100,11 @@ def test_batches_in_order(fmt: str, delay: float, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(conns_format, "format_columns_pieces", formatting)
     sink = _SlowSink(delay)
     w = _BehindWriter(sink, fmt)
+    texts = 0  # the most batches' text the caller formatted that waited to be written
     try:
         for c in batches:
             w.put(c)
+            texts = max(texts, sum(not formats for _, formats in w.pending))
         w.drain()
     finally:
         w.close()
@@ -112,6 +114,8 @@ def test_batches_in_order(fmt: str, delay: float, monkeypatch: pytest.MonkeyPatc
     assert any(n.startswith("tcpwhy-conns-writer") for n in formatters)
     if delay:  # a slow destination: the caller formatted some batches itself
         assert threading.current_thread().name in formatters
+        # and no more of them wait, as text, than the bound (a flood's are 6 to 10 MB each)
+        assert texts == _BehindWriter.TEXT_JOBS
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.02], ids=["keeps-up", "falls-behind"])

@@ -396,9 +396,9 @@ def write_tail(out: TextIO, fmt: str) -> None:
 
 class _BehindWriter:
     """Builds (if handed over unbuilt), formats and writes batches of records in one thread
-    of its own, in the order given: at most `DEPTH` batches to format queued, and at most
-    twice as many jobs in all (the others the text of batches the caller formatted itself,
-    `put`, which the thread writes in turn).
+    of its own, in the order given: at most `DEPTH` batches to format queued, and the text
+    of at most `TEXT_JOBS` batches the caller formatted itself (`put`), which the thread
+    writes in turn.
 
     The caller reads on meanwhile: on a capture of millions of one-packet connections
     building, formatting and writing the records is half of the work, and it overlaps the
@@ -409,6 +409,15 @@ class _BehindWriter:
     """Four, not two: a flood's connections end in bursts (a second's unanswered SYNs at
     once), and with two the caller formatted 40% of the batches itself while the thread
     waited for work between bursts (flood 4.9 to 5.2 s against 5.6 to 6.3 s, 15 MB more)."""
+
+    TEXT_JOBS = 2
+    """Two: a flood's batch is 6 to 10 MB of JSON lines, held as bytes until the thread
+    writes it, and a file on disk takes them slower than /dev/null. With four (the bound
+    before), the 3 M-SYN flood's `conns --format jsonl` peaked at 487 to 510 MB written to a
+    file (478 to 494 MB to /dev/null); with two, at 474 to 482 MB (471 to 475 MB), its time
+    to /dev/null alike (medians 4.9 s) and to a file about a tenth longer (6.3 s against
+    5.8 s: the caller waits for the batches queued before its text); with one, 465 to 470
+    MB and a fifth longer. Interleaved runs on this project's 2-core machine."""
 
     def __init__(self, binary: BinaryIO, fmt: str) -> None:
         from concurrent.futures import ThreadPoolExecutor
@@ -431,7 +440,7 @@ class _BehindWriter:
         queues its text for the thread to write after them: on a SYN flood formatting is
         the longer half of the work, and the caller used to wait for the thread on an idle
         core, first for every batch (2 of 7.6 s), then for the batches before its own (1 of
-        7 s). It waits only when twice `DEPTH` jobs are queued."""
+        7 s). It waits only while `TEXT_JOBS` texts are queued already."""
         from tcpwhy.report.conns_format import format_columns_pieces
 
         self.started = True
@@ -442,7 +451,7 @@ class _BehindWriter:
             return
         # copies: the caller's formatting buffer is its own, reused by its next piece
         text = [bytes(raw) for raw in format_columns_pieces(_built(c), self.fmt)]
-        while len(self.pending) >= 2 * self.DEPTH:
+        while sum(not formats for _, formats in self.pending) >= self.TEXT_JOBS:
             self.pending.pop(0)[0].result()
         if text:
             self.pending.append((self.pool.submit(self.binary.writelines, text), False))
