@@ -1,6 +1,6 @@
 """`arrays.group_ids` and `arrays.key_counts` against a plain Python grouping: the packed
 one-key sort, the lexsort for keys too wide to pack, constant keys left out, and `at`
-picking rows without copies."""
+picking rows without copies; `arrays.positions` against a dict."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from tcpwhy.arrays import group_firsts, group_ids, key_counts
+from tcpwhy.arrays import group_firsts, group_ids, key_counts, positions
 
 
 def _oracle(*keys: npt.NDArray[np.generic]) -> tuple[list[int], int]:
@@ -110,3 +110,21 @@ def test_firsts_name_each_group() -> None:
     inv, n = group_ids(k)
     first = group_firsts(inv, n)
     assert first.tolist() == [int(np.flatnonzero(inv == g)[0]) for g in range(n)]
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 5000])
+def test_positions_join_as_a_dict_does(n: int) -> None:
+    rng = np.random.default_rng(n)
+    keys = rng.permutation(np.arange(3 * n, dtype=np.int64))[:n]  # distinct, any order
+    values = rng.integers(-2, 3 * n + 2, 2 * n + 3)
+    first: dict[int, int] = {}
+    for i, k in enumerate(keys.tolist()):
+        first.setdefault(k, i)
+    at, found = positions(keys, values)
+    assert found.tolist() == [v in first for v in values.tolist()]
+    assert [int(a) for a, f in zip(at, found, strict=True) if f] == [
+        first[v] for v in values.tolist() if v in first
+    ]
+    # equal keys: the first of them
+    at, found = positions(np.array([5, 3, 5, 3]), np.array([3, 5, 4]))
+    assert at[:2].tolist() == [1, 0] and found.tolist() == [True, True, False]

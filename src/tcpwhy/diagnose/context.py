@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.arrays import SCAN_ROWS, extend_filled
+from tcpwhy.arrays import SCAN_ROWS, extend_filled, positions
 from tcpwhy.decode.table import (
     ACK,
     COLUMNS,
@@ -561,15 +561,13 @@ class Capture:
         sids = self.stream[np.asarray(rows)[b[:-1][has]]]
         if not len(sids):
             return None
-        by_sid = np.argsort(sids, kind="stable")
         err = np.flatnonzero((ic.sid >= 0) & ~ic.too_big)
-        at = np.searchsorted(sids, ic.sid[err], sorter=by_sid).clip(0, len(sids) - 1)
-        mine = sids[by_sid[at]] == ic.sid[err]
+        at, mine = positions(sids, ic.sid[err])
         err, at = err[mine], at[mine]
         if not len(err):
             return None
         return IcmpErrorRows(
-            conn[by_sid[at]],
+            conn[at],
             ic.table["icmp_at"][err].astype(np.int64),
             ic.side[err].astype(np.uint8),
             ic.table["ts_ns"][err],

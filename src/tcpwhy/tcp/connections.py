@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.arrays import sparse_zeros
+from tcpwhy.arrays import positions, sparse_zeros
 from tcpwhy.decode.table import (
     ACK,
     COLUMNS,
@@ -915,8 +915,7 @@ def _rfc_states(
         return o_state, r_state
     uids = OUT[:, z.F_UID]
     # record index of each row, and its direction relative to that record's originator
-    by_uid = np.argsort(uids, kind="stable")
-    rec = by_uid[np.searchsorted(uids, sel["uid"], sorter=by_uid)]
+    rec, _ = positions(uids, sel["uid"])
     direction = (sel["dir"].astype(np.int64) != OW[rec, z.F_ODIR]).astype(np.uint8)
     # every record's kept packets through the state machine in one compiled call; a
     # TIME_WAIT entered 2 MSL before the record was written has ended by then
@@ -933,12 +932,9 @@ def _rfc_states(
     offsets = np.r_[starts, len(rec)]
     if errors is not None and len(errors["stream"]):
         # each error's record (by stream) and its connection among the ones run here
-        streams = OUT[:, z.F_STREAM]
-        by_stream = np.argsort(streams, kind="stable")
-        r = by_stream[np.searchsorted(streams, errors["stream"], sorter=by_stream).clip(0, n - 1)]
+        r, ok = positions(OUT[:, z.F_STREAM], errors["stream"])
         conn_of = np.full(n, -1, np.int64)
         conn_of[rec[starts]] = np.arange(len(starts))
-        ok = streams[r] == errors["stream"]
         c = np.where(ok, conn_of[r], -1)
         cols, offsets = with_icmp_rows(
             offsets,
