@@ -22,7 +22,7 @@ from tcpwhy.tcp.connections import (
     build_connections,
     connection_columns,
 )
-from tcpwhy.tcp.state import run_rows
+from tcpwhy.tcp.state import icmp_errors, run_rows
 from tcpwhy.tcp.streams import StreamTracker
 from tests import tshark_ref
 
@@ -136,7 +136,7 @@ def _check_rfc_states(tables: list[tuple[str, PacketTable]]) -> int:
             if odir is None or r.continued:
                 continue
             # with the ICMP errors about it, as `flow` runs them
-            icmp = icmp_errors_of(t, tracker, r.stream, int(odir))
+            icmp = icmp_errors_of(icmp_errors(t.icmp, tracker.icmp_out), r.stream, int(odir))
             cs = run_rows(t, rows, (s["dir"][rows] != odir).astype(np.int64), icmp=icmp)
             end_ns = int(t["ts_ns"].max())
             for ep in (cs.originator, cs.responder):

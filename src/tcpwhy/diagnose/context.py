@@ -561,7 +561,7 @@ class Capture:
         sids = self.stream[np.asarray(rows)[b[:-1][has]]]
         if not len(sids):
             return None
-        err = np.flatnonzero((ic.sid >= 0) & ~ic.too_big)
+        err = ic.err_rows
         at, mine = positions(sids, ic.sid[err])
         err, at = err[mine], at[mine]
         if not len(err):

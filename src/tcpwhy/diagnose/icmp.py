@@ -172,6 +172,8 @@ class IcmpRows:
             self.too_big = np.zeros(0, np.bool_)
             syn = np.zeros(0, np.bool_)
         err = ok & ~self.too_big
+        self.err_rows = np.flatnonzero(err)
+        """The rows of the errors other than "too big" about a stream (the state machine's)."""
         size = cap.nstreams
         # the streams with an error (ascending), not a count for every stream: two int64
         # arrays of a flood's 3 million streams, 48 MB held through every rule, nearly

@@ -15,7 +15,7 @@ segment reached it (see docs/state-machine.md).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -110,7 +110,11 @@ def ladder_of_table(
     direction = (cdir != client).astype(np.int8)
     end_ns = int(t["ts_ns"][-1])
     states = run_rows(
-        t, rows, direction, end_ns=end_ns, icmp=icmp_errors_of(t, whole.tracker, stream, client)
+        t,
+        rows,
+        direction,
+        end_ns=end_ns,
+        icmp=icmp_errors_of(icmp_errors(t.icmp, whole.tracker.icmp_out), stream, client),
     )
     return Ladder(
         t,
@@ -128,13 +132,10 @@ def ladder_of_table(
     )
 
 
-def icmp_errors_of(
-    t: PacketTable, tracker: StreamTracker, stream: int, client: int
-) -> IcmpErrorRows:
-    """The ICMP errors about `stream` the state machine takes (`tcpwhy.tcp.state.icmp_errors`:
-    not "too big"), each keyed by the table row it came before, `client`'s (its direction's)
-    as side 0."""
-    e = icmp_errors(t.icmp, tracker.icmp_out)
+def icmp_errors_of(e: dict[str, npt.NDArray[Any]], stream: int, client: int) -> IcmpErrorRows:
+    """The errors of a table's `tcpwhy.tcp.state.icmp_errors` (not "too big") about `stream`,
+    for the state machine: each keyed by the table row it came before, `client`'s (its
+    direction's) as side 0."""
     j = np.flatnonzero(e["stream"] == stream)
     return IcmpErrorRows(
         np.zeros(len(j), np.int64),

@@ -287,7 +287,7 @@ def ladder_views(cap: Any, sids: npt.NDArray[np.int64]) -> dict[int, Any]:
     from tcpwhy.report.flow import Ladder, icmp_errors_of, icmp_rows, ladder_view
     from tcpwhy.tcp.analysis import analyze
     from tcpwhy.tcp.sides import client_dir
-    from tcpwhy.tcp.state import run_rows
+    from tcpwhy.tcp.state import icmp_errors, run_rows
     from tcpwhy.tcp.streams import StreamTracker
 
     if not len(sids):
@@ -304,6 +304,7 @@ def ladder_views(cap: Any, sids: npt.NDArray[np.int64]) -> dict[int, Any]:
     sub.icmp = icmp_kept(cap.table, kept_rows, known)
     tracker = StreamTracker()
     s = tracker.feed(sub)
+    errors = icmp_errors(sub.icmp, tracker.icmp_out)
     a = analyze(sub, s)
     local = s["stream"]
     order = np.argsort(local, kind="stable")
@@ -320,8 +321,7 @@ def ladder_views(cap: Any, sids: npt.NDArray[np.int64]) -> dict[int, Any]:
         cdir = s["dir"][r]
         client = client_dir(sub, r, cdir)
         direction = (cdir != client).astype(np.int8)
-        icmp = icmp_errors_of(sub, tracker, k, client)
-        st = run_rows(sub, r, direction, end_ns=cap.end_ns, icmp=icmp)
+        st = run_rows(sub, r, direction, end_ns=cap.end_ns, icmp=icmp_errors_of(errors, k, client))
         lad = Ladder(
             sub,
             r,

@@ -868,15 +868,13 @@ class ConnectionBuilder:
         uids = OUT[:, z.F_UID]
         kept = self._kept.take(uids) if self.rfc_states else None
         names = self._take_names(uids)
-        icmp = errors = None
+        errors = None
         if len(self._icmp_err["stream"]):
             # and the errors of the streams written leave: it holds open connections' only
-            stream = OUT[:, z.F_STREAM]
-            hit = np.isin(self._icmp_err["stream"], stream)
+            hit = np.isin(self._icmp_err["stream"], OUT[:, z.F_STREAM])
             if hit.any():
                 errors = {k: v[hit] for k, v in self._icmp_err.items()}
                 self._icmp_err = {k: v[~hit] for k, v in self._icmp_err.items()}
-                icmp = np.isin(stream, errors["stream"])
         return [
             functools.partial(
                 _build_records,
@@ -887,7 +885,6 @@ class ConnectionBuilder:
                 self.rfc_states,
                 names,
                 self.uid_prefix,
-                icmp,
                 errors,
             )
         ]
@@ -963,14 +960,13 @@ def _build_records(
     rfc_states: bool,
     names: tuple[npt.NDArray[np.int32], tuple[str, ...]],
     uid_prefix: str,
-    icmp: npt.NDArray[np.bool_] | None = None,
     errors: dict[str, npt.NDArray[Any]] | None = None,
 ) -> ConnColumns:
     """Emitted slot rows (S and W) as one batch of columns (`tcpwhy.tcp.records`); the
     words are looked up once per distinct value, not per record. Each record is worded as of
-    the capture time it was written at (`z.F_AS_OF`). `icmp`: per record, an ICMP error
-    (not "too big") was about its stream before it was written; `errors`: those errors
-    (`icmp_errors`), for the RFC state machine."""
+    the capture time it was written at (`z.F_AS_OF`). `errors`: the ICMP errors (not "too
+    big", `icmp_errors`) about their streams before they were written, for the end words and
+    the RFC state machine."""
     n = len(OUT)
     now = OUT[:, z.F_AS_OF]
     OW = OW32.astype(np.int64)
@@ -1036,10 +1032,11 @@ def _build_records(
     }
     cols["server_name"], name_words = names
     words = tuple(_end_words_of_key(k) for k in keys.tolist())
-    if icmp is not None and ENDINGS["no_answer"] in words:
+    if errors is not None and ENDINGS["no_answer"] in words:
         # a SYN answered by nothing but an ICMP error (host or port unreachable, prohibited):
         # the connect() failed at once, as analyze counts it, not for want of an answer
         unanswered = cols["end"] == words.index(ENDINGS["no_answer"])
+        icmp = np.isin(cols["stream"], errors["stream"])
         if (icmp & unanswered).any():
             words = (*words, ENDINGS["rejected_by_icmp"])
             cols["end"][icmp & unanswered] = len(words) - 1
