@@ -250,3 +250,36 @@ def test_stdin_errors_name_stdin() -> None:
     )
     assert r.returncode == 2
     assert r.stderr.decode().strip() == "tcpwhy: <stdin>: empty file, not a capture"
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        pytest.param(struct.pack("<HH", 9, 1), id="tsresol-without-its-byte"),
+        pytest.param(struct.pack("<HH", 14, 8) + b"\0\0\0\0", id="tsoffset-cut-short"),
+    ],
+)
+def test_pcapng_interface_option_cut_short(tmp_path: Path, base, cut: bytes) -> None:  # type: ignore[no-untyped-def]
+    """An interface block that ends in the middle of an option (a malformed block, as a
+    corrupted file has) is read with the options before it: a traceback before."""
+    link, recs = base
+    ref = tmp_path / "ref.pcap"
+    write_pcap(ref, link, recs, True, False)
+    e = "<"
+    out = [_block(e, 0x0A0D0D0A, struct.pack(e + "IHHq", 0x1A2B3C4D, 1, 0, -1))]
+    # the cut option is the body's last bytes: its value runs past the block's end
+    out.append(_block(e, 1, struct.pack(e + "HHI", link, 0, 0) + _opt(e, 2, b"eth0") + cut))
+    for ts, data, orig in recs:
+        us = ts // 1000
+        body = struct.pack(e + "IIIII", 0, us >> 32, us & 0xFFFFFFFF, len(data), orig) + data
+        out.append(_block(e, 6, body))
+    p = tmp_path / "cut.pcapng"
+    p.write_bytes(b"".join(out))
+    a, b = read_table(str(ref)), read_table(str(p))
+    _check_same(a, b)
+    assert np.array_equal(a["ts_ns"], b["ts_ns"])  # microseconds, no offset: the defaults
+    for argv in (["analyze", "--format", "json"], ["packets", "-w", str(tmp_path / "o.pcapng")]):
+        r = subprocess.run(
+            [sys.executable, "-m", "tcpwhy", *argv, str(p)], capture_output=True, text=True
+        )
+        assert r.returncode in (0, 1) and "Traceback" not in r.stderr, r.stderr

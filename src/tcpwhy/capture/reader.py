@@ -278,13 +278,14 @@ class _PcapParser:
 
 
 def pcapng_options(opts: bytes, e: str) -> Iterator[tuple[int, int, bytes]]:
-    """A pcapng block's options as (code, declared length, value), up to opt_endofopt or the
-    end of the bytes; each value padded to 32 bits in the file (a value the block cuts short
-    comes shorter than its declared length)."""
+    """A pcapng block's options as (code, length, value), up to opt_endofopt or the end of
+    the bytes; each value padded to 32 bits in the file. An option whose value the block
+    cuts short ends them (a malformed block: its value would be read short, and the options
+    after it were never there)."""
     i = 0
     while i + 4 <= len(opts):
         code, ln = struct.unpack(e + "HH", opts[i : i + 4])
-        if code == 0:
+        if code == 0 or i + 4 + ln > len(opts):
             return
         yield code, ln, opts[i + 4 : i + 4 + ln]
         i += 4 + ln + (-ln % 4)
