@@ -286,7 +286,8 @@ def _analyze(
             ):
                 a |= A_ZWP_ACK
             elif plain and w != 0 and w == window[fu]:
-                dupacknum[fu] += 1
+                # after an ACK of an unseen segment (-1, below) the count starts again at 1
+                dupacknum[fu] = 1 if dupacknum[fu] == -1 else dupacknum[fu] + 1
                 a |= A_DUP_ACK
                 out_dup[i] = dupacknum[fu]
                 out_dupframe[i] = lastnondup[fu]
@@ -294,7 +295,8 @@ def _analyze(
         if ak != lastack[fu]:
             dupacknum[fu] = 0
             lastnondup[fu] = frame[i]
-        if maxseqtobeacked[ru] != 0 and _gt(ak, maxseqtobeacked[ru]) and (f & ACK):
+        beyond = maxseqtobeacked[ru] != 0 and _gt(ak, maxseqtobeacked[ru]) and (f & ACK) != 0
+        if beyond:
             # flag once per lost stretch, even while the other side only sends pure ACKs
             if _lt(maxseqtobeacked[ru], nextseq[ru]):
                 maxseqtobeacked[ru] = nextseq[ru]
@@ -310,8 +312,13 @@ def _analyze(
                 not_adv = False
             if (a & A_KEEP_ALIVE) == 0:
                 done = False
-                dt = t - lastacktime[ru]
-                if not_adv and dupacknum[ru] >= 2 and lastack[ru] == sq and dt < FAST_RETRANS_NS:
+                # Wireshark's times apart are unsigned: a packet stamped before the one it is
+                # measured from (a capture whose time goes back) is not "within" anything
+                dt = np.uint64(t - lastacktime[ru])
+                # and so is its count: the -1 an ACK of an unseen segment leaves passes "two
+                # duplicate ACKs or more"
+                dups = np.uint32(dupacknum[ru])
+                if not_adv and dups >= 2 and lastack[ru] == sq and dt < np.uint64(FAST_RETRANS_NS):
                     a |= A_FAST_RETRANS | A_RETRANS
                     done = True
                 # bytes the receiver had already acknowledged: spurious, whatever the timing
@@ -324,8 +331,8 @@ def _analyze(
                     a |= A_SPURIOUS | A_RETRANS
                     done = True
                 if not done:
-                    dt = t - nextseqtime[fu]
-                    thres = irtt if irtt != 0 else OOO_DEFAULT_NS
+                    dt = np.uint64(t - nextseqtime[fu])
+                    thres = np.uint64(irtt if irtt != 0 else OOO_DEFAULT_NS)
                     # a segment ending exactly at nextseq (SYN and FIN count one) is a resend
                     end = np.uint32(sq + sl + (1 if f & (SYN | FIN) else 0))
                     if not_adv and dt < thres and nextseq[fu] != end:
@@ -333,9 +340,6 @@ def _analyze(
                         done = True
                 if not done and not_adv:
                     a |= A_RETRANS
-        if (f & (SYN | ACK)) == SYN:
-            # a (re)sent SYN restarts the handshake: earlier SYN-ACKs are not waiting for an ACK
-            free_head = _free_list(seg_head, seg_count, pool_link, free_head, ru)
         nxt = np.uint32(sq + sl)
         if (sl > 0 or (f & (SYN | FIN))) and seg_count[fu] < MAX_UNACKED:
             if f & (SYN | FIN):
@@ -363,41 +367,46 @@ def _analyze(
         lastack[fu] = ak
         lastacktime[fu] = t
         lastflags[fu] = a
-        # remove the segments this ACK covers; an exact match gives the ACK RTT
-        if f & ACK:
-            prev = -1
-            k = seg_head[ru]
-            while k >= 0:
-                nk2 = pool_link[k]
-                if ak == pool_next[k]:
-                    # the oldest matching segment gives the RTT (the list is newest first);
-                    # Wireshark shows the RTT only when it is not zero
-                    rtt = (t - pool_ts[k]) / 1e9 if t != pool_ts[k] else np.nan
-                    acked = pool_frame[k]
-                elif _gt(ak, pool_seq[k]) and _le(ak, pool_next[k]):
-                    pool_seq[k] = ak
-                    prev = k
-                    k = nk2
-                    continue
-                elif _gt(pool_next[k], ak):
-                    prev = k
-                    k = nk2
-                    continue
-                # acknowledged: unlink and free
-                if prev < 0:
-                    seg_head[ru] = nk2
-                else:
-                    pool_link[prev] = nk2
-                pool_link[k] = free_head
-                free_head = k
-                seg_count[ru] -= 1
+        # remove the segments this ACK covers; an exact match gives the ACK RTT. Wireshark
+        # reads the acknowledgment field whether the ACK flag is set or not: a SYN's (or a
+        # bare RST's) field, 0 as a rule, drops the segments before 0 in sequence space (a
+        # SYN-ACK sent from an initial sequence number above 2**31, for one)
+        prev = -1
+        k = seg_head[ru]
+        while k >= 0:
+            nk2 = pool_link[k]
+            if ak == pool_next[k]:
+                # the oldest matching segment gives the RTT (the list is newest first);
+                # Wireshark shows the RTT only when it is not zero
+                rtt = (t - pool_ts[k]) / 1e9 if t != pool_ts[k] else np.nan
+                acked = pool_frame[k]
+            elif _gt(ak, pool_seq[k]) and _le(ak, pool_next[k]):
+                pool_seq[k] = ak
+                prev = k
                 k = nk2
+                continue
+            elif _gt(pool_next[k], ak):
+                prev = k
+                k = nk2
+                continue
+            # acknowledged: unlink and free
+            if prev < 0:
+                seg_head[ru] = nk2
+            else:
+                pool_link[prev] = nk2
+            pool_link[k] = free_head
+            free_head = k
+            seg_count[ru] -= 1
+            k = nk2
         out_flags[i] = a
         out_rtt[i] = rtt
         out_acked[i] = acked
         # Wireshark's per-packet analysis record exists (and with it the initial RTT field)
-        # when a flag is set, a segment is acknowledged, or bytes in flight were computed
-        out_tree[i] = a != 0 or acked != 0 or (sl > 0 and valid_bif[fu] and seg_head[fu] >= 0)
+        # when a flag is set, a segment is acknowledged, bytes in flight were computed, or
+        # the ACK went beyond what the other side was seen to send (flagged or not)
+        out_tree[i] = (
+            a != 0 or acked != 0 or beyond or (sl > 0 and valid_bif[fu] and seg_head[fu] >= 0)
+        )
     pool_meta[0] = free_head
     pool_meta[1] = pool_used
 

@@ -319,16 +319,19 @@ def _track(
         if (f & ACK) and not st_bset[s, r]:
             st_bset[s, r] = True
             st_base[s, r] = np.uint32(ack[i] - np.uint32(1))
-        # window scaling: in effect only when both SYNs carried the option
+        # window scaling, as Wireshark verifies it at each SYN: a side's shift is its SYN's
+        # option (-1 while unknown); a SYN or SYN-ACK without one turns scaling off both
+        # ways (-2), and so does a SYN-ACK's option after a SYN seen without. A SYN-ACK
+        # with the option whose SYN was not captured keeps its shift: the SYN had one, or
+        # the SYN-ACK could not carry it (RFC 7323)
         if f & SYN:
-            if (f & ACK) == 0:
-                st_ws[s, d] = opt_ws[i] if opt_ws[i] >= 0 else -2
-            else:
-                if opt_ws[i] >= 0 and st_ws[s, r] >= 0:
-                    st_ws[s, d] = opt_ws[i]
-                else:
-                    st_ws[s, d] = -2
-                    st_ws[s, r] = -2
+            if opt_ws[i] >= 0:
+                st_ws[s, d] = opt_ws[i]
+            if st_ws[s, d] == -1:
+                st_ws[s, d] = -2
+                st_ws[s, r] = -2
+            elif (f & ACK) and st_ws[s, r] == -2:
+                st_ws[s, d] = -2
             out_win[i] = win[i]
         elif st_ws[s, d] >= 0:
             out_win[i] = np.int64(win[i]) << np.int64(min(st_ws[s, d], 14))
