@@ -46,6 +46,8 @@ def detect_reuse(diag: Diag) -> list[Finding]:
         return []
     t = cap.table
     rows = np.flatnonzero(cap.reused)
+    # the SYNs that started a stream (a reused flag on a SYN-ACK renumbers a side only)
+    rows = rows[(t["flags"][rows] & (SYN | ACK)) == SYN]
     sid = cap.stream[rows]
     # the previous stream on the same conversation: the one before in (conversation, id) order
     conv_of = cap.stream_conv

@@ -4,7 +4,10 @@ A conversation is the unordered pair of TCP endpoints. Its packets are
 numbered into streams in order of first packet; a SYN (without ACK) whose
 sequence number differs from the base sequence already seen in its direction
 starts a new stream on the same 4-tuple: port reuse (Wireshark's
-`tcp.analysis.reused_ports`).
+`tcp.analysis.reused_ports`). A SYN-ACK whose sequence number differs from its
+direction's base (a 4-tuple reused whose new SYN was not captured) stays in its
+stream, as in Wireshark, is flagged reused too, and numbers its direction from
+itself.
 
 Relative sequence numbers follow Wireshark: the base of a direction is the
 SYN's sequence number, or, without a SYN, one less than the first sequence
@@ -310,6 +313,9 @@ def _track(
             st_ws[s, 1] = -1
             reused = True
             out_new[i] = True
+        elif (f & (SYN | ACK)) == (SYN | ACK) and st_bset[s, d] and seq[i] != st_base[s, d]:
+            st_base[s, d] = seq[i]
+            reused = True
         if not st_bset[s, d]:
             st_bset[s, d] = True
             if f & SYN:
@@ -489,7 +495,8 @@ class StreamTracker:
 
     def feed(self, t: PacketTable) -> dict[str, npt.NDArray[Any]]:
         """Per-row `stream`, `dir` (0/1 canonical), `rel_seq`, `rel_ack`, `win_scaled`,
-        `reused`, `new` (first packet of a stream), `conv` (conversation slot), `rev_ws`
+        `reused` (a SYN starting a new stream on its 4-tuple, or a SYN-ACK numbering its
+        direction anew), `new` (first packet of a stream), `conv` (conversation slot), `rev_ws`
         (the other direction's window scale: -1 unknown, -2 none, else the shift)."""
         icmp = t.icmp
         if icmp is not None and len(icmp):
