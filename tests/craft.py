@@ -143,3 +143,16 @@ def conversation(
         ip(s, d, 6, tcp(s, d, sp, dp, sq, ak, fl, pl), ident=k + 1)
         for k, (s, d, sp, dp, sq, ak, fl, pl) in enumerate(segs)
     ]
+
+
+def pcap_records(raw: bytes) -> tuple[str, bytes, list[bytes]]:
+    """A classic pcap's byte order (``<`` or ``>``), file header and records, each with its
+    16-byte record header: what tests that drop, repeat or reorder a real capture's packets
+    take apart and join again."""
+    e = "<" if raw[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    out, pos = [], 24
+    while pos + 16 <= len(raw):
+        incl = struct.unpack(e + "I", raw[pos + 8 : pos + 12])[0]
+        out.append(raw[pos : pos + 16 + incl])
+        pos += 16 + incl
+    return e, raw[:24], out

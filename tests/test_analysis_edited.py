@@ -17,22 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.craft import pcap_records
 from tests.gates import need
 from tests.test_analysis_tshark import _compare
 from tests.tshark_ref import PACKAGE_DATA, tshark_view
 
 DATA = Path(__file__).parent / "data"
-
-
-def _records(raw: bytes) -> tuple[str, bytes, list[bytes]]:
-    """(byte order, file header, records with their headers) of a pcap."""
-    e = "<" if raw[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
-    out, pos = [], 24
-    while pos + 16 <= len(raw):
-        incl = struct.unpack(e + "I", raw[pos + 8 : pos + 12])[0]
-        out.append(raw[pos : pos + 16 + incl])
-        pos += 16 + incl
-    return e, raw[:24], out
 
 
 def edited(src: Path, order: list[int], out: Path, own_times: bool = False) -> Path:
@@ -41,7 +31,7 @@ def edited(src: Path, order: list[int], out: Path, own_times: bool = False) -> P
     position, so that time keeps rising as in most captures; with `own_times`, each keeps
     its own, so that time goes back where the order changed (a capture merged from several
     queues or interfaces)."""
-    e, head, recs = _records(src.read_bytes())
+    e, head, recs = pcap_records(src.read_bytes())
     times = sorted(struct.unpack(e + "II", r[:8]) for r in recs)
     parts = [head]
     prev = (-1, 0)
@@ -144,7 +134,7 @@ def test_edited_capture_agrees_with_tshark(
         src = PACKAGE_DATA / "lab" / name[4:]
     else:
         src = DATA / name
-    n = len(_records(src.read_bytes())[2])
+    n = len(pcap_records(src.read_bytes())[2])
     own = what.startswith("own times")
     cap = edited(src, _order(spec, n), tmp_path / "edited.pcap", own_times=own)
     _, fp, fn, bad = _compare([(cap, tshark_view(cap, tmp_path / "view.tsv"))])

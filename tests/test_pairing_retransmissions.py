@@ -11,7 +11,6 @@ others after a copy that arrived.
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -20,20 +19,15 @@ from typing import Any
 import pytest
 
 from tcpwhy.lab.record import DATA_DIR
+from tests.craft import pcap_records
 from tests.test_lab import packets
 
 RTO = DATA_DIR / "retransmission-timeout.pcap"
 
 
 def records(path: Path) -> tuple[bytes, list[bytes], str]:
-    data = path.read_bytes()
-    endian = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
-    out, off = [], 24
-    while off + 16 <= len(data):
-        incl = struct.unpack(endian + "I", data[off + 8 : off + 12])[0]
-        out.append(data[off : off + 16 + incl])
-        off += 16 + incl
-    return data[:24], out, endian
+    endian, head, out = pcap_records(path.read_bytes())
+    return head, out, endian
 
 
 def resent_copies(path: Path) -> list[int]:

@@ -10,7 +10,6 @@ of the two captures' packets (`plain_counts`), and the packets' own timestamps.
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
 from decimal import Decimal
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.craft import pcap_records
 from tests.schema_check import validate
 from tests.test_pairing import CLIENT, DELAY_MS, SERVER, plain_counts
 
@@ -88,16 +88,10 @@ def test_conns_csv_table_and_parquet_agree(tmp_path: Path) -> None:
 
 def _split_pcap(src: Path, a: Path, b: Path) -> None:
     """Rotated files: the first half of a classic pcap's records in `a`, the rest in `b`."""
-    data = src.read_bytes()
-    endian = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
-    recs, off = [], 24
-    while off + 16 <= len(data):
-        incl = struct.unpack(endian + "I", data[off + 8 : off + 12])[0]
-        recs.append(data[off : off + 16 + incl])
-        off += 16 + incl
+    _, head, recs = pcap_records(src.read_bytes())
     half = len(recs) // 2
-    a.write_bytes(data[:24] + b"".join(recs[:half]))
-    b.write_bytes(data[:24] + b"".join(recs[half:]))
+    a.write_bytes(head + b"".join(recs[:half]))
+    b.write_bytes(head + b"".join(recs[half:]))
 
 
 def test_rotated_files_are_joined_not_paired(tmp_path: Path) -> None:
