@@ -41,6 +41,25 @@ def _walk(files: list[Path], *mode: str) -> list[dict[str, object]]:
     return results
 
 
+def ended_cleanly(r: dict[str, object], listed: tuple[int, ...] = (0,)) -> bool:
+    """Checks one `corpus_walk` result: no traceback, under 30 s, and either listed (a
+    status of `listed`, stderr only warnings) or refused (status 2, exactly one line
+    `tcpwhy: FILE: reason`); True when listed."""
+    name = r["file"]
+    assert not r["traceback"], f"{name}: {r['traceback']}"
+    assert float(r["seconds"]) < 30, f"{name} took {r['seconds']} s"  # type: ignore[arg-type]
+    lines: list[str] = r["stderr"]  # type: ignore[assignment]
+    if r["status"] in listed:
+        for line in lines:
+            assert WARNING_LINE.match(line) or SKIPPED_LINE.match(line), f"{name}: {line!r}"
+        return True
+    assert r["status"] == 2, f"{name}: exit status {r['status']}"
+    assert len(lines) == 1, f"{name}: {lines}"
+    m = ERROR_LINE.match(lines[0])
+    assert m and m["file"] == name, lines[0]
+    return False
+
+
 def test_whole_tcpdump_corpus(tcpdump_corpus: Path) -> None:
     files = sorted(p for p in tcpdump_corpus.iterdir() if p.suffix in (".pcap", ".pcapng"))
     assert len(files) == 830
@@ -49,20 +68,10 @@ def test_whole_tcpdump_corpus(tcpdump_corpus: Path) -> None:
     peak_mb = max(int(r["maxrss_kb"]) for r in results) / 1024  # type: ignore[call-overload]
     listed = errors = 0
     for r in results:
-        name = r["file"]
-        assert not r["traceback"], f"{name}: {r['traceback']}"
-        assert float(r["seconds"]) < 30, f"{name} took {r['seconds']} s"  # type: ignore[arg-type]
-        lines: list[str] = r["stderr"]  # type: ignore[assignment]
-        if r["status"] == 0:
+        if ended_cleanly(r):
             listed += 1
-            for line in lines:
-                assert WARNING_LINE.match(line) or SKIPPED_LINE.match(line), f"{name}: {line!r}"
         else:
             errors += 1
-            assert r["status"] == 2, f"{name}: exit status {r['status']}"
-            assert len(lines) == 1, f"{name}: {lines}"
-            m = ERROR_LINE.match(lines[0])
-            assert m and m["file"] == name, lines[0]
     print(f"{listed} files listed, {errors} refused with one line; peak RSS {peak_mb:.0f} MB")
     assert peak_mb < 400
     assert (listed, errors) == (772, 58)  # as the README says
