@@ -62,7 +62,8 @@ def _order(spec: str, n: int) -> list[int]:
     return got
 
 
-# (capture, new order of its records, what the edit makes happen)
+# (capture, new order of its records, what the edit makes happen, each record keeps its own
+# time: `edited`'s `own_times`)
 CASES = [
     (
         "tls/clean-tls-resegmented.pcap",
@@ -70,12 +71,14 @@ CASES = [
         # the SYN-ACK's window scale holds with the SYN after it: the server's windows are
         # scaled (they were shown unscaled)
         "SYN-ACK captured before its SYN",
+        False,
     ),
     (
         "tls/clean-tls-resegmented.pcap",
         "1 ...",
         # a SYN-ACK may carry the option only if the SYN did: the server's scale holds
         "SYN not captured",
+        False,
     ),
     (
         "http2/h2-tls-stale.pcap",
@@ -83,6 +86,7 @@ CASES = [
         # an ACK of an unseen segment leaves Wireshark's duplicate-ACK count at -1, which
         # its unsigned test takes as two or more: the resend is a fast retransmission
         "a segment captured late, after the ACK of it",
+        False,
     ),
     (
         "zeek:pbb.pcap",
@@ -90,12 +94,14 @@ CASES = [
         # the SYN after its SYN-ACK does not drop the SYN-ACK from what waits for an ACK:
         # the handshake's ACK acknowledges it (ACK RTT and initial RTT shown)
         "data and SYN-ACK captured before the SYN",
+        False,
     ),
     (
         "zeek:krb-service-name.pcap",
         "0 1 3 1",
         # after an ACK of an unseen segment the duplicate-ACK count starts at 1
         "a segment missed, an ACK captured twice",
+        False,
     ),
     (
         "zeek:pop3-bad-list-retr-crafted.pcap",
@@ -103,6 +109,7 @@ CASES = [
         # the ACK beyond what the server was seen to send has an analysis record (and with
         # it the initial RTT) even when it is not flagged again
         "a server segment missed",
+        False,
     ),
     (
         "lab:time-wait-reuse.pcap",
@@ -111,6 +118,7 @@ CASES = [
         # flags the ports reused and numbers the server's side from the SYN-ACK (its
         # numbers were shown relative to the previous connection's)
         "a 4-tuple reused, the new SYN not captured",
+        False,
     ),
     (
         "http2/h2c-upgrade-apache-stale.pcap",
@@ -119,13 +127,14 @@ CASES = [
         # it is not "within" the out-of-order threshold of the segment before it, and is a
         # retransmission (it was out of order)
         "own times: a segment captured late, stamped before the one before it",
+        True,
     ),
 ]
 
 
-@pytest.mark.parametrize(("name", "spec", "what"), CASES, ids=[c[2] for c in CASES])
+@pytest.mark.parametrize(("name", "spec", "what", "own_times"), CASES, ids=[c[2] for c in CASES])
 def test_edited_capture_agrees_with_tshark(
-    request: pytest.FixtureRequest, tmp_path: Path, name: str, spec: str, what: str
+    request: pytest.FixtureRequest, tmp_path: Path, name: str, spec: str, what: str, own_times: bool
 ) -> None:
     need(shutil.which("tshark") is not None, "tshark not installed")
     if name.startswith("zeek:"):
@@ -135,8 +144,7 @@ def test_edited_capture_agrees_with_tshark(
     else:
         src = DATA / name
     n = len(pcap_records(src.read_bytes())[2])
-    own = what.startswith("own times")
-    cap = edited(src, _order(spec, n), tmp_path / "edited.pcap", own_times=own)
+    cap = edited(src, _order(spec, n), tmp_path / "edited.pcap", own_times=own_times)
     _, fp, fn, bad = _compare([(cap, tshark_view(cap, tmp_path / "view.tsv"))])
     assert (fp, fn) == ({}, {}), what
     assert [line for lines in bad.values() for line in lines] == [], what
