@@ -40,12 +40,12 @@ def fleet(tmp_path: Path) -> Path:
     return d
 
 
-def analyze(*args: str | Path) -> tuple[int, dict[str, Any], str]:
+def analyze(*args: str | Path, timeout: float = 300) -> tuple[int, dict[str, Any], str]:
     r = subprocess.run(
         [sys.executable, "-m", "tcpwhy", "analyze", *map(str, args), "--format", "json"],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
     return r.returncode, json.loads(r.stdout), r.stderr
 
@@ -429,3 +429,33 @@ def test_close_wait_leaks_are_one_finding_per_server(tmp_path: Path) -> None:
         ("web-2.pcap", "10.77.0.2:8080"),
         ("web-3.pcap", "10.77.0.2:8081"),
     ]
+
+
+def test_special_files_in_a_fleet_are_error_rows(tmp_path: Path) -> None:
+    """A named pipe left in a fleet's directory made the run wait forever for a writer:
+    files that are not regular files are error rows, never opened; the rest is analysed."""
+    d = tmp_path / "fleet"
+    (d / "host-a").mkdir(parents=True)
+    shutil.copy(LAB / "time-wait.pcap", d / "host-a" / "a-1.pcap")
+    os.mkfifo(d / "host-a" / "a-2.pcap")
+    os.mkfifo(d / "pipe.pcap")
+    shutil.copy(LAB / "refused.pcap", d / "refused.pcap")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(d / "sock"))
+        status, got, err = analyze(d, timeout=60)
+    assert status == 2
+    assert got["errors"] == [
+        {
+            "file": str(d / "host-a" / "a-2.pcap"),
+            "reason": "a named pipe, not a capture file: skipped",
+        },
+        {"file": str(d / "pipe.pcap"), "reason": "a named pipe, not a capture file: skipped"},
+        {"file": str(d / "sock"), "reason": "a socket, not a capture file: skipped"},
+    ]
+    assert f"tcpwhy: {d / 'pipe.pcap'}: a named pipe" in err
+    assert sorted((f["kind"], f["count"]) for f in got["points"]["host-a"]) == plain_findings(
+        LAB / "time-wait.pcap"
+    )
+    assert sorted((f["kind"], f["count"]) for f in got["points"]["refused.pcap"]) == plain_findings(
+        LAB / "refused.pcap"
+    )

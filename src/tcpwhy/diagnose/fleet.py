@@ -12,6 +12,7 @@ ran; the fleet findings (`fleet_findings`) are then made here, in capture point 
 from __future__ import annotations
 
 import os
+import stat
 import statistics
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +29,8 @@ class Point:
 
     name: str
     files: tuple[str, ...]
+    listed: bool = False
+    """Its files were found by listing a directory (not each named by the user)."""
 
 
 def _is_url(path: str) -> bool:
@@ -75,16 +78,37 @@ def capture_points(paths: Sequence[str]) -> list[Point]:
             if is_dir:
                 files = tuple(f for f, d in _listdir(entry) if not d)
                 if files:
-                    points.append(Point(name, files))
+                    points.append(Point(name, files, listed=True))
             else:
-                points.append(Point(name, (entry,)))
+                points.append(Point(name, (entry,), listed=True))
     seen: dict[str, int] = {}
     out = []
     for pt in points:  # names are the keys of the output: make them unique
         k = seen.get(pt.name, 0)
         seen[pt.name] = k + 1
-        out.append(pt if not k else Point(f"{pt.name}~{k}", pt.files))
+        out.append(pt if not k else Point(f"{pt.name}~{k}", pt.files, pt.listed))
     return out
+
+
+_SPECIAL = {
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a device",
+    stat.S_IFBLK: "a device",
+}
+
+
+def _special(path: str) -> str | None:
+    """What a local path is when it is not a regular file (None for a regular file, a URL or
+    a path that cannot be looked at: reading it says why). Checked without opening: opening
+    a named pipe waits for a writer, so one left in a fleet's directory hung the run."""
+    if _is_url(path):
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return _SPECIAL.get(stat.S_IFMT(mode))
 
 
 def _local(path: str) -> tuple[str, Callable[[], None]]:
@@ -151,6 +175,11 @@ def _analyze_point(
 
     errors: list[dict[str, str]] = []
     files = list(point.files)
+    if point.listed:  # a file the user named is read as given (a named pipe tcpdump writes)
+        for f in list(files):
+            if what := _special(f):
+                errors.append({"file": f, "reason": f"{what}, not a capture file: skipped"})
+                files.remove(f)
     while files:
         local: list[str] = []
         cleanups: list[Callable[[], None]] = []
@@ -266,6 +295,26 @@ def _stop_workers(psutil: Any) -> None:
     atexit.unregister(spec.close_clusters)
 
 
+def _stop_late_workers(psutil: Any, quiet_rounds: int = 3, limit_s: float = 2.0) -> None:
+    """After the loop stopped: worker processes that Dask's own threads started after
+    `_stop_workers` looked, stopped by PID until a few looks in a row find none. Dask
+    starts a worker from a daemon thread, which spawns the process and then writes it what
+    to run; a process spawned as this one exits never gets that, and printed a traceback
+    (EOFError while unpickling) after tcpwhy's one line. Killed first, it prints nothing."""
+    import time
+
+    deadline = time.monotonic() + limit_s
+    quiet = 0
+    while quiet < quiet_rounds and time.monotonic() < deadline:
+        kids = [k for k in psutil.Process().children(recursive=True) if k.pid != _tracker_pid()]
+        for k in kids:
+            with suppress(psutil.NoSuchProcess):
+                k.kill()
+        psutil.wait_procs(kids, timeout=5)
+        quiet = 0 if kids else quiet + 1
+        time.sleep(0.05)
+
+
 def _tracker_pid() -> int | None:
     """multiprocessing's resource tracker: left alone (it exits with this process), since
     killing it makes multiprocessing start another that prints tracebacks at exit."""
@@ -309,6 +358,7 @@ def _local_client(n: int, LocalCluster: Any, Client: Any, psutil: Any) -> Iterat
         runner.start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    interrupted = False
     try:
         with _cluster(n, LocalCluster, Client, psutil, runner.loop) as client:
             yield client
@@ -316,10 +366,13 @@ def _local_client(n: int, LocalCluster: Any, Client: Any, psutil: Any) -> Iterat
         # before the loop stops: stopping it ends the nannies' start, which frees the queues
         # a worker still starting is unpickling, and that worker then prints a traceback
         # (FileNotFoundError for the queue's semaphore) after tcpwhy's one line
+        interrupted = True
         _stop_workers(psutil)
         raise
     finally:
         runner.stop()
+        if interrupted:
+            _stop_late_workers(psutil)
 
 
 @contextmanager
@@ -364,6 +417,9 @@ def run_points(
     else:
         from distributed import as_completed
 
+        # no more worker processes than points: an idle one is a process and a share of the
+        # memory limit for nothing (a --workers of 10**20 tried to start them all)
+        workers = min(workers, max(len(points), 1)) if workers else workers
         with _client(workers, scheduler) as client:
             futures = client.map(
                 analyze_point,
