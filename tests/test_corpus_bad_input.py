@@ -111,6 +111,32 @@ def test_not_a_capture(tmp_path: Path) -> None:
     assert missing.stderr == f"tcpwhy: {tmp_path / 'nope.pcap'}: no such file\n"
 
 
+COMMANDS = [
+    *(("packets", "--format", f) for f in ("table", "csv", "jsonl")),
+    *(("conns", "--format", f) for f in ("table", "csv", "jsonl", "zeek", "zeek-json")),
+    *(("analyze", "--format", f) for f in ("text", "json", "html")),
+]
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
+def test_refused_input_writes_nothing_else(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """A file that cannot be read is one line on stderr and nothing on stdout: `conns` and
+    `packets --format csv` wrote their column heads before they opened the file."""
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello, this is not a capture\n")
+    for path, reason in (
+        (bad, "not a pcap or pcapng capture (data starting 68656c6c)"),
+        (tmp_path / "nope.pcap", "no such file"),
+        (tmp_path, "is a directory"),
+    ):
+        if args[0] == "analyze" and path == tmp_path:
+            continue  # a directory is a fleet (tests/test_fleet.py)
+        r = subprocess.run(
+            [sys.executable, "-m", "tcpwhy", *args, str(path)], capture_output=True, text=True
+        )
+        assert (r.returncode, r.stdout, r.stderr) == (2, "", f"tcpwhy: {path}: {reason}\n")
+
+
 @pytest.mark.parametrize("mode", ["--analyze", "--conns"])
 def test_diagnosis_and_records_over_the_whole_corpus(tcpdump_corpus: Path, mode: str) -> None:
     """`analyze` and `conns --format zeek` too get through every capture: output (exit 0, or 1

@@ -6,6 +6,7 @@ import argparse
 import codecs
 import csv
 import io
+import itertools
 import json
 import sys
 import time
@@ -340,11 +341,14 @@ def write_conns(
         unbuilt=behind is not None,
         **options,
     )
+    # the first batch before the head: a file that cannot be read is one error line, with
+    # no column heads left on the output above it
+    first = next(batches, None)
     icmp = counts[0] if counts else {}
     write_head(out, fmt, ropts.local_nets is not None)
     text_behind = True  # text may sit in `out`'s buffer: flushed before bytes go under it
     try:
-        for _, item, _ in batches:
+        for _, item, _ in itertools.chain([first] if first is not None else [], batches):
             if binary is not None and not icmp:  # the kernel's bytes as they are (no str)
                 if behind is not None:
                     if text_behind:

@@ -12,6 +12,7 @@ import csv
 import functools
 import gzip
 import io
+import itertools
 import json
 import struct
 import sys
@@ -499,9 +500,10 @@ def write_packets_rows(
     meta: dict[str, int] = {}
     tf = time_format if fmt != "jsonl" else None
     rows = iter_rows(source, stats, absolute, limit, flt, tf, meta)
+    first = next(rows, None)  # read before the header, as `write_packets` does
     if fmt == "csv":
         out.write(",".join(CSV_HEADER) + "\n")
-    for r in rows:
+    for r in itertools.chain([first] if first is not None else [], rows):
         out.write(_row_text(r, fmt, meta["digits"]))
         if live:
             out.flush()
@@ -528,15 +530,19 @@ def write_packets(
     stats = stats if stats is not None else CaptureStats()
     live = source == "-"
     sink = _Sink(out, live=live)
+    from tcpwhy.views import packet_chunks
+
+    chunks = packet_chunks([source], [stats], flt)  # as `Capture.packets` has them
+    # the first chunk before the header: a file that cannot be read is one error line, with
+    # no header row left on the output above it
+    first = next(chunks, None)
     if fmt == "csv":
         sink.write(b",".join(c.encode() for c in CSV_HEADER) + b"\n")
     clock = _Clock(time_format if fmt != "jsonl" else None)
-    from tcpwhy.views import packet_chunks
-
     writer = _ChunkWriter(sink, fmt, clock, threaded=not live)
     shown = 0
     try:
-        for ch in packet_chunks([source], [stats], flt):  # as `Capture.packets` has them
+        for ch in itertools.chain([first] if first is not None else [], chunks):
             if limit is not None and shown >= limit:
                 break
             t, s, a, keep, tracker = ch.table, ch.streams, ch.analysis, ch.keep, ch.tracker
