@@ -18,7 +18,16 @@ def test_types() -> None:
     for bad, why in (("0", "must be at least 1"), ("-2", "must be at least 1"), ("1.5", "whole")):
         with pytest.raises(argparse.ArgumentTypeError, match=why):
             positive_int(bad)
-    for bad, why in (("0", "positive"), ("-1", "positive"), ("nan", "positive"), ("x", "number")):
+    assert positive_float("1e9") == 1e9
+    for bad, why in (
+        ("0", "positive"),
+        ("-1", "positive"),
+        ("nan", "positive"),
+        ("x", "number"),
+        ("inf", "at most 1000000000"),
+        ("1e400", "at most 1000000000"),
+        ("1.5e9", "at most 1000000000"),
+    ):
         with pytest.raises(argparse.ArgumentTypeError, match=why):
             positive_float(bad)
 
@@ -33,6 +42,11 @@ def test_types() -> None:
         (["watch", "-r", "x.pcap", "--idle", "-1"], "argument --idle: must be positive"),
         (["host", "counters", "--interval", "0"], "argument --interval: must be positive"),
         (["host", "watch", "--count", "0"], "argument --count: must be at least 1"),
+        # infinity reached the rules as nanoseconds: a traceback
+        (
+            ["analyze", "--close-wait", "inf", "x.pcap"],
+            "argument --close-wait: must be at most 1000000000",
+        ),
     ],
 )
 def test_every_command_rejects_alike(args: list[str], message: str) -> None:

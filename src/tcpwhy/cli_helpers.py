@@ -29,14 +29,22 @@ def positive_int(text: str) -> int:
     return v
 
 
+LARGEST_FLOAT = 1e9
+"""The largest number `positive_float` takes: seconds (31 years) and megabytes are the
+quantities it reads; sleeping, waiting and nanosecond arithmetic fail beyond about 9e9 s."""
+
+
 def positive_float(text: str) -> float:
-    """argparse type for durations and rates: a number above 0 (not NaN)."""
+    """argparse type for durations and sizes: a number above 0, at most `LARGEST_FLOAT`
+    (neither NaN nor infinity)."""
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not v > 0:
         raise argparse.ArgumentTypeError("must be positive")
+    if not v <= LARGEST_FLOAT:
+        raise argparse.ArgumentTypeError(f"must be at most {LARGEST_FLOAT:.0f}")
     return v
 
 
