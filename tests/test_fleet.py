@@ -459,3 +459,27 @@ def test_special_files_in_a_fleet_are_error_rows(tmp_path: Path) -> None:
     assert sorted((f["kind"], f["count"]) for f in got["points"]["refused.pcap"]) == plain_findings(
         LAB / "refused.pcap"
     )
+
+
+def test_no_more_workers_than_points(tmp_path: Path) -> None:
+    """`--workers` above the number of capture points starts one worker per point: 10**20
+    tried to start them all. Counted by PID while the run goes (the resource tracker aside)."""
+    cap = tmp_path / "refused.pcap"
+    shutil.copy(LAB / "refused.pcap", cap)
+    p = subprocess.Popen(
+        [*TCPWHY, "analyze", str(cap), "--workers", "8", "--format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    most = 0
+    while p.poll() is None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            kids = psutil.Process(p.pid).children(recursive=True)
+            workers = [k for k in kids if "resource_tracker" not in " ".join(k.cmdline())]
+            most = max(most, len(workers))
+        time.sleep(0.01)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 1, err  # the refused connection is an error-severity finding
+    assert json.loads(out)["capture_points"][0]["connections"] == 1
+    assert most == 1
