@@ -4,8 +4,12 @@ positive numbers, used by every command that takes one; `demo` dispatched to its
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import subprocess
 import sys
+from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +72,34 @@ def test_demo_is_its_own_command() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.split(" ", 1) == ["tcpwhy.demo", "[]\n"]
+
+
+def test_an_input_is_never_overwritten(tmp_path: Path) -> None:
+    """`conns -o trace.pcap trace.pcap` replaced the capture with its table: an output that
+    is one of the command's inputs (by any spelling, or a hard link to it) is refused before
+    anything is read or written."""
+    src = Path(str(resources.files("tcpwhy") / "data" / "lab" / "time-wait.pcap"))
+    cap = tmp_path / "trace.pcap"
+    shutil.copy(src, cap)
+    os.link(cap, tmp_path / "link.pcap")
+    spelled = f"{tmp_path}/./trace.pcap"
+    for args in (
+        ["conns", "-o", spelled, str(cap)],
+        ["packets", "-w", str(tmp_path / "link.pcap"), "-r", str(cap)],
+        ["analyze", "--annotate", str(cap), str(cap)],
+        ["analyze", "-o", str(cap), str(src), str(cap)],
+        ["analyze", "--kernel-trace", str(cap), "-o", str(cap), str(src)],
+        ["flow", "-o", str(cap), str(cap), "0"],
+    ):
+        r = subprocess.run([sys.executable, "-m", "tcpwhy", *args], capture_output=True, text=True)
+        out = args[args.index(next(a for a in args if a in ("-o", "-w", "--annotate"))) + 1]
+        reason = f"is also read by this command ({cap}): not overwritten"
+        assert (r.returncode, r.stdout, r.stderr) == (2, "", f"tcpwhy: {out}: {reason}\n"), args
+        assert cap.read_bytes() == src.read_bytes()
+    # a new file beside it is written as before
+    r = subprocess.run(
+        [sys.executable, "-m", "tcpwhy", "conns", "-o", str(tmp_path / "t.txt"), str(cap)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0 and (tmp_path / "t.txt").read_text().startswith("stream")

@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Sequence
 
 from tcpwhy import __version__
+from tcpwhy.cli_helpers import refuse_overwriting_inputs
 from tcpwhy.console import COLOR_CHOICES, set_color
 from tcpwhy.errors import EXIT_BAD_INPUT, TcpwhyError
 
@@ -153,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=RuntimeWarning, module="tcpwhy")
     set_color(getattr(args, "color", None))
     try:
+        refuse_overwriting_inputs(args)
         status = args.func(args)
         sys.stdout.flush()
         return int(status or 0)

@@ -6,9 +6,12 @@ they take these from here rather than from one another."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeAlias
+
+from tcpwhy.errors import TcpwhyError
 
 if TYPE_CHECKING:
     from tcpwhy.decode.table import CaptureStats
@@ -46,6 +49,35 @@ def positive_float(text: str) -> float:
     if not v <= LARGEST_FLOAT:
         raise argparse.ArgumentTypeError(f"must be at most {LARGEST_FLOAT:.0f}")
     return v
+
+
+INPUT_ARGS = ("file", "files", "more", "read_file", "read", "kernel_trace")
+"""The parsed arguments that name files a command reads (any command's)."""
+OUTPUT_ARGS = ("output", "write", "annotate")
+"""The parsed arguments that name files a command writes (`-o`, `-w`, `--annotate`)."""
+
+
+def refuse_overwriting_inputs(args: argparse.Namespace) -> None:
+    """An output that is one of the command's own inputs is refused before anything is read
+    or written: `conns -o trace.pcap trace.pcap` replaced the capture with its table."""
+    reads: list[str] = []
+    for name in INPUT_ARGS:
+        v = getattr(args, name, None)
+        reads += [x for x in v if isinstance(x, str)] if isinstance(v, list) else [v] if v else []
+    for name in OUTPUT_ARGS:
+        out = getattr(args, name, None)
+        if not isinstance(out, str) or out == "-":
+            continue
+        for r in reads:
+            if r != "-" and _same_file(out, r):
+                raise TcpwhyError(out, f"is also read by this command ({r}): not overwritten")
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # either is missing (a new output), a URL, or unreadable
+        return False
 
 
 def report_stats(source: str, stats: CaptureStats) -> None:
