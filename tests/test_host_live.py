@@ -503,6 +503,9 @@ def test_errors_are_one_line(netns_ok: None) -> None:
         res.stderr.startswith("tcpwhy: --netns: no network namespace")
         and "Traceback" not in res.stderr
     )
+    res = tcpwhy("host", "states", "--netns", "/proc/self/ns/mnt", check=False)
+    assert (res.returncode, res.stdout) == (2, "")
+    assert res.stderr == "tcpwhy: --netns: /proc/self/ns/mnt is not a network namespace\n"
 
 
 def _as_nobody(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -541,3 +544,10 @@ def test_non_root_sees_what_the_kernel_allows(make_netns: Any, nobody_home: Path
         assert any("other users" in n for n in doc["notes"])
     res = _as_nobody(nobody_home, "host", "states", "--netns", ns.name)
     assert res.returncode == 1 and "needs root" in res.stderr and "Traceback" not in res.stderr
+    # another user's process's namespace by path: refused when it is looked at (a traceback)
+    res = _as_nobody(nobody_home, "host", "states", "--netns", f"/proc/{os.getpid()}/ns/net")
+    assert (res.returncode, res.stdout) == (1, "")
+    assert res.stderr == (
+        f"tcpwhy: --netns: cannot look at /proc/{os.getpid()}/ns/net: permission denied "
+        "(another process's namespace needs ptrace access to that process)\n"
+    )

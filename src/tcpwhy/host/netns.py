@@ -31,11 +31,19 @@ def netns_path(name: str) -> Path:
     path = Path(name) if name.startswith("/") else NETNS_RUN_DIR / name
     if "/" in name and not name.startswith("/"):
         raise TcpwhyError(_WHERE, f"{name!r}: a namespace name cannot contain '/'")
-    if not path.exists():
+    try:
+        path.stat()
+    except PermissionError:  # another user's /proc/PID/ns/net: ptrace access is checked
+        raise EnvironmentProblem(
+            _WHERE,
+            f"cannot look at {path}: permission denied (another process's namespace needs "
+            "ptrace access to that process)",
+        ) from None
+    except OSError:
         raise TcpwhyError(
             _WHERE,
             f"no network namespace {name!r} (looked for {path}; `ip netns list` shows the named ones)",
-        )
+        ) from None
     return path
 
 
@@ -53,6 +61,8 @@ def _child(path: Path, fn: Callable[[], object], wfd: int) -> None:
                     _WHERE,
                     f"entering {path} needs root (CAP_SYS_ADMIN); run with sudo",
                 ) from None
+            if exc.errno == errno.EINVAL:  # setns() of a file that is no network namespace
+                raise TcpwhyError(_WHERE, f"{path} is not a network namespace") from None
             raise TcpwhyError(_WHERE, f"cannot enter {path}: {exc.strerror}") from None
         payload: tuple[str, object] = ("ok", fn())
     except TcpwhyError as exc:
