@@ -471,6 +471,11 @@ def test_what_is_not_a_capture_is_a_type_error() -> None:
             tcpwhy.open(bad)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="not bytes"):
         tcpwhy.analyze(b"capture.pcap")  # type: ignore[arg-type]
+    # a file opened as text: said so, where shutil's copy said "a bytes-like object is required"
+    with open(LAB / "clean.pcap") as text, pytest.raises(TypeError, match="open it with 'rb'"):
+        tcpwhy.open(text)
+    with pytest.raises(TypeError, match="open it with 'rb'"):
+        tcpwhy.open([LAB / "clean.pcap", io.StringIO("")])
 
 
 def test_cut_capture_warns_and_keeps_what_was_read(tmp_path: Path) -> None:

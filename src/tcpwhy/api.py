@@ -165,12 +165,13 @@ class _Sources:
 
 
 def _as_list(path_or_paths: Source | Sequence[Source]) -> list[Source]:
+    out: list[Any]
     if isinstance(path_or_paths, (str, os.PathLike, io.IOBase)) or hasattr(path_or_paths, "read"):
-        return [path_or_paths]  # type: ignore[list-item]
-    if isinstance(path_or_paths, (bytes, bytearray, memoryview)) or not hasattr(
+        out = [path_or_paths]
+    elif isinstance(path_or_paths, (bytes, bytearray, memoryview)) or not hasattr(
         path_or_paths, "__iter__"
     ):
-        out: list[Any] = [path_or_paths]  # bytes are not a list of captures
+        out = [path_or_paths]  # bytes are not a list of captures
     else:
         out = list(path_or_paths)
     if not out:
@@ -181,6 +182,8 @@ def _as_list(path_or_paths: Source | Sequence[Source]) -> list[Source]:
                 "a capture is a path, an fsspec URL or a binary file object, "
                 f"not {type(x).__name__}"
             )
+        if isinstance(x, io.TextIOBase):  # caught here: copying it failed deep in shutil
+            raise TypeError("a capture's file object reads bytes: open it with 'rb', not 'r'")
     return out
 
 
