@@ -193,6 +193,14 @@ def test_unwritable_keep_dir_is_one_line_and_status_2(tmp_path: Path) -> None:
     lines = r.stderr.splitlines()
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith(f"tcpwhy: {blocker / 'sub'}: cannot write")
+    # the file itself as the directory: said so (makedirs said "File exists")
+    r = subprocess.run(
+        [*TCPWHY, "watch", "-r", str(LAB / "refused.pcap"), "--keep", str(blocker)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", f"tcpwhy: {blocker}: is not a directory\n")
 
 
 def test_live_keep_on_loopback(tmp_path: Path, netns_ok: None) -> None:

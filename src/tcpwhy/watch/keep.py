@@ -165,6 +165,8 @@ class Tee:
 
 def check_dir(path: str) -> None:
     """The directory exists (made if missing) and takes files, or the one-line error."""
+    if os.path.exists(path) and not os.path.isdir(path):  # makedirs would say "File exists"
+        raise TcpwhyError(path, "is not a directory")
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, f".tcpwhy-probe-{os.getpid()}")
