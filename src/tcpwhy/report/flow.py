@@ -105,13 +105,12 @@ def build_ladder(
         if len(t):
             end_ns = int(t["ts_ns"][-1])
         rows = np.flatnonzero(st["stream"] == stream)
-        # copies, payload bytes included: the reader reuses its buffers for the next chunk
-        part = t.rows(rows, tuple(t.cols))
+        part = _without_payload(t, rows)
         got = tracker.icmp_out
         if t.icmp is not None and got is not None:
             j = np.flatnonzero(got["stream"] == stream)
             if len(j):
-                ic = t.icmp.rows(j, tuple(t.icmp.cols))
+                ic = _without_payload(t.icmp, j)
                 # before the same packet of the stream as before the same row of the chunk
                 at = np.searchsorted(rows, ic["icmp_at"].astype(np.int64), "left")
                 ic.cols["icmp_at"] = at.astype(ic["icmp_at"].dtype)
@@ -160,6 +159,16 @@ class _IcmpOf:
     """What `icmp_rows` reads of a tracker: the stream and direction of each ICMP row."""
 
     icmp_out: dict[str, npt.NDArray[Any]] | None
+
+
+def _without_payload(t: PacketTable, rows: npt.NDArray[np.int64]) -> PacketTable:
+    """Copies of `rows` (the reader reuses its buffers for the next chunk) without their
+    payload bytes, which a ladder never reads (it shows their length): one 200 MB connection
+    kept them twice over while the parts were joined."""
+    cols = {k: v[rows] for k, v in t.cols.items()}
+    cols["payload_off"] = np.zeros(len(rows), t.cols["payload_off"].dtype)
+    cols["payload_cap"] = np.zeros(len(rows), t.cols["payload_cap"].dtype)
+    return PacketTable(cols)
 
 
 def _take_analysis(a: Analysis, rows: npt.NDArray[np.int64]) -> Analysis:
