@@ -287,12 +287,19 @@ def _stop_workers(psutil: Any) -> None:
     # was never retrieved" would follow the one line that says tcpwhy was interrupted
     logging.getLogger("asyncio").disabled = True
 
+    _kill_workers(psutil, timeout=10)
+    atexit.unregister(spec.close_clusters)
+
+
+def _kill_workers(psutil: Any, timeout: float) -> int:
+    """This process's child processes killed by PID, multiprocessing's resource tracker
+    aside, and waited for: how many there were."""
     kids = [k for k in psutil.Process().children(recursive=True) if k.pid != _tracker_pid()]
     for k in kids:
         with suppress(psutil.NoSuchProcess):
             k.kill()
-    psutil.wait_procs(kids, timeout=10)
-    atexit.unregister(spec.close_clusters)
+    psutil.wait_procs(kids, timeout=timeout)
+    return len(kids)
 
 
 def _stop_late_workers(psutil: Any, quiet_rounds: int = 3, limit_s: float = 2.0) -> None:
@@ -306,12 +313,7 @@ def _stop_late_workers(psutil: Any, quiet_rounds: int = 3, limit_s: float = 2.0)
     deadline = time.monotonic() + limit_s
     quiet = 0
     while quiet < quiet_rounds and time.monotonic() < deadline:
-        kids = [k for k in psutil.Process().children(recursive=True) if k.pid != _tracker_pid()]
-        for k in kids:
-            with suppress(psutil.NoSuchProcess):
-                k.kill()
-        psutil.wait_procs(kids, timeout=5)
-        quiet = 0 if kids else quiet + 1
+        quiet = 0 if _kill_workers(psutil, timeout=5) else quiet + 1
         time.sleep(0.05)
 
 
