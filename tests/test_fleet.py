@@ -20,6 +20,8 @@ from typing import Any
 import psutil
 import pytest
 
+import tcpwhy
+
 LAB = Path(str(resources.files("tcpwhy") / "data" / "lab"))
 DEMO = LAB.parent / "demo-stale-keepalive.pcap"
 BIN = Path(sys.executable).parent
@@ -459,6 +461,35 @@ def test_special_files_in_a_fleet_are_error_rows(tmp_path: Path) -> None:
     assert sorted((f["kind"], f["count"]) for f in got["points"]["refused.pcap"]) == plain_findings(
         LAB / "refused.pcap"
     )
+
+
+def test_a_directory_without_captures_is_an_error(tmp_path: Path) -> None:
+    """An empty directory (a typo'd path into an existing tree, or a collector that has not
+    written yet) said "fleet of 0 capture points ... no findings" and exited 0: an all-clear
+    for nothing read. Now one line and exit 2, from the command and from the API, also when
+    another directory given has captures and this one has only empty sub-directories."""
+    empty = tmp_path / "empty"
+    (empty / "host-a").mkdir(parents=True)
+    full = tmp_path / "full"
+    full.mkdir()
+    shutil.copy(LAB / "refused.pcap", full / "refused.pcap")
+    for args in ([empty], [full, empty]):
+        r = subprocess.run(
+            [sys.executable, "-m", "tcpwhy", "analyze", *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 2, r.stdout
+        assert r.stdout == ""
+        assert r.stderr == (
+            f"tcpwhy: {empty}: no capture file in this directory (nor in its sub-directories)\n"
+        )
+    with pytest.raises(tcpwhy.CaptureError, match="no capture file in this directory"):
+        tcpwhy.analyze(empty)
+    status, got, _ = analyze(full)
+    assert [p["point"] for p in got["capture_points"]] == ["refused.pcap"]
+    assert status == 1  # the refused connection, an error-severity finding
 
 
 def test_no_more_workers_than_points(tmp_path: Path) -> None:

@@ -73,6 +73,7 @@ def capture_points(paths: Sequence[str]) -> list[Point]:
         if not _isdir(p):
             points.append(Point(os.path.basename(p.rstrip("/")) or p, (p,)))
             continue
+        before = len(points)
         for entry, is_dir in _listdir(p):
             name = os.path.basename(entry.rstrip("/"))
             if is_dir:
@@ -81,6 +82,12 @@ def capture_points(paths: Sequence[str]) -> list[Point]:
                     points.append(Point(name, files, listed=True))
             else:
                 points.append(Point(name, (entry,), listed=True))
+        if len(points) == before:
+            # "no findings" for a mistyped or not yet filled directory would read as an
+            # all-clear in an incident
+            raise NotACaptureError(
+                p, "no capture file in this directory (nor in its sub-directories)"
+            )
     seen: dict[str, int] = {}
     out = []
     for pt in points:  # names are the keys of the output: make them unique
