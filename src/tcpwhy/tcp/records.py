@@ -76,7 +76,11 @@ WORD_COLUMNS: dict[str, tuple[str, ...] | None] = {
 """Columns holding codes, and the words they index."""
 
 COLUMNS: dict[str, tuple[str, tuple[int, ...], str]] = {
-    "uid": ("i8", (), "record number in this run; its text is a Zeek-style uid (`uid_words`)"),
+    "uid": (
+        "i8",
+        (),
+        "record number in this run (`tcpwhy conns` writes a Zeek-style uid made from it)",
+    ),
     "stream": ("i8", (), "Wireshark's tcp.stream number"),
     "orig_hi": ("u8", (), "originator address, high 64 bits (the packet table's `src_hi`)"),
     "orig_lo": ("u8", (), "originator address, low 64 bits (IPv4: 0xffff_xxxxxxxx)"),
@@ -84,7 +88,7 @@ COLUMNS: dict[str, tuple[str, tuple[int, ...], str]] = {
     "resp_hi": ("u8", (), "responder address, high 64 bits"),
     "resp_lo": ("u8", (), "responder address, low 64 bits"),
     "resp_p": ("i8", (), "responder port"),
-    "orientation": ("u1", (), "code (ORIENT_WORDS): how the originator was chosen"),
+    "orientation": ("u1", (), "how the originator was chosen"),
     "start_ns": ("i8", (), "first packet, nanoseconds since the Unix epoch"),
     "duration_ns": ("i8", (), "first to last packet (Zeek's: not extended after both closed)"),
     "orig_pkts": ("i8", (), "packets sent by the originator"),
@@ -99,21 +103,21 @@ COLUMNS: dict[str, tuple[str, tuple[int, ...], str]] = {
     "irtt_ns": ("i8", (), "SYN to the originator's ACK of the SYN-ACK; IRTT_UNSET if none"),
     "retransmissions": ("i8", (), "packets flagged as retransmissions, both ways"),
     "zero_windows": ("i8", (), "zero-window packets, both ways"),
-    "orig_state": ("u1", (), "code (RFC_STATE_WORDS): final RFC 9293 state of the originator"),
-    "resp_state": ("u1", (), "code (RFC_STATE_WORDS): final RFC 9293 state of the responder"),
-    "end": ("i4", (), "code (`ConnColumns.end_words`): how the connection ended, in words"),
-    "conn_state": ("u1", (), "code (CONN_STATE_WORDS): Zeek's conn_state"),
+    "orig_state": ("u1", (), 'final RFC 9293 state of the originator ("": not tracked)'),
+    "resp_state": ("u1", (), 'final RFC 9293 state of the responder ("": not tracked)'),
+    "end": ("i4", (), "how the connection ended, in words"),
+    "conn_state": ("u1", (), "Zeek's conn_state"),
     "history": ("u1", (z.HIST_MAX,), "Zeek's history letters (ASCII), `history_len` of them"),
     "history_len": ("i8", (), "number of history letters"),
     "continued": ("?", (), "continues a stream written out earlier (idle or evicted)"),
-    "emitted": ("u1", (), "code (tcp.zeek.END_WORDS): why the record was written when it was"),
-    "zeek_orig_state": ("u1", (), "code (ZEEK_STATE_NAMES): Zeek's originator endpoint state"),
-    "zeek_resp_state": ("u1", (), "code (ZEEK_STATE_NAMES): Zeek's responder endpoint state"),
+    "emitted": ("u1", (), "why the record was written when it was"),
+    "zeek_orig_state": ("u1", (), "Zeek's originator endpoint state"),
+    "zeek_resp_state": ("u1", (), "Zeek's responder endpoint state"),
     "server_name": (
         "i4",
         (),
-        "code (`ConnColumns.name_words`, 0: none): the server name the client asked for, "
-        "the SNI of its first ClientHello or the Host of its first cleartext HTTP request",
+        "the server name the client asked for, the SNI of its first ClientHello or the Host of "
+        'its first cleartext HTTP request ("": none seen)',
     ),
 }
 
