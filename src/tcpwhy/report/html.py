@@ -16,17 +16,25 @@ loaded by Chromium in a few hundred milliseconds. Lighter bundles (uPlot,
 Chart.js) ship on npm, not inside a PyPI package, and would have to be vendored
 by hand. A Content-Security-Policy meta tag forbids any remote load; inline
 scripts are allowed by their hashes only.
+
+Notebooks (`tcpwhy.api`'s `_repr_html_`) show the page's own components: the
+verdict, finding cards and one-line findings are macros of
+templates/components.html.j2 that the page calls too (`verdict_html`,
+`finding_card`, `more_findings_html`), styled by the page's CSS scoped under
+`.tcpwhy` (`notebook_css`). Cards need no script (their ladders are inline SVG),
+so notebooks get neither the charts nor the connection table.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
 from dataclasses import dataclass
 from importlib import resources
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +43,9 @@ from tcpwhy.arrays import group_firsts, group_ids
 from tcpwhy.decode.table import ACK, RST, SYN, format_addr
 from tcpwhy.diagnose.model import Finding, Report, Severity
 from tcpwhy.tcp.state import NO_ANSWER, NO_SOCKET, State
+
+if TYPE_CHECKING:
+    import jinja2
 
 LADDER_ROWS = 60_000
 """Ladder rows embedded for the connection table (about 50 bytes each): every connection of
@@ -49,15 +60,22 @@ STATE_NAMES = [s.name for s in State] + [NO_SOCKET, NO_ANSWER]
 
 
 @dataclass
+class Verdict:
+    """The verdict line: the worst finding when it is a warning or an error."""
+
+    severity: str  # "ok" without one
+    kind: str  # "" without one
+    text: str
+    counts: str  # findings per severity, e.g. "1 error, 2 infos"
+
+
+@dataclass
 class Page:
     """What the template shows."""
 
     title: str
     headline: str
-    verdict_kind: str
-    verdict_severity: str
-    verdict_text: str
-    counts: str
+    verdict: Verdict
     capture: dict[str, Any]
     findings: list[dict[str, Any]]
     endings: list[tuple[str, int]]
@@ -80,46 +98,22 @@ def render_html(report: Report) -> str:
     page = Page(
         title="tcpwhy: " + ", ".join(os.path.basename(f) for f in report.capture.files),
         headline=headline(report).plain.split("\n")[0],
-        verdict_kind="",
-        verdict_severity="ok",
-        verdict_text="no problem found",
-        counts="",
+        verdict=verdict_of(report),
         capture=_capture(report),
         findings=[
-            _finding(report, f, k, data, ladders=k <= DETAILED_LADDERS)
+            _finding(report, f, k, ladders=k <= DETAILED_LADDERS)
             for k, f in enumerate(_ordered(report)[:DETAILED], 1)
         ],
-        more=[
-            {"kind": f.kind, "severity": f.severity.label, "summary": f.summary, "count": f.count}
-            for f in _ordered(report)[DETAILED:]
-        ],
+        more=_more(_ordered(report)[DETAILED:]),
         endings=list(report.endings.items()),
         paths=_paths(report),
         data_json=safe_json(data),
     )
-    counts = {s: sum(1 for f in report.findings if f.severity is s) for s in Severity}
-    page.counts = ", ".join(
-        f"{counts[s]} {s.label}{'s' if counts[s] != 1 else ''}"
-        for s in reversed(Severity)
-        if counts[s]
-    )
-    worst = report.worst
-    if worst is not None and worst is not Severity.INFO:
-        top = report.findings[0]
-        page.verdict_kind = top.kind
-        page.verdict_severity = top.severity.label
-        page.verdict_text = top.summary
     static = resources.files("tcpwhy.report") / "static"
     plotly_js = _plotly_js()
     report_js = (static / "report.js").read_text("utf-8")
-    css = (static / "report.css").read_text("utf-8")
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("tcpwhy.report", "templates"),
-        autoescape=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        undefined=jinja2.StrictUndefined,
-    )
+    css = _page_css()
+    env = _env()
     scripts = [plotly_js, report_js]
     csp = (
         "default-src 'none'; img-src data:; font-src data:; style-src 'unsafe-inline'; "
@@ -133,6 +127,153 @@ def render_html(report: Report) -> str:
         report_js=jinja2.utils.markupsafe.Markup(report_js),
         csp=csp,
     )
+
+
+@functools.cache
+def _env() -> jinja2.Environment:
+    """The one template environment: autoescaped, so every capture string that reaches a
+    template is text; the page and the notebook components both render through it."""
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("tcpwhy.report", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def _components() -> Any:
+    """components.html.j2's macros (the page imports the same ones)."""
+    return _env().get_template("components.html.j2").module
+
+
+def _page_css() -> str:
+    """static/report.css: the one source of the page's style and the notebook's."""
+    return (resources.files("tcpwhy.report") / "static" / "report.css").read_text("utf-8")
+
+
+def verdict_of(report: Report) -> Verdict:
+    """The page's verdict: its worst finding when that is a warning or an error."""
+    counts = {s: sum(1 for f in report.findings if f.severity is s) for s in Severity}
+    said = ", ".join(
+        f"{counts[s]} {s.label}{'s' if counts[s] != 1 else ''}"
+        for s in reversed(Severity)
+        if counts[s]
+    )
+    worst = report.worst
+    if worst is not None and worst is not Severity.INFO:
+        top = report.findings[0]
+        return Verdict(top.severity.label, top.kind, top.summary, said)
+    return Verdict("ok", "", "no problem found", said)
+
+
+def verdict_html(report: Report) -> str:
+    """The page's verdict line (`<p class="verdict" id="verdict">`), alone."""
+    return str(_components().verdict(verdict_of(report)))
+
+
+def finding_card(report: Report | None, f: Finding) -> str:
+    """One finding's `<article>` as the page draws it: the same macro, the same data, the same
+    number (its place, worst first) and, as on the page, example ladders for the first
+    DETAILED_LADDERS only (a finding without its report has none)."""
+    k = 1
+    if report is not None:
+        k = next((i for i, g in enumerate(_ordered(report), 1) if g is f), len(report.findings))
+    card = _finding(report, f, k, ladders=report is not None and k <= DETAILED_LADDERS)
+    return str(_components().finding_card(card))
+
+
+def more_findings_html(findings: list[Finding]) -> str:
+    """The page's one-line table of the findings past DETAILED."""
+    return str(_components().more_findings(_more(findings))) if findings else ""
+
+
+def findings_html(report: Report) -> str:
+    """The findings as the page lists them: a card for each of the DETAILED worst, one line
+    for each other (a capture can have thousands of findings)."""
+    ordered = _ordered(report)
+    cards = [finding_card(report, f) for f in ordered[:DETAILED]]
+    return "\n".join(
+        cards + ([more_findings_html(ordered[DETAILED:])] if ordered[DETAILED:] else [])
+    )
+
+
+SCOPE = "tcpwhy"
+"""Class of the notebook's wrapper `<div>`: every rule of `notebook_css` is under it."""
+
+
+@functools.cache
+def notebook_css() -> str:
+    """The page's CSS with every rule under `.tcpwhy`, so a card in a notebook looks as on the
+    page without restyling the notebook around it."""
+    return scope_css(_page_css(), "." + SCOPE)
+
+
+def notebook_html(body: str) -> str:
+    """`body` (components of the page) in the notebook's styled wrapper."""
+    return f'<div class="{SCOPE}"><style>{notebook_css()}</style>{body}</div>'
+
+
+def scope_css(css: str, scope: str) -> str:
+    """`css` with each selector under `scope` (`:root`, `html` and `body` become `scope`
+    itself), one rule a line; @media and @supports blocks are scoped inside. Any other
+    at-rule raises: its names (keyframes, fonts) would still be global. Written here, not
+    with a CSS parser package: the one stylesheet it reads is ours and plain (rules and
+    @media), and a test scopes it whole, where a parser would be a dependency for it alone."""
+    import re
+
+    return "\n".join(_scope_rules(re.sub(r"/\*.*?\*/", "", css, flags=re.S), scope))
+
+
+def _scope_rules(css: str, scope: str) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while True:
+        j = css.find("{", i)
+        if j < 0:
+            if css[i:].strip():
+                raise ValueError(f"CSS without a block: {css[i:].strip()[:60]!r}")
+            return out
+        head = css[i:j].strip()
+        depth, k = 1, j + 1
+        while depth:
+            if k >= len(css):
+                raise ValueError(f"unbalanced CSS after {head[:60]!r}")
+            depth += {"{": 1, "}": -1}.get(css[k], 0)
+            k += 1
+        body = css[j + 1 : k - 1].strip()
+        if head.startswith("@"):
+            if not head.startswith(("@media", "@supports")) or ";" in head:
+                raise ValueError(f"cannot scope {head[:60]!r}")
+            out.append(head + " { " + " ".join(_scope_rules(body, scope)) + " }")
+        else:
+            sels = [_scoped(s, scope) for s in _split_selectors(head)]
+            out.append(", ".join(sels) + " { " + body + " }")
+        i = k
+
+
+def _split_selectors(head: str) -> list[str]:
+    """A selector list at its top-level commas (not those inside `:is(…)` or `[…]`)."""
+    parts: list[str] = []
+    depth, start = 0, 0
+    for n, ch in enumerate(head):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(head[start:n])
+            start = n + 1
+    parts.append(head[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _scoped(sel: str, scope: str) -> str:
+    if sel in (":root", "html", "body"):
+        return scope
+    return f"{scope} {sel}"
 
 
 def _plotly_js() -> str:
@@ -206,9 +347,14 @@ def display_filter(f: Finding) -> str:
     return f.display_filter
 
 
-def _finding(
-    report: Report, f: Finding, index: int, data: dict[str, Any], ladders: bool = True
-) -> dict[str, Any]:
+def _more(findings: list[Finding]) -> list[dict[str, Any]]:
+    return [
+        {"kind": f.kind, "severity": f.severity.label, "summary": f.summary, "count": f.count}
+        for f in findings
+    ]
+
+
+def _finding(report: Report | None, f: Finding, index: int, ladders: bool = True) -> dict[str, Any]:
     from markupsafe import Markup
 
     from tcpwhy.diagnose.context import fmt_s
@@ -218,10 +364,11 @@ def _finding(
         scope += f" over {fmt_s((f.last_ns - f.first_ns) / 1e9)}"
     shown_filter, exact_filter = f.short_display_filter()
     drawn = []
-    for stream in f.examples[:3] if ladders else []:
-        svg = _example_svg(report, f, stream)
-        if svg is not None:
-            drawn.append({"stream": stream, "svg": Markup(svg)})
+    if ladders and report is not None:
+        for stream in f.examples[:3]:
+            svg = _example_svg(report, f, stream)
+            if svg is not None:
+                drawn.append({"stream": stream, "svg": Markup(svg)})
     return {
         "index": index,
         "kind": f.kind,
