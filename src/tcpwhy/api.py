@@ -25,11 +25,12 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from html import escape
-from typing import IO, TYPE_CHECKING, Any, Union
+from typing import IO, TYPE_CHECKING, Any, TypeVar, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -286,9 +287,13 @@ class Table:
         return self._cols[name]
 
     def __contains__(self, name: object) -> bool:
+        """Whether `name` is a column: ``"local_orig" in t`` tells whether the table was
+        read with ``local_nets`` before a column lookup raises."""
         return name in self._schema
 
     def __iter__(self) -> Iterator[str]:
+        """The column names, in order, as a dict's keys are: ``{k: t[k] for k in t}``
+        (a column is made, or copied out of Arrow text, only when asked for by name)."""
         return iter(self._schema)
 
     def to_arrow(self) -> pyarrow.Table:
@@ -321,6 +326,7 @@ class Table:
         return pl.from_arrow(self.to_arrow())
 
     def __repr__(self) -> str:
+        """Its size only: a table of millions of rows prints in one line."""
         return f"<tcpwhy {self.kind} table: {len(self):,} rows × {len(self._schema)} columns>"
 
     def _repr_html_(self) -> str:
@@ -466,6 +472,7 @@ class ConnectionTable(_TimedTable):
         return self._cols[name]
 
     def __len__(self) -> int:
+        """Rows: the records' count, without making a text column to count it."""
         return len(self._conns)
 
     def _arrow(self, pa: Any, f: Field) -> Any:
@@ -669,23 +676,11 @@ class Finding:
         return f"<tcpwhy Finding {self.severity} {self.kind}: {self.count} connection(s)>"
 
     def _repr_html_(self) -> str:
-        f = self._f
-        paras = "".join(f"<p>{escape(p)}</p>" for p in f.explanation.split("\n\n") if p.strip())
-        causes = "".join(f"<li>{escape(c)}</li>" for c in f.causes)
-        fixes = "".join(f"<li>{escape(x)}</li>" for x in f.fixes)
-        svg = ""
-        if self._report is not None and f.examples:
-            from tcpwhy.report.html import _example_svg
+        """The finding's card of ``analyze --format html`` (same template, same ladders), in
+        the page's style scoped to the card, so a notebook shows what the report shows."""
+        from tcpwhy.report.html import finding_card, notebook_html
 
-            svg = _example_svg(self._report, f, f.examples[0]) or ""
-        return (
-            f"<div class='tcpwhy-finding'><h4>{escape(self.severity.upper())} "
-            f"<code>{escape(f.kind)}</code></h4><p><b>{escape(f.summary)}</b></p>"
-            f"<p>streams {escape(', '.join(map(str, f.examples)))} · display filter "
-            f"<code>{escape(self.display_filter)}</code></p>{paras}"
-            f"<h5>Likely causes</h5><ol>{causes}</ol><h5>What to change</h5><ul>{fixes}</ul>"
-            f"{svg}</div>"
-        )
+        return notebook_html(finding_card(self._report, self._f))
 
 
 class Report:
@@ -750,31 +745,23 @@ class Report:
         )
 
     def _repr_html_(self) -> str:
+        """The page's verdict and finding cards (its templates, its style scoped once for all
+        of them), under a line naming the captures; no charts, which need the page's script."""
+        from tcpwhy.report.html import findings_html, notebook_html
+
         c = self._r.capture
         head = (
             f"<p><b>tcpwhy analyze</b> {escape(', '.join(c.files))}: {c.packets:,} TCP packets, "
             f"{c.connections:,} connections, {len(self._findings)} finding(s)</p>"
         )
-        return (
-            "<div>"
-            + head
-            + self._verdict_html()
-            + "".join(f._repr_html_() for f in self._findings)
-            + "</div>"
-        )
+        return notebook_html("\n".join([head, self._verdict_html(), findings_html(self._r)]))
 
     def _verdict_html(self) -> str:
-        """The verdict line of ``analyze --format html``: its worst finding when that is a
-        warning or an error, else "no problem found"."""
-        from tcpwhy.diagnose.model import Severity
+        """The verdict line of ``analyze --format html``, from the page's own template: its
+        worst finding when that is a warning or an error, else "no problem found"."""
+        from tcpwhy.report.html import verdict_html
 
-        worst = self._r.worst
-        if worst is not None and worst is not Severity.INFO:
-            top = self._r.findings[0]
-            text = f"<code>{escape(top.kind)}</code> — {escape(top.summary)}."
-        else:
-            text = "no problem found."
-        return f"<p class='tcpwhy-verdict'><b>Verdict:</b> {text}</p>"
+        return verdict_html(self._r)
 
 
 class Flow:
@@ -878,8 +865,23 @@ class Flow:
 
 class Capture:
     """One capture (or rotated parts of one, read in order as one timeline; or captures of
-    several points of one path, paired as ``tcpwhy analyze`` pairs them), read on first use;
-    each view is computed once and kept. Make it with `tcpwhy.open`."""
+    several points of one path, paired as ``tcpwhy analyze`` pairs them). Make it with
+    `tcpwhy.open`: nothing is read then.
+
+    Each view (`packets`, `connections`, `report` and its `findings`) reads the files once,
+    on its first use, and keeps its result; `flow` keeps the ladders of the last
+    `FLOWS_KEPT` streams asked for. Each view reads on its own rather than all of them
+    sharing one copy of every packet, so a capture larger than memory still gives its
+    connections and findings: `connections` of one file streams it (memory follows the
+    connections open at once), `report` keeps per packet only the header columns the
+    diagnosis reads (tens of bytes; an uncompressed file's payloads stay in the file) and
+    a flow only its stream's packets. `packets` holds every packet's columns. With
+    `progress`, each reading draws a bar of the bytes read on stderr (rich: in a terminal
+    or a notebook); without it nothing is printed."""
+
+    FLOWS_KEPT = 32
+    """Ladders `flow` keeps (the last asked for): a notebook that shows a flow again does
+    not read the capture again."""
 
     def __init__(
         self,
@@ -893,6 +895,7 @@ class Capture:
         max_active: int | None = None,
         local_nets: str | Sequence[str] | None = None,
         community_id_seed: int = 0,
+        progress: bool = False,
     ) -> None:
         from tcpwhy.views import connection_options, record_options
 
@@ -922,6 +925,10 @@ class Capture:
         self._packets: PacketTable | None = None
         self._connections: ConnectionTable | None = None
         self._report: Report | None = None
+        self._flows: OrderedDict[tuple[int, int], Flow] = OrderedDict()
+        self.progress = bool(progress)
+        """Whether reading a view draws a progress bar on stderr (set it to change your
+        mind: it applies to the next reading)."""
         self.warnings: list[str] = []
         """Problems after the first packet, ``FILE: text``, as the commands print them."""
 
@@ -930,7 +937,9 @@ class Capture:
         """The captures as given (paths, URLs, file objects' names)."""
         return self._src.display()
 
-    def _note(self, stats: Sequence[CaptureStats], paths: Sequence[str]) -> None:
+    def _note(
+        self, stats: Sequence[CaptureStats], paths: Sequence[str], stacklevel: int = 3
+    ) -> None:
         for st, path in zip(stats, paths, strict=True):
             name = self._src.names.get(path, path)
             for w in st.warnings:
@@ -938,7 +947,7 @@ class Capture:
                 if text not in self.warnings:
                     self.warnings.append(text)
                     # from `_note` through the view's property to the caller's line
-                    warnings.warn(text, CaptureWarning, stacklevel=3)
+                    warnings.warn(text, CaptureWarning, stacklevel=stacklevel)
 
     def _stats(self) -> tuple[list[str], list[CaptureStats]]:
         from tcpwhy.decode.table import CaptureStats
@@ -946,24 +955,58 @@ class Capture:
         paths = self._src.paths()
         return paths, [CaptureStats() for _ in paths]
 
+    @contextmanager
+    def _reading(
+        self, paths: Sequence[str], stats: Sequence[CaptureStats], *, poll: bool = False
+    ) -> Iterator[Callable[[], None]]:
+        """The block in which a view reads `paths`: the reassembly option set and, with
+        `progress`, a bar of the bytes the readers count in `stats` (what ``analyze`` draws).
+        Yields the update to call after each chunk or batch; `poll`: a thread calls it too,
+        for a view whose reading loop is not ours (a flow's). Without `progress` nothing is
+        drawn, and rich is not imported."""
+        from tcpwhy.views import reading
+
+        with reading(self.reassemble):
+            if not self.progress:
+                yield _nothing
+                return
+            from tcpwhy.console import step_progress
+            from tcpwhy.diagnose.engine import _plain_size
+
+            sizes = [_plain_size(p) for p in paths]  # 0: compressed or not a regular file
+            total = sum(sizes) if all(sizes) else None
+            names = [os.path.basename(self._src.names.get(p, p)) for p in paths]
+            with step_progress(True) as bar:
+                assert bar is not None
+
+                def update() -> None:
+                    at = max((k for k, st in enumerate(stats) if st.bytes_read), default=0)
+                    bar(f"reading {names[at]}", sum(st.bytes_read for st in stats), total)
+
+                update()
+                with _every(0.1, update) if poll else nullcontext():
+                    yield update
+                update()  # the bar's last drawing: all that was read
+
     @property
     def packets(self) -> PacketTable:
         """Every TCP packet (with a display filter, those it matches), as `tcpwhy packets`
         lists them; columns in `PacketTable.schema`. Several files are rotated parts of one
         capture, in the order given."""
         if self._packets is None:
-            from tcpwhy.views import packet_chunks, reading
+            from tcpwhy.views import packet_chunks
 
             schema = packet_schema()
             parts: dict[str, list[npt.NDArray[Any]]] = {k: [] for k in schema}
             paths, stats = self._stats()
             try:
-                with reading(self.reassemble):
+                with self._reading(paths, stats) as update:
                     for ch in packet_chunks(paths, stats, self._flt, analysis=False):
                         keep = ch.keep  # the reader reuses its buffers: every column is copied
                         for k, got in parts.items():
                             v = ch.streams["stream"] if k == "stream" else ch.table.cols[k]
                             got.append(v.copy() if keep is None else v[keep])
+                        update()
             except TcpwhyError as exc:
                 raise _classify(exc, self._src.names) from None
             self._note(stats, paths)
@@ -982,12 +1025,12 @@ class Capture:
         ``boundaries="zeek"``, cut where Zeek's timers would and without the packets whose
         checksums are bad, as ``conns --boundaries zeek``."""
         if self._connections is None:
-            from tcpwhy.views import connection_batches, reading
+            from tcpwhy.views import connection_batches
 
             paths, stats = self._stats()
             _import_behind("pyarrow")  # for `to_arrow`, while the capture is read
             try:
-                with reading(self.reassemble), _builder_warnings_as_notes():
+                with self._reading(paths, stats) as update, _builder_warnings_as_notes():
                     unbuilt = self._flt is None and len(paths) == 1
                     _, batches = connection_batches(
                         paths,
@@ -999,7 +1042,11 @@ class Capture:
                         unbuilt=unbuilt,
                         **self._conn_options,
                     )
-                    c, placed = _gathered((b for _, b, _ in batches), self._record_options, unbuilt)
+                    c, placed = _gathered(
+                        (b for _, b, _ in _each_after(batches, update)),
+                        self._record_options,
+                        unbuilt,
+                    )
             except TcpwhyError as exc:
                 raise _classify(exc, self._src.names) from None
             self._note(stats, paths)
@@ -1012,7 +1059,9 @@ class Capture:
         """The diagnosis of the files, by ``tcpwhy analyze``'s engine (rotated files joined,
         capture points of one path paired)."""
         if self._report is None:
-            self._report = _analyze(self._src, self._flt, self.pair, self.reassemble)
+            self._report = _analyze(
+                self._src, self._flt, self.pair, self.reassemble, progress=self.progress
+            )
         return self._report
 
     @property
@@ -1024,19 +1073,35 @@ class Capture:
         """The ladder of tcp.stream `stream` (``tcpwhy flow``); with a display filter, the
         packets it does not match are folded away. `fold`: runs of at least that many
         uneventful segments are one row (0: never). With captures of several points, the
-        stream is numbered as at the first, and drawn between the two points that saw it."""
-        from tcpwhy.views import flow_model, reading
+        stream is numbered as at the first, and drawn between the two points that saw it.
+
+        The Flow is kept (the last `FLOWS_KEPT` streams and folds asked for): asking again,
+        as a notebook does when it shows a cell again, returns the same Flow without reading
+        the capture."""
+        key = (int(stream), int(fold))
+        kept = self._flows.get(key)
+        if kept is not None:
+            self._flows.move_to_end(key)
+            return kept
+        flow = self._read_flow(*key)
+        self._flows[key] = flow
+        while len(self._flows) > self.FLOWS_KEPT:
+            self._flows.popitem(last=False)  # the least recently asked for
+        return flow
+
+    def _read_flow(self, stream: int, fold: int) -> Flow:
+        from tcpwhy.views import flow_model
 
         paths, stats = self._stats()
         alone: list[str] = []
         try:
-            with reading(self.reassemble):
+            with self._reading(paths, stats, poll=True):
                 got = flow_model(
                     paths, int(stream), stats, self._flt, pair=self.pair, unpaired=alone
                 )
         except TcpwhyError as exc:
             raise _classify(exc, self._src.names) from None
-        self._note(stats, paths)
+        self._note(stats, paths, stacklevel=4)  # through `flow` to the caller's line
         note = None
         if alone:
             name = ", ".join(self._src.names.get(p, p) for p in alone[0].split(", "))
@@ -1047,9 +1112,9 @@ class Capture:
         return Flow(got, int(stream), fold, self.files, note)
 
     def __repr__(self) -> str:
-        read = (
-            "read" if self._packets is not None or self._connections is not None else "not read yet"
-        )
+        """The files and filter, and whether a view has read them yet."""
+        views = (self._packets, self._connections, self._report)
+        read = "read" if any(v is not None for v in views) or self._flows else "not read yet"
         flt = f", display_filter={self.display_filter!r}" if self.display_filter else ""
         return f"<tcpwhy Capture {', '.join(self.files)}{flt} ({read})>"
 
@@ -1067,6 +1132,41 @@ class Capture:
         else:
             parts.append("<p>(findings computed on first use of <code>.findings</code>)</p>")
         return "".join(parts)
+
+
+_T = TypeVar("_T")
+
+
+def _nothing() -> None:
+    """The progress update of a reading without a bar."""
+
+
+def _each_after(items: Iterable[_T], update: Callable[[], None]) -> Iterator[_T]:
+    """`items`, calling `update` as each arrives (the readers' counts are then its own)."""
+    for x in items:
+        update()
+        yield x
+
+
+@contextmanager
+def _every(seconds: float, update: Callable[[], None]) -> Iterator[None]:
+    """`update` called every `seconds` on a thread of its own while the block runs: the
+    progress of a reading whose loop is in another module (rich's updates take a lock)."""
+    import threading
+
+    done = threading.Event()
+
+    def run() -> None:
+        while not done.wait(seconds):
+            update()
+
+    t = threading.Thread(target=run, name="tcpwhy-progress", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+        t.join()
 
 
 @contextmanager
@@ -1191,6 +1291,7 @@ def open(
     max_active: int | None = None,
     local_nets: str | Sequence[str] | None = None,
     community_id_seed: int = 0,
+    progress: bool = False,
 ) -> Capture:
     """A capture, read on first use: a path, an fsspec URL, a binary file object, or a list
     of them (rotated parts of one capture, in order; several capture points of one path,
@@ -1202,7 +1303,10 @@ def open(
     `check_checksums` True is ``--check-checksums``, False ``--ignore-checksums``, None the
     default (checked with ``boundaries="zeek"`` only); `max_active`, `local_nets` (CIDR
     text, or a list; ``private``) and `community_id_seed` are ``conns --max-active``,
-    ``--local-nets`` and ``--community-id-seed`` (ValueError for a value they refuse)."""
+    ``--local-nets`` and ``--community-id-seed`` (ValueError for a value they refuse).
+    `progress` True draws a bar of the bytes read on stderr while a view reads the files
+    (rich: in a terminal or a notebook), as ``analyze(progress=True)``; without it nothing
+    is printed, so a script's output stays its own."""
     return Capture(
         _as_list(path_or_paths),
         display_filter,
@@ -1213,17 +1317,18 @@ def open(
         max_active=max_active,
         local_nets=local_nets,
         community_id_seed=community_id_seed,
+        progress=progress,
     )
 
 
 def analyze(
     paths: Source | Sequence[Source],
+    workers: int | None = None,
+    scheduler: str | None = None,
     *,
     display_filter: str | None = None,
     close_wait_s: float = 10.0,
     fin_wait_2_s: float = 5.0,
-    workers: int | None = None,
-    scheduler: str | None = None,
     pair: bool = True,
     reassemble: bool = True,
     progress: bool = False,
