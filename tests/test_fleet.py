@@ -492,6 +492,31 @@ def test_a_directory_without_captures_is_an_error(tmp_path: Path) -> None:
     assert status == 1  # the refused connection, an error-severity finding
 
 
+def test_head_line_says_which_points_could_not_be_read(tmp_path: Path) -> None:
+    """ "fleet of 3 capture points, 1 connections" over a verdict "at 1 of 3 capture points"
+    read as two points found clean when two could not be read at all: the head line says
+    how many could not be read (a point with one readable file of two was read), in words
+    of one and many."""
+    d = tmp_path / "fleet"
+    (d / "host-a").mkdir(parents=True)
+    shutil.copy(LAB / "refused.pcap", d / "host-a" / "a-1.pcap")
+    (d / "host-a" / "a-2.pcap").write_bytes(b"not a capture at all")
+    (d / "garbage.pcap").write_bytes(b"not a capture either")
+    os.mkfifo(d / "pipe.pcap")
+    r = subprocess.run([*TCPWHY, "analyze", str(d)], capture_output=True, text=True, timeout=120)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 2, r.stderr
+    assert lines[0] == (
+        "tcpwhy: fleet of 3 capture points (2 could not be read: errors below), 1 connection"
+    )
+    assert "[error] connection-refused at 1 of 3 capture points" in lines[1]
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(LAB / "refused.pcap", one / "refused.pcap")
+    r = subprocess.run([*TCPWHY, "analyze", str(one)], capture_output=True, text=True, timeout=120)
+    assert r.stdout.splitlines()[0] == "tcpwhy: fleet of 1 capture point, 1 connection"
+
+
 def test_no_more_workers_than_points(tmp_path: Path) -> None:
     """`--workers` above the number of capture points starts one worker per point: 10**20
     tried to start them all. Counted by PID while the run goes (the resource tracker aside)."""

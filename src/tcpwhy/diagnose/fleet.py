@@ -553,9 +553,18 @@ def exit_status(report: dict[str, Any]) -> int:
 
 
 def write_fleet_text(report: dict[str, Any], out: Any) -> None:
-    npoints = len(report["capture_points"])
-    conns = sum(p["connections"] for p in report["capture_points"])
-    out.write(f"tcpwhy: fleet of {npoints} capture points, {conns} connections\n")
+    from tcpwhy.diagnose.registry import plural
+
+    points = report["capture_points"]
+    conns = sum(p["connections"] for p in points)
+    failed = {e["file"] for e in report["errors"]}
+    # a point none of whose files could be read is still one of the N that verdicts count:
+    # said here, so "at 1 of 3 capture points" does not read as two points found clean
+    unread = sum(1 for p in points if p["files"] and set(p["files"]) <= failed)
+    head = plural(len(points), "capture point")
+    if unread:
+        head += f" ({unread} could not be read: errors below)"
+    out.write(f"tcpwhy: fleet of {head}, {plural(conns, 'connection')}\n")
     if not report["findings"]:
         out.write("no findings\n")
     for f in report["findings"]:
