@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tcpwhy import api
+from tcpwhy.generated import replace_blocks
 from tcpwhy.tcp import records
 
 PAGE = Path(__file__).resolve().parent / "api.md"
@@ -118,14 +119,7 @@ BLOCKS = {"packets": packets_block, "connections": connections_block}
 
 def splice(text: str) -> str:
     """The page with each generated block replaced by the current one."""
-    for table, block in BLOCKS.items():
-        b, e = begin(table), end(table)
-        if b not in text or e not in text:
-            raise ValueError(f"generated-block markers {b!r} not found")
-        head, rest = text.split(b, 1)
-        _, tail = rest.split(e, 1)
-        text = f"{head}{b}\n{block()}{e}{tail}"
-    return text
+    return replace_blocks(text, [(begin(t), end(t), block) for t, block in BLOCKS.items()])
 
 
 def main(argv: list[str] | None = None) -> int:

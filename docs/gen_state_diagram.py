@@ -14,6 +14,7 @@ from pathlib import Path
 
 from generated_page import rewrite_or_check
 
+from tcpwhy.generated import replace_blocks
 from tcpwhy.tcp.state import DOC_BEGIN, DOC_END, diagram, docs_block
 
 PAGE = Path(__file__).resolve().parent / "state-machine.md"
@@ -21,11 +22,7 @@ PAGE = Path(__file__).resolve().parent / "state-machine.md"
 
 def splice(text: str) -> str:
     """The page with its generated block replaced by the current one."""
-    if DOC_BEGIN not in text or DOC_END not in text:
-        raise SystemExit(f"{PAGE}: generated-block markers not found")
-    head, rest = text.split(DOC_BEGIN, 1)
-    _, tail = rest.split(DOC_END, 1)
-    return f"{head}{DOC_BEGIN}\n{docs_block()}{DOC_END}{tail}"
+    return replace_blocks(text, [(DOC_BEGIN, DOC_END, docs_block)])
 
 
 def main(argv: list[str] | None = None) -> int:

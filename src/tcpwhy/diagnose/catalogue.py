@@ -67,13 +67,8 @@ def lab_block() -> str:
 
 def splice(text: str) -> str:
     """The page with both generated blocks replaced by the current ones."""
-    for begin, end, block in (
-        (RULES_BEGIN, RULES_END, rules_block),
-        (LAB_BEGIN, LAB_END, lab_block),
-    ):
-        if begin not in text or end not in text:
-            raise ValueError(f"generated-block markers {begin!r} not found")
-        head, rest = text.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        text = f"{head}{begin}\n{block()}{end}{tail}"
-    return text
+    from tcpwhy.generated import replace_blocks
+
+    return replace_blocks(
+        text, [(RULES_BEGIN, RULES_END, rules_block), (LAB_BEGIN, LAB_END, lab_block)]
+    )
