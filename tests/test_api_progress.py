@@ -117,6 +117,18 @@ def test_no_progress_on_a_terminal_draws_nothing() -> None:
     assert (shown, out) == (b"", b"")
 
 
+def test_progress_off_a_terminal_writes_nothing(capfd: pytest.CaptureFixture[str]) -> None:
+    """With stderr a file or a pipe there is no bar to redraw: each reading wrote an empty
+    line there (rich's transient bar), one per view, into a script's log."""
+    cap = tcpwhy.open(SMALL, progress=True)
+    assert len(cap.connections) == 2 and cap.findings and cap.flow(0).rows
+    fleet = tcpwhy.analyze(SMALL, workers=1, progress=True)
+    report = tcpwhy.analyze(SMALL, progress=True)
+    assert (fleet.exit_status, report.exit_status) == (cap.report.exit_status,) * 2
+    out, err = capfd.readouterr()  # at the file-descriptor level
+    assert (out, err) == ("", "")
+
+
 # ---------------------------------------------------------------- optional libraries
 
 

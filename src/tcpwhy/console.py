@@ -125,6 +125,12 @@ def stderr_progress(description: str, *columns: ProgressColumn) -> Iterator[Call
     (`Progress.update`'s keywords: ``completed``, ``total``, ``description``)."""
     from rich.progress import Progress
 
-    with Progress(*columns, console=make_console(stderr=True), transient=True) as bar:
+    console = make_console(stderr=True)
+    if not (console.is_terminal or console.is_jupyter):
+        # nowhere to redraw a bar: rich's transient bar left an empty line per reading in a
+        # script's log, and a bar drawn once at the end tells nothing
+        yield lambda **fields: None
+        return
+    with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(description, total=None)
         yield lambda **fields: bar.update(task, **fields)
