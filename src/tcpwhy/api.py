@@ -871,11 +871,12 @@ class Capture:
     Each view (`packets`, `connections`, `report` and its `findings`) reads the files once,
     on its first use, and keeps its result; `flow` keeps the ladders of the last
     `FLOWS_KEPT` streams asked for. Each view reads on its own rather than all of them
-    sharing one copy of every packet, so a capture larger than memory still gives its
-    connections and findings: `connections` of one file streams it (memory follows the
-    connections open at once), `report` keeps per packet only the header columns the
-    diagnosis reads (tens of bytes; an uncompressed file's payloads stay in the file) and
-    a flow only its stream's packets. `packets` holds every packet's columns. With
+    sharing one copy of every packet, so each holds only what it needs: `connections` of
+    one file streams it (memory follows the connections open at once: a capture larger
+    than memory still gives its connections), `report` keeps per packet only the header
+    columns the diagnosis reads (tens of bytes a packet; an uncompressed file's payloads
+    stay in the file) and a flow only its stream's packets. `packets` holds every packet's
+    columns. With
     `progress`, each reading draws a bar of the bytes read on stderr (rich: in a terminal
     or a notebook); without it nothing is printed."""
 
