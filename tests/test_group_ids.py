@@ -1,6 +1,7 @@
 """`arrays.group_ids` and `arrays.key_counts` against a plain Python grouping: the packed
 one-key sort, the lexsort for keys too wide to pack, constant keys left out, and `at`
-picking rows without copies; `arrays.positions` against a dict."""
+picking rows without copies; `arrays.positions` against a dict; `arrays.unique_inverse`
+against a plain Python sort, hashed and past its hashing limit."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from tcpwhy.arrays import group_firsts, group_ids, key_counts, positions
+from tcpwhy.arrays import (
+    UNIQUE_HASHED,
+    group_firsts,
+    group_ids,
+    key_counts,
+    positions,
+    unique_inverse,
+)
 
 
 def _oracle(*keys: npt.NDArray[np.generic]) -> tuple[list[int], int]:
@@ -128,3 +136,21 @@ def test_positions_join_as_a_dict_does(n: int) -> None:
     # equal keys: the first of them
     at, found = positions(np.array([5, 3, 5, 3]), np.array([3, 5, 4]))
     assert at[:2].tolist() == [1, 0] and found.tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize(
+    ("n", "distinct"),
+    [(0, 1), (1, 1), (7, 3), (5000, 40), (20000, 4000), (3 * UNIQUE_HASHED, UNIQUE_HASHED + 1)],
+)
+def test_unique_inverse_numbers_values_in_sorted_order(n: int, distinct: int) -> None:
+    """The distinct values sorted, and each row's place among them, as a sort of Python ints
+    gives them; the last case has more distinct values than the hash takes (numpy's sort)."""
+    rng = np.random.default_rng(n)
+    values = rng.integers(-(2**62), 2**62, distinct) << 1  # full-width keys, negative ones
+    a = values[rng.integers(0, distinct, n)] if n else np.zeros(0, np.int64)
+    u, inv = unique_inverse(a)
+    want = sorted(set(a.tolist()))
+    assert u.dtype == np.int64 and inv.dtype == np.int64
+    assert u.tolist() == want
+    place = {x: i for i, x in enumerate(want)}
+    assert inv.tolist() == [place[x] for x in a.tolist()]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from tcpwhy.native import kernel
 
 
@@ -32,3 +34,33 @@ def run_counts(keys: Any, counts: Any) -> int:
     keys[g] = prev
     counts[g] = run
     return g + 1
+
+
+@kernel("i8[:] i8[:] i8[:] i8[:] -> i8", nogil=True)
+def first_seen_ids(keys: Any, slots: Any, firsts: Any, ids: Any) -> int:
+    """Per key, the number of its value in the order the values first come (into `ids`), and
+    each value once, in that order, at the front of `firsts`; the number of distinct values,
+    or -1 as soon as they would fill more than half of `slots` (a hash table whose length is
+    a power of two, every entry -1). Linear probing on a multiplicative hash: a table of a
+    few thousand entries stays in the cache, where a sort moves every key."""
+    mask = slots.shape[0] - 1
+    limit = min(slots.shape[0] // 2, firsts.shape[0])
+    g = 0
+    for i in range(keys.shape[0]):
+        k = keys[i]
+        h = np.int64((np.uint64(k) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)) & mask
+        while True:
+            s = slots[h]
+            if s < 0:
+                if g >= limit:
+                    return -1
+                slots[h] = g
+                firsts[g] = k
+                ids[i] = g
+                g += 1
+                break
+            if firsts[s] == k:
+                ids[i] = s
+                break
+            h = (h + 1) & mask
+    return g

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.arrays import positions, sparse_zeros
+from tcpwhy.arrays import positions, sparse_zeros, unique_inverse
 from tcpwhy.decode.table import (
     ACK,
     COLUMNS,
@@ -897,7 +897,7 @@ builder (`iter_connection_columns` builds them on a thread of their own)."""
 
 def _rfc_states(
     OUT: npt.NDArray[np.int64],
-    OW: npt.NDArray[np.int64],
+    OW: npt.NDArray[np.int32],
     sel: dict[str, npt.NDArray[Any]] | None,
     now: npt.NDArray[np.int64],
     errors: dict[str, npt.NDArray[Any]] | None = None,
@@ -969,32 +969,37 @@ def _build_records(
     the RFC state machine."""
     n = len(OUT)
     now = OUT[:, z.F_AS_OF]
-    OW = OW32.astype(np.int64)
+
+    def wide(field: int) -> npt.NDArray[np.int64]:
+        # one 32-bit field as 64 bits, for the arithmetic below: widening the whole block
+        # was a tenth of a second of a 3 M-SYN flood's `conns`
+        return OW32[:, field].astype(np.int64)
+
     if rfc_states:
-        o_rfc, r_rfc = _rfc_states(OUT, OW, kept, now, errors)
+        o_rfc, r_rfc = _rfc_states(OUT, OW32, kept, now, errors)
     else:
         o_rfc = r_rfc = np.full(n, NO_RFC_STATE, np.uint8)
-    od = OW[:, z.F_ODIR]
+    od = wide(z.F_ODIR)
     # the columns that depend on which side originates, in one compiled pass
     R = np.empty((z.NSIDES, n), np.int64)
     if n:
         z.record_sides(np.ascontiguousarray(OUT), np.ascontiguousarray(OW32), R)
     zo, zr = R[z.R_ZEEK_ORIG], R[z.R_ZEEK_RESP]
     osize, rsize = R[z.R_ORIG_SIZE], R[z.R_RESP_SIZE]
-    hlen = OW[:, z.F_HLEN].copy()
+    hlen = wide(z.F_HLEN)
     history = np.ascontiguousarray(OH)
     cs = _conn_state_codes(zo, zr, (osize == 0) & (rsize == 0), history, hlen)
     start = OUT[:, z.F_START_TS]
-    reason = OW[:, z.F_REASON]
+    reason = wide(z.F_REASON)
     idle = np.where(
         (reason == z.END_IDLE) & _OPEN_CODES[cs], (now - OUT[:, z.F_SEEN_TS]) // 10**9, 0
     )
-    ff = OW[:, z.F_FIRST_FLAGS] & (SYN | ACK)
+    ff = wide(z.F_FIRST_FLAGS) & (SYN | ACK)
     key = (
-        ((((OW[:, z.F_CLOSE1] * 16 + OW[:, z.F_CLOSE2]) * 16 + OW[:, z.F_CLOSE3]) * 2 + od)
+        ((((wide(z.F_CLOSE1) * 16 + wide(z.F_CLOSE2)) * 16 + wide(z.F_CLOSE3)) * 2 + od)
          * 16 + cs) * 16 + reason
     ) * 32 + ff + (idle << 26)  # fmt: skip
-    keys, end = np.unique(key, return_inverse=True)
+    keys, end = unique_inverse(key)
     cols: dict[str, npt.NDArray[Any]] = {
         "uid": OUT[:, z.F_UID].copy(),
         "stream": OUT[:, z.F_STREAM].copy(),
@@ -1004,7 +1009,7 @@ def _build_records(
         "resp_hi": R[z.R_RESP_HI].view(np.uint64),
         "resp_lo": R[z.R_RESP_LO].view(np.uint64),
         "resp_p": R[z.R_RESP_P],
-        "orientation": OW[:, z.F_ORIENT].astype(np.uint8),
+        "orientation": OW32[:, z.F_ORIENT].astype(np.uint8),
         "start_ns": start.copy(),
         "duration_ns": OUT[:, z.F_LAST_TS] - start,
         "orig_pkts": R[z.R_ORIG_PKTS],
@@ -1025,7 +1030,7 @@ def _build_records(
         "conn_state": cs.astype(np.uint8),
         "history": history.copy(),
         "history_len": hlen,
-        "continued": OW[:, z.F_CONTINUED] != 0,
+        "continued": OW32[:, z.F_CONTINUED] != 0,
         "emitted": reason.astype(np.uint8),
         "zeek_orig_state": zo.astype(np.uint8),
         "zeek_resp_state": zr.astype(np.uint8),
