@@ -155,6 +155,8 @@ class _Sources:
                 raise NotACaptureError(text, "no such file") from None
             except OSError as exc:
                 raise NotACaptureError(text, exc.strerror or str(exc)) from None
+            except ValueError as exc:  # a protocol fsspec does not know
+                raise NotACaptureError(text, f"cannot read this URL: {exc}") from None
             self.names[dest] = text
             return dest
         name = str(getattr(s, "name", "") or "<file object>")

@@ -40,12 +40,23 @@ quantities it reads; sleeping, waiting and nanosecond arithmetic fail beyond abo
 def positive_float(text: str) -> float:
     """argparse type for durations and sizes: a number above 0, at most `LARGEST_FLOAT`
     (neither NaN nor infinity)."""
+    return _float(text, zero=False)
+
+
+def nonnegative_float(text: str) -> float:
+    """argparse type for durations where 0 turns something off (``watch --summary-every 0``):
+    0 or a number above, at most `LARGEST_FLOAT` (neither NaN nor infinity)."""
+    return _float(text, zero=True)
+
+
+def _float(text: str, *, zero: bool) -> float:
+    """`text` as a number above 0 (or 0 itself, with `zero`), at most `LARGEST_FLOAT`."""
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError("must be positive")
+    if not (v >= 0 if zero else v > 0):
+        raise argparse.ArgumentTypeError("must be 0 or more" if zero else "must be positive")
     if not v <= LARGEST_FLOAT:
         raise argparse.ArgumentTypeError(f"must be at most {LARGEST_FLOAT:.0f}")
     return v

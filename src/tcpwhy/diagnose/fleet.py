@@ -37,12 +37,24 @@ def _is_url(path: str) -> bool:
     return "://" in path
 
 
+def _url_fs(path: str) -> tuple[Any, str]:
+    """fsspec's filesystem of a URL and the path in it; a protocol fsspec does not know, or
+    whose package is not installed (``s3://`` without s3fs), is the URL's one-line error."""
+    try:
+        import fsspec
+    except ImportError:
+        raise TcpwhyError(path, "reading a URL needs fsspec: pip install 'tcpwhy[fleet]'") from None
+    try:
+        fs, root = fsspec.core.url_to_fs(path)
+    except (ImportError, ValueError) as exc:
+        raise TcpwhyError(path, f"cannot read this URL: {exc}") from None
+    return fs, root
+
+
 def _listdir(path: str) -> list[tuple[str, bool]]:
     """(path, is a directory) of the entries of a local directory or an fsspec URL."""
     if _is_url(path):
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(path)
+        fs, root = _url_fs(path)
         proto = path.split("://", 1)[0]
         return sorted(
             (f"{proto}://{e['name']}", e["type"] == "directory") for e in fs.ls(root, detail=True)
@@ -53,9 +65,7 @@ def _listdir(path: str) -> list[tuple[str, bool]]:
 
 def _isdir(path: str) -> bool:
     if _is_url(path):
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(path)
+        fs, root = _url_fs(path)
         return bool(fs.isdir(root))
     return os.path.isdir(path)
 
@@ -124,10 +134,9 @@ def _local(path: str) -> tuple[str, Callable[[], None]]:
         return (path[len("file://") :] if path.startswith("file://") else path), lambda: None
     import tempfile
 
-    import fsspec
-
+    fs, root = _url_fs(path)
     fd, tmp = tempfile.mkstemp(prefix="tcpwhy-", suffix=os.path.basename(path))
-    with os.fdopen(fd, "wb") as out, fsspec.open(path, "rb") as src:
+    with os.fdopen(fd, "wb") as out, fs.open(root, "rb") as src:
         while chunk := src.read(1 << 22):
             out.write(chunk)
     return tmp, lambda: os.unlink(tmp)
@@ -273,6 +282,8 @@ def _client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
             client = Client(scheduler, timeout="10s")
         except OSError as exc:
             raise TcpwhyError(scheduler, f"cannot reach the scheduler: {exc}") from None
+        except ValueError as exc:  # not an address (no port, an unknown protocol)
+            raise TcpwhyError(scheduler, f"not a scheduler address: {exc}") from None
         with client:
             yield client
         return

@@ -138,8 +138,21 @@ def _rate(ts: npt.NDArray[np.int64], start_ns: int) -> tuple[float, float, int]:
     dur = (int(ts.max()) - int(ts.min())) / 1e9
     ts -= start_ns
     ts //= 1_000_000_000
-    peak = int(np.bincount(ts).max())
+    peak = int(_per_second(ts)[1].max())
     return dur, len(ts) / max(dur, 1.0), peak
+
+
+def _per_second(sec: I64) -> tuple[I64, I64]:
+    """Each second that `sec` holds, ascending, and how many times: a bincount where the
+    seconds span less than the rows, else a sort (one packet stamped decades off made a
+    bincount over every second between, 19 GB)."""
+    base = int(sec.min())
+    if int(sec.max()) - base < max(len(sec), 1 << 16):
+        counts = np.bincount(sec - base)
+        at = np.flatnonzero(counts)
+        return at + base, counts[at]
+    u, c = np.unique(sec, return_counts=True)
+    return u, c.astype(np.int64)
 
 
 def _first_row_per_stream(cap: Capture, mask: B) -> npt.NDArray[np.signedinteger[Any]]:
@@ -223,16 +236,15 @@ def detect_flood(diag: Diag) -> list[Finding]:
     out = []
     while listeners:
         sids = listeners.pop(0)  # not held once its members are picked
-        sec = _sec(cap, sids)
-        base = int(sec.min())
-        hot = np.flatnonzero(np.bincount(sec - base) >= FLOOD_MIN_RATE)
+        secs, counts = _per_second(_sec(cap, sids))
+        hot = secs[counts >= FLOOD_MIN_RATE]
         if not len(hot):
             continue
         # the window's seconds as capture times: [lo_ns, hi_ns) holds exactly the streams
         # whose second is lo_s to hi_s, tested without a second number per stream
-        lo_ns = cap.start_ns + (base + int(hot[0])) * 1_000_000_000
-        hi_ns = cap.start_ns + (base + int(hot[-1]) + 1) * 1_000_000_000
-        del sec
+        lo_ns = cap.start_ns + int(hot[0]) * 1_000_000_000
+        hi_ns = cap.start_ns + (int(hot[-1]) + 1) * 1_000_000_000
+        del secs, counts
         first = cap.first_ns[sids]
         members = sids[(first >= lo_ns) & (first < hi_ns)]
         del sids, first

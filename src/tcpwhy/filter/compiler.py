@@ -230,6 +230,10 @@ def parse_int(text: str) -> int | None:
         return int(text[2:], 2)
     if len(text) > 1 and text[0] == "0":
         return int(text[1:], 8)
+    if len(text) > 20:
+        # above 2**64 (no leading zero), which every caller refuses by the text; Python
+        # refuses to convert thousands of decimal digits at all
+        return 1 << 64
     return int(text)
 
 
@@ -1589,6 +1593,12 @@ class Compiler:
             rx = compile_pcre(pat)
         except re.error as exc:
             raise FilterError(f"Regex compilation error: {exc.msg}.") from None
+        except OverflowError as exc:  # a repetition count past what the engine takes
+            raise FilterError(f"Regex compilation error: {exc}.") from None
+        except RecursionError:  # groups nested deeper than the engine's parser goes
+            raise FilterError(
+                "Regex compilation error: parentheses are too deeply nested."
+            ) from None
         lhs = node.lhs
         if not isinstance(lhs, (S.FieldRef, S.Call, S.Slice)):
             raise self.not_a_field(

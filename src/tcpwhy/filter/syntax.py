@@ -575,6 +575,10 @@ def _strtol(text: str) -> tuple[int, int] | None:
     m = re.match(r"\s*[+-]?[0-9]+", text)
     if m is None:
         return None
+    if len(m.group().lstrip(" \t\n\r\f\v+-").lstrip("0")) > 20:
+        # past any bound a caller checks (callers word their errors from the text); Python
+        # refuses to convert thousands of decimal digits at all
+        return (-1 if "-" in m.group() else 1) << 70, m.end()
     return int(m.group()), m.end()
 
 
@@ -985,6 +989,11 @@ def parse(
     is_field: Callable[[str], bool],
     is_function: Callable[[str], bool] = lambda name: False,
 ) -> Node:
+    bad = next((k for k, ch in enumerate(src) if "\udc80" <= ch <= "\udcff"), None)
+    if bad is not None:  # a byte of the command line that is not UTF-8 (surrogate-escaped)
+        raise FilterError(
+            f"The filter is not valid UTF-8: byte 0x{ord(src[bad]) - 0xDC00:02x} at character {bad + 1}."
+        )
     try:
         tree = Parser(src, is_field, is_function).parse()
     except RecursionError:

@@ -1104,6 +1104,8 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
                 out.append(obj)
     except OSError as exc:
         raise TcpwhyError(path, exc.strerror or str(exc)) from None
+    except UnicodeDecodeError:
+        raise TcpwhyError(path, "not a tcpwhy kernel trace (not UTF-8 text)") from None
     return out
 
 

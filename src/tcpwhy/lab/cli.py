@@ -12,7 +12,7 @@ from dataclasses import fields
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from tcpwhy.cli_helpers import Subcommands, positive_float, positive_int
+from tcpwhy.cli_helpers import Subcommands, nonnegative_float, positive_float, positive_int
 from tcpwhy.errors import EXIT_BAD_INPUT, ScenarioFailed, TcpwhyError
 from tcpwhy.lab.env import Options
 
@@ -46,7 +46,7 @@ def register(sub: Subcommands) -> None:
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=nonnegative_float,
         help="the scenario's timeout in seconds (user timeout, fin timeout …)",
     )
     p.add_argument(

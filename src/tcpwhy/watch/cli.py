@@ -17,7 +17,7 @@ import time
 from types import FrameType
 from typing import Any
 
-from tcpwhy.cli_helpers import Subcommands, positive_float, positive_int
+from tcpwhy.cli_helpers import Subcommands, nonnegative_float, positive_float, positive_int
 from tcpwhy.errors import TcpwhyError
 
 NS = 1_000_000_000
@@ -299,7 +299,7 @@ def register(sub: Subcommands) -> None:
     )
     w.add_argument(
         "--keep-before",
-        type=float,
+        type=nonnegative_float,
         default=5.0,
         metavar="S",
         help="also keep every packet of the S seconds before a kept connection; default 5",
@@ -316,7 +316,7 @@ def register(sub: Subcommands) -> None:
     )
     w.add_argument(
         "--summary-every",
-        type=float,
+        type=nonnegative_float,
         default=60.0,
         metavar="S",
         help="a one-line summary every S seconds (0: none); default 60",

@@ -1,0 +1,162 @@
+"""Inputs found by fuzzing the command line that ended in a traceback: each is now one line on
+stderr and exit status 2 (exit 1 for `analyze` is its findings), run as a user runs it.
+
+A capture whose timestamps span decades (one SYN of a flood stamped in 2106) made the SYN-flood
+rule count SYNs in a slot per second of the span, 19 GB; filters with regular expressions
+past the engine's limits, numbers of thousands of digits or bytes that are not UTF-8; a kernel
+trace that is not text; URLs fsspec cannot open; a scheduler address Dask cannot parse; NaN
+and infinity as a duration."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tcpwhy
+from tcpwhy.capture.writer import LINKTYPE_ETHERNET, PcapWriter
+from tests.craft import eth, ip, tcp, v4
+
+CAPTURE = str(Path(tcpwhy.__file__).parent / "data" / "demo-stale-keepalive.pcap")
+ADDRESS_SPACE = 4 << 30
+"""The address space each run may take: a count per second of a 136-year span needed 19 GB."""
+
+
+def _limited() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+
+
+def _run(*args: str | bytes, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "tcpwhy", *args],
+        capture_output=True,
+        timeout=timeout,
+        preexec_fn=_limited,
+    )
+
+
+def _one_line(r: subprocess.CompletedProcess[bytes], status: int, where: str, reason: str) -> None:
+    err = r.stderr.decode("utf-8", "replace")
+    assert "Traceback" not in err, err
+    assert r.returncode == status, err
+    assert err.startswith(f"tcpwhy: {where}: {reason}"), err
+
+
+def _far_flood(path: Path) -> Path:
+    """110 SYNs from 110 sources to one listener within 110 ms, the last stamped 2**32 - 1 s
+    after the epoch (a clock gone wrong, a byte flipped in the record header)."""
+    server = v4("10.0.0.2")
+    t0 = 1_700_000_000_000_000_000
+    with PcapWriter.open(str(path), LINKTYPE_ETHERNET) as w:
+        for k in range(110):
+            src = v4(f"198.51.{k // 200}.{k % 200 + 1}")
+            frame = eth(ip(src, server, 6, tcp(src, server, 40000 + k, 80, 1000 * k, 0, 0x02)))
+            w.write(t0 + k * 1_000_000 if k < 109 else (2**32 - 1) * 10**9, frame)
+    return path
+
+
+def test_a_flood_with_a_timestamp_decades_off_is_still_one_finding(tmp_path: Path) -> None:
+    r = _run("analyze", "--format", "json", str(_far_flood(tmp_path / "far.pcap")))
+    assert r.returncode == 1, r.stderr.decode()
+    assert b"Traceback" not in r.stderr
+    kinds = [f["kind"] for f in json.loads(r.stdout)["findings"]]
+    assert kinds == ["syn-flood"]
+
+
+@pytest.mark.parametrize(
+    ("flt", "reason"),
+    [
+        ('tcp.payload matches "a{4294967296}"', "Regex compilation error: the repetition"),
+        ('tcp.payload matches "' + "(" * 1000 + ")" * 1000 + '"', "Regex compilation error:"),
+        ("tcp.port == " + "1" * 4301, '"' + "1" * 4301 + '" causes an integer overflow.'),
+        ("tcp.payload[" + "1" * 4301 + "] == 61", '"' + "1" * 4301 + '" causes an integer'),
+        ("ip.src#" + "9" * 5000 + " == 1.2.3.4", '"' + "9" * 5000 + '" causes an integer'),
+    ],
+)
+def test_filters_past_the_engines_limits_are_filter_errors(flt: str, reason: str) -> None:
+    _one_line(_run("packets", "-Y", flt, CAPTURE), 2, "-Y", reason)
+
+
+def test_a_filter_with_a_byte_that_is_not_utf8_is_a_filter_error() -> None:
+    flt = os.fsencode("tcp.payload contains ") + b'"\xff"'
+    _one_line(
+        _run("packets", "-Y", flt, CAPTURE),
+        2,
+        "-Y",
+        "The filter is not valid UTF-8: byte 0xff at character 23.",
+    )
+
+
+def test_a_kernel_trace_that_is_not_text_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "trace.jsonl"
+    bad.write_bytes(b'\xff{"event": "x"}\n')
+    _one_line(
+        _run("analyze", "--kernel-trace", str(bad), CAPTURE),
+        2,
+        str(bad),
+        "not a tcpwhy kernel trace (not UTF-8 text)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("nosuch://x/y.pcap", "cannot read this URL: Protocol not known: nosuch"),
+        ("s3://bucket/x.pcap", "cannot read this URL: "),
+    ],
+)
+def test_urls_fsspec_cannot_open_are_one_line(url: str, reason: str) -> None:
+    pytest.importorskip("fsspec")
+    if url.startswith("s3:"):
+        try:
+            import s3fs  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            pytest.skip("s3fs is installed: the URL is read (and fails for other reasons)")
+    _one_line(_run("analyze", url), 2, url, reason)
+
+
+def test_a_scheduler_address_without_a_port_is_one_line() -> None:
+    pytest.importorskip("distributed")
+    _one_line(
+        _run("analyze", "--scheduler", "notaurl", CAPTURE),
+        2,
+        "notaurl",
+        "not a scheduler address: ",
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--summary-every", "nan", "must be 0 or more"),
+        ("--summary-every", "inf", "must be at most 1000000000"),
+        ("--summary-every", "-1", "must be 0 or more"),
+        ("--keep-before", "nan", "must be 0 or more"),
+    ],
+)
+def test_watch_durations_that_are_not_numbers_are_argparse_errors(
+    option: str, value: str, message: str
+) -> None:
+    r = _run("watch", "-r", CAPTURE, f"{option}={value}")
+    err = r.stderr.decode()
+    assert (r.returncode, "Traceback" in err) == (2, False), err
+    assert err.splitlines()[-1].endswith(f"error: argument {option}: {message}"), err
+
+
+def test_watch_summary_every_zero_still_turns_the_summary_off() -> None:
+    r = _run("watch", "-r", CAPTURE, "--summary-every", "0")
+    assert r.returncode in (0, 1), r.stderr.decode()
+    assert b"Traceback" not in r.stderr
+
+
+def test_the_api_names_a_url_it_cannot_open() -> None:
+    pytest.importorskip("fsspec")
+    with pytest.raises(tcpwhy.CaptureError, match=r"nosuch://x/y\.pcap: cannot read this URL"):
+        len(tcpwhy.open("nosuch://x/y.pcap").connections)
