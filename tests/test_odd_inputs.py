@@ -1,5 +1,6 @@
-"""Inputs found by fuzzing the command line that ended in a traceback: each is now one line on
-stderr and exit status 2 (exit 1 for `analyze` is its findings), run as a user runs it.
+"""Inputs found by fuzzing the command line and the Python API that ended in a traceback: each
+is now one line on stderr and exit status 2 (exit 1 for `analyze` is its findings), run as a
+user runs it; in the API, a `CaptureError` or a TypeError that names the argument.
 
 A capture whose timestamps span decades (one SYN of a flood stamped in 2106) made the SYN-flood
 rule count SYNs in a slot per second of the span, 19 GB; filters with regular expressions
@@ -160,3 +161,125 @@ def test_the_api_names_a_url_it_cannot_open() -> None:
     pytest.importorskip("fsspec")
     with pytest.raises(tcpwhy.CaptureError, match=r"nosuch://x/y\.pcap: cannot read this URL"):
         len(tcpwhy.open("nosuch://x/y.pcap").connections)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"display_filter": b"tcp"}, "display_filter is a Wireshark display filter's text"),
+        ({"max_active": float("inf")}, "max_active is a whole number, not float"),
+        ({"community_id_seed": None}, "community_id_seed is a whole number, not NoneType"),
+        ({"local_nets": ["10.0.0.0/8", None]}, "local_nets is CIDR text"),
+        ({"local_nets": b"10.0.0.0/8"}, "local_nets is CIDR text"),
+    ],
+)
+def test_the_api_names_an_argument_of_the_wrong_type(
+    kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(TypeError, match=message):
+        tcpwhy.open(CAPTURE, **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_api_takes_local_nets_from_any_iterable() -> None:
+    cap = tcpwhy.open(CAPTURE, local_nets=(n for n in ["10.0.0.0/8"]))
+    assert "local_orig" in cap.connections
+
+
+def test_flow_and_table_keys_of_the_wrong_type_are_named() -> None:
+    cap = tcpwhy.open(CAPTURE)
+    for bad in ("0", float("nan"), None):
+        with pytest.raises(TypeError, match="stream is a whole number"):
+            cap.flow(bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="fold is a whole number"):
+        cap.flow(0, fold=None)  # type: ignore[arg-type]
+    t = cap.connections
+    with pytest.raises(TypeError, match="a column is asked for by its name, not by slice"):
+        t[0:2]  # type: ignore[index]
+    assert ["stream"] not in t
+
+
+def test_file_objects_and_paths_that_cannot_be_read_are_capture_errors(tmp_path: Path) -> None:
+    with open(CAPTURE, "rb") as closed:
+        pass
+    with pytest.raises(tcpwhy.NotACaptureError, match="cannot read this file object"):
+        len(tcpwhy.open(closed).packets)
+    with (
+        open(tmp_path / "w.bin", "wb") as w,
+        pytest.raises(tcpwhy.NotACaptureError, match="cannot read this file object"),
+    ):
+        len(tcpwhy.open(w).connections)
+    with pytest.raises(tcpwhy.NotACaptureError, match="holds a NUL character"):
+        len(tcpwhy.open(str(tmp_path / "a\0b.pcap")).packets)
+
+
+def test_analyze_and_host_name_arguments_of_the_wrong_type() -> None:
+    with pytest.raises(TypeError, match="workers is a whole number, not str"):
+        tcpwhy.analyze(CAPTURE, workers="2")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="scheduler is an address's text"):
+        tcpwhy.analyze(CAPTURE, scheduler=8786)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="a network namespace is a name or a path, not int"):
+        tcpwhy.host.counters(netns=123)  # type: ignore[arg-type]
+    with pytest.raises(tcpwhy.TcpwhyError, match="no network namespace"):
+        tcpwhy.host.counters(netns="a\0b")
+
+
+def test_a_tls_scheduler_without_its_settings_is_one_line() -> None:
+    pytest.importorskip("distributed")
+    _one_line(
+        _run("analyze", "--scheduler", "tls://127.0.0.1:1", CAPTURE),
+        2,
+        "tls://127.0.0.1:1",
+        "cannot connect to the scheduler: ",
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('{"event": "reset_sent", "ts": "abc"}', "could not convert string to float"),
+        ('{"event": "reset_sent", "ts": 1e400}', "cannot convert float infinity"),
+        (
+            '{"event": "reset_sent", "ts": 1, "src": "not-an-ip", "dst": "10.0.0.1"}',
+            "does not appear to be an IPv4 or IPv6 address",
+        ),
+        ("[" * 100_000 + "]" * 100_000, "line 1: not JSON"),
+    ],
+)
+def test_kernel_trace_events_of_another_shape_are_one_line(
+    tmp_path: Path, line: str, reason: str
+) -> None:
+    bad = tmp_path / "trace.jsonl"
+    bad.write_text(line + "\n")
+    r = _run("analyze", "--kernel-trace", str(bad), CAPTURE)
+    err = r.stderr.decode()
+    assert (r.returncode, "Traceback" in err) == (2, False), err
+    assert err.startswith(f"tcpwhy: {bad}: "), err
+    assert reason in err, err
+
+
+def test_a_capture_name_that_is_not_utf8_is_written_into_an_output_file(tmp_path: Path) -> None:
+    odd = os.fsencode(tmp_path) + b"/\xff\xfe.pcap"
+    with open(CAPTURE, "rb") as src, open(odd, "wb") as dst:
+        dst.write(src.read())
+    out = tmp_path / "report.txt"
+    r = _run("analyze", "-o", str(out), odd)
+    assert r.returncode == 1 and b"Traceback" not in r.stderr, r.stderr.decode()
+    assert b"\xff\xfe.pcap" in out.read_bytes()  # the name as its bytes, as stdout writes it
+
+
+def test_a_netns_that_is_not_a_namespace_is_one_line(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    _one_line(
+        _run("host", "sysctl", "--netns", str(fifo), timeout=60),
+        2,
+        "--netns",
+        f"'{fifo}' is not a network namespace",
+    )
+
+
+def test_analyze_checks_its_thresholds_as_the_command_line_does() -> None:
+    with pytest.raises(ValueError, match="close_wait_s must be above 0"):
+        tcpwhy.analyze(CAPTURE, close_wait_s=float("inf"))
+    with pytest.raises(TypeError, match="fin_wait_2_s is a number of seconds, not str"):
+        tcpwhy.analyze(CAPTURE, fin_wait_2_s="10")  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import builtins
 import importlib
 import io
+import numbers
 import os
 import shutil
 import tempfile
@@ -138,6 +139,8 @@ class _Sources:
     def _local(self, k: int, s: Source) -> str:
         if isinstance(s, (str, os.PathLike)):
             text = os.fspath(s)
+            if "\0" in text:  # no file has such a name (the system refuses to look)
+                raise NotACaptureError(text, "no such file (the name holds a NUL character)")
             if "://" not in text:
                 return text
             try:
@@ -162,7 +165,10 @@ class _Sources:
         name = str(getattr(s, "name", "") or "<file object>")
         dest = os.path.join(self._spool_dir(), f"{k}-{os.path.basename(name) or 'capture'}")
         with builtins.open(dest, "wb") as out:
-            shutil.copyfileobj(s, out, 1 << 20)
+            try:
+                shutil.copyfileobj(s, out, 1 << 20)
+            except (OSError, ValueError) as exc:  # closed, opened for writing only
+                raise NotACaptureError(name, f"cannot read this file object: {exc}") from None
         self.names[dest] = name
         return dest
 
@@ -229,6 +235,36 @@ def _need(module: str, what: str) -> Any:
         raise ImportError(f"{what} needs {module}: pip install {module}") from None
 
 
+def _whole(v: Any, name: str) -> int:
+    """`v` as an int, for an argument that counts or numbers: a float (NaN, infinity, 2.5),
+    a string or None is the caller's TypeError, named, not ``int()``'s."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} is a whole number, not {type(v).__name__}")
+    return int(v)
+
+
+def _seconds(v: Any, name: str) -> float:
+    """A threshold in seconds as ``analyze``'s options take it (`positive_float`): a
+    number above 0 and at most `LARGEST_FLOAT`."""
+    from tcpwhy.cli_helpers import LARGEST_FLOAT
+
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} is a number of seconds, not {type(v).__name__}")
+    if not 0 < float(v) <= LARGEST_FLOAT:
+        raise ValueError(f"{name} must be above 0 and at most {LARGEST_FLOAT:.0f}, not {v}")
+    return float(v)
+
+
+def _nets(v: Any) -> str | list[str] | None:
+    """`local_nets` as ``--local-nets`` takes it: CIDR text, or a list of them."""
+    if v is None or isinstance(v, str):
+        return v
+    nets = list(v) if isinstance(v, Iterable) and not isinstance(v, (bytes, bytearray)) else None
+    if nets is None or not all(isinstance(x, str) for x in nets):
+        raise TypeError("local_nets is CIDR text (or 'private'), or a list of them")
+    return nets
+
+
 def _from_numpy(
     pa: Any, v: npt.NDArray[Any], typ: Any = None, null: npt.NDArray[np.bool_] | None = None
 ) -> Any:
@@ -281,6 +317,8 @@ class Table:
 
     def __getitem__(self, name: str) -> npt.NDArray[Any]:
         """The column `name` as a numpy array (codes for a column with `words`)."""
+        if not isinstance(name, str):
+            raise TypeError(f"a column is asked for by its name, not by {type(name).__name__}")
         if name not in self._schema:
             raise KeyError(f"no column {name!r}; columns: {', '.join(self._schema)}")
         return self._column(name)
@@ -291,7 +329,7 @@ class Table:
     def __contains__(self, name: object) -> bool:
         """Whether `name` is a column: ``"local_orig" in t`` tells whether the table was
         read with ``local_nets`` before a column lookup raises."""
-        return name in self._schema
+        return isinstance(name, str) and name in self._schema
 
     def __iter__(self) -> Iterator[str]:
         """The column names, in order, as a dict's keys are: ``{k: t[k] for k in t}``
@@ -902,7 +940,15 @@ class Capture:
     ) -> None:
         from tcpwhy.views import connection_options, record_options
 
-        if max_active is not None and int(max_active) < 1:
+        if display_filter is not None and not isinstance(display_filter, str):
+            raise TypeError(
+                f"display_filter is a Wireshark display filter's text, not {type(display_filter).__name__}"
+            )
+        if max_active is not None:
+            max_active = _whole(max_active, "max_active")
+        community_id_seed = _whole(community_id_seed, "community_id_seed")
+        local_nets = _nets(local_nets)
+        if max_active is not None and max_active < 1:
             raise ValueError(f"max_active must be at least 1, not {max_active}")
         # the rule `tcpwhy conns` follows (ValueError for another boundaries word)
         self._conn_options = connection_options(
@@ -1081,7 +1127,7 @@ class Capture:
         The Flow is kept (the last `FLOWS_KEPT` streams and folds asked for): asking again,
         as a notebook does when it shows a cell again, returns the same Flow without reading
         the capture."""
-        key = (int(stream), int(fold))
+        key = (_whole(stream, "stream"), _whole(fold, "fold"))
         kept = self._flows.get(key)
         if kept is not None:
             self._flows.move_to_end(key)
@@ -1345,8 +1391,16 @@ def analyze(
     function ``analyze DIR`` uses: capture points diagnosed apart on a Dask LocalCluster of
     `workers` processes, on the cluster at `scheduler` (``tcp://host:8786``), or here one
     after the other. `progress` draws a progress bar on stderr (else nothing is printed)."""
-    if workers is not None and int(workers) < 1:
+    if workers is not None:
+        workers = _whole(workers, "workers")
+    if scheduler is not None and not isinstance(scheduler, str):
+        raise TypeError(
+            f"scheduler is an address's text (tcp://host:8786), not {type(scheduler).__name__}"
+        )
+    if workers is not None and workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
+    close_wait_s = _seconds(close_wait_s, "close_wait_s")
+    fin_wait_2_s = _seconds(fin_wait_2_s, "fin_wait_2_s")
     given = _as_list(paths)
     if workers or scheduler or _is_fleet(given):
         if not all(isinstance(p, (str, os.PathLike)) for p in given):

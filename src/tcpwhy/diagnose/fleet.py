@@ -284,6 +284,8 @@ def _client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
             raise TcpwhyError(scheduler, f"cannot reach the scheduler: {exc}") from None
         except ValueError as exc:  # not an address (no port, an unknown protocol)
             raise TcpwhyError(scheduler, f"not a scheduler address: {exc}") from None
+        except (TypeError, AssertionError) as exc:  # tls:// without Dask's TLS settings
+            raise TcpwhyError(scheduler, f"cannot connect to the scheduler: {exc}") from None
         with client:
             yield client
         return
@@ -452,7 +454,11 @@ def run_points(
                 display_filter=display_filter,
                 pure=False,
                 retries=2,  # a worker that dies: its tasks run again elsewhere
-                key=[f"tcpwhy-point-{i}-{p.name}" for i, p in enumerate(points)],
+                # a directory's name that is not UTF-8 did not serialise: spelled with escapes
+                key=[
+                    f"tcpwhy-point-{i}-{p.name.encode('utf-8', 'backslashreplace').decode()}"
+                    for i, p in enumerate(points)
+                ],
             )
             index = {f.key: i for i, f in enumerate(futures)}
             for n, fut in enumerate(as_completed(futures), 1):

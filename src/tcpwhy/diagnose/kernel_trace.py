@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from tcpwhy.diagnose.model import Finding, Report
+from tcpwhy.errors import TcpwhyError
 from tcpwhy.host.trace import DROP_MEANING, RESET_MEANING, read_jsonl
 
 WINDOW_NS = 1_000_000_000  # kernel events this close to a connection's span are its own
@@ -202,7 +203,19 @@ def _contradictions(
 
 
 def join(report: Report, trace_path: str) -> int:
-    """Add the kernel's word to every finding of `report`; returns the events matched."""
+    """Add the kernel's word to every finding of `report`; returns the events matched. An
+    event whose fields are not what `host trace` writes (a time that is not a number, an
+    address that is not one, a reason that is a list) is the file's one-line error."""
+    try:
+        return _join(report, trace_path)
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        what = f"no field {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise TcpwhyError(
+            trace_path, f"not a tcpwhy kernel trace (an event's fields: {what})"
+        ) from None
+
+
+def _join(report: Report, trace_path: str) -> int:
     events = read_jsonl(trace_path)
     for e in events:
         # schema 2.0 has `ts_ns` (`ts` is RFC 3339); a 1.x file's `ts` is epoch seconds

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import stat
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -24,26 +25,32 @@ NETNS_RUN_DIR = Path("/var/run/netns")
 _WHERE = "--netns"
 
 
-def netns_path(name: str) -> Path:
+def netns_path(name: str | os.PathLike[str]) -> Path:
     """Resolve a name as `ip netns` does; an absolute path (e.g. /proc/PID/ns/net) also works."""
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
+    if not isinstance(name, str):
+        raise TypeError(f"a network namespace is a name or a path, not {type(name).__name__}")
     if not name:
         raise TcpwhyError(_WHERE, "empty namespace name")
     path = Path(name) if name.startswith("/") else NETNS_RUN_DIR / name
     if "/" in name and not name.startswith("/"):
         raise TcpwhyError(_WHERE, f"{name!r}: a namespace name cannot contain '/'")
     try:
-        path.stat()
+        st = path.stat()
     except PermissionError:  # another user's /proc/PID/ns/net: ptrace access is checked
         raise EnvironmentProblem(
             _WHERE,
             f"cannot look at {path}: permission denied (another process's namespace needs "
             "ptrace access to that process)",
         ) from None
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the name, which no path holds
         raise TcpwhyError(
             _WHERE,
             f"no network namespace {name!r} (looked for {path}; `ip netns list` shows the named ones)",
         ) from None
+    if not stat.S_ISREG(st.st_mode):  # a namespace is a file of nsfs; opening a FIFO waits
+        raise TcpwhyError(_WHERE, f"{name!r} is not a network namespace ({path})")
     return path
 
 

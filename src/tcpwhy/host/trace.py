@@ -1097,7 +1097,8 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
                     continue
                 try:
                     obj = json.loads(line)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError, ValueError):
+                    # ValueError: an integer of thousands of digits; RecursionError: nesting
                     raise TcpwhyError(path, f"line {n}: not JSON") from None
                 if not isinstance(obj, dict) or "event" not in obj or "ts" not in obj:
                     raise TcpwhyError(path, f"line {n}: not a tcpwhy kernel trace event")

@@ -36,7 +36,9 @@ def with_output(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse
         # one writer for every output file: renamed into place on success, devices and
         # links written where they are
         with atomic_output(path) as raw:
-            text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+            # surrogateescape, as standard output: a capture's file name that is not UTF-8
+            # is written back as the bytes it was
+            text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
             sys.stdout = text
             try:
                 status = func(args)
