@@ -103,3 +103,19 @@ def test_an_input_is_never_overwritten(tmp_path: Path) -> None:
         text=True,
     )
     assert r.returncode == 0 and (tmp_path / "t.txt").read_text().startswith("stream")
+
+
+def test_two_outputs_are_never_one_file(tmp_path: Path) -> None:
+    """`analyze --annotate x.pcapng -o x.pcapng` wrote the report over the annotated capture:
+    one file named by two outputs (by any spelling) is refused and nothing is written."""
+    src = str(resources.files("tcpwhy") / "data" / "lab" / "time-wait.pcap")
+    out = tmp_path / "x.pcapng"
+    for second in (str(out), f"{tmp_path}/./x.pcapng"):
+        r = subprocess.run(
+            [sys.executable, "-m", "tcpwhy", "analyze", "--annotate", str(out), "-o", second, src],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 2, r.stderr
+        assert r.stderr == f"tcpwhy: {out}: is named by both -o and --annotate: one would be lost\n"
+        assert not out.exists()

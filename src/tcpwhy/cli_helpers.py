@@ -66,15 +66,19 @@ INPUT_ARGS = ("file", "files", "more", "read_file", "read", "kernel_trace")
 """The parsed arguments that name files a command reads (any command's)."""
 OUTPUT_ARGS = ("output", "write", "annotate")
 """The parsed arguments that name files a command writes (`-o`, `-w`, `--annotate`)."""
+_FLAGS = {"output": "-o", "write": "-w", "annotate": "--annotate"}
 
 
 def refuse_overwriting_inputs(args: argparse.Namespace) -> None:
-    """An output that is one of the command's own inputs is refused before anything is read
-    or written: `conns -o trace.pcap trace.pcap` replaced the capture with its table."""
+    """An output that is one of the command's own inputs, or another of its outputs, is
+    refused before anything is read or written: `conns -o trace.pcap trace.pcap` replaced
+    the capture with its table, `analyze --annotate x.pcapng -o x.pcapng` the annotated
+    capture with the report."""
     reads: list[str] = []
     for name in INPUT_ARGS:
         v = getattr(args, name, None)
         reads += [x for x in v if isinstance(x, str)] if isinstance(v, list) else [v] if v else []
+    outs: list[tuple[str, str]] = []
     for name in OUTPUT_ARGS:
         out = getattr(args, name, None)
         if not isinstance(out, str) or out == "-":
@@ -82,6 +86,13 @@ def refuse_overwriting_inputs(args: argparse.Namespace) -> None:
         for r in reads:
             if r != "-" and _same_file(out, r):
                 raise TcpwhyError(out, f"is also read by this command ({r}): not overwritten")
+        for other, was in outs:
+            # the second may not exist yet: the same path, or the same file by another name
+            if os.path.realpath(out) == os.path.realpath(was) or _same_file(out, was):
+                raise TcpwhyError(
+                    out, f"is named by both {_FLAGS[other]} and {_FLAGS[name]}: one would be lost"
+                )
+        outs.append((name, out))
 
 
 def _same_file(a: str, b: str) -> bool:
