@@ -64,9 +64,8 @@ def _float(text: str, *, zero: bool) -> float:
 
 INPUT_ARGS = ("file", "files", "more", "read_file", "read", "kernel_trace")
 """The parsed arguments that name files a command reads (any command's)."""
-OUTPUT_ARGS = ("output", "write", "annotate")
-"""The parsed arguments that name files a command writes (`-o`, `-w`, `--annotate`)."""
-_FLAGS = {"output": "-o", "write": "-w", "annotate": "--annotate"}
+OUTPUT_FLAGS = {"output": "-o", "write": "-w", "annotate": "--annotate"}
+"""The parsed arguments that name files a command writes, and their options."""
 
 
 def refuse_overwriting_inputs(args: argparse.Namespace) -> None:
@@ -79,7 +78,7 @@ def refuse_overwriting_inputs(args: argparse.Namespace) -> None:
         v = getattr(args, name, None)
         reads += [x for x in v if isinstance(x, str)] if isinstance(v, list) else [v] if v else []
     outs: list[tuple[str, str]] = []
-    for name in OUTPUT_ARGS:
+    for name in OUTPUT_FLAGS:
         out = getattr(args, name, None)
         if not isinstance(out, str) or out == "-":
             continue
@@ -90,7 +89,8 @@ def refuse_overwriting_inputs(args: argparse.Namespace) -> None:
             # the second may not exist yet: the same path, or the same file by another name
             if os.path.realpath(out) == os.path.realpath(was) or _same_file(out, was):
                 raise TcpwhyError(
-                    out, f"is named by both {_FLAGS[other]} and {_FLAGS[name]}: one would be lost"
+                    out,
+                    f"is named by both {OUTPUT_FLAGS[other]} and {OUTPUT_FLAGS[name]}: one would be lost",
                 )
         outs.append((name, out))
 
