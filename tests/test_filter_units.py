@@ -28,6 +28,7 @@ from tcpwhy.filter import syntax as S
 from tcpwhy.filter.compiler import ByteValues, _contains_backed, apply_slice, slice_bytes
 from tcpwhy.filter.fields import ANALYSIS_FLAGS
 from tcpwhy.filter.syntax import RANGE, Token, parse_range
+from tests.gates import need
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "tcpwhy" / "data"
 SRC = Path(__file__).resolve().parents[1] / "src" / "tcpwhy" / "filter"
@@ -539,15 +540,45 @@ def test_errors_without_a_place() -> None:
         assert len(exc.value.reason.splitlines()) == 1
 
 
-def test_pcre_option_settings_become_scoped_groups() -> None:
-    from tcpwhy.filter.compiler import compile_pcre, pcre_options
+def test_matches_runs_pcre2_with_tsharks_options() -> None:
+    """`matches` is PCRE2 (tshark's engine and dialect) wherever libpcre2-8 is installed (CI
+    installs tshark, which links it): case-insensitive unless (?-i), never UTF."""
+    from tcpwhy.filter.pcre import ENGINE, FilterRegexError, compile_pattern
+
+    need(ENGINE.startswith("PCRE2"), ENGINE)
+    assert compile_pattern(rb"cldc").search(b"CLDC")
+    assert not compile_pattern(rb"(?-i)cldc").search(b"CLDC")
+    assert compile_pattern(rb"x(?-i)c").search(b"Xc")
+    assert not compile_pattern(rb"x(?-i)c").search(b"XC")
+    # PCRE2's own syntax, which Python's re refuses or reads otherwise
+    assert compile_pattern(rb"\Qa.b\E").search(b"xA.B") and not compile_pattern(rb"\Qa.b\E").search(
+        b"axb"
+    )
+    assert compile_pattern(rb"^[[:digit:]]+$").search(b"123")
+    assert compile_pattern(rb"\x{47}").search(b"g")
+    assert compile_pattern(b"\xff").search(b"a\xffb")  # bytes, not UTF-8 characters
+    with pytest.raises(FilterRegexError, match="using UTF is disabled by the application"):
+        compile_pattern(b"(*UTF)a")
+    with pytest.raises(FilterRegexError, match="missing closing parenthesis"):
+        compile_pattern(b"(a")
+
+
+def test_python_fallback_scopes_pcre_option_settings() -> None:
+    """Where libpcre2-8 is missing, Python's re runs `matches`: PCRE's option settings become
+    scoped groups, so (?-i) still turns case off to the end of its group."""
+    from tcpwhy.filter.pcre import FilterRegexError, _PythonPattern, pcre_options
 
     assert pcre_options(rb"(?-i)cldc") == rb"(?-i:cldc)"
     assert pcre_options(rb"a(b(?-i)c)d") == rb"a(b(?-i:c))d"
     assert pcre_options(rb"[(?-i)]") == rb"[(?-i)]"
-    assert compile_pcre(rb"cldc").search(b"CLDC")
-    assert not compile_pcre(rb"(?-i)cldc").search(b"CLDC")
-    assert compile_pcre(rb"x(?-i)c").search(b"Xc") and not compile_pcre(rb"x(?-i)c").search(b"XC")
+    assert _PythonPattern(rb"cldc").search(b"CLDC")
+    assert not _PythonPattern(rb"(?-i)cldc").search(b"CLDC")
+    assert _PythonPattern(rb"x(?-i)c").search(b"Xc") and not _PythonPattern(rb"x(?-i)c").search(
+        b"XC"
+    )
+    for bad in (b"(a", b"a{4294967296}", b"(" * 1000 + b")" * 1000):
+        with pytest.raises(FilterRegexError):
+            _PythonPattern(bad)
 
 
 def test_local_dates_use_the_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -566,3 +597,18 @@ def test_local_dates_use_the_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_a_compiled_matches_filter_copies_and_pickles() -> None:
+    """A compiled filter holds the engine's code (library memory): copied or pickled, it is
+    compiled again and still matches."""
+    import copy
+    import pickle
+
+    from tcpwhy.filter.pcre import compile_pattern
+
+    rx = compile_pattern(rb"(?-i)^GET /")
+    for again in (copy.deepcopy(rx), pickle.loads(pickle.dumps(rx))):
+        assert again.search(b"GET /x") and not again.search(b"get /x")
+    flt = compile_filter('tcp.payload matches "^get "')
+    assert copy.deepcopy(flt).text == flt.text

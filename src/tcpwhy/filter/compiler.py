@@ -68,6 +68,7 @@ from tcpwhy.filter.fields import (
     Rows,
     type_name,
 )
+from tcpwhy.filter.pcre import FilterRegexError, compile_pattern
 from tcpwhy.filter.syntax import FilterError
 
 _SEARCH_CHUNK = 1 << 24  # payload bytes gathered per joined search
@@ -477,65 +478,6 @@ class Converter:
         return Addr6(a >> 64, a & 0xFFFFFFFFFFFFFFFF, m >> 64, m & 0xFFFFFFFFFFFFFFFF)
 
 
-# ---------------------------------------------------------------- regular expressions
-
-_PY_FLAGS = {"i": "i", "s": "s", "m": "m", "x": "x"}
-
-
-def pcre_options(pat: bytes) -> bytes:
-    """A PCRE pattern with its option settings rewritten for Python's `re`.
-
-    PCRE's ``(?-i)`` (or ``(?i)``, ``(?s)``, ``(?x-i)``…) changes the options from there to
-    the end of the enclosing group; Python only takes scoped groups ``(?-i:...)`` (and
-    global flags at the very start), so each setting becomes a scoped group that runs to
-    the end of its enclosing group.
-    """
-    out = bytearray()
-    stack: list[int] = []  # scoped groups opened in each enclosing group
-    i, n = 0, len(pat)
-    opened = 0
-    while i < n:
-        c = pat[i : i + 1]
-        if c == b"\\":
-            out += pat[i : i + 2]
-            i += 2
-            continue
-        if c == b"[":
-            j = i + 1
-            if pat[j : j + 1] == b"^":
-                j += 1
-            if pat[j : j + 1] == b"]":
-                j += 1
-            while j < n and pat[j : j + 1] != b"]":
-                j += 2 if pat[j : j + 1] == b"\\" else 1
-            out += pat[i : j + 1]
-            i = j + 1
-            continue
-        m = re.match(rb"\(\?([a-zA-Z]*)(?:-([a-zA-Z]*))?\)", pat[i:])
-        if m and (m.group(1) or m.group(2) is not None):
-            on = bytes(ch for ch in m.group(1) if chr(ch) in _PY_FLAGS)
-            off = bytes(ch for ch in (m.group(2) or b"") if chr(ch) in _PY_FLAGS)
-            out += b"(?" + on + (b"-" + off if off else b"") + b":"
-            opened += 1
-            i += m.end()
-            continue
-        if c == b"(":
-            stack.append(opened)
-            opened = 0
-        elif c == b")":
-            out += b")" * opened
-            opened = stack.pop() if stack else 0
-        out += c
-        i += 1
-    out += b")" * opened
-    return bytes(out)
-
-
-def compile_pcre(pat: bytes) -> re.Pattern[bytes]:
-    """A `matches` pattern: case-insensitive unless it says otherwise, on bytes."""
-    return re.compile(pcre_options(pat), re.IGNORECASE)
-
-
 # ---------------------------------------------------------------- byte values
 
 
@@ -755,7 +697,7 @@ def _bytes_cmp(op: str, ftype: str, v: ByteValues, lit: Any) -> Mask:
             (b in a for a, b in zip(v.objs(), lit.objs(), strict=True)), bool, count=len(v)
         )
     if op == "matches":
-        return _objs_test(v, lambda x: lit.search(x) is not None)
+        return _objs_test(v, lit.search)
     if isinstance(v, _Window) and op in ("eq", "ne") and isinstance(lit, bytes):
         n = v.mat.shape[1]
         if len(lit) == n:
@@ -1590,15 +1532,9 @@ class Compiler:
         assert isinstance(pat, bytes)
         try:
             # Wireshark's `matches` is case-insensitive by default; (?-i) turns that off
-            rx = compile_pcre(pat)
-        except re.error as exc:
-            raise FilterError(f"Regex compilation error: {exc.msg}.") from None
-        except OverflowError as exc:  # a repetition count past what the engine takes
+            rx = compile_pattern(pat)
+        except FilterRegexError as exc:
             raise FilterError(f"Regex compilation error: {exc}.") from None
-        except RecursionError:  # groups nested deeper than the engine's parser goes
-            raise FilterError(
-                "Regex compilation error: parentheses are too deeply nested."
-            ) from None
         lhs = node.lhs
         if not isinstance(lhs, (S.FieldRef, S.Call, S.Slice)):
             raise self.not_a_field(
