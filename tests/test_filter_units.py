@@ -612,3 +612,32 @@ def test_a_compiled_matches_filter_copies_and_pickles() -> None:
         assert again.search(b"GET /x") and not again.search(b"get /x")
     flt = compile_filter('tcp.payload matches "^get "')
     assert copy.deepcopy(flt).text == flt.text
+
+
+@pytest.mark.parametrize(
+    "name", ["http-no-crlf.pcap", "http-concurrent-range-requests.pcap", "tunnels-teredo.pcap"]
+)
+def test_matches_over_a_tables_payloads_is_each_payloads_search(
+    zeek_corpus: Path, name: str
+) -> None:
+    """`matches` on `tcp.payload` runs a compiled loop over the table's bytes; each row's
+    answer is the engine's answer for that row's payload, asked one at a time, also where
+    the bytes are left in the capture file (the diagnosis's tables)."""
+    from tcpwhy.capture import iter_tables
+    from tcpwhy.decode.table import CaptureStats
+    from tcpwhy.diagnose.engine import _join, _slim
+    from tcpwhy.filter.pcre import compile_pattern
+
+    path = str(zeek_corpus / name)
+    t = read_table(path)
+    in_file = _join([_slim(c) for c in iter_tables(path, CaptureStats())])
+    payloads = [t.payload(i) for i in range(len(t))]
+    selected = 0
+    for pat in (rb"^(GET|POST) ", rb"http/1\.[01]\r\n", rb"(?-i)Host: ", rb"(a|b)+c", rb"\x00"):
+        rx = compile_pattern(pat)
+        want = np.array([len(p) > 0 and rx.search(p) for p in payloads], bool)
+        flt = compile_filter('tcp.payload matches r"' + pat.decode() + '"')
+        assert flt.mask(t, FilterContext(t)).tolist() == want.tolist(), pat
+        assert flt.mask(in_file, FilterContext(in_file)).tolist() == want.tolist(), pat
+        selected += int(want.sum())
+    assert selected  # the patterns select some rows: the comparison proves something

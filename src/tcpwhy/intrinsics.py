@@ -73,3 +73,34 @@ def prefetch(typingctx: Any, arr: Any, at: Any) -> Any:
         return context.get_dummy_value()
 
     return types.void(arr, at), codegen
+
+
+@intrinsic
+def call_match(typingctx: Any, fn: Any, code: Any, at: Any, n: Any, data: Any) -> Any:
+    """``fn(code, at, n, 0, 0, data, NULL)`` for `fn` the address of a C function of
+    PCRE2's ``pcre2_match`` signature (pointers passed as int64 addresses): a C library's
+    function called from a compiled loop, where a Python call per subject cost ten times
+    the match. Nothing is checked: the caller passes live addresses."""
+    from llvmlite import ir
+    from numba import types
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        i8p, i32, i64 = ir.IntType(8).as_pointer(), ir.IntType(32), ir.IntType(64)
+        fnty = ir.FunctionType(i32, [i8p, i8p, i64, i64, i32, i8p, i8p])
+        f, c, a, length, d = args
+        ptr = builder.inttoptr(f, fnty.as_pointer())
+        rc = builder.call(
+            ptr,
+            [
+                builder.inttoptr(c, i8p),
+                builder.inttoptr(a, i8p),
+                length,
+                i64(0),
+                i32(0),
+                builder.inttoptr(d, i8p),
+                ir.Constant(i8p, None),
+            ],
+        )
+        return builder.sext(rc, i64)
+
+    return types.int64(types.int64, types.int64, types.int64, types.int64, types.int64), codegen

@@ -79,6 +79,7 @@ KERNEL_FILES = (
     "report/conns_kernel.py",
     "report/packets_kernel.py",
     "host/trace_kernel.py",
+    "filter/pcre_kernel.py",
 )
 """Every module that defines compiled code (their text is hashed into the build's manifest)."""
 ENV = "TCPWHY_NATIVE"

@@ -697,6 +697,9 @@ def _bytes_cmp(op: str, ftype: str, v: ByteValues, lit: Any) -> Mask:
             (b in a for a, b in zip(v.objs(), lit.objs(), strict=True)), bool, count=len(v)
         )
     if op == "matches":
+        if v.backed:
+            assert v.data is not None and v.off is not None and v.cap is not None
+            return lit.search_rows(v.data, v.off, v.cap)
         return _objs_test(v, lit.search)
     if isinstance(v, _Window) and op in ("eq", "ne") and isinstance(lit, bytes):
         n = v.mat.shape[1]

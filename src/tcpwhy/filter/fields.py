@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.decode.table import ACK, AE, CWR, ECE, FIN, PSH, RST, SYN, URG
+from tcpwhy.decode.table import ACK, AE, CWR, ECE, FILE_ROW, FIN, PSH, RST, SYN, URG
 from tcpwhy.decode.table import TUNNEL_NONE as _NO_TUNNEL
 from tcpwhy.tcp import ANALYSIS_FLAGS
 from tcpwhy.tcp.seq import ack_shown, next_seq, seq_offset
@@ -266,8 +266,12 @@ def _optional(col: str) -> Extract:
 
 def _payload(ctx: FilterContext, rows: Rows) -> list[Occ]:
     t = ctx.table
+    off = t["payload_off"][rows]
+    if len(off) and int(off.max()) >= FILE_ROW:  # bytes left in the capture file: read them
+        data, start, cap = t.gather(rows)
+        return [Occ(cap > 0, ByteValues(data=data, off=start, cap=cap))]
     cap = t["payload_cap"][rows].astype(np.int64)
-    vals = ByteValues(data=t.data, off=t["payload_off"][rows].astype(np.int64), cap=cap)
+    vals = ByteValues(data=t.data, off=off.astype(np.int64), cap=cap)
     return [Occ(cap > 0, vals)]
 
 
