@@ -1247,9 +1247,24 @@ def _analyze(
             r = diagnosis(src.paths(), Settings(**settings), flt, pair=pair, progress=bar)
     except TcpwhyError as exc:
         raise _classify(exc, src.names) from None
-    if src.names:
-        r.capture.files = [src.names.get(f, f) for f in r.capture.files]
+    _given_names(r, src.names)
     return Report(r)
+
+
+def _given_names(r: model.Report, names: Mapping[str, str]) -> None:
+    """The report's files, warnings and timelines name what the caller gave (a URL, a file
+    object's name), not the temporary copies read."""
+    if not names:
+        return
+    r.capture.files = [names.get(f, f) for f in r.capture.files]
+    warned = []
+    for w in r.capture.warnings:
+        where, sep, rest = w.partition(": ")
+        warned.append(f"{names[where]}{sep}{rest}" if where in names else w)
+    r.capture.warnings = warned
+    for f in r.findings:
+        for step in f.timeline:
+            step.file = names.get(step.file, step.file)
 
 
 class FleetReport:

@@ -14,10 +14,12 @@ from tcpwhy.report.output import add_output_argument, with_output
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from tcpwhy.api import _classify, _given_names, _Sources
     from tcpwhy.diagnose import fleet
     from tcpwhy.diagnose.engine import release_freed
     from tcpwhy.diagnose.registry import Settings
     from tcpwhy.diagnose.render import to_json, write_text
+    from tcpwhy.errors import TcpwhyError
     from tcpwhy.filter import filter_from_args
     from tcpwhy.views import diagnosis
 
@@ -26,9 +28,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     settings = Settings(close_wait_s=args.close_wait, fin_wait_2_s=args.fin_wait_2)
     flt = filter_from_args(args)
     dataset = fleet.one_capture_dataset(args)  # --parquet OUTDIR: checked before the work
-    with step_progress(sys.stderr.isatty()) as progress:
-        # the findings as `Capture.findings` and `tcpwhy.analyze` have them
-        report = diagnosis(args.files, settings, flt, pair=not args.no_pair, progress=progress)
+    src = _Sources(args.files)  # fsspec URLs copied to temporary files, as `tcpwhy.open` does
+    try:
+        files = src.paths()
+        with step_progress(sys.stderr.isatty()) as progress:
+            # the findings as `Capture.findings` and `tcpwhy.analyze` have them
+            report = diagnosis(files, settings, flt, pair=not args.no_pair, progress=progress)
+    except TcpwhyError as exc:
+        raise _classify(exc, src.names) from None
+    except ImportError:  # fsspec is not installed
+        url = next(f for f in args.files if fleet.is_url(f))
+        raise TcpwhyError(url, fleet.NEEDS_FSSPEC) from None
+    _given_names(report, src.names)
     fleet.write_one_capture(args, report, dataset)
     if args.kernel_trace:
         from tcpwhy.diagnose.kernel_trace import join
