@@ -373,6 +373,23 @@ def test_file_objects_and_urls_read_as_the_path() -> None:
     assert tcpwhy.open(path.as_uri()).connections["history"].tolist() == base
 
 
+def test_a_url_whose_package_is_missing_says_so_as_the_command_does() -> None:
+    """http:// needs aiohttp: an ImportError in the command's words (it was fsspec's own)."""
+    pytest.importorskip("fsspec")
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("aiohttp is installed: the URL is read (and fails for other reasons)")
+    url = "http://127.0.0.1:9/x.pcap"
+    with pytest.raises(ImportError) as api:
+        _ = tcpwhy.open(url).connections
+    p = cli("analyze", url)
+    assert p.returncode == 2
+    assert f"tcpwhy: {api.value}\n" == p.stderr
+
+
 # ---------------------------------------------------------------- findings, flows
 
 

@@ -119,3 +119,24 @@ def test_two_outputs_are_never_one_file(tmp_path: Path) -> None:
         assert r.returncode == 2, r.stderr
         assert r.stderr == f"tcpwhy: {out}: is named by both -o and --annotate: one would be lost\n"
         assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["analyze", "-o", ""],
+        ["conns", "-o", ""],
+        ["packets", "-w", ""],
+        ["analyze", "--annotate", ""],
+        ["analyze", "--parquet", ""],
+    ],
+    ids=lambda a: " ".join(a[:2]),
+)
+def test_an_empty_output_name_is_refused(args: list[str]) -> None:
+    """`-o "$OUT"` with OUT unset wrote to standard output, and `--parquet ""` was ignored
+    (the user waits for a dataset that never comes): an empty output name is bad input."""
+    src = str(resources.files("tcpwhy") / "data" / "lab" / "time-wait.pcap")
+    r = subprocess.run([sys.executable, "-m", "tcpwhy", *args, src], capture_output=True, text=True)
+    flag = args[1]
+    assert (r.returncode, r.stdout) == (2, ""), r.stderr
+    assert r.stderr == f"tcpwhy: {flag}: an empty name: give a path\n"

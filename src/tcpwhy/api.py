@@ -160,6 +160,8 @@ class _Sources:
                 raise NotACaptureError(text, exc.strerror or str(exc)) from None
             except ValueError as exc:  # a protocol fsspec does not know
                 raise NotACaptureError(text, f"cannot read this URL: {exc}") from None
+            except ImportError as exc:  # the protocol's package is missing (http: aiohttp)
+                raise ImportError(f"{text}: cannot read this URL: {exc}") from None
             self.names[dest] = text
             return dest
         name = str(getattr(s, "name", "") or "<file object>")

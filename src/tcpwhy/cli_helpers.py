@@ -69,10 +69,15 @@ OUTPUT_FLAGS = {"output": "-o", "write": "-w", "annotate": "--annotate"}
 
 
 def refuse_overwriting_inputs(args: argparse.Namespace) -> None:
-    """An output that is one of the command's own inputs, or another of its outputs, is
-    refused before anything is read or written: `conns -o trace.pcap trace.pcap` replaced
-    the capture with its table, `analyze --annotate x.pcapng -o x.pcapng` the annotated
-    capture with the report."""
+    """An output that is one of the command's own inputs, or another of its outputs, or that
+    has an empty name, is refused before anything is read or written: `conns -o trace.pcap
+    trace.pcap` replaced the capture with its table, `analyze --annotate x.pcapng -o
+    x.pcapng` the annotated capture with the report."""
+    for name, flag in (*OUTPUT_FLAGS.items(), ("parquet", "--parquet")):
+        if getattr(args, name, None) == "":
+            # `-o "$OUT"` with OUT unset: the output went to standard output, and
+            # `--parquet ""` was no option at all, while the user waits for the file
+            raise TcpwhyError(flag, "an empty name: give a path")
     reads: list[str] = []
     for name in INPUT_ARGS:
         v = getattr(args, name, None)
