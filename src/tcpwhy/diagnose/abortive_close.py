@@ -79,14 +79,13 @@ def _next_seq(c: Conn, x: int, r: int) -> int | None:
     The highest of `x`'s segment ends in sequence space, the first of equals; by numpy
     when those ends lie within half the sequence space of one another (then "higher in
     sequence space" is "higher once unwrapped"), else by the walk (`_next_seq_walk`)."""
-    rows = c.rows[:r]
-    t = c.cap.table
-    mine = np.flatnonzero(c.cap.side[rows] == x)
+    # the connection's kept columns (the rule's other questions read them too), the
+    # sequence numbers of `x`'s rows only
+    mine = np.flatnonzero(c._np_side[:r] == x)
     if not len(mine):
         return None
-    rows = rows[mine]
-    plen = t["payload_len"][rows].astype(np.int64)
-    e = next_seq(t["seq"][rows].astype(np.int64), plen, t["flags"][rows] & (SYN | FIN))
+    seq = c.cap.table["seq"][c.rows[mine]].astype(np.int64)
+    e = next_seq(seq, c._np_plen[mine], c._np_flags[mine] & (SYN | FIN))
     # unwrapped: each end as the previous one plus the signed step between them
     step = seq_diff(e[1:], e[:-1])
     u = np.empty(len(e), np.int64)

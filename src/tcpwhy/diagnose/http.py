@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from tcpwhy.decode import http2
 from tcpwhy.decode.http1 import METHOD_WORDS, parse_head
@@ -164,16 +165,16 @@ def request_at(conn: Conn, i: int) -> Message | None:
         if hc is not None and hc.upgrade is not None:
             cached = messages(conn)
     if cached is not None:
-        return _request_at(cached, conn.side[i], i)
+        return _request_at(cached, conn.at("side", i), i)
     starts = _first_sends(conn)
     start: Message | None = None
     for j in range(i, -1, -1):
         if starts[j]:
             start = parse_start(conn.payload(j))
             if start is not None:
-                start.i, start.side, start.end = j, conn.side[j], j
+                start.i, start.side, start.end = j, conn.at("side", j), j
                 break
-    if start is None or not start.is_request or start.side != conn.side[i]:
+    if start is None or not start.is_request or start.side != conn.at("side", i):
         return None  # the latest message is not a request of row i's side: no such request
     if start.i == i:
         return start
@@ -182,7 +183,7 @@ def request_at(conn: Conn, i: int) -> Message | None:
             continue
         if parse_start(conn.payload(k)) is not None:
             return None  # the next message begins before any segment continued this one
-        if conn.side[k] == start.side:
+        if conn.at("side", k) == start.side:
             return start
     return None
 
@@ -195,18 +196,17 @@ def _request_at(msgs: list[Message], side: int, i: int) -> Message | None:
     return best if best is not None and (best.i == i or best.end >= i) else None
 
 
-def _first_sends(conn: Conn) -> list[bool]:
+def _first_sends(conn: Conn) -> npt.NDArray[np.bool_]:
     """Per local row: a data segment whose (side, seq) was not seen before, the segments
-    `messages` looks at."""
-    got: list[bool] | None = conn.cache.get("http_first_sends")
+    `messages` looks at. From the connection's kept columns, and not as a list: `request_at`
+    reads a few rows of connections that carry thousands of requests."""
+    got: npt.NDArray[np.bool_] | None = conn.cache.get("http_first_sends")
     if got is None:
-        t = conn.cap.table
-        r = conn.rows
-        data = np.flatnonzero((t["payload_len"][r] > 0) & ((t["flags"][r] & RST) == 0))
-        key = conn.cap.side[r][data].astype(np.int64) << 32 | t["seq"][r][data].astype(np.int64)
-        first = np.zeros(conn.n, np.bool_)
-        first[data[np.unique(key, return_index=True)[1]]] = True
-        got = first.tolist()
+        data = np.flatnonzero(conn._np_data)
+        seq = conn.cap.table["seq"][conn.rows[data]].astype(np.int64)
+        key = conn._np_side[data].astype(np.int64) << 32 | seq
+        got = np.zeros(conn.n, np.bool_)
+        got[data[np.unique(key, return_index=True)[1]]] = True
         conn.cache["http_first_sends"] = got
     return got
 
@@ -254,11 +254,12 @@ def h2(conn: Conn) -> H2Conn | None:
         got: H2Conn | None = conn.cache["h2"]
         return got
     got = None
-    side = conn.side
-    first = next((i for i in range(conn.n) if conn.plen[i] > 0 and not conn.flags[i] & RST), None)
+    sent = np.flatnonzero(conn._np_data)  # the kept mask, not three lists of every row
+    first = int(sent[0]) if len(sent) else None
     skips: tuple[int, int] | None = None
     upgrade: tuple[int, int] | None = None
-    if first is not None and side[first] == 0:
+    if first is not None and conn.at("side", first) == 0:
+        side = conn.side
         data = conn.payload(first)
         head = data[: len(http2.PREFACE)]
         if head and http2.PREFACE.startswith(head):
