@@ -259,7 +259,6 @@ def h2(conn: Conn) -> H2Conn | None:
     skips: tuple[int, int] | None = None
     upgrade: tuple[int, int] | None = None
     if first is not None and conn.at("side", first) == 0:
-        side = conn.side
         data = conn.payload(first)
         head = data[: len(http2.PREFACE)]
         if head and http2.PREFACE.startswith(head):
@@ -270,7 +269,7 @@ def h2(conn: Conn) -> H2Conn | None:
                 (
                     i
                     for i in range(first + 1, conn.n)
-                    if side[i] != 0 and conn.plen[i] > 0 and not conn.flags[i] & RST
+                    if conn.side[i] != 0 and conn.plen[i] > 0 and not conn.flags[i] & RST
                 ),
                 None,
             )
@@ -279,6 +278,7 @@ def h2(conn: Conn) -> H2Conn | None:
                 skips = http2.upgrade_heads(conn.cap.table, int(rows[first]), int(rows[peer]))
                 upgrade = (first, peer) if skips is not None else None
     if skips is not None:
+        side = conn.side
         rows = conn.rows.tolist()
         t = conn.cap.table
         f = http2.walk_rows(

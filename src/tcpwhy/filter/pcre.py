@@ -28,7 +28,6 @@ import numpy.typing as npt
 # pcre2.h
 _CASELESS = 0x00000008
 _NEVER_UTF = 0x00001000
-_ERROR_NOMATCH = -1
 _ERROR_BUFFER = 256  # "a buffer size of 120 code units is ample" (pcre2api(3))
 
 
