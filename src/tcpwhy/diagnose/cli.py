@@ -31,14 +31,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     src = _Sources(args.files)  # fsspec URLs copied to temporary files, as `tcpwhy.open` does
     try:
         files = src.paths()
+    except ImportError as exc:  # fsspec, or the URL's filesystem package, is not installed
+        where, _, reason = str(exc).partition(": ")  # "URL: reason", the API's words
+        raise TcpwhyError(where, reason) from None
+    try:
         with step_progress(sys.stderr.isatty()) as progress:
             # the findings as `Capture.findings` and `tcpwhy.analyze` have them
             report = diagnosis(files, settings, flt, pair=not args.no_pair, progress=progress)
     except TcpwhyError as exc:
         raise _classify(exc, src.names) from None
-    except ImportError:  # fsspec is not installed
-        url = next(f for f in args.files if fleet.is_url(f))
-        raise TcpwhyError(url, fleet.NEEDS_FSSPEC) from None
     _given_names(report, src.names)
     fleet.write_one_capture(args, report, dataset)
     if args.kernel_trace:
