@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+import tcpwhy
+
 HERE = Path(__file__).parent
 ERROR_LINE = re.compile(r"^tcpwhy: (?P<file>.+?): (?P<reason>.+)$")
 WARNING_LINE = re.compile(r"^tcpwhy: .+?: warning: .+$")
@@ -109,6 +111,29 @@ def test_not_a_capture(tmp_path: Path) -> None:
     )
     assert missing.returncode == 2
     assert missing.stderr == f"tcpwhy: {tmp_path / 'nope.pcap'}: no such file\n"
+
+
+@pytest.mark.parametrize("command", [("packets",), ("conns",), ("flow",)])
+def test_a_url_to_a_command_that_reads_files_says_which_reads_urls(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """`conns file:///x.pcap` said "no such file" of a file that exists: only `analyze`
+    (and `tcpwhy.open`) copy a URL to read it; the line says so."""
+    cap = tmp_path / "x.pcap"
+    cap.write_bytes(
+        (Path(tcpwhy.__file__).parent / "data" / "demo-stale-keepalive.pcap").read_bytes()
+    )
+    url = cap.as_uri()
+    r = subprocess.run(
+        [sys.executable, "-m", "tcpwhy", *command, url, *(["0"] if command == ("flow",) else [])],
+        capture_output=True,
+        text=True,
+    )
+    assert (r.returncode, r.stdout) == (2, ""), r.stderr
+    assert r.stderr == (
+        f"tcpwhy: {url}: no such file (a URL: `tcpwhy analyze` reads URLs; copy it to a file "
+        "for this command)\n"
+    )
 
 
 COMMANDS = [
