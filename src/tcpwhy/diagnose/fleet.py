@@ -33,11 +33,7 @@ class Point:
     """Its files were found by listing a directory (not each named by the user)."""
 
 
-NEEDS_FSSPEC = "reading a URL needs fsspec: pip install 'tcpwhy[fleet]'"
-
-
-def is_url(path: str) -> bool:
-    """Whether a capture argument is an fsspec URL (``s3://…``, ``file://…``)."""
+def _is_url(path: str) -> bool:
     return "://" in path
 
 
@@ -47,7 +43,7 @@ def _url_fs(path: str) -> tuple[Any, str]:
     try:
         import fsspec
     except ImportError:
-        raise TcpwhyError(path, NEEDS_FSSPEC) from None
+        raise TcpwhyError(path, "reading a URL needs fsspec: pip install 'tcpwhy[fleet]'") from None
     try:
         fs, root = fsspec.core.url_to_fs(path)
     except (ImportError, ValueError) as exc:
@@ -57,7 +53,7 @@ def _url_fs(path: str) -> tuple[Any, str]:
 
 def _listdir(path: str) -> list[tuple[str, bool]]:
     """(path, is a directory) of the entries of a local directory or an fsspec URL."""
-    if is_url(path):
+    if _is_url(path):
         fs, root = _url_fs(path)
         proto = path.split("://", 1)[0]
         return sorted(
@@ -68,7 +64,7 @@ def _listdir(path: str) -> list[tuple[str, bool]]:
 
 
 def _isdir(path: str) -> bool:
-    if is_url(path):
+    if _is_url(path):
         fs, root = _url_fs(path)
         return bool(fs.isdir(root))
     return os.path.isdir(path)
@@ -123,7 +119,7 @@ def _special(path: str) -> str | None:
     """What a local path is when it is not a regular file (None for a regular file, a URL or
     a path that cannot be looked at: reading it says why). Checked without opening: opening
     a named pipe waits for a writer, so one left in a fleet's directory hung the run."""
-    if is_url(path):
+    if _is_url(path):
         return None
     try:
         mode = os.stat(path).st_mode
@@ -134,7 +130,7 @@ def _special(path: str) -> str | None:
 
 def _local(path: str) -> tuple[str, Callable[[], None]]:
     """A local path for a capture (an fsspec URL is copied to a temporary file first)."""
-    if not is_url(path) or path.startswith("file://"):
+    if not _is_url(path) or path.startswith("file://"):
         return (path[len("file://") :] if path.startswith("file://") else path), lambda: None
     import tempfile
 
@@ -228,7 +224,7 @@ def _analyze_point(
                 continue
             d = report.to_json()
             del report
-            names = {lp: f for f, lp in zip(files, local, strict=True) if lp != f and is_url(f)}
+            names = {lp: f for f, lp in zip(files, local, strict=True) if lp != f and _is_url(f)}
             if names:  # the findings name the URL, not the temporary copy it was read from
                 d["findings"] = _renamed(d["findings"], names)
             if parquet:
@@ -600,7 +596,7 @@ def write_fleet_text(report: dict[str, Any], out: Any) -> None:
 def check_paths(paths: Sequence[str]) -> None:
     """Every local path given exists (URLs are listed when the points are made)."""
     for p in paths:
-        if not is_url(p) and not os.path.exists(p):
+        if not _is_url(p) and not os.path.exists(p):
             raise NotACaptureError(p, "No such file or directory")
 
 
