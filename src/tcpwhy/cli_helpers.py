@@ -1,7 +1,8 @@
 """What several commands share on the command line: the argparse types of positive numbers,
-the one-capture rule (FILE or ``-r FILE``), ``-o FILE`` on a command registered elsewhere, and
-a capture's warnings on stderr. Each stage's folder registers its own commands (`tcpwhy.cli`);
-they take these from here rather than from one another."""
+the options they take alike (``-o FILE``, ``-Y FILTER``), the one-capture rule (FILE or
+``-r FILE``), ``-o FILE`` on a command registered elsewhere, and a capture's warnings on
+stderr. Each stage's folder registers its own commands (`tcpwhy.cli`); they take these from
+here rather than from one another."""
 
 from __future__ import annotations
 
@@ -60,6 +61,25 @@ def _float(text: str, *, zero: bool) -> float:
     if not v <= LARGEST_FLOAT:
         raise argparse.ArgumentTypeError(f"must be at most {LARGEST_FLOAT:.0f}")
     return v
+
+
+COMMON_OPTIONS = {
+    "output": ("-o", "--output", "FILE", "write the output to FILE instead of standard output"),
+    "display_filter": (
+        "-Y",
+        "--display-filter",
+        "FILTER",
+        "Wireshark display filter, e.g. 'tcp.port == 443 and tcp.analysis.retransmission'",
+    ),
+}
+"""The options several commands take alike, by the name they are parsed to: the short and
+long option, the value's name and the help (the same text in every command's --help)."""
+
+
+def add_common_option(p: argparse.ArgumentParser, dest: str) -> None:
+    """One of `COMMON_OPTIONS` on a command."""
+    short, long, metavar, text = COMMON_OPTIONS[dest]
+    p.add_argument(short, long, dest=dest, metavar=metavar, help=text)
 
 
 INPUT_ARGS = ("file", "files", "more", "read_file", "read", "kernel_trace")
@@ -145,7 +165,5 @@ def unless_parquet(func: Command) -> Command:
 
 def add_output(p: argparse.ArgumentParser) -> None:
     """`-o FILE` on a command registered elsewhere (its own function runs unchanged)."""
-    from tcpwhy.report.output import add_output_argument
-
-    add_output_argument(p)
+    add_common_option(p, "output")
     p.set_defaults(func=unless_parquet(p.get_default("func")))

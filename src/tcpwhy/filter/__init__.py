@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tcpwhy.arrays import unique_sorted
+from tcpwhy.cli_helpers import add_common_option
 
 if TYPE_CHECKING:
     from tcpwhy.decode.table import PacketTable
@@ -151,13 +152,7 @@ def icmp_mask(
 
 
 def add_filter_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-Y",
-        "--display-filter",
-        dest="display_filter",
-        metavar="FILTER",
-        help="Wireshark display filter, e.g. 'tcp.port == 443 and tcp.analysis.retransmission'",
-    )
+    add_common_option(parser, "display_filter")
 
 
 def filter_from_args(args: Any) -> DisplayFilter | None:

@@ -14,15 +14,11 @@ import sys
 from collections.abc import Callable
 
 from tcpwhy.capture.writer import atomic_output
+from tcpwhy.cli_helpers import add_common_option
 
 
 def add_output_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "-o",
-        "--output",
-        metavar="FILE",
-        help="write the output to FILE instead of standard output",
-    )
+    add_common_option(p, "output")
 
 
 def with_output(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
