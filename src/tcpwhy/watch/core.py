@@ -275,8 +275,7 @@ class Watcher:
         for f in diag.findings:
             if f.kind == request_retried.KIND:
                 retried[_sids(nos, f.streams)] = True
-        later = self._retries(cap, nos, retried, w.now_ns)
-        self._carry(cap, nos, retried, w.now_ns)
+        later = self._across_windows(cap, nos, retried, w.now_ns)
         if self.keeper is not None:
             first = cap.order[np.minimum(cap.starts, max(len(t) - 1, 0))]
             keys = np.where(cap.ends > cap.starts, w.keys[first], np.uint64(0))
@@ -331,23 +330,28 @@ class Watcher:
 
     # -- request-retried across windows ------------------------------------------------
 
-    def _waiting(self, now_ns: int) -> list[Failed]:
-        """The carried failed requests whose retry can still come: their RST is no older
-        than the rule's window (`CARRY_NS`)."""
-        return [f for f in self.failed if f.rst_ns + CARRY_NS >= now_ns]
-
-    def _carry(
+    def _across_windows(
         self,
         cap: Capture,
         nos: npt.NDArray[np.int64],
         retried: npt.NDArray[np.bool_],
         now_ns: int,
-    ) -> None:
-        """Keep the window's failed requests whose retry was not in it (`Failed`); let go
-        of those whose retry can no longer come."""
-        self.failed = self._waiting(now_ns)
+    ) -> tuple[Capture, npt.NDArray[np.int64], list[Finding]] | None:
+        """`request-retried` across windows: the carried failed requests whose retry can no
+        longer come (their RST older than the rule's window, `CARRY_NS`) let go, those
+        retried by a new connection of this window found (`_retries`), then this window's
+        own failed requests whose retry was not in it carried (`_carry`)."""
+        self.failed = [f for f in self.failed if f.rst_ns + CARRY_NS >= now_ns]
         if not cap.nstreams:
-            return
+            return None
+        later = self._retries(cap, nos, retried) if self.failed else None
+        self._carry(cap, nos, retried)
+        return later
+
+    def _carry(
+        self, cap: Capture, nos: npt.NDArray[np.int64], retried: npt.NDArray[np.bool_]
+    ) -> None:
+        """Keep the window's failed requests whose retry was not in it (`Failed`)."""
         failed = (cap.n_rst.sum(axis=1) > 0) & (cap.n_data[:, CLIENT] > 0) & ~retried & (nos >= 0)
         sids = np.flatnonzero(failed)
         if len(sids):
@@ -374,18 +378,11 @@ class Watcher:
             del self.failed[: len(self.failed) - CARRY_CONNS]
 
     def _retries(
-        self,
-        cap: Capture,
-        nos: npt.NDArray[np.int64],
-        retried: npt.NDArray[np.bool_],
-        now_ns: int,
+        self, cap: Capture, nos: npt.NDArray[np.int64], retried: npt.NDArray[np.bool_]
     ) -> tuple[Capture, npt.NDArray[np.int64], list[Finding]] | None:
         """`request-retried` for the failed requests of earlier windows whose retry is a new
         connection of this one: the rule run on those and this window's new connections to
         the same servers from the same clients. None when there is nothing to match."""
-        waiting = self._waiting(now_ns)
-        if not waiting or not cap.nstreams:
-            return None
         fresh = np.flatnonzero((cap.n_syn[:, CLIENT] > 0) & (cap.n_data[:, CLIENT] > 0) & ~retried)
         if not len(fresh):
             return None
@@ -397,7 +394,7 @@ class Watcher:
         fresh, keys, starts = fresh[by], keys[by], cap.first_ns[fresh][by]
         picked: list[npt.NDArray[np.int64]] = []
         matched: list[Failed] = []
-        for f in waiting:
+        for f in self.failed:
             a, z = (
                 np.searchsorted(keys, np.uint64(f.key)),
                 np.searchsorted(keys, np.uint64(f.key), side="right"),
@@ -411,15 +408,14 @@ class Watcher:
                 matched.append(f)
         if not picked:
             return None
-        waiting = matched
         sel = np.zeros(cap.nstreams, np.bool_)
         sel[np.concatenate(picked)] = True
         rows = np.flatnonzero(sel[np.maximum(cap.stream, 0)] & (cap.stream >= 0))
         mine = take_compact(cap.table, rows)
         mine.icmp = None
-        t = concat_slim([f.table for f in waiting] + [mine])
+        t = concat_slim([f.table for f in matched] + [mine])
         numbers = np.concatenate(
-            [np.full(len(f.table), f.number, np.int64) for f in waiting] + [nos[cap.stream[rows]]]
+            [np.full(len(f.table), f.number, np.int64) for f in matched] + [nos[cap.stream[rows]]]
         )
         order = np.argsort(t["ts_ns"], kind="stable")
         t = take_compact(t, order)
