@@ -12,10 +12,11 @@ reset; those RSTs belong to this story too.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 from tcpwhy.decode.table import ACK, RST, SYN
 from tcpwhy.diagnose import knowledge
-from tcpwhy.diagnose.common import earliest
+from tcpwhy.diagnose.common import earliest, needs_streams
 from tcpwhy.diagnose.context import CLIENT, SERVER, Conn, fmt_s
 from tcpwhy.diagnose.handshake import admitted, ladder, syn_rows, unanswered_syn_streams
 from tcpwhy.diagnose.model import Finding, Severity, Story
@@ -108,11 +109,9 @@ def _reset_after_handshake(c: Conn) -> list[tuple[int, str]] | None:
 
 
 @rule(KIND)
+@needs_streams
 def detect(diag: Diag) -> list[Finding]:
     cap = diag.cap
-    if not cap.nstreams:
-        return []
-    adm = admitted(diag)
     groups: dict[str, dict[str, list[Instance]]] = defaultdict(lambda: defaultdict(list))
     # (a) SYNs dropped while the listener admits others
     for c in diag.conns(unanswered_syn_streams(diag)):
@@ -120,7 +119,8 @@ def detect(diag: Diag) -> list[Finding]:
         if len(syns) < 2:
             continue
         lo, hi = c.ts[syns[0]] - WINDOW_NS, c.ts[syns[-1]] + WINDOW_NS
-        others = adm.near(c, lo, hi)
+        # (the listeners' SYN-ACK index is built for the first connection that needs it)
+        others = admitted(diag).near(c, lo, hi)
         if others == 0:
             continue
         off = ladder(c, syns)
@@ -162,52 +162,63 @@ def detect(diag: Diag) -> list[Finding]:
     return out
 
 
+# the kinds of evidence, in the order the text gives them: (key, what one is called, what
+# befell them)
+_PARTS = (
+    ("syn", "SYN", "dropped while other clients were admitted"),
+    ("ack", "handshake", "whose final ACK was dropped"),
+    ("abort", "handshake", "reset (tcp_abort_on_overflow)"),
+    ("closed", "queued connection", "reset when the listener closed"),
+)
+
+
+def _syn_text(x: Instance) -> str:
+    return (
+        f"Stream {x.conn.no}: the client {x.conn.client} sent SYNs at +"
+        + ", +".join(f"{o:g}" for o in x.facts["ladder_s"])
+        + f" s and got no answer, while the same listener answered "
+        f"{plural(x.facts['others'], 'other connection')} around that time. A listener that "
+        "answers some handshakes and silently ignores others is not firewalled or down: "
+        "since Linux 4.10 the kernel drops a SYN when the listener's accept queue is full "
+        "(the application is not calling accept() fast enough)."
+    )
+
+
+def _ack_text(x: Instance) -> str:
+    ack_i, sa2 = x.rows[0][0], x.rows[-1][0]
+    return (
+        f"Stream {x.conn.no}: the handshake completed from the client's view (frame "
+        f"{x.conn.frame[ack_i]}), so its connect() returned and it sent its request, but "
+        f"the server retransmitted its SYN-ACK (frame {x.conn.frame[sa2]}): it had dropped "
+        "the final ACK because the accept queue was full, leaving the connection in "
+        "SYN_RECV. The client's data is not acknowledged and is retransmitted until a "
+        "queue slot frees (SYN-ACK retries at 1, 3, 7, 15, 31 s; tcp_synack_retries=5)."
+    )
+
+
+def _abort_text(x: Instance) -> str:
+    return (
+        f"Stream {x.conn.no}: the server answered the client's final ACK with a RST "
+        f"right away (frame {x.conn.frame[x.rows[-1][0]]}): with "
+        "net.ipv4.tcp_abort_on_overflow=1 an overflowing accept queue resets the "
+        "connection instead of dropping the ACK; the client's first read or write fails "
+        "with 'Connection reset by peer'."
+    )
+
+
+# the kinds told by their earliest connection, each a paragraph, in the order of `_PARTS`
+_EXAMPLE_TEXT: dict[str, Callable[[Instance], str]] = {
+    "syn": _syn_text,
+    "ack": _ack_text,
+    "abort": _abort_text,
+}
+
+
 def _finding(diag: Diag, server: str, parts: dict[str, list[Instance]]) -> Finding:
     allinst = [x for v in parts.values() for x in v]
-    bits = []
-    if parts.get("syn"):
-        bits.append(f"{plural(len(parts['syn']), 'SYN')} dropped while other clients were admitted")
-    if parts.get("ack"):
-        bits.append(f"{plural(len(parts['ack']), 'handshake')} whose final ACK was dropped")
-    if parts.get("abort"):
-        bits.append(f"{plural(len(parts['abort']), 'handshake')} reset (tcp_abort_on_overflow)")
-    if parts.get("closed"):
-        bits.append(
-            f"{plural(len(parts['closed']), 'queued connection')} reset when the listener closed"
-        )
+    bits = [f"{plural(len(parts[k]), one)} {what}" for k, one, what in _PARTS if parts.get(k)]
     summary = f"listener {server} overflowed its accept queue: " + "; ".join(bits)
-    paras = []
-    if parts.get("syn"):
-        x = min(parts["syn"], key=earliest)
-        paras.append(
-            f"Stream {x.conn.no}: the client {x.conn.client} sent SYNs at +"
-            + ", +".join(f"{o:g}" for o in x.facts["ladder_s"])
-            + f" s and got no answer, while the same listener answered "
-            f"{plural(x.facts['others'], 'other connection')} around that time. A listener that "
-            "answers some handshakes and silently ignores others is not firewalled or down: "
-            "since Linux 4.10 the kernel drops a SYN when the listener's accept queue is full "
-            "(the application is not calling accept() fast enough)."
-        )
-    if parts.get("ack"):
-        x = min(parts["ack"], key=earliest)
-        ack_i, sa2 = x.rows[0][0], x.rows[-1][0]
-        paras.append(
-            f"Stream {x.conn.no}: the handshake completed from the client's view (frame "
-            f"{x.conn.frame[ack_i]}), so its connect() returned and it sent its request, but "
-            f"the server retransmitted its SYN-ACK (frame {x.conn.frame[sa2]}): it had dropped "
-            "the final ACK because the accept queue was full, leaving the connection in "
-            "SYN_RECV. The client's data is not acknowledged and is retransmitted until a "
-            "queue slot frees (SYN-ACK retries at 1, 3, 7, 15, 31 s; tcp_synack_retries=5)."
-        )
-    if parts.get("abort"):
-        x = min(parts["abort"], key=earliest)
-        paras.append(
-            f"Stream {x.conn.no}: the server answered the client's final ACK with a RST "
-            f"right away (frame {x.conn.frame[x.rows[-1][0]]}): with "
-            "net.ipv4.tcp_abort_on_overflow=1 an overflowing accept queue resets the "
-            "connection instead of dropping the ACK; the client's first read or write fails "
-            "with 'Connection reset by peer'."
-        )
+    paras = [text(min(parts[k], key=earliest)) for k, text in _EXAMPLE_TEXT.items() if parts.get(k)]
     if parts.get("closed"):
         paras.append(
             f"{plural(len(parts['closed']), 'connection')} that completed the handshake but "

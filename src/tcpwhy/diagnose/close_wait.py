@@ -8,7 +8,7 @@ threshold) is an application that forgot the socket.
 from __future__ import annotations
 
 from tcpwhy.diagnose.closing import PROMPT_S
-from tcpwhy.diagnose.common import Group, Hits
+from tcpwhy.diagnose.common import Group, Hits, late_fin
 from tcpwhy.diagnose.context import CLIENT, SERVER, WHO, Conn, fmt_s
 from tcpwhy.diagnose.knowledge import Fix, advice
 from tcpwhy.diagnose.model import Finding, Severity, Story
@@ -26,9 +26,8 @@ def detect(diag: Diag) -> list[Finding]:
     limit_s = diag.settings.close_wait_s
     hits = Hits()
     for x in (SERVER, CLIENT):
-        peer = 1 - x
         # the peer closed first and x closed late or never, without a reset
-        m = cap.closes_first(peer) & (cap.fin_lag_ns(peer) > int(limit_s * 1e9))
+        m = late_fin(cap, 1 - x, limit_s)
         # (less connections an earlier rule explained: a path MTU black hole's stuck queue)
         for c in cap.conns_where(m & (cap.n_rst[:, x] == 0) & ~diag.claimed_mask(Claim.CLOSE)):
             got = _close_wait(c, x, cap.end_ns, limit_s)

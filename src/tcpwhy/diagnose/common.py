@@ -10,6 +10,7 @@ streams and the timeline come from `registry.make_finding`.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import numpy.typing as npt
 from tcpwhy.arrays import SCAN_ROWS, group_ids
 from tcpwhy.diagnose.context import Capture, Conn
 from tcpwhy.diagnose.model import Finding, Story
-from tcpwhy.diagnose.registry import Diag, Instance, make_finding
+from tcpwhy.diagnose.registry import Diag, Instance, Rule, make_finding
 
 
 @dataclass
@@ -84,6 +85,23 @@ class CountedGroup(Group):
     @property
     def last_ns(self) -> int:
         return self.last
+
+
+def needs_streams(detect: Rule) -> Rule:
+    """A rule whose work is numpy over the per-stream columns finds nothing in a capture
+    without TCP streams, and is not asked to: its arithmetic need not handle empty columns."""
+
+    @functools.wraps(detect)
+    def run(diag: Diag) -> list[Finding]:
+        return detect(diag) if diag.cap.nstreams else []
+
+    return run
+
+
+def late_fin(cap: Capture, first: int, limit_s: float) -> npt.NDArray[np.bool_]:
+    """Per stream: `first` sent its FIN before the other side, whose FIN came more than
+    `limit_s` later or never: the other side's CLOSE_WAIT, `first`'s FIN_WAIT_2."""
+    return cap.closes_first(first) & (cap.fin_lag_ns(first) > int(limit_s * 1e9))
 
 
 def first_positions(

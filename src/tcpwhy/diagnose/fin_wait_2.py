@@ -8,7 +8,7 @@ longer knows the connection.
 from __future__ import annotations
 
 from tcpwhy.diagnose import knowledge
-from tcpwhy.diagnose.common import Group, Hits
+from tcpwhy.diagnose.common import Group, Hits, late_fin
 from tcpwhy.diagnose.context import CLIENT, NO_FIN, SERVER, WHO, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import Claim, Diag, plural, rule
@@ -28,9 +28,8 @@ def detect(diag: Diag) -> list[Finding]:
     for x in (CLIENT, SERVER):
         peer = 1 - x
         # x closed first; the peer's FIN came late, or came and x reset
-        late = cap.fin_lag_ns(x) > int(limit_s * 1e9)
-        late |= (cap.first_fin_ns[:, peer] < NO_FIN) & (cap.n_rst[:, x] > 0)
-        for c in cap.conns_where(cap.closes_first(x) & late):
+        reset = cap.closes_first(x) & (cap.first_fin_ns[:, peer] < NO_FIN) & (cap.n_rst[:, x] > 0)
+        for c in cap.conns_where(late_fin(cap, x, limit_s) | reset):
             if diag.is_claimed(c.sid, Claim.CLOSE) or diag.is_claimed(c.sid):
                 continue
             fw2 = c.entered(x, State.FIN_WAIT_2)

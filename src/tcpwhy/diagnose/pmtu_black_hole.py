@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from tcpwhy.decode.table import ACK, SYN
 from tcpwhy.diagnose import knowledge
-from tcpwhy.diagnose.common import Group
+from tcpwhy.diagnose.common import Group, needs_streams
 from tcpwhy.diagnose.context import CLIENT, SERVER, WHO, Conn, fmt_s
 from tcpwhy.diagnose.icmp_unreachable import IcmpHits, IcmpInstance
 from tcpwhy.diagnose.model import Finding, Severity, Story
@@ -197,10 +197,9 @@ def _walk_hole(seq: list[int], plen: list[int]) -> tuple[int, int, int] | None:
 
 
 @rule(KIND)
+@needs_streams
 def detect(diag: Diag) -> list[Finding]:
     cap = diag.cap
-    if not cap.nstreams:
-        return []
     retrans = cap.flag("retransmission") | cap.flag("lost_segment")
     cand = np.zeros(cap.nstreams, np.bool_)
     cand[cap.stream[retrans]] = True

@@ -30,6 +30,7 @@ import numpy.typing as npt
 from tcpwhy.arrays import group_ids, key_counts
 from tcpwhy.decode.table import ACK, RST, SYN, format_addr, format_endpoint
 from tcpwhy.diagnose import kernels, knowledge
+from tcpwhy.diagnose.common import needs_streams
 from tcpwhy.diagnose.context import CLIENT, SERVER, Capture, Conn, fmt_between, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Step, Story, StreamNumbers
 from tcpwhy.diagnose.registry import Claim, Diag, plural, rule
@@ -223,10 +224,9 @@ def _claim(diag: Diag, sids: I64) -> None:
 
 
 @rule(KIND)
+@needs_streams
 def detect_flood(diag: Diag) -> list[Finding]:
     cap = diag.cap
-    if not cap.nstreams:
-        return []
     k = _cols(diag)
     ho = np.flatnonzero(k.half_open & ~diag.claimed_mask(Claim.SYN))
     inv, ng = group_ids(k.s_hi, k.s_lo, k.s_port, at=ho)
@@ -556,10 +556,9 @@ def _handshake_steps(c: Conn) -> list[Step]:
 
 
 @rule(SCAN_KIND)
+@needs_streams
 def detect_scan(diag: Diag) -> list[Finding]:
     cap = diag.cap
-    if not cap.nstreams:
-        return []
     k = _cols(diag)
     att = np.flatnonzero(k.attempt & (cap.n_data[:, CLIENT] == 0) & ~diag.claimed_mask(Claim.SYN))
     src, nsrc = group_ids(k.c_hi, k.c_lo, at=att)
