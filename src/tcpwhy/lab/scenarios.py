@@ -139,10 +139,25 @@ class Crossing:
         return PASS
 
 
-def race_retried(lab: Lab, pool: Pool, status: int, conn: str = "connection") -> None:
-    """How a keep-alive race ends (the cleartext one and its TLS twin): the request on the
-    reused connection failed, the pool's retry on a new `conn` was answered; the pool then
-    closes and the client's socket goes to TIME-WAIT."""
+def race_retried(
+    lab: Lab,
+    pool: Pool,
+    rule: Crossing,
+    *,
+    passed: str,
+    released: str,
+    unacked: str,
+    conn: str = "connection",
+) -> None:
+    """How a keep-alive race ends (the cleartext one and its TLS twin) once `rule` holds the
+    server's idle close: the request on the reused connection passes the held segments (the
+    relay's words for them and their release: `passed`, `released`) acknowledging none of
+    them (`unacked`, the check's words: they crossed) and fails; the pool's retry on a new
+    `conn` is answered; the pool then closes and the client's socket goes to TIME-WAIT."""
+    status = pool.request("/second")
+    lab.expect(rule.crossed, "the request never reached the relay")
+    lab.say("relay", f"request passed {passed}: {rule.crossed[0].describe()}; {released}")
+    lab.check(rule.crossed[0].ack == rule.held[0].seq, f"the request {unacked} (they crossed)")
     lab.check(len(pool.errors) == 1, "the reused connection failed")
     lab.check(status == 200, f"retry on a new {conn} answered")
     pool.close()

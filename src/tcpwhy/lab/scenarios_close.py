@@ -182,6 +182,18 @@ def _pair_closing_through(lab: Lab, rule: Rule) -> tuple[socket.socket, socket.s
     return c, s
 
 
+def _close_in_turn(
+    lab: Lab, first: str, closer: socket.socket, other: socket.socket, said: str
+) -> None:
+    """An orderly close told step by step: side `first` closes `closer` (told as `said`),
+    the other side reads what that brings and closes `other`."""
+    closer.close()
+    lab.say(first, said)
+    outcome, _ = recv_outcome(other)
+    other.close()
+    lab.say("server" if first == "client" else "client", f"read → {outcome}; close()")
+
+
 @scenario(
     "simultaneous-close",
     "both sides close at once and the FINs cross: both pass through CLOSING",
@@ -271,11 +283,7 @@ def lost_final_ack(lab: Lab) -> None:
         return PASS
 
     c, s = _pair_closing_through(lab, rule)
-    c.close()
-    lab.say("client", "close()")
-    outcome, _ = recv_outcome(s)
-    s.close()
-    lab.say("server", f"read → {outcome}; close()")
+    _close_in_turn(lab, "client", c, s, "close()")
     wait_until(lambda: dropped, 2, 0.002)
     lab.expect(dropped, "the client's final ACK never came")
     lab.say("relay", f"dropped the final ACK once: {dropped[0].describe()}")
@@ -368,6 +376,19 @@ def _bound_client(lab: Lab, port: int = 0) -> socket.socket:
     return c
 
 
+def _reconnect(
+    lab: Lab, listener: socket.socket, cport: int, said: str, accepted: str
+) -> tuple[socket.socket, socket.socket]:
+    """A new connection from the client's bound port `cport` (the story tells it as `said`),
+    checked to reach the server from that port: the client's and the server's socket."""
+    c = _bound_client(lab, cport)
+    c.connect(lab.server_addr())
+    lab.say("client", said)
+    s, peer = accept(lab, listener)
+    lab.check(peer[1] == cport, accepted)
+    return c, s
+
+
 def _rows_for(rows: list[SockRow], cport: int) -> list[str]:
     return [r.state for r in rows if cport in (r.local_port, r.peer_port)]
 
@@ -409,11 +430,7 @@ def time_wait_reuse(lab: Lab) -> None:
     lab.say("client", f"bind(SO_REUSEADDR) + connect() → established from port {cport}")
     s1, _ = accept(lab, listener)
     exchange(lab, c1, s1)
-    s1.close()
-    lab.say("server", "close() first (like Connection: close)")
-    outcome, _ = recv_outcome(c1)
-    c1.close()
-    lab.say("client", f"read → {outcome}; close()")
+    _close_in_turn(lab, "server", s1, c1, "close() first (like Connection: close)")
     lab.expect_state("server", "TIME-WAIT", "server never reached TIME-WAIT", timeout=2)
     time.sleep(0.05)
     sv = lab.ss("server", "before the second SYN")
@@ -423,11 +440,13 @@ def time_wait_reuse(lab: Lab) -> None:
         f"the 4-tuple (client port {cport}) in TIME-WAIT on the server, gone on the client",
     )
     time.sleep(pause)
-    c2 = _bound_client(lab, cport)
-    c2.connect(lab.server_addr())
-    lab.say("client", f"{pause:g}s later: bind({cport}, SO_REUSEADDR) + connect() → established")
-    s2, peer = accept(lab, listener)
-    lab.check(peer[1] == cport, "the server accepted a new connection on the same 4-tuple")
+    c2, s2 = _reconnect(
+        lab,
+        listener,
+        cport,
+        f"{pause:g}s later: bind({cport}, SO_REUSEADDR) + connect() → established",
+        "the server accepted a new connection on the same 4-tuple",
+    )
     sv = lab.ss("server", "after the SYN met its TIME-WAIT socket")
     lab.check(
         _rows_for(sv, cport) == ["ESTAB"], "the TIME-WAIT socket gave way to the new connection"
@@ -435,21 +454,19 @@ def time_wait_reuse(lab: Lab) -> None:
     exchange(lab, c2, s2)
 
     # B: the client closes first and keeps the TIME-WAIT itself.
-    c2.close()
-    lab.say("client", "close() first")
-    outcome, _ = recv_outcome(s2)
-    s2.close()
-    lab.say("server", f"read → {outcome}; close()")
+    _close_in_turn(lab, "client", c2, s2, "close() first")
     lab.expect_state("client", "TIME-WAIT", "client never reached TIME-WAIT", timeout=2)
     time.sleep(0.05)
     cl = lab.ss("client", "after the client closed first")
     lab.check(_rows_for(cl, cport) == ["TIME-WAIT"], "the client holds the TIME-WAIT now")
     time.sleep(pause)
-    c3 = _bound_client(lab, cport)
-    c3.connect(lab.server_addr())
-    lab.say("client", f"bind({cport}, SO_REUSEADDR) + connect() → established")
-    s3, peer = accept(lab, listener)
-    lab.check(peer[1] == cport, "the client took over its own TIME-WAIT (explicit bind)")
+    c3, s3 = _reconnect(
+        lab,
+        listener,
+        cport,
+        f"bind({cport}, SO_REUSEADDR) + connect() → established",
+        "the client took over its own TIME-WAIT (explicit bind)",
+    )
     exchange(lab, c3, s3)
     close_first(c3, s3)
     lab.say("client", "close() first again; the server closes too")

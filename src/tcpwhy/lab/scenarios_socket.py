@@ -59,6 +59,27 @@ def _succeeded(
     return res
 
 
+def _bind_in_use(
+    lab: Lab, port: int, what: str, *, reuseaddr: bool, reuseport: bool = False
+) -> None:
+    """Check that the server's bind() on `port` fails with EADDRINUSE: something holds it."""
+    res = _bind(lab, port, reuseaddr=reuseaddr, reuseport=reuseport)
+    _failed(lab, res, errno.EADDRINUSE, what)
+
+
+def _bind_ok(
+    lab: Lab,
+    port: int,
+    what: str,
+    *,
+    reuseport: bool = False,
+    also: Callable[[socket.socket], bool] = lambda s: True,
+) -> socket.socket:
+    """Check that the server's bind() on `port` with SO_REUSEADDR (as every careful service
+    sets it) succeeds: the listening socket."""
+    return _succeeded(lab, _bind(lab, port, reuseaddr=True, reuseport=reuseport), what, also)
+
+
 def _listeners(lab: Lab, port: int) -> int:
     out = nsmod.run(["ss", "-Hltn", f"sport = :{port}"], lab.ns_of("server"))
     n = sum(1 for line in out.splitlines() if line.startswith("LISTEN"))
@@ -116,38 +137,36 @@ def addr_in_use_restart(lab: Lab) -> None:
     )
 
     # the restart
-    _failed(
+    _bind_in_use(
         lab,
-        _bind(lab, port, reuseaddr=False),
-        errno.EADDRINUSE,
+        port,
         "bind() without SO_REUSEADDR: EADDRINUSE, the TIME-WAIT sockets hold the port",
+        reuseaddr=False,
     )
-    _failed(
+    _bind_in_use(
         lab,
-        _bind(lab, port, reuseaddr=False, reuseport=True),
-        errno.EADDRINUSE,
+        port,
         "SO_REUSEPORT alone does not help: the TIME-WAIT sockets were not SO_REUSEPORT",
+        reuseaddr=False,
+        reuseport=True,
     )
-    new = _succeeded(
-        lab,
-        _bind(lab, port, reuseaddr=True, reuseport=True),
-        "bind() with SO_REUSEADDR succeeds at once",
-    )
+    new = _bind_ok(lab, port, "bind() with SO_REUSEADDR succeeds at once", reuseport=True)
     cport = _serve_one(lab, new)
     lab.say("client", f"served by the restarted server (client port {cport})")
 
     # a second instance on the same port, as in a zero-downtime handover
-    _failed(
+    _bind_in_use(
         lab,
-        _bind(lab, port, reuseaddr=True),
-        errno.EADDRINUSE,
+        port,
         "a second listener with SO_REUSEADDR only: EADDRINUSE (the port is listened on)",
+        reuseaddr=True,
     )
-    second = _succeeded(
+    second = _bind_ok(
         lab,
-        _bind(lab, port, reuseaddr=True, reuseport=True),
+        port,
         "SO_REUSEPORT on both: two listeners on the port at once",
-        lambda s: _listeners(lab, port) == 2,
+        reuseport=True,
+        also=lambda s: _listeners(lab, port) == 2,
     )
     new.close()
     lab.say("server", "the first instance stops; the second goes on serving")
@@ -167,11 +186,11 @@ def addr_in_use_restart(lab: Lab) -> None:
         lab.wait_state("server", "TIME-WAIT", port=other),
         f"no TIME-WAIT on :{other}",
     )
-    _failed(
+    _bind_in_use(
         lab,
-        _bind(lab, other, reuseaddr=True),
-        errno.EADDRINUSE,
+        other,
         "TIME-WAIT of a listener without SO_REUSEADDR blocks a new bind() even with SO_REUSEADDR",
+        reuseaddr=True,
     )
 
 
@@ -220,23 +239,24 @@ def ephemeral_overlap(lab: Lab) -> None:
         lab.say("server", f"connect() to the backend → established from port {c.getsockname()[1]}")
         return c
 
-    out = _succeeded(
-        lab,
-        outgoing(),
-        f"connect() took the service's port {port} as its source port",
-        lambda s: s.getsockname()[1] == port,
-    )
-    peer, _ = accept(lab, backend)
+    def connected_from(sport: int, what: str) -> tuple[socket.socket, socket.socket]:
+        """An outgoing connection checked to come from source port `sport`: its socket and
+        the backend's."""
+        out = _succeeded(lab, outgoing(), what, lambda s: s.getsockname()[1] == sport)
+        peer, _ = accept(lab, backend)
+        return out, peer
+
+    out, peer = connected_from(port, f"connect() took the service's port {port} as its source port")
     rows = lab.ss("server", "the outgoing connection")
     lab.check(
         [r.state for r in rows if r.local_port == port] == ["ESTAB"],
         f"an ESTAB socket with local port {port} on the server",
     )
-    _failed(
+    _bind_in_use(
         lab,
-        _bind(lab, port, reuseaddr=True),
-        errno.EADDRINUSE,
+        port,
         "the service's bind() with SO_REUSEADDR: EADDRINUSE, the outgoing connection holds the port",
+        reuseaddr=True,
     )
     _failed(
         lab,
@@ -254,7 +274,7 @@ def ephemeral_overlap(lab: Lab) -> None:
         not [r for r in lab.ss("server", "after the backend closed") if r.local_port == port],
         f"no socket holds port {port} on the server any more",
     )
-    svc = _succeeded(lab, _bind(lab, port, reuseaddr=True), "the service's bind() succeeds now")
+    svc = _bind_ok(lab, port, "the service's bind() succeeds now")
     svc.close()
     lab.say("server", "service stopped again")
 
@@ -266,18 +286,8 @@ def ephemeral_overlap(lab: Lab) -> None:
             "net.ipv4.ip_local_reserved_ports": str(port),
         },
     )
-    out = _succeeded(
-        lab,
-        outgoing(),
-        f"with {port} reserved, connect() takes {other}",
-        lambda s: s.getsockname()[1] == other,
-    )
-    peer, _ = accept(lab, backend)
-    svc = _succeeded(
-        lab,
-        _bind(lab, port, reuseaddr=True),
-        "the service's bind() succeeds while it is connected",
-    )
+    out, peer = connected_from(other, f"with {port} reserved, connect() takes {other}")
+    svc = _bind_ok(lab, port, "the service's bind() succeeds while it is connected")
     serve_and_close(lab, svc, connect(lab), server_first=False)
     lab.say("client", "close() first; the service closes too")
 
@@ -287,10 +297,10 @@ def ephemeral_overlap(lab: Lab) -> None:
     lab.expect_state("server", "TIME-WAIT", f"no TIME-WAIT on :{other}", port=other)
     time.sleep(0.05)
     lab.ss("server", "after the outgoing connection closed", port=other)
-    _failed(
+    _bind_in_use(
         lab,
-        _bind(lab, other, reuseaddr=True),
-        errno.EADDRINUSE,
+        other,
         f"bind(:{other}) with SO_REUSEADDR: EADDRINUSE, held by the connect() socket's TIME-WAIT",
+        reuseaddr=True,
     )
     svc.close()
