@@ -388,6 +388,18 @@ def _teredo(buf: Any, u: Any, lim: Any, end: Any, strict: Any) -> Any:
     return q
 
 
+@njit(cache=True, inline="always")
+def _ext_header_len(buf: Any, p: Any, nh: Any) -> Any:
+    """Length of the IPv6 extension header of type `nh` at p: a fragment header (44) is 8
+    bytes; AH (51) counts 4-byte units beyond its first two, the others (hop-by-hop 0,
+    routing 43, destination options 60) 8-byte units beyond their first."""
+    if nh == 44:
+        return 8
+    if nh == 51:
+        return (_u8(buf, p + 1) + 2) * 4
+    return (_u8(buf, p + 1) + 1) * 8
+
+
 @njit(cache=True)
 def _icmp_quote(buf: Any, p: Any, end: Any, v6: Any) -> Any:
     """An ICMP or ICMPv6 error at p (`end`: where its captured bytes stop) that quotes the
@@ -455,15 +467,11 @@ def _icmp_quote(buf: Any, p: Any, end: Any, v6: Any) -> Any:
     while nh == 0 or nh == 43 or nh == 60 or nh == 44:
         if t + 8 > end:
             return no
-        if nh == 44:
-            if (_be16(buf, t + 2) & 0xFFF8) != 0:  # not the first fragment
-                return no
-            nh = _u8(buf, t)
-            t += 8
-        else:
-            nxt = _u8(buf, t)
-            t += (_u8(buf, t + 1) + 1) * 8
-            nh = nxt
+        if nh == 44 and (_be16(buf, t + 2) & 0xFFF8) != 0:  # not the first fragment
+            return no
+        nxt = _u8(buf, t)
+        t += _ext_header_len(buf, t, nh)
+        nh = nxt
     if nh != 6 or t + 8 > end:
         return no
     return (
@@ -481,6 +489,29 @@ def _icmp_quote(buf: Any, p: Any, end: Any, v6: Any) -> Any:
         t,
         q + 40 + plen,
     )
+
+
+# link types whose frames start with an IP header of either version
+_RAW_IP_LINKS = (LINKTYPE_RAW, LINKTYPE_RAW_OLD1, LINKTYPE_RAW_OLD2, LINKTYPE_IPV4, LINKTYPE_IPV6)
+# link types of a header of fixed size with the EtherType in it: (link type, header size,
+# offset of the EtherType); IP over InfiniBand's holds the source and destination hardware
+# addresses (20 bytes each), the type and 2 reserved bytes
+_ETYPE_HEADERS = (
+    (LINKTYPE_LINUX_SLL, 16, 14),  # Linux cooked v1
+    (LINKTYPE_LINUX_SLL2, 20, 0),  # Linux cooked v2
+    (LINKTYPE_C_HDLC, 4, 2),
+    (LINKTYPE_IPOIB, 44, 40),
+)
+
+
+@njit(cache=True, inline="always")
+def _etype_header(link: Any) -> Any:
+    """(header size, offset of the EtherType) of link type `link` in `_ETYPE_HEADERS`;
+    (0, 0) for any other."""
+    for lt, size, at in _ETYPE_HEADERS:
+        if link == lt:
+            return size, at
+    return 0, 0
 
 
 # One helper per layer, called from the walk in `decode_records`: each takes the position
@@ -516,34 +547,8 @@ def _link_header(buf: Any, link: Any, p: Any, end: Any, lim: Any) -> Any:
                 kind = _K_IP6
             else:
                 status = ST_OTHER_LINK
-    elif (
-        link == LINKTYPE_RAW
-        or link == LINKTYPE_RAW_OLD1
-        or link == LINKTYPE_RAW_OLD2
-        or link == LINKTYPE_IPV4
-        or link == LINKTYPE_IPV6
-    ):
+    elif link in _RAW_IP_LINKS:
         kind = _K_IPVER
-    elif (
-        link == LINKTYPE_LINUX_SLL
-        or link == LINKTYPE_LINUX_SLL2
-        or link == LINKTYPE_C_HDLC
-        or link == LINKTYPE_IPOIB
-    ):
-        # a header of fixed size with the ethertype in it: Linux cooked v1 (16 bytes,
-        # the type at 14) and v2 (20, at 0), Cisco HDLC (4, at 2), IP over InfiniBand (the
-        # source and destination hardware addresses, 20 bytes each, the type, 2 reserved)
-        size, at = 4, 2
-        if link == LINKTYPE_LINUX_SLL:
-            size, at = 16, 14
-        elif link == LINKTYPE_LINUX_SLL2:
-            size, at = 20, 0
-        elif link == LINKTYPE_IPOIB:
-            size, at = 44, 40
-        if p + size <= end:
-            et = _be16(buf, p + at)
-            p += size
-            kind = _K_ETYPE
     elif link == LINKTYPE_ARCNET_LINUX:
         # source, destination, offset (2 bytes), protocol id: RFC 1051's IP id, or RFC
         # 1201's IPv4 and IPv6 ids followed by a split flag and a sequence number. A split
@@ -613,7 +618,13 @@ def _link_header(buf: Any, link: Any, p: Any, end: Any, lim: Any) -> Any:
                     break
                 q += (tl + 3) & ~3
     else:
-        status = ST_UNSUPPORTED_LINK
+        size, at = _etype_header(link)
+        if size == 0:
+            status = ST_UNSUPPORTED_LINK
+        elif p + size <= end:
+            et = _be16(buf, p + at)
+            p += size
+            kind = _K_ETYPE
     return kind, p, lim, et, status
 
 
@@ -822,33 +833,17 @@ def _ipv6(buf: Any, p: Any, end: Any, lim: Any) -> Any:
         l4_end = lim
     p += 40
     stop = -1
-    while True:
-        if nh == 0 or nh == 43 or nh == 60:
-            if p + 8 > end:
-                stop = ST_UNDECODABLE
-                break
-            nxt = _u8(buf, p)
-            p += (_u8(buf, p + 1) + 1) * 8
-            nh = nxt
-        elif nh == 44:
-            if p + 8 > end:
-                stop = ST_UNDECODABLE
-                break
-            fo = _be16(buf, p + 2)
-            nxt = _u8(buf, p)
-            p += 8
-            nh = nxt
-            if (fo & 0xFFF9) != 0:  # offset or more-fragments set
-                stop = ST_FRAGMENT
-                break
-        elif nh == 51:
-            if p + 8 > end:
-                stop = ST_UNDECODABLE
-                break
-            nxt = _u8(buf, p)
-            p += (_u8(buf, p + 1) + 2) * 4
-            nh = nxt
-        else:
+    while nh == 0 or nh == 43 or nh == 60 or nh == 44 or nh == 51:
+        if p + 8 > end:
+            stop = ST_UNDECODABLE
+            break
+        # a fragment header with its offset or more-fragments bit set
+        frag = nh == 44 and (_be16(buf, p + 2) & 0xFFF9) != 0
+        nxt = _u8(buf, p)
+        p += _ext_header_len(buf, p, nh)
+        nh = nxt
+        if frag:
+            stop = ST_FRAGMENT
             break
     return stop, p, l4_end, ip_end, 40 + plen, ttl, src_hi, src_lo, dst_hi, dst_lo, nh
 
