@@ -1139,22 +1139,11 @@ def _sx8(v: Any) -> Any:
 
 
 @njit(cache=True, _nrt=False)
-def _unpark(
-    S: Any,
-    W: Any,
-    H: Any,
-    P: Any,
-    parked: Any,
-    s: Any,
-    to: Any,
-    likely: Any,
-    check_csum: Any,
-    Q: Any,
-    qmeta: Any,
-) -> None:
+def _unpark(pool: Any, s: Any, to: Any, likely: Any, check_csum: Any, Q: Any, qmeta: Any) -> None:
     """The state of parked slot s, into slot `to`: its packet replayed by the code that ran it
     first (`_new_conn`, `_packet`). Into s itself, the connection is parked no more; into the
     scratch slot, it stays parked (its record is written from there)."""
+    S, W, H, _, _, P, parked = pool
     bits = P[s, P_BITS]
     fl = bits & 0xFFFF
     d = (bits >> 16) & 1
@@ -1203,11 +1192,7 @@ def _scratch(S: Any) -> Any:
 
 @njit(cache=True, _nrt=False)
 def _held(
-    S: Any,
-    W: Any,
-    H: Any,
-    P: Any,
-    parked: Any,
+    pool: Any,
     s: Any,
     uid: Any,
     check_seen: Any,
@@ -1220,11 +1205,12 @@ def _held(
     """The row holding the state of connection `uid` in slot s (last seen at `seen`, if
     `check_seen`), or -1 if the slot holds another now: s itself, or for a parked one the
     scratch slot, its packet replayed there."""
+    S, W, _, _, _, P, parked = pool
     if parked[s]:
         if P[s, P_UID] != uid or (check_seen and P[s, P_TS] != seen):
             return -1
         r = _scratch(S)
-        _unpark(S, W, H, P, parked, s, r, likely, check_csum, Q, qmeta)
+        _unpark(pool, s, r, likely, check_csum, Q, qmeta)
         return r
     if not W[s, F_ACTIVE] or S[s, F_UID] != uid or (check_seen and S[s, F_SEEN_TS] != seen):
         return -1
@@ -1342,7 +1328,7 @@ def process_chunk(
                     break
                 qmeta[0] += 1
                 s = Q[q, 1]
-                r = _held(S, W, H, P, parked, s, Q[q, 2], False, 0, likely, check_csum, Q, qmeta)
+                r = _held(pool, s, Q[q, 2], False, 0, likely, check_csum, Q, qmeta)
                 if r < 0:
                     continue
                 if zeek_timers:
@@ -1360,10 +1346,7 @@ def process_chunk(
                 v = vmeta[0]
                 vmeta[0] += 1
                 s = victims[v, 0]
-                r = _held(
-                    S, W, H, P, parked, s, victims[v, 1], True, victims[v, 2], likely,
-                    check_csum, Q, qmeta,
-                )  # fmt: skip
+                r = _held(pool, s, victims[v, 1], True, victims[v, 2], likely, check_csum, Q, qmeta)
                 if r < 0:
                     continue
                 if r != s:
@@ -1393,7 +1376,7 @@ def process_chunk(
         if s >= 0 and parked[s]:
             # its second packet: the connection takes its slot's state from here on
             _hand_over(P, s, LK, lkmeta)
-            _unpark(S, W, H, P, parked, s, s, likely, check_csum, Q, qmeta)
+            _unpark(pool, s, s, likely, check_csum, Q, qmeta)
         if s >= 0 and S[s, F_STREAM] != stream[i]:
             # Wireshark started a new stream on this 4-tuple: the old one is over
             nfree = _emit(
@@ -1519,7 +1502,7 @@ def sweep(
                     soonest = min(soonest, at)
                     continue
             r = _scratch(S)
-            _unpark(S, W, H, P, parked, s, r, likely, check_csum, Q, qmeta)
+            _unpark(pool, s, r, likely, check_csum, Q, qmeta)
         elif not W[s, F_ACTIVE]:
             continue
         why = reason if force else _timers_due(S, W, r, now, zeek_timers, idle_ns, closed_idle_ns)
