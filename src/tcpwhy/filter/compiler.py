@@ -1431,6 +1431,12 @@ _EQ_OPS = {
 _ORDER_OPS = {"lt", "le", "gt", "ge"}
 
 
+def _worded(fld: Field | None, of_function: str, of_field: str) -> str:
+    """tshark's message for a relation whose left side is a function (no `fld`) or a field:
+    it words the two apart."""
+    return of_function if fld is None else of_field
+
+
 class Compiler:
     def __init__(self, src: str) -> None:
         self.src = src
@@ -1598,34 +1604,19 @@ class Compiler:
         t1 = le.t
         name = S.display(lhs)
         if t1.ftype not in CAN[can]:
-            if fld is None:
-                raise self.fail(
-                    lhs,
-                    f"Function {name} (type={t1.name}) cannot participate in {S.display(node)} comparison.",
-                )
             raise self.fail(
-                lhs, f"{name} (type={t1.name}) cannot participate in {S.display(node)} comparison."
+                lhs,
+                _worded(
+                    fld,
+                    f"Function {name} (type={t1.name}) cannot participate in {S.display(node)} comparison.",
+                    f"{name} (type={t1.name}) cannot participate in {S.display(node)} comparison.",
+                ),
             )
         dom = t1.ftype
         if rhs is None:  # matches: the pattern is checked already
             if dom in (ETHER, PROTO):
                 le = ToBytes(T_BYTES, le.cost, le.needs, le)
             return le, le, BYTES if dom in (ETHER, PROTO) else dom
-        if isinstance(rhs, S.FieldRef):
-            r = self.field_of(rhs)
-            re_ = self.field_expr(rhs)
-            if not compatible(t1.ftype, r.ftype):
-                if fld is None:
-                    raise self.fail(
-                        rhs, f"Function {name} and {S.display(rhs)} are not of compatible types."
-                    )
-                raise self.fail(rhs, f"{name} and {S.display(rhs)} are not of compatible types.")
-            if r.ftype not in CAN[can]:
-                raise self.fail(
-                    rhs,
-                    f"{S.display(rhs)} (type={type_name(r.ftype, r.bits)}) cannot participate in specified comparison.",
-                )
-            return self.same_domain(le, re_, can)
         if isinstance(rhs, S.Literal):
             if rhs.kind == S.UNPARSED and rhs.text in FOREIGN_PROTOCOLS:
                 if t1.ftype != PROTO:
@@ -1641,51 +1632,53 @@ class Compiler:
         if isinstance(rhs, S.Slice):
             re_ = self.slice(rhs, t1.ftype)
             if t1.ftype not in _BYTES_TYPES | {STRING, PROTO} and t1.ftype not in CAN["slice"]:
-                if fld is None:
-                    raise self.fail(
-                        lhs,
-                        f'Function "{name}" is a {t1.name} and cannot be converted into a sequence of bytes.',
-                    )
                 raise self.fail(
                     lhs,
-                    f'"{name}" is a {t1.name} and cannot be converted into a sequence of bytes.',
+                    _worded(
+                        fld,
+                        f'Function "{name}" is a {t1.name} and cannot be converted into a sequence of bytes.',
+                        f'"{name}" is a {t1.name} and cannot be converted into a sequence of bytes.',
+                    ),
                 )
             return ToBytes(T_BYTES, le.cost, le.needs, le), re_, BYTES
-        if isinstance(rhs, S.Call):
+        # an expression on the right (a field, a function's value, arithmetic): tshark checks
+        # that the two types are compatible, then that the right one takes part in `can`,
+        # and words each refusal after what the right side is
+        if isinstance(rhs, S.FieldRef):
+            r = self.field_of(rhs)
+            re_ = self.field_expr(rhs)
+            t2 = r.ftype
+            incompatible = _worded(
+                fld,
+                f"Function {name} and {S.display(rhs)} are not of compatible types.",
+                f"{name} and {S.display(rhs)} are not of compatible types.",
+            )
+            cannot = f"{S.display(rhs)} (type={type_name(r.ftype, r.bits)}) cannot participate in specified comparison."
+        elif isinstance(rhs, S.Call):
             re_ = self.call(rhs, t1)
-            t2 = re_.t
-            if not compatible(t1.ftype, t2.ftype):
-                if fld is None:
-                    raise self.fail(
-                        rhs,
-                        f"Return values of function {name} (type={t1.name}) and function {name} (type={t2.name}) are not of compatible types.",
-                    )
-                raise self.fail(
-                    rhs,
-                    f"{name} (type={t1.name}) and return value of {rhs.name}() (type={t2.name}) are not of compatible types.",
-                )
-            if t2.ftype not in CAN[can]:
-                if fld is None:
-                    raise self.fail(
-                        rhs,
-                        f"Return value of {rhs.name} (type={t2.name}) cannot participate in specified comparison.",
-                    )
-                raise self.fail(
-                    rhs,
-                    f"return value of {rhs.name}() (type={t2.name}) cannot participate in specified comparison.",
-                )
-            return self.same_domain(le, re_, can)
-        if isinstance(rhs, S.Arith):
-            re_, t2 = self.arith(rhs, t1)
-            if not compatible(t1.ftype, t2.ftype):
-                raise self.fail(rhs, f"{name} and {S.display(rhs)} are not of compatible types.")
-            if t2.ftype not in CAN[can]:
-                raise self.fail(
-                    rhs,
-                    f"{S.display(rhs)} (type={t2.name}) cannot participate in specified comparison.",
-                )
-            return self.same_domain(le, re_, can)
-        raise AssertionError(rhs)
+            t2 = re_.t.ftype
+            incompatible = _worded(
+                fld,
+                f"Return values of function {name} (type={t1.name}) and function {name} (type={re_.t.name}) are not of compatible types.",
+                f"{name} (type={t1.name}) and return value of {rhs.name}() (type={re_.t.name}) are not of compatible types.",
+            )
+            cannot = _worded(
+                fld,
+                f"Return value of {rhs.name} (type={re_.t.name}) cannot participate in specified comparison.",
+                f"return value of {rhs.name}() (type={re_.t.name}) cannot participate in specified comparison.",
+            )
+        elif isinstance(rhs, S.Arith):
+            re_, t = self.arith(rhs, t1)
+            t2 = t.ftype
+            incompatible = f"{name} and {S.display(rhs)} are not of compatible types."
+            cannot = f"{S.display(rhs)} (type={t.name}) cannot participate in specified comparison."
+        else:
+            raise AssertionError(rhs)
+        if not compatible(t1.ftype, t2):
+            raise self.fail(rhs, incompatible)
+        if t2 not in CAN[can]:
+            raise self.fail(rhs, cannot)
+        return self.same_domain(le, re_, can)
 
     def same_domain(self, le: Expr, re_: Expr, can: str) -> tuple[Expr, Expr, str]:
         """Values of two compatible expressions, as one type (bytes when either is bytes)."""
@@ -1703,6 +1696,12 @@ class Compiler:
             re_ = ToBytes(T_BYTES, re_.cost, re_.needs, re_)
         return le, re_, BYTES
 
+    def check_bytes(self, node: S.Node, ftype: str, what: str) -> None:
+        """Refuse, in tshark's words, to compare with a slice a value of type `ftype` that
+        cannot be converted into bytes; `what` names the value and its type as tshark does."""
+        if ftype not in _BYTES_TYPES and ftype not in CAN["slice"]:
+            raise self.fail(node, f"{what} and cannot be converted into a sequence of bytes.")
+
     def lhs_slice(
         self, node: S.Node, le: Expr, rhs: S.Node | None, partial: bool
     ) -> tuple[Expr, Expr, str]:
@@ -1712,11 +1711,7 @@ class Compiler:
         if isinstance(rhs, S.FieldRef):
             r = self.field_of(rhs)
             re_ = self.field_expr(rhs)
-            if r.ftype not in _BYTES_TYPES and r.ftype not in CAN["slice"]:
-                raise self.fail(
-                    rhs,
-                    f'"{S.display(rhs)}" is a {type_name(r.ftype, r.bits)} and cannot be converted into a sequence of bytes.',
-                )
+            self.check_bytes(rhs, r.ftype, f'"{S.display(rhs)}" is a {type_name(r.ftype, r.bits)}')
             return self.both_bytes(le, re_)
         if isinstance(rhs, S.Literal):
             if rhs.kind == S.UNPARSED and rhs.text in FOREIGN_PROTOCOLS:
@@ -1728,11 +1723,7 @@ class Compiler:
         if isinstance(rhs, S.Call):
             re_ = self.call(rhs, T_BYTES)
             t2 = re_.t
-            if t2.ftype not in _BYTES_TYPES and t2.ftype not in CAN["slice"]:
-                raise self.fail(
-                    rhs,
-                    f'Return value of function "{rhs.name}" is a {t2.name} and cannot be converted into a sequence of bytes.',
-                )
+            self.check_bytes(rhs, t2.ftype, f'Return value of function "{rhs.name}" is a {t2.name}')
             return self.both_bytes(le, re_)
         if isinstance(rhs, S.Arith):
             re_, t2 = self.arith(rhs, T_BYTES)
