@@ -9,6 +9,7 @@ core) under a timeout; each worker reports its peak memory.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -113,26 +114,88 @@ def test_not_a_capture(tmp_path: Path) -> None:
     assert missing.stderr == f"tcpwhy: {tmp_path / 'nope.pcap'}: no such file\n"
 
 
-@pytest.mark.parametrize("command", [("packets",), ("conns",), ("flow",)])
-def test_a_url_to_a_command_that_reads_files_says_which_reads_urls(
+URL_COMMANDS = [
+    ("packets", "--format", "jsonl"),
+    ("conns", "--format", "jsonl", "--seed", "1"),
+    ("flow", "--format", "json"),
+    ("flow", "--format", "text"),
+]
+
+
+def _tcpwhy(args: list[str], tmpdir: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
+    return subprocess.run(
+        [sys.executable, "-m", "tcpwhy", *args], capture_output=True, text=True, env=env
+    )
+
+
+@pytest.mark.parametrize("command", URL_COMMANDS, ids=" ".join)
+def test_a_url_is_read_as_its_file(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """`conns file:///x.pcap` said "no such file" of a file that exists: the commands copy a
+    URL to a file and read it, as `analyze` and `tcpwhy.open` do. The same output as the
+    file's, every line that names the input naming the URL (a cut file's warning, flow's
+    JSON `points`), and the copy removed afterwards."""
+    data = (Path(tcpwhy.__file__).parent / "data" / "demo-stale-keepalive.pcap").read_bytes()
+    cap = tmp_path / "x.pcap"
+    cap.write_bytes(data[:-30])  # cut in its last record: a warning that names the file
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    stream = ["0"] if command[0] == "flow" else []
+    by_path = _tcpwhy([command[0], str(cap), *stream, *command[1:]], spool)
+    by_url = _tcpwhy([command[0], cap.as_uri(), *stream, *command[1:]], spool)
+    assert by_path.returncode == 0, by_path.stderr
+    assert "warning: file ends in the middle of a record" in by_path.stderr
+    assert by_url.returncode == 0, by_url.stderr
+    assert by_url.stdout == by_path.stdout.replace(str(cap), cap.as_uri())
+    assert by_url.stderr == by_path.stderr.replace(str(cap), cap.as_uri())
+    if command == ("flow", "--format", "json"):
+        assert json.loads(by_url.stdout)["points"] == [cap.as_uri()]
+    assert not list(spool.iterdir())  # the copy is gone
+
+
+@pytest.mark.parametrize("command", [("conns", "--seed", "1"), ("flow", "0")], ids=" ".join)
+def test_capture_points_given_as_urls_are_named_by_them(
     tmp_path: Path, command: tuple[str, ...]
 ) -> None:
-    """`conns file:///x.pcap` said "no such file" of a file that exists: only `analyze`
-    (and `tcpwhy.open`) copy a URL to read it; the line says so."""
+    """Two capture points as URLs: each record's `seen_at` and the paired ladder's points
+    name the URLs, not the copies read."""
+    data = (Path(tcpwhy.__file__).parent / "data" / "demo-stale-keepalive.pcap").read_bytes()
+    caps = [tmp_path / "a.pcap", tmp_path / "b.pcap"]
+    for c in caps:
+        c.write_bytes(data)
+    by_path = _tcpwhy([command[0], *map(str, caps), *command[1:]], tmp_path)
+    by_url = _tcpwhy([command[0], *(c.as_uri() for c in caps), *command[1:]], tmp_path)
+    assert (by_path.returncode, by_url.returncode) == (0, 0), by_url.stderr
+    want = by_path.stdout
+    for c in caps:
+        assert str(c) in want
+        want = want.replace(str(c), c.as_uri())
+    assert by_url.stdout == want
+
+
+@pytest.mark.parametrize("command", ["packets", "conns", "flow"])
+def test_a_url_that_cannot_be_read_is_one_line(tmp_path: Path, command: str) -> None:
+    stream = ["0"] if command == "flow" else []
+    missing = (tmp_path / "nope.pcap").as_uri()
+    r = _tcpwhy([command, missing, *stream], tmp_path)
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", f"tcpwhy: {missing}: no such file\n")
+    r = _tcpwhy([command, "nosuchprotocol://host/x.pcap", *stream], tmp_path)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr.startswith("tcpwhy: nosuchprotocol://host/x.pcap: cannot read this URL: ")
+    assert len(r.stderr.splitlines()) == 1
+
+
+def test_watch_given_a_url_says_it_reads_local_files(tmp_path: Path) -> None:
+    """`watch -r` replays local files only: a URL is no such file, and the line says why."""
     cap = tmp_path / "x.pcap"
     cap.write_bytes(
         (Path(tcpwhy.__file__).parent / "data" / "demo-stale-keepalive.pcap").read_bytes()
     )
-    url = cap.as_uri()
-    r = subprocess.run(
-        [sys.executable, "-m", "tcpwhy", *command, url, *(["0"] if command == ("flow",) else [])],
-        capture_output=True,
-        text=True,
-    )
+    r = _tcpwhy(["watch", "-r", cap.as_uri()], tmp_path)
     assert (r.returncode, r.stdout) == (2, ""), r.stderr
     assert r.stderr == (
-        f"tcpwhy: {url}: no such file (a URL: `tcpwhy analyze` reads URLs; copy it to a file "
-        "for this command)\n"
+        f"tcpwhy: {cap.as_uri()}: no such file (a URL: this command reads local files; copy it "
+        "to a file)\n"
     )
 
 

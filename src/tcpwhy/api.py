@@ -130,6 +130,12 @@ class _Sources:
             self._paths = [self._local(k, s) for k, s in enumerate(self._given)]
         return self._paths
 
+    def close(self) -> None:
+        """Removes the copies now, not when this object is collected (a command's own)."""
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
     def _spool_dir(self) -> str:
         if self._tmp is None:
             # removed with this object (TemporaryDirectory's own finalizer)

@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Sequence
 
 from tcpwhy import __version__
-from tcpwhy.cli_helpers import refuse_overwriting_inputs
+from tcpwhy.cli_helpers import refuse_overwriting_inputs, urls_copied
 from tcpwhy.console import COLOR_CHOICES, set_color
 from tcpwhy.errors import EXIT_BAD_INPUT, TcpwhyError
 
@@ -155,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_color(getattr(args, "color", None))
     try:
         refuse_overwriting_inputs(args)
-        status = args.func(args)
+        with urls_copied(args):
+            status = args.func(args)
         sys.stdout.flush()
         return int(status or 0)
     except TcpwhyError as exc:

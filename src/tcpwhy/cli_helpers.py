@@ -1,7 +1,7 @@
 """What several commands share on the command line: the argparse types of positive numbers,
 the options they take alike (``-o FILE``, ``-Y FILTER``), the one-capture rule (FILE or
-``-r FILE``), ``-o FILE`` on a command registered elsewhere, and a capture's warnings on
-stderr. Each stage's folder registers its own commands (`tcpwhy.cli`); they take these from
+``-r FILE``), ``-o FILE`` on a command registered elsewhere, URLs read as files, and a
+capture's warnings on stderr. Each stage's folder registers its own commands (`tcpwhy.cli`); they take these from
 here rather than from one another."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeAlias
 
 from tcpwhy.errors import TcpwhyError
@@ -98,10 +99,7 @@ def refuse_overwriting_inputs(args: argparse.Namespace) -> None:
             # `-o "$OUT"` with OUT unset: the output went to standard output, and
             # `--parquet ""` was no option at all, while the user waits for the file
             raise TcpwhyError(flag, "an empty name: give a path")
-    reads: list[str] = []
-    for name in INPUT_ARGS:
-        v = getattr(args, name, None)
-        reads += [x for x in v if isinstance(x, str)] if isinstance(v, list) else [v] if v else []
+    reads = _inputs(args)
     outs: list[tuple[str, str]] = []
     for name in OUTPUT_FLAGS:
         out = getattr(args, name, None)
@@ -127,9 +125,67 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
+URL_COMMANDS = ("conns", "packets", "flow")
+"""The commands whose URL inputs `urls_copied` reads (`analyze` copies its own, where a
+directory URL is a fleet; `watch -r` replays local files)."""
+
+SHOWN_AS: dict[str, str] = {}
+"""The local copy of each URL a command was given -> that URL, for every line and field that
+names an input (`shown`)."""
+
+
+def shown(path: str) -> str:
+    """An input as the user named it: the URL of a local copy, else the path itself."""
+    return SHOWN_AS.get(path, path)
+
+
+@contextmanager
+def urls_copied(args: argparse.Namespace) -> Iterator[None]:
+    """Runs a command of `URL_COMMANDS` with its URL inputs (``file://``, ``s3://`` with
+    fsspec) copied to local files first, as `analyze` and `tcpwhy.open` copy them
+    (`tcpwhy.api._Sources`), and its errors and warnings naming the URL: `conns s3://…` said
+    it could not read what `analyze s3://…` read. The copies are removed afterwards."""
+    urls = [v for v in _inputs(args) if "://" in v]
+    if args.command not in URL_COMMANDS or not urls:
+        yield
+        return
+    from tcpwhy.api import _Sources
+
+    src = _Sources(urls)
+    try:
+        try:
+            local = dict(zip(urls, src.paths(), strict=True))
+        except ImportError as exc:  # fsspec, or the protocol's package, is missing
+            where, _, reason = str(exc).partition(": ")
+            raise TcpwhyError(where, reason) from None
+        for name in INPUT_ARGS:
+            v = getattr(args, name, None)
+            if isinstance(v, list):
+                setattr(args, name, [local.get(x, x) if isinstance(x, str) else x for x in v])
+            elif isinstance(v, str):
+                setattr(args, name, local.get(v, v))
+        SHOWN_AS.update(src.names)
+        try:
+            yield
+        except TcpwhyError as exc:
+            exc.where = shown(exc.where)
+            raise
+    finally:
+        src.close()
+
+
+def _inputs(args: argparse.Namespace) -> list[str]:
+    """The names of the files a command reads (`INPUT_ARGS`)."""
+    out: list[str] = []
+    for name in INPUT_ARGS:
+        v = getattr(args, name, None)
+        out += [x for x in v if isinstance(x, str)] if isinstance(v, list) else [v] if v else []
+    return out
+
+
 def report_stats(source: str, stats: CaptureStats) -> None:
     """Warnings and the non-TCP summary go to stderr, after the view."""
-    name = "<stdin>" if source == "-" else source
+    name = "<stdin>" if source == "-" else shown(source)
     for w in stats.warnings:
         print(f"tcpwhy: {name}: warning: {w}", file=sys.stderr)
     line = stats.skipped_line()

@@ -96,8 +96,8 @@ class _Source:
                 # a named pipe (`-r <(…)`, /dev/fd/N) is read as it arrives, as `-` is
                 self._pipe = (os.fstat(raw.fileno()).st_mode & 0o170000) == 0o010000
         except FileNotFoundError:
-            # `conns s3://…`: only analyze (and tcpwhy.open) copy a URL to a file to read
-            why = " (a URL: `tcpwhy analyze` reads URLs; copy it to a file for this command)"
+            # `watch -r s3://…`: the commands that read URLs copy them to a file first
+            why = " (a URL: this command reads local files; copy it to a file)"
             raise CaptureError(name, "no such file" + (why if "://" in name else "")) from None
         except IsADirectoryError:
             raise CaptureError(name, "is a directory") from None

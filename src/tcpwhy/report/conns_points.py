@@ -48,6 +48,7 @@ def read_points(files: list[str], stats: list[CaptureStats], **options: Any) -> 
     """The capture points of `files`, in the order given (analyze's rule: a file that starts
     before the previous one of its group ended is another point)."""
     from tcpwhy.capture import iter_tables
+    from tcpwhy.cli_helpers import shown
     from tcpwhy.diagnose.engine import _groups
     from tcpwhy.tcp.connections import reading_options
 
@@ -59,7 +60,9 @@ def read_points(files: list[str], stats: list[CaptureStats], **options: Any) -> 
     points = []
     for g in sorted(_groups(tables), key=min):
         names = [tables[i][0] for i in g]
-        points.append(Point(names, PacketTable.concat([tables[i][1] for i in g]), ", ".join(names)))
+        # named as the user named them: a URL, not the copy read (`cli_helpers.urls_copied`)
+        label = ", ".join(map(shown, names))
+        points.append(Point(names, PacketTable.concat([tables[i][1] for i in g]), label))
     return points
 
 

@@ -481,7 +481,7 @@ def cmd_flow_points(args: Any) -> int:
     import json
     import sys
 
-    from tcpwhy.cli_helpers import report_stats
+    from tcpwhy.cli_helpers import report_stats, shown
     from tcpwhy.filter import filter_from_args
     from tcpwhy.views import flow_model
 
@@ -494,14 +494,14 @@ def cmd_flow_points(args: Any) -> int:
     got = flow_model(files, args.stream, stats, flt, pair=pair, unpaired=alone)
     for name in alone:  # said before the ladder: a reader of the text sees it first
         print(
-            f"tcpwhy: note: tcp.stream {args.stream} of {name} was not seen at the other "
+            f"tcpwhy: note: tcp.stream {args.stream} of {shown(name)} was not seen at the other "
             "capture points: drawn from that point alone",
             file=sys.stderr,
         )
     fmt = args.format
     if isinstance(got, PairView):
         if fmt == "json":
-            doc = flow_json(got, args.stream, files)
+            doc = flow_json(got, args.stream, [shown(f) for f in files])
             sys.stdout.write(json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
         elif fmt == "svg":
             from tcpwhy.report.svg import render_pair_svg
@@ -513,7 +513,7 @@ def cmd_flow_points(args: Any) -> int:
     else:
         view = ladder_view(got, args.fold)
         if fmt == "json":
-            doc = flow_json(view, args.stream, [", ".join(files)])
+            doc = flow_json(view, args.stream, [", ".join(map(shown, files))])
             sys.stdout.write(json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
         elif fmt == "svg":
             from tcpwhy.report.svg import render_svg
