@@ -888,7 +888,10 @@ class Conn:
             return None
         skip = closing_rows(self)
         m = self._np_data[:i] if who is None else self._np_data[:i] & (self._np_side[:i] == who)
-        for j in np.flatnonzero(m)[::-1].tolist():
+        idx = np.flatnonzero(m)
+        if not skip:  # the last one (not a list of every data row of a long connection)
+            return int(idx[-1]) if len(idx) else None
+        for j in idx[::-1].tolist():
             if j not in skip:
                 return int(j)
         return None
