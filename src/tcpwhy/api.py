@@ -130,6 +130,15 @@ class _Sources:
             self._paths = [self._local(k, s) for k, s in enumerate(self._given)]
         return self._paths
 
+    def command_paths(self) -> list[str]:
+        """`paths` for a command: a missing package (fsspec, or the URL's filesystem) is the
+        command's one line, ``tcpwhy: URL: reason`` and exit status 2, not an ImportError."""
+        try:
+            return self.paths()
+        except ImportError as exc:
+            where, _, reason = str(exc).partition(": ")  # "URL: reason", the API's words
+            raise TcpwhyError(where, reason) from None
+
     def close(self) -> None:
         """Removes the copies now, not when this object is collected (a command's own)."""
         if self._tmp is not None:

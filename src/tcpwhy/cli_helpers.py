@@ -153,11 +153,7 @@ def urls_copied(args: argparse.Namespace) -> Iterator[None]:
 
     src = _Sources(urls)
     try:
-        try:
-            local = dict(zip(urls, src.paths(), strict=True))
-        except ImportError as exc:  # fsspec, or the protocol's package, is missing
-            where, _, reason = str(exc).partition(": ")
-            raise TcpwhyError(where, reason) from None
+        local = dict(zip(urls, src.command_paths(), strict=True))
         for name in INPUT_ARGS:
             v = getattr(args, name, None)
             if isinstance(v, list):

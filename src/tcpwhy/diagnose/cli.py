@@ -29,11 +29,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     flt = filter_from_args(args)
     dataset = fleet.one_capture_dataset(args)  # --parquet OUTDIR: checked before the work
     src = _Sources(args.files)  # fsspec URLs copied to temporary files, as `tcpwhy.open` does
-    try:
-        files = src.paths()
-    except ImportError as exc:  # fsspec, or the URL's filesystem package, is not installed
-        where, _, reason = str(exc).partition(": ")  # "URL: reason", the API's words
-        raise TcpwhyError(where, reason) from None
+    files = src.command_paths()
     try:
         with step_progress(sys.stderr.isatty()) as progress:
             # the findings as `Capture.findings` and `tcpwhy.analyze` have them
