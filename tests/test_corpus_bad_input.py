@@ -185,17 +185,29 @@ def test_a_url_that_cannot_be_read_is_one_line(tmp_path: Path, command: str) -> 
     assert len(r.stderr.splitlines()) == 1
 
 
-def test_watch_given_a_url_says_it_reads_local_files(tmp_path: Path) -> None:
-    """`watch -r` replays local files only: a URL is no such file, and the line says why."""
+def test_watch_replays_a_url(tmp_path: Path) -> None:
+    """`watch -r URL` replays the copy it reads, its findings' timelines and lines naming the
+    URL; the reader itself, given a URL, says what reads one."""
     cap = tmp_path / "x.pcap"
     cap.write_bytes(
         (Path(tcpwhy.__file__).parent / "data" / "demo-stale-keepalive.pcap").read_bytes()
     )
-    r = _tcpwhy(["watch", "-r", cap.as_uri()], tmp_path)
-    assert (r.returncode, r.stdout) == (2, ""), r.stderr
-    assert r.stderr == (
-        f"tcpwhy: {cap.as_uri()}: no such file (a URL: this command reads local files; copy it "
-        "to a file)\n"
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    by_path = _tcpwhy(["watch", "-r", str(cap), "--format", "jsonl"], spool)
+    by_url = _tcpwhy(["watch", "-r", cap.as_uri(), "--format", "jsonl"], spool)
+    assert (by_path.returncode, by_url.returncode) == (1, 1), by_url.stderr  # findings
+    assert str(cap) in by_path.stdout
+    assert by_url.stdout == by_path.stdout.replace(str(cap), cap.as_uri())
+    assert by_url.stderr == by_path.stderr.replace(str(cap), cap.as_uri())
+    assert not list(spool.iterdir())
+    from tcpwhy.capture import read_table
+    from tcpwhy.errors import CaptureError
+
+    with pytest.raises(CaptureError) as got:
+        read_table(cap.as_uri())
+    assert got.value.reason == (
+        "no such file (a URL: the reader takes local files; tcpwhy.open copies URLs)"
     )
 
 

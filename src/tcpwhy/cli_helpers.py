@@ -125,9 +125,9 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
-URL_COMMANDS = ("conns", "packets", "flow")
+URL_COMMANDS = ("conns", "packets", "flow", "watch")
 """The commands whose URL inputs `urls_copied` reads (`analyze` copies its own, where a
-directory URL is a fleet; `watch -r` replays local files)."""
+directory URL is a fleet). `watch -r URL` replays the capture as it was when copied."""
 
 SHOWN_AS: dict[str, str] = {}
 """The local copy of each URL a command was given -> that URL, for every line and field that

@@ -96,8 +96,8 @@ class _Source:
                 # a named pipe (`-r <(…)`, /dev/fd/N) is read as it arrives, as `-` is
                 self._pipe = (os.fstat(raw.fileno()).st_mode & 0o170000) == 0o010000
         except FileNotFoundError:
-            # `watch -r s3://…`: the commands that read URLs copy them to a file first
-            why = " (a URL: this command reads local files; copy it to a file)"
+            # `read_table("s3://…")`: the commands and `tcpwhy.open` copy a URL to a file
+            why = " (a URL: the reader takes local files; tcpwhy.open copies URLs)"
             raise CaptureError(name, "no such file" + (why if "://" in name else "")) from None
         except IsADirectoryError:
             raise CaptureError(name, "is a directory") from None

@@ -17,7 +17,13 @@ import time
 from types import FrameType
 from typing import Any
 
-from tcpwhy.cli_helpers import Subcommands, nonnegative_float, positive_float, positive_int
+from tcpwhy.cli_helpers import (
+    Subcommands,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+    shown,
+)
 from tcpwhy.errors import TcpwhyError
 
 NS = 1_000_000_000
@@ -121,7 +127,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         check_dir(args.keep)  # an unwritable directory is one line before anything runs
         keeper = Keeper(args.keep, int(args.keep_max * MB), args.keep_before, err=sys.stderr)
     metrics = engine = None
-    where = args.read if args.read is not None else args.interface
+    # the capture as the user named it: a URL, not the copy read (`urls_copied`)
+    where = shown(args.read) if args.read is not None else args.interface
     status = 0
     _signalled.clear()
     old_term = signal.signal(signal.SIGTERM, _on_signal)
