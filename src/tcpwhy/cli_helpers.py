@@ -1,8 +1,8 @@
 """What several commands share on the command line: the argparse types of positive numbers,
 the options they take alike (``-o FILE``, ``-Y FILTER``), the one-capture rule (FILE or
 ``-r FILE``), ``-o FILE`` on a command registered elsewhere, URLs read as files, and a
-capture's warnings on stderr. Each stage's folder registers its own commands (`tcpwhy.cli`); they take these from
-here rather than from one another."""
+capture's warnings on stderr. Each stage's folder registers its own commands
+(`tcpwhy.cli`); they take these from here rather than from one another."""
 
 from __future__ import annotations
 

@@ -492,9 +492,11 @@ def cmd_flow_points(args: Any) -> int:
     # the ladder as `Capture.flow` has it
     pair = not getattr(args, "no_pair", False)
     got = flow_model(files, args.stream, stats, flt, pair=pair, unpaired=alone)
-    for name in alone:  # said before the ladder: a reader of the text sees it first
+    # said before the ladder: a reader of the text sees it first (points are named as the
+    # user named them already, `read_points`)
+    for name in alone:
         print(
-            f"tcpwhy: note: tcp.stream {args.stream} of {shown(name)} was not seen at the other "
+            f"tcpwhy: note: tcp.stream {args.stream} of {name} was not seen at the other "
             "capture points: drawn from that point alone",
             file=sys.stderr,
         )
