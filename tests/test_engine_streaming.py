@@ -190,3 +190,92 @@ def test_a_flood_gives_up_per_stream_addresses_early(monkeypatch: pytest.MonkeyP
 
 def rows_of(path: str) -> int:
     return sum(len(t) for t in reader.iter_tables(path))
+
+
+def _tracked(name: str) -> tuple[engine.PacketTable, dict]:  # type: ignore[type-arg]
+    """A lab capture's rows as the engine keeps them and the stream tracker's columns."""
+    from tcpwhy.diagnose.context import narrow_streams
+    from tcpwhy.tcp.streams import StreamTracker
+
+    parts = [engine._slim(t) for t in reader.iter_tables(str(LAB / name))]
+    table = engine._join(parts, free=True)
+    return table, narrow_streams(StreamTracker().feed(table))
+
+
+def test_endpoint_check_finds_the_rows_that_differ() -> None:
+    """`kernels.endpoints_agree` (the compiled check of `_Endpoints.take`) against numpy's
+    formulation of it: each row's endpoints are its stream's, swapped the other way."""
+    import numpy as np
+
+    from tcpwhy.decode.table import ENDPOINT_COLUMNS
+    from tcpwhy.diagnose import kernels
+    from tcpwhy.diagnose.context import PEER
+
+    t, got = _tracked("time-wait-reuse.pcap")
+    sid, pdir = got["stream"], got["dir"]
+    n = int(sid.max()) + 1
+    first = np.full(n, -1, np.int64)
+    first[sid[::-1]] = np.arange(len(sid))[::-1]
+    fwd = pdir[first] == 0
+    held = {k: np.where(fwd, t[k][first], t[PEER[k]][first]) for k in ENDPOINT_COLUMNS}
+
+    def numpy_agrees(rows: dict) -> bool:  # type: ignore[type-arg]
+        back = pdir != 0
+        return all(
+            np.array_equal(np.where(back, held[PEER[k]][sid], held[k][sid]), rows[k])
+            for k in ENDPOINT_COLUMNS
+        )
+
+    def agrees(rows: dict, nstreams: int = n) -> bool:  # type: ignore[type-arg]
+        return bool(
+            kernels.endpoints_agree(
+                sid,
+                pdir,
+                nstreams,
+                tuple(rows[k] for k in ENDPOINT_COLUMNS),
+                tuple(held[k] for k in ENDPOINT_COLUMNS),
+            )
+        )
+
+    rows = {k: t[k].copy() for k in ENDPOINT_COLUMNS}
+    assert (pdir != 0).any() and (pdir == 0).any()
+    assert agrees(rows) and numpy_agrees(rows)
+    assert not agrees(rows, n - 1)  # a row of a stream not yet recorded
+    last_back = int(np.flatnonzero(pdir != 0)[-1])
+    for k in ENDPOINT_COLUMNS:
+        for row in (0, last_back):
+            changed = {c: v.copy() for c, v in rows.items()}
+            changed[k][row] += 1
+            assert not agrees(changed) and not numpy_agrees(changed), (k, row)
+
+
+def test_stream_bases_are_numpys_assignments() -> None:
+    """`kernels.stream_bases` (`StreamConstants.take`) writes what numpy's masked
+    assignments of the ACKs' bases and then the rows' own wrote, block by block, on a
+    capture of reused ports (a stream's bases and conversation slot)."""
+    import numpy as np
+
+    from tcpwhy.decode.table import ACK
+    from tcpwhy.diagnose.context import StreamConstants
+
+    t, got = _tracked("time-wait-reuse.pcap")
+    stream, pdir = got["stream"], got["dir"]
+    n = int(stream.max()) + 1
+    for block in (1, 7, 1 << 16):
+        base = np.zeros((n, 2), np.uint32)
+        conv = np.zeros(n, np.int32)
+        for lo in range(0, len(stream), block):
+            sl = slice(lo, lo + block)
+            s, d = stream[sl], pdir[sl]
+            has_ack = (t["flags"][sl] & ACK) != 0
+            base[s[has_ack], 1 - d[has_ack]] = (t["ack"][sl] - got["rel_ack"][sl])[has_ack]
+            base[s, d] = t["seq"][sl] - got["rel_seq"][sl]
+            conv[s] = got["conv"][sl]
+        sc = StreamConstants()
+        sc._grow(n)
+        engine.kernels.stream_bases(
+            stream, pdir, t["flags"], t["seq"], t["ack"], got["rel_seq"], got["rel_ack"],
+            got["conv"], block, sc.base, sc.conv,
+        )  # fmt: skip
+        assert np.array_equal(sc.base[:n], base) and np.array_equal(sc.conv[:n], conv)
+        assert base.any() and len(set(conv.tolist())) > 1

@@ -176,14 +176,11 @@ class StreamConstants:
         if not len(stream):
             return
         self._grow(int(stream.max()) + 1)
-        seq, ack, flags = table["seq"], table["ack"], table["flags"]
-        for lo in range(0, len(stream), SCAN_ROWS):
-            sl = slice(lo, lo + SCAN_ROWS)
-            s, d = stream[sl], pdir[sl]
-            has_ack = (flags[sl] & ACK) != 0
-            self.base[s[has_ack], 1 - d[has_ack]] = (ack[sl] - rel_ack[sl])[has_ack]
-            self.base[s, d] = seq[sl] - rel_seq[sl]
-            self.conv[s] = conv[sl]
+        t = table
+        kernels.stream_bases(
+            stream, pdir, t["flags"], t["seq"], t["ack"], rel_seq, rel_ack, conv, SCAN_ROWS,
+            self.base, self.conv,
+        )  # fmt: skip
 
     def _grow(self, need: int) -> None:
         """Streams up to `need` (0 until a row of theirs is taken)."""

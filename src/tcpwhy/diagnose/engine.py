@@ -21,6 +21,7 @@ import numpy as np
 from tcpwhy.arrays import room_for, sparse_zeros
 from tcpwhy.capture import iter_tables
 from tcpwhy.decode.table import (
+    ENDPOINT_COLUMNS,
     CaptureStats,
     PacketTable,
     compact_payloads,
@@ -29,6 +30,7 @@ from tcpwhy.decode.table import (
     join_icmp,
     shift_offsets,
 )
+from tcpwhy.diagnose import kernels
 from tcpwhy.diagnose.context import Capture
 from tcpwhy.diagnose.model import CaptureInfo, Finding, Report
 from tcpwhy.diagnose.pairing import PathPair, attach_retransmissions, pair_captures
@@ -522,13 +524,14 @@ class _Endpoints:
                     grown[: self.n] = col[: self.n]
                 self.cols[k] = col = grown
             col[self.n : m] = np.where(fwd, t[k][new], t[PEER[k]][new])
-        if len(sid) and (int(sid.min()) < 0 or int(sid.max()) >= m):
+        if not kernels.endpoints_agree(
+            sid,
+            pdir,
+            m,
+            tuple(t[k] for k in ENDPOINT_COLUMNS),
+            tuple(self.cols[k] for k in ENDPOINT_COLUMNS),
+        ):
             return False
-        back = pdir != 0
-        for k in ADDRESS_COLUMNS:
-            want = np.where(back, self.cols[PEER[k]][sid], self.cols[k][sid])
-            if not np.array_equal(want, t[k]):
-                return False
         self.n = m
         for k in ADDRESS_COLUMNS:
             del t.cols[k]

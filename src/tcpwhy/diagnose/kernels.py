@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from tcpwhy.decode.table import ACK, COLUMNS, ENDPOINT_COLUMNS, FIN, RST, SYN
 from tcpwhy.native import array_types, kernel, njit, tuple_of
 
@@ -140,3 +142,67 @@ def first_rows(mask: Any, stream: Any, out: Any) -> None:
             s = stream[i]
             if out[s] < 0:
                 out[s] = i
+
+
+_ROW_ENDS = tuple_of(array_types(COLUMNS, ENDPOINT_COLUMNS))
+
+
+@kernel(f"i8[:] i1[:] i8 {_ROW_ENDS} {_ROW_ENDS} -> b1", nogil=True)
+def endpoints_agree(stream: Any, pdir: Any, nstreams: int, rows: Any, held: Any) -> bool:
+    """Whether every row's endpoint columns (`rows`) are its stream's (`held`, per stream,
+    as the stream's direction-0 rows carry them; swapped on the other direction's rows),
+    every stream below `nstreams`. One pass that stops at the first row that differs: in
+    numpy it was two gathers, a choice and a comparison per column, 0.16 s of the reading
+    of a capture of 4.3 M packets, on the thread that reading waits for."""
+    src_hi, src_lo, dst_hi, dst_lo, sport, dport = rows
+    h_src_hi, h_src_lo, h_dst_hi, h_dst_lo, h_sport, h_dport = held
+    for i in range(stream.shape[0]):
+        s = stream[i]
+        if s < 0 or s >= nstreams:
+            return False
+        if pdir[i] == 0:
+            same = (
+                src_hi[i] == h_src_hi[s]
+                and src_lo[i] == h_src_lo[s]
+                and dst_hi[i] == h_dst_hi[s]
+                and dst_lo[i] == h_dst_lo[s]
+                and sport[i] == h_sport[s]
+                and dport[i] == h_dport[s]
+            )
+        else:
+            same = (
+                src_hi[i] == h_dst_hi[s]
+                and src_lo[i] == h_dst_lo[s]
+                and dst_hi[i] == h_src_hi[s]
+                and dst_lo[i] == h_src_lo[s]
+                and sport[i] == h_dport[s]
+                and dport[i] == h_sport[s]
+            )
+        if not same:
+            return False
+    return True
+
+
+@kernel(
+    f"i8[:] i1[:] {array_types(COLUMNS, ('flags', 'seq', 'ack'))} u4[:] u4[:] i4[:] i8"
+    " u4[:,:] i4[:] -> none",
+    nogil=True,
+)
+def stream_bases(
+    stream: Any, pdir: Any, flags: Any, seq: Any, ack: Any,
+    rel_seq: Any, rel_ack: Any, conv: Any, block: int, base: Any, conv_out: Any,
+) -> None:  # fmt: skip
+    """Per stream, each direction's sequence base (a row's seq less its relative seq; an
+    ACK's ack less its relative ack, for the other direction) and its conversation, written
+    as the rows come, `block` rows at a time: in each block the ACKs' bases first, then the
+    rows' own, so a stream's base is what numpy's assignments of the two in turn left (one
+    value per stream and direction anyway, `StreamConstants`)."""
+    n = stream.shape[0]
+    for lo in range(0, n, block):
+        hi = min(n, lo + block)
+        for i in range(lo, hi):
+            if flags[i] & ACK:
+                base[stream[i], 1 - pdir[i]] = np.uint32(ack[i] - rel_ack[i])
+        for i in range(lo, hi):
+            base[stream[i], pdir[i]] = np.uint32(seq[i] - rel_seq[i])
+            conv_out[stream[i]] = conv[i]
