@@ -77,18 +77,18 @@ def _first_rows_plain(cap: Capture, mask: npt.NDArray[np.bool_]) -> npt.NDArray[
 
 
 def test_first_row_of_each_stream_where_a_mask_holds() -> None:
-    """syn-flood's first SYN and SYN-ACK of each stream (`_first_row_per_stream`, compiled):
-    the rows numpy's reversed assignment gives, for the flags it asks and for random rows."""
-    from tcpwhy.diagnose.syn_flood import _first_row_per_stream
-
+    """Each stream's first row of a kind (`Capture.first_rows`, compiled: syn-flood's first
+    SYN and SYN-ACK, the TLS rules' first payload): the rows numpy's reversed assignment
+    gives, for the flags and payloads asked and for random rows."""
     rng = np.random.default_rng(5)
     seen = 0
     for p in sorted(LAB.glob("*.pcap")):
         table = read_table(str(p))
         cap = Capture(table, np.zeros(len(table), np.int16), [p.name])
         kind = table["flags"] & (SYN | ACK | RST)
-        for mask in (kind == SYN, kind == (SYN | ACK), rng.random(len(table)) < 0.1):
-            got = _first_row_per_stream(cap, mask)
+        data = (table["payload_len"] > 0) & ((table["flags"] & RST) == 0)
+        for mask in (kind == SYN, kind == (SYN | ACK), data, rng.random(len(table)) < 0.1):
+            got = cap.first_rows(mask)
             assert got.dtype == np.int32
             assert np.array_equal(got, _first_rows_plain(cap, mask)), p.name
             seen += int((got >= 0).sum())

@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from tcpwhy.arrays import group_ids, key_counts
 from tcpwhy.decode.table import ACK, RST, SYN, format_addr, format_endpoint
-from tcpwhy.diagnose import kernels, knowledge
+from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.common import needs_streams
 from tcpwhy.diagnose.context import CLIENT, SERVER, Capture, Conn, fmt_between, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Step, Story, StreamNumbers
@@ -154,22 +154,6 @@ def _per_second(sec: I64) -> tuple[I64, I64]:
         return at + base, counts[at]
     u, c = np.unique(sec, return_counts=True)
     return u, c.astype(np.int64)
-
-
-def _first_row_per_stream(cap: Capture, mask: B) -> npt.NDArray[np.signedinteger[Any]]:
-    """Per stream, the first row (capture order) where `mask` holds, else -1 (row numbers
-    in 32 bits where they fit: 3 million streams' are 12 MB, not 24), in one compiled pass
-    (the rows' indices and their streams, as arrays, were 48 MB at a flood's peak)."""
-    if len(mask) >= 1 << 31:
-        out64 = np.full(cap.nstreams, -1, np.int64)
-        idx = np.flatnonzero(mask)
-        out64[cap.stream[idx[::-1]]] = idx[::-1]
-        return out64
-    out = np.full(cap.nstreams, -1, np.int32)
-    kernels.first_rows(
-        np.ascontiguousarray(mask, np.bool_), np.ascontiguousarray(cap.stream, np.int64), out
-    )
-    return out
 
 
 def _finding(
@@ -307,8 +291,8 @@ def _flood(diag: Diag, server: str, members: I64, sources: _Sources, completed: 
     with_synack = members[answered]
     n_sa = n_sa[answered]
     if len(with_synack):
-        fsyn = _first_row_per_stream(cap, syn_rows)[with_synack]
-        fsa = _first_row_per_stream(cap, sa_rows)[with_synack]
+        fsyn = cap.first_rows(syn_rows)[with_synack]
+        fsa = cap.first_rows(sa_rows)[with_synack]
     else:
         fsyn = fsa = np.zeros(0, np.int32)
     del flags, rows, syn_rows, sa_rows
