@@ -11,7 +11,7 @@ import pytest
 
 from tcpwhy.capture import read_table
 from tcpwhy.decode.table import ACK, FIN, RST, SYN
-from tcpwhy.diagnose.context import Capture
+from tcpwhy.diagnose.context import CLIENT, Capture
 from tcpwhy.diagnose.simultaneous_close import crossed_fins
 from tcpwhy.errors import TcpwhyError
 from tcpwhy.tcp.seq import seq_geq
@@ -93,3 +93,28 @@ def test_first_row_of_each_stream_where_a_mask_holds() -> None:
             assert np.array_equal(got, _first_rows_plain(cap, mask)), p.name
             seen += int((got >= 0).sum())
     assert seen > 100
+
+
+def test_first_client_payload_of_each_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The servers' names start from each stream's first client payload
+    (`server_names._first_client_payloads`, compiled): the rows a sort of each block's
+    streams found, on the lab's captures and in blocks of a few rows."""
+    from tcpwhy.tcp import server_names
+
+    seen = 0
+    for p in sorted(LAB.glob("*.pcap")):
+        table = read_table(str(p))
+        cap = Capture(table, np.zeros(len(table), np.int16), [p.name])
+        client = cap.side == CLIENT
+        want = np.full(cap.nstreams, -1, np.int64)
+        for lo in range(0, len(table), 5):
+            rows = server_names._client_payloads(table, client, lo, lo + 5)
+            st, idx = np.unique(cap.stream[rows], return_index=True)
+            new = want[st] < 0
+            want[st[new]] = rows[idx[new]]
+        for block in (3, 1 << 20):
+            monkeypatch.setattr(server_names, "_PAYLOAD_ROWS", block)
+            got = server_names._first_client_payloads(table, cap.stream, client, cap.nstreams)
+            assert got.dtype == np.int64 and np.array_equal(got, want), p.name
+        seen += int((want >= 0).sum())
+    assert seen > 50  # streams with a client payload, over the lab captures

@@ -3,7 +3,8 @@
 `run_counts` turns sorted keys into their distinct values and how many times each comes,
 in place: numpy's way (the starts of the runs, their differences, the keys at the starts)
 made three arrays of the keys' length, 72 MB beside the keys for a flood's 3 million
-sources, at the peak of `analyze`.
+sources, at the peak of `analyze`. `first_rows` finds each group's first row where a mask
+holds (a stream's first SYN, its first payload) without the index arrays of every such row.
 """
 
 from __future__ import annotations
@@ -64,3 +65,14 @@ def first_seen_ids(keys: Any, slots: Any, firsts: Any, ids: Any) -> int:
                 break
             h = (h + 1) & mask
     return g
+
+
+@kernel("b1[:] i8[:] i4[:] -> none", nogil=True)
+def first_rows(mask: Any, stream: Any, out: Any) -> None:
+    """Per group (`stream`: a row's group, 0 .. len(out) - 1), the first row where `mask`
+    holds, into `out` (-1 where none: the caller fills it so)."""
+    for i in range(mask.shape[0]):
+        if mask[i]:
+            s = stream[i]
+            if out[s] < 0:
+                out[s] = i

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.arrays import SCAN_ROWS, extend_filled, positions
+from tcpwhy.arrays import SCAN_ROWS, extend_filled, first_where, positions
 from tcpwhy.decode.table import (
     ACK,
     COLUMNS,
@@ -489,19 +489,9 @@ class Capture:
         )
 
     def first_rows(self, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.signedinteger[Any]]:
-        """Per stream, the first row (capture order) where `mask` holds, else -1 (row numbers
-        in 32 bits where they fit: 3 million streams' are 12 MB, not 24), in one compiled pass
-        (the rows' indices and their streams, as arrays, were 48 MB at a flood's peak)."""
-        if len(mask) >= 1 << 31:
-            out64 = np.full(self.nstreams, -1, np.int64)
-            idx = np.flatnonzero(mask)
-            out64[self.stream[idx[::-1]]] = idx[::-1]
-            return out64
-        out = np.full(self.nstreams, -1, np.int32)
-        kernels.first_rows(
-            np.ascontiguousarray(mask, np.bool_), np.ascontiguousarray(self.stream, np.int64), out
-        )
-        return out
+        """Per stream, the first row (capture order) where `mask` holds, else -1
+        (`arrays.first_where`)."""
+        return first_where(mask, self.stream, self.nstreams)
 
     def flag(self, name: str) -> npt.NDArray[np.bool_]:
         """Per row: one of Wireshark's analysis flags (`tcpwhy.tcp.analysis.FLAGS`), e.g.

@@ -4,8 +4,7 @@ The capture's per-stream columns are made once for every rule: counts per stream
 side, and each stream's endpoints. In numpy each was a dozen passes over the rows or the
 streams, with a capture-sized temporary per pass (a 3 M-SYN flood: 0.3 s for the counts
 and 0.35 s for the endpoints, of an `analyze` of 2.8 s); here each is one pass writing
-only its results. `first_rows` finds each stream's first row of a kind (syn-flood's SYNs
-and SYN-ACKs) without the index arrays of every such row.
+only its results.
 """
 
 from __future__ import annotations
@@ -131,17 +130,6 @@ def stream_endpoints(
             s_lo[s] = b3
         if s < n4:
             s_port[s] = b4
-
-
-@kernel("b1[:] i8[:] i4[:] -> none", nogil=True)
-def first_rows(mask: Any, stream: Any, out: Any) -> None:
-    """Per stream, the first row where `mask` holds, into `out` (-1 where none: the caller
-    fills it so)."""
-    for i in range(mask.shape[0]):
-        if mask[i]:
-            s = stream[i]
-            if out[s] < 0:
-                out[s] = i
 
 
 _ROW_ENDS = tuple_of(array_types(COLUMNS, ENDPOINT_COLUMNS))

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.arrays import SCAN_ROWS
+from tcpwhy.arrays import SCAN_ROWS, first_where
 from tcpwhy.decode.http1 import METHOD_WORDS
 from tcpwhy.decode.table import RST, SYN, PacketTable
 from tcpwhy.tcp.seq import seq_add, seq_diff
@@ -622,8 +622,8 @@ _NAME_STREAMS = 1 << 15
 """Streams whose first client payloads `server_names` reads back at once."""
 
 _PAYLOAD_ROWS = SCAN_ROWS // 4
-"""Rows scanned at once for client payloads (a quarter of the usual block: each is sorted
-by stream, and `analyze` is at its highest memory here)."""
+"""Rows scanned at once for client payloads (a quarter of the usual block: `analyze` is at
+its highest memory here)."""
 
 
 def _client_payloads(
@@ -638,14 +638,19 @@ def _client_payloads(
 def _first_client_payloads(
     table: PacketTable, stream: npt.NDArray[np.integer], client: npt.NDArray[np.bool_], ns: int
 ) -> I64:
-    """Per stream, the row of its first client payload, or -1."""
-    head = np.full(ns, -1, np.int64)
-    for lo in range(0, len(table), _PAYLOAD_ROWS):
-        rows = _client_payloads(table, client, lo, lo + _PAYLOAD_ROWS)
-        st, idx = np.unique(stream[rows], return_index=True)
-        new = head[st] < 0
-        head[st[new]] = rows[idx[new]]
-    return head
+    """Per stream, the row of its first client payload, or -1: the rows' mask made a block at
+    a time (no capture-sized temporaries), the first of each stream found in one compiled pass
+    (`first_where`; a sort of each block's streams took 0.1 s of 4.3 M rows)."""
+    n = len(table)
+    mask = np.empty(n, np.bool_)
+    for lo in range(0, n, _PAYLOAD_ROWS):
+        sl = slice(lo, lo + _PAYLOAD_ROWS)
+        np.logical_and(
+            (table["payload_len"][sl] > 0) & ((table["flags"][sl] & RST) == 0),
+            client[sl],
+            out=mask[sl],
+        )
+    return first_where(mask, stream, ns).astype(np.int64)
 
 
 def _client_payloads_of(
