@@ -1,8 +1,10 @@
 """The Python API's connection table against the command line and against reading the capture
 with dpkt or scapy into a DataFrame of flows.
 
-Measured, each in a fresh process (the fastest of `--runs`), as wall and CPU (user + system)
-seconds and packets per second of each:
+Measured, each in a fresh process (the fastest of `--runs`, and the median of their wall
+times: on a shared machine one lucky run can decide a fastest-of comparison of two figures a
+few hundredths of a second apart), as wall and CPU (user + system) seconds and packets per
+second of each:
   api-arrow   tcpwhy.open(CAPTURE).connections.to_arrow()
   api-pandas  tcpwhy.open(CAPTURE).connections.to_pandas()
   cli-jsonl   tcpwhy conns --format jsonl CAPTURE > /dev/null
@@ -22,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -149,24 +152,30 @@ def main() -> int:
         "api-pandas": [py, "-c", API, a.capture, "pandas"],
     }
     best: dict[str, tuple[float, float, str]] = {}
+    walls: dict[str, list[float]] = {name: [] for name in cmds}
     with open(os.devnull, "w") as null:
         for _ in range(a.runs):
             for name, cmd in cmds.items():
                 got = _run(cmd, 1, null.fileno() if name == "cli-jsonl" else None)
+                walls[name].append(got[0])
                 if name not in best or got[0] < best[name][0]:
                     best[name] = got
+    median = {name: statistics.median(w) for name, w in walls.items()}
     wall, cpu, _ = best["cli-jsonl"]
-    cli = _rates(wall, cpu, total)
+    cli = {**_rates(wall, cpu, total), "median_wall_s": round(median["cli-jsonl"], 2)}
     results["cli-jsonl"] = cli
     for kind in ("arrow", "pandas"):
-        wall, cpu, out = best[f"api-{kind}"]
+        name = f"api-{kind}"
+        wall, cpu, out = best[name]
         inner, rows = out.split()
-        results[f"api-{kind}"] = {
+        results[name] = {
             **_rates(wall, cpu, total),
+            "median_wall_s": round(median[name], 2),
             "in_python_s": round(float(inner), 2),
             "rows": int(rows),
             "cpu_vs_cli_jsonl": round(cpu / cli["cpu_s"], 2),
             "wall_vs_cli_jsonl": round(wall / cli["wall_s"], 2),
+            "median_wall_vs_cli_jsonl": round(median[name] / median["cli-jsonl"], 2),
         }
     for lib in ("dpkt", "scapy"):
         try:
