@@ -148,25 +148,19 @@ def endpoints_agree(stream: Any, pdir: Any, nstreams: int, rows: Any, held: Any)
         s = stream[i]
         if s < 0 or s >= nstreams:
             return False
+        # the endpoint the row comes from and the one it goes to, as held
         if pdir[i] == 0:
-            same = (
-                src_hi[i] == h_src_hi[s]
-                and src_lo[i] == h_src_lo[s]
-                and dst_hi[i] == h_dst_hi[s]
-                and dst_lo[i] == h_dst_lo[s]
-                and sport[i] == h_sport[s]
-                and dport[i] == h_dport[s]
-            )
+            f_hi, f_lo, f_port, t_hi, t_lo, t_port = (
+                h_src_hi[s], h_src_lo[s], h_sport[s], h_dst_hi[s], h_dst_lo[s], h_dport[s]
+            )  # fmt: skip
         else:
-            same = (
-                src_hi[i] == h_dst_hi[s]
-                and src_lo[i] == h_dst_lo[s]
-                and dst_hi[i] == h_src_hi[s]
-                and dst_lo[i] == h_src_lo[s]
-                and sport[i] == h_dport[s]
-                and dport[i] == h_sport[s]
-            )
-        if not same:
+            f_hi, f_lo, f_port, t_hi, t_lo, t_port = (
+                h_dst_hi[s], h_dst_lo[s], h_dport[s], h_src_hi[s], h_src_lo[s], h_sport[s]
+            )  # fmt: skip
+        if (
+            src_hi[i] != f_hi or src_lo[i] != f_lo or sport[i] != f_port
+            or dst_hi[i] != t_hi or dst_lo[i] != t_lo or dport[i] != t_port
+        ):  # fmt: skip
             return False
     return True
 
