@@ -116,8 +116,7 @@ def _from_rows(out: list[tuple[int, ...]], h2: I64) -> Frames:
 
 def h2_streams(table: PacketTable, stream: npt.NDArray[Any]) -> I64:
     """TCP streams whose first payload (either direction) starts with the client preface."""
-    flags = table["flags"].astype(np.int64)
-    data_rows = np.flatnonzero((table["payload_len"] > 0) & ((flags & RST) == 0))
+    data_rows = np.flatnonzero(table.data_mask())
     if not len(data_rows) or not table.has_payload():
         return np.zeros(0, np.int64)
     st = stream[data_rows].astype(np.int64)
@@ -152,8 +151,7 @@ def upgraded_streams(
     with a ``101`` response. Per stream: the client's direction, the bytes before its
     frames (request head and preface) and before the server's (the 101 head). Both heads
     must sit whole in their first segment, as clients and servers send them."""
-    flags = table["flags"].astype(np.int64)
-    data_rows = np.flatnonzero((table["payload_len"] > 0) & ((flags & RST) == 0))
+    data_rows = np.flatnonzero(table.data_mask())
     if not len(data_rows) or not table.has_payload():
         return {}
     key = stream[data_rows].astype(np.int64) * 2 + direction[data_rows].astype(np.int64)

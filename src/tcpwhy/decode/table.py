@@ -266,6 +266,12 @@ class PacketTable:
         contiguous and of its schema type (a copy only of a column that is not)."""
         return tuple(np.ascontiguousarray(self.cols[k], COLUMNS[k][0]) for k in ENDPOINT_COLUMNS)
 
+    def data_mask(self, lo: int = 0, hi: int | None = None) -> npt.NDArray[np.bool_]:
+        """Per row lo..hi: the segment carries data, payload that is not a reset's (a reset's
+        bytes are nothing the stream delivers; Linux puts a diagnostic text there)."""
+        sl = slice(lo, hi)
+        return (self["payload_len"][sl] > 0) & ((self["flags"][sl] & RST) == 0)
+
     def has_payload(self) -> bool:
         """Whether any row's payload bytes can be read (in `data` or in the capture file)."""
         if self.data.size:

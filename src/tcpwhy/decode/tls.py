@@ -369,8 +369,8 @@ def find_records(
     bounds = np.searchsorted(sk, np.arange(ngroups + 1)).astype(np.int64)
     # a stream is TLS when its first payload is a handshake record (ClientHello or, in a
     # capture that missed it, a ServerHello)
-    flags = table["flags"].astype(np.int64)
-    data_rows = np.flatnonzero((table["payload_len"] > 0) & ((flags & RST) == 0))
+    flags = table["flags"].astype(np.int64)  # as `walk_records` takes them
+    data_rows = np.flatnonzero(table.data_mask())
     nstreams = ngroups // 2 + 1
     first = np.full(nstreams, -1, np.int64)
     if len(data_rows):

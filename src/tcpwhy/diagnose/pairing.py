@@ -54,14 +54,6 @@ def _mix(*cols: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
     return h
 
 
-def _first_per_stream(cap: Capture, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
-    """Per stream: the first row where `mask` holds, -1 if none."""
-    out = np.full(cap.nstreams, -1, np.int64)
-    idx = np.flatnonzero(mask)[::-1]  # assigned last to first: the first row wins
-    out[cap.stream[idx]] = idx
-    return out
-
-
 def _head_bytes(cap: Capture, rows: npt.NDArray[np.int64], n: int = 8) -> npt.NDArray[np.int64]:
     """The first `n` captured payload bytes of each row as one integer (0-padded)."""
     t = cap.table
@@ -85,17 +77,16 @@ def signatures(cap: Capture) -> npt.NDArray[np.uint64]:
     if not n:
         return sig
     kind = t["flags"] & (SYN | ACK | RST)
-    syn = _first_per_stream(cap, (kind == SYN) & (cap.side == CLIENT))
-    sa = _first_per_stream(cap, (kind == (SYN | ACK)) & (cap.side == SERVER))
+    syn = cap.first_rows((kind == SYN) & (cap.side == CLIENT))
+    sa = cap.first_rows((kind == (SYN | ACK)) & (cap.side == SERVER))
     seq = t["seq"].astype(np.int64)
     has = syn >= 0
     isn_s = np.where(sa >= 0, seq[np.maximum(sa, 0)], -1)
     sig[has] = _mix(np.ones(int(has.sum()), np.int64), seq[syn[has]], isn_s[has])
     # without a SYN: the client's first data segment
-    data = (t["payload_len"] > 0) & ((t["flags"] & RST) == 0) & (cap.side == CLIENT)
-    first = _first_per_stream(cap, data)
+    first = cap.first_rows(t.data_mask() & (cap.side == CLIENT))
     m = ~has & (first >= 0)
-    rows = first[m]
+    rows = first[m].astype(np.int64)
     sig[m] = _mix(
         np.full(len(rows), 2, np.int64),
         seq[rows],

@@ -148,7 +148,7 @@ def _find_records(cap: Capture) -> rec.Records:
         # each stream's first payload row, in one compiled pass (`first_rows`): no index
         # of every payload row (10 MB on 4.3 M packets, where the analysis flags are
         # being worked out beside it)
-        first_of = cap.first_rows((t["payload_len"] > 0) & ((t["flags"] & RST) == 0))
+        first_of = cap.first_rows(t.data_mask())
         sids = np.flatnonzero(first_of >= 0)
         first = first_of[sids].astype(np.int64)
         del first_of

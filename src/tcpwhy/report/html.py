@@ -743,7 +743,7 @@ def _idle(report: Report) -> dict[str, Any] | None:
         fin = cap.first_fin_ns[:, SERVER]
         first = cap.closes_first(SERVER) & (fin != np.iinfo(np.int64).max)
         t = cap.table
-        data = (t["payload_len"] > 0) & ((t["flags"] & RST) == 0)
+        data = t.data_mask()
         before = data & (t["ts_ns"] < fin[cap.stream]) & first[cap.stream]
         last = np.full(cap.nstreams, -1, np.int64)
         np.maximum.at(last, cap.stream[before], t["ts_ns"][before])

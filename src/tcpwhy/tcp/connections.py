@@ -603,7 +603,7 @@ class ConnectionBuilder:
 
         if not t.data.size or i >= j:
             return
-        every = i + np.flatnonzero((t["payload_len"][i:j] > 0) & ((t["flags"][i:j] & RST) == 0))
+        every = i + np.flatnonzero(t.data_mask(i, j))
         rows = every
         uid = row_uid[rows]
         ok = uid >= 0

@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from tcpwhy.arrays import SCAN_ROWS, first_where
 from tcpwhy.decode.http1 import METHOD_WORDS
-from tcpwhy.decode.table import RST, SYN, PacketTable
+from tcpwhy.decode.table import SYN, PacketTable
 from tcpwhy.tcp.seq import seq_add, seq_diff
 
 NAME_MAX = 255
@@ -631,7 +631,7 @@ def _client_payloads(
 ) -> npt.NDArray[np.int64]:
     """Rows lo..hi that carry client payload (not a reset's)."""
     sl = slice(lo, hi)
-    mask = (table["payload_len"][sl] > 0) & ((table["flags"][sl] & RST) == 0) & client[sl]
+    mask = table.data_mask(lo, hi) & client[sl]
     return np.flatnonzero(mask) + lo
 
 
@@ -645,11 +645,7 @@ def _first_client_payloads(
     mask = np.empty(n, np.bool_)
     for lo in range(0, n, _PAYLOAD_ROWS):
         sl = slice(lo, lo + _PAYLOAD_ROWS)
-        np.logical_and(
-            (table["payload_len"][sl] > 0) & ((table["flags"][sl] & RST) == 0),
-            client[sl],
-            out=mask[sl],
-        )
+        np.logical_and(table.data_mask(sl.start, sl.stop), client[sl], out=mask[sl])
     return first_where(mask, stream, ns).astype(np.int64)
 
 
