@@ -65,6 +65,11 @@ CLIENT, SERVER = 0, 1
 WHO = ("client", "server")
 NO_FIN = np.iinfo(np.int64).max  # Capture.first_fin_ns of a side that sent no FIN
 CONN_CACHE_ROWS = 200_000  # packets of the Conn views a Capture keeps (LRU)
+IN_ORDER_FROM = 1024
+"""Packets of a connection from which its `Conn` slices its numpy columns out of the
+capture's stream-ordered copies (`Capture.in_order`) instead of gathering its rows: wrk's
+387 keep-alive connections of 11,000 packets each were gathered again by every rule that
+looked at them (the views' cache holds 200,000 packets), 30 to 60 ms a column a rule."""
 STATES_BATCH_ROWS = 1 << 18
 """Packets of the connections whose states one compiled call works out (`timeline_of`)."""
 ENDING_WORDS = tuple(words for _, words in ENDING_SUMMARY)
@@ -344,6 +349,7 @@ class Capture:
         self.first_ns = ts[self.order[self.starts]] if self.nstreams else np.zeros(0, np.int64)
         self.last_ns = ts[self.order[self.ends - 1]] if self.nstreams else np.zeros(0, np.int64)
         self._conns: dict[int, Conn] = {}
+        self._in_order: dict[str, npt.NDArray[Any]] = {}
         # the streams `conns_where` is going through and where it is, and the timelines
         # worked out ahead for the next ones (`timeline_of`)
         self._plan: tuple[npt.NDArray[np.intp], int] | None = None
@@ -487,6 +493,17 @@ class Capture:
         return cast(
             npt.NDArray[np.uint32], np.where((self.table["flags"][rows] & ACK) != 0, got, 0)
         )
+
+    def in_order(self, name: str) -> npt.NDArray[Any]:
+        """Column `name` (a `Conn` column: `side`, `flags`, `plen`, ...) in stream order
+        (`order`), so that stream s's values are the slice ``[starts[s]:ends[s]]``. Made on
+        first use and kept: the rules that read a column for every stream (refused
+        connections, TIME_WAIT reuse) and long connections' views (`IN_ORDER_FROM`) share
+        one gather. Not to be written to."""
+        got = self._in_order.get(name)
+        if got is None:
+            got = self._in_order[name] = _column(self, name, self.order)
+        return got
 
     def first_rows(self, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.signedinteger[Any]]:
         """Per stream, the first row (capture order) where `mask` holds, else -1
@@ -831,13 +848,21 @@ class Conn:
     def acks(self, i: int, seq_end: int) -> bool:
         return bool(self.flags[i] & ACK) and seq_geq(self.ack[i], seq_end)
 
+    def _np_column(self, name: str) -> npt.NDArray[Any]:
+        """Column `name` (`_column`) of the connection's packets: a long connection's is a
+        view of the capture's stream-ordered copy (`IN_ORDER_FROM`), not to be written to."""
+        if self.n >= IN_ORDER_FROM:
+            cap = self.cap
+            return cap.in_order(name)[cap.starts[self.sid] : cap.ends[self.sid]]
+        return _column(self.cap, name, self.rows)
+
     @cached_property
     def _np_flags(self) -> npt.NDArray[np.int64]:
-        return self.cap.table["flags"][self.rows].astype(np.int64)
+        return self._np_column("flags").astype(np.int64)
 
     @cached_property
     def _np_side(self) -> npt.NDArray[np.int8]:
-        return self.cap.side[self.rows]
+        return self._np_column("side")
 
     def _first(self, m: npt.NDArray[np.bool_]) -> int | None:
         idx = np.flatnonzero(m)
@@ -910,7 +935,7 @@ class Conn:
 
     @cached_property
     def _np_plen(self) -> npt.NDArray[np.int64]:
-        return self.cap.table["payload_len"][self.rows].astype(np.int64)
+        return self._np_column("plen").astype(np.int64)
 
     @cached_property
     def _np_data(self) -> npt.NDArray[np.bool_]:

@@ -34,8 +34,8 @@ def detect(diag: Diag) -> list[Finding]:
     sid = np.flatnonzero(m)
     if not len(sid):
         return []
-    flags = cap.table["flags"][cap.order]
-    side = cap.side[cap.order]
+    flags = cap.in_order("flags")
+    side = cap.in_order("side")
     # the client's first SYN (`syn_rows`) and the server's first RST
     syn = first_positions(cap, sid, (side == CLIENT) & ((flags & (SYN | ACK | RST)) == SYN))
     rst = first_positions(cap, sid, (side == SERVER) & ((flags & RST) != 0))

@@ -67,8 +67,8 @@ def detect_reuse(diag: Diag) -> list[Finding]:
     if not len(rows):
         return []
     flags = t["flags"]  # its narrow type: whole-capture temporaries below are 2 bytes a row
-    pos_side = cap.side[cap.order]
-    syn_at = (pos_side == CLIENT) & ((flags[cap.order] & (SYN | ACK | RST)) == SYN)
+    pos_side = cap.in_order("side")
+    syn_at = (pos_side == CLIENT) & ((cap.in_order("flags") & (SYN | ACK | RST)) == SYN)
     first_syn = first_positions(cap, sid, syn_at)  # positions in cap.order (nsyn > 0: found)
     answer = first_positions(cap, sid, pos_side == SERVER, after=first_syn)
     has_answer = answer >= 0
