@@ -6,10 +6,12 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from tcpwhy.arrays import unique_sorted
 from tcpwhy.decode.table import ACK, RST, SYN
-from tcpwhy.diagnose.context import CLIENT, SERVER, Conn
+from tcpwhy.diagnose.common import first_positions
+from tcpwhy.diagnose.context import CLIENT, SERVER, Capture, Conn
 from tcpwhy.diagnose.registry import Claim, Diag
 
 
@@ -30,6 +32,14 @@ def syn_rows(c: Conn) -> list[int]:
     return [
         i for i in range(c.n) if c.side[i] == CLIENT and (c.flags[i] & (SYN | ACK | RST)) == SYN
     ]
+
+
+def first_syn_positions(cap: Capture, sids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Per stream of `sids`, the position (in `cap.order`) of the first of its `syn_rows`,
+    or -1: the same SYNs for every candidate stream at once, on the stream-ordered columns
+    the rules share (`Capture.in_order`)."""
+    side, flags = cap.in_order("side"), cap.in_order("flags")
+    return first_positions(cap, sids, (side == CLIENT) & ((flags & (SYN | ACK | RST)) == SYN))
 
 
 def ladder(c: Conn, rows: list[int]) -> list[float]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from tcpwhy.decode.table import ACK, RST, SYN
+from tcpwhy.decode.table import ACK, RST
 from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.common import CountedGroup, Group, by_server, first_positions
 from tcpwhy.diagnose.context import CLIENT, SERVER, fmt_between, fmt_s
+from tcpwhy.diagnose.handshake import first_syn_positions
 from tcpwhy.diagnose.model import Finding, Severity, Story
 from tcpwhy.diagnose.registry import (
     FRAME_INSTANCES,
@@ -34,10 +35,9 @@ def detect(diag: Diag) -> list[Finding]:
     sid = np.flatnonzero(m)
     if not len(sid):
         return []
-    flags = cap.in_order("flags")
-    side = cap.in_order("side")
-    # the client's first SYN (`syn_rows`) and the server's first RST
-    syn = first_positions(cap, sid, (side == CLIENT) & ((flags & (SYN | ACK | RST)) == SYN))
+    # the client's first SYN and the server's first RST
+    syn = first_syn_positions(cap, sid)
+    side, flags = cap.in_order("side"), cap.in_order("flags")
     rst = first_positions(cap, sid, (side == SERVER) & ((flags & RST) != 0))
     ok = (syn >= 0) & (rst >= syn)
     sid, syn, rst = sid[ok], syn[ok], rst[ok]

@@ -17,6 +17,7 @@ from tcpwhy.decode.table import ACK, RST, SYN
 from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.common import by_server, first_positions
 from tcpwhy.diagnose.context import CLIENT, NO_FIN, SERVER, Conn, fmt_s
+from tcpwhy.diagnose.handshake import first_syn_positions
 from tcpwhy.diagnose.model import Finding, Severity, Story, StreamNumbers
 from tcpwhy.diagnose.registry import (
     FRAME_INSTANCES,
@@ -67,10 +68,8 @@ def detect_reuse(diag: Diag) -> list[Finding]:
     if not len(rows):
         return []
     flags = t["flags"]  # its narrow type: whole-capture temporaries below are 2 bytes a row
-    pos_side = cap.in_order("side")
-    syn_at = (pos_side == CLIENT) & ((cap.in_order("flags") & (SYN | ACK | RST)) == SYN)
-    first_syn = first_positions(cap, sid, syn_at)  # positions in cap.order (nsyn > 0: found)
-    answer = first_positions(cap, sid, pos_side == SERVER, after=first_syn)
+    first_syn = first_syn_positions(cap, sid)  # positions in cap.order (nsyn > 0: found)
+    answer = first_positions(cap, sid, cap.in_order("side") == SERVER, after=first_syn)
     has_answer = answer >= 0
     syn_row = cap.order[first_syn]
     ans_row = np.where(has_answer, cap.order[np.maximum(answer, 0)], syn_row)
