@@ -117,17 +117,18 @@ def tune_malloc() -> bool:
 
 def small_pages() -> bool:
     """Asks numpy not to advise huge pages for the process's arrays from here on (True when
-    done); `conns` asks it for its own process.
+    done); every command asks it for its own process.
 
-    numpy advises them for every large array; the kernel then zeroes and maps 2 MB at the
-    first touch anywhere in it. `conns` fills its batches and tables part by part, and
-    measured, interleaved, peaks 10 to 15 MB lower with 4 kB pages on every benchmark
-    capture (the 3 M-SYN flood 493-504 MB against 510), in the same time. `analyze` writes
-    whole-capture columns, for which 2 MB pages mean fewer faults: with 4 kB pages the flood's
-    took twice as many (618,000 against 290,000) for 10 to 30 MB less, its time within this
-    machine's noise either way; it keeps numpy's advice until a quiet run tells them apart.
-    A choice the user made (``NUMPY_MADVISE_HUGEPAGE``) is kept, and the library (`import
-    tcpwhy`) leaves a notebook's numpy alone."""
+    numpy advises them for every array from 4 MB on; the kernel then zeroes and maps 2 MB
+    at the first touch anywhere in it and, with its defragmentation on request (this
+    host's setting, and a common one), compacts memory first when no 2 MB is free. On a
+    host up for hours that compaction is most of `analyze`'s system time. Measured,
+    interleaved, three runs each: the 3 M-SYN flood's `analyze` 2.31-2.37 s with 4 kB pages
+    against 2.46-4.02 s (system time 0.9 s against 1.1-2.6 s, peak 610 against 636 MB),
+    the connection-heavy capture's 1.56-1.73 s against 1.79-2.00 s, the tiled one's
+    2.14-2.49 s against 2.23-2.53 s, for twice as many faults; `conns` peaks 10 to 15 MB
+    lower in the same time. A choice the user made (``NUMPY_MADVISE_HUGEPAGE``) is kept,
+    and the library (`import tcpwhy`) leaves a notebook's numpy alone."""
     if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
         return False
     try:
@@ -143,6 +144,7 @@ def small_pages() -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     tune_malloc()
+    small_pages()
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     try:

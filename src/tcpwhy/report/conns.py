@@ -489,12 +489,10 @@ def _utf8_buffer(out: TextIO) -> BinaryIO | None:
 
 
 def cmd_conns(args: argparse.Namespace) -> int:
-    from tcpwhy.cli import small_pages
     from tcpwhy.filter import filter_from_args
     from tcpwhy.tcp.records import RecordOptions
     from tcpwhy.views import connection_options
 
-    small_pages()
     stats = CaptureStats()
     options = connection_options(  # the rule `Capture.connections` follows too
         args.boundaries,
