@@ -303,3 +303,109 @@ def test_output_option_errors_are_one_line(tmp_path: Path) -> None:
     )
     assert r.returncode == 0 and svg.read_text().startswith("<?xml")
     assert "SYN" in svg.read_text()
+
+
+def test_a_capture_of_more_connections_than_the_table_lists(
+    browser: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past TABLE_ROWS connections the table lists the findings' first, the smaller findings
+    whole, then the earliest; the page says how many the capture has, its ladders are of
+    listed connections only, and its charts still count every connection."""
+    import numpy as np
+
+    from tcpwhy.report import html
+
+    report = diagnose_files([str(LAB / "accept-queue-overflow.pcap")])
+    whole = html.page_data(report)
+    monkeypatch.setattr(html, "TABLE_ROWS", 3)
+    data = html.page_data(report)
+    small = min(report.findings, key=lambda f: f.count)
+    (p,) = data["points"]
+    listed = np.cumsum(p["stream"]).tolist()
+    assert len(report.findings) == 2 and small.count == 3
+    assert listed == sorted(small.streams), (listed, small.streams)
+    assert (data["listed"], data["connections"], p["n"], p["of"]) == (3, 7, 3, 7)
+    assert len(p["client"]) == len(p["final_s"]) == len(p["kinds"]) == 3
+    assert data["ladders"] and {int(k.split(":")[1]) for k in data["ladders"]} <= set(listed)
+    assert data["charts"] == whole["charts"]
+    assert (whole["listed"], whole["connections"]) == (7, 7)
+
+    # in the browser: a flood of 200 attempts and one other connection, 50 listed
+    monkeypatch.setattr(html, "TABLE_ROWS", 50)
+    out = tmp_path / "flood.html"
+    flood = _write([LAB / "syn-flood.pcap"], out)
+    (f,) = flood.findings
+    o = Opened(browser, out)
+    o.clean()
+    count = o.page.locator("#conn-count").inner_text()
+    assert count.startswith("50 of 50 connections listed, of the capture's 201 ("), count
+    shown = {
+        int(x) for x in o.page.locator("#conn-table tbody tr.conn td:first-child").all_inner_texts()
+    }
+    assert len(shown) == 50 and shown <= set(f.streams)
+    o.page.close()
+
+
+def _state_deltas_numpy(conn: Any, side: Any, state: Any, ts: Any, t0: int, edges: Any) -> Any:
+    """What the state chart counts, in numpy (the formulation the compiled pass replaced): a
+    stable sort by connection and side, each step's bin searched, +1 for the state entered
+    and -1 for the one left."""
+    import numpy as np
+
+    from tcpwhy.report.html import BINS
+    from tcpwhy.tcp.state import State
+
+    key = np.asarray(conn, np.int64) * 2 + np.asarray(side, np.int64)
+    o = np.argsort(key, kind="stable")
+    key, st, t = key[o], np.asarray(state, np.int64)[o], np.asarray(ts)[o]
+    prev = np.roll(st, 1)
+    new = np.ones(len(key), np.bool_)
+    new[1:] = key[1:] != key[:-1]
+    b = np.clip(np.searchsorted(edges, t - t0, side="right") - 1, 0, BINS - 1)
+    delta = np.zeros((2, len(State), BINS), np.int64)
+    np.add.at(delta, (key % 2, st, b), 1)
+    np.add.at(delta, ((key % 2)[~new], prev[~new], b[~new]), -1)
+    return delta
+
+
+def test_state_chart_counts_as_numpy_did() -> None:
+    """The compiled pass of the state chart gives numpy's counts: on every lab recording's
+    timelines, and on made-up steps at the bins' edges, beside them, before the capture and
+    far past it, for spans from 1 ns to years."""
+    import numpy as np
+
+    from tcpwhy.diagnose.engine import diagnose_files
+    from tcpwhy.report.html import BINS, _timelines
+    from tcpwhy.report.html_kernel import state_deltas
+    from tcpwhy.tcp.state import State
+
+    def compiled(conn: Any, side: Any, state: Any, ts: Any, t0: int, edges: Any) -> Any:
+        delta = np.zeros((2, len(State), BINS), np.int64)
+        n = int(conn.max()) + 1 if len(conn) else 0
+        state_deltas(conn, side, state, ts, t0, edges, n, delta)
+        return delta
+
+    for pcap in LAB_FILES:
+        for d in diagnose_files([str(pcap)]).diags:
+            tl = _timelines(d.cap)
+            t0 = int(d.cap.first_ns.min())
+            edges = np.linspace(0, max(int(d.cap.last_ns.max()) - t0, 1), BINS + 1)
+            args = (tl.conn, tl.side, tl.state, tl.ts_ns, t0, edges)
+            assert (compiled(*args) == _state_deltas_numpy(*args)).all(), pcap.name
+    rng = np.random.default_rng(7)
+    for span in (1, 239, 240, 241, 10**9 + 7, 3 * 10**10, 10**17):
+        edges = np.linspace(0, span, BINS + 1)
+        on = np.floor(edges).astype(np.int64)
+        t = np.concatenate(
+            [
+                on, on - 1, on + 1, np.ceil(edges).astype(np.int64),
+                rng.integers(-5, span + 5, 20_000), np.array([-(10**12), 2 * span + 9, 2**62]),
+            ]
+        )  # fmt: skip
+        n = len(t)
+        conn = rng.integers(0, 300, n).astype(np.int64)
+        side = rng.integers(0, 2, n).astype(np.uint8)
+        state = rng.integers(0, len(State), n).astype(np.uint8)
+        t0 = int(rng.integers(0, 10**6))
+        args = (conn, side, state, t + t0, t0, edges)
+        assert (compiled(*args) == _state_deltas_numpy(*args)).all(), span

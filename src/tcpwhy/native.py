@@ -78,6 +78,7 @@ KERNEL_FILES = (
     "diagnose/kernels.py",
     "report/conns_kernel.py",
     "report/packets_kernel.py",
+    "report/html_kernel.py",
     "host/trace_kernel.py",
     "filter/pcre_kernel.py",
 )

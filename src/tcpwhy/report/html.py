@@ -50,6 +50,16 @@ if TYPE_CHECKING:
 LADDER_ROWS = 60_000
 """Ladder rows embedded for the connection table (about 50 bytes each): every connection of
 a small capture, a sample of a large one (findings' connections first)."""
+TABLE_ROWS = 250_000
+"""Connections listed in the page's table, over all capture points: every connection of a
+capture of up to that many (the connection-heavy benchmark's 216,000), else the findings'
+first (the smaller findings whole) and then the earliest. A 3 M-SYN flood listed whole made
+a 211 MB page, which took 40 s and 4.2 GB to write; `tcpwhy conns` lists every one."""
+LADDER_CONNS = 8_000
+"""Connections whose ladders are embedded, at most. Each is worked out in Python (the
+model `tcpwhy flow` draws, 0.1 ms a connection): a 3 M-SYN flood's one-packet connections
+fitted 55,000 ladders in the row budget, 5.6 s of its page; the connection-heavy capture's
+rows fit 6,200."""
 LADDER_CONN_ROWS = 400  # at most this many rows of one connection's ladder are embedded
 EXAMPLE_LADDER_ROWS = 400  # rows of a finding's example ladder drawn inline
 BINS = 240  # time bins of the charts
@@ -498,14 +508,18 @@ def page_data(report: Report) -> dict[str, Any]:
     points = []
     kinds = _kinds(report)
     t0 = report.capture.first_ns
+    listed: list[npt.NDArray[np.int64]] = []
+    room = TABLE_ROWS
     for k, d in enumerate(report.diags):
-        points.append(_point(report, k, d, t0))
+        listed.append(_table_choice(report, d.cap, room))
+        room -= len(listed[-1])
+        points.append(_point(report, k, d, t0, listed[-1]))
     budget = LADDER_ROWS
     ladders: dict[str, Any] = {}
     sampled = 0
-    total = sum(p["n"] for p in points)
+    total = sum(int(d.cap.nstreams) for d in report.diags)
     for k, d in enumerate(report.diags):
-        chosen = _ladder_choice(report, k, d.cap, budget)
+        chosen = _ladder_choice(report, k, d.cap, budget, listed[k])[: LADDER_CONNS - len(ladders)]
         views = ladder_views(d.cap, chosen)
         from tcpwhy.report.svg import view_json
 
@@ -524,6 +538,7 @@ def page_data(report: Report) -> dict[str, Any]:
         "ladders": ladders,
         "ladders_embedded": len(ladders),
         "connections": total,
+        "listed": sum(p["n"] for p in points),
         "charts": _charts(report, t0),
     }
 
@@ -541,27 +556,46 @@ def _timelines(cap: Any) -> Any:
     return cap.run_states(o, np.arange(1, len(o) + 1), np.append(cap.starts, len(o)))
 
 
-def _point(report: Report, k: int, d: Any, t0: int) -> dict[str, Any]:
-    """The connection table's columns of one capture point."""
+def _table_choice(report: Report, cap: Any, room: int) -> npt.NDArray[np.int64]:
+    """The streams of one capture point listed in the page's table (at most `room`), in
+    stream order: all of them if they fit, else the findings' (the smaller findings first,
+    so a flood's millions do not crowd out a handful of resets), then the earliest."""
+    from tcpwhy.diagnose.engine import _sids_of
+
+    n = int(cap.nstreams)
+    if n <= room:
+        return np.arange(n, dtype=np.int64)
+    picked = [_sids_of(cap, f.streams) for f in sorted(report.findings, key=lambda f: f.count)]
+    picked.append(np.arange(n, dtype=np.int64))
+    streams, first = np.unique(np.concatenate(picked), return_index=True)
+    # each stream once, at its first place in that order
+    return np.sort(streams[np.argsort(first, kind="stable")][: max(room, 0)])
+
+
+def _point(report: Report, k: int, d: Any, t0: int, rows: npt.NDArray[np.int64]) -> dict[str, Any]:
+    """The connection table's columns of one capture point, for its streams `rows`."""
     cap = d.cap
     n = cap.nstreams
     if not n:
-        return {"name": ", ".join(os.path.basename(f) for f in cap.files), "n": 0}
+        return {"name": ", ".join(os.path.basename(f) for f in cap.files), "n": 0, "of": 0}
+    m = len(rows)
+    if not m:  # the table's room went to the points before
+        return {"name": ", ".join(os.path.basename(f) for f in cap.files), "n": 0, "of": n}
     ep = cap.endpoints
-    hi = np.concatenate([ep.client_hi, ep.server_hi])
-    lo = np.concatenate([ep.client_lo, ep.server_lo])
+    hi = np.concatenate([ep.client_hi[rows], ep.server_hi[rows]])
+    lo = np.concatenate([ep.client_lo[rows], ep.server_lo[rows]])
     inv, naddr = group_ids(hi, lo)
     first_of = group_firsts(inv, naddr)
     addrs = [
         format_addr(int(h), int(lw))
         for h, lw in zip(hi[first_of].tolist(), lo[first_of].tolist(), strict=True)
     ]
-    first = cap.order[cap.starts]
+    first = cap.order[cap.starts[rows]]
     t = cap.table
     from_client = cap.side[first] == 0
     cport = np.where(from_client, t["sport"][first], t["dport"][first]).astype(np.int64)
-    start_us = (cap.first_ns - t0) // 1000
-    dur_us = (cap.last_ns - cap.first_ns) // 1000
+    start_us = (cap.first_ns[rows] - t0) // 1000
+    dur_us = (cap.last_ns[rows] - cap.first_ns[rows]) // 1000
     tl = _timelines(cap)
     d.cache["html_timelines"] = tl
     final = tl.final.astype(np.int64)
@@ -579,26 +613,28 @@ def _point(report: Report, k: int, d: Any, t0: int) -> dict[str, Any]:
         i = index.get(f.kind)
         if i is not None:
             kinds[_sids_of(cap, f.streams)] |= 1 << i
+    nbytes = cap.bytes[rows]
     return {
         "name": ", ".join(os.path.basename(f) for f in cap.files),
         "files": cap.files,
-        "n": n,
+        "n": m,
+        "of": n,
         "addrs": addrs,
-        "stream": _delta(np.asarray(cap.stream_numbers, np.int64)),
-        "client": inv[:n].tolist(),
+        "stream": _delta(np.asarray(cap.stream_numbers, np.int64)[rows]),
+        "client": inv[:m].tolist(),
         "cport": cport.tolist(),
-        "server": inv[n:].tolist(),
-        "sport": ep.server_port.tolist(),
+        "server": inv[m:].tolist(),
+        "sport": np.asarray(ep.server_port)[rows].tolist(),
         "start_us": _delta(start_us.astype(np.int64)),
         "dur_us": dur_us.astype(np.int64).tolist(),
-        "pkts_c": cap.n_pkts[:, 0].tolist(),
-        "pkts_s": cap.n_pkts[:, 1].tolist(),
-        "bytes_c": cap.bytes[:, 0].astype(np.int64).tolist(),
-        "bytes_s": cap.bytes[:, 1].astype(np.int64).tolist(),
-        "ending": _endings(cap).tolist(),
-        "final_c": final[:, 0].tolist(),
-        "final_s": final[:, 1].tolist(),
-        "kinds": kinds.tolist(),
+        "pkts_c": cap.n_pkts[rows, 0].tolist(),
+        "pkts_s": cap.n_pkts[rows, 1].tolist(),
+        "bytes_c": nbytes[:, 0].astype(np.int64).tolist(),
+        "bytes_s": nbytes[:, 1].astype(np.int64).tolist(),
+        "ending": _endings(cap)[rows].tolist(),
+        "final_c": final[rows, 0].tolist(),
+        "final_s": final[rows, 1].tolist(),
+        "kinds": kinds[rows].tolist(),
     }
 
 
@@ -611,10 +647,13 @@ def _delta(a: npt.NDArray[np.int64]) -> list[int]:
     return d
 
 
-def _ladder_choice(report: Report, k: int, cap: Any, budget: int) -> npt.NDArray[np.int64]:
-    """Streams whose ladders are embedded: the findings' streams (examples first), then the
-    rest in capture order, until the row budget is spent. A connection's rows are counted
-    as its packets (folding only makes a ladder shorter)."""
+def _ladder_choice(
+    report: Report, k: int, cap: Any, budget: int, listed: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]:
+    """Streams whose ladders are embedded, among those the table lists (`listed`): the
+    findings' streams (examples first), then the rest in capture order, until the row
+    budget is spent. A connection's rows are counted as its packets (folding only makes a
+    ladder shorter)."""
     from tcpwhy.diagnose.engine import _sids_of
 
     picked: list[npt.NDArray[np.int64]] = []
@@ -626,6 +665,9 @@ def _ladder_choice(report: Report, k: int, cap: Any, budget: int) -> npt.NDArray
     order = np.concatenate(picked) if picked else np.zeros(0, np.int64)
     _, first = np.unique(order, return_index=True)
     order = order[np.sort(first)]
+    shown = np.zeros(cap.nstreams, np.bool_)
+    shown[listed] = True
+    order = order[shown[order]]
     size = cap.n_pkts.sum(1)[order]
     size = np.where(size > LADDER_CONN_ROWS, 0, size)  # too long: not embedded
     fits = np.cumsum(size) <= budget
@@ -669,21 +711,22 @@ def _state_counts(
     """Sockets in each state at the end of every time bin, per side: +1 where a state is
     entered, -1 where the previous one is left, summed up (what `netstat` would have counted
     at that moment)."""
-    key = tl.conn.astype(np.int64) * 2 + tl.side.astype(np.int64)
-    o = np.argsort(key, kind="stable")
-    key = key[o]
-    state = tl.state[o].astype(np.int64)
-    ts = tl.ts_ns[o]
-    prev = np.roll(state, 1)
-    new_group = np.ones(len(key), np.bool_)
-    new_group[1:] = key[1:] != key[:-1]
-    b = np.clip(np.searchsorted(edges, ts - t0, side="right") - 1, 0, BINS - 1)
+    from tcpwhy.report.html_kernel import state_deltas
+
     nst = len(State)
     delta = np.zeros((2, nst, BINS), np.int64)
-    side = key % 2
-    np.add.at(delta, (side, state, b), 1)
-    m = ~new_group
-    np.add.at(delta, (side[m], prev[m], b[m]), -1)
+    conn = np.ascontiguousarray(tl.conn, np.int64)
+    nconn = int(conn.max()) + 1 if len(conn) else 0
+    state_deltas(
+        conn,
+        np.ascontiguousarray(tl.side, np.uint8),
+        np.ascontiguousarray(tl.state, np.uint8),
+        np.ascontiguousarray(tl.ts_ns, np.int64),
+        t0,
+        np.ascontiguousarray(edges, np.float64),
+        nconn,
+        delta,
+    )
     counts = np.cumsum(delta, axis=2)
     for s_i, name in ((0, "client"), (1, "server")):
         for st in State:

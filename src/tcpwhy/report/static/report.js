@@ -168,7 +168,8 @@
         tbody.appendChild(lt);
       }
     }
-    document.getElementById("conn-count").textContent = `${view.length.toLocaleString()} of ${rows.length.toLocaleString()} connections`;
+    document.getElementById("conn-count").textContent = `${view.length.toLocaleString()} of ${rows.length.toLocaleString()} connections` +
+      (DATA.listed < DATA.connections ? ` listed, of the capture's ${DATA.connections.toLocaleString()} (the findings' first, then the earliest; tcpwhy conns FILE lists every one)` : "");
     document.getElementById("conn-page").textContent = `page ${page + 1} of ${pages}`;
     document.querySelectorAll("#conn-table th").forEach((th) => {
       th.classList.toggle("sorted-asc", th.dataset.col === sortCol && sortDir > 0);
