@@ -576,11 +576,10 @@ def _point(report: Report, k: int, d: Any, t0: int, rows: npt.NDArray[np.int64])
     """The connection table's columns of one capture point, for its streams `rows`."""
     cap = d.cap
     n = cap.nstreams
-    if not n:
-        return {"name": ", ".join(os.path.basename(f) for f in cap.files), "n": 0, "of": 0}
+    name = ", ".join(os.path.basename(f) for f in cap.files)
     m = len(rows)
-    if not m:  # the table's room went to the points before
-        return {"name": ", ".join(os.path.basename(f) for f in cap.files), "n": 0, "of": n}
+    if not m:  # no connection, or the table's room went to the points before
+        return {"name": name, "n": 0, "of": n}
     ep = cap.endpoints
     hi = np.concatenate([ep.client_hi[rows], ep.server_hi[rows]])
     lo = np.concatenate([ep.client_lo[rows], ep.server_lo[rows]])
@@ -615,7 +614,7 @@ def _point(report: Report, k: int, d: Any, t0: int, rows: npt.NDArray[np.int64])
             kinds[_sids_of(cap, f.streams)] |= 1 << i
     nbytes = cap.bytes[rows]
     return {
-        "name": ", ".join(os.path.basename(f) for f in cap.files),
+        "name": name,
         "files": cap.files,
         "n": m,
         "of": n,
