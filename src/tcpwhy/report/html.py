@@ -510,16 +510,16 @@ def page_data(report: Report) -> dict[str, Any]:
     t0 = report.capture.first_ns
     listed: list[npt.NDArray[np.int64]] = []
     room = TABLE_ROWS
-    for k, d in enumerate(report.diags):
+    for d in report.diags:
         listed.append(_table_choice(report, d.cap, room))
         room -= len(listed[-1])
-        points.append(_point(report, k, d, t0, listed[-1]))
+        points.append(_point(report, d, t0, listed[-1]))
     budget = LADDER_ROWS
     ladders: dict[str, Any] = {}
     sampled = 0
     total = sum(int(d.cap.nstreams) for d in report.diags)
     for k, d in enumerate(report.diags):
-        chosen = _ladder_choice(report, k, d.cap, budget, listed[k])[: LADDER_CONNS - len(ladders)]
+        chosen = _ladder_choice(report, d.cap, budget, LADDER_CONNS - len(ladders), listed[k])
         views = ladder_views(d.cap, chosen)
         from tcpwhy.report.svg import view_json
 
@@ -572,7 +572,7 @@ def _table_choice(report: Report, cap: Any, room: int) -> npt.NDArray[np.int64]:
     return np.sort(streams[np.argsort(first, kind="stable")][: max(room, 0)])
 
 
-def _point(report: Report, k: int, d: Any, t0: int, rows: npt.NDArray[np.int64]) -> dict[str, Any]:
+def _point(report: Report, d: Any, t0: int, rows: npt.NDArray[np.int64]) -> dict[str, Any]:
     """The connection table's columns of one capture point, for its streams `rows`."""
     cap = d.cap
     n = cap.nstreams
@@ -647,12 +647,12 @@ def _delta(a: npt.NDArray[np.int64]) -> list[int]:
 
 
 def _ladder_choice(
-    report: Report, k: int, cap: Any, budget: int, listed: npt.NDArray[np.int64]
+    report: Report, cap: Any, budget: int, conns: int, listed: npt.NDArray[np.int64]
 ) -> npt.NDArray[np.int64]:
     """Streams whose ladders are embedded, among those the table lists (`listed`): the
     findings' streams (examples first), then the rest in capture order, until the row
-    budget is spent. A connection's rows are counted as its packets (folding only makes a
-    ladder shorter)."""
+    budget or `conns` connections are spent. A connection's rows are counted as its
+    packets (folding only makes a ladder shorter)."""
     from tcpwhy.diagnose.engine import _sids_of
 
     picked: list[npt.NDArray[np.int64]] = []
@@ -660,8 +660,8 @@ def _ladder_choice(
         picked.append(_sids_of(cap, f.examples))
     for f in _ordered(report):
         picked.append(_sids_of(cap, f.streams[:200]))
-    picked.append(np.arange(cap.nstreams))
-    order = np.concatenate(picked) if picked else np.zeros(0, np.int64)
+    picked.append(listed)
+    order = np.concatenate(picked)
     _, first = np.unique(order, return_index=True)
     order = order[np.sort(first)]
     shown = np.zeros(cap.nstreams, np.bool_)
@@ -671,7 +671,7 @@ def _ladder_choice(
     size = np.where(size > LADDER_CONN_ROWS, 0, size)  # too long: not embedded
     fits = np.cumsum(size) <= budget
     chosen = order[fits & (cap.n_pkts.sum(1)[order] <= LADDER_CONN_ROWS)]
-    return np.asarray(chosen, np.int64)
+    return np.asarray(chosen[: max(conns, 0)], np.int64)
 
 
 def _charts(report: Report, t0: int) -> dict[str, Any]:
