@@ -4,11 +4,15 @@ name them by the capture's own tcp.stream numbers."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from tcpwhy.diagnose.engine import diagnose_files
 from tcpwhy.filter import compile_filter
 
 LAB = Path(__file__).resolve().parents[1] / "src" / "tcpwhy" / "data" / "lab"
+ICMP = Path(__file__).resolve().parent / "data" / "icmp" / "codes.pcap"
 
 
 def _kinds(path: Path, text: str | None) -> list[tuple[str, list[int]]]:
@@ -66,3 +70,102 @@ def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     shown = b"".join(chunks).decode(errors="replace")
     assert r.returncode == 0
     assert "tcpwhy: reading time-wait.pcap" in shown or "tcpwhy: diagnosing" in shown
+
+
+FILTERS = (
+    "tcp.port == 80",
+    "frame.time_relative > 0.5",
+    "tcp.flags.reset == 1",
+    "tcp.stream == 1",
+    "tcp.analysis.retransmission",
+    "tcp.len > 0 && tcp.srcport > 1024",
+    "icmp",
+    "http.request",
+)
+
+
+def test_filter_judged_chunk_by_chunk_keeps_what_the_whole_table_keeps(
+    zeek_corpus: Path, monkeypatch: Any
+) -> None:
+    """One file read with a filter is judged chunk by chunk (small chunks here: streams and
+    ICMP errors across many of them), keeping only the diagnosis's columns until the
+    matching streams are known: the rows, stream numbers and ICMP errors kept are those of
+    the whole table filtered at once (`_limit_to_filter`, still used for several files)."""
+    import functools
+
+    from tcpwhy import capture
+    from tcpwhy.decode.table import CaptureStats, PacketTable
+    from tcpwhy.diagnose import engine
+
+    small = functools.partial(capture.iter_tables, chunk_bytes=2048)
+    monkeypatch.setattr(capture, "iter_tables", small)
+    paths = [*sorted(LAB.glob("*.pcap")), ICMP, *sorted(zeek_corpus.glob("*.pcap"))]
+    kept_some = chunked = with_icmp = 0
+    for p in paths:
+        whole_st = CaptureStats()
+        whole = PacketTable.concat(list(small(str(p), whole_st)))
+        for text in FILTERS:
+            flt = compile_filter(text)
+            st = CaptureStats()
+            got, numbers, span = engine._read_filtered(str(p), st, flt, None)
+            want, _, want_numbers = engine._limit_to_filter(
+                whole, engine._file_of_row([len(whole)]), flt, whole_st.first_ts_ns
+            )
+            assert span == engine._span(whole), p
+            assert np.array_equal(numbers, want_numbers), (p, text)
+            assert len(got) == len(want), (p, text)
+            for k in engine.DIAGNOSIS_COLUMNS:
+                if k != "payload_off":  # (the file's offsets in one, the bytes' in the other)
+                    assert np.array_equal(got[k], want[k]), (p, text, k)
+            mine, theirs = got.gather(np.arange(len(got))), want.gather(np.arange(len(want)))
+            for a, b in zip(mine, theirs, strict=True):
+                assert np.array_equal(a, b), (p, text)
+            assert (got.icmp is None) == (want.icmp is None), (p, text)
+            if got.icmp is not None and want.icmp is not None:
+                assert np.array_equal(got.icmp["icmp_at"], want.icmp["icmp_at"]), (p, text)
+                assert np.array_equal(got.icmp["frame"], want.icmp["frame"]), (p, text)
+                with_icmp += 1
+            kept_some += bool(len(got))
+        chunked += st.frames > 40
+    assert kept_some > 50 and chunked > 20 and with_icmp > 0
+
+
+def test_time_relative_counts_from_the_first_frame(zeek_corpus: Path, tmp_path: Path) -> None:
+    """``frame.time_relative`` counts from the capture's first frame of any protocol, as in
+    Wireshark and `packets -Y`: this capture's TCP packets come 34 s after its first frame
+    (tshark matches all of them with ``frame.time_relative > 0.5``), one file or several."""
+    import shutil
+
+    pbb = zeek_corpus / "pbb.pcap"
+    one = diagnose_files([str(pbb)], flt=compile_filter("frame.time_relative > 0.5"))
+    assert one.capture.connections == 1
+    none = diagnose_files([str(pbb)], flt=compile_filter("frame.time_relative < 30"))
+    assert none.capture.connections == 0
+    # two copies at the same times: two capture points, each filtered whole (joined first)
+    copy = tmp_path / "copy.pcap"
+    shutil.copy(pbb, copy)
+    two = diagnose_files(
+        [str(pbb), str(copy)], flt=compile_filter("frame.time_relative > 0.5"), pair=False
+    )
+    assert two.capture.connections == 2
+    # and `conns` over the two points: the connection paired, kept as with one file
+    import subprocess
+    import sys
+
+    for files in ([pbb], [pbb, copy]):
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tcpwhy",
+                "conns",
+                "--format",
+                "jsonl",
+                "-Y",
+                "frame.time_relative > 0.5",
+                *map(str, files),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0 and len(r.stdout.splitlines()) == 1, (files, r.stderr)

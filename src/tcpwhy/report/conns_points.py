@@ -42,6 +42,8 @@ class Point:
     files: list[str]
     table: PacketTable
     name: str
+    first_ts_ns: int | None = None
+    """Its first frame, of any protocol (``frame.time_relative`` counts from it)."""
 
 
 def read_points(files: list[str], stats: list[CaptureStats], **options: Any) -> list[Point]:
@@ -62,7 +64,9 @@ def read_points(files: list[str], stats: list[CaptureStats], **options: Any) -> 
         names = [tables[i][0] for i in g]
         # named as the user named them: a URL, not the copy read (`cli_helpers.urls_copied`)
         label = ", ".join(map(shown, names))
-        points.append(Point(names, PacketTable.concat([tables[i][1] for i in g]), label))
+        firsts = [t for i in g if (t := stats[i].first_ts_ns) is not None]
+        first = min(firsts) if firsts else None
+        points.append(Point(names, PacketTable.concat([tables[i][1] for i in g]), label, first))
     return points
 
 
@@ -115,7 +119,9 @@ def point_batches(
     from tcpwhy.tcp.connections import iter_connection_columns
 
     keeps: list[npt.NDArray[np.int64] | None] = [
-        None if flt is None else _limit_to_filter(p.table, np.zeros(len(p.table), np.int16), flt)[2]
+        None
+        if flt is None
+        else _limit_to_filter(p.table, np.zeros(len(p.table), np.int16), flt, p.first_ts_ns)[2]
         for p in points
     ]
     kept = [None if k is None else {int(x) for x in k.tolist()} for k in keeps]
