@@ -236,8 +236,8 @@ def connection_batches(
     `tcpwhy.tcp.connections.ConnectionBuilder`'s (boundaries, checksums, max_active).
     `rotated`: the files are parts of one capture, in the order given, whatever their times
     (a fleet's capture point, ``analyze --parquet``): one point, one builder over them all.
-    `unbuilt`: one file without a display filter read in turn gives its batches still to
-    build (`connection_jobs`), for a writer that builds them on a thread of its own.
+    `unbuilt`: one file read in turn gives its batches still to build (`connection_jobs`),
+    for a writer that builds them on a thread of its own.
     `threaded`: the records are built on a second thread (`iter_connection_columns`), for a
     reader that holds them all: a reader that writes them out as they come uses that core
     already, and on a SYN flood the batches in flight on two threads cost a fifth more
@@ -264,25 +264,20 @@ def connection_batches(
         return 1, ((0, c.with_options(ropts), None) for c in found)
     if len(files) == 1:
         from tcpwhy.capture import iter_tables
-        from tcpwhy.report.conns import filtered_connections
         from tcpwhy.tcp.connections import iter_connection_columns, reading_options
 
         src, st = files[0], stats[0]
-        if flt is None and not threaded:
-            jobs = connection_jobs(src, st, record_options=ropts, icmp=icmp, **options)
+        if flt is not None or not threaded:
+            jobs = connection_jobs(src, st, flt, record_options=ropts, icmp=icmp, **options)
             if unbuilt:
                 return 1, ((0, job, None) for job in jobs)
             return 1, ((0, job(), None) for job in jobs)
         _count_icmp(icmp, options)
-        it = (
-            iter_connection_columns(
-                iter_tables(src, st, reuse=True, prefetch=True, **reading_options(options)),
-                st,
-                threaded=threaded,
-                **options,
-            )
-            if flt is None
-            else filtered_connections(src, st, flt, **options)
+        it = iter_connection_columns(
+            iter_tables(src, st, reuse=True, prefetch=True, **reading_options(options)),
+            st,
+            threaded=threaded,
+            **options,
         )
         return 1, ((0, c.with_options(ropts), None) for c in it)
     from tcpwhy.report.conns_points import point_batches, read_points
@@ -296,28 +291,31 @@ def connection_batches(
 def connection_jobs(
     file: str,
     stats: CaptureStats,
+    flt: DisplayFilter | None = None,
     *,
     record_options: RecordOptions | None = None,
     icmp: list[dict[int, dict[str, int]]] | None = None,
     **options: Any,
 ) -> Iterator[Callable[[], ConnColumns]]:
-    """`connection_batches` of one file without a display filter, each batch still to build
-    (with `record_options`) when its connections end: the batches are the reading's own, so
-    a writer may build them on its own thread (`tcpwhy.report.conns`). `icmp` is set up at
-    once, and filled as the file is read."""
+    """`connection_batches` of one file, each batch still to build (with `record_options`)
+    when its connections end: the batches are the reading's own, so a writer may build them
+    on its own thread (`tcpwhy.report.conns`). `icmp` is set up at once, and filled as the
+    file is read."""
     import functools
 
     from tcpwhy.capture import iter_tables
+    from tcpwhy.report.conns import filtered_jobs
     from tcpwhy.tcp.connections import iter_connection_jobs, reading_options
     from tcpwhy.tcp.records import DEFAULT_OPTIONS
 
     ropts = record_options if record_options is not None else DEFAULT_OPTIONS
     _count_icmp(icmp, options)
-    tables = iter_tables(file, stats, reuse=True, prefetch=True, **reading_options(options))
-    return (
-        functools.partial(_built_with, job, ropts)
-        for job in iter_connection_jobs(tables, stats, **options)
-    )
+    if flt is not None:
+        jobs = filtered_jobs(file, stats, flt, **options)
+    else:
+        tables = iter_tables(file, stats, reuse=True, prefetch=True, **reading_options(options))
+        jobs = iter_connection_jobs(tables, stats, **options)
+    return (functools.partial(_built_with, job, ropts) for job in jobs)
 
 
 def _count_icmp(icmp: list[dict[int, dict[str, int]]] | None, options: dict[str, Any]) -> None:
