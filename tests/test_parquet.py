@@ -170,3 +170,57 @@ def test_schema_tables_in_docs() -> None:
     for name, (schema, notes) in schemas().items():
         assert [f.name for f in schema if not notes.get(f.name)] == [], name
         assert set(notes) == set(schema.names), name
+
+
+def test_conns_parquet_written_behind_the_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batches are built and written by a thread of their own, in the order read (many
+    small batches here), and an error there is the command's: no file is left in place."""
+    import functools
+    import threading
+    import warnings
+
+    import pyarrow.parquet as pq
+
+    from tcpwhy import capture
+    from tcpwhy.decode.table import CaptureStats
+    from tcpwhy.report import parquet
+    from tcpwhy.tcp.records import RecordOptions
+    from tcpwhy.views import connection_batches
+
+    monkeypatch.setattr(
+        capture, "iter_tables", functools.partial(capture.iter_tables, chunk_bytes=2048)
+    )
+    threads: list[str] = []
+    write = parquet.ParquetSink.write
+
+    def noting(self: parquet.ParquetSink, table: Any) -> None:
+        threads.append(threading.current_thread().name)
+        write(self, table)
+
+    monkeypatch.setattr(parquet.ParquetSink, "write", noting)
+    cap = str(LAB / "syn-flood.pcap")
+    opts = RecordOptions(uid_seed=3)
+    out = tmp_path / "c.parquet"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (few connections held: evicted)
+        rows = parquet.write_conns_parquet(cap, str(out), CaptureStats(), None, opts, max_active=3)
+        batches = connection_batches(
+            [cap], [CaptureStats()], None, record_options=opts, max_active=3
+        )[1]
+        want = [r.uid for _, c, _ in batches for r in c.records()]
+    assert len(threads) > 3 and set(threads) == {"tcpwhy-parquet-writer_0"}
+    assert rows == len(want) and pq.read_table(out).column("uid").to_pylist() == want
+
+    def failing(self: parquet.ParquetSink, table: Any) -> None:
+        if self.rows:
+            raise OSError(28, "No space left on device")
+        write(self, table)
+
+    monkeypatch.setattr(parquet.ParquetSink, "write", failing)
+    again = tmp_path / "d.parquet"
+    with warnings.catch_warnings(), pytest.raises(OSError, match="No space"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        parquet.write_conns_parquet(cap, str(again), CaptureStats(), None, opts, max_active=3)
+    assert os.listdir(tmp_path) == ["c.parquet"]

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from tcpwhy.decode.table import CaptureStats
     from tcpwhy.filter import DisplayFilter
     from tcpwhy.tcp.records import ConnColumns, RecordOptions
-    from tcpwhy.views import Batch
+    from tcpwhy.views import UnbuiltBatch
 
 
 def require_pyarrow() -> Any:
@@ -281,7 +281,20 @@ class ParquetSink:
         if written_in_place(path):
             self.tmp = path
         try:
-            self.writer = pa.parquet.ParquetWriter(self.tmp, schema, compression="zstd")
+            # dictionary pages for the columns the schema makes dictionaries (states, ends)
+            # alone: Parquet's default tries one for every column and gives up on the
+            # columns of distinct values (uids, addresses, times) only once it is large. A
+            # 1.5 M-SYN flood's records: 2.2 s and 85 MB written, now 1.5 s and 70 MB; the
+            # connection-heavy capture's: 8.1 MB, now 7.2 MB
+            dicts = [
+                f.name if pa.types.is_dictionary(f.type) else f"{f.name}.list.element"
+                for f in schema
+                if pa.types.is_dictionary(f.type)
+                or (pa.types.is_list(f.type) and pa.types.is_dictionary(f.type.value_type))
+            ]
+            self.writer = pa.parquet.ParquetWriter(
+                self.tmp, schema, compression="zstd", use_dictionary=dicts
+            )
         except OSError as exc:
             raise TcpwhyError(path, f"cannot write: {exc}") from None
         self.rows = 0
@@ -316,21 +329,42 @@ def write_conns_parquet(
     return _write_conns(
         path,
         lambda: connection_batches(
-            [source], [stats], flt, record_options=record_options, **options
+            [source], [stats], flt, record_options=record_options, unbuilt=True, **options
         )[1],
     )
 
 
-def _write_conns(path: str, batches: Callable[[], Iterable[Batch]]) -> int:
+WRITE_DEPTH = 2
+"""Batches queued for the Parquet writing thread at most (each may still be to build)."""
+
+
+def _write_conns(path: str, batches: Callable[[], Iterable[UnbuiltBatch]]) -> int:
     """Connection records into a Parquet file, put in place only when every batch was
-    written (`batches` is called once the file is open); the rows written."""
+    written (`batches` is called once the file is open); the rows written.
+
+    The batches are built, turned into Arrow and compressed in a thread of their own while
+    the capture is read on (pyarrow and the kernels release the GIL): one after the other,
+    a 1.5 M-SYN flood's `conns --format parquet` took 6.2 s, writing 2.7 s of it."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     sink = ParquetSink(path, conn_schema())
     ok = False
+    pool = ThreadPoolExecutor(1, thread_name_prefix="tcpwhy-parquet-writer")
+    pending: list[Future[None]] = []
+
+    def write(c: ConnColumns | Callable[[], ConnColumns]) -> None:
+        sink.write(conn_table(c() if callable(c) else c))
+
     try:
         for _, c, _ in batches():
-            sink.write(conn_table(c))
+            while len(pending) >= WRITE_DEPTH:
+                pending.pop(0).result()  # (raising what the thread raised)
+            pending.append(pool.submit(write, c))
+        while pending:
+            pending.pop(0).result()
         ok = True
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         sink.close(ok)
     return sink.rows
 
