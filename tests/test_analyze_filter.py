@@ -169,3 +169,42 @@ def test_time_relative_counts_from_the_first_frame(zeek_corpus: Path, tmp_path: 
             text=True,
         )
         assert r.returncode == 0 and len(r.stdout.splitlines()) == 1, (files, r.stderr)
+
+
+def test_rotated_parts_filtered_as_the_whole(tmp_path: Path) -> None:
+    """A capture cut into rotated parts (editcap -c) is one capture point: with a filter, the
+    parts are read again as one capture for the filter to judge, and the findings, their
+    stream numbers and the counts are those of the whole file."""
+    import shutil
+    import subprocess
+
+    from tests.gates import need
+
+    editcap = shutil.which("editcap")
+    need(editcap is not None, "editcap not installed")
+    assert editcap is not None
+    cases = [
+        ("syn-flood.pcap", "tcp.flags.reset == 1"),
+        ("syn-flood.pcap", "tcp.stream in {3..40}"),
+        ("close-wait-leak.pcap", "tcp.stream == 2"),
+        ("stale-keepalive.pcap", 'tcp.payload contains "GET /second"'),
+        ("icmp-no-route.pcap", "icmp"),
+        ("pmtu-black-hole.pcap", "frame.time_relative > 1"),
+    ]
+    for name, text in cases:
+        src = LAB / name
+        base = tmp_path / name
+        subprocess.run([editcap, "-c", "7", str(src), str(base)], check=True)
+        parts = sorted(str(p) for p in tmp_path.glob(f"{base.stem}_*"))
+        assert len(parts) > 1, name
+        flt = compile_filter(text)
+        whole = diagnose_files([str(src)], flt=flt)
+        rotated = diagnose_files(parts, flt=flt)
+        assert [(f.kind, list(f.streams), f.count) for f in rotated.findings] == [
+            (f.kind, list(f.streams), f.count) for f in whole.findings
+        ], (name, text)
+        assert (rotated.capture.packets, rotated.capture.connections) == (
+            whole.capture.packets,
+            whole.capture.connections,
+        ), (name, text)
+        assert whole.capture.connections > 0 or whole.findings == [], (name, text)

@@ -36,7 +36,9 @@ from tcpwhy.diagnose.model import CaptureInfo, Finding, Report
 from tcpwhy.diagnose.pairing import PathPair, attach_retransmissions, pair_captures
 from tcpwhy.diagnose.registry import Diag, Settings, load
 from tcpwhy.diagnose.tls import capture_records
+from tcpwhy.errors import TcpwhyError
 from tcpwhy.filter import DisplayFilter
+from tcpwhy.views import PacketChunk, packet_chunks
 
 Progress = Callable[[str, int | None, int | None], None]
 """progress(step, done, total): a step's text and, where known, how far it is (bytes)."""
@@ -217,15 +219,13 @@ def diagnose_files(
             continue
         parts = []
         for t in iter_tables(p, st, prefetch=True):
-            # without a display filter only the diagnosis reads the table: keep its columns
-            parts.append(t if flt is not None else _slim(t))
+            # only the diagnosis reads the table (a filter reads the files again per point)
+            parts.append(_slim(t))
             if len(parts) % TRIM_EVERY == 0:
                 release_freed()  # the chunks' buffers, freed into the heap as they go
             if progress:
                 progress(f"reading {os.path.basename(p)}", done + st.bytes_read, total)
-        tables.append(
-            (p, PacketTable.concat(parts) if flt is not None else _join(parts, free=True))
-        )
+        tables.append((p, _join(parts, free=True)))
         spans.append(_span(tables[-1][1]))
         del parts
         release_freed()
@@ -236,12 +236,22 @@ def diagnose_files(
     for g in groups:
         parts = [tables[i][1] for i in g]
         numbers = filtered.get(g[0])  # (a file read with the filter is its own group)
-        table = PacketTable.concat(parts) if flt is not None and numbers is None else _join(parts)
+        table = _join(parts)
         file_of_row = _file_of_row([len(t) for t in parts])
         if flt is not None and numbers is None:
-            firsts = [stats_all[i].first_ts_ns for i in g]
-            first = min((f for f in firsts if f is not None), default=None)
-            table, file_of_row, numbers = _limit_to_filter(table, file_of_row, flt, first)
+            # the point's files read again, as one capture, for the filter to judge
+            if progress:
+                progress(
+                    f"filtering {', '.join(os.path.basename(tables[i][0]) for i in g)}", None, None
+                )
+            judged = _Judged()
+            files = [tables[i][0] for i in g]
+            for ch in packet_chunks(files, [CaptureStats() for _ in g], flt, analysis=False):
+                judged.add(ch)
+            if judged.rows != len(table):
+                raise TcpwhyError(", ".join(files), "changed while it was read")
+            table, numbers, keep = judged.limit(table)
+            file_of_row = file_of_row[keep]
         cap = Capture(
             table,
             file_of_row,
@@ -682,7 +692,7 @@ def _read_filtered(
     path: str, st: CaptureStats, flt: DisplayFilter, progress: Progress | None
 ) -> tuple[PacketTable, np.ndarray, tuple[int, int, int]]:
     """A file's slim table limited to the streams with a matching packet, their tcp.stream
-    numbers (as `_limit_to_filter` gives them) and the whole file's `_span`.
+    numbers and the whole file's `_span`.
 
     The filter judges each chunk as it is read (`packet_chunks`, as `packets -Y` and
     `conns -Y` do), and of each chunk only the diagnosis's columns and its stream numbers
@@ -690,26 +700,12 @@ def _read_filtered(
     then filtered, took 18 s and 1.6 GB for a 2.2 M-packet capture of short connections
     where the filter matched none (1.1 s and 240 MB without the filter). `frame.time_relative`
     counts from the file's first frame, as in those views and in Wireshark."""
-    from tcpwhy.arrays import unique_sorted
-    from tcpwhy.views import packet_chunks
-
     size = _plain_size(path) or None
     parts: list[PacketTable] = []
-    sids: list[np.ndarray] = []  # per chunk: each row's stream
-    icmp_sids: list[np.ndarray] = []  # per chunk with ICMP errors about TCP: their streams
-    hits: list[np.ndarray] = []  # per chunk: the streams it matched
+    judged = _Judged()
     for ch in packet_chunks([path], [st], flt, analysis=False):
-        t, sid = ch.table, ch.streams["stream"]
-        assert ch.keep is not None
-        parts.append(_slim(t, copy=True))  # the reader reuses the chunk's buffers
-        sids.append(sid.astype(np.int32) if len(sid) and int(sid.max()) < 1 << 31 else sid)
-        hits.append(unique_sorted(sid[ch.keep]))
-        icmp = ch.tracker.icmp_out
-        if t.icmp is not None and icmp is not None:  # (a chunk's own ICMP rows, in order)
-            isid = icmp["stream"]
-            icmp_sids.append(isid.copy())
-            if ch.icmp_keep is not None:  # ICMP errors select the streams they are about
-                hits.append(isid[ch.icmp_keep & (isid >= 0)])
+        parts.append(_slim(ch.table, copy=True))  # the reader reuses the chunk's buffers
+        judged.add(ch)
         if len(parts) % TRIM_EVERY == 0:
             release_freed()
         if progress:
@@ -717,14 +713,54 @@ def _read_filtered(
     table = _join(parts, free=True)
     del parts
     span = _span(table)
-    matched = (
-        unique_sorted(np.concatenate(hits)).astype(np.int64) if hits else np.zeros(0, np.int64)
-    )
-    keep = np.isin(np.concatenate(sids), matched) if sids else np.zeros(0, np.bool_)
-    out = table.take(keep)
-    if table.icmp is not None and icmp_sids:
-        out.icmp = icmp_kept(table, keep, np.isin(np.concatenate(icmp_sids), matched))
+    out, matched, _ = judged.limit(table)
     return out, matched, span
+
+
+class _Judged:
+    """A display filter's verdict on a capture point's chunks (`packet_chunks`, in order):
+    each row's stream and the streams matched, kept until the last chunk decides which
+    streams stay (Wireshark's "limit to display filter": every packet of a stream with one
+    matching packet, or with a matching ICMP error about it)."""
+
+    def __init__(self) -> None:
+        self.sids: list[np.ndarray] = []  # per chunk: each row's stream
+        self.icmp_sids: list[np.ndarray] = []  # per chunk with ICMP errors: their streams
+        self.hits: list[np.ndarray] = []  # per chunk: the streams it matched
+
+    def add(self, ch: PacketChunk) -> None:
+        from tcpwhy.arrays import unique_sorted
+
+        t, sid = ch.table, ch.streams["stream"]
+        assert ch.keep is not None
+        self.sids.append(sid.astype(np.int32) if len(sid) and int(sid.max()) < 1 << 31 else sid)
+        self.hits.append(unique_sorted(sid[ch.keep]))
+        icmp = ch.tracker.icmp_out
+        if t.icmp is not None and icmp is not None:  # (a chunk's own ICMP rows, in order)
+            isid = icmp["stream"]
+            self.icmp_sids.append(isid.copy())
+            if ch.icmp_keep is not None:  # ICMP errors select the streams they are about
+                self.hits.append(isid[ch.icmp_keep & (isid >= 0)])
+
+    @property
+    def rows(self) -> int:
+        return sum(len(s) for s in self.sids)
+
+    def limit(self, table: PacketTable) -> tuple[PacketTable, np.ndarray, np.ndarray]:
+        """The rows of `table` (the chunks' rows, joined) of the streams matched, those
+        streams' numbers (local stream k is the k-th of them), and the rows' mask."""
+        from tcpwhy.arrays import unique_sorted
+
+        matched = (
+            unique_sorted(np.concatenate(self.hits)).astype(np.int64)
+            if self.hits
+            else np.zeros(0, np.int64)
+        )
+        keep = np.isin(np.concatenate(self.sids), matched) if self.sids else np.zeros(0, np.bool_)
+        out = table.take(keep)
+        if table.icmp is not None and self.icmp_sids:
+            out.icmp = icmp_kept(table, keep, np.isin(np.concatenate(self.icmp_sids), matched))
+        return out, matched, keep
 
 
 def _limit_to_filter(
