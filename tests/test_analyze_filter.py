@@ -90,7 +90,7 @@ def test_filter_judged_chunk_by_chunk_keeps_what_the_whole_table_keeps(
     """One file read with a filter is judged chunk by chunk (small chunks here: streams and
     ICMP errors across many of them), keeping only the diagnosis's columns until the
     matching streams are known: the rows, stream numbers and ICMP errors kept are those of
-    the whole table filtered at once (`_limit_to_filter`, still used for several files)."""
+    the whole table filtered at once (`_limit_to_filter`, as `conns` over several points)."""
     import functools
 
     from tcpwhy import capture
@@ -108,9 +108,7 @@ def test_filter_judged_chunk_by_chunk_keeps_what_the_whole_table_keeps(
             flt = compile_filter(text)
             st = CaptureStats()
             got, numbers, span = engine._read_filtered(str(p), st, flt, None)
-            want, _, want_numbers = engine._limit_to_filter(
-                whole, engine._file_of_row([len(whole)]), flt, whole_st.first_ts_ns
-            )
+            want, want_numbers, _ = engine._limit_to_filter(whole, flt, whole_st.first_ts_ns)
             assert span == engine._span(whole), p
             assert np.array_equal(numbers, want_numbers), (p, text)
             assert len(got) == len(want), (p, text)

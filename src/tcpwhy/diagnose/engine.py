@@ -764,30 +764,15 @@ class _Judged:
 
 
 def _limit_to_filter(
-    table: PacketTable, file_of_row: np.ndarray, flt: DisplayFilter, first: int | None
+    table: PacketTable, flt: DisplayFilter, first: int | None
 ) -> tuple[PacketTable, np.ndarray, np.ndarray]:
-    """The rows of the streams with a matching packet, and their tcp.stream numbers;
-    `first`: the capture point's first frame, of any protocol (``frame.time_relative``).
-
-    Whole streams are kept in capture order, so the kept streams are numbered
-    again in the same order: local stream k is the k-th matching stream.
-    """
-    from tcpwhy.arrays import unique_sorted
+    """`_Judged.limit` of a whole capture point's table, judged as one chunk; `first`: its
+    first frame, of any protocol (``frame.time_relative``)."""
     from tcpwhy.views import tracked_chunks
 
-    whole = next(tracked_chunks([table], flt, first_ts_ns=first, analysis=False))
-    streams, tracker = whole.streams, whole.tracker
-    assert whole.keep is not None
-    matched = unique_sorted(streams["stream"][whole.keep]).astype(np.int64)
-    ic, icmp = table.icmp, tracker.icmp_out
-    if whole.icmp_keep is not None and icmp is not None:  # ICMP errors select their streams
-        st = icmp["stream"]
-        matched = np.union1d(matched, st[whole.icmp_keep & (st >= 0)]).astype(np.int64)
-    keep = np.isin(streams["stream"], matched)
-    out = table.take(keep)
-    if ic is not None and icmp is not None:
-        out.icmp = icmp_kept(table, keep, np.isin(icmp["stream"], matched))
-    return out, file_of_row[keep], matched
+    judged = _Judged()
+    judged.add(next(tracked_chunks([table], flt, first_ts_ns=first, analysis=False)))
+    return judged.limit(table)
 
 
 def _groups(tables: list[tuple[str, PacketTable]]) -> list[list[int]]:

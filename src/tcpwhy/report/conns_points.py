@@ -119,10 +119,7 @@ def point_batches(
     from tcpwhy.tcp.connections import iter_connection_columns
 
     keeps: list[npt.NDArray[np.int64] | None] = [
-        None
-        if flt is None
-        else _limit_to_filter(p.table, np.zeros(len(p.table), np.int16), flt, p.first_ts_ns)[2]
-        for p in points
+        None if flt is None else _limit_to_filter(p.table, flt, p.first_ts_ns)[1] for p in points
     ]
     kept = [None if k is None else {int(x) for x in k.tolist()} for k in keeps]
     dropped, where = seen_at(points, pair, kept)
