@@ -326,6 +326,11 @@ def _count_icmp(icmp: list[dict[int, dict[str, int]]] | None, options: dict[str,
         options["icmp_counts"] = icmp[0]
 
 
+def built(c: ConnColumns | Callable[[], ConnColumns]) -> ConnColumns:
+    """A batch, built if it was handed over still to build (`UnbuiltBatch`)."""
+    return c() if callable(c) else c
+
+
 def _built_with(job: Callable[[], ConnColumns], options: RecordOptions) -> ConnColumns:
     return job().with_options(options)
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from tcpwhy.arrays import room_for, sparse_zeros
+from tcpwhy.arrays import room_for, sparse_zeros, unique_sorted
 from tcpwhy.capture import iter_tables
 from tcpwhy.decode.table import (
     ENDPOINT_COLUMNS,
@@ -732,8 +732,6 @@ class _Judged:
         self.hits: list[np.ndarray] = []  # per chunk: the streams it matched
 
     def add(self, ch: PacketChunk) -> None:
-        from tcpwhy.arrays import unique_sorted
-
         t, sid = ch.table, ch.streams["stream"]
         assert ch.keep is not None
         self.sids.append(sid.astype(np.int32) if len(sid) and int(sid.max()) < 1 << 31 else sid)
@@ -752,8 +750,6 @@ class _Judged:
     def limit(self, table: PacketTable) -> tuple[PacketTable, np.ndarray, np.ndarray]:
         """The rows of `table` (the chunks' rows, joined) of the streams matched, those
         streams' numbers (local stream k is the k-th of them), and the rows' mask."""
-        from tcpwhy.arrays import unique_sorted
-
         matched = (
             unique_sorted(np.concatenate(self.hits)).astype(np.int64)
             if self.hits

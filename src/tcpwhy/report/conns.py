@@ -19,6 +19,7 @@ from tcpwhy.capture.options import add_reassembly_option
 from tcpwhy.cli_helpers import Subcommands, positive_int, report_stats
 from tcpwhy.decode.table import CaptureStats, endpoint_text
 from tcpwhy.filter import DisplayFilter, add_filter_argument
+from tcpwhy.views import built
 
 if TYPE_CHECKING:  # the builder loads compiled code: imported where records are made
     from tcpwhy.tcp.connections import BatchJob
@@ -353,7 +354,8 @@ def write_conns(
     # (the kernels release the GIL, and so does writing); live input: at once, flushed
     behind = _BehindWriter(binary, fmt) if binary is not None and not live else None
     # the records as `Capture.connections` has them, written batch by batch as they finish
-    # (without a filter, handed over unbuilt when the thread is there to build them)
+    # (one file, with a filter or without, handed over unbuilt when the thread is there to
+    # build them)
     _, batches = connection_batches(
         [source],
         [stats],
@@ -379,13 +381,13 @@ def write_conns(
                     behind.put(item)
                     continue
                 out.flush()
-                for raw in format_columns_pieces(_built(item), fmt):
+                for raw in format_columns_pieces(built(item), fmt):
                     binary.write(raw)
                 binary.flush()
                 continue
             if behind is not None:
                 behind.drain()
-            c = _built(item)
+            c = built(item)
             text = format_columns(c, fmt)
             if icmp:
                 text = with_icmp(text, c, icmp)
@@ -457,7 +459,7 @@ class _BehindWriter:
     def _write(self, c: ConnColumns | Callable[[], ConnColumns]) -> None:
         from tcpwhy.report.conns_format import format_columns_pieces
 
-        for raw in format_columns_pieces(_built(c), self.fmt):
+        for raw in format_columns_pieces(built(c), self.fmt):
             self.binary.write(raw)
 
     def put(self, c: ConnColumns | Callable[[], ConnColumns]) -> None:
@@ -476,7 +478,7 @@ class _BehindWriter:
             self.pending.append((self.pool.submit(self._write, c), True))
             return
         # copies: the caller's formatting buffer is its own, reused by its next piece
-        text = [bytes(raw) for raw in format_columns_pieces(_built(c), self.fmt)]
+        text = [bytes(raw) for raw in format_columns_pieces(built(c), self.fmt)]
         while sum(not formats for _, formats in self.pending) >= self.TEXT_JOBS:
             self.pending.pop(0)[0].result()
         if text:
@@ -493,11 +495,6 @@ class _BehindWriter:
         """Stops the thread once the batches queued are written (after an error of the
         caller too: the records built before it are written, as without the thread)."""
         self.pool.shutdown(wait=True)
-
-
-def _built(c: ConnColumns | Callable[[], ConnColumns]) -> ConnColumns:
-    """A batch, built if it was handed over still to build (`connection_jobs`)."""
-    return c() if callable(c) else c
 
 
 def _utf8_buffer(out: TextIO) -> BinaryIO | None:

@@ -347,13 +347,15 @@ def _write_conns(path: str, batches: Callable[[], Iterable[UnbuiltBatch]]) -> in
     a 1.5 M-SYN flood's `conns --format parquet` took 6.2 s, writing 2.7 s of it."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
+    from tcpwhy.views import built
+
     sink = ParquetSink(path, conn_schema())
     ok = False
     pool = ThreadPoolExecutor(1, thread_name_prefix="tcpwhy-parquet-writer")
     pending: list[Future[None]] = []
 
     def write(c: ConnColumns | Callable[[], ConnColumns]) -> None:
-        sink.write(conn_table(c() if callable(c) else c))
+        sink.write(conn_table(built(c)))
 
     try:
         for _, c, _ in batches():
