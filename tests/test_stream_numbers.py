@@ -14,7 +14,7 @@ import pytest
 from tcpwhy.diagnose import render
 from tcpwhy.diagnose.engine import diagnose_files
 from tcpwhy.diagnose.model import StreamNumbers
-from tcpwhy.diagnose.syn_flood import _earliest
+from tcpwhy.diagnose.syn_flood import _by_time
 from tests.test_syn_flood import flood_capture
 
 
@@ -63,9 +63,21 @@ def test_a_flood_finding_writes_as_with_a_list(flood: Path) -> None:
 
 
 def test_earliest_is_a_stable_sorts_first() -> None:
+    """The examples of a flood or a scan: the first n of a stable argsort of the streams'
+    start times (many equal, ascending, descending), and the span of them all."""
     rng = np.random.default_rng(3)
     for size in (0, 1, 5, 20, 21, 1000):
-        ts = rng.integers(0, 40, size).astype(np.int64)  # many equal times
-        for n in (1, 5, 20):
-            want = np.argsort(ts, kind="stable")[:n]
-            assert _earliest(ts, n).tolist() == want.tolist()
+        first = rng.integers(0, 40, 2 * size + 1).astype(np.int64)  # many equal times
+        last = first + rng.integers(0, 100, len(first))
+        for sids in (
+            np.sort(rng.choice(len(first), size, replace=False)),
+            rng.permutation(len(first))[:size],
+        ):
+            for ts in (first, np.sort(first), np.sort(first)[::-1].copy()):
+                for n in (1, 5, 20):
+                    want = np.argsort(ts[sids], kind="stable")[:n]
+                    got = _by_time(ts, last, sids, n)
+                    assert got.first.tolist() == want.tolist()
+                    if size:
+                        assert got.first_ns == int(ts[sids].min())
+                        assert got.last_ns == int(last[sids].max())

@@ -306,3 +306,68 @@ def _plain(block: object) -> str:
     con = Console(width=200, color_system=None, record=True)
     con.print(block)
     return con.export_text()
+
+
+def test_compiled_passes_agree_with_numpy() -> None:
+    """The flood's window, its members and the client SYNs' counts as the compiled passes
+    find them, against numpy's formulation of the same, on random streams and times: the
+    seconds counted one by one, and sorted where they span more seconds than there are
+    streams (a packet stamped decades off)."""
+    from tcpwhy.diagnose import kernels
+
+    rng = np.random.default_rng(11)
+    start = T0
+    # seconds 3 and 4 hot (20 streams each), the others 2: the window is exactly [3, 4], and
+    # the streams on its edges (3.000000000 s in, 4.999999999 s, 5.000000000 s) fall as they must
+    secs = np.r_[np.repeat(np.arange(10), 2), np.full(18, 3), np.full(18, 4)]
+    first = start + secs * 10**9 + 500_000_000
+    first[:2] = start + 3 * 10**9, start + 5 * 10**9 - 1
+    first[2:4] = start + 5 * 10**9, start + 3 * 10**9 - 1
+    sids = np.arange(len(first), dtype=np.int64)
+    window = np.zeros(2, np.int64)
+    got = sids.copy()
+    m = kernels.flood_window(first, got, start, 10, got, window)
+    assert window.tolist() == [3, 4]
+    true_secs = (first - start) // 10**9
+    want = np.flatnonzero((true_secs >= 3) & (true_secs <= 4))
+    assert got[:m].tolist() == want.tolist() and want[:2].tolist() == [0, 1] and 2 not in want
+    for n, spread_s, far in ((500, 5, 0), (3000, 40, 0), (300, 3, 1), (50, 2, 1), (50, 2, 2)):
+        # times on and just before second boundaries, and anywhere; a dense second or two
+        # (hot at every rate tried) among sparse ones
+        first = start + rng.integers(0, spread_s * 4, n) * 250_000_000 - rng.integers(0, 2, n)
+        first[::2] = start + rng.integers(0, spread_s * 10**9, len(first[::2]))
+        first[1::4] = start + 2 * 10**9 + rng.integers(0, 8, len(first[1::4])) * 250_000_000
+        if far == 1:
+            first[rng.integers(0, n)] = start + 40 * 365 * 86400 * 10**9
+        if far == 2:  # seconds whose nanoseconds from the start are at the end of int64
+            first[:2] = start + (2**63 - 1 - start) - np.array([5, 10**9 + 5])
+        sids = np.sort(rng.choice(n, n // 2, replace=False)).astype(np.int64)
+        if far == 2:
+            sids = np.union1d(sids, [0, 1]).astype(np.int64)
+        for rate in (1, 5, 10, 10**6):
+            sec = (first[sids] - start) // 10**9
+            u, c = np.unique(sec, return_counts=True)
+            hot = u[c >= rate]
+            window = np.zeros(2, np.int64)
+            got = sids.copy()
+            m = kernels.flood_window(first, got, start, rate, got, window)
+            if not len(hot):
+                assert m == -1
+                continue
+            assert window.tolist() == [hot[0], hot[-1]]
+            want = sids[(sec >= hot[0]) & (sec <= hot[-1])]
+            assert got[:m].tolist() == want.tolist()
+        # the client's SYNs of the member streams, over rows of several streams
+        rows = 4 * n
+        stream = rng.integers(0, n, rows).astype(np.int64)
+        flags = rng.choice([SYN, SYN | ACK, ACK, RST, SYN | RST, ACK | PSH], rows).astype(np.uint16)
+        side = rng.integers(0, 2, rows).astype(np.int8)
+        ts = first[stream] + rng.integers(0, 10**9, rows)
+        member = np.zeros(n, np.bool_)
+        member[sids] = True
+        out = np.zeros(4, np.int64)
+        kernels.member_syns(stream, flags, side, ts, member, 0, start, out)
+        syn = member[stream] & (side == 0) & ((flags & (SYN | ACK | RST)) == SYN)
+        t = ts[syn]
+        peak = int(np.unique((t - start) // 10**9, return_counts=True)[1].max())
+        assert out.tolist() == [len(t), int(t.min()), int(t.max()), peak]

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 import numpy.typing as npt
 
-from tcpwhy.arrays import SCAN_ROWS, extend_filled, first_where, positions
+from tcpwhy.arrays import SCAN_ROWS, extend_filled, first_where, positions, unique_sorted
 from tcpwhy.decode.table import (
     ACK,
     COLUMNS,
@@ -154,6 +154,13 @@ class Endpoints(NamedTuple):
     server_hi: npt.NDArray[np.uint64]
     server_lo: npt.NDArray[np.uint64]
     server_port: npt.NDArray[np.int64]
+
+
+class FinTimes(NamedTuple):
+    """`Capture.fins`: the streams that sent a FIN, and each side's first FIN time."""
+
+    sids: npt.NDArray[np.int64]  # ascending
+    ns: npt.NDArray[np.int64]  # per stream of `sids` and side: its first FIN, NO_FIN if none
 
 
 class StreamConstants:
@@ -366,12 +373,24 @@ class Capture:
         return _side_bytes(t["payload_len"], self.stream, self.side, self.nstreams)
 
     @cached_property
+    def fins(self) -> FinTimes:
+        """The streams with a FIN (without RST) from either side, and when each side sent its
+        first: a flood's millions of streams with none have no entry, where one per stream
+        and side was 48 MB and three rules' passes over it (`first_fin_ns` makes that array
+        for a caller that needs it)."""
+        t = self.table
+        fm = (t["flags"] & (FIN | RST)) == FIN
+        stream = self.stream[fm]
+        sids = unique_sorted(stream)
+        ns = np.full((len(sids), 2), NO_FIN, np.int64)
+        np.minimum.at(ns, (np.searchsorted(sids, stream), self.side[fm]), t["ts_ns"][fm])
+        return FinTimes(sids, ns)
+
+    @cached_property
     def first_fin_ns(self) -> npt.NDArray[np.int64]:
         """Per stream and side: capture time of the first FIN (NO_FIN where none)."""
-        t = self.table
         out = np.full((self.nstreams, 2), NO_FIN, np.int64)
-        fm = (t["flags"] & (FIN | RST)) == FIN
-        np.minimum.at(out, (self.stream[fm], self.side[fm]), t["ts_ns"][fm])
+        out[self.fins.sids] = self.fins.ns
         return out
 
     def compact_addresses(self) -> bool:
@@ -626,6 +645,15 @@ class Capture:
             )
         return self._timelines.pop(sid)
 
+    @property
+    def numbers_are_ids(self) -> bool:
+        """Each stream's tcp.stream number is its id (no display filter renumbered them):
+        the numbers ascend without repeats, so from 0 to nstreams - 1 they are 0, 1, 2 ..."""
+        sn = self.stream_numbers
+        return len(sn) == self.nstreams and (
+            not len(sn) or (int(sn[0]) == 0 and int(sn[-1]) == len(sn) - 1)
+        )
+
     @cached_property
     def has_rst(self) -> npt.NDArray[np.bool_]:
         """Per stream: a RST from either side (made once: several rules ask, and a sum
@@ -634,11 +662,10 @@ class Capture:
 
     def closes_first(self, who: int) -> npt.NDArray[np.bool_]:
         """Per stream: `who` sent a FIN before the peer did (or the peer sent none)."""
-        return self.first_fin_ns[:, who] < self.first_fin_ns[:, 1 - who]
-
-    def fin_lag_ns(self, who: int) -> npt.NDArray[np.int64]:
-        """Per stream: how long after `who`'s first FIN the peer's came (huge if it never did)."""
-        return self.first_fin_ns[:, 1 - who] - self.first_fin_ns[:, who]
+        out = np.zeros(self.nstreams, np.bool_)
+        f = self.fins
+        out[f.sids] = f.ns[:, who] < f.ns[:, 1 - who]
+        return out
 
     def ts_of(self, row: int) -> int:
         return int(self.table["ts_ns"][row])

@@ -76,9 +76,7 @@ def _sids_of(cap: Capture, numbers: Sequence[int]) -> np.ndarray:
     """Stream ids of a finding's tcp.stream numbers (they differ under a display filter)."""
     nums = np.asarray(numbers, np.int64)
     sn = cap.stream_numbers
-    if len(sn) == cap.nstreams and (not len(sn) or (sn[0] == 0 and sn[-1] == len(sn) - 1)):
-        # ascending and distinct, from 0 to nstreams - 1: each number is its own id (no
-        # search of a flood's 3 million numbers, 0.14 s)
+    if cap.numbers_are_ids:  # (no search of a flood's 3 million numbers, 0.14 s)
         return nums[(nums >= 0) & (nums < cap.nstreams)]
     idx = np.searchsorted(sn, nums)
     idx = np.minimum(idx, max(cap.nstreams - 1, 0))

@@ -188,3 +188,200 @@ def stream_bases(
         for i in range(lo, hi):
             base[stream[i], pdir[i]] = np.uint32(seq[i] - rel_seq[i])
             conv_out[stream[i]] = conv[i]
+
+
+# -- syn-flood: a flood's millions of half-open streams, in passes that allocate nothing of
+# their size. In numpy each fact was a gather of every member (24 MB for 3 million) and a
+# reduction, a dozen of them per flood, and most of the rule's time was the kernel zeroing
+# the pages of those temporaries (`tcpwhy.diagnose.syn_flood`).
+
+_NS = 1_000_000_000
+_NO_OVERFLOW_S = (1 << 63) // _NS - 1  # seconds whose nanoseconds (and one more) fit int64
+
+
+@njit(cache=True)
+def _per_second(secs: Any, lo: int, hi: int) -> tuple[Any, Any]:
+    """Each second that `secs` holds (all from `lo` to `hi`), ascending, and how many times:
+    a count per second where the seconds span less than the values, else a sort (one packet
+    stamped decades off would make the counts one per second between)."""
+    n = secs.shape[0]
+    if hi - lo < max(n, 1 << 16):
+        counts = np.zeros(hi - lo + 1, np.int64)
+        for i in range(n):
+            counts[secs[i] - lo] += 1
+        at = np.flatnonzero(counts)
+        return at + lo, counts[at]
+    ordered = np.sort(secs)
+    u = np.empty(n, np.int64)
+    c = np.empty(n, np.int64)
+    g = 0
+    i = 0
+    while i < n:
+        j = i
+        while j < n and ordered[j] == ordered[i]:
+            j += 1
+        u[g] = ordered[i]
+        c[g] = j - i
+        g += 1
+        i = j
+    return u[:g], c[:g]
+
+
+@kernel("i8[:] i8[:] i8 i8 i8[:] i8[:] -> i8", nogil=True)
+def flood_window(
+    first_ns: Any, sids: Any, start_ns: int, min_rate: int, members: Any, window: Any
+) -> int:
+    """The seconds of the capture (from `start_ns`) in which at least `min_rate` of the
+    streams `sids` began: the first and last of them into `window`, and into `members` the
+    streams of `sids` that began from the one to the other, in order; how many, or -1 if no
+    second holds `min_rate`."""
+    n = sids.shape[0]
+    if n == 0:
+        return -1
+    t_lo, t_hi = first_ns[sids[0]], first_ns[sids[0]]
+    for i in range(n):
+        t_lo = min(t_lo, first_ns[sids[i]])
+        t_hi = max(t_hi, first_ns[sids[i]])
+    lo, hi = (t_lo - start_ns) // _NS, (t_hi - start_ns) // _NS
+    if hi - lo < max(n, 1 << 16):  # (`_per_second`, without a second per stream)
+        counts = np.zeros(hi - lo + 1, np.int64)
+        for i in range(n):
+            counts[(first_ns[sids[i]] - start_ns) // _NS - lo] += 1
+        hot = np.flatnonzero(counts >= min_rate)
+        if not len(hot):
+            return -1
+        window[0], window[1] = hot[0] + lo, hot[-1] + lo
+    else:
+        secs = np.empty(n, np.int64)
+        for i in range(n):
+            secs[i] = (first_ns[sids[i]] - start_ns) // _NS
+        u, c = _per_second(secs, lo, hi)
+        hot = np.flatnonzero(c >= min_rate)
+        if not len(hot):
+            return -1
+        window[0], window[1] = u[hot[0]], u[hot[-1]]
+    m = 0
+    if window[1] < _NO_OVERFLOW_S:
+        # the window's seconds as times from `start_ns`: one subtraction a stream, not a
+        # division ([first, last + 1) seconds holds exactly the times of those seconds)
+        a, b = window[0] * _NS, (window[1] + 1) * _NS
+        for i in range(n):
+            s = sids[i]
+            if a <= first_ns[s] - start_ns < b:
+                members[m] = s
+                m += 1
+        return m
+    for i in range(n):
+        s = sids[i]
+        if window[0] <= (first_ns[s] - start_ns) // _NS <= window[1]:
+            members[m] = s
+            m += 1
+    return m
+
+
+@kernel("i8[:] u2[:] i1[:] i8[:] b1[:] i1 i8 i8[:] -> none", nogil=True)
+def member_syns(
+    stream: Any, flags: Any, side: Any, ts_ns: Any, member: Any, client: int, start_ns: int,
+    out: Any,
+) -> None:  # fmt: skip
+    """The client's SYNs (SYN alone of SYN, ACK, RST) in the streams `member` marks: how many,
+    the first and last time, and the most begun in one second of the capture (from
+    `start_ns`), into `out`; all zero if none."""
+    n = stream.shape[0]
+    count = 0
+    lo, hi = np.int64(0), np.int64(0)
+    for i in range(n):
+        if member[stream[i]] and side[i] == client and (flags[i] & _KIND) == SYN:
+            t = ts_ns[i]
+            if count == 0:
+                lo, hi = t, t
+            else:
+                lo = min(lo, t)
+                hi = max(hi, t)
+            count += 1
+    out[0], out[1], out[2], out[3] = count, lo, hi, 0
+    if count == 0:
+        return
+    s_lo, s_hi = (lo - start_ns) // _NS, (hi - start_ns) // _NS
+    small = s_hi - s_lo < max(count, 1 << 16)  # (`_per_second`, without a second per SYN)
+    counts = np.zeros(s_hi - s_lo + 1 if small else 0, np.int64)
+    secs = np.empty(0 if small else count, np.int64)
+    k = 0
+    for i in range(n):
+        if member[stream[i]] and side[i] == client and (flags[i] & _KIND) == SYN:
+            sec = (ts_ns[i] - start_ns) // _NS
+            if small:
+                counts[sec - s_lo] += 1
+            else:
+                secs[k] = sec
+                k += 1
+    out[3] = counts.max() if small else _per_second(secs, s_lo, s_hi)[1].max()
+
+
+@kernel("i8[:] i8[:] i8[:] i8 i8[:] i8[:] -> i8", nogil=True)
+def earliest(first_ns: Any, last_ns: Any, sids: Any, n: int, pos: Any, span: Any) -> int:
+    """The positions in `sids` of the `n` streams that began first, in order (equal times in
+    the order of `sids`: a stable sort's first n), into `pos`, how many; and the first
+    stream's start and the last one's end (`span`). One pass keeping n in order, not a
+    sort or a partition of every time."""
+    m = sids.shape[0]
+    if m == 0:
+        return 0
+    times = np.empty(max(n, 1), np.int64)
+    k = 0
+    lo, hi = first_ns[sids[0]], last_ns[sids[0]]
+    for i in range(m):
+        t = first_ns[sids[i]]
+        lo = min(lo, t)
+        hi = max(hi, last_ns[sids[i]])
+        if k == n and (n == 0 or t >= times[n - 1]):
+            continue  # not among the first n (an equal time came earlier in `sids`)
+        j = k if k < n else n - 1
+        while j > 0 and times[j - 1] > t:
+            times[j] = times[j - 1]
+            pos[j] = pos[j - 1]
+            j -= 1
+        times[j] = t
+        pos[j] = i
+        k = min(k + 1, n)
+    span[0], span[1] = lo, hi
+    return k
+
+
+@njit(cache=True, inline="always")
+def _member_answers(
+    members: Any, synack: Any, rst: Any, pkts: Any, syn: Any, client: int, out: Any
+) -> None:
+    server = 1 - client
+    answered = reset = silent = syn_again = client_rst = 0
+    for i in range(members.shape[0]):
+        s = members[i]
+        if synack[s, server] > 0:
+            answered += 1
+        elif rst[s, server] > 0:
+            reset += 1
+        if pkts[s, server] == 0:
+            silent += 1
+        if syn[s, client] > 1:
+            syn_again += 1
+        if rst[s, client] > 0:
+            client_rst += 1
+    out[0], out[1], out[2], out[3], out[4] = answered, reset, silent, syn_again, client_rst
+
+
+@kernel("i8[:] i4[:,:] i4[:,:] i4[:,:] i4[:,:] i1 i8[:] -> none", nogil=True)
+def member_answers(
+    members: Any, synack: Any, rst: Any, pkts: Any, syn: Any, client: int, out: Any
+) -> None:
+    """Of the streams `members`, how many the server answered with a SYN-ACK, with a RST and
+    no SYN-ACK, not at all; how many the client sent more than one SYN, and a RST (into
+    `out`); over the int32 counts of `side_counts`."""
+    _member_answers(members, synack, rst, pkts, syn, client, out)
+
+
+@kernel("i8[:] i2[:,:] i2[:,:] i2[:,:] i2[:,:] i1 i8[:] -> none", nogil=True)
+def member_answers16(
+    members: Any, synack: Any, rst: Any, pkts: Any, syn: Any, client: int, out: Any
+) -> None:
+    """`member_answers` over the int16 counts of `side_counts16`."""
+    _member_answers(members, synack, rst, pkts, syn, client, out)

@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from tcpwhy.arrays import group_ids, key_counts
 from tcpwhy.decode.table import ACK, RST, SYN, format_addr, format_endpoint
-from tcpwhy.diagnose import knowledge
+from tcpwhy.diagnose import kernels, knowledge
 from tcpwhy.diagnose.common import needs_streams
 from tcpwhy.diagnose.context import CLIENT, SERVER, Capture, Conn, fmt_between, fmt_s
 from tcpwhy.diagnose.model import Finding, Severity, Step, Story, StreamNumbers
@@ -89,12 +89,6 @@ def _cols(diag: Diag) -> Cols:
     return got
 
 
-def _sec(cap: Capture, sids: I64) -> I64:
-    """The second of the capture in which each of these streams began (for the few streams
-    asked: a flood's 3 million of them, kept for all, were 24 MB through every rule)."""
-    return (cap.first_ns[sids] - cap.start_ns) // 1_000_000_000
-
-
 def _addr(hi: int, lo: int, port: int | None = None) -> str:
     return format_addr(hi, lo) if port is None else format_endpoint(hi, lo, port)
 
@@ -131,29 +125,54 @@ def _rows_of(cap: Capture, sids: I64) -> B:
     return m[cap.stream]
 
 
-def _rate(ts: npt.NDArray[np.int64], start_ns: int) -> tuple[float, float, int]:
-    """(duration s, packets per second, the most in one second of the capture); `ts` is the
-    caller's copy, turned into seconds in place."""
-    if not len(ts):
-        return 0.0, 0.0, 0
-    dur = (int(ts.max()) - int(ts.min())) / 1e9
-    ts -= start_ns
-    ts //= 1_000_000_000
-    peak = int(_per_second(ts)[1].max())
-    return dur, len(ts) / max(dur, 1.0), peak
+def _syns(cap: Capture, sids: I64) -> tuple[int, float, float, int]:
+    """The client's SYNs in the streams `sids`: how many, over how long (s), per second, and
+    the most in one second of the capture (`kernels.member_syns`: one pass over the rows,
+    where numpy's masks and the SYNs' times were capture-sized temporaries)."""
+    member = np.zeros(cap.nstreams, np.bool_)
+    member[sids] = True
+    out = np.zeros(4, np.int64)
+    t = cap.table
+    kernels.member_syns(
+        np.ascontiguousarray(cap.stream, np.int64),
+        np.ascontiguousarray(t["flags"], np.uint16),
+        np.ascontiguousarray(cap.side, np.int8),
+        np.ascontiguousarray(t["ts_ns"], np.int64),
+        member,
+        CLIENT,
+        cap.start_ns,
+        out,
+    )
+    n, lo, hi, peak = (int(x) for x in out)
+    if not n:
+        return 0, 0.0, 0.0, 0
+    dur = (hi - lo) / 1e9
+    return n, dur, n / max(dur, 1.0), peak
 
 
-def _per_second(sec: I64) -> tuple[I64, I64]:
-    """Each second that `sec` holds, ascending, and how many times: a bincount where the
-    seconds span less than the rows, else a sort (one packet stamped decades off made a
-    bincount over every second between, 19 GB)."""
-    base = int(sec.min())
-    if int(sec.max()) - base < max(len(sec), 1 << 16):
-        counts = np.bincount(sec - base)
-        at = np.flatnonzero(counts)
-        return at + base, counts[at]
-    u, c = np.unique(sec, return_counts=True)
-    return u, c.astype(np.int64)
+class _ByTime(NamedTuple):
+    """Streams of a finding by when they began: the first few, the first start, the last end."""
+
+    first: I64  # positions in the streams given, earliest first (ties in their order)
+    first_ns: int
+    last_ns: int
+
+
+def _by_time(first_ns: I64, last_ns: I64, sids: I64, n: int) -> _ByTime:
+    """The `n` of `sids` that began first, as the first n of a stable argsort of their start
+    times (`kernels.earliest`, one pass: a flood's 3 million times were gathered, partitioned
+    and sorted in numpy), and the span of them all."""
+    pos = np.empty(max(n, 1), np.int64)
+    span = np.zeros(2, np.int64)
+    k = kernels.earliest(
+        np.ascontiguousarray(first_ns, np.int64),
+        np.ascontiguousarray(last_ns, np.int64),
+        np.ascontiguousarray(sids, np.int64),
+        n,
+        pos,
+        span,
+    )
+    return _ByTime(pos[:k], int(span[0]), int(span[1]))
 
 
 def _finding(
@@ -162,12 +181,18 @@ def _finding(
     sids: I64,
     story: Story,
     timeline: list[Step],
+    by_time: _ByTime | None = None,
 ) -> Finding:
+    """The finding of streams `sids` (ascending); `by_time` is `_by_time` of them if the
+    caller has it already."""
     cap = diag.cap
-    by_time = sids[_earliest(cap.first_ns[sids], max(20, diag.settings.examples))]
-    nos = cap.stream_numbers[sids]
+    if by_time is None:
+        by_time = _by_time(cap.first_ns, cap.last_ns, sids, max(20, diag.settings.examples))
+    earliest = sids[by_time.first]
+    # each stream's own number without a filter: no gather of a flood's millions
+    nos = sids if cap.numbers_are_ids else cap.stream_numbers[sids]
     frames = [s.frame for s in timeline]
-    rows = cap.order[cap.starts[by_time[:20]]]
+    rows = cap.order[cap.starts[earliest[:20]]]
     frames += [int(f) for f in cap.table["frame"][rows] if int(f) not in frames]
     return Finding(
         kind=kind,
@@ -181,21 +206,11 @@ def _finding(
         fixes=story.fixes,
         errors=story.errors,
         count=len(sids),
-        first_ns=int(cap.first_ns[sids].min()),
-        last_ns=int(cap.last_ns[sids].max()),
-        examples=[int(cap.stream_numbers[s]) for s in by_time[: diag.settings.examples]],
+        first_ns=by_time.first_ns,
+        last_ns=by_time.last_ns,
+        examples=[int(cap.stream_numbers[s]) for s in earliest[: diag.settings.examples]],
         facts=dict(story.facts),
     )
-
-
-def _earliest(ts: I64, n: int) -> I64:
-    """The indices of the n smallest times, in order (equal times in index order): the
-    first n of a stable argsort, without sorting millions of times for 20 of them."""
-    if len(ts) > n:
-        cand = np.flatnonzero(ts <= np.partition(ts, n - 1)[n - 1])
-    else:
-        cand = np.arange(len(ts))
-    return cand[np.argsort(ts[cand], kind="stable")][:n]
 
 
 def _claim(diag: Diag, sids: I64) -> None:
@@ -215,23 +230,31 @@ def detect_flood(diag: Diag) -> list[Finding]:
     ho = np.flatnonzero(k.half_open & ~diag.claimed_mask(Claim.SYN))
     inv, ng = group_ids(k.s_hi, k.s_lo, k.s_port, at=ho)
     big = np.flatnonzero(np.bincount(inv, minlength=ng) >= FLOOD_MIN_HANDSHAKES)
-    listeners = [ho[inv == g] for g in big.tolist()]
+    # one listener (a flood's usual case): its streams are `ho` itself, not a copy
+    listeners = [ho] if ng == 1 and len(big) else [ho[inv == g] for g in big.tolist()]
     del ho, inv
     out = []
+    window = np.zeros(2, np.int64)
     while listeners:
         sids = listeners.pop(0)  # not held once its members are picked
-        secs, counts = _per_second(_sec(cap, sids))
-        hot = secs[counts >= FLOOD_MIN_RATE]
-        if not len(hot):
+        # the seconds in which FLOOD_MIN_RATE of them began, from the first to the last
+        # such; its members written over `sids` (each at or before its own place)
+        m = kernels.flood_window(
+            np.ascontiguousarray(cap.first_ns, np.int64),
+            sids,
+            cap.start_ns,
+            FLOOD_MIN_RATE,
+            sids,
+            window,
+        )
+        if m < 0:
             continue
+        members = sids[:m]
+        del sids
         # the window's seconds as capture times: [lo_ns, hi_ns) holds exactly the streams
-        # whose second is lo_s to hi_s, tested without a second number per stream
-        lo_ns = cap.start_ns + int(hot[0]) * 1_000_000_000
-        hi_ns = cap.start_ns + (int(hot[-1]) + 1) * 1_000_000_000
-        del secs, counts
-        first = cap.first_ns[sids]
-        members = sids[(first >= lo_ns) & (first < hi_ns)]
-        del sids, first
+        # whose second is the first to the last, tested without a second number per stream
+        lo_ns = cap.start_ns + int(window[0]) * 1_000_000_000
+        hi_ns = cap.start_ns + (int(window[1]) + 1) * 1_000_000_000
         if len(members) < FLOOD_MIN_HANDSHAKES:
             continue
         # every handshake begun with the listener in the window, as a mask (a flood's
@@ -270,32 +293,36 @@ def _flood(diag: Diag, server: str, members: I64, sources: _Sources, completed: 
     cap = diag.cap
     t = cap.table
     nsrc, once_src, top = sources
-    # per-packet masks: in the table's own dtype, and dropped once the members' are made
-    flags = t["flags"] & (SYN | ACK | RST)
-    rows = _rows_of(cap, members)
-    syn_rows = rows & (flags == SYN) & (cap.side == CLIENT)
-    sa_rows = rows & (flags == (SYN | ACK)) & (cap.side == SERVER)
-    nsyn = int(syn_rows.sum())
-    dur, rate, peak = _rate(t["ts_ns"][syn_rows], cap.start_ns)
+    nsyn, dur, rate, peak = _syns(cap, members)
     n = len(members)
-    n_sa = cap.n_synack[members, SERVER]
-    answered = n_sa > 0
-    reset = ~answered & (cap.n_rst[members, SERVER] > 0)
-    silent = cap.n_pkts[members, SERVER] == 0
-    syn_again = int((cap.n_syn[members, CLIENT] > 1).sum())
-    client_rst = int((cap.n_rst[members, CLIENT] > 0).sum())
+    # how the server answered, and what the clients did, counted in one pass over the members
+    said = np.zeros(5, np.int64)
+    counts = (cap.n_synack, cap.n_rst, cap.n_pkts, cap.n_syn)
+    count16 = all(c.dtype == np.int16 for c in counts)
+    (kernels.member_answers16 if count16 else kernels.member_answers)(
+        members,
+        *(np.ascontiguousarray(c, np.int16 if count16 else np.int32) for c in counts),
+        CLIENT,
+        said,
+    )
+    answered, reset, silent, syn_again, client_rst = (int(x) for x in said)
     # SYN cookies on the wire: a cookie keeps window scale and SACK-permitted only inside a
     # timestamp, so a SYN offering them without timestamps gets a SYN-ACK without them.
     # Asked only of the members answered with one (an unanswered flood's per-member
     # arrays of rows and times were 90 MB at the peak of `analyze`, for no SYN-ACK at all)
-    with_synack = members[answered]
-    n_sa = n_sa[answered]
-    if len(with_synack):
-        fsyn = cap.first_rows(syn_rows)[with_synack]
-        fsa = cap.first_rows(sa_rows)[with_synack]
+    if answered:
+        n_sa = cap.n_synack[members, SERVER]
+        with_synack = members[n_sa > 0]
+        n_sa = n_sa[n_sa > 0]
+        # per-packet masks: in the table's own dtype, and dropped once the members' are made
+        flags = t["flags"] & (SYN | ACK | RST)
+        rows = _rows_of(cap, with_synack)
+        fsyn = cap.first_rows(rows & (flags == SYN) & (cap.side == CLIENT))[with_synack]
+        fsa = cap.first_rows(rows & (flags == (SYN | ACK)) & (cap.side == SERVER))[with_synack]
+        del flags, rows
     else:
+        with_synack = n_sa = np.zeros(0, np.int64)
         fsyn = fsa = np.zeros(0, np.int32)
-    del flags, rows, syn_rows, sa_rows
     has = fsyn >= 0
     ws_syn = np.where(has, t["opt_ws"][fsyn], -1) >= 0
     sack_syn = np.where(has, t["opt_sack_perm"][fsyn], False)
@@ -312,9 +339,8 @@ def _flood(diag: Diag, server: str, members: I64, sources: _Sources, completed: 
     once = int((old & (n_sa == 1)).sum())
     # the per-member temporaries go before the finding's text and facts are made
     del fsyn, fsa, has, ws_syn, sack_syn, ts_syn, ws_sa, sack_sa, sa_ts, old
-    between = fmt_between(
-        cap.start_ns, int(cap.first_ns[members].min()), int(cap.last_ns[members].max())
-    )
+    by_time = _by_time(cap.first_ns, cap.last_ns, members, max(20, diag.settings.examples))
+    between = fmt_between(cap.start_ns, by_time.first_ns, by_time.last_ns)
     facts: dict[str, Any] = {
         "server": server,
         "handshakes": n,
@@ -325,9 +351,9 @@ def _flood(diag: Diag, server: str, members: I64, sources: _Sources, completed: 
         "syn_per_s": round(rate, 1),
         "peak_syn_per_s": peak,
         "top_sources": [[a, c] for a, c in top],
-        "answered_synack": int(answered.sum()),
-        "answered_rst": int(reset.sum()),
-        "unanswered": int(silent.sum()),
+        "answered_synack": answered,
+        "answered_rst": reset,
+        "unanswered": silent,
         "synack_without_offered_options": int(stripped.sum()),
         "synack_with_offered_options": int(kept.sum()),
         "synack_retransmitted": resent,
@@ -342,12 +368,12 @@ def _flood(diag: Diag, server: str, members: I64, sources: _Sources, completed: 
         f"{plural(nsrc, 'source address', 'source addresses')} in {fmt_s(dur)} "
         f"({pace}peak {peak:,} SYNs in one second)"
     )
-    if answered.any():
-        summary += f"; the server answered {int(answered.sum()):,} with SYN-ACK"
+    if answered:
+        summary += f"; the server answered {answered:,} with SYN-ACK"
         if stripped.any():
             summary += f" ({int(stripped.sum()):,} look like SYN cookies)"
-    if silent.any():
-        summary += f"; {int(silent.sum()):,} got no answer"
+    if silent:
+        summary += f"; {silent:,} got no answer"
     paras = [
         f"{between[0].upper()}{between[1:]}, {plural(n, 'connection attempt')} "
         f"to {server} sent {plural(nsyn, 'SYN')} and never completed the handshake: no ACK of "
@@ -370,10 +396,10 @@ def _flood(diag: Diag, server: str, members: I64, sources: _Sources, completed: 
         )
     ]
     ans = (
-        f"The server answered {int(answered.sum()):,} with a SYN-ACK, {int(reset.sum()):,} with "
-        f"a RST, and {int(silent.sum()):,} not at all (as far as this capture shows)."
+        f"The server answered {answered:,} with a SYN-ACK, {reset:,} with "
+        f"a RST, and {silent:,} not at all (as far as this capture shows)."
     )
-    if answered.any():
+    if answered:
         ans += (
             " Each SYN-ACK to an address that does not answer leaves a half-open entry "
             "(SYN_RECV) in the listener's SYN queue until tcp_synack_retries run out "
@@ -407,9 +433,9 @@ def _flood(diag: Diag, server: str, members: I64, sources: _Sources, completed: 
         "in a cookie SYN-ACK. The server's counters can: `nstat -az TcpExtSyncookiesSent "
         "TcpExtSyncookiesRecv TcpExtListenDrops`, and dmesg 'Possible SYN flooding on port'."
     )
-    if silent.any():
+    if silent:
         paras.append(
-            f"{plural(int(silent.sum()), 'attempt')} drew no answer at all: a listener whose "
+            f"{plural(silent, 'attempt')} drew no answer at all: a listener whose "
             "SYN queue is full drops SYNs when cookies are off (tcp_syncookies=0), or a "
             "firewall or the capture's position hides the answers. A legitimate client among "
             "them retransmits its SYN and its connect() fails with ETIMEDOUT."
@@ -483,20 +509,18 @@ def _flood(diag: Diag, server: str, members: I64, sources: _Sources, completed: 
         ),
     ]
     errors = knowledge.TIMEOUT + knowledge.SYN_FLOOD_LOG
-    severity = Severity.ERROR if silent.any() or syn_again else Severity.WARNING
+    severity = Severity.ERROR if silent or syn_again else Severity.WARNING
     story = Story(severity, summary, "\n\n".join(paras), causes, fixes, errors, facts)
-    return _finding(
-        diag, KIND, members, story, _flood_timeline(diag, members, with_synack[stripped])
-    )
+    cookies = with_synack[stripped]
+    # the earliest member's handshake, unless a SYN cookie seems to have answered one
+    first = int(members[by_time.first[0]]) if not len(cookies) else _earliest_of(cap, cookies)
+    timeline = _handshake_steps(cap.conn(first))
+    return _finding(diag, KIND, members, story, timeline, by_time)
 
 
-def _flood_timeline(diag: Diag, members: I64, cookies: I64) -> list[Step]:
-    """The handshake of the earliest member a SYN cookie seems to have answered (`cookies`),
-    else of the earliest member."""
-    cap = diag.cap
-    pick = cookies if len(cookies) else members
-    # one connection: the report shows a timeline's times from its connection's first packet
-    return _handshake_steps(cap.conn(int(pick[np.argmin(cap.first_ns[pick])])))
+def _earliest_of(cap: Capture, sids: I64) -> int:
+    """The stream of `sids` that began first (the first of them, of equal times)."""
+    return int(sids[np.argmin(cap.first_ns[sids])])
 
 
 def _opts(t: Any, row: int) -> list[str]:
@@ -563,7 +587,6 @@ def detect_scan(diag: Diag) -> list[Finding]:
 
 def _scan(diag: Diag, sids: I64, nports: int) -> Finding:
     cap = diag.cap
-    t = cap.table
     k = _cols(diag)
     n = len(sids)
     opened = cap.n_synack[sids, SERVER] > 0
@@ -572,9 +595,7 @@ def _scan(diag: Diag, sids: I64, nports: int) -> Finding:
     # after a SYN-ACK, a SYN (half-open) scan resets at once; a connect() scan ACKs first
     half = opened & (cap.n_pkts[sids, CLIENT] == cap.n_syn[sids, CLIENT] + cap.n_rst[sids, CLIENT])
     syn_again = int((cap.n_syn[sids, CLIENT] > 1).sum())
-    flags = t["flags"].astype(np.int64) & (SYN | ACK | RST)
-    syn_rows = _rows_of(cap, sids) & (flags == SYN) & (cap.side == CLIENT)
-    dur, rate, peak = _rate(t["ts_ns"][syn_rows], cap.start_ns)
+    _, dur, rate, peak = _syns(cap, sids)
     s0 = int(sids[0])
     scanner = _addr(int(k.c_hi[s0]), int(k.c_lo[s0]))
     hosts_counted = key_counts(k.s_hi, k.s_lo, at=sids)
@@ -582,7 +603,8 @@ def _scan(diag: Diag, sids: I64, nports: int) -> Finding:
     targets = _top(counted=hosts_counted)
     port_list = k.s_port[sids]
     open_ports = sorted({int(p) for p in port_list[opened]})
-    between = fmt_between(cap.start_ns, int(cap.first_ns[sids].min()), int(cap.last_ns[sids].max()))
+    by_time = _by_time(cap.first_ns, cap.last_ns, sids, max(20, diag.settings.examples))
+    between = fmt_between(cap.start_ns, by_time.first_ns, by_time.last_ns)
     facts: dict[str, Any] = {
         "scanner": scanner,
         "attempts": n,
@@ -657,7 +679,8 @@ def _scan(diag: Diag, sids: I64, nports: int) -> Finding:
         "the scanning tool reports each port as open, closed or filtered",
     ]
     story = Story(Severity.WARNING, summary, "\n\n".join(paras), causes, fixes, errors, facts)
-    return _finding(diag, SCAN_KIND, sids, story, _scan_timeline(diag, sids, opened, closed))
+    timeline = _scan_timeline(diag, sids, opened, closed)
+    return _finding(diag, SCAN_KIND, sids, story, timeline, by_time)
 
 
 def _scan_timeline(diag: Diag, sids: I64, opened: B, closed: B) -> list[Step]:
@@ -669,8 +692,7 @@ def _scan_timeline(diag: Diag, sids: I64, opened: B, closed: B) -> list[Step]:
     ):
         if not sel.any():
             continue
-        pick = sids[sel]
-        c = cap.conn(int(pick[np.argmin(cap.first_ns[pick])]))
+        c = cap.conn(_earliest_of(cap, sids[sel]))
         for i in range(min(c.n, 4)):
             f = c.flags[i] & (SYN | ACK | RST)
             if c.side[i] == CLIENT and f == SYN and i == 0:

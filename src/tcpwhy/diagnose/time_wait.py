@@ -180,11 +180,13 @@ def detect_pileup(diag: Diag) -> list[Finding]:
     cap = diag.cap
     if not cap.nstreams:
         return []
-    ff = cap.first_fin_ns
+    f = cap.fins  # (only streams with a FIN can hold)
+    ff = f.ns
     m = (ff[:, CLIENT] < NO_FIN) & (ff[:, SERVER] < NO_FIN) & (ff[:, CLIENT] <= ff[:, SERVER])
-    m &= ~cap.has_rst
-    m &= cap.n_syn[:, CLIENT] > 0
-    sids = np.flatnonzero(m)
+    m &= ~cap.has_rst[f.sids]
+    m &= cap.n_syn[f.sids, CLIENT] > 0
+    sids = f.sids[m]
+    client_fin = ff[m, CLIENT]  # per stream of `sids`
     if len(sids) < MIN_CONNS:
         return []
     # group by (client address, server endpoint) without building every connection
@@ -201,10 +203,11 @@ def detect_pileup(diag: Diag) -> list[Finding]:
     out = []
     inv, ngroups = group_ids(key_c, key_s)
     for g in range(ngroups):
-        members = sids[inv == g]
+        mine = inv == g
+        members = sids[mine]
         if len(members) < MIN_CONNS:
             continue
-        fins = ff[members, CLIENT]
+        fins = client_fin[mine]
         span = (int(fins.max()) - int(fins.min())) / 1e9
         # the most TIME_WAIT sockets alive at once within any 60 s window
         srt = np.sort(fins)
