@@ -54,3 +54,25 @@ def test_int_lists_as_json_dumps_writes_them(monkeypatch: pytest.MonkeyPatch) ->
     assert render._long_ints([*long[:-1], 2**63]) is None
     assert render._long_ints(long[: render.LONG_LIST]) is None
     assert render._long_ints(StreamNumbers(np.arange(render.LONG_LIST))) is None
+
+
+def test_a_program_not_made_by_program_is_refused() -> None:
+    """The row formatter reads a word after each step (`conns_kernel.program`'s fifth
+    column); a program without it is refused (-3), not read past its end."""
+    import numpy as np
+
+    from tcpwhy.report import conns_kernel as k
+
+    vocab, voff = k.vocabulary([b",", b"x"])
+    ints = np.arange(5, dtype=np.int64).reshape(1, -1)
+    args = (np.zeros((5, 1), np.uint8), np.zeros(5, np.int64), vocab, voff)
+    out = np.empty(5 * 30 + k.WORD_SLACK, np.uint8)
+    fixed = np.zeros((5, 0), np.uint8)
+    four = np.array([(k.OP_INT, 0, 0, -1), (k.OP_LIT, 0, 0, -1)], np.int64)
+    assert k.format_rows(four, ints, *args, fixed, out, 0, 5) == -3
+    size = k.format_rows(k.program([(k.OP_INT, 0, 0, -1, 0)]), ints, *args, fixed, out, 0, 5)
+    assert out[:size].tobytes() == b"0,1,2,3,4,"
+    # a literal fused after a value, and the one after it, give the words in order
+    prog = k.program([(k.OP_LIT, 1, 0, -1, -1), (k.OP_INT, 0, 0, -1, 0)])
+    size = k.format_rows(prog, ints, *args, fixed, out, 0, 2)
+    assert out[:size].tobytes() == b"x0,x1,"

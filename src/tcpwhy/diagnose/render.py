@@ -100,7 +100,7 @@ def _int_list_parts(v: npt.NDArray[np.int64], level: int) -> list[str]:
     sep = f",\n{pad}"
     word = sep.encode()
     vocab, voff = k.vocabulary([word])
-    prog = np.array([(k.OP_INT, 0, 0, -1), (k.OP_LIT, 0, 0, -1)], np.int64)
+    prog = k.program([(k.OP_INT, 0, 0, -1, 0)])  # the number, then the separator
     # no history or fixed-width text in this program: one-row placeholders
     no_hist, no_len, no_fixed = (
         np.zeros((1, 1), np.uint8),

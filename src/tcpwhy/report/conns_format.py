@@ -179,9 +179,11 @@ class RowProgram:
         """Where the record has no history letters: nothing, instead of the next `skip` steps."""
         self._step(k.OP_SKIP_NO_HIST, skip)
 
-    def _merged_steps(self) -> list[tuple[int, int, int, int]]:
-        """The steps with each run of literals joined into one (the kernel copies a word per
-        step: fewer, longer ones), skips renumbered; a literal a skip lands on starts a run."""
+    def _merged_steps(self) -> list[tuple[int, int, int, int, int]]:
+        """The steps with each run of literals joined into one word and written by the value
+        step before it (its `d`, `conns_kernel.program`): the kernel copies a word per step,
+        and a turn of its loop per literal was a tenth of a line's time. A literal a skip
+        lands on starts a step of its own; skips are renumbered."""
         steps = self.steps
         targets = set()
         for s, (op, a, _b, c) in enumerate(steps):
@@ -189,27 +191,30 @@ class RowProgram:
                 targets.add(s + 1 + (c if c > 1 else 1))
             elif op == k.OP_SKIP_NO_HIST:
                 targets.add(s + 1 + a)
-        merged: list[tuple[int, int, int, int]] = []
+        merged: list[tuple[int, int, int, int, int]] = []
         new_index = []  # the merged step holding each step
-        for s, step in enumerate(steps):
-            prev_lit = s > 0 and steps[s - 1][0] == k.OP_LIT
-            if step[0] == k.OP_LIT and prev_lit and s not in targets:
-                op, a, b, c = merged[-1]
-                merged[-1] = (op, self.word(self.words[a] + self.words[step[1]]), b, c)
+        for s, (op, a, b, c) in enumerate(steps):
+            last = merged[-1] if merged and s not in targets else None
+            if op == k.OP_LIT and last is not None and last[0] == k.OP_LIT:
+                merged[-1] = (k.OP_LIT, self.word(self.words[last[1]] + self.words[a]), *last[2:])
+            elif op == k.OP_LIT and last is not None and last[0] in k.VALUE_OPS:
+                d = a if last[4] < 0 else self.word(self.words[last[4]] + self.words[a])
+                merged[-1] = (*last[:4], d)
             else:
-                merged.append(step)
+                merged.append((op, a, b, c, -1))
             new_index.append(len(merged) - 1)
         new_index.append(len(merged))  # a skip may land just past the last step
         for s, (op, a, b, c) in enumerate(steps):
+            d = merged[new_index[s]][4]
             if op == k.OP_UNLESS_POS:
                 skip = new_index[s + 1 + (c if c > 1 else 1)] - new_index[s + 1]
-                merged[new_index[s]] = (op, a, b, skip)
+                merged[new_index[s]] = (op, a, b, skip, d)
             elif op == k.OP_SKIP_NO_HIST:
-                merged[new_index[s]] = (op, new_index[s + 1 + a] - new_index[s + 1], b, c)
+                merged[new_index[s]] = (op, new_index[s + 1 + a] - new_index[s + 1], b, c, d)
         return merged
 
     def compile(self) -> None:
-        self.prog = np.array(self._merged_steps(), np.int64).reshape(-1, 4)
+        self.prog = k.program(self._merged_steps())
 
     def format(self, c: ConnColumns) -> str | None:
         """The lines of a batch; None if a value is out of the kernel's range."""

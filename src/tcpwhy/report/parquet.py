@@ -77,7 +77,7 @@ def _kernel_text(
 
     n = ints.shape[1]
     vocab, voff = k.vocabulary(words)
-    prog = np.array([*steps, (k.OP_LIT, 0, 0, -1)], np.int64).reshape(-1, 4)
+    prog = k.program([*steps, (k.OP_LIT, 0, 0, -1)])
     out = np.empty(n * (row_bound + 1) + 1 + k.WORD_SLACK, np.uint8)
     hist = np.zeros((n, 1), np.uint8)
     hlen = np.zeros(n, np.int64)
