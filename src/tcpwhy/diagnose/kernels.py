@@ -279,7 +279,11 @@ def flood_window(
     return m
 
 
-@kernel("i8[:] u2[:] i1[:] i8[:] b1[:] i1 i8 i8[:] -> none", nogil=True)
+@kernel(
+    f"i8[:] {array_types(COLUMNS, ('flags',))} i1[:] {array_types(COLUMNS, ('ts_ns',))}"
+    " b1[:] i1 i8 i8[:] -> none",
+    nogil=True,
+)
 def member_syns(
     stream: Any, flags: Any, side: Any, ts_ns: Any, member: Any, client: int, start_ns: int,
     out: Any,

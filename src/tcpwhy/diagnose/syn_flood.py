@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tcpwhy.arrays import group_ids, key_counts
-from tcpwhy.decode.table import ACK, RST, SYN, format_addr, format_endpoint
+from tcpwhy.decode.table import ACK, COLUMNS, RST, SYN, format_addr, format_endpoint
 from tcpwhy.diagnose import kernels, knowledge
 from tcpwhy.diagnose.common import needs_streams
 from tcpwhy.diagnose.context import CLIENT, SERVER, Capture, Conn, fmt_between, fmt_s
@@ -135,9 +135,9 @@ def _syns(cap: Capture, sids: I64) -> tuple[int, float, float, int]:
     t = cap.table
     kernels.member_syns(
         np.ascontiguousarray(cap.stream, np.int64),
-        np.ascontiguousarray(t["flags"], np.uint16),
+        np.ascontiguousarray(t["flags"], COLUMNS["flags"][0]),
         np.ascontiguousarray(cap.side, np.int8),
-        np.ascontiguousarray(t["ts_ns"], np.int64),
+        np.ascontiguousarray(t["ts_ns"], COLUMNS["ts_ns"][0]),
         member,
         CLIENT,
         cap.start_ns,
@@ -175,19 +175,19 @@ def _by_time(first_ns: I64, last_ns: I64, sids: I64, n: int) -> _ByTime:
     return _ByTime(pos[:k], int(span[0]), int(span[1]))
 
 
-def _finding(
-    diag: Diag,
-    kind: str,
-    sids: I64,
-    story: Story,
-    timeline: list[Step],
-    by_time: _ByTime | None = None,
-) -> Finding:
-    """The finding of streams `sids` (ascending); `by_time` is `_by_time` of them if the
-    caller has it already."""
+def _when(diag: Diag, sids: I64) -> tuple[_ByTime, str]:
+    """The streams by time (`_by_time`, the first of them a finding's examples) and when
+    they were seen, in words."""
     cap = diag.cap
-    if by_time is None:
-        by_time = _by_time(cap.first_ns, cap.last_ns, sids, max(20, diag.settings.examples))
+    by_time = _by_time(cap.first_ns, cap.last_ns, sids, max(20, diag.settings.examples))
+    return by_time, fmt_between(cap.start_ns, by_time.first_ns, by_time.last_ns)
+
+
+def _finding(
+    diag: Diag, kind: str, sids: I64, story: Story, timeline: list[Step], by_time: _ByTime
+) -> Finding:
+    """The finding of streams `sids` (ascending), `by_time` as `_when` gives it."""
+    cap = diag.cap
     earliest = sids[by_time.first]
     # each stream's own number without a filter: no gather of a flood's millions
     nos = sids if cap.numbers_are_ids else cap.stream_numbers[sids]
@@ -339,8 +339,7 @@ def _flood(diag: Diag, server: str, members: I64, sources: _Sources, completed: 
     once = int((old & (n_sa == 1)).sum())
     # the per-member temporaries go before the finding's text and facts are made
     del fsyn, fsa, has, ws_syn, sack_syn, ts_syn, ws_sa, sack_sa, sa_ts, old
-    by_time = _by_time(cap.first_ns, cap.last_ns, members, max(20, diag.settings.examples))
-    between = fmt_between(cap.start_ns, by_time.first_ns, by_time.last_ns)
+    by_time, between = _when(diag, members)
     facts: dict[str, Any] = {
         "server": server,
         "handshakes": n,
@@ -603,8 +602,7 @@ def _scan(diag: Diag, sids: I64, nports: int) -> Finding:
     targets = _top(counted=hosts_counted)
     port_list = k.s_port[sids]
     open_ports = sorted({int(p) for p in port_list[opened]})
-    by_time = _by_time(cap.first_ns, cap.last_ns, sids, max(20, diag.settings.examples))
-    between = fmt_between(cap.start_ns, by_time.first_ns, by_time.last_ns)
+    by_time, between = _when(diag, sids)
     facts: dict[str, Any] = {
         "scanner": scanner,
         "attempts": n,
