@@ -199,18 +199,16 @@ _NS = 1_000_000_000
 _NO_OVERFLOW_S = (1 << 63) // _NS - 1  # seconds whose nanoseconds (and one more) fit int64
 
 
+_SPREAD = 1 << 16
+"""Seconds from which the passes below count per second by a sort rather than in an array
+of one count per second: where the seconds span more than this and more than the values
+(one packet stamped decades off would make that array one count per second between)."""
+
+
 @njit(cache=True)
-def _per_second(secs: Any, lo: int, hi: int) -> tuple[Any, Any]:
-    """Each second that `secs` holds (all from `lo` to `hi`), ascending, and how many times:
-    a count per second where the seconds span less than the values, else a sort (one packet
-    stamped decades off would make the counts one per second between)."""
+def _runs(secs: Any) -> tuple[Any, Any]:
+    """Each second that `secs` holds, ascending, and how many times, by a sort."""
     n = secs.shape[0]
-    if hi - lo < max(n, 1 << 16):
-        counts = np.zeros(hi - lo + 1, np.int64)
-        for i in range(n):
-            counts[secs[i] - lo] += 1
-        at = np.flatnonzero(counts)
-        return at + lo, counts[at]
     ordered = np.sort(secs)
     u = np.empty(n, np.int64)
     c = np.empty(n, np.int64)
@@ -243,7 +241,7 @@ def flood_window(
         t_lo = min(t_lo, first_ns[sids[i]])
         t_hi = max(t_hi, first_ns[sids[i]])
     lo, hi = (t_lo - start_ns) // _NS, (t_hi - start_ns) // _NS
-    if hi - lo < max(n, 1 << 16):  # (`_per_second`, without a second per stream)
+    if hi - lo < max(n, _SPREAD):
         counts = np.zeros(hi - lo + 1, np.int64)
         for i in range(n):
             counts[(first_ns[sids[i]] - start_ns) // _NS - lo] += 1
@@ -255,7 +253,7 @@ def flood_window(
         secs = np.empty(n, np.int64)
         for i in range(n):
             secs[i] = (first_ns[sids[i]] - start_ns) // _NS
-        u, c = _per_second(secs, lo, hi)
+        u, c = _runs(secs)
         hot = np.flatnonzero(c >= min_rate)
         if not len(hot):
             return -1
@@ -307,7 +305,7 @@ def member_syns(
     if count == 0:
         return
     s_lo, s_hi = (lo - start_ns) // _NS, (hi - start_ns) // _NS
-    small = s_hi - s_lo < max(count, 1 << 16)  # (`_per_second`, without a second per SYN)
+    small = s_hi - s_lo < max(count, _SPREAD)
     counts = np.zeros(s_hi - s_lo + 1 if small else 0, np.int64)
     secs = np.empty(0 if small else count, np.int64)
     k = 0
@@ -319,7 +317,7 @@ def member_syns(
             else:
                 secs[k] = sec
                 k += 1
-    out[3] = counts.max() if small else _per_second(secs, s_lo, s_hi)[1].max()
+    out[3] = counts.max() if small else _runs(secs)[1].max()
 
 
 @kernel("i8[:] i8[:] i8[:] i8 i8[:] i8[:] -> i8", nogil=True)
