@@ -101,11 +101,9 @@ def needs_streams(detect: Rule) -> Rule:
 def late_fin(cap: Capture, first: int, limit_s: float) -> npt.NDArray[np.bool_]:
     """Per stream: `first` sent its FIN before the other side, whose FIN came more than
     `limit_s` later or never: the other side's CLOSE_WAIT, `first`'s FIN_WAIT_2."""
-    out = np.zeros(cap.nstreams, np.bool_)
     f = cap.fins  # only streams with a FIN can hold (a flood's millions have none)
     mine, peer = f.ns[:, first], f.ns[:, 1 - first]
-    out[f.sids] = (mine < peer) & (peer - mine > int(limit_s * 1e9))
-    return out
+    return f.per_stream(cap.nstreams, (mine < peer) & (peer - mine > int(limit_s * 1e9)))
 
 
 def first_positions(

@@ -162,6 +162,13 @@ class FinTimes(NamedTuple):
     sids: npt.NDArray[np.int64]  # ascending
     ns: npt.NDArray[np.int64]  # per stream of `sids` and side: its first FIN, NO_FIN if none
 
+    def per_stream(self, nstreams: int, holds: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        """A mask of every stream from `holds`, one value per stream of `sids` (the others,
+        without a FIN, False)."""
+        out = np.zeros(nstreams, np.bool_)
+        out[self.sids] = holds
+        return out
+
 
 class StreamConstants:
     """What the stream tracker writes on every row of a stream though it is the same on all
@@ -662,10 +669,8 @@ class Capture:
 
     def closes_first(self, who: int) -> npt.NDArray[np.bool_]:
         """Per stream: `who` sent a FIN before the peer did (or the peer sent none)."""
-        out = np.zeros(self.nstreams, np.bool_)
         f = self.fins
-        out[f.sids] = f.ns[:, who] < f.ns[:, 1 - who]
-        return out
+        return f.per_stream(self.nstreams, f.ns[:, who] < f.ns[:, 1 - who])
 
     def ts_of(self, row: int) -> int:
         return int(self.table["ts_ns"][row])

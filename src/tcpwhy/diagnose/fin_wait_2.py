@@ -7,8 +7,6 @@ longer knows the connection.
 
 from __future__ import annotations
 
-import numpy as np
-
 from tcpwhy.diagnose import knowledge
 from tcpwhy.diagnose.common import Group, Hits, late_fin
 from tcpwhy.diagnose.context import CLIENT, NO_FIN, SERVER, WHO, fmt_s
@@ -30,10 +28,10 @@ def detect(diag: Diag) -> list[Finding]:
     for x in (CLIENT, SERVER):
         peer = 1 - x
         # x closed first; the peer's FIN came late, or came and x reset
-        reset = np.zeros(cap.nstreams, np.bool_)
         f = cap.fins  # (only streams with a FIN)
-        reset[f.sids] = (
-            (f.ns[:, x] < f.ns[:, peer]) & (f.ns[:, peer] < NO_FIN) & (cap.n_rst[f.sids, x] > 0)
+        reset = f.per_stream(
+            cap.nstreams,
+            (f.ns[:, x] < f.ns[:, peer]) & (f.ns[:, peer] < NO_FIN) & (cap.n_rst[f.sids, x] > 0),
         )
         for c in cap.conns_where(late_fin(cap, x, limit_s) | reset):
             if diag.is_claimed(c.sid, Claim.CLOSE) or diag.is_claimed(c.sid):

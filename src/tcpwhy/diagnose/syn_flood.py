@@ -312,8 +312,8 @@ def _flood(diag: Diag, server: str, members: I64, sources: _Sources, completed: 
     # arrays of rows and times were 90 MB at the peak of `analyze`, for no SYN-ACK at all)
     if answered:
         n_sa = cap.n_synack[members, SERVER]
-        with_synack = members[n_sa > 0]
-        n_sa = n_sa[n_sa > 0]
+        got_sa = n_sa > 0
+        with_synack, n_sa = members[got_sa], n_sa[got_sa]
         # per-packet masks: in the table's own dtype, and dropped once the members' are made
         flags = t["flags"] & (SYN | ACK | RST)
         rows = _rows_of(cap, with_synack)
